@@ -1,0 +1,51 @@
+from marketplace.v1 import agreement_pb2 as _agreement_pb2
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class NegotiationMessage(_message.Message):
+    __slots__ = ("rfq", "offer", "agreement", "reject_reason")
+    RFQ_FIELD_NUMBER: _ClassVar[int]
+    OFFER_FIELD_NUMBER: _ClassVar[int]
+    AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    REJECT_REASON_FIELD_NUMBER: _ClassVar[int]
+    rfq: _agreement_pb2.Rfq
+    offer: _agreement_pb2.Offer
+    agreement: _agreement_pb2.SignedAgreement
+    reject_reason: str
+    def __init__(self, rfq: _Optional[_Union[_agreement_pb2.Rfq, _Mapping]] = ..., offer: _Optional[_Union[_agreement_pb2.Offer, _Mapping]] = ..., agreement: _Optional[_Union[_agreement_pb2.SignedAgreement, _Mapping]] = ..., reject_reason: _Optional[str] = ...) -> None: ...
+
+class InvokeRequest(_message.Message):
+    __slots__ = ("agreement_id", "input_json")
+    AGREEMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    INPUT_JSON_FIELD_NUMBER: _ClassVar[int]
+    agreement_id: str
+    input_json: str
+    def __init__(self, agreement_id: _Optional[str] = ..., input_json: _Optional[str] = ...) -> None: ...
+
+class Usage(_message.Message):
+    __slots__ = ("calls", "input_tokens", "output_tokens", "units", "charged_atomic")
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    UNITS_FIELD_NUMBER: _ClassVar[int]
+    CHARGED_ATOMIC_FIELD_NUMBER: _ClassVar[int]
+    calls: int
+    input_tokens: int
+    output_tokens: int
+    units: int
+    charged_atomic: int
+    def __init__(self, calls: _Optional[int] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., units: _Optional[int] = ..., charged_atomic: _Optional[int] = ...) -> None: ...
+
+class InvokeResponse(_message.Message):
+    __slots__ = ("output_json", "usage", "receipt")
+    OUTPUT_JSON_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    output_json: str
+    usage: Usage
+    receipt: _agreement_pb2.Receipt
+    def __init__(self, output_json: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., receipt: _Optional[_Union[_agreement_pb2.Receipt, _Mapping]] = ...) -> None: ...

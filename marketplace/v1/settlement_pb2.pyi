@@ -1,0 +1,94 @@
+from marketplace.v1 import agreement_pb2 as _agreement_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class AgreementState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    AGREEMENT_STATE_UNSPECIFIED: _ClassVar[AgreementState]
+    AGREEMENT_STATE_ACTIVE: _ClassVar[AgreementState]
+    AGREEMENT_STATE_DELIVERED: _ClassVar[AgreementState]
+    AGREEMENT_STATE_SETTLED: _ClassVar[AgreementState]
+    AGREEMENT_STATE_REFUNDED: _ClassVar[AgreementState]
+    AGREEMENT_STATE_DISPUTED: _ClassVar[AgreementState]
+    AGREEMENT_STATE_EXPIRED: _ClassVar[AgreementState]
+AGREEMENT_STATE_UNSPECIFIED: AgreementState
+AGREEMENT_STATE_ACTIVE: AgreementState
+AGREEMENT_STATE_DELIVERED: AgreementState
+AGREEMENT_STATE_SETTLED: AgreementState
+AGREEMENT_STATE_REFUNDED: AgreementState
+AGREEMENT_STATE_DISPUTED: AgreementState
+AGREEMENT_STATE_EXPIRED: AgreementState
+
+class Escrow(_message.Message):
+    __slots__ = ("agreement_id", "state", "hold_id", "currency", "held_atomic", "captured_atomic", "fee_atomic", "refunded_atomic", "verified_outputs", "failed_outputs")
+    AGREEMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    HOLD_ID_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    HELD_ATOMIC_FIELD_NUMBER: _ClassVar[int]
+    CAPTURED_ATOMIC_FIELD_NUMBER: _ClassVar[int]
+    FEE_ATOMIC_FIELD_NUMBER: _ClassVar[int]
+    REFUNDED_ATOMIC_FIELD_NUMBER: _ClassVar[int]
+    VERIFIED_OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    FAILED_OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    agreement_id: str
+    state: AgreementState
+    hold_id: str
+    currency: str
+    held_atomic: int
+    captured_atomic: int
+    fee_atomic: int
+    refunded_atomic: int
+    verified_outputs: int
+    failed_outputs: int
+    def __init__(self, agreement_id: _Optional[str] = ..., state: _Optional[_Union[AgreementState, str]] = ..., hold_id: _Optional[str] = ..., currency: _Optional[str] = ..., held_atomic: _Optional[int] = ..., captured_atomic: _Optional[int] = ..., fee_atomic: _Optional[int] = ..., refunded_atomic: _Optional[int] = ..., verified_outputs: _Optional[int] = ..., failed_outputs: _Optional[int] = ...) -> None: ...
+
+class OpenEscrowRequest(_message.Message):
+    __slots__ = ("idempotency_key", "agreement")
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    idempotency_key: str
+    agreement: _agreement_pb2.SignedAgreement
+    def __init__(self, idempotency_key: _Optional[str] = ..., agreement: _Optional[_Union[_agreement_pb2.SignedAgreement, _Mapping]] = ...) -> None: ...
+
+class RedeemRequest(_message.Message):
+    __slots__ = ("idempotency_key", "agreement_id", "voucher", "receipts")
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    AGREEMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    VOUCHER_FIELD_NUMBER: _ClassVar[int]
+    RECEIPTS_FIELD_NUMBER: _ClassVar[int]
+    idempotency_key: str
+    agreement_id: str
+    voucher: _agreement_pb2.Voucher
+    receipts: _containers.RepeatedCompositeFieldContainer[_agreement_pb2.Receipt]
+    def __init__(self, idempotency_key: _Optional[str] = ..., agreement_id: _Optional[str] = ..., voucher: _Optional[_Union[_agreement_pb2.Voucher, _Mapping]] = ..., receipts: _Optional[_Iterable[_Union[_agreement_pb2.Receipt, _Mapping]]] = ...) -> None: ...
+
+class ConfirmRequest(_message.Message):
+    __slots__ = ("idempotency_key", "agreement_id")
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    AGREEMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    idempotency_key: str
+    agreement_id: str
+    def __init__(self, idempotency_key: _Optional[str] = ..., agreement_id: _Optional[str] = ...) -> None: ...
+
+class DisputeRequest(_message.Message):
+    __slots__ = ("idempotency_key", "agreement_id", "reason")
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    AGREEMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    idempotency_key: str
+    agreement_id: str
+    reason: str
+    def __init__(self, idempotency_key: _Optional[str] = ..., agreement_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class GetEscrowRequest(_message.Message):
+    __slots__ = ("agreement_id",)
+    AGREEMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    agreement_id: str
+    def __init__(self, agreement_id: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,96 @@
+"""Idempotency keys: a retry with the same key and request returns the first outcome.
+
+The key is recorded in the same transaction as the effect, so an acknowledged effect and its key
+are durable together. A first *failure* caused by state (e.g. insufficient funds) is recorded
+too and replayed on retry; a request refused as malformed (INVALID_ARGUMENT) records nothing, as
+it never started executing. The same key with a different request is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from sqlalchemy import Connection, insert, select
+
+from wallets.errors import AgentmarketError, IdempotencyConflict, InvalidArgument
+from wallets.tables import IdempotencyRow
+
+_T = IdempotencyRow.__table__  # type: ignore[attr-defined]
+MAX_KEY_LENGTH = 200
+
+
+def check_key(key: str) -> str:
+    if not isinstance(key, str) or not key.strip():
+        raise InvalidArgument("idempotency_key is required on every mutating request")
+    if len(key) > MAX_KEY_LENGTH:
+        raise InvalidArgument(f"idempotency_key is longer than {MAX_KEY_LENGTH} characters")
+    return key
+
+
+def digest(operation: str, request: dict[str, Any]) -> str:
+    text = json.dumps([operation, request], sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _error_classes() -> dict[str, type[AgentmarketError]]:
+    found: dict[str, type[AgentmarketError]] = {}
+    stack: list[type[AgentmarketError]] = [AgentmarketError]
+    while stack:
+        cls = stack.pop()
+        found[f"{cls.__module__}.{cls.__qualname__}"] = cls
+        stack.extend(cls.__subclasses__())
+    return found
+
+
+def lookup(conn: Connection, key: str, operation: str, request_digest: str) -> Any | None:
+    """The stored outcome for `key` (raising a stored error again), or None if the key is new."""
+    row = conn.execute(select(_T).where(_T.c.key == key)).first()
+    if row is None:
+        return None
+    if row.operation != operation or row.request_digest != request_digest:
+        raise IdempotencyConflict(
+            f"idempotency key {key!r} was already used for a different {row.operation} request"
+        )
+    payload = json.loads(row.result_json)
+    if row.outcome == "error":
+        cls = _error_classes().get(payload["type"], AgentmarketError)
+        raise cls(payload["message"], reason=payload["reason"])
+    return payload
+
+
+def record(
+    conn: Connection,
+    key: str,
+    operation: str,
+    request_digest: str,
+    now_ms: int,
+    *,
+    result: Any = None,
+    error: AgentmarketError | None = None,
+) -> None:
+    if error is not None:
+        cls = type(error)
+        payload: Any = {
+            "type": f"{cls.__module__}.{cls.__qualname__}",
+            "message": error.message,
+            "reason": error.reason,
+        }
+    else:
+        payload = result
+    conn.execute(
+        insert(_T).values(
+            key=key,
+            operation=operation,
+            request_digest=request_digest,
+            outcome="error" if error is not None else "ok",
+            result_json=json.dumps(payload, separators=(",", ":")),
+            created_at_ms=now_ms,
+        )
+    )
+
+
+def is_recorded_failure(error: AgentmarketError) -> bool:
+    """Malformed requests never started executing, so they leave no record."""
+    return not isinstance(error, InvalidArgument)

@@ -1,0 +1,548 @@
+"""The double-entry ledger: accounts, postings, two-phase holds, idempotent and atomic.
+
+Every money movement is one posting whose legs sum to zero per currency (posted, and pending
+debits against pending credits). Rails and the marketplace's fee income are accounts too, so the
+sum of every account's posted balance in a currency is always zero.
+
+Concurrency: every posting locks the single chain-head row first (SQLite: BEGIN IMMEDIATE and one
+writer per process; PostgreSQL: SELECT ... FOR UPDATE), then changes balances with conditional
+UPDATEs that refuse to take an account below its limit. No double spend relies on isolation
+levels alone.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+from opentelemetry import trace
+from sqlalchemy import Connection, Engine, and_, insert, literal, select, update
+from sqlalchemy.exc import IntegrityError
+
+from wallets import _idempotency
+from wallets._chain import GENESIS_HASH, posting_hash
+from wallets.currencies import MAX_AMOUNT_ATOMIC, check_amount, currency
+from wallets.errors import (
+    AgentmarketError,
+    FailedPrecondition,
+    HoldClosed,
+    InsufficientFunds,
+    InvalidAmount,
+    InvalidArgument,
+    NotFound,
+)
+from wallets.models import Balance, Hold, Leg, Posting, Transfer
+from wallets.store import WriteSerializer, create_schema, is_sqlite
+from wallets.tables import AccountRow, EntryRow, HoldRow, LedgerHeadRow, PostingRow
+
+ACCOUNTS = AccountRow.__table__  # type: ignore[attr-defined]
+POSTINGS = PostingRow.__table__  # type: ignore[attr-defined]
+ENTRIES = EntryRow.__table__  # type: ignore[attr-defined]
+HOLDS = HoldRow.__table__  # type: ignore[attr-defined]
+HEAD = LedgerHeadRow.__table__  # type: ignore[attr-defined]
+
+ACCOUNT_KINDS = ("wallet", "rail", "fees", "fx", "escrow")
+MAX_HOLD_TIMEOUT_S = 30 * 24 * 3600
+MAX_LEGS = 64
+MAX_MEMO = 256
+T = TypeVar("T")
+
+
+def _current_trace() -> tuple[str, str]:
+    ctx = trace.get_current_span().get_span_context()
+    if not ctx.is_valid:
+        return "", ""
+    return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
+
+
+def _balance(row: Any) -> Balance:
+    return Balance(
+        account_id=row.id,
+        owner=row.owner,
+        currency=row.currency,
+        kind=row.kind,
+        posted_credits_atomic=row.posted_credits_atomic,
+        posted_debits_atomic=row.posted_debits_atomic,
+        pending_debits_atomic=row.pending_debits_atomic,
+        pending_credits_atomic=row.pending_credits_atomic,
+        credit_limit_atomic=row.credit_limit_atomic,
+    )
+
+
+def _hold(row: Any) -> Hold:
+    return Hold(
+        hold_id=row.id,
+        debit_account_id=row.debit_account_id,
+        credit_account_id=row.credit_account_id,
+        currency=row.currency,
+        amount_atomic=row.amount_atomic,
+        captured_atomic=row.captured_atomic,
+        voided_atomic=row.voided_atomic,
+        status=row.status,
+        expires_at_ms=row.expires_at_ms,
+    )
+
+
+class Ledger:
+    """The ledger over one database. Thread-safe; share one per process and engine."""
+
+    def __init__(self, engine: Engine, *, clock_ms: Callable[[], int] | None = None) -> None:
+        self.engine = engine
+        self.clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
+        self._serial = WriteSerializer(engine)
+        self._sqlite = is_sqlite(engine)
+        create_schema(engine)
+        with self._write() as conn:
+            if conn.execute(select(HEAD.c.id)).first() is None:
+                conn.execute(insert(HEAD).values(id=1, sequence=0, hash=GENESIS_HASH))
+
+    # ---- transactions -------------------------------------------------------------------
+
+    def _write(self) -> Any:
+        """A write transaction (serialised per process on SQLite)."""
+        serial = self._serial
+
+        class _Tx:
+            def __enter__(tx) -> Connection:  # noqa: N805
+                tx.guard = serial()
+                tx.guard.__enter__()
+                tx.ctx = self.engine.begin()
+                return tx.ctx.__enter__()
+
+            def __exit__(tx, *exc: Any) -> None:  # noqa: N805
+                try:
+                    tx.ctx.__exit__(*exc)
+                finally:
+                    tx.guard.__exit__(*exc)
+
+        return _Tx()
+
+    def _read(self) -> Connection:
+        return self.engine.connect().execution_options(agentmarket_read=True)
+
+    def mutate(
+        self,
+        key: str,
+        operation: str,
+        request: dict[str, Any],
+        apply: Callable[[Connection], T],
+        encode: Callable[[T], Any],
+        decode: Callable[[Any], T],
+    ) -> T:
+        """Run `apply` once per idempotency key, atomically with recording its outcome.
+
+        Also the entry point for other packages' money operations (escrow), so that their own
+        state changes commit in the same transaction as the postings they cause.
+        """
+        _idempotency.check_key(key)
+        request_digest = _idempotency.digest(operation, request)
+        for _attempt in range(3):
+            try:
+                return self._mutate_once(key, operation, request_digest, apply, encode, decode)
+            except IntegrityError:
+                continue  # a concurrent duplicate won the key; the next attempt replays it
+        raise FailedPrecondition(f"idempotency key {key!r} is contended; retry the request")
+
+    def _mutate_once(self, key, operation, request_digest, apply, encode, decode):  # type: ignore[no-untyped-def]
+        failure: AgentmarketError | None = None
+        with self._write() as conn:
+            stored = _idempotency.lookup(conn, key, operation, request_digest)
+            if stored is not None:
+                return decode(stored)
+            savepoint = conn.begin_nested()
+            try:
+                result = apply(conn)
+                savepoint.commit()
+            except AgentmarketError as error:
+                savepoint.rollback()
+                if not _idempotency.is_recorded_failure(error):
+                    raise
+                failure = error
+                _idempotency.record(
+                    conn, key, operation, request_digest, self.clock_ms(), error=error
+                )
+            else:
+                _idempotency.record(
+                    conn, key, operation, request_digest, self.clock_ms(), result=encode(result)
+                )
+        if failure is not None:
+            raise failure
+        return result
+
+    # ---- accounts -----------------------------------------------------------------------
+
+    def open_account(
+        self, owner: str, currency_code: str, kind: str = "wallet", *, credit_limit_atomic: int = 0
+    ) -> Balance:
+        """The account of (owner, currency, kind), created if missing: naturally idempotent."""
+        code = currency(currency_code).code
+        if kind not in ACCOUNT_KINDS:
+            raise InvalidArgument(f"unknown account kind {kind!r}; use one of {ACCOUNT_KINDS}")
+        if not owner or len(owner) > 128:
+            raise InvalidArgument("owner must be 1..128 characters")
+        check_amount(credit_limit_atomic, allow_zero=True)
+        existing = self.find_account(owner, code, kind)
+        if existing is not None:
+            return existing
+        try:
+            with self._write() as conn:
+                conn.execute(
+                    insert(ACCOUNTS).values(
+                        id=uuid.uuid4().hex,
+                        owner=owner,
+                        currency=code,
+                        kind=kind,
+                        posted_debits_atomic=0,
+                        posted_credits_atomic=0,
+                        pending_debits_atomic=0,
+                        pending_credits_atomic=0,
+                        credit_limit_atomic=credit_limit_atomic,
+                        created_at_ms=self.clock_ms(),
+                    )
+                )
+        except IntegrityError:
+            pass  # opened concurrently by someone else: same result
+        found = self.find_account(owner, code, kind)
+        assert found is not None
+        return found
+
+    def find_account(self, owner: str, currency_code: str, kind: str = "wallet") -> Balance | None:
+        with self._read() as conn:
+            row = conn.execute(
+                select(ACCOUNTS).where(
+                    ACCOUNTS.c.owner == owner,
+                    ACCOUNTS.c.currency == currency(currency_code).code,
+                    ACCOUNTS.c.kind == kind,
+                )
+            ).first()
+        return _balance(row) if row else None
+
+    def balance(self, account_id: str) -> Balance:
+        """Current balances; holds past their timeout are expired first, so none outlives it."""
+        self.expire_holds(account_id=account_id)
+        with self._read() as conn:
+            row = conn.execute(select(ACCOUNTS).where(ACCOUNTS.c.id == account_id)).first()
+        if row is None:
+            raise NotFound(f"account {account_id!r} does not exist")
+        return _balance(row)
+
+    def accounts(self, owner: str | None = None) -> list[Balance]:
+        query = select(ACCOUNTS).order_by(ACCOUNTS.c.kind, ACCOUNTS.c.owner, ACCOUNTS.c.currency)
+        if owner is not None:
+            query = query.where(ACCOUNTS.c.owner == owner)
+        with self._read() as conn:
+            return [_balance(row) for row in conn.execute(query)]
+
+    # ---- postings -----------------------------------------------------------------------
+
+    def transfer(self, key: str, debit_account_id: str, credit_account_id: str,
+                 amount_atomic: int, *, memo: str = "", kind: str = "transfer") -> Posting:
+        """Move money between two accounts of the same currency."""
+        return self.post_linked(
+            key, [Transfer(debit_account_id, credit_account_id, amount_atomic)],
+            memo=memo, kind=kind,
+        )
+
+    def post_linked(self, key: str, transfers: Sequence[Transfer], *, memo: str = "",
+                    kind: str = "transfer") -> Posting:
+        """Several transfers that succeed or fail together, as one posting."""
+        if not transfers or len(transfers) > MAX_LEGS:
+            raise InvalidArgument(f"a posting needs 1..{MAX_LEGS} transfers")
+        for t in transfers:
+            check_amount(t.amount_atomic)
+            if t.debit_account_id == t.credit_account_id:
+                raise InvalidArgument("debit and credit accounts must differ")
+        request = {"transfers": [[t.debit_account_id, t.credit_account_id, t.amount_atomic]
+                                 for t in transfers], "memo": memo, "kind": kind}
+
+        def apply(conn: Connection) -> Posting:
+            deltas: dict[str, int] = {}
+            for t in transfers:
+                deltas[t.debit_account_id] = deltas.get(t.debit_account_id, 0) - t.amount_atomic
+                deltas[t.credit_account_id] = deltas.get(t.credit_account_id, 0) + t.amount_atomic
+            accounts = self._accounts_for(conn, deltas)
+            legs = [Leg(a, accounts[a].currency, posted_atomic=d) for a, d in deltas.items()]
+            return self._post(conn, key, kind, legs, memo=memo)
+
+        return self.mutate(key, kind, request, apply, Posting.to_json, Posting.from_json)
+
+    def _accounts_for(self, conn: Connection, account_ids: Iterable[str]) -> dict[str, Balance]:
+        ids = sorted(set(account_ids))
+        rows = conn.execute(select(ACCOUNTS).where(ACCOUNTS.c.id.in_(ids))).all()
+        found = {row.id: _balance(row) for row in rows}
+        for account_id in ids:
+            if account_id not in found:
+                raise NotFound(f"account {account_id!r} does not exist")
+        if len({b.currency for b in found.values()}) > 1:
+            codes = ", ".join(sorted({b.currency for b in found.values()}))
+            raise InvalidArgument(f"accounts are in different currencies ({codes}); use FX")
+        return found
+
+    def _post(self, conn: Connection, key: str, kind: str, legs: list[Leg], *,
+              hold_id: str = "", memo: str = "") -> Posting:
+        """Append one posting and apply its legs; the caller's transaction makes it atomic."""
+        if len(memo) > MAX_MEMO:
+            raise InvalidArgument(f"memo is longer than {MAX_MEMO} characters")
+        for code in {leg.currency for leg in legs}:
+            same = [leg for leg in legs if leg.currency == code]
+            posted = sum(leg.posted_atomic for leg in same)
+            pending = sum(leg.pending_debit_atomic - leg.pending_credit_atomic for leg in same)
+            assert posted == 0 and pending == 0, f"unbalanced posting in {code}: {legs}"
+        head = conn.execute(select(HEAD).where(HEAD.c.id == 1).with_for_update()).one()
+        for leg in sorted(legs, key=lambda leg: leg.account_id):
+            self._apply_leg(conn, leg)
+        sequence = head.sequence + 1
+        now_ms = self.clock_ms()
+        trace_id, span_id = _current_trace()
+        fields = dict(sequence=sequence, idempotency_key=key, kind=kind, hold_id=hold_id,
+                      created_at_ms=now_ms, memo=memo, trace_id=trace_id, span_id=span_id)
+        digest = posting_hash(head.hash, legs=legs, **fields)
+        conn.execute(insert(POSTINGS).values(prev_hash=head.hash, hash=digest, **fields))
+        conn.execute(insert(ENTRIES), [
+            dict(sequence=sequence, account_id=leg.account_id, currency=leg.currency,
+                 posted_atomic=leg.posted_atomic, pending_debit_atomic=leg.pending_debit_atomic,
+                 pending_credit_atomic=leg.pending_credit_atomic) for leg in legs
+        ])
+        conn.execute(update(HEAD).where(HEAD.c.id == 1).values(sequence=sequence, hash=digest))
+        return Posting(legs=tuple(legs), hash=digest, **fields)
+
+    def _apply_leg(self, conn: Connection, leg: Leg) -> None:
+        """Change one account's balances; refuse (atomically) to go below its limit."""
+        credit = max(leg.posted_atomic, 0)
+        debit = max(-leg.posted_atomic, 0)
+        c = ACCOUNTS.c
+        spends = leg.posted_atomic - leg.pending_debit_atomic < 0
+        guard = literal(True)
+        if spends:
+            available_after = (c.posted_credits_atomic + credit - c.posted_debits_atomic - debit
+                               - c.pending_debits_atomic - leg.pending_debit_atomic)
+            guard = available_after + c.credit_limit_atomic >= 0
+        result = conn.execute(
+            update(ACCOUNTS)
+            .where(and_(c.id == leg.account_id, c.currency == leg.currency, guard))
+            .values(
+                posted_credits_atomic=c.posted_credits_atomic + credit,
+                posted_debits_atomic=c.posted_debits_atomic + debit,
+                pending_debits_atomic=c.pending_debits_atomic + leg.pending_debit_atomic,
+                pending_credits_atomic=c.pending_credits_atomic + leg.pending_credit_atomic,
+            )
+        )
+        if result.rowcount != 1:
+            row = conn.execute(select(ACCOUNTS).where(c.id == leg.account_id)).first()
+            if row is None:
+                raise NotFound(f"account {leg.account_id!r} does not exist")
+            if row.currency != leg.currency:
+                raise InvalidArgument(f"account {leg.account_id!r} holds {row.currency}")
+            have = _balance(row)
+            need = -(leg.posted_atomic - leg.pending_debit_atomic)
+            raise InsufficientFunds(
+                f"account {leg.account_id} has {have.available_atomic} atomic "
+                f"{have.currency} available, {need} needed"
+            )
+
+    # ---- holds --------------------------------------------------------------------------
+
+    def hold(self, key: str, debit_account_id: str, credit_account_id: str, amount_atomic: int,
+             *, timeout_s: int) -> Hold:
+        """Reserve money on the debit account for the credit account until captured or voided."""
+        check_amount(amount_atomic)
+        if not 1 <= timeout_s <= MAX_HOLD_TIMEOUT_S:
+            raise InvalidArgument(f"timeout_s must be 1..{MAX_HOLD_TIMEOUT_S}, got {timeout_s}")
+        if debit_account_id == credit_account_id:
+            raise InvalidArgument("debit and credit accounts must differ")
+        request = {"debit": debit_account_id, "credit": credit_account_id,
+                   "amount": amount_atomic, "timeout_s": timeout_s}
+
+        def apply(conn: Connection) -> Hold:
+            return self.hold_in(conn, key, debit_account_id, credit_account_id, amount_atomic,
+                                timeout_s=timeout_s)
+
+        return self.mutate(key, "hold", request, apply, Hold.to_json, Hold.from_json)
+
+    def hold_in(self, conn: Connection, key: str, debit_account_id: str, credit_account_id: str,
+                amount_atomic: int, *, timeout_s: int) -> Hold:
+        """`hold` inside a caller's transaction (escrow opens one atomically with its record)."""
+        accounts = self._accounts_for(conn, [debit_account_id, credit_account_id])
+        code = accounts[debit_account_id].currency
+        hold_id = uuid.uuid4().hex
+        self._post(conn, key, "hold", [
+            Leg(debit_account_id, code, pending_debit_atomic=amount_atomic),
+            Leg(credit_account_id, code, pending_credit_atomic=amount_atomic),
+        ], hold_id=hold_id)
+        expires_at_ms = self.clock_ms() + timeout_s * 1000
+        conn.execute(insert(HOLDS).values(
+            id=hold_id, debit_account_id=debit_account_id, credit_account_id=credit_account_id,
+            currency=code, amount_atomic=amount_atomic, captured_atomic=0, voided_atomic=0,
+            status="open", expires_at_ms=expires_at_ms,
+        ))
+        return Hold(hold_id, debit_account_id, credit_account_id, code, amount_atomic, 0, 0,
+                    "open", expires_at_ms)
+
+    def get_hold(self, hold_id: str) -> Hold:
+        self.expire_holds(hold_id=hold_id)
+        with self._read() as conn:
+            row = conn.execute(select(HOLDS).where(HOLDS.c.id == hold_id)).first()
+        if row is None:
+            raise NotFound(f"hold {hold_id!r} does not exist")
+        return _hold(row)
+
+    def capture(self, key: str, hold_id: str, amount_atomic: int,
+                splits: Sequence[tuple[str, int]] | None = None, *, final: bool = False) -> Posting:
+        """Pay `amount_atomic` out of a hold, split over credit accounts (default: the hold's).
+
+        Several partial captures are allowed up to the held amount; `final=True` voids whatever
+        is left in the same posting, so capture and release are one atomic step.
+        """
+        check_amount(amount_atomic, allow_zero=final)
+        request = {"hold": hold_id, "amount": amount_atomic,
+                   "splits": [list(s) for s in splits or []], "final": final}
+        self.expire_holds(hold_id=hold_id)
+
+        def apply(conn: Connection) -> Posting:
+            return self.capture_in(conn, key, hold_id, amount_atomic, splits, final=final)
+
+        return self.mutate(key, "capture", request, apply, Posting.to_json, Posting.from_json)
+
+    def capture_in(self, conn: Connection, key: str, hold_id: str, amount_atomic: int,
+                   splits: Sequence[tuple[str, int]] | None = None, *,
+                   final: bool = False) -> Posting:
+        hold = self._open_hold(conn, hold_id)
+        splits = list(splits) if splits else [(hold.credit_account_id, amount_atomic)]
+        if len(splits) > MAX_LEGS or any(a < 0 for _, a in splits) \
+                or sum(a for _, a in splits) != amount_atomic:
+            raise InvalidAmount(f"splits must be positive and sum to {amount_atomic}")
+        if amount_atomic > hold.open_atomic:
+            raise InvalidAmount(
+                f"capture of {amount_atomic} exceeds the {hold.open_atomic} still held"
+            )
+        release = hold.open_atomic - amount_atomic if final else 0
+        self._accounts_for(conn, [hold.debit_account_id, *(a for a, _ in splits)])
+        moved = amount_atomic + release
+        legs: dict[str, list[int]] = {
+            hold.debit_account_id: [-amount_atomic, -moved, 0],
+            hold.credit_account_id: [0, 0, -moved],
+        }
+        for account_id, part in splits:
+            if part:
+                legs.setdefault(account_id, [0, 0, 0])[0] += part
+        posting = self._post(conn, key, "capture", [
+            Leg(a, hold.currency, posted_atomic=p, pending_debit_atomic=pd,
+                pending_credit_atomic=pc) for a, (p, pd, pc) in legs.items()
+        ], hold_id=hold_id)
+        captured = hold.captured_atomic + amount_atomic
+        voided = hold.voided_atomic + release
+        status = "open" if captured + voided < hold.amount_atomic else (
+            "captured" if captured else "voided")
+        conn.execute(update(HOLDS).where(HOLDS.c.id == hold_id).values(
+            captured_atomic=captured, voided_atomic=voided, status=status))
+        return posting
+
+    def void(self, key: str, hold_id: str) -> Posting:
+        """Release everything still held back to the debit account."""
+        self.expire_holds(hold_id=hold_id)
+
+        def apply(conn: Connection) -> Posting:
+            return self.void_in(conn, key, hold_id)
+
+        return self.mutate(key, "void", {"hold": hold_id}, apply,
+                           Posting.to_json, Posting.from_json)
+
+    def void_in(self, conn: Connection, key: str, hold_id: str, *, kind: str = "void") -> Posting:
+        hold = self._open_hold(conn, hold_id) if kind == "void" else self._hold_row(conn, hold_id)
+        left = hold.open_atomic
+        posting = self._post(conn, key, kind, [
+            Leg(hold.debit_account_id, hold.currency, pending_debit_atomic=-left),
+            Leg(hold.credit_account_id, hold.currency, pending_credit_atomic=-left),
+        ], hold_id=hold_id)
+        status = "expired" if kind == "expire" else ("voided" if not hold.captured_atomic
+                                                     else "captured")
+        conn.execute(update(HOLDS).where(HOLDS.c.id == hold_id).values(
+            voided_atomic=hold.voided_atomic + left, status=status))
+        return posting
+
+    def _hold_row(self, conn: Connection, hold_id: str) -> Hold:
+        row = conn.execute(select(HOLDS).where(HOLDS.c.id == hold_id)).first()
+        if row is None:
+            raise NotFound(f"hold {hold_id!r} does not exist")
+        return _hold(row)
+
+    def _open_hold(self, conn: Connection, hold_id: str) -> Hold:
+        hold = self._hold_row(conn, hold_id)
+        if hold.status == "open" and hold.expires_at_ms <= self.clock_ms():
+            raise HoldClosed(f"hold {hold_id} has expired; its money goes back to the payer")
+        if hold.status != "open":
+            raise HoldClosed(f"hold {hold_id} is already {hold.status}")
+        return hold
+
+    def expire_holds(self, *, account_id: str | None = None, hold_id: str | None = None,
+                     limit: int = 1000) -> int:
+        """Void every open hold past its timeout (the sweeper; also run on access)."""
+        now = self.clock_ms()
+        query = select(HOLDS.c.id).where(HOLDS.c.status == "open", HOLDS.c.expires_at_ms <= now)
+        if account_id is not None:
+            query = query.where(HOLDS.c.debit_account_id == account_id)
+        if hold_id is not None:
+            query = query.where(HOLDS.c.id == hold_id)
+        with self._read() as conn:
+            due = [row.id for row in conn.execute(query.limit(limit))]
+        expired = 0
+        for due_id in due:
+            with self._write() as conn:
+                hold = self._hold_row(conn, due_id)
+                if hold.status == "open" and hold.expires_at_ms <= self.clock_ms():
+                    self.void_in(conn, f"expire:{due_id}", due_id, kind="expire")
+                    expired += 1
+        return expired
+
+    # ---- reading ------------------------------------------------------------------------
+
+    def history(self, account_id: str, *, limit: int = 100,
+                before_sequence: int = 0) -> list[Posting]:
+        """Postings touching an account, newest first."""
+        if not 1 <= limit <= 1000:
+            raise InvalidArgument("limit must be 1..1000")
+        seq_query = select(ENTRIES.c.sequence).where(ENTRIES.c.account_id == account_id)
+        if before_sequence:
+            seq_query = seq_query.where(ENTRIES.c.sequence < before_sequence)
+        seq_query = seq_query.order_by(ENTRIES.c.sequence.desc()).limit(limit)
+        with self._read() as conn:
+            if conn.execute(select(ACCOUNTS.c.id).where(ACCOUNTS.c.id == account_id)).first() \
+                    is None:
+                raise NotFound(f"account {account_id!r} does not exist")
+            sequences = [row.sequence for row in conn.execute(seq_query)]
+            return self._postings(conn, sequences)
+
+    def postings(self, *, trace_id: str | None = None, hold_id: str | None = None,
+                 limit: int = 1000) -> list[Posting]:
+        query = select(POSTINGS.c.sequence).order_by(POSTINGS.c.sequence).limit(limit)
+        if trace_id:
+            query = query.where(POSTINGS.c.trace_id == trace_id)
+        if hold_id:
+            query = query.where(POSTINGS.c.hold_id == hold_id)
+        with self._read() as conn:
+            return self._postings(conn, [row.sequence for row in conn.execute(query)])
+
+    def _postings(self, conn: Connection, sequences: list[int]) -> list[Posting]:
+        if not sequences:
+            return []
+        legs: dict[int, list[Leg]] = {}
+        for e in conn.execute(select(ENTRIES).where(ENTRIES.c.sequence.in_(sequences))
+                              .order_by(ENTRIES.c.id)):
+            legs.setdefault(e.sequence, []).append(Leg(
+                e.account_id, e.currency, e.posted_atomic, e.pending_debit_atomic,
+                e.pending_credit_atomic))
+        rows = conn.execute(select(POSTINGS).where(POSTINGS.c.sequence.in_(sequences))).all()
+        by_seq = {
+            r.sequence: Posting(
+                sequence=r.sequence, idempotency_key=r.idempotency_key, kind=r.kind,
+                legs=tuple(legs.get(r.sequence, ())), created_at_ms=r.created_at_ms,
+                hold_id=r.hold_id, memo=r.memo, trace_id=r.trace_id, span_id=r.span_id,
+                hash=r.hash)
+            for r in rows
+        }
+        return [by_seq[s] for s in sequences if s in by_seq]
+
+
+assert MAX_AMOUNT_ATOMIC < 2**63

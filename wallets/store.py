@@ -1,0 +1,74 @@
+"""Database engines: SQLite (WAL, one writer) embedded by default, PostgreSQL by URL.
+
+The same SQLAlchemy Core code runs on both. On SQLite every write transaction starts with
+BEGIN IMMEDIATE, so writers queue on the database lock instead of failing half-way; on
+PostgreSQL the ledger takes row locks itself (see `wallets.ledger`).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlmodel import SQLModel
+
+DEFAULT_DB_URL = "sqlite:///agentmarket.db"
+
+
+def sqlite_url(path: str | Path) -> str:
+    return f"sqlite:///{Path(path)}"
+
+
+def make_engine(url: str = DEFAULT_DB_URL) -> Engine:
+    """An engine with the pragmas and transaction behaviour the ledger relies on."""
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        reading = conn.get_execution_options().get("agentmarket_read", False)
+        conn.exec_driver_sql("BEGIN" if reading else "BEGIN IMMEDIATE")
+
+    return engine
+
+
+def create_schema(engine: Engine) -> None:
+    """Create every agentmarket table that is missing (imports register them on SQLModel)."""
+    import wallets.tables  # noqa: F401
+
+    SQLModel.metadata.create_all(engine)
+
+
+def is_sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+class WriteSerializer:
+    """One writer at a time inside this process on SQLite; a no-op on PostgreSQL."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._lock = threading.Lock() if is_sqlite(engine) else None
+
+    @contextmanager
+    def __call__(self) -> Iterator[None]:
+        if self._lock is None:
+            yield
+            return
+        with self._lock:
+            yield
