@@ -68,6 +68,10 @@ class WalletService:
         rail.send_payout(key, payable)
         return posting
 
+    def check_currency(self, account_id: str, currency_code: str) -> Balance:
+        """The account, refusing a request whose stated currency is not the account's."""
+        return self._wallet(account_id, currency_code)
+
     def _wallet(self, account_id: str, currency_code: str) -> Balance:
         wallet = self.ledger.balance(account_id)
         if wallet.currency != currency(currency_code).code:

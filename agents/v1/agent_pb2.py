@@ -23,23 +23,28 @@ _sym_db = _symbol_database.Default()
 
 
 from marketplace.v1 import agreement_pb2 as marketplace_dot_v1_dot_agreement__pb2
+from marketplace.v1 import settlement_pb2 as marketplace_dot_v1_dot_settlement__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x61gents/v1/agent.proto\x12\tagents.v1\x1a\x1emarketplace/v1/agreement.proto\"\xb7\x01\n\x12NegotiationMessage\x12\"\n\x03rfq\x18\x01 \x01(\x0b\x32\x13.marketplace.v1.RfqH\x00\x12&\n\x05offer\x18\x02 \x01(\x0b\x32\x15.marketplace.v1.OfferH\x00\x12\x34\n\tagreement\x18\x03 \x01(\x0b\x32\x1f.marketplace.v1.SignedAgreementH\x00\x12\x17\n\rreject_reason\x18\x04 \x01(\tH\x00\x42\x06\n\x04kind\"9\n\rInvokeRequest\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12\x12\n\ninput_json\x18\x02 \x01(\t\"j\n\x05Usage\x12\r\n\x05\x63\x61lls\x18\x01 \x01(\x04\x12\x14\n\x0cinput_tokens\x18\x02 \x01(\x04\x12\x15\n\routput_tokens\x18\x03 \x01(\x04\x12\r\n\x05units\x18\x04 \x01(\x04\x12\x16\n\x0e\x63harged_atomic\x18\x05 \x01(\x03\"p\n\x0eInvokeResponse\x12\x13\n\x0boutput_json\x18\x01 \x01(\t\x12\x1f\n\x05usage\x18\x02 \x01(\x0b\x32\x10.agents.v1.Usage\x12(\n\x07receipt\x18\x03 \x01(\x0b\x32\x17.marketplace.v1.Receipt2\x98\x01\n\x0c\x41gentService\x12I\n\tNegotiate\x12\x1d.agents.v1.NegotiationMessage\x1a\x1d.agents.v1.NegotiationMessage\x12=\n\x06Invoke\x12\x18.agents.v1.InvokeRequest\x1a\x19.agents.v1.InvokeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x61gents/v1/agent.proto\x12\tagents.v1\x1a\x1emarketplace/v1/agreement.proto\x1a\x1fmarketplace/v1/settlement.proto\"\xb7\x01\n\x12NegotiationMessage\x12\"\n\x03rfq\x18\x01 \x01(\x0b\x32\x13.marketplace.v1.RfqH\x00\x12&\n\x05offer\x18\x02 \x01(\x0b\x32\x15.marketplace.v1.OfferH\x00\x12\x34\n\tagreement\x18\x03 \x01(\x0b\x32\x1f.marketplace.v1.SignedAgreementH\x00\x12\x17\n\rreject_reason\x18\x04 \x01(\tH\x00\x42\x06\n\x04kind\"9\n\rInvokeRequest\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12\x12\n\ninput_json\x18\x02 \x01(\t\"j\n\x05Usage\x12\r\n\x05\x63\x61lls\x18\x01 \x01(\x04\x12\x14\n\x0cinput_tokens\x18\x02 \x01(\x04\x12\x15\n\routput_tokens\x18\x03 \x01(\x04\x12\r\n\x05units\x18\x04 \x01(\x04\x12\x16\n\x0e\x63harged_atomic\x18\x05 \x01(\x03\"p\n\x0eInvokeResponse\x12\x13\n\x0boutput_json\x18\x01 \x01(\t\x12\x1f\n\x05usage\x18\x02 \x01(\x0b\x32\x10.agents.v1.Usage\x12(\n\x07receipt\x18\x03 \x01(\x0b\x32\x17.marketplace.v1.Receipt\">\n\rFinishRequest\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12\x17\n\x0f\x62uyer_signature\x18\x02 \x01(\x0c\"8\n\x0e\x46inishResponse\x12&\n\x06\x65scrow\x18\x01 \x01(\x0b\x32\x16.marketplace.v1.Escrow2\xd7\x01\n\x0c\x41gentService\x12I\n\tNegotiate\x12\x1d.agents.v1.NegotiationMessage\x1a\x1d.agents.v1.NegotiationMessage\x12=\n\x06Invoke\x12\x18.agents.v1.InvokeRequest\x1a\x19.agents.v1.InvokeResponse\x12=\n\x06\x46inish\x12\x18.agents.v1.FinishRequest\x1a\x19.agents.v1.FinishResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agents.v1.agent_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_NEGOTIATIONMESSAGE']._serialized_start=69
-  _globals['_NEGOTIATIONMESSAGE']._serialized_end=252
-  _globals['_INVOKEREQUEST']._serialized_start=254
-  _globals['_INVOKEREQUEST']._serialized_end=311
-  _globals['_USAGE']._serialized_start=313
-  _globals['_USAGE']._serialized_end=419
-  _globals['_INVOKERESPONSE']._serialized_start=421
-  _globals['_INVOKERESPONSE']._serialized_end=533
-  _globals['_AGENTSERVICE']._serialized_start=536
-  _globals['_AGENTSERVICE']._serialized_end=688
+  _globals['_NEGOTIATIONMESSAGE']._serialized_start=102
+  _globals['_NEGOTIATIONMESSAGE']._serialized_end=285
+  _globals['_INVOKEREQUEST']._serialized_start=287
+  _globals['_INVOKEREQUEST']._serialized_end=344
+  _globals['_USAGE']._serialized_start=346
+  _globals['_USAGE']._serialized_end=452
+  _globals['_INVOKERESPONSE']._serialized_start=454
+  _globals['_INVOKERESPONSE']._serialized_end=566
+  _globals['_FINISHREQUEST']._serialized_start=568
+  _globals['_FINISHREQUEST']._serialized_end=630
+  _globals['_FINISHRESPONSE']._serialized_start=632
+  _globals['_FINISHRESPONSE']._serialized_end=688
+  _globals['_AGENTSERVICE']._serialized_start=691
+  _globals['_AGENTSERVICE']._serialized_end=906
 # @@protoc_insertion_point(module_scope)

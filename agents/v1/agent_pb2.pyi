@@ -1,4 +1,5 @@
 from marketplace.v1 import agreement_pb2 as _agreement_pb2
+from marketplace.v1 import settlement_pb2 as _settlement_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Mapping as _Mapping
@@ -49,3 +50,17 @@ class InvokeResponse(_message.Message):
     usage: Usage
     receipt: _agreement_pb2.Receipt
     def __init__(self, output_json: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., receipt: _Optional[_Union[_agreement_pb2.Receipt, _Mapping]] = ...) -> None: ...
+
+class FinishRequest(_message.Message):
+    __slots__ = ("agreement_id", "buyer_signature")
+    AGREEMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    BUYER_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    agreement_id: str
+    buyer_signature: bytes
+    def __init__(self, agreement_id: _Optional[str] = ..., buyer_signature: _Optional[bytes] = ...) -> None: ...
+
+class FinishResponse(_message.Message):
+    __slots__ = ("escrow",)
+    ESCROW_FIELD_NUMBER: _ClassVar[int]
+    escrow: _settlement_pb2.Escrow
+    def __init__(self, escrow: _Optional[_Union[_settlement_pb2.Escrow, _Mapping]] = ...) -> None: ...

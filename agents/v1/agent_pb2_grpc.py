@@ -45,6 +45,11 @@ class AgentServiceStub:
                 request_serializer=agents_dot_v1_dot_agent__pb2.InvokeRequest.SerializeToString,
                 response_deserializer=agents_dot_v1_dot_agent__pb2.InvokeResponse.FromString,
                 _registered_method=True)
+        self.Finish = channel.unary_unary(
+                '/agents.v1.AgentService/Finish',
+                request_serializer=agents_dot_v1_dot_agent__pb2.FinishRequest.SerializeToString,
+                response_deserializer=agents_dot_v1_dot_agent__pb2.FinishResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -63,6 +68,13 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Finish(self, request, context):
+        """The buyer is done: the seller redeems its latest voucher and receipts at the marketplace.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +87,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.Invoke,
                     request_deserializer=agents_dot_v1_dot_agent__pb2.InvokeRequest.FromString,
                     response_serializer=agents_dot_v1_dot_agent__pb2.InvokeResponse.SerializeToString,
+            ),
+            'Finish': grpc.unary_unary_rpc_method_handler(
+                    servicer.Finish,
+                    request_deserializer=agents_dot_v1_dot_agent__pb2.FinishRequest.FromString,
+                    response_serializer=agents_dot_v1_dot_agent__pb2.FinishResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +149,33 @@ class AgentService:
             '/agents.v1.AgentService/Invoke',
             agents_dot_v1_dot_agent__pb2.InvokeRequest.SerializeToString,
             agents_dot_v1_dot_agent__pb2.InvokeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Finish(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agents.v1.AgentService/Finish',
+            agents_dot_v1_dot_agent__pb2.FinishRequest.SerializeToString,
+            agents_dot_v1_dot_agent__pb2.FinishResponse.FromString,
             options,
             channel_credentials,
             insecure,

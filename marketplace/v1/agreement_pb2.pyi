@@ -111,15 +111,17 @@ class Voucher(_message.Message):
     def __init__(self, agreement_id: _Optional[str] = ..., sequence: _Optional[int] = ..., cumulative_atomic: _Optional[int] = ..., payword_index: _Optional[int] = ..., payword: _Optional[bytes] = ...) -> None: ...
 
 class Receipt(_message.Message):
-    __slots__ = ("agreement_id", "sequence", "output_sha256", "output_json", "seller_signature")
+    __slots__ = ("agreement_id", "sequence", "output_sha256", "output_json", "seller_signature", "charged_atomic")
     AGREEMENT_ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_SHA256_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_JSON_FIELD_NUMBER: _ClassVar[int]
     SELLER_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    CHARGED_ATOMIC_FIELD_NUMBER: _ClassVar[int]
     agreement_id: str
     sequence: int
     output_sha256: str
     output_json: str
     seller_signature: bytes
-    def __init__(self, agreement_id: _Optional[str] = ..., sequence: _Optional[int] = ..., output_sha256: _Optional[str] = ..., output_json: _Optional[str] = ..., seller_signature: _Optional[bytes] = ...) -> None: ...
+    charged_atomic: int
+    def __init__(self, agreement_id: _Optional[str] = ..., sequence: _Optional[int] = ..., output_sha256: _Optional[str] = ..., output_json: _Optional[str] = ..., seller_signature: _Optional[bytes] = ..., charged_atomic: _Optional[int] = ...) -> None: ...

@@ -70,22 +70,26 @@ class RedeemRequest(_message.Message):
     def __init__(self, idempotency_key: _Optional[str] = ..., agreement_id: _Optional[str] = ..., voucher: _Optional[_Union[_agreement_pb2.Voucher, _Mapping]] = ..., receipts: _Optional[_Iterable[_Union[_agreement_pb2.Receipt, _Mapping]]] = ...) -> None: ...
 
 class ConfirmRequest(_message.Message):
-    __slots__ = ("idempotency_key", "agreement_id")
+    __slots__ = ("idempotency_key", "agreement_id", "buyer_signature")
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     AGREEMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    BUYER_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     idempotency_key: str
     agreement_id: str
-    def __init__(self, idempotency_key: _Optional[str] = ..., agreement_id: _Optional[str] = ...) -> None: ...
+    buyer_signature: bytes
+    def __init__(self, idempotency_key: _Optional[str] = ..., agreement_id: _Optional[str] = ..., buyer_signature: _Optional[bytes] = ...) -> None: ...
 
 class DisputeRequest(_message.Message):
-    __slots__ = ("idempotency_key", "agreement_id", "reason")
+    __slots__ = ("idempotency_key", "agreement_id", "reason", "buyer_signature")
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     AGREEMENT_ID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    BUYER_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     idempotency_key: str
     agreement_id: str
     reason: str
-    def __init__(self, idempotency_key: _Optional[str] = ..., agreement_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    buyer_signature: bytes
+    def __init__(self, idempotency_key: _Optional[str] = ..., agreement_id: _Optional[str] = ..., reason: _Optional[str] = ..., buyer_signature: _Optional[bytes] = ...) -> None: ...
 
 class GetEscrowRequest(_message.Message):
     __slots__ = ("agreement_id",)

@@ -1,0 +1,100 @@
+"""A marketplace node: registry, settlement and wallets on one gRPC server over one database.
+
+Nodes keep no state outside the database, so several can serve one PostgreSQL behind a load
+balancer. Health checking and server reflection are on; a background sweeper expires holds and
+agreements past their deadlines.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from opentelemetry.trace import TracerProvider
+
+from marketplace.grpc_tracing import server_interceptor
+from marketplace.registry import Registry
+from marketplace.servicers import RegistryServicer, SettlementServicer
+from marketplace.settlement import Settlement
+from marketplace.v1 import registry_pb2, registry_pb2_grpc, settlement_pb2, settlement_pb2_grpc
+from wallets.ledger import Ledger
+from wallets.service import WalletService
+from wallets.servicer import WalletServicer
+from wallets.store import make_engine
+from wallets.v1 import wallet_pb2, wallet_pb2_grpc
+
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+class MarketplaceNode:
+    def __init__(self, db_url: str, *, host: str = "127.0.0.1", port: int = 0,
+                 fee_bps: int = 250, tracer_provider: TracerProvider | None = None,
+                 sweep_interval_s: float = 1.0, max_workers: int = 16) -> None:
+        self.engine = make_engine(db_url)
+        self.ledger = Ledger(self.engine)
+        self.wallets = WalletService(self.ledger)
+        self.registry = Registry(self.engine)
+        self.settlement = Settlement(self.ledger, self.registry, fee_bps=fee_bps,
+                                     tracer_provider=tracer_provider)
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=max_workers),
+            interceptors=[server_interceptor(tracer_provider)],
+            options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)],
+        )
+        registry_pb2_grpc.add_RegistryServiceServicer_to_server(
+            RegistryServicer(self.registry), self.server)
+        settlement_pb2_grpc.add_SettlementServiceServicer_to_server(
+            SettlementServicer(self.settlement), self.server)
+        wallet_pb2_grpc.add_WalletServiceServicer_to_server(
+            WalletServicer(self.wallets), self.server)
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        services = [
+            registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
+            settlement_pb2.DESCRIPTOR.services_by_name["SettlementService"].full_name,
+            wallet_pb2.DESCRIPTOR.services_by_name["WalletService"].full_name,
+        ]
+        reflection.enable_server_reflection([*services, reflection.SERVICE_NAME,
+                                             health.SERVICE_NAME], self.server)
+        self._services = services
+        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        self.address = f"{host}:{self.port}"
+        self._sweep_interval_s = sweep_interval_s
+        self._stopping = threading.Event()
+        self._sweeper = threading.Thread(target=self._sweep_loop, name="sweeper", daemon=True)
+
+    def start(self) -> MarketplaceNode:
+        self.server.start()
+        for name in ["", *self._services]:
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._sweeper.start()
+        return self
+
+    def _sweep_loop(self) -> None:
+        while not self._stopping.wait(self._sweep_interval_s):
+            try:
+                self.ledger.expire_holds()
+                self.settlement.sweep()
+            except Exception:  # keep sweeping; the next round retries
+                import logging
+
+                logging.getLogger("agentmarket.sweeper").exception("sweep failed")
+
+    def stop(self, grace_s: float = 2.0) -> None:
+        """Stop taking calls, let running ones finish, then close the database."""
+        self.health.enter_graceful_shutdown()
+        self._stopping.set()
+        self.server.stop(grace_s).wait()
+        if self._sweeper.is_alive():
+            self._sweeper.join(timeout=5)
+        self.engine.dispose()
+
+    def __enter__(self) -> MarketplaceNode:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
