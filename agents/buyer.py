@@ -223,9 +223,14 @@ class BuyerAgent:
     def call(self, deal: Deal, arguments: dict[str, Any]) -> dict[str, Any]:
         """One paid call; the output is checked against the skill's output schema."""
         seller = self._seller(deal.body.seller_endpoint)
-        response = seller.Invoke(agent_pb2.InvokeRequest(
-            agreement_id=deal.agreement_id, input_json=json.dumps(arguments)),
-            timeout=RPC_TIMEOUT_S)
+        terms = deal.body.terms
+        with self._tracer.start_as_current_span("paid_call", attributes={
+                attr.AGREEMENT_ID: deal.agreement_id, attr.SKILL: terms.skill,
+                attr.AMOUNT_ATOMIC: terms.unit_price_atomic, attr.CURRENCY: terms.currency,
+                attr.PAYER: self.agent_id, attr.PAYEE: deal.body.seller_id}):
+            response = seller.Invoke(agent_pb2.InvokeRequest(
+                agreement_id=deal.agreement_id, input_json=json.dumps(arguments)),
+                timeout=RPC_TIMEOUT_S)
         output = json.loads(response.output_json)
         with self._tracer.start_as_current_span("verify.schema", attributes={
                 attr.AGREEMENT_ID: deal.agreement_id}) as span:

@@ -206,11 +206,13 @@ class Settlement:
             self.ledger.capture_in(conn, f"{key}:capture", row.hold_id, row.earned_atomic,
                                    [s for s in splits if s[1]] or None, final=True)
         refunded = row.held_atomic - row.earned_atomic
-        trace.get_current_span().add_event("escrow.release", {
-            attr.AMOUNT_ATOMIC: refunded, attr.CURRENCY: row.currency})
-        conn.execute(update(ESCROWS).where(ESCROWS.c.agreement_id == agreement).values(
-            state="settled" if row.earned_atomic else "refunded",
-            captured_atomic=row.earned_atomic, fee_atomic=fee, refunded_atomic=refunded))
+        with self._tracer.start_as_current_span("escrow.release", attributes={
+            attr.AGREEMENT_ID: agreement, attr.AMOUNT_ATOMIC: refunded,
+            attr.CURRENCY: row.currency, attr.HOLD_ID: row.hold_id, attr.PAYEE: row.buyer_id,
+        }):
+            conn.execute(update(ESCROWS).where(ESCROWS.c.agreement_id == agreement).values(
+                state="settled" if row.earned_atomic else "refunded",
+                captured_atomic=row.earned_atomic, fee_atomic=fee, refunded_atomic=refunded))
 
     # ---- buyer ----------------------------------------------------------------------------
 

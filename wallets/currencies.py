@@ -40,9 +40,11 @@ class Currency:
         return int(value)
 
     def format(self, amount_atomic: int) -> str:
-        """Human text with every significant digit: 1_230_000_000 USD -> '1.23 USD'."""
-        text = format(Decimal(amount_atomic).scaleb(-self.scale).normalize(), "f")
-        return f"{text} {self.code}"
+        """Human text, exact: at least the rail's decimals, more where the amount has them
+        (1_230_000_000 -> '1.23 USD', 1_000_000 -> '0.001 USD')."""
+        value = Decimal(amount_atomic).scaleb(-self.scale)
+        places = max(self.rail_scale, -value.normalize().as_tuple().exponent)
+        return f"{value:.{places}f} {self.code}"
 
     def to_rail(self, amount_atomic: int) -> tuple[int, int]:
         """Split an amount into (what the rail can carry, remainder that stays), rounding down."""

@@ -1,0 +1,165 @@
+"""The `agentmarket` command: run a node, run the demo, read traces and the ledger.
+
+Errors a user can cause (a wrong path, an unknown trace id) print one line and exit 1.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from wallets.errors import AgentmarketError
+
+app = typer.Typer(help="agentmarket: agents trade work over gRPC and pay each other per call.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+trace_app = typer.Typer(help="Read stored traces.", no_args_is_help=True)
+ledger_app = typer.Typer(help="Inspect and verify the ledger.", no_args_is_help=True)
+app.add_typer(trace_app, name="trace")
+app.add_typer(ledger_app, name="ledger")
+console = Console()
+DEFAULT_SPANS = Path(".agentmarket/spans.db")
+DEFAULT_DB = "sqlite:///.agentmarket/marketplace.db"
+
+
+def fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(1)
+
+
+@app.command()
+def demo(workdir: Path = typer.Option(None, help="Directory for the database and spans "
+                                                 "(default: a fresh temporary one)."),
+         calls: int = typer.Option(5, min=1, max=50, help="Paid calls the buyer makes.")) -> None:
+    """Run one paid task end to end and show the money and the trace."""
+    from marketplace.cli.demo import print_report, run_demo
+
+    if workdir is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
+    result = run_demo(workdir, console, calls=calls)
+    print_report(result, console)
+    if result.problems:
+        raise typer.Exit(1)
+
+
+@app.command()
+def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file or "
+                                                  "postgresql://...)."),
+          host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+          port: int = typer.Option(7000, min=0, max=65535, help="gRPC port (0: any free)."),
+          fee_bps: int = typer.Option(250, min=0, max=10_000, help="Marketplace fee."),
+          spans: Path = typer.Option(DEFAULT_SPANS, help="Embedded span store file.")) -> None:
+    """Run a marketplace node until SIGTERM or SIGINT."""
+    from marketplace.node import MarketplaceNode
+    from marketplace.tracing import setup_tracing
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if db.startswith("sqlite:///"):
+        Path(db.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    spans.parent.mkdir(parents=True, exist_ok=True)
+    provider = setup_tracing("marketplace", span_store_path=spans)
+    try:
+        node = MarketplaceNode(db, host=host, port=port, fee_bps=fee_bps,
+                               tracer_provider=provider).start()
+    except Exception as error:  # a bad URL or a taken port: one line, not a traceback
+        fail(f"cannot start the node: {error}")
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    console.print(f"marketplace listening on {node.address} (db {db})", highlight=False)
+    stop.wait()
+    console.print("shutting down")
+    node.stop()
+    provider.shutdown()
+
+
+def _store(spans: Path):  # type: ignore[no-untyped-def]
+    from marketplace.spanstore import SpanStore
+
+    if not spans.exists():
+        fail(f"no span store at {spans}")
+    return SpanStore(spans)
+
+
+def _show(trace_id: str, spans: Path, as_json: bool) -> None:
+    from marketplace.trace_tree import render_trace, trace_to_json
+
+    with _store(spans) as store:
+        found = store.spans(trace_id)
+    if not found:
+        fail(f"no trace {trace_id} in {spans}")
+    if as_json:
+        print(json.dumps(trace_to_json(found), indent=2))
+    else:
+        console.print(render_trace(found))
+
+
+@trace_app.command("show")
+def trace_show(trace_id: str,
+               spans: Path = typer.Option(DEFAULT_SPANS, help="Span store file."),
+               as_json: bool = typer.Option(False, "--json", help="JSON for scripts.")) -> None:
+    """Print one trace as a tree."""
+    _show(trace_id, spans, as_json)
+
+
+@trace_app.command("last")
+def trace_last(spans: Path = typer.Option(DEFAULT_SPANS, help="Span store file."),
+               as_json: bool = typer.Option(False, "--json", help="JSON for scripts.")) -> None:
+    """Print the most recent trace as a tree."""
+    with _store(spans) as store:
+        trace_id = store.last_trace_id()
+    if trace_id is None:
+        fail(f"no traces in {spans}")
+    _show(trace_id, spans, as_json)
+
+
+@trace_app.command("list")
+def trace_list(spans: Path = typer.Option(DEFAULT_SPANS, help="Span store file."),
+               limit: int = typer.Option(20, min=1, max=1000),
+               service: str = typer.Option(None, help="Only traces touching this service."),
+               agreement: str = typer.Option(None, help="Only traces of this agreement id.")
+               ) -> None:
+    """List recent traces."""
+    with _store(spans) as store:
+        rows = store.traces(limit=limit, service=service, agreement_id=agreement)
+    table = Table("trace id", "root", "spans", "duration", "services", "status")
+    for t in rows:
+        table.add_row(t.trace_id, t.root_name, str(t.span_count), f"{t.duration_ms:.1f} ms",
+                      ", ".join(t.services), "[red]error" if t.error else "ok")
+    console.print(table)
+
+
+@ledger_app.command("verify")
+def ledger_verify(db: str = typer.Option(DEFAULT_DB, help="Database URL.")) -> None:
+    """Check the hash chain and that every balance equals the sum of its entries."""
+    from wallets.audit import check_balances, verify_chain
+    from wallets.ledger import Ledger
+    from wallets.store import make_engine
+
+    if db.startswith("sqlite:///") and not Path(db.removeprefix("sqlite:///")).exists():
+        fail(f"no database at {db}")
+    ledger = Ledger(make_engine(db))
+    chain, balances = verify_chain(ledger), check_balances(ledger)
+    for problem in chain.problems + balances.problems:
+        console.print(f"[red]{problem}")
+    console.print(f"{chain.postings} postings, {balances.accounts} accounts: "
+                  + ("[green]ok" if chain.ok and balances.ok else "[red]NOT OK"))
+    if not (chain.ok and balances.ok):
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    try:
+        app()
+    except AgentmarketError as error:
+        fail(error.message)
+
+
+if __name__ == "__main__":
+    main()

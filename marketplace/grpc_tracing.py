@@ -1,0 +1,267 @@
+"""W3C trace context across gRPC hops: one CLIENT span per call, one SERVER span per handler.
+
+The propagator is a `TraceContextTextMapPropagator` held here rather than the global one, so a
+trace crosses every hop even when the application configured no propagators. Baggage is not
+propagated on purpose: peers are other people's agents, and baggage would leak our context to
+them. Any non-OK status marks the span as an error on both sides: a refused payment matters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
+
+import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.semconv._incubating.attributes.rpc_attributes import (
+    RPC_GRPC_STATUS_CODE,
+    RPC_METHOD,
+    RPC_SERVICE,
+    RPC_SYSTEM,
+)
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+TRACER_NAME = "agentmarket.grpc"
+_PROPAGATOR = TraceContextTextMapPropagator()
+_PROPAGATED_KEYS = frozenset(_PROPAGATOR.fields)
+
+
+def _rpc_attributes(full_method: str | bytes) -> tuple[str, dict[str, str]]:
+    """'/pkg.Service/Method' -> span name 'pkg.Service/Method' and the rpc.* attributes."""
+    if isinstance(full_method, bytes):
+        full_method = full_method.decode("utf-8", "replace")
+    name = full_method.lstrip("/")
+    service, _, method = name.rpartition("/")
+    return name, {RPC_SYSTEM: "grpc", RPC_SERVICE: service, RPC_METHOD: method}
+
+
+def _record_status(span: Span, code: grpc.StatusCode, details: str | None) -> None:
+    span.set_attribute(RPC_GRPC_STATUS_CODE, code.value[0])
+    if code is not grpc.StatusCode.OK:
+        span.set_status(Status(StatusCode.ERROR, f"{code.name}: {details or ''}".rstrip(": ")))
+
+
+class _CallDetails(NamedTuple):
+    method: str
+    timeout: float | None
+    metadata: Any
+    credentials: Any
+    wait_for_ready: bool | None
+    compression: Any
+
+
+class _ClientCallDetails(_CallDetails, grpc.ClientCallDetails):
+    """grpc.ClientCallDetails is abstract; a named tuple gives it its fields."""
+
+
+class _ClientInterceptor(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    def __init__(self, tracer: trace.Tracer) -> None:
+        self._tracer = tracer
+
+    def _intercept(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+        name, attributes = _rpc_attributes(details.method)
+        span = self._tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
+        carrier: dict[str, str] = {}
+        _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
+        metadata = [
+            (key, value)
+            for key, value in (details.metadata or ())
+            if key.lower() not in _PROPAGATED_KEYS
+        ]
+        metadata.extend(carrier.items())
+        new_details = _ClientCallDetails(
+            details.method,
+            details.timeout,
+            metadata,
+            details.credentials,
+            getattr(details, "wait_for_ready", None),
+            getattr(details, "compression", None),
+        )
+        try:
+            with _current(span):  # interceptors further in see the client span as parent
+                outcome = continuation(new_details, request)
+        except BaseException as error:
+            span.record_exception(error)
+            span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+            span.end()
+            raise
+
+        def finish(call: Any) -> None:
+            _record_status(span, call.code(), call.details())
+            span.end()
+
+        # Called at once for a finished blocking call, on completion for futures and streams.
+        outcome.add_done_callback(finish)
+        return outcome
+
+    def intercept_unary_unary(
+        self, continuation: Callable[..., Any], client_call_details: Any, request: Any
+    ) -> Any:
+        return self._intercept(continuation, client_call_details, request)
+
+    def intercept_unary_stream(
+        self, continuation: Callable[..., Any], client_call_details: Any, request: Any
+    ) -> Any:
+        return self._intercept(continuation, client_call_details, request)
+
+    def intercept_stream_unary(
+        self, continuation: Callable[..., Any], client_call_details: Any, request_iterator: Any
+    ) -> Any:
+        return self._intercept(continuation, client_call_details, request_iterator)
+
+    def intercept_stream_stream(
+        self, continuation: Callable[..., Any], client_call_details: Any, request_iterator: Any
+    ) -> Any:
+        return self._intercept(continuation, client_call_details, request_iterator)
+
+
+def client_interceptors(
+    tracer_provider: trace.TracerProvider | None = None,
+) -> list[grpc.UnaryUnaryClientInterceptor | grpc.UnaryStreamClientInterceptor]:
+    """Interceptors for `grpc.intercept_channel`: a CLIENT span per call, context in metadata.
+
+    One object implements all four call shapes; it is returned in a list so callers can add
+    their own interceptors (payment vouchers) after it, inside the client span.
+    """
+    interceptor = _ClientInterceptor(trace.get_tracer(TRACER_NAME, tracer_provider=tracer_provider))
+    return [interceptor]
+
+
+class _ServerInterceptor(grpc.ServerInterceptor):
+    def __init__(self, tracer: trace.Tracer) -> None:
+        self._tracer = tracer
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        carrier = {
+            key: value
+            for key, value in (handler_call_details.invocation_metadata or ())
+            if key in _PROPAGATED_KEYS and isinstance(value, str)
+        }
+        name, attributes = _rpc_attributes(handler_call_details.method)  # type: ignore[attr-defined]
+        tracer = self._tracer
+
+        def start() -> Span:
+            parent = _PROPAGATOR.extract(carrier, context=otel_context.Context())
+            return tracer.start_span(
+                name, context=parent, kind=SpanKind.SERVER, attributes=attributes
+            )
+
+        def unary(behavior: Callable[..., Any]) -> Callable[..., Any]:
+            def traced(request: Any, context: grpc.ServicerContext) -> Any:
+                span = start()
+                try:
+                    with _current(span):
+                        response = behavior(request, context)
+                except BaseException as error:
+                    _server_failed(span, context, error)
+                    raise
+                else:
+                    _server_done(span, context)
+                    return response
+                finally:
+                    span.end()
+
+            return traced
+
+        def streaming(behavior: Callable[..., Any]) -> Callable[..., Any]:
+            # The span is current only while the servicer runs, never across a yield: the
+            # generator may be closed from another thread when the client goes away.
+            def traced(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                span = start()
+                try:
+                    with _current(span):
+                        responses = iter(behavior(request, context))
+                    while True:
+                        with _current(span):
+                            item = next(responses, _END)
+                        if item is _END:
+                            break
+                        yield item
+                except GeneratorExit:
+                    _record_status(span, grpc.StatusCode.CANCELLED, "response stream closed")
+                    raise
+                except BaseException as error:
+                    _server_failed(span, context, error)
+                    raise
+                else:
+                    _server_done(span, context)
+                finally:
+                    span.end()
+
+            return traced
+
+        wrappers = {
+            "unary_unary": (unary, grpc.unary_unary_rpc_method_handler),
+            "stream_unary": (unary, grpc.stream_unary_rpc_method_handler),
+            "unary_stream": (streaming, grpc.unary_stream_rpc_method_handler),
+            "stream_stream": (streaming, grpc.stream_stream_rpc_method_handler),
+        }
+        for kind, (wrap, make_handler) in wrappers.items():
+            behavior = getattr(handler, kind)
+            if behavior is not None:
+                return make_handler(
+                    wrap(behavior),
+                    request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer,
+                )
+        return handler
+
+
+_END = object()
+
+
+def _current(span: Span) -> Any:
+    """Make `span` current without ending it or touching its status (we set that ourselves)."""
+    return trace.use_span(
+        span, end_on_exit=False, record_exception=False, set_status_on_exception=False
+    )
+
+
+def _code_of(context: grpc.ServicerContext) -> grpc.StatusCode | None:
+    try:
+        return context.code()  # type: ignore[attr-defined,no-any-return]
+    except (AttributeError, NotImplementedError):
+        return None
+
+
+def _details_of(context: grpc.ServicerContext) -> str | None:
+    try:
+        details = context.details()  # type: ignore[attr-defined]
+    except (AttributeError, NotImplementedError):
+        return None
+    return details.decode("utf-8", "replace") if isinstance(details, bytes) else details
+
+
+def _server_done(span: Span, context: grpc.ServicerContext) -> None:
+    _record_status(span, _code_of(context) or grpc.StatusCode.OK, _details_of(context))
+
+
+def _server_failed(span: Span, context: grpc.ServicerContext, error: BaseException) -> None:
+    """An abort sets the code then raises; anything else reaches the client as UNKNOWN."""
+    code = _code_of(context)
+    if code is None or code is grpc.StatusCode.OK:
+        span.record_exception(error)
+        _record_status(span, grpc.StatusCode.UNKNOWN, type(error).__name__)
+    else:
+        _record_status(span, code, _details_of(context))
+
+
+def server_interceptor(
+    tracer_provider: trace.TracerProvider | None = None,
+) -> grpc.ServerInterceptor:
+    """An interceptor for `grpc.server(interceptors=...)`: a SERVER span current in the servicer."""
+    return _ServerInterceptor(trace.get_tracer(TRACER_NAME, tracer_provider=tracer_provider))
