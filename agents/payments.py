@@ -103,7 +103,8 @@ class PaymentGate:
         account = self._account(agreement_id)
         body = account.body
         with account.lock:
-            if voucher.sequence <= account.sequence or voucher.payword_index <= account.anchor_index:
+            if (voucher.sequence <= account.sequence
+                    or voucher.payword_index <= account.anchor_index):
                 raise InvalidVoucher(f"voucher {voucher.sequence} was already used (replay)")
             if voucher.cumulative_atomic != voucher.payword_index * body.link_value_atomic:
                 raise InvalidVoucher("cumulative_atomic does not match the payword index")

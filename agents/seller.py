@@ -11,13 +11,13 @@ Negotiation follows the seller's strategy, but it never signs below its reservat
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
 import uuid
 from concurrent import futures
 from dataclasses import dataclass, field
-from typing import Any
 
 import grpc
 from jsonschema import ValidationError
@@ -27,7 +27,6 @@ from opentelemetry.trace import TracerProvider
 
 from agents._grpc_payment import PaymentServerInterceptor, call_sequence
 from agents.errors import (
-    AgentmarketError,
     FailedPrecondition,
     InvalidArgument,
     NegotiationFailed,
@@ -129,19 +128,15 @@ class SellerAgent:
                 self.registry.Heartbeat(registry_pb2.HeartbeatRequest(agent_id=self.agent_id),
                                         timeout=RPC_TIMEOUT_S)
             except grpc.RpcError:
-                try:
+                with contextlib.suppress(grpc.RpcError):  # marketplace away: next beat retries
                     self.advertise()
-                except grpc.RpcError:
-                    pass  # the marketplace is away; try again next beat
 
     def stop(self, grace_s: float = 1.0) -> None:
         self._stop.set()
-        try:
+        with contextlib.suppress(grpc.RpcError):  # if unreachable, the listing expires anyway
             self.registry.WithdrawListing(registry_pb2.WithdrawListingRequest(
                 idempotency_key=f"withdraw:{uuid.uuid4().hex}", agent_id=self.agent_id),
                 timeout=RPC_TIMEOUT_S)
-        except grpc.RpcError:
-            pass  # the listing expires by itself
         self.server.stop(grace_s).wait()
         self._channel.close()
 
