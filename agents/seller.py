@@ -38,7 +38,7 @@ from agents.payments import PaymentGate
 from agents.skills import Skill
 from agents.v1 import agent_pb2, agent_pb2_grpc
 from marketplace import agreements as ag
-from marketplace.grpc_tracing import client_interceptors, server_interceptor
+from marketplace.grpc_tracing import client_interceptors, server_interceptor, untraced
 from marketplace.identity import AgentKey, verify
 from marketplace.v1 import (
     agreement_pb2,
@@ -124,16 +124,18 @@ class SellerAgent:
 
     def _heartbeat_loop(self) -> None:
         while not self._stop.wait(self.ttl_s / 3):
-            try:
-                self.registry.Heartbeat(registry_pb2.HeartbeatRequest(agent_id=self.agent_id),
-                                        timeout=RPC_TIMEOUT_S)
-            except grpc.RpcError:
-                with contextlib.suppress(grpc.RpcError):  # marketplace away: next beat retries
-                    self.advertise()
+            with untraced():
+                try:
+                    self.registry.Heartbeat(
+                        registry_pb2.HeartbeatRequest(agent_id=self.agent_id),
+                        timeout=RPC_TIMEOUT_S)
+                except grpc.RpcError:
+                    with contextlib.suppress(grpc.RpcError):  # marketplace away: retry next beat
+                        self.advertise()
 
     def stop(self, grace_s: float = 1.0) -> None:
         self._stop.set()
-        with contextlib.suppress(grpc.RpcError):  # if unreachable, the listing expires anyway
+        with untraced(), contextlib.suppress(grpc.RpcError):  # else the listing expires
             self.registry.WithdrawListing(registry_pb2.WithdrawListingRequest(
                 idempotency_key=f"withdraw:{uuid.uuid4().hex}", agent_id=self.agent_id),
                 timeout=RPC_TIMEOUT_S)

@@ -8,7 +8,9 @@ them. Any non-OK status marks the span as an error on both sides: a refused paym
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 import grpc
@@ -20,7 +22,7 @@ from opentelemetry.semconv._incubating.attributes.rpc_attributes import (
     RPC_SERVICE,
     RPC_SYSTEM,
 )
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 TRACER_NAME = "agentmarket.grpc"
@@ -67,7 +69,10 @@ class _ClientInterceptor(
 
     def _intercept(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
         name, attributes = _rpc_attributes(details.method)
-        span = self._tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
+        if otel_context.get_value(_UNTRACED):
+            span: Span = _unsampled_span()
+        else:
+            span = self._tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
         carrier: dict[str, str] = {}
         _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
         metadata = [
@@ -120,6 +125,27 @@ class _ClientInterceptor(
         self, continuation: Callable[..., Any], client_call_details: Any, request_iterator: Any
     ) -> Any:
         return self._intercept(continuation, client_call_details, request_iterator)
+
+
+_UNTRACED = otel_context.create_key("agentmarket-untraced")
+
+
+@contextmanager
+def untraced() -> Iterator[None]:
+    """Calls made inside are not traced on either side (heartbeats, shutdown housekeeping):
+    they carry an unsampled traceparent, so the server's parent-based sampler drops them too."""
+    token = otel_context.attach(otel_context.set_value(_UNTRACED, True))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
+def _unsampled_span() -> Span:
+    context = SpanContext(trace_id=random.getrandbits(128) or 1,
+                          span_id=random.getrandbits(64) or 1, is_remote=False,
+                          trace_flags=TraceFlags(TraceFlags.DEFAULT))
+    return trace.NonRecordingSpan(context)
 
 
 def client_interceptors(

@@ -21,7 +21,8 @@ def test_generated_code_is_fresh(tmp_path: Path):
     generate.generate(tmp_path)
     fresh = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
     assert fresh, "protoc produced nothing"
-    stale = [str(rel) for rel in fresh if (ROOT / rel).read_bytes() != (tmp_path / rel).read_bytes()]
+    stale = [str(rel) for rel in fresh
+             if (ROOT / rel).read_bytes() != (tmp_path / rel).read_bytes()]
     assert not stale, f"stale generated code, run `make protos`: {stale}"
     for package in generate.PACKAGES:
         committed = {p.name for p in (ROOT / package / "v1").iterdir() if p.is_file()}

@@ -4,10 +4,10 @@ Every money movement is one posting whose legs sum to zero per currency (posted,
 debits against pending credits). Rails and the marketplace's fee income are accounts too, so the
 sum of every account's posted balance in a currency is always zero.
 
-Concurrency: every posting locks the single chain-head row first (SQLite: BEGIN IMMEDIATE and one
-writer per process; PostgreSQL: SELECT ... FOR UPDATE), then changes balances with conditional
-UPDATEs that refuse to take an account below its limit. No double spend relies on isolation
-levels alone.
+Concurrency: every write transaction locks the single chain-head row before it reads anything
+(SQLite: BEGIN IMMEDIATE and one writer per process; PostgreSQL: SELECT ... FOR UPDATE), then
+changes balances with conditional UPDATEs that refuse to take an account below its limit. No
+double spend relies on isolation levels alone.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from opentelemetry import trace
-from sqlalchemy import Connection, Engine, and_, insert, literal, select, update
+from sqlalchemy import Connection, Engine, and_, insert, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from wallets import _idempotency
@@ -32,6 +32,7 @@ from wallets.errors import (
     InvalidAmount,
     InvalidArgument,
     NotFound,
+    ResourceExhausted,
 )
 from wallets.models import Balance, Hold, Leg, Posting, Transfer
 from wallets.store import WriteSerializer, create_schema, is_sqlite
@@ -47,6 +48,7 @@ ACCOUNT_KINDS = ("wallet", "rail", "fees", "fx", "escrow")
 MAX_HOLD_TIMEOUT_S = 30 * 24 * 3600
 MAX_LEGS = 64
 MAX_MEMO = 256
+INT64_MAX = 2**63 - 1  # the BIGINT columns' limit
 T = TypeVar("T")
 
 
@@ -105,13 +107,19 @@ class Ledger:
         serial = self._serial
 
         class _Tx:
-            def __enter__(tx) -> Connection:  # noqa: N805
+            def __enter__(tx) -> Connection:
                 tx.guard = serial()
                 tx.guard.__enter__()
                 tx.ctx = self.engine.begin()
-                return tx.ctx.__enter__()
+                conn = tx.ctx.__enter__()
+                if not self._sqlite:
+                    # Lock the head before reading anything (idempotency keys, holds): reads
+                    # under READ COMMITTED that precede the lock may be stale by the time we
+                    # post (1000 concurrent captures of one hold all succeeded without this).
+                    conn.execute(select(HEAD.c.id).where(HEAD.c.id == 1).with_for_update())
+                return conn
 
-            def __exit__(tx, *exc: Any) -> None:  # noqa: N805
+            def __exit__(tx, *exc: Any) -> None:
                 try:
                     tx.ctx.__exit__(*exc)
                 finally:
@@ -319,9 +327,15 @@ class Ledger:
             available_after = (c.posted_credits_atomic + credit - c.posted_debits_atomic - debit
                                - c.pending_debits_atomic - leg.pending_debit_atomic)
             guard = available_after + c.credit_limit_atomic >= 0
+        # The totals are running BIGINT sums: refuse to pass int64 (SQLite would silently turn
+        # the column into a float, PostgreSQL raise a bare DataError).
+        increments = {"posted_credits_atomic": credit, "posted_debits_atomic": debit,
+                      "pending_debits_atomic": leg.pending_debit_atomic,
+                      "pending_credits_atomic": leg.pending_credit_atomic}
+        fits = [c[name] <= INT64_MAX - d for name, d in increments.items() if d > 0]
         result = conn.execute(
             update(ACCOUNTS)
-            .where(and_(c.id == leg.account_id, c.currency == leg.currency, guard))
+            .where(and_(c.id == leg.account_id, c.currency == leg.currency, guard, *fits))
             .values(
                 posted_credits_atomic=c.posted_credits_atomic + credit,
                 posted_debits_atomic=c.posted_debits_atomic + debit,
@@ -335,6 +349,10 @@ class Ledger:
                 raise NotFound(f"account {leg.account_id!r} does not exist")
             if row.currency != leg.currency:
                 raise InvalidArgument(f"account {leg.account_id!r} holds {row.currency}")
+            if any(getattr(row, name) > INT64_MAX - d for name, d in increments.items() if d > 0):
+                raise ResourceExhausted(
+                    f"account {leg.account_id}'s running totals would pass {INT64_MAX} atomic; "
+                    "move its balance to a new account", reason="ACCOUNT_TOTALS_EXHAUSTED")
             have = _balance(row)
             need = -(leg.posted_atomic - leg.pending_debit_atomic)
             raise InsufficientFunds(
@@ -481,8 +499,9 @@ class Ledger:
         """Void every open hold past its timeout (the sweeper; also run on access)."""
         now = self.clock_ms()
         query = select(HOLDS.c.id).where(HOLDS.c.status == "open", HOLDS.c.expires_at_ms <= now)
-        if account_id is not None:
-            query = query.where(HOLDS.c.debit_account_id == account_id)
+        if account_id is not None:  # either side: the payee's pending credits expire too
+            query = query.where(or_(HOLDS.c.debit_account_id == account_id,
+                                    HOLDS.c.credit_account_id == account_id))
         if hold_id is not None:
             query = query.where(HOLDS.c.id == hold_id)
         with self._read() as conn:

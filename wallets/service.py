@@ -5,6 +5,7 @@ Plain Python over the ledger; the gRPC servicer is a thin adapter over it.
 
 from __future__ import annotations
 
+from wallets._idempotency import check_key
 from wallets.currencies import CURRENCIES, check_amount, currency
 from wallets.errors import InvalidAmount, InvalidArgument, NotFound
 from wallets.ledger import Ledger
@@ -37,6 +38,7 @@ class WalletService:
     def deposit(self, key: str, account_id: str, amount_atomic: int, currency_code: str,
                 rail_name: str = "") -> Posting:
         """Credit a wallet with money that arrived through a rail."""
+        check_key(key)  # before the rail is asked or its ledger account opened
         check_amount(amount_atomic)
         wallet = self._wallet(account_id, currency_code)
         rail = self.rail(rail_name, wallet.currency)
@@ -53,6 +55,7 @@ class WalletService:
     def withdraw(self, key: str, account_id: str, amount_atomic: int, currency_code: str,
                  rail_name: str = "") -> Posting:
         """Pay out through a rail, rounded down to its precision; the remainder stays here."""
+        check_key(key)
         check_amount(amount_atomic)
         wallet = self._wallet(account_id, currency_code)
         rail = self.rail(rail_name, wallet.currency)

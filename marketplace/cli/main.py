@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from wallets.errors import AgentmarketError
 
@@ -29,7 +29,7 @@ DEFAULT_DB = "sqlite:///.agentmarket/marketplace.db"
 
 
 def fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}", highlight=False)
+    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 
 
@@ -128,7 +128,9 @@ def trace_list(spans: Path = typer.Option(DEFAULT_SPANS, help="Span store file."
     """List recent traces."""
     with _store(spans) as store:
         rows = store.traces(limit=limit, service=service, agreement_id=agreement)
-    table = Table("trace id", "root", "spans", "duration", "services", "status")
+    # ids are what the user copies into `trace show`: never cut or wrap them, even when narrow
+    table = Table(Column("trace id", no_wrap=True, min_width=32), "root", "spans", "duration",
+                  "services", "status")
     for t in rows:
         table.add_row(t.trace_id, t.root_name, str(t.span_count), f"{t.duration_ms:.1f} ms",
                       ", ".join(t.services), "[red]error" if t.error else "ok")

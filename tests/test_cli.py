@@ -1,0 +1,261 @@
+"""The `agentmarket` command: `serve` as a real process, and the demo's money and trace.
+
+`serve` runs as a subprocess until SIGTERM or SIGINT, answering health checks and server
+reflection meanwhile. The demo runs once per module; its trace and ledger are then read back
+through `trace` and `ledger` (typer's CliRunner), and its books are checked as a test of their own.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from rich.console import Console
+from typer.testing import CliRunner
+
+from marketplace.cli.demo import DemoResult, run_demo
+from marketplace.cli.main import app
+from marketplace.spanstore import SpanStore
+from wallets.currencies import split
+
+CALLS = 3
+FEE_BPS = 250
+START_TIMEOUT_S = 15
+STOP_TIMEOUT_S = 10
+AGENTMARKET_SERVICES = {"wallets.v1.WalletService", "marketplace.v1.RegistryService",
+                        "marketplace.v1.SettlementService"}
+
+
+# ---- serve: a real process -------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _agentmarket() -> list[str]:
+    script = Path(sys.executable).parent / "agentmarket"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "marketplace.cli.main"]
+
+
+def _wait_until_serving(process: subprocess.Popen[bytes], channel: grpc.Channel,
+                        logs: Path) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"serve exited early:\n{logs.read_text()}"
+        try:
+            answer = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+        except grpc.RpcError:
+            time.sleep(0.1)
+            continue
+        if answer.status == health_pb2.HealthCheckResponse.SERVING:
+            return
+        time.sleep(0.1)
+    pytest.fail(f"serve did not become SERVING within {START_TIMEOUT_S} s:\n{logs.read_text()}")
+
+
+def _listed_services(channel: grpc.Channel) -> set[str]:
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    responses = stub.ServerReflectionInfo(iter([request]), timeout=5)
+    return {s.name for r in responses for s in r.list_services_response.service}
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_serve_answers_health_and_reflection_then_stops_cleanly_on_signal(
+        signum: signal.Signals, tmp_path: Path):
+    port = _free_port()
+    logs = tmp_path / "serve.log"
+    argv = [*_agentmarket(), "serve", "--db", f"sqlite:///{tmp_path / 'm.db'}",
+            "--port", str(port), "--spans", str(tmp_path / "spans.db")]
+    with logs.open("wb") as log:
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            _wait_until_serving(process, channel, logs)
+            assert _listed_services(channel) >= AGENTMARKET_SERVICES | {
+                "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
+        process.send_signal(signum)
+        assert process.wait(timeout=STOP_TIMEOUT_S) == 0, logs.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    output = logs.read_text()
+    assert f"listening on 127.0.0.1:{port}" in output
+    assert "shutting down" in output
+    assert "Traceback" not in output
+    assert (tmp_path / "m.db").exists() and (tmp_path / "spans.db").exists()
+
+
+# ---- the demo, once per module ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoResult:
+    console = Console(record=True, width=200)
+    return run_demo(tmp_path_factory.mktemp("demo"), console, calls=CALLS)
+
+
+@pytest.fixture(scope="module")
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def _ok(runner: CliRunner, *args: str) -> str:
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result.output
+
+
+def test_trace_show_prints_the_task_tree_with_money(runner: CliRunner, demo: DemoResult):
+    output = _ok(runner, "trace", "show", demo.trace_id, "--spans", str(demo.span_store))
+    for name in ("task", "escrow.hold", "escrow.capture", "paid_call"):
+        assert name in output
+    assert "USD" in output
+    assert "[marketplace]" in output and "[buyer]" in output
+
+
+def test_trace_show_accepts_an_upper_case_trace_id(runner: CliRunner, demo: DemoResult):
+    output = _ok(runner, "trace", "show", demo.trace_id.upper(), "--spans",
+                 str(demo.span_store))
+    assert "escrow.capture" in output
+
+
+def test_trace_last_prints_the_demo_trace_as_a_tree(runner: CliRunner, demo: DemoResult):
+    """The most recent root span's trace (after the task: a seller withdrawing its listing)."""
+    with SpanStore(demo.span_store) as store:
+        last = store.spans(store.last_trace_id() or "")
+    root = next(s for s in last if s.parent_span_id is None)
+    output = _ok(runner, "trace", "last", "--spans", str(demo.span_store))
+    assert output.lstrip().startswith(root.name)
+    assert f"[{root.service_name}]" in output and "└──" in output
+
+
+def test_trace_show_json_is_the_tree_as_data(runner: CliRunner, demo: DemoResult):
+    result = runner.invoke(app, ["trace", "show", demo.trace_id, "--spans",
+                                 str(demo.span_store), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["trace_id"] == demo.trace_id
+    assert [root["name"] for root in data["roots"]] == ["task"]
+
+    def names(node: dict) -> list[str]:
+        return [node["name"], *(n for child in node["children"] for n in names(child))]
+
+    assert {"escrow.hold", "escrow.capture", "paid_call"} <= set(names(data["roots"][0]))
+    assert data["span_count"] == len(names(data["roots"][0]))
+
+
+def test_trace_list_lists_the_demo_trace(runner: CliRunner, demo: DemoResult):
+    output = _ok(runner, "trace", "list", "--spans", str(demo.span_store))
+    assert demo.trace_id in output
+    assert "task" in output
+    only_buyer = _ok(runner, "trace", "list", "--spans", str(demo.span_store),
+                     "--service", "buyer")
+    assert demo.trace_id in only_buyer
+    nobody = _ok(runner, "trace", "list", "--spans", str(demo.span_store),
+                 "--service", "nobody")
+    assert demo.trace_id not in nobody
+
+
+def test_ledger_verify_says_the_demo_books_are_ok(runner: CliRunner, demo: DemoResult):
+    output = _ok(runner, "ledger", "verify", "--db", f"sqlite:///{demo.db_path}")
+    assert "ok" in output and "NOT OK" not in output
+    assert "postings" in output
+
+
+@pytest.mark.parametrize("case", ["unknown-trace", "missing-spans", "missing-spans-last",
+                                  "missing-spans-list", "missing-db"])
+def test_user_errors_print_one_line_and_exit_1(case: str, runner: CliRunner, demo: DemoResult,
+                                               tmp_path: Path):
+    spans, nowhere = str(demo.span_store), tmp_path / "nowhere"
+    args, says = {
+        "unknown-trace": (["trace", "show", "0" * 32, "--spans", spans], "no trace"),
+        "missing-spans": (["trace", "show", demo.trace_id, "--spans", str(nowhere / "s.db")],
+                          "no span store"),
+        "missing-spans-last": (["trace", "last", "--spans", str(nowhere / "s.db")],
+                               "no span store"),
+        "missing-spans-list": (["trace", "list", "--spans", str(nowhere / "s.db")],
+                               "no span store"),
+        "missing-db": (["ledger", "verify", "--db", f"sqlite:///{nowhere / 'm.db'}"],
+                       "no database"),
+    }[case]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), result.exception  # not a crash
+    assert "Traceback" not in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error:") and says in lines[0]
+    assert not nowhere.exists()  # reading commands create nothing
+
+
+# ---- the demo's task: the money and the trace ------------------------------------------------
+
+
+def test_demo_task_pays_the_seller_price_times_calls_minus_the_fee(demo: DemoResult):
+    assert demo.problems == []
+    for balances in (demo.before, demo.after):
+        per_currency: dict[str, int] = {}
+        for b in balances.values():
+            per_currency[b.currency] = per_currency.get(b.currency, 0) + b.posted_atomic
+        assert per_currency and set(per_currency.values()) == {0}
+
+    unit_price = demo.state["unit_price_atomic"]
+    total = unit_price * CALLS
+    seller_part, fee = split(total, FEE_BPS)
+    assert fee == total * FEE_BPS // 10_000 and seller_part == total - fee
+
+    def change(account_id: str) -> int:
+        before = demo.before.get(account_id)
+        return demo.after[account_id].posted_atomic - (before.posted_atomic if before else 0)
+
+    wallets = {demo.names.get(b.owner, b.owner): b for b in demo.after.values()
+               if b.kind == "wallet"}
+    seller = demo.names[demo.state["seller_id"]]
+    assert seller in ("seller-a", "seller-b")
+    other = "seller-b" if seller == "seller-a" else "seller-a"
+    assert change(wallets[seller].account_id) == seller_part
+    assert other not in wallets or change(wallets[other].account_id) == 0
+    assert change(wallets["buyer"].account_id) == -total
+    fees = [b for b in demo.after.values() if b.kind == "fees"]
+    assert [(b.currency, change(b.account_id)) for b in fees] == [("USD", fee)]
+    assert demo.state["captured_atomic"] == total
+    assert len(demo.state["outputs"]) == CALLS
+    assert all(b.pending_debits_atomic == b.pending_credits_atomic == 0
+               for b in demo.after.values())
+
+
+def test_demo_task_is_one_trace_across_marketplace_buyer_and_seller(demo: DemoResult):
+    with SpanStore(demo.span_store) as store:
+        spans = store.spans(demo.trace_id)
+    roots = [s for s in spans if s.parent_span_id is None]
+    assert [(r.name, r.service_name) for r in roots] == [("task", "buyer")]
+    ids = {s.span_id for s in spans}
+    assert all(s.parent_span_id in ids for s in spans if s is not roots[0])
+    services = {s.service_name for s in spans}
+    assert {"marketplace", "buyer"} <= services
+    assert len(services & {"seller-a", "seller-b"}) == 1
+    assert demo.names[demo.state["seller_id"]] in services
+    assert sum(s.name == "paid_call" for s in spans) == CALLS
+
+
+def test_demo_cli_command_runs_and_reports(runner: CliRunner, tmp_path: Path):
+    """`agentmarket demo` itself (the slowest test here: a second demo run, one call)."""
+    output = _ok(runner, "demo", "--workdir", str(tmp_path / "d"), "--calls", "1")
+    assert "books balanced, hash chain intact" in output
+    assert (tmp_path / "d" / "marketplace.db").exists()
+
