@@ -91,6 +91,7 @@ class MarketplaceNode:
         self.server.stop(grace_s).wait()
         if self._sweeper.is_alive():
             self._sweeper.join(timeout=5)
+        self.ledger.close()
         self.engine.dispose()
 
     def __enter__(self) -> MarketplaceNode:

@@ -267,8 +267,10 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def ledger(engine: Engine, clock: FakeClock) -> Ledger:
-    return Ledger(engine, clock_ms=clock)
+def ledger(engine: Engine, clock: FakeClock) -> Iterator[Ledger]:
+    ledger = Ledger(engine, clock_ms=clock)
+    yield ledger
+    ledger.close()
 
 
 @pytest.fixture

@@ -133,6 +133,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.keys = (f"key-{n}" for n in itertools.count())
 
     def teardown(self) -> None:
+        self.ledger.close()
         self.resources.close()
 
     # ---- helpers ----------------------------------------------------------------------------
@@ -376,6 +377,14 @@ class LedgerMachine(RuleBasedStateMachine):
         raise AssertionError(f"key {first.key} was reused without a conflict")
 
     # ---- invariants -------------------------------------------------------------------------
+
+    @rule(group_commit=st.booleans())
+    def restart(self, group_commit: bool) -> None:
+        """A process restart: a new Ledger (and engine) over the same database, same clock."""
+        self.ledger.close()
+        self.engine.dispose()
+        self.ledger = Ledger(self.engine, clock_ms=self.clock, group_commit=group_commit)
+        self.wallets = WalletService(self.ledger)
 
     @invariant()
     def agrees_with_the_model(self) -> None:

@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 
 from wallets import _idempotency
 from wallets._chain import GENESIS_HASH, posting_hash
+from wallets._group_commit import GroupCommitter, WorkItem
 from wallets.currencies import MAX_AMOUNT_ATOMIC, check_amount, currency
 from wallets.errors import (
     AgentmarketError,
@@ -50,6 +51,20 @@ MAX_LEGS = 64
 MAX_MEMO = 256
 INT64_MAX = 2**63 - 1  # the BIGINT columns' limit
 T = TypeVar("T")
+
+
+class _Outcome:
+    """A mutation's result or its recorded failure, raised only after the commit."""
+
+    __slots__ = ("error", "result")
+
+    def __init__(self, result: Any = None, *, error: AgentmarketError | None = None) -> None:
+        self.result, self.error = result, error
+
+    def unwrap(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.result
 
 
 def _current_trace() -> tuple[str, str]:
@@ -90,7 +105,10 @@ def _hold(row: Any) -> Hold:
 class Ledger:
     """The ledger over one database. Thread-safe; share one per process and engine."""
 
-    def __init__(self, engine: Engine, *, clock_ms: Callable[[], int] | None = None) -> None:
+    def __init__(self, engine: Engine, *, clock_ms: Callable[[], int] | None = None,
+                 group_commit: bool = True) -> None:
+        """`group_commit`: concurrent writers share transactions and commits (see
+        `wallets._group_commit`); off, each mutation commits on its own."""
         self.engine = engine
         self.clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
         self._serial = WriteSerializer(engine)
@@ -99,6 +117,13 @@ class Ledger:
         with self._write() as conn:
             if conn.execute(select(HEAD.c.id)).first() is None:
                 conn.execute(insert(HEAD).values(id=1, sequence=0, hash=GENESIS_HASH))
+        self._committer = GroupCommitter(self._run_batch) if group_commit else None
+
+    def close(self) -> None:
+        """Stop the writer thread after the queued writes (the engine stays open)."""
+        if self._committer is not None:
+            self._committer.close()
+            self._committer = None
 
     # ---- transactions -------------------------------------------------------------------
 
@@ -146,38 +171,88 @@ class Ledger:
         """
         _idempotency.check_key(key)
         request_digest = _idempotency.digest(operation, request)
+        args = (key, operation, request_digest, apply, encode, decode)
+        if self._committer is not None:
+            return self._committer.submit(lambda conn: self._run_item(conn, *args))
+        return self._mutate_alone(*args)
+
+    def _mutate_alone(self, *args: Any) -> Any:
+        """One mutation in its own transaction, retried when a concurrent duplicate wins."""
         for _attempt in range(3):
             try:
-                return self._mutate_once(key, operation, request_digest, apply, encode, decode)
+                with self._write() as conn:
+                    outcome = self._run_item(conn, *args)
+                return outcome.unwrap()
             except IntegrityError:
                 continue  # a concurrent duplicate won the key; the next attempt replays it
-        raise FailedPrecondition(f"idempotency key {key!r} is contended; retry the request")
+        raise FailedPrecondition(f"idempotency key {args[0]!r} is contended; retry the request")
 
-    def _mutate_once(self, key, operation, request_digest, apply, encode, decode):  # type: ignore[no-untyped-def]
-        failure: AgentmarketError | None = None
-        with self._write() as conn:
-            stored = _idempotency.lookup(conn, key, operation, request_digest)
-            if stored is not None:
-                return decode(stored)
-            savepoint = conn.begin_nested()
+    def _run_batch(self, batch: list[WorkItem]) -> None:
+        """Group commit: every item in its own savepoint, one transaction, one commit."""
+        outcomes: list[tuple[WorkItem, _Outcome]] = []
+        alone: list[WorkItem] = []
+        try:
+            with self._write() as conn:
+                for item in batch:
+                    savepoint = conn.begin_nested()
+                    try:
+                        outcome = item.context.run(item.run, conn)
+                        savepoint.commit()
+                    except AgentmarketError as error:  # refused before recording: not stored
+                        savepoint.rollback()
+                        item.error = error
+                        continue
+                    except Exception:  # a conflicting duplicate or the like: run it alone
+                        savepoint.rollback()
+                        alone.append(item)
+                        continue
+                    outcomes.append((item, outcome))
+        except Exception:
+            alone = list(batch)  # nothing was committed: each item runs again on its own
+            outcomes = []
+        for item, outcome in outcomes:
             try:
-                result = apply(conn)
-                savepoint.commit()
+                item.result = outcome.unwrap()
             except AgentmarketError as error:
-                savepoint.rollback()
-                if not _idempotency.is_recorded_failure(error):
-                    raise
-                failure = error
-                _idempotency.record(
-                    conn, key, operation, request_digest, self.clock_ms(), error=error
-                )
-            else:
-                _idempotency.record(
-                    conn, key, operation, request_digest, self.clock_ms(), result=encode(result)
-                )
-        if failure is not None:
-            raise failure
-        return result
+                item.error = error
+        for item in alone:
+            item.error = None
+            try:
+                item.result = item.context.run(self._run_alone, item)
+            except Exception as error:
+                item.error = error
+
+    def _run_alone(self, item: WorkItem) -> Any:
+        for _attempt in range(3):
+            try:
+                with self._write() as conn:
+                    outcome = item.run(conn)
+                return outcome.unwrap()
+            except IntegrityError:
+                continue
+        raise FailedPrecondition("idempotency key is contended; retry the request")
+
+    def _run_item(self, conn: Connection, key: str, operation: str, request_digest: str,
+                  apply: Callable[[Connection], Any], encode: Callable[[Any], Any],
+                  decode: Callable[[Any], Any]) -> _Outcome:
+        """Replay a stored outcome, or apply once and record the outcome with the effect."""
+        stored = _idempotency.lookup(conn, key, operation, request_digest)  # raises a stored error
+        if stored is not None:
+            return _Outcome(decode(stored))
+        savepoint = conn.begin_nested()
+        try:
+            result = apply(conn)
+            savepoint.commit()
+        except AgentmarketError as error:
+            savepoint.rollback()
+            if not _idempotency.is_recorded_failure(error):
+                raise
+            _idempotency.record(conn, key, operation, request_digest, self.clock_ms(),
+                                error=error)
+            return _Outcome(error=error)
+        _idempotency.record(conn, key, operation, request_digest, self.clock_ms(),
+                            result=encode(result))
+        return _Outcome(result)
 
     # ---- accounts -----------------------------------------------------------------------
 
