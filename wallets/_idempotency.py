@@ -9,15 +9,17 @@ it never started executing. The same key with a different request is refused.
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Any
 
-from sqlalchemy import Connection, insert, select
+import orjson
+from sqlalchemy import Connection, bindparam, insert, select
 
 from wallets.errors import AgentmarketError, IdempotencyConflict, InvalidArgument
 from wallets.tables import IdempotencyRow
 
 _T = IdempotencyRow.__table__  # type: ignore[attr-defined]
+_LOOKUP = select(_T).where(_T.c.key == bindparam("i_key"))  # built once: the hot path reuses it
+_RECORD = insert(_T)
 MAX_KEY_LENGTH = 200
 
 
@@ -30,8 +32,8 @@ def check_key(key: str) -> str:
 
 
 def digest(operation: str, request: dict[str, Any]) -> str:
-    text = json.dumps([operation, request], sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+    text = orjson.dumps([operation, request], option=orjson.OPT_SORT_KEYS, default=str)
+    return hashlib.sha256(text).hexdigest()
 
 
 def _error_classes() -> dict[str, type[AgentmarketError]]:
@@ -46,14 +48,14 @@ def _error_classes() -> dict[str, type[AgentmarketError]]:
 
 def lookup(conn: Connection, key: str, operation: str, request_digest: str) -> Any | None:
     """The stored outcome for `key` (raising a stored error again), or None if the key is new."""
-    row = conn.execute(select(_T).where(_T.c.key == key)).first()
+    row = conn.execute(_LOOKUP, {"i_key": key}).first()
     if row is None:
         return None
     if row.operation != operation or row.request_digest != request_digest:
         raise IdempotencyConflict(
             f"idempotency key {key!r} was already used for a different {row.operation} request"
         )
-    payload = json.loads(row.result_json)
+    payload = orjson.loads(row.result_json)
     if row.outcome == "error":
         cls = _error_classes().get(payload["type"], AgentmarketError)
         raise cls(payload["message"], reason=payload["reason"])
@@ -79,16 +81,11 @@ def record(
         }
     else:
         payload = result
-    conn.execute(
-        insert(_T).values(
-            key=key,
-            operation=operation,
-            request_digest=request_digest,
-            outcome="error" if error is not None else "ok",
-            result_json=json.dumps(payload, separators=(",", ":")),
-            created_at_ms=now_ms,
-        )
-    )
+    conn.execute(_RECORD, [{
+        "key": key, "operation": operation, "request_digest": request_digest,
+        "outcome": "error" if error is not None else "ok",
+        "result_json": orjson.dumps(payload).decode(), "created_at_ms": now_ms,
+    }])
 
 
 def is_recorded_failure(error: AgentmarketError) -> bool:

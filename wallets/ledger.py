@@ -18,10 +18,11 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from opentelemetry import trace
-from sqlalchemy import Connection, Engine, and_, insert, literal, or_, select, update
+from sqlalchemy import Connection, Engine, bindparam, false, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from wallets import _idempotency
+from wallets._bulk import TransferRequest, post_transfers
 from wallets._chain import GENESIS_HASH, posting_hash
 from wallets._group_commit import GroupCommitter, WorkItem
 from wallets.currencies import MAX_AMOUNT_ATOMIC, check_amount, currency
@@ -46,6 +47,34 @@ HOLDS = HoldRow.__table__  # type: ignore[attr-defined]
 HEAD = LedgerHeadRow.__table__  # type: ignore[attr-defined]
 
 ACCOUNT_KINDS = ("wallet", "rail", "fees", "fx", "escrow")
+
+
+def _apply_leg_statement() -> Any:
+    """One static, cached UPDATE for every leg: it refuses, in the same statement, to take an
+    account below its limit (when the leg spends) or a running total past int64."""
+    c = ACCOUNTS.c
+    available_after = (c.posted_credits_atomic + bindparam("a_cr") - c.posted_debits_atomic
+                       - bindparam("a_dr") - c.pending_debits_atomic - bindparam("a_pd"))
+    totals = ("posted_credits_atomic", "posted_debits_atomic", "pending_debits_atomic",
+              "pending_credits_atomic")
+    return (update(ACCOUNTS)
+            .where(c.id == bindparam("a_id"), c.currency == bindparam("a_currency"),
+                   or_(bindparam("a_spends") == false(),
+                       available_after + c.credit_limit_atomic >= 0),
+                   *(c[name] <= bindparam(f"a_max_{name}") for name in totals))
+            .values(posted_credits_atomic=c.posted_credits_atomic + bindparam("a_cr"),
+                    posted_debits_atomic=c.posted_debits_atomic + bindparam("a_dr"),
+                    pending_debits_atomic=c.pending_debits_atomic + bindparam("a_pd"),
+                    pending_credits_atomic=c.pending_credits_atomic + bindparam("a_pc")))
+
+
+_APPLY_LEG = _apply_leg_statement()
+_SELECT_ACCOUNTS = select(ACCOUNTS).where(ACCOUNTS.c.id.in_(bindparam("ids", expanding=True)))
+_HEAD_FOR_UPDATE = select(HEAD).where(HEAD.c.id == 1).with_for_update()
+_INSERT_POSTING = insert(POSTINGS)
+_INSERT_ENTRY = insert(ENTRIES)
+_UPDATE_HEAD = update(HEAD).where(HEAD.c.id == 1).values(sequence=bindparam("h_sequence"),
+                                                         hash=bindparam("h_hash"))
 MAX_HOLD_TIMEOUT_S = 30 * 24 * 3600
 MAX_LEGS = 64
 MAX_MEMO = 256
@@ -351,9 +380,15 @@ class Ledger:
 
         return self.mutate(key, kind, request, apply, Posting.to_json, Posting.from_json)
 
+    def transfer_many(self, requests: Sequence[TransferRequest]
+                      ) -> list[Posting | AgentmarketError]:
+        """Many independent transfers in one transaction with bulk statements (the hot path
+        for batched settlement); each gets its own result or error, as `transfer` would."""
+        return post_transfers(self, requests)
+
     def _accounts_for(self, conn: Connection, account_ids: Iterable[str]) -> dict[str, Balance]:
         ids = sorted(set(account_ids))
-        rows = conn.execute(select(ACCOUNTS).where(ACCOUNTS.c.id.in_(ids))).all()
+        rows = conn.execute(_SELECT_ACCOUNTS, {"ids": ids}).all()
         found = {row.id: _balance(row) for row in rows}
         for account_id in ids:
             if account_id not in found:
@@ -373,7 +408,7 @@ class Ledger:
             posted = sum(leg.posted_atomic for leg in same)
             pending = sum(leg.pending_debit_atomic - leg.pending_credit_atomic for leg in same)
             assert posted == 0 and pending == 0, f"unbalanced posting in {code}: {legs}"
-        head = conn.execute(select(HEAD).where(HEAD.c.id == 1).with_for_update()).one()
+        head = conn.execute(_HEAD_FOR_UPDATE).one()
         for leg in sorted(legs, key=lambda leg: leg.account_id):
             self._apply_leg(conn, leg)
         sequence = head.sequence + 1
@@ -382,44 +417,33 @@ class Ledger:
         fields = dict(sequence=sequence, idempotency_key=key, kind=kind, hold_id=hold_id,
                       created_at_ms=now_ms, memo=memo, trace_id=trace_id, span_id=span_id)
         digest = posting_hash(head.hash, legs=legs, **fields)
-        conn.execute(insert(POSTINGS).values(prev_hash=head.hash, hash=digest, **fields))
-        conn.execute(insert(ENTRIES), [
+        conn.execute(_INSERT_POSTING, [{**fields, "prev_hash": head.hash, "hash": digest}])
+        conn.execute(_INSERT_ENTRY, [
             dict(sequence=sequence, account_id=leg.account_id, currency=leg.currency,
                  posted_atomic=leg.posted_atomic, pending_debit_atomic=leg.pending_debit_atomic,
                  pending_credit_atomic=leg.pending_credit_atomic) for leg in legs
         ])
-        conn.execute(update(HEAD).where(HEAD.c.id == 1).values(sequence=sequence, hash=digest))
+        conn.execute(_UPDATE_HEAD, {"h_sequence": sequence, "h_hash": digest})
         return Posting(legs=tuple(legs), hash=digest, **fields)
 
     def _apply_leg(self, conn: Connection, leg: Leg) -> None:
         """Change one account's balances; refuse (atomically) to go below its limit."""
         credit = max(leg.posted_atomic, 0)
         debit = max(-leg.posted_atomic, 0)
-        c = ACCOUNTS.c
-        spends = leg.posted_atomic - leg.pending_debit_atomic < 0
-        guard = literal(True)
-        if spends:
-            available_after = (c.posted_credits_atomic + credit - c.posted_debits_atomic - debit
-                               - c.pending_debits_atomic - leg.pending_debit_atomic)
-            guard = available_after + c.credit_limit_atomic >= 0
         # The totals are running BIGINT sums: refuse to pass int64 (SQLite would silently turn
         # the column into a float, PostgreSQL raise a bare DataError).
         increments = {"posted_credits_atomic": credit, "posted_debits_atomic": debit,
                       "pending_debits_atomic": leg.pending_debit_atomic,
                       "pending_credits_atomic": leg.pending_credit_atomic}
-        fits = [c[name] <= INT64_MAX - d for name, d in increments.items() if d > 0]
-        result = conn.execute(
-            update(ACCOUNTS)
-            .where(and_(c.id == leg.account_id, c.currency == leg.currency, guard, *fits))
-            .values(
-                posted_credits_atomic=c.posted_credits_atomic + credit,
-                posted_debits_atomic=c.posted_debits_atomic + debit,
-                pending_debits_atomic=c.pending_debits_atomic + leg.pending_debit_atomic,
-                pending_credits_atomic=c.pending_credits_atomic + leg.pending_credit_atomic,
-            )
-        )
+        result = conn.execute(_APPLY_LEG, {
+            "a_id": leg.account_id, "a_currency": leg.currency,
+            "a_spends": leg.posted_atomic - leg.pending_debit_atomic < 0,
+            "a_cr": credit, "a_dr": debit, "a_pd": leg.pending_debit_atomic,
+            "a_pc": leg.pending_credit_atomic,
+            **{f"a_max_{name}": INT64_MAX - max(d, 0) for name, d in increments.items()},
+        })
         if result.rowcount != 1:
-            row = conn.execute(select(ACCOUNTS).where(c.id == leg.account_id)).first()
+            row = conn.execute(select(ACCOUNTS).where(ACCOUNTS.c.id == leg.account_id)).first()
             if row is None:
                 raise NotFound(f"account {leg.account_id!r} does not exist")
             if row.currency != leg.currency:

@@ -53,7 +53,17 @@ class Posting:
     hash: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        # written out rather than dataclasses.asdict: this runs once per posting on the hot path
+        return {
+            "sequence": self.sequence, "idempotency_key": self.idempotency_key,
+            "kind": self.kind, "created_at_ms": self.created_at_ms, "hold_id": self.hold_id,
+            "memo": self.memo, "trace_id": self.trace_id, "span_id": self.span_id,
+            "hash": self.hash,
+            "legs": [{"account_id": leg.account_id, "currency": leg.currency,
+                      "posted_atomic": leg.posted_atomic,
+                      "pending_debit_atomic": leg.pending_debit_atomic,
+                      "pending_credit_atomic": leg.pending_credit_atomic} for leg in self.legs],
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Posting:

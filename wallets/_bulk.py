@@ -1,0 +1,201 @@
+"""The ledger's bulk path: many transfers checked in memory, written with bulk statements.
+
+Inside one write transaction (which holds the ledger's single write lock: BEGIN IMMEDIATE on
+SQLite, the head row FOR UPDATE on PostgreSQL) the touched accounts are read once, every transfer
+is checked and applied to in-memory balances in order, and the results go out as a handful of
+executemany statements: postings, entries, idempotency records, one UPDATE per touched account,
+one for the chain head. Each transfer still succeeds or fails on its own, with the same rules,
+idempotency and hash chain as `Ledger.transfer`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from sqlalchemy import Connection, bindparam, insert, select, update
+
+from wallets import _idempotency
+from wallets._chain import posting_hash
+from wallets.currencies import check_amount
+from wallets.errors import (
+    AgentmarketError,
+    IdempotencyConflict,
+    InsufficientFunds,
+    InvalidArgument,
+    NotFound,
+)
+from wallets.models import Leg, Posting, Transfer
+from wallets.tables import IdempotencyRow
+
+if TYPE_CHECKING:
+    from wallets.ledger import Ledger
+
+KEYS = IdempotencyRow.__table__  # type: ignore[attr-defined]
+MAX_BULK = 5000
+INT64_MAX = 2**63 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class TransferRequest:
+    """One transfer of a bulk call, with its own idempotency key."""
+
+    idempotency_key: str
+    transfer: Transfer
+    memo: str = ""
+
+    def digest(self) -> str:
+        t = self.transfer
+        return _idempotency.digest("transfer", {
+            "transfers": [[t.debit_account_id, t.credit_account_id, t.amount_atomic]],
+            "memo": self.memo, "kind": "transfer"})
+
+
+def post_transfers(ledger: Ledger, requests: Sequence[TransferRequest]
+                   ) -> list[Posting | AgentmarketError]:
+    """Post many independent transfers in one transaction; one result or error per request."""
+    from wallets.ledger import ACCOUNTS, ENTRIES, HEAD, POSTINGS, _current_trace
+
+    if len(requests) > MAX_BULK:
+        raise InvalidArgument(f"at most {MAX_BULK} transfers per bulk call")
+    results: list[Posting | AgentmarketError | None] = [None] * len(requests)
+    pending: list[int] = []
+    for i, request in enumerate(requests):
+        try:
+            _idempotency.check_key(request.idempotency_key)
+            check_amount(request.transfer.amount_atomic)
+            if request.transfer.debit_account_id == request.transfer.credit_account_id:
+                raise InvalidArgument("debit and credit accounts must differ")
+        except AgentmarketError as error:
+            results[i] = error
+        else:
+            pending.append(i)
+    now_ms = ledger.clock_ms()
+    trace_id, span_id = _current_trace()
+    with ledger._write() as conn:
+        stored = _stored_outcomes(conn, [requests[i].idempotency_key for i in pending])
+        ids = {a for i in pending for a in (requests[i].transfer.debit_account_id,
+                                            requests[i].transfer.credit_account_id)}
+        accounts = {row.id: dict(row._mapping) for row in
+                    conn.execute(select(ACCOUNTS).where(ACCOUNTS.c.id.in_(sorted(ids))))}
+        head = conn.execute(select(HEAD).where(HEAD.c.id == 1).with_for_update()).one()
+        sequence, prev_hash = head.sequence, head.hash
+        postings: list[dict[str, Any]] = []
+        entries: list[dict[str, Any]] = []
+        records: list[dict[str, Any]] = []
+        touched: set[str] = set()
+        seen: dict[str, tuple[str, Posting | AgentmarketError]] = {}
+        for i in pending:
+            request = requests[i]
+            key, digest = request.idempotency_key, request.digest()
+            earlier = seen.get(key) or stored.get(key)
+            if earlier is not None:
+                results[i] = earlier[1] if earlier[0] == digest else IdempotencyConflict(
+                    f"idempotency key {key!r} was already used for a different request")
+                continue
+            try:
+                legs = _apply(accounts, request.transfer)
+            except AgentmarketError as error:
+                results[i] = error
+                if _idempotency.is_recorded_failure(error):
+                    seen[key] = (digest, error)
+                    records.append(_record(key, digest, now_ms, error=error))
+                continue
+            sequence += 1
+            fields = dict(sequence=sequence, idempotency_key=key, kind="transfer", hold_id="",
+                          created_at_ms=now_ms, memo=request.memo, trace_id=trace_id,
+                          span_id=span_id)
+            digest_hash = posting_hash(prev_hash, legs=legs, **fields)
+            postings.append({**fields, "prev_hash": prev_hash, "hash": digest_hash})
+            prev_hash = digest_hash
+            posting = Posting(legs=legs, hash=digest_hash, **fields)
+            for leg in legs:
+                touched.add(leg.account_id)
+                entries.append(dict(sequence=sequence, account_id=leg.account_id,
+                                    currency=leg.currency, posted_atomic=leg.posted_atomic,
+                                    pending_debit_atomic=0, pending_credit_atomic=0))
+            results[i] = posting
+            seen[key] = (digest, posting)
+            records.append(_record(key, digest, now_ms, result=posting.to_json()))
+        if postings:
+            conn.execute(insert(POSTINGS), postings)
+            conn.execute(insert(ENTRIES), entries)
+            conn.execute(
+                update(ACCOUNTS).where(ACCOUNTS.c.id == bindparam("b_id")).values(
+                    posted_credits_atomic=bindparam("b_cr"),
+                    posted_debits_atomic=bindparam("b_dr")),
+                [{"b_id": a, "b_cr": accounts[a]["posted_credits_atomic"],
+                  "b_dr": accounts[a]["posted_debits_atomic"]} for a in sorted(touched)])
+            conn.execute(update(HEAD).where(HEAD.c.id == 1).values(sequence=sequence,
+                                                                   hash=prev_hash))
+        if records:
+            conn.execute(insert(KEYS), records)
+    return [r for r in results if r is not None]
+
+
+def _apply(accounts: dict[str, dict[str, Any]], transfer: Transfer) -> tuple[Leg, Leg]:
+    debit = accounts.get(transfer.debit_account_id)
+    credit = accounts.get(transfer.credit_account_id)
+    for account_id, row in ((transfer.debit_account_id, debit),
+                            (transfer.credit_account_id, credit)):
+        if row is None:
+            raise NotFound(f"account {account_id!r} does not exist")
+    assert debit is not None and credit is not None
+    if debit["currency"] != credit["currency"]:
+        raise InvalidArgument(f"accounts are in different currencies ({debit['currency']}, "
+                              f"{credit['currency']}); use FX")
+    amount = transfer.amount_atomic
+    available = (debit["posted_credits_atomic"] - debit["posted_debits_atomic"]
+                 - debit["pending_debits_atomic"] + debit["credit_limit_atomic"])
+    if available < amount:
+        raise InsufficientFunds(
+            f"account {transfer.debit_account_id} has {available - debit['credit_limit_atomic']}"
+            f" atomic {debit['currency']} available, {amount} needed")
+    if (debit["posted_debits_atomic"] > INT64_MAX - amount
+            or credit["posted_credits_atomic"] > INT64_MAX - amount):
+        from wallets.errors import ResourceExhausted
+
+        raise ResourceExhausted("an account's running totals would pass int64; move its "
+                                "balance to a new account",
+                                reason="ACCOUNT_TOTALS_EXHAUSTED")
+    debit["posted_debits_atomic"] += amount
+    credit["posted_credits_atomic"] += amount
+    code = debit["currency"]
+    return (Leg(transfer.debit_account_id, code, posted_atomic=-amount),
+            Leg(transfer.credit_account_id, code, posted_atomic=amount))
+
+
+def _stored_outcomes(conn: Connection, keys: list[str]
+                     ) -> dict[str, tuple[str, Posting | AgentmarketError]]:
+    """Outcomes already recorded for these keys (digest, result or error)."""
+    found: dict[str, tuple[str, Posting | AgentmarketError]] = {}
+    for start in range(0, len(keys), 500):
+        chunk = keys[start:start + 500]
+        for row in conn.execute(select(KEYS).where(KEYS.c.key.in_(chunk))):
+            if row.operation != "transfer":
+                found[row.key] = ("", IdempotencyConflict(
+                    f"idempotency key {row.key!r} was already used for a {row.operation}"))
+                continue
+            payload = orjson.loads(row.result_json)
+            if row.outcome == "ok":
+                found[row.key] = (row.request_digest, Posting.from_json(payload))
+            else:
+                cls = _idempotency._error_classes().get(payload["type"], AgentmarketError)
+                found[row.key] = (row.request_digest, cls(payload["message"],
+                                                          reason=payload["reason"]))
+    return found
+
+
+def _record(key: str, digest: str, now_ms: int, *, result: Any = None,
+            error: AgentmarketError | None = None) -> dict[str, Any]:
+    if error is not None:
+        cls = type(error)
+        payload: Any = {"type": f"{cls.__module__}.{cls.__qualname__}",
+                        "message": error.message, "reason": error.reason}
+    else:
+        payload = result
+    return dict(key=key, operation="transfer", request_digest=digest,
+                outcome="error" if error is not None else "ok",
+                result_json=orjson.dumps(payload).decode(), created_at_ms=now_ms)
