@@ -127,8 +127,8 @@ class RawLedger:
         posting = (self.sequence, key, "transfer", "", now_ms, "", "", "", self.hash, digest)
         self.hash = digest
         entries = [(self.sequence, leg.account_id, "USD", leg.posted_atomic, 0, 0) for leg in legs]
-        request = hashlib.sha256(orjson.dumps(["transfer", {"transfers": [[debit, credit, amount]]}],
-                                              option=orjson.OPT_SORT_KEYS)).hexdigest()
+        body = ["transfer", {"transfers": [[debit, credit, amount]]}]
+        request = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
         result = orjson.dumps({"sequence": self.sequence, "hash": digest, "legs": [
             {"account_id": leg.account_id, "posted_atomic": leg.posted_atomic} for leg in legs]})
         record = (key, "transfer", request, "ok", result.decode(), now_ms)

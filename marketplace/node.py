@@ -8,6 +8,7 @@ agreements past their deadlines.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from concurrent import futures
 
 import grpc
@@ -15,11 +16,25 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.trace import TracerProvider
 
+from marketplace.checkers import Checker, CheckerRegistry
+from marketplace.discovery import FxConverter
 from marketplace.grpc_tracing import server_interceptor
+from marketplace.judge import LlmJudge
 from marketplace.registry import Registry
-from marketplace.servicers import RegistryServicer, SettlementServicer
+from marketplace.servicers import ArbitrationServicer, RegistryServicer, SettlementServicer
 from marketplace.settlement import Settlement
-from marketplace.v1 import registry_pb2, registry_pb2_grpc, settlement_pb2, settlement_pb2_grpc
+from marketplace.v1 import (
+    dispute_pb2,
+    dispute_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+    settlement_pb2,
+    settlement_pb2_grpc,
+)
+from marketplace.verification import Verification
+from marketplace.verifier_agent import GrpcVerifierClient
+from wallets.fx import FxProvider
+from wallets.grpc_errors import MalformedRequestInterceptor
 from wallets.ledger import Ledger
 from wallets.service import WalletService
 from wallets.servicer import WalletServicer
@@ -32,16 +47,28 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 class MarketplaceNode:
     def __init__(self, db_url: str, *, host: str = "127.0.0.1", port: int = 0,
                  fee_bps: int = 250, tracer_provider: TracerProvider | None = None,
-                 sweep_interval_s: float = 1.0, max_workers: int = 16) -> None:
+                 sweep_interval_s: float = 1.0, max_workers: int = 16,
+                 arbiters: Iterable[str] = (), judge: LlmJudge | None = None,
+                 fx: FxProvider | None = None) -> None:
+        """`arbiters`: agent ids whose signed decisions resolve disputes; `judge`: the LLM
+        judge (models allowed, litellm options); `fx`: quotes that convert prices across
+        currencies in discovery (`convert_currencies`)."""
         self.engine = make_engine(db_url)
         self.ledger = Ledger(self.engine)
         self.wallets = WalletService(self.ledger)
-        self.registry = Registry(self.engine)
+        self.registry = Registry(self.engine, fx=FxConverter(fx, self.ledger.clock_ms)
+                                 if fx is not None else None)
+        self.checkers = CheckerRegistry()
+        self._verifier_client = GrpcVerifierClient(tracer_provider)
+        self.verification = Verification(
+            checkers=self.checkers, judge=judge or LlmJudge(tracer_provider=tracer_provider),
+            verifier_client=self._verifier_client, tracer_provider=tracer_provider)
         self.settlement = Settlement(self.ledger, self.registry, fee_bps=fee_bps,
-                                     tracer_provider=tracer_provider)
+                                     tracer_provider=tracer_provider,
+                                     verification=self.verification, arbiters=arbiters)
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers),
-            interceptors=[server_interceptor(tracer_provider)],
+            interceptors=[MalformedRequestInterceptor(), server_interceptor(tracer_provider)],
             options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                      ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)],
         )
@@ -49,6 +76,8 @@ class MarketplaceNode:
             RegistryServicer(self.registry), self.server)
         settlement_pb2_grpc.add_SettlementServiceServicer_to_server(
             SettlementServicer(self.settlement), self.server)
+        dispute_pb2_grpc.add_ArbitrationServiceServicer_to_server(
+            ArbitrationServicer(self.settlement), self.server)
         wallet_pb2_grpc.add_WalletServiceServicer_to_server(
             WalletServicer(self.wallets), self.server)
         self.health = health.HealthServicer()
@@ -56,6 +85,7 @@ class MarketplaceNode:
         services = [
             registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
             settlement_pb2.DESCRIPTOR.services_by_name["SettlementService"].full_name,
+            dispute_pb2.DESCRIPTOR.services_by_name["ArbitrationService"].full_name,
             wallet_pb2.DESCRIPTOR.services_by_name["WalletService"].full_name,
         ]
         reflection.enable_server_reflection([*services, reflection.SERVICE_NAME,
@@ -79,10 +109,16 @@ class MarketplaceNode:
             try:
                 self.ledger.expire_holds()
                 self.settlement.sweep()
+                self.wallets.settle_due()
+                self.registry.purge_expired()
             except Exception:  # keep sweeping; the next round retries
                 import logging
 
                 logging.getLogger("agentmarket.sweeper").exception("sweep failed")
+
+    def register_checker(self, name: str, checker: Checker) -> None:
+        """Register a deterministic checker for CHECKER verification (marketplace.checkers)."""
+        self.checkers.register(name, checker)
 
     def stop(self, grace_s: float = 2.0) -> None:
         """Stop taking calls, let running ones finish, then close the database."""
@@ -91,6 +127,7 @@ class MarketplaceNode:
         self.server.stop(grace_s).wait()
         if self._sweeper.is_alive():
             self._sweeper.join(timeout=5)
+        self._verifier_client.close()
         self.ledger.close()
         self.engine.dispose()
 

@@ -35,7 +35,8 @@ def test_every_mutating_request_carries_an_idempotency_key():
     from marketplace.v1 import registry_pb2, settlement_pb2
     from wallets.v1 import wallet_pb2
 
-    reads = {"GetBalance", "History", "ListCurrencies", "Discover", "Heartbeat", "GetEscrow"}
+    reads = {"GetBalance", "History", "ListCurrencies", "Discover", "Heartbeat", "GetEscrow",
+             "GetPolicy", "ListAlerts", "ListApprovals", "GetMandate"}
     for module in (wallet_pb2, registry_pb2, settlement_pb2):
         for service in module.DESCRIPTOR.services_by_name.values():
             for method in service.methods:

@@ -56,3 +56,17 @@ def test_keys_are_shared_with_the_single_path(ledger: Ledger, funded: list[str])
     with pytest.raises(InsufficientFunds):  # the recorded failure is replayed
         ledger.transfer("k3", b, a, 10**12)
     assert check_balances(ledger).ok and verify_chain(ledger).ok
+
+
+def test_bulk_debits_of_governed_wallets_obey_their_policy(ledger: Ledger, funded: list[str]):
+    from wallets import Policy, PolicyDenied
+
+    a, b, c = funded
+    WalletService(ledger).controls.set_policy("p1", a, Policy(per_call_cap_atomic=10))
+    results = ledger.transfer_many([TransferRequest("g1", Transfer(a, b, 11)),
+                                    TransferRequest("g2", Transfer(a, c, 10)),
+                                    TransferRequest("g3", Transfer(a, c, 5))])
+    assert isinstance(results[0], PolicyDenied)
+    assert isinstance(results[1], Posting) and isinstance(results[2], Posting)
+    assert _posted(ledger, funded)[1:] == [0, 15]
+    assert check_balances(ledger).ok and verify_chain(ledger).ok

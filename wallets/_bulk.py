@@ -1,5 +1,8 @@
 """The ledger's bulk path: many transfers checked in memory, written with bulk statements.
 
+Debits of wallets under a policy or freeze (`SpendGuard.controlled`) leave the bulk path and
+go through `Ledger.transfer` after it, so no policy is ever skipped.
+
 Inside one write transaction (which holds the ledger's single write lock: BEGIN IMMEDIATE on
 SQLite, the head row FOR UPDATE on PostgreSQL) the touched accounts are read once, every transfer
 is checked and applied to in-memory balances in order, and the results go out as a handful of
@@ -74,7 +77,14 @@ def post_transfers(ledger: Ledger, requests: Sequence[TransferRequest]
             pending.append(i)
     now_ms = ledger.clock_ms()
     trace_id, span_id = _current_trace()
+    checked: list[int] = []  # debits of wallets under a policy go through the guarded path
     with ledger._write() as conn:
+        controlled = ledger.spend_guard.controlled(
+            conn, [requests[i].transfer.debit_account_id for i in pending])
+        if controlled:
+            checked = [i for i in pending
+                       if requests[i].transfer.debit_account_id in controlled]
+            pending = [i for i in pending if i not in set(checked)]
         stored = _stored_outcomes(conn, [requests[i].idempotency_key for i in pending])
         ids = {a for i in pending for a in (requests[i].transfer.debit_account_id,
                                             requests[i].transfer.credit_account_id)}
@@ -132,6 +142,14 @@ def post_transfers(ledger: Ledger, requests: Sequence[TransferRequest]
                                                                    hash=prev_hash))
         if records:
             conn.execute(insert(KEYS), records)
+    for i in checked:  # after the bulk commit, each in its own guarded transaction
+        request = requests[i]
+        t = request.transfer
+        try:
+            results[i] = ledger.transfer(request.idempotency_key, t.debit_account_id,
+                                         t.credit_account_id, t.amount_atomic, memo=request.memo)
+        except AgentmarketError as error:
+            results[i] = error
     return [r for r in results if r is not None]
 
 

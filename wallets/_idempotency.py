@@ -89,5 +89,9 @@ def record(
 
 
 def is_recorded_failure(error: AgentmarketError) -> bool:
-    """Malformed requests never started executing, so they leave no record."""
-    return not isinstance(error, InvalidArgument)
+    """Malformed requests never started executing, so they leave no record. Refusals that wait
+    on a person are not final either: APPROVAL_REQUIRED (the same request, retried under the
+    same key once approved, must go through) and WALLET_FROZEN (likewise after an unfreeze)."""
+    from wallets.errors import ApprovalRequired, WalletFrozen
+
+    return not isinstance(error, InvalidArgument | ApprovalRequired | WalletFrozen)

@@ -4,11 +4,13 @@ Amounts are `int` atomic units of a currency's internal scale. Every built-in cu
 decimals internally, so a price of a thousandth of a fen per token (1e-5 CNY = 10_000 atomic) is
 exact, while the settlement rail carries fewer (e-CNY and USD: 2, USDC: 6).
 
-Rounding happens in exactly two places, both here:
+Rounding happens in exactly three places, two here:
 - `to_rail`: an amount leaving through a rail is rounded *down* to the rail's precision; the
   remainder stays in the wallet (never lost, never created).
 - `split`: a fee in basis points is rounded *down* (in the seller's favour); the seller gets
   `total - fee`, so the parts always sum to the total.
+- FX (`wallets.fx.convert_amount`): the amount bought is rounded *down* to an atomic unit of the
+  target currency; the amount sold moves exactly, and each currency's posting sums to zero.
 """
 
 from __future__ import annotations

@@ -7,9 +7,17 @@
     ├── NotFound                      NOT_FOUND            it names something that does not exist
     ├── FailedPrecondition            FAILED_PRECONDITION  valid, but the state forbids it
     │   ├── InsufficientFunds
-    │   └── HoldClosed
+    │   ├── HoldClosed
+    │   ├── ApprovalRequired          (APPROVAL_REQUIRED: a person must approve; not final)
+    │   ├── ApprovalExpired
+    │   ├── WalletFrozen              (WALLET_FROZEN: an operator must unfreeze; not final)
+    │   └── QuoteExpired
     ├── IdempotencyConflict           ALREADY_EXISTS       a key reused for a different request
     ├── PermissionDenied              PERMISSION_DENIED    the caller may not do this
+    │   ├── PolicyDenied              (the wallet owner's policy forbids this spend)
+    │   ├── ApprovalDenied
+    │   ├── MandateDenied             (outside the mandate: MANDATE_DENIED/_REVOKED/_EXPIRED)
+    │   └── InvalidSignature
     ├── Unauthenticated               UNAUTHENTICATED      the caller could not be identified
     └── ResourceExhausted             RESOURCE_EXHAUSTED   a limit was reached
 
@@ -31,6 +39,11 @@ class AgentmarketError(Exception):
         self.message = message
         if reason is not None:
             self.reason = reason
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """Machine-readable details sent in the ErrorInfo (e.g. the approval to decide)."""
+        return {}
 
 
 class InvalidArgument(AgentmarketError):
@@ -82,3 +95,62 @@ class Unauthenticated(AgentmarketError):
 class ResourceExhausted(AgentmarketError):
     status = "RESOURCE_EXHAUSTED"
     reason = "RESOURCE_EXHAUSTED"
+
+
+# ---- programmable wallets and FX ---------------------------------------------------------------
+
+
+class PolicyDenied(PermissionDenied):
+    """A spend the wallet's policy forbids (a cap, an allow or a deny list)."""
+
+    reason = "POLICY_DENIED"
+
+
+class ApprovalRequired(FailedPrecondition):
+    """A spend above the approval threshold: a pending approval now waits for a person.
+
+    Not recorded as the idempotency key's outcome: the same request, retried with the same key
+    once the approval is granted, goes through. `approval_id` names the approval (empty when the
+    error is rebuilt from elsewhere)."""
+
+    reason = "APPROVAL_REQUIRED"
+
+    def __init__(self, message: str, *, reason: str | None = None, approval_id: str = "") -> None:
+        super().__init__(message, reason=reason)
+        self.approval_id = approval_id
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return {"approval_id": self.approval_id} if self.approval_id else {}
+
+
+class ApprovalDenied(PermissionDenied):
+    reason = "APPROVAL_DENIED"
+
+
+class ApprovalExpired(FailedPrecondition):
+    reason = "APPROVAL_EXPIRED"
+
+
+class WalletFrozen(FailedPrecondition):
+    """Debits of a frozen wallet are refused until an operator unfreezes it (not recorded as
+    the key's outcome either: the same request may be retried after the unfreeze)."""
+
+    reason = "WALLET_FROZEN"
+
+
+class MandateDenied(PermissionDenied):
+    """A spend outside the mandate it claims (reason MANDATE_DENIED, MANDATE_REVOKED or
+    MANDATE_EXPIRED)."""
+
+    reason = "MANDATE_DENIED"
+
+
+class InvalidSignature(PermissionDenied):
+    """A signature that does not verify against the key it must come from."""
+
+    reason = "BAD_SIGNATURE"
+
+
+class QuoteExpired(FailedPrecondition):
+    reason = "QUOTE_EXPIRED"

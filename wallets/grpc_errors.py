@@ -41,16 +41,19 @@ def status_for(error: AgentmarketError) -> grpc.StatusCode:
     return STATUS_CODES.get(error.status, grpc.StatusCode.UNKNOWN)
 
 
-def _rich_status(code: grpc.StatusCode, message: str, reason: str) -> Any:
+def _rich_status(code: grpc.StatusCode, message: str, reason: str,
+                 metadata: dict[str, str] | None = None) -> Any:
     detail = any_pb2.Any()
-    detail.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN))
+    detail.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN,
+                                            metadata=metadata or {}))
     return rpc_status.to_status(
         status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=[detail])
     )
 
 
 def abort(context: grpc.ServicerContext, error: AgentmarketError) -> None:
-    context.abort_with_status(_rich_status(status_for(error), error.message, error.reason))
+    context.abort_with_status(_rich_status(status_for(error), error.message, error.reason,
+                                           error.metadata))
 
 
 def grpc_method(method: F) -> F:
@@ -72,11 +75,60 @@ def grpc_method(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def error_reason(error: grpc.RpcError) -> str:
-    """The ErrorInfo reason of a failed call (client side), or '' if none."""
+def error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo:
+    """The ErrorInfo of a failed call (client side); empty if the server sent none."""
     status = rpc_status.from_call(error)  # type: ignore[arg-type]
     for detail in status.details if status else []:
         info = error_details_pb2.ErrorInfo()
         if detail.Unpack(info):
-            return info.reason
-    return ""
+            return info
+    return error_details_pb2.ErrorInfo()
+
+
+def error_reason(error: grpc.RpcError) -> str:
+    """The ErrorInfo reason of a failed call (client side), or '' if none."""
+    return error_info(error).reason
+
+
+class _Undecodable:
+    """Stands in for a request the deserializer could not parse, so the handler can refuse it
+    with INVALID_ARGUMENT (grpc itself would answer INTERNAL for a caller's bad bytes)."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+class MalformedRequestInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Refuse requests whose bytes are not a valid message with INVALID_ARGUMENT."""
+
+    def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
+        handler = continuation(details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        parse = handler.request_deserializer
+
+        def deserialize(data: bytes) -> Any:
+            try:
+                return parse(data)
+            except Exception as error:
+                return _Undecodable(error)
+
+        def guard(behaviour):  # type: ignore[no-untyped-def]
+            def run(request, context):  # type: ignore[no-untyped-def]
+                if isinstance(request, _Undecodable):
+                    context.abort_with_status(_rich_status(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"the request is not a valid {details.method} message: "
+                        f"{str(request.error)[:200]}", "MALFORMED_REQUEST"))
+                return behaviour(request, context)
+            return run
+
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                guard(handler.unary_unary), request_deserializer=deserialize,
+                response_serializer=handler.response_serializer)
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                guard(handler.unary_stream), request_deserializer=deserialize,
+                response_serializer=handler.response_serializer)
+        return handler  # client-streaming requests are parsed by the handler as it reads

@@ -36,6 +36,7 @@ from wallets.errors import (
     NotFound,
     ResourceExhausted,
 )
+from wallets.guard import SpendContext, SpendGuard  # spend-guard hook
 from wallets.models import Balance, Hold, Leg, Posting, Transfer
 from wallets.store import WriteSerializer, create_schema, is_sqlite
 from wallets.tables import AccountRow, EntryRow, HoldRow, LedgerHeadRow, PostingRow
@@ -135,11 +136,13 @@ class Ledger:
     """The ledger over one database. Thread-safe; share one per process and engine."""
 
     def __init__(self, engine: Engine, *, clock_ms: Callable[[], int] | None = None,
-                 group_commit: bool = True) -> None:
+                 group_commit: bool = True, guard: SpendGuard | None = None) -> None:
         """`group_commit`: concurrent writers share transactions and commits (see
-        `wallets._group_commit`); off, each mutation commits on its own."""
+        `wallets._group_commit`); off, each mutation commits on its own. `guard`: checks every
+        wallet debit against its policy and mandates (`wallets.guard`; one is made by default)."""
         self.engine = engine
         self.clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
+        self.spend_guard = (guard or SpendGuard()).attach(self)  # spend-guard hook
         self._serial = WriteSerializer(engine)
         self._sqlite = is_sqlite(engine)
         create_schema(engine)
@@ -178,6 +181,8 @@ class Ledger:
                     tx.ctx.__exit__(*exc)
                 finally:
                     tx.guard.__exit__(*exc)
+                    # spend-guard hook: approvals and freezes of refused spends outlive rollback
+                    self.spend_guard.after_transaction()
 
         return _Tx()
 
@@ -350,15 +355,16 @@ class Ledger:
     # ---- postings -----------------------------------------------------------------------
 
     def transfer(self, key: str, debit_account_id: str, credit_account_id: str,
-                 amount_atomic: int, *, memo: str = "", kind: str = "transfer") -> Posting:
+                 amount_atomic: int, *, memo: str = "", kind: str = "transfer",
+                 spend: SpendContext | None = None) -> Posting:
         """Move money between two accounts of the same currency."""
         return self.post_linked(
             key, [Transfer(debit_account_id, credit_account_id, amount_atomic)],
-            memo=memo, kind=kind,
+            memo=memo, kind=kind, spend=spend,
         )
 
     def post_linked(self, key: str, transfers: Sequence[Transfer], *, memo: str = "",
-                    kind: str = "transfer") -> Posting:
+                    kind: str = "transfer", spend: SpendContext | None = None) -> Posting:
         """Several transfers that succeed or fail together, as one posting."""
         if not transfers or len(transfers) > MAX_LEGS:
             raise InvalidArgument(f"a posting needs 1..{MAX_LEGS} transfers")
@@ -366,19 +372,30 @@ class Ledger:
             check_amount(t.amount_atomic)
             if t.debit_account_id == t.credit_account_id:
                 raise InvalidArgument("debit and credit accounts must differ")
-        request = {"transfers": [[t.debit_account_id, t.credit_account_id, t.amount_atomic]
-                                 for t in transfers], "memo": memo, "kind": kind}
+        request: dict[str, Any] = {
+            "transfers": [[t.debit_account_id, t.credit_account_id, t.amount_atomic]
+                          for t in transfers], "memo": memo, "kind": kind}
+        if spend is not None:  # spend-guard hook: the context is part of the request
+            request["spend"] = spend.request()
 
         def apply(conn: Connection) -> Posting:
-            deltas: dict[str, int] = {}
-            for t in transfers:
-                deltas[t.debit_account_id] = deltas.get(t.debit_account_id, 0) - t.amount_atomic
-                deltas[t.credit_account_id] = deltas.get(t.credit_account_id, 0) + t.amount_atomic
-            accounts = self._accounts_for(conn, deltas)
-            legs = [Leg(a, accounts[a].currency, posted_atomic=d) for a, d in deltas.items()]
-            return self._post(conn, key, kind, legs, memo=memo)
+            return self.post_linked_in(conn, key, transfers, memo=memo, kind=kind, spend=spend)
 
         return self.mutate(key, kind, request, apply, Posting.to_json, Posting.from_json)
+
+    def post_linked_in(self, conn: Connection, key: str, transfers: Sequence[Transfer], *,
+                       memo: str = "", kind: str = "transfer",
+                       spend: SpendContext | None = None) -> Posting:
+        """`post_linked` inside a caller's transaction (FX posts one per currency in one); the
+        caller has checked the transfers as `post_linked` does."""
+        deltas: dict[str, int] = {}
+        for t in transfers:
+            deltas[t.debit_account_id] = deltas.get(t.debit_account_id, 0) - t.amount_atomic
+            deltas[t.credit_account_id] = deltas.get(t.credit_account_id, 0) + t.amount_atomic
+        accounts = self._accounts_for(conn, deltas)
+        self.spend_guard.check(conn, key, kind, transfers, accounts, spend)  # spend-guard hook
+        legs = [Leg(a, accounts[a].currency, posted_atomic=d) for a, d in deltas.items()]
+        return self._post(conn, key, kind, legs, memo=memo)
 
     def transfer_many(self, requests: Sequence[TransferRequest]
                       ) -> list[Posting | AgentmarketError]:
@@ -462,26 +479,32 @@ class Ledger:
     # ---- holds --------------------------------------------------------------------------
 
     def hold(self, key: str, debit_account_id: str, credit_account_id: str, amount_atomic: int,
-             *, timeout_s: int) -> Hold:
+             *, timeout_s: int, spend: SpendContext | None = None) -> Hold:
         """Reserve money on the debit account for the credit account until captured or voided."""
         check_amount(amount_atomic)
         if not 1 <= timeout_s <= MAX_HOLD_TIMEOUT_S:
             raise InvalidArgument(f"timeout_s must be 1..{MAX_HOLD_TIMEOUT_S}, got {timeout_s}")
         if debit_account_id == credit_account_id:
             raise InvalidArgument("debit and credit accounts must differ")
-        request = {"debit": debit_account_id, "credit": credit_account_id,
-                   "amount": amount_atomic, "timeout_s": timeout_s}
+        request: dict[str, Any] = {"debit": debit_account_id, "credit": credit_account_id,
+                                   "amount": amount_atomic, "timeout_s": timeout_s}
+        if spend is not None:  # spend-guard hook: the context is part of the request
+            request["spend"] = spend.request()
 
         def apply(conn: Connection) -> Hold:
             return self.hold_in(conn, key, debit_account_id, credit_account_id, amount_atomic,
-                                timeout_s=timeout_s)
+                                timeout_s=timeout_s, spend=spend)
 
         return self.mutate(key, "hold", request, apply, Hold.to_json, Hold.from_json)
 
     def hold_in(self, conn: Connection, key: str, debit_account_id: str, credit_account_id: str,
-                amount_atomic: int, *, timeout_s: int) -> Hold:
+                amount_atomic: int, *, timeout_s: int,
+                spend: SpendContext | None = None) -> Hold:
         """`hold` inside a caller's transaction (escrow opens one atomically with its record)."""
         accounts = self._accounts_for(conn, [debit_account_id, credit_account_id])
+        self.spend_guard.check(  # spend-guard hook
+            conn, key, "hold", [Transfer(debit_account_id, credit_account_id, amount_atomic)],
+            accounts, spend)
         code = accounts[debit_account_id].currency
         hold_id = uuid.uuid4().hex
         self._post(conn, key, "hold", [
@@ -633,14 +656,37 @@ class Ledger:
             return self._postings(conn, sequences)
 
     def postings(self, *, trace_id: str | None = None, hold_id: str | None = None,
-                 limit: int = 1000) -> list[Posting]:
-        query = select(POSTINGS.c.sequence).order_by(POSTINGS.c.sequence).limit(limit)
+                 account_id: str | None = None, kind: str | None = None,
+                 since_ms: int | None = None, limit: int = 1000,
+                 newest_first: bool = False) -> list[Posting]:
+        """Postings matching every filter given (the operator's view of the ledger)."""
+        order = POSTINGS.c.sequence.desc() if newest_first else POSTINGS.c.sequence
+        query = select(POSTINGS.c.sequence).order_by(order).limit(limit)
         if trace_id:
             query = query.where(POSTINGS.c.trace_id == trace_id)
         if hold_id:
             query = query.where(POSTINGS.c.hold_id == hold_id)
+        if kind:
+            query = query.where(POSTINGS.c.kind == kind)
+        if since_ms is not None:
+            query = query.where(POSTINGS.c.created_at_ms >= since_ms)
+        if account_id:
+            query = query.where(POSTINGS.c.sequence.in_(
+                select(ENTRIES.c.sequence).where(ENTRIES.c.account_id == account_id)))
         with self._read() as conn:
             return self._postings(conn, [row.sequence for row in conn.execute(query)])
+
+    def holds(self, *, account_id: str | None = None, status: str | None = None,
+              limit: int = 1000) -> list[Hold]:
+        """Holds on an account (either side), newest expiry first."""
+        query = select(HOLDS).order_by(HOLDS.c.expires_at_ms.desc()).limit(limit)
+        if account_id:
+            query = query.where(or_(HOLDS.c.debit_account_id == account_id,
+                                    HOLDS.c.credit_account_id == account_id))
+        if status:
+            query = query.where(HOLDS.c.status == status)
+        with self._read() as conn:
+            return [_hold(row) for row in conn.execute(query)]
 
     def _postings(self, conn: Connection, sequences: list[int]) -> list[Posting]:
         if not sequences:

@@ -1,10 +1,23 @@
 """Rails move money between the ledger and the outside world (deposits and withdrawals).
 
 Each rail is an account of kind "rail" in the ledger (it may go negative: it stands for money
-outside), so deposits and withdrawals are ordinary balanced postings. A real rail (a bank, an
-e-CNY operator, a USDC chain) implements `Rail`: `confirm_deposit` proves funds arrived before
-the ledger credits them; `send_payout` is called after the ledger debits the wallet, with the
-amount already rounded to the rail's precision.
+outside), so deposits and withdrawals are ordinary balanced postings.
+
+How a real rail plugs in (a bank, an e-CNY operator, a USDC chain): implement `Rail` and pass it
+to `WalletService(ledger, rails=[...])`.
+- `name` (unique, e.g. "ecny-pboc") and `currency`; amounts it sees are always whole steps of the
+  currency's rail precision (`Currency.rail_step_atomic`).
+- `confirm_deposit(reference, amount_atomic)`: raise unless the external deposit `reference` of
+  that amount has arrived and is final. The ledger credits the wallet only after it returns, so
+  a deposit's own settlement time is the rail's, before the ledger sees it: deposits are
+  credited at once on confirmation (the sandbox confirms everything immediately).
+- `send_payout(reference, amount_atomic)`: pay out; must be idempotent per `reference` (the
+  withdrawal's idempotency key), since a sweep that crashed half-way sends it again.
+- `settlement_delay_s`: 0 pays out as the ledger debits the wallet, in the same request. Above 0,
+  a withdrawal becomes a hold from the wallet to the rail account (the money is reserved, not yet
+  gone); `WalletService.settle_due()`, run by a sweeper, captures each hold once its delay has
+  passed and only then calls `send_payout`. A hold left unsettled past its grace
+  (`SETTLEMENT_GRACE_S`) expires and the money returns to the wallet, never paid out.
 """
 
 from __future__ import annotations
@@ -13,11 +26,16 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from wallets.currencies import Currency
+from wallets.errors import InvalidArgument
+
+MAX_SETTLEMENT_DELAY_S = 7 * 24 * 3600
+SETTLEMENT_GRACE_S = 7 * 24 * 3600  # a pending withdrawal's hold lives delay + this
 
 
 class Rail(Protocol):
     name: str
     currency: Currency
+    settlement_delay_s: int
 
     def confirm_deposit(self, reference: str, amount_atomic: int) -> None:
         """Raise if the external deposit `reference` of `amount_atomic` is not confirmed."""
@@ -28,12 +46,18 @@ class Rail(Protocol):
 
 @dataclass
 class SandboxRail:
-    """A test rail that accepts every deposit and records every payout."""
+    """A test rail that accepts every deposit and records every payout, after its
+    `settlement_delay_s` (0: at once)."""
 
     currency: Currency
     settlement_delay_s: int = 0
 
     def __post_init__(self) -> None:
+        if isinstance(self.settlement_delay_s, bool) or not isinstance(
+                self.settlement_delay_s, int) or not \
+                0 <= self.settlement_delay_s <= MAX_SETTLEMENT_DELAY_S:
+            raise InvalidArgument(f"settlement_delay_s must be 0..{MAX_SETTLEMENT_DELAY_S}, "
+                                  f"got {self.settlement_delay_s!r}")
         self.name = f"sandbox-{self.currency.code.lower()}"
         self.payouts: dict[str, int] = {}
 
@@ -42,3 +66,18 @@ class SandboxRail:
 
     def send_payout(self, reference: str, amount_atomic: int) -> None:
         self.payouts.setdefault(reference, amount_atomic)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingWithdrawal:
+    """A withdrawal waiting out its rail's settlement delay (or already settled)."""
+
+    hold_id: str
+    idempotency_key: str
+    rail: str
+    account_id: str
+    currency: str
+    amount_atomic: int
+    due_at_ms: int
+    status: str  # pending | captured | paid | returned
+    settled_at_ms: int = 0

@@ -1,21 +1,35 @@
 """The wallet service: what an agent does with its money (open, fund, spend, hold, cash out).
 
-Plain Python over the ledger; the gRPC servicer is a thin adapter over it.
+Plain Python over the ledger; the gRPC servicer is a thin adapter over it. Its owner's and
+operators' side (policies, freezes, approvals, mandates) is `controls`; FX is `fx`.
 """
 
 from __future__ import annotations
 
+import logging
+
+from sqlalchemy import Connection, insert, select, update
+
 from wallets._idempotency import check_key
+from wallets.controls import WalletControls
 from wallets.currencies import CURRENCIES, check_amount, currency
-from wallets.errors import InvalidAmount, InvalidArgument, NotFound
+from wallets.errors import HoldClosed, InvalidAmount, InvalidArgument, NotFound
+from wallets.fx import FxDesk, FxProvider
 from wallets.ledger import Ledger
-from wallets.models import Balance, Posting
-from wallets.rails import Rail, SandboxRail
+from wallets.models import Balance, Hold, Posting
+from wallets.rails import SETTLEMENT_GRACE_S, PendingWithdrawal, Rail, SandboxRail
+from wallets.tables import RailWithdrawalRow
+
+WITHDRAWALS = RailWithdrawalRow.__table__  # type: ignore[attr-defined]
+log = logging.getLogger("agentmarket.wallets")
 
 
 class WalletService:
-    def __init__(self, ledger: Ledger, rails: list[Rail] | None = None) -> None:
+    def __init__(self, ledger: Ledger, rails: list[Rail] | None = None, *,
+                 fx_provider: FxProvider | None = None) -> None:
         self.ledger = ledger
+        self.controls = WalletControls(ledger)
+        self.fx = FxDesk(ledger, fx_provider)
         self.rails: dict[str, Rail] = {}
         for rail in rails or [SandboxRail(c) for c in CURRENCIES.values()]:
             self.rails[rail.name] = rail
@@ -54,7 +68,10 @@ class WalletService:
 
     def withdraw(self, key: str, account_id: str, amount_atomic: int, currency_code: str,
                  rail_name: str = "") -> Posting:
-        """Pay out through a rail, rounded down to its precision; the remainder stays here."""
+        """Pay out through a rail, rounded down to its precision; the remainder stays here.
+
+        With a rail settlement delay the result is the posting of a hold (kind "hold") that
+        `settle_due` captures once the delay has passed; without one, the withdrawal itself."""
         check_key(key)
         check_amount(amount_atomic)
         wallet = self._wallet(account_id, currency_code)
@@ -66,10 +83,98 @@ class WalletService:
                 f"({rail.currency.rail_step_atomic})"
             )
         sink = self.rail_account(rail)
+        if getattr(rail, "settlement_delay_s", 0):
+            return self._withdraw_later(key, wallet, sink, rail, payable)
         posting = self.ledger.transfer(key, account_id, sink.account_id, payable,
                                        kind="withdrawal", memo=f"withdrawal via {rail.name}")
         rail.send_payout(key, payable)
         return posting
+
+    def _withdraw_later(self, key: str, wallet: Balance, sink: Balance, rail: Rail,
+                        payable: int) -> Posting:
+        delay_s = rail.settlement_delay_s
+        request = {"account": wallet.account_id, "rail": rail.name, "amount": payable,
+                   "delay_s": delay_s}
+
+        def apply(conn: Connection) -> Hold:
+            hold = self.ledger.hold_in(conn, key, wallet.account_id, sink.account_id, payable,
+                                       timeout_s=delay_s + SETTLEMENT_GRACE_S)
+            now_ms = self.ledger.clock_ms()
+            conn.execute(insert(WITHDRAWALS).values(
+                hold_id=hold.hold_id, idempotency_key=key, rail=rail.name,
+                account_id=wallet.account_id, currency=wallet.currency, amount_atomic=payable,
+                due_at_ms=now_ms + delay_s * 1000, status="pending", created_at_ms=now_ms,
+                settled_at_ms=0))
+            return hold
+
+        hold = self.ledger.mutate(key, "withdrawal", request, apply, Hold.to_json,
+                                  Hold.from_json)
+        return self.ledger.postings(hold_id=hold.hold_id, limit=1)[0]
+
+    def settle_due(self, *, limit: int = 100) -> int:
+        """The sweep for delayed withdrawals: capture each one due to its rail account, then
+        pay it out (again, if a sweep died after the capture). Returns how many were paid."""
+        now_ms = self.ledger.clock_ms()
+        with self.ledger.engine.connect().execution_options(agentmarket_read=True) as conn:
+            due = conn.execute(select(WITHDRAWALS).where(
+                WITHDRAWALS.c.status.in_(("pending", "captured")),
+                WITHDRAWALS.c.due_at_ms <= now_ms).order_by(WITHDRAWALS.c.due_at_ms)
+                .limit(limit)).all()
+        paid = 0
+        for row in due:
+            rail = self.rails.get(row.rail)
+            if rail is None:
+                log.warning("withdrawal %s waits for rail %s, which is not configured",
+                            row.hold_id, row.rail)
+                continue
+            if row.status == "pending" and self._capture(row) != "captured":
+                continue
+            try:
+                rail.send_payout(row.idempotency_key, row.amount_atomic)
+            except Exception:  # captured but not sent: the next sweep sends it again
+                log.exception("payout of withdrawal %s on %s failed", row.hold_id, row.rail)
+                continue
+            self._set_status(f"withdrawal-paid:{row.hold_id}", row.hold_id, "paid")
+            paid += 1
+        return paid
+
+    def _capture(self, row: RailWithdrawalRow) -> str:
+        def apply(conn: Connection) -> str:
+            current = conn.execute(select(WITHDRAWALS.c.status).where(
+                WITHDRAWALS.c.hold_id == row.hold_id)).one()
+            if current.status != "pending":
+                return str(current.status)
+            try:
+                self.ledger.capture_in(conn, f"settle-withdrawal:{row.hold_id}", row.hold_id,
+                                       row.amount_atomic, final=True)
+                status = "captured"
+            except HoldClosed:  # expired unsettled: the money went back to the wallet
+                status = "returned"
+            conn.execute(update(WITHDRAWALS).where(WITHDRAWALS.c.hold_id == row.hold_id)
+                         .values(status=status, settled_at_ms=self.ledger.clock_ms()))
+            return status
+
+        return self.ledger.mutate(f"settle-withdrawal:{row.hold_id}", "settle_withdrawal",
+                                  {"hold": row.hold_id}, apply, str, str)
+
+    def _set_status(self, key: str, hold_id: str, status: str) -> None:
+        def apply(conn: Connection) -> str:
+            conn.execute(update(WITHDRAWALS).where(WITHDRAWALS.c.hold_id == hold_id)
+                         .values(status=status))
+            return status
+
+        self.ledger.mutate(key, "withdrawal_status", {"hold": hold_id, "status": status},
+                           apply, str, str)
+
+    def withdrawals(self, account_id: str = "", *, limit: int = 100) -> list[PendingWithdrawal]:
+        """Delayed withdrawals, newest first."""
+        query = select(WITHDRAWALS).order_by(WITHDRAWALS.c.created_at_ms.desc()).limit(limit)
+        if account_id:
+            query = query.where(WITHDRAWALS.c.account_id == account_id)
+        with self.ledger.engine.connect().execution_options(agentmarket_read=True) as conn:
+            return [PendingWithdrawal(r.hold_id, r.idempotency_key, r.rail, r.account_id,
+                                      r.currency, r.amount_atomic, r.due_at_ms, r.status,
+                                      r.settled_at_ms) for r in conn.execute(query)]
 
     def check_currency(self, account_id: str, currency_code: str) -> Balance:
         """The account, refusing a request whose stated currency is not the account's."""

@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import grpc
 
+from wallets import policies
+from wallets.anomaly import Alert
+from wallets.approvals import Approval
 from wallets.currencies import CURRENCIES
 from wallets.errors import InvalidArgument
+from wallets.fx import Conversion, FxQuote
 from wallets.grpc_errors import grpc_method
+from wallets.guard import SpendContext
+from wallets.mandates import Mandate
 from wallets.models import Balance, Hold, Posting
+from wallets.policies import ControlState, Policy
 from wallets.service import WalletService
 from wallets.v1 import wallet_pb2, wallet_pb2_grpc
 
 _KINDS = {wallet_pb2.ACCOUNT_KIND_WALLET: "wallet", wallet_pb2.ACCOUNT_KIND_RAIL: "rail",
-          wallet_pb2.ACCOUNT_KIND_FEES: "fees"}
+          wallet_pb2.ACCOUNT_KIND_FEES: "fees", wallet_pb2.ACCOUNT_KIND_FX: "fx"}
 _KIND_ENUMS = {v: k for k, v in _KINDS.items()}
 
 
@@ -50,10 +57,88 @@ def _money(money: wallet_pb2.Money, field: str = "amount") -> tuple[int, str]:
     return money.amount_atomic, money.currency
 
 
+def _spend(request) -> SpendContext | None:  # type: ignore[no-untyped-def]
+    """The mandate a Transfer, Hold or Convert request claims, if any."""
+    if not (request.mandate_id or request.spender_id):
+        return None
+    return SpendContext(mandate_id=request.mandate_id, spender_id=request.spender_id)
+
+
+def policy_from_message(m: wallet_pb2.WalletPolicy) -> Policy:
+    velocity = m.velocity
+    return Policy(
+        per_call_cap_atomic=m.per_call_cap_atomic, daily_cap_atomic=m.daily_cap_atomic,
+        counterparty_daily_cap_atomic=m.counterparty_daily_cap_atomic,
+        allow_counterparties=tuple(m.allow_counterparties),
+        deny_counterparties=tuple(m.deny_counterparties), allow_skills=tuple(m.allow_skills),
+        deny_skills=tuple(m.deny_skills), approval_threshold_atomic=m.approval_threshold_atomic,
+        approval_ttl_s=m.approval_ttl_s or policies.DEFAULT_APPROVAL_TTL_S,
+        velocity_window_s=velocity.window_s or policies.DEFAULT_VELOCITY_WINDOW_S,
+        velocity_baseline_s=velocity.baseline_s or policies.DEFAULT_VELOCITY_BASELINE_S,
+        velocity_factor_pct=velocity.factor_pct, velocity_min_atomic=velocity.min_atomic)
+
+
+def controls_message(c: ControlState) -> wallet_pb2.WalletControls:
+    p = c.policy
+    return wallet_pb2.WalletControls(
+        account_id=c.account_id, currency=c.currency, frozen=c.frozen,
+        frozen_reason=c.frozen_reason, frozen_by=c.frozen_by, frozen_at_ms=c.frozen_at_ms,
+        updated_at_ms=c.updated_at_ms, policy=wallet_pb2.WalletPolicy(
+            per_call_cap_atomic=p.per_call_cap_atomic, daily_cap_atomic=p.daily_cap_atomic,
+            counterparty_daily_cap_atomic=p.counterparty_daily_cap_atomic,
+            allow_counterparties=p.allow_counterparties,
+            deny_counterparties=p.deny_counterparties, allow_skills=p.allow_skills,
+            deny_skills=p.deny_skills, approval_threshold_atomic=p.approval_threshold_atomic,
+            approval_ttl_s=p.approval_ttl_s, velocity=wallet_pb2.VelocityRule(
+                window_s=p.velocity_window_s, baseline_s=p.velocity_baseline_s,
+                factor_pct=p.velocity_factor_pct, min_atomic=p.velocity_min_atomic)))
+
+
+def alert_message(a: Alert) -> wallet_pb2.Alert:
+    return wallet_pb2.Alert(
+        alert_id=a.alert_id, account_id=a.account_id, kind=a.kind, message=a.message,
+        window_spent_atomic=a.window_spent_atomic, threshold_atomic=a.threshold_atomic,
+        actor=a.actor, created_at_ms=a.created_at_ms)
+
+
+def approval_message(a: Approval) -> wallet_pb2.Approval:
+    return wallet_pb2.Approval(
+        approval_id=a.approval_id, account_id=a.account_id, counterparty=a.counterparty,
+        skill=a.skill, amount=wallet_pb2.Money(amount_atomic=a.amount_atomic,
+                                               currency=a.currency),
+        spend_idempotency_key=a.spend_key, operation=a.operation, mandate_id=a.mandate_id,
+        spender_id=a.spender_id, status=a.status, created_at_ms=a.created_at_ms,
+        expires_at_ms=a.expires_at_ms, decided_by=a.decided_by, decided_at_ms=a.decided_at_ms,
+        note=a.note)
+
+
+def mandate_message(m: Mandate) -> wallet_pb2.Mandate:
+    return wallet_pb2.Mandate(
+        mandate_id=m.mandate_id, terms=wallet_pb2.MandateTerms.FromString(m.terms.to_bytes()),
+        owner=m.owner, spent_atomic=m.spent_atomic, status=m.status,
+        created_at_ms=m.created_at_ms, revoked_at_ms=m.revoked_at_ms)
+
+
+def quote_message(q: FxQuote) -> wallet_pb2.FxQuote:
+    return wallet_pb2.FxQuote(
+        quote_id=q.quote_id, from_currency=q.from_currency, to_currency=q.to_currency,
+        rate_numerator=q.rate_numerator, rate_denominator=q.rate_denominator,
+        provider=q.provider, created_at_ms=q.created_at_ms, expires_at_ms=q.expires_at_ms)
+
+
+def conversion_message(c: Conversion) -> wallet_pb2.Conversion:
+    return wallet_pb2.Conversion(
+        quote_id=c.quote_id, from_account_id=c.from_account_id, to_account_id=c.to_account_id,
+        sold=wallet_pb2.Money(amount_atomic=c.sold_atomic, currency=c.from_currency),
+        bought=wallet_pb2.Money(amount_atomic=c.bought_atomic, currency=c.to_currency),
+        postings=[posting_message(p) for p in c.postings])
+
+
 class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
     def __init__(self, wallets: WalletService) -> None:
         self.wallets = wallets
         self.ledger = wallets.ledger
+        self.controls = wallets.controls
 
     @grpc_method
     def ListCurrencies(self, request, context: grpc.ServicerContext):  # type: ignore[no-untyped-def]
@@ -90,7 +175,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         self.wallets.check_currency(request.debit_account_id, code)
         return posting_message(self.ledger.transfer(
             request.idempotency_key, request.debit_account_id, request.credit_account_id,
-            amount, memo=request.memo))
+            amount, memo=request.memo, spend=_spend(request)))
 
     @grpc_method
     def Hold(self, request, context):  # type: ignore[no-untyped-def]
@@ -98,7 +183,7 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         self.wallets.check_currency(request.debit_account_id, code)
         return hold_message(self.ledger.hold(
             request.idempotency_key, request.debit_account_id, request.credit_account_id,
-            amount, timeout_s=request.timeout_s))
+            amount, timeout_s=request.timeout_s, spend=_spend(request)))
 
     @grpc_method
     def Capture(self, request, context):  # type: ignore[no-untyped-def]
@@ -115,3 +200,78 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         postings = self.ledger.history(request.account_id, limit=request.limit or 100,
                                        before_sequence=request.before_sequence)
         return wallet_pb2.HistoryResponse(postings=[posting_message(p) for p in postings])
+
+    # ---- programmable wallets ---------------------------------------------------------------
+
+    @grpc_method
+    def SetPolicy(self, request, context):  # type: ignore[no-untyped-def]
+        return controls_message(self.controls.set_policy(
+            request.idempotency_key, request.account_id, policy_from_message(request.policy)))
+
+    @grpc_method
+    def GetPolicy(self, request, context):  # type: ignore[no-untyped-def]
+        return controls_message(self.controls.policy(request.account_id))
+
+    @grpc_method
+    def Freeze(self, request, context):  # type: ignore[no-untyped-def]
+        return controls_message(self.controls.freeze(
+            request.idempotency_key, request.account_id, reason=request.reason,
+            actor=request.actor))
+
+    @grpc_method
+    def Unfreeze(self, request, context):  # type: ignore[no-untyped-def]
+        return controls_message(self.controls.unfreeze(
+            request.idempotency_key, request.account_id, reason=request.reason,
+            actor=request.actor))
+
+    @grpc_method
+    def ListAlerts(self, request, context):  # type: ignore[no-untyped-def]
+        alerts = self.controls.alerts(request.account_id, limit=request.limit or 100)
+        return wallet_pb2.ListAlertsResponse(alerts=[alert_message(a) for a in alerts])
+
+    @grpc_method
+    def ListApprovals(self, request, context):  # type: ignore[no-untyped-def]
+        found = self.controls.approvals(request.account_id, status=request.status,
+                                        limit=request.limit or 100)
+        return wallet_pb2.ListApprovalsResponse(approvals=[approval_message(a) for a in found])
+
+    @grpc_method
+    def Approve(self, request, context):  # type: ignore[no-untyped-def]
+        return approval_message(self.controls.approve(
+            request.idempotency_key, request.approval_id, decided_by=request.decided_by,
+            note=request.note))
+
+    @grpc_method
+    def Deny(self, request, context):  # type: ignore[no-untyped-def]
+        return approval_message(self.controls.deny(
+            request.idempotency_key, request.approval_id, decided_by=request.decided_by,
+            note=request.note))
+
+    @grpc_method
+    def GrantMandate(self, request, context):  # type: ignore[no-untyped-def]
+        return mandate_message(self.controls.grant_mandate(
+            request.idempotency_key, request.terms, request.owner_signature))
+
+    @grpc_method
+    def RevokeMandate(self, request, context):  # type: ignore[no-untyped-def]
+        return mandate_message(self.controls.revoke_mandate(
+            request.idempotency_key, request.mandate_id, request.owner_signature))
+
+    @grpc_method
+    def GetMandate(self, request, context):  # type: ignore[no-untyped-def]
+        return mandate_message(self.controls.mandate(request.mandate_id))
+
+    # ---- FX ---------------------------------------------------------------------------------
+
+    @grpc_method
+    def GetQuote(self, request, context):  # type: ignore[no-untyped-def]
+        return quote_message(self.wallets.fx.get_quote(
+            request.idempotency_key, request.from_currency, request.to_currency))
+
+    @grpc_method
+    def Convert(self, request, context):  # type: ignore[no-untyped-def]
+        amount, code = _money(request.amount)
+        self.wallets.check_currency(request.from_account_id, code)
+        return conversion_message(self.wallets.fx.convert(
+            request.idempotency_key, request.quote_id, request.from_account_id,
+            request.to_account_id, amount, spend=_spend(request)))

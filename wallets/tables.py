@@ -3,7 +3,7 @@ balances that `Ledger.check()` proves equal to the sum of their entries."""
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Index, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Column, Index, LargeBinary, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -92,3 +92,153 @@ class LedgerHeadRow(SQLModel, table=True):
     id: int = Field(primary_key=True)
     sequence: int = Field(sa_column=Column(BigInteger, nullable=False))
     hash: str = Field(max_length=64)
+
+
+# ---- programmable wallets (wallets.policies, .approvals, .anomaly, .mandates) -----------------
+
+
+def _ms() -> Column:  # type: ignore[type-arg]
+    return Column(BigInteger, nullable=False, default=0)
+
+
+class WalletPolicyRow(SQLModel, table=True):
+    """A wallet's controls: the owner's policy (0 = no limit) and whether it is frozen.
+
+    No row: no policy and not frozen (the guard's fast path: one primary-key lookup)."""
+
+    __tablename__ = "wallet_policies"
+
+    account_id: str = Field(primary_key=True, max_length=40)
+    per_call_cap_atomic: int = Field(sa_column=_money())
+    daily_cap_atomic: int = Field(sa_column=_money())
+    counterparty_daily_cap_atomic: int = Field(sa_column=_money())
+    approval_threshold_atomic: int = Field(sa_column=_money())
+    approval_ttl_s: int = Field(sa_column=_ms())
+    velocity_window_s: int = Field(sa_column=_ms())
+    velocity_baseline_s: int = Field(sa_column=_ms())
+    velocity_factor_pct: int = Field(sa_column=_ms())
+    velocity_min_atomic: int = Field(sa_column=_money())
+    lists_json: str = Field(sa_column=Column(Text, nullable=False, default="{}"))
+    frozen: bool = Field(default=False)
+    frozen_reason: str = Field(default="", max_length=256)
+    frozen_by: str = Field(default="", max_length=128)
+    frozen_at_ms: int = Field(sa_column=_ms())
+    updated_at_ms: int = Field(sa_column=_ms())
+
+
+class SpendCounterRow(SQLModel, table=True):
+    """Spent per wallet and UTC day (counterparty '' = all), for the daily caps."""
+
+    __tablename__ = "wallet_spend_counters"
+
+    account_id: str = Field(primary_key=True, max_length=40)
+    day: int = Field(primary_key=True)
+    counterparty: str = Field(primary_key=True, max_length=128)
+    spent_atomic: int = Field(sa_column=_money())
+
+
+class SpendBucketRow(SQLModel, table=True):
+    """Spent per wallet in short time buckets (a sixth of the velocity window each)."""
+
+    __tablename__ = "wallet_spend_buckets"
+
+    account_id: str = Field(primary_key=True, max_length=40)
+    bucket_ms: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    spent_atomic: int = Field(sa_column=_money())
+
+
+class WalletAlertRow(SQLModel, table=True):
+    """An event an operator should see: a velocity freeze, a manual freeze, an unfreeze."""
+
+    __tablename__ = "wallet_alerts"
+
+    id: str = Field(primary_key=True, max_length=32)
+    account_id: str = Field(index=True, max_length=40)
+    kind: str = Field(max_length=16)  # velocity | freeze | unfreeze
+    message: str = Field(sa_column=Column(Text, nullable=False))
+    window_spent_atomic: int = Field(sa_column=_money())
+    threshold_atomic: int = Field(sa_column=_money())
+    actor: str = Field(default="", max_length=128)
+    created_at_ms: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
+
+
+class ApprovalRow(SQLModel, table=True):
+    """A spend above its wallet's approval threshold, waiting for (or given) a decision."""
+
+    __tablename__ = "wallet_approvals"
+    __table_args__ = (UniqueConstraint("account_id", "spend_key"),)
+
+    id: str = Field(primary_key=True, max_length=32)
+    account_id: str = Field(index=True, max_length=40)
+    currency: str = Field(max_length=8)
+    counterparty: str = Field(max_length=512)
+    skill: str = Field(default="", max_length=128)
+    amount_atomic: int = Field(sa_column=_money())
+    spend_key: str = Field(max_length=200)  # the spend's idempotency key
+    operation: str = Field(max_length=64)
+    mandate_id: str = Field(default="", max_length=64)
+    spender_id: str = Field(default="", max_length=128)
+    status: str = Field(index=True, max_length=16)  # pending | approved | denied | used
+    created_at_ms: int = Field(sa_column=_ms())
+    expires_at_ms: int = Field(sa_column=_ms())
+    decided_by: str = Field(default="", max_length=128)
+    decided_at_ms: int = Field(sa_column=_ms())
+    note: str = Field(default="", max_length=512)
+
+
+class MandateRow(SQLModel, table=True):
+    """An owner-signed delegation of bounded spending on one wallet to an agent key."""
+
+    __tablename__ = "wallet_mandates"
+
+    id: str = Field(primary_key=True, max_length=64)
+    account_id: str = Field(index=True, max_length=40)
+    owner: str = Field(max_length=128)
+    agent_key: str = Field(max_length=64)
+    currency: str = Field(max_length=8)
+    total_limit_atomic: int = Field(sa_column=_money())
+    per_call_limit_atomic: int = Field(sa_column=_money())
+    expires_at_ms: int = Field(sa_column=_ms())
+    counterparties_json: str = Field(sa_column=Column(Text, nullable=False, default="[]"))
+    terms: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    owner_signature: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    spent_atomic: int = Field(sa_column=_money())
+    status: str = Field(max_length=16)  # active | revoked
+    created_at_ms: int = Field(sa_column=_ms())
+    revoked_at_ms: int = Field(sa_column=_ms())
+
+
+# ---- FX and rails (wallets.fx, wallets.rails) --------------------------------------------------
+
+
+class FxQuoteRow(SQLModel, table=True):
+    """A quote: 1 unit of from_currency = numerator/denominator units of to_currency."""
+
+    __tablename__ = "fx_quotes"
+
+    id: str = Field(primary_key=True, max_length=32)
+    from_currency: str = Field(max_length=8)
+    to_currency: str = Field(max_length=8)
+    rate_numerator: int = Field(sa_column=Column(BigInteger, nullable=False))
+    rate_denominator: int = Field(sa_column=Column(BigInteger, nullable=False))
+    provider: str = Field(max_length=64)
+    created_at_ms: int = Field(sa_column=_ms())
+    expires_at_ms: int = Field(sa_column=_ms())
+
+
+class RailWithdrawalRow(SQLModel, table=True):
+    """A withdrawal waiting for its rail's settlement delay: a hold from the wallet to the rail
+    account, captured by `WalletService.settle_due` once due."""
+
+    __tablename__ = "rail_withdrawals"
+
+    hold_id: str = Field(primary_key=True, max_length=40)
+    idempotency_key: str = Field(unique=True, max_length=200)
+    rail: str = Field(max_length=64)
+    account_id: str = Field(index=True, max_length=40)
+    currency: str = Field(max_length=8)
+    amount_atomic: int = Field(sa_column=_money())
+    due_at_ms: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
+    status: str = Field(index=True, max_length=16)  # pending | captured | paid | returned
+    created_at_ms: int = Field(sa_column=_ms())
+    settled_at_ms: int = Field(sa_column=_ms())

@@ -20,9 +20,11 @@ from wallets.errors import AgentmarketError
 app = typer.Typer(help="agentmarket: agents trade work over gRPC and pay each other per call.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 trace_app = typer.Typer(help="Read stored traces.", no_args_is_help=True)
-ledger_app = typer.Typer(help="Inspect and verify the ledger.", no_args_is_help=True)
+ledger_app = typer.Typer(help="List postings (with filters), or verify the ledger.")
+wallet_app = typer.Typer(help="Inspect wallets.", no_args_is_help=True)
 app.add_typer(trace_app, name="trace")
 app.add_typer(ledger_app, name="ledger")
+app.add_typer(wallet_app, name="wallet")
 console = Console()
 DEFAULT_SPANS = Path(".agentmarket/spans.db")
 DEFAULT_DB = "sqlite:///.agentmarket/marketplace.db"
@@ -135,6 +137,38 @@ def trace_list(spans: Path = typer.Option(DEFAULT_SPANS, help="Span store file."
         table.add_row(t.trace_id, t.root_name, str(t.span_count), f"{t.duration_ms:.1f} ms",
                       ", ".join(t.services), "[red]error" if t.error else "ok")
     console.print(table)
+
+
+@ledger_app.callback(invoke_without_command=True)
+def ledger_postings(ctx: typer.Context,
+                    db: str = typer.Option(DEFAULT_DB, help="Database URL."),
+                    account: str = typer.Option(None, help="Only postings touching this account."),
+                    trace: str = typer.Option(None, "--trace", help="Only this trace id."),
+                    kind: str = typer.Option(None, help="deposit, transfer, hold, capture ..."),
+                    since: str = typer.Option(None, help="Only the last 15m, 2h, 3d ..."),
+                    limit: int = typer.Option(50, min=1, max=10_000),
+                    as_json: bool = typer.Option(False, "--json", help="JSON for scripts.")
+                    ) -> None:
+    """Postings, newest first; each shows the trace id that caused it."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from marketplace.cli.operator import _since_ms, open_ledger, print_postings
+
+    ledger = open_ledger(db)
+    postings = ledger.postings(account_id=account, trace_id=trace and trace.lower(), kind=kind,
+                               since_ms=_since_ms(since), limit=limit, newest_first=True)
+    print_postings(postings, as_json)
+
+
+@wallet_app.command("show")
+def wallet_show(agent: str = typer.Argument(help="Owner id (agent public key) or a prefix."),
+                db: str = typer.Option(DEFAULT_DB, help="Database URL."),
+                as_json: bool = typer.Option(False, "--json", help="JSON for scripts.")) -> None:
+    """Balances and open holds of one owner's wallets."""
+    from marketplace.cli.operator import open_ledger, resolve_owner, show_wallet
+
+    ledger = open_ledger(db)
+    show_wallet(ledger, resolve_owner(ledger, agent), as_json)
 
 
 @ledger_app.command("verify")

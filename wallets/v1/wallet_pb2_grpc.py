@@ -85,6 +85,71 @@ class WalletServiceStub:
                 request_serializer=wallets_dot_v1_dot_wallet__pb2.HistoryRequest.SerializeToString,
                 response_deserializer=wallets_dot_v1_dot_wallet__pb2.HistoryResponse.FromString,
                 _registered_method=True)
+        self.SetPolicy = channel.unary_unary(
+                '/wallets.v1.WalletService/SetPolicy',
+                request_serializer=wallets_dot_v1_dot_wallet__pb2.SetPolicyRequest.SerializeToString,
+                response_deserializer=wallets_dot_v1_dot_wallet__pb2.WalletControls.FromString,
+                _registered_method=True)
+        self.GetPolicy = channel.unary_unary(
+                '/wallets.v1.WalletService/GetPolicy',
+                request_serializer=wallets_dot_v1_dot_wallet__pb2.GetPolicyRequest.SerializeToString,
+                response_deserializer=wallets_dot_v1_dot_wallet__pb2.WalletControls.FromString,
+                _registered_method=True)
+        self.Freeze = channel.unary_unary(
+                '/wallets.v1.WalletService/Freeze',
+                request_serializer=wallets_dot_v1_dot_wallet__pb2.FreezeRequest.SerializeToString,
+                response_deserializer=wallets_dot_v1_dot_wallet__pb2.WalletControls.FromString,
+                _registered_method=True)
+        self.Unfreeze = channel.unary_unary(
+                '/wallets.v1.WalletService/Unfreeze',
+                request_serializer=wallets_dot_v1_dot_wallet__pb2.UnfreezeRequest.SerializeToString,
+                response_deserializer=wallets_dot_v1_dot_wallet__pb2.WalletControls.FromString,
+                _registered_method=True)
+        self.ListAlerts = channel.unary_unary(
+                '/wallets.v1.WalletService/ListAlerts',
+                request_serializer=wallets_dot_v1_dot_wallet__pb2.ListAlertsRequest.SerializeToString,
+                response_deserializer=wallets_dot_v1_dot_wallet__pb2.ListAlertsResponse.FromString,
+                _registered_method=True)
+        self.ListApprovals = channel.unary_unary(
+                '/wallets.v1.WalletService/ListApprovals',
+                request_serializer=wallets_dot_v1_dot_wallet__pb2.ListApprovalsRequest.SerializeToString,
+                response_deserializer=wallets_dot_v1_dot_wallet__pb2.ListApprovalsResponse.FromString,
+                _registered_method=True)
+        self.Approve = channel.unary_unary(
+                '/wallets.v1.WalletService/Approve',
+                request_serializer=wallets_dot_v1_dot_wallet__pb2.DecideApprovalRequest.SerializeToString,
+                response_deserializer=wallets_dot_v1_dot_wallet__pb2.Approval.FromString,
+                _registered_method=True)
+        self.Deny = channel.unary_unary(
+                '/wallets.v1.WalletService/Deny',
+                request_serializer=wallets_dot_v1_dot_wallet__pb2.DecideApprovalRequest.SerializeToString,
+                response_deserializer=wallets_dot_v1_dot_wallet__pb2.Approval.FromString,
+                _registered_method=True)
+        self.GrantMandate = channel.unary_unary(
+                '/wallets.v1.WalletService/GrantMandate',
+                request_serializer=wallets_dot_v1_dot_wallet__pb2.GrantMandateRequest.SerializeToString,
+                response_deserializer=wallets_dot_v1_dot_wallet__pb2.Mandate.FromString,
+                _registered_method=True)
+        self.RevokeMandate = channel.unary_unary(
+                '/wallets.v1.WalletService/RevokeMandate',
+                request_serializer=wallets_dot_v1_dot_wallet__pb2.RevokeMandateRequest.SerializeToString,
+                response_deserializer=wallets_dot_v1_dot_wallet__pb2.Mandate.FromString,
+                _registered_method=True)
+        self.GetMandate = channel.unary_unary(
+                '/wallets.v1.WalletService/GetMandate',
+                request_serializer=wallets_dot_v1_dot_wallet__pb2.GetMandateRequest.SerializeToString,
+                response_deserializer=wallets_dot_v1_dot_wallet__pb2.Mandate.FromString,
+                _registered_method=True)
+        self.GetQuote = channel.unary_unary(
+                '/wallets.v1.WalletService/GetQuote',
+                request_serializer=wallets_dot_v1_dot_wallet__pb2.GetQuoteRequest.SerializeToString,
+                response_deserializer=wallets_dot_v1_dot_wallet__pb2.FxQuote.FromString,
+                _registered_method=True)
+        self.Convert = channel.unary_unary(
+                '/wallets.v1.WalletService/Convert',
+                request_serializer=wallets_dot_v1_dot_wallet__pb2.ConvertRequest.SerializeToString,
+                response_deserializer=wallets_dot_v1_dot_wallet__pb2.Conversion.FromString,
+                _registered_method=True)
 
 
 class WalletServiceServicer:
@@ -151,6 +216,88 @@ class WalletServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetPolicy(self, request, context):
+        """Programmable wallets: policies, freezes and alerts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPolicy(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Freeze(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Unfreeze(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAlerts(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListApprovals(self, request, context):
+        """A person in the loop: spends above a wallet's approval threshold.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Approve(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Deny(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GrantMandate(self, request, context):
+        """Mandates: owner-signed, bounded delegations of spending to an agent key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeMandate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetMandate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetQuote(self, request, context):
+        """FX: quotes, and conversions against them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Convert(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WalletServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -203,6 +350,71 @@ def add_WalletServiceServicer_to_server(servicer, server):
                     servicer.History,
                     request_deserializer=wallets_dot_v1_dot_wallet__pb2.HistoryRequest.FromString,
                     response_serializer=wallets_dot_v1_dot_wallet__pb2.HistoryResponse.SerializeToString,
+            ),
+            'SetPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPolicy,
+                    request_deserializer=wallets_dot_v1_dot_wallet__pb2.SetPolicyRequest.FromString,
+                    response_serializer=wallets_dot_v1_dot_wallet__pb2.WalletControls.SerializeToString,
+            ),
+            'GetPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPolicy,
+                    request_deserializer=wallets_dot_v1_dot_wallet__pb2.GetPolicyRequest.FromString,
+                    response_serializer=wallets_dot_v1_dot_wallet__pb2.WalletControls.SerializeToString,
+            ),
+            'Freeze': grpc.unary_unary_rpc_method_handler(
+                    servicer.Freeze,
+                    request_deserializer=wallets_dot_v1_dot_wallet__pb2.FreezeRequest.FromString,
+                    response_serializer=wallets_dot_v1_dot_wallet__pb2.WalletControls.SerializeToString,
+            ),
+            'Unfreeze': grpc.unary_unary_rpc_method_handler(
+                    servicer.Unfreeze,
+                    request_deserializer=wallets_dot_v1_dot_wallet__pb2.UnfreezeRequest.FromString,
+                    response_serializer=wallets_dot_v1_dot_wallet__pb2.WalletControls.SerializeToString,
+            ),
+            'ListAlerts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAlerts,
+                    request_deserializer=wallets_dot_v1_dot_wallet__pb2.ListAlertsRequest.FromString,
+                    response_serializer=wallets_dot_v1_dot_wallet__pb2.ListAlertsResponse.SerializeToString,
+            ),
+            'ListApprovals': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApprovals,
+                    request_deserializer=wallets_dot_v1_dot_wallet__pb2.ListApprovalsRequest.FromString,
+                    response_serializer=wallets_dot_v1_dot_wallet__pb2.ListApprovalsResponse.SerializeToString,
+            ),
+            'Approve': grpc.unary_unary_rpc_method_handler(
+                    servicer.Approve,
+                    request_deserializer=wallets_dot_v1_dot_wallet__pb2.DecideApprovalRequest.FromString,
+                    response_serializer=wallets_dot_v1_dot_wallet__pb2.Approval.SerializeToString,
+            ),
+            'Deny': grpc.unary_unary_rpc_method_handler(
+                    servicer.Deny,
+                    request_deserializer=wallets_dot_v1_dot_wallet__pb2.DecideApprovalRequest.FromString,
+                    response_serializer=wallets_dot_v1_dot_wallet__pb2.Approval.SerializeToString,
+            ),
+            'GrantMandate': grpc.unary_unary_rpc_method_handler(
+                    servicer.GrantMandate,
+                    request_deserializer=wallets_dot_v1_dot_wallet__pb2.GrantMandateRequest.FromString,
+                    response_serializer=wallets_dot_v1_dot_wallet__pb2.Mandate.SerializeToString,
+            ),
+            'RevokeMandate': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeMandate,
+                    request_deserializer=wallets_dot_v1_dot_wallet__pb2.RevokeMandateRequest.FromString,
+                    response_serializer=wallets_dot_v1_dot_wallet__pb2.Mandate.SerializeToString,
+            ),
+            'GetMandate': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMandate,
+                    request_deserializer=wallets_dot_v1_dot_wallet__pb2.GetMandateRequest.FromString,
+                    response_serializer=wallets_dot_v1_dot_wallet__pb2.Mandate.SerializeToString,
+            ),
+            'GetQuote': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetQuote,
+                    request_deserializer=wallets_dot_v1_dot_wallet__pb2.GetQuoteRequest.FromString,
+                    response_serializer=wallets_dot_v1_dot_wallet__pb2.FxQuote.SerializeToString,
+            ),
+            'Convert': grpc.unary_unary_rpc_method_handler(
+                    servicer.Convert,
+                    request_deserializer=wallets_dot_v1_dot_wallet__pb2.ConvertRequest.FromString,
+                    response_serializer=wallets_dot_v1_dot_wallet__pb2.Conversion.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -476,6 +688,357 @@ class WalletService:
             '/wallets.v1.WalletService/History',
             wallets_dot_v1_dot_wallet__pb2.HistoryRequest.SerializeToString,
             wallets_dot_v1_dot_wallet__pb2.HistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wallets.v1.WalletService/SetPolicy',
+            wallets_dot_v1_dot_wallet__pb2.SetPolicyRequest.SerializeToString,
+            wallets_dot_v1_dot_wallet__pb2.WalletControls.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wallets.v1.WalletService/GetPolicy',
+            wallets_dot_v1_dot_wallet__pb2.GetPolicyRequest.SerializeToString,
+            wallets_dot_v1_dot_wallet__pb2.WalletControls.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Freeze(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wallets.v1.WalletService/Freeze',
+            wallets_dot_v1_dot_wallet__pb2.FreezeRequest.SerializeToString,
+            wallets_dot_v1_dot_wallet__pb2.WalletControls.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Unfreeze(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wallets.v1.WalletService/Unfreeze',
+            wallets_dot_v1_dot_wallet__pb2.UnfreezeRequest.SerializeToString,
+            wallets_dot_v1_dot_wallet__pb2.WalletControls.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAlerts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wallets.v1.WalletService/ListAlerts',
+            wallets_dot_v1_dot_wallet__pb2.ListAlertsRequest.SerializeToString,
+            wallets_dot_v1_dot_wallet__pb2.ListAlertsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApprovals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wallets.v1.WalletService/ListApprovals',
+            wallets_dot_v1_dot_wallet__pb2.ListApprovalsRequest.SerializeToString,
+            wallets_dot_v1_dot_wallet__pb2.ListApprovalsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Approve(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wallets.v1.WalletService/Approve',
+            wallets_dot_v1_dot_wallet__pb2.DecideApprovalRequest.SerializeToString,
+            wallets_dot_v1_dot_wallet__pb2.Approval.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Deny(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wallets.v1.WalletService/Deny',
+            wallets_dot_v1_dot_wallet__pb2.DecideApprovalRequest.SerializeToString,
+            wallets_dot_v1_dot_wallet__pb2.Approval.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GrantMandate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wallets.v1.WalletService/GrantMandate',
+            wallets_dot_v1_dot_wallet__pb2.GrantMandateRequest.SerializeToString,
+            wallets_dot_v1_dot_wallet__pb2.Mandate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeMandate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wallets.v1.WalletService/RevokeMandate',
+            wallets_dot_v1_dot_wallet__pb2.RevokeMandateRequest.SerializeToString,
+            wallets_dot_v1_dot_wallet__pb2.Mandate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMandate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wallets.v1.WalletService/GetMandate',
+            wallets_dot_v1_dot_wallet__pb2.GetMandateRequest.SerializeToString,
+            wallets_dot_v1_dot_wallet__pb2.Mandate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetQuote(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wallets.v1.WalletService/GetQuote',
+            wallets_dot_v1_dot_wallet__pb2.GetQuoteRequest.SerializeToString,
+            wallets_dot_v1_dot_wallet__pb2.FxQuote.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Convert(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wallets.v1.WalletService/Convert',
+            wallets_dot_v1_dot_wallet__pb2.ConvertRequest.SerializeToString,
+            wallets_dot_v1_dot_wallet__pb2.Conversion.FromString,
             options,
             channel_credentials,
             insecure,

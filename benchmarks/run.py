@@ -1,0 +1,46 @@
+"""`make bench`: every benchmark, a table of figures, and benchmarks/results.json.
+
+Each figure that is a ratio was measured against its baseline in this same run on this machine;
+the machine's core count is recorded with the results.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+MODULES = ("ledger", "paid_call", "discovery", "tasks")
+RESULTS = Path(__file__).resolve().parent / "results.json"
+
+
+def main(names: list[str]) -> int:
+    os.environ.setdefault("AGENTMARKET_TRACING", "off")  # measure the work, not the exporter
+    console = Console()
+    results: dict[str, Any] = {"cpu_count": os.cpu_count(), "python": platform.python_version()}
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=console) as progress:
+        for name in names or MODULES:
+            task = progress.add_task(name, total=None)
+            module = importlib.import_module(f"benchmarks.{name}")
+            results.update(module.run(lambda text, t=task: progress.update(t, description=text)))
+            progress.update(task, description=f"{name}: done", completed=1, total=1)
+    table = Table("figure", "value", title=f"agentmarket benchmarks ({os.cpu_count()} cores)")
+    for key, value in results.items():
+        table.add_row(key, str(value))
+    console.print(table)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    console.print(f"written to {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

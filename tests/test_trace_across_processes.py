@@ -1,0 +1,101 @@
+"""One task across three processes (marketplace, seller, buyer) is one trace, and every posting
+of the task points at a span of that trace."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry import trace
+
+from agents import BuyerAgent
+from marketplace.spanstore import SpanStore
+from marketplace.tracing import force_flush, setup_tracing
+from wallets import Ledger, make_engine
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_serving(address: str, deadline_s: float = 20) -> None:
+    channel = grpc.insecure_channel(address)
+    stub = health_pb2_grpc.HealthStub(channel)
+    end = time.monotonic() + deadline_s
+    try:
+        while True:
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == \
+                        health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                if time.monotonic() > end:
+                    raise
+            time.sleep(0.1)
+    finally:
+        channel.close()
+
+
+def test_one_trace_spans_three_processes(tmp_path: Path):
+    spans, db = tmp_path / "spans.db", tmp_path / "market.db"
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "AGENTMARKET_TRACING": "on"}
+    env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+    node = subprocess.Popen(
+        [sys.executable, "-m", "marketplace.cli.main", "serve", "--db", f"sqlite:///{db}",
+         "--port", str(port), "--spans", str(spans)], env=env, cwd=tmp_path,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seller = None
+    try:
+        address = f"127.0.0.1:{port}"
+        _wait_serving(address)
+        seller = subprocess.Popen([sys.executable, "-m", "tests.processes.seller", address,
+                                   str(spans)], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        assert seller.stdout is not None
+        seller.stdout.readline()  # its endpoint: it is serving and advertised
+        provider = setup_tracing("buyer-process", span_store_path=spans, synchronous=True)
+        buyer = BuyerAgent("buyer", marketplace=address, tracer_provider=provider)
+        tracer = trace.get_tracer("test", tracer_provider=provider)
+        with tracer.start_as_current_span("task") as root:
+            buyer.fund("1.00", "USD")
+            listing = buyer.discover("upper", currency="USD")[0]
+            deal = buyer.negotiate(listing, "upper", quantity=3, budget="0.01", currency="USD")
+            buyer.hire(deal)
+            for word in ("one", "two"):
+                buyer.call(deal, {"text": word})
+            buyer.finish(deal)
+        trace_id = format(root.get_span_context().trace_id, "032x")
+        buyer.close()
+        force_flush(provider)
+    finally:
+        if seller is not None:
+            seller.send_signal(signal.SIGTERM)
+            seller.wait(timeout=20)
+        node.send_signal(signal.SIGTERM)
+        node.wait(timeout=20)
+
+    with SpanStore(spans) as store:
+        found = store.spans(trace_id)
+    services = {s.service_name for s in found}
+    assert {"marketplace", "seller-process", "buyer-process"} <= services, services
+    roots = [s for s in found if not s.parent_span_id]
+    assert [r.name for r in roots] == ["task"]
+    span_ids = {s.span_id for s in found}
+    ledger = Ledger(make_engine(f"sqlite:///{db}"), group_commit=False)
+    postings = ledger.postings(limit=1000)
+    assert postings, "the task moved money"
+    for posting in postings:
+        assert posting.trace_id == trace_id, posting
+        assert posting.span_id in span_ids, posting
