@@ -1,11 +1,14 @@
 """gRPC edge of payments: the buyer's interceptor attaches vouchers, the seller's checks them.
 
-The seller's interceptor runs the `PaymentGate` check before the skill handler, so a call with a
-missing, forged, replayed or over-budget voucher never reaches the skill.
+The seller's interceptor runs the `PaymentGate` check before the skill handler (Invoke and
+InvokeStream), so a call with a missing, forged, replayed or over-budget voucher never reaches
+the skill; a retried call id gets its first response back without running or charging again;
+a call that fails gives its reserve back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 from collections.abc import Callable
 from typing import Any
@@ -13,12 +16,14 @@ from typing import Any
 import grpc
 
 from agents.errors import AgentmarketError
-from agents.payments import VOUCHER_METADATA_KEY, PaymentGate, PaymentSession
+from agents.payments import VOUCHER_METADATA_KEY, Admission, PaymentGate, PaymentSession
 from marketplace.v1 import agreement_pb2
 from wallets.grpc_errors import abort
 
-PAID_METHOD = "/agents.v1.AgentService/Invoke"
-call_sequence: contextvars.ContextVar[int] = contextvars.ContextVar("call_sequence", default=0)
+INVOKE = "/agents.v1.AgentService/Invoke"
+INVOKE_STREAM = "/agents.v1.AgentService/InvokeStream"
+current_admission: contextvars.ContextVar[Admission | None] = contextvars.ContextVar(
+    "current_admission", default=None)
 
 
 class _ClientCallDetails(grpc.ClientCallDetails):  # type: ignore[misc]
@@ -31,58 +36,111 @@ class _ClientCallDetails(grpc.ClientCallDetails):  # type: ignore[misc]
         self.compression = details.compression
 
 
+def has_voucher(metadata: Any) -> bool:
+    return any(key == VOUCHER_METADATA_KEY for key, _ in metadata or ())
+
+
 class VoucherClientInterceptor(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
-    """Attach the next voucher of the request's agreement to every paid call."""
+    """Attach a voucher prepaying the call's maximum to an Invoke that has none, and book the
+    charge from its receipt (`BuyerAgent.call` attaches its own, with a call id)."""
 
     def __init__(self, sessions: dict[str, PaymentSession],
-                 price_of: Callable[[str, Any], int]) -> None:
+                 reserve_of: Callable[[str, Any], int]) -> None:
         self.sessions = sessions
-        self.price_of = price_of
+        self.reserve_of = reserve_of
 
     def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
-        if details.method != PAID_METHOD:
+        if details.method != INVOKE or has_voucher(details.metadata):
             return continuation(details, request)
         session = self.sessions.get(request.agreement_id)
         if session is None:
             return continuation(details, request)  # the seller will refuse: no voucher
-        voucher = session.next_voucher(self.price_of(request.agreement_id, request))
+        reserve = self.reserve_of(request.agreement_id, request)
+        voucher = session.next_voucher(reserve)
         metadata = [*(details.metadata or []), (VOUCHER_METADATA_KEY, voucher.SerializeToString())]
-        return continuation(_ClientCallDetails(details, metadata), request)
+        outcome = continuation(_ClientCallDetails(details, metadata), request)
+        try:
+            charged = outcome.result().usage.charged_atomic
+        except grpc.RpcError:
+            charged = 0  # refused or failed: the seller released the reserve
+        session.settle(reserve, charged)
+        return outcome
+
+
+def _voucher(details: grpc.HandlerCallDetails) -> agreement_pb2.Voucher | None:
+    raw = next((v for k, v in details.invocation_metadata or () if k == VOUCHER_METADATA_KEY),
+               None)
+    if raw is None:
+        return None
+    try:
+        return agreement_pb2.Voucher.FromString(raw)
+    except Exception:
+        return agreement_pb2.Voucher()  # undecodable: refused as forged
 
 
 class PaymentServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     """Check the voucher before the paid handler runs; refuse with a clear status."""
 
-    def __init__(self, gate: PaymentGate, price_of: Callable[[str], int]) -> None:
+    def __init__(self, gate: PaymentGate, reserve_of: Callable[[str], int]) -> None:
         self.gate = gate
-        self.price_of = price_of
+        self.reserve_of = reserve_of
+
+    def _admit(self, request: Any, voucher: Any, partial: bool) -> Admission:
+        if not self.gate.known(request.agreement_id):
+            self.gate.admit(voucher, request.agreement_id, 0)  # raises NotFound / PaymentRequired
+        return self.gate.admit(voucher, request.agreement_id,
+                               self.reserve_of(request.agreement_id),
+                               call_id=request.call_id, partial=partial)
 
     def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
         handler = continuation(details)
-        if details.method != PAID_METHOD or handler is None or handler.unary_unary is None:
+        if handler is None or details.method not in (INVOKE, INVOKE_STREAM):
             return handler
-        raw = next((v for k, v in details.invocation_metadata or ()
-                    if k == VOUCHER_METADATA_KEY), None)
-        inner = handler.unary_unary
+        voucher = _voucher(details)
+        if details.method == INVOKE and handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(handler.unary_unary, voucher),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        if details.method == INVOKE_STREAM and handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._stream(handler.unary_stream, voucher),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        return handler
 
+    def _unary(self, inner: Callable[..., Any], voucher: Any) -> Callable[..., Any]:
         def paid(request, context):  # type: ignore[no-untyped-def]
             try:
-                voucher = agreement_pb2.Voucher.FromString(raw) if raw is not None else None
-            except Exception:
-                voucher = agreement_pb2.Voucher()  # undecodable: refused as forged below
-            try:
-                if not self.gate.known(request.agreement_id):
-                    self.gate.admit(voucher, request.agreement_id, 0)  # raises NotFound
-                sequence = self.gate.admit(voucher, request.agreement_id,
-                                           self.price_of(request.agreement_id))
+                admission = self._admit(request, voucher, partial=False)
             except AgentmarketError as error:
                 abort(context, error)
-            token = call_sequence.set(sequence)
+            if admission.replay is not None:
+                return admission.replay
+            token = current_admission.set(admission)
             try:
                 return inner(request, context)
             finally:
-                call_sequence.reset(token)
+                current_admission.reset(token)
+                self.gate.release(request.agreement_id, admission)  # no-op once completed
 
-        return grpc.unary_unary_rpc_method_handler(
-            paid, request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer)
+        return paid
+
+    def _stream(self, inner: Callable[..., Any], voucher: Any) -> Callable[..., Any]:
+        def paid(request, context):  # type: ignore[no-untyped-def]
+            try:
+                admission = self._admit(request, voucher, partial=True)
+            except AgentmarketError as error:
+                abort(context, error)
+            if admission.replay is not None:
+                yield admission.replay
+                return
+            token = current_admission.set(admission)
+            try:
+                yield from inner(request, context)
+            finally:
+                with contextlib.suppress(ValueError):  # a generator may end in another context
+                    current_admission.reset(token)
+                self.gate.release(request.agreement_id, admission)
+
+        return paid

@@ -8,7 +8,11 @@
     output = buyer.call(deal, {"text": "..."})
     escrow = buyer.finish(deal)
 
-It never signs above its reservation price or budget (`agents.negotiation.Limits`).
+It never signs above its reservation price or budget (`agents.negotiation.Limits`). Each call
+prepays the call's maximum and is charged its metered usage; the buyer checks every receipt
+(signature, output hash, charge = tariff x reported usage, at most the reserve). A `Deal` is
+plain data (`Deal.state()` / `BuyerAgent.restore_deal`), so a workflow can checkpoint it and a
+new process, holding the same key, can continue paying under it.
 """
 
 from __future__ import annotations
@@ -19,24 +23,34 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
-from fractions import Fraction
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from jsonschema import ValidationError
 from jsonschema.validators import validator_for
 from opentelemetry import trace
 from opentelemetry.trace import TracerProvider
 
+from agents import _bargain
+from agents._bargain import Quote
 from agents._grpc_payment import VoucherClientInterceptor
-from agents.errors import FailedPrecondition, InvalidArgument, NegotiationFailed
-from agents.negotiation import ConcessionStrategy, Limits, Strategy
-from agents.payments import PaymentSession, links_for
+from agents.errors import (
+    AgentmarketError,
+    ApprovalRequired,
+    InvalidArgument,
+    NegotiationFailed,
+    Unavailable,
+)
+from agents.metering import CALLS, Tariff
+from agents.negotiation import Strategy
+from agents.payments import VOUCHER_METADATA_KEY, PaymentSession, links_for
 from agents.v1 import agent_pb2, agent_pb2_grpc
 from marketplace import agreements as ag
 from marketplace.grpc_tracing import client_interceptors
 from marketplace.identity import AgentKey
-from marketplace.payword import PaywordChain
+from marketplace.payword import MAX_CHAIN_LENGTH, PaywordChain
 from marketplace.v1 import (
     agreement_pb2,
     registry_pb2,
@@ -48,7 +62,14 @@ from wallets import attributes as attr
 from wallets.currencies import currency as _currency
 from wallets.v1 import wallet_pb2, wallet_pb2_grpc
 
+if TYPE_CHECKING:
+    from agents._streaming import StreamedCall
+
 RPC_TIMEOUT_S = 10.0
+AWAITING_RELEASE = (settlement_pb2.AGREEMENT_STATE_VERIFIED,
+                    settlement_pb2.AGREEMENT_STATE_DELIVERED)
+MAX_LINKS_PER_CALL = 64
+RETRY_IN_PROGRESS = 100  # x 50 ms: how long a retried call waits for its first attempt
 
 
 @dataclass
@@ -63,6 +84,35 @@ class Deal:
     escrow: settlement_pb2.Escrow | None = None
     outputs: list[dict[str, Any]] = field(default_factory=list)
     failed_outputs: int = 0
+    tariff: Tariff | None = None
+    seed_hex: str = ""
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def call_max_atomic(self) -> int:
+        """What each call prepays: its maximum charge."""
+        return self.tariff.call_max_atomic if self.tariff else self.body.terms.unit_price_atomic
+
+    def state(self) -> dict[str, Any]:
+        """JSON-ready, for a checkpoint. It holds the PayWord seed: whoever reads it can spend
+        what the agreement's escrow holds, so keep checkpoints as private as the agent's key."""
+        tariff = self.tariff or Tariff(CALLS, self.body.terms.unit_price_atomic)
+        return {"agreement_hex": self.agreement.SerializeToString().hex(),
+                "seed_hex": self.seed_hex, "output_schema": self.output_schema,
+                "rounds": self.rounds, "tariff": [tariff.unit, tariff.unit_price_atomic,
+                                                  tariff.output_unit_price_atomic,
+                                                  tariff.max_call_atomic]}
+
+
+@dataclass
+class CallResult:
+    """One paid call: the output, its metered usage and the seller's receipt."""
+
+    output: Any
+    usage: agent_pb2.Usage
+    receipt: agreement_pb2.Receipt
+    verified: bool
+    problem: str = ""
 
 
 class BuyerAgent:
@@ -87,6 +137,10 @@ class BuyerAgent:
         for channel in self._seller_channels.values():
             channel.close()
         self._channel.close()
+
+    @staticmethod
+    def _now_ms() -> int:
+        return time.time_ns() // 1_000_000
 
     # ---- wallet ---------------------------------------------------------------------------
 
@@ -117,141 +171,298 @@ class BuyerAgent:
     def _seller(self, endpoint: str) -> agent_pb2_grpc.AgentServiceStub:
         channel = self._seller_channels.get(endpoint)
         if channel is None:
-            voucher = VoucherClientInterceptor(self.sessions, self._price_of)
+            voucher = VoucherClientInterceptor(self.sessions, self._reserve_of)
             channel = grpc.intercept_channel(grpc.insecure_channel(endpoint),
                                              *self._interceptors, voucher)
             self._seller_channels[endpoint] = channel
         return agent_pb2_grpc.AgentServiceStub(channel)
 
-    def _price_of(self, agreement_id: str, request: Any) -> int:
-        return self.deals[agreement_id].body.terms.unit_price_atomic
+    def _reserve_of(self, agreement_id: str, request: Any) -> int:
+        return self.deals[agreement_id].call_max_atomic
+
+    def bargain(self, listing: registry_pb2.Listing, skill: str, *, quantity: int,
+                budget: str | Decimal, currency: str, max_rounds: int = 6,
+                strategy: Strategy | None = None, reservation_price_atomic: int | None = None,
+                deadline_s: int = 30,
+                verification: int = registry_pb2.VERIFICATION_METHOD_SCHEMA) -> Quote:
+        """Negotiate with one seller up to an acceptable offer, without signing it yet."""
+        return _bargain.bargain(
+            self, listing, skill, quantity=quantity,
+            budget_atomic=_currency(currency).atomic(budget), currency=currency,
+            max_rounds=max_rounds, strategy=strategy,
+            reservation_price_atomic=reservation_price_atomic, deadline_s=deadline_s,
+            verification=verification)
 
     def negotiate(self, listing: registry_pb2.Listing, skill: str, *, quantity: int,
                   budget: str | Decimal, currency: str, max_rounds: int = 6,
                   strategy: Strategy | None = None, reservation_price_atomic: int | None = None,
-                  deadline_s: int = 30) -> Deal:
-        """Negotiate a per-call price with one seller; return the signed agreement."""
-        cur = _currency(currency)
-        budget_atomic = cur.atomic(budget)
-        listed = next((s for s in listing.skills if s.name == skill), None)
-        if listed is None:
-            raise InvalidArgument(f"the listing has no skill {skill!r}")
-        list_price = next((p.amount_atomic for p in listed.prices if p.currency == cur.code), 0)
-        if not list_price:
-            raise InvalidArgument(f"skill {skill} is not sold in {cur.code}")
-        reservation = reservation_price_atomic or budget_atomic // quantity
-        strategy = strategy or ConcessionStrategy(list_price // 2, reservation, Fraction(1, 2))
-        limits = Limits(reservation, is_buyer=True, budget_atomic=budget_atomic)
-        seller = self._seller(listing.endpoint)
-        rfq = agreement_pb2.Rfq(
-            rfq_id=uuid.uuid4().hex, buyer_id=self.agent_id, skill=skill,
-            expected_quantity=quantity, max_budget_atomic=budget_atomic, currency=cur.code,
-            deadline_ms=_now_ms() + deadline_s * 1000, max_rounds=max_rounds,
-            verification=registry_pb2.VERIFICATION_METHOD_SCHEMA)
-        with self._tracer.start_as_current_span("negotiate", attributes={
-                attr.SKILL: skill, attr.PAYEE: listing.agent_id, attr.CURRENCY: cur.code}) as span:
-            reply = seller.Negotiate(agent_pb2.NegotiationMessage(rfq=rfq), timeout=RPC_TIMEOUT_S)
-            for round_index in range(1, max_rounds + 1):
-                if reply.WhichOneof("kind") != "offer":
-                    raise NegotiationFailed(f"the seller ended the negotiation: "
-                                            f"{reply.reject_reason or 'no offer'}")
-                offer = reply.offer
-                price = offer.terms.unit_price_atomic
-                with self._tracer.start_as_current_span("negotiation.round", attributes={
-                        attr.ROUND: round_index, attr.AMOUNT_ATOMIC: price,
-                        attr.CURRENCY: cur.code}):
-                    if strategy.accepts(round_index, max_rounds, price):
-                        try:
-                            limits.check(price, offer.terms.max_total_atomic)
-                        except FailedPrecondition:
-                            pass  # the strategy would accept; the hard limits do not
-                        else:
-                            deal = self._accept(seller, listing, offer, listed, round_index)
-                            span.set_attribute(attr.AGREEMENT_ID, deal.agreement_id)
-                            span.set_attribute(attr.AMOUNT_ATOMIC, price)
-                            return deal
-                    counter = agreement_pb2.Offer()
-                    counter.CopyFrom(offer)
-                    counter.from_id = self.agent_id
-                    mine = limits.clamp(strategy.propose(round_index, max_rounds, price))
-                    counter.terms.unit_price_atomic = mine
-                    counter.terms.max_total_atomic = mine * quantity
-                    reply = seller.Negotiate(agent_pb2.NegotiationMessage(offer=counter),
-                                             timeout=RPC_TIMEOUT_S)
-            seller.Negotiate(agent_pb2.NegotiationMessage(reject_reason="no agreement"),
-                             timeout=RPC_TIMEOUT_S)
-            raise NegotiationFailed(f"no agreement within {max_rounds} rounds")
+                  deadline_s: int = 30,
+                  verification: int = registry_pb2.VERIFICATION_METHOD_SCHEMA) -> Deal:
+        """Negotiate with one seller; return the agreement both signed."""
+        return self.accept(self.bargain(
+            listing, skill, quantity=quantity, budget=budget, currency=currency,
+            max_rounds=max_rounds, strategy=strategy,
+            reservation_price_atomic=reservation_price_atomic, deadline_s=deadline_s,
+            verification=verification))
 
-    def _accept(self, seller: agent_pb2_grpc.AgentServiceStub, listing: registry_pb2.Listing,
-                offer: agreement_pb2.Offer, skill: registry_pb2.Skill, rounds: int) -> Deal:
-        terms = offer.terms
-        link_value = terms.unit_price_atomic  # one hash-chain link per call
-        length = links_for(terms.max_total_atomic, link_value)
+    def negotiate_best(self, listings: list[registry_pb2.Listing], skill: str, *,
+                       quantity: int, budget: str | Decimal, currency: str,
+                       max_rounds: int = 6, strategy_for: Any = None,
+                       verification: int = registry_pb2.VERIFICATION_METHOD_SCHEMA) -> Deal:
+        """Bargain with every seller, sign with the cheapest (lowest maximum total), decline
+        the others. `strategy_for(listing)` gives each negotiation its own strategy."""
+        quotes: list[Quote] = []
+        failures: list[str] = []
+        for listing in listings:
+            try:
+                quotes.append(self.bargain(
+                    listing, skill, quantity=quantity, budget=budget, currency=currency,
+                    max_rounds=max_rounds, verification=verification,
+                    strategy=strategy_for(listing) if strategy_for else None))
+            except (NegotiationFailed, InvalidArgument, grpc.RpcError) as error:
+                failures.append(f"{listing.name}: {error}")
+        if not quotes:
+            raise NegotiationFailed("no seller agreed within the limits: " + "; ".join(failures))
+        quotes.sort(key=lambda q: (q.max_total_atomic, q.unit_price_atomic))
+        for other in quotes[1:]:
+            _bargain.decline(other.stub, "a cheaper offer was accepted")
+        return self.accept(quotes[0])
+
+    def accept(self, quote: Quote) -> Deal:
+        """Sign the quoted offer (with a fresh PayWord chain) and get it countersigned."""
+        terms = quote.offer.terms
+        link_value, length = _chain_shape(quote.tariff, terms.max_total_atomic)
         chain = PaywordChain(length)
+        listing = quote.listing
         body = agreement_pb2.AgreementBody(
-            rfq_id=offer.rfq_id, buyer_id=self.agent_id, seller_id=listing.agent_id,
+            rfq_id=quote.offer.rfq_id, buyer_id=self.agent_id, seller_id=listing.agent_id,
             seller_endpoint=listing.endpoint, terms=terms, payword_root=chain.root,
-            payword_length=length, link_value_atomic=link_value, created_at_ms=_now_ms(),
-            nonce=os.urandom(16))
+            payword_length=length, link_value_atomic=link_value, created_at_ms=self._now_ms(),
+            nonce=os.urandom(16), offer_expires_at_ms=quote.offer.expires_at_ms)
+        try:
+            quote.protocol.accept(body, self._now_ms())
+        except AgentmarketError as error:
+            raise NegotiationFailed(f"the offer cannot be accepted: {error}") from None
         signed = agreement_pb2.SignedAgreement(body=body.SerializeToString())
         ag.sign_as_buyer(signed, self.key)
-        reply = seller.Negotiate(agent_pb2.NegotiationMessage(agreement=signed),
-                                 timeout=RPC_TIMEOUT_S)
+        reply = quote.stub.Negotiate(agent_pb2.NegotiationMessage(agreement=signed),
+                                     timeout=RPC_TIMEOUT_S)
         if reply.WhichOneof("kind") != "agreement":
             raise NegotiationFailed(f"the seller did not countersign: {reply.reject_reason}")
         countersigned = reply.agreement
         if countersigned.body != signed.body:
             raise NegotiationFailed("the seller changed the agreement")
         ag.check_signatures(countersigned, body)
-        agreement_id = ag.agreement_id(countersigned.body)
-        schema = json.loads(skill.output_schema_json) if skill.output_schema_json else {}
-        deal = Deal(countersigned, body, agreement_id, schema, rounds)
-        self.deals[agreement_id] = deal
-        self.sessions[agreement_id] = PaymentSession(agreement_id, chain, link_value,
-                                                     terms.max_total_atomic)
+        schema = json.loads(quote.skill.output_schema_json) if quote.skill.output_schema_json \
+            else {}
+        deal = Deal(countersigned, body, ag.agreement_id(countersigned.body), schema,
+                    quote.rounds, tariff=quote.tariff, seed_hex=chain.seed.hex())
+        self._keep(deal, chain)
+        return deal
+
+    def _keep(self, deal: Deal, chain: PaywordChain) -> None:
+        self.deals[deal.agreement_id] = deal
+        if deal.agreement_id not in self.sessions:
+            self.sessions[deal.agreement_id] = PaymentSession(
+                deal.agreement_id, chain, deal.body.link_value_atomic,
+                deal.body.terms.max_total_atomic)
+
+    def restore_deal(self, state: dict[str, Any]) -> Deal:
+        """The deal a checkpoint holds (`Deal.state()`), ready to pay under again."""
+        signed = agreement_pb2.SignedAgreement.FromString(bytes.fromhex(state["agreement_hex"]))
+        body = agreement_pb2.AgreementBody.FromString(signed.body)
+        agreement_id = ag.agreement_id(signed.body)
+        if body.buyer_id != self.agent_id:
+            raise InvalidArgument("the checkpointed agreement belongs to another buyer key")
+        known = self.deals.get(agreement_id)
+        if known is not None:
+            return known
+        deal = Deal(signed, body, agreement_id, state["output_schema"], state["rounds"],
+                    tariff=Tariff(*state["tariff"]), seed_hex=state["seed_hex"])
+        chain = PaywordChain(body.payword_length, seed=bytes.fromhex(state["seed_hex"]))
+        if chain.root != body.payword_root:
+            raise InvalidArgument("the checkpointed seed does not match the agreement's chain")
+        self._keep(deal, chain)
         return deal
 
     # ---- hire, call, finish ---------------------------------------------------------------
 
-    def hire(self, deal: Deal) -> settlement_pb2.Escrow:
-        """Ask the marketplace to hold the agreement's maximum in escrow."""
-        deal.escrow = self.settlement.OpenEscrow(settlement_pb2.OpenEscrowRequest(
-            idempotency_key=f"escrow:{deal.agreement_id}", agreement=deal.agreement),
-            timeout=RPC_TIMEOUT_S)
+    def hire(self, deal: Deal, *, idempotency_key: str | None = None) -> settlement_pb2.Escrow:
+        """Ask the marketplace to hold the agreement's maximum in escrow (idempotent per key,
+        by default the agreement id). Raises `ApprovalRequired` when the wallet's policy wants
+        a person to approve the payment first; once approved, call again (same key)."""
+        key = idempotency_key or f"escrow:{deal.agreement_id}"
+        try:
+            deal.escrow = self.settlement.OpenEscrow(settlement_pb2.OpenEscrowRequest(
+                idempotency_key=key, agreement=deal.agreement), timeout=RPC_TIMEOUT_S)
+        except grpc.RpcError as error:
+            reason, metadata = error_info(error)
+            if reason != ApprovalRequired.reason:
+                raise
+            from agents.approvals import find_approval
+
+            terms = deal.body.terms
+            approval_id = metadata.get("approval_id", "")
+            if not approval_id:
+                found = find_approval(self, terms.currency, key, error.details() or "")
+                approval_id = found.approval_id if found else ""
+            raise ApprovalRequired(error.details() or "the payment needs approval",
+                                   approval_id=approval_id,
+                                   amount_atomic=terms.max_total_atomic,
+                                   currency=terms.currency,
+                                   counterparty=deal.body.seller_id) from None
         return deal.escrow
 
-    def call(self, deal: Deal, arguments: dict[str, Any]) -> dict[str, Any]:
+    def call(self, deal: Deal, arguments: dict[str, Any], *, call_id: str | None = None
+             ) -> dict[str, Any]:
         """One paid call; the output is checked against the skill's output schema."""
-        seller = self._seller(deal.body.seller_endpoint)
+        return self.invoke(deal, arguments, call_id=call_id).output  # type: ignore[no-any-return]
+
+    def invoke(self, deal: Deal, arguments: dict[str, Any], *, call_id: str | None = None,
+               voucher_at: tuple[int, int] | None = None) -> CallResult:
+        """One paid call with its usage and receipt. `voucher_at` = (sequence, payword index)
+        re-sends a voucher planned earlier (a resumed workflow); otherwise the session plans
+        one that prepays the call's maximum. A retry with the same call id and voucher is
+        answered with the first response and charged once."""
+        session = self.sessions[deal.agreement_id]
+        reserve = deal.call_max_atomic
+        if voucher_at is None:
+            voucher = session.next_voucher(reserve)
+        else:
+            voucher = session.voucher(*voucher_at)
+        request = agent_pb2.InvokeRequest(agreement_id=deal.agreement_id,
+                                          input_json=json.dumps(arguments),
+                                          call_id=call_id or uuid.uuid4().hex)
         terms = deal.body.terms
         with self._tracer.start_as_current_span("paid_call", attributes={
                 attr.AGREEMENT_ID: deal.agreement_id, attr.SKILL: terms.skill,
-                attr.AMOUNT_ATOMIC: terms.unit_price_atomic, attr.CURRENCY: terms.currency,
-                attr.PAYER: self.agent_id, attr.PAYEE: deal.body.seller_id}):
-            response = seller.Invoke(agent_pb2.InvokeRequest(
-                agreement_id=deal.agreement_id, input_json=json.dumps(arguments)),
-                timeout=RPC_TIMEOUT_S)
+                "agentmarket.reserved_atomic": reserve, attr.CURRENCY: terms.currency,
+                attr.PAYER: self.agent_id, attr.PAYEE: deal.body.seller_id}) as span:
+            try:
+                response = self._send(deal, request, voucher)
+            except grpc.RpcError:
+                if voucher_at is None:
+                    session.settle(reserve, 0)
+                raise
+            span.set_attribute(attr.AMOUNT_ATOMIC, response.usage.charged_atomic)
+        if voucher_at is None:
+            session.settle(reserve, response.usage.charged_atomic)
+        return self._check(deal, response, reserve)
+
+    def _send(self, deal: Deal, request: agent_pb2.InvokeRequest,
+              voucher: agreement_pb2.Voucher) -> agent_pb2.InvokeResponse:
+        seller = self._seller(deal.body.seller_endpoint)
+        metadata = [(VOUCHER_METADATA_KEY, voucher.SerializeToString())]
+        for _attempt in range(RETRY_IN_PROGRESS):
+            try:
+                return seller.Invoke(request, metadata=metadata, timeout=RPC_TIMEOUT_S)
+            except grpc.RpcError as error:
+                if error_info(error)[0] != "CALL_IN_PROGRESS":
+                    raise
+                time.sleep(0.05)  # the first attempt is still running: its answer will come
+        raise Unavailable("a retried call was still running at the seller; retry later")
+
+    def _check(self, deal: Deal, response: agent_pb2.InvokeResponse, reserve: int
+               ) -> CallResult:
+        """Verify a call's receipt and output; record problems on the deal."""
+        receipt, usage = response.receipt, response.usage
+        problem = receipt_problem(deal, receipt, usage, response.output_json, reserve)
         output = json.loads(response.output_json)
         with self._tracer.start_as_current_span("verify.schema", attributes={
                 attr.AGREEMENT_ID: deal.agreement_id}) as span:
             try:
                 validator_for(deal.output_schema)(deal.output_schema).validate(output)
-                span.set_attribute("agentmarket.verified", True)
             except ValidationError as error:
+                problem = problem or f"output does not match the schema: {error.message}"
                 deal.failed_outputs += 1
-                span.set_attribute("agentmarket.verified", False)
                 span.set_status(trace.Status(trace.StatusCode.ERROR, error.message))
+            span.set_attribute("agentmarket.verified", not problem)
+        if problem:
+            deal.problems.append(problem)
         deal.outputs.append(output)
-        return output
+        return CallResult(output, usage, receipt, not problem, problem)
 
-    def finish(self, deal: Deal) -> settlement_pb2.Escrow:
-        """Tell the seller the task is done; it redeems and the marketplace settles."""
+    def stream(self, deal: Deal, arguments: dict[str, Any], *, max_atomic: int | None = None,
+               call_id: str | None = None) -> StreamedCall:
+        """A streamed paid call: iterate it for text pieces; it stops when the prepaid budget
+        (`max_atomic`, at least what is already prepaid; at most the per-call maximum) is
+        spent. After iteration `.end` holds the receipt for what was delivered."""
+        from agents._streaming import StreamedCall
+
+        return StreamedCall.start(self, deal, arguments, max_atomic=max_atomic, call_id=call_id)
+
+    def finish(self, deal: Deal, *, confirm: bool = True) -> settlement_pb2.Escrow:
+        """Tell the seller the task is done; it redeems, the marketplace verifies. With
+        `confirm` (and no problem found in any receipt) the buyer then accepts the work, so it
+        is paid now rather than when the dispute window closes."""
         signature = self.key.sign(ag.request_message("finish", deal.agreement_id))
         response = self._seller(deal.body.seller_endpoint).Finish(agent_pb2.FinishRequest(
             agreement_id=deal.agreement_id, buyer_signature=signature), timeout=RPC_TIMEOUT_S)
         deal.escrow = response.escrow
+        if confirm and not deal.problems and deal.escrow.state in AWAITING_RELEASE:
+            return self.confirm(deal)
+        return deal.escrow
+
+    def confirm(self, deal: Deal) -> settlement_pb2.Escrow:
+        """Accept delivered work (BUYER_ACCEPTANCE agreements)."""
+        deal.escrow = self.settlement.Confirm(settlement_pb2.ConfirmRequest(
+            idempotency_key=f"confirm:{deal.agreement_id}", agreement_id=deal.agreement_id,
+            buyer_signature=self.key.sign(ag.request_message("confirm", deal.agreement_id))),
+            timeout=RPC_TIMEOUT_S)
+        return deal.escrow
+
+    def dispute(self, deal: Deal, reason: str) -> settlement_pb2.Escrow:
+        """Dispute delivered work inside the dispute window; the earned amount is frozen."""
+        reason = reason[:2000] or "disputed"
+        deal.escrow = self.settlement.Dispute(settlement_pb2.DisputeRequest(
+            idempotency_key=f"dispute:{deal.agreement_id}", agreement_id=deal.agreement_id,
+            reason=reason, buyer_signature=self.key.sign(
+                ag.dispute_message(deal.agreement_id, reason, []))), timeout=RPC_TIMEOUT_S)
         return deal.escrow
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
+def receipt_problem(deal: Deal, receipt: agreement_pb2.Receipt, usage: agent_pb2.Usage,
+                    output_json: str, reserve: int) -> str:
+    """Why a receipt does not check out ('' when it does): signature and output hash, the
+    charge equal to the tariff applied to the reported usage (capped at the call's reserve)."""
+    try:
+        ag.check_receipt(receipt, deal.body.seller_id)
+    except Exception as error:
+        return f"bad receipt: {error}"
+    if receipt.output_json != output_json or receipt.agreement_id != deal.agreement_id:
+        return "the receipt commits to another output"
+    tariff = deal.tariff or Tariff(CALLS, deal.body.terms.unit_price_atomic)
+    expected = min(tariff.charge_atomic(input_tokens=usage.input_tokens,
+                                        output_tokens=usage.output_tokens, units=usage.units),
+                   max(reserve, usage.reserved_atomic))
+    if receipt.charged_atomic != usage.charged_atomic or receipt.charged_atomic != expected:
+        return f"charged {receipt.charged_atomic}, the tariff says {expected} for the usage"
+    return ""
+
+
+def error_info(error: grpc.RpcError) -> tuple[str, dict[str, str]]:
+    """(ErrorInfo reason, ErrorInfo metadata) of a failed call, or ('', {})."""
+    try:
+        status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    except Exception:
+        return "", {}
+    for detail in status.details if status else []:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return info.reason, dict(info.metadata)
+    return "", {}
+
+
+def _chain_shape(tariff: Tariff, max_total_atomic: int) -> tuple[int, int]:
+    """(link value, chain length). Per-call: one link per call, worth the price. Metered: each
+    call's maximum is a whole number of links, at most MAX_LINKS_PER_CALL (finer links prepay
+    less beyond what a call needs), and the chain is no longer than MAX_CHAIN_LENGTH."""
+    max_call_atomic = tariff.call_max_atomic
+    if tariff.unit == CALLS:
+        return max_call_atomic, links_for(max_total_atomic, max_call_atomic)
+    calls = max(1, links_for(max_total_atomic, max_call_atomic))
+    cap = max(1, min(MAX_LINKS_PER_CALL, MAX_CHAIN_LENGTH // calls, max_call_atomic))
+    divisor = next(d for d in range(cap, 0, -1) if max_call_atomic % d == 0)
+    link_value = max_call_atomic // divisor
+    return link_value, links_for(max_total_atomic, link_value)
+

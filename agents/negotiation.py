@@ -16,6 +16,11 @@ from marketplace.errors import FailedPrecondition
 
 
 class Strategy(Protocol):
+    """How prices move. Optional hooks: `hear(note)` receives the other side's free-text note
+    (untrusted), `say() -> str` gives a note to send with the next offer (`LLMStrategy` uses
+    both). A seller may take a factory `(skill, currency) -> Strategy` for per-negotiation
+    state."""
+
     def propose(self, round_index: int, max_rounds: int, opponent_price_atomic: int | None) -> int:
         """The unit price to offer in this round."""
 

@@ -1,21 +1,46 @@
-"""Per-call payment with PayWord vouchers: the buyer's session and the seller's gate.
+"""Paying per call with PayWord vouchers: the buyer's session and the seller's gate.
 
-Buyer: `PaymentSession.next_voucher(amount)` reveals the next hash-chain words to cover a call.
-Seller: `PaymentGate.admit(voucher, agreement_id, price)` checks it locally (a few SHA-256s, no
-network), refusing missing, forged, replayed and over-budget vouchers, and keeps what it needs
-to redeem: the latest voucher and a signed receipt per call.
+Prepay, then charge what was used. Before each call the buyer's vouchers must leave at least the
+call's maximum (`max_call_atomic`; per-call skills: the price) prepaid and not yet charged; the
+seller reserves that much for the call, runs it, and charges the metered amount (never more than
+the reserve), recorded in the signed receipt's `charged_atomic`. What was prepaid but not charged
+carries over: the next voucher only tops the prepayment up (possibly revealing no new word), and
+whatever is still unspent at the end is refunded, because the marketplace captures only the
+receipts' charges (bounded by the latest voucher).
+
+Buyer: `PaymentSession.plan(max_call_atomic)` -> (sequence, payword index) of the next voucher,
+`voucher(sequence, index)` builds it (deterministic from the chain's seed, so a resumed buyer
+re-sends the very same voucher), `settle(reserve, charged)` books the receipt.
+Seller: `PaymentGate.admit(...)` checks a voucher locally (a few SHA-256s, no network), refusing
+missing, forged, replayed and over-budget ones, and reserves the call's maximum; `complete()`
+books the charge and keeps the response so a retry of the same call id gets it again, charged
+once; `release()` returns the reserve of a call that failed.
+
+PayWord words travel in clear metadata: run agents over TLS, as anyone who sees a word can spend
+the prepaid balance it authorises.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
+from typing import Any
 
-from agents.errors import BudgetExceeded, InvalidVoucher, NotFound, PaymentRequired
+from agents.errors import (
+    BudgetExceeded,
+    CallInProgress,
+    FailedPrecondition,
+    InvalidArgument,
+    InvalidVoucher,
+    NotFound,
+    PaymentRequired,
+)
 from marketplace.payword import PaywordChain, verify_word
 from marketplace.v1 import agreement_pb2
 
 VOUCHER_METADATA_KEY = "agentmarket-voucher-bin"
+MAX_CALL_ID_CHARS = 128
 
 
 def links_for(amount_atomic: int, link_value_atomic: int) -> int:
@@ -24,7 +49,7 @@ def links_for(amount_atomic: int, link_value_atomic: int) -> int:
 
 
 class PaymentSession:
-    """The buyer's side of one agreement: which words it has revealed so far."""
+    """The buyer's side of one agreement: what its vouchers authorised and what was charged."""
 
     def __init__(self, agreement_id: str, chain: PaywordChain, link_value_atomic: int,
                  max_total_atomic: int) -> None:
@@ -34,25 +59,82 @@ class PaymentSession:
         self.max_total_atomic = max_total_atomic
         self.index = 0
         self.sequence = 0
+        self.charged_atomic = 0
+        self.reserved_atomic = 0
         self._lock = threading.Lock()
 
     @property
     def paid_atomic(self) -> int:
+        """Authorised so far by the latest voucher (cumulative)."""
         return self.index * self.link_value_atomic
 
+    @property
+    def unspent_atomic(self) -> int:
+        return self.paid_atomic - self.charged_atomic - self.reserved_atomic
+
+    def plan(self, reserve_atomic: int, *, index: int | None = None,
+             charged_atomic: int | None = None, reserved_atomic: int | None = None) -> int:
+        """The payword index a voucher must reach so that `reserve_atomic` is prepaid and
+        uncharged (the current index when the prepayment already covers it); pure, from the
+        session's counters or the ones given (a workflow's checkpointed state)."""
+        index = self.index if index is None else index
+        charged = self.charged_atomic if charged_atomic is None else charged_atomic
+        reserved = self.reserved_atomic if reserved_atomic is None else reserved_atomic
+        needed = links_for(charged + reserved + reserve_atomic, self.link_value_atomic)
+        target = max(index, needed)
+        if target * self.link_value_atomic > self.max_total_atomic or target > self.chain.length:
+            raise BudgetExceeded(
+                f"prepaying {reserve_atomic} more would exceed the agreement's maximum of "
+                f"{self.max_total_atomic} (charged {charged} so far)")
+        return target
+
+    def voucher(self, sequence: int, index: int) -> agreement_pb2.Voucher:
+        """The voucher with this sequence revealing the word at `index` (deterministic)."""
+        return agreement_pb2.Voucher(
+            agreement_id=self.agreement_id, sequence=sequence,
+            cumulative_atomic=index * self.link_value_atomic, payword_index=index,
+            payword=self.chain.word(index))
+
     def next_voucher(self, amount_atomic: int) -> agreement_pb2.Voucher:
-        """A voucher that pays `amount_atomic` more than the last one; refuses past the budget."""
+        """Reserve `amount_atomic` for a call and return the voucher that prepays it."""
         with self._lock:
-            index = self.index + links_for(amount_atomic, self.link_value_atomic)
-            if index * self.link_value_atomic > self.max_total_atomic or index > self.chain.length:
-                raise BudgetExceeded(
-                    f"paying {amount_atomic} more would exceed the agreement's maximum of "
-                    f"{self.max_total_atomic}")
+            index = self.plan(amount_atomic)
             self.index, self.sequence = index, self.sequence + 1
-            return agreement_pb2.Voucher(
-                agreement_id=self.agreement_id, sequence=self.sequence,
-                cumulative_atomic=index * self.link_value_atomic, payword_index=index,
-                payword=self.chain.word(index))
+            self.reserved_atomic += amount_atomic
+            return self.voucher(self.sequence, index)
+
+    def settle(self, reserve_atomic: int, charged_atomic: int) -> None:
+        """Book a call's receipt: its reserve is released, its charge counted (the caller has
+        checked the receipt against what the call reserved)."""
+        with self._lock:
+            self.reserved_atomic -= reserve_atomic
+            self.charged_atomic += charged_atomic
+
+    def restore(self, *, sequence: int, index: int, charged_atomic: int) -> None:
+        """Continue from a checkpoint: the last voucher sent and the charges booked."""
+        with self._lock:
+            self.sequence, self.index = sequence, index
+            self.charged_atomic, self.reserved_atomic = charged_atomic, 0
+
+
+@dataclass
+class Admission:
+    """A call the gate let through: its voucher sequence and the reserve it holds."""
+
+    agreement_id: str
+    call_id: str
+    sequence: int
+    reserve_atomic: int
+    replay: Any = None  # the first response of this call id, to return instead of running
+
+
+@dataclass
+class _Call:
+    sequence: int
+    payword: bytes
+    reserve_atomic: int
+    in_flight: bool = True
+    response: Any = None
 
 
 @dataclass
@@ -63,10 +145,19 @@ class _Account:
     anchor_word: bytes
     anchor_index: int = 0
     sequence: int = 0
+    authorised_atomic: int = 0
     charged_atomic: int = 0
+    reserved_atomic: int = 0
     latest: agreement_pb2.Voucher | None = None
     receipts: list[agreement_pb2.Receipt] = field(default_factory=list)
+    calls: dict[str, _Call] = field(default_factory=dict)
+    closed: bool = False
+    redeemed: Any = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def available_atomic(self) -> int:
+        return self.authorised_atomic - self.charged_atomic - self.reserved_atomic
 
 
 class PaymentGate:
@@ -74,12 +165,19 @@ class PaymentGate:
 
     def __init__(self) -> None:
         self._accounts: dict[str, _Account] = {}
+        self._lock = threading.Lock()
 
     def open(self, agreement_id: str, body: agreement_pb2.AgreementBody) -> None:
-        self._accounts.setdefault(agreement_id, _Account(body=body, anchor_word=body.payword_root))
+        with self._lock:
+            self._accounts.setdefault(agreement_id,
+                                      _Account(body=body, anchor_word=body.payword_root))
 
     def known(self, agreement_id: str) -> bool:
         return agreement_id in self._accounts
+
+    def agreements(self) -> list[str]:
+        with self._lock:
+            return list(self._accounts)
 
     def body(self, agreement_id: str) -> agreement_pb2.AgreementBody:
         return self._account(agreement_id).body
@@ -91,46 +189,144 @@ class PaymentGate:
         return account
 
     def admit(self, voucher: agreement_pb2.Voucher | None, agreement_id: str,
-              price_atomic: int) -> int:
-        """Accept a voucher that pays `price_atomic` for this call; returns the call's sequence.
+              reserve_atomic: int, *, call_id: str = "", partial: bool = False) -> Admission:
+        """Check a voucher and reserve `reserve_atomic` of the prepayment for this call
+        (`partial`: a stream takes what is prepaid, up to that, and at least one atomic unit).
 
-        Holds the agreement's lock only for the check itself (microseconds)."""
+        A retry of a call id with its first voucher returns that call's first response (or
+        runs it again if it failed before completing). Holds the agreement's lock only for the
+        check itself (microseconds)."""
         if voucher is None:
             raise PaymentRequired("this method is paid: attach a voucher "
                                   f"({VOUCHER_METADATA_KEY} metadata)")
         if voucher.agreement_id != agreement_id:
             raise InvalidVoucher("the voucher is for a different agreement than the request")
+        if len(call_id) > MAX_CALL_ID_CHARS:
+            raise InvalidArgument(f"call_id is longer than {MAX_CALL_ID_CHARS} characters")
         account = self._account(agreement_id)
-        body = account.body
         with account.lock:
-            if (voucher.sequence <= account.sequence
-                    or voucher.payword_index <= account.anchor_index):
-                raise InvalidVoucher(f"voucher {voucher.sequence} was already used (replay)")
-            if voucher.cumulative_atomic != voucher.payword_index * body.link_value_atomic:
-                raise InvalidVoucher("cumulative_atomic does not match the payword index")
-            if (voucher.payword_index > body.payword_length
-                    or voucher.cumulative_atomic > body.terms.max_total_atomic):
-                raise BudgetExceeded("the voucher goes past the agreement's maximum")
-            if not verify_word(voucher.payword, voucher.payword_index, account.anchor_word,
-                               account.anchor_index):
-                raise InvalidVoucher("the voucher's payword is forged")
-            if voucher.cumulative_atomic < account.charged_atomic + price_atomic:
-                if account.charged_atomic + price_atomic > body.terms.max_total_atomic:
+            if account.closed:
+                raise FailedPrecondition("the agreement was redeemed; it takes no more calls")
+            if call_id and call_id in account.calls:
+                return self._retry(agreement_id, account, voucher, call_id, reserve_atomic,
+                                   partial)
+            self._check_new(account, voucher)
+            unspent = voucher.cumulative_atomic - account.charged_atomic \
+                - account.reserved_atomic
+            reserve = min(reserve_atomic, unspent) if partial else reserve_atomic
+            if unspent < reserve or reserve <= 0:
+                if voucher.payword_index == account.anchor_index:
+                    raise InvalidVoucher(f"voucher {voucher.sequence} reveals no new payword "
+                                         "and the prepaid balance does not cover this call")
+                if account.charged_atomic + account.reserved_atomic + reserve_atomic \
+                        > account.body.terms.max_total_atomic:
                     raise BudgetExceeded("the agreement's budget is spent")
-                raise InvalidVoucher("the voucher does not pay for this call")
+                raise InvalidVoucher("the voucher does not prepay this call's maximum")
             account.anchor_word, account.anchor_index = voucher.payword, voucher.payword_index
             account.sequence = voucher.sequence
-            account.charged_atomic += price_atomic
+            account.authorised_atomic = voucher.cumulative_atomic
             account.latest = voucher
-            return voucher.sequence
+            account.reserved_atomic += reserve
+            key = call_id or f"#{voucher.sequence}"
+            account.calls[key] = _Call(voucher.sequence, voucher.payword, reserve)
+            return Admission(agreement_id, key, voucher.sequence, reserve)
 
-    def record(self, agreement_id: str, receipt: agreement_pb2.Receipt) -> None:
+    @staticmethod
+    def _check_new(account: _Account, voucher: agreement_pb2.Voucher) -> None:
+        body = account.body
+        if voucher.sequence <= account.sequence or voucher.payword_index < account.anchor_index:
+            raise InvalidVoucher(f"voucher {voucher.sequence} was already used (replay)")
+        if voucher.cumulative_atomic != voucher.payword_index * body.link_value_atomic:
+            raise InvalidVoucher("cumulative_atomic does not match the payword index")
+        if (voucher.payword_index > body.payword_length
+                or voucher.cumulative_atomic > body.terms.max_total_atomic):
+            raise BudgetExceeded("the voucher goes past the agreement's maximum")
+        if not verify_word(voucher.payword, voucher.payword_index, account.anchor_word,
+                           account.anchor_index):
+            raise InvalidVoucher("the voucher's payword is forged")
+
+    @staticmethod
+    def _retry(agreement_id: str, account: _Account, voucher: agreement_pb2.Voucher,
+               call_id: str, reserve_atomic: int, partial: bool) -> Admission:
+        call = account.calls[call_id]
+        if voucher.sequence != call.sequence or voucher.payword != call.payword:
+            raise InvalidVoucher(f"call {call_id!r} was paid by another voucher; a retry must "
+                                 "send the same one")
+        if call.response is not None:
+            return Admission(agreement_id, call_id, call.sequence, 0, replay=call.response)
+        if call.in_flight:
+            raise CallInProgress(f"call {call_id!r} is still running; retry shortly")
+        unspent = account.available_atomic
+        reserve = min(reserve_atomic, unspent) if partial else reserve_atomic
+        if unspent < reserve or reserve <= 0:
+            raise BudgetExceeded("the prepaid balance no longer covers this call")
+        account.reserved_atomic += reserve
+        call.in_flight, call.reserve_atomic = True, reserve
+        return Admission(agreement_id, call_id, call.sequence, reserve)
+
+    def complete(self, agreement_id: str, admission: Admission, receipt: agreement_pb2.Receipt,
+                 response: Any) -> None:
+        """Book the call's charge (its receipt) and keep its response for retries."""
         account = self._account(agreement_id)
         with account.lock:
+            call = account.calls[admission.call_id]
+            if not call.in_flight:
+                raise FailedPrecondition(f"call {admission.call_id!r} is not running")
+            if not 0 <= receipt.charged_atomic <= call.reserve_atomic:
+                raise FailedPrecondition("a call cannot charge more than it reserved")
+            account.reserved_atomic -= call.reserve_atomic
+            account.charged_atomic += receipt.charged_atomic
             account.receipts.append(receipt)
+            call.in_flight, call.response = False, response
+
+    def release(self, agreement_id: str, admission: Admission) -> None:
+        """A call that failed before completing: give its reserve back (nothing is charged)."""
+        account = self._account(agreement_id)
+        with account.lock:
+            call = account.calls.get(admission.call_id)
+            if call is not None and call.in_flight:
+                account.reserved_atomic -= call.reserve_atomic
+                call.in_flight = False
+
+    def unspent(self, agreement_id: str) -> int:
+        return self._account(agreement_id).available_atomic
 
     def redeemable(self, agreement_id: str) -> tuple[agreement_pb2.Voucher | None,
                                                       list[agreement_pb2.Receipt]]:
         account = self._account(agreement_id)
         with account.lock:
             return account.latest, sorted(account.receipts, key=lambda r: r.sequence)
+
+    def begin_redeem(self, agreement_id: str, wait_s: float = 5.0
+                     ) -> tuple[agreement_pb2.Voucher, list[agreement_pb2.Receipt]]:
+        """Stop taking calls, let running ones finish (up to `wait_s`), and return what to
+        redeem: the latest voucher (a zero voucher, the chain's root, when none came) and the
+        receipts."""
+        account = self._account(agreement_id)
+        with account.lock:
+            account.closed = True
+        deadline = time.monotonic() + wait_s
+        while account.reserved_atomic and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with account.lock:
+            voucher = account.latest or agreement_pb2.Voucher(
+                agreement_id=agreement_id, sequence=0, cumulative_atomic=0, payword_index=0,
+                payword=account.body.payword_root)
+            return voucher, sorted(account.receipts, key=lambda r: r.sequence)
+
+    def end_redeem(self, agreement_id: str, escrow: Any) -> None:
+        """Remember the marketplace's answer; `None` (the redeem failed) reopens the agreement."""
+        account = self._account(agreement_id)
+        with account.lock:
+            account.closed, account.redeemed = escrow is not None, escrow
+
+    def redeemed(self, agreement_id: str) -> Any:
+        return self._account(agreement_id).redeemed
+
+    def due(self, now_ms: int, margin_ms: int) -> list[str]:
+        """Open agreements with paid calls whose completion deadline is within `margin_ms`."""
+        with self._lock:
+            accounts = list(self._accounts.items())
+        return [agreement for agreement, account in accounts
+                if not account.closed and account.latest is not None
+                and now_ms >= account.body.terms.completion_deadline_ms - margin_ms]

@@ -1,47 +1,123 @@
-"""Skills: a priced function a seller exposes, with JSON Schemas taken from its type hints.
+"""Skills: a priced function, async function, generator or LangGraph graph a seller exposes.
 
     @skill(price=per_call("0.002", "USD"), description="Summarise a text.")
     def summarize(text: str, max_words: int = 50) -> Summary: ...
 
-The input schema comes from the parameters, the output schema from the return annotation
-(a pydantic model, TypedDict, dataclass or plain type), both via pydantic.
+    @skill(price=model_price("gpt-4o-mini", "USD", markup_bps=2_000),
+           max_input_tokens=2_000, max_output_tokens=200)
+    async def translate(text: str, language: str) -> Translation: ...   # async works the same
+
+    @skill(price=per_1k_tokens("0.0002", "0.0008", "USD"), max_input_tokens=500,
+           max_output_tokens=400)
+    def write(topic: str) -> Iterator[str]: ...         # a generator streams (InvokeStream)
+
+    research = skill(compiled_graph, price=per_call("0.01", "USD"), name="research")
+
+Input and output JSON Schemas come from the type hints (pydantic models, TypedDicts, dataclasses,
+plain types); for a graph, from its input/output (or state) schema, or explicit pydantic models.
+Metered skills declare bounds (`max_input_tokens`/`max_output_tokens`, `max_units`) that fix the
+most one call can cost: the buyer prepays that, the seller charges what was used.
 """
 
 from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from typing import Any, get_type_hints
+from typing import Any
 
-from pydantic import BaseModel, TypeAdapter, create_model
+from pydantic import BaseModel, TypeAdapter
 
+from agents import _async
+from agents._schemas import STREAM_OUTPUT_SCHEMA, function_models, graph_models, is_graph
+from agents.errors import InvalidArgument
+from agents.metering import (
+    CALLS,
+    TOKENS,
+    UNITS,
+    Tariff,
+    model_price_per_1k_atomic,
+    token_charge_atomic,
+)
+from marketplace import pricing
 from marketplace.v1 import registry_pb2
 from wallets.currencies import currency
 
 SCHEMA = registry_pb2.VERIFICATION_METHOD_SCHEMA
+USD_PEGGED = ("USD", "USDC")
 
 
 @dataclass(frozen=True)
 class Price:
-    """A list price: atomic units of `currency` per `unit`."""
+    """A list price: atomic units of `currency` per `unit` (per call, per 1k input tokens with
+    `output_amount_atomic` per 1k output tokens, or per named unit)."""
 
     amount_atomic: int
     currency: str
-    unit: int = registry_pb2.PRICE_UNIT_CALL
+    unit: int = CALLS
     unit_name: str = ""
+    output_amount_atomic: int = 0
+    tiers: tuple[tuple[int, int, int], ...] = ()  # (min quantity, amount, output amount)
 
     def message(self) -> registry_pb2.Price:
-        return registry_pb2.Price(amount_atomic=self.amount_atomic, currency=self.currency,
-                                  unit=self.unit, unit_name=self.unit_name)
+        return registry_pb2.Price(
+            amount_atomic=self.amount_atomic, currency=self.currency, unit=self.unit,
+            unit_name=self.unit_name, output_amount_atomic=self.output_amount_atomic,
+            tiers=[registry_pb2.PriceTier(min_quantity=q, amount_atomic=a,
+                                          output_amount_atomic=o) for q, a, o in self.tiers])
+
+    def tiered(self, *tiers: tuple[Any, ...]) -> Price:
+        """Volume tiers as decimal amounts: per_unit("0.0006", "USD", "gpu_second")
+        .tiered((3600, "0.0005")) prices every unit at 0.0005 from 3,600 units on (token
+        prices take (min_quantity, input, output))."""
+        cur = currency(self.currency)
+        exact = tuple((int(t[0]), cur.atomic(t[1]), cur.atomic(t[2]) if len(t) > 2 else 0)
+                      for t in tiers)
+        return replace(self, tiers=exact)
+
+    def quote(self, quantity: int) -> tuple[int, int]:
+        """(unit price, output unit price) the list quotes for `quantity` (its volume tier)."""
+        return pricing.quote(self.message(), quantity)
 
 
 def per_call(amount: str | Decimal | int, currency_code: str) -> Price:
     """A price per call from a decimal amount: per_call("0.00001", "USD") is exact."""
     cur = currency(currency_code)
     return Price(cur.atomic(amount), cur.code)
+
+
+def per_1k_tokens(input_amount: str | Decimal | int, output_amount: str | Decimal | int,
+                  currency_code: str) -> Price:
+    """Prices per 1,000 input and per 1,000 output tokens, as exact decimal amounts."""
+    cur = currency(currency_code)
+    return Price(cur.atomic(input_amount), cur.code, TOKENS,
+                 output_amount_atomic=cur.atomic(output_amount))
+
+
+def per_unit(amount: str | Decimal | int, currency_code: str, unit_name: str) -> Price:
+    """A price per named unit: per_unit("0.0005", "USD", "gpu_second")."""
+    if not unit_name or len(unit_name) > 64:
+        raise InvalidArgument("a unit needs a name of 1..64 characters")
+    cur = currency(currency_code)
+    return Price(cur.atomic(amount), cur.code, UNITS, unit_name=unit_name)
+
+
+def model_price(model: str, currency_code: str = "USD", *, markup_bps: int = 0) -> Price:
+    """litellm's cost for `model` (`litellm.model_cost[model]`, USD per token) per 1k tokens,
+    plus a markup in basis points, converted once and rounded up (`agents.metering`)."""
+    from agents.llm import _litellm
+
+    cur = currency(currency_code)
+    if cur.code not in USD_PEGGED:
+        raise InvalidArgument(f"litellm's costs are in USD; price {model} in USD or USDC")
+    cost = _litellm().model_cost.get(model)
+    if not cost or "input_cost_per_token" not in cost:
+        raise InvalidArgument(f"litellm's cost map has no per-token cost for {model!r}")
+    return Price(model_price_per_1k_atomic(cost["input_cost_per_token"], cur.scale, markup_bps),
+                 cur.code, TOKENS, output_amount_atomic=model_price_per_1k_atomic(
+                     cost.get("output_cost_per_token", 0), cur.scale, markup_bps))
 
 
 @dataclass
@@ -54,6 +130,12 @@ class Skill:
     prices: list[Price]
     tags: list[str] = field(default_factory=list)
     verification_methods: list[int] = field(default_factory=lambda: [SCHEMA])
+    kind: str = "function"  # function | async | stream | graph
+    max_input_tokens: int = 0
+    max_output_tokens: int = 0
+    max_units: int = 0
+    max_concurrency: int = 0
+    typical_latency_ms: int = 0
     _input_model: type[BaseModel] | None = None
     _output_adapter: TypeAdapter[Any] | None = None
 
@@ -63,41 +145,138 @@ class Skill:
             input_schema_json=json.dumps(self.input_schema),
             output_schema_json=json.dumps(self.output_schema),
             prices=[p.message() for p in self.prices],
-            verification_methods=self.verification_methods)
+            verification_methods=self.verification_methods,
+            max_concurrency=self.max_concurrency, typical_latency_ms=self.typical_latency_ms)
+
+    @property
+    def streams(self) -> bool:
+        return self.kind == "stream"
 
     def price_in(self, currency_code: str) -> Price | None:
         code = currency(currency_code).code
         return next((p for p in self.prices if p.currency == code), None)
 
+    def tariff(self, unit_price_atomic: int, currency_code: str) -> Tariff:
+        """Billing at a negotiated unit price: a token skill's output price moves in proportion
+        to its input price (rounded up); the per-call maximum follows from the skill's bounds."""
+        price = self.price_in(currency_code)
+        if price is None:
+            raise InvalidArgument(f"skill {self.name} is not sold in {currency_code}")
+        if price.unit == TOKENS:
+            output = -(-unit_price_atomic * price.output_amount_atomic // price.amount_atomic)
+            most = token_charge_atomic(self.max_input_tokens, self.max_output_tokens,
+                                       unit_price_atomic, output)
+            return Tariff(TOKENS, unit_price_atomic, output, most)
+        if price.unit == UNITS:
+            return Tariff(UNITS, unit_price_atomic, 0, unit_price_atomic * self.max_units)
+        return Tariff(CALLS, unit_price_atomic, 0, unit_price_atomic)
+
+    def tier_quantity(self, calls: int) -> int:
+        """What `calls` calls amount to in the price's unit, for volume tiers: calls, units
+        (calls x max_units) or 1k-token blocks (calls x the token bounds / 1000)."""
+        if self.max_units:
+            return calls * self.max_units
+        if self.max_input_tokens or self.max_output_tokens:
+            return calls * (self.max_input_tokens + self.max_output_tokens) // 1000
+        return calls
+
+    def parse(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        if self._input_model is None:
+            return arguments
+        parsed = self._input_model.model_validate(arguments)
+        if self.kind == "graph":
+            return parsed.model_dump(exclude_unset=True)
+        return {name: getattr(parsed, name) for name in type(parsed).model_fields}
+
     def run(self, arguments: dict[str, Any]) -> Any:
         """Call the handler with validated arguments; return JSON-ready output."""
-        if self._input_model is not None:
-            parsed = self._input_model.model_validate(arguments)
-            arguments = {name: getattr(parsed, name) for name in type(parsed).model_fields}
-        result = self.handler(**arguments)
+        arguments = self.parse(arguments)
+        if self.kind == "stream":
+            return {"text": "".join(self.iterate(arguments, parsed=True))}
+        if self.kind == "graph":
+            result = self.handler.invoke(arguments)
+        elif self.kind == "async":
+            result = _async.run(lambda: self.handler(**arguments))
+        else:
+            result = self.handler(**arguments)
         if self._output_adapter is not None:
+            if self.kind == "graph":
+                model = self._output_adapter.validate_python(
+                    {k: v for k, v in dict(result).items() if k in self.output_fields})
+                return self._output_adapter.dump_python(model, mode="json", exclude_unset=True)
             return self._output_adapter.dump_python(result, mode="json")
         return result
 
+    @property
+    def output_fields(self) -> set[str]:
+        return set(self.output_schema.get("properties", {}))
 
-def skill(*, price: Price | list[Price], name: str | None = None, description: str | None = None,
-          tags: list[str] | None = None) -> Callable[[Callable[..., Any]], Skill]:
-    """Turn a function into a priced skill with schemas from its type hints."""
+    def iterate(self, arguments: dict[str, Any], *, parsed: bool = False) -> Iterator[str]:
+        """A streaming skill's text pieces, as they are produced."""
+        if self.kind != "stream":
+            raise InvalidArgument(f"skill {self.name} does not stream")
+        arguments = arguments if parsed else self.parse(arguments)
+        produced = self.handler(**arguments)
+        pieces = _async.iterate(produced) if inspect.isasyncgen(produced) else produced
+        for piece in pieces:
+            if not isinstance(piece, str):
+                raise TypeError(f"streaming skill {self.name} yielded {type(piece).__name__}, "
+                                "not str")
+            yield piece
 
-    def wrap(fn: Callable[..., Any]) -> Skill:
-        hints = get_type_hints(fn)
-        params = inspect.signature(fn).parameters
-        fields: dict[str, Any] = {
-            p: (hints.get(p, Any), ... if spec.default is inspect.Parameter.empty else spec.default)
-            for p, spec in params.items()
-        }
-        input_model = create_model(f"{fn.__name__}_input", **fields)  # type: ignore[call-overload]
-        output_adapter = TypeAdapter(hints.get("return", Any))
-        return Skill(
-            name=name or fn.__name__, description=description or inspect.getdoc(fn) or "",
-            handler=fn, input_schema=input_model.model_json_schema(),
-            output_schema=output_adapter.json_schema(),
-            prices=price if isinstance(price, list) else [price], tags=tags or [],
-            _input_model=input_model, _output_adapter=output_adapter)
 
-    return wrap
+def _check_bounds(prices: list[Price], max_input_tokens: int, max_output_tokens: int,
+                  max_units: int) -> None:
+    for price in prices:
+        if price.unit == TOKENS and (max_input_tokens <= 0 or max_output_tokens <= 0):
+            raise InvalidArgument("a skill priced per token needs max_input_tokens and "
+                                  "max_output_tokens: they bound what a buyer prepays per call")
+        if price.unit == TOKENS and price.amount_atomic <= 0:
+            raise InvalidArgument("a token price needs a positive input price")
+        if price.unit == UNITS and max_units <= 0:
+            raise InvalidArgument("a skill priced per unit needs max_units per call")
+
+
+def skill(target: Any = None, /, *, price: Price | list[Price], name: str | None = None,
+          description: str | None = None, tags: list[str] | None = None,
+          max_input_tokens: int = 0, max_output_tokens: int = 0, max_units: int = 0,
+          input_model: type[BaseModel] | None = None,
+          output_model: type[BaseModel] | None = None,
+          verification: list[int] | None = None, max_concurrency: int = 0,
+          typical_latency_ms: int = 0) -> Any:
+    """Turn a function, async function, generator or compiled LangGraph graph into a priced
+    skill: as a decorator (`@skill(price=...)`) or in one call (`skill(graph, price=...)`)."""
+    prices = price if isinstance(price, list) else [price]
+    _check_bounds(prices, max_input_tokens, max_output_tokens, max_units)
+    common = dict(prices=prices, tags=tags or [], max_input_tokens=max_input_tokens,
+                  max_output_tokens=max_output_tokens, max_units=max_units,
+                  verification_methods=verification or [SCHEMA],
+                  max_concurrency=max_concurrency, typical_latency_ms=typical_latency_ms)
+
+    def wrap(fn: Any) -> Skill:
+        if is_graph(fn):
+            inputs, outputs = graph_models(fn, input_model, output_model)
+            label = name or getattr(fn, "name", None) or "graph"
+            return Skill(name=label, description=description or f"The {label} graph.",
+                         handler=fn, input_schema=inputs.model_json_schema(),
+                         output_schema=outputs.model_json_schema(), kind="graph",
+                         _input_model=inputs, _output_adapter=TypeAdapter(outputs),
+                         **common)  # type: ignore[arg-type]
+        streams = inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
+        model, adapter = function_models(fn, streams=streams)
+        if input_model is not None:
+            model = input_model
+        if streams:
+            kind, output_schema = "stream", STREAM_OUTPUT_SCHEMA
+        else:
+            kind = "async" if inspect.iscoroutinefunction(fn) else "function"
+            if output_model is not None:
+                adapter = TypeAdapter(output_model)
+            assert adapter is not None
+            output_schema = adapter.json_schema()
+        return Skill(name=name or fn.__name__, description=description or inspect.getdoc(fn)
+                     or "", handler=fn, input_schema=model.model_json_schema(),
+                     output_schema=output_schema, kind=kind, _input_model=model,
+                     _output_adapter=adapter, **common)  # type: ignore[arg-type]
+
+    return wrap(target) if target is not None else wrap

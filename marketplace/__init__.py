@@ -1,25 +1,43 @@
-"""The marketplace node: registry, negotiation contract, escrow settlement, identity, tracing."""
+"""The marketplace node: registry, negotiation rules, escrow settlement, verification, disputes,
+identity, tracing."""
 
-from marketplace.errors import BadSignature, BudgetExceeded, IllegalTransition, InvalidVoucher
+from marketplace.checkers import CheckerRegistry
+from marketplace.errors import (
+    BadSignature,
+    BudgetExceeded,
+    IllegalTransition,
+    InvalidVoucher,
+    OfferExpired,
+    VerifierUnavailable,
+)
 from marketplace.identity import AgentKey, verify
+from marketplace.judge import LlmJudge
+from marketplace.negotiation import Negotiation
 from marketplace.node import MarketplaceNode
 from marketplace.payword import PaywordChain, verify_word
 from marketplace.registry import Registry
 from marketplace.settlement import Settlement
 from marketplace.spanstore import SpanStore
 from marketplace.tracing import force_flush, setup_tracing
+from marketplace.verifier_agent import VerifierAgent
 
 __all__ = [
     "AgentKey",
     "BadSignature",
     "BudgetExceeded",
+    "CheckerRegistry",
     "IllegalTransition",
     "InvalidVoucher",
+    "LlmJudge",
     "MarketplaceNode",
+    "Negotiation",
+    "OfferExpired",
     "PaywordChain",
     "Registry",
     "Settlement",
     "SpanStore",
+    "VerifierAgent",
+    "VerifierUnavailable",
     "force_flush",
     "setup_tracing",
     "verify",

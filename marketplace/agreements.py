@@ -8,16 +8,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 from google.protobuf.message import DecodeError
 
 from marketplace.errors import BadSignature, InvalidArgument
 from marketplace.identity import AgentKey, check_agent_id, verify
 from marketplace.payword import MAX_CHAIN_LENGTH
-from marketplace.v1 import agreement_pb2, registry_pb2
+from marketplace.v1 import agreement_pb2, registry_pb2, settlement_pb2, verifier_pb2
 from wallets.currencies import MAX_AMOUNT_ATOMIC, currency
 
 MAX_OUTPUT_BYTES = 64 * 1024
+MAX_DISPUTE_WINDOW_S = 7 * 24 * 3600
+MAX_COMPLETION_S = 21 * 24 * 3600  # + dispute window + grace stays within a hold's 30 days
+MAX_RUBRIC = 4000
+_CHECKER_NAME = re.compile(r"^[a-z0-9_.-]{1,64}$")
+_ENDPOINT = re.compile(r"^[A-Za-z0-9.\-\[\]:]{1,255}:\d{1,5}$")
+METHOD = registry_pb2.VerificationMethod
 
 
 def agreement_id(body: bytes) -> str:
@@ -36,6 +43,9 @@ def parse_body(signed: agreement_pb2.SignedAgreement) -> agreement_pb2.Agreement
     if body.buyer_id == body.seller_id:
         raise InvalidArgument("buyer and seller must be different agents")
     check_terms(body.terms)
+    if body.terms.HasField("verifier") and body.terms.verifier.agent_id in (body.buyer_id,
+                                                                            body.seller_id):
+        raise InvalidArgument("the verifier must be neither the buyer nor the seller")
     if len(body.payword_root) != 32:
         raise InvalidArgument("payword_root must be 32 bytes")
     if not 1 <= body.payword_length <= MAX_CHAIN_LENGTH:
@@ -48,6 +58,8 @@ def parse_body(signed: agreement_pb2.SignedAgreement) -> agreement_pb2.Agreement
 
 
 def check_terms(terms: agreement_pb2.Terms) -> agreement_pb2.Terms:
+    """Validate terms on their own (the currency code is normalised in place); whether they fit
+    the seller's listing is checked at OpenEscrow."""
     terms.currency = currency(terms.currency).code
     if not terms.skill:
         raise InvalidArgument("terms.skill is required")
@@ -57,9 +69,43 @@ def check_terms(terms: agreement_pb2.Terms) -> agreement_pb2.Terms:
         raise InvalidArgument("terms.max_total_atomic must be positive")
     if terms.unit == registry_pb2.PRICE_UNIT_UNSPECIFIED:
         raise InvalidArgument("terms.unit is required")
+    if not 0 <= terms.output_unit_price_atomic <= MAX_AMOUNT_ATOMIC or (
+            terms.output_unit_price_atomic and terms.unit != registry_pb2.PRICE_UNIT_1K_TOKENS):
+        raise InvalidArgument("output_unit_price_atomic is for token terms, 0..2**62")
     if terms.verification == registry_pb2.VERIFICATION_METHOD_UNSPECIFIED:
         raise InvalidArgument("terms.verification is required")
+    if terms.dispute_window_s > MAX_DISPUTE_WINDOW_S:
+        raise InvalidArgument(f"dispute_window_s is at most {MAX_DISPUTE_WINDOW_S}")
+    _check_method_terms(terms)
     return terms
+
+
+def _check_method_terms(terms: agreement_pb2.Terms) -> None:
+    """The method's own parameters are present when (and only when) it is chosen."""
+    method = terms.verification
+    if (method == METHOD.VERIFICATION_METHOD_CHECKER) != bool(terms.checker):
+        raise InvalidArgument("terms.checker names the checker of CHECKER verification, only")
+    if terms.checker and not _CHECKER_NAME.match(terms.checker):
+        raise InvalidArgument("terms.checker must be 1..64 characters of [a-z0-9_.-]")
+    if (method == METHOD.VERIFICATION_METHOD_LLM_JUDGE) != terms.HasField("judge"):
+        raise InvalidArgument("terms.judge configures LLM_JUDGE verification, only")
+    if terms.HasField("judge"):
+        judge = terms.judge
+        if not 1 <= len(judge.model) <= 128 or not 1 <= len(judge.rubric) <= MAX_RUBRIC:
+            raise InvalidArgument(f"a judge needs a model and a rubric (<= {MAX_RUBRIC} chars)")
+        if not 1 <= judge.pass_threshold_permille <= 1000:
+            raise InvalidArgument("judge.pass_threshold_permille must be 1..1000")
+    if (method == METHOD.VERIFICATION_METHOD_THIRD_PARTY) != terms.HasField("verifier"):
+        raise InvalidArgument("terms.verifier configures THIRD_PARTY verification, only")
+    if terms.HasField("verifier"):
+        verifier = terms.verifier
+        check_agent_id(verifier.agent_id, "verifier.agent_id")
+        if not _ENDPOINT.match(verifier.endpoint):
+            raise InvalidArgument("verifier.endpoint must be host:port")
+        if not 0 <= verifier.fee_atomic < terms.max_total_atomic:
+            raise InvalidArgument("verifier.fee_atomic must be 0 or more, below max_total")
+        if len(verifier.instructions) > MAX_RUBRIC:
+            raise InvalidArgument(f"verifier.instructions is longer than {MAX_RUBRIC}")
 
 
 def sign_as_buyer(signed: agreement_pb2.SignedAgreement, key: AgentKey) -> None:
@@ -82,16 +128,19 @@ def check_signatures(signed: agreement_pb2.SignedAgreement,
 
 def receipt_message(receipt: agreement_pb2.Receipt) -> bytes:
     return (f"receipt|{receipt.agreement_id}|{receipt.sequence}|{receipt.output_sha256}|"
-            f"{receipt.charged_atomic}").encode()
+            f"{receipt.charged_atomic}|{receipt.units}|{receipt.input_tokens}|"
+            f"{receipt.output_tokens}").encode()
 
 
 def make_receipt(key: AgentKey, agreement: str, sequence: int, output_json: str,
-                 charged_atomic: int) -> agreement_pb2.Receipt:
-    """The seller's signed commitment to one output and its charge."""
+                 charged_atomic: int, *, units: int = 0, input_tokens: int = 0,
+                 output_tokens: int = 0) -> agreement_pb2.Receipt:
+    """The seller's signed commitment to one output, its metered usage and its charge."""
     receipt = agreement_pb2.Receipt(
         agreement_id=agreement, sequence=sequence, output_json=output_json,
         output_sha256=hashlib.sha256(output_json.encode()).hexdigest(),
-        charged_atomic=charged_atomic,
+        charged_atomic=charged_atomic, units=units, input_tokens=input_tokens,
+        output_tokens=output_tokens,
     )
     receipt.seller_signature = key.sign(receipt_message(receipt))
     return receipt
@@ -104,6 +153,47 @@ def check_receipt(receipt: agreement_pb2.Receipt, seller_id: str) -> None:
         raise InvalidArgument(f"receipt {receipt.sequence}: output does not match its hash")
     if not verify(seller_id, receipt_message(receipt), receipt.seller_signature):
         raise BadSignature(f"receipt {receipt.sequence} is not signed by the seller")
+
+
+def redeem_message(agreement: str, voucher: agreement_pb2.Voucher,
+                   receipts: list[agreement_pb2.Receipt]) -> bytes:
+    """What the seller signs to redeem: the voucher and exactly these receipts."""
+    digest = hashlib.sha256(b"".join(r.seller_signature for r in receipts)).hexdigest()
+    return (f"redeem|{agreement}|{voucher.sequence}|{voucher.payword_index}|"
+            f"{voucher.payword.hex()}|{digest}").encode()
+
+
+def signed_redeem(key: AgentKey, agreement: str, voucher: agreement_pb2.Voucher,
+                  receipts: list[agreement_pb2.Receipt], idempotency_key: str
+                  ) -> settlement_pb2.RedeemRequest:
+    """A RedeemRequest signed by the seller's key."""
+    return settlement_pb2.RedeemRequest(
+        idempotency_key=idempotency_key, agreement_id=agreement, voucher=voucher,
+        receipts=receipts, seller_signature=key.sign(redeem_message(agreement, voucher,
+                                                                    receipts)))
+
+
+def evidence_digest(evidence: list[settlement_pb2.Evidence]) -> str:
+    hashed = hashlib.sha256()
+    for item in evidence:
+        for part in (item.kind.encode(), item.description.encode(), item.content):
+            hashed.update(len(part).to_bytes(8, "big") + part)
+    return hashed.hexdigest()
+
+
+def dispute_message(agreement: str, reason: str,
+                    evidence: list[settlement_pb2.Evidence]) -> bytes:
+    return request_message("dispute", agreement, reason, evidence_digest(evidence))
+
+
+def verdict_message(agreement: str, verdicts: list[verifier_pb2.ReceiptVerdict]) -> bytes:
+    """What a third-party verifier signs: its pass/fail for each receipt, in order."""
+    parts = "".join(f"{v.sequence}:{int(v.passed)}|" for v in verdicts)
+    return f"verdict|{agreement}|{parts}".encode()
+
+
+def resolve_message(agreement: str, outcome: int, seller_atomic: int, note: str) -> bytes:
+    return request_message("resolve", agreement, str(outcome), str(seller_atomic), note)
 
 
 def request_message(action: str, *parts: str) -> bytes:

@@ -1,4 +1,24 @@
-"""Marketplace errors: the wallets hierarchy (one table maps it to gRPC), plus a few reasons.
+"""Marketplace errors: the wallets hierarchy (one table maps it to gRPC), plus their reasons.
+
+    PermissionDenied
+    ├── BadSignature            BAD_SIGNATURE            a signature does not verify
+    └── InvalidVoucher          INVALID_VOUCHER          forged, replayed, another agreement's
+    ResourceExhausted
+    └── BudgetExceeded          BUDGET_EXCEEDED          past the agreement's maximum
+    FailedPrecondition
+    ├── IllegalTransition       ILLEGAL_TRANSITION       the agreement's state forbids it
+    ├── OfferExpired            OFFER_EXPIRED            the accepted offer has lapsed
+    ├── DeadlinePassed          DEADLINE_PASSED          a negotiation or completion deadline
+    ├── CurrencyNotAccepted     CURRENCY_NOT_ACCEPTED    the seller does not price in it
+    ├── VerificationNotOffered  VERIFICATION_NOT_OFFERED
+    ├── TermsMismatch           TERMS_MISMATCH           terms disagree with listing or offer
+    └── DisputeWindowClosed     DISPUTE_WINDOW_CLOSED
+    NotFound
+    └── UnknownSkill            UNKNOWN_SKILL
+    InvalidArgument
+    └── SchemaViolation         SCHEMA_VIOLATION         a document does not match its schema
+    VerifierUnavailable         UNAVAILABLE              a judge or verifier could not answer;
+                                                         nothing changed, retry later
 
 See `wallets.errors` for the tree and `wallets.grpc_errors` for the wire mapping.
 """
@@ -36,16 +56,64 @@ class IllegalTransition(FailedPrecondition):
     reason = "ILLEGAL_TRANSITION"
 
 
+class OfferExpired(FailedPrecondition):
+    reason = "OFFER_EXPIRED"
+
+
+class DeadlinePassed(FailedPrecondition):
+    reason = "DEADLINE_PASSED"
+
+
+class CurrencyNotAccepted(FailedPrecondition):
+    reason = "CURRENCY_NOT_ACCEPTED"
+
+
+class VerificationNotOffered(FailedPrecondition):
+    reason = "VERIFICATION_NOT_OFFERED"
+
+
+class TermsMismatch(FailedPrecondition):
+    reason = "TERMS_MISMATCH"
+
+
+class DisputeWindowClosed(FailedPrecondition):
+    reason = "DISPUTE_WINDOW_CLOSED"
+
+
+class UnknownSkill(NotFound):
+    reason = "UNKNOWN_SKILL"
+
+
+class SchemaViolation(InvalidArgument):
+    reason = "SCHEMA_VIOLATION"
+
+
+class VerifierUnavailable(AgentmarketError):
+    """An LLM judge or third-party verifier did not answer usably; the caller may retry."""
+
+    status = "UNAVAILABLE"
+    reason = "VERIFIER_UNAVAILABLE"
+
+
 __all__ = [
     "AgentmarketError",
     "BadSignature",
     "BudgetExceeded",
+    "CurrencyNotAccepted",
+    "DeadlinePassed",
+    "DisputeWindowClosed",
     "FailedPrecondition",
     "IllegalTransition",
     "InvalidArgument",
     "InvalidVoucher",
     "NotFound",
+    "OfferExpired",
     "PermissionDenied",
     "ResourceExhausted",
+    "SchemaViolation",
+    "TermsMismatch",
     "Unauthenticated",
+    "UnknownSkill",
+    "VerificationNotOffered",
+    "VerifierUnavailable",
 ]

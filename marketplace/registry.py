@@ -1,130 +1,264 @@
 """The registry: sellers advertise listings with priced skills; buyers discover them.
 
-Listings live `ttl_s` seconds past their last advertise or heartbeat. Discovery filters on an
-indexed (skill, currency, price) table and ranks cheapest first, then by reputation (earned from
-settled agreements, see `marketplace.reputation`), then by agent id for a stable order.
+A listing lives `ttl_s` seconds past its last advertise or heartbeat; withdrawing removes it at
+once; advertising again replaces it (idempotent: the same listing twice is the same state).
+Expired listings are invisible at once and purged an hour later (`purge_expired`, run by the
+node's sweeper).
+
+Discovery filters on skill name, free text (every word in the skill's name, description or
+tags), a tag set (all of them), a maximum list price and a minimum reputation. The ranking:
+
+1. list unit price, cheapest first, in the request's currency (for tokens: 1k input + 1k
+   output; volume tiers do not count). With `convert_currencies`, listings priced in other
+   currencies are converted into it through the node's FX converter (max price too). Without a
+   currency, the ranking currency is the reference currency (USD) and the others are converted
+   the same way; with no FX provider they come after it, grouped by currency code, each group
+   cheapest first.
+2. then higher earned reputation (`marketplace.reputation`);
+3. then lower declared typical latency;
+4. then agent id, so the order is total and stable.
+A listing appears once, ranked by its best matching skill/currency. How a query is answered
+fast (one index range scan per currency, reputation denormalised into the scanned rows) is in
+`marketplace.discovery`.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 
 from jsonschema import SchemaError
 from jsonschema.validators import validator_for
-from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 from sqlmodel import SQLModel
 
-from marketplace.errors import InvalidArgument, NotFound
+from marketplace import discovery, pricing
+from marketplace.discovery import OFFERS, TERMS, Converter, Query, TokenCounts
+from marketplace.errors import InvalidArgument, NotFound, SchemaViolation
 from marketplace.identity import check_agent_id
-from marketplace.reputation import ESCROWS, reputation_permille
-from marketplace.tables import ListingRow, SkillPriceRow
+from marketplace.reputation import REPUTATION
+from marketplace.tables import TABLES, ListingRow
 from marketplace.v1 import registry_pb2
-from wallets.currencies import MAX_AMOUNT_ATOMIC, currency
 from wallets.store import WriteSerializer
 
 LISTINGS = ListingRow.__table__  # type: ignore[attr-defined]
-PRICES = SkillPriceRow.__table__  # type: ignore[attr-defined]
 _SKILL_NAME = re.compile(r"^[a-z0-9_.-]{1,64}$")
 _ENDPOINT = re.compile(r"^[A-Za-z0-9.\-\[\]:]{1,255}:\d{1,5}$")
 MAX_SKILLS = 50
+MAX_TAGS = 8  # each pair of a skill's tags is a search token too
+MAX_NAME = 128
 MAX_DESCRIPTION = 2000
 MAX_SCHEMA_BYTES = 64 * 1024
 TTL_DEFAULT_S, TTL_MIN_S, TTL_MAX_S = 60, 10, 86_400
+PURGE_AFTER_MS = 3_600_000
+_METHODS = set(registry_pb2.VerificationMethod.values()) - {0}
+_CHUNK = 500
 
 
-def check_schema(text: str, field: str) -> dict:
-    """Parse a JSON Schema and check it is one; an empty text means 'anything'."""
+def check_schema(text: str, field: str) -> None:
+    """Check a JSON Schema's text; an empty text means 'anything'. Texts already found valid
+    are remembered (sellers re-advertise the same schemas), so re-checking costs a lookup."""
     if not text:
-        return {}
+        return
     if len(text) > MAX_SCHEMA_BYTES:
         raise InvalidArgument(f"{field} is larger than {MAX_SCHEMA_BYTES} bytes")
+    problem = _schema_problem(text)
+    if problem:
+        raise SchemaViolation(f"{field} is not a valid JSON Schema: {problem}")
+
+
+@functools.lru_cache(maxsize=4096)
+def _schema_problem(text: str) -> str:
     try:
         schema = json.loads(text)
         validator_for(schema).check_schema(schema)
-    except (ValueError, SchemaError) as error:
-        raise InvalidArgument(f"{field} is not a valid JSON Schema: {error}") from None
-    return schema
+    except (ValueError, SchemaError, RecursionError) as error:
+        return str(error)[:500]
+    return ""
+
+
+def check_skill(skill: registry_pb2.Skill) -> None:
+    """Validate one skill in place (tags lower-cased, currency codes normalised)."""
+    if not _SKILL_NAME.match(skill.name):
+        raise InvalidArgument(f"skill name {skill.name!r} must match [a-z0-9_.-]{{1,64}}")
+    where = f"skill {skill.name}"
+    if len(skill.description) > MAX_DESCRIPTION:
+        raise InvalidArgument(f"{where}: description is longer than {MAX_DESCRIPTION}")
+    if len(skill.tags) > MAX_TAGS:
+        raise InvalidArgument(f"{where}: at most {MAX_TAGS} tags")
+    tags = list(dict.fromkeys(discovery.check_tag(t) for t in skill.tags))
+    del skill.tags[:]
+    skill.tags.extend(tags)
+    check_schema(skill.input_schema_json, f"{where}: input_schema_json")
+    check_schema(skill.output_schema_json, f"{where}: output_schema_json")
+    if not 1 <= len(skill.prices) <= pricing.MAX_PRICES:
+        raise InvalidArgument(f"{where} needs 1..{pricing.MAX_PRICES} prices")
+    for price in skill.prices:
+        pricing.check_price(price, where)
+    if len({p.currency for p in skill.prices}) != len(skill.prices):
+        raise InvalidArgument(f"{where}: one price per currency")
+    methods = list(skill.verification_methods)
+    if not methods or not set(methods) <= _METHODS or len(set(methods)) != len(methods):
+        raise InvalidArgument(f"{where}: list each verification method it offers once")
 
 
 def check_listing(listing: registry_pb2.Listing) -> None:
     check_agent_id(listing.agent_id)
+    if len(listing.name) > MAX_NAME:
+        raise InvalidArgument(f"name is longer than {MAX_NAME} characters")
     if not _ENDPOINT.match(listing.endpoint):
         raise InvalidArgument(f"endpoint {listing.endpoint!r} must be host:port")
     if not 1 <= len(listing.skills) <= MAX_SKILLS:
         raise InvalidArgument(f"a listing needs 1..{MAX_SKILLS} skills")
-    names = set()
     for skill in listing.skills:
-        if not _SKILL_NAME.match(skill.name):
-            raise InvalidArgument(f"skill name {skill.name!r} must match [a-z0-9_.-]{{1,64}}")
-        if skill.name in names:
-            raise InvalidArgument(f"skill {skill.name!r} appears twice")
-        names.add(skill.name)
-        if len(skill.description) > MAX_DESCRIPTION:
-            raise InvalidArgument(f"skill {skill.name}: description is too long")
-        check_schema(skill.input_schema_json, f"skill {skill.name}: input_schema_json")
-        check_schema(skill.output_schema_json, f"skill {skill.name}: output_schema_json")
-        if not skill.prices:
-            raise InvalidArgument(f"skill {skill.name} has no price")
-        for price in skill.prices:
-            price.currency = currency(price.currency).code
-            if not 0 < price.amount_atomic <= MAX_AMOUNT_ATOMIC:
-                raise InvalidArgument(f"skill {skill.name}: price must be positive")
-            if price.unit == registry_pb2.PRICE_UNIT_UNSPECIFIED:
-                raise InvalidArgument(f"skill {skill.name}: price unit is required")
+        check_skill(skill)
+    if len({s.name for s in listing.skills}) != len(listing.skills):
+        raise InvalidArgument("each skill name appears once in a listing")
 
 
 class Registry:
-    def __init__(self, engine: Engine, *, clock_ms: Callable[[], int] | None = None) -> None:
+    def __init__(self, engine: Engine, *, clock_ms: Callable[[], int] | None = None,
+                 fx: Converter | None = None, reference_currency: str = "USD") -> None:
+        """`fx` converts (amount_atomic, from_code, to_code) for discovery across currencies."""
         self.engine = engine
         self.clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
+        self.fx = fx
+        self.reference_currency = reference_currency
         self._serial = WriteSerializer(engine)
-        SQLModel.metadata.create_all(engine, tables=[LISTINGS, PRICES, ESCROWS])
+        self._counts = TokenCounts()
+        SQLModel.metadata.create_all(engine, tables=TABLES)
+
+    # ---- writing --------------------------------------------------------------------------
 
     def advertise(self, listing: registry_pb2.Listing, ttl_s: int = 0) -> registry_pb2.Listing:
         """Create or replace the seller's listing (re-advertising is idempotent)."""
+        return self.advertise_many([listing], ttl_s)[0]
+
+    def advertise_many(self, listings: Sequence[registry_pb2.Listing],
+                       ttl_s: int = 0) -> list[registry_pb2.Listing]:
+        """Advertise several listings in one transaction (imports, benchmarks)."""
         ttl_s = ttl_s or TTL_DEFAULT_S
         if not TTL_MIN_S <= ttl_s <= TTL_MAX_S:
             raise InvalidArgument(f"ttl_s must be {TTL_MIN_S}..{TTL_MAX_S}")
-        stored = registry_pb2.Listing()
-        stored.CopyFrom(listing)
-        check_listing(stored)
         now = self.clock_ms()
-        stored.expires_at_ms = now + ttl_s * 1000
-        stored.reputation_permille = 0
-        blob = stored.SerializeToString()
+        stored = []
+        for listing in listings:
+            copy = registry_pb2.Listing()
+            copy.CopyFrom(listing)
+            check_listing(copy)
+            copy.expires_at_ms = now + ttl_s * 1000
+            copy.reputation_permille = copy.rated_agreements = 0
+            stored.append(copy)
+        if len({s.agent_id for s in stored}) != len(stored):
+            raise InvalidArgument("each agent appears once in a batch")
+        if not stored:
+            return []
         with self._serial(), self.engine.begin() as conn:
-            conn.execute(delete(PRICES).where(PRICES.c.agent_id == stored.agent_id))
-            conn.execute(delete(LISTINGS).where(LISTINGS.c.agent_id == stored.agent_id))
-            conn.execute(insert(LISTINGS).values(agent_id=stored.agent_id, listing=blob,
-                                                 expires_at_ms=stored.expires_at_ms,
-                                                 updated_at_ms=now))
-            conn.execute(insert(PRICES), [
-                dict(agent_id=stored.agent_id, skill=s.name, currency=p.currency, unit=p.unit,
-                     price_atomic=p.amount_atomic)
-                for s in stored.skills for p in s.prices
-            ])
-        stored.reputation_permille = reputation_permille(self.engine, stored.agent_id)
+            ids = [s.agent_id for s in stored]
+            self._delete(conn, ids)
+            reputations = self._reputations(conn, ids)
+            conn.execute(insert(LISTINGS), [dict(
+                agent_id=s.agent_id, listing=s.SerializeToString(), expires_at_ms=s.expires_at_ms,
+                updated_at_ms=now, ttl_s=ttl_s, reputation_permille=reputations.get(
+                    s.agent_id, (0, 0))[0], rated_agreements=reputations.get(s.agent_id, (0, 0))[1],
+            ) for s in stored])
+            self._insert_offers(conn, stored, reputations)
+        for s in stored:
+            s.reputation_permille, s.rated_agreements = reputations.get(s.agent_id, (0, 0))
         return stored
 
-    def heartbeat(self, agent_id: str, ttl_s: int = TTL_DEFAULT_S) -> int:
+    @staticmethod
+    def _reputations(conn: Connection, ids: list[str]) -> dict[str, tuple[int, int]]:
+        found: dict[str, tuple[int, int]] = {}
+        for start in range(0, len(ids), _CHUNK):
+            for row in conn.execute(select(REPUTATION).where(
+                    REPUTATION.c.seller_id.in_(ids[start:start + _CHUNK]))):
+                if row.rated:
+                    found[row.seller_id] = (row.score_sum // row.rated, row.rated)
+        return found
+
+    @staticmethod
+    def _insert_offers(conn: Connection, listings: list[registry_pb2.Listing],
+                       reputations: dict[str, tuple[int, int]]) -> None:
+        rows, terms = [], []
+        for listing in listings:
+            for skill in listing.skills:
+                skill_terms = discovery.skill_terms(skill)
+                for price in skill.prices:
+                    rank_price = pricing.ranking_price_atomic(price)
+                    rows.append(dict(
+                        agent_id=listing.agent_id, skill=skill.name, currency=price.currency,
+                        unit=price.unit, price_atomic=rank_price,
+                        expires_at_ms=listing.expires_at_ms,
+                        reputation_permille=reputations.get(listing.agent_id, (0, 0))[0],
+                        latency_ms=skill.typical_latency_ms))
+                    terms.append((skill_terms, price.currency, rank_price,
+                                  reputations.get(listing.agent_id, (0, 0))[0]))
+        marker = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+        if conn.dialect.name == "sqlite":  # one writer holds the database: number them here
+            first = conn.execute(select(func.coalesce(func.max(OFFERS.c.id), 0))).scalar_one()
+            offer_ids = list(range(first + 1, first + 1 + len(rows)))
+            columns = ["id", *rows[0]]
+            conn.exec_driver_sql(
+                f"INSERT INTO {OFFERS.name} ({', '.join(columns)}) "
+                f"VALUES ({', '.join([marker] * len(columns))})",
+                [(offer_id, *row.values()) for offer_id, row in zip(offer_ids, rows, strict=True)])
+        else:
+            offer_ids = conn.execute(insert(OFFERS).returning(
+                OFFERS.c.id, sort_by_parameter_order=True), rows).scalars().all()
+        # The driver's executemany directly: this is most of a listing's rows (~15 per skill).
+        conn.exec_driver_sql(
+            f"INSERT INTO {TERMS.name} (offer_id, token, currency, price_atomic, "
+            f"reputation_permille) VALUES ({', '.join([marker] * 5)})",
+            [(offer_id, token, code, price, reputation)
+             for offer_id, (tokens, code, price, reputation) in zip(offer_ids, terms, strict=True)
+             for token in tokens])
+
+    @staticmethod
+    def _delete(conn: Connection, agent_ids: list[str]) -> None:
+        for start in range(0, len(agent_ids), _CHUNK):
+            chunk = agent_ids[start:start + _CHUNK]
+            offers = select(OFFERS.c.id).where(OFFERS.c.agent_id.in_(chunk))
+            conn.execute(delete(TERMS).where(TERMS.c.offer_id.in_(offers)))
+            conn.execute(delete(OFFERS).where(OFFERS.c.agent_id.in_(chunk)))
+            conn.execute(delete(LISTINGS).where(LISTINGS.c.agent_id.in_(chunk)))
+
+    def heartbeat(self, agent_id: str) -> int:
+        """Keep a live listing for another ttl; NOT_FOUND once it has expired."""
         check_agent_id(agent_id)
-        expires = self.clock_ms() + ttl_s * 1000
+        now = self.clock_ms()
         with self._serial(), self.engine.begin() as conn:
-            result = conn.execute(update(LISTINGS).where(
-                LISTINGS.c.agent_id == agent_id, LISTINGS.c.expires_at_ms > self.clock_ms()
-            ).values(expires_at_ms=expires))
-        if result.rowcount != 1:
-            raise NotFound(f"agent {agent_id[:12]}… has no live listing; advertise again")
+            row = conn.execute(select(LISTINGS.c.ttl_s).where(
+                LISTINGS.c.agent_id == agent_id, LISTINGS.c.expires_at_ms > now)).first()
+            if row is None:
+                raise NotFound(f"agent {agent_id[:12]}… has no live listing; advertise again")
+            expires = now + row.ttl_s * 1000
+            conn.execute(update(LISTINGS).where(LISTINGS.c.agent_id == agent_id)
+                         .values(expires_at_ms=expires))
+            conn.execute(update(OFFERS).where(OFFERS.c.agent_id == agent_id)
+                         .values(expires_at_ms=expires))
         return expires
 
     def withdraw(self, agent_id: str) -> None:
         check_agent_id(agent_id)
         with self._serial(), self.engine.begin() as conn:
-            conn.execute(delete(PRICES).where(PRICES.c.agent_id == agent_id))
-            conn.execute(delete(LISTINGS).where(LISTINGS.c.agent_id == agent_id))
+            self._delete(conn, [agent_id])
+
+    def purge_expired(self, limit: int = 1000) -> int:
+        """Delete listings expired more than an hour ago; returns how many."""
+        cutoff = self.clock_ms() - PURGE_AFTER_MS
+        with self.engine.connect().execution_options(agentmarket_read=True) as conn:
+            ids = [r.agent_id for r in conn.execute(select(LISTINGS.c.agent_id).where(
+                LISTINGS.c.expires_at_ms < cutoff).limit(limit))]
+        if ids:
+            with self._serial(), self.engine.begin() as conn:
+                self._delete(conn, ids)
+        return len(ids)
+
+    # ---- reading --------------------------------------------------------------------------
 
     def get(self, agent_id: str) -> registry_pb2.Listing:
         with self.engine.connect().execution_options(agentmarket_read=True) as conn:
@@ -133,38 +267,35 @@ class Registry:
             )).first()
         if row is None:
             raise NotFound(f"agent {agent_id[:12]}… has no live listing")
-        return self._decode(row)
+        return _decode(row)
 
     def discover(self, skill: str = "", currency_code: str = "", max_price_atomic: int = 0,
-                 limit: int = 20) -> list[registry_pb2.Listing]:
-        limit = limit or 20
-        if not 1 <= limit <= 100:
-            raise InvalidArgument("limit must be 1..100")
-        if max_price_atomic < 0:
-            raise InvalidArgument("max_price_atomic must not be negative")
-        if max_price_atomic and not currency_code:
-            raise InvalidArgument("max_price_atomic needs a currency")
-        query = (select(LISTINGS, PRICES.c.price_atomic)
-                 .join(PRICES, PRICES.c.agent_id == LISTINGS.c.agent_id)
-                 .where(LISTINGS.c.expires_at_ms > self.clock_ms())
-                 .order_by(PRICES.c.price_atomic, LISTINGS.c.agent_id))
-        if skill:
-            query = query.where(PRICES.c.skill == skill)
-        if currency_code:
-            query = query.where(PRICES.c.currency == currency(currency_code).code)
-        if max_price_atomic:
-            query = query.where(PRICES.c.price_atomic <= max_price_atomic)
-        seen: dict[str, tuple[int, registry_pb2.Listing]] = {}
+                 limit: int = 20, *, text: str = "", tags: Iterable[str] = (),
+                 min_reputation_permille: int = 0,
+                 convert_currencies: bool = False) -> list[registry_pb2.Listing]:
+        """Live listings matching every filter, ranked (see the module docstring)."""
+        query = Query.build(skill=skill, currency_code=currency_code,
+                            max_price_atomic=max_price_atomic, limit=limit, text=text, tags=tags,
+                            min_reputation_permille=min_reputation_permille,
+                            convert_currencies=convert_currencies)
+        now = self.clock_ms()
         with self.engine.connect().execution_options(agentmarket_read=True) as conn:
-            for row in conn.execute(query.limit(limit * 4)):
-                if row.agent_id not in seen:
-                    seen[row.agent_id] = (row.price_atomic, self._decode(row))
-        ranked = sorted(seen.values(),
-                        key=lambda pl: (pl[0], -pl[1].reputation_permille, pl[1].agent_id))
-        return [listing for _, listing in ranked[:limit]]
+            discovery.tune_reader(conn)
+            hits = discovery.search(query, conn, self._counts, now_ms=now,
+                                    reference=self.reference_currency, fx=self.fx)
+            if not hits:
+                return []
+            marker = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+            rows = {r.agent_id: r for r in conn.exec_driver_sql(
+                f"SELECT agent_id, listing, expires_at_ms, reputation_permille, rated_agreements "
+                f"FROM {LISTINGS.name} WHERE agent_id IN ({', '.join([marker] * len(hits))})",
+                tuple(h.agent_id for h in hits))}
+        return [_decode(rows[h.agent_id]) for h in hits if h.agent_id in rows]
 
-    def _decode(self, row) -> registry_pb2.Listing:  # type: ignore[no-untyped-def]
-        listing = registry_pb2.Listing.FromString(row.listing)
-        listing.expires_at_ms = row.expires_at_ms
-        listing.reputation_permille = reputation_permille(self.engine, listing.agent_id)
-        return listing
+
+def _decode(row) -> registry_pb2.Listing:  # type: ignore[no-untyped-def]
+    listing = registry_pb2.Listing.FromString(row.listing)
+    listing.expires_at_ms = row.expires_at_ms
+    listing.reputation_permille = row.reputation_permille
+    listing.rated_agreements = row.rated_agreements
+    return listing

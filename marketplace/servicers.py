@@ -1,12 +1,13 @@
-"""Registry and settlement over gRPC: thin adapters from messages to the domain services."""
+"""Registry, settlement and arbitration over gRPC: thin adapters from messages to the domain."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from marketplace.registry import Registry
-from marketplace.settlement import Settlement
+from marketplace.settlement import STATES, Settlement, escrow_message
 from marketplace.v1 import (
+    dispute_pb2_grpc,
     registry_pb2,
     registry_pb2_grpc,
     settlement_pb2,
@@ -15,23 +16,8 @@ from marketplace.v1 import (
 from wallets.errors import InvalidArgument
 from wallets.grpc_errors import grpc_method
 
-STATES = {
-    "active": settlement_pb2.AGREEMENT_STATE_ACTIVE,
-    "delivered": settlement_pb2.AGREEMENT_STATE_DELIVERED,
-    "settled": settlement_pb2.AGREEMENT_STATE_SETTLED,
-    "refunded": settlement_pb2.AGREEMENT_STATE_REFUNDED,
-    "disputed": settlement_pb2.AGREEMENT_STATE_DISPUTED,
-    "expired": settlement_pb2.AGREEMENT_STATE_EXPIRED,
-}
-
-
-def escrow_message(e: dict[str, Any]) -> settlement_pb2.Escrow:
-    return settlement_pb2.Escrow(
-        agreement_id=e["agreement_id"], state=STATES[e["state"]], hold_id=e["hold_id"],
-        currency=e["currency"], held_atomic=e["held_atomic"],
-        captured_atomic=e["captured_atomic"], fee_atomic=e["fee_atomic"],
-        refunded_atomic=e["refunded_atomic"], verified_outputs=e["verified_outputs"],
-        failed_outputs=e["failed_outputs"])
+__all__ = ["STATES", "ArbitrationServicer", "RegistryServicer", "SettlementServicer",
+           "escrow_message"]
 
 
 def _key(request: Any) -> str:
@@ -64,7 +50,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     @grpc_method
     def Discover(self, request, context):  # type: ignore[no-untyped-def]
         return registry_pb2.DiscoverResponse(listings=self.registry.discover(
-            request.skill, request.currency, request.max_price_atomic, request.limit))
+            request.skill, request.currency, request.max_price_atomic, request.limit,
+            text=request.text, tags=list(request.tags),
+            min_reputation_permille=request.min_reputation_permille,
+            convert_currencies=request.convert_currencies))
 
 
 class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
@@ -78,7 +67,14 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
     @grpc_method
     def Redeem(self, request, context):  # type: ignore[no-untyped-def]
         return escrow_message(self.settlement.redeem(
-            _key(request), request.agreement_id, request.voucher, list(request.receipts)))
+            _key(request), request.agreement_id, request.voucher, list(request.receipts),
+            request.seller_signature))
+
+    @grpc_method
+    def RedeemBatch(self, request, context):  # type: ignore[no-untyped-def]
+        _key(request)
+        return settlement_pb2.RedeemBatchResponse(
+            results=self.settlement.redeem_batch(list(request.redeems)))
 
     @grpc_method
     def Confirm(self, request, context):  # type: ignore[no-untyped-def]
@@ -88,8 +84,24 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
     @grpc_method
     def Dispute(self, request, context):  # type: ignore[no-untyped-def]
         return escrow_message(self.settlement.dispute(
-            _key(request), request.agreement_id, request.reason, request.buyer_signature))
+            _key(request), request.agreement_id, request.reason, request.buyer_signature,
+            list(request.evidence)))
 
     @grpc_method
     def GetEscrow(self, request, context):  # type: ignore[no-untyped-def]
         return escrow_message(self.settlement.get(request.agreement_id))
+
+
+class ArbitrationServicer(dispute_pb2_grpc.ArbitrationServiceServicer):
+    def __init__(self, settlement: Settlement) -> None:
+        self.disputes = settlement.disputes
+
+    @grpc_method
+    def GetDispute(self, request, context):  # type: ignore[no-untyped-def]
+        return self.disputes.get(request.agreement_id)
+
+    @grpc_method
+    def ResolveDispute(self, request, context):  # type: ignore[no-untyped-def]
+        return escrow_message(self.disputes.resolve(
+            _key(request), request.agreement_id, request.outcome, request.seller_atomic,
+            request.note, request.arbiter_id, request.arbiter_signature))

@@ -1,157 +1,289 @@
-"""Escrow and settlement: hold the buyer's money for an agreement, pay verified work, refund
-the rest.
+"""Escrow and settlement: hold the buyer's money for an agreement, pay verified work once the
+dispute window closes, refund the rest.
 
-    active --redeem--> settled | refunded            (SCHEMA / CHECKER: verified at redeem)
-    active --redeem--> delivered --confirm / timeout--> settled
-                       delivered --dispute--> disputed
-    active --deadline passes--> expired               (the whole hold goes back)
+The states and events are in `marketplace.agreement_states` (one table). In short:
 
-Every transition and the postings it causes commit in one transaction, keyed by the request's
-idempotency key (`Ledger.mutate`), so a retry never pays twice.
+    open     checks both signatures, that the accepted offer has not lapsed, that the terms fit
+             the seller's live listing (skill, currency, unit, verification method) and that this
+             node can verify them; then holds max_total on the buyer's wallet.
+    redeem   the seller, signing the request, presents its latest voucher and receipts; each
+             receipt is checked (seller-signed output hash, charge = price of its usage) and
+             verified (marketplace.verification). The earned amount is fixed, and *stays in the
+             hold*: verified (or delivered, for buyer acceptance). Nothing verified: refunded.
+    confirm  the buyer accepts now: capture.
+    sweep    when the dispute window closes: capture (auto-release); past the completion deadline
+             without redeem: expire (void the hold).
+    dispute  inside the window (marketplace.disputes): the earned amount is frozen.
+
+Why capture waits for the dispute window (the design decision): capturing at redeem and
+clawing back on dispute would take money back from a seller who may have withdrawn it; a
+payments engineer keeps the money where the buyer's claim can still reach it. So verified money
+is paid only when the window closes, or earlier when the buyer confirms (waiving its window), and
+a dispute moves it into the marketplace's dispute account, out of reach of both parties and of
+the hold's timeout, until an arbiter resolves it. A dispute window of 0 captures at redeem.
+
+The capture is one posting: seller's part, the marketplace fee (rounded down, in
+`wallets.currencies.split`) and any verifier fee, with the unearned rest voided back to the buyer
+in the same posting. Every transition and the postings it causes commit in one transaction,
+keyed by the request's idempotency key (`Ledger.mutate`), so a retry never pays twice; external
+verification (an LLM judge, a verifier agent) runs before that transaction.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
+import hashlib
+import logging
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from jsonschema import ValidationError
-from jsonschema.validators import validator_for
 from opentelemetry import trace
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, and_, insert, or_, select
 
+from marketplace import agreement_states as st
 from marketplace import agreements as ag
+from marketplace import pricing
+from marketplace.agreement_states import next_state
+from marketplace.disputes import Disputes
 from marketplace.errors import (
     BudgetExceeded,
+    CurrencyNotAccepted,
+    DeadlinePassed,
     FailedPrecondition,
-    IllegalTransition,
     InvalidArgument,
     InvalidVoucher,
-    NotFound,
+    OfferExpired,
     PermissionDenied,
+    TermsMismatch,
+    UnknownSkill,
+    VerificationNotOffered,
 )
+from marketplace.escrows import ESCROWS, EVIDENCE, body_of, escrow_dict, locked_row, read_row, same
+from marketplace.escrows import set_values as _set
 from marketplace.identity import verify
 from marketplace.payword import verify_word
 from marketplace.registry import Registry
-from marketplace.reputation import ESCROWS
-from marketplace.v1 import agreement_pb2, registry_pb2
+from marketplace.reputation import record_outcome
+from marketplace.v1 import agreement_pb2, dispute_pb2, registry_pb2, settlement_pb2
+from marketplace.verification import Verification
 from wallets import attributes as attr
 from wallets.currencies import split
+from wallets.errors import AgentmarketError, InsufficientFunds
+from wallets.guard import SpendContext
 from wallets.ledger import Ledger
 
 MARKETPLACE_OWNER = "marketplace"
+DISPUTE_ACCOUNT_KIND = "escrow"
 HOLD_GRACE_S = 3600
 MAX_RECEIPTS = 10_000
+MAX_BATCH = 100
+SWEEP_LIMIT = 1000
+BUYER_ACCEPTANCE = registry_pb2.VERIFICATION_METHOD_BUYER_ACCEPTANCE
+log = logging.getLogger("agentmarket.settlement")
 
 
 class Settlement:
     def __init__(self, ledger: Ledger, registry: Registry, *, fee_bps: int = 250,
                  clock_ms: Callable[[], int] | None = None,
-                 tracer_provider: trace.TracerProvider | None = None) -> None:
+                 tracer_provider: trace.TracerProvider | None = None,
+                 verification: Verification | None = None, arbiters: Iterable[str] = ()) -> None:
+        """`arbiters`: agent ids whose signed decisions resolve disputes."""
+        split(0, fee_bps)  # validates fee_bps
         self._tracer = trace.get_tracer("agentmarket.settlement", tracer_provider=tracer_provider)
         self.ledger = ledger
         self.registry = registry
         self.fee_bps = fee_bps
         self.clock_ms = clock_ms or ledger.clock_ms
         self.engine: Engine = ledger.engine
+        self.verification = verification or Verification(tracer_provider=tracer_provider)
+        self.disputes = Disputes(self, arbiters)
+
+    # ---- accounts -------------------------------------------------------------------------
 
     def fees_account(self, currency_code: str) -> str:
         return self.ledger.open_account(MARKETPLACE_OWNER, currency_code, "fees").account_id
 
+    def dispute_account(self, currency_code: str) -> str:
+        return self.ledger.open_account(MARKETPLACE_OWNER, currency_code,
+                                        DISPUTE_ACCOUNT_KIND).account_id
+
+    def account(self, owner: str, currency_code: str) -> str:
+        return self.ledger.open_account(owner, currency_code).account_id
+
     # ---- open -----------------------------------------------------------------------------
 
     def open_escrow(self, key: str, signed: agreement_pb2.SignedAgreement) -> dict[str, Any]:
-        """Check both signatures, the seller's listing and the buyer's funds; hold max_total."""
+        """Check signatures, offer expiry, the listing and the verifier; hold max_total."""
         body = ag.parse_body(signed)
         ag.check_signatures(signed, body)
         agreement = ag.agreement_id(signed.body)
         terms = body.terms
         now = self.clock_ms()
+        with self.engine.connect().execution_options(agentmarket_read=True) as conn:
+            opened = conn.execute(select(ESCROWS.c.agreement_id).where(
+                ESCROWS.c.agreement_id == agreement)).first() is not None
+        if opened:  # a retry replays its first answer; any other request is an illegal open
+            return self.ledger.mutate(key, "open_escrow", {"agreement": agreement}, lambda conn:
+                                      next_state(locked_row(conn, agreement).state, "open"),
+                                      same, same)
+        if body.offer_expires_at_ms <= now:
+            raise OfferExpired("the accepted offer has lapsed (or the agreement does not say "
+                               "when): negotiate again")
         if terms.completion_deadline_ms <= now:
-            raise FailedPrecondition("the agreement's completion deadline has already passed")
+            raise DeadlinePassed("the agreement's completion deadline has already passed")
+        if terms.completion_deadline_ms > now + ag.MAX_COMPLETION_S * 1000:
+            raise InvalidArgument(f"the completion deadline is at most {ag.MAX_COMPLETION_S} s "
+                                  "ahead")
         skill = self._listed_skill(body)
+        self.verification.check_terms(terms)
         buyer = self.ledger.find_account(body.buyer_id, terms.currency)
         if buyer is None:
             raise FailedPrecondition(f"the buyer has no {terms.currency} wallet")
-        seller = self.ledger.open_account(body.seller_id, terms.currency)
-        self.fees_account(terms.currency)  # opened now: settlement runs inside a transaction
-        timeout_s = (terms.completion_deadline_ms - now) // 1000 + terms.dispute_window_s \
-            + HOLD_GRACE_S
+        if self.ledger.balance(buyer.account_id).available_atomic < terms.max_total_atomic:
+            raise InsufficientFunds(f"the buyer's wallet cannot cover the agreement's maximum "
+                                    f"of {terms.max_total_atomic} atomic {terms.currency}")
+        seller = self.account(body.seller_id, terms.currency)
+        self.fees_account(terms.currency)  # every account settlement may pay is opened now
+        self.dispute_account(terms.currency)
+        if terms.HasField("verifier"):
+            self.account(terms.verifier.agent_id, terms.currency)
+        timeout_s = ((terms.completion_deadline_ms - now) // 1000 + terms.dispute_window_s
+                     + HOLD_GRACE_S)
         with self._tracer.start_as_current_span("escrow.hold", attributes={
             attr.AGREEMENT_ID: agreement, attr.AMOUNT_ATOMIC: terms.max_total_atomic,
             attr.CURRENCY: terms.currency, attr.PAYER: body.buyer_id, attr.PAYEE: body.seller_id,
+            attr.SKILL: terms.skill,
         }) as span:
 
             def apply(conn: Connection) -> dict[str, Any]:
-                if conn.execute(select(ESCROWS.c.agreement_id)
-                                .where(ESCROWS.c.agreement_id == agreement)).first():
-                    raise FailedPrecondition(f"agreement {agreement[:12]}… already has escrow")
-                hold = self.ledger.hold_in(conn, key, buyer.account_id, seller.account_id,
-                                           terms.max_total_atomic, timeout_s=int(timeout_s))
+                existing = conn.execute(select(ESCROWS.c.state)
+                                        .where(ESCROWS.c.agreement_id == agreement)).first()
+                state = next_state(existing.state if existing else st.PROPOSED, "open")
+                hold = self.ledger.hold_in(conn, key, buyer.account_id, seller,
+                                           terms.max_total_atomic, timeout_s=int(timeout_s),
+                                           spend=SpendContext(body.seller_id, terms.skill))
                 conn.execute(insert(ESCROWS).values(
                     agreement_id=agreement, signed_agreement=signed.SerializeToString(),
-                    buyer_id=body.buyer_id, seller_id=body.seller_id, skill=terms.skill,
-                    currency=terms.currency, verification=terms.verification, state="active",
-                    hold_id=hold.hold_id, held_atomic=terms.max_total_atomic,
-                    earned_atomic=0, captured_atomic=0, fee_atomic=0, refunded_atomic=0,
-                    verified_outputs=0, failed_outputs=0,
+                    buyer_id=body.buyer_id, seller_id=body.seller_id,
+                    verifier_id=terms.verifier.agent_id, skill=terms.skill,
+                    currency=terms.currency, verification=terms.verification, state=state,
+                    hold_id=hold.hold_id, held_atomic=terms.max_total_atomic, earned_atomic=0,
+                    captured_atomic=0, fee_atomic=0, refunded_atomic=0, verifier_fee_atomic=0,
+                    verifier_paid_atomic=0, verified_outputs=0, failed_outputs=0,
                     output_schema_json=skill.output_schema_json,
-                    deadline_ms=terms.completion_deadline_ms, delivered_at_ms=0,
-                    dispute_reason="", created_at_ms=now,
-                ))
-                return self._escrow(conn, agreement)
+                    deadline_ms=terms.completion_deadline_ms,
+                    dispute_window_s=terms.dispute_window_s, delivered_at_ms=0, release_at_ms=0,
+                    created_at_ms=now, updated_at_ms=now))
+                return escrow_dict(conn, agreement)
 
             result = self.ledger.mutate(key, "open_escrow", {"agreement": agreement}, apply,
-                                        _same, _same)
+                                        same, same)
             span.set_attribute(attr.HOLD_ID, result["hold_id"])
             return result
 
     def _listed_skill(self, body: agreement_pb2.AgreementBody) -> registry_pb2.Skill:
+        """The seller's live listing must sell these terms."""
+        terms = body.terms
         listing = self.registry.get(body.seller_id)
-        for skill in listing.skills:
-            if skill.name == body.terms.skill:
-                if body.terms.verification not in skill.verification_methods:
-                    raise FailedPrecondition(
-                        f"skill {skill.name} does not offer the agreed verification method")
-                return skill
-        raise NotFound(f"the seller does not list skill {body.terms.skill!r}")
+        skill = next((s for s in listing.skills if s.name == terms.skill), None)
+        if skill is None:
+            raise UnknownSkill(f"the seller does not list skill {terms.skill!r}")
+        price = pricing.price_in(skill, terms.currency)
+        if price is None:
+            raise CurrencyNotAccepted(f"skill {skill.name} is not sold in {terms.currency}")
+        if price.unit != terms.unit or (terms.unit_name and price.unit_name != terms.unit_name):
+            raise TermsMismatch(f"skill {skill.name} is priced per "
+                                f"{price.unit_name or registry_pb2.PriceUnit.Name(price.unit)}")
+        if terms.verification not in skill.verification_methods:
+            raise VerificationNotOffered(f"skill {skill.name} does not offer the agreed "
+                                         "verification method")
+        return skill
 
     # ---- redeem ---------------------------------------------------------------------------
 
     def redeem(self, key: str, agreement: str, voucher: agreement_pb2.Voucher,
-               receipts: list[agreement_pb2.Receipt]) -> dict[str, Any]:
-        """The seller presents its latest voucher and one receipt per call; pay what verifies."""
-        row = self._row(agreement)
-        signed = agreement_pb2.SignedAgreement.FromString(row.signed_agreement)
-        body = agreement_pb2.AgreementBody.FromString(signed.body)
-        earned, verified, failed = self._verify_delivery(row, body, voucher, receipts)
+               receipts: list[agreement_pb2.Receipt],
+               seller_signature: bytes = b"") -> dict[str, Any]:
+        """The seller presents its latest voucher and one receipt per call; verify and hold
+        what was earned until the dispute window closes."""
+        if not key:
+            raise InvalidArgument("idempotency_key is required on every mutating request")
+        if len(receipts) > MAX_RECEIPTS:
+            raise InvalidArgument(f"at most {MAX_RECEIPTS} receipts per redeem")
+        row = read_row(self.engine, agreement)
+        if not verify(row.seller_id, ag.redeem_message(agreement, voucher, receipts),
+                      seller_signature):
+            raise PermissionDenied("only the agreement's seller can redeem it (sign the "
+                                   "request)", reason="BAD_SIGNATURE")
+        request = {"agreement": agreement, "voucher": voucher.SerializeToString().hex(),
+                   "receipts": hashlib.sha256(b"".join(r.seller_signature for r in receipts))
+                   .hexdigest()}
         with self._tracer.start_as_current_span("settlement.redeem", attributes={
-            attr.AGREEMENT_ID: agreement, attr.AMOUNT_ATOMIC: earned, attr.CURRENCY: row.currency,
+            attr.AGREEMENT_ID: agreement, attr.CURRENCY: row.currency,
             attr.PAYER: row.buyer_id, attr.PAYEE: row.seller_id,
-            "agentmarket.verified_outputs": verified, "agentmarket.failed_outputs": failed,
-        }):
+        }) as span:
+            if row.state != st.ACTIVE:  # a retry replays; anything else is refused
+                return self.ledger.mutate(key, "redeem", request, lambda conn: next_state(
+                    locked_row(conn, agreement).state, "redeem_verify"), same, same)
+            if self.clock_ms() > row.deadline_ms:
+                raise DeadlinePassed("the completion deadline has passed; the hold goes back")
+            signed = agreement_pb2.SignedAgreement.FromString(row.signed_agreement)
+            body = agreement_pb2.AgreementBody.FromString(signed.body)
+            authorised = self._check_voucher(row, body, voucher)
+            self._check_receipts(row, body.terms, voucher, receipts)
+            outcome = self.verification.verify(agreement, signed, body.terms,
+                                                row.output_schema_json, receipts)
+            verifier_fee = body.terms.verifier.fee_atomic if outcome.verifier_consulted else 0
+            earned = min(outcome.passed_atomic, authorised, row.held_atomic - verifier_fee)
+            span.set_attributes({attr.AMOUNT_ATOMIC: earned,
+                                 "agentmarket.verified_outputs": outcome.verified,
+                                 "agentmarket.failed_outputs": outcome.failed})
+            event = ("redeem_fail" if earned == 0 else
+                     "redeem_accept" if body.terms.verification == BUYER_ACCEPTANCE else
+                     "redeem_verify")
+            evidence = dispute_pb2.DeliveryEvidence(voucher=voucher, receipts=receipts,
+                                                    verification_json=outcome.to_json())
+            parties = self._parties(row)
 
             def apply(conn: Connection) -> dict[str, Any]:
-                current = self._locked_row(conn, agreement)
-                if current.state != "active":
-                    raise IllegalTransition(f"agreement is {current.state}; it cannot be redeemed")
-                conn.execute(update(ESCROWS).where(ESCROWS.c.agreement_id == agreement).values(
-                    earned_atomic=earned, verified_outputs=verified, failed_outputs=failed,
-                    delivered_at_ms=self.clock_ms(), state="delivered"))
-                if row.verification in (registry_pb2.VERIFICATION_METHOD_SCHEMA,
-                                        registry_pb2.VERIFICATION_METHOD_CHECKER):
-                    self._settle_in(conn, key, agreement)
-                return self._escrow(conn, agreement)
+                now = self.clock_ms()
+                state = next_state(locked_row(conn, agreement).state, event)
+                _set(conn, agreement, state=state, earned_atomic=earned,
+                     verified_outputs=outcome.verified, failed_outputs=outcome.failed,
+                     verifier_fee_atomic=verifier_fee, delivered_at_ms=now, updated_at_ms=now,
+                     release_at_ms=now + body.terms.dispute_window_s * 1000)
+                conn.execute(insert(EVIDENCE).values(agreement_id=agreement, created_at_ms=now,
+                                                     delivery=evidence.SerializeToString()))
+                if state == st.REFUNDED:
+                    self._refund_in(conn, key, agreement, parties)
+                elif body.terms.dispute_window_s == 0:
+                    self.release_in(conn, key, agreement, "release", parties)
+                return escrow_dict(conn, agreement)
 
-            return self.ledger.mutate(key, "redeem", {"agreement": agreement,
-                                                      "voucher": voucher.SerializeToString().hex(),
-                                                      "receipts": len(receipts)},
-                                      apply, _same, _same)
+            return self.ledger.mutate(key, "redeem", request, apply, same, same)
 
-    def _verify_delivery(self, row, body, voucher, receipts):  # type: ignore[no-untyped-def]
-        """(earned, verified, failed): the voucher bounds what the buyer authorised; receipts
-        that fail verification are not paid."""
+    def redeem_batch(self, requests: list[settlement_pb2.RedeemRequest]
+                     ) -> list[settlement_pb2.RedeemResult]:
+        """Each redeem on its own (own key, own transaction); failures are reported per item."""
+        if not 1 <= len(requests) <= MAX_BATCH:
+            raise InvalidArgument(f"a batch holds 1..{MAX_BATCH} redeems")
+        results = []
+        for request in requests:
+            result = settlement_pb2.RedeemResult(agreement_id=request.agreement_id)
+            try:
+                found = self.redeem(request.idempotency_key, request.agreement_id,
+                                    request.voucher, list(request.receipts),
+                                    request.seller_signature)
+                result.escrow.CopyFrom(escrow_message(found))
+            except AgentmarketError as error:
+                result.error_code, result.error_reason = error.status, error.reason
+                result.error_message = error.message
+            results.append(result)
+        return results
+
+    @staticmethod
+    def _check_voucher(row: Any, body: agreement_pb2.AgreementBody,
+                       voucher: agreement_pb2.Voucher) -> int:
+        """What the buyer authorised: the voucher's payword proves it, bounded by the hold."""
         if voucher.agreement_id != row.agreement_id:
             raise InvalidVoucher("the voucher is for a different agreement")
         if voucher.payword_index > body.payword_length or not verify_word(
@@ -162,140 +294,166 @@ class Settlement:
             raise InvalidVoucher("cumulative_atomic does not match the payword index")
         if authorised > row.held_atomic:
             raise BudgetExceeded("the voucher authorises more than the agreement holds")
-        if len(receipts) > MAX_RECEIPTS:
-            raise InvalidArgument(f"at most {MAX_RECEIPTS} receipts per redeem")
-        schema = json.loads(row.output_schema_json) if row.output_schema_json else {}
-        validator = validator_for(schema)(schema)
-        charged = verified = failed = 0
+        return authorised
+
+    @staticmethod
+    def _check_receipts(row: Any, terms: agreement_pb2.Terms, voucher: agreement_pb2.Voucher,
+                        receipts: list[agreement_pb2.Receipt]) -> None:
         seen: set[int] = set()
         for receipt in receipts:
             if receipt.agreement_id != row.agreement_id or receipt.sequence in seen:
                 raise InvalidArgument(f"receipt {receipt.sequence} is duplicated or misfiled")
+            if not 1 <= receipt.sequence <= voucher.sequence:
+                raise InvalidArgument(f"receipt {receipt.sequence} was not paid by the voucher "
+                                      f"(sequence {voucher.sequence})")
             seen.add(receipt.sequence)
             ag.check_receipt(receipt, row.seller_id)
-            if receipt.charged_atomic < 0:
-                raise InvalidArgument("a receipt cannot charge a negative amount")
-            if self._output_ok(validator, receipt.output_json):
-                verified += 1
-                charged += receipt.charged_atomic
-            else:
-                failed += 1
-        return min(charged, authorised), verified, failed
+            ceiling = pricing.receipt_ceiling_atomic(terms, receipt)
+            if receipt.charged_atomic < 0 or (ceiling is not None
+                                              and receipt.charged_atomic > ceiling):
+                raise InvalidArgument(f"receipt {receipt.sequence} charges "
+                                      f"{receipt.charged_atomic}; the terms price its usage at "
+                                      f"{ceiling}")
 
-    @staticmethod
-    def _output_ok(validator, output_json: str) -> bool:  # type: ignore[no-untyped-def]
-        try:
-            validator.validate(json.loads(output_json))
-        except (ValueError, ValidationError):
-            return False
-        return True
+    # ---- paying out -----------------------------------------------------------------------
 
-    def _settle_in(self, conn: Connection, key: str, agreement: str) -> None:
-        """Capture what was earned (seller + fee, one posting) and release the rest."""
-        row = self._locked_row(conn, agreement)
+    def _parties(self, row: Any) -> dict[str, str]:
+        """Account ids settlement may post to (all opened at OpenEscrow)."""
+        parties = {"seller": self.account(row.seller_id, row.currency),
+                   "buyer": self.account(row.buyer_id, row.currency),
+                   "fees": self.fees_account(row.currency),
+                   "dispute": self.dispute_account(row.currency)}
+        if row.verifier_id:
+            parties["verifier"] = self.account(row.verifier_id, row.currency)
+        return parties
+
+    def release_in(self, conn: Connection, key: str, agreement: str, event: str,
+                   parties: dict[str, str]) -> None:
+        """Capture the earned amount (seller + fee + verifier fee, one posting), void the
+        rest back to the buyer, and rate the seller."""
+        row = locked_row(conn, agreement)
+        state = next_state(row.state, event)
         seller_part, fee = split(row.earned_atomic, self.fee_bps)
-        seller = self.ledger.find_account(row.seller_id, row.currency)
-        fees = self.ledger.find_account(MARKETPLACE_OWNER, row.currency, "fees")
-        assert seller is not None and fees is not None, "opened with the escrow"
-        splits = [(seller.account_id, seller_part), (fees.account_id, fee)]
+        verifier_fee = row.verifier_fee_atomic
+        splits = [(parties["seller"], seller_part), (parties["fees"], fee)]
+        if verifier_fee:
+            splits.append((parties["verifier"], verifier_fee))
         with self._tracer.start_as_current_span("escrow.capture", attributes={
             attr.AGREEMENT_ID: agreement, attr.AMOUNT_ATOMIC: row.earned_atomic,
             attr.CURRENCY: row.currency, attr.FEE_ATOMIC: fee, attr.HOLD_ID: row.hold_id,
             attr.PAYER: row.buyer_id, attr.PAYEE: row.seller_id,
+            "agentmarket.verifier_fee_atomic": verifier_fee,
         }):
-            self.ledger.capture_in(conn, f"{key}:capture", row.hold_id, row.earned_atomic,
-                                   [s for s in splits if s[1]] or None, final=True)
-        refunded = row.held_atomic - row.earned_atomic
+            self.ledger.capture_in(conn, f"{key}:capture", row.hold_id,
+                                   row.earned_atomic + verifier_fee,
+                                   [s for s in splits if s[1]], final=True)
+        refunded = row.held_atomic - row.earned_atomic - verifier_fee
         with self._tracer.start_as_current_span("escrow.release", attributes={
             attr.AGREEMENT_ID: agreement, attr.AMOUNT_ATOMIC: refunded,
             attr.CURRENCY: row.currency, attr.HOLD_ID: row.hold_id, attr.PAYEE: row.buyer_id,
         }):
-            conn.execute(update(ESCROWS).where(ESCROWS.c.agreement_id == agreement).values(
-                state="settled" if row.earned_atomic else "refunded",
-                captured_atomic=row.earned_atomic, fee_atomic=fee, refunded_atomic=refunded))
+            _set(conn, agreement, state=state, captured_atomic=row.earned_atomic, fee_atomic=fee,
+                 refunded_atomic=refunded, verifier_paid_atomic=verifier_fee,
+                 updated_at_ms=self.clock_ms())
+        record_outcome(conn, row.seller_id, 1000)
+
+    def _refund_in(self, conn: Connection, key: str, agreement: str,
+                   parties: dict[str, str]) -> None:
+        """Nothing verified: the hold goes back, less a consulted verifier's fee."""
+        row = locked_row(conn, agreement)
+        fee = row.verifier_fee_atomic
+        with self._tracer.start_as_current_span("escrow.refund", attributes={
+            attr.AGREEMENT_ID: agreement, attr.AMOUNT_ATOMIC: row.held_atomic - fee,
+            attr.CURRENCY: row.currency, attr.HOLD_ID: row.hold_id, attr.PAYEE: row.buyer_id,
+        }):
+            if fee:
+                self.ledger.capture_in(conn, f"{key}:capture", row.hold_id, fee,
+                                       [(parties["verifier"], fee)], final=True)
+            else:
+                self.ledger.void_in(conn, f"{key}:void", row.hold_id)
+        _set(conn, agreement, refunded_atomic=row.held_atomic - fee, verifier_paid_atomic=fee)
+        record_outcome(conn, row.seller_id, 0)
 
     # ---- buyer ----------------------------------------------------------------------------
 
     def confirm(self, key: str, agreement: str, buyer_signature: bytes) -> dict[str, Any]:
-        row = self._row(agreement)
+        """The buyer accepts delivered or verified work: pay it now (waives the window)."""
+        row = read_row(self.engine, agreement)
         if not verify(row.buyer_id, ag.request_message("confirm", agreement), buyer_signature):
-            raise PermissionDenied("only the agreement's buyer can confirm it")
+            raise PermissionDenied("only the agreement's buyer can confirm it",
+                                   reason="BAD_SIGNATURE")
+        parties = self._parties(row)
 
         def apply(conn: Connection) -> dict[str, Any]:
-            if self._locked_row(conn, agreement).state != "delivered":
-                raise IllegalTransition("only delivered work can be confirmed")
-            self._settle_in(conn, key, agreement)
-            return self._escrow(conn, agreement)
+            self.release_in(conn, key, agreement, "confirm", parties)
+            return escrow_dict(conn, agreement)
 
-        return self.ledger.mutate(key, "confirm", {"agreement": agreement}, apply, _same, _same)
+        return self.ledger.mutate(key, "confirm", {"agreement": agreement}, apply, same, same)
 
-    def dispute(self, key: str, agreement: str, reason: str,
-                buyer_signature: bytes) -> dict[str, Any]:
-        if len(reason) > 2000:
-            raise InvalidArgument("reason is longer than 2,000 characters")
-        row = self._row(agreement)
-        message = ag.request_message("dispute", agreement, reason)
-        if not verify(row.buyer_id, message, buyer_signature):
-            raise PermissionDenied("only the agreement's buyer can dispute it")
+    def dispute(self, key: str, agreement: str, reason: str, buyer_signature: bytes,
+                evidence: list[settlement_pb2.Evidence] | None = None) -> dict[str, Any]:
+        """The buyer disputes inside the window (marketplace.disputes)."""
+        return self.disputes.open(key, agreement, reason, buyer_signature, evidence or [])
 
-        def apply(conn: Connection) -> dict[str, Any]:
-            current = self._locked_row(conn, agreement)
-            if current.state != "delivered":
-                raise IllegalTransition(f"agreement is {current.state}; only delivered work "
-                                        "can be disputed")
-            body = agreement_pb2.AgreementBody.FromString(
-                agreement_pb2.SignedAgreement.FromString(current.signed_agreement).body)
-            if self.clock_ms() > current.delivered_at_ms + body.terms.dispute_window_s * 1000:
-                raise FailedPrecondition("the dispute window has closed")
-            conn.execute(update(ESCROWS).where(ESCROWS.c.agreement_id == agreement).values(
-                state="disputed", dispute_reason=reason))
-            return self._escrow(conn, agreement)
-
-        return self.ledger.mutate(key, "dispute", {"agreement": agreement, "reason": reason},
-                                  apply, _same, _same)
+    def resolve_dispute(self, key: str, agreement: str, outcome: int, seller_atomic: int,
+                        note: str, arbiter_id: str, arbiter_signature: bytes) -> dict[str, Any]:
+        """An arbiter's decision (marketplace.disputes)."""
+        return self.disputes.resolve(key, agreement, outcome, seller_atomic, note, arbiter_id,
+                                     arbiter_signature)
 
     # ---- sweeps ---------------------------------------------------------------------------
 
     def sweep(self) -> int:
-        """Expire undelivered agreements past their deadline; auto-release accepted-by-silence
-        work past its dispute window. Returns how many agreements moved."""
+        """Expire undelivered agreements past their deadline; release delivered and verified
+        work whose dispute window has closed. Returns how many agreements moved."""
         now = self.clock_ms()
-        moved = 0
+        due = or_(and_(ESCROWS.c.state == st.ACTIVE, ESCROWS.c.deadline_ms < now),
+                  and_(ESCROWS.c.state.in_(st.AWAITING_RELEASE), ESCROWS.c.release_at_ms <= now))
         with self.engine.connect().execution_options(agentmarket_read=True) as conn:
-            rows = conn.execute(select(ESCROWS).where(ESCROWS.c.state.in_(("active",
-                                                                           "delivered")))).all()
+            rows = conn.execute(select(ESCROWS).where(due).limit(SWEEP_LIMIT)).all()
+        moved = 0
         for row in rows:
-            body = agreement_pb2.AgreementBody.FromString(
-                agreement_pb2.SignedAgreement.FromString(row.signed_agreement).body)
-            if row.state == "active" and now > row.deadline_ms:
-                self.ledger.mutate(f"expire-agreement:{row.agreement_id}", "expire_agreement",
-                                   {"agreement": row.agreement_id},
-                                   lambda c, r=row: self._expire_in(c, r), _same, _same)
+            try:
+                self._sweep_one(row)
                 moved += 1
-            elif (row.state == "delivered"
-                  and now > row.delivered_at_ms + body.terms.dispute_window_s * 1000):
-                key = f"auto-release:{row.agreement_id}"
-                self.ledger.mutate(key, "auto_release", {"agreement": row.agreement_id},
-                                   lambda c, r=row, k=key: self._settle_in(c, k, r.agreement_id),
-                                   _same, _same)
-                moved += 1
+            except AgentmarketError as error:  # e.g. settled meanwhile: the next one
+                log.warning("sweep of agreement %s: %s", row.agreement_id, error.message)
         return moved
 
-    def _expire_in(self, conn: Connection, row) -> None:  # type: ignore[no-untyped-def]
-        if self._locked_row(conn, row.agreement_id).state != "active":
-            return
-        hold = self.ledger._hold_row(conn, row.hold_id)
-        if hold.status == "open":
-            self.ledger.void_in(conn, f"expire-agreement:{row.agreement_id}:void", row.hold_id)
-        conn.execute(update(ESCROWS).where(ESCROWS.c.agreement_id == row.agreement_id).values(
-            state="expired", refunded_atomic=row.held_atomic))
+    def _sweep_one(self, row: Any) -> None:
+        parties = self._parties(row)
+        expire = row.state == st.ACTIVE
+        key = f"{'expire-agreement' if expire else 'auto-release'}:{row.agreement_id}"
+
+        def apply(conn: Connection) -> None:
+            if expire:
+                self._expire_in(conn, key, row.agreement_id)
+            else:
+                self.release_in(conn, key, row.agreement_id, "release", parties)
+
+        self.ledger.mutate(key, "sweep", {"agreement": row.agreement_id}, apply, same, same)
+
+    def _expire_in(self, conn: Connection, key: str, agreement: str) -> None:
+        row = locked_row(conn, agreement)
+        state = next_state(row.state, "expire")
+        with self._tracer.start_as_current_span("escrow.expire", attributes={
+            attr.AGREEMENT_ID: agreement, attr.AMOUNT_ATOMIC: row.held_atomic,
+            attr.CURRENCY: row.currency, attr.HOLD_ID: row.hold_id, attr.PAYEE: row.buyer_id,
+        }):
+            hold = self.ledger._hold_row(conn, row.hold_id)
+            if hold.status == "open":  # else the ledger's own timeout already returned it
+                timed_out = hold.expires_at_ms <= self.clock_ms()
+                self.ledger.void_in(conn, f"{key}:void", row.hold_id,
+                                    kind="expire" if timed_out else "void")
+        _set(conn, agreement, state=state, refunded_atomic=row.held_atomic,
+             updated_at_ms=self.clock_ms())
 
     # ---- reading --------------------------------------------------------------------------
 
     def get(self, agreement: str) -> dict[str, Any]:
+        read_row(self.engine, agreement)
         with self.engine.connect().execution_options(agentmarket_read=True) as conn:
-            self._row(agreement)
-            return self._escrow(conn, agreement)
+            return escrow_dict(conn, agreement)
 
     def agreements(self, state: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         query = select(ESCROWS.c.agreement_id).order_by(ESCROWS.c.created_at_ms.desc())
@@ -303,32 +461,25 @@ class Settlement:
             query = query.where(ESCROWS.c.state == state)
         with self.engine.connect().execution_options(agentmarket_read=True) as conn:
             ids = [r.agreement_id for r in conn.execute(query.limit(limit))]
-            return [self._escrow(conn, i) for i in ids]
+            return [escrow_dict(conn, i) for i in ids]
 
-    def _row(self, agreement: str):  # type: ignore[no-untyped-def]
-        if not isinstance(agreement, str) or len(agreement) != 64:
-            raise InvalidArgument("agreement_id must be 64 hex characters")
-        with self.engine.connect().execution_options(agentmarket_read=True) as conn:
-            row = conn.execute(select(ESCROWS).where(ESCROWS.c.agreement_id == agreement)).first()
-        if row is None:
-            raise NotFound(f"agreement {agreement[:12]}… has no escrow")
-        return row
-
-    @staticmethod
-    def _locked_row(conn: Connection, agreement: str):  # type: ignore[no-untyped-def]
-        return conn.execute(select(ESCROWS).where(ESCROWS.c.agreement_id == agreement)
-                            .with_for_update()).one()
-
-    @staticmethod
-    def _escrow(conn: Connection, agreement: str) -> dict[str, Any]:
-        row = conn.execute(select(ESCROWS).where(ESCROWS.c.agreement_id == agreement)).one()
-        return {k: row._mapping[k] for k in (
-            "agreement_id", "state", "hold_id", "currency", "held_atomic", "captured_atomic",
-            "fee_atomic", "refunded_atomic", "verified_outputs", "failed_outputs",
-            "buyer_id", "seller_id", "skill", "earned_atomic")}
+    def body(self, agreement: str) -> agreement_pb2.AgreementBody:
+        return body_of(read_row(self.engine, agreement))
 
 
-def _same(value: Any) -> Any:
-    return value
+STATES = {
+    st.ACTIVE: settlement_pb2.AGREEMENT_STATE_ACTIVE,
+    st.DELIVERED: settlement_pb2.AGREEMENT_STATE_DELIVERED,
+    st.VERIFIED: settlement_pb2.AGREEMENT_STATE_VERIFIED,
+    st.SETTLED: settlement_pb2.AGREEMENT_STATE_SETTLED,
+    st.REFUNDED: settlement_pb2.AGREEMENT_STATE_REFUNDED,
+    st.DISPUTED: settlement_pb2.AGREEMENT_STATE_DISPUTED,
+    st.RESOLVED: settlement_pb2.AGREEMENT_STATE_RESOLVED,
+    st.EXPIRED: settlement_pb2.AGREEMENT_STATE_EXPIRED,
+}
 
 
+def escrow_message(e: dict[str, Any]) -> settlement_pb2.Escrow:
+    """The wire form of an escrow dict."""
+    fields = {k: v for k, v in e.items() if k != "state"}
+    return settlement_pb2.Escrow(state=STATES[e["state"]], **fields)

@@ -1,9 +1,19 @@
-"""The marketplace's tables: listings (with a price index for discovery) and escrows."""
+"""The marketplace's tables: the registry (listings, their offers and search tokens), escrows,
+their evidence, disputes and earned reputation.
+
+Discovery reads only `registry_offers` and `registry_terms`, which repeat what it filters and
+ranks on (price, expiry, reputation) so that one index range scan answers a query; the listing
+itself is a serialized protobuf fetched for the few rows returned.
+"""
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Index, LargeBinary, Text
+from sqlalchemy import BigInteger, Column, Index, Integer, LargeBinary, Text
 from sqlmodel import Field, SQLModel
+
+
+def _big(**kwargs: object) -> Column:  # type: ignore[type-arg]
+    return Column(BigInteger, nullable=False, **kwargs)
 
 
 class ListingRow(SQLModel, table=True):
@@ -11,45 +21,119 @@ class ListingRow(SQLModel, table=True):
 
     agent_id: str = Field(primary_key=True, max_length=64)
     listing: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # serialized Listing
-    expires_at_ms: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
-    updated_at_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+    expires_at_ms: int = Field(sa_column=_big(index=True))
+    updated_at_ms: int = Field(sa_column=_big())
+    ttl_s: int = 60
+    reputation_permille: int = Field(default=0)
+    rated_agreements: int = Field(default=0)
 
 
-class SkillPriceRow(SQLModel, table=True):
-    """One (listing, skill, currency) price: what discovery filters and sorts on."""
+class OfferRow(SQLModel, table=True):
+    """One (listing, skill, currency) list price: what discovery filters and sorts on."""
 
-    __tablename__ = "registry_skill_prices"
-    __table_args__ = (Index("ix_registry_price_lookup", "skill", "currency", "price_atomic"),)
+    __tablename__ = "registry_offers"
+    __table_args__ = (
+        Index("ix_registry_offers_skill", "skill", "currency", "price_atomic"),
+        Index("ix_registry_offers_price", "currency", "price_atomic"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     agent_id: str = Field(max_length=64, index=True)
     skill: str = Field(max_length=64)
     currency: str = Field(max_length=8)
     unit: int
-    price_atomic: int = Field(sa_column=Column(BigInteger, nullable=False))
+    price_atomic: int = Field(sa_column=_big())  # pricing.ranking_price_atomic
+    expires_at_ms: int = Field(sa_column=_big())
+    reputation_permille: int = Field(default=0)
+    latency_ms: int = Field(default=0)
+
+
+class TermRow(SQLModel, table=True):
+    """A search token of an offer's skill (name, description and tag words; '#tag' for tags),
+    with the offer's currency, price and seller reputation, so a token's index range is already
+    in price order and the reputation filter needs no join."""
+
+    __tablename__ = "registry_terms"
+    __table_args__ = (Index("ix_registry_terms_lookup", "token", "currency", "price_atomic",
+                            "reputation_permille", "offer_id"),)  # covering: no table reads
+
+    offer_id: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    token: str = Field(sa_column=Column(Text, primary_key=True))
+    currency: str = Field(max_length=8)
+    price_atomic: int = Field(sa_column=_big())
+    reputation_permille: int = Field(default=0)
 
 
 class EscrowRow(SQLModel, table=True):
     __tablename__ = "escrows"
+    __table_args__ = (Index("ix_escrows_due", "state", "release_at_ms"),)
 
     agreement_id: str = Field(primary_key=True, max_length=64)
     signed_agreement: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     buyer_id: str = Field(max_length=64, index=True)
     seller_id: str = Field(max_length=64, index=True)
+    verifier_id: str = Field(default="", max_length=64)
     skill: str = Field(max_length=64)
     currency: str = Field(max_length=8)
     verification: int
     state: str = Field(max_length=16, index=True)
     hold_id: str = Field(max_length=40)
-    held_atomic: int = Field(sa_column=Column(BigInteger, nullable=False))
-    earned_atomic: int = Field(sa_column=Column(BigInteger, nullable=False, default=0))
-    captured_atomic: int = Field(sa_column=Column(BigInteger, nullable=False, default=0))
-    fee_atomic: int = Field(sa_column=Column(BigInteger, nullable=False, default=0))
-    refunded_atomic: int = Field(sa_column=Column(BigInteger, nullable=False, default=0))
+    held_atomic: int = Field(sa_column=_big())
+    earned_atomic: int = Field(sa_column=_big(default=0))
+    captured_atomic: int = Field(sa_column=_big(default=0))
+    fee_atomic: int = Field(sa_column=_big(default=0))
+    refunded_atomic: int = Field(sa_column=_big(default=0))
+    verifier_fee_atomic: int = Field(sa_column=_big(default=0))  # agreed; paid when settling
+    verifier_paid_atomic: int = Field(sa_column=_big(default=0))
     verified_outputs: int = 0
     failed_outputs: int = 0
     output_schema_json: str = Field(sa_column=Column(Text, nullable=False, default=""))
-    deadline_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
-    delivered_at_ms: int = Field(sa_column=Column(BigInteger, nullable=False, default=0))
-    dispute_reason: str = Field(sa_column=Column(Text, nullable=False, default=""))
-    created_at_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+    deadline_ms: int = Field(sa_column=_big())
+    dispute_window_s: int = 0
+    delivered_at_ms: int = Field(sa_column=_big(default=0))
+    release_at_ms: int = Field(sa_column=_big(default=0))  # 0 until delivered
+    created_at_ms: int = Field(sa_column=_big())
+    updated_at_ms: int = Field(sa_column=_big())
+
+
+class EvidenceRow(SQLModel, table=True):
+    """What the seller presented at redeem and what verification found: dispute evidence."""
+
+    __tablename__ = "escrow_evidence"
+
+    agreement_id: str = Field(primary_key=True, max_length=64)
+    delivery: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # DeliveryEvidence
+    created_at_ms: int = Field(sa_column=_big())
+
+
+class DisputeRow(SQLModel, table=True):
+    __tablename__ = "disputes"
+
+    agreement_id: str = Field(primary_key=True, max_length=64)
+    status: str = Field(max_length=16, index=True)  # open | resolved
+    reason: str = Field(sa_column=Column(Text, nullable=False))
+    buyer_evidence: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    frozen_atomic: int = Field(sa_column=_big())
+    currency: str = Field(max_length=8)
+    opened_at_ms: int = Field(sa_column=_big())
+    outcome: int = 0
+    seller_atomic: int = Field(sa_column=_big(default=0))
+    buyer_atomic: int = Field(sa_column=_big(default=0))
+    arbiter_id: str = Field(default="", max_length=64)
+    note: str = Field(sa_column=Column(Text, nullable=False, default=""))
+    resolved_at_ms: int = Field(sa_column=_big(default=0))
+
+
+class ReputationRow(SQLModel, table=True):
+    """A seller's finished agreements and the sum of their outcomes (per mille each)."""
+
+    __tablename__ = "seller_reputation"
+
+    seller_id: str = Field(primary_key=True, max_length=64)
+    rated: int = Field(sa_column=_big(default=0))
+    score_sum: int = Field(sa_column=_big(default=0))
+
+
+TABLES = [ListingRow.__table__, OfferRow.__table__, TermRow.__table__,  # type: ignore[attr-defined]
+          EscrowRow.__table__, EvidenceRow.__table__, DisputeRow.__table__,  # type: ignore[attr-defined]
+          ReputationRow.__table__]  # type: ignore[attr-defined]

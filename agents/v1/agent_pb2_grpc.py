@@ -45,6 +45,11 @@ class AgentServiceStub:
                 request_serializer=agents_dot_v1_dot_agent__pb2.InvokeRequest.SerializeToString,
                 response_deserializer=agents_dot_v1_dot_agent__pb2.InvokeResponse.FromString,
                 _registered_method=True)
+        self.InvokeStream = channel.unary_stream(
+                '/agents.v1.AgentService/InvokeStream',
+                request_serializer=agents_dot_v1_dot_agent__pb2.InvokeRequest.SerializeToString,
+                response_deserializer=agents_dot_v1_dot_agent__pb2.StreamChunk.FromString,
+                _registered_method=True)
         self.Finish = channel.unary_unary(
                 '/agents.v1.AgentService/Finish',
                 request_serializer=agents_dot_v1_dot_agent__pb2.FinishRequest.SerializeToString,
@@ -57,13 +62,27 @@ class AgentServiceServicer:
     """
 
     def Negotiate(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One step of the negotiation protocol (marketplace/negotiation.py): RFQ, counter-offers,
+        acceptance; the seller answers each with an offer, a countersigned agreement or a rejection.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Invoke(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """A paid call. The voucher must leave at least `Metering.max_call_atomic` (per-call skills:
+        the unit price) prepaid and uncharged; the call is charged its metered usage.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def InvokeStream(self, request, context):
+        """A paid call whose text output streams as it is produced, charged as it flows. It stops
+        before the charge would pass what the voucher left prepaid (at most the per-call maximum);
+        the last message carries the receipt, and the trailing metadata `agentmarket-stop-reason`
+        says "complete" or "budget".
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -87,6 +106,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.Invoke,
                     request_deserializer=agents_dot_v1_dot_agent__pb2.InvokeRequest.FromString,
                     response_serializer=agents_dot_v1_dot_agent__pb2.InvokeResponse.SerializeToString,
+            ),
+            'InvokeStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.InvokeStream,
+                    request_deserializer=agents_dot_v1_dot_agent__pb2.InvokeRequest.FromString,
+                    response_serializer=agents_dot_v1_dot_agent__pb2.StreamChunk.SerializeToString,
             ),
             'Finish': grpc.unary_unary_rpc_method_handler(
                     servicer.Finish,
@@ -149,6 +173,33 @@ class AgentService:
             '/agents.v1.AgentService/Invoke',
             agents_dot_v1_dot_agent__pb2.InvokeRequest.SerializeToString,
             agents_dot_v1_dot_agent__pb2.InvokeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InvokeStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/agents.v1.AgentService/InvokeStream',
+            agents_dot_v1_dot_agent__pb2.InvokeRequest.SerializeToString,
+            agents_dot_v1_dot_agent__pb2.StreamChunk.FromString,
             options,
             channel_credentials,
             insecure,

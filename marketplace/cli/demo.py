@@ -94,7 +94,7 @@ def run_demo(workdir: Path | None = None, console: Console | None = None,
     snapshots: list[dict[str, Balance]] = []
     try:
         state, trace_id = _run_task(buyer, calls, console,
-                                    lambda: snapshots.append(_balances(node)))
+                                    lambda: snapshots.append(_balances(node)), workdir)
         after = _balances(node)
     finally:
         for seller in sellers:
@@ -107,13 +107,13 @@ def run_demo(workdir: Path | None = None, console: Console | None = None,
     return DemoResult(snapshots[0], after, names, state, trace_id, spans_path, db_path, problems)
 
 
-def _run_task(buyer: BuyerAgent, calls: int, console: Console,
-              funded: Callable[[], None]) -> tuple[dict[str, Any], str]:
+def _run_task(buyer: BuyerAgent, calls: int, console: Console, funded: Callable[[], None],
+              workdir: Path) -> tuple[dict[str, Any], str]:
     """The buyer's task under one root span; `funded` runs once the wallet has money."""
     tracer = trace.get_tracer("agentmarket.demo", tracer_provider=buyer.tracer_provider)
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                TextColumn("{task.completed}/{task.total}"))
-    steps = ["fund", "discover", "negotiate", "hire", "call", "finish"]
+    steps = ["fund", "discover", "negotiate", "hire", "call", "settle"]
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("starting", total=len(steps) - 1 + calls)
 
@@ -124,18 +124,21 @@ def _run_task(buyer: BuyerAgent, calls: int, console: Console,
                                       f"after {update['rounds']} rounds"),
                 "hire": lambda: "escrow hold placed",
                 "call": lambda: f"paid call {len(update['outputs'])}/{calls}",
-                "finish": lambda: f"settled: seller paid {_usd(update['captured_atomic'])}",
-            }[step]()
-            progress.update(task, advance=1, description=text)
+                "settle": lambda: f"settled: seller paid {_usd(update['captured_atomic'])}",
+            }.get(step)
+            if text is not None:
+                progress.update(task, advance=1, description=text())
 
         with tracer.start_as_current_span("task", attributes={attr.SKILL: "summarize"}) as span:
             buyer.fund("1.00", "USD", idempotency_key=f"demo-fund:{buyer.agent_id}")
             funded()
             progress.update(task, advance=1, description="wallet funded with 1.00 USD")
-            graph = buyer_graph(buyer, on_step=on_step)
+            graph = buyer_graph(buyer, on_step=on_step,
+                                checkpoint_path=workdir / "buyer-checkpoints.sqlite")
             inputs = [{"text": DOCUMENTS[i % len(DOCUMENTS)]} for i in range(calls)]
             state = graph.invoke({"skill": "summarize", "currency": "USD", "budget": "0.05",
-                                  "inputs": inputs, "max_rounds": 6})
+                                  "inputs": inputs, "max_rounds": 6, "max_sellers": 1},
+                                 {"configurable": {"thread_id": f"demo-{buyer.agent_id[:16]}"}})
             return state, format(span.get_span_context().trace_id, "032x")
 
 

@@ -6,8 +6,30 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class JudgeTerms(_message.Message):
+    __slots__ = ("model", "rubric", "pass_threshold_permille")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    RUBRIC_FIELD_NUMBER: _ClassVar[int]
+    PASS_THRESHOLD_PERMILLE_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    rubric: str
+    pass_threshold_permille: int
+    def __init__(self, model: _Optional[str] = ..., rubric: _Optional[str] = ..., pass_threshold_permille: _Optional[int] = ...) -> None: ...
+
+class VerifierTerms(_message.Message):
+    __slots__ = ("agent_id", "endpoint", "fee_atomic", "instructions")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    FEE_ATOMIC_FIELD_NUMBER: _ClassVar[int]
+    INSTRUCTIONS_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    endpoint: str
+    fee_atomic: int
+    instructions: str
+    def __init__(self, agent_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., fee_atomic: _Optional[int] = ..., instructions: _Optional[str] = ...) -> None: ...
+
 class Terms(_message.Message):
-    __slots__ = ("skill", "unit_price_atomic", "unit", "currency", "max_total_atomic", "verification", "completion_deadline_ms", "dispute_window_s")
+    __slots__ = ("skill", "unit_price_atomic", "unit", "currency", "max_total_atomic", "verification", "completion_deadline_ms", "dispute_window_s", "output_unit_price_atomic", "unit_name", "checker", "judge", "verifier")
     SKILL_FIELD_NUMBER: _ClassVar[int]
     UNIT_PRICE_ATOMIC_FIELD_NUMBER: _ClassVar[int]
     UNIT_FIELD_NUMBER: _ClassVar[int]
@@ -16,6 +38,11 @@ class Terms(_message.Message):
     VERIFICATION_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
     DISPUTE_WINDOW_S_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_UNIT_PRICE_ATOMIC_FIELD_NUMBER: _ClassVar[int]
+    UNIT_NAME_FIELD_NUMBER: _ClassVar[int]
+    CHECKER_FIELD_NUMBER: _ClassVar[int]
+    JUDGE_FIELD_NUMBER: _ClassVar[int]
+    VERIFIER_FIELD_NUMBER: _ClassVar[int]
     skill: str
     unit_price_atomic: int
     unit: _registry_pb2.PriceUnit
@@ -24,7 +51,12 @@ class Terms(_message.Message):
     verification: _registry_pb2.VerificationMethod
     completion_deadline_ms: int
     dispute_window_s: int
-    def __init__(self, skill: _Optional[str] = ..., unit_price_atomic: _Optional[int] = ..., unit: _Optional[_Union[_registry_pb2.PriceUnit, str]] = ..., currency: _Optional[str] = ..., max_total_atomic: _Optional[int] = ..., verification: _Optional[_Union[_registry_pb2.VerificationMethod, str]] = ..., completion_deadline_ms: _Optional[int] = ..., dispute_window_s: _Optional[int] = ...) -> None: ...
+    output_unit_price_atomic: int
+    unit_name: str
+    checker: str
+    judge: JudgeTerms
+    verifier: VerifierTerms
+    def __init__(self, skill: _Optional[str] = ..., unit_price_atomic: _Optional[int] = ..., unit: _Optional[_Union[_registry_pb2.PriceUnit, str]] = ..., currency: _Optional[str] = ..., max_total_atomic: _Optional[int] = ..., verification: _Optional[_Union[_registry_pb2.VerificationMethod, str]] = ..., completion_deadline_ms: _Optional[int] = ..., dispute_window_s: _Optional[int] = ..., output_unit_price_atomic: _Optional[int] = ..., unit_name: _Optional[str] = ..., checker: _Optional[str] = ..., judge: _Optional[_Union[JudgeTerms, _Mapping]] = ..., verifier: _Optional[_Union[VerifierTerms, _Mapping]] = ...) -> None: ...
 
 class Rfq(_message.Message):
     __slots__ = ("rfq_id", "buyer_id", "skill", "expected_quantity", "max_budget_atomic", "currency", "deadline_ms", "verification", "max_rounds")
@@ -63,7 +95,7 @@ class Offer(_message.Message):
     def __init__(self, rfq_id: _Optional[str] = ..., round: _Optional[int] = ..., from_id: _Optional[str] = ..., terms: _Optional[_Union[Terms, _Mapping]] = ..., expires_at_ms: _Optional[int] = ...) -> None: ...
 
 class AgreementBody(_message.Message):
-    __slots__ = ("rfq_id", "buyer_id", "seller_id", "seller_endpoint", "terms", "payword_root", "payword_length", "link_value_atomic", "created_at_ms", "nonce")
+    __slots__ = ("rfq_id", "buyer_id", "seller_id", "seller_endpoint", "terms", "payword_root", "payword_length", "link_value_atomic", "created_at_ms", "nonce", "offer_expires_at_ms")
     RFQ_ID_FIELD_NUMBER: _ClassVar[int]
     BUYER_ID_FIELD_NUMBER: _ClassVar[int]
     SELLER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +106,7 @@ class AgreementBody(_message.Message):
     LINK_VALUE_ATOMIC_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
+    OFFER_EXPIRES_AT_MS_FIELD_NUMBER: _ClassVar[int]
     rfq_id: str
     buyer_id: str
     seller_id: str
@@ -84,7 +117,8 @@ class AgreementBody(_message.Message):
     link_value_atomic: int
     created_at_ms: int
     nonce: bytes
-    def __init__(self, rfq_id: _Optional[str] = ..., buyer_id: _Optional[str] = ..., seller_id: _Optional[str] = ..., seller_endpoint: _Optional[str] = ..., terms: _Optional[_Union[Terms, _Mapping]] = ..., payword_root: _Optional[bytes] = ..., payword_length: _Optional[int] = ..., link_value_atomic: _Optional[int] = ..., created_at_ms: _Optional[int] = ..., nonce: _Optional[bytes] = ...) -> None: ...
+    offer_expires_at_ms: int
+    def __init__(self, rfq_id: _Optional[str] = ..., buyer_id: _Optional[str] = ..., seller_id: _Optional[str] = ..., seller_endpoint: _Optional[str] = ..., terms: _Optional[_Union[Terms, _Mapping]] = ..., payword_root: _Optional[bytes] = ..., payword_length: _Optional[int] = ..., link_value_atomic: _Optional[int] = ..., created_at_ms: _Optional[int] = ..., nonce: _Optional[bytes] = ..., offer_expires_at_ms: _Optional[int] = ...) -> None: ...
 
 class SignedAgreement(_message.Message):
     __slots__ = ("body", "buyer_signature", "seller_signature")
@@ -111,17 +145,23 @@ class Voucher(_message.Message):
     def __init__(self, agreement_id: _Optional[str] = ..., sequence: _Optional[int] = ..., cumulative_atomic: _Optional[int] = ..., payword_index: _Optional[int] = ..., payword: _Optional[bytes] = ...) -> None: ...
 
 class Receipt(_message.Message):
-    __slots__ = ("agreement_id", "sequence", "output_sha256", "output_json", "seller_signature", "charged_atomic")
+    __slots__ = ("agreement_id", "sequence", "output_sha256", "output_json", "seller_signature", "charged_atomic", "units", "input_tokens", "output_tokens")
     AGREEMENT_ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_SHA256_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_JSON_FIELD_NUMBER: _ClassVar[int]
     SELLER_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     CHARGED_ATOMIC_FIELD_NUMBER: _ClassVar[int]
+    UNITS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     agreement_id: str
     sequence: int
     output_sha256: str
     output_json: str
     seller_signature: bytes
     charged_atomic: int
-    def __init__(self, agreement_id: _Optional[str] = ..., sequence: _Optional[int] = ..., output_sha256: _Optional[str] = ..., output_json: _Optional[str] = ..., seller_signature: _Optional[bytes] = ..., charged_atomic: _Optional[int] = ...) -> None: ...
+    units: int
+    input_tokens: int
+    output_tokens: int
+    def __init__(self, agreement_id: _Optional[str] = ..., sequence: _Optional[int] = ..., output_sha256: _Optional[str] = ..., output_json: _Optional[str] = ..., seller_signature: _Optional[bytes] = ..., charged_atomic: _Optional[int] = ..., units: _Optional[int] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ...) -> None: ...

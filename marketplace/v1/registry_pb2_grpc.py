@@ -62,25 +62,29 @@ class RegistryServiceServicer:
     """
 
     def Advertise(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Create or replace the seller's listing (re-advertising is idempotent).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Heartbeat(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Extend the listing's life by its ttl.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def WithdrawListing(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Remove the listing now.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Discover(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Find live listings by skill, text, tags, price and reputation, ranked.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

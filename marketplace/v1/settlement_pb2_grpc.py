@@ -45,6 +45,11 @@ class SettlementServiceStub:
                 request_serializer=marketplace_dot_v1_dot_settlement__pb2.RedeemRequest.SerializeToString,
                 response_deserializer=marketplace_dot_v1_dot_settlement__pb2.Escrow.FromString,
                 _registered_method=True)
+        self.RedeemBatch = channel.unary_unary(
+                '/marketplace.v1.SettlementService/RedeemBatch',
+                request_serializer=marketplace_dot_v1_dot_settlement__pb2.RedeemBatchRequest.SerializeToString,
+                response_deserializer=marketplace_dot_v1_dot_settlement__pb2.RedeemBatchResponse.FromString,
+                _registered_method=True)
         self.Confirm = channel.unary_unary(
                 '/marketplace.v1.SettlementService/Confirm',
                 request_serializer=marketplace_dot_v1_dot_settlement__pb2.ConfirmRequest.SerializeToString,
@@ -67,28 +72,37 @@ class SettlementServiceServicer:
     """
 
     def OpenEscrow(self, request, context):
-        """Checks both signatures and funds, then holds max_total on the buyer's wallet.
+        """Checks both signatures, the terms against the seller's listing, and funds; then holds
+        max_total on the buyer's wallet.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Redeem(self, request, context):
-        """The seller presents its latest voucher and receipts; verified work is paid.
+        """The seller presents its latest voucher and receipts; the work is verified and its earnings
+        held until the dispute window closes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RedeemBatch(self, request, context):
+        """Several redeems at once (a seller settling many agreements).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Confirm(self, request, context):
-        """The buyer accepts delivered work (BUYER_ACCEPTANCE verification).
+        """The buyer accepts delivered or verified work: it is paid now, waiving the dispute window.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Dispute(self, request, context):
-        """The buyer disputes inside the dispute window; the amount stays held.
+        """The buyer disputes inside the dispute window; the earned amount is frozen until resolved.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -112,6 +126,11 @@ def add_SettlementServiceServicer_to_server(servicer, server):
                     servicer.Redeem,
                     request_deserializer=marketplace_dot_v1_dot_settlement__pb2.RedeemRequest.FromString,
                     response_serializer=marketplace_dot_v1_dot_settlement__pb2.Escrow.SerializeToString,
+            ),
+            'RedeemBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.RedeemBatch,
+                    request_deserializer=marketplace_dot_v1_dot_settlement__pb2.RedeemBatchRequest.FromString,
+                    response_serializer=marketplace_dot_v1_dot_settlement__pb2.RedeemBatchResponse.SerializeToString,
             ),
             'Confirm': grpc.unary_unary_rpc_method_handler(
                     servicer.Confirm,
@@ -184,6 +203,33 @@ class SettlementService:
             '/marketplace.v1.SettlementService/Redeem',
             marketplace_dot_v1_dot_settlement__pb2.RedeemRequest.SerializeToString,
             marketplace_dot_v1_dot_settlement__pb2.Escrow.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RedeemBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/marketplace.v1.SettlementService/RedeemBatch',
+            marketplace_dot_v1_dot_settlement__pb2.RedeemBatchRequest.SerializeToString,
+            marketplace_dot_v1_dot_settlement__pb2.RedeemBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,183 @@
+"""The seller's paid calls: validate, run the skill inside a meter, charge, sign, remember.
+
+Invoke: the call has reserved its maximum (the payment interceptor did that); the skill runs
+inside a `Meter`; the charge is the metered usage under the agreement's tariff, at most the
+reserve; the receipt commits to output and charge, and the gate books it.
+InvokeStream: text goes out as the skill produces it, each piece billed before it is sent (the
+delivered text's tokens, counted with the model's tokenizer, plus the prompt's); the stream
+stops before a piece would cost more than the call's reserve, and the last message is the
+receipt for what was delivered.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from jsonschema import ValidationError
+from jsonschema.validators import validator_for
+
+from agents._grpc_payment import current_admission
+from agents.errors import AgentmarketError, BudgetExceeded, FailedPrecondition, InvalidArgument
+from agents.metering import TOKENS, Meter, metering
+from agents.payments import Admission
+from agents.skills import Skill
+from agents.v1 import agent_pb2
+from marketplace import agreements as ag
+from wallets import attributes as attr
+from wallets.grpc_errors import abort
+
+if TYPE_CHECKING:
+    from agents.seller import SellerAgent
+
+MAX_INPUT_BYTES = 1024 * 1024
+log = logging.getLogger("agentmarket.seller")
+STOP_REASON_KEY = "agentmarket-stop-reason"
+STOP_NAMES = {agent_pb2.STOP_REASON_COMPLETE: "complete", agent_pb2.STOP_REASON_BUDGET: "budget"}
+
+
+class PaidCalls:
+    def __init__(self, seller: SellerAgent) -> None:
+        self.seller = seller
+
+    def _prepare(self, request: agent_pb2.InvokeRequest
+                 ) -> tuple[Admission, Skill, dict[str, Any], Meter]:
+        admission = current_admission.get()
+        if admission is None or admission.agreement_id != request.agreement_id:
+            raise FailedPrecondition("the call was not admitted by the payment gate")
+        body = self.seller.gate.body(request.agreement_id)
+        skill = self.seller.skills[body.terms.skill]
+        self.seller.check_escrow(request.agreement_id)
+        if len(request.input_json) > MAX_INPUT_BYTES:
+            raise InvalidArgument(f"input is larger than {MAX_INPUT_BYTES} bytes")
+        try:
+            arguments = json.loads(request.input_json)
+            validator_for(skill.input_schema)(skill.input_schema).validate(arguments)
+        except (ValueError, RecursionError) as error:
+            raise InvalidArgument(f"input is not valid JSON: {error}") from None
+        except ValidationError as error:
+            raise InvalidArgument(f"input does not match the skill's schema: {error.message}"
+                                  ) from None
+        meter = Meter(self.seller.tariffs[request.agreement_id], admission.reserve_atomic,
+                      max_input_tokens=skill.max_input_tokens,
+                      max_output_tokens=skill.max_output_tokens)
+        return admission, skill, arguments, meter
+
+    def _span(self, request: agent_pb2.InvokeRequest, skill: Skill, meter: Meter) -> Any:
+        terms = self.seller.gate.body(request.agreement_id).terms
+        return self.seller._tracer.start_as_current_span(f"skill.{skill.name}", attributes={
+            attr.AGREEMENT_ID: request.agreement_id, attr.SKILL: skill.name,
+            "agentmarket.reserved_atomic": meter.reserve_atomic, attr.CURRENCY: terms.currency})
+
+    def _bill(self, request: agent_pb2.InvokeRequest, admission: Admission, meter: Meter,
+              output_json: str) -> tuple[agent_pb2.Usage, Any]:
+        """The receipt for the billed usage (its charge is the terms' price of that usage)."""
+        input_tokens, output_tokens, units = meter.billed()
+        charge = meter.charge_atomic()
+        receipt = ag.make_receipt(self.seller.key, request.agreement_id, admission.sequence,
+                                  output_json, charge, units=units, input_tokens=input_tokens,
+                                  output_tokens=output_tokens)
+        unspent = self.seller.gate.unspent(request.agreement_id) + admission.reserve_atomic \
+            - charge
+        usage = agent_pb2.Usage(calls=1, input_tokens=input_tokens, output_tokens=output_tokens,
+                                units=units, charged_atomic=charge,
+                                reserved_atomic=admission.reserve_atomic, unspent_atomic=unspent)
+        return usage, receipt
+
+    @staticmethod
+    def _set_span_usage(meter: Meter, charge: int) -> None:
+        from opentelemetry import trace
+
+        span = trace.get_current_span()
+        span.set_attribute(attr.AMOUNT_ATOMIC, charge)
+        span.set_attribute("gen_ai.usage.input_tokens", meter.input_tokens)
+        span.set_attribute("gen_ai.usage.output_tokens", meter.output_tokens)
+
+    def invoke(self, request: agent_pb2.InvokeRequest) -> agent_pb2.InvokeResponse:
+        admission, skill, arguments, meter = self._prepare(request)
+        with self._span(request, skill, meter), metering(meter):
+            if skill.streams:
+                pieces = _metered(skill.iterate(arguments), meter)
+                text = "".join(piece for piece, _charge in pieces)
+                output: Any = {"text": text}
+            else:
+                output = skill.run(arguments)
+            output_json = json.dumps(output, sort_keys=True)
+            usage, receipt = self._bill(request, admission, meter, output_json)
+            self._set_span_usage(meter, usage.charged_atomic)
+        response = agent_pb2.InvokeResponse(output_json=output_json, usage=usage,
+                                            receipt=receipt)
+        self.seller.gate.complete(request.agreement_id, admission, receipt, response)
+        return response
+
+    def invoke_stream(self, request: agent_pb2.InvokeRequest,
+                      context: grpc.ServicerContext) -> Iterator[agent_pb2.StreamChunk]:
+        try:
+            yield from self._stream(request, context)
+        except AgentmarketError as error:
+            abort(context, error)
+        except Exception:  # a failing skill is not paid; never leak its text
+            request_id = uuid.uuid4().hex[:12]
+            log.exception("streamed skill failed (request %s)", request_id)
+            context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})")
+
+    def _stream(self, request: agent_pb2.InvokeRequest,
+                context: grpc.ServicerContext) -> Iterator[agent_pb2.StreamChunk]:
+        admission, skill, arguments, meter = self._prepare(request)
+        if not skill.streams:
+            raise FailedPrecondition(f"skill {skill.name} does not stream; call Invoke")
+        if meter.tariff.unit != TOKENS and admission.reserve_atomic < meter.tariff.call_max_atomic:
+            raise BudgetExceeded("a stream priced per call or unit needs its maximum prepaid")
+        delivered: list[str] = []
+        with self._span(request, skill, meter), metering(meter):
+            pieces = _metered(skill.iterate(arguments), meter)
+            try:
+                for piece, charge in pieces:
+                    delivered.append(piece)
+                    yield agent_pb2.StreamChunk(text_delta=piece, charged_atomic=charge)
+            except GeneratorExit:  # the buyer hung up: bill what it was sent, then stop
+                pieces.close()
+                self._end_stream(request, admission, meter, delivered)
+                raise
+            pieces.close()
+            last, stop = self._end_stream(request, admission, meter, delivered)
+        context.set_trailing_metadata(((STOP_REASON_KEY, STOP_NAMES[stop]),))
+        yield last
+
+    def _end_stream(self, request: agent_pb2.InvokeRequest, admission: Admission, meter: Meter,
+                    delivered: list[str]) -> tuple[agent_pb2.StreamChunk, int]:
+        stop = agent_pb2.STOP_REASON_BUDGET if meter.stopped else agent_pb2.STOP_REASON_COMPLETE
+        output_json = json.dumps({"text": "".join(delivered)}, sort_keys=True)
+        usage, receipt = self._bill(request, admission, meter, output_json)
+        self._set_span_usage(meter, usage.charged_atomic)
+        last = agent_pb2.StreamChunk(charged_atomic=usage.charged_atomic, end=agent_pb2.StreamEnd(
+            stop_reason=stop, output_json=output_json, usage=usage, receipt=receipt))
+        self.seller.gate.complete(request.agreement_id, admission, receipt, last)
+        return last, stop
+
+
+def _metered(pieces: Iterator[str], meter: Meter) -> Iterator[tuple[str, int]]:
+    """Pieces of text with the charge once each is delivered; stops (and closes the skill's
+    generator, so an LLM stream is cancelled) before a piece would pass the call's reserve.
+    Token-priced output is the delivered text's token count; the meter keeps it."""
+    delivered = ""
+    meter.stopped = False
+    try:
+        for piece in pieces:
+            extra = meter.count_tokens(delivered + piece) if meter.tariff.unit == TOKENS else 0
+            cost = meter.uncapped_charge_atomic(extra_output_tokens=extra)
+            if cost > meter.reserve_atomic:
+                meter.stopped = True
+                break
+            delivered += piece
+            yield piece, cost
+    finally:
+        close = getattr(pieces, "close", None)
+        if close is not None:
+            close()
+        if meter.tariff.unit == TOKENS:
+            meter.output_tokens = meter.count_tokens(delivered)

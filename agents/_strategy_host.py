@@ -1,0 +1,225 @@
+"""The seller's side of negotiation: RFQ -> offers -> countersigned agreement.
+
+The strategy (rule-based or an LLM) only proposes prices and may add a note; `Limits` clamps
+every offer and checks the agreement before it is countersigned, so no strategy output can take
+the seller below its reservation price.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from agents.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NegotiationFailed,
+    NotFound,
+    PermissionDenied,
+)
+from agents.metering import CALLS
+from agents.negotiation import ConcessionStrategy, Limits, Strategy
+from agents.skills import Skill
+from agents.v1 import agent_pb2
+from marketplace import agreements as ag
+from marketplace.errors import CurrencyNotAccepted, UnknownSkill, VerificationNotOffered
+from marketplace.negotiation import Negotiation
+from marketplace.v1 import agreement_pb2, registry_pb2
+from wallets import attributes as attr
+
+if TYPE_CHECKING:
+    from agents.seller import SellerAgent
+
+MAX_NOTE_CHARS = 500
+MAX_OPEN_NEGOTIATIONS = 10_000
+OFFER_TTL_MS = 30_000
+SUPPORTED = (registry_pb2.VERIFICATION_METHOD_SCHEMA,
+             registry_pb2.VERIFICATION_METHOD_BUYER_ACCEPTANCE)
+
+
+@dataclass
+class _Negotiation:
+    protocol: Negotiation
+    skill: Skill
+    strategy: Strategy
+    limits: Limits
+
+    @property
+    def rfq(self) -> agreement_pb2.Rfq:
+        return self.protocol.rfq
+
+
+class SellerNegotiator:
+    def __init__(self, seller: SellerAgent, reservation_fraction: tuple[int, int],
+                 strategy: Any, completion_window_s: int, dispute_window_s: int) -> None:
+        self.seller = seller
+        self.reservation_fraction = reservation_fraction
+        self.strategy = strategy
+        self.completion_window_s = completion_window_s
+        self.dispute_window_s = dispute_window_s
+        self.negotiations: dict[str, _Negotiation] = {}
+        self._lock = threading.Lock()
+
+    def reservation(self, skill: Skill, currency_code: str, quantity: int = 1
+                    ) -> tuple[int, int]:
+        """(list price at the volume tier `quantity` calls reach, lowest price it signs)."""
+        price = skill.price_in(currency_code)
+        if price is None:
+            raise CurrencyNotAccepted(f"skill {skill.name} is not sold in {currency_code}")
+        listed = price.quote(skill.tier_quantity(quantity))[0]
+        num, den = self.reservation_fraction
+        return listed, -(-listed * num // den)
+
+    def strategy_for(self, skill: Skill, currency_code: str, quantity: int = 1) -> Strategy:
+        if self.strategy is None:
+            return ConcessionStrategy(*self.reservation(skill, currency_code, quantity))
+        if hasattr(self.strategy, "propose"):
+            return self.strategy  # type: ignore[no-any-return]
+        return self.strategy(skill, currency_code)  # type: ignore[no-any-return]
+
+    def negotiate(self, message: agent_pb2.NegotiationMessage) -> agent_pb2.NegotiationMessage:
+        if len(message.note) > MAX_NOTE_CHARS:
+            raise InvalidArgument(f"a note is at most {MAX_NOTE_CHARS} characters")
+        kind = message.WhichOneof("kind")
+        if kind == "rfq":
+            return self._on_rfq(message.rfq, message.note)
+        if kind == "offer":
+            return self._on_counter(message.offer, message.note)
+        if kind == "agreement":
+            return agent_pb2.NegotiationMessage(agreement=self._countersign(message.agreement))
+        if kind == "reject_reason":  # open negotiations lapse at their deadline
+            return agent_pb2.NegotiationMessage(reject_reason="acknowledged")
+        raise InvalidArgument("a negotiation message needs rfq, offer, agreement or reject")
+
+    def _on_rfq(self, rfq: agreement_pb2.Rfq, note: str) -> agent_pb2.NegotiationMessage:
+        skill = self.seller.skills.get(rfq.skill)
+        if skill is None:
+            raise UnknownSkill(f"this seller has no skill {rfq.skill!r}")
+        protocol = Negotiation.start(rfq, _now_ms())
+        if rfq.verification not in skill.verification_methods or \
+                rfq.verification not in SUPPORTED:
+            raise VerificationNotOffered(f"skill {skill.name} does not offer verification "
+                                         f"{registry_pb2.VerificationMethod.Name(rfq.verification)}")
+        reservation = self.reservation(skill, rfq.currency, rfq.expected_quantity)[1]
+        strategy = self.strategy_for(skill, rfq.currency, rfq.expected_quantity)
+        with self._lock:
+            if rfq.rfq_id in self.negotiations:
+                raise FailedPrecondition(f"rfq {rfq.rfq_id} is already open")
+            if len(self.negotiations) >= MAX_OPEN_NEGOTIATIONS:
+                self._forget_expired()
+            state = _Negotiation(protocol, skill, strategy, Limits(reservation, is_buyer=False))
+            self.negotiations[rfq.rfq_id] = state
+        _hear(strategy, note)
+        return self._message(state, self._offer(state, None))
+
+    def _forget_expired(self) -> None:
+        now = _now_ms()
+        for rfq_id in [k for k, v in self.negotiations.items() if v.rfq.deadline_ms < now]:
+            del self.negotiations[rfq_id]
+        if len(self.negotiations) >= MAX_OPEN_NEGOTIATIONS:
+            raise FailedPrecondition("too many open negotiations; retry later")
+
+    def _offer(self, state: _Negotiation, opponent_price: int | None,
+               price: int | None = None) -> agreement_pb2.Offer:
+        """The seller's next offer (at `price`, else the strategy's), recorded in the protocol."""
+        rfq, now = state.rfq, _now_ms()
+        round_index = state.protocol.round + 1
+        if price is None:
+            price = state.limits.clamp(state.strategy.propose(round_index, rfq.max_rounds,
+                                                              opponent_price))
+        tariff = state.skill.tariff(price, rfq.currency)
+        listed = state.skill.price_in(rfq.currency)
+        assert listed is not None, "checked at the RFQ"
+        offer = agreement_pb2.Offer(
+            rfq_id=rfq.rfq_id, round=round_index, from_id=self.seller.agent_id,
+            expires_at_ms=min(rfq.deadline_ms, now + OFFER_TTL_MS),
+            terms=agreement_pb2.Terms(
+                skill=rfq.skill, unit_price_atomic=price, unit=listed.unit,
+                currency=rfq.currency,
+                max_total_atomic=tariff.call_max_atomic * rfq.expected_quantity,
+                verification=rfq.verification,
+                completion_deadline_ms=rfq.deadline_ms + self.completion_window_s * 1000,
+                dispute_window_s=self.dispute_window_s,
+                output_unit_price_atomic=tariff.output_unit_price_atomic,
+                unit_name=listed.unit_name))
+        return state.protocol.offer(offer, now)
+
+    def _message(self, state: _Negotiation, offer: agreement_pb2.Offer
+                 ) -> agent_pb2.NegotiationMessage:
+        tariff = state.skill.tariff(offer.terms.unit_price_atomic, state.rfq.currency)
+        metering = None
+        if tariff.unit != CALLS:
+            metering = agent_pb2.Metering(max_call_atomic=tariff.call_max_atomic)
+        say = getattr(state.strategy, "say", None)
+        note = (say() or "")[:MAX_NOTE_CHARS] if callable(say) else ""
+        return agent_pb2.NegotiationMessage(offer=offer, metering=metering, note=note)
+
+    def _on_counter(self, counter: agreement_pb2.Offer, note: str
+                    ) -> agent_pb2.NegotiationMessage:
+        state = self._open_negotiation(counter.rfq_id)
+        rfq = state.rfq
+        with self.seller._tracer.start_as_current_span("negotiation.round", attributes={
+                attr.ROUND: counter.round, attr.SKILL: rfq.skill,
+                attr.AMOUNT_ATOMIC: counter.terms.unit_price_atomic,
+                attr.CURRENCY: rfq.currency}):
+            state.protocol.offer(counter, _now_ms())
+            if state.protocol.rounds_left < 1:
+                self._end(rfq.rfq_id)
+                return agent_pb2.NegotiationMessage(reject_reason="no rounds left")
+            _hear(state.strategy, note)
+            price = counter.terms.unit_price_atomic
+            asked = state.protocol.offers[-2].terms.unit_price_atomic  # the seller's last offer
+            if price >= state.limits.reservation_price_atomic and (price >= asked or state.strategy
+                                                                   .accepts(counter.round,
+                                                                            rfq.max_rounds,
+                                                                            price)):
+                met = min(price, asked)  # meet the buyer, never above what was asked
+                return self._message(state, self._offer(state, price, met))
+            return self._message(state, self._offer(state, price))
+
+    def _end(self, rfq_id: str) -> None:
+        with self._lock:
+            self.negotiations.pop(rfq_id, None)
+
+    def _open_negotiation(self, rfq_id: str) -> _Negotiation:
+        state = self.negotiations.get(rfq_id)
+        if state is None:
+            raise NotFound(f"no open negotiation {rfq_id!r}")
+        if _now_ms() > state.rfq.deadline_ms:
+            self._end(rfq_id)
+            raise NegotiationFailed("the negotiation's deadline has passed")
+        return state
+
+    def _countersign(self, signed: agreement_pb2.SignedAgreement
+                     ) -> agreement_pb2.SignedAgreement:
+        body = ag.parse_body(signed)
+        ag.check_signatures(signed, body, require_seller=False)
+        state = self._open_negotiation(body.rfq_id)
+        last = state.protocol.last_offer
+        if body.seller_id != self.seller.agent_id or body.buyer_id != state.rfq.buyer_id:
+            raise PermissionDenied("the agreement names other parties")
+        if last is None or last.from_id != self.seller.agent_id:
+            raise FailedPrecondition("only the seller's own last offer can be accepted")
+        if body.seller_endpoint != self.seller.endpoint:
+            raise InvalidArgument("the agreement names another endpoint")
+        state.limits.check(body.terms.unit_price_atomic, body.terms.max_total_atomic)
+        state.protocol.accept(body, _now_ms())
+        ag.sign_as_seller(signed, self.seller.key)
+        agreement_id = ag.agreement_id(signed.body)
+        self.seller.tariffs[agreement_id] = state.skill.tariff(body.terms.unit_price_atomic,
+                                                               body.terms.currency)
+        self.seller.gate.open(agreement_id, body)
+        self._end(body.rfq_id)
+        return signed
+
+
+def _hear(strategy: Strategy, note: str) -> None:
+    hear = getattr(strategy, "hear", None)
+    if note and callable(hear):
+        hear(note)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000

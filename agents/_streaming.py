@@ -1,0 +1,97 @@
+"""The buyer's side of a streamed paid call (InvokeStream).
+
+    stream = buyer.stream(deal, {"topic": "agents"}, max_atomic=budget)
+    for piece in stream:
+        print(piece, end="")
+    stream.stop_reason      # "complete", or "budget": the prepaid budget ran out first
+    stream.end.receipt      # the seller's signed receipt for exactly what was delivered
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from agents._serving import STOP_REASON_KEY
+from agents.errors import FailedPrecondition
+from agents.payments import VOUCHER_METADATA_KEY, PaymentSession
+from agents.v1 import agent_pb2
+
+if TYPE_CHECKING:
+    from agents.buyer import BuyerAgent, Deal
+
+RPC_TIMEOUT_S = 60.0
+
+
+class StreamedCall:
+    def __init__(self, buyer: BuyerAgent, deal: Deal, session: PaymentSession, budget: int,
+                 call: Any) -> None:
+        self.buyer, self.deal, self.session = buyer, deal, session
+        self.budget_atomic = budget
+        self._call = call
+        self.pieces: list[str] = []
+        self.end: agent_pb2.StreamEnd | None = None
+        self.stop_reason = ""
+        self.problem = ""
+
+    @classmethod
+    def start(cls, buyer: BuyerAgent, deal: Deal, arguments: dict[str, Any], *,
+              max_atomic: int | None, call_id: str | None) -> StreamedCall:
+        session = buyer.sessions[deal.agreement_id]
+        budget = min(max_atomic or deal.call_max_atomic, deal.call_max_atomic)
+        voucher = session.next_voucher(budget)
+        request = agent_pb2.InvokeRequest(agreement_id=deal.agreement_id,
+                                          input_json=json.dumps(arguments),
+                                          call_id=call_id or uuid.uuid4().hex)
+        try:
+            call = buyer._seller(deal.body.seller_endpoint).InvokeStream(
+                request, metadata=[(VOUCHER_METADATA_KEY, voucher.SerializeToString())],
+                timeout=RPC_TIMEOUT_S)
+        except grpc.RpcError:
+            session.settle(budget, 0)
+            raise
+        return cls(buyer, deal, session, budget, call)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+    @property
+    def charged_atomic(self) -> int:
+        return self.end.usage.charged_atomic if self.end else 0
+
+    def __iter__(self) -> Iterator[str]:
+        try:
+            for chunk in self._call:
+                if chunk.HasField("end"):
+                    self.end = chunk.end
+                    continue
+                self.pieces.append(chunk.text_delta)
+                yield chunk.text_delta
+        except grpc.RpcError:
+            self.session.settle(self.budget_atomic, 0)
+            raise
+        if self.end is None:
+            self.session.settle(self.budget_atomic, 0)
+            raise FailedPrecondition("the stream ended without a receipt")
+        trailers = dict(self._call.trailing_metadata() or ())
+        self.stop_reason = trailers.get(STOP_REASON_KEY, "")
+        self._book()
+
+    def _book(self) -> None:
+        from agents.buyer import receipt_problem
+
+        end = self.end
+        assert end is not None
+        self.session.settle(self.budget_atomic, end.usage.charged_atomic)
+        self.problem = receipt_problem(self.deal, end.receipt, end.usage, end.output_json,
+                                       end.usage.reserved_atomic)
+        if json.loads(end.output_json).get("text") != self.text:
+            self.problem = self.problem or "the receipt commits to other text than was sent"
+        if self.problem:
+            self.deal.problems.append(self.problem)
+        self.deal.outputs.append(json.loads(end.output_json))

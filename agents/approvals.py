@@ -1,0 +1,49 @@
+"""Human in the loop: find and decide the wallet approvals a buyer's spends wait for.
+
+A spend above the wallet's approval threshold is refused with APPROVAL_REQUIRED and an approval
+is opened for it (`wallets.approvals`). A person approves or denies it (Approve / Deny on
+WalletService); the same spend, retried with the same idempotency key, then goes through once,
+or is refused for good. The buyer workflow stops at such a refusal with a LangGraph `interrupt`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+import grpc
+
+from wallets.v1 import wallet_pb2
+
+if TYPE_CHECKING:
+    from agents.buyer import BuyerAgent
+
+RPC_TIMEOUT_S = 10.0
+_APPROVAL_IN_TEXT = re.compile(r"approval ([0-9a-f]{16,64})")
+
+
+def find_approval(buyer: BuyerAgent, currency: str, spend_key: str,
+                  details: str = "") -> wallet_pb2.Approval | None:
+    """The pending approval of the buyer's spend with idempotency key `spend_key`."""
+    wallet = buyer.wallet(currency)
+    try:
+        listed = buyer.wallets.ListApprovals(wallet_pb2.ListApprovalsRequest(
+            account_id=wallet.account_id, status="pending", limit=100), timeout=RPC_TIMEOUT_S)
+    except grpc.RpcError:
+        listed = None
+    for approval in listed.approvals if listed else []:
+        if approval.spend_idempotency_key == spend_key:
+            return approval
+    match = _APPROVAL_IN_TEXT.search(details)
+    return wallet_pb2.Approval(approval_id=match.group(1)) if match else None
+
+
+def decide(buyer: BuyerAgent, approval_id: str, *, approve: bool, decided_by: str = "",
+           note: str = "") -> wallet_pb2.Approval:
+    """Approve or deny (idempotent per approval and decision)."""
+    request = wallet_pb2.DecideApprovalRequest(
+        idempotency_key=f"{'approve' if approve else 'deny'}:{approval_id}",
+        approval_id=approval_id, decided_by=(decided_by or f"owner of {buyer.name}")[:128],
+        note=note[:512])
+    method = buyer.wallets.Approve if approve else buyer.wallets.Deny
+    return method(request, timeout=RPC_TIMEOUT_S)  # type: ignore[no-any-return]

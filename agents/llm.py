@@ -1,0 +1,140 @@
+"""LLM calls through litellm, metered for billing; offline by default.
+
+Inside a skill, `complete()` and `stream()` call any litellm model and record its token usage on
+the call's meter (`agents.metering`), which prices it under the agreement:
+
+    @skill(price=model_price("gpt-4o-mini", "USD", markup_bps=2_000), max_output_tokens=200)
+    def summarize(text: str) -> Summary:
+        reply = complete(default_model(), [{"role": "user", "content": text}],
+                         mock_response="A short summary.")
+        return Summary(summary=reply.choices[0].message.content)
+
+Offline by default: `mock_response` goes to litellm (its real code path, usage and cost, no
+network) unless `AGENTMARKET_MODEL` names a model whose API key is in the environment; then the
+same code calls that real model and `mock_response` is ignored. `agents` sets
+LITELLM_LOCAL_MODEL_COST_MAP=True before litellm is imported, so the cost map is not fetched.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from agents.metering import _current, usage_of
+
+DEFAULT_MODEL = "gpt-4o-mini"
+MODEL_ENV = "AGENTMARKET_MODEL"
+
+
+def _litellm() -> Any:
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+
+    return litellm
+
+
+def default_model() -> str:
+    """The model examples and defaults use: $AGENTMARKET_MODEL, else gpt-4o-mini (mocked)."""
+    return os.environ.get(MODEL_ENV) or DEFAULT_MODEL
+
+
+def is_live(model: str) -> bool:
+    """True when `model` is the one named in $AGENTMARKET_MODEL and its API key is set."""
+    if not os.environ.get(MODEL_ENV) or os.environ[MODEL_ENV] != model:
+        return False
+    try:
+        return bool(_litellm().validate_environment(model)["keys_in_environment"])
+    except Exception:  # an unknown provider: no key we could check, stay offline
+        return False
+
+
+def _offline_kwargs(model: str, mock_response: Any) -> dict[str, Any]:
+    if mock_response is None or is_live(model):
+        return {}
+    return {"mock_response": mock_response}
+
+
+@functools.lru_cache(maxsize=32)
+def _tokenizer(model: str) -> Any:
+    """litellm's tokenizer for `model`, selected once (token_counter selects it per call)."""
+    try:
+        from litellm.utils import _select_tokenizer
+
+        return _select_tokenizer(model)["tokenizer"]
+    except Exception:  # a litellm without it: count through token_counter
+        return None
+
+
+def count_tokens(model: str, text: str = "", messages: list[dict[str, Any]] | None = None
+                 ) -> int:
+    """Tokens in `text` (or chat `messages`) for `model`, with litellm's tokenizer for it."""
+    litellm = _litellm()
+    model = model or DEFAULT_MODEL
+    if messages is not None:
+        return int(litellm.token_counter(model=model, messages=messages))
+    if not text:
+        return 0
+    tokenizer = _tokenizer(model)
+    if tokenizer is None:
+        return int(litellm.token_counter(model=model, text=text))
+    encoded = tokenizer.encode(text)
+    return len(getattr(encoded, "ids", encoded))
+
+
+def complete(model: str, messages: list[dict[str, Any]], *, max_tokens: int | None = None,
+             mock_response: Any = None, **kwargs: Any) -> Any:
+    """litellm.completion, metered: inside a paid call, the usage litellm reports is billed.
+
+    The skill's `max_output_tokens` caps `max_tokens`, and a prompt above its
+    `max_input_tokens` (counted before the call) is refused without calling the model."""
+    litellm = _litellm()
+    meter = _current.get()
+    if meter is not None:
+        meter.check_input(count_tokens(model, messages=messages))
+        if meter.max_output_tokens:
+            max_tokens = min(max_tokens or meter.max_output_tokens, meter.max_output_tokens)
+    if max_tokens is not None:
+        kwargs["max_tokens"] = max_tokens
+    response = litellm.completion(model=model, messages=messages,
+                                  **_offline_kwargs(model, mock_response), **kwargs)
+    if meter is not None:
+        input_tokens, output_tokens = usage_of(response)
+        meter.add_tokens(input_tokens, output_tokens, model)
+    return response
+
+
+def text_of(response: Any) -> str:
+    """The first choice's message text of a litellm response."""
+    return response.choices[0].message.content or ""
+
+
+def stream(model: str, messages: list[dict[str, Any]], *, max_tokens: int | None = None,
+           mock_response: Any = None, **kwargs: Any) -> Iterator[str]:
+    """litellm.completion(stream=True) as text deltas, for a streaming skill to yield.
+
+    Inside a paid call the prompt is counted and billed first (refused if the call's prepayment
+    cannot pay for it); the seller bills the delivered text as it flows and closes this
+    generator (and so litellm's stream) when the prepayment is spent."""
+    litellm = _litellm()
+    meter = _current.get()
+    if meter is not None:
+        input_tokens = count_tokens(model, messages=messages)
+        meter.check_input(input_tokens)
+        meter.add_tokens(input_tokens, 0, model)
+        if meter.max_output_tokens:
+            max_tokens = min(max_tokens or meter.max_output_tokens, meter.max_output_tokens)
+    if max_tokens is not None:
+        kwargs["max_tokens"] = max_tokens
+    chunks = litellm.completion(model=model, messages=messages, stream=True,
+                                **_offline_kwargs(model, mock_response), **kwargs)
+    try:
+        for chunk in chunks:
+            delta = chunk.choices[0].delta.content if chunk.choices else None
+            if delta:
+                yield delta
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()

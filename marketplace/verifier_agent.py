@@ -1,0 +1,137 @@
+"""Third-party verification over gRPC: the agent that verifies, and the marketplace's client.
+
+A verifier agent runs `VerifierAgent` with a function judging one output:
+
+    def check(output, receipt, body) -> bool | tuple[bool, str]: ...
+    verifier = VerifierAgent(check).serve()          # its own gRPC server
+    # buyer and seller put VerifierTerms(agent_id=verifier.agent_id,
+    #                                     endpoint=verifier.endpoint, fee_atomic=...) in terms
+
+When the seller redeems, the marketplace calls Verify with the receipts; the agent checks that the
+agreement names it and is signed by both parties and that each receipt is the seller's, judges
+each output, and signs its verdicts. It is paid its fee from the escrow, in the same posting that
+pays the seller (or, if the work fails, in the posting that refunds the buyer).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent import futures
+from typing import Any
+
+import grpc
+from opentelemetry.trace import TracerProvider
+
+from marketplace import agreements as ag
+from marketplace.errors import PermissionDenied, VerifierUnavailable
+from marketplace.grpc_tracing import client_interceptors, server_interceptor
+from marketplace.identity import AgentKey
+from marketplace.v1 import agreement_pb2, verifier_pb2, verifier_pb2_grpc
+from wallets.grpc_errors import grpc_method
+
+OutputCheck = Callable[[Any, agreement_pb2.Receipt, agreement_pb2.AgreementBody],
+                       "bool | tuple[bool, str]"]
+MAX_REMEMBERED = 10_000
+MAX_CHANNELS = 64
+
+
+class VerifierAgent:
+    """A verifier agent: judges outputs with `check`, signs verdicts with its key."""
+
+    def __init__(self, check: OutputCheck, *, key: AgentKey | None = None,
+                 host: str = "127.0.0.1", port: int = 0,
+                 tracer_provider: TracerProvider | None = None) -> None:
+        self.check = check
+        self.key = key or AgentKey.generate()
+        self.agent_id = self.key.agent_id
+        self._answers: OrderedDict[str, verifier_pb2.VerifyResponse] = OrderedDict()
+        self._lock = threading.Lock()
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8),
+                                  interceptors=[server_interceptor(tracer_provider)])
+        verifier_pb2_grpc.add_VerifierServiceServicer_to_server(_Servicer(self), self.server)
+        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        self.endpoint = f"{host}:{self.port}"
+
+    def serve(self) -> VerifierAgent:
+        self.server.start()
+        return self
+
+    def stop(self, grace_s: float = 1.0) -> None:
+        self.server.stop(grace_s).wait()
+
+    def verify(self, request: verifier_pb2.VerifyRequest) -> verifier_pb2.VerifyResponse:
+        with self._lock:
+            known = self._answers.get(request.idempotency_key)
+        if known is not None:
+            return known
+        body = ag.parse_body(request.agreement)
+        ag.check_signatures(request.agreement, body)
+        if body.terms.verifier.agent_id != self.agent_id:
+            raise PermissionDenied("the agreement names another verifier")
+        if ag.agreement_id(request.agreement.body) != request.agreement_id:
+            raise PermissionDenied("agreement_id is not the agreement's")
+        verdicts = []
+        for receipt in request.receipts:
+            ag.check_receipt(receipt, body.seller_id)
+            try:
+                answer = self.check(json.loads(receipt.output_json), receipt, body)
+            except Exception as error:  # the verifier's own bug fails the output
+                answer = (False, f"check raised {type(error).__name__}")
+            passed, reason = answer if isinstance(answer, tuple) else (bool(answer), "")
+            verdicts.append(verifier_pb2.ReceiptVerdict(sequence=receipt.sequence,
+                                                        passed=bool(passed), reason=reason[:500]))
+        response = verifier_pb2.VerifyResponse(
+            agreement_id=request.agreement_id, verdicts=verdicts,
+            verifier_signature=self.key.sign(ag.verdict_message(request.agreement_id,
+                                                                verdicts)))
+        with self._lock:
+            self._answers[request.idempotency_key] = response
+            while len(self._answers) > MAX_REMEMBERED:
+                self._answers.popitem(last=False)
+        return response
+
+
+class _Servicer(verifier_pb2_grpc.VerifierServiceServicer):
+    def __init__(self, agent: VerifierAgent) -> None:
+        self.agent = agent
+
+    @grpc_method
+    def Verify(self, request, context):  # type: ignore[no-untyped-def]
+        return self.agent.verify(request)
+
+
+class GrpcVerifierClient:
+    """The marketplace's side: call a verifier's endpoint; any failure is UNAVAILABLE."""
+
+    def __init__(self, tracer_provider: TracerProvider | None = None) -> None:
+        self._interceptors = client_interceptors(tracer_provider)
+        self._channels: OrderedDict[str, grpc.Channel] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _stub(self, endpoint: str) -> verifier_pb2_grpc.VerifierServiceStub:
+        with self._lock:
+            channel = self._channels.pop(endpoint, None)
+            if channel is None:
+                channel = grpc.intercept_channel(grpc.insecure_channel(endpoint),
+                                                 *self._interceptors)
+            self._channels[endpoint] = channel
+            while len(self._channels) > MAX_CHANNELS:
+                self._channels.popitem(last=False)[1].close()
+        return verifier_pb2_grpc.VerifierServiceStub(channel)
+
+    def __call__(self, endpoint: str, request: verifier_pb2.VerifyRequest,
+                 timeout_s: float) -> verifier_pb2.VerifyResponse:
+        try:
+            return self._stub(endpoint).Verify(request, timeout=timeout_s)
+        except grpc.RpcError as error:
+            raise VerifierUnavailable(f"verifier at {endpoint} failed: {error.code().name}: "
+                                      f"{error.details()}") from None
+
+    def close(self) -> None:
+        with self._lock:
+            for channel in self._channels.values():
+                channel.close()
+            self._channels.clear()
