@@ -19,6 +19,7 @@ from agents.errors import AgentmarketError
 from agents.payments import VOUCHER_METADATA_KEY, Admission, PaymentGate, PaymentSession
 from marketplace.v1 import agreement_pb2
 from wallets.grpc_errors import abort
+from wallets.metrics import market_metrics
 
 INVOKE = "/agents.v1.AgentService/Invoke"
 INVOKE_STREAM = "/agents.v1.AgentService/InvokeStream"
@@ -88,9 +89,14 @@ class PaymentServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     def _admit(self, request: Any, voucher: Any, partial: bool) -> Admission:
         if not self.gate.known(request.agreement_id):
             self.gate.admit(voucher, request.agreement_id, 0)  # raises NotFound / PaymentRequired
-        return self.gate.admit(voucher, request.agreement_id,
-                               self.reserve_of(request.agreement_id),
-                               call_id=request.call_id, partial=partial)
+        admission = self.gate.admit(voucher, request.agreement_id,
+                                    self.reserve_of(request.agreement_id),
+                                    call_id=request.call_id, partial=partial)
+        if admission.replay is None:
+            terms = self.gate.body(request.agreement_id).terms
+            market_metrics().paid_calls.add(1, {"currency": terms.currency,
+                                                "skill": terms.skill})
+        return admission
 
     def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
         handler = continuation(details)

@@ -33,15 +33,15 @@ from collections.abc import Callable, Iterable, Sequence
 from jsonschema import SchemaError
 from jsonschema.validators import validator_for
 from sqlalchemy import Connection, Engine, delete, func, insert, select, update
-from sqlmodel import SQLModel
 
 from marketplace import discovery, pricing
 from marketplace.discovery import OFFERS, TERMS, Converter, Query, TokenCounts
 from marketplace.errors import InvalidArgument, NotFound, SchemaViolation
 from marketplace.identity import check_agent_id
 from marketplace.reputation import REPUTATION
-from marketplace.tables import TABLES, ListingRow
+from marketplace.tables import ListingRow
 from marketplace.v1 import registry_pb2
+from wallets.schema import upgrade
 from wallets.store import WriteSerializer
 
 LISTINGS = ListingRow.__table__  # type: ignore[attr-defined]
@@ -129,7 +129,7 @@ class Registry:
         self.reference_currency = reference_currency
         self._serial = WriteSerializer(engine)
         self._counts = TokenCounts()
-        SQLModel.metadata.create_all(engine, tables=TABLES)
+        upgrade(engine, "marketplace")  # the shipped migrations (wallets.schema)
 
     # ---- writing --------------------------------------------------------------------------
 

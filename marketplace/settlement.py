@@ -70,6 +70,7 @@ from wallets.currencies import split
 from wallets.errors import AgentmarketError, InsufficientFunds
 from wallets.guard import SpendContext
 from wallets.ledger import Ledger
+from wallets.metrics import MarketMetrics, market_metrics
 
 MARKETPLACE_OWNER = "marketplace"
 DISPUTE_ACCOUNT_KIND = "escrow"
@@ -85,7 +86,8 @@ class Settlement:
     def __init__(self, ledger: Ledger, registry: Registry, *, fee_bps: int = 250,
                  clock_ms: Callable[[], int] | None = None,
                  tracer_provider: trace.TracerProvider | None = None,
-                 verification: Verification | None = None, arbiters: Iterable[str] = ()) -> None:
+                 verification: Verification | None = None, arbiters: Iterable[str] = (),
+                 metrics: MarketMetrics | None = None) -> None:
         """`arbiters`: agent ids whose signed decisions resolve disputes."""
         split(0, fee_bps)  # validates fee_bps
         self._tracer = trace.get_tracer("agentmarket.settlement", tracer_provider=tracer_provider)
@@ -96,6 +98,7 @@ class Settlement:
         self.engine: Engine = ledger.engine
         self.verification = verification or Verification(tracer_provider=tracer_provider)
         self.disputes = Disputes(self, arbiters)
+        self.metrics = metrics or market_metrics()
 
     # ---- accounts -------------------------------------------------------------------------
 
@@ -237,6 +240,9 @@ class Settlement:
             span.set_attributes({attr.AMOUNT_ATOMIC: earned,
                                  "agentmarket.verified_outputs": outcome.verified,
                                  "agentmarket.failed_outputs": outcome.failed})
+            if outcome.failed:
+                self.metrics.verification_failures.add(
+                    outcome.failed, {"method": int(body.terms.verification)})
             event = ("redeem_fail" if earned == 0 else
                      "redeem_accept" if body.terms.verification == BUYER_ACCEPTANCE else
                      "redeem_verify")
@@ -356,6 +362,10 @@ class Settlement:
                  refunded_atomic=refunded, verifier_paid_atomic=verifier_fee,
                  updated_at_ms=self.clock_ms())
         record_outcome(conn, row.seller_id, 1000)
+        self.metrics.volume.add(seller_part, {"currency": row.currency})
+        self.metrics.fees.add(fee, {"currency": row.currency})
+        self.metrics.settlement_duration.record(self.clock_ms() - row.created_at_ms,
+                                                {"outcome": state})
 
     def _refund_in(self, conn: Connection, key: str, agreement: str,
                    parties: dict[str, str]) -> None:
@@ -393,7 +403,9 @@ class Settlement:
     def dispute(self, key: str, agreement: str, reason: str, buyer_signature: bytes,
                 evidence: list[settlement_pb2.Evidence] | None = None) -> dict[str, Any]:
         """The buyer disputes inside the window (marketplace.disputes)."""
-        return self.disputes.open(key, agreement, reason, buyer_signature, evidence or [])
+        result = self.disputes.open(key, agreement, reason, buyer_signature, evidence or [])
+        self.metrics.disputes.add(1, {"currency": result.get("currency", "")})
+        return result
 
     def resolve_dispute(self, key: str, agreement: str, outcome: int, seller_atomic: int,
                         note: str, arbiter_id: str, arbiter_signature: bytes) -> dict[str, Any]:

@@ -133,7 +133,3 @@ class ReputationRow(SQLModel, table=True):
     rated: int = Field(sa_column=_big(default=0))
     score_sum: int = Field(sa_column=_big(default=0))
 
-
-TABLES = [ListingRow.__table__, OfferRow.__table__, TermRow.__table__,  # type: ignore[attr-defined]
-          EscrowRow.__table__, EvidenceRow.__table__, DisputeRow.__table__,  # type: ignore[attr-defined]
-          ReputationRow.__table__]  # type: ignore[attr-defined]

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from opentelemetry import trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
@@ -85,3 +87,21 @@ def force_flush(
     provider = tracer_provider if tracer_provider is not None else trace.get_tracer_provider()
     flush = getattr(provider, "force_flush", None)
     return bool(flush(timeout_millis)) if callable(flush) else True
+
+
+def setup_metrics(service_name: str, *, readers: Sequence[MetricReader] = (),
+                  enabled: bool | None = None) -> MeterProvider:
+    """Install the global meter provider for this process: OTLP when OTEL_EXPORTER_OTLP_*
+    names an endpoint, plus `readers` (tests pass an InMemoryMetricReader)."""
+    from opentelemetry import metrics
+
+    all_readers = list(readers)
+    if tracing_enabled(enabled) and (_otlp_configured() or os.environ.get(
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "").strip()):
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+
+        all_readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+    provider = MeterProvider(resource=Resource.create({SERVICE_NAME: service_name}),
+                             metric_readers=all_readers)
+    metrics.set_meter_provider(provider)
+    return provider

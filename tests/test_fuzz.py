@@ -25,7 +25,7 @@ from agents.seller import SellerAgent
 from agents.skills import per_call, skill
 from agents.v1 import agent_pb2
 from marketplace.node import MarketplaceNode
-from marketplace.v1 import registry_pb2, settlement_pb2
+from marketplace.v1 import dispute_pb2, registry_pb2, settlement_pb2
 from wallets.v1 import wallet_pb2
 
 SEED = 20261122
@@ -66,8 +66,10 @@ class Target:
 @pytest.fixture(scope="module")
 def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     db = tmp_path_factory.mktemp("fuzz") / "fuzz.db"
-    node = MarketplaceNode(f"sqlite:///{db}", sweep_interval_s=3600).start()
-    seller = SellerAgent("fuzzed", skills=[echo], marketplace=node.address).serve()
+    # raw unsigned stubs, so every input reaches the domain: authentication off on both
+    node = MarketplaceNode(f"sqlite:///{db}", sweep_interval_s=3600, require_auth=False).start()
+    seller = SellerAgent("fuzzed", skills=[echo], marketplace=node.address,
+                         require_auth=False).serve()
     owner = "ab" * 32
     account = node.ledger.open_account(owner, "USD")
     node.wallets.deposit("fuzz-fund", account.account_id, 10_000_000_000, "USD")
@@ -85,7 +87,7 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
 def _methods() -> list[tuple[str, MethodDescriptor]]:
     found = []
     for module, is_agent in ((wallet_pb2, False), (registry_pb2, False),
-                             (settlement_pb2, False), (agent_pb2, True)):
+                             (settlement_pb2, False), (dispute_pb2, False), (agent_pb2, True)):
         for service in module.DESCRIPTOR.services_by_name.values():
             for method in service.methods:
                 if method.server_streaming or method.client_streaming:

@@ -32,12 +32,12 @@ def test_generated_code_is_fresh(tmp_path: Path):
 
 def test_every_mutating_request_carries_an_idempotency_key():
     from agents.v1 import agent_pb2  # noqa: F401  (registers its descriptors)
-    from marketplace.v1 import registry_pb2, settlement_pb2
+    from marketplace.v1 import dispute_pb2, registry_pb2, settlement_pb2, verifier_pb2
     from wallets.v1 import wallet_pb2
 
-    reads = {"GetBalance", "History", "ListCurrencies", "Discover", "Heartbeat", "GetEscrow",
-             "GetPolicy", "ListAlerts", "ListApprovals", "GetMandate"}
-    for module in (wallet_pb2, registry_pb2, settlement_pb2):
+    reads = {"GetDispute", "GetBalance", "History", "ListCurrencies", "Discover", "Heartbeat",
+             "GetEscrow", "GetPolicy", "ListAlerts", "ListApprovals", "GetMandate"}
+    for module in (wallet_pb2, registry_pb2, settlement_pb2, dispute_pb2, verifier_pb2):
         for service in module.DESCRIPTOR.services_by_name.values():
             for method in service.methods:
                 if method.name in reads:
@@ -50,11 +50,18 @@ def test_money_is_never_a_float_on_the_wire():
     from google.protobuf.descriptor import FieldDescriptor
 
     from agents.v1 import agent_pb2
-    from marketplace.v1 import agreement_pb2, registry_pb2, settlement_pb2
+    from marketplace.v1 import (
+        agreement_pb2,
+        dispute_pb2,
+        registry_pb2,
+        settlement_pb2,
+        verifier_pb2,
+    )
     from wallets.v1 import wallet_pb2
 
     floats = (FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_DOUBLE)
-    for module in (wallet_pb2, registry_pb2, settlement_pb2, agreement_pb2, agent_pb2):
+    for module in (wallet_pb2, registry_pb2, settlement_pb2, agreement_pb2, agent_pb2,
+                   dispute_pb2, verifier_pb2):
         for message in module.DESCRIPTOR.message_types_by_name.values():
             for field in message.fields:
                 assert field.type not in floats, f"{message.name}.{field.name} is a float"

@@ -19,6 +19,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from wallets.errors import AgentmarketError
+from wallets.metrics import market_metrics
 
 ERROR_DOMAIN = "agentmarket.dev"
 log = logging.getLogger("agentmarket.grpc")
@@ -52,6 +53,7 @@ def _rich_status(code: grpc.StatusCode, message: str, reason: str,
 
 
 def abort(context: grpc.ServicerContext, error: AgentmarketError) -> None:
+    market_metrics().refused(error.reason)
     context.abort_with_status(_rich_status(status_for(error), error.message, error.reason,
                                            error.metadata))
 

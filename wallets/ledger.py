@@ -18,7 +18,17 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from opentelemetry import trace
-from sqlalchemy import Connection, Engine, bindparam, false, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    bindparam,
+    false,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
 from wallets import _idempotency
@@ -675,6 +685,14 @@ class Ledger:
                 select(ENTRIES.c.sequence).where(ENTRIES.c.account_id == account_id)))
         with self._read() as conn:
             return self._postings(conn, [row.sequence for row in conn.execute(query)])
+
+    def open_hold_totals(self) -> list[tuple[str, int, int]]:
+        """(currency, open holds, amount still held) for the metrics gauges."""
+        still_held = HOLDS.c.amount_atomic - HOLDS.c.captured_atomic - HOLDS.c.voided_atomic
+        query = (select(HOLDS.c.currency, func.count(), func.coalesce(func.sum(still_held), 0))
+                 .where(HOLDS.c.status == "open").group_by(HOLDS.c.currency))
+        with self._read() as conn:
+            return [(code, int(n), int(amount)) for code, n, amount in conn.execute(query)]
 
     def holds(self, *, account_id: str | None = None, status: str | None = None,
               limit: int = 1000) -> list[Hold]:

@@ -13,7 +13,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlmodel import SQLModel
 
 DEFAULT_DB_URL = "sqlite:///agentmarket.db"
 
@@ -49,10 +48,10 @@ def make_engine(url: str = DEFAULT_DB_URL) -> Engine:
 
 
 def create_schema(engine: Engine) -> None:
-    """Create every agentmarket table that is missing (imports register them on SQLModel)."""
-    import wallets.tables  # noqa: F401
+    """Bring the wallets tables to the newest migration (`wallets.schema`)."""
+    from wallets.schema import upgrade
 
-    SQLModel.metadata.create_all(engine)
+    upgrade(engine, "wallets")
 
 
 def is_sqlite(engine: Engine) -> bool:

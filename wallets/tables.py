@@ -3,7 +3,7 @@ balances that `Ledger.check()` proves equal to the sum of their entries."""
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Index, LargeBinary, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Column, Index, Integer, LargeBinary, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -48,7 +48,8 @@ class EntryRow(SQLModel, table=True):
     __tablename__ = "ledger_entries"
     __table_args__ = (Index("ix_ledger_entries_account_seq", "account_id", "sequence"),)
 
-    id: int | None = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, sa_column=Column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True))
     sequence: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
     account_id: str = Field(max_length=40)
     currency: str = Field(max_length=8)

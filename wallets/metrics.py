@@ -25,7 +25,8 @@ METER_NAME = "agentmarket"
 
 
 class MarketMetrics:
-    """The instruments of one component; cheap to call on hot paths."""
+    """The instruments of one component; cheap to call on hot paths. Uses the global meter
+    provider unless given one: `marketplace.tracing.setup_metrics` installs it."""
 
     def __init__(self, meter_provider: MeterProvider | None = None) -> None:
         meter = metrics.get_meter(METER_NAME, meter_provider=meter_provider)
@@ -46,20 +47,49 @@ class MarketMetrics:
             "agentmarket.disputes", unit="{dispute}", description="Disputes opened")
         self.refusals = meter.create_counter(
             "agentmarket.refusals", unit="{request}", description="Requests refused, by reason")
+        self._hold_sources: list[Callable[[], Iterable[tuple[str, int, int]]]] = []
+        self._gauges = False
 
-    def observe_holds(self, open_holds: Callable[[], Iterable[tuple[str, int, int]]]) -> None:
-        """Register gauges fed by `open_holds()` -> (currency, count, held_atomic) rows."""
+    def observe_holds(self, open_holds: Callable[[], Iterable[tuple[str, int, int]]]
+                      ) -> Callable[[], None]:
+        """Feed the hold gauges from `open_holds()` -> (currency, count, held_atomic) rows;
+        returns a function that stops it (a node calls it when it stops)."""
+        if not self._hold_sources and not self._gauges:
+            self._gauges = True
 
-        def count(_options: CallbackOptions) -> Iterable[Observation]:
-            return [Observation(n, {"currency": code}) for code, n, _ in open_holds()]
+            def rows() -> list[tuple[str, int, int]]:
+                totals: dict[str, list[int]] = {}
+                for source in list(self._hold_sources):
+                    for code, n, amount in source():
+                        total = totals.setdefault(code, [0, 0])
+                        total[0] += n
+                        total[1] += amount
+                return [(code, n, amount) for code, (n, amount) in totals.items()]
 
-        def held(_options: CallbackOptions) -> Iterable[Observation]:
-            return [Observation(amount, {"currency": code}) for code, _, amount in open_holds()]
+            def count(_options: CallbackOptions) -> Iterable[Observation]:
+                return [Observation(n, {"currency": code}) for code, n, _ in rows()]
 
-        self._meter.create_observable_gauge("agentmarket.holds.open", [count], unit="{hold}",
-                                            description="Open holds")
-        self._meter.create_observable_gauge("agentmarket.holds.held", [held], unit="{atomic}",
-                                            description="Money held by open holds")
+            def held(_options: CallbackOptions) -> Iterable[Observation]:
+                return [Observation(amount, {"currency": code}) for code, _, amount in rows()]
+
+            self._meter.create_observable_gauge("agentmarket.holds.open", [count],
+                                                unit="{hold}", description="Open holds")
+            self._meter.create_observable_gauge("agentmarket.holds.held", [held],
+                                                unit="{atomic}",
+                                                description="Money held by open holds")
+        self._hold_sources.append(open_holds)
+        return lambda: self._hold_sources.remove(open_holds)
 
     def refused(self, reason: str, **attributes: Any) -> None:
         self.refusals.add(1, {"reason": reason, **attributes})
+
+
+_default: MarketMetrics | None = None
+
+
+def market_metrics() -> MarketMetrics:
+    """The process-wide instruments (on the global meter provider)."""
+    global _default
+    if _default is None:
+        _default = MarketMetrics()
+    return _default
