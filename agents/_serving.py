@@ -23,6 +23,7 @@ from jsonschema.validators import validator_for
 
 from agents._grpc_payment import current_admission
 from agents.errors import AgentmarketError, BudgetExceeded, FailedPrecondition, InvalidArgument
+from agents.llm import traced_by
 from agents.metering import TOKENS, Meter, metering
 from agents.payments import Admission
 from agents.skills import Skill
@@ -99,7 +100,8 @@ class PaidCalls:
 
     def invoke(self, request: agent_pb2.InvokeRequest) -> agent_pb2.InvokeResponse:
         admission, skill, arguments, meter = self._prepare(request)
-        with self._span(request, skill, meter), metering(meter):
+        with self._span(request, skill, meter), metering(meter), \
+                traced_by(self.seller.tracer_provider):
             if skill.streams:
                 pieces = _metered(skill.iterate(arguments), meter)
                 text = "".join(piece for piece, _charge in pieces)
@@ -133,7 +135,8 @@ class PaidCalls:
         if meter.tariff.unit != TOKENS and admission.reserve_atomic < meter.tariff.call_max_atomic:
             raise BudgetExceeded("a stream priced per call or unit needs its maximum prepaid")
         delivered: list[str] = []
-        with self._span(request, skill, meter), metering(meter):
+        with self._span(request, skill, meter), metering(meter), \
+                traced_by(self.seller.tracer_provider):
             pieces = _metered(skill.iterate(arguments), meter)
             try:
                 for piece, charge in pieces:

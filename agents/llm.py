@@ -20,9 +20,13 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from agents.metering import _current, usage_of
+
+_tracer_provider: ContextVar[Any] = ContextVar("agentmarket_llm_tracer_provider", default=None)
 
 DEFAULT_MODEL = "gpt-4o-mini"
 MODEL_ENV = "AGENTMARKET_MODEL"
@@ -97,12 +101,52 @@ def complete(model: str, messages: list[dict[str, Any]], *, max_tokens: int | No
             max_tokens = min(max_tokens or meter.max_output_tokens, meter.max_output_tokens)
     if max_tokens is not None:
         kwargs["max_tokens"] = max_tokens
-    response = litellm.completion(model=model, messages=messages,
-                                  **_offline_kwargs(model, mock_response), **kwargs)
-    if meter is not None:
+    with llm_span(model) as span:
+        response = litellm.completion(model=model, messages=messages,
+                                      **_offline_kwargs(model, mock_response), **kwargs)
         input_tokens, output_tokens = usage_of(response)
+        record_usage(span, response, input_tokens, output_tokens)
+    if meter is not None:
         meter.add_tokens(input_tokens, output_tokens, model)
     return response
+
+
+@contextmanager
+def traced_by(tracer_provider: Any) -> Iterator[None]:
+    """LLM calls made inside report their spans to `tracer_provider` (the seller's)."""
+    token = _tracer_provider.set(tracer_provider)
+    try:
+        yield
+    finally:
+        _tracer_provider.reset(token)
+
+
+@contextmanager
+def llm_span(model: str, operation: str = "chat") -> Iterator[Any]:
+    """A GenAI client span per LLM call (semantic conventions: `{operation} {model}`)."""
+    from opentelemetry import trace
+
+    tracer = trace.get_tracer("agentmarket.llm", tracer_provider=_tracer_provider.get())
+    with tracer.start_as_current_span(f"{operation} {model}", kind=trace.SpanKind.CLIENT,
+                                      attributes={"gen_ai.operation.name": operation,
+                                                  "gen_ai.request.model": model}) as span:
+        yield span
+
+
+def record_usage(span: Any, response: Any, input_tokens: int, output_tokens: int) -> None:
+    """Token usage and cost on the LLM span; the float USD cost litellm computes is turned into
+    atomic USD once, rounded up (`marketplace.judge.cost_atomic_usd`)."""
+    from marketplace.judge import cost_atomic_usd
+
+    span.set_attribute("gen_ai.usage.input_tokens", input_tokens)
+    span.set_attribute("gen_ai.usage.output_tokens", output_tokens)
+    span.set_attribute("gen_ai.response.model", getattr(response, "model", "") or "")
+    try:
+        cost = _litellm().completion_cost(completion_response=response)
+    except Exception:  # a model litellm has no price for: usage is still recorded
+        return
+    span.set_attribute("agentmarket.llm.cost_atomic", cost_atomic_usd(cost))
+    span.set_attribute("agentmarket.currency", "USD")
 
 
 def text_of(response: Any) -> str:
