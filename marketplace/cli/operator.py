@@ -6,11 +6,13 @@ Each prints a table for a person by default and JSON with `--json`. Amounts are 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
 from typing import Any
 
+import typer
 from rich.console import Console
 from rich.table import Column, Table
 
@@ -118,7 +120,7 @@ def print_agreements(rows: list[dict[str, Any]], as_json: bool) -> None:
     if as_json:
         print(json.dumps(rows, indent=2, default=str))
         return
-    table = Table(Column("agreement", no_wrap=True, min_width=64), "state", "skill", "held",
+    table = Table(Column("agreement", overflow="fold", min_width=16), "state", "skill", "held",
                   "paid", "fee", "refunded", title="Agreements")
     for e in rows:
         code = e["currency"]
@@ -126,3 +128,167 @@ def print_agreements(rows: list[dict[str, Any]], as_json: bool) -> None:
                       _money(e["held_atomic"], code), _money(e["captured_atomic"], code),
                       _money(e["fee_atomic"], code), _money(e["refunded_atomic"], code))
     console.print(table)
+
+
+# ---- agreements, approvals, disputes: read the database, act over signed gRPC -----------
+
+agreements_app = typer.Typer(help="Agreements and their escrow states.")
+approvals_app = typer.Typer(help="Payments waiting for a person.", no_args_is_help=True)
+disputes_app = typer.Typer(help="Disputed agreements.", no_args_is_help=True)
+keys_app = typer.Typer(help="Agent and operator keys.", no_args_is_help=True)
+NODE = "127.0.0.1:7000"
+
+
+def _settlement(db: str) -> Any:
+    from marketplace.registry import Registry
+    from marketplace.settlement import Settlement
+
+    ledger = open_ledger(db)
+    return Settlement(ledger, Registry(ledger.engine))
+
+
+def load_key(path: Path) -> Any:
+    """An agent key from a file holding its 32-byte seed in hex (`agentmarket keys new`)."""
+    from marketplace.cli.main import fail
+    from marketplace.identity import AgentKey
+
+    try:
+        return AgentKey.from_seed(bytes.fromhex(path.read_text().strip()))
+    except FileNotFoundError:
+        fail(f"no key file at {path}")
+    except ValueError:
+        fail(f"{path} does not hold a 64-hex-character key seed")
+
+
+def _call(what: str, fn: Any) -> Any:
+    """Run an RPC; a refusal prints its status and message on one line."""
+    import grpc
+
+    from marketplace.cli.main import fail
+
+    try:
+        return fn()
+    except grpc.RpcError as error:
+        fail(f"{what} refused: {error.code().name}: {error.details()}")
+
+
+@agreements_app.callback(invoke_without_command=True)
+def agreements(state: str = typer.Option(None, help="active, verified, delivered, settled, "
+                                                    "refunded, disputed, resolved, expired"),
+               db: str = typer.Option(DEFAULT_DB, help="Database URL."),
+               limit: int = typer.Option(100, min=1, max=10_000),
+               as_json: bool = typer.Option(False, "--json", help="JSON for scripts.")) -> None:
+    """Agreements, newest first, with what was held, paid, charged and refunded."""
+    print_agreements(_settlement(db).agreements(state=state, limit=limit), as_json)
+
+
+@approvals_app.command("list")
+def approvals_list(status: str = typer.Option("pending", help="pending, approved, denied, "
+                                                               "used, expired ('' for all)"),
+                   db: str = typer.Option(DEFAULT_DB, help="Database URL."),
+                   as_json: bool = typer.Option(False, "--json", help="JSON for scripts.")
+                   ) -> None:
+    """Spends above a wallet's approval threshold, waiting for an operator."""
+    from wallets.controls import WalletControls
+
+    rows = WalletControls(open_ledger(db)).approvals(status=status)
+    if as_json:
+        print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2, default=str))
+        return
+    table = Table(Column("approval", no_wrap=True, min_width=32), "status", "amount",
+                  "counterparty", "skill", title="Approvals")
+    for r in rows:
+        table.add_row(r.approval_id, r.status, _money(r.amount_atomic, r.currency),
+                      (r.counterparty or "-")[:16], r.skill or "-")
+    console.print(table)
+
+
+def _decide(approval_id: str, approve: bool, node: str, key_file: Path, note: str) -> None:
+    import uuid
+
+    from marketplace.auth import signed_channel
+    from wallets.v1 import wallet_pb2, wallet_pb2_grpc
+
+    key = load_key(key_file)
+    with signed_channel(node, key) as channel:
+        stub = wallet_pb2_grpc.WalletServiceStub(channel)
+        request = wallet_pb2.DecideApprovalRequest(
+            idempotency_key=f"decide:{uuid.uuid4().hex}", approval_id=approval_id,
+            decided_by=key.agent_id, note=note)
+        method = stub.Approve if approve else stub.Deny
+        result = _call("the decision", lambda: method(request, timeout=10))
+    console.print(f"approval {result.approval_id}: {result.status}", highlight=False)
+
+
+@approvals_app.command("approve")
+def approvals_approve(approval_id: str, node: str = typer.Option(NODE, help="Node address."),
+                      key_file: Path = typer.Option(..., help="The operator's key file."),
+                      note: str = typer.Option("", help="Why, for the record.")) -> None:
+    """Let a waiting payment through (as an operator of the node)."""
+    _decide(approval_id, True, node, key_file, note)
+
+
+@approvals_app.command("deny")
+def approvals_deny(approval_id: str, node: str = typer.Option(NODE, help="Node address."),
+                   key_file: Path = typer.Option(..., help="The operator's key file."),
+                   note: str = typer.Option("", help="Why, for the record.")) -> None:
+    """Refuse a waiting payment for good."""
+    _decide(approval_id, False, node, key_file, note)
+
+
+@disputes_app.command("list")
+def disputes_list(db: str = typer.Option(DEFAULT_DB, help="Database URL."),
+                  as_json: bool = typer.Option(False, "--json", help="JSON for scripts.")
+                  ) -> None:
+    """Agreements in dispute, with the frozen amounts."""
+    print_agreements(_settlement(db).agreements(state="disputed"), as_json)
+
+
+@disputes_app.command("resolve")
+def disputes_resolve(agreement: str,
+                     to: str = typer.Option(..., help="seller, buyer or split"),
+                     seller_amount: str = typer.Option("0", help="For a split: the seller's "
+                                                                 "share, e.g. 0.004"),
+                     currency_code: str = typer.Option("USD", "--currency"),
+                     note: str = typer.Option("", help="The decision's reasons."),
+                     node: str = typer.Option(NODE, help="Node address."),
+                     key_file: Path = typer.Option(..., help="The arbiter's key file.")) -> None:
+    """Pay a frozen amount out as the arbiter decides."""
+    import uuid
+
+    from marketplace import agreements as ag
+    from marketplace.auth import signed_channel
+    from marketplace.cli.main import fail
+    from marketplace.v1 import dispute_pb2, dispute_pb2_grpc
+
+    outcomes = {"seller": dispute_pb2.DISPUTE_OUTCOME_SELLER,
+                "buyer": dispute_pb2.DISPUTE_OUTCOME_BUYER,
+                "split": dispute_pb2.DISPUTE_OUTCOME_SPLIT}
+    if to not in outcomes:
+        fail(f"--to must be seller, buyer or split, not {to!r}")
+    seller_atomic = currency(currency_code).atomic(seller_amount) if to == "split" else 0
+    key = load_key(key_file)
+    signature = key.sign(ag.resolve_message(agreement, outcomes[to], seller_atomic, note))
+    with signed_channel(node, key) as channel:
+        escrow = _call("the resolution", lambda: dispute_pb2_grpc.ArbitrationServiceStub(
+            channel).ResolveDispute(dispute_pb2.ResolveDisputeRequest(
+                idempotency_key=f"resolve:{uuid.uuid4().hex}", agreement_id=agreement,
+                outcome=outcomes[to], seller_atomic=seller_atomic, note=note,
+                arbiter_id=key.agent_id, arbiter_signature=signature), timeout=10))
+    console.print(f"agreement {agreement}: resolved, seller paid "
+                  f"{_money(escrow.captured_atomic, escrow.currency)}", highlight=False)
+
+
+@keys_app.command("new")
+def keys_new(out: Path = typer.Argument(help="File to write the key seed to (mode 600).")
+             ) -> None:
+    """Make an agent or operator key; prints its public id."""
+    from marketplace.cli.main import fail
+    from marketplace.identity import AgentKey
+
+    if out.exists():
+        fail(f"{out} exists; refusing to overwrite a key")
+    key = AgentKey.generate()
+    out.write_text(key.seed().hex() + "\n")
+    out.chmod(0o600)
+    console.print(key.agent_id, highlight=False)
