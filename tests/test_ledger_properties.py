@@ -1,8 +1,9 @@
 """The ledger against a reference model: hypothesis drives random sequences of operations.
 
-A `RuleBasedStateMachine` deposits, transfers (single and linked), holds, captures (partly,
-with fee splits, final), voids, moves a fake clock so holds expire, retries requests with the
-same key and reuses keys for different requests. The model is a few dicts; after every step the
+A `RuleBasedStateMachine` deposits, transfers (single and linked), converts currencies through
+FX, holds, captures (partly, with fee splits, final), voids, moves a fake clock so holds expire,
+restarts the ledger, retries requests with the same key and reuses keys for different
+requests. The model is a few dicts; after every step the
 ledger must agree with it, every currency must sum to zero, the audit must pass and no hold may
 resolve more than it held.
 
@@ -43,6 +44,7 @@ from wallets.errors import (
     InvalidAmount,
     InvalidArgument,
 )
+from wallets.fx import convert_amount
 from wallets.ledger import HOLDS, Ledger
 from wallets.models import Transfer
 from wallets.service import WalletService
@@ -120,9 +122,10 @@ class LedgerMachine(RuleBasedStateMachine):
         for code in ("USD", "ECNY"):
             rail = self.wallets.rail_account(self.wallets.rail("", code))
             self.ids[f"rail-{code}"] = rail.account_id
-        self.currency = {name: "ECNY" if name in ("dave", "rail-ECNY") else "USD"
+            self.ids[f"fx-{code}"] = self.wallets.fx.liquidity_account(code).account_id
+        self.currency = {name: "ECNY" if name in ("dave", "rail-ECNY", "fx-ECNY") else "USD"
                          for name in self.ids}
-        self.limit = {name: RAIL_LIMIT_ATOMIC if name.startswith("rail") else 0
+        self.limit = {name: RAIL_LIMIT_ATOMIC if name.startswith(("rail", "fx")) else 0
                       for name in self.ids}
         # The model: posted balance, pending debits, pending credits per account; the holds.
         self.posted = dict.fromkeys(self.ids, 0)
@@ -237,6 +240,25 @@ class LedgerMachine(RuleBasedStateMachine):
     def apply_posted(self, transfers: list[tuple[str, str, int]]) -> None:
         for name, delta in self.net(transfers).items():
             self.posted[name] += delta
+
+    @rule(direction=st.sampled_from([("alice", "dave"), ("dave", "bob")]), data=st.data())
+    def convert(self, direction: tuple[str, str], data: st.DataObject) -> None:
+        """FX through the liquidity accounts: both currencies still sum to zero."""
+        source, target = direction
+        amount = data.draw(amounts(self.available(source)), label="amount")
+        quote = self.wallets.fx.get_quote(next(self.keys), self.currency[source],
+                                          self.currency[target])
+        bought = convert_amount(amount, quote)
+        expected = (InvalidAmount if bought == 0 else
+                    InsufficientFunds if amount > self.available(source) else None)
+        key = next(self.keys)
+        done = self.attempt(key, lambda: self.wallets.fx.convert(
+            key, quote.quote_id, self.ids[source], self.ids[target], amount), expected)
+        if done is not None:
+            self.posted[source] -= amount
+            self.posted[f"fx-{self.currency[source]}"] += amount
+            self.posted[f"fx-{self.currency[target]}"] -= bought
+            self.posted[target] += bought
 
     @rule(target=holds, pair=pairs, timeout_s=st.integers(1, 600), data=st.data())
     def hold(self, pair: tuple[str, str], timeout_s: int, data: st.DataObject) -> Any:
