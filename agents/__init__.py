@@ -13,6 +13,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from agents._bargain import Quote
 from agents._streaming import StreamedCall
+from agents.approvals import OperatorApprover
 from agents.buyer import BuyerAgent, CallResult, Deal
 from agents.errors import ApprovalRequired, NegotiationFailed, PaymentRequired
 from agents.metering import Meter, Tariff, current_meter
@@ -51,6 +52,7 @@ __all__ = [
     "Limits",
     "Meter",
     "NegotiationFailed",
+    "OperatorApprover",
     "PaymentGate",
     "PaymentRequired",
     "PaymentSession",

@@ -13,6 +13,10 @@ prepays the call's maximum and is charged its metered usage; the buyer checks ev
 (signature, output hash, charge = tariff x reported usage, at most the reserve). A `Deal` is
 plain data (`Deal.state()` / `BuyerAgent.restore_deal`), so a workflow can checkpoint it and a
 new process, holding the same key, can continue paying under it.
+
+Every call it makes, to the marketplace and to sellers, is signed with its key
+(`marketplace.auth`); `credentials` (`marketplace.auth.channel_credentials`: a root CA, and a
+client certificate for mutual TLS) make both connections TLS.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from agents.negotiation import Strategy
 from agents.payments import VOUCHER_METADATA_KEY, PaymentSession, links_for
 from agents.v1 import agent_pb2, agent_pb2_grpc
 from marketplace import agreements as ag
+from marketplace.auth import signed_channel
 from marketplace.grpc_tracing import client_interceptors
 from marketplace.identity import AgentKey
 from marketplace.payword import MAX_CHAIN_LENGTH, PaywordChain
@@ -117,15 +122,18 @@ class CallResult:
 
 class BuyerAgent:
     def __init__(self, name: str, *, marketplace: str, key: AgentKey | None = None,
-                 tracer_provider: TracerProvider | None = None) -> None:
+                 tracer_provider: TracerProvider | None = None,
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
         self.name = name
         self.key = key or AgentKey.generate()
         self.agent_id = self.key.agent_id
+        self.marketplace = marketplace
+        self.credentials = credentials
         self.tracer_provider = tracer_provider
         self._tracer = trace.get_tracer("agentmarket.buyer", tracer_provider=tracer_provider)
         self._interceptors = client_interceptors(tracer_provider)
-        self._channel = grpc.intercept_channel(grpc.insecure_channel(marketplace),
-                                               *self._interceptors)
+        self._channel = signed_channel(marketplace, self.key, credentials,
+                                       interceptors=self._interceptors)
         self.registry = registry_pb2_grpc.RegistryServiceStub(self._channel)
         self.settlement = settlement_pb2_grpc.SettlementServiceStub(self._channel)
         self.wallets = wallet_pb2_grpc.WalletServiceStub(self._channel)
@@ -172,8 +180,8 @@ class BuyerAgent:
         channel = self._seller_channels.get(endpoint)
         if channel is None:
             voucher = VoucherClientInterceptor(self.sessions, self._reserve_of)
-            channel = grpc.intercept_channel(grpc.insecure_channel(endpoint),
-                                             *self._interceptors, voucher)
+            channel = signed_channel(endpoint, self.key, self.credentials,
+                                     interceptors=[*self._interceptors, voucher])
             self._seller_channels[endpoint] = channel
         return agent_pb2_grpc.AgentServiceStub(channel)
 

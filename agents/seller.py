@@ -11,6 +11,11 @@ in the signed receipt. The seller redeems its latest voucher and receipts when t
 Finish, and on its own before the agreement's completion deadline if the buyer never does.
 Negotiation follows the seller's strategy, but it never signs below its reservation price
 (`agents.negotiation.Limits`, checked outside the strategy).
+
+Its calls to the marketplace are signed with its key; its own server verifies each caller's
+signature (`require_auth`, on by default) and lets only the buyer of an agreement call, stream
+or finish it (`agents._access`). `credentials` (`marketplace.auth.channel_credentials`) make the
+marketplace connection TLS; `server_credentials` serve TLS or mutual TLS to buyers.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import grpc
 from opentelemetry import trace
 from opentelemetry.trace import TracerProvider
 
+from agents._access import seller_rules
 from agents._grpc_payment import PaymentServerInterceptor
 from agents._serving import PaidCalls
 from agents._strategy_host import SellerNegotiator
@@ -37,12 +43,14 @@ from agents.payments import PaymentGate
 from agents.skills import Skill
 from agents.v1 import agent_pb2, agent_pb2_grpc
 from marketplace import agreements as ag
+from marketplace.auth import AccessInterceptor, AuthServerInterceptor, signed_channel
 from marketplace.grpc_tracing import client_interceptors, server_interceptor, untraced
 from marketplace.identity import AgentKey, verify
 from marketplace.v1 import registry_pb2, registry_pb2_grpc, settlement_pb2, settlement_pb2_grpc
 from wallets.grpc_errors import MalformedRequestInterceptor, grpc_method
 
 RPC_TIMEOUT_S = 10.0
+MAX_MESSAGE_BYTES = 2 * 1024 * 1024  # an input is at most 1 MiB of JSON (agents._serving)
 log = logging.getLogger("agentmarket.seller")
 
 
@@ -54,7 +62,11 @@ class SellerAgent:
                  completion_window_s: int = 600, redeem_margin_s: int = 60,
                  dispute_window_s: int = 60,
                  settle_interval_s: float = 1.0, max_workers: int = 16,
-                 tracer_provider: TracerProvider | None = None) -> None:
+                 tracer_provider: TracerProvider | None = None,
+                 credentials: grpc.ChannelCredentials | None = None,
+                 server_credentials: grpc.ServerCredentials | None = None,
+                 require_auth: bool = True, rate_limit_per_s: float = 500.0,
+                 rate_limit_burst: int = 1000) -> None:
         """`strategy`: a Strategy shared by all negotiations, or a factory
         `(skill, currency) -> Strategy` called per negotiation (LLM strategies keep state).
         `completion_window_s`: how long after the negotiation's deadline the buyer may call;
@@ -80,20 +92,26 @@ class SellerAgent:
         self._redeem_locks: dict[str, threading.Lock] = {}
         self._escrowed: set[str] = set()
         self._locks_guard = threading.Lock()
-        channel = grpc.intercept_channel(grpc.insecure_channel(marketplace),
-                                         *client_interceptors(tracer_provider))
+        channel = signed_channel(marketplace, self.key, credentials,
+                                 interceptors=client_interceptors(tracer_provider))
         self._channel = channel
         self.registry = registry_pb2_grpc.RegistryServiceStub(channel)
         self.settlement = settlement_pb2_grpc.SettlementServiceStub(channel)
+        auth = AuthServerInterceptor(required=require_auth, rate_per_s=rate_limit_per_s,
+                                     burst=rate_limit_burst)
+        access = [AccessInterceptor.of(seller_rules(self))] if require_auth else []
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers),
             interceptors=[MalformedRequestInterceptor(), server_interceptor(tracer_provider),
-                          PaymentServerInterceptor(self.gate, self._reserve_of)])
+                          auth, *access, PaymentServerInterceptor(self.gate, self._reserve_of)],
+            options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
         self.negotiator = SellerNegotiator(self, reservation_fraction, strategy,
                                            completion_window_s, dispute_window_s)
         self.calls = PaidCalls(self)
         agent_pb2_grpc.add_AgentServiceServicer_to_server(_AgentServicer(self), self.server)
-        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        self.port = (self.server.add_secure_port(f"{host}:{port}", server_credentials)
+                     if server_credentials is not None
+                     else self.server.add_insecure_port(f"{host}:{port}"))
         self.endpoint = f"{host}:{self.port}"
         self._threads = [
             threading.Thread(target=self._heartbeat_loop, daemon=True, name=f"heartbeat-{name}"),

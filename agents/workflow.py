@@ -26,7 +26,11 @@ Exactly once, node by node (a resumed node runs again from its start):
   voucher's sequence); confirm and dispute are keyed by the agreement id.
 - approve: `interrupt` with the amount, counterparty and reason; resuming with
   `Command(resume={"approve": True})` approves (keyed by the approval id) and hires again;
-  `{"approve": False}` denies and ends the task with nothing held.
+  `{"approve": False}` denies and ends the task with nothing held. Deciding takes an operator
+  of the marketplace (the buyer may not approve its own spend): give `approver`, the operator's
+  `AgentKey` or a callable. Without one, the decision is made elsewhere (an operator's own
+  tool) and resuming only acts on it: approve hires again (still refused if the approval was
+  not granted: the graph stops again), deny ends the task and the approval lapses unused.
 """
 
 from __future__ import annotations
@@ -41,8 +45,10 @@ import grpc
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import interrupt
 
+from agents.approvals import OperatorApprover
 from agents.buyer import BuyerAgent, Deal
 from agents.errors import ApprovalRequired, BudgetExceeded, InvalidArgument, NotFound
+from marketplace.identity import AgentKey
 from marketplace.v1 import registry_pb2, settlement_pb2
 from wallets.currencies import currency as _currency
 
@@ -104,17 +110,20 @@ def buyer_graph(buyer: BuyerAgent, *, checkpointer: Any = None,
                 checkpoint_path: str | Path | None = None,
                 on_step: Callable[[str, dict[str, Any]], None] | None = None,
                 planner_model: str | None = None, planner_mock_response: str | None = None,
-                approver: Approver | None = None,
+                approver: AgentKey | Approver | None = None,
                 check_output: Callable[[dict[str, Any], Any], str] | None = None) -> Any:
     """Compile the buyer workflow for `buyer`, checkpointed by `checkpointer` (default: a
     SqliteSaver at `checkpoint_path`, else .agentmarket/buyer-checkpoints.sqlite).
-    `on_step(node, update)` sees each node's result; `approver(buyer, approval_id, approve,
-    note)` decides an approval at the wallet (default: the buyer's own Approve/Deny call).
+    `on_step(node, update)` sees each node's result; `approver` decides an approval at the
+    wallet: an operator's `AgentKey` (`agents.approvals.OperatorApprover`), or a callable
+    `approver(buyer, approval_id, approve, note)`; None: decided elsewhere (module docstring).
     `check_output(input, output)` is the buyer's own acceptance test (a rule, an LLM judge):
     a non-empty answer is a problem, and problems lead to a dispute where the agreement allows
     one (BUYER_ACCEPTANCE), instead of settling."""
+    if isinstance(approver, AgentKey):
+        approver = OperatorApprover(approver)
     nodes = _Nodes(buyer, on_step, planner_model, planner_mock_response,
-                   approver or approve_at_wallet, check_output)
+                   approver or decided_elsewhere, check_output)
     graph = StateGraph(TaskState)
     for name in ("plan", "discover", "negotiate", "hire", "approve", "prepare", "call",
                  "verify", "settle", "dispute"):
@@ -154,11 +163,8 @@ def _after_verify(state: TaskState) -> str:
     return "dispute" if disputable and state.get("problems") else "settle"
 
 
-def approve_at_wallet(buyer: BuyerAgent, approval_id: str, approve: bool, note: str) -> None:
-    """Decide an approval with the buyer's own credentials (its wallet's owner)."""
-    from agents.approvals import decide
-
-    decide(buyer, approval_id, approve=approve, note=note)
+def decided_elsewhere(buyer: BuyerAgent, approval_id: str, approve: bool, note: str) -> None:
+    """No approver: an operator decided at the wallet already; resuming only acts on it."""
 
 
 class _Nodes:

@@ -159,13 +159,14 @@ def measure(registry: Registry, market: Market, rng: random.Random,
 
 
 def measure_grpc(path: Path, market: Market, rng: random.Random, n: int) -> list[float]:
-    import grpc
-
+    from marketplace.auth import signed_channel
+    from marketplace.identity import AgentKey
     from marketplace.node import MarketplaceNode
     from marketplace.v1 import registry_pb2_grpc
 
-    node = MarketplaceNode(sqlite_url(path), sweep_interval_s=3600).start()
-    channel = grpc.insecure_channel(node.address)
+    node = MarketplaceNode(sqlite_url(path), sweep_interval_s=3600,
+                           rate_limit_per_s=1e6).start()  # one client, as fast as it can
+    channel = signed_channel(node.address, AgentKey.generate())
     stub = registry_pb2_grpc.RegistryServiceStub(channel)
     timings = []
     try:

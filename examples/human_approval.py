@@ -4,8 +4,9 @@ The wallet's owner sets an approval threshold. The buyer's LangGraph workflow ne
 whose escrow is above it, so the wallet refuses the hold with APPROVAL_REQUIRED and the graph
 stops with an `interrupt` that says how much, to whom and why. A person (here, this script)
 approves by resuming the graph with Command(resume={"approve": True}); the workflow approves at
-the wallet, places the hold and finishes the task. Resuming with {"approve": False} would deny
-it and end the task with nothing held.
+the wallet with the operator's key it was given (the buyer cannot approve its own spend: only
+the node's operators can), places the hold and finishes the task. Resuming with
+{"approve": False} would deny it and end the task with nothing held.
 """
 
 import tempfile
@@ -14,7 +15,7 @@ from langgraph.types import Command
 from pydantic import BaseModel
 
 from agents import BuyerAgent, SellerAgent, buyer_graph, per_call, skill
-from marketplace import MarketplaceNode
+from marketplace import AgentKey, MarketplaceNode
 from wallets import currency
 from wallets.v1 import wallet_pb2
 
@@ -31,7 +32,8 @@ def write_report(topic: str) -> Report:
 
 usd = currency("USD")
 workdir = tempfile.mkdtemp()
-with MarketplaceNode(f"sqlite:///{workdir}/market.db") as node:
+operator = AgentKey.generate()  # the person's key; the node trusts it with approvals
+with MarketplaceNode(f"sqlite:///{workdir}/market.db", operator_ids=[operator.agent_id]) as node:
     seller = SellerAgent("writer", skills=[write_report], marketplace=node.address).serve()
     buyer = BuyerAgent("buyer", marketplace=node.address)
     buyer.fund("5.00", "USD")
@@ -39,7 +41,8 @@ with MarketplaceNode(f"sqlite:///{workdir}/market.db") as node:
         idempotency_key="policy-v1", account_id=buyer.wallet("USD").account_id,
         policy=wallet_pb2.WalletPolicy(approval_threshold_atomic=usd.atomic("0.05"))))
 
-    graph = buyer_graph(buyer, checkpoint_path=f"{workdir}/checkpoints.sqlite")
+    graph = buyer_graph(buyer, approver=operator,
+                        checkpoint_path=f"{workdir}/checkpoints.sqlite")
     config = {"configurable": {"thread_id": "reports"}}
     topics = ["escrow", "vouchers", "disputes", "reputation"]
     state = graph.invoke({"skill": "write_report", "currency": "USD", "budget": "0.10",

@@ -1,6 +1,7 @@
 """The marketplace node: registry, negotiation rules, escrow settlement, verification, disputes,
 identity, tracing."""
 
+from marketplace.auth import channel_credentials, server_credentials, signed_channel
 from marketplace.checkers import CheckerRegistry
 from marketplace.errors import (
     BadSignature,
@@ -38,8 +39,11 @@ __all__ = [
     "SpanStore",
     "VerifierAgent",
     "VerifierUnavailable",
+    "channel_credentials",
     "force_flush",
+    "server_credentials",
     "setup_tracing",
+    "signed_channel",
     "verify",
     "verify_word",
 ]

@@ -1,47 +1,69 @@
-"""Request authentication: every call is signed by the caller's agent key.
+"""Request authentication: every call is signed by the caller's agent key; then authorised.
 
 The client signs `method \\n sha256(request bytes) \\n timestamp_ms \\n nonce` with ed25519 and
-sends the agent id, timestamp, nonce and signature as metadata. The server recomputes the digest
-from the exact bytes it received, refuses stale timestamps (more than `skew_s` away) and nonces it
-has already seen within that window (UNAUTHENTICATED), applies a per-agent rate limit
-(RESOURCE_EXHAUSTED), and makes the verified caller available to servicers (`current_caller`).
+sends the agent id, timestamp, nonce and signature as metadata (`SigningClientInterceptor`,
+`signed_channel`). The server (`AuthServerInterceptor`) recomputes the digest from the exact
+bytes it received, refuses stale timestamps (more than `skew_s` away) and nonces it has already
+seen while their timestamp is fresh (UNAUTHENTICATED), applies a per-agent token bucket
+(RESOURCE_EXHAUSTED), and makes the verified caller current (`wallets.caller.current_caller`).
+`AccessInterceptor` then applies a rule table (`wallets.access`, `marketplace.access`) to the
+caller and the request: PERMISSION_DENIED with the rule's name, before anything changes.
 
-Authorisation (who may do what) is decided by the domain services from the caller's id.
+What the signature does not cover: other metadata (trace context, the payment voucher, which
+proves itself), the server it was meant for (a request can be replayed to another node of the
+same marketplace within the skew window: nonces are remembered per process; idempotency keys
+make a replayed mutation return its first result), and streamed requests (refused).
+
+TLS: `server_credentials` and `channel_credentials` build grpc credentials from PEM bytes;
+with a client CA the server requires client certificates (mutual TLS).
 """
 
 from __future__ import annotations
 
-import contextvars
 import hashlib
+import heapq
 import os
+import re
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import grpc
+from opentelemetry import trace
 
 from marketplace.identity import AgentKey, verify
-from wallets.grpc_errors import _rich_status
+from wallets.access import Rule
+from wallets.caller import calling_as, current_caller
+from wallets.errors import AgentmarketError, Forbidden, ResourceExhausted, Unauthenticated
+from wallets.grpc_errors import _rich_status, abort
+
+__all__ = ["AGENT_KEY", "NONCE_KEY", "SIGNATURE_KEY", "TIMESTAMP_KEY", "AccessInterceptor",
+           "AuthServerInterceptor", "SigningClientInterceptor", "channel_credentials",
+           "current_caller", "server_credentials", "signed_channel", "signed_message"]
 
 AGENT_KEY = "agentmarket-agent"
 TIMESTAMP_KEY = "agentmarket-timestamp-ms"
 NONCE_KEY = "agentmarket-nonce"
 SIGNATURE_KEY = "agentmarket-signature-bin"
+_AUTH_KEYS = (AGENT_KEY, TIMESTAMP_KEY, NONCE_KEY, SIGNATURE_KEY)
 PUBLIC_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+CALLER_ATTRIBUTE = "enduser.id"
+_AGENT_ID = re.compile(r"^[0-9a-f]{64}$")
+_TIMESTAMP = re.compile(r"^[0-9]{1,16}$")
+_NONCE = re.compile(r"^[0-9A-Za-z_-]{16,64}$")
 
-_caller: contextvars.ContextVar[str] = contextvars.ContextVar("agentmarket_caller", default="")
 
-
-def current_caller() -> str:
-    """The verified agent id of the request being served ('' when unauthenticated)."""
-    return _caller.get()
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 def signed_message(method: str, body: bytes, timestamp_ms: int, nonce: str) -> bytes:
     digest = hashlib.sha256(body).hexdigest()
     return f"{method}\n{digest}\n{timestamp_ms}\n{nonce}".encode()
+
+
+# ---- the client ---------------------------------------------------------------------------------
 
 
 class _CallDetails(grpc.ClientCallDetails):  # type: ignore[misc]
@@ -56,20 +78,20 @@ class _CallDetails(grpc.ClientCallDetails):  # type: ignore[misc]
 
 class SigningClientInterceptor(grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
                                grpc.UnaryStreamClientInterceptor):
-    """Sign every outgoing call with the agent's key."""
+    """Sign every outgoing unary-request call with the agent's key (a fresh nonce each time,
+    so a retry is a new signature over the same request)."""
 
     def __init__(self, key: AgentKey, clock_ms: Callable[[], int] | None = None) -> None:
         self.key = key
-        self.clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
+        self.clock_ms = clock_ms or _now_ms
 
     def _sign(self, details: Any, request: Any) -> _CallDetails:
         method = details.method.decode() if isinstance(details.method, bytes) else details.method
+        body = request if isinstance(request, bytes) else request.SerializeToString()
         timestamp_ms = self.clock_ms()
         nonce = os.urandom(16).hex()
-        signature = self.key.sign(signed_message(method, request.SerializeToString(),
-                                                 timestamp_ms, nonce))
-        metadata = [(k, v) for k, v in (details.metadata or ())
-                    if k not in (AGENT_KEY, TIMESTAMP_KEY, NONCE_KEY, SIGNATURE_KEY)]
+        signature = self.key.sign(signed_message(method, body, timestamp_ms, nonce))
+        metadata = [(k, v) for k, v in (details.metadata or ()) if k not in _AUTH_KEYS]
         metadata += [(AGENT_KEY, self.key.agent_id), (TIMESTAMP_KEY, str(timestamp_ms)),
                      (NONCE_KEY, nonce), (SIGNATURE_KEY, signature)]
         return _CallDetails(details, metadata)
@@ -81,40 +103,96 @@ class SigningClientInterceptor(grpc.UnaryUnaryClientInterceptor,  # type: ignore
         return continuation(self._sign(details, request), request)
 
 
+def signed_channel(address: str, key: AgentKey,
+                   credentials: grpc.ChannelCredentials | None = None, *,
+                   options: Iterable[tuple[str, Any]] = (),
+                   interceptors: Iterable[Any] = ()) -> grpc.Channel:
+    """A channel whose every call is signed by `key`: TLS with `credentials`
+    (`channel_credentials`), plaintext without. `interceptors` run before the signer."""
+    raw = (grpc.secure_channel(address, credentials, options=list(options))
+           if credentials is not None else grpc.insecure_channel(address, options=list(options)))
+    return grpc.intercept_channel(raw, *interceptors, SigningClientInterceptor(key))
+
+
+# ---- TLS ----------------------------------------------------------------------------------------
+
+
+def server_credentials(cert_chain_pem: bytes, private_key_pem: bytes,
+                       client_ca_pem: bytes | None = None) -> grpc.ServerCredentials:
+    """TLS for a server; with `client_ca_pem`, mutual TLS: clients must present a certificate
+    that CA issued, or the handshake fails."""
+    return grpc.ssl_server_credentials(
+        [(private_key_pem, cert_chain_pem)], root_certificates=client_ca_pem,
+        require_client_auth=client_ca_pem is not None)
+
+
+def channel_credentials(root_ca_pem: bytes | None = None, cert_chain_pem: bytes | None = None,
+                        private_key_pem: bytes | None = None) -> grpc.ChannelCredentials:
+    """TLS for a client: trust `root_ca_pem` (None: the system's roots); a client certificate
+    and key for servers that require mutual TLS."""
+    if (cert_chain_pem is None) != (private_key_pem is None):
+        raise ValueError("a client certificate needs its private key, and the other way round")
+    return grpc.ssl_channel_credentials(root_certificates=root_ca_pem,
+                                        private_key=private_key_pem,
+                                        certificate_chain=cert_chain_pem)
+
+
+# ---- the server ---------------------------------------------------------------------------------
+
+
 class _NonceCache:
-    """Nonces seen within the skew window; bounded, oldest evicted first."""
+    """(agent, nonce) pairs, each kept until its timestamp is no longer fresh. Bounded: when
+    full of fresh entries it refuses new ones (fail closed) instead of forgetting any."""
 
     def __init__(self, max_entries: int = 1_000_000) -> None:
-        self._seen: OrderedDict[str, int] = OrderedDict()
+        self._expiry: dict[str, int] = {}
+        self._heap: list[tuple[int, str]] = []
         self._max = max_entries
         self._lock = threading.Lock()
 
-    def first_use(self, nonce: str, now_ms: int, window_ms: int) -> bool:
+    def first_use(self, key: str, fresh_until_ms: int, now_ms: int) -> bool | None:
+        """True the first time, False for a replay, None when the cache is full."""
         with self._lock:
-            while self._seen:
-                oldest, at = next(iter(self._seen.items()))
-                if at >= now_ms - window_ms and len(self._seen) < self._max:
-                    break
-                self._seen.pop(oldest)
-            if nonce in self._seen:
+            while self._heap and self._heap[0][0] < now_ms:
+                _, old = heapq.heappop(self._heap)
+                self._expiry.pop(old, None)
+            if key in self._expiry:
                 return False
-            self._seen[nonce] = now_ms
+            if len(self._expiry) >= self._max:
+                return None
+            self._expiry[key] = fresh_until_ms
+            heapq.heappush(self._heap, (fresh_until_ms, key))
             return True
+
+    def __len__(self) -> int:
+        return len(self._expiry)
 
 
 class _RateLimiter:
-    """A token bucket per agent: `rate_per_s` sustained, `burst` at once."""
+    """A token bucket per agent: `rate_per_s` sustained, `burst` at once. Bounded: buckets idle
+    long enough to be full again are dropped (the same as absent); if every bucket is busy,
+    new agents are refused until some calm down."""
 
-    def __init__(self, rate_per_s: float, burst: int) -> None:
-        self.rate, self.burst = rate_per_s, burst
+    def __init__(self, rate_per_s: float, burst: int, max_agents: int = 100_000,
+                 clock_s: Callable[[], float] = time.monotonic) -> None:
+        if rate_per_s <= 0 or burst < 1:
+            raise ValueError("the rate limit needs rate_per_s > 0 and burst >= 1")
+        self.rate, self.burst, self.max_agents = rate_per_s, burst, max_agents
+        self.clock_s = clock_s
         self._buckets: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
 
     def allow(self, agent_id: str) -> bool:
-        now = time.monotonic()
+        now = self.clock_s()
         with self._lock:
+            if agent_id not in self._buckets and len(self._buckets) >= self.max_agents:
+                refill_s = self.burst / self.rate
+                self._buckets = {k: v for k, v in self._buckets.items()
+                                 if now - v[1] < refill_s}
+                if len(self._buckets) >= self.max_agents:
+                    return False
             tokens, at = self._buckets.get(agent_id, (float(self.burst), now))
-            tokens = min(self.burst, tokens + (now - at) * self.rate)
+            tokens = min(float(self.burst), tokens + (now - at) * self.rate)
             if tokens < 1:
                 self._buckets[agent_id] = (tokens, now)
                 return False
@@ -122,22 +200,60 @@ class _RateLimiter:
             return True
 
 
+def _refuse(code: grpc.StatusCode, message: str, reason: str) -> Callable[..., Any]:
+    def refuse(request: Any, context: grpc.ServicerContext) -> Any:
+        context.abort_with_status(_rich_status(code, message, reason))
+
+    return refuse
+
+
+def _wrap(handler: Any, guard: Callable[[Callable[..., Any], bool], Callable[..., Any]],
+          deserializer: Any) -> Any:
+    """The handler with its behaviour wrapped by `guard` (unary-request kinds only)."""
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(
+            guard(handler.unary_unary, False), request_deserializer=deserializer,
+            response_serializer=handler.response_serializer)
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(
+            guard(handler.unary_stream, True), request_deserializer=deserializer,
+            response_serializer=handler.response_serializer)
+    return None
+
+
+def _streaming_refused(handler: Any, message: str, reason: str) -> Any:
+    """A client-streaming handler that refuses at once (its requests cannot be signed)."""
+    refuse = _refuse(grpc.StatusCode.UNAUTHENTICATED, message, reason)
+    make = (grpc.stream_unary_rpc_method_handler if handler.stream_unary is not None
+            else grpc.stream_stream_rpc_method_handler)
+    return make(refuse, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+
+
 class AuthServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
-    """Verify the caller's signature, freshness and nonce; rate-limit per agent."""
+    """Verify the caller's signature, freshness and nonce; rate-limit per agent; make the
+    caller current. Health checking and reflection stay open. `required=False` lets unsigned
+    calls through with no caller (local development only: nothing is authorised then)."""
 
     def __init__(self, *, skew_s: int = 60, rate_per_s: float = 500.0, burst: int = 1000,
-                 required: bool = True, clock_ms: Callable[[], int] | None = None) -> None:
+                 required: bool = True, clock_ms: Callable[[], int] | None = None,
+                 max_nonces: int = 1_000_000, max_agents: int = 100_000) -> None:
+        if not 1 <= skew_s <= 3600:
+            raise ValueError("skew_s must be 1..3600")
         self.skew_ms = skew_s * 1000
         self.required = required
-        self.clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
-        self._nonces = _NonceCache()
-        self._limiter = _RateLimiter(rate_per_s, burst)
+        self.clock_ms = clock_ms or _now_ms
+        self._nonces = _NonceCache(max_nonces)
+        self._limiter = _RateLimiter(rate_per_s, burst, max_agents)
 
     def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
         handler = continuation(details)
         if handler is None or details.method.startswith(PUBLIC_PREFIXES):
             return handler
-        metadata = dict(details.invocation_metadata or ())
+        if handler.stream_unary is not None or handler.stream_stream is not None:
+            return _streaming_refused(handler, "client-streaming calls cannot be signed",
+                                      "UNAUTHENTICATED")
+        metadata: Mapping[str, Any] = _first_values(details.invocation_metadata)
         raw: dict[str, bytes] = {}
         parse = handler.request_deserializer
 
@@ -145,60 +261,146 @@ class AuthServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             raw["body"] = data
             return parse(data) if parse else data
 
-        def guard(behaviour):  # type: ignore[no-untyped-def]
-            def run(request, context):  # type: ignore[no-untyped-def]
-                caller, problem, code = self._check(details.method, metadata,
-                                                    raw.get("body", b""))
-                if problem:
-                    context.abort_with_status(_rich_status(code, problem, "UNAUTHENTICATED"
-                                              if code == grpc.StatusCode.UNAUTHENTICATED
-                                              else "RATE_LIMITED"))
-                token = _caller.set(caller)
+        def guard(behaviour: Callable[..., Any], streams: bool) -> Callable[..., Any]:
+            def check(context: grpc.ServicerContext) -> str:
                 try:
+                    return self._check(details.method, metadata, raw.get("body", b""))
+                except AgentmarketError as error:  # counted in the refusals metric
+                    abort(context, error)
+                    raise  # abort raised already
+
+            def run(request: Any, context: grpc.ServicerContext) -> Any:
+                with calling_as(check(context)):
                     return behaviour(request, context)
-                finally:
-                    _caller.reset(token)
-            return run
 
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                guard(handler.unary_unary), request_deserializer=capture,
-                response_serializer=handler.response_serializer)
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                guard(handler.unary_stream), request_deserializer=capture,
-                response_serializer=handler.response_serializer)
-        return handler
+            def run_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                caller = check(context)
+                with calling_as(caller):  # the caller stays current while the stream runs
+                    yield from behaviour(request, context)
 
-    def _check(self, method: str, metadata: dict[str, Any], body: bytes
-               ) -> tuple[str, str, grpc.StatusCode]:
-        unauthenticated = grpc.StatusCode.UNAUTHENTICATED
+            return run_stream if streams else run
+
+        return _wrap(handler, guard, capture)
+
+    def _check(self, method: str, metadata: Mapping[str, Any], body: bytes) -> str:
+        """The verified caller ('' for an unsigned call when not required); raises
+        Unauthenticated or ResourceExhausted."""
         agent = metadata.get(AGENT_KEY, "")
         if not agent:
             if self.required:
-                return "", "the call is not signed: send agentmarket-agent, -timestamp-ms, " \
-                           "-nonce and -signature-bin metadata", unauthenticated
-            return "", "", grpc.StatusCode.OK
-        try:
-            timestamp_ms = int(metadata.get(TIMESTAMP_KEY, ""))
-        except ValueError:
-            return "", "agentmarket-timestamp-ms must be milliseconds since the epoch", \
-                unauthenticated
-        nonce = str(metadata.get(NONCE_KEY, ""))
+                raise Unauthenticated("the call is not signed: send agentmarket-agent, "
+                                      "-timestamp-ms, -nonce and -signature-bin metadata "
+                                      "(marketplace.auth.signed_channel)")
+            return ""
+        if not isinstance(agent, str) or not _AGENT_ID.match(agent):
+            raise Unauthenticated("agentmarket-agent must be a 64-hex-character ed25519 public "
+                                  "key (lower case)")
+        timestamp = metadata.get(TIMESTAMP_KEY, "")
+        if not isinstance(timestamp, str) or not _TIMESTAMP.match(timestamp):
+            raise Unauthenticated("agentmarket-timestamp-ms must be milliseconds since the epoch")
+        timestamp_ms = int(timestamp)
+        nonce = metadata.get(NONCE_KEY, "")
         signature = metadata.get(SIGNATURE_KEY, b"")
         now = self.clock_ms()
         if abs(now - timestamp_ms) > self.skew_ms:
-            return "", f"the request timestamp is more than {self.skew_ms // 1000} s away " \
-                       "from the server's clock", unauthenticated
-        if not 16 <= len(nonce) <= 64:
-            return "", "agentmarket-nonce must be 16..64 characters", unauthenticated
+            raise Unauthenticated(f"the request timestamp is more than {self.skew_ms // 1000} s "
+                                  "away from the server's clock", reason="STALE_REQUEST")
+        if not isinstance(nonce, str) or not _NONCE.match(nonce):
+            raise Unauthenticated("agentmarket-nonce must be 16..64 characters of "
+                                  "[0-9A-Za-z_-]")
         if not isinstance(signature, bytes) or not verify(
                 agent, signed_message(method, body, timestamp_ms, nonce), signature):
-            return "", "the request signature does not verify for agentmarket-agent", \
-                unauthenticated
-        if not self._nonces.first_use(f"{agent}:{nonce}", now, self.skew_ms):
-            return "", "this nonce was already used (replayed request)", unauthenticated
+            raise Unauthenticated("the request signature does not verify for agentmarket-agent",
+                                  reason="BAD_REQUEST_SIGNATURE")
+        first = self._nonces.first_use(f"{agent}:{nonce}", timestamp_ms + self.skew_ms, now)
+        if first is False:
+            raise Unauthenticated("this nonce was already used (replayed request)",
+                                  reason="REPLAYED_REQUEST")
+        if first is None:
+            raise ResourceExhausted("the server remembers too many recent requests; retry "
+                                    "shortly", reason="NONCE_CACHE_FULL")
         if not self._limiter.allow(agent):
-            return "", f"agent {agent[:12]}… is over its rate limit; slow down", \
-                grpc.StatusCode.RESOURCE_EXHAUSTED
-        return agent, "", grpc.StatusCode.OK
+            raise ResourceExhausted(f"agent {agent[:12]}… is over its rate limit; slow down",
+                                    reason="RATE_LIMITED")
+        return agent
+
+
+def _first_values(metadata: Any) -> dict[str, Any]:
+    """Metadata as a dict; a key sent twice keeps its first value (never a later one)."""
+    found: dict[str, Any] = {}
+    for key, value in metadata or ():
+        found.setdefault(key, value)
+    return found
+
+
+class AccessInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Apply `rules` ('/package.Service/Method' -> rule(caller, request)) to every call of
+    `services`; a method of those services without a rule is refused. Goes after
+    `AuthServerInterceptor` (it reads the caller it set) and the malformed-request check."""
+
+    def __init__(self, rules: Mapping[str, Rule], services: Iterable[str],
+                 reserved_key_prefixes: Iterable[str] = ()) -> None:
+        self.rules = dict(rules)
+        self.services = tuple(f"/{s}/" for s in services)
+        self.reserved = tuple(reserved_key_prefixes)
+
+    @classmethod
+    def of(cls, tables: Mapping[str, Mapping[str, Rule]],
+           reserved_key_prefixes: Iterable[str] = ()) -> AccessInterceptor:
+        """From service name -> method name -> rule."""
+        return cls({f"/{service}/{method}": rule for service, methods in tables.items()
+                    for method, rule in methods.items()}, tables, reserved_key_prefixes)
+
+    def _check_keys(self, request: Any) -> None:
+        """Refuse idempotency keys in the node's own namespace (see `wallets.access`)."""
+        if not self.reserved:
+            return
+        fields = getattr(getattr(request, "DESCRIPTOR", None), "fields_by_name", {})
+        keys = [request.idempotency_key] if "idempotency_key" in fields else []
+        keys += [r.idempotency_key for r in getattr(request, "redeems", ())]
+        for key in keys:
+            if key.startswith(self.reserved):
+                raise Forbidden("reserved-idempotency-key", f"idempotency keys starting with "
+                                                            f"{', '.join(self.reserved)} are "
+                                                            "the node's own")
+
+    def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
+        handler = continuation(details)
+        if handler is None or not details.method.startswith(self.services):
+            return handler
+        rule = self.rules.get(details.method)
+        if rule is None:
+            rule = _no_rule(details.method)
+
+        def guard(behaviour: Callable[..., Any], streams: bool) -> Callable[..., Any]:
+            def check(request: Any, context: grpc.ServicerContext) -> None:
+                caller = current_caller()
+                trace.get_current_span().set_attribute(CALLER_ATTRIBUTE, caller)
+                try:
+                    if not caller:
+                        raise Unauthenticated("this call needs an authenticated caller")
+                    self._check_keys(request)
+                    rule(caller, request)
+                except AgentmarketError as error:
+                    abort(context, error)
+
+            def run(request: Any, context: grpc.ServicerContext) -> Any:
+                check(request, context)
+                return behaviour(request, context)
+
+            def run_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                check(request, context)
+                yield from behaviour(request, context)
+
+            return run_stream if streams else run
+
+        wrapped = _wrap(handler, guard, handler.request_deserializer)
+        return wrapped if wrapped is not None else _streaming_refused(
+            handler, "client-streaming calls are not authorised", "UNAUTHENTICATED")
+
+
+def _no_rule(method: str) -> Rule:
+    def refuse(caller: str, request: Any) -> None:
+        raise Forbidden("deny-by-default", f"{method} has no access rule, so nobody may call it")
+
+    return refuse

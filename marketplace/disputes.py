@@ -12,8 +12,9 @@
              amount, then its final capture split between seller, marketplace fee and buyer).
              The seller's reputation takes the share it was awarded.
 
-Operator authentication beyond the arbiter's signature (who may hold an arbiter key, audit,
-multi-party approval) is a separate issue.
+Over gRPC only an operator or a configured arbiter may send the decision (`marketplace.access`),
+besides the arbiter's signature in it; key custody, audit and multi-party approval are not
+covered yet (SECURITY.md).
 """
 
 from __future__ import annotations

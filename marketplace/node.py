@@ -3,6 +3,16 @@
 Nodes keep no state outside the database, so several can serve one PostgreSQL behind a load
 balancer. Health checking and server reflection are on; a background sweeper expires holds and
 agreements past their deadlines.
+
+Security (SECURITY.md): every call must be signed by an agent key (`marketplace.auth`), unless
+the node is built with `require_auth=False` (local development only: then nobody is
+authenticated and nothing is authorised). Signed calls are rate-limited per agent and authorised
+by the rule tables of `wallets.access` and `marketplace.access`: `operator_ids` are the keys
+trusted with approvals, unfreezes and disputes; the node's own `key` (generated if not given)
+and the operators act as the marketplace (capturing and voiding holds over the wallet API).
+`server_credentials` (`marketplace.auth.server_credentials`) serves TLS or mutual TLS;
+`verifier_credentials` (`channel_credentials`) make its calls to verifier agents TLS (they are
+signed with the node's key either way).
 """
 
 from __future__ import annotations
@@ -16,9 +26,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.trace import TracerProvider
 
+from marketplace.access import RESERVED_KEY_PREFIXES as MARKET_RESERVED_KEYS
+from marketplace.access import MarketplaceAccess
+from marketplace.auth import AccessInterceptor, AuthServerInterceptor
 from marketplace.checkers import Checker, CheckerRegistry
 from marketplace.discovery import FxConverter
 from marketplace.grpc_tracing import server_interceptor
+from marketplace.identity import AgentKey, check_agent_id
 from marketplace.judge import LlmJudge
 from marketplace.registry import Registry
 from marketplace.servicers import ArbitrationServicer, RegistryServicer, SettlementServicer
@@ -33,9 +47,13 @@ from marketplace.v1 import (
 )
 from marketplace.verification import Verification
 from marketplace.verifier_agent import GrpcVerifierClient
+from wallets.access import RESERVED_KEY_PREFIXES as WALLET_RESERVED_KEYS
+from wallets.access import SERVICE as WALLET_SERVICE
+from wallets.access import Principals, WalletAccess
 from wallets.fx import FxProvider
 from wallets.grpc_errors import MalformedRequestInterceptor
 from wallets.ledger import Ledger
+from wallets.metrics import market_metrics
 from wallets.service import WalletService
 from wallets.servicer import WalletServicer
 from wallets.store import make_engine
@@ -49,27 +67,43 @@ class MarketplaceNode:
                  fee_bps: int = 250, tracer_provider: TracerProvider | None = None,
                  sweep_interval_s: float = 1.0, max_workers: int = 16,
                  arbiters: Iterable[str] = (), judge: LlmJudge | None = None,
-                 fx: FxProvider | None = None) -> None:
+                 fx: FxProvider | None = None, key: AgentKey | None = None,
+                 operator_ids: Iterable[str] = (), require_auth: bool = True,
+                 rate_limit_per_s: float = 500.0, rate_limit_burst: int = 1000,
+                 auth_skew_s: int = 60, max_message_bytes: int = MAX_MESSAGE_BYTES,
+                 server_credentials: grpc.ServerCredentials | None = None,
+                 verifier_credentials: grpc.ChannelCredentials | None = None) -> None:
         """`arbiters`: agent ids whose signed decisions resolve disputes; `judge`: the LLM
         judge (models allowed, litellm options); `fx`: quotes that convert prices across
-        currencies in discovery (`convert_currencies`)."""
+        currencies in discovery (`convert_currencies`). Security options: see the module
+        docstring; `rate_limit_*`: each agent's token bucket; `auth_skew_s`: how far a signed
+        request's timestamp may be from this node's clock; `max_message_bytes`: the largest
+        request accepted (larger: RESOURCE_EXHAUSTED from gRPC)."""
+        self.key = key or AgentKey.generate()
+        self.agent_id = self.key.agent_id
+        self.operator_ids = frozenset(check_agent_id(o, "operator") for o in operator_ids)
+        self.require_auth = require_auth
         self.engine = make_engine(db_url)
         self.ledger = Ledger(self.engine)
         self.wallets = WalletService(self.ledger)
         self.registry = Registry(self.engine, fx=FxConverter(fx, self.ledger.clock_ms)
                                  if fx is not None else None)
         self.checkers = CheckerRegistry()
-        self._verifier_client = GrpcVerifierClient(tracer_provider)
+        self._verifier_client = GrpcVerifierClient(tracer_provider, key=self.key,
+                                                   credentials=verifier_credentials)
         self.verification = Verification(
             checkers=self.checkers, judge=judge or LlmJudge(tracer_provider=tracer_provider),
             verifier_client=self._verifier_client, tracer_provider=tracer_provider)
         self.settlement = Settlement(self.ledger, self.registry, fee_bps=fee_bps,
                                      tracer_provider=tracer_provider,
                                      verification=self.verification, arbiters=arbiters)
+        self.auth = AuthServerInterceptor(required=require_auth, skew_s=auth_skew_s,
+                                          rate_per_s=rate_limit_per_s, burst=rate_limit_burst)
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers),
-            interceptors=[MalformedRequestInterceptor(), server_interceptor(tracer_provider)],
-            options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            interceptors=[MalformedRequestInterceptor(), server_interceptor(tracer_provider),
+                          self.auth, *self._access()],
+            options=[("grpc.max_receive_message_length", max_message_bytes),
                      ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)],
         )
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(
@@ -91,17 +125,34 @@ class MarketplaceNode:
         reflection.enable_server_reflection([*services, reflection.SERVICE_NAME,
                                              health.SERVICE_NAME], self.server)
         self._services = services
-        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        self.port = (self.server.add_secure_port(f"{host}:{port}", server_credentials)
+                     if server_credentials is not None
+                     else self.server.add_insecure_port(f"{host}:{port}"))
         self.address = f"{host}:{self.port}"
         self._sweep_interval_s = sweep_interval_s
         self._stopping = threading.Event()
         self._sweeper = threading.Thread(target=self._sweep_loop, name="sweeper", daemon=True)
+
+    def _access(self) -> list[AccessInterceptor]:
+        """The authorisation rules (none without authentication: nobody to authorise)."""
+        self.access: AccessInterceptor | None = None
+        if not self.require_auth:
+            return []
+        principals = Principals(operators=self.operator_ids,
+                                marketplace=frozenset({self.agent_id}))
+        tables = MarketplaceAccess(self.settlement, principals,
+                                   self.settlement.disputes.arbiters).rules()
+        tables[WALLET_SERVICE] = WalletAccess(self.wallets, principals).rules()
+        self.access = AccessInterceptor.of(tables, (*WALLET_RESERVED_KEYS,
+                                                    *MARKET_RESERVED_KEYS))
+        return [self.access]
 
     def start(self) -> MarketplaceNode:
         self.server.start()
         for name in ["", *self._services]:
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._sweeper.start()
+        self._unobserve = market_metrics().observe_holds(self.ledger.open_hold_totals)
         return self
 
     def _sweep_loop(self) -> None:
@@ -124,6 +175,9 @@ class MarketplaceNode:
         """Stop taking calls, let running ones finish, then close the database."""
         self.health.enter_graceful_shutdown()
         self._stopping.set()
+        if getattr(self, "_unobserve", None) is not None:
+            self._unobserve()
+            self._unobserve = None
         self.server.stop(grace_s).wait()
         if self._sweeper.is_alive():
             self._sweeper.join(timeout=5)

@@ -26,6 +26,7 @@ import grpc
 from opentelemetry.trace import TracerProvider
 
 from marketplace import agreements as ag
+from marketplace.auth import signed_channel
 from marketplace.errors import PermissionDenied, VerifierUnavailable
 from marketplace.grpc_tracing import client_interceptors, server_interceptor
 from marketplace.identity import AgentKey
@@ -36,6 +37,7 @@ OutputCheck = Callable[[Any, agreement_pb2.Receipt, agreement_pb2.AgreementBody]
                        "bool | tuple[bool, str]"]
 MAX_REMEMBERED = 10_000
 MAX_CHANNELS = 64
+MAX_REQUEST_BYTES = 8 * 1024 * 1024  # one redeem's receipts (a node takes 4 MiB) and more
 
 
 class VerifierAgent:
@@ -43,16 +45,22 @@ class VerifierAgent:
 
     def __init__(self, check: OutputCheck, *, key: AgentKey | None = None,
                  host: str = "127.0.0.1", port: int = 0,
-                 tracer_provider: TracerProvider | None = None) -> None:
+                 tracer_provider: TracerProvider | None = None,
+                 server_credentials: grpc.ServerCredentials | None = None) -> None:
+        """`server_credentials` (`marketplace.auth.server_credentials`): serve TLS or mTLS."""
         self.check = check
         self.key = key or AgentKey.generate()
         self.agent_id = self.key.agent_id
         self._answers: OrderedDict[str, verifier_pb2.VerifyResponse] = OrderedDict()
         self._lock = threading.Lock()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8),
-                                  interceptors=[server_interceptor(tracer_provider)])
+                                  interceptors=[server_interceptor(tracer_provider)],
+                                  options=[("grpc.max_receive_message_length",
+                                            MAX_REQUEST_BYTES)])
         verifier_pb2_grpc.add_VerifierServiceServicer_to_server(_Servicer(self), self.server)
-        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        self.port = (self.server.add_secure_port(f"{host}:{port}", server_credentials)
+                     if server_credentials is not None
+                     else self.server.add_insecure_port(f"{host}:{port}"))
         self.endpoint = f"{host}:{self.port}"
 
     def serve(self) -> VerifierAgent:
@@ -106,17 +114,27 @@ class _Servicer(verifier_pb2_grpc.VerifierServiceServicer):
 class GrpcVerifierClient:
     """The marketplace's side: call a verifier's endpoint; any failure is UNAVAILABLE."""
 
-    def __init__(self, tracer_provider: TracerProvider | None = None) -> None:
+    def __init__(self, tracer_provider: TracerProvider | None = None, *,
+                 key: AgentKey | None = None,
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
+        """`key`: sign every call with it (the node's key, so a verifier can tell the
+        marketplace from anyone); `credentials`: TLS to verifiers."""
         self._interceptors = client_interceptors(tracer_provider)
+        self._key = key
+        self._credentials = credentials
         self._channels: OrderedDict[str, grpc.Channel] = OrderedDict()
         self._lock = threading.Lock()
 
     def _stub(self, endpoint: str) -> verifier_pb2_grpc.VerifierServiceStub:
         with self._lock:
             channel = self._channels.pop(endpoint, None)
-            if channel is None:
-                channel = grpc.intercept_channel(grpc.insecure_channel(endpoint),
-                                                 *self._interceptors)
+            if channel is None and self._key is not None:
+                channel = signed_channel(endpoint, self._key, self._credentials,
+                                         interceptors=self._interceptors)
+            elif channel is None:
+                raw = (grpc.secure_channel(endpoint, self._credentials) if self._credentials
+                       else grpc.insecure_channel(endpoint))
+                channel = grpc.intercept_channel(raw, *self._interceptors)
             self._channels[endpoint] = channel
             while len(self._channels) > MAX_CHANNELS:
                 self._channels.popitem(last=False)[1].close()

@@ -168,7 +168,8 @@ def test_refusals_change_nothing(market: Harness):
 def test_arbitration_over_grpc(tmp_path: Path):
     arbiter, buyer, seller = AgentKey.generate(), AgentKey.generate(), AgentKey.generate()
     node = MarketplaceNode(f"sqlite:///{tmp_path / 'm.db'}", sweep_interval_s=3600,
-                           arbiters=[arbiter.agent_id]).start()
+                           arbiters=[arbiter.agent_id],
+                           require_auth=False).start()  # raw unsigned stubs
     channel = grpc.insecure_channel(node.address)
     try:
         node.registry.advertise(make_listing(seller, make_skill(price_atomic=PRICE)), 3600)

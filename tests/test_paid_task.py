@@ -15,6 +15,7 @@ from agents.payments import VOUCHER_METADATA_KEY
 from agents.seller import SellerAgent
 from agents.skills import per_call, skill
 from agents.v1 import agent_pb2, agent_pb2_grpc
+from marketplace.auth import signed_channel
 from marketplace.node import MarketplaceNode
 from marketplace.v1 import agreement_pb2
 from wallets.audit import check_balances, verify_chain
@@ -107,7 +108,7 @@ def test_negotiation_has_a_counter_offer_and_respects_the_sellers_floor(market: 
 
 
 def _raw_invoke(market: Market, deal: Deal, metadata: list[tuple[str, bytes]]):
-    channel = grpc.insecure_channel(market.seller.endpoint)
+    channel = signed_channel(market.seller.endpoint, market.buyer.key)  # the buyer, no voucher
     stub = agent_pb2_grpc.AgentServiceStub(channel)
     try:
         return stub.Invoke(agent_pb2.InvokeRequest(agreement_id=deal.agreement_id,

@@ -32,7 +32,8 @@ JOB_SCHEMA = {"type": "object", "required": ["job_id", "gpu_seconds"],
 
 def test_gpu_seconds_are_escrowed_metered_and_settled(tmp_path: Path):
     buyer, seller = AgentKey.generate(), AgentKey.generate()
-    node = MarketplaceNode(f"sqlite:///{tmp_path / 'm.db'}", sweep_interval_s=3600).start()
+    node = MarketplaceNode(f"sqlite:///{tmp_path / 'm.db'}", sweep_interval_s=3600,
+                           require_auth=False).start()  # raw unsigned stubs
     channel = grpc.insecure_channel(node.address)
     registry = registry_pb2_grpc.RegistryServiceStub(channel)
     settlement = settlement_pb2_grpc.SettlementServiceStub(channel)

@@ -248,7 +248,8 @@ def test_a_listing_cannot_advertise_bad_prices_or_schemas(market: Harness):
 
 def test_redeem_and_redeem_batch_over_grpc(tmp_path: Path):
     buyer, seller = AgentKey.generate(), AgentKey.generate()
-    node = MarketplaceNode(f"sqlite:///{tmp_path / 'm.db'}", sweep_interval_s=3600).start()
+    node = MarketplaceNode(f"sqlite:///{tmp_path / 'm.db'}", sweep_interval_s=3600,
+                           require_auth=False).start()  # raw unsigned stubs
     channel = grpc.insecure_channel(node.address)
     try:
         node.registry.advertise(make_listing(seller, make_skill(price_atomic=PRICE)), 3600)

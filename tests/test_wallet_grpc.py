@@ -51,7 +51,9 @@ class Wallets:
 
 @pytest.fixture
 def node(db_url: str) -> Iterator[MarketplaceNode]:
-    node = MarketplaceNode(db_url, sweep_interval_s=3600).start()
+    # the wallet API's own semantics, over raw unsigned stubs: authentication off (the
+    # rules for who may call what are tests/test_attacks.py's)
+    node = MarketplaceNode(db_url, sweep_interval_s=3600, require_auth=False).start()
     yield node
     node.stop(0)
 

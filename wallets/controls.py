@@ -3,8 +3,9 @@ approvals and mandates. Plain Python over the ledger (the gRPC servicer and a CL
 
 Every change runs through `Ledger.mutate` under the caller's idempotency key, serialised with
 the spends it governs: a policy set, a freeze or a revocation applies to the very next spend.
-Who may call these is caller authentication's business (a separate issue); until then the API
-trusts its caller, except for mandates and their revocation, which the owner's key signs.
+Who may call these over gRPC is decided at the edge (`wallets.access`: the owner or an operator
+sets policy and freezes; only operators unfreeze and decide approvals); mandates and their
+revocation are signed by the owner's key as well.
 """
 
 from __future__ import annotations

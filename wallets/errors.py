@@ -17,7 +17,9 @@
     │   ├── PolicyDenied              (the wallet owner's policy forbids this spend)
     │   ├── ApprovalDenied
     │   ├── MandateDenied             (outside the mandate: MANDATE_DENIED/_REVOKED/_EXPIRED)
-    │   └── InvalidSignature
+    │   ├── InvalidSignature
+    │   └── Forbidden                 (FORBIDDEN: the authenticated caller's role may not;
+    │                                  ErrorInfo metadata `rule` names the rule)
     ├── Unauthenticated               UNAUTHENTICATED      the caller could not be identified
     └── ResourceExhausted             RESOURCE_EXHAUSTED   a limit was reached
 
@@ -154,3 +156,18 @@ class InvalidSignature(PermissionDenied):
 
 class QuoteExpired(FailedPrecondition):
     reason = "QUOTE_EXPIRED"
+
+
+class Forbidden(PermissionDenied):
+    """The authenticated caller may not do this: `rule` names the rule it broke (see
+    `wallets.access` and `marketplace.access`). Refused before anything is read for writing."""
+
+    reason = "FORBIDDEN"
+
+    def __init__(self, rule: str, message: str) -> None:
+        super().__init__(f"rule {rule}: {message}")
+        self.rule = rule
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return {"rule": self.rule}

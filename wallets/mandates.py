@@ -12,8 +12,8 @@ spend's own transaction, so concurrent spends never pass its total. Revocation (
 owner over `REVOKE_CONTEXT + mandate_id`) commits before it returns: the next spend under it is
 refused. A grant replayed after revocation leaves it revoked.
 
-Without caller authentication (a separate issue) nothing yet forces an agent to name its mandate:
-until then mandates bound the spends that claim them.
+Over gRPC a caller that is not the wallet's owner can spend only by naming a mandate with itself
+as `spender_id` (`wallets.access`), so a delegate's every spend is bounded by its mandate.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from wallets.currencies import CURRENCIES, check_amount, currency
 from wallets.errors import HoldClosed, InvalidAmount, InvalidArgument, NotFound
 from wallets.fx import FxDesk, FxProvider
 from wallets.ledger import Ledger
-from wallets.models import Balance, Hold, Posting
+from wallets.models import Balance, Hold, Posting, Transfer
 from wallets.rails import SETTLEMENT_GRACE_S, PendingWithdrawal, Rail, SandboxRail
 from wallets.tables import RailWithdrawalRow
 
@@ -84,16 +84,23 @@ class WalletService:
             )
         sink = self.rail_account(rail)
         if getattr(rail, "settlement_delay_s", 0):
-            return self._withdraw_later(key, wallet, sink, rail, payable)
-        posting = self.ledger.transfer(key, account_id, sink.account_id, payable,
-                                       kind="withdrawal", memo=f"withdrawal via {rail.name}")
+            return self._withdraw_later(key, wallet, sink, rail, amount_atomic, payable)
+        # The idempotency request is what was asked (not the rounded payout), so the same key
+        # with another amount is refused even when both round to the same payout.
+        withdrawal = [Transfer(account_id, sink.account_id, payable)]
+        posting = self.ledger.mutate(
+            key, "withdrawal", {"account": account_id, "rail": rail.name,
+                                "amount": amount_atomic},
+            lambda conn: self.ledger.post_linked_in(conn, key, withdrawal, kind="withdrawal",
+                                                    memo=f"withdrawal via {rail.name}"),
+            Posting.to_json, Posting.from_json)
         rail.send_payout(key, payable)
         return posting
 
     def _withdraw_later(self, key: str, wallet: Balance, sink: Balance, rail: Rail,
-                        payable: int) -> Posting:
+                        requested_atomic: int, payable: int) -> Posting:
         delay_s = rail.settlement_delay_s
-        request = {"account": wallet.account_id, "rail": rail.name, "amount": payable,
+        request = {"account": wallet.account_id, "rail": rail.name, "amount": requested_atomic,
                    "delay_s": delay_s}
 
         def apply(conn: Connection) -> Hold:

@@ -25,6 +25,18 @@ wallet_app = typer.Typer(help="Inspect wallets.", no_args_is_help=True)
 app.add_typer(trace_app, name="trace")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(wallet_app, name="wallet")
+
+
+def _operator_commands() -> None:
+    from marketplace.cli import operator
+
+    app.add_typer(operator.agreements_app, name="agreements")
+    app.add_typer(operator.approvals_app, name="approvals")
+    app.add_typer(operator.disputes_app, name="disputes")
+    app.add_typer(operator.keys_app, name="keys")
+
+
+_operator_commands()
 console = Console()
 DEFAULT_SPANS = Path(".agentmarket/spans.db")
 DEFAULT_DB = "sqlite:///.agentmarket/marketplace.db"
@@ -56,25 +68,62 @@ def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file 
           host: str = typer.Option("127.0.0.1", help="Address to listen on."),
           port: int = typer.Option(7000, min=0, max=65535, help="gRPC port (0: any free)."),
           fee_bps: int = typer.Option(250, min=0, max=10_000, help="Marketplace fee."),
-          spans: Path = typer.Option(DEFAULT_SPANS, help="Embedded span store file.")) -> None:
+          spans: Path = typer.Option(DEFAULT_SPANS, help="Embedded span store file."),
+          operator: list[str] = typer.Option(
+              [], "--operator", help="An operator's agent id (64 hex), trusted with approvals, "
+                                     "unfreezes and disputes; repeat for several."),
+          tls_cert: Path = typer.Option(None, help="PEM certificate chain: serve TLS."),
+          tls_key: Path = typer.Option(None, help="PEM private key of --tls-cert."),
+          tls_client_ca: Path = typer.Option(
+              None, help="PEM CA bundle: require client certificates it issued (mutual TLS)."),
+          rate_limit: float = typer.Option(500.0, min=0.001,
+                                           help="Each agent's sustained calls per second."),
+          burst: int = typer.Option(1000, min=1, help="Each agent's burst of calls."),
+          no_auth: bool = typer.Option(
+              False, "--no-auth", help="UNSAFE, local development only: accept unsigned calls "
+                                       "and authorise nothing (anyone may move anyone's money).")
+          ) -> None:
     """Run a marketplace node until SIGTERM or SIGINT."""
+    from marketplace.auth import server_credentials
     from marketplace.node import MarketplaceNode
-    from marketplace.tracing import setup_tracing
+    from marketplace.tracing import setup_metrics, setup_tracing
 
+    if (tls_cert is None) != (tls_key is None):
+        fail("--tls-cert and --tls-key go together")
+    if tls_client_ca is not None and tls_cert is None:
+        fail("--tls-client-ca needs --tls-cert and --tls-key")
+    try:
+        credentials = server_credentials(
+            tls_cert.read_bytes(), tls_key.read_bytes(),
+            tls_client_ca.read_bytes() if tls_client_ca else None) if tls_cert and tls_key \
+            else None
+    except OSError as error:
+        fail(f"cannot read a TLS file: {error}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if db.startswith("sqlite:///"):
         Path(db.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     spans.parent.mkdir(parents=True, exist_ok=True)
     provider = setup_tracing("marketplace", span_store_path=spans)
+    setup_metrics("marketplace")  # exported over OTLP when OTEL_EXPORTER_OTLP_* is set
     try:
         node = MarketplaceNode(db, host=host, port=port, fee_bps=fee_bps,
-                               tracer_provider=provider).start()
+                               tracer_provider=provider, operator_ids=operator,
+                               require_auth=not no_auth, rate_limit_per_s=rate_limit,
+                               rate_limit_burst=burst, server_credentials=credentials).start()
     except Exception as error:  # a bad URL or a taken port: one line, not a traceback
         fail(f"cannot start the node: {error}")
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    console.print(f"marketplace listening on {node.address} (db {db})", highlight=False)
+    if no_auth:
+        console.print("[red]WARNING: --no-auth: calls are not authenticated and nothing is "
+                      "authorised; never expose this node beyond your own machine",
+                      highlight=False)
+    security = ("mutual TLS" if tls_client_ca else "TLS" if tls_cert else "plaintext") + \
+        (", no authentication" if no_auth else ", signed calls")
+    console.print(f"marketplace listening on {node.address} (db {db}; {security}; node key "
+                  f"{node.agent_id}; {len(node.operator_ids)} operator(s))", highlight=False,
+                  soft_wrap=True)
     stop.wait()
     console.print("shutting down")
     node.stop()

@@ -1,0 +1,62 @@
+"""Who may call a seller agent: the buyer of an agreement, and whoever negotiates as itself.
+
+    method                 allowed
+    Negotiate              rfq: the buyer it names; counter-offer, acceptance: the buyer of
+                           that negotiation or agreement; rejection: any signed caller
+    Invoke, InvokeStream   the agreement's buyer (the voucher must still pay for the call)
+    Finish                 the agreement's buyer (its signature in the request stays)
+
+Applied by `marketplace.auth.AccessInterceptor` after the caller's signature was verified, and
+before the payment interceptor admits a voucher: a stranger holding a leaked voucher cannot
+spend it, and cannot hijack another buyer's open negotiation by its rfq id.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from marketplace import agreements as ag
+from wallets.access import Rule
+from wallets.errors import Forbidden
+
+if TYPE_CHECKING:
+    from agents.seller import SellerAgent
+
+SERVICE = "agents.v1.AgentService"
+
+
+def _short(agent_id: str) -> str:
+    return f"{agent_id[:12]}…"
+
+
+def seller_rules(seller: SellerAgent) -> dict[str, dict[str, Rule]]:
+    def negotiate(caller: str, message: Any) -> None:
+        kind = message.WhichOneof("kind")
+        if kind == "rfq":
+            buyer = message.rfq.buyer_id
+        elif kind == "offer":
+            state = seller.negotiator.negotiations.get(message.offer.rfq_id)
+            if state is None:
+                return  # the negotiator answers NOT_FOUND
+            buyer = state.rfq.buyer_id
+        elif kind == "agreement":
+            buyer = ag.parse_body(message.agreement).buyer_id
+        else:
+            return
+        if buyer != caller:
+            raise Forbidden("negotiate-as-yourself", f"the negotiation is the buyer "
+                                                     f"{_short(buyer)}'s; caller "
+                                                     f"{_short(caller)} is not that buyer")
+
+    def buyer_of_agreement(caller: str, request: Any) -> None:
+        if not seller.gate.known(request.agreement_id):
+            return  # the payment gate or Finish answers NOT_FOUND
+        buyer = seller.gate.body(request.agreement_id).buyer_id
+        if buyer != caller:
+            raise Forbidden("agreement-buyer-calls", f"only the buyer of agreement "
+                                                     f"{request.agreement_id[:12]}… calls or "
+                                                     f"finishes it; caller {_short(caller)} "
+                                                     "is not")
+
+    return {SERVICE: {"Negotiate": negotiate, "Invoke": buyer_of_agreement,
+                      "InvokeStream": buyer_of_agreement, "Finish": buyer_of_agreement}}

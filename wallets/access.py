@@ -1,0 +1,207 @@
+"""Who may do what with wallets: one rule per WalletService method, applied to the
+authenticated caller before the request reaches the wallet service.
+
+Roles:
+    owner        the agent whose id is the wallet's `owner`.
+    delegate     an agent holding a mandate from the owner. It spends (Transfer, Hold, Convert)
+                 by naming the mandate and itself as `spender_id`; the ledger then checks the
+                 mandate (its wallet, its agent, its limits, revoked or expired) inside the
+                 spend's own transaction (`wallets.mandates.authorise`).
+    marketplace  the node's own key and the operators: captures and voids holds, and acts for
+                 the system accounts (owners that are not agent keys: "marketplace" fees and
+                 dispute escrow).
+    operator     a configured operator key: approvals, unfreezes, and reading any wallet.
+
+    method                          allowed
+    ListCurrencies, GetQuote        any authenticated caller
+    OpenAccount                     the owner it names, or an operator
+    GetBalance, History, GetPolicy  owner, or operator (system accounts: marketplace)
+    Deposit, Withdraw               owner (system accounts: marketplace)
+    Transfer, Hold, Convert         owner, or delegate (spender_id = caller) under a mandate
+    Capture, Void                   marketplace
+    SetPolicy, Freeze               owner, or operator
+    Unfreeze, Approve, Deny         operator
+    ListAlerts, ListApprovals       owner of account_id, or operator (no account_id: operator)
+    GrantMandate                    owner, or the mandate's agent (the owner signs the terms)
+    RevokeMandate                   any authenticated caller (the owner signs the revocation)
+    GetMandate                      owner, the mandate's agent, or operator
+Rail accounts are never debited over the API (only Deposit and Withdraw move them): a
+transfer out of one would mint money. A method without a rule is refused (deny by default).
+
+Idempotency keys are one namespace, shared with the node's own operations: a caller who used
+`settle-withdrawal:<hold>` first would make the sweep that pays that withdrawal out fail for
+good (same key, different request). Keys with the prefixes the node uses for itself
+(`RESERVED_KEY_PREFIXES`, and `marketplace.access`'s) are refused from callers.
+
+Why here and not inside `Ledger`/`WalletService`: those are also called in-process with the
+authority of something other than a remote caller (settlement holds a buyer's money under the
+agreement the buyer signed, then captures or voids it; the sweeper expires holds; operator
+commands work on the database). The rules judge remote callers, so they run where a remote
+request enters. They read only facts that never change once written (an account's owner and
+kind, a mandate's owner and agent), so checking before the write transaction leaves no race.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from wallets.errors import Forbidden
+from wallets.mandates import MandateTerms, is_key
+from wallets.models import Balance
+from wallets.service import WalletService
+
+SERVICE = "wallets.v1.WalletService"
+Rule = Callable[[str, Any], None]
+RESERVED_KEY_PREFIXES = ("settle-withdrawal:", "withdrawal-paid:", "expire:")
+
+
+def _short(agent_id: str) -> str:
+    return f"{agent_id[:12]}…" if agent_id else "(unauthenticated)"
+
+
+@dataclass(frozen=True)
+class Principals:
+    """Keys with roles beyond their own wallets."""
+
+    operators: frozenset[str] = frozenset()
+    marketplace: frozenset[str] = frozenset()  # the node's keys; operators count too
+
+    def is_operator(self, caller: str) -> bool:
+        return caller in self.operators
+
+    def is_marketplace(self, caller: str) -> bool:
+        return caller in self.marketplace or caller in self.operators
+
+
+class WalletAccess:
+    """The rules, over a wallet service (for owners, kinds and mandates)."""
+
+    def __init__(self, wallets: WalletService, principals: Principals) -> None:
+        self.wallets = wallets
+        self.ledger = wallets.ledger
+        self.principals = principals
+
+    def rules(self) -> dict[str, Rule]:
+        """Method name -> rule(caller, request); raises Forbidden to refuse."""
+        anyone: Rule = lambda caller, request: None  # noqa: E731
+        return {
+            "ListCurrencies": anyone, "GetQuote": anyone, "RevokeMandate": anyone,
+            "OpenAccount": self._open, "GetBalance": self._read, "History": self._read,
+            "GetPolicy": self._read, "Deposit": self._deposit, "Withdraw": self._withdraw,
+            "Transfer": self._spend("debit_account_id"), "Hold": self._spend("debit_account_id"),
+            "Convert": self._spend("from_account_id"), "Capture": self._marketplace,
+            "Void": self._marketplace, "SetPolicy": self._control, "Freeze": self._control,
+            "Unfreeze": self._operator, "Approve": self._operator, "Deny": self._operator,
+            "ListAlerts": self._list, "ListApprovals": self._list,
+            "GrantMandate": self._grant, "GetMandate": self._get_mandate,
+        }
+
+    # ---- who owns what --------------------------------------------------------------------
+
+    def _account(self, account_id: str) -> Balance:
+        return self.ledger.balance(account_id)
+
+    def _acts_for(self, caller: str, account: Balance) -> bool:
+        """The caller is the account's owner (agents), or the marketplace (system accounts)."""
+        if is_key(account.owner):
+            return caller == account.owner
+        return account.kind != "rail" and self.principals.is_marketplace(caller)
+
+    def _owner_or_operator(self, rule: str, caller: str, account_id: str, what: str) -> None:
+        account = self._account(account_id)
+        if not (self._acts_for(caller, account) or self.principals.is_operator(caller)):
+            raise Forbidden(rule, f"only the owner of account {account_id} or an operator may "
+                                  f"{what}; caller {_short(caller)} is neither")
+
+    # ---- the rules ------------------------------------------------------------------------
+
+    def _open(self, caller: str, request: Any) -> None:
+        if request.owner != caller and not self.principals.is_operator(caller):
+            raise Forbidden("open-own-wallet", f"an agent opens wallets for itself only; "
+                                               f"caller {_short(caller)} is not "
+                                               f"{_short(request.owner)}")
+
+    def _read(self, caller: str, request: Any) -> None:
+        self._owner_or_operator("wallet-owner-reads", caller, request.account_id,
+                                "read its balance, history or policy")
+
+    def _deposit(self, caller: str, request: Any) -> None:
+        if not self._acts_for(caller, self._account(request.account_id)):
+            raise Forbidden("deposit-own-wallet", f"only the owner of account "
+                                                  f"{request.account_id} deposits into it; "
+                                                  f"caller {_short(caller)} is not")
+
+    def _withdraw(self, caller: str, request: Any) -> None:
+        if not self._acts_for(caller, self._account(request.account_id)):
+            raise Forbidden("wallet-owner-spends", f"only the owner of account "
+                                                   f"{request.account_id} withdraws from it; "
+                                                   f"caller {_short(caller)} is not")
+
+    def _spend(self, field: str) -> Rule:
+        def rule(caller: str, request: Any) -> None:
+            account_id = getattr(request, field)
+            account = self._account(account_id)
+            if account.kind == "rail":
+                raise Forbidden("rail-accounts-move-by-rail", f"account {account_id} is a rail "
+                                                              "account: only Deposit and "
+                                                              "Withdraw move it")
+            if request.spender_id and request.spender_id != caller:
+                raise Forbidden("spender-is-caller", f"spender_id must be the caller "
+                                                     f"({_short(caller)}), not "
+                                                     f"{_short(request.spender_id)}")
+            if self._acts_for(caller, account):
+                return
+            if not request.mandate_id:
+                raise Forbidden("wallet-owner-spends", f"only the owner of account {account_id}"
+                                                       f" spends from it, or an agent under a "
+                                                       f"mandate from the owner (name it in "
+                                                       f"mandate_id); caller {_short(caller)} "
+                                                       "is neither")
+            # a delegate: the ledger checks the mandate names this wallet and this spender
+
+        return rule
+
+    def _marketplace(self, caller: str, request: Any) -> None:
+        if not self.principals.is_marketplace(caller):
+            raise Forbidden("marketplace-settles-holds", f"only the marketplace (its node key "
+                                                         f"or an operator) captures or voids "
+                                                         f"holds; caller {_short(caller)} is "
+                                                         "not")
+
+    def _control(self, caller: str, request: Any) -> None:
+        self._owner_or_operator("owner-or-operator-controls", caller, request.account_id,
+                                "set its policy or freeze it")
+
+    def _operator(self, caller: str, request: Any) -> None:
+        if not self.principals.is_operator(caller):
+            raise Forbidden("operator-decides", f"only an operator unfreezes wallets and "
+                                                f"approves or denies held payments; caller "
+                                                f"{_short(caller)} is not an operator")
+
+    def _list(self, caller: str, request: Any) -> None:
+        if not request.account_id:
+            if not self.principals.is_operator(caller):
+                raise Forbidden("operator-lists-all", "only an operator lists every wallet's "
+                                                      "alerts or approvals; name your "
+                                                      "account_id")
+            return
+        self._owner_or_operator("wallet-owner-reads", caller, request.account_id,
+                                "list its alerts or approvals")
+
+    def _grant(self, caller: str, request: Any) -> None:
+        terms = MandateTerms.from_bytes(request.terms)
+        owner = self._account(terms.account_id).owner
+        if caller not in (owner, terms.agent_key):
+            raise Forbidden("mandate-parties-grant", f"a mandate is presented by the wallet's "
+                                                     f"owner or by the agent it names; caller "
+                                                     f"{_short(caller)} is neither")
+
+    def _get_mandate(self, caller: str, request: Any) -> None:
+        found = self.wallets.controls.mandate(request.mandate_id)
+        if caller not in (found.owner, found.terms.agent_key) and \
+                not self.principals.is_operator(caller):
+            raise Forbidden("mandate-parties-read", f"only the owner, the mandate's agent or "
+                                                    f"an operator reads mandate "
+                                                    f"{request.mandate_id[:12]}…")
