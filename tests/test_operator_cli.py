@@ -46,6 +46,15 @@ def test_postings_show_the_trace_that_caused_them(demo: DemoResult):
     assert demo.trace_id in _run("ledger", "--db", _db(demo), "--since", "1h")
 
 
+def test_trace_list_filters(demo: DemoResult):
+    spans = str(demo.span_store)
+    listed = json.loads(_run("trace", "list", "--spans", spans, "--agent", "buyer",
+                             "--since", "1h", "--status", "ok", "--json"))
+    assert demo.trace_id in [t["trace_id"] for t in listed]
+    assert json.loads(_run("trace", "list", "--spans", spans, "--status", "error",
+                           "--json")) == []
+
+
 def test_wallet_show_and_agreements(demo: DemoResult):
     buyer = next(owner for owner, name in demo.names.items() if name == "buyer")
     shown = json.loads(_run("wallet", "show", buyer[:10], "--db", _db(demo), "--json"))
@@ -53,6 +62,8 @@ def test_wallet_show_and_agreements(demo: DemoResult):
     account = shown["accounts"][0]
     assert account["posted_atomic"] == demo.after[account["account_id"]].posted_atomic
     assert shown["open_holds"] == []
+    assert [c["frozen"] for c in shown["controls"]] == [False]
+    assert "policy: none" in _run("wallet", "show", buyer, "--db", _db(demo))
     agreements = json.loads(_run("agreements", "--db", _db(demo), "--json"))
     assert len(agreements) == 1 and agreements[0]["state"] == "settled"
     assert agreements[0]["agreement_id"][:16] in _run("agreements", "--db", _db(demo))

@@ -173,12 +173,29 @@ def trace_last(spans: Path = typer.Option(DEFAULT_SPANS, help="Span store file."
 @trace_app.command("list")
 def trace_list(spans: Path = typer.Option(DEFAULT_SPANS, help="Span store file."),
                limit: int = typer.Option(20, min=1, max=1000),
-               service: str = typer.Option(None, help="Only traces touching this service."),
-               agreement: str = typer.Option(None, help="Only traces of this agreement id.")
-               ) -> None:
-    """List recent traces."""
+               service: str = typer.Option(None, "--agent", "--service",
+                                           help="Only traces touching this agent or service."),
+               agreement: str = typer.Option(None, help="Only traces of this agreement id."),
+               since: str = typer.Option(None, help="Only traces started in the last 15m, "
+                                                    "2h, 3d ..."),
+               status: str = typer.Option(None, help="ok or error"),
+               as_json: bool = typer.Option(False, "--json", help="JSON for scripts.")) -> None:
+    """List recent traces, newest first."""
+    from marketplace.cli.operator import _since_ms
+
+    if status not in (None, "ok", "error"):
+        fail(f"--status is ok or error, not {status!r}")
     with _store(spans) as store:
-        rows = store.traces(limit=limit, service=service, agreement_id=agreement)
+        rows = store.traces(limit=limit, service=service, agreement_id=agreement,
+                            since_ms=_since_ms(since))
+    if status is not None:
+        rows = [t for t in rows if t.error == (status == "error")]
+    if as_json:
+        print(json.dumps([{"trace_id": t.trace_id, "root": t.root_name,
+                           "spans": t.span_count, "duration_ms": t.duration_ms,
+                           "services": list(t.services), "error": t.error} for t in rows],
+                         indent=2))
+        return
     # ids are what the user copies into `trace show`: never cut or wrap them, even when narrow
     table = Table(Column("trace id", no_wrap=True, min_width=32), "root", "spans", "duration",
                   "services", "status")

@@ -92,11 +92,17 @@ def balance_json(b: Balance) -> dict[str, Any]:
 
 
 def show_wallet(ledger: Ledger, owner: str, as_json: bool) -> None:
+    from wallets.controls import WalletControls
+
+    controls = WalletControls(ledger)
     accounts = ledger.accounts(owner)
     holds = [h for a in accounts for h in ledger.holds(account_id=a.account_id, status="open")]
+    states = {a.account_id: controls.policy(a.account_id) for a in accounts
+              if a.kind == "wallet"}
     if as_json:
         print(json.dumps({"owner": owner, "accounts": [balance_json(a) for a in accounts],
-                          "open_holds": [h.to_json() for h in holds]}, indent=2))
+                          "open_holds": [h.to_json() for h in holds],
+                          "controls": [c.to_json() for c in states.values()]}, indent=2))
         return
     table = Table("account", "currency", "posted", "held", "incoming", "available",
                   title=f"Wallet of {owner}")
@@ -106,6 +112,8 @@ def show_wallet(ledger: Ledger, owner: str, as_json: bool) -> None:
                       _money(a.pending_credits_atomic, a.currency),
                       _money(a.available_atomic, a.currency))
     console.print(table)
+    for account_id, state in states.items():
+        console.print(f"{account_id}: {_describe(state)}", highlight=False)
     if holds:
         held = Table("hold", "amount", "captured", "released", "expires", title="Open holds")
         for h in holds:
@@ -114,6 +122,22 @@ def show_wallet(ledger: Ledger, owner: str, as_json: bool) -> None:
                          _money(h.voided_atomic, h.currency),
                          time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(h.expires_at_ms / 1000)))
         console.print(held)
+
+
+def _describe(state: Any) -> str:
+    """One line of a wallet's controls: its caps and lists, and whether it is frozen."""
+    p, code = state.policy, state.currency
+    parts = [f"{label} {_money(getattr(p, name), code)}" for name, label in (
+        ("per_call_cap_atomic", "per call"), ("daily_cap_atomic", "per day"),
+        ("counterparty_daily_cap_atomic", "per counterparty a day"),
+        ("approval_threshold_atomic", "approval above")) if getattr(p, name)]
+    parts += [f"{name.replace('_', ' ')}: {len(getattr(p, name))}" for name in (
+        "allow_counterparties", "deny_counterparties", "allow_skills", "deny_skills")
+        if getattr(p, name)]
+    if p.velocity_factor_pct:
+        parts.append(f"freeze above {p.velocity_factor_pct}% of its usual spend rate")
+    policy = "policy: " + (", ".join(parts) if parts else "none")
+    return policy + (f"; FROZEN ({state.frozen_reason})" if state.frozen else "")
 
 
 def print_agreements(rows: list[dict[str, Any]], as_json: bool) -> None:
