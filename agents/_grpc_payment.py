@@ -18,6 +18,7 @@ import grpc
 from agents.errors import AgentmarketError
 from agents.payments import VOUCHER_METADATA_KEY, Admission, PaymentGate, PaymentSession
 from marketplace.v1 import agreement_pb2
+from wallets.caller import current_caller
 from wallets.grpc_errors import abort
 from wallets.metrics import market_metrics
 
@@ -82,16 +83,20 @@ def _voucher(details: grpc.HandlerCallDetails) -> agreement_pb2.Voucher | None:
 class PaymentServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     """Check the voucher before the paid handler runs; refuse with a clear status."""
 
-    def __init__(self, gate: PaymentGate, reserve_of: Callable[[str], int]) -> None:
+    def __init__(self, gate: PaymentGate, reserve_of: Callable[[str], int], *,
+                 require_auth: bool = True) -> None:
+        """`require_auth`: an unsigned call must then reveal a new payword (its own proof)."""
         self.gate = gate
         self.reserve_of = reserve_of
+        self.require_auth = require_auth
 
     def _admit(self, request: Any, voucher: Any, partial: bool) -> Admission:
         if not self.gate.known(request.agreement_id):
             self.gate.admit(voucher, request.agreement_id, 0)  # raises NotFound / PaymentRequired
         admission = self.gate.admit(voucher, request.agreement_id,
                                     self.reserve_of(request.agreement_id),
-                                    call_id=request.call_id, partial=partial)
+                                    call_id=request.call_id, partial=partial,
+                                    fresh_word_required=self.require_auth and not current_caller())
         if admission.replay is None:
             terms = self.gate.body(request.agreement_id).terms
             market_metrics().paid_calls.add(1, {"currency": terms.currency,

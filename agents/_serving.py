@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from jsonschema import ValidationError
-from jsonschema.validators import validator_for
 
 from agents._grpc_payment import current_admission
+from agents._schemas_cache import validator
 from agents.errors import AgentmarketError, BudgetExceeded, FailedPrecondition, InvalidArgument
 from agents.llm import traced_by
 from agents.metering import TOKENS, Meter, metering
@@ -57,7 +57,7 @@ class PaidCalls:
             raise InvalidArgument(f"input is larger than {MAX_INPUT_BYTES} bytes")
         try:
             arguments = json.loads(request.input_json)
-            validator_for(skill.input_schema)(skill.input_schema).validate(arguments)
+            validator(skill.input_schema).validate(arguments)
         except (ValueError, RecursionError) as error:
             raise InvalidArgument(f"input is not valid JSON: {error}") from None
         except ValidationError as error:

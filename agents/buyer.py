@@ -33,13 +33,13 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from jsonschema import ValidationError
-from jsonschema.validators import validator_for
 from opentelemetry import trace
 from opentelemetry.trace import TracerProvider
 
 from agents import _bargain
 from agents._bargain import Quote
 from agents._grpc_payment import VoucherClientInterceptor
+from agents._schemas_cache import validator
 from agents.errors import (
     AgentmarketError,
     ApprovalRequired,
@@ -52,7 +52,7 @@ from agents.negotiation import Strategy
 from agents.payments import VOUCHER_METADATA_KEY, PaymentSession, links_for
 from agents.v1 import agent_pb2, agent_pb2_grpc
 from marketplace import agreements as ag
-from marketplace.auth import signed_channel
+from marketplace.auth import UNSIGNED_OK_KEY, signed_channel
 from marketplace.grpc_tracing import client_interceptors
 from marketplace.identity import AgentKey
 from marketplace.payword import MAX_CHAIN_LENGTH, PaywordChain
@@ -70,6 +70,8 @@ from wallets.v1 import wallet_pb2, wallet_pb2_grpc
 if TYPE_CHECKING:
     from agents._streaming import StreamedCall
 
+ANSWER_MAY_BE_LOST = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                                grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN})
 RPC_TIMEOUT_S = 10.0
 AWAITING_RELEASE = (settlement_pb2.AGREEMENT_STATE_VERIFIED,
                     settlement_pb2.AGREEMENT_STATE_DELIVERED)
@@ -92,6 +94,10 @@ class Deal:
     tariff: Tariff | None = None
     seed_hex: str = ""
     problems: list[str] = field(default_factory=list)
+    # calls whose answer was lost: call id -> (voucher sequence, payword index) to re-send
+    unanswered: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # receipts whose seller signature is checked in one batch before the buyer accepts
+    unsigned_receipts: list[agreement_pb2.Receipt] = field(default_factory=list)
 
     @property
     def call_max_atomic(self) -> int:
@@ -334,33 +340,47 @@ class BuyerAgent:
         answered with the first response and charged once."""
         session = self.sessions[deal.agreement_id]
         reserve = deal.call_max_atomic
+        lost = deal.unanswered.pop(call_id, None) if call_id else None
+        if lost is not None:  # its answer was lost: the same voucher fetches it, charged once
+            voucher_at = lost
         if voucher_at is None:
+            revealed = session.index
             voucher = session.next_voucher(reserve)
+            fresh = voucher.payword_index > revealed  # a new word: proof enough, no signature
         else:
             voucher = session.voucher(*voucher_at)
+            fresh = False  # a re-sent voucher proves nothing new: sign it
         request = agent_pb2.InvokeRequest(agreement_id=deal.agreement_id,
                                           input_json=json.dumps(arguments),
                                           call_id=call_id or uuid.uuid4().hex)
+        settles = voucher_at is None or lost is not None
         terms = deal.body.terms
         with self._tracer.start_as_current_span("paid_call", attributes={
                 attr.AGREEMENT_ID: deal.agreement_id, attr.SKILL: terms.skill,
                 "agentmarket.reserved_atomic": reserve, attr.CURRENCY: terms.currency,
                 attr.PAYER: self.agent_id, attr.PAYEE: deal.body.seller_id}) as span:
             try:
-                response = self._send(deal, request, voucher)
-            except grpc.RpcError:
-                if voucher_at is None:
+                response = self._send(deal, request, voucher, fresh=fresh)
+            except grpc.RpcError as error:
+                if settles and error.code() in ANSWER_MAY_BE_LOST:
+                    # the seller may have run and charged it: keep the reservation; a retry
+                    # with this call id re-sends this voucher and gets the first answer
+                    deal.unanswered[request.call_id] = (voucher.sequence, voucher.payword_index)
+                elif settles:
                     session.settle(reserve, 0)
                 raise
             span.set_attribute(attr.AMOUNT_ATOMIC, response.usage.charged_atomic)
-        if voucher_at is None:
+        if settles:
             session.settle(reserve, response.usage.charged_atomic)
         return self._check(deal, response, reserve)
 
     def _send(self, deal: Deal, request: agent_pb2.InvokeRequest,
-              voucher: agreement_pb2.Voucher) -> agent_pb2.InvokeResponse:
+              voucher: agreement_pb2.Voucher, *, fresh: bool = False
+              ) -> agent_pb2.InvokeResponse:
         seller = self._seller(deal.body.seller_endpoint)
         metadata = [(VOUCHER_METADATA_KEY, voucher.SerializeToString())]
+        if fresh:
+            metadata.append((UNSIGNED_OK_KEY, "1"))
         for _attempt in range(RETRY_IN_PROGRESS):
             try:
                 return seller.Invoke(request, metadata=metadata, timeout=RPC_TIMEOUT_S)
@@ -379,7 +399,7 @@ class BuyerAgent:
         with self._tracer.start_as_current_span("verify.schema", attributes={
                 attr.AGREEMENT_ID: deal.agreement_id}) as span:
             try:
-                validator_for(deal.output_schema)(deal.output_schema).validate(output)
+                validator(deal.output_schema).validate(output)
             except ValidationError as error:
                 problem = problem or f"output does not match the schema: {error.message}"
                 deal.failed_outputs += 1
@@ -407,9 +427,23 @@ class BuyerAgent:
         response = self._seller(deal.body.seller_endpoint).Finish(agent_pb2.FinishRequest(
             agreement_id=deal.agreement_id, buyer_signature=signature), timeout=RPC_TIMEOUT_S)
         deal.escrow = response.escrow
+        self.check_receipt_signatures(deal)
         if confirm and not deal.problems and deal.escrow.state in AWAITING_RELEASE:
             return self.confirm(deal)
         return deal.escrow
+
+    def check_receipt_signatures(self, deal: Deal) -> list[str]:
+        """Verify, in one batch, the seller's signature on every receipt taken so far (off the
+        per-call hot path: no money is released before the buyer accepts or the window ends)."""
+        found = []
+        for receipt in deal.unsigned_receipts:
+            try:
+                ag.check_receipt(receipt, deal.body.seller_id)
+            except Exception as error:
+                found.append(f"bad receipt: {error}")
+        deal.unsigned_receipts.clear()
+        deal.problems.extend(found)
+        return found
 
     def confirm(self, deal: Deal) -> settlement_pb2.Escrow:
         """Accept delivered work (BUYER_ACCEPTANCE agreements)."""
@@ -434,9 +468,10 @@ def receipt_problem(deal: Deal, receipt: agreement_pb2.Receipt, usage: agent_pb2
     """Why a receipt does not check out ('' when it does): signature and output hash, the
     charge equal to the tariff applied to the reported usage (capped at the call's reserve)."""
     try:
-        ag.check_receipt(receipt, deal.body.seller_id)
+        ag.check_receipt(receipt, deal.body.seller_id, signature=False)
     except Exception as error:
         return f"bad receipt: {error}"
+    deal.unsigned_receipts.append(receipt)  # its signature: checked before accepting
     if receipt.output_json != output_json or receipt.agreement_id != deal.agreement_id:
         return "the receipt commits to another output"
     tariff = deal.tariff or Tariff(CALLS, deal.body.terms.unit_price_atomic)

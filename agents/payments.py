@@ -189,7 +189,8 @@ class PaymentGate:
         return account
 
     def admit(self, voucher: agreement_pb2.Voucher | None, agreement_id: str,
-              reserve_atomic: int, *, call_id: str = "", partial: bool = False) -> Admission:
+              reserve_atomic: int, *, call_id: str = "", partial: bool = False,
+              fresh_word_required: bool = False) -> Admission:
         """Check a voucher and reserve `reserve_atomic` of the prepayment for this call
         (`partial`: a stream takes what is prepaid, up to that, and at least one atomic unit).
 
@@ -211,6 +212,9 @@ class PaymentGate:
                 return self._retry(agreement_id, account, voucher, call_id, reserve_atomic,
                                    partial)
             self._check_new(account, voucher)
+            if fresh_word_required and voucher.payword_index <= account.anchor_index:
+                raise InvalidVoucher("an unsigned call must reveal a new payword; sign calls "
+                                     "that spend carried-over prepayment")
             unspent = voucher.cumulative_atomic - account.charged_atomic \
                 - account.reserved_atomic
             reserve = min(reserve_atomic, unspent) if partial else reserve_atomic

@@ -33,7 +33,7 @@ from opentelemetry import trace
 from opentelemetry.trace import TracerProvider
 
 from agents._access import seller_rules
-from agents._grpc_payment import PaymentServerInterceptor
+from agents._grpc_payment import INVOKE, INVOKE_STREAM, PaymentServerInterceptor
 from agents._serving import PaidCalls
 from agents._strategy_host import SellerNegotiator
 from agents.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Unavailable
@@ -98,12 +98,15 @@ class SellerAgent:
         self.registry = registry_pb2_grpc.RegistryServiceStub(channel)
         self.settlement = settlement_pb2_grpc.SettlementServiceStub(channel)
         auth = AuthServerInterceptor(required=require_auth, rate_per_s=rate_limit_per_s,
-                                     burst=rate_limit_burst)
-        access = [AccessInterceptor.of(seller_rules(self))] if require_auth else []
+                                     burst=rate_limit_burst,
+                                     optional_methods=(INVOKE, INVOKE_STREAM))
+        access = [AccessInterceptor.of(seller_rules(self), anonymous_methods=(
+            INVOKE, INVOKE_STREAM))] if require_auth else []
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers),
             interceptors=[MalformedRequestInterceptor(), server_interceptor(tracer_provider),
-                          auth, *access, PaymentServerInterceptor(self.gate, self._reserve_of)],
+                          auth, *access, PaymentServerInterceptor(self.gate, self._reserve_of,
+                                                   require_auth=require_auth)],
             options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
         self.negotiator = SellerNegotiator(self, reservation_fraction, strategy,
                                            completion_window_s, dispute_window_s)

@@ -48,6 +48,8 @@ NONCE_KEY = "agentmarket-nonce"
 SIGNATURE_KEY = "agentmarket-signature-bin"
 _AUTH_KEYS = (AGENT_KEY, TIMESTAMP_KEY, NONCE_KEY, SIGNATURE_KEY)
 PUBLIC_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+# Set by the voucher interceptor when the call reveals a new PayWord word (its own proof)
+UNSIGNED_OK_KEY = "agentmarket-fresh-payword"
 CALLER_ATTRIBUTE = "enduser.id"
 _AGENT_ID = re.compile(r"^[0-9a-f]{64}$")
 _TIMESTAMP = re.compile(r"^[0-9]{1,16}$")
@@ -85,6 +87,11 @@ class SigningClientInterceptor(grpc.UnaryUnaryClientInterceptor,  # type: ignore
         self.key = key
         self.clock_ms = clock_ms or _now_ms
 
+    def _skip(self, details: Any) -> bool:
+        """A call that proves itself (UNSIGNED_OK in its metadata) is not signed: it saves an
+        ed25519 signature on the paid-call hot path."""
+        return any(k == UNSIGNED_OK_KEY for k, _ in details.metadata or ())
+
     def _sign(self, details: Any, request: Any) -> _CallDetails:
         method = details.method.decode() if isinstance(details.method, bytes) else details.method
         body = request if isinstance(request, bytes) else request.SerializeToString()
@@ -97,9 +104,13 @@ class SigningClientInterceptor(grpc.UnaryUnaryClientInterceptor,  # type: ignore
         return _CallDetails(details, metadata)
 
     def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        if self._skip(details):
+            return continuation(details, request)
         return continuation(self._sign(details, request), request)
 
     def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        if self._skip(details):
+            return continuation(details, request)
         return continuation(self._sign(details, request), request)
 
 
@@ -237,11 +248,16 @@ class AuthServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
 
     def __init__(self, *, skew_s: int = 60, rate_per_s: float = 500.0, burst: int = 1000,
                  required: bool = True, clock_ms: Callable[[], int] | None = None,
-                 max_nonces: int = 1_000_000, max_agents: int = 100_000) -> None:
+                 max_nonces: int = 1_000_000, max_agents: int = 100_000,
+                 optional_methods: Iterable[str] = ()) -> None:
+        """`optional_methods`: full method paths whose calls may come unsigned (their caller
+        is then ''), for methods that carry their own proof: a seller's paid Invoke, whose
+        fresh PayWord word only the buyer can produce."""
         if not 1 <= skew_s <= 3600:
             raise ValueError("skew_s must be 1..3600")
         self.skew_ms = skew_s * 1000
         self.required = required
+        self.optional_methods = frozenset(optional_methods)
         self.clock_ms = clock_ms or _now_ms
         self._nonces = _NonceCache(max_nonces)
         self._limiter = _RateLimiter(rate_per_s, burst, max_agents)
@@ -287,7 +303,7 @@ class AuthServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         Unauthenticated or ResourceExhausted."""
         agent = metadata.get(AGENT_KEY, "")
         if not agent:
-            if self.required:
+            if self.required and method not in self.optional_methods:
                 raise Unauthenticated("the call is not signed: send agentmarket-agent, "
                                       "-timestamp-ms, -nonce and -signature-bin metadata "
                                       "(marketplace.auth.signed_channel)")
@@ -339,17 +355,23 @@ class AccessInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     `AuthServerInterceptor` (it reads the caller it set) and the malformed-request check."""
 
     def __init__(self, rules: Mapping[str, Rule], services: Iterable[str],
-                 reserved_key_prefixes: Iterable[str] = ()) -> None:
+                 reserved_key_prefixes: Iterable[str] = (),
+                 anonymous_methods: Iterable[str] = ()) -> None:
+        """`anonymous_methods`: full method paths whose rule also sees unsigned calls (caller
+        '') and decides; every other method needs an authenticated caller."""
         self.rules = dict(rules)
         self.services = tuple(f"/{s}/" for s in services)
         self.reserved = tuple(reserved_key_prefixes)
+        self.anonymous = frozenset(anonymous_methods)
 
     @classmethod
     def of(cls, tables: Mapping[str, Mapping[str, Rule]],
-           reserved_key_prefixes: Iterable[str] = ()) -> AccessInterceptor:
+           reserved_key_prefixes: Iterable[str] = (),
+           anonymous_methods: Iterable[str] = ()) -> AccessInterceptor:
         """From service name -> method name -> rule."""
         return cls({f"/{service}/{method}": rule for service, methods in tables.items()
-                    for method, rule in methods.items()}, tables, reserved_key_prefixes)
+                    for method, rule in methods.items()}, tables, reserved_key_prefixes,
+                   anonymous_methods)
 
     def _check_keys(self, request: Any) -> None:
         """Refuse idempotency keys in the node's own namespace (see `wallets.access`)."""
@@ -377,7 +399,7 @@ class AccessInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 caller = current_caller()
                 trace.get_current_span().set_attribute(CALLER_ATTRIBUTE, caller)
                 try:
-                    if not caller:
+                    if not caller and details.method not in self.anonymous:
                         raise Unauthenticated("this call needs an authenticated caller")
                     self._check_keys(request)
                     rule(caller, request)

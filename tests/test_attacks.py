@@ -539,6 +539,10 @@ def test_a_request_not_signed_by_its_caller_is_refused(market: Market, action: A
                                                        attack: str):
     """Claiming to be the one party allowed, without its valid, fresh signature."""
     assert action.principal is not None
+    if action.name == "invoke-with-a-leaked-voucher" and attack == "unsigned":
+        # A fresh PayWord word is its own proof of payment, so a paid call needs no request
+        # signature (SECURITY.md): see test_an_unsigned_call_must_reveal_a_new_payword.
+        return
     allowed = market.key_of(action.principal)
     body = action.build(market).SerializeToString()
     metadata = {
@@ -647,3 +651,35 @@ def test_a_buyer_cannot_squat_the_idempotency_key_of_the_sweep_that_pays_the_sel
         time.sleep(1.1)  # the dispute window closes
         assert node.settlement.sweep() == 1
         assert node.settlement.get(deal.agreement_id)["captured_atomic"] == 2 * PRICE
+
+
+def test_an_unsigned_call_must_reveal_a_new_payword(market: Market):
+    """Unsigned paid calls are admitted only with a word the seller has not seen; one that
+    spends carried-over prepayment (no new word) must be signed by the buyer."""
+    session = market.agent_buyer.sessions[market.agent_deal.agreement_id]
+    reserve = market.agent_deal.call_max_atomic
+    fresh = session.next_voucher(reserve)
+    session.settle(reserve, 0)
+    channel = grpc.insecure_channel(market.seller_agent.endpoint)
+    call = channel.unary_unary(AGENT + "Invoke", request_serializer=None,
+                               response_deserializer=agent_pb2.InvokeResponse.FromString)
+
+    def invoke(voucher: agreement_pb2.Voucher) -> Any:
+        request = agent_pb2.InvokeRequest(agreement_id=market.agent_deal.agreement_id,
+                                          input_json=json.dumps({"text": "x"}),
+                                          call_id=uuid.uuid4().hex)
+        return call(request.SerializeToString(), timeout=10,
+                    metadata=[(VOUCHER_METADATA_KEY, voucher.SerializeToString())])
+
+    try:
+        assert invoke(fresh).usage.calls == 1
+        same_word = agreement_pb2.Voucher()
+        same_word.CopyFrom(fresh)
+        same_word.sequence += 1
+        with pytest.raises(grpc.RpcError) as caught:
+            invoke(same_word)
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "must reveal a new payword" in caught.value.details() or \
+            "replay" in caught.value.details()
+    finally:
+        channel.close()

@@ -51,7 +51,7 @@ from wallets.tables import IdempotencyRow
 from wallets.v1 import wallet_pb2, wallet_pb2_grpc
 
 SEED = int(os.environ.get("AGENTMARKET_CRASH_SEED", "7"))
-KILLS = {"sqlite": 20, "postgres": 10}
+KILLS = {"sqlite": 18, "postgres": 8}
 BUYERS = ("a", "b", "c")
 SELLER = "s"
 OPERATOR = "op"  # only the marketplace (or an operator) captures and voids holds

@@ -18,6 +18,7 @@ import itertools
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -31,6 +32,7 @@ from marketplace import agreements as ag
 from marketplace.auth import signed_channel
 from marketplace.identity import AgentKey
 from marketplace.node import MarketplaceNode
+from marketplace.testing import Deal as SignedDeal
 from marketplace.testing import make_deal, make_listing, make_skill, make_terms
 from marketplace.v1 import registry_pb2, registry_pb2_grpc, settlement_pb2, settlement_pb2_grpc
 from wallets.audit import check_balances, verify_chain
@@ -147,12 +149,12 @@ class Market:
             credit_account_id=self.payee.account_id, amount=usd(amount), timeout_s=3600),
             timeout=TIMEOUT_S).hold_id
 
-    def deal(self):  # type: ignore[no-untyped-def]
+    def deal(self) -> SignedDeal:
         return make_deal(self.buyer.key, self.seller.key,
                          make_terms(skill="echo", price_atomic=PRICE, quantity=QUANTITY,
                                     dispute_window_s=0), time.time_ns() // 1_000_000)
 
-    def escrow(self):  # type: ignore[no-untyped-def]
+    def escrow(self) -> SignedDeal:
         deal = self.deal()
         self.buyer.settlement.OpenEscrow(settlement_pb2.OpenEscrowRequest(
             idempotency_key=self.key("setup-escrow"), agreement=deal.signed), timeout=TIMEOUT_S)
@@ -410,7 +412,7 @@ class Task:
 
 
 @pytest.fixture
-def task(tmp_path) -> Iterator[Task]:  # type: ignore[no-untyped-def]
+def task(tmp_path: Path) -> Iterator[Task]:
     node = MarketplaceNode(f"sqlite:///{tmp_path / 'market.db'}", sweep_interval_s=3600).start()
     seller = SellerAgent("upper", skills=[upper], marketplace=node.address,
                          dispute_window_s=0).serve()
@@ -447,10 +449,6 @@ def test_lost_redeem_response_the_buyer_finishes_again(task: Task):
     _books_sound_node(task.node)
 
 
-@pytest.mark.xfail(strict=True, reason="agents/buyer.py: a paid call whose response was lost "
-                   "is booked as uncharged and re-sent with a new voucher; the seller charged "
-                   "it, so the retry (same call id) and every later call are refused "
-                   "INVALID_VOUCHER")
 def test_lost_paid_call_response_retry_with_the_same_call_id(task: Task):
     task.to_seller.armed = grpc.StatusCode.UNAVAILABLE
     with pytest.raises(grpc.RpcError):
