@@ -1,9 +1,11 @@
 """A paid call against the same call unpaid, on the same machine, in the same run.
 
-Paid: a SellerAgent's Invoke through the buyer's voucher interceptor and the seller's payment
-check (PayWord word, sequence, budget), metering and a signed receipt per call. Unpaid: the same
-skill behind the same kind of gRPC server and servicer code path, with no payment at all.
-Each of `CLIENTS` threads makes calls on its own channel (paid: its own agreement).
+Paid: a SellerAgent's Invoke through the buyer's voucher interceptor and the seller's
+authentication, access and payment checks (PayWord word, sequence, budget), metering and a
+signed receipt per call. Unpaid: the same skill behind a gRPC server with the framework's
+interceptors that are not about payment (malformed-request guard, tracing on both sides), so
+the ratio is the cost of paying. Each of `CLIENTS` threads makes calls on its own channel
+(paid: its own agreement). Tracing is off in both (AGENTMARKET_TRACING=off by `make bench`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from agents import BuyerAgent, SellerAgent, per_call, skill
 from agents._schemas_cache import validator
 from agents.v1 import agent_pb2, agent_pb2_grpc
 from marketplace import MarketplaceNode
+from marketplace.grpc_tracing import client_interceptors, server_interceptor
+from wallets.grpc_errors import MalformedRequestInterceptor
 
 CLIENTS = 4
 CALLS_PER_CLIENT = 400
@@ -65,11 +69,13 @@ def _drive(call_fns: list[Any]) -> float:
 
 
 def bench_unpaid() -> float:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), interceptors=[
+        MalformedRequestInterceptor(), server_interceptor()])
     agent_pb2_grpc.add_AgentServiceServicer_to_server(_Unpaid(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
-    channels = [grpc.insecure_channel(f"127.0.0.1:{port}") for _ in range(CLIENTS)]
+    channels = [grpc.intercept_channel(grpc.insecure_channel(f"127.0.0.1:{port}"),
+                                       *client_interceptors()) for _ in range(CLIENTS)]
     stubs = [agent_pb2_grpc.AgentServiceStub(c) for c in channels]
 
     def caller(stub: Any) -> Any:
