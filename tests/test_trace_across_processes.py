@@ -1,5 +1,6 @@
-"""One task across three processes (marketplace, seller, buyer) is one trace, and every posting
-of the task points at a span of that trace."""
+"""One task across three processes (marketplace, seller, buyer) is one trace, exported both to
+the embedded span store and to a real OTLP/gRPC receiver, and every posting of the task points
+at a span of that trace."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent import futures
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry import trace
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from agents import BuyerAgent
 from marketplace.spanstore import SpanStore
@@ -47,11 +50,33 @@ def _wait_serving(address: str, deadline_s: float = 20) -> None:
         channel.close()
 
 
-def test_one_trace_spans_three_processes(tmp_path: Path):
+class _Collector(trace_service_pb2_grpc.TraceServiceServicer):
+    """A real OTLP/gRPC endpoint keeping (service, span name, trace id, parent span id)."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[str, str, str, str]] = []
+
+    def Export(self, request, context):  # type: ignore[no-untyped-def]
+        for resource_spans in request.resource_spans:
+            service = next(a.value.string_value for a in resource_spans.resource.attributes
+                           if a.key == "service.name")
+            for scope in resource_spans.scope_spans:
+                self.spans.extend((service, span.name, span.trace_id.hex(),
+                                   span.parent_span_id.hex()) for span in scope.spans)
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+def test_one_trace_spans_three_processes(tmp_path: Path, monkeypatch):
     spans, db = tmp_path / "spans.db", tmp_path / "market.db"
     port = _free_port()
+    collector = _Collector()
+    receiver = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, receiver)
+    otlp = f"http://127.0.0.1:{receiver.add_insecure_port('127.0.0.1:0')}"
+    receiver.start()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_INSECURE", "true")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "AGENTMARKET_TRACING": "on"}
-    env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
     node = subprocess.Popen(
         [sys.executable, "-m", "marketplace.cli.main", "serve", "--db", f"sqlite:///{db}",
          "--port", str(port), "--spans", str(spans)], env=env, cwd=tmp_path,
@@ -79,6 +104,7 @@ def test_one_trace_spans_three_processes(tmp_path: Path):
         trace_id = format(root.get_span_context().trace_id, "032x")
         buyer.close()
         force_flush(provider)
+        provider.shutdown()
     finally:
         if seller is not None:
             seller.send_signal(signal.SIGTERM)
@@ -86,6 +112,12 @@ def test_one_trace_spans_three_processes(tmp_path: Path):
         node.send_signal(signal.SIGTERM)
         node.wait(timeout=20)
 
+    receiver.stop(None)
+    exported = {service for service, _, tid, _ in collector.spans if tid == trace_id}
+    assert {"marketplace", "seller-process", "buyer-process"} <= exported, exported
+    exported_roots = [name for _, name, tid, parent in collector.spans
+                      if tid == trace_id and not parent]
+    assert exported_roots == ["task"]
     with SpanStore(spans) as store:
         found = store.spans(trace_id)
     services = {s.service_name for s in found}
