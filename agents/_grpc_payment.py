@@ -22,6 +22,9 @@ from wallets.caller import current_caller
 from wallets.grpc_errors import abort
 from wallets.metrics import market_metrics
 
+# Statuses after which a call may have run although its answer never came back
+ANSWER_MAY_BE_LOST = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                                grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN})
 INVOKE = "/agents.v1.AgentService/Invoke"
 INVOKE_STREAM = "/agents.v1.AgentService/InvokeStream"
 current_admission: contextvars.ContextVar[Admission | None] = contextvars.ContextVar(

@@ -38,7 +38,7 @@ from opentelemetry.trace import TracerProvider
 
 from agents import _bargain
 from agents._bargain import Quote
-from agents._grpc_payment import VoucherClientInterceptor
+from agents._grpc_payment import ANSWER_MAY_BE_LOST, VoucherClientInterceptor
 from agents._schemas_cache import validator
 from agents.errors import (
     AgentmarketError,
@@ -70,8 +70,6 @@ from wallets.v1 import wallet_pb2, wallet_pb2_grpc
 if TYPE_CHECKING:
     from agents._streaming import StreamedCall
 
-ANSWER_MAY_BE_LOST = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-                                grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN})
 RPC_TIMEOUT_S = 10.0
 AWAITING_RELEASE = (settlement_pb2.AGREEMENT_STATE_VERIFIED,
                     settlement_pb2.AGREEMENT_STATE_DELIVERED)

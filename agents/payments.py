@@ -332,5 +332,6 @@ class PaymentGate:
         with self._lock:
             accounts = list(self._accounts.items())
         return [agreement for agreement, account in accounts
-                if not account.closed and account.latest is not None
-                and now_ms >= account.body.terms.completion_deadline_ms - margin_ms]
+                if account.latest is not None and account.redeemed is None
+                and (account.closed  # a redeem whose answer was lost: send it again
+                     or now_ms >= account.body.terms.completion_deadline_ms - margin_ms)]

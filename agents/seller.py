@@ -33,7 +33,12 @@ from opentelemetry import trace
 from opentelemetry.trace import TracerProvider
 
 from agents._access import seller_rules
-from agents._grpc_payment import INVOKE, INVOKE_STREAM, PaymentServerInterceptor
+from agents._grpc_payment import (
+    ANSWER_MAY_BE_LOST,
+    INVOKE,
+    INVOKE_STREAM,
+    PaymentServerInterceptor,
+)
 from agents._serving import PaidCalls
 from agents._strategy_host import SellerNegotiator
 from agents.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Unavailable
@@ -217,6 +222,12 @@ class SellerAgent:
                 escrow = self.settlement.Redeem(ag.signed_redeem(
                     self.key, agreement_id, voucher, list(receipts),
                     f"redeem:{agreement_id}:{voucher.sequence}"), timeout=RPC_TIMEOUT_S)
+            except grpc.RpcError as error:
+                if error.code() not in ANSWER_MAY_BE_LOST:
+                    self.gate.end_redeem(agreement_id, None)  # refused: take calls again
+                # else it may have landed: stay closed; the next redeem re-sends this same
+                # request (same key), and the marketplace answers it with the first outcome
+                raise
             except BaseException:
                 self.gate.end_redeem(agreement_id, None)
                 raise

@@ -459,9 +459,6 @@ def test_lost_paid_call_response_retry_with_the_same_call_id(task: Task):
     assert escrow.captured_atomic == 3 * task.deal.body.terms.unit_price_atomic
 
 
-@pytest.mark.xfail(strict=True, reason="agents/seller.py: a redeem whose answer was lost "
-                   "reopens the agreement; the seller then serves calls it is never paid for, "
-                   "and every later redeem (new voucher, new key) is ILLEGAL_TRANSITION")
 def test_lost_redeem_response_then_another_call(task: Task):
     price = task.deal.body.terms.unit_price_atomic
     task.to_marketplace.armed = grpc.StatusCode.UNAVAILABLE
