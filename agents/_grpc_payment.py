@@ -19,6 +19,7 @@ from agents.errors import AgentmarketError
 from agents.payments import VOUCHER_METADATA_KEY, Admission, PaymentGate, PaymentSession
 from marketplace.v1 import agreement_pb2
 from wallets.caller import current_caller
+from wallets.errors import ResourceExhausted
 from wallets.grpc_errors import abort
 from wallets.metrics import market_metrics
 
@@ -87,13 +88,24 @@ class PaymentServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     """Check the voucher before the paid handler runs; refuse with a clear status."""
 
     def __init__(self, gate: PaymentGate, reserve_of: Callable[[str], int], *,
-                 require_auth: bool = True) -> None:
-        """`require_auth`: an unsigned call must then reveal a new payword (its own proof)."""
+                 require_auth: bool = True, rate_limit: Callable[[str], bool] | None = None
+                 ) -> None:
+        """`require_auth`: an unsigned call must then reveal a new payword (its own proof);
+        `rate_limit(subject)`: the bucket unsigned calls draw from (the paying buyer's)."""
         self.gate = gate
         self.reserve_of = reserve_of
         self.require_auth = require_auth
+        self.rate_limit = rate_limit
 
     def _admit(self, request: Any, voucher: Any, partial: bool) -> Admission:
+        if self.rate_limit is not None and not current_caller():
+            # unsigned: the agreement's buyer pays for it, so it draws from the buyer's bucket
+            known = self.gate.known(request.agreement_id)
+            payer = self.gate.body(request.agreement_id).buyer_id if known \
+                else f"agreement:{request.agreement_id}"
+            if not self.rate_limit(payer):
+                raise ResourceExhausted(f"agent {payer[:12]}… is over its rate limit; slow "
+                                        "down", reason="RATE_LIMITED")
         if not self.gate.known(request.agreement_id):
             self.gate.admit(voucher, request.agreement_id, 0)  # raises NotFound / PaymentRequired
         admission = self.gate.admit(voucher, request.agreement_id,

@@ -111,7 +111,8 @@ class SellerAgent:
             futures.ThreadPoolExecutor(max_workers=max_workers),
             interceptors=[MalformedRequestInterceptor(), server_interceptor(tracer_provider),
                           auth, *access, PaymentServerInterceptor(self.gate, self._reserve_of,
-                                                   require_auth=require_auth)],
+                                                   require_auth=require_auth,
+                                                   rate_limit=auth.allow)],
             options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
         self.negotiator = SellerNegotiator(self, reservation_fraction, strategy,
                                            completion_window_s, dispute_window_s)

@@ -298,6 +298,11 @@ class AuthServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
 
         return _wrap(handler, guard, capture)
 
+    def allow(self, subject: str) -> bool:
+        """Take one request from `subject`'s bucket (unsigned paid calls are limited per
+        agreement, since they carry no agent id)."""
+        return self._limiter.allow(subject)
+
     def _check(self, method: str, metadata: Mapping[str, Any], body: bytes) -> str:
         """The verified caller ('' for an unsigned call when not required); raises
         Unauthenticated or ResourceExhausted."""
