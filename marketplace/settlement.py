@@ -71,6 +71,7 @@ from wallets.errors import AgentmarketError, InsufficientFunds
 from wallets.guard import SpendContext
 from wallets.ledger import Ledger
 from wallets.metrics import MarketMetrics, market_metrics
+from wallets.models import Transfer
 
 MARKETPLACE_OWNER = "marketplace"
 DISPUTE_ACCOUNT_KIND = "escrow"
@@ -350,9 +351,13 @@ class Settlement:
             attr.PAYER: row.buyer_id, attr.PAYEE: row.seller_id,
             "agentmarket.verifier_fee_atomic": verifier_fee,
         }):
-            self.ledger.capture_in(conn, f"{key}:capture", row.hold_id,
-                                   row.earned_atomic + verifier_fee,
-                                   [s for s in splits if s[1]], final=True)
+            paid = [s for s in splits if s[1]]
+            hold = self.ledger._hold_row(conn, row.hold_id)
+            if hold.status == "open" and hold.expires_at_ms > self.clock_ms():
+                self.ledger.capture_in(conn, f"{key}:capture", row.hold_id,
+                                       row.earned_atomic + verifier_fee, paid, final=True)
+            else:
+                self._collect_lapsed_in(conn, key, row, hold, parties["buyer"], paid)
         refunded = row.held_atomic - row.earned_atomic - verifier_fee
         with self._tracer.start_as_current_span("escrow.release", attributes={
             attr.AGREEMENT_ID: agreement, attr.AMOUNT_ATOMIC: refunded,
@@ -366,6 +371,19 @@ class Settlement:
         self.metrics.fees.add(fee, {"currency": row.currency})
         self.metrics.settlement_duration.record(self.clock_ms() - row.created_at_ms,
                                                 {"outcome": state})
+
+    def _collect_lapsed_in(self, conn: Connection, key: str, row: Any, hold: Any, buyer: str,
+                           paid: list[tuple[str, int]]) -> None:
+        """The hold ran out before release (the node was down past its grace): the money went
+        back to the buyer, so the verified work is paid from the buyer's wallet instead, in one
+        linked posting. If the wallet cannot pay, the error leaves the agreement as it was and
+        the next sweep tries again; the shortfall shows in `agentmarket agreements`."""
+        if hold.status == "open":  # past its timeout, not yet swept: release it first
+            self.ledger.void_in(conn, f"expire:{row.hold_id}", row.hold_id, kind="expire")
+        transfers = [Transfer(buyer, account, amount) for account, amount in paid]
+        if transfers:
+            self.ledger.post_linked_in(conn, f"{key}:lapsed-capture", transfers,
+                                       kind="capture", memo="verified work after a lapsed hold")
 
     def _refund_in(self, conn: Connection, key: str, agreement: str,
                    parties: dict[str, str]) -> None:

@@ -13,7 +13,8 @@ completion deadline; the node sweeps every 0.2 s.
 - The marketplace node (a process) is killed during the negotiation, which goes on between
   buyer and seller without it, and again between paid calls; after each restart escrow and
   settlement work, and the books balance.
-- The node is down past a verified escrow's hold timeout (a fake clock): a known gap, xfail.
+- The node is down past a verified escrow's hold timeout (a fake clock): the hold has lapsed,
+  so the verified work is paid from the buyer's wallet and the record agrees with the ledger.
 """
 
 from __future__ import annotations
@@ -226,11 +227,6 @@ def test_marketplace_restarts_mid_negotiation_and_mid_task(tmp_path: Path):
         engine.dispose()
 
 
-@pytest.mark.xfail(strict=True, reason="marketplace/settlement.py: an escrow awaiting release "
-                   "whose ledger hold ran out while the node was down (longer than "
-                   "HOLD_GRACE_S) is never finalised: every sweep fails HOLD_CLOSED, it stays "
-                   "'verified' with nothing captured or refunded on record, while the ledger "
-                   "gave the seller's verified earnings back to the buyer")
 def test_marketplace_down_past_the_hold_timeout(ledger: Ledger, clock):  # type: ignore[no-untyped-def]
     """The node is down from just after a redeem until after the hold's own timeout; when it
     comes back, its sweep (ledger expiry, then settlement) must leave the agreement final
