@@ -17,6 +17,7 @@ import grpc
 
 from agents.errors import AgentmarketError
 from agents.payments import VOUCHER_METADATA_KEY, Admission, PaymentGate, PaymentSession
+from marketplace._call_details import with_metadata
 from marketplace.v1 import agreement_pb2
 from wallets.caller import current_caller
 from wallets.errors import ResourceExhausted
@@ -30,16 +31,6 @@ INVOKE = "/agents.v1.AgentService/Invoke"
 INVOKE_STREAM = "/agents.v1.AgentService/InvokeStream"
 current_admission: contextvars.ContextVar[Admission | None] = contextvars.ContextVar(
     "current_admission", default=None)
-
-
-class _ClientCallDetails(grpc.ClientCallDetails):  # type: ignore[misc]
-    def __init__(self, details: grpc.ClientCallDetails, metadata: list[tuple[str, Any]]) -> None:
-        self.method = details.method
-        self.timeout = details.timeout
-        self.metadata = metadata
-        self.credentials = details.credentials
-        self.wait_for_ready = details.wait_for_ready
-        self.compression = details.compression
 
 
 def has_voucher(metadata: Any) -> bool:
@@ -64,7 +55,7 @@ class VoucherClientInterceptor(grpc.UnaryUnaryClientInterceptor):  # type: ignor
         reserve = self.reserve_of(request.agreement_id, request)
         voucher = session.next_voucher(reserve)
         metadata = [*(details.metadata or []), (VOUCHER_METADATA_KEY, voucher.SerializeToString())]
-        outcome = continuation(_ClientCallDetails(details, metadata), request)
+        outcome = continuation(with_metadata(details, metadata), request)
         try:
             charged = outcome.result().usage.charged_atomic
         except grpc.RpcError:

@@ -30,8 +30,6 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from jsonschema import ValidationError
 from opentelemetry import trace
 from opentelemetry.trace import TracerProvider
@@ -65,6 +63,7 @@ from marketplace.v1 import (
 )
 from wallets import attributes as attr
 from wallets.currencies import currency as _currency
+from wallets.grpc_errors import error_info
 from wallets.v1 import wallet_pb2, wallet_pb2_grpc
 
 if TYPE_CHECKING:
@@ -308,7 +307,8 @@ class BuyerAgent:
             deal.escrow = self.settlement.OpenEscrow(settlement_pb2.OpenEscrowRequest(
                 idempotency_key=key, agreement=deal.agreement), timeout=RPC_TIMEOUT_S)
         except grpc.RpcError as error:
-            reason, metadata = error_info(error)
+            info = error_info(error)
+            reason, metadata = info.reason, dict(info.metadata)
             if reason != ApprovalRequired.reason:
                 raise
             from agents.approvals import find_approval
@@ -383,7 +383,7 @@ class BuyerAgent:
             try:
                 return seller.Invoke(request, metadata=metadata, timeout=RPC_TIMEOUT_S)
             except grpc.RpcError as error:
-                if error_info(error)[0] != "CALL_IN_PROGRESS":
+                if error_info(error).reason != "CALL_IN_PROGRESS":
                     raise
                 time.sleep(0.05)  # the first attempt is still running: its answer will come
         raise Unavailable("a retried call was still running at the seller; retry later")
@@ -479,19 +479,6 @@ def receipt_problem(deal: Deal, receipt: agreement_pb2.Receipt, usage: agent_pb2
     if receipt.charged_atomic != usage.charged_atomic or receipt.charged_atomic != expected:
         return f"charged {receipt.charged_atomic}, the tariff says {expected} for the usage"
     return ""
-
-
-def error_info(error: grpc.RpcError) -> tuple[str, dict[str, str]]:
-    """(ErrorInfo reason, ErrorInfo metadata) of a failed call, or ('', {})."""
-    try:
-        status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    except Exception:
-        return "", {}
-    for detail in status.details if status else []:
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info):
-            return info.reason, dict(info.metadata)
-    return "", {}
 
 
 def _chain_shape(tariff: Tariff, max_total_atomic: int) -> tuple[int, int]:

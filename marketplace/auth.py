@@ -32,6 +32,7 @@ from typing import Any
 import grpc
 from opentelemetry import trace
 
+from marketplace._call_details import with_metadata
 from marketplace.identity import AgentKey, verify
 from wallets.access import Rule
 from wallets.caller import calling_as, current_caller
@@ -68,16 +69,6 @@ def signed_message(method: str, body: bytes, timestamp_ms: int, nonce: str) -> b
 # ---- the client ---------------------------------------------------------------------------------
 
 
-class _CallDetails(grpc.ClientCallDetails):  # type: ignore[misc]
-    def __init__(self, details: Any, metadata: list[tuple[str, Any]]) -> None:
-        self.method = details.method
-        self.timeout = details.timeout
-        self.metadata = metadata
-        self.credentials = details.credentials
-        self.wait_for_ready = getattr(details, "wait_for_ready", None)
-        self.compression = getattr(details, "compression", None)
-
-
 class SigningClientInterceptor(grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
                                grpc.UnaryStreamClientInterceptor):
     """Sign every outgoing unary-request call with the agent's key (a fresh nonce each time,
@@ -92,7 +83,7 @@ class SigningClientInterceptor(grpc.UnaryUnaryClientInterceptor,  # type: ignore
         ed25519 signature on the paid-call hot path."""
         return any(k == UNSIGNED_OK_KEY for k, _ in details.metadata or ())
 
-    def _sign(self, details: Any, request: Any) -> _CallDetails:
+    def _sign(self, details: Any, request: Any) -> grpc.ClientCallDetails:
         method = details.method.decode() if isinstance(details.method, bytes) else details.method
         body = request if isinstance(request, bytes) else request.SerializeToString()
         timestamp_ms = self.clock_ms()
@@ -101,7 +92,7 @@ class SigningClientInterceptor(grpc.UnaryUnaryClientInterceptor,  # type: ignore
         metadata = [(k, v) for k, v in (details.metadata or ()) if k not in _AUTH_KEYS]
         metadata += [(AGENT_KEY, self.key.agent_id), (TIMESTAMP_KEY, str(timestamp_ms)),
                      (NONCE_KEY, nonce), (SIGNATURE_KEY, signature)]
-        return _CallDetails(details, metadata)
+        return with_metadata(details, metadata)
 
     def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
         if self._skip(details):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, NamedTuple
+from typing import Any
 
 import grpc
 from opentelemetry import context as otel_context
@@ -24,6 +24,8 @@ from opentelemetry.semconv._incubating.attributes.rpc_attributes import (
 )
 from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from marketplace._call_details import with_metadata
 
 TRACER_NAME = "agentmarket.grpc"
 _PROPAGATOR = TraceContextTextMapPropagator()
@@ -43,19 +45,6 @@ def _record_status(span: Span, code: grpc.StatusCode, details: str | None) -> No
     span.set_attribute(RPC_GRPC_STATUS_CODE, code.value[0])
     if code is not grpc.StatusCode.OK:
         span.set_status(Status(StatusCode.ERROR, f"{code.name}: {details or ''}".rstrip(": ")))
-
-
-class _CallDetails(NamedTuple):
-    method: str
-    timeout: float | None
-    metadata: Any
-    credentials: Any
-    wait_for_ready: bool | None
-    compression: Any
-
-
-class _ClientCallDetails(_CallDetails, grpc.ClientCallDetails):
-    """grpc.ClientCallDetails is abstract; a named tuple gives it its fields."""
 
 
 class _ClientInterceptor(
@@ -81,14 +70,7 @@ class _ClientInterceptor(
             if key.lower() not in _PROPAGATED_KEYS
         ]
         metadata.extend(carrier.items())
-        new_details = _ClientCallDetails(
-            details.method,
-            details.timeout,
-            metadata,
-            details.credentials,
-            getattr(details, "wait_for_ready", None),
-            getattr(details, "compression", None),
-        )
+        new_details = with_metadata(details, metadata)
         try:
             with _current(span):  # interceptors further in see the client span as parent
                 outcome = continuation(new_details, request)

@@ -79,7 +79,10 @@ def grpc_method(method: F) -> F:
 
 def error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo:
     """The ErrorInfo of a failed call (client side); empty if the server sent none."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    try:
+        status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    except Exception:  # a status that disagrees with its details: no ErrorInfo to trust
+        return error_details_pb2.ErrorInfo()
     for detail in status.details if status else []:
         info = error_details_pb2.ErrorInfo()
         if detail.Unpack(info):

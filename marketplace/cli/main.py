@@ -240,13 +240,10 @@ def wallet_show(agent: str = typer.Argument(help="Owner id (agent public key) or
 @ledger_app.command("verify")
 def ledger_verify(db: str = typer.Option(DEFAULT_DB, help="Database URL.")) -> None:
     """Check the hash chain and that every balance equals the sum of its entries."""
+    from marketplace.cli.operator import open_ledger
     from wallets.audit import check_balances, verify_chain
-    from wallets.ledger import Ledger
-    from wallets.store import make_engine
 
-    if db.startswith("sqlite:///") and not Path(db.removeprefix("sqlite:///")).exists():
-        fail(f"no database at {db}")
-    ledger = Ledger(make_engine(db))
+    ledger = open_ledger(db)
     chain, balances = verify_chain(ledger), check_balances(ledger)
     for problem in chain.problems + balances.problems:
         console.print(f"[red]{problem}")
