@@ -5,11 +5,12 @@
                            that negotiation or agreement; rejection: any signed caller
     Invoke, InvokeStream   the agreement's buyer (the voucher must still pay for the call);
                            unsigned when the voucher reveals a new PayWord word, which only
-                           the buyer can produce (the payment gate insists on it)
+                           the buyer can produce (no rule runs then; the payment gate
+                           insists on the new word)
     Finish                 the agreement's buyer (its signature in the request stays)
 
 Applied by `marketplace.auth.AccessInterceptor` after the caller's signature was verified, and
-before the payment interceptor admits a voucher: a stranger holding a leaked voucher cannot
+before a paid call admits its voucher: a stranger holding a leaked voucher cannot
 spend it, and cannot hijack another buyer's open negotiation by its rfq id.
 """
 
@@ -60,10 +61,5 @@ def seller_rules(seller: SellerAgent) -> dict[str, dict[str, Rule]]:
                                                      f"finishes it; caller {_short(caller)} "
                                                      "is not")
 
-    def paying_buyer(caller: str, request: Any) -> None:
-        if caller:  # signed: it must be the buyer
-            buyer_of_agreement(caller, request)
-        # unsigned: the gate admits it only with a fresh payword (PaymentGate.admit)
-
-    return {SERVICE: {"Negotiate": negotiate, "Invoke": paying_buyer,
-                      "InvokeStream": paying_buyer, "Finish": buyer_of_agreement}}
+    return {SERVICE: {"Negotiate": negotiate, "Invoke": buyer_of_agreement,
+                      "InvokeStream": buyer_of_agreement, "Finish": buyer_of_agreement}}

@@ -20,8 +20,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from jsonschema import ValidationError
 
-from agents._grpc_payment import current_admission
-from agents._schemas_cache import validator
+from agents._grpc_payment import PaidCallAdmitter
 from agents.errors import AgentmarketError, BudgetExceeded, FailedPrecondition, InvalidArgument
 from agents.llm import traced_by
 from agents.metering import TOKENS, Meter, metering
@@ -29,6 +28,7 @@ from agents.payments import Admission
 from agents.skills import Skill
 from agents.v1 import agent_pb2
 from marketplace import agreements as ag
+from marketplace.grpc_tracing import span_if_active
 from wallets import attributes as attr
 from wallets.grpc_errors import abort
 
@@ -42,14 +42,12 @@ STOP_NAMES = {agent_pb2.STOP_REASON_COMPLETE: "complete", agent_pb2.STOP_REASON_
 
 
 class PaidCalls:
-    def __init__(self, seller: SellerAgent) -> None:
+    def __init__(self, seller: SellerAgent, admitter: PaidCallAdmitter) -> None:
         self.seller = seller
+        self.admitter = admitter
 
-    def _prepare(self, request: agent_pb2.InvokeRequest
-                 ) -> tuple[Admission, Skill, dict[str, Any], Meter]:
-        admission = current_admission.get()
-        if admission is None or admission.agreement_id != request.agreement_id:
-            raise FailedPrecondition("the call was not admitted by the payment gate")
+    def _prepare(self, request: agent_pb2.InvokeRequest, admission: Admission
+                 ) -> tuple[Skill, dict[str, Any], Meter]:
         body = self.seller.gate.body(request.agreement_id)
         skill = self.seller.skills[body.terms.skill]
         self.seller.check_escrow(request.agreement_id)
@@ -57,7 +55,7 @@ class PaidCalls:
             raise InvalidArgument(f"input is larger than {MAX_INPUT_BYTES} bytes")
         try:
             arguments = json.loads(request.input_json)
-            validator(skill.input_schema).validate(arguments)
+            skill.input_validator.validate(arguments)
         except (ValueError, RecursionError) as error:
             raise InvalidArgument(f"input is not valid JSON: {error}") from None
         except ValidationError as error:
@@ -66,11 +64,12 @@ class PaidCalls:
         meter = Meter(self.seller.tariffs[request.agreement_id], admission.reserve_atomic,
                       max_input_tokens=skill.max_input_tokens,
                       max_output_tokens=skill.max_output_tokens)
-        return admission, skill, arguments, meter
+        return skill, arguments, meter
 
     def _span(self, request: agent_pb2.InvokeRequest, skill: Skill, meter: Meter) -> Any:
         terms = self.seller.gate.body(request.agreement_id).terms
-        return self.seller._tracer.start_as_current_span(f"skill.{skill.name}", attributes={
+        return span_if_active(self.seller._tracer, self.seller.tracer_provider,
+                              f"skill.{skill.name}", attributes={
             attr.AGREEMENT_ID: request.agreement_id, attr.SKILL: skill.name,
             "agentmarket.reserved_atomic": meter.reserve_atomic, attr.CURRENCY: terms.currency})
 
@@ -79,9 +78,9 @@ class PaidCalls:
         """The receipt for the billed usage (its charge is the terms' price of that usage)."""
         input_tokens, output_tokens, units = meter.billed()
         charge = meter.charge_atomic()
-        receipt = ag.make_receipt(self.seller.key, request.agreement_id, admission.sequence,
-                                  output_json, charge, units=units, input_tokens=input_tokens,
-                                  output_tokens=output_tokens)
+        receipt = ag.new_receipt(request.agreement_id, admission.sequence, output_json, charge,
+                                 units=units, input_tokens=input_tokens,
+                                 output_tokens=output_tokens)
         unspent = self.seller.gate.unspent(request.agreement_id) + admission.reserve_atomic \
             - charge
         usage = agent_pb2.Usage(calls=1, input_tokens=input_tokens, output_tokens=output_tokens,
@@ -89,18 +88,22 @@ class PaidCalls:
                                 reserved_atomic=admission.reserve_atomic, unspent_atomic=unspent)
         return usage, receipt
 
-    @staticmethod
-    def _set_span_usage(meter: Meter, charge: int) -> None:
-        from opentelemetry import trace
+    def invoke(self, request: agent_pb2.InvokeRequest, context: grpc.ServicerContext
+               ) -> agent_pb2.InvokeResponse:
+        """A paid unary call: admit its voucher, run the skill, charge, answer. A retried call
+        id gets its first answer; a call that fails gives its reserve back."""
+        admission = self.admitter.admit(request, context, partial=False)
+        if admission.replay is not None:
+            return admission.replay  # type: ignore[no-any-return]
+        try:
+            return self._invoke(request, admission)
+        finally:
+            self.seller.gate.release(request.agreement_id, admission)  # no-op once completed
 
-        span = trace.get_current_span()
-        span.set_attribute(attr.AMOUNT_ATOMIC, charge)
-        span.set_attribute("gen_ai.usage.input_tokens", meter.input_tokens)
-        span.set_attribute("gen_ai.usage.output_tokens", meter.output_tokens)
-
-    def invoke(self, request: agent_pb2.InvokeRequest) -> agent_pb2.InvokeResponse:
-        admission, skill, arguments, meter = self._prepare(request)
-        with self._span(request, skill, meter), metering(meter), \
+    def _invoke(self, request: agent_pb2.InvokeRequest, admission: Admission
+                ) -> agent_pb2.InvokeResponse:
+        skill, arguments, meter = self._prepare(request, admission)
+        with self._span(request, skill, meter) as span, metering(meter), \
                 traced_by(self.seller.tracer_provider):
             if skill.streams:
                 pieces = _metered(skill.iterate(arguments), meter)
@@ -110,32 +113,40 @@ class PaidCalls:
                 output = skill.run(arguments)
             output_json = json.dumps(output, sort_keys=True)
             usage, receipt = self._bill(request, admission, meter, output_json)
-            self._set_span_usage(meter, usage.charged_atomic)
-        response = agent_pb2.InvokeResponse(output_json=output_json, usage=usage,
-                                            receipt=receipt)
-        self.seller.gate.complete(request.agreement_id, admission, receipt, response)
-        return response
+            _set_span_usage(span, meter, usage.charged_atomic)
+        return self.seller.gate.complete(  # type: ignore[no-any-return]
+            request.agreement_id, admission, receipt,
+            lambda chained: agent_pb2.InvokeResponse(output_json=output_json, usage=usage,
+                                                     receipt=chained))
 
     def invoke_stream(self, request: agent_pb2.InvokeRequest,
                       context: grpc.ServicerContext) -> Iterator[agent_pb2.StreamChunk]:
+        admission = None
         try:
-            yield from self._stream(request, context)
+            admission = self.admitter.admit(request, context, partial=True)
+            if admission.replay is not None:
+                yield admission.replay
+                return
+            yield from self._stream(request, context, admission)
         except AgentmarketError as error:
             abort(context, error)
         except Exception:  # a failing skill is not paid; never leak its text
             request_id = uuid.uuid4().hex[:12]
             log.exception("streamed skill failed (request %s)", request_id)
             context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})")
+        finally:
+            if admission is not None:
+                self.seller.gate.release(request.agreement_id, admission)
 
-    def _stream(self, request: agent_pb2.InvokeRequest,
-                context: grpc.ServicerContext) -> Iterator[agent_pb2.StreamChunk]:
-        admission, skill, arguments, meter = self._prepare(request)
+    def _stream(self, request: agent_pb2.InvokeRequest, context: grpc.ServicerContext,
+                admission: Admission) -> Iterator[agent_pb2.StreamChunk]:
+        skill, arguments, meter = self._prepare(request, admission)
         if not skill.streams:
             raise FailedPrecondition(f"skill {skill.name} does not stream; call Invoke")
         if meter.tariff.unit != TOKENS and admission.reserve_atomic < meter.tariff.call_max_atomic:
             raise BudgetExceeded("a stream priced per call or unit needs its maximum prepaid")
         delivered: list[str] = []
-        with self._span(request, skill, meter), metering(meter), \
+        with self._span(request, skill, meter) as span, metering(meter), \
                 traced_by(self.seller.tracer_provider):
             pieces = _metered(skill.iterate(arguments), meter)
             try:
@@ -144,23 +155,32 @@ class PaidCalls:
                     yield agent_pb2.StreamChunk(text_delta=piece, charged_atomic=charge)
             except GeneratorExit:  # the buyer hung up: bill what it was sent, then stop
                 pieces.close()
-                self._end_stream(request, admission, meter, delivered)
+                self._end_stream(request, admission, meter, delivered, span)
                 raise
             pieces.close()
-            last, stop = self._end_stream(request, admission, meter, delivered)
+            last, stop = self._end_stream(request, admission, meter, delivered, span)
         context.set_trailing_metadata(((STOP_REASON_KEY, STOP_NAMES[stop]),))
         yield last
 
     def _end_stream(self, request: agent_pb2.InvokeRequest, admission: Admission, meter: Meter,
-                    delivered: list[str]) -> tuple[agent_pb2.StreamChunk, int]:
+                    delivered: list[str], span: Any) -> tuple[agent_pb2.StreamChunk, int]:
         stop = agent_pb2.STOP_REASON_BUDGET if meter.stopped else agent_pb2.STOP_REASON_COMPLETE
         output_json = json.dumps({"text": "".join(delivered)}, sort_keys=True)
         usage, receipt = self._bill(request, admission, meter, output_json)
-        self._set_span_usage(meter, usage.charged_atomic)
-        last = agent_pb2.StreamChunk(charged_atomic=usage.charged_atomic, end=agent_pb2.StreamEnd(
-            stop_reason=stop, output_json=output_json, usage=usage, receipt=receipt))
-        self.seller.gate.complete(request.agreement_id, admission, receipt, last)
+        _set_span_usage(span, meter, usage.charged_atomic)
+        last = self.seller.gate.complete(
+            request.agreement_id, admission, receipt,
+            lambda chained: agent_pb2.StreamChunk(
+                charged_atomic=usage.charged_atomic, end=agent_pb2.StreamEnd(
+                    stop_reason=stop, output_json=output_json, usage=usage, receipt=chained)))
         return last, stop
+
+
+def _set_span_usage(span: Any, meter: Meter, charge: int) -> None:
+    if span.is_recording():
+        span.set_attributes({attr.AMOUNT_ATOMIC: charge,
+                             "gen_ai.usage.input_tokens": meter.input_tokens,
+                             "gen_ai.usage.output_tokens": meter.output_tokens})
 
 
 def _metered(pieces: Iterator[str], meter: Meter) -> Iterator[tuple[str, int]]:

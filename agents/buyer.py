@@ -21,6 +21,7 @@ client certificate for mutual TLS) make both connections TLS.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -50,8 +51,8 @@ from agents.negotiation import Strategy
 from agents.payments import VOUCHER_METADATA_KEY, PaymentSession, links_for
 from agents.v1 import agent_pb2, agent_pb2_grpc
 from marketplace import agreements as ag
-from marketplace.auth import UNSIGNED_OK_KEY, signed_channel
-from marketplace.grpc_tracing import client_interceptors
+from marketplace.auth import SigningClientInterceptor, signed_channel
+from marketplace.grpc_tracing import client_interceptors, span_if_active
 from marketplace.identity import AgentKey
 from marketplace.payword import MAX_CHAIN_LENGTH, PaywordChain
 from marketplace.v1 import (
@@ -93,8 +94,13 @@ class Deal:
     problems: list[str] = field(default_factory=list)
     # calls whose answer was lost: call id -> (voucher sequence, payword index) to re-send
     unanswered: dict[str, tuple[int, int]] = field(default_factory=dict)
-    # receipts whose seller signature is checked in one batch before the buyer accepts
+    # receipts taken so far, their chain and signatures checked in one batch before accepting
     unsigned_receipts: list[agreement_pb2.Receipt] = field(default_factory=list)
+
+    @functools.cached_property
+    def output_validator(self) -> Any:
+        """The compiled output-schema validator (every call's output meets it)."""
+        return validator(self.output_schema)
 
     @property
     def call_max_atomic(self) -> int:
@@ -110,6 +116,15 @@ class Deal:
                 "rounds": self.rounds, "tariff": [tariff.unit, tariff.unit_price_atomic,
                                                   tariff.output_unit_price_atomic,
                                                   tariff.max_call_atomic]}
+
+
+@dataclass
+class _SellerStubs:
+    """One connection to a seller, seen through a signing stub and an unsigned one."""
+
+    channel: grpc.Channel
+    signed: agent_pb2_grpc.AgentServiceStub
+    unsigned: agent_pb2_grpc.AgentServiceStub
 
 
 @dataclass
@@ -142,11 +157,11 @@ class BuyerAgent:
         self.wallets = wallet_pb2_grpc.WalletServiceStub(self._channel)
         self.sessions: dict[str, PaymentSession] = {}
         self.deals: dict[str, Deal] = {}
-        self._seller_channels: dict[str, grpc.Channel] = {}
+        self._seller_channels: dict[str, _SellerStubs] = {}
 
     def close(self) -> None:
-        for channel in self._seller_channels.values():
-            channel.close()
+        for stubs in self._seller_channels.values():
+            stubs.channel.close()
         self._channel.close()
 
     @staticmethod
@@ -179,14 +194,23 @@ class BuyerAgent:
                 skill=skill, currency=currency, max_price_atomic=max_price_atomic, limit=limit),
                 timeout=RPC_TIMEOUT_S).listings)
 
-    def _seller(self, endpoint: str) -> agent_pb2_grpc.AgentServiceStub:
-        channel = self._seller_channels.get(endpoint)
-        if channel is None:
+    def _stubs(self, endpoint: str) -> _SellerStubs:
+        stubs = self._seller_channels.get(endpoint)
+        if stubs is None:
+            raw = (grpc.secure_channel(endpoint, self.credentials)
+                   if self.credentials is not None else grpc.insecure_channel(endpoint))
             voucher = VoucherClientInterceptor(self.sessions, self._reserve_of)
-            channel = signed_channel(endpoint, self.key, self.credentials,
-                                     interceptors=[*self._interceptors, voucher])
-            self._seller_channels[endpoint] = channel
-        return agent_pb2_grpc.AgentServiceStub(channel)
+            signed = grpc.intercept_channel(raw, *self._interceptors, voucher,
+                                            SigningClientInterceptor(self.key))
+            stubs = _SellerStubs(raw, agent_pb2_grpc.AgentServiceStub(signed),
+                                 agent_pb2_grpc.AgentServiceStub(
+                                     grpc.intercept_channel(raw, *self._interceptors)))
+            self._seller_channels[endpoint] = stubs
+        return stubs
+
+    def _seller(self, endpoint: str) -> agent_pb2_grpc.AgentServiceStub:
+        """The seller's stub whose calls are signed by this buyer's key."""
+        return self._stubs(endpoint).signed
 
     def _reserve_of(self, agreement_id: str, request: Any) -> int:
         return self.deals[agreement_id].call_max_atomic
@@ -353,7 +377,7 @@ class BuyerAgent:
                                           call_id=call_id or uuid.uuid4().hex)
         settles = voucher_at is None or lost is not None
         terms = deal.body.terms
-        with self._tracer.start_as_current_span("paid_call", attributes={
+        with span_if_active(self._tracer, self.tracer_provider, "paid_call", attributes={
                 attr.AGREEMENT_ID: deal.agreement_id, attr.SKILL: terms.skill,
                 "agentmarket.reserved_atomic": reserve, attr.CURRENCY: terms.currency,
                 attr.PAYER: self.agent_id, attr.PAYEE: deal.body.seller_id}) as span:
@@ -367,18 +391,22 @@ class BuyerAgent:
                 elif settles:
                     session.settle(reserve, 0)
                 raise
-            span.set_attribute(attr.AMOUNT_ATOMIC, response.usage.charged_atomic)
-        if settles:
-            session.settle(reserve, response.usage.charged_atomic)
-        return self._check(deal, response, reserve)
+            if settles:
+                session.settle(reserve, response.usage.charged_atomic)
+            result = self._check(deal, response, reserve)
+            span.set_attributes({attr.AMOUNT_ATOMIC: response.usage.charged_atomic,
+                                 "agentmarket.verified": result.verified})
+            if result.problem:
+                span.set_status(trace.Status(trace.StatusCode.ERROR, result.problem))
+        return result
 
     def _send(self, deal: Deal, request: agent_pb2.InvokeRequest,
               voucher: agreement_pb2.Voucher, *, fresh: bool = False
               ) -> agent_pb2.InvokeResponse:
-        seller = self._seller(deal.body.seller_endpoint)
+        stubs = self._stubs(deal.body.seller_endpoint)
+        # a new payword is its own proof: sent unsigned, through no interceptor but tracing
+        seller = stubs.unsigned if fresh else stubs.signed
         metadata = [(VOUCHER_METADATA_KEY, voucher.SerializeToString())]
-        if fresh:
-            metadata.append((UNSIGNED_OK_KEY, "1"))
         for _attempt in range(RETRY_IN_PROGRESS):
             try:
                 return seller.Invoke(request, metadata=metadata, timeout=RPC_TIMEOUT_S)
@@ -394,15 +422,11 @@ class BuyerAgent:
         receipt, usage = response.receipt, response.usage
         problem = receipt_problem(deal, receipt, usage, response.output_json, reserve)
         output = json.loads(response.output_json)
-        with self._tracer.start_as_current_span("verify.schema", attributes={
-                attr.AGREEMENT_ID: deal.agreement_id}) as span:
-            try:
-                validator(deal.output_schema).validate(output)
-            except ValidationError as error:
-                problem = problem or f"output does not match the schema: {error.message}"
-                deal.failed_outputs += 1
-                span.set_status(trace.Status(trace.StatusCode.ERROR, error.message))
-            span.set_attribute("agentmarket.verified", not problem)
+        try:
+            deal.output_validator.validate(output)
+        except ValidationError as error:
+            problem = problem or f"output does not match the schema: {error.message}"
+            deal.failed_outputs += 1
         if problem:
             deal.problems.append(problem)
         deal.outputs.append(output)
@@ -431,15 +455,14 @@ class BuyerAgent:
         return deal.escrow
 
     def check_receipt_signatures(self, deal: Deal) -> list[str]:
-        """Verify, in one batch, the seller's signature on every receipt taken so far (off the
-        per-call hot path: no money is released before the buyer accepts or the window ends)."""
+        """Verify, in one batch, the receipt chain taken so far: neighbours link and the
+        seller's signatures (every RECEIPT_SIGN_EVERY-th receipt) verify. Off the per-call hot
+        path: no money is released before the buyer accepts or the window ends."""
         found = []
-        for receipt in deal.unsigned_receipts:
-            try:
-                ag.check_receipt(receipt, deal.body.seller_id)
-            except Exception as error:
-                found.append(f"bad receipt: {error}")
-        deal.unsigned_receipts.clear()
+        try:
+            ag.check_receipt_chain(deal.unsigned_receipts, deal.body.seller_id, complete=False)
+        except Exception as error:
+            found.append(f"bad receipt: {error}")
         deal.problems.extend(found)
         return found
 

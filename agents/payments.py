@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,8 @@ from agents.errors import (
     NotFound,
     PaymentRequired,
 )
+from marketplace import agreements as ag
+from marketplace.identity import AgentKey
 from marketplace.payword import PaywordChain, verify_word
 from marketplace.v1 import agreement_pb2
 
@@ -150,6 +153,8 @@ class _Account:
     reserved_atomic: int = 0
     latest: agreement_pb2.Voucher | None = None
     receipts: list[agreement_pb2.Receipt] = field(default_factory=list)
+    chain_index: int = 0  # receipts chained so far
+    chain_head: bytes = ag.CHAIN_GENESIS  # the last receipt's chain digest
     calls: dict[str, _Call] = field(default_factory=dict)
     closed: bool = False
     redeemed: Any = None
@@ -163,7 +168,9 @@ class _Account:
 class PaymentGate:
     """The seller's local voucher check, run before every paid call."""
 
-    def __init__(self) -> None:
+    def __init__(self, key: AgentKey | None = None) -> None:
+        """`key`: the seller's, signing every RECEIPT_SIGN_EVERY-th receipt of each chain."""
+        self.key = key
         self._accounts: dict[str, _Account] = {}
         self._lock = threading.Lock()
 
@@ -269,8 +276,10 @@ class PaymentGate:
         return Admission(agreement_id, call_id, call.sequence, reserve)
 
     def complete(self, agreement_id: str, admission: Admission, receipt: agreement_pb2.Receipt,
-                 response: Any) -> None:
-        """Book the call's charge (its receipt) and keep its response for retries."""
+                 respond: Callable[[agreement_pb2.Receipt], Any]) -> Any:
+        """Place the call's receipt next in the agreement's receipt chain (signed every
+        RECEIPT_SIGN_EVERY-th), book its charge, and keep `respond(receipt)`, the response,
+        for retries; returns it. One lock, so the chain's order is the order of booking."""
         account = self._account(agreement_id)
         with account.lock:
             call = account.calls[admission.call_id]
@@ -278,10 +287,16 @@ class PaymentGate:
                 raise FailedPrecondition(f"call {admission.call_id!r} is not running")
             if not 0 <= receipt.charged_atomic <= call.reserve_atomic:
                 raise FailedPrecondition("a call cannot charge more than it reserved")
+            index = account.chain_index + 1
+            signer = self.key if index % ag.RECEIPT_SIGN_EVERY == 0 else None
+            account.chain_head = ag.chain_receipt(receipt, index, account.chain_head, signer)
+            account.chain_index = index
+            response = respond(receipt)
             account.reserved_atomic -= call.reserve_atomic
             account.charged_atomic += receipt.charged_atomic
             account.receipts.append(receipt)
             call.in_flight, call.response = False, response
+            return response
 
     def release(self, agreement_id: str, admission: Admission) -> None:
         """A call that failed before completing: give its reserve back (nothing is charged)."""

@@ -37,7 +37,7 @@ from agents._grpc_payment import (
     ANSWER_MAY_BE_LOST,
     INVOKE,
     INVOKE_STREAM,
-    PaymentServerInterceptor,
+    PaidCallAdmitter,
 )
 from agents._serving import PaidCalls
 from agents._strategy_host import SellerNegotiator
@@ -91,7 +91,7 @@ class SellerAgent:
         self.settle_interval_s = settle_interval_s
         self.tracer_provider = tracer_provider
         self._tracer = trace.get_tracer("agentmarket.seller", tracer_provider=tracer_provider)
-        self.gate = PaymentGate()
+        self.gate = PaymentGate(self.key)
         self.tariffs: dict[str, Tariff] = {}
         self._stop = threading.Event()
         self._redeem_locks: dict[str, threading.Lock] = {}
@@ -110,13 +110,12 @@ class SellerAgent:
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers),
             interceptors=[MalformedRequestInterceptor(), server_interceptor(tracer_provider),
-                          auth, *access, PaymentServerInterceptor(self.gate, self._reserve_of,
-                                                   require_auth=require_auth,
-                                                   rate_limit=auth.allow)],
+                          auth, *access],
             options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
         self.negotiator = SellerNegotiator(self, reservation_fraction, strategy,
                                            completion_window_s, dispute_window_s)
-        self.calls = PaidCalls(self)
+        self.calls = PaidCalls(self, PaidCallAdmitter(
+            self.gate, self._reserve_of, require_auth=require_auth, rate_limit=auth.allow))
         agent_pb2_grpc.add_AgentServiceServicer_to_server(_AgentServicer(self), self.server)
         self.port = (self.server.add_secure_port(f"{host}:{port}", server_credentials)
                      if server_credentials is not None
@@ -188,8 +187,9 @@ class SellerAgent:
     def negotiate(self, message: agent_pb2.NegotiationMessage) -> agent_pb2.NegotiationMessage:
         return self.negotiator.negotiate(message)
 
-    def invoke(self, request: agent_pb2.InvokeRequest) -> agent_pb2.InvokeResponse:
-        return self.calls.invoke(request)
+    def invoke(self, request: agent_pb2.InvokeRequest, context: grpc.ServicerContext
+               ) -> agent_pb2.InvokeResponse:
+        return self.calls.invoke(request, context)
 
     def check_escrow(self, agreement_id: str) -> None:
         """Work only for money that is held: the first call of an agreement asks the
@@ -258,7 +258,7 @@ class _AgentServicer(agent_pb2_grpc.AgentServiceServicer):
 
     @grpc_method
     def Invoke(self, request, context):  # type: ignore[no-untyped-def]
-        return self.seller.invoke(request)
+        return self.seller.invoke(request, context)
 
     def InvokeStream(self, request, context):  # type: ignore[no-untyped-def]
         return self.seller.calls.invoke_stream(request, context)

@@ -21,6 +21,7 @@ most one call can cost: the buyer prepays that, the seller charges what was used
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 from collections.abc import Callable, Iterator
@@ -32,6 +33,7 @@ from pydantic import BaseModel, TypeAdapter
 
 from agents import _async
 from agents._schemas import STREAM_OUTPUT_SCHEMA, function_models, graph_models, is_graph
+from agents._schemas_cache import validator
 from agents.errors import InvalidArgument
 from agents.metering import (
     CALLS,
@@ -138,6 +140,11 @@ class Skill:
     typical_latency_ms: int = 0
     _input_model: type[BaseModel] | None = None
     _output_adapter: TypeAdapter[Any] | None = None
+
+    @functools.cached_property
+    def input_validator(self) -> Any:
+        """The compiled input-schema validator (every paid call uses it)."""
+        return validator(self.input_schema)
 
     def message(self) -> registry_pb2.Skill:
         return registry_pb2.Skill(

@@ -11,6 +11,7 @@ the ratio is the cost of paying. Each of `CLIENTS` threads makes calls on its ow
 from __future__ import annotations
 
 import json
+import statistics
 import tempfile
 import threading
 import time
@@ -30,6 +31,7 @@ from wallets.grpc_errors import MalformedRequestInterceptor
 
 CLIENTS = 4
 CALLS_PER_CLIENT = 400
+ROUNDS = 7
 
 
 class Reply(BaseModel):
@@ -68,64 +70,81 @@ def _drive(call_fns: list[Any]) -> float:
     return len(call_fns) * CALLS_PER_CLIENT / (time.perf_counter() - start)
 
 
-def bench_unpaid() -> float:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), interceptors=[
-        MalformedRequestInterceptor(), server_interceptor()])
-    agent_pb2_grpc.add_AgentServiceServicer_to_server(_Unpaid(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    channels = [grpc.intercept_channel(grpc.insecure_channel(f"127.0.0.1:{port}"),
-                                       *client_interceptors()) for _ in range(CLIENTS)]
-    stubs = [agent_pb2_grpc.AgentServiceStub(c) for c in channels]
+class _UnpaidSide:
+    """The bare server and one channel per client."""
 
-    def caller(stub: Any) -> Any:
+    def __init__(self) -> None:
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), interceptors=[
+            MalformedRequestInterceptor(), server_interceptor()])
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(_Unpaid(), self.server)
+        port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+        self.channels = [grpc.intercept_channel(grpc.insecure_channel(f"127.0.0.1:{port}"),
+                                                *client_interceptors()) for _ in range(CLIENTS)]
+        stubs = [agent_pb2_grpc.AgentServiceStub(c) for c in self.channels]
+        self.callers = [self._caller(s) for s in stubs]
+
+    @staticmethod
+    def _caller(stub: Any) -> Any:
         return lambda i: stub.Invoke(agent_pb2.InvokeRequest(
             agreement_id="x", input_json=json.dumps({"text": f"call {i}"})), timeout=10)
 
-    try:
-        _drive([caller(s) for s in stubs[:1]])  # warm up
-        return _drive([caller(s) for s in stubs])
-    finally:
-        for channel in channels:
+    def close(self) -> None:
+        for channel in self.channels:
             channel.close()
-        server.stop(0)
+        self.server.stop(0)
 
 
-def bench_paid(workdir: Path) -> float:
-    node = MarketplaceNode(f"sqlite:///{workdir / 'paid.db'}").start()
-    seller = SellerAgent("echo", skills=[echo], marketplace=node.address).serve()
-    buyers = []
-    try:
-        for n in range(CLIENTS + 1):
-            buyer = BuyerAgent(f"buyer-{n}", marketplace=node.address)
+class _PaidSide:
+    """A marketplace node, a seller and one buyer with its own agreement per client, each
+    agreement large enough for every round."""
+
+    def __init__(self, workdir: Path, rounds: int) -> None:
+        self.node = MarketplaceNode(f"sqlite:///{workdir / 'paid.db'}").start()
+        self.seller = SellerAgent("echo", skills=[echo], marketplace=self.node.address).serve()
+        self.buyers = []
+        calls = (rounds + 1) * CALLS_PER_CLIENT
+        for n in range(CLIENTS):
+            buyer = BuyerAgent(f"buyer-{n}", marketplace=self.node.address)
             buyer.fund("10.00", "USD")
             listing = buyer.discover("echo", currency="USD")[0]
-            deal = buyer.negotiate(listing, "echo", quantity=CALLS_PER_CLIENT, budget="1.00",
+            deal = buyer.negotiate(listing, "echo", quantity=calls, budget="1.00",
                                    currency="USD")
             buyer.hire(deal)
-            buyers.append((buyer, deal))
+            self.buyers.append((buyer, deal))
+        self.callers = [self._caller(b, d) for b, d in self.buyers]
 
-        def caller(buyer: BuyerAgent, deal: Any) -> Any:
-            return lambda i: buyer.call(deal, {"text": f"call {i}"})
+    @staticmethod
+    def _caller(buyer: BuyerAgent, deal: Any) -> Any:
+        return lambda i: buyer.call(deal, {"text": f"call {i}"})
 
-        _drive([caller(*buyers[0])])  # warm up
-        return _drive([caller(b, d) for b, d in buyers[1:]])
-    finally:
-        for buyer, _ in buyers:
+    def close(self) -> None:
+        for buyer, _ in self.buyers:
             buyer.close()
-        seller.stop(0)
-        node.stop(0)
+        self.seller.stop(0)
+        self.node.stop(0)
 
 
 def run(progress: Any = None) -> dict[str, float]:
+    """Alternate rounds of unpaid and paid calls (so both see the same machine weather) and
+    compare the medians."""
     say = progress or (lambda _text: None)
     with tempfile.TemporaryDirectory(prefix="agentmarket-bench-") as tmp:
-        say("unpaid calls")
-        unpaid = bench_unpaid()
-        say("paid calls")
-        paid = bench_paid(Path(tmp))
-    return {"unpaid_calls_per_s": round(unpaid), "paid_calls_per_s": round(paid),
-            "paid_call_ratio": round(paid / unpaid, 3)}
+        unpaid_side, paid_side = _UnpaidSide(), _PaidSide(Path(tmp), ROUNDS)
+        try:
+            _drive(unpaid_side.callers[:1])  # warm up
+            _drive(paid_side.callers[:1])
+            unpaid, paid = [], []
+            for n in range(ROUNDS):
+                say(f"paid vs unpaid calls, round {n + 1} of {ROUNDS}")
+                unpaid.append(_drive(unpaid_side.callers))
+                paid.append(_drive(paid_side.callers))
+        finally:
+            unpaid_side.close()
+            paid_side.close()
+    unpaid_rate, paid_rate = statistics.median(unpaid), statistics.median(paid)
+    return {"unpaid_calls_per_s": round(unpaid_rate), "paid_calls_per_s": round(paid_rate),
+            "paid_call_ratio": round(paid_rate / unpaid_rate, 3)}
 
 
 if __name__ == "__main__":

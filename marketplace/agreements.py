@@ -126,42 +126,108 @@ def check_signatures(signed: agreement_pb2.SignedAgreement,
         raise BadSignature("the agreement is not signed by its seller")
 
 
+RECEIPT_SIGN_EVERY = 16  # the seller signs every 16th receipt of a chain
+CHAIN_GENESIS = bytes(32)  # previous_sha256 of a chain's first receipt
+
+
 def receipt_message(receipt: agreement_pb2.Receipt) -> bytes:
     return (f"receipt|{receipt.agreement_id}|{receipt.sequence}|{receipt.output_sha256}|"
             f"{receipt.charged_atomic}|{receipt.units}|{receipt.input_tokens}|"
             f"{receipt.output_tokens}").encode()
 
 
-def make_receipt(key: AgentKey, agreement: str, sequence: int, output_json: str,
-                 charged_atomic: int, *, units: int = 0, input_tokens: int = 0,
-                 output_tokens: int = 0) -> agreement_pb2.Receipt:
-    """The seller's signed commitment to one output, its metered usage and its charge."""
-    receipt = agreement_pb2.Receipt(
+def chain_message(receipt: agreement_pb2.Receipt) -> bytes:
+    """What a receipt's seller signature covers: its place in the chain and the chain's
+    digest there (so, through the chain, every earlier receipt)."""
+    return (f"receipt-chain|{receipt.agreement_id}|{receipt.chain_index}|"
+            f"{receipt.chain_sha256.hex()}").encode()
+
+
+def new_receipt(agreement: str, sequence: int, output_json: str, charged_atomic: int, *,
+                units: int = 0, input_tokens: int = 0, output_tokens: int = 0
+                ) -> agreement_pb2.Receipt:
+    """A receipt not yet placed in its chain (`chain_receipt` does that)."""
+    return agreement_pb2.Receipt(
         agreement_id=agreement, sequence=sequence, output_json=output_json,
         output_sha256=hashlib.sha256(output_json.encode()).hexdigest(),
         charged_atomic=charged_atomic, units=units, input_tokens=input_tokens,
-        output_tokens=output_tokens,
-    )
-    receipt.seller_signature = key.sign(receipt_message(receipt))
+        output_tokens=output_tokens)
+
+
+def chain_receipt(receipt: agreement_pb2.Receipt, index: int, previous_sha256: bytes,
+                  key: AgentKey | None) -> bytes:
+    """Place `receipt` at `index` after the receipt whose digest is `previous_sha256`; sign it
+    with `key` (None: unsigned, covered by a later signed receipt). Returns its digest."""
+    receipt.chain_index = index
+    receipt.previous_sha256 = previous_sha256
+    receipt.chain_sha256 = hashlib.sha256(previous_sha256 + receipt_message(receipt)).digest()
+    if key is not None:
+        receipt.seller_signature = key.sign(chain_message(receipt))
+    return receipt.chain_sha256
+
+
+def make_receipt(key: AgentKey, agreement: str, sequence: int, output_json: str,
+                 charged_atomic: int, *, units: int = 0, input_tokens: int = 0,
+                 output_tokens: int = 0, chain_index: int = 1,
+                 previous_sha256: bytes = CHAIN_GENESIS) -> agreement_pb2.Receipt:
+    """A signed receipt at `chain_index` (one-receipt chains by default): the seller's
+    commitment to one output, its metered usage and its charge."""
+    receipt = new_receipt(agreement, sequence, output_json, charged_atomic, units=units,
+                          input_tokens=input_tokens, output_tokens=output_tokens)
+    chain_receipt(receipt, chain_index, previous_sha256, key)
     return receipt
 
 
 def check_receipt(receipt: agreement_pb2.Receipt, seller_id: str, *,
                   signature: bool = True) -> None:
-    """Size, output hash and (unless `signature=False`: a caller that checks signatures in
-    a batch later) the seller's signature."""
+    """One receipt on its own: size, output hash, chain digest, and (if it carries one and
+    `signature`) the seller's signature. `check_receipt_chain` links receipts together."""
     if len(receipt.output_json.encode()) > MAX_OUTPUT_BYTES:
         raise InvalidArgument(f"receipt output is larger than {MAX_OUTPUT_BYTES} bytes")
     if hashlib.sha256(receipt.output_json.encode()).hexdigest() != receipt.output_sha256:
         raise InvalidArgument(f"receipt {receipt.sequence}: output does not match its hash")
-    if signature and not verify(seller_id, receipt_message(receipt), receipt.seller_signature):
+    if receipt.chain_index < 1 or len(receipt.previous_sha256) != 32 or receipt.chain_sha256 \
+            != hashlib.sha256(receipt.previous_sha256 + receipt_message(receipt)).digest():
+        raise InvalidArgument(f"receipt {receipt.sequence}: its chain digest does not match "
+                              "its content")
+    if signature and receipt.seller_signature and not verify(
+            seller_id, chain_message(receipt), receipt.seller_signature):
         raise BadSignature(f"receipt {receipt.sequence} is not signed by the seller")
+
+
+def check_receipt_chain(receipts: list[agreement_pb2.Receipt], seller_id: str, *,
+                        complete: bool) -> list[agreement_pb2.Receipt]:
+    """Check each receipt and the links between neighbours; returns them in chain order.
+    `complete`: they must be the whole chain 1..n (a redeem); otherwise gaps are allowed
+    (a buyer holds only the answers it got) but neighbours must link."""
+    ordered = sorted(receipts, key=lambda r: r.chain_index)
+    previous: agreement_pb2.Receipt | None = None
+    for position, receipt in enumerate(ordered, start=1):
+        check_receipt(receipt, seller_id)
+        if complete and receipt.chain_index != position:
+            raise InvalidArgument(f"the receipt chain is not whole: receipt {position} is "
+                                  "missing or repeated")
+        if previous is not None and receipt.chain_index == previous.chain_index:
+            raise InvalidArgument(f"two receipts claim chain position {receipt.chain_index}")
+        linked = previous is not None and receipt.chain_index == previous.chain_index + 1
+        if linked and receipt.previous_sha256 != previous.chain_sha256:  # type: ignore[union-attr]
+            raise InvalidArgument(f"receipt {receipt.chain_index} does not follow receipt "
+                                  f"{receipt.chain_index - 1} in the chain")
+        if receipt.chain_index == 1 and receipt.previous_sha256 != CHAIN_GENESIS:
+            raise InvalidArgument("the chain's first receipt must start from the genesis digest")
+        previous = receipt
+    return ordered
+
+
+def receipts_digest(receipts: list[agreement_pb2.Receipt]) -> str:
+    """One hex digest committing to exactly these receipts (their chain digests, in order)."""
+    return hashlib.sha256(b"".join(r.chain_sha256 for r in receipts)).hexdigest()
 
 
 def redeem_message(agreement: str, voucher: agreement_pb2.Voucher,
                    receipts: list[agreement_pb2.Receipt]) -> bytes:
     """What the seller signs to redeem: the voucher and exactly these receipts."""
-    digest = hashlib.sha256(b"".join(r.seller_signature for r in receipts)).hexdigest()
+    digest = receipts_digest(receipts)
     return (f"redeem|{agreement}|{voucher.sequence}|{voucher.payword_index}|"
             f"{voucher.payword.hex()}|{digest}").encode()
 

@@ -257,6 +257,8 @@ class AuthServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         handler = continuation(details)
         if handler is None or details.method.startswith(PUBLIC_PREFIXES):
             return handler
+        if details.method in self.optional_methods and not _signed(details):
+            return handler  # unsigned, and allowed to be: no caller, nothing to wrap
         if handler.stream_unary is not None or handler.stream_stream is not None:
             return _streaming_refused(handler, "client-streaming calls cannot be signed",
                                       "UNAUTHENTICATED")
@@ -337,6 +339,11 @@ class AuthServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         return agent
 
 
+def _signed(details: grpc.HandlerCallDetails) -> bool:
+    """Whether the call carries a signer (the caller id metadata)."""
+    return any(key == AGENT_KEY for key, _ in details.invocation_metadata or ())
+
+
 def _first_values(metadata: Any) -> dict[str, Any]:
     """Metadata as a dict; a key sent twice keeps its first value (never a later one)."""
     found: dict[str, Any] = {}
@@ -353,8 +360,10 @@ class AccessInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     def __init__(self, rules: Mapping[str, Rule], services: Iterable[str],
                  reserved_key_prefixes: Iterable[str] = (),
                  anonymous_methods: Iterable[str] = ()) -> None:
-        """`anonymous_methods`: full method paths whose rule also sees unsigned calls (caller
-        '') and decides; every other method needs an authenticated caller."""
+        """`anonymous_methods`: full method paths an unsigned call may reach without a rule,
+        because the method itself checks the proof such a call carries (a paid Invoke's fresh
+        PayWord word); their signed calls still meet their rule. Every other method needs an
+        authenticated caller."""
         self.rules = dict(rules)
         self.services = tuple(f"/{s}/" for s in services)
         self.reserved = tuple(reserved_key_prefixes)
@@ -385,6 +394,8 @@ class AccessInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
         handler = continuation(details)
         if handler is None or not details.method.startswith(self.services):
+            return handler
+        if details.method in self.anonymous and not _signed(details):
             return handler
         rule = self.rules.get(details.method)
         if rule is None:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.semconv._incubating.attributes.rpc_attributes import (
     RPC_GRPC_STATUS_CODE,
     RPC_METHOD,
@@ -30,6 +31,38 @@ from marketplace._call_details import with_metadata
 TRACER_NAME = "agentmarket.grpc"
 _PROPAGATOR = TraceContextTextMapPropagator()
 _PROPAGATED_KEYS = frozenset(_PROPAGATOR.fields)
+
+
+def tracing_active(tracer_provider: trace.TracerProvider | None = None) -> bool:
+    """Whether spans from `tracer_provider` (None: the global one) can be recorded: not the
+    API's default no-op provider, nor an SDK provider that samples nothing (tracing off).
+    Checked per call, so a global provider set later is seen; when off, the hot path skips
+    building spans, context and attributes at all."""
+    provider = tracer_provider if tracer_provider is not None else _global_provider()
+    if provider is None or isinstance(provider, (trace.ProxyTracerProvider,
+                                                 trace.NoOpTracerProvider)):
+        return False
+    return getattr(provider, "sampler", None) is not ALWAYS_OFF
+
+
+def _global_provider() -> trace.TracerProvider | None:
+    """The global provider once one was set (the API's getter re-reads the environment on
+    every call until then, too slow for a per-call check)."""
+    if hasattr(trace, "_TRACER_PROVIDER"):
+        return trace._TRACER_PROVIDER  # type: ignore[attr-defined,no-any-return]
+    return trace.get_tracer_provider()
+
+
+_NO_SPAN = nullcontext(trace.INVALID_SPAN)
+
+
+def span_if_active(tracer: trace.Tracer, tracer_provider: trace.TracerProvider | None,
+                   name: str, **kwargs: Any) -> Any:
+    """`tracer.start_as_current_span(name, ...)`, or a context giving the invalid span (whose
+    setters do nothing) when tracing is off, for spans on the paid-call hot path."""
+    if not tracing_active(tracer_provider):
+        return _NO_SPAN
+    return tracer.start_as_current_span(name, **kwargs)
 
 
 def _rpc_attributes(full_method: str | bytes) -> tuple[str, dict[str, str]]:
@@ -53,10 +86,13 @@ class _ClientInterceptor(
     grpc.StreamUnaryClientInterceptor,
     grpc.StreamStreamClientInterceptor,
 ):
-    def __init__(self, tracer: trace.Tracer) -> None:
+    def __init__(self, tracer: trace.Tracer, provider: trace.TracerProvider | None) -> None:
         self._tracer = tracer
+        self._provider = provider
 
     def _intercept(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+        if not tracing_active(self._provider):
+            return continuation(details, request)
         name, attributes = _rpc_attributes(details.method)
         if otel_context.get_value(_UNTRACED):
             span: Span = _unsampled_span()
@@ -138,13 +174,15 @@ def client_interceptors(
     One object implements all four call shapes; it is returned in a list so callers can add
     their own interceptors (payment vouchers) after it, inside the client span.
     """
-    interceptor = _ClientInterceptor(trace.get_tracer(TRACER_NAME, tracer_provider=tracer_provider))
+    interceptor = _ClientInterceptor(
+        trace.get_tracer(TRACER_NAME, tracer_provider=tracer_provider), tracer_provider)
     return [interceptor]
 
 
 class _ServerInterceptor(grpc.ServerInterceptor):
-    def __init__(self, tracer: trace.Tracer) -> None:
+    def __init__(self, tracer: trace.Tracer, provider: trace.TracerProvider | None) -> None:
         self._tracer = tracer
+        self._provider = provider
 
     def intercept_service(
         self,
@@ -152,8 +190,8 @@ class _ServerInterceptor(grpc.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         handler = continuation(handler_call_details)
-        if handler is None:
-            return None
+        if handler is None or not tracing_active(self._provider):
+            return handler
         carrier = {
             key: value
             for key, value in (handler_call_details.invocation_metadata or ())
@@ -272,4 +310,5 @@ def server_interceptor(
     tracer_provider: trace.TracerProvider | None = None,
 ) -> grpc.ServerInterceptor:
     """An interceptor for `grpc.server(interceptors=...)`: a SERVER span current in the servicer."""
-    return _ServerInterceptor(trace.get_tracer(TRACER_NAME, tracer_provider=tracer_provider))
+    return _ServerInterceptor(
+        trace.get_tracer(TRACER_NAME, tracer_provider=tracer_provider), tracer_provider)

@@ -31,7 +31,6 @@ verification (an LLM judge, a verifier agent) runs before that transaction.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -219,8 +218,7 @@ class Settlement:
             raise PermissionDenied("only the agreement's seller can redeem it (sign the "
                                    "request)", reason="BAD_SIGNATURE")
         request = {"agreement": agreement, "voucher": voucher.SerializeToString().hex(),
-                   "receipts": hashlib.sha256(b"".join(r.seller_signature for r in receipts))
-                   .hexdigest()}
+                   "receipts": ag.receipts_digest(receipts)}
         with self._tracer.start_as_current_span("settlement.redeem", attributes={
             attr.AGREEMENT_ID: agreement, attr.CURRENCY: row.currency,
             attr.PAYER: row.buyer_id, attr.PAYEE: row.seller_id,
@@ -307,6 +305,7 @@ class Settlement:
     def _check_receipts(row: Any, terms: agreement_pb2.Terms, voucher: agreement_pb2.Voucher,
                         receipts: list[agreement_pb2.Receipt]) -> None:
         seen: set[int] = set()
+        ag.check_receipt_chain(receipts, row.seller_id, complete=True)
         for receipt in receipts:
             if receipt.agreement_id != row.agreement_id or receipt.sequence in seen:
                 raise InvalidArgument(f"receipt {receipt.sequence} is duplicated or misfiled")
@@ -314,7 +313,6 @@ class Settlement:
                 raise InvalidArgument(f"receipt {receipt.sequence} was not paid by the voucher "
                                       f"(sequence {voucher.sequence})")
             seen.add(receipt.sequence)
-            ag.check_receipt(receipt, row.seller_id)
             ceiling = pricing.receipt_ceiling_atomic(terms, receipt)
             if receipt.charged_atomic < 0 or (ceiling is not None
                                               and receipt.charged_atomic > ceiling):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from marketplace import agreements as ag
@@ -78,6 +78,7 @@ class Deal:
     body: agreement_pb2.AgreementBody
     agreement_id: str
     chain: PaywordChain
+    _digests: dict[int, bytes] = field(default_factory=dict)
 
     def voucher(self, index: int, sequence: int | None = None) -> agreement_pb2.Voucher:
         """The voucher revealing chain word `index` (sequence defaults to the index)."""
@@ -87,11 +88,17 @@ class Deal:
             payword=self.chain.word(index))
 
     def receipt(self, seller: AgentKey, sequence: int, output: Any, charged_atomic: int = -1,
-                **usage: int) -> agreement_pb2.Receipt:
-        """The seller's receipt; charged defaults to the unit price."""
+                *, chain_index: int = 0, **usage: int) -> agreement_pb2.Receipt:
+        """The seller's signed receipt at `chain_index` (default: the sequence), linked to the
+        receipt made last at the position before; charged defaults to the unit price."""
         text = output if isinstance(output, str) else json.dumps(output, sort_keys=True)
         charged = self.body.terms.unit_price_atomic if charged_atomic < 0 else charged_atomic
-        return ag.make_receipt(seller, self.agreement_id, sequence, text, charged, **usage)
+        index = chain_index or sequence
+        receipt = ag.make_receipt(seller, self.agreement_id, sequence, text, charged,
+                                  chain_index=index, previous_sha256=self._digests.get(
+                                      index - 1, ag.CHAIN_GENESIS), **usage)
+        self._digests[index] = receipt.chain_sha256
+        return receipt
 
     def redeem_signature(self, seller: AgentKey, voucher: agreement_pb2.Voucher,
                          receipts: list[agreement_pb2.Receipt]) -> bytes:

@@ -21,7 +21,6 @@ with UNAVAILABLE and changes nothing.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -160,7 +159,7 @@ class Verification:
                      outcome: Outcome) -> None:
         if self.verifier_client is None:
             raise VerifierUnavailable("this marketplace cannot call third-party verifiers")
-        digest = hashlib.sha256(b"".join(r.seller_signature for r in receipts)).hexdigest()
+        digest = ag.receipts_digest(receipts)
         request = verifier_pb2.VerifyRequest(
             idempotency_key=f"verify:{agreement}:{digest[:32]}", agreement_id=agreement,
             agreement=signed, receipts=receipts, output_schema_json=schema_json)

@@ -27,9 +27,10 @@ from pydantic import BaseModel
 from sqlalchemy import func, select
 
 from agents import BuyerAgent, SellerAgent, per_call, skill
-from agents.buyer import Deal
+from agents.buyer import Deal, _SellerStubs
+from agents.v1 import agent_pb2_grpc
 from marketplace import agreements as ag
-from marketplace.auth import signed_channel
+from marketplace.auth import SigningClientInterceptor, signed_channel
 from marketplace.identity import AgentKey
 from marketplace.node import MarketplaceNode
 from marketplace.testing import Deal as SignedDeal
@@ -424,8 +425,11 @@ def task(tmp_path: Path) -> Iterator[Task]:
     assert buyer.call(deal, {"text": "one"}) == {"text": "ONE"}
     # Both agents' channels, rebuilt with a response dropper in front of the signer.
     to_seller, to_marketplace = DropResponses(), DropResponses()
-    buyer._seller_channels[listing.endpoint] = signed_channel(
-        listing.endpoint, buyer.key, interceptors=[to_seller])
+    raw = grpc.insecure_channel(listing.endpoint)
+    buyer._seller_channels[listing.endpoint] = _SellerStubs(
+        raw, agent_pb2_grpc.AgentServiceStub(grpc.intercept_channel(
+            raw, to_seller, SigningClientInterceptor(buyer.key))),
+        agent_pb2_grpc.AgentServiceStub(grpc.intercept_channel(raw, to_seller)))
     seller.settlement = settlement_pb2_grpc.SettlementServiceStub(signed_channel(
         node.address, seller.key, interceptors=[to_marketplace]))
     yield Task(node, seller, buyer, deal, to_seller, to_marketplace)

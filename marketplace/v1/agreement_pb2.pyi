@@ -145,7 +145,7 @@ class Voucher(_message.Message):
     def __init__(self, agreement_id: _Optional[str] = ..., sequence: _Optional[int] = ..., cumulative_atomic: _Optional[int] = ..., payword_index: _Optional[int] = ..., payword: _Optional[bytes] = ...) -> None: ...
 
 class Receipt(_message.Message):
-    __slots__ = ("agreement_id", "sequence", "output_sha256", "output_json", "seller_signature", "charged_atomic", "units", "input_tokens", "output_tokens")
+    __slots__ = ("agreement_id", "sequence", "output_sha256", "output_json", "seller_signature", "charged_atomic", "units", "input_tokens", "output_tokens", "chain_index", "chain_sha256", "previous_sha256")
     AGREEMENT_ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_SHA256_FIELD_NUMBER: _ClassVar[int]
@@ -155,6 +155,9 @@ class Receipt(_message.Message):
     UNITS_FIELD_NUMBER: _ClassVar[int]
     INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_INDEX_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_SHA256_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_SHA256_FIELD_NUMBER: _ClassVar[int]
     agreement_id: str
     sequence: int
     output_sha256: str
@@ -164,4 +167,7 @@ class Receipt(_message.Message):
     units: int
     input_tokens: int
     output_tokens: int
-    def __init__(self, agreement_id: _Optional[str] = ..., sequence: _Optional[int] = ..., output_sha256: _Optional[str] = ..., output_json: _Optional[str] = ..., seller_signature: _Optional[bytes] = ..., charged_atomic: _Optional[int] = ..., units: _Optional[int] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ...) -> None: ...
+    chain_index: int
+    chain_sha256: bytes
+    previous_sha256: bytes
+    def __init__(self, agreement_id: _Optional[str] = ..., sequence: _Optional[int] = ..., output_sha256: _Optional[str] = ..., output_json: _Optional[str] = ..., seller_signature: _Optional[bytes] = ..., charged_atomic: _Optional[int] = ..., units: _Optional[int] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., chain_index: _Optional[int] = ..., chain_sha256: _Optional[bytes] = ..., previous_sha256: _Optional[bytes] = ...) -> None: ...

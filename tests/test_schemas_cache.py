@@ -1,0 +1,84 @@
+"""The fast schema validators agree with jsonschema's 2020-12 validator (what the marketplace
+verifies outputs with), and schemas outside the shared subset fall back to jsonschema."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jsonschema import ValidationError
+from jsonschema.validators import Draft202012Validator
+from pydantic import BaseModel, Field
+
+from agents._schemas_cache import _Compiled, validator
+
+
+class Inner(BaseModel):
+    score: float = Field(ge=0, le=1)
+    label: Literal["good", "bad"]
+
+
+class Outer(BaseModel):
+    text: str = Field(max_length=20)
+    count: int = 0
+    tags: list[str] = Field(default_factory=list, max_length=3)
+    inner: Inner | None = None
+    extra: dict[str, int] = Field(default_factory=dict)
+
+
+SCHEMAS = [
+    Outer.model_json_schema(),
+    Inner.model_json_schema(),
+    {"type": "object", "properties": {"n": {"type": "integer", "minimum": 2}},
+     "required": ["n"], "additionalProperties": False},
+    {"anyOf": [{"type": "string", "minLength": 2}, {"type": "number", "multipleOf": 0.5}]},
+]
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 5) | st.floats(-3, 3, allow_nan=False)
+    | st.sampled_from(["", "a", "good", "bad", "x" * 25]),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.sampled_from(["text", "count", "tags", "inner", "extra", "score",
+                                       "label", "n", "other"]), children, max_size=5),
+    max_leaves=12)
+
+
+@pytest.mark.parametrize("schema", SCHEMAS, ids=["outer", "inner", "strict", "any-of"])
+def test_plain_schemas_compile_to_the_fast_validator(schema: dict) -> None:
+    assert isinstance(validator(schema), _Compiled)
+
+
+@settings(max_examples=400, deadline=None)
+@given(index=st.integers(0, len(SCHEMAS) - 1), instance=json_values)
+def test_fast_validator_agrees_with_jsonschema(index: int, instance: object) -> None:
+    schema = SCHEMAS[index]
+    expected = Draft202012Validator(schema).is_valid(instance)
+    fast = validator(schema)
+    assert fast.is_valid(instance) is expected
+    if not expected:
+        with pytest.raises(ValidationError):
+            fast.validate(instance)
+
+
+def test_validation_never_fills_in_defaults() -> None:
+    instance = {"text": "hi"}
+    validator(Outer.model_json_schema()).validate(instance)
+    assert instance == {"text": "hi"}
+
+
+@pytest.mark.parametrize("schema", [
+    {"type": "string", "format": "date-time"},  # formats: jsonschema's choice applies
+    {"type": "array", "prefixItems": [{"type": "integer"}]},  # 2020-12 only
+    {"type": "object", "patternProperties": {"^x": {"type": "integer"}}},
+    {"$ref": "#/$defs/a", "minimum": 3, "$defs": {"a": {"type": "integer"}}},  # $ref siblings
+    {"if": {"type": "integer"}, "then": {"minimum": 0}},
+])
+def test_other_schemas_fall_back_to_jsonschema(schema: dict) -> None:
+    chosen = validator(schema)
+    assert not isinstance(chosen, _Compiled)
+    if "prefixItems" in schema:
+        assert not chosen.is_valid(["one"])
+    if "$ref" in schema:
+        assert not chosen.is_valid(2) and chosen.is_valid(3)
