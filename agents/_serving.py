@@ -94,11 +94,14 @@ class PaidCalls:
         id gets its first answer; a call that fails gives its reserve back."""
         admission = self.admitter.admit(request, context, partial=False)
         if admission.replay is not None:
+            _durable(admission)
             return admission.replay  # type: ignore[no-any-return]
         try:
-            return self._invoke(request, admission)
+            response = self._invoke(request, admission)
         finally:
             self.seller.gate.release(request.agreement_id, admission)  # no-op once completed
+        _durable(admission)  # answer only once the usage record is durable
+        return response
 
     def _invoke(self, request: agent_pb2.InvokeRequest, admission: Admission
                 ) -> agent_pb2.InvokeResponse:
@@ -125,6 +128,7 @@ class PaidCalls:
         try:
             admission = self.admitter.admit(request, context, partial=True)
             if admission.replay is not None:
+                _durable(admission)
                 yield admission.replay
                 return
             yield from self._stream(request, context, admission)
@@ -159,6 +163,7 @@ class PaidCalls:
                 raise
             pieces.close()
             last, stop = self._end_stream(request, admission, meter, delivered, span)
+        _durable(admission)
         context.set_trailing_metadata(((STOP_REASON_KEY, STOP_NAMES[stop]),))
         yield last
 
@@ -174,6 +179,13 @@ class PaidCalls:
                 charged_atomic=usage.charged_atomic, end=agent_pb2.StreamEnd(
                     stop_reason=stop, output_json=output_json, usage=usage, receipt=chained)))
         return last, stop
+
+
+def _durable(admission: Admission) -> None:
+    """Wait until the call's usage record committed (raises JournalError: UNAVAILABLE, and the
+    buyer retries the call id, answered from the same record)."""
+    if admission.durable is not None:
+        admission.durable.wait()
 
 
 def _set_span_usage(span: Any, meter: Meter, charge: int) -> None:

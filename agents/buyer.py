@@ -459,8 +459,12 @@ class BuyerAgent:
         seller's signatures (every RECEIPT_SIGN_EVERY-th receipt) verify. Off the per-call hot
         path: no money is released before the buyer accepts or the window ends."""
         found = []
+        # a retried call's answer repeats its receipt: count each receipt once
+        distinct = {(r.chain_index, r.chain_sha256, r.SerializeToString()): r
+                    for r in deal.unsigned_receipts}
         try:
-            ag.check_receipt_chain(deal.unsigned_receipts, deal.body.seller_id, complete=False)
+            ag.check_receipt_chain(list(distinct.values()), deal.body.seller_id,
+                                   complete=False)
         except Exception as error:
             found.append(f"bad receipt: {error}")
         deal.problems.extend(found)

@@ -37,10 +37,12 @@ from agents.errors import (
     NotFound,
     PaymentRequired,
 )
+from agents.usage_journal import JournalAgreement, Pending, UsageJournal
+from agents.v1 import agent_pb2
 from marketplace import agreements as ag
 from marketplace.identity import AgentKey
 from marketplace.payword import PaywordChain, verify_word
-from marketplace.v1 import agreement_pb2
+from marketplace.v1 import agreement_pb2, settlement_pb2
 
 VOUCHER_METADATA_KEY = "agentmarket-voucher-bin"
 MAX_CALL_ID_CHARS = 128
@@ -129,6 +131,7 @@ class Admission:
     sequence: int
     reserve_atomic: int
     replay: Any = None  # the first response of this call id, to return instead of running
+    durable: Pending | None = None  # its usage record on the way to the journal: wait first
 
 
 @dataclass
@@ -136,8 +139,10 @@ class _Call:
     sequence: int
     payword: bytes
     reserve_atomic: int
+    voucher: agreement_pb2.Voucher | None = None
     in_flight: bool = True
     response: Any = None
+    record: tuple[Any, ...] | None = None  # the journal's record_call arguments, once answered
 
 
 @dataclass
@@ -168,16 +173,47 @@ class _Account:
 class PaymentGate:
     """The seller's local voucher check, run before every paid call."""
 
-    def __init__(self, key: AgentKey | None = None) -> None:
-        """`key`: the seller's, signing every RECEIPT_SIGN_EVERY-th receipt of each chain."""
+    def __init__(self, key: AgentKey | None = None, journal: UsageJournal | None = None
+                 ) -> None:
+        """`key`: the seller's, signing every RECEIPT_SIGN_EVERY-th receipt of each chain;
+        `journal`: where agreements, answered calls and redeems are made durable."""
         self.key = key
+        self.journal = journal
         self._accounts: dict[str, _Account] = {}
         self._lock = threading.Lock()
 
     def open(self, agreement_id: str, body: agreement_pb2.AgreementBody) -> None:
+        """Start taking calls under an agreement (durable before it returns)."""
+        if self.journal is not None and agreement_id not in self._accounts:
+            self.journal.open_agreement(agreement_id, body.seller_id, body.SerializeToString())
         with self._lock:
             self._accounts.setdefault(agreement_id,
                                       _Account(body=body, anchor_word=body.payword_root))
+
+    def restore(self, saved: list[JournalAgreement]) -> list[str]:
+        """Rebuild the accounts a journal kept (a restarted seller); returns their ids."""
+        for entry in saved:
+            body = agreement_pb2.AgreementBody.FromString(entry.body)
+            account = _Account(body=body, anchor_word=body.payword_root, closed=entry.closed)
+            if entry.escrow is not None:
+                account.redeemed = settlement_pb2.Escrow.FromString(entry.escrow)
+            for call in entry.calls:
+                voucher = agreement_pb2.Voucher.FromString(call.voucher)
+                receipt = agreement_pb2.Receipt.FromString(call.receipt)
+                account.receipts.append(receipt)
+                account.charged_atomic += receipt.charged_atomic
+                account.chain_index, account.chain_head = call.position, receipt.chain_sha256
+                account.calls[call.call_id] = _Call(
+                    voucher.sequence, voucher.payword, 0, voucher, in_flight=False,
+                    response=_decode_response(call.response))
+                if voucher.sequence > account.sequence:
+                    account.latest, account.sequence = voucher, voucher.sequence
+                    account.anchor_word = voucher.payword
+                    account.anchor_index = voucher.payword_index
+                    account.authorised_atomic = voucher.cumulative_atomic
+            with self._lock:
+                self._accounts[entry.agreement_id] = account
+        return [entry.agreement_id for entry in saved]
 
     def known(self, agreement_id: str) -> bool:
         return agreement_id in self._accounts
@@ -239,7 +275,7 @@ class PaymentGate:
             account.latest = voucher
             account.reserved_atomic += reserve
             key = call_id or f"#{voucher.sequence}"
-            account.calls[key] = _Call(voucher.sequence, voucher.payword, reserve)
+            account.calls[key] = _Call(voucher.sequence, voucher.payword, reserve, voucher)
             return Admission(agreement_id, key, voucher.sequence, reserve)
 
     @staticmethod
@@ -256,15 +292,17 @@ class PaymentGate:
                            account.anchor_index):
             raise InvalidVoucher("the voucher's payword is forged")
 
-    @staticmethod
-    def _retry(agreement_id: str, account: _Account, voucher: agreement_pb2.Voucher,
+    def _retry(self, agreement_id: str, account: _Account, voucher: agreement_pb2.Voucher,
                call_id: str, reserve_atomic: int, partial: bool) -> Admission:
         call = account.calls[call_id]
         if voucher.sequence != call.sequence or voucher.payword != call.payword:
             raise InvalidVoucher(f"call {call_id!r} was paid by another voucher; a retry must "
                                  "send the same one")
-        if call.response is not None:
-            return Admission(agreement_id, call_id, call.sequence, 0, replay=call.response)
+        if call.response is not None:  # answered: again, once its record is durable
+            durable = self.journal.record_call(*call.record) \
+                if self.journal is not None and call.record is not None else None
+            return Admission(agreement_id, call_id, call.sequence, 0, replay=call.response,
+                             durable=durable)
         if call.in_flight:
             raise CallInProgress(f"call {call_id!r} is still running; retry shortly")
         unspent = account.available_atomic
@@ -296,6 +334,11 @@ class PaymentGate:
             account.charged_atomic += receipt.charged_atomic
             account.receipts.append(receipt)
             call.in_flight, call.response = False, response
+            if self.journal is not None:  # queued in chain order, so a crash keeps a prefix
+                call.record = (agreement_id, admission.call_id, index, call.sequence,
+                               call.voucher.SerializeToString() if call.voucher else b"",
+                               receipt.SerializeToString(), _encode_response(response))
+                admission.durable = self.journal.record_call(*call.record)
             return response
 
     def release(self, agreement_id: str, admission: Admission) -> None:
@@ -324,6 +367,8 @@ class PaymentGate:
         account = self._account(agreement_id)
         with account.lock:
             account.closed = True
+            if self.journal is not None:
+                self.journal.record_redeem(agreement_id, closed=True, escrow=None)
         deadline = time.monotonic() + wait_s
         while account.reserved_atomic and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -337,6 +382,10 @@ class PaymentGate:
         """Remember the marketplace's answer; `None` (the redeem failed) reopens the agreement."""
         account = self._account(agreement_id)
         with account.lock:
+            if self.journal is not None:
+                self.journal.record_redeem(
+                    agreement_id, closed=escrow is not None,
+                    escrow=None if escrow is None else escrow.SerializeToString())
             account.closed, account.redeemed = escrow is not None, escrow
 
     def redeemed(self, agreement_id: str) -> Any:
@@ -350,3 +399,14 @@ class PaymentGate:
                 if account.latest is not None and account.redeemed is None
                 and (account.closed  # a redeem whose answer was lost: send it again
                      or now_ms >= account.body.terms.completion_deadline_ms - margin_ms)]
+
+
+def _encode_response(response: Any) -> bytes:
+    """A paid call's response for the journal: unary (U) or a stream's last chunk (S)."""
+    kind = b"S" if isinstance(response, agent_pb2.StreamChunk) else b"U"
+    return kind + response.SerializeToString()
+
+
+def _decode_response(data: bytes) -> Any:
+    message = agent_pb2.StreamChunk if data[:1] == b"S" else agent_pb2.InvokeResponse
+    return message.FromString(data[1:])

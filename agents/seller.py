@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 import uuid
 from concurrent import futures
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -46,6 +48,7 @@ from agents.metering import Tariff
 from agents.negotiation import Strategy
 from agents.payments import PaymentGate
 from agents.skills import Skill
+from agents.usage_journal import UsageJournal
 from agents.v1 import agent_pb2, agent_pb2_grpc
 from marketplace import agreements as ag
 from marketplace.auth import AccessInterceptor, AuthServerInterceptor, signed_channel
@@ -71,12 +74,16 @@ class SellerAgent:
                  credentials: grpc.ChannelCredentials | None = None,
                  server_credentials: grpc.ServerCredentials | None = None,
                  require_auth: bool = True, rate_limit_per_s: float = 500.0,
-                 rate_limit_burst: int = 1000) -> None:
+                 rate_limit_burst: int = 1000, journal: str | Path | None = None) -> None:
         """`strategy`: a Strategy shared by all negotiations, or a factory
         `(skill, currency) -> Strategy` called per negotiation (LLM strategies keep state).
         `completion_window_s`: how long after the negotiation's deadline the buyer may call;
         the seller redeems on its own `redeem_margin_s` before that deadline.
-        `dispute_window_s`: how long after delivery the buyer may dispute (0: settle at once)."""
+        `dispute_window_s`: how long after delivery the buyer may dispute (0: settle at once).
+        `journal`: where paid calls are recorded before they are answered (a database URL or
+        a SQLite file; default `$AGENTMARKET_HOME/seller-<agent id>.db`, AGENTMARKET_HOME
+        defaulting to ./.agentmarket). A seller started again with the same key and journal
+        takes up its agreements where it stopped, and redeems them."""
         if not skills:
             raise InvalidArgument("a seller needs at least one skill")
         if not 0 <= redeem_margin_s < completion_window_s:
@@ -91,8 +98,10 @@ class SellerAgent:
         self.settle_interval_s = settle_interval_s
         self.tracer_provider = tracer_provider
         self._tracer = trace.get_tracer("agentmarket.seller", tracer_provider=tracer_provider)
-        self.gate = PaymentGate(self.key)
+        self.journal = UsageJournal(journal_url(journal, self.agent_id))
+        self.gate = PaymentGate(self.key, self.journal)
         self.tariffs: dict[str, Tariff] = {}
+        self._restore()
         self._stop = threading.Event()
         self._redeem_locks: dict[str, threading.Lock] = {}
         self._escrowed: set[str] = set()
@@ -127,6 +136,16 @@ class SellerAgent:
         ]
 
     # ---- lifecycle ------------------------------------------------------------------------
+
+    def _restore(self) -> None:
+        """Take up the agreements the journal kept (a restart): their calls, receipts, latest
+        voucher and redeem state; calls continue under the skills still served."""
+        for agreement_id in self.gate.restore(self.journal.load()):
+            terms = self.gate.body(agreement_id).terms
+            skill = self.skills.get(terms.skill)
+            if skill is not None:
+                self.tariffs[agreement_id] = skill.tariff(terms.unit_price_atomic,
+                                                          terms.currency)
 
     def serve(self) -> SellerAgent:
         """Start the gRPC server, advertise the skills, keep the listing alive, redeem when due."""
@@ -177,12 +196,17 @@ class SellerAgent:
                 timeout=RPC_TIMEOUT_S)
         self.server.stop(grace_s).wait()
         self._channel.close()
+        self.journal.close()
 
     # ---- paid calls and settlement --------------------------------------------------------
 
     def _reserve_of(self, agreement_id: str) -> int:
         """What a call must have prepaid: the agreement's per-call maximum."""
-        return self.tariffs[agreement_id].call_max_atomic
+        tariff = self.tariffs.get(agreement_id)
+        if tariff is None:
+            raise FailedPrecondition(f"skill {self.gate.body(agreement_id).terms.skill} is no "
+                                     "longer served here; the agreement takes no calls")
+        return tariff.call_max_atomic
 
     def negotiate(self, message: agent_pb2.NegotiationMessage) -> agent_pb2.NegotiationMessage:
         return self.negotiator.negotiate(message)
@@ -270,3 +294,15 @@ class _AgentServicer(agent_pb2_grpc.AgentServiceServicer):
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def journal_url(journal: str | Path | None, agent_id: str) -> str:
+    """The usage journal's database URL: as given (a URL, or a SQLite file path), or the
+    seller's default file under $AGENTMARKET_HOME (./.agentmarket)."""
+    if isinstance(journal, str) and "://" in journal:
+        return journal
+    if journal is None:
+        home = Path(os.environ.get("AGENTMARKET_HOME", ".agentmarket"))
+        home.mkdir(parents=True, exist_ok=True)
+        journal = home / f"seller-{agent_id[:16]}.db"
+    return f"sqlite:///{Path(journal)}"

@@ -101,7 +101,8 @@ class _PaidSide:
 
     def __init__(self, workdir: Path, rounds: int) -> None:
         self.node = MarketplaceNode(f"sqlite:///{workdir / 'paid.db'}").start()
-        self.seller = SellerAgent("echo", skills=[echo], marketplace=self.node.address).serve()
+        self.seller = SellerAgent("echo", skills=[echo], marketplace=self.node.address,
+                                  journal=workdir / "seller-journal.db").serve()
         self.buyers = []
         calls = (rounds + 1) * CALLS_PER_CLIENT
         for n in range(CLIENTS):

@@ -36,6 +36,10 @@ from psycopg import sql
 from sqlalchemy import Engine
 
 from wallets.ledger import Ledger
+
+# Sellers' usage journals (agents.seller.journal_url) go to a directory of this run, never the
+# checkout; examples run as subprocesses inherit it.
+os.environ.setdefault("AGENTMARKET_HOME", tempfile.mkdtemp(prefix="agentmarket-test-home-"))
 from wallets.service import WalletService
 from wallets.store import make_engine
 

@@ -11,7 +11,7 @@ from sqlalchemy import inspect
 from wallets.schema import package_metadata, upgrade
 from wallets.store import make_engine
 
-PACKAGES = ["wallets", "marketplace"]
+PACKAGES = ["wallets", "marketplace", "agents"]
 
 
 @pytest.mark.parametrize("package", PACKAGES)

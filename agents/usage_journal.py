@@ -1,0 +1,392 @@
+"""The seller's usage journal: what it could redeem, durable across a restart.
+
+A seller's record of its paid calls (the latest voucher per agreement, one signed receipt per
+call, and each answered call's first response, so a retried call id is answered again without
+charging twice) would otherwise live only in memory (`agents.payments.PaymentGate`), and a
+restart would lose money the seller earned. The journal writes it to SQLite (default) or
+PostgreSQL, in the seller's own tables (`agents.tables`, migrated at start-up).
+
+Durability contract: the seller answers a paid call only after the call's record committed
+(it waits on the `Pending` that `record_call` returned), so an acknowledged call is never lost
+by a crash; a call whose record failed or timed out is refused with `JournalError` (UNAVAILABLE:
+the buyer retries the same call id). Agreements are opened, closed for a redeem and marked
+redeemed synchronously: those methods return only once the change is durable.
+
+Cost: the journal sits on the paid-call hot path, so it never runs a transaction per call.
+`record_call` only appends a row to an in-memory batch and returns; one writer thread takes
+whole batches (up to `max_batch` rows) and writes each in one transaction with one executemany
+and one commit, then wakes every caller of the batch at once (group commit). While a commit is
+in progress, concurrent callers fill the next batch, so one fsync pays for many calls. Writes
+reach the database in the order they were made (a redeem recorded after a call commits after
+it).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+
+from agents.errors import NotFound, Unavailable
+from agents.tables import SellerAgreementRow, SellerCallRow
+from wallets.schema import upgrade
+from wallets.store import make_engine
+
+log = logging.getLogger("agentmarket.seller")
+
+AGREEMENTS = SellerAgreementRow.__table__  # type: ignore[attr-defined]
+CALLS = SellerCallRow.__table__  # type: ignore[attr-defined]
+
+_CALL, _OPEN, _REDEEM, _FORGET = range(4)
+_CLOSE_JOIN_S = 60.0
+# How long a synchronous change (open, redeem, forget) waits for its commit: longer than a
+# call's default, as it is rare and a seller would rather wait than fail an agreement.
+_SYNC_TIMEOUT_S = 30.0
+
+
+class JournalError(Unavailable):
+    """A record could not be made durable (the database failed, refused it, or was too slow):
+    the seller must not answer the call it records, and the buyer may retry it."""
+
+    reason = "JOURNAL_UNAVAILABLE"
+
+
+@dataclass(frozen=True, slots=True)
+class JournalCall:
+    """One answered paid call, as recorded."""
+
+    call_id: str
+    position: int
+    sequence: int
+    voucher: bytes
+    receipt: bytes
+    response: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class JournalAgreement:
+    """An agreement and its calls (ordered by position), enough to rebuild the seller's state.
+
+    `closed` and `escrow`: open (False, None); a redeem in flight (True, None); redeemed
+    (True, the marketplace's serialized Escrow)."""
+
+    agreement_id: str
+    seller_id: str
+    body: bytes
+    opened_at_ms: int
+    closed: bool
+    escrow: bytes | None
+    calls: tuple[JournalCall, ...]
+
+    @property
+    def latest_voucher(self) -> bytes | None:
+        """The voucher with the highest sequence: what a redeem presents."""
+        if not self.calls:
+            return None
+        return max(self.calls, key=lambda call: call.sequence).voucher
+
+
+class _Batch:
+    """Rows written in one transaction, and the outcome every caller of the batch waits on."""
+
+    __slots__ = ("done", "error", "errors", "mixed", "results", "rows")
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, Any]] = []
+        self.mixed = False  # holds something other than calls
+        self.done = threading.Event()
+        self.error: BaseException | None = None  # the whole batch failed
+        self.errors: dict[int, BaseException] | None = None  # only these rows failed
+        self.results: dict[int, Any] | None = None
+
+
+class Pending:
+    """A record on its way to the database: `wait()` before answering the call it records."""
+
+    __slots__ = ("_batch", "_index")
+
+    def __init__(self, batch: _Batch, index: int) -> None:
+        self._batch = batch
+        self._index = index
+
+    def done(self) -> bool:
+        """Whether the record's batch has been written (or failed)."""
+        return self._batch.done.is_set()
+
+    def wait(self, timeout_s: float = 10.0) -> None:
+        """Block until the record committed; raise `JournalError` if it failed or did not
+        commit within `timeout_s` (it may still commit later: a retry of the call is safe,
+        records are idempotent)."""
+        self._outcome(timeout_s)
+
+    def _outcome(self, timeout_s: float) -> Any:
+        batch = self._batch
+        if not batch.done.wait(timeout_s):
+            raise JournalError(f"the usage journal did not commit within {timeout_s:g} s")
+        if batch.error is not None:
+            cause = batch.error  # shared by the batch's callers: raise a fresh error each
+            raise JournalError(f"the usage journal could not write: {cause}") from cause
+        if batch.errors is not None and self._index in batch.errors:
+            raise batch.errors[self._index]
+        return None if batch.results is None else batch.results.get(self._index)
+
+
+class UsageJournal:
+    """The seller's durable record of agreements and paid calls, written in batches by one
+    thread. Thread-safe: meant to be called from every thread of a gRPC server's pool."""
+
+    def __init__(self, url: str, *, max_batch: int = 512, max_delay_s: float = 0.0) -> None:
+        """Open the database at `url`, migrate the seller's tables and start the writer.
+
+        `max_delay_s`: how long the writer waits for a batch to fill once it holds a row
+        (0: write whatever is queued at once; concurrency alone fills batches, as callers
+        queue while a commit is in progress)."""
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self._engine: Engine = make_engine(url)
+        try:
+            upgrade(self._engine, "agents")
+        except BaseException:
+            self._engine.dispose()
+            raise
+        self._max_batch = max_batch
+        self._max_delay_s = max(0.0, max_delay_s)
+        insert = postgresql.insert if self._engine.dialect.name == "postgresql" else sqlite.insert
+        self._insert_call = insert(CALLS).on_conflict_do_nothing()
+        self._insert_agreement = insert(AGREEMENTS).on_conflict_do_nothing()
+        self._lock = threading.Lock()
+        self._wakeup = threading.Condition(self._lock)
+        self._queue: deque[_Batch] = deque()
+        self._tail: _Batch | None = None  # the batch callers append to (None: start one)
+        self._last: _Batch | None = None  # the newest batch, queued or written: flush waits
+        self._idle = False  # the writer waits for any row
+        self._filling = False  # the writer waits for its batch to fill up
+        self._closed = False
+        self.batches_written = 0  # committed transactions
+        self.records_written = 0  # rows (calls and agreement changes) they committed
+        self._writer = threading.Thread(target=self._run, name="usage-journal-writer",
+                                        daemon=True)
+        self._writer.start()
+
+    # ---- writes ------------------------------------------------------------------------------
+
+    def record_call(self, agreement_id: str, call_id: str, position: int, sequence: int,
+                    voucher: bytes, receipt: bytes, response: bytes) -> Pending:
+        """Queue an answered call's record and return at once; wait on the result before
+        answering. A call id already recorded for the agreement keeps its first record."""
+        return self._enqueue(_CALL, {
+            "agreement_id": agreement_id, "call_id": call_id, "position": position,
+            "sequence": sequence, "voucher": voucher, "receipt": receipt, "response": response})
+
+    def open_agreement(self, agreement_id: str, seller_id: str, body: bytes) -> None:
+        """Record an agreement before serving its first call; durable when it returns.
+        Opening an agreement id again is a no-op (the first body stays)."""
+        self._enqueue(_OPEN, {"agreement_id": agreement_id, "seller_id": seller_id,
+                              "body": body, "opened_at_ms": time.time_ns() // 1_000_000,
+                              "closed": False, "escrow": None})._outcome(_SYNC_TIMEOUT_S)
+
+    def record_redeem(self, agreement_id: str, *, closed: bool, escrow: bytes | None) -> None:
+        """Record where the agreement's redeem stands; durable when it returns: closed to calls
+        while a redeem is in flight (closed, no escrow), redeemed (closed, the marketplace's
+        Escrow), or reopened after a refused redeem (not closed, no escrow)."""
+        self._enqueue(_REDEEM, {"agreement_id": agreement_id, "closed": closed,
+                                "escrow": escrow})._outcome(_SYNC_TIMEOUT_S)
+
+    def forget(self, agreement_ids: list[str]) -> int:
+        """Delete agreements and their calls once settled for good (redeemed, nothing left to
+        dispute), so the journal does not grow forever; returns how many agreements it deleted.
+        The caller decides what is settled: an unredeemed agreement given here is lost."""
+        if not agreement_ids:
+            return 0
+        return int(self._enqueue(_FORGET, list(agreement_ids))._outcome(_SYNC_TIMEOUT_S))
+
+    def flush(self, timeout_s: float = 10.0) -> None:
+        """Wait until everything queued so far has been written (a failed record reports its
+        error to its own `Pending`, not here); `JournalError` if that takes over `timeout_s`."""
+        with self._lock:
+            last = self._last
+        if last is not None and not last.done.wait(timeout_s):
+            raise JournalError(f"the usage journal did not commit within {timeout_s:g} s")
+
+    def close(self) -> None:
+        """Write what is queued, stop the writer and close the database; idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._wakeup.notify_all()
+        self._writer.join(timeout=_CLOSE_JOIN_S)
+        if self._writer.is_alive():
+            log.error("usage journal writer still busy after %.0f s; closing anyway",
+                      _CLOSE_JOIN_S)
+        self._engine.dispose()
+
+    def __enter__(self) -> UsageJournal:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def _enqueue(self, kind: int, row: Any) -> Pending:
+        # The hot path: one lock, one append. Rows join the newest batch until it is full or
+        # the writer took it; the writer is woken only when it is waiting for this.
+        with self._lock:
+            if self._closed:
+                raise JournalError("the usage journal is closed")
+            batch = self._tail
+            if batch is None or len(batch.rows) >= self._max_batch:
+                batch = self._tail = self._last = _Batch()
+                self._queue.append(batch)
+            index = len(batch.rows)
+            batch.rows.append((kind, row))
+            if kind != _CALL:
+                batch.mixed = True
+                if self._idle or self._filling:  # a synchronous change never waits to fill
+                    self._wakeup.notify()
+            elif self._idle or (self._filling and index + 1 >= self._max_batch):
+                self._wakeup.notify()
+        return Pending(batch, index)
+
+    # ---- the writer thread -------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            batch = self._take()
+            if batch is None:
+                return
+            self._write(batch)
+
+    def _take(self) -> _Batch | None:
+        """The oldest batch, once it holds a row (and filled up, waited `max_delay_s` or holds
+        a synchronous change); None once closed and drained."""
+        with self._lock:
+            while not self._queue:
+                if self._closed:
+                    return None
+                self._idle = True
+                self._wakeup.wait()
+                self._idle = False
+            if self._max_delay_s > 0 and not self._closed:
+                deadline = time.monotonic() + self._max_delay_s
+                head = self._queue[0]
+                self._filling = True
+                while (len(head.rows) < self._max_batch and not head.mixed
+                       and not self._closed):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._wakeup.wait(remaining)
+                self._filling = False
+            batch = self._queue.popleft()
+            if batch is self._tail:
+                self._tail = None
+            return batch
+
+    def _write(self, batch: _Batch) -> None:
+        try:
+            try:
+                self._apply(batch, careful=False)
+            except IntegrityError:
+                # A row the database refuses (a call of an unknown agreement): write the batch
+                # again with a savepoint per row, so only that row's caller gets the error.
+                self._apply(batch, careful=True)
+        except BaseException as error:  # never let the writer die: fail the batch instead
+            log.warning("usage journal: a batch of %d rows failed: %s", len(batch.rows), error)
+            batch.error = error
+        else:
+            self.batches_written += 1
+            self.records_written += len(batch.rows)
+        batch.done.set()
+
+    def _apply(self, batch: _Batch, *, careful: bool) -> None:
+        rows = batch.rows
+        errors: dict[int, BaseException] = {}
+        results: dict[int, Any] = {}
+        with self._engine.begin() as conn:
+            if not batch.mixed and not careful:  # the common case: only calls
+                conn.execute(self._insert_call, [row for _, row in rows])
+            else:
+                start = 0
+                while start < len(rows):  # runs of one kind, in order
+                    kind = rows[start][0]
+                    end = start + 1
+                    while end < len(rows) and rows[end][0] == kind:
+                        end += 1
+                    if kind == _CALL and not careful:
+                        conn.execute(self._insert_call, [row for _, row in rows[start:end]])
+                    else:
+                        for index in range(start, end):
+                            self._apply_one(conn, index, rows[index], careful, errors, results)
+                    start = end
+        batch.errors = errors or None
+        batch.results = results or None
+
+    def _apply_one(self, conn: Any, index: int, entry: tuple[int, Any], careful: bool,
+                   errors: dict[int, BaseException], results: dict[int, Any]) -> None:
+        kind, row = entry
+        if not careful:
+            self._apply_row(conn, index, kind, row, errors, results)
+            return
+        try:
+            with conn.begin_nested():
+                self._apply_row(conn, index, kind, row, errors, results)
+        except IntegrityError as error:
+            what = (f"call {row['call_id']!r} of agreement {row['agreement_id']!r}"
+                    if kind == _CALL else "an agreement change")
+            errors[index] = JournalError(f"the usage journal refused {what}: {error.orig}")
+
+    def _apply_row(self, conn: Any, index: int, kind: int, row: Any,
+                   errors: dict[int, BaseException], results: dict[int, Any]) -> None:
+        if kind == _CALL:
+            conn.execute(self._insert_call, row)
+        elif kind == _OPEN:
+            last = conn.execute(select(func.coalesce(func.max(AGREEMENTS.c.opened_seq), 0))
+                                ).scalar_one()
+            conn.execute(self._insert_agreement, {**row, "opened_seq": last + 1})
+        elif kind == _REDEEM:
+            changed = conn.execute(
+                update(AGREEMENTS).where(AGREEMENTS.c.agreement_id == row["agreement_id"])
+                .values(closed=row["closed"], escrow=row["escrow"])).rowcount
+            if changed == 0:
+                errors[index] = NotFound(f"no agreement {row['agreement_id']!r} in the journal")
+        else:  # _FORGET
+            conn.execute(delete(CALLS).where(CALLS.c.agreement_id.in_(row)))
+            results[index] = conn.execute(
+                delete(AGREEMENTS).where(AGREEMENTS.c.agreement_id.in_(row))).rowcount
+
+    # ---- reads -------------------------------------------------------------------------------
+
+    def load(self) -> list[JournalAgreement]:
+        """Every agreement (in the order opened) with its calls (by position): what a seller
+        restarting on this journal rebuilds its payment state from."""
+        self.flush()
+        with self._engine.connect().execution_options(agentmarket_read=True) as conn:
+            agreements = conn.execute(
+                select(AGREEMENTS).order_by(AGREEMENTS.c.opened_seq, AGREEMENTS.c.agreement_id)
+            ).all()
+            rows = conn.execute(
+                select(CALLS.c.agreement_id, CALLS.c.call_id, CALLS.c.position,
+                       CALLS.c.sequence, CALLS.c.voucher, CALLS.c.receipt, CALLS.c.response)
+                .order_by(CALLS.c.agreement_id, CALLS.c.position, CALLS.c.call_id)).all()
+        calls: dict[str, list[JournalCall]] = {}
+        for agreement_id, call_id, position, sequence, voucher, receipt, response in rows:
+            calls.setdefault(agreement_id, []).append(JournalCall(
+                call_id, position, sequence, bytes(voucher), bytes(receipt), bytes(response)))
+        return [
+            JournalAgreement(
+                agreement_id=a.agreement_id, seller_id=a.seller_id, body=bytes(a.body),
+                opened_at_ms=a.opened_at_ms, closed=bool(a.closed),
+                escrow=None if a.escrow is None else bytes(a.escrow),
+                calls=tuple(calls.get(a.agreement_id, ())))
+            for a in agreements
+        ]
+
+
+__all__ = ["JournalAgreement", "JournalCall", "JournalError", "Pending", "UsageJournal"]
