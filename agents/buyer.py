@@ -51,7 +51,7 @@ from agents.negotiation import Strategy
 from agents.payments import VOUCHER_METADATA_KEY, PaymentSession, links_for
 from agents.v1 import agent_pb2, agent_pb2_grpc
 from marketplace import agreements as ag
-from marketplace.auth import SigningClientInterceptor, signed_channel
+from marketplace.auth import SigningClientInterceptor, plain_channel, signed_channel
 from marketplace.grpc_tracing import client_interceptors, span_if_active
 from marketplace.identity import AgentKey
 from marketplace.payword import MAX_CHAIN_LENGTH, PaywordChain
@@ -197,8 +197,7 @@ class BuyerAgent:
     def _stubs(self, endpoint: str) -> _SellerStubs:
         stubs = self._seller_channels.get(endpoint)
         if stubs is None:
-            raw = (grpc.secure_channel(endpoint, self.credentials)
-                   if self.credentials is not None else grpc.insecure_channel(endpoint))
+            raw = plain_channel(endpoint, self.credentials)
             voucher = VoucherClientInterceptor(self.sessions, self._reserve_of)
             signed = grpc.intercept_channel(raw, *self._interceptors, voucher,
                                             SigningClientInterceptor(self.key))
@@ -460,8 +459,7 @@ class BuyerAgent:
         path: no money is released before the buyer accepts or the window ends."""
         found = []
         # a retried call's answer repeats its receipt: count each receipt once
-        distinct = {(r.chain_index, r.chain_sha256, r.SerializeToString()): r
-                    for r in deal.unsigned_receipts}
+        distinct = {r.SerializeToString(): r for r in deal.unsigned_receipts}
         try:
             ag.check_receipt_chain(list(distinct.values()), deal.body.seller_id,
                                    complete=False)

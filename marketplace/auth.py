@@ -49,8 +49,6 @@ NONCE_KEY = "agentmarket-nonce"
 SIGNATURE_KEY = "agentmarket-signature-bin"
 _AUTH_KEYS = (AGENT_KEY, TIMESTAMP_KEY, NONCE_KEY, SIGNATURE_KEY)
 PUBLIC_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
-# Set by the voucher interceptor when the call reveals a new PayWord word (its own proof)
-UNSIGNED_OK_KEY = "agentmarket-fresh-payword"
 CALLER_ATTRIBUTE = "enduser.id"
 _AGENT_ID = re.compile(r"^[0-9a-f]{64}$")
 _TIMESTAMP = re.compile(r"^[0-9]{1,16}$")
@@ -78,11 +76,6 @@ class SigningClientInterceptor(grpc.UnaryUnaryClientInterceptor,  # type: ignore
         self.key = key
         self.clock_ms = clock_ms or _now_ms
 
-    def _skip(self, details: Any) -> bool:
-        """A call that proves itself (UNSIGNED_OK in its metadata) is not signed: it saves an
-        ed25519 signature on the paid-call hot path."""
-        return any(k == UNSIGNED_OK_KEY for k, _ in details.metadata or ())
-
     def _sign(self, details: Any, request: Any) -> grpc.ClientCallDetails:
         method = details.method.decode() if isinstance(details.method, bytes) else details.method
         body = request if isinstance(request, bytes) else request.SerializeToString()
@@ -95,13 +88,9 @@ class SigningClientInterceptor(grpc.UnaryUnaryClientInterceptor,  # type: ignore
         return with_metadata(details, metadata)
 
     def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
-        if self._skip(details):
-            return continuation(details, request)
         return continuation(self._sign(details, request), request)
 
     def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
-        if self._skip(details):
-            return continuation(details, request)
         return continuation(self._sign(details, request), request)
 
 
@@ -111,9 +100,15 @@ def signed_channel(address: str, key: AgentKey,
                    interceptors: Iterable[Any] = ()) -> grpc.Channel:
     """A channel whose every call is signed by `key`: TLS with `credentials`
     (`channel_credentials`), plaintext without. `interceptors` run before the signer."""
-    raw = (grpc.secure_channel(address, credentials, options=list(options))
-           if credentials is not None else grpc.insecure_channel(address, options=list(options)))
-    return grpc.intercept_channel(raw, *interceptors, SigningClientInterceptor(key))
+    return grpc.intercept_channel(plain_channel(address, credentials, options=options),
+                                  *interceptors, SigningClientInterceptor(key))
+
+
+def plain_channel(address: str, credentials: grpc.ChannelCredentials | None = None, *,
+                  options: Iterable[tuple[str, Any]] = ()) -> grpc.Channel:
+    """A channel with no interceptors: TLS with `credentials`, plaintext without."""
+    return (grpc.secure_channel(address, credentials, options=list(options))
+            if credentials is not None else grpc.insecure_channel(address, options=list(options)))
 
 
 # ---- TLS ----------------------------------------------------------------------------------------
