@@ -6,11 +6,16 @@ signed receipt per call. Unpaid: the same skill behind a gRPC server with the fr
 interceptors that are not about payment (malformed-request guard, tracing on both sides), so
 the ratio is the cost of paying. Each of `CLIENTS` threads makes calls on its own channel
 (paid: its own agreement). Tracing is off in both (AGENTMARKET_TRACING=off by `make bench`).
+
+Each server runs in a process of its own, as a seller does: the buyers' threads (and the
+marketplace) are in this process, so the seller's work does not queue on the same interpreter
+lock as its callers'.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import statistics
 import tempfile
 import threading
@@ -70,16 +75,50 @@ def _drive(call_fns: list[Any]) -> float:
     return len(call_fns) * CALLS_PER_CLIENT / (time.perf_counter() - start)
 
 
+def _serve_unpaid(ready: Any, stop: Any) -> None:
+    """Child process: the bare server, until `stop` is set."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), interceptors=[
+        MalformedRequestInterceptor(), server_interceptor()])
+    agent_pb2_grpc.add_AgentServiceServicer_to_server(_Unpaid(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    ready.put(f"127.0.0.1:{port}")
+    stop.wait()
+    server.stop(0)
+
+
+def _serve_paid(marketplace: str, journal: str, ready: Any, stop: Any) -> None:
+    """Child process: the seller (it advertises itself at the marketplace), until `stop`."""
+    seller = SellerAgent("echo", skills=[echo], marketplace=marketplace, journal=journal).serve()
+    ready.put(seller.endpoint)
+    stop.wait()
+    seller.stop(0)
+
+
+class _Server:
+    """A server in a child process of its own."""
+
+    def __init__(self, target: Any, *args: Any) -> None:
+        context = multiprocessing.get_context("spawn")  # no fork after gRPC started
+        self._ready, self._stop = context.Queue(), context.Event()
+        self._process = context.Process(target=target, args=(*args, self._ready, self._stop),
+                                        daemon=True)
+        self._process.start()
+        self.address: str = self._ready.get(timeout=120)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._process.join(timeout=30)
+        if self._process.is_alive():
+            self._process.kill()
+
+
 class _UnpaidSide:
     """The bare server and one channel per client."""
 
     def __init__(self) -> None:
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), interceptors=[
-            MalformedRequestInterceptor(), server_interceptor()])
-        agent_pb2_grpc.add_AgentServiceServicer_to_server(_Unpaid(), self.server)
-        port = self.server.add_insecure_port("127.0.0.1:0")
-        self.server.start()
-        self.channels = [grpc.intercept_channel(grpc.insecure_channel(f"127.0.0.1:{port}"),
+        self.server = _Server(_serve_unpaid)
+        self.channels = [grpc.intercept_channel(grpc.insecure_channel(self.server.address),
                                                 *client_interceptors()) for _ in range(CLIENTS)]
         stubs = [agent_pb2_grpc.AgentServiceStub(c) for c in self.channels]
         self.callers = [self._caller(s) for s in stubs]
@@ -92,7 +131,7 @@ class _UnpaidSide:
     def close(self) -> None:
         for channel in self.channels:
             channel.close()
-        self.server.stop(0)
+        self.server.close()
 
 
 class _PaidSide:
@@ -101,8 +140,7 @@ class _PaidSide:
 
     def __init__(self, workdir: Path, rounds: int) -> None:
         self.node = MarketplaceNode(f"sqlite:///{workdir / 'paid.db'}").start()
-        self.seller = SellerAgent("echo", skills=[echo], marketplace=self.node.address,
-                                  journal=workdir / "seller-journal.db").serve()
+        self.seller = _Server(_serve_paid, self.node.address, str(workdir / "journal.db"))
         self.buyers = []
         calls = (rounds + 1) * CALLS_PER_CLIENT
         for n in range(CLIENTS):
@@ -122,7 +160,7 @@ class _PaidSide:
     def close(self) -> None:
         for buyer, _ in self.buyers:
             buyer.close()
-        self.seller.stop(0)
+        self.seller.close()
         self.node.stop(0)
 
 
