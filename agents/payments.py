@@ -400,6 +400,37 @@ class PaymentGate:
                 and (account.closed  # a redeem whose answer was lost: send it again
                      or now_ms >= account.body.terms.completion_deadline_ms - margin_ms)]
 
+    def settled(self, now_ms: int, keep_ms: int) -> list[str]:
+        """Agreements nothing more can happen to here, `keep_ms` after their completion
+        deadline: redeemed (the marketplace holds the evidence from then on), or never paid."""
+        with self._lock:
+            accounts = list(self._accounts.items())
+        return [agreement for agreement, account in accounts
+                if (account.redeemed is not None or account.latest is None)
+                and now_ms >= account.body.terms.completion_deadline_ms + keep_ms]
+
+    def forget(self, agreement_ids: list[str]) -> list[str]:
+        """Drop settled agreements from memory and the journal (so a long-running seller does
+        not grow without end); returns those dropped. One still taking a call, or paid and not
+        redeemed, is kept."""
+        done = []
+        for agreement_id in agreement_ids:
+            account = self._accounts.get(agreement_id)
+            if account is None:
+                continue
+            with account.lock:
+                if account.reserved_atomic or (account.latest is not None
+                                               and account.redeemed is None):
+                    continue
+                account.closed = True  # no call gets in between this and the delete
+            done.append(agreement_id)
+        if self.journal is not None and done:
+            self.journal.forget(done)
+        with self._lock:
+            for agreement_id in done:
+                self._accounts.pop(agreement_id, None)
+        return done
+
 
 def _encode_response(response: Any) -> bytes:
     """A paid call's response for the journal: unary (U) or a stream's last chunk (S)."""

@@ -43,7 +43,13 @@ from agents._grpc_payment import (
 )
 from agents._serving import PaidCalls
 from agents._strategy_host import SellerNegotiator
-from agents.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Unavailable
+from agents.errors import (
+    AgentmarketError,
+    FailedPrecondition,
+    InvalidArgument,
+    PermissionDenied,
+    Unavailable,
+)
 from agents.metering import Tariff
 from agents.negotiation import Strategy
 from agents.payments import PaymentGate
@@ -74,7 +80,8 @@ class SellerAgent:
                  credentials: grpc.ChannelCredentials | None = None,
                  server_credentials: grpc.ServerCredentials | None = None,
                  require_auth: bool = True, rate_limit_per_s: float = 500.0,
-                 rate_limit_burst: int = 1000, journal: str | Path | None = None) -> None:
+                 rate_limit_burst: int = 1000, journal: str | Path | None = None,
+                 journal_retention_s: int = 86_400) -> None:
         """`strategy`: a Strategy shared by all negotiations, or a factory
         `(skill, currency) -> Strategy` called per negotiation (LLM strategies keep state).
         `completion_window_s`: how long after the negotiation's deadline the buyer may call;
@@ -83,7 +90,9 @@ class SellerAgent:
         `journal`: where paid calls are recorded before they are answered (a database URL or
         a SQLite file; default `$AGENTMARKET_HOME/seller-<agent id>.db`, AGENTMARKET_HOME
         defaulting to ./.agentmarket). A seller started again with the same key and journal
-        takes up its agreements where it stopped, and redeems them."""
+        takes up its agreements where it stopped, and redeems them.
+        `journal_retention_s`: how long after its completion deadline a redeemed (or never
+        paid) agreement is kept, in memory and in the journal, before it is dropped."""
         if not skills:
             raise InvalidArgument("a seller needs at least one skill")
         if not 0 <= redeem_margin_s < completion_window_s:
@@ -96,6 +105,7 @@ class SellerAgent:
         self.ttl_s = ttl_s
         self.redeem_margin_s = redeem_margin_s
         self.settle_interval_s = settle_interval_s
+        self.journal_retention_s = journal_retention_s
         self.tracer_provider = tracer_provider
         self._tracer = trace.get_tracer("agentmarket.seller", tracer_provider=tracer_provider)
         self.journal = UsageJournal(journal_url(journal, self.agent_id))
@@ -187,6 +197,24 @@ class SellerAgent:
                 except (grpc.RpcError, FailedPrecondition) as error:
                     log.warning("redeeming %s before its deadline failed: %s",
                                 agreement_id[:12], error)
+            self._forget_settled()
+
+    def _forget_settled(self) -> None:
+        """Drop agreements settled for longer than the retention, with their per-agreement
+        state here."""
+        settled = self.gate.settled(_now_ms(), self.journal_retention_s * 1000)
+        if not settled:
+            return
+        try:
+            forgotten = self.gate.forget(settled)
+        except AgentmarketError as error:  # the journal failed: try again next round
+            log.warning("forgetting %d settled agreements failed: %s", len(settled), error)
+            return
+        with self._locks_guard:
+            for agreement_id in forgotten:
+                self.tariffs.pop(agreement_id, None)
+                self._escrowed.discard(agreement_id)
+                self._redeem_locks.pop(agreement_id, None)
 
     def stop(self, grace_s: float = 1.0) -> None:
         self._stop.set()

@@ -4,8 +4,13 @@ Paid: a SellerAgent's Invoke through the buyer's voucher interceptor and the sel
 authentication, access and payment checks (PayWord word, sequence, budget), metering and a
 signed receipt per call. Unpaid: the same skill behind a gRPC server with the framework's
 interceptors that are not about payment (malformed-request guard, tracing on both sides), so
-the ratio is the cost of paying. Each of `CLIENTS` threads makes calls on its own channel
-(paid: its own agreement). Tracing is off in both (AGENTMARKET_TRACING=off by `make bench`).
+the ratio is the cost of paying. Each client thread makes calls on its own channel (paid: its
+own agreement, one buyer each). Tracing is off in both (AGENTMARKET_TRACING=off by `make bench`).
+
+Two loads: `SATURATING` clients keep the server busy (the headline `paid_call_ratio`: what a
+seller serving many buyers keeps of its unpaid throughput), and `FEW` closed-loop clients,
+where each call's latency (a paid call waits for its usage record's commit) limits throughput.
+CPU time per call is reported for the server's process and the clients' process.
 
 Each server runs in a process of its own, as a seller does: the buyers' threads (and the
 marketplace) are in this process, so the seller's work does not queue on the same interpreter
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import statistics
 import tempfile
 import threading
@@ -34,8 +40,9 @@ from marketplace import MarketplaceNode
 from marketplace.grpc_tracing import client_interceptors, server_interceptor
 from wallets.grpc_errors import MalformedRequestInterceptor
 
-CLIENTS = 4
-CALLS_PER_CLIENT = 400
+SATURATING = 16
+FEW = 4
+CALLS_PER_ROUND = 2400  # shared out between the clients of a round
 ROUNDS = 7
 
 
@@ -60,19 +67,41 @@ class _Unpaid(agent_pb2_grpc.AgentServiceServicer):
         return agent_pb2.InvokeResponse(output_json=output)
 
 
-def _drive(call_fns: list[Any]) -> float:
-    """Run each client's calls in its own thread; calls per second overall."""
+class _Round:
+    """One round's throughput and CPU time per call (server's process, clients' process)."""
+
+    def __init__(self, calls: int, wall_s: float, server_cpu_s: float, client_cpu_s: float
+                 ) -> None:
+        self.rate = calls / wall_s
+        self.server_cpu_us = server_cpu_s / calls * 1e6
+        self.client_cpu_us = client_cpu_s / calls * 1e6
+
+
+def _drive(call_fns: list[Any], server_pid: int, calls_per_client: int) -> _Round:
+    """Run each client's calls in its own thread."""
     def worker(fn: Any) -> None:
-        for i in range(CALLS_PER_CLIENT):
+        for i in range(calls_per_client):
             fn(i)
 
     threads = [threading.Thread(target=worker, args=(fn,)) for fn in call_fns]
+    server_cpu, client_cpu = _cpu_s(server_pid), time.process_time()
     start = time.perf_counter()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    return len(call_fns) * CALLS_PER_CLIENT / (time.perf_counter() - start)
+    wall = time.perf_counter() - start
+    return _Round(len(call_fns) * calls_per_client, wall, _cpu_s(server_pid) - server_cpu,
+                  time.process_time() - client_cpu)
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process used so far (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _serve_unpaid(ready: Any, stop: Any) -> None:
@@ -105,6 +134,7 @@ class _Server:
                                         daemon=True)
         self._process.start()
         self.address: str = self._ready.get(timeout=120)
+        self.pid: int = self._process.pid or 0
 
     def close(self) -> None:
         self._stop.set()
@@ -119,7 +149,8 @@ class _UnpaidSide:
     def __init__(self) -> None:
         self.server = _Server(_serve_unpaid)
         self.channels = [grpc.intercept_channel(grpc.insecure_channel(self.server.address),
-                                                *client_interceptors()) for _ in range(CLIENTS)]
+                                                *client_interceptors())
+                         for _ in range(SATURATING)]
         stubs = [agent_pb2_grpc.AgentServiceStub(c) for c in self.channels]
         self.callers = [self._caller(s) for s in stubs]
 
@@ -142,8 +173,8 @@ class _PaidSide:
         self.node = MarketplaceNode(f"sqlite:///{workdir / 'paid.db'}").start()
         self.seller = _Server(_serve_paid, self.node.address, str(workdir / "journal.db"))
         self.buyers = []
-        calls = (rounds + 1) * CALLS_PER_CLIENT
-        for n in range(CLIENTS):
+        calls = (rounds + 1) * 2 * CALLS_PER_ROUND // FEW
+        for n in range(SATURATING):
             buyer = BuyerAgent(f"buyer-{n}", marketplace=self.node.address)
             buyer.fund("10.00", "USD")
             listing = buyer.discover("echo", currency="USD")[0]
@@ -166,24 +197,42 @@ class _PaidSide:
 
 def run(progress: Any = None) -> dict[str, float]:
     """Alternate rounds of unpaid and paid calls (so both see the same machine weather) and
-    compare the medians."""
+    compare the medians, under both loads."""
     say = progress or (lambda _text: None)
+    rounds: dict[tuple[str, int], list[_Round]] = {}
     with tempfile.TemporaryDirectory(prefix="agentmarket-bench-") as tmp:
         unpaid_side, paid_side = _UnpaidSide(), _PaidSide(Path(tmp), ROUNDS)
+        sides = {"unpaid": (unpaid_side.callers, unpaid_side.server.pid),
+                 "paid": (paid_side.callers, paid_side.seller.pid)}
         try:
-            _drive(unpaid_side.callers[:1])  # warm up
-            _drive(paid_side.callers[:1])
-            unpaid, paid = [], []
+            for callers, pid in sides.values():  # warm up
+                _drive(callers[:1], pid, 200)
             for n in range(ROUNDS):
                 say(f"paid vs unpaid calls, round {n + 1} of {ROUNDS}")
-                unpaid.append(_drive(unpaid_side.callers))
-                paid.append(_drive(paid_side.callers))
+                for clients in (SATURATING, FEW):
+                    for name, (callers, pid) in sides.items():
+                        rounds.setdefault((name, clients), []).append(
+                            _drive(callers[:clients], pid, CALLS_PER_ROUND // clients))
         finally:
             unpaid_side.close()
             paid_side.close()
-    unpaid_rate, paid_rate = statistics.median(unpaid), statistics.median(paid)
-    return {"unpaid_calls_per_s": round(unpaid_rate), "paid_calls_per_s": round(paid_rate),
-            "paid_call_ratio": round(paid_rate / unpaid_rate, 3)}
+
+    def median(name: str, clients: int, figure: str) -> float:
+        return statistics.median(getattr(r, figure) for r in rounds[(name, clients)])
+
+    results: dict[str, float] = {}
+    for clients, suffix in ((SATURATING, ""), (FEW, f"_{FEW}_clients")):
+        unpaid, paid = median("unpaid", clients, "rate"), median("paid", clients, "rate")
+        results |= {f"unpaid_calls_per_s{suffix}": round(unpaid),
+                    f"paid_calls_per_s{suffix}": round(paid),
+                    f"paid_call_ratio{suffix}": round(paid / unpaid, 3)}
+    results["paid_call_clients"] = SATURATING
+    for name in ("unpaid", "paid"):
+        results[f"{name}_server_cpu_us_per_call"] = round(
+            median(name, SATURATING, "server_cpu_us"))
+        results[f"{name}_client_cpu_us_per_call"] = round(
+            median(name, SATURATING, "client_cpu_us"))
+    return results
 
 
 if __name__ == "__main__":

@@ -206,3 +206,28 @@ def _echo_named(name: str):
         return Echo(text=text)
 
     return echo
+
+
+def test_the_seller_forgets_settled_agreements_after_the_retention(market):
+    node, _lab, buyer = market
+    seller = SellerAgent("tidy", skills=[_echo_named("tidy")], marketplace=node.address,
+                         completion_window_s=2, redeem_margin_s=1, settle_interval_s=0.1,
+                         journal_retention_s=0).serve()
+    try:
+        paid = _hire(buyer, "tidy", quantity=3, deadline_s=1)
+        buyer.call(paid, {"text": "once"})
+        assert seller.gate.forget([paid.agreement_id]) == []  # paid, not redeemed: kept
+        never_called = _hire(buyer, "tidy", quantity=3, deadline_s=1)
+        agreements = {paid.agreement_id, never_called.agreement_id}
+        assert agreements <= set(seller.gate.agreements())
+        deadline = time.monotonic() + 15
+        while set(seller.gate.agreements()) & agreements and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not set(seller.gate.agreements()) & agreements
+        assert not {a.agreement_id for a in seller.journal.load()} & agreements
+        assert paid.agreement_id not in seller.tariffs
+        # the paid one was redeemed before it was dropped: the seller got its money
+        assert node.settlement.get(paid.agreement_id)["earned_atomic"] == \
+            paid.body.terms.unit_price_atomic
+    finally:
+        seller.stop(0)
