@@ -465,7 +465,8 @@ class BuyerAgent:
                                    complete=False)
         except Exception as error:
             found.append(f"bad receipt: {error}")
-        deal.problems.extend(found)
+        # the chain is checked whole each time: record a problem once however often it runs
+        deal.problems.extend(problem for problem in found if problem not in deal.problems)
         return found
 
     def confirm(self, deal: Deal) -> settlement_pb2.Escrow:

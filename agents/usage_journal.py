@@ -90,13 +90,6 @@ class JournalAgreement:
     escrow: bytes | None
     calls: tuple[JournalCall, ...]
 
-    @property
-    def latest_voucher(self) -> bytes | None:
-        """The voucher with the highest sequence: what a redeem presents."""
-        if not self.calls:
-            return None
-        return max(self.calls, key=lambda call: call.sequence).voucher
-
 
 class _Batch:
     """Rows written in one transaction, and the outcome every caller of the batch waits on."""

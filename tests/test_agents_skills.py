@@ -231,3 +231,21 @@ def test_the_seller_forgets_settled_agreements_after_the_retention(market):
             paid.body.terms.unit_price_atomic
     finally:
         seller.stop(0)
+
+
+def test_a_broken_receipt_chain_is_one_problem_however_often_it_is_checked(market):
+    node, _lab, buyer = market
+    seller = SellerAgent("links", skills=[_echo_named("links")], marketplace=node.address
+                         ).serve()
+    try:
+        deal = _hire(buyer, "links", quantity=4)
+        for n in range(3):
+            buyer.call(deal, {"text": f"call {n}"})
+        assert buyer.check_receipt_signatures(deal) == [] and deal.problems == []
+        deal.unsigned_receipts[1].previous_sha256 = bytes(32)  # a link the seller forged
+        first = buyer.check_receipt_signatures(deal)
+        assert len(first) == 1 and first[0].startswith("bad receipt")
+        assert buyer.check_receipt_signatures(deal) == first
+        assert deal.problems == first  # recorded once
+    finally:
+        seller.stop(0)

@@ -79,7 +79,8 @@ def test_serve_answers_health_and_reflection_then_stops_cleanly_on_signal(
     port = _free_port()
     logs = tmp_path / "serve.log"
     argv = [*_agentmarket(), "serve", "--db", f"sqlite:///{tmp_path / 'm.db'}",
-            "--port", str(port), "--spans", str(tmp_path / "spans.db")]
+            "--port", str(port), "--spans", str(tmp_path / "spans.db"), "--arbiter", "ab" * 32,
+            "--fx-sandbox", "--fx-rate", "ecny=7.2", "--judge-model", "gpt-4o-mini"]
     with logs.open("wb") as log:
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
     try:
@@ -95,6 +96,8 @@ def test_serve_answers_health_and_reflection_then_stops_cleanly_on_signal(
             process.wait()
     output = logs.read_text()
     assert f"listening on 127.0.0.1:{port}" in output
+    assert "1 arbiter(s); fx ECNY, USD, USDC; judge models gpt-4o-mini" in " ".join(
+        output.split())
     assert "shutting down" in output
     assert "Traceback" not in output
     assert (tmp_path / "m.db").exists() and (tmp_path / "spans.db").exists()
@@ -259,3 +262,21 @@ def test_demo_cli_command_runs_and_reports(runner: CliRunner, tmp_path: Path):
     assert "books balanced, hash chain intact" in output
     assert (tmp_path / "d" / "marketplace.db").exists()
 
+
+
+@pytest.mark.parametrize("option, says", [
+    (["--arbiter", "not-an-id"], "arbiter must be a 64-hex-character"),
+    (["--fx-rate", "ECNY"], "--fx-rate takes CODE=UNITS_PER_USD"),
+    (["--fx-rate", "ECNY=seven"], "not a number"),
+    (["--fx-rate", "ECNY=0"], "must be positive"),
+    (["--fx-rate", "XXQ=1"], "XXQ"),
+], ids=["arbiter", "fx-shape", "fx-number", "fx-positive", "fx-currency"])
+def test_serve_refuses_bad_options_in_one_line(runner: CliRunner, tmp_path: Path,
+                                               option: list[str], says: str):
+    result = runner.invoke(app, ["serve", "--db", f"sqlite:///{tmp_path / 'm.db'}", "--port",
+                                 "0", "--spans", str(tmp_path / "s.db"), *option])
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and says in lines[0], lines
+    assert not (tmp_path / "m.db").exists()  # refused before anything was created

@@ -105,7 +105,6 @@ def test_round_trip_from_many_threads_survives_reopening(db_url: str):
         assert (agreement.closed, agreement.escrow) == (False, None)
         assert list(agreement.calls) == sorted(expected[agreement.agreement_id],
                                                key=lambda call: call.position)
-        assert agreement.latest_voucher == agreement.calls[-1].voucher  # highest sequence
 
 
 def test_concurrent_callers_share_transactions(journal: UsageJournal):

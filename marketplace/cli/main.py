@@ -81,12 +81,27 @@ def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file 
           burst: int = typer.Option(1000, min=1, help="Each agent's burst of calls."),
           no_auth: bool = typer.Option(
               False, "--no-auth", help="UNSAFE, local development only: accept unsigned calls "
-                                       "and authorise nothing (anyone may move anyone's money).")
+                                       "and authorise nothing (anyone may move anyone's money)."),
+          arbiter: list[str] = typer.Option(
+              [], "--arbiter", help="An arbiter's agent id (64 hex) whose signed decisions "
+                                    "resolve disputes; repeat for several."),
+          fx_rate: list[str] = typer.Option(
+              [], "--fx-rate", help="CODE=UNITS_PER_USD (exact, e.g. ECNY=7.1): convert prices "
+                                    "across currencies in discovery; repeat per currency."),
+          fx_sandbox: bool = typer.Option(
+              False, "--fx-sandbox", help="Convert with the sandbox's fixed rates "
+                                          "(USD, USDC, ECNY)."),
+          judge_model: list[str] = typer.Option(
+              [], "--judge-model", help="A model the LLM judge may run (through litellm; "
+                                        "default: any); repeat for several.")
           ) -> None:
     """Run a marketplace node until SIGTERM or SIGINT."""
     from marketplace.auth import server_credentials
+    from marketplace.identity import check_agent_id
+    from marketplace.judge import LlmJudge
     from marketplace.node import MarketplaceNode
     from marketplace.tracing import setup_metrics, setup_tracing
+    from wallets.fx import SANDBOX_UNITS_PER_USD, FixedRateProvider
 
     if (tls_cert is None) != (tls_key is None):
         fail("--tls-cert and --tls-key go together")
@@ -99,6 +114,13 @@ def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file 
             else None
     except OSError as error:
         fail(f"cannot read a TLS file: {error}")
+    rates = dict(SANDBOX_UNITS_PER_USD) if fx_sandbox else {}
+    try:
+        arbiters = [check_agent_id(agent_id, "arbiter") for agent_id in arbiter]
+        rates |= _fx_rates(fx_rate)
+        fx = FixedRateProvider(rates) if rates else None
+    except AgentmarketError as error:
+        fail(str(error))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if db.startswith("sqlite:///"):
         Path(db.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -109,7 +131,10 @@ def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file 
         node = MarketplaceNode(db, host=host, port=port, fee_bps=fee_bps,
                                tracer_provider=provider, operator_ids=operator,
                                require_auth=not no_auth, rate_limit_per_s=rate_limit,
-                               rate_limit_burst=burst, server_credentials=credentials).start()
+                               rate_limit_burst=burst, server_credentials=credentials,
+                               arbiters=arbiters, fx=fx,
+                               judge=LlmJudge(allowed_models=judge_model or None,
+                                              tracer_provider=provider)).start()
     except Exception as error:  # a bad URL or a taken port: one line, not a traceback
         fail(f"cannot start the node: {error}")
     stop = threading.Event()
@@ -121,13 +146,26 @@ def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file 
                       highlight=False)
     security = ("mutual TLS" if tls_client_ca else "TLS" if tls_cert else "plaintext") + \
         (", no authentication" if no_auth else ", signed calls")
+    fx_note = f"fx {', '.join(sorted(rates))}" if rates else "no fx"
+    judge_note = f"judge models {', '.join(judge_model)}" if judge_model else "any judge model"
     console.print(f"marketplace listening on {node.address} (db {db}; {security}; node key "
-                  f"{node.agent_id}; {len(node.operator_ids)} operator(s))", highlight=False,
-                  soft_wrap=True)
+                  f"{node.agent_id}; {len(node.operator_ids)} operator(s), {len(arbiters)} "
+                  f"arbiter(s); {fx_note}; {judge_note})", highlight=False, soft_wrap=True)
     stop.wait()
     console.print("shutting down")
     node.stop()
     provider.shutdown()
+
+
+def _fx_rates(options: list[str]) -> dict[str, str]:
+    """`CODE=UNITS_PER_USD` options as a rate table (validated by FixedRateProvider)."""
+    rates = {}
+    for option in options:
+        code, sep, rate = option.partition("=")
+        if not sep or not code.strip() or not rate.strip():
+            fail(f"--fx-rate takes CODE=UNITS_PER_USD (e.g. ECNY=7.1), got {option!r}")
+        rates[code.strip().upper()] = rate.strip()
+    return rates
 
 
 def _store(spans: Path):  # type: ignore[no-untyped-def]
