@@ -1,11 +1,16 @@
 """A paid call against the same call unpaid, on the same machine, in the same run.
 
-Paid: a SellerAgent's Invoke through the buyer's voucher interceptor and the seller's
-authentication, access and payment checks (PayWord word, sequence, budget), metering and a
-signed receipt per call. Unpaid: the same skill behind a gRPC server with the framework's
-interceptors that are not about payment (malformed-request guard, tracing on both sides), so
-the ratio is the cost of paying. Each client thread makes calls on its own channel (paid: its
-own agreement, one buyer each). Tracing is off in both (AGENTMARKET_TRACING=off by `make bench`).
+Paid: a BuyerAgent's call to a SellerAgent: the payment check (PayWord word, sequence,
+budget), metering, a chained receipt per call (signed every 16th) checked by the buyer, and a
+durable usage record, committed before the answer. Unpaid: the same skill behind a gRPC server
+with everything of the framework that is not about payment: the malformed-request guard,
+tracing, authentication and access interceptors (an unsigned call passes them, as a paid one
+does), the error mapping, input validation on the server, and on the client the output parsed
+and checked against the skill's schema, as `BuyerAgent.call` returns it. So the ratio is the
+cost of paying. A third side is the paid call with the seller's usage journal switched off
+(`paid_call_ratio_no_journal`): what the durable record costs, not a mode the framework
+offers. Each client thread makes calls on its own channel (paid: its own agreement, one buyer
+each). Tracing is off everywhere (AGENTMARKET_TRACING=off by `make bench`).
 
 Two loads: `SATURATING` clients keep the server busy (the headline `paid_call_ratio`: what a
 seller serving many buyers keeps of its unpaid throughput), and `FEW` closed-loop clients,
@@ -34,11 +39,13 @@ import grpc
 from pydantic import BaseModel
 
 from agents import BuyerAgent, SellerAgent, per_call, skill
+from agents._grpc_payment import INVOKE
 from agents._schemas_cache import validator
 from agents.v1 import agent_pb2, agent_pb2_grpc
 from marketplace import MarketplaceNode
+from marketplace.auth import AccessInterceptor, AuthServerInterceptor
 from marketplace.grpc_tracing import client_interceptors, server_interceptor
-from wallets.grpc_errors import MalformedRequestInterceptor
+from wallets.grpc_errors import MalformedRequestInterceptor, grpc_method
 
 SATURATING = 16
 FEW = 4
@@ -60,6 +67,7 @@ def echo(text: str) -> Reply:
 class _Unpaid(agent_pb2_grpc.AgentServiceServicer):
     """The same work as a paid Invoke: parse, validate input, run the skill, dump the output."""
 
+    @grpc_method
     def Invoke(self, request, context):  # type: ignore[no-untyped-def]
         arguments = json.loads(request.input_json)
         validator(echo.input_schema).validate(arguments)  # cached, as the seller does
@@ -106,8 +114,11 @@ def _cpu_s(pid: int) -> float:
 
 def _serve_unpaid(ready: Any, stop: Any) -> None:
     """Child process: the bare server, until `stop` is set."""
+    auth = AuthServerInterceptor(optional_methods=(INVOKE,))
+    access = AccessInterceptor({INVOKE: lambda _caller, _request: None},
+                               ("agents.v1.AgentService",), anonymous_methods=(INVOKE,))
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), interceptors=[
-        MalformedRequestInterceptor(), server_interceptor()])
+        MalformedRequestInterceptor(), server_interceptor(), auth, access])
     agent_pb2_grpc.add_AgentServiceServicer_to_server(_Unpaid(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
@@ -116,9 +127,14 @@ def _serve_unpaid(ready: Any, stop: Any) -> None:
     server.stop(0)
 
 
-def _serve_paid(marketplace: str, journal: str, ready: Any, stop: Any) -> None:
-    """Child process: the seller (it advertises itself at the marketplace), until `stop`."""
-    seller = SellerAgent("echo", skills=[echo], marketplace=marketplace, journal=journal).serve()
+def _serve_paid(marketplace: str, journal: str | None, ready: Any, stop: Any) -> None:
+    """Child process: the seller (it advertises itself at the marketplace), until `stop`;
+    `journal` None: its usage journal switched off (to measure what the journal costs)."""
+    seller = SellerAgent("echo", skills=[echo], marketplace=marketplace,
+                         journal=journal or f"{Path(tempfile.mkdtemp()) / 'unused.db'}")
+    if journal is None:
+        seller.gate.journal = None
+    seller.serve()
     ready.put(seller.endpoint)
     stop.wait()
     seller.stop(0)
@@ -156,8 +172,16 @@ class _UnpaidSide:
 
     @staticmethod
     def _caller(stub: Any) -> Any:
-        return lambda i: stub.Invoke(agent_pb2.InvokeRequest(
-            agreement_id="x", input_json=json.dumps({"text": f"call {i}"})), timeout=10)
+        check = validator(echo.output_schema)
+
+        def call(i: int) -> Any:
+            response = stub.Invoke(agent_pb2.InvokeRequest(
+                agreement_id="x", input_json=json.dumps({"text": f"call {i}"})), timeout=10)
+            output = json.loads(response.output_json)
+            check.validate(output)
+            return output
+
+        return call
 
     def close(self) -> None:
         for channel in self.channels:
@@ -169,15 +193,15 @@ class _PaidSide:
     """A marketplace node, a seller and one buyer with its own agreement per client, each
     agreement large enough for every round."""
 
-    def __init__(self, workdir: Path, rounds: int) -> None:
-        self.node = MarketplaceNode(f"sqlite:///{workdir / 'paid.db'}").start()
-        self.seller = _Server(_serve_paid, self.node.address, str(workdir / "journal.db"))
+    def __init__(self, node: MarketplaceNode, rounds: int, journal: Path | None) -> None:
+        self.seller = _Server(_serve_paid, node.address, str(journal) if journal else None)
         self.buyers = []
         calls = (rounds + 1) * 2 * CALLS_PER_ROUND // FEW
         for n in range(SATURATING):
-            buyer = BuyerAgent(f"buyer-{n}", marketplace=self.node.address)
+            buyer = BuyerAgent(f"buyer-{n}", marketplace=node.address)
             buyer.fund("10.00", "USD")
-            listing = buyer.discover("echo", currency="USD")[0]
+            listing = next(found for found in buyer.discover("echo", currency="USD")
+                           if found.endpoint == self.seller.address)
             deal = buyer.negotiate(listing, "echo", quantity=calls, budget="1.00",
                                    currency="USD")
             buyer.hire(deal)
@@ -192,19 +216,24 @@ class _PaidSide:
         for buyer, _ in self.buyers:
             buyer.close()
         self.seller.close()
-        self.node.stop(0)
 
 
 def run(progress: Any = None) -> dict[str, float]:
-    """Alternate rounds of unpaid and paid calls (so both see the same machine weather) and
-    compare the medians, under both loads."""
+    """Alternate rounds of the sides (so all see the same machine weather) and compare the
+    medians, under both loads."""
     say = progress or (lambda _text: None)
     rounds: dict[tuple[str, int], list[_Round]] = {}
     with tempfile.TemporaryDirectory(prefix="agentmarket-bench-") as tmp:
-        unpaid_side, paid_side = _UnpaidSide(), _PaidSide(Path(tmp), ROUNDS)
-        sides = {"unpaid": (unpaid_side.callers, unpaid_side.server.pid),
-                 "paid": (paid_side.callers, paid_side.seller.pid)}
+        node = MarketplaceNode(f"sqlite:///{Path(tmp) / 'market.db'}").start()
+        built: list[Any] = []
         try:
+            built.append(_UnpaidSide())
+            built.append(_PaidSide(node, ROUNDS, Path(tmp) / "journal.db"))
+            built.append(_PaidSide(node, ROUNDS, None))
+            unpaid, paid, no_journal = built
+            sides = {"unpaid": (unpaid.callers, unpaid.server.pid),
+                     "paid": (paid.callers, paid.seller.pid),
+                     "no_journal": (no_journal.callers, no_journal.seller.pid)}
             for callers, pid in sides.values():  # warm up
                 _drive(callers[:1], pid, 200)
             for n in range(ROUNDS):
@@ -214,23 +243,27 @@ def run(progress: Any = None) -> dict[str, float]:
                         rounds.setdefault((name, clients), []).append(
                             _drive(callers[:clients], pid, CALLS_PER_ROUND // clients))
         finally:
-            unpaid_side.close()
-            paid_side.close()
+            for side in built:
+                side.close()
+            node.stop(0)
 
     def median(name: str, clients: int, figure: str) -> float:
         return statistics.median(getattr(r, figure) for r in rounds[(name, clients)])
 
-    results: dict[str, float] = {}
+    results: dict[str, float] = {"paid_call_clients": SATURATING}
     for clients, suffix in ((SATURATING, ""), (FEW, f"_{FEW}_clients")):
-        unpaid, paid = median("unpaid", clients, "rate"), median("paid", clients, "rate")
-        results |= {f"unpaid_calls_per_s{suffix}": round(unpaid),
-                    f"paid_calls_per_s{suffix}": round(paid),
-                    f"paid_call_ratio{suffix}": round(paid / unpaid, 3)}
-    results["paid_call_clients"] = SATURATING
-    for name in ("unpaid", "paid"):
-        results[f"{name}_server_cpu_us_per_call"] = round(
+        unpaid_rate = median("unpaid", clients, "rate")
+        results[f"unpaid_calls_per_s{suffix}"] = round(unpaid_rate)
+        for name, key in (("paid", "paid"), ("no_journal", "paid_no_journal")):
+            rate = median(name, clients, "rate")
+            results[f"{key}_calls_per_s{suffix}"] = round(rate)
+            results[f"{key.replace('paid', 'paid_call_ratio', 1)}{suffix}"] = round(
+                rate / unpaid_rate, 3)
+    for name in ("unpaid", "paid", "no_journal"):
+        key = "paid_no_journal" if name == "no_journal" else name
+        results[f"{key}_server_cpu_us_per_call"] = round(
             median(name, SATURATING, "server_cpu_us"))
-        results[f"{name}_client_cpu_us_per_call"] = round(
+        results[f"{key}_client_cpu_us_per_call"] = round(
             median(name, SATURATING, "client_cpu_us"))
     return results
 
