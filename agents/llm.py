@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
+from agents._context import Scoped
 from agents.metering import _current, usage_of
 
 _tracer_provider: ContextVar[Any] = ContextVar("agentmarket_llm_tracer_provider", default=None)
@@ -111,14 +112,10 @@ def complete(model: str, messages: list[dict[str, Any]], *, max_tokens: int | No
     return response
 
 
-@contextmanager
-def traced_by(tracer_provider: Any) -> Iterator[None]:
-    """LLM calls made inside report their spans to `tracer_provider` (the seller's)."""
-    token = _tracer_provider.set(tracer_provider)
-    try:
-        yield
-    finally:
-        _tracer_provider.reset(token)
+def traced_by(tracer_provider: Any) -> Scoped[Any]:
+    """`with traced_by(provider):` LLM calls made inside report their spans to it (the
+    seller's)."""
+    return Scoped(_tracer_provider, tracer_provider)
 
 
 @contextmanager

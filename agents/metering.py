@@ -29,12 +29,12 @@ from __future__ import annotations
 
 import contextvars
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
+from agents._context import Scoped
 from agents.errors import BudgetExceeded, InvalidArgument
 from marketplace import pricing
 from marketplace.v1 import agreement_pb2, registry_pb2
@@ -167,13 +167,9 @@ def current_meter() -> Meter:
     return meter
 
 
-@contextmanager
-def metering(meter: Meter) -> Iterator[Meter]:
-    token = _current.set(meter)
-    try:
-        yield meter
-    finally:
-        _current.reset(token)
+def metering(meter: Meter) -> Scoped[Meter | None]:
+    """`with metering(meter):` the skill's LLM calls and units count on `meter`."""
+    return Scoped(_current, meter)
 
 
 def usage_of(response: Any) -> tuple[int, int]:

@@ -53,7 +53,7 @@ def _global_provider() -> trace.TracerProvider | None:
     return trace.get_tracer_provider()
 
 
-_NO_SPAN = nullcontext(trace.INVALID_SPAN)
+NO_SPAN = nullcontext(trace.INVALID_SPAN)  # a span context when tracing is off: setters no-op
 
 
 def span_if_active(tracer: trace.Tracer, tracer_provider: trace.TracerProvider | None,
@@ -61,7 +61,7 @@ def span_if_active(tracer: trace.Tracer, tracer_provider: trace.TracerProvider |
     """`tracer.start_as_current_span(name, ...)`, or a context giving the invalid span (whose
     setters do nothing) when tracing is off, for spans on the paid-call hot path."""
     if not tracing_active(tracer_provider):
-        return _NO_SPAN
+        return NO_SPAN
     return tracer.start_as_current_span(name, **kwargs)
 
 
