@@ -130,14 +130,15 @@ def _serve_unpaid(ready: Any, stop: Any) -> None:
 def _serve_paid(marketplace: str, journal: str | None, ready: Any, stop: Any) -> None:
     """Child process: the seller (it advertises itself at the marketplace), until `stop`;
     `journal` None: its usage journal switched off (to measure what the journal costs)."""
-    seller = SellerAgent("echo", skills=[echo], marketplace=marketplace,
-                         journal=journal or f"{Path(tempfile.mkdtemp()) / 'unused.db'}")
-    if journal is None:
-        seller.gate.journal = None
-    seller.serve()
-    ready.put(seller.endpoint)
-    stop.wait()
-    seller.stop(0)
+    with tempfile.TemporaryDirectory(prefix="agentmarket-bench-") as spare:
+        seller = SellerAgent("echo", skills=[echo], marketplace=marketplace,
+                             journal=journal or Path(spare) / "unused.db")
+        if journal is None:
+            seller.gate.journal = None
+        seller.serve()
+        ready.put(seller.endpoint)
+        stop.wait()
+        seller.stop(0)
 
 
 class _Server:
