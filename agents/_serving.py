@@ -28,7 +28,7 @@ from agents.payments import Admission
 from agents.skills import Skill
 from agents.v1 import agent_pb2
 from marketplace import agreements as ag
-from marketplace.grpc_tracing import NO_SPAN, span_if_active, tracing_active
+from marketplace.grpc_tracing import span_if_active
 from wallets import attributes as attr
 from wallets.grpc_errors import abort
 
@@ -67,13 +67,11 @@ class PaidCalls:
         return skill, arguments, meter
 
     def _span(self, request: agent_pb2.InvokeRequest, skill: Skill, meter: Meter) -> Any:
-        if not tracing_active(self.seller.tracer_provider):
-            return NO_SPAN  # tracing off: not even the attributes are built
-        terms = self.seller.gate.body(request.agreement_id).terms
         return span_if_active(self.seller._tracer, self.seller.tracer_provider,
-                              f"skill.{skill.name}", attributes={
+                              f"skill.{skill.name}", attributes=lambda: {
             attr.AGREEMENT_ID: request.agreement_id, attr.SKILL: skill.name,
-            "agentmarket.reserved_atomic": meter.reserve_atomic, attr.CURRENCY: terms.currency})
+            "agentmarket.reserved_atomic": meter.reserve_atomic,
+            attr.CURRENCY: self.seller.gate.body(request.agreement_id).terms.currency})
 
     def _bill(self, request: agent_pb2.InvokeRequest, admission: Admission, meter: Meter,
               output_json: str) -> tuple[agent_pb2.Usage, Any]:

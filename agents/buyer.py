@@ -52,12 +52,7 @@ from agents.payments import VOUCHER_METADATA_KEY, PaymentSession, links_for
 from agents.v1 import agent_pb2, agent_pb2_grpc
 from marketplace import agreements as ag
 from marketplace.auth import SigningClientInterceptor, plain_channel, signed_channel
-from marketplace.grpc_tracing import (
-    NO_SPAN,
-    client_interceptors,
-    span_if_active,
-    tracing_active,
-)
+from marketplace.grpc_tracing import client_interceptors, span_if_active
 from marketplace.identity import AgentKey
 from marketplace.payword import MAX_CHAIN_LENGTH, PaywordChain
 from marketplace.v1 import (
@@ -381,12 +376,10 @@ class BuyerAgent:
                                           call_id=call_id or uuid.uuid4().hex)
         settles = voucher_at is None or lost is not None
         terms = deal.body.terms
-        traced = span_if_active(self._tracer, self.tracer_provider, "paid_call", attributes={
-            attr.AGREEMENT_ID: deal.agreement_id, attr.SKILL: terms.skill,
-            "agentmarket.reserved_atomic": reserve, attr.CURRENCY: terms.currency,
-            attr.PAYER: self.agent_id, attr.PAYEE: deal.body.seller_id,
-        }) if tracing_active(self.tracer_provider) else NO_SPAN
-        with traced as span:
+        with span_if_active(self._tracer, self.tracer_provider, "paid_call", attributes=lambda: {
+                attr.AGREEMENT_ID: deal.agreement_id, attr.SKILL: terms.skill,
+                "agentmarket.reserved_atomic": reserve, attr.CURRENCY: terms.currency,
+                attr.PAYER: self.agent_id, attr.PAYEE: deal.body.seller_id}) as span:
             try:
                 response = self._send(deal, request, voucher, fresh=fresh)
             except grpc.RpcError as error:

@@ -9,7 +9,7 @@ them. Any non-OK status marks the span as an error on both sides: a refused paym
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
@@ -53,15 +53,19 @@ def _global_provider() -> trace.TracerProvider | None:
     return trace.get_tracer_provider()
 
 
-NO_SPAN = nullcontext(trace.INVALID_SPAN)  # a span context when tracing is off: setters no-op
+_NO_SPAN = nullcontext(trace.INVALID_SPAN)
 
 
 def span_if_active(tracer: trace.Tracer, tracer_provider: trace.TracerProvider | None,
-                   name: str, **kwargs: Any) -> Any:
+                   name: str, attributes: Callable[[], Mapping[str, Any]] | None = None,
+                   **kwargs: Any) -> Any:
     """`tracer.start_as_current_span(name, ...)`, or a context giving the invalid span (whose
-    setters do nothing) when tracing is off, for spans on the paid-call hot path."""
+    setters do nothing) when tracing is off, for spans on the paid-call hot path.
+    `attributes` is called only when tracing is on, so the hot path builds nothing then."""
     if not tracing_active(tracer_provider):
-        return NO_SPAN
+        return _NO_SPAN
+    if attributes is not None:
+        kwargs["attributes"] = attributes()
     return tracer.start_as_current_span(name, **kwargs)
 
 
