@@ -24,6 +24,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -225,11 +226,11 @@ def build_market(db_url: str) -> Market:
                   channels={**channels, **raw})
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
-def market(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-           ) -> Iterator[Market]:
+def _markets(request: pytest.FixtureRequest, sqlite_file: Callable[[], Path]
+             ) -> Iterator[Market]:
+    """A market on the fixture's backend: a fresh SQLite file, or a fresh PostgreSQL schema."""
     if request.param == "sqlite":
-        built = build_market(f"sqlite:///{tmp_path_factory.mktemp('attacks') / 'm.db'}")
+        built = build_market(f"sqlite:///{sqlite_file()}")
         yield built
         built.close()
         return
@@ -237,6 +238,12 @@ def market(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         built = build_market(url)
         yield built
         built.close()
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def market(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[Market]:
+    yield from _markets(request, lambda: tmp_path_factory.mktemp("attacks") / "m.db")
 
 
 # ---- what must not change -------------------------------------------------------------------
@@ -576,15 +583,7 @@ def test_every_rpc_of_the_node_and_the_seller_has_an_access_rule(market: Market)
 
 @pytest.fixture(params=BACKENDS)
 def fresh(request: pytest.FixtureRequest, tmp_path) -> Iterator[Market]:  # type: ignore
-    if request.param == "sqlite":
-        built = build_market(f"sqlite:///{tmp_path / 'replay.db'}")
-        yield built
-        built.close()
-        return
-    with postgres_schema(request.getfixturevalue("postgres_url")) as url:
-        built = build_market(url)
-        yield built
-        built.close()
+    yield from _markets(request, lambda: tmp_path / "replay.db")
 
 
 def test_a_replayed_request_is_refused_once_seen(fresh: Market):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from agents import BuyerAgent, SellerAgent, per_call, skill
+from agents import BuyerAgent, Deal, SellerAgent, per_call, skill
 from agents.usage_journal import UsageJournal
 from marketplace import agreements as ag
 from marketplace.identity import AgentKey
@@ -42,6 +42,14 @@ def _crash(seller: SellerAgent) -> None:
     seller._channel.close()
 
 
+def _hire_upper(buyer: BuyerAgent, calls: int) -> Deal:
+    buyer.fund("1.00", "USD")
+    deal = buyer.negotiate(buyer.discover("upper", currency="USD")[0], "upper",
+                           quantity=calls, budget="0.05", currency="USD")
+    buyer.hire(deal)
+    return deal
+
+
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[MarketplaceNode]:
     node = MarketplaceNode(f"sqlite:///{tmp_path / 'market.db'}", sweep_interval_s=3600).start()
@@ -56,10 +64,7 @@ def test_a_restarted_seller_is_paid_for_calls_before_and_after(node: Marketplace
                          port=port, journal=journal, dispute_window_s=0).serve()
     buyer = BuyerAgent("buyer", marketplace=node.address)
     try:
-        buyer.fund("1.00", "USD")
-        deal = buyer.negotiate(buyer.discover("upper", currency="USD")[0], "upper",
-                               quantity=40, budget="0.05", currency="USD")
-        buyer.hire(deal)
+        deal = _hire_upper(buyer, 40)
         first = buyer.invoke(deal, {"text": "before"}, call_id="call-before")
         for n in range(19):
             buyer.call(deal, {"text": f"early {n}"})
@@ -89,10 +94,7 @@ def test_an_acknowledged_call_is_in_the_journal(node: MarketplaceNode, tmp_path:
                          journal=journal).serve()
     buyer = BuyerAgent("buyer", marketplace=node.address)
     try:
-        buyer.fund("1.00", "USD")
-        deal = buyer.negotiate(buyer.discover("upper", currency="USD")[0], "upper",
-                               quantity=20, budget="0.05", currency="USD")
-        buyer.hire(deal)
+        deal = _hire_upper(buyer, 20)
         answers = [buyer.invoke(deal, {"text": f"t{n}"}, call_id=f"c{n}") for n in range(17)]
         reader = UsageJournal(f"sqlite:///{journal}")
         try:
