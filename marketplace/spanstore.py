@@ -20,6 +20,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from wallets import attributes as attrs
+from wallets.store import enable_wal
 
 BUSY_TIMEOUT_MS = 30_000
 TRACES_LIMIT_MAX = 1_000
@@ -57,7 +58,7 @@ def _connect(path: str | Path) -> sqlite3.Connection:
         str(path), timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False, isolation_level=None
     )
     conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-    conn.execute("PRAGMA journal_mode=WAL")
+    enable_wal(conn, BUSY_TIMEOUT_MS / 1000)
     conn.execute("PRAGMA synchronous=NORMAL")  # spans are diagnostics, not money
     conn.execute("BEGIN IMMEDIATE")
     try:

@@ -3,13 +3,16 @@ and running them again is a no-op."""
 
 from __future__ import annotations
 
+import sqlite3
+import threading
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
 from wallets.schema import package_metadata, upgrade
-from wallets.store import make_engine
+from wallets.store import enable_wal, make_engine
 
 PACKAGES = ["wallets", "marketplace", "agents"]
 
@@ -39,3 +42,22 @@ def _has_migrations(package: str) -> bool:
 
     root = Path(__import__(package).__file__).resolve().parent / "migrations" / "versions"
     return any(root.glob("*.py"))
+
+
+def test_wal_mode_waits_for_a_writer_holding_a_new_file(tmp_path):
+    """Switching a new SQLite file to WAL while another connection writes to it fails at once
+    in SQLite (no busy handler); `enable_wal` waits for the writer instead."""
+    path = tmp_path / "new.db"
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("CREATE TABLE t (a)")
+    release = threading.Timer(0.3, lambda: writer.execute("COMMIT"))
+    release.start()
+    opener = sqlite3.connect(path, isolation_level=None)
+    try:
+        enable_wal(opener, timeout_s=10)
+        assert opener.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    finally:
+        release.join()
+        opener.close()
+        writer.close()

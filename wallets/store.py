@@ -7,7 +7,9 @@ PostgreSQL the ledger takes row locks itself (see `wallets.ledger`).
 
 from __future__ import annotations
 
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +17,23 @@ from pathlib import Path
 from sqlalchemy import Connection, Engine, create_engine, event
 
 DEFAULT_DB_URL = "sqlite:///agentmarket.db"
+SQLITE_BUSY_TIMEOUT_S = 30.0
+
+
+def enable_wal(connection: sqlite3.Connection, timeout_s: float = SQLITE_BUSY_TIMEOUT_S
+               ) -> None:
+    """Put a SQLite database in WAL mode. Switching needs an exclusive lock, and SQLite refuses
+    it at once, without its busy handler, while another connection is opening the same new
+    file: retry until `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
 
 
 def sqlite_url(path: str | Path) -> str:
@@ -27,13 +46,14 @@ def make_engine(url: str = DEFAULT_DB_URL) -> Engine:
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     if not url.startswith("sqlite"):
         return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+    engine = create_engine(url, connect_args={"check_same_thread": False,
+                                              "timeout": SQLITE_BUSY_TIMEOUT_S})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
         dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+        enable_wal(dbapi_connection)
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
