@@ -26,7 +26,6 @@ import os
 import threading
 import time
 import uuid
-from concurrent import futures
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +53,7 @@ from agents.metering import Tariff
 from agents.negotiation import Strategy
 from agents.payments import PaymentGate
 from agents.skills import Skill
-from agents.usage_journal import UsageJournal
+from agents.usage_journal import JournalPacedExecutor, UsageJournal
 from agents.v1 import agent_pb2, agent_pb2_grpc
 from marketplace import agreements as ag
 from marketplace.auth import AccessInterceptor, AuthServerInterceptor, signed_channel
@@ -127,7 +126,7 @@ class SellerAgent:
         access = [AccessInterceptor.of(seller_rules(self), anonymous_methods=(
             INVOKE, INVOKE_STREAM))] if require_auth else []
         self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=max_workers),
+            JournalPacedExecutor(self.journal, max_workers),
             interceptors=[MalformedRequestInterceptor(), server_interceptor(tracer_provider),
                           auth, *access],
             options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])

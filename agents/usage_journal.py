@@ -21,6 +21,12 @@ of calls alone (the common case) goes through the writer's own DBAPI connection 
 prepared INSERT: SQLAlchemy's per-statement work cost more CPU than the rows themselves. Writes
 reach the database in the order they were made (a redeem recorded after a call commits after
 it).
+
+Pacing: a commit costs far more than a row, and under the interpreter lock a call runs from
+admission to its record without a switch, so few callers wait together. The seller's server
+therefore announces every call it accepts (`JournalPacedExecutor`), and the writer lets a batch
+wait, at most `max_linger_s`, while accepted calls have neither recorded nor finished: their
+records join the same commit. With no call running, nothing waits.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
+from concurrent import futures
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +62,8 @@ _CLOSE_JOIN_S = 60.0
 # How long a synchronous change (open, redeem, forget) waits for its commit: longer than a
 # call's default, as it is rare and a seller would rather wait than fail an agreement.
 _SYNC_TIMEOUT_S = 30.0
+# The journal whose writer expects a record from the call this worker thread is running.
+_running = threading.local()
 
 
 class JournalError(Unavailable):
@@ -140,14 +150,19 @@ class UsageJournal:
     """The seller's durable record of agreements and paid calls, written in batches by one
     thread. Thread-safe: meant to be called from every thread of a gRPC server's pool."""
 
-    def __init__(self, url: str, *, max_batch: int = 512, max_delay_s: float = 0.0) -> None:
+    def __init__(self, url: str, *, max_batch: int = 512, max_delay_s: float = 0.0,
+                 max_linger_s: float = 0.001) -> None:
         """Open the database at `url`, migrate the seller's tables and start the writer.
 
         `max_delay_s`: how long the writer waits for a batch to fill once it holds a row
         (0: write whatever is queued at once; concurrency alone fills batches, as callers
-        queue while a commit is in progress)."""
+        queue while a commit is in progress).
+        `max_linger_s`: how long, at most, a batch waits for the records of calls announced
+        by `expecting` that are still running (0: never)."""
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
+        if max_linger_s < 0:
+            raise ValueError("max_linger_s must be at least 0")
         self._engine: Engine = make_engine(url)
         try:
             upgrade(self._engine, "agents")
@@ -156,6 +171,7 @@ class UsageJournal:
             raise
         self._max_batch = max_batch
         self._max_delay_s = max(0.0, max_delay_s)
+        self._max_linger_s = max_linger_s
         insert = postgresql.insert if self._engine.dialect.name == "postgresql" else sqlite.insert
         self._insert_call = insert(CALLS).on_conflict_do_nothing()
         marker = "?" if self._engine.dialect.paramstyle == "qmark" else "%s"
@@ -172,6 +188,8 @@ class UsageJournal:
         self._last: _Batch | None = None  # the newest batch, queued or written: flush waits
         self._idle = False  # the writer waits for any row
         self._filling = False  # the writer waits for its batch to fill up
+        self._lingering = False  # the writer waits for the records of running calls
+        self._expected = 0  # calls announced by `expecting` that neither recorded nor ended
         self._closed = False
         self.batches_written = 0  # committed transactions
         self.records_written = 0  # rows (calls and agreement changes) they committed
@@ -237,6 +255,30 @@ class UsageJournal:
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
+    def expecting(self, call: Callable[[], Any]) -> Callable[[], Any]:
+        """Announce a call that may record (the server accepted it) and return it wrapped:
+        until it records or returns, the writer may let a batch wait for its record. Call the
+        wrapper exactly once, on the thread that will record; `unexpect` if it never runs."""
+        with self._lock:
+            self._expected += 1
+
+        def run() -> Any:
+            _running.journal = self
+            try:
+                return call()
+            finally:
+                if getattr(_running, "journal", None) is self:  # it ended without a record
+                    _running.journal = None
+                    self.unexpect()
+        return run
+
+    def unexpect(self) -> None:
+        """An announced call ended without recording."""
+        with self._lock:
+            self._expected -= 1
+            if self._expected == 0 and self._lingering:
+                self._wakeup.notify()
+
     def _enqueue(self, kind: int, row: Any) -> Pending:
         # The hot path: one lock, one append. Rows join the newest batch until it is full or
         # the writer took it; the writer is woken only when it is waiting for this.
@@ -251,9 +293,15 @@ class UsageJournal:
             batch.rows.append((kind, row))
             if kind != _CALL:
                 batch.mixed = True
-                if self._idle or self._filling:  # a synchronous change never waits to fill
+                if self._idle or self._filling or self._lingering:  # never waits to fill
                     self._wakeup.notify()
-            elif self._idle or (self._filling and index + 1 >= self._max_batch):
+                return Pending(batch, index)
+            if getattr(_running, "journal", None) is self:  # the record the writer expects
+                _running.journal = None
+                self._expected -= 1
+            if self._idle or ((self._filling or self._lingering)
+                              and index + 1 >= self._max_batch) \
+                    or (self._lingering and self._expected == 0):
                 self._wakeup.notify()
         return Pending(batch, index)
 
@@ -270,8 +318,9 @@ class UsageJournal:
             self._drop_raw(invalidate=False)
 
     def _take(self) -> _Batch | None:
-        """The oldest batch, once it holds a row (and filled up, waited `max_delay_s` or holds
-        a synchronous change); None once closed and drained."""
+        """The oldest batch, once it holds a row (and filled up, waited `max_delay_s` and, up
+        to `max_linger_s`, for running calls' records, or holds a synchronous change); None
+        once closed and drained."""
         with self._lock:
             while not self._queue:
                 if self._closed:
@@ -279,17 +328,21 @@ class UsageJournal:
                 self._idle = True
                 self._wakeup.wait()
                 self._idle = False
-            if self._max_delay_s > 0 and not self._closed:
-                deadline = time.monotonic() + self._max_delay_s
-                head = self._queue[0]
-                self._filling = True
-                while (len(head.rows) < self._max_batch and not head.mixed
-                       and not self._closed):
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    self._wakeup.wait(remaining)
-                self._filling = False
+            head = self._queue[0]
+            start = time.monotonic()
+            fill_until, linger_until = start + self._max_delay_s, start + self._max_linger_s
+            while len(head.rows) < self._max_batch and not head.mixed and not self._closed:
+                now = time.monotonic()
+                if now < fill_until:
+                    self._filling = True
+                    self._wakeup.wait(fill_until - now)
+                    self._filling = False
+                elif self._expected > 0 and now < linger_until:
+                    self._lingering = True
+                    self._wakeup.wait(linger_until - now)
+                    self._lingering = False
+                else:
+                    break
             batch = self._queue.popleft()
             if batch is self._tail:
                 self._tail = None
@@ -437,3 +490,20 @@ def _call_params(row: tuple[Any, ...]) -> dict[str, Any]:
 
 
 __all__ = ["JournalAgreement", "JournalCall", "JournalError", "Pending", "UsageJournal"]
+
+
+class JournalPacedExecutor(futures.ThreadPoolExecutor):
+    """A gRPC server's worker pool that announces each call it accepts to the usage journal
+    (`UsageJournal.expecting`), so the writer commits running calls' records together."""
+
+    def __init__(self, journal: UsageJournal, max_workers: int) -> None:
+        super().__init__(max_workers=max_workers)
+        self._journal = journal
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> futures.Future:
+        call = self._journal.expecting(lambda: fn(*args, **kwargs))
+        try:
+            return super().submit(call)
+        except BaseException:  # shut down: the call never runs
+            self._journal.unexpect()
+            raise

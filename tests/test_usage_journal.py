@@ -4,6 +4,7 @@ fails reaches the caller waiting on it without stopping later writes."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -19,7 +20,13 @@ import pytest
 from sqlalchemy import text
 
 from agents.errors import NotFound, Unavailable
-from agents.usage_journal import JournalAgreement, JournalCall, JournalError, UsageJournal
+from agents.usage_journal import (
+    JournalAgreement,
+    JournalCall,
+    JournalError,
+    JournalPacedExecutor,
+    UsageJournal,
+)
 from wallets.store import make_engine
 
 REPO = Path(__file__).resolve().parent.parent
@@ -135,6 +142,84 @@ def test_writer_waits_max_delay_to_fill_a_batch(db_url: str):
             pending.wait()
         assert journal.batches_written - before == 1
         assert [c.position for c in journal.load()[0].calls] == [0, 1, 2, 3, 4]
+
+
+# A linger far longer than any wait below: a batch held by it would time the wait out.
+LONG_LINGER_S = 60.0
+
+
+def test_a_batch_waits_for_the_record_of_a_running_call(db_url: str):
+    with UsageJournal(db_url, max_linger_s=LONG_LINGER_S) as journal:
+        journal.open_agreement("agr", "seller", b"body")
+        before = journal.batches_written
+        started, go = threading.Event(), threading.Event()
+
+        def running_call() -> None:
+            started.set()
+            go.wait(10)
+            _record(journal, "agr", _call("agr", 1)).wait(10)
+
+        call = journal.expecting(running_call)  # accepted by the server, not yet recorded
+        worker = threading.Thread(target=call)
+        worker.start()
+        started.wait(10)
+        first = _record(journal, "agr", _call("agr", 0))
+        time.sleep(0.2)
+        assert not first.done()  # held for the running call's record
+        go.set()
+        first.wait(10)
+        worker.join(10)
+        assert journal.batches_written - before == 1  # one commit for both
+        assert [c.position for c in journal.load()[0].calls] == [0, 1]
+
+
+@pytest.mark.parametrize("ending", ["returns", "raises"])
+def test_a_running_call_that_ends_without_a_record_releases_the_batch(db_url: str,
+                                                                     ending: str):
+    with UsageJournal(db_url, max_linger_s=LONG_LINGER_S) as journal:
+        journal.open_agreement("agr", "seller", b"body")
+        go = threading.Event()
+
+        def refused_call() -> None:  # e.g. its voucher was refused: nothing to record
+            go.wait(10)
+            if ending == "raises":
+                raise ValueError("refused")
+
+        call = journal.expecting(refused_call)
+
+        def serve() -> None:
+            with contextlib.suppress(ValueError):
+                call()
+
+        worker = threading.Thread(target=serve)
+        worker.start()
+        first = _record(journal, "agr", _call("agr", 0))
+        go.set()
+        first.wait(10)  # well before the linger ends
+        worker.join(10)
+
+
+def test_nothing_running_means_no_wait(db_url: str):
+    with UsageJournal(db_url, max_linger_s=LONG_LINGER_S) as journal:
+        journal.open_agreement("agr", "seller", b"body")
+        for position in range(3):
+            _record(journal, "agr", _call("agr", position)).wait(10)
+        assert len(journal.load()[0].calls) == 3
+
+
+def test_the_paced_pool_announces_each_call_until_it_ends(db_url: str):
+    with UsageJournal(db_url, max_linger_s=LONG_LINGER_S) as journal:
+        journal.open_agreement("agr", "seller", b"body")
+        pool = JournalPacedExecutor(journal, max_workers=2)
+        recorded = pool.submit(lambda n: _record(journal, "agr", _call("agr", n)).wait(10), 0)
+        failed = pool.submit(lambda: 1 / 0)
+        recorded.result(10)
+        with pytest.raises(ZeroDivisionError):
+            failed.result(10)
+        pool.shutdown()
+        with pytest.raises(RuntimeError):  # refused by a shut-down pool: never announced
+            pool.submit(print)
+        _record(journal, "agr", _call("agr", 1)).wait(10)  # no call left to wait for
 
 
 def test_records_are_idempotent(journal: UsageJournal):
