@@ -14,7 +14,8 @@ timed alone:
     combined   text + tag + max price + minimum reputation                 15 %
 
 after 1,000 warm-up queries (steady state: hot pages, token counts cached), and, for comparison,
-a few hundred of the same queries over gRPC (Discover on a node serving the same file). Run:
+a thousand of the same queries over gRPC (signed Discover calls to a node serving the same
+file), after the same warm-up: a node started on the file begins with cold pages and counts. Run:
 `python -m benchmarks.discovery [listings]` (or `make bench`). No figure is asserted.
 """
 
@@ -40,7 +41,7 @@ from wallets.store import make_engine, sqlite_url
 LISTINGS = 100_000
 QUERIES = 4_000
 WARMUP = 1_000
-GRPC_QUERIES = 400
+GRPC_QUERIES = 1_000
 CHUNK = 5_000
 SEED = 4
 U = registry_pb2.PriceUnit
@@ -170,7 +171,7 @@ def measure_grpc(path: Path, market: Market, rng: random.Random, n: int) -> list
     stub = registry_pb2_grpc.RegistryServiceStub(channel)
     timings = []
     try:
-        for i in range(n + 50):
+        for i in range(WARMUP + n):
             _, query = market.query(rng)
             request = registry_pb2.DiscoverRequest(
                 skill=query.get("skill", ""), currency=query.get("currency_code", ""),
@@ -179,7 +180,7 @@ def measure_grpc(path: Path, market: Market, rng: random.Random, n: int) -> list
                 min_reputation_permille=query.get("min_reputation_permille", 0))
             start = time.perf_counter()
             stub.Discover(request, timeout=10)
-            if i >= 50:
+            if i >= WARMUP:
                 timings.append((time.perf_counter() - start) * 1000)
     finally:
         channel.close()
