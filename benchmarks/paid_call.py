@@ -20,6 +20,12 @@ CPU time per call is reported for the server's process and the clients' process.
 Each server runs in a process of its own, as a seller does: the buyers' threads (and the
 marketplace) are in this process, so the seller's work does not queue on the same interpreter
 lock as its callers'.
+
+The echo skill does almost nothing, so its ratio is the payment's whole overhead. A second
+comparison (`paid_call_ratio_llm_skill`) prices an LLM skill per token, as the marketplace's
+sellers mostly do: the skill calls litellm (offline, `mock_response`: its real code path and
+usage, no network), and the paid side meters its tokens (the prompt counted against the skill's
+limit, the reported usage billed under the agreement).
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ from pydantic import BaseModel
 from agents import BuyerAgent, SellerAgent, per_call, skill
 from agents._grpc_payment import INVOKE
 from agents._schemas_cache import validator
+from agents.llm import complete, text_of
+from agents.skills import Skill, model_price
 from agents.v1 import agent_pb2, agent_pb2_grpc
 from marketplace import MarketplaceNode
 from marketplace.auth import AccessInterceptor, AuthServerInterceptor
@@ -51,6 +59,8 @@ SATURATING = 16
 FEW = 4
 CALLS_PER_ROUND = 2400  # shared out between the clients of a round
 ROUNDS = 7
+LLM_CALLS_PER_ROUND = 960
+LLM_ROUNDS = 5
 
 
 class Reply(BaseModel):
@@ -64,14 +74,33 @@ def echo(text: str) -> Reply:
     return Reply(text=text, length=len(text))
 
 
+class Summary(BaseModel):
+    summary: str
+
+
+@skill(price=model_price("gpt-4o-mini", "USD", markup_bps=2_000), max_input_tokens=1_000,
+       max_output_tokens=100)
+def summarize(text: str) -> Summary:
+    """Summarise a text in one sentence (litellm, offline)."""
+    reply = complete("gpt-4o-mini", [{"role": "user", "content": f"Summarise: {text}"}],
+                     mock_response=f"In short: {text[:48]}")
+    return Summary(summary=text_of(reply))
+
+
+SKILLS: dict[str, Skill] = {"echo": echo, "summarize": summarize}
+
+
 class _Unpaid(agent_pb2_grpc.AgentServiceServicer):
     """The same work as a paid Invoke: parse, validate input, run the skill, dump the output."""
+
+    def __init__(self, served: Skill) -> None:
+        self.skill = served
 
     @grpc_method
     def Invoke(self, request, context):  # type: ignore[no-untyped-def]
         arguments = json.loads(request.input_json)
-        validator(echo.input_schema).validate(arguments)  # cached, as the seller does
-        output = json.dumps(echo.run(arguments), sort_keys=True)
+        validator(self.skill.input_schema).validate(arguments)  # cached, as the seller does
+        output = json.dumps(self.skill.run(arguments), sort_keys=True)
         return agent_pb2.InvokeResponse(output_json=output)
 
 
@@ -112,14 +141,14 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _serve_unpaid(ready: Any, stop: Any) -> None:
+def _serve_unpaid(skill_name: str, ready: Any, stop: Any) -> None:
     """Child process: the bare server, until `stop` is set."""
     auth = AuthServerInterceptor(optional_methods=(INVOKE,))
     access = AccessInterceptor({INVOKE: lambda _caller, _request: None},
                                ("agents.v1.AgentService",), anonymous_methods=(INVOKE,))
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), interceptors=[
         MalformedRequestInterceptor(), server_interceptor(), auth, access])
-    agent_pb2_grpc.add_AgentServiceServicer_to_server(_Unpaid(), server)
+    agent_pb2_grpc.add_AgentServiceServicer_to_server(_Unpaid(SKILLS[skill_name]), server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     ready.put(f"127.0.0.1:{port}")
@@ -127,11 +156,12 @@ def _serve_unpaid(ready: Any, stop: Any) -> None:
     server.stop(0)
 
 
-def _serve_paid(marketplace: str, journal: str | None, ready: Any, stop: Any) -> None:
+def _serve_paid(marketplace: str, journal: str | None, skill_name: str, ready: Any, stop: Any
+                ) -> None:
     """Child process: the seller (it advertises itself at the marketplace), until `stop`;
     `journal` None: its usage journal switched off (to measure what the journal costs)."""
     with tempfile.TemporaryDirectory(prefix="agentmarket-bench-") as spare:
-        seller = SellerAgent("echo", skills=[echo], marketplace=marketplace,
+        seller = SellerAgent(skill_name, skills=[SKILLS[skill_name]], marketplace=marketplace,
                              journal=journal or Path(spare) / "unused.db")
         if journal is None:
             seller.gate.journal = None
@@ -163,17 +193,18 @@ class _Server:
 class _UnpaidSide:
     """The bare server and one channel per client."""
 
-    def __init__(self) -> None:
-        self.server = _Server(_serve_unpaid)
+    def __init__(self, served: Skill) -> None:
+        self.server = _Server(_serve_unpaid, served.name)
+        self.pid = self.server.pid
         self.channels = [grpc.intercept_channel(grpc.insecure_channel(self.server.address),
                                                 *client_interceptors())
                          for _ in range(SATURATING)]
         stubs = [agent_pb2_grpc.AgentServiceStub(c) for c in self.channels]
-        self.callers = [self._caller(s) for s in stubs]
+        self.callers = [self._caller(s, served) for s in stubs]
 
     @staticmethod
-    def _caller(stub: Any) -> Any:
-        check = validator(echo.output_schema)
+    def _caller(stub: Any, served: Skill) -> Any:
+        check = validator(served.output_schema)
 
         def call(i: int) -> Any:
             response = stub.Invoke(agent_pb2.InvokeRequest(
@@ -194,16 +225,19 @@ class _PaidSide:
     """A marketplace node, a seller and one buyer with its own agreement per client, each
     agreement large enough for every round."""
 
-    def __init__(self, node: MarketplaceNode, rounds: int, journal: Path | None) -> None:
-        self.seller = _Server(_serve_paid, node.address, str(journal) if journal else None)
+    def __init__(self, node: MarketplaceNode, calls: int, journal: Path | None,
+                 served: Skill) -> None:
+        """`calls`: the most any one buyer will make."""
+        self.seller = _Server(_serve_paid, node.address, str(journal) if journal else None,
+                              served.name)
+        self.pid = self.seller.pid
         self.buyers = []
-        calls = (rounds + 1) * 2 * CALLS_PER_ROUND // FEW
         for n in range(SATURATING):
             buyer = BuyerAgent(f"buyer-{n}", marketplace=node.address)
             buyer.fund("10.00", "USD")
-            listing = next(found for found in buyer.discover("echo", currency="USD")
+            listing = next(found for found in buyer.discover(served.name, currency="USD")
                            if found.endpoint == self.seller.address)
-            deal = buyer.negotiate(listing, "echo", quantity=calls, budget="1.00",
+            deal = buyer.negotiate(listing, served.name, quantity=calls, budget="1.00",
                                    currency="USD")
             buyer.hire(deal)
             self.buyers.append((buyer, deal))
@@ -219,54 +253,92 @@ class _PaidSide:
         self.seller.close()
 
 
-def run(progress: Any = None) -> dict[str, float]:
-    """Alternate rounds of the sides (so all see the same machine weather) and compare the
-    medians, under both loads."""
-    say = progress or (lambda _text: None)
-    rounds: dict[tuple[str, int], list[_Round]] = {}
-    with tempfile.TemporaryDirectory(prefix="agentmarket-bench-") as tmp:
-        node = MarketplaceNode(f"sqlite:///{Path(tmp) / 'market.db'}").start()
-        built: list[Any] = []
-        try:
-            built.append(_UnpaidSide())
-            built.append(_PaidSide(node, ROUNDS, Path(tmp) / "journal.db"))
-            built.append(_PaidSide(node, ROUNDS, None))
-            unpaid, paid, no_journal = built
-            sides = {"unpaid": (unpaid.callers, unpaid.server.pid),
-                     "paid": (paid.callers, paid.seller.pid),
-                     "no_journal": (no_journal.callers, no_journal.seller.pid)}
-            for callers, pid in sides.values():  # warm up
-                _drive(callers[:1], pid, 200)
-            for n in range(ROUNDS):
-                say(f"paid vs unpaid calls, round {n + 1} of {ROUNDS}")
-                for clients in (SATURATING, FEW):
-                    for name, (callers, pid) in sides.items():
-                        rounds.setdefault((name, clients), []).append(
-                            _drive(callers[:clients], pid, CALLS_PER_ROUND // clients))
-        finally:
-            for side in built:
-                side.close()
-            node.stop(0)
+Rounds = dict[tuple[str, int], list[_Round]]
 
-    def median(name: str, clients: int, figure: str) -> float:
-        return statistics.median(getattr(r, figure) for r in rounds[(name, clients)])
 
+def _compare(sides: dict[str, Any], loads: tuple[int, ...], rounds: int, calls_per_round: int,
+             say: Any, label: str) -> Rounds:
+    """Alternate rounds of the sides (so all see the same machine weather), under each load."""
+    measured: Rounds = {}
+    for side in sides.values():  # warm up
+        _drive(side.callers[:1], side.pid, 200)
+    for n in range(rounds):
+        say(f"{label}, round {n + 1} of {rounds}")
+        for clients in loads:
+            for name, side in sides.items():
+                measured.setdefault((name, clients), []).append(
+                    _drive(side.callers[:clients], side.pid, calls_per_round // clients))
+    return measured
+
+
+def _median(measured: Rounds, name: str, clients: int, figure: str) -> float:
+    return statistics.median(getattr(r, figure) for r in measured[(name, clients)])
+
+
+def _echo(node: MarketplaceNode, tmp: Path, say: Any) -> dict[str, float]:
+    """The echo skill: unpaid, paid, and paid with the journal off, under both loads."""
+    calls = (ROUNDS + 1) * 2 * CALLS_PER_ROUND // FEW
+    built: list[Any] = []
+    try:
+        built.append(_UnpaidSide(echo))
+        built.append(_PaidSide(node, calls, tmp / "journal.db", echo))
+        built.append(_PaidSide(node, calls, None, echo))
+        sides = dict(zip(("unpaid", "paid", "no_journal"), built, strict=True))
+        measured = _compare(sides, (SATURATING, FEW), ROUNDS, CALLS_PER_ROUND, say,
+                            "paid vs unpaid calls")
+    finally:
+        for side in built:
+            side.close()
     results: dict[str, float] = {"paid_call_clients": SATURATING}
     for clients, suffix in ((SATURATING, ""), (FEW, f"_{FEW}_clients")):
-        unpaid_rate = median("unpaid", clients, "rate")
+        unpaid_rate = _median(measured, "unpaid", clients, "rate")
         results[f"unpaid_calls_per_s{suffix}"] = round(unpaid_rate)
         for name, key in (("paid", "paid"), ("no_journal", "paid_no_journal")):
-            rate = median(name, clients, "rate")
+            rate = _median(measured, name, clients, "rate")
             results[f"{key}_calls_per_s{suffix}"] = round(rate)
             results[f"{key.replace('paid', 'paid_call_ratio', 1)}{suffix}"] = round(
                 rate / unpaid_rate, 3)
     for name in ("unpaid", "paid", "no_journal"):
         key = "paid_no_journal" if name == "no_journal" else name
-        results[f"{key}_server_cpu_us_per_call"] = round(
-            median(name, SATURATING, "server_cpu_us"))
-        results[f"{key}_client_cpu_us_per_call"] = round(
-            median(name, SATURATING, "client_cpu_us"))
+        for where in ("server", "client"):
+            results[f"{key}_{where}_cpu_us_per_call"] = round(
+                _median(measured, name, SATURATING, f"{where}_cpu_us"))
     return results
+
+
+def _llm_skill(node: MarketplaceNode, tmp: Path, say: Any) -> dict[str, float]:
+    """The per-token LLM skill, unpaid and paid, under the saturating load."""
+    calls = (LLM_ROUNDS + 1) * LLM_CALLS_PER_ROUND // SATURATING
+    built: list[Any] = []
+    try:
+        built.append(_UnpaidSide(summarize))
+        built.append(_PaidSide(node, calls, tmp / "journal-llm.db", summarize))
+        sides = dict(zip(("unpaid", "paid"), built, strict=True))
+        measured = _compare(sides, (SATURATING,), LLM_ROUNDS, LLM_CALLS_PER_ROUND, say,
+                            "paid vs unpaid LLM calls")
+    finally:
+        for side in built:
+            side.close()
+    unpaid_rate = _median(measured, "unpaid", SATURATING, "rate")
+    paid_rate = _median(measured, "paid", SATURATING, "rate")
+    results = {"llm_skill_unpaid_calls_per_s": round(unpaid_rate),
+               "llm_skill_paid_calls_per_s": round(paid_rate),
+               "paid_call_ratio_llm_skill": round(paid_rate / unpaid_rate, 3)}
+    for name in ("unpaid", "paid"):
+        results[f"llm_skill_{name}_server_cpu_us_per_call"] = round(
+            _median(measured, name, SATURATING, "server_cpu_us"))
+    return results
+
+
+def run(progress: Any = None) -> dict[str, float]:
+    """Both comparisons (the medians of their rounds), on one marketplace node."""
+    say = progress or (lambda _text: None)
+    with tempfile.TemporaryDirectory(prefix="agentmarket-bench-") as tmp:
+        node = MarketplaceNode(f"sqlite:///{Path(tmp) / 'market.db'}").start()
+        try:
+            return {**_echo(node, Path(tmp), say), **_llm_skill(node, Path(tmp), say)}
+        finally:
+            node.stop(0)
 
 
 if __name__ == "__main__":
