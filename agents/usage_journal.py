@@ -272,6 +272,12 @@ class UsageJournal:
                     self.unexpect()
         return run
 
+    @property
+    def expected_records(self) -> int:
+        """Calls announced by `expecting` that have neither recorded nor ended."""
+        with self._lock:
+            return self._expected
+
     def unexpect(self) -> None:
         """An announced call ended without recording."""
         with self._lock:

@@ -4,6 +4,7 @@ with escrow; a seller that redeems on its own before the deadline when the buyer
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from typing import TypedDict
 
@@ -248,4 +249,48 @@ def test_a_broken_receipt_chain_is_one_problem_however_often_it_is_checked(marke
         assert buyer.check_receipt_signatures(deal) == first
         assert deal.problems == first  # recorded once
     finally:
+        seller.stop(0)
+
+
+def test_the_journal_waits_only_for_calls_still_running(market):
+    """Every call the seller's server accepts is announced to its journal until it records or
+    ends: a refused call, a failed skill and a retried call leave nothing announced, so no
+    commit waits for them."""
+    node, _lab, buyer = market
+    inside, release = threading.Event(), threading.Event()
+
+    @skill(price=per_call("0.001", "USD"), name="gated")
+    def gated(text: str) -> Echo:
+        """Echo once released; 'fail' fails."""
+        inside.set()
+        release.wait(10)
+        if text == "fail":
+            raise RuntimeError("the skill failed")
+        return Echo(text=text)
+
+    seller = SellerAgent("gated", skills=[gated], marketplace=node.address).serve()
+    journal = seller.journal
+    try:
+        deal = _hire(buyer, "gated", quantity=5)
+        running = threading.Thread(target=buyer.call, args=(deal, {"text": "slow"}, ),
+                                   kwargs={"call_id": "slow"})
+        running.start()
+        assert inside.wait(10)
+        assert journal.expected_records == 1  # inside the skill: its record is to come
+        release.set()
+        running.join(10)
+        assert journal.expected_records == 0  # recorded
+        with pytest.raises(grpc.RpcError):
+            buyer.call(deal, {"text": "fail"})
+        with pytest.raises(grpc.RpcError):  # refused before the skill: wrong input
+            buyer.call(deal, {"wrong": 1})
+        replayed = buyer.invoke(deal, {"text": "slow"}, call_id="slow", voucher_at=(1, 1))
+        assert replayed.output == {"text": "slow"}  # the first answer, from the journal's call
+        deadline = time.monotonic() + 10  # a failed call's worker ends just after its answer
+        while journal.expected_records and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert journal.expected_records == 0
+        assert len(journal.load()[0].calls) == 1  # the one answered call
+    finally:
+        release.set()
         seller.stop(0)
