@@ -15,8 +15,11 @@ page size:
   (offer, token) key when matches are likely dense (the scan stops early), or a list of the
   token's offers built once when they are likely sparse (the scan will read the whole range);
 - otherwise the offers index (currency, price).
-Expiry and minimum reputation are filters on the same rows (both are denormalised there; the
-token index carries the reputation too, so a token scan filters on it before any probe).
+Currencies ranked together (the ranking currency and those converted into it) are one
+statement; each unconverted currency ranks after them, so it is read only while the page is
+not yet full. Expiry and minimum reputation are filters on the same rows (both are
+denormalised there; the token index carries the reputation too, so a token scan filters on it
+before any probe).
 """
 
 from __future__ import annotations
@@ -313,11 +316,17 @@ def currencies_to_scan(query: Query, reference: str, fx: Converter | None) -> li
 
 def search(query: Query, conn: Connection, counts: TokenCounts, *, now_ms: int,
            reference: str, fx: Converter | None) -> list[Hit]:
-    """The best `query.limit` distinct listings' hits, ranked (see marketplace.registry)."""
+    """The best `query.limit` distinct listings' hits, ranked (see marketplace.registry).
+
+    Currencies that are not converted rank after the ranking currency's group, one group each
+    in order: they are searched group by group, and once the groups so far hold `limit`
+    listings, later groups (which could only rank after them) are not read. A later group's
+    page of `limit` listings repeats at most the listings already found, so it still holds
+    every new one the answer needs."""
     ranking = query.currency or reference
     scans = currencies_to_scan(query, reference, fx)
-    n = query.limit + 8
-    scanned: list[tuple[str, int]] = []
+    groups = {code: group for group, code in enumerate(scans)}
+    tiers: dict[int, list[tuple[str, int]]] = {}
     for code in scans:
         converts = code != ranking and fx is not None
         threshold = query.max_price_atomic
@@ -325,10 +334,25 @@ def search(query: Query, conn: Connection, counts: TokenCounts, *, now_ms: int,
             threshold = fx(threshold, ranking, code)  # type: ignore[misc]
             if threshold <= 0:
                 continue  # nothing in this currency is that cheap
-        scanned.append((code, threshold))
-    if not scanned:
-        return []
-    groups = {code: group for group, code in enumerate(scans)}
+        tiers.setdefault(0 if code == ranking or converts else groups[code], []).append(
+            (code, threshold))
+    best: dict[str, Hit] = {}
+    for group in sorted(tiers):
+        for hit in _search_group(query, conn, counts, tiers[group], groups, now_ms=now_ms,
+                                 ranking=ranking, fx=fx):
+            best.setdefault(hit.agent_id, hit)
+        if len(best) >= query.limit:
+            break
+    return sorted(best.values(), key=lambda h: h.key)[:query.limit]
+
+
+def _search_group(query: Query, conn: Connection, counts: TokenCounts,
+                  scanned: list[tuple[str, int]], groups: dict[str, int], *, now_ms: int,
+                  ranking: str, fx: Converter | None) -> list[Hit]:
+    """The best `query.limit` distinct listings' hits among these currencies' scans (one
+    ranking group): one statement, read further while a listing matched through several
+    skills may hide the page's last places."""
+    n = query.limit + 8
     while True:
         sql, params = plan(query, conn, counts, scanned, now_ms, n)
         rows = conn.exec_driver_sql(sql, tuple(params)).all()

@@ -3,6 +3,7 @@ by skill, text, tags, price (across currencies with FX) and earned reputation, r
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 
 import pytest
@@ -237,6 +238,33 @@ def test_a_listing_with_many_matching_skills_does_not_crowd_out_the_page(registr
         _seller(registry, f"single-{i:02}", make_skill(price_atomic=100 + i, tags=["x"]))
     found = registry.discover(tags=["x"], currency_code="USD", limit=20)
     assert _ids(found) == ["multi", *(f"single-{i:02}" for i in range(19))]
+
+
+def test_unconverted_currencies_rank_group_by_group_as_a_full_sort_would(registry: Registry):
+    """Without FX, each other currency ranks after the reference currency (USD), in order; the
+    search reads a later currency only while the page is not full, and agrees with sorting
+    every matching skill of every listing."""
+    rng = random.Random(11)
+    group = {"USD": 0, "ECNY": 1, "USDC": 2}
+    offers: list[tuple[tuple[int, int, int, str], str, set[str]]] = []
+    for i in range(60):
+        skills = [make_skill(f"s{j}", price_atomic=rng.randint(1, 30) * 10,
+                             currency=rng.choice(["USD", "ECNY", "ECNY", "USDC"]),
+                             tags=rng.sample(["a", "b", "c"], rng.randint(1, 3)),
+                             latency_ms=rng.randint(0, 3)) for j in range(rng.randint(1, 3))]
+        key = _seller(registry, f"n{i:02}", *skills)
+        for s in skills:
+            price = s.prices[0]
+            offers.append(((group[price.currency], price.amount_atomic, s.typical_latency_ms,
+                            key.agent_id), f"n{i:02}", set(s.tags)))
+    for tags in (["a"], ["b", "c"], ["a", "b", "c"]):
+        for limit in (1, 5, 20, 60):
+            best: dict[str, str] = {}
+            for _key, name, offered in sorted(offers):
+                if set(tags) <= offered:
+                    best.setdefault(name, name)
+            assert _ids(registry.discover(tags=tags, limit=limit)) == list(best)[:limit], \
+                (tags, limit)
 
 
 def test_any_subset_of_a_skills_tags_finds_it(registry: Registry):
