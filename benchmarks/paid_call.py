@@ -22,8 +22,8 @@ marketplace) are in this process, so the seller's work does not queue on the sam
 lock as its callers'.
 
 The echo skill does almost nothing, so its ratio is the payment's whole overhead. A second
-comparison (`paid_call_ratio_llm_skill`) prices an LLM skill per token, as the marketplace's
-sellers mostly do: the skill calls litellm (offline, `mock_response`: its real code path and
+comparison (`paid_call_ratio_llm_skill`) prices an LLM skill per token, as a seller of model
+calls would: the skill calls litellm (offline, `mock_response`: its real code path and
 usage, no network), and the paid side meters its tokens (the prompt counted against the skill's
 limit, the reported usage billed under the agreement).
 """
