@@ -63,7 +63,7 @@ def _details(span: StoredSpan) -> list[tuple[str, str]]:
         parts.append((f"agreement {str(agreement)[:AGREEMENT_SHORT_CHARS]}", "magenta"))
     tokens_in = _as_int(found.get(GEN_AI_INPUT_TOKENS))
     tokens_out = _as_int(found.get(GEN_AI_OUTPUT_TOKENS))
-    if tokens_in is not None or tokens_out is not None:
+    if tokens_in or tokens_out:  # a skill priced per call or unit reports 0 of each
         parts.append((f"tokens {tokens_in or 0} in / {tokens_out or 0} out", "yellow"))
     return parts
 

@@ -129,6 +129,7 @@ def test_trace_show_prints_the_task_tree_with_money(runner: CliRunner, demo: Dem
         assert name in output
     assert "USD" in output
     assert "[marketplace]" in output and "[buyer]" in output
+    assert "skill.summarize" in output and "tokens" not in output  # priced per call: no LLM
 
 
 def test_trace_show_accepts_an_upper_case_trace_id(runner: CliRunner, demo: DemoResult):
