@@ -134,14 +134,18 @@ class Admission:
     durable: Pending | None = None  # its usage record on the way to the journal: wait first
 
 
-@dataclass
+@dataclass(slots=True)
 class _Call:
+    """One call id's payment. Kept for every answered call (retries are answered from it), so
+    it holds bytes, not messages: bytes are invisible to the garbage collector, and messages
+    kept by the ten thousand made every full collection (and so every call) slower."""
+
     sequence: int
     payword: bytes
     reserve_atomic: int
-    voucher: agreement_pb2.Voucher | None = None
+    voucher: bytes = b""  # the serialized Voucher that paid it
     in_flight: bool = True
-    response: Any = None
+    response: bytes | None = None  # the first response, encoded (`_encode_response`)
     record: tuple[Any, ...] | None = None  # the journal's record_call arguments, once answered
 
 
@@ -157,7 +161,7 @@ class _Account:
     charged_atomic: int = 0
     reserved_atomic: int = 0
     latest: agreement_pb2.Voucher | None = None
-    receipts: list[agreement_pb2.Receipt] = field(default_factory=list)
+    receipts: list[bytes] = field(default_factory=list)  # serialized Receipts, chain order
     chain_index: int = 0  # receipts chained so far
     chain_head: bytes = ag.CHAIN_GENESIS  # the last receipt's chain digest
     calls: dict[str, _Call] = field(default_factory=dict)
@@ -200,12 +204,12 @@ class PaymentGate:
             for call in entry.calls:
                 voucher = agreement_pb2.Voucher.FromString(call.voucher)
                 receipt = agreement_pb2.Receipt.FromString(call.receipt)
-                account.receipts.append(receipt)
+                account.receipts.append(call.receipt)
                 account.charged_atomic += receipt.charged_atomic
                 account.chain_index, account.chain_head = call.position, receipt.chain_sha256
                 account.calls[call.call_id] = _Call(
-                    voucher.sequence, voucher.payword, 0, voucher, in_flight=False,
-                    response=_decode_response(call.response))
+                    voucher.sequence, voucher.payword, 0, call.voucher, in_flight=False,
+                    response=call.response)
                 if voucher.sequence > account.sequence:
                     account.latest, account.sequence = voucher, voucher.sequence
                     account.anchor_word = voucher.payword
@@ -275,7 +279,8 @@ class PaymentGate:
             account.latest = voucher
             account.reserved_atomic += reserve
             key = call_id or f"#{voucher.sequence}"
-            account.calls[key] = _Call(voucher.sequence, voucher.payword, reserve, voucher)
+            account.calls[key] = _Call(voucher.sequence, voucher.payword, reserve,
+                                       voucher.SerializeToString())
             return Admission(agreement_id, key, voucher.sequence, reserve)
 
     @staticmethod
@@ -301,8 +306,8 @@ class PaymentGate:
         if call.response is not None:  # answered: again, once its record is durable
             durable = self.journal.record_call(*call.record) \
                 if self.journal is not None and call.record is not None else None
-            return Admission(agreement_id, call_id, call.sequence, 0, replay=call.response,
-                             durable=durable)
+            return Admission(agreement_id, call_id, call.sequence, 0,
+                             replay=_decode_response(call.response), durable=durable)
         if call.in_flight:
             raise CallInProgress(f"call {call_id!r} is still running; retry shortly")
         unspent = account.available_atomic
@@ -332,12 +337,12 @@ class PaymentGate:
             response = respond(receipt)
             account.reserved_atomic -= call.reserve_atomic
             account.charged_atomic += receipt.charged_atomic
-            account.receipts.append(receipt)
-            call.in_flight, call.response = False, response
+            kept = receipt.SerializeToString()
+            account.receipts.append(kept)
+            call.in_flight, call.response = False, _encode_response(response)
             if self.journal is not None:  # queued in chain order, so a crash keeps a prefix
                 call.record = (agreement_id, admission.call_id, index, call.sequence,
-                               call.voucher.SerializeToString() if call.voucher else b"",
-                               receipt.SerializeToString(), _encode_response(response))
+                               call.voucher, kept, call.response)
                 admission.durable = self.journal.record_call(*call.record)
             return response
 
@@ -357,7 +362,7 @@ class PaymentGate:
                                                       list[agreement_pb2.Receipt]]:
         account = self._account(agreement_id)
         with account.lock:
-            return account.latest, sorted(account.receipts, key=lambda r: r.sequence)
+            return account.latest, _receipts(account)
 
     def begin_redeem(self, agreement_id: str, wait_s: float = 5.0
                      ) -> tuple[agreement_pb2.Voucher, list[agreement_pb2.Receipt]]:
@@ -376,7 +381,7 @@ class PaymentGate:
             voucher = account.latest or agreement_pb2.Voucher(
                 agreement_id=agreement_id, sequence=0, cumulative_atomic=0, payword_index=0,
                 payword=account.body.payword_root)
-            return voucher, sorted(account.receipts, key=lambda r: r.sequence)
+            return voucher, _receipts(account)
 
     def end_redeem(self, agreement_id: str, escrow: Any) -> None:
         """Remember the marketplace's answer; `None` (the redeem failed) reopens the agreement."""
@@ -430,6 +435,12 @@ class PaymentGate:
             for agreement_id in done:
                 self._accounts.pop(agreement_id, None)
         return done
+
+
+def _receipts(account: _Account) -> list[agreement_pb2.Receipt]:
+    """The agreement's receipts, by voucher sequence."""
+    receipts = [agreement_pb2.Receipt.FromString(kept) for kept in account.receipts]
+    return sorted(receipts, key=lambda r: r.sequence)
 
 
 def _encode_response(response: Any) -> bytes:
