@@ -137,8 +137,8 @@ class Admission:
 @dataclass(slots=True)
 class _Call:
     """One call id's payment. Kept for every answered call (retries are answered from it), so
-    it holds bytes, not messages: bytes are invisible to the garbage collector, and messages
-    kept by the ten thousand made every full collection (and so every call) slower."""
+    it holds bytes, not messages: compact and invisible to the garbage collector (as messages,
+    a kept call took 5.5 KB and four tracked objects; as bytes, 1.8 KB and one)."""
 
     sequence: int
     payword: bytes
