@@ -26,7 +26,9 @@ Pacing: a commit costs far more than a row, and under the interpreter lock a cal
 admission to its record without a switch, so few callers wait together. The seller's server
 therefore announces every call it accepts (`JournalPacedExecutor`), and the writer lets a batch
 wait, at most `max_linger_s`, while accepted calls have neither recorded nor finished: their
-records join the same commit. With no call running, nothing waits.
+records join the same commit. With no call running, nothing waits. A call still running
+`fast_call_s` (to twice that) after it was accepted is taken to be slow (a model call, a
+stream) and no longer holds commits back; so is one whose announcement was somehow lost.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ _CLOSE_JOIN_S = 60.0
 # How long a synchronous change (open, redeem, forget) waits for its commit: longer than a
 # call's default, as it is rare and a seller would rather wait than fail an agreement.
 _SYNC_TIMEOUT_S = 30.0
-# The journal whose writer expects a record from the call this worker thread is running.
+# The announcement (`_Announced`) of the call this worker thread is running, if any.
 _running = threading.local()
 
 
@@ -151,18 +153,19 @@ class UsageJournal:
     thread. Thread-safe: meant to be called from every thread of a gRPC server's pool."""
 
     def __init__(self, url: str, *, max_batch: int = 512, max_delay_s: float = 0.0,
-                 max_linger_s: float = 0.001) -> None:
+                 max_linger_s: float = 0.001, fast_call_s: float = 0.005) -> None:
         """Open the database at `url`, migrate the seller's tables and start the writer.
 
         `max_delay_s`: how long the writer waits for a batch to fill once it holds a row
         (0: write whatever is queued at once; concurrency alone fills batches, as callers
         queue while a commit is in progress).
         `max_linger_s`: how long, at most, a batch waits for the records of calls announced
-        by `expecting` that are still running (0: never)."""
+        by `expecting` that are still running (0: never); only for calls announced within
+        `fast_call_s` to twice that (older ones are taken to be slow)."""
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
-        if max_linger_s < 0:
-            raise ValueError("max_linger_s must be at least 0")
+        if max_linger_s < 0 or fast_call_s <= 0:
+            raise ValueError("max_linger_s must be at least 0 and fast_call_s above 0")
         self._engine: Engine = make_engine(url)
         try:
             upgrade(self._engine, "agents")
@@ -172,6 +175,7 @@ class UsageJournal:
         self._max_batch = max_batch
         self._max_delay_s = max(0.0, max_delay_s)
         self._max_linger_s = max_linger_s
+        self.fast_call_s = fast_call_s
         insert = postgresql.insert if self._engine.dialect.name == "postgresql" else sqlite.insert
         self._insert_call = insert(CALLS).on_conflict_do_nothing()
         marker = "?" if self._engine.dialect.paramstyle == "qmark" else "%s"
@@ -189,7 +193,11 @@ class UsageJournal:
         self._idle = False  # the writer waits for any row
         self._filling = False  # the writer waits for its batch to fill up
         self._lingering = False  # the writer waits for the records of running calls
-        self._expected = 0  # calls announced by `expecting` that neither recorded nor ended
+        # Calls announced by `expecting` that neither recorded nor ended, in this generation
+        # and the one before; a generation lasts `fast_call_s`, older ones are forgotten.
+        self._announced = [0, 0]
+        self._generation = 0
+        self._generation_since = time.monotonic()
         self._closed = False
         self.batches_written = 0  # committed transactions
         self.records_written = 0  # rows (calls and agreement changes) they committed
@@ -255,34 +263,41 @@ class UsageJournal:
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
-    def expecting(self, call: Callable[[], Any]) -> Callable[[], Any]:
+    def expecting(self, call: Callable[[], Any]) -> _Announced:
         """Announce a call that may record (the server accepted it) and return it wrapped:
         until it records or returns, the writer may let a batch wait for its record. Call the
-        wrapper exactly once, on the thread that will record; `unexpect` if it never runs."""
+        wrapper once, on the thread that will record, or `cancel` it if it never runs."""
         with self._lock:
-            self._expected += 1
-
-        def run() -> Any:
-            _running.journal = self
-            try:
-                return call()
-            finally:
-                if getattr(_running, "journal", None) is self:  # it ended without a record
-                    _running.journal = None
-                    self.unexpect()
-        return run
+            self._age(time.monotonic())
+            self._announced[0] += 1
+            return _Announced(self, self._generation, call)
 
     @property
     def expected_records(self) -> int:
-        """Calls announced by `expecting` that have neither recorded nor ended."""
+        """Calls announced recently (see `fast_call_s`) that have neither recorded nor ended."""
         with self._lock:
-            return self._expected
+            self._age(time.monotonic())
+            return sum(self._announced)
 
-    def unexpect(self) -> None:
-        """An announced call ended without recording."""
-        with self._lock:
-            self._expected -= 1
-            if self._expected == 0 and self._lingering:
+    def _age(self, now: float) -> None:
+        """Start a new generation each `fast_call_s` (under the lock)."""
+        periods = int((now - self._generation_since) // self.fast_call_s)
+        if periods > 0:
+            self._generation += periods
+            self._generation_since += periods * self.fast_call_s
+            self._announced = [0, self._announced[0] if periods == 1 else 0]
+
+    def _calls_running(self, now: float) -> bool:
+        """Whether recently announced calls have yet to record or end (under the lock)."""
+        self._age(now)
+        return any(self._announced)
+
+    def _settle(self, generation: int) -> None:
+        """An announced call recorded or ended (under the lock)."""
+        age = self._generation - generation
+        if age < 2:
+            self._announced[age] -= 1
+            if self._lingering and not any(self._announced):
                 self._wakeup.notify()
 
     def _enqueue(self, kind: int, row: Any) -> Pending:
@@ -302,12 +317,12 @@ class UsageJournal:
                 if self._idle or self._filling or self._lingering:  # never waits to fill
                     self._wakeup.notify()
                 return Pending(batch, index)
-            if getattr(_running, "journal", None) is self:  # the record the writer expects
-                _running.journal = None
-                self._expected -= 1
+            announced = getattr(_running, "announced", None)
+            if announced is not None and announced.journal is self:  # a record it waits for
+                _running.announced = None
+                self._settle(announced.generation)  # wakes a lingering writer when the last
             if self._idle or ((self._filling or self._lingering)
-                              and index + 1 >= self._max_batch) \
-                    or (self._lingering and self._expected == 0):
+                              and index + 1 >= self._max_batch):
                 self._wakeup.notify()
         return Pending(batch, index)
 
@@ -343,7 +358,7 @@ class UsageJournal:
                     self._filling = True
                     self._wakeup.wait(fill_until - now)
                     self._filling = False
-                elif self._expected > 0 and now < linger_until:
+                elif now < linger_until and self._calls_running(now):
                     self._lingering = True
                     self._wakeup.wait(linger_until - now)
                     self._lingering = False
@@ -498,6 +513,29 @@ def _call_params(row: tuple[Any, ...]) -> dict[str, Any]:
 __all__ = ["JournalAgreement", "JournalCall", "JournalError", "Pending", "UsageJournal"]
 
 
+class _Announced:
+    """A call announced to a journal, wrapped: running it makes it the thread's call; it
+    settles its announcement when it records or returns."""
+
+    __slots__ = ("call", "generation", "journal")
+
+    def __init__(self, journal: UsageJournal, generation: int, call: Callable[[], Any]) -> None:
+        self.journal, self.generation, self.call = journal, generation, call
+
+    def __call__(self) -> Any:
+        _running.announced = self
+        try:
+            return self.call()
+        finally:
+            if getattr(_running, "announced", None) is self:  # it ended without a record
+                _running.announced = None
+                self.cancel()
+
+    def cancel(self) -> None:
+        with self.journal._lock:
+            self.journal._settle(self.generation)
+
+
 class JournalPacedExecutor(futures.ThreadPoolExecutor):
     """A gRPC server's worker pool that announces each call it accepts to the usage journal
     (`UsageJournal.expecting`), so the writer commits running calls' records together."""
@@ -511,5 +549,5 @@ class JournalPacedExecutor(futures.ThreadPoolExecutor):
         try:
             return super().submit(call)
         except BaseException:  # shut down: the call never runs
-            self._journal.unexpect()
+            call.cancel()
             raise

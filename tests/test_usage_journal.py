@@ -144,12 +144,13 @@ def test_writer_waits_max_delay_to_fill_a_batch(db_url: str):
         assert [c.position for c in journal.load()[0].calls] == [0, 1, 2, 3, 4]
 
 
-# A linger far longer than any wait below: a batch held by it would time the wait out.
+# A linger far longer than any wait below: a batch held by it would time the wait out; and
+# calls counted as running however long they take.
 LONG_LINGER_S = 60.0
 
 
 def test_a_batch_waits_for_the_record_of_a_running_call(db_url: str):
-    with UsageJournal(db_url, max_linger_s=LONG_LINGER_S) as journal:
+    with UsageJournal(db_url, max_linger_s=LONG_LINGER_S, fast_call_s=LONG_LINGER_S) as journal:
         journal.open_agreement("agr", "seller", b"body")
         before = journal.batches_written
         started, go = threading.Event(), threading.Event()
@@ -176,7 +177,7 @@ def test_a_batch_waits_for_the_record_of_a_running_call(db_url: str):
 @pytest.mark.parametrize("ending", ["returns", "raises"])
 def test_a_running_call_that_ends_without_a_record_releases_the_batch(db_url: str,
                                                                      ending: str):
-    with UsageJournal(db_url, max_linger_s=LONG_LINGER_S) as journal:
+    with UsageJournal(db_url, max_linger_s=LONG_LINGER_S, fast_call_s=LONG_LINGER_S) as journal:
         journal.open_agreement("agr", "seller", b"body")
         go = threading.Event()
 
@@ -200,15 +201,39 @@ def test_a_running_call_that_ends_without_a_record_releases_the_batch(db_url: st
 
 
 def test_nothing_running_means_no_wait(db_url: str):
-    with UsageJournal(db_url, max_linger_s=LONG_LINGER_S) as journal:
+    with UsageJournal(db_url, max_linger_s=LONG_LINGER_S, fast_call_s=LONG_LINGER_S) as journal:
         journal.open_agreement("agr", "seller", b"body")
         for position in range(3):
             _record(journal, "agr", _call("agr", position)).wait(10)
         assert len(journal.load()[0].calls) == 3
 
 
+def test_a_slow_call_stops_holding_batches(db_url: str):
+    """A call still running `fast_call_s` (to twice that) after it was announced is taken to
+    be slow (a model call, a stream): the records of other calls no longer wait for it."""
+    with UsageJournal(db_url, max_linger_s=LONG_LINGER_S, fast_call_s=0.5) as journal:
+        journal.open_agreement("agr", "seller", b"body")
+        started, go = threading.Event(), threading.Event()
+
+        def slow_call() -> None:
+            started.set()
+            go.wait(10)
+            _record(journal, "agr", _call("agr", 1)).wait(10)
+
+        worker = threading.Thread(target=journal.expecting(slow_call))
+        worker.start()
+        started.wait(10)
+        assert journal.expected_records == 1
+        time.sleep(1.2)  # over two generations of 0.5 s
+        assert journal.expected_records == 0
+        _record(journal, "agr", _call("agr", 0)).wait(10)  # not held for the slow call
+        go.set()
+        worker.join(10)
+        assert [c.position for c in journal.load()[0].calls] == [0, 1]
+
+
 def test_the_paced_pool_announces_each_call_until_it_ends(db_url: str):
-    with UsageJournal(db_url, max_linger_s=LONG_LINGER_S) as journal:
+    with UsageJournal(db_url, max_linger_s=LONG_LINGER_S, fast_call_s=LONG_LINGER_S) as journal:
         journal.open_agreement("agr", "seller", b"body")
         pool = JournalPacedExecutor(journal, max_workers=2)
         recorded = pool.submit(lambda n: _record(journal, "agr", _call("agr", n)).wait(10), 0)
