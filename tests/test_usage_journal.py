@@ -211,7 +211,7 @@ def test_nothing_running_means_no_wait(db_url: str):
 def test_a_slow_call_stops_holding_batches(db_url: str):
     """A call still running `fast_call_s` (to twice that) after it was announced is taken to
     be slow (a model call, a stream): the records of other calls no longer wait for it."""
-    with UsageJournal(db_url, max_linger_s=LONG_LINGER_S, fast_call_s=0.5) as journal:
+    with UsageJournal(db_url, max_linger_s=LONG_LINGER_S, fast_call_s=1.0) as journal:
         journal.open_agreement("agr", "seller", b"body")
         started, go = threading.Event(), threading.Event()
 
@@ -224,7 +224,7 @@ def test_a_slow_call_stops_holding_batches(db_url: str):
         worker.start()
         started.wait(10)
         assert journal.expected_records == 1
-        time.sleep(1.2)  # over two generations of 0.5 s
+        time.sleep(2.2)  # over two generations of 1 s
         assert journal.expected_records == 0
         _record(journal, "agr", _call("agr", 0)).wait(10)  # not held for the slow call
         go.set()
