@@ -133,7 +133,7 @@ def llm_span(model: str, operation: str = "chat") -> Iterator[Any]:
 def record_usage(span: Any, response: Any, input_tokens: int, output_tokens: int) -> None:
     """Token usage and cost on the LLM span; the float USD cost litellm computes is turned into
     atomic USD once, rounded up (`marketplace.judge.cost_atomic_usd`). Nothing when tracing is
-    off: pricing a response costs litellm more CPU than a mocked completion's other work."""
+    off: the attributes would be thrown away, and pricing a response is not free."""
     from marketplace.judge import cost_atomic_usd
 
     if not span.is_recording():
@@ -142,7 +142,7 @@ def record_usage(span: Any, response: Any, input_tokens: int, output_tokens: int
     span.set_attribute("gen_ai.usage.output_tokens", output_tokens)
     span.set_attribute("gen_ai.response.model", getattr(response, "model", "") or "")
     cost = (getattr(response, "_hidden_params", None) or {}).get("response_cost")
-    if not isinstance(cost, int | float):  # litellm priced it already, or did not
+    if not isinstance(cost, int | float):  # litellm did not price it during the call
         try:
             cost = _litellm().completion_cost(completion_response=response)
         except Exception:  # a model litellm has no price for: usage is still recorded

@@ -510,8 +510,6 @@ def _call_params(row: tuple[Any, ...]) -> dict[str, Any]:
     return dict(zip(_CALL_COLUMNS, row, strict=True))
 
 
-__all__ = ["JournalAgreement", "JournalCall", "JournalError", "Pending", "UsageJournal"]
-
 
 class _Announced:
     """A call announced to a journal, wrapped: running it makes it the thread's call; it
@@ -551,3 +549,7 @@ class JournalPacedExecutor(futures.ThreadPoolExecutor):
         except BaseException:  # shut down: the call never runs
             call.cancel()
             raise
+
+
+__all__ = ["JournalAgreement", "JournalCall", "JournalError", "JournalPacedExecutor", "Pending",
+           "UsageJournal"]

@@ -325,20 +325,20 @@ def search(query: Query, conn: Connection, counts: TokenCounts, *, now_ms: int,
     every new one the answer needs."""
     ranking = query.currency or reference
     scans = currencies_to_scan(query, reference, fx)
-    groups = {code: group for group, code in enumerate(scans)}
+    # the ranking currency and those converted into it rank together; the others after, in order
+    group_of = {code: 0 if code == ranking or fx is not None else position
+                for position, code in enumerate(scans)}
     tiers: dict[int, list[tuple[str, int]]] = {}
     for code in scans:
-        converts = code != ranking and fx is not None
         threshold = query.max_price_atomic
-        if threshold and converts:
-            threshold = fx(threshold, ranking, code)  # type: ignore[misc]
+        if threshold and code != ranking and fx is not None:
+            threshold = fx(threshold, ranking, code)
             if threshold <= 0:
                 continue  # nothing in this currency is that cheap
-        tiers.setdefault(0 if code == ranking or converts else groups[code], []).append(
-            (code, threshold))
+        tiers.setdefault(group_of[code], []).append((code, threshold))
     best: dict[str, Hit] = {}
     for group in sorted(tiers):
-        for hit in _search_group(query, conn, counts, tiers[group], groups, now_ms=now_ms,
+        for hit in _search_group(query, conn, counts, tiers[group], group_of, now_ms=now_ms,
                                  ranking=ranking, fx=fx):
             best.setdefault(hit.agent_id, hit)
         if len(best) >= query.limit:
@@ -347,7 +347,7 @@ def search(query: Query, conn: Connection, counts: TokenCounts, *, now_ms: int,
 
 
 def _search_group(query: Query, conn: Connection, counts: TokenCounts,
-                  scanned: list[tuple[str, int]], groups: dict[str, int], *, now_ms: int,
+                  scanned: list[tuple[str, int]], group_of: dict[str, int], *, now_ms: int,
                   ranking: str, fx: Converter | None) -> list[Hit]:
     """The best `query.limit` distinct listings' hits among these currencies' scans (one
     ranking group): one statement, read further while a listing matched through several
@@ -363,7 +363,7 @@ def _search_group(query: Query, conn: Connection, counts: TokenCounts,
             per_currency[code] = per_currency.get(code, 0) + 1
             converts = code != ranking and fx is not None
             rank_price = fx(price, code, ranking) if converts else price  # type: ignore[misc]
-            group = 0 if code == ranking or converts else groups[code]
+            group = group_of[code]
             hit = Hit(agent_id, code, price, rank_price, group, reputation, latency)
             # Unconverted, SQL orders a currency exactly by `key`: unseen rows come after the
             # last. Converted prices can tie across distinct prices: any key at that price.
