@@ -15,7 +15,11 @@ each). Tracing is off everywhere (AGENTMARKET_TRACING=off by `make bench`).
 Two loads: `SATURATING` clients keep the server busy (the headline `paid_call_ratio`: what a
 seller serving many buyers keeps of its unpaid throughput), and `FEW` closed-loop clients,
 where each call's latency (a paid call waits for its usage record's commit) limits throughput.
-CPU time per call is reported for the server's process and the clients' process.
+CPU time per call is reported for the server's process and the clients' process, and the
+server's thread switches per call. `thread_wakeup_cpu_us`, measured in the same run, is what one
+of them costs here: waiting for the usage record's commit adds at least one to every paid call,
+and under the interpreter lock each costs tens of microseconds, about a tenth of the unpaid
+call's whole server CPU.
 
 Each server runs in a process of its own, as a seller does: the buyers' threads (and the
 marketplace) are in this process, so the seller's work does not queue on the same interpreter
@@ -105,13 +109,15 @@ class _Unpaid(agent_pb2_grpc.AgentServiceServicer):
 
 
 class _Round:
-    """One round's throughput and CPU time per call (server's process, clients' process)."""
+    """One round's throughput, CPU time per call (server's process, clients' process) and the
+    server's thread switches per call."""
 
-    def __init__(self, calls: int, wall_s: float, server_cpu_s: float, client_cpu_s: float
-                 ) -> None:
+    def __init__(self, calls: int, wall_s: float, server_cpu_s: float, client_cpu_s: float,
+                 server_switches: int) -> None:
         self.rate = calls / wall_s
         self.server_cpu_us = server_cpu_s / calls * 1e6
         self.client_cpu_us = client_cpu_s / calls * 1e6
+        self.server_switches = server_switches / calls
 
 
 def _drive(call_fns: list[Any], server_pid: int, calls_per_client: int) -> _Round:
@@ -121,6 +127,7 @@ def _drive(call_fns: list[Any], server_pid: int, calls_per_client: int) -> _Roun
             fn(i)
 
     threads = [threading.Thread(target=worker, args=(fn,)) for fn in call_fns]
+    switches = _switches(server_pid)
     server_cpu, client_cpu = _cpu_s(server_pid), time.process_time()
     start = time.perf_counter()
     for thread in threads:
@@ -129,7 +136,7 @@ def _drive(call_fns: list[Any], server_pid: int, calls_per_client: int) -> _Roun
         thread.join()
     wall = time.perf_counter() - start
     return _Round(len(call_fns) * calls_per_client, wall, _cpu_s(server_pid) - server_cpu,
-                  time.process_time() - client_cpu)
+                  time.process_time() - client_cpu, _switches(server_pid) - switches)
 
 
 def _cpu_s(pid: int) -> float:
@@ -139,6 +146,48 @@ def _cpu_s(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _switches(pid: int) -> int:
+    """Context switches (voluntary and not) the threads of a process made so far (Linux
+    /proc; 0 elsewhere): each is a thread that blocked or was preempted and woken again."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for task in tasks:
+        try:
+            status = Path(f"/proc/{pid}/task/{task}/status").read_text()
+        except OSError:  # the thread ended
+            continue
+        for line in status.splitlines():
+            if "ctxt_switches:" in line:
+                total += int(line.split()[-1])
+    return total
+
+
+def _wakeup_cpu_us(round_trips: int = 5_000) -> float:
+    """CPU time per wake-up of a thread blocked on another (two threads handing an Event back
+    and forth, both woken once per round trip): what a paid call pays for each time its
+    handler waits for its usage record's commit and is woken."""
+    ping, pong = threading.Event(), threading.Event()
+
+    def other() -> None:
+        for _ in range(round_trips):
+            ping.wait()
+            ping.clear()
+            pong.set()
+
+    thread = threading.Thread(target=other)
+    cpu = time.process_time()
+    thread.start()
+    for _ in range(round_trips):
+        ping.set()
+        pong.wait()
+        pong.clear()
+    thread.join()
+    return (time.process_time() - cpu) / (2 * round_trips) * 1e6
 
 
 def _serve_unpaid(skill_name: str, ready: Any, stop: Any) -> None:
@@ -303,6 +352,8 @@ def _echo(node: MarketplaceNode, tmp: Path, say: Any) -> dict[str, float]:
         for where in ("server", "client"):
             results[f"{key}_{where}_cpu_us_per_call"] = round(
                 _median(measured, name, SATURATING, f"{where}_cpu_us"))
+        results[f"{key}_server_switches_per_call"] = round(
+            _median(measured, name, SATURATING, "server_switches"), 2)
     return results
 
 
@@ -336,7 +387,8 @@ def run(progress: Any = None) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="agentmarket-bench-") as tmp:
         node = MarketplaceNode(f"sqlite:///{Path(tmp) / 'market.db'}").start()
         try:
-            return {**_echo(node, Path(tmp), say), **_llm_skill(node, Path(tmp), say)}
+            wakeup = {"thread_wakeup_cpu_us": round(_wakeup_cpu_us(), 1)}
+            return {**wakeup, **_echo(node, Path(tmp), say), **_llm_skill(node, Path(tmp), say)}
         finally:
             node.stop(0)
 
