@@ -73,6 +73,14 @@ class ConsoleMarket:
             credit_account_id=self.accounts["seller"], amount=usd(2 * CENT)),
             timeout=TIMEOUT_S)
 
+    def approval(self, approval_id: str = "") -> Any:
+        """An approval as the wallets see it (default: the payer's first big spend)."""
+        from wallets.controls import WalletControls
+
+        wanted = approval_id or self.approval_id
+        return next(a for a in WalletControls(self.node.ledger).approvals(limit=1000)
+                    if a.approval_id == wanted)
+
     def balance(self, role: str) -> int:
         return self.node.ledger.balance(self.accounts[role]).posted_atomic
 
