@@ -91,7 +91,8 @@ class Pages:
         status = request.query_params.get("status", "pending")
         status = status if status in APPROVAL_STATUSES or status == "" else "pending"
         rows = await run_in_threadpool(self.reads.approvals, status)
-        names = await run_in_threadpool(self.reads.names, [r.owner for r in rows])
+        names = await run_in_threadpool(self.reads.names, [r.owner for r in rows] + [
+            c for r in rows for c in r.approval.counterparty.split(", ")])
         return self._render(request, session, "approvals.html", rows=rows, status=status,
                             statuses=APPROVAL_STATUSES, names=names, title="Approvals",
                             nav="approvals")
