@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: demo test lint protos bench serve clean browser
+.PHONY: demo test lint protos bench serve clean browser screenshots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,9 @@ protos: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
+
+screenshots: $(STAMP) browser
+	$(BIN)/python docs/screenshots.py
 
 serve: $(STAMP)
 	$(BIN)/agentmarket serve
