@@ -10,12 +10,16 @@ signed with the console's operator key (`marketplace.console.actions`).
 
 from __future__ import annotations
 
+import logging
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -34,6 +38,7 @@ if TYPE_CHECKING:
     from marketplace.node import MarketplaceNode
 
 PREFIX = "/console"
+log = logging.getLogger("agentmarket.console")
 
 
 @dataclass(frozen=True)
@@ -125,7 +130,17 @@ class Console:
             Route("/audit", web.page(pages.audit_page)),
             Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
         ]
-        return HttpPart(PREFIX, Starlette(routes=routes), title="Operator console")
+        return HttpPart(PREFIX, Starlette(routes=routes, exception_handlers={
+            Exception: self._failed}), title="Operator console")
+
+    async def _failed(self, request: Request, _error: Exception) -> Response:
+        """An unexpected error: logged with an id; the page shows the id, never the error."""
+        request_id = uuid.uuid4().hex[:12]
+        log.exception("console error on %s (request %s)", request.url.path, request_id)
+        return self.web.render(request, "refused.html", status_code=500,
+                               session=self.web.session_of(request), title="Error",
+                               message=f"Something went wrong (request id {request_id}); it "
+                                       "is in the node's log.")
 
     def close(self) -> None:
         self.actions.close()

@@ -24,6 +24,7 @@ from marketplace.console.sessions import Session
 from marketplace.console.waterfall import waterfall
 from marketplace.console.web import Web
 from marketplace.errors import NotFound
+from marketplace.escrows import read_row
 from wallets.approvals import STATUSES as APPROVAL_STATUSES
 from wallets.errors import AgentmarketError
 
@@ -134,8 +135,10 @@ class Pages:
         postings = await run_in_threadpool(lambda: [
             (w.account.account_id, self.reads.postings(account=w.account.account_id,
                                                        limit=15)) for w in wallets])
-        history = await run_in_threadpool(self.audit.records, target=wallets[0].account
-                                          .account_id, limit=10)
+        history = await run_in_threadpool(lambda: sorted(
+            (r for w in wallets for r in self.audit.records(target=w.account.account_id,
+                                                            limit=10)),
+            key=lambda r: r.at_ms, reverse=True))
         return self._render(request, session, "wallet.html", owner=owner, wallets=wallets,
                             names=names, postings=dict(postings), history=history,
                             title=f"Wallet {names.get(owner, owner[:12])}", nav="wallets")
@@ -182,12 +185,12 @@ class Pages:
         agreement_id = _hex(request.path_params["agreement_id"], 64)
         try:
             currency_code = await run_in_threadpool(
-                lambda: self.agreements.detail(agreement_id).row.currency)
+                lambda: read_row(self.reads.engine, agreement_id).currency)
             result = await run_in_threadpool(
                 self.actions.resolve, session, agreement_id, to=form.get("to", ""),
                 seller_amount=form.get("seller_amount", ""), currency_code=currency_code,
                 note=form.get("note", ""), form_key=form.get("form_key", ""))
-        except (ActionRefused, NotFound) as error:
+        except (ActionRefused, AgentmarketError) as error:
             return self._back(request, session, None, f"/agreements/{agreement_id}",
                               str(error))
         return self._back(request, session, result, f"/agreements/{agreement_id}")

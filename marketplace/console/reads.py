@@ -190,7 +190,10 @@ class ConsoleReads:
                                                         [r.id for r in rows])))}
         by_owner: dict[str, list[Balance]] = {}
         for row in rows:
-            by_owner.setdefault(row.owner, []).append(self.ledger.balance(row.id))
+            by_owner.setdefault(row.owner, []).append(Balance(
+                row.id, row.owner, row.currency, row.kind, row.posted_credits_atomic,
+                row.posted_debits_atomic, row.pending_debits_atomic,
+                row.pending_credits_atomic, row.credit_limit_atomic))
         result = [WalletRow(o, by_owner.get(o, []),
                             any(b.account_id in frozen for b in by_owner.get(o, [])))
                   for o in owners]

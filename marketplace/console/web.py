@@ -174,6 +174,7 @@ class Web:
 
     async def logout(self, request: Request, session: Session) -> Response:
         self.sessions.logout(session.session_id)
+        self._flash.pop(session.session_id, None)
         response = RedirectResponse(f"{self.base(request)}/login", status_code=303)
         response.delete_cookie(SESSION_COOKIE, path=self.base(request) or "/")
         return response
