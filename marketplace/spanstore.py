@@ -50,7 +50,7 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS spans_agreement ON spans (agreement_id, trace_id)",
     "CREATE INDEX IF NOT EXISTS spans_errors ON spans (start_ns) WHERE status_code = 'ERROR'",
 )
-REFUSAL_REASON = "agentmarket.refusal.reason"  # set by wallets.grpc_errors.abort
+
 
 
 def _connect(path: str | Path) -> sqlite3.Connection:
@@ -267,7 +267,7 @@ class SpanStore:
         """Requests refused since `since_ms`, counted by reason (the ErrorInfo reason the
         server answered with), most frequent first."""
         rows = self._query(
-            "SELECT json_extract(attributes_json, '$.\"" + REFUSAL_REASON + "\"') AS reason,"
+            "SELECT json_extract(attributes_json, '$.\"" + attrs.REFUSAL_REASON + "\"') AS reason,"
             " COUNT(*) FROM spans WHERE status_code = 'ERROR' AND start_ns >= ?"
             " AND kind = 'SERVER' AND reason IS NOT NULL"
             " GROUP BY reason ORDER BY COUNT(*) DESC, reason LIMIT ?",
