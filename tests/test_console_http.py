@@ -206,3 +206,27 @@ def test_the_http_server_runs_with_the_node_on_a_free_port(tmp_path: Path):
         server.stop()
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{server.url}/healthz", timeout=2)
+
+
+def test_the_overview_counts_refusals_by_reason_from_the_span_store(market: ConsoleMarket):
+    client, _ = _log_in(market)
+    live = client.get("/console/overview/live").text
+    assert 'hx-trigger="every' in live  # the fragment polls itself: live without a reload
+    refusals = live.split('id="refusals"')[1]
+    assert "APPROVAL_REQUIRED" in refusals  # the payer's spend waiting for a person
+
+
+@pytest.mark.parametrize("args", [
+    ["--console-host", "0.0.0.0", "--console"],
+    ["--console-arbiter"],
+    ["--console", "--console-key-file", "/nonexistent/key"],
+])
+def test_serve_console_options_are_checked_in_one_line(args: list[str]):
+    from typer.testing import CliRunner
+
+    from marketplace.cli.main import app
+
+    result = CliRunner().invoke(app, ["serve", "--port", "0", *args], terminal_width=250)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith("error:"), \
+        result.output
