@@ -69,12 +69,12 @@ def build_market(db_path: Path, agreements: int, progress: Callable[[str], None]
     harness = Harness(engine, lambda: time.time_ns() // 1_000_000)
     harness.advertise(make_skill(price_atomic=1_000_000))
     harness.fund(harness.buyer, 10**15)
-    deals = [harness.deal(price_atomic=1_000_000, quantity=5, dispute_window_s=3600)
-             for _ in range(agreements)]
+    ids: list[str] = [""] * agreements
     done = [0]
 
-    def one(i: int) -> None:
-        deal = deals[i]
+    def one(i: int) -> None:  # each deal made just before it opens: offers lapse in a minute
+        deal = harness.deal(price_atomic=1_000_000, quantity=5, dispute_window_s=3600)
+        ids[i] = deal.agreement_id
         harness.settlement.open_escrow(f"open-{i}", deal.signed)
         if i % SETTLED_EVERY == 0:
             harness.redeem(deal, [{"text": f"output {i}"}] * 3, key=f"redeem-{i}")
@@ -90,7 +90,7 @@ def build_market(db_path: Path, agreements: int, progress: Callable[[str], None]
         list(pool.map(one, range(agreements)))
     harness.close()
     engine.dispose()
-    return [d.agreement_id for d in deals]
+    return ids
 
 
 class _Node:
