@@ -372,6 +372,25 @@ class PaymentGate:
     def unspent(self, agreement_id: str) -> int:
         return self._account(agreement_id).available_atomic
 
+    def check_hashes(self, agreement_id: str, voucher: agreement_pb2.Voucher | None) -> int:
+        """How many SHA-256s checking `voucher` would take (from the last word seen)."""
+        if voucher is None:
+            return 0
+        return max(0, voucher.payword_index - self._account(agreement_id).anchor_index)
+
+    def proves_payment(self, agreement_id: str, voucher: agreement_pb2.Voucher | None) -> bool:
+        """Whether `voucher` reveals a genuine word the seller has not seen: a pure check,
+        nothing is used (so a call can be rate-limited as the buyer's before it is admitted)."""
+        if voucher is None or voucher.agreement_id != agreement_id:
+            return False
+        account = self._account(agreement_id)
+        with account.lock:
+            try:
+                self._check_new(account, voucher)
+            except (InvalidVoucher, BudgetExceeded):
+                return False
+            return voucher.payword_index > account.anchor_index
+
     def redeemable(self, agreement_id: str) -> tuple[agreement_pb2.Voucher | None,
                                                       list[agreement_pb2.Receipt]]:
         account = self._account(agreement_id)

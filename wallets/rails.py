@@ -13,8 +13,9 @@ to `WalletService(ledger, rails=[...])`.
   check the beneficiary would let anyone who learns a reference claim that money). The ledger
   credits the wallet only after it returns, so a deposit's own settlement time is the rail's,
   before the ledger sees it: deposits are credited at once on confirmation (the sandbox
-  confirms everything immediately). The ledger credits each (rail, reference) once, whoever
-  asks (`rail_deposits`): idempotency keys are per caller, the money a reference names is not.
+  confirms everything immediately, for any wallet: play money). The ledger credits a wallet
+  once per (rail, reference), whoever asks (`rail_deposits`): idempotency keys are per caller,
+  the money a reference names is not.
 - `send_payout(reference, amount_atomic)`: pay out; must be idempotent per `reference`, since a
   sweep that crashed half-way sends it again. The reference is `payout_reference(scope, key)`
   of the withdrawal's request: the same for its retries, different for every other request

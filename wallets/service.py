@@ -60,7 +60,8 @@ class WalletService:
     def deposit(self, key: str, account_id: str, amount_atomic: int, currency_code: str,
                 rail_name: str = "") -> Posting:
         """Credit a wallet with money that arrived through a rail. `key` is the deposit's rail
-        reference: the rail confirms it, and the ledger credits it once, whoever asks."""
+        reference: the rail confirms it was made out to this wallet, and the ledger credits the
+        wallet once per reference, whoever asks."""
         check_key(key)  # before the rail is asked or its ledger account opened
         check_amount(amount_atomic)
         wallet = self._wallet(account_id, currency_code)
@@ -77,13 +78,13 @@ class WalletService:
         scope = _idempotency.request_scope()
 
         def apply(conn: Connection) -> Posting:
-            credited = conn.execute(select(DEPOSITS.c.account_id).where(
-                DEPOSITS.c.rail == rail.name, DEPOSITS.c.reference == key)).first()
+            credited = conn.execute(select(DEPOSITS.c.scope).where(
+                DEPOSITS.c.rail == rail.name, DEPOSITS.c.account_id == account_id,
+                DEPOSITS.c.reference == key)).first()
             if credited is not None:
-                where = ("to this wallet by another request" if credited.account_id == account_id
-                         else "to another wallet")
                 raise FailedPrecondition(f"deposit reference {key!r} on {rail.name} was already "
-                                         f"credited {where}", reason="DEPOSIT_REFERENCE_USED")
+                                         f"credited to wallet {account_id} by another caller",
+                                         reason="DEPOSIT_REFERENCE_USED")
             conn.execute(insert(DEPOSITS).values(
                 rail=rail.name, reference=key, account_id=account_id, scope=scope,
                 amount_atomic=amount_atomic, created_at_ms=self.ledger.clock_ms()))

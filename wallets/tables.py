@@ -254,14 +254,15 @@ class RailWithdrawalRow(SQLModel, table=True):
 
 
 class RailDepositRow(SQLModel, table=True):
-    """An external deposit credited to a wallet: its rail reference is credited once, whoever
-    asks (idempotency keys are per caller; the money a reference names exists once)."""
+    """An external deposit credited to a wallet: a wallet is credited once per rail reference,
+    whoever asks (idempotency keys are per caller; the money a reference names exists once).
+    That the reference was made out to this wallet is the rail's to check (`wallets.rails`)."""
 
     __tablename__ = "rail_deposits"
 
     rail: str = Field(primary_key=True, max_length=64)
+    account_id: str = Field(primary_key=True, max_length=40)
     reference: str = Field(primary_key=True, max_length=200)
-    account_id: str = Field(index=True, max_length=40)
     scope: str = Field(max_length=80)
     amount_atomic: int = Field(sa_column=_money())
     created_at_ms: int = Field(sa_column=_ms())

@@ -16,7 +16,7 @@ A key names a request only within (scope, operation) (`wallets._idempotency`):
 - rail_withdrawals: unique per (scope, idempotency_key); `reference` (unique) is what the rail
   is told. Existing rows keep their key as their reference: a payout sent before the upgrade
   is sent again (by a sweep that crashed half-way) under the same reference.
-- rail_deposits: each (rail, reference) is credited once, whoever asks.
+- rail_deposits: a wallet is credited once per (rail, reference), whoever asks.
 
 SQLite cannot change a primary key or drop an unnamed constraint in place, so there the three
 tables are rebuilt (create, copy, drop, rename); PostgreSQL alters them.
@@ -181,15 +181,13 @@ def upgrade() -> None:
         _upgrade_postgresql()
     op.create_table('rail_deposits',
     sa.Column('rail', _text(64), nullable=False),
-    sa.Column('reference', _text(200), nullable=False),
     sa.Column('account_id', _text(40), nullable=False),
+    sa.Column('reference', _text(200), nullable=False),
     sa.Column('scope', _text(80), nullable=False),
     sa.Column('amount_atomic', sa.BigInteger(), nullable=False),
     sa.Column('created_at_ms', sa.BigInteger(), nullable=False),
-    sa.PrimaryKeyConstraint('rail', 'reference')
+    sa.PrimaryKeyConstraint('rail', 'account_id', 'reference')
     )
-    op.create_index(op.f('ix_rail_deposits_account_id'), 'rail_deposits', ['account_id'],
-                    unique=False)
 
 
 def downgrade() -> None:
