@@ -37,7 +37,7 @@ from marketplace.identity import AgentKey, verify
 from wallets.access import Rule
 from wallets.caller import calling_as, current_caller
 from wallets.errors import AgentmarketError, Forbidden, ResourceExhausted, Unauthenticated
-from wallets.grpc_errors import _rich_status, abort
+from wallets.grpc_errors import _rich_status, abort, abort_internal
 
 __all__ = ["AGENT_KEY", "NONCE_KEY", "SIGNATURE_KEY", "TIMESTAMP_KEY", "AccessInterceptor",
            "AuthServerInterceptor", "SigningClientInterceptor", "channel_credentials",
@@ -389,6 +389,8 @@ class AccessInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                     rule(caller, request)
                 except AgentmarketError as error:
                     abort(context, error)
+                except Exception:  # a rule's own failure: INTERNAL, never its text
+                    abort_internal(context, f"access rule of {details.method}")
 
             def run(request: Any, context: grpc.ServicerContext) -> Any:
                 check(request, context)
