@@ -40,8 +40,16 @@ ALICE, BOB, MALLORY = (AgentKey.generate() for _ in range(3))
 X = 10_000_000  # one cent
 
 
+@pytest.fixture
+def service(engine: Engine, clock: FakeClock) -> Any:
+    ledger = Ledger(engine, clock_ms=clock)
+    yield WalletService(ledger)
+    ledger.close()
+
+
 @pytest.fixture(params=[True, False], ids=["group-commit", "alone"])
-def service(request: pytest.FixtureRequest, engine: Engine, clock: FakeClock) -> Any:
+def both_paths(request: pytest.FixtureRequest, engine: Engine, clock: FakeClock) -> Any:
+    """The service over each write path: shared transactions, and one per mutation."""
     ledger = Ledger(engine, clock_ms=clock, group_commit=request.param)
     yield WalletService(ledger)
     ledger.close()
@@ -60,7 +68,8 @@ def assert_sound(ledger: Ledger) -> None:
     assert audit.check_balances(ledger).ok and audit.verify_chain(ledger).ok
 
 
-def test_two_callers_never_share_a_key(service: WalletService):
+def test_two_callers_never_share_a_key(both_paths: WalletService):
+    service = both_paths
     ledger = service.ledger
     alice, bob, mallory = (wallet(service, k, 10) for k in (ALICE, BOB, MALLORY))
     with calling_as(MALLORY.agent_id):  # the attacker uses the victim's key first
@@ -113,7 +122,8 @@ def apply_fails(conn: Any) -> str:
     raise InsufficientFunds("short")
 
 
-def test_concurrent_duplicates_have_one_effect_in_each_scope(service: WalletService):
+def test_concurrent_duplicates_have_one_effect_in_each_scope(both_paths: WalletService):
+    service = both_paths
     ledger = service.ledger
     alice, bob, mallory = (wallet(service, k, 10) for k in (ALICE, BOB, MALLORY))
 
@@ -154,10 +164,11 @@ def test_the_bulk_path_keeps_each_callers_keys_apart(service: WalletService):
     assert_sound(ledger)
 
 
-def test_a_refused_variant_never_poisons_the_approved_spend(service: WalletService):
+def test_a_refused_variant_never_poisons_the_approved_spend(both_paths: WalletService):
     """The owner's spend under K waits for approval and is approved; a retry of K with another
     amount is refused (same key, other request), and the approved spend under K still goes
     through, once."""
+    service = both_paths
     ledger, controls = service.ledger, service.controls
     alice, bob = wallet(service, ALICE, 10), wallet(service, BOB)
     with calling_as(ALICE.agent_id):
