@@ -24,6 +24,7 @@ from wallets.metrics import market_metrics
 ANSWER_MAY_BE_LOST = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
                                 grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN})
 INVOKE = "/agents.v1.AgentService/Invoke"
+CHEAP_CHECK_HASHES = 256  # a voucher checked in at most this many SHA-256s (~0.2 ms)
 INVOKE_STREAM = "/agents.v1.AgentService/InvokeStream"
 
 
@@ -88,21 +89,25 @@ class PaidCallAdmitter:
 
     def admit(self, request: Any, context: grpc.ServicerContext, *, partial: bool
               ) -> Admission:
-        """Check the call's voucher and reserve its maximum (raises AgentmarketError)."""
+        """Check the call's voucher and reserve its maximum (raises AgentmarketError).
+
+        An unsigned call is the buyer's only if its word is genuine and new, so only such a
+        call draws from the buyer's rate-limit bucket (checked before anything is used): anyone
+        who learned the agreement id could otherwise spend the buyer's bucket with forged
+        vouchers and stall its calls. A voucher whose check costs more than
+        `CHEAP_CHECK_HASHES` first draws from the agreement's bucket for unproven calls, so
+        forgeries cannot buy unbounded hashing."""
         voucher = voucher_of(context.invocation_metadata())
         signed = bool(current_caller())
+        agreement = request.agreement_id
+        if not self.gate.known(agreement):
+            self.gate.admit(voucher, agreement, 0)  # raises NotFound / PaymentRequired
         if self.rate_limit is not None and not signed:
-            # unsigned: the agreement's buyer pays for it, so it draws from the buyer's bucket
-            known = self.gate.known(request.agreement_id)
-            payer = self.gate.body(request.agreement_id).buyer_id if known \
-                else f"agreement:{request.agreement_id}"
-            if not self.rate_limit(payer):
-                raise ResourceExhausted(f"agent {payer[:12]}… is over its rate limit; slow "
-                                        "down", reason="RATE_LIMITED")
-        if not self.gate.known(request.agreement_id):
-            self.gate.admit(voucher, request.agreement_id, 0)  # raises NotFound / PaymentRequired
-        admission = self.gate.admit(voucher, request.agreement_id,
-                                    self.reserve_of(request.agreement_id),
+            if self.gate.check_hashes(agreement, voucher) > CHEAP_CHECK_HASHES:
+                self._draw(f"unproven:{agreement}")
+            if self.gate.proves_payment(agreement, voucher):
+                self._draw(self.gate.body(agreement).buyer_id)
+        admission = self.gate.admit(voucher, agreement, self.reserve_of(agreement),
                                     call_id=request.call_id, partial=partial,
                                     fresh_word_required=self.require_auth and not signed)
         if admission.replay is None:
@@ -110,3 +115,9 @@ class PaidCallAdmitter:
             market_metrics().paid_calls.add(1, {"currency": terms.currency,
                                                 "skill": terms.skill})
         return admission
+
+    def _draw(self, subject: str) -> None:
+        assert self.rate_limit is not None
+        if not self.rate_limit(subject):
+            raise ResourceExhausted(f"{subject[:20]}… is over its rate limit; slow down",
+                                    reason="RATE_LIMITED")

@@ -28,6 +28,7 @@ from agents.payments import Admission
 from agents.skills import Skill
 from agents.v1 import agent_pb2
 from marketplace import agreements as ag
+from marketplace.errors import ReceiptLimit
 from marketplace.grpc_tracing import span_if_active
 from wallets import attributes as attr
 from wallets.grpc_errors import abort
@@ -38,7 +39,8 @@ if TYPE_CHECKING:
 MAX_INPUT_BYTES = 1024 * 1024
 log = logging.getLogger("agentmarket.seller")
 STOP_REASON_KEY = "agentmarket-stop-reason"
-STOP_NAMES = {agent_pb2.STOP_REASON_COMPLETE: "complete", agent_pb2.STOP_REASON_BUDGET: "budget"}
+STOP_NAMES = {agent_pb2.STOP_REASON_COMPLETE: "complete", agent_pb2.STOP_REASON_BUDGET: "budget",
+              agent_pb2.STOP_REASON_SIZE: "size"}
 
 
 class PaidCalls:
@@ -51,8 +53,8 @@ class PaidCalls:
         body = self.seller.gate.body(request.agreement_id)
         skill = self.seller.skills[body.terms.skill]
         self.seller.check_escrow(request.agreement_id)
-        if len(request.input_json) > MAX_INPUT_BYTES:
-            raise InvalidArgument(f"input is larger than {MAX_INPUT_BYTES} bytes")
+        if utf8_bytes_over(request.input_json, MAX_INPUT_BYTES):
+            raise InvalidArgument(f"input is larger than {MAX_INPUT_BYTES} bytes of UTF-8")
         try:
             arguments = json.loads(request.input_json)
             skill.input_validator.validate(arguments)
@@ -75,7 +77,13 @@ class PaidCalls:
 
     def _bill(self, request: agent_pb2.InvokeRequest, admission: Admission, meter: Meter,
               output_json: str) -> tuple[agent_pb2.Usage, Any]:
-        """The receipt for the billed usage (its charge is the terms' price of that usage)."""
+        """The receipt for the billed usage (its charge is the terms' price of that usage).
+        An output no receipt can carry is refused here, before anything is charged: a charged
+        call must stay redeemable (`marketplace.agreements.MAX_OUTPUT_BYTES`)."""
+        if utf8_bytes_over(output_json, ag.MAX_OUTPUT_BYTES):
+            raise ReceiptLimit(f"the answer is {len(output_json.encode())} bytes of JSON; a "
+                               f"receipt carries at most {ag.MAX_OUTPUT_BYTES}, so the call is "
+                               "refused and not charged")
         input_tokens, output_tokens, units = meter.billed()
         charge = meter.charge_atomic()
         receipt = ag.new_receipt(request.agreement_id, admission.sequence, output_json, charge,
@@ -169,7 +177,7 @@ class PaidCalls:
 
     def _end_stream(self, request: agent_pb2.InvokeRequest, admission: Admission, meter: Meter,
                     delivered: list[str], span: Any) -> tuple[agent_pb2.StreamChunk, int]:
-        stop = agent_pb2.STOP_REASON_BUDGET if meter.stopped else agent_pb2.STOP_REASON_COMPLETE
+        stop = meter.stopped or agent_pb2.STOP_REASON_COMPLETE
         output_json = json.dumps({"text": "".join(delivered)}, sort_keys=True)
         usage, receipt = self._bill(request, admission, meter, output_json)
         _set_span_usage(span, meter, usage.charged_atomic)
@@ -195,20 +203,39 @@ def _set_span_usage(span: Any, meter: Meter, charge: int) -> None:
                              "gen_ai.usage.output_tokens": meter.output_tokens})
 
 
+def utf8_bytes_over(text: str, limit_bytes: int) -> bool:
+    """Whether `text` takes more than `limit_bytes` in UTF-8 (a limit in bytes counts bytes:
+    700k 'é' are 1.4 MB). Encodes only when the character count cannot tell."""
+    if len(text) > limit_bytes:
+        return True
+    return len(text) * 4 > limit_bytes and len(text.encode()) > limit_bytes
+
+
+_EMPTY_STREAM_OUTPUT = len(json.dumps({"text": ""}))
+
+
 def _metered(pieces: Iterator[str], meter: Meter) -> Iterator[tuple[str, int]]:
     """Pieces of text with the charge once each is delivered; stops (and closes the skill's
-    generator, so an LLM stream is cancelled) before a piece would pass the call's reserve.
-    Token-priced output is the delivered text's token count; the meter keeps it."""
+    generator, so an LLM stream is cancelled) before a piece would pass the call's reserve
+    (`meter.stopped`: STOP_REASON_BUDGET), or make the output JSON larger than a receipt carries
+    (STOP_REASON_SIZE; JSON escapes each character on its own, so the sizes of the pieces add
+    up). Token-priced output is the delivered text's token count; the meter keeps it."""
     delivered = ""
-    meter.stopped = False
+    size = _EMPTY_STREAM_OUTPUT
+    meter.stopped = 0
     try:
         for piece in pieces:
             extra = meter.count_tokens(delivered + piece) if meter.tariff.unit == TOKENS else 0
             cost = meter.uncapped_charge_atomic(extra_output_tokens=extra)
             if cost > meter.reserve_atomic:
-                meter.stopped = True
+                meter.stopped = agent_pb2.STOP_REASON_BUDGET
+                break
+            piece_size = len(json.dumps(piece)) - 2
+            if size + piece_size > ag.MAX_OUTPUT_BYTES:
+                meter.stopped = agent_pb2.STOP_REASON_SIZE
                 break
             delivered += piece
+            size += piece_size
             yield piece, cost
     finally:
         close = getattr(pieces, "close", None)

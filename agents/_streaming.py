@@ -3,7 +3,8 @@
     stream = buyer.stream(deal, {"topic": "agents"}, max_atomic=budget)
     for piece in stream:
         print(piece, end="")
-    stream.stop_reason      # "complete", or "budget": the prepaid budget ran out first
+    stream.stop_reason      # "complete"; "budget": the prepaid budget ran out first; "size":
+                            # the output reached what a receipt carries (64 KiB of JSON)
     stream.end.receipt      # the seller's signed receipt for exactly what was delivered
 """
 

@@ -31,7 +31,8 @@ _APPROVAL_IN_TEXT = re.compile(r"approval ([0-9a-f]{16,64})")
 
 def find_approval(buyer: BuyerAgent, currency: str, spend_key: str,
                   details: str = "") -> wallet_pb2.Approval | None:
-    """The pending approval of the buyer's spend with idempotency key `spend_key`."""
+    """The pending approval of the buyer's spend with idempotency key `spend_key` (keys are
+    per spender: an approval a delegate's spend under the same key waits for is not it)."""
     wallet = buyer.wallet(currency)
     try:
         listed = buyer.wallets.ListApprovals(wallet_pb2.ListApprovalsRequest(
@@ -39,7 +40,8 @@ def find_approval(buyer: BuyerAgent, currency: str, spend_key: str,
     except grpc.RpcError:
         listed = None
     for approval in listed.approvals if listed else []:
-        if approval.spend_idempotency_key == spend_key:
+        if approval.spend_idempotency_key == spend_key and \
+                approval.spend_scope in (buyer.agent_id, ""):
             return approval
     match = _APPROVAL_IN_TEXT.search(details)
     return wallet_pb2.Approval(approval_id=match.group(1)) if match else None

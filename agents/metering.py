@@ -103,7 +103,7 @@ class Meter:
     output_tokens: int = 0
     units: int = 0
     model: str = ""
-    stopped: bool = False  # a stream stopped at the reserve
+    stopped: int = 0  # why a stream stopped early: an agents.v1 StopReason (0: it did not)
     token_counter: Callable[[str], int] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 

@@ -40,6 +40,7 @@ from agents.errors import (
 from agents.usage_journal import JournalAgreement, Pending, UsageJournal
 from agents.v1 import agent_pb2
 from marketplace import agreements as ag
+from marketplace.errors import ReceiptLimit
 from marketplace.identity import AgentKey
 from marketplace.payword import PaywordChain, verify_word
 from marketplace.v1 import agreement_pb2, settlement_pb2
@@ -164,6 +165,7 @@ class _Account:
     receipts: list[bytes] = field(default_factory=list)  # serialized Receipts, chain order
     chain_index: int = 0  # receipts chained so far
     chain_head: bytes = ag.CHAIN_GENESIS  # the last receipt's chain digest
+    chain_bytes: int = 0  # what the receipts add to the redeem (ag.receipt_bytes)
     calls: dict[str, _Call] = field(default_factory=dict)
     closed: bool = False
     redeemed: Any = None
@@ -205,6 +207,7 @@ class PaymentGate:
                 voucher = agreement_pb2.Voucher.FromString(call.voucher)
                 receipt = agreement_pb2.Receipt.FromString(call.receipt)
                 account.receipts.append(call.receipt)
+                account.chain_bytes += ag.receipt_bytes(receipt)
                 account.charged_atomic += receipt.charged_atomic
                 account.chain_index, account.chain_head = call.position, receipt.chain_sha256
                 account.calls[call.call_id] = _Call(
@@ -258,6 +261,9 @@ class PaymentGate:
             if call_id and call_id in account.calls:
                 return self._retry(agreement_id, account, voucher, call_id, reserve_atomic,
                                    partial)
+            if account.chain_index >= ag.MAX_RECEIPTS:  # before the voucher is taken
+                raise ReceiptLimit(f"the agreement has had its {ag.MAX_RECEIPTS} calls, all one "
+                                   "redeem can carry; it takes no more")
             self._check_new(account, voucher)
             if fresh_word_required and voucher.payword_index <= account.anchor_index:
                 raise InvalidVoucher("an unsigned call must reveal a new payword; sign calls "
@@ -332,8 +338,16 @@ class PaymentGate:
                 raise FailedPrecondition("a call cannot charge more than it reserved")
             index = account.chain_index + 1
             signer = self.key if index % ag.RECEIPT_SIGN_EVERY == 0 else None
-            account.chain_head = ag.chain_receipt(receipt, index, account.chain_head, signer)
-            account.chain_index = index
+            head = ag.chain_receipt(receipt, index, account.chain_head, signer)
+            size = ag.receipt_bytes(receipt)
+            if index > ag.MAX_RECEIPTS or \
+                    account.chain_bytes + size > ag.MAX_REDEEM_RECEIPTS_BYTES:
+                # refused before it is charged: every charged call stays redeemable
+                raise ReceiptLimit(f"this answer's receipt would take the agreement past what "
+                                   f"one redeem carries ({ag.MAX_RECEIPTS} receipts, "
+                                   f"{ag.MAX_REDEEM_RECEIPTS_BYTES} bytes); not charged")
+            account.chain_head, account.chain_index = head, index
+            account.chain_bytes += size
             response = respond(receipt)
             account.reserved_atomic -= call.reserve_atomic
             account.charged_atomic += receipt.charged_atomic
@@ -357,6 +371,25 @@ class PaymentGate:
 
     def unspent(self, agreement_id: str) -> int:
         return self._account(agreement_id).available_atomic
+
+    def check_hashes(self, agreement_id: str, voucher: agreement_pb2.Voucher | None) -> int:
+        """How many SHA-256s checking `voucher` would take (from the last word seen)."""
+        if voucher is None:
+            return 0
+        return max(0, voucher.payword_index - self._account(agreement_id).anchor_index)
+
+    def proves_payment(self, agreement_id: str, voucher: agreement_pb2.Voucher | None) -> bool:
+        """Whether `voucher` reveals a genuine word the seller has not seen: a pure check,
+        nothing is used (so a call can be rate-limited as the buyer's before it is admitted)."""
+        if voucher is None or voucher.agreement_id != agreement_id:
+            return False
+        account = self._account(agreement_id)
+        with account.lock:
+            try:
+                self._check_new(account, voucher)
+            except (InvalidVoucher, BudgetExceeded):
+                return False
+            return voucher.payword_index > account.anchor_index
 
     def redeemable(self, agreement_id: str) -> tuple[agreement_pb2.Voucher | None,
                                                       list[agreement_pb2.Receipt]]:

@@ -131,7 +131,7 @@ class RawLedger:
         request = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
         result = orjson.dumps({"sequence": self.sequence, "hash": digest, "legs": [
             {"account_id": leg.account_id, "posted_atomic": leg.posted_atomic} for leg in legs]})
-        record = (key, "transfer", request, "ok", result.decode(), now_ms)
+        record = ("anonymous", key, "transfer", request, "ok", result.decode(), now_ms)
         return posting, entries, record
 
     def _write(self, batch: list[tuple[Any, ...]]) -> None:
@@ -140,8 +140,9 @@ class RawLedger:
         records = [r for _, _, r in batch]
         db = self.db
         db.execute("BEGIN IMMEDIATE")
-        keys = [r[0] for r in records]
-        assert not db.execute(f"SELECT key FROM idempotency_keys WHERE key IN "
+        keys = [r[1] for r in records]
+        assert not db.execute(f"SELECT key FROM idempotency_keys WHERE scope = 'anonymous' AND "
+                              f"operation = 'transfer' AND key IN "
                               f"({','.join('?' * len(keys))})", keys).fetchall()
         db.executemany("INSERT INTO ledger_postings (sequence, idempotency_key, kind, hold_id, "
                        "created_at_ms, trace_id, span_id, memo, prev_hash, hash) "
@@ -153,8 +154,9 @@ class RawLedger:
         db.executemany("UPDATE ledger_accounts SET posted_credits_atomic = ?, "
                        "posted_debits_atomic = ? WHERE id = ?",
                        [(*self.balances[a], a) for a in sorted(touched)])
-        db.executemany("INSERT INTO idempotency_keys (key, operation, request_digest, outcome, "
-                       "result_json, created_at_ms) VALUES (?, ?, ?, ?, ?, ?)", records)
+        db.executemany("INSERT INTO idempotency_keys (scope, key, operation, request_digest, "
+                       "outcome, result_json, created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       records)
         db.execute("UPDATE ledger_head SET sequence = ?, hash = ? WHERE id = 1",
                    (self.sequence, self.hash))
         db.execute("COMMIT")

@@ -9,6 +9,7 @@ from marketplace.errors import (
     IllegalTransition,
     InvalidVoucher,
     OfferExpired,
+    ReceiptLimit,
     VerifierUnavailable,
 )
 from marketplace.identity import AgentKey, verify
@@ -34,6 +35,7 @@ __all__ = [
     "Negotiation",
     "OfferExpired",
     "PaywordChain",
+    "ReceiptLimit",
     "Registry",
     "Settlement",
     "SpanStore",

@@ -18,9 +18,9 @@ party can check later. These rules are about the transport identity of the reque
 `marketplace.auth` verified. Why at the edge and not in `Settlement`: see `wallets.access`;
 the facts they read (an agreement's parties, a listing's agent) never change once written.
 
-`RESERVED_KEY_PREFIXES`: the idempotency keys of the node's own sweeps, which no caller may use
-first (a buyer who sent any request keyed `auto-release:<agreement>` would stop the sweep from
-ever paying the seller, and get the money back when the hold ran out).
+Idempotency keys need no rule here: each caller's keys are its own (`wallets._idempotency`), and
+the node's sweeps keep theirs where no caller writes, so a buyer who sends a request keyed
+`auto-release:<agreement>` changes nothing for the sweep that pays the seller.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ from wallets.errors import Forbidden, InvalidArgument
 REGISTRY = "marketplace.v1.RegistryService"
 SETTLEMENT = "marketplace.v1.SettlementService"
 ARBITRATION = "marketplace.v1.ArbitrationService"
-RESERVED_KEY_PREFIXES = ("auto-release:", "expire-agreement:")
 
 
 def _short(agent_id: str) -> str:

@@ -18,7 +18,12 @@ from marketplace.payword import MAX_CHAIN_LENGTH
 from marketplace.v1 import agreement_pb2, registry_pb2, settlement_pb2, verifier_pb2
 from wallets.currencies import MAX_AMOUNT_ATOMIC, currency
 
-MAX_OUTPUT_BYTES = 64 * 1024
+# What one redeem carries, and so what a seller may answer and charge (the seller enforces
+# these before it books a charge, `agents.payments.PaymentGate`; Redeem refuses past them):
+MAX_OUTPUT_BYTES = 64 * 1024  # one receipt's output: UTF-8 bytes of its JSON text
+MAX_RECEIPTS = 10_000  # receipts in one agreement's chain
+MAX_REDEEM_RECEIPTS_BYTES = 3 * 1024 * 1024  # the serialized receipts of one redeem
+RECEIPT_FRAMING_BYTES = 8  # a repeated field's tag and length, at most, around each receipt
 MAX_DISPUTE_WINDOW_S = 7 * 24 * 3600
 MAX_COMPLETION_S = 21 * 24 * 3600  # + dispute window + grace stays within a hold's 30 days
 MAX_RUBRIC = 4000
@@ -178,6 +183,11 @@ def make_receipt(key: AgentKey, agreement: str, sequence: int, output_json: str,
     return receipt
 
 
+def receipt_bytes(receipt: agreement_pb2.Receipt) -> int:
+    """What a receipt adds to a redeem request (counted against MAX_REDEEM_RECEIPTS_BYTES)."""
+    return receipt.ByteSize() + RECEIPT_FRAMING_BYTES
+
+
 def check_receipt(receipt: agreement_pb2.Receipt, seller_id: str, *,
                   signature: bool = True) -> None:
     """One receipt on its own: size, output hash, chain digest, and (if it carries one and
@@ -255,10 +265,12 @@ def dispute_message(agreement: str, reason: str,
     return request_message("dispute", agreement, reason, evidence_digest(evidence))
 
 
-def verdict_message(agreement: str, verdicts: list[verifier_pb2.ReceiptVerdict]) -> bytes:
-    """What a third-party verifier signs: its pass/fail for each receipt, in order."""
+def verdict_message(agreement: str, receipts: list[agreement_pb2.Receipt],
+                    verdicts: list[verifier_pb2.ReceiptVerdict]) -> bytes:
+    """What a third-party verifier signs: the receipts it judged (their digest, so a verdict
+    cannot be passed off as one about other outputs) and its pass/fail for each, in order."""
     parts = "".join(f"{v.sequence}:{int(v.passed)}|" for v in verdicts)
-    return f"verdict|{agreement}|{parts}".encode()
+    return f"verdict|{agreement}|{receipts_digest(receipts)}|{parts}".encode()
 
 
 def resolve_message(agreement: str, outcome: int, seller_atomic: int, note: str) -> bytes:

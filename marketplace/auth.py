@@ -37,7 +37,7 @@ from marketplace.identity import AgentKey, verify
 from wallets.access import Rule
 from wallets.caller import calling_as, current_caller
 from wallets.errors import AgentmarketError, Forbidden, ResourceExhausted, Unauthenticated
-from wallets.grpc_errors import _rich_status, abort
+from wallets.grpc_errors import _rich_status, abort, abort_internal
 
 __all__ = ["AGENT_KEY", "NONCE_KEY", "SIGNATURE_KEY", "TIMESTAMP_KEY", "AccessInterceptor",
            "AuthServerInterceptor", "SigningClientInterceptor", "channel_credentials",
@@ -353,7 +353,6 @@ class AccessInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     `AuthServerInterceptor` (it reads the caller it set) and the malformed-request check."""
 
     def __init__(self, rules: Mapping[str, Rule], services: Iterable[str],
-                 reserved_key_prefixes: Iterable[str] = (),
                  anonymous_methods: Iterable[str] = ()) -> None:
         """`anonymous_methods`: full method paths an unsigned call may reach without a rule,
         because the method itself checks the proof such a call carries (a paid Invoke's fresh
@@ -361,30 +360,14 @@ class AccessInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         authenticated caller."""
         self.rules = dict(rules)
         self.services = tuple(f"/{s}/" for s in services)
-        self.reserved = tuple(reserved_key_prefixes)
         self.anonymous = frozenset(anonymous_methods)
 
     @classmethod
     def of(cls, tables: Mapping[str, Mapping[str, Rule]],
-           reserved_key_prefixes: Iterable[str] = (),
            anonymous_methods: Iterable[str] = ()) -> AccessInterceptor:
         """From service name -> method name -> rule."""
         return cls({f"/{service}/{method}": rule for service, methods in tables.items()
-                    for method, rule in methods.items()}, tables, reserved_key_prefixes,
-                   anonymous_methods)
-
-    def _check_keys(self, request: Any) -> None:
-        """Refuse idempotency keys in the node's own namespace (see `wallets.access`)."""
-        if not self.reserved:
-            return
-        fields = getattr(getattr(request, "DESCRIPTOR", None), "fields_by_name", {})
-        keys = [request.idempotency_key] if "idempotency_key" in fields else []
-        keys += [r.idempotency_key for r in getattr(request, "redeems", ())]
-        for key in keys:
-            if key.startswith(self.reserved):
-                raise Forbidden("reserved-idempotency-key", f"idempotency keys starting with "
-                                                            f"{', '.join(self.reserved)} are "
-                                                            "the node's own")
+                    for method, rule in methods.items()}, tables, anonymous_methods)
 
     def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
         handler = continuation(details)
@@ -403,10 +386,11 @@ class AccessInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 try:
                     if not caller and details.method not in self.anonymous:
                         raise Unauthenticated("this call needs an authenticated caller")
-                    self._check_keys(request)
                     rule(caller, request)
                 except AgentmarketError as error:
                     abort(context, error)
+                except Exception:  # a rule's own failure: INTERNAL, never its text
+                    abort_internal(context, f"access rule of {details.method}")
 
             def run(request: Any, context: grpc.ServicerContext) -> Any:
                 check(request, context)

@@ -140,7 +140,8 @@ class Disputes:
         row = read_row(s.engine, agreement)
         frozen = row.earned_atomic
         if outcome == Outcome.DISPUTE_OUTCOME_SPLIT and not 0 < seller_atomic < frozen:
-            raise InvalidArgument(f"a split gives the seller 1..{frozen - 1} atomic units")
+            raise FailedPrecondition(f"a split gives the seller 1..{frozen - 1} atomic units of "
+                                     f"the {frozen} frozen", reason="SPLIT_OUT_OF_RANGE")
         seller_gross = {Outcome.DISPUTE_OUTCOME_SELLER: frozen,
                         Outcome.DISPUTE_OUTCOME_BUYER: 0}.get(outcome, seller_atomic)
         parties = s._parties(row)

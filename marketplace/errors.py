@@ -4,7 +4,8 @@
     ├── BadSignature            BAD_SIGNATURE            a signature does not verify
     └── InvalidVoucher          INVALID_VOUCHER          forged, replayed, another agreement's
     ResourceExhausted
-    └── BudgetExceeded          BUDGET_EXCEEDED          past the agreement's maximum
+    ├── BudgetExceeded          BUDGET_EXCEEDED          past the agreement's maximum
+    └── ReceiptLimit            RECEIPT_LIMIT            an answer a redeem could not carry
     FailedPrecondition
     ├── IllegalTransition       ILLEGAL_TRANSITION       the agreement's state forbids it
     ├── OfferExpired            OFFER_EXPIRED            the accepted offer has lapsed
@@ -50,6 +51,14 @@ class BudgetExceeded(ResourceExhausted):
     """A call that would take the agreement past its maximum total."""
 
     reason = "BUDGET_EXCEEDED"
+
+
+class ReceiptLimit(ResourceExhausted):
+    """An answer whose receipt would not fit the agreement's redeem (its output past
+    `MAX_OUTPUT_BYTES`, the chain past `MAX_RECEIPTS` receipts or `MAX_REDEEM_RECEIPTS_BYTES`):
+    the seller refuses it before charging, so every charged call stays redeemable."""
+
+    reason = "RECEIPT_LIMIT"
 
 
 class IllegalTransition(FailedPrecondition):
@@ -109,6 +118,7 @@ __all__ = [
     "NotFound",
     "OfferExpired",
     "PermissionDenied",
+    "ReceiptLimit",
     "ResourceExhausted",
     "SchemaViolation",
     "TermsMismatch",

@@ -75,8 +75,9 @@ def check_offer(rfq: agreement_pb2.Rfq, offer: agreement_pb2.Offer, *, now_ms: i
     """An offer (or counter-offer) that may be made now as round `expected_round`."""
     if offer.rfq_id != rfq.rfq_id:
         raise InvalidArgument("the offer is for another RFQ")
-    if offer.round != expected_round:
-        raise InvalidArgument(f"expected round {expected_round}, got {offer.round}")
+    if offer.round != expected_round:  # well formed, but not this negotiation's next round
+        raise FailedPrecondition(f"expected round {expected_round}, got {offer.round}",
+                                 reason="OUT_OF_TURN")
     if offer.round > rfq.max_rounds:
         raise FailedPrecondition(f"the negotiation allows {rfq.max_rounds} rounds")
     check_agent_id(offer.from_id, "from_id")

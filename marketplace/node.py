@@ -35,7 +35,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.trace import TracerProvider
 
-from marketplace.access import RESERVED_KEY_PREFIXES as MARKET_RESERVED_KEYS
+from marketplace import agreements as ag
 from marketplace.access import MarketplaceAccess
 from marketplace.auth import AccessInterceptor, AuthServerInterceptor
 from marketplace.checkers import Checker, CheckerRegistry
@@ -56,9 +56,9 @@ from marketplace.v1 import (
 )
 from marketplace.verification import Verification
 from marketplace.verifier_agent import GrpcVerifierClient
-from wallets.access import RESERVED_KEY_PREFIXES as WALLET_RESERVED_KEYS
 from wallets.access import SERVICE as WALLET_SERVICE
 from wallets.access import Principals, WalletAccess
+from wallets.errors import InvalidArgument
 from wallets.fx import FxProvider
 from wallets.grpc_errors import MalformedRequestInterceptor
 from wallets.ledger import Ledger
@@ -73,6 +73,11 @@ if TYPE_CHECKING:
     from marketplace.http import HttpServer
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# A redeem must always fit: the receipts a seller may charge for (MAX_REDEEM_RECEIPTS_BYTES)
+# and room for the rest of the request.
+MIN_MESSAGE_BYTES = ag.MAX_REDEEM_RECEIPTS_BYTES + 1024 * 1024
+# A dispute's record holds the delivery (up to a redeem's receipts) and the buyer's evidence.
+MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 
 
 class MarketplaceNode:
@@ -93,8 +98,13 @@ class MarketplaceNode:
         currencies in discovery (`convert_currencies`). Security options: see the module
         docstring; `rate_limit_*`: each agent's token bucket; `auth_skew_s`: how far a signed
         request's timestamp may be from this node's clock; `max_message_bytes`: the largest
-        request accepted (larger: RESOURCE_EXHAUSTED from gRPC). HTTP options: see the module
-        docstring; `http_tls`: (certificate chain, private key) PEM files to serve HTTPS."""
+        request accepted (larger: RESOURCE_EXHAUSTED from gRPC), at least MIN_MESSAGE_BYTES so
+        that every redeem a seller may send fits. HTTP options: see the module docstring;
+        `http_tls`: (certificate chain, private key) PEM files to serve HTTPS."""
+        if max_message_bytes < MIN_MESSAGE_BYTES:
+            raise InvalidArgument(f"max_message_bytes must be at least {MIN_MESSAGE_BYTES}: "
+                                  "smaller, a seller's redeem of calls it was paid for could "
+                                  "be refused")
         self._console_key = (console.key or AgentKey.generate()) if console else None
         if self._console_key is not None:
             operator_ids = (*operator_ids, self._console_key.agent_id)
@@ -125,7 +135,7 @@ class MarketplaceNode:
             interceptors=[MalformedRequestInterceptor(), server_interceptor(tracer_provider),
                           self.auth, *self._access()],
             options=[("grpc.max_receive_message_length", max_message_bytes),
-                     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)],
+                     ("grpc.max_send_message_length", MAX_RESPONSE_BYTES)],
         )
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(
             RegistryServicer(self.registry), self.server)
@@ -165,8 +175,7 @@ class MarketplaceNode:
         tables = MarketplaceAccess(self.settlement, principals,
                                    self.settlement.disputes.arbiters).rules()
         tables[WALLET_SERVICE] = WalletAccess(self.wallets, principals).rules()
-        self.access = AccessInterceptor.of(tables, (*WALLET_RESERVED_KEYS,
-                                                    *MARKET_RESERVED_KEYS))
+        self.access = AccessInterceptor.of(tables)
         return [self.access]
 
     def _http_setup(self, console: ConsoleOptions | None, tracer_provider: Any,

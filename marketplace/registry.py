@@ -63,8 +63,8 @@ def check_schema(text: str, field: str) -> None:
     are remembered (sellers re-advertise the same schemas), so re-checking costs a lookup."""
     if not text:
         return
-    if len(text) > MAX_SCHEMA_BYTES:
-        raise InvalidArgument(f"{field} is larger than {MAX_SCHEMA_BYTES} bytes")
+    if len(text) > MAX_SCHEMA_BYTES or len(text.encode()) > MAX_SCHEMA_BYTES:
+        raise InvalidArgument(f"{field} is larger than {MAX_SCHEMA_BYTES} bytes of UTF-8")
     problem = _schema_problem(text)
     if problem:
         raise SchemaViolation(f"{field} is not a valid JSON Schema: {problem}")

@@ -65,6 +65,7 @@ from marketplace.reputation import record_outcome
 from marketplace.v1 import agreement_pb2, dispute_pb2, registry_pb2, settlement_pb2
 from marketplace.verification import Verification
 from wallets import attributes as attr
+from wallets.caller import NODE_SCOPE
 from wallets.currencies import split
 from wallets.errors import AgentmarketError, InsufficientFunds
 from wallets.guard import SpendContext
@@ -75,7 +76,7 @@ from wallets.models import Transfer
 MARKETPLACE_OWNER = "marketplace"
 DISPUTE_ACCOUNT_KIND = "escrow"
 HOLD_GRACE_S = 3600
-MAX_RECEIPTS = 10_000
+MAX_RECEIPTS = ag.MAX_RECEIPTS
 MAX_BATCH = 100
 SWEEP_LIMIT = 1000
 BUYER_ACCEPTANCE = registry_pb2.VERIFICATION_METHOD_BUYER_ACCEPTANCE
@@ -449,6 +450,7 @@ class Settlement:
         return moved
 
     def _sweep_one(self, row: Any) -> None:
+        """Its key is the node's own (NODE_SCOPE): no party can have used it first."""
         parties = self._parties(row)
         expire = row.state == st.ACTIVE
         key = f"{'expire-agreement' if expire else 'auto-release'}:{row.agreement_id}"
@@ -459,7 +461,8 @@ class Settlement:
             else:
                 self.release_in(conn, key, row.agreement_id, "release", parties)
 
-        self.ledger.mutate(key, "sweep", {"agreement": row.agreement_id}, apply, same, same)
+        self.ledger.mutate(key, "sweep", {"agreement": row.agreement_id}, apply, same, same,
+                           scope=NODE_SCOPE)
 
     def _expire_in(self, conn: Connection, key: str, agreement: str) -> None:
         row = locked_row(conn, agreement)

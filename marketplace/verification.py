@@ -169,7 +169,7 @@ class Verification:
         if (response.agreement_id != agreement
                 or [v.sequence for v in verdicts] != [r.sequence for r in receipts]):
             raise VerifierUnavailable("the verifier's answer does not match the receipts")
-        if not verify(verifier.agent_id, ag.verdict_message(agreement, verdicts),
+        if not verify(verifier.agent_id, ag.verdict_message(agreement, receipts, verdicts),
                       response.verifier_signature):
             raise VerifierUnavailable("the verifier's verdict is not signed by its key")
         for result, verdict in zip(results, verdicts, strict=True):

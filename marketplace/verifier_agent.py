@@ -15,6 +15,7 @@ pays the seller (or, if the work fails, in the posting that refunds the buyer).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from collections import OrderedDict
@@ -51,7 +52,8 @@ class VerifierAgent:
         self.check = check
         self.key = key or AgentKey.generate()
         self.agent_id = self.key.agent_id
-        self._answers: OrderedDict[str, verifier_pb2.VerifyResponse] = OrderedDict()
+        self._answers: OrderedDict[tuple[str, str], verifier_pb2.VerifyResponse] = \
+            OrderedDict()
         self._lock = threading.Lock()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8),
                                   interceptors=[server_interceptor(tracer_provider)],
@@ -71,8 +73,14 @@ class VerifierAgent:
         self.server.stop(grace_s).wait()
 
     def verify(self, request: verifier_pb2.VerifyRequest) -> verifier_pb2.VerifyResponse:
+        """Judge the receipts and sign the verdicts. A retry (the same key *and* the same
+        request) gets the first answer; the key alone never names an answer, or anyone who
+        knows the marketplace's key (`verify:<agreement>:<digest>`) could plant a verdict on
+        other outputs under it before the marketplace asks."""
+        remembered = (request.idempotency_key,
+                      hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest())
         with self._lock:
-            known = self._answers.get(request.idempotency_key)
+            known = self._answers.get(remembered)
         if known is not None:
             return known
         body = ag.parse_body(request.agreement)
@@ -93,10 +101,10 @@ class VerifierAgent:
                                                         passed=bool(passed), reason=reason[:500]))
         response = verifier_pb2.VerifyResponse(
             agreement_id=request.agreement_id, verdicts=verdicts,
-            verifier_signature=self.key.sign(ag.verdict_message(request.agreement_id,
-                                                                verdicts)))
+            verifier_signature=self.key.sign(ag.verdict_message(
+                request.agreement_id, list(request.receipts), verdicts)))
         with self._lock:
-            self._answers[request.idempotency_key] = response
+            self._answers[remembered] = response
             while len(self._answers) > MAX_REMEMBERED:
                 self._answers.popitem(last=False)
         return response

@@ -37,7 +37,7 @@ from marketplace.node import MarketplaceNode
 from marketplace.testing import make_listing, make_skill
 from marketplace.v1 import registry_pb2, registry_pb2_grpc
 from wallets.caller import current_caller
-from wallets.errors import ResourceExhausted, Unauthenticated
+from wallets.errors import InvalidArgument, ResourceExhausted, Unauthenticated
 from wallets.grpc_errors import error_reason
 from wallets.v1 import wallet_pb2, wallet_pb2_grpc
 
@@ -227,11 +227,12 @@ def test_requests_above_the_message_size_are_refused_by_grpc_and_big_fields_by_t
         tmp_path):
     key = AgentKey.generate()
     options = [("grpc.max_send_message_length", 16 * 1024 * 1024)]
-    with MarketplaceNode(f"sqlite:///{tmp_path / 'm.db'}", sweep_interval_s=3600,
-                         max_message_bytes=256 * 1024) as node, \
+    with pytest.raises(InvalidArgument):  # smaller, a seller's paid-for redeem could not fit
+        MarketplaceNode(f"sqlite:///{tmp_path / 'small.db'}", max_message_bytes=256 * 1024)
+    with MarketplaceNode(f"sqlite:///{tmp_path / 'm.db'}", sweep_interval_s=3600) as node, \
             signed_channel(node.address, key, options=options) as channel:
         registry = registry_pb2_grpc.RegistryServiceStub(channel)
-        big = make_skill("echo", description="x" * 300 * 1024)
+        big = make_skill("echo", description="x" * 5 * 1024 * 1024)
         with pytest.raises(grpc.RpcError) as too_big:
             registry.Advertise(registry_pb2.AdvertiseRequest(
                 idempotency_key="a1", listing=make_listing(key, big)), timeout=5)

@@ -153,7 +153,7 @@ def test_refusals_change_nothing(market: Harness):
     market.redeem(other, [OK, OK])
     market.dispute(other)
     _refused(market, lambda: market.resolve(other, Outcome.DISPUTE_OUTCOME_SPLIT, 2 * PRICE),
-             "INVALID_ARGUMENT", "INVALID_ARGUMENT")  # a split gives each side something
+             "FAILED_PRECONDITION", "SPLIT_OUT_OF_RANGE")  # a split gives each side something
     note, seller = "mine", Outcome.DISPUTE_OUTCOME_SELLER
     _refused(market, lambda: market.settlement.resolve_dispute(
         "r-stranger", other.agreement_id, seller, 0, note, stranger.agent_id,

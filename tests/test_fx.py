@@ -14,13 +14,13 @@ from tests.conftest import FakeClock
 from wallets import audit
 from wallets.errors import (
     AgentmarketError,
-    FailedPrecondition,
     IdempotencyConflict,
     InsufficientFunds,
     InvalidAmount,
     InvalidArgument,
     NotFound,
     QuoteExpired,
+    Unavailable,
     UnknownCurrency,
 )
 from wallets.fx import FixedRateProvider, FxDesk, FxQuote, convert_amount
@@ -228,6 +228,6 @@ def test_a_misbehaving_provider_is_refused(wallets: WalletService):
         def quote(self, from_code: str, to_code: str, now_ms: int) -> FxQuote:
             return FxQuote("b", from_code, to_code, 0, 2**63, self.name, now_ms, now_ms)
 
-    with pytest.raises(FailedPrecondition) as caught:
+    with pytest.raises(Unavailable) as caught:  # the provider's fault: retry later
         FxDesk(wallets.ledger, Broken()).get_quote(key(), "USD", "ECNY")
     assert caught.value.reason == "BAD_FX_QUOTE" and "rate terms" in caught.value.message

@@ -16,9 +16,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from sqlalchemy import update
 
 from wallets import audit
+from wallets.caller import ANONYMOUS_SCOPE
 from wallets.currencies import MAX_AMOUNT_ATOMIC, currency
 from wallets.errors import (
     HoldClosed,
+    HoldExceeded,
     IdempotencyConflict,
     InsufficientFunds,
     InvalidAmount,
@@ -29,6 +31,7 @@ from wallets.errors import (
 )
 from wallets.ledger import ENTRIES, POSTINGS, Ledger
 from wallets.models import Balance, Transfer
+from wallets.rails import payout_reference
 from wallets.service import WalletService
 
 USD = currency("USD")
@@ -301,14 +304,17 @@ def test_capture_above_the_hold_is_refused(wallets: WalletService) -> None:
     hold = ledger.hold("h", alice, bob, usd("5"), timeout_s=60)
     ledger.capture("c1", hold.hold_id, usd("4"))
     before = snapshot(ledger)
-    with pytest.raises(InvalidAmount):
+    with pytest.raises(HoldExceeded) as exceeded:  # well formed: the hold's state refuses it
         ledger.capture("c2", hold.hold_id, usd("1") + 1)
+    assert exceeded.value.status == "FAILED_PRECONDITION"
     with pytest.raises(InvalidAmount):
         ledger.capture("c3", hold.hold_id, usd("1"), splits=[(bob, usd("2"))])
     with pytest.raises(InvalidAmount):
         ledger.capture("c4", hold.hold_id, 0)
     assert snapshot(ledger) == before
-    ledger.capture("c2", hold.hold_id, usd("1"))  # a refused request's key stays free
+    with pytest.raises(HoldExceeded):  # a state refusal is the key's outcome: replayed
+        ledger.capture("c2", hold.hold_id, usd("1") + 1)
+    ledger.capture("c3", hold.hold_id, usd("1"))  # a malformed request's key stays free
     assert ledger.get_hold(hold.hold_id).status == "captured"
 
 
@@ -507,7 +513,8 @@ def test_retry_of_a_deposit_and_a_withdrawal(wallets: WalletService) -> None:
     out = wallets.withdraw("w", alice, usd("2"), "USD")
     assert wallets.withdraw("w", alice, usd("2"), "USD") == out
     assert ledger.balance(alice).available_atomic == usd("3")
-    assert wallets.rails["sandbox-usd"].payouts == {"w": usd("2")}
+    reference = payout_reference(ANONYMOUS_SCOPE, "w")  # one payout per (caller, key)
+    assert wallets.rails["sandbox-usd"].payouts == {reference: usd("2")}
 
 
 def test_retry_of_holds_captures_and_voids(wallets: WalletService) -> None:
@@ -556,8 +563,6 @@ def test_same_key_different_request_conflicts(wallets: WalletService) -> None:
         lambda: ledger.transfer("t", alice, bob, usd("2")),
         lambda: ledger.transfer("t", bob, alice, usd("1")),
         lambda: ledger.transfer("t", alice, bob, usd("1"), memo="other"),
-        lambda: ledger.hold("t", alice, bob, usd("1"), timeout_s=60),
-        lambda: wallets.deposit("t", alice, usd("1"), "USD"),
         lambda: ledger.transfer("failed", alice, bob, usd("1")),
     ]
     for call in conflicting:
@@ -565,6 +570,8 @@ def test_same_key_different_request_conflicts(wallets: WalletService) -> None:
             call()
         assert caught.value.reason == "IDEMPOTENCY_KEY_REUSED"
     assert snapshot(ledger) == before
+    # A key names a request within its operation: a hold under "t" is a request of its own.
+    assert ledger.hold("t", alice, bob, usd("1"), timeout_s=60).amount_atomic == usd("1")
 
 
 def test_idempotency_keys_are_required_and_bounded(wallets: WalletService) -> None:
@@ -586,7 +593,8 @@ def test_withdraw_rounds_down_to_the_rail_and_keeps_the_remainder(wallets: Walle
     assert posting.kind == "withdrawal"
     assert {leg.posted_atomic for leg in posting.legs} == {-usd("1.23"), usd("1.23")}
     assert ledger.balance(alice).available_atomic == usd("8.77")
-    assert wallets.rails["sandbox-usd"].payouts == {"w": usd("1.23")}
+    assert wallets.rails["sandbox-usd"].payouts == {
+        payout_reference(ANONYMOUS_SCOPE, "w"): usd("1.23")}
     with pytest.raises(InvalidAmount):
         wallets.withdraw("w-tiny", alice, usd("0.009999999"), "USD")
     with pytest.raises(InsufficientFunds):

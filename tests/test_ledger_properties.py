@@ -39,6 +39,7 @@ from wallets.currencies import currency
 from wallets.errors import (
     AgentmarketError,
     HoldClosed,
+    HoldExceeded,
     IdempotencyConflict,
     InsufficientFunds,
     InvalidAmount,
@@ -100,6 +101,10 @@ class Recorded:
     key: str
     call: Callable[[], Any]
     outcome: Any  # the result, or the error raised
+    rule: str = ""  # the rule that made the call
+
+
+TRANSFER_RULES = ("transfer", "linked")  # their requests are the ledger's "transfer" operation
 
 
 class LedgerMachine(RuleBasedStateMachine):
@@ -153,10 +158,10 @@ class LedgerMachine(RuleBasedStateMachine):
         except AgentmarketError as error:
             assert expected is not None and isinstance(error, expected), (error, expected)
             if not isinstance(error, InvalidArgument):
-                self.recorded.append(Recorded(key, call, error))
+                self.recorded.append(Recorded(key, call, error, operation))
             return None
         assert expected is None, f"expected {expected.__name__}, got {outcome}"
-        self.recorded.append(Recorded(key, call, outcome))
+        self.recorded.append(Recorded(key, call, outcome, operation))
         return outcome
 
     def expected_for_transfers(self, transfers: list[tuple[str, str, int]]) -> type | None:
@@ -326,7 +331,7 @@ class LedgerMachine(RuleBasedStateMachine):
         elif hold.status != "open":
             expected = HoldClosed
         elif amount > open_amount:
-            expected = InvalidAmount
+            expected = HoldExceeded
         else:
             expected = None
         key = next(self.keys)
@@ -386,11 +391,13 @@ class LedgerMachine(RuleBasedStateMachine):
             return
         assert again == first.outcome
 
-    @precondition(lambda self: self.recorded)
+    @precondition(lambda self: any(r.rule in TRANSFER_RULES for r in self.recorded))
     @rule(data=st.data())
     def conflicting_retry(self, data: st.DataObject) -> None:
-        """The same key for a different request is refused and changes nothing."""
-        first = data.draw(st.sampled_from(self.recorded), label="reused")
+        """The same key for a different transfer is refused and changes nothing (a key names a
+        request within its operation: under another one it is another request)."""
+        first = data.draw(st.sampled_from([r for r in self.recorded
+                                           if r.rule in TRANSFER_RULES]), label="reused")
         try:
             self.ledger.transfer(first.key, self.ids["alice"], self.ids["bob"], 1,
                                  memo="a different request")

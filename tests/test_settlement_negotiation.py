@@ -57,7 +57,7 @@ def test_offers_counter_offers_and_acceptance():
 
 def test_rounds_turns_and_deadline_are_bounded():
     talk = Negotiation.start(_rfq(max_rounds=2), NOW)
-    _refused("INVALID_ARGUMENT", lambda: talk.offer(_offer(2, SELLER), NOW))  # skips round 1
+    _refused("OUT_OF_TURN", lambda: talk.offer(_offer(2, SELLER), NOW))  # skips round 1
     talk.offer(_offer(1, SELLER), NOW)
     _refused("ILLEGAL_TRANSITION", lambda: talk.offer(_offer(2, SELLER), NOW))  # not its turn
     talk.offer(_offer(2, BUYER), NOW)

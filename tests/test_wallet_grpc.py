@@ -385,7 +385,7 @@ BAD_REQUESTS = {
         idempotency_key=new_key(), hold_id=w.voided_hold_id)), PRECONDITION, "HOLD_CLOSED",
         "already voided"),
     # captures that do not fit the hold
-    "capture-above-hold": Bad(capture(usd("0.31")), INVALID, "INVALID_AMOUNT",
+    "capture-above-hold": Bad(capture(usd("0.31")), PRECONDITION, "HOLD_EXCEEDED",
                               "exceeds the 300000000 still held"),
     "capture-splits-not-summing": Bad(
         capture(usd("0.10"), splits=lambda w: [(w.seller, usd("0.09"))]), INVALID,
@@ -409,8 +409,9 @@ BAD_REQUESTS = {
                                  "INVALID_ARGUMENT", "longer than"),
     "deposit-key-reused-other-amount": Bad(deposit(usd("2.00"), key=FUNDING_KEY), EXISTS,
                                            "IDEMPOTENCY_KEY_REUSED", "already used"),
-    "transfer-key-reused-from-deposit": Bad(transfer(usd("1.00"), key=FUNDING_KEY), EXISTS,
-                                            "IDEMPOTENCY_KEY_REUSED", "already used"),
+    "deposit-key-reused-other-wallet": Bad(deposit(usd("1.00"), key=FUNDING_KEY,
+                                                   account=lambda w: w.seller), EXISTS,
+                                           "IDEMPOTENCY_KEY_REUSED", "already used"),
     # other malformed requests
     "transfer-to-itself": Bad(transfer(usd("0.01"), credit=lambda w: w.buyer), INVALID,
                               "INVALID_ARGUMENT", "must differ"),

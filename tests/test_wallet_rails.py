@@ -9,11 +9,17 @@ import pytest
 
 from tests.conftest import FakeClock
 from wallets import audit
+from wallets.caller import ANONYMOUS_SCOPE
 from wallets.currencies import currency
 from wallets.errors import InvalidArgument, PolicyDenied
 from wallets.ledger import Ledger
 from wallets.policies import Policy
-from wallets.rails import MAX_SETTLEMENT_DELAY_S, SETTLEMENT_GRACE_S, SandboxRail
+from wallets.rails import (
+    MAX_SETTLEMENT_DELAY_S,
+    SETTLEMENT_GRACE_S,
+    SandboxRail,
+    payout_reference,
+)
 from wallets.service import WalletService
 
 USD = currency("USD")
@@ -62,7 +68,8 @@ def test_zero_delay_pays_out_at_once(wallets: WalletService):
     wallets.deposit(key(), account, USD.atomic("1.00"), "USD")
     k = key()
     assert wallets.withdraw(k, account, USD.atomic("0.25"), "USD").kind == "withdrawal"
-    assert wallets.rails["sandbox-usd"].payouts == {k: USD.atomic("0.25")}  # type: ignore[attr-defined]
+    assert wallets.rails["sandbox-usd"].payouts == {  # type: ignore[attr-defined]
+        payout_reference(ANONYMOUS_SCOPE, k): USD.atomic("0.25")}
     assert wallets.withdrawals() == []
 
 
@@ -85,7 +92,8 @@ def test_a_delayed_withdrawal_is_held_then_captured_and_paid_once_by_the_sweep(
     assert service.settle_due() == 0  # captured, then the rail failed
     assert service.withdrawals()[0].status == "captured" and rail.payouts == {}
     assert service.settle_due() == 1  # the next sweep pays; the capture is not repeated
-    assert rail.payouts == {k: USD.atomic("0.12")}
+    assert rail.payouts == {payout_reference(ANONYMOUS_SCOPE, k): USD.atomic("0.12")}
+    assert service.withdrawals()[0].reference == payout_reference(ANONYMOUS_SCOPE, k)
     assert service.withdrawals()[0].status == "paid"
     assert service.settle_due() == 0
     wallet = ledger.balance(alice)

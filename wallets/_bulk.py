@@ -58,11 +58,13 @@ class TransferRequest:
 
 def post_transfers(ledger: Ledger, requests: Sequence[TransferRequest]
                    ) -> list[Posting | AgentmarketError]:
-    """Post many independent transfers in one transaction; one result or error per request."""
+    """Post many independent transfers in one transaction; one result or error per request.
+    Their keys live in the scope of the request being served (`wallets._idempotency`)."""
     from wallets.ledger import ACCOUNTS, ENTRIES, HEAD, POSTINGS, _current_trace
 
     if len(requests) > MAX_BULK:
         raise InvalidArgument(f"at most {MAX_BULK} transfers per bulk call")
+    scope = _idempotency.request_scope()
     results: list[Posting | AgentmarketError | None] = [None] * len(requests)
     pending: list[int] = []
     for i, request in enumerate(requests):
@@ -85,7 +87,8 @@ def post_transfers(ledger: Ledger, requests: Sequence[TransferRequest]
             checked = [i for i in pending
                        if requests[i].transfer.debit_account_id in controlled]
             pending = [i for i in pending if i not in set(checked)]
-        stored = _stored_outcomes(conn, [requests[i].idempotency_key for i in pending])
+        stored = _stored_outcomes(conn, scope, [requests[i].idempotency_key for i in pending],
+                                  legacy=ledger._legacy_keys)
         ids = {a for i in pending for a in (requests[i].transfer.debit_account_id,
                                             requests[i].transfer.credit_account_id)}
         accounts = {row.id: dict(row._mapping) for row in
@@ -111,7 +114,8 @@ def post_transfers(ledger: Ledger, requests: Sequence[TransferRequest]
                 results[i] = error
                 if _idempotency.is_recorded_failure(error):
                     seen[key] = (digest, error)
-                    records.append(_record(key, digest, now_ms, error=error))
+                    records.append(_idempotency.row_values(scope, key, "transfer", digest,
+                                                           now_ms, error=error))
                 continue
             sequence += 1
             fields = dict(sequence=sequence, idempotency_key=key, kind="transfer", hold_id="",
@@ -128,7 +132,8 @@ def post_transfers(ledger: Ledger, requests: Sequence[TransferRequest]
                                     pending_debit_atomic=0, pending_credit_atomic=0))
             results[i] = posting
             seen[key] = (digest, posting)
-            records.append(_record(key, digest, now_ms, result=posting.to_json()))
+            records.append(_idempotency.row_values(scope, key, "transfer", digest, now_ms,
+                                                   result=posting.to_json()))
         if postings:
             conn.execute(insert(POSTINGS), postings)
             conn.execute(insert(ENTRIES), entries)
@@ -185,35 +190,26 @@ def _apply(accounts: dict[str, dict[str, Any]], transfer: Transfer) -> tuple[Leg
             Leg(transfer.credit_account_id, code, posted_atomic=amount))
 
 
-def _stored_outcomes(conn: Connection, keys: list[str]
+def _stored_outcomes(conn: Connection, scope: str, keys: list[str], *, legacy: bool
                      ) -> dict[str, tuple[str, Posting | AgentmarketError]]:
-    """Outcomes already recorded for these keys (digest, result or error)."""
+    """Outcomes already recorded for these transfer keys of `scope` (digest, result or
+    error); with `legacy`, rows from before keys were scoped count when the scope has none."""
     found: dict[str, tuple[str, Posting | AgentmarketError]] = {}
+    scopes = [scope, _idempotency.LEGACY_SCOPE] if legacy else [scope]
     for start in range(0, len(keys), 500):
         chunk = keys[start:start + 500]
-        for row in conn.execute(select(KEYS).where(KEYS.c.key.in_(chunk))):
-            if row.operation != "transfer":
-                found[row.key] = ("", IdempotencyConflict(
-                    f"idempotency key {row.key!r} was already used for a {row.operation}"))
-                continue
+        rows: dict[str, list[Any]] = {}
+        for row in conn.execute(select(KEYS).where(KEYS.c.scope.in_(scopes),
+                                                   KEYS.c.operation == "transfer",
+                                                   KEYS.c.key.in_(chunk))):
+            rows.setdefault(row.key, []).append(row)
+        for key, candidates in rows.items():
+            row = _idempotency.pick(candidates, scope)
             payload = orjson.loads(row.result_json)
             if row.outcome == "ok":
-                found[row.key] = (row.request_digest, Posting.from_json(payload))
+                found[key] = (row.request_digest, Posting.from_json(payload))
             else:
                 cls = _idempotency._error_classes().get(payload["type"], AgentmarketError)
-                found[row.key] = (row.request_digest, cls(payload["message"],
-                                                          reason=payload["reason"]))
+                found[key] = (row.request_digest, cls(payload["message"],
+                                                      reason=payload["reason"]))
     return found
-
-
-def _record(key: str, digest: str, now_ms: int, *, result: Any = None,
-            error: AgentmarketError | None = None) -> dict[str, Any]:
-    if error is not None:
-        cls = type(error)
-        payload: Any = {"type": f"{cls.__module__}.{cls.__qualname__}",
-                        "message": error.message, "reason": error.reason}
-    else:
-        payload = result
-    return dict(key=key, operation="transfer", request_digest=digest,
-                outcome="error" if error is not None else "ok",
-                result_json=orjson.dumps(payload).decode(), created_at_ms=now_ms)

@@ -28,10 +28,9 @@ Roles:
 Rail accounts are never debited over the API (only Deposit and Withdraw move them): a
 transfer out of one would mint money. A method without a rule is refused (deny by default).
 
-Idempotency keys are one namespace, shared with the node's own operations: a caller who used
-`settle-withdrawal:<hold>` first would make the sweep that pays that withdrawal out fail for
-good (same key, different request). Keys with the prefixes the node uses for itself
-(`RESERVED_KEY_PREFIXES`, and `marketplace.access`'s) are refused from callers.
+Idempotency keys are not a shared namespace (`wallets._idempotency`): a key names a request of
+its caller only, and the node's own work (`settle-withdrawal:<hold>` ...) keeps its keys in a
+scope no caller can write, so no rule is needed about which keys a caller may use.
 
 Why here and not inside `Ledger`/`WalletService`: those are also called in-process with the
 authority of something other than a remote caller (settlement holds a buyer's money under the
@@ -54,7 +53,6 @@ from wallets.service import WalletService
 
 SERVICE = "wallets.v1.WalletService"
 Rule = Callable[[str, Any], None]
-RESERVED_KEY_PREFIXES = ("settle-withdrawal:", "withdrawal-paid:", "expire:")
 
 
 def _short(agent_id: str) -> str:

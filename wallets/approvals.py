@@ -2,17 +2,20 @@
 
 1. A spend above the policy's `approval_threshold_atomic` is refused with APPROVAL_REQUIRED and
    a pending approval is created: id, wallet, counterparty, skill, amount, the spend's
-   idempotency key and operation, and an expiry (`approval_ttl_s` later). The guard queues it and
-   writes it in its own short transaction right after the refusing one ends
+   idempotency key with its scope (the spender: the owner, or a delegate under a mandate; see
+   `wallets._idempotency`) and operation, and an expiry (`approval_ttl_s` later). The guard
+   queues it and writes it in its own short transaction right after the refusing one ends
    (`SpendGuard.after_transaction`), so it persists although the spend rolled back.
-2. An operator or the owner approves or denies it (`WalletControls.approve` / `deny`, RPCs
-   Approve and Deny). Who may decide belongs to caller authentication (not built yet); the
-   decision records `decided_by`.
+2. An operator approves or denies it (`WalletControls.approve` / `deny`, RPCs Approve and
+   Deny; over gRPC only an operator may, `wallets.access`); the decision records `decided_by`.
 3. The same spend retried with the same idempotency key: approved -> it goes through, once (the
    approval is marked used in the spend's own transaction); denied -> APPROVAL_DENIED; past its
    expiry, undecided or unused -> APPROVAL_EXPIRED; still pending -> APPROVAL_REQUIRED again. A
    retry under the same key that differs (amount, counterparty, skill) is an idempotency
-   conflict. APPROVAL_REQUIRED is never recorded as the key's outcome (`wallets._idempotency`).
+   conflict, and that refusal is not recorded as the key's outcome either, so the approved spend
+   still goes through when it is retried; nor is APPROVAL_REQUIRED (`wallets._idempotency`).
+   An approval belongs to its spender's key: a delegate using the owner's key (or the other way
+   round) asks for an approval of its own and can never use, or use up, the other's.
 
 An approval lifts the threshold only: caps, lists and mandates still apply to the spend.
 """
@@ -52,6 +55,7 @@ class Approval:
     skill: str
     amount_atomic: int
     spend_key: str
+    spend_scope: str
     operation: str
     mandate_id: str
     spender_id: str
@@ -75,7 +79,8 @@ class Approval:
         if status in ("pending", "approved") and row.expires_at_ms <= now_ms:
             status = "expired"
         return cls(row.id, row.account_id, row.currency, row.counterparty, row.skill,
-                   row.amount_atomic, row.spend_key, row.operation, row.mandate_id,
+                   row.amount_atomic, row.spend_key, row.spend_scope, row.operation,
+                   row.mandate_id,
                    row.spender_id, status, row.created_at_ms, row.expires_at_ms,
                    row.decided_by, row.decided_at_ms, row.note)
 
@@ -87,31 +92,34 @@ class Approval:
                 id=self.approval_id, account_id=self.account_id, currency=self.currency,
                 counterparty=self.counterparty, skill=self.skill,
                 amount_atomic=self.amount_atomic, spend_key=self.spend_key,
-                operation=self.operation, mandate_id=self.mandate_id,
+                spend_scope=self.spend_scope, operation=self.operation, mandate_id=self.mandate_id,
                 spender_id=self.spender_id, status="pending", created_at_ms=self.created_at_ms,
                 expires_at_ms=self.expires_at_ms, decided_by="", decided_at_ms=0, note=""))
 
 
-def approval_id(account_id: str, spend_key: str) -> str:
-    """Stable per (wallet, spend key): every retry of one spend names the same approval."""
-    return hashlib.sha256(f"approval\n{account_id}\n{spend_key}".encode()).hexdigest()[:32]
+def approval_id(account_id: str, spend_scope: str, spend_key: str) -> str:
+    """Stable per (wallet, spender's scope, spend key): every retry of one spend names the
+    same approval."""
+    text = f"approval\n{account_id}\n{spend_scope}\n{spend_key}"
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def gate(conn: Connection, *, threshold_atomic: int, ttl_s: int, account_id: str,
-         currency: str, key: str, operation: str, amount_atomic: int, counterparty: str,
-         skill: str, mandate_id: str, spender_id: str, now_ms: int,
+         currency: str, scope: str, key: str, operation: str, amount_atomic: int,
+         counterparty: str, skill: str, mandate_id: str, spender_id: str, now_ms: int,
          queue: Callable[[Any], None]) -> bool:
     """Let a spend through (True when it rides on an approval, now used) or refuse it."""
     if not threshold_atomic or amount_atomic <= threshold_atomic:
         return False
     row = conn.execute(select(APPROVALS).where(APPROVALS.c.account_id == account_id,
+                                               APPROVALS.c.spend_scope == scope,
                                                APPROVALS.c.spend_key == key)).first()
     above = (f"a spend of {amount_atomic} atomic {currency} from wallet {account_id} is above "
              f"its approval threshold of {threshold_atomic}")
     if row is None:
-        pending = Approval(approval_id(account_id, key), account_id, currency, counterparty,
-                           skill, amount_atomic, key, operation, mandate_id, spender_id,
-                           "pending", now_ms, now_ms + ttl_s * 1000)
+        pending = Approval(approval_id(account_id, scope, key), account_id, currency,
+                           counterparty, skill, amount_atomic, key, scope, operation, mandate_id,
+                           spender_id, "pending", now_ms, now_ms + ttl_s * 1000)
         queue(pending)
         raise ApprovalRequired(
             f"{above}: approval {pending.approval_id} is pending until {pending.expires_at_ms} "

@@ -8,6 +8,7 @@
     ├── FailedPrecondition            FAILED_PRECONDITION  valid, but the state forbids it
     │   ├── InsufficientFunds
     │   ├── HoldClosed
+    │   ├── HoldExceeded              (a capture larger than what the hold still holds)
     │   ├── ApprovalRequired          (APPROVAL_REQUIRED: a person must approve; not final)
     │   ├── ApprovalExpired
     │   ├── WalletFrozen              (WALLET_FROZEN: an operator must unfreeze; not final)
@@ -21,7 +22,9 @@
     │   └── Forbidden                 (FORBIDDEN: the authenticated caller's role may not;
     │                                  ErrorInfo metadata `rule` names the rule)
     ├── Unauthenticated               UNAUTHENTICATED      the caller could not be identified
-    └── ResourceExhausted             RESOURCE_EXHAUSTED   a limit was reached
+    ├── ResourceExhausted             RESOURCE_EXHAUSTED   a limit was reached
+    └── Unavailable                   UNAVAILABLE          try again later: nothing changed
+        └── Contended                 (concurrent duplicates of one key kept colliding)
 
 Domain code raises these; the gRPC edge (`wallets.grpc_errors`) turns `status` into a status code
 and `reason` into a google.rpc.ErrorInfo. The marketplace and agents packages subclass them.
@@ -79,6 +82,12 @@ class HoldClosed(FailedPrecondition):
     reason = "HOLD_CLOSED"
 
 
+class HoldExceeded(FailedPrecondition):
+    """A capture of more than the hold still holds: well formed, refused by the hold's state."""
+
+    reason = "HOLD_EXCEEDED"
+
+
 class IdempotencyConflict(AgentmarketError):
     status = "ALREADY_EXISTS"
     reason = "IDEMPOTENCY_KEY_REUSED"
@@ -97,6 +106,19 @@ class Unauthenticated(AgentmarketError):
 class ResourceExhausted(AgentmarketError):
     status = "RESOURCE_EXHAUSTED"
     reason = "RESOURCE_EXHAUSTED"
+
+
+class Unavailable(AgentmarketError):
+    """Nothing changed and the same request may succeed later (an outage, contention)."""
+
+    status = "UNAVAILABLE"
+    reason = "UNAVAILABLE"
+
+
+class Contended(Unavailable):
+    """Concurrent duplicates of one idempotency key kept colliding; retry the same request."""
+
+    reason = "IDEMPOTENCY_KEY_CONTENDED"
 
 
 # ---- programmable wallets and FX ---------------------------------------------------------------

@@ -17,7 +17,8 @@ neither does. The from wallet's debit goes through its policy and mandates like 
 counterparty is the to wallet's owner; converting into one's own wallet is not restricted by
 the counterparty lists, but counts toward the caps). An unknown quote is NOT_FOUND; an expired
 one FAILED_PRECONDITION / QUOTE_EXPIRED; wallets whose currencies are not the quote's pair,
-INVALID_ARGUMENT. A quote may be used for several conversions until it expires.
+INVALID_ARGUMENT; a provider's malformed quote UNAVAILABLE / BAD_FX_QUOTE. A quote may be used
+for several conversions until it expires.
 
 Rounding (one of the documented places money is rounded; see `wallets.currencies`): the target
 amount is rounded DOWN to an atomic unit of the target currency,
@@ -43,11 +44,11 @@ from sqlalchemy import Connection, insert, select
 from wallets._idempotency import check_key
 from wallets.currencies import MAX_AMOUNT_ATOMIC, check_amount, currency
 from wallets.errors import (
-    FailedPrecondition,
     InvalidAmount,
     InvalidArgument,
     NotFound,
     QuoteExpired,
+    Unavailable,
 )
 from wallets.guard import SpendContext
 from wallets.ledger import Ledger
@@ -210,9 +211,9 @@ class FxDesk:
             quote.expires_at_ms <= quote.created_at_ms and "no time before it expires",
         ]
         found = [p for p in problems if p]
-        if found:
-            raise FailedPrecondition(f"FX provider {self.provider.name} gave a quote with "
-                                     f"{', '.join(found)}", reason="BAD_FX_QUOTE")
+        if found:  # the provider's fault, not the caller's: retry later
+            raise Unavailable(f"FX provider {self.provider.name} gave a quote with "
+                              f"{', '.join(found)}", reason="BAD_FX_QUOTE")
 
     def quote(self, quote_id: str) -> FxQuote:
         with self.ledger.engine.connect().execution_options(agentmarket_read=True) as conn:

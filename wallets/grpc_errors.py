@@ -63,6 +63,15 @@ def abort(context: grpc.ServicerContext, error: AgentmarketError) -> None:
                                            error.metadata))
 
 
+def abort_internal(context: grpc.ServicerContext, where: str) -> None:
+    """INTERNAL with a request id; the exception being handled goes to the log, not the
+    caller."""
+    request_id = uuid.uuid4().hex[:12]
+    log.exception("unexpected error in %s (request %s)", where, request_id)
+    context.abort_with_status(_rich_status(
+        grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})", "INTERNAL"))
+
+
 def grpc_method(method: F) -> F:
     """Map domain errors to their status; never leak an unexpected exception's text."""
 
@@ -73,11 +82,7 @@ def grpc_method(method: F) -> F:
         except AgentmarketError as error:
             abort(context, error)
         except Exception:
-            request_id = uuid.uuid4().hex[:12]
-            log.exception("unexpected error in %s (request %s)", method.__qualname__, request_id)
-            context.abort_with_status(_rich_status(
-                grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})", "INTERNAL"
-            ))
+            abort_internal(context, method.__qualname__)
 
     return wrapper  # type: ignore[return-value]
 
@@ -108,8 +113,31 @@ class _Undecodable:
         self.error = error
 
 
+def nul_field(message: Any, prefix: str = "") -> str:
+    """The path of the first string field holding a NUL character ('' if none). No field of
+    ours has a use for one, and PostgreSQL's text columns refuse it (a bare DataError)."""
+    for field, value in message.ListFields():
+        name = f"{prefix}{field.name}"
+        if field.type == field.TYPE_STRING:
+            values = value if field.is_repeated else (value,)
+            if any("\x00" in text for text in values):
+                return name
+        elif field.type == field.TYPE_MESSAGE:
+            if field.message_type.GetOptions().map_entry:
+                found = next((f"{name}[{k!r}]" for k, v in value.items()
+                              if "\x00" in str(k) or (isinstance(v, str) and "\x00" in v)), "")
+            else:
+                items = value if field.is_repeated else (value,)
+                found = next((path for path in (nul_field(item, f"{name}.") for item in items)
+                              if path), "")
+            if found:
+                return found
+    return ""
+
+
 class MalformedRequestInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
-    """Refuse requests whose bytes are not a valid message with INVALID_ARGUMENT."""
+    """Refuse requests whose bytes are not a valid message, or whose strings hold a NUL
+    character, with INVALID_ARGUMENT."""
 
     def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
         handler = continuation(details)
@@ -119,9 +147,12 @@ class MalformedRequestInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
 
         def deserialize(data: bytes) -> Any:
             try:
-                return parse(data)
+                message = parse(data)
             except Exception as error:
                 return _Undecodable(error)
+            path = nul_field(message) if hasattr(message, "ListFields") else ""
+            return _Undecodable(ValueError(f"field {path} holds a NUL character")) if path \
+                else message
 
         def guard(behaviour):  # type: ignore[no-untyped-def]
             def run(request, context):  # type: ignore[no-untyped-def]

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import Connection
 
-from wallets import anomaly, approvals, mandates, policies
+from wallets import _idempotency, anomaly, approvals, mandates, policies
 from wallets.errors import InvalidArgument, WalletFrozen
 from wallets.models import Balance, Transfer
 from wallets.policies import Policy
@@ -135,7 +135,8 @@ class SpendGuard:
         approved = approvals.gate(
             conn, threshold_atomic=policy.approval_threshold_atomic,
             ttl_s=policy.approval_ttl_s, account_id=account_id, currency=wallet.currency,
-            key=key, operation=operation, amount_atomic=amount,
+            scope=_idempotency.active_scope(), key=key, operation=operation,
+            amount_atomic=amount,
             counterparty=", ".join(counterparties)[:512], skill=spend.skill,
             mandate_id=spend.mandate_id, spender_id=spend.spender_id, now_ms=now_ms,
             queue=self._queue)

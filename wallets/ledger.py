@@ -38,8 +38,9 @@ from wallets._group_commit import GroupCommitter, WorkItem
 from wallets.currencies import MAX_AMOUNT_ATOMIC, check_amount, currency
 from wallets.errors import (
     AgentmarketError,
-    FailedPrecondition,
+    Contended,
     HoldClosed,
+    HoldExceeded,
     InsufficientFunds,
     InvalidAmount,
     InvalidArgument,
@@ -49,13 +50,21 @@ from wallets.errors import (
 from wallets.guard import SpendContext, SpendGuard  # spend-guard hook
 from wallets.models import Balance, Hold, Leg, Posting, Transfer
 from wallets.store import WriteSerializer, create_schema, is_sqlite
-from wallets.tables import AccountRow, EntryRow, HoldRow, LedgerHeadRow, PostingRow
+from wallets.tables import (
+    AccountRow,
+    EntryRow,
+    HoldRow,
+    IdempotencyRow,
+    LedgerHeadRow,
+    PostingRow,
+)
 
 ACCOUNTS = AccountRow.__table__  # type: ignore[attr-defined]
 POSTINGS = PostingRow.__table__  # type: ignore[attr-defined]
 ENTRIES = EntryRow.__table__  # type: ignore[attr-defined]
 HOLDS = HoldRow.__table__  # type: ignore[attr-defined]
 HEAD = LedgerHeadRow.__table__  # type: ignore[attr-defined]
+KEYS = IdempotencyRow.__table__  # type: ignore[attr-defined]
 
 ACCOUNT_KINDS = ("wallet", "rail", "fees", "fx", "escrow")
 
@@ -159,6 +168,10 @@ class Ledger:
         with self._write() as conn:
             if conn.execute(select(HEAD.c.id)).first() is None:
                 conn.execute(insert(HEAD).values(id=1, sequence=0, hash=GENESIS_HASH))
+            # Rows from before keys were scoped are looked up as a fallback, so a request made
+            # before the upgrade still gets its first outcome; none are ever written again.
+            self._legacy_keys = conn.execute(select(KEYS.c.key).where(
+                KEYS.c.scope == _idempotency.LEGACY_SCOPE).limit(1)).first() is not None
         self._committer = GroupCommitter(self._run_batch) if group_commit else None
 
     def close(self) -> None:
@@ -207,15 +220,20 @@ class Ledger:
         apply: Callable[[Connection], T],
         encode: Callable[[T], Any],
         decode: Callable[[Any], T],
+        *,
+        scope: str | None = None,
     ) -> T:
-        """Run `apply` once per idempotency key, atomically with recording its outcome.
+        """Run `apply` once per (scope, operation, idempotency key), atomically with recording
+        its outcome. `scope`: whose key it is (`wallets._idempotency`); by default the
+        authenticated caller of the request being served, `NODE_SCOPE` for the node's own work.
 
         Also the entry point for other packages' money operations (escrow), so that their own
         state changes commit in the same transaction as the postings they cause.
         """
         _idempotency.check_key(key)
+        scope = _idempotency.check_scope(scope or _idempotency.request_scope())
         request_digest = _idempotency.digest(operation, request)
-        args = (key, operation, request_digest, apply, encode, decode)
+        args = (scope, key, operation, request_digest, apply, encode, decode)
         if self._committer is not None:
             return self._committer.submit(lambda conn: self._run_item(conn, *args))
         return self._mutate_alone(*args)
@@ -229,7 +247,7 @@ class Ledger:
                 return outcome.unwrap()
             except IntegrityError:
                 continue  # a concurrent duplicate won the key; the next attempt replays it
-        raise FailedPrecondition(f"idempotency key {args[0]!r} is contended; retry the request")
+        raise Contended(f"idempotency key {args[1]!r} is contended; retry the request")
 
     def _run_batch(self, batch: list[WorkItem]) -> None:
         """Group commit: every item in its own savepoint, one transaction, one commit."""
@@ -274,27 +292,29 @@ class Ledger:
                 return outcome.unwrap()
             except IntegrityError:
                 continue
-        raise FailedPrecondition("idempotency key is contended; retry the request")
+        raise Contended("idempotency key is contended; retry the request")
 
-    def _run_item(self, conn: Connection, key: str, operation: str, request_digest: str,
-                  apply: Callable[[Connection], Any], encode: Callable[[Any], Any],
-                  decode: Callable[[Any], Any]) -> _Outcome:
+    def _run_item(self, conn: Connection, scope: str, key: str, operation: str,
+                  request_digest: str, apply: Callable[[Connection], Any],
+                  encode: Callable[[Any], Any], decode: Callable[[Any], Any]) -> _Outcome:
         """Replay a stored outcome, or apply once and record the outcome with the effect."""
-        stored = _idempotency.lookup(conn, key, operation, request_digest)  # raises a stored error
+        stored = _idempotency.lookup(conn, scope, key, operation, request_digest,
+                                     legacy=self._legacy_keys)  # raises a stored error
         if stored is not None:
             return _Outcome(decode(stored))
         savepoint = conn.begin_nested()
         try:
-            result = apply(conn)
+            with _idempotency.running_in(scope):
+                result = apply(conn)
             savepoint.commit()
         except AgentmarketError as error:
             savepoint.rollback()
-            if not _idempotency.is_recorded_failure(error):
+            if scope == _idempotency.NODE_SCOPE or not _idempotency.is_recorded_failure(error):
                 raise
-            _idempotency.record(conn, key, operation, request_digest, self.clock_ms(),
+            _idempotency.record(conn, scope, key, operation, request_digest, self.clock_ms(),
                                 error=error)
             return _Outcome(error=error)
-        _idempotency.record(conn, key, operation, request_digest, self.clock_ms(),
+        _idempotency.record(conn, scope, key, operation, request_digest, self.clock_ms(),
                             result=encode(result))
         return _Outcome(result)
 
@@ -564,7 +584,7 @@ class Ledger:
                 or sum(a for _, a in splits) != amount_atomic:
             raise InvalidAmount(f"splits must be positive and sum to {amount_atomic}")
         if amount_atomic > hold.open_atomic:
-            raise InvalidAmount(
+            raise HoldExceeded(
                 f"capture of {amount_atomic} exceeds the {hold.open_atomic} still held"
             )
         release = hold.open_atomic - amount_atomic if final else 0

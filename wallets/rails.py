@@ -7,12 +7,19 @@ How a real rail plugs in (a bank, an e-CNY operator, a USDC chain): implement `R
 to `WalletService(ledger, rails=[...])`.
 - `name` (unique, e.g. "ecny-pboc") and `currency`; amounts it sees are always whole steps of the
   currency's rail precision (`Currency.rail_step_atomic`).
-- `confirm_deposit(reference, amount_atomic)`: raise unless the external deposit `reference` of
-  that amount has arrived and is final. The ledger credits the wallet only after it returns, so
-  a deposit's own settlement time is the rail's, before the ledger sees it: deposits are
-  credited at once on confirmation (the sandbox confirms everything immediately).
-- `send_payout(reference, amount_atomic)`: pay out; must be idempotent per `reference` (the
-  withdrawal's idempotency key), since a sweep that crashed half-way sends it again.
+- `confirm_deposit(reference, amount_atomic, account_id)`: raise unless the external deposit
+  `reference` of that amount has arrived, is final, and was made out to wallet `account_id`
+  (a reference is the deposit's idempotency key, chosen by the depositor: a rail that did not
+  check the beneficiary would let anyone who learns a reference claim that money). The ledger
+  credits the wallet only after it returns, so a deposit's own settlement time is the rail's,
+  before the ledger sees it: deposits are credited at once on confirmation (the sandbox
+  confirms everything immediately, for any wallet: play money). The ledger credits a wallet
+  once per (rail, reference), whoever asks (`rail_deposits`): idempotency keys are per caller,
+  the money a reference names is not.
+- `send_payout(reference, amount_atomic)`: pay out; must be idempotent per `reference`, since a
+  sweep that crashed half-way sends it again. The reference is `payout_reference(scope, key)`
+  of the withdrawal's request: the same for its retries, different for every other request
+  (two agents withdrawing under the same key are two payouts).
 - `settlement_delay_s`: 0 pays out as the ledger debits the wallet, in the same request. Above 0,
   a withdrawal becomes a hold from the wallet to the rail account (the money is reserved, not yet
   gone); `WalletService.settle_due()`, run by a sweeper, captures each hold once its delay has
@@ -22,6 +29,7 @@ to `WalletService(ledger, rails=[...])`.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -37,8 +45,9 @@ class Rail(Protocol):
     currency: Currency
     settlement_delay_s: int
 
-    def confirm_deposit(self, reference: str, amount_atomic: int) -> None:
-        """Raise if the external deposit `reference` of `amount_atomic` is not confirmed."""
+    def confirm_deposit(self, reference: str, amount_atomic: int, account_id: str) -> None:
+        """Raise if the external deposit `reference` of `amount_atomic` to `account_id` is not
+        confirmed."""
 
     def send_payout(self, reference: str, amount_atomic: int) -> None:
         """Send a payout (amount on the rail's precision); must be idempotent per reference."""
@@ -61,11 +70,17 @@ class SandboxRail:
         self.name = f"sandbox-{self.currency.code.lower()}"
         self.payouts: dict[str, int] = {}
 
-    def confirm_deposit(self, reference: str, amount_atomic: int) -> None:
+    def confirm_deposit(self, reference: str, amount_atomic: int, account_id: str) -> None:
         return None
 
     def send_payout(self, reference: str, amount_atomic: int) -> None:
         self.payouts.setdefault(reference, amount_atomic)
+
+
+def payout_reference(scope: str, key: str) -> str:
+    """The rail reference of a withdrawal: one per (scope, idempotency key), 32 hex characters
+    (rails limit their references' length; SEPA's end-to-end id is 35)."""
+    return hashlib.sha256(f"payout\n{scope}\n{key}".encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,3 +96,4 @@ class PendingWithdrawal:
     due_at_ms: int
     status: str  # pending | captured | paid | returned
     settled_at_ms: int = 0
+    reference: str = ""  # what the rail was (or will be) told: `payout_reference`

@@ -10,17 +10,25 @@ import logging
 
 from sqlalchemy import Connection, insert, select, update
 
-from wallets._idempotency import check_key
+from wallets import _idempotency
+from wallets._idempotency import NODE_SCOPE, check_key
 from wallets.controls import WalletControls
 from wallets.currencies import CURRENCIES, check_amount, currency
-from wallets.errors import HoldClosed, InvalidAmount, InvalidArgument, NotFound
+from wallets.errors import FailedPrecondition, HoldClosed, InvalidAmount, InvalidArgument, NotFound
 from wallets.fx import FxDesk, FxProvider
 from wallets.ledger import Ledger
 from wallets.models import Balance, Hold, Posting, Transfer
-from wallets.rails import SETTLEMENT_GRACE_S, PendingWithdrawal, Rail, SandboxRail
-from wallets.tables import RailWithdrawalRow
+from wallets.rails import (
+    SETTLEMENT_GRACE_S,
+    PendingWithdrawal,
+    Rail,
+    SandboxRail,
+    payout_reference,
+)
+from wallets.tables import RailDepositRow, RailWithdrawalRow
 
 WITHDRAWALS = RailWithdrawalRow.__table__  # type: ignore[attr-defined]
+DEPOSITS = RailDepositRow.__table__  # type: ignore[attr-defined]
 log = logging.getLogger("agentmarket.wallets")
 
 
@@ -51,7 +59,9 @@ class WalletService:
 
     def deposit(self, key: str, account_id: str, amount_atomic: int, currency_code: str,
                 rail_name: str = "") -> Posting:
-        """Credit a wallet with money that arrived through a rail."""
+        """Credit a wallet with money that arrived through a rail. `key` is the deposit's rail
+        reference: the rail confirms it was made out to this wallet, and the ledger credits the
+        wallet once per reference, whoever asks."""
         check_key(key)  # before the rail is asked or its ledger account opened
         check_amount(amount_atomic)
         wallet = self._wallet(account_id, currency_code)
@@ -61,17 +71,39 @@ class WalletService:
                 f"{rail.name} carries {rail.currency.code} to {rail.currency.rail_scale} "
                 f"decimals; {amount_atomic} atomic is finer"
             )
-        rail.confirm_deposit(key, amount_atomic)
+        rail.confirm_deposit(key, amount_atomic, account_id)
         source = self.rail_account(rail)
-        return self.ledger.transfer(key, source.account_id, account_id, amount_atomic,
-                                    kind="deposit", memo=f"deposit via {rail.name}")
+        memo = f"deposit via {rail.name}"
+        transfers = [Transfer(source.account_id, account_id, amount_atomic)]
+        scope = _idempotency.request_scope()
+
+        def apply(conn: Connection) -> Posting:
+            credited = conn.execute(select(DEPOSITS.c.scope).where(
+                DEPOSITS.c.rail == rail.name, DEPOSITS.c.account_id == account_id,
+                DEPOSITS.c.reference == key)).first()
+            if credited is not None:
+                raise FailedPrecondition(f"deposit reference {key!r} on {rail.name} was already "
+                                         f"credited to wallet {account_id} by another caller",
+                                         reason="DEPOSIT_REFERENCE_USED")
+            conn.execute(insert(DEPOSITS).values(
+                rail=rail.name, reference=key, account_id=account_id, scope=scope,
+                amount_atomic=amount_atomic, created_at_ms=self.ledger.clock_ms()))
+            return self.ledger.post_linked_in(conn, key, transfers, memo=memo, kind="deposit")
+
+        # The request is what `Ledger.transfer` digested before deposits had their own table,
+        # so a deposit retried across the upgrade still replays its first outcome.
+        request = {"transfers": [[source.account_id, account_id, amount_atomic]], "memo": memo,
+                   "kind": "deposit"}
+        return self.ledger.mutate(key, "deposit", request, apply, Posting.to_json,
+                                  Posting.from_json, scope=scope)
 
     def withdraw(self, key: str, account_id: str, amount_atomic: int, currency_code: str,
                  rail_name: str = "") -> Posting:
         """Pay out through a rail, rounded down to its precision; the remainder stays here.
 
         With a rail settlement delay the result is the posting of a hold (kind "hold") that
-        `settle_due` captures once the delay has passed; without one, the withdrawal itself."""
+        `settle_due` captures once the delay has passed; without one, the withdrawal itself.
+        The rail is told `payout_reference(scope, key)`: one payout per request."""
         check_key(key)
         check_amount(amount_atomic)
         wallet = self._wallet(account_id, currency_code)
@@ -83,8 +115,9 @@ class WalletService:
                 f"({rail.currency.rail_step_atomic})"
             )
         sink = self.rail_account(rail)
+        scope = _idempotency.request_scope()
         if getattr(rail, "settlement_delay_s", 0):
-            return self._withdraw_later(key, wallet, sink, rail, amount_atomic, payable)
+            return self._withdraw_later(scope, key, wallet, sink, rail, amount_atomic, payable)
         # The idempotency request is what was asked (not the rounded payout), so the same key
         # with another amount is refused even when both round to the same payout.
         withdrawal = [Transfer(account_id, sink.account_id, payable)]
@@ -93,11 +126,11 @@ class WalletService:
                                 "amount": amount_atomic},
             lambda conn: self.ledger.post_linked_in(conn, key, withdrawal, kind="withdrawal",
                                                     memo=f"withdrawal via {rail.name}"),
-            Posting.to_json, Posting.from_json)
-        rail.send_payout(key, payable)
+            Posting.to_json, Posting.from_json, scope=scope)
+        rail.send_payout(payout_reference(scope, key), payable)
         return posting
 
-    def _withdraw_later(self, key: str, wallet: Balance, sink: Balance, rail: Rail,
+    def _withdraw_later(self, scope: str, key: str, wallet: Balance, sink: Balance, rail: Rail,
                         requested_atomic: int, payable: int) -> Posting:
         delay_s = rail.settlement_delay_s
         request = {"account": wallet.account_id, "rail": rail.name, "amount": requested_atomic,
@@ -108,19 +141,21 @@ class WalletService:
                                        timeout_s=delay_s + SETTLEMENT_GRACE_S)
             now_ms = self.ledger.clock_ms()
             conn.execute(insert(WITHDRAWALS).values(
-                hold_id=hold.hold_id, idempotency_key=key, rail=rail.name,
+                hold_id=hold.hold_id, scope=scope, idempotency_key=key,
+                reference=payout_reference(scope, key), rail=rail.name,
                 account_id=wallet.account_id, currency=wallet.currency, amount_atomic=payable,
                 due_at_ms=now_ms + delay_s * 1000, status="pending", created_at_ms=now_ms,
                 settled_at_ms=0))
             return hold
 
         hold = self.ledger.mutate(key, "withdrawal", request, apply, Hold.to_json,
-                                  Hold.from_json)
+                                  Hold.from_json, scope=scope)
         return self.ledger.postings(hold_id=hold.hold_id, limit=1)[0]
 
     def settle_due(self, *, limit: int = 100) -> int:
         """The sweep for delayed withdrawals: capture each one due to its rail account, then
-        pay it out (again, if a sweep died after the capture). Returns how many were paid."""
+        pay it out (again, if a sweep died after the capture). Returns how many were paid.
+        Its keys (`settle-withdrawal:<hold>`, `withdrawal-paid:<hold>`) are the node's own."""
         now_ms = self.ledger.clock_ms()
         with self.ledger.engine.connect().execution_options(agentmarket_read=True) as conn:
             due = conn.execute(select(WITHDRAWALS).where(
@@ -137,7 +172,7 @@ class WalletService:
             if row.status == "pending" and self._capture(row) != "captured":
                 continue
             try:
-                rail.send_payout(row.idempotency_key, row.amount_atomic)
+                rail.send_payout(row.reference, row.amount_atomic)
             except Exception:  # captured but not sent: the next sweep sends it again
                 log.exception("payout of withdrawal %s on %s failed", row.hold_id, row.rail)
                 continue
@@ -162,7 +197,7 @@ class WalletService:
             return status
 
         return self.ledger.mutate(f"settle-withdrawal:{row.hold_id}", "settle_withdrawal",
-                                  {"hold": row.hold_id}, apply, str, str)
+                                  {"hold": row.hold_id}, apply, str, str, scope=NODE_SCOPE)
 
     def _set_status(self, key: str, hold_id: str, status: str) -> None:
         def apply(conn: Connection) -> str:
@@ -171,7 +206,7 @@ class WalletService:
             return status
 
         self.ledger.mutate(key, "withdrawal_status", {"hold": hold_id, "status": status},
-                           apply, str, str)
+                           apply, str, str, scope=NODE_SCOPE)
 
     def withdrawals(self, account_id: str = "", *, limit: int = 100) -> list[PendingWithdrawal]:
         """Delayed withdrawals, newest first."""
@@ -181,7 +216,7 @@ class WalletService:
         with self.ledger.engine.connect().execution_options(agentmarket_read=True) as conn:
             return [PendingWithdrawal(r.hold_id, r.idempotency_key, r.rail, r.account_id,
                                       r.currency, r.amount_atomic, r.due_at_ms, r.status,
-                                      r.settled_at_ms) for r in conn.execute(query)]
+                                      r.settled_at_ms, r.reference) for r in conn.execute(query)]
 
     def check_currency(self, account_id: str, currency_code: str) -> Balance:
         """The account, refusing a request whose stated currency is not the account's."""

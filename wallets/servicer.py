@@ -106,7 +106,8 @@ def approval_message(a: Approval) -> wallet_pb2.Approval:
         approval_id=a.approval_id, account_id=a.account_id, counterparty=a.counterparty,
         skill=a.skill, amount=wallet_pb2.Money(amount_atomic=a.amount_atomic,
                                                currency=a.currency),
-        spend_idempotency_key=a.spend_key, operation=a.operation, mandate_id=a.mandate_id,
+        spend_idempotency_key=a.spend_key, spend_scope=a.spend_scope, operation=a.operation,
+        mandate_id=a.mandate_id,
         spender_id=a.spender_id, status=a.status, created_at_ms=a.created_at_ms,
         expires_at_ms=a.expires_at_ms, decided_by=a.decided_by, decided_at_ms=a.decided_at_ms,
         note=a.note)

@@ -73,12 +73,15 @@ class HoldRow(SQLModel, table=True):
 
 
 class IdempotencyRow(SQLModel, table=True):
-    """The first outcome of each mutating request, so a retry returns it again."""
+    """The first outcome of each mutating request, so a retry returns it again. A key names a
+    request only within its scope (the caller's agent id, or the node's own) and operation
+    (`wallets._idempotency`)."""
 
     __tablename__ = "idempotency_keys"
 
+    scope: str = Field(primary_key=True, max_length=80)
+    operation: str = Field(primary_key=True, max_length=64)
     key: str = Field(primary_key=True, max_length=200)
-    operation: str = Field(max_length=64)
     request_digest: str = Field(max_length=64)
     outcome: str = Field(max_length=8)  # ok | error
     result_json: str = Field(sa_column=Column(Text, nullable=False))
@@ -167,7 +170,7 @@ class ApprovalRow(SQLModel, table=True):
     """A spend above its wallet's approval threshold, waiting for (or given) a decision."""
 
     __tablename__ = "wallet_approvals"
-    __table_args__ = (UniqueConstraint("account_id", "spend_key"),)
+    __table_args__ = (UniqueConstraint("account_id", "spend_scope", "spend_key"),)
 
     id: str = Field(primary_key=True, max_length=32)
     account_id: str = Field(index=True, max_length=40)
@@ -176,6 +179,7 @@ class ApprovalRow(SQLModel, table=True):
     skill: str = Field(default="", max_length=128)
     amount_atomic: int = Field(sa_column=_money())
     spend_key: str = Field(max_length=200)  # the spend's idempotency key
+    spend_scope: str = Field(default="", max_length=80)  # ... and the scope it lives in
     operation: str = Field(max_length=64)
     mandate_id: str = Field(default="", max_length=64)
     spender_id: str = Field(default="", max_length=128)
@@ -229,12 +233,16 @@ class FxQuoteRow(SQLModel, table=True):
 
 class RailWithdrawalRow(SQLModel, table=True):
     """A withdrawal waiting for its rail's settlement delay: a hold from the wallet to the rail
-    account, captured by `WalletService.settle_due` once due."""
+    account, captured by `WalletService.settle_due` once due. `reference` is what the rail is
+    told (unique: derived from the request's scope and key, `wallets.rails.payout_reference`)."""
 
     __tablename__ = "rail_withdrawals"
+    __table_args__ = (UniqueConstraint("scope", "idempotency_key"),)
 
     hold_id: str = Field(primary_key=True, max_length=40)
-    idempotency_key: str = Field(unique=True, max_length=200)
+    scope: str = Field(max_length=80)
+    idempotency_key: str = Field(max_length=200)
+    reference: str = Field(unique=True, max_length=200)
     rail: str = Field(max_length=64)
     account_id: str = Field(index=True, max_length=40)
     currency: str = Field(max_length=8)
@@ -243,3 +251,18 @@ class RailWithdrawalRow(SQLModel, table=True):
     status: str = Field(index=True, max_length=16)  # pending | captured | paid | returned
     created_at_ms: int = Field(sa_column=_ms())
     settled_at_ms: int = Field(sa_column=_ms())
+
+
+class RailDepositRow(SQLModel, table=True):
+    """An external deposit credited to a wallet: a wallet is credited once per rail reference,
+    whoever asks (idempotency keys are per caller; the money a reference names exists once).
+    That the reference was made out to this wallet is the rail's to check (`wallets.rails`)."""
+
+    __tablename__ = "rail_deposits"
+
+    rail: str = Field(primary_key=True, max_length=64)
+    account_id: str = Field(primary_key=True, max_length=40)
+    reference: str = Field(primary_key=True, max_length=200)
+    scope: str = Field(max_length=80)
+    amount_atomic: int = Field(sa_column=_money())
+    created_at_ms: int = Field(sa_column=_ms())

@@ -379,7 +379,7 @@ class ListAlertsResponse(_message.Message):
     def __init__(self, alerts: _Optional[_Iterable[_Union[Alert, _Mapping]]] = ...) -> None: ...
 
 class Approval(_message.Message):
-    __slots__ = ("approval_id", "account_id", "counterparty", "skill", "amount", "spend_idempotency_key", "operation", "mandate_id", "spender_id", "status", "created_at_ms", "expires_at_ms", "decided_by", "decided_at_ms", "note")
+    __slots__ = ("approval_id", "account_id", "counterparty", "skill", "amount", "spend_idempotency_key", "operation", "mandate_id", "spender_id", "status", "created_at_ms", "expires_at_ms", "decided_by", "decided_at_ms", "note", "spend_scope")
     APPROVAL_ID_FIELD_NUMBER: _ClassVar[int]
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     COUNTERPARTY_FIELD_NUMBER: _ClassVar[int]
@@ -395,6 +395,7 @@ class Approval(_message.Message):
     DECIDED_BY_FIELD_NUMBER: _ClassVar[int]
     DECIDED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     NOTE_FIELD_NUMBER: _ClassVar[int]
+    SPEND_SCOPE_FIELD_NUMBER: _ClassVar[int]
     approval_id: str
     account_id: str
     counterparty: str
@@ -410,7 +411,8 @@ class Approval(_message.Message):
     decided_by: str
     decided_at_ms: int
     note: str
-    def __init__(self, approval_id: _Optional[str] = ..., account_id: _Optional[str] = ..., counterparty: _Optional[str] = ..., skill: _Optional[str] = ..., amount: _Optional[_Union[Money, _Mapping]] = ..., spend_idempotency_key: _Optional[str] = ..., operation: _Optional[str] = ..., mandate_id: _Optional[str] = ..., spender_id: _Optional[str] = ..., status: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., expires_at_ms: _Optional[int] = ..., decided_by: _Optional[str] = ..., decided_at_ms: _Optional[int] = ..., note: _Optional[str] = ...) -> None: ...
+    spend_scope: str
+    def __init__(self, approval_id: _Optional[str] = ..., account_id: _Optional[str] = ..., counterparty: _Optional[str] = ..., skill: _Optional[str] = ..., amount: _Optional[_Union[Money, _Mapping]] = ..., spend_idempotency_key: _Optional[str] = ..., operation: _Optional[str] = ..., mandate_id: _Optional[str] = ..., spender_id: _Optional[str] = ..., status: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., expires_at_ms: _Optional[int] = ..., decided_by: _Optional[str] = ..., decided_at_ms: _Optional[int] = ..., note: _Optional[str] = ..., spend_scope: _Optional[str] = ...) -> None: ...
 
 class ListApprovalsRequest(_message.Message):
     __slots__ = ("account_id", "status", "limit")
