@@ -2,8 +2,11 @@
 
 Selling: `skill` (a function, async function, generator or LangGraph graph + a price) and
 `SellerAgent`. LLM skills call models through `agents.llm` (litellm), billed per token. Buying:
-`BuyerAgent`, the checkpointed LangGraph workflow `buyer_graph`, and `marketplace_tools` for
-ReAct/ToolNode agents. Negotiation: `ConcessionStrategy`, `LLMStrategy`, bounded by `Limits`.
+`BuyerAgent` (and `AsyncBuyerAgent`, the same on grpc.aio), the checkpointed LangGraph workflow
+`buyer_graph`, and `marketplace_tools` for ReAct/ToolNode agents. Negotiation:
+`ConcessionStrategy`, `LLMStrategy`, bounded by `Limits`. Results are typed (`Money`, `Escrow`,
+`Wallet`, `CallResult`); errors are one tree (`AgentmarketError`, drawn in `agents.errors`).
+Keys that last across runs: `agents.keystore`.
 """
 
 import os
@@ -12,13 +15,37 @@ import os
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from agents._bargain import Quote
+from agents._deal import Deal
 from agents._streaming import StreamedCall
 from agents.approvals import OperatorApprover
-from agents.buyer import BuyerAgent, CallResult, Deal
-from agents.errors import ApprovalRequired, NegotiationFailed, PaymentRequired
+from agents.buyer import BuyerAgent
+from agents.errors import (
+    AgentmarketError,
+    AgreementEnded,
+    ApprovalRequired,
+    BudgetExceeded,
+    CallInProgress,
+    DeadlineExceeded,
+    FailedPrecondition,
+    IdempotencyConflict,
+    InsufficientFunds,
+    InvalidAmount,
+    InvalidArgument,
+    NegotiationFailed,
+    NotFound,
+    PaymentRequired,
+    PermissionDenied,
+    ResourceExhausted,
+    SellerUnavailable,
+    ServerError,
+    Unauthenticated,
+    Unavailable,
+    UnknownCurrency,
+)
 from agents.metering import Meter, Tariff, current_meter
 from agents.negotiation import ConcessionStrategy, Limits, Strategy
 from agents.payments import PaymentGate, PaymentSession
+from agents.results import AgreementState, CallResult, Escrow, Money, Usage, Wallet
 from agents.seller import SellerAgent
 from agents.skills import (
     Price,
@@ -31,39 +58,67 @@ from agents.skills import (
 )
 from agents.workflow import TaskState, buyer_graph
 
-_LAZY = {"LLMStrategy": "agents.llm_strategy", "marketplace_tools": "agents.tools"}
+_LAZY = {"LLMStrategy": "agents.llm_strategy", "marketplace_tools": "agents.tools",
+         "AsyncBuyerAgent": "agents.async_buyer", "AsyncStreamedCall": "agents.async_buyer"}
 
 
 def __getattr__(name: str) -> object:
-    """LLMStrategy and marketplace_tools load on first use (litellm, langchain tools)."""
+    """Load on first use: LLMStrategy (litellm), marketplace_tools (langchain tools), the
+    async buyer (grpc.aio)."""
     if name in _LAZY:
         import importlib
 
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'agents' has no attribute {name!r}")
 
+
 __all__ = [
+    "AgentmarketError",
+    "AgreementEnded",
+    "AgreementState",
     "ApprovalRequired",
+    "AsyncBuyerAgent",
+    "AsyncStreamedCall",
+    "BudgetExceeded",
     "BuyerAgent",
+    "CallInProgress",
     "CallResult",
     "ConcessionStrategy",
+    "DeadlineExceeded",
     "Deal",
+    "Escrow",
+    "FailedPrecondition",
+    "IdempotencyConflict",
+    "InsufficientFunds",
+    "InvalidAmount",
+    "InvalidArgument",
     "LLMStrategy",
     "Limits",
     "Meter",
+    "Money",
     "NegotiationFailed",
+    "NotFound",
     "OperatorApprover",
     "PaymentGate",
     "PaymentRequired",
     "PaymentSession",
+    "PermissionDenied",
     "Price",
     "Quote",
+    "ResourceExhausted",
     "SellerAgent",
+    "SellerUnavailable",
+    "ServerError",
     "Skill",
     "Strategy",
     "StreamedCall",
     "Tariff",
     "TaskState",
+    "Unauthenticated",
+    "Unavailable",
+    "UnknownCurrency",
+    "Usage",
+    "Wallet",
     "buyer_graph",
     "current_meter",
     "marketplace_tools",

@@ -22,8 +22,6 @@ from collections.abc import Iterable
 from concurrent import futures
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from opentelemetry.trace import TracerProvider
 
 from marketplace.access import RESERVED_KEY_PREFIXES as MARKET_RESERVED_KEYS
@@ -33,8 +31,10 @@ from marketplace.checkers import Checker, CheckerRegistry
 from marketplace.discovery import FxConverter
 from marketplace.grpc_tracing import server_interceptor
 from marketplace.identity import AgentKey, check_agent_id
+from marketplace.introspection import mark_serving, serve_introspection
 from marketplace.judge import LlmJudge
 from marketplace.registry import Registry
+from marketplace.request_fields import MARKET_FIELDS
 from marketplace.servicers import ArbitrationServicer, RegistryServicer, SettlementServicer
 from marketplace.settlement import Settlement
 from marketplace.v1 import (
@@ -52,6 +52,7 @@ from wallets.access import SERVICE as WALLET_SERVICE
 from wallets.access import Principals, WalletAccess
 from wallets.fx import FxProvider
 from wallets.grpc_errors import MalformedRequestInterceptor
+from wallets.grpc_fields import FieldCheckInterceptor
 from wallets.ledger import Ledger
 from wallets.metrics import market_metrics
 from wallets.service import WalletService
@@ -102,7 +103,7 @@ class MarketplaceNode:
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers),
             interceptors=[MalformedRequestInterceptor(), server_interceptor(tracer_provider),
-                          self.auth, *self._access()],
+                          self.auth, FieldCheckInterceptor(MARKET_FIELDS), *self._access()],
             options=[("grpc.max_receive_message_length", max_message_bytes),
                      ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)],
         )
@@ -114,16 +115,13 @@ class MarketplaceNode:
             ArbitrationServicer(self.settlement), self.server)
         wallet_pb2_grpc.add_WalletServiceServicer_to_server(
             WalletServicer(self.wallets), self.server)
-        self.health = health.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         services = [
             registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
             settlement_pb2.DESCRIPTOR.services_by_name["SettlementService"].full_name,
             dispute_pb2.DESCRIPTOR.services_by_name["ArbitrationService"].full_name,
             wallet_pb2.DESCRIPTOR.services_by_name["WalletService"].full_name,
         ]
-        reflection.enable_server_reflection([*services, reflection.SERVICE_NAME,
-                                             health.SERVICE_NAME], self.server)
+        self.health = serve_introspection(self.server, services)
         self._services = services
         self.port = (self.server.add_secure_port(f"{host}:{port}", server_credentials)
                      if server_credentials is not None
@@ -149,8 +147,7 @@ class MarketplaceNode:
 
     def start(self) -> MarketplaceNode:
         self.server.start()
-        for name in ["", *self._services]:
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        mark_serving(self.health, self._services)
         self._sweeper.start()
         self._unobserve = market_metrics().observe_holds(self.ledger.open_hold_totals)
         return self
