@@ -5,8 +5,8 @@ conversions, and every bad request with its status, ErrorInfo reason and no chan
 
 from __future__ import annotations
 
-import time
 import hashlib
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any

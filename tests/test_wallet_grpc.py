@@ -443,7 +443,7 @@ BAD_REQUESTS = {
     "void-malformed-hold": Bad(lambda s, w: s.Void(wallet_pb2.VoidRequest(
         idempotency_key=new_key(), hold_id="x")), INVALID, "MALFORMED_FIELD",
         "hold_id must be a hold id"),
-    "capture-negative-split": Bad(
+    "capture-split-negative-amount": Bad(
         capture(usd("0.10"), splits=lambda w: [(w.seller, -1)]), INVALID, "INVALID_AMOUNT",
         "splits[0].amount_atomic must be positive"),
 }

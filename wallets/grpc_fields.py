@@ -4,11 +4,11 @@ Authorisation rules read ids (an account's owner, an agreement's parties), but a
 `--no-auth` has no rules, and a malformed id would then reach the domain, which may store it
 (an account owned by "not-a-key") or answer NOT_FOUND where the request itself is wrong. So a
 table by field name says what each id and amount looks like, and `FieldCheckInterceptor`
-refuses a request breaking it with INVALID_ARGUMENT (reason MALFORMED_FIELD, the field's path
-in ErrorInfo metadata `field`; an amount: INVALID_AMOUNT) before anything reads it, with or without authentication. It
-walks nested messages and repeated fields (bytes fields, such as signed bodies, are checked by
-whoever decodes them). An empty optional id is left to the domain, which knows when it is
-required.
+refuses a request breaking it with INVALID_ARGUMENT (reason MALFORMED_FIELD, or INVALID_AMOUNT
+for an amount; the field's path in ErrorInfo metadata `field`) before anything reads it, with
+or without authentication. It walks nested messages and repeated fields (bytes fields, such
+as signed bodies, are checked by whoever decodes them). An empty optional id is left to the
+domain, which knows when it is required.
 """
 
 from __future__ import annotations
