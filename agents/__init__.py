@@ -10,8 +10,14 @@ Keys that last across runs: `agents.keystore`.
 """
 
 import os
+import sys
+import warnings
 
 # Before anything imports litellm: use its bundled cost map, never fetch one at import.
+if "litellm" in sys.modules and "LITELLM_LOCAL_MODEL_COST_MAP" not in os.environ:
+    warnings.warn("litellm was imported before agents without LITELLM_LOCAL_MODEL_COST_MAP=True,"
+                  " so its import fetched the model cost map from the network (an offline run "
+                  "waits for it); import agents first or set the variable", stacklevel=2)
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from agents._bargain import Quote

@@ -13,11 +13,16 @@
     │   ├── NegotiationFailed        NEGOTIATION_FAILED   no agreement within the limits
     │   ├── ApprovalRequired         APPROVAL_REQUIRED    the wallet wants a person's approval
     │   ├── InsufficientFunds        INSUFFICIENT_FUNDS
-    │   └── ...                      (IllegalTransition, OfferExpired, WalletFrozen ...)
+    │   ├── WalletFrozen             WALLET_FROZEN        an operator must unfreeze it first
+    │   ├── IllegalTransition        ILLEGAL_TRANSITION   the agreement's state forbids it
+    │   ├── OfferExpired             OFFER_EXPIRED        the accepted offer lapsed
+    │   ├── DeadlinePassed           DEADLINE_PASSED      a negotiation or completion deadline
+    │   └── ...                      (marketplace.errors, wallets.errors: more reasons)
     ├── IdempotencyConflict          ALREADY_EXISTS       a key reused for another request
     ├── PermissionDenied             PERMISSION_DENIED    the caller may not do this
     │   ├── Forbidden                FORBIDDEN            (ErrorInfo `rule` names the rule)
     │   ├── PolicyDenied             POLICY_DENIED        the wallet's policy forbids the spend
+    │   ├── BadSignature             BAD_SIGNATURE        a signature does not verify
     │   └── InvalidVoucher           INVALID_VOUCHER      forged, replayed, another agreement's
     ├── Unauthenticated              UNAUTHENTICATED      the signature did not verify
     │   └── PaymentRequired          PAYMENT_REQUIRED     a paid method without a voucher

@@ -24,16 +24,10 @@ import re
 from pathlib import Path
 
 from agents.errors import InvalidArgument
+from marketplace.home import DEFAULT_HOME, HOME_ENV, home
 from marketplace.identity import AgentKey
 
-HOME_ENV = "AGENTMARKET_HOME"
-DEFAULT_HOME = ".agentmarket"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-
-def home() -> Path:
-    """$AGENTMARKET_HOME, or .agentmarket in the current directory."""
-    return Path(os.environ.get(HOME_ENV) or DEFAULT_HOME)
 
 
 def key_path(name: str) -> Path:
