@@ -72,6 +72,7 @@ from marketplace.auth import AccessInterceptor, AuthServerInterceptor, signed_ch
 from marketplace.grpc_tracing import client_interceptors, server_interceptor, untraced
 from marketplace.identity import AgentKey, verify
 from marketplace.introspection import mark_serving, serve_introspection
+from marketplace.node import opening_database
 from marketplace.request_fields import MARKET_FIELDS
 from marketplace.v1 import registry_pb2, registry_pb2_grpc, settlement_pb2, settlement_pb2_grpc
 from wallets.grpc_errors import MalformedRequestInterceptor, grpc_method
@@ -133,8 +134,10 @@ class SellerAgent:
         self._tracer = trace.get_tracer("agentmarket.seller", tracer_provider=tracer_provider)
         self._scratch = tempfile.mkdtemp(prefix="agentmarket-seller-") \
             if key is None and journal is None else None
-        self.journal = UsageJournal(journal_url(
-            Path(self._scratch) / "journal.db" if self._scratch else journal, self.agent_id))
+        url = journal_url(Path(self._scratch) / "journal.db" if self._scratch else journal,
+                          self.agent_id)
+        with opening_database(url):
+            self.journal = UsageJournal(url)
         self.gate = PaymentGate(self.key, self.journal)
         self.tariffs: dict[str, Tariff] = {}
         self._restore()

@@ -18,17 +18,21 @@ signed with the node's key either way).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent import futures
+from contextlib import contextmanager
 
 import grpc
 from opentelemetry.trace import TracerProvider
+from sqlalchemy import Engine, make_url
+from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, OperationalError
 
 from marketplace.access import RESERVED_KEY_PREFIXES as MARKET_RESERVED_KEYS
 from marketplace.access import MarketplaceAccess
 from marketplace.auth import AccessInterceptor, AuthServerInterceptor
 from marketplace.checkers import Checker, CheckerRegistry
 from marketplace.discovery import FxConverter
+from marketplace.errors import FailedPrecondition, InvalidArgument
 from marketplace.grpc_tracing import server_interceptor
 from marketplace.identity import AgentKey, check_agent_id
 from marketplace.introspection import mark_serving, serve_introspection
@@ -84,11 +88,8 @@ class MarketplaceNode:
         self.agent_id = self.key.agent_id
         self.operator_ids = frozenset(check_agent_id(o, "operator") for o in operator_ids)
         self.require_auth = require_auth
-        self.engine = make_engine(db_url)
-        self.ledger = Ledger(self.engine)
+        self.engine, self.ledger, self.registry = _open_database(db_url, fx)
         self.wallets = WalletService(self.ledger)
-        self.registry = Registry(self.engine, fx=FxConverter(fx, self.ledger.clock_ms)
-                                 if fx is not None else None)
         self.checkers = CheckerRegistry()
         self._verifier_client = GrpcVerifierClient(tracer_provider, key=self.key,
                                                    credentials=verifier_credentials)
@@ -187,3 +188,34 @@ class MarketplaceNode:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _open_database(db_url: str, fx: FxProvider | None) -> tuple[Engine, Ledger, Registry]:
+    """The engine, ledger and registry over `db_url`, migrated."""
+    with opening_database(db_url):
+        engine = make_engine(db_url)
+        ledger = Ledger(engine)
+        return engine, ledger, Registry(engine, fx=FxConverter(fx, ledger.clock_ms)
+                                        if fx is not None else None)
+
+
+@contextmanager
+def opening_database(db_url: str) -> Iterator[None]:
+    """A URL that cannot be opened is the caller's error (InvalidArgument) or the database's
+    state (FailedPrecondition), in one line the driver gave, not a SQLAlchemy exception."""
+    try:
+        yield
+    except (ArgumentError, NoSuchModuleError) as error:
+        raise InvalidArgument(f"{_shown(db_url)} is not a database URL we can open "
+                              f"(sqlite:///FILE or postgresql://...): {error}") from None
+    except (OperationalError, DatabaseError) as error:
+        first = str(error.orig or error).strip().splitlines()[0]
+        raise FailedPrecondition(f"cannot open the database {_shown(db_url)}: {first}") from None
+
+
+def _shown(db_url: str) -> str:
+    """The URL for a message, its password masked."""
+    try:
+        return repr(make_url(db_url).render_as_string(hide_password=True))
+    except Exception:  # not a URL at all: nothing in it to hide
+        return repr(db_url[:200])

@@ -268,3 +268,14 @@ def test_balance_hire_call_and_finish_are_typed_and_exact(market: Market):
     assert buyer.balance("USD") == Money.of("1.00", "USD") - done.captured
     with pytest.raises(InvalidArgument):
         Money(1, "USD") + Money(1, "ECNY")
+
+
+def test_a_database_that_cannot_be_opened_is_the_projects_error(tmp_path: Path):
+    with pytest.raises(InvalidArgument, match="not a database URL"):
+        MarketplaceNode("nope://x")
+    with pytest.raises(FailedPrecondition, match=r"cannot open the database .*\*\*\*@"):
+        MarketplaceNode("postgresql://someone:secret@127.0.0.1:1/none")  # password masked
+    with MarketplaceNode(f"sqlite:///{tmp_path / 'm.db'}") as node, \
+            pytest.raises(FailedPrecondition, match="cannot open the database"):
+        SellerAgent("s", skills=[shout], marketplace=node.address,
+                    journal=tmp_path / "no" / "such" / "dir" / "j.db")
