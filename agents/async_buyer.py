@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -33,6 +32,7 @@ import grpc
 from opentelemetry.trace import TracerProvider
 
 from agents import _bargain
+from agents._async_streaming import AsyncStreamedCall
 from agents._bargain import Quote
 from agents._buyer_core import (
     RETRY_IN_PROGRESS,
@@ -41,14 +41,13 @@ from agents._buyer_core import (
     BuyerCore,
     PlannedCall,
 )
-from agents._deal import Deal, receipt_problem
+from agents._deal import Deal
 from agents._failover import MAX_SELLERS_TRIED, Failover, unreachable
 from agents._rpc import async_sdk_method, sdk_error
-from agents._serving import STOP_REASON_KEY
-from agents.errors import FailedPrecondition, NegotiationFailed, Unavailable
+from agents.errors import NegotiationFailed, Unavailable
 from agents.negotiation import Strategy
-from agents.payments import VOUCHER_METADATA_KEY, PaymentSession
-from agents.results import CallResult, Escrow, Money, Posting, Usage, Wallet, posting_from_message
+from agents.payments import VOUCHER_METADATA_KEY
+from agents.results import CallResult, Escrow, Money, Posting, Wallet, posting_from_message
 from agents.v1 import agent_pb2, agent_pb2_grpc
 from marketplace.aio_client import aio_channel
 from marketplace.grpc_tracing import span_if_active, untraced
@@ -360,55 +359,3 @@ class AsyncBuyerAgent(BuyerCore):
         return self._escrowed(deal, await self._market.settlement.GetEscrow(
             settlement_pb2.GetEscrowRequest(agreement_id=deal.agreement_id),
             timeout=RPC_TIMEOUT_S))
-
-
-class AsyncStreamedCall:
-    """A streamed paid call: `async for piece in call` yields text as the seller produces it;
-    afterwards `.text`, `.usage`, `.stop_reason` ("complete" or "budget") and `.end` (the
-    receipt for exactly what was delivered)."""
-
-    def __init__(self, deal: Deal, session: PaymentSession, budget_atomic: int,
-                 call: Any) -> None:
-        self.deal, self.session = deal, session
-        self.budget_atomic = budget_atomic
-        self._call = call
-        self.pieces: list[str] = []
-        self.end: agent_pb2.StreamEnd | None = None
-        self.stop_reason = ""
-        self.problem = ""
-
-    @property
-    def text(self) -> str:
-        return "".join(self.pieces)
-
-    @property
-    def usage(self) -> Usage | None:
-        return Usage.from_message(self.end.usage, self.deal.currency) if self.end else None
-
-    async def __aiter__(self) -> AsyncIterator[str]:
-        try:
-            async for chunk in self._call:
-                if chunk.HasField("end"):
-                    self.end = chunk.end
-                    continue
-                self.pieces.append(chunk.text_delta)
-                yield chunk.text_delta
-            trailers = await self._call.trailing_metadata()
-        except grpc.RpcError as error:
-            self.session.settle(self.budget_atomic, 0)
-            raise sdk_error(error) from None
-        if self.end is None:
-            self.session.settle(self.budget_atomic, 0)
-            raise FailedPrecondition("the stream ended without a receipt")
-        self.stop_reason = dict(trailers or ()).get(STOP_REASON_KEY, "")
-        self._book(self.end)
-
-    def _book(self, end: agent_pb2.StreamEnd) -> None:
-        self.session.settle(self.budget_atomic, end.usage.charged_atomic)
-        self.problem = receipt_problem(self.deal, end.receipt, end.usage, end.output_json,
-                                       end.usage.reserved_atomic)
-        if json.loads(end.output_json).get("text") != self.text:
-            self.problem = self.problem or "the receipt commits to other text than was sent"
-        if self.problem:
-            self.deal.problems.append(self.problem)
-        self.deal.outputs.append(json.loads(end.output_json))

@@ -43,14 +43,12 @@ from opentelemetry import trace
 from opentelemetry.trace import TracerProvider
 
 from agents import _inputs, _lifecycle, _litellm_hooks
-from agents._access import seller_rules
 from agents._grpc_payment import (
     ANSWER_MAY_BE_LOST,
-    INVOKE,
-    INVOKE_STREAM,
     PaidCallAdmitter,
 )
 from agents._rpc import sdk_error, sdk_method
+from agents._seller_server import AGENT_SERVICE, attach, build_server, journal_url
 from agents._serving import PaidCalls
 from agents._strategy_host import SellerNegotiator
 from agents.errors import (
@@ -60,28 +58,23 @@ from agents.errors import (
     PermissionDenied,
     Unavailable,
 )
-from agents.keystore import home, load_key
+from agents.keystore import load_key
 from agents.metering import Tariff
 from agents.negotiation import Strategy
 from agents.payments import PaymentGate
 from agents.skills import Skill, warm_up
 from agents.usage_journal import JournalPacedExecutor, UsageJournal
-from agents.v1 import agent_pb2, agent_pb2_grpc
+from agents.v1 import agent_pb2
 from marketplace import agreements as ag
-from marketplace.auth import AccessInterceptor, AuthServerInterceptor, signed_channel
-from marketplace.grpc_tracing import client_interceptors, server_interceptor, untraced
+from marketplace.auth import signed_channel
+from marketplace.grpc_tracing import client_interceptors, untraced
 from marketplace.identity import AgentKey, verify
-from marketplace.introspection import mark_serving, serve_introspection
+from marketplace.introspection import mark_serving
 from marketplace.node import opening_database
-from marketplace.request_fields import MARKET_FIELDS
 from marketplace.v1 import registry_pb2, registry_pb2_grpc, settlement_pb2, settlement_pb2_grpc
-from wallets.grpc_errors import MalformedRequestInterceptor, grpc_method
-from wallets.grpc_fields import FieldCheckInterceptor
 
 RPC_TIMEOUT_S = 10.0
 WITHDRAW_TIMEOUT_S = 3.0  # stopping waits at most this for the marketplace
-AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
-MAX_MESSAGE_BYTES = 2 * 1024 * 1024  # an input is at most 1 MiB of JSON (agents._serving)
 log = logging.getLogger("agentmarket.seller")
 
 
@@ -145,30 +138,20 @@ class SellerAgent:
         self._redeem_locks: dict[str, threading.Lock] = {}
         self._escrowed: set[str] = set()
         self._locks_guard = threading.Lock()
-        channel = signed_channel(marketplace, self.key, credentials,
+        channel = signed_channel(self.marketplace, self.key, credentials,
                                  interceptors=client_interceptors(tracer_provider))
         self._channel = channel
         self.registry = registry_pb2_grpc.RegistryServiceStub(channel)
         self.settlement = settlement_pb2_grpc.SettlementServiceStub(channel)
-        auth = AuthServerInterceptor(required=require_auth, rate_per_s=rate_limit_per_s,
-                                     burst=rate_limit_burst,
-                                     optional_methods=(INVOKE, INVOKE_STREAM))
-        access = [AccessInterceptor.of(seller_rules(self), anonymous_methods=(
-            INVOKE, INVOKE_STREAM))] if require_auth else []
-        self.server = grpc.server(
-            JournalPacedExecutor(self.journal, max_workers),
-            interceptors=[MalformedRequestInterceptor(), server_interceptor(tracer_provider),
-                          auth, FieldCheckInterceptor(MARKET_FIELDS), *access],
-            options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
+        self.server, auth = build_server(
+            self, JournalPacedExecutor(self.journal, max_workers),
+            tracer_provider=tracer_provider, require_auth=require_auth,
+            rate_limit_per_s=rate_limit_per_s, rate_limit_burst=rate_limit_burst)
         self.negotiator = SellerNegotiator(self, reservation_fraction, strategy,
                                            completion_window_s, dispute_window_s)
         self.calls = PaidCalls(self, PaidCallAdmitter(
             self.gate, self._reserve_of, require_auth=require_auth, rate_limit=auth.allow))
-        agent_pb2_grpc.add_AgentServiceServicer_to_server(_AgentServicer(self), self.server)
-        self.health = serve_introspection(self.server, [AGENT_SERVICE])
-        self.port = (self.server.add_secure_port(f"{host}:{port}", server_credentials)
-                     if server_credentials is not None
-                     else self.server.add_insecure_port(f"{host}:{port}"))
+        self.health, self.port = attach(self, self.server, host, port, server_credentials)
         self.endpoint = f"{host}:{self.port}"
         self._threads = [
             threading.Thread(target=self._heartbeat_loop, daemon=True, name=f"heartbeat-{name}"),
@@ -378,37 +361,6 @@ class SellerAgent:
         return agent_pb2.FinishResponse(escrow=escrow)
 
 
-class _AgentServicer(agent_pb2_grpc.AgentServiceServicer):
-    def __init__(self, seller: SellerAgent) -> None:
-        self.seller = seller
-
-    @grpc_method
-    def Negotiate(self, request, context):  # type: ignore[no-untyped-def]
-        return self.seller.negotiate(request)
-
-    @grpc_method
-    def Invoke(self, request, context):  # type: ignore[no-untyped-def]
-        return self.seller.invoke(request, context)
-
-    def InvokeStream(self, request, context):  # type: ignore[no-untyped-def]
-        return self.seller.calls.invoke_stream(request, context)
-
-    @grpc_method
-    def Finish(self, request, context):  # type: ignore[no-untyped-def]
-        return self.seller.finish(request)
-
-
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
-
-def journal_url(journal: str | Path | None, agent_id: str) -> str:
-    """The usage journal's database URL: as given (a URL, or a SQLite file path), or the
-    seller's default file under $AGENTMARKET_HOME (./.agentmarket)."""
-    if isinstance(journal, str) and "://" in journal:
-        return journal
-    if journal is None:
-        folder = home()
-        folder.mkdir(parents=True, exist_ok=True)
-        journal = folder / f"seller-{agent_id[:16]}.db"
-    return f"sqlite:///{Path(journal)}"

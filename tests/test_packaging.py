@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -37,9 +38,13 @@ def _readme_program() -> str:
 @pytest.mark.slow
 def test_the_wheel_installs_the_packages_and_the_command_and_runs_the_first_program(
         tmp_path: Path):
+    source = tmp_path / "source"  # setuptools builds in the source tree: not the checkout's
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".venv", ".git", "build", "*.egg-info", "__pycache__", ".*_cache", ".agentmarket",
+        "tests", "benchmarks", "examples", "*.db"))
     dist = tmp_path / "dist"
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
-                            "--no-build-isolation", "--quiet", "-w", str(dist), str(ROOT)],
+                            "--no-build-isolation", "--quiet", "-w", str(dist), str(source)],
                            capture_output=True, text=True, timeout=TIMEOUT_S)
     assert built.returncode == 0, built.stderr[-3000:]
     wheels = list(dist.glob("*.whl"))
