@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from collections.abc import Generator
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
+import grpc
+
 from agents.errors import (
     AgentmarketError,
     FailedPrecondition,
+    InvalidAmount,
     InvalidArgument,
     NegotiationFailed,
 )
@@ -31,6 +35,7 @@ from wallets import attributes as attr
 from wallets.currencies import currency as _currency
 
 if TYPE_CHECKING:
+    from agents.async_buyer import AsyncBuyerAgent
     from agents.buyer import BuyerAgent
 
 RPC_TIMEOUT_S = 10.0
@@ -47,7 +52,7 @@ class Quote:
     offer: agreement_pb2.Offer
     tariff: Tariff
     rounds: int
-    stub: agent_pb2_grpc.AgentServiceStub
+    stub: Any  # the seller's stub of the buyer that bargained (sync or grpc.aio)
     protocol: Negotiation
 
     @property
@@ -80,14 +85,22 @@ def _tariff(reply: agent_pb2.NegotiationMessage, listed: registry_pb2.Price,
     return Tariff(terms.unit, terms.unit_price_atomic, output, max_call)
 
 
-def bargain(buyer: BuyerAgent, listing: registry_pb2.Listing, skill: str, *, quantity: int,
-            budget_atomic: int, currency: str, max_rounds: int = 6,
-            strategy: Strategy | None = None, reservation_price_atomic: int | None = None,
-            deadline_s: int = 30,
-            verification: int = registry_pb2.VERIFICATION_METHOD_SCHEMA) -> Quote:
+Rounds = Generator[agent_pb2.NegotiationMessage, agent_pb2.NegotiationMessage, Quote]
+
+
+def rounds(buyer: BuyerAgent | AsyncBuyerAgent, listing: registry_pb2.Listing, skill: str, *,
+           quantity: int, budget_atomic: int, currency: str, max_rounds: int = 6,
+           strategy: Strategy | None = None, reservation_price_atomic: int | None = None,
+           deadline_s: int = 30, verification: int = registry_pb2.VERIFICATION_METHOD_SCHEMA,
+           stub: Any = None) -> Rounds:
+    """The negotiation as a generator: it yields each message for the seller and is sent the
+    seller's reply, and returns the acceptable `Quote`; the sync and the async buyer drive it
+    over their own connections (`bargain`, `abargain`), so the rules live once."""
     cur = _currency(currency)
-    if quantity <= 0 or budget_atomic <= 0:
-        raise InvalidArgument("quantity and budget must be positive")
+    if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity <= 0:
+        raise InvalidArgument(f"quantity must be a positive number of calls, got {quantity!r}")
+    if budget_atomic <= 0:
+        raise InvalidAmount("the budget must be positive")
     listed = next((s for s in listing.skills if s.name == skill), None)
     if listed is None:
         raise InvalidArgument(f"the listing has no skill {skill!r}")
@@ -102,7 +115,6 @@ def bargain(buyer: BuyerAgent, listing: registry_pb2.Listing, skill: str, *, qua
     strategy = strategy or ConcessionStrategy(listed_atomic // 2,
                                               reservation_price_atomic, Fraction(1, 2))
     limits = Limits(reservation_price_atomic, is_buyer=True, budget_atomic=budget_atomic)
-    seller = buyer._seller(listing.endpoint)
     rfq = agreement_pb2.Rfq(
         rfq_id=uuid.uuid4().hex, buyer_id=buyer.agent_id, skill=skill,
         expected_quantity=quantity, max_budget_atomic=budget_atomic, currency=cur.code,
@@ -111,8 +123,7 @@ def bargain(buyer: BuyerAgent, listing: registry_pb2.Listing, skill: str, *, qua
     protocol = Negotiation.start(rfq, buyer._now_ms())
     with buyer._tracer.start_as_current_span("negotiate", attributes={
             attr.SKILL: skill, attr.PAYEE: listing.agent_id, attr.CURRENCY: cur.code}) as span:
-        reply = seller.Negotiate(agent_pb2.NegotiationMessage(rfq=rfq, note=_say(strategy)),
-                                 timeout=RPC_TIMEOUT_S)
+        reply = yield agent_pb2.NegotiationMessage(rfq=rfq, note=_say(strategy))
         while True:
             if reply.WhichOneof("kind") != "offer":
                 raise NegotiationFailed(f"the seller ended the negotiation: "
@@ -139,20 +150,62 @@ def bargain(buyer: BuyerAgent, listing: registry_pb2.Listing, skill: str, *, qua
                         pass  # the strategy would accept; the hard limits do not
                     else:
                         span.set_attribute(attr.AMOUNT_ATOMIC, offered)
-                        return Quote(listing, listed, offer, tariff, offer.round, seller,
+                        return Quote(listing, listed, offer, tariff, offer.round, stub,
                                      protocol)
                 if protocol.rounds_left < 2:  # no room for a counter and an answer
                     break
                 counter = _counter(buyer, offer, min(mine, offered), tariff, quantity)
                 protocol.offer(counter, buyer._now_ms())
-                reply = seller.Negotiate(agent_pb2.NegotiationMessage(
-                    offer=counter, note=_say(strategy)), timeout=RPC_TIMEOUT_S)
+                reply = yield agent_pb2.NegotiationMessage(offer=counter, note=_say(strategy))
+        raise _NoAgreement(f"no agreement within {max_rounds} rounds")
+
+
+class _NoAgreement(NegotiationFailed):
+    """Rounds ran out: the driver declines the negotiation, then raises it."""
+
+
+def bargain(buyer: BuyerAgent, listing: registry_pb2.Listing, skill: str, **options: Any
+            ) -> Quote:
+    """Negotiate with one seller over the sync buyer's connection (`rounds`)."""
+    seller = buyer._seller(listing.endpoint)
+    steps = rounds(buyer, listing, skill, stub=seller, **options)
+    try:
+        message = next(steps)
+        while True:
+            try:
+                reply = seller.Negotiate(message, timeout=RPC_TIMEOUT_S)
+            except grpc.RpcError as error:
+                steps.throw(error)  # ends the negotiation's spans with the error; re-raised
+            message = steps.send(reply)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    except _NoAgreement as error:
         decline(seller, "no agreement")
-        raise NegotiationFailed(f"no agreement within {max_rounds} rounds")
+        raise NegotiationFailed(error.message) from None
 
 
-def _counter(buyer: BuyerAgent, offer: agreement_pb2.Offer, price: int, tariff: Tariff,
-             quantity: int) -> agreement_pb2.Offer:
+async def abargain(buyer: AsyncBuyerAgent, listing: registry_pb2.Listing, skill: str,
+                   **options: Any) -> Quote:
+    """Negotiate with one seller over the async buyer's connection (`rounds`)."""
+    seller = buyer._seller(listing.endpoint)
+    steps = rounds(buyer, listing, skill, stub=seller, **options)
+    try:
+        message = next(steps)
+        while True:
+            try:
+                reply = await seller.Negotiate(message, timeout=RPC_TIMEOUT_S)
+            except grpc.RpcError as error:
+                steps.throw(error)
+            message = steps.send(reply)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    except _NoAgreement as error:
+        await adecline(seller, "no agreement")
+        raise NegotiationFailed(error.message) from None
+
+
+def _counter(buyer: BuyerAgent | AsyncBuyerAgent, offer: agreement_pb2.Offer, price: int,
+             tariff: Tariff, quantity: int) -> agreement_pb2.Offer:
     counter = agreement_pb2.Offer()
     counter.CopyFrom(offer)
     counter.round = offer.round + 1
@@ -173,11 +226,15 @@ def _total_at(tariff: Tariff, offered: int, mine: int, quantity: int) -> int:
 
 
 def decline(seller: agent_pb2_grpc.AgentServiceStub, reason: str) -> None:
-    import grpc
-
     with contextlib.suppress(grpc.RpcError):  # else it lapses at its deadline anyway
         seller.Negotiate(agent_pb2.NegotiationMessage(reject_reason=reason[:MAX_NOTE_CHARS]),
                          timeout=RPC_TIMEOUT_S)
+
+
+async def adecline(seller: Any, reason: str) -> None:
+    with contextlib.suppress(grpc.RpcError):
+        await seller.Negotiate(agent_pb2.NegotiationMessage(
+            reject_reason=reason[:MAX_NOTE_CHARS]), timeout=RPC_TIMEOUT_S)
 
 
 def _say(strategy: Any) -> str:

@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from agents.seller import SellerAgent
 
 MAX_INPUT_BYTES = 1024 * 1024
+LLM_REPORT_WAIT_S = 2.0  # how long a call's bill waits for litellm to report its usage
+_RULES_REPORTED: set[str] = set()
 log = logging.getLogger("agentmarket.seller")
 STOP_REASON_KEY = "agentmarket-stop-reason"
 STOP_NAMES = {agent_pb2.STOP_REASON_COMPLETE: "complete", agent_pb2.STOP_REASON_BUDGET: "budget",
@@ -65,7 +67,7 @@ class PaidCalls:
                                   ) from None
         meter = Meter(self.seller.tariffs[request.agreement_id], admission.reserve_atomic,
                       max_input_tokens=skill.max_input_tokens,
-                      max_output_tokens=skill.max_output_tokens)
+                      max_output_tokens=skill.max_output_tokens, model=skill.llm_model)
         return skill, arguments, meter
 
     def _span(self, request: agent_pb2.InvokeRequest, skill: Skill, meter: Meter) -> Any:
@@ -123,6 +125,7 @@ class PaidCalls:
             else:
                 output = skill.run(arguments)
             output_json = json.dumps(output, sort_keys=True)
+            _settle_usage(meter, request.input_json, output_json, streamed=skill.streams)
             usage, receipt = self._bill(request, admission, meter, output_json)
             _set_span_usage(span, meter, usage.charged_atomic)
         return self.seller.gate.complete(  # type: ignore[no-any-return]
@@ -179,6 +182,7 @@ class PaidCalls:
                     delivered: list[str], span: Any) -> tuple[agent_pb2.StreamChunk, int]:
         stop = meter.stopped or agent_pb2.STOP_REASON_COMPLETE
         output_json = json.dumps({"text": "".join(delivered)}, sort_keys=True)
+        _settle_usage(meter, request.input_json, output_json, streamed=True)
         usage, receipt = self._bill(request, admission, meter, output_json)
         _set_span_usage(span, meter, usage.charged_atomic)
         last = self.seller.gate.complete(
@@ -187,6 +191,18 @@ class PaidCalls:
                 charged_atomic=usage.charged_atomic, end=agent_pb2.StreamEnd(
                     stop_reason=stop, output_json=output_json, usage=usage, receipt=chained)))
         return last, stop
+
+
+def _settle_usage(meter: Meter, input_json: str, output_json: str, *, streamed: bool) -> None:
+    """Close the meter before billing: wait (briefly) for litellm's reports of the skill's
+    own litellm calls, then apply the rule for a token-priced call that reported nothing."""
+    meter.settle_llm(LLM_REPORT_WAIT_S, streamed=streamed)
+    meter.bill_silent_call(input_json, output_json)
+    if meter.usage_rule and meter.usage_rule not in _RULES_REPORTED:
+        _RULES_REPORTED.add(meter.usage_rule)  # once per process: it is a property of the skill
+        log.warning("a token-priced call was billed by rule (%s): %d input, %d output tokens; "
+                    "see the README, 'Skills that call LLMs'", meter.usage_rule,
+                    meter.input_tokens, meter.output_tokens)
 
 
 def _durable(admission: Admission) -> None:

@@ -11,19 +11,21 @@
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from agents._deal import Deal, receipt_problem
+from agents._rpc import sdk_error
 from agents._serving import STOP_REASON_KEY
 from agents.errors import FailedPrecondition
 from agents.payments import VOUCHER_METADATA_KEY, PaymentSession
+from agents.results import Usage
 from agents.v1 import agent_pb2
 
 if TYPE_CHECKING:
-    from agents.buyer import BuyerAgent, Deal
+    from agents.buyer import BuyerAgent
 
 RPC_TIMEOUT_S = 60.0
 
@@ -42,19 +44,16 @@ class StreamedCall:
     @classmethod
     def start(cls, buyer: BuyerAgent, deal: Deal, arguments: dict[str, Any], *,
               max_atomic: int | None, call_id: str | None) -> StreamedCall:
+        deal, request, voucher, budget = buyer._stream_plan(deal, arguments, call_id,
+                                                            max_atomic)
         session = buyer.sessions[deal.agreement_id]
-        budget = min(max_atomic or deal.call_max_atomic, deal.call_max_atomic)
-        voucher = session.next_voucher(budget)
-        request = agent_pb2.InvokeRequest(agreement_id=deal.agreement_id,
-                                          input_json=json.dumps(arguments),
-                                          call_id=call_id or uuid.uuid4().hex)
         try:
             call = buyer._seller(deal.body.seller_endpoint).InvokeStream(
                 request, metadata=[(VOUCHER_METADATA_KEY, voucher.SerializeToString())],
                 timeout=RPC_TIMEOUT_S)
-        except grpc.RpcError:
+        except grpc.RpcError as error:
             session.settle(budget, 0)
-            raise
+            raise sdk_error(error) from None
         return cls(buyer, deal, session, budget, call)
 
     @property
@@ -65,6 +64,11 @@ class StreamedCall:
     def charged_atomic(self) -> int:
         return self.end.usage.charged_atomic if self.end else 0
 
+    @property
+    def usage(self) -> Usage | None:
+        """What the delivered text used and cost (after iteration)."""
+        return Usage.from_message(self.end.usage, self.deal.currency) if self.end else None
+
     def __iter__(self) -> Iterator[str]:
         try:
             for chunk in self._call:
@@ -73,9 +77,9 @@ class StreamedCall:
                     continue
                 self.pieces.append(chunk.text_delta)
                 yield chunk.text_delta
-        except grpc.RpcError:
+        except grpc.RpcError as error:
             self.session.settle(self.budget_atomic, 0)
-            raise
+            raise sdk_error(error) from None
         if self.end is None:
             self.session.settle(self.budget_atomic, 0)
             raise FailedPrecondition("the stream ended without a receipt")
@@ -84,8 +88,6 @@ class StreamedCall:
         self._book()
 
     def _book(self) -> None:
-        from agents.buyer import receipt_problem
-
         end = self.end
         assert end is not None
         self.session.settle(self.budget_atomic, end.usage.charged_atomic)

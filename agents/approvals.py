@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from agents._rpc import sdk_method
 from marketplace.auth import signed_channel
 from marketplace.identity import AgentKey
 from wallets.v1 import wallet_pb2, wallet_pb2_grpc
@@ -47,6 +48,7 @@ def find_approval(buyer: BuyerAgent, currency: str, spend_key: str,
     return wallet_pb2.Approval(approval_id=match.group(1)) if match else None
 
 
+@sdk_method
 def decide(wallets: wallet_pb2_grpc.WalletServiceStub, approval_id: str, *, approve: bool,
            decided_by: str, note: str = "") -> wallet_pb2.Approval:
     """Approve or deny (idempotent per approval and decision) through `wallets`, a stub on a

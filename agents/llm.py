@@ -1,13 +1,20 @@
 """LLM calls through litellm, metered for billing; offline by default.
 
-Inside a skill, `complete()` and `stream()` call any litellm model and record its token usage on
-the call's meter (`agents.metering`), which prices it under the agreement:
+Inside a skill, `complete()` (`acomplete()` in an async skill) and `stream()` call any litellm
+model and record its token usage on the call's meter (`agents.metering`), which prices it under
+the agreement:
 
-    @skill(price=model_price("gpt-4o-mini", "USD", markup_bps=2_000), max_output_tokens=200)
+    @skill(price=model_price("gpt-4o-mini", "USD", markup_bps=2_000),
+           max_input_tokens=2_000, max_output_tokens=200)
     def summarize(text: str) -> Summary:
         reply = complete(default_model(), [{"role": "user", "content": text}],
                          mock_response="A short summary.")
         return Summary(summary=reply.choices[0].message.content)
+
+A skill priced per token must declare `max_input_tokens` and `max_output_tokens`: they fix
+what a buyer prepays per call. `complete` refuses a longer prompt before the model runs and
+caps `max_tokens`. Calls that bypass these helpers (`litellm.completion`, `acompletion`,
+streams of either) are metered too, through litellm's callback API (`agents._litellm_hooks`).
 
 Offline by default: `mock_response` goes to litellm (its real code path, usage and cost, no
 network) unless `AGENTMARKET_MODEL` names a model whose API key is in the environment; then the
@@ -17,26 +24,32 @@ LITELLM_LOCAL_MODEL_COST_MAP=True before litellm is imported, so the cost map is
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
+from agents import _litellm_hooks
 from agents._context import Scoped
-from agents.metering import _current, usage_of
+from agents._tokens import DEFAULT_MODEL, count_tokens, load_litellm
+from agents.metering import Meter, _current, usage_of
 
 _tracer_provider: ContextVar[Any] = ContextVar("agentmarket_llm_tracer_provider", default=None)
 
-DEFAULT_MODEL = "gpt-4o-mini"
 MODEL_ENV = "AGENTMARKET_MODEL"
+WARM_PROMPT = [{"role": "user", "content": "warm up"}]
+
+__all__ = ["DEFAULT_MODEL", "MODEL_ENV", "acomplete", "complete", "count_tokens",
+           "default_model", "is_live", "llm_span", "record_usage", "stream", "text_of",
+           "traced_by", "warm"]
 
 
 def _litellm() -> Any:
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    import litellm
-
+    """litellm, loaded offline, with the metering callback installed."""
+    litellm = load_litellm()
+    if not _litellm_hooks.installed():
+        _litellm_hooks.install()
     return litellm
 
 
@@ -61,33 +74,6 @@ def _offline_kwargs(model: str, mock_response: Any) -> dict[str, Any]:
     return {"mock_response": mock_response}
 
 
-@functools.lru_cache(maxsize=32)
-def _tokenizer(model: str) -> Any:
-    """litellm's tokenizer for `model`, selected once (token_counter selects it per call)."""
-    try:
-        from litellm.utils import _select_tokenizer
-
-        return _select_tokenizer(model)["tokenizer"]
-    except Exception:  # a litellm without it: count through token_counter
-        return None
-
-
-def count_tokens(model: str, text: str = "", messages: list[dict[str, Any]] | None = None
-                 ) -> int:
-    """Tokens in `text` (or chat `messages`) for `model`, with litellm's tokenizer for it."""
-    litellm = _litellm()
-    model = model or DEFAULT_MODEL
-    if messages is not None:
-        return int(litellm.token_counter(model=model, messages=messages))
-    if not text:
-        return 0
-    tokenizer = _tokenizer(model)
-    if tokenizer is None:
-        return int(litellm.token_counter(model=model, text=text))
-    encoded = tokenizer.encode(text)
-    return len(getattr(encoded, "ids", encoded))
-
-
 def complete(model: str, messages: list[dict[str, Any]], *, max_tokens: int | None = None,
              mock_response: Any = None, **kwargs: Any) -> Any:
     """litellm.completion, metered: inside a paid call, the usage litellm reports is billed.
@@ -96,13 +82,10 @@ def complete(model: str, messages: list[dict[str, Any]], *, max_tokens: int | No
     `max_input_tokens` (counted before the call) is refused without calling the model."""
     litellm = _litellm()
     meter = _current.get()
-    if meter is not None:
-        meter.check_input(count_tokens(model, messages=messages))
-        if meter.max_output_tokens:
-            max_tokens = min(max_tokens or meter.max_output_tokens, meter.max_output_tokens)
+    max_tokens = _bounded(meter, model, messages, max_tokens)
     if max_tokens is not None:
         kwargs["max_tokens"] = max_tokens
-    with llm_span(model) as span:
+    with llm_span(model) as span, _litellm_hooks.sdk_call():
         response = litellm.completion(model=model, messages=messages,
                                       **_offline_kwargs(model, mock_response), **kwargs)
         input_tokens, output_tokens = usage_of(response)
@@ -110,6 +93,50 @@ def complete(model: str, messages: list[dict[str, Any]], *, max_tokens: int | No
     if meter is not None:
         meter.add_tokens(input_tokens, output_tokens, model)
     return response
+
+
+async def acomplete(model: str, messages: list[dict[str, Any]], *,
+                    max_tokens: int | None = None, mock_response: Any = None,
+                    **kwargs: Any) -> Any:
+    """`complete` for async skills: litellm.acompletion, metered the same way."""
+    litellm = _litellm()
+    meter = _current.get()
+    max_tokens = _bounded(meter, model, messages, max_tokens)
+    if max_tokens is not None:
+        kwargs["max_tokens"] = max_tokens
+    with llm_span(model) as span, _litellm_hooks.sdk_call():
+        response = await litellm.acompletion(model=model, messages=messages,
+                                             **_offline_kwargs(model, mock_response), **kwargs)
+        input_tokens, output_tokens = usage_of(response)
+        record_usage(span, response, input_tokens, output_tokens)
+    if meter is not None:
+        meter.add_tokens(input_tokens, output_tokens, model)
+    return response
+
+
+def _bounded(meter: Meter | None, model: str, messages: list[dict[str, Any]],
+             max_tokens: int | None) -> int | None:
+    """Inside a paid call: refuse a prompt past the skill's bound or the call's prepayment,
+    and cap max_tokens at the skill's max_output_tokens."""
+    if meter is None:
+        return max_tokens
+    meter.check_input(count_tokens(model, messages=messages))
+    if meter.max_output_tokens:
+        return min(max_tokens or meter.max_output_tokens, meter.max_output_tokens)
+    return max_tokens
+
+
+def warm(model: str) -> None:
+    """Load what the first call to `model` would: litellm and its lazy modules (a mocked
+    completion and stream, offline, unmetered), the metering callback and the tokenizer."""
+    litellm = _litellm()
+    count_tokens(model, "warm up")
+    count_tokens(model, messages=WARM_PROMPT)
+    with _litellm_hooks.sdk_call():
+        litellm.completion(model=model, messages=WARM_PROMPT, mock_response="ok")
+        for _chunk in litellm.completion(model=model, messages=WARM_PROMPT, stream=True,
+                                         mock_response="ok"):
+            pass
 
 
 def traced_by(tracer_provider: Any) -> Scoped[Any]:
@@ -173,8 +200,9 @@ def stream(model: str, messages: list[dict[str, Any]], *, max_tokens: int | None
             max_tokens = min(max_tokens or meter.max_output_tokens, meter.max_output_tokens)
     if max_tokens is not None:
         kwargs["max_tokens"] = max_tokens
-    chunks = litellm.completion(model=model, messages=messages, stream=True,
-                                **_offline_kwargs(model, mock_response), **kwargs)
+    with _litellm_hooks.sdk_call():
+        chunks = litellm.completion(model=model, messages=messages, stream=True,
+                                    **_offline_kwargs(model, mock_response), **kwargs)
     try:
         for chunk in chunks:
             delta = chunk.choices[0].delta.content if chunk.choices else None

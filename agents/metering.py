@@ -35,6 +35,7 @@ from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 from agents._context import Scoped
+from agents._tokens import count_tokens
 from agents.errors import BudgetExceeded, InvalidArgument
 from marketplace import pricing
 from marketplace.v1 import agreement_pb2, registry_pb2
@@ -105,7 +106,13 @@ class Meter:
     model: str = ""
     stopped: int = 0  # why a stream stopped early: an agents.v1 StopReason (0: it did not)
     token_counter: Callable[[str], int] | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # litellm calls seen by the metering callback (agents._litellm_hooks), by litellm call id:
+    # (prompt tokens counted before the call, already in input_tokens) until usage arrives
+    llm_pending: dict[str, int] = field(default_factory=dict, repr=False)
+    llm_unreported: int = 0  # calls billed by rule: usage never arrived
+    usage_rule: str = ""  # how the usage was found when no model reported it ('' when one did)
+    _closed: bool = field(default=False, repr=False)
+    _lock: threading.Condition = field(default_factory=threading.Condition, repr=False)
 
     def add_tokens(self, input_tokens: int = 0, output_tokens: int = 0, model: str = "") -> None:
         """Record LLM usage (from litellm's response `usage`)."""
@@ -115,6 +122,56 @@ class Meter:
             self.input_tokens += input_tokens
             self.output_tokens += output_tokens
             self.model = model or self.model
+
+    def begin_llm(self, call_id: str, prompt_tokens: int) -> None:
+        """A litellm call started inside this call: its prompt (counted) is billed at once,
+        so a stream's running charge includes it; the reported usage replaces the count."""
+        with self._lock:
+            if self._closed or call_id in self.llm_pending:
+                return
+            self.llm_pending[call_id] = prompt_tokens
+            self.input_tokens += prompt_tokens
+
+    def end_llm(self, call_id: str, input_tokens: int | None, output_tokens: int) -> None:
+        """litellm reported a call's usage (None: the call failed; its prompt is not billed)."""
+        with self._lock:
+            counted = self.llm_pending.pop(call_id, None)
+            if counted is None or self._closed:
+                return
+            if input_tokens is None:
+                self.input_tokens -= counted
+            else:
+                self.input_tokens += max(0, input_tokens) - counted
+                self.output_tokens += max(0, output_tokens)
+            self._lock.notify_all()
+
+    def settle_llm(self, wait_s: float, *, streamed: bool = False) -> None:
+        """Close the meter to litellm's callbacks. A unary call waits up to `wait_s` for the
+        usage of calls still running (litellm reports it from a logging thread after the call
+        returns); a call whose usage never arrives is billed by rule: its counted prompt and
+        the skill's max_output_tokens. A stream bills its delivered text instead: nothing to
+        wait for."""
+        with self._lock:
+            if not streamed:
+                self._lock.wait_for(lambda: not self.llm_pending, timeout=wait_s)
+                if self.llm_pending:
+                    self.llm_unreported = len(self.llm_pending)
+                    self.output_tokens += self.max_output_tokens * len(self.llm_pending)
+                    self.usage_rule = "prompt counted, max_output_tokens billed"
+            self.llm_pending.clear()
+            self._closed = True
+
+    def bill_silent_call(self, input_text: str, output_text: str) -> None:
+        """The rule for a token-priced call in which no model reported any usage (the skill
+        made no LLM call litellm saw, or made it where no meter is current, e.g. a thread of
+        its own): its input and output are counted as a prompt and a completion with the
+        skill's model's tokenizer and billed so, never answered free in silence."""
+        with self._lock:
+            if self.tariff.unit != TOKENS or self.input_tokens or self.output_tokens:
+                return
+            self.input_tokens = self.count_tokens(input_text)
+            self.output_tokens = self.count_tokens(output_text)
+            self.usage_rule = "no usage reported: input and output counted"
 
     def add_units(self, units: int) -> None:
         """Record units of a per-unit skill (gpu_seconds, pages ...); integers only."""
@@ -151,8 +208,6 @@ class Meter:
         """Tokens in `text` for this call's model (litellm's tokenizer for it)."""
         if self.token_counter is not None:
             return self.token_counter(text)
-        from agents.llm import count_tokens
-
         return count_tokens(self.model, text)
 
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents.errors import (
+    AgreementEnded,
     BudgetExceeded,
     CallInProgress,
     FailedPrecondition,
@@ -257,7 +258,7 @@ class PaymentGate:
         account = self._account(agreement_id)
         with account.lock:
             if account.closed:
-                raise FailedPrecondition("the agreement was redeemed; it takes no more calls")
+                raise AgreementEnded("the agreement was redeemed; it takes no more calls")
             if call_id and call_id in account.calls:
                 return self._retry(agreement_id, account, voucher, call_id, reserve_atomic,
                                    partial)

@@ -1,9 +1,16 @@
 """A seller agent: serves priced skills over gRPC, negotiates, meters, gets paid.
 
-    seller = SellerAgent("summarizer", skills=[summarize], marketplace="127.0.0.1:7000")
-    seller.serve()        # starts its gRPC server, advertises, heartbeats, redeems when due
-    ...
-    seller.stop()         # withdraws the listing
+    with SellerAgent("summarizer", skills=[summarize], marketplace="127.0.0.1:7000") as seller:
+        ...               # serving: its gRPC server runs, the listing is advertised
+    # stopped: the listing is withdrawn, the server drained, the journal closed
+
+`serve()` first loads what the skills need (their validators, litellm and the model's tokenizer
+for LLM skills, each skill's own `warm_up`), so the first paid call is as quick as the tenth;
+then it starts the gRPC server, advertises, heartbeats and redeems when due. `stop()` withdraws
+the listing; a seller still serving when the interpreter exits, or when the process gets
+SIGTERM or Ctrl-C, is stopped then (`agents._lifecycle`), so its listing does not outlive it.
+Its server also answers gRPC health checking and server reflection (v1 and v1alpha), so buf
+curl, grpcurl and Postman work against it.
 
 Each paid call is metered (calls, litellm-reported tokens, units) and charged under the
 agreement's tariff, never more than the call reserved from the buyer's prepayment; the charge is
@@ -23,6 +30,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
+import tempfile
 import threading
 import time
 import uuid
@@ -33,13 +42,13 @@ import grpc
 from opentelemetry import trace
 from opentelemetry.trace import TracerProvider
 
-from agents._access import seller_rules
+from agents import _inputs, _lifecycle, _litellm_hooks
 from agents._grpc_payment import (
     ANSWER_MAY_BE_LOST,
-    INVOKE,
-    INVOKE_STREAM,
     PaidCallAdmitter,
 )
+from agents._rpc import sdk_error, sdk_method
+from agents._seller_server import AGENT_SERVICE, attach, build_server, journal_url
 from agents._serving import PaidCalls
 from agents._strategy_host import SellerNegotiator
 from agents.errors import (
@@ -49,27 +58,30 @@ from agents.errors import (
     PermissionDenied,
     Unavailable,
 )
+from agents.keystore import load_key
 from agents.metering import Tariff
 from agents.negotiation import Strategy
 from agents.payments import PaymentGate
-from agents.skills import Skill
+from agents.skills import Skill, warm_up
 from agents.usage_journal import JournalPacedExecutor, UsageJournal
-from agents.v1 import agent_pb2, agent_pb2_grpc
+from agents.v1 import agent_pb2
 from marketplace import agreements as ag
-from marketplace.auth import AccessInterceptor, AuthServerInterceptor, signed_channel
-from marketplace.grpc_tracing import client_interceptors, server_interceptor, untraced
+from marketplace.auth import signed_channel
+from marketplace.grpc_tracing import client_interceptors, untraced
 from marketplace.identity import AgentKey, verify
+from marketplace.introspection import mark_serving
+from marketplace.node import opening_database
 from marketplace.v1 import registry_pb2, registry_pb2_grpc, settlement_pb2, settlement_pb2_grpc
-from wallets.grpc_errors import MalformedRequestInterceptor, grpc_method
 
 RPC_TIMEOUT_S = 10.0
-MAX_MESSAGE_BYTES = 2 * 1024 * 1024  # an input is at most 1 MiB of JSON (agents._serving)
+WITHDRAW_TIMEOUT_S = 3.0  # stopping waits at most this for the marketplace
 log = logging.getLogger("agentmarket.seller")
 
 
 class SellerAgent:
     def __init__(self, name: str, *, skills: list[Skill], marketplace: str,
-                 key: AgentKey | None = None, host: str = "127.0.0.1", port: int = 0,
+                 key: AgentKey | str | os.PathLike[str] | None = None, host: str = "127.0.0.1",
+                 port: int = 0,
                  reservation_fraction: tuple[int, int] = (3, 4),
                  strategy: Strategy | Any = None, ttl_s: int = 60,
                  completion_window_s: int = 600, redeem_margin_s: int = 60,
@@ -86,28 +98,39 @@ class SellerAgent:
         `completion_window_s`: how long after the negotiation's deadline the buyer may call;
         the seller redeems on its own `redeem_margin_s` before that deadline.
         `dispute_window_s`: how long after delivery the buyer may dispute (0: settle at once).
+        `key`: an AgentKey, a key file, or a name the keystore keeps the key under
+        (`agents.keystore`); none: a new key for this run only.
         `journal`: where paid calls are recorded before they are answered (a database URL or
         a SQLite file; default `$AGENTMARKET_HOME/seller-<agent id>.db`, AGENTMARKET_HOME
         defaulting to ./.agentmarket). A seller started again with the same key and journal
-        takes up its agreements where it stopped, and redeems them.
+        takes up its agreements where it stopped, and redeems them. A seller with a key made
+        for this run keeps its journal in a temporary folder removed by `stop()`: no one
+        could take it up again, and nothing piles up run after run.
         `journal_retention_s`: how long after its completion deadline a redeemed (or never
         paid) agreement is kept, in memory and in the journal, before it is dropped."""
-        if not skills:
-            raise InvalidArgument("a seller needs at least one skill")
+        if not skills or not all(isinstance(s, Skill) for s in skills):
+            raise InvalidArgument("a seller needs a list of skills made with @skill")
         if not 0 <= redeem_margin_s < completion_window_s:
             raise InvalidArgument("redeem_margin_s must be below completion_window_s")
-        self.name = name
-        self.key = key or AgentKey.generate()
+        self.name = _inputs.name(name, "seller's name")
+        self.key = load_key(key)
         self.agent_id = self.key.agent_id
         self.skills = {s.name: s for s in skills}
-        self.marketplace = marketplace
+        if any(s.priced_per_token for s in skills):  # meter the skills' own litellm calls
+            _litellm_hooks.install()
+        self.marketplace = _inputs.address(marketplace)
         self.ttl_s = ttl_s
         self.redeem_margin_s = redeem_margin_s
         self.settle_interval_s = settle_interval_s
         self.journal_retention_s = journal_retention_s
         self.tracer_provider = tracer_provider
         self._tracer = trace.get_tracer("agentmarket.seller", tracer_provider=tracer_provider)
-        self.journal = UsageJournal(journal_url(journal, self.agent_id))
+        self._scratch = tempfile.mkdtemp(prefix="agentmarket-seller-") \
+            if key is None and journal is None else None
+        url = journal_url(Path(self._scratch) / "journal.db" if self._scratch else journal,
+                          self.agent_id)
+        with opening_database(url):
+            self.journal = UsageJournal(url)
         self.gate = PaymentGate(self.key, self.journal)
         self.tariffs: dict[str, Tariff] = {}
         self._restore()
@@ -115,34 +138,27 @@ class SellerAgent:
         self._redeem_locks: dict[str, threading.Lock] = {}
         self._escrowed: set[str] = set()
         self._locks_guard = threading.Lock()
-        channel = signed_channel(marketplace, self.key, credentials,
+        channel = signed_channel(self.marketplace, self.key, credentials,
                                  interceptors=client_interceptors(tracer_provider))
         self._channel = channel
         self.registry = registry_pb2_grpc.RegistryServiceStub(channel)
         self.settlement = settlement_pb2_grpc.SettlementServiceStub(channel)
-        auth = AuthServerInterceptor(required=require_auth, rate_per_s=rate_limit_per_s,
-                                     burst=rate_limit_burst,
-                                     optional_methods=(INVOKE, INVOKE_STREAM))
-        access = [AccessInterceptor.of(seller_rules(self), anonymous_methods=(
-            INVOKE, INVOKE_STREAM))] if require_auth else []
-        self.server = grpc.server(
-            JournalPacedExecutor(self.journal, max_workers),
-            interceptors=[MalformedRequestInterceptor(), server_interceptor(tracer_provider),
-                          auth, *access],
-            options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
+        self.server, auth = build_server(
+            self, JournalPacedExecutor(self.journal, max_workers),
+            tracer_provider=tracer_provider, require_auth=require_auth,
+            rate_limit_per_s=rate_limit_per_s, rate_limit_burst=rate_limit_burst)
         self.negotiator = SellerNegotiator(self, reservation_fraction, strategy,
                                            completion_window_s, dispute_window_s)
         self.calls = PaidCalls(self, PaidCallAdmitter(
             self.gate, self._reserve_of, require_auth=require_auth, rate_limit=auth.allow))
-        agent_pb2_grpc.add_AgentServiceServicer_to_server(_AgentServicer(self), self.server)
-        self.port = (self.server.add_secure_port(f"{host}:{port}", server_credentials)
-                     if server_credentials is not None
-                     else self.server.add_insecure_port(f"{host}:{port}"))
+        self.health, self.port = attach(self, self.server, host, port, server_credentials)
         self.endpoint = f"{host}:{self.port}"
         self._threads = [
             threading.Thread(target=self._heartbeat_loop, daemon=True, name=f"heartbeat-{name}"),
             threading.Thread(target=self._settle_loop, daemon=True, name=f"settle-{name}"),
         ]
+        self._state = "new"  # new -> serving -> stopped
+        self._state_lock = threading.Lock()
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -156,20 +172,52 @@ class SellerAgent:
                 self.tariffs[agreement_id] = skill.tariff(terms.unit_price_atomic,
                                                           terms.currency)
 
-    def serve(self) -> SellerAgent:
-        """Start the gRPC server, advertise the skills, keep the listing alive, redeem when due."""
-        self.server.start()
-        self.advertise()
+    def serve(self, *, warm: bool = True) -> SellerAgent:
+        """Load what the skills need (`warm`), start the gRPC server, advertise the skills,
+        keep the listing alive, redeem when due. Serving twice is serving once."""
+        with self._state_lock:
+            if self._state != "new":
+                if self._state == "stopped":
+                    raise FailedPrecondition(f"seller {self.name} was stopped; make a new one")
+                return self
+            self._state = "serving"
+        try:
+            if warm:
+                warm_up(list(self.skills.values()))
+            self.server.start()
+            mark_serving(self.health, [AGENT_SERVICE])
+            self._advertise()
+        except BaseException:
+            self.stop(0)
+            raise
         for thread in self._threads:
             thread.start()
+        _lifecycle.serving(self)
         return self
+
+    def __enter__(self) -> SellerAgent:
+        return self.serve()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def listing(self) -> registry_pb2.Listing:
         return registry_pb2.Listing(agent_id=self.agent_id, name=self.name,
                                     endpoint=self.endpoint,
                                     skills=[s.message() for s in self.skills.values()])
 
+    @sdk_method
     def advertise(self) -> registry_pb2.Listing:
+        """Advertise (or replace) the seller's listing at the marketplace."""
+        return self._advertise()
+
+    def _advertise(self) -> registry_pb2.Listing:
+        try:
+            return self._send_listing()
+        except grpc.RpcError as error:
+            raise sdk_error(error, f"the marketplace at {self.marketplace}") from None
+
+    def _send_listing(self) -> registry_pb2.Listing:
         response = self.registry.Advertise(
             registry_pb2.AdvertiseRequest(idempotency_key=f"advertise:{uuid.uuid4().hex}",
                                           listing=self.listing(), ttl_s=self.ttl_s),
@@ -185,7 +233,7 @@ class SellerAgent:
                         timeout=RPC_TIMEOUT_S)
                 except grpc.RpcError:
                     with contextlib.suppress(grpc.RpcError):  # marketplace away: retry next beat
-                        self.advertise()
+                        self._send_listing()
 
     def _settle_loop(self) -> None:
         """Redeem agreements whose buyer never called Finish before their deadline passes."""
@@ -216,14 +264,28 @@ class SellerAgent:
                 self._redeem_locks.pop(agreement_id, None)
 
     def stop(self, grace_s: float = 1.0) -> None:
+        """Withdraw the listing, let running calls finish (up to `grace_s`), close the server
+        and the journal. Idempotent; called at interpreter exit and on SIGTERM if need be."""
+        with self._state_lock:
+            if self._state == "stopped":
+                return
+            was_serving, self._state = self._state == "serving", "stopped"
+        _lifecycle.stopped(self)
         self._stop.set()
-        with untraced(), contextlib.suppress(grpc.RpcError):  # else the listing expires
-            self.registry.WithdrawListing(registry_pb2.WithdrawListingRequest(
-                idempotency_key=f"withdraw:{uuid.uuid4().hex}", agent_id=self.agent_id),
-                timeout=RPC_TIMEOUT_S)
+        self.health.enter_graceful_shutdown()
+        if was_serving:
+            with untraced(), contextlib.suppress(grpc.RpcError):  # else the listing expires
+                self.registry.WithdrawListing(registry_pb2.WithdrawListingRequest(
+                    idempotency_key=f"withdraw:{uuid.uuid4().hex}", agent_id=self.agent_id),
+                    timeout=WITHDRAW_TIMEOUT_S)
         self.server.stop(grace_s).wait()
+        for thread in self._threads:
+            if thread.is_alive() and thread is not threading.current_thread():
+                thread.join(timeout=RPC_TIMEOUT_S)
         self._channel.close()
         self.journal.close()
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
 
     # ---- paid calls and settlement --------------------------------------------------------
 
@@ -299,37 +361,6 @@ class SellerAgent:
         return agent_pb2.FinishResponse(escrow=escrow)
 
 
-class _AgentServicer(agent_pb2_grpc.AgentServiceServicer):
-    def __init__(self, seller: SellerAgent) -> None:
-        self.seller = seller
-
-    @grpc_method
-    def Negotiate(self, request, context):  # type: ignore[no-untyped-def]
-        return self.seller.negotiate(request)
-
-    @grpc_method
-    def Invoke(self, request, context):  # type: ignore[no-untyped-def]
-        return self.seller.invoke(request, context)
-
-    def InvokeStream(self, request, context):  # type: ignore[no-untyped-def]
-        return self.seller.calls.invoke_stream(request, context)
-
-    @grpc_method
-    def Finish(self, request, context):  # type: ignore[no-untyped-def]
-        return self.seller.finish(request)
-
-
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
-
-def journal_url(journal: str | Path | None, agent_id: str) -> str:
-    """The usage journal's database URL: as given (a URL, or a SQLite file path), or the
-    seller's default file under $AGENTMARKET_HOME (./.agentmarket)."""
-    if isinstance(journal, str) and "://" in journal:
-        return journal
-    if journal is None:
-        home = Path(os.environ.get("AGENTMARKET_HOME", ".agentmarket"))
-        home.mkdir(parents=True, exist_ok=True)
-        journal = home / f"seller-{agent_id[:16]}.db"
-    return f"sqlite:///{Path(journal)}"

@@ -62,6 +62,7 @@ class Price:
     unit_name: str = ""
     output_amount_atomic: int = 0
     tiers: tuple[tuple[int, int, int], ...] = ()  # (min quantity, amount, output amount)
+    model: str = ""  # the model whose cost this price follows (`model_price`)
 
     def message(self) -> registry_pb2.Price:
         return registry_pb2.Price(
@@ -119,7 +120,7 @@ def model_price(model: str, currency_code: str = "USD", *, markup_bps: int = 0) 
         raise InvalidArgument(f"litellm's cost map has no per-token cost for {model!r}")
     return Price(model_price_per_1k_atomic(cost["input_cost_per_token"], cur.scale, markup_bps),
                  cur.code, TOKENS, output_amount_atomic=model_price_per_1k_atomic(
-                     cost.get("output_cost_per_token", 0), cur.scale, markup_bps))
+                     cost.get("output_cost_per_token", 0), cur.scale, markup_bps), model=model)
 
 
 @dataclass
@@ -138,6 +139,8 @@ class Skill:
     max_units: int = 0
     max_concurrency: int = 0
     typical_latency_ms: int = 0
+    model: str = ""  # the LLM it calls, if any (tokens are counted with its tokenizer)
+    warm_up: Callable[[], Any] | None = None  # loads what the skill needs, before serving
     _input_model: type[BaseModel] | None = None
     _output_adapter: TypeAdapter[Any] | None = None
 
@@ -158,6 +161,36 @@ class Skill:
     @property
     def streams(self) -> bool:
         return self.kind == "stream"
+
+    @property
+    def priced_per_token(self) -> bool:
+        return any(p.unit == TOKENS for p in self.prices)
+
+    @property
+    def llm_model(self) -> str:
+        """The model the skill calls: declared, or its `model_price`'s, or for a skill priced
+        per token the default model (`agents.llm.default_model`); '' for other skills."""
+        if self.model:
+            return self.model
+        priced = next((p.model for p in self.prices if p.model), "")
+        if priced or not self.priced_per_token:
+            return priced
+        from agents.llm import default_model
+
+        return default_model()
+
+    def warm(self) -> None:
+        """Load what the first call would: the compiled validators, for an LLM skill litellm
+        and its model's tokenizer (`agents.llm.warm`), and the skill's own `warm_up`."""
+        _ = self.input_validator
+        if self._output_adapter is not None:
+            self._output_adapter.json_schema()
+        if self.llm_model:
+            from agents.llm import warm
+
+            warm(self.llm_model)
+        if self.warm_up is not None:
+            self.warm_up()
 
     def price_in(self, currency_code: str) -> Price | None:
         code = currency(currency_code).code
@@ -250,15 +283,24 @@ def skill(target: Any = None, /, *, price: Price | list[Price], name: str | None
           input_model: type[BaseModel] | None = None,
           output_model: type[BaseModel] | None = None,
           verification: list[int] | None = None, max_concurrency: int = 0,
-          typical_latency_ms: int = 0) -> Any:
+          typical_latency_ms: int = 0, model: str = "",
+          warm_up: Callable[[], Any] | None = None) -> Any:
     """Turn a function, async function, generator or compiled LangGraph graph into a priced
-    skill: as a decorator (`@skill(price=...)`) or in one call (`skill(graph, price=...)`)."""
+    skill: as a decorator (`@skill(price=...)`) or in one call (`skill(graph, price=...)`).
+
+    `model`: the LLM the skill calls (its tokenizer counts tokens; `SellerAgent.serve` loads
+    it); `warm_up`: a function run once before the seller serves, to load what the skill needs
+    (a model, an index), so the first paid call is not the slow one."""
     prices = price if isinstance(price, list) else [price]
+    if not prices or not all(isinstance(p, Price) for p in prices):
+        raise InvalidArgument("price is a Price (per_call, per_1k_tokens, per_unit, "
+                              "model_price) or a list of them")
     _check_bounds(prices, max_input_tokens, max_output_tokens, max_units)
     common = dict(prices=prices, tags=tags or [], max_input_tokens=max_input_tokens,
                   max_output_tokens=max_output_tokens, max_units=max_units,
                   verification_methods=verification or [SCHEMA],
-                  max_concurrency=max_concurrency, typical_latency_ms=typical_latency_ms)
+                  max_concurrency=max_concurrency, typical_latency_ms=typical_latency_ms,
+                  model=model, warm_up=warm_up)
 
     def wrap(fn: Any) -> Skill:
         if is_graph(fn):
@@ -287,3 +329,11 @@ def skill(target: Any = None, /, *, price: Price | list[Price], name: str | None
                      _output_adapter=adapter, **common)  # type: ignore[arg-type]
 
     return wrap(target) if target is not None else wrap
+
+
+
+def warm_up(skills: list[Skill]) -> None:
+    """Warm every skill (`Skill.warm`): a seller does it in `serve()`, before it advertises.
+    A second skill on the same model costs a mocked completion (its modules are loaded)."""
+    for each in skills:
+        each.warm()

@@ -17,7 +17,6 @@ import json
 import threading
 from typing import Any
 
-import grpc
 from langchain_core.tools import BaseTool, StructuredTool
 from pydantic import BaseModel, Field
 
@@ -140,8 +139,6 @@ def _safe(fn: Any) -> Any:
                                "approval_id": needed.approval_id})
         except AgentmarketError as error:
             return json.dumps({"error": error.message, "reason": error.reason})
-        except grpc.RpcError as error:
-            return json.dumps({"error": error.details(), "status": error.code().name})
 
     return run
 

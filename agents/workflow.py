@@ -41,20 +41,26 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypedDict
 
-import grpc
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import interrupt
 
 from agents.approvals import OperatorApprover
 from agents.buyer import BuyerAgent, Deal
-from agents.errors import ApprovalRequired, BudgetExceeded, InvalidArgument, NotFound
+from agents.errors import (
+    AgentmarketError,
+    ApprovalRequired,
+    BudgetExceeded,
+    InvalidArgument,
+    NotFound,
+)
+from agents.results import Escrow
 from marketplace.identity import AgentKey
 from marketplace.v1 import registry_pb2, settlement_pb2
 from wallets.currencies import currency as _currency
 
 DEFAULT_CHECKPOINTS = Path(".agentmarket") / "buyer-checkpoints.sqlite"
-RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-             grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL)
+# statuses after which the seller may have run the call: the node fails, a resume re-sends it
+RETRYABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "UNKNOWN", "INTERNAL")
 ESCROW_STATES = {v: k.removeprefix("AGREEMENT_STATE_").lower()
                  for k, v in settlement_pb2.AgreementState.items()}
 
@@ -279,10 +285,10 @@ class _Nodes:
             result = self.buyer.invoke(deal, state["inputs"][pending["input_index"]],
                                        call_id=pending["call_id"],
                                        voucher_at=(pending["sequence"], pending["index"]))
-        except grpc.RpcError as error:
-            if error.code() in RETRYABLE:
+        except AgentmarketError as error:
+            if error.status in RETRYABLE:
                 raise  # the seller may not have it yet: resume later sends the same voucher
-            record["problem"] = f"{error.code().name}: {error.details()}"
+            record["problem"] = f"{error.status}: {error.message}"
             output: Any = None
         else:
             output = result.output
@@ -310,7 +316,7 @@ class _Nodes:
     def verify(self, state: TaskState) -> dict[str, Any]:
         return self._report("verify", {"problems": list(state.get("problems", []))})
 
-    def _settled(self, escrow: settlement_pb2.Escrow, status: str) -> dict[str, Any]:
+    def _settled(self, escrow: Escrow, status: str) -> dict[str, Any]:
         return {"escrow_state": ESCROW_STATES.get(escrow.state, "unknown"),
                 "captured_atomic": escrow.captured_atomic, "fee_atomic": escrow.fee_atomic,
                 "refunded_atomic": escrow.refunded_atomic, "status": status}

@@ -3,16 +3,16 @@
 Runs a marketplace node in-process (SQLite in a temporary directory); every hop is real gRPC on
 loopback. The buyer funds its wallet, finds the seller, negotiates, puts the agreed maximum in
 escrow, makes three paid calls and settles: the seller is paid for exactly three calls, minus
-the marketplace fee, and the rest of the escrow goes back to the buyer.
+the marketplace fee, and the rest of the escrow goes back to the buyer. Each `with` block stops
+what it started: the seller withdraws its listing, every connection is closed.
 """
 
 import tempfile
 
 from pydantic import BaseModel
 
-from agents import BuyerAgent, SellerAgent, per_call, skill
+from agents import BuyerAgent, Money, SellerAgent, per_call, skill
 from marketplace import MarketplaceNode
-from wallets import currency
 
 
 class Shout(BaseModel):
@@ -25,21 +25,19 @@ def shout(text: str) -> Shout:
     return Shout(text=text.upper())
 
 
-with MarketplaceNode(f"sqlite:///{tempfile.mkdtemp()}/market.db") as node:
-    seller = SellerAgent("shouter", skills=[shout], marketplace=node.address).serve()
-    buyer = BuyerAgent("me", marketplace=node.address)
+with MarketplaceNode(f"sqlite:///{tempfile.mkdtemp()}/market.db") as node, \
+        SellerAgent("shouter", skills=[shout], marketplace=node.address), \
+        BuyerAgent("me", marketplace=node.address) as buyer:
     buyer.fund("1.00", "USD")
+    print(f"wallet: {buyer.balance('USD')}")
 
-    listing = buyer.discover("shout", currency="USD")[0]
-    deal = buyer.negotiate(listing, "shout", quantity=5, budget="0.01", currency="USD")
-    buyer.hire(deal)
+    listings = buyer.discover("shout", currency="USD")
+    deal = buyer.negotiate(listings, "shout", quantity=5, budget="0.01", currency="USD")
+    print(f"hired: {buyer.hire(deal).held} held in escrow")
     for word in ("hello", "paid", "agents"):
-        print(buyer.call(deal, {"text": word})["text"])
+        print(buyer.call(deal, {"text": word}, output_type=Shout).text)
     escrow = buyer.finish(deal)
 
-    usd = currency("USD")
-    print(f"price per call {usd.format(deal.body.terms.unit_price_atomic)}; "
-          f"seller earned {usd.format(escrow.captured_atomic - escrow.fee_atomic)}, "
-          f"fee {usd.format(escrow.fee_atomic)}, refunded {usd.format(escrow.refunded_atomic)}")
-    seller.stop()
-    buyer.close()
+    print(f"price per call {Money(deal.body.terms.unit_price_atomic, 'USD')}; seller earned "
+          f"{escrow.seller_net}, fee {escrow.fee}, refunded {escrow.refunded}")
+    print(f"wallet: {buyer.balance('USD')}")

@@ -20,7 +20,7 @@ from marketplace.payword import PaywordChain, verify_word
 from marketplace.registry import Registry
 from marketplace.settlement import Settlement
 from marketplace.spanstore import SpanStore
-from marketplace.tracing import force_flush, setup_tracing
+from marketplace.tracing import default_span_store, force_flush, setup_tracing
 from marketplace.verifier_agent import VerifierAgent
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "VerifierAgent",
     "VerifierUnavailable",
     "channel_credentials",
+    "default_span_store",
     "force_flush",
     "server_credentials",
     "setup_tracing",

@@ -2,7 +2,8 @@
 method, applied to the authenticated caller before the request reaches the domain.
 
     method                        allowed
-    Discover                      any authenticated caller
+    Discover, ReportUnreachable   any authenticated caller (a report is checked by the
+                                  registry itself: marketplace.liveness)
     Advertise                     the listing's own agent
     Heartbeat, WithdrawListing    the listing's own agent (withdraw: or an operator)
     OpenEscrow                    the agreement's buyer
@@ -54,7 +55,8 @@ class MarketplaceAccess:
         """Service name -> method name -> rule(caller, request)."""
         anyone: Rule = lambda caller, request: None  # noqa: E731
         return {
-            REGISTRY: {"Discover": anyone, "Advertise": self._advertise,
+            REGISTRY: {"Discover": anyone, "ReportUnreachable": anyone,
+                       "Advertise": self._advertise,
                        "Heartbeat": self._own_listing(False),
                        "WithdrawListing": self._own_listing(True)},
             SETTLEMENT: {"OpenEscrow": self._open, "Redeem": self._redeem,

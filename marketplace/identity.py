@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -11,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from marketplace.errors import InvalidArgument
 
 _AGENT_ID = re.compile(r"^[0-9a-f]{64}$")
+_SEED = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
 class AgentKey:
@@ -31,6 +34,33 @@ class AgentKey:
     def from_seed(cls, seed: bytes) -> AgentKey:
         """Deterministic key from 32 secret bytes (for keys kept in a file or vault)."""
         return cls(Ed25519PrivateKey.from_private_bytes(seed))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> AgentKey:
+        """The key in a key file: its 32-byte seed as 64 hex characters (`agentmarket keys
+        new`, `save`). InvalidArgument names the file when it holds anything else."""
+        file = Path(path)
+        try:
+            text = file.read_text().strip()
+        except FileNotFoundError:
+            raise InvalidArgument(f"no key file at {file}") from None
+        except (OSError, UnicodeDecodeError) as error:
+            raise InvalidArgument(f"cannot read the key file {file}: {error}") from None
+        if not _SEED.match(text):
+            raise InvalidArgument(f"{file} does not hold a key (64 hex characters)")
+        return cls.from_seed(bytes.fromhex(text))
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the seed to a new file readable by its owner only (never overwrites one)."""
+        file = Path(path)
+        file.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise InvalidArgument(f"{file} exists; refusing to overwrite a key") from None
+        with os.fdopen(fd, "w") as out:
+            out.write(self.seed().hex() + "\n")
+        return file
 
     def seed(self) -> bytes:
         return self._key.private_bytes(

@@ -25,25 +25,29 @@ from __future__ import annotations
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent import futures
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from opentelemetry.trace import TracerProvider
+from sqlalchemy import Engine, make_url
+from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, OperationalError
 
 from marketplace import agreements as ag
 from marketplace.access import MarketplaceAccess
 from marketplace.auth import AccessInterceptor, AuthServerInterceptor
 from marketplace.checkers import Checker, CheckerRegistry
 from marketplace.discovery import FxConverter
+from marketplace.errors import FailedPrecondition, InvalidArgument
 from marketplace.grpc_tracing import server_interceptor
 from marketplace.identity import AgentKey, check_agent_id
+from marketplace.introspection import mark_serving, serve_introspection
 from marketplace.judge import LlmJudge
 from marketplace.registry import Registry
+from marketplace.request_fields import MARKET_FIELDS
 from marketplace.servicers import ArbitrationServicer, RegistryServicer, SettlementServicer
 from marketplace.settlement import Settlement
 from marketplace.v1 import (
@@ -61,6 +65,7 @@ from wallets.access import Principals, WalletAccess
 from wallets.errors import InvalidArgument
 from wallets.fx import FxProvider
 from wallets.grpc_errors import MalformedRequestInterceptor
+from wallets.grpc_fields import FieldCheckInterceptor
 from wallets.ledger import Ledger
 from wallets.metrics import market_metrics
 from wallets.service import WalletService
@@ -114,11 +119,8 @@ class MarketplaceNode:
         self.agent_id = self.key.agent_id
         self.operator_ids = frozenset(check_agent_id(o, "operator") for o in operator_ids)
         self.require_auth = require_auth
-        self.engine = make_engine(db_url)
-        self.ledger = Ledger(self.engine)
+        self.engine, self.ledger, self.registry = _open_database(db_url, fx)
         self.wallets = WalletService(self.ledger)
-        self.registry = Registry(self.engine, fx=FxConverter(fx, self.ledger.clock_ms)
-                                 if fx is not None else None)
         self.checkers = CheckerRegistry()
         self._verifier_client = GrpcVerifierClient(tracer_provider, key=self.key,
                                                    credentials=verifier_credentials)
@@ -133,7 +135,7 @@ class MarketplaceNode:
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers),
             interceptors=[MalformedRequestInterceptor(), server_interceptor(tracer_provider),
-                          self.auth, *self._access()],
+                          self.auth, FieldCheckInterceptor(MARKET_FIELDS), *self._access()],
             options=[("grpc.max_receive_message_length", max_message_bytes),
                      ("grpc.max_send_message_length", MAX_RESPONSE_BYTES)],
         )
@@ -145,16 +147,13 @@ class MarketplaceNode:
             ArbitrationServicer(self.settlement), self.server)
         wallet_pb2_grpc.add_WalletServiceServicer_to_server(
             WalletServicer(self.wallets), self.server)
-        self.health = health.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         services = [
             registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
             settlement_pb2.DESCRIPTOR.services_by_name["SettlementService"].full_name,
             dispute_pb2.DESCRIPTOR.services_by_name["ArbitrationService"].full_name,
             wallet_pb2.DESCRIPTOR.services_by_name["WalletService"].full_name,
         ]
-        reflection.enable_server_reflection([*services, reflection.SERVICE_NAME,
-                                             health.SERVICE_NAME], self.server)
+        self.health = serve_introspection(self.server, services)
         self._services = services
         self.port = (self.server.add_secure_port(f"{host}:{port}", server_credentials)
                      if server_credentials is not None
@@ -208,6 +207,7 @@ class MarketplaceNode:
             self.http.start()
             if self.console is not None:
                 self.console.bind(self.http.url)
+        mark_serving(self.health, self._services)
         self._sweeper.start()
         self._unobserve = market_metrics().observe_holds(self.ledger.open_hold_totals)
         return self
@@ -253,3 +253,34 @@ class MarketplaceNode:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _open_database(db_url: str, fx: FxProvider | None) -> tuple[Engine, Ledger, Registry]:
+    """The engine, ledger and registry over `db_url`, migrated."""
+    with opening_database(db_url):
+        engine = make_engine(db_url)
+        ledger = Ledger(engine)
+        return engine, ledger, Registry(engine, fx=FxConverter(fx, ledger.clock_ms)
+                                        if fx is not None else None)
+
+
+@contextmanager
+def opening_database(db_url: str) -> Iterator[None]:
+    """A URL that cannot be opened is the caller's error (InvalidArgument) or the database's
+    state (FailedPrecondition), in one line the driver gave, not a SQLAlchemy exception."""
+    try:
+        yield
+    except (ArgumentError, NoSuchModuleError) as error:
+        raise InvalidArgument(f"{_shown(db_url)} is not a database URL we can open "
+                              f"(sqlite:///FILE or postgresql://...): {error}") from None
+    except (OperationalError, DatabaseError) as error:
+        first = str(error.orig or error).strip().splitlines()[0]
+        raise FailedPrecondition(f"cannot open the database {_shown(db_url)}: {first}") from None
+
+
+def _shown(db_url: str) -> str:
+    """The URL for a message, its password masked."""
+    try:
+        return repr(make_url(db_url).render_as_string(hide_password=True))
+    except Exception:  # not a URL at all: nothing in it to hide
+        return repr(db_url[:200])

@@ -242,6 +242,23 @@ class Registry:
                          .values(expires_at_ms=expires))
         return expires
 
+    def expire(self, agent_id: str, endpoint: str) -> bool:
+        """End a live listing's life now, as if its TTL had run out (its seller did not answer
+        at `endpoint`: `marketplace.liveness`); False when it is not live at that endpoint.
+        A live seller's next heartbeat is told to advertise again."""
+        check_agent_id(agent_id)
+        now = self.clock_ms()
+        with self._serial(), self.engine.begin() as conn:
+            row = conn.execute(select(LISTINGS.c.listing).where(
+                LISTINGS.c.agent_id == agent_id, LISTINGS.c.expires_at_ms > now)).first()
+            if row is None or registry_pb2.Listing.FromString(row.listing).endpoint != endpoint:
+                return False
+            conn.execute(update(LISTINGS).where(LISTINGS.c.agent_id == agent_id)
+                         .values(expires_at_ms=now))
+            conn.execute(update(OFFERS).where(OFFERS.c.agent_id == agent_id)
+                         .values(expires_at_ms=now))
+        return True
+
     def withdraw(self, agent_id: str) -> None:
         check_agent_id(agent_id)
         with self._serial(), self.engine.begin() as conn:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from marketplace.liveness import Liveness
 from marketplace.registry import Registry
 from marketplace.settlement import STATES, Settlement, escrow_message
 from marketplace.v1 import (
@@ -27,8 +28,14 @@ def _key(request: Any) -> str:
 
 
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, liveness: Liveness | None = None) -> None:
         self.registry = registry
+        self.liveness = liveness or Liveness(registry)
+
+    @grpc_method
+    def ReportUnreachable(self, request, context):  # type: ignore[no-untyped-def]
+        return registry_pb2.ReportUnreachableResponse(
+            withdrawn=self.liveness.report(request.agent_id, request.endpoint))
 
     @grpc_method
     def Advertise(self, request, context):  # type: ignore[no-untyped-def]

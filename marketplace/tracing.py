@@ -21,7 +21,11 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
+from marketplace.home import default_span_store
 from marketplace.spanstore import SqliteSpanExporter
+
+__all__ = ["default_span_store", "force_flush", "setup_metrics", "setup_tracing",
+           "tracing_enabled"]
 
 ENV_TRACING = "AGENTMARKET_TRACING"
 _OFF_VALUES = frozenset({"off", "0", "false", "no", "disabled"})

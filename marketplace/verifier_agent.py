@@ -31,6 +31,7 @@ from marketplace.auth import signed_channel
 from marketplace.errors import PermissionDenied, VerifierUnavailable
 from marketplace.grpc_tracing import client_interceptors, server_interceptor
 from marketplace.identity import AgentKey
+from marketplace.introspection import mark_serving, serve_introspection
 from marketplace.v1 import agreement_pb2, verifier_pb2, verifier_pb2_grpc
 from wallets.grpc_errors import grpc_method
 
@@ -60,17 +61,28 @@ class VerifierAgent:
                                   options=[("grpc.max_receive_message_length",
                                             MAX_REQUEST_BYTES)])
         verifier_pb2_grpc.add_VerifierServiceServicer_to_server(_Servicer(self), self.server)
+        self._services = [verifier_pb2.DESCRIPTOR.services_by_name["VerifierService"].full_name]
+        self.health = serve_introspection(self.server, self._services)
         self.port = (self.server.add_secure_port(f"{host}:{port}", server_credentials)
                      if server_credentials is not None
                      else self.server.add_insecure_port(f"{host}:{port}"))
         self.endpoint = f"{host}:{self.port}"
 
     def serve(self) -> VerifierAgent:
+        """Start serving (health checks and reflection too)."""
         self.server.start()
+        mark_serving(self.health, self._services)
         return self
 
     def stop(self, grace_s: float = 1.0) -> None:
+        self.health.enter_graceful_shutdown()
         self.server.stop(grace_s).wait()
+
+    def __enter__(self) -> VerifierAgent:
+        return self.serve()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def verify(self, request: verifier_pb2.VerifyRequest) -> verifier_pb2.VerifyResponse:
         """Judge the receipts and sign the verdicts. A retry (the same key *and* the same

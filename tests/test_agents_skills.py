@@ -8,7 +8,6 @@ import threading
 import time
 from typing import TypedDict
 
-import grpc
 import pytest
 from langgraph.graph import END, START, StateGraph
 from pydantic import BaseModel
@@ -16,7 +15,10 @@ from pydantic import BaseModel
 from agents import (
     BuyerAgent,
     ConcessionStrategy,
+    FailedPrecondition,
+    InvalidArgument,
     SellerAgent,
+    ServerError,
     current_meter,
     per_call,
     per_unit,
@@ -142,9 +144,9 @@ def test_the_seller_works_only_once_the_escrow_holds_the_money(market):
     _node, seller, buyer = market
     listing = buyer.discover("slow_echo", currency="USD")[0]
     deal = buyer.negotiate(listing, "slow_echo", quantity=2, budget="0.01", currency="USD")
-    with pytest.raises(grpc.RpcError) as refused:
+    with pytest.raises(FailedPrecondition, match="hire first") as refused:
         buyer.call(deal, {"text": "unpaid"})
-    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert refused.value.status == "FAILED_PRECONDITION"
     assert seller.gate.unspent(deal.agreement_id) > 0  # prepaid, nothing charged
     buyer.hire(deal)
     assert buyer.call(deal, {"text": "paid"}) == {"text": "paid"}
@@ -281,9 +283,9 @@ def test_the_journal_waits_only_for_calls_still_running(market):
         release.set()
         running.join(10)
         assert journal.expected_records == 0  # recorded
-        with pytest.raises(grpc.RpcError):
+        with pytest.raises(ServerError):
             buyer.call(deal, {"text": "fail"})
-        with pytest.raises(grpc.RpcError):  # refused before the skill: wrong input
+        with pytest.raises(InvalidArgument):  # refused before the skill: wrong input
             buyer.call(deal, {"wrong": 1})
         replayed = buyer.invoke(deal, {"text": "slow"}, call_id="slow", voucher_at=(1, 1))
         assert replayed.output == {"text": "slow"}  # the first answer, from the journal's call

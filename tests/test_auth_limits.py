@@ -209,11 +209,11 @@ def test_a_tiny_rate_limit_on_a_seller_refuses_the_excess_before_any_voucher_is_
             deal = buyer.negotiate(buyer.discover("echo", currency=USD)[0], "echo",
                                    quantity=5, budget="0.01", currency=USD)  # some Negotiates
             buyer.hire(deal)
-            with pytest.raises(grpc.RpcError) as caught:
+            with pytest.raises(ResourceExhausted) as caught:
                 for i in range(4):
                     buyer.call(deal, {"text": str(i)})
-            assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert error_reason(caught.value) == "RATE_LIMITED"
+            assert caught.value.status == "RESOURCE_EXHAUSTED"
+            assert caught.value.reason == "RATE_LIMITED"
             assert seller.gate.unspent(deal.agreement_id) == 0  # only admitted calls paid
         finally:
             buyer.close()

@@ -35,8 +35,11 @@ def test_every_mutating_request_carries_an_idempotency_key():
     from marketplace.v1 import dispute_pb2, registry_pb2, settlement_pb2, verifier_pb2
     from wallets.v1 import wallet_pb2
 
+    # ReportUnreachable asks the registry to check a listing: its effect is the registry's own
+    # finding (the same each time it is checked), not the caller's request
     reads = {"GetDispute", "GetBalance", "History", "ListCurrencies", "Discover", "Heartbeat",
-             "GetEscrow", "GetPolicy", "ListAlerts", "ListApprovals", "GetMandate"}
+             "GetEscrow", "GetPolicy", "ListAlerts", "ListApprovals", "GetMandate",
+             "ReportUnreachable"}
     for module in (wallet_pb2, registry_pb2, settlement_pb2, dispute_pb2, verifier_pb2):
         for service in module.DESCRIPTOR.services_by_name.values():
             for method in service.methods:

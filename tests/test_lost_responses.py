@@ -26,7 +26,15 @@ import pytest
 from pydantic import BaseModel
 from sqlalchemy import func, select
 
-from agents import BuyerAgent, SellerAgent, per_call, skill
+from agents import (
+    AgentmarketError,
+    BuyerAgent,
+    FailedPrecondition,
+    SellerAgent,
+    Unavailable,
+    per_call,
+    skill,
+)
 from agents.buyer import Deal, _SellerStubs
 from agents.v1 import agent_pb2_grpc
 from marketplace import agreements as ag
@@ -443,7 +451,7 @@ def test_lost_redeem_response_the_buyer_finishes_again(task: Task):
     redeem (same voucher, same key), and the seller is paid once."""
     price = task.deal.body.terms.unit_price_atomic
     task.to_marketplace.armed = grpc.StatusCode.UNAVAILABLE
-    with pytest.raises(grpc.RpcError):
+    with pytest.raises(FailedPrecondition, match="redeem failed"):
         task.buyer.finish(task.deal)
     assert task.captured() == price  # it landed
     postings = len(task.node.ledger.postings(limit=10_000))
@@ -455,7 +463,7 @@ def test_lost_redeem_response_the_buyer_finishes_again(task: Task):
 
 def test_lost_paid_call_response_retry_with_the_same_call_id(task: Task):
     task.to_seller.armed = grpc.StatusCode.UNAVAILABLE
-    with pytest.raises(grpc.RpcError):
+    with pytest.raises(Unavailable):  # the answer was lost: the buyer cannot tell it ran
         task.buyer.call(task.deal, {"text": "two"}, call_id="call-two")
     assert task.buyer.call(task.deal, {"text": "two"}, call_id="call-two") == {"text": "TWO"}
     assert task.buyer.call(task.deal, {"text": "three"}) == {"text": "THREE"}
@@ -466,9 +474,9 @@ def test_lost_paid_call_response_retry_with_the_same_call_id(task: Task):
 def test_lost_redeem_response_then_another_call(task: Task):
     price = task.deal.body.terms.unit_price_atomic
     task.to_marketplace.armed = grpc.StatusCode.UNAVAILABLE
-    with pytest.raises(grpc.RpcError):
+    with pytest.raises(FailedPrecondition, match="redeem failed"):
         task.buyer.finish(task.deal)
-    with contextlib.suppress(grpc.RpcError):  # refusing it would be right too
+    with contextlib.suppress(AgentmarketError):  # refusing it would be right too
         task.buyer.call(task.deal, {"text": "late"})
     escrow = task.buyer.finish(task.deal)
     assert escrow.state == settlement_pb2.AGREEMENT_STATE_SETTLED

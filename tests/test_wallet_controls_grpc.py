@@ -5,6 +5,7 @@ conversions, and every bad request with its status, ErrorInfo reason and no chan
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -88,9 +89,17 @@ def fails(node: MarketplaceNode, call: Callable[[], Any], code: grpc.StatusCode,
     return error.details()
 
 
+UNKNOWN = "0" * 32  # a well-formed account id no account has
+
+
+def agent_id_of(name: str) -> str:
+    """An agent id (wallet owners are agents): `name` if it is one, else one made from it."""
+    return name if len(name) == 64 else hashlib.sha256(name.encode()).hexdigest()
+
+
 def open_wallet(stub: Wallets, owner: str, code: str = "USD") -> str:
     return stub.OpenAccount(wallet_pb2.OpenAccountRequest(
-        idempotency_key=new_key(), owner=owner, currency=code)).account_id
+        idempotency_key=new_key(), owner=agent_id_of(owner), currency=code)).account_id
 
 
 def assert_sound(node: MarketplaceNode) -> None:
@@ -116,7 +125,7 @@ def test_the_approval_flow_end_to_end(stub: Wallets, node: MarketplaceNode):
     assert waiting.approval_id in details
     assert (waiting.spend_idempotency_key, waiting.amount.amount_atomic, waiting.amount.currency,
             waiting.counterparty, waiting.operation) == \
-        (spend.idempotency_key, usd("0.30"), "USD", "seller", "transfer")
+        (spend.idempotency_key, usd("0.30"), "USD", agent_id_of("seller"), "transfer")
     assert waiting.expires_at_ms > waiting.created_at_ms
     fails(node, lambda: stub.Transfer(spend), grpc.StatusCode.FAILED_PRECONDITION,
           "APPROVAL_REQUIRED", "still pending")
@@ -154,7 +163,7 @@ def test_policies_freezes_mandates_and_fx_over_grpc(stub: Wallets, node: Marketp
     stub.Deposit(wallet_pb2.DepositRequest(idempotency_key=new_key(), account_id=buyer,
                                            amount=money(usd("5.00"))))
     policy = wallet_pb2.WalletPolicy(
-        daily_cap_atomic=usd("3.00"), deny_counterparties=["stranger"],
+        daily_cap_atomic=usd("3.00"), deny_counterparties=[agent_id_of("stranger")],
         velocity=wallet_pb2.VelocityRule(factor_pct=1000, min_atomic=usd("2.50")))
     set_to = stub.SetPolicy(wallet_pb2.SetPolicyRequest(idempotency_key=new_key(),
                                                         account_id=buyer, policy=policy))
@@ -162,7 +171,7 @@ def test_policies_freezes_mandates_and_fx_over_grpc(stub: Wallets, node: Marketp
     assert got == set_to and got.currency == "USD" and not got.frozen
     assert (got.policy.daily_cap_atomic, list(got.policy.deny_counterparties),
             got.policy.velocity.window_s, got.policy.approval_ttl_s) == \
-        (usd("3.00"), ["stranger"], 60, 86400)
+        (usd("3.00"), [agent_id_of("stranger")], 60, 86400)
 
     def pay(to: str, amount: int, **extra: str) -> wallet_pb2.Posting:
         return stub.Transfer(wallet_pb2.TransferRequest(
@@ -170,7 +179,7 @@ def test_policies_freezes_mandates_and_fx_over_grpc(stub: Wallets, node: Marketp
             amount=money(amount), **extra))
 
     fails(node, lambda: pay(stranger, 1), grpc.StatusCode.PERMISSION_DENIED, "POLICY_DENIED",
-          "denies paying stranger")
+          f"denies paying {agent_id_of('stranger')}")
     stub.Freeze(wallet_pb2.FreezeRequest(idempotency_key=new_key(), account_id=buyer,
                                          reason="suspicious", actor="ops"))
     fails(node, lambda: pay(seller, 1), grpc.StatusCode.FAILED_PRECONDITION, "WALLET_FROZEN",
@@ -243,11 +252,13 @@ def test_bad_requests_get_their_status_and_change_nothing(stub: Wallets, node: M
         ("policy-negative-cap", lambda: stub.SetPolicy(wallet_pb2.SetPolicyRequest(
             idempotency_key=k(), account_id=buyer,
             policy=wallet_pb2.WalletPolicy(per_call_cap_atomic=-1))),
-         invalid, "INVALID_ARGUMENT", "per_call_cap_atomic"),
+         invalid, "INVALID_AMOUNT", "per_call_cap_atomic"),
         ("policy-unknown-account", lambda: stub.SetPolicy(wallet_pb2.SetPolicyRequest(
-            idempotency_key=k(), account_id="nope")), not_found, "NOT_FOUND", "nope"),
+            idempotency_key=k(), account_id=UNKNOWN)), not_found, "NOT_FOUND", UNKNOWN),
         ("get-policy-unknown", lambda: stub.GetPolicy(wallet_pb2.GetPolicyRequest(
-            account_id="nope")), not_found, "NOT_FOUND", "nope"),
+            account_id=UNKNOWN)), not_found, "NOT_FOUND", UNKNOWN),
+        ("get-policy-malformed-id", lambda: stub.GetPolicy(wallet_pb2.GetPolicyRequest(
+            account_id="nope")), invalid, "MALFORMED_FIELD", "account_id must be an account id"),
         ("freeze-no-reason", lambda: stub.Freeze(wallet_pb2.FreezeRequest(
             idempotency_key=k(), account_id=buyer, actor="ops")),
          invalid, "INVALID_ARGUMENT", "reason"),
@@ -273,7 +284,7 @@ def test_bad_requests_get_their_status_and_change_nothing(stub: Wallets, node: M
         ("revoke-unknown", lambda: stub.RevokeMandate(wallet_pb2.RevokeMandateRequest(
             idempotency_key=k(), mandate_id="a" * 64)), not_found, "NOT_FOUND", "a" * 64),
         ("get-mandate-bad-id", lambda: stub.GetMandate(wallet_pb2.GetMandateRequest(
-            mandate_id="xyz")), invalid, "INVALID_ARGUMENT", "64 hex"),
+            mandate_id="xyz")), invalid, "MALFORMED_FIELD", "64 lowercase hex"),
         ("transfer-mandate-no-spender", lambda: stub.Transfer(wallet_pb2.TransferRequest(
             idempotency_key=k(), debit_account_id=buyer, credit_account_id=seller,
             amount=money(1), mandate_id="a" * 64)), invalid, "INVALID_ARGUMENT", "spender_id"),

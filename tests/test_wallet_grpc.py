@@ -7,6 +7,7 @@ balances and the ledger's posting count are the same before and after. Nothing i
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -64,9 +65,14 @@ def stub(node: MarketplaceNode) -> Iterator[Wallets]:
         yield Wallets(channel)
 
 
+def agent_id_of(name: str) -> str:
+    """An agent id (wallet owners are agents): `name` if it is one, else one made from it."""
+    return name if len(name) == 64 else hashlib.sha256(name.encode()).hexdigest()
+
+
 def open_wallet(stub: Wallets, owner: str, code: str = "USD") -> str:
     return stub.OpenAccount(wallet_pb2.OpenAccountRequest(
-        idempotency_key=new_key(), owner=owner, currency=code)).account_id
+        idempotency_key=new_key(), owner=agent_id_of(owner), currency=code)).account_id
 
 
 def snapshot(node: MarketplaceNode) -> tuple[dict[str, tuple[int, ...]], int]:
@@ -92,11 +98,11 @@ def test_lists_currencies_with_their_scales(stub: Wallets):
 
 def test_open_deposit_transfer_hold_capture_void_history(stub: Wallets, node: MarketplaceNode):
     buyer = stub.OpenAccount(wallet_pb2.OpenAccountRequest(
-        idempotency_key=new_key(), owner="buyer", currency="USD"))
+        idempotency_key=new_key(), owner=agent_id_of("buyer"), currency="USD"))
     assert (buyer.currency, buyer.kind, buyer.available_atomic) == \
         ("USD", wallet_pb2.ACCOUNT_KIND_WALLET, 0)
     again = stub.OpenAccount(wallet_pb2.OpenAccountRequest(
-        idempotency_key=new_key(), owner="buyer", currency="usd"))
+        idempotency_key=new_key(), owner=agent_id_of("buyer"), currency="usd"))
     assert again.account_id == buyer.account_id  # one wallet per owner and currency
     seller, platform = open_wallet(stub, "seller"), open_wallet(stub, "platform")
     b = buyer.account_id
@@ -352,7 +358,7 @@ BAD_REQUESTS = {
         capture(usd("0.10"), splits=lambda w: [(w.ecny, usd("0.10"))]), INVALID,
         "INVALID_ARGUMENT", "different currencies"),
     "open-unknown-currency": Bad(lambda s, w: s.OpenAccount(wallet_pb2.OpenAccountRequest(
-        idempotency_key=new_key(), owner="someone", currency="XYZ")), INVALID,
+        idempotency_key=new_key(), owner=agent_id_of("someone"), currency="XYZ")), INVALID,
         "UNKNOWN_CURRENCY", "unknown currency"),
     # what does not exist
     "deposit-unknown-account": Bad(deposit(usd("1.00"), account=lambda w: MISSING), NOT_FOUND,
@@ -424,11 +430,23 @@ BAD_REQUESTS = {
     "history-limit-too-high": Bad(lambda s, w: s.History(wallet_pb2.HistoryRequest(
         account_id=w.buyer, limit=1001)), INVALID, "INVALID_ARGUMENT", "limit must be"),
     "open-rail-account": Bad(lambda s, w: s.OpenAccount(wallet_pb2.OpenAccountRequest(
-        idempotency_key=new_key(), owner="rail:mine", currency="USD",
+        idempotency_key=new_key(), owner=agent_id_of("rail"), currency="USD",
         kind=wallet_pb2.ACCOUNT_KIND_RAIL)), INVALID, "INVALID_ARGUMENT", "only wallet"),
     "open-no-owner": Bad(lambda s, w: s.OpenAccount(wallet_pb2.OpenAccountRequest(
         idempotency_key=new_key(), owner="", currency="USD")), INVALID, "INVALID_ARGUMENT",
         "owner must be"),
+    # ids and amounts are checked on every request, authenticated or not (this node: not)
+    "open-owner-not-a-key": Bad(lambda s, w: s.OpenAccount(wallet_pb2.OpenAccountRequest(
+        idempotency_key=new_key(), owner="not-a-key", currency="USD")), INVALID,
+        "MALFORMED_FIELD", "owner must be an agent id"),
+    "balance-malformed-account": Bad(lambda s, w: s.GetBalance(wallet_pb2.GetBalanceRequest(
+        account_id="../etc")), INVALID, "MALFORMED_FIELD", "account_id must be an account id"),
+    "void-malformed-hold": Bad(lambda s, w: s.Void(wallet_pb2.VoidRequest(
+        idempotency_key=new_key(), hold_id="x")), INVALID, "MALFORMED_FIELD",
+        "hold_id must be a hold id"),
+    "capture-split-negative-amount": Bad(
+        capture(usd("0.10"), splits=lambda w: [(w.seller, -1)]), INVALID, "INVALID_AMOUNT",
+        "splits[0].amount_atomic must be positive"),
 }
 
 

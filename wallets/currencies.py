@@ -16,11 +16,19 @@ Rounding happens in exactly three places, two here:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation, localcontext
 
 from wallets.errors import InvalidAmount, UnknownCurrency
 
 MAX_AMOUNT_ATOMIC = 2**62  # far below int64 overflow even after summing many legs
+MAX_INTEGER_DIGITS = 19  # 10**19 is past MAX_AMOUNT_ATOMIC in any currency
+MAX_DIGITS = 64  # significant digits of a decimal amount we read
+
+
+def _shown(amount: object) -> str:
+    """An amount as a person typed it, cut short (it goes into a one-line message)."""
+    text = repr(amount) if isinstance(amount, str) else str(amount)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,11 +43,36 @@ class Currency:
         return 10 ** (self.scale - self.rail_scale)
 
     def atomic(self, amount: str | int | Decimal) -> int:
-        """Exact conversion from a decimal amount ('0.01') to atomic units; refuses sub-atomic."""
-        value = Decimal(amount) * (10**self.scale)
-        if value != value.to_integral_value():
-            raise InvalidAmount(f"{amount} {self.code} is finer than 1e-{self.scale}")
-        return int(value)
+        """Exact conversion from a decimal amount ('0.01') to atomic units. Refuses, with
+        InvalidAmount naming the value: what is not a plain decimal ("abc", "1,00", floats,
+        which are not exact), NaN and infinities, negatives, amounts finer than one atomic unit
+        and amounts past the ledger's limit."""
+        if isinstance(amount, bool) or not isinstance(amount, str | int | Decimal):
+            hint = " (floats are not exact)" if isinstance(amount, float) else ""
+            raise InvalidAmount(f"an amount of {self.code} is a decimal string, int or Decimal, "
+                                f"not {type(amount).__name__} {_shown(amount)}{hint}")
+        try:
+            value = Decimal(amount.strip() if isinstance(amount, str) else amount)
+        except (InvalidOperation, ValueError):
+            raise InvalidAmount(f"{_shown(amount)} is not a decimal amount of {self.code} "
+                                "(write it like 1.25)") from None
+        if not value.is_finite():
+            raise InvalidAmount(f"{_shown(amount)} is not a finite amount of {self.code}")
+        if value < 0:
+            raise InvalidAmount(f"{_shown(amount)} {self.code} is negative")
+        if value and (value.adjusted() > MAX_INTEGER_DIGITS
+                      or len(value.as_tuple().digits) > MAX_DIGITS):
+            raise InvalidAmount(f"{_shown(amount)} {self.code} is past the largest amount "
+                                f"({self.format(MAX_AMOUNT_ATOMIC)})")
+        with localcontext() as exact:
+            exact.prec = 2 * MAX_DIGITS  # no rounding: every digit above fits
+            scaled = value.scaleb(self.scale)
+        if scaled != scaled.to_integral_value():
+            raise InvalidAmount(f"{_shown(amount)} {self.code} is finer than 1e-{self.scale}")
+        if scaled > MAX_AMOUNT_ATOMIC:
+            raise InvalidAmount(f"{_shown(amount)} {self.code} is past the largest amount "
+                                f"({self.format(MAX_AMOUNT_ATOMIC)})")
+        return int(scaled)
 
     def format(self, amount_atomic: int) -> str:
         """Human text, exact: at least the rail's decimals, more where the amount has them
@@ -67,11 +100,11 @@ _ALIASES = {"E-CNY": "ECNY", "CNY": "ECNY"}
 
 def currency(code: str) -> Currency:
     """Look a currency up by code (case-insensitive; 'e-CNY' is ECNY)."""
-    key = code.strip().upper()
-    found = CURRENCIES.get(_ALIASES.get(key, key))
+    key = code.strip().upper() if isinstance(code, str) else None
+    found = CURRENCIES.get(_ALIASES.get(key, key)) if key else None
     if found is None:
         known = ", ".join(sorted(CURRENCIES))
-        raise UnknownCurrency(f"unknown currency {code!r}; known: {known}")
+        raise UnknownCurrency(f"unknown currency {_shown(code)}; known: {known}")
     return found
 
 

@@ -34,10 +34,13 @@ from __future__ import annotations
 
 
 class AgentmarketError(Exception):
-    """Base error: `status` names the gRPC status code, `reason` is a stable UPPER_SNAKE tag."""
+    """Base error: `status` names the gRPC status code, `reason` is a stable UPPER_SNAKE tag,
+    `message` is one line for a person; `trace_id` names the trace of the call that failed
+    (set by the SDK when the error came back from a server; '' when there was none)."""
 
     status = "UNKNOWN"
     reason = "AGENTMARKET_ERROR"
+    trace_id = ""
 
     def __init__(self, message: str, *, reason: str | None = None) -> None:
         super().__init__(message)

@@ -24,6 +24,7 @@ from wallets.errors import AgentmarketError
 from wallets.metrics import market_metrics
 
 ERROR_DOMAIN = "agentmarket.dev"
+TRACE_ID_KEY = "trace_id"  # ErrorInfo metadata: the failed request's trace
 log = logging.getLogger("agentmarket.grpc")
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -46,9 +47,15 @@ def status_for(error: AgentmarketError) -> grpc.StatusCode:
 
 def _rich_status(code: grpc.StatusCode, message: str, reason: str,
                  metadata: dict[str, str] | None = None) -> Any:
+    """The status with an ErrorInfo: reason, domain, details, and the trace id of the request
+    (when it is traced), so whoever gets the error can find its trace."""
+    metadata = dict(metadata or {})
+    span = trace.get_current_span().get_span_context()
+    if span.is_valid and span.trace_flags.sampled:
+        metadata.setdefault(TRACE_ID_KEY, format(span.trace_id, "032x"))
     detail = any_pb2.Any()
     detail.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN,
-                                            metadata=metadata or {}))
+                                            metadata=metadata))
     return rpc_status.to_status(
         status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=[detail])
     )

@@ -8,8 +8,6 @@ before and after, and the task's trace as a tree.
 
 from __future__ import annotations
 
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,11 +70,11 @@ class DemoResult:
     problems: list[str] = field(default_factory=list)
 
 
-def run_demo(workdir: Path | None = None, console: Console | None = None,
-             calls: int = 5) -> DemoResult:
-    """Run the scenario; return balances, the workflow's final state and the trace id."""
+def run_demo(workdir: Path, console: Console | None = None, calls: int = 5) -> DemoResult:
+    """Run the scenario in `workdir` (its database and span store go there); return balances
+    before anything moved and after, the workflow's final state and the trace id."""
     console = console or Console()
-    workdir = Path(workdir or tempfile.mkdtemp(prefix="agentmarket-demo-"))
+    workdir = Path(workdir)
     db_path, spans_path = workdir / "marketplace.db", workdir / "spans.db"
     providers = {name: setup_tracing(name, span_store_path=spans_path, synchronous=True)
                  for name in ("marketplace", "seller-a", "seller-b", "buyer")}
@@ -91,10 +89,9 @@ def run_demo(workdir: Path | None = None, console: Console | None = None,
     buyer = BuyerAgent("buyer", marketplace=node.address, tracer_provider=providers["buyer"])
     names = {buyer.agent_id: "buyer", "marketplace": "marketplace",
              **{s.agent_id: s.name for s in sellers}}
-    snapshots: list[dict[str, Balance]] = []
     try:
-        state, trace_id = _run_task(buyer, calls, console,
-                                    lambda: snapshots.append(_balances(node)), workdir)
+        before = _balances(node)  # before the deposit: nothing has moved yet
+        state, trace_id = _run_task(buyer, calls, console, workdir)
         after = _balances(node)
     finally:
         for seller in sellers:
@@ -104,12 +101,12 @@ def run_demo(workdir: Path | None = None, console: Console | None = None,
         for provider in providers.values():
             force_flush(provider)
     problems = [*check_balances(node.ledger).problems, *verify_chain(node.ledger).problems]
-    return DemoResult(snapshots[0], after, names, state, trace_id, spans_path, db_path, problems)
+    return DemoResult(before, after, names, state, trace_id, spans_path, db_path, problems)
 
 
-def _run_task(buyer: BuyerAgent, calls: int, console: Console, funded: Callable[[], None],
-              workdir: Path) -> tuple[dict[str, Any], str]:
-    """The buyer's task under one root span; `funded` runs once the wallet has money."""
+def _run_task(buyer: BuyerAgent, calls: int, console: Console, workdir: Path
+              ) -> tuple[dict[str, Any], str]:
+    """The buyer's task under one root span."""
     tracer = trace.get_tracer("agentmarket.demo", tracer_provider=buyer.tracer_provider)
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                TextColumn("{task.completed}/{task.total}"))
@@ -124,14 +121,15 @@ def _run_task(buyer: BuyerAgent, calls: int, console: Console, funded: Callable[
                                       f"after {update['rounds']} rounds"),
                 "hire": lambda: "escrow hold placed",
                 "call": lambda: f"paid call {len(update['outputs'])}/{calls}",
-                "settle": lambda: f"settled: seller paid {_usd(update['captured_atomic'])}",
+                "settle": lambda: (f"settled: the seller received "
+                                   f"{_usd(update['captured_atomic'] - update['fee_atomic'])} "
+                                   f"after the {_usd(update['fee_atomic'])} fee"),
             }.get(step)
             if text is not None:
                 progress.update(task, advance=1, description=text())
 
         with tracer.start_as_current_span("task", attributes={attr.SKILL: "summarize"}) as span:
             buyer.fund("1.00", "USD", idempotency_key=f"demo-fund:{buyer.agent_id}")
-            funded()
             progress.update(task, advance=1, description="wallet funded with 1.00 USD")
             graph = buyer_graph(buyer, on_step=on_step,
                                 checkpoint_path=workdir / "buyer-checkpoints.sqlite")
@@ -156,24 +154,46 @@ def _label(balance: Balance, names: dict[str, str]) -> str:
     return names.get(balance.owner, balance.owner[:12])
 
 
-def print_report(result: DemoResult, console: Console) -> None:
+def rows(result: DemoResult) -> list[tuple[str, str, int, int, str]]:
+    """(account, kind, before, after, currency): every account, and every agent of the demo,
+    an agent that was never paid (the seller not chosen) with its empty wallet."""
+    found = []
+    for account_id, after in result.after.items():
+        before = result.before.get(account_id)
+        found.append((_label(after, result.names), after.kind,
+                      before.posted_atomic if before else 0, after.posted_atomic,
+                      after.currency))
+    owners = {b.owner for b in result.after.values()}
+    found += [(name, "wallet", 0, 0, "USD") for owner, name in result.names.items()
+              if owner not in owners and owner != "marketplace"]
+    return sorted(found, key=lambda row: (row[1], row[0]))
+
+
+def print_report(result: DemoResult, console: Console, *, kept: bool = True) -> None:
     table = Table(title="Balances before and after the task (exact)")
     for column in ("account", "kind", "before", "after", "change"):
         table.add_column(column, justify="left" if column in ("account", "kind") else "right")
-    for account_id, after in sorted(result.after.items(),
-                                    key=lambda kv: (kv[1].kind, _label(kv[1], result.names))):
-        before = result.before.get(account_id)
-        start = before.posted_atomic if before else 0
-        fmt = currency(after.currency).format
-        table.add_row(_label(after, result.names), after.kind, fmt(start),
-                      fmt(after.posted_atomic), fmt(after.posted_atomic - start))
+    for label, kind, start, end, code in rows(result):
+        fmt = currency(code).format
+        table.add_row(label, kind, fmt(start), fmt(end), fmt(end - start))
     total = sum(b.posted_atomic for b in result.after.values())
     table.caption = f"sum over all accounts: {total} (double entry: always zero)"
     console.print(table)
+    state = result.state
+    if state.get("captured_atomic"):
+        net = state["captured_atomic"] - state["fee_atomic"]
+        console.print(f"the seller received {_usd(net)} (paid {_usd(state['captured_atomic'])}"
+                      f", less the marketplace's {_usd(state['fee_atomic'])} fee); the buyer "
+                      f"got {_usd(state['refunded_atomic'])} of the escrow back",
+                      highlight=False)
     with SpanStore(result.span_store) as store:
         console.print(render_trace(store.spans(result.trace_id)))
-    console.print(f"trace id {result.trace_id}  (agentmarket trace show {result.trace_id} "
-                  f"--spans {result.span_store})")
+    if kept:
+        console.print(f"trace id {result.trace_id}  (agentmarket trace show {result.trace_id} "
+                      f"--spans {result.span_store})")
+    else:
+        console.print(f"trace id {result.trace_id}  (the demo's files were removed; keep them "
+                      "with --workdir DIR)")
     verdict = "[green]books balanced, hash chain intact" if not result.problems else \
         f"[red]ledger problems: {result.problems}"
     console.print(verdict)

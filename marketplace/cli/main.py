@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Column, Table
 
+from marketplace.home import default_database_url, default_span_store
 from wallets.errors import AgentmarketError
 
 app = typer.Typer(help="agentmarket: agents trade work over gRPC and pay each other per call.",
@@ -38,8 +39,8 @@ def _operator_commands() -> None:
 
 _operator_commands()
 console = Console()
-DEFAULT_SPANS = Path(".agentmarket/spans.db")
-DEFAULT_DB = "sqlite:///.agentmarket/marketplace.db"
+DEFAULT_SPANS = default_span_store()
+DEFAULT_DB = default_database_url()
 
 
 def fail(message: str) -> None:
@@ -49,15 +50,21 @@ def fail(message: str) -> None:
 
 @app.command()
 def demo(workdir: Path = typer.Option(None, help="Directory for the database and spans "
-                                                 "(default: a fresh temporary one)."),
+                                                 "(default: a temporary one, removed afterwards)."),
          calls: int = typer.Option(5, min=1, max=50, help="Paid calls the buyer makes.")) -> None:
     """Run one paid task end to end and show the money and the trace."""
+    import tempfile
+
     from marketplace.cli.demo import print_report, run_demo
 
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
-    result = run_demo(workdir, console, calls=calls)
-    print_report(result, console)
+        result = run_demo(workdir, console, calls=calls)
+        print_report(result, console)
+    else:  # a folder of its own, removed afterwards: nothing is left behind
+        with tempfile.TemporaryDirectory(prefix="agentmarket-demo-") as scratch:
+            result = run_demo(Path(scratch), console, calls=calls)
+            print_report(result, console, kept=False)
     if result.problems:
         raise typer.Exit(1)
 

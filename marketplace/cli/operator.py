@@ -174,14 +174,13 @@ def _settlement(db: str) -> Any:
 def load_key(path: Path) -> Any:
     """An agent key from a file holding its 32-byte seed in hex (`agentmarket keys new`)."""
     from marketplace.cli.main import fail
+    from marketplace.errors import InvalidArgument
     from marketplace.identity import AgentKey
 
     try:
-        return AgentKey.from_seed(bytes.fromhex(path.read_text().strip()))
-    except FileNotFoundError:
-        fail(f"no key file at {path}")
-    except ValueError:
-        fail(f"{path} does not hold a 64-hex-character key seed")
+        return AgentKey.load(path)
+    except InvalidArgument as error:
+        fail(error.message)
 
 
 def _call(what: str, fn: Any) -> Any:
@@ -308,11 +307,12 @@ def keys_new(out: Path = typer.Argument(help="File to write the key seed to (mod
              ) -> None:
     """Make an agent or operator key; prints its public id."""
     from marketplace.cli.main import fail
+    from marketplace.errors import InvalidArgument
     from marketplace.identity import AgentKey
 
-    if out.exists():
-        fail(f"{out} exists; refusing to overwrite a key")
     key = AgentKey.generate()
-    out.write_text(key.seed().hex() + "\n")
-    out.chmod(0o600)
+    try:
+        key.save(out)
+    except InvalidArgument as error:
+        fail(error.message)
     console.print(key.agent_id, highlight=False)

@@ -139,6 +139,20 @@ class WithdrawListingResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class ReportUnreachableRequest(_message.Message):
+    __slots__ = ("agent_id", "endpoint")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    endpoint: str
+    def __init__(self, agent_id: _Optional[str] = ..., endpoint: _Optional[str] = ...) -> None: ...
+
+class ReportUnreachableResponse(_message.Message):
+    __slots__ = ("withdrawn",)
+    WITHDRAWN_FIELD_NUMBER: _ClassVar[int]
+    withdrawn: bool
+    def __init__(self, withdrawn: _Optional[bool] = ...) -> None: ...
+
 class DiscoverRequest(_message.Message):
     __slots__ = ("skill", "currency", "max_price_atomic", "limit", "text", "tags", "min_reputation_permille", "convert_currencies")
     SKILL_FIELD_NUMBER: _ClassVar[int]

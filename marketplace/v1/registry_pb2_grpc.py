@@ -55,6 +55,11 @@ class RegistryServiceStub:
                 request_serializer=marketplace_dot_v1_dot_registry__pb2.DiscoverRequest.SerializeToString,
                 response_deserializer=marketplace_dot_v1_dot_registry__pb2.DiscoverResponse.FromString,
                 _registered_method=True)
+        self.ReportUnreachable = channel.unary_unary(
+                '/marketplace.v1.RegistryService/ReportUnreachable',
+                request_serializer=marketplace_dot_v1_dot_registry__pb2.ReportUnreachableRequest.SerializeToString,
+                response_deserializer=marketplace_dot_v1_dot_registry__pb2.ReportUnreachableResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -89,6 +94,13 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportUnreachable(self, request, context):
+        """Report a seller that did not answer; the registry checks it before acting on it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +123,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.Discover,
                     request_deserializer=marketplace_dot_v1_dot_registry__pb2.DiscoverRequest.FromString,
                     response_serializer=marketplace_dot_v1_dot_registry__pb2.DiscoverResponse.SerializeToString,
+            ),
+            'ReportUnreachable': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportUnreachable,
+                    request_deserializer=marketplace_dot_v1_dot_registry__pb2.ReportUnreachableRequest.FromString,
+                    response_serializer=marketplace_dot_v1_dot_registry__pb2.ReportUnreachableResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +239,33 @@ class RegistryService:
             '/marketplace.v1.RegistryService/Discover',
             marketplace_dot_v1_dot_registry__pb2.DiscoverRequest.SerializeToString,
             marketplace_dot_v1_dot_registry__pb2.DiscoverResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportUnreachable(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/marketplace.v1.RegistryService/ReportUnreachable',
+            marketplace_dot_v1_dot_registry__pb2.ReportUnreachableRequest.SerializeToString,
+            marketplace_dot_v1_dot_registry__pb2.ReportUnreachableResponse.FromString,
             options,
             channel_credentials,
             insecure,

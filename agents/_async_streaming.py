@@ -1,0 +1,76 @@
+"""The async buyer's side of a streamed paid call (InvokeStream on grpc.aio).
+
+    stream = await buyer.stream(deal, {"topic": "agents"})
+    async for piece in stream:
+        print(piece, end="")
+    stream.stop_reason      # "complete", or "budget": the prepaid budget ran out first
+    stream.usage            # what the delivered text used and cost
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from agents._deal import Deal, receipt_problem
+from agents._rpc import sdk_error
+from agents._serving import STOP_REASON_KEY
+from agents.errors import FailedPrecondition
+from agents.payments import PaymentSession
+from agents.results import Usage
+from agents.v1 import agent_pb2
+
+
+class AsyncStreamedCall:
+    """A streamed paid call: `async for piece in call` yields text as the seller produces it;
+    afterwards `.text`, `.usage`, `.stop_reason` ("complete" or "budget") and `.end` (the
+    receipt for exactly what was delivered)."""
+
+    def __init__(self, deal: Deal, session: PaymentSession, budget_atomic: int,
+                 call: Any) -> None:
+        self.deal, self.session = deal, session
+        self.budget_atomic = budget_atomic
+        self._call = call
+        self.pieces: list[str] = []
+        self.end: agent_pb2.StreamEnd | None = None
+        self.stop_reason = ""
+        self.problem = ""
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+    @property
+    def usage(self) -> Usage | None:
+        return Usage.from_message(self.end.usage, self.deal.currency) if self.end else None
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        try:
+            async for chunk in self._call:
+                if chunk.HasField("end"):
+                    self.end = chunk.end
+                    continue
+                self.pieces.append(chunk.text_delta)
+                yield chunk.text_delta
+            trailers = await self._call.trailing_metadata()
+        except grpc.RpcError as error:
+            self.session.settle(self.budget_atomic, 0)
+            raise sdk_error(error) from None
+        if self.end is None:
+            self.session.settle(self.budget_atomic, 0)
+            raise FailedPrecondition("the stream ended without a receipt")
+        self.stop_reason = dict(trailers or ()).get(STOP_REASON_KEY, "")
+        self._book(self.end)
+
+    def _book(self, end: agent_pb2.StreamEnd) -> None:
+        self.session.settle(self.budget_atomic, end.usage.charged_atomic)
+        self.problem = receipt_problem(self.deal, end.receipt, end.usage, end.output_json,
+                                       end.usage.reserved_atomic)
+        if json.loads(end.output_json).get("text") != self.text:
+            self.problem = self.problem or "the receipt commits to other text than was sent"
+        if self.problem:
+            self.deal.problems.append(self.problem)
+        self.deal.outputs.append(json.loads(end.output_json))

@@ -1,0 +1,341 @@
+"""What the sync and the async buyer share: identity, deals and their payment sessions, and
+every operation's steps that are not I/O (checked inputs, requests, checked answers).
+
+`BuyerAgent` (grpc) and `AsyncBuyerAgent` (grpc.aio) are thin shells over this: each sends the
+request built here over its own connection and hands the answer back here, so the money rules
+(what a call prepays, how a receipt is checked, when an agreement is over) are written once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import grpc
+from jsonschema import ValidationError
+from opentelemetry import trace
+from opentelemetry.trace import TracerProvider
+
+from agents import _inputs
+from agents._bargain import Quote
+from agents._deal import (
+    Deal,
+    agreement_body,
+    countersigned_deal,
+    receipt_chain_problems,
+    receipt_problem,
+    restored_deal,
+)
+from agents._grpc_payment import ANSWER_MAY_BE_LOST
+from agents.errors import ApprovalRequired, InvalidArgument
+from agents.keystore import load_key
+from agents.payments import PaymentSession
+from agents.results import AgreementState, CallResult, Escrow, Usage
+from agents.v1 import agent_pb2
+from marketplace import agreements as ag
+from marketplace.grpc_tracing import client_interceptors
+from marketplace.identity import AgentKey
+from marketplace.payword import PaywordChain
+from marketplace.v1 import agreement_pb2, registry_pb2, settlement_pb2
+from wallets import attributes as attr
+from wallets.v1 import wallet_pb2
+
+RPC_TIMEOUT_S = 10.0
+AWAITING_RELEASE = (AgreementState.VERIFIED, AgreementState.DELIVERED)
+RETRY_IN_PROGRESS = 100  # x 50 ms: how long a retried call waits for its first attempt
+RETRY_PAUSE_S = 0.05
+MAX_DISCOVER = 100
+MAX_REASON_CHARS = 2000
+
+
+@dataclass
+class PlannedCall:
+    """One paid call, ready to send: the request, the voucher that pays it, what it reserves."""
+
+    deal: Deal
+    request: agent_pb2.InvokeRequest
+    voucher: agreement_pb2.Voucher
+    reserve_atomic: int
+    fresh: bool  # a new payword: its own proof, sent unsigned
+    settles: bool  # booking the answer settles the session's reservation
+
+    @property
+    def metadata(self) -> list[tuple[str, bytes]]:
+        from agents.payments import VOUCHER_METADATA_KEY
+
+        return [(VOUCHER_METADATA_KEY, self.voucher.SerializeToString())]
+
+
+class BuyerCore:
+    """Identity, deals and sessions of a buyer, and the pure half of each operation."""
+
+    def __init__(self, name: str, *, marketplace: str, key: AgentKey | str | None = None,
+                 tracer_provider: TracerProvider | None = None,
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
+        """`key`: an AgentKey, or the name under which the keystore keeps this agent's key
+        (`agents.keystore`; "" or None: a new key each run, nothing kept)."""
+        self.name = _inputs.name(name, "buyer's name")
+        self.key = load_key(key)
+        self.agent_id = self.key.agent_id
+        self.marketplace = _inputs.address(marketplace)
+        self.credentials = credentials
+        self.tracer_provider = tracer_provider
+        self._tracer = trace.get_tracer("agentmarket.buyer", tracer_provider=tracer_provider)
+        self._interceptors = client_interceptors(tracer_provider)
+        self.sessions: dict[str, PaymentSession] = {}
+        self.deals: dict[str, Deal] = {}
+
+    @staticmethod
+    def _now_ms() -> int:
+        return time.time_ns() // 1_000_000
+
+    def _reserve_of(self, agreement_id: str, request: Any) -> int:
+        return self.deals[agreement_id].call_max_atomic
+
+    # ---- wallet ---------------------------------------------------------------------------
+
+    def _open_request(self, currency_code: str) -> wallet_pb2.OpenAccountRequest:
+        code = _inputs.currency(currency_code).code
+        return wallet_pb2.OpenAccountRequest(
+            idempotency_key=f"open:{self.agent_id}:{code}", owner=self.agent_id, currency=code,
+            kind=wallet_pb2.ACCOUNT_KIND_WALLET)
+
+    def _deposit_request(self, account_id: str, amount: str | Decimal | int, code: str,
+                         idempotency_key: str | None) -> wallet_pb2.DepositRequest:
+        key = _inputs.idempotency_key(idempotency_key) if idempotency_key is not None \
+            else f"fund:{uuid.uuid4().hex}"
+        return wallet_pb2.DepositRequest(
+            idempotency_key=key, account_id=account_id,
+            amount=wallet_pb2.Money(amount_atomic=_inputs.amount_atomic(amount, code),
+                                    currency=code))
+
+    # ---- discover and negotiate -----------------------------------------------------------
+
+    @staticmethod
+    def _discover_request(skill: str, currency: str, max_price_atomic: int, limit: int
+                          ) -> registry_pb2.DiscoverRequest:
+        if not isinstance(skill, str) or len(skill) > 64:
+            raise InvalidArgument(f"a skill is a name of at most 64 characters, got "
+                                  f"{_inputs.shown(skill)}")
+        code = _inputs.currency(currency).code if currency else ""
+        _inputs.count(max_price_atomic, "max_price_atomic", minimum=0, maximum=2**62)
+        _inputs.count(limit, "limit", maximum=MAX_DISCOVER)
+        return registry_pb2.DiscoverRequest(skill=skill, currency=code,
+                                            max_price_atomic=max_price_atomic, limit=limit)
+
+    @staticmethod
+    def _bargain_options(quantity: int, budget: str | Decimal | int, currency: str,
+                         **options: Any) -> dict[str, Any]:
+        code = _inputs.currency(currency).code
+        _inputs.count(quantity, "quantity")
+        return {"quantity": quantity, "currency": code,
+                "budget_atomic": _inputs.amount_atomic(budget, code, what="budget"), **options}
+
+    def _sign(self, quote: Quote) -> tuple[agreement_pb2.SignedAgreement,
+                                           agreement_pb2.AgreementBody, PaywordChain]:
+        if not isinstance(quote, Quote):
+            raise InvalidArgument(f"accept() takes a Quote from bargain(), got "
+                                  f"{type(quote).__name__}")
+        body, chain = agreement_body(self.agent_id, quote, self._now_ms())
+        signed = agreement_pb2.SignedAgreement(body=body.SerializeToString())
+        ag.sign_as_buyer(signed, self.key)
+        return signed, body, chain
+
+    def _accepted(self, quote: Quote, signed: agreement_pb2.SignedAgreement,
+                  body: agreement_pb2.AgreementBody, chain: PaywordChain, reply: Any) -> Deal:
+        deal = countersigned_deal(quote, signed, body, chain, reply)
+        self._keep(deal, chain)
+        return deal
+
+    def _keep(self, deal: Deal, chain: PaywordChain) -> None:
+        self.deals[deal.agreement_id] = deal
+        if deal.agreement_id not in self.sessions:
+            self.sessions[deal.agreement_id] = PaymentSession(
+                deal.agreement_id, chain, deal.body.link_value_atomic,
+                deal.body.terms.max_total_atomic)
+
+    def restore_deal(self, state: dict[str, Any]) -> Deal:
+        """The deal a checkpoint holds (`Deal.state()`), ready to pay under again."""
+        if not isinstance(state, dict):
+            raise InvalidArgument("restore_deal takes the dict Deal.state() returned")
+        deal, chain = restored_deal(self.agent_id, state)
+        known = self.deals.get(deal.agreement_id)
+        if known is not None:
+            return known
+        self._keep(deal, chain)
+        return deal
+
+    def _deal(self, deal: Any) -> Deal:
+        """The buyer's own deal (refuses other objects, and deals of another buyer)."""
+        if not isinstance(deal, Deal):
+            raise InvalidArgument(f"expected a Deal from negotiate(), got {type(deal).__name__}")
+        if deal.agreement_id not in self.sessions:
+            raise InvalidArgument(f"agreement {deal.agreement_id[:12]}… is not this buyer's; "
+                                  "restore_deal(deal.state()) to pay under it here")
+        return deal
+
+    # ---- hire -----------------------------------------------------------------------------
+
+    def _escrow_request(self, deal: Deal, idempotency_key: str | None
+                        ) -> settlement_pb2.OpenEscrowRequest:
+        key = _inputs.idempotency_key(idempotency_key) if idempotency_key is not None \
+            else f"escrow:{deal.agreement_id}"
+        return settlement_pb2.OpenEscrowRequest(idempotency_key=key, agreement=deal.agreement)
+
+    @staticmethod
+    def _approval_needed(deal: Deal, message: str, approval_id: str) -> ApprovalRequired:
+        terms = deal.body.terms
+        return ApprovalRequired(message or "the payment needs approval", approval_id=approval_id,
+                                amount_atomic=terms.max_total_atomic, currency=terms.currency,
+                                counterparty=deal.body.seller_id)
+
+    @staticmethod
+    def _escrowed(deal: Deal, message: settlement_pb2.Escrow) -> Escrow:
+        deal.escrow = Escrow.from_message(message)
+        return deal.escrow
+
+    # ---- paid calls -----------------------------------------------------------------------
+
+    def _plan(self, deal: Deal, arguments: dict[str, Any], call_id: str | None,
+              voucher_at: tuple[int, int] | None) -> PlannedCall:
+        """The call's request and voucher. `voucher_at` = (sequence, payword index) re-sends
+        a voucher planned earlier (a resumed workflow); a call id whose answer was lost
+        re-sends its own; otherwise the session plans one prepaying the call's maximum."""
+        deal = self._deal(deal)
+        deal.check_open()
+        request = self._plan_request(deal, arguments, call_id)
+        session = self.sessions[deal.agreement_id]
+        reserve = deal.call_max_atomic
+        lost = deal.unanswered.pop(call_id, None) if call_id else None
+        if lost is not None:  # its answer was lost: the same voucher fetches it, charged once
+            voucher_at = lost
+        if voucher_at is None:
+            revealed = session.index
+            voucher = session.next_voucher(reserve)
+            fresh = voucher.payword_index > revealed  # a new word: proof enough, no signature
+        else:
+            voucher = session.voucher(*voucher_at)
+            fresh = False  # a re-sent voucher proves nothing new: sign it
+        return PlannedCall(deal, request, voucher, reserve, fresh,
+                           settles=voucher_at is None or lost is not None)
+
+    def _stream_plan(self, deal: Deal, arguments: dict[str, Any], call_id: str | None,
+                     max_atomic: int | None) -> tuple[Deal, agent_pb2.InvokeRequest,
+                                                      agreement_pb2.Voucher, int]:
+        """A streamed call's request and the voucher prepaying its budget (`max_atomic`, at
+        most the per-call maximum)."""
+        deal = self._deal(deal)
+        deal.check_open()
+        if max_atomic is not None:
+            _inputs.count(max_atomic, "max_atomic", maximum=2**62)
+        budget = min(max_atomic or deal.call_max_atomic, deal.call_max_atomic)
+        request = self._plan_request(deal, arguments, call_id)
+        return deal, request, self.sessions[deal.agreement_id].next_voucher(budget), budget
+
+    def _plan_request(self, deal: Deal, arguments: dict[str, Any], call_id: str | None
+                      ) -> agent_pb2.InvokeRequest:
+        if not isinstance(arguments, dict):
+            raise InvalidArgument(f"a call's arguments are a dict, got {type(arguments).__name__}")
+        if call_id is not None and (not isinstance(call_id, str) or not 0 < len(call_id) <= 128):
+            raise InvalidArgument(f"a call id is text of 1..128 characters, got "
+                                  f"{_inputs.shown(call_id)}")
+        try:
+            input_json = json.dumps(arguments)
+        except (TypeError, ValueError) as error:
+            raise InvalidArgument(f"the arguments are not JSON: {error}") from None
+        return agent_pb2.InvokeRequest(agreement_id=deal.agreement_id, input_json=input_json,
+                                       call_id=call_id or uuid.uuid4().hex)
+
+    def _span_attributes(self, planned: PlannedCall) -> dict[str, Any]:
+        deal, terms = planned.deal, planned.deal.body.terms
+        return {attr.AGREEMENT_ID: deal.agreement_id, attr.SKILL: terms.skill,
+                "agentmarket.reserved_atomic": planned.reserve_atomic,
+                attr.CURRENCY: terms.currency, attr.PAYER: self.agent_id,
+                attr.PAYEE: deal.body.seller_id}
+
+    def _failed(self, planned: PlannedCall, error: grpc.RpcError) -> None:
+        """Book a call that got no answer: if the seller may have run it, keep the reservation
+        (a retry with the same call id re-sends this voucher and gets the first answer)."""
+        if not planned.settles:
+            return
+        if error.code() in ANSWER_MAY_BE_LOST:
+            planned.deal.unanswered[planned.request.call_id] = (planned.voucher.sequence,
+                                                                planned.voucher.payword_index)
+        else:
+            self.sessions[planned.deal.agreement_id].settle(planned.reserve_atomic, 0)
+
+    def _answered(self, planned: PlannedCall, response: agent_pb2.InvokeResponse,
+                  span: Any) -> CallResult:
+        """Book the charge, check the receipt and the output; record problems on the deal."""
+        deal = planned.deal
+        if planned.settles:
+            self.sessions[deal.agreement_id].settle(planned.reserve_atomic,
+                                                    response.usage.charged_atomic)
+        receipt, usage = response.receipt, response.usage
+        problem = receipt_problem(deal, receipt, usage, response.output_json,
+                                  planned.reserve_atomic)
+        output = json.loads(response.output_json)
+        try:
+            deal.output_validator.validate(output)
+        except ValidationError as error:
+            problem = problem or f"output does not match the schema: {error.message}"
+            deal.failed_outputs += 1
+        if problem:
+            deal.problems.append(problem)
+        deal.outputs.append(output)
+        if span.is_recording():
+            span.set_attributes({attr.AMOUNT_ATOMIC: usage.charged_atomic,
+                                 "agentmarket.verified": not problem})
+            if problem:
+                span.set_status(trace.Status(trace.StatusCode.ERROR, problem))
+        return CallResult(output, Usage.from_message(usage, deal.currency), receipt,
+                          not problem, problem)
+
+    @staticmethod
+    def _typed(output: Any, output_type: Any) -> Any:
+        """The output as `output_type` (a pydantic model, dataclass, TypedDict ...)."""
+        if output_type is None:
+            return output
+        from pydantic import TypeAdapter
+        from pydantic import ValidationError as PydanticError
+
+        try:
+            return TypeAdapter(output_type).validate_python(output)
+        except PydanticError as error:
+            raise InvalidArgument(f"the output is not a {getattr(output_type, '__name__', '')}"
+                                  f": {error.errors()[0].get('msg', error)}") from None
+
+    # ---- finish, confirm, dispute ---------------------------------------------------------
+
+    def _finish_request(self, deal: Deal) -> agent_pb2.FinishRequest:
+        return agent_pb2.FinishRequest(agreement_id=deal.agreement_id, buyer_signature=self.key
+                                       .sign(ag.request_message("finish", deal.agreement_id)))
+
+    def _finished(self, deal: Deal, response: agent_pb2.FinishResponse, confirm: bool) -> bool:
+        """Record the escrow after Finish; True when the buyer should confirm now."""
+        self._escrowed(deal, response.escrow)
+        receipt_chain_problems(deal)
+        assert deal.escrow is not None
+        return confirm and not deal.problems and deal.escrow.state in AWAITING_RELEASE
+
+    def check_receipt_signatures(self, deal: Deal) -> list[str]:
+        """Verify, in one batch, the receipt chain taken so far (links and signatures)."""
+        return receipt_chain_problems(self._deal(deal))
+
+    def _confirm_request(self, deal: Deal) -> settlement_pb2.ConfirmRequest:
+        return settlement_pb2.ConfirmRequest(
+            idempotency_key=f"confirm:{deal.agreement_id}", agreement_id=deal.agreement_id,
+            buyer_signature=self.key.sign(ag.request_message("confirm", deal.agreement_id)))
+
+    def _dispute_request(self, deal: Deal, reason: str) -> settlement_pb2.DisputeRequest:
+        if not isinstance(reason, str):
+            raise InvalidArgument(f"a dispute's reason is text, got {_inputs.shown(reason)}")
+        reason = reason[:MAX_REASON_CHARS] or "disputed"
+        return settlement_pb2.DisputeRequest(
+            idempotency_key=f"dispute:{deal.agreement_id}", agreement_id=deal.agreement_id,
+            reason=reason, buyer_signature=self.key.sign(
+                ag.dispute_message(deal.agreement_id, reason, [])))

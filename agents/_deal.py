@@ -1,0 +1,187 @@
+"""A deal: an agreement the buyer holds, and the pure rules a buyer applies to it.
+
+Shared by the sync and the async buyer: building the agreement it signs from a quote, the
+shape of its PayWord chain, checking each receipt against the tariff and the output, and what
+a call after the agreement ended is told. No I/O here.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from agents._bargain import Quote
+from agents._schemas_cache import validator
+from agents.errors import AgentmarketError, AgreementEnded, InvalidArgument, NegotiationFailed
+from agents.metering import CALLS, Tariff
+from agents.payments import links_for
+from agents.results import AgreementState, Escrow
+from marketplace import agreements as ag
+from marketplace.payword import MAX_CHAIN_LENGTH, PaywordChain
+from marketplace.v1 import agreement_pb2
+
+MAX_LINKS_PER_CALL = 64
+
+
+@dataclass
+class Deal:
+    """An agreement the buyer holds, with what it needs to pay under it.
+
+    `agreement_id`, `body.terms` (skill, unit price, maximum total, currency), `escrow` (the
+    last `Escrow` seen: after `hire` and `finish`), the outputs received and any `problems`
+    found in receipts or outputs. Plain data: `state()` / `BuyerAgent.restore_deal`."""
+
+    agreement: agreement_pb2.SignedAgreement
+    body: agreement_pb2.AgreementBody
+    agreement_id: str
+    output_schema: dict[str, Any]
+    rounds: int
+    escrow: Escrow | None = None
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    failed_outputs: int = 0
+    tariff: Tariff | None = None
+    seed_hex: str = ""
+    problems: list[str] = field(default_factory=list)
+    # calls whose answer was lost: call id -> (voucher sequence, payword index) to re-send
+    unanswered: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # receipts taken so far, their chain and signatures checked in one batch before accepting
+    unsigned_receipts: list[agreement_pb2.Receipt] = field(default_factory=list)
+
+    @functools.cached_property
+    def output_validator(self) -> Any:
+        """The compiled output-schema validator (every call's output meets it)."""
+        return validator(self.output_schema)
+
+    @property
+    def call_max_atomic(self) -> int:
+        """What each call prepays: its maximum charge."""
+        return self.tariff.call_max_atomic if self.tariff else self.body.terms.unit_price_atomic
+
+    @property
+    def currency(self) -> str:
+        return self.body.terms.currency
+
+    def state(self) -> dict[str, Any]:
+        """JSON-ready, for a checkpoint. It holds the PayWord seed: whoever reads it can spend
+        what the agreement's escrow holds, so keep checkpoints as private as the agent's key."""
+        tariff = self.tariff or Tariff(CALLS, self.body.terms.unit_price_atomic)
+        return {"agreement_hex": self.agreement.SerializeToString().hex(),
+                "seed_hex": self.seed_hex, "output_schema": self.output_schema,
+                "rounds": self.rounds, "tariff": [tariff.unit, tariff.unit_price_atomic,
+                                                  tariff.output_unit_price_atomic,
+                                                  tariff.max_call_atomic]}
+
+    def check_open(self) -> None:
+        """Refuse a call once the agreement is known to have ended, naming its state."""
+        escrow = self.escrow
+        if escrow is not None and AgreementState(escrow.state).ended:
+            raise AgreementEnded(
+                f"agreement {self.agreement_id[:12]}… is {AgreementState(escrow.state)} "
+                f"({escrow}); it takes no more calls: negotiate a new one")
+
+
+def agreement_body(buyer_id: str, quote: Quote, now_ms: int
+                   ) -> tuple[agreement_pb2.AgreementBody, PaywordChain]:
+    """The agreement the buyer signs for an acceptable quote, with a fresh PayWord chain."""
+    terms = quote.offer.terms
+    link_value, length = chain_shape(quote.tariff, terms.max_total_atomic)
+    chain = PaywordChain(length)
+    listing = quote.listing
+    body = agreement_pb2.AgreementBody(
+        rfq_id=quote.offer.rfq_id, buyer_id=buyer_id, seller_id=listing.agent_id,
+        seller_endpoint=listing.endpoint, terms=terms, payword_root=chain.root,
+        payword_length=length, link_value_atomic=link_value, created_at_ms=now_ms,
+        nonce=os.urandom(16), offer_expires_at_ms=quote.offer.expires_at_ms)
+    try:
+        quote.protocol.accept(body, now_ms)
+    except AgentmarketError as error:
+        raise NegotiationFailed(f"the offer cannot be accepted: {error}") from None
+    return body, chain
+
+
+def countersigned_deal(quote: Quote, signed: agreement_pb2.SignedAgreement,
+                       body: agreement_pb2.AgreementBody, chain: PaywordChain,
+                       reply: Any) -> Deal:
+    """The deal once the seller answered the signed agreement: countersigned, unchanged."""
+    if reply.WhichOneof("kind") != "agreement":
+        raise NegotiationFailed(f"the seller did not countersign: {reply.reject_reason}")
+    countersigned = reply.agreement
+    if countersigned.body != signed.body:
+        raise NegotiationFailed("the seller changed the agreement")
+    ag.check_signatures(countersigned, body)
+    schema = json.loads(quote.skill.output_schema_json) if quote.skill.output_schema_json \
+        else {}
+    return Deal(countersigned, body, ag.agreement_id(countersigned.body), schema,
+                quote.rounds, tariff=quote.tariff, seed_hex=chain.seed.hex())
+
+
+def restored_deal(buyer_id: str, state: dict[str, Any]) -> tuple[Deal, PaywordChain]:
+    """The deal a checkpoint holds (`Deal.state()`), with its chain, checked."""
+    try:
+        signed = agreement_pb2.SignedAgreement.FromString(bytes.fromhex(state["agreement_hex"]))
+        body = agreement_pb2.AgreementBody.FromString(signed.body)
+        seed = bytes.fromhex(state["seed_hex"])
+        deal = Deal(signed, body, ag.agreement_id(signed.body), state["output_schema"],
+                    state["rounds"], tariff=Tariff(*state["tariff"]),
+                    seed_hex=state["seed_hex"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise InvalidArgument(f"not a deal checkpoint (Deal.state()): {error}") from None
+    if body.buyer_id != buyer_id:
+        raise InvalidArgument("the checkpointed agreement belongs to another buyer key")
+    chain = PaywordChain(body.payword_length, seed=seed)
+    if chain.root != body.payword_root:
+        raise InvalidArgument("the checkpointed seed does not match the agreement's chain")
+    return deal, chain
+
+
+def receipt_problem(deal: Deal, receipt: agreement_pb2.Receipt, usage: Any,
+                    output_json: str, reserve: int) -> str:
+    """Why a receipt does not check out ('' when it does): signature and output hash, the
+    charge equal to the tariff applied to the reported usage (capped at the call's reserve)."""
+    try:
+        ag.check_receipt(receipt, deal.body.seller_id, signature=False)
+    except Exception as error:
+        return f"bad receipt: {error}"
+    deal.unsigned_receipts.append(receipt)  # its signature: checked before accepting
+    if receipt.output_json != output_json or receipt.agreement_id != deal.agreement_id:
+        return "the receipt commits to another output"
+    tariff = deal.tariff or Tariff(CALLS, deal.body.terms.unit_price_atomic)
+    expected = min(tariff.charge_atomic(input_tokens=usage.input_tokens,
+                                        output_tokens=usage.output_tokens, units=usage.units),
+                   max(reserve, usage.reserved_atomic))
+    if receipt.charged_atomic != usage.charged_atomic or receipt.charged_atomic != expected:
+        return f"charged {receipt.charged_atomic}, the tariff says {expected} for the usage"
+    return ""
+
+
+def receipt_chain_problems(deal: Deal) -> list[str]:
+    """Verify, in one batch, the receipt chain taken so far: neighbours link and the seller's
+    signatures (every RECEIPT_SIGN_EVERY-th receipt) verify. Off the per-call hot path: no
+    money is released before the buyer accepts or the window ends."""
+    found = []
+    # a retried call's answer repeats its receipt: count each receipt once
+    distinct = {r.SerializeToString(): r for r in deal.unsigned_receipts}
+    try:
+        ag.check_receipt_chain(list(distinct.values()), deal.body.seller_id, complete=False)
+    except Exception as error:
+        found.append(f"bad receipt: {error}")
+    # the chain is checked whole each time: record a problem once however often it runs
+    deal.problems.extend(problem for problem in found if problem not in deal.problems)
+    return found
+
+
+def chain_shape(tariff: Tariff, max_total_atomic: int) -> tuple[int, int]:
+    """(link value, chain length). Per-call: one link per call, worth the price. Metered: each
+    call's maximum is a whole number of links, at most MAX_LINKS_PER_CALL (finer links prepay
+    less beyond what a call needs), and the chain is no longer than MAX_CHAIN_LENGTH."""
+    max_call_atomic = tariff.call_max_atomic
+    if tariff.unit == CALLS:
+        return max_call_atomic, links_for(max_total_atomic, max_call_atomic)
+    calls = max(1, links_for(max_total_atomic, max_call_atomic))
+    cap = max(1, min(MAX_LINKS_PER_CALL, MAX_CHAIN_LENGTH // calls, max_call_atomic))
+    divisor = next(d for d in range(cap, 0, -1) if max_call_atomic % d == 0)
+    link_value = max_call_atomic // divisor
+    return link_value, links_for(max_total_atomic, link_value)

@@ -1,0 +1,95 @@
+"""A seller agent's gRPC server: its interceptors in order, the AgentService adapter, health
+and reflection, the port; and where its usage journal lives.
+
+Interceptors, outermost first: malformed bytes refused (INVALID_ARGUMENT), a SERVER span,
+authentication (optional on the paid methods: a fresh PayWord word is its own proof), ids and
+amounts checked (`wallets.grpc_fields`), then the access rules (`agents._access`).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Executor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from opentelemetry.trace import TracerProvider
+
+from agents._access import seller_rules
+from agents._grpc_payment import INVOKE, INVOKE_STREAM
+from agents.keystore import home
+from agents.v1 import agent_pb2, agent_pb2_grpc
+from marketplace.auth import AccessInterceptor, AuthServerInterceptor
+from marketplace.grpc_tracing import server_interceptor
+from marketplace.introspection import serve_introspection
+from marketplace.request_fields import MARKET_FIELDS
+from wallets.grpc_errors import MalformedRequestInterceptor, grpc_method
+from wallets.grpc_fields import FieldCheckInterceptor
+
+if TYPE_CHECKING:
+    from agents.seller import SellerAgent
+
+AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
+MAX_MESSAGE_BYTES = 2 * 1024 * 1024  # an input is at most 1 MiB of JSON (agents._serving)
+
+
+def build_server(seller: SellerAgent, executor: Executor, *,
+                 tracer_provider: TracerProvider | None, require_auth: bool,
+                 rate_limit_per_s: float, rate_limit_burst: int
+                 ) -> tuple[grpc.Server, AuthServerInterceptor]:
+    """The server (not yet serving anything) and its authentication interceptor, whose
+    per-agent buckets the paid methods also draw from."""
+    auth = AuthServerInterceptor(required=require_auth, rate_per_s=rate_limit_per_s,
+                                 burst=rate_limit_burst, optional_methods=(INVOKE, INVOKE_STREAM))
+    access = [AccessInterceptor.of(seller_rules(seller), anonymous_methods=(
+        INVOKE, INVOKE_STREAM))] if require_auth else []
+    server = grpc.server(
+        executor, interceptors=[MalformedRequestInterceptor(), server_interceptor(tracer_provider),
+                                auth, FieldCheckInterceptor(MARKET_FIELDS), *access],
+        options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
+    return server, auth
+
+
+def attach(seller: SellerAgent, server: grpc.Server, host: str, port: int,
+           credentials: grpc.ServerCredentials | None) -> tuple[Any, int]:
+    """Add the AgentService, health checking and reflection; bind the port. Returns the
+    health servicer and the port bound."""
+    agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(seller), server)
+    health = serve_introspection(server, [AGENT_SERVICE])
+    bound = (server.add_secure_port(f"{host}:{port}", credentials) if credentials is not None
+             else server.add_insecure_port(f"{host}:{port}"))
+    return health, bound
+
+
+class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
+    """AgentService over gRPC: a thin adapter onto the seller."""
+
+    def __init__(self, seller: SellerAgent) -> None:
+        self.seller = seller
+
+    @grpc_method
+    def Negotiate(self, request, context):  # type: ignore[no-untyped-def]
+        return self.seller.negotiate(request)
+
+    @grpc_method
+    def Invoke(self, request, context):  # type: ignore[no-untyped-def]
+        return self.seller.invoke(request, context)
+
+    def InvokeStream(self, request, context):  # type: ignore[no-untyped-def]
+        return self.seller.calls.invoke_stream(request, context)
+
+    @grpc_method
+    def Finish(self, request, context):  # type: ignore[no-untyped-def]
+        return self.seller.finish(request)
+
+
+def journal_url(journal: str | Path | None, agent_id: str) -> str:
+    """The usage journal's database URL: as given (a URL, or a SQLite file path), or the
+    seller's default file under $AGENTMARKET_HOME (./.agentmarket)."""
+    if isinstance(journal, str) and "://" in journal:
+        return journal
+    if journal is None:
+        folder = home()
+        folder.mkdir(parents=True, exist_ok=True)
+        journal = folder / f"seller-{agent_id[:16]}.db"
+    return f"sqlite:///{Path(journal)}"

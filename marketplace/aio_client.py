@@ -1,0 +1,132 @@
+"""grpc.aio client channels that sign and trace like the sync ones (`marketplace.auth`,
+`marketplace.grpc_tracing`): for asyncio programs (`agents.AsyncBuyerAgent`).
+
+Each call is signed with the agent's key (the same `signed_message` as the sync interceptor,
+so a server cannot tell them apart) and carries W3C trace context under a CLIENT span.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import grpc
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+
+from marketplace.auth import (
+    _AUTH_KEYS,
+    AGENT_KEY,
+    NONCE_KEY,
+    SIGNATURE_KEY,
+    TIMESTAMP_KEY,
+    _now_ms,
+    signed_message,
+)
+from marketplace.grpc_tracing import (
+    _PROPAGATED_KEYS,
+    _PROPAGATOR,
+    TRACER_NAME,
+    _current,
+    _record_status,
+    _rpc_attributes,
+    tracing_active,
+)
+from marketplace.identity import AgentKey
+
+
+def _details(details: Any, metadata: list[tuple[str, Any]]) -> grpc.aio.ClientCallDetails:
+    return grpc.aio.ClientCallDetails(details.method, details.timeout,
+                                      grpc.aio.Metadata(*metadata), details.credentials,
+                                      details.wait_for_ready)
+
+
+def _pairs(details: Any) -> list[tuple[str, Any]]:
+    return list(details.metadata or ())
+
+
+def _method(details: Any) -> str:
+    method = details.method
+    return method.decode() if isinstance(method, bytes) else str(method)
+
+
+class _Signing(grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[misc]
+               grpc.aio.UnaryStreamClientInterceptor):
+    """Sign each unary-request call with the agent's key (a fresh nonce each time)."""
+
+    def __init__(self, key: AgentKey) -> None:
+        self.key = key
+
+    def _sign(self, details: Any, request: Any) -> grpc.aio.ClientCallDetails:
+        body = request if isinstance(request, bytes) else request.SerializeToString()
+        timestamp_ms = _now_ms()
+        nonce = os.urandom(16).hex()
+        signature = self.key.sign(signed_message(_method(details), body, timestamp_ms, nonce))
+        metadata = [(k, v) for k, v in _pairs(details) if k not in _AUTH_KEYS]
+        metadata += [(AGENT_KEY, self.key.agent_id), (TIMESTAMP_KEY, str(timestamp_ms)),
+                     (NONCE_KEY, nonce), (SIGNATURE_KEY, signature)]
+        return _details(details, metadata)
+
+    async def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return await continuation(self._sign(details, request), request)
+
+    async def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return await continuation(self._sign(details, request), request)
+
+
+class _Tracing(grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[misc]
+               grpc.aio.UnaryStreamClientInterceptor):
+    """A CLIENT span per call, its context in the call's metadata."""
+
+    def __init__(self, provider: trace.TracerProvider | None) -> None:
+        self._provider = provider
+        self._tracer = trace.get_tracer(TRACER_NAME, tracer_provider=provider)
+
+    def _start(self, details: Any) -> tuple[Any, grpc.aio.ClientCallDetails]:
+        name, attributes = _rpc_attributes(_method(details))
+        span = self._tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
+        carrier: dict[str, str] = {}
+        _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
+        metadata = [(k, v) for k, v in _pairs(details) if k.lower() not in _PROPAGATED_KEYS]
+        return span, _details(details, [*metadata, *carrier.items()])
+
+    async def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        if not tracing_active(self._provider):
+            return await continuation(details, request)
+        span, details = self._start(details)
+        try:
+            with _current(span):
+                call = await continuation(details, request)
+                await call  # the answer, or the error it ended with
+            _record_status(span, grpc.StatusCode.OK, None)
+            return call
+        except grpc.RpcError as error:
+            _record_status(span, error.code(), error.details())
+            raise
+        finally:
+            span.end()
+
+    async def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        if not tracing_active(self._provider):
+            return await continuation(details, request)
+        span, details = self._start(details)
+        with _current(span):
+            call = await continuation(details, request)
+        call.add_done_callback(lambda _call: span.end())
+        return call
+
+
+def aio_channel(address: str, key: AgentKey | None,
+                credentials: grpc.ChannelCredentials | None = None, *,
+                tracer_provider: trace.TracerProvider | None = None,
+                options: Iterable[tuple[str, Any]] = ()) -> grpc.aio.Channel:
+    """A grpc.aio channel: traced, and signed by `key` (None: unsigned), TLS with
+    `credentials`, plaintext without. Create it inside the event loop that will use it."""
+    interceptors: list[Any] = [_Tracing(tracer_provider)]
+    if key is not None:
+        interceptors.append(_Signing(key))
+    if credentials is not None:
+        return grpc.aio.secure_channel(address, credentials, options=list(options),
+                                       interceptors=interceptors)
+    return grpc.aio.insecure_channel(address, options=list(options), interceptors=interceptors)

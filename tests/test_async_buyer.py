@@ -1,0 +1,130 @@
+"""The async buyer on grpc.aio: BuyerAgent's surface as coroutines, the same money and errors.
+
+Issue 15 finding 10: BuyerAgent was sync only, while LangGraph graphs, A2A servers and most
+agent code are async. The LangGraph example (examples/async_langgraph_buyer.py) runs in
+tests/test_examples.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from pydantic import BaseModel
+
+from agents import (
+    AgreementEnded,
+    AgreementState,
+    AsyncBuyerAgent,
+    BuyerAgent,
+    Escrow,
+    InvalidAmount,
+    Money,
+    SellerAgent,
+    Unavailable,
+    per_1k_tokens,
+    per_call,
+    skill,
+)
+from marketplace.node import MarketplaceNode
+from wallets.audit import check_balances, verify_chain
+
+
+class Shout(BaseModel):
+    text: str
+
+
+@skill(price=per_call("0.001", "USD"))
+def shout(text: str) -> Shout:
+    """Upper-case a text."""
+    return Shout(text=text.upper())
+
+
+@skill(price=per_1k_tokens("0.0002", "0.0008", "USD"), max_input_tokens=500,
+       max_output_tokens=200, model="gpt-4o-mini")
+def tell(topic: str) -> Iterator[str]:
+    """A streamed story."""
+    for word in f"once upon a time {topic} paid per call".split():
+        yield word + " "
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[MarketplaceNode]:
+    with MarketplaceNode(f"sqlite:///{tmp_path / 'm.db'}", sweep_interval_s=3600) as started, \
+            SellerAgent("shouter", skills=[shout, tell], marketplace=started.address):
+        yield started
+
+
+def test_the_async_buyer_has_the_sync_buyers_public_surface():
+    def public(cls: type) -> set[str]:
+        return {n for n, _ in inspect.getmembers(cls, callable) if not n.startswith("_")}
+
+    assert public(AsyncBuyerAgent) == public(BuyerAgent)
+    for name in public(BuyerAgent) - {"restore_deal", "check_receipt_signatures"}:
+        assert inspect.iscoroutinefunction(getattr(AsyncBuyerAgent, name)), name
+
+
+def test_a_whole_task_with_concurrent_deals_and_a_stream(node: MarketplaceNode):
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+
+    async def task() -> tuple[list[Escrow], str, Money, Money]:
+        async with AsyncBuyerAgent("async", marketplace=node.address,
+                                   tracer_provider=provider) as buyer:
+            await buyer.fund("1.00", "USD")
+            listings = await buyer.discover("shout", currency="USD")
+            deals = await asyncio.gather(*(buyer.negotiate(
+                listings, "shout", quantity=3, budget="0.01", currency="USD") for _ in range(3)))
+            await asyncio.gather(*(buyer.hire(deal) for deal in deals))
+            held = (await buyer.wallet("USD")).held
+            outputs = await asyncio.gather(*(buyer.call(deal, {"text": f"deal {i}"})
+                                             for i, deal in enumerate(deals)))
+            assert outputs == [{"text": f"DEAL {i}"} for i in range(3)]
+            typed = await buyer.call(deals[0], {"text": "typed"}, output_type=Shout)
+            assert typed == Shout(text="TYPED")
+            result = await buyer.invoke(deals[1], {"text": "receipt"})
+            assert result.verified and result.usage.charged == Money(
+                deals[1].body.terms.unit_price_atomic, "USD")
+            story = await buyer.negotiate(await buyer.discover("tell", currency="USD"), "tell",
+                                          quantity=1, budget="0.01", currency="USD")
+            await buyer.hire(story)
+            streamed = await buyer.stream(story, {"topic": "agents"})
+            text = "".join([piece async for piece in streamed])
+            assert streamed.usage is not None and streamed.usage.charged_atomic > 0
+            escrows = await asyncio.gather(*(buyer.finish(d) for d in [*deals, story]))
+            with pytest.raises(AgreementEnded, match="settled"):
+                await buyer.call(deals[0], {"text": "after"})
+            return escrows, text, held, await buyer.balance("USD")
+
+    escrows, text, held, balance = asyncio.run(task())
+    assert text == "once upon a time agents paid per call "
+    assert all(e.state == AgreementState.SETTLED for e in escrows)
+    spent = sum((e.captured for e in escrows), Money(0, "USD"))
+    assert balance == Money.of("1.00", "USD") - spent
+    assert held == sum((e.held for e in escrows[:3]), Money(0, "USD"))
+    names = {s.name for s in spans.get_finished_spans()}
+    assert {"paid_call", "negotiate", "agents.v1.AgentService/Invoke"} <= names
+    assert check_balances(node.ledger).ok and verify_chain(node.ledger).ok
+
+
+def test_async_errors_are_the_projects_own():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    async def attempts() -> None:
+        async with AsyncBuyerAgent("async", marketplace=f"127.0.0.1:{port}") as buyer:
+            with pytest.raises(InvalidAmount, match="'1,00'"):
+                await buyer.fund("1,00", "USD")
+            with pytest.raises(Unavailable):
+                await buyer.balance("USD")
+
+    asyncio.run(attempts())

@@ -1,0 +1,165 @@
+"""Ids and amounts in every request are checked at the gRPC edge, whoever sends them.
+
+Authorisation rules read ids (an account's owner, an agreement's parties), but a node run with
+`--no-auth` has no rules, and a malformed id would then reach the domain, which may store it
+(an account owned by "not-a-key") or answer NOT_FOUND where the request itself is wrong. So a
+table by field name says what each id and amount looks like, and `FieldCheckInterceptor`
+refuses a request breaking it with INVALID_ARGUMENT (reason MALFORMED_FIELD, or INVALID_AMOUNT
+for an amount; the field's path in ErrorInfo metadata `field`) before anything reads it, with
+or without authentication. It walks nested messages and repeated fields (bytes fields, such
+as signed bodies, are checked by whoever decodes them). An empty optional id is left to the
+domain, which knows when it is required.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import grpc
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+
+from wallets.currencies import MAX_AMOUNT_ATOMIC
+from wallets.errors import InvalidAmount, InvalidArgument
+from wallets.grpc_errors import abort
+
+Check = Callable[[Any], str]  # the problem with a value, '' when it is fine
+MAX_DEPTH = 8
+_HEX32 = re.compile(r"^[0-9a-f]{32}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def hex_id(length: int, what: str) -> Check:
+    pattern = _HEX32 if length == 32 else _HEX64
+
+    def check(value: Any) -> str:
+        if value == "" or pattern.match(value):
+            return ""
+        return f"must be {what} ({length} lowercase hex characters), got {_shown(value)}"
+
+    return check
+
+
+def amount(value: Any) -> str:
+    if value < 0:
+        return f"must be positive (atomic units), got {value}"
+    if value > MAX_AMOUNT_ATOMIC:
+        return f"exceeds the limit of {MAX_AMOUNT_ATOMIC} atomic units, got {value}"
+    return ""
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+AGENT_ID = hex_id(64, "an agent id: an ed25519 public key")
+# wallets' own: accounts, holds, approvals and quotes are 128-bit ids; mandates are digests;
+# owners and spenders of wallets are agents (system accounts are never opened over the API)
+WALLET_FIELDS: dict[str, Check] = {
+    "account_id": hex_id(32, "an account id"),
+    "debit_account_id": hex_id(32, "an account id"),
+    "credit_account_id": hex_id(32, "an account id"),
+    "from_account_id": hex_id(32, "an account id"),
+    "to_account_id": hex_id(32, "an account id"),
+    "hold_id": hex_id(32, "a hold id"),
+    "approval_id": hex_id(32, "an approval id"),
+    "quote_id": hex_id(32, "a quote id"),
+    "mandate_id": hex_id(64, "a mandate id"),
+    "owner": AGENT_ID,
+    "spender_id": AGENT_ID,
+    "agent_id": AGENT_ID,
+}
+
+
+class MalformedField(InvalidArgument):
+    """A request field that is not what its name says (an id, an amount)."""
+
+    reason = "MALFORMED_FIELD"
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field} {problem}")
+        self.field = field
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return {"field": self.field}
+
+
+class MalformedAmount(InvalidAmount):
+    """An amount field outside 0..MAX_AMOUNT_ATOMIC (reason INVALID_AMOUNT, as the domain's)."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field} {problem}")
+        self.field = field
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return {"field": self.field}
+
+
+def check_fields(message: Message, rules: Mapping[str, Check], path: str = "",
+                 depth: int = 0) -> None:
+    """Raise InvalidArgument naming the first field that breaks its rule (`*_atomic` fields:
+    `amount`)."""
+    if depth > MAX_DEPTH:
+        return
+    for field, value in message.ListFields():
+        name = f"{path}{field.name}"
+        if field.type == FieldDescriptor.TYPE_MESSAGE:
+            if field.message_type.GetOptions().map_entry:
+                continue
+            items = value if _repeated(field) else [value]
+            for index, item in enumerate(items):
+                where = f"{name}[{index}]." if _repeated(field) else f"{name}."
+                check_fields(item, rules, where, depth + 1)
+            continue
+        rule = rules.get(field.name)
+        if rule is None and field.name.endswith("_atomic"):
+            rule = amount
+        if rule is None:
+            continue
+        for item in (value if _repeated(field) else [value]):
+            problem = rule(item)
+            if problem:
+                raise (MalformedAmount if rule is amount else MalformedField)(name, problem)
+
+
+def _repeated(field: FieldDescriptor) -> bool:
+    return bool(field.is_repeated)
+
+
+class FieldCheckInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Refuse requests whose ids or amounts are malformed (INVALID_ARGUMENT), for unary and
+    server-streaming methods; place it after authentication and before authorisation."""
+
+    def __init__(self, rules: Mapping[str, Check]) -> None:
+        self.rules = dict(rules)
+
+    def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
+        handler = continuation(details)
+        if handler is None:
+            return handler
+        rules = self.rules
+
+        def guard(behaviour):  # type: ignore[no-untyped-def]
+            def run(request, context):  # type: ignore[no-untyped-def]
+                if isinstance(request, Message):
+                    try:
+                        check_fields(request, rules)
+                    except InvalidArgument as error:
+                        abort(context, error)
+                return behaviour(request, context)
+            return run
+
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                guard(handler.unary_unary), request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                guard(handler.unary_stream), request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        return handler
