@@ -62,7 +62,6 @@ from marketplace.verification import Verification
 from marketplace.verifier_agent import GrpcVerifierClient
 from wallets.access import SERVICE as WALLET_SERVICE
 from wallets.access import Principals, WalletAccess
-from wallets.errors import InvalidArgument
 from wallets.fx import FxProvider
 from wallets.grpc_errors import MalformedRequestInterceptor
 from wallets.grpc_fields import FieldCheckInterceptor
@@ -201,8 +200,6 @@ class MarketplaceNode:
 
     def start(self) -> MarketplaceNode:
         self.server.start()
-        for name in ["", *self._services]:
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self.http is not None:
             self.http.start()
             if self.console is not None:
