@@ -55,6 +55,7 @@ from marketplace.v1 import (
 from marketplace.verifier_agent import VerifierAgent
 from wallets import audit
 from wallets.currencies import split
+from wallets.errors import AgentmarketError
 from wallets.fx import convert_amount
 from wallets.grpc_errors import error_info
 from wallets.ledger import MAX_HOLD_TIMEOUT_S
@@ -94,19 +95,27 @@ def _usd(amount_atomic: int, code: str = USD) -> wallet_pb2.Money:
 
 
 def probe(call: Callable[[], Any]) -> Any:
-    """An attacker's move: it may be refused, but only with a clear status."""
+    """An attacker's move: it may be refused, but only with a clear status (raw gRPC, or the
+    SDK's own error carrying it)."""
     try:
         return call()
     except grpc.RpcError as error:
         assert error.code() in REFUSALS, (error.code(), error.details())
         return None
+    except AgentmarketError as error:
+        assert grpc.StatusCode[error.status] in REFUSALS, (error.status, error.message)
+        return None
 
 
-def refused(call: Callable[[], Any], code: grpc.StatusCode) -> grpc.RpcError:
-    with pytest.raises(grpc.RpcError) as caught:
+def refused(call: Callable[[], Any], code: grpc.StatusCode) -> Any:
+    with pytest.raises((grpc.RpcError, AgentmarketError)) as caught:
         call()
-    assert caught.value.code() == code, caught.value.details()
-    return caught.value
+    error = caught.value
+    if isinstance(error, AgentmarketError):
+        assert error.status == code.name, error.message
+    else:
+        assert error.code() == code, error.details()
+    return error
 
 
 # ---- parties and the market -------------------------------------------------------------------

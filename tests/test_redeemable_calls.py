@@ -25,11 +25,11 @@ from agents.payments import VOUCHER_METADATA_KEY
 from agents.v1 import agent_pb2, agent_pb2_grpc
 from marketplace import agreements as ag
 from marketplace.auth import signed_channel
+from marketplace.errors import ReceiptLimit
 from marketplace.node import MarketplaceNode
 from marketplace.v1 import settlement_pb2
 from wallets import audit
 from wallets.currencies import split
-from wallets.grpc_errors import error_reason
 
 USD = "USD"
 
@@ -92,10 +92,10 @@ def test_an_answer_no_receipt_can_carry_is_refused_uncharged_and_the_rest_redeem
     fits = ag.MAX_OUTPUT_BYTES - len(json.dumps({"text": ""}, sort_keys=True))
     assert len(buyer.call(deal, {"size": fits})["text"]) == fits  # exactly at the limit
     for char, size in (("x", fits + 1), ("é", fits // 6 + 1)):  # 'é' escapes to 6 bytes
-        with pytest.raises(grpc.RpcError) as caught:
+        with pytest.raises(ReceiptLimit) as caught:
             buyer.call(deal, {"size": size, "char": char})
-        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert error_reason(caught.value) == "RECEIPT_LIMIT"
+        assert caught.value.status == "RESOURCE_EXHAUSTED"
+        assert caught.value.reason == "RECEIPT_LIMIT"
     buyer.call(deal, {"size": 10})
     assert seller.gate.unspent(deal.agreement_id) >= 0
     settles_exactly(node, seller, buyer, deal, 2 * price)
@@ -148,14 +148,14 @@ def test_past_the_chains_limits_a_call_is_refused_before_it_is_charged(market, m
     monkeypatch.setattr(ag, "MAX_REDEEM_RECEIPTS_BYTES", 3 * 1024)
     buyer.call(deal, {"size": 1000})
     buyer.call(deal, {"size": 1000})
-    with pytest.raises(grpc.RpcError) as too_big:  # a third would pass 3 KiB of receipts
+    with pytest.raises(ReceiptLimit) as too_big:  # a third would pass 3 KiB of receipts
         buyer.call(deal, {"size": 1000})
-    assert error_reason(too_big.value) == "RECEIPT_LIMIT"
+    assert too_big.value.reason == "RECEIPT_LIMIT"
     monkeypatch.setattr(ag, "MAX_RECEIPTS", 3)
     buyer.call(deal, {"size": 10})  # small enough for the budget: the chain's third receipt
-    with pytest.raises(grpc.RpcError) as too_many:
+    with pytest.raises(ReceiptLimit) as too_many:
         buyer.call(deal, {"size": 10})
-    assert error_reason(too_many.value) == "RECEIPT_LIMIT"
+    assert too_many.value.reason == "RECEIPT_LIMIT"
     settles_exactly(node, seller, buyer, deal, 3 * price)
 
 
