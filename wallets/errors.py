@@ -8,6 +8,7 @@
     ├── FailedPrecondition            FAILED_PRECONDITION  valid, but the state forbids it
     │   ├── InsufficientFunds
     │   ├── HoldClosed
+    │   ├── HoldLocked                (a hash-locked hold: only its preimage captures it)
     │   ├── ApprovalRequired          (APPROVAL_REQUIRED: a person must approve; not final)
     │   ├── ApprovalExpired
     │   ├── WalletFrozen              (WALLET_FROZEN: an operator must unfreeze; not final)
@@ -77,6 +78,12 @@ class InsufficientFunds(FailedPrecondition):
 
 class HoldClosed(FailedPrecondition):
     reason = "HOLD_CLOSED"
+
+
+class HoldLocked(FailedPrecondition):
+    """A capture without the preimage, or a void, of a hash-locked hold (`wallets.conditional`)."""
+
+    reason = "HOLD_LOCKED"
 
 
 class IdempotencyConflict(AgentmarketError):

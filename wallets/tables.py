@@ -3,7 +3,16 @@ balances that `Ledger.check()` proves equal to the sum of their entries."""
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Index, Integer, LargeBinary, Text, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlmodel import Field, SQLModel
 
 
@@ -70,6 +79,12 @@ class HoldRow(SQLModel, table=True):
     voided_atomic: int = Field(sa_column=_money())
     status: str = Field(index=True, max_length=16)
     expires_at_ms: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
+    # A hash lock (wallets.conditional): captured only with the preimage of this SHA-256
+    # (hex; '' = an ordinary hold), which is kept once it has been shown.
+    condition_sha256: str = Field(sa_column=Column(String(64), nullable=False, default="",
+                                                   server_default=""))
+    fulfilment: str = Field(sa_column=Column(String(64), nullable=False, default="",
+                                             server_default=""))
 
 
 class IdempotencyRow(SQLModel, table=True):
