@@ -34,6 +34,7 @@ from marketplace.discovery import FxConverter
 from marketplace.grpc_tracing import server_interceptor
 from marketplace.identity import AgentKey, check_agent_id
 from marketplace.judge import LlmJudge
+from marketplace.receipts import ReceiptBook
 from marketplace.registry import Registry
 from marketplace.servicers import ArbitrationServicer, RegistryServicer, SettlementServicer
 from marketplace.settlement import Settlement
@@ -72,13 +73,15 @@ class MarketplaceNode:
                  rate_limit_per_s: float = 500.0, rate_limit_burst: int = 1000,
                  auth_skew_s: int = 60, max_message_bytes: int = MAX_MESSAGE_BYTES,
                  server_credentials: grpc.ServerCredentials | None = None,
-                 verifier_credentials: grpc.ChannelCredentials | None = None) -> None:
+                 verifier_credentials: grpc.ChannelCredentials | None = None,
+                 checkpoint_interval_s: float = 60.0) -> None:
         """`arbiters`: agent ids whose signed decisions resolve disputes; `judge`: the LLM
         judge (models allowed, litellm options); `fx`: quotes that convert prices across
         currencies in discovery (`convert_currencies`). Security options: see the module
         docstring; `rate_limit_*`: each agent's token bucket; `auth_skew_s`: how far a signed
         request's timestamp may be from this node's clock; `max_message_bytes`: the largest
-        request accepted (larger: RESOURCE_EXHAUSTED from gRPC)."""
+        request accepted (larger: RESOURCE_EXHAUSTED from gRPC); `checkpoint_interval_s`: how
+        often the node signs its ledger's chain head when it has moved (`.checkpoints`)."""
         self.key = key or AgentKey.generate()
         self.agent_id = self.key.agent_id
         self.operator_ids = frozenset(check_agent_id(o, "operator") for o in operator_ids)
@@ -94,9 +97,12 @@ class MarketplaceNode:
         self.verification = Verification(
             checkers=self.checkers, judge=judge or LlmJudge(tracer_provider=tracer_provider),
             verifier_client=self._verifier_client, tracer_provider=tracer_provider)
+        self.receipts = ReceiptBook(self.engine, self.key, self.ledger.clock_ms)
         self.settlement = Settlement(self.ledger, self.registry, fee_bps=fee_bps,
                                      tracer_provider=tracer_provider,
-                                     verification=self.verification, arbiters=arbiters)
+                                     verification=self.verification, arbiters=arbiters,
+                                     receipts=self.receipts)
+        self._checkpoint_interval_s = checkpoint_interval_s
         self.auth = AuthServerInterceptor(required=require_auth, skew_s=auth_skew_s,
                                           rate_per_s=rate_limit_per_s, burst=rate_limit_burst)
         self.server = grpc.server(
@@ -162,6 +168,7 @@ class MarketplaceNode:
                 self.settlement.sweep()
                 self.wallets.settle_due()
                 self.registry.purge_expired()
+                self.receipts.checkpoints.cut_if_due(self._checkpoint_interval_s)
             except Exception:  # keep sweeping; the next round retries
                 import logging
 

@@ -34,6 +34,9 @@ def _operator_commands() -> None:
     app.add_typer(operator.approvals_app, name="approvals")
     app.add_typer(operator.disputes_app, name="disputes")
     app.add_typer(operator.keys_app, name="keys")
+    from marketplace.cli.receipts import receipt_app
+
+    app.add_typer(receipt_app, name="receipt")
 
 
 _operator_commands()
@@ -93,7 +96,12 @@ def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file 
                                           "(USD, USDC, ECNY)."),
           judge_model: list[str] = typer.Option(
               [], "--judge-model", help="A model the LLM judge may run (through litellm; "
-                                        "default: any); repeat for several.")
+                                        "default: any); repeat for several."),
+          key_file: Path = typer.Option(
+              None, help="The node's key (`keys new`): it signs receipts and checkpoints, so "
+                         "keep it across restarts (default: a new key each start)."),
+          checkpoint_interval: float = typer.Option(
+              60.0, min=0.1, help="Seconds between signed checkpoints of the ledger.")
           ) -> None:
     """Run a marketplace node until SIGTERM or SIGINT."""
     from marketplace.auth import server_credentials
@@ -127,8 +135,14 @@ def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file 
     spans.parent.mkdir(parents=True, exist_ok=True)
     provider = setup_tracing("marketplace", span_store_path=spans)
     setup_metrics("marketplace")  # exported over OTLP when OTEL_EXPORTER_OTLP_* is set
+    node_key = None
+    if key_file is not None:
+        from marketplace.cli.operator import load_key
+
+        node_key = load_key(key_file)
     try:
-        node = MarketplaceNode(db, host=host, port=port, fee_bps=fee_bps,
+        node = MarketplaceNode(db, host=host, port=port, fee_bps=fee_bps, key=node_key,
+                               checkpoint_interval_s=checkpoint_interval,
                                tracer_provider=provider, operator_ids=operator,
                                require_auth=not no_auth, rate_limit_per_s=rate_limit,
                                rate_limit_burst=burst, server_credentials=credentials,
