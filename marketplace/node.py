@@ -34,6 +34,7 @@ from marketplace.discovery import FxConverter
 from marketplace.grpc_tracing import server_interceptor
 from marketplace.identity import AgentKey, check_agent_id
 from marketplace.judge import LlmJudge
+from marketplace.pvp_legs import ReceiptedHolds
 from marketplace.receipts import ReceiptBook
 from marketplace.registry import Registry
 from marketplace.servicers import ArbitrationServicer, RegistryServicer, SettlementServicer
@@ -51,6 +52,8 @@ from marketplace.verifier_agent import GrpcVerifierClient
 from wallets.access import RESERVED_KEY_PREFIXES as WALLET_RESERVED_KEYS
 from wallets.access import SERVICE as WALLET_SERVICE
 from wallets.access import Principals, WalletAccess
+from wallets.conditional_servicer import SERVICE as CONDITIONAL_SERVICE
+from wallets.conditional_servicer import ConditionalHoldServicer, conditional_rules
 from wallets.fx import FxProvider
 from wallets.grpc_errors import MalformedRequestInterceptor
 from wallets.ledger import Ledger
@@ -58,7 +61,7 @@ from wallets.metrics import market_metrics
 from wallets.service import WalletService
 from wallets.servicer import WalletServicer
 from wallets.store import make_engine
-from wallets.v1 import wallet_pb2, wallet_pb2_grpc
+from wallets.v1 import conditional_pb2_grpc, wallet_pb2, wallet_pb2_grpc
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
@@ -103,6 +106,7 @@ class MarketplaceNode:
                                      verification=self.verification, arbiters=arbiters,
                                      receipts=self.receipts)
         self._checkpoint_interval_s = checkpoint_interval_s
+        self.conditional = ReceiptedHolds(self.ledger, self.receipts)  # PvP legs
         self.auth = AuthServerInterceptor(required=require_auth, skew_s=auth_skew_s,
                                           rate_per_s=rate_limit_per_s, burst=rate_limit_burst)
         self.server = grpc.server(
@@ -120,6 +124,8 @@ class MarketplaceNode:
             ArbitrationServicer(self.settlement), self.server)
         wallet_pb2_grpc.add_WalletServiceServicer_to_server(
             WalletServicer(self.wallets), self.server)
+        conditional_pb2_grpc.add_ConditionalHoldServiceServicer_to_server(
+            ConditionalHoldServicer(self.conditional), self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         services = [
@@ -127,6 +133,7 @@ class MarketplaceNode:
             settlement_pb2.DESCRIPTOR.services_by_name["SettlementService"].full_name,
             dispute_pb2.DESCRIPTOR.services_by_name["ArbitrationService"].full_name,
             wallet_pb2.DESCRIPTOR.services_by_name["WalletService"].full_name,
+            CONDITIONAL_SERVICE,
         ]
         reflection.enable_server_reflection([*services, reflection.SERVICE_NAME,
                                              health.SERVICE_NAME], self.server)
@@ -148,7 +155,9 @@ class MarketplaceNode:
                                 marketplace=frozenset({self.agent_id}))
         tables = MarketplaceAccess(self.settlement, principals,
                                    self.settlement.disputes.arbiters).rules()
-        tables[WALLET_SERVICE] = WalletAccess(self.wallets, principals).rules()
+        wallet_access = WalletAccess(self.wallets, principals)
+        tables[WALLET_SERVICE] = wallet_access.rules()
+        tables[CONDITIONAL_SERVICE] = conditional_rules(wallet_access)
         self.access = AccessInterceptor.of(tables, (*WALLET_RESERVED_KEYS,
                                                     *MARKET_RESERVED_KEYS))
         return [self.access]
@@ -165,6 +174,7 @@ class MarketplaceNode:
         while not self._stopping.wait(self._sweep_interval_s):
             try:
                 self.ledger.expire_holds()
+                self.conditional.receipt_expired()
                 self.settlement.sweep()
                 self.wallets.settle_due()
                 self.registry.purge_expired()

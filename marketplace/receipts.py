@@ -42,14 +42,18 @@ def head_sequence(conn: Connection) -> int:
     return int(conn.execute(select(HEAD.c.sequence)).scalar() or 0)
 
 
-def postings_after(conn: Connection, after_sequence: int) -> list[dict[str, Any]]:
-    """The postings this transaction wrote after `after_sequence`, as receipts state them."""
-    rows = conn.execute(select(POSTINGS).where(POSTINGS.c.sequence > after_sequence)
+def postings_after(conn: Connection, after_sequence: int, until_sequence: int | None = None
+                   ) -> list[dict[str, Any]]:
+    """The postings after `after_sequence` (up to `until_sequence`), as receipts state them."""
+    last = until_sequence if until_sequence is not None else 2**62
+    rows = conn.execute(select(POSTINGS).where(POSTINGS.c.sequence > after_sequence,
+                                               POSTINGS.c.sequence <= last)
                         .order_by(POSTINGS.c.sequence)).all()
     if not rows:
         return []
     legs: dict[int, list[dict[str, str]]] = {}
-    for e in conn.execute(select(ENTRIES).where(ENTRIES.c.sequence > after_sequence)
+    for e in conn.execute(select(ENTRIES).where(ENTRIES.c.sequence > after_sequence,
+                                                ENTRIES.c.sequence <= last)
                           .order_by(ENTRIES.c.id)):
         legs.setdefault(e.sequence, []).append({
             "account_id": e.account_id, "currency": e.currency,
@@ -78,9 +82,11 @@ class ReceiptBook:
 
     def issue_in(self, conn: Connection, *, subject: str, subject_kind: str, kind: str,
                  currency: str, parties: dict[str, str], amounts: dict[str, int],
-                 after_sequence: int) -> dict[str, Any] | None:
-        """Sign and store the receipt of the postings written since `after_sequence`."""
-        postings = postings_after(conn, after_sequence)
+                 after_sequence: int, until_sequence: int | None = None,
+                 receipt_id: str = "") -> dict[str, Any] | None:
+        """Sign and store the receipt of the postings written since `after_sequence` (by
+        default those of this transaction); `receipt_id` defaults to subject:kind."""
+        postings = postings_after(conn, after_sequence, until_sequence)
         if not postings or self.key is None:
             return None
         body = {"amounts": {k: str(v) for k, v in amounts.items()},
@@ -91,7 +97,7 @@ class ReceiptBook:
                 "subject": subject, "subject_kind": subject_kind}
         signature = self.key.sign(RECEIPT_DOMAIN + canonical(body)).hex()
         conn.execute(insert(RECEIPTS).values(
-            receipt_id=f"{subject}:{kind}", subject=subject, kind=kind,
+            receipt_id=receipt_id or f"{subject}:{kind}", subject=subject, kind=kind,
             last_sequence=postings[-1]["sequence"], body_json=orjson.dumps(body).decode(),
             signature=signature, issued_at_ms=body["issued_at_ms"]))
         return body
