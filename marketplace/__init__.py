@@ -16,6 +16,9 @@ from marketplace.judge import LlmJudge
 from marketplace.negotiation import Negotiation
 from marketplace.node import MarketplaceNode
 from marketplace.payword import PaywordChain, verify_word
+from marketplace.pvp import LegRefused, NodeUnavailable, PvpLeg, PvpParty, PvpPayment
+from marketplace.receipt_verify import ReceiptInvalid, VerifiedReceipt, verify_receipt
+from marketplace.receipts import ReceiptBook
 from marketplace.registry import Registry
 from marketplace.settlement import Settlement
 from marketplace.spanstore import SpanStore
@@ -29,14 +32,22 @@ __all__ = [
     "CheckerRegistry",
     "IllegalTransition",
     "InvalidVoucher",
+    "LegRefused",
     "LlmJudge",
     "MarketplaceNode",
     "Negotiation",
+    "NodeUnavailable",
     "OfferExpired",
     "PaywordChain",
+    "PvpLeg",
+    "PvpParty",
+    "PvpPayment",
+    "ReceiptBook",
+    "ReceiptInvalid",
     "Registry",
     "Settlement",
     "SpanStore",
+    "VerifiedReceipt",
     "VerifierAgent",
     "VerifierUnavailable",
     "channel_credentials",
@@ -45,5 +56,6 @@ __all__ = [
     "setup_tracing",
     "signed_channel",
     "verify",
+    "verify_receipt",
     "verify_word",
 ]

@@ -54,10 +54,14 @@ from wallets.access import SERVICE as WALLET_SERVICE
 from wallets.access import Principals, WalletAccess
 from wallets.conditional_servicer import SERVICE as CONDITIONAL_SERVICE
 from wallets.conditional_servicer import ConditionalHoldServicer, conditional_rules
+from wallets.currencies import CURRENCIES
+from wallets.ecny import EcnyGuard, EcnyRules
 from wallets.fx import FxProvider
 from wallets.grpc_errors import MalformedRequestInterceptor
 from wallets.ledger import Ledger
 from wallets.metrics import market_metrics
+from wallets.rails import SandboxRail
+from wallets.rails_ecny import EcnyRail
 from wallets.service import WalletService
 from wallets.servicer import WalletServicer
 from wallets.store import make_engine
@@ -77,21 +81,24 @@ class MarketplaceNode:
                  auth_skew_s: int = 60, max_message_bytes: int = MAX_MESSAGE_BYTES,
                  server_credentials: grpc.ServerCredentials | None = None,
                  verifier_credentials: grpc.ChannelCredentials | None = None,
-                 checkpoint_interval_s: float = 60.0) -> None:
+                 checkpoint_interval_s: float = 60.0, ecny: EcnyRules | None = None) -> None:
         """`arbiters`: agent ids whose signed decisions resolve disputes; `judge`: the LLM
         judge (models allowed, litellm options); `fx`: quotes that convert prices across
         currencies in discovery (`convert_currencies`). Security options: see the module
         docstring; `rate_limit_*`: each agent's token bucket; `auth_skew_s`: how far a signed
         request's timestamp may be from this node's clock; `max_message_bytes`: the largest
         request accepted (larger: RESOURCE_EXHAUSTED from gRPC); `checkpoint_interval_s`: how
-        often the node signs its ledger's chain head when it has moved (`.checkpoints`)."""
+        often the node signs its ledger's chain head when it has moved (`.checkpoints`);
+        `ecny`: apply e-CNY's wallet rules to ECNY wallets (`wallets.ecny`) and carry ECNY
+        through the e-CNY sandbox rail (`wallets.rails_ecny`)."""
         self.key = key or AgentKey.generate()
         self.agent_id = self.key.agent_id
         self.operator_ids = frozenset(check_agent_id(o, "operator") for o in operator_ids)
         self.require_auth = require_auth
         self.engine = make_engine(db_url)
-        self.ledger = Ledger(self.engine)
-        self.wallets = WalletService(self.ledger)
+        self.ledger = Ledger(self.engine, guard=EcnyGuard(ecny) if ecny else None)
+        self.wallets = WalletService(self.ledger, rails=None if ecny is None else [
+            SandboxRail(c) for c in CURRENCIES.values() if c.code != "ECNY"] + [EcnyRail()])
         self.registry = Registry(self.engine, fx=FxConverter(fx, self.ledger.clock_ms)
                                  if fx is not None else None)
         self.checkers = CheckerRegistry()

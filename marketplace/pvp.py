@@ -59,7 +59,7 @@ class LegRefused(FailedPrecondition):
 
 
 @dataclass(frozen=True, slots=True)
-class Leg:
+class PvpLeg:
     """One ledger's half: a hash-locked hold on the node at `address`."""
 
     address: str
@@ -74,8 +74,8 @@ class Leg:
 class PvpPayment:
     payment_id: str
     condition_sha256: str
-    source: Leg       # buyer -> provider on the buyer's ledger: expires last
-    destination: Leg  # provider -> seller on the seller's ledger: expires first
+    source: PvpLeg       # buyer -> provider on the buyer's ledger: expires last
+    destination: PvpLeg  # provider -> seller on the seller's ledger: expires first
 
     def key(self, step: str) -> str:
         return f"pvp:{self.payment_id}:{step}"
@@ -131,14 +131,14 @@ class PvpParty:
                 raise LegRefused(f"node {address} refused {method}: {code.name}: "
                                  f"{error.details()}") from None
 
-    def _hold(self, payment: PvpPayment, leg: Leg, step: str) -> LegState:
+    def _hold(self, payment: PvpPayment, leg: PvpLeg, step: str) -> LegState:
         return self._call(leg.address, "Hold", conditional_pb2.ConditionalHoldRequest(
             idempotency_key=payment.key(step), debit_account_id=leg.debit_account_id,
             credit_account_id=leg.credit_account_id,
             amount=wallet_pb2.Money(amount_atomic=leg.amount_atomic, currency=leg.currency),
             condition_sha256=payment.condition_sha256, expires_at_ms=leg.expires_at_ms))
 
-    def get(self, leg: Leg, hold_id: str) -> LegState:
+    def get(self, leg: PvpLeg, hold_id: str) -> LegState:
         return self._call(leg.address, "Get",
                           conditional_pb2.GetConditionalHoldRequest(hold_id=hold_id))
 
@@ -182,12 +182,12 @@ class PvpParty:
         return self._fulfil(payment.source, source_hold_id, destination.fulfilment,
                             payment.key("source-fulfil"))
 
-    def _fulfil(self, leg: Leg, hold_id: str, preimage: bytes, key: str) -> LegState:
+    def _fulfil(self, leg: PvpLeg, hold_id: str, preimage: bytes, key: str) -> LegState:
         return self._call(leg.address, "Fulfil", conditional_pb2.FulfilRequest(
             idempotency_key=key, hold_id=hold_id, preimage=preimage))
 
     @staticmethod
-    def _expect(found: LegState, leg: Leg, condition: str, name: str) -> None:
+    def _expect(found: LegState, leg: PvpLeg, condition: str, name: str) -> None:
         want = (leg.amount_atomic, leg.currency, leg.debit_account_id, leg.credit_account_id,
                 condition, leg.expires_at_ms)
         have = (found.amount_atomic, found.currency, found.debit_account_id,

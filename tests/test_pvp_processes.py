@@ -26,7 +26,7 @@ import pytest
 
 from marketplace.auth import signed_channel
 from marketplace.identity import AgentKey
-from marketplace.pvp import Leg, LegState, NodeUnavailable, PvpParty, PvpPayment
+from marketplace.pvp import LegState, NodeUnavailable, PvpLeg, PvpParty, PvpPayment
 from marketplace.receipt_verify import verify_receipt
 from marketplace.receipts import ReceiptBook
 from tests.conftest import postgres_schema
@@ -98,7 +98,8 @@ def nodes(tmp_path: Path, postgres_url: str):
             key_file = tmp_path / f"{name}.key"
             key_file.write_text(keys[name].seed().hex())
             made.append(NodeProcess(url, tmp_path / name, extra_args=(
-                "--key-file", str(key_file), "--checkpoint-interval", "0.5")))
+                "--key-file", str(key_file), "--checkpoint-interval", "0.5",
+                *(("--ecny",) if name == "a" else ()))))  # A applies e-CNY's wallet rules
         for node in made:
             node.start()
         try:
@@ -120,9 +121,9 @@ def _payment(nodes: Nodes, window_ms: int) -> tuple[PvpPayment, bytes, dict[str,
     destination_expiry = _now_ms() + window_ms
     payment = PvpPayment(
         payment_id=os.urandom(16).hex(), condition_sha256=hashlib.sha256(preimage).hexdigest(),
-        source=Leg(nodes.a.address, accounts["buyer"], accounts["provider_a"],
+        source=PvpLeg(nodes.a.address, accounts["buyer"], accounts["provider_a"],
                    ECNY_PRICE_ATOMIC, "ECNY", destination_expiry + MARGIN_MS),
-        destination=Leg(nodes.b.address, accounts["provider_b"], accounts["seller"],
+        destination=PvpLeg(nodes.b.address, accounts["provider_b"], accounts["seller"],
                         USD_PRICE_ATOMIC, "USD", destination_expiry))
     parties = {"buyer": PvpParty(buyer), "seller": PvpParty(seller),
                "provider": PvpParty(provider)}
@@ -158,7 +159,7 @@ def _swallow(step: Callable[[], Any]) -> None:
         step()
 
 
-def _leg(nodes: Nodes, party: PvpParty, leg: Leg, hold_id: str) -> LegState:
+def _leg(nodes: Nodes, party: PvpParty, leg: PvpLeg, hold_id: str) -> LegState:
     return _retry(lambda: party.get(leg, hold_id))
 
 

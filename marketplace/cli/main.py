@@ -101,7 +101,10 @@ def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file 
               None, help="The node's key (`keys new`): it signs receipts and checkpoints, so "
                          "keep it across restarts (default: a new key each start)."),
           checkpoint_interval: float = typer.Option(
-              60.0, min=0.1, help="Seconds between signed checkpoints of the ledger.")
+              60.0, min=0.1, help="Seconds between signed checkpoints of the ledger."),
+          ecny: bool = typer.Option(
+              False, "--ecny", help="An e-CNY node: ECNY wallets follow e-CNY's wallet tiers, "
+                                    "caps and controllable anonymity (wallets.ecny).")
           ) -> None:
     """Run a marketplace node until SIGTERM or SIGINT."""
     from marketplace.auth import server_credentials
@@ -109,6 +112,7 @@ def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file 
     from marketplace.judge import LlmJudge
     from marketplace.node import MarketplaceNode
     from marketplace.tracing import setup_metrics, setup_tracing
+    from wallets.ecny import EcnyRules
     from wallets.fx import SANDBOX_UNITS_PER_USD, FixedRateProvider
 
     if (tls_cert is None) != (tls_key is None):
@@ -143,6 +147,7 @@ def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file 
     try:
         node = MarketplaceNode(db, host=host, port=port, fee_bps=fee_bps, key=node_key,
                                checkpoint_interval_s=checkpoint_interval,
+                               ecny=EcnyRules() if ecny else None,
                                tracer_provider=provider, operator_ids=operator,
                                require_auth=not no_auth, rate_limit_per_s=rate_limit,
                                rate_limit_burst=burst, server_credentials=credentials,
