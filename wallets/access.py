@@ -54,7 +54,7 @@ from wallets.service import WalletService
 
 SERVICE = "wallets.v1.WalletService"
 Rule = Callable[[str, Any], None]
-RESERVED_KEY_PREFIXES = ("settle-withdrawal:", "withdrawal-paid:", "expire:")
+RESERVED_KEY_PREFIXES = ("settle-withdrawal:", "withdrawal-paid:", "expire:", "usdc-deposit:")
 
 
 def _short(agent_id: str) -> str:
