@@ -39,7 +39,9 @@ import grpc
 from marketplace.auth import signed_channel
 from marketplace.errors import FailedPrecondition, InvalidArgument
 from marketplace.identity import AgentKey
+from wallets.currencies import check_amount, currency
 from wallets.errors import AgentmarketError
+from wallets.fx import FxQuote
 from wallets.v1 import conditional_pb2, conditional_pb2_grpc, wallet_pb2
 
 CALL_TIMEOUT_S = 5.0
@@ -85,6 +87,29 @@ class PvpPayment:
             raise InvalidArgument(f"the source leg must expire at least {margin_ms} ms after "
                                   "the destination leg, so the provider can claim it after "
                                   "paying")
+
+
+def source_amount(destination_atomic: int, quote: FxQuote) -> int:
+    """What the buyer locks on the source ledger for `destination_atomic` delivered on the
+    destination ledger, at the provider's quote from the destination currency to the source
+    currency (1 unit = numerator/denominator units), rounded UP to an atomic unit: the provider
+    never gives more than the quote's value (the sub-atomic rest is its spread, as in
+    `wallets.fx`)."""
+    check_amount(destination_atomic)
+    source, target = currency(quote.to_currency), currency(quote.from_currency)
+    numerator = destination_atomic * quote.rate_numerator * 10**source.scale
+    denominator = quote.rate_denominator * 10**target.scale
+    return -(-numerator // denominator)
+
+
+def staggered_expiries(now_ms: int, *, destination_window_ms: int,
+                       margin_ms: int) -> tuple[int, int]:
+    """(destination leg's expiry, source leg's expiry): the seller has `destination_window_ms`
+    to claim; the provider then has `margin_ms` more to claim the source leg."""
+    if destination_window_ms < 1000 or margin_ms < 1000:
+        raise InvalidArgument("the destination window and the margin are at least 1 s each")
+    destination = now_ms + destination_window_ms
+    return destination, destination + margin_ms
 
 
 @dataclass(frozen=True, slots=True)

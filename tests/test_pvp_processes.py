@@ -26,19 +26,30 @@ import pytest
 
 from marketplace.auth import signed_channel
 from marketplace.identity import AgentKey
-from marketplace.pvp import LegState, NodeUnavailable, PvpLeg, PvpParty, PvpPayment
+from marketplace.pvp import (
+    LegState,
+    NodeUnavailable,
+    PvpLeg,
+    PvpParty,
+    PvpPayment,
+    source_amount,
+    staggered_expiries,
+)
 from marketplace.receipt_verify import verify_receipt
 from marketplace.receipts import ReceiptBook
 from tests.conftest import postgres_schema
 from tests.processes.node import NodeProcess
 from wallets.audit import check_balances, verify_chain
+from wallets.fx import FixedRateProvider
 from wallets.ledger import Ledger
 from wallets.store import make_engine
 from wallets.v1 import wallet_pb2, wallet_pb2_grpc
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
-ECNY_PRICE_ATOMIC = 71_000_000_000  # 71 CNY
-USD_PRICE_ATOMIC = 10_000_000_000  # 10 USD
+USD_PRICE_ATOMIC = 10_000_000_000  # the skill's price: 10 USD
+QUOTE = FixedRateProvider({"USD": "1", "ECNY": "7.1"}).quote("USD", "ECNY", 0)  # the provider's
+ECNY_PRICE_ATOMIC = source_amount(USD_PRICE_ATOMIC, QUOTE)
+assert ECNY_PRICE_ATOMIC == 71_000_000_000  # 71 CNY
 MARGIN_MS = 20_000
 RETRY_FOR_S = 30.0
 
@@ -118,11 +129,12 @@ def _payment(nodes: Nodes, window_ms: int) -> tuple[PvpPayment, bytes, dict[str,
         "seller": nodes.wallet(nodes.b, seller, "USD"),
     }
     preimage = os.urandom(32)
-    destination_expiry = _now_ms() + window_ms
+    destination_expiry, source_expiry = staggered_expiries(
+        _now_ms(), destination_window_ms=window_ms, margin_ms=MARGIN_MS)
     payment = PvpPayment(
         payment_id=os.urandom(16).hex(), condition_sha256=hashlib.sha256(preimage).hexdigest(),
         source=PvpLeg(nodes.a.address, accounts["buyer"], accounts["provider_a"],
-                   ECNY_PRICE_ATOMIC, "ECNY", destination_expiry + MARGIN_MS),
+                   ECNY_PRICE_ATOMIC, "ECNY", source_expiry),
         destination=PvpLeg(nodes.b.address, accounts["provider_b"], accounts["seller"],
                         USD_PRICE_ATOMIC, "USD", destination_expiry))
     parties = {"buyer": PvpParty(buyer), "seller": PvpParty(seller),

@@ -49,7 +49,7 @@ def upgrade(engine: Engine, package: str) -> None:
         if engine.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _LOCK_ID})
         config.attributes["connection"] = conn
-        command.upgrade(config, "head")
+        command.upgrade(config, "heads")  # every branch: parallel migrations need no merge
 
 
 def run_migrations() -> None:
