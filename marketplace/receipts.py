@@ -113,12 +113,19 @@ class ReceiptBook:
             row = conn.execute(select(ESCROWS).where(ESCROWS.c.agreement_id == agreement)
                                ).first()
             kind = KIND_OF_STATE.get(row.state) if row is not None else None
+            until = None
+            if kind == "expiry" and not postings_after(conn, before):
+                # the ledger's own timeout returned the hold earlier: receipt that posting
+                expired = conn.execute(select(POSTINGS.c.sequence).where(
+                    POSTINGS.c.hold_id == row.hold_id, POSTINGS.c.kind == "expire")).scalar()
+                before, until = (expired - 1, expired) if expired else (before, None)
             if kind is not None:
                 parties = {"buyer": row.buyer_id, "seller": row.seller_id}
                 if row.verifier_id:
                     parties["verifier"] = row.verifier_id
                 self.issue_in(conn, subject=agreement, subject_kind="agreement", kind=kind,
                               currency=row.currency, parties=parties, after_sequence=before,
+                              until_sequence=until,
                               amounts={"held": row.held_atomic, "earned": row.earned_atomic,
                                        "seller": row.captured_atomic - row.fee_atomic,
                                        "fee": row.fee_atomic,

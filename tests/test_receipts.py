@@ -90,6 +90,18 @@ def test_refund_expiry_and_a_dispute_each_yield_their_receipt(market: Harness, c
     assert verify_chain(market.ledger).ok
 
 
+def test_an_expiry_the_ledger_timed_out_first_is_receipted_too(market: Harness, clock):
+    deal = market.deal(deadline_ms=clock() + 10_000)
+    escrow = market.open(deal)
+    clock.advance(10 + 60 + 3600 + 1)  # past the hold's own timeout
+    assert market.ledger.expire_holds() == 1
+    market.settlement.sweep()
+    found = verify_receipt(_file(market, deal.agreement_id), node=market.node.agent_id)
+    [expired] = market.ledger.postings(hold_id=escrow["hold_id"], kind="expire")
+    assert (found.kind, found.last_sequence) == ("expiry", expired.sequence)
+    assert found.amounts["refunded"] == 5_000
+
+
 def test_a_retried_settlement_issues_no_second_receipt(market: Harness):
     deal = market.deal()
     market.open(deal)

@@ -38,6 +38,16 @@ redemption is rounded down to the fen and the rest stays in the wallet (`Currenc
 e-CNY pays no interest (white paper 3.2.2), so no computed amount needs the half-up rounding
 Chinese banks apply below the fen to interest.
 
+Conditional payments. The white paper (3.2.7, "Programmability") describes smart contracts
+that make "self-executing payments according to predefined conditions"; Mu Changchun (13th
+Lujiazui Forum, 2021) named prepaid funds as the case: money a consumer prepays for a service is
+locked and released to the merchant as the service is delivered, so it cannot be taken before.
+Here that is the marketplace's escrow (`marketplace.settlement`): the agreement's maximum is
+held on the buyer's e-CNY wallet (checked against its tier when held), each delivery (a call's
+receipt) is paid only if it passes the agreed verification, and what was not delivered or
+failed goes back to the buyer; a seller who delivers nothing by the deadline gets nothing and
+the hold returns (tests/test_ecny.py shows it).
+
 Enforced where the wallet policies are (`wallets.guard`): `EcnyGuard` is the ledger's spend
 guard, so every posting that debits an ECNY wallet (payment, hold, withdrawal, conversion) is
 checked and counted inside the debit's transaction, and every posting that credits one is checked
