@@ -35,6 +35,8 @@ from marketplace.grpc_tracing import server_interceptor
 from marketplace.identity import AgentKey, check_agent_id
 from marketplace.judge import LlmJudge
 from marketplace.pvp_legs import ReceiptedHolds
+from marketplace.receipt_servicer import SERVICE as RECEIPT_SERVICE
+from marketplace.receipt_servicer import ReceiptServicer, receipt_rules
 from marketplace.receipts import ReceiptBook
 from marketplace.registry import Registry
 from marketplace.servicers import ArbitrationServicer, RegistryServicer, SettlementServicer
@@ -42,6 +44,7 @@ from marketplace.settlement import Settlement
 from marketplace.v1 import (
     dispute_pb2,
     dispute_pb2_grpc,
+    receipt_pb2_grpc,
     registry_pb2,
     registry_pb2_grpc,
     settlement_pb2,
@@ -133,6 +136,8 @@ class MarketplaceNode:
             WalletServicer(self.wallets), self.server)
         conditional_pb2_grpc.add_ConditionalHoldServiceServicer_to_server(
             ConditionalHoldServicer(self.conditional), self.server)
+        receipt_pb2_grpc.add_ReceiptServiceServicer_to_server(
+            ReceiptServicer(self.receipts), self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         services = [
@@ -141,6 +146,7 @@ class MarketplaceNode:
             dispute_pb2.DESCRIPTOR.services_by_name["ArbitrationService"].full_name,
             wallet_pb2.DESCRIPTOR.services_by_name["WalletService"].full_name,
             CONDITIONAL_SERVICE,
+            RECEIPT_SERVICE,
         ]
         reflection.enable_server_reflection([*services, reflection.SERVICE_NAME,
                                              health.SERVICE_NAME], self.server)
@@ -165,6 +171,7 @@ class MarketplaceNode:
         wallet_access = WalletAccess(self.wallets, principals)
         tables[WALLET_SERVICE] = wallet_access.rules()
         tables[CONDITIONAL_SERVICE] = conditional_rules(wallet_access)
+        tables[RECEIPT_SERVICE] = receipt_rules(self.receipts, principals)
         self.access = AccessInterceptor.of(tables, (*WALLET_RESERVED_KEYS,
                                                     *MARKET_RESERVED_KEYS))
         return [self.access]

@@ -129,3 +129,26 @@ def test_the_conditional_hold_service_guards_each_method(two_nodes):
         assert locked.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "HOLD_LOCKED" in str(locked.value.trailing_metadata()) or \
             "locked" in locked.value.details()
+
+
+def test_each_party_fetches_its_legs_receipt_over_grpc(two_nodes):
+    from marketplace.receipt_verify import verify_receipt
+    from marketplace.v1 import receipt_pb2, receipt_pb2_grpc
+
+    payment, preimage, buyer, provider, seller = _setup(two_nodes)
+    source = buyer.lock_source(payment)
+    destination = provider.lock_destination(payment, source.hold_id, margin_ms=MARGIN_MS)
+    seller.claim_destination(payment, destination.hold_id, preimage)
+    provider.claim_source(payment, source.hold_id, destination.hold_id)
+    request = receipt_pb2.GetReceiptRequest(subject=payment.condition_sha256,
+                                            kind="pvp_settled")
+    for node, party in ((two_nodes[0], buyer), (two_nodes[1], seller)):
+        with signed_channel(node.address, party.key) as channel:
+            data = receipt_pb2_grpc.ReceiptServiceStub(channel).GetReceipt(request,
+                                                                            timeout=5).file
+        found = verify_receipt(data, node=node.agent_id)
+        assert party.key.agent_id in found.parties.values()
+        with signed_channel(node.address, AgentKey.generate()) as channel, \
+                pytest.raises(grpc.RpcError) as refused:
+            receipt_pb2_grpc.ReceiptServiceStub(channel).GetReceipt(request, timeout=5)
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
