@@ -18,7 +18,7 @@ signed with the node's key either way).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent import futures
 
 import grpc
@@ -63,7 +63,7 @@ from wallets.fx import FxProvider
 from wallets.grpc_errors import MalformedRequestInterceptor
 from wallets.ledger import Ledger
 from wallets.metrics import market_metrics
-from wallets.rails import SandboxRail
+from wallets.rails import Rail, SandboxRail
 from wallets.rails_ecny import EcnyRail
 from wallets.service import WalletService
 from wallets.servicer import WalletServicer
@@ -84,7 +84,8 @@ class MarketplaceNode:
                  auth_skew_s: int = 60, max_message_bytes: int = MAX_MESSAGE_BYTES,
                  server_credentials: grpc.ServerCredentials | None = None,
                  verifier_credentials: grpc.ChannelCredentials | None = None,
-                 checkpoint_interval_s: float = 60.0, ecny: EcnyRules | None = None) -> None:
+                 checkpoint_interval_s: float = 60.0, ecny: EcnyRules | None = None,
+                 rails: Callable[[Ledger], Iterable[Rail]] | None = None) -> None:
         """`arbiters`: agent ids whose signed decisions resolve disputes; `judge`: the LLM
         judge (models allowed, litellm options); `fx`: quotes that convert prices across
         currencies in discovery (`convert_currencies`). Security options: see the module
@@ -93,15 +94,19 @@ class MarketplaceNode:
         request accepted (larger: RESOURCE_EXHAUSTED from gRPC); `checkpoint_interval_s`: how
         often the node signs its ledger's chain head when it has moved (`.checkpoints`);
         `ecny`: apply e-CNY's wallet rules to ECNY wallets (`wallets.ecny`) and carry ECNY
-        through the e-CNY sandbox rail (`wallets.rails_ecny`)."""
+        through the e-CNY sandbox rail (`wallets.rails_ecny`); `rails`: more rails, made
+        over this node's ledger (the USDC rail on an EVM: `wallets.evm.UsdcRail`); the sweeper
+        runs each one's `sweep()` if it has one."""
         self.key = key or AgentKey.generate()
         self.agent_id = self.key.agent_id
         self.operator_ids = frozenset(check_agent_id(o, "operator") for o in operator_ids)
         self.require_auth = require_auth
         self.engine = make_engine(db_url)
         self.ledger = Ledger(self.engine, guard=EcnyGuard(ecny) if ecny else None)
-        self.wallets = WalletService(self.ledger, rails=None if ecny is None else [
-            SandboxRail(c) for c in CURRENCIES.values() if c.code != "ECNY"] + [EcnyRail()])
+        sandboxes: list[Rail] = [SandboxRail(c) for c in CURRENCIES.values()
+                                 if ecny is None or c.code != "ECNY"]
+        self.wallets = WalletService(self.ledger, rails=[
+            *sandboxes, *([EcnyRail()] if ecny else []), *(rails(self.ledger) if rails else [])])
         self.registry = Registry(self.engine, fx=FxConverter(fx, self.ledger.clock_ms)
                                  if fx is not None else None)
         self.checkers = CheckerRegistry()
@@ -189,6 +194,9 @@ class MarketplaceNode:
             try:
                 self.ledger.expire_holds()
                 self.conditional.receipt_expired()
+                for rail in self.wallets.rails.values():  # chain watchers, payout resends
+                    if callable(getattr(rail, "sweep", None)):
+                        rail.sweep()  # type: ignore[attr-defined]
                 self.settlement.sweep()
                 self.wallets.settle_due()
                 self.registry.purge_expired()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 
 import pytest
 
@@ -258,3 +259,33 @@ def test_authorizations_the_token_would_refuse_are_refused_first(chain, case, re
                              version=chain.version)
     assert refused.value.reason == reason
     assert _chain_units(chain, merchant.address) == 0
+
+
+def test_a_node_runs_the_rail_in_its_sweeper(tmp_path, chain):
+    from marketplace.node import MarketplaceNode
+
+    hot = Account.create()
+    chain.fund_gas(hot.address)
+    made: list[UsdcRail] = []
+
+    def rails(ledger: Ledger) -> list[UsdcRail]:
+        made.append(UsdcRail(ledger, chain.token, hot.key, confirmations=CONFIRMATIONS))
+        return made
+
+    node = MarketplaceNode(f"sqlite:///{tmp_path / 'node.db'}", rails=rails,
+                           sweep_interval_s=0.05)
+    try:
+        rail = made[0]
+        assert node.wallets.rail(rail.name, "USDC") is rail
+        alice = _holder(chain, 3_000_000)
+        account = _register(rail, node.ledger, alice)
+        _send(chain, alice, rail.address, 3_000_000)
+        chain.mine(CONFIRMATIONS)  # the chain is left alone from here: the sweeper reads it
+        node.start()
+        for _ in range(200):  # the sweeper credits it within a few rounds
+            if node.ledger.balance(account).posted_atomic:
+                break
+            time.sleep(0.05)
+        assert node.ledger.balance(account).posted_atomic == 3_000_000 * ATOMIC_PER_UNIT
+    finally:
+        node.stop(0)

@@ -102,6 +102,11 @@ class UsdcRail:
         raise FailedPrecondition(f"a USDC payout on {self.name} needs a destination address: "
                                  "use the rail's withdraw", reason="ADDRESS_REQUIRED")
 
+    def sweep(self) -> None:
+        """The node's sweeper: credit confirmed deposits, resend unconfirmed payouts."""
+        self.scan()
+        self.resend_pending()
+
     # ---- deposits ----------------------------------------------------------------------------
 
     def register_address(self, key: str, account_id: str, address: str,
