@@ -3,7 +3,8 @@
 A buyer holds e-CNY on one node (the source ledger); a seller prices a skill in USD on another
 (the destination ledger); an FX liquidity provider holds accounts on both. The seller makes a
 32-byte secret (the preimage) and gives the buyer its SHA-256 (the condition) with the invoice.
-Then, each step idempotent under a key derived from the payment id:
+Then, each step idempotent under a key derived from the payment id (and the party's own key, so
+nobody else can take the key first):
 
     1. lock_source        buyer:    source ledger, buyer -> provider, X e-CNY, locked to the
                                     condition until T_source
@@ -31,6 +32,7 @@ payment's terms, so any of them may crash and run its step again.
 from __future__ import annotations
 
 import hashlib
+import hmac
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,9 +80,6 @@ class PvpPayment:
     condition_sha256: str
     source: PvpLeg       # buyer -> provider on the buyer's ledger: expires last
     destination: PvpLeg  # provider -> seller on the seller's ledger: expires first
-
-    def key(self, step: str) -> str:
-        return f"pvp:{self.payment_id}:{step}"
 
     def check_staggered(self, margin_ms: int) -> None:
         if self.source.expires_at_ms - self.destination.expires_at_ms < margin_ms:
@@ -156,9 +155,16 @@ class PvpParty:
                 raise LegRefused(f"node {address} refused {method}: {code.name}: "
                                  f"{error.details()}") from None
 
+    def step_key(self, payment: PvpPayment, step: str) -> str:
+        """The step's idempotency key: the same on every retry by this party, and unguessable
+        by anyone else (an HMAC under the party's own key), so nobody can use it first."""
+        tag = hmac.new(self.key.seed(), f"{payment.payment_id}\n{step}".encode(),
+                       hashlib.sha256).hexdigest()[:48]
+        return f"pvp:{step}:{tag}"
+
     def _hold(self, payment: PvpPayment, leg: PvpLeg, step: str) -> LegState:
         return self._call(leg.address, "Hold", conditional_pb2.ConditionalHoldRequest(
-            idempotency_key=payment.key(step), debit_account_id=leg.debit_account_id,
+            idempotency_key=self.step_key(payment, step), debit_account_id=leg.debit_account_id,
             credit_account_id=leg.credit_account_id,
             amount=wallet_pb2.Money(amount_atomic=leg.amount_atomic, currency=leg.currency),
             condition_sha256=payment.condition_sha256, expires_at_ms=leg.expires_at_ms))
@@ -193,7 +199,7 @@ class PvpParty:
         leg = self.get(payment.destination, destination_hold_id)
         self._expect(leg, payment.destination, payment.condition_sha256, "destination")
         return self._fulfil(payment.destination, destination_hold_id, preimage,
-                            payment.key("destination-fulfil"))
+                            self.step_key(payment, "destination-fulfil"))
 
     def claim_source(self, payment: PvpPayment, source_hold_id: str,
                      destination_hold_id: str) -> LegState | None:
@@ -205,7 +211,7 @@ class PvpParty:
                 return None
             raise LegRefused(f"the destination leg is {destination.status}: nothing to claim")
         return self._fulfil(payment.source, source_hold_id, destination.fulfilment,
-                            payment.key("source-fulfil"))
+                            self.step_key(payment, "source-fulfil"))
 
     def _fulfil(self, leg: PvpLeg, hold_id: str, preimage: bytes, key: str) -> LegState:
         return self._call(leg.address, "Fulfil", conditional_pb2.FulfilRequest(

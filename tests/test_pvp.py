@@ -70,6 +70,14 @@ def test_the_source_amount_is_the_quote_rounded_up():
         staggered_expiries(0, destination_window_ms=500, margin_ms=10_000)
 
 
+def test_step_keys_are_stable_for_their_party_and_unguessable_by_others(two_nodes):
+    payment, _preimage, buyer, provider, _seller = _setup(two_nodes)
+    again = PvpParty(buyer.key)
+    assert buyer.step_key(payment, "source-hold") == again.step_key(payment, "source-hold")
+    assert buyer.step_key(payment, "source-hold") != provider.step_key(payment, "source-hold")
+    assert payment.payment_id not in buyer.step_key(payment, "source-hold")
+
+
 def test_the_provider_locks_only_against_a_matching_late_enough_source_leg(two_nodes):
     payment, preimage, buyer, provider, seller = _setup(two_nodes)
     cheap = dataclasses.replace(payment, payment_id="cheap", source=dataclasses.replace(
