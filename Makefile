@@ -4,7 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint protos bench serve clean
+CHROMIUM := /usr/bin/chromium
+
+.PHONY: demo test lint protos bench serve clean browser screenshots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +19,19 @@ $(STAMP): $(BIN)/python pyproject.toml
 demo: $(STAMP)
 	$(BIN)/agentmarket demo
 
-test: $(STAMP)
+# The console's browser tests drive Debian's chromium (browser builds cannot be downloaded).
+# Installed here when missing and apt-get can; without it those tests skip (fail under CI=true).
+browser:
+	@if [ ! -x $(CHROMIUM) ] && command -v apt-get >/dev/null 2>&1; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] && echo "" || echo "sudo -n" ); \
+	  echo "installing Debian's chromium for the console's browser tests"; \
+	  ( DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null 2>&1 \
+	    || ( $$SUDO apt-get update -qq >/dev/null 2>&1 && \
+	         DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null ) ) \
+	    || echo "could not install chromium: the browser tests will skip"; \
+	fi
+
+test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
@@ -29,6 +43,9 @@ protos: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
+
+screenshots: $(STAMP) browser
+	$(BIN)/python docs/screenshots.py
 
 serve: $(STAMP)
 	$(BIN)/agentmarket serve

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-MODULES = ("ledger", "usage_journal", "paid_call", "discovery", "tasks")
+MODULES = ("ledger", "usage_journal", "paid_call", "discovery", "tasks", "console")
 RESULTS = Path(__file__).resolve().parent / "results.json"
 
 

@@ -13,13 +13,22 @@ and the operators act as the marketplace (capturing and voiding holds over the w
 `server_credentials` (`marketplace.auth.server_credentials`) serves TLS or mutual TLS;
 `verifier_credentials` (`channel_credentials`) make its calls to verifier agents TLS (they are
 signed with the node's key either way).
+
+HTTP: with `console` (`marketplace.console.ConsoleOptions`) the node also serves one ASGI app
+(`marketplace.http`) on its own port (`http_host`, `http_port`; loopback and a free port by
+default), started and stopped with the gRPC server. The console's operator key is trusted as an
+operator, and it reaches the gRPC server over a private Unix socket, signed like any client.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import threading
 from collections.abc import Callable, Iterable
 from concurrent import futures
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -70,6 +79,10 @@ from wallets.servicer import WalletServicer
 from wallets.store import make_engine
 from wallets.v1 import conditional_pb2_grpc, wallet_pb2, wallet_pb2_grpc
 
+if TYPE_CHECKING:
+    from marketplace.console import Console, ConsoleOptions
+    from marketplace.http import HttpServer
+
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
@@ -84,6 +97,8 @@ class MarketplaceNode:
                  auth_skew_s: int = 60, max_message_bytes: int = MAX_MESSAGE_BYTES,
                  server_credentials: grpc.ServerCredentials | None = None,
                  verifier_credentials: grpc.ChannelCredentials | None = None,
+                 console: ConsoleOptions | None = None, http_host: str = "127.0.0.1",
+                 http_port: int = 0, http_tls: tuple[Path, Path] | None = None,
                  checkpoint_interval_s: float = 60.0, ecny: EcnyRules | None = None,
                  rails: Callable[[Ledger], Iterable[Rail]] | None = None) -> None:
         """`arbiters`: agent ids whose signed decisions resolve disputes; `judge`: the LLM
@@ -91,12 +106,18 @@ class MarketplaceNode:
         currencies in discovery (`convert_currencies`). Security options: see the module
         docstring; `rate_limit_*`: each agent's token bucket; `auth_skew_s`: how far a signed
         request's timestamp may be from this node's clock; `max_message_bytes`: the largest
-        request accepted (larger: RESOURCE_EXHAUSTED from gRPC); `checkpoint_interval_s`: how
-        often the node signs its ledger's chain head when it has moved (`.checkpoints`);
-        `ecny`: apply e-CNY's wallet rules to ECNY wallets (`wallets.ecny`) and carry ECNY
-        through the e-CNY sandbox rail (`wallets.rails_ecny`); `rails`: more rails, made
-        over this node's ledger (the USDC rail on an EVM: `wallets.evm.UsdcRail`); the sweeper
-        runs each one's `sweep()` if it has one."""
+        request accepted (larger: RESOURCE_EXHAUSTED from gRPC). HTTP options: see the module
+        docstring; `http_tls`: (certificate chain, private key) PEM files to serve HTTPS.
+        `checkpoint_interval_s`: how often the node signs its ledger's chain head when it has
+        moved (`.checkpoints`); `ecny`: apply e-CNY's wallet rules to ECNY wallets
+        (`wallets.ecny`) and carry ECNY through the e-CNY sandbox rail (`wallets.rails_ecny`);
+        `rails`: more rails, made over this node's ledger (the USDC rail on an EVM:
+        `wallets.evm.UsdcRail`); the sweeper runs each one's `sweep()` if it has one."""
+        self._console_key = (console.key or AgentKey.generate()) if console else None
+        if self._console_key is not None:
+            operator_ids = (*operator_ids, self._console_key.agent_id)
+            if console and console.arbiter:
+                arbiters = (*arbiters, self._console_key.agent_id)
         self.key = key or AgentKey.generate()
         self.agent_id = self.key.agent_id
         self.operator_ids = frozenset(check_agent_id(o, "operator") for o in operator_ids)
@@ -160,6 +181,7 @@ class MarketplaceNode:
                      if server_credentials is not None
                      else self.server.add_insecure_port(f"{host}:{port}"))
         self.address = f"{host}:{self.port}"
+        self._http_setup(console, tracer_provider, http_host, http_port, http_tls)
         self._sweep_interval_s = sweep_interval_s
         self._stopping = threading.Event()
         self._sweeper = threading.Thread(target=self._sweep_loop, name="sweeper", daemon=True)
@@ -181,10 +203,36 @@ class MarketplaceNode:
                                                     *MARKET_RESERVED_KEYS))
         return [self.access]
 
+    def _http_setup(self, console: ConsoleOptions | None, tracer_provider: Any,
+                    host: str, port: int, tls: tuple[Path, Path] | None) -> None:
+        """The HTTP parts this node serves (the console), on one server of their own."""
+        self.console: Console | None = None
+        self.http: HttpServer | None = None
+        self._private_dir: str | None = None
+        if console is None or self._console_key is None:
+            return
+        from marketplace.console import Console
+        from marketplace.http import HttpServer, build_app
+        from marketplace.http.app import allowed_hosts
+
+        self._private_dir = tempfile.mkdtemp(prefix="agentmarket-node-")  # mode 700
+        socket_address = f"unix:{self._private_dir}/grpc.sock"
+        self.server.add_insecure_port(socket_address)
+        self.console = Console.for_node(self, console, socket_address, self._console_key,
+                                        tracer_provider)
+        self.http = HttpServer(build_app([self.console.part()], hosts=allowed_hosts(host)),
+                               host=host, port=port, tls_cert=tls[0] if tls else None,
+                               tls_key=tls[1] if tls else None)
+        self.http_address = f"{host}:{self.http.port}"
+
     def start(self) -> MarketplaceNode:
         self.server.start()
         for name in ["", *self._services]:
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.http is not None:
+            self.http.start()
+            if self.console is not None:
+                self.console.bind(self.http.url)
         self._sweeper.start()
         self._unobserve = market_metrics().observe_holds(self.ledger.open_hold_totals)
         return self
@@ -214,6 +262,8 @@ class MarketplaceNode:
         """Stop taking calls, let running ones finish, then close the database."""
         self.health.enter_graceful_shutdown()
         self._stopping.set()
+        if self.http is not None:
+            self.http.stop(grace_s)
         if getattr(self, "_unobserve", None) is not None:
             self._unobserve()
             self._unobserve = None
@@ -221,6 +271,10 @@ class MarketplaceNode:
         if self._sweeper.is_alive():
             self._sweeper.join(timeout=5)
         self._verifier_client.close()
+        if self.console is not None:
+            self.console.close()
+        if self._private_dir is not None:
+            shutil.rmtree(self._private_dir, ignore_errors=True)
         self.ledger.close()
         self.engine.dispose()
 

@@ -48,7 +48,9 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS spans_root_start ON spans (start_ns) WHERE parent_span_id IS NULL",
     "CREATE INDEX IF NOT EXISTS spans_service ON spans (service_name, trace_id)",
     "CREATE INDEX IF NOT EXISTS spans_agreement ON spans (agreement_id, trace_id)",
+    "CREATE INDEX IF NOT EXISTS spans_errors ON spans (start_ns) WHERE status_code = 'ERROR'",
 )
+
 
 
 def _connect(path: str | Path) -> sqlite3.Connection:
@@ -260,6 +262,17 @@ class SpanStore:
             StoredSpan(*row[:10], attributes=json.loads(row[10]), events=json.loads(row[11]))
             for row in rows
         ]
+
+    def refusals(self, since_ms: int, limit: int = 50) -> list[tuple[str, int]]:
+        """Requests refused since `since_ms`, counted by reason (the ErrorInfo reason the
+        server answered with), most frequent first."""
+        rows = self._query(
+            "SELECT json_extract(attributes_json, '$.\"" + attrs.REFUSAL_REASON + "\"') AS reason,"
+            " COUNT(*) FROM spans WHERE status_code = 'ERROR' AND start_ns >= ?"
+            " AND kind = 'SERVER' AND reason IS NOT NULL"
+            " GROUP BY reason ORDER BY COUNT(*) DESC, reason LIMIT ?",
+            (since_ms * 1_000_000, limit))
+        return [(str(reason), int(count)) for reason, count in rows]
 
     def last_trace_id(self) -> str | None:
         """The trace of the most recently started root span, the one `agentmarket trace` shows."""

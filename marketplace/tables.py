@@ -66,7 +66,11 @@ class TermRow(SQLModel, table=True):
 
 class EscrowRow(SQLModel, table=True):
     __tablename__ = "escrows"
-    __table_args__ = (Index("ix_escrows_due", "state", "release_at_ms"),)
+    __table_args__ = (Index("ix_escrows_due", "state", "release_at_ms"),
+                      # newest first, a page at a time (the console), overall and per state
+                      Index("ix_escrows_created", "created_at_ms", "agreement_id"),
+                      Index("ix_escrows_state_created", "state", "created_at_ms",
+                            "agreement_id"))
 
     agreement_id: str = Field(primary_key=True, max_length=64)
     signed_agreement: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
@@ -133,6 +137,25 @@ class ReputationRow(SQLModel, table=True):
     rated: int = Field(sa_column=_big(default=0))
     score_sum: int = Field(sa_column=_big(default=0))
 
+
+
+class OperatorActionRow(SQLModel, table=True):
+    """The audit trail of operators' actions from the console: who did what to which object,
+    signed with which key, and what came of it ("pending" until the node answered)."""
+
+    __tablename__ = "operator_actions"
+
+    id: str = Field(primary_key=True, max_length=32)
+    at_ms: int = Field(sa_column=_big(index=True))
+    operator: str = Field(max_length=64)  # the name the person gave at login
+    session: str = Field(max_length=16)  # a short, non-secret tag of the login session
+    key_id: str = Field(max_length=64)  # the operator key that signed the request
+    action: str = Field(max_length=16, index=True)
+    target: str = Field(max_length=64, index=True)
+    detail: str = Field(sa_column=Column(Text, nullable=False, default=""))  # JSON
+    outcome: str = Field(max_length=16)  # pending | done | refused
+    message: str = Field(sa_column=Column(Text, nullable=False, default=""))
+    trace_id: str = Field(default="", max_length=32)
 
 
 # ---- settlement receipts and ledger checkpoints (marketplace.receipts, .checkpoints) -----------

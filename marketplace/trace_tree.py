@@ -49,7 +49,7 @@ def _money(amount: Any, code: Any) -> str | None:
         return f"{amount_atomic} atomic {code}"
 
 
-def _details(span: StoredSpan) -> list[tuple[str, str]]:
+def span_facts(span: StoredSpan) -> list[tuple[str, str]]:
     """The business facts of a span as (text, style), in the order they are shown."""
     found = span.attributes
     parts: list[tuple[str, str]] = []
@@ -77,7 +77,7 @@ def _label(span: StoredSpan) -> Text:
         "  ",
         (_duration_ms(span), "dim"),
     )
-    for text, style in _details(span):
+    for text, style in span_facts(span):
         label.append("  ")
         label.append(text, style=style)
     if span.is_error:
@@ -85,7 +85,8 @@ def _label(span: StoredSpan) -> Text:
     return label
 
 
-def _children(spans: Iterable[StoredSpan]) -> tuple[list[StoredSpan], dict[str, list[StoredSpan]]]:
+def span_tree(spans: Iterable[StoredSpan]
+              ) -> tuple[list[StoredSpan], dict[str, list[StoredSpan]]]:
     """(roots, children by parent id), each list in start order; duplicates dropped."""
     unique = {span.span_id: span for span in spans}
     ordered = sorted(unique.values(), key=lambda s: (s.start_ns, s.span_id))
@@ -102,7 +103,7 @@ def _children(spans: Iterable[StoredSpan]) -> tuple[list[StoredSpan], dict[str, 
 
 def render_trace(spans: list[StoredSpan]) -> Tree:
     """A rich Tree of one trace; several roots hang under a line naming the trace."""
-    roots, children = _children(spans)
+    roots, children = span_tree(spans)
     if not roots:
         return Tree(Text("(no spans)", style="dim"))
 
@@ -140,7 +141,7 @@ def _node(span: StoredSpan, children: dict[str, list[StoredSpan]]) -> dict[str, 
 
 def trace_to_json(spans: list[StoredSpan]) -> dict[str, Any]:
     """The same tree as plain data: {"trace_id", "span_count", "roots": [span with children]}."""
-    roots, children = _children(spans)
+    roots, children = span_tree(spans)
     return {
         "trace_id": roots[0].trace_id if roots else None,
         "span_count": len({span.span_id for span in spans}),

@@ -27,6 +27,7 @@ FEE_ATOMIC: Final = "agentmarket.fee_atomic"
 HOLD_ID: Final = "agentmarket.hold_id"
 PAYEE: Final = "agentmarket.payee"
 PAYER: Final = "agentmarket.payer"
+REFUSAL_REASON: Final = "agentmarket.refusal.reason"  # the ErrorInfo reason a server refused with
 ROUND: Final = "agentmarket.negotiation.round"
 SKILL: Final = "agentmarket.skill"
 
@@ -39,6 +40,7 @@ __all__ = [
     "NAMESPACE",
     "PAYEE",
     "PAYER",
+    "REFUSAL_REASON",
     "ROUND",
     "SKILL",
 ]

@@ -17,7 +17,9 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from opentelemetry import trace
 
+from wallets import attributes
 from wallets.errors import AgentmarketError
 from wallets.metrics import market_metrics
 
@@ -53,7 +55,10 @@ def _rich_status(code: grpc.StatusCode, message: str, reason: str,
 
 
 def abort(context: grpc.ServicerContext, error: AgentmarketError) -> None:
+    """Answer with the error's status; count it, and name its reason on the request's span
+    (the span store then answers "refusals by reason" for the operator console)."""
     market_metrics().refused(error.reason)
+    trace.get_current_span().set_attribute(attributes.REFUSAL_REASON, error.reason)
     context.abort_with_status(_rich_status(status_for(error), error.message, error.reason,
                                            error.metadata))
 

@@ -680,10 +680,14 @@ class Ledger:
     def postings(self, *, trace_id: str | None = None, hold_id: str | None = None,
                  account_id: str | None = None, kind: str | None = None,
                  since_ms: int | None = None, limit: int = 1000,
-                 newest_first: bool = False) -> list[Posting]:
-        """Postings matching every filter given (the operator's view of the ledger)."""
+                 newest_first: bool = False,
+                 before_sequence: int | None = None) -> list[Posting]:
+        """Postings matching every filter given (the operator's view of the ledger);
+        `before_sequence` pages back from a sequence number."""
         order = POSTINGS.c.sequence.desc() if newest_first else POSTINGS.c.sequence
         query = select(POSTINGS.c.sequence).order_by(order).limit(limit)
+        if before_sequence is not None:
+            query = query.where(POSTINGS.c.sequence < before_sequence)
         if trace_id:
             query = query.where(POSTINGS.c.trace_id == trace_id)
         if hold_id:

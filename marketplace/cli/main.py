@@ -97,6 +97,18 @@ def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file 
           judge_model: list[str] = typer.Option(
               [], "--judge-model", help="A model the LLM judge may run (through litellm; "
                                         "default: any); repeat for several."),
+          console_on: bool = typer.Option(
+              False, "--console", help="Serve the operator console (a web UI) too; prints a "
+                                       "one-time login URL."),
+          console_host: str = typer.Option("127.0.0.1", help="Address the console listens on "
+                                                             "(beyond loopback: HTTPS only)."),
+          console_port: int = typer.Option(7080, min=0, max=65535,
+                                           help="Console port (0: any free)."),
+          console_key_file: Path = typer.Option(
+              None, help="The operator key the console signs actions with (default: a fresh "
+                         "one, trusted as an operator while the node runs)."),
+          console_arbiter: bool = typer.Option(
+              False, "--console-arbiter", help="The console's key also resolves disputes."),
           key_file: Path = typer.Option(
               None, help="The node's key (`keys new`): it signs receipts and checkpoints, so "
                          "keep it across restarts (default: a new key each start)."),
@@ -133,6 +145,8 @@ def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file 
         fx = FixedRateProvider(rates) if rates else None
     except AgentmarketError as error:
         fail(str(error))
+    console_options = _console_options(console_on, console_host, console_key_file,
+                                       console_arbiter, tls_cert, spans)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if db.startswith("sqlite:///"):
         Path(db.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -153,7 +167,11 @@ def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file 
                                rate_limit_burst=burst, server_credentials=credentials,
                                arbiters=arbiters, fx=fx,
                                judge=LlmJudge(allowed_models=judge_model or None,
-                                              tracer_provider=provider)).start()
+                                              tracer_provider=provider),
+                               console=console_options, http_host=console_host,
+                               http_port=console_port,
+                               http_tls=(tls_cert, tls_key) if tls_cert and tls_key else None
+                               ).start()
     except Exception as error:  # a bad URL or a taken port: one line, not a traceback
         fail(f"cannot start the node: {error}")
     stop = threading.Event()
@@ -170,10 +188,36 @@ def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file 
     console.print(f"marketplace listening on {node.address} (db {db}; {security}; node key "
                   f"{node.agent_id}; {len(node.operator_ids)} operator(s), {len(arbiters)} "
                   f"arbiter(s); {fx_note}; {judge_note})", highlight=False, soft_wrap=True)
+    if node.http is not None:
+        console.print(f"console on {node.http.url}/console/ (signing as operator "
+                      f"{node.console.actions.key.agent_id if node.console else '?'})",
+                      highlight=False, soft_wrap=True)
     stop.wait()
     console.print("shutting down")
     node.stop()
     provider.shutdown()
+
+
+def _console_options(on: bool, host: str, key_file: Path | None, arbiter: bool,
+                     tls_cert: Path | None, spans: Path):  # type: ignore[no-untyped-def]
+    """The console's options from `serve`'s, or None without --console."""
+    if not on:
+        if key_file is not None or arbiter:
+            fail("--console-key-file and --console-arbiter need --console")
+        return None
+    from marketplace.cli.operator import load_key
+    from marketplace.console import ConsoleOptions
+    from marketplace.http.app import LOOPBACK_HOSTS
+
+    if host not in LOOPBACK_HOSTS and tls_cert is None:
+        fail(f"--console-host {host} is beyond loopback: give --tls-cert and --tls-key, or "
+             "the login token and session cookies would cross the network in clear")
+
+    def announce(url: str) -> None:
+        console.print(f"console login (one-time): {url}", highlight=False, soft_wrap=True)
+
+    return ConsoleOptions(key=load_key(key_file) if key_file else None, arbiter=arbiter,
+                          span_store=spans, announce=announce)
 
 
 def _fx_rates(options: list[str]) -> dict[str, str]:

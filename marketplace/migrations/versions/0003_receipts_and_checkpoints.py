@@ -1,7 +1,7 @@
 """signed settlement receipts and ledger checkpoints
 
 Revision ID: 8a41f0c6d2e7
-Revises: 5696b4a10316
+Revises: 0002_operator_actions
 """
 
 import sqlalchemy as sa
@@ -9,7 +9,7 @@ import sqlmodel
 from alembic import op
 
 revision = '8a41f0c6d2e7'
-down_revision = '5696b4a10316'
+down_revision = '0002_operator_actions'
 branch_labels = None
 depends_on = None
 
