@@ -17,6 +17,9 @@ from marketplace.judge import LlmJudge
 from marketplace.negotiation import Negotiation
 from marketplace.node import MarketplaceNode
 from marketplace.payword import PaywordChain, verify_word
+from marketplace.pvp import LegRefused, NodeUnavailable, PvpLeg, PvpParty, PvpPayment
+from marketplace.receipt_verify import ReceiptInvalid, VerifiedReceipt, verify_receipt
+from marketplace.receipts import ReceiptBook
 from marketplace.registry import Registry
 from marketplace.settlement import Settlement
 from marketplace.spanstore import SpanStore
@@ -30,15 +33,23 @@ __all__ = [
     "CheckerRegistry",
     "IllegalTransition",
     "InvalidVoucher",
+    "LegRefused",
     "LlmJudge",
     "MarketplaceNode",
     "Negotiation",
+    "NodeUnavailable",
     "OfferExpired",
     "PaywordChain",
+    "PvpLeg",
+    "PvpParty",
+    "PvpPayment",
+    "ReceiptBook",
+    "ReceiptInvalid",
     "ReceiptLimit",
     "Registry",
     "Settlement",
     "SpanStore",
+    "VerifiedReceipt",
     "VerifierAgent",
     "VerifierUnavailable",
     "channel_credentials",
@@ -48,5 +59,6 @@ __all__ = [
     "setup_tracing",
     "signed_channel",
     "verify",
+    "verify_receipt",
     "verify_word",
 ]

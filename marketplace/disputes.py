@@ -116,7 +116,7 @@ class Disputes:
 
         return s.ledger.mutate(key, "dispute", {"agreement": agreement, "reason": reason,
                                                 "evidence": ag.evidence_digest(evidence)},
-                               apply, same, same)
+                               s._receipted(agreement, apply), same, same)
 
     # ---- the arbiter ----------------------------------------------------------------------
 
@@ -176,7 +176,7 @@ class Disputes:
 
         return s.ledger.mutate(key, "resolve_dispute", {
             "agreement": agreement, "outcome": outcome, "seller_atomic": seller_gross,
-            "note": note, "arbiter": arbiter_id}, apply, same, same)
+            "note": note, "arbiter": arbiter_id}, s._receipted(agreement, apply), same, same)
 
     # ---- reading --------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,6 +46,10 @@ from marketplace.grpc_tracing import server_interceptor
 from marketplace.identity import AgentKey, check_agent_id
 from marketplace.introspection import mark_serving, serve_introspection
 from marketplace.judge import LlmJudge
+from marketplace.pvp_legs import ReceiptedHolds
+from marketplace.receipt_servicer import SERVICE as RECEIPT_SERVICE
+from marketplace.receipt_servicer import ReceiptServicer, receipt_rules
+from marketplace.receipts import ReceiptBook
 from marketplace.registry import Registry
 from marketplace.request_fields import MARKET_FIELDS
 from marketplace.servicers import ArbitrationServicer, RegistryServicer, SettlementServicer
@@ -53,6 +57,7 @@ from marketplace.settlement import Settlement
 from marketplace.v1 import (
     dispute_pb2,
     dispute_pb2_grpc,
+    receipt_pb2_grpc,
     registry_pb2,
     registry_pb2_grpc,
     settlement_pb2,
@@ -62,15 +67,22 @@ from marketplace.verification import Verification
 from marketplace.verifier_agent import GrpcVerifierClient
 from wallets.access import SERVICE as WALLET_SERVICE
 from wallets.access import Principals, WalletAccess
+from wallets.conditional_servicer import SERVICE as CONDITIONAL_SERVICE
+from wallets.conditional_servicer import ConditionalHoldServicer, conditional_rules
+from wallets.currencies import CURRENCIES
+from wallets.ecny import EcnyGuard, EcnyRules
 from wallets.fx import FxProvider
 from wallets.grpc_errors import MalformedRequestInterceptor
 from wallets.grpc_fields import FieldCheckInterceptor
+from wallets.guard import SpendGuard
 from wallets.ledger import Ledger
 from wallets.metrics import market_metrics
+from wallets.rails import Rail, SandboxRail
+from wallets.rails_ecny import EcnyRail
 from wallets.service import WalletService
 from wallets.servicer import WalletServicer
 from wallets.store import make_engine
-from wallets.v1 import wallet_pb2, wallet_pb2_grpc
+from wallets.v1 import conditional_pb2_grpc, wallet_pb2, wallet_pb2_grpc
 
 if TYPE_CHECKING:
     from marketplace.console import Console, ConsoleOptions
@@ -96,7 +108,9 @@ class MarketplaceNode:
                  server_credentials: grpc.ServerCredentials | None = None,
                  verifier_credentials: grpc.ChannelCredentials | None = None,
                  console: ConsoleOptions | None = None, http_host: str = "127.0.0.1",
-                 http_port: int = 0, http_tls: tuple[Path, Path] | None = None) -> None:
+                 http_port: int = 0, http_tls: tuple[Path, Path] | None = None,
+                 checkpoint_interval_s: float = 60.0, ecny: EcnyRules | None = None,
+                 rails: Callable[[Ledger], Iterable[Rail]] | None = None) -> None:
         """`arbiters`: agent ids whose signed decisions resolve disputes; `judge`: the LLM
         judge (models allowed, litellm options); `fx`: quotes that convert prices across
         currencies in discovery (`convert_currencies`). Security options: see the module
@@ -104,7 +118,12 @@ class MarketplaceNode:
         request's timestamp may be from this node's clock; `max_message_bytes`: the largest
         request accepted (larger: RESOURCE_EXHAUSTED from gRPC), at least MIN_MESSAGE_BYTES so
         that every redeem a seller may send fits. HTTP options: see the module docstring;
-        `http_tls`: (certificate chain, private key) PEM files to serve HTTPS."""
+        `http_tls`: (certificate chain, private key) PEM files to serve HTTPS.
+        `checkpoint_interval_s`: how often the node signs its ledger's chain head when it has
+        moved (`.checkpoints`); `ecny`: apply e-CNY's wallet rules to ECNY wallets
+        (`wallets.ecny`) and carry ECNY through the e-CNY sandbox rail (`wallets.rails_ecny`);
+        `rails`: more rails, made over this node's ledger (the USDC rail on an EVM:
+        `wallets.evm.UsdcRail`); the sweeper runs each one's `sweep()` if it has one."""
         if max_message_bytes < MIN_MESSAGE_BYTES:
             raise InvalidArgument(f"max_message_bytes must be at least {MIN_MESSAGE_BYTES}: "
                                   "smaller, a seller's redeem of calls it was paid for could "
@@ -118,17 +137,25 @@ class MarketplaceNode:
         self.agent_id = self.key.agent_id
         self.operator_ids = frozenset(check_agent_id(o, "operator") for o in operator_ids)
         self.require_auth = require_auth
-        self.engine, self.ledger, self.registry = _open_database(db_url, fx)
-        self.wallets = WalletService(self.ledger)
+        self.engine, self.ledger, self.registry = _open_database(
+            db_url, fx, EcnyGuard(ecny) if ecny else None)
+        sandboxes: list[Rail] = [SandboxRail(c) for c in CURRENCIES.values()
+                                 if ecny is None or c.code != "ECNY"]
+        self.wallets = WalletService(self.ledger, rails=[
+            *sandboxes, *([EcnyRail()] if ecny else []), *(rails(self.ledger) if rails else [])])
         self.checkers = CheckerRegistry()
         self._verifier_client = GrpcVerifierClient(tracer_provider, key=self.key,
                                                    credentials=verifier_credentials)
         self.verification = Verification(
             checkers=self.checkers, judge=judge or LlmJudge(tracer_provider=tracer_provider),
             verifier_client=self._verifier_client, tracer_provider=tracer_provider)
+        self.receipts = ReceiptBook(self.engine, self.key, self.ledger.clock_ms)
         self.settlement = Settlement(self.ledger, self.registry, fee_bps=fee_bps,
                                      tracer_provider=tracer_provider,
-                                     verification=self.verification, arbiters=arbiters)
+                                     verification=self.verification, arbiters=arbiters,
+                                     receipts=self.receipts)
+        self._checkpoint_interval_s = checkpoint_interval_s
+        self.conditional = ReceiptedHolds(self.ledger, self.receipts)  # PvP legs
         self.auth = AuthServerInterceptor(required=require_auth, skew_s=auth_skew_s,
                                           rate_per_s=rate_limit_per_s, burst=rate_limit_burst)
         self.server = grpc.server(
@@ -146,11 +173,17 @@ class MarketplaceNode:
             ArbitrationServicer(self.settlement), self.server)
         wallet_pb2_grpc.add_WalletServiceServicer_to_server(
             WalletServicer(self.wallets), self.server)
+        conditional_pb2_grpc.add_ConditionalHoldServiceServicer_to_server(
+            ConditionalHoldServicer(self.conditional), self.server)
+        receipt_pb2_grpc.add_ReceiptServiceServicer_to_server(
+            ReceiptServicer(self.receipts), self.server)
         services = [
             registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
             settlement_pb2.DESCRIPTOR.services_by_name["SettlementService"].full_name,
             dispute_pb2.DESCRIPTOR.services_by_name["ArbitrationService"].full_name,
             wallet_pb2.DESCRIPTOR.services_by_name["WalletService"].full_name,
+            CONDITIONAL_SERVICE,
+            RECEIPT_SERVICE,
         ]
         self.health = serve_introspection(self.server, services)
         self._services = services
@@ -172,7 +205,10 @@ class MarketplaceNode:
                                 marketplace=frozenset({self.agent_id}))
         tables = MarketplaceAccess(self.settlement, principals,
                                    self.settlement.disputes.arbiters).rules()
-        tables[WALLET_SERVICE] = WalletAccess(self.wallets, principals).rules()
+        wallet_access = WalletAccess(self.wallets, principals)
+        tables[WALLET_SERVICE] = wallet_access.rules()
+        tables[CONDITIONAL_SERVICE] = conditional_rules(wallet_access)
+        tables[RECEIPT_SERVICE] = receipt_rules(self.receipts, principals)
         self.access = AccessInterceptor.of(tables)
         return [self.access]
 
@@ -213,9 +249,14 @@ class MarketplaceNode:
         while not self._stopping.wait(self._sweep_interval_s):
             try:
                 self.ledger.expire_holds()
+                self.conditional.receipt_expired()
+                for rail in self.wallets.rails.values():  # chain watchers, payout resends
+                    if callable(getattr(rail, "sweep", None)):
+                        rail.sweep()  # type: ignore[attr-defined]
                 self.settlement.sweep()
                 self.wallets.settle_due()
                 self.registry.purge_expired()
+                self.receipts.checkpoints.cut_if_due(self._checkpoint_interval_s)
             except Exception:  # keep sweeping; the next round retries
                 import logging
 
@@ -252,11 +293,12 @@ class MarketplaceNode:
         self.stop()
 
 
-def _open_database(db_url: str, fx: FxProvider | None) -> tuple[Engine, Ledger, Registry]:
+def _open_database(db_url: str, fx: FxProvider | None, guard: SpendGuard | None
+                   ) -> tuple[Engine, Ledger, Registry]:
     """The engine, ledger and registry over `db_url`, migrated."""
     with opening_database(db_url):
         engine = make_engine(db_url)
-        ledger = Ledger(engine)
+        ledger = Ledger(engine, guard=guard)
         return engine, ledger, Registry(engine, fx=FxConverter(fx, ledger.clock_ms)
                                         if fx is not None else None)
 

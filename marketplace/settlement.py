@@ -60,6 +60,7 @@ from marketplace.escrows import ESCROWS, EVIDENCE, body_of, escrow_dict, locked_
 from marketplace.escrows import set_values as _set
 from marketplace.identity import verify
 from marketplace.payword import verify_word
+from marketplace.receipts import ReceiptBook
 from marketplace.registry import Registry
 from marketplace.reputation import record_outcome
 from marketplace.v1 import agreement_pb2, dispute_pb2, registry_pb2, settlement_pb2
@@ -88,8 +89,10 @@ class Settlement:
                  clock_ms: Callable[[], int] | None = None,
                  tracer_provider: trace.TracerProvider | None = None,
                  verification: Verification | None = None, arbiters: Iterable[str] = (),
-                 metrics: MarketMetrics | None = None) -> None:
-        """`arbiters`: agent ids whose signed decisions resolve disputes."""
+                 metrics: MarketMetrics | None = None, receipts: ReceiptBook | None = None
+                 ) -> None:
+        """`arbiters`: agent ids whose signed decisions resolve disputes; `receipts`: signs a
+        receipt of every settlement, in its transaction (`marketplace.receipts`)."""
         split(0, fee_bps)  # validates fee_bps
         self._tracer = trace.get_tracer("agentmarket.settlement", tracer_provider=tracer_provider)
         self.ledger = ledger
@@ -100,6 +103,12 @@ class Settlement:
         self.verification = verification or Verification(tracer_provider=tracer_provider)
         self.disputes = Disputes(self, arbiters)
         self.metrics = metrics or market_metrics()
+        self.receipts = receipts
+
+    def _receipted(self, agreement: str, apply: Callable[[Connection], Any]
+                   ) -> Callable[[Connection], Any]:
+        """`apply`, then in its transaction the signed receipt of the money it moved."""
+        return apply if self.receipts is None else self.receipts.for_agreement(agreement, apply)
 
     # ---- accounts -------------------------------------------------------------------------
 
@@ -265,7 +274,8 @@ class Settlement:
                     self.release_in(conn, key, agreement, "release", parties)
                 return escrow_dict(conn, agreement)
 
-            return self.ledger.mutate(key, "redeem", request, apply, same, same)
+            return self.ledger.mutate(key, "redeem", request,
+                                      self._receipted(agreement, apply), same, same)
 
     def redeem_batch(self, requests: list[settlement_pb2.RedeemRequest]
                      ) -> list[settlement_pb2.RedeemResult]:
@@ -415,7 +425,8 @@ class Settlement:
             self.release_in(conn, key, agreement, "confirm", parties)
             return escrow_dict(conn, agreement)
 
-        return self.ledger.mutate(key, "confirm", {"agreement": agreement}, apply, same, same)
+        return self.ledger.mutate(key, "confirm", {"agreement": agreement},
+                                  self._receipted(agreement, apply), same, same)
 
     def dispute(self, key: str, agreement: str, reason: str, buyer_signature: bytes,
                 evidence: list[settlement_pb2.Evidence] | None = None) -> dict[str, Any]:
@@ -461,7 +472,8 @@ class Settlement:
             else:
                 self.release_in(conn, key, row.agreement_id, "release", parties)
 
-        self.ledger.mutate(key, "sweep", {"agreement": row.agreement_id}, apply, same, same,
+        self.ledger.mutate(key, "sweep", {"agreement": row.agreement_id},
+                           self._receipted(row.agreement_id, apply), same, same,
                            scope=NODE_SCOPE)
 
     def _expire_in(self, conn: Connection, key: str, agreement: str) -> None:

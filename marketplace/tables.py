@@ -156,3 +156,33 @@ class OperatorActionRow(SQLModel, table=True):
     outcome: str = Field(max_length=16)  # pending | done | refused
     message: str = Field(sa_column=Column(Text, nullable=False, default=""))
     trace_id: str = Field(default="", max_length=32)
+
+
+# ---- settlement receipts and ledger checkpoints (marketplace.receipts, .checkpoints) -----------
+
+
+class CheckpointRow(SQLModel, table=True):
+    """The node's signature over the posting hash chain up to `sequence` (one segment)."""
+
+    __tablename__ = "ledger_checkpoints"
+
+    sequence: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    first_sequence: int = Field(sa_column=_big())
+    node: str = Field(max_length=64)
+    body_json: str = Field(sa_column=Column(Text, nullable=False))
+    signature: str = Field(max_length=128)
+    signed_at_ms: int = Field(sa_column=_big())
+
+
+class ReceiptRow(SQLModel, table=True):
+    """A signed settlement receipt, issued in the transaction of the settlement it states."""
+
+    __tablename__ = "settlement_receipts"
+
+    receipt_id: str = Field(primary_key=True, max_length=128)  # subject:kind
+    subject: str = Field(index=True, max_length=64)
+    kind: str = Field(max_length=32)
+    last_sequence: int = Field(sa_column=_big(index=True))
+    body_json: str = Field(sa_column=Column(Text, nullable=False))
+    signature: str = Field(max_length=128)
+    issued_at_ms: int = Field(sa_column=_big())

@@ -131,7 +131,7 @@ class Harness:
     an arbiter, and a buyer and a seller key."""
 
     def __init__(self, engine: Any, clock: Any, *, fee_bps: int = 250, judge: Any = None,
-                 verifier_client: Any = None) -> None:
+                 verifier_client: Any = None, guard: Any = None) -> None:
         from marketplace.checkers import CheckerRegistry
         from marketplace.registry import Registry
         from marketplace.settlement import Settlement
@@ -140,7 +140,7 @@ class Harness:
         from wallets.service import WalletService
 
         self.clock = clock
-        self.ledger = Ledger(engine, clock_ms=clock)
+        self.ledger = Ledger(engine, clock_ms=clock, guard=guard)
         self.wallets = WalletService(self.ledger)
         self.registry = Registry(engine, clock_ms=clock)
         self.checkers = CheckerRegistry()

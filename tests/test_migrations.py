@@ -13,6 +13,7 @@ migrates), on SQLite and PostgreSQL:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -135,3 +136,16 @@ def test_a_database_at_the_previous_revision_migrates_and_keeps_its_promises(db_
             ledger.close()
     finally:
         engine.dispose()
+
+
+def test_each_package_has_one_line_of_migrations():
+    """Migrations form one line per package: a second head would mean two branches each
+    assumed the tables their parent left, and a node would upgrade to one of them only."""
+    from alembic.script import ScriptDirectory
+
+    for package in ("wallets", "marketplace", "agents"):
+        config = _config(package)
+        if not (Path(config.get_main_option("script_location")) / "versions").exists():
+            continue
+        heads = ScriptDirectory.from_config(config).get_heads()
+        assert len(heads) == 1, f"{package} has migration heads {heads}"

@@ -3,8 +3,10 @@ an owner can program (policies, approvals, velocity freezes, mandates), and FX."
 
 from wallets.anomaly import Alert
 from wallets.approvals import Approval
+from wallets.conditional import ConditionalHold, ConditionalHolds
 from wallets.controls import WalletControls
 from wallets.currencies import CURRENCIES, Currency, currency, split
+from wallets.ecny import EcnyGuard, EcnyRules, EcnyWallets, TierLimit, WalletTier
 from wallets.errors import (
     AgentmarketError,
     ApprovalDenied,
@@ -14,6 +16,7 @@ from wallets.errors import (
     Forbidden,
     HoldClosed,
     HoldExceeded,
+    HoldLocked,
     IdempotencyConflict,
     InsufficientFunds,
     InvalidAmount,
@@ -37,6 +40,7 @@ from wallets.mandates import Mandate, MandateTerms, sign_mandate, sign_revocatio
 from wallets.models import Balance, CheckReport, Hold, Leg, Posting, Transfer
 from wallets.policies import ControlState, Policy
 from wallets.rails import PendingWithdrawal, Rail, SandboxRail
+from wallets.rails_ecny import EcnyRail
 from wallets.service import WalletService
 from wallets.store import make_engine, sqlite_url
 
@@ -50,9 +54,15 @@ __all__ = [
     "ApprovalRequired",
     "Balance",
     "CheckReport",
+    "ConditionalHold",
+    "ConditionalHolds",
     "ControlState",
     "Conversion",
     "Currency",
+    "EcnyGuard",
+    "EcnyRail",
+    "EcnyRules",
+    "EcnyWallets",
     "FailedPrecondition",
     "FixedRateProvider",
     "Forbidden",
@@ -62,6 +72,7 @@ __all__ = [
     "Hold",
     "HoldClosed",
     "HoldExceeded",
+    "HoldLocked",
     "IdempotencyConflict",
     "InsufficientFunds",
     "InvalidAmount",
@@ -84,6 +95,7 @@ __all__ = [
     "SandboxRail",
     "SpendContext",
     "SpendGuard",
+    "TierLimit",
     "Transfer",
     "Unauthenticated",
     "Unavailable",
@@ -91,6 +103,7 @@ __all__ = [
     "WalletControls",
     "WalletFrozen",
     "WalletService",
+    "WalletTier",
     "convert_amount",
     "currency",
     "make_engine",

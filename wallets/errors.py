@@ -9,6 +9,7 @@
     │   ├── InsufficientFunds
     │   ├── HoldClosed
     │   ├── HoldExceeded              (a capture larger than what the hold still holds)
+    │   ├── HoldLocked                (a hash-locked hold: only its preimage captures it)
     │   ├── ApprovalRequired          (APPROVAL_REQUIRED: a person must approve; not final)
     │   ├── ApprovalExpired
     │   ├── WalletFrozen              (WALLET_FROZEN: an operator must unfreeze; not final)
@@ -89,6 +90,12 @@ class HoldExceeded(FailedPrecondition):
     """A capture of more than the hold still holds: well formed, refused by the hold's state."""
 
     reason = "HOLD_EXCEEDED"
+
+
+class HoldLocked(FailedPrecondition):
+    """A capture without the preimage, or a void, of a hash-locked hold (`wallets.conditional`)."""
+
+    reason = "HOLD_LOCKED"
 
 
 class IdempotencyConflict(AgentmarketError):

@@ -12,6 +12,7 @@ double spend relies on isolation levels alone.
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -41,6 +42,7 @@ from wallets.errors import (
     Contended,
     HoldClosed,
     HoldExceeded,
+    HoldLocked,
     InsufficientFunds,
     InvalidAmount,
     InvalidArgument,
@@ -577,8 +579,9 @@ class Ledger:
 
     def capture_in(self, conn: Connection, key: str, hold_id: str, amount_atomic: int,
                    splits: Sequence[tuple[str, int]] | None = None, *,
-                   final: bool = False) -> Posting:
-        hold = self._open_hold(conn, hold_id)
+                   final: bool = False, preimage: bytes = b"") -> Posting:
+        """`preimage`: unlocks a hash-locked hold (`wallets.conditional`); others ignore it."""
+        hold = self._open_hold(conn, hold_id, preimage)
         splits = list(splits) if splits else [(hold.credit_account_id, amount_atomic)]
         if len(splits) > MAX_LEGS or any(a < 0 for _, a in splits) \
                 or sum(a for _, a in splits) != amount_atomic:
@@ -638,12 +641,21 @@ class Ledger:
             raise NotFound(f"hold {hold_id!r} does not exist")
         return _hold(row)
 
-    def _open_hold(self, conn: Connection, hold_id: str) -> Hold:
-        hold = self._hold_row(conn, hold_id)
+    def _open_hold(self, conn: Connection, hold_id: str, preimage: bytes = b"") -> Hold:
+        row = conn.execute(select(HOLDS).where(HOLDS.c.id == hold_id)).first()
+        if row is None:
+            raise NotFound(f"hold {hold_id!r} does not exist")
+        hold = _hold(row)
         if hold.status == "open" and hold.expires_at_ms <= self.clock_ms():
             raise HoldClosed(f"hold {hold_id} has expired; its money goes back to the payer")
         if hold.status != "open":
             raise HoldClosed(f"hold {hold_id} is already {hold.status}")
+        # A hash-locked hold (wallets.conditional) is captured only with its preimage and
+        # voided only by its timeout: a plain capture or void is refused.
+        if row.condition_sha256 and hashlib.sha256(preimage).hexdigest() != \
+                row.condition_sha256:
+            raise HoldLocked(f"hold {hold_id} is locked by a SHA-256 condition: only its "
+                             "preimage captures it, and only its timeout voids it")
         return hold
 
     def expire_holds(self, *, account_id: str | None = None, hold_id: str | None = None,

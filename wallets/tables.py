@@ -3,7 +3,16 @@ balances that `Ledger.check()` proves equal to the sum of their entries."""
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Index, Integer, LargeBinary, Text, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlmodel import Field, SQLModel
 
 
@@ -70,6 +79,12 @@ class HoldRow(SQLModel, table=True):
     voided_atomic: int = Field(sa_column=_money())
     status: str = Field(index=True, max_length=16)
     expires_at_ms: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
+    # A hash lock (wallets.conditional): captured only with the preimage of this SHA-256
+    # (hex; '' = an ordinary hold), which is kept once it has been shown.
+    condition_sha256: str = Field(sa_column=Column(String(64), nullable=False, default="",
+                                                   server_default=""))
+    fulfilment: str = Field(sa_column=Column(String(64), nullable=False, default="",
+                                             server_default=""))
 
 
 class IdempotencyRow(SQLModel, table=True):
@@ -266,3 +281,108 @@ class RailDepositRow(SQLModel, table=True):
     scope: str = Field(max_length=80)
     amount_atomic: int = Field(sa_column=_money())
     created_at_ms: int = Field(sa_column=_ms())
+# ---- e-CNY wallet rules (wallets.ecny) ---------------------------------------------------------
+
+
+class EcnyWalletRow(SQLModel, table=True):
+    """An e-CNY wallet's tier (category 1-4 by identity strength) and its pseudonym; no row:
+    the default (anonymous) tier."""
+
+    __tablename__ = "ecny_wallets"
+
+    account_id: str = Field(primary_key=True, max_length=40)
+    category: int = Field(default=4)
+    pseudonym: str = Field(unique=True, max_length=16)
+    identity_ref: str = Field(default="", max_length=128)  # the operator's KYC reference
+    registered_at_ms: int = Field(sa_column=_ms())
+    updated_at_ms: int = Field(sa_column=_ms())
+
+
+class EcnyCounterRow(SQLModel, table=True):
+    """Paid per e-CNY wallet and period ('d<day>' in China time, 'y<year>')."""
+
+    __tablename__ = "ecny_spend_counters"
+
+    account_id: str = Field(primary_key=True, max_length=40)
+    period: str = Field(primary_key=True, max_length=16)
+    spent_atomic: int = Field(sa_column=_money())
+
+
+class EcnyPaymentRow(SQLModel, table=True):
+    """A payment from an e-CNY wallet as the operator records it: pseudonyms, and the payer's
+    identity reference only above the anonymous limit (controllable anonymity)."""
+
+    __tablename__ = "ecny_payments"
+
+    id: int | None = Field(default=None, sa_column=Column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True))
+    spend_key: str = Field(max_length=200)
+    account_id: str = Field(index=True, max_length=40)
+    operation: str = Field(max_length=64)
+    payer_pseudonym: str = Field(max_length=16)
+    payee_pseudonym: str = Field(max_length=128)
+    amount_atomic: int = Field(sa_column=_money())
+    identity_ref: str = Field(default="", max_length=128)
+    created_at_ms: int = Field(sa_column=_ms())
+
+
+# ---- the USDC rail on an EVM chain (wallets.evm) -----------------------------------------------
+
+
+class EvmAddressRow(SQLModel, table=True):
+    """An address whose token transfers to the rail credit this wallet (proven by a signature
+    of the address's key)."""
+
+    __tablename__ = "evm_addresses"
+
+    rail: str = Field(primary_key=True, max_length=64)
+    address: str = Field(primary_key=True, max_length=42)  # lowercase 0x-hex
+    account_id: str = Field(index=True, max_length=40)
+    registered_at_ms: int = Field(sa_column=_ms())
+
+
+class EvmDepositRow(SQLModel, table=True):
+    """A token transfer to the rail's address seen on chain: credited once confirmed."""
+
+    __tablename__ = "evm_deposits"
+
+    rail: str = Field(primary_key=True, max_length=64)
+    tx_hash: str = Field(primary_key=True, max_length=66)
+    log_index: int = Field(primary_key=True)
+    block_number: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
+    block_hash: str = Field(max_length=66)
+    sender: str = Field(max_length=42)
+    amount_units: int = Field(sa_column=_money())  # token units (6 decimals)
+    account_id: str = Field(default="", max_length=40)  # '' = a sender nobody registered
+    status: str = Field(index=True, max_length=16)  # seen | credited | orphaned | unclaimed
+    seen_at_ms: int = Field(sa_column=_ms())
+    credited_at_ms: int = Field(sa_column=_ms())
+
+
+class EvmWithdrawalRow(SQLModel, table=True):
+    """A payout: the signed token transfer is stored with the debit, so a crash between them
+    resends the very same transaction (same nonce, same hash)."""
+
+    __tablename__ = "evm_withdrawals"
+
+    idempotency_key: str = Field(primary_key=True, max_length=200)
+    rail: str = Field(max_length=64)
+    account_id: str = Field(index=True, max_length=40)
+    to_address: str = Field(max_length=42)
+    amount_units: int = Field(sa_column=_money())
+    nonce: int = Field(sa_column=Column(BigInteger, nullable=False))
+    tx_hash: str = Field(unique=True, max_length=66)
+    raw_tx: str = Field(sa_column=Column(Text, nullable=False))
+    status: str = Field(index=True, max_length=16)  # signed | sent | mined
+    block_number: int = Field(sa_column=_ms())
+    created_at_ms: int = Field(sa_column=_ms())
+
+
+class EvmRailStateRow(SQLModel, table=True):
+    """Per rail: the next nonce of its hot wallet and the last block scanned for deposits."""
+
+    __tablename__ = "evm_rail_state"
+
+    rail: str = Field(primary_key=True, max_length=64)
+    next_nonce: int = Field(sa_column=Column(BigInteger, nullable=False))
+    scanned_block: int = Field(sa_column=Column(BigInteger, nullable=False))

@@ -35,6 +35,9 @@ def _operator_commands() -> None:
     app.add_typer(operator.approvals_app, name="approvals")
     app.add_typer(operator.disputes_app, name="disputes")
     app.add_typer(operator.keys_app, name="keys")
+    from marketplace.cli.receipts import receipt_app
+
+    app.add_typer(receipt_app, name="receipt")
 
 
 _operator_commands()
@@ -112,7 +115,15 @@ def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file 
               None, help="The operator key the console signs actions with (default: a fresh "
                          "one, trusted as an operator while the node runs)."),
           console_arbiter: bool = typer.Option(
-              False, "--console-arbiter", help="The console's key also resolves disputes.")
+              False, "--console-arbiter", help="The console's key also resolves disputes."),
+          key_file: Path = typer.Option(
+              None, help="The node's key (`keys new`): it signs receipts and checkpoints, so "
+                         "keep it across restarts (default: a new key each start)."),
+          checkpoint_interval: float = typer.Option(
+              60.0, min=0.1, help="Seconds between signed checkpoints of the ledger."),
+          ecny: bool = typer.Option(
+              False, "--ecny", help="An e-CNY node: ECNY wallets follow e-CNY's wallet tiers, "
+                                    "caps and controllable anonymity (wallets.ecny).")
           ) -> None:
     """Run a marketplace node until SIGTERM or SIGINT."""
     from marketplace.auth import server_credentials
@@ -120,6 +131,7 @@ def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file 
     from marketplace.judge import LlmJudge
     from marketplace.node import MarketplaceNode
     from marketplace.tracing import setup_metrics, setup_tracing
+    from wallets.ecny import EcnyRules
     from wallets.fx import SANDBOX_UNITS_PER_USD, FixedRateProvider
 
     if (tls_cert is None) != (tls_key is None):
@@ -148,8 +160,15 @@ def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file 
     spans.parent.mkdir(parents=True, exist_ok=True)
     provider = setup_tracing("marketplace", span_store_path=spans)
     setup_metrics("marketplace")  # exported over OTLP when OTEL_EXPORTER_OTLP_* is set
+    node_key = None
+    if key_file is not None:
+        from marketplace.cli.operator import load_key
+
+        node_key = load_key(key_file)
     try:
-        node = MarketplaceNode(db, host=host, port=port, fee_bps=fee_bps,
+        node = MarketplaceNode(db, host=host, port=port, fee_bps=fee_bps, key=node_key,
+                               checkpoint_interval_s=checkpoint_interval,
+                               ecny=EcnyRules() if ecny else None,
                                tracer_provider=provider, operator_ids=operator,
                                require_auth=not no_auth, rate_limit_per_s=rate_limit,
                                rate_limit_burst=burst, server_credentials=credentials,

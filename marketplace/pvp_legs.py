@@ -1,0 +1,73 @@
+"""The node's side of payment-versus-payment: hash-locked holds whose settlements are receipted.
+
+A PvP leg settles either way: captured with the preimage (`pvp_settled`, in the transaction of
+the capture) or voided by its expiry (`pvp_voided`, issued by the sweeper for the expiry posting
+the ledger's timeout wrote). Each receipt names the condition as its subject (both legs of one
+payment share it), the payer and payee, the amount and the leg's postings
+(`marketplace.receipts`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+from sqlalchemy import Connection, literal, select
+from sqlalchemy.exc import IntegrityError
+
+from marketplace.receipts import RECEIPTS, ReceiptBook, head_sequence
+from wallets.conditional import ConditionalHold, ConditionalHolds
+from wallets.ledger import ACCOUNTS, HOLDS, POSTINGS, Ledger
+from wallets.models import Posting
+
+log = logging.getLogger("agentmarket.pvp")
+
+
+class ReceiptedHolds(ConditionalHolds):
+    """`ConditionalHolds` whose every settled leg yields a signed receipt."""
+
+    def __init__(self, ledger: Ledger, receipts: ReceiptBook) -> None:
+        super().__init__(ledger)
+        self.receipts = receipts
+
+    def fulfil_in(self, conn: Connection, key: str, hold_id: str,
+                  preimage: bytes) -> tuple[ConditionalHold, Posting]:
+        before = head_sequence(conn)
+        found, posting = super().fulfil_in(conn, key, hold_id, preimage)
+        self._issue(conn, found, "pvp_settled", before, None)
+        return found, posting
+
+    def _issue(self, conn: Connection, found: ConditionalHold, kind: str, after: int,
+               until: int | None) -> None:
+        hold = found.hold
+        owners = dict(conn.execute(select(ACCOUNTS.c.id, ACCOUNTS.c.owner).where(
+            ACCOUNTS.c.id.in_([hold.debit_account_id, hold.credit_account_id]))).all())
+        self.receipts.issue_in(
+            conn, subject=found.condition_sha256, subject_kind="pvp", kind=kind,
+            currency=hold.currency, parties={"payer": owners[hold.debit_account_id],
+                                             "payee": owners[hold.credit_account_id]},
+            amounts={"amount": hold.amount_atomic}, after_sequence=after,
+            until_sequence=until, receipt_id=f"pvp:{hold.hold_id}:{kind}")
+
+    def receipt_expired(self, *, limit: int = 100) -> int:
+        """Issue the receipts of legs their timeout voided (the sweeper, after expiring holds)."""
+        receipt_id = literal("pvp:") + HOLDS.c.id + literal(":pvp_voided")
+        query = (select(HOLDS.c.id).outerjoin(RECEIPTS, RECEIPTS.c.receipt_id == receipt_id)
+                 .where(HOLDS.c.condition_sha256 != "", HOLDS.c.status == "expired",
+                        RECEIPTS.c.receipt_id.is_(None)).limit(limit))
+        engine = self.ledger.engine
+        with engine.connect().execution_options(agentmarket_read=True) as conn:
+            due = [row.id for row in conn.execute(query)]
+        issued = 0
+        for hold_id in due:
+            with contextlib.suppress(IntegrityError), engine.begin() as conn:
+                sequence = conn.execute(select(POSTINGS.c.sequence).where(
+                    POSTINGS.c.hold_id == hold_id, POSTINGS.c.kind == "expire")).scalar()
+                if sequence is None:
+                    log.warning("expired hold %s has no expiry posting", hold_id)
+                    continue
+                hold, condition, _ = self._row(conn, hold_id)
+                self._issue(conn, ConditionalHold(hold, condition), "pvp_voided",
+                            sequence - 1, sequence)
+                issued += 1
+        return issued

@@ -1,0 +1,26 @@
+"""USDC on an EVM chain (an optional extra: `pip install agentmarket[evm]`): the token contract
+(`token.vy`, compiled offline into `token.json`), an in-process chain for the sandbox and tests
+(`chain`), the USDC rail with confirmed deposits and recorded payouts (`rail`), and EIP-3009
+authorizations a facilitator verifies and settles (`authorization`)."""
+
+from wallets.evm.authorization import (
+    AuthorizationRefused,
+    TransferAuthorization,
+    settle_authorization,
+    verify_authorization,
+)
+from wallets.evm.chain import SandboxChain, sandbox_chain, token_contract
+from wallets.evm.rail import ScanResult, UsdcRail, registration_message
+
+__all__ = [
+    "AuthorizationRefused",
+    "SandboxChain",
+    "ScanResult",
+    "TransferAuthorization",
+    "UsdcRail",
+    "registration_message",
+    "sandbox_chain",
+    "settle_authorization",
+    "token_contract",
+    "verify_authorization",
+]
