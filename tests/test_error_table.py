@@ -37,6 +37,15 @@ def _classes() -> dict[str, type[AgentmarketError]]:
     return found
 
 
+def _constants(value: ast.expr) -> list[str]:
+    """The strings a `reason=` can take: a constant, or either side of `a if c else b`."""
+    if isinstance(value, ast.Constant) and isinstance(value.value, str):
+        return [value.value]
+    if isinstance(value, ast.IfExp):
+        return _constants(value.body) + _constants(value.orelse)
+    return []
+
+
 def reasons_in_the_code() -> set[tuple[str, str]]:
     classes = _classes()
     found = {(cls.reason, cls.status) for cls in classes.values() if cls is not AgentmarketError}
@@ -49,8 +58,8 @@ def reasons_in_the_code() -> set[tuple[str, str]]:
                     continue
                 name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
                 if name in classes:
-                    found |= {(kw.value.value, classes[name].status) for kw in node.keywords
-                              if kw.arg == "reason" and isinstance(kw.value, ast.Constant)}
+                    found |= {(value, classes[name].status) for kw in node.keywords
+                              if kw.arg == "reason" for value in _constants(kw.value)}
                 elif name in EDGE_CALLS:
                     codes = [a.attr for a in node.args if isinstance(a, ast.Attribute)
                              and getattr(a.value, "attr", "") == "StatusCode"]

@@ -29,7 +29,8 @@ from marketplace.verifier_agent import VerifierAgent
 
 AGENT_SERVICE = "agents.v1.AgentService"
 NODE_SERVICES = {"marketplace.v1.RegistryService", "marketplace.v1.SettlementService",
-                 "marketplace.v1.ArbitrationService", "wallets.v1.WalletService"}
+                 "marketplace.v1.ArbitrationService", "wallets.v1.WalletService",
+                 "marketplace.v1.ReceiptService", "wallets.v1.ConditionalHoldService"}
 INTROSPECTION = {"grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection",
                  "grpc.reflection.v1alpha.ServerReflection"}
 

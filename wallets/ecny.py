@@ -219,7 +219,7 @@ class EcnyGuard(SpendGuard):
                 raise TierLimit(f"{where} pays at most {_fmt(cap)} CNY per {name} ({period}); "
                                 f"{_fmt(spent)} already paid, this payment of {_fmt(amount)} "
                                 f"would make {_fmt(spent + amount)}",
-                                reason=f"ECNY_{'DAILY' if name == 'day' else 'ANNUAL'}_CAP")
+                                reason="ECNY_DAILY_CAP" if name == "day" else "ECNY_ANNUAL_CAP")
         for period in (self._day(now_ms), self._year(now_ms)):
             _count(conn, wallet.account_id, period, amount)
 
