@@ -52,6 +52,7 @@ from marketplace.receipt_servicer import ReceiptServicer, receipt_rules
 from marketplace.receipts import ReceiptBook
 from marketplace.registry import Registry
 from marketplace.request_fields import MARKET_FIELDS
+from marketplace.request_limits import open_limits
 from marketplace.servicers import ArbitrationServicer, RegistryServicer, SettlementServicer
 from marketplace.settlement import Settlement
 from marketplace.v1 import (
@@ -110,7 +111,8 @@ class MarketplaceNode:
                  console: ConsoleOptions | None = None, http_host: str = "127.0.0.1",
                  http_port: int = 0, http_tls: tuple[Path, Path] | None = None,
                  checkpoint_interval_s: float = 60.0, ecny: EcnyRules | None = None,
-                 rails: Callable[[Ledger], Iterable[Rail]] | None = None) -> None:
+                 rails: Callable[[Ledger], Iterable[Rail]] | None = None,
+                 redis_url: str | None = None) -> None:
         """`arbiters`: agent ids whose signed decisions resolve disputes; `judge`: the LLM
         judge (models allowed, litellm options); `fx`: quotes that convert prices across
         currencies in discovery (`convert_currencies`). Security options: see the module
@@ -123,7 +125,10 @@ class MarketplaceNode:
         moved (`.checkpoints`); `ecny`: apply e-CNY's wallet rules to ECNY wallets
         (`wallets.ecny`) and carry ECNY through the e-CNY sandbox rail (`wallets.rails_ecny`);
         `rails`: more rails, made over this node's ledger (the USDC rail on an EVM:
-        `wallets.evm.UsdcRail`); the sweeper runs each one's `sweep()` if it has one."""
+        `wallets.evm.UsdcRail`); the sweeper runs each one's `sweep()` if it has one.
+        `redis_url`: keep request nonces and rate buckets in that Redis, shared with every node
+        of the market (a replay to another node is refused, a rate holds across nodes; Redis
+        down: calls are refused UNAVAILABLE); without it, in this process."""
         if max_message_bytes < MIN_MESSAGE_BYTES:
             raise InvalidArgument(f"max_message_bytes must be at least {MIN_MESSAGE_BYTES}: "
                                   "smaller, a seller's redeem of calls it was paid for could "
@@ -156,8 +161,10 @@ class MarketplaceNode:
                                      receipts=self.receipts)
         self._checkpoint_interval_s = checkpoint_interval_s
         self.conditional = ReceiptedHolds(self.ledger, self.receipts)  # PvP legs
+        self.limits = open_limits(redis_url, rate_limit_per_s, rate_limit_burst)
         self.auth = AuthServerInterceptor(required=require_auth, skew_s=auth_skew_s,
-                                          rate_per_s=rate_limit_per_s, burst=rate_limit_burst)
+                                          rate_per_s=rate_limit_per_s, burst=rate_limit_burst,
+                                          limits=self.limits)
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers),
             interceptors=[MalformedRequestInterceptor(), server_interceptor(tracer_provider),
@@ -285,6 +292,8 @@ class MarketplaceNode:
             shutil.rmtree(self._private_dir, ignore_errors=True)
         self.ledger.close()
         self.engine.dispose()
+        if callable(getattr(self.limits, "close", None)):
+            self.limits.close()  # type: ignore[attr-defined]
 
     def __enter__(self) -> MarketplaceNode:
         return self.start()
