@@ -2,7 +2,8 @@
 
 Nodes keep no state outside the database, so several can serve one PostgreSQL behind a load
 balancer. Health checking and server reflection are on; a background sweeper expires holds and
-agreements past their deadlines.
+agreements past their deadlines: on PostgreSQL only the node holding the market's sweep lease
+(`marketplace.sweep_lease`) sweeps, and another takes over when that node stops or dies.
 
 Security (SECURITY.md): every call must be signed by an agent key (`marketplace.auth`), unless
 the node is built with `require_auth=False` (local development only: then nobody is
@@ -55,6 +56,7 @@ from marketplace.request_fields import MARKET_FIELDS
 from marketplace.request_limits import open_limits
 from marketplace.servicers import ArbitrationServicer, RegistryServicer, SettlementServicer
 from marketplace.settlement import Settlement
+from marketplace.sweep_lease import SweepLease
 from marketplace.v1 import (
     dispute_pb2,
     dispute_pb2_grpc,
@@ -200,6 +202,7 @@ class MarketplaceNode:
         self.address = f"{host}:{self.port}"
         self._http_setup(console, tracer_provider, http_host, http_port, http_tls)
         self._sweep_interval_s = sweep_interval_s
+        self.sweep_lease = SweepLease(self.engine, f"agentmarket sweeper {self.address}")
         self._stopping = threading.Event()
         self._sweeper = threading.Thread(target=self._sweep_loop, name="sweeper", daemon=True)
 
@@ -254,6 +257,8 @@ class MarketplaceNode:
 
     def _sweep_loop(self) -> None:
         while not self._stopping.wait(self._sweep_interval_s):
+            if not self.sweep_lease.held():  # another node of the market sweeps
+                continue
             try:
                 self.ledger.expire_holds()
                 self.conditional.receipt_expired()
@@ -285,6 +290,7 @@ class MarketplaceNode:
         self.server.stop(grace_s).wait()
         if self._sweeper.is_alive():
             self._sweeper.join(timeout=5)
+        self.sweep_lease.release()
         self._verifier_client.close()
         if self.console is not None:
             self.console.close()
