@@ -1,6 +1,7 @@
 """The Node.js client (examples/node-client), written from protos/ and PROTOCOL.md, completes a
 paid task against a real `agentmarket serve` node and a Python seller (negotiation with a
-counter-offer, escrow, paid calls with vouchers, the receipt chain, finish and confirm), and
+counter-offer, escrow, paid calls with vouchers, signed and unsigned, the receipt chain, finish
+and confirm, and a streamed call), and
 recomputes every protocol test vector. Needs `node` and `npm` (its packages come from the
 registry with `npm ci`, kept in the example's node_modules); skipped without them, except on
 CI (CI=true), where they must be there."""
@@ -103,6 +104,8 @@ def test_the_node_client_completes_a_paid_task(node: str, tmp_path: Path):
     assert escrow.refunded_atomic == int(task["refunded_atomic"]) == \
         escrow.held_atomic - escrow.captured_atomic
     assert escrow.fee_atomic == int(task["fee_atomic"]) == escrow.captured_atomic * 250 // 10_000
-    assert int(task["balance_atomic"]) == 1_000_000_000 - escrow.captured_atomic
+    assert task["stream"]["pieces"] == list("NODE")  # InvokeStream, under a second agreement
+    assert int(task["balance_atomic"]) == 1_000_000_000 - escrow.captured_atomic - int(
+        task["stream"]["captured_atomic"])
     verified = verify_receipt(receipt.file)  # the node's signed capture receipt
     assert (verified.subject, verified.kind) == (task["agreement_id"], "capture")
