@@ -7,6 +7,7 @@ and the signatures of finish, confirm, dispute, verdict and resolution."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -208,3 +209,59 @@ def test_the_charges():
                                     output_unit_price_atomic=int(case["output_unit_price_atomic"]))
         usage = {k: case[k] for k in ("units", "input_tokens", "output_tokens") if k in case}
         assert str(pricing.charge_atomic(terms, **usage)) == case["charged_atomic"]
+
+
+# ---- PROTOCOL.md says what the implementation does ------------------------------------------
+
+
+def _template(action: str) -> str:
+    """The signed-text template PROTOCOL.md gives for `action` (table cells escape `|`)."""
+    found = re.search(rf"^{re.escape(action)}\|<[^`\n]*|`{re.escape(action)}\\\|<[^`]*`",
+                      (ROOT / "PROTOCOL.md").read_text(), re.M)
+    assert found, f"PROTOCOL.md gives no template for {action}"
+    return found.group(0).strip("`").replace("\\|", "|")
+
+
+def _fill(template: str, values: dict[str, object]) -> str:
+    return re.sub(r"<([^>]+)>", lambda m: str(values[m.group(1)]), template)
+
+
+def test_protocol_md_templates_make_the_signed_texts():
+    agreement_id = V["agreement"]["agreement_id"]
+    receipt = agreement_pb2.Receipt.FromString(bytes.fromhex(V["calls"][15]["receipt_hex"]))
+    fields = {f.name: getattr(receipt, f.name) for f in receipt.DESCRIPTOR.fields}
+    assert _fill(_template("receipt"), fields) == V["calls"][15]["receipt_text"]
+    assert _fill(_template("receipt-chain"), {
+        **fields, "chain_sha256 as lowercase hex": receipt.chain_sha256.hex()}) == \
+        V["calls"][15]["chain_text"]
+    redeem = settlement_pb2.RedeemRequest.FromString(bytes.fromhex(V["redeem"]["request_hex"]))
+    resolve = dispute_pb2.ResolveDisputeRequest.FromString(
+        bytes.fromhex(V["resolve"]["request_hex"]))
+    cases = {
+        "finish": ({}, V["finish"]), "confirm": ({}, V["confirm"]),
+        "dispute": ({"reason": V["dispute"]["reason"],
+                     "evidence digest": V["dispute"]["evidence_digest"]}, V["dispute"]),
+        "redeem": ({"voucher.sequence": redeem.voucher.sequence,
+                    "voucher.payword_index": redeem.voucher.payword_index,
+                    "hex voucher.payword": redeem.voucher.payword.hex(),
+                    "receipts digest": V["redeem"]["receipts_digest"]}, V["redeem"]),
+        "resolve": ({"outcome number": resolve.outcome, "seller_atomic": resolve.seller_atomic,
+                     "note": resolve.note}, V["resolve"]),
+    }
+    for action, (values, vector) in cases.items():
+        assert _fill(_template(action), {"agreement_id": agreement_id, **values}) == \
+            vector["signed_text"], action
+
+
+def test_protocol_md_names_the_implementations_keys_and_limits():
+    from agents._serving import STOP_REASON_KEY
+    from agents.payments import VOUCHER_METADATA_KEY
+    from marketplace.auth import AGENT_KEY, NONCE_KEY, TIMESTAMP_KEY
+    from wallets.grpc_errors import ERROR_DOMAIN
+
+    text = (ROOT / "PROTOCOL.md").read_text()
+    for name in (AGENT_KEY, TIMESTAMP_KEY, NONCE_KEY, SIGNATURE_KEY, VOUCHER_METADATA_KEY,
+                 STOP_REASON_KEY, ERROR_DOMAIN):
+        assert f"`{name}`" in text, name
+    assert f"multiple of {ag.RECEIPT_SIGN_EVERY}" in text
+    assert "`agreement|`" in text and "b\"agreement|\" + body" in text
