@@ -31,7 +31,11 @@ from marketplace.v1 import (
     settlement_pb2,
     verifier_pb2,
 )
-from tests.vectors.make_protocol_vectors import build
+from tests.vectors.make_protocol_vectors import T0_MS, build
+from wallets.errors import InvalidSignature
+from wallets.mandates import REVOKE_CONTEXT, MandateTerms, check_grant, mandate_id
+from wallets.models import Balance
+from wallets.v1 import wallet_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
 V = json.loads((ROOT / "tests/vectors/protocol.json").read_text())
@@ -209,6 +213,23 @@ def test_the_charges():
                                     output_unit_price_atomic=int(case["output_unit_price_atomic"]))
         usage = {k: case[k] for k in ("units", "input_tokens", "output_tokens") if k in case}
         assert str(pricing.charge_atomic(terms, **usage)) == case["charged_atomic"]
+
+
+def test_the_mandate_passes_the_wallets_grant_check():
+    m, buyer = V["mandate"], KEYS["buyer"]
+    data = bytes.fromhex(m["terms_hex"])
+    terms = MandateTerms.from_bytes(data)
+    assert terms.to_bytes() == data and _fields(wallet_pb2.MandateTerms.FromString(data)) == \
+        m["terms"]
+    assert mandate_id(data) == m["mandate_id"]
+    wallet = Balance(terms.account_id, buyer, "USD", "wallet", 0, 0, 0, 0, 0)
+    check_grant(wallet, terms, data, bytes.fromhex(m["owner_signature_hex"]), T0_MS)
+    with pytest.raises(InvalidSignature):
+        check_grant(wallet, terms, data, bytes.fromhex(m["revoke_signature_hex"]), T0_MS)
+    assert verify(buyer, REVOKE_CONTEXT + m["mandate_id"].encode(),
+                  bytes.fromhex(m["revoke_signature_hex"]))
+    grant = wallet_pb2.GrantMandateRequest.FromString(bytes.fromhex(m["grant_request_hex"]))
+    assert grant.terms == data and grant.owner_signature.hex() == m["owner_signature_hex"]
 
 
 # ---- PROTOCOL.md says what the implementation does ------------------------------------------

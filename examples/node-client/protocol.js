@@ -161,6 +161,14 @@ const receiptsDigest = (receipts) => sha256(...receipts.map((r) => Buffer.from(r
 const redeemText = (agreement, v, receipts) => `redeem|${agreement}|${v.sequence}|` +
   `${v.payword_index}|${Buffer.from(v.payword).toString("hex")}|${receiptsDigest(receipts)}`;
 
+// ---- wallet mandates ----------------------------------------------------------------------
+
+const MANDATE_CONTEXT = Buffer.from("agentmarket.wallets.mandate.v1\0", "utf8");
+const REVOKE_CONTEXT = Buffer.from("agentmarket.wallets.mandate-revoke.v1\0", "utf8");
+const mandateText = (terms) => Buffer.concat([MANDATE_CONTEXT, terms]);
+const mandateId = (terms) => sha256(mandateText(terms)).toString("hex");
+const revokeText = (id) => Buffer.concat([REVOKE_CONTEXT, Buffer.from(id, "utf8")]);
+
 // ---- after the calls -----------------------------------------------------------------------
 
 const actionText = (action, ...parts) => [action, ...parts].join("|");
@@ -201,4 +209,4 @@ module.exports = { PROTOS, PROTO_FILES, LOADER_OPTIONS, RECEIPT_SIGN_EVERY, GENE
   decode, pruned, sha256, keyFromSeed, newKey, sign, verify, requestText, signedMetadata,
   agreementId, agreementText, paywordChain, voucher, receiptText, chainText, receiptProblem,
   chainProblem, receiptsDigest, redeemText, actionText, evidenceDigest, disputeText,
-  verdictText, resolveText, chargeAtomic };
+  verdictText, resolveText, chargeAtomic, mandateText, mandateId, revokeText };

@@ -104,5 +104,13 @@ for (const [i, c] of V.charges.entries()) {
   check(`charge ${i + 1}`, p.chargeAtomic(c, c).toString() === c.charged_atomic);
 }
 
+// A wallet mandate: its terms' bytes, its id, the owner's grant and revocation signatures.
+const m = V.mandate;
+const terms = p.encode("wallets.v1.MandateTerms", m.terms);
+check("mandate terms", hex(terms) === m.terms_hex);
+check("mandate id", p.mandateId(terms) === m.mandate_id);
+check("mandate signature", hex(p.sign(keys.buyer, p.mandateText(terms))) === m.owner_signature_hex);
+check("mandate revocation", hex(p.sign(keys.buyer, p.revokeText(m.mandate_id))) === m.revoke_signature_hex);
+
 console.log(JSON.stringify({ checked, failures }));
 process.exit(failures.length ? 1 : 0);

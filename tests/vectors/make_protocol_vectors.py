@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
@@ -32,6 +33,8 @@ from marketplace.v1 import (
     settlement_pb2,
     verifier_pb2,
 )
+from wallets.mandates import MandateTerms, mandate_id, sign_mandate, sign_revocation
+from wallets.v1 import wallet_pb2
 
 PATH = Path(__file__).with_name("protocol.json")
 SEEDS = {"buyer": bytes([0xB1]) * 32, "seller": bytes([0x5E]) * 32,
@@ -224,6 +227,23 @@ def settlement(k: dict[str, AgentKey], agreement_id: str, voucher: agreement_pb2
     }
 
 
+def mandate(k: dict[str, AgentKey]) -> dict[str, Any]:
+    """The buyer lets the verifier's key spend from its wallet, within limits."""
+    terms = MandateTerms(account_id="0123456789abcdef0123456789abcdef",
+                         agent_key=k["verifier"].agent_id, currency="USD",
+                         total_limit_atomic=5_000_000, expires_at_ms=T0_MS + 86_400_000,
+                         per_call_limit_atomic=1_000_000,
+                         counterparties=(k["seller"].agent_id,), nonce="mandate-1")
+    owner = Ed25519PrivateKey.from_private_bytes(SEEDS["buyer"])
+    data, signature = sign_mandate(owner, terms)
+    identity = mandate_id(data)
+    return {"terms": _fields(wallet_pb2.MandateTerms.FromString(data)), "terms_hex": data.hex(),
+            "mandate_id": identity, "owner_signature_hex": signature.hex(),
+            "revoke_signature_hex": sign_revocation(owner, identity).hex(),
+            "grant_request_hex": _hex(wallet_pb2.GrantMandateRequest(
+                idempotency_key="grant-1", terms=data, owner_signature=signature))}
+
+
 def charges() -> list[dict[str, Any]]:
     """What one receipt may charge under some terms (marketplace/pricing.py)."""
     cases = [(registry_pb2.PRICE_UNIT_CALL, 800_000, 0, {}),
@@ -264,6 +284,7 @@ def build() -> dict[str, Any]:
         "receipt_sign_every": ag.RECEIPT_SIGN_EVERY,
         **settlement(k, agreement_id, last, receipts),
         "charges": charges(),
+        "mandate": mandate(k),
     }
 
 
