@@ -96,6 +96,8 @@ def test_the_node_client_completes_a_paid_task(node: str, tmp_path: Path):
                                         *map(int, task["offers_atomic"]))
     assert countered < asked <= listed and countered <= agreed <= asked  # a real counter-offer
     assert task["calls"] == CALLS and task["signed_receipts"] == [16]
+    assert task["refusals"] == ["PERMISSION_DENIED INVALID_VOUCHER",  # a replayed voucher
+                                "UNAUTHENTICATED PAYMENT_REQUIRED"]  # none at all
     assert int(task["charged_atomic"]) == CALLS * agreed
     # the marketplace's own view, read by an operator: settled as the Node buyer saw it
     assert escrow.state == settlement_pb2.AGREEMENT_STATE_SETTLED

@@ -49,7 +49,10 @@ function call(address, service, method, request, how) {
     client(address).makeUnaryRequest(rpc.path, (bytes) => bytes, rpc.responseDeserialize, body,
       metadata, options, (error, response) => {
         if (error) {
-          reject(new Error(`${method}: ${grpc.status[error.code]} ${error.details}`));
+          const info = p.errorInfo(error.metadata) || {};
+          reject(Object.assign(new Error(`${method}: ${grpc.status[error.code]} ${info.reason} `
+            + `${error.details}`), { code: grpc.status[error.code], reason: info.reason,
+            domain: info.domain }));
         } else {
           resolve(response);
         }
@@ -197,6 +200,17 @@ async function main() {
       extra: { "agentmarket-voucher-bin": p.voucher(deal.id, n, deal.chain, n, deal.price) } });
     expect(JSON.parse(response.output_json).text === text.toUpperCase(), `call ${n}'s answer`);
     take(deal, response.receipt, response.output_json, response.usage.charged_atomic, listing.agent_id);
+  }
+  // Refusals carry a status and an ErrorInfo reason, and change nothing: the last voucher
+  // again (a replay), and a call with no voucher at all.
+  const last = p.voucher(deal.id, CALLS, deal.chain, CALLS, deal.price);
+  summary.refusals = [];
+  for (const extra of [{ "agentmarket-voucher-bin": last }, {}]) {
+    const refused = await seller(listing, "Invoke", { agreement_id: deal.id,
+      input_json: JSON.stringify({ text: "again" }), call_id: `refused-${summary.refusals.length}` },
+    { extra }).then(() => null, (error) => error);
+    expect(refused && refused.domain === "agentmarket.dev", "the call is refused with an ErrorInfo");
+    summary.refusals.push(`${refused.code} ${refused.reason}`);
   }
   summary.calls = deal.receipts.length;
   summary.signed_receipts = deal.receipts.filter((r) => r.seller_signature.length).map((r) => Number(r.chain_index));

@@ -69,6 +69,24 @@ function decode(name, bytes) {
   return t.toObject(t.decode(bytes), { longs: String, enums: String, bytes: Buffer, defaults: true });
 }
 
+// The google.rpc.ErrorInfo of a refused call (its reason and domain), from the status details
+// trailer `grpc-status-details-bin`: a google.rpc.Status whose details hold it as an Any.
+const RPC_TYPES = protobuf.Root.fromJSON({ nested: {
+  Status: { fields: { code: { type: "int32", id: 1 }, message: { type: "string", id: 2 },
+    details: { rule: "repeated", type: "Any", id: 3 } } },
+  Any: { fields: { type_url: { type: "string", id: 1 }, value: { type: "bytes", id: 2 } } },
+  ErrorInfo: { fields: { reason: { type: "string", id: 1 }, domain: { type: "string", id: 2 },
+    metadata: { keyType: "string", type: "string", id: 3 } } } } });
+
+function errorInfo(metadata) {
+  const [details] = metadata ? metadata.get("grpc-status-details-bin") : [];
+  if (!details) return null;
+  const status = RPC_TYPES.lookupType("Status").decode(details);
+  const any = status.details.find((d) => d.type_url.endsWith("/google.rpc.ErrorInfo"));
+  return any ? RPC_TYPES.lookupType("ErrorInfo").toObject(
+    RPC_TYPES.lookupType("ErrorInfo").decode(any.value)) : null;
+}
+
 // ---- keys and signatures -------------------------------------------------------------------
 
 const sha256 = (...parts) => crypto.createHash("sha256").update(Buffer.concat(parts.map(
@@ -209,4 +227,4 @@ module.exports = { PROTOS, PROTO_FILES, LOADER_OPTIONS, RECEIPT_SIGN_EVERY, GENE
   decode, pruned, sha256, keyFromSeed, newKey, sign, verify, requestText, signedMetadata,
   agreementId, agreementText, paywordChain, voucher, receiptText, chainText, receiptProblem,
   chainProblem, receiptsDigest, redeemText, actionText, evidenceDigest, disputeText,
-  verdictText, resolveText, chargeAtomic, mandateText, mandateId, revokeText };
+  verdictText, resolveText, chargeAtomic, mandateText, mandateId, revokeText, errorInfo };
