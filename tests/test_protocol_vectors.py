@@ -19,7 +19,7 @@ from agents.v1 import agent_pb2
 from marketplace import agreements as ag
 from marketplace import pricing
 from marketplace.auth import SIGNATURE_KEY, AuthServerInterceptor, signed_message
-from marketplace.errors import BadSignature
+from marketplace.errors import AgentmarketError, BadSignature
 from marketplace.identity import AgentKey, verify
 from marketplace.negotiation import Negotiation
 from marketplace.payword import PaywordChain, verify_word
@@ -230,6 +230,36 @@ def test_the_mandate_passes_the_wallets_grant_check():
                   bytes.fromhex(m["revoke_signature_hex"]))
     grant = wallet_pb2.GrantMandateRequest.FromString(bytes.fromhex(m["grant_request_hex"]))
     assert grant.terms == data and grant.owner_signature.hex() == m["owner_signature_hex"]
+
+
+def test_the_near_misses_are_refused():
+    bad, body, agreement_id = V["invalid"], _body(), V["agreement"]["agreement_id"]
+    signed = agreement_pb2.SignedAgreement(
+        body=bytes.fromhex(bad["agreement_body"]["body_hex"]),
+        buyer_signature=bytes.fromhex(V["agreement"]["buyer_signature_hex"]),
+        seller_signature=bytes.fromhex(V["agreement"]["seller_signature_hex"]))
+    with pytest.raises(BadSignature):
+        ag.check_signatures(signed, ag.parse_body(signed))
+    row = SimpleNamespace(agreement_id=agreement_id, held_atomic=body.terms.max_total_atomic)
+    for case in bad["vouchers"]:  # refused at redeem, and by a seller's gate
+        voucher = agreement_pb2.Voucher.FromString(bytes.fromhex(case["voucher_hex"]))
+        with pytest.raises(AgentmarketError) as refused:
+            Settlement._check_voucher(row, body, voucher)
+        assert refused.value.reason == "INVALID_VOUCHER", case["why"]
+        gate = PaymentGate()
+        gate.open(agreement_id, body)
+        with pytest.raises(AgentmarketError) as refused:
+            gate.admit(voucher, agreement_id, body.terms.unit_price_atomic)
+        assert refused.value.reason in ("INVALID_VOUCHER", "BUDGET_EXCEEDED"), case["why"]
+    for case in bad["receipts"]:
+        receipt = agreement_pb2.Receipt.FromString(bytes.fromhex(case["receipt_hex"]))
+        with pytest.raises(AgentmarketError) as refused:
+            ag.check_receipt(receipt, KEYS["seller"])
+        assert refused.value.reason == case["reason"], case["why"]
+    chain = [agreement_pb2.Receipt.FromString(bytes.fromhex(r))
+             for r in bad["chain_without_receipt_5"]]
+    with pytest.raises(AgentmarketError, match="not whole"):
+        ag.check_receipt_chain(chain, KEYS["seller"], complete=True)
 
 
 # ---- PROTOCOL.md says what the implementation does ------------------------------------------

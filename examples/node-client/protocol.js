@@ -139,6 +139,19 @@ function voucher(agreement, sequence, chain, index, linkValueAtomic) {
     payword_index: index, payword: chain.words[index] });
 }
 
+// Why a voucher does not prove payment under an agreement body (checked from the root, as
+// the marketplace does at redeem; a seller checks from the last word it accepted instead).
+function voucherProblem(v, body) {
+  const index = Number(v.payword_index);
+  if (index > Number(body.payword_length)) return "index past the chain";
+  if (BigInt(v.cumulative_atomic) !== BigInt(index) * BigInt(body.link_value_atomic)) {
+    return "cumulative is not index x link value";
+  }
+  let word = Buffer.from(v.payword);
+  for (let i = 0; i < index; i++) word = sha256(word);
+  return word.equals(Buffer.from(body.payword_root)) ? "" : "forged word";
+}
+
 // ---- receipts ------------------------------------------------------------------------------
 
 const receiptText = (r) => `receipt|${r.agreement_id}|${r.sequence}|${r.output_sha256}|` +
@@ -224,7 +237,7 @@ function chargeAtomic(terms, { units = 0, input_tokens = 0, output_tokens = 0 } 
 }
 
 module.exports = { PROTOS, PROTO_FILES, LOADER_OPTIONS, RECEIPT_SIGN_EVERY, GENESIS, encode,
-  decode, pruned, sha256, keyFromSeed, newKey, sign, verify, requestText, signedMetadata,
+  decode, pruned, sha256, voucherProblem, keyFromSeed, newKey, sign, verify, requestText, signedMetadata,
   agreementId, agreementText, paywordChain, voucher, receiptText, chainText, receiptProblem,
   chainProblem, receiptsDigest, redeemText, actionText, evidenceDigest, disputeText,
   verdictText, resolveText, chargeAtomic, mandateText, mandateId, revokeText, errorInfo };

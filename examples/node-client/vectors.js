@@ -112,5 +112,25 @@ check("mandate id", p.mandateId(terms) === m.mandate_id);
 check("mandate signature", hex(p.sign(keys.buyer, p.mandateText(terms))) === m.owner_signature_hex);
 check("mandate revocation", hex(p.sign(keys.buyer, p.revokeText(m.mandate_id))) === m.revoke_signature_hex);
 
+// Near misses: each must be refused.
+const bad = V.invalid;
+check("tampered body refused", !p.verify(keys.buyer.agentId, p.agreementText(unhex(bad.agreement_body.body_hex)),
+  unhex(a.buyer_signature_hex)));
+const parsedBody = p.decode("marketplace.v1.AgreementBody", agreementBody);
+for (const c of bad.vouchers) {
+  const v = p.decode("marketplace.v1.Voucher", unhex(c.voucher_hex));
+  check(`voucher refused: ${c.why}`, p.voucherProblem(v, parsedBody) === c.why);
+}
+for (const c of bad.receipts) {
+  check(`receipt refused: ${c.why}`, p.receiptProblem(p.decode("marketplace.v1.Receipt",
+    unhex(c.receipt_hex)), keys.seller.agentId) !== "");
+}
+check("broken chain refused", p.chainProblem(bad.chain_without_receipt_5.map((r) =>
+  p.decode("marketplace.v1.Receipt", unhex(r))), keys.seller.agentId) !== "");
+for (const [i, call] of V.calls.entries()) {
+  check(`voucher ${i + 1} proves payment`, p.voucherProblem(p.decode("marketplace.v1.Voucher",
+    unhex(call.voucher_hex)), parsedBody) === "");
+}
+
 console.log(JSON.stringify({ checked, failures }));
 process.exit(failures.length ? 1 : 0);

@@ -263,6 +263,42 @@ def charges() -> list[dict[str, Any]]:
     return found
 
 
+def invalid(agreed: dict[str, Any], made: list[dict[str, Any]]) -> dict[str, Any]:
+    """Near misses every implementation must refuse, each with what is wrong."""
+    body = bytes.fromhex(agreed["body_hex"])
+    tampered = body.replace(b"rfq-0001", b"rfq-0002")
+    vouchers = []
+    for why, index, cumulative, word in (
+            ("forged word", 1, 800_000, hashlib.sha256(b"not the buyer's").digest()),
+            ("cumulative is not index x link value", 2, 800_000, None),
+            ("index past the chain", 21, 16_800_000, bytes(32))):
+        voucher = agreement_pb2.Voucher.FromString(bytes.fromhex(made[index - 1]["voucher_hex"])) \
+            if index <= len(made) else agreement_pb2.Voucher(agreement_id=agreed["agreement_id"])
+        voucher.sequence, voucher.payword_index = index, index
+        voucher.cumulative_atomic = cumulative
+        if word is not None:
+            voucher.payword = word
+        vouchers.append({"why": why, "voucher_hex": _hex(voucher)})
+    receipts = []
+    for why, reason, n, change in (
+            ("output does not match its hash", "INVALID_ARGUMENT", 3,
+             {"output_json": '{"text": "WORD X"}'}),
+            ("chain digest does not match the content", "INVALID_ARGUMENT", 4,
+             {"charged_atomic": 1}),
+            ("seller signature does not verify", "BAD_SIGNATURE", 16,
+             {"seller_signature": bytes(64)})):
+        receipt = agreement_pb2.Receipt.FromString(bytes.fromhex(made[n - 1]["receipt_hex"]))
+        for name, value in change.items():
+            setattr(receipt, name, value)
+        receipts.append({"why": why, "reason": reason, "receipt_hex": _hex(receipt)})
+    unlinked = [agreement_pb2.Receipt.FromString(bytes.fromhex(c["receipt_hex"])) for c in made]
+    unlinked.pop(4)  # receipt 5 missing: 6 does not follow 4
+    return {"agreement_body": {"why": "the body changed after it was signed",
+                               "body_hex": tampered.hex()},
+            "vouchers": vouchers, "receipts": receipts,
+            "chain_without_receipt_5": [_hex(r) for r in unlinked]}
+
+
 def build() -> dict[str, Any]:
     k = keys()
     messages, _rfq, offers = negotiation(k)
@@ -285,6 +321,7 @@ def build() -> dict[str, Any]:
         **settlement(k, agreement_id, last, receipts),
         "charges": charges(),
         "mandate": mandate(k),
+        "invalid": invalid(agreed, made),
     }
 
 
