@@ -96,3 +96,33 @@ def test_a_retry_of_the_refused_call_runs_it_and_charges_it_once(node: Marketpla
     finally:
         buyer.close()
         seller.stop(0)
+
+
+def test_a_journal_with_a_hole_is_relinked_and_redeemed_whole(node: MarketplaceNode,
+                                                              tmp_path: Path) -> None:
+    """A journal an older seller left with a hole (a call recorded at position 3 was never
+    made durable): after a restart every recorded call is redeemed, not none."""
+    key, port, journal = AgentKey.generate(), _free_port(), tmp_path / "seller.db"
+    seller = _seller(node, key, port, journal)
+    buyer = BuyerAgent("buyer", marketplace=node.address)
+    try:
+        deal = _hire_upper(buyer, 40)
+        for n in range(20):
+            buyer.invoke(deal, {"text": f"c{n}"}, call_id=f"c{n}")
+        _crash(seller)
+        seller.journal.close()
+        admin = make_engine(f"sqlite:///{journal}")
+        try:
+            with admin.begin() as conn:
+                conn.execute(text("DELETE FROM agentmarket_seller_calls WHERE position = 3"))
+        finally:
+            admin.dispose()
+        seller = _seller(node, key, port, journal)
+        again = buyer.invoke(deal, {"text": "c10"}, call_id="c10",
+                             voucher_at=(11, 11))  # answered from the re-linked record
+        assert again.receipt.chain_index == 10
+        escrow = buyer.finish(deal, confirm=False)
+        assert escrow.earned_atomic == 19 * deal.body.terms.unit_price_atomic
+    finally:
+        buyer.close()
+        seller.stop(0)
