@@ -275,6 +275,9 @@ class PaymentGate:
             if call_id and call_id in account.calls:
                 return self._retry(agreement_id, account, voucher, call_id, reserve_atomic,
                                    partial)
+            if time.time_ns() // 1_000_000 > account.body.terms.completion_deadline_ms:
+                raise AgreementEnded("the agreement's completion deadline has passed; it takes "
+                                     "no more calls (what was delivered is still redeemed)")
             if account.chain_index >= ag.MAX_RECEIPTS:  # before the voucher is taken
                 raise ReceiptLimit(f"the agreement has had its {ag.MAX_RECEIPTS} calls, all one "
                                    "redeem can carry; it takes no more")
