@@ -241,10 +241,32 @@ class SellerAgent:
             for agreement_id in self.gate.due(_now_ms(), self.redeem_margin_s * 1000):
                 try:
                     self.redeem(agreement_id)
-                except (grpc.RpcError, FailedPrecondition) as error:
+                except grpc.RpcError as error:
+                    if error.code() in ANSWER_MAY_BE_LOST or not self._given_up(agreement_id):
+                        log.warning("redeeming %s before its deadline failed: %s",
+                                    agreement_id[:12], error.details())
+                except FailedPrecondition as error:
                     log.warning("redeeming %s before its deadline failed: %s",
                                 agreement_id[:12], error)
             self._forget_settled()
+
+    def _given_up(self, agreement_id: str) -> bool:
+        """After a refused redeem: if the marketplace no longer holds the agreement's escrow
+        (expired, refunded, settled), no redeem can succeed. Record its final escrow, so the
+        agreement is settled here and the seller stops retrying, with one error record."""
+        try:
+            escrow = self.settlement.GetEscrow(settlement_pb2.GetEscrowRequest(
+                agreement_id=agreement_id), timeout=RPC_TIMEOUT_S)
+        except grpc.RpcError:
+            return False  # ask again next round
+        if escrow.state == settlement_pb2.AGREEMENT_STATE_ACTIVE:
+            return False
+        self.gate.end_redeem(agreement_id, escrow)
+        log.error("agreement %s can no longer be redeemed (its escrow is %s; %d atomic %s "
+                  "captured): the seller stops redeeming it", agreement_id[:12],
+                  settlement_pb2.AgreementState.Name(escrow.state), escrow.captured_atomic,
+                  escrow.currency)
+        return True
 
     def _forget_settled(self) -> None:
         """Drop agreements settled for longer than the retention, with their per-agreement
@@ -356,8 +378,15 @@ class SellerAgent:
         try:
             escrow = self.redeem(request.agreement_id)
         except grpc.RpcError as error:
-            raise FailedPrecondition(f"redeem failed at the marketplace: {error.details()}"
-                                     ) from None
+            if error.code() in ANSWER_MAY_BE_LOST:  # an outage, not an answer: finish again
+                raise Unavailable(f"the marketplace did not answer the redeem "
+                                  f"({error.code().name}): {error.details()}; finish again"
+                                  ) from None
+            refused = sdk_error(error)
+            message = f"redeem failed at the marketplace: {refused.message}"
+            if isinstance(refused, FailedPrecondition):  # keeps its reason (DEADLINE_PASSED)
+                raise type(refused)(message, reason=refused.reason) from None
+            raise FailedPrecondition(message) from None
         return agent_pb2.FinishResponse(escrow=escrow)
 
 
