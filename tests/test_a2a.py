@@ -405,3 +405,23 @@ def test_bad_payments_are_refused_with_a_reason_and_change_nothing(market: Marke
     assert (account.charged_atomic, account.latest) == before
     assert account.reserved_atomic == 0
     assert market.buyer.escrow(deal).held_atomic == escrow_before
+
+
+def test_the_async_buyer_hires_by_card_url_and_asks_free_skills(market: Market):
+    from agents.async_buyer import AsyncBuyerAgent
+
+    async def run() -> tuple[object, object, int]:
+        async with AsyncBuyerAgent("async-buyer", marketplace=market.node.address) as buyer:
+            await buyer.fund("0.50", "USD")
+            greeting = await buyer.ask(market.base_url, {"name": "lin"}, skill="hello")
+            deal = await buyer.negotiate_card(market.seller.card_url, "echo", quantity=2,
+                                              budget="0.05", currency="USD")
+            await buyer.hire(deal)
+            result = await buyer.send(deal, {"text": "async"})
+            escrow = await buyer.finish(deal)
+            return greeting, result, escrow.captured_atomic
+
+    greeting, result, captured = _sdk(run)
+    assert greeting == {"greeting": "hello lin"}
+    assert result.output == {"text": "async", "length": 5} and result.verified
+    assert captured == result.usage.charged_atomic
