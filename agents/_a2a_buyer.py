@@ -82,27 +82,28 @@ def checked_card(url: str, status: int, body: bytes) -> a2a_pb2.AgentCard:
         agent_id = str(params.get("agentId", ""))
         if len(agent_id) != 64:
             raise InvalidArgument(f"the card at {url} names no agentId in its payment params")
-        verify_card(card, agent_id)
+        signers = {agent_id, str(params.get("catalogue", ""))} - {""}
+        verify_card(card, signers)
     return card
 
 
-def verify_card(card: a2a_pb2.AgentCard, agent_id: str) -> None:
-    """Raises PermissionDenied-like InvalidArgument unless a signature of `agent_id` (EdDSA)
-    verifies over the card (a2a-sdk's verifier: RFC 8785 canonical form, JWS)."""
+def verify_card(card: a2a_pb2.AgentCard, signers: set[str]) -> None:
+    """Raises BadSignature unless a signature by one of `signers` (the agent, or the node
+    whose catalogue served the card) verifies over it (a2a-sdk's verifier: RFC 8785 canonical
+    form, JWS, EdDSA). The agreement is what binds money to the seller's key: negotiation
+    only succeeds with the key the card names."""
     from agents.errors import BadSignature
 
-    key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(agent_id))
-
     def key_for(kid: str | None, _jku: str | None) -> Any:
-        if kid != agent_id:
+        if kid not in signers or len(kid) != 64:
             raise SignatureVerificationError("a signature by another key")
-        return key
+        return Ed25519PublicKey.from_public_bytes(bytes.fromhex(kid))
 
     try:
         create_signature_verifier(key_for, ["EdDSA"])(card)
     except SignatureVerificationError as error:
-        raise BadSignature(f"the Agent Card is not signed by the agent {agent_id[:12]}… its "
-                           f"payment params name: {error}") from None
+        raise BadSignature(f"the Agent Card is not signed by the agent its payment params "
+                           f"name: {error}") from None
 
 
 def card_listing(card: a2a_pb2.AgentCard) -> registry_pb2.Listing:

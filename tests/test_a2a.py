@@ -425,3 +425,32 @@ def test_the_async_buyer_hires_by_card_url_and_asks_free_skills(market: Market):
     assert greeting == {"greeting": "hello lin"}
     assert result.output == {"text": "async", "length": 5} and result.verified
     assert captured == result.usage.charged_atomic
+
+
+def test_the_node_serves_a_card_per_listing_and_a_search_over_them(tmp_path: Path):
+    @skill(price=per_call("0.001", "USD"), tags=["translation"])
+    def translate(text: str) -> dict:
+        """Translate a text."""
+        return {"text": text.upper()}
+
+    with MarketplaceNode(f"sqlite:///{tmp_path / 'm.db'}", sweep_interval_s=3600,
+                         cards=True) as node, \
+            SellerAgent("translator", skills=[translate], marketplace=node.address), \
+            BuyerAgent("finder", marketplace=node.address) as buyer:
+        assert node.http is not None
+        base = node.http.url
+        found = httpx.get(f"{base}/cards/search", params={"skill": "translate"}, timeout=5)
+        (hit,) = found.json()["cards"]
+        assert hit["card"]["name"] == "translator"
+        params = hit["card"]["capabilities"]["extensions"][0]["params"]
+        assert params["skills"]["translate"]["prices"][0]["amountAtomic"] == "1000000"
+        assert params["catalogue"] == node.agent_id
+        card = buyer.card(hit["url"])  # the node's signature checks out
+        assert card.skills[0].id == "translate"
+        deal = buyer.negotiate_card(hit["url"], "translate", quantity=1, budget="0.01",
+                                    currency="USD")
+        assert deal.body.seller_id == params["agentId"]
+        bad = httpx.get(f"{base}/cards/search", params={"limit": "5000"}, timeout=5)
+        assert bad.status_code == 400 and "limit" in bad.json()["error"]["message"]
+        missing = httpx.get(f"{base}/cards/{'0' * 64}/.well-known/agent-card.json", timeout=5)
+        assert missing.status_code == 404
