@@ -73,6 +73,7 @@ class TaskStore:
         self._tasks: OrderedDict[str, a2a_pb2.Task] = OrderedDict()
         self._paid: dict[str, tuple[str, str]] = {}  # task id -> (agreement id, call id)
         self._by_message: dict[tuple[str, str], str] = {}  # (context, message id) -> task id
+        self._message_of: dict[str, tuple[str, str]] = {}  # task id -> its message key
         self._indexed = False
         self._lock = threading.Condition()
 
@@ -82,10 +83,12 @@ class TaskStore:
             self._tasks.move_to_end(task.id)
             if message_key is not None:
                 self._by_message[message_key] = task.id
+                self._message_of[task.id] = message_key
             while len(self._tasks) > self.limit:
                 old, _ = self._tasks.popitem(last=False)
-                self._by_message = {k: v for k, v in self._by_message.items() if v != old} \
-                    if len(self._by_message) > self.limit else self._by_message
+                key = self._message_of.pop(old, None)
+                if key is not None:
+                    self._by_message.pop(key, None)
             self._lock.notify_all()
 
     def by_message(self, context_id: str, message_id: str) -> a2a_pb2.Task | None:
