@@ -454,3 +454,21 @@ def test_the_node_serves_a_card_per_listing_and_a_search_over_them(tmp_path: Pat
         assert bad.status_code == 400 and "limit" in bad.json()["error"]["message"]
         missing = httpx.get(f"{base}/cards/{'0' * 64}/.well-known/agent-card.json", timeout=5)
         assert missing.status_code == 404
+
+
+def test_a_signed_paid_message_must_come_from_the_agreements_buyer(market: Market):
+    from marketplace.auth import signed_channel
+    from marketplace.identity import AgentKey
+
+    deal = market.deal(quantity=3)
+    _planned_call, request = _planned(market, deal, "mine", "m-signed-stranger")
+    with signed_channel(market.seller.endpoint, AgentKey.generate()) as channel, \
+            pytest.raises(grpc.RpcError) as caught:
+        a2a_pb2_grpc.A2AServiceStub(channel).SendMessage(
+            request, metadata=[(ext.EXTENSIONS_HEADER, ext.URI)], timeout=5)
+    assert error_info(caught.value).reason == "FORBIDDEN"
+    assert _account(market, deal).charged_atomic == 0
+    signed, _unsigned = market.buyer._a2a_stubs(market.seller.endpoint)
+    task = signed.SendMessage(request, metadata=[(ext.EXTENSIONS_HEADER, ext.URI)],
+                              timeout=5).task  # the buyer itself, signed: served
+    assert task.status.state == a2a_pb2.TASK_STATE_COMPLETED
