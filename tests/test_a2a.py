@@ -472,3 +472,43 @@ def test_a_signed_paid_message_must_come_from_the_agreements_buyer(market: Marke
     task = signed.SendMessage(request, metadata=[(ext.EXTENSIONS_HEADER, ext.URI)],
                               timeout=5).task  # the buyer itself, signed: served
     assert task.status.state == a2a_pb2.TASK_STATE_COMPLETED
+
+
+def test_a_paid_task_is_found_after_the_seller_restarts(tmp_path: Path):
+    from marketplace.identity import AgentKey
+
+    @skill(price=per_call("0.001", "USD"))
+    def upper(text: str) -> dict:
+        """Upper-case a text."""
+        return {"text": text.upper()}
+
+    key, journal = AgentKey.generate(), tmp_path / "seller.db"
+    with MarketplaceNode(f"sqlite:///{tmp_path / 'm.db'}", sweep_interval_s=3600) as node, \
+            BuyerAgent("buyer", marketplace=node.address) as buyer:
+        seller = SellerAgent("upper", skills=[upper], marketplace=node.address, key=key,
+                             journal=journal).serve()
+        try:
+            buyer.fund("0.10", "USD")
+            deal = buyer.negotiate(buyer.discover("upper", currency="USD")[0], "upper",
+                                   quantity=2, budget="0.01", currency="USD")
+            buyer.hire(deal)
+            planned = buyer._plan(deal, {"text": "kept"}, "m-kept", None)
+            from agents import _a2a_buyer
+
+            with grpc.insecure_channel(seller.endpoint) as channel:
+                first = a2a_pb2_grpc.A2AServiceStub(channel).SendMessage(
+                    _a2a_buyer.paid_request(planned),
+                    metadata=[(ext.EXTENSIONS_HEADER, ext.URI)], timeout=5).task
+        finally:
+            seller.stop(0)
+        seller = SellerAgent("upper", skills=[upper], marketplace=node.address, key=key,
+                             journal=journal).serve()
+        try:
+            with grpc.insecure_channel(seller.endpoint) as channel:
+                found = a2a_pb2_grpc.A2AServiceStub(channel).GetTask(
+                    a2a_pb2.GetTaskRequest(id=first.id), timeout=5)
+            assert found.status.state == a2a_pb2.TASK_STATE_COMPLETED
+            assert found.artifacts[0].parts[0].text == first.artifacts[0].parts[0].text
+            assert found.metadata[ext.RECEIPT_KEY] == first.metadata[ext.RECEIPT_KEY]
+        finally:
+            seller.stop(0)
