@@ -221,7 +221,6 @@ class A2ADoor(a2a_pb2_grpc.A2AServiceServicer):
                                           input_json=self._input(message, skill),
                                           call_id=message.message_id)
         task_id = ext.paid_task_id(agreement_id, message.message_id, voucher.payword)
-        self.tasks.paid(task_id, agreement_id, message.message_id)
         return request, voucher, task_id, message.context_id or task_id
 
     def _paid(self, message: a2a_pb2.Message, meta: dict[str, Any],
@@ -238,6 +237,7 @@ class A2ADoor(a2a_pb2_grpc.A2AServiceServicer):
             self.tasks.put(task)
             return task
         task = paid_task_of(task_id, context_id, request.agreement_id, response)
+        self.tasks.paid(task_id, request.agreement_id, request.call_id)  # admitted: indexed
         self.tasks.put(task)
         return task
 
@@ -277,6 +277,7 @@ class A2ADoor(a2a_pb2_grpc.A2AServiceServicer):
         first = next(chunks, None)  # admitted (or refused) before the task is announced
         if first is None:
             return
+        self.tasks.paid(task_id, invoke.agreement_id, invoke.call_id)
         self._working(task_id, context_id)
         yield a2a_pb2.StreamResponse(task=self.tasks.get(task_id))
         sent = 0

@@ -10,6 +10,11 @@
         output = buyer.call(deal, {"text": "..."})        # a dict, checked against the schema
         escrow = buyer.finish(deal)                       # Escrow: captured, fee, refunded
 
+Over A2A v1.0, from an Agent Card URL alone: `negotiate_card(url, skill, ...)`, `hire`, then
+`send(deal, arguments)` pays each SendMessage with the voucher in the message metadata and
+checks the receipt the task brings back; `ask(url, arguments)` calls a free skill or any plain
+A2A agent (`agents._a2a_buyer`, PROTOCOL.md "The A2A payment extension").
+
 It never signs above its reservation price or budget (`agents.negotiation.Limits`). Each call
 prepays the call's maximum and is charged its metered usage; the buyer checks every receipt
 (signature, output hash, charge = tariff x reported usage, at most the reserve). A `Deal` is

@@ -9,7 +9,10 @@ for LLM skills, each skill's own `warm_up`), so the first paid call is as quick 
 then it starts the gRPC server, advertises, heartbeats and redeems when due. `stop()` withdraws
 the listing; a seller still serving when the interpreter exits, or when the process gets
 SIGTERM or Ctrl-C, is stopped then (`agents._lifecycle`), so its listing does not outlive it.
-Its server also answers gRPC health checking and server reflection (v1 and v1alpha), so buf
+The same server speaks A2A v1.0 (lf.a2a.v1.A2AService, `agents._a2a_door`) to any A2A client:
+free skills (`free()`) unpaid, priced ones paid through the same payment core as Invoke, and
+the signed Agent Card (`agent_card()`; over HTTP at `card_url` with `card_port`). Its server
+also answers gRPC health checking and server reflection (v1 and v1alpha), so buf
 curl, grpcurl and Postman work against it.
 
 Each paid call is metered (calls, litellm-reported tokens, units) and charged under the
