@@ -410,6 +410,21 @@ class PaymentGate:
                 account.reserved_atomic -= call.reserve_atomic
                 call.in_flight = False
 
+    def answered(self, agreement_id: str, call_id: str) -> Any:
+        """The first response of an answered call (None: unknown, running or failed), for a
+        door that looks a call up again (A2A GetTask after a lost answer)."""
+        account = self._accounts.get(agreement_id)
+        call = account.calls.get(call_id) if account is not None else None
+        return _decode_response(call.response) if call is not None and call.response else None
+
+    def paid_calls(self) -> list[tuple[str, str, bytes]]:
+        """(agreement id, call id, payword) of every call kept: what a door indexes its own
+        ids by after a restart."""
+        with self._lock:
+            accounts = list(self._accounts.items())
+        return [(agreement_id, call_id, call.payword) for agreement_id, account in accounts
+                for call_id, call in list(account.calls.items())]
+
     def unspent(self, agreement_id: str) -> int:
         return self._account(agreement_id).available_atomic
 
