@@ -38,6 +38,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,7 @@ from marketplace.auth import signed_channel
 from marketplace.grpc_tracing import client_interceptors, untraced
 from marketplace.identity import AgentKey, verify
 from marketplace.introspection import mark_serving
+from marketplace.market_channel import market_options, node_retry
 from marketplace.node import opening_database
 from marketplace.v1 import registry_pb2, registry_pb2_grpc, settlement_pb2, settlement_pb2_grpc
 
@@ -85,7 +87,7 @@ log = logging.getLogger("agentmarket.seller")
 
 
 class SellerAgent:
-    def __init__(self, name: str, *, skills: list[Skill], marketplace: str,
+    def __init__(self, name: str, *, skills: list[Skill], marketplace: str | Sequence[str],
                  key: AgentKey | str | os.PathLike[str] | None = None, host: str = "127.0.0.1",
                  port: int = 0,
                  reservation_fraction: tuple[int, int] = (3, 4),
@@ -127,7 +129,7 @@ class SellerAgent:
         self.skills = {s.name: s for s in skills}
         if any(s.priced_per_token for s in skills):  # meter the skills' own litellm calls
             _litellm_hooks.install()
-        self.marketplace = _inputs.address(marketplace)
+        self.marketplace = _inputs.market(marketplace)
         self.ttl_s = ttl_s
         self.redeem_margin_s = redeem_margin_s
         self.settle_interval_s = settle_interval_s
@@ -147,8 +149,9 @@ class SellerAgent:
         self._redeem_locks: dict[str, threading.Lock] = {}
         self._escrowed: set[str] = set()
         self._locks_guard = threading.Lock()
-        channel = signed_channel(self.marketplace, self.key, credentials,
-                                 interceptors=client_interceptors(tracer_provider))
+        channel = signed_channel(
+            self.marketplace, self.key, credentials, options=market_options(self.marketplace),
+            interceptors=[*node_retry(self.marketplace), *client_interceptors(tracer_provider)])
         self._channel = channel
         self.registry = registry_pb2_grpc.RegistryServiceStub(channel)
         self.settlement = settlement_pb2_grpc.SettlementServiceStub(channel)
