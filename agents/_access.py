@@ -2,12 +2,15 @@
 
     method                 allowed
     Negotiate              rfq: the buyer it names; counter-offer, acceptance: the buyer of
-                           that negotiation or agreement; rejection: any signed caller
+                           that negotiation or agreement; rejection: any signed caller;
+                           an agreement at the list price (rfq id `list:...`): any signed
+                           caller (the buyer's signature inside is what counts)
     Invoke, InvokeStream   the agreement's buyer (the voucher must still pay for the call);
                            unsigned when the voucher reveals a new PayWord word, which only
                            the buyer can produce (no rule runs then; the payment gate
                            insists on the new word)
-    Finish                 the agreement's buyer (its signature in the request stays)
+    Finish                 the agreement's buyer, or any caller relaying the buyer's own
+                           signature over the finish (checked here and by Finish)
 
 Applied by `marketplace.auth.AccessInterceptor` after the caller's signature was verified, and
 before a paid call admits its voucher: a stranger holding a leaked voucher cannot
@@ -18,7 +21,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from agents._strategy_host import LIST_PRICE_PREFIX
 from marketplace import agreements as ag
+from marketplace.identity import verify
 from wallets.access import Rule
 from wallets.errors import Forbidden
 
@@ -43,7 +48,10 @@ def seller_rules(seller: SellerAgent) -> dict[str, dict[str, Rule]]:
                 return  # the negotiator answers NOT_FOUND
             buyer = state.rfq.buyer_id
         elif kind == "agreement":
-            buyer = ag.parse_body(message.agreement).buyer_id
+            body = ag.parse_body(message.agreement)
+            if body.rfq_id.startswith(LIST_PRICE_PREFIX):
+                return  # no negotiation to hijack: the buyer's signature inside is checked
+            buyer = body.buyer_id
         else:
             return
         if buyer != caller:
@@ -61,5 +69,14 @@ def seller_rules(seller: SellerAgent) -> dict[str, dict[str, Rule]]:
                                                      f"finishes it; caller {_short(caller)} "
                                                      "is not")
 
+    def finisher(caller: str, request: Any) -> None:
+        """The buyer, or whoever carries the buyer's own signature over the finish (a
+        gateway relaying it): Finish checks that signature either way."""
+        if seller.gate.known(request.agreement_id) and verify(
+                seller.gate.body(request.agreement_id).buyer_id,
+                ag.request_message("finish", request.agreement_id), request.buyer_signature):
+            return
+        buyer_of_agreement(caller, request)
+
     return {SERVICE: {"Negotiate": negotiate, "Invoke": buyer_of_agreement,
-                      "InvokeStream": buyer_of_agreement, "Finish": buyer_of_agreement}}
+                      "InvokeStream": buyer_of_agreement, "Finish": finisher}}

@@ -1,0 +1,135 @@
+"""The HTTP/x402 gateway: x402's own client buys per-call and per-token skills; sessions are
+one hold and one capture; the books balance after every test.
+
+Real parts: a marketplace node (SQLite file, gRPC on port 0), a seller agent, the gateway on
+uvicorn (loopback, port 0), and the `x402` package's httpx client paying with the buyer's key.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import asyncio
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from x402.http.utils import decode_payment_response_header
+
+from agents import BuyerAgent, SellerAgent, current_meter, per_call, per_unit, skill
+from agents.x402 import Gateway, http_client
+from agents.x402.network import network_id
+from marketplace.http import HttpServer
+from marketplace.identity import AgentKey
+from marketplace.node import MarketplaceNode
+
+
+@skill(price=per_call("0.002", "USD"))
+def shout(text: str) -> dict:
+    """Upper-case a text (per call)."""
+    return {"text": text.upper()}
+
+
+@skill(price=per_unit("0.001", "USD", "word"), max_units=50)
+def count_words(text: str) -> dict:
+    """Count words, billed per word."""
+    words = len(text.split())
+    current_meter().add_units(words)
+    return {"text": str(words)}
+
+
+@dataclass
+class Market:
+    node: MarketplaceNode
+    seller: SellerAgent
+    gateway: Gateway
+    http: HttpServer
+    key: AgentKey
+
+    def posted(self, owner: str) -> int:
+        account = self.node.ledger.find_account(owner, "USD")
+        return account.posted_atomic if account else 0
+
+    def url(self, skill_name: str) -> str:
+        return f"{self.http.url}/v1/skills/{self.seller.agent_id}/{skill_name}"
+
+
+@pytest.fixture
+def market(tmp_path) -> Iterator[Market]:
+    node = MarketplaceNode(f"sqlite:///{tmp_path / 'market.db'}", sweep_interval_s=3600).start()
+    seller = SellerAgent("shouter", skills=[shout, count_words], marketplace=node.address,
+                         dispute_window_s=0).serve()
+    key = AgentKey.generate()
+    buyer = BuyerAgent("http-buyer", marketplace=node.address, key=key)
+    buyer.fund("1.00", "USD")
+    buyer.close()
+    gateway = Gateway(node)
+    http = HttpServer(gateway.app()).start()
+    yield Market(node, seller, gateway, http, key)
+    http.stop(0)
+    seller.stop(0)
+    node.stop(0)
+
+
+def _books_balance(node: MarketplaceNode) -> None:
+    totals: dict[str, int] = {}
+    for account in node.ledger.accounts():
+        totals[account.currency] = totals.get(account.currency, 0) + account.posted_atomic
+    assert all(v == 0 for v in totals.values()), totals
+
+
+def test_x402_client_pays_a_per_call_skill(market):
+    async def run() -> tuple[int, dict, str]:
+        client, _ = http_client(market.key, network_id(market.node.agent_id), prepay=False)
+        async with client:
+            response = await client.post(market.url("shout"), json={"text": "hi"})
+        return response.status_code, response.json(), response.headers["payment-response"]
+
+    before = market.posted(market.key.agent_id)
+    status, body, paid = asyncio.run(run())
+    assert status == 200, body
+    assert body["output"] == {"text": "HI"}
+    settled = decode_payment_response_header(paid)
+    assert settled.success and settled.payer == market.key.agent_id
+    assert settled.amount == "2000000"
+    assert settled.extra["settlement"]["state"] == "settled"
+    assert market.posted(market.key.agent_id) == before - 2_000_000
+    assert market.posted(market.seller.agent_id) > 0
+    _books_balance(market.node)
+
+
+def _postings(node: MarketplaceNode, agreement: str) -> list[str]:
+    hold_id = node.settlement.get(agreement)["hold_id"]
+    return [p.kind for p in node.ledger.postings(hold_id=hold_id)]
+
+
+def test_a_session_of_per_unit_calls_is_one_hold_and_one_capture(market):
+    texts = ["one two three", "four five", "six"]
+
+    async def run() -> tuple[list, dict, str]:
+        client, schemes = http_client(market.key, network_id(market.node.agent_id),
+                                      calls_per_session=10)
+        answers = []
+        async with client:
+            for text in texts:
+                response = await client.post(market.url("count_words"), json={"text": text})
+                assert response.status_code == 200, response.text
+                answers.append((response.json(), decode_payment_response_header(
+                    response.headers["payment-response"])))
+            agreement = schemes["upto"].open_sessions()[0]
+            closed = await client.post(f"{market.http.url}/v1/sessions/{agreement}/close",
+                                       json={"finish": schemes["upto"].finish_signature(
+                                           agreement)})
+        return answers, closed.json(), agreement
+
+    before = market.posted(market.key.agent_id)
+    answers, closed, agreement = asyncio.run(run())
+    assert [a[0]["output"]["text"] for a in answers] == ["3", "2", "1"]
+    assert [a[1].amount for a in answers] == ["3000000", "2000000", "1000000"]
+    assert {a[1].extra["agreementId"] for a in answers} == {agreement}
+    assert closed["state"] == "settled" and closed["captured"] == "6000000"
+    assert market.posted(market.key.agent_id) == before - 6_000_000
+    assert _postings(market.node, agreement) == ["hold", "capture"]
+    _books_balance(market.node)
