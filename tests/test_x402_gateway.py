@@ -13,71 +13,19 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import asyncio
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 from x402.http.utils import decode_payment_response_header
 
-from agents import BuyerAgent, SellerAgent, current_meter, per_call, per_unit, skill
-from agents.x402 import Gateway, http_client
+from agents.x402 import http_client
 from agents.x402.network import network_id
-from marketplace.http import HttpServer
-from marketplace.identity import AgentKey
 from marketplace.node import MarketplaceNode
-
-
-@skill(price=per_call("0.002", "USD"))
-def shout(text: str) -> dict:
-    """Upper-case a text (per call)."""
-    return {"text": text.upper()}
-
-
-@skill(price=per_unit("0.001", "USD", "word"), max_units=50)
-def count_words(text: str) -> dict:
-    """Count words, billed per word."""
-    words = len(text.split())
-    current_meter().add_units(words)
-    return {"text": str(words)}
-
-
-@dataclass
-class Market:
-    node: MarketplaceNode
-    seller: SellerAgent
-    gateway: Gateway
-    http: HttpServer
-    key: AgentKey
-
-    def posted(self, owner: str) -> int:
-        account = self.node.ledger.find_account(owner, "USD")
-        return account.posted_atomic if account else 0
-
-    def url(self, skill_name: str) -> str:
-        return f"{self.http.url}/v1/skills/{self.seller.agent_id}/{skill_name}"
+from tests.x402_market import Market, books_balance, open_market
 
 
 @pytest.fixture
 def market(tmp_path) -> Iterator[Market]:
-    node = MarketplaceNode(f"sqlite:///{tmp_path / 'market.db'}", sweep_interval_s=3600).start()
-    seller = SellerAgent("shouter", skills=[shout, count_words], marketplace=node.address,
-                         dispute_window_s=0).serve()
-    key = AgentKey.generate()
-    buyer = BuyerAgent("http-buyer", marketplace=node.address, key=key)
-    buyer.fund("1.00", "USD")
-    buyer.close()
-    gateway = Gateway(node)
-    http = HttpServer(gateway.app()).start()
-    yield Market(node, seller, gateway, http, key)
-    http.stop(0)
-    seller.stop(0)
-    node.stop(0)
-
-
-def _books_balance(node: MarketplaceNode) -> None:
-    totals: dict[str, int] = {}
-    for account in node.ledger.accounts():
-        totals[account.currency] = totals.get(account.currency, 0) + account.posted_atomic
-    assert all(v == 0 for v in totals.values()), totals
+    yield from open_market(tmp_path)
 
 
 def test_x402_client_pays_a_per_call_skill(market):
@@ -97,7 +45,7 @@ def test_x402_client_pays_a_per_call_skill(market):
     assert settled.extra["settlement"]["state"] == "settled"
     assert market.posted(market.key.agent_id) == before - 2_000_000
     assert market.posted(market.seller.agent_id) > 0
-    _books_balance(market.node)
+    books_balance(market.node)
 
 
 def _postings(node: MarketplaceNode, agreement: str) -> list[str]:
@@ -132,4 +80,4 @@ def test_a_session_of_per_unit_calls_is_one_hold_and_one_capture(market):
     assert closed["state"] == "settled" and closed["captured"] == "6000000"
     assert market.posted(market.key.agent_id) == before - 6_000_000
     assert _postings(market.node, agreement) == ["hold", "capture"]
-    _books_balance(market.node)
+    books_balance(market.node)

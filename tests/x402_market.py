@@ -1,0 +1,84 @@
+"""A marketplace for the x402 tests: node, seller, funded buyer key and the gateway.
+
+Real parts: a node (SQLite file, gRPC on port 0), a seller agent selling a per-call and a
+per-unit skill, the gateway on uvicorn (loopback, port 0).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from agents import BuyerAgent, SellerAgent, current_meter, per_call, per_unit, skill
+from agents.x402 import Gateway
+from agents.x402.network import network_id
+from marketplace.http import HttpServer
+from marketplace.identity import AgentKey
+from marketplace.node import MarketplaceNode
+
+
+@skill(price=per_call("0.002", "USD"))
+def shout(text: str) -> dict:
+    """Upper-case a text (per call)."""
+    return {"text": text.upper()}
+
+
+@skill(price=per_unit("0.001", "USD", "word"), max_units=50)
+def count_words(text: str) -> dict:
+    """Count words, billed per word."""
+    words = len(text.split())
+    current_meter().add_units(words)
+    return {"text": str(words)}
+
+
+@dataclass
+class Market:
+    node: MarketplaceNode
+    seller: SellerAgent
+    gateway: Gateway
+    http: HttpServer
+    key: AgentKey
+
+    def posted(self, owner: str) -> int:
+        account = self.node.ledger.find_account(owner, "USD")
+        return account.posted_atomic if account else 0
+
+    @property
+    def network(self) -> str:
+        return network_id(self.node.agent_id)
+
+    def url(self, skill_name: str) -> str:
+        return f"{self.http.url}/v1/skills/{self.seller.agent_id}/{skill_name}"
+
+
+def open_market(tmp_path: Path) -> Iterator[Market]:
+    node = MarketplaceNode(f"sqlite:///{tmp_path / 'market.db'}", sweep_interval_s=3600).start()
+    seller = SellerAgent("shouter", skills=[shout, count_words], marketplace=node.address,
+                         dispute_window_s=0).serve()
+    key = AgentKey.generate()
+    buyer = BuyerAgent("http-buyer", marketplace=node.address, key=key)
+    buyer.fund("1.00", "USD")
+    buyer.close()
+    gateway = Gateway(node)
+    http = HttpServer(gateway.app()).start()
+    yield Market(node, seller, gateway, http, key)
+    books_balance(node)
+    http.stop(0)
+    seller.stop(0)
+    node.stop(0)
+
+
+def books_balance(node: MarketplaceNode) -> None:
+    """Per currency the accounts' posted amounts sum to zero and pending debits equal
+    pending credits (what is held is owed to someone)."""
+    totals: dict[str, list[int]] = {}
+    for account in node.ledger.accounts():
+        found = totals.setdefault(account.currency, [0, 0])
+        found[0] += account.posted_atomic
+        found[1] += account.pending_debits_atomic - account.pending_credits_atomic
+    assert all(v == [0, 0] for v in totals.values()), totals
