@@ -28,6 +28,12 @@ def shout(text: str) -> dict:
     return {"text": text.upper()}
 
 
+@skill(price=per_call("0.002", "USD"))
+def whisper(text: str) -> dict:
+    """Lower-case a text (per call, the same price as shout)."""
+    return {"text": text.lower()}
+
+
 @skill(price=per_unit("0.001", "USD", "word"), max_units=50)
 def count_words(text: str) -> dict:
     """Count words, billed per word."""
@@ -58,7 +64,7 @@ class Market:
 
 def open_market(tmp_path: Path) -> Iterator[Market]:
     node = MarketplaceNode(f"sqlite:///{tmp_path / 'market.db'}", sweep_interval_s=3600).start()
-    seller = SellerAgent("shouter", skills=[shout, count_words], marketplace=node.address,
+    seller = SellerAgent("shouter", skills=[shout, whisper, count_words], marketplace=node.address,
                          dispute_window_s=0).serve()
     key = AgentKey.generate()
     buyer = BuyerAgent("http-buyer", marketplace=node.address, key=key)

@@ -33,9 +33,16 @@ from x402.extensions.payment_identifier import (
     extract_payment_identifier,
 )
 from x402.http import HTTPRequestContext, x402HTTPResourceServer
+from x402.http.constants import PAYMENT_REQUIRED_HEADER, PAYMENT_RESPONSE_HEADER
 from x402.http.types import PaymentOption, RouteConfig
-from x402.http.utils import decode_payment_signature_header, encode_payment_response_header
-from x402.schemas import AssetAmount, PaymentPayload, SettleResponse
+from x402.http.utils import (
+    decode_payment_required_header,
+    decode_payment_response_header,
+    decode_payment_signature_header,
+    encode_payment_required_header,
+    encode_payment_response_header,
+)
+from x402.schemas import AssetAmount, PaymentPayload, PaymentRequired, SettleResponse
 
 from agents.payments import VOUCHER_METADATA_KEY
 from agents.v1 import agent_pb2, agent_pb2_grpc
@@ -60,6 +67,7 @@ MAX_BODY_BYTES = 64 * 1024
 CALL_TIMEOUT_S = 30.0
 MAX_REMEMBERED = 10_000
 QUOTE_TTL_S = 60.0
+NO_MATCH = "No matching payment requirements"  # x402's words for an `accepted` we do not offer
 CALLS = registry_pb2.PRICE_UNIT_CALL
 _HTTP_OF_GRPC = {grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.NOT_FOUND: 404,
                  grpc.StatusCode.RESOURCE_EXHAUSTED: 429, grpc.StatusCode.UNAVAILABLE: 503,
@@ -106,6 +114,11 @@ class _Adapter:
 
     def get_body(self) -> Any:
         return self.body
+
+
+class _Unpaid(_Adapter):
+    def get_header(self, name: str) -> str | None:
+        return None if name.lower() == "payment-signature" else super().get_header(name)
 
 
 class Gateway:
@@ -253,8 +266,13 @@ class Gateway:
         if processed.type != "payment-verified":
             instructions = processed.response
             assert instructions is not None
+            headers = _refined(instructions.headers, payload)
+            failed = headers.get(PAYMENT_RESPONSE_HEADER)
+            if failed and PAYMENT_REQUIRED_HEADER not in headers:  # the hold was refused
+                headers = {**headers, **await self._offer_again(
+                    route, request, arguments, decode_payment_response_header(failed))}
             return JSONResponse(instructions.body or {}, status_code=instructions.status,
-                                headers=instructions.headers)
+                                headers=headers)
         held = processed.before_handler_settlement
         assert held is not None and processed.payment_payload is not None
         span.set_attributes({attr.PAYER: held.result.payer or "",
@@ -278,6 +296,18 @@ class Gateway:
                 self._answers.pop(next(iter(self._answers)))
             self._answers[remembered] = (status, headers, answer)
         return Response(answer, status_code=status, headers=headers)
+
+    async def _offer_again(self, route: _Route, request: Request, arguments: Any,
+                           failed: SettleResponse) -> dict[str, str]:
+        """The 402 to pay again after a refused hold, its `error` the refusal's reason."""
+        unpaid = HTTPRequestContext(adapter=_Unpaid(request, arguments),
+                                    path=request.url.path, method="POST")
+        again = await route.http.process_http_request(unpaid)
+        assert again.response is not None
+        required = decode_payment_required_header(again.response.headers[
+            PAYMENT_REQUIRED_HEADER])
+        refused = required.model_copy(update={"error": failed.error_reason})
+        return {PAYMENT_REQUIRED_HEADER: encode_payment_required_header(refused)}
 
     async def _invoke(self, route: _Route, skill: str, arguments: dict[str, Any],
                       payload: PaymentPayload) -> tuple[int, dict[str, Any], int]:
@@ -351,6 +381,31 @@ def _identifier(payload: PaymentPayload | None) -> tuple[str, str] | None:
     scope = payment.payer if isinstance(payment, net.Authorization) \
         else payment.voucher.agreement_id
     return scope, str(found)
+
+
+def _refined(headers: dict[str, str], payload: PaymentPayload | None) -> dict[str, str]:
+    """x402's resource server says only "No matching payment requirements" when the payment's
+    `accepted` differs from every offer: name the field (invalid_network, ...)."""
+    encoded = headers.get(PAYMENT_REQUIRED_HEADER)
+    if payload is None or not encoded:
+        return headers
+    required = decode_payment_required_header(encoded)
+    if not isinstance(required, PaymentRequired) or required.error != NO_MATCH:
+        return headers
+    accepted = payload.accepted
+    reason = "invalid_payload"
+    for field_name, why in (("network", "invalid_network"), ("scheme", "invalid_scheme"),
+                            ("asset", "invalid_asset"), ("pay_to", "invalid_pay_to"),
+                            ("amount", "invalid_amount")):
+        if all(getattr(accepted, field_name) != getattr(offer, field_name)
+               for offer in required.accepts):
+            reason = why
+            break
+    else:
+        if all(accepted.extra != offer.extra for offer in required.accepts):
+            reason = "invalid_resource"  # the terms of another skill or seller
+    refined = required.model_copy(update={"error": reason})
+    return {**headers, PAYMENT_REQUIRED_HEADER: encode_payment_required_header(refined)}
 
 
 def _with_call(settled: SettleResponse, body: dict[str, Any]) -> SettleResponse:
