@@ -12,6 +12,7 @@ import os
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import asyncio
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -80,4 +81,35 @@ def test_a_session_of_per_unit_calls_is_one_hold_and_one_capture(market):
     assert closed["state"] == "settled" and closed["captured"] == "6000000"
     assert market.posted(market.key.agent_id) == before - 6_000_000
     assert _postings(market.node, agreement) == ["hold", "capture"]
+    books_balance(market.node)
+
+
+def test_a_streamed_answer_is_billed_as_it_flows_and_stops_at_the_authorisation(market):
+    async def run() -> tuple[list[tuple[str, str]], dict]:
+        client, _ = http_client(market.key, market.network)
+        events: list[tuple[str, str]] = []
+        async with client, client.stream("POST", market.url("write"),
+                                 json={"topic": "agents", "words": 1000},
+                                 headers={"accept": "text/event-stream"}) as response:
+            assert response.status_code == 200
+            held = decode_payment_response_header(response.headers["payment-response"])
+            name = ""
+            async for line in response.aiter_lines():
+                if line.startswith("event: "):
+                    name = line[7:]
+                elif line.startswith("data: "):
+                    events.append((name, line[6:]))
+        return events, {"held": held}
+
+    events, seen = asyncio.run(run())
+    pieces = [json.loads(data) for name, data in events if name == "message"]
+    charges = [int(p["charged"]) for p in pieces]
+    assert pieces and charges == sorted(charges)  # billed as it flows
+    end = json.loads(next(data for name, data in events if name == "end"))
+    assert end["stopReason"] == "budget"  # stopped at what the voucher authorised
+    settled = decode_payment_response_header(
+        next(data for name, data in events if name == "payment-response"))
+    authorised = int(seen["held"].amount)
+    assert int(settled.amount) == int(end["usage"]["charged"]) <= authorised
+    assert settled.extra["settlement"]["captured"] == settled.amount
     books_balance(market.node)

@@ -14,12 +14,23 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from agents import BuyerAgent, SellerAgent, current_meter, per_call, per_unit, skill
+from agents import (
+    BuyerAgent,
+    SellerAgent,
+    current_meter,
+    per_1k_tokens,
+    per_call,
+    per_unit,
+    skill,
+)
+from agents.llm import stream
 from agents.x402 import Gateway
 from agents.x402.network import network_id
 from marketplace.http import HttpServer
 from marketplace.identity import AgentKey
 from marketplace.node import MarketplaceNode
+
+MODEL = "gpt-4o-mini"
 
 
 @skill(price=per_call("0.002", "USD"))
@@ -40,6 +51,15 @@ def count_words(text: str) -> dict:
     words = len(text.split())
     current_meter().add_units(words)
     return {"text": str(words)}
+
+
+@skill(price=per_1k_tokens("0.001", "0.002", "USD"), max_input_tokens=200,
+       max_output_tokens=100)
+def write(topic: str, words: int) -> Iterator[str]:
+    """Write about a topic, streamed and billed per token."""
+    text = " ".join(f"{topic}{i}" for i in range(words))
+    yield from stream(MODEL, [{"role": "user", "content": f"Write about {topic}"}],
+                      mock_response=text)
 
 
 @dataclass
@@ -63,9 +83,10 @@ class Market:
 
 
 def open_market(tmp_path: Path) -> Iterator[Market]:
+    os.environ.pop("AGENTMARKET_MODEL", None)
     node = MarketplaceNode(f"sqlite:///{tmp_path / 'market.db'}", sweep_interval_s=3600).start()
-    seller = SellerAgent("shouter", skills=[shout, whisper, count_words], marketplace=node.address,
-                         dispute_window_s=0).serve()
+    seller = SellerAgent("shouter", skills=[shout, whisper, count_words, write],
+                         marketplace=node.address, dispute_window_s=0).serve()
     key = AgentKey.generate()
     buyer = BuyerAgent("http-buyer", marketplace=node.address, key=key)
     buyer.fund("1.00", "USD")

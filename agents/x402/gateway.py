@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +25,7 @@ import grpc
 from opentelemetry import propagate, trace
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from x402 import x402ResourceServer
 from x402.extensions.payment_identifier import (
@@ -279,6 +280,12 @@ class Gateway:
                              attr.PAYEE: route.listing.agent_id, attr.SKILL: skill,
                              attr.AGREEMENT_ID: (held.result.extra or {}).get("agreementId",
                                                                               "")})
+        if "text/event-stream" in request.headers.get("accept", ""):
+            return StreamingResponse(
+                self._streamed(route, arguments, processed, ctx),
+                media_type="text/event-stream", headers={
+                    "cache-control": "no-store", PAYMENT_RESPONSE_HEADER:
+                    encode_payment_response_header(held.result)})
         status, body, charged = await self._invoke(route, skill, arguments,
                                                    processed.payment_payload)
         settled = await route.http.process_settlement(
@@ -296,6 +303,45 @@ class Gateway:
                 self._answers.pop(next(iter(self._answers)))
             self._answers[remembered] = (status, headers, answer)
         return Response(answer, status_code=status, headers=headers)
+
+    async def _streamed(self, route: _Route, arguments: dict[str, Any], processed: Any,
+                        ctx: HTTPRequestContext) -> AsyncIterator[bytes]:
+        """Server-sent events: `data` per piece with the charge so far; the seller stops at
+        what the voucher authorised; then `payment-response` (the settlement) and `end`."""
+        payment = net.parse(processed.payment_payload.payload)
+        voucher = payment.voucher  # type: ignore[union-attr]
+        stub = agent_pb2_grpc.AgentServiceStub(self._channel(route.listing.endpoint))
+        call = stub.InvokeStream(agent_pb2.InvokeRequest(
+            agreement_id=voucher.agreement_id, input_json=json.dumps(arguments),
+            call_id=f"x402:{voucher.payword_index}"), timeout=CALL_TIMEOUT_S,
+            metadata=[(VOUCHER_METADATA_KEY, voucher.SerializeToString())])
+        end, charged = None, 0
+        try:
+            async for chunk in call:
+                if chunk.HasField("end"):
+                    end, charged = chunk.end, chunk.end.usage.charged_atomic
+                    break
+                charged = chunk.charged_atomic
+                yield _event("message", {"text": chunk.text_delta, "charged": str(charged)})
+        except grpc.aio.AioRpcError as error:
+            yield _event("error", {"error": error.code().name.lower(),
+                                   "message": error.details() or ""})
+        settled = await route.http.process_settlement(
+            processed.payment_payload, processed.payment_requirements, context=ctx,
+            settlement_overrides={"amount": str(charged if end is not None else 0)},
+            declared_extensions=processed.declared_extensions)
+        if settled.settle_response is not None:
+            yield _event("payment-response", encode_payment_response_header(
+                settled.settle_response))
+        if end is not None:
+            yield _event("end", {
+                "output": json.loads(end.output_json),
+                "stopReason": agent_pb2.StopReason.Name(end.stop_reason)
+                .removeprefix("STOP_REASON_").lower(),
+                "usage": {"inputTokens": end.usage.input_tokens,
+                          "outputTokens": end.usage.output_tokens,
+                          "charged": str(end.usage.charged_atomic)},
+                "receipt": net.b64(end.receipt.SerializeToString())})
 
     async def _offer_again(self, route: _Route, request: Request, arguments: Any,
                            failed: SettleResponse) -> dict[str, str]:
@@ -413,6 +459,11 @@ def _with_call(settled: SettleResponse, body: dict[str, Any]) -> SettleResponse:
     if "receipt" in body:
         extra["callReceipt"] = body["receipt"]
     return settled.model_copy(update={"extra": extra})
+
+
+def _event(name: str, data: Any) -> bytes:
+    text = data if isinstance(data, str) else json.dumps(data)
+    return f"event: {name}\ndata: {text}\n\n".encode()
 
 
 def _problem(status: int, reason: str, message: str) -> JSONResponse:
