@@ -13,6 +13,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from agents import (
     BuyerAgent,
@@ -82,16 +83,18 @@ class Market:
         return f"{self.http.url}/v1/skills/{self.seller.agent_id}/{skill_name}"
 
 
-def open_market(tmp_path: Path) -> Iterator[Market]:
+def open_market(tmp_path: Path, tracer_provider: Any = None) -> Iterator[Market]:
     os.environ.pop("AGENTMARKET_MODEL", None)
-    node = MarketplaceNode(f"sqlite:///{tmp_path / 'market.db'}", sweep_interval_s=3600).start()
+    node = MarketplaceNode(f"sqlite:///{tmp_path / 'market.db'}", sweep_interval_s=3600,
+                           tracer_provider=tracer_provider).start()
     seller = SellerAgent("shouter", skills=[shout, whisper, count_words, write],
-                         marketplace=node.address, dispute_window_s=0).serve()
+                         marketplace=node.address, dispute_window_s=0,
+                         tracer_provider=tracer_provider).serve()
     key = AgentKey.generate()
     buyer = BuyerAgent("http-buyer", marketplace=node.address, key=key)
     buyer.fund("1.00", "USD")
     buyer.close()
-    gateway = Gateway(node)
+    gateway = Gateway(node, tracer_provider=tracer_provider)
     http = HttpServer(gateway.app()).start()
     yield Market(node, seller, gateway, http, key)
     books_balance(node)
