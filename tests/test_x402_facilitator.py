@@ -100,3 +100,13 @@ def test_the_facilitator_lists_what_it_settles(market):
     assert supported["signers"] == {"agentmarket:*": [market.node.agent_id]}
     refused = httpx.post(f"{market.http.url}/facilitator/verify", content=b"{not json")
     assert refused.status_code == 400 and refused.json()["error"] == "invalid_payload"
+
+
+def test_security_md_lists_every_x402_reason():
+    from pathlib import Path
+
+    from agents.x402.reasons import REASONS
+
+    text = (Path(__file__).resolve().parent.parent / "SECURITY.md").read_text()
+    missing = [reason for reason in REASONS if f"| `{reason}` |" not in text]
+    assert not missing, f"add rows to SECURITY.md's x402 table: {missing}"

@@ -46,6 +46,7 @@ from wallets.guard import SpendContext
 from wallets.ledger import Ledger
 
 MAX_FACILITATOR_BODY_BYTES = 256 * 1024
+MAX_REMEMBERED_AUTHORISATIONS = 100_000
 
 
 class PriceScheme:
@@ -210,6 +211,8 @@ class LedgerScheme:
             raise Refused(_reason(error), error.message) from None
         response = self.signed_response(payment.payer, payment.pay_to, payment.amount_atomic,
                                         payment.asset, str(posting.sequence), {})
+        if len(self._authorised) >= MAX_REMEMBERED_AUTHORISATIONS:
+            self._authorised.pop(next(iter(self._authorised)))
         self._authorised[(payment.payer, payment.nonce)] = response
         return response
 
