@@ -110,3 +110,18 @@ def test_security_md_lists_every_x402_reason():
     text = (Path(__file__).resolve().parent.parent / "SECURITY.md").read_text()
     missing = [reason for reason in REASONS if f"| `{reason}` |" not in text]
     assert not missing, f"add rows to SECURITY.md's x402 table: {missing}"
+
+
+def test_the_protocol_md_authorization_vector():
+    from agents.x402 import network as net
+
+    key = AgentKey.from_seed(bytes(range(32)))
+    payload = net.sign_authorization(
+        key, pay_to="ab" * 32, amount_atomic=5_000_000, asset="USD",
+        network="agentmarket:" + "cd" * 16, resource="weather",
+        valid_before_ms=1_700_000_060_000, nonce="00112233445566778899aabbccddeeff")
+    assert key.agent_id == "03a107bff3ce10be1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531b8"
+    assert payload["signature"] == (
+        "2d4bae5f63d7c92215fa20ede9e6496d58c1b3d83c531cbf35726b49a89d85c1"
+        "92f22686f2e174cba638bfd42cddb510408120de3cdacc696a8ae7a38135b30b")
+    assert net.parse(payload).verifies()
