@@ -18,7 +18,8 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-MODULES = ("ledger", "usage_journal", "paid_call", "discovery", "tasks", "console", "warm_start")
+MODULES = ("ledger", "usage_journal", "paid_call", "discovery", "tasks", "console", "warm_start",
+           "x402_gateway")
 RESULTS = Path(__file__).resolve().parent / "results.json"
 
 
