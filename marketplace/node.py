@@ -15,10 +15,12 @@ and the operators act as the marketplace (capturing and voiding holds over the w
 `verifier_credentials` (`channel_credentials`) make its calls to verifier agents TLS (they are
 signed with the node's key either way).
 
-HTTP: with `console` (`marketplace.console.ConsoleOptions`) the node also serves one ASGI app
-(`marketplace.http`) on its own port (`http_host`, `http_port`; loopback and a free port by
-default), started and stopped with the gRPC server. The console's operator key is trusted as an
-operator, and it reaches the gRPC server over a private Unix socket, signed like any client.
+HTTP: with `console` (`marketplace.console.ConsoleOptions`), or `cards=True` (the A2A card
+catalogue, `marketplace.http.cards`: an Agent Card per listing and a search over them, under
+/cards), the node also serves one ASGI app (`marketplace.http`) on its own port (`http_host`,
+`http_port`; loopback and a free port by default), started and stopped with the gRPC server.
+The console's operator key is trusted as an operator, and it reaches the gRPC server over a
+private Unix socket, signed like any client.
 """
 
 from __future__ import annotations
@@ -114,7 +116,7 @@ class MarketplaceNode:
                  http_port: int = 0, http_tls: tuple[Path, Path] | None = None,
                  checkpoint_interval_s: float = 60.0, ecny: EcnyRules | None = None,
                  rails: Callable[[Ledger], Iterable[Rail]] | None = None,
-                 redis_url: str | None = None) -> None:
+                 cards: bool = False, redis_url: str | None = None) -> None:
         """`arbiters`: agent ids whose signed decisions resolve disputes; `judge`: the LLM
         judge (models allowed, litellm options); `fx`: quotes that convert prices across
         currencies in discovery (`convert_currencies`). Security options: see the module
@@ -200,7 +202,7 @@ class MarketplaceNode:
                      if server_credentials is not None
                      else self.server.add_insecure_port(f"{host}:{port}"))
         self.address = f"{host}:{self.port}"
-        self._http_setup(console, tracer_provider, http_host, http_port, http_tls)
+        self._http_setup(console, tracer_provider, http_host, http_port, http_tls, cards)
         self._sweep_interval_s = sweep_interval_s
         self.sweep_lease = SweepLease(self.engine, f"agentmarket sweeper {self.address}")
         self._stopping = threading.Event()
@@ -223,23 +225,31 @@ class MarketplaceNode:
         return [self.access]
 
     def _http_setup(self, console: ConsoleOptions | None, tracer_provider: Any,
-                    host: str, port: int, tls: tuple[Path, Path] | None) -> None:
-        """The HTTP parts this node serves (the console), on one server of their own."""
+                    host: str, port: int, tls: tuple[Path, Path] | None, cards: bool) -> None:
+        """The HTTP parts this node serves (the console, the card catalogue), on one server
+        of their own."""
         self.console: Console | None = None
         self.http: HttpServer | None = None
         self._private_dir: str | None = None
-        if console is None or self._console_key is None:
+        if (console is None or self._console_key is None) and not cards:
             return
-        from marketplace.console import Console
         from marketplace.http import HttpServer, build_app
         from marketplace.http.app import allowed_hosts
+        from marketplace.http.cards import catalogue
 
-        self._private_dir = tempfile.mkdtemp(prefix="agentmarket-node-")  # mode 700
-        socket_address = f"unix:{self._private_dir}/grpc.sock"
-        self.server.add_insecure_port(socket_address)
-        self.console = Console.for_node(self, console, socket_address, self._console_key,
-                                        tracer_provider)
-        self.http = HttpServer(build_app([self.console.part()], hosts=allowed_hosts(host)),
+        parts = []
+        if console is not None and self._console_key is not None:
+            from marketplace.console import Console
+
+            self._private_dir = tempfile.mkdtemp(prefix="agentmarket-node-")  # mode 700
+            socket_address = f"unix:{self._private_dir}/grpc.sock"
+            self.server.add_insecure_port(socket_address)
+            self.console = Console.for_node(self, console, socket_address, self._console_key,
+                                            tracer_provider)
+            parts.append(self.console.part())
+        if cards:
+            parts.append(catalogue(self))
+        self.http = HttpServer(build_app(parts, hosts=allowed_hosts(host)),
                                host=host, port=port, tls_cert=tls[0] if tls else None,
                                tls_key=tls[1] if tls else None)
         self.http_address = f"{host}:{self.http.port}"
