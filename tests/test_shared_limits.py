@@ -104,7 +104,7 @@ def test_the_token_bucket_in_redis_is_one_bucket_for_every_node(redis_url: str):
     second.close()
 
 
-def test_with_redis_down_a_node_refuses_calls_and_changes_nothing(tmp_path, redis_url: str):
+def test_with_redis_down_a_node_refuses_calls_and_changes_nothing(tmp_path):
     down = f"redis://127.0.0.1:{_free_port()}/0"  # nothing listens there
     limits = RedisLimits(down, rate_per_s=10, burst=10, timeout_s=0.5)
     with pytest.raises(Unavailable) as refused:
