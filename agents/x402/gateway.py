@@ -293,9 +293,6 @@ class Gateway:
             settlement_overrides={"amount": str(charged)},
             declared_extensions=processed.declared_extensions)
         headers = dict(settled.headers)
-        if settled.settle_response is not None and settled.success:
-            headers["PAYMENT-RESPONSE"] = encode_payment_response_header(
-                _with_call(settled.settle_response, body))
         answer = json.dumps(body).encode()
         headers["content-type"] = "application/json"
         if remembered:
@@ -415,7 +412,7 @@ class Gateway:
 def _identifier(payload: PaymentPayload | None) -> tuple[str, str] | None:
     """(whose payment, payment-identifier id): ids are scoped to the agreement (or the payer
     of an authorisation), so one buyer's id never answers another's request."""
-    if payload is None:
+    if payload is None or PAYMENT_IDENTIFIER not in (payload.extensions or {}):
         return None
     try:
         found = extract_payment_identifier(payload)
@@ -452,13 +449,6 @@ def _refined(headers: dict[str, str], payload: PaymentPayload | None) -> dict[st
             reason = "invalid_resource"  # the terms of another skill or seller
     refined = required.model_copy(update={"error": reason})
     return {**headers, PAYMENT_REQUIRED_HEADER: encode_payment_required_header(refined)}
-
-
-def _with_call(settled: SettleResponse, body: dict[str, Any]) -> SettleResponse:
-    extra = dict(settled.extra or {})
-    if "receipt" in body:
-        extra["callReceipt"] = body["receipt"]
-    return settled.model_copy(update={"extra": extra})
 
 
 def _event(name: str, data: Any) -> bytes:
