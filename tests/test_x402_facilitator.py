@@ -25,9 +25,17 @@ from tests.x402_market import Market, books_balance, open_market
 PRICE_ATOMIC = 5_000_000
 
 
-@pytest.fixture
-def market(tmp_path) -> Iterator[Market]:
-    yield from open_market(tmp_path)
+@pytest.fixture(scope="module")
+def market(tmp_path_factory) -> Iterator[Market]:
+    yield from open_market(tmp_path_factory.mktemp("x402"))
+
+
+@pytest.fixture(autouse=True)
+def balanced_books(request) -> Iterator[None]:
+    """The books balance after every test (the market is shared by the module's tests)."""
+    yield
+    if "market" in request.fixturenames:
+        books_balance(request.getfixturevalue("market").node)
 
 
 @pytest.fixture
