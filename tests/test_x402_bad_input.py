@@ -171,3 +171,26 @@ def test_a_retry_with_the_same_payment_identifier_returns_the_first_answer(marke
         == decode_payment_response_header(first.headers["payment-response"]).transaction
     assert market.posted(market.key.agent_id) == before - 2_000_000  # paid once
     books_balance(market.node)
+
+
+def test_the_seller_countersigns_a_list_price_agreement_only_at_its_list(market):
+    from agents.v1 import agent_pb2
+    from marketplace import agreements as ag
+    from marketplace.errors import TermsMismatch
+    from marketplace.v1 import agreement_pb2
+
+    _, payload = _payload(market, "shout")
+    opened = agreement_pb2.SignedAgreement.FromString(
+        base64.b64decode(payload.payload["agreement"]))
+    body = agreement_pb2.AgreementBody.FromString(opened.body)
+    body.terms.unit_price_atomic -= 1  # below the list price, signed by the buyer
+    cheaper = agreement_pb2.SignedAgreement(body=body.SerializeToString())
+    ag.sign_as_buyer(cheaper, market.key)
+    with pytest.raises(TermsMismatch):
+        market.seller.negotiate(agent_pb2.NegotiationMessage(agreement=cheaper))
+    body.terms.unit_price_atomic += 1
+    body.terms.dispute_window_s = 3600  # longer than the seller's own window
+    longer = agreement_pb2.SignedAgreement(body=body.SerializeToString())
+    ag.sign_as_buyer(longer, market.key)
+    with pytest.raises(TermsMismatch):
+        market.seller.negotiate(agent_pb2.NegotiationMessage(agreement=longer))
