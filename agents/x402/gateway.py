@@ -33,7 +33,7 @@ from x402.extensions.payment_identifier import (
     declare_payment_identifier_extension,
     extract_payment_identifier,
 )
-from x402.http import HTTPRequestContext, x402HTTPResourceServer
+from x402.http import HTTPProcessResult, HTTPRequestContext, x402HTTPResourceServer
 from x402.http.constants import PAYMENT_REQUIRED_HEADER, PAYMENT_RESPONSE_HEADER
 from x402.http.types import PaymentOption, RouteConfig
 from x402.http.utils import (
@@ -43,7 +43,14 @@ from x402.http.utils import (
     encode_payment_required_header,
     encode_payment_response_header,
 )
-from x402.schemas import AssetAmount, PaymentPayload, PaymentRequired, SettleResponse
+from x402.schemas import (
+    AssetAmount,
+    PaymentPayload,
+    PaymentRequired,
+    PaymentRequirements,
+    SettleResponse,
+)
+from x402.schemas.hooks import CompletedSettlement
 
 from agents.payments import VOUCHER_METADATA_KEY
 from agents.v1 import agent_pb2, agent_pb2_grpc
@@ -80,7 +87,9 @@ _HTTP_OF_GRPC = {grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.NOT_FOUN
 class _Route:
     http: x402HTTPResourceServer
     listing: registry_pb2.Listing
+    extensions: dict[str, Any]
     made_at: float = field(default_factory=time.monotonic)
+    offered: list[PaymentRequirements] | None = None  # the accepts of this route's 402
 
 
 class _Adapter:
@@ -162,12 +171,11 @@ class Gateway:
         if skill is None:
             raise NotFound(f"listing {listing_id[:12]}… sells no skill {skill_name!r}")
         options = [await self._option(listing, skill, price) for price in skill.prices]
+        extensions = {PAYMENT_IDENTIFIER: declare_payment_identifier_extension()}
         config = RouteConfig(accepts=options, description=skill.description[:200],
-                             mime_type="application/json",
-                             extensions={PAYMENT_IDENTIFIER:
-                                         declare_payment_identifier_extension()})
+                             mime_type="application/json", extensions=extensions)
         route = _Route(x402HTTPResourceServer(self.server, {"POST /v1/skills/*": config}),
-                       listing)
+                       listing, extensions)
         self._routes[(listing_id, skill_name)] = route
         return route
 
@@ -263,10 +271,16 @@ class Gateway:
             return Response(body, status_code=status, headers=headers)
         ctx = HTTPRequestContext(adapter=_Adapter(request, arguments), path=request.url.path,
                                  method="POST", payment_header=header)
-        processed = await route.http.process_http_request(ctx)
+        processed = await self._next_voucher(route, payload)
+        if processed is None:
+            processed = await route.http.process_http_request(ctx)
         if processed.type != "payment-verified":
             instructions = processed.response
             assert instructions is not None
+            if payload is None and PAYMENT_REQUIRED_HEADER in instructions.headers:
+                required = decode_payment_required_header(
+                    instructions.headers[PAYMENT_REQUIRED_HEADER])
+                route.offered = list(required.accepts)  # type: ignore[arg-type]
             headers = _refined(instructions.headers, payload)
             failed = headers.get(PAYMENT_RESPONSE_HEADER)
             if failed and PAYMENT_REQUIRED_HEADER not in headers:  # the hold was refused
@@ -276,6 +290,8 @@ class Gateway:
                                 headers=headers)
         held = processed.before_handler_settlement
         assert held is not None and processed.payment_payload is not None
+        if route.offered is None and processed.payment_requirements is not None:
+            route.offered = [processed.payment_requirements]
         span.set_attributes({attr.PAYER: held.result.payer or "",
                              attr.PAYEE: route.listing.agent_id, attr.SKILL: skill,
                              attr.AGREEMENT_ID: (held.result.extra or {}).get("agreementId",
@@ -339,6 +355,27 @@ class Gateway:
                           "outputTokens": end.usage.output_tokens,
                           "charged": str(end.usage.charged_atomic)},
                 "receipt": net.b64(end.receipt.SerializeToString())})
+
+    async def _next_voucher(self, route: _Route, payload: PaymentPayload | None
+                            ) -> HTTPProcessResult | None:
+        """A session's next voucher against the route's 402, already built: x402's resource
+        server matches it and settles the hold phase (hooks, facilitator), without making
+        the 402 again for every paid call. Anything else, or a refusal, takes the full path
+        (which answers the refusal; a refused voucher booked nothing)."""
+        if payload is None or route.offered is None or payload.payload.get("kind") \
+                != "voucher":
+            return None
+        matching = self.server.find_matching_requirements(route.offered, payload)
+        if matching is None:
+            return None
+        held = await self.server.settle_payment(payload, matching, phase="before-handler",
+                                                declared_extensions=route.extensions)
+        if not held.success:
+            return None
+        return HTTPProcessResult(
+            type="payment-verified", payment_payload=payload, payment_requirements=matching,
+            declared_extensions=route.extensions, before_handler_settlement=CompletedSettlement(
+                phase="before-handler", flow="escrow", result=held, requirements=matching))
 
     async def _offer_again(self, route: _Route, request: Request, arguments: Any,
                            failed: SettleResponse) -> dict[str, str]:
