@@ -133,3 +133,12 @@ def test_the_protocol_md_authorization_vector():
         "2d4bae5f63d7c92215fa20ede9e6496d58c1b3d83c531cbf35726b49a89d85c1"
         "92f22686f2e174cba638bfd42cddb510408120de3cdacc696a8ae7a38135b30b")
     assert net.parse(payload).verifies()
+
+
+def test_the_gateway_describes_itself_in_openapi(market):
+    document = httpx.get(f"{market.http.url}/openapi.json").json()
+    assert document["openapi"].startswith("3.1")
+    assert set(document["paths"]) == {"/v1/skills/{listing}/{skill}",
+                                      "/v1/sessions/{agreement}/close"}
+    responses = document["paths"]["/v1/skills/{listing}/{skill}"]["post"]["responses"]
+    assert {"200", "400", "402", "404", "413"} <= set(responses)

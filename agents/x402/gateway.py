@@ -56,6 +56,7 @@ from agents.payments import VOUCHER_METADATA_KEY
 from agents.v1 import agent_pb2, agent_pb2_grpc
 from agents.x402 import network as net
 from agents.x402.facilitator import (
+    LedgerScheme,
     LocalFacilitator,
     PriceScheme,
     facilitator_app,
@@ -144,6 +145,7 @@ class Gateway:
         self._tracer = trace.get_tracer("agentmarket.gateway", tracer_provider=tracer_provider)
         self.sessions = SessionBook(node.settlement, self.key, tracer_provider=tracer_provider)
         self.facilitator = facilitator_for(self.network, node.ledger, node.key, self.sessions)
+        self._responses = LedgerScheme(net.EXACT, self.network, node.ledger, node.key)
         self.server = x402ResourceServer(LocalFacilitator(self.facilitator))
         for scheme in net.SCHEMES:
             self.server.register(self.network, PriceScheme(scheme, flow="escrow"))
@@ -431,8 +433,7 @@ class Gateway:
                                 error.reason, error.message)
             session = self.sessions.sessions[agreement]
             summary = settlement_summary(closing)
-            scheme = self.facilitator._schemes[0].facilitator  # type: ignore[attr-defined]
-            settled = scheme.signed_response(
+            settled = self._responses.signed_response(
                 session.body.buyer_id, session.body.seller_id, int(summary["captured"]),
                 session.body.terms.currency, summary["transaction"],
                 {"agreementId": agreement, "calls": session.calls, "settlement": summary})
