@@ -59,10 +59,10 @@ from agents.x402.facilitator import (
     LedgerScheme,
     LocalFacilitator,
     PriceScheme,
-    facilitator_app,
     facilitator_for,
     settlement_summary,
 )
+from agents.x402.facilitator_app import facilitator_app
 from agents.x402.openapi import openapi
 from agents.x402.reasons import Refused
 from agents.x402.sessions import SessionBook
