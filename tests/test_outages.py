@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from agents import BuyerAgent, SellerAgent
-from agents.errors import Unavailable
+from agents.errors import SellerUnavailable, Unavailable
 from marketplace.identity import AgentKey
 from marketplace.node import MarketplaceNode
 from marketplace.v1 import settlement_pb2
@@ -91,4 +91,21 @@ def test_a_seller_back_after_the_grace_stops_redeeming_once(
         assert len(records) == 1, records  # no warning per settle interval
     finally:
         buyer.close()
+        node.stop(0)
+
+
+def test_negotiating_with_sellers_that_do_not_answer_is_unavailable(tmp_path: Path) -> None:
+    """A seller that is down is an outage (retry), not a failed negotiation."""
+    node = MarketplaceNode(f"sqlite:///{tmp_path / 'market.db'}", sweep_interval_s=3600).start()
+    seller = SellerAgent("upper", skills=[upper], marketplace=node.address).serve()
+    buyer = BuyerAgent("buyer", marketplace=node.address)
+    try:
+        listings = buyer.discover("upper", currency="USD")
+        seller.server.stop(0).wait()  # its endpoint stops answering
+        with pytest.raises(SellerUnavailable) as outage:
+            buyer.negotiate_best(listings, "upper", quantity=2, budget="0.05", currency="USD")
+        assert outage.value.status == "UNAVAILABLE"
+    finally:
+        buyer.close()
+        seller.stop(0)
         node.stop(0)
