@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from agents import BuyerAgent, buyer_graph
-from agents.errors import AgentmarketError
+from agents.errors import AgentmarketError, SellerUnavailable
 from tests.faults.faulty import install_clock, reach
 
 RETRYABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "UNKNOWN", "INTERNAL")
@@ -50,15 +50,16 @@ def retried(operation: Any) -> Any:
 
 
 def plain(buyer: BuyerAgent, record: Record, seller_id: str, calls: int) -> None:
-    def hire() -> Any:
-        listing = next(found for found in buyer.discover("upper", currency="USD")
-                       if found.agent_id == seller_id)
-        deal = buyer.negotiate(listing, "upper", quantity=calls, budget="0.05",
+    def negotiate() -> Any:
+        listing = next((found for found in buyer.discover("upper", currency="USD")
+                        if found.agent_id == seller_id), None)
+        if listing is None:  # away (its listing lapsed): it advertises again when back
+            raise SellerUnavailable("the seller is not listed right now")
+        return buyer.negotiate(listing, "upper", quantity=calls, budget="0.05",
                                currency="USD", deadline_s=2, failover=False)
-        buyer.hire(deal)
-        return deal
 
-    deal = retried(hire)
+    deal = retried(negotiate)
+    retried(lambda: buyer.hire(deal))
     record.write(agreement=deal.agreement_id, seller=seller_id)
     for n in range(calls):
         call_id = f"call-{n}"
@@ -95,7 +96,8 @@ def checkpointed(buyer: BuyerAgent, record: Record, calls: int, checkpoint: str)
             state = graph.invoke(task, config)
             break
         except AgentmarketError as error:
-            if error.status not in RETRYABLE or time.monotonic() > give_up:
+            away = error.status == "NOT_FOUND" and "no seller offers" in error.message
+            if (error.status not in RETRYABLE and not away) or time.monotonic() > give_up:
                 record.write(task_refused=error.reason, message=error.message)
                 return
             task = None

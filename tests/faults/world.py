@@ -16,6 +16,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,9 +58,10 @@ class Proc:
                                             text=True)
         self.starts += 1
         if ready is not None:
-            self._wait(ready)
+            self.wait_ready(ready)
 
-    def _wait(self, ready: str) -> None:
+    def wait_ready(self, ready: str) -> None:
+        """Until the process prints `ready` (or dies first: a kill point; started later)."""
         assert self.process is not None and self.process.stdout is not None
         end = time.monotonic() + READY_TIMEOUT_S
         with selectors.DefaultSelector() as selector:
@@ -177,8 +179,10 @@ class World:
                         env, self.workdir)
             self.sellers.append(Seller(proc, key, journal, proxy))
             self.say(f"  seller-{n} {key.agent_id[:12]} {env or ''}")
+        for seller in self.sellers:  # all at once, then wait for each
+            seller.proc.start()
         for seller in self.sellers:
-            seller.proc.start("ready")
+            seller.proc.wait_ready("ready")
         self.buyers: list[tuple[Proc, BuyerRun]] = []
         for n in range(buyers):
             kind = self.rng.choice(("plain", "checkpointed"))
@@ -230,9 +234,16 @@ class World:
     def _at(self, at_s: float, what: str, action: Callable[[], None]) -> None:
         self.events.append(Event(at_s, what, action))
 
-    def _node_up(self) -> None:
-        if self.node.process is None or self.node.process.poll() is not None:
-            self.node.start()
+    def _node_up(self, wait: bool = False) -> None:
+        """Start the node again, on a thread (it takes seconds: the schedule goes on)."""
+        starting = getattr(self, "_node_starting", None)
+        down = self.node.process is None or self.node.process.poll() is not None
+        if (starting is None or not starting.is_alive()) and down:
+            starting = self._node_starting = threading.Thread(target=self.node.start,
+                                                              daemon=True)
+            starting.start()
+        if wait and starting is not None:
+            starting.join()
 
     # ---- running ------------------------------------------------------------------------------
 
@@ -240,10 +251,14 @@ class World:
         for proc, _run in self.buyers:
             proc.start()
         start = time.monotonic()
+        self._last_tick = 0.0
         pending = sorted(self.events, key=lambda e: e.at_s)
         restarts: dict[str, float] = {}
         while time.monotonic() - start < BUYERS_TIMEOUT_S:
             now = time.monotonic() - start
+            if now - self._last_tick > 2.0:
+                self.say(f"  {now:6.2f}s (the driver was busy {now - self._last_tick:.1f} s)")
+            self._last_tick = now
             while pending and pending[0].at_s <= now:
                 event = pending.pop(0)
                 self.say(f"  {event.at_s:6.2f}s {event.what}")
@@ -284,7 +299,7 @@ class World:
         """Heal everything, let the agreements end, stop the parties; the invariants' verdict."""
         for proxy in [self.node_proxy, *(s.proxy for s in self.sellers)]:
             proxy.heal()
-        self._node_up()
+        self._node_up(wait=True)
         for seller in self.sellers:
             seller.journal_unwritable(False)
             if not seller.proc.running:
@@ -323,9 +338,15 @@ def run_seed(seed: int, workdir: Path, *, say: Callable[[str], None] = print) ->
     rng = world.rng
     say(f"seed {seed}")
     try:
+        started = time.monotonic()
         world.build(sellers=rng.randint(1, 2), buyers=rng.randint(2, 3))
         world.schedule(faults=rng.randint(2, 5), span_s=8.0)
+        built = time.monotonic()
         world.run()
-        return world.settle()
+        ran = time.monotonic()
+        problems = world.settle()
+        say(f"  (set up {built - started:.1f} s, buyers {ran - built:.1f} s, settling "
+            f"{time.monotonic() - ran:.1f} s)")
+        return problems
     finally:
         world.close()
