@@ -217,7 +217,8 @@ class AsyncBuyerAgent(BuyerCore):
                              quantity: int, budget: str | Decimal, currency: str,
                              max_rounds: int = 6, strategy_for: Any = None,
                              verification: int = _SCHEMA) -> Deal:
-        """Bargain with every seller at once, sign with the cheapest, decline the others."""
+        """Bargain with every seller at once, sign with the cheapest, decline the others.
+        SellerUnavailable when none answered at all (an outage: retry)."""
         options = self._bargain_options(quantity, budget, currency, max_rounds=max_rounds,
                                         verification=verification)
         outcomes = await asyncio.gather(*(_bargain.abargain(

@@ -214,7 +214,9 @@ class BuyerAgent(BuyerCore):
                        max_rounds: int = 6, strategy_for: Any = None,
                        verification: int = _SCHEMA) -> Deal:
         """Bargain with every seller, sign with the cheapest (lowest maximum total), decline
-        the others. `strategy_for(listing)` gives each negotiation its own strategy."""
+        the others. SellerUnavailable when none answered at all (an outage: retry),
+        NegotiationFailed when none agreed. `strategy_for(listing)` gives each negotiation its
+        own strategy."""
         options = self._bargain_options(quantity, budget, currency, max_rounds=max_rounds,
                                         verification=verification)
         quotes: list[Quote] = []
