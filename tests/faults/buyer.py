@@ -8,7 +8,7 @@ other refusal is final. RECORD gets one JSON line per fact, flushed and fsynced 
 the agreement, each answer received (its voucher sequence and charge), each final refusal, the
 escrow it finished with. A checkpointed buyer resumes its task from CHECKPOINT when started
 again. Kill point (`tests.faults.faulty`): after_answer (an answer received, not yet recorded
-or checkpointed).
+or checkpointed). FAULT_IMPATIENT=1: a plain buyer gives up a call refused JOURNAL_UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ from agents.errors import AgentmarketError, SellerUnavailable
 from tests.faults.faulty import install_clock, reach
 
 RETRYABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "UNKNOWN", "INTERNAL")
+# An impatient plain buyer gives a call up when the seller says it did not answer it because
+# its journal failed (JOURNAL_UNAVAILABLE): such a call must never be charged.
+IMPATIENT = os.environ.get("FAULT_IMPATIENT") == "1"
 GIVE_UP_S = 300.0  # a client's patience with an outage (long: the machine may be slow)
 
 
@@ -37,14 +40,16 @@ class Record:
         os.fsync(self.file.fileno())
 
 
-def retried(operation: Any) -> Any:
-    """`operation()` again while it meets an outage (up to GIVE_UP_S)."""
+def retried(operation: Any, give_up_on: tuple[str, ...] = ()) -> Any:
+    """`operation()` again while it meets an outage (up to GIVE_UP_S; never after a refusal
+    whose reason is in `give_up_on`)."""
     give_up = time.monotonic() + GIVE_UP_S
     while True:
         try:
             return operation()
         except AgentmarketError as error:
-            if error.status not in RETRYABLE or time.monotonic() > give_up:
+            if error.status not in RETRYABLE or time.monotonic() > give_up \
+                    or error.reason in give_up_on:
                 raise
             time.sleep(0.2)
 
@@ -64,9 +69,11 @@ def plain(buyer: BuyerAgent, record: Record, seller_id: str, calls: int) -> None
     for n in range(calls):
         call_id = f"call-{n}"
         try:
-            answer = retried(lambda: buyer.invoke(deal, {"text": f"t{n}"}, call_id=call_id))  # noqa: B023
+            answer = retried(lambda: buyer.invoke(deal, {"text": f"t{n}"}, call_id=call_id),  # noqa: B023
+                             give_up_on=("JOURNAL_UNAVAILABLE",) if IMPATIENT else ())
         except AgentmarketError as error:
-            record.write(refused=call_id, reason=error.reason, message=error.message)
+            record.write(refused=call_id, reason=error.reason, message=error.message,
+                         sequence=deal.unanswered.get(call_id, (0, 0))[0])
             continue
         reach("after_answer")
         record.write(answered=call_id, sequence=answer.receipt.sequence,

@@ -122,6 +122,10 @@ def _buyer(buyer: BuyerRun, escrows: dict[str, Any], redeemed: dict[str, list[An
     if len(extra) > allowed or (extra and answered and min(extra) < max(answered)):
         found.append(f"{name}: charged for calls it never received: sequences {sorted(extra)}"
                      f" (received {sorted(answered)}, killed={buyer.killed})")
+    for fact in buyer.facts:
+        if fact.get("reason") == "JOURNAL_UNAVAILABLE" and fact.get("sequence") in charged:
+            found.append(f"{name}: call {fact['refused']} was refused (JOURNAL_UNAVAILABLE) "
+                         f"and never retried, yet charged")
     for sequence, amount in answered.items():
         if sequence in charged and charged[sequence] != amount:
             found.append(f"{name}: call {sequence} charged {charged[sequence]}, its receipt "

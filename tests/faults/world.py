@@ -196,6 +196,8 @@ class World:
             calls = self.rng.randint(3, 6)
             seller = self.sellers[n % len(self.sellers)]
             env = {**self._kill_point(("after_answer",), 0.5, calls), **self._skew(2.0)}
+            if kind == "plain" and self.rng.random() < 0.5:
+                env["FAULT_IMPATIENT"] = "1"
             record = self.workdir / f"buyer-{n}.jsonl"
             proc = Proc(f"buyer-{n}", ["-m", "tests.faults.buyer", kind,
                                        self.node_proxy.address,
@@ -211,8 +213,8 @@ class World:
         """`faults` faults at random moments of the first `span_s` seconds."""
         for _ in range(faults):
             at = self.rng.uniform(1.5, span_s)
-            kind = self.rng.choice(("kill_seller", "kill_node", "journal", "drop", "slow",
-                                    "kill_buyer"))
+            kind = self.rng.choice(("kill_seller", "kill_node", "journal", "journal_crash",
+                                    "drop", "slow", "kill_buyer"))
             lasts = self.rng.uniform(0.2, 1.5)
             if kind == "kill_seller":
                 seller = self.rng.choice(self.sellers)
@@ -220,6 +222,14 @@ class World:
             elif kind == "kill_node":
                 self._at(at, "kill -9 node", self.node.kill)
                 self._at(at + lasts, "node back", self._node_up)
+            elif kind == "journal_crash":  # a full disk, then the seller dies
+                seller = self.rng.choice(self.sellers)
+                self._at(at, f"{seller.proc.name}'s journal unwritable",
+                         lambda s=seller: s.journal_unwritable(True))  # type: ignore[misc]
+                self._at(at + lasts, f"{seller.proc.name}'s journal back",
+                         lambda s=seller: s.journal_unwritable(False))  # type: ignore[misc]
+                self._at(at + lasts + self.rng.uniform(0.2, 1.5), f"kill -9 {seller.proc.name}",
+                         seller.proc.kill)
             elif kind == "journal":
                 seller = self.rng.choice(self.sellers)
                 self._at(at, f"{seller.proc.name}'s journal unwritable",
