@@ -287,7 +287,7 @@ class SellerAgent:
                     if error.code() in ANSWER_MAY_BE_LOST or not self._given_up(agreement_id):
                         log.warning("redeeming %s before its deadline failed: %s",
                                     agreement_id[:12], error.details())
-                except FailedPrecondition as error:
+                except AgentmarketError as error:  # refused here, or the journal failed
                     log.warning("redeeming %s before its deadline failed: %s",
                                 agreement_id[:12], error)
             self._forget_settled()
