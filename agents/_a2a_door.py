@@ -36,7 +36,13 @@ from agents import _a2a_parts as parts
 from agents._a2a_tasks import TERMINAL, TaskNotCancelable, TaskStore, UnsupportedOperation
 from agents._a2a_tasks import paid_task as paid_task_of
 from agents._serving import MAX_INPUT_BYTES, STOP_NAMES, utf8_bytes_over
-from agents.errors import AgentmarketError, FailedPrecondition, InvalidArgument, NotFound
+from agents.errors import (
+    AgentmarketError,
+    CallInProgress,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
 from agents.payments import MAX_CALL_ID_CHARS
 from agents.v1 import agent_pb2
 from marketplace import a2a_extension as ext
@@ -229,6 +235,8 @@ class A2ADoor(a2a_pb2_grpc.A2AServiceServicer):
         self._working(task_id, context_id)
         try:
             response = self.seller.calls.invoke(request, context, voucher=voucher)
+        except CallInProgress:
+            raise  # the first attempt runs on: its task stays WORKING
         except AgentmarketError:
             self.tasks.drop(task_id)
             raise
