@@ -14,7 +14,6 @@ import uuid
 from typing import Any
 
 from a2a.types import a2a_pb2
-from a2a.utils.signing import SignatureVerificationError, create_signature_verifier
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agents._buyer_core import PlannedCall
@@ -92,6 +91,8 @@ def verify_card(card: a2a_pb2.AgentCard, signers: set[str]) -> None:
     whose catalogue served the card) verifies over it (a2a-sdk's verifier: RFC 8785 canonical
     form, JWS, EdDSA). The agreement is what binds money to the seller's key: negotiation
     only succeeds with the key the card names."""
+    from a2a.utils.signing import SignatureVerificationError, create_signature_verifier
+
     from agents.errors import BadSignature
 
     def key_for(kid: str | None, _jku: str | None) -> Any:
