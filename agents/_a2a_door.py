@@ -18,7 +18,9 @@ uses. What the door adds is A2A's shape: tasks, parts, metadata, A2A's error rea
 Why our own servicer over a2a-sdk's generated types rather than its DefaultRequestHandler: a
 paid call must be admitted, metered and answered with its receipt in one step, synchronously
 with the voucher check, and the handler's event-queue machinery costs more per call than the
-whole paid check (benchmarks/a2a.py measures both).
+whole paid call. benchmarks/a2a.py, 16 clients, 2 cores: the SDK's handler on grpc.aio answers
+an unpaid echo at 435 calls/s (2,188 us of server CPU per call); this door answers it paid at
+982 calls/s (837 us), unpaid at 2,076/s (425 us).
 """
 
 from __future__ import annotations
