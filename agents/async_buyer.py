@@ -54,6 +54,7 @@ from agents.v1 import agent_pb2, agent_pb2_grpc
 from marketplace.aio_client import aio_channel
 from marketplace.grpc_tracing import span_if_active, untraced
 from marketplace.identity import AgentKey
+from marketplace.market_channel import aio_node_retry, market_options
 from marketplace.v1 import registry_pb2, registry_pb2_grpc, settlement_pb2, settlement_pb2_grpc
 from wallets.grpc_errors import error_info, error_reason
 from wallets.v1 import wallet_pb2, wallet_pb2_grpc
@@ -82,7 +83,8 @@ class _Seller:
 
 
 class AsyncBuyerAgent(BuyerCore):
-    def __init__(self, name: str, *, marketplace: str, key: AgentKey | str | None = None,
+    def __init__(self, name: str, *, marketplace: str | Sequence[str],
+                 key: AgentKey | str | None = None,
                  tracer_provider: TracerProvider | None = None,
                  credentials: grpc.ChannelCredentials | None = None) -> None:
         super().__init__(name, marketplace=marketplace, key=key,
@@ -96,7 +98,9 @@ class AsyncBuyerAgent(BuyerCore):
     def _market(self) -> _Market:
         if self._market_stubs is None:
             channel = aio_channel(self.marketplace, self.key, self.credentials,
-                                  tracer_provider=self.tracer_provider)
+                                  tracer_provider=self.tracer_provider,
+                                  options=market_options(self.marketplace),
+                                  interceptors=aio_node_retry(self.marketplace))
             self._market_stubs = _Market(channel, registry_pb2_grpc.RegistryServiceStub(channel),
                                          settlement_pb2_grpc.SettlementServiceStub(channel),
                                          wallet_pb2_grpc.WalletServiceStub(channel))

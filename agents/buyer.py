@@ -65,6 +65,7 @@ from agents.v1 import agent_pb2, agent_pb2_grpc
 from marketplace.auth import SigningClientInterceptor, plain_channel, signed_channel
 from marketplace.grpc_tracing import span_if_active, untraced
 from marketplace.identity import AgentKey
+from marketplace.market_channel import market_options, node_retry
 from marketplace.v1 import registry_pb2, registry_pb2_grpc, settlement_pb2_grpc
 from wallets.grpc_errors import error_info, error_reason
 from wallets.v1 import wallet_pb2_grpc
@@ -89,13 +90,15 @@ class _SellerStubs:
 
 
 class BuyerAgent(BuyerCore):
-    def __init__(self, name: str, *, marketplace: str, key: AgentKey | str | None = None,
+    def __init__(self, name: str, *, marketplace: str | Sequence[str],
+                 key: AgentKey | str | None = None,
                  tracer_provider: TracerProvider | None = None,
                  credentials: grpc.ChannelCredentials | None = None) -> None:
         super().__init__(name, marketplace=marketplace, key=key,
                          tracer_provider=tracer_provider, credentials=credentials)
-        self._channel = signed_channel(self.marketplace, self.key, credentials,
-                                       interceptors=self._interceptors)
+        self._channel = signed_channel(
+            self.marketplace, self.key, credentials, options=market_options(self.marketplace),
+            interceptors=[*node_retry(self.marketplace), *self._interceptors])
         self.registry = registry_pb2_grpc.RegistryServiceStub(self._channel)
         self.settlement = settlement_pb2_grpc.SettlementServiceStub(self._channel)
         self.wallets = wallet_pb2_grpc.WalletServiceStub(self._channel)

@@ -38,6 +38,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,7 @@ from marketplace.auth import signed_channel
 from marketplace.grpc_tracing import client_interceptors, untraced
 from marketplace.identity import AgentKey, verify
 from marketplace.introspection import mark_serving
+from marketplace.market_channel import market_options, node_retry
 from marketplace.node import opening_database
 from marketplace.v1 import registry_pb2, registry_pb2_grpc, settlement_pb2, settlement_pb2_grpc
 
@@ -85,7 +87,7 @@ log = logging.getLogger("agentmarket.seller")
 
 
 class SellerAgent:
-    def __init__(self, name: str, *, skills: list[Skill], marketplace: str,
+    def __init__(self, name: str, *, skills: list[Skill], marketplace: str | Sequence[str],
                  key: AgentKey | str | os.PathLike[str] | None = None, host: str = "127.0.0.1",
                  port: int = 0,
                  reservation_fraction: tuple[int, int] = (3, 4),
@@ -127,7 +129,7 @@ class SellerAgent:
         self.skills = {s.name: s for s in skills}
         if any(s.priced_per_token for s in skills):  # meter the skills' own litellm calls
             _litellm_hooks.install()
-        self.marketplace = _inputs.address(marketplace)
+        self.marketplace = _inputs.market(marketplace)
         self.ttl_s = ttl_s
         self.redeem_margin_s = redeem_margin_s
         self.settle_interval_s = settle_interval_s
@@ -147,8 +149,9 @@ class SellerAgent:
         self._redeem_locks: dict[str, threading.Lock] = {}
         self._escrowed: set[str] = set()
         self._locks_guard = threading.Lock()
-        channel = signed_channel(self.marketplace, self.key, credentials,
-                                 interceptors=client_interceptors(tracer_provider))
+        channel = signed_channel(
+            self.marketplace, self.key, credentials, options=market_options(self.marketplace),
+            interceptors=[*node_retry(self.marketplace), *client_interceptors(tracer_provider)])
         self._channel = channel
         self.registry = registry_pb2_grpc.RegistryServiceStub(channel)
         self.settlement = settlement_pb2_grpc.SettlementServiceStub(channel)
@@ -280,10 +283,32 @@ class SellerAgent:
             for agreement_id in self.gate.due(_now_ms(), self.redeem_margin_s * 1000):
                 try:
                     self.redeem(agreement_id)
-                except (grpc.RpcError, FailedPrecondition) as error:
+                except grpc.RpcError as error:
+                    if error.code() in ANSWER_MAY_BE_LOST or not self._given_up(agreement_id):
+                        log.warning("redeeming %s before its deadline failed: %s",
+                                    agreement_id[:12], error.details())
+                except FailedPrecondition as error:
                     log.warning("redeeming %s before its deadline failed: %s",
                                 agreement_id[:12], error)
             self._forget_settled()
+
+    def _given_up(self, agreement_id: str) -> bool:
+        """After a refused redeem: if the marketplace no longer holds the agreement's escrow
+        (expired, refunded, settled), no redeem can succeed. Record its final escrow, so the
+        agreement is settled here and the seller stops retrying, with one error record."""
+        try:
+            escrow = self.settlement.GetEscrow(settlement_pb2.GetEscrowRequest(
+                agreement_id=agreement_id), timeout=RPC_TIMEOUT_S)
+        except grpc.RpcError:
+            return False  # ask again next round
+        if escrow.state == settlement_pb2.AGREEMENT_STATE_ACTIVE:
+            return False
+        self.gate.end_redeem(agreement_id, escrow)
+        log.error("agreement %s can no longer be redeemed (its escrow is %s; %d atomic %s "
+                  "captured): the seller stops redeeming it", agreement_id[:12],
+                  settlement_pb2.AgreementState.Name(escrow.state), escrow.captured_atomic,
+                  escrow.currency)
+        return True
 
     def _forget_settled(self) -> None:
         """Drop agreements settled for longer than the retention, with their per-agreement
@@ -397,8 +422,15 @@ class SellerAgent:
         try:
             escrow = self.redeem(request.agreement_id)
         except grpc.RpcError as error:
-            raise FailedPrecondition(f"redeem failed at the marketplace: {error.details()}"
-                                     ) from None
+            if error.code() in ANSWER_MAY_BE_LOST:  # an outage, not an answer: finish again
+                raise Unavailable(f"the marketplace did not answer the redeem "
+                                  f"({error.code().name}): {error.details()}; finish again"
+                                  ) from None
+            refused = sdk_error(error)
+            message = f"redeem failed at the marketplace: {refused.message}"
+            if isinstance(refused, FailedPrecondition):  # keeps its reason (DEADLINE_PASSED)
+                raise type(refused)(message, reason=refused.reason) from None
+            raise FailedPrecondition(message) from None
         return agent_pb2.FinishResponse(escrow=escrow)
 
 

@@ -2,7 +2,8 @@
 
 Nodes keep no state outside the database, so several can serve one PostgreSQL behind a load
 balancer. Health checking and server reflection are on; a background sweeper expires holds and
-agreements past their deadlines.
+agreements past their deadlines: on PostgreSQL only the node holding the market's sweep lease
+(`marketplace.sweep_lease`) sweeps, and another takes over when that node stops or dies.
 
 Security (SECURITY.md): every call must be signed by an agent key (`marketplace.auth`), unless
 the node is built with `require_auth=False` (local development only: then nobody is
@@ -54,8 +55,10 @@ from marketplace.receipt_servicer import ReceiptServicer, receipt_rules
 from marketplace.receipts import ReceiptBook
 from marketplace.registry import Registry
 from marketplace.request_fields import MARKET_FIELDS
+from marketplace.request_limits import open_limits
 from marketplace.servicers import ArbitrationServicer, RegistryServicer, SettlementServicer
 from marketplace.settlement import Settlement
+from marketplace.sweep_lease import SweepLease
 from marketplace.v1 import (
     dispute_pb2,
     dispute_pb2_grpc,
@@ -113,7 +116,7 @@ class MarketplaceNode:
                  http_port: int = 0, http_tls: tuple[Path, Path] | None = None,
                  checkpoint_interval_s: float = 60.0, ecny: EcnyRules | None = None,
                  rails: Callable[[Ledger], Iterable[Rail]] | None = None,
-                 cards: bool = False) -> None:
+                 cards: bool = False, redis_url: str | None = None) -> None:
         """`arbiters`: agent ids whose signed decisions resolve disputes; `judge`: the LLM
         judge (models allowed, litellm options); `fx`: quotes that convert prices across
         currencies in discovery (`convert_currencies`). Security options: see the module
@@ -126,7 +129,10 @@ class MarketplaceNode:
         moved (`.checkpoints`); `ecny`: apply e-CNY's wallet rules to ECNY wallets
         (`wallets.ecny`) and carry ECNY through the e-CNY sandbox rail (`wallets.rails_ecny`);
         `rails`: more rails, made over this node's ledger (the USDC rail on an EVM:
-        `wallets.evm.UsdcRail`); the sweeper runs each one's `sweep()` if it has one."""
+        `wallets.evm.UsdcRail`); the sweeper runs each one's `sweep()` if it has one.
+        `redis_url`: keep request nonces and rate buckets in that Redis, shared with every node
+        of the market (a replay to another node is refused, a rate holds across nodes; Redis
+        down: calls are refused UNAVAILABLE); without it, in this process."""
         if max_message_bytes < MIN_MESSAGE_BYTES:
             raise InvalidArgument(f"max_message_bytes must be at least {MIN_MESSAGE_BYTES}: "
                                   "smaller, a seller's redeem of calls it was paid for could "
@@ -159,8 +165,10 @@ class MarketplaceNode:
                                      receipts=self.receipts)
         self._checkpoint_interval_s = checkpoint_interval_s
         self.conditional = ReceiptedHolds(self.ledger, self.receipts)  # PvP legs
+        self.limits = open_limits(redis_url, rate_limit_per_s, rate_limit_burst)
         self.auth = AuthServerInterceptor(required=require_auth, skew_s=auth_skew_s,
-                                          rate_per_s=rate_limit_per_s, burst=rate_limit_burst)
+                                          rate_per_s=rate_limit_per_s, burst=rate_limit_burst,
+                                          limits=self.limits)
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers),
             interceptors=[MalformedRequestInterceptor(), server_interceptor(tracer_provider),
@@ -196,6 +204,7 @@ class MarketplaceNode:
         self.address = f"{host}:{self.port}"
         self._http_setup(console, tracer_provider, http_host, http_port, http_tls, cards)
         self._sweep_interval_s = sweep_interval_s
+        self.sweep_lease = SweepLease(self.engine, f"agentmarket sweeper {self.address}")
         self._stopping = threading.Event()
         self._sweeper = threading.Thread(target=self._sweep_loop, name="sweeper", daemon=True)
 
@@ -258,6 +267,8 @@ class MarketplaceNode:
 
     def _sweep_loop(self) -> None:
         while not self._stopping.wait(self._sweep_interval_s):
+            if not self.sweep_lease.held():  # another node of the market sweeps
+                continue
             try:
                 self.ledger.expire_holds()
                 self.conditional.receipt_expired()
@@ -289,6 +300,7 @@ class MarketplaceNode:
         self.server.stop(grace_s).wait()
         if self._sweeper.is_alive():
             self._sweeper.join(timeout=5)
+        self.sweep_lease.release()
         self._verifier_client.close()
         if self.console is not None:
             self.console.close()
@@ -296,6 +308,8 @@ class MarketplaceNode:
             shutil.rmtree(self._private_dir, ignore_errors=True)
         self.ledger.close()
         self.engine.dispose()
+        if callable(getattr(self.limits, "close", None)):
+            self.limits.close()  # type: ignore[attr-defined]
 
     def __enter__(self) -> MarketplaceNode:
         return self.start()

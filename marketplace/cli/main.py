@@ -126,7 +126,11 @@ def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file 
                                     "caps and controllable anonymity (wallets.ecny)."),
           cards: bool = typer.Option(
               False, "--cards", help="Serve the A2A card catalogue (an Agent Card per listing, "
-                                     "and /cards/search) on the console's HTTP port.")
+                                     "and /cards/search) on the console's HTTP port."),
+          redis: str = typer.Option(
+              None, "--redis", help="Redis URL (redis://HOST:PORT/DB) holding request nonces "
+                                    "and rate limits shared by every node of the market; "
+                                    "Redis down: calls are refused.")
           ) -> None:
     """Run a marketplace node until SIGTERM or SIGINT."""
     from marketplace.auth import server_credentials
@@ -171,7 +175,7 @@ def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file 
     try:
         node = MarketplaceNode(db, host=host, port=port, fee_bps=fee_bps, key=node_key,
                                checkpoint_interval_s=checkpoint_interval,
-                               ecny=EcnyRules() if ecny else None,
+                               ecny=EcnyRules() if ecny else None, redis_url=redis,
                                tracer_provider=provider, operator_ids=operator,
                                require_auth=not no_auth, rate_limit_per_s=rate_limit,
                                rate_limit_burst=burst, server_credentials=credentials,
