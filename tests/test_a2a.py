@@ -113,17 +113,18 @@ def _message(text: str, message_id: str, **metadata: object) -> a2a_pb2.Message:
 # ---- any A2A client ------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("streaming", [False, True])
 def test_the_sdk_client_given_only_the_card_url_calls_a_free_skill_and_gets_payment_terms(
-        market: Market):
+        market: Market, streaming: bool):
     async def run() -> tuple[a2a_pb2.StreamResponse, a2a_pb2.StreamResponse]:
-        config = ClientConfig(grpc_channel_factory=grpc.aio.insecure_channel, streaming=False,
-                              supported_protocol_bindings=["GRPC"])
+        config = ClientConfig(grpc_channel_factory=grpc.aio.insecure_channel,
+                              streaming=streaming, supported_protocol_bindings=["GRPC"])
         client = await ClientFactory(config).create_from_url(market.base_url)
         try:
             free_answer = await _first(client.send_message(a2a_pb2.SendMessageRequest(
-                message=_message("ada", "m-free", **{ext.SKILL_KEY: "hello"}))))
+                message=_message("ada", f"m-free-{streaming}", **{ext.SKILL_KEY: "hello"}))))
             priced = await _first(client.send_message(a2a_pb2.SendMessageRequest(
-                message=_message(json.dumps({"text": "hi"}), "m-priced",
+                message=_message(json.dumps({"text": "hi"}), f"m-priced-{streaming}",
                                  **{ext.SKILL_KEY: "echo"}))))
             with pytest.raises(TaskNotFoundError):
                 await client.get_task(a2a_pb2.GetTaskRequest(id="no-such-task"))
