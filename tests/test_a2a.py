@@ -513,3 +513,25 @@ def test_a_paid_task_is_found_after_the_seller_restarts(tmp_path: Path):
             assert found.metadata[ext.RECEIPT_KEY] == first.metadata[ext.RECEIPT_KEY]
         finally:
             seller.stop(0)
+
+
+def test_the_buyer_streams_over_a2a_and_checks_the_receipt(market: Market):
+    from agents.async_buyer import AsyncBuyerAgent
+
+    deal = market.deal("write", quantity=3)
+    stream = market.buyer.send_stream(deal, {"topic": "money"})
+    assert "".join(stream) == "agents pay each other"
+    assert stream.stop_reason == "complete" and not stream.problem
+    assert stream.end is not None and stream.charged_atomic == deal.body.terms.unit_price_atomic
+
+    async def run() -> tuple[str, str, str]:
+        async with AsyncBuyerAgent("async-streamer", marketplace=market.node.address) as buyer:
+            await buyer.fund("0.50", "USD")
+            deal = await buyer.negotiate_card(market.seller.card_url, "write", quantity=2,
+                                              budget="0.05", currency="USD")
+            await buyer.hire(deal)
+            call = await buyer.send_stream(deal, {"topic": "async"})
+            text = "".join([piece async for piece in call])
+            return text, call.stop_reason, call.problem
+
+    assert _sdk(run) == ("agents pay each other", "complete", "")
