@@ -119,8 +119,8 @@ class A2ADoor(a2a_pb2_grpc.A2AServiceServicer):
                   if k == ext.EXTENSIONS_HEADER and isinstance(v, str)]
         active, unknown = ext.activated(values)
         if unknown:
-            raise InvalidArgument(f"extension {unknown} is not spoken here; this agent speaks "
-                                  f"{ext.URI}", reason="UNKNOWN_EXTENSION_VERSION")
+            raise InvalidArgument(f"extension {unknown[:200]} is not spoken here; this agent "
+                                  f"speaks {ext.URI}", reason="UNKNOWN_EXTENSION_VERSION")
         meta = parts.metadata_dict(message.metadata)
         if ext.PAYMENT_KEY in meta and not active:
             raise FailedPrecondition(f"a paid message activates the payment extension: send "
