@@ -535,3 +535,18 @@ def test_the_buyer_streams_over_a2a_and_checks_the_receipt(market: Market):
             return text, call.stop_reason, call.problem
 
     assert _sdk(run) == ("agents pay each other", "complete", "")
+
+
+def test_the_task_store_is_bounded():
+    from agents._a2a_tasks import TaskNotFound, TaskStore
+    from agents.payments import PaymentGate
+
+    store = TaskStore(PaymentGate(), limit=3)
+    for n in range(5):
+        store.put(a2a_pb2.Task(id=f"t{n}", context_id="c"), message_key=("c", f"m{n}"))
+        store.paid(f"p{n}", "f" * 64, f"m{n}")  # an agreement the gate does not hold
+    assert [t.id for t in store.list("c", 0, 10, 0, False)[0]] == ["t4", "t3", "t2"]
+    assert store.by_message("c", "m0") is None and store.by_message("c", "m4") is not None
+    with pytest.raises(TaskNotFound):
+        store.get("t0")
+    assert len(store._paid) <= 3  # forgotten agreements' entries were dropped
