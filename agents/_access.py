@@ -2,12 +2,15 @@
 
     method                 allowed
     Negotiate              rfq: the buyer it names; counter-offer, acceptance: the buyer of
-                           that negotiation or agreement; rejection: any signed caller
+                           that negotiation or agreement; rejection: any signed caller;
+                           an agreement at the list price (rfq id `list:...`): any signed
+                           caller (the buyer's signature inside is what counts)
     Invoke, InvokeStream   the agreement's buyer (the voucher must still pay for the call);
                            unsigned when the voucher reveals a new PayWord word, which only
                            the buyer can produce (no rule runs then; the payment gate
                            insists on the new word)
-    Finish                 the agreement's buyer (its signature in the request stays)
+    Finish                 the agreement's buyer, or any caller relaying the buyer's own
+                           signature over the finish (checked here and by Finish)
     A2A SendMessage,       anyone unsigned (a paid message must then reveal a new word);
     SendStreamingMessage   signed and paying (`agentmarket.payment`): the agreement's buyer
     other A2A methods      anyone
@@ -24,8 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 from a2a.types import a2a_pb2
 
+from agents._strategy_host import LIST_PRICE_PREFIX
 from marketplace import a2a_extension as ext
 from marketplace import agreements as ag
+from marketplace.identity import verify
 from wallets.access import Rule
 from wallets.errors import Forbidden
 
@@ -53,7 +58,10 @@ def seller_rules(seller: SellerAgent) -> dict[str, dict[str, Rule]]:
                 return  # the negotiator answers NOT_FOUND
             buyer = state.rfq.buyer_id
         elif kind == "agreement":
-            buyer = ag.parse_body(message.agreement).buyer_id
+            body = ag.parse_body(message.agreement)
+            if body.rfq_id.startswith(LIST_PRICE_PREFIX):
+                return  # no negotiation to hijack: the buyer's signature inside is checked
+            buyer = body.buyer_id
         else:
             return
         if buyer != caller:
@@ -71,6 +79,15 @@ def seller_rules(seller: SellerAgent) -> dict[str, dict[str, Rule]]:
                                                      f"finishes it; caller {_short(caller)} "
                                                      "is not")
 
+    def finisher(caller: str, request: Any) -> None:
+        """The buyer, or whoever carries the buyer's own signature over the finish (a
+        gateway relaying it): Finish checks that signature either way."""
+        if seller.gate.known(request.agreement_id) and verify(
+                seller.gate.body(request.agreement_id).buyer_id,
+                ag.request_message("finish", request.agreement_id), request.buyer_signature):
+            return
+        buyer_of_agreement(caller, request)
+
     def buyer_of_paid_message(caller: str, request: Any) -> None:
         """A2A: a signed message paying under an agreement must come from its buyer (a
         signed voucher may spend carried-over prepayment without a new word)."""
@@ -87,5 +104,5 @@ def seller_rules(seller: SellerAgent) -> dict[str, dict[str, Rule]]:
     a2a = {name: anyone for name in A2A_METHOD_NAMES}
     a2a.update(SendMessage=buyer_of_paid_message, SendStreamingMessage=buyer_of_paid_message)
     return {SERVICE: {"Negotiate": negotiate, "Invoke": buyer_of_agreement,
-                      "InvokeStream": buyer_of_agreement, "Finish": buyer_of_agreement},
+                      "InvokeStream": buyer_of_agreement, "Finish": finisher},
             A2A_SERVICE: a2a}

@@ -183,12 +183,14 @@ class _Account:
 class PaymentGate:
     """The seller's local voucher check, run before every paid call."""
 
-    def __init__(self, key: AgentKey | None = None, journal: UsageJournal | None = None
-                 ) -> None:
+    def __init__(self, key: AgentKey | None = None, journal: UsageJournal | None = None,
+                 *, clock_ms: Callable[[], int] | None = None) -> None:
         """`key`: the seller's, signing every RECEIPT_SIGN_EVERY-th receipt of each chain;
-        `journal`: where agreements, answered calls and redeems are made durable."""
+        `journal`: where agreements, answered calls and redeems are made durable;
+        `clock_ms`: the time calls are checked against agreements' deadlines (wall clock)."""
         self.key = key
         self.journal = journal
+        self.clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
         self._accounts: dict[str, _Account] = {}
         self._lock = threading.Lock()
         if journal is not None:
@@ -275,7 +277,7 @@ class PaymentGate:
             if call_id and call_id in account.calls:
                 return self._retry(agreement_id, account, voucher, call_id, reserve_atomic,
                                    partial)
-            if time.time_ns() // 1_000_000 > account.body.terms.completion_deadline_ms:
+            if self.clock_ms() > account.body.terms.completion_deadline_ms:
                 raise AgreementEnded("the agreement's completion deadline has passed; it takes "
                                      "no more calls (what was delivered is still redeemed)")
             if account.chain_index >= ag.MAX_RECEIPTS:  # before the voucher is taken

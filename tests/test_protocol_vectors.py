@@ -123,9 +123,14 @@ def test_the_payword_chain():
         assert verify_word(bytes.fromhex(word), i, body.payword_root, 0)
 
 
+def _before_the_deadline() -> int:
+    """The vectors' calls are made at fixed times: the gate checks them at that time."""
+    return int(V["agreement"]["body"]["terms"]["completion_deadline_ms"]) - 1
+
+
 def test_the_calls_pass_the_sellers_gate_and_the_chain_checks():
     body, agreement_id = _body(), V["agreement"]["agreement_id"]
-    gate = PaymentGate()
+    gate = PaymentGate(clock_ms=_before_the_deadline)
     gate.open(agreement_id, body)
     receipts = []
     for n, call in enumerate(V["calls"], start=1):
@@ -246,7 +251,7 @@ def test_the_near_misses_are_refused():
         with pytest.raises(AgentmarketError) as refused:
             Settlement._check_voucher(row, body, voucher)
         assert refused.value.reason == "INVALID_VOUCHER", case["why"]
-        gate = PaymentGate()
+        gate = PaymentGate(clock_ms=_before_the_deadline)
         gate.open(agreement_id, body)
         with pytest.raises(AgentmarketError) as refused:
             gate.admit(voucher, agreement_id, body.terms.unit_price_atomic)

@@ -38,6 +38,9 @@ def _operator_commands() -> None:
     from marketplace.cli.receipts import receipt_app
 
     app.add_typer(receipt_app, name="receipt")
+    from marketplace.cli.gateway import gateway
+
+    app.command()(gateway)
 
 
 _operator_commands()

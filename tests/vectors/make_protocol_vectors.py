@@ -140,7 +140,7 @@ def calls(k: dict[str, AgentKey], agreement_id: str, body: agreement_pb2.Agreeme
     """Paid calls through the buyer's session and the seller's gate, as the agents make them."""
     session = PaymentSession(agreement_id, chain, body.link_value_atomic,
                              body.terms.max_total_atomic)
-    gate = PaymentGate(k["seller"])
+    gate = PaymentGate(k["seller"], clock_ms=lambda: body.terms.completion_deadline_ms - 1)
     gate.open(agreement_id, body)
     price = body.terms.unit_price_atomic
     made, receipts, voucher = [], [], None
