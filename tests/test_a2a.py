@@ -550,3 +550,18 @@ def test_the_task_store_is_bounded():
     with pytest.raises(TaskNotFound):
         store.get("t0")
     assert len(store._paid) <= 3  # forgotten agreements' entries were dropped
+
+
+def test_a_seller_of_free_skills_only_is_on_no_listing_and_answers_anyone(market: Market):
+    @skill(price=free())
+    def shout(text: str) -> dict:
+        """Shout, for free."""
+        return {"text": text.upper()}
+
+    with SellerAgent("shouter", skills=[shout], marketplace=market.node.address,
+                     card_port=0) as seller:
+        assert not seller.listing().skills
+        assert market.buyer.discover("shout") == []
+        assert market.buyer.ask(seller.card_url, "hey") == {"text": "HEY"}
+    with pytest.raises(Exception, match="only price"):
+        skill(price=[free(), per_call("1", "USD")])(lambda text: text)
