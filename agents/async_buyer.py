@@ -402,6 +402,21 @@ class AsyncBuyerAgent(BuyerCore):
             return self._answered(planned, response, span)
 
     @async_sdk_method
+    async def send_stream(self, deal: Deal, arguments: dict[str, Any], *,
+                          max_atomic: int | None = None, message_id: str | None = None
+                          ) -> AsyncStreamedCall:
+        """A streamed paid call over A2A (`BuyerAgent.send_stream`):
+        `async for piece in await buyer.send_stream(...)`."""
+        deal, request, voucher, budget = self._stream_plan(deal, arguments, message_id,
+                                                           max_atomic)
+        stub = a2a_pb2_grpc.A2AServiceStub(self._stubs(deal.body.seller_endpoint).signed_channel)
+        call = stub.SendStreamingMessage(
+            _a2a.stream_request(request, voucher, deal.body.terms.skill),
+            metadata=_a2a.EXTENSION_METADATA, timeout=STREAM_TIMEOUT_S)
+        return AsyncStreamedCall(deal, self.sessions[deal.agreement_id], budget,
+                                 _a2a.AsyncA2AStream(call))
+
+    @async_sdk_method
     async def ask(self, url: str, arguments: dict[str, Any] | str, *,
                   skill: str | None = None) -> Any:
         """Call a plain (unpaid) A2A agent by its Agent Card URL (`BuyerAgent.ask`)."""

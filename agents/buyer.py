@@ -74,6 +74,7 @@ if TYPE_CHECKING:
     from agents._streaming import StreamedCall
 
 T = TypeVar("T")
+STREAM_TIMEOUT_S = 60.0
 _SCHEMA = registry_pb2.VERIFICATION_METHOD_SCHEMA
 
 __all__ = ["BuyerAgent", "CallResult", "Deal", "receipt_problem"]
@@ -405,6 +406,27 @@ class BuyerAgent(BuyerCore):
                     self.sessions[planned.deal.agreement_id].settle(planned.reserve_atomic, 0)
                 raise
             return self._answered(planned, response, span)
+
+    @sdk_method
+    def send_stream(self, deal: Deal, arguments: dict[str, Any], *,
+                    max_atomic: int | None = None, message_id: str | None = None
+                    ) -> StreamedCall:
+        """A streamed paid call over A2A (SendStreamingMessage), billed as it flows: iterate
+        it for text pieces; afterwards `.end` holds the receipt, checked as `stream`'s."""
+        from agents._streaming import StreamedCall
+
+        deal, request, voucher, budget = self._stream_plan(self._deal(deal), arguments,
+                                                           message_id, max_atomic)
+        session = self.sessions[deal.agreement_id]
+        signed, _unsigned = self._a2a_stubs(deal.body.seller_endpoint)
+        try:
+            call = signed.SendStreamingMessage(
+                _a2a.stream_request(request, voucher, deal.body.terms.skill),
+                metadata=_a2a.EXTENSION_METADATA, timeout=STREAM_TIMEOUT_S)
+        except grpc.RpcError:
+            session.settle(budget, 0)
+            raise
+        return StreamedCall(self, deal, session, budget, _a2a.A2AStream(call))
 
     @sdk_method
     def ask(self, url: str, arguments: dict[str, Any] | str, *, skill: str | None = None

@@ -127,6 +127,9 @@ def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file 
           ecny: bool = typer.Option(
               False, "--ecny", help="An e-CNY node: ECNY wallets follow e-CNY's wallet tiers, "
                                     "caps and controllable anonymity (wallets.ecny)."),
+          cards: bool = typer.Option(
+              False, "--cards", help="Serve the A2A card catalogue (an Agent Card per listing, "
+                                     "and /cards/search) on the console's HTTP port."),
           redis: str = typer.Option(
               None, "--redis", help="Redis URL (redis://HOST:PORT/DB) holding request nonces "
                                     "and rate limits shared by every node of the market; "
@@ -184,8 +187,8 @@ def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file 
                                               tracer_provider=provider),
                                console=console_options, http_host=console_host,
                                http_port=console_port,
-                               http_tls=(tls_cert, tls_key) if tls_cert and tls_key else None
-                               ).start()
+                               http_tls=(tls_cert, tls_key) if tls_cert and tls_key else None,
+                               cards=cards).start()
     except Exception as error:  # a bad URL or a taken port: one line, not a traceback
         fail(f"cannot start the node: {error}")
     stop = threading.Event()
@@ -202,10 +205,11 @@ def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file 
     console.print(f"marketplace listening on {node.address} (db {db}; {security}; node key "
                   f"{node.agent_id}; {len(node.operator_ids)} operator(s), {len(arbiters)} "
                   f"arbiter(s); {fx_note}; {judge_note})", highlight=False, soft_wrap=True)
-    if node.http is not None:
+    if node.console is not None and node.http is not None:
         console.print(f"console on {node.http.url}/console/ (signing as operator "
-                      f"{node.console.actions.key.agent_id if node.console else '?'})",
-                      highlight=False, soft_wrap=True)
+                      f"{node.console.actions.key.agent_id})", highlight=False, soft_wrap=True)
+    if cards and node.http is not None:
+        console.print(f"Agent Cards on {node.http.url}/cards/search", highlight=False)
     stop.wait()
     console.print("shutting down")
     node.stop()
