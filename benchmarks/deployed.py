@@ -165,7 +165,7 @@ def bench(db_url: str, workdir: Path, window_s: float = MIN_WINDOW_S,
                           workdir / f"node-{n}.log", env) for n in range(nodes)]
     parties: list[Party] = list(node_parties)
     try:
-        addresses = [_address(node.wait_for("listening")) for node in node_parties]
+        addresses = [_address(node.wait_for("listening", timeout_s=180)) for node in node_parties]
         address = ",".join(addresses)
         sellers = [Party([python, "-m", "benchmarks._deployed_parties", "seller",
                           addresses[i % nodes], f"seller-{i}"], workdir / f"seller-{i}.log",

@@ -33,7 +33,13 @@ from opentelemetry import trace
 
 from marketplace._call_details import with_metadata
 from marketplace.identity import AgentKey, verify
-from marketplace.request_limits import LocalLimits, RequestLimits
+from marketplace.request_limits import (
+    ADMITTED,
+    NONCES_FULL,
+    REPLAYED,
+    LocalLimits,
+    RequestLimits,
+)
 from wallets.access import Rule
 from wallets.caller import calling_as, current_caller
 from wallets.errors import AgentmarketError, Forbidden, ResourceExhausted, Unauthenticated
@@ -264,14 +270,14 @@ class AuthServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 agent, signed_message(method, body, timestamp_ms, nonce), signature):
             raise Unauthenticated("the request signature does not verify for agentmarket-agent",
                                   reason="BAD_REQUEST_SIGNATURE")
-        first = self.limits.first_use(f"{agent}:{nonce}", timestamp_ms + self.skew_ms, now)
-        if first is False:
+        verdict = self.limits.admit(agent, nonce, timestamp_ms + self.skew_ms, now)
+        if verdict == REPLAYED:
             raise Unauthenticated("this nonce was already used (replayed request)",
                                   reason="REPLAYED_REQUEST")
-        if first is None:
+        if verdict == NONCES_FULL:
             raise ResourceExhausted("the server remembers too many recent requests; retry "
                                     "shortly", reason="NONCE_CACHE_FULL")
-        if not self.limits.allow(agent):
+        if verdict != ADMITTED:
             raise ResourceExhausted(f"agent {agent[:12]}… is over its rate limit; slow down",
                                     reason="RATE_LIMITED")
         return agent

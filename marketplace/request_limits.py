@@ -1,12 +1,14 @@
 """Where a node remembers recent nonces and counts each agent's calls: in its own process, or in
 Redis so that every node of a market shares them.
 
-`AuthServerInterceptor` asks a `RequestLimits` two things: is this (agent, nonce) new while its
-timestamp is fresh (`first_use`), and may this subject make one more call now (`allow`).
+`AuthServerInterceptor` asks a `RequestLimits` two things at once (`admit`): is this (agent,
+nonce) new while its timestamp is fresh, and may the agent make one more call now; and, for
+unsigned paid calls, only the second (`allow`, per agreement).
 `LocalLimits` answers from memory: right for one node (the embedded default), but a request
 replayed to another node, or calls spread over several, escape it. `RedisLimits` answers from
-one Redis, atomically (SET NX PX for nonces, a token bucket in a Lua script for rates, on
-Redis's own clock), so a replay to any node is refused and a rate holds across nodes. When Redis
+one Redis, atomically and in one round trip (a Lua script: SET NX PX for the nonce, then a
+token bucket on Redis's own clock; both keys carry the agent as a hash tag, so the script is
+Redis Cluster safe), so a replay to any node is refused and a rate holds across nodes. When Redis
 does not answer it raises `Unavailable` (LIMITS_UNAVAILABLE): fail closed, never unchecked.
 """
 
@@ -20,16 +22,19 @@ from typing import Any, Protocol
 
 from wallets.errors import InvalidArgument, Unavailable
 
-__all__ = ["LocalLimits", "RedisLimits", "RequestLimits", "open_limits"]
+__all__ = ["ADMITTED", "LIMITED", "NONCES_FULL", "REPLAYED", "LocalLimits", "RedisLimits",
+           "RequestLimits", "open_limits"]
 
 REDIS_TIMEOUT_S = 2.0
+ADMITTED, REPLAYED, NONCES_FULL, LIMITED = "admitted", "replayed", "nonces_full", "limited"
 
 
 class RequestLimits(Protocol):
     """Replay and rate checks for signed requests (see the module docstring)."""
 
-    def first_use(self, key: str, fresh_until_ms: int, now_ms: int) -> bool | None:
-        """True the first time `key` is seen, False for a replay, None when the store is full."""
+    def admit(self, agent: str, nonce: str, fresh_until_ms: int, now_ms: int) -> str:
+        """ADMITTED; REPLAYED (the nonce was seen: no token taken); NONCES_FULL (nothing
+        recorded); LIMITED (the nonce is recorded, the bucket was empty)."""
         ...
 
     def allow(self, subject: str) -> bool:
@@ -109,8 +114,13 @@ class LocalLimits:
         self.nonces = _NonceCache(max_nonces)
         self.limiter = _RateLimiter(rate_per_s, burst, max_agents)
 
-    def first_use(self, key: str, fresh_until_ms: int, now_ms: int) -> bool | None:
-        return self.nonces.first_use(key, fresh_until_ms, now_ms)
+    def admit(self, agent: str, nonce: str, fresh_until_ms: int, now_ms: int) -> str:
+        first = self.nonces.first_use(f"{agent}:{nonce}", fresh_until_ms, now_ms)
+        if first is None:
+            return NONCES_FULL
+        if not first:
+            return REPLAYED
+        return ADMITTED if self.limiter.allow(agent) else LIMITED
 
     def allow(self, subject: str) -> bool:
         return self.limiter.allow(subject)
@@ -118,19 +128,28 @@ class LocalLimits:
 
 # A token bucket in one step: refill by the time since the last call (Redis's clock, the same
 # for every node), take a token if there is one, and expire the key once it would be full.
-_BUCKET = """
-local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+_TAKE = """
+local function take(key, rate, burst)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local state = redis.call('HMGET', key, 'tokens', 'at')
 local tokens, at = tonumber(state[1]), tonumber(state[2])
 if tokens == nil or at == nil then tokens, at = burst, now end
 tokens = math.min(burst, tokens + math.max(0, now - at) * rate / 1000)
 local allowed = 0
 if tokens >= 1 then tokens = tokens - 1; allowed = 1 end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 1000)
+redis.call('HSET', key, 'tokens', tostring(tokens), 'at', tostring(now))
+redis.call('PEXPIRE', key, math.ceil(burst * 1000 / rate) + 1000)
 return allowed
+end
+"""
+# allow: KEYS = bucket; ARGV = rate, burst. 1 allowed, 0 not.
+_BUCKET = _TAKE + "return take(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))"
+# admit: KEYS = nonce, bucket; ARGV = rate, burst, keep_ms. 1 admitted, 0 replayed, 2 limited.
+_ADMIT = _TAKE + """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[3]) then return 0 end
+if take(KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2])) == 1 then return 1 end
+return 2
 """
 
 
@@ -152,22 +171,28 @@ class RedisLimits:
             raise InvalidArgument(f"{url!r} is not a Redis URL (redis://HOST:PORT/DB): "
                                   f"{error}") from None
         self._bucket = self.client.register_script(_BUCKET)
+        self._admit = self.client.register_script(_ADMIT)
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
 
-    def first_use(self, key: str, fresh_until_ms: int, now_ms: int) -> bool | None:
+    def admit(self, agent: str, nonce: str, fresh_until_ms: int, now_ms: int) -> str:
         keep_ms = max(1, fresh_until_ms - now_ms)
         try:
-            return bool(self.client.set(f"{self.prefix}:nonce:{key}", b"1", nx=True,
-                                        px=keep_ms))
+            verdict = int(self._admit(
+                keys=[f"{self.prefix}:{{{agent}}}:nonce:{nonce}", self._bucket_key(agent)],
+                args=[repr(float(self.rate)), str(self.burst), str(keep_ms)]))
         except self._errors as error:
-            raise _unavailable("replay check", error) from None
+            raise _unavailable("replay and rate-limit", error) from None
+        return {1: ADMITTED, 0: REPLAYED}.get(verdict, LIMITED)
 
     def allow(self, subject: str) -> bool:
         try:
-            return bool(self._bucket(keys=[f"{self.prefix}:rate:{subject}"],
+            return bool(self._bucket(keys=[self._bucket_key(subject)],
                                      args=[repr(float(self.rate)), str(self.burst)]))
         except self._errors as error:
-            raise _unavailable("rate limit", error) from None
+            raise _unavailable("rate-limit", error) from None
+
+    def _bucket_key(self, subject: str) -> str:
+        return f"{self.prefix}:{{{subject}}}:rate"
 
     def close(self) -> None:
         self.client.close()

@@ -146,12 +146,6 @@ def test_three_nodes_one_market_survive_a_killed_node(market: tuple[str, list[No
         assert buyer.call(deal, {"text": "one"}) == {"text": "ONE"}
         wallet = buyer.wallet("USD").account_id
         payee = ledger.open_account("payee", "USD").account_id
-        with signed_channel(other.address, buyer.key) as channel:
-            lapsing = wallet_pb2_grpc.WalletServiceStub(channel).Hold(wallet_pb2.HoldRequest(
-                idempotency_key="lapses", debit_account_id=wallet,
-                credit_account_id=payee,
-                amount=wallet_pb2.Money(amount_atomic=USD.atomic("0.05"), currency="USD"),
-                timeout_s=2), timeout=10)
 
         acknowledged: list[str] = []
         failed: list[str] = []
@@ -159,7 +153,14 @@ def test_three_nodes_one_market_survive_a_killed_node(market: tuple[str, list[No
         stream = threading.Thread(target=_deposits, args=(buyer, acknowledged, failed, enough))
         stream.start()
         assert enough.wait(30)
+        with signed_channel(other.address, buyer.key) as channel:  # due after the kill
+            lapsing = wallet_pb2_grpc.WalletServiceStub(channel).Hold(wallet_pb2.HoldRequest(
+                idempotency_key="lapses", debit_account_id=wallet,
+                credit_account_id=payee,
+                amount=wallet_pb2.Money(amount_atomic=USD.atomic("0.05"), currency="USD"),
+                timeout_s=2), timeout=10)
         leader.kill()  # SIGKILL mid-stream: its lease and connections die with it
+        killed_ms = time.time_ns() // 1_000_000
         done_at_kill = len(acknowledged) + len(failed)
         for word in ("two", "three"):
             assert buyer.call(deal, {"text": word}) == {"text": word.upper()}
@@ -174,6 +175,8 @@ def test_three_nodes_one_market_survive_a_killed_node(market: tuple[str, list[No
         new_holder = _until(lambda: _sweepers(db))
         assert new_holder != [holder] and len(new_holder) == 1
         _until(lambda: ledger.get_hold(lapsing.hold_id).status == "expired")
+        expiry = [p for p in ledger.postings(hold_id=lapsing.hold_id) if p.kind == "expire"]
+        assert len(expiry) == 1 and expiry[0].created_at_ms > killed_ms  # by the new sweeper
 
         available = ledger.balance(wallet).available_atomic
         assert available == USD.atomic("1.00") + DEPOSITS * USD.atomic("0.01") - 3 * price

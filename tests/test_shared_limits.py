@@ -26,7 +26,7 @@ from marketplace.auth import (
 )
 from marketplace.identity import AgentKey
 from marketplace.node import MarketplaceNode
-from marketplace.request_limits import LocalLimits, RedisLimits
+from marketplace.request_limits import ADMITTED, LIMITED, REPLAYED, LocalLimits, RedisLimits
 from tests.conftest import postgres_schema
 from wallets.errors import Unavailable
 from wallets.grpc_errors import error_reason
@@ -93,22 +93,27 @@ def test_a_rate_limit_holds_across_nodes(two_nodes: tuple[MarketplaceNode, ...])
             wallet_pb2.ListCurrenciesRequest(), timeout=10)
 
 
-def test_the_token_bucket_in_redis_is_one_bucket_for_every_node(redis_url: str):
-    subject = os.urandom(8).hex()
+def test_one_nonce_store_and_one_bucket_for_every_node(redis_url: str):
+    """Two nodes' RedisLimits: a nonce admitted by one is a replay at the other (taking no
+    token); the bucket is shared, and a limited request's nonce is still recorded."""
+    agent, subject = os.urandom(8).hex(), os.urandom(8).hex()
     first, second = (RedisLimits(redis_url, rate_per_s=0.001, burst=2) for _ in range(2))
     assert [first.allow(subject), second.allow(subject), first.allow(subject)] == \
         [True, True, False]
-    assert first.first_use(f"x:{subject}", 10_000, 0) is True
-    assert second.first_use(f"x:{subject}", 10_000, 0) is False
+    assert first.admit(agent, "n1", 10_000, 0) == ADMITTED
+    assert second.admit(agent, "n1", 10_000, 0) == REPLAYED
+    assert second.admit(agent, "n2", 10_000, 0) == ADMITTED
+    assert first.admit(agent, "n3", 10_000, 0) == LIMITED
+    assert second.admit(agent, "n3", 10_000, 0) == REPLAYED
     first.close()
     second.close()
 
 
-def test_with_redis_down_a_node_refuses_calls_and_changes_nothing(tmp_path, redis_url: str):
+def test_with_redis_down_a_node_refuses_calls_and_changes_nothing(tmp_path):
     down = f"redis://127.0.0.1:{_free_port()}/0"  # nothing listens there
     limits = RedisLimits(down, rate_per_s=10, burst=10, timeout_s=0.5)
     with pytest.raises(Unavailable) as refused:
-        limits.first_use("k", 10_000, 0)
+        limits.admit("a", "n", 10_000, 0)
     assert refused.value.reason == "LIMITS_UNAVAILABLE"
     with pytest.raises(Unavailable):
         limits.allow("k")
