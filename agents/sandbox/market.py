@@ -94,7 +94,8 @@ class Market:
         name = f"{group.group}-{index:03d}"
         cheats = index in self._cheaters(group)
         pricing = Pricing(group.strategy, group.list_price_atomic, group.cost_atomic)
-        behaviour = Behaviour(self.seed, name, group.failure_rate, cheats)
+        behaviour = Behaviour(self.seed, name, group.failure_rate,
+                              group.forgery_rate if cheats else 0.0)
         agent = SellerAgent(name, skills=[make_skill(group, behaviour)],
                             marketplace=self.node.address, strategy=pricing.strategy,
                             reservation_fraction=pricing.reservation_fraction,

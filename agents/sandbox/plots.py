@@ -43,16 +43,20 @@ def _empty(axes: plt.Axes, text: str) -> None:
 
 
 def clearing_prices(events: list[Event]) -> Figure:
-    """The median agreed unit price of each skill, round by round."""
-    figure, axes = _figure("Clearing price per skill (median agreed unit price)")
+    """The median agreed unit price of each skill, round by round, with its quartiles."""
+    figure, axes = _figure("Clearing price per skill (median agreed unit price, quartiles)")
     prices: dict[tuple[str, str], dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
     for e in events:
         if e.kind == "agreement":
             prices[(e.skill, e.currency)][e.round].append(e.unit_price_atomic)
     for (skill, code), rounds in sorted(prices.items()):
         xs = sorted(rounds)
-        axes.plot(xs, [units(int(statistics.median(rounds[x])), code) for x in xs],
-                  marker="o", markersize=3, label=f"{skill} ({code})")
+        line = axes.plot(xs, [units(int(statistics.median(rounds[x])), code) for x in xs],
+                         marker="o", markersize=3,
+                         label=f"{skill} ({code} per {_unit(events, skill)})")
+        low, high = zip(*(_quartiles(rounds[x]) for x in xs), strict=True)
+        axes.fill_between(xs, [units(v, code) for v in low], [units(v, code) for v in high],
+                          color=line[0].get_color(), alpha=0.2)
     if not prices:
         _empty(axes, "no agreements")
     else:
@@ -60,6 +64,23 @@ def clearing_prices(events: list[Event]) -> Figure:
     axes.set_xlabel("round")
     axes.set_ylabel("price per unit")
     return figure
+
+
+def _quartiles(values: list[int]) -> tuple[int, int]:
+    if len(values) < 2:
+        return values[0], values[0]
+    cuts = statistics.quantiles(values, n=4)
+    return int(cuts[0]), int(cuts[2])
+
+
+def _unit(events: list[Event], skill: str) -> str:
+    """What a skill's unit price is per, read from its calls' usage."""
+    for e in events:
+        if e.kind == "call" and e.skill == skill:
+            if not e.detail.endswith("units=0"):
+                return "GPU-second"
+            return "call" if e.detail.startswith("in=0 out=0") else "1k input tokens"
+    return "unit"
 
 
 def volume_value(events: list[Event]) -> Figure:
@@ -204,8 +225,9 @@ def fx_flows(events: list[Event]) -> Figure:
         axes.bar([x + 0.4 * index for x in xs], [units(rounds[x], pair.split()[0]) for x in xs],
                  width=0.4, label=f"{pair} (sold)")
     rates: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    traded = {pair.split()[-1] for pair in flows} | {pair.split()[0] for pair in flows}
     for e in events:
-        if e.kind == "fx_rate":
+        if e.kind == "fx_rate" and e.to_currency in traded:
             rates[e.to_currency].append((e.round, e.unit_price_atomic / 10**9))
     if flows:
         axes.legend(fontsize=8, loc="upper left")

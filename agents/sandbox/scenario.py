@@ -43,7 +43,8 @@ class SellerGroup:
     strategy: str
     capacity: int  # tasks per round
     failure_rate: float
-    cheat_fraction: float
+    cheat_fraction: float  # share of the group's sellers that cheat
+    forgery_rate: float  # chance a cheater forges a given call's output
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,8 @@ def _seller(f: _Fields) -> SellerGroup:
         cost_atomic=cost, strategy=f.choice("strategy", STRATEGIES),
         capacity=f.integer("capacity", 1, 10_000),
         failure_rate=f.probability("failure_rate", 0.0),
-        cheat_fraction=f.probability("cheat_fraction", 0.0))
+        cheat_fraction=f.probability("cheat_fraction", 0.0),
+        forgery_rate=f.probability("forgery_rate", 1.0))
     f.no_extra()
     return group
 

@@ -75,16 +75,19 @@ def document(job: str, words: int) -> str:
 
 
 class Behaviour:
-    """One seller's conduct: its failure rate and whether it forges its outputs."""
+    """One seller's conduct: its failure rate, and how often it forges (0: honest)."""
 
-    def __init__(self, seed: int, seller: str, failure_rate: float, cheats: bool) -> None:
+    def __init__(self, seed: int, seller: str, failure_rate: float, forgery_rate: float
+                 ) -> None:
         self.seed, self.seller = seed, seller
-        self.failure_rate, self.cheats = failure_rate, cheats
+        self.failure_rate, self.forgery_rate = failure_rate, forgery_rate
 
     def digest(self, job: str) -> str:
         if draw(self.seed, self.seller, job, "fail") < self.failure_rate:
             raise SkillFailure(f"{self.seller} failed job {job}")
-        return _forged(job) if self.cheats else expected_digest(job)
+        if draw(self.seed, self.seller, job, "forge") < self.forgery_rate:
+            return _forged(job)
+        return expected_digest(job)
 
 
 def _reply(messages: list[dict[str, str]], text: str) -> dict[str, Any]:
