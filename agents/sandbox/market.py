@@ -8,6 +8,7 @@ processes would. Names are the scenario's (`llm-cn-003`), so events never show r
 
 from __future__ import annotations
 
+import logging
 import random
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from pathlib import Path
 from agents.buyer import BuyerAgent
 from agents.sandbox.pricing import MovingRates, Pricing
 from agents.sandbox.scenario import BuyerGroup, Scenario, SellerGroup
-from agents.sandbox.skills import Behaviour, make_skill
+from agents.sandbox.skills import FAULT_LOGGER, Behaviour, QuietFaults, make_skill
 from agents.seller import SellerAgent
 from marketplace.auth import signed_channel
 from marketplace.identity import AgentKey
@@ -61,8 +62,10 @@ class Market:
         self.sellers: list[Seller] = []
         self.buyers: list[Buyer] = []
         self.names: dict[str, str] = {}  # agent id -> name
+        self._quiet = QuietFaults()
 
     def open(self, on_agent: object = None) -> Market:
+        logging.getLogger(FAULT_LOGGER).addFilter(self._quiet)
         self.node = MarketplaceNode(
             self.db_url, fee_bps=self.scenario.fee_bps, fx=self.fx,
             ecny=EcnyRules() if self.scenario.ecny else None,
@@ -141,6 +144,7 @@ class Market:
         if self.node is not None:
             self.arbiter_channel.close()
             self.node.stop()
+        logging.getLogger(FAULT_LOGGER).removeFilter(self._quiet)
 
     def __enter__(self) -> Market:
         return self.open()

@@ -10,6 +10,7 @@ seed, the seller and the job (`draw`), so a run repeats exactly whatever order t
 from __future__ import annotations
 
 import hashlib
+import logging
 from typing import Any
 
 from pydantic import BaseModel
@@ -33,6 +34,17 @@ WORDS = ("agents", "trade", "work", "over", "gRPC", "and", "pay", "per", "call",
 
 class SkillFailure(RuntimeError):
     """A simulated fault inside a seller's skill (the call fails; nothing is charged)."""
+
+
+class QuietFaults(logging.Filter):
+    """Drops the log record of a simulated fault (the gRPC edge logs any failing skill with
+    its traceback: thousands of them would bury the progress bar)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], SkillFailure))
+
+
+FAULT_LOGGER = "agentmarket.grpc"
 
 
 class Answer(BaseModel):
