@@ -19,7 +19,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 MODULES = ("ledger", "usage_journal", "paid_call", "discovery", "tasks", "deployed", "console",
-           "warm_start")
+           "warm_start", "sandbox")
 RESULTS = Path(__file__).resolve().parent / "results.json"
 
 

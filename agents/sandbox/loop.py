@@ -46,11 +46,13 @@ Progress = Callable[[str, int, int], None]  # (what, done, total)
 
 
 def simulate(scenario: Scenario, seed: int, workdir: Path, *, db_url: str | None = None,
-             workers: int = DEFAULT_WORKERS, progress: Progress | None = None) -> RunResult:
-    """Run the scenario in `workdir` (its database goes there unless `db_url` names one)."""
+             workers: int = DEFAULT_WORKERS, node_process: bool = False,
+             progress: Progress | None = None) -> RunResult:
+    """Run the scenario in `workdir` (its database goes there unless `db_url` names one);
+    `node_process`: the node in a process of its own."""
     report = progress or (lambda what, done, total: None)
     started = time.perf_counter()
-    market = Market(scenario, seed, workdir, db_url)
+    market = Market(scenario, seed, workdir, db_url, node_process=node_process)
     agents, count = scenario.agents, [0]
 
     def on_agent() -> None:
@@ -62,8 +64,7 @@ def simulate(scenario: Scenario, seed: int, workdir: Path, *, db_url: str | None
         setup_s = time.perf_counter() - started
         events, tasks = _rounds(market, scenario, seed, workers, report)
         events += _balances(market, scenario.rounds * scenario.round_s * 1000)
-        assert market.node is not None
-        ledger = market.node.ledger
+        ledger = market.ledger
         sums: dict[str, int] = {}
         for balance in ledger.accounts():
             sums[balance.currency] = sums.get(balance.currency, 0) + balance.posted_atomic
@@ -86,7 +87,7 @@ def _rounds(market: Market, scenario: Scenario, seed: int, workers: int,
         for index in range(scenario.rounds):
             start_ms = index * scenario.round_s * 1000
             if index:
-                market.fx.move(index)
+                market.move_fx(index)
             events += _rates(market, index, start_ms)
             tasks = _plan(market, scenario, seed, index, done, _listings(market))
             round_events: list[tuple[int, int, int, Event]] = []
@@ -160,8 +161,7 @@ def _acceptable(seller: Seller, listings: dict[str, registry_pb2.Listing],
 
 
 def _reputations(market: Market, index: int, t_ms: int) -> list[Event]:
-    assert market.node is not None
-    with market.node.engine.connect() as conn:
+    with market.engine.connect() as conn:
         found = [(s, *reputation(conn, s.agent.agent_id)) for s in market.sellers]
     return [Event(t_ms, index, "reputation", seller=s.name, skill=s.group.skill,
                   amount_atomic=permille, quantity=rated,
@@ -170,12 +170,11 @@ def _reputations(market: Market, index: int, t_ms: int) -> list[Event]:
 
 def _balances(market: Market, t_ms: int) -> list[Event]:
     """Every agent's wallet balances at the end (for the balance distribution)."""
-    assert market.node is not None
     buyers = {b.agent.agent_id: b.name for b in market.buyers}
     sellers = {s.agent.agent_id: s.name for s in market.sellers}
     rows = [Event(t_ms, market.scenario.rounds, "balance", buyer=buyers.get(b.owner, ""),
                   seller=sellers.get(b.owner, ""), currency=b.currency,
                   amount_atomic=b.posted_atomic)
-            for b in market.node.ledger.accounts()
+            for b in market.ledger.accounts()
             if b.kind == "wallet" and (b.owner in buyers or b.owner in sellers)]
     return sorted(rows, key=lambda e: (e.currency, e.buyer, e.seller))

@@ -64,40 +64,55 @@ class Pricing:
 class MovingRates:
     """An FX provider for the node whose rates take a seeded random walk, one step a round.
 
-    Rates are exact fractions (units per USD, rounded to 1/10,000); quote ids count up, so the
-    quotes a run asks for are the same every run."""
+    Rates are exact fractions (units per USD, rounded to 1/10,000), a function of the seed and
+    the round only; quote ids count up. A node in another process follows the rounds through
+    `round_source` (a shared integer the run sets)."""
 
     name = "sandbox-moving"
 
     def __init__(self, units_per_usd: dict[str, Fraction], step_bps: int, seed: int,
-                 quote_ttl_s: int = 600) -> None:
-        self.base = dict(units_per_usd)
-        self.units_per_usd = dict(units_per_usd)
+                 quote_ttl_s: int = 600, round_source: Any = None) -> None:
+        self.walk = [dict(units_per_usd)]  # rates of round 0, 1, ...
         self.step_bps, self.seed, self.quote_ttl_s = step_bps, seed, quote_ttl_s
+        self.round_source = round_source
         self._ids = itertools.count(1)  # next() is atomic: quotes may be asked concurrently
         self.round = 0
 
+    @property
+    def units_per_usd(self) -> dict[str, Fraction]:
+        if self.round_source is not None:
+            self.round = self.round_source.value
+        while len(self.walk) <= self.round:
+            self.walk.append(self._step(self.walk[-1], len(self.walk)))
+        return self.walk[self.round]
+
     def move(self, round_index: int) -> None:
-        """Rates for a round: each non-USD rate steps up or down by up to step_bps."""
+        """Take the rates of a round."""
         self.round = round_index
+
+    def _step(self, rates: dict[str, Fraction], round_index: int) -> dict[str, Fraction]:
+        """Each non-USD rate steps up or down by up to step_bps."""
         rng = random.Random(f"{self.seed}:fx:{round_index}")
-        for code in sorted(self.units_per_usd):
+        moved = dict(rates)
+        for code in sorted(rates):
             if code in ("USD", "USDC"):
                 continue
             step = Fraction(rng.randint(-self.step_bps, self.step_bps), 10_000)
-            moved = self.units_per_usd[code] * (1 + step)
-            self.units_per_usd[code] = Fraction(round(moved * 10_000), 10_000)
+            moved[code] = Fraction(round(rates[code] * (1 + step) * 10_000), 10_000)
+        return moved
 
     def rate(self, from_code: str, to_code: str) -> Fraction:
-        return self.units_per_usd[to_code] / self.units_per_usd[from_code]
+        rates = self.units_per_usd
+        return rates[to_code] / rates[from_code]
 
     def quote(self, from_code: str, to_code: str, now_ms: int) -> FxQuote:
         from wallets.errors import NotFound
 
+        rates = self.units_per_usd
         for code in (from_code, to_code):
-            if code not in self.units_per_usd:
+            if code not in rates:
                 raise NotFound(f"{self.name} has no rate for {code}")
-        rate = self.rate(from_code, to_code)
+        rate = rates[to_code] / rates[from_code]
         return FxQuote(f"fx-{self.round:05d}-{next(self._ids):08d}", from_code, to_code,
                        rate.numerator, rate.denominator, self.name, now_ms,
                        now_ms + self.quote_ttl_s * 1000)

@@ -82,7 +82,11 @@ def simulate(scenario: Path = typer.Argument(help="A scenario file (TOML), e.g. 
              db: str = typer.Option(None, help="Database URL (default: a SQLite file in "
                                                "--out; postgresql://... for PostgreSQL)."),
              workers: int = typer.Option(16, min=1, max=256,
-                                         help="Tasks of a round run at once.")) -> None:
+                                         help="Tasks of a round run at once."),
+             node_process: bool = typer.Option(
+                 True, "--node-process/--one-process",
+                 help="Run the node in a process of its own, the agents in this one (two "
+                      "cores), or everything in one process.")) -> None:
     """Simulate a token economy through a real node, agents and ledger; plot and report it."""
     from agents.sandbox.scenario import load
     from marketplace.cli.simulate import run
@@ -95,7 +99,8 @@ def simulate(scenario: Path = typer.Argument(help="A scenario file (TOML), e.g. 
         Path(db.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     elif (out / "market.db").exists() and not db:
         (out / "market.db").unlink()  # a fresh market each run: the events start from zero
-    result = run(loaded, seed, out, console, db_url=db, workers=workers)
+    result = run(loaded, seed, out, console, db_url=db, workers=workers,
+                 node_process=node_process)
     if result.problems:
         raise typer.Exit(1)
 

@@ -23,7 +23,8 @@ REPORT = "report.html"
 
 
 def run(scenario: Scenario, seed: int, out: Path, console: Console, *,
-        db_url: str | None = None, workers: int = 16) -> RunResult:
+        db_url: str | None = None, workers: int = 16, node_process: bool = False
+        ) -> RunResult:
     """Run, write every output into `out`, print the summary; returns the run."""
     out.mkdir(parents=True, exist_ok=True)
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
@@ -34,7 +35,8 @@ def run(scenario: Scenario, seed: int, out: Path, console: Console, *,
         def report(what: str, done: int, total: int) -> None:
             progress.update(bar, description=what, completed=done, total=total)
 
-        result = simulate(scenario, seed, out, db_url=db_url, workers=workers, progress=report)
+        result = simulate(scenario, seed, out, db_url=db_url, workers=workers,
+                          node_process=node_process, progress=report)
         progress.update(bar, description="drawing plots")
         event_file.write(out / EVENTS, result.events)
         plots = draw_all(result.events, out)
