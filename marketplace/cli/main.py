@@ -76,6 +76,39 @@ def demo(workdir: Path = typer.Option(None, help="Directory for the database and
 
 
 @app.command()
+def simulate(scenario: Path = typer.Argument(help="A scenario file (TOML), e.g. "
+                                                  "examples/scenarios/gpu_market.toml."),
+             seed: int = typer.Option(1, min=0, help="Seed: the same scenario and seed give "
+                                                     "the same events file."),
+             out: Path = typer.Option(Path("sandbox-out"), help="Directory for the events "
+                                                                "file, plots and report."),
+             db: str = typer.Option(None, help="Database URL (default: a SQLite file in "
+                                               "--out; postgresql://... for PostgreSQL)."),
+             workers: int = typer.Option(16, min=1, max=256,
+                                         help="Tasks of a round run at once."),
+             node_process: bool = typer.Option(
+                 True, "--node-process/--one-process",
+                 help="Run the node in a process of its own, the agents in this one (two "
+                      "cores), or everything in one process.")) -> None:
+    """Simulate a token economy through a real node, agents and ledger; plot and report it."""
+    from agents.sandbox.scenario import load
+    from marketplace.cli.simulate import run
+
+    try:
+        loaded = load(scenario)
+    except AgentmarketError as error:
+        fail(error.message)
+    if db and db.startswith("sqlite:///"):
+        Path(db.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    elif (out / "market.db").exists() and not db:
+        (out / "market.db").unlink()  # a fresh market each run: the events start from zero
+    result = run(loaded, seed, out, console, db_url=db, workers=workers,
+                 node_process=node_process)
+    if result.problems:
+        raise typer.Exit(1)
+
+
+@app.command()
 def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file or "
                                                   "postgresql://...)."),
           host: str = typer.Option("127.0.0.1", help="Address to listen on."),
