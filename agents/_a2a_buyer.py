@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from a2a.types import a2a_pb2
-from a2a.utils.signing import SignatureVerificationError, create_signature_verifier
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agents._buyer_core import PlannedCall
+from agents._serving import STOP_NAMES, STOP_REASON_KEY
 from agents.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -35,6 +36,7 @@ MAX_CARD_BYTES = 1024 * 1024
 EXTENSION_METADATA = ((ext.EXTENSIONS_HEADER, ext.URI),)
 _UNITS = {name: value for value, name in ext.UNITS.items()}
 _VERIFICATIONS = {name: value for value, name in ext.VERIFICATIONS.items()}
+_STOPS = {name: value for value, name in STOP_NAMES.items()}
 
 
 def card_url(url: str) -> str:
@@ -92,6 +94,8 @@ def verify_card(card: a2a_pb2.AgentCard, signers: set[str]) -> None:
     whose catalogue served the card) verifies over it (a2a-sdk's verifier: RFC 8785 canonical
     form, JWS, EdDSA). The agreement is what binds money to the seller's key: negotiation
     only succeeds with the key the card names."""
+    from a2a.utils.signing import SignatureVerificationError, create_signature_verifier
+
     from agents.errors import BadSignature
 
     def key_for(kid: str | None, _jku: str | None) -> Any:
@@ -166,18 +170,99 @@ def paid_response(task: a2a_pb2.Task) -> agent_pb2.InvokeResponse:
         raise ServerError(f"the A2A task ended {a2a_pb2.TaskState.Name(task.status.state)}: "
                           f"{text or 'no reason given'}")
     meta = _dict(task.metadata)
-    usage = meta.get(ext.USAGE_KEY, {})
     output = next((p.text for a in task.artifacts if a.artifact_id == "output"
                    for p in a.parts if p.text), "")
     return agent_pb2.InvokeResponse(
         output_json=output, receipt=ext.parse_receipt(meta.get(ext.RECEIPT_KEY, "")),
-        usage=agent_pb2.Usage(
-            calls=int(usage.get("calls", "0")), input_tokens=int(usage.get("inputTokens", "0")),
-            output_tokens=int(usage.get("outputTokens", "0")),
-            units=int(usage.get("units", "0")),
-            charged_atomic=int(usage.get("chargedAtomic", "0")),
-            reserved_atomic=int(usage.get("reservedAtomic", "0")),
-            unspent_atomic=int(usage.get("unspentAtomic", "0"))))
+        usage=_usage(meta.get(ext.USAGE_KEY, {})))
+
+
+def _usage(usage: dict[str, str]) -> agent_pb2.Usage:
+    return agent_pb2.Usage(
+        calls=int(usage.get("calls", "0")), input_tokens=int(usage.get("inputTokens", "0")),
+        output_tokens=int(usage.get("outputTokens", "0")), units=int(usage.get("units", "0")),
+        charged_atomic=int(usage.get("chargedAtomic", "0")),
+        reserved_atomic=int(usage.get("reservedAtomic", "0")),
+        unspent_atomic=int(usage.get("unspentAtomic", "0")))
+
+
+def stream_request(request: agent_pb2.InvokeRequest, voucher: Any, skill: str
+                   ) -> a2a_pb2.SendMessageRequest:
+    """The SendStreamingMessage of a planned streamed call (its budget prepaid by `voucher`)."""
+    message = a2a_pb2.Message(message_id=request.call_id, role=a2a_pb2.ROLE_USER,
+                              extensions=[ext.URI])
+    part = a2a_pb2.Part(media_type="application/json")
+    part.data.struct_value.update(json.loads(request.input_json))
+    message.parts.append(part)
+    message.metadata.update({ext.PAYMENT_KEY: ext.payment_metadata(voucher),
+                             ext.SKILL_KEY: skill})
+    return a2a_pb2.SendMessageRequest(message=message)
+
+
+class _Chunks:
+    """A2A stream events as InvokeStream's chunks: text pieces, then the end with the receipt
+    (so `StreamedCall` checks an A2A stream as it checks its own)."""
+
+    def __init__(self) -> None:
+        self.stop = ""
+
+    def chunk(self, event: a2a_pb2.StreamResponse) -> agent_pb2.StreamChunk | None:
+        if event.HasField("artifact_update"):
+            update = event.artifact_update
+            return agent_pb2.StreamChunk(
+                text_delta="".join(p.text for p in update.artifact.parts),
+                charged_atomic=int(_dict(update.metadata).get("chargedAtomic", "0")))
+        if event.HasField("status_update"):
+            status, meta = event.status_update.status, _dict(event.status_update.metadata)
+        elif event.HasField("task"):
+            status, meta = event.task.status, _dict(event.task.metadata)
+        else:
+            return None
+        if status.state != a2a_pb2.TASK_STATE_COMPLETED or ext.RECEIPT_KEY not in meta:
+            return None  # working; a failed stream ends without a receipt (nothing charged)
+        receipt = ext.parse_receipt(meta[ext.RECEIPT_KEY])
+        self.stop = meta.get("agentmarket.stopReason", "complete")
+        return agent_pb2.StreamChunk(
+            charged_atomic=receipt.charged_atomic, end=agent_pb2.StreamEnd(
+                stop_reason=_STOPS.get(self.stop, 0), output_json=receipt.output_json,
+                usage=_usage(meta.get(ext.USAGE_KEY, {})), receipt=receipt))
+
+    def trailers(self) -> tuple[tuple[str, str], ...]:
+        return ((STOP_REASON_KEY, self.stop),)
+
+
+class A2AStream(_Chunks):
+    """A grpc SendStreamingMessage call seen as an InvokeStream call."""
+
+    def __init__(self, call: Any) -> None:
+        super().__init__()
+        self._call = call
+
+    def __iter__(self) -> Iterator[agent_pb2.StreamChunk]:
+        for event in self._call:
+            chunk = self.chunk(event)
+            if chunk is not None:
+                yield chunk
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self.trailers()
+
+
+class AsyncA2AStream(_Chunks):
+    """The grpc.aio twin of `A2AStream`."""
+
+    def __init__(self, call: Any) -> None:
+        super().__init__()
+        self._call = call
+
+    async def __aiter__(self) -> AsyncIterator[agent_pb2.StreamChunk]:
+        async for event in self._call:
+            chunk = self.chunk(event)
+            if chunk is not None:
+                yield chunk
+
+    async def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self.trailers()
 
 
 def plain_request(arguments: dict[str, Any] | str, skill: str | None) -> a2a_pb2.SendMessageRequest:

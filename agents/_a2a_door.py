@@ -18,7 +18,9 @@ uses. What the door adds is A2A's shape: tasks, parts, metadata, A2A's error rea
 Why our own servicer over a2a-sdk's generated types rather than its DefaultRequestHandler: a
 paid call must be admitted, metered and answered with its receipt in one step, synchronously
 with the voucher check, and the handler's event-queue machinery costs more per call than the
-whole paid check (benchmarks/a2a.py measures both).
+whole paid call. benchmarks/a2a.py, 16 clients, 2 cores: the SDK's handler on grpc.aio answers
+an unpaid echo at 435 calls/s (2,188 us of server CPU per call); this door answers it paid at
+982 calls/s (837 us), unpaid at 2,076/s (425 us).
 """
 
 from __future__ import annotations
@@ -36,7 +38,13 @@ from agents import _a2a_parts as parts
 from agents._a2a_tasks import TERMINAL, TaskNotCancelable, TaskStore, UnsupportedOperation
 from agents._a2a_tasks import paid_task as paid_task_of
 from agents._serving import MAX_INPUT_BYTES, STOP_NAMES, utf8_bytes_over
-from agents.errors import AgentmarketError, FailedPrecondition, InvalidArgument, NotFound
+from agents.errors import (
+    AgentmarketError,
+    CallInProgress,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
 from agents.payments import MAX_CALL_ID_CHARS
 from agents.v1 import agent_pb2
 from marketplace import a2a_extension as ext
@@ -111,8 +119,8 @@ class A2ADoor(a2a_pb2_grpc.A2AServiceServicer):
                   if k == ext.EXTENSIONS_HEADER and isinstance(v, str)]
         active, unknown = ext.activated(values)
         if unknown:
-            raise InvalidArgument(f"extension {unknown} is not spoken here; this agent speaks "
-                                  f"{ext.URI}", reason="UNKNOWN_EXTENSION_VERSION")
+            raise InvalidArgument(f"extension {unknown[:200]} is not spoken here; this agent "
+                                  f"speaks {ext.URI}", reason="UNKNOWN_EXTENSION_VERSION")
         meta = parts.metadata_dict(message.metadata)
         if ext.PAYMENT_KEY in meta and not active:
             raise FailedPrecondition(f"a paid message activates the payment extension: send "
@@ -229,6 +237,8 @@ class A2ADoor(a2a_pb2_grpc.A2AServiceServicer):
         self._working(task_id, context_id)
         try:
             response = self.seller.calls.invoke(request, context, voucher=voucher)
+        except CallInProgress:
+            raise  # the first attempt runs on: its task stays WORKING
         except AgentmarketError:
             self.tasks.drop(task_id)
             raise

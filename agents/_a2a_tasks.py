@@ -75,6 +75,7 @@ class TaskStore:
         self._by_message: dict[tuple[str, str], str] = {}  # (context, message id) -> task id
         self._message_of: dict[str, tuple[str, str]] = {}  # task id -> its message key
         self._indexed = False
+        self._prune_at = limit
         self._lock = threading.Condition()
 
     def put(self, task: a2a_pb2.Task, *, message_key: tuple[str, str] | None = None) -> None:
@@ -97,8 +98,14 @@ class TaskStore:
             return self._tasks.get(task_id) if task_id else None
 
     def paid(self, task_id: str, agreement_id: str, call_id: str) -> None:
+        """Index an admitted paid call's task; entries of agreements the gate has forgotten
+        (settled, past retention) are dropped whenever the index doubles."""
         with self._lock:
             self._paid[task_id] = (agreement_id, call_id)
+            if len(self._paid) > self._prune_at:
+                known = set(self.gate.agreements())
+                self._paid = {t: w for t, w in self._paid.items() if w[0] in known}
+                self._prune_at = max(self.limit, 2 * len(self._paid))
 
     def drop(self, task_id: str) -> None:
         with self._lock:

@@ -26,12 +26,13 @@ from agents._access import seller_rules
 from agents._grpc_payment import INVOKE, INVOKE_STREAM
 from agents.keystore import home
 from agents.v1 import agent_pb2, agent_pb2_grpc
-from marketplace.a2a_cards import CARD_PATH
+from marketplace.a2a_cards import CARD_PATH, listing_card
 from marketplace.auth import AccessInterceptor, AuthServerInterceptor
 from marketplace.grpc_tracing import server_interceptor
 from marketplace.http.server import HttpServer
 from marketplace.introspection import serve_introspection
 from marketplace.request_fields import MARKET_FIELDS
+from marketplace.v1 import registry_pb2
 from wallets.grpc_errors import MalformedRequestInterceptor, grpc_method
 from wallets.grpc_fields import FieldCheckInterceptor
 
@@ -103,8 +104,12 @@ def card_server(seller: SellerAgent, host: str, port: int) -> HttpServer:
     async def card(_card: a2a_pb2.AgentCard) -> a2a_pb2.AgentCard:
         return seller.agent_card()
 
-    app = Starlette(routes=create_agent_card_routes(a2a_pb2.AgentCard(name=seller.name),
-                                                    card_modifier=card, card_url=CARD_PATH))
+    unsigned = listing_card(registry_pb2.Listing(
+        agent_id=seller.agent_id, name=seller.name, endpoint=seller.endpoint,
+        skills=[s.message() for s in seller.skills.values()]),
+        marketplace=seller.marketplace, key=None)  # replaced by the signed one per request
+    app = Starlette(routes=create_agent_card_routes(unsigned, card_modifier=card,
+                                                    card_url=CARD_PATH))
     return HttpServer(app, host=host, port=port)
 
 

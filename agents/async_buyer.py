@@ -46,7 +46,7 @@ from agents._buyer_core import (
 from agents._deal import Deal
 from agents._failover import MAX_SELLERS_TRIED, Failover, unreachable
 from agents._rpc import async_sdk_method, sdk_error
-from agents.errors import AgentmarketError, NegotiationFailed, Unavailable
+from agents.errors import AgentmarketError, NegotiationFailed, SellerUnavailable, Unavailable
 from agents.negotiation import Strategy
 from agents.payments import VOUCHER_METADATA_KEY
 from agents.results import CallResult, Escrow, Money, Posting, Wallet, posting_from_message
@@ -223,7 +223,8 @@ class AsyncBuyerAgent(BuyerCore):
                              quantity: int, budget: str | Decimal, currency: str,
                              max_rounds: int = 6, strategy_for: Any = None,
                              verification: int = _SCHEMA) -> Deal:
-        """Bargain with every seller at once, sign with the cheapest, decline the others."""
+        """Bargain with every seller at once, sign with the cheapest, decline the others.
+        SellerUnavailable when none answered at all (an outage: retry)."""
         options = self._bargain_options(quantity, budget, currency, max_rounds=max_rounds,
                                         verification=verification)
         outcomes = await asyncio.gather(*(_bargain.abargain(
@@ -231,15 +232,19 @@ class AsyncBuyerAgent(BuyerCore):
             **options) for listing in listings), return_exceptions=True)
         quotes = [q for q in outcomes if isinstance(q, Quote)]
         failures = []
+        silent = []  # the sellers that did not answer at all
         for listing, outcome in zip(listings, outcomes, strict=True):
             if isinstance(outcome, grpc.RpcError):
                 failures.append(f"{listing.name}: {sdk_error(outcome).message}")
                 if unreachable(outcome):
+                    silent.append(listing.agent_id)
                     await self._report_unreachable(listing)
             elif isinstance(outcome, NegotiationFailed):
                 failures.append(f"{listing.name}: {outcome}")
             elif isinstance(outcome, BaseException):
                 raise outcome
+        if not quotes and failures and len(silent) == len(failures):  # an outage: retry
+            raise SellerUnavailable("no seller answered: " + "; ".join(failures))
         if not quotes:
             raise NegotiationFailed("no seller agreed within the limits: " + "; ".join(failures))
         quotes.sort(key=lambda q: (q.max_total_atomic, q.unit_price_atomic))
@@ -395,6 +400,21 @@ class AsyncBuyerAgent(BuyerCore):
                     self.sessions[planned.deal.agreement_id].settle(planned.reserve_atomic, 0)
                 raise
             return self._answered(planned, response, span)
+
+    @async_sdk_method
+    async def send_stream(self, deal: Deal, arguments: dict[str, Any], *,
+                          max_atomic: int | None = None, message_id: str | None = None
+                          ) -> AsyncStreamedCall:
+        """A streamed paid call over A2A (`BuyerAgent.send_stream`):
+        `async for piece in await buyer.send_stream(...)`."""
+        deal, request, voucher, budget = self._stream_plan(deal, arguments, message_id,
+                                                           max_atomic)
+        stub = a2a_pb2_grpc.A2AServiceStub(self._stubs(deal.body.seller_endpoint).signed_channel)
+        call = stub.SendStreamingMessage(
+            _a2a.stream_request(request, voucher, deal.body.terms.skill),
+            metadata=_a2a.EXTENSION_METADATA, timeout=STREAM_TIMEOUT_S)
+        return AsyncStreamedCall(deal, self.sessions[deal.agreement_id], budget,
+                                 _a2a.AsyncA2AStream(call))
 
     @async_sdk_method
     async def ask(self, url: str, arguments: dict[str, Any] | str, *,

@@ -58,7 +58,7 @@ from agents._deal import Deal, receipt_problem
 from agents._failover import MAX_SELLERS_TRIED, Failover, unreachable
 from agents._grpc_payment import VoucherClientInterceptor
 from agents._rpc import sdk_error, sdk_method
-from agents.errors import AgentmarketError, NegotiationFailed, Unavailable
+from agents.errors import AgentmarketError, NegotiationFailed, SellerUnavailable, Unavailable
 from agents.negotiation import Strategy
 from agents.results import CallResult, Escrow, Money, Posting, Wallet, posting_from_message
 from agents.v1 import agent_pb2, agent_pb2_grpc
@@ -74,6 +74,7 @@ if TYPE_CHECKING:
     from agents._streaming import StreamedCall
 
 T = TypeVar("T")
+STREAM_TIMEOUT_S = 60.0
 _SCHEMA = registry_pb2.VERIFICATION_METHOD_SCHEMA
 
 __all__ = ["BuyerAgent", "CallResult", "Deal", "receipt_problem"]
@@ -225,11 +226,14 @@ class BuyerAgent(BuyerCore):
                        max_rounds: int = 6, strategy_for: Any = None,
                        verification: int = _SCHEMA) -> Deal:
         """Bargain with every seller, sign with the cheapest (lowest maximum total), decline
-        the others. `strategy_for(listing)` gives each negotiation its own strategy."""
+        the others. SellerUnavailable when none answered at all (an outage: retry),
+        NegotiationFailed when none agreed. `strategy_for(listing)` gives each negotiation its
+        own strategy."""
         options = self._bargain_options(quantity, budget, currency, max_rounds=max_rounds,
                                         verification=verification)
         quotes: list[Quote] = []
         failures: list[str] = []
+        silent: list[str] = []  # the sellers that did not answer at all
         for listing in listings:
             try:
                 quotes.append(_bargain.bargain(
@@ -240,7 +244,10 @@ class BuyerAgent(BuyerCore):
             except grpc.RpcError as error:
                 failures.append(f"{listing.name}: {sdk_error(error).message}")
                 if unreachable(error):
+                    silent.append(listing.agent_id)
                     self._report_unreachable(listing)
+        if not quotes and failures and len(silent) == len(failures):  # an outage: retry
+            raise SellerUnavailable("no seller answered: " + "; ".join(failures))
         if not quotes:
             raise NegotiationFailed("no seller agreed within the limits: " + "; ".join(failures))
         quotes.sort(key=lambda q: (q.max_total_atomic, q.unit_price_atomic))
@@ -399,6 +406,27 @@ class BuyerAgent(BuyerCore):
                     self.sessions[planned.deal.agreement_id].settle(planned.reserve_atomic, 0)
                 raise
             return self._answered(planned, response, span)
+
+    @sdk_method
+    def send_stream(self, deal: Deal, arguments: dict[str, Any], *,
+                    max_atomic: int | None = None, message_id: str | None = None
+                    ) -> StreamedCall:
+        """A streamed paid call over A2A (SendStreamingMessage), billed as it flows: iterate
+        it for text pieces; afterwards `.end` holds the receipt, checked as `stream`'s."""
+        from agents._streaming import StreamedCall
+
+        deal, request, voucher, budget = self._stream_plan(self._deal(deal), arguments,
+                                                           message_id, max_atomic)
+        session = self.sessions[deal.agreement_id]
+        signed, _unsigned = self._a2a_stubs(deal.body.seller_endpoint)
+        try:
+            call = signed.SendStreamingMessage(
+                _a2a.stream_request(request, voucher, deal.body.terms.skill),
+                metadata=_a2a.EXTENSION_METADATA, timeout=STREAM_TIMEOUT_S)
+        except grpc.RpcError:
+            session.settle(budget, 0)
+            raise
+        return StreamedCall(self, deal, session, budget, _a2a.A2AStream(call))
 
     @sdk_method
     def ask(self, url: str, arguments: dict[str, Any] | str, *, skill: str | None = None

@@ -9,8 +9,12 @@ PostgreSQL, in the seller's own tables (`agents.tables`, migrated at start-up).
 Durability contract: the seller answers a paid call only after the call's record committed
 (it waits on the `Pending` that `record_call` returned), so an acknowledged call is never lost
 by a crash; a call whose record failed or timed out is refused with `JournalError` (UNAVAILABLE:
-the buyer retries the same call id). Agreements are opened, closed for a redeem and marked
-redeemed synchronously: those methods return only once the change is durable.
+the buyer retries the same call id). A call record that failed is reported, on the writer
+thread and before its caller wakes, to `on_failed_calls`: the seller's gate takes the call, and
+every receipt chained after it, out of the chain, and drops those later records still queued
+(`drop_queued`), so nothing that is not durable is charged and the journal never holds a hole.
+Agreements are opened, closed for a redeem and marked redeemed synchronously: those methods
+return only once the change is durable.
 
 Cost: the journal sits on the paid-call hot path, so it never runs a transaction per call.
 `record_call` only appends a row to an in-memory batch and returns; one writer thread takes

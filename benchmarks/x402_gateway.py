@@ -35,7 +35,7 @@ from starlette.routing import Route
 from agents import BuyerAgent, SellerAgent
 from agents.v1 import agent_pb2, agent_pb2_grpc
 from agents.x402 import Gateway
-from benchmarks.paid_call import SKILLS, _serve_unpaid, _Server
+from benchmarks.paid_call import SKILLS, _cpu_s, _serve_unpaid, _Server
 from marketplace import MarketplaceNode
 from marketplace.aio_client import aio_channel
 from marketplace.http import HttpServer
@@ -72,7 +72,7 @@ def _unpaid_door(endpoint_box: dict[str, str]) -> Starlette:
     return Starlette(routes=[Route("/v1/free/{skill}", call, methods=["POST"])])
 
 
-def _clients(url: str, network: str, seeds: list[bytes], calls: int, close_base: str,
+def _clients(url: str, network: str, seeds: list[Any], calls: int, close_base: str,
              out: Any) -> None:
     """Child process: CLIENTS concurrent clients, `calls` each; the first call of each is a
     warm-up (a paid one opens the session); reports the timed calls' wall time."""
@@ -105,24 +105,30 @@ def _clients(url: str, network: str, seeds: list[bytes], calls: int, close_base:
         tasks = [asyncio.create_task(one(seed, started, ready)) for seed in seeds]
         while len(ready) < len(seeds):
             await asyncio.sleep(0.01)
-        begin = time.perf_counter()
+        begin, cpu = time.perf_counter(), time.process_time()
         started.set()
         await asyncio.gather(*tasks)
-        return time.perf_counter() - begin
+        return time.perf_counter() - begin, time.process_time() - cpu
 
     out.put(asyncio.run(main()))
 
 
-def _round(url: str, network: str, seeds: list[bytes], close_base: str) -> float:
-    """Timed calls per second of one round (the warm-up calls excluded)."""
+def _round(url: str, network: str, seeds: list[Any], close_base: str, server_pid: int
+           ) -> tuple[float, float, float, float]:
+    """(calls per second, then CPU us per call of the door's process, the server's and the
+    clients') of one round; the warm-up calls count in the door's and server's CPU (and
+    the sessions' closing), not in the rate nor the clients' CPU."""
     context = multiprocessing.get_context("spawn")
     out = context.Queue()
     process = context.Process(target=_clients, args=(url, network, seeds, CALLS_PER_CLIENT,
                                                      close_base, out))
+    door, server = _cpu_s(os.getpid()), _cpu_s(server_pid)
     process.start()
-    wall_s = out.get(timeout=600)
+    wall_s, clients = out.get(timeout=600)
+    door, server = _cpu_s(os.getpid()) - door, _cpu_s(server_pid) - server
     process.join(timeout=60)
-    return len(seeds) * (CALLS_PER_CLIENT - 1) / wall_s
+    calls, timed = len(seeds) * CALLS_PER_CLIENT, len(seeds) * (CALLS_PER_CLIENT - 1)
+    return timed / wall_s, door / calls * 1e6, server / calls * 1e6, clients / timed * 1e6
 
 
 def run(progress: Any = None) -> dict[str, float]:
@@ -149,22 +155,31 @@ def run(progress: Any = None) -> dict[str, float]:
                                     key=AgentKey.from_seed(seed)) as buyer:
                         buyer.fund("1.00", "USD")
                 before = len(node.ledger.postings(limit=10_000_000))
-                paid.append(_round(paid_url, gateway.network, seeds, close_base))
+                paid.append(_round(paid_url, gateway.network, seeds, close_base, seller.pid))
                 moved = len(node.ledger.postings(limit=10_000_000)) - before
                 postings.append(moved / (CLIENTS * CALLS_PER_CLIENT) * 100)
-                free.append(_round(free_url, gateway.network, [None] * CLIENTS, ""))
+                free.append(_round(free_url, gateway.network, [None] * CLIENTS, "",
+                                   unpaid.pid))
         finally:
             paid_http.stop(0)
             free_http.stop(0)
             seller.close()
             unpaid.close()
             node.stop(0)
-    paid_rate, free_rate = statistics.median(paid), statistics.median(free)
-    return {"x402_paid_call_ratio": round(paid_rate / free_rate, 3),
-            "x402_paid_calls_per_s": round(paid_rate, 1),
-            "x402_unpaid_calls_per_s": round(free_rate, 1),
+    def median(rounds: list[tuple[float, ...]], index: int) -> float:
+        return round(statistics.median(r[index] for r in rounds), 1)
+
+    return {"x402_paid_call_ratio": round(median(paid, 0) / median(free, 0), 3),
+            "x402_paid_calls_per_s": median(paid, 0),
+            "x402_unpaid_calls_per_s": median(free, 0),
             "x402_ledger_postings_per_100_calls": round(statistics.median(postings), 2),
-            "x402_clients": CLIENTS}
+            "x402_clients": CLIENTS,
+            "x402_door_cpu_us_per_call_paid": median(paid, 1),
+            "x402_door_cpu_us_per_call_unpaid": median(free, 1),
+            "x402_server_cpu_us_per_call_paid": median(paid, 2),
+            "x402_server_cpu_us_per_call_unpaid": median(free, 2),
+            "x402_client_cpu_us_per_call_paid": median(paid, 3),
+            "x402_client_cpu_us_per_call_unpaid": median(free, 3)}
 
 
 def _listing_of(node: MarketplaceNode) -> str:

@@ -18,9 +18,7 @@ import base64
 import json
 from typing import Any
 
-from a2a.server.request_handlers.response_helpers import agent_card_to_dict
 from a2a.types import a2a_pb2
-from a2a.utils.signing import create_agent_card_signer
 from google.protobuf import json_format
 
 from marketplace import a2a_extension as ext
@@ -100,6 +98,8 @@ def listing_card(listing: registry_pb2.Listing, *, marketplace: str, key: AgentK
 
 def sign(card: a2a_pb2.AgentCard, key: AgentKey) -> a2a_pb2.AgentCard:
     """Add a JWS signature (EdDSA, kid = the signer's agent id) with a2a-sdk's signer."""
+    from a2a.utils.signing import create_agent_card_signer  # PyJWT: loaded when signing
+
     header: Any = {"kid": key.agent_id, "alg": "EdDSA", "typ": "JOSE"}
     signer = create_agent_card_signer(key._key, header)
     return signer(card)
@@ -113,8 +113,8 @@ def public_jwk(agent_id: str) -> dict[str, str]:
 
 
 def card_dict(card: a2a_pb2.AgentCard) -> dict[str, Any]:
-    """The card as served (a2a-sdk's JSON form)."""
-    return agent_card_to_dict(card)
+    """The card as served: the proto's JSON form (camelCase), as A2A v1.0 defines it."""
+    return json_format.MessageToDict(card)
 
 
 def parse_card(data: dict[str, Any]) -> a2a_pb2.AgentCard:

@@ -25,7 +25,7 @@ from pydantic import BaseModel
 from agents.buyer import BuyerAgent, Deal
 from agents.errors import PaymentRequired
 from agents.seller import SellerAgent
-from agents.skills import free, per_1k_tokens, per_call, skill
+from agents.skills import free, per_call, skill
 from marketplace import a2a_extension as ext
 from marketplace.a2a_cards import public_jwk
 from marketplace.node import MarketplaceNode
@@ -72,8 +72,7 @@ def market(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Market]:
         """Greet someone, for free."""
         return {"greeting": f"hello {name}"}
 
-    @skill(price=per_1k_tokens("0.01", "0.02", "USD"), max_input_tokens=200,
-           max_output_tokens=200)
+    @skill(price=per_call("0.003", "USD"))  # per call: no tokenizer to load (a fast test)
     def write(topic: str) -> Iterator[str]:
         """Write about a topic, streamed."""
         yield from ("agents", " pay", " each", " other")
@@ -113,17 +112,18 @@ def _message(text: str, message_id: str, **metadata: object) -> a2a_pb2.Message:
 # ---- any A2A client ------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("streaming", [False, True])
 def test_the_sdk_client_given_only_the_card_url_calls_a_free_skill_and_gets_payment_terms(
-        market: Market):
+        market: Market, streaming: bool):
     async def run() -> tuple[a2a_pb2.StreamResponse, a2a_pb2.StreamResponse]:
-        config = ClientConfig(grpc_channel_factory=grpc.aio.insecure_channel, streaming=False,
-                              supported_protocol_bindings=["GRPC"])
+        config = ClientConfig(grpc_channel_factory=grpc.aio.insecure_channel,
+                              streaming=streaming, supported_protocol_bindings=["GRPC"])
         client = await ClientFactory(config).create_from_url(market.base_url)
         try:
             free_answer = await _first(client.send_message(a2a_pb2.SendMessageRequest(
-                message=_message("ada", "m-free", **{ext.SKILL_KEY: "hello"}))))
+                message=_message("ada", f"m-free-{streaming}", **{ext.SKILL_KEY: "hello"}))))
             priced = await _first(client.send_message(a2a_pb2.SendMessageRequest(
-                message=_message(json.dumps({"text": "hi"}), "m-priced",
+                message=_message(json.dumps({"text": "hi"}), f"m-priced-{streaming}",
                                  **{ext.SKILL_KEY: "echo"}))))
             with pytest.raises(TaskNotFoundError):
                 await client.get_task(a2a_pb2.GetTaskRequest(id="no-such-task"))
@@ -158,6 +158,7 @@ def test_the_buyer_asks_a_free_skill_and_learns_a_priced_one_needs_payment(marke
         market.buyer.ask(market.base_url, {"text": "x"}, skill="echo")
 
 
+@pytest.mark.filterwarnings("ignore:EdDSA is deprecated")  # A2A and PyJWT name it EdDSA
 def test_the_card_is_signed_and_a_jose_library_verifies_it(market: Market):
     data = httpx.get(market.seller.card_url, timeout=5).json()
     assert data["supportedInterfaces"][0] == {"url": market.seller.endpoint,
@@ -170,7 +171,7 @@ def test_the_card_is_signed_and_a_jose_library_verifies_it(market: Market):
     assert params["agentId"] == market.seller.agent_id
     assert params["marketplace"] == market.node.address
     assert params["skills"]["hello"]["free"] is True
-    assert params["skills"]["write"]["prices"][0]["unit"] == "1k_tokens"
+    assert params["skills"]["write"]["streams"] is True
     assert params["skills"]["echo"]["inputSchema"]["required"] == ["text"]
     (signature,) = data.pop("signatures")
     payload = _canonical(_clean(data))
@@ -291,7 +292,7 @@ def test_a_streamed_skill_is_billed_as_it_flows_with_the_receipt_last(market: Ma
     assert "".join(pieces) == "agents pay each other"
     charges = [int(e.artifact_update.metadata["chargedAtomic"]) for e in events
                if e.HasField("artifact_update")]
-    assert charges == sorted(charges) and charges[-1] > 0
+    assert charges == sorted(charges) and charges[-1] == deal.body.terms.unit_price_atomic
     final = events[-1].status_update
     assert final.status.state == a2a_pb2.TASK_STATE_COMPLETED
     receipt = ext.parse_receipt(final.metadata[ext.RECEIPT_KEY])
@@ -512,3 +513,55 @@ def test_a_paid_task_is_found_after_the_seller_restarts(tmp_path: Path):
             assert found.metadata[ext.RECEIPT_KEY] == first.metadata[ext.RECEIPT_KEY]
         finally:
             seller.stop(0)
+
+
+def test_the_buyer_streams_over_a2a_and_checks_the_receipt(market: Market):
+    from agents.async_buyer import AsyncBuyerAgent
+
+    deal = market.deal("write", quantity=3)
+    stream = market.buyer.send_stream(deal, {"topic": "money"})
+    assert "".join(stream) == "agents pay each other"
+    assert stream.stop_reason == "complete" and not stream.problem
+    assert stream.end is not None and stream.charged_atomic == deal.body.terms.unit_price_atomic
+
+    async def run() -> tuple[str, str, str]:
+        async with AsyncBuyerAgent("async-streamer", marketplace=market.node.address) as buyer:
+            await buyer.fund("0.50", "USD")
+            deal = await buyer.negotiate_card(market.seller.card_url, "write", quantity=2,
+                                              budget="0.05", currency="USD")
+            await buyer.hire(deal)
+            call = await buyer.send_stream(deal, {"topic": "async"})
+            text = "".join([piece async for piece in call])
+            return text, call.stop_reason, call.problem
+
+    assert _sdk(run) == ("agents pay each other", "complete", "")
+
+
+def test_the_task_store_is_bounded():
+    from agents._a2a_tasks import TaskNotFound, TaskStore
+    from agents.payments import PaymentGate
+
+    store = TaskStore(PaymentGate(), limit=3)
+    for n in range(5):
+        store.put(a2a_pb2.Task(id=f"t{n}", context_id="c"), message_key=("c", f"m{n}"))
+        store.paid(f"p{n}", "f" * 64, f"m{n}")  # an agreement the gate does not hold
+    assert [t.id for t in store.list("c", 0, 10, 0, False)[0]] == ["t4", "t3", "t2"]
+    assert store.by_message("c", "m0") is None and store.by_message("c", "m4") is not None
+    with pytest.raises(TaskNotFound):
+        store.get("t0")
+    assert len(store._paid) <= 3  # forgotten agreements' entries were dropped
+
+
+def test_a_seller_of_free_skills_only_is_on_no_listing_and_answers_anyone(market: Market):
+    @skill(price=free())
+    def shout(text: str) -> dict:
+        """Shout, for free."""
+        return {"text": text.upper()}
+
+    with SellerAgent("shouter", skills=[shout], marketplace=market.node.address,
+                     card_port=0) as seller:
+        assert not seller.listing().skills
+        assert market.buyer.discover("shout") == []
+        assert market.buyer.ask(seller.card_url, "hey") == {"text": "HEY"}
+    with pytest.raises(Exception, match="only price"):
+        skill(price=[free(), per_call("1", "USD")])(lambda text: text)

@@ -5,6 +5,7 @@ stays redeemable, also after a restart), and a retry of the refused call id runs
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -123,6 +124,54 @@ def test_a_journal_with_a_hole_is_relinked_and_redeemed_whole(node: MarketplaceN
         assert again.receipt.chain_index == 10
         escrow = buyer.finish(deal, confirm=False)
         assert escrow.earned_atomic == 19 * deal.body.terms.unit_price_atomic
+    finally:
+        buyer.close()
+        seller.stop(0)
+
+
+def test_concurrent_calls_through_journal_failures_are_paid_exactly(node: MarketplaceNode,
+                                                                    tmp_path: Path) -> None:
+    """Calls from several threads while the journal fails and recovers, then a restart: each
+    answered call is charged once, no refused one is (half are never retried), and the chain
+    redeems whole."""
+    import threading
+
+    key, port, journal = AgentKey.generate(), _free_port(), tmp_path / "seller.db"
+    seller = _seller(node, key, port, journal)
+    buyer = BuyerAgent("buyer", marketplace=node.address)
+    answered: dict[str, int] = {}
+    refused: list[str] = []
+    try:
+        deal = _hire_upper(buyer, 48)
+
+        def calls(thread: int) -> None:
+            for n in range(8):
+                call_id = f"t{thread}-{n}"
+                for _attempt in range(50 if n % 2 == 0 else 1):  # odd ones: never retried
+                    try:
+                        answer = buyer.invoke(deal, {"text": call_id}, call_id=call_id)
+                    except Unavailable:
+                        refused.append(call_id)
+                        continue  # the same call id again: answered once, charged once
+                    answered[call_id] = answer.receipt.sequence
+                    break
+
+        threads = [threading.Thread(target=calls, args=(t,)) for t in range(4)]
+        for thread in threads:
+            thread.start()
+        while any(thread.is_alive() for thread in threads):  # failing on and off
+            with journal_unwritable(journal):
+                time.sleep(0.03)
+            time.sleep(0.03)
+        for thread in threads:
+            thread.join()
+        _crash(seller)
+        seller = _seller(node, key, port, journal)
+        escrow = buyer.finish(deal, confirm=False)
+        assert escrow.earned_atomic == len(answered) * deal.body.terms.unit_price_atomic
+        _voucher, receipts = seller.gate.redeemable(deal.agreement_id)
+        assert sorted(r.sequence for r in receipts) == sorted(answered.values())
+        print(f"{len(refused)} refusals while the journal failed")
     finally:
         buyer.close()
         seller.stop(0)

@@ -26,9 +26,17 @@ from agents.x402 import client as x402_client
 from tests.x402_market import Market, books_balance, open_market
 
 
-@pytest.fixture
-def market(tmp_path) -> Iterator[Market]:
-    yield from open_market(tmp_path)
+@pytest.fixture(scope="module")
+def market(tmp_path_factory) -> Iterator[Market]:
+    yield from open_market(tmp_path_factory.mktemp("x402"))
+
+
+@pytest.fixture(autouse=True)
+def balanced_books(request) -> Iterator[None]:
+    """The books balance after every test (the market is shared by the module's tests)."""
+    yield
+    if "market" in request.fixturenames:
+        books_balance(request.getfixturevalue("market").node)
 
 
 def _ledger_state(market: Market) -> tuple[int, int]:
@@ -163,3 +171,26 @@ def test_a_retry_with_the_same_payment_identifier_returns_the_first_answer(marke
         == decode_payment_response_header(first.headers["payment-response"]).transaction
     assert market.posted(market.key.agent_id) == before - 2_000_000  # paid once
     books_balance(market.node)
+
+
+def test_the_seller_countersigns_a_list_price_agreement_only_at_its_list(market):
+    from agents.v1 import agent_pb2
+    from marketplace import agreements as ag
+    from marketplace.errors import TermsMismatch
+    from marketplace.v1 import agreement_pb2
+
+    _, payload = _payload(market, "shout")
+    opened = agreement_pb2.SignedAgreement.FromString(
+        base64.b64decode(payload.payload["agreement"]))
+    body = agreement_pb2.AgreementBody.FromString(opened.body)
+    body.terms.unit_price_atomic -= 1  # below the list price, signed by the buyer
+    cheaper = agreement_pb2.SignedAgreement(body=body.SerializeToString())
+    ag.sign_as_buyer(cheaper, market.key)
+    with pytest.raises(TermsMismatch):
+        market.seller.negotiate(agent_pb2.NegotiationMessage(agreement=cheaper))
+    body.terms.unit_price_atomic += 1
+    body.terms.dispute_window_s = 3600  # longer than the seller's own window
+    longer = agreement_pb2.SignedAgreement(body=body.SerializeToString())
+    ag.sign_as_buyer(longer, market.key)
+    with pytest.raises(TermsMismatch):
+        market.seller.negotiate(agent_pb2.NegotiationMessage(agreement=longer))

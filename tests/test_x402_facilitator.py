@@ -25,9 +25,17 @@ from tests.x402_market import Market, books_balance, open_market
 PRICE_ATOMIC = 5_000_000
 
 
-@pytest.fixture
-def market(tmp_path) -> Iterator[Market]:
-    yield from open_market(tmp_path)
+@pytest.fixture(scope="module")
+def market(tmp_path_factory) -> Iterator[Market]:
+    yield from open_market(tmp_path_factory.mktemp("x402"))
+
+
+@pytest.fixture(autouse=True)
+def balanced_books(request) -> Iterator[None]:
+    """The books balance after every test (the market is shared by the module's tests)."""
+    yield
+    if "market" in request.fixturenames:
+        books_balance(request.getfixturevalue("market").node)
 
 
 @pytest.fixture
@@ -125,3 +133,12 @@ def test_the_protocol_md_authorization_vector():
         "2d4bae5f63d7c92215fa20ede9e6496d58c1b3d83c531cbf35726b49a89d85c1"
         "92f22686f2e174cba638bfd42cddb510408120de3cdacc696a8ae7a38135b30b")
     assert net.parse(payload).verifies()
+
+
+def test_the_gateway_describes_itself_in_openapi(market):
+    document = httpx.get(f"{market.http.url}/openapi.json").json()
+    assert document["openapi"].startswith("3.1")
+    assert set(document["paths"]) == {"/v1/skills/{listing}/{skill}",
+                                      "/v1/sessions/{agreement}/close"}
+    responses = document["paths"]["/v1/skills/{listing}/{skill}"]["post"]["responses"]
+    assert {"200", "400", "402", "404", "413"} <= set(responses)

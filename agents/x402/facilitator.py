@@ -7,8 +7,9 @@
 vouchers (`agents.x402.sessions`); a signed authorisation is one transfer through the ledger
 under the payer's spend policy, keyed by its nonce so a retry pays once. `PriceScheme` is the
 resource server's half (requirements, payment flow, the settle phase passed on).
-`LocalFacilitator` serves a resource server in the same process; `facilitator_app` serves
-`/verify`, `/settle`, `/supported` over HTTP for third-party resource servers.
+`LocalFacilitator` serves a resource server in the same process;
+`agents.x402.facilitator_app` serves `/verify`, `/settle`, `/supported` over HTTP for
+third-party resource servers.
 """
 
 from __future__ import annotations
@@ -18,11 +19,6 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import ValidationError
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 from x402 import x402FacilitatorSync
 from x402.interfaces import PaymentFlowConfig
 from x402.schemas import (
@@ -45,7 +41,6 @@ from wallets.errors import AgentmarketError
 from wallets.guard import SpendContext
 from wallets.ledger import Ledger
 
-MAX_FACILITATOR_BODY_BYTES = 256 * 1024
 MAX_REMEMBERED_AUTHORISATIONS = 100_000
 
 
@@ -250,6 +245,10 @@ class LedgerScheme:
                                  "holdPosting": session.hold_posting}
         if closing is not None:
             extra["settlement"] = settlement_summary(closing)
+        if phase == "before-handler":  # the hold, for the gateway itself: not signed
+            return SettleResponse(success=True, payer=session.body.buyer_id,
+                                  transaction=transaction, network=self.network,
+                                  amount=str(amount), extra=extra)
         return self.signed_response(session.body.buyer_id, session.body.seller_id, amount,
                                     session.body.terms.currency, transaction, extra)
 
@@ -297,77 +296,26 @@ class LocalFacilitator:
 
     async def verify(self, payload: PaymentPayload, requirements: PaymentRequirements
                      ) -> VerifyResponse:
+        if _in_memory(payload):
+            return self.facilitator.verify(payload, requirements)
         return await asyncio.to_thread(self.facilitator.verify, payload, requirements)
 
     async def settle(self, payload: PaymentPayload, requirements: PaymentRequirements
                      ) -> SettleResponse:
+        if _in_memory(payload):
+            return self.facilitator.settle(payload, requirements)
         return await asyncio.to_thread(self.facilitator.settle, payload, requirements)
 
     def get_supported(self) -> SupportedResponse:
         return self.facilitator.get_supported()
 
 
-def facilitator_app(facilitator: x402FacilitatorSync) -> Starlette:
-    """POST /verify, POST /settle, GET /supported (x402's facilitator API)."""
-
-    async def parsed(request: Request) -> tuple[PaymentPayload, PaymentRequirements]:
-        raw = await request.body()
-        if len(raw) > MAX_FACILITATOR_BODY_BYTES:
-            raise Refused("body_too_large", "the request is over 256 KiB")
-        try:
-            import json
-
-            data = json.loads(raw)
-            return (PaymentPayload.model_validate(data["paymentPayload"]),
-                    PaymentRequirements.model_validate(data["paymentRequirements"]))
-        except (ValueError, KeyError, TypeError, ValidationError) as error:
-            raise Refused("invalid_payload", f"not a facilitator request: {error}"[:300]
-                          ) from None
-
-    async def verify(request: Request) -> JSONResponse:
-        try:
-            payload, requirements = await parsed(request)
-        except Refused as error:
-            return _bad(error)
-        result = await asyncio.to_thread(_guarded, facilitator.verify, payload, requirements)
-        return JSONResponse(result.model_dump(by_alias=True, exclude_none=True))
-
-    async def settle(request: Request) -> JSONResponse:
-        try:
-            payload, requirements = await parsed(request)
-        except Refused as error:
-            return _bad(error)
-        result = await asyncio.to_thread(_guarded, facilitator.settle, payload, requirements)
-        return JSONResponse(result.model_dump(by_alias=True, exclude_none=True))
-
-    async def supported(_request: Request) -> JSONResponse:
-        return JSONResponse(facilitator.get_supported().model_dump(by_alias=True,
-                                                                   exclude_none=True))
-
-    return Starlette(routes=[Route("/verify", verify, methods=["POST"]),
-                             Route("/settle", settle, methods=["POST"]),
-                             Route("/supported", supported, methods=["GET"])])
-
-
-def _guarded(call: Any, payload: PaymentPayload, requirements: PaymentRequirements) -> Any:
-    """A scheme or network no one registered is the caller's mistake, answered as such."""
-    try:
-        return call(payload, requirements)
-    except Exception as error:  # x402's SchemeNotFoundError and kin
-        network = payload.accepted.network
-        if isinstance(call.__self__, x402FacilitatorSync) and "verify" in call.__name__:
-            return VerifyResponse(is_valid=False, invalid_reason="invalid_network"
-                                  if not net.is_network(network) else "invalid_scheme",
-                                  invalid_message=str(error)[:300])
-        return SettleResponse(success=False, error_reason="invalid_network"
-                              if not net.is_network(network) else "invalid_scheme",
-                              error_message=str(error)[:300], transaction="",
-                              network=network)
-
-
-def _bad(error: Refused) -> JSONResponse:
-    status = 413 if error.reason == "body_too_large" else 400
-    return JSONResponse({"error": error.reason, "message": error.message}, status_code=status)
+def _in_memory(payload: PaymentPayload) -> bool:
+    """A session's voucher is checked and booked in memory, in a few hashes: no thread hop
+    for it (opening, closing and authorisations touch the database or the seller)."""
+    inner = payload.payload
+    return inner.get("kind") == "voucher" or (inner.get("kind") == "open" and inner.get(
+        "phase") == "after-handler" and "finish" not in inner)
 
 
 def _payer(payment: Any) -> str | None:

@@ -31,9 +31,8 @@ from x402 import x402ResourceServer
 from x402.extensions.payment_identifier import (
     PAYMENT_IDENTIFIER,
     declare_payment_identifier_extension,
-    extract_payment_identifier,
 )
-from x402.http import HTTPRequestContext, x402HTTPResourceServer
+from x402.http import HTTPProcessResult, HTTPRequestContext, x402HTTPResourceServer
 from x402.http.constants import PAYMENT_REQUIRED_HEADER, PAYMENT_RESPONSE_HEADER
 from x402.http.types import PaymentOption, RouteConfig
 from x402.http.utils import (
@@ -43,18 +42,26 @@ from x402.http.utils import (
     encode_payment_required_header,
     encode_payment_response_header,
 )
-from x402.schemas import AssetAmount, PaymentPayload, PaymentRequired, SettleResponse
+from x402.schemas import (
+    AssetAmount,
+    PaymentPayload,
+    PaymentRequirements,
+    SettleResponse,
+)
+from x402.schemas.hooks import CompletedSettlement
 
 from agents.payments import VOUCHER_METADATA_KEY
 from agents.v1 import agent_pb2, agent_pb2_grpc
 from agents.x402 import network as net
+from agents.x402._door import Adapter, Unpaid, event, identifier, problem, refined
 from agents.x402.facilitator import (
+    LedgerScheme,
     LocalFacilitator,
     PriceScheme,
-    facilitator_app,
     facilitator_for,
     settlement_summary,
 )
+from agents.x402.facilitator_app import facilitator_app
 from agents.x402.openapi import openapi
 from agents.x402.reasons import Refused
 from agents.x402.sessions import SessionBook
@@ -68,7 +75,6 @@ MAX_BODY_BYTES = 64 * 1024
 CALL_TIMEOUT_S = 30.0
 MAX_REMEMBERED = 10_000
 QUOTE_TTL_S = 60.0
-NO_MATCH = "No matching payment requirements"  # x402's words for an `accepted` we do not offer
 CALLS = registry_pb2.PRICE_UNIT_CALL
 _HTTP_OF_GRPC = {grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.NOT_FOUND: 404,
                  grpc.StatusCode.RESOURCE_EXHAUSTED: 429, grpc.StatusCode.UNAVAILABLE: 503,
@@ -80,46 +86,9 @@ _HTTP_OF_GRPC = {grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.NOT_FOUN
 class _Route:
     http: x402HTTPResourceServer
     listing: registry_pb2.Listing
+    extensions: dict[str, Any]
     made_at: float = field(default_factory=time.monotonic)
-
-
-class _Adapter:
-    """x402's HTTPAdapter over a Starlette request."""
-
-    def __init__(self, request: Request, body: Any) -> None:
-        self.request, self.body = request, body
-
-    def get_header(self, name: str) -> str | None:
-        return self.request.headers.get(name)
-
-    def get_method(self) -> str:
-        return self.request.method
-
-    def get_path(self) -> str:
-        return self.request.url.path
-
-    def get_url(self) -> str:
-        return str(self.request.url)
-
-    def get_accept_header(self) -> str:
-        return self.request.headers.get("accept", "")
-
-    def get_user_agent(self) -> str:
-        return self.request.headers.get("user-agent", "")
-
-    def get_query_params(self) -> dict[str, str | list[str]] | None:
-        return dict(self.request.query_params)
-
-    def get_query_param(self, name: str) -> str | list[str] | None:
-        return self.request.query_params.get(name)
-
-    def get_body(self) -> Any:
-        return self.body
-
-
-class _Unpaid(_Adapter):
-    def get_header(self, name: str) -> str | None:
-        return None if name.lower() == "payment-signature" else super().get_header(name)
+    offered: list[PaymentRequirements] | None = None  # the accepts of this route's 402
 
 
 class Gateway:
@@ -135,6 +104,7 @@ class Gateway:
         self._tracer = trace.get_tracer("agentmarket.gateway", tracer_provider=tracer_provider)
         self.sessions = SessionBook(node.settlement, self.key, tracer_provider=tracer_provider)
         self.facilitator = facilitator_for(self.network, node.ledger, node.key, self.sessions)
+        self._responses = LedgerScheme(net.EXACT, self.network, node.ledger, node.key)
         self.server = x402ResourceServer(LocalFacilitator(self.facilitator))
         for scheme in net.SCHEMES:
             self.server.register(self.network, PriceScheme(scheme, flow="escrow"))
@@ -162,12 +132,11 @@ class Gateway:
         if skill is None:
             raise NotFound(f"listing {listing_id[:12]}… sells no skill {skill_name!r}")
         options = [await self._option(listing, skill, price) for price in skill.prices]
+        extensions = {PAYMENT_IDENTIFIER: declare_payment_identifier_extension()}
         config = RouteConfig(accepts=options, description=skill.description[:200],
-                             mime_type="application/json",
-                             extensions={PAYMENT_IDENTIFIER:
-                                         declare_payment_identifier_extension()})
+                             mime_type="application/json", extensions=extensions)
         route = _Route(x402HTTPResourceServer(self.server, {"POST /v1/skills/*": config}),
-                       listing)
+                       listing, extensions)
         self._routes[(listing_id, skill_name)] = route
         return route
 
@@ -234,40 +203,46 @@ class Gateway:
     async def _call(self, request: Request, span: Any) -> Response:
         raw = await request.body()
         if len(raw) > self.max_body_bytes:
-            return _problem(413, "body_too_large", f"the body is over {self.max_body_bytes} "
+            return problem(413, "body_too_large", f"the body is over {self.max_body_bytes} "
                                                    "bytes")
         try:
             arguments = json.loads(raw or b"{}")
         except ValueError:
-            return _problem(400, "invalid_json", "the body is not JSON")
+            return problem(400, "invalid_json", "the body is not JSON")
         if not isinstance(arguments, dict):
-            return _problem(400, "invalid_json", "the body is a JSON object of arguments")
+            return problem(400, "invalid_json", "the body is a JSON object of arguments")
         header = request.headers.get("payment-signature")
         payload = None
         if header:
             try:
                 payload = decode_payment_signature_header(header)
             except Exception:
-                return _problem(400, "malformed_payment_header",
+                return problem(400, "malformed_payment_header",
                                 "PAYMENT-SIGNATURE is not base64 JSON of a PaymentPayload")
             if not isinstance(payload, PaymentPayload):
-                return _problem(400, "malformed_payment_header", "x402 v2 payloads only")
+                return problem(400, "malformed_payment_header", "x402 v2 payloads only")
         listing_id, skill = request.path_params["listing"], request.path_params["skill"]
         try:
             route = await self._route(listing_id, skill)
         except NotFound as error:
-            return _problem(404, "not_found", error.message)
-        remembered = _identifier(payload)
+            return problem(404, "not_found", error.message)
+        remembered = identifier(payload)
         if remembered and remembered in self._answers:
             status, headers, body = self._answers[remembered]
             return Response(body, status_code=status, headers=headers)
-        ctx = HTTPRequestContext(adapter=_Adapter(request, arguments), path=request.url.path,
+        ctx = HTTPRequestContext(adapter=Adapter(request, arguments), path=request.url.path,
                                  method="POST", payment_header=header)
-        processed = await route.http.process_http_request(ctx)
+        processed = await self._next_voucher(route, payload)
+        if processed is None:
+            processed = await route.http.process_http_request(ctx)
         if processed.type != "payment-verified":
             instructions = processed.response
             assert instructions is not None
-            headers = _refined(instructions.headers, payload)
+            if payload is None and PAYMENT_REQUIRED_HEADER in instructions.headers:
+                required = decode_payment_required_header(
+                    instructions.headers[PAYMENT_REQUIRED_HEADER])
+                route.offered = list(required.accepts)  # type: ignore[arg-type]
+            headers = refined(instructions.headers, payload)
             failed = headers.get(PAYMENT_RESPONSE_HEADER)
             if failed and PAYMENT_REQUIRED_HEADER not in headers:  # the hold was refused
                 headers = {**headers, **await self._offer_again(
@@ -276,6 +251,8 @@ class Gateway:
                                 headers=headers)
         held = processed.before_handler_settlement
         assert held is not None and processed.payment_payload is not None
+        if route.offered is None and processed.payment_requirements is not None:
+            route.offered = [processed.payment_requirements]
         span.set_attributes({attr.PAYER: held.result.payer or "",
                              attr.PAYEE: route.listing.agent_id, attr.SKILL: skill,
                              attr.AGREEMENT_ID: (held.result.extra or {}).get("agreementId",
@@ -293,9 +270,6 @@ class Gateway:
             settlement_overrides={"amount": str(charged)},
             declared_extensions=processed.declared_extensions)
         headers = dict(settled.headers)
-        if settled.settle_response is not None and settled.success:
-            headers["PAYMENT-RESPONSE"] = encode_payment_response_header(
-                _with_call(settled.settle_response, body))
         answer = json.dumps(body).encode()
         headers["content-type"] = "application/json"
         if remembered:
@@ -322,19 +296,19 @@ class Gateway:
                     end, charged = chunk.end, chunk.end.usage.charged_atomic
                     break
                 charged = chunk.charged_atomic
-                yield _event("message", {"text": chunk.text_delta, "charged": str(charged)})
+                yield event("message", {"text": chunk.text_delta, "charged": str(charged)})
         except grpc.aio.AioRpcError as error:
-            yield _event("error", {"error": error.code().name.lower(),
+            yield event("error", {"error": error.code().name.lower(),
                                    "message": error.details() or ""})
         settled = await route.http.process_settlement(
             processed.payment_payload, processed.payment_requirements, context=ctx,
             settlement_overrides={"amount": str(charged if end is not None else 0)},
             declared_extensions=processed.declared_extensions)
         if settled.settle_response is not None:
-            yield _event("payment-response", encode_payment_response_header(
+            yield event("payment-response", encode_payment_response_header(
                 settled.settle_response))
         if end is not None:
-            yield _event("end", {
+            yield event("end", {
                 "output": json.loads(end.output_json),
                 "stopReason": agent_pb2.StopReason.Name(end.stop_reason)
                 .removeprefix("STOP_REASON_").lower(),
@@ -343,10 +317,31 @@ class Gateway:
                           "charged": str(end.usage.charged_atomic)},
                 "receipt": net.b64(end.receipt.SerializeToString())})
 
+    async def _next_voucher(self, route: _Route, payload: PaymentPayload | None
+                            ) -> HTTPProcessResult | None:
+        """A session's next voucher against the route's 402, already built: x402's resource
+        server matches it and settles the hold phase (hooks, facilitator), without making
+        the 402 again for every paid call. Anything else, or a refusal, takes the full path
+        (which answers the refusal; a refused voucher booked nothing)."""
+        if payload is None or route.offered is None or payload.payload.get("kind") \
+                != "voucher":
+            return None
+        matching = self.server.find_matching_requirements(route.offered, payload)
+        if matching is None:
+            return None
+        held = await self.server.settle_payment(payload, matching, phase="before-handler",
+                                                declared_extensions=route.extensions)
+        if not held.success:
+            return None
+        return HTTPProcessResult(
+            type="payment-verified", payment_payload=payload, payment_requirements=matching,
+            declared_extensions=route.extensions, before_handler_settlement=CompletedSettlement(
+                phase="before-handler", flow="escrow", result=held, requirements=matching))
+
     async def _offer_again(self, route: _Route, request: Request, arguments: Any,
                            failed: SettleResponse) -> dict[str, str]:
         """The 402 to pay again after a refused hold, its `error` the refusal's reason."""
-        unpaid = HTTPRequestContext(adapter=_Unpaid(request, arguments),
+        unpaid = HTTPRequestContext(adapter=Unpaid(request, arguments),
                                     path=request.url.path, method="POST")
         again = await route.http.process_http_request(unpaid)
         assert again.response is not None
@@ -388,17 +383,16 @@ class Gateway:
                 data = json.loads(raw) if len(raw) <= 4096 else None
                 finish = net.unhex(data["finish"], "finish", 64)  # type: ignore[index]
             except (ValueError, TypeError, KeyError, net.PayloadError):
-                return _problem(400, "invalid_json", 'the body is {"finish": "<hex>"}')
+                return problem(400, "invalid_json", 'the body is {"finish": "<hex>"}')
             agreement = request.path_params["agreement"]
             try:
                 closing = await asyncio.to_thread(self.sessions.close, agreement, finish)
             except Refused as error:
-                return _problem(404 if error.reason == "session_unknown" else 402,
+                return problem(404 if error.reason == "session_unknown" else 402,
                                 error.reason, error.message)
             session = self.sessions.sessions[agreement]
             summary = settlement_summary(closing)
-            scheme = self.facilitator._schemes[0].facilitator  # type: ignore[attr-defined]
-            settled = scheme.signed_response(
+            settled = self._responses.signed_response(
                 session.body.buyer_id, session.body.seller_id, int(summary["captured"]),
                 session.body.terms.currency, summary["transaction"],
                 {"agreementId": agreement, "calls": session.calls, "settlement": summary})
@@ -410,61 +404,3 @@ class Gateway:
             await channel.close()
         self._channels.clear()
         self.sessions.close_channels()
-
-
-def _identifier(payload: PaymentPayload | None) -> tuple[str, str] | None:
-    """(whose payment, payment-identifier id): ids are scoped to the agreement (or the payer
-    of an authorisation), so one buyer's id never answers another's request."""
-    if payload is None:
-        return None
-    try:
-        found = extract_payment_identifier(payload)
-        payment = net.parse(payload.payload)
-    except (ValueError, TypeError):
-        return None
-    if not found:
-        return None
-    scope = payment.payer if isinstance(payment, net.Authorization) \
-        else payment.voucher.agreement_id
-    return scope, str(found)
-
-
-def _refined(headers: dict[str, str], payload: PaymentPayload | None) -> dict[str, str]:
-    """x402's resource server says only "No matching payment requirements" when the payment's
-    `accepted` differs from every offer: name the field (invalid_network, ...)."""
-    encoded = headers.get(PAYMENT_REQUIRED_HEADER)
-    if payload is None or not encoded:
-        return headers
-    required = decode_payment_required_header(encoded)
-    if not isinstance(required, PaymentRequired) or required.error != NO_MATCH:
-        return headers
-    accepted = payload.accepted
-    reason = "invalid_payload"
-    for field_name, why in (("network", "invalid_network"), ("scheme", "invalid_scheme"),
-                            ("asset", "invalid_asset"), ("pay_to", "invalid_pay_to"),
-                            ("amount", "invalid_amount")):
-        if all(getattr(accepted, field_name) != getattr(offer, field_name)
-               for offer in required.accepts):
-            reason = why
-            break
-    else:
-        if all(accepted.extra != offer.extra for offer in required.accepts):
-            reason = "invalid_resource"  # the terms of another skill or seller
-    refined = required.model_copy(update={"error": reason})
-    return {**headers, PAYMENT_REQUIRED_HEADER: encode_payment_required_header(refined)}
-
-
-def _with_call(settled: SettleResponse, body: dict[str, Any]) -> SettleResponse:
-    extra = dict(settled.extra or {})
-    if "receipt" in body:
-        extra["callReceipt"] = body["receipt"]
-    return settled.model_copy(update={"extra": extra})
-
-
-def _event(name: str, data: Any) -> bytes:
-    text = data if isinstance(data, str) else json.dumps(data)
-    return f"event: {name}\ndata: {text}\n\n".encode()
-
-
-def _problem(status: int, reason: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": reason, "message": message}, status_code=status)

@@ -20,7 +20,6 @@ from typing import Any
 
 import grpc
 
-from agents._access import SERVICE as AGENT_SERVICE
 from agents.v1 import agent_pb2, agent_pb2_grpc
 from agents.x402 import network as net
 from agents.x402.reasons import Refused
@@ -30,14 +29,12 @@ from marketplace.grpc_tracing import client_interceptors
 from marketplace.identity import AgentKey
 from marketplace.payword import verify_word
 from marketplace.settlement import Settlement
-from marketplace.v1 import registry_pb2
 from wallets.caller import calling_as
 from wallets.errors import AgentmarketError
 from wallets.ledger import POSTINGS
 
 RPC_TIMEOUT_S = 10.0
 MAX_SESSIONS = 100_000
-__all__ = ["AGENT_SERVICE", "Session", "SessionBook"]
 
 
 @dataclass
@@ -218,10 +215,6 @@ class SessionBook:
     def _forget_closed(self) -> None:
         for agreement in [a for a, s in self.sessions.items() if s.closed is not None]:
             del self.sessions[agreement]
-
-
-def listed_price(skill: registry_pb2.Skill, currency_code: str) -> registry_pb2.Price | None:
-    return next((p for p in skill.prices if p.currency == currency_code), None)
 
 
 def _ledger_reason(error: AgentmarketError) -> str:

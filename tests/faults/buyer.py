@@ -8,7 +8,7 @@ other refusal is final. RECORD gets one JSON line per fact, flushed and fsynced 
 the agreement, each answer received (its voucher sequence and charge), each final refusal, the
 escrow it finished with. A checkpointed buyer resumes its task from CHECKPOINT when started
 again. Kill point (`tests.faults.faulty`): after_answer (an answer received, not yet recorded
-or checkpointed).
+or checkpointed). FAULT_IMPATIENT=1: a plain buyer gives up a call refused JOURNAL_UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -20,11 +20,14 @@ import time
 from typing import Any
 
 from agents import BuyerAgent, buyer_graph
-from agents.errors import AgentmarketError
+from agents.errors import AgentmarketError, SellerUnavailable
 from tests.faults.faulty import install_clock, reach
 
 RETRYABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "UNKNOWN", "INTERNAL")
-GIVE_UP_S = 60.0
+# An impatient plain buyer gives a call up when the seller says it did not answer it because
+# its journal failed (JOURNAL_UNAVAILABLE): such a call must never be charged.
+IMPATIENT = os.environ.get("FAULT_IMPATIENT") == "1"
+GIVE_UP_S = 300.0  # a client's patience with an outage (long: the machine may be slow)
 
 
 class Record:
@@ -37,35 +40,40 @@ class Record:
         os.fsync(self.file.fileno())
 
 
-def retried(operation: Any) -> Any:
-    """`operation()` again while it meets an outage (up to GIVE_UP_S)."""
+def retried(operation: Any, give_up_on: tuple[str, ...] = ()) -> Any:
+    """`operation()` again while it meets an outage (up to GIVE_UP_S; never after a refusal
+    whose reason is in `give_up_on`)."""
     give_up = time.monotonic() + GIVE_UP_S
     while True:
         try:
             return operation()
         except AgentmarketError as error:
-            if error.status not in RETRYABLE or time.monotonic() > give_up:
+            if error.status not in RETRYABLE or time.monotonic() > give_up \
+                    or error.reason in give_up_on:
                 raise
             time.sleep(0.2)
 
 
 def plain(buyer: BuyerAgent, record: Record, seller_id: str, calls: int) -> None:
-    def hire() -> Any:
-        listing = next(found for found in buyer.discover("upper", currency="USD")
-                       if found.agent_id == seller_id)
-        deal = buyer.negotiate(listing, "upper", quantity=calls, budget="0.05",
+    def negotiate() -> Any:
+        listing = next((found for found in buyer.discover("upper", currency="USD")
+                        if found.agent_id == seller_id), None)
+        if listing is None:  # away (its listing lapsed): it advertises again when back
+            raise SellerUnavailable("the seller is not listed right now")
+        return buyer.negotiate(listing, "upper", quantity=calls, budget="0.05",
                                currency="USD", deadline_s=2, failover=False)
-        buyer.hire(deal)
-        return deal
 
-    deal = retried(hire)
+    deal = retried(negotiate)
+    retried(lambda: buyer.hire(deal))
     record.write(agreement=deal.agreement_id, seller=seller_id)
     for n in range(calls):
         call_id = f"call-{n}"
         try:
-            answer = retried(lambda: buyer.invoke(deal, {"text": f"t{n}"}, call_id=call_id))  # noqa: B023
+            answer = retried(lambda: buyer.invoke(deal, {"text": f"t{n}"}, call_id=call_id),  # noqa: B023
+                             give_up_on=("JOURNAL_UNAVAILABLE",) if IMPATIENT else ())
         except AgentmarketError as error:
-            record.write(refused=call_id, reason=error.reason, message=error.message)
+            record.write(refused=call_id, reason=error.reason, message=error.message,
+                         sequence=deal.unanswered.get(call_id, (0, 0))[0])
             continue
         reach("after_answer")
         record.write(answered=call_id, sequence=answer.receipt.sequence,
@@ -95,7 +103,8 @@ def checkpointed(buyer: BuyerAgent, record: Record, calls: int, checkpoint: str)
             state = graph.invoke(task, config)
             break
         except AgentmarketError as error:
-            if error.status not in RETRYABLE or time.monotonic() > give_up:
+            away = error.status == "NOT_FOUND" and "no seller offers" in error.message
+            if (error.status not in RETRYABLE and not away) or time.monotonic() > give_up:
                 record.write(task_refused=error.reason, message=error.message)
                 return
             task = None

@@ -122,6 +122,10 @@ def _buyer(buyer: BuyerRun, escrows: dict[str, Any], redeemed: dict[str, list[An
     if len(extra) > allowed or (extra and answered and min(extra) < max(answered)):
         found.append(f"{name}: charged for calls it never received: sequences {sorted(extra)}"
                      f" (received {sorted(answered)}, killed={buyer.killed})")
+    for fact in buyer.facts:
+        if fact.get("reason") == "JOURNAL_UNAVAILABLE" and fact.get("sequence") in charged:
+            found.append(f"{name}: call {fact['refused']} was refused (JOURNAL_UNAVAILABLE) "
+                         f"and never retried, yet charged")
     for sequence, amount in answered.items():
         if sequence in charged and charged[sequence] != amount:
             found.append(f"{name}: call {sequence} charged {charged[sequence]}, its receipt "
@@ -155,6 +159,8 @@ def _wallets(ledger: Ledger, escrows: dict[str, Any], buyers: list[BuyerRun]) ->
         earned[row.seller_id] += row.captured_atomic - row.fee_atomic
     found = []
     for buyer in buyers:
+        if ledger.find_account(buyer.agent_id, "USD") is None and buyer.killed:
+            continue  # killed before it funded its wallet
         expected = FUNDED_ATOMIC - spent[buyer.agent_id]
         if _posted(ledger, buyer.agent_id) != expected:
             found.append(f"buyer {buyer.name}: wallet {_posted(ledger, buyer.agent_id)}, its "
