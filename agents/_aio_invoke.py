@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
+from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING
 
@@ -35,18 +37,20 @@ def fast_invoke(seller: SellerAgent, executor: Executor):  # type: ignore[no-unt
         try:
             return await _invoke(seller, executor, request, context)
         except AgentmarketError as error:
-            refusal = _refusal(lambda c: abort(c, error), context)
+            refusal = _refusal(functools.partial(abort, error=error), context)
         except Exception:
-            refusal = _refusal(lambda c: abort_internal(c, "AgentServicer.Invoke"), context)
+            refusal = _refusal(functools.partial(abort_internal, where="AgentServicer.Invoke"),
+                               context)
         await refusal.answer(context)
         raise AssertionError("unreachable: answer aborts the call")
 
     return invoke
 
 
-def _refusal(refuse, context: grpc.aio.ServicerContext) -> Aborted:  # type: ignore[no-untyped-def]
+def _refusal(refuse: Callable[..., None], context: grpc.aio.ServicerContext) -> Aborted:
+    """The status `refuse` (wallets.grpc_errors' abort) answers with."""
     try:
-        refuse(SyncContext(context))
+        refuse(context=SyncContext(context))
     except Aborted as aborted:
         return aborted
     raise AssertionError("abort did not raise")

@@ -38,6 +38,7 @@ stream) and no longer holds commits back; so is one whose announcement was someh
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -442,10 +443,8 @@ class UsageJournal:
             batch.done.set()
             loops, batch.loops = batch.loops, None
         for loop, future in (loops or {}).items():
-            try:
+            with contextlib.suppress(RuntimeError):  # a closed loop: no one awaits there
                 loop.call_soon_threadsafe(_resolve, future)
-            except RuntimeError:  # that loop closed: no one is left awaiting there
-                pass
 
     def _report_failed(self, batch: _Batch) -> None:
         """Tell `on_failed_calls` which call records failed, before their callers wake."""
