@@ -2,8 +2,8 @@
 
 The same steps as `agents._serving.PaidCalls.invoke`, in the same order: admit the voucher and
 reserve (on the loop: checks and hashing, no waiting), run the skill, bill and book the receipt
-(in the bounded executor: a skill may block, and the first call of an agreement asks the
-marketplace about its escrow), give back what was not charged, and answer only once the usage
+(a synchronous skill in the bounded executor, as it may block; an async skill awaited on the
+loop, its billing in the executor), give back what was not charged, and answer only once the usage
 record is durable. The wait for the record blocks no thread: the call awaits its batch, and the
 journal's writer wakes the loop once per batch.
 """
@@ -15,18 +15,23 @@ import contextvars
 import functools
 from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
 from agents._aio_server import Aborted, SyncContext
 from agents.errors import AgentmarketError
+from agents.llm import traced_by
+from agents.metering import metering
 from agents.payments import Admission
+from agents.skills import Skill
 from agents.v1 import agent_pb2
 from wallets.grpc_errors import abort, abort_internal
 
 if TYPE_CHECKING:
     from agents.seller import SellerAgent
+
+T = TypeVar("T")
 
 
 def fast_invoke(seller: SellerAgent, executor: Executor):  # type: ignore[no-untyped-def]
@@ -64,13 +69,42 @@ async def _invoke(seller: SellerAgent, executor: Executor, request: agent_pb2.In
         await _durable(admission)
         return admission.replay  # type: ignore[no-any-return]
     try:
-        run = contextvars.copy_context().run  # the meter and trace context go with the call
-        response = await asyncio.get_running_loop().run_in_executor(
-            executor, run, calls._invoke, request, admission)
+        if _kind(seller, request) == "async":
+            response = await _on_loop(seller, executor, request, admission)
+        else:
+            response = await _in_pool(executor, calls._invoke, request, admission)
     finally:
         seller.gate.release(request.agreement_id, admission)  # no-op once completed
     await _durable(admission)  # answer only once the usage record is durable
     return response  # type: ignore[no-any-return]
+
+
+def _kind(seller: SellerAgent, request: agent_pb2.InvokeRequest) -> str:
+    served: Skill | None = seller.skills.get(seller.gate.body(request.agreement_id).terms.skill)
+    return "" if served is None else served.kind
+
+
+async def _on_loop(seller: SellerAgent, executor: Executor, request: agent_pb2.InvokeRequest,
+                   admission: Admission) -> agent_pb2.InvokeResponse:
+    """An async skill's call: the skill awaited on the loop; its billing, which may wait for
+    litellm's usage reports, in the pool."""
+    calls = seller.calls
+    if request.agreement_id not in seller._escrowed:  # asks the marketplace once
+        await _in_pool(executor, seller.check_escrow, request.agreement_id)
+    skill, arguments, meter = calls._prepare(request, admission)
+    with calls._span(request, skill, meter) as span, metering(meter), \
+            traced_by(seller.tracer_provider):
+        output = await skill.run_async(arguments)
+        billed = await _in_pool(executor, calls.bill_output, request, admission, skill, meter,
+                                span, output)
+    return calls.book(request, admission, billed)
+
+
+def _in_pool(executor: Executor, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+    """`fn(*args)` in the bounded pool, with this call's context variables (its meter, its
+    trace context)."""
+    return asyncio.get_running_loop().run_in_executor(
+        executor, contextvars.copy_context().run, fn, *args)
 
 
 async def _durable(admission: Admission) -> None:

@@ -6,6 +6,7 @@ introspection suites also pass on it: AGENTMARKET_SELLER_SERVER=aio.)"""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,6 +38,14 @@ def words(text: str) -> Iterator[str]:
     """Stream a text word by word."""
     for word in text.split():
         yield word + " "
+
+
+@skill(price=per_call("0.001", "USD"))
+async def where(text: str) -> Reply:
+    """Name the thread the skill runs on (an async skill: the seller's event loop)."""
+    await asyncio.sleep(0)
+    name = threading.current_thread().name
+    return Reply(text=name, length=len(text))
 
 
 @pytest.fixture
@@ -90,6 +99,22 @@ def test_an_unpaid_invoke_is_refused_with_its_status(node: MarketplaceNode):
             channel.unary_unary("/agents.v1.AgentService/Invoke")(b"\xff\xff", timeout=10)
         assert malformed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert error_reason(malformed.value) == "MALFORMED_REQUEST"
+
+
+def test_async_skills_run_on_the_loop_and_sync_ones_in_the_pool(node: MarketplaceNode):
+    with SellerAgent("mixed", skills=[where, echo], marketplace=node.address,
+                     server="aio") as seller:
+        buyer, deal = _hire(node, seller, "where")
+        echo_buyer, echo_deal = _hire(node, seller, "echo")
+        try:
+            assert buyer.call(deal, {"text": "abc"}) == {"text": "seller-aio-server",
+                                                         "length": 3}
+            assert echo_buyer.call(echo_deal, {"text": "abc"})["length"] == 3
+            recorded = {a.agreement_id: len(a.calls) for a in seller.journal.load()}
+            assert recorded[deal.agreement_id] == recorded[echo_deal.agreement_id] == 1
+        finally:
+            buyer.close()
+            echo_buyer.close()
 
 
 def test_streams_run_through_the_pool(node: MarketplaceNode):
