@@ -25,6 +25,10 @@ Each server runs in a process of its own, as a seller does: the buyers' threads 
 marketplace) are in this process, so the seller's work does not queue on the same interpreter
 lock as its callers'.
 
+Both server kinds of a seller are measured (`SellerAgent(server=...)`): the threaded one (the
+headline figures) and grpc.aio (`paid_call_ratio_aio`, against an unpaid server on grpc.aio
+with the same interceptors, its skill run in a pool as the aio seller runs a synchronous one).
+
 The echo skill does almost nothing, so its ratio is the payment's whole overhead. A second
 comparison (`paid_call_ratio_llm_skill`) prices an LLM skill per token, as a seller of model
 calls would: the skill calls litellm (offline, `mock_response`: its real code path and
