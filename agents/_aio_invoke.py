@@ -29,6 +29,7 @@ from agents.v1 import agent_pb2
 from wallets.grpc_errors import abort, abort_internal
 
 if TYPE_CHECKING:
+    from agents._serving import PaidCalls
     from agents.seller import SellerAgent
 
 T = TypeVar("T")
@@ -68,15 +69,23 @@ async def _invoke(seller: SellerAgent, executor: Executor, request: agent_pb2.In
     if admission.replay is not None:
         await _durable(admission)
         return admission.replay  # type: ignore[no-any-return]
-    try:
-        if _kind(seller, request) == "async":
+    if _kind(seller, request) == "async":
+        try:
             response = await _on_loop(seller, executor, request, admission)
-        else:
-            response = await _in_pool(executor, calls._invoke, request, admission)
-    finally:
-        seller.gate.release(request.agreement_id, admission)  # no-op once completed
+        finally:
+            seller.gate.release(request.agreement_id, admission)  # no-op once completed
+    else:  # released by the pool's job: a caller that hangs up does not cut it short
+        response = await _in_pool(executor, _invoke_released, calls, request, admission)
     await _durable(admission)  # answer only once the usage record is durable
     return response  # type: ignore[no-any-return]
+
+
+def _invoke_released(calls: PaidCalls, request: agent_pb2.InvokeRequest,
+                     admission: Admission) -> agent_pb2.InvokeResponse:
+    try:
+        return calls._invoke(request, admission)
+    finally:
+        calls.seller.gate.release(request.agreement_id, admission)  # no-op once completed
 
 
 def _kind(seller: SellerAgent, request: agent_pb2.InvokeRequest) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,8 +15,9 @@ import grpc
 import pytest
 from pydantic import BaseModel
 
+import agents.buyer
 from agents import BuyerAgent, SellerAgent, per_call, skill
-from agents.errors import InvalidArgument, PaymentRequired
+from agents.errors import DeadlineExceeded, InvalidArgument, PaymentRequired
 from agents.usage_journal import JournalError, UsageJournal
 from agents.v1 import agent_pb2, agent_pb2_grpc
 from marketplace import MarketplaceNode
@@ -46,6 +48,16 @@ async def where(text: str) -> Reply:
     await asyncio.sleep(0)
     name = threading.current_thread().name
     return Reply(text=name, length=len(text))
+
+
+GATE = threading.Event()
+
+
+@skill(price=per_call("0.001", "USD"))
+def slow(text: str) -> Reply:
+    """Echo once the test lets it (a call the buyer hangs up on midway)."""
+    GATE.wait(10)
+    return Reply(text=text, length=len(text))
 
 
 @pytest.fixture
@@ -115,6 +127,33 @@ def test_async_skills_run_on_the_loop_and_sync_ones_in_the_pool(node: Marketplac
         finally:
             buyer.close()
             echo_buyer.close()
+
+
+def test_a_call_hung_up_on_midway_is_booked_once_and_its_retry_answered(
+        node: MarketplaceNode, monkeypatch: pytest.MonkeyPatch):
+    """The buyer's deadline passes while the skill runs in the pool: the call still completes
+    and is recorded, and the retry of its call id gets that answer, charged once."""
+    GATE.clear()
+    with SellerAgent("slow", skills=[slow], marketplace=node.address, server="aio") as seller:
+        buyer, deal = _hire(node, seller, "slow")
+        try:
+            monkeypatch.setattr(agents.buyer, "RPC_TIMEOUT_S", 0.3)
+            with pytest.raises(DeadlineExceeded):
+                buyer.call(deal, {"text": "first"}, call_id="call-1")
+            monkeypatch.undo()
+            GATE.set()
+            deadline = time.monotonic() + 10
+            while not any(a.calls for a in seller.journal.load()):
+                assert time.monotonic() < deadline, "the hung-up call was never recorded"
+                time.sleep(0.02)
+            assert buyer.call(deal, {"text": "first"}, call_id="call-1") == {
+                "text": "first", "length": 5}
+            assert buyer.call(deal, {"text": "second"})["length"] == 6
+            escrow = buyer.finish(deal)
+            assert escrow.captured_atomic == 2 * deal.body.terms.unit_price_atomic
+        finally:
+            GATE.set()
+            buyer.close()
 
 
 def test_streams_run_through_the_pool(node: MarketplaceNode):
