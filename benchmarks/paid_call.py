@@ -26,8 +26,9 @@ marketplace) are in this process, so the seller's work does not queue on the sam
 lock as its callers'.
 
 Both server kinds of a seller are measured (`SellerAgent(server=...)`): the threaded one (the
-headline figures) and grpc.aio (`paid_call_ratio_aio`, against an unpaid server on grpc.aio
-with the same interceptors, its skill run in a pool as the aio seller runs a synchronous one).
+headline figures) and grpc.aio (`paid_call_ratio_aio`, and `paid_call_ratio_aio_no_journal`,
+against an unpaid server on grpc.aio with the same interceptors, its skill run in a pool as the
+aio seller runs a synchronous one).
 
 The echo skill does almost nothing, so its ratio is the payment's whole overhead. A second
 comparison (`paid_call_ratio_llm_skill`) prices an LLM skill per token, as a seller of model
@@ -366,8 +367,9 @@ def _echo(node: MarketplaceNode, tmp: Path, say: Any) -> dict[str, float]:
         built.append(_PaidSide(node, calls, None, echo))
         built.append(_UnpaidSide(echo, "aio"))
         built.append(_PaidSide(node, calls, tmp / "journal-aio.db", echo, "aio"))
-        sides = dict(zip(("unpaid", "paid", "no_journal", "unpaid_aio", "paid_aio"), built,
-                         strict=True))
+        built.append(_PaidSide(node, calls, None, echo, "aio"))
+        sides = dict(zip(("unpaid", "paid", "no_journal", "unpaid_aio", "paid_aio",
+                          "no_journal_aio"), built, strict=True))
         measured = _compare(sides, (SATURATING, FEW), ROUNDS, CALLS_PER_ROUND, say,
                             "paid vs unpaid calls")
     finally:
@@ -384,12 +386,15 @@ def _echo(node: MarketplaceNode, tmp: Path, say: Any) -> dict[str, float]:
                 rate / unpaid_rate, 3)
     for clients, suffix in ((SATURATING, ""), (FEW, f"_{FEW}_clients")):
         unpaid_rate = _median(measured, "unpaid_aio", clients, "rate")
-        rate = _median(measured, "paid_aio", clients, "rate")
         results[f"unpaid_aio_calls_per_s{suffix}"] = round(unpaid_rate)
-        results[f"paid_aio_calls_per_s{suffix}"] = round(rate)
-        results[f"paid_call_ratio_aio{suffix}"] = round(rate / unpaid_rate, 3)
-    for name in ("unpaid", "paid", "no_journal", "unpaid_aio", "paid_aio"):
-        key = "paid_no_journal" if name == "no_journal" else name
+        for name, key in (("paid_aio", "paid_aio"), ("no_journal_aio", "paid_aio_no_journal")):
+            rate = _median(measured, name, clients, "rate")
+            results[f"{key}_calls_per_s{suffix}"] = round(rate)
+            results[f"{key.replace('paid_aio', 'paid_call_ratio_aio', 1)}{suffix}"] = round(
+                rate / unpaid_rate, 3)
+    names = {"no_journal": "paid_no_journal", "no_journal_aio": "paid_aio_no_journal"}
+    for name in ("unpaid", "paid", "no_journal", "unpaid_aio", "paid_aio", "no_journal_aio"):
+        key = names.get(name, name)
         for where in ("server", "client"):
             results[f"{key}_{where}_cpu_us_per_call"] = round(
                 _median(measured, name, SATURATING, f"{where}_cpu_us"))
