@@ -301,6 +301,8 @@ class Action:
     reason: str = "FORBIDDEN"
     target: str = "node"
     extra: Callable[[Market], list[tuple[str, Any]]] = lambda m: []
+    # the principal's own request, where the attack's body is not what it would send
+    own: Callable[[Market], Any] | None = None
 
     def __str__(self) -> str:
         return self.name
@@ -467,7 +469,10 @@ ACTIONS = [
     Action("finish-someone-elses-task", AGENT + "Finish", lambda m: agent_pb2.FinishRequest(
         agreement_id=m.agent_deal.agreement_id, buyer_signature=m.keys["stranger"].sign(
             ag.request_message("finish", m.agent_deal.agreement_id))), "agent_buyer",
-        ("stranger",), "agreement-buyer-calls", target="seller_agent"),
+        ("stranger",), "agreement-buyer-calls", target="seller_agent",
+        own=lambda m: agent_pb2.FinishRequest(
+            agreement_id=m.agent_deal.agreement_id, buyer_signature=m.key_of(
+                "agent_buyer").sign(ag.request_message("finish", m.agent_deal.agreement_id)))),
     Action("counter-offer-in-someone-elses-negotiation", AGENT + "Negotiate", _offer,
            "agent_buyer", ("stranger",), "negotiate-as-yourself", target="seller_agent"),
     Action("ask-for-quotes-as-another-buyer", AGENT + "Negotiate",
@@ -593,7 +598,7 @@ def test_a_replayed_request_is_refused_once_seen(fresh: Market):
     (The original goes through; its idempotency key would also keep a replay from paying
     twice, but a replay is refused before that.)"""
     for action in GUARDED:
-        body = action.build(fresh).SerializeToString()
+        body = (action.own or action.build)(fresh).SerializeToString()
         assert action.principal is not None
         metadata = auth_metadata(fresh.key_of(action.principal), action.method, body)
         extra = action.extra(fresh)
