@@ -142,3 +142,10 @@ def test_the_gateway_describes_itself_in_openapi(market):
                                       "/v1/sessions/{agreement}/close"}
     responses = document["paths"]["/v1/skills/{listing}/{skill}"]["post"]["responses"]
     assert {"200", "400", "402", "404", "413"} <= set(responses)
+
+
+def test_the_gateway_answers_its_own_host_names_only_with_the_nodes_headers(market):
+    fine = httpx.get(f"{market.http.url}/openapi.json")
+    assert fine.headers["x-content-type-options"] == "nosniff"
+    rebound = httpx.get(f"{market.http.url}/openapi.json", headers={"host": "evil.example"})
+    assert rebound.status_code == 400

@@ -17,13 +17,15 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 from opentelemetry import propagate, trace
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
@@ -67,6 +69,7 @@ from agents.x402.reasons import Refused
 from agents.x402.sessions import SessionBook
 from marketplace.aio_client import aio_channel
 from marketplace.errors import NotFound
+from marketplace.http.app import LOOPBACK_HOSTS, SecurityHeaders
 from marketplace.identity import AgentKey
 from marketplace.v1 import agreement_pb2, registry_pb2
 from wallets import attributes as attr
@@ -114,8 +117,12 @@ class Gateway:
         self._quotes: dict[tuple[str, str, str], tuple[float, int]] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
 
-    def app(self) -> Starlette:
-        return Starlette(routes=[
+    def app(self, hosts: Sequence[str] = LOOPBACK_HOSTS) -> Starlette:
+        """The ASGI app; `hosts`: the Host header values answered (`marketplace.http.app.
+        allowed_hosts`), with the node's security headers on every response."""
+        return Starlette(middleware=[
+            Middleware(SecurityHeaders),
+            Middleware(TrustedHostMiddleware, allowed_hosts=list(hosts))], routes=[
             Route("/v1/skills/{listing}/{skill}", self.call, methods=["POST"]),
             Route("/v1/sessions/{agreement}/close", self.close, methods=["POST"]),
             Route("/openapi.json", lambda _r: JSONResponse(openapi(self.network))),
