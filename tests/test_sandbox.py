@@ -66,10 +66,13 @@ def test_each_scenario_balances_verifies_and_is_drawn(path: Path, tmp_path: Path
 
 def test_the_same_seed_gives_the_same_events_file(tmp_path: Path):
     scenario = tiny(load(ROOT / "examples" / "scenarios" / "cheaters.toml"))
+    scenario = dataclasses.replace(scenario, sellers=tuple(  # failures and refusals too
+        dataclasses.replace(g, failure_rate=0.3) for g in scenario.sellers))
     first = _run(scenario, 5, tmp_path / "a")
     second = _run(scenario, 5, tmp_path / "b")
     assert (tmp_path / "a" / EVENTS).read_bytes() == (tmp_path / "b" / EVENTS).read_bytes()
     assert event_file.read(tmp_path / "a" / EVENTS) == first.events == second.events
+    assert any(e.kind == "call_failed" for e in first.events)
     other = _run(dataclasses.replace(scenario, rounds=1), 6, tmp_path / "c")
     assert other.events != first.events[:len(other.events)]
 
