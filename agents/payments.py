@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from agents._chain_repair import repaired
 from agents.errors import (
     AgreementEnded,
     BudgetExceeded,
@@ -48,6 +49,7 @@ from marketplace.v1 import agreement_pb2, settlement_pb2
 
 VOUCHER_METADATA_KEY = "agentmarket-voucher-bin"
 MAX_CALL_ID_CHARS = 128
+_SYNC_WAIT_S = 30.0  # how long a redeem's record waits for the journal
 
 
 def links_for(amount_atomic: int, link_value_atomic: int) -> int:
@@ -148,7 +150,7 @@ class _Call:
     voucher: bytes = b""  # the serialized Voucher that paid it
     in_flight: bool = True
     response: bytes | None = None  # the first response, encoded (`_encode_response`)
-    record: tuple[Any, ...] | None = None  # the journal's record_call arguments, once answered
+    durable: Pending | None = None  # its record on the way to the journal (None: written)
 
 
 @dataclass
@@ -164,6 +166,7 @@ class _Account:
     reserved_atomic: int = 0
     latest: agreement_pb2.Voucher | None = None
     receipts: list[bytes] = field(default_factory=list)  # serialized Receipts, chain order
+    chain_calls: list[str] = field(default_factory=list)  # the call id of each receipt
     chain_index: int = 0  # receipts chained so far
     chain_head: bytes = ag.CHAIN_GENESIS  # the last receipt's chain digest
     chain_bytes: int = 0  # what the receipts add to the redeem (ag.receipt_bytes)
@@ -180,14 +183,18 @@ class _Account:
 class PaymentGate:
     """The seller's local voucher check, run before every paid call."""
 
-    def __init__(self, key: AgentKey | None = None, journal: UsageJournal | None = None
-                 ) -> None:
+    def __init__(self, key: AgentKey | None = None, journal: UsageJournal | None = None,
+                 *, clock_ms: Callable[[], int] | None = None) -> None:
         """`key`: the seller's, signing every RECEIPT_SIGN_EVERY-th receipt of each chain;
-        `journal`: where agreements, answered calls and redeems are made durable."""
+        `journal`: where agreements, answered calls and redeems are made durable;
+        `clock_ms`: the time calls are checked against agreements' deadlines (wall clock)."""
         self.key = key
         self.journal = journal
+        self.clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
         self._accounts: dict[str, _Account] = {}
         self._lock = threading.Lock()
+        if journal is not None:
+            journal.on_failed_calls = self._unchain_failed
 
     def open(self, agreement_id: str, body: agreement_pb2.AgreementBody) -> None:
         """Start taking calls under an agreement (durable before it returns)."""
@@ -204,10 +211,18 @@ class PaymentGate:
             account = _Account(body=body, anchor_word=body.payword_root, closed=entry.closed)
             if entry.escrow is not None:
                 account.redeemed = settlement_pb2.Escrow.FromString(entry.escrow)
-            for call in entry.calls:
+            calls = entry.calls
+            fixed = repaired(entry.agreement_id, calls, self.key) \
+                if entry.escrow is None else []
+            if fixed:  # a hole left by an older seller: re-linked, written back first
+                if self.journal is not None:
+                    self.journal.rechain(entry.agreement_id, fixed)
+                calls = calls[:len(calls) - len(fixed)] + tuple(fixed)
+            for call in calls:
                 voucher = agreement_pb2.Voucher.FromString(call.voucher)
                 receipt = agreement_pb2.Receipt.FromString(call.receipt)
                 account.receipts.append(call.receipt)
+                account.chain_calls.append(call.call_id)
                 account.chain_bytes += ag.receipt_bytes(receipt)
                 account.charged_atomic += receipt.charged_atomic
                 account.chain_index, account.chain_head = call.position, receipt.chain_sha256
@@ -262,6 +277,9 @@ class PaymentGate:
             if call_id and call_id in account.calls:
                 return self._retry(agreement_id, account, voucher, call_id, reserve_atomic,
                                    partial)
+            if self.clock_ms() > account.body.terms.completion_deadline_ms:
+                raise AgreementEnded("the agreement's completion deadline has passed; it takes "
+                                     "no more calls (what was delivered is still redeemed)")
             if account.chain_index >= ag.MAX_RECEIPTS:  # before the voucher is taken
                 raise ReceiptLimit(f"the agreement has had its {ag.MAX_RECEIPTS} calls, all one "
                                    "redeem can carry; it takes no more")
@@ -311,10 +329,10 @@ class PaymentGate:
             raise InvalidVoucher(f"call {call_id!r} was paid by another voucher; a retry must "
                                  "send the same one")
         if call.response is not None:  # answered: again, once its record is durable
-            durable = self.journal.record_call(*call.record) \
-                if self.journal is not None and call.record is not None else None
+            if call.durable is not None and call.durable.done():
+                call.durable = None  # written (a failed record would have unchained the call)
             return Admission(agreement_id, call_id, call.sequence, 0,
-                             replay=_decode_response(call.response), durable=durable)
+                             replay=_decode_response(call.response), durable=call.durable)
         if call.in_flight:
             raise CallInProgress(f"call {call_id!r} is still running; retry shortly")
         unspent = account.available_atomic
@@ -354,12 +372,36 @@ class PaymentGate:
             account.charged_atomic += receipt.charged_atomic
             kept = receipt.SerializeToString()
             account.receipts.append(kept)
+            account.chain_calls.append(admission.call_id)
             call.in_flight, call.response = False, _encode_response(response)
             if self.journal is not None:  # queued in chain order, so a crash keeps a prefix
-                call.record = (agreement_id, admission.call_id, index, call.sequence,
-                               call.voucher, kept, call.response)
-                admission.durable = self.journal.record_call(*call.record)
+                call.durable = admission.durable = self.journal.record_call(
+                    agreement_id, admission.call_id, index, call.sequence, call.voucher, kept,
+                    call.response)
             return response
+
+    def _unchain_failed(self, failed: list[tuple[str, str, int]]) -> None:
+        """Records the journal could not write (on its writer thread, before their callers
+        wake): take each call, and every receipt chained after it, out of the chain. Nothing is
+        charged or redeemed that is not durable, and no hole is left: the later records are
+        dropped from the journal's queue under the same lock, and the next call takes the
+        freed position. The calls are unanswered again: a retry of the call id runs anew."""
+        by_agreement: dict[str, list[tuple[str, int]]] = {}
+        for agreement_id, call_id, position in failed:
+            by_agreement.setdefault(agreement_id, []).append((call_id, position))
+        for agreement_id, calls in by_agreement.items():
+            account = self._accounts.get(agreement_id)
+            if account is None:
+                continue
+            with account.lock:
+                chained = [position for call_id, position in calls
+                           if 0 < position <= len(account.chain_calls)
+                           and account.chain_calls[position - 1] == call_id]
+                if not chained:  # already taken out with an earlier one
+                    continue
+                if self.journal is not None:
+                    self.journal.drop_queued(agreement_id, min(chained))
+                _truncate(account, min(chained))
 
     def release(self, agreement_id: str, admission: Admission) -> None:
         """A call that failed before completing: give its reserve back (nothing is charged)."""
@@ -369,6 +411,21 @@ class PaymentGate:
             if call is not None and call.in_flight:
                 account.reserved_atomic -= call.reserve_atomic
                 call.in_flight = False
+
+    def answered(self, agreement_id: str, call_id: str) -> Any:
+        """The first response of an answered call (None: unknown, running or failed), for a
+        door that looks a call up again (A2A GetTask after a lost answer)."""
+        account = self._accounts.get(agreement_id)
+        call = account.calls.get(call_id) if account is not None else None
+        return _decode_response(call.response) if call is not None and call.response else None
+
+    def paid_calls(self) -> list[tuple[str, str, bytes]]:
+        """(agreement id, call id, payword) of every call kept: what a door indexes its own
+        ids by after a restart."""
+        with self._lock:
+            accounts = list(self._accounts.items())
+        return [(agreement_id, call_id, call.payword) for agreement_id, account in accounts
+                for call_id, call in list(account.calls.items())]
 
     def unspent(self, agreement_id: str) -> int:
         return self._account(agreement_id).available_atomic
@@ -404,13 +461,16 @@ class PaymentGate:
         redeem: the latest voucher (a zero voucher, the chain's root, when none came) and the
         receipts."""
         account = self._account(agreement_id)
-        with account.lock:
+        with account.lock:  # queued under the lock: no call records after it
             account.closed = True
-            if self.journal is not None:
-                self.journal.record_redeem(agreement_id, closed=True, escrow=None)
+            pending = None if self.journal is None else self.journal.queue_redeem(
+                agreement_id, closed=True, escrow=None)
         deadline = time.monotonic() + wait_s
         while account.reserved_atomic and time.monotonic() < deadline:
             time.sleep(0.01)
+        if self.journal is not None and pending is not None:
+            pending.wait(_SYNC_WAIT_S)
+            self.journal.flush(_SYNC_WAIT_S)  # the running calls' records: written or unchained
         with account.lock:
             voucher = account.latest or agreement_pb2.Voucher(
                 agreement_id=agreement_id, sequence=0, cumulative_atomic=0, payword_index=0,
@@ -421,10 +481,12 @@ class PaymentGate:
         """Remember the marketplace's answer; `None` (the redeem failed) reopens the agreement."""
         account = self._account(agreement_id)
         with account.lock:
-            if self.journal is not None:
-                self.journal.record_redeem(
-                    agreement_id, closed=escrow is not None,
-                    escrow=None if escrow is None else escrow.SerializeToString())
+            pending = None if self.journal is None else self.journal.queue_redeem(
+                agreement_id, closed=escrow is not None,
+                escrow=None if escrow is None else escrow.SerializeToString())
+        if pending is not None:
+            pending.wait(_SYNC_WAIT_S)
+        with account.lock:
             account.closed, account.redeemed = escrow is not None, escrow
 
     def redeemed(self, agreement_id: str) -> Any:
@@ -469,6 +531,24 @@ class PaymentGate:
             for agreement_id in done:
                 self._accounts.pop(agreement_id, None)
         return done
+
+
+def _truncate(account: _Account, position: int) -> None:
+    """Take the receipts from chain `position` on out of the account (under its lock): their
+    charges are no longer booked and their calls are unanswered."""
+    for kept, call_id in zip(account.receipts[position - 1:],
+                             account.chain_calls[position - 1:], strict=True):
+        receipt = agreement_pb2.Receipt.FromString(kept)
+        account.charged_atomic -= receipt.charged_atomic
+        account.chain_bytes -= ag.receipt_bytes(receipt)
+        call = account.calls.get(call_id)
+        if call is not None:
+            call.response = call.durable = None
+            call.in_flight, call.reserve_atomic = False, 0
+    del account.receipts[position - 1:], account.chain_calls[position - 1:]
+    account.chain_index = position - 1
+    account.chain_head = ag.CHAIN_GENESIS if position == 1 else \
+        agreement_pb2.Receipt.FromString(account.receipts[-1]).chain_sha256
 
 
 def _receipts(account: _Account) -> list[agreement_pb2.Receipt]:

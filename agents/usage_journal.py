@@ -9,8 +9,12 @@ PostgreSQL, in the seller's own tables (`agents.tables`, migrated at start-up).
 Durability contract: the seller answers a paid call only after the call's record committed
 (it waits on the `Pending` that `record_call` returned), so an acknowledged call is never lost
 by a crash; a call whose record failed or timed out is refused with `JournalError` (UNAVAILABLE:
-the buyer retries the same call id). Agreements are opened, closed for a redeem and marked
-redeemed synchronously: those methods return only once the change is durable.
+the buyer retries the same call id). A call record that failed is reported, on the writer
+thread and before its caller wakes, to `on_failed_calls`: the seller's gate takes the call, and
+every receipt chained after it, out of the chain, and drops those later records still queued
+(`drop_queued`), so nothing that is not durable is charged and the journal never holds a hole.
+Agreements are opened, closed for a redeem and marked redeemed synchronously: those methods
+return only once the change is durable.
 
 Cost: the journal sits on the paid-call hot path, so it never runs a transaction per call.
 `record_call` only appends a row to an in-memory batch and returns; one writer thread takes
@@ -56,7 +60,7 @@ log = logging.getLogger("agentmarket.seller")
 AGREEMENTS = SellerAgreementRow.__table__  # type: ignore[attr-defined]
 CALLS = SellerCallRow.__table__  # type: ignore[attr-defined]
 
-_CALL, _OPEN, _REDEEM, _FORGET = range(4)
+_CALL, _OPEN, _REDEEM, _FORGET, _DROPPED, _RECHAIN = range(6)
 # A call's row, in this order (a tuple: no dict per call on the hot path).
 _CALL_COLUMNS = ("agreement_id", "call_id", "position", "sequence", "voucher", "receipt",
                  "response")
@@ -199,6 +203,9 @@ class UsageJournal:
         self._generation = 0
         self._generation_since = time.monotonic()
         self._closed = False
+        # Told, on the writer thread and before their callers wake, of call records that failed
+        # (agreement id, call id, position): the gate takes them out of the receipt chain.
+        self.on_failed_calls: Callable[[list[tuple[str, str, int]]], None] | None = None
         self.batches_written = 0  # committed transactions
         self.records_written = 0  # rows (calls and agreement changes) they committed
         self._writer = threading.Thread(target=self._run, name="usage-journal-writer",
@@ -225,8 +232,34 @@ class UsageJournal:
         """Record where the agreement's redeem stands; durable when it returns: closed to calls
         while a redeem is in flight (closed, no escrow), redeemed (closed, the marketplace's
         Escrow), or reopened after a refused redeem (not closed, no escrow)."""
-        self._enqueue(_REDEEM, {"agreement_id": agreement_id, "closed": closed,
-                                "escrow": escrow})._outcome(_SYNC_TIMEOUT_S)
+        self.queue_redeem(agreement_id, closed=closed, escrow=escrow).wait(_SYNC_TIMEOUT_S)
+
+    def queue_redeem(self, agreement_id: str, *, closed: bool, escrow: bytes | None
+                     ) -> Pending:
+        """`record_redeem` without the wait: queued in order (under the caller's lock), waited
+        on outside it."""
+        return self._enqueue(_REDEEM, {"agreement_id": agreement_id, "closed": closed,
+                                       "escrow": escrow})
+
+    def rechain(self, agreement_id: str, calls: list[JournalCall]) -> None:
+        """Rewrite recorded calls' positions, receipts and responses (a receipt chain repaired
+        on restart, `agents._chain_repair`); durable when it returns."""
+        if calls:
+            self._enqueue(_RECHAIN, (agreement_id, list(calls))).wait(_SYNC_TIMEOUT_S)
+
+    def drop_queued(self, agreement_id: str, from_position: int) -> int:
+        """Fail the agreement's queued call records at `from_position` or later, unwritten:
+        they follow a record that failed, and a receipt chain must have no hole. Called by
+        `on_failed_calls`, before any later record of the agreement can be queued."""
+        dropped = 0
+        with self._lock:
+            for batch in self._queue:
+                for index, (kind, row) in enumerate(batch.rows):
+                    if kind == _CALL and row[0] == agreement_id and row[2] >= from_position:
+                        batch.rows[index] = (_DROPPED, row)
+                        batch.mixed = True
+                        dropped += 1
+        return dropped
 
     def forget(self, agreement_ids: list[str]) -> int:
         """Delete agreements and their calls once settled for good (redeemed, nothing left to
@@ -386,7 +419,21 @@ class UsageJournal:
         else:
             self.batches_written += 1
             self.records_written += len(batch.rows)
+        self._report_failed(batch)
+        batch.rows = []  # written: the callers need only the outcome
         batch.done.set()
+
+    def _report_failed(self, batch: _Batch) -> None:
+        """Tell `on_failed_calls` which call records failed, before their callers wake."""
+        if self.on_failed_calls is None or (batch.error is None and batch.errors is None):
+            return
+        failed = [(row[0], row[1], row[2]) for index, (kind, row) in enumerate(batch.rows)
+                  if kind == _CALL and (batch.error is not None or index in batch.errors)]
+        if failed:
+            try:
+                self.on_failed_calls(failed)
+            except Exception:  # the writer carries on; the callers still get their error
+                log.exception("usage journal: reporting %d failed records failed", len(failed))
 
     def _write_calls(self, rows: list[tuple[int, Any]]) -> None:
         """Only calls: one prepared executemany and one commit on the writer's connection."""
@@ -463,6 +510,16 @@ class UsageJournal:
                    errors: dict[int, BaseException], results: dict[int, Any]) -> None:
         if kind == _CALL:
             conn.execute(self._insert_call, _call_params(row))
+        elif kind == _DROPPED:
+            errors[index] = JournalError(
+                f"call {row[1]!r} was not recorded: an earlier record of its agreement failed")
+        elif kind == _RECHAIN:
+            agreement_id, calls = row
+            for call in calls:
+                conn.execute(update(CALLS).where(CALLS.c.agreement_id == agreement_id,
+                                                 CALLS.c.call_id == call.call_id)
+                             .values(position=call.position, receipt=call.receipt,
+                                     response=call.response))
         elif kind == _OPEN:
             last = conn.execute(select(func.coalesce(func.max(AGREEMENTS.c.opened_seq), 0))
                                 ).scalar_one()

@@ -1,7 +1,7 @@
 """The parties of the deployed-shape benchmark, each run as its own process.
 
     python -m benchmarks._deployed_parties seller MARKETPLACE NAME
-    python -m benchmarks._deployed_parties buyers MARKETPLACE COUNT PREFIX START_FILE STOP_FILE
+    python -m benchmarks._deployed_parties buyers MARKETPLACE[,NODE...] COUNT PREFIX START STOP
 
 A seller prints "ready" once it serves and advertises, then serves until SIGTERM. A buyers
 process runs COUNT buyer threads, each one task after another (discover, negotiate, escrow, 10
@@ -78,7 +78,9 @@ def _buyer_loop(buyer: BuyerAgent, start: Path, stop: Path, out: dict) -> None: 
 
 
 def buyers(marketplace: str, count: int, prefix: str, start: Path, stop: Path) -> None:
-    agents = [BuyerAgent(f"{prefix}-{i}", marketplace=marketplace) for i in range(count)]
+    nodes = marketplace.split(",")  # several nodes: every buyer is given all of them
+    agents = [BuyerAgent(f"{prefix}-{i}", marketplace=nodes if len(nodes) > 1 else marketplace)
+              for i in range(count)]
     for agent in agents:
         agent.fund("100.00", "USD")
     outs = [{"done_at": [], "errors": [], "latencies": {s: [] for s in STEPS}} for _ in agents]

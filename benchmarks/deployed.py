@@ -7,7 +7,10 @@ state is measured for at least `MIN_WINDOW_S` and `MIN_TASKS` tasks (capped at `
 tasks/s, the CPU each kind of party spent per task (user + system time from /proc), and p50/p99
 of every step. At the end the node's books must balance with no agreement left open.
 
-    python -m benchmarks.deployed [sqlite|postgres] [--window S] [--tasks N]
+    python -m benchmarks.deployed [sqlite|postgres] [--window S] [--tasks N] [--profile DIR]
+
+`--profile DIR` samples the node and one seller and one buyer process with py-spy over the
+window (folded stacks in DIR; `pip install py-spy`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import selectors
+import signal
 import statistics
 import subprocess
 import sys
@@ -92,22 +96,80 @@ def _quantile(values: list[float], q: int) -> float:
     return round(statistics.quantiles(values, n=100)[q - 1], 2) if len(values) > 1 else 0.0
 
 
+NODE_APPLICATION = "agentmarket-bench-node"
+
+
+def _database_cpu(db_url: str) -> dict[int, float]:
+    """CPU seconds of each PostgreSQL backend serving the nodes (their application_name; the
+    server runs on this machine), so that other users of the server are not counted."""
+    if not db_url.startswith("postgresql"):
+        return {}
+    import psycopg
+
+    with psycopg.connect(db_url.split("?", 1)[0], autocommit=True) as conn:
+        pids = [row[0] for row in conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s",
+            (NODE_APPLICATION,))]
+    spent = {}
+    for pid in pids:
+        try:
+            spent[pid] = _cpu_s(pid)
+        except (OSError, IndexError, ValueError):  # gone meanwhile
+            continue
+    return spent
+
+
+def _redis_cpu_s(redis_url: str | None) -> float:
+    """CPU seconds Redis reports it spent (its INFO), 0 without Redis."""
+    if not redis_url:
+        return 0.0
+    import redis
+
+    with redis.Redis.from_url(redis_url) as client:
+        info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def _address(listening: str) -> str:
+    return next(w for w in listening.split() if w.count(":") == 1 and
+                w.rsplit(":", 1)[1].rstrip(".,").isdigit()).rstrip(".,")
+
+
+def _profile(kinds: dict[str, list[Party]], profile_dir: Path | None) -> list[subprocess.Popen]:  # type: ignore[type-arg]
+    """py-spy on the first process of each kind, folded stacks per kind (`--profile DIR`)."""
+    if profile_dir is None:
+        return []
+    profile_dir.mkdir(parents=True, exist_ok=True)
+    spy = Path(sys.executable).with_name("py-spy")
+    return [subprocess.Popen([str(spy), "record", "--format", "raw", "--rate", "200",
+                              "--pid", str(ps[0].process.pid), "--output",
+                              str(profile_dir / f"{kind}.folded")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for kind, ps in kinds.items()]
+
+
 def bench(db_url: str, workdir: Path, window_s: float = MIN_WINDOW_S,
-          min_tasks: int = MIN_TASKS) -> dict[str, Any]:
+          min_tasks: int = MIN_TASKS, *, nodes: int = 1,
+          redis_url: str | None = None, profile_dir: Path | None = None) -> dict[str, Any]:
+    """`nodes` node processes over `db_url` (sharing `redis_url` with --redis when given);
+    seller i talks to node i mod nodes, every buyer to all of them (round robin)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "AGENTMARKET_TRACING": "off",
            "AGENTMARKET_HOME": str(workdir / "home")}
     env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
     python = sys.executable
-    node = Party([python, "-m", "marketplace.cli.main", "serve", "--db", db_url, "--port", "0",
-                  "--spans", str(workdir / "spans.db")], workdir / "node.log", env)
-    parties: list[Party] = [node]
+    shared = ["--redis", redis_url] if redis_url else []
+    node_db = (f"{db_url}{'&' if '?' in db_url else '?'}application_name={NODE_APPLICATION}"
+               if db_url.startswith("postgresql") else db_url)
+    node_parties = [Party([python, "-m", "marketplace.cli.main", "serve", "--db", node_db,
+                           "--port", "0", "--spans", str(workdir / f"spans-{n}.db"), *shared],
+                          workdir / f"node-{n}.log", env) for n in range(nodes)]
+    parties: list[Party] = list(node_parties)
     try:
-        listening = node.wait_for("listening")
-        address = next(w for w in listening.split() if w.count(":") == 1 and
-                       w.rsplit(":", 1)[1].rstrip(".,").isdigit()).rstrip(".,")
-        sellers = [Party([python, "-m", "benchmarks._deployed_parties", "seller", address,
-                          f"seller-{i}"], workdir / f"seller-{i}.log", env)
-                   for i in range(SELLERS)]
+        addresses = [_address(node.wait_for("listening", timeout_s=180)) for node in node_parties]
+        address = ",".join(addresses)
+        sellers = [Party([python, "-m", "benchmarks._deployed_parties", "seller",
+                          addresses[i % nodes], f"seller-{i}"], workdir / f"seller-{i}.log",
+                         env) for i in range(SELLERS)]
         parties += sellers
         for seller in sellers:
             seller.wait_for("ready")
@@ -121,8 +183,11 @@ def bench(db_url: str, workdir: Path, window_s: float = MIN_WINDOW_S,
             threading.Thread(target=buyer.follow, daemon=True).start()
         start.touch()
         time.sleep(WARMUP_S)
-        kinds = {"node": [node], "sellers": sellers, "buyers": buyers}
+        kinds = {"node": node_parties, "sellers": sellers, "buyers": buyers}
+        profilers = _profile(kinds, profile_dir)
         cpu_before = {k: sum(_cpu_s(p.process.pid) for p in ps) for k, ps in kinds.items()}
+        cpu_before["redis"] = _redis_cpu_s(redis_url)
+        database_before = _database_cpu(db_url)
         began, done_before = time.time(), sum(b.done() for b in buyers)
         while True:
             time.sleep(1.0)
@@ -131,7 +196,15 @@ def bench(db_url: str, workdir: Path, window_s: float = MIN_WINDOW_S,
             if (elapsed >= window_s and tasks >= min_tasks) or elapsed >= MAX_WINDOW_S:
                 break
         cpu_after = {k: sum(_cpu_s(p.process.pid) for p in ps) for k, ps in kinds.items()}
+        cpu_after["redis"] = _redis_cpu_s(redis_url)
+        database_after = _database_cpu(db_url)
+        cpu_before["database"] = 0.0
+        cpu_after["database"] = sum(spent - database_before.get(pid, 0.0)
+                                    for pid, spent in database_after.items())
         ended = time.time()
+        for profiler in profilers:
+            profiler.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+            profiler.wait(timeout=60)
         stop.touch()
         outs = []
         for buyer in buyers:
@@ -148,7 +221,7 @@ def bench(db_url: str, workdir: Path, window_s: float = MIN_WINDOW_S,
             "failed_tasks": len(errors),
             "first_error": errors[0] if errors else "",
         }
-        for kind in kinds:
+        for kind in cpu_after:
             spent_ms = (cpu_after[kind] - cpu_before[kind]) * 1000
             figures[f"{kind}_cpu_ms_per_task"] = round(spent_ms / max(in_window, 1), 2)
         for step in ("discover", "negotiate", "hire", "call", "finish", "task"):
@@ -179,14 +252,16 @@ def _books(db_url: str) -> dict[str, Any]:
 
 
 def run(progress: Any = None, window_s: float = MIN_WINDOW_S, min_tasks: int = MIN_TASKS,
-        backends: tuple[str, ...] = ("sqlite", "postgres")) -> dict[str, Any]:
+        backends: tuple[str, ...] = ("sqlite", "postgres"),
+        profile_dir: Path | None = None) -> dict[str, Any]:
     say = progress or (lambda _text: None)
     results: dict[str, Any] = {"deployed_buyers": BUYER_PROCESSES * BUYERS_PER_PROCESS,
                                "deployed_sellers": SELLERS}
     if "sqlite" in backends:
         with tempfile.TemporaryDirectory(prefix="agentmarket-deployed-") as tmp:
             say("deployed shape (every party its own process), SQLite")
-            figures = bench(f"sqlite:///{Path(tmp) / 'market.db'}", Path(tmp), window_s, min_tasks)
+            figures = bench(f"sqlite:///{Path(tmp) / 'market.db'}", Path(tmp), window_s, min_tasks,
+                            profile_dir=profile_dir and profile_dir / "sqlite")
         results["tasks_per_s_deployed_sqlite"] = figures.pop("tasks_per_s")
         results["node_cpu_ms_per_task"] = figures["node_cpu_ms_per_task"]
         results.update({f"deployed_sqlite_{k}": v for k, v in figures.items()})
@@ -195,7 +270,8 @@ def run(progress: Any = None, window_s: float = MIN_WINDOW_S, min_tasks: int = M
         say("deployed shape (every party its own process), PostgreSQL")
         try:
             with tempfile.TemporaryDirectory(prefix="agentmarket-deployed-") as tmp:
-                figures = bench(url, Path(tmp), window_s, min_tasks)
+                figures = bench(url, Path(tmp), window_s, min_tasks,
+                                profile_dir=profile_dir and profile_dir / "postgres")
         finally:
             _drop(url)
         results["tasks_per_s_deployed_postgres"] = figures.pop("tasks_per_s")
@@ -208,5 +284,6 @@ if __name__ == "__main__":
     window = float(args[args.index("--window") + 1]) if "--window" in args else MIN_WINDOW_S
     tasks = int(args[args.index("--tasks") + 1]) if "--tasks" in args else MIN_TASKS
     chosen = tuple(a for a in args if a in ("sqlite", "postgres")) or ("sqlite", "postgres")
-    for name, value in run(print, window, tasks, chosen).items():
+    profile = Path(args[args.index("--profile") + 1]) if "--profile" in args else None
+    for name, value in run(print, window, tasks, chosen, profile).items():
         print(f"{name}: {value}")

@@ -12,7 +12,7 @@ The states and events are in `marketplace.agreement_states` (one table). In shor
              hold*: verified (or delivered, for buyer acceptance). Nothing verified: refunded.
     confirm  the buyer accepts now: capture.
     sweep    when the dispute window closes: capture (auto-release); past the completion deadline
-             without redeem: expire (void the hold).
+             and its redeem grace (REDEEM_GRACE_S) without redeem: expire (void the hold).
     dispute  inside the window (marketplace.disputes): the earned amount is frozen.
 
 Why capture waits for the dispute window (the design decision): capturing at redeem and
@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from opentelemetry import trace
-from sqlalchemy import Connection, Engine, and_, insert, or_, select
+from sqlalchemy import Connection, Engine, and_, case, insert, or_, select
 
 from marketplace import agreement_states as st
 from marketplace import agreements as ag
@@ -77,6 +77,17 @@ from wallets.models import Transfer
 MARKETPLACE_OWNER = "marketplace"
 DISPUTE_ACCOUNT_KIND = "escrow"
 HOLD_GRACE_S = 3600
+# Work delivered by the completion deadline may still be redeemed for a while after it (a
+# seller restarting, a node outage at the deadline): a tenth of the agreement's span (open to
+# deadline), at most REDEEM_GRACE_S; then the hold is voided to the buyer. Well inside
+# HOLD_GRACE_S, so a redeem at the end of the grace still finds the hold for its dispute window.
+REDEEM_GRACE_S = 600
+REDEEM_GRACE_DIVISOR = 10
+
+
+def redeem_grace_ms(created_at_ms: int, deadline_ms: int) -> int:
+    """How long after its deadline an agreement may still be redeemed."""
+    return min(REDEEM_GRACE_S * 1000, max(0, deadline_ms - created_at_ms) // REDEEM_GRACE_DIVISOR)
 MAX_RECEIPTS = ag.MAX_RECEIPTS
 MAX_BATCH = 100
 SWEEP_LIMIT = 1000
@@ -236,8 +247,10 @@ class Settlement:
             if row.state != st.ACTIVE:  # a retry replays; anything else is refused
                 return self.ledger.mutate(key, "redeem", request, lambda conn: next_state(
                     locked_row(conn, agreement).state, "redeem_verify"), same, same)
-            if self.clock_ms() > row.deadline_ms:
-                raise DeadlinePassed("the completion deadline has passed; the hold goes back")
+            grace_ms = redeem_grace_ms(row.created_at_ms, row.deadline_ms)
+            if self.clock_ms() > row.deadline_ms + grace_ms:
+                raise DeadlinePassed(f"the completion deadline, and the {grace_ms} ms grace for "
+                                     "redeeming after it, have passed; the hold goes back")
             signed = agreement_pb2.SignedAgreement.FromString(row.signed_agreement)
             body = agreement_pb2.AgreementBody.FromString(signed.body)
             authorised = self._check_voucher(row, body, voucher)
@@ -447,7 +460,10 @@ class Settlement:
         """Expire undelivered agreements past their deadline; release delivered and verified
         work whose dispute window has closed. Returns how many agreements moved."""
         now = self.clock_ms()
-        due = or_(and_(ESCROWS.c.state == st.ACTIVE, ESCROWS.c.deadline_ms < now),
+        span = ESCROWS.c.deadline_ms - ESCROWS.c.created_at_ms
+        grace = case((span // REDEEM_GRACE_DIVISOR < REDEEM_GRACE_S * 1000,
+                      span // REDEEM_GRACE_DIVISOR), else_=REDEEM_GRACE_S * 1000)
+        due = or_(and_(ESCROWS.c.state == st.ACTIVE, ESCROWS.c.deadline_ms + grace < now),
                   and_(ESCROWS.c.state.in_(st.AWAITING_RELEASE), ESCROWS.c.release_at_ms <= now))
         with self.engine.connect().execution_options(agentmarket_read=True) as conn:
             rows = conn.execute(select(ESCROWS).where(due).limit(SWEEP_LIMIT)).all()

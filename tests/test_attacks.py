@@ -462,8 +462,10 @@ ACTIONS = [
         agreement_id=m.agent_deal.agreement_id, input_json=json.dumps({"text": "stolen"}),
         call_id=uuid.uuid4().hex), "agent_buyer", ("stranger", "buyer"),
         "agreement-buyer-calls", target="seller_agent", extra=_leaked_voucher),
+    # (a caller relaying the buyer's own finish signature may finish: the x402 gateway does;
+    # a finish signed by anyone else is refused)
     Action("finish-someone-elses-task", AGENT + "Finish", lambda m: agent_pb2.FinishRequest(
-        agreement_id=m.agent_deal.agreement_id, buyer_signature=m.agent_buyer.key.sign(
+        agreement_id=m.agent_deal.agreement_id, buyer_signature=m.keys["stranger"].sign(
             ag.request_message("finish", m.agent_deal.agreement_id))), "agent_buyer",
         ("stranger",), "agreement-buyer-calls", target="seller_agent"),
     Action("counter-offer-in-someone-elses-negotiation", AGENT + "Negotiate", _offer,

@@ -72,7 +72,7 @@ def test_refund_expiry_and_a_dispute_each_yield_their_receipt(market: Harness, c
     market.redeem(disputed, [{"text": "a"}, {"text": "b"}])
     market.dispute(disputed)
     market.resolve(disputed, dispute_pb2.DISPUTE_OUTCOME_SPLIT, seller_atomic=500)
-    clock.advance(11)
+    clock.advance(11 + 1)  # the deadline and its redeem grace (a tenth of the span)
     market.settlement.sweep()
     kinds = {}
     for deal in (refunded, expired, disputed):

@@ -169,7 +169,7 @@ def test_redeem_fail_refunds_everything(market: Harness):
 def test_expire_returns_the_hold_after_the_deadline(market: Harness):
     deal = market.deal()
     market.open(deal)
-    market.clock.advance(3600)
+    market.clock.advance(3600 + 360)  # the deadline and its redeem grace (a tenth of the span)
     assert market.settlement.sweep() == 0
     market.clock.advance(1)
     assert market.settlement.sweep() == 1
@@ -188,7 +188,7 @@ def _reach(market: Harness, state: str) -> Deal:
                        registry_pb2.VERIFICATION_METHOD_SCHEMA)
     market.open(deal)
     if state == st.EXPIRED:
-        market.clock.advance(3601)
+        market.clock.advance(3600 + 360 + 1)
         market.settlement.sweep()
     elif state != st.ACTIVE:
         market.redeem(deal, [BAD] if state == st.REFUNDED else [OK])

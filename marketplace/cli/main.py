@@ -38,6 +38,9 @@ def _operator_commands() -> None:
     from marketplace.cli.receipts import receipt_app
 
     app.add_typer(receipt_app, name="receipt")
+    from marketplace.cli.gateway import gateway
+
+    app.command()(gateway)
 
 
 _operator_commands()
@@ -156,7 +159,14 @@ def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file 
               60.0, min=0.1, help="Seconds between signed checkpoints of the ledger."),
           ecny: bool = typer.Option(
               False, "--ecny", help="An e-CNY node: ECNY wallets follow e-CNY's wallet tiers, "
-                                    "caps and controllable anonymity (wallets.ecny).")
+                                    "caps and controllable anonymity (wallets.ecny)."),
+          cards: bool = typer.Option(
+              False, "--cards", help="Serve the A2A card catalogue (an Agent Card per listing, "
+                                     "and /cards/search) on the console's HTTP port."),
+          redis: str = typer.Option(
+              None, "--redis", help="Redis URL (redis://HOST:PORT/DB) holding request nonces "
+                                    "and rate limits shared by every node of the market; "
+                                    "Redis down: calls are refused.")
           ) -> None:
     """Run a marketplace node until SIGTERM or SIGINT."""
     from marketplace.auth import server_credentials
@@ -201,7 +211,7 @@ def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file 
     try:
         node = MarketplaceNode(db, host=host, port=port, fee_bps=fee_bps, key=node_key,
                                checkpoint_interval_s=checkpoint_interval,
-                               ecny=EcnyRules() if ecny else None,
+                               ecny=EcnyRules() if ecny else None, redis_url=redis,
                                tracer_provider=provider, operator_ids=operator,
                                require_auth=not no_auth, rate_limit_per_s=rate_limit,
                                rate_limit_burst=burst, server_credentials=credentials,
@@ -210,8 +220,8 @@ def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file 
                                               tracer_provider=provider),
                                console=console_options, http_host=console_host,
                                http_port=console_port,
-                               http_tls=(tls_cert, tls_key) if tls_cert and tls_key else None
-                               ).start()
+                               http_tls=(tls_cert, tls_key) if tls_cert and tls_key else None,
+                               cards=cards).start()
     except Exception as error:  # a bad URL or a taken port: one line, not a traceback
         fail(f"cannot start the node: {error}")
     stop = threading.Event()
@@ -228,10 +238,11 @@ def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file 
     console.print(f"marketplace listening on {node.address} (db {db}; {security}; node key "
                   f"{node.agent_id}; {len(node.operator_ids)} operator(s), {len(arbiters)} "
                   f"arbiter(s); {fx_note}; {judge_note})", highlight=False, soft_wrap=True)
-    if node.http is not None:
+    if node.console is not None and node.http is not None:
         console.print(f"console on {node.http.url}/console/ (signing as operator "
-                      f"{node.console.actions.key.agent_id if node.console else '?'})",
-                      highlight=False, soft_wrap=True)
+                      f"{node.console.actions.key.agent_id})", highlight=False, soft_wrap=True)
+    if cards and node.http is not None:
+        console.print(f"Agent Cards on {node.http.url}/cards/search", highlight=False)
     stop.wait()
     console.print("shutting down")
     node.stop()

@@ -1,0 +1,79 @@
+"""`agentmarket gateway`: a node with its HTTP/x402 gateway and facilitator.
+
+The top floor: it composes the node (marketplace) with the gateway (agents.x402), the one
+place where both meet.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from marketplace.home import default_database_url, default_span_store
+
+console = Console()
+DEFAULT_DB = default_database_url()
+DEFAULT_SPANS = default_span_store()
+
+
+def gateway(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file or "
+                                                    "postgresql://...)."),
+            host: str = typer.Option("127.0.0.1", help="Address the gRPC node listens on."),
+            port: int = typer.Option(7000, min=0, max=65535, help="gRPC port (0: any free)."),
+            http_host: str = typer.Option("127.0.0.1", help="Address the gateway listens on."),
+            http_port: int = typer.Option(7402, min=0, max=65535,
+                                          help="Gateway HTTP port (0: any free)."),
+            fee_bps: int = typer.Option(250, min=0, max=10_000, help="Marketplace fee."),
+            key_file: Path = typer.Option(
+                None, help="The node's key (`keys new`): it signs receipts and x402 payment "
+                           "responses, and names the x402 network (default: a new key)."),
+            max_body_bytes: int = typer.Option(64 * 1024, min=1024, max=4 * 1024 * 1024,
+                                               help="Largest request body the gateway takes."),
+            spans: Path = typer.Option(DEFAULT_SPANS, help="Embedded span store file.")
+            ) -> None:
+    """Run a node with the HTTP/x402 gateway (POST /v1/skills/{listing}/{skill}) and the x402
+    facilitator (/facilitator/verify, /settle, /supported) until SIGTERM or SIGINT."""
+    from agents.x402 import Gateway
+    from marketplace.http import HttpServer
+    from marketplace.node import MarketplaceNode
+    from marketplace.tracing import setup_tracing
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if db.startswith("sqlite:///"):
+        Path(db.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    spans.parent.mkdir(parents=True, exist_ok=True)
+    provider = setup_tracing("gateway", span_store_path=spans)
+    node_key = None
+    if key_file is not None:
+        from marketplace.cli.operator import load_key
+
+        node_key = load_key(key_file)
+    try:
+        node = MarketplaceNode(db, host=host, port=port, fee_bps=fee_bps, key=node_key,
+                               tracer_provider=provider).start()
+    except Exception as error:  # a bad URL or a taken port: one line, not a traceback
+        console.print(f"[red]error:[/red] cannot start the node: {error}", highlight=False)
+        raise typer.Exit(1) from None
+    door = Gateway(node, tracer_provider=provider, max_body_bytes=max_body_bytes)
+    try:
+        http = HttpServer(door.app(), host=http_host, port=http_port).start()
+    except Exception as error:
+        node.stop()
+        console.print(f"[red]error:[/red] cannot start the gateway: {error}", highlight=False)
+        raise typer.Exit(1) from None
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    console.print(f"marketplace on {node.address}; x402 gateway on {http.url} (network "
+                  f"{door.network}; OpenAPI at {http.url}/openapi.json)", highlight=False,
+                  soft_wrap=True)
+    stop.wait()
+    console.print("shutting down")
+    http.stop()
+    node.stop()
+    provider.shutdown()
