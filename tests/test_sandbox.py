@@ -142,3 +142,43 @@ def test_gini():
     assert gini([5, 5, 5, 5]) == 0
     assert gini([0, 0, 0, 12]) == pytest.approx(0.75)
     assert gini([]) == 0
+
+
+TINY = '''
+name = "tiny"
+rounds = 1
+[fx]
+units_per_usd = { ECNY = "7.1" }
+[[sellers]]
+group = "gpu"
+count = 2
+skill = "train"
+kind = "gpu"
+currency = "ECNY"
+list_price = "0.005"
+cost = "0.003"
+strategy = "demand"
+capacity = 2
+[[buyers]]
+group = "lab"
+count = 3
+skill = "train"
+currency = "USD"
+deposit = "50.00"
+task_budget = "20.00"
+reservation_price = "0.0008"
+demand = 1.0
+calls = [1, 2]
+'''
+
+
+def test_the_command_runs_a_scenario_with_the_node_in_its_own_process(tmp_path: Path):
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["simulate", str(path), "--seed", "4", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "verified" in result.output and "PROBLEMS" not in result.output
+    rows = event_file.read(out / EVENTS)
+    assert {"fx", "agreement", "call", "settle"} <= {e.kind for e in rows}
+    assert (out / REPORT).stat().st_size > 0
