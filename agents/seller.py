@@ -282,7 +282,7 @@ class SellerAgent:
         while not self._stop.wait(self.settle_interval_s):
             for agreement_id in self.gate.due(_now_ms(), self.redeem_margin_s * 1000):
                 try:
-                    self.redeem(agreement_id)
+                    self._redeem(agreement_id)
                 except grpc.RpcError as error:
                     if error.code() in ANSWER_MAY_BE_LOST or not self._given_up(agreement_id):
                         log.warning("redeeming %s before its deadline failed: %s",
@@ -392,7 +392,16 @@ class SellerAgent:
 
     def redeem(self, agreement_id: str) -> settlement_pb2.Escrow:
         """Present the latest voucher and all receipts to the marketplace (once: later calls
-        return the first answer). With no paid call, a zero voucher releases the whole hold."""
+        return the first answer). With no paid call, a zero voucher releases the whole hold.
+        Raises the SDK's errors (`agents.errors`): Unavailable when the marketplace did not
+        answer (redeem again: the same request is sent), the marketplace's refusal otherwise."""
+        try:
+            return self._redeem(agreement_id)
+        except grpc.RpcError as error:
+            raise sdk_error(error) from None
+
+    def _redeem(self, agreement_id: str) -> settlement_pb2.Escrow:
+        """`redeem`, raising gRPC's error as the marketplace answered it."""
         with self._redeem_lock(agreement_id):
             done = self.gate.redeemed(agreement_id)
             if done is not None:
@@ -420,7 +429,7 @@ class SellerAgent:
                       request.buyer_signature):
             raise PermissionDenied("only the agreement's buyer can finish it")
         try:
-            escrow = self.redeem(request.agreement_id)
+            escrow = self._redeem(request.agreement_id)
         except grpc.RpcError as error:
             if error.code() in ANSWER_MAY_BE_LOST:  # an outage, not an answer: finish again
                 raise Unavailable(f"the marketplace did not answer the redeem "
