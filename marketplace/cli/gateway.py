@@ -40,6 +40,7 @@ def gateway(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///fil
     facilitator (/facilitator/verify, /settle, /supported) until SIGTERM or SIGINT."""
     from agents.x402 import Gateway
     from marketplace.http import HttpServer
+    from marketplace.http.app import allowed_hosts
     from marketplace.node import MarketplaceNode
     from marketplace.tracing import setup_tracing
 
@@ -61,7 +62,8 @@ def gateway(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///fil
         raise typer.Exit(1) from None
     door = Gateway(node, tracer_provider=provider, max_body_bytes=max_body_bytes)
     try:
-        http = HttpServer(door.app(), host=http_host, port=http_port).start()
+        http = HttpServer(door.app(allowed_hosts(http_host)), host=http_host,
+                          port=http_port).start()
     except Exception as error:
         node.stop()
         console.print(f"[red]error:[/red] cannot start the gateway: {error}", highlight=False)
