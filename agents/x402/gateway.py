@@ -56,6 +56,7 @@ from agents.payments import VOUCHER_METADATA_KEY
 from agents.v1 import agent_pb2, agent_pb2_grpc
 from agents.x402 import network as net
 from agents.x402._door import Adapter, Unpaid, event, identifier, problem, refined
+from agents.x402.evm import EvmSettlement
 from agents.x402.facilitator import (
     LedgerScheme,
     LocalFacilitator,
@@ -98,7 +99,10 @@ class Gateway:
     """The gateway of one node (in its process: `node.settlement` holds and captures)."""
 
     def __init__(self, node: Any, *, key: AgentKey | None = None,
-                 tracer_provider: Any = None, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+                 tracer_provider: Any = None, max_body_bytes: int = MAX_BODY_BYTES,
+                 evm: EvmSettlement | None = None) -> None:
+        """`evm`: also settle x402 `exact` payments on that EVM chain (EIP-3009
+        authorisations) through the facilitator (`agents.x402.evm`)."""
         self.node = node
         self.key = key or node.key
         self.network = net.network_id(node.agent_id)
@@ -107,6 +111,7 @@ class Gateway:
         self._tracer = trace.get_tracer("agentmarket.gateway", tracer_provider=tracer_provider)
         self.sessions = SessionBook(node.settlement, self.key, tracer_provider=tracer_provider)
         self.facilitator = facilitator_for(self.network, node.ledger, node.key, self.sessions)
+        self.evm_network = evm.register(self.facilitator) if evm is not None else None
         self._responses = LedgerScheme(net.EXACT, self.network, node.ledger, node.key)
         self.server = x402ResourceServer(LocalFacilitator(self.facilitator))
         for scheme in net.SCHEMES:
