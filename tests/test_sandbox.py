@@ -66,10 +66,13 @@ def test_each_scenario_balances_verifies_and_is_drawn(path: Path, tmp_path: Path
 
 def test_the_same_seed_gives_the_same_events_file(tmp_path: Path):
     scenario = tiny(load(ROOT / "examples" / "scenarios" / "cheaters.toml"))
+    scenario = dataclasses.replace(scenario, sellers=tuple(  # failures and refusals too
+        dataclasses.replace(g, failure_rate=0.3) for g in scenario.sellers))
     first = _run(scenario, 5, tmp_path / "a")
     second = _run(scenario, 5, tmp_path / "b")
     assert (tmp_path / "a" / EVENTS).read_bytes() == (tmp_path / "b" / EVENTS).read_bytes()
     assert event_file.read(tmp_path / "a" / EVENTS) == first.events == second.events
+    assert any(e.kind == "call_failed" for e in first.events)
     other = _run(dataclasses.replace(scenario, rounds=1), 6, tmp_path / "c")
     assert other.events != first.events[:len(other.events)]
 
@@ -139,3 +142,43 @@ def test_gini():
     assert gini([5, 5, 5, 5]) == 0
     assert gini([0, 0, 0, 12]) == pytest.approx(0.75)
     assert gini([]) == 0
+
+
+TINY = '''
+name = "tiny"
+rounds = 1
+[fx]
+units_per_usd = { ECNY = "7.1" }
+[[sellers]]
+group = "gpu"
+count = 2
+skill = "train"
+kind = "gpu"
+currency = "ECNY"
+list_price = "0.005"
+cost = "0.003"
+strategy = "demand"
+capacity = 2
+[[buyers]]
+group = "lab"
+count = 3
+skill = "train"
+currency = "USD"
+deposit = "50.00"
+task_budget = "20.00"
+reservation_price = "0.0008"
+demand = 1.0
+calls = [1, 2]
+'''
+
+
+def test_the_command_runs_a_scenario_with_the_node_in_its_own_process(tmp_path: Path):
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["simulate", str(path), "--seed", "4", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "verified" in result.output and "PROBLEMS" not in result.output
+    rows = event_file.read(out / EVENTS)
+    assert {"fx", "agreement", "call", "settle"} <= {e.kind for e in rows}
+    assert (out / REPORT).stat().st_size > 0

@@ -194,3 +194,19 @@ def test_the_seller_countersigns_a_list_price_agreement_only_at_its_list(market)
     ag.sign_as_buyer(longer, market.key)
     with pytest.raises(TermsMismatch):
         market.seller.negotiate(agent_pb2.NegotiationMessage(agreement=longer))
+
+
+def test_a_transfer_authorisation_does_not_pay_a_sellers_call(market):
+    from agents.x402 import network as net
+
+    _, payload = _payload(market, "shout")
+    accepted = payload.accepted
+    transfer = net.sign_authorization(
+        market.key, pay_to=accepted.pay_to, amount_atomic=int(accepted.amount),
+        asset=accepted.asset, network=accepted.network, resource="", nonce="n" * 16,
+        valid_before_ms=10**13)
+    before = _ledger_state(market)
+    response = _send(market, "shout", encode_payment_signature_header(
+        payload.model_copy(update={"payload": transfer})))
+    assert (response.status_code, _reason(response)) == (402, "unsupported_payload_type")
+    assert _ledger_state(market) == before

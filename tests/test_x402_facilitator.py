@@ -142,3 +142,38 @@ def test_the_gateway_describes_itself_in_openapi(market):
                                       "/v1/sessions/{agreement}/close"}
     responses = document["paths"]["/v1/skills/{listing}/{skill}"]["post"]["responses"]
     assert {"200", "400", "402", "404", "413"} <= set(responses)
+
+
+def test_the_gateway_answers_its_own_host_names_only_with_the_nodes_headers(market):
+    fine = httpx.get(f"{market.http.url}/openapi.json")
+    assert fine.headers["x-content-type-options"] == "nosniff"
+    rebound = httpx.get(f"{market.http.url}/openapi.json", headers={"host": "evil.example"})
+    assert rebound.status_code == 400
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    ({"valid_before_ms": 1}, "payload_expired"),
+    ({"resource": "another"}, "invalid_resource"),
+    ({"amount_atomic": PRICE_ATOMIC + 1}, "invalid_amount"),
+    ({"signer": "stranger"}, "invalid_signature"),
+])
+def test_the_facilitator_refuses_an_authorisation_that_does_not_fit(market, change, reason):
+    from agents.x402 import network as net
+
+    owner = AgentKey.generate().agent_id
+    requirements = {"scheme": "exact", "network": market.network, "asset": "USD",
+                    "amount": str(PRICE_ATOMIC), "payTo": owner, "maxTimeoutSeconds": 60,
+                    "extra": {"kind": "authorization", "resource": "weather"}}
+    fields = {"pay_to": owner, "amount_atomic": PRICE_ATOMIC, "asset": "USD",
+              "network": market.network, "resource": "weather", "nonce": "x" * 16,
+              "valid_before_ms": 10**13}
+    signer = AgentKey.generate() if change.pop("signer", None) else market.key
+    signed = net.sign_authorization(signer, **{**fields, **change})
+    signed["authorization"]["from"] = market.key.agent_id  # claims the buyer's wallet
+    body = {"x402Version": 2, "paymentRequirements": requirements, "paymentPayload": {
+        "x402Version": 2, "accepted": requirements, "payload": signed}}
+    before = market.posted(market.key.agent_id)
+    for path in ("verify", "settle"):
+        answer = httpx.post(f"{market.http.url}/facilitator/{path}", json=body).json()
+        assert (answer.get("invalidReason") or answer.get("errorReason")) == reason, answer
+    assert market.posted(market.key.agent_id) == before

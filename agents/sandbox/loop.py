@@ -113,7 +113,9 @@ def _rates(market: Market, index: int, t_ms: int) -> list[Event]:
 
 
 def _listings(market: Market) -> dict[str, registry_pb2.Listing]:
-    """What buyers see this round: each skill's live listings, with earned reputation."""
+    """What buyers see this round: each skill's live listings, with earned reputation (at most
+    the registry's 100 per skill, cheapest first: more sellers of one skill than that, and the
+    dearest go unseen)."""
     seen: dict[str, registry_pb2.Listing] = {}
     observer = market.buyers[0].agent
     for skill, group in sorted(market.scenario.skills.items()):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,7 +76,8 @@ class Market:
         self.names: dict[str, str] = {}  # agent id -> name
         self._quiet = QuietFaults()
 
-    def open(self, on_agent: object = None) -> Market:
+    def open(self, on_agent: Callable[[], None] | None = None) -> Market:
+        """Start the node, then every seller and buyer (`on_agent` after each)."""
         logging.getLogger(FAULT_LOGGER).addFilter(self._quiet)
         if self.node_process is not None:
             self.address = self.node_process.start()
@@ -123,12 +125,13 @@ class Market:
         return Seller(name, group, pricing, cheats, agent)
 
     @staticmethod
-    def _serve(seller: Seller, on_agent: object) -> None:
+    def _serve(seller: Seller, on_agent: Callable[[], None] | None) -> None:
         seller.agent.serve()
-        if callable(on_agent):
+        if on_agent is not None:
             on_agent()
 
-    def _buyer(self, group: BuyerGroup, index: int, on_agent: object) -> Buyer:
+    def _buyer(self, group: BuyerGroup, index: int, on_agent: Callable[[], None] | None
+               ) -> Buyer:
         name = f"{group.group}-{index:03d}"
         buyer = Buyer(name, group, BuyerAgent(name, marketplace=self.address))
         account = self.account(buyer, group.currency)
@@ -141,7 +144,7 @@ class Market:
                 idempotency_key=f"sandbox-policy:{name}", account_id=account,
                 policy=wallet_pb2.WalletPolicy(per_call_cap_atomic=group.per_call_cap_atomic)),
                 timeout=RPC_TIMEOUT_S)
-        if callable(on_agent):
+        if on_agent is not None:
             on_agent()
         return buyer
 

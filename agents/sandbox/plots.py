@@ -234,9 +234,11 @@ def fx_flows(events: list[Event]) -> Figure:
         axes.set_ylabel("amount sold")
     else:
         _empty(axes, "no cross-currency trades in this scenario")
-    if rates and flows:
+    moving = {code: points for code, points in rates.items()
+              if len({p[1] for p in points}) > 1}  # a pegged rate is a flat line at 1
+    if moving and flows:
         twin = axes.twinx()
-        for code, points in sorted(rates.items()):
+        for code, points in sorted(moving.items()):
             twin.plot([p[0] for p in points], [p[1] for p in points], color="black",
                       linewidth=1, label=f"{code} per USD")
         twin.legend(fontsize=8, loc="upper right")

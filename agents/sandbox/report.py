@@ -72,6 +72,34 @@ def summary_table(scenario: Scenario, seed: int, result: RunResult) -> Table:
     return table
 
 
+def _groups_html(scenario: Scenario) -> str:
+    """The scenario's seller and buyer groups as two small tables."""
+    def money(amount_atomic: int, code: str) -> str:
+        return currency(code).format(amount_atomic)
+
+    def table(head: tuple[str, ...], rows: list[tuple[object, ...]]) -> str:
+        cells = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row)
+                        + "</tr>" for row in rows)
+        return ("<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + f"</tr>{cells}"
+                "</table>")
+
+    sellers = table(("sellers", "count", "skill", "priced", "list", "cost", "strategy",
+                     "capacity/round", "failure rate", "cheaters"),
+                    [(g.group, g.count, g.skill, g.kind, money(g.list_price_atomic, g.currency),
+                      money(g.cost_atomic, g.currency), g.strategy, g.capacity, g.failure_rate,
+                      f"{g.cheat_fraction:.0%}, forging {g.forgery_rate:.0%} of calls"
+                      if g.cheat_fraction else "none")
+                     for g in scenario.sellers])
+    buyers = table(("buyers", "count", "skill", "deposit", "budget/task", "reservation",
+                    "demand", "calls", "verify rate", "min reputation"),
+                   [(g.group, g.count, g.skill, money(g.deposit_atomic, g.currency),
+                     money(g.task_budget_atomic, g.currency),
+                     money(g.reservation_atomic, g.currency), g.demand,
+                     f"{g.calls[0]}-{g.calls[1]}", g.verify_rate, g.min_reputation_permille)
+                    for g in scenario.buyers])
+    return sellers + "<br>" + buyers
+
+
 def write_html(path: Path, scenario: Scenario, seed: int, result: RunResult,
                plots: list[Path]) -> None:
     """One self-contained page: the summary, then each plot as an inline image."""
@@ -83,19 +111,18 @@ def write_html(path: Path, scenario: Scenario, seed: int, result: RunResult,
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(scenario.name)}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;color:#222}}
-table{{border-collapse:collapse}}td{{border-bottom:1px solid #ddd;padding:4px 12px}}
+table{{border-collapse:collapse}}td,th{{border-bottom:1px solid #ddd;padding:4px 10px;
+text-align:left}}
 img{{max-width:100%}}figure{{margin:1.5em 0}}</style></head><body>
 <h1>{html.escape(scenario.name)}</h1>
 <p>{html.escape(scenario.description)}</p>
 <p>Seed {seed}; {scenario.rounds} rounds of {scenario.round_s} simulated seconds; fee
 {scenario.fee_bps} bps{'; e-CNY wallet rules' if scenario.ecny else ''}. Every trade went through
 a marketplace node, seller and buyer agents over gRPC and the double-entry ledger.</p>
+{_groups_html(scenario)}
+<h2>Summary</h2>
 <table>{rows}</table>
 {images}
 </body></html>
 """
     Path(path).write_text(page)
-
-
-
-

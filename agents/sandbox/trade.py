@@ -10,12 +10,14 @@ answers (prices agreed, charges, fees, refunds, refusals) is what the events rec
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
 
 import grpc
 
+from agents._deal import Deal
 from agents._rpc import sdk_error
 from agents.errors import AgentmarketError
 from agents.sandbox.events import Event
@@ -24,7 +26,7 @@ from agents.sandbox.skills import arguments, forged
 from marketplace import agreements as ag
 from marketplace.v1 import dispute_pb2, registry_pb2
 from wallets.currencies import currency
-from wallets.fx import convert_amount
+from wallets.fx import FxQuote, convert_amount
 from wallets.v1 import wallet_pb2
 
 NEGOTIATION_ROUND_MS = 200
@@ -32,6 +34,8 @@ SETTLE_MS = 1_000
 CALL_MS = 400
 TOKENS_PER_S = 80
 MAX_REASON_CHARS = 120
+_REQUEST_ID = re.compile(r"\s*\(request id [0-9a-f]+\)")
+_HEX_ID = re.compile(r"\b[0-9a-f]{12,}\b")
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,8 @@ def _reason(error: Exception) -> str:
     if isinstance(error, grpc.RpcError):
         error = sdk_error(error)
     assert isinstance(error, AgentmarketError)
-    return f"{type(error).__name__}: {error.message}"[:MAX_REASON_CHARS]
+    message = _REQUEST_ID.sub("", error.message)  # per-request ids are random: not in events
+    return f"{type(error).__name__}: {_HEX_ID.sub('<id>', message)}"[:MAX_REASON_CHARS]
 
 
 class _Clock:
@@ -174,24 +179,23 @@ def _convert(market: Market, clock: _Clock, needed_atomic: int) -> list[Event]:
 
 
 def convert_amount_of(amount_atomic: int, quote: wallet_pb2.FxQuote) -> int:
-    from wallets.fx import FxQuote
-
+    """What `amount_atomic` buys under a quote message (the ledger's own rounding)."""
     return convert_amount(amount_atomic, FxQuote(
         quote.quote_id, quote.from_currency, quote.to_currency, quote.rate_numerator,
         quote.rate_denominator, quote.provider, 0, 0))
 
 
-def _dispute(market: Market, clock: _Clock, deal: object, bad: int, agreed_ms: int
+def _dispute(market: Market, clock: _Clock, deal: Deal, bad: int, agreed_ms: int
              ) -> list[Event]:
     """Finish without accepting, dispute, and let the arbiter check the delivered outputs."""
     task = clock.task
     buyer, sold = task.buyer.agent, task.seller.group.currency
-    buyer.finish(deal, confirm=False)  # type: ignore[arg-type]
-    escrow = buyer.dispute(deal, f"{bad} outputs do not match their jobs")  # type: ignore[arg-type]
+    buyer.finish(deal, confirm=False)
+    escrow = buyer.dispute(deal, f"{bad} outputs do not match their jobs")
     clock.t_ms += SETTLE_MS
     events = [clock.event("dispute", currency=sold, amount_atomic=escrow.earned_atomic,
                           detail=f"forged={bad}")]
-    agreement_id = deal.agreement_id  # type: ignore[attr-defined]
+    agreement_id = deal.agreement_id
     record = market.arbitration.GetDispute(dispute_pb2.GetDisputeRequest(
         agreement_id=agreement_id), timeout=RPC_TIMEOUT_S)
     delivered = [json.loads(r.output_json) for r in record.delivery.receipts if r.output_json]

@@ -119,7 +119,7 @@ class LedgerScheme:
             raise Refused("invalid_pay_to", "the payment pays someone else")
         if accepted.amount != requirements.amount:
             raise Refused("invalid_amount", f"the price is {requirements.amount}")
-        return net.parse(payload.payload)
+        return _kind_fits(net.parse(payload.payload), requirements)
 
     def _check(self, payment: Any, requirements: PaymentRequirements) -> None:
         if isinstance(payment, net.Authorization):
@@ -176,7 +176,7 @@ class LedgerScheme:
                context: Any = None) -> SettleResponse:
         payer = None
         try:
-            payment = net.parse(payload.payload)
+            payment = _kind_fits(net.parse(payload.payload), requirements)
             payer = _payer(payment)
             if isinstance(payment, net.Authorization):
                 return self._settle_authorization(payment, payload, requirements)
@@ -316,6 +316,17 @@ def _in_memory(payload: PaymentPayload) -> bool:
     inner = payload.payload
     return inner.get("kind") == "voucher" or (inner.get("kind") == "open" and inner.get(
         "phase") == "after-handler" and "finish" not in inner)
+
+
+def _kind_fits(payment: Any, requirements: PaymentRequirements) -> Any:
+    """An authorisation pays only what is sold for one (`extra.kind`), a session only what is
+    sold by a seller: a transfer never stands in for a held, forwarded call, nor the reverse."""
+    wants_authorization = (requirements.extra or {}).get("kind") == "authorization"
+    if isinstance(payment, net.Authorization) != wants_authorization:
+        raise Refused("unsupported_payload_type", "this resource is paid with "
+                      + ("an authorization" if wants_authorization else "a session (open or "
+                                                                         "voucher)"))
+    return payment
 
 
 def _payer(payment: Any) -> str | None:

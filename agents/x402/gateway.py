@@ -17,13 +17,15 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 from opentelemetry import propagate, trace
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
@@ -54,6 +56,7 @@ from agents.payments import VOUCHER_METADATA_KEY
 from agents.v1 import agent_pb2, agent_pb2_grpc
 from agents.x402 import network as net
 from agents.x402._door import Adapter, Unpaid, event, identifier, problem, refined
+from agents.x402.evm import EvmSettlement
 from agents.x402.facilitator import (
     LedgerScheme,
     LocalFacilitator,
@@ -67,6 +70,7 @@ from agents.x402.reasons import Refused
 from agents.x402.sessions import SessionBook
 from marketplace.aio_client import aio_channel
 from marketplace.errors import NotFound
+from marketplace.http.app import LOOPBACK_HOSTS, SecurityHeaders
 from marketplace.identity import AgentKey
 from marketplace.v1 import agreement_pb2, registry_pb2
 from wallets import attributes as attr
@@ -95,7 +99,10 @@ class Gateway:
     """The gateway of one node (in its process: `node.settlement` holds and captures)."""
 
     def __init__(self, node: Any, *, key: AgentKey | None = None,
-                 tracer_provider: Any = None, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+                 tracer_provider: Any = None, max_body_bytes: int = MAX_BODY_BYTES,
+                 evm: EvmSettlement | None = None) -> None:
+        """`evm`: also settle x402 `exact` payments on that EVM chain (EIP-3009
+        authorisations) through the facilitator (`agents.x402.evm`)."""
         self.node = node
         self.key = key or node.key
         self.network = net.network_id(node.agent_id)
@@ -104,6 +111,7 @@ class Gateway:
         self._tracer = trace.get_tracer("agentmarket.gateway", tracer_provider=tracer_provider)
         self.sessions = SessionBook(node.settlement, self.key, tracer_provider=tracer_provider)
         self.facilitator = facilitator_for(self.network, node.ledger, node.key, self.sessions)
+        self.evm_network = evm.register(self.facilitator) if evm is not None else None
         self._responses = LedgerScheme(net.EXACT, self.network, node.ledger, node.key)
         self.server = x402ResourceServer(LocalFacilitator(self.facilitator))
         for scheme in net.SCHEMES:
@@ -114,8 +122,12 @@ class Gateway:
         self._quotes: dict[tuple[str, str, str], tuple[float, int]] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
 
-    def app(self) -> Starlette:
-        return Starlette(routes=[
+    def app(self, hosts: Sequence[str] = LOOPBACK_HOSTS) -> Starlette:
+        """The ASGI app; `hosts`: the Host header values answered (`marketplace.http.app.
+        allowed_hosts`), with the node's security headers on every response."""
+        return Starlette(middleware=[
+            Middleware(SecurityHeaders),
+            Middleware(TrustedHostMiddleware, allowed_hosts=list(hosts))], routes=[
             Route("/v1/skills/{listing}/{skill}", self.call, methods=["POST"]),
             Route("/v1/sessions/{agreement}/close", self.close, methods=["POST"]),
             Route("/openapi.json", lambda _r: JSONResponse(openapi(self.network))),
@@ -145,10 +157,7 @@ class Gateway:
         scheme = net.EXACT if price.unit == CALLS else net.UPTO
         amount = price.amount_atomic if price.unit == CALLS else await self._call_max(
             listing, skill, price.currency)
-        methods = skill.verification_methods
-        verification = registry_pb2.VERIFICATION_METHOD_SCHEMA \
-            if registry_pb2.VERIFICATION_METHOD_SCHEMA in methods else \
-            registry_pb2.VERIFICATION_METHOD_BUYER_ACCEPTANCE
+        verification = _verification(skill)
         extra = {"skill": skill.name, "unit": int(price.unit), "unitName": price.unit_name,
                  "unitPrice": str(price.amount_atomic),
                  "outputUnitPrice": str(price.output_amount_atomic),
@@ -169,7 +178,7 @@ class Gateway:
         rfq = agreement_pb2.Rfq(
             rfq_id=f"quote:{now}:{skill.name}"[:64], buyer_id=self.key.agent_id,
             skill=skill.name, expected_quantity=1, max_budget_atomic=2**62, currency=currency,
-            deadline_ms=now + 60_000, verification=skill.verification_methods[0],
+            deadline_ms=now + 60_000, verification=_verification(skill),
             max_rounds=20)  # many rounds left: the first offer is the opening (list) price
         reply = await stub.Negotiate(agent_pb2.NegotiationMessage(rfq=rfq),
                                      timeout=CALL_TIMEOUT_S)
@@ -226,6 +235,9 @@ class Gateway:
             route = await self._route(listing_id, skill)
         except NotFound as error:
             return problem(404, "not_found", error.message)
+        except grpc.aio.AioRpcError as error:  # the seller would not quote a metered skill
+            return problem(503, "seller_refused", f"the seller did not quote: "
+                                                  f"{error.details()}")
         remembered = identifier(payload)
         if remembered and remembered in self._answers:
             status, headers, body = self._answers[remembered]
@@ -404,3 +416,11 @@ class Gateway:
             await channel.close()
         self._channels.clear()
         self.sessions.close_channels()
+
+
+def _verification(skill: registry_pb2.Skill) -> int:
+    """The method a gateway agreement names: the output schema when the skill offers it, else
+    buyer acceptance (what list-price agreements support)."""
+    if registry_pb2.VERIFICATION_METHOD_SCHEMA in skill.verification_methods:
+        return registry_pb2.VERIFICATION_METHOD_SCHEMA
+    return registry_pb2.VERIFICATION_METHOD_BUYER_ACCEPTANCE

@@ -1,6 +1,7 @@
 """The agentmarket ledger as an x402 network: its id, assets, payloads and signed bytes.
 
-PROTOCOL.md, "x402 over agentmarket", is the normative text; this module is its code. In short:
+PROTOCOL.md, section 17 "x402 over agentmarket", is the normative text; this module is its
+code. In short:
 
 - network `agentmarket:<first 32 hex characters of the node's key>` (CAIP-2: namespace
   `agentmarket`, reference naming the node whose ledger settles);
@@ -62,7 +63,7 @@ def decimals(asset: str) -> int:
 
 
 def canonical(value: Any) -> bytes:
-    """RFC 8785 bytes for what these payloads hold (PROTOCOL.md 2.1)."""
+    """RFC 8785 bytes for what these payloads hold (PROTOCOL.md 14.1)."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 

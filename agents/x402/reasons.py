@@ -24,7 +24,8 @@ REASONS = {
     "wallet_frozen": "the payer's wallet is frozen",
     "session_unknown": "no open session has this agreement",
     "session_ended": "the session was closed",
-    "seller_refused": "the seller did not countersign, serve or finish",
+    "seller_refused": "the seller did not countersign, serve or finish (503 when it would "
+                      "not quote a metered skill's price)",
     "unsupported_payload_type": "this facilitator does not settle that payload kind",
     "body_too_large": "the request body is over the gateway's limit (HTTP 413)",
     "malformed_payment_header": "PAYMENT-SIGNATURE is not base64 JSON of a PaymentPayload "

@@ -147,6 +147,9 @@ class SessionBook:
         """Countersigned by the seller, held at the node: the session's one hold."""
         body = payment.body
         agreement = ag.agreement_id(payment.agreement.body)
+        with self._lock:  # room for it first: nothing is countersigned or held without
+            if len(self.sessions) >= MAX_SESSIONS:
+                self._forget_closed()
         try:
             reply = self._stub(body.seller_endpoint).Negotiate(
                 agent_pb2.NegotiationMessage(agreement=payment.agreement),
@@ -165,8 +168,6 @@ class SessionBook:
         session = Session(agreement, body, self._hold_posting(escrow["hold_id"]),
                           reserve_atomic, last_index=0, last_word=body.payword_root)
         with self._lock:
-            if len(self.sessions) >= MAX_SESSIONS:
-                self._forget_closed()
             self.sessions[agreement] = session
         return session
 
@@ -213,8 +214,15 @@ class SessionBook:
         return str(found or "")
 
     def _forget_closed(self) -> None:
-        for agreement in [a for a, s in self.sessions.items() if s.closed is not None]:
+        """Closed sessions, and those past their completion deadline (the seller redeemed
+        them, or their hold went back): no call can be paid under them any more."""
+        now = _now_ms()
+        for agreement in [a for a, s in self.sessions.items() if s.closed is not None
+                          or s.body.terms.completion_deadline_ms < now]:
             del self.sessions[agreement]
+        if len(self.sessions) >= MAX_SESSIONS:
+            raise Refused("seller_refused", "the gateway holds as many open sessions as it "
+                                            "may; close one or retry later")
 
 
 def _ledger_reason(error: AgentmarketError) -> str:

@@ -34,12 +34,19 @@ def gateway(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///fil
                            "responses, and names the x402 network (default: a new key)."),
             max_body_bytes: int = typer.Option(64 * 1024, min=1024, max=4 * 1024 * 1024,
                                                help="Largest request body the gateway takes."),
-            spans: Path = typer.Option(DEFAULT_SPANS, help="Embedded span store file.")
+            spans: Path = typer.Option(DEFAULT_SPANS, help="Embedded span store file."),
+            evm_rpc: str = typer.Option(
+                None, help="An EVM chain's JSON-RPC URL: the facilitator also settles x402 "
+                           "`exact` payments (EIP-3009) on it (needs the evm extra)."),
+            evm_key_file: Path = typer.Option(
+                None, help="The hex private key of the account that submits EVM settlements "
+                           "and pays their gas (with --evm-rpc).")
             ) -> None:
     """Run a node with the HTTP/x402 gateway (POST /v1/skills/{listing}/{skill}) and the x402
     facilitator (/facilitator/verify, /settle, /supported) until SIGTERM or SIGINT."""
     from agents.x402 import Gateway
     from marketplace.http import HttpServer
+    from marketplace.http.app import allowed_hosts
     from marketplace.node import MarketplaceNode
     from marketplace.tracing import setup_tracing
 
@@ -59,9 +66,26 @@ def gateway(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///fil
     except Exception as error:  # a bad URL or a taken port: one line, not a traceback
         console.print(f"[red]error:[/red] cannot start the node: {error}", highlight=False)
         raise typer.Exit(1) from None
-    door = Gateway(node, tracer_provider=provider, max_body_bytes=max_body_bytes)
+    evm = None
+    if evm_rpc is not None:
+        from agents.x402.evm import EvmSettlement
+
+        if evm_key_file is None or not evm_key_file.is_file():
+            node.stop()
+            console.print("[red]error:[/red] --evm-rpc needs --evm-key-file: the account that "
+                          "submits settlements", highlight=False)
+            raise typer.Exit(2)
+        evm = EvmSettlement(evm_rpc, evm_key_file.read_text().strip())
     try:
-        http = HttpServer(door.app(), host=http_host, port=http_port).start()
+        door = Gateway(node, tracer_provider=provider, max_body_bytes=max_body_bytes, evm=evm)
+    except Exception as error:  # the chain did not answer, or the key is not one
+        node.stop()
+        console.print(f"[red]error:[/red] cannot settle on {evm_rpc}: {error}",
+                      highlight=False)
+        raise typer.Exit(1) from None
+    try:
+        http = HttpServer(door.app(allowed_hosts(http_host)), host=http_host,
+                          port=http_port).start()
     except Exception as error:
         node.stop()
         console.print(f"[red]error:[/red] cannot start the gateway: {error}", highlight=False)
