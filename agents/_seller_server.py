@@ -23,6 +23,8 @@ from agents._a2a_door import METHODS as A2A_METHODS
 from agents._a2a_door import SERVICE as A2A_SERVICE
 from agents._a2a_door import A2ADoor
 from agents._access import seller_rules
+from agents._aio_invoke import fast_invoke
+from agents._aio_server import AioServer, SyncBridge
 from agents._grpc_payment import INVOKE, INVOKE_STREAM
 from agents.keystore import home
 from agents.v1 import agent_pb2, agent_pb2_grpc
@@ -45,23 +47,28 @@ MAX_MESSAGE_BYTES = 2 * 1024 * 1024  # an input is at most 1 MiB of JSON (agents
 
 def build_server(seller: SellerAgent, executor: Executor, *,
                  tracer_provider: TracerProvider | None, require_auth: bool,
-                 rate_limit_per_s: float, rate_limit_burst: int
-                 ) -> tuple[grpc.Server, AuthServerInterceptor]:
+                 rate_limit_per_s: float, rate_limit_burst: int, kind: str = "threaded"
+                 ) -> tuple[Any, AuthServerInterceptor]:
     """The server (not yet serving anything) and its authentication interceptor, whose
-    per-agent buckets the paid methods also draw from."""
+    per-agent buckets the paid methods also draw from. `kind`: "threaded" (grpc.server) or
+    "aio" (grpc.aio on an event loop thread, `agents._aio_server`), with the same
+    interceptors."""
     open_methods = (INVOKE, INVOKE_STREAM, *A2A_METHODS)  # A2A: any client, payment in-band
     auth = AuthServerInterceptor(required=require_auth, rate_per_s=rate_limit_per_s,
                                  burst=rate_limit_burst, optional_methods=open_methods)
     access = [AccessInterceptor.of(seller_rules(seller), anonymous_methods=open_methods)
               ] if require_auth else []
-    server = grpc.server(
-        executor, interceptors=[MalformedRequestInterceptor(), server_interceptor(tracer_provider),
-                                auth, FieldCheckInterceptor(MARKET_FIELDS), *access],
-        options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
-    return server, auth
+    interceptors = [MalformedRequestInterceptor(), server_interceptor(tracer_provider), auth,
+                    FieldCheckInterceptor(MARKET_FIELDS), *access]
+    options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+    if kind == "aio":
+        bridge = SyncBridge(interceptors, executor, {INVOKE: fast_invoke(seller, executor)},
+                            tracer_provider)
+        return AioServer(bridge, options), auth
+    return grpc.server(executor, interceptors=interceptors, options=options), auth
 
 
-def attach(seller: SellerAgent, server: grpc.Server, host: str, port: int,
+def attach(seller: SellerAgent, server: Any, host: str, port: int,
            credentials: grpc.ServerCredentials | None) -> tuple[Any, int]:
     """Add the AgentService, the A2A door, health checking and reflection; bind the port.
     Returns the health servicer and the port bound."""

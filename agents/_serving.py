@@ -126,10 +126,24 @@ class PaidCalls:
                 output: Any = {"text": text}
             else:
                 output = skill.run(arguments)
-            output_json = json.dumps(output, sort_keys=True)
-            _settle_usage(meter, request.input_json, output_json, streamed=skill.streams)
-            usage, receipt = self._bill(request, admission, meter, output_json)
-            _set_span_usage(span, meter, usage.charged_atomic)
+            billed = self.bill_output(request, admission, skill, meter, span, output)
+        return self.book(request, admission, billed)
+
+    def bill_output(self, request: agent_pb2.InvokeRequest, admission: Admission, skill: Skill,
+                    meter: Meter, span: Any, output: Any) -> tuple[str, agent_pb2.Usage, Any]:
+        """The skill's output as JSON, its usage and receipt (waits briefly for litellm's
+        usage reports: not on an event loop)."""
+        output_json = json.dumps(output, sort_keys=True)
+        _settle_usage(meter, request.input_json, output_json, streamed=skill.streams)
+        usage, receipt = self._bill(request, admission, meter, output_json)
+        _set_span_usage(span, meter, usage.charged_atomic)
+        return output_json, usage, receipt
+
+    def book(self, request: agent_pb2.InvokeRequest, admission: Admission,
+             billed: tuple[str, agent_pb2.Usage, Any]) -> agent_pb2.InvokeResponse:
+        """Chain the receipt, record the call, and return the answer (durable once the
+        admission's record is)."""
+        output_json, usage, receipt = billed
         return self.seller.gate.complete(  # type: ignore[no-any-return]
             request.agreement_id, admission, receipt,
             lambda chained: agent_pb2.InvokeResponse(output_json=output_json, usage=usage,

@@ -100,7 +100,8 @@ class SellerAgent:
                  server_credentials: grpc.ServerCredentials | None = None,
                  require_auth: bool = True, rate_limit_per_s: float = 500.0,
                  rate_limit_burst: int = 1000, journal: str | Path | None = None,
-                 journal_retention_s: int = 86_400, card_port: int | None = None) -> None:
+                 journal_retention_s: int = 86_400, card_port: int | None = None,
+                 server: str | None = None) -> None:
         """`strategy`: a Strategy shared by all negotiations, or a factory
         `(skill, currency) -> Strategy` called per negotiation (LLM strategies keep state).
         `completion_window_s`: how long after the negotiation's deadline the buyer may call;
@@ -118,7 +119,14 @@ class SellerAgent:
         paid) agreement is kept, in memory and in the journal, before it is dropped.
         `card_port`: serve the A2A Agent Card over HTTP on `host` at this port (0: a free
         one; `card_url` says where); None: no HTTP server (the card is still answered over
-        gRPC by A2A's GetExtendedAgentCard)."""
+        gRPC by A2A's GetExtendedAgentCard).
+        `server`: "threaded" (grpc.server, a thread per running call) or "aio" (grpc.aio on an
+        event loop thread of its own: a paid call waits for its usage record without holding
+        a thread; synchronous skills run in a pool of `max_workers`); default: the
+        AGENTMARKET_SELLER_SERVER environment variable, else "threaded"."""
+        server = server or os.environ.get("AGENTMARKET_SELLER_SERVER", "threaded")
+        if server not in ("threaded", "aio"):
+            raise InvalidArgument('server must be "threaded" or "aio"')
         if not skills or not all(isinstance(s, Skill) for s in skills):
             raise InvalidArgument("a seller needs a list of skills made with @skill")
         if not 0 <= redeem_margin_s < completion_window_s:
@@ -158,7 +166,7 @@ class SellerAgent:
         self.server, auth = build_server(
             self, JournalPacedExecutor(self.journal, max_workers),
             tracer_provider=tracer_provider, require_auth=require_auth,
-            rate_limit_per_s=rate_limit_per_s, rate_limit_burst=rate_limit_burst)
+            rate_limit_per_s=rate_limit_per_s, rate_limit_burst=rate_limit_burst, kind=server)
         self.negotiator = SellerNegotiator(self, reservation_fraction, strategy,
                                            completion_window_s, dispute_window_s)
         self.calls = PaidCalls(self, PaidCallAdmitter(

@@ -250,6 +250,16 @@ class Skill:
             result = _async.run(lambda: self.handler(**arguments))
         else:
             result = self.handler(**arguments)
+        return self._output(result)
+
+    async def run_async(self, arguments: dict[str, Any]) -> Any:
+        """`run` for an async skill, awaited on the caller's own event loop (the aio seller's),
+        not on the background loop `run` uses from a worker thread."""
+        if self.kind != "async":
+            raise InvalidArgument(f"skill {self.name} is not an async function")
+        return self._output(await self.handler(**self.parse(arguments)))
+
+    def _output(self, result: Any) -> Any:
         if self._output_adapter is not None:
             if self.kind == "graph":
                 model = self._output_adapter.validate_python(

@@ -37,6 +37,8 @@ stream) and no longer holds commits back; so is one whose announcement was someh
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -110,12 +112,15 @@ class JournalAgreement:
 class _Batch:
     """Rows written in one transaction, and the outcome every caller of the batch waits on."""
 
-    __slots__ = ("done", "error", "errors", "mixed", "results", "rows")
+    __slots__ = ("done", "error", "errors", "loops", "mixed", "results", "rows")
 
     def __init__(self) -> None:
         self.rows: list[tuple[int, Any]] = []
         self.mixed = False  # holds something other than calls
         self.done = threading.Event()
+        # Event loops with callers awaiting the batch: one future each, resolved by one
+        # call_soon_threadsafe per loop once written (None: none yet).
+        self.loops: dict[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
         self.error: BaseException | None = None  # the whole batch failed
         self.errors: dict[int, BaseException] | None = None  # only these rows failed
         self.results: dict[int, Any] | None = None
@@ -139,6 +144,19 @@ class Pending:
         commit within `timeout_s` (it may still commit later: a retry of the call is safe,
         records are idempotent)."""
         self._outcome(timeout_s)
+
+    async def wait_async(self, timeout_s: float = 10.0) -> None:
+        """`wait` for a caller on an event loop: the loop is woken once per batch (not once
+        per record), and no thread blocks meanwhile."""
+        batch = self._batch
+        if not batch.done.is_set():
+            future = _loop_future(batch, asyncio.get_running_loop(), timeout_s)
+            if future is not None:
+                await asyncio.shield(future)  # a cancelled caller leaves it to the others
+                if not batch.done.is_set():
+                    raise JournalError(f"the usage journal did not commit within "
+                                       f"{timeout_s:g} s")
+        self._outcome(0)
 
     def _outcome(self, timeout_s: float) -> Any:
         batch = self._batch
@@ -421,7 +439,12 @@ class UsageJournal:
             self.records_written += len(batch.rows)
         self._report_failed(batch)
         batch.rows = []  # written: the callers need only the outcome
-        batch.done.set()
+        with _LOOPS_LOCK:
+            batch.done.set()
+            loops, batch.loops = batch.loops, None
+        for loop, future in (loops or {}).items():
+            with contextlib.suppress(RuntimeError):  # a closed loop: no one awaits there
+                loop.call_soon_threadsafe(_resolve, future)
 
     def _report_failed(self, batch: _Batch) -> None:
         """Tell `on_failed_calls` which call records failed, before their callers wake."""
@@ -561,6 +584,30 @@ class UsageJournal:
                 calls=tuple(calls.get(a.agreement_id, ())))
             for a in agreements
         ]
+
+
+_LOOPS_LOCK = threading.Lock()  # a batch's loop futures against its completion
+
+
+def _loop_future(batch: _Batch, loop: asyncio.AbstractEventLoop, timeout_s: float
+                 ) -> asyncio.Future[None] | None:
+    """The future `loop`'s callers of `batch` await (None: the batch is written already);
+    it resolves when the batch is written, or after `timeout_s` (one timer per batch)."""
+    with _LOOPS_LOCK:
+        if batch.done.is_set():
+            return None
+        if batch.loops is None:
+            batch.loops = {}
+        future = batch.loops.get(loop)
+        if future is None:
+            future = batch.loops[loop] = loop.create_future()
+            loop.call_later(timeout_s, _resolve, future)
+        return future
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _call_params(row: tuple[Any, ...]) -> dict[str, Any]:

@@ -25,6 +25,11 @@ Each server runs in a process of its own, as a seller does: the buyers' threads 
 marketplace) are in this process, so the seller's work does not queue on the same interpreter
 lock as its callers'.
 
+Both server kinds of a seller are measured (`SellerAgent(server=...)`): the threaded one (the
+headline figures) and grpc.aio (`paid_call_ratio_aio`, and `paid_call_ratio_aio_no_journal`,
+against an unpaid server on grpc.aio with the same interceptors, its skill run in a pool as the
+aio seller runs a synchronous one).
+
 The echo skill does almost nothing, so its ratio is the payment's whole overhead. A second
 comparison (`paid_call_ratio_llm_skill`) prices an LLM skill per token, as a seller of model
 calls would: the skill calls litellm (offline, `mock_response`: its real code path and
@@ -34,6 +39,8 @@ limit, the reported usage billed under the agreement).
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import json
 import multiprocessing
 import os
@@ -49,6 +56,7 @@ import grpc
 from pydantic import BaseModel
 
 from agents import BuyerAgent, SellerAgent, per_call, skill
+from agents._aio_server import AioServer, SyncBridge, SyncContext
 from agents._grpc_payment import INVOKE
 from agents._schemas_cache import validator
 from agents.llm import complete, text_of
@@ -205,13 +213,37 @@ def _serve_unpaid(skill_name: str, ready: Any, stop: Any) -> None:
     server.stop(0)
 
 
-def _serve_paid(marketplace: str, journal: str | None, skill_name: str, ready: Any, stop: Any
-                ) -> None:
+def _serve_unpaid_aio(skill_name: str, ready: Any, stop: Any) -> None:
+    """Child process: the bare server on grpc.aio, as an aio seller serves (the interceptors'
+    checks on the loop, the skill in a bounded pool), until `stop` is set."""
+    auth = AuthServerInterceptor(optional_methods=(INVOKE,))
+    access = AccessInterceptor({INVOKE: lambda _caller, _request: None},
+                               ("agents.v1.AgentService",), anonymous_methods=(INVOKE,))
+    executor = futures.ThreadPoolExecutor(max_workers=16)
+    unpaid = _Unpaid(SKILLS[skill_name])
+
+    async def invoke(request: Any, context: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(
+            executor, contextvars.copy_context().run, unpaid.Invoke, request,
+            SyncContext(context))
+
+    server = AioServer(SyncBridge([MalformedRequestInterceptor(), server_interceptor(), auth,
+                                   access], executor, {INVOKE: invoke}, None), [])
+    agent_pb2_grpc.add_AgentServiceServicer_to_server(unpaid, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    ready.put(f"127.0.0.1:{port}")
+    stop.wait()
+    server.stop(0)
+
+
+def _serve_paid(marketplace: str, journal: str | None, skill_name: str, kind: str,
+                ready: Any, stop: Any) -> None:
     """Child process: the seller (it advertises itself at the marketplace), until `stop`;
     `journal` None: its usage journal switched off (to measure what the journal costs)."""
     with tempfile.TemporaryDirectory(prefix="agentmarket-bench-") as spare:
         seller = SellerAgent(skill_name, skills=[SKILLS[skill_name]], marketplace=marketplace,
-                             journal=journal or Path(spare) / "unused.db")
+                             journal=journal or Path(spare) / "unused.db", server=kind)
         if journal is None:
             seller.gate.journal = None
         seller.serve()
@@ -242,8 +274,9 @@ class _Server:
 class _UnpaidSide:
     """The bare server and one channel per client."""
 
-    def __init__(self, served: Skill) -> None:
-        self.server = _Server(_serve_unpaid, served.name)
+    def __init__(self, served: Skill, kind: str = "threaded") -> None:
+        self.server = _Server(_serve_unpaid_aio if kind == "aio" else _serve_unpaid,
+                              served.name)
         self.pid = self.server.pid
         self.channels = [grpc.intercept_channel(grpc.insecure_channel(self.server.address),
                                                 *client_interceptors())
@@ -275,10 +308,10 @@ class _PaidSide:
     agreement large enough for every round."""
 
     def __init__(self, node: MarketplaceNode, calls: int, journal: Path | None,
-                 served: Skill) -> None:
-        """`calls`: the most any one buyer will make."""
+                 served: Skill, kind: str = "threaded") -> None:
+        """`calls`: the most any one buyer will make; `kind`: the seller's server."""
         self.seller = _Server(_serve_paid, node.address, str(journal) if journal else None,
-                              served.name)
+                              served.name, kind)
         self.pid = self.seller.pid
         self.buyers = []
         for n in range(SATURATING):
@@ -332,7 +365,11 @@ def _echo(node: MarketplaceNode, tmp: Path, say: Any) -> dict[str, float]:
         built.append(_UnpaidSide(echo))
         built.append(_PaidSide(node, calls, tmp / "journal.db", echo))
         built.append(_PaidSide(node, calls, None, echo))
-        sides = dict(zip(("unpaid", "paid", "no_journal"), built, strict=True))
+        built.append(_UnpaidSide(echo, "aio"))
+        built.append(_PaidSide(node, calls, tmp / "journal-aio.db", echo, "aio"))
+        built.append(_PaidSide(node, calls, None, echo, "aio"))
+        sides = dict(zip(("unpaid", "paid", "no_journal", "unpaid_aio", "paid_aio",
+                          "no_journal_aio"), built, strict=True))
         measured = _compare(sides, (SATURATING, FEW), ROUNDS, CALLS_PER_ROUND, say,
                             "paid vs unpaid calls")
     finally:
@@ -347,8 +384,17 @@ def _echo(node: MarketplaceNode, tmp: Path, say: Any) -> dict[str, float]:
             results[f"{key}_calls_per_s{suffix}"] = round(rate)
             results[f"{key.replace('paid', 'paid_call_ratio', 1)}{suffix}"] = round(
                 rate / unpaid_rate, 3)
-    for name in ("unpaid", "paid", "no_journal"):
-        key = "paid_no_journal" if name == "no_journal" else name
+    for clients, suffix in ((SATURATING, ""), (FEW, f"_{FEW}_clients")):
+        unpaid_rate = _median(measured, "unpaid_aio", clients, "rate")
+        results[f"unpaid_aio_calls_per_s{suffix}"] = round(unpaid_rate)
+        for name, key in (("paid_aio", "paid_aio"), ("no_journal_aio", "paid_aio_no_journal")):
+            rate = _median(measured, name, clients, "rate")
+            results[f"{key}_calls_per_s{suffix}"] = round(rate)
+            results[f"{key.replace('paid_aio', 'paid_call_ratio_aio', 1)}{suffix}"] = round(
+                rate / unpaid_rate, 3)
+    names = {"no_journal": "paid_no_journal", "no_journal_aio": "paid_aio_no_journal"}
+    for name in ("unpaid", "paid", "no_journal", "unpaid_aio", "paid_aio", "no_journal_aio"):
+        key = names.get(name, name)
         for where in ("server", "client"):
             results[f"{key}_{where}_cpu_us_per_call"] = round(
                 _median(measured, name, SATURATING, f"{where}_cpu_us"))
