@@ -175,3 +175,23 @@ def test_concurrent_calls_through_journal_failures_are_paid_exactly(node: Market
     finally:
         buyer.close()
         seller.stop(0)
+
+
+def test_an_answer_lost_before_the_seller_redeemed_is_still_answered(node: MarketplaceNode,
+                                                                     tmp_path: Path) -> None:
+    """The seller redeemed on its own (its deadline margin) while the buyer was retrying a call
+    whose answer was lost: the retry still gets that answer, which the redeem charged."""
+    key, port, journal = AgentKey.generate(), _free_port(), tmp_path / "seller.db"
+    seller = _seller(node, key, port, journal)
+    buyer = BuyerAgent("buyer", marketplace=node.address)
+    try:
+        deal = _hire_upper(buyer, 10)
+        first = buyer.invoke(deal, {"text": "one"}, call_id="one")
+        escrow = seller.redeem(deal.agreement_id)  # the buyer has not heard of it
+        again = buyer.invoke(deal, {"text": "one"}, call_id="one",
+                             voucher_at=(first.receipt.sequence, 1))
+        assert again.output == first.output and again.receipt == first.receipt
+        assert escrow.earned_atomic == deal.body.terms.unit_price_atomic
+    finally:
+        buyer.close()
+        seller.stop(0)
