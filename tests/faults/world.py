@@ -178,6 +178,8 @@ class World:
             proxy = Proxy(port, f"seller-{n}")
             journal = self.workdir / f"seller-{n}.db"
             env = {**self._kill_point(SELLER_KILLS, 0.7, 4), **self._skew(0.5)}
+            if self.rng.random() < 0.5:  # some call records fail as on a full disk
+                env["FAULT_DISK_FULL"] = f"{self.rng.randint(1, 4)}:{self.rng.randint(1, 3)}"
             proc = Proc(f"seller-{n}", ["-m", "tests.faults.seller", self.node_proxy.address,
                                         str(self.workdir / f"seller-{n}.key"), str(journal),
                                         str(port), proxy.address, str(WINDOW_S), str(MARGIN_S)],
