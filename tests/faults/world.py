@@ -251,12 +251,18 @@ class World:
     def _at(self, at_s: float, what: str, action: Callable[[], None]) -> None:
         self.events.append(Event(at_s, what, action))
 
+    def _start_node(self) -> None:
+        try:
+            self.node.start()
+        except RuntimeError:  # killed again while starting (the schedule's doing): next time
+            self.say("  (the node was killed while it started)")
+
     def _node_up(self, wait: bool = False) -> None:
         """Start the node again, on a thread (it takes seconds: the schedule goes on)."""
         starting = getattr(self, "_node_starting", None)
         down = self.node.process is None or self.node.process.poll() is not None
         if (starting is None or not starting.is_alive()) and down:
-            starting = self._node_starting = threading.Thread(target=self.node.start,
+            starting = self._node_starting = threading.Thread(target=self._start_node,
                                                               daemon=True)
             starting.start()
         if wait and starting is not None:
