@@ -168,7 +168,10 @@ class World:
     # ---- setting up ---------------------------------------------------------------------------
 
     def build(self, sellers: int, buyers: int) -> None:
-        self.node = NodeProcess(self.db_url, self.workdir / "node")
+        node_env = self._kill_point(("before_commit", "after_commit"), 0.4, 12)
+        self.node = NodeProcess(self.db_url, self.workdir / "node", module="tests.faults.node",
+                                first_env=node_env)
+        self.say(f"  node {node_env or ''}")
         self.node.start()
         self.node_proxy = Proxy(self.node.port, "node")
         self.sellers = []
@@ -251,6 +254,18 @@ class World:
     def _at(self, at_s: float, what: str, action: Callable[[], None]) -> None:
         self.events.append(Event(at_s, what, action))
 
+    def _revive_node(self, restarts: dict[str, float], now: float) -> None:
+        """The node died at a kill point: start it again after a short, seeded pause."""
+        starting = getattr(self, "_node_starting", None)
+        if (starting is not None and starting.is_alive()) or self.node.process is None \
+                or self.node.process.poll() is None:
+            return
+        due = restarts.setdefault("node", now + self.rng.uniform(0.2, 1.2))
+        if now >= due:
+            del restarts["node"]
+            self.say(f"  {now:6.2f}s node started again")
+            self._node_up()
+
     def _start_node(self) -> None:
         try:
             self.node.start()
@@ -290,6 +305,7 @@ class World:
                 event = pending.pop(0)
                 self.say(f"  {now:6.2f}s {event.what}")
                 event.action()
+            self._revive_node(restarts, now)
             for seller in self.sellers:
                 self._revive(seller.proc, restarts, now,
                              before=lambda s=seller: s.journal_unwritable(False))  # type: ignore[misc]
