@@ -31,9 +31,13 @@ browser:
 	    || echo "could not install chromium: the browser tests will skip"; \
 	fi
 
+# Most tests wait on sockets, processes and fsync rather than the CPU, so the suite runs in
+# more workers than cores; PYTEST_WORKERS=0 runs it in one process.
+PYTEST_WORKERS ?= 3
+
 test: $(STAMP) browser
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

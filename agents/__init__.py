@@ -65,6 +65,7 @@ from agents.seller import SellerAgent
 from agents.skills import (
     Price,
     Skill,
+    free,
     model_price,
     per_1k_tokens,
     per_call,
@@ -145,6 +146,7 @@ __all__ = [
     "WalletFrozen",
     "buyer_graph",
     "current_meter",
+    "free",
     "marketplace_tools",
     "model_price",
     "per_1k_tokens",

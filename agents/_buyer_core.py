@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -73,15 +74,18 @@ class PlannedCall:
 class BuyerCore:
     """Identity, deals and sessions of a buyer, and the pure half of each operation."""
 
-    def __init__(self, name: str, *, marketplace: str, key: AgentKey | str | None = None,
+    def __init__(self, name: str, *, marketplace: str | Sequence[str],
+                 key: AgentKey | str | None = None,
                  tracer_provider: TracerProvider | None = None,
                  credentials: grpc.ChannelCredentials | None = None) -> None:
         """`key`: an AgentKey, or the name under which the keystore keeps this agent's key
-        (`agents.keystore`; "" or None: a new key each run, nothing kept)."""
+        (`agents.keystore`; "" or None: a new key each run, nothing kept). `marketplace`: a node's
+        host:port, or several nodes' (a list of IP host:port, or one DNS name `dns:///NAME:PORT`):
+        calls go round robin and a node that does not answer costs a retry on another."""
         self.name = _inputs.name(name, "buyer's name")
         self.key = load_key(key)
         self.agent_id = self.key.agent_id
-        self.marketplace = _inputs.address(marketplace)
+        self.marketplace = _inputs.market(marketplace)
         self.credentials = credentials
         self.tracer_provider = tracer_provider
         self._tracer = trace.get_tracer("agentmarket.buyer", tracer_provider=tracer_provider)

@@ -87,9 +87,10 @@ class PaidCallAdmitter:
         self.require_auth = require_auth
         self.rate_limit = rate_limit
 
-    def admit(self, request: Any, context: grpc.ServicerContext, *, partial: bool
-              ) -> Admission:
-        """Check the call's voucher and reserve its maximum (raises AgentmarketError).
+    def admit(self, request: Any, context: grpc.ServicerContext, *, partial: bool,
+              voucher: agreement_pb2.Voucher | None = None) -> Admission:
+        """Check the call's voucher (`voucher`, or the one in the call's metadata) and reserve
+        its maximum (raises AgentmarketError).
 
         An unsigned call is the buyer's only if its word is genuine and new, so only such a
         call draws from the buyer's rate-limit bucket (checked before anything is used): anyone
@@ -97,7 +98,8 @@ class PaidCallAdmitter:
         vouchers and stall its calls. A voucher whose check costs more than
         `CHEAP_CHECK_HASHES` first draws from the agreement's bucket for unproven calls, so
         forgeries cannot buy unbounded hashing."""
-        voucher = voucher_of(context.invocation_metadata())
+        if voucher is None:
+            voucher = voucher_of(context.invocation_metadata())
         signed = bool(current_caller())
         agreement = request.agreement_id
         if not self.gate.known(agreement):

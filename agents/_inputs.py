@@ -68,6 +68,22 @@ def name(value: Any, what: str = "name") -> str:
     return value
 
 
+def market(value: Any) -> str:
+    """The marketplace's gRPC target: one node's host:port (or unix:, dns: target), or a list
+    of nodes' IP host:port (`marketplace.market_channel.market_target`)."""
+    from marketplace.market_channel import market_target
+    from wallets.errors import AgentmarketError
+
+    if isinstance(value, (list, tuple)):
+        for node in value:
+            address(node, "node address")
+        try:
+            return market_target(value)
+        except AgentmarketError as error:
+            raise InvalidArgument(error.message) from None
+    return address(value)
+
+
 def address(value: Any, what: str = "marketplace address") -> str:
     """host:port (or a grpc target such as unix:/path)."""
     if not isinstance(value, str) or not _ADDRESS.match(value.strip()):

@@ -30,6 +30,7 @@ from agents.v1 import agent_pb2
 from marketplace import agreements as ag
 from marketplace.errors import ReceiptLimit
 from marketplace.grpc_tracing import span_if_active
+from marketplace.v1.agreement_pb2 import Voucher
 from wallets import attributes as attr
 from wallets.grpc_errors import abort
 
@@ -98,11 +99,12 @@ class PaidCalls:
                                 reserved_atomic=admission.reserve_atomic, unspent_atomic=unspent)
         return usage, receipt
 
-    def invoke(self, request: agent_pb2.InvokeRequest, context: grpc.ServicerContext
-               ) -> agent_pb2.InvokeResponse:
-        """A paid unary call: admit its voucher, run the skill, charge, answer. A retried call
-        id gets its first answer; a call that fails gives its reserve back."""
-        admission = self.admitter.admit(request, context, partial=False)
+    def invoke(self, request: agent_pb2.InvokeRequest, context: grpc.ServicerContext, *,
+               voucher: Voucher | None = None) -> agent_pb2.InvokeResponse:
+        """A paid unary call: admit its voucher (`voucher`, or the call metadata's), run the
+        skill, charge, answer. A retried call id gets its first answer; a call that fails
+        gives its reserve back. Every door (agents.v1, A2A) pays through here."""
+        admission = self.admitter.admit(request, context, partial=False, voucher=voucher)
         if admission.replay is not None:
             _durable(admission)
             return admission.replay  # type: ignore[no-any-return]
@@ -135,20 +137,27 @@ class PaidCalls:
 
     def invoke_stream(self, request: agent_pb2.InvokeRequest,
                       context: grpc.ServicerContext) -> Iterator[agent_pb2.StreamChunk]:
-        admission = None
         try:
-            admission = self.admitter.admit(request, context, partial=True)
-            if admission.replay is not None:
-                _durable(admission)
-                yield admission.replay
-                return
-            yield from self._stream(request, context, admission)
+            yield from self.paid_stream(request, context)
         except AgentmarketError as error:
             abort(context, error)
         except Exception:  # a failing skill is not paid; never leak its text
             request_id = uuid.uuid4().hex[:12]
             log.exception("streamed skill failed (request %s)", request_id)
             context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})")
+
+    def paid_stream(self, request: agent_pb2.InvokeRequest, context: grpc.ServicerContext, *,
+                    voucher: Voucher | None = None) -> Iterator[agent_pb2.StreamChunk]:
+        """A streamed paid call's chunks, the last one with the receipt (raises
+        AgentmarketError; a failing skill's exception propagates, its reserve released)."""
+        admission = None
+        try:
+            admission = self.admitter.admit(request, context, partial=True, voucher=voucher)
+            if admission.replay is not None:
+                _durable(admission)
+                yield admission.replay
+                return
+            yield from self._stream(request, context, admission)
         finally:
             if admission is not None:
                 self.seller.gate.release(request.agreement_id, admission)

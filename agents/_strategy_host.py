@@ -24,7 +24,12 @@ from agents.negotiation import ConcessionStrategy, Limits, Strategy
 from agents.skills import Skill
 from agents.v1 import agent_pb2
 from marketplace import agreements as ag
-from marketplace.errors import CurrencyNotAccepted, UnknownSkill, VerificationNotOffered
+from marketplace.errors import (
+    CurrencyNotAccepted,
+    TermsMismatch,
+    UnknownSkill,
+    VerificationNotOffered,
+)
 from marketplace.negotiation import Negotiation
 from marketplace.v1 import agreement_pb2, registry_pb2
 from wallets import attributes as attr
@@ -35,6 +40,8 @@ if TYPE_CHECKING:
 MAX_NOTE_CHARS = 500
 MAX_OPEN_NEGOTIATIONS = 10_000
 OFFER_TTL_MS = 30_000
+# rfq ids of agreements at the list price, made without negotiating (`_countersign_listed`)
+LIST_PRICE_PREFIX = "list:"
 SUPPORTED = (registry_pb2.VERIFICATION_METHOD_SCHEMA,
              registry_pb2.VERIFICATION_METHOD_BUYER_ACCEPTANCE)
 
@@ -196,6 +203,8 @@ class SellerNegotiator:
                      ) -> agreement_pb2.SignedAgreement:
         body = ag.parse_body(signed)
         ag.check_signatures(signed, body, require_seller=False)
+        if body.rfq_id.startswith(LIST_PRICE_PREFIX):
+            return self._countersign_listed(signed, body)
         state = self._open_negotiation(body.rfq_id)
         last = state.protocol.last_offer
         if body.seller_id != self.seller.agent_id or body.buyer_id != state.rfq.buyer_id:
@@ -212,6 +221,43 @@ class SellerNegotiator:
                                                                body.terms.currency)
         self.seller.gate.open(agreement_id, body)
         self._end(body.rfq_id)
+        return signed
+
+
+    def _countersign_listed(self, signed: agreement_pb2.SignedAgreement,
+                            body: agreement_pb2.AgreementBody) -> agreement_pb2.SignedAgreement:
+        """An agreement at the list price, with no negotiation before it (the HTTP/x402
+        gateway's buyers): countersigned when its terms are what the listing already offers
+        anyone, so no strategy is consulted and nothing is given away."""
+        terms, now = body.terms, _now_ms()
+        skill = self.seller.skills.get(terms.skill)
+        if skill is None:
+            raise UnknownSkill(f"this seller has no skill {terms.skill!r}")
+        if body.seller_id != self.seller.agent_id:
+            raise PermissionDenied("the agreement names another seller")
+        if body.seller_endpoint != self.seller.endpoint:
+            raise InvalidArgument("the agreement names another endpoint")
+        listed_price, _ = self.reservation(skill, terms.currency)
+        listed = skill.tariff(listed_price, terms.currency)
+        price = skill.price_in(terms.currency)
+        assert price is not None, "reservation() checked the currency"
+        if terms.unit != price.unit or terms.unit_name != price.unit_name \
+                or terms.unit_price_atomic < listed_price \
+                or terms.output_unit_price_atomic < listed.output_unit_price_atomic:
+            raise TermsMismatch("a list-price agreement pays the listed price and unit")
+        if terms.verification not in skill.verification_methods or \
+                terms.verification not in SUPPORTED:
+            raise VerificationNotOffered(f"skill {skill.name} does not offer that verification")
+        if terms.dispute_window_s > self.dispute_window_s or terms.completion_deadline_ms > \
+                now + self.completion_window_s * 1000 or not \
+                now < body.offer_expires_at_ms <= now + OFFER_TTL_MS:
+            raise TermsMismatch("a list-price agreement keeps the seller's windows and "
+                                f"expires within {OFFER_TTL_MS // 1000} s")
+        ag.sign_as_seller(signed, self.seller.key)
+        agreement_id = ag.agreement_id(signed.body)
+        self.seller.tariffs[agreement_id] = skill.tariff(terms.unit_price_atomic,
+                                                         terms.currency)
+        self.seller.gate.open(agreement_id, body)
         return signed
 
 

@@ -29,8 +29,10 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 import grpc
+from a2a.types import a2a_pb2, a2a_pb2_grpc
 from opentelemetry.trace import TracerProvider
 
+from agents import _a2a_buyer as _a2a
 from agents import _bargain
 from agents._async_streaming import AsyncStreamedCall
 from agents._bargain import Quote
@@ -44,7 +46,7 @@ from agents._buyer_core import (
 from agents._deal import Deal
 from agents._failover import MAX_SELLERS_TRIED, Failover, unreachable
 from agents._rpc import async_sdk_method, sdk_error
-from agents.errors import NegotiationFailed, SellerUnavailable, Unavailable
+from agents.errors import AgentmarketError, NegotiationFailed, SellerUnavailable, Unavailable
 from agents.negotiation import Strategy
 from agents.payments import VOUCHER_METADATA_KEY
 from agents.results import CallResult, Escrow, Money, Posting, Wallet, posting_from_message
@@ -52,6 +54,7 @@ from agents.v1 import agent_pb2, agent_pb2_grpc
 from marketplace.aio_client import aio_channel
 from marketplace.grpc_tracing import span_if_active, untraced
 from marketplace.identity import AgentKey
+from marketplace.market_channel import aio_node_retry, market_options
 from marketplace.v1 import registry_pb2, registry_pb2_grpc, settlement_pb2, settlement_pb2_grpc
 from wallets.grpc_errors import error_info, error_reason
 from wallets.v1 import wallet_pb2, wallet_pb2_grpc
@@ -80,7 +83,8 @@ class _Seller:
 
 
 class AsyncBuyerAgent(BuyerCore):
-    def __init__(self, name: str, *, marketplace: str, key: AgentKey | str | None = None,
+    def __init__(self, name: str, *, marketplace: str | Sequence[str],
+                 key: AgentKey | str | None = None,
                  tracer_provider: TracerProvider | None = None,
                  credentials: grpc.ChannelCredentials | None = None) -> None:
         super().__init__(name, marketplace=marketplace, key=key,
@@ -94,7 +98,9 @@ class AsyncBuyerAgent(BuyerCore):
     def _market(self) -> _Market:
         if self._market_stubs is None:
             channel = aio_channel(self.marketplace, self.key, self.credentials,
-                                  tracer_provider=self.tracer_provider)
+                                  tracer_provider=self.tracer_provider,
+                                  options=market_options(self.marketplace),
+                                  interceptors=aio_node_retry(self.marketplace))
             self._market_stubs = _Market(channel, registry_pb2_grpc.RegistryServiceStub(channel),
                                          settlement_pb2_grpc.SettlementServiceStub(channel),
                                          wallet_pb2_grpc.WalletServiceStub(channel))
@@ -356,6 +362,68 @@ class AsyncBuyerAgent(BuyerCore):
         deal = self._deal(deal)
         return self._escrowed(deal, await self._market.settlement.Dispute(
             self._dispute_request(deal, reason), timeout=RPC_TIMEOUT_S))
+
+    # ---- A2A (`BuyerAgent`'s A2A methods) ------------------------------------------------
+
+    @async_sdk_method
+    async def card(self, url: str) -> a2a_pb2.AgentCard:
+        """An A2A agent's Agent Card, its signature checked (`BuyerAgent.card`)."""
+        return await _a2a.afetch_card(url)
+
+    @async_sdk_method
+    async def negotiate_card(self, url: str, skill: str, *, quantity: int,
+                             budget: str | Decimal, currency: str, **options: Any) -> Deal:
+        """Negotiate with the seller an Agent Card URL names (`BuyerAgent.negotiate_card`)."""
+        listing = _a2a.card_listing(await _a2a.afetch_card(url))
+        return await self.negotiate(listing, skill, quantity=quantity, budget=budget,
+                                    currency=currency, failover=False, **options)
+
+    @async_sdk_method
+    async def send(self, deal: Deal, arguments: dict[str, Any], *,
+                   message_id: str | None = None) -> CallResult:
+        """One paid call over A2A, the voucher in the message metadata (`BuyerAgent.send`)."""
+        planned = self._plan(deal, arguments, message_id, None)
+        with span_if_active(self._tracer, self.tracer_provider, "paid_call",
+                            attributes=lambda: self._span_attributes(planned)) as span:
+            stubs = self._stubs(planned.deal.body.seller_endpoint)
+            channel = stubs.unsigned_channel if planned.fresh else stubs.signed_channel
+            try:
+                reply = await a2a_pb2_grpc.A2AServiceStub(channel).SendMessage(
+                    _a2a.paid_request(planned), metadata=_a2a.EXTENSION_METADATA,
+                    timeout=RPC_TIMEOUT_S)
+                response = _a2a.paid_response(reply.task)
+            except grpc.RpcError as error:
+                self._failed(planned, error)
+                raise
+            except AgentmarketError:  # a FAILED task: nothing was charged
+                if planned.settles:
+                    self.sessions[planned.deal.agreement_id].settle(planned.reserve_atomic, 0)
+                raise
+            return self._answered(planned, response, span)
+
+    @async_sdk_method
+    async def send_stream(self, deal: Deal, arguments: dict[str, Any], *,
+                          max_atomic: int | None = None, message_id: str | None = None
+                          ) -> AsyncStreamedCall:
+        """A streamed paid call over A2A (`BuyerAgent.send_stream`):
+        `async for piece in await buyer.send_stream(...)`."""
+        deal, request, voucher, budget = self._stream_plan(deal, arguments, message_id,
+                                                           max_atomic)
+        stub = a2a_pb2_grpc.A2AServiceStub(self._stubs(deal.body.seller_endpoint).signed_channel)
+        call = stub.SendStreamingMessage(
+            _a2a.stream_request(request, voucher, deal.body.terms.skill),
+            metadata=_a2a.EXTENSION_METADATA, timeout=STREAM_TIMEOUT_S)
+        return AsyncStreamedCall(deal, self.sessions[deal.agreement_id], budget,
+                                 _a2a.AsyncA2AStream(call))
+
+    @async_sdk_method
+    async def ask(self, url: str, arguments: dict[str, Any] | str, *,
+                  skill: str | None = None) -> Any:
+        """Call a plain (unpaid) A2A agent by its Agent Card URL (`BuyerAgent.ask`)."""
+        endpoint = _a2a.grpc_endpoint(await _a2a.afetch_card(url))
+        stub = a2a_pb2_grpc.A2AServiceStub(self._stubs(endpoint).unsigned_channel)
+        return _a2a.plain_output(await stub.SendMessage(_a2a.plain_request(arguments, skill),
+                                                        timeout=RPC_TIMEOUT_S))
 
     @async_sdk_method
     async def escrow(self, deal: Deal) -> Escrow:

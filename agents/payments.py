@@ -183,12 +183,14 @@ class _Account:
 class PaymentGate:
     """The seller's local voucher check, run before every paid call."""
 
-    def __init__(self, key: AgentKey | None = None, journal: UsageJournal | None = None
-                 ) -> None:
+    def __init__(self, key: AgentKey | None = None, journal: UsageJournal | None = None,
+                 *, clock_ms: Callable[[], int] | None = None) -> None:
         """`key`: the seller's, signing every RECEIPT_SIGN_EVERY-th receipt of each chain;
-        `journal`: where agreements, answered calls and redeems are made durable."""
+        `journal`: where agreements, answered calls and redeems are made durable;
+        `clock_ms`: the time calls are checked against agreements' deadlines (wall clock)."""
         self.key = key
         self.journal = journal
+        self.clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
         self._accounts: dict[str, _Account] = {}
         self._lock = threading.Lock()
         if journal is not None:
@@ -278,7 +280,7 @@ class PaymentGate:
                                    partial)
             if account.closed:
                 raise AgreementEnded("the agreement was redeemed; it takes no more calls")
-            if time.time_ns() // 1_000_000 > account.body.terms.completion_deadline_ms:
+            if self.clock_ms() > account.body.terms.completion_deadline_ms:
                 raise AgreementEnded("the agreement's completion deadline has passed; it takes "
                                      "no more calls (what was delivered is still redeemed)")
             if account.chain_index >= ag.MAX_RECEIPTS:  # before the voucher is taken
@@ -412,6 +414,21 @@ class PaymentGate:
             if call is not None and call.in_flight:
                 account.reserved_atomic -= call.reserve_atomic
                 call.in_flight = False
+
+    def answered(self, agreement_id: str, call_id: str) -> Any:
+        """The first response of an answered call (None: unknown, running or failed), for a
+        door that looks a call up again (A2A GetTask after a lost answer)."""
+        account = self._accounts.get(agreement_id)
+        call = account.calls.get(call_id) if account is not None else None
+        return _decode_response(call.response) if call is not None and call.response else None
+
+    def paid_calls(self) -> list[tuple[str, str, bytes]]:
+        """(agreement id, call id, payword) of every call kept: what a door indexes its own
+        ids by after a restart."""
+        with self._lock:
+            accounts = list(self._accounts.items())
+        return [(agreement_id, call_id, call.payword) for agreement_id, account in accounts
+                for call_id, call in list(account.calls.items())]
 
     def unspent(self, agreement_id: str) -> int:
         return self._account(agreement_id).available_atomic

@@ -9,7 +9,10 @@ for LLM skills, each skill's own `warm_up`), so the first paid call is as quick 
 then it starts the gRPC server, advertises, heartbeats and redeems when due. `stop()` withdraws
 the listing; a seller still serving when the interpreter exits, or when the process gets
 SIGTERM or Ctrl-C, is stopped then (`agents._lifecycle`), so its listing does not outlive it.
-Its server also answers gRPC health checking and server reflection (v1 and v1alpha), so buf
+The same server speaks A2A v1.0 (lf.a2a.v1.A2AService, `agents._a2a_door`) to any A2A client:
+free skills (`free()`) unpaid, priced ones paid through the same payment core as Invoke, and
+the signed Agent Card (`agent_card()`; over HTTP at `card_url` with `card_port`). Its server
+also answers gRPC health checking and server reflection (v1 and v1alpha), so buf
 curl, grpcurl and Postman work against it.
 
 Each paid call is metered (calls, litellm-reported tokens, units) and charged under the
@@ -35,20 +38,23 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import grpc
+from a2a.types import a2a_pb2
 from opentelemetry import trace
 from opentelemetry.trace import TracerProvider
 
 from agents import _inputs, _lifecycle, _litellm_hooks
+from agents._a2a_door import SERVICE as A2A_SERVICE
 from agents._grpc_payment import (
     ANSWER_MAY_BE_LOST,
     PaidCallAdmitter,
 )
 from agents._rpc import sdk_error, sdk_method
-from agents._seller_server import AGENT_SERVICE, attach, build_server, journal_url
+from agents._seller_server import AGENT_SERVICE, attach, build_server, card_server, journal_url
 from agents._serving import PaidCalls
 from agents._strategy_host import SellerNegotiator
 from agents.errors import (
@@ -66,10 +72,12 @@ from agents.skills import Skill, warm_up
 from agents.usage_journal import JournalPacedExecutor, UsageJournal
 from agents.v1 import agent_pb2
 from marketplace import agreements as ag
+from marketplace.a2a_cards import CARD_PATH, listing_card
 from marketplace.auth import signed_channel
 from marketplace.grpc_tracing import client_interceptors, untraced
 from marketplace.identity import AgentKey, verify
 from marketplace.introspection import mark_serving
+from marketplace.market_channel import market_options, node_retry
 from marketplace.node import opening_database
 from marketplace.v1 import registry_pb2, registry_pb2_grpc, settlement_pb2, settlement_pb2_grpc
 
@@ -79,7 +87,7 @@ log = logging.getLogger("agentmarket.seller")
 
 
 class SellerAgent:
-    def __init__(self, name: str, *, skills: list[Skill], marketplace: str,
+    def __init__(self, name: str, *, skills: list[Skill], marketplace: str | Sequence[str],
                  key: AgentKey | str | os.PathLike[str] | None = None, host: str = "127.0.0.1",
                  port: int = 0,
                  reservation_fraction: tuple[int, int] = (3, 4),
@@ -92,7 +100,7 @@ class SellerAgent:
                  server_credentials: grpc.ServerCredentials | None = None,
                  require_auth: bool = True, rate_limit_per_s: float = 500.0,
                  rate_limit_burst: int = 1000, journal: str | Path | None = None,
-                 journal_retention_s: int = 86_400) -> None:
+                 journal_retention_s: int = 86_400, card_port: int | None = None) -> None:
         """`strategy`: a Strategy shared by all negotiations, or a factory
         `(skill, currency) -> Strategy` called per negotiation (LLM strategies keep state).
         `completion_window_s`: how long after the negotiation's deadline the buyer may call;
@@ -107,7 +115,10 @@ class SellerAgent:
         for this run keeps its journal in a temporary folder removed by `stop()`: no one
         could take it up again, and nothing piles up run after run.
         `journal_retention_s`: how long after its completion deadline a redeemed (or never
-        paid) agreement is kept, in memory and in the journal, before it is dropped."""
+        paid) agreement is kept, in memory and in the journal, before it is dropped.
+        `card_port`: serve the A2A Agent Card over HTTP on `host` at this port (0: a free
+        one; `card_url` says where); None: no HTTP server (the card is still answered over
+        gRPC by A2A's GetExtendedAgentCard)."""
         if not skills or not all(isinstance(s, Skill) for s in skills):
             raise InvalidArgument("a seller needs a list of skills made with @skill")
         if not 0 <= redeem_margin_s < completion_window_s:
@@ -118,7 +129,7 @@ class SellerAgent:
         self.skills = {s.name: s for s in skills}
         if any(s.priced_per_token for s in skills):  # meter the skills' own litellm calls
             _litellm_hooks.install()
-        self.marketplace = _inputs.address(marketplace)
+        self.marketplace = _inputs.market(marketplace)
         self.ttl_s = ttl_s
         self.redeem_margin_s = redeem_margin_s
         self.settle_interval_s = settle_interval_s
@@ -138,8 +149,9 @@ class SellerAgent:
         self._redeem_locks: dict[str, threading.Lock] = {}
         self._escrowed: set[str] = set()
         self._locks_guard = threading.Lock()
-        channel = signed_channel(self.marketplace, self.key, credentials,
-                                 interceptors=client_interceptors(tracer_provider))
+        channel = signed_channel(
+            self.marketplace, self.key, credentials, options=market_options(self.marketplace),
+            interceptors=[*node_retry(self.marketplace), *client_interceptors(tracer_provider)])
         self._channel = channel
         self.registry = registry_pb2_grpc.RegistryServiceStub(channel)
         self.settlement = settlement_pb2_grpc.SettlementServiceStub(channel)
@@ -153,6 +165,8 @@ class SellerAgent:
             self.gate, self._reserve_of, require_auth=require_auth, rate_limit=auth.allow))
         self.health, self.port = attach(self, self.server, host, port, server_credentials)
         self.endpoint = f"{host}:{self.port}"
+        self._card: a2a_pb2.AgentCard | None = None
+        self._card_http = None if card_port is None else card_server(self, host, card_port)
         self._threads = [
             threading.Thread(target=self._heartbeat_loop, daemon=True, name=f"heartbeat-{name}"),
             threading.Thread(target=self._settle_loop, daemon=True, name=f"settle-{name}"),
@@ -185,8 +199,11 @@ class SellerAgent:
             if warm:
                 warm_up(list(self.skills.values()))
             self.server.start()
-            mark_serving(self.health, [AGENT_SERVICE])
-            self._advertise()
+            mark_serving(self.health, [AGENT_SERVICE, A2A_SERVICE])
+            if self._card_http is not None:
+                self._card_http.start()
+            if self.listing().skills:  # free skills only: nothing to sell at the marketplace
+                self._advertise()
         except BaseException:
             self.stop(0)
             raise
@@ -202,9 +219,32 @@ class SellerAgent:
         self.stop()
 
     def listing(self) -> registry_pb2.Listing:
+        """The marketplace listing: the priced skills (free ones are on the card only)."""
         return registry_pb2.Listing(agent_id=self.agent_id, name=self.name,
                                     endpoint=self.endpoint,
-                                    skills=[s.message() for s in self.skills.values()])
+                                    skills=[s.message() for s in self.skills.values()
+                                            if not s.free])
+
+    def agent_card(self) -> a2a_pb2.AgentCard:
+        """The seller's A2A Agent Card, signed with its key (EdDSA JWS): every skill, free or
+        priced, and the prices in the payment extension's params (`marketplace.a2a_cards`)."""
+        if self._card is None:
+            every = registry_pb2.Listing(agent_id=self.agent_id, name=self.name,
+                                         endpoint=self.endpoint,
+                                         skills=[s.message() for s in self.skills.values()])
+            self._card = listing_card(
+                every, marketplace=self.marketplace, key=self.key, card_url=self.card_url,
+                free=frozenset(n for n, s in self.skills.items() if s.free),
+                streaming=frozenset(n for n, s in self.skills.items() if s.streams))
+        return self._card
+
+    @property
+    def card_url(self) -> str:
+        """Where the Agent Card is served over HTTP ('' without `card_port`): any A2A client
+        resolves the seller from it (`{url}` is `http://host:port/.well-known/agent-card.json`)."""
+        if self._card_http is None:
+            return ""
+        return f"{self._card_http.url}{CARD_PATH}"
 
     @sdk_method
     def advertise(self) -> registry_pb2.Listing:
@@ -226,6 +266,8 @@ class SellerAgent:
 
     def _heartbeat_loop(self) -> None:
         while not self._stop.wait(self.ttl_s / 3):
+            if not self.listing().skills:
+                continue  # free skills only: no listing to keep alive
             with untraced():
                 try:
                     self.registry.Heartbeat(
@@ -240,7 +282,7 @@ class SellerAgent:
         while not self._stop.wait(self.settle_interval_s):
             for agreement_id in self.gate.due(_now_ms(), self.redeem_margin_s * 1000):
                 try:
-                    self.redeem(agreement_id)
+                    self._redeem(agreement_id)
                 except grpc.RpcError as error:
                     if error.code() in ANSWER_MAY_BE_LOST or not self._given_up(agreement_id):
                         log.warning("redeeming %s before its deadline failed: %s",
@@ -301,6 +343,8 @@ class SellerAgent:
                     idempotency_key=f"withdraw:{uuid.uuid4().hex}", agent_id=self.agent_id),
                     timeout=WITHDRAW_TIMEOUT_S)
         self.server.stop(grace_s).wait()
+        if self._card_http is not None:
+            self._card_http.stop(min(grace_s, 1.0))
         for thread in self._threads:
             if thread.is_alive() and thread is not threading.current_thread():
                 thread.join(timeout=RPC_TIMEOUT_S)
@@ -348,7 +392,16 @@ class SellerAgent:
 
     def redeem(self, agreement_id: str) -> settlement_pb2.Escrow:
         """Present the latest voucher and all receipts to the marketplace (once: later calls
-        return the first answer). With no paid call, a zero voucher releases the whole hold."""
+        return the first answer). With no paid call, a zero voucher releases the whole hold.
+        Raises the SDK's errors (`agents.errors`): Unavailable when the marketplace did not
+        answer (redeem again: the same request is sent), the marketplace's refusal otherwise."""
+        try:
+            return self._redeem(agreement_id)
+        except grpc.RpcError as error:
+            raise sdk_error(error) from None
+
+    def _redeem(self, agreement_id: str) -> settlement_pb2.Escrow:
+        """`redeem`, raising gRPC's error as the marketplace answered it."""
         with self._redeem_lock(agreement_id):
             done = self.gate.redeemed(agreement_id)
             if done is not None:
@@ -376,7 +429,7 @@ class SellerAgent:
                       request.buyer_signature):
             raise PermissionDenied("only the agreement's buyer can finish it")
         try:
-            escrow = self.redeem(request.agreement_id)
+            escrow = self._redeem(request.agreement_id)
         except grpc.RpcError as error:
             if error.code() in ANSWER_MAY_BE_LOST:  # an outage, not an answer: finish again
                 raise Unavailable(f"the marketplace did not answer the redeem "

@@ -91,6 +91,12 @@ def per_call(amount: str | Decimal | int, currency_code: str) -> Price:
     return Price(cur.atomic(amount), cur.code)
 
 
+def free() -> Price:
+    """No price: any A2A client calls the skill without paying or an agreement. A free skill
+    is on the seller's Agent Card, not in its marketplace listing (which lists what is sold)."""
+    return Price(0, "")
+
+
 def per_1k_tokens(input_amount: str | Decimal | int, output_amount: str | Decimal | int,
                   currency_code: str) -> Price:
     """Prices per 1,000 input and per 1,000 output tokens, as exact decimal amounts."""
@@ -157,6 +163,11 @@ class Skill:
             prices=[p.message() for p in self.prices],
             verification_methods=self.verification_methods,
             max_concurrency=self.max_concurrency, typical_latency_ms=self.typical_latency_ms)
+
+    @property
+    def free(self) -> bool:
+        """Served to anyone, unpaid (`free()`)."""
+        return all(p.amount_atomic == 0 and not p.currency for p in self.prices)
 
     @property
     def streams(self) -> bool:
@@ -267,6 +278,8 @@ class Skill:
 
 def _check_bounds(prices: list[Price], max_input_tokens: int, max_output_tokens: int,
                   max_units: int) -> None:
+    if len(prices) > 1 and any(p.amount_atomic == 0 and not p.currency for p in prices):
+        raise InvalidArgument("a free skill has free() as its only price")
     for price in prices:
         if price.unit == TOKENS and (max_input_tokens <= 0 or max_output_tokens <= 0):
             raise InvalidArgument("a skill priced per token needs max_input_tokens and "

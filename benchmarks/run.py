@@ -18,14 +18,17 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-MODULES = ("ledger", "usage_journal", "paid_call", "discovery", "tasks", "console", "warm_start")
+MODULES = ("ledger", "usage_journal", "paid_call", "a2a", "x402_gateway", "discovery", "tasks",
+           "deployed", "console", "warm_start", "scale_out", "sandbox")
 RESULTS = Path(__file__).resolve().parent / "results.json"
 
 
 def main(names: list[str]) -> int:
     os.environ.setdefault("AGENTMARKET_TRACING", "off")  # measure the work, not the exporter
     console = Console()
-    results: dict[str, Any] = {"cpu_count": os.cpu_count(), "python": platform.python_version()}
+    # A run of some benchmarks refreshes their keys and keeps the others' last figures.
+    results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results.update({"cpu_count": os.cpu_count(), "python": platform.python_version()})
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
                   console=console) as progress:
         for name in names or MODULES:

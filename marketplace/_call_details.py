@@ -25,3 +25,10 @@ def with_metadata(details: Any, metadata: list[tuple[str, Any]]) -> grpc.ClientC
     return _ClientCallDetails(details.method, details.timeout, metadata, details.credentials,
                               getattr(details, "wait_for_ready", None),
                               getattr(details, "compression", None))
+
+
+def with_timeout(details: Any, timeout: float | None) -> grpc.ClientCallDetails:
+    """`details` with its timeout replaced (what is left of the call's deadline)."""
+    return _ClientCallDetails(details.method, timeout, details.metadata, details.credentials,
+                              getattr(details, "wait_for_ready", None),
+                              getattr(details, "compression", None))

@@ -120,10 +120,12 @@ class _Tracing(grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[misc]
 def aio_channel(address: str, key: AgentKey | None,
                 credentials: grpc.ChannelCredentials | None = None, *,
                 tracer_provider: trace.TracerProvider | None = None,
-                options: Iterable[tuple[str, Any]] = ()) -> grpc.aio.Channel:
+                options: Iterable[tuple[str, Any]] = (),
+                interceptors: Iterable[Any] = ()) -> grpc.aio.Channel:
     """A grpc.aio channel: traced, and signed by `key` (None: unsigned), TLS with
-    `credentials`, plaintext without. Create it inside the event loop that will use it."""
-    interceptors: list[Any] = [_Tracing(tracer_provider)]
+    `credentials`, plaintext without. Create it inside the event loop that will use it.
+    `interceptors` run before tracing and signing (a retry: each attempt signed afresh)."""
+    interceptors = [*interceptors, _Tracing(tracer_provider)]
     if key is not None:
         interceptors.append(_Signing(key))
     if credentials is not None:

@@ -11,8 +11,9 @@ caller and the request: PERMISSION_DENIED with the rule's name, before anything 
 
 What the signature does not cover: other metadata (trace context, the payment voucher, which
 proves itself), the server it was meant for (a request can be replayed to another node of the
-same marketplace within the skew window: nonces are remembered per process; idempotency keys
-make a replayed mutation return its first result), and streamed requests (refused).
+same marketplace within the skew window unless the nodes share their nonces in Redis,
+`marketplace.request_limits.RedisLimits`; idempotency keys make a replayed mutation return its
+first result anyway), and streamed requests (refused).
 
 TLS: `server_credentials` and `channel_credentials` build grpc credentials from PEM bytes;
 with a client CA the server requires client certificates (mutual TLS).
@@ -21,10 +22,8 @@ with a client CA the server requires client certificates (mutual TLS).
 from __future__ import annotations
 
 import hashlib
-import heapq
 import os
 import re
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -34,6 +33,13 @@ from opentelemetry import trace
 
 from marketplace._call_details import with_metadata
 from marketplace.identity import AgentKey, verify
+from marketplace.request_limits import (
+    ADMITTED,
+    NONCES_FULL,
+    REPLAYED,
+    LocalLimits,
+    RequestLimits,
+)
 from wallets.access import Rule
 from wallets.caller import calling_as, current_caller
 from wallets.errors import AgentmarketError, Forbidden, ResourceExhausted, Unauthenticated
@@ -137,66 +143,6 @@ def channel_credentials(root_ca_pem: bytes | None = None, cert_chain_pem: bytes 
 # ---- the server ---------------------------------------------------------------------------------
 
 
-class _NonceCache:
-    """(agent, nonce) pairs, each kept until its timestamp is no longer fresh. Bounded: when
-    full of fresh entries it refuses new ones (fail closed) instead of forgetting any."""
-
-    def __init__(self, max_entries: int = 1_000_000) -> None:
-        self._expiry: dict[str, int] = {}
-        self._heap: list[tuple[int, str]] = []
-        self._max = max_entries
-        self._lock = threading.Lock()
-
-    def first_use(self, key: str, fresh_until_ms: int, now_ms: int) -> bool | None:
-        """True the first time, False for a replay, None when the cache is full."""
-        with self._lock:
-            while self._heap and self._heap[0][0] < now_ms:
-                _, old = heapq.heappop(self._heap)
-                self._expiry.pop(old, None)
-            if key in self._expiry:
-                return False
-            if len(self._expiry) >= self._max:
-                return None
-            self._expiry[key] = fresh_until_ms
-            heapq.heappush(self._heap, (fresh_until_ms, key))
-            return True
-
-    def __len__(self) -> int:
-        return len(self._expiry)
-
-
-class _RateLimiter:
-    """A token bucket per agent: `rate_per_s` sustained, `burst` at once. Bounded: buckets idle
-    long enough to be full again are dropped (the same as absent); if every bucket is busy,
-    new agents are refused until some calm down."""
-
-    def __init__(self, rate_per_s: float, burst: int, max_agents: int = 100_000,
-                 clock_s: Callable[[], float] = time.monotonic) -> None:
-        if rate_per_s <= 0 or burst < 1:
-            raise ValueError("the rate limit needs rate_per_s > 0 and burst >= 1")
-        self.rate, self.burst, self.max_agents = rate_per_s, burst, max_agents
-        self.clock_s = clock_s
-        self._buckets: dict[str, tuple[float, float]] = {}
-        self._lock = threading.Lock()
-
-    def allow(self, agent_id: str) -> bool:
-        now = self.clock_s()
-        with self._lock:
-            if agent_id not in self._buckets and len(self._buckets) >= self.max_agents:
-                refill_s = self.burst / self.rate
-                self._buckets = {k: v for k, v in self._buckets.items()
-                                 if now - v[1] < refill_s}
-                if len(self._buckets) >= self.max_agents:
-                    return False
-            tokens, at = self._buckets.get(agent_id, (float(self.burst), now))
-            tokens = min(float(self.burst), tokens + (now - at) * self.rate)
-            if tokens < 1:
-                self._buckets[agent_id] = (tokens, now)
-                return False
-            self._buckets[agent_id] = (tokens - 1, now)
-            return True
-
-
 def _refuse(code: grpc.StatusCode, message: str, reason: str) -> Callable[..., Any]:
     def refuse(request: Any, context: grpc.ServicerContext) -> Any:
         context.abort_with_status(_rich_status(code, message, reason))
@@ -235,18 +181,21 @@ class AuthServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     def __init__(self, *, skew_s: int = 60, rate_per_s: float = 500.0, burst: int = 1000,
                  required: bool = True, clock_ms: Callable[[], int] | None = None,
                  max_nonces: int = 1_000_000, max_agents: int = 100_000,
-                 optional_methods: Iterable[str] = ()) -> None:
+                 optional_methods: Iterable[str] = (),
+                 limits: RequestLimits | None = None) -> None:
         """`optional_methods`: full method paths whose calls may come unsigned (their caller
         is then ''), for methods that carry their own proof: a seller's paid Invoke, whose
-        fresh PayWord word only the buyer can produce."""
+        fresh PayWord word only the buyer can produce. `limits`: where nonces and rate buckets
+        live (`marketplace.request_limits`; default: this process, with `rate_per_s`, `burst`,
+        `max_nonces` and `max_agents`); `RedisLimits` shares them across nodes."""
         if not 1 <= skew_s <= 3600:
             raise ValueError("skew_s must be 1..3600")
         self.skew_ms = skew_s * 1000
         self.required = required
         self.optional_methods = frozenset(optional_methods)
         self.clock_ms = clock_ms or _now_ms
-        self._nonces = _NonceCache(max_nonces)
-        self._limiter = _RateLimiter(rate_per_s, burst, max_agents)
+        self.limits = limits if limits is not None else LocalLimits(
+            rate_per_s, burst, max_nonces=max_nonces, max_agents=max_agents)
 
     def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
         handler = continuation(details)
@@ -289,7 +238,7 @@ class AuthServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     def allow(self, subject: str) -> bool:
         """Take one request from `subject`'s bucket (unsigned paid calls are limited per
         agreement, since they carry no agent id)."""
-        return self._limiter.allow(subject)
+        return self.limits.allow(subject)
 
     def _check(self, method: str, metadata: Mapping[str, Any], body: bytes) -> str:
         """The verified caller ('' for an unsigned call when not required); raises
@@ -321,14 +270,14 @@ class AuthServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 agent, signed_message(method, body, timestamp_ms, nonce), signature):
             raise Unauthenticated("the request signature does not verify for agentmarket-agent",
                                   reason="BAD_REQUEST_SIGNATURE")
-        first = self._nonces.first_use(f"{agent}:{nonce}", timestamp_ms + self.skew_ms, now)
-        if first is False:
+        verdict = self.limits.admit(agent, nonce, timestamp_ms + self.skew_ms, now)
+        if verdict == REPLAYED:
             raise Unauthenticated("this nonce was already used (replayed request)",
                                   reason="REPLAYED_REQUEST")
-        if first is None:
+        if verdict == NONCES_FULL:
             raise ResourceExhausted("the server remembers too many recent requests; retry "
                                     "shortly", reason="NONCE_CACHE_FULL")
-        if not self._limiter.allow(agent):
+        if verdict != ADMITTED:
             raise ResourceExhausted(f"agent {agent[:12]}… is over its rate limit; slow down",
                                     reason="RATE_LIMITED")
         return agent

@@ -2,7 +2,8 @@
 
 Nodes keep no state outside the database, so several can serve one PostgreSQL behind a load
 balancer. Health checking and server reflection are on; a background sweeper expires holds and
-agreements past their deadlines.
+agreements past their deadlines: on PostgreSQL only the node holding the market's sweep lease
+(`marketplace.sweep_lease`) sweeps, and another takes over when that node stops or dies.
 
 Security (SECURITY.md): every call must be signed by an agent key (`marketplace.auth`), unless
 the node is built with `require_auth=False` (local development only: then nobody is
@@ -14,10 +15,12 @@ and the operators act as the marketplace (capturing and voiding holds over the w
 `verifier_credentials` (`channel_credentials`) make its calls to verifier agents TLS (they are
 signed with the node's key either way).
 
-HTTP: with `console` (`marketplace.console.ConsoleOptions`) the node also serves one ASGI app
-(`marketplace.http`) on its own port (`http_host`, `http_port`; loopback and a free port by
-default), started and stopped with the gRPC server. The console's operator key is trusted as an
-operator, and it reaches the gRPC server over a private Unix socket, signed like any client.
+HTTP: with `console` (`marketplace.console.ConsoleOptions`), or `cards=True` (the A2A card
+catalogue, `marketplace.http.cards`: an Agent Card per listing and a search over them, under
+/cards), the node also serves one ASGI app (`marketplace.http`) on its own port (`http_host`,
+`http_port`; loopback and a free port by default), started and stopped with the gRPC server.
+The console's operator key is trusted as an operator, and it reaches the gRPC server over a
+private Unix socket, signed like any client.
 """
 
 from __future__ import annotations
@@ -52,8 +55,10 @@ from marketplace.receipt_servicer import ReceiptServicer, receipt_rules
 from marketplace.receipts import ReceiptBook
 from marketplace.registry import Registry
 from marketplace.request_fields import MARKET_FIELDS
+from marketplace.request_limits import open_limits
 from marketplace.servicers import ArbitrationServicer, RegistryServicer, SettlementServicer
 from marketplace.settlement import Settlement
+from marketplace.sweep_lease import SweepLease
 from marketplace.v1 import (
     dispute_pb2,
     dispute_pb2_grpc,
@@ -110,7 +115,8 @@ class MarketplaceNode:
                  console: ConsoleOptions | None = None, http_host: str = "127.0.0.1",
                  http_port: int = 0, http_tls: tuple[Path, Path] | None = None,
                  checkpoint_interval_s: float = 60.0, ecny: EcnyRules | None = None,
-                 rails: Callable[[Ledger], Iterable[Rail]] | None = None) -> None:
+                 rails: Callable[[Ledger], Iterable[Rail]] | None = None,
+                 cards: bool = False, redis_url: str | None = None) -> None:
         """`arbiters`: agent ids whose signed decisions resolve disputes; `judge`: the LLM
         judge (models allowed, litellm options); `fx`: quotes that convert prices across
         currencies in discovery (`convert_currencies`). Security options: see the module
@@ -123,7 +129,10 @@ class MarketplaceNode:
         moved (`.checkpoints`); `ecny`: apply e-CNY's wallet rules to ECNY wallets
         (`wallets.ecny`) and carry ECNY through the e-CNY sandbox rail (`wallets.rails_ecny`);
         `rails`: more rails, made over this node's ledger (the USDC rail on an EVM:
-        `wallets.evm.UsdcRail`); the sweeper runs each one's `sweep()` if it has one."""
+        `wallets.evm.UsdcRail`); the sweeper runs each one's `sweep()` if it has one.
+        `redis_url`: keep request nonces and rate buckets in that Redis, shared with every node
+        of the market (a replay to another node is refused, a rate holds across nodes; Redis
+        down: calls are refused UNAVAILABLE); without it, in this process."""
         if max_message_bytes < MIN_MESSAGE_BYTES:
             raise InvalidArgument(f"max_message_bytes must be at least {MIN_MESSAGE_BYTES}: "
                                   "smaller, a seller's redeem of calls it was paid for could "
@@ -156,8 +165,10 @@ class MarketplaceNode:
                                      receipts=self.receipts)
         self._checkpoint_interval_s = checkpoint_interval_s
         self.conditional = ReceiptedHolds(self.ledger, self.receipts)  # PvP legs
+        self.limits = open_limits(redis_url, rate_limit_per_s, rate_limit_burst)
         self.auth = AuthServerInterceptor(required=require_auth, skew_s=auth_skew_s,
-                                          rate_per_s=rate_limit_per_s, burst=rate_limit_burst)
+                                          rate_per_s=rate_limit_per_s, burst=rate_limit_burst,
+                                          limits=self.limits)
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers),
             interceptors=[MalformedRequestInterceptor(), server_interceptor(tracer_provider),
@@ -191,8 +202,9 @@ class MarketplaceNode:
                      if server_credentials is not None
                      else self.server.add_insecure_port(f"{host}:{port}"))
         self.address = f"{host}:{self.port}"
-        self._http_setup(console, tracer_provider, http_host, http_port, http_tls)
+        self._http_setup(console, tracer_provider, http_host, http_port, http_tls, cards)
         self._sweep_interval_s = sweep_interval_s
+        self.sweep_lease = SweepLease(self.engine, f"agentmarket sweeper {self.address}")
         self._stopping = threading.Event()
         self._sweeper = threading.Thread(target=self._sweep_loop, name="sweeper", daemon=True)
 
@@ -213,23 +225,31 @@ class MarketplaceNode:
         return [self.access]
 
     def _http_setup(self, console: ConsoleOptions | None, tracer_provider: Any,
-                    host: str, port: int, tls: tuple[Path, Path] | None) -> None:
-        """The HTTP parts this node serves (the console), on one server of their own."""
+                    host: str, port: int, tls: tuple[Path, Path] | None, cards: bool) -> None:
+        """The HTTP parts this node serves (the console, the card catalogue), on one server
+        of their own."""
         self.console: Console | None = None
         self.http: HttpServer | None = None
         self._private_dir: str | None = None
-        if console is None or self._console_key is None:
+        if (console is None or self._console_key is None) and not cards:
             return
-        from marketplace.console import Console
         from marketplace.http import HttpServer, build_app
         from marketplace.http.app import allowed_hosts
+        from marketplace.http.cards import catalogue
 
-        self._private_dir = tempfile.mkdtemp(prefix="agentmarket-node-")  # mode 700
-        socket_address = f"unix:{self._private_dir}/grpc.sock"
-        self.server.add_insecure_port(socket_address)
-        self.console = Console.for_node(self, console, socket_address, self._console_key,
-                                        tracer_provider)
-        self.http = HttpServer(build_app([self.console.part()], hosts=allowed_hosts(host)),
+        parts = []
+        if console is not None and self._console_key is not None:
+            from marketplace.console import Console
+
+            self._private_dir = tempfile.mkdtemp(prefix="agentmarket-node-")  # mode 700
+            socket_address = f"unix:{self._private_dir}/grpc.sock"
+            self.server.add_insecure_port(socket_address)
+            self.console = Console.for_node(self, console, socket_address, self._console_key,
+                                            tracer_provider)
+            parts.append(self.console.part())
+        if cards:
+            parts.append(catalogue(self))
+        self.http = HttpServer(build_app(parts, hosts=allowed_hosts(host)),
                                host=host, port=port, tls_cert=tls[0] if tls else None,
                                tls_key=tls[1] if tls else None)
         self.http_address = f"{host}:{self.http.port}"
@@ -247,6 +267,8 @@ class MarketplaceNode:
 
     def _sweep_loop(self) -> None:
         while not self._stopping.wait(self._sweep_interval_s):
+            if not self.sweep_lease.held():  # another node of the market sweeps
+                continue
             try:
                 self.ledger.expire_holds()
                 self.conditional.receipt_expired()
@@ -278,6 +300,7 @@ class MarketplaceNode:
         self.server.stop(grace_s).wait()
         if self._sweeper.is_alive():
             self._sweeper.join(timeout=5)
+        self.sweep_lease.release()
         self._verifier_client.close()
         if self.console is not None:
             self.console.close()
@@ -285,6 +308,8 @@ class MarketplaceNode:
             shutil.rmtree(self._private_dir, ignore_errors=True)
         self.ledger.close()
         self.engine.dispose()
+        if callable(getattr(self.limits, "close", None)):
+            self.limits.close()  # type: ignore[attr-defined]
 
     def __enter__(self) -> MarketplaceNode:
         return self.start()

@@ -280,3 +280,27 @@ def ledger(engine: Engine, clock: FakeClock) -> Iterator[Ledger]:
 @pytest.fixture
 def wallets(ledger: Ledger) -> WalletService:
     return WalletService(ledger)
+
+
+# ---- Redis -------------------------------------------------------------------------------------
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The URL of a Redis that answers (``$AGENTMARKET_TEST_REDIS_URL`` or 127.0.0.1:6379);
+    without one the Redis tests are skipped, except under CI=true, where they fail. Tests keep
+    apart by their keys (fresh agent keys, random nonces), not by a database each."""
+    import redis
+
+    url = os.environ.get("AGENTMARKET_TEST_REDIS_URL", DEFAULT_REDIS_URL)
+    try:
+        with redis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_S) as client:
+            client.ping()
+    except (redis.RedisError, OSError) as error:
+        reason = f"no Redis answered at {url}: {error}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason} (CI=true: the Redis tests must run)")
+        pytest.skip(reason)
+    return url

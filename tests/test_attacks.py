@@ -462,10 +462,10 @@ ACTIONS = [
         agreement_id=m.agent_deal.agreement_id, input_json=json.dumps({"text": "stolen"}),
         call_id=uuid.uuid4().hex), "agent_buyer", ("stranger", "buyer"),
         "agreement-buyer-calls", target="seller_agent", extra=_leaked_voucher),
-    Action("finish-someone-elses-task", AGENT + "Finish", lambda m: agent_pb2.FinishRequest(
-        agreement_id=m.agent_deal.agreement_id, buyer_signature=m.agent_buyer.key.sign(
-            ag.request_message("finish", m.agent_deal.agreement_id))), "agent_buyer",
-        ("stranger",), "agreement-buyer-calls", target="seller_agent"),
+    # A caller relaying the buyer's own signed finish may send it (the x402 gateway does), so
+    # no attacker here: test_a_finish_signed_by_anyone_but_the_buyer_is_refused.
+    Action("finish-someone-elses-task", AGENT + "Finish", lambda m: _finish(m, "agent_buyer"),
+           "agent_buyer", (), "agreement-buyer-calls", target="seller_agent"),
     Action("counter-offer-in-someone-elses-negotiation", AGENT + "Negotiate", _offer,
            "agent_buyer", ("stranger",), "negotiate-as-yourself", target="seller_agent"),
     Action("ask-for-quotes-as-another-buyer", AGENT + "Negotiate",
@@ -476,6 +476,12 @@ ACTIONS = [
                verification=registry_pb2.VERIFICATION_METHOD_SCHEMA)), "agent_buyer",
            ("stranger",), "negotiate-as-yourself", target="seller_agent"),
 ]
+
+
+def _finish(m: Market, signer: str) -> agent_pb2.FinishRequest:
+    agreement = m.agent_deal.agreement_id
+    return agent_pb2.FinishRequest(agreement_id=agreement, buyer_signature=m.key_of(
+        signer).sign(ag.request_message("finish", agreement)))
 
 
 def _grant(m: Market, nonce: str) -> wallet_pb2.GrantMandateRequest:
@@ -538,6 +544,14 @@ def test_a_forbidden_action_is_refused_and_changes_nothing(market: Market, actio
     assert info.reason == action.reason, error.details()
     if action.rule:
         assert info.metadata["rule"] == action.rule and action.rule in error.details()
+
+
+def test_a_finish_signed_by_anyone_but_the_buyer_is_refused(market: Market) -> None:
+    action = next(a for a in ACTIONS if a.name == "finish-someone-elses-task")
+    body = _finish(market, "stranger").SerializeToString()
+    error = refused(market, action, body, auth_metadata(market.key_of("stranger"), action.method,
+                                                          body), DENIED)
+    assert error_info(error).metadata["rule"] == "agreement-buyer-calls", error.details()
 
 
 @pytest.mark.parametrize("attack", TRANSPORT)

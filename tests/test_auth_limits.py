@@ -28,12 +28,12 @@ from marketplace.auth import (
     SIGNATURE_KEY,
     TIMESTAMP_KEY,
     AuthServerInterceptor,
-    _RateLimiter,
     signed_channel,
     signed_message,
 )
 from marketplace.identity import AgentKey
 from marketplace.node import MarketplaceNode
+from marketplace.request_limits import LocalLimits, _RateLimiter
 from marketplace.testing import make_listing, make_skill
 from marketplace.v1 import registry_pb2, registry_pb2_grpc
 from wallets.caller import current_caller
@@ -95,7 +95,8 @@ def test_a_request_dated_in_the_future_cannot_be_replayed_once_the_server_catche
         auth._check(METHOD, ahead, BODY)
     assert stale.value.reason == "STALE_REQUEST"
     auth._check(METHOD, _metadata(key, clock.now_ms), BODY)
-    assert len(auth._nonces) == 1  # the old nonce was dropped when no longer needed
+    assert isinstance(auth.limits, LocalLimits)
+    assert len(auth.limits.nonces) == 1  # the old nonce was dropped when no longer needed
 
 
 def test_a_full_nonce_cache_refuses_rather_than_forgets():

@@ -28,6 +28,7 @@ from marketplace.v1 import server_reflection_pb2_grpc as v1_grpc
 from marketplace.verifier_agent import VerifierAgent
 
 AGENT_SERVICE = "agents.v1.AgentService"
+A2A_SERVICE = "lf.a2a.v1.A2AService"  # every seller speaks A2A too
 NODE_SERVICES = {"marketplace.v1.RegistryService", "marketplace.v1.SettlementService",
                  "marketplace.v1.ArbitrationService", "wallets.v1.WalletService",
                  "marketplace.v1.ReceiptService", "wallets.v1.ConditionalHoldService"}
@@ -51,7 +52,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tupl
     with MarketplaceNode(f"sqlite:///{db}", sweep_interval_s=3600) as node, \
             SellerAgent("echo", skills=[echo], marketplace=node.address) as seller, \
             VerifierAgent(lambda output, receipt, body: True) as verifier:
-        yield {"seller": (seller.endpoint, {AGENT_SERVICE}),
+        yield {"seller": (seller.endpoint, {AGENT_SERVICE, A2A_SERVICE}),
                "node": (node.address, NODE_SERVICES),
                "verifier": (verifier.endpoint, {"marketplace.v1.VerifierService"})}
 

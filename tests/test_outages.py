@@ -42,6 +42,30 @@ def test_finish_while_the_marketplace_is_down_is_unavailable(tmp_path: Path) -> 
         node.stop(0)
 
 
+def test_a_sellers_own_redeem_raises_the_sdks_errors(tmp_path: Path) -> None:
+    """`SellerAgent.redeem` is public: an outage is the SDK's Unavailable, never gRPC's error;
+    once the marketplace is back, the same redeem settles the calls."""
+    url, port = f"sqlite:///{tmp_path / 'market.db'}", _free_port()
+    node = MarketplaceNode(url, port=port, sweep_interval_s=3600).start()
+    seller = SellerAgent("upper", skills=[upper], marketplace=node.address,
+                         dispute_window_s=0).serve()
+    buyer = BuyerAgent("buyer", marketplace=node.address)
+    try:
+        deal = _hire_upper(buyer, 5)
+        buyer.call(deal, {"text": "a"})
+        node.stop(0)
+        with pytest.raises(Unavailable) as outage:
+            seller.redeem(deal.agreement_id)
+        assert outage.value.status == "UNAVAILABLE"
+        node = MarketplaceNode(url, port=port, sweep_interval_s=3600).start()
+        escrow = _retried(lambda: seller.redeem(deal.agreement_id))
+        assert escrow.earned_atomic == deal.body.terms.unit_price_atomic
+    finally:
+        buyer.close()
+        seller.stop(0)
+        node.stop(0)
+
+
 def _retried(operation):  # type: ignore[no-untyped-def]
     """What a client does with UNAVAILABLE: try again (gRPC reconnects with a backoff)."""
     deadline = time.monotonic() + 20

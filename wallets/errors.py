@@ -41,6 +41,7 @@ class AgentmarketError(Exception):
 
     status = "UNKNOWN"
     reason = "AGENTMARKET_ERROR"
+    domain = "agentmarket.dev"  # the ErrorInfo domain (A2A's own errors: a2a-protocol.org)
     trace_id = ""
 
     def __init__(self, message: str, *, reason: str | None = None) -> None:

@@ -46,7 +46,7 @@ def status_for(error: AgentmarketError) -> grpc.StatusCode:
 
 
 def _rich_status(code: grpc.StatusCode, message: str, reason: str,
-                 metadata: dict[str, str] | None = None) -> Any:
+                 metadata: dict[str, str] | None = None, *, domain: str = ERROR_DOMAIN) -> Any:
     """The status with an ErrorInfo: reason, domain, details, and the trace id of the request
     (when it is traced), so whoever gets the error can find its trace."""
     metadata = dict(metadata or {})
@@ -54,7 +54,7 @@ def _rich_status(code: grpc.StatusCode, message: str, reason: str,
     if span.is_valid and span.trace_flags.sampled:
         metadata.setdefault(TRACE_ID_KEY, format(span.trace_id, "032x"))
     detail = any_pb2.Any()
-    detail.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN,
+    detail.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=domain,
                                             metadata=metadata))
     return rpc_status.to_status(
         status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=[detail])
@@ -67,7 +67,7 @@ def abort(context: grpc.ServicerContext, error: AgentmarketError) -> None:
     market_metrics().refused(error.reason)
     trace.get_current_span().set_attribute(attributes.REFUSAL_REASON, error.reason)
     context.abort_with_status(_rich_status(status_for(error), error.message, error.reason,
-                                           error.metadata))
+                                           error.metadata, domain=error.domain))
 
 
 def abort_internal(context: grpc.ServicerContext, where: str) -> None:

@@ -3,8 +3,8 @@
 A wallet's owner is its `owner` string; for agents that is the hex ed25519 public key, which is
 what signs. The owner signs `MANDATE_CONTEXT + terms` where `terms` is a serialized
 `wallets.v1.MandateTerms` (limits: total, per call, expiry, allowed counterparties); the mandate
-id is the SHA-256 of the same bytes. The ledger keeps the exact signed bytes, so other languages
-need no canonical encoding: they sign what they send.
+id is the SHA-256 of the same prefixed bytes. The ledger keeps the exact signed bytes, so other
+languages need no canonical encoding: they sign what they send.
 
 A spend that names a mandate (`SpendContext.mandate_id`, with `spender_id` the agent's key) goes
 through only within it, and within the wallet's policy; the mandate's spent amount grows in the

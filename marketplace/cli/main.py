@@ -38,6 +38,9 @@ def _operator_commands() -> None:
     from marketplace.cli.receipts import receipt_app
 
     app.add_typer(receipt_app, name="receipt")
+    from marketplace.cli.gateway import gateway
+
+    app.command()(gateway)
 
 
 _operator_commands()
@@ -68,6 +71,39 @@ def demo(workdir: Path = typer.Option(None, help="Directory for the database and
         with tempfile.TemporaryDirectory(prefix="agentmarket-demo-") as scratch:
             result = run_demo(Path(scratch), console, calls=calls)
             print_report(result, console, kept=False)
+    if result.problems:
+        raise typer.Exit(1)
+
+
+@app.command()
+def simulate(scenario: Path = typer.Argument(help="A scenario file (TOML), e.g. "
+                                                  "examples/scenarios/gpu_market.toml."),
+             seed: int = typer.Option(1, min=0, help="Seed: the same scenario and seed give "
+                                                     "the same events file."),
+             out: Path = typer.Option(Path("sandbox-out"), help="Directory for the events "
+                                                                "file, plots and report."),
+             db: str = typer.Option(None, help="Database URL (default: a SQLite file in "
+                                               "--out; postgresql://... for PostgreSQL)."),
+             workers: int = typer.Option(16, min=1, max=256,
+                                         help="Tasks of a round run at once."),
+             node_process: bool = typer.Option(
+                 True, "--node-process/--one-process",
+                 help="Run the node in a process of its own, the agents in this one (two "
+                      "cores), or everything in one process.")) -> None:
+    """Simulate a token economy through a real node, agents and ledger; plot and report it."""
+    from agents.sandbox.scenario import load
+    from marketplace.cli.simulate import run
+
+    try:
+        loaded = load(scenario)
+    except AgentmarketError as error:
+        fail(error.message)
+    if db and db.startswith("sqlite:///"):
+        Path(db.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    elif (out / "market.db").exists() and not db:
+        (out / "market.db").unlink()  # a fresh market each run: the events start from zero
+    result = run(loaded, seed, out, console, db_url=db, workers=workers,
+                 node_process=node_process)
     if result.problems:
         raise typer.Exit(1)
 
@@ -123,7 +159,14 @@ def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file 
               60.0, min=0.1, help="Seconds between signed checkpoints of the ledger."),
           ecny: bool = typer.Option(
               False, "--ecny", help="An e-CNY node: ECNY wallets follow e-CNY's wallet tiers, "
-                                    "caps and controllable anonymity (wallets.ecny).")
+                                    "caps and controllable anonymity (wallets.ecny)."),
+          cards: bool = typer.Option(
+              False, "--cards", help="Serve the A2A card catalogue (an Agent Card per listing, "
+                                     "and /cards/search) on the console's HTTP port."),
+          redis: str = typer.Option(
+              None, "--redis", help="Redis URL (redis://HOST:PORT/DB) holding request nonces "
+                                    "and rate limits shared by every node of the market; "
+                                    "Redis down: calls are refused.")
           ) -> None:
     """Run a marketplace node until SIGTERM or SIGINT."""
     from marketplace.auth import server_credentials
@@ -168,7 +211,7 @@ def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file 
     try:
         node = MarketplaceNode(db, host=host, port=port, fee_bps=fee_bps, key=node_key,
                                checkpoint_interval_s=checkpoint_interval,
-                               ecny=EcnyRules() if ecny else None,
+                               ecny=EcnyRules() if ecny else None, redis_url=redis,
                                tracer_provider=provider, operator_ids=operator,
                                require_auth=not no_auth, rate_limit_per_s=rate_limit,
                                rate_limit_burst=burst, server_credentials=credentials,
@@ -177,8 +220,8 @@ def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file 
                                               tracer_provider=provider),
                                console=console_options, http_host=console_host,
                                http_port=console_port,
-                               http_tls=(tls_cert, tls_key) if tls_cert and tls_key else None
-                               ).start()
+                               http_tls=(tls_cert, tls_key) if tls_cert and tls_key else None,
+                               cards=cards).start()
     except Exception as error:  # a bad URL or a taken port: one line, not a traceback
         fail(f"cannot start the node: {error}")
     stop = threading.Event()
@@ -195,10 +238,11 @@ def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file 
     console.print(f"marketplace listening on {node.address} (db {db}; {security}; node key "
                   f"{node.agent_id}; {len(node.operator_ids)} operator(s), {len(arbiters)} "
                   f"arbiter(s); {fx_note}; {judge_note})", highlight=False, soft_wrap=True)
-    if node.http is not None:
+    if node.console is not None and node.http is not None:
         console.print(f"console on {node.http.url}/console/ (signing as operator "
-                      f"{node.console.actions.key.agent_id if node.console else '?'})",
-                      highlight=False, soft_wrap=True)
+                      f"{node.console.actions.key.agent_id})", highlight=False, soft_wrap=True)
+    if cards and node.http is not None:
+        console.print(f"Agent Cards on {node.http.url}/cards/search", highlight=False)
     stop.wait()
     console.print("shutting down")
     node.stop()

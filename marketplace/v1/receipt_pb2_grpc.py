@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class ReceiptServiceStub:
-    """Signed settlement receipts (PROTOCOL.md section 2): what the node states about each
+    """Signed settlement receipts (PROTOCOL.md section 14): what the node states about each
     settlement, with the proof of its postings under a signed checkpoint, to check offline.
     """
 
@@ -44,7 +44,7 @@ class ReceiptServiceStub:
 
 
 class ReceiptServiceServicer:
-    """Signed settlement receipts (PROTOCOL.md section 2): what the node states about each
+    """Signed settlement receipts (PROTOCOL.md section 14): what the node states about each
     settlement, with the proof of its postings under a signed checkpoint, to check offline.
     """
 
@@ -72,7 +72,7 @@ def add_ReceiptServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ReceiptService:
-    """Signed settlement receipts (PROTOCOL.md section 2): what the node states about each
+    """Signed settlement receipts (PROTOCOL.md section 14): what the node states about each
     settlement, with the proof of its postings under a signed checkpoint, to check offline.
     """
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 
 from pydantic import BaseModel
 
@@ -27,10 +28,17 @@ def upper(text: str) -> Upper:
     return Upper(text=text.upper())
 
 
+@skill(price=per_call("0.001", "USD"))
+def spell(text: str) -> Iterator[str]:
+    """Spell a text out in capitals, one letter at a time (a streamed skill)."""
+    for letter in text:
+        yield letter.upper()
+
+
 def main() -> None:
     marketplace, spans = sys.argv[1], sys.argv[2]
     provider = setup_tracing("seller-process", span_store_path=spans, synchronous=True)
-    seller = SellerAgent("upper", skills=[upper], marketplace=marketplace,
+    seller = SellerAgent("upper", skills=[upper, spell], marketplace=marketplace,
                          tracer_provider=provider).serve()
     print(seller.endpoint, flush=True)
     stop = threading.Event()

@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class ConditionalHoldServiceStub:
-    """Hash-locked holds (PROTOCOL.md section 3): two-phase transfers captured whole, to their
+    """Hash-locked holds (PROTOCOL.md section 15): two-phase transfers captured whole, to their
     credit account, by whoever shows the 32-byte preimage of their SHA-256 condition before their
     absolute expiry, and voided only by that expiry. The legs of a payment-versus-payment across
     ledgers are locked to one condition.
@@ -56,7 +56,7 @@ class ConditionalHoldServiceStub:
 
 
 class ConditionalHoldServiceServicer:
-    """Hash-locked holds (PROTOCOL.md section 3): two-phase transfers captured whole, to their
+    """Hash-locked holds (PROTOCOL.md section 15): two-phase transfers captured whole, to their
     credit account, by whoever shows the 32-byte preimage of their SHA-256 condition before their
     absolute expiry, and voided only by that expiry. The legs of a payment-versus-payment across
     ledgers are locked to one condition.
@@ -111,7 +111,7 @@ def add_ConditionalHoldServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ConditionalHoldService:
-    """Hash-locked holds (PROTOCOL.md section 3): two-phase transfers captured whole, to their
+    """Hash-locked holds (PROTOCOL.md section 15): two-phase transfers captured whole, to their
     credit account, by whoever shows the 32-byte preimage of their SHA-256 condition before their
     absolute expiry, and voided only by that expiry. The legs of a payment-versus-payment across
     ledgers are locked to one condition.

@@ -1,0 +1,99 @@
+"""A2A messages and tasks to and from a skill's arguments and output.
+
+A message's arguments: one data part holding a JSON object, or one text part that is a JSON
+object, or, for a skill whose input is one string property, plain text for that property. Any
+other part (raw bytes, a URL, several parts) is refused with INVALID_ARGUMENT before anything
+is paid or run. An output is one artifact part: text holding the output's exact JSON (the
+receipt commits to its SHA-256), media type application/json; a streamed skill's text arrives
+as text parts appended to one artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from a2a.types import a2a_pb2
+from google.protobuf import json_format, struct_pb2
+
+from agents.errors import InvalidArgument
+from agents.skills import Skill
+from marketplace.a2a_cards import JSON, _single_text_field
+
+MAX_PARTS = 8
+OUTPUT_ARTIFACT = "output"
+
+
+def _plain(value: Any) -> Any:
+    """Struct numbers are doubles: give integral ones back as ints (the skill's schema and
+    Python types expect 3, not 3.0)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def metadata_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
+    return json_format.MessageToDict(struct) if struct.fields else {}
+
+
+def arguments_json(message: a2a_pb2.Message, skill: Skill) -> str:
+    """The skill's input JSON text from the message's parts (InvalidArgument if they do not
+    make one)."""
+    parts = list(message.parts)
+    if not parts:
+        raise InvalidArgument("the message has no parts: send the skill's input as a data part")
+    if len(parts) > MAX_PARTS:
+        raise InvalidArgument(f"the message has {len(parts)} parts; at most {MAX_PARTS}")
+    inputs = [p for p in parts if p.WhichOneof("content") in ("data", "text")]
+    kinds = sorted({p.WhichOneof("content") or "empty" for p in parts} - {"data", "text"})
+    if kinds:
+        raise InvalidArgument(f"parts of type {', '.join(kinds)} are not accepted: the skill "
+                              f"{skill.name} takes its input as one data part (a JSON object)")
+    if len(inputs) != 1:
+        raise InvalidArgument(f"send one part with the skill's input, not {len(inputs)}")
+    part = inputs[0]
+    if part.WhichOneof("content") == "data":
+        value = _plain(json_format.MessageToDict(part.data))
+        if not isinstance(value, dict):
+            raise InvalidArgument("the data part must hold a JSON object (the skill's input)")
+        return json.dumps(value)
+    text = part.text
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        value = None
+    if isinstance(value, dict):
+        return text
+    field = _single_text_field(skill.input_schema)
+    if not field:
+        raise InvalidArgument(f"the skill {skill.name} takes a JSON object; the text part is "
+                              "not one (send a data part)")
+    return json.dumps({field: text})
+
+
+def output_artifact(output_json: str) -> a2a_pb2.Artifact:
+    return a2a_pb2.Artifact(artifact_id=OUTPUT_ARTIFACT, name=OUTPUT_ARTIFACT,
+                            parts=[a2a_pb2.Part(text=output_json, media_type=JSON)])
+
+
+def agent_message(text: str, *, task_id: str, context_id: str,
+                  metadata: dict[str, Any] | None = None) -> a2a_pb2.Message:
+    message = a2a_pb2.Message(message_id=f"{task_id}:status", role=a2a_pb2.ROLE_AGENT,
+                              task_id=task_id, context_id=context_id,
+                              parts=[a2a_pb2.Part(text=text)])
+    if metadata:
+        message.metadata.update(metadata)
+    return message
+
+
+def status(state: int, message: a2a_pb2.Message | None = None) -> a2a_pb2.TaskStatus:
+    out = a2a_pb2.TaskStatus(state=state)  # type: ignore[arg-type]
+    out.timestamp.FromNanoseconds(time.time_ns())
+    if message is not None:
+        out.message.CopyFrom(message)
+    return out

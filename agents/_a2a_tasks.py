@@ -1,0 +1,170 @@
+"""The A2A door's tasks: recent ones in memory (bounded), paid ones found again in the gate.
+
+A paid task is its paid call: its id is derived from (agreement, message id, payword)
+(`marketplace.a2a_extension.paid_task_id`), its result is the call's first response, kept by
+the payment gate and its journal. So GetTask after a lost answer, or after the seller
+restarted, rebuilds the task from the gate and charges nothing. Unpaid tasks (free skills,
+payment-required answers) live here only, the oldest dropped past `MAX_TASKS`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from a2a.types import a2a_pb2
+
+from agents import _a2a_parts as parts
+from agents.errors import FailedPrecondition, NotFound
+from agents.payments import PaymentGate
+from agents.v1 import agent_pb2
+from marketplace import a2a_extension as ext
+
+MAX_TASKS = 10_000
+A2A_DOMAIN = "a2a-protocol.org"
+TERMINAL = frozenset({a2a_pb2.TASK_STATE_COMPLETED, a2a_pb2.TASK_STATE_FAILED,
+                      a2a_pb2.TASK_STATE_CANCELED, a2a_pb2.TASK_STATE_REJECTED})
+
+
+class TaskNotFound(NotFound):
+    """A2A's TaskNotFoundError."""
+
+    reason = "TASK_NOT_FOUND"
+    domain = A2A_DOMAIN
+
+
+class TaskNotCancelable(FailedPrecondition):
+    """A2A's TaskNotCancelableError."""
+
+    reason = "TASK_NOT_CANCELABLE"
+    domain = A2A_DOMAIN
+
+
+class UnsupportedOperation(FailedPrecondition):
+    """A2A's UnsupportedOperationError."""
+
+    reason = "UNSUPPORTED_OPERATION"
+    domain = A2A_DOMAIN
+
+
+def paid_task(task_id: str, context_id: str, agreement_id: str, response: Any) -> a2a_pb2.Task:
+    """The completed task of a paid call from its response (unary, or a stream's last chunk):
+    the output artifact, and the receipt and usage in the task's metadata."""
+    if isinstance(response, agent_pb2.StreamChunk):
+        end = response.end
+        output_json, usage, receipt = end.output_json, end.usage, end.receipt
+    else:
+        output_json, usage, receipt = response.output_json, response.usage, response.receipt
+    task = a2a_pb2.Task(id=task_id, context_id=context_id,
+                        status=parts.status(a2a_pb2.TASK_STATE_COMPLETED),
+                        artifacts=[parts.output_artifact(output_json)])
+    task.metadata.update({ext.STATUS_KEY: "paid", "agentmarket.agreementId": agreement_id,
+                          ext.RECEIPT_KEY: ext.receipt_text(receipt),
+                          ext.USAGE_KEY: ext.usage_params(usage)})
+    return task
+
+
+class TaskStore:
+    def __init__(self, gate: PaymentGate, limit: int = MAX_TASKS) -> None:
+        self.gate = gate
+        self.limit = limit
+        self._tasks: OrderedDict[str, a2a_pb2.Task] = OrderedDict()
+        self._paid: dict[str, tuple[str, str]] = {}  # task id -> (agreement id, call id)
+        self._by_message: dict[tuple[str, str], str] = {}  # (context, message id) -> task id
+        self._message_of: dict[str, tuple[str, str]] = {}  # task id -> its message key
+        self._indexed = False
+        self._prune_at = limit
+        self._lock = threading.Condition()
+
+    def put(self, task: a2a_pb2.Task, *, message_key: tuple[str, str] | None = None) -> None:
+        with self._lock:
+            self._tasks[task.id] = task
+            self._tasks.move_to_end(task.id)
+            if message_key is not None:
+                self._by_message[message_key] = task.id
+                self._message_of[task.id] = message_key
+            while len(self._tasks) > self.limit:
+                old, _ = self._tasks.popitem(last=False)
+                key = self._message_of.pop(old, None)
+                if key is not None:
+                    self._by_message.pop(key, None)
+            self._lock.notify_all()
+
+    def by_message(self, context_id: str, message_id: str) -> a2a_pb2.Task | None:
+        with self._lock:
+            task_id = self._by_message.get((context_id, message_id))
+            return self._tasks.get(task_id) if task_id else None
+
+    def paid(self, task_id: str, agreement_id: str, call_id: str) -> None:
+        """Index an admitted paid call's task; entries of agreements the gate has forgotten
+        (settled, past retention) are dropped whenever the index doubles."""
+        with self._lock:
+            self._paid[task_id] = (agreement_id, call_id)
+            if len(self._paid) > self._prune_at:
+                known = set(self.gate.agreements())
+                self._paid = {t: w for t, w in self._paid.items() if w[0] in known}
+                self._prune_at = max(self.limit, 2 * len(self._paid))
+
+    def drop(self, task_id: str) -> None:
+        with self._lock:
+            self._tasks.pop(task_id, None)
+            self._lock.notify_all()
+
+    def get(self, task_id: str) -> a2a_pb2.Task:
+        with self._lock:
+            task = self._tasks.get(task_id)
+        if task is not None:
+            return task
+        found = self._paid_lookup(task_id)
+        if found is None:
+            raise TaskNotFound(f"no task {task_id[:64]!r} here (tasks are kept "
+                               "while their agreement is, unpaid ones for the last "
+                               f"{self.limit})")
+        return found
+
+    def _paid_lookup(self, task_id: str) -> a2a_pb2.Task | None:
+        with self._lock:
+            if not self._indexed:  # after a restart: index the calls the journal kept
+                for agreement_id, call_id, payword in self.gate.paid_calls():
+                    self._paid.setdefault(ext.paid_task_id(agreement_id, call_id, payword),
+                                          (agreement_id, call_id))
+                self._indexed = True
+            where = self._paid.get(task_id)
+        if where is None:
+            return None
+        response = self.gate.answered(*where)
+        if response is None:
+            return None
+        return paid_task(task_id, task_id, where[0], response)
+
+    def update(self, task_id: str, change: Callable[[a2a_pb2.Task], None]) -> a2a_pb2.Task:
+        with self._lock:
+            task = self._tasks.get(task_id)
+            if task is None:
+                raise TaskNotFound(f"no task {task_id[:64]!r} here")
+            change(task)
+            self._lock.notify_all()
+            return task
+
+    def wait_change(self, task_id: str, state: int, timeout_s: float) -> a2a_pb2.Task:
+        """The task once its state is no longer `state` (or as it is after `timeout_s`)."""
+        with self._lock:
+            self._lock.wait_for(lambda: (t := self._tasks.get(task_id)) is None
+                                or t.status.state != state, timeout=timeout_s)
+        return self.get(task_id)
+
+    def list(self, context_id: str, state: int, page_size: int, offset: int,
+             include_artifacts: bool) -> tuple[list[a2a_pb2.Task], int]:
+        with self._lock:
+            chosen = [t for t in reversed(self._tasks.values()) if t.context_id == context_id
+                      and (not state or t.status.state == state)]
+        page = []
+        for task in chosen[offset:offset + page_size]:
+            copy = a2a_pb2.Task()
+            copy.CopyFrom(task)
+            if not include_artifacts:
+                del copy.artifacts[:]
+            page.append(copy)
+        return page, len(chosen)

@@ -1,0 +1,88 @@
+"""x402's facilitator API over HTTP: POST /verify, POST /settle, GET /supported.
+
+For resource servers in other processes (a third party's, built with the x402 package and its
+`HTTPFacilitatorClient`); the gateway mounts it at `/facilitator`. Each request is x402's
+`{"x402Version", "paymentPayload", "paymentRequirements"}`; the answers are x402's
+VerifyResponse and SettleResponse (200, refusals named in them); a body that is not such a
+request is 400, one over 256 KiB is 413.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from x402 import x402FacilitatorSync
+from x402.schemas import PaymentPayload, PaymentRequirements, SettleResponse, VerifyResponse
+
+from agents.x402 import network as net
+from agents.x402.reasons import Refused
+
+MAX_FACILITATOR_BODY_BYTES = 256 * 1024
+
+
+def facilitator_app(facilitator: x402FacilitatorSync) -> Starlette:
+    """POST /verify, POST /settle, GET /supported (x402's facilitator API)."""
+
+    async def parsed(request: Request) -> tuple[PaymentPayload, PaymentRequirements]:
+        raw = await request.body()
+        if len(raw) > MAX_FACILITATOR_BODY_BYTES:
+            raise Refused("body_too_large", "the request is over 256 KiB")
+        try:
+            data = json.loads(raw)
+            return (PaymentPayload.model_validate(data["paymentPayload"]),
+                    PaymentRequirements.model_validate(data["paymentRequirements"]))
+        except (ValueError, KeyError, TypeError, ValidationError) as error:
+            raise Refused("invalid_payload", f"not a facilitator request: {error}"[:300]
+                          ) from None
+
+    async def verify(request: Request) -> JSONResponse:
+        try:
+            payload, requirements = await parsed(request)
+        except Refused as error:
+            return _bad(error)
+        result = await asyncio.to_thread(_guarded, facilitator.verify, payload, requirements)
+        return JSONResponse(result.model_dump(by_alias=True, exclude_none=True))
+
+    async def settle(request: Request) -> JSONResponse:
+        try:
+            payload, requirements = await parsed(request)
+        except Refused as error:
+            return _bad(error)
+        result = await asyncio.to_thread(_guarded, facilitator.settle, payload, requirements)
+        return JSONResponse(result.model_dump(by_alias=True, exclude_none=True))
+
+    async def supported(_request: Request) -> JSONResponse:
+        return JSONResponse(facilitator.get_supported().model_dump(by_alias=True,
+                                                                   exclude_none=True))
+
+    return Starlette(routes=[Route("/verify", verify, methods=["POST"]),
+                             Route("/settle", settle, methods=["POST"]),
+                             Route("/supported", supported, methods=["GET"])])
+
+
+def _guarded(call: Any, payload: PaymentPayload, requirements: PaymentRequirements) -> Any:
+    """A scheme or network no one registered is the caller's mistake, answered as such."""
+    try:
+        return call(payload, requirements)
+    except Exception as error:  # x402's SchemeNotFoundError and kin
+        network = payload.accepted.network
+        if isinstance(call.__self__, x402FacilitatorSync) and "verify" in call.__name__:
+            return VerifyResponse(is_valid=False, invalid_reason="invalid_network"
+                                  if not net.is_network(network) else "invalid_scheme",
+                                  invalid_message=str(error)[:300])
+        return SettleResponse(success=False, error_reason="invalid_network"
+                              if not net.is_network(network) else "invalid_scheme",
+                              error_message=str(error)[:300], transaction="",
+                              network=network)
+
+
+def _bad(error: Refused) -> JSONResponse:
+    status = 413 if error.reason == "body_too_large" else 400
+    return JSONResponse({"error": error.reason, "message": error.message}, status_code=status)

@@ -1,0 +1,236 @@
+"""The gateway's sessions: an x402 buyer's agreement with a seller, paid call by call.
+
+A session is the gRPC agreement, opened for an HTTP buyer: the buyer signs an agreement at the
+list price (`agents.x402.client`), the gateway asks the seller to countersign it (Negotiate)
+and opens its escrow at the node (`Settlement.open_escrow`: the same checks of both signatures,
+the listing and the buyer's wallet policy as the gRPC OpenEscrow; one hold). Each call reveals
+the next PayWord word, checked here in a few hashes against the last word seen and forwarded
+to the seller, whose payment gate checks it again and meters the call. Closing relays the
+buyer's signed finish: the seller redeems its voucher and receipts, the node captures what was
+earned and voids the rest, in one posting with a signed settlement receipt. So 100 calls are
+one hold and one capture on the ledger.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from agents.v1 import agent_pb2, agent_pb2_grpc
+from agents.x402 import network as net
+from agents.x402.reasons import Refused
+from marketplace import agreements as ag
+from marketplace.auth import signed_channel
+from marketplace.grpc_tracing import client_interceptors
+from marketplace.identity import AgentKey
+from marketplace.payword import verify_word
+from marketplace.settlement import Settlement
+from wallets.caller import calling_as
+from wallets.errors import AgentmarketError
+from wallets.ledger import POSTINGS
+
+RPC_TIMEOUT_S = 10.0
+MAX_SESSIONS = 100_000
+
+
+@dataclass
+class Session:
+    """What the gateway knows of one open agreement."""
+
+    agreement_id: str
+    body: Any
+    hold_posting: str
+    reserve_atomic: int
+    last_index: int = 0
+    last_word: bytes = b""
+    charged_atomic: int = 0
+    calls: int = 0
+    closed: dict[str, Any] | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def link_value_atomic(self) -> int:
+        return int(self.body.link_value_atomic)
+
+    def prepaid_after(self, index: int) -> int:
+        return index * self.link_value_atomic - self.charged_atomic
+
+
+class SessionBook:
+    """Open, pay under and close sessions; the facilitator scheme's half for the gateway."""
+
+    def __init__(self, settlement: Settlement, key: AgentKey, *, tracer_provider: Any = None
+                 ) -> None:
+        self.settlement = settlement
+        self.key = key
+        self.sessions: dict[str, Session] = {}
+        self._channels: dict[str, grpc.Channel] = {}
+        self._tracer_provider = tracer_provider
+        self._lock = threading.Lock()
+
+    def _stub(self, endpoint: str) -> agent_pb2_grpc.AgentServiceStub:
+        with self._lock:
+            channel = self._channels.get(endpoint)
+            if channel is None:
+                channel = signed_channel(endpoint, self.key, interceptors=client_interceptors(
+                    self._tracer_provider))
+                self._channels[endpoint] = channel
+        return agent_pb2_grpc.AgentServiceStub(channel)
+
+    def close_channels(self) -> None:
+        with self._lock:
+            for channel in self._channels.values():
+                channel.close()
+            self._channels.clear()
+
+    # ---- checks (verify: nothing moves) ---------------------------------------------------
+
+    def check_open(self, payment: net.OpenPayload, reserve_atomic: int, listing: Any) -> None:
+        body = payment.body
+        try:
+            ag.parse_body(payment.agreement)
+            ag.check_signatures(payment.agreement, body, require_seller=False)
+        except AgentmarketError as error:
+            raise Refused("invalid_signature" if "signed" in error.message
+                          else "invalid_payload", error.message) from None
+        if not body.rfq_id.startswith("list:"):
+            raise Refused("invalid_payload", "a gateway agreement is at the list price "
+                                             "(rfq_id list:...)")
+        if body.seller_endpoint != listing.endpoint:
+            raise Refused("invalid_pay_to", "the agreement names another seller endpoint")
+        if body.offer_expires_at_ms <= _now_ms():
+            raise Refused("payload_expired", "the agreement's offer has lapsed: pay again")
+        agreement = ag.agreement_id(payment.agreement.body)
+        if agreement in self.sessions or payment.voucher.agreement_id != agreement:
+            raise Refused("payload_replayed", "this agreement is already open (or the voucher "
+                                              "is another agreement's)")
+        if payment.voucher.payword_index > body.payword_length or not verify_word(
+                payment.voucher.payword, payment.voucher.payword_index, body.payword_root, 0):
+            raise Refused("invalid_signature", "the voucher's word is not on the agreement's "
+                                               "chain")
+        if payment.voucher.payword_index * body.link_value_atomic < reserve_atomic:
+            raise Refused("invalid_amount", f"the first voucher prepays less than the "
+                                            f"{reserve_atomic} a call may cost")
+        buyer = self.settlement.ledger.find_account(body.buyer_id, body.terms.currency)
+        if buyer is None or self.settlement.ledger.balance(buyer.account_id).available_atomic \
+                < body.terms.max_total_atomic:
+            raise Refused("insufficient_funds", f"the buyer's {body.terms.currency} wallet "
+                                                "cannot hold the agreement's maximum")
+
+    def check_voucher(self, payment: net.VoucherPayload, reserve_atomic: int) -> Session:
+        session = self.sessions.get(payment.agreement_id)
+        if session is None:
+            raise Refused("session_unknown", "no open session has this agreement: pay with "
+                                             "an open payload")
+        if session.closed is not None:
+            raise Refused("session_ended", "the session is closed: open a new one")
+        voucher = payment.voucher
+        if voucher.payword_index <= session.last_index:
+            raise Refused("payload_replayed", f"word {voucher.payword_index} was already "
+                                              "spent")
+        if voucher.payword_index > session.body.payword_length or not verify_word(
+                voucher.payword, voucher.payword_index, session.last_word, session.last_index):
+            raise Refused("invalid_signature", "the voucher's word is not the agreement's "
+                                               "chain")
+        if session.prepaid_after(voucher.payword_index) < reserve_atomic:
+            raise Refused("invalid_amount", f"the voucher leaves less than the "
+                                            f"{reserve_atomic} a call may cost prepaid")
+        return session
+
+    # ---- moving money (settle) ------------------------------------------------------------
+
+    def open(self, payment: net.OpenPayload, reserve_atomic: int) -> Session:
+        """Countersigned by the seller, held at the node: the session's one hold."""
+        body = payment.body
+        agreement = ag.agreement_id(payment.agreement.body)
+        with self._lock:  # room for it first: nothing is countersigned or held without
+            if len(self.sessions) >= MAX_SESSIONS:
+                self._forget_closed()
+        try:
+            reply = self._stub(body.seller_endpoint).Negotiate(
+                agent_pb2.NegotiationMessage(agreement=payment.agreement),
+                timeout=RPC_TIMEOUT_S)
+        except grpc.RpcError as error:
+            raise Refused("seller_refused", f"the seller did not countersign: "
+                                            f"{error.details()}") from None
+        signed = reply.agreement
+        if reply.WhichOneof("kind") != "agreement" or signed.body != payment.agreement.body:
+            raise Refused("seller_refused", "the seller did not countersign the agreement")
+        try:
+            with calling_as(body.buyer_id):  # the buyer's keys, as over gRPC
+                escrow = self.settlement.open_escrow(f"escrow:{agreement}", signed)
+        except AgentmarketError as error:
+            raise Refused(_ledger_reason(error), error.message) from None
+        session = Session(agreement, body, self._hold_posting(escrow["hold_id"]),
+                          reserve_atomic, last_index=0, last_word=body.payword_root)
+        with self._lock:
+            self.sessions[agreement] = session
+        return session
+
+    def spend(self, session: Session, voucher: Any) -> None:
+        """The voucher is the session's latest (checked by `check_voucher` under the lock)."""
+        session.last_index, session.last_word = voucher.payword_index, voucher.payword
+        session.calls += 1
+
+    def charged(self, session: Session, charged_atomic: int) -> None:
+        with session.lock:
+            session.charged_atomic += charged_atomic
+
+    def close(self, agreement_id: str, finish_signature: bytes) -> dict[str, Any]:
+        """Relay the buyer's signed finish: the seller redeems, the node captures once."""
+        session = self.sessions.get(agreement_id)
+        if session is None:
+            raise Refused("session_unknown", "no session has this agreement")
+        with session.lock:
+            if session.closed is not None:
+                return session.closed
+            try:
+                self._stub(session.body.seller_endpoint).Finish(agent_pb2.FinishRequest(
+                    agreement_id=agreement_id, buyer_signature=finish_signature),
+                    timeout=RPC_TIMEOUT_S)
+            except grpc.RpcError as error:
+                reason = ("invalid_signature" if error.code() in (
+                    grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
+                    else "seller_refused")
+                raise Refused(reason, f"the seller did not finish: {error.details()}"
+                              ) from None
+            escrow = self.settlement.get(agreement_id)
+            receipts = self.settlement.receipts.receipts(agreement_id) \
+                if self.settlement.receipts else []
+            last = receipts[-1] if receipts else None
+            session.closed = {"escrow": escrow, "receipt": last,
+                              "transaction": str(last["body"]["postings"][-1]["sequence"])
+                              if last else session.hold_posting}
+            return session.closed
+
+    def _hold_posting(self, hold_id: str) -> str:
+        with self.settlement.engine.connect() as conn:
+            found = conn.execute(POSTINGS.select().with_only_columns(POSTINGS.c.sequence).where(
+                POSTINGS.c.hold_id == hold_id, POSTINGS.c.kind == "hold")).scalar()
+        return str(found or "")
+
+    def _forget_closed(self) -> None:
+        """Closed sessions, and those past their completion deadline (the seller redeemed
+        them, or their hold went back): no call can be paid under them any more."""
+        now = _now_ms()
+        for agreement in [a for a, s in self.sessions.items() if s.closed is not None
+                          or s.body.terms.completion_deadline_ms < now]:
+            del self.sessions[agreement]
+        if len(self.sessions) >= MAX_SESSIONS:
+            raise Refused("seller_refused", "the gateway holds as many open sessions as it "
+                                            "may; close one or retry later")
+
+
+def _ledger_reason(error: AgentmarketError) -> str:
+    return {"INSUFFICIENT_FUNDS": "insufficient_funds", "POLICY_DENIED": "policy_denied",
+            "APPROVAL_REQUIRED": "approval_required", "WALLET_FROZEN": "wallet_frozen",
+            "OFFER_EXPIRED": "payload_expired", "BAD_SIGNATURE": "invalid_signature",
+            }.get(error.reason, "invalid_payload")
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000

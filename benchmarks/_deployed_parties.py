@@ -1,0 +1,108 @@
+"""The parties of the deployed-shape benchmark, each run as its own process.
+
+    python -m benchmarks._deployed_parties seller MARKETPLACE NAME
+    python -m benchmarks._deployed_parties buyers MARKETPLACE[,NODE...] COUNT PREFIX START STOP
+
+A seller prints "ready" once it serves and advertises, then serves until SIGTERM. A buyers
+process runs COUNT buyer threads, each one task after another (discover, negotiate, escrow, 10
+paid calls, settle), from the moment START_FILE exists until STOP_FILE does, printing "done N"
+every second; then one JSON line: when each task ended, errors, each step's latencies in ms.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from agents import BuyerAgent, SellerAgent, per_call, skill
+
+CALLS = 10
+STEPS = ("discover", "negotiate", "hire", "call", "finish", "task")
+
+
+class Reply(BaseModel):
+    text: str
+    length: int
+
+
+@skill(price=per_call("0.0001", "USD"))
+def echo(text: str) -> Reply:
+    """Echo a text with its length."""
+    return Reply(text=text, length=len(text))
+
+
+def seller(marketplace: str, name: str) -> None:
+    agent = SellerAgent(name, skills=[echo], marketplace=marketplace).serve()
+    print("ready", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop.wait()
+    agent.stop(0)
+
+
+def _timed(latencies: dict[str, list[float]], step: str, call):  # type: ignore[no-untyped-def]
+    start = time.perf_counter()
+    result = call()
+    latencies[step].append((time.perf_counter() - start) * 1000)
+    return result
+
+
+def _buyer_loop(buyer: BuyerAgent, start: Path, stop: Path, out: dict) -> None:  # type: ignore[type-arg]
+    latencies: dict[str, list[float]] = out["latencies"]
+    while not start.exists():
+        time.sleep(0.01)
+    while not stop.exists():
+        begun = time.perf_counter()
+        try:
+            listings = _timed(latencies, "discover", lambda: buyer.discover("echo", currency="USD"))
+            listing = listings[hash(buyer.agent_id) % len(listings)]
+            deal = _timed(latencies, "negotiate", lambda chosen=listing: buyer.negotiate(
+                chosen, "echo", quantity=CALLS, budget="0.01", currency="USD"))
+            _timed(latencies, "hire", lambda d=deal: buyer.hire(d))
+            for i in range(CALLS):
+                _timed(latencies, "call", lambda d=deal, i=i: buyer.call(d, {"text": f"call {i}"}))
+            escrow = _timed(latencies, "finish", lambda d=deal: buyer.finish(d))
+            if escrow.captured_atomic != CALLS * deal.body.terms.unit_price_atomic:
+                out["errors"].append("seller not paid exactly for the calls made")
+                continue
+            latencies["task"].append((time.perf_counter() - begun) * 1000)
+            out["done_at"].append(time.time())
+        except Exception as error:  # counted and reported, never hidden
+            out["errors"].append(f"{type(error).__name__}: {error}")
+
+
+def buyers(marketplace: str, count: int, prefix: str, start: Path, stop: Path) -> None:
+    nodes = marketplace.split(",")  # several nodes: every buyer is given all of them
+    agents = [BuyerAgent(f"{prefix}-{i}", marketplace=nodes if len(nodes) > 1 else marketplace)
+              for i in range(count)]
+    for agent in agents:
+        agent.fund("100.00", "USD")
+    outs = [{"done_at": [], "errors": [], "latencies": {s: [] for s in STEPS}} for _ in agents]
+    threads = [threading.Thread(target=_buyer_loop, args=(a, start, stop, o), daemon=True)
+               for a, o in zip(agents, outs, strict=True)]
+    for thread in threads:
+        thread.start()
+    print("ready", flush=True)
+    while any(thread.is_alive() for thread in threads):
+        time.sleep(1.0)
+        print(f"done {sum(len(o['done_at']) for o in outs)}", flush=True)
+    for agent in agents:
+        agent.close()
+    merged = {"done_at": [t for o in outs for t in o["done_at"]],
+              "errors": [e for o in outs for e in o["errors"]],
+              "latencies": {s: [x for o in outs for x in o["latencies"][s]] for s in STEPS}}
+    print(json.dumps(merged), flush=True)
+
+
+if __name__ == "__main__":
+    role, *args = sys.argv[1:]
+    if role == "seller":
+        seller(args[0], args[1])
+    else:
+        buyers(args[0], int(args[1]), args[2], Path(args[3]), Path(args[4]))

@@ -1,0 +1,289 @@
+"""Full tasks per second as a market is deployed: every party in its own process.
+
+The node is `agentmarket serve` (SQLite, then PostgreSQL when one answers), each of 5 sellers
+is its own process, and 50 buyers run as threads in 2 buyer processes. Each buyer does task
+after task (discover, negotiate, escrow, 10 paid calls, settle). After a warm-up, the steady
+state is measured for at least `MIN_WINDOW_S` and `MIN_TASKS` tasks (capped at `MAX_WINDOW_S`):
+tasks/s, the CPU each kind of party spent per task (user + system time from /proc), and p50/p99
+of every step. At the end the node's books must balance with no agreement left open.
+
+    python -m benchmarks.deployed [sqlite|postgres] [--window S] [--tasks N] [--profile DIR]
+
+`--profile DIR` samples the node and one seller and one buyer process with py-spy over the
+window (folded stacks in DIR; `pip install py-spy`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.tasks import _drop, _postgres_url
+
+SELLERS = 5
+BUYER_PROCESSES = 2
+BUYERS_PER_PROCESS = 25
+WARMUP_S = 5.0
+MIN_WINDOW_S = 30.0
+MIN_TASKS = 1000
+MAX_WINDOW_S = 150.0
+ROOT = Path(__file__).resolve().parent.parent
+TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS_PER_S  # utime + stime
+
+
+class Party:
+    """One process of the market; `wait_for` reads its stdout for a line."""
+
+    def __init__(self, argv: list[str], log: Path, env: dict[str, str]) -> None:
+        self.log = log
+        with log.open("w") as err:
+            self.process = subprocess.Popen(argv, cwd=log.parent, env=env, text=True,
+                                            stdout=subprocess.PIPE, stderr=err)
+        self.lines: list[str] = []
+
+    def wait_for(self, word: str, timeout_s: float = 60.0) -> str:
+        assert self.process.stdout is not None
+        end = time.monotonic() + timeout_s
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.process.stdout, selectors.EVENT_READ)
+            while time.monotonic() < end:
+                if not selector.select(timeout=max(0.0, end - time.monotonic())):
+                    continue
+                line = self.process.stdout.readline()
+                if not line:
+                    break
+                if word in line:
+                    return line
+        raise RuntimeError(f"{self.process.args[3:5]} never said {word!r}:\n"
+                           f"{self.log.read_text()[-2000:]}")
+
+    def follow(self) -> None:
+        """Keep the last lines in `lines` (a reader thread), so stdout never fills."""
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    def done(self) -> int:
+        ticks = [line for line in self.lines if line.startswith("done ")]
+        return int(ticks[-1].split()[1]) if ticks else 0
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def _quantile(values: list[float], q: int) -> float:
+    return round(statistics.quantiles(values, n=100)[q - 1], 2) if len(values) > 1 else 0.0
+
+
+NODE_APPLICATION = "agentmarket-bench-node"
+
+
+def _database_cpu(db_url: str) -> dict[int, float]:
+    """CPU seconds of each PostgreSQL backend serving the nodes (their application_name; the
+    server runs on this machine), so that other users of the server are not counted."""
+    if not db_url.startswith("postgresql"):
+        return {}
+    import psycopg
+
+    with psycopg.connect(db_url.split("?", 1)[0], autocommit=True) as conn:
+        pids = [row[0] for row in conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s",
+            (NODE_APPLICATION,))]
+    spent = {}
+    for pid in pids:
+        try:
+            spent[pid] = _cpu_s(pid)
+        except (OSError, IndexError, ValueError):  # gone meanwhile
+            continue
+    return spent
+
+
+def _redis_cpu_s(redis_url: str | None) -> float:
+    """CPU seconds Redis reports it spent (its INFO), 0 without Redis."""
+    if not redis_url:
+        return 0.0
+    import redis
+
+    with redis.Redis.from_url(redis_url) as client:
+        info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def _address(listening: str) -> str:
+    return next(w for w in listening.split() if w.count(":") == 1 and
+                w.rsplit(":", 1)[1].rstrip(".,").isdigit()).rstrip(".,")
+
+
+def _profile(kinds: dict[str, list[Party]], profile_dir: Path | None) -> list[subprocess.Popen]:  # type: ignore[type-arg]
+    """py-spy on the first process of each kind, folded stacks per kind (`--profile DIR`)."""
+    if profile_dir is None:
+        return []
+    profile_dir.mkdir(parents=True, exist_ok=True)
+    spy = Path(sys.executable).with_name("py-spy")
+    return [subprocess.Popen([str(spy), "record", "--format", "raw", "--rate", "200",
+                              "--pid", str(ps[0].process.pid), "--output",
+                              str(profile_dir / f"{kind}.folded")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for kind, ps in kinds.items()]
+
+
+def bench(db_url: str, workdir: Path, window_s: float = MIN_WINDOW_S,
+          min_tasks: int = MIN_TASKS, *, nodes: int = 1,
+          redis_url: str | None = None, profile_dir: Path | None = None) -> dict[str, Any]:
+    """`nodes` node processes over `db_url` (sharing `redis_url` with --redis when given);
+    seller i talks to node i mod nodes, every buyer to all of them (round robin)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "AGENTMARKET_TRACING": "off",
+           "AGENTMARKET_HOME": str(workdir / "home")}
+    env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+    python = sys.executable
+    shared = ["--redis", redis_url] if redis_url else []
+    node_db = (f"{db_url}{'&' if '?' in db_url else '?'}application_name={NODE_APPLICATION}"
+               if db_url.startswith("postgresql") else db_url)
+    node_parties = [Party([python, "-m", "marketplace.cli.main", "serve", "--db", node_db,
+                           "--port", "0", "--spans", str(workdir / f"spans-{n}.db"), *shared],
+                          workdir / f"node-{n}.log", env) for n in range(nodes)]
+    parties: list[Party] = list(node_parties)
+    try:
+        addresses = [_address(node.wait_for("listening", timeout_s=180)) for node in node_parties]
+        address = ",".join(addresses)
+        sellers = [Party([python, "-m", "benchmarks._deployed_parties", "seller",
+                          addresses[i % nodes], f"seller-{i}"], workdir / f"seller-{i}.log",
+                         env) for i in range(SELLERS)]
+        parties += sellers
+        for seller in sellers:
+            seller.wait_for("ready")
+        start, stop = workdir / "start", workdir / "stop"
+        buyers = [Party([python, "-m", "benchmarks._deployed_parties", "buyers", address,
+                         str(BUYERS_PER_PROCESS), f"buyers{i}", str(start), str(stop)],
+                        workdir / f"buyers-{i}.log", env) for i in range(BUYER_PROCESSES)]
+        parties += buyers
+        for buyer in buyers:
+            buyer.wait_for("ready", timeout_s=120)
+            threading.Thread(target=buyer.follow, daemon=True).start()
+        start.touch()
+        time.sleep(WARMUP_S)
+        kinds = {"node": node_parties, "sellers": sellers, "buyers": buyers}
+        profilers = _profile(kinds, profile_dir)
+        cpu_before = {k: sum(_cpu_s(p.process.pid) for p in ps) for k, ps in kinds.items()}
+        cpu_before["redis"] = _redis_cpu_s(redis_url)
+        database_before = _database_cpu(db_url)
+        began, done_before = time.time(), sum(b.done() for b in buyers)
+        while True:
+            time.sleep(1.0)
+            elapsed = time.time() - began
+            tasks = sum(b.done() for b in buyers) - done_before
+            if (elapsed >= window_s and tasks >= min_tasks) or elapsed >= MAX_WINDOW_S:
+                break
+        cpu_after = {k: sum(_cpu_s(p.process.pid) for p in ps) for k, ps in kinds.items()}
+        cpu_after["redis"] = _redis_cpu_s(redis_url)
+        database_after = _database_cpu(db_url)
+        cpu_before["database"] = 0.0
+        cpu_after["database"] = sum(spent - database_before.get(pid, 0.0)
+                                    for pid, spent in database_after.items())
+        ended = time.time()
+        for profiler in profilers:
+            profiler.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+            profiler.wait(timeout=60)
+        stop.touch()
+        outs = []
+        for buyer in buyers:
+            buyer.process.wait(timeout=120)
+            outs.append(json.loads(buyer.lines[-1]))
+        done_at = [t for out in outs for t in out["done_at"]]
+        errors = [e for out in outs for e in out["errors"]]
+        in_window = sum(1 for t in done_at if began <= t < ended)
+        seconds = ended - began
+        figures: dict[str, Any] = {
+            "tasks_per_s": round(in_window / seconds, 2),
+            "window_s": round(seconds, 1),
+            "tasks_in_window": in_window,
+            "failed_tasks": len(errors),
+            "first_error": errors[0] if errors else "",
+        }
+        for kind in cpu_after:
+            spent_ms = (cpu_after[kind] - cpu_before[kind]) * 1000
+            figures[f"{kind}_cpu_ms_per_task"] = round(spent_ms / max(in_window, 1), 2)
+        for step in ("discover", "negotiate", "hire", "call", "finish", "task"):
+            values = [x for out in outs for x in out["latencies"][step]]
+            figures[f"{step}_p50_ms"] = _quantile(values, 50)
+            figures[f"{step}_p99_ms"] = _quantile(values, 99)
+    finally:
+        for party in reversed(parties):
+            party.stop()
+    figures.update(_books(db_url))
+    return figures
+
+
+def _books(db_url: str) -> dict[str, Any]:
+    """The node's books once every party stopped: balanced, chained, nothing left open."""
+    from marketplace.node import MarketplaceNode
+    from wallets.audit import check_balances, verify_chain
+
+    node = MarketplaceNode(db_url)
+    try:
+        node.ledger.expire_holds()
+        balanced = check_balances(node.ledger).ok and verify_chain(node.ledger).ok
+        open_left = [e for e in node.settlement.agreements(limit=100_000)
+                     if e["state"] in ("active", "delivered")]
+    finally:
+        node.stop(0)
+    return {"books_balanced": balanced, "open_agreements_left": len(open_left)}
+
+
+def run(progress: Any = None, window_s: float = MIN_WINDOW_S, min_tasks: int = MIN_TASKS,
+        backends: tuple[str, ...] = ("sqlite", "postgres"),
+        profile_dir: Path | None = None) -> dict[str, Any]:
+    say = progress or (lambda _text: None)
+    results: dict[str, Any] = {"deployed_buyers": BUYER_PROCESSES * BUYERS_PER_PROCESS,
+                               "deployed_sellers": SELLERS}
+    if "sqlite" in backends:
+        with tempfile.TemporaryDirectory(prefix="agentmarket-deployed-") as tmp:
+            say("deployed shape (every party its own process), SQLite")
+            figures = bench(f"sqlite:///{Path(tmp) / 'market.db'}", Path(tmp), window_s, min_tasks,
+                            profile_dir=profile_dir and profile_dir / "sqlite")
+        results["tasks_per_s_deployed_sqlite"] = figures.pop("tasks_per_s")
+        results["node_cpu_ms_per_task"] = figures["node_cpu_ms_per_task"]
+        results.update({f"deployed_sqlite_{k}": v for k, v in figures.items()})
+    url = _postgres_url() if "postgres" in backends else None
+    if url is not None:
+        say("deployed shape (every party its own process), PostgreSQL")
+        try:
+            with tempfile.TemporaryDirectory(prefix="agentmarket-deployed-") as tmp:
+                figures = bench(url, Path(tmp), window_s, min_tasks,
+                                profile_dir=profile_dir and profile_dir / "postgres")
+        finally:
+            _drop(url)
+        results["tasks_per_s_deployed_postgres"] = figures.pop("tasks_per_s")
+        results.update({f"deployed_postgres_{k}": v for k, v in figures.items()})
+    return results
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    window = float(args[args.index("--window") + 1]) if "--window" in args else MIN_WINDOW_S
+    tasks = int(args[args.index("--tasks") + 1]) if "--tasks" in args else MIN_TASKS
+    chosen = tuple(a for a in args if a in ("sqlite", "postgres")) or ("sqlite", "postgres")
+    profile = Path(args[args.index("--profile") + 1]) if "--profile" in args else None
+    for name, value in run(print, window, tasks, chosen, profile).items():
+        print(f"{name}: {value}")

@@ -1,0 +1,194 @@
+"""Scale-out on PostgreSQL: ledger writers in parallel, and full tasks with 1 and 2 nodes.
+
+Figures:
+- ledger postings/s with 1, 4 and 16 concurrent writers in several processes (up to 4, the
+  writers spread over them as threads), each writer one connection posting transfers between
+  its own two accounts, one posting per commit (`Ledger(group_commit=False)`); the ratio of 16
+  writers to 1 (`ledger_pg_writer_scaling_16_vs_1`) shows whether anything serialises every
+  write across processes (today: the chain-head row every posting locks);
+- full tasks/s of the deployed-shape market (`benchmarks.deployed`: every party its own
+  process) served by 1 and by 2 `agentmarket serve` nodes over one PostgreSQL and one Redis
+  (`--redis`), buyers given every node's address; with the CPU each task cost the nodes,
+  PostgreSQL (its server processes, from /proc) and Redis (its INFO).
+
+    python -m benchmarks.scale_out [writers] [nodes] [--window S]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.tasks import _drop, _postgres_url
+
+WRITER_LEVELS = (1, 4, 16)
+MAX_PROCESSES = 4
+WRITER_WINDOW_S = 8.0
+NODES_WINDOW_S = 25.0
+NODES_MIN_TASKS = 300
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
+
+
+# ---- ledger writers ----------------------------------------------------------------------------
+
+
+def _writer_process(url: str, pairs_json: str, start: str, stop: str) -> None:
+    """One process: a thread per (debit, credit) pair, transferring until `stop` exists."""
+    from wallets import Ledger, make_engine
+
+    pairs = json.loads(pairs_json)
+    ledger = Ledger(make_engine(url), group_commit=False)
+    counts = [0] * len(pairs)
+
+    def write(n: int, debit: str, credit: str) -> None:
+        while not os.path.exists(start):
+            time.sleep(0.005)
+        i = 0
+        while not os.path.exists(stop):
+            ledger.transfer(f"w-{debit[:8]}-{i}", debit, credit, 1)
+            i += 1
+            counts[n] = i
+
+    threads = [threading.Thread(target=write, args=(n, *pair)) for n, pair in enumerate(pairs)]
+    for thread in threads:
+        thread.start()
+    print("ready", flush=True)
+    for thread in threads:
+        thread.join()
+    print(json.dumps({"postings": sum(counts)}), flush=True)
+    ledger.engine.dispose()
+
+
+def _writers(url: str, writers: int, workdir: Path, window_s: float) -> float:
+    """Postings/s of `writers` concurrent writers over `url` (a fresh schema)."""
+    from wallets import Ledger, WalletService, make_engine
+
+    ledger = Ledger(make_engine(url), group_commit=False)
+    wallets = WalletService(ledger)
+    pairs = []
+    for n in range(writers):
+        debit = ledger.open_account(f"writer-{n}", "USD").account_id
+        credit = ledger.open_account(f"payee-{n}", "USD").account_id
+        wallets.deposit(f"fund-{n}", debit, 10**15, "USD")
+        pairs.append((debit, credit))
+    ledger.engine.dispose()
+    processes = min(writers, MAX_PROCESSES)
+    start, stop = workdir / f"start-{writers}", workdir / f"stop-{writers}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "AGENTMARKET_TRACING": "off"}
+    children = [subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.scale_out", "_writer", url,
+         json.dumps(pairs[p::processes]), str(start), str(stop)],
+        env=env, stdout=subprocess.PIPE, text=True) for p in range(processes)]
+    try:
+        for child in children:
+            assert child.stdout is not None
+            if child.stdout.readline().strip() != "ready":
+                raise RuntimeError("a writer process did not start")
+        start.touch()
+        began = time.perf_counter()
+        time.sleep(window_s)
+        stop.touch()
+        elapsed = time.perf_counter() - began
+        total = 0
+        for child in children:
+            out, _ = child.communicate(timeout=60)
+            total += json.loads(out.strip().splitlines()[-1])["postings"]
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+    return total / elapsed
+
+
+def bench_writers(say: Any, window_s: float = WRITER_WINDOW_S) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="agentmarket-writers-") as tmp:
+        for writers in WRITER_LEVELS:
+            url = _postgres_url()
+            if url is None:
+                return {}
+            say(f"ledger on PostgreSQL, {writers} concurrent writer(s)")
+            try:
+                results[f"ledger_pg_postings_per_s_{writers}_writers"] = round(
+                    _writers(url, writers, Path(tmp), window_s), 1)
+            finally:
+                _drop(url)
+    results["ledger_pg_writer_scaling_16_vs_1"] = round(
+        results["ledger_pg_postings_per_s_16_writers"]
+        / results["ledger_pg_postings_per_s_1_writers"], 2)
+    return results
+
+
+# ---- nodes ---------------------------------------------------------------------------------------
+
+
+def _redis_url() -> str | None:
+    import redis
+
+    url = os.environ.get("AGENTMARKET_BENCH_REDIS_URL", DEFAULT_REDIS)
+    try:
+        with redis.Redis.from_url(url, socket_connect_timeout=2) as client:
+            client.ping()
+    except (redis.RedisError, OSError):
+        return None
+    return url
+
+
+def bench_nodes(say: Any, window_s: float = NODES_WINDOW_S,
+                min_tasks: int = NODES_MIN_TASKS) -> dict[str, Any]:
+    from benchmarks.deployed import bench
+
+    redis_url = _redis_url()
+    results: dict[str, Any] = {}
+    for nodes in (1, 2):
+        url = _postgres_url()
+        if url is None or redis_url is None:
+            return results
+        say(f"deployed shape over {nodes} node(s), PostgreSQL and Redis")
+        try:
+            with tempfile.TemporaryDirectory(prefix="agentmarket-nodes-") as tmp:
+                figures = bench(url, Path(tmp), window_s, min_tasks, nodes=nodes,
+                                redis_url=redis_url)
+        finally:
+            _drop(url)
+        label = f"{nodes}_node{'s' if nodes > 1 else ''}"
+        results[f"tasks_per_s_{label}"] = figures["tasks_per_s"]
+        for key in ("node_cpu_ms_per_task", "database_cpu_ms_per_task",
+                    "redis_cpu_ms_per_task", "sellers_cpu_ms_per_task",
+                    "buyers_cpu_ms_per_task", "failed_tasks", "books_balanced", "task_p50_ms",
+                    "task_p99_ms"):
+            results[f"scale_out_{label}_{key}"] = figures.get(key)
+    if "tasks_per_s_2_nodes" in results and results.get("tasks_per_s_1_node"):
+        results["tasks_2_nodes_vs_1"] = round(
+            results["tasks_per_s_2_nodes"] / results["tasks_per_s_1_node"], 2)
+    return results
+
+
+def run(progress: Any = None, parts: tuple[str, ...] = ("writers", "nodes"),
+        window_s: float | None = None) -> dict[str, Any]:
+    say = progress or (lambda _text: None)
+    results: dict[str, Any] = {}
+    if "writers" in parts:
+        results.update(bench_writers(say, window_s or WRITER_WINDOW_S))
+    if "nodes" in parts:
+        results.update(bench_nodes(say, window_s or NODES_WINDOW_S))
+    return results
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    if args and args[0] == "_writer":
+        _writer_process(*args[1:5])
+        sys.exit(0)
+    window = float(args[args.index("--window") + 1]) if "--window" in args else None
+    chosen = tuple(a for a in args if a in ("writers", "nodes")) or ("writers", "nodes")
+    for name, value in run(print, chosen, window).items():
+        print(f"{name}: {value}")

@@ -1,0 +1,48 @@
+"""`agentmarket simulate SCENARIO --seed N --out DIR`: a market sandbox through the real stack.
+
+Loads the scenario (one line naming the field if it is wrong), runs it with a progress bar,
+writes DIR/events.csv, the plots and DIR/report.html, and prints the summary table. Exits 1 if
+the books do not balance or the ledger's hash chain does not verify.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from agents.sandbox import events as event_file
+from agents.sandbox.loop import RunResult, simulate
+from agents.sandbox.plots import draw_all
+from agents.sandbox.report import summary_table, write_html
+from agents.sandbox.scenario import Scenario
+
+EVENTS = "events.csv"
+REPORT = "report.html"
+
+
+def run(scenario: Scenario, seed: int, out: Path, console: Console, *,
+        db_url: str | None = None, workers: int = 16, node_process: bool = False
+        ) -> RunResult:
+    """Run, write every output into `out`, print the summary; returns the run."""
+    out.mkdir(parents=True, exist_ok=True)
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+               TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        bar = progress.add_task("starting", total=None)
+
+        def report(what: str, done: int, total: int) -> None:
+            progress.update(bar, description=what, completed=done, total=total)
+
+        result = simulate(scenario, seed, out, db_url=db_url, workers=workers,
+                          node_process=node_process, progress=report)
+        progress.update(bar, description="drawing plots")
+        event_file.write(out / EVENTS, result.events)
+        plots = draw_all(result.events, out)
+        write_html(out / REPORT, scenario, seed, result, plots)
+        progress.update(bar, description="done")
+    console.print(summary_table(scenario, seed, result))
+    console.print(f"events: {out / EVENTS}; report: {out / REPORT}; plots: "
+                  f"{', '.join(p.name for p in plots)}", highlight=False, soft_wrap=True)
+    return result

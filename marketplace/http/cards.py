@@ -1,0 +1,83 @@
+"""The card catalogue: an A2A Agent Card for every live listing, and a search over them.
+
+    GET /cards/{agent_id}/.well-known/agent-card.json   the listing's card (a2a-sdk resolves
+                                                        it with base URL /cards/{agent_id})
+    GET /cards/search?skill=&q=&tag=&currency=&max_price_atomic=&limit=
+                                                        {"cards": [{"url", "card"}, ...]},
+                                                        ranked as the registry's Discover
+
+So any A2A client finds priced skills without speaking agents.v1. A catalogue card is built by
+`marketplace.a2a_cards` from the listing and signed by the node's key (`kid` the node's agent
+id, named in the params as `catalogue`): the seller's own card, signed by the seller, is the
+one at its endpoint. Either way a buyer's money is safe only with the seller's key, which signs
+the agreement. Bad filters answer 400 with the reason; an unknown or expired listing 404.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from marketplace.a2a_cards import CARD_PATH, card_dict, listing_card, sign
+from marketplace.errors import AgentmarketError, InvalidArgument
+from marketplace.http.app import HttpPart
+
+if TYPE_CHECKING:
+    from marketplace.node import MarketplaceNode
+
+PREFIX = "/cards"
+MAX_RESULTS = 50
+HTTP_STATUS = {"INVALID_ARGUMENT": 400, "NOT_FOUND": 404, "RESOURCE_EXHAUSTED": 429}
+
+
+def catalogue(node: MarketplaceNode) -> HttpPart:
+    def card_of(listing: Any, base: str) -> dict[str, Any]:
+        url = f"{base}{PREFIX}/{listing.agent_id}{CARD_PATH}"
+        card = listing_card(listing, marketplace=node.address, key=None, card_url=url)
+        card.capabilities.extensions[0].params.update({"catalogue": node.agent_id})
+        return card_dict(sign(card, node.key))
+
+    def base_url(request: Request) -> str:
+        return str(request.base_url).rstrip("/").removesuffix(PREFIX)
+
+    def one(request: Request) -> Response:
+        agent_id = request.path_params["agent_id"]
+        try:
+            if len(agent_id) != 64 or any(c not in "0123456789abcdef" for c in agent_id):
+                raise InvalidArgument("an agent id is 64 lower-case hex characters")
+            return JSONResponse(card_of(node.registry.get(agent_id), base_url(request)))
+        except AgentmarketError as error:
+            return _refused(error)
+
+    def search(request: Request) -> Response:
+        query = request.query_params
+        try:
+            limit = _int(query.get("limit", "20"), "limit", 1, MAX_RESULTS)
+            listings = node.registry.discover(
+                query.get("skill", ""), query.get("currency", ""),
+                _int(query.get("max_price_atomic", "0"), "max_price_atomic", 0, 2**62), limit,
+                text=query.get("q", ""), tags=query.getlist("tag"))
+        except AgentmarketError as error:
+            return _refused(error)
+        base = base_url(request)
+        return JSONResponse({"cards": [{"url": f"{base}{PREFIX}/{lst.agent_id}{CARD_PATH}",
+                                        "card": card_of(lst, base)} for lst in listings]})
+
+    app = Starlette(routes=[Route("/search", search),
+                            Route("/{agent_id}" + CARD_PATH, one)])
+    return HttpPart(PREFIX, app, "Agent Cards")
+
+
+def _int(text: str, name: str, low: int, high: int) -> int:
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise InvalidArgument(f"{name} must be an integer from {low} to {high}")
+    return int(text)
+
+
+def _refused(error: AgentmarketError) -> Response:
+    return JSONResponse({"error": {"reason": error.reason, "message": error.message}},
+                        status_code=HTTP_STATUS.get(error.status, 400))

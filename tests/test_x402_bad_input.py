@@ -1,0 +1,212 @@
+"""Bad input at the gateway: each refusal names its reason (402 with x402's PAYMENT-REQUIRED
+`error`, 400 for a malformed request, 413 for a body over the limit) and moves and holds
+nothing. A retried request with the same payment identifier gets the first answer, paid once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from x402.extensions.payment_identifier import append_payment_identifier_to_extensions
+from x402.http.utils import (
+    decode_payment_required_header,
+    decode_payment_response_header,
+    encode_payment_signature_header,
+)
+from x402.schemas import PaymentPayload
+
+from agents.x402 import buyer_client
+from agents.x402 import client as x402_client
+from tests.x402_market import Market, books_balance, open_market
+
+
+@pytest.fixture(scope="module")
+def market(tmp_path_factory) -> Iterator[Market]:
+    yield from open_market(tmp_path_factory.mktemp("x402"))
+
+
+@pytest.fixture(autouse=True)
+def balanced_books(request) -> Iterator[None]:
+    """The books balance after every test (the market is shared by the module's tests)."""
+    yield
+    if "market" in request.fixturenames:
+        books_balance(request.getfixturevalue("market").node)
+
+
+def _ledger_state(market: Market) -> tuple[int, int]:
+    postings = market.node.ledger.postings(limit=100_000)
+    return len(postings), len(market.node.ledger.holds(status="open"))
+
+
+def _payload(market: Market, skill: str, *, calls: int = 1) -> tuple[Any, PaymentPayload]:
+    """x402's client makes the payload for the 402 the gateway answers."""
+    unpaid = httpx.post(market.url(skill), json={"text": "hi"})
+    assert unpaid.status_code == 402
+    required = decode_payment_required_header(unpaid.headers["payment-required"])
+    client, _ = buyer_client(market.key, market.network, calls_per_session=calls)
+    return client, asyncio.run(client.create_payment_payload(required))
+
+
+def _send(market: Market, skill: str, header: str, body: Any = None) -> httpx.Response:
+    return httpx.post(market.url(skill), json={"text": "hi"} if body is None else body,
+                      headers={"PAYMENT-SIGNATURE": header})
+
+
+def _reason(response: httpx.Response) -> str:
+    if response.status_code == 402:
+        return decode_payment_required_header(response.headers["payment-required"]).error or ""
+    return response.json()["error"]
+
+
+def _edited(payload: PaymentPayload, **accepted: Any) -> str:
+    return encode_payment_signature_header(payload.model_copy(update={
+        "accepted": payload.accepted.model_copy(update=accepted)}))
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+@pytest.mark.parametrize(("header", "status", "reason"), [
+    ("%%% not base64 %%%", 400, "malformed_payment_header"),
+    (_b64("not json"), 400, "malformed_payment_header"),
+    (_b64(json.dumps({"x402Version": 2, "hello": "world"})), 400,
+     "malformed_payment_header"),
+])
+def test_malformed_payment_headers_are_400(market, header, status, reason):
+    before = _ledger_state(market)
+    response = _send(market, "shout", header)
+    assert (response.status_code, _reason(response)) == (status, reason)
+    assert _ledger_state(market) == before
+
+
+@pytest.mark.parametrize(("field", "value", "reason"), [
+    ("network", "agentmarket:" + "0" * 32, "invalid_network"),
+    ("asset", "ECNY", "invalid_asset"),
+    ("amount", "1", "invalid_amount"),
+    ("pay_to", "ab" * 32, "invalid_pay_to"),
+])
+def test_a_payment_for_other_terms_is_refused_with_its_reason(market, field, value, reason):
+    _, payload = _payload(market, "shout")
+    before = _ledger_state(market)
+    response = _send(market, "shout", _edited(payload, **{field: value}))
+    assert (response.status_code, _reason(response)) == (402, reason)
+    assert _ledger_state(market) == before
+
+
+def test_a_payment_for_another_resource_is_refused(market):
+    _, payload = _payload(market, "shout")  # whisper has the same price and seller
+    before = _ledger_state(market)
+    response = _send(market, "whisper", encode_payment_signature_header(payload))
+    assert (response.status_code, _reason(response)) == (402, "invalid_resource")
+    assert _ledger_state(market) == before
+
+
+def test_an_expired_agreement_is_refused(market, monkeypatch):
+    monkeypatch.setattr(x402_client, "OFFER_TTL_MS", -1000)
+    _, payload = _payload(market, "shout")
+    before = _ledger_state(market)
+    response = _send(market, "shout", encode_payment_signature_header(payload))
+    assert (response.status_code, _reason(response)) == (402, "payload_expired")
+    assert _ledger_state(market) == before
+
+
+def test_a_replayed_payment_is_refused_and_pays_once(market):
+    _, payload = _payload(market, "shout")
+    header = encode_payment_signature_header(payload)
+    first = _send(market, "shout", header)
+    assert first.status_code == 200, first.text
+    after_first = _ledger_state(market)
+    replay = _send(market, "shout", header)
+    assert (replay.status_code, _reason(replay)) == (402, "payload_replayed")
+    assert _ledger_state(market) == after_first
+
+
+def test_a_forged_word_is_refused(market):
+    client, payload = _payload(market, "shout", calls=5)
+    assert _send(market, "shout", encode_payment_signature_header(payload)).status_code == 200
+    required = decode_payment_required_header(httpx.post(
+        market.url("shout"), json={"text": "hi"}).headers["payment-required"])
+    second = asyncio.run(client.create_payment_payload(required))
+    forged = dict(second.payload)
+    voucher = x402_client.agreement_pb2.Voucher.FromString(base64.b64decode(forged["voucher"]))
+    voucher.payword = bytes(32)
+    forged["voucher"] = base64.b64encode(voucher.SerializeToString()).decode()
+    before = _ledger_state(market)
+    response = _send(market, "shout", encode_payment_signature_header(
+        second.model_copy(update={"payload": forged})))
+    assert (response.status_code, _reason(response)) == (402, "invalid_signature")
+    assert _ledger_state(market) == before
+
+
+def test_a_body_over_the_limit_or_not_json_changes_nothing(market):
+    before = _ledger_state(market)
+    big = httpx.post(market.url("shout"), content=b'{"text": "' + b"x" * 70_000 + b'"}')
+    assert (big.status_code, big.json()["error"]) == (413, "body_too_large")
+    broken = httpx.post(market.url("shout"), content=b"{not json")
+    assert (broken.status_code, broken.json()["error"]) == (400, "invalid_json")
+    unknown = httpx.post(f"{market.http.url}/v1/skills/{'ab' * 32}/shout", json={})
+    assert unknown.status_code == 404
+    assert _ledger_state(market) == before
+
+
+def test_a_retry_with_the_same_payment_identifier_returns_the_first_answer(market):
+    _, payload = _payload(market, "shout")
+    extensions = dict(payload.extensions or {})
+    append_payment_identifier_to_extensions(extensions, "pay_retry_0123456789")
+    header = encode_payment_signature_header(payload.model_copy(
+        update={"extensions": extensions}))
+    before = market.posted(market.key.agent_id)
+    first = _send(market, "shout", header)
+    retried = _send(market, "shout", header)
+    assert first.status_code == retried.status_code == 200
+    assert first.content == retried.content
+    assert decode_payment_response_header(retried.headers["payment-response"]).transaction \
+        == decode_payment_response_header(first.headers["payment-response"]).transaction
+    assert market.posted(market.key.agent_id) == before - 2_000_000  # paid once
+    books_balance(market.node)
+
+
+def test_the_seller_countersigns_a_list_price_agreement_only_at_its_list(market):
+    from agents.v1 import agent_pb2
+    from marketplace import agreements as ag
+    from marketplace.errors import TermsMismatch
+    from marketplace.v1 import agreement_pb2
+
+    _, payload = _payload(market, "shout")
+    opened = agreement_pb2.SignedAgreement.FromString(
+        base64.b64decode(payload.payload["agreement"]))
+    body = agreement_pb2.AgreementBody.FromString(opened.body)
+    body.terms.unit_price_atomic -= 1  # below the list price, signed by the buyer
+    cheaper = agreement_pb2.SignedAgreement(body=body.SerializeToString())
+    ag.sign_as_buyer(cheaper, market.key)
+    with pytest.raises(TermsMismatch):
+        market.seller.negotiate(agent_pb2.NegotiationMessage(agreement=cheaper))
+    body.terms.unit_price_atomic += 1
+    body.terms.dispute_window_s = 3600  # longer than the seller's own window
+    longer = agreement_pb2.SignedAgreement(body=body.SerializeToString())
+    ag.sign_as_buyer(longer, market.key)
+    with pytest.raises(TermsMismatch):
+        market.seller.negotiate(agent_pb2.NegotiationMessage(agreement=longer))
+
+
+def test_a_transfer_authorisation_does_not_pay_a_sellers_call(market):
+    from agents.x402 import network as net
+
+    _, payload = _payload(market, "shout")
+    accepted = payload.accepted
+    transfer = net.sign_authorization(
+        market.key, pay_to=accepted.pay_to, amount_atomic=int(accepted.amount),
+        asset=accepted.asset, network=accepted.network, resource="", nonce="n" * 16,
+        valid_before_ms=10**13)
+    before = _ledger_state(market)
+    response = _send(market, "shout", encode_payment_signature_header(
+        payload.model_copy(update={"payload": transfer})))
+    assert (response.status_code, _reason(response)) == (402, "unsupported_payload_type")
+    assert _ledger_state(market) == before

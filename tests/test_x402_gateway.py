@@ -1,0 +1,115 @@
+"""The HTTP/x402 gateway: x402's own client buys per-call and per-token skills; sessions are
+one hold and one capture; the books balance after every test.
+
+Real parts: a marketplace node (SQLite file, gRPC on port 0), a seller agent, the gateway on
+uvicorn (loopback, port 0), and the `x402` package's httpx client paying with the buyer's key.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import asyncio
+import json
+from collections.abc import Iterator
+
+import pytest
+from x402.http.utils import decode_payment_response_header
+
+from agents.x402 import http_client
+from agents.x402.network import network_id
+from marketplace.node import MarketplaceNode
+from tests.x402_market import Market, books_balance, open_market
+
+
+@pytest.fixture
+def market(tmp_path) -> Iterator[Market]:
+    yield from open_market(tmp_path)
+
+
+def test_x402_client_pays_a_per_call_skill(market):
+    async def run() -> tuple[int, dict, str]:
+        client, _ = http_client(market.key, network_id(market.node.agent_id), prepay=False)
+        async with client:
+            response = await client.post(market.url("shout"), json={"text": "hi"})
+        return response.status_code, response.json(), response.headers["payment-response"]
+
+    before = market.posted(market.key.agent_id)
+    status, body, paid = asyncio.run(run())
+    assert status == 200, body
+    assert body["output"] == {"text": "HI"}
+    settled = decode_payment_response_header(paid)
+    assert settled.success and settled.payer == market.key.agent_id
+    assert settled.amount == "2000000"
+    assert settled.extra["settlement"]["state"] == "settled"
+    assert market.posted(market.key.agent_id) == before - 2_000_000
+    assert market.posted(market.seller.agent_id) > 0
+    books_balance(market.node)
+
+
+def _postings(node: MarketplaceNode, agreement: str) -> list[str]:
+    hold_id = node.settlement.get(agreement)["hold_id"]
+    return [p.kind for p in node.ledger.postings(hold_id=hold_id)]
+
+
+def test_a_session_of_per_unit_calls_is_one_hold_and_one_capture(market):
+    texts = ["one two three", "four five", "six"]
+
+    async def run() -> tuple[list, dict, str]:
+        client, schemes = http_client(market.key, network_id(market.node.agent_id),
+                                      calls_per_session=10)
+        answers = []
+        async with client:
+            for text in texts:
+                response = await client.post(market.url("count_words"), json={"text": text})
+                assert response.status_code == 200, response.text
+                answers.append((response.json(), decode_payment_response_header(
+                    response.headers["payment-response"])))
+            agreement = schemes["upto"].open_sessions()[0]
+            closed = await client.post(f"{market.http.url}/v1/sessions/{agreement}/close",
+                                       json={"finish": schemes["upto"].finish_signature(
+                                           agreement)})
+        return answers, closed.json(), agreement
+
+    before = market.posted(market.key.agent_id)
+    answers, closed, agreement = asyncio.run(run())
+    assert [a[0]["output"]["text"] for a in answers] == ["3", "2", "1"]
+    assert [a[1].amount for a in answers] == ["3000000", "2000000", "1000000"]
+    assert {a[1].extra["agreementId"] for a in answers} == {agreement}
+    assert closed["state"] == "settled" and closed["captured"] == "6000000"
+    assert market.posted(market.key.agent_id) == before - 6_000_000
+    assert _postings(market.node, agreement) == ["hold", "capture"]
+    books_balance(market.node)
+
+
+def test_a_streamed_answer_is_billed_as_it_flows_and_stops_at_the_authorisation(market):
+    async def run() -> tuple[list[tuple[str, str]], dict]:
+        client, _ = http_client(market.key, market.network)
+        events: list[tuple[str, str]] = []
+        async with client, client.stream("POST", market.url("write"),
+                                 json={"topic": "agents", "words": 1000},
+                                 headers={"accept": "text/event-stream"}) as response:
+            assert response.status_code == 200
+            held = decode_payment_response_header(response.headers["payment-response"])
+            name = ""
+            async for line in response.aiter_lines():
+                if line.startswith("event: "):
+                    name = line[7:]
+                elif line.startswith("data: "):
+                    events.append((name, line[6:]))
+        return events, {"held": held}
+
+    events, seen = asyncio.run(run())
+    pieces = [json.loads(data) for name, data in events if name == "message"]
+    charges = [int(p["charged"]) for p in pieces]
+    assert pieces and charges == sorted(charges)  # billed as it flows
+    end = json.loads(next(data for name, data in events if name == "end"))
+    assert end["stopReason"] == "budget"  # stopped at what the voucher authorised
+    settled = decode_payment_response_header(
+        next(data for name, data in events if name == "payment-response"))
+    authorised = int(seen["held"].amount)
+    assert int(settled.amount) == int(end["usage"]["charged"]) <= authorised
+    assert settled.extra["settlement"]["captured"] == settled.amount
+    books_balance(market.node)
