@@ -272,11 +272,14 @@ class PaymentGate:
             raise InvalidArgument(f"call_id is longer than {MAX_CALL_ID_CHARS} characters")
         account = self._account(agreement_id)
         with account.lock:
-            if account.closed:
-                raise AgreementEnded("the agreement was redeemed; it takes no more calls")
-            if call_id and call_id in account.calls:
+            known = account.calls.get(call_id) if call_id else None
+            if known is not None and (not account.closed or known.response is not None):
+                # an answered call is answered again even once the agreement was redeemed:
+                # its answer may have been lost, and it is charged once, in that redeem
                 return self._retry(agreement_id, account, voucher, call_id, reserve_atomic,
                                    partial)
+            if account.closed:
+                raise AgreementEnded("the agreement was redeemed; it takes no more calls")
             if self.clock_ms() > account.body.terms.completion_deadline_ms:
                 raise AgreementEnded("the agreement's completion deadline has passed; it takes "
                                      "no more calls (what was delivered is still redeemed)")

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import text
 
 from agents import BuyerAgent, SellerAgent
-from agents.errors import Unavailable
+from agents.errors import AgentmarketError, Unavailable
 from marketplace import agreements as ag
 from marketplace.identity import AgentKey
 from marketplace.node import MarketplaceNode
@@ -153,6 +153,8 @@ def test_concurrent_calls_through_journal_failures_are_paid_exactly(node: Market
                     except Unavailable:
                         refused.append(call_id)
                         continue  # the same call id again: answered once, charged once
+                    except AgentmarketError:  # vouchers of concurrent calls may arrive out of
+                        break  # order: the later sequence wins, the other is refused, unpaid
                     answered[call_id] = answer.receipt.sequence
                     break
 
@@ -172,6 +174,26 @@ def test_concurrent_calls_through_journal_failures_are_paid_exactly(node: Market
         _voucher, receipts = seller.gate.redeemable(deal.agreement_id)
         assert sorted(r.sequence for r in receipts) == sorted(answered.values())
         print(f"{len(refused)} refusals while the journal failed")
+    finally:
+        buyer.close()
+        seller.stop(0)
+
+
+def test_an_answer_lost_before_the_seller_redeemed_is_still_answered(node: MarketplaceNode,
+                                                                     tmp_path: Path) -> None:
+    """The seller redeemed on its own (its deadline margin) while the buyer was retrying a call
+    whose answer was lost: the retry still gets that answer, which the redeem charged."""
+    key, port, journal = AgentKey.generate(), _free_port(), tmp_path / "seller.db"
+    seller = _seller(node, key, port, journal)
+    buyer = BuyerAgent("buyer", marketplace=node.address)
+    try:
+        deal = _hire_upper(buyer, 10)
+        first = buyer.invoke(deal, {"text": "one"}, call_id="one")
+        escrow = seller.redeem(deal.agreement_id)  # the buyer has not heard of it
+        again = buyer.invoke(deal, {"text": "one"}, call_id="one",
+                             voucher_at=(first.receipt.sequence, 1))
+        assert again.output == first.output and again.receipt == first.receipt
+        assert escrow.earned_atomic == deal.body.terms.unit_price_atomic
     finally:
         buyer.close()
         seller.stop(0)

@@ -159,9 +159,9 @@ def _wallets(ledger: Ledger, escrows: dict[str, Any], buyers: list[BuyerRun]) ->
         earned[row.seller_id] += row.captured_atomic - row.fee_atomic
     found = []
     for buyer in buyers:
-        if ledger.find_account(buyer.agent_id, "USD") is None and buyer.killed:
-            continue  # killed before it funded its wallet
         expected = FUNDED_ATOMIC - spent[buyer.agent_id]
+        if buyer.killed and not spent[buyer.agent_id] and _posted(ledger, buyer.agent_id) == 0:
+            continue  # killed before its deposit committed: it never funded its wallet
         if _posted(ledger, buyer.agent_id) != expected:
             found.append(f"buyer {buyer.name}: wallet {_posted(ledger, buyer.agent_id)}, its "
                          f"agreements leave {expected}")

@@ -5,12 +5,15 @@
 Serves on PORT, advertises ADVERTISED (the proxy in front of it), prints "ready", and serves
 until SIGTERM. Kill points (`tests.faults.faulty`): before_open/after_open (the agreement's
 durable open), before_record (a call's usage record, before it is queued), after_record (durable,
-before the answer leaves), before_redeem/after_redeem (the Redeem RPC).
+before the answer leaves), before_redeem/after_redeem (the Redeem RPC). FAULT_DISK_FULL: the
+journal fails some call records as on a full disk (`_disk_full`).
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import sqlite3
 import sys
 import threading
 from typing import Any
@@ -64,6 +67,29 @@ def _journal_kill_points() -> None:
     _serving._durable = durable_then
 
 
+def _disk_full() -> None:
+    """FAULT_DISK_FULL=<n>:<k>: the journal's writes of call records n to n+k-1 (counted as
+    the writer meets them) fail as on a full disk, wherever they fall in its batches."""
+    wanted = os.environ.get("FAULT_DISK_FULL", "")
+    if not wanted:
+        return
+    first, count = (int(part) for part in wanted.split(":"))
+    seen = [0]
+
+    def failing(write: Any) -> Any:
+        def wrapped(self: UsageJournal, batch_or_rows: Any, *args: Any, **kwargs: Any) -> Any:
+            rows = getattr(batch_or_rows, "rows", batch_or_rows)
+            calls = sum(1 for kind, _row in rows if kind == 0)  # usage_journal._CALL
+            before, seen[0] = seen[0], seen[0] + calls
+            if calls and before + 1 < first + count and before + calls >= first:
+                raise sqlite3.OperationalError("database or disk is full")
+            return write(self, batch_or_rows, *args, **kwargs)
+        return wrapped
+
+    UsageJournal._write_calls = failing(UsageJournal._write_calls)  # type: ignore[method-assign]
+    UsageJournal._apply = failing(UsageJournal._apply)  # type: ignore[method-assign]
+
+
 def _seller(marketplace: str, key: str, journal: str, port: str, advertised: str,
             window: str, margin: str) -> SellerAgent:
     seller = SellerAgent("upper", skills=[upper], marketplace=marketplace, key=key,
@@ -78,6 +104,7 @@ def _seller(marketplace: str, key: str, journal: str, port: str, advertised: str
 def main() -> None:
     install_clock()
     _journal_kill_points()
+    _disk_full()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     seller = _seller(*sys.argv[1:8])

@@ -34,7 +34,13 @@ def free_port() -> int:
 
 class NodeProcess:
     def __init__(self, db_url: str, workdir: Path, *, port: int = 0,
-                 operators: tuple[str, ...] = (), extra_args: tuple[str, ...] = ()) -> None:
+                 operators: tuple[str, ...] = (), extra_args: tuple[str, ...] = (),
+                 module: str = "marketplace.cli.main",
+                 first_env: dict[str, str] | None = None) -> None:
+        """`module`: what runs `serve` (the fault suite's adds kill points); `first_env`:
+        extra environment for the first start only (faults the restarted node is spared)."""
+        self.module = module
+        self.first_env = first_env or {}
         self.db_url = db_url
         self.operators = operators
         self.workdir = workdir
@@ -49,12 +55,13 @@ class NodeProcess:
         """Start the node (the same port and database every time); wait until it serves."""
         assert self.process is None or self.process.poll() is not None, "already running"
         self.workdir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "AGENTMARKET_TRACING": "off"}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "AGENTMARKET_TRACING": "off",
+               **(self.first_env if self.starts == 0 else {})}
         env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
         log = (self.workdir / f"node-{self.starts}.log").open("w")
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "marketplace.cli.main", "serve", "--db", self.db_url,
+                [sys.executable, "-m", self.module, "serve", "--db", self.db_url,
                  "--port", str(self.port), "--spans", str(self.workdir / "spans.db"),
                  *(arg for o in self.operators for arg in ("--operator", o)), *self.extra_args],
                 cwd=self.workdir, env=env, stdout=subprocess.PIPE, stderr=log, text=True)
