@@ -349,7 +349,11 @@ class World:
                 seller.proc.start()
         end = time.monotonic() + FINAL_TIMEOUT_S
         while time.monotonic() < end and not self._all_final():
-            time.sleep(0.2)
+            time.sleep(0.2)  # a party may still die at a kill point (a sweep's commit): revive
+            self._node_up()
+            for seller in self.sellers:
+                if not seller.proc.running:
+                    seller.proc.start()
         for seller in self.sellers:
             seller.proc.stop()
         self.node.stop()
