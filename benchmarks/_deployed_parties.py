@@ -18,23 +18,10 @@ import threading
 import time
 from pathlib import Path
 
-from pydantic import BaseModel
+from agents import BuyerAgent, SellerAgent
+from benchmarks.tasks import CALLS, echo  # the in-process benchmark's skill and task size
 
-from agents import BuyerAgent, SellerAgent, per_call, skill
-
-CALLS = 10
 STEPS = ("discover", "negotiate", "hire", "call", "finish", "task")
-
-
-class Reply(BaseModel):
-    text: str
-    length: int
-
-
-@skill(price=per_call("0.0001", "USD"))
-def echo(text: str) -> Reply:
-    """Echo a text with its length."""
-    return Reply(text=text, length=len(text))
 
 
 def seller(marketplace: str, name: str) -> None:

@@ -35,6 +35,8 @@ from typing import Any
 import httpx
 from sqlalchemy import event
 
+from benchmarks._process import terminate
+
 AGREEMENTS = 10_000
 SETTLED_EVERY = 10
 DISPUTED_EVERY = 50
@@ -122,12 +124,7 @@ class _Node:
         raise RuntimeError("the node with its console did not start")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        terminate(self.process)
 
 
 def _log_in(login_url: str) -> tuple[httpx.Client, str]:

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks._process import terminate
 from benchmarks.tasks import _drop, _postgres_url
 
 SELLERS = 5
@@ -83,13 +84,7 @@ class Party:
         return int(ticks[-1].split()[1]) if ticks else 0
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process)
 
 
 def _quantile(values: list[float], q: int) -> float:

@@ -18,8 +18,19 @@ from marketplace.v1 import settlement_pb2
 from tests.test_seller_restart import _crash, _free_port, _hire_upper, upper
 from tests.test_vanishing_parties import COMPLETION_WINDOW_S, REDEEM_MARGIN_S, hire
 
+SETTLERS = {
+    "buyer-finish": lambda buyer, seller, deal: buyer.finish(deal),
+    # SellerAgent.redeem is public too: the SDK's Unavailable, never gRPC's own error
+    "seller-redeem": lambda buyer, seller, deal: seller.redeem(deal.agreement_id),
+}
 
-def test_finish_while_the_marketplace_is_down_is_unavailable(tmp_path: Path) -> None:
+
+@pytest.mark.parametrize("settler", SETTLERS)
+def test_settling_while_the_marketplace_is_down_is_unavailable(tmp_path: Path,
+                                                                settler: str) -> None:
+    """An outage is UNAVAILABLE (retry); once the marketplace is back, the same redeem,
+    sent again, settles the calls."""
+    settle = SETTLERS[settler]
     url, port = f"sqlite:///{tmp_path / 'market.db'}", _free_port()
     node = MarketplaceNode(url, port=port, sweep_interval_s=3600).start()
     seller = SellerAgent("upper", skills=[upper], marketplace=node.address,
@@ -31,35 +42,11 @@ def test_finish_while_the_marketplace_is_down_is_unavailable(tmp_path: Path) -> 
         buyer.call(deal, {"text": "b"})
         node.stop(0)
         with pytest.raises(Unavailable) as outage:
-            buyer.finish(deal)
+            settle(buyer, seller, deal)
         assert outage.value.status == "UNAVAILABLE"
         node = MarketplaceNode(url, port=port, sweep_interval_s=3600).start()
-        escrow = _retried(lambda: buyer.finish(deal))  # the same redeem, sent again
+        escrow = _retried(lambda: settle(buyer, seller, deal))
         assert escrow.earned_atomic == 2 * deal.body.terms.unit_price_atomic
-    finally:
-        buyer.close()
-        seller.stop(0)
-        node.stop(0)
-
-
-def test_a_sellers_own_redeem_raises_the_sdks_errors(tmp_path: Path) -> None:
-    """`SellerAgent.redeem` is public: an outage is the SDK's Unavailable, never gRPC's error;
-    once the marketplace is back, the same redeem settles the calls."""
-    url, port = f"sqlite:///{tmp_path / 'market.db'}", _free_port()
-    node = MarketplaceNode(url, port=port, sweep_interval_s=3600).start()
-    seller = SellerAgent("upper", skills=[upper], marketplace=node.address,
-                         dispute_window_s=0).serve()
-    buyer = BuyerAgent("buyer", marketplace=node.address)
-    try:
-        deal = _hire_upper(buyer, 5)
-        buyer.call(deal, {"text": "a"})
-        node.stop(0)
-        with pytest.raises(Unavailable) as outage:
-            seller.redeem(deal.agreement_id)
-        assert outage.value.status == "UNAVAILABLE"
-        node = MarketplaceNode(url, port=port, sweep_interval_s=3600).start()
-        escrow = _retried(lambda: seller.redeem(deal.agreement_id))
-        assert escrow.earned_atomic == deal.body.terms.unit_price_atomic
     finally:
         buyer.close()
         seller.stop(0)

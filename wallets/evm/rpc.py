@@ -92,7 +92,7 @@ class ChainRpcServer:
                             "error": {"code": -32700, "message": "parse error"}}
                 else:
                     body = server.answer(request)
-                data = json.dumps(body, default=_jsonable).encode()
+                data = json.dumps(body).encode()  # results are RPC-encoded already
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -132,12 +132,3 @@ def _rpc_encoded(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_rpc_encoded(item) for item in value]
     return value
-
-
-def _jsonable(value: Any) -> Any:
-    """web3's provider answers with HexBytes and AttributeDicts: hex strings and dicts."""
-    if isinstance(value, bytes | bytearray):
-        return "0x" + bytes(value).hex()
-    if hasattr(value, "items"):
-        return dict(value.items())
-    raise TypeError(f"{type(value).__name__} is not JSON")
