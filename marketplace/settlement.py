@@ -284,9 +284,11 @@ class Settlement:
 
     def redeem(self, key: str, agreement: str, voucher: agreement_pb2.Voucher,
                receipts: list[agreement_pb2.Receipt],
-               seller_signature: bytes = b"") -> dict[str, Any]:
+               seller_signature: bytes = b"", buyer_confirmation: bytes = b"") -> dict[str, Any]:
         """The seller presents its latest voucher and one receipt per call; verify and hold
-        what was earned until the dispute window closes."""
+        what was earned until the dispute window closes. With the buyer's confirmation (its
+        signature of "confirm|agreement", passed on by the seller) delivered or verified work
+        is paid in the same transaction, as Confirm would."""
         if not key:
             raise InvalidArgument("idempotency_key is required on every mutating request")
         if len(receipts) > MAX_RECEIPTS:
@@ -297,6 +299,10 @@ class Settlement:
                       seller_signature):
             raise PermissionDenied("only the agreement's seller can redeem it (sign the "
                                    "request)", reason="BAD_SIGNATURE")
+        if buyer_confirmation and not verify(row.buyer_id, ag.request_message("confirm", agreement),
+                                             buyer_confirmation):
+            raise PermissionDenied("buyer_confirmation is not the agreement's buyer's signature "
+                                   "of its confirm", reason="BAD_SIGNATURE")
         request = {"agreement": agreement, "voucher": voucher.SerializeToString().hex(),
                    "receipts": ag.receipts_digest(receipts)}
         with self._tracer.start_as_current_span("settlement.redeem", attributes={
@@ -345,6 +351,8 @@ class Settlement:
                 if changes["state"] == st.REFUNDED:
                     self._refund_in(conn, key, agreement, parties)
                     return escrow_dict(conn, agreement)
+                if buyer_confirmation:  # the buyer waived its window in advance
+                    return self.release_in(conn, key, agreement, "confirm", parties)
                 if body.terms.dispute_window_s == 0:
                     return self.release_in(conn, key, agreement, "release", parties)
                 return escrow_of(current._mapping, **changes)
@@ -363,7 +371,7 @@ class Settlement:
             try:
                 found = self.redeem(request.idempotency_key, request.agreement_id,
                                     request.voucher, list(request.receipts),
-                                    request.seller_signature)
+                                    request.seller_signature, request.buyer_confirmation)
                 result.escrow.CopyFrom(escrow_message(found))
             except AgentmarketError as error:
                 result.error_code, result.error_reason = error.status, error.reason
