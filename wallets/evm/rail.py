@@ -1,16 +1,18 @@
 """The USDC rail on an EVM chain: deposits credited after N confirmations, payouts recorded.
 
 Deposits. A holder proves it controls an address (`register_address`: the address's key signs
-a message naming the wallet), then transfers tokens to the rail's address. `scan` (a sweeper's
-job) reads the token's Transfer events to the rail, and credits each one to the wallet of its
-sender once its block has `confirmations` blocks on top (itself included) and is still the
-chain's block at that height: a deposit in a block that a reorganisation replaced is marked
-orphaned and never credited, and if the same transfer lands again in another block it is seen
-again there. Each credit is a ledger deposit keyed by (rail, transaction, log index), so a
-repeated scan never credits twice. A transfer from an address nobody registered stays on the
-rail as `unclaimed`. A reorganisation deeper than `confirmations` can still undo a credited
-deposit: choose `confirmations` for the chain (Ethereum mainnet finalises in 2 epochs, ~13
-minutes).
+`registration_message`, which names the chain, token, rail, wallet and agent), then transfers
+tokens to the rail's address. `scan` (a sweeper's job) reads the token's Transfer events to the
+rail, and credits each one to the wallet of its sender once its block has `confirmations`
+blocks on top (itself included) and is still the chain's block at that height: a deposit in a
+block that a reorganisation replaced is marked orphaned and never credited, and if the same
+transfer lands again in another block it is seen again there. Each credit is a ledger deposit
+keyed by (rail, transaction, log index), so a repeated scan never credits twice. A transfer
+from an address nobody registered stays on the rail as `unclaimed` until the address is
+registered; then it is credited like any other. A reorganisation deeper than `confirmations`
+can still undo a credited deposit: choose `confirmations` for the chain (Ethereum mainnet
+finalises in 2 epochs, ~13 minutes). Only addresses whose key signs (EIP-191) can register:
+a contract wallet (EIP-1271) cannot.
 
 Payouts (`withdraw`). In one ledger transaction: the wallet is debited (its policy applies), the
 amount rounded down to the token's 6 decimals (the rest stays in the wallet), the next nonce of
@@ -31,6 +33,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import requests
 from eth_account import Account
 from eth_account.messages import encode_defunct
 from sqlalchemy import Connection, insert, select, update
@@ -40,10 +43,17 @@ from web3.exceptions import TransactionNotFound
 
 from wallets.caller import NODE_SCOPE
 from wallets.currencies import check_amount, currency
-from wallets.errors import FailedPrecondition, InvalidAmount, InvalidArgument, PermissionDenied
+from wallets.errors import (
+    FailedPrecondition,
+    InvalidAmount,
+    InvalidArgument,
+    PermissionDenied,
+    Unavailable,
+)
 from wallets.evm.chain import TOKEN_DECIMALS
 from wallets.ledger import Ledger
 from wallets.models import Posting, Transfer
+from wallets.rails import DepositAddress, DepositInstructions
 from wallets.tables import EvmAddressRow, EvmDepositRow, EvmRailStateRow, EvmWithdrawalRow
 
 ADDRESSES = EvmAddressRow.__table__  # type: ignore[attr-defined]
@@ -65,9 +75,16 @@ class ScanResult:
     unclaimed: int
 
 
-def registration_message(rail: str, token: str, address: str, account_id: str) -> str:
+def registration_message(rail: str, token: str, address: str, account_id: str, *,
+                         chain_id: int, rail_address: str, agent_id: str) -> str:
+    """What the address's key signs (EIP-191 personal_sign) to have its transfers to the rail
+    credited to one wallet: it names the chain, the token, the rail and its deposit address (one
+    node's), the wallet and its agent, so it cannot be replayed for another wallet, agent, node
+    or chain."""
     return (f"agentmarket: credit the tokens {Web3.to_checksum_address(address)} sends to rail "
-            f"{rail} (token {Web3.to_checksum_address(token)}) to wallet {account_id}")
+            f"{rail} at {Web3.to_checksum_address(rail_address)} (token "
+            f"{Web3.to_checksum_address(token)} on chain {chain_id}) to wallet {account_id} of "
+            f"agent {agent_id}")
 
 
 class UsdcRail:
@@ -88,6 +105,7 @@ class UsdcRail:
         self.confirmations = confirmations
         self.name = name
         self.currency = USDC
+        self._chain_id: int | None = None
         self.lookback_blocks = max(2 * confirmations, 12)  # rescanned for reorganised blocks
         self.rail_account = ledger.open_account(f"rail:{name}", "USDC", "rail",
                                                 credit_limit_atomic=2**62).account_id
@@ -110,30 +128,52 @@ class UsdcRail:
 
     # ---- deposits ----------------------------------------------------------------------------
 
+    @property
+    def chain_id(self) -> int:
+        if self._chain_id is None:
+            self._chain_id = int(self._on_chain(lambda: self.w3.eth.chain_id))
+        return self._chain_id
+
+    def registration_message(self, address: str, account_id: str) -> str:
+        """The message `address`'s key signs to register it for `account_id`."""
+        wallet = self._usdc_wallet(account_id)
+        return registration_message(self.name, self.token.address, _checked(address, "address"),
+                                    account_id, chain_id=self.chain_id,
+                                    rail_address=self.address, agent_id=wallet.owner)
+
+    def deposit_instructions(self, account_id: str, address: str) -> DepositInstructions:
+        """Where `account_id`'s owner sends tokens from `address`, and what that address's key
+        signs first to register it."""
+        return DepositInstructions(self.name, "USDC", self.address, self.token.address,
+                                   self.chain_id, self.confirmations,
+                                   self.registration_message(address, account_id))
+
     def register_address(self, key: str, account_id: str, address: str,
-                         signature: bytes) -> None:
+                         signature: bytes) -> DepositAddress:
         """Credit the tokens `address` sends to the rail to this USDC wallet, once its key has
-        signed `registration_message` (EIP-191)."""
-        wallet = self.ledger.balance(account_id)
-        if (wallet.currency, wallet.kind) != ("USDC", "wallet"):
-            raise InvalidArgument(f"account {account_id} is not a USDC wallet")
-        if not Web3.is_address(address):
-            raise InvalidArgument(f"{address!r} is not an EVM address")
-        message = registration_message(self.name, self.token.address, address, account_id)
+        signed `registration_message` (EIP-191). Registering it again for the same wallet
+        changes nothing; for another wallet it is refused (ADDRESS_TAKEN): only the key's
+        holder can sign, so nobody can take an address from the agent that holds its key.
+        Transfers the address made before it was registered (unclaimed) are credited too, at
+        the next scan."""
+        owner = self._usdc_wallet(account_id).owner
+        message = self.registration_message(address, account_id)
+        address = Web3.to_checksum_address(address)
         try:
             signer = Account.recover_message(encode_defunct(text=message), signature=signature)
         except Exception:  # a malformed signature: not a recoverable one
             signer = ""
         if signer.lower() != address.lower():
-            raise PermissionDenied(f"the signature is not by {address}'s key",
+            raise PermissionDenied(f"the signature is not by {address}'s key over this rail's "
+                                   "registration message for this wallet",
                                    reason="BAD_SIGNATURE")
 
         def apply(conn: Connection) -> str:
             found = conn.execute(select(ADDRESSES.c.account_id).where(
                 ADDRESSES.c.rail == self.name, ADDRESSES.c.address == address.lower())).scalar()
             if found is not None and found != account_id:
-                raise FailedPrecondition(f"{address} already credits another wallet",
-                                         reason="ADDRESS_TAKEN")
+                raise FailedPrecondition(f"{address} already credits another wallet on "
+                                         f"{self.name}", reason="ADDRESS_TAKEN")
             if found is None:
                 conn.execute(insert(ADDRESSES).values(
                     rail=self.name, address=address.lower(), account_id=account_id,
@@ -143,6 +183,22 @@ class UsdcRail:
         self.ledger.mutate(key, "evm_register_address", {"rail": self.name, "account":
                                                          account_id, "address": address.lower()},
                            apply, str, str)
+        return DepositAddress(self.name, address, account_id, owner, self.address,
+                              self.confirmations)
+
+    def _usdc_wallet(self, account_id: str) -> Any:
+        wallet = self.ledger.balance(account_id)
+        if (wallet.currency, wallet.kind) != ("USDC", "wallet"):
+            raise InvalidArgument(f"account {account_id} is not a USDC wallet")
+        return wallet
+
+    def _on_chain(self, read: Any) -> Any:
+        """A chain request; the chain not answering is UNAVAILABLE (nothing changed)."""
+        try:
+            return read()
+        except (OSError, TimeoutError, requests.RequestException) as error:
+            raise Unavailable(f"the chain behind {self.name} does not answer: "
+                              f"{str(error).splitlines()[0][:200]}") from None
 
     def scan(self) -> ScanResult:
         """Record new transfers to the rail, orphan those reorganised away, credit confirmed
@@ -150,6 +206,7 @@ class UsdcRail:
         head = int(self.w3.eth.block_number)
         start = max(0, self._state()[1] - self.lookback_blocks + 1)
         seen = self._record_transfers(start, head) if head >= start else 0
+        self._reclaim()
         orphaned = credited = unclaimed = 0
         with self.ledger.engine.connect().execution_options(agentmarket_read=True) as conn:
             pending = conn.execute(select(DEPOSITS).where(DEPOSITS.c.rail == self.name,
@@ -190,6 +247,14 @@ class UsdcRail:
                         block_number=entry.blockNumber, block_hash=block_hash, status="seen"))
         return new
 
+    def _reclaim(self) -> None:
+        """Unclaimed deposits whose sender has registered since are credited after all."""
+        registered = select(ADDRESSES.c.address).where(ADDRESSES.c.rail == self.name)
+        with self.ledger.engine.begin() as conn:
+            conn.execute(update(DEPOSITS).where(
+                DEPOSITS.c.rail == self.name, DEPOSITS.c.status == "unclaimed",
+                DEPOSITS.c.sender.in_(registered)).values(status="seen"))
+
     def _canonical_hash(self, block_number: int) -> str | None:
         try:
             block = self.w3.eth.get_block(block_number)
@@ -207,9 +272,8 @@ class UsdcRail:
                 ADDRESSES.c.rail == self.name, ADDRESSES.c.address == row.sender)).scalar()
             where = (DEPOSITS.c.rail == self.name, DEPOSITS.c.tx_hash == row.tx_hash,
                      DEPOSITS.c.log_index == row.log_index)
-            if account is None:
-                conn.execute(update(DEPOSITS).where(*where).values(status="unclaimed"))
-                return ""
+            if account is None:  # not recorded under the key (node scope): credited later
+                raise _Unregistered(row.sender)
             self.ledger.post_linked_in(
                 conn, key, [Transfer(self.rail_account, account, amount)], kind="deposit",
                 memo=f"USDC deposit via {self.name} from {row.sender} tx {row.tx_hash} "
@@ -218,9 +282,13 @@ class UsdcRail:
                 status="credited", account_id=account, credited_at_ms=self.ledger.clock_ms()))
             return str(account)
 
-        return bool(self.ledger.mutate(key, "usdc_deposit", {"tx": row.tx_hash, "log":
-                                                              row.log_index}, apply, str, str,
-                                       scope=NODE_SCOPE))
+        try:
+            return bool(self.ledger.mutate(key, "usdc_deposit", {"tx": row.tx_hash, "log":
+                                                                  row.log_index}, apply, str,
+                                           str, scope=NODE_SCOPE))
+        except _Unregistered:
+            self._set_deposit(row, "unclaimed")
+            return False
 
     def _set_deposit(self, row: Any, status: str) -> None:
         with self.ledger.engine.begin() as conn:
@@ -263,16 +331,19 @@ class UsdcRail:
         """Pay out to `to_address`, rounded down to 6 decimals; the posting's memo carries the
         transaction hash. Idempotent under `key`."""
         check_amount(amount_atomic)
-        if not Web3.is_address(to_address):
-            raise InvalidArgument(f"{to_address!r} is not an EVM address")
-        to_address = Web3.to_checksum_address(to_address)
+        to_address = _checked(to_address, "destination")
+        if to_address.lower() == self.address.lower():
+            raise InvalidArgument(f"{to_address} is the rail's own address: a payout there "
+                                  "would come back as an unclaimed deposit")
+        self._usdc_wallet(account_id)
         units = amount_atomic // ATOMIC_PER_UNIT
         if units == 0:
             raise InvalidAmount(f"{amount_atomic} atomic USDC is below one token unit "
                                 f"({ATOMIC_PER_UNIT} atomic)")
-        self._state()  # the nonce counter exists before the transaction that takes from it
-        chain_id = int(self.w3.eth.chain_id)
-        base_fee = int(self.w3.eth.get_block("latest").get("baseFeePerGas", 0))
+        self._on_chain(self._state)  # the nonce counter exists before the transaction
+        chain_id = self.chain_id
+        base_fee = int(self._on_chain(lambda: self.w3.eth.get_block("latest"))
+                       .get("baseFeePerGas", 0))
         fees = {"maxPriorityFeePerGas": 10**9, "maxFeePerGas": 3 * base_fee + 10**9}
 
         def apply(conn: Connection) -> Posting:
@@ -300,7 +371,10 @@ class UsdcRail:
             key, "usdc_withdrawal", {"rail": self.name, "account": account_id,
                                      "amount": amount_atomic, "to": to_address.lower()},
             apply, Posting.to_json, Posting.from_json)
-        self.resend_pending(only_key=key)
+        try:
+            self.resend_pending(only_key=key)
+        except Exception as error:  # debited and signed: the sweeper broadcasts it again
+            log.warning("payout %s not broadcast yet: %s", key, error)
         return posting
 
     def resend_pending(self, *, only_key: str | None = None) -> int:
@@ -343,3 +417,27 @@ class UsdcRail:
             return [dict(r._mapping) for r in conn.execute(
                 select(WITHDRAWALS).where(WITHDRAWALS.c.rail == self.name)
                 .order_by(WITHDRAWALS.c.nonce))]
+
+
+class _Unregistered(FailedPrecondition):
+    """A confirmed deposit from an address nobody registered (yet)."""
+
+
+def _checked(address: str, field: str) -> str:
+    """`address` checksummed; INVALID_ARGUMENT unless it is one (a mixed-case address must
+    carry a valid EIP-55 checksum)."""
+    if not is_evm_address(address):
+        raise InvalidArgument(f"{field} {str(address)[:60]!r} is not an EVM address (0x and 40 "
+                              "hex characters, with a valid EIP-55 checksum if mixed-case)")
+    return str(Web3.to_checksum_address(address))
+
+
+def is_evm_address(address: Any) -> bool:
+    """0x and 40 hex characters; a mixed-case one must carry its EIP-55 checksum (web3's
+    `is_address` no longer checks it)."""
+    if not isinstance(address, str) or not Web3.is_address(address) or \
+            not address.startswith("0x"):
+        return False
+    digits = address[2:]
+    mixed = digits != digits.lower() and digits != digits.upper()
+    return not mixed or Web3.is_checksum_address(address)
