@@ -61,6 +61,7 @@ from agents.x402.routes import Route, Routes
 from agents.x402.session_calls import SessionCalls
 from agents.x402.sessions import SessionBook
 from marketplace.errors import NotFound
+from marketplace.grpc_tracing import tracing_active
 from marketplace.http.app import LOOPBACK_HOSTS, SecurityHeaders
 from marketplace.identity import AgentKey
 from wallets import attributes as attr
@@ -111,6 +112,8 @@ class Gateway:
     # ---- a paid call ----------------------------------------------------------------------
 
     async def call(self, request: Request) -> Response:
+        if not tracing_active(self.tracer_provider):  # tracing off: no span per call
+            return await self._call(request, trace.INVALID_SPAN)
         context = propagate.extract(dict(request.headers))
         with self._tracer.start_as_current_span("gateway.call", context=context,
                                                 kind=trace.SpanKind.SERVER) as span:

@@ -49,6 +49,7 @@ class SessionCalls:
         self.channels = channels
         self.key = key
         self.network = network
+        self.answered = 0  # calls paid here (the rest took the full path)
 
     async def answer(self, request: Request, header: str, arguments: dict[str, Any],
                      span: Any) -> Response | None:
@@ -72,6 +73,7 @@ class SessionCalls:
         status, answer, charged = await forward.invoke(
             self.channels, route.listing.endpoint, arguments, payment.voucher)
         self.sessions.charged(session, charged)
+        self.answered += 1
         settled = receipts.settled(
             self.key, self.network, body.buyer_id, body.seller_id, charged,
             body.terms.currency, session.hold_posting,
