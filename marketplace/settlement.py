@@ -61,6 +61,7 @@ from marketplace.escrows import (
     EVIDENCE,
     AgreementFacts,
     Facts,
+    Pending,
     body_of,
     escrow_dict,
     escrow_of,
@@ -345,16 +346,17 @@ class Settlement:
                                verifier_fee_atomic=verifier_fee, delivered_at_ms=now,
                                updated_at_ms=now,
                                release_at_ms=now + body.terms.dispute_window_s * 1000)
-                _set(conn, agreement, **changes)
                 conn.execute(_INSERT_EVIDENCE, {"agreement_id": agreement, "created_at_ms": now,
                                                 "delivery": evidence.SerializeToString()})
+                release = ("confirm" if buyer_confirmation  # the buyer waived its window
+                           else "release" if body.terms.dispute_window_s == 0 else "")
+                if changes["state"] != st.REFUNDED and release:  # one UPDATE for both steps
+                    return self.release_in(conn, key, agreement, release, parties,
+                                           pending=Pending(current._mapping, changes))
+                _set(conn, agreement, **changes)
                 if changes["state"] == st.REFUNDED:
                     self._refund_in(conn, key, agreement, parties)
                     return escrow_dict(conn, agreement)
-                if buyer_confirmation:  # the buyer waived its window in advance
-                    return self.release_in(conn, key, agreement, "confirm", parties)
-                if body.terms.dispute_window_s == 0:
-                    return self.release_in(conn, key, agreement, "release", parties)
                 return escrow_of(current._mapping, **changes)
 
             return self.ledger.mutate(key, "redeem", request,
@@ -427,10 +429,11 @@ class Settlement:
         return parties
 
     def release_in(self, conn: Connection, key: str, agreement: str, event: str,
-                   parties: dict[str, str]) -> dict[str, Any]:
+                   parties: dict[str, str], pending: Pending | None = None) -> dict[str, Any]:
         """Capture the earned amount (seller + fee + verifier fee, one posting), void the
-        rest back to the buyer, and rate the seller; returns the escrow now."""
-        row = locked_row(conn, agreement)
+        rest back to the buyer, and rate the seller; returns the escrow now. `pending`: the
+        row, locked, with changes of the caller's not yet written (written with these)."""
+        row = locked_row(conn, agreement) if pending is None else pending
         state = next_state(row.state, event)
         seller_part, fee = split(row.earned_atomic, self.fee_bps)
         verifier_fee = row.verifier_fee_atomic
@@ -458,7 +461,8 @@ class Settlement:
             changes = dict(state=state, captured_atomic=row.earned_atomic, fee_atomic=fee,
                            refunded_atomic=refunded, verifier_paid_atomic=verifier_fee,
                            updated_at_ms=self.clock_ms())
-            _set(conn, agreement, **changes)
+            written = changes if pending is None else pending.unwritten(changes)
+            _set(conn, agreement, **written)
         record_outcome(conn, row.seller_id, 1000)
         self.metrics.volume.add(seller_part, {"currency": row.currency})
         self.metrics.fees.add(fee, {"currency": row.currency})
