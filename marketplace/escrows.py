@@ -47,8 +47,18 @@ def locked_row(conn: Connection, agreement: str) -> Any:
     return conn.execute(LOCKED_ROW, {"agreement": agreement}).one()
 
 
+_UPDATES: dict[tuple[str, ...], Any] = {}
+
+
 def set_values(conn: Connection, agreement: str, **values: Any) -> None:
-    conn.execute(update(ESCROWS).where(ESCROWS.c.agreement_id == agreement).values(**values))
+    """UPDATE the row; one statement built per set of columns (a handful), then reused."""
+    columns = tuple(values)
+    statement = _UPDATES.get(columns)
+    if statement is None:
+        statement = _UPDATES[columns] = (
+            update(ESCROWS).where(ESCROWS.c.agreement_id == bindparam("_agreement"))
+            .values({column: bindparam(column) for column in columns}))
+    conn.execute(statement, {"_agreement": agreement, **values})
 
 
 def body_of(row: Any) -> agreement_pb2.AgreementBody:
@@ -68,6 +78,29 @@ def escrow_of(row: Any, **changes: Any) -> dict[str, Any]:
     found = {k: values[k] for k in FIELDS}
     found["verifier_fee_atomic"] = values["verifier_paid_atomic"]
     return found
+
+
+class Pending(dict[str, Any]):
+    """A row locked in a transaction with changes not yet written: read like a row (attributes,
+    `_mapping`), so that two steps of one transaction write the row once."""
+
+    def __init__(self, row: Any, changes: dict[str, Any]) -> None:
+        super().__init__({**row, **changes})
+        self._changes = dict(changes)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @property
+    def _mapping(self) -> dict[str, Any]:
+        return self
+
+    def unwritten(self, more: dict[str, Any]) -> dict[str, Any]:
+        """Every change to write: the caller's, then `more`."""
+        return {**self._changes, **more}
 
 
 class Facts(NamedTuple):

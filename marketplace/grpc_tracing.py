@@ -60,9 +60,14 @@ def span_if_active(tracer: trace.Tracer, tracer_provider: trace.TracerProvider |
                    name: str, attributes: Callable[[], Mapping[str, Any]] | None = None,
                    **kwargs: Any) -> Any:
     """`tracer.start_as_current_span(name, ...)`, or a context giving the invalid span (whose
-    setters do nothing) when tracing is off, for spans on the paid-call hot path.
-    `attributes` is called only when tracing is on, so the hot path builds nothing then."""
+    setters do nothing) when tracing is off or the current trace is not sampled (the SDK's
+    default parent-based sampler would record nothing under it), for spans on hot paths.
+    `attributes` is called only for a span that may be recorded, so the hot path builds
+    nothing otherwise."""
     if not tracing_active(tracer_provider):
+        return _NO_SPAN
+    parent = trace.get_current_span().get_span_context()
+    if parent.is_valid and not parent.trace_flags.sampled:
         return _NO_SPAN
     if attributes is not None:
         kwargs["attributes"] = attributes()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import Path
@@ -78,10 +79,16 @@ def check_agent_id(agent_id: str, field: str = "agent_id") -> str:
     return agent_id
 
 
+@functools.lru_cache(maxsize=4096)
+def _public_key(agent_id: str) -> Ed25519PublicKey:
+    """Each agent's key object is built once (every signed request and receipt is checked)."""
+    return Ed25519PublicKey.from_public_bytes(bytes.fromhex(agent_id))
+
+
 def verify(agent_id: str, message: bytes, signature: bytes) -> bool:
     """True when `signature` is agent_id's ed25519 signature of `message`."""
     try:
-        Ed25519PublicKey.from_public_bytes(bytes.fromhex(agent_id)).verify(signature, message)
+        _public_key(agent_id).verify(signature, message)
     except (InvalidSignature, ValueError):
         return False
     return True

@@ -61,6 +61,7 @@ from marketplace.escrows import (
     EVIDENCE,
     AgreementFacts,
     Facts,
+    Pending,
     body_of,
     escrow_dict,
     escrow_of,
@@ -69,6 +70,7 @@ from marketplace.escrows import (
     same,
 )
 from marketplace.escrows import set_values as _set
+from marketplace.grpc_tracing import span_if_active
 from marketplace.identity import verify
 from marketplace.payword import verify_word
 from marketplace.receipts import ReceiptBook
@@ -128,6 +130,7 @@ class Settlement:
         receipt of every settlement, in its transaction (`marketplace.receipts`)."""
         split(0, fee_bps)  # validates fee_bps
         self._tracer = trace.get_tracer("agentmarket.settlement", tracer_provider=tracer_provider)
+        self._tracer_provider = tracer_provider
         self.ledger = ledger
         self.registry = registry
         self.fee_bps = fee_bps
@@ -144,6 +147,10 @@ class Settlement:
                    ) -> Callable[[Connection], Any]:
         """`apply`, then in its transaction the signed receipt of the money it moved."""
         return apply if self.receipts is None else self.receipts.for_agreement(agreement, apply)
+
+    def _span(self, name: str, attributes: Callable[[], dict[str, Any]]) -> Any:
+        """A current span, built only if it can be recorded (`span_if_active`)."""
+        return span_if_active(self._tracer, self._tracer_provider, name, attributes)
 
     # ---- accounts -------------------------------------------------------------------------
 
@@ -201,7 +208,7 @@ class Settlement:
             self.account(terms.verifier.agent_id, terms.currency)
         timeout_s = ((terms.completion_deadline_ms - now) // 1000 + terms.dispute_window_s
                      + HOLD_GRACE_S)
-        with self._tracer.start_as_current_span("escrow.hold", attributes={
+        with self._span("escrow.hold", lambda: {
             attr.AGREEMENT_ID: agreement, attr.AMOUNT_ATOMIC: terms.max_total_atomic,
             attr.CURRENCY: terms.currency, attr.PAYER: body.buyer_id, attr.PAYEE: body.seller_id,
             attr.SKILL: terms.skill,
@@ -305,7 +312,7 @@ class Settlement:
                                    "of its confirm", reason="BAD_SIGNATURE")
         request = {"agreement": agreement, "voucher": voucher.SerializeToString().hex(),
                    "receipts": ag.receipts_digest(receipts)}
-        with self._tracer.start_as_current_span("settlement.redeem", attributes={
+        with self._span("settlement.redeem", lambda: {
             attr.AGREEMENT_ID: agreement, attr.CURRENCY: row.currency,
             attr.PAYER: row.buyer_id, attr.PAYEE: row.seller_id,
         }) as span:
@@ -345,16 +352,17 @@ class Settlement:
                                verifier_fee_atomic=verifier_fee, delivered_at_ms=now,
                                updated_at_ms=now,
                                release_at_ms=now + body.terms.dispute_window_s * 1000)
-                _set(conn, agreement, **changes)
                 conn.execute(_INSERT_EVIDENCE, {"agreement_id": agreement, "created_at_ms": now,
                                                 "delivery": evidence.SerializeToString()})
+                release = ("confirm" if buyer_confirmation  # the buyer waived its window
+                           else "release" if body.terms.dispute_window_s == 0 else "")
+                if changes["state"] != st.REFUNDED and release:  # one UPDATE for both steps
+                    return self.release_in(conn, key, agreement, release, parties,
+                                           pending=Pending(current._mapping, changes))
+                _set(conn, agreement, **changes)
                 if changes["state"] == st.REFUNDED:
                     self._refund_in(conn, key, agreement, parties)
                     return escrow_dict(conn, agreement)
-                if buyer_confirmation:  # the buyer waived its window in advance
-                    return self.release_in(conn, key, agreement, "confirm", parties)
-                if body.terms.dispute_window_s == 0:
-                    return self.release_in(conn, key, agreement, "release", parties)
                 return escrow_of(current._mapping, **changes)
 
             return self.ledger.mutate(key, "redeem", request,
@@ -427,17 +435,18 @@ class Settlement:
         return parties
 
     def release_in(self, conn: Connection, key: str, agreement: str, event: str,
-                   parties: dict[str, str]) -> dict[str, Any]:
+                   parties: dict[str, str], pending: Pending | None = None) -> dict[str, Any]:
         """Capture the earned amount (seller + fee + verifier fee, one posting), void the
-        rest back to the buyer, and rate the seller; returns the escrow now."""
-        row = locked_row(conn, agreement)
+        rest back to the buyer, and rate the seller; returns the escrow now. `pending`: the
+        row, locked, with changes of the caller's not yet written (written with these)."""
+        row = locked_row(conn, agreement) if pending is None else pending
         state = next_state(row.state, event)
         seller_part, fee = split(row.earned_atomic, self.fee_bps)
         verifier_fee = row.verifier_fee_atomic
         splits = [(parties["seller"], seller_part), (parties["fees"], fee)]
         if verifier_fee:
             splits.append((parties["verifier"], verifier_fee))
-        with self._tracer.start_as_current_span("escrow.capture", attributes={
+        with self._span("escrow.capture", lambda: {
             attr.AGREEMENT_ID: agreement, attr.AMOUNT_ATOMIC: row.earned_atomic,
             attr.CURRENCY: row.currency, attr.FEE_ATOMIC: fee, attr.HOLD_ID: row.hold_id,
             attr.PAYER: row.buyer_id, attr.PAYEE: row.seller_id,
@@ -451,14 +460,15 @@ class Settlement:
             else:
                 self._collect_lapsed_in(conn, key, row, hold, parties["buyer"], paid)
         refunded = row.held_atomic - row.earned_atomic - verifier_fee
-        with self._tracer.start_as_current_span("escrow.release", attributes={
+        with self._span("escrow.release", lambda: {
             attr.AGREEMENT_ID: agreement, attr.AMOUNT_ATOMIC: refunded,
             attr.CURRENCY: row.currency, attr.HOLD_ID: row.hold_id, attr.PAYEE: row.buyer_id,
         }):
             changes = dict(state=state, captured_atomic=row.earned_atomic, fee_atomic=fee,
                            refunded_atomic=refunded, verifier_paid_atomic=verifier_fee,
                            updated_at_ms=self.clock_ms())
-            _set(conn, agreement, **changes)
+            written = changes if pending is None else pending.unwritten(changes)
+            _set(conn, agreement, **written)
         record_outcome(conn, row.seller_id, 1000)
         self.metrics.volume.add(seller_part, {"currency": row.currency})
         self.metrics.fees.add(fee, {"currency": row.currency})
@@ -484,7 +494,7 @@ class Settlement:
         """Nothing verified: the hold goes back, less a consulted verifier's fee."""
         row = locked_row(conn, agreement)
         fee = row.verifier_fee_atomic
-        with self._tracer.start_as_current_span("escrow.refund", attributes={
+        with self._span("escrow.refund", lambda: {
             attr.AGREEMENT_ID: agreement, attr.AMOUNT_ATOMIC: row.held_atomic - fee,
             attr.CURRENCY: row.currency, attr.HOLD_ID: row.hold_id, attr.PAYEE: row.buyer_id,
         }):
@@ -567,7 +577,7 @@ class Settlement:
     def _expire_in(self, conn: Connection, key: str, agreement: str) -> None:
         row = locked_row(conn, agreement)
         state = next_state(row.state, "expire")
-        with self._tracer.start_as_current_span("escrow.expire", attributes={
+        with self._span("escrow.expire", lambda: {
             attr.AGREEMENT_ID: agreement, attr.AMOUNT_ATOMIC: row.held_atomic,
             attr.CURRENCY: row.currency, attr.HOLD_ID: row.hold_id, attr.PAYEE: row.buyer_id,
         }):

@@ -21,6 +21,7 @@ with UNAVAILABLE and changes nothing.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from opentelemetry import trace
 from marketplace import agreements as ag
 from marketplace.checkers import CheckerRegistry
 from marketplace.errors import FailedPrecondition, VerifierUnavailable
+from marketplace.grpc_tracing import span_if_active
 from marketplace.identity import verify
 from marketplace.judge import LlmJudge
 from marketplace.v1 import agreement_pb2, registry_pb2, verifier_pb2
@@ -82,10 +84,17 @@ class Outcome:
                            "receipts": [r.__dict__ for r in self.results]}, sort_keys=True)
 
 
+@functools.lru_cache(maxsize=256)
+def _validator(schema_json: str) -> Any:
+    """One validator per output schema (a listing's, copied into each agreement), not one per
+    redeem: building it parses and walks the schema."""
+    schema = json.loads(schema_json) if schema_json else {}
+    return validator_for(schema)(schema)
+
+
 def _schema_results(schema_json: str, receipts: list[agreement_pb2.Receipt]
                     ) -> tuple[list[ReceiptResult], list[Any]]:
-    schema = json.loads(schema_json) if schema_json else {}
-    validator = validator_for(schema)(schema)
+    validator = _validator(schema_json)
     results, values = [], []
     for receipt in receipts:
         try:
@@ -112,6 +121,7 @@ class Verification:
         self.verifier_client = verifier_client
         self._tracer = trace.get_tracer("agentmarket.verification",
                                         tracer_provider=tracer_provider)
+        self._tracer_provider = tracer_provider
 
     def check_terms(self, terms: agreement_pb2.Terms) -> None:
         """Can this node verify these terms? (At OpenEscrow, before money is held.)"""
@@ -128,7 +138,7 @@ class Verification:
                terms: agreement_pb2.Terms, schema_json: str,
                receipts: list[agreement_pb2.Receipt]) -> Outcome:
         method = METHOD_NAMES.get(terms.verification, "schema")
-        with self._tracer.start_as_current_span(f"verify.{method}", attributes={
+        with span_if_active(self._tracer, self._tracer_provider, f"verify.{method}", lambda: {
                 attr.AGREEMENT_ID: agreement, "agentmarket.outputs": len(receipts)}) as span:
             results, values = _schema_results(schema_json, receipts)
             outcome = Outcome(method, results)
