@@ -21,7 +21,10 @@ the posting's memo names the destination and the transaction's hash, and the sig
 transaction is stored. Then it is broadcast; `resend_pending` (the sweeper) broadcasts again
 whatever is not yet mined, the very same bytes, so a crash between debit and broadcast, or a
 payout dropped by a reorganisation, pays exactly once: one nonce can be mined only once.
-Idempotent under the withdrawal's key like every money path.
+Idempotent under the withdrawal's key like every money path (the payout is stored under
+`payout_reference(caller, key)`, so two agents' equal keys are two payouts). A payout mined but
+reverted (the hot wallet short of tokens) moved nothing: once confirmed, the wallet is credited
+back (a `deposit` posting naming the transaction).
 
 `WalletService.deposit`/`withdraw` through this rail are refused with a pointer to the above:
 a deposit here is claimed by the chain, not by a caller, and a payout needs an address.
@@ -41,6 +44,7 @@ from web3 import Web3
 from web3.contract import Contract
 from web3.exceptions import TransactionNotFound
 
+from wallets import _idempotency
 from wallets.caller import NODE_SCOPE
 from wallets.currencies import check_amount, currency
 from wallets.errors import (
@@ -53,7 +57,7 @@ from wallets.errors import (
 from wallets.evm.chain import TOKEN_DECIMALS
 from wallets.ledger import Ledger
 from wallets.models import Posting, Transfer
-from wallets.rails import DepositAddress, DepositInstructions
+from wallets.rails import DepositAddress, DepositInstructions, payout_reference
 from wallets.tables import EvmAddressRow, EvmDepositRow, EvmRailStateRow, EvmWithdrawalRow
 
 ADDRESSES = EvmAddressRow.__table__  # type: ignore[attr-defined]
@@ -63,6 +67,7 @@ STATE = EvmRailStateRow.__table__  # type: ignore[attr-defined]
 USDC = currency("USDC")
 ATOMIC_PER_UNIT = 10 ** (USDC.scale - TOKEN_DECIMALS)
 TRANSFER_GAS = 100_000
+FINAL = ("confirmed", "reverted")  # payout states resend_pending leaves alone
 log = logging.getLogger("agentmarket.wallets.evm")
 
 
@@ -341,6 +346,9 @@ class UsdcRail:
             raise InvalidAmount(f"{amount_atomic} atomic USDC is below one token unit "
                                 f"({ATOMIC_PER_UNIT} atomic)")
         self._on_chain(self._state)  # the nonce counter exists before the transaction
+        # the payout's row is named by (caller, key): keys are per caller, so another agent's
+        # withdrawal under the same key is another payout, never a collision
+        reference = payout_reference(_idempotency.request_scope(), key)
         chain_id = self.chain_id
         base_fee = int(self._on_chain(lambda: self.w3.eth.get_block("latest"))
                        .get("baseFeePerGas", 0))
@@ -361,7 +369,7 @@ class UsdcRail:
                 kind="withdrawal", memo=f"USDC withdrawal via {self.name} to {to_address} "
                                         f"tx {tx_hash}")
             conn.execute(insert(WITHDRAWALS).values(
-                idempotency_key=key, rail=self.name, account_id=account_id,
+                idempotency_key=reference, rail=self.name, account_id=account_id,
                 to_address=to_address.lower(), amount_units=units, nonce=nonce,
                 tx_hash=tx_hash, raw_tx="0x" + bytes(signed.raw_transaction).hex(),
                 status="signed", block_number=0, created_at_ms=self.ledger.clock_ms()))
@@ -372,16 +380,16 @@ class UsdcRail:
                                      "amount": amount_atomic, "to": to_address.lower()},
             apply, Posting.to_json, Posting.from_json)
         try:
-            self.resend_pending(only_key=key)
+            self.resend_pending(only_key=reference)
         except Exception as error:  # debited and signed: the sweeper broadcasts it again
-            log.warning("payout %s not broadcast yet: %s", key, error)
+            log.warning("payout %s not broadcast yet: %s", reference, error)
         return posting
 
     def resend_pending(self, *, only_key: str | None = None) -> int:
         """Broadcast every payout not yet confirmed (the same signed bytes); mark the mined
         ones. Returns how many are confirmed now."""
         query = select(WITHDRAWALS).where(WITHDRAWALS.c.rail == self.name,
-                                          WITHDRAWALS.c.status != "confirmed")
+                                          WITHDRAWALS.c.status.notin_(FINAL))
         if only_key is not None:
             query = query.where(WITHDRAWALS.c.idempotency_key == only_key)
         with self.ledger.engine.connect().execution_options(agentmarket_read=True) as conn:
@@ -399,12 +407,34 @@ class UsdcRail:
             status, block = ("sent", 0) if receipt is None else (
                 "confirmed" if head - receipt.blockNumber + 1 >= self.confirmations
                 else "mined", int(receipt.blockNumber))
+            if status == "confirmed" and receipt.status != 1:
+                self._return_reverted(row, block)  # mined, moved nothing: money back
+                continue
             confirmed += status == "confirmed"
             with self.ledger.engine.begin() as conn:
                 conn.execute(update(WITHDRAWALS).where(
                     WITHDRAWALS.c.idempotency_key == row.idempotency_key).values(
                     status=status, block_number=block))
         return confirmed
+
+    def _return_reverted(self, row: Any, block: int) -> None:
+        """A payout whose transaction reverted (the hot wallet short of tokens, say) took its
+        nonce but moved nothing: once that is confirmed, the wallet gets the money back, once."""
+        key = f"usdc-payout-reverted:{row.idempotency_key}"
+
+        def apply(conn: Connection) -> Posting:
+            conn.execute(update(WITHDRAWALS).where(
+                WITHDRAWALS.c.idempotency_key == row.idempotency_key).values(
+                status="reverted", block_number=block))
+            return self.ledger.post_linked_in(
+                conn, key, [Transfer(self.rail_account, row.account_id,
+                                     row.amount_units * ATOMIC_PER_UNIT)], kind="deposit",
+                memo=f"USDC withdrawal via {self.name} returned: tx {row.tx_hash} reverted "
+                     "on chain")
+
+        log.warning("payout %s reverted on chain: the wallet is credited back", row.tx_hash)
+        self.ledger.mutate(key, "usdc_payout_reverted", {"tx": row.tx_hash}, apply,
+                           Posting.to_json, Posting.from_json, scope=NODE_SCOPE)
 
     def _receipt(self, tx_hash: str) -> Any:
         try:
