@@ -480,3 +480,19 @@ def test_a_payout_that_reverts_on_chain_is_returned_once(world: World):
     time.sleep(0.3)  # more sweeps: returned once
     assert len(ledger.postings(account_id=account, kind="deposit")) == 1
     _matches_chain(world)
+
+
+def test_the_chain_not_answering_is_unavailable_and_moves_nothing(world: World):
+    alice = AgentKey.generate()
+    stub = world.stub(alice)
+    account = _wallet(stub, alice)
+    holder = _holder(world, 2_000_000)
+    _register(stub, account, holder)
+    _send(world, holder, world.rail.address, 2_000_000, mine=CONFIRMATIONS)
+    _until_credited(stub, account, 2_000 * 10**6)
+    world.rpc.stop()  # the chain's node goes away
+    _refused(world, lambda: stub.Withdraw(wallet_pb2.WithdrawRequest(
+        idempotency_key=_key(), account_id=account, destination=Account.create().address,
+        amount=wallet_pb2.Money(amount_atomic=10**9, currency="USDC")), timeout=TIMEOUT_S),
+        grpc.StatusCode.UNAVAILABLE, "UNAVAILABLE")
+    assert world.node.ledger.balance(account).posted_atomic == 2_000 * 10**6
