@@ -315,14 +315,22 @@ class BuyerCore:
 
     # ---- finish, confirm, dispute ---------------------------------------------------------
 
-    def _finish_request(self, deal: Deal) -> agent_pb2.FinishRequest:
-        return agent_pb2.FinishRequest(agreement_id=deal.agreement_id, buyer_signature=self.key
-                                       .sign(ag.request_message("finish", deal.agreement_id)))
+    def _finish_request(self, deal: Deal, confirm: bool) -> agent_pb2.FinishRequest:
+        """Finish, checking the receipt chain first: with `confirm` and no problem in it, the
+        buyer's confirm goes with it, so the seller's redeem pays the work at once."""
+        receipt_chain_problems(deal)
+        request = agent_pb2.FinishRequest(
+            agreement_id=deal.agreement_id,
+            buyer_signature=self.key.sign(ag.request_message("finish", deal.agreement_id)))
+        if confirm and not deal.problems:
+            request.confirm_signature = self.key.sign(
+                ag.request_message("confirm", deal.agreement_id))
+        return request
 
     def _finished(self, deal: Deal, response: agent_pb2.FinishResponse, confirm: bool) -> bool:
-        """Record the escrow after Finish; True when the buyer should confirm now."""
+        """Record the escrow after Finish; True when the buyer should still confirm (a seller
+        or marketplace that did not pay on its confirmation)."""
         self._escrowed(deal, response.escrow)
-        receipt_chain_problems(deal)
         assert deal.escrow is not None
         return confirm and not deal.problems and deal.escrow.state in AWAITING_RELEASE
 

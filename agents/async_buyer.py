@@ -343,7 +343,7 @@ class AsyncBuyerAgent(BuyerCore):
         """Tell the seller the task is done (`BuyerAgent.finish`)."""
         deal = self._deal(deal)
         response = await self._seller(deal.body.seller_endpoint).Finish(
-            self._finish_request(deal), timeout=RPC_TIMEOUT_S)
+            self._finish_request(deal, confirm), timeout=RPC_TIMEOUT_S)
         if self._finished(deal, response, confirm):
             return await self.confirm(deal)
         assert deal.escrow is not None

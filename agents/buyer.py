@@ -346,7 +346,7 @@ class BuyerAgent(BuyerCore):
         is paid now rather than when the dispute window closes."""
         deal = self._deal(deal)
         response = self._seller(deal.body.seller_endpoint).Finish(
-            self._finish_request(deal), timeout=RPC_TIMEOUT_S)
+            self._finish_request(deal, confirm), timeout=RPC_TIMEOUT_S)
         if self._finished(deal, response, confirm):
             return self.confirm(deal)
         assert deal.escrow is not None

@@ -408,17 +408,19 @@ class SellerAgent:
         except grpc.RpcError as error:
             raise sdk_error(error) from None
 
-    def _redeem(self, agreement_id: str) -> settlement_pb2.Escrow:
-        """`redeem`, raising gRPC's error as the marketplace answered it."""
+    def _redeem(self, agreement_id: str, confirmation: bytes = b"") -> settlement_pb2.Escrow:
+        """`redeem`, raising gRPC's error as the marketplace answered it; `confirmation`: the
+        buyer's signed confirm from Finish, passed on so that the work is paid at once."""
         with self._redeem_lock(agreement_id):
             done = self.gate.redeemed(agreement_id)
             if done is not None:
                 return done  # type: ignore[no-any-return]
             voucher, receipts = self.gate.begin_redeem(agreement_id)
             try:
-                escrow = self.settlement.Redeem(ag.signed_redeem(
-                    self.key, agreement_id, voucher, list(receipts),
-                    f"redeem:{agreement_id}:{voucher.sequence}"), timeout=RPC_TIMEOUT_S)
+                request = ag.signed_redeem(self.key, agreement_id, voucher, list(receipts),
+                                           f"redeem:{agreement_id}:{voucher.sequence}")
+                request.buyer_confirmation = confirmation
+                escrow = self.settlement.Redeem(request, timeout=RPC_TIMEOUT_S)
             except grpc.RpcError as error:
                 if error.code() not in ANSWER_MAY_BE_LOST:
                     self.gate.end_redeem(agreement_id, None)  # refused: take calls again
@@ -436,8 +438,13 @@ class SellerAgent:
         if not verify(body.buyer_id, ag.request_message("finish", request.agreement_id),
                       request.buyer_signature):
             raise PermissionDenied("only the agreement's buyer can finish it")
+        if request.confirm_signature and not verify(
+                body.buyer_id, ag.request_message("confirm", request.agreement_id),
+                request.confirm_signature):
+            raise PermissionDenied("confirm_signature is not the buyer's signature of its "
+                                   "confirm")
         try:
-            escrow = self._redeem(request.agreement_id)
+            escrow = self._redeem(request.agreement_id, request.confirm_signature)
         except grpc.RpcError as error:
             if error.code() in ANSWER_MAY_BE_LOST:  # an outage, not an answer: finish again
                 raise Unavailable(f"the marketplace did not answer the redeem "

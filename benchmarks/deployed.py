@@ -10,7 +10,7 @@ of every step. At the end the node's books must balance with no agreement left o
     python -m benchmarks.deployed [sqlite|postgres] [--window S] [--tasks N] [--profile DIR]
 
 `--profile DIR` samples the node and one seller and one buyer process with py-spy over the
-window (folded stacks in DIR; `pip install py-spy`).
+window (folded stacks in DIR; py-spy beside this Python or on PATH).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import selectors
+import shutil
 import signal
 import statistics
 import subprocess
@@ -135,8 +136,9 @@ def _profile(kinds: dict[str, list[Party]], profile_dir: Path | None) -> list[su
     if profile_dir is None:
         return []
     profile_dir.mkdir(parents=True, exist_ok=True)
-    spy = Path(sys.executable).with_name("py-spy")
-    return [subprocess.Popen([str(spy), "record", "--format", "raw", "--rate", "200",
+    beside = Path(sys.executable).with_name("py-spy")
+    spy = str(beside) if beside.exists() else shutil.which("py-spy") or "py-spy"
+    return [subprocess.Popen([spy, "record", "--format", "raw", "--rate", "200",
                               "--pid", str(ps[0].process.pid), "--output",
                               str(profile_dir / f"{kind}.folded")],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -30,7 +30,6 @@ from collections.abc import Iterable
 from typing import Any
 
 from marketplace import agreements as ag
-from marketplace.escrows import read_row
 from marketplace.settlement import MAX_BATCH, Settlement
 from wallets.access import Principals, Rule
 from wallets.errors import Forbidden, InvalidArgument
@@ -98,7 +97,7 @@ class MarketplaceAccess:
                                                             f"{_short(caller)} is not")
 
     def _seller_of(self, caller: str, agreement_id: str) -> None:
-        row = read_row(self.settlement.engine, agreement_id)
+        row = self.settlement.facts.get(agreement_id)
         if row.seller_id != caller:
             raise Forbidden("agreement-seller-redeems", f"only the seller of agreement "
                                                         f"{agreement_id[:12]}… redeems it; "
@@ -115,7 +114,7 @@ class MarketplaceAccess:
 
     def _buyer(self, verb: str) -> Rule:
         def rule(caller: str, request: Any) -> None:
-            row = read_row(self.settlement.engine, request.agreement_id)
+            row = self.settlement.facts.get(request.agreement_id)
             if row.buyer_id != caller:
                 raise Forbidden("agreement-buyer-decides", f"only the buyer of agreement "
                                                            f"{request.agreement_id[:12]}… "
@@ -125,7 +124,7 @@ class MarketplaceAccess:
         return rule
 
     def _party(self, caller: str, request: Any) -> None:
-        row = read_row(self.settlement.engine, request.agreement_id)
+        row = self.settlement.facts.get(request.agreement_id)
         if caller in (row.buyer_id, row.seller_id, row.verifier_id) or self._judge(caller):
             return
         raise Forbidden("agreement-parties-read", f"only the parties to agreement "

@@ -1,10 +1,15 @@
-"""Escrow rows: reading, locking and presenting them (shared by settlement and disputes)."""
+"""Escrow rows: reading, locking and presenting them (shared by settlement and disputes).
+
+The statements every request runs are built once (`ROW`, `LOCKED_ROW`): SQLAlchemy then reuses
+their cache key and compiled form instead of building them again per call.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine, bindparam, select, update
 
 from marketplace.errors import InvalidArgument, NotFound
 from marketplace.tables import DisputeRow, EscrowRow, EvidenceRow
@@ -24,10 +29,14 @@ def check_agreement_id(agreement: str) -> str:
     return agreement
 
 
+ROW = select(ESCROWS).where(ESCROWS.c.agreement_id == bindparam("agreement"))
+LOCKED_ROW = ROW.with_for_update()
+
+
 def read_row(engine: Engine, agreement: str) -> Any:
     check_agreement_id(agreement)
     with engine.connect().execution_options(agentmarket_read=True) as conn:
-        row = conn.execute(select(ESCROWS).where(ESCROWS.c.agreement_id == agreement)).first()
+        row = conn.execute(ROW, {"agreement": agreement}).first()
     if row is None:
         raise NotFound(f"agreement {agreement[:12]}… has no escrow")
     return row
@@ -35,8 +44,7 @@ def read_row(engine: Engine, agreement: str) -> Any:
 
 def locked_row(conn: Connection, agreement: str) -> Any:
     """The row inside a write transaction (FOR UPDATE on PostgreSQL)."""
-    return conn.execute(select(ESCROWS).where(ESCROWS.c.agreement_id == agreement)
-                        .with_for_update()).one()
+    return conn.execute(LOCKED_ROW, {"agreement": agreement}).one()
 
 
 def set_values(conn: Connection, agreement: str, **values: Any) -> None:
@@ -50,10 +58,56 @@ def body_of(row: Any) -> agreement_pb2.AgreementBody:
 
 def escrow_dict(conn: Connection, agreement: str) -> dict[str, Any]:
     """The escrow as plain data (what the API returns and idempotent retries replay)."""
-    row = conn.execute(select(ESCROWS).where(ESCROWS.c.agreement_id == agreement)).one()
-    found = {k: row._mapping[k] for k in FIELDS}
-    found["verifier_fee_atomic"] = row.verifier_paid_atomic
+    return escrow_of(conn.execute(ROW, {"agreement": agreement}).one()._mapping)
+
+
+def escrow_of(row: Any, **changes: Any) -> dict[str, Any]:
+    """`escrow_dict` of a row already read (a mapping), with the values since written to it:
+    no second read of the row."""
+    values = {**row, **changes}
+    found = {k: values[k] for k in FIELDS}
+    found["verifier_fee_atomic"] = values["verifier_paid_atomic"]
     return found
+
+
+class Facts(NamedTuple):
+    """What never changes about an agreement once its escrow is open."""
+
+    agreement_id: str
+    buyer_id: str
+    seller_id: str
+    verifier_id: str
+    currency: str
+    skill: str
+
+
+class AgreementFacts:
+    """Each agreement's `Facts`, read once per node: authorising a request and finding the
+    accounts to pay need no read of the escrow row. Safe with several nodes (nothing in it
+    changes) and bounded (the oldest entries go first); unknown agreements are not kept."""
+
+    def __init__(self, engine: Engine, size: int = 100_000) -> None:
+        self.engine = engine
+        self.size = size
+        self._facts: dict[str, Facts] = {}
+        self._lock = threading.Lock()
+
+    def get(self, agreement: str) -> Facts:
+        """NOT_FOUND when the agreement has no escrow."""
+        found = self._facts.get(agreement)
+        return found if found is not None else self.remember(read_row(self.engine, agreement))
+
+    def remember(self, row: Any) -> Facts:
+        facts = Facts(row.agreement_id, row.buyer_id, row.seller_id, row.verifier_id,
+                      row.currency, row.skill)
+        with self._lock:
+            known = self._facts.get(facts.agreement_id)
+            if known is not None:
+                return known
+            if len(self._facts) >= self.size:
+                del self._facts[next(iter(self._facts))]
+            self._facts[facts.agreement_id] = facts
+        return facts
 
 
 def same(value: Any) -> Any:

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from jsonschema import SchemaError
 from jsonschema.validators import validator_for
-from sqlalchemy import Connection, Engine, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, update
 
 from marketplace import discovery, pricing
 from marketplace.discovery import OFFERS, TERMS, Converter, Query, TokenCounts
@@ -45,6 +45,8 @@ from wallets.schema import upgrade
 from wallets.store import WriteSerializer
 
 LISTINGS = ListingRow.__table__  # type: ignore[attr-defined]
+_LIVE_LISTING = select(LISTINGS).where(LISTINGS.c.agent_id == bindparam("agent"),
+                                       LISTINGS.c.expires_at_ms > bindparam("now"))
 _SKILL_NAME = re.compile(r"^[a-z0-9_.-]{1,64}$")
 _ENDPOINT = re.compile(r"^[A-Za-z0-9.\-\[\]:]{1,255}:\d{1,5}$")
 MAX_SKILLS = 50
@@ -279,9 +281,11 @@ class Registry:
 
     def get(self, agent_id: str) -> registry_pb2.Listing:
         with self.engine.connect().execution_options(agentmarket_read=True) as conn:
-            row = conn.execute(select(LISTINGS).where(
-                LISTINGS.c.agent_id == agent_id, LISTINGS.c.expires_at_ms > self.clock_ms()
-            )).first()
+            return self.get_in(conn, agent_id)
+
+    def get_in(self, conn: Connection, agent_id: str) -> registry_pb2.Listing:
+        """`get` over a connection the caller reads several things with."""
+        row = conn.execute(_LIVE_LISTING, {"agent": agent_id, "now": self.clock_ms()}).first()
         if row is None:
             raise NotFound(f"agent {agent_id[:12]}… has no live listing")
         return _decode(row)

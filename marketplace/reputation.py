@@ -18,7 +18,7 @@ ranks on it without computing anything per listing.
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 
 from marketplace.tables import ListingRow, OfferRow, ReputationRow, TermRow
 
@@ -28,25 +28,40 @@ _OFFERS = OfferRow.__table__  # type: ignore[attr-defined]
 _TERMS = TermRow.__table__  # type: ignore[attr-defined]
 
 
+_RATE = (update(REPUTATION).where(REPUTATION.c.seller_id == bindparam("seller"))
+         .values(rated=REPUTATION.c.rated + 1,
+                 score_sum=REPUTATION.c.score_sum + bindparam("score"))
+         .returning(REPUTATION.c.rated, REPUTATION.c.score_sum))
+_LISTING = (update(_LISTINGS).where(_LISTINGS.c.agent_id == bindparam("seller"))
+            .values(reputation_permille=bindparam("permille"),
+                    rated_agreements=bindparam("rated")))
+_OFFER = (update(_OFFERS).where(_OFFERS.c.agent_id == bindparam("seller"))
+          .values(reputation_permille=bindparam("permille")))
+_TERM = (update(_TERMS).where(_TERMS.c.offer_id.in_(
+    select(_OFFERS.c.id).where(_OFFERS.c.agent_id == bindparam("seller"))))
+    .values(reputation_permille=bindparam("permille")))
+
+
 def record_outcome(conn: Connection, seller_id: str, outcome_permille: int) -> int:
-    """Add one finished agreement's score; returns the seller's new reputation."""
+    """Add one finished agreement's score; returns the seller's new reputation. The offer and
+    search-token rows are rewritten only when the figure changed (a steady seller's settlements
+    cost two statements here, not five)."""
     assert 0 <= outcome_permille <= 1000
-    row = conn.execute(select(REPUTATION).where(REPUTATION.c.seller_id == seller_id)).first()
-    rated = (row.rated if row else 0) + 1
-    score = (row.score_sum if row else 0) + outcome_permille
+    params = {"seller": seller_id, "score": outcome_permille}
+    row = conn.execute(_RATE, params).first()
     if row is None:
-        conn.execute(insert(REPUTATION).values(seller_id=seller_id, rated=rated, score_sum=score))
+        conn.execute(insert(REPUTATION).values(seller_id=seller_id, rated=1,
+                                               score_sum=outcome_permille))
+        rated, score, before = 1, outcome_permille, None
     else:
-        conn.execute(update(REPUTATION).where(REPUTATION.c.seller_id == seller_id)
-                     .values(rated=rated, score_sum=score))
+        rated, score = row.rated, row.score_sum
+        before = (score - outcome_permille) // (rated - 1) if rated > 1 else None
     permille = score // rated
-    conn.execute(update(_LISTINGS).where(_LISTINGS.c.agent_id == seller_id)
-                 .values(reputation_permille=permille, rated_agreements=rated))
-    conn.execute(update(_OFFERS).where(_OFFERS.c.agent_id == seller_id)
-                 .values(reputation_permille=permille))
-    conn.execute(update(_TERMS).where(_TERMS.c.offer_id.in_(
-        select(_OFFERS.c.id).where(_OFFERS.c.agent_id == seller_id)))
-        .values(reputation_permille=permille))
+    figures = {"seller": seller_id, "permille": permille, "rated": rated}
+    conn.execute(_LISTING, figures)
+    if permille != before:
+        conn.execute(_OFFER, figures)
+        conn.execute(_TERM, figures)
     return permille
 
 

@@ -75,7 +75,7 @@ class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
     def Redeem(self, request, context):  # type: ignore[no-untyped-def]
         return escrow_message(self.settlement.redeem(
             _key(request), request.agreement_id, request.voucher, list(request.receipts),
-            request.seller_signature))
+            request.seller_signature, request.buyer_confirmation))
 
     @grpc_method
     def RedeemBatch(self, request, context):  # type: ignore[no-untyped-def]

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from opentelemetry import trace
-from sqlalchemy import Connection, Engine, and_, case, insert, or_, select
+from sqlalchemy import Connection, Engine, and_, bindparam, case, insert, or_, select
 
 from marketplace import agreement_states as st
 from marketplace import agreements as ag
@@ -56,7 +56,18 @@ from marketplace.errors import (
     UnknownSkill,
     VerificationNotOffered,
 )
-from marketplace.escrows import ESCROWS, EVIDENCE, body_of, escrow_dict, locked_row, read_row, same
+from marketplace.escrows import (
+    ESCROWS,
+    EVIDENCE,
+    AgreementFacts,
+    Facts,
+    body_of,
+    escrow_dict,
+    escrow_of,
+    locked_row,
+    read_row,
+    same,
+)
 from marketplace.escrows import set_values as _set
 from marketplace.identity import verify
 from marketplace.payword import verify_word
@@ -67,12 +78,13 @@ from marketplace.v1 import agreement_pb2, dispute_pb2, registry_pb2, settlement_
 from marketplace.verification import Verification
 from wallets import attributes as attr
 from wallets.caller import NODE_SCOPE
-from wallets.currencies import split
+from wallets.currencies import currency, split
 from wallets.errors import AgentmarketError, InsufficientFunds
 from wallets.guard import SpendContext
 from wallets.ledger import Ledger
 from wallets.metrics import MarketMetrics, market_metrics
 from wallets.models import Transfer
+from wallets.tables import AccountRow
 
 MARKETPLACE_OWNER = "marketplace"
 DISPUTE_ACCOUNT_KIND = "escrow"
@@ -92,7 +104,17 @@ MAX_RECEIPTS = ag.MAX_RECEIPTS
 MAX_BATCH = 100
 SWEEP_LIMIT = 1000
 BUYER_ACCEPTANCE = registry_pb2.VERIFICATION_METHOD_BUYER_ACCEPTANCE
+MAX_KNOWN_ACCOUNTS = 100_000
 log = logging.getLogger("agentmarket.settlement")
+ACCOUNTS = AccountRow.__table__  # type: ignore[attr-defined]
+_OPENED = select(ESCROWS.c.agreement_id).where(ESCROWS.c.agreement_id == bindparam("agreement"))
+_STATE = select(ESCROWS.c.state).where(ESCROWS.c.agreement_id == bindparam("agreement"))
+_WALLET = select(ACCOUNTS).where(ACCOUNTS.c.owner == bindparam("owner"),
+                                 ACCOUNTS.c.currency == bindparam("currency"),
+                                 ACCOUNTS.c.kind == "wallet")
+_ACCOUNT = select(ACCOUNTS).where(ACCOUNTS.c.id == bindparam("account"))
+_INSERT_ESCROW = insert(ESCROWS)
+_INSERT_EVIDENCE = insert(EVIDENCE)
 
 
 class Settlement:
@@ -115,6 +137,8 @@ class Settlement:
         self.disputes = Disputes(self, arbiters)
         self.metrics = metrics or market_metrics()
         self.receipts = receipts
+        self.facts = AgreementFacts(self.engine)
+        self._account_ids: dict[tuple[str, str, str], str] = {}
 
     def _receipted(self, agreement: str, apply: Callable[[Connection], Any]
                    ) -> Callable[[Connection], Any]:
@@ -124,14 +148,25 @@ class Settlement:
     # ---- accounts -------------------------------------------------------------------------
 
     def fees_account(self, currency_code: str) -> str:
-        return self.ledger.open_account(MARKETPLACE_OWNER, currency_code, "fees").account_id
+        return self._account_id(MARKETPLACE_OWNER, currency_code, "fees")
 
     def dispute_account(self, currency_code: str) -> str:
-        return self.ledger.open_account(MARKETPLACE_OWNER, currency_code,
-                                        DISPUTE_ACCOUNT_KIND).account_id
+        return self._account_id(MARKETPLACE_OWNER, currency_code, DISPUTE_ACCOUNT_KIND)
 
     def account(self, owner: str, currency_code: str) -> str:
-        return self.ledger.open_account(owner, currency_code).account_id
+        return self._account_id(owner, currency_code, "wallet")
+
+    def _account_id(self, owner: str, currency_code: str, kind: str) -> str:
+        """The account, opened if missing. An account's id never changes once it is open, so
+        each is looked up once per node (bounded), not on every request that pays it."""
+        key = (owner, currency_code, kind)
+        found = self._account_ids.get(key)
+        if found is None:
+            found = self.ledger.open_account(owner, currency_code, kind).account_id
+            if len(self._account_ids) >= MAX_KNOWN_ACCOUNTS:
+                self._account_ids.pop(next(iter(self._account_ids)), None)
+            self._account_ids[key] = found
+        return found
 
     # ---- open -----------------------------------------------------------------------------
 
@@ -143,26 +178,20 @@ class Settlement:
         terms = body.terms
         now = self.clock_ms()
         with self.engine.connect().execution_options(agentmarket_read=True) as conn:
-            opened = conn.execute(select(ESCROWS.c.agreement_id).where(
-                ESCROWS.c.agreement_id == agreement)).first() is not None
+            opened = conn.execute(_OPENED, {"agreement": agreement}).first() is not None
+            if not opened:
+                self._check_open(body, now)
+                skill = self._listed_skill(body, conn)
+                self.verification.check_terms(terms)
+                buyer = self._buyer_wallet(conn, body.buyer_id, terms.currency)
         if opened:  # a retry replays its first answer; any other request is an illegal open
             return self.ledger.mutate(key, "open_escrow", {"agreement": agreement}, lambda conn:
                                       next_state(locked_row(conn, agreement).state, "open"),
                                       same, same)
-        if body.offer_expires_at_ms <= now:
-            raise OfferExpired("the accepted offer has lapsed (or the agreement does not say "
-                               "when): negotiate again")
-        if terms.completion_deadline_ms <= now:
-            raise DeadlinePassed("the agreement's completion deadline has already passed")
-        if terms.completion_deadline_ms > now + ag.MAX_COMPLETION_S * 1000:
-            raise InvalidArgument(f"the completion deadline is at most {ag.MAX_COMPLETION_S} s "
-                                  "ahead")
-        skill = self._listed_skill(body)
-        self.verification.check_terms(terms)
-        buyer = self.ledger.find_account(body.buyer_id, terms.currency)
-        if buyer is None:
-            raise FailedPrecondition(f"the buyer has no {terms.currency} wallet")
-        if self.ledger.balance(buyer.account_id).available_atomic < terms.max_total_atomic:
+        if (buyer.posted_credits_atomic - buyer.posted_debits_atomic
+                - buyer.pending_debits_atomic < terms.max_total_atomic
+                and self.ledger.balance(buyer.id).available_atomic < terms.max_total_atomic):
+            # (holds past their timeout count only until expired: the second look expires them)
             raise InsufficientFunds(f"the buyer's wallet cannot cover the agreement's maximum "
                                     f"of {terms.max_total_atomic} atomic {terms.currency}")
         seller = self.account(body.seller_id, terms.currency)
@@ -179,13 +208,12 @@ class Settlement:
         }) as span:
 
             def apply(conn: Connection) -> dict[str, Any]:
-                existing = conn.execute(select(ESCROWS.c.state)
-                                        .where(ESCROWS.c.agreement_id == agreement)).first()
+                existing = conn.execute(_STATE, {"agreement": agreement}).first()
                 state = next_state(existing.state if existing else st.PROPOSED, "open")
-                hold = self.ledger.hold_in(conn, key, buyer.account_id, seller,
+                hold = self.ledger.hold_in(conn, key, buyer.id, seller,
                                            terms.max_total_atomic, timeout_s=int(timeout_s),
                                            spend=SpendContext(body.seller_id, terms.skill))
-                conn.execute(insert(ESCROWS).values(
+                row = dict(
                     agreement_id=agreement, signed_agreement=signed.SerializeToString(),
                     buyer_id=body.buyer_id, seller_id=body.seller_id,
                     verifier_id=terms.verifier.agent_id, skill=terms.skill,
@@ -196,18 +224,48 @@ class Settlement:
                     output_schema_json=skill.output_schema_json,
                     deadline_ms=terms.completion_deadline_ms,
                     dispute_window_s=terms.dispute_window_s, delivered_at_ms=0, release_at_ms=0,
-                    created_at_ms=now, updated_at_ms=now))
-                return escrow_dict(conn, agreement)
+                    created_at_ms=now, updated_at_ms=now)
+                conn.execute(_INSERT_ESCROW, row)
+                return escrow_of(row)
 
             result = self.ledger.mutate(key, "open_escrow", {"agreement": agreement}, apply,
                                         same, same)
             span.set_attribute(attr.HOLD_ID, result["hold_id"])
+            self.facts.remember(Facts(agreement, body.buyer_id, body.seller_id,
+                                      terms.verifier.agent_id, terms.currency, terms.skill))
             return result
 
-    def _listed_skill(self, body: agreement_pb2.AgreementBody) -> registry_pb2.Skill:
+    @staticmethod
+    def _check_open(body: agreement_pb2.AgreementBody, now: int) -> None:
+        """The accepted offer and the completion deadline, at opening."""
+        terms = body.terms
+        if body.offer_expires_at_ms <= now:
+            raise OfferExpired("the accepted offer has lapsed (or the agreement does not say "
+                               "when): negotiate again")
+        if terms.completion_deadline_ms <= now:
+            raise DeadlinePassed("the agreement's completion deadline has already passed")
+        if terms.completion_deadline_ms > now + ag.MAX_COMPLETION_S * 1000:
+            raise InvalidArgument(f"the completion deadline is at most {ag.MAX_COMPLETION_S} s "
+                                  "ahead")
+
+    def _buyer_wallet(self, conn: Connection, buyer_id: str, currency_code: str) -> Any:
+        """The buyer's wallet row (its id remembered once found); it must exist."""
+        key = (buyer_id, currency_code, "wallet")
+        known = self._account_ids.get(key)
+        row = (conn.execute(_ACCOUNT, {"account": known}).first() if known is not None else
+               conn.execute(_WALLET, {"owner": buyer_id,
+                                      "currency": currency(currency_code).code}).first())
+        if row is None:
+            raise FailedPrecondition(f"the buyer has no {currency_code} wallet")
+        if known is None and len(self._account_ids) < MAX_KNOWN_ACCOUNTS:
+            self._account_ids[key] = row.id
+        return row
+
+    def _listed_skill(self, body: agreement_pb2.AgreementBody,
+                      conn: Connection) -> registry_pb2.Skill:
         """The seller's live listing must sell these terms."""
         terms = body.terms
-        listing = self.registry.get(body.seller_id)
+        listing = self.registry.get_in(conn, body.seller_id)
         skill = next((s for s in listing.skills if s.name == terms.skill), None)
         if skill is None:
             raise UnknownSkill(f"the seller does not list skill {terms.skill!r}")
@@ -226,18 +284,25 @@ class Settlement:
 
     def redeem(self, key: str, agreement: str, voucher: agreement_pb2.Voucher,
                receipts: list[agreement_pb2.Receipt],
-               seller_signature: bytes = b"") -> dict[str, Any]:
+               seller_signature: bytes = b"", buyer_confirmation: bytes = b"") -> dict[str, Any]:
         """The seller presents its latest voucher and one receipt per call; verify and hold
-        what was earned until the dispute window closes."""
+        what was earned until the dispute window closes. With the buyer's confirmation (its
+        signature of "confirm|agreement", passed on by the seller) delivered or verified work
+        is paid in the same transaction, as Confirm would."""
         if not key:
             raise InvalidArgument("idempotency_key is required on every mutating request")
         if len(receipts) > MAX_RECEIPTS:
             raise InvalidArgument(f"at most {MAX_RECEIPTS} receipts per redeem")
-        row = read_row(self.engine, agreement)
+        row = read_row(self.engine, agreement)  # its state: a retry replays, a late one is refused
+        self.facts.remember(row)
         if not verify(row.seller_id, ag.redeem_message(agreement, voucher, receipts),
                       seller_signature):
             raise PermissionDenied("only the agreement's seller can redeem it (sign the "
                                    "request)", reason="BAD_SIGNATURE")
+        if buyer_confirmation and not verify(row.buyer_id, ag.request_message("confirm", agreement),
+                                             buyer_confirmation):
+            raise PermissionDenied("buyer_confirmation is not the agreement's buyer's signature "
+                                   "of its confirm", reason="BAD_SIGNATURE")
         request = {"agreement": agreement, "voucher": voucher.SerializeToString().hex(),
                    "receipts": ag.receipts_digest(receipts)}
         with self._tracer.start_as_current_span("settlement.redeem", attributes={
@@ -274,18 +339,23 @@ class Settlement:
 
             def apply(conn: Connection) -> dict[str, Any]:
                 now = self.clock_ms()
-                state = next_state(locked_row(conn, agreement).state, event)
-                _set(conn, agreement, state=state, earned_atomic=earned,
-                     verified_outputs=outcome.verified, failed_outputs=outcome.failed,
-                     verifier_fee_atomic=verifier_fee, delivered_at_ms=now, updated_at_ms=now,
-                     release_at_ms=now + body.terms.dispute_window_s * 1000)
-                conn.execute(insert(EVIDENCE).values(agreement_id=agreement, created_at_ms=now,
-                                                     delivery=evidence.SerializeToString()))
-                if state == st.REFUNDED:
+                current = locked_row(conn, agreement)
+                changes = dict(state=next_state(current.state, event), earned_atomic=earned,
+                               verified_outputs=outcome.verified, failed_outputs=outcome.failed,
+                               verifier_fee_atomic=verifier_fee, delivered_at_ms=now,
+                               updated_at_ms=now,
+                               release_at_ms=now + body.terms.dispute_window_s * 1000)
+                _set(conn, agreement, **changes)
+                conn.execute(_INSERT_EVIDENCE, {"agreement_id": agreement, "created_at_ms": now,
+                                                "delivery": evidence.SerializeToString()})
+                if changes["state"] == st.REFUNDED:
                     self._refund_in(conn, key, agreement, parties)
-                elif body.terms.dispute_window_s == 0:
-                    self.release_in(conn, key, agreement, "release", parties)
-                return escrow_dict(conn, agreement)
+                    return escrow_dict(conn, agreement)
+                if buyer_confirmation:  # the buyer waived its window in advance
+                    return self.release_in(conn, key, agreement, "confirm", parties)
+                if body.terms.dispute_window_s == 0:
+                    return self.release_in(conn, key, agreement, "release", parties)
+                return escrow_of(current._mapping, **changes)
 
             return self.ledger.mutate(key, "redeem", request,
                                       self._receipted(agreement, apply), same, same)
@@ -301,7 +371,7 @@ class Settlement:
             try:
                 found = self.redeem(request.idempotency_key, request.agreement_id,
                                     request.voucher, list(request.receipts),
-                                    request.seller_signature)
+                                    request.seller_signature, request.buyer_confirmation)
                 result.escrow.CopyFrom(escrow_message(found))
             except AgentmarketError as error:
                 result.error_code, result.error_reason = error.status, error.reason
@@ -346,7 +416,7 @@ class Settlement:
 
     # ---- paying out -----------------------------------------------------------------------
 
-    def _parties(self, row: Any) -> dict[str, str]:
+    def _parties(self, row: Facts | Any) -> dict[str, str]:
         """Account ids settlement may post to (all opened at OpenEscrow)."""
         parties = {"seller": self.account(row.seller_id, row.currency),
                    "buyer": self.account(row.buyer_id, row.currency),
@@ -357,9 +427,9 @@ class Settlement:
         return parties
 
     def release_in(self, conn: Connection, key: str, agreement: str, event: str,
-                   parties: dict[str, str]) -> None:
+                   parties: dict[str, str]) -> dict[str, Any]:
         """Capture the earned amount (seller + fee + verifier fee, one posting), void the
-        rest back to the buyer, and rate the seller."""
+        rest back to the buyer, and rate the seller; returns the escrow now."""
         row = locked_row(conn, agreement)
         state = next_state(row.state, event)
         seller_part, fee = split(row.earned_atomic, self.fee_bps)
@@ -385,14 +455,16 @@ class Settlement:
             attr.AGREEMENT_ID: agreement, attr.AMOUNT_ATOMIC: refunded,
             attr.CURRENCY: row.currency, attr.HOLD_ID: row.hold_id, attr.PAYEE: row.buyer_id,
         }):
-            _set(conn, agreement, state=state, captured_atomic=row.earned_atomic, fee_atomic=fee,
-                 refunded_atomic=refunded, verifier_paid_atomic=verifier_fee,
-                 updated_at_ms=self.clock_ms())
+            changes = dict(state=state, captured_atomic=row.earned_atomic, fee_atomic=fee,
+                           refunded_atomic=refunded, verifier_paid_atomic=verifier_fee,
+                           updated_at_ms=self.clock_ms())
+            _set(conn, agreement, **changes)
         record_outcome(conn, row.seller_id, 1000)
         self.metrics.volume.add(seller_part, {"currency": row.currency})
         self.metrics.fees.add(fee, {"currency": row.currency})
         self.metrics.settlement_duration.record(self.clock_ms() - row.created_at_ms,
                                                 {"outcome": state})
+        return escrow_of(row._mapping, **changes)
 
     def _collect_lapsed_in(self, conn: Connection, key: str, row: Any, hold: Any, buyer: str,
                            paid: list[tuple[str, int]]) -> None:
@@ -428,15 +500,15 @@ class Settlement:
 
     def confirm(self, key: str, agreement: str, buyer_signature: bytes) -> dict[str, Any]:
         """The buyer accepts delivered or verified work: pay it now (waives the window)."""
-        row = read_row(self.engine, agreement)
-        if not verify(row.buyer_id, ag.request_message("confirm", agreement), buyer_signature):
+        facts = self.facts.get(agreement)
+        if not verify(facts.buyer_id, ag.request_message("confirm", agreement),
+                      buyer_signature):
             raise PermissionDenied("only the agreement's buyer can confirm it",
                                    reason="BAD_SIGNATURE")
-        parties = self._parties(row)
+        parties = self._parties(facts)
 
         def apply(conn: Connection) -> dict[str, Any]:
-            self.release_in(conn, key, agreement, "confirm", parties)
-            return escrow_dict(conn, agreement)
+            return self.release_in(conn, key, agreement, "confirm", parties)
 
         return self.ledger.mutate(key, "confirm", {"agreement": agreement},
                                   self._receipted(agreement, apply), same, same)
@@ -510,9 +582,7 @@ class Settlement:
     # ---- reading --------------------------------------------------------------------------
 
     def get(self, agreement: str) -> dict[str, Any]:
-        read_row(self.engine, agreement)
-        with self.engine.connect().execution_options(agentmarket_read=True) as conn:
-            return escrow_dict(conn, agreement)
+        return escrow_of(read_row(self.engine, agreement)._mapping)
 
     def agreements(self, state: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         query = select(ESCROWS.c.agreement_id).order_by(ESCROWS.c.created_at_ms.desc())

@@ -155,6 +155,38 @@ def test_only_the_seller_can_redeem(market: Harness):
              "PERMISSION_DENIED", "BAD_SIGNATURE")
 
 
+def test_a_redeem_with_the_buyers_confirmation_pays_at_once(market: Harness):
+    deal = _open(market, dispute_window_s=3600)
+    receipts = [deal.receipt(market.seller, 1, OK), deal.receipt(market.seller, 2, OK)]
+    voucher = deal.voucher(2)
+    confirmation = market.buyer.sign(ag.request_message("confirm", deal.agreement_id))
+    paid = market.settlement.redeem("r", deal.agreement_id, voucher, receipts,
+                                    deal.redeem_signature(market.seller, voucher, receipts),
+                                    confirmation)
+    assert paid["state"] == "settled" and paid["captured_atomic"] == 2 * PRICE
+    assert market.posted(market.seller) == 2 * PRICE - 2 * PRICE * 250 // 10_000
+    # a retry without the confirmation replays the first answer and pays nothing more
+    balances = market.balances()
+    assert market.settlement.redeem("r", deal.agreement_id, voucher, receipts,
+                                    deal.redeem_signature(market.seller, voucher,
+                                                          receipts)) == paid
+    assert market.balances() == balances
+
+
+def test_a_confirmation_not_signed_by_the_buyer_is_refused(market: Harness):
+    deal = _open(market)
+    receipts = [deal.receipt(market.seller, 1, OK)]
+    voucher = deal.voucher(1)
+    signature = deal.redeem_signature(market.seller, voucher, receipts)
+    for forged in (market.seller.sign(ag.request_message("confirm", deal.agreement_id)),
+                   market.buyer.sign(ag.request_message("finish", deal.agreement_id))):
+        _refused(market, lambda forged=forged: market.settlement.redeem(
+            "r", deal.agreement_id, voucher, receipts, signature, forged),
+            "PERMISSION_DENIED", "BAD_SIGNATURE")
+    assert market.settlement.redeem("r", deal.agreement_id, voucher, receipts,
+                                    signature)["state"] == "verified"
+
+
 def test_redeem_after_the_deadline_is_refused(market: Harness):
     deal, late = _open(market), _open(market)
     market.clock.advance(3601)  # within the redeem grace: verified work is still paid

@@ -24,13 +24,14 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
 from wallets.currencies import MAX_AMOUNT_ATOMIC
 from wallets.errors import InvalidArgument, PolicyDenied
 from wallets.tables import SpendCounterRow, WalletPolicyRow
 
 POLICIES = WalletPolicyRow.__table__  # type: ignore[attr-defined]
+_ONE = select(POLICIES).where(POLICIES.c.account_id == bindparam("account"))
 COUNTERS = SpendCounterRow.__table__  # type: ignore[attr-defined]
 DAY_MS = 86_400_000
 MAX_LIST = 100
@@ -144,10 +145,9 @@ class ControlState:
 
 def load_rows(conn: Connection, account_ids: list[str]) -> dict[str, Any]:
     """The control rows of these wallets (absent: no policy, not frozen)."""
-    if len(account_ids) == 1:
-        query = select(POLICIES).where(POLICIES.c.account_id == account_ids[0])
-    else:
-        query = select(POLICIES).where(POLICIES.c.account_id.in_(account_ids))
+    if len(account_ids) == 1:  # every hold and payment: a statement built once
+        return {row.account_id: row for row in conn.execute(_ONE, {"account": account_ids[0]})}
+    query = select(POLICIES).where(POLICIES.c.account_id.in_(account_ids))
     return {row.account_id: row for row in conn.execute(query)}
 
 

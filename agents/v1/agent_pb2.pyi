@@ -102,12 +102,14 @@ class StreamChunk(_message.Message):
     def __init__(self, text_delta: _Optional[str] = ..., charged_atomic: _Optional[int] = ..., end: _Optional[_Union[StreamEnd, _Mapping]] = ...) -> None: ...
 
 class FinishRequest(_message.Message):
-    __slots__ = ("agreement_id", "buyer_signature")
+    __slots__ = ("agreement_id", "buyer_signature", "confirm_signature")
     AGREEMENT_ID_FIELD_NUMBER: _ClassVar[int]
     BUYER_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    CONFIRM_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     agreement_id: str
     buyer_signature: bytes
-    def __init__(self, agreement_id: _Optional[str] = ..., buyer_signature: _Optional[bytes] = ...) -> None: ...
+    confirm_signature: bytes
+    def __init__(self, agreement_id: _Optional[str] = ..., buyer_signature: _Optional[bytes] = ..., confirm_signature: _Optional[bytes] = ...) -> None: ...
 
 class FinishResponse(_message.Message):
     __slots__ = ("escrow",)

@@ -76,18 +76,20 @@ class OpenEscrowRequest(_message.Message):
     def __init__(self, idempotency_key: _Optional[str] = ..., agreement: _Optional[_Union[_agreement_pb2.SignedAgreement, _Mapping]] = ...) -> None: ...
 
 class RedeemRequest(_message.Message):
-    __slots__ = ("idempotency_key", "agreement_id", "voucher", "receipts", "seller_signature")
+    __slots__ = ("idempotency_key", "agreement_id", "voucher", "receipts", "seller_signature", "buyer_confirmation")
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     AGREEMENT_ID_FIELD_NUMBER: _ClassVar[int]
     VOUCHER_FIELD_NUMBER: _ClassVar[int]
     RECEIPTS_FIELD_NUMBER: _ClassVar[int]
     SELLER_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    BUYER_CONFIRMATION_FIELD_NUMBER: _ClassVar[int]
     idempotency_key: str
     agreement_id: str
     voucher: _agreement_pb2.Voucher
     receipts: _containers.RepeatedCompositeFieldContainer[_agreement_pb2.Receipt]
     seller_signature: bytes
-    def __init__(self, idempotency_key: _Optional[str] = ..., agreement_id: _Optional[str] = ..., voucher: _Optional[_Union[_agreement_pb2.Voucher, _Mapping]] = ..., receipts: _Optional[_Iterable[_Union[_agreement_pb2.Receipt, _Mapping]]] = ..., seller_signature: _Optional[bytes] = ...) -> None: ...
+    buyer_confirmation: bytes
+    def __init__(self, idempotency_key: _Optional[str] = ..., agreement_id: _Optional[str] = ..., voucher: _Optional[_Union[_agreement_pb2.Voucher, _Mapping]] = ..., receipts: _Optional[_Iterable[_Union[_agreement_pb2.Receipt, _Mapping]]] = ..., seller_signature: _Optional[bytes] = ..., buyer_confirmation: _Optional[bytes] = ...) -> None: ...
 
 class RedeemResult(_message.Message):
     __slots__ = ("agreement_id", "escrow", "error_code", "error_reason", "error_message")
