@@ -70,8 +70,10 @@ class UsdcRailConfig:
         """The rail over `ledger` (a node's `rails=`): connected and checked."""
         from wallets.evm.rail import UsdcRail
 
-        return [UsdcRail(ledger, self._token(), self.hot_key, confirmations=self.confirmations,
-                         name=self.name)]
+        rail = UsdcRail(ledger, self._token(), self.hot_key, confirmations=self.confirmations,
+                        name=self.name)
+        rail.chain_id  # noqa: B018 (read once now: the chain answers while the node starts)
+        return [rail]
 
     def _token(self) -> Any:
         from web3 import Web3
