@@ -50,7 +50,7 @@ class UsdcRailConfig:
     name: str = "usdc-evm"
 
     def __post_init__(self) -> None:
-        from wallets.evm.rail import is_evm_address
+        from wallets.evm.addresses import is_evm_address
 
         if not self.rpc_url.startswith(("http://", "https://")):
             raise InvalidArgument(f"the chain's JSON-RPC URL must be http(s)://..., got "
