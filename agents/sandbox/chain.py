@@ -49,7 +49,7 @@ class SandboxUsdc:
         from eth_account import Account
         from eth_account.messages import encode_defunct
 
-        from wallets.evm.rail import ATOMIC_PER_UNIT
+        from wallets.evm.chain import ATOMIC_PER_UNIT
         from wallets.v1 import wallet_pb2
 
         units = amount_atomic // ATOMIC_PER_UNIT  # the token's 6 decimals
