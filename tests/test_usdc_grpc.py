@@ -428,3 +428,71 @@ def test_serve_refuses_bad_usdc_flags_in_one_line(tmp_path: Path, case: str, say
     assert len(lines) == 1 and lines[0].startswith("error:") and says in lines[0], lines
     assert "not a key" not in result.output  # a key file's content is never echoed
     assert not (tmp_path / "m.db").exists()
+
+
+def test_equal_keys_of_two_agents_are_two_payouts(world: World):
+    """Keys are per caller: another agent's withdrawal under the same key neither blocks nor
+    replays mine."""
+    payees = []
+    for _ in range(2):
+        agent = AgentKey.generate()
+        stub = world.stub(agent)
+        account = _wallet(stub, agent)
+        holder = _holder(world, 2_000_000)
+        _register(stub, account, holder)
+        _send(world, holder, world.rail.address, 2_000_000, mine=CONFIRMATIONS)
+        _until_credited(stub, account, 2_000 * 10**6)
+        payees.append(Account.create().address)
+        stub.Withdraw(wallet_pb2.WithdrawRequest(
+            idempotency_key="withdraw-1", account_id=account, destination=payees[-1],
+            amount=wallet_pb2.Money(amount_atomic=10**9, currency="USDC")), timeout=TIMEOUT_S)
+    assert [_units(world, payee) for payee in payees] == [1_000_000, 1_000_000]
+    assert len(world.rail.withdrawals()) == 2
+    _matches_chain(world)
+
+
+def test_a_payout_that_reverts_on_chain_is_returned_once(world: World):
+    """USDC the wallet got off chain (here from an FX desk's account) is more than the rail
+    holds: the transfer is mined but reverts, and once that is confirmed the wallet has its
+    money back; the ledger still matches the chain."""
+    alice = AgentKey.generate()
+    stub = world.stub(alice)
+    account = _wallet(stub, alice)
+    ledger = world.node.ledger
+    desk = ledger.open_account("fx-desk", "USDC", "fx", credit_limit_atomic=10**15).account_id
+    ledger.transfer("bought-by-fx", desk, account, 5 * 10**9)
+    payee = Account.create().address
+    posting = stub.Withdraw(wallet_pb2.WithdrawRequest(
+        idempotency_key="too-much", account_id=account, destination=payee,
+        amount=wallet_pb2.Money(amount_atomic=5 * 10**9, currency="USDC")), timeout=TIMEOUT_S)
+    [row] = world.rail.withdrawals()
+    with world.rpc.holding() as chain:
+        assert chain.w3.eth.get_transaction_receipt(row["tx_hash"]).status == 0
+        chain.mine(CONFIRMATIONS)
+    assert row["tx_hash"] in posting.memo and _units(world, payee) == 0
+    deadline = time.monotonic() + CREDIT_WAIT_S
+    while world.rail.withdrawals()[0]["status"] != "reverted":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert ledger.balance(account).posted_atomic == 5 * 10**9
+    [returned] = [p for p in ledger.postings(account_id=account, kind="deposit")]
+    assert row["tx_hash"] in returned.memo and "reverted" in returned.memo
+    time.sleep(0.3)  # more sweeps: returned once
+    assert len(ledger.postings(account_id=account, kind="deposit")) == 1
+    _matches_chain(world)
+
+
+def test_the_chain_not_answering_is_unavailable_and_moves_nothing(world: World):
+    alice = AgentKey.generate()
+    stub = world.stub(alice)
+    account = _wallet(stub, alice)
+    holder = _holder(world, 2_000_000)
+    _register(stub, account, holder)
+    _send(world, holder, world.rail.address, 2_000_000, mine=CONFIRMATIONS)
+    _until_credited(stub, account, 2_000 * 10**6)
+    world.rpc.stop()  # the chain's node goes away
+    _refused(world, lambda: stub.Withdraw(wallet_pb2.WithdrawRequest(
+        idempotency_key=_key(), account_id=account, destination=Account.create().address,
+        amount=wallet_pb2.Money(amount_atomic=10**9, currency="USDC")), timeout=TIMEOUT_S),
+        grpc.StatusCode.UNAVAILABLE, "UNAVAILABLE")
+    assert world.node.ledger.balance(account).posted_atomic == 2_000 * 10**6

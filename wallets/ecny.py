@@ -20,6 +20,13 @@ are anonymous, with a balance cap of 10,000 CNY, 2,000 per payment and 5,000 per
     3         valid ID, remotely (ASSUMPTION)      20,000    5,000         10,000    -
     4         mobile phone number only (anonymous) 10,000    2,000         5,000     50,000
 
+Who raises a tier. In e-CNY the holder does not choose its category: the authorised operator
+verifies the identity behind the wallet (a phone number, an ID document, a bound bank account, a
+visit to the counter) and upgrades it. Here that operator's identity service is an agent key the
+node trusts (`MarketplaceNode(ecny_identity_providers=...)`, `serve --ecny-identity-provider`,
+or an operator key): it calls `SetEcnyTier` over gRPC (`EcnyWallets.register`) with its own
+reference to the identity record; the wallet's own agent never can (`wallets.access`).
+
 Category 3's figures are not published by the PBOC: they are an assumption (between the two
 published tiers), marked as such in `DEFAULT_TIERS`. The caps of categories 1 and 2 beyond
 those quoted ("-") are not published either; none is enforced.

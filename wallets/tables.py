@@ -365,6 +365,7 @@ class EvmWithdrawalRow(SQLModel, table=True):
 
     __tablename__ = "evm_withdrawals"
 
+    # payout_reference(caller scope, idempotency key): one row per caller's request
     idempotency_key: str = Field(primary_key=True, max_length=200)
     rail: str = Field(max_length=64)
     account_id: str = Field(index=True, max_length=40)
@@ -373,7 +374,7 @@ class EvmWithdrawalRow(SQLModel, table=True):
     nonce: int = Field(sa_column=Column(BigInteger, nullable=False))
     tx_hash: str = Field(unique=True, max_length=66)
     raw_tx: str = Field(sa_column=Column(Text, nullable=False))
-    status: str = Field(index=True, max_length=16)  # signed | sent | mined
+    status: str = Field(index=True, max_length=16)  # signed|sent|mined|confirmed|reverted
     block_number: int = Field(sa_column=_ms())
     created_at_ms: int = Field(sa_column=_ms())
 

@@ -26,10 +26,14 @@ class SandboxUsdc:
     """Start with the constructor (the chain and its JSON-RPC server), `close()` at the end."""
 
     def __init__(self, confirmations: int = CONFIRMATIONS) -> None:
-        from eth_account import Account
+        try:
+            from eth_account import Account
 
-        from wallets.evm import UsdcRailConfig, sandbox_chain
-        from wallets.evm.rpc import ChainRpcServer
+            from wallets.evm import UsdcRailConfig, sandbox_chain
+            from wallets.evm.rpc import ChainRpcServer
+        except ImportError as error:
+            raise FailedPrecondition(f"usdc_chain = true needs the evm extra (pip install "
+                                     f"agentmarket[evm]): {error}") from None
 
         self.chain = sandbox_chain()
         self.rpc = ChainRpcServer(self.chain).start()
@@ -45,7 +49,7 @@ class SandboxUsdc:
         from eth_account import Account
         from eth_account.messages import encode_defunct
 
-        from wallets.evm.rail import ATOMIC_PER_UNIT
+        from wallets.evm.chain import ATOMIC_PER_UNIT
         from wallets.v1 import wallet_pb2
 
         units = amount_atomic // ATOMIC_PER_UNIT  # the token's 6 decimals

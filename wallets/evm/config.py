@@ -50,7 +50,7 @@ class UsdcRailConfig:
     name: str = "usdc-evm"
 
     def __post_init__(self) -> None:
-        from wallets.evm.rail import is_evm_address
+        from wallets.evm.addresses import is_evm_address
 
         if not self.rpc_url.startswith(("http://", "https://")):
             raise InvalidArgument(f"the chain's JSON-RPC URL must be http(s)://..., got "
@@ -70,8 +70,10 @@ class UsdcRailConfig:
         """The rail over `ledger` (a node's `rails=`): connected and checked."""
         from wallets.evm.rail import UsdcRail
 
-        return [UsdcRail(ledger, self._token(), self.hot_key, confirmations=self.confirmations,
-                         name=self.name)]
+        rail = UsdcRail(ledger, self._token(), self.hot_key, confirmations=self.confirmations,
+                        name=self.name)
+        rail.chain_id  # noqa: B018 (read once now: the chain answers while the node starts)
+        return [rail]
 
     def _token(self) -> Any:
         from web3 import Web3

@@ -14,17 +14,11 @@ can still undo a credited deposit: choose `confirmations` for the chain (Ethereu
 finalises in 2 epochs, ~13 minutes). Only addresses whose key signs (EIP-191) can register:
 a contract wallet (EIP-1271) cannot.
 
-Payouts (`withdraw`). In one ledger transaction: the wallet is debited (its policy applies), the
-amount rounded down to the token's 6 decimals (the rest stays in the wallet), the next nonce of
-the rail's hot wallet reserved, and the token transfer to the destination built and signed;
-the posting's memo names the destination and the transaction's hash, and the signed
-transaction is stored. Then it is broadcast; `resend_pending` (the sweeper) broadcasts again
-whatever is not yet mined, the very same bytes, so a crash between debit and broadcast, or a
-payout dropped by a reorganisation, pays exactly once: one nonce can be mined only once.
-Idempotent under the withdrawal's key like every money path.
+Payouts (`withdraw`, `resend_pending`): `wallets.evm.payouts`.
 
-`WalletService.deposit`/`withdraw` through this rail are refused with a pointer to the above:
-a deposit here is claimed by the chain, not by a caller, and a payout needs an address.
+`WalletService.deposit` through this rail is refused with a pointer to the above (a deposit
+here is claimed by the chain, not by a caller); `WalletService.withdraw` calls `withdraw` with
+the request's destination address.
 """
 
 from __future__ import annotations
@@ -39,30 +33,20 @@ from eth_account.messages import encode_defunct
 from sqlalchemy import Connection, insert, select, update
 from web3 import Web3
 from web3.contract import Contract
-from web3.exceptions import TransactionNotFound
 
 from wallets.caller import NODE_SCOPE
-from wallets.currencies import check_amount, currency
-from wallets.errors import (
-    FailedPrecondition,
-    InvalidAmount,
-    InvalidArgument,
-    PermissionDenied,
-    Unavailable,
-)
-from wallets.evm.chain import TOKEN_DECIMALS
+from wallets.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Unavailable
+from wallets.evm.addresses import checked_address
+from wallets.evm.chain import ATOMIC_PER_UNIT, USDC
+from wallets.evm.payouts import Payouts
 from wallets.ledger import Ledger
-from wallets.models import Posting, Transfer
+from wallets.models import Transfer
 from wallets.rails import DepositAddress, DepositInstructions
-from wallets.tables import EvmAddressRow, EvmDepositRow, EvmRailStateRow, EvmWithdrawalRow
+from wallets.tables import EvmAddressRow, EvmDepositRow, EvmRailStateRow
 
 ADDRESSES = EvmAddressRow.__table__  # type: ignore[attr-defined]
 DEPOSITS = EvmDepositRow.__table__  # type: ignore[attr-defined]
-WITHDRAWALS = EvmWithdrawalRow.__table__  # type: ignore[attr-defined]
 STATE = EvmRailStateRow.__table__  # type: ignore[attr-defined]
-USDC = currency("USDC")
-ATOMIC_PER_UNIT = 10 ** (USDC.scale - TOKEN_DECIMALS)
-TRANSFER_GAS = 100_000
 log = logging.getLogger("agentmarket.wallets.evm")
 
 
@@ -87,7 +71,7 @@ def registration_message(rail: str, token: str, address: str, account_id: str, *
             f"agent {agent_id}")
 
 
-class UsdcRail:
+class UsdcRail(Payouts):
     """A USDC rail over `token` on the chain `w3` talks to; `hot_wallet_key` signs payouts (its
     address is the rail's deposit address and needs ether for gas)."""
 
@@ -137,8 +121,9 @@ class UsdcRail:
     def registration_message(self, address: str, account_id: str) -> str:
         """The message `address`'s key signs to register it for `account_id`."""
         wallet = self._usdc_wallet(account_id)
-        return registration_message(self.name, self.token.address, _checked(address, "address"),
-                                    account_id, chain_id=self.chain_id,
+        return registration_message(self.name, self.token.address,
+                                    checked_address(address, "address"), account_id,
+                                    chain_id=self.chain_id,
                                     rail_address=self.address, agent_id=wallet.owner)
 
     def deposit_instructions(self, account_id: str, address: str) -> DepositInstructions:
@@ -324,120 +309,5 @@ class UsdcRail:
             conn.execute(update(STATE).where(STATE.c.rail == self.name)
                          .values(scanned_block=head))
 
-    # ---- payouts -----------------------------------------------------------------------------
-
-    def withdraw(self, key: str, account_id: str, amount_atomic: int,
-                 to_address: str) -> Posting:
-        """Pay out to `to_address`, rounded down to 6 decimals; the posting's memo carries the
-        transaction hash. Idempotent under `key`."""
-        check_amount(amount_atomic)
-        to_address = _checked(to_address, "destination")
-        if to_address.lower() == self.address.lower():
-            raise InvalidArgument(f"{to_address} is the rail's own address: a payout there "
-                                  "would come back as an unclaimed deposit")
-        self._usdc_wallet(account_id)
-        units = amount_atomic // ATOMIC_PER_UNIT
-        if units == 0:
-            raise InvalidAmount(f"{amount_atomic} atomic USDC is below one token unit "
-                                f"({ATOMIC_PER_UNIT} atomic)")
-        self._on_chain(self._state)  # the nonce counter exists before the transaction
-        chain_id = self.chain_id
-        base_fee = int(self._on_chain(lambda: self.w3.eth.get_block("latest"))
-                       .get("baseFeePerGas", 0))
-        fees = {"maxPriorityFeePerGas": 10**9, "maxFeePerGas": 3 * base_fee + 10**9}
-
-        def apply(conn: Connection) -> Posting:
-            nonce = int(conn.execute(select(STATE.c.next_nonce).where(
-                STATE.c.rail == self.name)).scalar())
-            conn.execute(update(STATE).where(STATE.c.rail == self.name)
-                         .values(next_nonce=nonce + 1))
-            tx = self.token.functions.transfer(to_address, units).build_transaction({
-                "from": self.address, "nonce": nonce, "gas": TRANSFER_GAS,
-                "chainId": chain_id, **fees})
-            signed = self.hot_wallet.sign_transaction(tx)
-            tx_hash = "0x" + bytes(signed.hash).hex()
-            posting = self.ledger.post_linked_in(
-                conn, key, [Transfer(account_id, self.rail_account, units * ATOMIC_PER_UNIT)],
-                kind="withdrawal", memo=f"USDC withdrawal via {self.name} to {to_address} "
-                                        f"tx {tx_hash}")
-            conn.execute(insert(WITHDRAWALS).values(
-                idempotency_key=key, rail=self.name, account_id=account_id,
-                to_address=to_address.lower(), amount_units=units, nonce=nonce,
-                tx_hash=tx_hash, raw_tx="0x" + bytes(signed.raw_transaction).hex(),
-                status="signed", block_number=0, created_at_ms=self.ledger.clock_ms()))
-            return posting
-
-        posting = self.ledger.mutate(
-            key, "usdc_withdrawal", {"rail": self.name, "account": account_id,
-                                     "amount": amount_atomic, "to": to_address.lower()},
-            apply, Posting.to_json, Posting.from_json)
-        try:
-            self.resend_pending(only_key=key)
-        except Exception as error:  # debited and signed: the sweeper broadcasts it again
-            log.warning("payout %s not broadcast yet: %s", key, error)
-        return posting
-
-    def resend_pending(self, *, only_key: str | None = None) -> int:
-        """Broadcast every payout not yet confirmed (the same signed bytes); mark the mined
-        ones. Returns how many are confirmed now."""
-        query = select(WITHDRAWALS).where(WITHDRAWALS.c.rail == self.name,
-                                          WITHDRAWALS.c.status != "confirmed")
-        if only_key is not None:
-            query = query.where(WITHDRAWALS.c.idempotency_key == only_key)
-        with self.ledger.engine.connect().execution_options(agentmarket_read=True) as conn:
-            rows = conn.execute(query.order_by(WITHDRAWALS.c.nonce)).all()
-        head = int(self.w3.eth.block_number)
-        confirmed = 0
-        for row in rows:
-            receipt = self._receipt(row.tx_hash)
-            if receipt is None:
-                try:
-                    self.w3.eth.send_raw_transaction(row.raw_tx)
-                except Exception as error:  # known already, or mined meanwhile: look again
-                    log.info("payout %s not sent again: %s", row.tx_hash, error)
-                receipt = self._receipt(row.tx_hash)
-            status, block = ("sent", 0) if receipt is None else (
-                "confirmed" if head - receipt.blockNumber + 1 >= self.confirmations
-                else "mined", int(receipt.blockNumber))
-            confirmed += status == "confirmed"
-            with self.ledger.engine.begin() as conn:
-                conn.execute(update(WITHDRAWALS).where(
-                    WITHDRAWALS.c.idempotency_key == row.idempotency_key).values(
-                    status=status, block_number=block))
-        return confirmed
-
-    def _receipt(self, tx_hash: str) -> Any:
-        try:
-            return self.w3.eth.get_transaction_receipt(tx_hash)
-        except TransactionNotFound:
-            return None
-
-    def withdrawals(self) -> list[dict[str, Any]]:
-        with self.ledger.engine.connect().execution_options(agentmarket_read=True) as conn:
-            return [dict(r._mapping) for r in conn.execute(
-                select(WITHDRAWALS).where(WITHDRAWALS.c.rail == self.name)
-                .order_by(WITHDRAWALS.c.nonce))]
-
-
 class _Unregistered(FailedPrecondition):
     """A confirmed deposit from an address nobody registered (yet)."""
-
-
-def _checked(address: str, field: str) -> str:
-    """`address` checksummed; INVALID_ARGUMENT unless it is one (a mixed-case address must
-    carry a valid EIP-55 checksum)."""
-    if not is_evm_address(address):
-        raise InvalidArgument(f"{field} {str(address)[:60]!r} is not an EVM address (0x and 40 "
-                              "hex characters, with a valid EIP-55 checksum if mixed-case)")
-    return str(Web3.to_checksum_address(address))
-
-
-def is_evm_address(address: Any) -> bool:
-    """0x and 40 hex characters; a mixed-case one must carry its EIP-55 checksum (web3's
-    `is_address` no longer checks it)."""
-    if not isinstance(address, str) or not Web3.is_address(address) or \
-            not address.startswith("0x"):
-        return False
-    digits = address[2:]
-    mixed = digits != digits.lower() and digits != digits.upper()
-    return not mixed or Web3.is_checksum_address(address)
