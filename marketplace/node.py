@@ -290,6 +290,7 @@ class MarketplaceNode:
                 self.settlement.sweep()
                 self.wallets.settle_due()
                 self.registry.purge_expired()
+                self.receipts.complete()  # receipts stored before their postings were sealed
                 self.receipts.checkpoints.cut_if_due(self._checkpoint_interval_s)
             except Exception:  # keep sweeping; the next round retries
                 import logging

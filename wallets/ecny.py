@@ -76,7 +76,7 @@ from typing import Any
 from sqlalchemy import Connection, insert, select, update
 
 from wallets.errors import FailedPrecondition, InvalidArgument
-from wallets.guard import SpendContext, SpendGuard
+from wallets.guard import SpendContext, SpendGuard, lock_wallets
 from wallets.models import Balance, Transfer
 from wallets.tables import EcnyCounterRow, EcnyPaymentRow, EcnyWalletRow
 
@@ -165,6 +165,10 @@ class EcnyGuard(SpendGuard):
 
     def check(self, conn: Connection, key: str, operation: str, transfers: Sequence[Transfer],
               accounts: Mapping[str, Balance], spend: SpendContext | None) -> None:
+        # every e-CNY wallet a cap is checked on, locked first (in account order)
+        lock_wallets(conn, {a for t in transfers for a in (t.debit_account_id,
+                                                           t.credit_account_id)
+                            if _is_ecny_wallet(accounts[a])})
         super().check(conn, key, operation, transfers, accounts, spend)
         assert self._ledger is not None
         now_ms = self._ledger.clock_ms()
@@ -199,7 +203,11 @@ class EcnyGuard(SpendGuard):
     def _check_balance(self, conn: Connection, account: Balance, incoming: int) -> None:
         wallet = wallet_of(conn, account.account_id, self.rules)
         cap = self.rules.tier(wallet.category).balance_cap_atomic
-        after = account.posted_atomic + account.pending_credits_atomic + incoming
+        from wallets.ledger import ACCOUNTS
+
+        now = conn.execute(select(ACCOUNTS).where(ACCOUNTS.c.id == account.account_id)).one()
+        after = (now.posted_credits_atomic - now.posted_debits_atomic
+                 + now.pending_credits_atomic + incoming)  # as locked, not as first read
         if cap and after > cap:
             raise TierLimit(f"e-CNY wallet {wallet.pseudonym} (category {wallet.category}) holds "
                             f"at most {_fmt(cap)} CNY; this credit would make {_fmt(after)} "

@@ -243,7 +243,7 @@ class WalletService:
     def _capture(self, row: RailWithdrawalRow) -> str:
         def apply(conn: Connection) -> str:
             current = conn.execute(select(WITHDRAWALS.c.status).where(
-                WITHDRAWALS.c.hold_id == row.hold_id)).one()
+                WITHDRAWALS.c.hold_id == row.hold_id).with_for_update()).one()
             if current.status != "pending":
                 return str(current.status)
             try:

@@ -451,7 +451,8 @@ def ledger_verify(db: str = typer.Option(DEFAULT_DB, help="Database URL.")) -> N
     chain, balances = verify_chain(ledger), check_balances(ledger)
     for problem in chain.problems + balances.problems:
         console.print(f"[red]{problem}")
-    console.print(f"{chain.postings} postings, {balances.accounts} accounts: "
+    waiting = f" (+{chain.unsealed} committed, not sealed yet)" if chain.unsealed else ""
+    console.print(f"{chain.postings} postings sealed{waiting}, {balances.accounts} accounts: "
                   + ("[green]ok" if chain.ok and balances.ok else "[red]NOT OK"))
     if not (chain.ok and balances.ok):
         raise typer.Exit(1)

@@ -88,7 +88,7 @@ class Payouts:
 
         def apply(conn: Connection) -> Posting:
             nonce = int(conn.execute(select(STATE.c.next_nonce).where(
-                STATE.c.rail == self.name)).scalar())
+                STATE.c.rail == self.name).with_for_update()).scalar())
             conn.execute(update(STATE).where(STATE.c.rail == self.name)
                          .values(next_nonce=nonce + 1))
             tx = self.token.functions.transfer(to_address, units).build_transaction({
