@@ -5,7 +5,10 @@ Figures:
   writers spread over them as threads), each writer one connection posting transfers between
   its own two accounts, one posting per commit (`Ledger(group_commit=False)`); the ratio of 16
   writers to 1 (`ledger_pg_writer_scaling_16_vs_1`) shows whether anything serialises every
-  write across processes (today: the chain-head row every posting locks);
+  write across processes. Writers lock only their own accounts' rows; each process runs the
+  ledger's background sealer and one of them (the lease holder) links the postings into the
+  hash chain meanwhile (`wallets.sealer`), so its cost is in the figures; the postings still
+  unsealed when the writers stop (`ledger_pg_sealer_backlog_16_writers`) show it keeps up;
 - full tasks/s of the deployed-shape market (`benchmarks.deployed`: every party its own
   process) served by 1 and by 2 `agentmarket serve` nodes over one PostgreSQL and one Redis
   (`--redis`), buyers given every node's address; with the CPU each task cost the nodes,
@@ -45,7 +48,7 @@ def _writer_process(url: str, pairs_json: str, start: str, stop: str) -> None:
     from wallets import Ledger, make_engine
 
     pairs = json.loads(pairs_json)
-    ledger = Ledger(make_engine(url), group_commit=False)
+    ledger = Ledger(make_engine(url), group_commit=False)  # its sealer seals if it has the lease
     counts = [0] * len(pairs)
 
     def write(n: int, debit: str, credit: str) -> None:
@@ -64,11 +67,15 @@ def _writer_process(url: str, pairs_json: str, start: str, stop: str) -> None:
     for thread in threads:
         thread.join()
     print(json.dumps({"postings": sum(counts)}), flush=True)
+    ledger.close()
     ledger.engine.dispose()
 
 
-def _writers(url: str, writers: int, workdir: Path, window_s: float) -> float:
-    """Postings/s of `writers` concurrent writers over `url` (a fresh schema)."""
+def _writers(url: str, writers: int, workdir: Path, window_s: float) -> tuple[float, int]:
+    """Postings/s of `writers` concurrent writers over `url` (a fresh schema), and how many
+    were still unsealed when they stopped."""
+    from sqlalchemy import text
+
     from wallets import Ledger, WalletService, make_engine
 
     ledger = Ledger(make_engine(url), group_commit=False)
@@ -79,6 +86,7 @@ def _writers(url: str, writers: int, workdir: Path, window_s: float) -> float:
         credit = ledger.open_account(f"payee-{n}", "USD").account_id
         wallets.deposit(f"fund-{n}", debit, 10**15, "USD")
         pairs.append((debit, credit))
+    ledger.close()
     ledger.engine.dispose()
     processes = min(writers, MAX_PROCESSES)
     start, stop = workdir / f"start-{writers}", workdir / f"stop-{writers}"
@@ -105,7 +113,12 @@ def _writers(url: str, writers: int, workdir: Path, window_s: float) -> float:
         for child in children:
             if child.poll() is None:
                 child.kill()
-    return total / elapsed
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        backlog = int(conn.execute(text(
+            "SELECT count(*) FROM ledger_postings WHERE position IS NULL")).scalar() or 0)
+    engine.dispose()
+    return total / elapsed, backlog
 
 
 def bench_writers(say: Any, window_s: float = WRITER_WINDOW_S) -> dict[str, Any]:
@@ -117,8 +130,10 @@ def bench_writers(say: Any, window_s: float = WRITER_WINDOW_S) -> dict[str, Any]
                 return {}
             say(f"ledger on PostgreSQL, {writers} concurrent writer(s)")
             try:
-                results[f"ledger_pg_postings_per_s_{writers}_writers"] = round(
-                    _writers(url, writers, Path(tmp), window_s), 1)
+                rate, backlog = _writers(url, writers, Path(tmp), window_s)
+                results[f"ledger_pg_postings_per_s_{writers}_writers"] = round(rate, 1)
+                if writers == WRITER_LEVELS[-1]:
+                    results[f"ledger_pg_sealer_backlog_{writers}_writers"] = backlog
             finally:
                 _drop(url)
     results["ledger_pg_writer_scaling_16_vs_1"] = round(

@@ -1,13 +1,15 @@
 """Signed checkpoints of the ledger's posting hash chain, and inclusion proofs against them.
 
-The ledger links every posting to the one before (`wallets._chain`), so its head hash commits
-to everything written. A checkpoint is the node's ed25519 signature over that head at a
-sequence, plus the RFC 9162 Merkle root of the posting hashes of its *segment* (the postings
-after the previous checkpoint, up to and including its own sequence), plus the digest of the
-previous checkpoint: the checkpoints form a chain of their own, each covering a bounded
-segment. A posting's inclusion is then proved by its content (which hashes to its chain hash),
-the audit path from that hash to the segment root (log2 of the segment's length hashes, and
-nothing about anyone else's postings), and the signed checkpoint. PROTOCOL.md gives the bytes.
+The ledger links every posting to the one before (`wallets._chain`), so its head hash commits to
+everything sealed. A checkpoint is the node's ed25519 signature over that head at a chain
+position (`sequence` in a checkpoint is a position: on SQLite it equals the posting's own
+sequence; on PostgreSQL the sealer gives positions in the order postings are sealed), plus the
+RFC 9162 Merkle root of the posting hashes of its *segment* (the postings after the previous
+checkpoint, up to and including its own sequence), plus the digest of the previous checkpoint:
+the checkpoints form a chain of their own, each covering a bounded segment. A posting's
+inclusion is then proved by its content (which hashes to its chain hash), the audit path from
+that hash to the segment root (log2 of the segment's length hashes, and nothing about anyone
+else's postings), and the signed checkpoint. PROTOCOL.md gives the bytes.
 
 The node cuts a checkpoint every `interval_s` when the chain has moved (`cut_if_due`, from its
 sweeper) and on demand when a receipt needs one. Cutting is serialised (SQLite: the write lock;
@@ -163,22 +165,34 @@ class Checkpoints:
                     signed_at_ms=body["signed_at_ms"]))
             made += 1
 
-    def proofs(self, checkpoint: Checkpoint, sequences: list[int]) -> list[dict[str, Any]]:
-        """The audit path of each posting (by sequence) in the checkpoint's segment."""
+    def positions(self, sequences: list[int]) -> list[int]:
+        """The chain positions of these postings (by sequence; all sealed)."""
+        with self.engine.connect().execution_options(agentmarket_read=True) as conn:
+            found = dict(conn.execute(select(POSTINGS.c.sequence, POSTINGS.c.position).where(
+                POSTINGS.c.sequence.in_(sequences))).all())
+        if any(found.get(s) is None for s in sequences):
+            raise RuntimeError(f"postings {sequences} are not all sealed")
+        return [int(found[s]) for s in sequences]
+
+    def proofs(self, checkpoint: Checkpoint, sequences: list[int], positions: list[int]
+               ) -> list[dict[str, Any]]:
+        """The audit path of each posting (by sequence, at these positions) in the
+        checkpoint's segment."""
         with self.engine.connect().execution_options(agentmarket_read=True) as conn:
             hashes = segment_hashes(conn, checkpoint.first_sequence, checkpoint.sequence)
         leaves = [leaf_hash(h) for h in hashes]
-        return [{"leaf_index": s - checkpoint.first_sequence, "path": [
-            p.hex() for p in audit_path(leaves, s - checkpoint.first_sequence)],
-            "sequence": s} for s in sequences]
+        return [{"leaf_index": at - checkpoint.first_sequence, "path": [
+            p.hex() for p in audit_path(leaves, at - checkpoint.first_sequence)],
+            "sequence": s} for s, at in zip(sequences, positions, strict=True)]
 
 
 def segment_hashes(conn: Connection, first: int, last: int) -> list[str]:
-    rows = conn.execute(select(POSTINGS.c.sequence, POSTINGS.c.hash).where(
-        POSTINGS.c.sequence >= first, POSTINGS.c.sequence <= last)
-        .order_by(POSTINGS.c.sequence)).all()
-    if [r.sequence for r in rows] != list(range(first, last + 1)):
-        raise RuntimeError(f"postings {first}..{last} are not all in the ledger")
+    """The chain hashes at positions first..last."""
+    rows = conn.execute(select(POSTINGS.c.position, POSTINGS.c.hash).where(
+        POSTINGS.c.position >= first, POSTINGS.c.position <= last)
+        .order_by(POSTINGS.c.position)).all()
+    if [r.position for r in rows] != list(range(first, last + 1)):
+        raise RuntimeError(f"chain positions {first}..{last} are not all in the ledger")
     return [r.hash for r in rows]
 
 

@@ -116,7 +116,8 @@ class MarketplaceNode:
                  http_port: int = 0, http_tls: tuple[Path, Path] | None = None,
                  checkpoint_interval_s: float = 60.0, ecny: EcnyRules | None = None,
                  rails: Callable[[Ledger], Iterable[Rail]] | None = None,
-                 cards: bool = False, redis_url: str | None = None) -> None:
+                 cards: bool = False, redis_url: str | None = None,
+                 ecny_identity_providers: Iterable[str] = ()) -> None:
         """`arbiters`: agent ids whose signed decisions resolve disputes; `judge`: the LLM
         judge (models allowed, litellm options); `fx`: quotes that convert prices across
         currencies in discovery (`convert_currencies`). Security options: see the module
@@ -128,8 +129,12 @@ class MarketplaceNode:
         `checkpoint_interval_s`: how often the node signs its ledger's chain head when it has
         moved (`.checkpoints`); `ecny`: apply e-CNY's wallet rules to ECNY wallets
         (`wallets.ecny`) and carry ECNY through the e-CNY sandbox rail (`wallets.rails_ecny`);
+        `ecny_identity_providers`: agent ids trusted, like operators, to set e-CNY wallet
+        tiers once they have verified a holder's identity (`SetEcnyTier`);
         `rails`: more rails, made over this node's ledger (the USDC rail on an EVM:
-        `wallets.evm.UsdcRail`); the sweeper runs each one's `sweep()` if it has one.
+        `wallets.evm.UsdcRailConfig.rails`); each replaces the sandbox rail of its currency
+        (a chain's USDC is not to be paid out against play money), and the sweeper runs each
+        one's `sweep()` if it has one.
         `redis_url`: keep request nonces and rate buckets in that Redis, shared with every node
         of the market (a replay to another node is refused, a rate holds across nodes; Redis
         down: calls are refused UNAVAILABLE); without it, in this process."""
@@ -145,13 +150,19 @@ class MarketplaceNode:
         self.key = key or AgentKey.generate()
         self.agent_id = self.key.agent_id
         self.operator_ids = frozenset(check_agent_id(o, "operator") for o in operator_ids)
+        self.identity_provider_ids = frozenset(check_agent_id(i, "identity provider")
+                                               for i in ecny_identity_providers)
+        if self.identity_provider_ids and ecny is None:
+            raise InvalidArgument("identity providers set e-CNY tiers: they need the e-CNY "
+                                  "rules (ecny=EcnyRules(), --ecny)")
         self.require_auth = require_auth
         self.engine, self.ledger, self.registry = _open_database(
             db_url, fx, EcnyGuard(ecny) if ecny else None)
-        sandboxes: list[Rail] = [SandboxRail(c) for c in CURRENCIES.values()
-                                 if ecny is None or c.code != "ECNY"]
+        real: list[Rail] = [*([EcnyRail()] if ecny else []),
+                            *(rails(self.ledger) if rails else [])]
+        carried = {rail.currency.code for rail in real}
         self.wallets = WalletService(self.ledger, rails=[
-            *sandboxes, *([EcnyRail()] if ecny else []), *(rails(self.ledger) if rails else [])])
+            *(SandboxRail(c) for c in CURRENCIES.values() if c.code not in carried), *real])
         self.checkers = CheckerRegistry()
         self._verifier_client = GrpcVerifierClient(tracer_provider, key=self.key,
                                                    credentials=verifier_credentials)
@@ -214,7 +225,8 @@ class MarketplaceNode:
         if not self.require_auth:
             return []
         principals = Principals(operators=self.operator_ids,
-                                marketplace=frozenset({self.agent_id}))
+                                marketplace=frozenset({self.agent_id}),
+                                identity_providers=self.identity_provider_ids)
         tables = MarketplaceAccess(self.settlement, principals,
                                    self.settlement.disputes.arbiters).rules()
         wallet_access = WalletAccess(self.wallets, principals)
@@ -278,6 +290,7 @@ class MarketplaceNode:
                 self.settlement.sweep()
                 self.wallets.settle_due()
                 self.registry.purge_expired()
+                self.receipts.complete()  # receipts stored before their postings were sealed
                 self.receipts.checkpoints.cut_if_due(self._checkpoint_interval_s)
             except Exception:  # keep sweeping; the next round retries
                 import logging

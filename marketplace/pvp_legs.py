@@ -15,9 +15,9 @@ import logging
 from sqlalchemy import Connection, literal, select
 from sqlalchemy.exc import IntegrityError
 
-from marketplace.receipts import RECEIPTS, ReceiptBook, head_sequence
+from marketplace.receipts import RECEIPTS, ReceiptBook, written_postings
 from wallets.conditional import ConditionalHold, ConditionalHolds
-from wallets.ledger import ACCOUNTS, HOLDS, POSTINGS, Ledger
+from wallets.ledger import ACCOUNTS, HOLDS, POSTINGS, Ledger, transaction_postings
 from wallets.models import Posting
 
 log = logging.getLogger("agentmarket.pvp")
@@ -32,13 +32,13 @@ class ReceiptedHolds(ConditionalHolds):
 
     def fulfil_in(self, conn: Connection, key: str, hold_id: str,
                   preimage: bytes) -> tuple[ConditionalHold, Posting]:
-        before = head_sequence(conn)
+        before = len(transaction_postings(conn))
         found, posting = super().fulfil_in(conn, key, hold_id, preimage)
-        self._issue(conn, found, "pvp_settled", before, None)
+        self._issue(conn, found, "pvp_settled", written_postings(conn, before))
         return found, posting
 
-    def _issue(self, conn: Connection, found: ConditionalHold, kind: str, after: int,
-               until: int | None) -> None:
+    def _issue(self, conn: Connection, found: ConditionalHold, kind: str,
+               sequences: list[int]) -> None:
         hold = found.hold
         owners = dict(conn.execute(select(ACCOUNTS.c.id, ACCOUNTS.c.owner).where(
             ACCOUNTS.c.id.in_([hold.debit_account_id, hold.credit_account_id]))).all())
@@ -46,8 +46,8 @@ class ReceiptedHolds(ConditionalHolds):
             conn, subject=found.condition_sha256, subject_kind="pvp", kind=kind,
             currency=hold.currency, parties={"payer": owners[hold.debit_account_id],
                                              "payee": owners[hold.credit_account_id]},
-            amounts={"amount": hold.amount_atomic}, after_sequence=after,
-            until_sequence=until, receipt_id=f"pvp:{hold.hold_id}:{kind}")
+            amounts={"amount": hold.amount_atomic}, sequences=sequences,
+            receipt_id=f"pvp:{hold.hold_id}:{kind}")
 
     def receipt_expired(self, *, limit: int = 100) -> int:
         """Issue the receipts of legs their timeout voided (the sweeper, after expiring holds)."""
@@ -67,7 +67,6 @@ class ReceiptedHolds(ConditionalHolds):
                     log.warning("expired hold %s has no expiry posting", hold_id)
                     continue
                 hold, condition, _ = self._row(conn, hold_id)
-                self._issue(conn, ConditionalHold(hold, condition), "pvp_voided",
-                            sequence - 1, sequence)
+                self._issue(conn, ConditionalHold(hold, condition), "pvp_voided", [sequence])
                 issued += 1
         return issued

@@ -7,7 +7,10 @@ subject (agreement or payment id), what kind of settlement, the parties, the amo
 paid to the seller, fee, verifier fee, refunded), every posting the transaction made (their
 full content and chain hashes) and the chain position (the last posting's sequence and hash).
 So a receipt exists exactly when its settlement committed, and a retry replays the settlement
-without issuing another.
+without issuing another. On PostgreSQL postings are linked into the hash chain after they
+commit (`wallets.sealer`): the receipt is then stored in the settlement's transaction naming
+its postings, and signed with their chain hashes once they are sealed (`complete`: when it is
+read, and by the sweeper), so what it states is the same.
 
 `receipt_file` completes a receipt with the inclusion proof of its postings against a signed
 checkpoint (`marketplace.checkpoints`; one is cut on demand when none covers them yet): the file
@@ -21,7 +24,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import orjson
-from sqlalchemy import Connection, Engine, insert, select
+from sqlalchemy import Connection, Engine, insert, select, update
 
 from marketplace import agreement_states as st
 from marketplace.checkpoints import Checkpoints
@@ -30,7 +33,8 @@ from marketplace.escrows import ESCROWS
 from marketplace.identity import AgentKey
 from marketplace.receipt_verify import RECEIPT_DOMAIN, VERSION, canonical
 from marketplace.tables import ReceiptRow
-from wallets.ledger import ENTRIES, HEAD, POSTINGS
+from wallets.ledger import ENTRIES, POSTINGS, transaction_postings
+from wallets.sealer import seal
 
 RECEIPTS = ReceiptRow.__table__  # type: ignore[attr-defined]
 T = TypeVar("T")
@@ -38,22 +42,25 @@ KIND_OF_STATE = {st.SETTLED: "capture", st.REFUNDED: "refund", st.EXPIRED: "expi
                  st.DISPUTED: "dispute_freeze", st.RESOLVED: "dispute_resolution"}
 
 
-def head_sequence(conn: Connection) -> int:
-    return int(conn.execute(select(HEAD.c.sequence)).scalar() or 0)
-
-
-def postings_after(conn: Connection, after_sequence: int, until_sequence: int | None = None
-                   ) -> list[dict[str, Any]]:
-    """The postings after `after_sequence` (up to `until_sequence`), as receipts state them."""
-    last = until_sequence if until_sequence is not None else 2**62
-    rows = conn.execute(select(POSTINGS).where(POSTINGS.c.sequence > after_sequence,
-                                               POSTINGS.c.sequence <= last)
-                        .order_by(POSTINGS.c.sequence)).all()
-    if not rows:
+def written_postings(conn: Connection, since: int = 0) -> list[int]:
+    """The sequences of the postings this write transaction has made (after the first
+    `since` of them) that stand: a rolled-back savepoint's are gone."""
+    mine = transaction_postings(conn)[since:]
+    if not mine:
         return []
+    return list(conn.execute(select(POSTINGS.c.sequence).where(POSTINGS.c.sequence.in_(mine))
+                             .order_by(POSTINGS.c.sequence)).scalars())
+
+
+def sealed_postings(conn: Connection, sequences: list[int]) -> list[dict[str, Any]] | None:
+    """These postings as receipts state them, in sequence order; None while one of them is
+    not sealed into the chain yet."""
+    rows = conn.execute(select(POSTINGS).where(POSTINGS.c.sequence.in_(sequences))
+                        .order_by(POSTINGS.c.sequence)).all()
+    if any(r.position is None for r in rows):
+        return None
     legs: dict[int, list[dict[str, str]]] = {}
-    for e in conn.execute(select(ENTRIES).where(ENTRIES.c.sequence > after_sequence,
-                                                ENTRIES.c.sequence <= last)
+    for e in conn.execute(select(ENTRIES).where(ENTRIES.c.sequence.in_(sequences))
                           .order_by(ENTRIES.c.id)):
         legs.setdefault(e.sequence, []).append({
             "account_id": e.account_id, "currency": e.currency,
@@ -82,25 +89,59 @@ class ReceiptBook:
 
     def issue_in(self, conn: Connection, *, subject: str, subject_kind: str, kind: str,
                  currency: str, parties: dict[str, str], amounts: dict[str, int],
-                 after_sequence: int, until_sequence: int | None = None,
-                 receipt_id: str = "") -> dict[str, Any] | None:
-        """Sign and store the receipt of the postings written since `after_sequence` (by
-        default those of this transaction); `receipt_id` defaults to subject:kind."""
-        postings = postings_after(conn, after_sequence, until_sequence)
-        if not postings or self.key is None:
+                 sequences: list[int], receipt_id: str = "") -> dict[str, Any] | None:
+        """Store the receipt of these postings (by sequence), signed now if they are sealed
+        (SQLite), else once they are (`complete`); `receipt_id` defaults to subject:kind."""
+        if not sequences or self.key is None:
             return None
-        body = {"amounts": {k: str(v) for k, v in amounts.items()},
-                "chain": {"head_hash": postings[-1]["hash"],
-                          "sequence": postings[-1]["sequence"]},
-                "currency": currency, "issued_at_ms": self.clock_ms(), "kind": kind,
-                "node": self.key.agent_id, "parties": parties, "postings": postings,
-                "subject": subject, "subject_kind": subject_kind}
-        signature = self.key.sign(RECEIPT_DOMAIN + canonical(body)).hex()
+        body: dict[str, Any] = {
+            "amounts": {k: str(v) for k, v in amounts.items()}, "currency": currency,
+            "issued_at_ms": self.clock_ms(), "kind": kind, "node": self.key.agent_id,
+            "parties": parties, "postings": sorted(sequences), "subject": subject,
+            "subject_kind": subject_kind}
+        signature = self._sign(conn, body)
         conn.execute(insert(RECEIPTS).values(
             receipt_id=receipt_id or f"{subject}:{kind}", subject=subject, kind=kind,
-            last_sequence=postings[-1]["sequence"], body_json=orjson.dumps(body).decode(),
+            last_sequence=max(sequences), body_json=orjson.dumps(body).decode(),
             signature=signature, issued_at_ms=body["issued_at_ms"]))
-        return body
+        return body if signature else None
+
+    def _sign(self, conn: Connection, body: dict[str, Any]) -> str:
+        """Put the sealed postings (named by sequence) and the chain position into `body` and
+        sign it; '' (body unchanged) while one of them is not sealed yet."""
+        assert self.key is not None
+        postings = sealed_postings(conn, body["postings"])
+        if not postings:
+            return ""
+        body["postings"] = postings
+        body["chain"] = {"head_hash": postings[-1]["hash"],
+                         "sequence": postings[-1]["sequence"]}
+        return self.key.sign(RECEIPT_DOMAIN + canonical(body)).hex()
+
+    def complete(self, subject: str | None = None, *, limit: int = 1000) -> int:
+        """Sign the receipts stored before their postings were sealed (of `subject`, or any),
+        sealing what has committed first; returns how many were signed."""
+        if self.key is None:
+            return 0
+        query = select(RECEIPTS).where(RECEIPTS.c.signature == "")
+        if subject is not None:
+            query = query.where(RECEIPTS.c.subject == subject)
+        with self.engine.connect().execution_options(agentmarket_read=True) as conn:
+            if conn.execute(query.limit(1)).first() is None:
+                return 0
+        seal(self.engine)  # usually done already by the sealer: the lag is bounded, not zero
+        signed = 0
+        with self.engine.begin() as conn:
+            for row in conn.execute(query.order_by(RECEIPTS.c.last_sequence).limit(limit)
+                                    ).all():
+                body = orjson.loads(row.body_json)
+                signature = self._sign(conn, body)
+                if signature:
+                    signed += conn.execute(update(RECEIPTS).where(
+                        RECEIPTS.c.receipt_id == row.receipt_id, RECEIPTS.c.signature == ""
+                    ).values(body_json=orjson.dumps(body).decode(), signature=signature)
+                    ).rowcount
+        return signed
 
     def for_agreement(self, agreement: str, apply: Callable[[Connection], T]
                       ) -> Callable[[Connection], T]:
@@ -108,24 +149,23 @@ class ReceiptBook:
         the money it moved, named after the state it left the agreement in."""
 
         def run(conn: Connection) -> T:
-            before = head_sequence(conn)
+            before = len(transaction_postings(conn))
             result = apply(conn)
             row = conn.execute(select(ESCROWS).where(ESCROWS.c.agreement_id == agreement)
                                ).first()
             kind = KIND_OF_STATE.get(row.state) if row is not None else None
-            until = None
-            if kind == "expiry" and not postings_after(conn, before):
+            sequences = written_postings(conn, before)
+            if kind == "expiry" and not sequences:
                 # the ledger's own timeout returned the hold earlier: receipt that posting
                 expired = conn.execute(select(POSTINGS.c.sequence).where(
                     POSTINGS.c.hold_id == row.hold_id, POSTINGS.c.kind == "expire")).scalar()
-                before, until = (expired - 1, expired) if expired else (before, None)
+                sequences = [expired] if expired else []
             if kind is not None:
                 parties = {"buyer": row.buyer_id, "seller": row.seller_id}
                 if row.verifier_id:
                     parties["verifier"] = row.verifier_id
                 self.issue_in(conn, subject=agreement, subject_kind="agreement", kind=kind,
-                              currency=row.currency, parties=parties, after_sequence=before,
-                              until_sequence=until,
+                              currency=row.currency, parties=parties, sequences=sequences,
                               amounts={"held": row.held_atomic, "earned": row.earned_atomic,
                                        "seller": row.captured_atomic - row.fee_atomic,
                                        "fee": row.fee_atomic,
@@ -138,9 +178,12 @@ class ReceiptBook:
     # ---- reading and proving ---------------------------------------------------------------
 
     def receipts(self, subject: str) -> list[dict[str, Any]]:
-        """The signed receipts of a subject, oldest first ({"body", "signature"})."""
+        """The signed receipts of a subject, oldest first ({"body", "signature"}); those whose
+        postings are not sealed yet are signed first (without the node's key: left out)."""
+        self.complete(subject)
         with self.engine.connect().execution_options(agentmarket_read=True) as conn:
-            rows = conn.execute(select(RECEIPTS).where(RECEIPTS.c.subject == subject)
+            rows = conn.execute(select(RECEIPTS).where(RECEIPTS.c.subject == subject,
+                                                       RECEIPTS.c.signature != "")
                                 .order_by(RECEIPTS.c.last_sequence)).all()
         return [{"body": orjson.loads(r.body_json), "signature": r.signature} for r in rows]
 
@@ -151,15 +194,16 @@ class ReceiptBook:
             raise NotFound(f"no {kind + ' ' if kind else ''}receipt for {subject[:16]}…")
         signed = found[-1]
         sequences = [p["sequence"] for p in signed["body"]["postings"]]
-        checkpoint = self.checkpoints.covering(sequences[-1])
+        positions = self.checkpoints.positions(sequences)
+        checkpoint = self.checkpoints.covering(max(positions))
         if checkpoint is None and self.key is not None:
             self.checkpoints.cut()
-            checkpoint = self.checkpoints.covering(sequences[-1])
+            checkpoint = self.checkpoints.covering(max(positions))
         if checkpoint is None:
             raise FailedPrecondition("no checkpoint covers this receipt yet; the node signs "
                                      "one at its next checkpoint interval",
                                      reason="NO_CHECKPOINT")
         document = {"checkpoint": checkpoint.signed(),
-                    "proofs": self.checkpoints.proofs(checkpoint, sequences),
+                    "proofs": self.checkpoints.proofs(checkpoint, sequences, positions),
                     "receipt": signed, "version": VERSION}
         return canonical(document) + b"\n"

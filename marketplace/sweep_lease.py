@@ -16,77 +16,20 @@ that moment. On SQLite (one host, typically one node) the node always sweeps.
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import threading
-from typing import Any
-
 from sqlalchemy import Engine
+
+from wallets.lease import AdvisoryLease
 
 __all__ = ["SweepLease"]
 
-log = logging.getLogger("agentmarket.sweeper")
 _LEASE_CLASS = "agentmarket-sweeper"  # hashed to the lock's first key; the schema is the second
-_KEEPALIVE = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 3,
-              "keepalives_count": 3}
 
 
-class SweepLease:
-    """`held()` answers whether this node should sweep now, taking the lease when it is free."""
+class SweepLease(AdvisoryLease):
+    """`held()` answers whether this node should sweep now, taking the lease when it is free
+    (`wallets.lease`)."""
 
     def __init__(self, engine: Engine, holder: str) -> None:
         """`holder`: names this node in `pg_stat_activity.application_name` (operators and
         tests see which node sweeps)."""
-        self.engine = engine
-        self.holder = holder[:63]
-        self.shared = engine.dialect.name == "postgresql"
-        self._conn: Any = None
-        self._held = False
-        self._lock = threading.Lock()
-
-    def held(self) -> bool:
-        """True when this node holds the lease (always on SQLite); never raises."""
-        if not self.shared:
-            return True
-        with self._lock:
-            try:
-                if self._held:
-                    self._conn.execute("SELECT 1")  # the lock lives as long as this session
-                    return True
-                if self._conn is None:
-                    self._conn = self._connect()
-                row = self._conn.execute(
-                    "SELECT pg_try_advisory_lock(hashtext(%s), hashtext(current_schema()))",
-                    (_LEASE_CLASS,)).fetchone()
-                self._held = bool(row and row[0])
-                if self._held:
-                    log.info("this node (%s) now runs the market's sweep", self.holder)
-                return self._held
-            except Exception as error:  # the session is gone, and the lock with it
-                if self._held:
-                    log.warning("lost the sweep lease: %s", error)
-                self._drop()
-                return False
-
-    @property
-    def holding(self) -> bool:
-        """Whether this node held the lease at its last check (without checking again)."""
-        return self._held if self.shared else True
-
-    def _connect(self) -> Any:
-        import psycopg
-
-        url = self.engine.url.set(drivername="postgresql")
-        return psycopg.connect(url.render_as_string(hide_password=False), autocommit=True,
-                               application_name=self.holder, connect_timeout=5, **_KEEPALIVE)
-
-    def _drop(self) -> None:
-        conn, self._conn, self._held = self._conn, None, False
-        if conn is not None:
-            with contextlib.suppress(Exception):  # already broken: nothing more to release
-                conn.close()
-
-    def release(self) -> None:
-        """Give the lease up (closing the session releases the lock): another node sweeps."""
-        with self._lock:
-            self._drop()
+        super().__init__(engine, holder, _LEASE_CLASS)

@@ -415,6 +415,23 @@ ACTIONS = [
            lambda m: _grant(m, "again"), "buyer", ("stranger",), "mandate-parties-grant"),
     Action("read-the-mandate", WALLET + "GetMandate", lambda m: wallet_pb2.GetMandateRequest(
         mandate_id=m.mandate_id), "buyer", ("stranger",), "mandate-parties-read"),
+    # ---- wallets: deposit addresses are the owner's; e-CNY tiers an identity authority's
+    Action("register-a-deposit-address-for-the-buyer", WALLET + "RegisterDepositAddress",
+           lambda m: wallet_pb2.RegisterDepositAddressRequest(
+               idempotency_key=_key("address"), account_id=m.accounts["buyer"],
+               address="0x" + "ab" * 20, signature=b"\x01" * 65), "buyer",
+           ("stranger", "seller", "operator"), "deposit-own-wallet"),
+    Action("read-buyer-deposit-instructions", WALLET + "GetDepositInstructions",
+           lambda m: wallet_pb2.GetDepositInstructionsRequest(
+               account_id=m.accounts["buyer"], address="0x" + "ab" * 20), "buyer",
+           ("stranger", "seller"), "wallet-owner-reads"),
+    Action("set-buyer-ecny-tier", WALLET + "SetEcnyTier", lambda m: wallet_pb2.SetEcnyTierRequest(
+        idempotency_key=_key("tier"), account_id=m.accounts["buyer"], category=1,
+        identity_ref="self-declared"), "operator", ("buyer", "stranger", "seller", "node"),
+        "identity-authority-sets-tier"),
+    Action("read-buyer-ecny-tier", WALLET + "GetEcnyWallet",
+           lambda m: wallet_pb2.GetEcnyWalletRequest(account_id=m.accounts["buyer"]), "buyer",
+           ("stranger", "seller"), "wallet-owner-reads"),
     # ---- registry: a listing is its own agent's
     Action("advertise-as-the-seller", REGISTRY + "Advertise",
            lambda m: registry_pb2.AdvertiseRequest(

@@ -20,12 +20,11 @@ from eth_account import Account
 from eth_account.messages import encode_defunct
 
 from wallets.audit import check_balances, verify_chain
-from wallets.errors import FailedPrecondition, InvalidAmount, PermissionDenied
+from wallets.errors import FailedPrecondition, InvalidAmount, InvalidArgument, PermissionDenied
 from wallets.evm import (
     AuthorizationRefused,
     TransferAuthorization,
     UsdcRail,
-    registration_message,
     sandbox_chain,
     settle_authorization,
     verify_authorization,
@@ -60,7 +59,7 @@ def _holder(chain, units: int = 0):
 
 def _register(rail: UsdcRail, ledger: Ledger, holder, owner: str = "alice") -> str:
     account = ledger.open_account(owner, "USDC").account_id
-    message = registration_message(rail.name, rail.token.address, holder.address, account)
+    message = rail.registration_message(holder.address, account)
     signature = Account.sign_message(encode_defunct(text=message), holder.key).signature
     rail.register_address(f"register-{holder.address}", account, holder.address,
                           bytes(signature))
@@ -122,7 +121,7 @@ def test_deposits_from_unregistered_or_unproven_addresses_are_not_credited(ledge
                                                                            rail, chain):
     stranger, alice = _holder(chain, 1_000_000), _holder(chain)
     account = ledger.open_account("alice", "USDC").account_id
-    message = registration_message(rail.name, rail.token.address, alice.address, account)
+    message = rail.registration_message(alice.address, account)
     forged = Account.sign_message(encode_defunct(text=message), stranger.key).signature
     with pytest.raises(PermissionDenied):
         rail.register_address("r1", account, alice.address, bytes(forged))
@@ -134,7 +133,7 @@ def test_deposits_from_unregistered_or_unproven_addresses_are_not_credited(ledge
     assert [d["status"] for d in rail.deposits()] == ["unclaimed"]
     _register(rail, ledger, alice, owner="alice")
     bob = ledger.open_account("bob", "USDC").account_id
-    message = registration_message(rail.name, rail.token.address, alice.address, bob)
+    message = rail.registration_message(alice.address, bob)
     taken = Account.sign_message(encode_defunct(text=message), alice.key).signature
     with pytest.raises(FailedPrecondition, match="another wallet"):
         rail.register_address("r2", bob, alice.address, bytes(taken))
@@ -184,7 +183,7 @@ def test_a_withdrawal_pays_once_with_its_hash_on_the_posting(ledger: Ledger, rai
     _matches_chain(ledger, rail, chain)
     with pytest.raises(InvalidAmount):
         rail.withdraw("w2", account, ATOMIC_PER_UNIT - 1, bob)
-    with pytest.raises(FailedPrecondition):  # the generic rail path needs an address
+    with pytest.raises(InvalidArgument, match="destination"):  # a chain rail needs one
         WalletService(ledger, rails=[rail]).withdraw("w3", account, ATOMIC_PER_UNIT, "USDC",
                                                      rail.name)
 

@@ -39,7 +39,7 @@ def test_every_mutating_request_carries_an_idempotency_key():
     # finding (the same each time it is checked), not the caller's request
     reads = {"GetDispute", "GetBalance", "History", "ListCurrencies", "Discover", "Heartbeat",
              "GetEscrow", "GetPolicy", "ListAlerts", "ListApprovals", "GetMandate",
-             "ReportUnreachable"}
+             "ReportUnreachable", "GetDepositInstructions", "GetEcnyWallet"}
     for module in (wallet_pb2, registry_pb2, settlement_pb2, dispute_pb2, verifier_pb2):
         for service in module.DESCRIPTOR.services_by_name.values():
             for method in service.methods:

@@ -119,7 +119,8 @@ class Case:
     request: Any
     changed: Any
     delta: dict[str, tuple[int, int, int]]  # account -> (posted, pending debit, pending credit)
-    landed: Callable[[Any], str] = lambda response: response.hash  # what identifies the effect
+    # what identifies the effect: a posting's sequence (its hash may come later, once sealed)
+    landed: Callable[[Any], str] = lambda response: str(response.sequence)
 
     def send(self, request: Any, **options: Any) -> Any:
         service, method = self.method.split(".")

@@ -116,6 +116,7 @@ def test_checkpoints_chain_and_cover_every_posting(market: Harness):
     deal = market.deal()
     market.open(deal)
     market.redeem(deal, [{"text": "a"}])
+    market.ledger.seal()  # PostgreSQL seals after commit: cut over everything written so far
     assert book.checkpoints.cut() == 1 and book.checkpoints.cut() == 0
     market.confirm(deal)
     first = book.checkpoints.latest()
@@ -229,6 +230,7 @@ def test_receipt_get_and_verify_on_the_command_line(market: Harness, db_url: str
     market.open(deal)
     market.redeem(deal, [{"text": "a"}])
     market.confirm(deal)
+    market.settlement.receipts.complete()  # on PostgreSQL the node signs it once sealed
     runner = CliRunner()
     out = tmp_path / "receipt.json"
     missing = runner.invoke(app, ["receipt", "get", deal.agreement_id, "--db", db_url,

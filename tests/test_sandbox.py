@@ -105,8 +105,10 @@ GOOD = (ROOT / "examples" / "scenarios" / "gpu_market.toml").read_text()
     (lambda t: t.replace('skill = "train"\ncurrency = "USDC"', 'skill = "paint"\n'
                          'currency = "USDC"'), "buyers[1].skill"),
     (lambda t: t + "\n[[sellers]\n", "not valid TOML"),
+    (lambda t: t.replace('deposit = "500.00"', 'deposit = "500.00"\necny_category = 2'),
+     "buyers[0].ecny_category"),
 ], ids=["choice", "float-money", "missing", "unknown", "currency", "probability",
-        "cost-above-list", "unsold-skill", "toml"])
+        "cost-above-list", "unsold-skill", "toml", "tier-without-ecny"])
 def test_a_bad_scenario_is_one_line_naming_the_field(tmp_path: Path, change, field: str):  # type: ignore[no-untyped-def]
     path = tmp_path / "bad.toml"
     path.write_text(change(GOOD))
@@ -147,8 +149,10 @@ def test_gini():
 TINY = '''
 name = "tiny"
 rounds = 1
+ecny = true
+usdc_chain = true
 [fx]
-units_per_usd = { ECNY = "7.1" }
+units_per_usd = { ECNY = "7.1", USDC = "1" }
 [[sellers]]
 group = "gpu"
 count = 2
@@ -169,6 +173,25 @@ task_budget = "20.00"
 reservation_price = "0.0008"
 demand = 1.0
 calls = [1, 2]
+[[buyers]]
+group = "chain"
+count = 2
+skill = "train"
+currency = "USDC"
+deposit = "40.00"
+task_budget = "20.00"
+reservation_price = "0.0008"
+demand = 1.0
+[[buyers]]
+group = "app"
+count = 1
+skill = "train"
+currency = "ECNY"
+deposit = "15000.00"
+task_budget = "140.00"
+reservation_price = "0.006"
+demand = 1.0
+ecny_category = 2
 '''
 
 
@@ -182,3 +205,15 @@ def test_the_command_runs_a_scenario_with_the_node_in_its_own_process(tmp_path: 
     rows = event_file.read(out / EVENTS)
     assert {"fx", "agreement", "call", "settle"} <= {e.kind for e in rows}
     assert (out / REPORT).stat().st_size > 0
+    from marketplace.cli.operator import open_ledger
+
+    ledger = open_ledger(f"sqlite:///{out / 'market.db'}")
+    try:  # the USDC buyers were funded from the chain, the e-CNY app past the anonymous cap
+        deposits = ledger.postings(kind="deposit", limit=100)
+        from_chain = [p for p in deposits if p.memo.startswith("USDC deposit via usdc-evm")]
+        assert len(from_chain) == 2 and all(" tx 0x" in p.memo for p in from_chain)
+        assert not [p for p in deposits if p.memo == "deposit via sandbox-usdc"]
+        assert any(p.memo == "deposit via sandbox-ecny" and max(
+            leg.posted_atomic for leg in p.legs) == 15_000 * 10**9 for p in deposits)
+    finally:
+        ledger.close()

@@ -153,6 +153,7 @@ def test_open_deposit_transfer_hold_capture_void_history(stub: Wallets, node: Ma
     platform_balance = stub.GetBalance(wallet_pb2.GetBalanceRequest(account_id=platform))
     assert platform_balance.available_atomic == usd("0.05")
 
+    node.ledger.seal()  # PostgreSQL links postings into the chain after commit
     history = stub.History(wallet_pb2.HistoryRequest(account_id=b)).postings
     assert [p.kind for p in history] == ["void", "capture", "hold", "transfer", "deposit"]
     assert [p.sequence for p in history] == sorted((p.sequence for p in history), reverse=True)

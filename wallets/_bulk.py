@@ -3,12 +3,13 @@
 Debits of wallets under a policy or freeze (`SpendGuard.controlled`) leave the bulk path and
 go through `Ledger.transfer` after it, so no policy is ever skipped.
 
-Inside one write transaction (which holds the ledger's single write lock: BEGIN IMMEDIATE on
-SQLite, the head row FOR UPDATE on PostgreSQL) the touched accounts are read once, every transfer
-is checked and applied to in-memory balances in order, and the results go out as a handful of
-executemany statements: postings, entries, idempotency records, one UPDATE per touched account,
-one for the chain head. Each transfer still succeeds or fails on its own, with the same rules,
-idempotency and hash chain as `Ledger.transfer`.
+Inside one write transaction the touched accounts are read once and locked (SQLite: BEGIN
+IMMEDIATE; PostgreSQL: FOR UPDATE, in account order), every transfer is checked and applied to
+in-memory balances in order, and the results go out as a handful of executemany statements:
+postings, entries, idempotency records, one UPDATE per touched account (and on SQLite, which
+seals as it writes, one for the chain head; PostgreSQL's sealer links them after commit). Each
+transfer still succeeds or fails on its own, with the same rules, idempotency and hash chain as
+`Ledger.transfer`.
 """
 
 from __future__ import annotations
@@ -60,7 +61,15 @@ def post_transfers(ledger: Ledger, requests: Sequence[TransferRequest]
                    ) -> list[Posting | AgentmarketError]:
     """Post many independent transfers in one transaction; one result or error per request.
     Their keys live in the scope of the request being served (`wallets._idempotency`)."""
-    from wallets.ledger import ACCOUNTS, ENTRIES, HEAD, POSTINGS, _current_trace
+    from wallets.ledger import (
+        ACCOUNTS,
+        ENTRIES,
+        HEAD,
+        POSTINGS,
+        _current_trace,
+        next_sequences,
+        transaction_postings,
+    )
 
     if len(requests) > MAX_BULK:
         raise InvalidArgument(f"at most {MAX_BULK} transfers per bulk call")
@@ -91,15 +100,19 @@ def post_transfers(ledger: Ledger, requests: Sequence[TransferRequest]
                                   legacy=ledger._legacy_keys)
         ids = {a for i in pending for a in (requests[i].transfer.debit_account_id,
                                             requests[i].transfer.credit_account_id)}
-        accounts = {row.id: dict(row._mapping) for row in
-                    conn.execute(select(ACCOUNTS).where(ACCOUNTS.c.id.in_(sorted(ids))))}
-        head = conn.execute(select(HEAD).where(HEAD.c.id == 1).with_for_update()).one()
-        sequence, prev_hash = head.sequence, head.hash
+        accounts = {row.id: dict(row._mapping) for row in conn.execute(
+            select(ACCOUNTS).where(ACCOUNTS.c.id.in_(sorted(ids))).order_by(ACCOUNTS.c.id)
+            .with_for_update())}
+        sealing = ledger._sqlite  # SQLite seals as it writes; PostgreSQL's sealer does later
+        if sealing:
+            head = conn.execute(select(HEAD).where(HEAD.c.id == 1)).one()
+            sequence, prev_hash = head.sequence, head.hash
         postings: list[dict[str, Any]] = []
         entries: list[dict[str, Any]] = []
         records: list[dict[str, Any]] = []
         touched: set[str] = set()
-        seen: dict[str, tuple[str, Posting | AgentmarketError]] = {}
+        made: list[tuple[int, str, tuple[Leg, Leg]]] = []  # (request, digest, legs)
+        seen: dict[str, tuple[str, Posting | AgentmarketError | None]] = {}
         for i in pending:
             request = requests[i]
             key, digest = request.idempotency_key, request.digest()
@@ -117,23 +130,40 @@ def post_transfers(ledger: Ledger, requests: Sequence[TransferRequest]
                     records.append(_idempotency.row_values(scope, key, "transfer", digest,
                                                            now_ms, error=error))
                 continue
-            sequence += 1
-            fields = dict(sequence=sequence, idempotency_key=key, kind="transfer", hold_id="",
+            fields = dict(sequence=0, idempotency_key=key, kind="transfer", hold_id="",
                           created_at_ms=now_ms, memo=request.memo, trace_id=trace_id,
                           span_id=span_id)
-            digest_hash = posting_hash(prev_hash, legs=legs, **fields)
-            postings.append({**fields, "prev_hash": prev_hash, "hash": digest_hash})
-            prev_hash = digest_hash
-            posting = Posting(legs=legs, hash=digest_hash, **fields)
+            postings.append(fields)
+            made.append((i, digest, legs))
             for leg in legs:
                 touched.add(leg.account_id)
-                entries.append(dict(sequence=sequence, account_id=leg.account_id,
+            seen[key] = (digest, None)
+        numbers = (list(range(sequence + 1, sequence + 1 + len(postings))) if sealing
+                   else next_sequences(conn, len(postings)) if postings else [])
+        for fields, number, (i, digest, legs) in zip(postings, numbers, made, strict=True):
+            request = requests[i]
+            fields["sequence"] = number
+            if sealing:
+                fields["hash"] = posting_hash(prev_hash, legs=legs, **fields)
+                fields.update(prev_hash=prev_hash, position=number)
+                prev_hash = fields["hash"]
+            else:
+                fields.update(prev_hash="", hash="")
+            transaction_postings(conn).append(number)
+            posting = Posting(legs=legs, **{k: v for k, v in fields.items()
+                                            if k != "position" and k != "prev_hash"})
+            for leg in legs:
+                entries.append(dict(sequence=number, account_id=leg.account_id,
                                     currency=leg.currency, posted_atomic=leg.posted_atomic,
                                     pending_debit_atomic=0, pending_credit_atomic=0))
             results[i] = posting
-            seen[key] = (digest, posting)
-            records.append(_idempotency.row_values(scope, key, "transfer", digest, now_ms,
-                                                   result=posting.to_json()))
+            records.append(_idempotency.row_values(scope, request.idempotency_key, "transfer",
+                                                   digest, now_ms, result=posting.to_json()))
+        for i in pending:  # a key repeated in this call gets its first transfer's outcome
+            if results[i] is None:
+                first = next(results[j] for j, d, _ in made
+                             if requests[j].idempotency_key == requests[i].idempotency_key)
+                results[i] = first
         if postings:
             conn.execute(insert(POSTINGS), postings)
             conn.execute(insert(ENTRIES), entries)
@@ -143,8 +173,9 @@ def post_transfers(ledger: Ledger, requests: Sequence[TransferRequest]
                     posted_debits_atomic=bindparam("b_dr")),
                 [{"b_id": a, "b_cr": accounts[a]["posted_credits_atomic"],
                   "b_dr": accounts[a]["posted_debits_atomic"]} for a in sorted(touched)])
-            conn.execute(update(HEAD).where(HEAD.c.id == 1).values(sequence=sequence,
-                                                                   hash=prev_hash))
+            if sealing:
+                conn.execute(update(HEAD).where(HEAD.c.id == 1).values(
+                    sequence=numbers[-1], hash=prev_hash))
         if records:
             conn.execute(insert(KEYS), records)
     for i in checked:  # after the bulk commit, each in its own guarded transaction

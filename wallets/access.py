@@ -11,6 +11,9 @@ Roles:
                  the system accounts (owners that are not agent keys: "marketplace" fees and
                  dispute escrow).
     operator     a configured operator key: approvals, unfreezes, and reading any wallet.
+    identity provider  a configured key of an e-CNY authorised operator's identity
+                 verification: sets e-CNY wallet tiers (an operator may too), as the real
+                 e-CNY raises a wallet's category once the holder's identity is verified.
 
     method                          allowed
     ListCurrencies, GetQuote        any authenticated caller
@@ -25,6 +28,11 @@ Roles:
     GrantMandate                    owner, or the mandate's agent (the owner signs the terms)
     RevokeMandate                   any authenticated caller (the owner signs the revocation)
     GetMandate                      owner, the mandate's agent, or operator
+    GetDepositInstructions          owner, or operator
+    RegisterDepositAddress          owner (the address's key signs the registration too)
+    SetEcnyTier                     identity authority: an operator or an identity provider,
+                                    never the wallet's own agent
+    GetEcnyWallet                   owner, operator, or identity provider
 Rail accounts are never debited over the API (only Deposit and Withdraw move them): a
 transfer out of one would mint money. A method without a rule is refused (deny by default).
 
@@ -65,9 +73,13 @@ class Principals:
 
     operators: frozenset[str] = frozenset()
     marketplace: frozenset[str] = frozenset()  # the node's keys; operators count too
+    identity_providers: frozenset[str] = frozenset()  # set e-CNY tiers; operators count too
 
     def is_operator(self, caller: str) -> bool:
         return caller in self.operators
+
+    def is_identity_authority(self, caller: str) -> bool:
+        return caller in self.identity_providers or caller in self.operators
 
     def is_marketplace(self, caller: str) -> bool:
         return caller in self.marketplace or caller in self.operators
@@ -94,6 +106,9 @@ class WalletAccess:
             "Unfreeze": self._operator, "Approve": self._operator, "Deny": self._operator,
             "ListAlerts": self._list, "ListApprovals": self._list,
             "GrantMandate": self._grant, "GetMandate": self._get_mandate,
+            "GetDepositInstructions": self._instructions,
+            "RegisterDepositAddress": self._register_address,
+            "SetEcnyTier": self._set_tier, "GetEcnyWallet": self._read_tier,
         }
 
     # ---- who owns what --------------------------------------------------------------------
@@ -203,3 +218,30 @@ class WalletAccess:
             raise Forbidden("mandate-parties-read", f"only the owner, the mandate's agent or "
                                                     f"an operator reads mandate "
                                                     f"{request.mandate_id[:12]}…")
+
+    def _instructions(self, caller: str, request: Any) -> None:
+        self._owner_or_operator("wallet-owner-reads", caller, request.account_id,
+                                "read its deposit instructions")
+
+    def _register_address(self, caller: str, request: Any) -> None:
+        if not self._acts_for(caller, self._account(request.account_id)):
+            raise Forbidden("deposit-own-wallet", f"only the owner of account "
+                                                  f"{request.account_id} registers addresses "
+                                                  f"that fund it; caller {_short(caller)} is "
+                                                  "not")
+
+    def _set_tier(self, caller: str, request: Any) -> None:
+        if not self.principals.is_identity_authority(caller):
+            raise Forbidden("identity-authority-sets-tier", f"only an identity authority (an "
+                                                            f"operator or a configured identity "
+                                                            f"provider) sets e-CNY wallet tiers; "
+                                                            f"caller {_short(caller)} is neither")
+        if caller == self._account(request.account_id).owner:
+            raise Forbidden("identity-authority-sets-tier", "an agent never sets its own "
+                                                            "wallet's tier, even as an authority")
+
+    def _read_tier(self, caller: str, request: Any) -> None:
+        if self.principals.is_identity_authority(caller):
+            return
+        self._owner_or_operator("wallet-owner-reads", caller, request.account_id,
+                                "read its e-CNY tier")

@@ -20,6 +20,13 @@ are anonymous, with a balance cap of 10,000 CNY, 2,000 per payment and 5,000 per
     3         valid ID, remotely (ASSUMPTION)      20,000    5,000         10,000    -
     4         mobile phone number only (anonymous) 10,000    2,000         5,000     50,000
 
+Who raises a tier. In e-CNY the holder does not choose its category: the authorised operator
+verifies the identity behind the wallet (a phone number, an ID document, a bound bank account, a
+visit to the counter) and upgrades it. Here that operator's identity service is an agent key the
+node trusts (`MarketplaceNode(ecny_identity_providers=...)`, `serve --ecny-identity-provider`,
+or an operator key): it calls `SetEcnyTier` over gRPC (`EcnyWallets.register`) with its own
+reference to the identity record; the wallet's own agent never can (`wallets.access`).
+
 Category 3's figures are not published by the PBOC: they are an assumption (between the two
 published tiers), marked as such in `DEFAULT_TIERS`. The caps of categories 1 and 2 beyond
 those quoted ("-") are not published either; none is enforced.
@@ -69,7 +76,7 @@ from typing import Any
 from sqlalchemy import Connection, insert, select, update
 
 from wallets.errors import FailedPrecondition, InvalidArgument
-from wallets.guard import SpendContext, SpendGuard
+from wallets.guard import SpendContext, SpendGuard, lock_wallets
 from wallets.models import Balance, Transfer
 from wallets.tables import EcnyCounterRow, EcnyPaymentRow, EcnyWalletRow
 
@@ -158,6 +165,10 @@ class EcnyGuard(SpendGuard):
 
     def check(self, conn: Connection, key: str, operation: str, transfers: Sequence[Transfer],
               accounts: Mapping[str, Balance], spend: SpendContext | None) -> None:
+        # every e-CNY wallet a cap is checked on, locked first (in account order)
+        lock_wallets(conn, {a for t in transfers for a in (t.debit_account_id,
+                                                           t.credit_account_id)
+                            if _is_ecny_wallet(accounts[a])})
         super().check(conn, key, operation, transfers, accounts, spend)
         assert self._ledger is not None
         now_ms = self._ledger.clock_ms()
@@ -192,7 +203,11 @@ class EcnyGuard(SpendGuard):
     def _check_balance(self, conn: Connection, account: Balance, incoming: int) -> None:
         wallet = wallet_of(conn, account.account_id, self.rules)
         cap = self.rules.tier(wallet.category).balance_cap_atomic
-        after = account.posted_atomic + account.pending_credits_atomic + incoming
+        from wallets.ledger import ACCOUNTS
+
+        now = conn.execute(select(ACCOUNTS).where(ACCOUNTS.c.id == account.account_id)).one()
+        after = (now.posted_credits_atomic - now.posted_debits_atomic
+                 + now.pending_credits_atomic + incoming)  # as locked, not as first read
         if cap and after > cap:
             raise TierLimit(f"e-CNY wallet {wallet.pseudonym} (category {wallet.category}) holds "
                             f"at most {_fmt(cap)} CNY; this credit would make {_fmt(after)} "

@@ -2,9 +2,10 @@
 
 The ledger calls `SpendGuard.check` inside the write transaction of every posting that debits a
 wallet account (transfers, linked postings, withdrawals, conversions, holds; escrow holds too),
-after it has read the accounts and before it applies the legs. That transaction is serialised
-against every other ledger write (SQLite: one writer; PostgreSQL: the ledger head row locked
-first), so each check-then-count is atomic: 50 concurrent spends never pass a daily cap by one
+after it has read the accounts and before it applies the legs. Before reading any control it
+locks the wallets it checks (SQLite: one writer anyway; PostgreSQL: their account rows FOR
+UPDATE, in account order), and every spend from a wallet passes here or through a hold that
+did, so each check-then-count is atomic: 50 concurrent spends never pass a daily cap by one
 atomic unit. A refusal raises, and the posting's savepoint rolls back the counters with it.
 Captures of a hold are not checked again: the hold was authorised when it was placed.
 
@@ -28,21 +29,23 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, select
 
 from wallets import _idempotency, anomaly, approvals, mandates, policies
 from wallets.errors import InvalidArgument, WalletFrozen
 from wallets.models import Balance, Transfer
 from wallets.policies import Policy
+from wallets.tables import AccountRow
 
 if TYPE_CHECKING:
     from wallets.ledger import Ledger
 
 log = logging.getLogger("agentmarket.wallets.guard")
+ACCOUNTS = AccountRow.__table__  # type: ignore[attr-defined]
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 MAX_NAME = 128
 
@@ -77,6 +80,14 @@ class SpendContext:
                                               "spender_id") if getattr(self, k)}
 
 
+def lock_wallets(conn: Connection, account_ids: Iterable[str]) -> None:
+    """Lock these account rows for the rest of the transaction, in a fixed order (no deadlock
+    between two spends locking the same wallets): what a check reads about them after this
+    stays true until it commits. (SQLite serialises writers; FOR UPDATE is not rendered.)"""
+    conn.execute(select(ACCOUNTS.c.id).where(ACCOUNTS.c.id.in_(sorted(account_ids)))
+                 .order_by(ACCOUNTS.c.id).with_for_update())
+
+
 class Effect(Protocol):
     def persist(self, conn: Connection) -> None: ...
 
@@ -108,6 +119,7 @@ class SpendGuard:
         if not debits:
             return
         assert self._ledger is not None, "attach the guard to its ledger first"
+        lock_wallets(conn, debits)
         now_ms = self._ledger.clock_ms()
         rows = policies.load_rows(conn, sorted(debits))
         for account_id in sorted(debits):

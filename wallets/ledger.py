@@ -4,10 +4,16 @@ Every money movement is one posting whose legs sum to zero per currency (posted,
 debits against pending credits). Rails and the marketplace's fee income are accounts too, so the
 sum of every account's posted balance in a currency is always zero.
 
-Concurrency: every write transaction locks the single chain-head row before it reads anything
-(SQLite: BEGIN IMMEDIATE and one writer per process; PostgreSQL: SELECT ... FOR UPDATE), then
-changes balances with conditional UPDATEs that refuse to take an account below its limit. No
-double spend relies on isolation levels alone.
+Concurrency: on SQLite every write transaction is BEGIN IMMEDIATE (one writer per process,
+group commit), and each posting is sealed into the hash chain as it is written. On PostgreSQL a
+write transaction locks exactly the rows it depends on: balances change only by conditional
+UPDATEs that refuse to take an account below its limit (each locks its account row, legs in
+account order); a hold being captured or voided is read FOR UPDATE, as are the wallets whose
+spend controls a debit checks (`wallets.guard`) and other state a decision reads; idempotency
+keys are unique, so a concurrent duplicate loses and replays. Postings are numbered at insert
+and commit unsealed; the sealer (`wallets.sealer`) links them into the chain afterwards. So
+postings on different accounts commit in parallel, and no double spend relies on isolation
+levels alone.
 """
 
 from __future__ import annotations
@@ -28,9 +34,10 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from wallets import _idempotency
 from wallets._bulk import TransferRequest, post_transfers
@@ -51,6 +58,7 @@ from wallets.errors import (
 )
 from wallets.guard import SpendContext, SpendGuard  # spend-guard hook
 from wallets.models import Balance, Hold, Leg, Posting, Transfer
+from wallets.sealer import Sealer, seal
 from wallets.store import WriteSerializer, create_schema, is_sqlite
 from wallets.tables import (
     AccountRow,
@@ -94,6 +102,9 @@ _APPLY_LEG = _apply_leg_statement()
 _SELECT_ACCOUNTS = select(ACCOUNTS).where(ACCOUNTS.c.id.in_(bindparam("ids", expanding=True)))
 _HEAD_FOR_UPDATE = select(HEAD).where(HEAD.c.id == 1).with_for_update()
 _INSERT_POSTING = insert(POSTINGS)
+_INSERT_UNSEALED = (insert(POSTINGS).values(sequence=func.nextval("ledger_posting_seq"))
+                    .returning(POSTINGS.c.sequence))
+_NEXT_SEQUENCES = text("SELECT nextval('ledger_posting_seq') FROM generate_series(1, :n)")
 _INSERT_ENTRY = insert(ENTRIES)
 _UPDATE_HEAD = update(HEAD).where(HEAD.c.id == 1).values(sequence=bindparam("h_sequence"),
                                                          hash=bindparam("h_hash"))
@@ -101,7 +112,25 @@ MAX_HOLD_TIMEOUT_S = 30 * 24 * 3600
 MAX_LEGS = 64
 MAX_MEMO = 256
 INT64_MAX = 2**63 - 1  # the BIGINT columns' limit
+RETRIED_SQLSTATES = ("40P01", "40001")  # deadlock detected, serialization failure
+POSTINGS_OF_TRANSACTION = "agentmarket_postings"  # conn.info: sequences written in this one
 T = TypeVar("T")
+
+
+def transaction_postings(conn: Connection) -> list[int]:
+    """The sequences of the postings written so far in `conn`'s write transaction, in order
+    (some may belong to savepoints since rolled back: look them up to see)."""
+    return conn.info.setdefault(POSTINGS_OF_TRANSACTION, [])
+
+
+def next_sequences(conn: Connection, n: int) -> list[int]:
+    """`n` fresh posting numbers on PostgreSQL (never reused; gaps where a writer rolls back)."""
+    return sorted(int(v) for v in conn.execute(_NEXT_SEQUENCES, {"n": n}).scalars())
+
+
+def _retryable(error: OperationalError) -> bool:
+    """A deadlock between row locks (PostgreSQL aborts one side) or the like: run again."""
+    return getattr(error.orig, "sqlstate", None) in RETRIED_SQLSTATES
 
 
 class _Outcome:
@@ -157,10 +186,13 @@ class Ledger:
     """The ledger over one database. Thread-safe; share one per process and engine."""
 
     def __init__(self, engine: Engine, *, clock_ms: Callable[[], int] | None = None,
-                 group_commit: bool = True, guard: SpendGuard | None = None) -> None:
+                 group_commit: bool = True, guard: SpendGuard | None = None,
+                 sealer: bool | None = None) -> None:
         """`group_commit`: concurrent writers share transactions and commits (see
         `wallets._group_commit`); off, each mutation commits on its own. `guard`: checks every
-        wallet debit against its policy and mandates (`wallets.guard`; one is made by default)."""
+        wallet debit against its policy and mandates (`wallets.guard`; one is made by default).
+        `sealer`: run a background sealer (`wallets.sealer`; one process at a time holds its
+        lease); by default on PostgreSQL (SQLite seals as it writes)."""
         self.engine = engine
         self.clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
         self.spend_guard = (guard or SpendGuard()).attach(self)  # spend-guard hook
@@ -175,12 +207,23 @@ class Ledger:
             self._legacy_keys = conn.execute(select(KEYS.c.key).where(
                 KEYS.c.scope == _idempotency.LEGACY_SCOPE).limit(1)).first() is not None
         self._committer = GroupCommitter(self._run_batch) if group_commit else None
+        run_sealer = (not self._sqlite) if sealer is None else sealer
+        self._sealer = Sealer(engine, f"agentmarket ledger sealer {uuid.uuid4().hex[:8]}"
+                              ).start() if run_sealer else None
 
     def close(self) -> None:
-        """Stop the writer thread after the queued writes (the engine stays open)."""
+        """Stop the writer and sealer threads after the queued writes (the engine stays open)."""
         if self._committer is not None:
             self._committer.close()
             self._committer = None
+        if self._sealer is not None:
+            self._sealer.close()
+            self._sealer = None
+
+    def seal(self) -> int:
+        """Seal every posting committed so far into the hash chain now (`wallets.sealer`);
+        returns how many were waiting."""
+        return seal(self.engine)
 
     # ---- transactions -------------------------------------------------------------------
 
@@ -194,11 +237,9 @@ class Ledger:
                 tx.guard.__enter__()
                 tx.ctx = self.engine.begin()
                 conn = tx.ctx.__enter__()
-                if not self._sqlite:
-                    # Lock the head before reading anything (idempotency keys, holds): reads
-                    # under READ COMMITTED that precede the lock may be stale by the time we
-                    # post (1000 concurrent captures of one hold all succeeded without this).
-                    conn.execute(select(HEAD.c.id).where(HEAD.c.id == 1).with_for_update())
+                # No lock on PostgreSQL until a row is touched: whatever a decision reads is
+                # read FOR UPDATE (holds, guarded wallets) or guarded by the UPDATE itself.
+                conn.info[POSTINGS_OF_TRANSACTION] = []
                 return conn
 
             def __exit__(tx, *exc: Any) -> None:
@@ -242,13 +283,16 @@ class Ledger:
 
     def _mutate_alone(self, *args: Any) -> Any:
         """One mutation in its own transaction, retried when a concurrent duplicate wins."""
-        for _attempt in range(3):
+        for _attempt in range(5):
             try:
                 with self._write() as conn:
                     outcome = self._run_item(conn, *args)
                 return outcome.unwrap()
             except IntegrityError:
                 continue  # a concurrent duplicate won the key; the next attempt replays it
+            except OperationalError as error:
+                if not _retryable(error):
+                    raise
         raise Contended(f"idempotency key {args[1]!r} is contended; retry the request")
 
     def _run_batch(self, batch: list[WorkItem]) -> None:
@@ -287,13 +331,16 @@ class Ledger:
                 item.error = error
 
     def _run_alone(self, item: WorkItem) -> Any:
-        for _attempt in range(3):
+        for _attempt in range(5):
             try:
                 with self._write() as conn:
                     outcome = item.run(conn)
                 return outcome.unwrap()
             except IntegrityError:
                 continue
+            except OperationalError as error:
+                if not _retryable(error):
+                    raise
         raise Contended("idempotency key is contended; retry the request")
 
     def _run_item(self, conn: Connection, scope: str, key: str, operation: str,
@@ -457,22 +504,30 @@ class Ledger:
             posted = sum(leg.posted_atomic for leg in same)
             pending = sum(leg.pending_debit_atomic - leg.pending_credit_atomic for leg in same)
             assert posted == 0 and pending == 0, f"unbalanced posting in {code}: {legs}"
-        head = conn.execute(_HEAD_FOR_UPDATE).one()
         for leg in sorted(legs, key=lambda leg: leg.account_id):
             self._apply_leg(conn, leg)
-        sequence = head.sequence + 1
         now_ms = self.clock_ms()
         trace_id, span_id = _current_trace()
-        fields = dict(sequence=sequence, idempotency_key=key, kind=kind, hold_id=hold_id,
-                      created_at_ms=now_ms, memo=memo, trace_id=trace_id, span_id=span_id)
-        digest = posting_hash(head.hash, legs=legs, **fields)
-        conn.execute(_INSERT_POSTING, [{**fields, "prev_hash": head.hash, "hash": digest}])
+        fields: dict[str, Any] = dict(idempotency_key=key, kind=kind, hold_id=hold_id,
+                                      created_at_ms=now_ms, memo=memo, trace_id=trace_id,
+                                      span_id=span_id)
+        if self._sqlite:  # writers are serialised: seal as we write, position = sequence
+            head = conn.execute(_HEAD_FOR_UPDATE).one()
+            sequence = fields["sequence"] = head.sequence + 1
+            digest = posting_hash(head.hash, legs=legs, **fields)
+            conn.execute(_INSERT_POSTING, [{**fields, "prev_hash": head.hash, "hash": digest,
+                                            "position": sequence}])
+            conn.execute(_UPDATE_HEAD, {"h_sequence": sequence, "h_hash": digest})
+        else:  # numbered now, sealed into the chain after commit (`wallets.sealer`)
+            digest = ""
+            sequence = fields["sequence"] = conn.execute(
+                _INSERT_UNSEALED, {**fields, "prev_hash": "", "hash": ""}).scalar_one()
+        transaction_postings(conn).append(sequence)
         conn.execute(_INSERT_ENTRY, [
             dict(sequence=sequence, account_id=leg.account_id, currency=leg.currency,
                  posted_atomic=leg.posted_atomic, pending_debit_atomic=leg.pending_debit_atomic,
                  pending_credit_atomic=leg.pending_credit_atomic) for leg in legs
         ])
-        conn.execute(_UPDATE_HEAD, {"h_sequence": sequence, "h_hash": digest})
         return Posting(legs=tuple(legs), hash=digest, **fields)
 
     def _apply_leg(self, conn: Connection, leg: Leg) -> None:
@@ -636,13 +691,15 @@ class Ledger:
         return posting
 
     def _hold_row(self, conn: Connection, hold_id: str) -> Hold:
-        row = conn.execute(select(HOLDS).where(HOLDS.c.id == hold_id)).first()
+        row = conn.execute(select(HOLDS).where(HOLDS.c.id == hold_id).with_for_update()).first()
         if row is None:
             raise NotFound(f"hold {hold_id!r} does not exist")
         return _hold(row)
 
     def _open_hold(self, conn: Connection, hold_id: str, preimage: bytes = b"") -> Hold:
-        row = conn.execute(select(HOLDS).where(HOLDS.c.id == hold_id)).first()
+        """The hold, FOR UPDATE: concurrent captures of one hold queue here and each sees what
+        the one before left (1000 concurrent captures of one hold all succeeded without it)."""
+        row = conn.execute(select(HOLDS).where(HOLDS.c.id == hold_id).with_for_update()).first()
         if row is None:
             raise NotFound(f"hold {hold_id!r} does not exist")
         hold = _hold(row)

@@ -199,7 +199,8 @@ def grant(conn: Connection, wallet: Balance, terms: MandateTerms, data: bytes,
 def load(conn: Connection, mandate: str, now_ms: int) -> Mandate:
     if not is_key(mandate):
         raise InvalidArgument("mandate_id must be 64 hex characters")
-    row = conn.execute(select(MANDATES).where(MANDATES.c.id == mandate)).first()
+    row = conn.execute(select(MANDATES).where(MANDATES.c.id == mandate)
+                       .with_for_update()).first()  # its total is checked, then counted
     if row is None:
         raise NotFound(f"mandate {mandate} does not exist")
     return Mandate.from_row(row, now_ms)

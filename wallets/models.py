@@ -111,6 +111,7 @@ class CheckReport:
     accounts: int = 0
     postings: int = 0
     problems: list[str] = field(default_factory=list)
+    unsealed: int = 0  # committed postings the sealer has not linked into the chain yet
 
     @property
     def ok(self) -> bool:

@@ -3,6 +3,10 @@
 Each rail is an account of kind "rail" in the ledger (it may go negative: it stands for money
 outside), so deposits and withdrawals are ordinary balanced postings.
 
+A chain rail (`ChainRail`: USDC on an EVM, `wallets.evm`) works the other way round: a
+deposit is claimed by the chain (a token transfer from an address the wallet's owner registered
+by signing with its key), and a payout names a destination address.
+
 How a real rail plugs in (a bank, an e-CNY operator, a USDC chain): implement `Rail` and pass it
 to `WalletService(ledger, rails=[...])`.
 - `name` (unique, e.g. "ecny-pboc") and `currency`; amounts it sees are always whole steps of the
@@ -31,7 +35,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from wallets.currencies import Currency
 from wallets.errors import InvalidArgument
@@ -75,6 +79,53 @@ class SandboxRail:
 
     def send_payout(self, reference: str, amount_atomic: int) -> None:
         self.payouts.setdefault(reference, amount_atomic)
+
+
+@dataclass(frozen=True, slots=True)
+class DepositInstructions:
+    """How to fund a wallet through a chain rail: register the sending address by signing
+    `message` with its key (EIP-191), then transfer the token to `rail_address`; the deposit is
+    credited after `confirmations` blocks."""
+
+    rail: str
+    currency: str
+    rail_address: str
+    token_address: str
+    chain_id: int
+    confirmations: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class DepositAddress:
+    """An address whose transfers to the rail credit `account_id` (of agent `agent_id`)."""
+
+    rail: str
+    address: str  # EIP-55 checksummed
+    account_id: str
+    agent_id: str
+    rail_address: str  # where to send the tokens
+    confirmations: int
+
+
+class ChainRail(Rail, Protocol):
+    """A rail on a chain (`wallets.evm.UsdcRail`): deposits are claimed by the chain from
+    registered addresses, payouts go to a destination address."""
+
+    def deposit_instructions(self, account_id: str, address: str) -> DepositInstructions:
+        """Where to send tokens from `address` for `account_id`, and what to sign first."""
+
+    def register_address(self, key: str, account_id: str, address: str,
+                         signature: bytes) -> DepositAddress:
+        """Credit what `address` sends to the rail to `account_id` (its key signed)."""
+
+    def withdraw(self, key: str, account_id: str, amount_atomic: int,
+                 to_address: str) -> Any:
+        """Pay out to `to_address`; idempotent under `key`; returns the posting."""
+
+
+def is_chain_rail(rail: Rail) -> bool:
+    return callable(getattr(rail, "register_address", None))
 
 
 def payout_reference(scope: str, key: str) -> str:

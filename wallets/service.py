@@ -14,15 +14,20 @@ from wallets import _idempotency
 from wallets._idempotency import NODE_SCOPE, check_key
 from wallets.controls import WalletControls
 from wallets.currencies import CURRENCIES, check_amount, currency
+from wallets.ecny import EcnyGuard, EcnyWallets
 from wallets.errors import FailedPrecondition, HoldClosed, InvalidAmount, InvalidArgument, NotFound
 from wallets.fx import FxDesk, FxProvider
 from wallets.ledger import Ledger
 from wallets.models import Balance, Hold, Posting, Transfer
 from wallets.rails import (
     SETTLEMENT_GRACE_S,
+    ChainRail,
+    DepositAddress,
+    DepositInstructions,
     PendingWithdrawal,
     Rail,
     SandboxRail,
+    is_chain_rail,
     payout_reference,
 )
 from wallets.tables import RailDepositRow, RailWithdrawalRow
@@ -41,10 +46,25 @@ class WalletService:
         self.rails: dict[str, Rail] = {}
         for rail in rails or [SandboxRail(c) for c in CURRENCIES.values()]:
             self.rails[rail.name] = rail
+        guard = ledger.spend_guard
+        self.ecny = EcnyWallets(ledger) if isinstance(guard, EcnyGuard) else None
+
+    def ecny_wallets(self) -> EcnyWallets:
+        """The e-CNY tier registry, on a ledger that applies e-CNY's wallet rules."""
+        if self.ecny is None:
+            raise FailedPrecondition("this node does not apply e-CNY's wallet rules (serve it "
+                                     "with --ecny): ECNY wallets have no tiers here",
+                                     reason="ECNY_NOT_ENABLED")
+        return self.ecny
 
     def rail(self, name: str, currency_code: str) -> Rail:
+        """The rail `name` carrying `currency_code`; no name: the currency's sandbox rail, or
+        its only rail."""
         code = currency(currency_code).code
-        name = name or f"sandbox-{code.lower()}"
+        if not name:
+            carrying = sorted(r.name for r in self.rails.values() if r.currency.code == code)
+            sandbox = f"sandbox-{code.lower()}"
+            name = sandbox if sandbox in carrying or len(carrying) != 1 else carrying[0]
         found = self.rails.get(name)
         if found is None:
             raise NotFound(f"rail {name!r} does not exist; rails: {', '.join(sorted(self.rails))}")
@@ -98,16 +118,26 @@ class WalletService:
                                   Posting.from_json, scope=scope)
 
     def withdraw(self, key: str, account_id: str, amount_atomic: int, currency_code: str,
-                 rail_name: str = "") -> Posting:
+                 rail_name: str = "", destination: str = "") -> Posting:
         """Pay out through a rail, rounded down to its precision; the remainder stays here.
 
         With a rail settlement delay the result is the posting of a hold (kind "hold") that
         `settle_due` captures once the delay has passed; without one, the withdrawal itself.
-        The rail is told `payout_reference(scope, key)`: one payout per request."""
+        The rail is told `payout_reference(scope, key)`: one payout per request. A chain rail
+        pays `destination` (an address), in a transaction named on the posting."""
         check_key(key)
         check_amount(amount_atomic)
         wallet = self._wallet(account_id, currency_code)
         rail = self.rail(rail_name, wallet.currency)
+        if is_chain_rail(rail):
+            if not destination:
+                raise InvalidArgument(f"a withdrawal on {rail.name} needs a destination "
+                                      "address (0x...)")
+            return rail.withdraw(key, account_id, amount_atomic,  # type: ignore[attr-defined]
+                                 destination)
+        if destination:
+            raise InvalidArgument(f"{rail.name} pays out to the wallet owner's account on "
+                                  "file: destination is for chain rails only")
         payable, _remainder = rail.currency.to_rail(amount_atomic)
         if payable == 0:
             raise InvalidAmount(
@@ -152,6 +182,36 @@ class WalletService:
                                   Hold.from_json, scope=scope)
         return self.ledger.postings(hold_id=hold.hold_id, limit=1)[0]
 
+    def chain_rail(self, account_id: str, rail_name: str = "") -> ChainRail:
+        """The chain rail of the wallet's currency (or `rail_name`)."""
+        wallet = self.ledger.balance(account_id)
+        if rail_name:
+            rail = self.rail(rail_name, wallet.currency)
+        else:
+            chains = [r for r in self.rails.values()
+                      if r.currency.code == wallet.currency and is_chain_rail(r)]
+            if not chains:
+                raise FailedPrecondition(f"this node has no chain rail for {wallet.currency}",
+                                         reason="NO_CHAIN_RAIL")
+            rail = chains[0]
+        if not is_chain_rail(rail):
+            raise FailedPrecondition(f"{rail.name} is not a chain rail: its deposits are not "
+                                     "claimed from addresses", reason="NO_CHAIN_RAIL")
+        return rail  # type: ignore[return-value]
+
+    def deposit_instructions(self, account_id: str, address: str,
+                             rail_name: str = "") -> DepositInstructions:
+        """How the wallet's owner funds it from `address` over a chain rail."""
+        return self.chain_rail(account_id, rail_name).deposit_instructions(account_id, address)
+
+    def register_deposit_address(self, key: str, account_id: str, address: str,
+                                 signature: bytes, rail_name: str = "") -> DepositAddress:
+        """Credit the wallet with what `address` sends to the chain rail, once its key has
+        signed the rail's registration message (`deposit_instructions`). Idempotent."""
+        check_key(key)
+        return self.chain_rail(account_id, rail_name).register_address(
+            key, account_id, address, signature)
+
     def settle_due(self, *, limit: int = 100) -> int:
         """The sweep for delayed withdrawals: capture each one due to its rail account, then
         pay it out (again, if a sweep died after the capture). Returns how many were paid.
@@ -183,7 +243,7 @@ class WalletService:
     def _capture(self, row: RailWithdrawalRow) -> str:
         def apply(conn: Connection) -> str:
             current = conn.execute(select(WITHDRAWALS.c.status).where(
-                WITHDRAWALS.c.hold_id == row.hold_id)).one()
+                WITHDRAWALS.c.hold_id == row.hold_id).with_for_update()).one()
             if current.status != "pending":
                 return str(current.status)
             try:

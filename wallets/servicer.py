@@ -8,6 +8,7 @@ from wallets import policies
 from wallets.anomaly import Alert
 from wallets.approvals import Approval
 from wallets.currencies import CURRENCIES
+from wallets.ecny import EcnyWallet, EcnyWallets
 from wallets.errors import InvalidArgument
 from wallets.fx import Conversion, FxQuote
 from wallets.grpc_errors import grpc_method
@@ -168,7 +169,8 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
     def Withdraw(self, request, context):  # type: ignore[no-untyped-def]
         amount, code = _money(request.amount)
         return posting_message(self.wallets.withdraw(
-            request.idempotency_key, request.account_id, amount, code, request.rail))
+            request.idempotency_key, request.account_id, amount, code, request.rail,
+            request.destination))
 
     @grpc_method
     def Transfer(self, request, context):  # type: ignore[no-untyped-def]
@@ -276,3 +278,48 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
         return conversion_message(self.wallets.fx.convert(
             request.idempotency_key, request.quote_id, request.from_account_id,
             request.to_account_id, amount, spend=_spend(request)))
+
+    # ---- chain rails ------------------------------------------------------------------------
+
+    @grpc_method
+    def GetDepositInstructions(self, request, context):  # type: ignore[no-untyped-def]
+        found = self.wallets.deposit_instructions(request.account_id, request.address,
+                                                  request.rail)
+        return wallet_pb2.DepositInstructions(
+            rail=found.rail, currency=found.currency, rail_address=found.rail_address,
+            token_address=found.token_address, chain_id=found.chain_id,
+            confirmations=found.confirmations, registration_message=found.message)
+
+    @grpc_method
+    def RegisterDepositAddress(self, request, context):  # type: ignore[no-untyped-def]
+        found = self.wallets.register_deposit_address(
+            request.idempotency_key, request.account_id, request.address, request.signature,
+            request.rail)
+        return wallet_pb2.DepositAddress(
+            rail=found.rail, address=found.address, account_id=found.account_id,
+            agent_id=found.agent_id, rail_address=found.rail_address,
+            confirmations=found.confirmations)
+
+    # ---- e-CNY tiers ------------------------------------------------------------------------
+
+    @grpc_method
+    def SetEcnyTier(self, request, context):  # type: ignore[no-untyped-def]
+        registry = self.wallets.ecny_wallets()
+        return ecny_wallet_message(registry, registry.register(
+            request.idempotency_key, request.account_id, request.category,
+            request.identity_ref))
+
+    @grpc_method
+    def GetEcnyWallet(self, request, context):  # type: ignore[no-untyped-def]
+        registry = self.wallets.ecny_wallets()
+        return ecny_wallet_message(registry, registry.wallet(request.account_id))
+
+
+def ecny_wallet_message(registry: EcnyWallets, w: EcnyWallet) -> wallet_pb2.EcnyWallet:
+    tier = registry.rules.tier(w.category)
+    return wallet_pb2.EcnyWallet(
+        account_id=w.account_id, category=w.category, pseudonym=w.pseudonym,
+        identity_ref=w.identity_ref, registered=w.registered,
+        verified_identity=tier.verified_identity, balance_cap_atomic=tier.balance_cap_atomic,
+        per_payment_cap_atomic=tier.per_payment_cap_atomic,
+        daily_cap_atomic=tier.daily_cap_atomic, annual_cap_atomic=tier.annual_cap_atomic)

@@ -12,6 +12,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlmodel import Field, SQLModel
 
@@ -37,7 +38,16 @@ class AccountRow(SQLModel, table=True):
 
 
 class PostingRow(SQLModel, table=True):
+    """A posting, numbered at insert (`sequence`). The sealer (`wallets.sealer`) links it into
+    the hash chain after it commits: its `position` there, `prev_hash` and `hash` ('' and
+    NULL until then)."""
+
     __tablename__ = "ledger_postings"
+    __table_args__ = (
+        Index("ix_ledger_postings_position", "position", unique=True),
+        Index("ix_ledger_postings_unsealed", "sequence",
+              postgresql_where=text("position IS NULL"), sqlite_where=text("position IS NULL")),
+    )
 
     sequence: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
     idempotency_key: str = Field(index=True, max_length=200)
@@ -49,6 +59,7 @@ class PostingRow(SQLModel, table=True):
     memo: str = Field(default="", max_length=256)
     prev_hash: str = Field(max_length=64)
     hash: str = Field(max_length=64)
+    position: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
 
 
 class EntryRow(SQLModel, table=True):
@@ -104,7 +115,7 @@ class IdempotencyRow(SQLModel, table=True):
 
 
 class LedgerHeadRow(SQLModel, table=True):
-    """The single row every posting locks: the chain's last sequence and hash."""
+    """The sealed chain's end: the last position and its hash (only the sealer locks it)."""
 
     __tablename__ = "ledger_head"
 
@@ -365,6 +376,7 @@ class EvmWithdrawalRow(SQLModel, table=True):
 
     __tablename__ = "evm_withdrawals"
 
+    # payout_reference(caller scope, idempotency key): one row per caller's request
     idempotency_key: str = Field(primary_key=True, max_length=200)
     rail: str = Field(max_length=64)
     account_id: str = Field(index=True, max_length=40)
@@ -373,7 +385,7 @@ class EvmWithdrawalRow(SQLModel, table=True):
     nonce: int = Field(sa_column=Column(BigInteger, nullable=False))
     tx_hash: str = Field(unique=True, max_length=66)
     raw_tx: str = Field(sa_column=Column(Text, nullable=False))
-    status: str = Field(index=True, max_length=16)  # signed | sent | mined
+    status: str = Field(index=True, max_length=16)  # signed|sent|mined|confirmed|reverted
     block_number: int = Field(sa_column=_ms())
     created_at_ms: int = Field(sa_column=_ms())
 

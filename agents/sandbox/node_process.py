@@ -19,8 +19,10 @@ def _serve(db_url: str, options: dict[str, Any], rates: dict[str, Fraction], ste
 
     fx = MovingRates(rates, step_bps, seed, round_source=round_source)
     ecny = EcnyRules() if options.pop("ecny") else None
+    usdc = options.pop("usdc")  # a UsdcRailConfig: the chain is the parent's, reached by URL
     try:
-        node = MarketplaceNode(db_url, fx=fx, ecny=ecny, **options).start()
+        node = MarketplaceNode(db_url, fx=fx, ecny=ecny, rails=usdc.rails if usdc else None,
+                               **options).start()
     except Exception as error:  # the parent shows why
         ready.put(("error", f"{type(error).__name__}: {error}"))
         return

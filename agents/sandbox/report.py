@@ -105,6 +105,8 @@ def write_html(path: Path, scenario: Scenario, seed: int, result: RunResult,
     """One self-contained page: the summary, then each plot as an inline image."""
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>"
                    for k, v in summary_rows(result))
+    rules = ("; e-CNY wallet rules" if scenario.ecny else "") + \
+        ("; USDC on a chain, buyers funded by token transfers" if scenario.usdc_chain else "")
     images = "".join(
         f'<figure><img alt="{html.escape(p.stem)}" src="data:image/png;base64,'
         f'{base64.b64encode(p.read_bytes()).decode()}"></figure>' for p in plots)
@@ -117,7 +119,7 @@ img{{max-width:100%}}figure{{margin:1.5em 0}}</style></head><body>
 <h1>{html.escape(scenario.name)}</h1>
 <p>{html.escape(scenario.description)}</p>
 <p>Seed {seed}; {scenario.rounds} rounds of {scenario.round_s} simulated seconds; fee
-{scenario.fee_bps} bps{'; e-CNY wallet rules' if scenario.ecny else ''}. Every trade went through
+{scenario.fee_bps} bps{rules}. Every trade went through
 a marketplace node, seller and buyer agents over gRPC and the double-entry ledger.</p>
 {_groups_html(scenario)}
 <h2>Summary</h2>

@@ -61,6 +61,7 @@ class BuyerGroup:
     verify_rate: float
     min_reputation_permille: int
     per_call_cap_atomic: int  # wallet policy: 0 = none
+    ecny_category: int = 0  # e-CNY wallet category its identity is verified for; 0: default
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ class Scenario:
     sellers: tuple[SellerGroup, ...]
     buyers: tuple[BuyerGroup, ...]
     skills: dict[str, SellerGroup] = field(default_factory=dict)  # skill -> first group
+    usdc_chain: bool = False  # USDC on an in-process EVM: buyers funded by token transfers
 
     @property
     def agents(self) -> int:
@@ -120,7 +122,12 @@ def parse(data: dict[str, Any]) -> Scenario:
         fee_bps=top.integer("fee_bps", 0, 10_000, 250), ecny=top.flag("ecny", False),
         units_per_usd=rates, fx_step_bps=fx.integer("step_bps", 0, 1_000, 0),
         arbiter_delay_s=arbiter.integer("delay_s", 0, 30 * 86_400, 3_600),
-        sellers=sellers, buyers=buyers, skills=skills)
+        sellers=sellers, buyers=buyers, skills=skills,
+        usdc_chain=top.flag("usdc_chain", False))
+    for i, group in enumerate(buyers):
+        if group.ecny_category and (group.currency != "ECNY" or not scenario.ecny):
+            raise ScenarioError(f"buyers[{i}].ecny_category: e-CNY wallet tiers need currency "
+                                "ECNY and ecny = true")
     for fields in (top, fx, arbiter):
         fields.no_extra()
     if scenario.agents > MAX_AGENTS:
@@ -164,7 +171,8 @@ def _buyer(f: _Fields) -> BuyerGroup:
         demand=f.probability("demand", None), calls=(calls[0], calls[1]),
         verify_rate=f.probability("verify_rate", 1.0),
         min_reputation_permille=f.integer("min_reputation", 0, 1000, 0),
-        per_call_cap_atomic=f.money("per_call_cap", code, "0", zero=True))
+        per_call_cap_atomic=f.money("per_call_cap", code, "0", zero=True),
+        ecny_category=f.integer("ecny_category", 0, 4, 0))
     f.no_extra()
     return group
 

@@ -14,6 +14,9 @@ each request once a 402 named the price, so a session costs one round trip per c
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import os
 import threading
 import time
@@ -25,7 +28,6 @@ from x402 import x402Client
 from x402.http.clients.httpx import x402AsyncTransport
 from x402.http.utils import (
     decode_payment_required_header,
-    decode_payment_response_header,
     encode_payment_signature_header,
 )
 from x402.schemas import PaymentRequired, PaymentRequirements
@@ -172,8 +174,27 @@ def buyer_client(key: AgentKey, network: str, *, schemes: tuple[str, ...] = net.
     return client, registered
 
 
+@dataclass(frozen=True)
+class _Template:
+    """A URL's paid request as x402's client made it: the next ones differ only in the
+    payload, which the scheme makes (the requirement x402 selected, spend controls passed)."""
+
+    scheme: AgentmarketScheme
+    requirements: PaymentRequirements
+    rest: str  # the JSON members after "payload": accepted, resource, extensions
+
+    def header(self) -> str:
+        payload = self.scheme.create_payment_payload(self.requirements)
+        text = f'{{"x402Version": 2, "payload": {json.dumps(payload)}, {self.rest}'
+        return base64.b64encode(text.encode()).decode()
+
+
 class PrepayTransport(httpx.AsyncBaseTransport):
-    """Remembers each URL's PAYMENT-REQUIRED and pays the next request to it up front."""
+    """Remembers each URL's PAYMENT-REQUIRED and pays the next request to it up front.
+
+    The first prepaid request to a URL is x402's client's payment; later ones repeat what
+    it selected with the scheme's next payload (x402's client runs again if it has hooks or
+    policies of its own, which may decide differently per payment)."""
 
     def __init__(self, client: x402Client, schemes: dict[str, AgentmarketScheme],
                  inner: httpx.AsyncBaseTransport | None = None) -> None:
@@ -181,30 +202,57 @@ class PrepayTransport(httpx.AsyncBaseTransport):
         self._schemes = schemes
         self._inner = inner or httpx.AsyncHTTPTransport()
         self._required: dict[str, PaymentRequired] = {}
+        self._templates: dict[str, _Template] = {}
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = str(request.url)
         known = self._required.get(url)
         if known is not None and "payment-signature" not in request.headers:
-            payload = await self._client.create_payment_payload(known)
-            request.headers["PAYMENT-SIGNATURE"] = encode_payment_signature_header(payload)
+            request.headers["PAYMENT-SIGNATURE"] = await self._header(url, known)
         response = await self._inner.handle_async_request(request)
         required = response.headers.get("payment-required")
         if response.status_code == 402 and required:
             found = decode_payment_required_header(required)
             if isinstance(found, PaymentRequired):
                 self._required[url] = found
+                self._templates.pop(url, None)
         paid = response.headers.get("payment-response")
         if paid:
-            settled = decode_payment_response_header(paid)
-            agreement = (settled.extra or {}).get("agreementId")
-            if agreement and settled.amount is not None:
-                for scheme in self._schemes.values():
-                    scheme.charged(agreement, int(settled.amount))
+            self._charged(paid)
         return response
+
+    async def _header(self, url: str, required: PaymentRequired) -> str:
+        template = self._templates.get(url)
+        if template is not None:
+            return template.header()
+        payload = await self._client.create_payment_payload(required)
+        scheme = self._schemes.get(payload.accepted.scheme)
+        if scheme is not None and payload.payload.get("kind") in ("open", "voucher") \
+                and not _has_hooks(self._client):
+            members = payload.model_dump(mode="json", by_alias=True, exclude_none=True)
+            del members["x402Version"], members["payload"]
+            self._templates[url] = _Template(scheme, payload.accepted,
+                                             json.dumps(members)[1:])
+        return encode_payment_signature_header(payload)
+
+    def _charged(self, header: str) -> None:
+        """PAYMENT-RESPONSE's `amount` of a session's call: what it cost (the rest carries)."""
+        try:
+            settled = json.loads(base64.b64decode(header, validate=True))
+            agreement, amount = settled["extra"]["agreementId"], int(settled["amount"])
+        except (ValueError, TypeError, KeyError, binascii.Error):
+            return
+        for scheme in self._schemes.values():
+            scheme.charged(agreement, amount)
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+
+def _has_hooks(client: x402Client) -> bool:
+    return any(getattr(client, name, None) for name in (
+        "_before_payment_creation_hooks", "_after_payment_creation_hooks",
+        "_on_payment_creation_failure_hooks", "_policies"))
 
 
 def http_client(key: AgentKey, network: str, *, calls_per_session: int = 1,

@@ -33,8 +33,9 @@ from x402.schemas import (
 from x402.schemas.hooks import SettleContext
 
 from agents.x402 import network as net
+from agents.x402 import receipts
 from agents.x402.reasons import Refused
-from agents.x402.sessions import SessionBook
+from agents.x402.sessions import SessionBook, check_terms
 from marketplace.identity import AgentKey
 from wallets.caller import calling_as
 from wallets.errors import AgentmarketError
@@ -133,15 +134,7 @@ class LedgerScheme:
         if isinstance(payment, net.VoucherPayload):
             body = self.sessions.check_voucher(payment, reserve).body
         assert body is not None
-        if body.seller_id != requirements.pay_to:
-            raise Refused("invalid_pay_to", "the agreement pays another seller")
-        if body.terms.skill != extra.get("skill"):
-            raise Refused("invalid_resource", "the agreement is for another skill")
-        if body.terms.currency != requirements.asset:
-            raise Refused("invalid_asset", "the agreement is in another currency")
-        if body.terms.unit != extra.get("unit") or body.terms.unit_price_atomic < int(
-                extra.get("unitPrice", 0)):
-            raise Refused("invalid_amount", "the agreement does not pay the list price")
+        check_terms(body, requirements)
         if isinstance(payment, net.OpenPayload):
             self.sessions.check_open(payment, reserve, _Endpoint(extra.get("sellerEndpoint")))
 
@@ -255,15 +248,8 @@ class LedgerScheme:
     def signed_response(self, payer: str, pay_to: str, amount_atomic: int, asset: str,
                         transaction: str, extra: dict[str, Any]) -> SettleResponse:
         """A SettleResponse whose `extra.receipt` the node signs (PROTOCOL.md)."""
-        body = {"amount": str(amount_atomic), "asset": asset, "network": self.network,
-                "payTo": pay_to, "payer": payer, "transaction": transaction,
-                "issuedAtMs": _now_ms(), **{k: v for k, v in extra.items()
-                                            if k in ("agreementId", "calls")}}
-        receipt = {"body": body, "node": self.key.agent_id,
-                   "signature": self.key.sign(net.RESPONSE_DOMAIN + net.canonical(body)).hex()}
-        return SettleResponse(success=True, payer=payer, transaction=transaction,
-                              network=self.network, amount=str(amount_atomic),
-                              extra={**extra, "receipt": receipt})
+        return SettleResponse.model_validate(receipts.settled(
+            self.key, self.network, payer, pay_to, amount_atomic, asset, transaction, extra))
 
 
 class _Endpoint:

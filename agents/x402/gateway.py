@@ -8,17 +8,16 @@ A door onto the node, nothing more: the `x402` package's resource server (`x402R
 and `x402HTTPResourceServer`) builds the 402 from the listing's price, matches and verifies the
 payment and runs the settle hooks; agentmarket's scheme (`agents.x402.facilitator`) holds and
 captures through the node's `Settlement`, and the call goes to the seller's AgentService over
-gRPC with the buyer's PayWord voucher, as a gRPC buyer's would. The caller's W3C `traceparent`
-is continued into the gRPC hops and the postings.
+gRPC with the buyer's PayWord voucher, as a gRPC buyer's would. A session's later calls take
+`agents.x402.session_calls`, which checks the next word in a few hashes without x402's models.
+The caller's W3C `traceparent` is continued into the gRPC hops and the postings.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -28,15 +27,11 @@ from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Mount, Route
+from starlette.routing import Mount
+from starlette.routing import Route as Path
 from x402 import x402ResourceServer
-from x402.extensions.payment_identifier import (
-    PAYMENT_IDENTIFIER,
-    declare_payment_identifier_extension,
-)
-from x402.http import HTTPProcessResult, HTTPRequestContext, x402HTTPResourceServer
+from x402.http import HTTPProcessResult, HTTPRequestContext
 from x402.http.constants import PAYMENT_REQUIRED_HEADER, PAYMENT_RESPONSE_HEADER
-from x402.http.types import PaymentOption, RouteConfig
 from x402.http.utils import (
     decode_payment_required_header,
     decode_payment_response_header,
@@ -44,16 +39,11 @@ from x402.http.utils import (
     encode_payment_required_header,
     encode_payment_response_header,
 )
-from x402.schemas import (
-    AssetAmount,
-    PaymentPayload,
-    PaymentRequirements,
-    SettleResponse,
-)
+from x402.schemas import PaymentPayload, SettleResponse
 from x402.schemas.hooks import CompletedSettlement
 
-from agents.payments import VOUCHER_METADATA_KEY
-from agents.v1 import agent_pb2, agent_pb2_grpc
+from agents.v1 import agent_pb2
+from agents.x402 import forward
 from agents.x402 import network as net
 from agents.x402._door import Adapter, Unpaid, event, identifier, problem, refined
 from agents.x402.evm import EvmSettlement
@@ -67,32 +57,17 @@ from agents.x402.facilitator import (
 from agents.x402.facilitator_app import facilitator_app
 from agents.x402.openapi import openapi
 from agents.x402.reasons import Refused
+from agents.x402.routes import Route, Routes
+from agents.x402.session_calls import SessionCalls
 from agents.x402.sessions import SessionBook
-from marketplace.aio_client import aio_channel
 from marketplace.errors import NotFound
+from marketplace.grpc_tracing import tracing_active
 from marketplace.http.app import LOOPBACK_HOSTS, SecurityHeaders
 from marketplace.identity import AgentKey
-from marketplace.v1 import agreement_pb2, registry_pb2
 from wallets import attributes as attr
 
 MAX_BODY_BYTES = 64 * 1024
-CALL_TIMEOUT_S = 30.0
 MAX_REMEMBERED = 10_000
-QUOTE_TTL_S = 60.0
-CALLS = registry_pb2.PRICE_UNIT_CALL
-_HTTP_OF_GRPC = {grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.NOT_FOUND: 404,
-                 grpc.StatusCode.RESOURCE_EXHAUSTED: 429, grpc.StatusCode.UNAVAILABLE: 503,
-                 grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-                 grpc.StatusCode.FAILED_PRECONDITION: 409}
-
-
-@dataclass
-class _Route:
-    http: x402HTTPResourceServer
-    listing: registry_pb2.Listing
-    extensions: dict[str, Any]
-    made_at: float = field(default_factory=time.monotonic)
-    offered: list[PaymentRequirements] | None = None  # the accepts of this route's 402
 
 
 class Gateway:
@@ -117,10 +92,11 @@ class Gateway:
         for scheme in net.SCHEMES:
             self.server.register(self.network, PriceScheme(scheme, flow="escrow"))
         self.server.initialize()
-        self._routes: dict[tuple[str, str], _Route] = {}
+        self.channels = forward.Channels(self.key, tracer_provider)
+        self.routes = Routes(node, self.server, self.network, self.key, self.channels)
+        self.session_calls = SessionCalls(self.sessions, self.server, self.routes,
+                                          self.channels, node.key, self.network)
         self._answers: dict[tuple[str, str], tuple[int, dict[str, str], bytes]] = {}
-        self._quotes: dict[tuple[str, str, str], tuple[float, int]] = {}
-        self._channels: dict[str, grpc.aio.Channel] = {}
 
     def app(self, hosts: Sequence[str] = LOOPBACK_HOSTS) -> Starlette:
         """The ASGI app; `hosts`: the Host header values answered (`marketplace.http.app.
@@ -128,82 +104,16 @@ class Gateway:
         return Starlette(middleware=[
             Middleware(SecurityHeaders),
             Middleware(TrustedHostMiddleware, allowed_hosts=list(hosts))], routes=[
-            Route("/v1/skills/{listing}/{skill}", self.call, methods=["POST"]),
-            Route("/v1/sessions/{agreement}/close", self.close, methods=["POST"]),
-            Route("/openapi.json", lambda _r: JSONResponse(openapi(self.network))),
+            Path("/v1/skills/{listing}/{skill}", self.call, methods=["POST"]),
+            Path("/v1/sessions/{agreement}/close", self.close, methods=["POST"]),
+            Path("/openapi.json", lambda _r: JSONResponse(openapi(self.network))),
             Mount("/facilitator", app=facilitator_app(self.facilitator))])
-
-    # ---- the 402 and its price ------------------------------------------------------------
-
-    async def _route(self, listing_id: str, skill_name: str) -> _Route:
-        found = self._routes.get((listing_id, skill_name))
-        if found is not None and time.monotonic() - found.made_at < QUOTE_TTL_S:
-            return found
-        listing = await asyncio.to_thread(self.node.registry.get, listing_id)
-        skill = next((s for s in listing.skills if s.name == skill_name), None)
-        if skill is None:
-            raise NotFound(f"listing {listing_id[:12]}… sells no skill {skill_name!r}")
-        options = [await self._option(listing, skill, price) for price in skill.prices]
-        extensions = {PAYMENT_IDENTIFIER: declare_payment_identifier_extension()}
-        config = RouteConfig(accepts=options, description=skill.description[:200],
-                             mime_type="application/json", extensions=extensions)
-        route = _Route(x402HTTPResourceServer(self.server, {"POST /v1/skills/*": config}),
-                       listing, extensions)
-        self._routes[(listing_id, skill_name)] = route
-        return route
-
-    async def _option(self, listing: registry_pb2.Listing, skill: registry_pb2.Skill,
-                      price: registry_pb2.Price) -> PaymentOption:
-        scheme = net.EXACT if price.unit == CALLS else net.UPTO
-        amount = price.amount_atomic if price.unit == CALLS else await self._call_max(
-            listing, skill, price.currency)
-        verification = _verification(skill)
-        extra = {"skill": skill.name, "unit": int(price.unit), "unitName": price.unit_name,
-                 "unitPrice": str(price.amount_atomic),
-                 "outputUnitPrice": str(price.output_amount_atomic),
-                 "verification": registry_pb2.VerificationMethod.Name(verification),
-                 "sellerEndpoint": listing.endpoint, "decimals": net.decimals(price.currency)}
-        return PaymentOption(scheme=scheme, pay_to=listing.agent_id, network=self.network,
-                             price=AssetAmount(amount=str(amount), asset=price.currency),
-                             max_timeout_seconds=300, extra=extra)
-
-    async def _call_max(self, listing: registry_pb2.Listing, skill: registry_pb2.Skill,
-                        currency: str) -> int:
-        """A metered skill's per-call maximum: the seller's own quote (one RFQ, cached)."""
-        cached = self._quotes.get((listing.agent_id, skill.name, currency))
-        if cached is not None and time.monotonic() - cached[0] < QUOTE_TTL_S:
-            return cached[1]
-        stub = agent_pb2_grpc.AgentServiceStub(self._channel(listing.endpoint, signed=True))
-        now = time.time_ns() // 1_000_000
-        rfq = agreement_pb2.Rfq(
-            rfq_id=f"quote:{now}:{skill.name}"[:64], buyer_id=self.key.agent_id,
-            skill=skill.name, expected_quantity=1, max_budget_atomic=2**62, currency=currency,
-            deadline_ms=now + 60_000, verification=_verification(skill),
-            max_rounds=20)  # many rounds left: the first offer is the opening (list) price
-        reply = await stub.Negotiate(agent_pb2.NegotiationMessage(rfq=rfq),
-                                     timeout=CALL_TIMEOUT_S)
-        await stub.Negotiate(agent_pb2.NegotiationMessage(reject_reason="a quote only"),
-                             timeout=CALL_TIMEOUT_S)
-        offered = reply.offer.terms.unit_price_atomic or 1
-        listed = next(p.amount_atomic for p in skill.prices if p.currency == currency)
-        # the quote is at the offered price: scaled to the list price, rounded up (a reserve
-        # a little above the seller's only prepays more, never less)
-        most = -(-(reply.metering.max_call_atomic or offered) * listed // offered)
-        self._quotes[(listing.agent_id, skill.name, currency)] = (time.monotonic(), most)
-        return int(most)
-
-    def _channel(self, endpoint: str, *, signed: bool = False) -> grpc.aio.Channel:
-        name = f"{'signed' if signed else 'plain'}:{endpoint}"
-        channel = self._channels.get(name)
-        if channel is None:
-            channel = aio_channel(endpoint, self.key if signed else None,
-                                  tracer_provider=self.tracer_provider)
-            self._channels[name] = channel
-        return channel
 
     # ---- a paid call ----------------------------------------------------------------------
 
     async def call(self, request: Request) -> Response:
+        if not tracing_active(self.tracer_provider):  # tracing off: no span per call
+            return await self._call(request, trace.INVALID_SPAN)
         context = propagate.extract(dict(request.headers))
         with self._tracer.start_as_current_span("gateway.call", context=context,
                                                 kind=trace.SpanKind.SERVER) as span:
@@ -221,6 +131,10 @@ class Gateway:
         if not isinstance(arguments, dict):
             return problem(400, "invalid_json", "the body is a JSON object of arguments")
         header = request.headers.get("payment-signature")
+        if header:
+            fast = await self.session_calls.answer(request, header, arguments, span)
+            if fast is not None:
+                return fast
         payload = None
         if header:
             try:
@@ -232,7 +146,7 @@ class Gateway:
                 return problem(400, "malformed_payment_header", "x402 v2 payloads only")
         listing_id, skill = request.path_params["listing"], request.path_params["skill"]
         try:
-            route = await self._route(listing_id, skill)
+            route = await self.routes.route(listing_id, skill)
         except NotFound as error:
             return problem(404, "not_found", error.message)
         except grpc.aio.AioRpcError as error:  # the seller would not quote a metered skill
@@ -253,7 +167,7 @@ class Gateway:
             if payload is None and PAYMENT_REQUIRED_HEADER in instructions.headers:
                 required = decode_payment_required_header(
                     instructions.headers[PAYMENT_REQUIRED_HEADER])
-                route.offered = list(required.accepts)  # type: ignore[arg-type]
+                route.offer(list(required.accepts))  # type: ignore[arg-type]
             headers = refined(instructions.headers, payload)
             failed = headers.get(PAYMENT_RESPONSE_HEADER)
             if failed and PAYMENT_REQUIRED_HEADER not in headers:  # the hold was refused
@@ -264,7 +178,7 @@ class Gateway:
         held = processed.before_handler_settlement
         assert held is not None and processed.payment_payload is not None
         if route.offered is None and processed.payment_requirements is not None:
-            route.offered = [processed.payment_requirements]
+            route.offer([processed.payment_requirements])
         span.set_attributes({attr.PAYER: held.result.payer or "",
                              attr.PAYEE: route.listing.agent_id, attr.SKILL: skill,
                              attr.AGREEMENT_ID: (held.result.extra or {}).get("agreementId",
@@ -275,8 +189,9 @@ class Gateway:
                 media_type="text/event-stream", headers={
                     "cache-control": "no-store", PAYMENT_RESPONSE_HEADER:
                     encode_payment_response_header(held.result)})
-        status, body, charged = await self._invoke(route, skill, arguments,
-                                                   processed.payment_payload)
+        voucher = net.parse(processed.payment_payload.payload).voucher  # type: ignore[union-attr]
+        status, body, charged = await forward.invoke(self.channels, route.listing.endpoint,
+                                                     arguments, voucher)
         settled = await route.http.process_settlement(
             processed.payment_payload, processed.payment_requirements, context=ctx,
             settlement_overrides={"amount": str(charged)},
@@ -290,17 +205,15 @@ class Gateway:
             self._answers[remembered] = (status, headers, answer)
         return Response(answer, status_code=status, headers=headers)
 
-    async def _streamed(self, route: _Route, arguments: dict[str, Any], processed: Any,
+    async def _streamed(self, route: Route, arguments: dict[str, Any], processed: Any,
                         ctx: HTTPRequestContext) -> AsyncIterator[bytes]:
         """Server-sent events: `data` per piece with the charge so far; the seller stops at
         what the voucher authorised; then `payment-response` (the settlement) and `end`."""
         payment = net.parse(processed.payment_payload.payload)
         voucher = payment.voucher  # type: ignore[union-attr]
-        stub = agent_pb2_grpc.AgentServiceStub(self._channel(route.listing.endpoint))
-        call = stub.InvokeStream(agent_pb2.InvokeRequest(
-            agreement_id=voucher.agreement_id, input_json=json.dumps(arguments),
-            call_id=f"x402:{voucher.payword_index}"), timeout=CALL_TIMEOUT_S,
-            metadata=[(VOUCHER_METADATA_KEY, voucher.SerializeToString())])
+        call = self.channels.stub(route.listing.endpoint).InvokeStream(
+            forward.invoke_request(arguments, voucher), timeout=forward.CALL_TIMEOUT_S,
+            metadata=forward.voucher_metadata(voucher))
         end, charged = None, 0
         try:
             async for chunk in call:
@@ -329,7 +242,7 @@ class Gateway:
                           "charged": str(end.usage.charged_atomic)},
                 "receipt": net.b64(end.receipt.SerializeToString())})
 
-    async def _next_voucher(self, route: _Route, payload: PaymentPayload | None
+    async def _next_voucher(self, route: Route, payload: PaymentPayload | None
                             ) -> HTTPProcessResult | None:
         """A session's next voucher against the route's 402, already built: x402's resource
         server matches it and settles the hold phase (hooks, facilitator), without making
@@ -350,7 +263,7 @@ class Gateway:
             declared_extensions=route.extensions, before_handler_settlement=CompletedSettlement(
                 phase="before-handler", flow="escrow", result=held, requirements=matching))
 
-    async def _offer_again(self, route: _Route, request: Request, arguments: Any,
+    async def _offer_again(self, route: Route, request: Request, arguments: Any,
                            failed: SettleResponse) -> dict[str, str]:
         """The 402 to pay again after a refused hold, its `error` the refusal's reason."""
         unpaid = HTTPRequestContext(adapter=Unpaid(request, arguments),
@@ -361,29 +274,6 @@ class Gateway:
             PAYMENT_REQUIRED_HEADER])
         refused = required.model_copy(update={"error": failed.error_reason})
         return {PAYMENT_REQUIRED_HEADER: encode_payment_required_header(refused)}
-
-    async def _invoke(self, route: _Route, skill: str, arguments: dict[str, Any],
-                      payload: PaymentPayload) -> tuple[int, dict[str, Any], int]:
-        """(HTTP status, body, charged atomic) of the seller's answer."""
-        payment = net.parse(payload.payload)
-        voucher = payment.voucher  # type: ignore[union-attr]
-        stub = agent_pb2_grpc.AgentServiceStub(self._channel(route.listing.endpoint))
-        request = agent_pb2.InvokeRequest(agreement_id=voucher.agreement_id,
-                                          input_json=json.dumps(arguments),
-                                          call_id=f"x402:{voucher.payword_index}")
-        try:
-            response = await stub.Invoke(request, timeout=CALL_TIMEOUT_S, metadata=[
-                (VOUCHER_METADATA_KEY, voucher.SerializeToString())])
-        except grpc.aio.AioRpcError as error:
-            return (_HTTP_OF_GRPC.get(error.code(), 502),
-                    {"error": error.code().name.lower(), "message": error.details() or ""}, 0)
-        usage = response.usage
-        return 200, {"output": json.loads(response.output_json),
-                     "usage": {"inputTokens": usage.input_tokens,
-                               "outputTokens": usage.output_tokens, "units": usage.units,
-                               "charged": str(usage.charged_atomic)},
-                     "receipt": net.b64(response.receipt.SerializeToString())
-                     }, usage.charged_atomic
 
     # ---- closing a session ----------------------------------------------------------------
 
@@ -412,15 +302,6 @@ class Gateway:
                 "PAYMENT-RESPONSE": encode_payment_response_header(settled)})
 
     async def aclose(self) -> None:
-        for channel in self._channels.values():
-            await channel.close()
-        self._channels.clear()
+        await self.channels.aclose()
         self.sessions.close_channels()
 
-
-def _verification(skill: registry_pb2.Skill) -> int:
-    """The method a gateway agreement names: the output schema when the skill offers it, else
-    buyer acceptance (what list-price agreements support)."""
-    if registry_pb2.VERIFICATION_METHOD_SCHEMA in skill.verification_methods:
-        return registry_pb2.VERIFICATION_METHOD_SCHEMA
-    return registry_pb2.VERIFICATION_METHOD_BUYER_ACCEPTANCE

@@ -225,6 +225,20 @@ class SessionBook:
                                             "may; close one or retry later")
 
 
+def check_terms(body: Any, requirements: Any) -> None:
+    """An agreement pays what a requirement sells: its seller, skill, currency, list price."""
+    extra = requirements.extra or {}
+    if body.seller_id != requirements.pay_to:
+        raise Refused("invalid_pay_to", "the agreement pays another seller")
+    if body.terms.skill != extra.get("skill"):
+        raise Refused("invalid_resource", "the agreement is for another skill")
+    if body.terms.currency != requirements.asset:
+        raise Refused("invalid_asset", "the agreement is in another currency")
+    if body.terms.unit != extra.get("unit") or body.terms.unit_price_atomic < int(
+            extra.get("unitPrice", 0)):
+        raise Refused("invalid_amount", "the agreement does not pay the list price")
+
+
 def _ledger_reason(error: AgentmarketError) -> str:
     return {"INSUFFICIENT_FUNDS": "insufficient_funds", "POLICY_DENIED": "policy_denied",
             "APPROVAL_REQUIRED": "approval_required", "WALLET_FROZEN": "wallet_frozen",

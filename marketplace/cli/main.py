@@ -10,6 +10,7 @@ import logging
 import signal
 import threading
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -166,7 +167,25 @@ def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file 
           redis: str = typer.Option(
               None, "--redis", help="Redis URL (redis://HOST:PORT/DB) holding request nonces "
                                     "and rate limits shared by every node of the market; "
-                                    "Redis down: calls are refused.")
+                                    "Redis down: calls are refused."),
+          ecny_identity_provider: list[str] = typer.Option(
+              [], "--ecny-identity-provider",
+              help="An identity provider's agent id (64 hex), trusted like an operator to set "
+                   "e-CNY wallet tiers after verifying identity (with --ecny); repeat for "
+                   "several."),
+          usdc_rpc: str = typer.Option(
+              None, "--usdc-rpc", help="JSON-RPC URL of an EVM chain: carry USDC on it "
+                                       "(deposits from registered addresses, payouts to "
+                                       "addresses; needs the evm extra)."),
+          usdc_token: str = typer.Option(
+              None, "--usdc-token", help="The USDC token contract's address on --usdc-rpc."),
+          usdc_hot_key_file: Path = typer.Option(
+              None, "--usdc-hot-key-file",
+              help="File holding the rail's hot wallet private key (hex): its address takes "
+                   "deposits, it signs payouts and pays their gas."),
+          usdc_confirmations: int = typer.Option(
+              3, "--usdc-confirmations", min=1, max=1000,
+              help="Blocks a USDC deposit waits for (itself included) before it is credited.")
           ) -> None:
     """Run a marketplace node until SIGTERM or SIGINT."""
     from marketplace.auth import server_credentials
@@ -197,6 +216,9 @@ def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file 
         fail(str(error))
     console_options = _console_options(console_on, console_host, console_key_file,
                                        console_arbiter, tls_cert, spans)
+    if ecny_identity_provider and not ecny:
+        fail("--ecny-identity-provider needs --ecny: identity providers set e-CNY tiers")
+    usdc = _usdc_rail(usdc_rpc, usdc_token, usdc_hot_key_file, usdc_confirmations)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if db.startswith("sqlite:///"):
         Path(db.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -221,7 +243,8 @@ def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file 
                                console=console_options, http_host=console_host,
                                http_port=console_port,
                                http_tls=(tls_cert, tls_key) if tls_cert and tls_key else None,
-                               cards=cards).start()
+                               cards=cards, rails=usdc.rails if usdc else None,
+                               ecny_identity_providers=ecny_identity_provider).start()
     except Exception as error:  # a bad URL or a taken port: one line, not a traceback
         fail(f"cannot start the node: {error}")
     stop = threading.Event()
@@ -241,6 +264,11 @@ def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file 
     if node.console is not None and node.http is not None:
         console.print(f"console on {node.http.url}/console/ (signing as operator "
                       f"{node.console.actions.key.agent_id})", highlight=False, soft_wrap=True)
+    if usdc is not None:
+        rail: Any = node.wallets.rails[usdc.name]
+        console.print(f"USDC rail {rail.name} on chain {rail.chain_id}: deposits to "
+                      f"{rail.address}, credited after {rail.confirmations} confirmation(s)",
+                      highlight=False, soft_wrap=True)
     if cards and node.http is not None:
         console.print(f"Agent Cards on {node.http.url}/cards/search", highlight=False)
     stop.wait()
@@ -269,6 +297,30 @@ def _console_options(on: bool, host: str, key_file: Path | None, arbiter: bool,
 
     return ConsoleOptions(key=load_key(key_file) if key_file else None, arbiter=arbiter,
                           span_store=spans, announce=announce)
+
+
+def _usdc_rail(rpc: str | None, token: str | None, key_file: Path | None,
+               confirmations: int):  # type: ignore[no-untyped-def]
+    """The USDC rail's configuration from `serve`'s flags, or None without --usdc-rpc."""
+    if rpc is None:
+        if token is not None or key_file is not None:
+            fail("--usdc-token and --usdc-hot-key-file need --usdc-rpc")
+        return None
+    if token is None or key_file is None:
+        fail("--usdc-rpc needs --usdc-token (the token's address) and --usdc-hot-key-file "
+             "(the rail's key)")
+    try:
+        from wallets.evm.config import UsdcRailConfig, load_hot_key
+    except ImportError as error:
+        fail(f"--usdc-rpc needs the evm extra (pip install agentmarket[evm]): {error}")
+    if not key_file.is_file():
+        fail(f"--usdc-hot-key-file {key_file} is not a file")
+    try:
+        config = UsdcRailConfig(rpc, token, load_hot_key(key_file), confirmations)
+        config.check()  # before anything is created: a wrong URL or token is one line
+    except AgentmarketError as error:
+        fail(error.message)
+    return config
 
 
 def _fx_rates(options: list[str]) -> dict[str, str]:
@@ -399,7 +451,8 @@ def ledger_verify(db: str = typer.Option(DEFAULT_DB, help="Database URL.")) -> N
     chain, balances = verify_chain(ledger), check_balances(ledger)
     for problem in chain.problems + balances.problems:
         console.print(f"[red]{problem}")
-    console.print(f"{chain.postings} postings, {balances.accounts} accounts: "
+    waiting = f" (+{chain.unsealed} committed, not sealed yet)" if chain.unsealed else ""
+    console.print(f"{chain.postings} postings sealed{waiting}, {balances.accounts} accounts: "
                   + ("[green]ok" if chain.ok and balances.ok else "[red]NOT OK"))
     if not (chain.ok and balances.ok):
         raise typer.Exit(1)

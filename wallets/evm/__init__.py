@@ -1,7 +1,8 @@
 """USDC on an EVM chain (an optional extra: `pip install agentmarket[evm]`): the token contract
 (`token.vy`, compiled offline into `token.json`), an in-process chain for the sandbox and tests
-(`chain`), the USDC rail with confirmed deposits and recorded payouts (`rail`), and EIP-3009
-authorizations a facilitator verifies and settles (`authorization`)."""
+(`chain`), the USDC rail with confirmed deposits and recorded payouts (`rail`) a node reaches by
+URL (`config`), and EIP-3009 authorizations a facilitator verifies and settles
+(`authorization`)."""
 
 from wallets.evm.authorization import (
     AuthorizationRefused,
@@ -10,6 +11,7 @@ from wallets.evm.authorization import (
     verify_authorization,
 )
 from wallets.evm.chain import SandboxChain, sandbox_chain, token_contract
+from wallets.evm.config import UsdcRailConfig, load_hot_key
 from wallets.evm.rail import ScanResult, UsdcRail, registration_message
 
 __all__ = [
@@ -18,6 +20,8 @@ __all__ = [
     "ScanResult",
     "TransferAuthorization",
     "UsdcRail",
+    "UsdcRailConfig",
+    "load_hot_key",
     "registration_message",
     "sandbox_chain",
     "settle_authorization",

@@ -18,8 +18,12 @@ from typing import Any
 from web3 import EthereumTesterProvider, Web3
 from web3.contract import Contract
 
+from wallets.currencies import currency
+
 ARTIFACT = Path(__file__).resolve().with_name("token.json")
 TOKEN_DECIMALS = 6
+USDC = currency("USDC")
+ATOMIC_PER_UNIT = 10 ** (USDC.scale - TOKEN_DECIMALS)  # ledger atomic units per token unit
 
 
 @cache

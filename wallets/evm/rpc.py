@@ -6,12 +6,16 @@ provider, one at a time (eth-tester is not thread-safe).
 
     with ChainRpcServer(chain) as rpc:
         Web3(Web3.HTTPProvider(rpc.url)).eth.block_number
+        with rpc.holding() as chain:  # the chain in process meanwhile: one user at a time
+            chain.mine(3)
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -36,6 +40,13 @@ class ChainRpcServer:
     def url(self) -> str:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[SandboxChain]:
+        """The chain for use in this process (mint, mine, snapshots) while the server answers
+        others: one user at a time, as eth-tester needs."""
+        with self._lock:
+            yield self.chain
 
     def start(self) -> ChainRpcServer:
         self._thread.start()

@@ -141,16 +141,76 @@ class DepositRequest(_message.Message):
     def __init__(self, idempotency_key: _Optional[str] = ..., account_id: _Optional[str] = ..., amount: _Optional[_Union[Money, _Mapping]] = ..., rail: _Optional[str] = ...) -> None: ...
 
 class WithdrawRequest(_message.Message):
-    __slots__ = ("idempotency_key", "account_id", "amount", "rail")
+    __slots__ = ("idempotency_key", "account_id", "amount", "rail", "destination")
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_FIELD_NUMBER: _ClassVar[int]
     RAIL_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
     idempotency_key: str
     account_id: str
     amount: Money
     rail: str
-    def __init__(self, idempotency_key: _Optional[str] = ..., account_id: _Optional[str] = ..., amount: _Optional[_Union[Money, _Mapping]] = ..., rail: _Optional[str] = ...) -> None: ...
+    destination: str
+    def __init__(self, idempotency_key: _Optional[str] = ..., account_id: _Optional[str] = ..., amount: _Optional[_Union[Money, _Mapping]] = ..., rail: _Optional[str] = ..., destination: _Optional[str] = ...) -> None: ...
+
+class GetDepositInstructionsRequest(_message.Message):
+    __slots__ = ("account_id", "address", "rail")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    RAIL_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    address: str
+    rail: str
+    def __init__(self, account_id: _Optional[str] = ..., address: _Optional[str] = ..., rail: _Optional[str] = ...) -> None: ...
+
+class DepositInstructions(_message.Message):
+    __slots__ = ("rail", "currency", "rail_address", "token_address", "chain_id", "confirmations", "registration_message")
+    RAIL_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    RAIL_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_ID_FIELD_NUMBER: _ClassVar[int]
+    CONFIRMATIONS_FIELD_NUMBER: _ClassVar[int]
+    REGISTRATION_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    rail: str
+    currency: str
+    rail_address: str
+    token_address: str
+    chain_id: int
+    confirmations: int
+    registration_message: str
+    def __init__(self, rail: _Optional[str] = ..., currency: _Optional[str] = ..., rail_address: _Optional[str] = ..., token_address: _Optional[str] = ..., chain_id: _Optional[int] = ..., confirmations: _Optional[int] = ..., registration_message: _Optional[str] = ...) -> None: ...
+
+class RegisterDepositAddressRequest(_message.Message):
+    __slots__ = ("idempotency_key", "account_id", "address", "signature", "rail")
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    RAIL_FIELD_NUMBER: _ClassVar[int]
+    idempotency_key: str
+    account_id: str
+    address: str
+    signature: bytes
+    rail: str
+    def __init__(self, idempotency_key: _Optional[str] = ..., account_id: _Optional[str] = ..., address: _Optional[str] = ..., signature: _Optional[bytes] = ..., rail: _Optional[str] = ...) -> None: ...
+
+class DepositAddress(_message.Message):
+    __slots__ = ("rail", "address", "account_id", "agent_id", "rail_address", "confirmations")
+    RAIL_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    RAIL_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    CONFIRMATIONS_FIELD_NUMBER: _ClassVar[int]
+    rail: str
+    address: str
+    account_id: str
+    agent_id: str
+    rail_address: str
+    confirmations: int
+    def __init__(self, rail: _Optional[str] = ..., address: _Optional[str] = ..., account_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., rail_address: _Optional[str] = ..., confirmations: _Optional[int] = ...) -> None: ...
 
 class GetBalanceRequest(_message.Message):
     __slots__ = ("account_id",)
@@ -569,3 +629,45 @@ class Conversion(_message.Message):
     bought: Money
     postings: _containers.RepeatedCompositeFieldContainer[Posting]
     def __init__(self, quote_id: _Optional[str] = ..., from_account_id: _Optional[str] = ..., to_account_id: _Optional[str] = ..., sold: _Optional[_Union[Money, _Mapping]] = ..., bought: _Optional[_Union[Money, _Mapping]] = ..., postings: _Optional[_Iterable[_Union[Posting, _Mapping]]] = ...) -> None: ...
+
+class SetEcnyTierRequest(_message.Message):
+    __slots__ = ("idempotency_key", "account_id", "category", "identity_ref")
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_REF_FIELD_NUMBER: _ClassVar[int]
+    idempotency_key: str
+    account_id: str
+    category: int
+    identity_ref: str
+    def __init__(self, idempotency_key: _Optional[str] = ..., account_id: _Optional[str] = ..., category: _Optional[int] = ..., identity_ref: _Optional[str] = ...) -> None: ...
+
+class GetEcnyWalletRequest(_message.Message):
+    __slots__ = ("account_id",)
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    def __init__(self, account_id: _Optional[str] = ...) -> None: ...
+
+class EcnyWallet(_message.Message):
+    __slots__ = ("account_id", "category", "pseudonym", "identity_ref", "registered", "verified_identity", "balance_cap_atomic", "per_payment_cap_atomic", "daily_cap_atomic", "annual_cap_atomic")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    PSEUDONYM_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_REF_FIELD_NUMBER: _ClassVar[int]
+    REGISTERED_FIELD_NUMBER: _ClassVar[int]
+    VERIFIED_IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    BALANCE_CAP_ATOMIC_FIELD_NUMBER: _ClassVar[int]
+    PER_PAYMENT_CAP_ATOMIC_FIELD_NUMBER: _ClassVar[int]
+    DAILY_CAP_ATOMIC_FIELD_NUMBER: _ClassVar[int]
+    ANNUAL_CAP_ATOMIC_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    category: int
+    pseudonym: str
+    identity_ref: str
+    registered: bool
+    verified_identity: bool
+    balance_cap_atomic: int
+    per_payment_cap_atomic: int
+    daily_cap_atomic: int
+    annual_cap_atomic: int
+    def __init__(self, account_id: _Optional[str] = ..., category: _Optional[int] = ..., pseudonym: _Optional[str] = ..., identity_ref: _Optional[str] = ..., registered: _Optional[bool] = ..., verified_identity: _Optional[bool] = ..., balance_cap_atomic: _Optional[int] = ..., per_payment_cap_atomic: _Optional[int] = ..., daily_cap_atomic: _Optional[int] = ..., annual_cap_atomic: _Optional[int] = ...) -> None: ...

@@ -150,6 +150,26 @@ class WalletServiceStub:
                 request_serializer=wallets_dot_v1_dot_wallet__pb2.ConvertRequest.SerializeToString,
                 response_deserializer=wallets_dot_v1_dot_wallet__pb2.Conversion.FromString,
                 _registered_method=True)
+        self.GetDepositInstructions = channel.unary_unary(
+                '/wallets.v1.WalletService/GetDepositInstructions',
+                request_serializer=wallets_dot_v1_dot_wallet__pb2.GetDepositInstructionsRequest.SerializeToString,
+                response_deserializer=wallets_dot_v1_dot_wallet__pb2.DepositInstructions.FromString,
+                _registered_method=True)
+        self.RegisterDepositAddress = channel.unary_unary(
+                '/wallets.v1.WalletService/RegisterDepositAddress',
+                request_serializer=wallets_dot_v1_dot_wallet__pb2.RegisterDepositAddressRequest.SerializeToString,
+                response_deserializer=wallets_dot_v1_dot_wallet__pb2.DepositAddress.FromString,
+                _registered_method=True)
+        self.SetEcnyTier = channel.unary_unary(
+                '/wallets.v1.WalletService/SetEcnyTier',
+                request_serializer=wallets_dot_v1_dot_wallet__pb2.SetEcnyTierRequest.SerializeToString,
+                response_deserializer=wallets_dot_v1_dot_wallet__pb2.EcnyWallet.FromString,
+                _registered_method=True)
+        self.GetEcnyWallet = channel.unary_unary(
+                '/wallets.v1.WalletService/GetEcnyWallet',
+                request_serializer=wallets_dot_v1_dot_wallet__pb2.GetEcnyWalletRequest.SerializeToString,
+                response_deserializer=wallets_dot_v1_dot_wallet__pb2.EcnyWallet.FromString,
+                _registered_method=True)
 
 
 class WalletServiceServicer:
@@ -298,6 +318,34 @@ class WalletServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetDepositInstructions(self, request, context):
+        """Chain rails: how to fund a wallet from an address, and registering that address (proven
+        by its key's signature); withdrawals name a destination (WithdrawRequest.destination).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RegisterDepositAddress(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetEcnyTier(self, request, context):
+        """e-CNY (a node run with --ecny): an authority (an operator or a configured identity
+        provider, never the wallet's agent) sets a wallet's category after verifying identity.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetEcnyWallet(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WalletServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -415,6 +463,26 @@ def add_WalletServiceServicer_to_server(servicer, server):
                     servicer.Convert,
                     request_deserializer=wallets_dot_v1_dot_wallet__pb2.ConvertRequest.FromString,
                     response_serializer=wallets_dot_v1_dot_wallet__pb2.Conversion.SerializeToString,
+            ),
+            'GetDepositInstructions': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDepositInstructions,
+                    request_deserializer=wallets_dot_v1_dot_wallet__pb2.GetDepositInstructionsRequest.FromString,
+                    response_serializer=wallets_dot_v1_dot_wallet__pb2.DepositInstructions.SerializeToString,
+            ),
+            'RegisterDepositAddress': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterDepositAddress,
+                    request_deserializer=wallets_dot_v1_dot_wallet__pb2.RegisterDepositAddressRequest.FromString,
+                    response_serializer=wallets_dot_v1_dot_wallet__pb2.DepositAddress.SerializeToString,
+            ),
+            'SetEcnyTier': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetEcnyTier,
+                    request_deserializer=wallets_dot_v1_dot_wallet__pb2.SetEcnyTierRequest.FromString,
+                    response_serializer=wallets_dot_v1_dot_wallet__pb2.EcnyWallet.SerializeToString,
+            ),
+            'GetEcnyWallet': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEcnyWallet,
+                    request_deserializer=wallets_dot_v1_dot_wallet__pb2.GetEcnyWalletRequest.FromString,
+                    response_serializer=wallets_dot_v1_dot_wallet__pb2.EcnyWallet.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1039,6 +1107,114 @@ class WalletService:
             '/wallets.v1.WalletService/Convert',
             wallets_dot_v1_dot_wallet__pb2.ConvertRequest.SerializeToString,
             wallets_dot_v1_dot_wallet__pb2.Conversion.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDepositInstructions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wallets.v1.WalletService/GetDepositInstructions',
+            wallets_dot_v1_dot_wallet__pb2.GetDepositInstructionsRequest.SerializeToString,
+            wallets_dot_v1_dot_wallet__pb2.DepositInstructions.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterDepositAddress(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wallets.v1.WalletService/RegisterDepositAddress',
+            wallets_dot_v1_dot_wallet__pb2.RegisterDepositAddressRequest.SerializeToString,
+            wallets_dot_v1_dot_wallet__pb2.DepositAddress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetEcnyTier(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wallets.v1.WalletService/SetEcnyTier',
+            wallets_dot_v1_dot_wallet__pb2.SetEcnyTierRequest.SerializeToString,
+            wallets_dot_v1_dot_wallet__pb2.EcnyWallet.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEcnyWallet(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wallets.v1.WalletService/GetEcnyWallet',
+            wallets_dot_v1_dot_wallet__pb2.GetEcnyWalletRequest.SerializeToString,
+            wallets_dot_v1_dot_wallet__pb2.EcnyWallet.FromString,
             options,
             channel_credentials,
             insecure,

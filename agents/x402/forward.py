@@ -1,0 +1,84 @@
+"""The gateway's hop to the seller: the call over gRPC with the buyer's voucher, as a gRPC
+buyer makes it, and the answer as the gateway's JSON body."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import grpc
+
+from agents.payments import VOUCHER_METADATA_KEY
+from agents.v1 import agent_pb2, agent_pb2_grpc
+from agents.x402 import network as net
+from marketplace.aio_client import aio_channel
+from marketplace.identity import AgentKey
+from marketplace.v1 import agreement_pb2
+
+CALL_TIMEOUT_S = 30.0
+HTTP_OF_GRPC = {grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.NOT_FOUND: 404,
+                grpc.StatusCode.RESOURCE_EXHAUSTED: 429, grpc.StatusCode.UNAVAILABLE: 503,
+                grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+                grpc.StatusCode.FAILED_PRECONDITION: 409}
+
+
+class Channels:
+    """One aio channel per seller endpoint (signed with the gateway's key, or plain)."""
+
+    def __init__(self, key: AgentKey, tracer_provider: Any = None) -> None:
+        self.key = key
+        self.tracer_provider = tracer_provider
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._stubs: dict[str, agent_pb2_grpc.AgentServiceStub] = {}
+
+    def get(self, endpoint: str, *, signed: bool = False) -> grpc.aio.Channel:
+        name = f"{'signed' if signed else 'plain'}:{endpoint}"
+        channel = self._channels.get(name)
+        if channel is None:
+            channel = aio_channel(endpoint, self.key if signed else None,
+                                  tracer_provider=self.tracer_provider)
+            self._channels[name] = channel
+        return channel
+
+    def stub(self, endpoint: str) -> agent_pb2_grpc.AgentServiceStub:
+        """The plain channel's stub (a voucher is the call's own proof)."""
+        stub = self._stubs.get(endpoint)
+        if stub is None:
+            stub = self._stubs[endpoint] = agent_pb2_grpc.AgentServiceStub(self.get(endpoint))
+        return stub
+
+    async def aclose(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()
+        self._stubs.clear()
+
+
+def invoke_request(arguments: dict[str, Any], voucher: agreement_pb2.Voucher
+                   ) -> agent_pb2.InvokeRequest:
+    return agent_pb2.InvokeRequest(agreement_id=voucher.agreement_id,
+                                   input_json=json.dumps(arguments),
+                                   call_id=f"x402:{voucher.payword_index}")
+
+
+def voucher_metadata(voucher: agreement_pb2.Voucher) -> list[tuple[str, bytes]]:
+    return [(VOUCHER_METADATA_KEY, voucher.SerializeToString())]
+
+
+async def invoke(channels: Channels, endpoint: str, arguments: dict[str, Any],
+                 voucher: agreement_pb2.Voucher) -> tuple[int, dict[str, Any], int]:
+    """(HTTP status, body, charged atomic) of the seller's answer."""
+    try:
+        response = await channels.stub(endpoint).Invoke(
+            invoke_request(arguments, voucher), timeout=CALL_TIMEOUT_S,
+            metadata=voucher_metadata(voucher))
+    except grpc.aio.AioRpcError as error:
+        return (HTTP_OF_GRPC.get(error.code(), 502),
+                {"error": error.code().name.lower(), "message": error.details() or ""}, 0)
+    usage = response.usage
+    return 200, {"output": json.loads(response.output_json),
+                 "usage": {"inputTokens": usage.input_tokens,
+                           "outputTokens": usage.output_tokens, "units": usage.units,
+                           "charged": str(usage.charged_atomic)},
+                 "receipt": net.b64(response.receipt.SerializeToString())
+                 }, usage.charged_atomic

@@ -1,0 +1,229 @@
+"""A session's later calls at the gateway (`agents.x402.session_calls`): paid in a few hashes,
+answered as the full path answers them (a PAYMENT-RESPONSE whose receipt the node signed), and
+every attack on a word refused with its x402 reason, nothing charged: a replayed word, a word
+of another session, a word past the agreement's chain, the same word sent many times at once
+(exactly one call is served and charged).
+
+Real parts: a node (SQLite file), a seller agent, the gateway on uvicorn, x402's own client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from x402.http.clients.httpx import x402AsyncTransport
+from x402.http.utils import (
+    decode_payment_required_header,
+    decode_payment_response_header,
+    decode_payment_signature_header,
+    encode_payment_signature_header,
+)
+from x402.schemas import PaymentPayload
+
+from agents.x402 import buyer_client, http_client
+from agents.x402 import network as net
+from agents.x402.client import PrepayTransport
+from marketplace.identity import verify
+from marketplace.v1 import agreement_pb2
+from tests.x402_market import Market, books_balance, open_market
+
+
+@pytest.fixture(scope="module")
+def market(tmp_path_factory) -> Iterator[Market]:
+    yield from open_market(tmp_path_factory.mktemp("x402-sessions"))
+
+
+@pytest.fixture(autouse=True)
+def balanced_books(market) -> Iterator[None]:
+    yield
+    books_balance(market.node)
+
+
+class Session:
+    """A session opened at the gateway by x402's client; `next()` is its next voucher."""
+
+    def __init__(self, market: Market, calls: int = 5) -> None:
+        self.market = market
+        unpaid = httpx.post(market.url("shout"), json={"text": "hi"})
+        self.required = decode_payment_required_header(unpaid.headers["payment-required"])
+        self.client, self.schemes = buyer_client(market.key, market.network,
+                                                 calls_per_session=calls)
+        opened = send(market, encode_payment_signature_header(self.next()))
+        assert opened.status_code == 200, opened.text
+        self.agreement = decode_payment_response_header(
+            opened.headers["payment-response"]).extra["agreementId"]
+
+    def next(self) -> PaymentPayload:
+        return asyncio.run(self.client.create_payment_payload(self.required))
+
+    def state(self) -> tuple[int, int, int]:
+        """(calls, last word, charged) of the gateway's session, and the ledger's postings."""
+        found = self.market.gateway.sessions.sessions[self.agreement]
+        return found.calls, found.last_index, found.charged_atomic
+
+    def close(self) -> dict[str, Any]:
+        closed = httpx.post(f"{self.market.http.url}/v1/sessions/{self.agreement}/close",
+                            json={"finish": self.schemes["exact"].finish_signature(
+                                self.agreement)})
+        assert closed.status_code == 200, closed.text
+        return closed.json()
+
+
+def send(market: Market, header: str) -> httpx.Response:
+    return httpx.post(market.url("shout"), json={"text": "hi"},
+                      headers={"PAYMENT-SIGNATURE": header})
+
+
+def reason(response: httpx.Response) -> str:
+    return decode_payment_required_header(response.headers["payment-required"]).error or ""
+
+
+def postings(market: Market) -> int:
+    return len(market.node.ledger.postings(limit=100_000))
+
+
+def with_voucher(payload: PaymentPayload, voucher: agreement_pb2.Voucher) -> str:
+    forged = {**payload.payload, "agreementId": voucher.agreement_id,
+              "voucher": base64.b64encode(voucher.SerializeToString()).decode()}
+    return encode_payment_signature_header(payload.model_copy(update={"payload": forged}))
+
+
+def voucher(payload: PaymentPayload) -> agreement_pb2.Voucher:
+    return agreement_pb2.Voucher.FromString(base64.b64decode(payload.payload["voucher"]))
+
+
+def test_later_calls_are_paid_in_the_fast_path_with_a_receipt_the_node_signed(market):
+    async def run() -> list[httpx.Response]:
+        client, _ = http_client(market.key, market.network, calls_per_session=10)
+        async with client:
+            return [await client.post(market.url("shout"), json={"text": f"hi {n}"})
+                    for n in range(4)]
+
+    before = market.gateway.session_calls.answered
+    answers = asyncio.run(run())
+    assert [a.json()["output"]["text"] for a in answers] == [f"HI {n}" for n in range(4)]
+    assert market.gateway.session_calls.answered - before == 3  # all but the opening call
+    paid = [decode_payment_response_header(a.headers["payment-response"]) for a in answers]
+    assert [p.extra["calls"] for p in paid] == [1, 2, 3, 4]
+    for settled in paid:
+        receipt = settled.extra["receipt"]
+        assert receipt["node"] == market.node.agent_id
+        assert verify(market.node.agent_id, net.RESPONSE_DOMAIN + net.canonical(
+            receipt["body"]), bytes.fromhex(receipt["signature"]))
+        assert receipt["body"]["amount"] == settled.amount == "2000000"
+        assert receipt["body"]["transaction"] == settled.transaction \
+            == settled.extra["holdPosting"]
+
+
+class Recording(httpx.AsyncHTTPTransport):
+    """The real transport, keeping each request's PAYMENT-SIGNATURE."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.headers: list[str] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.headers.append(request.headers.get("payment-signature", ""))
+        return await super().handle_async_request(request)
+
+
+def test_the_clients_repeated_payment_is_what_x402s_client_makes(market):
+    """The prepaying transport repeats x402's selected requirement: every header decodes with
+    x402's own code and differs from the one x402's client made only in the payload."""
+    recording = Recording()
+
+    async def run() -> None:
+        client, schemes = buyer_client(market.key, market.network, calls_per_session=10)
+        transport = x402AsyncTransport(client, transport=PrepayTransport(
+            client, schemes, inner=recording))
+        async with httpx.AsyncClient(transport=transport) as http:
+            for _ in range(4):
+                assert (await http.post(market.url("shout"), json={"text": "x"})
+                        ).status_code == 200
+
+    asyncio.run(run())
+    paid = [decode_payment_signature_header(h) for h in recording.headers if h]
+    assert [p.payload["kind"] for p in paid] == ["open", "voucher", "voucher", "voucher"]
+    by_x402, *repeated = (p.model_dump(exclude={"payload"}) for p in paid[1:])
+    assert repeated == [by_x402, by_x402]
+
+
+def test_a_replayed_word_is_refused_and_charges_nothing(market):
+    session = Session(market)
+    second = encode_payment_signature_header(session.next())
+    assert send(market, second).status_code == 200
+    before, ledger = session.state(), postings(market)
+    replay = send(market, second)
+    assert (replay.status_code, reason(replay)) == (402, "payload_replayed")
+    assert session.state() == before and postings(market) == ledger
+    assert session.close()["captured"] == "4000000"  # the open and the second call
+
+
+def test_a_word_of_another_session_is_refused(market):
+    mine, other = Session(market), Session(market)
+    theirs = voucher(other.next())
+    theirs.agreement_id = mine.agreement  # their next word, relabelled as mine
+    before, ledger = mine.state(), postings(market)
+    refused = send(market, with_voucher(mine.next(), theirs))
+    assert (refused.status_code, reason(refused)) == (402, "invalid_signature")
+    assert mine.state() == before and postings(market) == ledger
+    mine.close()
+    other.close()
+
+
+def test_a_word_past_the_authorisation_is_refused(market):
+    session = Session(market, calls=3)
+    payload = session.next()
+    beyond = voucher(payload)
+    body = market.gateway.sessions.sessions[session.agreement].body
+    beyond.payword_index = body.payword_length + 1  # past the chain the buyer signed
+    beyond.cumulative_atomic = beyond.payword_index * body.link_value_atomic
+    before, ledger = session.state(), postings(market)
+    refused = send(market, with_voucher(payload, beyond))
+    assert (refused.status_code, reason(refused)) == (402, "invalid_signature")
+    guessed = voucher(payload)
+    guessed.payword_index += 1  # a later index with this word: not on the chain there
+    refused = send(market, with_voucher(payload, guessed))
+    assert (refused.status_code, reason(refused)) == (402, "invalid_signature")
+    assert session.state() == before and postings(market) == ledger
+    assert send(market, encode_payment_signature_header(payload)).status_code == 200
+    assert session.close()["captured"] == "4000000"
+
+
+def test_the_same_word_sent_at_once_is_served_and_charged_once(market):
+    session = Session(market)
+    header = encode_payment_signature_header(session.next())
+    calls, _, charged = session.state()
+
+    async def race() -> list[httpx.Response]:
+        async with httpx.AsyncClient() as client:
+            return list(await asyncio.gather(*(
+                client.post(market.url("shout"), json={"text": "hi"},
+                            headers={"PAYMENT-SIGNATURE": header}) for _ in range(12))))
+
+    answers = asyncio.run(race())
+    served = [a for a in answers if a.status_code == 200]
+    assert len(served) == 1
+    assert {(a.status_code, reason(a)) for a in answers if a.status_code != 200} \
+        == {(402, "payload_replayed")}
+    assert session.state()[0] == calls + 1 and session.state()[2] == charged + 2_000_000
+    assert session.close()["captured"] == "4000000"
+
+
+def test_a_payment_identifier_or_a_changed_requirement_takes_the_full_path(market):
+    session = Session(market)
+    payload = session.next()
+    edited = json.loads(base64.b64decode(encode_payment_signature_header(payload)))
+    edited["accepted"]["extra"]["skill"] = "whisper"
+    before = market.gateway.session_calls.answered
+    refused = send(market, base64.b64encode(json.dumps(edited).encode()).decode())
+    assert (refused.status_code, reason(refused)) == (402, "invalid_resource")
+    assert send(market, encode_payment_signature_header(payload)).status_code == 200
+    assert market.gateway.session_calls.answered == before + 1
+    session.close()
