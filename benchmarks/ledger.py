@@ -124,7 +124,8 @@ class RawLedger:
         fields = dict(sequence=self.sequence, idempotency_key=key, kind="transfer", hold_id="",
                       created_at_ms=now_ms, memo="", trace_id="", span_id="")
         digest = posting_hash(self.hash, legs=legs, **fields)
-        posting = (self.sequence, key, "transfer", "", now_ms, "", "", "", self.hash, digest)
+        posting = (self.sequence, key, "transfer", "", now_ms, "", "", "", self.hash, digest,
+                   self.sequence)  # sealed as written, as the ledger does on SQLite
         self.hash = digest
         entries = [(self.sequence, leg.account_id, "USD", leg.posted_atomic, 0, 0) for leg in legs]
         body = ["transfer", {"transfers": [[debit, credit, amount]]}]
@@ -145,8 +146,8 @@ class RawLedger:
                               f"operation = 'transfer' AND key IN "
                               f"({','.join('?' * len(keys))})", keys).fetchall()
         db.executemany("INSERT INTO ledger_postings (sequence, idempotency_key, kind, hold_id, "
-                       "created_at_ms, trace_id, span_id, memo, prev_hash, hash) "
-                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", postings)
+                       "created_at_ms, trace_id, span_id, memo, prev_hash, hash, position) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", postings)
         db.executemany("INSERT INTO ledger_entries (sequence, account_id, currency, posted_atomic,"
                        " pending_debit_atomic, pending_credit_atomic) VALUES (?, ?, ?, ?, ?, ?)",
                        entries)
