@@ -227,3 +227,23 @@ def test_a_payment_identifier_or_a_changed_requirement_takes_the_full_path(marke
     assert send(market, encode_payment_signature_header(payload)).status_code == 200
     assert market.gateway.session_calls.answered == before + 1
     session.close()
+
+
+def test_a_close_in_flight_holds_up_no_voucher_and_a_second_close_is_told_to_retry(market):
+    session = Session(market, calls=5)
+    found = market.gateway.sessions.sessions[session.agreement]
+    assert found.closing.acquire(blocking=False)  # a close waiting on the seller's Finish
+    try:
+        calls, before = found.calls, postings(market)
+        paid = send(market, encode_payment_signature_header(session.next()))
+        assert paid.status_code == 200, paid.text  # the voucher did not wait for the close
+        assert found.calls == calls + 1 and postings(market) == before
+        busy = httpx.post(f"{market.http.url}/v1/sessions/{session.agreement}/close",
+                          json={"finish": session.schemes["exact"].finish_signature(
+                              session.agreement)})
+        assert busy.status_code == 409 and busy.json()["error"] == "session_busy", busy.text
+        assert found.closed is None and postings(market) == before
+    finally:
+        found.closing.release()
+    closed = session.close()
+    assert closed["state"] == "settled" and closed["captured"] == "4000000"  # both calls

@@ -290,8 +290,8 @@ class Gateway:
             try:
                 closing = await asyncio.to_thread(self.sessions.close, agreement, finish)
             except Refused as error:
-                return problem(404 if error.reason == "session_unknown" else 402,
-                                error.reason, error.message)
+                status = {"session_unknown": 404, "session_busy": 409}.get(error.reason, 402)
+                return problem(status, error.reason, error.message)
             session = self.sessions.sessions[agreement]
             summary = settlement_summary(closing)
             settled = self._responses.signed_response(

@@ -24,6 +24,7 @@ REASONS = {
     "wallet_frozen": "the payer's wallet is frozen",
     "session_unknown": "no open session has this agreement",
     "session_ended": "the session was closed",
+    "session_busy": "another request is closing the session (HTTP 409; retry)",
     "seller_refused": "the seller did not countersign, serve or finish (503 when it would "
                       "not quote a metered skill's price)",
     "unsupported_payload_type": "this facilitator does not settle that payload kind",

@@ -51,6 +51,9 @@ class Session:
     calls: int = 0
     closed: dict[str, Any] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Held across the seller's Finish (seconds), apart from `lock` (microseconds), so that a
+    # close never makes a voucher check wait, nor ties up a gateway worker thread behind it.
+    closing: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def link_value_atomic(self) -> int:
@@ -185,7 +188,10 @@ class SessionBook:
         session = self.sessions.get(agreement_id)
         if session is None:
             raise Refused("session_unknown", "no session has this agreement")
-        with session.lock:
+        if not session.closing.acquire(blocking=False):
+            raise Refused("session_busy", "the session is being closed by another request; "
+                                          "retry in a moment")
+        try:
             if session.closed is not None:
                 return session.closed
             try:
@@ -202,10 +208,14 @@ class SessionBook:
             receipts = self.settlement.receipts.receipts(agreement_id) \
                 if self.settlement.receipts else []
             last = receipts[-1] if receipts else None
-            session.closed = {"escrow": escrow, "receipt": last,
-                              "transaction": str(last["body"]["postings"][-1]["sequence"])
-                              if last else session.hold_posting}
-            return session.closed
+            closed = {"escrow": escrow, "receipt": last,
+                      "transaction": str(last["body"]["postings"][-1]["sequence"])
+                      if last else session.hold_posting}
+            with session.lock:
+                session.closed = closed
+            return closed
+        finally:
+            session.closing.release()
 
     def _hold_posting(self, hold_id: str) -> str:
         with self.settlement.engine.connect() as conn:
