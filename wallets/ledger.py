@@ -40,6 +40,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from wallets import _idempotency
+from wallets import _sqlite_hot as hot
 from wallets._bulk import TransferRequest, post_transfers
 from wallets._chain import GENESIS_HASH, posting_hash
 from wallets._group_commit import GroupCommitter, WorkItem
@@ -99,15 +100,12 @@ def _apply_leg_statement() -> Any:
 
 
 _APPLY_LEG = _apply_leg_statement()
+_APPLY_LEG_SQLITE = hot.compile_for_sqlite(_APPLY_LEG)
 _SELECT_ACCOUNTS = select(ACCOUNTS).where(ACCOUNTS.c.id.in_(bindparam("ids", expanding=True)))
-_HEAD_FOR_UPDATE = select(HEAD).where(HEAD.c.id == 1).with_for_update()
-_INSERT_POSTING = insert(POSTINGS)
 _INSERT_UNSEALED = (insert(POSTINGS).values(sequence=func.nextval("ledger_posting_seq"))
                     .returning(POSTINGS.c.sequence))
 _NEXT_SEQUENCES = text("SELECT nextval('ledger_posting_seq') FROM generate_series(1, :n)")
 _INSERT_ENTRY = insert(ENTRIES)
-_UPDATE_HEAD = update(HEAD).where(HEAD.c.id == 1).values(sequence=bindparam("h_sequence"),
-                                                         hash=bindparam("h_hash"))
 MAX_HOLD_TIMEOUT_S = 30 * 24 * 3600
 MAX_LEGS = 64
 MAX_MEMO = 256
@@ -131,6 +129,22 @@ def next_sequences(conn: Connection, n: int) -> list[int]:
 def _retryable(error: OperationalError) -> bool:
     """A deadlock between row locks (PostgreSQL aborts one side) or the like: run again."""
     return getattr(error.orig, "sqlstate", None) in RETRIED_SQLSTATES
+
+
+class _Refused(Exception):
+    """A mutation's effect was refused (`error`); the runner rolls the effect back, then
+    records the refusal if it is a final one (`Ledger._record_refusal`)."""
+
+    def __init__(self, error: AgentmarketError, scope: str, key: str, operation: str,
+                 request_digest: str, decode: Callable[[Any], Any]) -> None:
+        super().__init__(error)
+        self.error, self.scope, self.key, self.operation = error, scope, key, operation
+        self.request_digest, self.decode = request_digest, decode
+
+    @property
+    def recorded(self) -> bool:
+        return (self.scope != _idempotency.NODE_SCOPE
+                and _idempotency.is_recorded_failure(self.error))
 
 
 class _Outcome:
@@ -278,25 +292,46 @@ class Ledger:
         request_digest = _idempotency.digest(operation, request)
         args = (scope, key, operation, request_digest, apply, encode, decode)
         if self._committer is not None:
-            return self._committer.submit(lambda conn: self._run_item(conn, *args))
+            return self._committer.submit(
+                lambda conn: self._run_item(conn, *args, isolated=False))
         return self._mutate_alone(*args)
 
     def _mutate_alone(self, *args: Any) -> Any:
         """One mutation in its own transaction, retried when a concurrent duplicate wins."""
+        return self._run_alone(lambda conn: self._run_item(conn, *args, isolated=False),
+                               key=args[1])
+
+    def _run_alone(self, run: Callable[[Connection], _Outcome], *, key: str = "") -> Any:
+        """Run `run` in a transaction of its own. No savepoint: a refused effect rolls the
+        whole transaction back, and its refusal is recorded in the next one."""
         for _attempt in range(5):
             try:
-                with self._write() as conn:
-                    outcome = self._run_item(conn, *args)
+                try:
+                    with self._write() as conn:
+                        outcome = run(conn)
+                except _Refused as refused:
+                    if not refused.recorded:
+                        raise refused.error from None
+                    with self._write() as conn:
+                        outcome = self._record_refusal(conn, refused)
                 return outcome.unwrap()
             except IntegrityError:
                 continue  # a concurrent duplicate won the key; the next attempt replays it
             except OperationalError as error:
                 if not _retryable(error):
                     raise
-        raise Contended(f"idempotency key {args[1]!r} is contended; retry the request")
+        named = f" {key!r}" if key else ""
+        raise Contended(f"idempotency key{named} is contended; retry the request")
 
     def _run_batch(self, batch: list[WorkItem]) -> None:
         """Group commit: every item in its own savepoint, one transaction, one commit."""
+        if len(batch) == 1:  # alone: its own transaction, no savepoint
+            item = batch[0]
+            try:
+                item.result = item.context.run(self._run_alone, item.run)
+            except Exception as error:
+                item.error = error
+            return
         outcomes: list[tuple[WorkItem, _Outcome]] = []
         alone: list[WorkItem] = []
         try:
@@ -304,14 +339,23 @@ class Ledger:
                 for item in batch:
                     savepoint = conn.begin_nested()
                     try:
-                        outcome = item.context.run(item.run, conn)
+                        try:
+                            outcome = item.context.run(item.run, conn)
+                        except _Refused as refused:  # its effect goes, its refusal stays
+                            savepoint.rollback()
+                            if not refused.recorded:
+                                raise refused.error from None
+                            savepoint = conn.begin_nested()
+                            outcome = item.context.run(self._record_refusal, conn, refused)
                         savepoint.commit()
                     except AgentmarketError as error:  # refused before recording: not stored
-                        savepoint.rollback()
+                        if savepoint.is_active:
+                            savepoint.rollback()
                         item.error = error
                         continue
                     except Exception:  # a conflicting duplicate or the like: run it alone
-                        savepoint.rollback()
+                        if savepoint.is_active:
+                            savepoint.rollback()
                         alone.append(item)
                         continue
                     outcomes.append((item, outcome))
@@ -326,31 +370,30 @@ class Ledger:
         for item in alone:
             item.error = None
             try:
-                item.result = item.context.run(self._run_alone, item)
+                item.result = item.context.run(self._run_alone, item.run)
             except Exception as error:
                 item.error = error
 
-    def _run_alone(self, item: WorkItem) -> Any:
-        for _attempt in range(5):
-            try:
-                with self._write() as conn:
-                    outcome = item.run(conn)
-                return outcome.unwrap()
-            except IntegrityError:
-                continue
-            except OperationalError as error:
-                if not _retryable(error):
-                    raise
-        raise Contended("idempotency key is contended; retry the request")
-
     def _run_item(self, conn: Connection, scope: str, key: str, operation: str,
                   request_digest: str, apply: Callable[[Connection], Any],
-                  encode: Callable[[Any], Any], decode: Callable[[Any], Any]) -> _Outcome:
-        """Replay a stored outcome, or apply once and record the outcome with the effect."""
-        stored = _idempotency.lookup(conn, scope, key, operation, request_digest,
-                                     legacy=self._legacy_keys)  # raises a stored error
+                  encode: Callable[[Any], Any], decode: Callable[[Any], Any], *,
+                  isolated: bool = True) -> _Outcome:
+        """Replay a stored outcome, or apply once and record the outcome with the effect.
+
+        `isolated`: a refusal rolls back a savepoint around the effect and is recorded here;
+        off, it raises `_Refused` for the caller to roll back the effect (whole transaction or
+        its own savepoint) and record the refusal with `_record_refusal`."""
+        stored = self._lookup(conn, scope, key, operation, request_digest)
         if stored is not None:
             return _Outcome(decode(stored))
+        if not isolated:
+            try:
+                with _idempotency.running_in(scope):
+                    result = apply(conn)
+            except AgentmarketError as error:
+                raise _Refused(error, scope, key, operation, request_digest, decode) from None
+            self._record(conn, scope, key, operation, request_digest, result=encode(result))
+            return _Outcome(result)
         savepoint = conn.begin_nested()
         try:
             with _idempotency.running_in(scope):
@@ -360,12 +403,46 @@ class Ledger:
             savepoint.rollback()
             if scope == _idempotency.NODE_SCOPE or not _idempotency.is_recorded_failure(error):
                 raise
-            _idempotency.record(conn, scope, key, operation, request_digest, self.clock_ms(),
-                                error=error)
+            self._record(conn, scope, key, operation, request_digest, error=error)
             return _Outcome(error=error)
-        _idempotency.record(conn, scope, key, operation, request_digest, self.clock_ms(),
-                            result=encode(result))
+        self._record(conn, scope, key, operation, request_digest, result=encode(result))
         return _Outcome(result)
+
+    def _record_refusal(self, conn: Connection, refused: _Refused) -> _Outcome:
+        """Record a refusal after its effect rolled back; a concurrent duplicate that recorded
+        its outcome meanwhile wins, and its outcome is returned instead."""
+        stored = self._lookup(conn, refused.scope, refused.key, refused.operation,
+                              refused.request_digest)
+        if stored is not None:
+            return _Outcome(refused.decode(stored))
+        self._record(conn, refused.scope, refused.key, refused.operation,
+                     refused.request_digest, error=refused.error)
+        return _Outcome(error=refused.error)
+
+    def _lookup(self, conn: Connection, scope: str, key: str, operation: str,
+                request_digest: str) -> Any | None:
+        """`_idempotency.lookup`, on SQLite through the DB-API cursor (`wallets._sqlite_hot`)."""
+        if not self._sqlite:
+            return _idempotency.lookup(conn, scope, key, operation, request_digest,
+                                       legacy=self._legacy_keys)
+        row = _idempotency.pick(hot.key_rows(conn, scope, operation, key,
+                                             legacy=self._legacy_keys), scope)
+        if row is None:
+            return None
+        result, error = _idempotency.stored_outcome(row, key, request_digest)
+        if error is not None:
+            raise error
+        return result
+
+    def _record(self, conn: Connection, scope: str, key: str, operation: str,
+                request_digest: str, *, result: Any = None,
+                error: AgentmarketError | None = None) -> None:
+        values = _idempotency.row_values(scope, key, operation, request_digest, self.clock_ms(),
+                                         result=result, error=error)
+        if self._sqlite:
+            hot.record_key(conn, values)
+        else:
+            conn.execute(_idempotency._RECORD, [values])
 
     # ---- accounts -----------------------------------------------------------------------
 
@@ -471,8 +548,13 @@ class Ledger:
         for t in transfers:
             deltas[t.debit_account_id] = deltas.get(t.debit_account_id, 0) - t.amount_atomic
             deltas[t.credit_account_id] = deltas.get(t.credit_account_id, 0) + t.amount_atomic
-        accounts = self._accounts_for(conn, deltas)
-        self.spend_guard.check(conn, key, kind, transfers, accounts, spend)  # spend-guard hook
+        if self._sqlite:  # one statement: the accounts, and which wallets have controls
+            accounts, controlled = hot.accounts_with_controls(conn, deltas)
+            if not self.spend_guard.idle(transfers, accounts, spend, controlled):
+                self.spend_guard.check(conn, key, kind, transfers, accounts, spend)
+        else:
+            accounts = self._accounts_for(conn, deltas)
+            self.spend_guard.check(conn, key, kind, transfers, accounts, spend)  # spend-guard
         legs = [Leg(a, accounts[a].currency, posted_atomic=d) for a, d in deltas.items()]
         return self._post(conn, key, kind, legs, memo=memo)
 
@@ -512,23 +594,22 @@ class Ledger:
                                       created_at_ms=now_ms, memo=memo, trace_id=trace_id,
                                       span_id=span_id)
         if self._sqlite:  # writers are serialised: seal as we write, position = sequence
-            head = conn.execute(_HEAD_FOR_UPDATE).one()
-            sequence = fields["sequence"] = head.sequence + 1
-            digest = posting_hash(head.hash, legs=legs, **fields)
-            conn.execute(_INSERT_POSTING, [{**fields, "prev_hash": head.hash, "hash": digest,
-                                            "position": sequence}])
-            conn.execute(_UPDATE_HEAD, {"h_sequence": sequence, "h_hash": digest})
-        else:  # numbered now, sealed into the chain after commit (`wallets.sealer`)
-            digest = ""
-            sequence = fields["sequence"] = conn.execute(
-                _INSERT_UNSEALED, {**fields, "prev_hash": "", "hash": ""}).scalar_one()
+            prev_sequence, prev_hash = hot.head(conn)
+            sequence = fields["sequence"] = prev_sequence + 1
+            digest = posting_hash(prev_hash, legs=legs, **fields)
+            hot.append_sealed(conn, fields, prev_hash, digest, legs)
+            transaction_postings(conn).append(sequence)
+            return Posting(legs=tuple(legs), hash=digest, **fields)
+        # PostgreSQL: numbered now, sealed into the chain after commit (`wallets.sealer`)
+        sequence = fields["sequence"] = conn.execute(
+            _INSERT_UNSEALED, {**fields, "prev_hash": "", "hash": ""}).scalar_one()
         transaction_postings(conn).append(sequence)
         conn.execute(_INSERT_ENTRY, [
             dict(sequence=sequence, account_id=leg.account_id, currency=leg.currency,
                  posted_atomic=leg.posted_atomic, pending_debit_atomic=leg.pending_debit_atomic,
                  pending_credit_atomic=leg.pending_credit_atomic) for leg in legs
         ])
-        return Posting(legs=tuple(legs), hash=digest, **fields)
+        return Posting(legs=tuple(legs), hash="", **fields)
 
     def _apply_leg(self, conn: Connection, leg: Leg) -> None:
         """Change one account's balances; refuse (atomically) to go below its limit."""
@@ -539,14 +620,16 @@ class Ledger:
         increments = {"posted_credits_atomic": credit, "posted_debits_atomic": debit,
                       "pending_debits_atomic": leg.pending_debit_atomic,
                       "pending_credits_atomic": leg.pending_credit_atomic}
-        result = conn.execute(_APPLY_LEG, {
+        params = {
             "a_id": leg.account_id, "a_currency": leg.currency,
             "a_spends": leg.posted_atomic - leg.pending_debit_atomic < 0,
             "a_cr": credit, "a_dr": debit, "a_pd": leg.pending_debit_atomic,
             "a_pc": leg.pending_credit_atomic,
             **{f"a_max_{name}": INT64_MAX - max(d, 0) for name, d in increments.items()},
-        })
-        if result.rowcount != 1:
+        }
+        changed = (hot.apply_leg(conn, _APPLY_LEG_SQLITE, params) if self._sqlite
+                   else conn.execute(_APPLY_LEG, params).rowcount)
+        if changed != 1:
             row = conn.execute(select(ACCOUNTS).where(ACCOUNTS.c.id == leg.account_id)).first()
             if row is None:
                 raise NotFound(f"account {leg.account_id!r} does not exist")
