@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError
 
 DEFAULT_DB_URL = "sqlite:///agentmarket.db"
 SQLITE_BUSY_TIMEOUT_S = 30.0
@@ -62,7 +63,11 @@ def make_engine(url: str = DEFAULT_DB_URL) -> Engine:
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
         reading = conn.get_execution_options().get("agentmarket_read", False)
-        conn.exec_driver_sql("BEGIN" if reading else "BEGIN IMMEDIATE")
+        statement = "BEGIN" if reading else "BEGIN IMMEDIATE"
+        try:  # straight to sqlite3: through SQLAlchemy it cost more than a posting's rows
+            conn.connection.driver_connection.execute(statement)
+        except sqlite3.Error as error:  # e.g. "database is locked": as SQLAlchemy raises it
+            raise DBAPIError.instance(statement, None, error, sqlite3.Error) from error
 
     return engine
 
