@@ -14,8 +14,7 @@ true until it commits, so reading a wallet's controls with its balance needs no 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from functools import cache
 from typing import Any, NamedTuple
 
@@ -54,27 +53,22 @@ class KeyRow(NamedTuple):
     result_json: str
 
 
-@contextmanager
-def _as_sqlalchemy_errors(statement: str) -> Iterator[None]:
-    try:
-        yield
-    except sqlite3.Error as error:
-        raise DBAPIError.instance(statement, None, error, sqlite3.Error) from error
-
-
-def dbapi(conn: Connection) -> sqlite3.Connection:
-    """The sqlite3 connection under `conn` (its transaction is `conn`'s)."""
-    return conn.connection.driver_connection  # type: ignore[return-value]
+def _translated(statement: str, error: sqlite3.Error) -> DBAPIError:
+    return DBAPIError.instance(statement, None, error, sqlite3.Error)
 
 
 def execute(conn: Connection, statement: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
-    with _as_sqlalchemy_errors(statement):
-        return dbapi(conn).execute(statement, params)
+    try:
+        return conn.connection.driver_connection.execute(statement, params)  # type: ignore
+    except sqlite3.Error as error:
+        raise _translated(statement, error) from error
 
 
 def executemany(conn: Connection, statement: str, rows: Iterable[Sequence[Any]]) -> None:
-    with _as_sqlalchemy_errors(statement):
-        dbapi(conn).executemany(statement, rows)
+    try:
+        conn.connection.driver_connection.executemany(statement, rows)  # type: ignore
+    except sqlite3.Error as error:
+        raise _translated(statement, error) from error
 
 
 # ---- idempotency keys -----------------------------------------------------------------------
