@@ -6,7 +6,8 @@ after it has read the accounts and before it applies the legs. Before reading an
 locks the wallets it checks (SQLite: one writer anyway; PostgreSQL: their account rows FOR
 UPDATE, in account order), and every spend from a wallet passes here or through a hold that
 did, so each check-then-count is atomic: 50 concurrent spends never pass a daily cap by one
-atomic unit. A refusal raises, and the posting's savepoint rolls back the counters with it.
+atomic unit. A refusal raises, and the posting's savepoint (or, alone, its transaction) rolls
+back the counters with it.
 Captures of a hold are not checked again: the hold was authorised when it was placed.
 
 For each wallet the posting debits, in order:
