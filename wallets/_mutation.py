@@ -86,8 +86,13 @@ class _WriteTransaction:
         self.serial = self.ledger._serial()
         self.serial.__enter__()
         try:
-            self.ctx = self.ledger.engine.begin()
-            conn = self.ctx.__enter__()
+            if self.ledger._sqlite:  # writers take turns on one connection
+                conn = self.ledger._serial.connection()
+                self.ctx = conn.begin()
+                self.ctx.__enter__()
+            else:
+                self.ctx = self.ledger.engine.begin()
+                conn = self.ctx.__enter__()
         except BaseException:
             self.serial.__exit__(None, None, None)
             raise

@@ -185,13 +185,15 @@ class Ledger(MutationRunner):
                               ).start() if run_sealer else None
 
     def close(self) -> None:
-        """Stop the writer and sealer threads after the queued writes (the engine stays open)."""
+        """Stop the writer and sealer threads after the queued writes, and give back the writers'
+        connection (the engine stays open)."""
         if self._committer is not None:
             self._committer.close()
             self._committer = None
         if self._sealer is not None:
             self._sealer.close()
             self._sealer = None
+        self._serial.close()
 
     def seal(self) -> int:
         """Seal every posting committed so far into the hash chain now (`wallets.sealer`);

@@ -84,10 +84,15 @@ def is_sqlite(engine: Engine) -> bool:
 
 
 class WriteSerializer:
-    """One writer at a time inside this process on SQLite; a no-op on PostgreSQL."""
+    """One writer at a time inside this process on SQLite, taking turns on one connection (no
+    pool round trip per transaction: a fifth of a posting's Python); a no-op on PostgreSQL."""
 
     def __init__(self, engine: Engine) -> None:
         self._lock = threading.Lock() if is_sqlite(engine) else None
+        self._engine = engine
+        self._connection: Connection | None = None
+        if self._lock is not None:  # disposing the engine closes every connection, this too
+            event.listen(engine, "engine_disposed", lambda _engine: self.close())
 
     @contextmanager
     def __call__(self) -> Iterator[None]:
@@ -96,3 +101,19 @@ class WriteSerializer:
             return
         with self._lock:
             yield
+
+    def connection(self) -> Connection:
+        """The writers' connection (SQLite; call while holding the turn)."""
+        conn = self._connection
+        if conn is None or conn.closed or conn.invalidated:
+            conn = self._connection = self._engine.connect()
+        return conn
+
+    def close(self) -> None:
+        """Give the writers' connection back to the pool (the next writer takes one again)."""
+        if self._lock is None:
+            return
+        with self._lock:
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
