@@ -112,9 +112,18 @@ def signed_channel(address: str, key: AgentKey,
 
 def plain_channel(address: str, credentials: grpc.ChannelCredentials | None = None, *,
                   options: Iterable[tuple[str, Any]] = ()) -> grpc.Channel:
-    """A channel with no interceptors: TLS with `credentials`, plaintext without."""
-    return (grpc.secure_channel(address, credentials, options=list(options))
-            if credentials is not None else grpc.insecure_channel(address, options=list(options)))
+    """A channel with no interceptors: TLS with `credentials`, plaintext without. After an
+    outage it tries to reconnect at least every MAX_RECONNECT_BACKOFF_MS (gRPC's default backoff
+    grows to two minutes, long enough for a seller to miss its redeem deadline after a node
+    restart), unless `options` say otherwise."""
+    chosen = dict(options)
+    chosen.setdefault("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS)
+    return (grpc.secure_channel(address, credentials, options=list(chosen.items()))
+            if credentials is not None
+            else grpc.insecure_channel(address, options=list(chosen.items())))
+
+
+MAX_RECONNECT_BACKOFF_MS = 2000
 
 
 # ---- TLS ----------------------------------------------------------------------------------------

@@ -119,7 +119,7 @@ class AgreementFacts:
     accounts to pay need no read of the escrow row. Safe with several nodes (nothing in it
     changes) and bounded (the oldest entries go first); unknown agreements are not kept."""
 
-    def __init__(self, engine: Engine, size: int = 100_000) -> None:
+    def __init__(self, engine: Engine, size: int = 20_000) -> None:
         self.engine = engine
         self.size = size
         self._facts: dict[str, Facts] = {}

@@ -76,7 +76,7 @@ from typing import Any
 from sqlalchemy import Connection, insert, select, update
 
 from wallets.errors import FailedPrecondition, InvalidArgument
-from wallets.guard import SpendContext, SpendGuard, lock_wallets
+from wallets.guard import SpendContext, SpendGuard, involved, lock_wallets
 from wallets.models import Balance, Transfer
 from wallets.tables import EcnyCounterRow, EcnyPaymentRow, EcnyWalletRow
 
@@ -165,10 +165,10 @@ class EcnyGuard(SpendGuard):
 
     def check(self, conn: Connection, key: str, operation: str, transfers: Sequence[Transfer],
               accounts: Mapping[str, Balance], spend: SpendContext | None) -> None:
-        # every e-CNY wallet a cap is checked on, locked first (in account order)
-        lock_wallets(conn, {a for t in transfers for a in (t.debit_account_id,
-                                                           t.credit_account_id)
-                            if _is_ecny_wallet(accounts[a])})
+        accounts_involved = involved(transfers)
+        if any(_is_ecny_wallet(accounts[a]) for a in accounts_involved):
+            # the wallets whose caps are checked, with the rest, locked first in account order
+            lock_wallets(conn, accounts_involved)
         super().check(conn, key, operation, transfers, accounts, spend)
         assert self._ledger is not None
         now_ms = self._ledger.clock_ms()

@@ -4,11 +4,12 @@ The ledger calls `SpendGuard.check` inside the write transaction of every postin
 wallet account (transfers, linked postings, withdrawals, conversions, holds; escrow holds too),
 after it has read the accounts and before it applies the legs. Before reading any control it
 locks the wallets it checks (SQLite: one writer anyway; PostgreSQL: their account rows FOR
-UPDATE, in account order), and every spend from a wallet passes here or through a hold that
-did, so each check-then-count is atomic: 50 concurrent spends never pass a daily cap by one
-atomic unit. A refusal raises, and the posting's savepoint (or, alone, its transaction) rolls
-back the counters with it.
-Captures of a hold are not checked again: the hold was authorised when it was placed.
+UPDATE, in account order, with the accounts it credits: the legs lock those anyway, and one
+order for all of them keeps two opposite transfers from deadlocking), and every spend from a
+wallet passes here or through a hold that did, so each check-then-count is atomic: 50 concurrent
+spends never pass a daily cap by one atomic unit. A refusal raises, and the posting's savepoint
+(or, alone, its transaction) rolls back the counters with it. Captures of a hold are not checked
+again: the hold was authorised when it was placed.
 
 For each wallet the posting debits, in order:
 1. frozen? -> WALLET_FROZEN;
@@ -81,6 +82,11 @@ class SpendContext:
                                               "spender_id") if getattr(self, k)}
 
 
+def involved(transfers: Sequence[Transfer]) -> set[str]:
+    """Every account these transfers debit or credit."""
+    return {a for t in transfers for a in (t.debit_account_id, t.credit_account_id)}
+
+
 def lock_wallets(conn: Connection, account_ids: Iterable[str]) -> None:
     """Lock these account rows for the rest of the transaction, in a fixed order (no deadlock
     between two spends locking the same wallets): what a check reads about them after this
@@ -120,7 +126,7 @@ class SpendGuard:
         if not debits:
             return
         assert self._ledger is not None, "attach the guard to its ledger first"
-        lock_wallets(conn, debits)
+        lock_wallets(conn, involved(transfers))
         now_ms = self._ledger.clock_ms()
         rows = policies.load_rows(conn, sorted(debits))
         for account_id in sorted(debits):

@@ -12,6 +12,7 @@ from agents.payments import VOUCHER_METADATA_KEY
 from agents.v1 import agent_pb2, agent_pb2_grpc
 from agents.x402 import network as net
 from marketplace.aio_client import aio_channel
+from marketplace.grpc_tracing import tracing_active
 from marketplace.identity import AgentKey
 from marketplace.v1 import agreement_pb2
 
@@ -41,10 +42,17 @@ class Channels:
         return channel
 
     def stub(self, endpoint: str) -> agent_pb2_grpc.AgentServiceStub:
-        """The plain channel's stub (a voucher is the call's own proof)."""
-        stub = self._stubs.get(endpoint)
+        """The plain channel's stub (a voucher is the call's own proof); while tracing is
+        off, over a channel without interceptors (grpc.aio's cost one task per call)."""
+        traced = tracing_active(self.tracer_provider)
+        name = f"{'traced' if traced else 'bare'}:{endpoint}"
+        stub = self._stubs.get(name)
         if stub is None:
-            stub = self._stubs[endpoint] = agent_pb2_grpc.AgentServiceStub(self.get(endpoint))
+            if traced:
+                channel = self.get(endpoint)
+            else:
+                channel = self._channels[name] = grpc.aio.insecure_channel(endpoint)
+            stub = self._stubs[name] = agent_pb2_grpc.AgentServiceStub(channel)
         return stub
 
     async def aclose(self) -> None:

@@ -85,6 +85,22 @@ def build() -> dict:
         "receipt": {"body": body, "signature": node.sign(RECEIPT_DOMAIN + canonical(body)).hex()},
         "version": VERSION}
     valid = (canonical(document) + b"\n").decode()
+    # a settlement whose two postings were sealed with another's between them (PostgreSQL
+    # seals concurrent writers' postings in one chain): positions 5 and 7
+    apart = [postings[4], postings[6]]
+    apart_body = {"amounts": {"amount": "501"}, "chain": {"head_hash": apart[-1]["hash"],
+                                                          "sequence": apart[-1]["sequence"]},
+                  "currency": "USD", "issued_at_ms": T0_MS + 7, "kind": "pvp_settled",
+                  "node": node.agent_id, "parties": {"payee": "1" * 64, "payer": "2" * 64},
+                  "postings": apart, "subject": "9" * 64, "subject_kind": "pvp"}
+    apart_file = (canonical({
+        "checkpoint": document["checkpoint"],
+        "proofs": [{"leaf_index": p["sequence"] - 1,
+                    "path": [h.hex() for h in audit_path(leaves, p["sequence"] - 1)],
+                    "sequence": p["sequence"]} for p in apart],
+        "receipt": {"body": apart_body, "signature": node.sign(
+            RECEIPT_DOMAIN + canonical(apart_body)).hex()},
+        "version": VERSION}) + b"\n").decode()
 
     def variant(change) -> str:
         copy = json.loads(valid)
@@ -107,6 +123,14 @@ def build() -> dict:
         "receipt signed by another key than the checkpoint": variant(
             lambda d: resign_receipt(d, other)),
         "not canonical (a space added)": valid.replace('"version":1', '"version": 1'),
+        "postings out of order": variant(
+            lambda d: (d["receipt"]["body"].update(postings=[postings[3], postings[2]],
+                                                   chain={"head_hash": postings[2]["hash"],
+                                                          "sequence": 3}),
+                       d.update(proofs=[{"leaf_index": n - 1, "path": [
+                           h.hex() for h in audit_path(leaves, n - 1)], "sequence": n}
+                           for n in (4, 3)]),
+                       resign_receipt(d, node))),
         "hex in upper case": valid.replace(document["receipt"]["signature"],
                                            document["receipt"]["signature"].upper()),
     }
@@ -115,10 +139,13 @@ def build() -> dict:
                            "anything else). Invalid files rejected_by 'any' fail every "
                            "verifier of section 2.7; 'strict' ones only the full form checks.",
             "node": node.agent_id, "node_seed_hex": NODE_SEED.hex(),
-            "postings": postings, "valid": [{"name": "a capture receipt", "file": valid,
-                                             "subject": body["subject"], "kind": "capture",
-                                             "first_sequence": 3, "last_sequence": 3,
-                                             "checkpoint_sequence": 7}],
+            "postings": postings, "valid": [
+                {"name": "a capture receipt", "file": valid, "subject": body["subject"],
+                 "kind": "capture", "first_sequence": 3, "last_sequence": 3,
+                 "checkpoint_sequence": 7},
+                {"name": "a receipt of two postings not adjacent in the chain",
+                 "file": apart_file, "subject": apart_body["subject"], "kind": "pvp_settled",
+                 "first_sequence": 5, "last_sequence": 7, "checkpoint_sequence": 7}],
             "invalid": [{"name": name, "file": text,
                          "rejected_by": "strict" if "upper case" in name else "any"}
                         for name, text in invalid.items()]}
