@@ -555,6 +555,33 @@ def test_a_recorded_failure_is_replayed(wallets: WalletService) -> None:
         ledger.capture("c", hold.hold_id, 1)
 
 
+@pytest.mark.parametrize("group_commit", [True, False])
+def test_a_refused_linked_posting_leaves_no_leg_and_is_replayed(
+        wallets: WalletService, group_commit: bool) -> None:
+    """Some legs apply before a later one is refused: none of them stays, alone in its
+    transaction (no savepoint: the whole transaction rolls back) or group-committed, and the
+    refusal is recorded for the key."""
+    ledger = Ledger(wallets.ledger.engine, clock_ms=wallets.ledger.clock_ms,
+                    group_commit=group_commit)
+    try:
+        alice, bob = open_wallet(wallets, "alice", "10"), open_wallet(wallets, "bob")
+        carol, dave = open_wallet(wallets, "carol"), open_wallet(wallets, "dave", "1")
+        before = snapshot(ledger)
+        linked = [Transfer(alice, bob, usd("1")), Transfer(dave, carol, usd("1")),
+                  Transfer(carol, bob, usd("3"))]  # carol gets 1 and owes 3
+        with pytest.raises(InsufficientFunds) as first:
+            ledger.post_linked("linked", linked)
+        assert snapshot(ledger) == before
+        wallets.deposit("top-up", carol, usd("5"), "USD")
+        with pytest.raises(InsufficientFunds) as again:
+            ledger.post_linked("linked", linked)
+        assert again.value.message == first.value.message
+        assert ledger.balance(bob).available_atomic == 0
+        assert audit.check_balances(ledger).ok and audit.verify_chain(ledger).ok
+    finally:
+        ledger.close()
+
+
 def test_same_key_different_request_conflicts(wallets: WalletService) -> None:
     ledger = wallets.ledger
     alice, bob = open_wallet(wallets, "alice", "10"), open_wallet(wallets, "bob")

@@ -258,6 +258,27 @@ def test_50_concurrent_spends_never_pass_the_daily_cap(world: World, db_url: str
     assert_sound(world.ledger)
 
 
+def test_controls_set_by_another_node_bind_the_next_spend(world: World, db_url: str):
+    """Another node (its own engine, as another process) sets a policy and then a freeze on a
+    wallet this ledger has been paying from without controls: the very next spend here obeys
+    each, and a refusal here leaves its refused effect out of the books."""
+    other = WalletService(Ledger(make_engine(db_url), clock_ms=world.clock, group_commit=False))
+    try:
+        for _ in range(3):
+            world.pay(X)
+        other.controls.set_policy(key(), world.alice, Policy(per_call_cap_atomic=2 * X))
+        refused(world, lambda: world.pay(3 * X), PolicyDenied, "POLICY_DENIED",
+                "per_call_cap_atomic")
+        world.pay(2 * X)
+        other.controls.freeze(key(), world.alice, reason="stolen key", actor="ops")
+        refused(world, lambda: world.pay(X), WalletFrozen, "WALLET_FROZEN", "stolen key")
+    finally:
+        other.ledger.close()
+        other.ledger.engine.dispose()
+    assert world.ledger.balance(world.bob).available_atomic == 5 * X
+    assert_sound(world.ledger)
+
+
 # ---- approvals -----------------------------------------------------------------------------
 
 

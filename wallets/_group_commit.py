@@ -1,10 +1,11 @@
 """Group commit: concurrent ledger writes share one transaction and one durable commit.
 
 Callers hand their mutation to one writer thread and wait. The writer drains whatever is queued
-(up to `max_batch`), runs each item inside its own savepoint in a single transaction, commits
-once, and only then wakes the callers: an acknowledged write is always durable, and one fsync
-pays for the whole batch. Each item runs in its caller's `contextvars` context, so the
-OpenTelemetry span of the request is current while its postings are written.
+(up to `max_batch`), runs each item inside its own savepoint in a single transaction (an item
+alone needs none), commits once, and only then wakes the callers: an acknowledged write is
+always durable, and one fsync pays for the whole batch. Each item runs in its caller's
+`contextvars` context, so the OpenTelemetry span of the request is current while its postings
+are written.
 """
 
 from __future__ import annotations

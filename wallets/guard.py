@@ -8,8 +8,8 @@ UPDATE, in account order, with the accounts it credits: the legs lock those anyw
 order for all of them keeps two opposite transfers from deadlocking), and every spend from a
 wallet passes here or through a hold that did, so each check-then-count is atomic: 50 concurrent
 spends never pass a daily cap by one atomic unit. A refusal raises, and the posting's savepoint
-rolls back the counters with it. Captures of a hold are not checked again: the hold was
-authorised when it was placed.
+(or, alone, its transaction) rolls back the counters with it. Captures of a hold are not checked
+again: the hold was authorised when it was placed.
 
 For each wallet the posting debits, in order:
 1. frozen? -> WALLET_FROZEN;
@@ -132,6 +132,18 @@ class SpendGuard:
         for account_id in sorted(debits):
             self._check_wallet(conn, key, operation, accounts[account_id], debits[account_id],
                                rows.get(account_id), spend or SpendContext(), now_ms)
+
+    def idle(self, transfers: Sequence[Transfer], accounts: Mapping[str, Balance],
+             spend: SpendContext | None, controlled: set[str]) -> bool:
+        """Whether `check` would neither refuse nor count anything: no wallet it debits has a
+        control row (`controlled`: those that do, read in the posting's own transaction where
+        writers are serialised, i.e. SQLite), no mandate is claimed, no freeze is queued. A
+        subclass with a `check` of its own is never idle."""
+        if type(self).check is not SpendGuard.check or (spend is not None and spend.mandate_id):
+            return False
+        debited = {t.debit_account_id for t in transfers
+                   if accounts[t.debit_account_id].kind == "wallet"}
+        return not debited & controlled and not debited & self._queued_freezes()
 
     def _check_wallet(self, conn: Connection, key: str, operation: str, wallet: Balance,
                       parts: dict[str, int], row: Any, spend: SpendContext, now_ms: int) -> None:

@@ -14,6 +14,9 @@ keys are unique, so a concurrent duplicate loses and replays. Postings are numbe
 and commit unsealed; the sealer (`wallets.sealer`) links them into the chain afterwards. So
 postings on different accounts commit in parallel, and no double spend relies on isolation
 levels alone.
+
+How a mutation runs once per idempotency key, alone or group-committed, is `wallets._mutation`;
+on SQLite the hot statements run on the DB-API cursor (`wallets._sqlite_hot`).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import hashlib
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 from opentelemetry import trace
 from sqlalchemy import (
@@ -37,16 +40,17 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError
 
 from wallets import _idempotency
+from wallets import _sqlite_hot as hot
 from wallets._bulk import TransferRequest, post_transfers
 from wallets._chain import GENESIS_HASH, posting_hash
-from wallets._group_commit import GroupCommitter, WorkItem
+from wallets._group_commit import GroupCommitter
+from wallets._mutation import MutationRunner, transaction_postings
 from wallets.currencies import MAX_AMOUNT_ATOMIC, check_amount, currency
 from wallets.errors import (
     AgentmarketError,
-    Contended,
     HoldClosed,
     HoldExceeded,
     HoldLocked,
@@ -99,52 +103,21 @@ def _apply_leg_statement() -> Any:
 
 
 _APPLY_LEG = _apply_leg_statement()
+_APPLY_LEG_SQLITE = hot.compile_for_sqlite(_APPLY_LEG)
 _SELECT_ACCOUNTS = select(ACCOUNTS).where(ACCOUNTS.c.id.in_(bindparam("ids", expanding=True)))
-_HEAD_FOR_UPDATE = select(HEAD).where(HEAD.c.id == 1).with_for_update()
-_INSERT_POSTING = insert(POSTINGS)
 _INSERT_UNSEALED = (insert(POSTINGS).values(sequence=func.nextval("ledger_posting_seq"))
                     .returning(POSTINGS.c.sequence))
 _NEXT_SEQUENCES = text("SELECT nextval('ledger_posting_seq') FROM generate_series(1, :n)")
 _INSERT_ENTRY = insert(ENTRIES)
-_UPDATE_HEAD = update(HEAD).where(HEAD.c.id == 1).values(sequence=bindparam("h_sequence"),
-                                                         hash=bindparam("h_hash"))
 MAX_HOLD_TIMEOUT_S = 30 * 24 * 3600
 MAX_LEGS = 64
 MAX_MEMO = 256
 INT64_MAX = 2**63 - 1  # the BIGINT columns' limit
-RETRIED_SQLSTATES = ("40P01", "40001")  # deadlock detected, serialization failure
-POSTINGS_OF_TRANSACTION = "agentmarket_postings"  # conn.info: sequences written in this one
-T = TypeVar("T")
-
-
-def transaction_postings(conn: Connection) -> list[int]:
-    """The sequences of the postings written so far in `conn`'s write transaction, in order
-    (some may belong to savepoints since rolled back: look them up to see)."""
-    return conn.info.setdefault(POSTINGS_OF_TRANSACTION, [])
 
 
 def next_sequences(conn: Connection, n: int) -> list[int]:
     """`n` fresh posting numbers on PostgreSQL (never reused; gaps where a writer rolls back)."""
     return sorted(int(v) for v in conn.execute(_NEXT_SEQUENCES, {"n": n}).scalars())
-
-
-def _retryable(error: OperationalError) -> bool:
-    """A deadlock between row locks (PostgreSQL aborts one side) or the like: run again."""
-    return getattr(error.orig, "sqlstate", None) in RETRIED_SQLSTATES
-
-
-class _Outcome:
-    """A mutation's result or its recorded failure, raised only after the commit."""
-
-    __slots__ = ("error", "result")
-
-    def __init__(self, result: Any = None, *, error: AgentmarketError | None = None) -> None:
-        self.result, self.error = result, error
-
-    def unwrap(self) -> Any:
-        if self.error is not None:
-            raise self.error
-        return self.result
 
 
 def _current_trace() -> tuple[str, str]:
@@ -182,7 +155,7 @@ def _hold(row: Any) -> Hold:
     )
 
 
-class Ledger:
+class Ledger(MutationRunner):
     """The ledger over one database. Thread-safe; share one per process and engine."""
 
     def __init__(self, engine: Engine, *, clock_ms: Callable[[], int] | None = None,
@@ -212,13 +185,15 @@ class Ledger:
                               ).start() if run_sealer else None
 
     def close(self) -> None:
-        """Stop the writer and sealer threads after the queued writes (the engine stays open)."""
+        """Stop the writer and sealer threads after the queued writes, and give back the writers'
+        connection (the engine stays open)."""
         if self._committer is not None:
             self._committer.close()
             self._committer = None
         if self._sealer is not None:
             self._sealer.close()
             self._sealer = None
+        self._serial.close()
 
     def seal(self) -> int:
         """Seal every posting committed so far into the hash chain now (`wallets.sealer`);
@@ -227,145 +202,8 @@ class Ledger:
 
     # ---- transactions -------------------------------------------------------------------
 
-    def _write(self) -> Any:
-        """A write transaction (serialised per process on SQLite)."""
-        serial = self._serial
-
-        class _Tx:
-            def __enter__(tx) -> Connection:
-                tx.guard = serial()
-                tx.guard.__enter__()
-                tx.ctx = self.engine.begin()
-                conn = tx.ctx.__enter__()
-                # No lock on PostgreSQL until a row is touched: whatever a decision reads is
-                # read FOR UPDATE (holds, guarded wallets) or guarded by the UPDATE itself.
-                conn.info[POSTINGS_OF_TRANSACTION] = []
-                return conn
-
-            def __exit__(tx, *exc: Any) -> None:
-                try:
-                    tx.ctx.__exit__(*exc)
-                finally:
-                    tx.guard.__exit__(*exc)
-                    # spend-guard hook: approvals and freezes of refused spends outlive rollback
-                    self.spend_guard.after_transaction()
-
-        return _Tx()
-
     def _read(self) -> Connection:
         return self.engine.connect().execution_options(agentmarket_read=True)
-
-    def mutate(
-        self,
-        key: str,
-        operation: str,
-        request: dict[str, Any],
-        apply: Callable[[Connection], T],
-        encode: Callable[[T], Any],
-        decode: Callable[[Any], T],
-        *,
-        scope: str | None = None,
-    ) -> T:
-        """Run `apply` once per (scope, operation, idempotency key), atomically with recording
-        its outcome. `scope`: whose key it is (`wallets._idempotency`); by default the
-        authenticated caller of the request being served, `NODE_SCOPE` for the node's own work.
-
-        Also the entry point for other packages' money operations (escrow), so that their own
-        state changes commit in the same transaction as the postings they cause.
-        """
-        _idempotency.check_key(key)
-        scope = _idempotency.check_scope(scope or _idempotency.request_scope())
-        request_digest = _idempotency.digest(operation, request)
-        args = (scope, key, operation, request_digest, apply, encode, decode)
-        if self._committer is not None:
-            return self._committer.submit(lambda conn: self._run_item(conn, *args))
-        return self._mutate_alone(*args)
-
-    def _mutate_alone(self, *args: Any) -> Any:
-        """One mutation in its own transaction, retried when a concurrent duplicate wins."""
-        for _attempt in range(5):
-            try:
-                with self._write() as conn:
-                    outcome = self._run_item(conn, *args)
-                return outcome.unwrap()
-            except IntegrityError:
-                continue  # a concurrent duplicate won the key; the next attempt replays it
-            except OperationalError as error:
-                if not _retryable(error):
-                    raise
-        raise Contended(f"idempotency key {args[1]!r} is contended; retry the request")
-
-    def _run_batch(self, batch: list[WorkItem]) -> None:
-        """Group commit: every item in its own savepoint, one transaction, one commit."""
-        outcomes: list[tuple[WorkItem, _Outcome]] = []
-        alone: list[WorkItem] = []
-        try:
-            with self._write() as conn:
-                for item in batch:
-                    savepoint = conn.begin_nested()
-                    try:
-                        outcome = item.context.run(item.run, conn)
-                        savepoint.commit()
-                    except AgentmarketError as error:  # refused before recording: not stored
-                        savepoint.rollback()
-                        item.error = error
-                        continue
-                    except Exception:  # a conflicting duplicate or the like: run it alone
-                        savepoint.rollback()
-                        alone.append(item)
-                        continue
-                    outcomes.append((item, outcome))
-        except Exception:
-            alone = list(batch)  # nothing was committed: each item runs again on its own
-            outcomes = []
-        for item, outcome in outcomes:
-            try:
-                item.result = outcome.unwrap()
-            except AgentmarketError as error:
-                item.error = error
-        for item in alone:
-            item.error = None
-            try:
-                item.result = item.context.run(self._run_alone, item)
-            except Exception as error:
-                item.error = error
-
-    def _run_alone(self, item: WorkItem) -> Any:
-        for _attempt in range(5):
-            try:
-                with self._write() as conn:
-                    outcome = item.run(conn)
-                return outcome.unwrap()
-            except IntegrityError:
-                continue
-            except OperationalError as error:
-                if not _retryable(error):
-                    raise
-        raise Contended("idempotency key is contended; retry the request")
-
-    def _run_item(self, conn: Connection, scope: str, key: str, operation: str,
-                  request_digest: str, apply: Callable[[Connection], Any],
-                  encode: Callable[[Any], Any], decode: Callable[[Any], Any]) -> _Outcome:
-        """Replay a stored outcome, or apply once and record the outcome with the effect."""
-        stored = _idempotency.lookup(conn, scope, key, operation, request_digest,
-                                     legacy=self._legacy_keys)  # raises a stored error
-        if stored is not None:
-            return _Outcome(decode(stored))
-        savepoint = conn.begin_nested()
-        try:
-            with _idempotency.running_in(scope):
-                result = apply(conn)
-            savepoint.commit()
-        except AgentmarketError as error:
-            savepoint.rollback()
-            if scope == _idempotency.NODE_SCOPE or not _idempotency.is_recorded_failure(error):
-                raise
-            _idempotency.record(conn, scope, key, operation, request_digest, self.clock_ms(),
-                                error=error)
-            return _Outcome(error=error)
-        _idempotency.record(conn, scope, key, operation, request_digest, self.clock_ms(),
-                            result=encode(result))
-        return _Outcome(result)
 
     # ---- accounts -----------------------------------------------------------------------
 
@@ -471,8 +309,13 @@ class Ledger:
         for t in transfers:
             deltas[t.debit_account_id] = deltas.get(t.debit_account_id, 0) - t.amount_atomic
             deltas[t.credit_account_id] = deltas.get(t.credit_account_id, 0) + t.amount_atomic
-        accounts = self._accounts_for(conn, deltas)
-        self.spend_guard.check(conn, key, kind, transfers, accounts, spend)  # spend-guard hook
+        if self._sqlite:  # one statement: the accounts, and which wallets have controls
+            accounts, controlled = hot.accounts_with_controls(conn, deltas)
+            if not self.spend_guard.idle(transfers, accounts, spend, controlled):
+                self.spend_guard.check(conn, key, kind, transfers, accounts, spend)
+        else:
+            accounts = self._accounts_for(conn, deltas)
+            self.spend_guard.check(conn, key, kind, transfers, accounts, spend)  # spend-guard
         legs = [Leg(a, accounts[a].currency, posted_atomic=d) for a, d in deltas.items()]
         return self._post(conn, key, kind, legs, memo=memo)
 
@@ -512,23 +355,22 @@ class Ledger:
                                       created_at_ms=now_ms, memo=memo, trace_id=trace_id,
                                       span_id=span_id)
         if self._sqlite:  # writers are serialised: seal as we write, position = sequence
-            head = conn.execute(_HEAD_FOR_UPDATE).one()
-            sequence = fields["sequence"] = head.sequence + 1
-            digest = posting_hash(head.hash, legs=legs, **fields)
-            conn.execute(_INSERT_POSTING, [{**fields, "prev_hash": head.hash, "hash": digest,
-                                            "position": sequence}])
-            conn.execute(_UPDATE_HEAD, {"h_sequence": sequence, "h_hash": digest})
-        else:  # numbered now, sealed into the chain after commit (`wallets.sealer`)
-            digest = ""
-            sequence = fields["sequence"] = conn.execute(
-                _INSERT_UNSEALED, {**fields, "prev_hash": "", "hash": ""}).scalar_one()
+            prev_sequence, prev_hash = hot.head(conn)
+            sequence = fields["sequence"] = prev_sequence + 1
+            digest = posting_hash(prev_hash, legs=legs, **fields)
+            hot.append_sealed(conn, fields, prev_hash, digest, legs)
+            transaction_postings(conn).append(sequence)
+            return Posting(legs=tuple(legs), hash=digest, **fields)
+        # PostgreSQL: numbered now, sealed into the chain after commit (`wallets.sealer`)
+        sequence = fields["sequence"] = conn.execute(
+            _INSERT_UNSEALED, {**fields, "prev_hash": "", "hash": ""}).scalar_one()
         transaction_postings(conn).append(sequence)
         conn.execute(_INSERT_ENTRY, [
             dict(sequence=sequence, account_id=leg.account_id, currency=leg.currency,
                  posted_atomic=leg.posted_atomic, pending_debit_atomic=leg.pending_debit_atomic,
                  pending_credit_atomic=leg.pending_credit_atomic) for leg in legs
         ])
-        return Posting(legs=tuple(legs), hash=digest, **fields)
+        return Posting(legs=tuple(legs), hash="", **fields)
 
     def _apply_leg(self, conn: Connection, leg: Leg) -> None:
         """Change one account's balances; refuse (atomically) to go below its limit."""
@@ -539,14 +381,16 @@ class Ledger:
         increments = {"posted_credits_atomic": credit, "posted_debits_atomic": debit,
                       "pending_debits_atomic": leg.pending_debit_atomic,
                       "pending_credits_atomic": leg.pending_credit_atomic}
-        result = conn.execute(_APPLY_LEG, {
+        params = {
             "a_id": leg.account_id, "a_currency": leg.currency,
             "a_spends": leg.posted_atomic - leg.pending_debit_atomic < 0,
             "a_cr": credit, "a_dr": debit, "a_pd": leg.pending_debit_atomic,
             "a_pc": leg.pending_credit_atomic,
             **{f"a_max_{name}": INT64_MAX - max(d, 0) for name, d in increments.items()},
-        })
-        if result.rowcount != 1:
+        }
+        changed = (hot.apply_leg(conn, _APPLY_LEG_SQLITE, params) if self._sqlite
+                   else conn.execute(_APPLY_LEG, params).rowcount)
+        if changed != 1:
             row = conn.execute(select(ACCOUNTS).where(ACCOUNTS.c.id == leg.account_id)).first()
             if row is None:
                 raise NotFound(f"account {leg.account_id!r} does not exist")
