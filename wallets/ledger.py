@@ -159,10 +159,13 @@ class Ledger(MutationRunner):
     """The ledger over one database. Thread-safe; share one per process and engine."""
 
     def __init__(self, engine: Engine, *, clock_ms: Callable[[], int] | None = None,
-                 group_commit: bool = True, guard: SpendGuard | None = None,
+                 group_commit: bool | None = None, guard: SpendGuard | None = None,
                  sealer: bool | None = None) -> None:
         """`group_commit`: concurrent writers share transactions and commits (see
-        `wallets._group_commit`); off, each mutation commits on its own. `guard`: checks every
+        `wallets._group_commit`); off, each mutation commits on its own. By default on for
+        SQLite (one writer at a time anyway) and off for PostgreSQL, where writes commit in
+        parallel: a shared batch would take its items' row locks in no global order and deadlock
+        against another node's batches. `guard`: checks every
         wallet debit against its policy and mandates (`wallets.guard`; one is made by default).
         `sealer`: run a background sealer (`wallets.sealer`; one process at a time holds its
         lease); by default on PostgreSQL (SQLite seals as it writes)."""
@@ -179,6 +182,8 @@ class Ledger(MutationRunner):
             # before the upgrade still gets its first outcome; none are ever written again.
             self._legacy_keys = conn.execute(select(KEYS.c.key).where(
                 KEYS.c.scope == _idempotency.LEGACY_SCOPE).limit(1)).first() is not None
+        if group_commit is None:
+            group_commit = self._sqlite
         self._committer = GroupCommitter(self._run_batch) if group_commit else None
         run_sealer = (not self._sqlite) if sealer is None else sealer
         self._sealer = Sealer(engine, f"agentmarket ledger sealer {uuid.uuid4().hex[:8]}"
