@@ -179,8 +179,7 @@ def bench_nodes(say: Any, window_s: float = NODES_WINDOW_S,
         for key in ("node_cpu_ms_per_task", "database_cpu_ms_per_task",
                     "redis_cpu_ms_per_task", "sellers_cpu_ms_per_task",
                     "buyers_cpu_ms_per_task", "failed_tasks", "first_error", "books_balanced",
-                    "task_p50_ms",
-                    "task_p99_ms"):
+                    "task_p50_ms", "task_p99_ms"):
             results[f"scale_out_{label}_{key}"] = figures.get(key)
     if "tasks_per_s_2_nodes" in results and results.get("tasks_per_s_1_node"):
         results["tasks_2_nodes_vs_1"] = round(
