@@ -22,6 +22,7 @@ import orjson
 from sqlalchemy import Connection, bindparam, insert, select, update
 
 from wallets import _idempotency
+from wallets import _sqlite_hot as hot
 from wallets._chain import posting_hash
 from wallets.currencies import check_amount
 from wallets.errors import (
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
     from wallets.ledger import Ledger
 
 KEYS = IdempotencyRow.__table__  # type: ignore[attr-defined]
+_SET_TOTALS = ("UPDATE ledger_accounts SET posted_credits_atomic = ?, posted_debits_atomic = ? "
+               "WHERE id = ?")
 MAX_BULK = 5000
 INT64_MAX = 2**63 - 1
 
@@ -63,9 +66,7 @@ def post_transfers(ledger: Ledger, requests: Sequence[TransferRequest]
     Their keys live in the scope of the request being served (`wallets._idempotency`)."""
     from wallets.ledger import (
         ACCOUNTS,
-        ENTRIES,
         HEAD,
-        POSTINGS,
         _current_trace,
         next_sequences,
         transaction_postings,
@@ -150,8 +151,10 @@ def post_transfers(ledger: Ledger, requests: Sequence[TransferRequest]
             else:
                 fields.update(prev_hash="", hash="")
             transaction_postings(conn).append(number)
-            posting = Posting(legs=legs, **{k: v for k, v in fields.items()
-                                            if k != "position" and k != "prev_hash"})
+            posting = Posting(legs=legs, hash=fields["hash"], sequence=number,
+                              idempotency_key=request.idempotency_key, kind="transfer",
+                              hold_id="", created_at_ms=now_ms, memo=request.memo,
+                              trace_id=trace_id, span_id=span_id)
             for leg in legs:
                 entries.append(dict(sequence=number, account_id=leg.account_id,
                                     currency=leg.currency, posted_atomic=leg.posted_atomic,
@@ -164,20 +167,10 @@ def post_transfers(ledger: Ledger, requests: Sequence[TransferRequest]
                 first = next(results[j] for j, d, _ in made
                              if requests[j].idempotency_key == requests[i].idempotency_key)
                 results[i] = first
-        if postings:
-            conn.execute(insert(POSTINGS), postings)
-            conn.execute(insert(ENTRIES), entries)
-            conn.execute(
-                update(ACCOUNTS).where(ACCOUNTS.c.id == bindparam("b_id")).values(
-                    posted_credits_atomic=bindparam("b_cr"),
-                    posted_debits_atomic=bindparam("b_dr")),
-                [{"b_id": a, "b_cr": accounts[a]["posted_credits_atomic"],
-                  "b_dr": accounts[a]["posted_debits_atomic"]} for a in sorted(touched)])
-            if sealing:
-                conn.execute(update(HEAD).where(HEAD.c.id == 1).values(
-                    sequence=numbers[-1], hash=prev_hash))
-        if records:
-            conn.execute(insert(KEYS), records)
+        if sealing:
+            _write_sqlite(conn, postings, entries, records, accounts, touched, prev_hash)
+        else:
+            _write_postgres(conn, postings, entries, records, accounts, touched)
     for i in checked:  # after the bulk commit, each in its own guarded transaction
         request = requests[i]
         t = request.transfer
@@ -187,6 +180,52 @@ def post_transfers(ledger: Ledger, requests: Sequence[TransferRequest]
         except AgentmarketError as error:
             results[i] = error
     return [r for r in results if r is not None]
+
+
+def _touched_totals(accounts: dict[str, dict[str, Any]], touched: set[str]
+                    ) -> list[tuple[int, int, str]]:
+    return [(accounts[a]["posted_credits_atomic"], accounts[a]["posted_debits_atomic"], a)
+            for a in sorted(touched)]
+
+
+def _write_sqlite(conn: Connection, postings: list[dict[str, Any]],
+                  entries: list[dict[str, Any]], records: list[dict[str, Any]],
+                  accounts: dict[str, dict[str, Any]], touched: set[str], head_hash: str
+                  ) -> None:
+    """The same rows as `_write_postgres`, executed on the sqlite3 connection of the
+    transaction: SQLAlchemy's per-row parameter processing costs more than SQLite's insert."""
+    if postings:
+        hot.executemany(conn, hot.INSERT_POSTING, [
+            (p["sequence"], p["idempotency_key"], p["kind"], p["hold_id"], p["created_at_ms"],
+             p["trace_id"], p["span_id"], p["memo"], p["prev_hash"], p["hash"], p["position"])
+            for p in postings])
+        hot.executemany(conn, hot.INSERT_ENTRY, [
+            (e["sequence"], e["account_id"], e["currency"], e["posted_atomic"],
+             e["pending_debit_atomic"], e["pending_credit_atomic"]) for e in entries])
+        hot.executemany(conn, _SET_TOTALS, _touched_totals(accounts, touched))
+        hot.execute(conn, hot.MOVE_HEAD, (postings[-1]["sequence"], head_hash))
+    if records:
+        hot.executemany(conn, hot.RECORD_KEY, [
+            (r["scope"], r["key"], r["operation"], r["request_digest"], r["outcome"],
+             r["result_json"], r["created_at_ms"]) for r in records])
+
+
+def _write_postgres(conn: Connection, postings: list[dict[str, Any]],
+                    entries: list[dict[str, Any]], records: list[dict[str, Any]],
+                    accounts: dict[str, dict[str, Any]], touched: set[str]) -> None:
+    from wallets.ledger import ACCOUNTS, ENTRIES, POSTINGS
+
+    if postings:
+        conn.execute(insert(POSTINGS), postings)
+        conn.execute(insert(ENTRIES), entries)
+        conn.execute(
+            update(ACCOUNTS).where(ACCOUNTS.c.id == bindparam("b_id")).values(
+                posted_credits_atomic=bindparam("b_cr"),
+                posted_debits_atomic=bindparam("b_dr")),
+            [{"b_id": a, "b_cr": cr, "b_dr": dr}
+             for cr, dr, a in _touched_totals(accounts, touched)])
+    if records:
+        conn.execute(insert(KEYS), records)
 
 
 def _apply(accounts: dict[str, dict[str, Any]], transfer: Transfer) -> tuple[Leg, Leg]:
