@@ -14,6 +14,7 @@ true until it commits, so reading a wallet's controls with its balance needs no 
 from __future__ import annotations
 
 import sqlite3
+from collections import namedtuple
 from collections.abc import Iterable, Sequence
 from functools import cache
 from typing import Any, NamedTuple
@@ -131,6 +132,52 @@ def compile_for_sqlite(statement: Any) -> CompiledUpdate:
     compiled = statement.compile(dialect=sqlite.dialect())
     return CompiledUpdate(str(compiled), tuple(compiled.positiontup),
                           {k: v for k, v in compiled.params.items() if v is not None})
+
+
+class Prepared:
+    """A SQLAlchemy statement compiled once for SQLite and run on the DB-API connection: the
+    same statement (the same rows, attributes and `_mapping` on them), without SQLAlchemy's
+    Python per call. For statements on immutable or write-serialised rows on SQLite only."""
+
+    __slots__ = ("_row", "compiled")
+
+    def __init__(self, statement: Any) -> None:
+        self.compiled = compile_for_sqlite(statement)
+        self._row: Any = None
+
+    def run(self, conn: Connection, params: dict[str, Any]) -> sqlite3.Cursor:
+        compiled = self.compiled
+        return execute(conn, compiled.sql, [params[name] if name in params
+                                            else compiled.defaults[name]
+                                            for name in compiled.names])
+
+    def rows(self, conn: Connection, params: dict[str, Any]) -> list[Any]:
+        cursor = self.run(conn, params)
+        row = self._row
+        if row is None:
+            row = self._row = _row_type(tuple(d[0] for d in cursor.description))
+        return [row._make(values) for values in cursor]
+
+    def first(self, conn: Connection, params: dict[str, Any]) -> Any | None:
+        found = self.rows(conn, params)
+        return found[0] if found else None
+
+
+def _row_type(columns: tuple[str, ...]) -> Any:
+    """A row class read like SQLAlchemy's: by attribute, by index, and as `_mapping`."""
+    base = namedtuple("HotRow", columns)  # type: ignore[misc]
+    return type("HotRow", (base,), {"__slots__": (), "_mapping": property(base._asdict)})
+
+
+@cache
+def insert_sql(table: str, columns: tuple[str, ...]) -> str:
+    return (f"INSERT INTO {table} ({', '.join(columns)}) "
+            f"VALUES ({', '.join('?' * len(columns))})")
+
+
+def insert_row(conn: Connection, table: str, row: dict[str, Any]) -> None:
+    """INSERT one row, every column given (`row`'s keys, in order)."""
+    execute(conn, insert_sql(table, tuple(row)), tuple(row.values()))
 
 
 def apply_leg(conn: Connection, update: CompiledUpdate, params: dict[str, Any]) -> int:
