@@ -1,7 +1,8 @@
 """Escrow rows: reading, locking and presenting them (shared by settlement and disputes).
 
 The statements every request runs are built once (`ROW`, `LOCKED_ROW`): SQLAlchemy then reuses
-their cache key and compiled form instead of building them again per call.
+their cache key and compiled form instead of building them again per call; on SQLite they run
+prepared on the DB-API connection (`wallets._sqlite_hot`).
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ import threading
 from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Engine, bindparam, select, update
+from sqlalchemy.exc import NoResultFound
 
 from marketplace.errors import InvalidArgument, NotFound
 from marketplace.tables import DisputeRow, EscrowRow, EvidenceRow
 from marketplace.v1 import agreement_pb2
+from wallets import _sqlite_hot as hot
 
 ESCROWS = EscrowRow.__table__  # type: ignore[attr-defined]
 EVIDENCE = EvidenceRow.__table__  # type: ignore[attr-defined]
@@ -31,23 +34,33 @@ def check_agreement_id(agreement: str) -> str:
 
 ROW = select(ESCROWS).where(ESCROWS.c.agreement_id == bindparam("agreement"))
 LOCKED_ROW = ROW.with_for_update()
+_ROW = hot.Statement(ROW)
+_LOCKED_ROW = hot.Statement(LOCKED_ROW)
 
 
 def read_row(engine: Engine, agreement: str) -> Any:
     check_agreement_id(agreement)
     with engine.connect().execution_options(agentmarket_read=True) as conn:
-        row = conn.execute(ROW, {"agreement": agreement}).first()
+        row = _ROW.first(conn, {"agreement": agreement})
     if row is None:
         raise NotFound(f"agreement {agreement[:12]}… has no escrow")
     return row
 
 
+def find_row(conn: Connection, agreement: str) -> Any | None:
+    """The row as this connection sees it, None without one."""
+    return _ROW.first(conn, {"agreement": agreement})
+
+
 def locked_row(conn: Connection, agreement: str) -> Any:
     """The row inside a write transaction (FOR UPDATE on PostgreSQL)."""
-    return conn.execute(LOCKED_ROW, {"agreement": agreement}).one()
+    row = _LOCKED_ROW.first(conn, {"agreement": agreement})
+    if row is None:
+        raise NoResultFound("No row was found when one was required")
+    return row
 
 
-_UPDATES: dict[tuple[str, ...], Any] = {}
+_UPDATES: dict[tuple[str, ...], hot.Statement] = {}
 
 
 def set_values(conn: Connection, agreement: str, **values: Any) -> None:
@@ -55,10 +68,10 @@ def set_values(conn: Connection, agreement: str, **values: Any) -> None:
     columns = tuple(values)
     statement = _UPDATES.get(columns)
     if statement is None:
-        statement = _UPDATES[columns] = (
+        statement = _UPDATES[columns] = hot.Statement(
             update(ESCROWS).where(ESCROWS.c.agreement_id == bindparam("_agreement"))
             .values({column: bindparam(column) for column in columns}))
-    conn.execute(statement, {"_agreement": agreement, **values})
+    statement.run(conn, {"_agreement": agreement, **values})
 
 
 def body_of(row: Any) -> agreement_pb2.AgreementBody:
@@ -68,7 +81,10 @@ def body_of(row: Any) -> agreement_pb2.AgreementBody:
 
 def escrow_dict(conn: Connection, agreement: str) -> dict[str, Any]:
     """The escrow as plain data (what the API returns and idempotent retries replay)."""
-    return escrow_of(conn.execute(ROW, {"agreement": agreement}).one()._mapping)
+    row = _ROW.first(conn, {"agreement": agreement})
+    if row is None:
+        raise NoResultFound("No row was found when one was required")
+    return escrow_of(row._mapping)
 
 
 def escrow_of(row: Any, **changes: Any) -> dict[str, Any]:

@@ -41,12 +41,13 @@ from marketplace.identity import check_agent_id
 from marketplace.reputation import REPUTATION
 from marketplace.tables import ListingRow
 from marketplace.v1 import registry_pb2
+from wallets import _sqlite_hot as hot
 from wallets.schema import upgrade
 from wallets.store import WriteSerializer
 
 LISTINGS = ListingRow.__table__  # type: ignore[attr-defined]
-_LIVE_LISTING = select(LISTINGS).where(LISTINGS.c.agent_id == bindparam("agent"),
-                                       LISTINGS.c.expires_at_ms > bindparam("now"))
+_LIVE_LISTING = hot.Statement(select(LISTINGS).where(
+    LISTINGS.c.agent_id == bindparam("agent"), LISTINGS.c.expires_at_ms > bindparam("now")))
 _SKILL_NAME = re.compile(r"^[a-z0-9_.-]{1,64}$")
 _ENDPOINT = re.compile(r"^[A-Za-z0-9.\-\[\]:]{1,255}:\d{1,5}$")
 MAX_SKILLS = 50
@@ -285,7 +286,7 @@ class Registry:
 
     def get_in(self, conn: Connection, agent_id: str) -> registry_pb2.Listing:
         """`get` over a connection the caller reads several things with."""
-        row = conn.execute(_LIVE_LISTING, {"agent": agent_id, "now": self.clock_ms()}).first()
+        row = _LIVE_LISTING.first(conn, {"agent": agent_id, "now": self.clock_ms()})
         if row is None:
             raise NotFound(f"agent {agent_id[:12]}… has no live listing")
         return _decode(row)

@@ -78,6 +78,7 @@ from marketplace.registry import Registry
 from marketplace.reputation import record_outcome
 from marketplace.v1 import agreement_pb2, dispute_pb2, registry_pb2, settlement_pb2
 from marketplace.verification import Verification
+from wallets import _sqlite_hot as hot
 from wallets import attributes as attr
 from wallets.caller import NODE_SCOPE
 from wallets.currencies import currency, split
@@ -109,12 +110,14 @@ BUYER_ACCEPTANCE = registry_pb2.VERIFICATION_METHOD_BUYER_ACCEPTANCE
 MAX_KNOWN_ACCOUNTS = 100_000
 log = logging.getLogger("agentmarket.settlement")
 ACCOUNTS = AccountRow.__table__  # type: ignore[attr-defined]
-_OPENED = select(ESCROWS.c.agreement_id).where(ESCROWS.c.agreement_id == bindparam("agreement"))
-_STATE = select(ESCROWS.c.state).where(ESCROWS.c.agreement_id == bindparam("agreement"))
-_WALLET = select(ACCOUNTS).where(ACCOUNTS.c.owner == bindparam("owner"),
-                                 ACCOUNTS.c.currency == bindparam("currency"),
-                                 ACCOUNTS.c.kind == "wallet")
-_ACCOUNT = select(ACCOUNTS).where(ACCOUNTS.c.id == bindparam("account"))
+_OPENED = hot.Statement(select(ESCROWS.c.agreement_id).where(
+    ESCROWS.c.agreement_id == bindparam("agreement")))
+_STATE = hot.Statement(select(ESCROWS.c.state).where(
+    ESCROWS.c.agreement_id == bindparam("agreement")))
+_WALLET = hot.Statement(select(ACCOUNTS).where(ACCOUNTS.c.owner == bindparam("owner"),
+                                               ACCOUNTS.c.currency == bindparam("currency"),
+                                               ACCOUNTS.c.kind == "wallet"))
+_ACCOUNT = hot.Statement(select(ACCOUNTS).where(ACCOUNTS.c.id == bindparam("account")))
 _INSERT_ESCROW = insert(ESCROWS)
 _INSERT_EVIDENCE = insert(EVIDENCE)
 
@@ -185,7 +188,7 @@ class Settlement:
         terms = body.terms
         now = self.clock_ms()
         with self.engine.connect().execution_options(agentmarket_read=True) as conn:
-            opened = conn.execute(_OPENED, {"agreement": agreement}).first() is not None
+            opened = _OPENED.first(conn, {"agreement": agreement}) is not None
             if not opened:
                 self._check_open(body, now)
                 skill = self._listed_skill(body, conn)
@@ -215,7 +218,7 @@ class Settlement:
         }) as span:
 
             def apply(conn: Connection) -> dict[str, Any]:
-                existing = conn.execute(_STATE, {"agreement": agreement}).first()
+                existing = _STATE.first(conn, {"agreement": agreement})
                 state = next_state(existing.state if existing else st.PROPOSED, "open")
                 hold = self.ledger.hold_in(conn, key, buyer.id, seller,
                                            terms.max_total_atomic, timeout_s=int(timeout_s),
@@ -232,7 +235,7 @@ class Settlement:
                     deadline_ms=terms.completion_deadline_ms,
                     dispute_window_s=terms.dispute_window_s, delivered_at_ms=0, release_at_ms=0,
                     created_at_ms=now, updated_at_ms=now)
-                conn.execute(_INSERT_ESCROW, row)
+                hot.insert(conn, ESCROWS, row, _INSERT_ESCROW)
                 return escrow_of(row)
 
             result = self.ledger.mutate(key, "open_escrow", {"agreement": agreement}, apply,
@@ -259,9 +262,8 @@ class Settlement:
         """The buyer's wallet row (its id remembered once found); it must exist."""
         key = (buyer_id, currency_code, "wallet")
         known = self._account_ids.get(key)
-        row = (conn.execute(_ACCOUNT, {"account": known}).first() if known is not None else
-               conn.execute(_WALLET, {"owner": buyer_id,
-                                      "currency": currency(currency_code).code}).first())
+        row = (_ACCOUNT.first(conn, {"account": known}) if known is not None else
+               _WALLET.first(conn, {"owner": buyer_id, "currency": currency(currency_code).code}))
         if row is None:
             raise FailedPrecondition(f"the buyer has no {currency_code} wallet")
         if known is None and len(self._account_ids) < MAX_KNOWN_ACCOUNTS:
@@ -352,8 +354,9 @@ class Settlement:
                                verifier_fee_atomic=verifier_fee, delivered_at_ms=now,
                                updated_at_ms=now,
                                release_at_ms=now + body.terms.dispute_window_s * 1000)
-                conn.execute(_INSERT_EVIDENCE, {"agreement_id": agreement, "created_at_ms": now,
-                                                "delivery": evidence.SerializeToString()})
+                hot.insert(conn, EVIDENCE, {"agreement_id": agreement, "created_at_ms": now,
+                                            "delivery": evidence.SerializeToString()},
+                           _INSERT_EVIDENCE)
                 release = ("confirm" if buyer_confirmation  # the buyer waived its window
                            else "release" if body.terms.dispute_window_s == 0 else "")
                 if changes["state"] != st.REFUNDED and release:  # one UPDATE for both steps

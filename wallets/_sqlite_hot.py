@@ -163,6 +163,37 @@ class Prepared:
         return found[0] if found else None
 
 
+class Statement:
+    """A statement built once, run through SQLAlchemy on PostgreSQL and `Prepared` on SQLite
+    (so code shared by both backends names one statement)."""
+
+    __slots__ = ("prepared", "statement")
+
+    def __init__(self, statement: Any) -> None:
+        self.statement = statement
+        self.prepared = Prepared(statement)
+
+    def first(self, conn: Connection, params: dict[str, Any]) -> Any | None:
+        if conn.dialect.name == "sqlite":
+            return self.prepared.first(conn, params)
+        return conn.execute(self.statement, params).first()
+
+    def run(self, conn: Connection, params: dict[str, Any]) -> int:
+        """Execute; how many rows it changed."""
+        if conn.dialect.name == "sqlite":
+            return self.prepared.run(conn, params).rowcount
+        return conn.execute(self.statement, params).rowcount
+
+
+def insert(conn: Connection, table: Any, row: dict[str, Any], statement: Any = None) -> None:
+    """INSERT one row (every column given) into `table`: on SQLite prepared, else through
+    SQLAlchemy (`statement`, by default `table.insert()`)."""
+    if conn.dialect.name == "sqlite":
+        insert_row(conn, table.name, row)
+    else:
+        conn.execute(table.insert() if statement is None else statement, row)
+
+
 def _row_type(columns: tuple[str, ...]) -> Any:
     """A row class read like SQLAlchemy's: by attribute, by index, and as `_mapping`."""
     base = namedtuple("HotRow", columns)  # type: ignore[misc]
