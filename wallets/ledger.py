@@ -47,7 +47,7 @@ from wallets import _sqlite_hot as hot
 from wallets._bulk import TransferRequest, post_transfers
 from wallets._chain import GENESIS_HASH, posting_hash
 from wallets._group_commit import GroupCommitter
-from wallets._mutation import MutationRunner, transaction_postings
+from wallets._mutation import MutationRunner, transaction_postings, transaction_sealed
 from wallets.currencies import MAX_AMOUNT_ATOMIC, check_amount, currency
 from wallets.errors import (
     AgentmarketError,
@@ -372,7 +372,9 @@ class Ledger(MutationRunner):
             digest = posting_hash(prev_hash, legs=legs, **fields)
             hot.append_sealed(conn, fields, prev_hash, digest, legs)
             transaction_postings(conn).append(sequence)
-            return Posting(legs=tuple(legs), hash=digest, **fields)
+            posting = Posting(legs=tuple(legs), hash=digest, **fields)
+            transaction_sealed(conn)[sequence] = (posting, prev_hash)
+            return posting
         # PostgreSQL: numbered now, sealed into the chain after commit (`wallets.sealer`)
         sequence = fields["sequence"] = conn.execute(
             _INSERT_UNSEALED, {**fields, "prev_hash": "", "hash": ""}).scalar_one()
