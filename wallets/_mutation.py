@@ -201,7 +201,7 @@ class MutationRunner:
         try:
             with self._write() as conn:
                 for item in batch:
-                    savepoint = conn.begin_nested()
+                    savepoint = self._savepoint(conn)
                     try:
                         try:
                             outcome = item.context.run(item.run, conn)
@@ -209,7 +209,7 @@ class MutationRunner:
                             savepoint.rollback()
                             if not refused.recorded:
                                 raise refused.error from None
-                            savepoint = conn.begin_nested()
+                            savepoint = self._savepoint(conn)
                             outcome = item.context.run(self._record_refusal, conn, refused)
                         savepoint.commit()
                     except AgentmarketError as error:  # refused before recording: not stored
@@ -237,6 +237,10 @@ class MutationRunner:
                 item.result = item.context.run(self._run_alone, item.run)
             except Exception as error:
                 item.error = error
+
+    def _savepoint(self, conn: Connection) -> Any:
+        """A batch item's savepoint (on SQLite straight on the DB-API connection)."""
+        return hot.Savepoint(conn) if self._sqlite else conn.begin_nested()
 
     def _run_item(self, conn: Connection, scope: str, key: str, operation: str,
                   request_digest: str, apply: Callable[[Connection], Any],

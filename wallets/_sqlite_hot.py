@@ -87,6 +87,27 @@ def record_key(conn: Connection, values: dict[str, Any]) -> None:
                                values["result_json"], values["created_at_ms"]))
 
 
+class Savepoint:
+    """A savepoint on the DB-API connection, as `Connection.begin_nested` makes one (the
+    statements it runs are the same), for the group committer's one per item."""
+
+    __slots__ = ("conn", "is_active")
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        execute(conn, "SAVEPOINT group_item")
+        self.is_active = True
+
+    def commit(self) -> None:
+        self.is_active = False
+        execute(self.conn, "RELEASE SAVEPOINT group_item")
+
+    def rollback(self) -> None:
+        self.is_active = False
+        execute(self.conn, "ROLLBACK TO SAVEPOINT group_item")
+        execute(self.conn, "RELEASE SAVEPOINT group_item")
+
+
 # ---- accounts ---------------------------------------------------------------------------------
 
 
