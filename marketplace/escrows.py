@@ -40,7 +40,7 @@ _LOCKED_ROW = hot.Statement(LOCKED_ROW)
 
 def read_row(engine: Engine, agreement: str) -> Any:
     check_agreement_id(agreement)
-    with engine.connect().execution_options(agentmarket_read=True) as conn:
+    with hot.reading(engine) as conn:
         row = _ROW.first(conn, {"agreement": agreement})
     if row is None:
         raise NotFound(f"agreement {agreement[:12]}… has no escrow")

@@ -122,6 +122,22 @@ _INSERT_ESCROW = insert(ESCROWS)
 _INSERT_EVIDENCE = insert(EVIDENCE)
 
 
+def _due() -> hot.Statement:
+    """The sweep's query: agreements past their deadline and redeem grace, and delivered or
+    verified ones whose dispute window has closed (built once: the sweeper runs it often)."""
+    now = bindparam("now")
+    span = ESCROWS.c.deadline_ms - ESCROWS.c.created_at_ms
+    grace = case((span // REDEEM_GRACE_DIVISOR < REDEEM_GRACE_S * 1000,
+                  span // REDEEM_GRACE_DIVISOR), else_=REDEEM_GRACE_S * 1000)
+    due = or_(and_(ESCROWS.c.state == st.ACTIVE, ESCROWS.c.deadline_ms + grace < now),
+              and_(or_(*(ESCROWS.c.state == state for state in st.AWAITING_RELEASE)),
+                   ESCROWS.c.release_at_ms <= now))
+    return hot.Statement(select(ESCROWS).where(due).limit(SWEEP_LIMIT))
+
+
+_DUE = _due()
+
+
 class Settlement:
     def __init__(self, ledger: Ledger, registry: Registry, *, fee_bps: int = 250,
                  clock_ms: Callable[[], int] | None = None,
@@ -187,7 +203,7 @@ class Settlement:
         agreement = ag.agreement_id(signed.body)
         terms = body.terms
         now = self.clock_ms()
-        with self.engine.connect().execution_options(agentmarket_read=True) as conn:
+        with hot.reading(self.engine) as conn:
             opened = _OPENED.first(conn, {"agreement": agreement}) is not None
             if not opened:
                 self._check_open(body, now)
@@ -258,7 +274,7 @@ class Settlement:
             raise InvalidArgument(f"the completion deadline is at most {ag.MAX_COMPLETION_S} s "
                                   "ahead")
 
-    def _buyer_wallet(self, conn: Connection, buyer_id: str, currency_code: str) -> Any:
+    def _buyer_wallet(self, conn: Any, buyer_id: str, currency_code: str) -> Any:
         """The buyer's wallet row (its id remembered once found); it must exist."""
         key = (buyer_id, currency_code, "wallet")
         known = self._account_ids.get(key)
@@ -271,7 +287,7 @@ class Settlement:
         return row
 
     def _listed_skill(self, body: agreement_pb2.AgreementBody,
-                      conn: Connection) -> registry_pb2.Skill:
+                      conn: Any) -> registry_pb2.Skill:
         """The seller's live listing must sell these terms."""
         terms = body.terms
         listing = self.registry.get_in(conn, body.seller_id)
@@ -544,14 +560,8 @@ class Settlement:
     def sweep(self) -> int:
         """Expire undelivered agreements past their deadline; release delivered and verified
         work whose dispute window has closed. Returns how many agreements moved."""
-        now = self.clock_ms()
-        span = ESCROWS.c.deadline_ms - ESCROWS.c.created_at_ms
-        grace = case((span // REDEEM_GRACE_DIVISOR < REDEEM_GRACE_S * 1000,
-                      span // REDEEM_GRACE_DIVISOR), else_=REDEEM_GRACE_S * 1000)
-        due = or_(and_(ESCROWS.c.state == st.ACTIVE, ESCROWS.c.deadline_ms + grace < now),
-                  and_(ESCROWS.c.state.in_(st.AWAITING_RELEASE), ESCROWS.c.release_at_ms <= now))
-        with self.engine.connect().execution_options(agentmarket_read=True) as conn:
-            rows = conn.execute(select(ESCROWS).where(due).limit(SWEEP_LIMIT)).all()
+        with hot.reading(self.engine) as conn:
+            rows = _DUE.all(conn, {"now": self.clock_ms()})
         moved = 0
         for row in rows:
             try:

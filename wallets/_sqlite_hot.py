@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import sqlite3
 from collections import namedtuple
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import cache
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Engine
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError
 
@@ -164,6 +165,8 @@ class Prepared:
 
     def __init__(self, statement: Any) -> None:
         self.compiled = compile_for_sqlite(statement)
+        if "POSTCOMPILE" in self.compiled.sql:
+            raise ValueError("an expanding IN cannot be prepared: spell its values out")
         self._row: Any = None
 
     def run(self, conn: Connection, params: dict[str, Any]) -> sqlite3.Cursor:
@@ -199,6 +202,11 @@ class Statement:
             return self.prepared.first(conn, params)
         return conn.execute(self.statement, params).first()
 
+    def all(self, conn: Connection, params: dict[str, Any]) -> list[Any]:
+        if conn.dialect.name == "sqlite":
+            return self.prepared.rows(conn, params)
+        return list(conn.execute(self.statement, params).all())
+
     def run(self, conn: Connection, params: dict[str, Any]) -> int:
         """Execute; how many rows it changed."""
         if conn.dialect.name == "sqlite":
@@ -213,6 +221,31 @@ def insert(conn: Connection, table: Any, row: dict[str, Any], statement: Any = N
         insert_row(conn, table.name, row)
     else:
         conn.execute(table.insert() if statement is None else statement, row)
+
+
+class _Reader:
+    """A pooled DB-API connection, read by `Statement` like a SQLAlchemy one."""
+
+    __slots__ = ("connection", "dialect")
+
+    def __init__(self, connection: Any, dialect: Any) -> None:
+        self.connection, self.dialect = connection, dialect
+
+
+@contextmanager
+def reading(engine: Engine) -> Iterator[Any]:
+    """A connection to read `Statement`s with: on SQLite a pooled DB-API connection, with no
+    SQLAlchemy Connection around it (each statement reads in its own transaction); elsewhere a
+    SQLAlchemy read connection."""
+    if engine.dialect.name != "sqlite":
+        with engine.connect().execution_options(agentmarket_read=True) as conn:
+            yield conn
+        return
+    connection = engine.raw_connection()
+    try:
+        yield _Reader(connection, engine.dialect)
+    finally:
+        connection.close()
 
 
 def _row_type(columns: tuple[str, ...]) -> Any:

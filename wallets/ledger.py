@@ -114,6 +114,8 @@ _HOLD_SQLITE = hot.Prepared(select(HOLDS).where(HOLDS.c.id == bindparam("hold"))
 _SETTLE_HOLD_SQLITE = hot.Prepared(update(HOLDS).where(HOLDS.c.id == bindparam("hold")).values(
     captured_atomic=bindparam("captured"), voided_atomic=bindparam("voided"),
     status=bindparam("status")))
+_DUE_HOLDS = hot.Statement(select(HOLDS.c.id).where(
+    HOLDS.c.status == "open", HOLDS.c.expires_at_ms <= bindparam("now")).limit(bindparam("limit")))
 _VOID_HOLD_SQLITE = hot.Prepared(update(HOLDS).where(HOLDS.c.id == bindparam("hold")).values(
     voided_atomic=bindparam("voided"), status=bindparam("status")))
 MAX_HOLD_TIMEOUT_S = 30 * 24 * 3600
@@ -604,6 +606,10 @@ class Ledger(MutationRunner):
                      limit: int = 1000) -> int:
         """Void every open hold past its timeout (the sweeper; also run on access)."""
         now = self.clock_ms()
+        if account_id is None and hold_id is None:  # the sweeper's, every round: built once
+            with hot.reading(self.engine) as reader:
+                due = [row.id for row in _DUE_HOLDS.all(reader, {"now": now, "limit": limit})]
+            return self._expire(due)
         query = select(HOLDS.c.id).where(HOLDS.c.status == "open", HOLDS.c.expires_at_ms <= now)
         if account_id is not None:  # either side: the payee's pending credits expire too
             query = query.where(or_(HOLDS.c.debit_account_id == account_id,
@@ -612,6 +618,9 @@ class Ledger(MutationRunner):
             query = query.where(HOLDS.c.id == hold_id)
         with self._read() as conn:
             due = [row.id for row in conn.execute(query.limit(limit))]
+        return self._expire(due)
+
+    def _expire(self, due: list[str]) -> int:
         expired = 0
         for due_id in due:
             with self._write() as conn:
