@@ -159,5 +159,48 @@ class AgreementFacts:
         return facts
 
 
+class Opened(NamedTuple):
+    """What a redeem reads of an agreement that never changes once its escrow is open."""
+
+    agreement_id: str
+    buyer_id: str
+    seller_id: str
+    verifier_id: str
+    currency: str
+    held_atomic: int
+    deadline_ms: int
+    created_at_ms: int
+    output_schema_json: str
+    signed: agreement_pb2.SignedAgreement
+    body: agreement_pb2.AgreementBody
+
+
+class OpenedAgreements:
+    """The `Opened` part of agreements this node opened or redeemed, so that a redeem (or its
+    retry) needs no read of the row before its transaction. Bounded: the oldest go first."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._opened: dict[str, Opened] = {}
+        self._lock = threading.Lock()
+
+    def get(self, agreement: str) -> Opened | None:
+        return self._opened.get(agreement)
+
+    def remember(self, opened: Opened) -> None:
+        with self._lock:
+            if len(self._opened) >= self.size and opened.agreement_id not in self._opened:
+                del self._opened[next(iter(self._opened))]
+            self._opened[opened.agreement_id] = opened
+
+
+def opened_of(row: Any) -> Opened:
+    """`Opened` of an escrow row."""
+    signed = agreement_pb2.SignedAgreement.FromString(row.signed_agreement)
+    return Opened(row.agreement_id, row.buyer_id, row.seller_id, row.verifier_id, row.currency,
+                  row.held_atomic, row.deadline_ms, row.created_at_ms, row.output_schema_json,
+                  signed, agreement_pb2.AgreementBody.FromString(signed.body))
+
+
 def same(value: Any) -> Any:
     return value

@@ -61,11 +61,14 @@ from marketplace.escrows import (
     EVIDENCE,
     AgreementFacts,
     Facts,
+    Opened,
+    OpenedAgreements,
     Pending,
     body_of,
     escrow_dict,
     escrow_of,
     locked_row,
+    opened_of,
     read_row,
     same,
 )
@@ -107,6 +110,10 @@ MAX_RECEIPTS = ag.MAX_RECEIPTS
 MAX_BATCH = 100
 SWEEP_LIMIT = 1000
 BUYER_ACCEPTANCE = registry_pb2.VERIFICATION_METHOD_BUYER_ACCEPTANCE
+# Verified by calling out (a judge, a verifier agent, maybe for a fee): only once the escrow's
+# state, read first, says the redeem can be taken.
+CALLED_OUT = frozenset({registry_pb2.VERIFICATION_METHOD_LLM_JUDGE,
+                        registry_pb2.VERIFICATION_METHOD_THIRD_PARTY})
 MAX_KNOWN_ACCOUNTS = 100_000
 log = logging.getLogger("agentmarket.settlement")
 ACCOUNTS = AccountRow.__table__  # type: ignore[attr-defined]
@@ -160,6 +167,7 @@ class Settlement:
         self.metrics = metrics or market_metrics()
         self.receipts = receipts
         self.facts = AgreementFacts(self.engine)
+        self._opened = OpenedAgreements()
         self._account_ids: dict[tuple[str, str, str], str] = {}
 
     def _receipted(self, agreement: str, apply: Callable[[Connection], Any]
@@ -233,6 +241,8 @@ class Settlement:
             attr.SKILL: terms.skill,
         }) as span:
 
+            inserted: dict[str, Any] = {}
+
             def apply(conn: Connection) -> dict[str, Any]:
                 existing = _STATE.first(conn, {"agreement": agreement})
                 state = next_state(existing.state if existing else st.PROPOSED, "open")
@@ -252,6 +262,7 @@ class Settlement:
                     dispute_window_s=terms.dispute_window_s, delivered_at_ms=0, release_at_ms=0,
                     created_at_ms=now, updated_at_ms=now)
                 hot.insert(conn, ESCROWS, row, _INSERT_ESCROW)
+                inserted.update(row)
                 return escrow_of(row)
 
             result = self.ledger.mutate(key, "open_escrow", {"agreement": agreement}, apply,
@@ -259,6 +270,11 @@ class Settlement:
             span.set_attribute(attr.HOLD_ID, result["hold_id"])
             self.facts.remember(Facts(agreement, body.buyer_id, body.seller_id,
                                       terms.verifier.agent_id, terms.currency, terms.skill))
+            if inserted.get("hold_id") == result["hold_id"]:  # this open's row, not a replay
+                self._opened.remember(Opened(
+                    agreement, body.buyer_id, body.seller_id, terms.verifier.agent_id,
+                    terms.currency, terms.max_total_atomic, terms.completion_deadline_ms,
+                    inserted["created_at_ms"], skill.output_schema_json, signed, body))
             return result
 
     @staticmethod
@@ -318,8 +334,14 @@ class Settlement:
             raise InvalidArgument("idempotency_key is required on every mutating request")
         if len(receipts) > MAX_RECEIPTS:
             raise InvalidArgument(f"at most {MAX_RECEIPTS} receipts per redeem")
-        row = read_row(self.engine, agreement)  # its state: a retry replays, a late one is refused
-        self.facts.remember(row)
+        row = self._opened.get(agreement)  # what never changes, when this node knows it
+        state = st.ACTIVE  # as far as known here: the transaction checks it again
+        if row is None or not self._redeemable_unread(row):
+            read = read_row(self.engine, agreement)  # a retry replays, a late one is refused
+            self.facts.remember(read)
+            state, row = read.state, row or opened_of(read)
+            if state == st.ACTIVE:
+                self._opened.remember(row)
         if not verify(row.seller_id, ag.redeem_message(agreement, voucher, receipts),
                       seller_signature):
             raise PermissionDenied("only the agreement's seller can redeem it (sign the "
@@ -334,15 +356,14 @@ class Settlement:
             attr.AGREEMENT_ID: agreement, attr.CURRENCY: row.currency,
             attr.PAYER: row.buyer_id, attr.PAYEE: row.seller_id,
         }) as span:
-            if row.state != st.ACTIVE:  # a retry replays; anything else is refused
+            if state != st.ACTIVE:  # a retry replays; anything else is refused
                 return self.ledger.mutate(key, "redeem", request, lambda conn: next_state(
                     locked_row(conn, agreement).state, "redeem_verify"), same, same)
             grace_ms = redeem_grace_ms(row.created_at_ms, row.deadline_ms)
             if self.clock_ms() > row.deadline_ms + grace_ms:
                 raise DeadlinePassed(f"the completion deadline, and the {grace_ms} ms grace for "
                                      "redeeming after it, have passed; the hold goes back")
-            signed = agreement_pb2.SignedAgreement.FromString(row.signed_agreement)
-            body = agreement_pb2.AgreementBody.FromString(signed.body)
+            signed, body = row.signed, row.body
             authorised = self._check_voucher(row, body, voucher)
             self._check_receipts(row, body.terms, voucher, receipts)
             outcome = self.verification.verify(agreement, signed, body.terms,
@@ -365,6 +386,8 @@ class Settlement:
             def apply(conn: Connection) -> dict[str, Any]:
                 now = self.clock_ms()
                 current = locked_row(conn, agreement)
+                if current.state != st.ACTIVE:  # settled meanwhile, or a retry of one
+                    next_state(current.state, "redeem_verify")
                 changes = dict(state=next_state(current.state, event), earned_atomic=earned,
                                verified_outputs=outcome.verified, failed_outputs=outcome.failed,
                                verifier_fee_atomic=verifier_fee, delivered_at_ms=now,
@@ -386,6 +409,14 @@ class Settlement:
 
             return self.ledger.mutate(key, "redeem", request,
                                       self._receipted(agreement, apply), same, same)
+
+    def _redeemable_unread(self, opened: Opened) -> bool:
+        """Whether a redeem may go ahead on what never changes, its state checked only in its
+        transaction: verified here (no call out) and before its deadline's grace is over
+        (after it, the state decides between a replay and DEADLINE_EXCEEDED)."""
+        grace_ms = redeem_grace_ms(opened.created_at_ms, opened.deadline_ms)
+        return (opened.body.terms.verification not in CALLED_OUT
+                and self.clock_ms() <= opened.deadline_ms + grace_ms)
 
     def redeem_batch(self, requests: list[settlement_pb2.RedeemRequest]
                      ) -> list[settlement_pb2.RedeemResult]:
