@@ -1,7 +1,8 @@
 """Escrow rows: reading, locking and presenting them (shared by settlement and disputes).
 
 The statements every request runs are built once (`ROW`, `LOCKED_ROW`): SQLAlchemy then reuses
-their cache key and compiled form instead of building them again per call.
+their cache key and compiled form instead of building them again per call; on SQLite they run
+prepared on the DB-API connection (`wallets._sqlite_hot`).
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ import threading
 from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Engine, bindparam, select, update
+from sqlalchemy.exc import NoResultFound
 
 from marketplace.errors import InvalidArgument, NotFound
 from marketplace.tables import DisputeRow, EscrowRow, EvidenceRow
 from marketplace.v1 import agreement_pb2
+from wallets import _sqlite_hot as hot
 
 ESCROWS = EscrowRow.__table__  # type: ignore[attr-defined]
 EVIDENCE = EvidenceRow.__table__  # type: ignore[attr-defined]
@@ -31,23 +34,33 @@ def check_agreement_id(agreement: str) -> str:
 
 ROW = select(ESCROWS).where(ESCROWS.c.agreement_id == bindparam("agreement"))
 LOCKED_ROW = ROW.with_for_update()
+_ROW = hot.Statement(ROW)
+_LOCKED_ROW = hot.Statement(LOCKED_ROW)
 
 
 def read_row(engine: Engine, agreement: str) -> Any:
     check_agreement_id(agreement)
-    with engine.connect().execution_options(agentmarket_read=True) as conn:
-        row = conn.execute(ROW, {"agreement": agreement}).first()
+    with hot.reading(engine) as conn:
+        row = _ROW.first(conn, {"agreement": agreement})
     if row is None:
         raise NotFound(f"agreement {agreement[:12]}… has no escrow")
     return row
 
 
+def find_row(conn: Connection, agreement: str) -> Any | None:
+    """The row as this connection sees it, None without one."""
+    return _ROW.first(conn, {"agreement": agreement})
+
+
 def locked_row(conn: Connection, agreement: str) -> Any:
     """The row inside a write transaction (FOR UPDATE on PostgreSQL)."""
-    return conn.execute(LOCKED_ROW, {"agreement": agreement}).one()
+    row = _LOCKED_ROW.first(conn, {"agreement": agreement})
+    if row is None:
+        raise NoResultFound("No row was found when one was required")
+    return row
 
 
-_UPDATES: dict[tuple[str, ...], Any] = {}
+_UPDATES: dict[tuple[str, ...], hot.Statement] = {}
 
 
 def set_values(conn: Connection, agreement: str, **values: Any) -> None:
@@ -55,10 +68,10 @@ def set_values(conn: Connection, agreement: str, **values: Any) -> None:
     columns = tuple(values)
     statement = _UPDATES.get(columns)
     if statement is None:
-        statement = _UPDATES[columns] = (
+        statement = _UPDATES[columns] = hot.Statement(
             update(ESCROWS).where(ESCROWS.c.agreement_id == bindparam("_agreement"))
             .values({column: bindparam(column) for column in columns}))
-    conn.execute(statement, {"_agreement": agreement, **values})
+    statement.run(conn, {"_agreement": agreement, **values})
 
 
 def body_of(row: Any) -> agreement_pb2.AgreementBody:
@@ -68,7 +81,10 @@ def body_of(row: Any) -> agreement_pb2.AgreementBody:
 
 def escrow_dict(conn: Connection, agreement: str) -> dict[str, Any]:
     """The escrow as plain data (what the API returns and idempotent retries replay)."""
-    return escrow_of(conn.execute(ROW, {"agreement": agreement}).one()._mapping)
+    row = _ROW.first(conn, {"agreement": agreement})
+    if row is None:
+        raise NoResultFound("No row was found when one was required")
+    return escrow_of(row._mapping)
 
 
 def escrow_of(row: Any, **changes: Any) -> dict[str, Any]:
@@ -141,6 +157,49 @@ class AgreementFacts:
                 del self._facts[next(iter(self._facts))]
             self._facts[facts.agreement_id] = facts
         return facts
+
+
+class Opened(NamedTuple):
+    """What a redeem reads of an agreement that never changes once its escrow is open."""
+
+    agreement_id: str
+    buyer_id: str
+    seller_id: str
+    verifier_id: str
+    currency: str
+    held_atomic: int
+    deadline_ms: int
+    created_at_ms: int
+    output_schema_json: str
+    signed: agreement_pb2.SignedAgreement
+    body: agreement_pb2.AgreementBody
+
+
+class OpenedAgreements:
+    """The `Opened` part of agreements this node opened or redeemed, so that a redeem (or its
+    retry) needs no read of the row before its transaction. Bounded: the oldest go first."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._opened: dict[str, Opened] = {}
+        self._lock = threading.Lock()
+
+    def get(self, agreement: str) -> Opened | None:
+        return self._opened.get(agreement)
+
+    def remember(self, opened: Opened) -> None:
+        with self._lock:
+            if len(self._opened) >= self.size and opened.agreement_id not in self._opened:
+                del self._opened[next(iter(self._opened))]
+            self._opened[opened.agreement_id] = opened
+
+
+def opened_of(row: Any) -> Opened:
+    """`Opened` of an escrow row."""
+    signed = agreement_pb2.SignedAgreement.FromString(row.signed_agreement)
+    return Opened(row.agreement_id, row.buyer_id, row.seller_id, row.verifier_id, row.currency,
+                  row.held_atomic, row.deadline_ms, row.created_at_ms, row.output_schema_json,
+                  signed, agreement_pb2.AgreementBody.FromString(signed.body))
 
 
 def same(value: Any) -> Any:

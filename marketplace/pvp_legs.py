@@ -12,15 +12,29 @@ from __future__ import annotations
 import contextlib
 import logging
 
-from sqlalchemy import Connection, literal, select
+from sqlalchemy import Connection, bindparam, literal, select
 from sqlalchemy.exc import IntegrityError
 
 from marketplace.receipts import RECEIPTS, ReceiptBook, written_postings
+from wallets import _sqlite_hot as hot
 from wallets.conditional import ConditionalHold, ConditionalHolds
 from wallets.ledger import ACCOUNTS, HOLDS, POSTINGS, Ledger, transaction_postings
 from wallets.models import Posting
 
 log = logging.getLogger("agentmarket.pvp")
+
+
+def _voided_unreceipted() -> hot.Statement:
+    """Hash-locked holds their timeout voided without a receipt yet (built once: the sweeper
+    asks every round)."""
+    receipt_id = literal("pvp:") + HOLDS.c.id + literal(":pvp_voided")
+    return hot.Statement(
+        select(HOLDS.c.id).outerjoin(RECEIPTS, RECEIPTS.c.receipt_id == receipt_id)
+        .where(HOLDS.c.condition_sha256 != "", HOLDS.c.status == "expired",
+               RECEIPTS.c.receipt_id.is_(None)).limit(bindparam("limit")))
+
+
+_VOIDED_UNRECEIPTED = _voided_unreceipted()
 
 
 class ReceiptedHolds(ConditionalHolds):
@@ -51,13 +65,9 @@ class ReceiptedHolds(ConditionalHolds):
 
     def receipt_expired(self, *, limit: int = 100) -> int:
         """Issue the receipts of legs their timeout voided (the sweeper, after expiring holds)."""
-        receipt_id = literal("pvp:") + HOLDS.c.id + literal(":pvp_voided")
-        query = (select(HOLDS.c.id).outerjoin(RECEIPTS, RECEIPTS.c.receipt_id == receipt_id)
-                 .where(HOLDS.c.condition_sha256 != "", HOLDS.c.status == "expired",
-                        RECEIPTS.c.receipt_id.is_(None)).limit(limit))
         engine = self.ledger.engine
-        with engine.connect().execution_options(agentmarket_read=True) as conn:
-            due = [row.id for row in conn.execute(query)]
+        with hot.reading(engine) as conn:
+            due = [row.id for row in _VOIDED_UNRECEIPTED.all(conn, {"limit": limit})]
         issued = 0
         for hold_id in due:
             with contextlib.suppress(IntegrityError), engine.begin() as conn:

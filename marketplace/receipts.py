@@ -29,14 +29,17 @@ from sqlalchemy import Connection, Engine, insert, select, update
 from marketplace import agreement_states as st
 from marketplace.checkpoints import Checkpoints
 from marketplace.errors import FailedPrecondition, NotFound
-from marketplace.escrows import ESCROWS
+from marketplace.escrows import find_row
 from marketplace.identity import AgentKey
 from marketplace.receipt_verify import RECEIPT_DOMAIN, VERSION, canonical
 from marketplace.tables import ReceiptRow
+from wallets import _sqlite_hot as hot
+from wallets._mutation import transaction_sealed
 from wallets.ledger import ENTRIES, POSTINGS, transaction_postings
 from wallets.sealer import seal
 
 RECEIPTS = ReceiptRow.__table__  # type: ignore[attr-defined]
+_INSERT_RECEIPT = insert(RECEIPTS)
 T = TypeVar("T")
 KIND_OF_STATE = {st.SETTLED: "capture", st.REFUNDED: "refund", st.EXPIRED: "expiry",
                  st.DISPUTED: "dispute_freeze", st.RESOLVED: "dispute_resolution"}
@@ -74,6 +77,41 @@ def sealed_postings(conn: Connection, sequences: list[int]) -> list[dict[str, An
             for r in rows]
 
 
+def sealed_written(conn: Connection, since: int = 0) -> list[dict[str, Any]] | None:
+    """On SQLite, where postings are sealed as they are written: `sealed_postings` of
+    `written_postings`, from what the ledger kept of them (`transaction_sealed`), each checked
+    to stand (its hash in the chain) in one statement. None when that cannot be done
+    (PostgreSQL, or a posting the ledger did not keep or that does not stand): read them."""
+    if conn.dialect.name != "sqlite":
+        return None
+    mine = sorted(set(transaction_postings(conn)[since:]))
+    kept = transaction_sealed(conn)
+    if not mine or any(sequence not in kept for sequence in mine):
+        return [] if not mine else None
+    standing = dict(hot.execute(conn, "SELECT sequence, hash FROM ledger_postings WHERE "
+                                      f"sequence IN ({', '.join('?' * len(mine))})", mine))
+    if any(standing.get(sequence) != kept[sequence][0].hash for sequence in mine):
+        return None
+    return [_stated(*kept[sequence]) for sequence in mine]
+
+
+def _stated(posting: Any, prev_hash: str) -> dict[str, Any]:
+    """A posting as `sealed_postings` states it."""
+    return {"created_at_ms": posting.created_at_ms, "hash": posting.hash,
+            "hold_id": posting.hold_id, "idempotency_key": posting.idempotency_key,
+            "kind": posting.kind,
+            "legs": [{"account_id": leg.account_id, "currency": leg.currency,
+                      "pending_credit_atomic": str(leg.pending_credit_atomic),
+                      "pending_debit_atomic": str(leg.pending_debit_atomic),
+                      "posted_atomic": str(leg.posted_atomic)} for leg in posting.legs],
+            "memo": posting.memo, "prev_hash": prev_hash, "sequence": posting.sequence,
+            "span_id": posting.span_id, "trace_id": posting.trace_id}
+
+
+_UNSIGNED = hot.Statement(select(RECEIPTS.c.receipt_id).where(RECEIPTS.c.signature == "")
+                          .limit(1))
+
+
 class ReceiptBook:
     """Issues, stores and proves the receipts of one node (`key=None`: read and prove only,
     for operator tools without the node's key; proving then needs a covering checkpoint)."""
@@ -89,9 +127,11 @@ class ReceiptBook:
 
     def issue_in(self, conn: Connection, *, subject: str, subject_kind: str, kind: str,
                  currency: str, parties: dict[str, str], amounts: dict[str, int],
-                 sequences: list[int], receipt_id: str = "") -> dict[str, Any] | None:
+                 sequences: list[int], receipt_id: str = "",
+                 sealed: list[dict[str, Any]] | None = None) -> dict[str, Any] | None:
         """Store the receipt of these postings (by sequence), signed now if they are sealed
-        (SQLite), else once they are (`complete`); `receipt_id` defaults to subject:kind."""
+        (SQLite), else once they are (`complete`); `receipt_id` defaults to subject:kind.
+        `sealed`: these postings as `sealed_postings` states them, when the caller has them."""
         if not sequences or self.key is None:
             return None
         body: dict[str, Any] = {
@@ -99,18 +139,19 @@ class ReceiptBook:
             "issued_at_ms": self.clock_ms(), "kind": kind, "node": self.key.agent_id,
             "parties": parties, "postings": sorted(sequences), "subject": subject,
             "subject_kind": subject_kind}
-        signature = self._sign(conn, body)
-        conn.execute(insert(RECEIPTS).values(
+        signature = self._sign(conn, body, sealed)
+        hot.insert(conn, RECEIPTS, dict(
             receipt_id=receipt_id or f"{subject}:{kind}", subject=subject, kind=kind,
             last_sequence=max(sequences), body_json=orjson.dumps(body).decode(),
-            signature=signature, issued_at_ms=body["issued_at_ms"]))
+            signature=signature, issued_at_ms=body["issued_at_ms"]), _INSERT_RECEIPT)
         return body if signature else None
 
-    def _sign(self, conn: Connection, body: dict[str, Any]) -> str:
-        """Put the sealed postings (named by sequence) and the chain position into `body` and
-        sign it; '' (body unchanged) while one of them is not sealed yet."""
+    def _sign(self, conn: Connection, body: dict[str, Any],
+              sealed: list[dict[str, Any]] | None = None) -> str:
+        """Put the sealed postings (named by sequence; `sealed` if given) and the chain
+        position into `body` and sign it; '' (body unchanged) while one is not sealed yet."""
         assert self.key is not None
-        postings = sealed_postings(conn, body["postings"])
+        postings = sealed if sealed is not None else sealed_postings(conn, body["postings"])
         if not postings:
             return ""
         body["postings"] = postings
@@ -126,9 +167,14 @@ class ReceiptBook:
         query = select(RECEIPTS).where(RECEIPTS.c.signature == "")
         if subject is not None:
             query = query.where(RECEIPTS.c.subject == subject)
-        with self.engine.connect().execution_options(agentmarket_read=True) as conn:
-            if conn.execute(query.limit(1)).first() is None:
-                return 0
+        if subject is None:  # any unsigned at all (the sweeper asks every round)
+            with hot.reading(self.engine) as reader:
+                if _UNSIGNED.first(reader, {}) is None:
+                    return 0
+        else:
+            with self.engine.connect().execution_options(agentmarket_read=True) as conn:
+                if conn.execute(query.limit(1)).first() is None:
+                    return 0
         seal(self.engine)  # usually done already by the sealer: the lag is bounded, not zero
         signed = 0
         with self.engine.begin() as conn:
@@ -151,26 +197,30 @@ class ReceiptBook:
         def run(conn: Connection) -> T:
             before = len(transaction_postings(conn))
             result = apply(conn)
-            row = conn.execute(select(ESCROWS).where(ESCROWS.c.agreement_id == agreement)
-                               ).first()
+            row = find_row(conn, agreement)
             kind = KIND_OF_STATE.get(row.state) if row is not None else None
-            sequences = written_postings(conn, before)
+            if kind is None:
+                return result
+            sealed = sealed_written(conn, before)
+            sequences = ([p["sequence"] for p in sealed] if sealed is not None
+                         else written_postings(conn, before))
             if kind == "expiry" and not sequences:
                 # the ledger's own timeout returned the hold earlier: receipt that posting
                 expired = conn.execute(select(POSTINGS.c.sequence).where(
                     POSTINGS.c.hold_id == row.hold_id, POSTINGS.c.kind == "expire")).scalar()
                 sequences = [expired] if expired else []
-            if kind is not None:
-                parties = {"buyer": row.buyer_id, "seller": row.seller_id}
-                if row.verifier_id:
-                    parties["verifier"] = row.verifier_id
-                self.issue_in(conn, subject=agreement, subject_kind="agreement", kind=kind,
-                              currency=row.currency, parties=parties, sequences=sequences,
-                              amounts={"held": row.held_atomic, "earned": row.earned_atomic,
-                                       "seller": row.captured_atomic - row.fee_atomic,
-                                       "fee": row.fee_atomic,
-                                       "verifier": row.verifier_paid_atomic,
-                                       "refunded": row.refunded_atomic})
+                sealed = None
+            parties = {"buyer": row.buyer_id, "seller": row.seller_id}
+            if row.verifier_id:
+                parties["verifier"] = row.verifier_id
+            self.issue_in(conn, subject=agreement, subject_kind="agreement", kind=kind,
+                          currency=row.currency, parties=parties, sequences=sequences,
+                          sealed=sealed,
+                          amounts={"held": row.held_atomic, "earned": row.earned_atomic,
+                                   "seller": row.captured_atomic - row.fee_atomic,
+                                   "fee": row.fee_atomic,
+                                   "verifier": row.verifier_paid_atomic,
+                                   "refunded": row.refunded_atomic})
             return result
 
         return run

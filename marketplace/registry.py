@@ -29,6 +29,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from jsonschema import SchemaError
 from jsonschema.validators import validator_for
@@ -41,12 +42,15 @@ from marketplace.identity import check_agent_id
 from marketplace.reputation import REPUTATION
 from marketplace.tables import ListingRow
 from marketplace.v1 import registry_pb2
+from wallets import _sqlite_hot as hot
 from wallets.schema import upgrade
 from wallets.store import WriteSerializer
 
 LISTINGS = ListingRow.__table__  # type: ignore[attr-defined]
-_LIVE_LISTING = select(LISTINGS).where(LISTINGS.c.agent_id == bindparam("agent"),
-                                       LISTINGS.c.expires_at_ms > bindparam("now"))
+_LIVE_LISTING = hot.Statement(select(LISTINGS).where(
+    LISTINGS.c.agent_id == bindparam("agent"), LISTINGS.c.expires_at_ms > bindparam("now")))
+_LAPSED = hot.Statement(select(LISTINGS.c.agent_id).where(
+    LISTINGS.c.expires_at_ms < bindparam("cutoff")).limit(bindparam("limit")))
 _SKILL_NAME = re.compile(r"^[a-z0-9_.-]{1,64}$")
 _ENDPOINT = re.compile(r"^[A-Za-z0-9.\-\[\]:]{1,255}:\d{1,5}$")
 MAX_SKILLS = 50
@@ -269,9 +273,8 @@ class Registry:
     def purge_expired(self, limit: int = 1000) -> int:
         """Delete listings expired more than an hour ago; returns how many."""
         cutoff = self.clock_ms() - PURGE_AFTER_MS
-        with self.engine.connect().execution_options(agentmarket_read=True) as conn:
-            ids = [r.agent_id for r in conn.execute(select(LISTINGS.c.agent_id).where(
-                LISTINGS.c.expires_at_ms < cutoff).limit(limit))]
+        with hot.reading(self.engine) as conn:
+            ids = [r.agent_id for r in _LAPSED.all(conn, {"cutoff": cutoff, "limit": limit})]
         if ids:
             with self._serial(), self.engine.begin() as conn:
                 self._delete(conn, ids)
@@ -280,12 +283,13 @@ class Registry:
     # ---- reading --------------------------------------------------------------------------
 
     def get(self, agent_id: str) -> registry_pb2.Listing:
-        with self.engine.connect().execution_options(agentmarket_read=True) as conn:
+        with hot.reading(self.engine) as conn:
             return self.get_in(conn, agent_id)
 
-    def get_in(self, conn: Connection, agent_id: str) -> registry_pb2.Listing:
-        """`get` over a connection the caller reads several things with."""
-        row = conn.execute(_LIVE_LISTING, {"agent": agent_id, "now": self.clock_ms()}).first()
+    def get_in(self, conn: Any, agent_id: str) -> registry_pb2.Listing:
+        """`get` over a connection the caller reads several things with (a SQLAlchemy one or
+        `wallets._sqlite_hot.reading`'s)."""
+        row = _LIVE_LISTING.first(conn, {"agent": agent_id, "now": self.clock_ms()})
         if row is None:
             raise NotFound(f"agent {agent_id[:12]}… has no live listing")
         return _decode(row)

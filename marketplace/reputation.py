@@ -13,7 +13,8 @@ rated agreement (`rated_agreements` tells a newcomer from a bad seller).
 
 `record_outcome` runs inside the transaction that finishes the agreement and writes the new
 figure through to the registry's listing, offer and search-token rows, so discovery filters and
-ranks on it without computing anything per listing.
+ranks on it without computing anything per listing (on SQLite with prepared statements,
+`wallets._sqlite_hot`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 
 from marketplace.tables import ListingRow, OfferRow, ReputationRow, TermRow
+from wallets import _sqlite_hot as hot
 
 REPUTATION = ReputationRow.__table__  # type: ignore[attr-defined]
 _LISTINGS = ListingRow.__table__  # type: ignore[attr-defined]
@@ -28,16 +30,16 @@ _OFFERS = OfferRow.__table__  # type: ignore[attr-defined]
 _TERMS = TermRow.__table__  # type: ignore[attr-defined]
 
 
-_RATE = (update(REPUTATION).where(REPUTATION.c.seller_id == bindparam("seller"))
+_RATE = hot.Statement(update(REPUTATION).where(REPUTATION.c.seller_id == bindparam("seller"))
          .values(rated=REPUTATION.c.rated + 1,
                  score_sum=REPUTATION.c.score_sum + bindparam("score"))
          .returning(REPUTATION.c.rated, REPUTATION.c.score_sum))
-_LISTING = (update(_LISTINGS).where(_LISTINGS.c.agent_id == bindparam("seller"))
+_LISTING = hot.Statement(update(_LISTINGS).where(_LISTINGS.c.agent_id == bindparam("seller"))
             .values(reputation_permille=bindparam("permille"),
                     rated_agreements=bindparam("rated")))
-_OFFER = (update(_OFFERS).where(_OFFERS.c.agent_id == bindparam("seller"))
+_OFFER = hot.Statement(update(_OFFERS).where(_OFFERS.c.agent_id == bindparam("seller"))
           .values(reputation_permille=bindparam("permille")))
-_TERM = (update(_TERMS).where(_TERMS.c.offer_id.in_(
+_TERM = hot.Statement(update(_TERMS).where(_TERMS.c.offer_id.in_(
     select(_OFFERS.c.id).where(_OFFERS.c.agent_id == bindparam("seller"))))
     .values(reputation_permille=bindparam("permille")))
 
@@ -48,7 +50,7 @@ def record_outcome(conn: Connection, seller_id: str, outcome_permille: int) -> i
     cost two statements here, not five)."""
     assert 0 <= outcome_permille <= 1000
     params = {"seller": seller_id, "score": outcome_permille}
-    row = conn.execute(_RATE, params).first()
+    row = _RATE.first(conn, params)
     if row is None:
         conn.execute(insert(REPUTATION).values(seller_id=seller_id, rated=1,
                                                score_sum=outcome_permille))
@@ -58,10 +60,10 @@ def record_outcome(conn: Connection, seller_id: str, outcome_permille: int) -> i
         before = (score - outcome_permille) // (rated - 1) if rated > 1 else None
     permille = score // rated
     figures = {"seller": seller_id, "permille": permille, "rated": rated}
-    conn.execute(_LISTING, figures)
+    _LISTING.run(conn, figures)
     if permille != before:
-        conn.execute(_OFFER, figures)
-        conn.execute(_TERM, figures)
+        _OFFER.run(conn, figures)
+        _TERM.run(conn, figures)
     return permille
 
 

@@ -61,11 +61,14 @@ from marketplace.escrows import (
     EVIDENCE,
     AgreementFacts,
     Facts,
+    Opened,
+    OpenedAgreements,
     Pending,
     body_of,
     escrow_dict,
     escrow_of,
     locked_row,
+    opened_of,
     read_row,
     same,
 )
@@ -78,6 +81,7 @@ from marketplace.registry import Registry
 from marketplace.reputation import record_outcome
 from marketplace.v1 import agreement_pb2, dispute_pb2, registry_pb2, settlement_pb2
 from marketplace.verification import Verification
+from wallets import _sqlite_hot as hot
 from wallets import attributes as attr
 from wallets.caller import NODE_SCOPE
 from wallets.currencies import currency, split
@@ -106,17 +110,39 @@ MAX_RECEIPTS = ag.MAX_RECEIPTS
 MAX_BATCH = 100
 SWEEP_LIMIT = 1000
 BUYER_ACCEPTANCE = registry_pb2.VERIFICATION_METHOD_BUYER_ACCEPTANCE
+# Verified by calling out (a judge, a verifier agent, maybe for a fee): only once the escrow's
+# state, read first, says the redeem can be taken.
+CALLED_OUT = frozenset({registry_pb2.VERIFICATION_METHOD_LLM_JUDGE,
+                        registry_pb2.VERIFICATION_METHOD_THIRD_PARTY})
 MAX_KNOWN_ACCOUNTS = 100_000
 log = logging.getLogger("agentmarket.settlement")
 ACCOUNTS = AccountRow.__table__  # type: ignore[attr-defined]
-_OPENED = select(ESCROWS.c.agreement_id).where(ESCROWS.c.agreement_id == bindparam("agreement"))
-_STATE = select(ESCROWS.c.state).where(ESCROWS.c.agreement_id == bindparam("agreement"))
-_WALLET = select(ACCOUNTS).where(ACCOUNTS.c.owner == bindparam("owner"),
-                                 ACCOUNTS.c.currency == bindparam("currency"),
-                                 ACCOUNTS.c.kind == "wallet")
-_ACCOUNT = select(ACCOUNTS).where(ACCOUNTS.c.id == bindparam("account"))
+_OPENED = hot.Statement(select(ESCROWS.c.agreement_id).where(
+    ESCROWS.c.agreement_id == bindparam("agreement")))
+_STATE = hot.Statement(select(ESCROWS.c.state).where(
+    ESCROWS.c.agreement_id == bindparam("agreement")))
+_WALLET = hot.Statement(select(ACCOUNTS).where(ACCOUNTS.c.owner == bindparam("owner"),
+                                               ACCOUNTS.c.currency == bindparam("currency"),
+                                               ACCOUNTS.c.kind == "wallet"))
+_ACCOUNT = hot.Statement(select(ACCOUNTS).where(ACCOUNTS.c.id == bindparam("account")))
 _INSERT_ESCROW = insert(ESCROWS)
 _INSERT_EVIDENCE = insert(EVIDENCE)
+
+
+def _due() -> hot.Statement:
+    """The sweep's query: agreements past their deadline and redeem grace, and delivered or
+    verified ones whose dispute window has closed (built once: the sweeper runs it often)."""
+    now = bindparam("now")
+    span = ESCROWS.c.deadline_ms - ESCROWS.c.created_at_ms
+    grace = case((span // REDEEM_GRACE_DIVISOR < REDEEM_GRACE_S * 1000,
+                  span // REDEEM_GRACE_DIVISOR), else_=REDEEM_GRACE_S * 1000)
+    due = or_(and_(ESCROWS.c.state == st.ACTIVE, ESCROWS.c.deadline_ms + grace < now),
+              and_(or_(*(ESCROWS.c.state == state for state in st.AWAITING_RELEASE)),
+                   ESCROWS.c.release_at_ms <= now))
+    return hot.Statement(select(ESCROWS).where(due).limit(SWEEP_LIMIT))
+
+
+_DUE = _due()
 
 
 class Settlement:
@@ -141,6 +167,7 @@ class Settlement:
         self.metrics = metrics or market_metrics()
         self.receipts = receipts
         self.facts = AgreementFacts(self.engine)
+        self._opened = OpenedAgreements()
         self._account_ids: dict[tuple[str, str, str], str] = {}
 
     def _receipted(self, agreement: str, apply: Callable[[Connection], Any]
@@ -184,8 +211,8 @@ class Settlement:
         agreement = ag.agreement_id(signed.body)
         terms = body.terms
         now = self.clock_ms()
-        with self.engine.connect().execution_options(agentmarket_read=True) as conn:
-            opened = conn.execute(_OPENED, {"agreement": agreement}).first() is not None
+        with hot.reading(self.engine) as conn:
+            opened = _OPENED.first(conn, {"agreement": agreement}) is not None
             if not opened:
                 self._check_open(body, now)
                 skill = self._listed_skill(body, conn)
@@ -214,8 +241,10 @@ class Settlement:
             attr.SKILL: terms.skill,
         }) as span:
 
+            inserted: dict[str, Any] = {}
+
             def apply(conn: Connection) -> dict[str, Any]:
-                existing = conn.execute(_STATE, {"agreement": agreement}).first()
+                existing = _STATE.first(conn, {"agreement": agreement})
                 state = next_state(existing.state if existing else st.PROPOSED, "open")
                 hold = self.ledger.hold_in(conn, key, buyer.id, seller,
                                            terms.max_total_atomic, timeout_s=int(timeout_s),
@@ -232,7 +261,8 @@ class Settlement:
                     deadline_ms=terms.completion_deadline_ms,
                     dispute_window_s=terms.dispute_window_s, delivered_at_ms=0, release_at_ms=0,
                     created_at_ms=now, updated_at_ms=now)
-                conn.execute(_INSERT_ESCROW, row)
+                hot.insert(conn, ESCROWS, row, _INSERT_ESCROW)
+                inserted.update(row)
                 return escrow_of(row)
 
             result = self.ledger.mutate(key, "open_escrow", {"agreement": agreement}, apply,
@@ -240,6 +270,11 @@ class Settlement:
             span.set_attribute(attr.HOLD_ID, result["hold_id"])
             self.facts.remember(Facts(agreement, body.buyer_id, body.seller_id,
                                       terms.verifier.agent_id, terms.currency, terms.skill))
+            if inserted.get("hold_id") == result["hold_id"]:  # this open's row, not a replay
+                self._opened.remember(Opened(
+                    agreement, body.buyer_id, body.seller_id, terms.verifier.agent_id,
+                    terms.currency, terms.max_total_atomic, terms.completion_deadline_ms,
+                    inserted["created_at_ms"], skill.output_schema_json, signed, body))
             return result
 
     @staticmethod
@@ -255,13 +290,12 @@ class Settlement:
             raise InvalidArgument(f"the completion deadline is at most {ag.MAX_COMPLETION_S} s "
                                   "ahead")
 
-    def _buyer_wallet(self, conn: Connection, buyer_id: str, currency_code: str) -> Any:
+    def _buyer_wallet(self, conn: Any, buyer_id: str, currency_code: str) -> Any:
         """The buyer's wallet row (its id remembered once found); it must exist."""
         key = (buyer_id, currency_code, "wallet")
         known = self._account_ids.get(key)
-        row = (conn.execute(_ACCOUNT, {"account": known}).first() if known is not None else
-               conn.execute(_WALLET, {"owner": buyer_id,
-                                      "currency": currency(currency_code).code}).first())
+        row = (_ACCOUNT.first(conn, {"account": known}) if known is not None else
+               _WALLET.first(conn, {"owner": buyer_id, "currency": currency(currency_code).code}))
         if row is None:
             raise FailedPrecondition(f"the buyer has no {currency_code} wallet")
         if known is None and len(self._account_ids) < MAX_KNOWN_ACCOUNTS:
@@ -269,7 +303,7 @@ class Settlement:
         return row
 
     def _listed_skill(self, body: agreement_pb2.AgreementBody,
-                      conn: Connection) -> registry_pb2.Skill:
+                      conn: Any) -> registry_pb2.Skill:
         """The seller's live listing must sell these terms."""
         terms = body.terms
         listing = self.registry.get_in(conn, body.seller_id)
@@ -300,8 +334,14 @@ class Settlement:
             raise InvalidArgument("idempotency_key is required on every mutating request")
         if len(receipts) > MAX_RECEIPTS:
             raise InvalidArgument(f"at most {MAX_RECEIPTS} receipts per redeem")
-        row = read_row(self.engine, agreement)  # its state: a retry replays, a late one is refused
-        self.facts.remember(row)
+        row = self._opened.get(agreement)  # what never changes, when this node knows it
+        state = st.ACTIVE  # as far as known here: the transaction checks it again
+        if row is None or not self._redeemable_unread(row):
+            read = read_row(self.engine, agreement)  # a retry replays, a late one is refused
+            self.facts.remember(read)
+            state, row = read.state, row or opened_of(read)
+            if state == st.ACTIVE:
+                self._opened.remember(row)
         if not verify(row.seller_id, ag.redeem_message(agreement, voucher, receipts),
                       seller_signature):
             raise PermissionDenied("only the agreement's seller can redeem it (sign the "
@@ -316,15 +356,14 @@ class Settlement:
             attr.AGREEMENT_ID: agreement, attr.CURRENCY: row.currency,
             attr.PAYER: row.buyer_id, attr.PAYEE: row.seller_id,
         }) as span:
-            if row.state != st.ACTIVE:  # a retry replays; anything else is refused
+            if state != st.ACTIVE:  # a retry replays; anything else is refused
                 return self.ledger.mutate(key, "redeem", request, lambda conn: next_state(
                     locked_row(conn, agreement).state, "redeem_verify"), same, same)
             grace_ms = redeem_grace_ms(row.created_at_ms, row.deadline_ms)
             if self.clock_ms() > row.deadline_ms + grace_ms:
                 raise DeadlinePassed(f"the completion deadline, and the {grace_ms} ms grace for "
                                      "redeeming after it, have passed; the hold goes back")
-            signed = agreement_pb2.SignedAgreement.FromString(row.signed_agreement)
-            body = agreement_pb2.AgreementBody.FromString(signed.body)
+            signed, body = row.signed, row.body
             authorised = self._check_voucher(row, body, voucher)
             self._check_receipts(row, body.terms, voucher, receipts)
             outcome = self.verification.verify(agreement, signed, body.terms,
@@ -347,13 +386,16 @@ class Settlement:
             def apply(conn: Connection) -> dict[str, Any]:
                 now = self.clock_ms()
                 current = locked_row(conn, agreement)
+                if current.state != st.ACTIVE:  # settled meanwhile, or a retry of one
+                    next_state(current.state, "redeem_verify")
                 changes = dict(state=next_state(current.state, event), earned_atomic=earned,
                                verified_outputs=outcome.verified, failed_outputs=outcome.failed,
                                verifier_fee_atomic=verifier_fee, delivered_at_ms=now,
                                updated_at_ms=now,
                                release_at_ms=now + body.terms.dispute_window_s * 1000)
-                conn.execute(_INSERT_EVIDENCE, {"agreement_id": agreement, "created_at_ms": now,
-                                                "delivery": evidence.SerializeToString()})
+                hot.insert(conn, EVIDENCE, {"agreement_id": agreement, "created_at_ms": now,
+                                            "delivery": evidence.SerializeToString()},
+                           _INSERT_EVIDENCE)
                 release = ("confirm" if buyer_confirmation  # the buyer waived its window
                            else "release" if body.terms.dispute_window_s == 0 else "")
                 if changes["state"] != st.REFUNDED and release:  # one UPDATE for both steps
@@ -367,6 +409,14 @@ class Settlement:
 
             return self.ledger.mutate(key, "redeem", request,
                                       self._receipted(agreement, apply), same, same)
+
+    def _redeemable_unread(self, opened: Opened) -> bool:
+        """Whether a redeem may go ahead on what never changes, its state checked only in its
+        transaction: verified here (no call out) and before its deadline's grace is over
+        (after it, the state decides between a replay and DEADLINE_EXCEEDED)."""
+        grace_ms = redeem_grace_ms(opened.created_at_ms, opened.deadline_ms)
+        return (opened.body.terms.verification not in CALLED_OUT
+                and self.clock_ms() <= opened.deadline_ms + grace_ms)
 
     def redeem_batch(self, requests: list[settlement_pb2.RedeemRequest]
                      ) -> list[settlement_pb2.RedeemResult]:
@@ -541,14 +591,8 @@ class Settlement:
     def sweep(self) -> int:
         """Expire undelivered agreements past their deadline; release delivered and verified
         work whose dispute window has closed. Returns how many agreements moved."""
-        now = self.clock_ms()
-        span = ESCROWS.c.deadline_ms - ESCROWS.c.created_at_ms
-        grace = case((span // REDEEM_GRACE_DIVISOR < REDEEM_GRACE_S * 1000,
-                      span // REDEEM_GRACE_DIVISOR), else_=REDEEM_GRACE_S * 1000)
-        due = or_(and_(ESCROWS.c.state == st.ACTIVE, ESCROWS.c.deadline_ms + grace < now),
-                  and_(ESCROWS.c.state.in_(st.AWAITING_RELEASE), ESCROWS.c.release_at_ms <= now))
-        with self.engine.connect().execution_options(agentmarket_read=True) as conn:
-            rows = conn.execute(select(ESCROWS).where(due).limit(SWEEP_LIMIT)).all()
+        with hot.reading(self.engine) as conn:
+            rows = _DUE.all(conn, {"now": self.clock_ms()})
         moved = 0
         for row in rows:
             try:

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from marketplace.cli.main import app
 from marketplace.identity import AgentKey
 from marketplace.receipt_verify import ReceiptInvalid, posting_hash, verify_receipt
-from marketplace.receipts import ReceiptBook
+from marketplace.receipts import ReceiptBook, sealed_postings
 from marketplace.testing import Harness, make_skill
 from marketplace.v1 import dispute_pb2
 from wallets._chain import posting_hash as chain_hash
@@ -59,6 +59,19 @@ def test_a_capture_yields_a_receipt_that_verifies_offline(market: Harness):
     assert [p.sequence for p in postings if p.kind == "capture"] == [found.last_sequence]
     with pytest.raises(ReceiptInvalid, match="signed by node"):
         verify_receipt(_file(market, deal.agreement_id), node=AgentKey.generate().agent_id)
+
+
+def test_a_receipt_states_its_postings_as_the_chain_holds_them(market: Harness, engine):
+    """On SQLite they are taken from what the ledger wrote in the transaction, not read back:
+    the same content, to the byte."""
+    deal = market.deal(dispute_window_s=0)  # captured in the redeem's transaction
+    market.open(deal)
+    market.redeem(deal, [{"text": "a"}, {"text": "b"}])
+    [signed] = market.settlement.receipts.receipts(deal.agreement_id)
+    stated = signed["body"]["postings"]
+    with engine.connect() as conn:
+        assert stated == sealed_postings(conn, [p["sequence"] for p in stated])
+    verify_receipt(_file(market, deal.agreement_id), node=market.node.agent_id)
 
 
 def test_refund_expiry_and_a_dispute_each_yield_their_receipt(market: Harness, clock):

@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import Engine
 
 from marketplace import agreements as ag
+from marketplace.escrows import OpenedAgreements
 from marketplace.identity import AgentKey
 from marketplace.node import MarketplaceNode
 from marketplace.testing import Harness, make_deal, make_listing, make_skill, make_terms
@@ -83,6 +84,22 @@ def test_a_voucher_is_never_redeemed_twice(market: Harness):
     market.redeem(deal, [OK, OK], key="redeem-1")
     _refused(market, lambda: market.redeem(deal, [OK, OK], key="redeem-2"),
              "FAILED_PRECONDITION", "ILLEGAL_TRANSITION")
+
+
+def test_a_settled_agreement_redeemed_again_is_refused_alike_by_any_node(market: Harness):
+    """The node that opened it redeems on the terms it kept (the state is checked in the
+    transaction); another node reads the escrow first: the same refusal, and past the
+    deadline's grace a retry still replays."""
+    deal = _open(market, dispute_window_s=0)
+    first = market.redeem(deal, [OK], key="redeem-1")
+    with pytest.raises(AgentmarketError) as kept:
+        market.redeem(deal, [OK], key="redeem-2")
+    market.settlement._opened = OpenedAgreements()  # as another node of the market sees it
+    with pytest.raises(AgentmarketError) as read:
+        market.redeem(deal, [OK], key="redeem-3")
+    assert (kept.value.reason, kept.value.message) == (read.value.reason, read.value.message)
+    market.clock.advance(2 * 3600)
+    assert market.redeem(deal, [OK], key="redeem-1") == first
 
 
 def test_the_same_key_for_another_redeem_is_refused(market: Harness):

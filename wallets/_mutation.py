@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 RETRIED_SQLSTATES = ("40P01", "40001")  # deadlock detected, serialization failure
 POSTINGS_OF_TRANSACTION = "agentmarket_postings"  # conn.info: sequences written in this one
+SEALED_OF_TRANSACTION = "agentmarket_sealed"  # conn.info (SQLite): what they were, by sequence
 T = TypeVar("T")
 
 
@@ -36,6 +37,13 @@ def transaction_postings(conn: Connection) -> list[int]:
     """The sequences of the postings written so far in `conn`'s write transaction, in order
     (some may belong to savepoints since rolled back: look them up to see)."""
     return conn.info.setdefault(POSTINGS_OF_TRANSACTION, [])
+
+
+def transaction_sealed(conn: Connection) -> dict[int, tuple[Any, str]]:
+    """SQLite, where postings are sealed as they are written: each posting of this write
+    transaction by sequence, with the hash before it (the latest under its number: a
+    rolled-back savepoint's number is used again). Lets a receipt state them unread."""
+    return conn.info.setdefault(SEALED_OF_TRANSACTION, {})
 
 
 def _retryable(error: OperationalError) -> bool:
@@ -99,6 +107,7 @@ class _WriteTransaction:
         # No lock on PostgreSQL until a row is touched: whatever a decision reads is read FOR
         # UPDATE (holds, guarded wallets) or guarded by the UPDATE itself.
         conn.info[POSTINGS_OF_TRANSACTION] = []
+        conn.info[SEALED_OF_TRANSACTION] = {}
         return conn
 
     def __exit__(self, *exc: Any) -> None:
@@ -192,7 +201,7 @@ class MutationRunner:
         try:
             with self._write() as conn:
                 for item in batch:
-                    savepoint = conn.begin_nested()
+                    savepoint = self._savepoint(conn)
                     try:
                         try:
                             outcome = item.context.run(item.run, conn)
@@ -200,7 +209,7 @@ class MutationRunner:
                             savepoint.rollback()
                             if not refused.recorded:
                                 raise refused.error from None
-                            savepoint = conn.begin_nested()
+                            savepoint = self._savepoint(conn)
                             outcome = item.context.run(self._record_refusal, conn, refused)
                         savepoint.commit()
                     except AgentmarketError as error:  # refused before recording: not stored
@@ -228,6 +237,10 @@ class MutationRunner:
                 item.result = item.context.run(self._run_alone, item.run)
             except Exception as error:
                 item.error = error
+
+    def _savepoint(self, conn: Connection) -> Any:
+        """A batch item's savepoint (on SQLite straight on the DB-API connection)."""
+        return hot.Savepoint(conn) if self._sqlite else conn.begin_nested()
 
     def _run_item(self, conn: Connection, scope: str, key: str, operation: str,
                   request_digest: str, apply: Callable[[Connection], Any],

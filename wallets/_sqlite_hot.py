@@ -14,11 +14,13 @@ true until it commits, so reading a wallet's controls with its balance needs no 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections import namedtuple
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import cache
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Engine
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError
 
@@ -86,6 +88,27 @@ def record_key(conn: Connection, values: dict[str, Any]) -> None:
                                values["result_json"], values["created_at_ms"]))
 
 
+class Savepoint:
+    """A savepoint on the DB-API connection, as `Connection.begin_nested` makes one (the
+    statements it runs are the same), for the group committer's one per item."""
+
+    __slots__ = ("conn", "is_active")
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        execute(conn, "SAVEPOINT group_item")
+        self.is_active = True
+
+    def commit(self) -> None:
+        self.is_active = False
+        execute(self.conn, "RELEASE SAVEPOINT group_item")
+
+    def rollback(self) -> None:
+        self.is_active = False
+        execute(self.conn, "ROLLBACK TO SAVEPOINT group_item")
+        execute(self.conn, "RELEASE SAVEPOINT group_item")
+
+
 # ---- accounts ---------------------------------------------------------------------------------
 
 
@@ -131,6 +154,115 @@ def compile_for_sqlite(statement: Any) -> CompiledUpdate:
     compiled = statement.compile(dialect=sqlite.dialect())
     return CompiledUpdate(str(compiled), tuple(compiled.positiontup),
                           {k: v for k, v in compiled.params.items() if v is not None})
+
+
+class Prepared:
+    """A SQLAlchemy statement compiled once for SQLite and run on the DB-API connection: the
+    same statement (the same rows, attributes and `_mapping` on them), without SQLAlchemy's
+    Python per call. For statements on immutable or write-serialised rows on SQLite only."""
+
+    __slots__ = ("_row", "compiled")
+
+    def __init__(self, statement: Any) -> None:
+        self.compiled = compile_for_sqlite(statement)
+        if "POSTCOMPILE" in self.compiled.sql:
+            raise ValueError("an expanding IN cannot be prepared: spell its values out")
+        self._row: Any = None
+
+    def run(self, conn: Connection, params: dict[str, Any]) -> sqlite3.Cursor:
+        compiled = self.compiled
+        return execute(conn, compiled.sql, [params[name] if name in params
+                                            else compiled.defaults[name]
+                                            for name in compiled.names])
+
+    def rows(self, conn: Connection, params: dict[str, Any]) -> list[Any]:
+        cursor = self.run(conn, params)
+        row = self._row
+        if row is None:
+            row = self._row = _row_type(tuple(d[0] for d in cursor.description))
+        return [row._make(values) for values in cursor]
+
+    def first(self, conn: Connection, params: dict[str, Any]) -> Any | None:
+        found = self.rows(conn, params)
+        return found[0] if found else None
+
+
+class Statement:
+    """A statement built once, run through SQLAlchemy on PostgreSQL and `Prepared` on SQLite
+    (so code shared by both backends names one statement)."""
+
+    __slots__ = ("prepared", "statement")
+
+    def __init__(self, statement: Any) -> None:
+        self.statement = statement
+        self.prepared = Prepared(statement)
+
+    def first(self, conn: Connection, params: dict[str, Any]) -> Any | None:
+        if conn.dialect.name == "sqlite":
+            return self.prepared.first(conn, params)
+        return conn.execute(self.statement, params).first()
+
+    def all(self, conn: Connection, params: dict[str, Any]) -> list[Any]:
+        if conn.dialect.name == "sqlite":
+            return self.prepared.rows(conn, params)
+        return list(conn.execute(self.statement, params).all())
+
+    def run(self, conn: Connection, params: dict[str, Any]) -> int:
+        """Execute; how many rows it changed."""
+        if conn.dialect.name == "sqlite":
+            return self.prepared.run(conn, params).rowcount
+        return conn.execute(self.statement, params).rowcount
+
+
+def insert(conn: Connection, table: Any, row: dict[str, Any], statement: Any = None) -> None:
+    """INSERT one row (every column given) into `table`: on SQLite prepared, else through
+    SQLAlchemy (`statement`, by default `table.insert()`)."""
+    if conn.dialect.name == "sqlite":
+        insert_row(conn, table.name, row)
+    else:
+        conn.execute(table.insert() if statement is None else statement, row)
+
+
+class _Reader:
+    """A pooled DB-API connection, read by `Statement` like a SQLAlchemy one."""
+
+    __slots__ = ("connection", "dialect")
+
+    def __init__(self, connection: Any, dialect: Any) -> None:
+        self.connection, self.dialect = connection, dialect
+
+
+@contextmanager
+def reading(engine: Engine) -> Iterator[Any]:
+    """A connection to read `Statement`s with: on SQLite a pooled DB-API connection, with no
+    SQLAlchemy Connection around it (each statement reads in its own transaction); elsewhere a
+    SQLAlchemy read connection."""
+    if engine.dialect.name != "sqlite":
+        with engine.connect().execution_options(agentmarket_read=True) as conn:
+            yield conn
+        return
+    connection = engine.raw_connection()
+    try:
+        yield _Reader(connection, engine.dialect)
+    finally:
+        connection.close()
+
+
+def _row_type(columns: tuple[str, ...]) -> Any:
+    """A row class read like SQLAlchemy's: by attribute, by index, and as `_mapping`."""
+    base = namedtuple("HotRow", columns)  # type: ignore[misc]
+    return type("HotRow", (base,), {"__slots__": (), "_mapping": property(base._asdict)})
+
+
+@cache
+def insert_sql(table: str, columns: tuple[str, ...]) -> str:
+    return (f"INSERT INTO {table} ({', '.join(columns)}) "
+            f"VALUES ({', '.join('?' * len(columns))})")
+
+
+def insert_row(conn: Connection, table: str, row: dict[str, Any]) -> None:
+    """INSERT one row, every column given (`row`'s keys, in order)."""
+    execute(conn, insert_sql(table, tuple(row)), tuple(row.values()))
 
 
 def apply_leg(conn: Connection, update: CompiledUpdate, params: dict[str, Any]) -> int:

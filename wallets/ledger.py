@@ -47,7 +47,7 @@ from wallets import _sqlite_hot as hot
 from wallets._bulk import TransferRequest, post_transfers
 from wallets._chain import GENESIS_HASH, posting_hash
 from wallets._group_commit import GroupCommitter
-from wallets._mutation import MutationRunner, transaction_postings
+from wallets._mutation import MutationRunner, transaction_postings, transaction_sealed
 from wallets.currencies import MAX_AMOUNT_ATOMIC, check_amount, currency
 from wallets.errors import (
     AgentmarketError,
@@ -109,6 +109,15 @@ _INSERT_UNSEALED = (insert(POSTINGS).values(sequence=func.nextval("ledger_postin
                     .returning(POSTINGS.c.sequence))
 _NEXT_SEQUENCES = text("SELECT nextval('ledger_posting_seq') FROM generate_series(1, :n)")
 _INSERT_ENTRY = insert(ENTRIES)
+# The hold statements of every escrow step, prepared for SQLite (`wallets._sqlite_hot`)
+_HOLD_SQLITE = hot.Prepared(select(HOLDS).where(HOLDS.c.id == bindparam("hold")))
+_SETTLE_HOLD_SQLITE = hot.Prepared(update(HOLDS).where(HOLDS.c.id == bindparam("hold")).values(
+    captured_atomic=bindparam("captured"), voided_atomic=bindparam("voided"),
+    status=bindparam("status")))
+_DUE_HOLDS = hot.Statement(select(HOLDS.c.id).where(
+    HOLDS.c.status == "open", HOLDS.c.expires_at_ms <= bindparam("now")).limit(bindparam("limit")))
+_VOID_HOLD_SQLITE = hot.Prepared(update(HOLDS).where(HOLDS.c.id == bindparam("hold")).values(
+    voided_atomic=bindparam("voided"), status=bindparam("status")))
 MAX_HOLD_TIMEOUT_S = 30 * 24 * 3600
 MAX_LEGS = 64
 MAX_MEMO = 256
@@ -365,7 +374,9 @@ class Ledger(MutationRunner):
             digest = posting_hash(prev_hash, legs=legs, **fields)
             hot.append_sealed(conn, fields, prev_hash, digest, legs)
             transaction_postings(conn).append(sequence)
-            return Posting(legs=tuple(legs), hash=digest, **fields)
+            posting = Posting(legs=tuple(legs), hash=digest, **fields)
+            transaction_sealed(conn)[sequence] = (posting, prev_hash)
+            return posting
         # PostgreSQL: numbered now, sealed into the chain after commit (`wallets.sealer`)
         sequence = fields["sequence"] = conn.execute(
             _INSERT_UNSEALED, {**fields, "prev_hash": "", "hash": ""}).scalar_one()
@@ -437,10 +448,16 @@ class Ledger(MutationRunner):
                 amount_atomic: int, *, timeout_s: int,
                 spend: SpendContext | None = None) -> Hold:
         """`hold` inside a caller's transaction (escrow opens one atomically with its record)."""
-        accounts = self._accounts_for(conn, [debit_account_id, credit_account_id])
-        self.spend_guard.check(  # spend-guard hook
-            conn, key, "hold", [Transfer(debit_account_id, credit_account_id, amount_atomic)],
-            accounts, spend)
+        transfers = [Transfer(debit_account_id, credit_account_id, amount_atomic)]
+        if self._sqlite:  # one statement: the accounts, and which wallets have controls
+            accounts, controlled = hot.accounts_with_controls(
+                conn, [debit_account_id, credit_account_id])
+            if not self.spend_guard.idle(transfers, accounts, spend, controlled):
+                self.spend_guard.check(conn, key, "hold", transfers, accounts, spend)
+        else:
+            accounts = self._accounts_for(conn, [debit_account_id, credit_account_id])
+            self.spend_guard.check(  # spend-guard hook
+                conn, key, "hold", transfers, accounts, spend)
         code = accounts[debit_account_id].currency
         hold_id = uuid.uuid4().hex
         self._post(conn, key, "hold", [
@@ -448,11 +465,15 @@ class Ledger(MutationRunner):
             Leg(credit_account_id, code, pending_credit_atomic=amount_atomic),
         ], hold_id=hold_id)
         expires_at_ms = self.clock_ms() + timeout_s * 1000
-        conn.execute(insert(HOLDS).values(
+        row = dict(
             id=hold_id, debit_account_id=debit_account_id, credit_account_id=credit_account_id,
             currency=code, amount_atomic=amount_atomic, captured_atomic=0, voided_atomic=0,
             status="open", expires_at_ms=expires_at_ms,
-        ))
+        )
+        if self._sqlite:
+            hot.insert_row(conn, HOLDS.name, {**row, "condition_sha256": "", "fulfilment": ""})
+        else:
+            conn.execute(insert(HOLDS).values(**row))
         return Hold(hold_id, debit_account_id, credit_account_id, code, amount_atomic, 0, 0,
                     "open", expires_at_ms)
 
@@ -495,7 +516,10 @@ class Ledger(MutationRunner):
                 f"capture of {amount_atomic} exceeds the {hold.open_atomic} still held"
             )
         release = hold.open_atomic - amount_atomic if final else 0
-        self._accounts_for(conn, [hold.debit_account_id, *(a for a, _ in splits)])
+        if self._sqlite:  # the same checks (each exists, one currency), one statement
+            hot.accounts_with_controls(conn, [hold.debit_account_id, *(a for a, _ in splits)])
+        else:
+            self._accounts_for(conn, [hold.debit_account_id, *(a for a, _ in splits)])
         moved = amount_atomic + release
         legs: dict[str, list[int]] = {
             hold.debit_account_id: [-amount_atomic, -moved, 0],
@@ -512,8 +536,12 @@ class Ledger(MutationRunner):
         voided = hold.voided_atomic + release
         status = "open" if captured + voided < hold.amount_atomic else (
             "captured" if captured else "voided")
-        conn.execute(update(HOLDS).where(HOLDS.c.id == hold_id).values(
-            captured_atomic=captured, voided_atomic=voided, status=status))
+        if self._sqlite:
+            _SETTLE_HOLD_SQLITE.run(conn, {"hold": hold_id, "captured": captured,
+                                           "voided": voided, "status": status})
+        else:
+            conn.execute(update(HOLDS).where(HOLDS.c.id == hold_id).values(
+                captured_atomic=captured, voided_atomic=voided, status=status))
         return posting
 
     def void(self, key: str, hold_id: str) -> Posting:
@@ -535,12 +563,16 @@ class Ledger(MutationRunner):
         ], hold_id=hold_id)
         status = "expired" if kind == "expire" else ("voided" if not hold.captured_atomic
                                                      else "captured")
-        conn.execute(update(HOLDS).where(HOLDS.c.id == hold_id).values(
-            voided_atomic=hold.voided_atomic + left, status=status))
+        if self._sqlite:
+            _VOID_HOLD_SQLITE.run(conn, {"hold": hold_id, "voided": hold.voided_atomic + left,
+                                         "status": status})
+        else:
+            conn.execute(update(HOLDS).where(HOLDS.c.id == hold_id).values(
+                voided_atomic=hold.voided_atomic + left, status=status))
         return posting
 
     def _hold_row(self, conn: Connection, hold_id: str) -> Hold:
-        row = conn.execute(select(HOLDS).where(HOLDS.c.id == hold_id).with_for_update()).first()
+        row = self._hold_for_update(conn, hold_id)
         if row is None:
             raise NotFound(f"hold {hold_id!r} does not exist")
         return _hold(row)
@@ -548,7 +580,7 @@ class Ledger(MutationRunner):
     def _open_hold(self, conn: Connection, hold_id: str, preimage: bytes = b"") -> Hold:
         """The hold, FOR UPDATE: concurrent captures of one hold queue here and each sees what
         the one before left (1000 concurrent captures of one hold all succeeded without it)."""
-        row = conn.execute(select(HOLDS).where(HOLDS.c.id == hold_id).with_for_update()).first()
+        row = self._hold_for_update(conn, hold_id)
         if row is None:
             raise NotFound(f"hold {hold_id!r} does not exist")
         hold = _hold(row)
@@ -564,10 +596,20 @@ class Ledger(MutationRunner):
                              "preimage captures it, and only its timeout voids it")
         return hold
 
+    def _hold_for_update(self, conn: Connection, hold_id: str) -> Any:
+        """The hold's row, locked (SQLite: writers are serialised, a plain read)."""
+        if self._sqlite:
+            return _HOLD_SQLITE.first(conn, {"hold": hold_id})
+        return conn.execute(select(HOLDS).where(HOLDS.c.id == hold_id).with_for_update()).first()
+
     def expire_holds(self, *, account_id: str | None = None, hold_id: str | None = None,
                      limit: int = 1000) -> int:
         """Void every open hold past its timeout (the sweeper; also run on access)."""
         now = self.clock_ms()
+        if account_id is None and hold_id is None:  # the sweeper's, every round: built once
+            with hot.reading(self.engine) as reader:
+                due = [row.id for row in _DUE_HOLDS.all(reader, {"now": now, "limit": limit})]
+            return self._expire(due)
         query = select(HOLDS.c.id).where(HOLDS.c.status == "open", HOLDS.c.expires_at_ms <= now)
         if account_id is not None:  # either side: the payee's pending credits expire too
             query = query.where(or_(HOLDS.c.debit_account_id == account_id,
@@ -576,6 +618,9 @@ class Ledger(MutationRunner):
             query = query.where(HOLDS.c.id == hold_id)
         with self._read() as conn:
             due = [row.id for row in conn.execute(query.limit(limit))]
+        return self._expire(due)
+
+    def _expire(self, due: list[str]) -> int:
         expired = 0
         for due_id in due:
             with self._write() as conn:

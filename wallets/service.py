@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, or_, select, update
 
 from wallets import _idempotency
+from wallets import _sqlite_hot as hot
 from wallets._idempotency import NODE_SCOPE, check_key
 from wallets.controls import WalletControls
 from wallets.currencies import CURRENCIES, check_amount, currency
@@ -34,6 +35,10 @@ from wallets.tables import RailDepositRow, RailWithdrawalRow
 
 WITHDRAWALS = RailWithdrawalRow.__table__  # type: ignore[attr-defined]
 DEPOSITS = RailDepositRow.__table__  # type: ignore[attr-defined]
+_DUE_WITHDRAWALS = hot.Statement(select(WITHDRAWALS).where(
+    or_(WITHDRAWALS.c.status == "pending", WITHDRAWALS.c.status == "captured"),
+    WITHDRAWALS.c.due_at_ms <= bindparam("now")).order_by(WITHDRAWALS.c.due_at_ms)
+    .limit(bindparam("limit")))
 log = logging.getLogger("agentmarket.wallets")
 
 
@@ -217,11 +222,8 @@ class WalletService:
         pay it out (again, if a sweep died after the capture). Returns how many were paid.
         Its keys (`settle-withdrawal:<hold>`, `withdrawal-paid:<hold>`) are the node's own."""
         now_ms = self.ledger.clock_ms()
-        with self.ledger.engine.connect().execution_options(agentmarket_read=True) as conn:
-            due = conn.execute(select(WITHDRAWALS).where(
-                WITHDRAWALS.c.status.in_(("pending", "captured")),
-                WITHDRAWALS.c.due_at_ms <= now_ms).order_by(WITHDRAWALS.c.due_at_ms)
-                .limit(limit)).all()
+        with hot.reading(self.ledger.engine) as conn:  # the sweeper asks every round
+            due = _DUE_WITHDRAWALS.all(conn, {"now": now_ms, "limit": limit})
         paid = 0
         for row in due:
             rail = self.rails.get(row.rail)
