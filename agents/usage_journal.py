@@ -21,10 +21,13 @@ Cost: the journal sits on the paid-call hot path, so it never runs a transaction
 whole batches (up to `max_batch` rows) and writes each in one transaction with one executemany
 and one commit, then wakes every caller of the batch at once (group commit). While a commit is
 in progress, concurrent callers fill the next batch, so one fsync pays for many calls. A batch
-of calls alone (the common case) goes through the writer's own DBAPI connection with a
-prepared INSERT: SQLAlchemy's per-statement work cost more CPU than the rows themselves. Writes
-reach the database in the order they were made (a redeem recorded after a call commits after
-it).
+of calls, opens and redeems (the common case) goes through the writer's own DBAPI connection
+with prepared statements: SQLAlchemy's per-statement work cost more CPU than the rows
+themselves. Writes reach the database in the order they were made (a redeem recorded after a
+call commits after it). A record nobody waits for (an agreement's open, which its first call's
+record follows; a redeem's outcome, which a restart would fetch again) can be queued lazily: it
+waits up to `_LAZY_S` for another record and shares its commit, as a durable commit (an fsync)
+costs more CPU than all the rest of a record.
 
 Pacing: a commit costs far more than a row, and under the interpreter lock a call runs from
 admission to its record without a switch, so few callers wait together. The seller's server
@@ -67,6 +70,9 @@ _CALL, _OPEN, _REDEEM, _FORGET, _DROPPED, _RECHAIN = range(6)
 _CALL_COLUMNS = ("agreement_id", "call_id", "position", "sequence", "voucher", "receipt",
                  "response")
 _CLOSE_JOIN_S = 60.0
+# How long lazy rows (`lazy=True`: nobody waits for them) wait for a row that is not, so that
+# they share its commit instead of taking one of their own.
+_LAZY_S = 0.2
 # How long a synchronous change (open, redeem, forget) waits for its commit: longer than a
 # call's default, as it is rare and a seller would rather wait than fail an agreement.
 _SYNC_TIMEOUT_S = 30.0
@@ -112,11 +118,15 @@ class JournalAgreement:
 class _Batch:
     """Rows written in one transaction, and the outcome every caller of the batch waits on."""
 
-    __slots__ = ("done", "error", "errors", "loops", "mixed", "results", "rows")
+    __slots__ = ("done", "eager", "error", "errors", "loops", "mixed", "results", "rows",
+                 "since", "urgent")
 
     def __init__(self) -> None:
         self.rows: list[tuple[int, Any]] = []
-        self.mixed = False  # holds something other than calls
+        self.mixed = False  # holds a row the plain path does not write (forget, rechain, ...)
+        self.urgent = False  # holds a change someone waits for: written without lingering
+        self.eager = False  # holds a row that is not lazy: written without `_LAZY_S`'s wait
+        self.since = time.monotonic()
         self.done = threading.Event()
         # Event loops with callers awaiting the batch: one future each, resolved by one
         # call_soon_threadsafe per loop once written (None: none yet).
@@ -138,6 +148,12 @@ class Pending:
     def done(self) -> bool:
         """Whether the record's batch has been written (or failed)."""
         return self._batch.done.is_set()
+
+    def failed(self) -> bool:
+        """Whether the record's batch has been written and the record did not commit."""
+        batch = self._batch
+        return batch.done.is_set() and (batch.error is not None or (
+            batch.errors is not None and self._index in batch.errors))
 
     def wait(self, timeout_s: float = 10.0) -> None:
         """Block until the record committed; raise `JournalError` if it failed or did not
@@ -207,6 +223,14 @@ class UsageJournal:
         self._sqlite = self._engine.dialect.name == "sqlite"
         self._raw: Any = None  # the writer thread's own DBAPI connection (from the pool)
         self._insert_agreement = insert(AGREEMENTS).on_conflict_do_nothing()
+        # An open takes the next opening order in the same statement (load() replays in it).
+        self._open_sql = (
+            f"INSERT INTO {AGREEMENTS.name} (agreement_id, seller_id, body, opened_at_ms, "
+            f"closed, opened_seq) SELECT {', '.join([marker] * 5)}, "
+            f"COALESCE(MAX(opened_seq), 0) + 1 FROM {AGREEMENTS.name} WHERE TRUE "
+            "ON CONFLICT DO NOTHING")
+        self._redeem_sql = (f"UPDATE {AGREEMENTS.name} SET closed = {marker}, escrow = {marker} "
+                            f"WHERE agreement_id = {marker}")
         self._lock = threading.Lock()
         self._wakeup = threading.Condition(self._lock)
         self._queue: deque[_Batch] = deque()
@@ -242,9 +266,16 @@ class UsageJournal:
     def open_agreement(self, agreement_id: str, seller_id: str, body: bytes) -> None:
         """Record an agreement before serving its first call; durable when it returns.
         Opening an agreement id again is a no-op (the first body stays)."""
-        self._enqueue(_OPEN, {"agreement_id": agreement_id, "seller_id": seller_id,
-                              "body": body, "opened_at_ms": time.time_ns() // 1_000_000,
-                              "closed": False, "escrow": None})._outcome(_SYNC_TIMEOUT_S)
+        self.queue_open(agreement_id, seller_id, body)._outcome(_SYNC_TIMEOUT_S)
+
+    def queue_open(self, agreement_id: str, seller_id: str, body: bytes, *,
+                   lazy: bool = False) -> Pending:
+        """`open_agreement` without the wait. `lazy`: written with the next row that is not
+        (at most `_LAZY_S` later), so the open shares the commit of the agreement's first call:
+        a call's record commits only with or after its agreement's (a foreign key), so no
+        call is answered before the open is durable."""
+        return self._enqueue(_OPEN, (agreement_id, seller_id, body,
+                                     time.time_ns() // 1_000_000), lazy=lazy)
 
     def record_redeem(self, agreement_id: str, *, closed: bool, escrow: bytes | None) -> None:
         """Record where the agreement's redeem stands; durable when it returns: closed to calls
@@ -252,12 +283,11 @@ class UsageJournal:
         Escrow), or reopened after a refused redeem (not closed, no escrow)."""
         self.queue_redeem(agreement_id, closed=closed, escrow=escrow).wait(_SYNC_TIMEOUT_S)
 
-    def queue_redeem(self, agreement_id: str, *, closed: bool, escrow: bytes | None
-                     ) -> Pending:
+    def queue_redeem(self, agreement_id: str, *, closed: bool, escrow: bytes | None,
+                     lazy: bool = False) -> Pending:
         """`record_redeem` without the wait: queued in order (under the caller's lock), waited
-        on outside it."""
-        return self._enqueue(_REDEEM, {"agreement_id": agreement_id, "closed": closed,
-                                       "escrow": escrow})
+        on outside it. `lazy`: written with the next row that is not (see `queue_open`)."""
+        return self._enqueue(_REDEEM, (agreement_id, closed, escrow), lazy=lazy)
 
     def rechain(self, agreement_id: str, calls: list[JournalCall]) -> None:
         """Rewrite recorded calls' positions, receipts and responses (a receipt chain repaired
@@ -292,6 +322,9 @@ class UsageJournal:
         error to its own `Pending`, not here); `JournalError` if that takes over `timeout_s`."""
         with self._lock:
             last = self._last
+            if last is not None and not last.eager:  # lazy rows only: write them now
+                last.eager = last.urgent = True
+                self._wakeup.notify()
         if last is not None and not last.done.wait(timeout_s):
             raise JournalError(f"the usage journal did not commit within {timeout_s:g} s")
 
@@ -351,7 +384,7 @@ class UsageJournal:
             if self._lingering and not any(self._announced):
                 self._wakeup.notify()
 
-    def _enqueue(self, kind: int, row: Any) -> Pending:
+    def _enqueue(self, kind: int, row: Any, *, lazy: bool = False) -> Pending:
         # The hot path: one lock, one append. Rows join the newest batch until it is full or
         # the writer took it; the writer is woken only when it is waiting for this.
         with self._lock:
@@ -363,8 +396,13 @@ class UsageJournal:
                 self._queue.append(batch)
             index = len(batch.rows)
             batch.rows.append((kind, row))
+            if lazy:  # nobody waits: it joins whatever commit comes next
+                return Pending(batch, index)
+            batch.eager = True
             if kind != _CALL:
-                batch.mixed = True
+                batch.urgent = True
+                if kind not in (_OPEN, _REDEEM):
+                    batch.mixed = True
                 if self._idle or self._filling or self._lingering:  # never waits to fill
                     self._wakeup.notify()
                 return Pending(batch, index)
@@ -394,16 +432,24 @@ class UsageJournal:
         to `max_linger_s`, for running calls' records, or holds a synchronous change); None
         once closed and drained."""
         with self._lock:
-            while not self._queue:
-                if self._closed:
-                    return None
-                self._idle = True
-                self._wakeup.wait()
+            while True:
+                while not self._queue:
+                    if self._closed:
+                        return None
+                    self._idle = True
+                    self._wakeup.wait()
+                    self._idle = False
+                head = self._queue[0]
+                lazy_left = head.since + _LAZY_S - time.monotonic()
+                if head.eager or self._closed or lazy_left <= 0 or \
+                        len(head.rows) >= self._max_batch:
+                    break
+                self._idle = True  # lazy rows only: wait for one that is not, to share its commit
+                self._wakeup.wait(lazy_left)
                 self._idle = False
-            head = self._queue[0]
             start = time.monotonic()
             fill_until, linger_until = start + self._max_delay_s, start + self._max_linger_s
-            while len(head.rows) < self._max_batch and not head.mixed and not self._closed:
+            while len(head.rows) < self._max_batch and not head.urgent and not self._closed:
                 now = time.monotonic()
                 if now < fill_until:
                     self._filling = True
@@ -426,7 +472,7 @@ class UsageJournal:
                 if batch.mixed:
                     self._apply(batch, careful=False)
                 else:
-                    self._write_calls(batch.rows)
+                    self._write_plain(batch)
             except (IntegrityError, self._engine.dialect.dbapi.IntegrityError):
                 # A row the database refuses (a call of an unknown agreement): write the batch
                 # again with a savepoint per row, so only that row's caller gets the error.
@@ -458,17 +504,38 @@ class UsageJournal:
             except Exception:  # the writer carries on; the callers still get their error
                 log.exception("usage journal: reporting %d failed records failed", len(failed))
 
-    def _write_calls(self, rows: list[tuple[int, Any]]) -> None:
-        """Only calls: one prepared executemany and one commit on the writer's connection."""
+    def _write_plain(self, batch: _Batch) -> None:
+        """Calls, opens and redeems (the common batches): prepared statements, one executemany
+        per run of calls and one commit, on the writer's own DBAPI connection."""
         if self._raw is None:
             self._raw = self._engine.raw_connection()
-        raw = self._raw
+        raw, rows = self._raw, batch.rows
+        errors: dict[int, BaseException] = {}
         try:
             cursor = raw.cursor()
             try:
                 if self._sqlite:  # autocommit mode (see wallets.store): open it ourselves
                     cursor.execute("BEGIN IMMEDIATE")
-                cursor.executemany(self._insert_calls_sql, [row for _, row in rows])
+                start = 0
+                while start < len(rows):
+                    kind, row = rows[start]
+                    if kind == _CALL:
+                        end = start + 1
+                        while end < len(rows) and rows[end][0] == _CALL:
+                            end += 1
+                        cursor.executemany(self._insert_calls_sql,
+                                           [row for _, row in rows[start:end]])
+                        start = end
+                        continue
+                    if kind == _OPEN:
+                        cursor.execute(self._open_sql, (*row, False))
+                    else:  # _REDEEM
+                        agreement_id, closed, escrow = row
+                        cursor.execute(self._redeem_sql, (closed, escrow, agreement_id))
+                        if cursor.rowcount == 0:
+                            errors[start] = NotFound(
+                                f"no agreement {agreement_id!r} in the journal")
+                    start += 1
             finally:
                 cursor.close()
             raw.commit()
@@ -478,6 +545,7 @@ class UsageJournal:
             except Exception:  # the connection is broken: the next batch opens another
                 self._drop_raw(invalidate=True)
             raise
+        batch.errors = errors or None
 
     def _drop_raw(self, *, invalidate: bool) -> None:
         raw, self._raw = self._raw, None
@@ -496,22 +564,19 @@ class UsageJournal:
         errors: dict[int, BaseException] = {}
         results: dict[int, Any] = {}
         with self._engine.begin() as conn:
-            if not batch.mixed and not careful:  # the common case: only calls
-                conn.execute(self._insert_call, [row for _, row in rows])
-            else:
-                start = 0
-                while start < len(rows):  # runs of one kind, in order
-                    kind = rows[start][0]
-                    end = start + 1
-                    while end < len(rows) and rows[end][0] == kind:
-                        end += 1
-                    if kind == _CALL and not careful:
-                        conn.execute(self._insert_call,
-                                     [_call_params(row) for _, row in rows[start:end]])
-                    else:
-                        for index in range(start, end):
-                            self._apply_one(conn, index, rows[index], careful, errors, results)
-                    start = end
+            start = 0
+            while start < len(rows):  # runs of one kind, in order
+                kind = rows[start][0]
+                end = start + 1
+                while end < len(rows) and rows[end][0] == kind:
+                    end += 1
+                if kind == _CALL and not careful:
+                    conn.execute(self._insert_call,
+                                 [_call_params(row) for _, row in rows[start:end]])
+                else:
+                    for index in range(start, end):
+                        self._apply_one(conn, index, rows[index], careful, errors, results)
+                start = end
         batch.errors = errors or None
         batch.results = results or None
 
@@ -544,15 +609,20 @@ class UsageJournal:
                              .values(position=call.position, receipt=call.receipt,
                                      response=call.response))
         elif kind == _OPEN:
+            agreement_id, seller_id, body, opened_at_ms = row
             last = conn.execute(select(func.coalesce(func.max(AGREEMENTS.c.opened_seq), 0))
                                 ).scalar_one()
-            conn.execute(self._insert_agreement, {**row, "opened_seq": last + 1})
+            conn.execute(self._insert_agreement, {
+                "agreement_id": agreement_id, "seller_id": seller_id, "body": body,
+                "opened_at_ms": opened_at_ms, "closed": False, "escrow": None,
+                "opened_seq": last + 1})
         elif kind == _REDEEM:
+            agreement_id, closed, escrow = row
             changed = conn.execute(
-                update(AGREEMENTS).where(AGREEMENTS.c.agreement_id == row["agreement_id"])
-                .values(closed=row["closed"], escrow=row["escrow"])).rowcount
+                update(AGREEMENTS).where(AGREEMENTS.c.agreement_id == agreement_id)
+                .values(closed=closed, escrow=escrow)).rowcount
             if changed == 0:
-                errors[index] = NotFound(f"no agreement {row['agreement_id']!r} in the journal")
+                errors[index] = NotFound(f"no agreement {agreement_id!r} in the journal")
         else:  # _FORGET
             conn.execute(delete(CALLS).where(CALLS.c.agreement_id.in_(row)))
             results[index] = conn.execute(
