@@ -138,7 +138,7 @@ def _profile(kinds: dict[str, list[Party]], profile_dir: Path | None) -> list[su
     profile_dir.mkdir(parents=True, exist_ok=True)
     beside = Path(sys.executable).with_name("py-spy")
     spy = str(beside) if beside.exists() else shutil.which("py-spy") or "py-spy"
-    return [subprocess.Popen([spy, "record", "--format", "raw", "--rate", "200",
+    return [subprocess.Popen([spy, "record", "--nonblocking", "--format", "raw", "--rate", "200",
                               "--pid", str(ps[0].process.pid), "--output",
                               str(profile_dir / f"{kind}.folded")],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
