@@ -5,8 +5,9 @@
 Serves on PORT, advertises ADVERTISED (the proxy in front of it), prints "ready", and serves
 until SIGTERM. Kill points (`tests.faults.faulty`): before_open/after_open (the agreement's
 open, queued to share its first call's commit), before_record (a call's usage record, before
-it is queued), after_record (durable, before the answer leaves), before_redeem/after_redeem (the Redeem RPC). FAULT_DISK_FULL: the
-journal fails some call records as on a full disk (`_disk_full`).
+it is queued), after_record (durable, before the answer leaves), before_redeem/after_redeem
+(the Redeem RPC). FAULT_DISK_FULL: the journal fails some call records as on a full disk
+(`_disk_full`).
 """
 
 from __future__ import annotations
