@@ -118,14 +118,16 @@ class JournalAgreement:
 class _Batch:
     """Rows written in one transaction, and the outcome every caller of the batch waits on."""
 
-    __slots__ = ("done", "eager", "error", "errors", "loops", "mixed", "results", "rows",
-                 "since", "urgent")
+    __slots__ = ("done", "eager", "error", "errors", "journal", "loops", "mixed", "owned",
+                 "results", "rows", "since", "urgent")
 
-    def __init__(self) -> None:
+    def __init__(self, journal: UsageJournal) -> None:
+        self.journal = journal
         self.rows: list[tuple[int, Any]] = []
         self.mixed = False  # holds a row the plain path does not write (forget, rechain, ...)
         self.urgent = False  # holds a change someone waits for: written without lingering
         self.eager = False  # holds a row that is not lazy: written without `_LAZY_S`'s wait
+        self.owned = False  # a paid call's worker, about to wait, may write it (`_write_own`)
         self.since = time.monotonic()
         self.done = threading.Event()
         # Event loops with callers awaiting the batch: one future each, resolved by one
@@ -158,7 +160,11 @@ class Pending:
     def wait(self, timeout_s: float = 10.0) -> None:
         """Block until the record committed; raise `JournalError` if it failed or did not
         commit within `timeout_s` (it may still commit later: a retry of the call is safe,
-        records are idempotent)."""
+        records are idempotent). The waiting thread may write the record's batch itself
+        (`UsageJournal._write_own`)."""
+        batch = self._batch
+        if not batch.done.is_set():
+            batch.journal._write_own(batch)
         self._outcome(timeout_s)
 
     async def wait_async(self, timeout_s: float = 10.0) -> None:
@@ -166,6 +172,7 @@ class Pending:
         per record), and no thread blocks meanwhile."""
         batch = self._batch
         if not batch.done.is_set():
+            batch.journal._kick()
             future = _loop_future(batch, asyncio.get_running_loop(), timeout_s)
             if future is not None:
                 await asyncio.shield(future)  # a cancelled caller leaves it to the others
@@ -176,6 +183,8 @@ class Pending:
 
     def _outcome(self, timeout_s: float) -> Any:
         batch = self._batch
+        if timeout_s and not batch.done.is_set():
+            batch.journal._kick()
         if not batch.done.wait(timeout_s):
             raise JournalError(f"the usage journal did not commit within {timeout_s:g} s")
         if batch.error is not None:
@@ -239,6 +248,9 @@ class UsageJournal:
         self._idle = False  # the writer waits for any row
         self._filling = False  # the writer waits for its batch to fill up
         self._lingering = False  # the writer waits for the records of running calls
+        self._blocked = False  # the writer waits for a caller writing its own batch
+        # Held by whoever writes a batch: the writer thread, or a caller (`_write_own`).
+        self._write_lock = threading.Lock()
         # Calls announced by `expecting` that neither recorded nor ended, in this generation
         # and the one before; a generation lasts `fast_call_s`, older ones are forgotten.
         self._announced = [0, 0]
@@ -392,7 +404,7 @@ class UsageJournal:
                 raise JournalError("the usage journal is closed")
             batch = self._tail
             if batch is None or len(batch.rows) >= self._max_batch:
-                batch = self._tail = self._last = _Batch()
+                batch = self._tail = self._last = _Batch(self)
                 self._queue.append(batch)
             index = len(batch.rows)
             batch.rows.append((kind, row))
@@ -406,14 +418,48 @@ class UsageJournal:
                 if self._idle or self._filling or self._lingering:  # never waits to fill
                     self._wakeup.notify()
                 return Pending(batch, index)
+            own = False
             announced = getattr(_running, "announced", None)
             if announced is not None and announced.journal is self:  # a record it waits for
                 _running.announced = None
                 self._settle(announced.generation)  # wakes a lingering writer when the last
-            if self._idle or ((self._filling or self._lingering)
-                              and index + 1 >= self._max_batch):
+                # a worker that waits for its record writes it itself (`_write_own`) when the
+                # writer is idle: no thread switch to the writer and back
+                own = batch.owned = self._max_delay_s == 0
+            if (self._idle and not own) or ((self._filling or self._lingering)
+                                            and index + 1 >= self._max_batch):
                 self._wakeup.notify()
         return Pending(batch, index)
+
+    def _kick(self) -> None:
+        """Wake an idle writer: a record someone waits for may be queued unannounced to it."""
+        with self._lock:
+            if self._idle:
+                self._wakeup.notify()
+
+    def _write_own(self, batch: _Batch) -> None:
+        """Write `batch` on the calling thread (which is about to wait for it) if it is next
+        and no running call's record would join it (the writer would not linger): a commit
+        handed to the writer thread costs two thread switches, each dearer under the
+        interpreter lock than the payment's own work. Otherwise the writer takes it."""
+        if not batch.owned or not self._write_lock.acquire(blocking=False):
+            return  # a batch is being written: whoever writes it wakes the writer for this one
+        try:  # batches are written one at a time, in order
+            with self._lock:
+                if batch.done.is_set() or self._closed or not self._queue or \
+                        self._queue[0] is not batch or self._calls_running(time.monotonic()):
+                    if self._idle:
+                        self._wakeup.notify()
+                    return
+                self._queue.popleft()
+                if batch is self._tail:
+                    self._tail = None
+            self._write(batch)
+        finally:
+            self._write_lock.release()
+            with self._lock:
+                if self._blocked or (self._idle and self._queue):
+                    self._wakeup.notify()
 
     # ---- the writer thread -------------------------------------------------------------------
 
@@ -423,48 +469,68 @@ class UsageJournal:
                 batch = self._take()
                 if batch is None:
                     return
-                self._write(batch)
+                try:
+                    self._write(batch)
+                finally:
+                    self._write_lock.release()
         finally:
-            self._drop_raw(invalidate=False)
+            with self._write_lock:
+                self._drop_raw(invalidate=False)
 
     def _take(self) -> _Batch | None:
         """The oldest batch, once it holds a row (and filled up, waited `max_delay_s` and, up
-        to `max_linger_s`, for running calls' records, or holds a synchronous change); None
-        once closed and drained."""
+        to `max_linger_s`, for running calls' records, or holds a synchronous change), with
+        the write lock held; None once closed and drained."""
         with self._lock:
             while True:
-                while not self._queue:
-                    if self._closed:
-                        return None
-                    self._idle = True
-                    self._wakeup.wait()
-                    self._idle = False
-                head = self._queue[0]
-                lazy_left = head.since + _LAZY_S - time.monotonic()
-                if head.eager or self._closed or lazy_left <= 0 or \
-                        len(head.rows) >= self._max_batch:
-                    break
-                self._idle = True  # lazy rows only: wait for one that is not, to share its commit
-                self._wakeup.wait(lazy_left)
+                head = self._ready_head()
+                if head is None:
+                    return None
+                if self._write_lock.acquire(blocking=False):
+                    if self._queue and self._queue[0] is head:
+                        self._queue.popleft()
+                        if head is self._tail:
+                            self._tail = None
+                        return head
+                    self._write_lock.release()  # a caller wrote it meanwhile
+                    continue
+                self._blocked = True  # a caller writes its own batch: it wakes us when done
+                self._wakeup.wait(0.05)
+                self._blocked = False
+
+    def _ready_head(self) -> _Batch | None:
+        """`_take`'s waits (under the lock): the head batch once it is due; None once closed
+        and drained."""
+        while True:
+            while not self._queue:
+                if self._closed:
+                    return None
+                self._idle = True
+                self._wakeup.wait()
                 self._idle = False
-            start = time.monotonic()
-            fill_until, linger_until = start + self._max_delay_s, start + self._max_linger_s
-            while len(head.rows) < self._max_batch and not head.urgent and not self._closed:
-                now = time.monotonic()
-                if now < fill_until:
-                    self._filling = True
-                    self._wakeup.wait(fill_until - now)
-                    self._filling = False
-                elif now < linger_until and self._calls_running(now):
-                    self._lingering = True
-                    self._wakeup.wait(linger_until - now)
-                    self._lingering = False
-                else:
-                    break
-            batch = self._queue.popleft()
-            if batch is self._tail:
-                self._tail = None
-            return batch
+            head = self._queue[0]
+            lazy_left = head.since + _LAZY_S - time.monotonic()
+            if head.eager or self._closed or lazy_left <= 0 or \
+                    len(head.rows) >= self._max_batch:
+                break
+            self._idle = True  # lazy rows only: wait for one that is not, to share its commit
+            self._wakeup.wait(lazy_left)
+            self._idle = False
+        start = time.monotonic()
+        fill_until, linger_until = start + self._max_delay_s, start + self._max_linger_s
+        while len(head.rows) < self._max_batch and not head.urgent and not self._closed:
+            now = time.monotonic()
+            if now < fill_until:
+                self._filling = True
+                self._wakeup.wait(fill_until - now)
+                self._filling = False
+            elif now < linger_until and self._calls_running(now):
+                self._lingering = True
+                self._wakeup.wait(linger_until - now)
+                self._lingering = False
+            else:
+                break
+        return head
 
     def _write(self, batch: _Batch) -> None:
         try:
