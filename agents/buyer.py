@@ -88,7 +88,7 @@ class _SellerStubs:
     channel: grpc.Channel
     signed: agent_pb2_grpc.AgentServiceStub
     unsigned: agent_pb2_grpc.AgentServiceStub
-    bare: agent_pb2_grpc.AgentServiceStub
+    bare: agent_pb2_grpc.AgentServiceStub | None = None  # None: calls go through `unsigned`
     a2a: tuple[Any, Any] | None = None  # (signed, unsigned) A2AService stubs, made on first use
 
 
@@ -322,7 +322,8 @@ class BuyerAgent(BuyerCore):
         # a new payword is its own proof: sent unsigned, through no interceptor but tracing
         # (none while tracing is off: grpc's interceptor machinery costs more than the call)
         if planned.fresh:
-            seller = stubs.unsigned if tracing_active(self.tracer_provider) else stubs.bare
+            seller = stubs.unsigned if stubs.bare is None or \
+                tracing_active(self.tracer_provider) else stubs.bare
         else:
             seller = stubs.signed
         for _attempt in range(RETRY_IN_PROGRESS):
