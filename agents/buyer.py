@@ -63,7 +63,7 @@ from agents.negotiation import Strategy
 from agents.results import CallResult, Escrow, Money, Posting, Wallet, posting_from_message
 from agents.v1 import agent_pb2, agent_pb2_grpc
 from marketplace.auth import SigningClientInterceptor, plain_channel, signed_channel
-from marketplace.grpc_tracing import span_if_active, untraced
+from marketplace.grpc_tracing import span_if_active, tracing_active, untraced
 from marketplace.identity import AgentKey
 from marketplace.market_channel import market_options, node_retry
 from marketplace.v1 import registry_pb2, registry_pb2_grpc, settlement_pb2_grpc
@@ -82,11 +82,13 @@ __all__ = ["BuyerAgent", "CallResult", "Deal", "receipt_problem"]
 
 @dataclass
 class _SellerStubs:
-    """One connection to a seller, seen through a signing stub and an unsigned one."""
+    """One connection to a seller, seen through a signing stub, an unsigned one (tracing
+    only) and a bare one (no interceptor: an unsigned call while tracing is off)."""
 
     channel: grpc.Channel
     signed: agent_pb2_grpc.AgentServiceStub
     unsigned: agent_pb2_grpc.AgentServiceStub
+    bare: agent_pb2_grpc.AgentServiceStub | None = None  # None: calls go through `unsigned`
     a2a: tuple[Any, Any] | None = None  # (signed, unsigned) A2AService stubs, made on first use
 
 
@@ -161,7 +163,8 @@ class BuyerAgent(BuyerCore):
                                             SigningClientInterceptor(self.key))
             stubs = _SellerStubs(raw, agent_pb2_grpc.AgentServiceStub(signed),
                                  agent_pb2_grpc.AgentServiceStub(
-                                     grpc.intercept_channel(raw, *self._interceptors)))
+                                     grpc.intercept_channel(raw, *self._interceptors)),
+                                 agent_pb2_grpc.AgentServiceStub(raw))
             self._seller_channels[endpoint] = stubs
         return stubs
 
@@ -317,7 +320,12 @@ class BuyerAgent(BuyerCore):
     def _send(self, planned: PlannedCall) -> agent_pb2.InvokeResponse:
         stubs = self._stubs(planned.deal.body.seller_endpoint)
         # a new payword is its own proof: sent unsigned, through no interceptor but tracing
-        seller = stubs.unsigned if planned.fresh else stubs.signed
+        # (none while tracing is off: grpc's interceptor machinery costs more than the call)
+        if planned.fresh:
+            seller = stubs.unsigned if stubs.bare is None or \
+                tracing_active(self.tracer_provider) else stubs.bare
+        else:
+            seller = stubs.signed
         for _attempt in range(RETRY_IN_PROGRESS):
             try:
                 return seller.Invoke(planned.request, metadata=planned.metadata,  # type: ignore[no-any-return]

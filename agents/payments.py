@@ -173,6 +173,7 @@ class _Account:
     calls: dict[str, _Call] = field(default_factory=dict)
     closed: bool = False
     redeemed: Any = None
+    opened: Pending | None = None  # its journal record, until seen written
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -197,12 +198,28 @@ class PaymentGate:
             journal.on_failed_calls = self._unchain_failed
 
     def open(self, agreement_id: str, body: agreement_pb2.AgreementBody) -> None:
-        """Start taking calls under an agreement (durable before it returns)."""
-        if self.journal is not None and agreement_id not in self._accounts:
-            self.journal.open_agreement(agreement_id, body.seller_id, body.SerializeToString())
+        """Start taking calls under an agreement. Its journal record is queued lazily, to share
+        the commit of its first call's record: that record cannot commit without it (a foreign
+        key), so no call is answered before the open is durable."""
+        if agreement_id in self._accounts:
+            return
+        opened = None if self.journal is None else self._queue_open(agreement_id, body)
         with self._lock:
-            self._accounts.setdefault(agreement_id,
-                                      _Account(body=body, anchor_word=body.payword_root))
+            self._accounts.setdefault(agreement_id, _Account(
+                body=body, anchor_word=body.payword_root, opened=opened))
+
+    def _queue_open(self, agreement_id: str, body: agreement_pb2.AgreementBody) -> Pending:
+        assert self.journal is not None
+        return self.journal.queue_open(agreement_id, body.seller_id, body.SerializeToString(),
+                                       lazy=True)
+
+    def _check_opened(self, agreement_id: str, account: _Account) -> None:
+        """Queue the agreement's open again if its record failed (under the account's lock,
+        before a call's record): the call would otherwise be refused for want of it."""
+        opened = account.opened
+        if opened is not None and opened.done():
+            account.opened = self._queue_open(agreement_id, account.body) \
+                if opened.failed() else None
 
     def restore(self, saved: list[JournalAgreement]) -> list[str]:
         """Rebuild the accounts a journal kept (a restarted seller); returns their ids."""
@@ -287,6 +304,7 @@ class PaymentGate:
                 raise ReceiptLimit(f"the agreement has had its {ag.MAX_RECEIPTS} calls, all one "
                                    "redeem can carry; it takes no more")
             self._check_new(account, voucher)
+            self._check_opened(agreement_id, account)
             if fresh_word_required and voucher.payword_index <= account.anchor_index:
                 raise InvalidVoucher("an unsigned call must reveal a new payword; sign calls "
                                      "that spend carried-over prepayment")
@@ -481,13 +499,16 @@ class PaymentGate:
             return voucher, _receipts(account)
 
     def end_redeem(self, agreement_id: str, escrow: Any) -> None:
-        """Remember the marketplace's answer; `None` (the redeem failed) reopens the agreement."""
+        """Remember the marketplace's answer; `None` (the redeem failed) reopens the agreement,
+        durably before it returns. An escrow is recorded lazily: should the record be lost, a
+        restarted seller redeems the closed agreement again and gets the same answer."""
         account = self._account(agreement_id)
         with account.lock:
             pending = None if self.journal is None else self.journal.queue_redeem(
                 agreement_id, closed=escrow is not None,
-                escrow=None if escrow is None else escrow.SerializeToString())
-        if pending is not None:
+                escrow=None if escrow is None else escrow.SerializeToString(),
+                lazy=escrow is not None)
+        if pending is not None and escrow is None:
             pending.wait(_SYNC_WAIT_S)
         with account.lock:
             account.closed, account.redeemed = escrow is not None, escrow

@@ -21,10 +21,13 @@ Cost: the journal sits on the paid-call hot path, so it never runs a transaction
 whole batches (up to `max_batch` rows) and writes each in one transaction with one executemany
 and one commit, then wakes every caller of the batch at once (group commit). While a commit is
 in progress, concurrent callers fill the next batch, so one fsync pays for many calls. A batch
-of calls alone (the common case) goes through the writer's own DBAPI connection with a
-prepared INSERT: SQLAlchemy's per-statement work cost more CPU than the rows themselves. Writes
-reach the database in the order they were made (a redeem recorded after a call commits after
-it).
+of calls, opens and redeems (the common case) goes through the writer's own DBAPI connection
+with prepared statements: SQLAlchemy's per-statement work cost more CPU than the rows
+themselves. Writes reach the database in the order they were made (a redeem recorded after a
+call commits after it). A record nobody waits for (an agreement's open, which its first call's
+record follows; a redeem's outcome, which a restart would fetch again) can be queued lazily: it
+waits up to `_LAZY_S` for another record and shares its commit, as a durable commit (an fsync)
+costs more CPU than all the rest of a record.
 
 Pacing: a commit costs far more than a row, and under the interpreter lock a call runs from
 admission to its record without a switch, so few callers wait together. The seller's server
@@ -67,6 +70,9 @@ _CALL, _OPEN, _REDEEM, _FORGET, _DROPPED, _RECHAIN = range(6)
 _CALL_COLUMNS = ("agreement_id", "call_id", "position", "sequence", "voucher", "receipt",
                  "response")
 _CLOSE_JOIN_S = 60.0
+# How long lazy rows (`lazy=True`: nobody waits for them) wait for a row that is not, so that
+# they share its commit instead of taking one of their own.
+_LAZY_S = 0.2
 # How long a synchronous change (open, redeem, forget) waits for its commit: longer than a
 # call's default, as it is rare and a seller would rather wait than fail an agreement.
 _SYNC_TIMEOUT_S = 30.0
@@ -112,11 +118,17 @@ class JournalAgreement:
 class _Batch:
     """Rows written in one transaction, and the outcome every caller of the batch waits on."""
 
-    __slots__ = ("done", "error", "errors", "loops", "mixed", "results", "rows")
+    __slots__ = ("done", "eager", "error", "errors", "journal", "loops", "mixed", "owned",
+                 "results", "rows", "since", "urgent")
 
-    def __init__(self) -> None:
+    def __init__(self, journal: UsageJournal) -> None:
+        self.journal = journal
         self.rows: list[tuple[int, Any]] = []
-        self.mixed = False  # holds something other than calls
+        self.mixed = False  # holds a row the plain path does not write (forget, rechain, ...)
+        self.urgent = False  # holds a change someone waits for: written without lingering
+        self.eager = False  # holds a row that is not lazy: written without `_LAZY_S`'s wait
+        self.owned = False  # a paid call's worker, about to wait, may write it (`_write_own`)
+        self.since = time.monotonic()
         self.done = threading.Event()
         # Event loops with callers awaiting the batch: one future each, resolved by one
         # call_soon_threadsafe per loop once written (None: none yet).
@@ -139,10 +151,20 @@ class Pending:
         """Whether the record's batch has been written (or failed)."""
         return self._batch.done.is_set()
 
+    def failed(self) -> bool:
+        """Whether the record's batch has been written and the record did not commit."""
+        batch = self._batch
+        return batch.done.is_set() and (batch.error is not None or (
+            batch.errors is not None and self._index in batch.errors))
+
     def wait(self, timeout_s: float = 10.0) -> None:
         """Block until the record committed; raise `JournalError` if it failed or did not
         commit within `timeout_s` (it may still commit later: a retry of the call is safe,
-        records are idempotent)."""
+        records are idempotent). The waiting thread may write the record's batch itself
+        (`UsageJournal._write_own`)."""
+        batch = self._batch
+        if not batch.done.is_set():
+            batch.journal._write_own(batch)
         self._outcome(timeout_s)
 
     async def wait_async(self, timeout_s: float = 10.0) -> None:
@@ -150,6 +172,7 @@ class Pending:
         per record), and no thread blocks meanwhile."""
         batch = self._batch
         if not batch.done.is_set():
+            batch.journal._kick()
             future = _loop_future(batch, asyncio.get_running_loop(), timeout_s)
             if future is not None:
                 await asyncio.shield(future)  # a cancelled caller leaves it to the others
@@ -160,6 +183,8 @@ class Pending:
 
     def _outcome(self, timeout_s: float) -> Any:
         batch = self._batch
+        if timeout_s and not batch.done.is_set():
+            batch.journal._kick()
         if not batch.done.wait(timeout_s):
             raise JournalError(f"the usage journal did not commit within {timeout_s:g} s")
         if batch.error is not None:
@@ -207,6 +232,14 @@ class UsageJournal:
         self._sqlite = self._engine.dialect.name == "sqlite"
         self._raw: Any = None  # the writer thread's own DBAPI connection (from the pool)
         self._insert_agreement = insert(AGREEMENTS).on_conflict_do_nothing()
+        # An open takes the next opening order in the same statement (load() replays in it).
+        self._open_sql = (
+            f"INSERT INTO {AGREEMENTS.name} (agreement_id, seller_id, body, opened_at_ms, "
+            f"closed, opened_seq) SELECT {', '.join([marker] * 5)}, "
+            f"COALESCE(MAX(opened_seq), 0) + 1 FROM {AGREEMENTS.name} WHERE TRUE "
+            "ON CONFLICT DO NOTHING")
+        self._redeem_sql = (f"UPDATE {AGREEMENTS.name} SET closed = {marker}, escrow = {marker} "
+                            f"WHERE agreement_id = {marker}")
         self._lock = threading.Lock()
         self._wakeup = threading.Condition(self._lock)
         self._queue: deque[_Batch] = deque()
@@ -215,6 +248,9 @@ class UsageJournal:
         self._idle = False  # the writer waits for any row
         self._filling = False  # the writer waits for its batch to fill up
         self._lingering = False  # the writer waits for the records of running calls
+        self._blocked = False  # the writer waits for a caller writing its own batch
+        # Held by whoever writes a batch: the writer thread, or a caller (`_write_own`).
+        self._write_lock = threading.Lock()
         # Calls announced by `expecting` that neither recorded nor ended, in this generation
         # and the one before; a generation lasts `fast_call_s`, older ones are forgotten.
         self._announced = [0, 0]
@@ -242,9 +278,16 @@ class UsageJournal:
     def open_agreement(self, agreement_id: str, seller_id: str, body: bytes) -> None:
         """Record an agreement before serving its first call; durable when it returns.
         Opening an agreement id again is a no-op (the first body stays)."""
-        self._enqueue(_OPEN, {"agreement_id": agreement_id, "seller_id": seller_id,
-                              "body": body, "opened_at_ms": time.time_ns() // 1_000_000,
-                              "closed": False, "escrow": None})._outcome(_SYNC_TIMEOUT_S)
+        self.queue_open(agreement_id, seller_id, body)._outcome(_SYNC_TIMEOUT_S)
+
+    def queue_open(self, agreement_id: str, seller_id: str, body: bytes, *,
+                   lazy: bool = False) -> Pending:
+        """`open_agreement` without the wait. `lazy`: written with the next row that is not
+        (at most `_LAZY_S` later), so the open shares the commit of the agreement's first call:
+        a call's record commits only with or after its agreement's (a foreign key), so no
+        call is answered before the open is durable."""
+        return self._enqueue(_OPEN, (agreement_id, seller_id, body,
+                                     time.time_ns() // 1_000_000), lazy=lazy)
 
     def record_redeem(self, agreement_id: str, *, closed: bool, escrow: bytes | None) -> None:
         """Record where the agreement's redeem stands; durable when it returns: closed to calls
@@ -252,12 +295,11 @@ class UsageJournal:
         Escrow), or reopened after a refused redeem (not closed, no escrow)."""
         self.queue_redeem(agreement_id, closed=closed, escrow=escrow).wait(_SYNC_TIMEOUT_S)
 
-    def queue_redeem(self, agreement_id: str, *, closed: bool, escrow: bytes | None
-                     ) -> Pending:
+    def queue_redeem(self, agreement_id: str, *, closed: bool, escrow: bytes | None,
+                     lazy: bool = False) -> Pending:
         """`record_redeem` without the wait: queued in order (under the caller's lock), waited
-        on outside it."""
-        return self._enqueue(_REDEEM, {"agreement_id": agreement_id, "closed": closed,
-                                       "escrow": escrow})
+        on outside it. `lazy`: written with the next row that is not (see `queue_open`)."""
+        return self._enqueue(_REDEEM, (agreement_id, closed, escrow), lazy=lazy)
 
     def rechain(self, agreement_id: str, calls: list[JournalCall]) -> None:
         """Rewrite recorded calls' positions, receipts and responses (a receipt chain repaired
@@ -292,6 +334,9 @@ class UsageJournal:
         error to its own `Pending`, not here); `JournalError` if that takes over `timeout_s`."""
         with self._lock:
             last = self._last
+            if last is not None and not last.eager:  # lazy rows only: write them now
+                last.eager = last.urgent = True
+                self._wakeup.notify()
         if last is not None and not last.done.wait(timeout_s):
             raise JournalError(f"the usage journal did not commit within {timeout_s:g} s")
 
@@ -351,7 +396,7 @@ class UsageJournal:
             if self._lingering and not any(self._announced):
                 self._wakeup.notify()
 
-    def _enqueue(self, kind: int, row: Any) -> Pending:
+    def _enqueue(self, kind: int, row: Any, *, lazy: bool = False) -> Pending:
         # The hot path: one lock, one append. Rows join the newest batch until it is full or
         # the writer took it; the writer is woken only when it is waiting for this.
         with self._lock:
@@ -359,23 +404,62 @@ class UsageJournal:
                 raise JournalError("the usage journal is closed")
             batch = self._tail
             if batch is None or len(batch.rows) >= self._max_batch:
-                batch = self._tail = self._last = _Batch()
+                batch = self._tail = self._last = _Batch(self)
                 self._queue.append(batch)
             index = len(batch.rows)
             batch.rows.append((kind, row))
+            if lazy:  # nobody waits: it joins whatever commit comes next
+                return Pending(batch, index)
+            batch.eager = True
             if kind != _CALL:
-                batch.mixed = True
+                batch.urgent = True
+                if kind not in (_OPEN, _REDEEM):
+                    batch.mixed = True
                 if self._idle or self._filling or self._lingering:  # never waits to fill
                     self._wakeup.notify()
                 return Pending(batch, index)
+            own = False
             announced = getattr(_running, "announced", None)
             if announced is not None and announced.journal is self:  # a record it waits for
                 _running.announced = None
                 self._settle(announced.generation)  # wakes a lingering writer when the last
-            if self._idle or ((self._filling or self._lingering)
-                              and index + 1 >= self._max_batch):
+                # a worker that waits for its record writes it itself (`_write_own`) when the
+                # writer is idle: no thread switch to the writer and back
+                own = batch.owned = self._max_delay_s == 0
+            if (self._idle and not own) or ((self._filling or self._lingering)
+                                            and index + 1 >= self._max_batch):
                 self._wakeup.notify()
         return Pending(batch, index)
+
+    def _kick(self) -> None:
+        """Wake an idle writer: a record someone waits for may be queued unannounced to it."""
+        with self._lock:
+            if self._idle:
+                self._wakeup.notify()
+
+    def _write_own(self, batch: _Batch) -> None:
+        """Write `batch` on the calling thread (which is about to wait for it) if it is next
+        and no running call's record would join it (the writer would not linger): a commit
+        handed to the writer thread costs two thread switches, each dearer under the
+        interpreter lock than the payment's own work. Otherwise the writer takes it."""
+        if not batch.owned or not self._write_lock.acquire(blocking=False):
+            return  # a batch is being written: whoever writes it wakes the writer for this one
+        try:  # batches are written one at a time, in order
+            with self._lock:
+                if batch.done.is_set() or self._closed or not self._queue or \
+                        self._queue[0] is not batch or self._calls_running(time.monotonic()):
+                    if self._idle:
+                        self._wakeup.notify()
+                    return
+                self._queue.popleft()
+                if batch is self._tail:
+                    self._tail = None
+            self._write(batch)
+        finally:
+            self._write_lock.release()
+            with self._lock:
+                if self._blocked or (self._idle and self._queue):
+                    self._wakeup.notify()
 
     # ---- the writer thread -------------------------------------------------------------------
 
@@ -385,15 +469,39 @@ class UsageJournal:
                 batch = self._take()
                 if batch is None:
                     return
-                self._write(batch)
+                try:
+                    self._write(batch)
+                finally:
+                    self._write_lock.release()
         finally:
-            self._drop_raw(invalidate=False)
+            with self._write_lock:
+                self._drop_raw(invalidate=False)
 
     def _take(self) -> _Batch | None:
         """The oldest batch, once it holds a row (and filled up, waited `max_delay_s` and, up
-        to `max_linger_s`, for running calls' records, or holds a synchronous change); None
-        once closed and drained."""
+        to `max_linger_s`, for running calls' records, or holds a synchronous change), with
+        the write lock held; None once closed and drained."""
         with self._lock:
+            while True:
+                head = self._ready_head()
+                if head is None:
+                    return None
+                if self._write_lock.acquire(blocking=False):
+                    if self._queue and self._queue[0] is head:
+                        self._queue.popleft()
+                        if head is self._tail:
+                            self._tail = None
+                        return head
+                    self._write_lock.release()  # a caller wrote it meanwhile
+                    continue
+                self._blocked = True  # a caller writes its own batch: it wakes us when done
+                self._wakeup.wait(0.05)
+                self._blocked = False
+
+    def _ready_head(self) -> _Batch | None:
+        """`_take`'s waits (under the lock): the head batch once it is due; None once closed
+        and drained."""
+        while True:
             while not self._queue:
                 if self._closed:
                     return None
@@ -401,24 +509,28 @@ class UsageJournal:
                 self._wakeup.wait()
                 self._idle = False
             head = self._queue[0]
-            start = time.monotonic()
-            fill_until, linger_until = start + self._max_delay_s, start + self._max_linger_s
-            while len(head.rows) < self._max_batch and not head.mixed and not self._closed:
-                now = time.monotonic()
-                if now < fill_until:
-                    self._filling = True
-                    self._wakeup.wait(fill_until - now)
-                    self._filling = False
-                elif now < linger_until and self._calls_running(now):
-                    self._lingering = True
-                    self._wakeup.wait(linger_until - now)
-                    self._lingering = False
-                else:
-                    break
-            batch = self._queue.popleft()
-            if batch is self._tail:
-                self._tail = None
-            return batch
+            lazy_left = head.since + _LAZY_S - time.monotonic()
+            if head.eager or self._closed or lazy_left <= 0 or \
+                    len(head.rows) >= self._max_batch:
+                break
+            self._idle = True  # lazy rows only: wait for one that is not, to share its commit
+            self._wakeup.wait(lazy_left)
+            self._idle = False
+        start = time.monotonic()
+        fill_until, linger_until = start + self._max_delay_s, start + self._max_linger_s
+        while len(head.rows) < self._max_batch and not head.urgent and not self._closed:
+            now = time.monotonic()
+            if now < fill_until:
+                self._filling = True
+                self._wakeup.wait(fill_until - now)
+                self._filling = False
+            elif now < linger_until and self._calls_running(now):
+                self._lingering = True
+                self._wakeup.wait(linger_until - now)
+                self._lingering = False
+            else:
+                break
+        return head
 
     def _write(self, batch: _Batch) -> None:
         try:
@@ -426,7 +538,7 @@ class UsageJournal:
                 if batch.mixed:
                     self._apply(batch, careful=False)
                 else:
-                    self._write_calls(batch.rows)
+                    self._write_plain(batch)
             except (IntegrityError, self._engine.dialect.dbapi.IntegrityError):
                 # A row the database refuses (a call of an unknown agreement): write the batch
                 # again with a savepoint per row, so only that row's caller gets the error.
@@ -458,17 +570,38 @@ class UsageJournal:
             except Exception:  # the writer carries on; the callers still get their error
                 log.exception("usage journal: reporting %d failed records failed", len(failed))
 
-    def _write_calls(self, rows: list[tuple[int, Any]]) -> None:
-        """Only calls: one prepared executemany and one commit on the writer's connection."""
+    def _write_plain(self, batch: _Batch) -> None:
+        """Calls, opens and redeems (the common batches): prepared statements, one executemany
+        per run of calls and one commit, on the writer's own DBAPI connection."""
         if self._raw is None:
             self._raw = self._engine.raw_connection()
-        raw = self._raw
+        raw, rows = self._raw, batch.rows
+        errors: dict[int, BaseException] = {}
         try:
             cursor = raw.cursor()
             try:
                 if self._sqlite:  # autocommit mode (see wallets.store): open it ourselves
                     cursor.execute("BEGIN IMMEDIATE")
-                cursor.executemany(self._insert_calls_sql, [row for _, row in rows])
+                start = 0
+                while start < len(rows):
+                    kind, row = rows[start]
+                    if kind == _CALL:
+                        end = start + 1
+                        while end < len(rows) and rows[end][0] == _CALL:
+                            end += 1
+                        cursor.executemany(self._insert_calls_sql,
+                                           [row for _, row in rows[start:end]])
+                        start = end
+                        continue
+                    if kind == _OPEN:
+                        cursor.execute(self._open_sql, (*row, False))
+                    else:  # _REDEEM
+                        agreement_id, closed, escrow = row
+                        cursor.execute(self._redeem_sql, (closed, escrow, agreement_id))
+                        if cursor.rowcount == 0:
+                            errors[start] = NotFound(
+                                f"no agreement {agreement_id!r} in the journal")
+                    start += 1
             finally:
                 cursor.close()
             raw.commit()
@@ -478,6 +611,7 @@ class UsageJournal:
             except Exception:  # the connection is broken: the next batch opens another
                 self._drop_raw(invalidate=True)
             raise
+        batch.errors = errors or None
 
     def _drop_raw(self, *, invalidate: bool) -> None:
         raw, self._raw = self._raw, None
@@ -496,22 +630,19 @@ class UsageJournal:
         errors: dict[int, BaseException] = {}
         results: dict[int, Any] = {}
         with self._engine.begin() as conn:
-            if not batch.mixed and not careful:  # the common case: only calls
-                conn.execute(self._insert_call, [row for _, row in rows])
-            else:
-                start = 0
-                while start < len(rows):  # runs of one kind, in order
-                    kind = rows[start][0]
-                    end = start + 1
-                    while end < len(rows) and rows[end][0] == kind:
-                        end += 1
-                    if kind == _CALL and not careful:
-                        conn.execute(self._insert_call,
-                                     [_call_params(row) for _, row in rows[start:end]])
-                    else:
-                        for index in range(start, end):
-                            self._apply_one(conn, index, rows[index], careful, errors, results)
-                    start = end
+            start = 0
+            while start < len(rows):  # runs of one kind, in order
+                kind = rows[start][0]
+                end = start + 1
+                while end < len(rows) and rows[end][0] == kind:
+                    end += 1
+                if kind == _CALL and not careful:
+                    conn.execute(self._insert_call,
+                                 [_call_params(row) for _, row in rows[start:end]])
+                else:
+                    for index in range(start, end):
+                        self._apply_one(conn, index, rows[index], careful, errors, results)
+                start = end
         batch.errors = errors or None
         batch.results = results or None
 
@@ -544,15 +675,20 @@ class UsageJournal:
                              .values(position=call.position, receipt=call.receipt,
                                      response=call.response))
         elif kind == _OPEN:
+            agreement_id, seller_id, body, opened_at_ms = row
             last = conn.execute(select(func.coalesce(func.max(AGREEMENTS.c.opened_seq), 0))
                                 ).scalar_one()
-            conn.execute(self._insert_agreement, {**row, "opened_seq": last + 1})
+            conn.execute(self._insert_agreement, {
+                "agreement_id": agreement_id, "seller_id": seller_id, "body": body,
+                "opened_at_ms": opened_at_ms, "closed": False, "escrow": None,
+                "opened_seq": last + 1})
         elif kind == _REDEEM:
+            agreement_id, closed, escrow = row
             changed = conn.execute(
-                update(AGREEMENTS).where(AGREEMENTS.c.agreement_id == row["agreement_id"])
-                .values(closed=row["closed"], escrow=row["escrow"])).rowcount
+                update(AGREEMENTS).where(AGREEMENTS.c.agreement_id == agreement_id)
+                .values(closed=closed, escrow=escrow)).rowcount
             if changed == 0:
-                errors[index] = NotFound(f"no agreement {row['agreement_id']!r} in the journal")
+                errors[index] = NotFound(f"no agreement {agreement_id!r} in the journal")
         else:  # _FORGET
             conn.execute(delete(CALLS).where(CALLS.c.agreement_id.in_(row)))
             results[index] = conn.execute(

@@ -4,9 +4,10 @@
 
 Serves on PORT, advertises ADVERTISED (the proxy in front of it), prints "ready", and serves
 until SIGTERM. Kill points (`tests.faults.faulty`): before_open/after_open (the agreement's
-durable open), before_record (a call's usage record, before it is queued), after_record (durable,
-before the answer leaves), before_redeem/after_redeem (the Redeem RPC). FAULT_DISK_FULL: the
-journal fails some call records as on a full disk (`_disk_full`).
+open, queued to share its first call's commit), before_record (a call's usage record, before
+it is queued), after_record (durable, before the answer leaves), before_redeem/after_redeem
+(the Redeem RPC). FAULT_DISK_FULL: the journal fails some call records as on a full disk
+(`_disk_full`).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def _wrap(owner: Any, name: str, before: str, after: str) -> None:
 
 
 def _journal_kill_points() -> None:
-    _wrap(UsageJournal, "open_agreement", "before_open", "after_open")
+    _wrap(UsageJournal, "queue_open", "before_open", "after_open")
     record = UsageJournal.record_call
 
     def record_call(self: UsageJournal, *args: Any) -> Any:
@@ -86,7 +87,7 @@ def _disk_full() -> None:
             return write(self, batch_or_rows, *args, **kwargs)
         return wrapped
 
-    UsageJournal._write_calls = failing(UsageJournal._write_calls)  # type: ignore[method-assign]
+    UsageJournal._write_plain = failing(UsageJournal._write_plain)  # type: ignore[method-assign]
     UsageJournal._apply = failing(UsageJournal._apply)  # type: ignore[method-assign]
 
 
