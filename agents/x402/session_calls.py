@@ -72,13 +72,17 @@ class SessionCalls:
                              attr.AGREEMENT_ID: session.agreement_id})
         status, answer, charged = await forward.invoke(
             self.channels, route.listing.endpoint, arguments, payment.voucher)
-        self.sessions.charged(session, charged)
+        with session.lock:
+            session.charged_atomic += charged
+            receipt = receipts.chained(self.key, session.receipts, receipts.body_of(
+                self.network, body.buyer_id, body.seller_id, charged, body.terms.currency,
+                session.hold_posting, {"agreementId": session.agreement_id,
+                                       "calls": session.calls}))
         self.answered += 1
-        settled = receipts.settled(
-            self.key, self.network, body.buyer_id, body.seller_id, charged,
-            body.terms.currency, session.hold_posting,
-            {"agreementId": session.agreement_id, "calls": session.calls,
-             "holdPosting": session.hold_posting})
+        settled = receipts.settle_response(
+            body.buyer_id, session.hold_posting, self.network, charged,
+            {"agreementId": session.agreement_id, "calls": receipt["body"]["calls"],
+             "holdPosting": session.hold_posting}, receipt)
         return Response(json.dumps(answer).encode(), status_code=status, headers={
             PAYMENT_RESPONSE_HEADER: receipts.header(settled),
             "content-type": "application/json"})
