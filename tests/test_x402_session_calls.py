@@ -1,5 +1,6 @@
 """A session's later calls at the gateway (`agents.x402.session_calls`): paid in a few hashes,
-answered as the full path answers them (a PAYMENT-RESPONSE whose receipt the node signed), and
+answered with a PAYMENT-RESPONSE whose receipt is chained to the session's earlier ones and
+vouched for by the node's next signature (one in 16, and at close), and
 every attack on a word refused with its x402 reason, nothing charged: a replayed word, a word
 of another session, a word past the agreement's chain, the same word sent many times at once
 (exactly one call is served and charged).

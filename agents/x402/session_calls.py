@@ -5,8 +5,9 @@ in full: it matches the requirements, runs the hooks and has the facilitator ver
 A later call of the session only reveals the next PayWord word, so here, when the payment
 repeats exactly what the route's 402 offered and nothing else is asked of x402 (no hooks,
 no payment identifier, no stream), the word is checked against the session's last one under
-the session's lock and spent, the call forwarded, and the node's signed PAYMENT-RESPONSE
-written as JSON: the same checks, the same answer, without x402's models per call. Anything
+the session's lock and spent, the call forwarded, and the PAYMENT-RESPONSE written as JSON
+with the session's next chained receipt (`agents.x402.receipts`: the node signs one in
+`SIGN_EVERY`): the same checks, without x402's models or a signature per call. Anything
 else, a refusal included, returns None and the full path answers it (a refused voucher spent
 nothing, so checking it twice changes nothing).
 """
