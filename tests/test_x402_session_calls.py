@@ -1,5 +1,6 @@
 """A session's later calls at the gateway (`agents.x402.session_calls`): paid in a few hashes,
-answered as the full path answers them (a PAYMENT-RESPONSE whose receipt the node signed), and
+answered with a PAYMENT-RESPONSE whose receipt is chained to the session's earlier ones and
+vouched for by the node's next signature (one in 16, and at close), and
 every attack on a word refused with its x402 reason, nothing charged: a replayed word, a word
 of another session, a word past the agreement's chain, the same word sent many times at once
 (exactly one call is served and charged).
@@ -26,10 +27,8 @@ from x402.http.utils import (
 )
 from x402.schemas import PaymentPayload
 
-from agents.x402 import buyer_client, http_client
-from agents.x402 import network as net
+from agents.x402 import buyer_client, http_client, receipts
 from agents.x402.client import PrepayTransport
-from marketplace.identity import verify
 from marketplace.v1 import agreement_pb2
 from tests.x402_market import Market, books_balance, open_market
 
@@ -98,27 +97,53 @@ def voucher(payload: PaymentPayload) -> agreement_pb2.Voucher:
     return agreement_pb2.Voucher.FromString(base64.b64decode(payload.payload["voucher"]))
 
 
-def test_later_calls_are_paid_in_the_fast_path_with_a_receipt_the_node_signed(market):
-    async def run() -> list[httpx.Response]:
-        client, _ = http_client(market.key, market.network, calls_per_session=10)
+def test_later_calls_are_paid_in_the_fast_path_with_chained_receipts_the_node_signs(market):
+    calls = receipts.SIGN_EVERY + 3
+
+    async def run() -> tuple[list[httpx.Response], httpx.Response]:
+        client, schemes = http_client(market.key, market.network, calls_per_session=calls)
         async with client:
-            return [await client.post(market.url("shout"), json={"text": f"hi {n}"})
-                    for n in range(4)]
+            answers = [await client.post(market.url("shout"), json={"text": f"hi {n}"})
+                       for n in range(calls)]
+            agreement = schemes["exact"].open_sessions()[0]
+            closed = await client.post(
+                f"{market.http.url}/v1/sessions/{agreement}/close",
+                json={"finish": schemes["exact"].finish_signature(agreement)})
+            return answers, closed
 
     before = market.gateway.session_calls.answered
-    answers = asyncio.run(run())
-    assert [a.json()["output"]["text"] for a in answers] == [f"HI {n}" for n in range(4)]
-    assert market.gateway.session_calls.answered - before == 3  # all but the opening call
+    answers, closed = asyncio.run(run())
+    assert [a.json()["output"]["text"] for a in answers] == [f"HI {n}" for n in range(calls)]
+    assert market.gateway.session_calls.answered - before == calls - 1  # all but the opening
     paid = [decode_payment_response_header(a.headers["payment-response"]) for a in answers]
-    assert [p.extra["calls"] for p in paid] == [1, 2, 3, 4]
-    for settled in paid:
-        receipt = settled.extra["receipt"]
-        assert receipt["node"] == market.node.agent_id
-        assert verify(market.node.agent_id, net.RESPONSE_DOMAIN + net.canonical(
-            receipt["body"]), bytes.fromhex(receipt["signature"]))
+    assert [p.extra["calls"] for p in paid] == list(range(1, calls + 1))
+    node = market.node.agent_id
+    opening = paid[0].extra["receipt"]  # the full path's: signed, outside the chain
+    assert receipts.vouched(node, [opening]) and "seq" not in opening["body"]
+    chain = [p.extra["receipt"] for p in paid[1:]]
+    for settled, receipt in zip(paid[1:], chain, strict=True):
+        assert receipt["node"] == node
         assert receipt["body"]["amount"] == settled.amount == "2000000"
         assert receipt["body"]["transaction"] == settled.transaction \
             == settled.extra["holdPosting"]
+    assert [r["body"]["seq"] for r in chain] == list(range(1, calls))
+    assert chain[0]["body"]["prev"] == receipts.CHAIN_START
+    signed = [r["body"]["seq"] for r in chain if "signature" in r]
+    assert signed == [1, receipts.SIGN_EVERY]
+    assert receipts.vouched(node, chain[:1])
+    assert receipts.vouched(node, chain[:receipts.SIGN_EVERY])  # the 16th vouches for all
+    assert not receipts.vouched(node, chain[1:3])  # unsigned, and no closing head yet
+    tampered = [dict(r, body=dict(r["body"])) for r in chain[:receipts.SIGN_EVERY]]
+    tampered[4]["body"]["amount"] = "1"
+    assert not receipts.vouched(node, tampered)
+    # the closing answer is signed and names the chain's head: it vouches for the rest
+    final = decode_payment_response_header(closed.headers["payment-response"])
+    assert receipts.vouched(node, [final.extra["receipt"]])
+    head = (final.extra["receipt"]["body"]["chainSeq"],
+            final.extra["receipt"]["body"]["chainHead"])
+    assert head[0] == calls - 1
+    assert receipts.vouched(node, chain[receipts.SIGN_EVERY - 1:], head)
+    assert not receipts.vouched(node, chain[receipts.SIGN_EVERY - 1:-1], head)
 
 
 class Recording(httpx.AsyncHTTPTransport):

@@ -294,10 +294,15 @@ class Gateway:
                 return problem(status, error.reason, error.message)
             session = self.sessions.sessions[agreement]
             summary = settlement_summary(closing)
+            extra: dict[str, Any] = {"agreementId": agreement, "calls": session.calls,
+                                     "settlement": summary}
+            with session.lock:  # the chained receipts' head: the close signs them all
+                if session.receipts.seq:
+                    extra["chainSeq"] = session.receipts.seq
+                    extra["chainHead"] = session.receipts.head
             settled = self._responses.signed_response(
                 session.body.buyer_id, session.body.seller_id, int(summary["captured"]),
-                session.body.terms.currency, summary["transaction"],
-                {"agreementId": agreement, "calls": session.calls, "settlement": summary})
+                session.body.terms.currency, summary["transaction"], extra)
             return JSONResponse(summary, headers={
                 "PAYMENT-RESPONSE": encode_payment_response_header(settled)})
 

@@ -5,8 +5,9 @@ in full: it matches the requirements, runs the hooks and has the facilitator ver
 A later call of the session only reveals the next PayWord word, so here, when the payment
 repeats exactly what the route's 402 offered and nothing else is asked of x402 (no hooks,
 no payment identifier, no stream), the word is checked against the session's last one under
-the session's lock and spent, the call forwarded, and the node's signed PAYMENT-RESPONSE
-written as JSON: the same checks, the same answer, without x402's models per call. Anything
+the session's lock and spent, the call forwarded, and the PAYMENT-RESPONSE written as JSON
+with the session's next chained receipt (`agents.x402.receipts`: the node signs one in
+`SIGN_EVERY`): the same checks, without x402's models or a signature per call. Anything
 else, a refusal included, returns None and the full path answers it (a refused voucher spent
 nothing, so checking it twice changes nothing).
 """
@@ -72,13 +73,17 @@ class SessionCalls:
                              attr.AGREEMENT_ID: session.agreement_id})
         status, answer, charged = await forward.invoke(
             self.channels, route.listing.endpoint, arguments, payment.voucher)
-        self.sessions.charged(session, charged)
+        with session.lock:
+            session.charged_atomic += charged
+            receipt = receipts.chained(self.key, session.receipts, receipts.body_of(
+                self.network, body.buyer_id, body.seller_id, charged, body.terms.currency,
+                session.hold_posting, {"agreementId": session.agreement_id,
+                                       "calls": session.calls}))
         self.answered += 1
-        settled = receipts.settled(
-            self.key, self.network, body.buyer_id, body.seller_id, charged,
-            body.terms.currency, session.hold_posting,
-            {"agreementId": session.agreement_id, "calls": session.calls,
-             "holdPosting": session.hold_posting})
+        settled = receipts.settle_response(
+            body.buyer_id, session.hold_posting, self.network, charged,
+            {"agreementId": session.agreement_id, "calls": receipt["body"]["calls"],
+             "holdPosting": session.hold_posting}, receipt)
         return Response(json.dumps(answer).encode(), status_code=status, headers={
             PAYMENT_RESPONSE_HEADER: receipts.header(settled),
             "content-type": "application/json"})

@@ -23,6 +23,7 @@ import grpc
 from agents.v1 import agent_pb2, agent_pb2_grpc
 from agents.x402 import network as net
 from agents.x402.reasons import Refused
+from agents.x402.receipts import Chain
 from marketplace import agreements as ag
 from marketplace.auth import signed_channel
 from marketplace.grpc_tracing import client_interceptors
@@ -50,6 +51,7 @@ class Session:
     charged_atomic: int = 0
     calls: int = 0
     closed: dict[str, Any] | None = None
+    receipts: Chain = field(default_factory=Chain)  # the fast path's chained receipts
     lock: threading.Lock = field(default_factory=threading.Lock)
     # Held across the seller's Finish (seconds), apart from `lock` (microseconds), so that a
     # close never makes a voucher check wait, nor ties up a gateway worker thread behind it.
