@@ -42,7 +42,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from wallets import _idempotency
+from wallets import _idempotency, _pg_hot
 from wallets import _sqlite_hot as hot
 from wallets._bulk import TransferRequest, post_transfers
 from wallets._chain import GENESIS_HASH, posting_hash
@@ -194,6 +194,8 @@ class Ledger(MutationRunner):
         if group_commit is None:
             group_commit = self._sqlite
         self._committer = GroupCommitter(self._run_batch) if group_commit else None
+        self._plain = (_pg_hot.PlainPostings(self)  # PostgreSQL: plain postings in one call
+                       if _pg_hot.available(self, group_commit) else None)
         run_sealer = (not self._sqlite) if sealer is None else sealer
         self._sealer = Sealer(engine, f"agentmarket ledger sealer {uuid.uuid4().hex[:8]}"
                               ).start() if run_sealer else None
@@ -204,6 +206,8 @@ class Ledger(MutationRunner):
         if self._committer is not None:
             self._committer.close()
             self._committer = None
+        if self._plain is not None:
+            self._plain.close()
         if self._sealer is not None:
             self._sealer.close()
             self._sealer = None
@@ -308,6 +312,12 @@ class Ledger(MutationRunner):
                           for t in transfers], "memo": memo, "kind": kind}
         if spend is not None:  # spend-guard hook: the context is part of the request
             request["spend"] = spend.request()
+
+        if self._plain is not None and len(memo) <= MAX_MEMO:
+            posting = self._plain.post(key, kind, request, transfers, memo, spend,
+                                       _current_trace())
+            if posting is not None:
+                return posting
 
         def apply(conn: Connection) -> Posting:
             return self.post_linked_in(conn, key, transfers, memo=memo, kind=kind, spend=spend)

@@ -46,6 +46,14 @@ _UNSEALED = (select(POSTINGS).where(POSTINGS.c.position.is_(None))
              .order_by(POSTINGS.c.sequence).limit(bindparam("n")))
 _UNSEALED_PG = (select(POSTINGS, _WRITER).where(POSTINGS.c.position.is_(None))
                 .order_by(POSTINGS.c.sequence).limit(bindparam("n")))
+# PostgreSQL: a batch's entries and seals in one statement each, with array parameters
+_ENTRIES_PG = ("SELECT sequence, account_id, currency, posted_atomic, pending_debit_atomic, "
+               "pending_credit_atomic FROM ledger_entries WHERE sequence = ANY(%(s)s) "
+               "ORDER BY id")
+_SEAL_PG = ("UPDATE ledger_postings p SET position = u.position, prev_hash = u.prev, "
+            "hash = u.hash FROM unnest(%(s)s::bigint[], %(p)s::bigint[], %(prev)s::text[], "
+            "%(h)s::text[]) AS u(sequence, position, prev, hash) "
+            "WHERE p.sequence = u.sequence AND p.position IS NULL")
 _SEAL = (update(POSTINGS).where(POSTINGS.c.sequence == bindparam("s_sequence"),
                                 POSTINGS.c.position.is_(None))
          .values(position=bindparam("s_position"), prev_hash=bindparam("s_prev"),
@@ -76,8 +84,11 @@ def seal_in(conn: Connection, limit: int = SEAL_BATCH) -> int:
             literal_column("xmin::text").in_(sorted({r.writer for r in rows})))
             .order_by(POSTINGS.c.sequence)).all()
     legs: dict[int, list[Leg]] = defaultdict(list)
-    for e in conn.execute(select(ENTRIES).where(ENTRIES.c.sequence.in_(
-            [r.sequence for r in rows])).order_by(ENTRIES.c.id)):
+    sequences = [r.sequence for r in rows]
+    found = (conn.exec_driver_sql(_ENTRIES_PG, {"s": sequences}) if postgres else
+             conn.execute(select(ENTRIES).where(ENTRIES.c.sequence.in_(sequences))
+                          .order_by(ENTRIES.c.id)))
+    for e in found:
         legs[e.sequence].append(Leg(e.account_id, e.currency, e.posted_atomic,
                                     e.pending_debit_atomic, e.pending_credit_atomic))
     position, prev = head.sequence, head.hash
@@ -91,7 +102,12 @@ def seal_in(conn: Connection, limit: int = SEAL_BATCH) -> int:
         sealed.append({"s_sequence": r.sequence, "s_position": position, "s_prev": prev,
                        "s_hash": digest})
         prev = digest
-    conn.execute(_SEAL, sealed)
+    if postgres:
+        conn.exec_driver_sql(_SEAL_PG, {"s": sequences, "p": [s["s_position"] for s in sealed],
+                                        "prev": [s["s_prev"] for s in sealed],
+                                        "h": [s["s_hash"] for s in sealed]})
+    else:
+        conn.execute(_SEAL, sealed)
     conn.execute(update(HEAD).where(HEAD.c.id == 1).values(sequence=position, hash=prev))
     return len(sealed)
 

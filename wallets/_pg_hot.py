@@ -1,0 +1,131 @@
+"""Plain postings on PostgreSQL in one round trip: the server function `ledger_post_plain`.
+
+Through the general path a transfer costs about ten statements, each a round trip and far more
+Python (SQLAlchemy, the pool's checkout ping) than PostgreSQL takes to run it. A plain one (no
+spend controls on the wallets it debits, no mandate, no freeze queued on this thread, a new
+idempotency key) is instead one call of the function the migration `0006` installs, on a
+connection in autocommit, so the call is the whole transaction: the same row locks in the same
+order, the same conditional balance UPDATE, the key recorded with the posting, and the commit
+flushed before the answer. The function changes nothing when it answers NULL, and any error
+rolls it back whole; then the general path (`MutationRunner.mutate`) runs the request as
+before, which replays a stored outcome, raises the refusal and records it. A request the
+function did commit, when the answer was lost, is replayed there from its key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from wallets import _idempotency
+from wallets.guard import SpendContext, SpendGuard
+from wallets.models import Leg, Posting, Transfer
+
+if TYPE_CHECKING:
+    from wallets.ledger import Ledger
+
+log = logging.getLogger("agentmarket.wallets.pg_hot")
+POST_PLAIN = ("SELECT o_sequence, o_currency FROM ledger_post_plain("
+              "%s, %s, %s, %s, %s::text[], %s::bigint[], %s, %s, %s, %s, %s)")
+MAX_IDLE_CONNECTIONS = 32
+
+
+def available(ledger: Ledger, group_commit: bool) -> bool:
+    """Whether plain postings can take the one-call path on this ledger's engine."""
+    engine = ledger.engine
+    return (engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg"
+            and not group_commit)
+
+
+class PlainPostings:
+    """Plain postings of one ledger, over connections of their own (autocommit)."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self._url = ledger.engine.url.set(drivername="postgresql").render_as_string(
+            hide_password=False)
+        self._idle: list[Any] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def post(self, key: str, kind: str, request: dict[str, Any],
+             transfers: Sequence[Transfer], memo: str, spend: SpendContext | None,
+             trace: tuple[str, str]) -> Posting | None:
+        """The posting, committed; None when the general path must run the request."""
+        ledger = self.ledger
+        if (ledger._legacy_keys or (spend is not None and spend.mandate_id)
+                or type(ledger.spend_guard).check is not SpendGuard.check
+                or ledger.spend_guard._queued_freezes()):
+            return None
+        _idempotency.check_key(key)
+        scope = _idempotency.check_scope(_idempotency.request_scope())
+        request_digest = _idempotency.digest(kind, request)
+        deltas: dict[str, int] = {}
+        for t in transfers:
+            deltas[t.debit_account_id] = deltas.get(t.debit_account_id, 0) - t.amount_atomic
+            deltas[t.credit_account_id] = deltas.get(t.credit_account_id, 0) + t.amount_atomic
+        now_ms = ledger.clock_ms()
+        trace_id, span_id = trace
+        row = self._call((scope, kind, key, request_digest, list(deltas), list(deltas.values()),
+                          kind, memo, now_ms, trace_id, span_id))
+        if row is None or row[0] is None:
+            return None
+        sequence, code = row
+        legs = tuple(Leg(account_id, code, posted_atomic=d) for account_id, d in deltas.items())
+        return Posting(sequence=sequence, idempotency_key=key, kind=kind, legs=legs,
+                       created_at_ms=now_ms, memo=memo, trace_id=trace_id, span_id=span_id)
+
+    def _call(self, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        """One call of the function; None on any error (it rolled back whole)."""
+        import psycopg
+
+        conn = self._take()
+        if conn is None:
+            return None
+        try:
+            row = conn.execute(POST_PLAIN, params, prepare=True).fetchone()
+        except psycopg.Error as error:
+            log.debug("plain posting left to the general path: %s", error)
+            row = None
+        if conn.broken or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            self._drop(conn)
+        else:
+            self._give(conn)
+        return row
+
+    def _take(self) -> Any:
+        import psycopg
+
+        with self._lock:
+            if self._closed:
+                return None
+            if self._idle:
+                return self._idle.pop()
+        try:
+            return psycopg.connect(self._url, autocommit=True, connect_timeout=5)
+        except psycopg.Error as error:
+            log.warning("no connection for plain postings: %s", error)
+            return None
+
+    def _give(self, conn: Any) -> None:
+        with self._lock:
+            if not self._closed and len(self._idle) < MAX_IDLE_CONNECTIONS:
+                self._idle.append(conn)
+                return
+        self._drop(conn)
+
+    @staticmethod
+    def _drop(conn: Any) -> None:
+        with contextlib.suppress(Exception):  # broken or refused: close what is left of it
+            conn.close()
+
+    def close(self) -> None:
+        """Close the idle connections; calls after this take the general path."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            self._drop(conn)
