@@ -39,7 +39,7 @@ from agents.errors import (
     NotFound,
     PaymentRequired,
 )
-from agents.usage_journal import JournalAgreement, Pending, UsageJournal
+from agents.usage_journal import JournalAgreement, JournalError, Pending, UsageJournal
 from agents.v1 import agent_pb2
 from marketplace import agreements as ag
 from marketplace.errors import ReceiptLimit
@@ -212,6 +212,23 @@ class PaymentGate:
         assert self.journal is not None
         return self.journal.queue_open(agreement_id, body.seller_id, body.SerializeToString(),
                                        lazy=True)
+
+    def _ensure_opened(self, agreement_id: str, account: _Account) -> None:
+        """Wait until the agreement's open is durable (queued again, and waited for, if its
+        record failed): a redeem's record needs it, and may come before any call's."""
+        opened = account.opened
+        if opened is None:
+            return
+        try:
+            opened.wait(_SYNC_WAIT_S)
+        except JournalError:
+            with account.lock:
+                assert self.journal is not None
+                opened = account.opened = self.journal.queue_open(
+                    agreement_id, account.body.seller_id, account.body.SerializeToString())
+            opened.wait(_SYNC_WAIT_S)  # raises JournalError (UNAVAILABLE): redeem again later
+        if account.opened is opened:
+            account.opened = None
 
     def _check_opened(self, agreement_id: str, account: _Account) -> None:
         """Queue the agreement's open again if its record failed (under the account's lock,
@@ -482,6 +499,7 @@ class PaymentGate:
         redeem: the latest voucher (a zero voucher, the chain's root, when none came) and the
         receipts."""
         account = self._account(agreement_id)
+        self._ensure_opened(agreement_id, account)
         with account.lock:  # queued under the lock: no call records after it
             account.closed = True
             pending = None if self.journal is None else self.journal.queue_redeem(

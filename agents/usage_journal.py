@@ -27,7 +27,9 @@ themselves. Writes reach the database in the order they were made (a redeem reco
 call commits after it). A record nobody waits for (an agreement's open, which its first call's
 record follows; a redeem's outcome, which a restart would fetch again) can be queued lazily: it
 waits up to `_LAZY_S` for another record and shares its commit, as a durable commit (an fsync)
-costs more CPU than all the rest of a record.
+costs more CPU than all the rest of a record. When the writer is idle and no other call would
+join, a paid call's worker writes its own batch as it waits (`_write_own`): handing it to the
+writer and being woken back would cost two thread switches per call.
 
 Pacing: a commit costs far more than a row, and under the interpreter lock a call runs from
 admission to its record without a switch, so few callers wait together. The seller's server

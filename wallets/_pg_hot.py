@@ -30,7 +30,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("agentmarket.wallets.pg_hot")
 POST_PLAIN = ("SELECT o_sequence, o_currency FROM ledger_post_plain("
               "%s, %s, %s, %s, %s::text[], %s::bigint[], %s, %s, %s, %s, %s)")
-MAX_IDLE_CONNECTIONS = 32
+MAX_CONNECTIONS = 16  # per ledger; more concurrent transfers take the general path meanwhile
+_KEEPALIVE = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 3,
+              "keepalives_count": 3}  # a vanished server fails the call instead of hanging it
 
 
 def available(ledger: Ledger, group_commit: bool) -> bool:
@@ -48,6 +50,7 @@ class PlainPostings:
         self._url = ledger.engine.url.set(drivername="postgresql").render_as_string(
             hide_password=False)
         self._idle: list[Any] = []
+        self._open = 0
         self._lock = threading.Lock()
         self._closed = False
 
@@ -90,6 +93,9 @@ class PlainPostings:
         except psycopg.Error as error:
             log.debug("plain posting left to the general path: %s", error)
             row = None
+        except BaseException:
+            self._drop(conn)
+            raise
         if conn.broken or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             self._drop(conn)
         else:
@@ -104,21 +110,27 @@ class PlainPostings:
                 return None
             if self._idle:
                 return self._idle.pop()
+            if self._open >= MAX_CONNECTIONS:
+                return None
+            self._open += 1
         try:
-            return psycopg.connect(self._url, autocommit=True, connect_timeout=5)
+            return psycopg.connect(self._url, autocommit=True, connect_timeout=5, **_KEEPALIVE)
         except psycopg.Error as error:
             log.warning("no connection for plain postings: %s", error)
+            with self._lock:
+                self._open -= 1
             return None
 
     def _give(self, conn: Any) -> None:
         with self._lock:
-            if not self._closed and len(self._idle) < MAX_IDLE_CONNECTIONS:
+            if not self._closed:
                 self._idle.append(conn)
                 return
         self._drop(conn)
 
-    @staticmethod
-    def _drop(conn: Any) -> None:
+    def _drop(self, conn: Any) -> None:
+        with self._lock:
+            self._open -= 1
         with contextlib.suppress(Exception):  # broken or refused: close what is left of it
             conn.close()
 

@@ -16,7 +16,9 @@ postings on different accounts commit in parallel, and no double spend relies on
 levels alone.
 
 How a mutation runs once per idempotency key, alone or group-committed, is `wallets._mutation`;
-on SQLite the hot statements run on the DB-API cursor (`wallets._sqlite_hot`).
+on SQLite the hot statements run on the DB-API cursor (`wallets._sqlite_hot`). On PostgreSQL a
+plain transfer is one call of a server function (`wallets._pg_hot`), which leaves whatever it
+does not handle to the general path.
 """
 
 from __future__ import annotations
