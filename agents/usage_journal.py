@@ -42,35 +42,37 @@ stream) and no longer holds commits back; so is one whose announcement was someh
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent import futures
-from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 
-from agents.errors import NotFound, Unavailable
-from agents.tables import SellerAgreementRow, SellerCallRow
+from agents._journal_batches import (
+    _CALL,
+    _DROPPED,
+    _FORGET,
+    _LOOPS_LOCK,
+    _OPEN,
+    _RECHAIN,
+    _REDEEM,
+    JournalError,
+    Pending,
+    _Batch,
+    _resolve,
+)
+from agents._journal_pacing import JournalPacedExecutor, _Announced, _running
+from agents._journal_store import JournalAgreement, JournalCall, JournalStore
 from wallets.schema import upgrade
 from wallets.store import make_engine
 
 log = logging.getLogger("agentmarket.seller")
 
-AGREEMENTS = SellerAgreementRow.__table__  # type: ignore[attr-defined]
-CALLS = SellerCallRow.__table__  # type: ignore[attr-defined]
-
-_CALL, _OPEN, _REDEEM, _FORGET, _DROPPED, _RECHAIN = range(6)
-# A call's row, in this order (a tuple: no dict per call on the hot path).
-_CALL_COLUMNS = ("agreement_id", "call_id", "position", "sequence", "voucher", "receipt",
-                 "response")
 _CLOSE_JOIN_S = 60.0
 # How long lazy rows (`lazy=True`: nobody waits for them) wait for a row that is not, so that
 # they share its commit instead of taking one of their own.
@@ -78,126 +80,9 @@ _LAZY_S = 0.2
 # How long a synchronous change (open, redeem, forget) waits for its commit: longer than a
 # call's default, as it is rare and a seller would rather wait than fail an agreement.
 _SYNC_TIMEOUT_S = 30.0
-# The announcement (`_Announced`) of the call this worker thread is running, if any.
-_running = threading.local()
 
 
-class JournalError(Unavailable):
-    """A record could not be made durable (the database failed, refused it, or was too slow):
-    the seller must not answer the call it records, and the buyer may retry it."""
-
-    reason = "JOURNAL_UNAVAILABLE"
-
-
-@dataclass(frozen=True, slots=True)
-class JournalCall:
-    """One answered paid call, as recorded."""
-
-    call_id: str
-    position: int
-    sequence: int
-    voucher: bytes
-    receipt: bytes
-    response: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class JournalAgreement:
-    """An agreement and its calls (ordered by position), enough to rebuild the seller's state.
-
-    `closed` and `escrow`: open (False, None); a redeem in flight (True, None); redeemed
-    (True, the marketplace's serialized Escrow)."""
-
-    agreement_id: str
-    seller_id: str
-    body: bytes
-    opened_at_ms: int
-    closed: bool
-    escrow: bytes | None
-    calls: tuple[JournalCall, ...]
-
-
-class _Batch:
-    """Rows written in one transaction, and the outcome every caller of the batch waits on."""
-
-    __slots__ = ("done", "eager", "error", "errors", "journal", "loops", "mixed", "owned",
-                 "results", "rows", "since", "urgent")
-
-    def __init__(self, journal: UsageJournal) -> None:
-        self.journal = journal
-        self.rows: list[tuple[int, Any]] = []
-        self.mixed = False  # holds a row the plain path does not write (forget, rechain, ...)
-        self.urgent = False  # holds a change someone waits for: written without lingering
-        self.eager = False  # holds a row that is not lazy: written without `_LAZY_S`'s wait
-        self.owned = False  # a paid call's worker, about to wait, may write it (`_write_own`)
-        self.since = time.monotonic()
-        self.done = threading.Event()
-        # Event loops with callers awaiting the batch: one future each, resolved by one
-        # call_soon_threadsafe per loop once written (None: none yet).
-        self.loops: dict[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
-        self.error: BaseException | None = None  # the whole batch failed
-        self.errors: dict[int, BaseException] | None = None  # only these rows failed
-        self.results: dict[int, Any] | None = None
-
-
-class Pending:
-    """A record on its way to the database: `wait()` before answering the call it records."""
-
-    __slots__ = ("_batch", "_index")
-
-    def __init__(self, batch: _Batch, index: int) -> None:
-        self._batch = batch
-        self._index = index
-
-    def done(self) -> bool:
-        """Whether the record's batch has been written (or failed)."""
-        return self._batch.done.is_set()
-
-    def failed(self) -> bool:
-        """Whether the record's batch has been written and the record did not commit."""
-        batch = self._batch
-        return batch.done.is_set() and (batch.error is not None or (
-            batch.errors is not None and self._index in batch.errors))
-
-    def wait(self, timeout_s: float = 10.0) -> None:
-        """Block until the record committed; raise `JournalError` if it failed or did not
-        commit within `timeout_s` (it may still commit later: a retry of the call is safe,
-        records are idempotent). The waiting thread may write the record's batch itself
-        (`UsageJournal._write_own`)."""
-        batch = self._batch
-        if not batch.done.is_set():
-            batch.journal._write_own(batch)
-        self._outcome(timeout_s)
-
-    async def wait_async(self, timeout_s: float = 10.0) -> None:
-        """`wait` for a caller on an event loop: the loop is woken once per batch (not once
-        per record), and no thread blocks meanwhile."""
-        batch = self._batch
-        if not batch.done.is_set():
-            batch.journal._kick()
-            future = _loop_future(batch, asyncio.get_running_loop(), timeout_s)
-            if future is not None:
-                await asyncio.shield(future)  # a cancelled caller leaves it to the others
-                if not batch.done.is_set():
-                    raise JournalError(f"the usage journal did not commit within "
-                                       f"{timeout_s:g} s")
-        self._outcome(0)
-
-    def _outcome(self, timeout_s: float) -> Any:
-        batch = self._batch
-        if timeout_s and not batch.done.is_set():
-            batch.journal._kick()
-        if not batch.done.wait(timeout_s):
-            raise JournalError(f"the usage journal did not commit within {timeout_s:g} s")
-        if batch.error is not None:
-            cause = batch.error  # shared by the batch's callers: raise a fresh error each
-            raise JournalError(f"the usage journal could not write: {cause}") from cause
-        if batch.errors is not None and self._index in batch.errors:
-            raise batch.errors[self._index]
-        return None if batch.results is None else batch.results.get(self._index)
-
-
-class UsageJournal:
+class UsageJournal(JournalStore):
     """The seller's durable record of agreements and paid calls, written in batches by one
     thread. Thread-safe: meant to be called from every thread of a gRPC server's pool."""
 
@@ -225,23 +110,7 @@ class UsageJournal:
         self._max_delay_s = max(0.0, max_delay_s)
         self._max_linger_s = max_linger_s
         self.fast_call_s = fast_call_s
-        insert = postgresql.insert if self._engine.dialect.name == "postgresql" else sqlite.insert
-        self._insert_call = insert(CALLS).on_conflict_do_nothing()
-        marker = "?" if self._engine.dialect.paramstyle == "qmark" else "%s"
-        self._insert_calls_sql = (
-            f"INSERT INTO {CALLS.name} ({', '.join(_CALL_COLUMNS)}) VALUES "
-            f"({', '.join([marker] * len(_CALL_COLUMNS))}) ON CONFLICT DO NOTHING")
-        self._sqlite = self._engine.dialect.name == "sqlite"
-        self._raw: Any = None  # the writer thread's own DBAPI connection (from the pool)
-        self._insert_agreement = insert(AGREEMENTS).on_conflict_do_nothing()
-        # An open takes the next opening order in the same statement (load() replays in it).
-        self._open_sql = (
-            f"INSERT INTO {AGREEMENTS.name} (agreement_id, seller_id, body, opened_at_ms, "
-            f"closed, opened_seq) SELECT {', '.join([marker] * 5)}, "
-            f"COALESCE(MAX(opened_seq), 0) + 1 FROM {AGREEMENTS.name} WHERE TRUE "
-            "ON CONFLICT DO NOTHING")
-        self._redeem_sql = (f"UPDATE {AGREEMENTS.name} SET closed = {marker}, escrow = {marker} "
-                            f"WHERE agreement_id = {marker}")
+        self._prepare_statements()
         self._lock = threading.Lock()
         self._wakeup = threading.Condition(self._lock)
         self._queue: deque[_Batch] = deque()
@@ -571,226 +440,6 @@ class UsageJournal:
                 self.on_failed_calls(failed)
             except Exception:  # the writer carries on; the callers still get their error
                 log.exception("usage journal: reporting %d failed records failed", len(failed))
-
-    def _write_plain(self, batch: _Batch) -> None:
-        """Calls, opens and redeems (the common batches): prepared statements, one executemany
-        per run of calls and one commit, on the writer's own DBAPI connection."""
-        if self._raw is None:
-            self._raw = self._engine.raw_connection()
-        raw, rows = self._raw, batch.rows
-        errors: dict[int, BaseException] = {}
-        try:
-            cursor = raw.cursor()
-            try:
-                if self._sqlite:  # autocommit mode (see wallets.store): open it ourselves
-                    cursor.execute("BEGIN IMMEDIATE")
-                start = 0
-                while start < len(rows):
-                    kind, row = rows[start]
-                    if kind == _CALL:
-                        end = start + 1
-                        while end < len(rows) and rows[end][0] == _CALL:
-                            end += 1
-                        cursor.executemany(self._insert_calls_sql,
-                                           [row for _, row in rows[start:end]])
-                        start = end
-                        continue
-                    if kind == _OPEN:
-                        cursor.execute(self._open_sql, (*row, False))
-                    else:  # _REDEEM
-                        agreement_id, closed, escrow = row
-                        cursor.execute(self._redeem_sql, (closed, escrow, agreement_id))
-                        if cursor.rowcount == 0:
-                            errors[start] = NotFound(
-                                f"no agreement {agreement_id!r} in the journal")
-                    start += 1
-            finally:
-                cursor.close()
-            raw.commit()
-        except BaseException:
-            try:
-                raw.rollback()
-            except Exception:  # the connection is broken: the next batch opens another
-                self._drop_raw(invalidate=True)
-            raise
-        batch.errors = errors or None
-
-    def _drop_raw(self, *, invalidate: bool) -> None:
-        raw, self._raw = self._raw, None
-        if raw is None:
-            return
-        try:
-            if invalidate:
-                raw.invalidate()
-            else:
-                raw.close()  # back to the pool, which dispose() then closes
-        except Exception as error:
-            log.warning("usage journal: closing the writer's connection failed: %s", error)
-
-    def _apply(self, batch: _Batch, *, careful: bool) -> None:
-        rows = batch.rows
-        errors: dict[int, BaseException] = {}
-        results: dict[int, Any] = {}
-        with self._engine.begin() as conn:
-            start = 0
-            while start < len(rows):  # runs of one kind, in order
-                kind = rows[start][0]
-                end = start + 1
-                while end < len(rows) and rows[end][0] == kind:
-                    end += 1
-                if kind == _CALL and not careful:
-                    conn.execute(self._insert_call,
-                                 [_call_params(row) for _, row in rows[start:end]])
-                else:
-                    for index in range(start, end):
-                        self._apply_one(conn, index, rows[index], careful, errors, results)
-                start = end
-        batch.errors = errors or None
-        batch.results = results or None
-
-    def _apply_one(self, conn: Any, index: int, entry: tuple[int, Any], careful: bool,
-                   errors: dict[int, BaseException], results: dict[int, Any]) -> None:
-        kind, row = entry
-        if not careful:
-            self._apply_row(conn, index, kind, row, errors, results)
-            return
-        try:
-            with conn.begin_nested():
-                self._apply_row(conn, index, kind, row, errors, results)
-        except IntegrityError as error:
-            what = (f"call {row[1]!r} of agreement {row[0]!r}"
-                    if kind == _CALL else "an agreement change")
-            errors[index] = JournalError(f"the usage journal refused {what}: {error.orig}")
-
-    def _apply_row(self, conn: Any, index: int, kind: int, row: Any,
-                   errors: dict[int, BaseException], results: dict[int, Any]) -> None:
-        if kind == _CALL:
-            conn.execute(self._insert_call, _call_params(row))
-        elif kind == _DROPPED:
-            errors[index] = JournalError(
-                f"call {row[1]!r} was not recorded: an earlier record of its agreement failed")
-        elif kind == _RECHAIN:
-            agreement_id, calls = row
-            for call in calls:
-                conn.execute(update(CALLS).where(CALLS.c.agreement_id == agreement_id,
-                                                 CALLS.c.call_id == call.call_id)
-                             .values(position=call.position, receipt=call.receipt,
-                                     response=call.response))
-        elif kind == _OPEN:
-            agreement_id, seller_id, body, opened_at_ms = row
-            last = conn.execute(select(func.coalesce(func.max(AGREEMENTS.c.opened_seq), 0))
-                                ).scalar_one()
-            conn.execute(self._insert_agreement, {
-                "agreement_id": agreement_id, "seller_id": seller_id, "body": body,
-                "opened_at_ms": opened_at_ms, "closed": False, "escrow": None,
-                "opened_seq": last + 1})
-        elif kind == _REDEEM:
-            agreement_id, closed, escrow = row
-            changed = conn.execute(
-                update(AGREEMENTS).where(AGREEMENTS.c.agreement_id == agreement_id)
-                .values(closed=closed, escrow=escrow)).rowcount
-            if changed == 0:
-                errors[index] = NotFound(f"no agreement {agreement_id!r} in the journal")
-        else:  # _FORGET
-            conn.execute(delete(CALLS).where(CALLS.c.agreement_id.in_(row)))
-            results[index] = conn.execute(
-                delete(AGREEMENTS).where(AGREEMENTS.c.agreement_id.in_(row))).rowcount
-
-    # ---- reads -------------------------------------------------------------------------------
-
-    def load(self) -> list[JournalAgreement]:
-        """Every agreement (in the order opened) with its calls (by position): what a seller
-        restarting on this journal rebuilds its payment state from."""
-        self.flush()
-        with self._engine.connect().execution_options(agentmarket_read=True) as conn:
-            agreements = conn.execute(
-                select(AGREEMENTS).order_by(AGREEMENTS.c.opened_seq, AGREEMENTS.c.agreement_id)
-            ).all()
-            rows = conn.execute(
-                select(CALLS.c.agreement_id, CALLS.c.call_id, CALLS.c.position,
-                       CALLS.c.sequence, CALLS.c.voucher, CALLS.c.receipt, CALLS.c.response)
-                .order_by(CALLS.c.agreement_id, CALLS.c.position, CALLS.c.call_id)).all()
-        calls: dict[str, list[JournalCall]] = {}
-        for agreement_id, call_id, position, sequence, voucher, receipt, response in rows:
-            calls.setdefault(agreement_id, []).append(JournalCall(
-                call_id, position, sequence, bytes(voucher), bytes(receipt), bytes(response)))
-        return [
-            JournalAgreement(
-                agreement_id=a.agreement_id, seller_id=a.seller_id, body=bytes(a.body),
-                opened_at_ms=a.opened_at_ms, closed=bool(a.closed),
-                escrow=None if a.escrow is None else bytes(a.escrow),
-                calls=tuple(calls.get(a.agreement_id, ())))
-            for a in agreements
-        ]
-
-
-_LOOPS_LOCK = threading.Lock()  # a batch's loop futures against its completion
-
-
-def _loop_future(batch: _Batch, loop: asyncio.AbstractEventLoop, timeout_s: float
-                 ) -> asyncio.Future[None] | None:
-    """The future `loop`'s callers of `batch` await (None: the batch is written already);
-    it resolves when the batch is written, or after `timeout_s` (one timer per batch)."""
-    with _LOOPS_LOCK:
-        if batch.done.is_set():
-            return None
-        if batch.loops is None:
-            batch.loops = {}
-        future = batch.loops.get(loop)
-        if future is None:
-            future = batch.loops[loop] = loop.create_future()
-            loop.call_later(timeout_s, _resolve, future)
-        return future
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
-def _call_params(row: tuple[Any, ...]) -> dict[str, Any]:
-    return dict(zip(_CALL_COLUMNS, row, strict=True))
-
-
-
-class _Announced:
-    """A call announced to a journal, wrapped: running it makes it the thread's call; it
-    settles its announcement when it records or returns."""
-
-    __slots__ = ("call", "generation", "journal")
-
-    def __init__(self, journal: UsageJournal, generation: int, call: Callable[[], Any]) -> None:
-        self.journal, self.generation, self.call = journal, generation, call
-
-    def __call__(self) -> Any:
-        _running.announced = self
-        try:
-            return self.call()
-        finally:
-            if getattr(_running, "announced", None) is self:  # it ended without a record
-                _running.announced = None
-                self.cancel()
-
-    def cancel(self) -> None:
-        with self.journal._lock:
-            self.journal._settle(self.generation)
-
-
-class JournalPacedExecutor(futures.ThreadPoolExecutor):
-    """A gRPC server's worker pool that announces each call it accepts to the usage journal
-    (`UsageJournal.expecting`), so the writer commits running calls' records together."""
-
-    def __init__(self, journal: UsageJournal, max_workers: int) -> None:
-        super().__init__(max_workers=max_workers)
-        self._journal = journal
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> futures.Future:
-        call = self._journal.expecting(lambda: fn(*args, **kwargs))
-        try:
-            return super().submit(call)
-        except BaseException:  # shut down: the call never runs
-            call.cancel()
-            raise
 
 
 __all__ = ["JournalAgreement", "JournalCall", "JournalError", "JournalPacedExecutor", "Pending",

@@ -1,0 +1,142 @@
+"""A usage journal's batches: the rows written in one transaction, and the `Pending`
+outcome each record's caller waits on (a thread blocks, an event loop is woken once per batch).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from agents.errors import Unavailable
+from agents.tables import SellerAgreementRow, SellerCallRow
+
+if TYPE_CHECKING:
+    from agents.usage_journal import UsageJournal
+
+AGREEMENTS = SellerAgreementRow.__table__  # type: ignore[attr-defined]
+CALLS = SellerCallRow.__table__  # type: ignore[attr-defined]
+
+_CALL, _OPEN, _REDEEM, _FORGET, _DROPPED, _RECHAIN = range(6)
+# A call's row, in this order (a tuple: no dict per call on the hot path).
+_CALL_COLUMNS = ("agreement_id", "call_id", "position", "sequence", "voucher", "receipt",
+                 "response")
+
+
+class JournalError(Unavailable):
+    """A record could not be made durable (the database failed, refused it, or was too slow):
+    the seller must not answer the call it records, and the buyer may retry it."""
+
+    reason = "JOURNAL_UNAVAILABLE"
+
+
+class _Batch:
+    """Rows written in one transaction, and the outcome every caller of the batch waits on."""
+
+    __slots__ = ("done", "eager", "error", "errors", "journal", "loops", "mixed", "owned",
+                 "results", "rows", "since", "urgent")
+
+    def __init__(self, journal: UsageJournal) -> None:
+        self.journal = journal
+        self.rows: list[tuple[int, Any]] = []
+        self.mixed = False  # holds a row the plain path does not write (forget, rechain, ...)
+        self.urgent = False  # holds a change someone waits for: written without lingering
+        self.eager = False  # holds a row that is not lazy: written without `_LAZY_S`'s wait
+        self.owned = False  # a paid call's worker, about to wait, may write it (`_write_own`)
+        self.since = time.monotonic()
+        self.done = threading.Event()
+        # Event loops with callers awaiting the batch: one future each, resolved by one
+        # call_soon_threadsafe per loop once written (None: none yet).
+        self.loops: dict[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
+        self.error: BaseException | None = None  # the whole batch failed
+        self.errors: dict[int, BaseException] | None = None  # only these rows failed
+        self.results: dict[int, Any] | None = None
+
+
+class Pending:
+    """A record on its way to the database: `wait()` before answering the call it records."""
+
+    __slots__ = ("_batch", "_index")
+
+    def __init__(self, batch: _Batch, index: int) -> None:
+        self._batch = batch
+        self._index = index
+
+    def done(self) -> bool:
+        """Whether the record's batch has been written (or failed)."""
+        return self._batch.done.is_set()
+
+    def failed(self) -> bool:
+        """Whether the record's batch has been written and the record did not commit."""
+        batch = self._batch
+        return batch.done.is_set() and (batch.error is not None or (
+            batch.errors is not None and self._index in batch.errors))
+
+    def wait(self, timeout_s: float = 10.0) -> None:
+        """Block until the record committed; raise `JournalError` if it failed or did not
+        commit within `timeout_s` (it may still commit later: a retry of the call is safe,
+        records are idempotent). The waiting thread may write the record's batch itself
+        (`UsageJournal._write_own`)."""
+        batch = self._batch
+        if not batch.done.is_set():
+            batch.journal._write_own(batch)
+        self._outcome(timeout_s)
+
+    async def wait_async(self, timeout_s: float = 10.0) -> None:
+        """`wait` for a caller on an event loop: the loop is woken once per batch (not once
+        per record), and no thread blocks meanwhile."""
+        batch = self._batch
+        if not batch.done.is_set():
+            batch.journal._kick()
+            future = _loop_future(batch, asyncio.get_running_loop(), timeout_s)
+            if future is not None:
+                await asyncio.shield(future)  # a cancelled caller leaves it to the others
+                if not batch.done.is_set():
+                    raise JournalError(f"the usage journal did not commit within "
+                                       f"{timeout_s:g} s")
+        self._outcome(0)
+
+    def _outcome(self, timeout_s: float) -> Any:
+        batch = self._batch
+        if timeout_s and not batch.done.is_set():
+            batch.journal._kick()
+        if not batch.done.wait(timeout_s):
+            raise JournalError(f"the usage journal did not commit within {timeout_s:g} s")
+        if batch.error is not None:
+            cause = batch.error  # shared by the batch's callers: raise a fresh error each
+            raise JournalError(f"the usage journal could not write: {cause}") from cause
+        if batch.errors is not None and self._index in batch.errors:
+            raise batch.errors[self._index]
+        return None if batch.results is None else batch.results.get(self._index)
+
+
+_LOOPS_LOCK = threading.Lock()  # a batch's loop futures against its completion
+
+
+def _loop_future(batch: _Batch, loop: asyncio.AbstractEventLoop, timeout_s: float
+                 ) -> asyncio.Future[None] | None:
+    """The future `loop`'s callers of `batch` await (None: the batch is written already);
+    it resolves when the batch is written, or after `timeout_s` (one timer per batch)."""
+    with _LOOPS_LOCK:
+        if batch.done.is_set():
+            return None
+        if batch.loops is None:
+            batch.loops = {}
+        future = batch.loops.get(loop)
+        if future is None:
+            future = batch.loops[loop] = loop.create_future()
+            loop.call_later(timeout_s, _resolve, future)
+        return future
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _call_params(row: tuple[Any, ...]) -> dict[str, Any]:
+    return dict(zip(_CALL_COLUMNS, row, strict=True))
+
+
+__all__ = ["JournalError", "Pending"]

@@ -1,0 +1,242 @@
+"""How a usage journal's batches reach its tables, and how a restarting seller reads them back.
+
+The common batch (calls, opens, redeems) is written with prepared statements on the writer's
+own DB-API connection, one executemany per run of calls and one commit; anything else (forget,
+rechain, a row the database refused) goes through SQLAlchemy, with a savepoint per row when a
+row must fail alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+
+from agents._journal_batches import (
+    _CALL,
+    _CALL_COLUMNS,
+    _DROPPED,
+    _OPEN,
+    _RECHAIN,
+    _REDEEM,
+    AGREEMENTS,
+    CALLS,
+    JournalError,
+    _Batch,
+    _call_params,
+)
+from agents.errors import NotFound
+
+log = logging.getLogger("agentmarket.seller")
+
+
+@dataclass(frozen=True, slots=True)
+class JournalCall:
+    """One answered paid call, as recorded."""
+
+    call_id: str
+    position: int
+    sequence: int
+    voucher: bytes
+    receipt: bytes
+    response: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class JournalAgreement:
+    """An agreement and its calls (ordered by position), enough to rebuild the seller's state.
+
+    `closed` and `escrow`: open (False, None); a redeem in flight (True, None); redeemed
+    (True, the marketplace's serialized Escrow)."""
+
+    agreement_id: str
+    seller_id: str
+    body: bytes
+    opened_at_ms: int
+    closed: bool
+    escrow: bytes | None
+    calls: tuple[JournalCall, ...]
+
+
+class JournalStore:
+    """The statements of a `UsageJournal` (mixed in): its writes and its reads."""
+
+    _engine: Engine
+    _raw: Any
+
+    def _prepare_statements(self) -> None:
+        insert = postgresql.insert if self._engine.dialect.name == "postgresql" else sqlite.insert
+        self._insert_call = insert(CALLS).on_conflict_do_nothing()
+        marker = "?" if self._engine.dialect.paramstyle == "qmark" else "%s"
+        self._insert_calls_sql = (
+            f"INSERT INTO {CALLS.name} ({', '.join(_CALL_COLUMNS)}) VALUES "
+            f"({', '.join([marker] * len(_CALL_COLUMNS))}) ON CONFLICT DO NOTHING")
+        self._sqlite = self._engine.dialect.name == "sqlite"
+        self._raw = None  # the writer thread's own DBAPI connection (from the pool)
+        self._insert_agreement = insert(AGREEMENTS).on_conflict_do_nothing()
+        # An open takes the next opening order in the same statement (load() replays in it).
+        self._open_sql = (
+            f"INSERT INTO {AGREEMENTS.name} (agreement_id, seller_id, body, opened_at_ms, "
+            f"closed, opened_seq) SELECT {', '.join([marker] * 5)}, "
+            f"COALESCE(MAX(opened_seq), 0) + 1 FROM {AGREEMENTS.name} WHERE TRUE "
+            "ON CONFLICT DO NOTHING")
+        self._redeem_sql = (f"UPDATE {AGREEMENTS.name} SET closed = {marker}, "
+                            f"escrow = {marker} WHERE agreement_id = {marker}")
+
+    def flush(self, timeout_s: float = 10.0) -> None:
+        """Wait until every record queued so far is written (`UsageJournal.flush`)."""
+
+    def _write_plain(self, batch: _Batch) -> None:
+        """Calls, opens and redeems (the common batches): prepared statements, one executemany
+        per run of calls and one commit, on the writer's own DBAPI connection."""
+        if self._raw is None:
+            self._raw = self._engine.raw_connection()
+        raw, rows = self._raw, batch.rows
+        errors: dict[int, BaseException] = {}
+        try:
+            cursor = raw.cursor()
+            try:
+                if self._sqlite:  # autocommit mode (see wallets.store): open it ourselves
+                    cursor.execute("BEGIN IMMEDIATE")
+                start = 0
+                while start < len(rows):
+                    kind, row = rows[start]
+                    if kind == _CALL:
+                        end = start + 1
+                        while end < len(rows) and rows[end][0] == _CALL:
+                            end += 1
+                        cursor.executemany(self._insert_calls_sql,
+                                           [row for _, row in rows[start:end]])
+                        start = end
+                        continue
+                    if kind == _OPEN:
+                        cursor.execute(self._open_sql, (*row, False))
+                    else:  # _REDEEM
+                        agreement_id, closed, escrow = row
+                        cursor.execute(self._redeem_sql, (closed, escrow, agreement_id))
+                        if cursor.rowcount == 0:
+                            errors[start] = NotFound(
+                                f"no agreement {agreement_id!r} in the journal")
+                    start += 1
+            finally:
+                cursor.close()
+            raw.commit()
+        except BaseException:
+            try:
+                raw.rollback()
+            except Exception:  # the connection is broken: the next batch opens another
+                self._drop_raw(invalidate=True)
+            raise
+        batch.errors = errors or None
+
+    def _drop_raw(self, *, invalidate: bool) -> None:
+        raw, self._raw = self._raw, None
+        if raw is None:
+            return
+        try:
+            if invalidate:
+                raw.invalidate()
+            else:
+                raw.close()  # back to the pool, which dispose() then closes
+        except Exception as error:
+            log.warning("usage journal: closing the writer's connection failed: %s", error)
+
+    def _apply(self, batch: _Batch, *, careful: bool) -> None:
+        rows = batch.rows
+        errors: dict[int, BaseException] = {}
+        results: dict[int, Any] = {}
+        with self._engine.begin() as conn:
+            start = 0
+            while start < len(rows):  # runs of one kind, in order
+                kind = rows[start][0]
+                end = start + 1
+                while end < len(rows) and rows[end][0] == kind:
+                    end += 1
+                if kind == _CALL and not careful:
+                    conn.execute(self._insert_call,
+                                 [_call_params(row) for _, row in rows[start:end]])
+                else:
+                    for index in range(start, end):
+                        self._apply_one(conn, index, rows[index], careful, errors, results)
+                start = end
+        batch.errors = errors or None
+        batch.results = results or None
+
+    def _apply_one(self, conn: Any, index: int, entry: tuple[int, Any], careful: bool,
+                   errors: dict[int, BaseException], results: dict[int, Any]) -> None:
+        kind, row = entry
+        if not careful:
+            self._apply_row(conn, index, kind, row, errors, results)
+            return
+        try:
+            with conn.begin_nested():
+                self._apply_row(conn, index, kind, row, errors, results)
+        except IntegrityError as error:
+            what = (f"call {row[1]!r} of agreement {row[0]!r}"
+                    if kind == _CALL else "an agreement change")
+            errors[index] = JournalError(f"the usage journal refused {what}: {error.orig}")
+
+    def _apply_row(self, conn: Any, index: int, kind: int, row: Any,
+                   errors: dict[int, BaseException], results: dict[int, Any]) -> None:
+        if kind == _CALL:
+            conn.execute(self._insert_call, _call_params(row))
+        elif kind == _DROPPED:
+            errors[index] = JournalError(
+                f"call {row[1]!r} was not recorded: an earlier record of its agreement failed")
+        elif kind == _RECHAIN:
+            agreement_id, calls = row
+            for call in calls:
+                conn.execute(update(CALLS).where(CALLS.c.agreement_id == agreement_id,
+                                                 CALLS.c.call_id == call.call_id)
+                             .values(position=call.position, receipt=call.receipt,
+                                     response=call.response))
+        elif kind == _OPEN:
+            agreement_id, seller_id, body, opened_at_ms = row
+            last = conn.execute(select(func.coalesce(func.max(AGREEMENTS.c.opened_seq), 0))
+                                ).scalar_one()
+            conn.execute(self._insert_agreement, {
+                "agreement_id": agreement_id, "seller_id": seller_id, "body": body,
+                "opened_at_ms": opened_at_ms, "closed": False, "escrow": None,
+                "opened_seq": last + 1})
+        elif kind == _REDEEM:
+            agreement_id, closed, escrow = row
+            changed = conn.execute(
+                update(AGREEMENTS).where(AGREEMENTS.c.agreement_id == agreement_id)
+                .values(closed=closed, escrow=escrow)).rowcount
+            if changed == 0:
+                errors[index] = NotFound(f"no agreement {agreement_id!r} in the journal")
+        else:  # _FORGET
+            conn.execute(delete(CALLS).where(CALLS.c.agreement_id.in_(row)))
+            results[index] = conn.execute(
+                delete(AGREEMENTS).where(AGREEMENTS.c.agreement_id.in_(row))).rowcount
+
+    # ---- reads -------------------------------------------------------------------------------
+
+    def load(self) -> list[JournalAgreement]:
+        """Every agreement (in the order opened) with its calls (by position): what a seller
+        restarting on this journal rebuilds its payment state from."""
+        self.flush()
+        with self._engine.connect().execution_options(agentmarket_read=True) as conn:
+            agreements = conn.execute(
+                select(AGREEMENTS).order_by(AGREEMENTS.c.opened_seq, AGREEMENTS.c.agreement_id)
+            ).all()
+            rows = conn.execute(
+                select(CALLS.c.agreement_id, CALLS.c.call_id, CALLS.c.position,
+                       CALLS.c.sequence, CALLS.c.voucher, CALLS.c.receipt, CALLS.c.response)
+                .order_by(CALLS.c.agreement_id, CALLS.c.position, CALLS.c.call_id)).all()
+        calls: dict[str, list[JournalCall]] = {}
+        for agreement_id, call_id, position, sequence, voucher, receipt, response in rows:
+            calls.setdefault(agreement_id, []).append(JournalCall(
+                call_id, position, sequence, bytes(voucher), bytes(receipt), bytes(response)))
+        return [
+            JournalAgreement(
+                agreement_id=a.agreement_id, seller_id=a.seller_id, body=bytes(a.body),
+                opened_at_ms=a.opened_at_ms, closed=bool(a.closed),
+                escrow=None if a.escrow is None else bytes(a.escrow),
+                calls=tuple(calls.get(a.agreement_id, ())))
+            for a in agreements
+        ]
