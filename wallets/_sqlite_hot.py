@@ -5,7 +5,9 @@ SQLite takes to run it. These are the same statements (the balance UPDATE is com
 one `wallets.ledger` runs on PostgreSQL), prepared once and executed on the sqlite3 connection
 inside the caller's SQLAlchemy transaction, so atomicity, savepoints and rollback are unchanged.
 sqlite3 errors are raised as SQLAlchemy's (`IntegrityError`, `OperationalError`), as the
-statements through SQLAlchemy would.
+statements through SQLAlchemy would. `Prepared` and `Statement` do the same for any statement
+built once with SQLAlchemy (escrow, hold, receipt and sweep statements); `reading` gives reads a
+pooled DB-API connection without a SQLAlchemy Connection around it.
 
 Only for SQLite, where writers are serialised by BEGIN IMMEDIATE: what a transaction reads stays
 true until it commits, so reading a wallet's controls with its balance needs no row lock.

@@ -67,15 +67,16 @@ def settled(key: AgentKey, network: str, payer: str, pay_to: str, amount_atomic:
     return settle_response(payer, transaction, network, amount_atomic, extra, receipt)
 
 
-def chained(key: AgentKey, chain: Chain, body: dict[str, Any]) -> dict[str, Any]:
-    """`body` linked into the chain as its next receipt (call under the session's lock);
-    signed when it is the chain's first or a `SIGN_EVERY`-th."""
-    chain.seq += 1
-    body["seq"], body["prev"] = chain.seq, chain.head
-    data = signed_bytes(body)
-    chain.head = hashlib.sha256(data).hexdigest()
+def chained(key: AgentKey, chain: Chain, lock: Any, body: dict[str, Any]) -> dict[str, Any]:
+    """`body` linked into the chain as its next receipt (under `lock`, the session's); signed,
+    after the lock is released, when it is the chain's first or a `SIGN_EVERY`-th."""
+    with lock:
+        chain.seq += 1
+        body["seq"], body["prev"] = chain.seq, chain.head
+        data = signed_bytes(body)
+        chain.head = hashlib.sha256(data).hexdigest()
     receipt = {"body": body, "node": key.agent_id}
-    if chain.seq == 1 or chain.seq % SIGN_EVERY == 0:
+    if body["seq"] == 1 or body["seq"] % SIGN_EVERY == 0:
         receipt["signature"] = key.sign(data).hex()
     return receipt
 

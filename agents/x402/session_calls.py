@@ -73,12 +73,11 @@ class SessionCalls:
                              attr.AGREEMENT_ID: session.agreement_id})
         status, answer, charged = await forward.invoke(
             self.channels, route.listing.endpoint, arguments, payment.voucher)
-        with session.lock:
-            session.charged_atomic += charged
-            receipt = receipts.chained(self.key, session.receipts, receipts.body_of(
-                self.network, body.buyer_id, body.seller_id, charged, body.terms.currency,
-                session.hold_posting, {"agreementId": session.agreement_id,
-                                       "calls": session.calls}))
+        self.sessions.charged(session, charged)
+        receipt = receipts.chained(self.key, session.receipts, session.lock, receipts.body_of(
+            self.network, body.buyer_id, body.seller_id, charged, body.terms.currency,
+            session.hold_posting, {"agreementId": session.agreement_id,
+                                   "calls": session.calls}))
         self.answered += 1
         settled = receipts.settle_response(
             body.buyer_id, session.hold_posting, self.network, charged,
