@@ -11,7 +11,6 @@ import threading
 from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Engine, bindparam, select, update
-from sqlalchemy.exc import NoResultFound
 
 from marketplace.errors import InvalidArgument, NotFound
 from marketplace.tables import DisputeRow, EscrowRow, EvidenceRow
@@ -54,10 +53,7 @@ def find_row(conn: Connection, agreement: str) -> Any | None:
 
 def locked_row(conn: Connection, agreement: str) -> Any:
     """The row inside a write transaction (FOR UPDATE on PostgreSQL)."""
-    row = _LOCKED_ROW.first(conn, {"agreement": agreement})
-    if row is None:
-        raise NoResultFound("No row was found when one was required")
-    return row
+    return _LOCKED_ROW.one(conn, {"agreement": agreement})
 
 
 _UPDATES: dict[tuple[str, ...], hot.Statement] = {}
@@ -81,10 +77,7 @@ def body_of(row: Any) -> agreement_pb2.AgreementBody:
 
 def escrow_dict(conn: Connection, agreement: str) -> dict[str, Any]:
     """The escrow as plain data (what the API returns and idempotent retries replay)."""
-    row = _ROW.first(conn, {"agreement": agreement})
-    if row is None:
-        raise NoResultFound("No row was found when one was required")
-    return escrow_of(row._mapping)
+    return escrow_of(_ROW.one(conn, {"agreement": agreement})._mapping)
 
 
 def escrow_of(row: Any, **changes: Any) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.dialects import sqlite
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, NoResultFound
 
 from wallets.errors import InvalidArgument, NotFound
 from wallets.models import Balance, Leg
@@ -150,6 +150,10 @@ class CompiledUpdate(NamedTuple):
     names: tuple[str, ...]
     defaults: dict[str, Any]  # the statement's own literals (bound as parameters)
 
+    def values(self, params: dict[str, Any]) -> list[Any]:
+        """The parameters in the statement's order, its own literals where `params` has none."""
+        return [params[name] if name in params else self.defaults[name] for name in self.names]
+
 
 def compile_for_sqlite(statement: Any) -> CompiledUpdate:
     """A SQLAlchemy statement with bind parameters, as SQLite text and its parameter order."""
@@ -172,10 +176,7 @@ class Prepared:
         self._row: Any = None
 
     def run(self, conn: Connection, params: dict[str, Any]) -> sqlite3.Cursor:
-        compiled = self.compiled
-        return execute(conn, compiled.sql, [params[name] if name in params
-                                            else compiled.defaults[name]
-                                            for name in compiled.names])
+        return execute(conn, self.compiled.sql, self.compiled.values(params))
 
     def rows(self, conn: Connection, params: dict[str, Any]) -> list[Any]:
         cursor = self.run(conn, params)
@@ -203,6 +204,15 @@ class Statement:
         if conn.dialect.name == "sqlite":
             return self.prepared.first(conn, params)
         return conn.execute(self.statement, params).first()
+
+    def one(self, conn: Connection, params: dict[str, Any]) -> Any:
+        """The one row, as `Result.one` gives it (`NoResultFound` without one)."""
+        if conn.dialect.name == "sqlite":
+            row = self.prepared.first(conn, params)
+            if row is None:
+                raise NoResultFound("No row was found when one was required")
+            return row
+        return conn.execute(self.statement, params).one()
 
     def all(self, conn: Connection, params: dict[str, Any]) -> list[Any]:
         if conn.dialect.name == "sqlite":
@@ -269,10 +279,7 @@ def insert_row(conn: Connection, table: str, row: dict[str, Any]) -> None:
 
 def apply_leg(conn: Connection, update: CompiledUpdate, params: dict[str, Any]) -> int:
     """Run the balance UPDATE (`wallets.ledger._APPLY_LEG`); how many rows it changed."""
-    values = [params[name] if name in params else update.defaults[name]
-              for name in update.names]
-    cursor = execute(conn, update.sql, values)
-    return cursor.rowcount
+    return execute(conn, update.sql, update.values(params)).rowcount
 
 
 def head(conn: Connection) -> tuple[int, str]:

@@ -111,14 +111,15 @@ _INSERT_UNSEALED = (insert(POSTINGS).values(sequence=func.nextval("ledger_postin
                     .returning(POSTINGS.c.sequence))
 _NEXT_SEQUENCES = text("SELECT nextval('ledger_posting_seq') FROM generate_series(1, :n)")
 _INSERT_ENTRY = insert(ENTRIES)
-# The hold statements of every escrow step, prepared for SQLite (`wallets._sqlite_hot`)
-_HOLD_SQLITE = hot.Prepared(select(HOLDS).where(HOLDS.c.id == bindparam("hold")))
-_SETTLE_HOLD_SQLITE = hot.Prepared(update(HOLDS).where(HOLDS.c.id == bindparam("hold")).values(
+# The hold statements of every escrow step: prepared on SQLite (`wallets._sqlite_hot`)
+_HOLD_FOR_UPDATE = hot.Statement(select(HOLDS).where(HOLDS.c.id == bindparam("hold"))
+                                 .with_for_update())  # SQLite: writers are serialised
+_SETTLE_HOLD = hot.Statement(update(HOLDS).where(HOLDS.c.id == bindparam("hold")).values(
     captured_atomic=bindparam("captured"), voided_atomic=bindparam("voided"),
     status=bindparam("status")))
 _DUE_HOLDS = hot.Statement(select(HOLDS.c.id).where(
     HOLDS.c.status == "open", HOLDS.c.expires_at_ms <= bindparam("now")).limit(bindparam("limit")))
-_VOID_HOLD_SQLITE = hot.Prepared(update(HOLDS).where(HOLDS.c.id == bindparam("hold")).values(
+_VOID_HOLD = hot.Statement(update(HOLDS).where(HOLDS.c.id == bindparam("hold")).values(
     voided_atomic=bindparam("voided"), status=bindparam("status")))
 MAX_HOLD_TIMEOUT_S = 30 * 24 * 3600
 MAX_LEGS = 64
@@ -480,12 +481,9 @@ class Ledger(MutationRunner):
         row = dict(
             id=hold_id, debit_account_id=debit_account_id, credit_account_id=credit_account_id,
             currency=code, amount_atomic=amount_atomic, captured_atomic=0, voided_atomic=0,
-            status="open", expires_at_ms=expires_at_ms,
+            status="open", expires_at_ms=expires_at_ms, condition_sha256="", fulfilment="",
         )
-        if self._sqlite:
-            hot.insert_row(conn, HOLDS.name, {**row, "condition_sha256": "", "fulfilment": ""})
-        else:
-            conn.execute(insert(HOLDS).values(**row))
+        hot.insert(conn, HOLDS, row)
         return Hold(hold_id, debit_account_id, credit_account_id, code, amount_atomic, 0, 0,
                     "open", expires_at_ms)
 
@@ -548,12 +546,8 @@ class Ledger(MutationRunner):
         voided = hold.voided_atomic + release
         status = "open" if captured + voided < hold.amount_atomic else (
             "captured" if captured else "voided")
-        if self._sqlite:
-            _SETTLE_HOLD_SQLITE.run(conn, {"hold": hold_id, "captured": captured,
-                                           "voided": voided, "status": status})
-        else:
-            conn.execute(update(HOLDS).where(HOLDS.c.id == hold_id).values(
-                captured_atomic=captured, voided_atomic=voided, status=status))
+        _SETTLE_HOLD.run(conn, {"hold": hold_id, "captured": captured, "voided": voided,
+                                "status": status})
         return posting
 
     def void(self, key: str, hold_id: str) -> Posting:
@@ -575,12 +569,8 @@ class Ledger(MutationRunner):
         ], hold_id=hold_id)
         status = "expired" if kind == "expire" else ("voided" if not hold.captured_atomic
                                                      else "captured")
-        if self._sqlite:
-            _VOID_HOLD_SQLITE.run(conn, {"hold": hold_id, "voided": hold.voided_atomic + left,
-                                         "status": status})
-        else:
-            conn.execute(update(HOLDS).where(HOLDS.c.id == hold_id).values(
-                voided_atomic=hold.voided_atomic + left, status=status))
+        _VOID_HOLD.run(conn, {"hold": hold_id, "voided": hold.voided_atomic + left,
+                              "status": status})
         return posting
 
     def _hold_row(self, conn: Connection, hold_id: str) -> Hold:
@@ -610,9 +600,7 @@ class Ledger(MutationRunner):
 
     def _hold_for_update(self, conn: Connection, hold_id: str) -> Any:
         """The hold's row, locked (SQLite: writers are serialised, a plain read)."""
-        if self._sqlite:
-            return _HOLD_SQLITE.first(conn, {"hold": hold_id})
-        return conn.execute(select(HOLDS).where(HOLDS.c.id == hold_id).with_for_update()).first()
+        return _HOLD_FOR_UPDATE.first(conn, {"hold": hold_id})
 
     def expire_holds(self, *, account_id: str | None = None, hold_id: str | None = None,
                      limit: int = 1000) -> int:
