@@ -45,7 +45,7 @@ from wallets.store import make_engine
 USD = currency("USD")
 FUNDS = "1.00"
 FEE_BPS = 250
-NEGOTIATION_S = 2
+NEGOTIATION_S = 10  # only bounds the bargaining: a busy machine must not fail the hire
 COMPLETION_WINDOW_S = 2
 REDEEM_MARGIN_S = 1
 SETTLE_WAIT_S = 15.0  # the bound on waiting for the sweep after the deadline
