@@ -208,10 +208,11 @@ class PaymentGate:
             self._accounts.setdefault(agreement_id, _Account(
                 body=body, anchor_word=body.payword_root, opened=opened))
 
-    def _queue_open(self, agreement_id: str, body: agreement_pb2.AgreementBody) -> Pending:
+    def _queue_open(self, agreement_id: str, body: agreement_pb2.AgreementBody, *,
+                    lazy: bool = True) -> Pending:
         assert self.journal is not None
         return self.journal.queue_open(agreement_id, body.seller_id, body.SerializeToString(),
-                                       lazy=True)
+                                       lazy=lazy)
 
     def _ensure_opened(self, agreement_id: str, account: _Account) -> None:
         """Wait until the agreement's open is durable (queued again, and waited for, if its
@@ -223,9 +224,8 @@ class PaymentGate:
             opened.wait(_SYNC_WAIT_S)
         except JournalError:
             with account.lock:
-                assert self.journal is not None
-                opened = account.opened = self.journal.queue_open(
-                    agreement_id, account.body.seller_id, account.body.SerializeToString())
+                opened = account.opened = self._queue_open(agreement_id, account.body,
+                                                           lazy=False)
             opened.wait(_SYNC_WAIT_S)  # raises JournalError (UNAVAILABLE): redeem again later
         if account.opened is opened:
             account.opened = None
