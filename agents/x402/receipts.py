@@ -43,6 +43,11 @@ def signed_bytes(body: dict[str, Any]) -> bytes:
     return net.RESPONSE_DOMAIN + net.canonical(body)
 
 
+def link_of(body: dict[str, Any]) -> str:
+    """The hash the next chained body names as its `prev` (and a close as `chainHead`)."""
+    return hashlib.sha256(signed_bytes(body)).hexdigest()
+
+
 def body_of(network: str, payer: str, pay_to: str, amount_atomic: int, asset: str,
             transaction: str, extra: dict[str, Any]) -> dict[str, Any]:
     return {"amount": str(amount_atomic), "asset": asset, "network": network,
@@ -95,12 +100,11 @@ def vouched(node: str, chain: list[dict[str, Any]], head: tuple[int, str] | None
         return False
     for before, after in itertools.pairwise(chain):
         if after["body"].get("seq") != before["body"].get("seq", 0) + 1 or after["body"].get(
-                "prev") != hashlib.sha256(signed_bytes(before["body"])).hexdigest():
+                "prev") != link_of(before["body"]):
             return False
     last = chain[-1]
     if head is not None:
-        return (last["body"].get("seq"), hashlib.sha256(signed_bytes(last["body"])
-                                                        ).hexdigest()) == head
+        return (last["body"].get("seq"), link_of(last["body"])) == head
     try:
         signature = bytes.fromhex(last["signature"])
     except (KeyError, TypeError, ValueError):
