@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.deployed import TICKS_PER_S, _cpu_s
 from benchmarks.tasks import _drop, _postgres_url
 
 WRITER_LEVELS = (1, 4, 16)
@@ -71,9 +72,46 @@ def _writer_process(url: str, pairs_json: str, start: str, stop: str) -> None:
     ledger.engine.dispose()
 
 
-def _writers(url: str, writers: int, workdir: Path, window_s: float) -> tuple[float, int]:
-    """Postings/s of `writers` concurrent writers over `url` (a fresh schema), and how many
-    were still unsealed when they stopped."""
+def _machine_cpu_s() -> tuple[float, float]:
+    """(busy, all) CPU seconds of the whole machine so far, summed over its cores (/proc/stat)."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / TICKS_PER_S, sum(fields[:8]) / TICKS_PER_S
+
+
+class _WaitSampler(threading.Thread):
+    """Samples what the database's active backends wait on, every 50 ms while it runs
+    (`pg_stat_activity`): 'Lock' is a row or transaction lock, one writer waiting on another;
+    'LWLock' and 'IO' are mostly the WAL; none is running on CPU."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url = url.split("?", 1)[0].replace("postgresql+psycopg", "postgresql")
+        self.counts: dict[str, int] = {}
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            while not self.done.wait(0.05):
+                for (kind,) in conn.execute(
+                        "SELECT coalesce(wait_event_type, 'CPU') FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                        "AND state = 'active' AND backend_type = 'client backend'"):
+                    self.counts[kind] = self.counts.get(kind, 0) + 1
+
+    def stop(self) -> dict[str, int]:
+        self.done.set()
+        self.join(timeout=5)
+        return self.counts
+
+
+def _writers(url: str, writers: int, workdir: Path,
+             window_s: float) -> tuple[float, int, dict[str, float]]:
+    """Postings/s of `writers` concurrent writers over `url` (a fresh schema), how many were
+    still unsealed when they stopped, and where the CPU went: the writer processes' own, the
+    rest of the machine's (PostgreSQL: the server runs here), and how many cores were busy."""
     from sqlalchemy import text
 
     from wallets import Ledger, WalletService, make_engine
@@ -100,11 +138,21 @@ def _writers(url: str, writers: int, workdir: Path, window_s: float) -> tuple[fl
             assert child.stdout is not None
             if child.stdout.readline().strip() != "ready":
                 raise RuntimeError("a writer process did not start")
+        sampler = _WaitSampler(url)
+        sampler.start()
+        clients_before = sum(_cpu_s(child.pid) for child in children)
+        machine_before = _machine_cpu_s()
         start.touch()
         began = time.perf_counter()
         time.sleep(window_s)
         stop.touch()
         elapsed = time.perf_counter() - began
+        clients_s = sum(_cpu_s(child.pid) for child in children) - clients_before
+        waits = sampler.stop()
+        machine_after = _machine_cpu_s()
+        busy_s = machine_after[0] - machine_before[0]
+        cores = os.cpu_count() or 1
+        busy_cores = cores * busy_s / max(machine_after[1] - machine_before[1], 1e-9)
         total = 0
         for child in children:
             out, _ = child.communicate(timeout=60)
@@ -118,7 +166,13 @@ def _writers(url: str, writers: int, workdir: Path, window_s: float) -> tuple[fl
         backlog = int(conn.execute(text(
             "SELECT count(*) FROM ledger_postings WHERE position IS NULL")).scalar() or 0)
     engine.dispose()
-    return total / elapsed, backlog
+    cpu = {"client_ms": 1000 * clients_s / max(total, 1),
+           "database_ms": 1000 * max(busy_s - clients_s, 0.0) / max(total, 1),
+           "cores_busy": busy_cores,
+           "lock_wait_share": waits.get("Lock", 0) / max(sum(waits.values()), 1),
+           "wal_wait_share": (waits.get("LWLock", 0) + waits.get("IO", 0))
+           / max(sum(waits.values()), 1)}
+    return total / elapsed, backlog, cpu
 
 
 def bench_writers(say: Any, window_s: float = WRITER_WINDOW_S) -> dict[str, Any]:
@@ -130,8 +184,17 @@ def bench_writers(say: Any, window_s: float = WRITER_WINDOW_S) -> dict[str, Any]
                 return {}
             say(f"ledger on PostgreSQL, {writers} concurrent writer(s)")
             try:
-                rate, backlog = _writers(url, writers, Path(tmp), window_s)
+                rate, backlog, cpu = _writers(url, writers, Path(tmp), window_s)
                 results[f"ledger_pg_postings_per_s_{writers}_writers"] = round(rate, 1)
+                results[f"ledger_pg_client_cpu_ms_per_posting_{writers}_writers"] = round(
+                    cpu["client_ms"], 3)
+                results[f"ledger_pg_database_cpu_ms_per_posting_{writers}_writers"] = round(
+                    cpu["database_ms"], 3)
+                results[f"ledger_pg_cores_busy_{writers}_writers"] = round(cpu["cores_busy"], 2)
+                results[f"ledger_pg_lock_wait_share_{writers}_writers"] = round(
+                    cpu["lock_wait_share"], 3)
+                results[f"ledger_pg_wal_wait_share_{writers}_writers"] = round(
+                    cpu["wal_wait_share"], 3)
                 if writers == WRITER_LEVELS[-1]:
                     results[f"ledger_pg_sealer_backlog_{writers}_writers"] = backlog
             finally:
@@ -139,6 +202,10 @@ def bench_writers(say: Any, window_s: float = WRITER_WINDOW_S) -> dict[str, Any]
     results["ledger_pg_writer_scaling_16_vs_1"] = round(
         results["ledger_pg_postings_per_s_16_writers"]
         / results["ledger_pg_postings_per_s_1_writers"], 2)
+    # The most 16 writers could do over one on this machine if nothing were shared at all:
+    # every core busy, at one writer's CPU per posting.
+    results["ledger_pg_writer_scaling_cpu_ceiling"] = round(
+        (os.cpu_count() or 1) / max(results["ledger_pg_cores_busy_1_writers"], 1e-9), 2)
     return results
 
 
