@@ -54,11 +54,11 @@ from marketplace.v1 import (
 )
 from marketplace.verifier_agent import VerifierAgent
 from wallets import audit
+from wallets._holds import MAX_HOLD_TIMEOUT_S
 from wallets.currencies import split
 from wallets.errors import AgentmarketError
 from wallets.fx import convert_amount
 from wallets.grpc_errors import error_info
-from wallets.ledger import MAX_HOLD_TIMEOUT_S
 from wallets.mandates import MandateTerms, sign_mandate
 from wallets.rails import payout_reference
 from wallets.v1 import wallet_pb2, wallet_pb2_grpc

@@ -27,9 +27,11 @@ from typing import Any
 
 from sqlalchemy import Connection, select, update
 
+from wallets._holds import MAX_HOLD_TIMEOUT_S
+from wallets._ledger_reads import hold_from_row
 from wallets.errors import FailedPrecondition, InvalidArgument, NotFound
 from wallets.guard import SpendContext
-from wallets.ledger import HOLDS, MAX_HOLD_TIMEOUT_S, Ledger, _hold
+from wallets.ledger import HOLDS, Ledger
 from wallets.models import Hold, Posting
 
 PREIMAGE_BYTES = 32
@@ -160,5 +162,5 @@ class ConditionalHolds:
         row = conn.execute(select(HOLDS).where(HOLDS.c.id == hold_id)).first()
         if row is None:
             raise NotFound(f"hold {hold_id!r} does not exist")
-        return _hold(row), row.condition_sha256, row.fulfilment
+        return hold_from_row(row), row.condition_sha256, row.fulfilment
 

@@ -1,5 +1,8 @@
 """The double-entry ledger: accounts, postings, two-phase holds, idempotent and atomic.
 
+Holds (reserve, capture, void, expire) are `wallets._holds`; the operator's reads are
+`wallets._ledger_reads`.
+
 Every money movement is one posting whose legs sum to zero per currency (posted, and pending
 debits against pending credits). Rails and the marketplace's fee income are accounts too, so the
 sum of every account's posted balance in a currency is always zero.
@@ -23,7 +26,6 @@ does not handle to the general path.
 
 from __future__ import annotations
 
-import hashlib
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -49,21 +51,19 @@ from wallets import _sqlite_hot as hot
 from wallets._bulk import TransferRequest, post_transfers
 from wallets._chain import GENESIS_HASH, posting_hash
 from wallets._group_commit import GroupCommitter
+from wallets._holds import MAX_LEGS, LedgerHolds
+from wallets._ledger_reads import LedgerReads, balance_from_row
 from wallets._mutation import MutationRunner, transaction_postings, transaction_sealed
 from wallets.currencies import MAX_AMOUNT_ATOMIC, check_amount, currency
 from wallets.errors import (
     AgentmarketError,
-    HoldClosed,
-    HoldExceeded,
-    HoldLocked,
     InsufficientFunds,
-    InvalidAmount,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
 )
 from wallets.guard import SpendContext, SpendGuard  # spend-guard hook
-from wallets.models import Balance, Hold, Leg, Posting, Transfer
+from wallets.models import Balance, Leg, Posting, Transfer
 from wallets.sealer import Sealer, seal
 from wallets.store import WriteSerializer, create_schema, is_sqlite
 from wallets.tables import (
@@ -111,18 +111,6 @@ _INSERT_UNSEALED = (insert(POSTINGS).values(sequence=func.nextval("ledger_postin
                     .returning(POSTINGS.c.sequence))
 _NEXT_SEQUENCES = text("SELECT nextval('ledger_posting_seq') FROM generate_series(1, :n)")
 _INSERT_ENTRY = insert(ENTRIES)
-# The hold statements of every escrow step: prepared on SQLite (`wallets._sqlite_hot`)
-_HOLD_FOR_UPDATE = hot.Statement(select(HOLDS).where(HOLDS.c.id == bindparam("hold"))
-                                 .with_for_update())  # SQLite: writers are serialised
-_SETTLE_HOLD = hot.Statement(update(HOLDS).where(HOLDS.c.id == bindparam("hold")).values(
-    captured_atomic=bindparam("captured"), voided_atomic=bindparam("voided"),
-    status=bindparam("status")))
-_DUE_HOLDS = hot.Statement(select(HOLDS.c.id).where(
-    HOLDS.c.status == "open", HOLDS.c.expires_at_ms <= bindparam("now")).limit(bindparam("limit")))
-_VOID_HOLD = hot.Statement(update(HOLDS).where(HOLDS.c.id == bindparam("hold")).values(
-    voided_atomic=bindparam("voided"), status=bindparam("status")))
-MAX_HOLD_TIMEOUT_S = 30 * 24 * 3600
-MAX_LEGS = 64
 MAX_MEMO = 256
 INT64_MAX = 2**63 - 1  # the BIGINT columns' limit
 
@@ -139,35 +127,7 @@ def _current_trace() -> tuple[str, str]:
     return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
 
 
-def _balance(row: Any) -> Balance:
-    return Balance(
-        account_id=row.id,
-        owner=row.owner,
-        currency=row.currency,
-        kind=row.kind,
-        posted_credits_atomic=row.posted_credits_atomic,
-        posted_debits_atomic=row.posted_debits_atomic,
-        pending_debits_atomic=row.pending_debits_atomic,
-        pending_credits_atomic=row.pending_credits_atomic,
-        credit_limit_atomic=row.credit_limit_atomic,
-    )
-
-
-def _hold(row: Any) -> Hold:
-    return Hold(
-        hold_id=row.id,
-        debit_account_id=row.debit_account_id,
-        credit_account_id=row.credit_account_id,
-        currency=row.currency,
-        amount_atomic=row.amount_atomic,
-        captured_atomic=row.captured_atomic,
-        voided_atomic=row.voided_atomic,
-        status=row.status,
-        expires_at_ms=row.expires_at_ms,
-    )
-
-
-class Ledger(MutationRunner):
+class Ledger(LedgerHolds, LedgerReads, MutationRunner):
     """The ledger over one database. Thread-safe; share one per process and engine."""
 
     def __init__(self, engine: Engine, *, clock_ms: Callable[[], int] | None = None,
@@ -221,11 +181,6 @@ class Ledger(MutationRunner):
         returns how many were waiting."""
         return seal(self.engine)
 
-    # ---- transactions -------------------------------------------------------------------
-
-    def _read(self) -> Connection:
-        return self.engine.connect().execution_options(agentmarket_read=True)
-
     # ---- accounts -----------------------------------------------------------------------
 
     def open_account(
@@ -272,7 +227,7 @@ class Ledger(MutationRunner):
                     ACCOUNTS.c.kind == kind,
                 )
             ).first()
-        return _balance(row) if row else None
+        return balance_from_row(row) if row else None
 
     def balance(self, account_id: str) -> Balance:
         """Current balances; holds past their timeout are expired first, so none outlives it."""
@@ -281,14 +236,14 @@ class Ledger(MutationRunner):
             row = conn.execute(select(ACCOUNTS).where(ACCOUNTS.c.id == account_id)).first()
         if row is None:
             raise NotFound(f"account {account_id!r} does not exist")
-        return _balance(row)
+        return balance_from_row(row)
 
     def accounts(self, owner: str | None = None) -> list[Balance]:
         query = select(ACCOUNTS).order_by(ACCOUNTS.c.kind, ACCOUNTS.c.owner, ACCOUNTS.c.currency)
         if owner is not None:
             query = query.where(ACCOUNTS.c.owner == owner)
         with self._read() as conn:
-            return [_balance(row) for row in conn.execute(query)]
+            return [balance_from_row(row) for row in conn.execute(query)]
 
     # ---- postings -----------------------------------------------------------------------
 
@@ -355,7 +310,7 @@ class Ledger(MutationRunner):
     def _accounts_for(self, conn: Connection, account_ids: Iterable[str]) -> dict[str, Balance]:
         ids = sorted(set(account_ids))
         rows = conn.execute(_SELECT_ACCOUNTS, {"ids": ids}).all()
-        found = {row.id: _balance(row) for row in rows}
+        found = {row.id: balance_from_row(row) for row in rows}
         for account_id in ids:
             if account_id not in found:
                 raise NotFound(f"account {account_id!r} does not exist")
@@ -429,289 +384,11 @@ class Ledger(MutationRunner):
                 raise ResourceExhausted(
                     f"account {leg.account_id}'s running totals would pass {INT64_MAX} atomic; "
                     "move its balance to a new account", reason="ACCOUNT_TOTALS_EXHAUSTED")
-            have = _balance(row)
+            have = balance_from_row(row)
             need = -(leg.posted_atomic - leg.pending_debit_atomic)
             raise InsufficientFunds(
                 f"account {leg.account_id} has {have.available_atomic} atomic "
                 f"{have.currency} available, {need} needed"
             )
-
-    # ---- holds --------------------------------------------------------------------------
-
-    def hold(self, key: str, debit_account_id: str, credit_account_id: str, amount_atomic: int,
-             *, timeout_s: int, spend: SpendContext | None = None) -> Hold:
-        """Reserve money on the debit account for the credit account until captured or voided."""
-        check_amount(amount_atomic)
-        if not 1 <= timeout_s <= MAX_HOLD_TIMEOUT_S:
-            raise InvalidArgument(f"timeout_s must be 1..{MAX_HOLD_TIMEOUT_S}, got {timeout_s}")
-        if debit_account_id == credit_account_id:
-            raise InvalidArgument("debit and credit accounts must differ")
-        request: dict[str, Any] = {"debit": debit_account_id, "credit": credit_account_id,
-                                   "amount": amount_atomic, "timeout_s": timeout_s}
-        if spend is not None:  # spend-guard hook: the context is part of the request
-            request["spend"] = spend.request()
-
-        def apply(conn: Connection) -> Hold:
-            return self.hold_in(conn, key, debit_account_id, credit_account_id, amount_atomic,
-                                timeout_s=timeout_s, spend=spend)
-
-        return self.mutate(key, "hold", request, apply, Hold.to_json, Hold.from_json)
-
-    def hold_in(self, conn: Connection, key: str, debit_account_id: str, credit_account_id: str,
-                amount_atomic: int, *, timeout_s: int,
-                spend: SpendContext | None = None) -> Hold:
-        """`hold` inside a caller's transaction (escrow opens one atomically with its record)."""
-        transfers = [Transfer(debit_account_id, credit_account_id, amount_atomic)]
-        if self._sqlite:  # one statement: the accounts, and which wallets have controls
-            accounts, controlled = hot.accounts_with_controls(
-                conn, [debit_account_id, credit_account_id])
-            if not self.spend_guard.idle(transfers, accounts, spend, controlled):
-                self.spend_guard.check(conn, key, "hold", transfers, accounts, spend)
-        else:
-            accounts = self._accounts_for(conn, [debit_account_id, credit_account_id])
-            self.spend_guard.check(  # spend-guard hook
-                conn, key, "hold", transfers, accounts, spend)
-        code = accounts[debit_account_id].currency
-        hold_id = uuid.uuid4().hex
-        self._post(conn, key, "hold", [
-            Leg(debit_account_id, code, pending_debit_atomic=amount_atomic),
-            Leg(credit_account_id, code, pending_credit_atomic=amount_atomic),
-        ], hold_id=hold_id)
-        expires_at_ms = self.clock_ms() + timeout_s * 1000
-        row = dict(
-            id=hold_id, debit_account_id=debit_account_id, credit_account_id=credit_account_id,
-            currency=code, amount_atomic=amount_atomic, captured_atomic=0, voided_atomic=0,
-            status="open", expires_at_ms=expires_at_ms, condition_sha256="", fulfilment="",
-        )
-        hot.insert(conn, HOLDS, row)
-        return Hold(hold_id, debit_account_id, credit_account_id, code, amount_atomic, 0, 0,
-                    "open", expires_at_ms)
-
-    def get_hold(self, hold_id: str) -> Hold:
-        self.expire_holds(hold_id=hold_id)
-        with self._read() as conn:
-            row = conn.execute(select(HOLDS).where(HOLDS.c.id == hold_id)).first()
-        if row is None:
-            raise NotFound(f"hold {hold_id!r} does not exist")
-        return _hold(row)
-
-    def capture(self, key: str, hold_id: str, amount_atomic: int,
-                splits: Sequence[tuple[str, int]] | None = None, *, final: bool = False) -> Posting:
-        """Pay `amount_atomic` out of a hold, split over credit accounts (default: the hold's).
-
-        Several partial captures are allowed up to the held amount; `final=True` voids whatever
-        is left in the same posting, so capture and release are one atomic step.
-        """
-        check_amount(amount_atomic, allow_zero=final)
-        request = {"hold": hold_id, "amount": amount_atomic,
-                   "splits": [list(s) for s in splits or []], "final": final}
-        self.expire_holds(hold_id=hold_id)
-
-        def apply(conn: Connection) -> Posting:
-            return self.capture_in(conn, key, hold_id, amount_atomic, splits, final=final)
-
-        return self.mutate(key, "capture", request, apply, Posting.to_json, Posting.from_json)
-
-    def capture_in(self, conn: Connection, key: str, hold_id: str, amount_atomic: int,
-                   splits: Sequence[tuple[str, int]] | None = None, *,
-                   final: bool = False, preimage: bytes = b"") -> Posting:
-        """`preimage`: unlocks a hash-locked hold (`wallets.conditional`); others ignore it."""
-        hold = self._open_hold(conn, hold_id, preimage)
-        splits = list(splits) if splits else [(hold.credit_account_id, amount_atomic)]
-        if len(splits) > MAX_LEGS or any(a < 0 for _, a in splits) \
-                or sum(a for _, a in splits) != amount_atomic:
-            raise InvalidAmount(f"splits must be positive and sum to {amount_atomic}")
-        if amount_atomic > hold.open_atomic:
-            raise HoldExceeded(
-                f"capture of {amount_atomic} exceeds the {hold.open_atomic} still held"
-            )
-        release = hold.open_atomic - amount_atomic if final else 0
-        if self._sqlite:  # the same checks (each exists, one currency), one statement
-            hot.accounts_with_controls(conn, [hold.debit_account_id, *(a for a, _ in splits)])
-        else:
-            self._accounts_for(conn, [hold.debit_account_id, *(a for a, _ in splits)])
-        moved = amount_atomic + release
-        legs: dict[str, list[int]] = {
-            hold.debit_account_id: [-amount_atomic, -moved, 0],
-            hold.credit_account_id: [0, 0, -moved],
-        }
-        for account_id, part in splits:
-            if part:
-                legs.setdefault(account_id, [0, 0, 0])[0] += part
-        posting = self._post(conn, key, "capture", [
-            Leg(a, hold.currency, posted_atomic=p, pending_debit_atomic=pd,
-                pending_credit_atomic=pc) for a, (p, pd, pc) in legs.items()
-        ], hold_id=hold_id)
-        captured = hold.captured_atomic + amount_atomic
-        voided = hold.voided_atomic + release
-        status = "open" if captured + voided < hold.amount_atomic else (
-            "captured" if captured else "voided")
-        _SETTLE_HOLD.run(conn, {"hold": hold_id, "captured": captured, "voided": voided,
-                                "status": status})
-        return posting
-
-    def void(self, key: str, hold_id: str) -> Posting:
-        """Release everything still held back to the debit account."""
-        self.expire_holds(hold_id=hold_id)
-
-        def apply(conn: Connection) -> Posting:
-            return self.void_in(conn, key, hold_id)
-
-        return self.mutate(key, "void", {"hold": hold_id}, apply,
-                           Posting.to_json, Posting.from_json)
-
-    def void_in(self, conn: Connection, key: str, hold_id: str, *, kind: str = "void") -> Posting:
-        hold = self._open_hold(conn, hold_id) if kind == "void" else self._hold_row(conn, hold_id)
-        left = hold.open_atomic
-        posting = self._post(conn, key, kind, [
-            Leg(hold.debit_account_id, hold.currency, pending_debit_atomic=-left),
-            Leg(hold.credit_account_id, hold.currency, pending_credit_atomic=-left),
-        ], hold_id=hold_id)
-        status = "expired" if kind == "expire" else ("voided" if not hold.captured_atomic
-                                                     else "captured")
-        _VOID_HOLD.run(conn, {"hold": hold_id, "voided": hold.voided_atomic + left,
-                              "status": status})
-        return posting
-
-    def _hold_row(self, conn: Connection, hold_id: str) -> Hold:
-        row = self._hold_for_update(conn, hold_id)
-        if row is None:
-            raise NotFound(f"hold {hold_id!r} does not exist")
-        return _hold(row)
-
-    def _open_hold(self, conn: Connection, hold_id: str, preimage: bytes = b"") -> Hold:
-        """The hold, FOR UPDATE: concurrent captures of one hold queue here and each sees what
-        the one before left (1000 concurrent captures of one hold all succeeded without it)."""
-        row = self._hold_for_update(conn, hold_id)
-        if row is None:
-            raise NotFound(f"hold {hold_id!r} does not exist")
-        hold = _hold(row)
-        if hold.status == "open" and hold.expires_at_ms <= self.clock_ms():
-            raise HoldClosed(f"hold {hold_id} has expired; its money goes back to the payer")
-        if hold.status != "open":
-            raise HoldClosed(f"hold {hold_id} is already {hold.status}")
-        # A hash-locked hold (wallets.conditional) is captured only with its preimage and
-        # voided only by its timeout: a plain capture or void is refused.
-        if row.condition_sha256 and hashlib.sha256(preimage).hexdigest() != \
-                row.condition_sha256:
-            raise HoldLocked(f"hold {hold_id} is locked by a SHA-256 condition: only its "
-                             "preimage captures it, and only its timeout voids it")
-        return hold
-
-    def _hold_for_update(self, conn: Connection, hold_id: str) -> Any:
-        """The hold's row, locked (SQLite: writers are serialised, a plain read)."""
-        return _HOLD_FOR_UPDATE.first(conn, {"hold": hold_id})
-
-    def expire_holds(self, *, account_id: str | None = None, hold_id: str | None = None,
-                     limit: int = 1000) -> int:
-        """Void every open hold past its timeout (the sweeper; also run on access)."""
-        now = self.clock_ms()
-        if account_id is None and hold_id is None:  # the sweeper's, every round: built once
-            with hot.reading(self.engine) as reader:
-                due = [row.id for row in _DUE_HOLDS.all(reader, {"now": now, "limit": limit})]
-            return self._expire(due)
-        query = select(HOLDS.c.id).where(HOLDS.c.status == "open", HOLDS.c.expires_at_ms <= now)
-        if account_id is not None:  # either side: the payee's pending credits expire too
-            query = query.where(or_(HOLDS.c.debit_account_id == account_id,
-                                    HOLDS.c.credit_account_id == account_id))
-        if hold_id is not None:
-            query = query.where(HOLDS.c.id == hold_id)
-        with self._read() as conn:
-            due = [row.id for row in conn.execute(query.limit(limit))]
-        return self._expire(due)
-
-    def _expire(self, due: list[str]) -> int:
-        expired = 0
-        for due_id in due:
-            with self._write() as conn:
-                hold = self._hold_row(conn, due_id)
-                if hold.status == "open" and hold.expires_at_ms <= self.clock_ms():
-                    self.void_in(conn, f"expire:{due_id}", due_id, kind="expire")
-                    expired += 1
-        return expired
-
-    # ---- reading ------------------------------------------------------------------------
-
-    def history(self, account_id: str, *, limit: int = 100,
-                before_sequence: int = 0) -> list[Posting]:
-        """Postings touching an account, newest first."""
-        if not 1 <= limit <= 1000:
-            raise InvalidArgument("limit must be 1..1000")
-        seq_query = select(ENTRIES.c.sequence).where(ENTRIES.c.account_id == account_id)
-        if before_sequence:
-            seq_query = seq_query.where(ENTRIES.c.sequence < before_sequence)
-        seq_query = seq_query.order_by(ENTRIES.c.sequence.desc()).limit(limit)
-        with self._read() as conn:
-            if conn.execute(select(ACCOUNTS.c.id).where(ACCOUNTS.c.id == account_id)).first() \
-                    is None:
-                raise NotFound(f"account {account_id!r} does not exist")
-            sequences = [row.sequence for row in conn.execute(seq_query)]
-            return self._postings(conn, sequences)
-
-    def postings(self, *, trace_id: str | None = None, hold_id: str | None = None,
-                 account_id: str | None = None, kind: str | None = None,
-                 since_ms: int | None = None, limit: int = 1000,
-                 newest_first: bool = False,
-                 before_sequence: int | None = None) -> list[Posting]:
-        """Postings matching every filter given (the operator's view of the ledger);
-        `before_sequence` pages back from a sequence number."""
-        order = POSTINGS.c.sequence.desc() if newest_first else POSTINGS.c.sequence
-        query = select(POSTINGS.c.sequence).order_by(order).limit(limit)
-        if before_sequence is not None:
-            query = query.where(POSTINGS.c.sequence < before_sequence)
-        if trace_id:
-            query = query.where(POSTINGS.c.trace_id == trace_id)
-        if hold_id:
-            query = query.where(POSTINGS.c.hold_id == hold_id)
-        if kind:
-            query = query.where(POSTINGS.c.kind == kind)
-        if since_ms is not None:
-            query = query.where(POSTINGS.c.created_at_ms >= since_ms)
-        if account_id:
-            query = query.where(POSTINGS.c.sequence.in_(
-                select(ENTRIES.c.sequence).where(ENTRIES.c.account_id == account_id)))
-        with self._read() as conn:
-            return self._postings(conn, [row.sequence for row in conn.execute(query)])
-
-    def open_hold_totals(self) -> list[tuple[str, int, int]]:
-        """(currency, open holds, amount still held) for the metrics gauges."""
-        still_held = HOLDS.c.amount_atomic - HOLDS.c.captured_atomic - HOLDS.c.voided_atomic
-        query = (select(HOLDS.c.currency, func.count(), func.coalesce(func.sum(still_held), 0))
-                 .where(HOLDS.c.status == "open").group_by(HOLDS.c.currency))
-        with self._read() as conn:
-            return [(code, int(n), int(amount)) for code, n, amount in conn.execute(query)]
-
-    def holds(self, *, account_id: str | None = None, status: str | None = None,
-              limit: int = 1000) -> list[Hold]:
-        """Holds on an account (either side), newest expiry first."""
-        query = select(HOLDS).order_by(HOLDS.c.expires_at_ms.desc()).limit(limit)
-        if account_id:
-            query = query.where(or_(HOLDS.c.debit_account_id == account_id,
-                                    HOLDS.c.credit_account_id == account_id))
-        if status:
-            query = query.where(HOLDS.c.status == status)
-        with self._read() as conn:
-            return [_hold(row) for row in conn.execute(query)]
-
-    def _postings(self, conn: Connection, sequences: list[int]) -> list[Posting]:
-        if not sequences:
-            return []
-        legs: dict[int, list[Leg]] = {}
-        for e in conn.execute(select(ENTRIES).where(ENTRIES.c.sequence.in_(sequences))
-                              .order_by(ENTRIES.c.id)):
-            legs.setdefault(e.sequence, []).append(Leg(
-                e.account_id, e.currency, e.posted_atomic, e.pending_debit_atomic,
-                e.pending_credit_atomic))
-        rows = conn.execute(select(POSTINGS).where(POSTINGS.c.sequence.in_(sequences))).all()
-        by_seq = {
-            r.sequence: Posting(
-                sequence=r.sequence, idempotency_key=r.idempotency_key, kind=r.kind,
-                legs=tuple(legs.get(r.sequence, ())), created_at_ms=r.created_at_ms,
-                hold_id=r.hold_id, memo=r.memo, trace_id=r.trace_id, span_id=r.span_id,
-                hash=r.hash)
-            for r in rows
-        }
-        return [by_seq[s] for s in sequences if s in by_seq]
-
 
 assert MAX_AMOUNT_ATOMIC < 2**63
