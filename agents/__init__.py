@@ -59,7 +59,8 @@ from agents.errors import (
 )
 from agents.metering import Meter, Tariff, current_meter
 from agents.negotiation import ConcessionStrategy, Limits, Strategy
-from agents.payments import PaymentGate, PaymentSession
+from agents.payment_session import PaymentSession
+from agents.payments import PaymentGate
 from agents.results import AgreementState, CallResult, Escrow, Money, Usage, Wallet
 from agents.seller import SellerAgent
 from agents.skills import (

@@ -19,7 +19,7 @@ from agents._deal import Deal, receipt_problem
 from agents._rpc import sdk_error
 from agents._serving import STOP_REASON_KEY
 from agents.errors import FailedPrecondition
-from agents.payments import PaymentSession
+from agents.payment_session import PaymentSession
 from agents.results import Usage
 from agents.v1 import agent_pb2
 

@@ -34,7 +34,7 @@ from agents._deal import (
 from agents._grpc_payment import ANSWER_MAY_BE_LOST
 from agents.errors import ApprovalRequired, InvalidArgument
 from agents.keystore import load_key
-from agents.payments import PaymentSession
+from agents.payment_session import PaymentSession
 from agents.results import AgreementState, CallResult, Escrow, Usage
 from agents.v1 import agent_pb2
 from marketplace import agreements as ag

@@ -17,7 +17,7 @@ from agents._bargain import Quote
 from agents._schemas_cache import validator
 from agents.errors import AgentmarketError, AgreementEnded, InvalidArgument, NegotiationFailed
 from agents.metering import CALLS, Tariff
-from agents.payments import links_for
+from agents.payment_session import links_for
 from agents.results import AgreementState, Escrow
 from marketplace import agreements as ag
 from marketplace.payword import MAX_CHAIN_LENGTH, PaywordChain

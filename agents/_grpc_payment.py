@@ -13,7 +13,8 @@ from typing import Any
 
 import grpc
 
-from agents.payments import VOUCHER_METADATA_KEY, Admission, PaymentGate, PaymentSession
+from agents.payment_session import PaymentSession
+from agents.payments import VOUCHER_METADATA_KEY, Admission, PaymentGate
 from marketplace._call_details import with_metadata
 from marketplace.v1 import agreement_pb2
 from wallets.caller import current_caller

@@ -20,7 +20,8 @@ from agents._deal import Deal, receipt_problem
 from agents._rpc import sdk_error
 from agents._serving import STOP_REASON_KEY
 from agents.errors import FailedPrecondition
-from agents.payments import VOUCHER_METADATA_KEY, PaymentSession
+from agents.payment_session import PaymentSession
+from agents.payments import VOUCHER_METADATA_KEY
 from agents.results import Usage
 from agents.v1 import agent_pb2
 

@@ -35,7 +35,7 @@ from x402.schemas import PaymentRequired, PaymentRequirements
 from agents._deal import chain_shape
 from agents.errors import AgentmarketError
 from agents.metering import Tariff
-from agents.payments import PaymentSession
+from agents.payment_session import PaymentSession
 from agents.x402 import network as net
 from marketplace import agreements as ag
 from marketplace.identity import AgentKey

@@ -19,7 +19,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
-from agents.payments import VOUCHER_METADATA_KEY, PaymentGate, PaymentSession
+from agents.payment_session import PaymentSession
+from agents.payments import VOUCHER_METADATA_KEY, PaymentGate
 from agents.v1 import agent_pb2
 from marketplace import agreements as ag
 from marketplace import pricing
