@@ -5,9 +5,10 @@ call prepaid with the session's next PayWord voucher) calls `POST /v1/skills/{li
 the gateway, which checks the payment through x402's resource server and agentmarket's
 facilitator scheme, forwards the call to the seller over gRPC with the voucher (the seller checks
 it again, meters and journals the call) and answers with PAYMENT-RESPONSE. Unpaid: the same
-HTTP request to a door of the same shape on the same kind of server (uvicorn, Starlette, JSON
-in and out) forwarding to the same skill behind a bare gRPC server (`benchmarks.paid_call`'s
-unpaid side): so the ratio is what paying over HTTP costs.
+HTTP request to a door of the same shape on the same kind of server (uvicorn, Starlette with
+the gateway's host check and security headers, JSON in and out) forwarding to the same skill
+behind a bare gRPC server (`benchmarks.paid_call`'s unpaid side): so the ratio is what paying
+over HTTP costs.
 
 16 clients, each its own HTTP connection and (paid) its own buyer key and session: a session's
 calls are one hold and one capture on the ledger, reported as postings per 100 calls. The
@@ -28,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -39,6 +42,7 @@ from benchmarks.paid_call import SKILLS, _cpu_s, _serve_unpaid, _Server
 from marketplace import MarketplaceNode
 from marketplace.aio_client import aio_channel
 from marketplace.http import HttpServer
+from marketplace.http.app import LOOPBACK_HOSTS, SecurityHeaders
 from marketplace.identity import AgentKey
 
 CLIENTS = 16
@@ -69,7 +73,9 @@ def _unpaid_door(endpoint_box: dict[str, str]) -> Starlette:
         body = {"output": json.loads(reply.output_json)}
         return Response(json.dumps(body), media_type="application/json")
 
-    return Starlette(routes=[Route("/v1/free/{skill}", call, methods=["POST"])])
+    return Starlette(routes=[Route("/v1/free/{skill}", call, methods=["POST"])], middleware=[
+        Middleware(SecurityHeaders),  # the gateway's own middleware, so only paying differs
+        Middleware(TrustedHostMiddleware, allowed_hosts=list(LOOPBACK_HOSTS))])
 
 
 def _clients(url: str, network: str, seeds: list[Any], calls: int, close_base: str,

@@ -116,7 +116,10 @@ def test_the_old_readme_program_never_stopping_its_seller_also_runs_twice(tmp_pa
 # ---- a seller's process ends: its listing goes with it ---------------------------------------
 
 SELLER_PROGRAM = textwrap.dedent('''
-    import sys, time
+    import signal, sys, time
+    # Ctrl-C raises KeyboardInterrupt, as in a terminal, even when the test runner was started
+    # in the background and its children inherited SIGINT ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from pydantic import BaseModel
     from agents import SellerAgent, per_call, skill
 
