@@ -13,7 +13,9 @@ over HTTP costs.
 16 clients, each its own HTTP connection and (paid) its own buyer key and session: a session's
 calls are one hold and one capture on the ledger, reported as postings per 100 calls. The
 clients run in a process of their own, the seller and the unpaid server in theirs; the node and
-both doors share this process. Run: `python -m benchmarks.x402_gateway` (or `make bench`).
+both doors share this process. Measured for both kinds of seller server, each against an
+unpaid server of its kind: threaded (`x402_paid_call_ratio`) and grpc.aio (`..._aio`).
+Run: `python -m benchmarks.x402_gateway` (or `make bench`).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from starlette.routing import Route
 from agents import BuyerAgent, SellerAgent
 from agents.v1 import agent_pb2, agent_pb2_grpc
 from agents.x402 import Gateway
-from benchmarks.paid_call import SKILLS, _cpu_s, _serve_unpaid, _Server
+from benchmarks.paid_call import SKILLS, _cpu_s, _serve_unpaid, _serve_unpaid_aio, _Server
 from marketplace import MarketplaceNode
 from marketplace.aio_client import aio_channel
 from marketplace.http import HttpServer
@@ -50,10 +52,11 @@ CALLS_PER_CLIENT = 150
 ROUNDS = 5
 
 
-def _serve_seller(marketplace: str, ready: Any, stop: Any) -> None:
-    """Child process: the echo seller, settling at redeem (dispute window 0)."""
+def _serve_seller(marketplace: str, kind: str, ready: Any, stop: Any) -> None:
+    """Child process: the echo seller on `kind` of server, settling at redeem (dispute
+    window 0)."""
     seller = SellerAgent("echo", skills=[SKILLS["echo"]], marketplace=marketplace,
-                         dispute_window_s=0).serve()
+                         dispute_window_s=0, server=kind).serve()
     ready.put(seller.endpoint)
     stop.wait()
     seller.stop(0)
@@ -138,12 +141,21 @@ def _round(url: str, network: str, seeds: list[Any], close_base: str, server_pid
 
 
 def run(progress: Any = None) -> dict[str, float]:
+    """Both kinds of seller server, each against an unpaid server of its kind: the threaded
+    one (the headline `x402_paid_call_ratio`) and grpc.aio (keys ending `_aio`)."""
+    results = _measure("threaded", progress)
+    results.update({f"{key}_aio": value for key, value in _measure("aio", progress).items()
+                    if key != "x402_clients"})
+    return results
+
+
+def _measure(kind: str, progress: Any) -> dict[str, float]:
     say = progress or (lambda text: None)
     with tempfile.TemporaryDirectory(prefix="agentmarket-bench-") as tmp:
         node = MarketplaceNode(f"sqlite:///{Path(tmp) / 'market.db'}",
                                sweep_interval_s=3600).start()
-        seller = _Server(_serve_seller, node.address)
-        unpaid = _Server(_serve_unpaid, "echo")
+        seller = _Server(_serve_seller, node.address, kind)
+        unpaid = _Server(_serve_unpaid_aio if kind == "aio" else _serve_unpaid, "echo")
         gateway = Gateway(node)
         paid_http = HttpServer(gateway.app()).start()
         free_http = HttpServer(_unpaid_door({"endpoint": unpaid.address})).start()
@@ -154,7 +166,7 @@ def run(progress: Any = None) -> dict[str, float]:
             close_base = f"{paid_http.url}/v1/sessions"
             paid, free, postings = [], [], []
             for index in range(ROUNDS):
-                say(f"x402 gateway: round {index + 1}/{ROUNDS}")
+                say(f"x402 gateway, {kind} seller: round {index + 1}/{ROUNDS}")
                 seeds = [os.urandom(32) for _ in range(CLIENTS)]
                 for seed in seeds:
                     with BuyerAgent("bench", marketplace=node.address,
