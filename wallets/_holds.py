@@ -26,7 +26,7 @@ from wallets.errors import (
     NotFound,
 )
 from wallets.guard import SpendContext
-from wallets.models import Balance, Hold, Leg, Posting, Transfer
+from wallets.models import MAX_LEGS, Balance, Hold, Leg, Posting, Transfer
 
 # The hold statements of every escrow step: prepared on SQLite (`wallets._sqlite_hot`)
 _HOLD_FOR_UPDATE = hot.Statement(select(HOLDS).where(HOLDS.c.id == bindparam("hold"))
@@ -39,7 +39,6 @@ _DUE_HOLDS = hot.Statement(select(HOLDS.c.id).where(
 _VOID_HOLD = hot.Statement(update(HOLDS).where(HOLDS.c.id == bindparam("hold")).values(
     voided_atomic=bindparam("voided"), status=bindparam("status")))
 MAX_HOLD_TIMEOUT_S = 30 * 24 * 3600
-MAX_LEGS = 64
 
 
 class LedgerHolds(LedgerReads, MutationRunner):

@@ -51,8 +51,9 @@ from wallets import _sqlite_hot as hot
 from wallets._bulk import TransferRequest, post_transfers
 from wallets._chain import GENESIS_HASH, posting_hash
 from wallets._group_commit import GroupCommitter
-from wallets._holds import MAX_LEGS, LedgerHolds
-from wallets._ledger_reads import LedgerReads, balance_from_row
+from wallets._holds import LedgerHolds
+from wallets._ledger_reads import ACCOUNTS, ENTRIES, POSTINGS, LedgerReads, balance_from_row
+from wallets._ledger_reads import HOLDS as HOLDS  # the hold table, for those that read it here
 from wallets._mutation import MutationRunner, transaction_postings, transaction_sealed
 from wallets.currencies import MAX_AMOUNT_ATOMIC, check_amount, currency
 from wallets.errors import (
@@ -63,22 +64,11 @@ from wallets.errors import (
     ResourceExhausted,
 )
 from wallets.guard import SpendContext, SpendGuard  # spend-guard hook
-from wallets.models import Balance, Leg, Posting, Transfer
+from wallets.models import MAX_LEGS, Balance, Leg, Posting, Transfer
 from wallets.sealer import Sealer, seal
 from wallets.store import WriteSerializer, create_schema, is_sqlite
-from wallets.tables import (
-    AccountRow,
-    EntryRow,
-    HoldRow,
-    IdempotencyRow,
-    LedgerHeadRow,
-    PostingRow,
-)
+from wallets.tables import IdempotencyRow, LedgerHeadRow
 
-ACCOUNTS = AccountRow.__table__  # type: ignore[attr-defined]
-POSTINGS = PostingRow.__table__  # type: ignore[attr-defined]
-ENTRIES = EntryRow.__table__  # type: ignore[attr-defined]
-HOLDS = HoldRow.__table__  # type: ignore[attr-defined]
 HEAD = LedgerHeadRow.__table__  # type: ignore[attr-defined]
 KEYS = IdempotencyRow.__table__  # type: ignore[attr-defined]
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+MAX_LEGS = 64  # legs of one posting: transfers linked together, or a capture's splits
+
 
 @dataclass(frozen=True, slots=True)
 class Balance:
