@@ -31,6 +31,7 @@ import requests
 from eth_account import Account
 from eth_account.messages import encode_defunct
 from sqlalchemy import Connection, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from web3 import Web3
 from web3.contract import Contract
 
@@ -297,11 +298,14 @@ class UsdcRail(Payouts):
         if row is not None:
             return int(row.next_nonce), int(row.scanned_block)
         nonce = int(self.w3.eth.get_transaction_count(self.address, "pending"))
-        with self.ledger.engine.begin() as conn:
-            if conn.execute(select(STATE.c.rail).where(STATE.c.rail == self.name)).first() \
-                    is None:
-                conn.execute(insert(STATE).values(rail=self.name, next_nonce=nonce,
-                                                  scanned_block=0))
+        try:
+            with self.ledger.engine.begin() as conn:
+                if conn.execute(select(STATE.c.rail).where(STATE.c.rail == self.name)).first() \
+                        is None:
+                    conn.execute(insert(STATE).values(rail=self.name, next_nonce=nonce,
+                                                      scanned_block=0))
+        except IntegrityError:  # created meanwhile (the scanner, a withdrawal, another node)
+            pass
         return self._state()
 
     def _save_scanned(self, head: int) -> None:
