@@ -40,6 +40,7 @@ from marketplace.auth import signed_channel
 from marketplace.cli.main import app
 from marketplace.identity import AgentKey
 from marketplace.node import MarketplaceNode
+from marketplace.settlement import REDEEM_GRACE_DIVISOR
 from marketplace.testing import Deal, make_deal, make_listing, make_skill, make_terms
 from marketplace.v1 import (
     agreement_pb2,
@@ -659,11 +660,13 @@ def expire(w: World) -> None:
     """The seller takes the sweep's key `expire-agreement:<agreement>` and never delivers:
     the buyer's money still comes back at the deadline."""
     buyer, seller = w.party(10), w.party()
-    deal = w.deal(buyer, seller, deadline_ms=_now_ms() + 1_500)
+    deadline_ms = _now_ms() + 1_500
+    deal = w.deal(buyer, seller, deadline_ms=deadline_ms)
     a = deal.agreement_id
     w.open(buyer, deal)
     w.squat(seller, [f"expire-agreement:{a}", f"expire:{w.escrow(deal)['hold_id']}"])
-    time.sleep(1.6)
+    # past the deadline and the seller's redeem grace (a tenth of the agreement's span)
+    time.sleep(max(0, deadline_ms + 1_500 // REDEEM_GRACE_DIVISOR + 100 - _now_ms()) / 1000)
     w.node.settlement.sweep()
     assert w.escrow(deal)["state"] == "expired" and w.available(buyer) == 10 * CENT
 
