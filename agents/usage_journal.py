@@ -80,6 +80,10 @@ _LAZY_S = 0.2
 # How long a synchronous change (open, redeem, forget) waits for its commit: longer than a
 # call's default, as it is rare and a seller would rather wait than fail an agreement.
 _SYNC_TIMEOUT_S = 30.0
+# How long an idle writer sleeps before it looks at the queue again: a paid call's worker that
+# would write its own batch (`_write_own`) but never waits for it (its caller hung up, its
+# coroutine was cancelled) does not wake the writer, which takes that batch within this time.
+_IDLE_RECHECK_S = 0.1
 
 
 class UsageJournal(JournalStore):
@@ -205,9 +209,10 @@ class UsageJournal(JournalStore):
         error to its own `Pending`, not here); `JournalError` if that takes over `timeout_s`."""
         with self._lock:
             last = self._last
-            if last is not None and not last.eager:  # lazy rows only: write them now
-                last.eager = last.urgent = True
-                self._wakeup.notify()
+            if last is not None and not last.done.is_set():
+                if not last.eager:  # lazy rows only: write them now
+                    last.eager = last.urgent = True
+                self._wakeup.notify()  # an owned batch whose owner never waits: take it
         if last is not None and not last.done.wait(timeout_s):
             raise JournalError(f"the usage journal did not commit within {timeout_s:g} s")
 
@@ -377,7 +382,7 @@ class UsageJournal(JournalStore):
                 if self._closed:
                     return None
                 self._idle = True
-                self._wakeup.wait()
+                self._wakeup.wait(_IDLE_RECHECK_S)
                 self._idle = False
             head = self._queue[0]
             lazy_left = head.since + _LAZY_S - time.monotonic()

@@ -174,6 +174,31 @@ def test_a_batch_waits_for_the_record_of_a_running_call(db_url: str):
         assert [c.position for c in journal.load()[0].calls] == [0, 1]
 
 
+def test_a_record_its_worker_never_waits_for_is_written_anyway(db_url: str):
+    """A paid call's worker may write its own batch as it waits (no thread switch to the
+    writer); when it records and then never waits (the buyer hung up, its coroutine was
+    cancelled) the idle writer, which nobody woke, still writes the record, and `flush`
+    does not stall on it."""
+    with UsageJournal(db_url) as journal:
+        journal.open_agreement("agr", "seller", b"body")
+        recorded: list = []
+        worker = threading.Thread(target=journal.expecting(
+            lambda: recorded.append(_record(journal, "agr", _call("agr", 0)))))
+        worker.start()
+        worker.join(10)
+        deadline = time.monotonic() + 5
+        while not recorded[0].done():
+            assert time.monotonic() < deadline, "the unwaited record was never written"
+            time.sleep(0.01)
+        assert [c.position for c in journal.load()[0].calls] == [0]
+        worker = threading.Thread(target=journal.expecting(
+            lambda: recorded.append(_record(journal, "agr", _call("agr", 1)))))
+        worker.start()
+        worker.join(10)
+        journal.flush(5)
+        assert recorded[1].done() and not recorded[1].failed()
+
+
 @pytest.mark.parametrize("ending", ["returns", "raises"])
 def test_a_running_call_that_ends_without_a_record_releases_the_batch(db_url: str,
                                                                      ending: str):
