@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents._bargain import Quote
-from agents._schemas_cache import validator
 from agents.errors import AgentmarketError, AgreementEnded, InvalidArgument, NegotiationFailed
 from agents.metering import CALLS, Tariff
 from agents.payment_session import links_for
 from agents.results import AgreementState, Escrow
 from marketplace import agreements as ag
 from marketplace.payword import MAX_CHAIN_LENGTH, PaywordChain
+from marketplace.schema_validators import validator
 from marketplace.v1 import agreement_pb2
 
 MAX_LINKS_PER_CALL = 64

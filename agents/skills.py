@@ -33,7 +33,6 @@ from pydantic import BaseModel, TypeAdapter
 
 from agents import _async
 from agents._schemas import STREAM_OUTPUT_SCHEMA, function_models, graph_models, is_graph
-from agents._schemas_cache import validator
 from agents.errors import InvalidArgument
 from agents.metering import (
     CALLS,
@@ -44,6 +43,7 @@ from agents.metering import (
     token_charge_atomic,
 )
 from marketplace import pricing
+from marketplace.schema_validators import validator
 from marketplace.v1 import registry_pb2
 from wallets.currencies import currency
 

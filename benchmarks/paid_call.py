@@ -58,13 +58,13 @@ from pydantic import BaseModel
 from agents import BuyerAgent, SellerAgent, per_call, skill
 from agents._aio_server import AioServer, SyncBridge, SyncContext
 from agents._grpc_payment import INVOKE
-from agents._schemas_cache import validator
 from agents.llm import complete, text_of
 from agents.skills import Skill, model_price
 from agents.v1 import agent_pb2, agent_pb2_grpc
 from marketplace import MarketplaceNode
 from marketplace.auth import AccessInterceptor, AuthServerInterceptor
 from marketplace.grpc_tracing import client_interceptors, server_interceptor
+from marketplace.schema_validators import validator
 from wallets.grpc_errors import MalformedRequestInterceptor, grpc_method
 
 SATURATING = 16

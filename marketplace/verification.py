@@ -21,14 +21,12 @@ with UNAVAILABLE and changes nothing.
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from jsonschema import ValidationError
-from jsonschema.validators import validator_for
 from opentelemetry import trace
 
 from marketplace import agreements as ag
@@ -37,6 +35,7 @@ from marketplace.errors import FailedPrecondition, VerifierUnavailable
 from marketplace.grpc_tracing import span_if_active
 from marketplace.identity import verify
 from marketplace.judge import LlmJudge
+from marketplace.schema_validators import validator_of_json
 from marketplace.v1 import agreement_pb2, registry_pb2, verifier_pb2
 from wallets import attributes as attr
 
@@ -84,17 +83,9 @@ class Outcome:
                            "receipts": [r.__dict__ for r in self.results]}, sort_keys=True)
 
 
-@functools.lru_cache(maxsize=256)
-def _validator(schema_json: str) -> Any:
-    """One validator per output schema (a listing's, copied into each agreement), not one per
-    redeem: building it parses and walks the schema."""
-    schema = json.loads(schema_json) if schema_json else {}
-    return validator_for(schema)(schema)
-
-
 def _schema_results(schema_json: str, receipts: list[agreement_pb2.Receipt]
                     ) -> tuple[list[ReceiptResult], list[Any]]:
-    validator = _validator(schema_json)
+    validator = validator_of_json(schema_json)  # compiled once: a redeem checks hundreds
     results, values = [], []
     for receipt in receipts:
         try:

@@ -3,6 +3,7 @@ verifies outputs with), and schemas outside the shared subset fall back to jsons
 
 from __future__ import annotations
 
+import json
 from typing import Literal
 
 import pytest
@@ -12,7 +13,9 @@ from jsonschema import ValidationError
 from jsonschema.validators import Draft202012Validator
 from pydantic import BaseModel, Field
 
-from agents._schemas_cache import _Compiled, validator
+from marketplace.schema_validators import _Compiled, validator, validator_of_json
+from marketplace.v1 import agreement_pb2
+from marketplace.verification import _schema_results
 
 
 class Inner(BaseModel):
@@ -82,3 +85,20 @@ def test_other_schemas_fall_back_to_jsonschema(schema: dict) -> None:
         assert not chosen.is_valid(["one"])
     if "$ref" in schema:
         assert not chosen.is_valid(2) and chosen.is_valid(3)
+
+
+def test_a_redeem_checks_outputs_with_the_compiled_validator() -> None:
+    """The marketplace's verification takes the agreement's schema as JSON text: a plain one
+    compiles once, and the empty text is the schema that accepts anything."""
+    schema_json = json.dumps(Inner.model_json_schema(), sort_keys=True)
+    assert isinstance(validator_of_json(schema_json), _Compiled)
+    assert validator_of_json(schema_json) is validator_of_json(schema_json)
+    validator_of_json("").validate({"anything": [1, "goes"]})
+    receipts = [agreement_pb2.Receipt(sequence=1, output_json='{"score": 0.5, "label": "good"}'),
+                agreement_pb2.Receipt(sequence=2, output_json='{"score": 2, "label": "good"}'),
+                agreement_pb2.Receipt(sequence=3, output_json="not json")]
+    results, values = _schema_results(schema_json, receipts)
+    assert [r.passed for r in results] == [True, False, False]
+    assert results[1].reason.startswith("output schema: ")
+    assert results[2].reason == "output is not JSON"
+    assert values[0] == {"score": 0.5, "label": "good"} and values[1:] == [None, None]

@@ -1,11 +1,12 @@
 """Compiled JSON Schema validators, built once per schema: every paid call validates an input
-or an output, and the generic validator costs more than the call itself.
+or an output, and a redeem checks every receipt's output: the generic validator costs more
+than the call itself.
 
 A schema that uses only keywords whose meaning draft 7 and draft 2020-12 share (what pydantic
 emits for plain models) is compiled to Python code by fastjsonschema, about ten times faster;
 any other schema (formats, tuples, conditionals, unknown keywords...) goes to jsonschema's
 validator for its own draft. Both raise `jsonschema.ValidationError`, so callers see one kind
-of error; tests/test_schemas_cache.py checks that both agree.
+of error; tests/test_schema_validators.py checks that both agree.
 """
 
 from __future__ import annotations
@@ -80,8 +81,10 @@ class _Compiled:
 
 
 @functools.lru_cache(maxsize=1024)
-def _compiled(schema_json: str) -> Any:
-    schema = json.loads(schema_json)
+def validator_of_json(schema_json: str) -> Any:
+    """The validator of a schema given as JSON text ("" is the empty schema: anything goes);
+    cached by that text, so a listing's schema copied into each agreement compiles once."""
+    schema = json.loads(schema_json) if schema_json else {}
     if _compilable(schema):
         try:
             draft7 = {k: v for k, v in schema.items() if k != "$schema"} \
@@ -96,4 +99,4 @@ def _compiled(schema_json: str) -> Any:
 def validator(schema: dict[str, Any]) -> Any:
     """The validator of `schema` (cached by its canonical JSON text); `.validate(instance)`
     raises `jsonschema.ValidationError`."""
-    return _compiled(json.dumps(schema, sort_keys=True))
+    return validator_of_json(json.dumps(schema, sort_keys=True))
