@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import ssl
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,7 +29,7 @@ from x402.http.utils import (
 from x402.schemas import PaymentPayload
 
 from agents.x402 import buyer_client, http_client, receipts
-from agents.x402.client import PrepayTransport
+from agents.x402.client import PrepayTransport, tls_context
 from marketplace.v1 import agreement_pb2
 from tests.x402_market import Market, books_balance, open_market
 
@@ -272,3 +273,10 @@ def test_a_close_in_flight_holds_up_no_voucher_and_a_second_close_is_told_to_ret
         found.closing.release()
     closed = session.close()
     assert closed["state"] == "settled" and closed["captured"] == "4000000"  # both calls
+
+
+def test_clients_share_one_tls_context_that_still_checks_certificates():
+    """Building a TLS context loads the CA bundle (tens of ms of CPU): every `http_client`
+    shares the process's one, which still verifies certificates and host names."""
+    assert tls_context() is tls_context()
+    assert tls_context().verify_mode == ssl.CERT_REQUIRED and tls_context().check_hostname

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import os
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -209,7 +211,7 @@ class PrepayTransport(httpx.AsyncBaseTransport):
                  inner: httpx.AsyncBaseTransport | None = None) -> None:
         self._client = client
         self._schemes = schemes
-        self._inner = inner or httpx.AsyncHTTPTransport()
+        self._inner = inner or httpx.AsyncHTTPTransport(verify=tls_context())
         self._required: dict[str, PaymentRequired] = {}
         self._templates: dict[str, _Template] = {}
 
@@ -270,9 +272,17 @@ def http_client(key: AgentKey, network: str, *, calls_per_session: int = 1,
     """An httpx.AsyncClient that pays with x402 (x402's transport over `PrepayTransport`)."""
     client, schemes = buyer_client(key, network, calls_per_session=calls_per_session)
     inner: httpx.AsyncBaseTransport = (PrepayTransport(client, schemes) if prepay
-                                       else httpx.AsyncHTTPTransport())
+                                       else httpx.AsyncHTTPTransport(verify=tls_context()))
     return httpx.AsyncClient(transport=x402AsyncTransport(client, transport=inner),
                              **options), schemes
+
+
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """httpx's default TLS context (the system's trusted CAs), made once per process and
+    shared by every client's transport: building one loads the CA bundle, tens of ms of CPU,
+    which a program making many short-lived clients would otherwise pay for each."""
+    return httpx.create_ssl_context()
 
 
 def _now_ms() -> int:
