@@ -49,7 +49,7 @@ def repaired(agreement_id: str, calls: tuple[JournalCall, ...], key: AgentKey | 
 
 
 def _with_receipt(response: bytes, receipt: agreement_pb2.Receipt) -> bytes:
-    """A journal-encoded response (`agents.payments._encode_response`) carrying `receipt`."""
+    """A journal-encoded response (`agents._gate_accounts.encode_response`) carrying `receipt`."""
     if response[:1] == b"S":
         chunk = agent_pb2.StreamChunk.FromString(response[1:])
         chunk.end.receipt.CopyFrom(receipt)

@@ -26,10 +26,18 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from agents._chain_repair import repaired
+from agents._gate_accounts import (
+    AgreementAccount,
+    CallPayment,
+    decode_response,
+    encode_response,
+    truncate_chain,
+)
+from agents._gate_redeems import GateRedeems
 from agents.errors import (
     AgreementEnded,
     BudgetExceeded,
@@ -40,8 +48,7 @@ from agents.errors import (
     NotFound,
     PaymentRequired,
 )
-from agents.usage_journal import JournalAgreement, JournalError, Pending, UsageJournal
-from agents.v1 import agent_pb2
+from agents.usage_journal import JournalAgreement, Pending, UsageJournal
 from marketplace import agreements as ag
 from marketplace.errors import ReceiptLimit
 from marketplace.identity import AgentKey
@@ -50,7 +57,6 @@ from marketplace.v1 import agreement_pb2, settlement_pb2
 
 VOUCHER_METADATA_KEY = "agentmarket-voucher-bin"
 MAX_CALL_ID_CHARS = 128
-_SYNC_WAIT_S = 30.0  # how long a redeem's record waits for the journal
 
 
 @dataclass
@@ -65,50 +71,7 @@ class Admission:
     durable: Pending | None = None  # its usage record on the way to the journal: wait first
 
 
-@dataclass(slots=True)
-class _Call:
-    """One call id's payment. Kept for every answered call (retries are answered from it), so
-    it holds bytes, not messages: compact and invisible to the garbage collector (as messages,
-    a kept call took 5.5 KB and four tracked objects; as bytes, 1.8 KB and one)."""
-
-    sequence: int
-    payword: bytes
-    reserve_atomic: int
-    voucher: bytes = b""  # the serialized Voucher that paid it
-    in_flight: bool = True
-    response: bytes | None = None  # the first response, encoded (`_encode_response`)
-    durable: Pending | None = None  # its record on the way to the journal (None: written)
-
-
-@dataclass
-class _Account:
-    """What the seller knows of one agreement's payments."""
-
-    body: agreement_pb2.AgreementBody
-    anchor_word: bytes
-    anchor_index: int = 0
-    sequence: int = 0
-    authorised_atomic: int = 0
-    charged_atomic: int = 0
-    reserved_atomic: int = 0
-    latest: agreement_pb2.Voucher | None = None
-    receipts: list[bytes] = field(default_factory=list)  # serialized Receipts, chain order
-    chain_calls: list[str] = field(default_factory=list)  # the call id of each receipt
-    chain_index: int = 0  # receipts chained so far
-    chain_head: bytes = ag.CHAIN_GENESIS  # the last receipt's chain digest
-    chain_bytes: int = 0  # what the receipts add to the redeem (ag.receipt_bytes)
-    calls: dict[str, _Call] = field(default_factory=dict)
-    closed: bool = False
-    redeemed: Any = None
-    opened: Pending | None = None  # its journal record, until seen written
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def available_atomic(self) -> int:
-        return self.authorised_atomic - self.charged_atomic - self.reserved_atomic
-
-
-class PaymentGate:
+class PaymentGate(GateRedeems):
     """The seller's local voucher check, run before every paid call."""
 
     def __init__(self, key: AgentKey | None = None, journal: UsageJournal | None = None,
@@ -119,7 +82,7 @@ class PaymentGate:
         self.key = key
         self.journal = journal
         self.clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
-        self._accounts: dict[str, _Account] = {}
+        self._accounts: dict[str, AgreementAccount] = {}
         self._lock = threading.Lock()
         if journal is not None:
             journal.on_failed_calls = self._unchain_failed
@@ -132,7 +95,7 @@ class PaymentGate:
             return
         opened = None if self.journal is None else self._queue_open(agreement_id, body)
         with self._lock:
-            self._accounts.setdefault(agreement_id, _Account(
+            self._accounts.setdefault(agreement_id, AgreementAccount(
                 body=body, anchor_word=body.payword_root, opened=opened))
 
     def _queue_open(self, agreement_id: str, body: agreement_pb2.AgreementBody, *,
@@ -141,23 +104,7 @@ class PaymentGate:
         return self.journal.queue_open(agreement_id, body.seller_id, body.SerializeToString(),
                                        lazy=lazy)
 
-    def _ensure_opened(self, agreement_id: str, account: _Account) -> None:
-        """Wait until the agreement's open is durable (queued again, and waited for, if its
-        record failed): a redeem's record needs it, and may come before any call's."""
-        opened = account.opened
-        if opened is None:
-            return
-        try:
-            opened.wait(_SYNC_WAIT_S)
-        except JournalError:
-            with account.lock:
-                opened = account.opened = self._queue_open(agreement_id, account.body,
-                                                           lazy=False)
-            opened.wait(_SYNC_WAIT_S)  # raises JournalError (UNAVAILABLE): redeem again later
-        if account.opened is opened:
-            account.opened = None
-
-    def _check_opened(self, agreement_id: str, account: _Account) -> None:
+    def _check_opened(self, agreement_id: str, account: AgreementAccount) -> None:
         """Queue the agreement's open again if its record failed (under the account's lock,
         before a call's record): the call would otherwise be refused for want of it."""
         opened = account.opened
@@ -169,7 +116,8 @@ class PaymentGate:
         """Rebuild the accounts a journal kept (a restarted seller); returns their ids."""
         for entry in saved:
             body = agreement_pb2.AgreementBody.FromString(entry.body)
-            account = _Account(body=body, anchor_word=body.payword_root, closed=entry.closed)
+            account = AgreementAccount(body=body, anchor_word=body.payword_root,
+                                       closed=entry.closed)
             if entry.escrow is not None:
                 account.redeemed = settlement_pb2.Escrow.FromString(entry.escrow)
             calls = entry.calls
@@ -187,7 +135,7 @@ class PaymentGate:
                 account.chain_bytes += ag.receipt_bytes(receipt)
                 account.charged_atomic += receipt.charged_atomic
                 account.chain_index, account.chain_head = call.position, receipt.chain_sha256
-                account.calls[call.call_id] = _Call(
+                account.calls[call.call_id] = CallPayment(
                     voucher.sequence, voucher.payword, 0, call.voucher, in_flight=False,
                     response=call.response)
                 if voucher.sequence > account.sequence:
@@ -209,7 +157,7 @@ class PaymentGate:
     def body(self, agreement_id: str) -> agreement_pb2.AgreementBody:
         return self._account(agreement_id).body
 
-    def _account(self, agreement_id: str) -> _Account:
+    def _account(self, agreement_id: str) -> AgreementAccount:
         account = self._accounts.get(agreement_id)
         if account is None:
             raise NotFound(f"no agreement {agreement_id[:12]}… with this seller")
@@ -269,12 +217,12 @@ class PaymentGate:
             account.latest = voucher
             account.reserved_atomic += reserve
             key = call_id or f"#{voucher.sequence}"
-            account.calls[key] = _Call(voucher.sequence, voucher.payword, reserve,
+            account.calls[key] = CallPayment(voucher.sequence, voucher.payword, reserve,
                                        voucher.SerializeToString())
             return Admission(agreement_id, key, voucher.sequence, reserve)
 
     @staticmethod
-    def _check_new(account: _Account, voucher: agreement_pb2.Voucher) -> None:
+    def _check_new(account: AgreementAccount, voucher: agreement_pb2.Voucher) -> None:
         body = account.body
         if voucher.sequence <= account.sequence or voucher.payword_index < account.anchor_index:
             raise InvalidVoucher(f"voucher {voucher.sequence} was already used (replay)")
@@ -287,7 +235,7 @@ class PaymentGate:
                            account.anchor_index):
             raise InvalidVoucher("the voucher's payword is forged")
 
-    def _retry(self, agreement_id: str, account: _Account, voucher: agreement_pb2.Voucher,
+    def _retry(self, agreement_id: str, account: AgreementAccount, voucher: agreement_pb2.Voucher,
                call_id: str, reserve_atomic: int, partial: bool) -> Admission:
         call = account.calls[call_id]
         if voucher.sequence != call.sequence or voucher.payword != call.payword:
@@ -297,7 +245,7 @@ class PaymentGate:
             if call.durable is not None and call.durable.done():
                 call.durable = None  # written (a failed record would have unchained the call)
             return Admission(agreement_id, call_id, call.sequence, 0,
-                             replay=_decode_response(call.response), durable=call.durable)
+                             replay=decode_response(call.response), durable=call.durable)
         if call.in_flight:
             raise CallInProgress(f"call {call_id!r} is still running; retry shortly")
         unspent = account.available_atomic
@@ -338,7 +286,7 @@ class PaymentGate:
             kept = receipt.SerializeToString()
             account.receipts.append(kept)
             account.chain_calls.append(admission.call_id)
-            call.in_flight, call.response = False, _encode_response(response)
+            call.in_flight, call.response = False, encode_response(response)
             if self.journal is not None:  # queued in chain order, so a crash keeps a prefix
                 call.durable = admission.durable = self.journal.record_call(
                     agreement_id, admission.call_id, index, call.sequence, call.voucher, kept,
@@ -366,7 +314,7 @@ class PaymentGate:
                     continue
                 if self.journal is not None:
                     self.journal.drop_queued(agreement_id, min(chained))
-                _truncate(account, min(chained))
+                truncate_chain(account, min(chained))
 
     def release(self, agreement_id: str, admission: Admission) -> None:
         """A call that failed before completing: give its reserve back (nothing is charged)."""
@@ -382,7 +330,7 @@ class PaymentGate:
         door that looks a call up again (A2A GetTask after a lost answer)."""
         account = self._accounts.get(agreement_id)
         call = account.calls.get(call_id) if account is not None else None
-        return _decode_response(call.response) if call is not None and call.response else None
+        return decode_response(call.response) if call is not None and call.response else None
 
     def paid_calls(self) -> list[tuple[str, str, bytes]]:
         """(agreement id, call id, payword) of every call kept: what a door indexes its own
@@ -413,125 +361,3 @@ class PaymentGate:
             except (InvalidVoucher, BudgetExceeded):
                 return False
             return voucher.payword_index > account.anchor_index
-
-    def redeemable(self, agreement_id: str) -> tuple[agreement_pb2.Voucher | None,
-                                                      list[agreement_pb2.Receipt]]:
-        account = self._account(agreement_id)
-        with account.lock:
-            return account.latest, _receipts(account)
-
-    def begin_redeem(self, agreement_id: str, wait_s: float = 5.0
-                     ) -> tuple[agreement_pb2.Voucher, list[agreement_pb2.Receipt]]:
-        """Stop taking calls, let running ones finish (up to `wait_s`), and return what to
-        redeem: the latest voucher (a zero voucher, the chain's root, when none came) and the
-        receipts."""
-        account = self._account(agreement_id)
-        self._ensure_opened(agreement_id, account)
-        with account.lock:  # queued under the lock: no call records after it
-            account.closed = True
-            pending = None if self.journal is None else self.journal.queue_redeem(
-                agreement_id, closed=True, escrow=None)
-        deadline = time.monotonic() + wait_s
-        while account.reserved_atomic and time.monotonic() < deadline:
-            time.sleep(0.01)
-        if self.journal is not None and pending is not None:
-            pending.wait(_SYNC_WAIT_S)
-            self.journal.flush(_SYNC_WAIT_S)  # the running calls' records: written or unchained
-        with account.lock:
-            voucher = account.latest or agreement_pb2.Voucher(
-                agreement_id=agreement_id, sequence=0, cumulative_atomic=0, payword_index=0,
-                payword=account.body.payword_root)
-            return voucher, _receipts(account)
-
-    def end_redeem(self, agreement_id: str, escrow: Any) -> None:
-        """Remember the marketplace's answer; `None` (the redeem failed) reopens the agreement,
-        durably before it returns. An escrow is recorded lazily: should the record be lost, a
-        restarted seller redeems the closed agreement again and gets the same answer."""
-        account = self._account(agreement_id)
-        with account.lock:
-            pending = None if self.journal is None else self.journal.queue_redeem(
-                agreement_id, closed=escrow is not None,
-                escrow=None if escrow is None else escrow.SerializeToString(),
-                lazy=escrow is not None)
-        if pending is not None and escrow is None:
-            pending.wait(_SYNC_WAIT_S)
-        with account.lock:
-            account.closed, account.redeemed = escrow is not None, escrow
-
-    def redeemed(self, agreement_id: str) -> Any:
-        return self._account(agreement_id).redeemed
-
-    def due(self, now_ms: int, margin_ms: int) -> list[str]:
-        """Open agreements with paid calls whose completion deadline is within `margin_ms`."""
-        with self._lock:
-            accounts = list(self._accounts.items())
-        return [agreement for agreement, account in accounts
-                if account.latest is not None and account.redeemed is None
-                and (account.closed  # a redeem whose answer was lost: send it again
-                     or now_ms >= account.body.terms.completion_deadline_ms - margin_ms)]
-
-    def settled(self, now_ms: int, keep_ms: int) -> list[str]:
-        """Agreements nothing more can happen to here, `keep_ms` after their completion
-        deadline: redeemed (the marketplace holds the evidence from then on), or never paid."""
-        with self._lock:
-            accounts = list(self._accounts.items())
-        return [agreement for agreement, account in accounts
-                if (account.redeemed is not None or account.latest is None)
-                and now_ms >= account.body.terms.completion_deadline_ms + keep_ms]
-
-    def forget(self, agreement_ids: list[str]) -> list[str]:
-        """Drop settled agreements from memory and the journal (so a long-running seller does
-        not grow without end); returns those dropped. One still taking a call, or paid and not
-        redeemed, is kept."""
-        done = []
-        for agreement_id in agreement_ids:
-            account = self._accounts.get(agreement_id)
-            if account is None:
-                continue
-            with account.lock:
-                if account.reserved_atomic or (account.latest is not None
-                                               and account.redeemed is None):
-                    continue
-                account.closed = True  # no call gets in between this and the delete
-            done.append(agreement_id)
-        if self.journal is not None and done:
-            self.journal.forget(done)
-        with self._lock:
-            for agreement_id in done:
-                self._accounts.pop(agreement_id, None)
-        return done
-
-
-def _truncate(account: _Account, position: int) -> None:
-    """Take the receipts from chain `position` on out of the account (under its lock): their
-    charges are no longer booked and their calls are unanswered."""
-    for kept, call_id in zip(account.receipts[position - 1:],
-                             account.chain_calls[position - 1:], strict=True):
-        receipt = agreement_pb2.Receipt.FromString(kept)
-        account.charged_atomic -= receipt.charged_atomic
-        account.chain_bytes -= ag.receipt_bytes(receipt)
-        call = account.calls.get(call_id)
-        if call is not None:
-            call.response = call.durable = None
-            call.in_flight, call.reserve_atomic = False, 0
-    del account.receipts[position - 1:], account.chain_calls[position - 1:]
-    account.chain_index = position - 1
-    account.chain_head = ag.CHAIN_GENESIS if position == 1 else \
-        agreement_pb2.Receipt.FromString(account.receipts[-1]).chain_sha256
-
-
-def _receipts(account: _Account) -> list[agreement_pb2.Receipt]:
-    """The agreement's receipts, by voucher sequence."""
-    receipts = [agreement_pb2.Receipt.FromString(kept) for kept in account.receipts]
-    return sorted(receipts, key=lambda r: r.sequence)
-
-
-def _encode_response(response: Any) -> bytes:
-    """A paid call's response for the journal: unary (U) or a stream's last chunk (S)."""
-    kind = b"S" if isinstance(response, agent_pb2.StreamChunk) else b"U"
-    return kind + response.SerializeToString()
-
-
-def _decode_response(data: bytes) -> Any:
-    message = agent_pb2.StreamChunk if data[:1] == b"S" else agent_pb2.InvokeResponse
-    return message.FromString(data[1:])
