@@ -15,7 +15,8 @@ re-sends the very same voucher), `settle(reserve, charged)` books the receipt.
 Seller: `PaymentGate.admit(...)` checks a voucher locally (a few SHA-256s, no network), refusing
 missing, forged, replayed and over-budget ones, and reserves the call's maximum; `complete()`
 books the charge and keeps the response so a retry of the same call id gets it again, charged
-once; `release()` returns the reserve of a call that failed.
+once; `release()` returns the reserve of a call that failed. What the gate knows of each
+agreement is `agents._gate_accounts`; its redeems and retention, `agents._gate_redeems`.
 
 PayWord words travel in clear metadata: run agents over TLS, as anyone who sees a word can spend
 the prepaid balance it authorises.
