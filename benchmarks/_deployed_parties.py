@@ -35,7 +35,11 @@ def seller(marketplace: str, name: str) -> None:
 
 def _timed(latencies: dict[str, list[float]], step: str, call):  # type: ignore[no-untyped-def]
     start = time.perf_counter()
-    result = call()
+    try:
+        result = call()
+    except Exception as error:  # which step failed, and after how long, goes with the error
+        error.add_note(f"{step} after {(time.perf_counter() - start) * 1000:.0f} ms")
+        raise
     latencies[step].append((time.perf_counter() - start) * 1000)
     return result
 
@@ -61,7 +65,8 @@ def _buyer_loop(buyer: BuyerAgent, start: Path, stop: Path, out: dict) -> None: 
             latencies["task"].append((time.perf_counter() - begun) * 1000)
             out["done_at"].append(time.time())
         except Exception as error:  # counted and reported, never hidden
-            out["errors"].append(f"{type(error).__name__}: {error}")
+            where = "; ".join(getattr(error, "__notes__", []))
+            out["errors"].append(f"{type(error).__name__} ({where or 'between steps'}): {error}")
 
 
 def buyers(marketplace: str, count: int, prefix: str, start: Path, stop: Path) -> None:
