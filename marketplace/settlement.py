@@ -496,6 +496,21 @@ class Settlement:
         splits = [(parties["seller"], seller_part), (parties["fees"], fee)]
         if verifier_fee:
             splits.append((parties["verifier"], verifier_fee))
+        # The agreement's and the seller's rating rows first, the money last: the capture
+        # locks the seller's account (which its holds also take) and the market's fee account
+        # (which every settlement takes), so they stay locked only from the capture to the
+        # commit (SCALING.md, "Hot rows").
+        refunded = row.held_atomic - row.earned_atomic - verifier_fee
+        with self._span("escrow.release", lambda: {
+            attr.AGREEMENT_ID: agreement, attr.AMOUNT_ATOMIC: refunded,
+            attr.CURRENCY: row.currency, attr.HOLD_ID: row.hold_id, attr.PAYEE: row.buyer_id,
+        }):
+            changes = dict(state=state, captured_atomic=row.earned_atomic, fee_atomic=fee,
+                           refunded_atomic=refunded, verifier_paid_atomic=verifier_fee,
+                           updated_at_ms=self.clock_ms())
+            written = changes if pending is None else pending.unwritten(changes)
+            _set(conn, agreement, **written)
+        record_outcome(conn, row.seller_id, 1000)
         with self._span("escrow.capture", lambda: {
             attr.AGREEMENT_ID: agreement, attr.AMOUNT_ATOMIC: row.earned_atomic,
             attr.CURRENCY: row.currency, attr.FEE_ATOMIC: fee, attr.HOLD_ID: row.hold_id,
@@ -509,17 +524,6 @@ class Settlement:
                                        row.earned_atomic + verifier_fee, paid, final=True)
             else:
                 self._collect_lapsed_in(conn, key, row, hold, parties["buyer"], paid)
-        refunded = row.held_atomic - row.earned_atomic - verifier_fee
-        with self._span("escrow.release", lambda: {
-            attr.AGREEMENT_ID: agreement, attr.AMOUNT_ATOMIC: refunded,
-            attr.CURRENCY: row.currency, attr.HOLD_ID: row.hold_id, attr.PAYEE: row.buyer_id,
-        }):
-            changes = dict(state=state, captured_atomic=row.earned_atomic, fee_atomic=fee,
-                           refunded_atomic=refunded, verifier_paid_atomic=verifier_fee,
-                           updated_at_ms=self.clock_ms())
-            written = changes if pending is None else pending.unwritten(changes)
-            _set(conn, agreement, **written)
-        record_outcome(conn, row.seller_id, 1000)
         self.metrics.volume.add(seller_part, {"currency": row.currency})
         self.metrics.fees.add(fee, {"currency": row.currency})
         self.metrics.settlement_duration.record(self.clock_ms() - row.created_at_ms,

@@ -144,6 +144,14 @@ class LedgerHolds(LedgerReads, MutationRunner):
         else:
             self._accounts_for(conn, [hold.debit_account_id, *(a for a, _ in splits)])
         moved = amount_atomic + release
+        captured = hold.captured_atomic + amount_atomic
+        voided = hold.voided_atomic + release
+        status = "open" if captured + voided < hold.amount_atomic else (
+            "captured" if captured else "voided")
+        # the hold's row before the posting: the posting locks the payees' accounts, which
+        # other captures share, so nothing else is written while it holds them
+        _SETTLE_HOLD.run(conn, {"hold": hold_id, "captured": captured, "voided": voided,
+                                "status": status})
         legs: dict[str, list[int]] = {
             hold.debit_account_id: [-amount_atomic, -moved, 0],
             hold.credit_account_id: [0, 0, -moved],
@@ -155,12 +163,6 @@ class LedgerHolds(LedgerReads, MutationRunner):
             Leg(a, hold.currency, posted_atomic=p, pending_debit_atomic=pd,
                 pending_credit_atomic=pc) for a, (p, pd, pc) in legs.items()
         ], hold_id=hold_id)
-        captured = hold.captured_atomic + amount_atomic
-        voided = hold.voided_atomic + release
-        status = "open" if captured + voided < hold.amount_atomic else (
-            "captured" if captured else "voided")
-        _SETTLE_HOLD.run(conn, {"hold": hold_id, "captured": captured, "voided": voided,
-                                "status": status})
         return posting
 
     def void(self, key: str, hold_id: str) -> Posting:
