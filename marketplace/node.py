@@ -54,6 +54,7 @@ from marketplace.receipt_servicer import SERVICE as RECEIPT_SERVICE
 from marketplace.receipt_servicer import ReceiptServicer, receipt_rules
 from marketplace.receipts import ReceiptBook
 from marketplace.registry import Registry
+from marketplace.reputation import fold_pending
 from marketplace.request_fields import MARKET_FIELDS
 from marketplace.request_limits import open_limits
 from marketplace.servicers import ArbitrationServicer, RegistryServicer, SettlementServicer
@@ -288,6 +289,7 @@ class MarketplaceNode:
                     if callable(getattr(rail, "sweep", None)):
                         rail.sweep()  # type: ignore[attr-defined]
                 self.settlement.sweep()
+                fold_pending(self.settlement.engine)  # outcomes a dead node did not fold
                 self.wallets.settle_due()
                 self.registry.purge_expired()
                 self.receipts.complete()  # receipts stored before their postings were sealed

@@ -11,27 +11,37 @@ Each agreement, when it reaches a final state, scores the seller in per mille:
 An open dispute is not rated until it is resolved. The reputation is 0 for a seller with no
 rated agreement (`rated_agreements` tells a newcomer from a bad seller).
 
-`record_outcome` runs inside the transaction that finishes the agreement and writes the new
-figure through to the registry's listing, offer and search-token rows, so discovery filters and
+`record_outcome` runs inside the transaction that finishes the agreement. The seller's figure is
+written through to the registry's listing, offer and search-token rows, so discovery filters and
 ranks on it without computing anything per listing (on SQLite with prepared statements,
-`wallets._sqlite_hot`).
+`wallets._sqlite_hot`). On SQLite, whose writers take turns anyway, that happens in the same
+transaction. On PostgreSQL a busy seller's row would then stay locked across every one of its
+settlements, which would queue behind each other on every node (SCALING.md, "Hot rows"): the
+outcome is appended to `reputation_outcomes` instead, and a short transaction right after the
+commit folds the seller's appended outcomes into its row (several at once under load, skipping
+those another fold has claimed). A node that dies in between leaves them to the sweep
+(`fold_pending`); `reputation` counts them meanwhile, so it is exact at once on both.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, Engine, bindparam, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
-from marketplace.tables import ListingRow, OfferRow, ReputationRow, TermRow
+from marketplace.tables import ListingRow, OfferRow, PendingOutcomeRow, ReputationRow, TermRow
 from wallets import _sqlite_hot as hot
+from wallets._mutation import after_commit
 
 REPUTATION = ReputationRow.__table__  # type: ignore[attr-defined]
+PENDING = PendingOutcomeRow.__table__  # type: ignore[attr-defined]
+FOLD_BATCH = 500  # outcomes one fold takes at most
 _LISTINGS = ListingRow.__table__  # type: ignore[attr-defined]
 _OFFERS = OfferRow.__table__  # type: ignore[attr-defined]
 _TERMS = TermRow.__table__  # type: ignore[attr-defined]
 
 
 _RATE = hot.Statement(update(REPUTATION).where(REPUTATION.c.seller_id == bindparam("seller"))
-         .values(rated=REPUTATION.c.rated + 1,
+         .values(rated=REPUTATION.c.rated + bindparam("count"),
                  score_sum=REPUTATION.c.score_sum + bindparam("score"))
          .returning(REPUTATION.c.rated, REPUTATION.c.score_sum))
 _LISTING = hot.Statement(update(_LISTINGS).where(_LISTINGS.c.agent_id == bindparam("seller"))
@@ -42,37 +52,87 @@ _OFFER = hot.Statement(update(_OFFERS).where(_OFFERS.c.agent_id == bindparam("se
 _TERM = hot.Statement(update(_TERMS).where(_TERMS.c.offer_id.in_(
     select(_OFFERS.c.id).where(_OFFERS.c.agent_id == bindparam("seller"))))
     .values(reputation_permille=bindparam("permille")))
+_CLAIM = (delete(PENDING).where(PENDING.c.id.in_(
+    select(PENDING.c.id).where(PENDING.c.seller_id == bindparam("seller"))
+    .order_by(PENDING.c.id).limit(FOLD_BATCH).with_for_update(skip_locked=True)))
+    .returning(PENDING.c.score_permille))
 
 
-def record_outcome(conn: Connection, seller_id: str, outcome_permille: int) -> int:
-    """Add one finished agreement's score; returns the seller's new reputation. The offer and
-    search-token rows are rewritten only when the figure changed (a steady seller's settlements
-    cost two statements here, not five)."""
+def record_outcome(conn: Connection, seller_id: str, outcome_permille: int) -> None:
+    """Add one finished agreement's score to the seller's reputation (see the module
+    docstring for when it reaches the seller's row)."""
     assert 0 <= outcome_permille <= 1000
-    params = {"seller": seller_id, "score": outcome_permille}
+    if conn.dialect.name != "postgresql":
+        _rate(conn, seller_id, 1, outcome_permille)
+        return
+    conn.execute(insert(PENDING).values(seller_id=seller_id, score_permille=outcome_permille))
+    engine = conn.engine
+    if not after_commit(conn, lambda: fold(engine, seller_id)):
+        fold_in(conn, seller_id)  # not a ledger transaction: nothing would fold it after
+
+
+def fold(engine: Engine, seller_id: str) -> int:
+    """Fold the seller's appended outcomes into its row, in a transaction of its own; returns
+    how many (none when a concurrent fold has claimed them all: it is folding them)."""
+    with engine.begin() as conn:
+        return fold_in(conn, seller_id)
+
+
+def fold_in(conn: Connection, seller_id: str) -> int:
+    scores = conn.execute(_CLAIM, {"seller": seller_id}).scalars().all()
+    if scores:
+        _rate(conn, seller_id, len(scores), sum(scores))
+    return len(scores)
+
+
+def fold_pending(engine: Engine, limit: int = 100) -> int:
+    """The sweep: fold what a node that died after a settlement's commit left; returns how
+    many outcomes."""
+    if engine.dialect.name != "postgresql":
+        return 0
+    with engine.connect() as conn:
+        sellers = conn.execute(select(PENDING.c.seller_id).distinct().limit(limit)).scalars()
+        sellers = list(sellers)
+    return sum(fold(engine, seller_id) for seller_id in sellers)
+
+
+def _rate(conn: Connection, seller_id: str, count: int, score_sum: int) -> None:
+    """Add `count` outcomes summing to `score_sum`; the offer and search-token rows are
+    rewritten only when the figure changed (a steady seller's settlements cost two statements
+    here, not five)."""
+    params = {"seller": seller_id, "count": count, "score": score_sum}
     row = _RATE.first(conn, params)
-    if row is None:
-        conn.execute(insert(REPUTATION).values(seller_id=seller_id, rated=1,
-                                               score_sum=outcome_permille))
-        rated, score, before = 1, outcome_permille, None
-    else:
-        rated, score = row.rated, row.score_sum
-        before = (score - outcome_permille) // (rated - 1) if rated > 1 else None
+    if row is None:  # the seller's first: two folds may get here at once
+        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+        conn.execute(dialect.insert(REPUTATION).values(seller_id=seller_id, rated=0,
+                                                       score_sum=0).on_conflict_do_nothing())
+        row = _RATE.first(conn, params)
+    rated, score = row.rated, row.score_sum
+    before = (score - score_sum) // (rated - count) if rated > count else None
     permille = score // rated
     figures = {"seller": seller_id, "permille": permille, "rated": rated}
     _LISTING.run(conn, figures)
     if permille != before:
         _OFFER.run(conn, figures)
         _TERM.run(conn, figures)
-    return permille
 
 
 def reputation(conn: Connection, seller_id: str) -> tuple[int, int]:
-    """(per mille, rated agreements) of a seller; (0, 0) without history."""
-    row = conn.execute(select(REPUTATION).where(REPUTATION.c.seller_id == seller_id)).first()
-    if row is None or not row.rated:
+    """(per mille, rated agreements) of a seller, outcomes not yet folded included (one
+    statement: one snapshot, so a fold committing meanwhile is counted once); (0, 0) without
+    history."""
+    mine = REPUTATION.c.seller_id == seller_id
+    pending = PENDING.c.seller_id == seller_id
+    rated, score, more, extra = conn.execute(select(
+        select(REPUTATION.c.rated).where(mine).scalar_subquery(),
+        select(REPUTATION.c.score_sum).where(mine).scalar_subquery(),
+        select(func.count()).select_from(PENDING).where(pending).scalar_subquery(),
+        select(func.coalesce(func.sum(PENDING.c.score_permille), 0)).where(pending)
+        .scalar_subquery())).one()
+    rated, score = (rated or 0) + more, (score or 0) + extra
+    if not rated:
         return 0, 0
-    return row.score_sum // row.rated, row.rated
+    return score // rated, rated
 
 
 def reputation_permille(engine: Engine, seller_id: str) -> int:

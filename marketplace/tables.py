@@ -138,6 +138,18 @@ class ReputationRow(SQLModel, table=True):
     score_sum: int = Field(sa_column=_big(default=0))
 
 
+class PendingOutcomeRow(SQLModel, table=True):
+    """A finished agreement's score not yet added to its seller's reputation row (PostgreSQL):
+    settlements append here, and a short transaction after their commit folds it in, so the
+    seller's row is never locked across a settlement (`marketplace.reputation`)."""
+
+    __tablename__ = "reputation_outcomes"
+
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True,
+                                                          autoincrement=True))
+    seller_id: str = Field(max_length=64, index=True)
+    score_permille: int
+
 
 class OperatorActionRow(SQLModel, table=True):
     """The audit trail of operators' actions from the console: who did what to which object,

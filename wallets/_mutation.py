@@ -12,6 +12,7 @@ transaction. On SQLite the idempotency statements run on the DB-API cursor
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -30,7 +31,21 @@ if TYPE_CHECKING:
 RETRIED_SQLSTATES = ("40P01", "40001")  # deadlock detected, serialization failure
 POSTINGS_OF_TRANSACTION = "agentmarket_postings"  # conn.info: sequences written in this one
 SEALED_OF_TRANSACTION = "agentmarket_sealed"  # conn.info (SQLite): what they were, by sequence
+AFTER_COMMIT = "agentmarket_after_commit"  # conn.info: work to run once this one has committed
 T = TypeVar("T")
+
+log = logging.getLogger("agentmarket.ledger")
+
+
+def after_commit(conn: Connection, work: Callable[[], Any]) -> bool:
+    """Run `work` once `conn`'s write transaction has committed, outside it, before its callers
+    get their results; False (and nothing queued) when `conn` is not a ledger write
+    transaction. `work` must be safe to skip: a crash before it runs leaves it to a sweep."""
+    queued = conn.info.get(AFTER_COMMIT)
+    if queued is None:
+        return False
+    queued.append(work)
+    return True
 
 
 def transaction_postings(conn: Connection) -> list[int]:
@@ -85,7 +100,7 @@ class _WriteTransaction:
     """`Ledger._write`: the process's write serialiser, a transaction, then the spend guard's
     effects of refused spends (approvals and freezes outlive the rollback)."""
 
-    __slots__ = ("ctx", "ledger", "serial")
+    __slots__ = ("conn", "ctx", "ledger", "serial")
 
     def __init__(self, ledger: MutationRunner) -> None:
         self.ledger = ledger
@@ -108,14 +123,23 @@ class _WriteTransaction:
         # UPDATE (holds, guarded wallets) or guarded by the UPDATE itself.
         conn.info[POSTINGS_OF_TRANSACTION] = []
         conn.info[SEALED_OF_TRANSACTION] = {}
+        conn.info[AFTER_COMMIT] = []
+        self.conn = conn
         return conn
 
     def __exit__(self, *exc: Any) -> None:
+        queued = self.conn.info.pop(AFTER_COMMIT, None) or []
         try:
             self.ctx.__exit__(*exc)
         finally:
             self.serial.__exit__(*exc)
             self.ledger.spend_guard.after_transaction()  # spend-guard hook
+        if exc[0] is None:
+            for work in queued:
+                try:
+                    work()
+                except Exception:  # committed already; a sweep does what this could not
+                    log.exception("work after a ledger commit failed")
 
 
 class MutationRunner:

@@ -1,0 +1,30 @@
+"""reputation outcomes folded after the settlement's commit
+
+Revision ID: 0004_reputation_outcomes
+Revises: 8a41f0c6d2e7
+"""
+
+import sqlalchemy as sa
+import sqlmodel
+from alembic import op
+
+revision = '0004_reputation_outcomes'
+down_revision = '8a41f0c6d2e7'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table('reputation_outcomes',
+    sa.Column('id', sa.BigInteger(), autoincrement=True, nullable=False),
+    sa.Column('seller_id', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+    sa.Column('score_permille', sa.Integer(), nullable=False),
+    sa.PrimaryKeyConstraint('id')
+    )
+    op.create_index(op.f('ix_reputation_outcomes_seller_id'), 'reputation_outcomes',
+                    ['seller_id'], unique=False)
+
+
+def downgrade() -> None:
+    op.drop_index(op.f('ix_reputation_outcomes_seller_id'), table_name='reputation_outcomes')
+    op.drop_table('reputation_outcomes')
