@@ -88,6 +88,7 @@ class _WaitSampler(threading.Thread):
         super().__init__(daemon=True)
         self.url = url.split("?", 1)[0].replace("postgresql+psycopg", "postgresql")
         self.counts: dict[str, int] = {}
+        self.locked: dict[str, int] = {}  # lock waits by the table the waiting statement writes
         self.done = threading.Event()
 
     def run(self) -> None:
@@ -95,16 +96,29 @@ class _WaitSampler(threading.Thread):
 
         with psycopg.connect(self.url, autocommit=True) as conn:
             while not self.done.wait(0.05):
-                for (kind,) in conn.execute(
-                        "SELECT coalesce(wait_event_type, 'CPU') FROM pg_stat_activity "
+                for kind, query in conn.execute(
+                        "SELECT coalesce(wait_event_type, 'CPU'), query FROM pg_stat_activity "
                         "WHERE datname = current_database() AND pid <> pg_backend_pid() "
                         "AND state = 'active' AND backend_type = 'client backend'"):
                     self.counts[kind] = self.counts.get(kind, 0) + 1
+                    if kind == "Lock":
+                        table = _written_table(query)
+                        self.locked[table] = self.locked.get(table, 0) + 1
 
     def stop(self) -> dict[str, int]:
         self.done.set()
         self.join(timeout=5)
         return self.counts
+
+
+def _written_table(query: str) -> str:
+    """The table a statement updates, inserts into, deletes from or locks: where it waits."""
+    words = query.replace("(", " ").split()
+    upper = [w.upper() for w in words]
+    for marker in ("UPDATE", "INTO", "FROM"):
+        if marker in upper and upper.index(marker) + 1 < len(words):
+            return words[upper.index(marker) + 1].strip('"')
+    return (words[0] if words else "?").lower()
 
 
 def _writers(url: str, writers: int, workdir: Path,
@@ -235,13 +249,20 @@ def bench_nodes(say: Any, window_s: float = NODES_WINDOW_S,
         if url is None or redis_url is None:
             return results
         say(f"deployed shape over {nodes} node(s), PostgreSQL and Redis")
+        sampler = _WaitSampler(url)
+        sampler.start()
         try:
             with tempfile.TemporaryDirectory(prefix="agentmarket-nodes-") as tmp:
                 figures = bench(url, Path(tmp), window_s, min_tasks, nodes=nodes,
                                 redis_url=redis_url)
         finally:
+            waits = sampler.stop()
             _drop(url)
         label = f"{nodes}_node{'s' if nodes > 1 else ''}"
+        samples = max(sum(waits.values()), 1)
+        results[f"scale_out_{label}_lock_wait_share"] = round(waits.get("Lock", 0) / samples, 3)
+        for table, count in sorted(sampler.locked.items(), key=lambda item: -item[1])[:3]:
+            results[f"scale_out_{label}_lock_wait_samples_{table}"] = count
         results[f"tasks_per_s_{label}"] = figures["tasks_per_s"]
         for key in ("node_cpu_ms_per_task", "database_cpu_ms_per_task",
                     "redis_cpu_ms_per_task", "sellers_cpu_ms_per_task",
