@@ -54,7 +54,7 @@ from marketplace.receipt_servicer import SERVICE as RECEIPT_SERVICE
 from marketplace.receipt_servicer import ReceiptServicer, receipt_rules
 from marketplace.receipts import ReceiptBook
 from marketplace.registry import Registry
-from marketplace.reputation import fold_pending
+from marketplace.reputation import fold_pending as fold_outcomes
 from marketplace.request_fields import MARKET_FIELDS
 from marketplace.request_limits import open_limits
 from marketplace.servicers import ArbitrationServicer, RegistryServicer, SettlementServicer
@@ -71,6 +71,7 @@ from marketplace.v1 import (
 )
 from marketplace.verification import Verification
 from marketplace.verifier_agent import GrpcVerifierClient
+from wallets._credits import fold_pending as fold_credits
 from wallets.access import SERVICE as WALLET_SERVICE
 from wallets.access import Principals, WalletAccess
 from wallets.conditional_servicer import SERVICE as CONDITIONAL_SERVICE
@@ -289,7 +290,8 @@ class MarketplaceNode:
                     if callable(getattr(rail, "sweep", None)):
                         rail.sweep()  # type: ignore[attr-defined]
                 self.settlement.sweep()
-                fold_pending(self.settlement.engine)  # outcomes a dead node did not fold
+                fold_outcomes(self.settlement.engine)  # what a node that died left unfolded
+                fold_credits(self.ledger.engine)
                 self.wallets.settle_due()
                 self.registry.purge_expired()
                 self.receipts.complete()  # receipts stored before their postings were sealed

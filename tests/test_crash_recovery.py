@@ -42,10 +42,11 @@ from marketplace.identity import AgentKey
 from marketplace.testing import Deal, make_deal, make_listing, make_skill, make_terms
 from marketplace.v1 import registry_pb2, registry_pb2_grpc, settlement_pb2, settlement_pb2_grpc
 from tests.processes.node import NodeProcess
+from wallets._credits import accounts_select
 from wallets.audit import check_balances, verify_chain
 from wallets.currencies import split
 from wallets.grpc_errors import error_reason
-from wallets.ledger import ACCOUNTS, ENTRIES, HOLDS, POSTINGS, Ledger
+from wallets.ledger import ENTRIES, HOLDS, POSTINGS, Ledger
 from wallets.store import make_engine
 from wallets.tables import IdempotencyRow
 from wallets.v1 import wallet_pb2, wallet_pb2_grpc
@@ -493,7 +494,7 @@ class CrashRun:
         snapshot = {} if self.engine.dialect.name == "sqlite" \
             else {"isolation_level": "REPEATABLE READ"}
         with self.engine.connect().execution_options(agentmarket_read=True, **snapshot) as conn:
-            accounts = conn.execute(select(ACCOUNTS)).all()
+            accounts = conn.execute(accounts_select(conn)).all()  # unfolded credits too
             count = conn.execute(select(func.count()).select_from(POSTINGS)).scalar_one()
             holds = {row.id: row for row in conn.execute(select(HOLDS))}
             escrows = dict(conn.execute(select(ESCROWS.c.hold_id, ESCROWS.c.state)).all())

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from sqlalchemy import Connection, bindparam, insert, select, update
 
-from wallets import _idempotency
+from wallets import _credits, _idempotency
 from wallets import _sqlite_hot as hot
 from wallets._chain import posting_hash
 from wallets.currencies import check_amount
@@ -101,6 +101,8 @@ def post_transfers(ledger: Ledger, requests: Sequence[TransferRequest]
                                   legacy=ledger._legacy_keys)
         ids = {a for i in pending for a in (requests[i].transfer.debit_account_id,
                                             requests[i].transfer.credit_account_id)}
+        if not ledger._sqlite:  # locked, with the credits other postings appended to them
+            _credits.fold_in(conn, ids, wait=True)
         accounts = {row.id: dict(row._mapping) for row in conn.execute(
             select(ACCOUNTS).where(ACCOUNTS.c.id.in_(sorted(ids))).order_by(ACCOUNTS.c.id)
             .with_for_update())}

@@ -23,10 +23,10 @@ def balance_from_row(row: Any) -> Balance:
         owner=row.owner,
         currency=row.currency,
         kind=row.kind,
-        posted_credits_atomic=row.posted_credits_atomic,
+        posted_credits_atomic=int(row.posted_credits_atomic),  # NUMERIC with unfolded credits
         posted_debits_atomic=row.posted_debits_atomic,
         pending_debits_atomic=row.pending_debits_atomic,
-        pending_credits_atomic=row.pending_credits_atomic,
+        pending_credits_atomic=int(row.pending_credits_atomic),
         credit_limit_atomic=row.credit_limit_atomic,
     )
 

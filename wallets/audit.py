@@ -8,7 +8,8 @@ from collections import defaultdict
 from sqlalchemy import Connection, func, select
 
 from wallets._chain import GENESIS_HASH, posting_hash
-from wallets.ledger import ACCOUNTS, ENTRIES, HEAD, HOLDS, POSTINGS, Ledger
+from wallets._credits import accounts_select
+from wallets.ledger import ENTRIES, HEAD, HOLDS, POSTINGS, Ledger
 from wallets.models import CheckReport, Leg
 
 
@@ -38,7 +39,7 @@ def check_balances(ledger: Ledger) -> CheckReport:
     zero: dict[str, int] = defaultdict(int)
     with _snapshot(ledger) as conn:
         derived = {row.account_id: row for row in conn.execute(sums)}
-        for acct in conn.execute(select(ACCOUNTS)):
+        for acct in conn.execute(accounts_select(conn)):  # unfolded credits counted
             report.accounts += 1
             d = derived.get(acct.id)
             want = (d.cr, d.dr, d.pdr, d.pcr) if d else (0, 0, 0, 0)

@@ -203,11 +203,13 @@ class EcnyGuard(SpendGuard):
     def _check_balance(self, conn: Connection, account: Balance, incoming: int) -> None:
         wallet = wallet_of(conn, account.account_id, self.rules)
         cap = self.rules.tier(wallet.category).balance_cap_atomic
+        from wallets._credits import accounts_select
         from wallets.ledger import ACCOUNTS
 
-        now = conn.execute(select(ACCOUNTS).where(ACCOUNTS.c.id == account.account_id)).one()
-        after = (now.posted_credits_atomic - now.posted_debits_atomic
-                 + now.pending_credits_atomic + incoming)  # as locked, not as first read
+        now = conn.execute(accounts_select(conn)  # credits not yet folded count too
+                           .where(ACCOUNTS.c.id == account.account_id)).one()
+        after = int(now.posted_credits_atomic - now.posted_debits_atomic
+                    + now.pending_credits_atomic + incoming)  # as locked, not as first read
         if cap and after > cap:
             raise TierLimit(f"e-CNY wallet {wallet.pseudonym} (category {wallet.category}) holds "
                             f"at most {_fmt(cap)} CNY; this credit would make {_fmt(after)} "

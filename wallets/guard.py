@@ -126,7 +126,7 @@ class SpendGuard:
         if not debits:
             return
         assert self._ledger is not None, "attach the guard to its ledger first"
-        lock_wallets(conn, involved(transfers))
+        lock_wallets(conn, debits)  # payees' rows are not read, and credits do not lock them
         now_ms = self._ledger.clock_ms()
         rows = policies.load_rows(conn, sorted(debits))
         for account_id in sorted(debits):

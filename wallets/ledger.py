@@ -9,9 +9,11 @@ sum of every account's posted balance in a currency is always zero.
 
 Concurrency: on SQLite every write transaction is BEGIN IMMEDIATE (one writer per process,
 group commit), and each posting is sealed into the hash chain as it is written. On PostgreSQL a
-write transaction locks exactly the rows it depends on: balances change only by conditional
-UPDATEs that refuse to take an account below its limit (each locks its account row, legs in
-account order); a hold being captured or voided is read FOR UPDATE, as are the wallets whose
+write transaction locks exactly the rows it depends on: debits change balances only by
+conditional UPDATEs that refuse to take an account below its limit (each locks its account row,
+legs in account order), while legs that only add to an account are appended and folded into it
+after the commit (`wallets._credits`), so a payee many postings share is no row they queue
+behind; a hold being captured or voided is read FOR UPDATE, as are the wallets whose
 spend controls a debit checks (`wallets.guard`) and other state a decision reads; idempotency
 keys are unique, so a concurrent duplicate loses and replays. Postings are numbered at insert
 and commit unsealed; the sealer (`wallets.sealer`) links them into the chain afterwards. So
@@ -46,7 +48,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from wallets import _idempotency, _pg_hot
+from wallets import _credits, _idempotency, _pg_hot
 from wallets import _sqlite_hot as hot
 from wallets._bulk import TransferRequest, post_transfers
 from wallets._chain import GENESIS_HASH, posting_hash
@@ -211,7 +213,7 @@ class Ledger(LedgerHolds, LedgerReads, MutationRunner):
     def find_account(self, owner: str, currency_code: str, kind: str = "wallet") -> Balance | None:
         with self._read() as conn:
             row = conn.execute(
-                select(ACCOUNTS).where(
+                _credits.accounts_select(conn).where(
                     ACCOUNTS.c.owner == owner,
                     ACCOUNTS.c.currency == currency(currency_code).code,
                     ACCOUNTS.c.kind == kind,
@@ -223,13 +225,15 @@ class Ledger(LedgerHolds, LedgerReads, MutationRunner):
         """Current balances; holds past their timeout are expired first, so none outlives it."""
         self.expire_holds(account_id=account_id)
         with self._read() as conn:
-            row = conn.execute(select(ACCOUNTS).where(ACCOUNTS.c.id == account_id)).first()
+            row = conn.execute(_credits.accounts_select(conn)
+                               .where(ACCOUNTS.c.id == account_id)).first()
         if row is None:
             raise NotFound(f"account {account_id!r} does not exist")
         return balance_from_row(row)
 
     def accounts(self, owner: str | None = None) -> list[Balance]:
-        query = select(ACCOUNTS).order_by(ACCOUNTS.c.kind, ACCOUNTS.c.owner, ACCOUNTS.c.currency)
+        query = _credits.accounts_select(self.engine).order_by(
+            ACCOUNTS.c.kind, ACCOUNTS.c.owner, ACCOUNTS.c.currency)
         if owner is not None:
             query = query.where(ACCOUNTS.c.owner == owner)
         with self._read() as conn:
@@ -319,8 +323,12 @@ class Ledger(LedgerHolds, LedgerReads, MutationRunner):
             posted = sum(leg.posted_atomic for leg in same)
             pending = sum(leg.pending_debit_atomic - leg.pending_credit_atomic for leg in same)
             assert posted == 0 and pending == 0, f"unbalanced posting in {code}: {legs}"
+        # PostgreSQL: legs that only add to an account are appended, not applied (its row stays
+        # unlocked: `wallets._credits`); SQLite applies every leg, its writers take turns.
+        credits = [] if self._sqlite else [leg for leg in legs if _credits.defers(leg)]
         for leg in sorted(legs, key=lambda leg: leg.account_id):
-            self._apply_leg(conn, leg)
+            if leg not in credits:
+                self._apply_leg(conn, leg)
         now_ms = self.clock_ms()
         trace_id, span_id = _current_trace()
         fields: dict[str, Any] = dict(idempotency_key=key, kind=kind, hold_id=hold_id,
@@ -344,6 +352,8 @@ class Ledger(LedgerHolds, LedgerReads, MutationRunner):
                  posted_atomic=leg.posted_atomic, pending_debit_atomic=leg.pending_debit_atomic,
                  pending_credit_atomic=leg.pending_credit_atomic) for leg in legs
         ])
+        if credits:
+            _credits.append(conn, credits)
         return Posting(legs=tuple(legs), hash="", **fields)
 
     def _apply_leg(self, conn: Connection, leg: Leg) -> None:
@@ -364,6 +374,9 @@ class Ledger(LedgerHolds, LedgerReads, MutationRunner):
         }
         changed = (hot.apply_leg(conn, _APPLY_LEG_SQLITE, params) if self._sqlite
                    else conn.execute(_APPLY_LEG, params).rowcount)
+        if changed != 1 and not self._sqlite and _credits.fold_in(conn, [leg.account_id],
+                                                                   wait=True):
+            changed = conn.execute(_APPLY_LEG, params).rowcount  # credits it had not counted
         if changed != 1:
             row = conn.execute(select(ACCOUNTS).where(ACCOUNTS.c.id == leg.account_id)).first()
             if row is None:

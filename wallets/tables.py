@@ -37,6 +37,21 @@ class AccountRow(SQLModel, table=True):
     created_at_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
 
 
+class AccountCreditRow(SQLModel, table=True):
+    """A credit to an account not yet added to its row (PostgreSQL): a leg that only adds
+    to an account (a payee's credit, a pending credit coming or going) is appended here and
+    folded into the row after its commit, so payees shared by many postings (the market's fee
+    account, a busy seller) are never locked by them (`wallets._credits`)."""
+
+    __tablename__ = "ledger_account_credits"
+
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True,
+                                                          autoincrement=True))
+    account_id: str = Field(index=True, max_length=40)
+    posted_credits_atomic: int = Field(sa_column=_money())
+    pending_credits_atomic: int = Field(sa_column=_money())  # signed: released holds lower it
+
+
 class PostingRow(SQLModel, table=True):
     """A posting, numbered at insert (`sequence`). The sealer (`wallets.sealer`) links it into
     the hash chain after it commits: its `position` there, `prev_hash` and `hash` ('' and

@@ -17,6 +17,7 @@ from marketplace.escrows import DISPUTES, ESCROWS
 from marketplace.spanstore import SpanStore
 from marketplace.tables import ListingRow
 from marketplace.v1 import registry_pb2
+from wallets._credits import accounts_select
 from wallets.anomaly import Alert
 from wallets.approvals import APPROVALS, Approval
 from wallets.controls import WalletControls
@@ -181,7 +182,7 @@ class ConsoleReads:
             owners = [r.owner for r in conn.execute(owners_q)]
             more = len(owners) > PAGE
             owners = owners[:PAGE]
-            rows = conn.execute(select(ACCOUNTS).where(ACCOUNTS.c.owner.in_(owners),
+            rows = conn.execute(accounts_select(conn).where(ACCOUNTS.c.owner.in_(owners),
                                                        ACCOUNTS.c.kind == "wallet")
                                 .order_by(ACCOUNTS.c.owner, ACCOUNTS.c.currency)).all()
             frozen = {r.account_id for r in conn.execute(
