@@ -185,6 +185,7 @@ def bench(db_url: str, workdir: Path, window_s: float = MIN_WINDOW_S,
         cpu_before = {k: sum(_cpu_s(p.process.pid) for p in ps) for k, ps in kinds.items()}
         cpu_before["redis"] = _redis_cpu_s(redis_url)
         database_before = _database_cpu(db_url)
+        machine_before = _machine_cpu_s()
         began, done_before = time.time(), sum(b.done() for b in buyers)
         while True:
             time.sleep(1.0)
@@ -195,6 +196,7 @@ def bench(db_url: str, workdir: Path, window_s: float = MIN_WINDOW_S,
         cpu_after = {k: sum(_cpu_s(p.process.pid) for p in ps) for k, ps in kinds.items()}
         cpu_after["redis"] = _redis_cpu_s(redis_url)
         database_after = _database_cpu(db_url)
+        machine_after = _machine_cpu_s()
         cpu_before["database"] = 0.0
         cpu_after["database"] = sum(spent - database_before.get(pid, 0.0)
                                     for pid, spent in database_after.items())
@@ -217,6 +219,10 @@ def bench(db_url: str, workdir: Path, window_s: float = MIN_WINDOW_S,
             "tasks_in_window": in_window,
             "failed_tasks": len(errors),
             "first_error": errors[0] if errors else "",
+            # every core's busy seconds per second: at os.cpu_count() the machine is the limit
+            "machine_cores_busy": round((machine_after[0] - machine_before[0])
+                                        / max(machine_after[1] - machine_before[1], 1e-9)
+                                        * (os.cpu_count() or 1), 2),
         }
         for kind in cpu_after:
             spent_ms = (cpu_after[kind] - cpu_before[kind]) * 1000
@@ -230,6 +236,13 @@ def bench(db_url: str, workdir: Path, window_s: float = MIN_WINDOW_S,
             party.stop()
     figures.update(_books(db_url))
     return figures
+
+
+def _machine_cpu_s() -> tuple[float, float]:
+    """(busy, all) CPU seconds of the whole machine so far, summed over its cores (/proc/stat)."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / TICKS_PER_S, sum(fields[:8]) / TICKS_PER_S
 
 
 def _books(db_url: str) -> dict[str, Any]:

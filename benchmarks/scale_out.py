@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.deployed import TICKS_PER_S, _cpu_s
+from benchmarks.deployed import _cpu_s, _machine_cpu_s
 from benchmarks.tasks import _drop, _postgres_url
 
 WRITER_LEVELS = (1, 4, 16)
@@ -70,13 +70,6 @@ def _writer_process(url: str, pairs_json: str, start: str, stop: str) -> None:
     print(json.dumps({"postings": sum(counts)}), flush=True)
     ledger.close()
     ledger.engine.dispose()
-
-
-def _machine_cpu_s() -> tuple[float, float]:
-    """(busy, all) CPU seconds of the whole machine so far, summed over its cores (/proc/stat)."""
-    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    return (sum(fields[:8]) - idle) / TICKS_PER_S, sum(fields[:8]) / TICKS_PER_S
 
 
 class _WaitSampler(threading.Thread):
@@ -266,7 +259,8 @@ def bench_nodes(say: Any, window_s: float = NODES_WINDOW_S,
         results[f"tasks_per_s_{label}"] = figures["tasks_per_s"]
         for key in ("node_cpu_ms_per_task", "database_cpu_ms_per_task",
                     "redis_cpu_ms_per_task", "sellers_cpu_ms_per_task",
-                    "buyers_cpu_ms_per_task", "failed_tasks", "first_error", "books_balanced",
+                    "buyers_cpu_ms_per_task", "machine_cores_busy", "failed_tasks",
+                    "first_error", "books_balanced",
                     "task_p50_ms", "task_p99_ms"):
             results[f"scale_out_{label}_{key}"] = figures.get(key)
     if "tasks_per_s_2_nodes" in results and results.get("tasks_per_s_1_node"):
