@@ -66,8 +66,7 @@ def record_outcome(conn: Connection, seller_id: str, outcome_permille: int) -> N
         _rate(conn, seller_id, 1, outcome_permille)
         return
     conn.execute(insert(PENDING).values(seller_id=seller_id, score_permille=outcome_permille))
-    engine = conn.engine
-    if not after_commit(conn, lambda: fold(engine, seller_id)):
+    if not after_commit(conn, lambda folding: fold_in(folding, seller_id)):
         fold_in(conn, seller_id)  # not a ledger transaction: nothing would fold it after
 
 

@@ -110,13 +110,13 @@ def test_outcomes_recorded_and_folded_concurrently_are_each_counted_once(market:
 def test_work_after_commit_runs_only_once_the_transaction_committed(market: Harness):
     ran: list[str] = []
     with market.ledger._write() as conn:
-        assert _mutation.after_commit(conn, lambda: ran.append("committed"))
+        assert _mutation.after_commit(conn, lambda folding: ran.append("committed"))
         assert ran == []
     assert ran == ["committed"]
     with pytest.raises(RuntimeError), market.ledger._write() as conn:
-        _mutation.after_commit(conn, lambda: ran.append("rolled back"))
+        _mutation.after_commit(conn, lambda folding: ran.append("rolled back"))
         raise RuntimeError("the transaction fails")
     assert ran == ["committed"]
     with market.ledger.engine.begin() as conn:  # not a ledger transaction: nothing queued
-        assert not _mutation.after_commit(conn, lambda: ran.append("never"))
+        assert not _mutation.after_commit(conn, lambda folding: ran.append("never"))
     assert ran == ["committed"]

@@ -84,8 +84,8 @@ def append(conn: Connection, legs: Sequence[Leg]) -> None:
             f"the running totals of account(s) {', '.join(sorted(set(ids)))} would pass "
             f"{INT64_MAX} atomic; move the balance to a new account",
             reason="ACCOUNT_TOTALS_EXHAUSTED")
-    engine, accounts = conn.engine, sorted(set(ids))
-    after_commit(conn, lambda: fold(engine, accounts))
+    accounts = sorted(set(ids))
+    after_commit(conn, lambda folding: fold_in(folding, accounts))
 
 
 def fold(engine: Engine, account_ids: Iterable[str]) -> int:

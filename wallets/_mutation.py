@@ -37,10 +37,12 @@ T = TypeVar("T")
 log = logging.getLogger("agentmarket.ledger")
 
 
-def after_commit(conn: Connection, work: Callable[[], Any]) -> bool:
-    """Run `work` once `conn`'s write transaction has committed, outside it, before its callers
-    get their results; False (and nothing queued) when `conn` is not a ledger write
-    transaction. `work` must be safe to skip: a crash before it runs leaves it to a sweep."""
+def after_commit(conn: Connection, work: Callable[[Connection], Any]) -> bool:
+    """Run `work` once `conn`'s write transaction has committed, before its callers get their
+    results, in one short transaction with the rest queued by it; False (and nothing queued)
+    when `conn` is not a ledger write transaction. `work` must be safe to skip (a crash before
+    it runs leaves it to a sweep), and may wait for a lock only if nothing that holds it waits
+    for another."""
     queued = conn.info.get(AFTER_COMMIT)
     if queued is None:
         return False
@@ -134,12 +136,13 @@ class _WriteTransaction:
         finally:
             self.serial.__exit__(*exc)
             self.ledger.spend_guard.after_transaction()  # spend-guard hook
-        if exc[0] is None:
-            for work in queued:
-                try:
-                    work()
-                except Exception:  # committed already; a sweep does what this could not
-                    log.exception("work after a ledger commit failed")
+        if exc[0] is None and queued:
+            try:
+                with self.ledger.engine.begin() as conn:
+                    for work in queued:
+                        work(conn)
+            except Exception:  # committed already; a sweep does what this could not
+                log.exception("work after a ledger commit failed")
 
 
 class MutationRunner:
