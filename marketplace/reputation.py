@@ -18,9 +18,10 @@ ranks on it without computing anything per listing (on SQLite with prepared stat
 transaction. On PostgreSQL a busy seller's row would then stay locked across every one of its
 settlements, which would queue behind each other on every node (SCALING.md, "Hot rows"): the
 outcome is appended to `reputation_outcomes` instead, and a short transaction right after the
-commit folds the seller's appended outcomes into its row (several at once under load, skipping
-those another fold has claimed). A node that dies in between leaves them to the sweep
-(`fold_pending`); `reputation` counts them meanwhile, so it is exact at once on both.
+commit folds the seller's appended outcomes into its row (several at once under load; when
+another fold holds the row, it leaves them to the next fold or to the sweep, which also takes
+what a node that died in between left: `fold_pending`). `reputation` counts unfolded outcomes,
+so it is exact at once on both; discovery's ranking may trail it by a sweep (a second).
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ _OFFER = hot.Statement(update(_OFFERS).where(_OFFERS.c.agent_id == bindparam("se
 _TERM = hot.Statement(update(_TERMS).where(_TERMS.c.offer_id.in_(
     select(_OFFERS.c.id).where(_OFFERS.c.agent_id == bindparam("seller"))))
     .values(reputation_permille=bindparam("permille")))
+_LOCK_ROW = hot.Statement(select(REPUTATION.c.seller_id)
+                          .where(REPUTATION.c.seller_id == bindparam("seller"))
+                          .with_for_update(skip_locked=True))
 _CLAIM = (delete(PENDING).where(PENDING.c.id.in_(
     select(PENDING.c.id).where(PENDING.c.seller_id == bindparam("seller"))
     .order_by(PENDING.c.id).limit(FOLD_BATCH).with_for_update(skip_locked=True)))
@@ -78,6 +82,13 @@ def fold(engine: Engine, seller_id: str) -> int:
 
 
 def fold_in(conn: Connection, seller_id: str) -> int:
+    """Fold in `conn`'s transaction, unless another fold holds the seller's row: then that one,
+    the next, or the sweep takes these outcomes (no fold ever waits for another)."""
+    if conn.dialect.name == "postgresql" and not _LOCK_ROW.first(conn, {"seller": seller_id}):
+        conn.execute(postgresql.insert(REPUTATION).values(  # the seller's first, or locked
+            seller_id=seller_id, rated=0, score_sum=0).on_conflict_do_nothing())
+        if not _LOCK_ROW.first(conn, {"seller": seller_id}):
+            return 0
     scores = conn.execute(_CLAIM, {"seller": seller_id}).scalars().all()
     if scores:
         _rate(conn, seller_id, len(scores), sum(scores))
