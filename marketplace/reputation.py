@@ -53,6 +53,8 @@ _OFFER = hot.Statement(update(_OFFERS).where(_OFFERS.c.agent_id == bindparam("se
 _TERM = hot.Statement(update(_TERMS).where(_TERMS.c.offer_id.in_(
     select(_OFFERS.c.id).where(_OFFERS.c.agent_id == bindparam("seller"))))
     .values(reputation_permille=bindparam("permille")))
+_ROW = hot.Statement(select(REPUTATION.c.seller_id)
+                     .where(REPUTATION.c.seller_id == bindparam("seller")))
 _LOCK_ROW = hot.Statement(select(REPUTATION.c.seller_id)
                           .where(REPUTATION.c.seller_id == bindparam("seller"))
                           .with_for_update(skip_locked=True))
@@ -85,7 +87,9 @@ def fold_in(conn: Connection, seller_id: str) -> int:
     """Fold in `conn`'s transaction, unless another fold holds the seller's row: then that one,
     the next, or the sweep takes these outcomes (no fold ever waits for another)."""
     if conn.dialect.name == "postgresql" and not _LOCK_ROW.first(conn, {"seller": seller_id}):
-        conn.execute(postgresql.insert(REPUTATION).values(  # the seller's first, or locked
+        if _ROW.first(conn, {"seller": seller_id}):  # locked by another fold: not waited for
+            return 0
+        conn.execute(postgresql.insert(REPUTATION).values(  # the seller's first
             seller_id=seller_id, rated=0, score_sum=0).on_conflict_do_nothing())
         if not _LOCK_ROW.first(conn, {"seller": seller_id}):
             return 0
