@@ -109,14 +109,15 @@ def test_a_batch_of_transfers_spends_unfolded_credits(market: Market,
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("backend", ["postgres"], indirect=True)
-def test_settlements_do_not_wait_for_a_locked_fee_account(market: Market):
-    """Another transaction holds the fee account's row (a fold, an operator's payout): the
-    settlements paying fees go through meanwhile; their credits fold once it lets go."""
+def test_settlements_do_not_wait_for_a_locked_seller_or_fee_account(market: Market):
+    """Another transaction holds the seller's and the fee account's rows (a fold, the seller
+    spending, an operator's payout): holds for the seller and captures paying both go through
+    meanwhile; their credits fold once it lets go."""
     url = market.ledger.engine.url.set(drivername="postgresql").render_as_string(
         hide_password=False)
     with psycopg.connect(url) as blocker:
-        blocker.execute("SELECT 1 FROM ledger_accounts WHERE id = %s FOR UPDATE",
-                        (market.fees,))
+        blocker.execute("SELECT 1 FROM ledger_accounts WHERE id = ANY(%s) FOR UPDATE",
+                        ([market.fees, market.seller],))
         done = threading.Event()
         errors: list[BaseException] = []
 
@@ -134,12 +135,14 @@ def test_settlements_do_not_wait_for_a_locked_fee_account(market: Market):
         assert not errors, errors
         assert finished, "a settlement waited for the fee account's row"
         assert market.balance(market.fees).posted_atomic == 15  # counted, not yet folded
-        assert _unfolded(market.ledger.engine) >= 5
+        assert market.balance(market.seller).posted_atomic == 5 * 97
+        assert _unfolded(market.ledger.engine) >= 10
         blocker.rollback()
     worker.join(5)
-    assert _credits.fold_pending(market.ledger.engine) >= 5
+    assert _credits.fold_pending(market.ledger.engine) >= 10
     assert _unfolded(market.ledger.engine) == 0
     assert market.balance(market.fees).posted_atomic == 15
+    assert market.balance(market.seller).posted_atomic == 5 * 97
     _books_ok(market.ledger)
 
 
