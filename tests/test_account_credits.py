@@ -173,3 +173,13 @@ def test_concurrent_settlements_to_one_seller_and_fee_account_add_up(market: Mar
     _credits.fold_pending(market.ledger.engine)
     assert _unfolded(market.ledger.engine) == 0
     _books_ok(market.ledger)
+
+
+def test_the_console_shows_unfolded_credits_as_whole_numbers(market: Market,
+                                                             no_fold_after_commit: None):
+    from marketplace.console.reads import ConsoleReads
+
+    market.settle("t1", 700, 20)
+    rows, _next = ConsoleReads(market.ledger).wallets()
+    seller = next(b for row in rows for b in row.accounts if b.account_id == market.seller)
+    assert seller.posted_atomic == 680 and type(seller.posted_credits_atomic) is int

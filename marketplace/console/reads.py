@@ -18,6 +18,7 @@ from marketplace.spanstore import SpanStore
 from marketplace.tables import ListingRow
 from marketplace.v1 import registry_pb2
 from wallets._credits import accounts_select
+from wallets._ledger_reads import balance_from_row
 from wallets.anomaly import Alert
 from wallets.approvals import APPROVALS, Approval
 from wallets.controls import WalletControls
@@ -191,10 +192,7 @@ class ConsoleReads:
                                                         [r.id for r in rows])))}
         by_owner: dict[str, list[Balance]] = {}
         for row in rows:
-            by_owner.setdefault(row.owner, []).append(Balance(
-                row.id, row.owner, row.currency, row.kind, row.posted_credits_atomic,
-                row.posted_debits_atomic, row.pending_debits_atomic,
-                row.pending_credits_atomic, row.credit_limit_atomic))
+            by_owner.setdefault(row.owner, []).append(balance_from_row(row))
         result = [WalletRow(o, by_owner.get(o, []),
                             any(b.account_id in frozen for b in by_owner.get(o, [])))
                   for o in owners]
