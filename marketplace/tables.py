@@ -145,8 +145,8 @@ class PendingOutcomeRow(SQLModel, table=True):
 
     __tablename__ = "reputation_outcomes"
 
-    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True,
-                                                          autoincrement=True))
+    id: int | None = Field(default=None, sa_column=Column(  # SQLite: a rowid, numbered
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True))
     seller_id: str = Field(max_length=64, index=True)
     score_permille: int
 

@@ -183,3 +183,36 @@ def test_the_console_shows_unfolded_credits_as_whole_numbers(market: Market,
     rows, _next = ConsoleReads(market.ledger).wallets()
     seller = next(b for row in rows for b in row.accounts if b.account_id == market.seller)
     assert seller.posted_atomic == 680 and type(seller.posted_credits_atomic) is int
+
+
+def test_downgrading_the_schema_keeps_unfolded_credits_and_outcomes(
+        market: Market, no_fold_after_commit: None, monkeypatch: pytest.MonkeyPatch):
+    """The migrations that add the appended tables fold them into the rows before dropping
+    them: money and ratings survive a downgrade."""
+    from alembic import command
+    from sqlalchemy import insert
+
+    from marketplace.reputation import PENDING, REPUTATION
+    from wallets.schema import _config, upgrade
+
+    ledger = market.ledger
+    market.settle("t1", 700, 20)
+    before = {b.account_id: b for b in ledger.accounts()}
+    upgrade(ledger.engine, "marketplace")
+    with ledger.engine.begin() as conn:
+        conn.execute(insert(PENDING), [dict(seller_id="s1", score_permille=1000),
+                                       dict(seller_id="s1", score_permille=0)])
+    for package, revision in (("wallets", "3c8f1b6d9e20"), ("marketplace", "8a41f0c6d2e7")):
+        config = _config(package)
+        with ledger.engine.begin() as conn:
+            config.attributes["connection"] = conn
+            command.downgrade(config, revision)
+    with ledger.engine.connect() as conn:
+        rows = {r.id: r for r in conn.execute(select(_credits.ACCOUNTS))}
+        rated = conn.execute(select(REPUTATION.c.rated, REPUTATION.c.score_sum)
+                             .where(REPUTATION.c.seller_id == "s1")).one()
+    for account_id, balance in before.items():
+        row = rows[account_id]
+        assert (row.posted_credits_atomic, row.pending_credits_atomic) == (
+            balance.posted_credits_atomic, balance.pending_credits_atomic)
+    assert tuple(rated) == (2, 1000)

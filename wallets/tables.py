@@ -45,8 +45,8 @@ class AccountCreditRow(SQLModel, table=True):
 
     __tablename__ = "ledger_account_credits"
 
-    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True,
-                                                          autoincrement=True))
+    id: int | None = Field(default=None, sa_column=Column(  # SQLite: a rowid, numbered
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True))
     account_id: str = Field(index=True, max_length=40)
     posted_credits_atomic: int = Field(sa_column=_money())
     pending_credits_atomic: int = Field(sa_column=_money())  # signed: released holds lower it
