@@ -127,3 +127,88 @@ def test_concurrent_spends_never_overdraw(ledger: Ledger):
     assert sum(ledger.balance(p).available_atomic for p in payees) == 10 * FUNDS
     ledger.seal()
     assert not check_balances(ledger).problems and not verify_chain(ledger).problems
+
+
+def _batch_sizes(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    sizes: list[int] = []
+    plain = ledger._plain
+    assert plain is not None
+    run = plain._call_batch
+
+    def counted(batch):  # type: ignore[no-untyped-def]
+        sizes.append(len(batch))
+        return run(batch)
+
+    monkeypatch.setattr(plain._combiner, "_run_batch", counted)
+    return sizes
+
+
+def _concurrently(work, n: int) -> None:  # type: ignore[no-untyped-def]
+    start = threading.Barrier(n)
+
+    def run(i: int) -> None:
+        start.wait()
+        work(i)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def test_concurrent_plain_transfers_go_together_and_each_is_answered(
+        ledger: Ledger, monkeypatch: pytest.MonkeyPatch):
+    payers = [_wallet(ledger, f"payer-{n}", 1) for n in range(8)]
+    payee = ledger.open_account("payee", "USD").account_id
+    sizes = _batch_sizes(ledger, monkeypatch)
+    answers: dict[int, int] = {}
+
+    def pay(i: int) -> None:
+        for round_ in range(5):
+            answers[i * 10 + round_] = ledger.transfer(
+                f"p{i}-{round_}", payers[i], payee, FUNDS // 10).sequence
+
+    before = _postings(ledger)
+    _concurrently(pay, 8)
+    assert len(answers) == 40 and len(set(answers.values())) == 40
+    assert sum(sizes) == 40 and max(sizes) > 1, sizes  # some went together
+    assert _postings(ledger) == before + 40
+    assert ledger.balance(payee).available_atomic == 40 * FUNDS // 10
+    assert ledger.transfer("p0-0", payers[0], payee, FUNDS // 10).sequence == answers[0]
+    ledger.seal()
+    assert not check_balances(ledger).problems and not verify_chain(ledger).problems
+
+
+def test_a_batch_declines_what_one_call_would_and_an_error_rolls_it_back_whole(
+        ledger: Ledger):
+    """In a batch, a posting the function declines (too little money, a missing account)
+    changes nothing and the others commit; an error in any of them rolls the whole batch back,
+    and every posting of it is then left to the general path."""
+    alice, bob = _wallet(ledger, "alice", 2), ledger.open_account("bob", "USD").account_id
+    plain = ledger._plain
+    assert plain is not None
+
+    def params(key: str, accounts: list[str], deltas: list[int], kind: str = "transfer"
+               ) -> tuple:  # type: ignore[type-arg]
+        return ("", kind, key, "digest", accounts, deltas, kind, "", 1, "", "")
+
+    before = _postings(ledger)
+    rows = plain._call_batch([params(f"b{n}", [alice, bob], [-FUNDS, FUNDS])
+                              for n in range(3)] + [params("m", [alice, "missing"], [-1, 1])])
+    assert [row[0] is None for row in rows] == [False, False, True, True]
+    assert ledger.balance(alice).available_atomic == 0
+    assert _postings(ledger) == before + 2
+    rows = plain._call_batch([params("c1", [bob, alice], [-1, 1]),
+                              params("c2", [bob, alice], [-1, 1], kind="k" * 200)])
+    assert rows == [None, None]  # the second's kind is too long for its column: an error
+    assert _postings(ledger) == before + 2 and ledger.balance(alice).available_atomic == 0
+
+
+def test_two_plain_transfers_with_one_key_at_once_post_once(ledger: Ledger):
+    alice, bob = _wallet(ledger, "alice", 4), ledger.open_account("bob", "USD").account_id
+    answers: list[int] = []
+    _concurrently(lambda i: answers.append(
+        ledger.transfer("same", alice, bob, FUNDS).sequence), 6)
+    assert len(set(answers)) == 1
+    assert ledger.balance(bob).available_atomic == FUNDS

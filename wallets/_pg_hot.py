@@ -10,6 +10,10 @@ flushed before the answer. The function changes nothing when it answers NULL, an
 rolls it back whole; then the general path (`MutationRunner.mutate`) runs the request as
 before, which replays a stored outcome, raises the refusal and records it. A request the
 function did commit, when the answer was lost, is replayed there from its key.
+
+Plain postings that threads of one process make at the same time go together
+(`wallets._combiner`): one transaction locks every account of the batch in account order,
+calls the function for each posting in one round trip, and commits once.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from wallets import _idempotency
+from wallets._combiner import Combiner
 from wallets.guard import SpendContext, SpendGuard
 from wallets.models import Leg, Posting, Transfer
 
@@ -30,6 +35,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("agentmarket.wallets.pg_hot")
 POST_PLAIN = ("SELECT o_sequence, o_currency FROM ledger_post_plain("
               "%s, %s, %s, %s, %s::text[], %s::bigint[], %s, %s, %s, %s, %s)")
+LOCK_ACCOUNTS = ("SELECT id FROM ledger_accounts WHERE id = ANY(%s::text[]) ORDER BY id "
+                 "FOR UPDATE")
 MAX_CONNECTIONS = 16  # per ledger; more concurrent transfers take the general path meanwhile
 _KEEPALIVE = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 3,
               "keepalives_count": 3}  # a vanished server fails the call instead of hanging it
@@ -53,6 +60,7 @@ class PlainPostings:
         self._open = 0
         self._lock = threading.Lock()
         self._closed = False
+        self._combiner = Combiner(self._call_batch)
 
     def post(self, key: str, kind: str, request: dict[str, Any],
              transfers: Sequence[Transfer], memo: str, spend: SpendContext | None,
@@ -72,14 +80,47 @@ class PlainPostings:
             deltas[t.credit_account_id] = deltas.get(t.credit_account_id, 0) + t.amount_atomic
         now_ms = ledger.clock_ms()
         trace_id, span_id = trace
-        row = self._call((scope, kind, key, request_digest, list(deltas), list(deltas.values()),
-                          kind, memo, now_ms, trace_id, span_id))
+        row = self._combiner.submit((scope, kind, key, request_digest, list(deltas),
+                                     list(deltas.values()), kind, memo, now_ms, trace_id,
+                                     span_id))
         if row is None or row[0] is None:
             return None
         sequence, code = row
         legs = tuple(Leg(account_id, code, posted_atomic=d) for account_id, d in deltas.items())
         return Posting(sequence=sequence, idempotency_key=key, kind=kind, legs=legs,
                        created_at_ms=now_ms, memo=memo, trace_id=trace_id, span_id=span_id)
+
+    def _call_batch(self, batch: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...] | None]:
+        """Concurrent plain postings of this process (`wallets._combiner`): one alone is one
+        call; several are one transaction that first locks every account they touch, in
+        account order (as one posting does: no deadlock with other nodes' batches), then
+        calls the function for each, in one round trip, and commits once. A posting the
+        function declines is left to the general path as alone; any error rolls the batch
+        back whole, and each posting of it goes the general path."""
+        if len(batch) == 1:
+            return [self._call(batch[0])]
+        import psycopg
+
+        conn = self._take()
+        if conn is None:
+            return [None] * len(batch)
+        accounts = sorted({a for params in batch for a in params[4]})
+        try:
+            with conn.transaction(), conn.pipeline():
+                conn.execute(LOCK_ACCOUNTS, (accounts,), prepare=True)
+                cursors = [conn.execute(POST_PLAIN, params, prepare=True) for params in batch]
+            rows = [cursor.fetchone() for cursor in cursors]
+        except psycopg.Error as error:
+            log.debug("a batch of plain postings left to the general path: %s", error)
+            rows = [None] * len(batch)
+        except BaseException:
+            self._drop(conn)
+            raise
+        if conn.broken or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            self._drop(conn)
+        else:
+            self._give(conn)
+        return rows
 
     def _call(self, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
         """One call of the function; None on any error (it rolled back whole)."""
