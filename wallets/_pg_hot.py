@@ -21,8 +21,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from wallets import _idempotency
 from wallets._combiner import Combiner
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from wallets.ledger import Ledger
 
 log = logging.getLogger("agentmarket.wallets.pg_hot")
+T = TypeVar("T")
 POST_PLAIN = ("SELECT o_sequence, o_currency FROM ledger_post_plain("
               "%s, %s, %s, %s, %s::text[], %s::bigint[], %s, %s, %s, %s, %s)")
 LOCK_ACCOUNTS = ("SELECT id FROM ledger_accounts WHERE id = ANY(%s::text[]) ORDER BY id "
@@ -99,41 +100,34 @@ class PlainPostings:
         back whole, and each posting of it goes the general path."""
         if len(batch) == 1:
             return [self._call(batch[0])]
-        import psycopg
-
-        conn = self._take()
-        if conn is None:
-            return [None] * len(batch)
         accounts = sorted({a for params in batch for a in params[4]})
-        try:
+
+        def post(conn: Any) -> list[tuple[Any, ...] | None]:
             with conn.transaction(), conn.pipeline():
                 conn.execute(LOCK_ACCOUNTS, (accounts,), prepare=True)
                 cursors = [conn.execute(POST_PLAIN, params, prepare=True) for params in batch]
-            rows = [cursor.fetchone() for cursor in cursors]
-        except psycopg.Error as error:
-            log.debug("a batch of plain postings left to the general path: %s", error)
-            rows = [None] * len(batch)
-        except BaseException:
-            self._drop(conn)
-            raise
-        if conn.broken or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-            self._drop(conn)
-        else:
-            self._give(conn)
-        return rows
+            return [cursor.fetchone() for cursor in cursors]
+
+        return self._on_connection(post, [None] * len(batch))
 
     def _call(self, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
         """One call of the function; None on any error (it rolled back whole)."""
+        return self._on_connection(
+            lambda conn: conn.execute(POST_PLAIN, params, prepare=True).fetchone(), None)
+
+    def _on_connection(self, work: Callable[[Any], T], declined: T) -> T:
+        """`work` on a connection of this ledger's own; `declined` when there is none or a
+        database error rolled the work back (the general path then runs it)."""
         import psycopg
 
         conn = self._take()
         if conn is None:
-            return None
+            return declined
         try:
-            row = conn.execute(POST_PLAIN, params, prepare=True).fetchone()
+            result = work(conn)
         except psycopg.Error as error:
-            log.debug("plain posting left to the general path: %s", error)
-            row = None
+            log.debug("plain posting(s) left to the general path: %s", error)
+            result = declined
         except BaseException:
             self._drop(conn)
             raise
@@ -141,7 +135,7 @@ class PlainPostings:
             self._drop(conn)
         else:
             self._give(conn)
-        return row
+        return result
 
     def _take(self) -> Any:
         import psycopg
