@@ -27,7 +27,7 @@ so it is exact at once on both; discovery's ranking may trail it by a sweep (a s
 from __future__ import annotations
 
 from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 
 from marketplace.tables import ListingRow, OfferRow, PendingOutcomeRow, ReputationRow, TermRow
 from wallets import _sqlite_hot as hot
@@ -114,15 +114,14 @@ def _rate(conn: Connection, seller_id: str, count: int, score_sum: int) -> None:
     """Add `count` outcomes summing to `score_sum`; the offer and search-token rows are
     rewritten only when the figure changed (a steady seller's settlements cost two statements
     here, not five)."""
-    params = {"seller": seller_id, "count": count, "score": score_sum}
-    row = _RATE.first(conn, params)
-    if row is None:  # the seller's first: two folds may get here at once
-        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-        conn.execute(dialect.insert(REPUTATION).values(seller_id=seller_id, rated=0,
-                                                       score_sum=0).on_conflict_do_nothing())
-        row = _RATE.first(conn, params)
-    rated, score = row.rated, row.score_sum
-    before = (score - score_sum) // (rated - count) if rated > count else None
+    row = _RATE.first(conn, {"seller": seller_id, "count": count, "score": score_sum})
+    if row is None:  # the seller's first (on PostgreSQL `fold_in` made its row already)
+        conn.execute(insert(REPUTATION).values(seller_id=seller_id, rated=count,
+                                               score_sum=score_sum))
+        rated, score, before = count, score_sum, None
+    else:
+        rated, score = row.rated, row.score_sum
+        before = (score - score_sum) // (rated - count) if rated > count else None
     permille = score // rated
     figures = {"seller": seller_id, "permille": permille, "rated": rated}
     _LISTING.run(conn, figures)

@@ -24,7 +24,7 @@ from sqlalchemy import Connection, bindparam, insert, select, update
 from wallets import _credits, _idempotency
 from wallets import _sqlite_hot as hot
 from wallets._chain import posting_hash
-from wallets.currencies import check_amount
+from wallets.currencies import INT64_MAX, check_amount
 from wallets.errors import (
     AgentmarketError,
     IdempotencyConflict,
@@ -42,7 +42,6 @@ KEYS = IdempotencyRow.__table__  # type: ignore[attr-defined]
 _SET_TOTALS = ("UPDATE ledger_accounts SET posted_credits_atomic = ?, posted_debits_atomic = ? "
                "WHERE id = ?")
 MAX_BULK = 5000
-INT64_MAX = 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,12 +30,12 @@ from sqlalchemy import Connection, Engine, Numeric, Select, cast, func, select, 
 
 from wallets._ledger_reads import ACCOUNTS
 from wallets._mutation import after_commit
+from wallets.currencies import INT64_MAX
 from wallets.errors import ResourceExhausted
 from wallets.models import Leg
 from wallets.tables import AccountCreditRow
 
 CREDITS = AccountCreditRow.__table__  # type: ignore[attr-defined]
-INT64_MAX = 2**63 - 1
 SWEEP_ACCOUNTS = 200  # accounts one sweep folds at most
 log = logging.getLogger("agentmarket.ledger")
 

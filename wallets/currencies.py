@@ -21,6 +21,7 @@ from decimal import Decimal, InvalidOperation, localcontext
 from wallets.errors import InvalidAmount, UnknownCurrency
 
 MAX_AMOUNT_ATOMIC = 2**62  # far below int64 overflow even after summing many legs
+INT64_MAX = 2**63 - 1  # the BIGINT columns' limit: running totals stop there
 MAX_INTEGER_DIGITS = 19  # 10**19 is past MAX_AMOUNT_ATOMIC in any currency
 MAX_DIGITS = 64  # significant digits of a decimal amount we read
 

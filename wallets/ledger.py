@@ -57,7 +57,7 @@ from wallets._holds import LedgerHolds
 from wallets._ledger_reads import ACCOUNTS, ENTRIES, POSTINGS, LedgerReads, balance_from_row
 from wallets._ledger_reads import HOLDS as HOLDS  # the hold table, for those that read it here
 from wallets._mutation import MutationRunner, transaction_postings, transaction_sealed
-from wallets.currencies import MAX_AMOUNT_ATOMIC, check_amount, currency
+from wallets.currencies import INT64_MAX, MAX_AMOUNT_ATOMIC, check_amount, currency
 from wallets.errors import (
     AgentmarketError,
     InsufficientFunds,
@@ -104,7 +104,6 @@ _INSERT_UNSEALED = (insert(POSTINGS).values(sequence=func.nextval("ledger_postin
 _NEXT_SEQUENCES = text("SELECT nextval('ledger_posting_seq') FROM generate_series(1, :n)")
 _INSERT_ENTRY = insert(ENTRIES)
 MAX_MEMO = 256
-INT64_MAX = 2**63 - 1  # the BIGINT columns' limit
 
 
 def next_sequences(conn: Connection, n: int) -> list[int]:
