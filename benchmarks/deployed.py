@@ -150,7 +150,8 @@ def bench(db_url: str, workdir: Path, window_s: float = MIN_WINDOW_S,
           redis_url: str | None = None, profile_dir: Path | None = None) -> dict[str, Any]:
     """`nodes` node processes over `db_url` (sharing `redis_url` with --redis when given);
     seller i talks to node i mod nodes, every buyer to all of them (round robin)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "AGENTMARKET_TRACING": "off",
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path, "AGENTMARKET_TRACING": "off",
            "AGENTMARKET_HOME": str(workdir / "home")}
     env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
     python = sys.executable

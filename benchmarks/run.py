@@ -18,8 +18,8 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-MODULES = ("ledger", "usage_journal", "paid_call", "a2a", "x402_gateway", "discovery", "tasks",
-           "deployed", "console", "warm_start", "scale_out", "sandbox")
+MODULES = ("ledger", "usage_journal", "rpc_floor", "paid_call", "a2a", "x402_gateway", "discovery",
+           "tasks", "deployed", "console", "warm_start", "scale_out", "sandbox")
 RESULTS = Path(__file__).resolve().parent / "results.json"
 
 
