@@ -69,21 +69,23 @@ async def _invoke(seller: SellerAgent, executor: Executor, request: agent_pb2.In
     if admission.replay is not None:
         await _durable(admission)
         return admission.replay  # type: ignore[no-any-return]
+    proof = calls.proof_of(request, context)
     if _kind(seller, request) == "async":
         try:
-            response = await _on_loop(seller, executor, request, admission)
+            response = await _on_loop(seller, executor, request, admission, proof)
         finally:
             seller.gate.release(request.agreement_id, admission)  # no-op once completed
     else:  # released by the pool's job: a caller that hangs up does not cut it short
-        response = await _in_pool(executor, _invoke_released, calls, request, admission)
+        response = await _in_pool(executor, _invoke_released, calls, request, admission,
+                                  proof)
     await _durable(admission)  # answer only once the usage record is durable
     return response  # type: ignore[no-any-return]
 
 
 def _invoke_released(calls: PaidCalls, request: agent_pb2.InvokeRequest,
-                     admission: Admission) -> agent_pb2.InvokeResponse:
+                     admission: Admission, proof: bytes) -> agent_pb2.InvokeResponse:
     try:
-        return calls._invoke(request, admission)
+        return calls._invoke(request, admission, proof)
     finally:
         calls.seller.gate.release(request.agreement_id, admission)  # no-op once completed
 
@@ -94,12 +96,12 @@ def _kind(seller: SellerAgent, request: agent_pb2.InvokeRequest) -> str:
 
 
 async def _on_loop(seller: SellerAgent, executor: Executor, request: agent_pb2.InvokeRequest,
-                   admission: Admission) -> agent_pb2.InvokeResponse:
+                   admission: Admission, proof: bytes) -> agent_pb2.InvokeResponse:
     """An async skill's call: the skill awaited on the loop; its billing, which may wait for
     litellm's usage reports, in the pool."""
     calls = seller.calls
     if request.agreement_id not in seller._escrowed:  # asks the marketplace once
-        await _in_pool(executor, seller.check_escrow, request.agreement_id)
+        await _in_pool(executor, seller.check_escrow, request.agreement_id, proof)
     skill, arguments, meter = calls._prepare(request, admission)
     with calls._span(request, skill, meter) as span, metering(meter), \
             traced_by(seller.tracer_provider):

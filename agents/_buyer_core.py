@@ -38,6 +38,7 @@ from agents.payment_session import PaymentSession
 from agents.results import AgreementState, CallResult, Escrow, Usage
 from agents.v1 import agent_pb2
 from marketplace import agreements as ag
+from marketplace import escrow_proof
 from marketplace.grpc_tracing import client_interceptors
 from marketplace.identity import AgentKey
 from marketplace.payword import PaywordChain
@@ -66,9 +67,13 @@ class PlannedCall:
 
     @property
     def metadata(self) -> list[tuple[str, bytes]]:
+        """The voucher, and until a call of the deal was answered, the escrow proof."""
         from agents.payments import VOUCHER_METADATA_KEY
 
-        return [(VOUCHER_METADATA_KEY, self.voucher.SerializeToString())]
+        pairs = [(VOUCHER_METADATA_KEY, self.voucher.SerializeToString())]
+        if self.deal.escrow_proof and not self.deal.outputs:
+            pairs.append((escrow_proof.METADATA_KEY, self.deal.escrow_proof))
+        return pairs
 
 
 class BuyerCore:
@@ -199,6 +204,8 @@ class BuyerCore:
 
     @staticmethod
     def _escrowed(deal: Deal, message: settlement_pb2.Escrow) -> Escrow:
+        if message.proof:
+            deal.escrow_proof = message.proof
         deal.escrow = Escrow.from_message(message)
         return deal.escrow
 

@@ -49,6 +49,9 @@ class Deal:
     unanswered: dict[str, tuple[int, int]] = field(default_factory=dict)
     # receipts taken so far, their chain and signatures checked in one batch before accepting
     unsigned_receipts: list[agreement_pb2.Receipt] = field(default_factory=list)
+    # the node's proof that the escrow is held (marketplace.escrow_proof), sent to the seller
+    # with the first calls so that it need not ask the marketplace; not checkpointed
+    escrow_proof: bytes = b""
 
     @functools.cached_property
     def output_validator(self) -> Any:

@@ -28,6 +28,7 @@ from agents.payments import Admission
 from agents.skills import Skill
 from agents.v1 import agent_pb2
 from marketplace import agreements as ag
+from marketplace import escrow_proof
 from marketplace.errors import ReceiptLimit
 from marketplace.grpc_tracing import span_if_active
 from marketplace.v1.agreement_pb2 import Voucher
@@ -51,11 +52,18 @@ class PaidCalls:
         self.seller = seller
         self.admitter = admitter
 
-    def _prepare(self, request: agent_pb2.InvokeRequest, admission: Admission
-                 ) -> tuple[Skill, dict[str, Any], Meter]:
+    def proof_of(self, request: agent_pb2.InvokeRequest, context: Any) -> bytes:
+        """The escrow proof the call carries, read only while its agreement's escrow is not
+        known to be held."""
+        if request.agreement_id in self.seller._escrowed or context is None:
+            return b""
+        return escrow_proof.of_metadata(context.invocation_metadata())
+
+    def _prepare(self, request: agent_pb2.InvokeRequest, admission: Admission,
+                 proof: bytes = b"") -> tuple[Skill, dict[str, Any], Meter]:
         body = self.seller.gate.body(request.agreement_id)
         skill = self.seller.skills[body.terms.skill]
-        self.seller.check_escrow(request.agreement_id)
+        self.seller.check_escrow(request.agreement_id, proof)
         if utf8_bytes_over(request.input_json, MAX_INPUT_BYTES):
             raise InvalidArgument(f"input is larger than {MAX_INPUT_BYTES} bytes of UTF-8")
         try:
@@ -109,15 +117,15 @@ class PaidCalls:
             _durable(admission)
             return admission.replay  # type: ignore[no-any-return]
         try:
-            response = self._invoke(request, admission)
+            response = self._invoke(request, admission, self.proof_of(request, context))
         finally:
             self.seller.gate.release(request.agreement_id, admission)  # no-op once completed
         _durable(admission)  # answer only once the usage record is durable
         return response
 
-    def _invoke(self, request: agent_pb2.InvokeRequest, admission: Admission
-                ) -> agent_pb2.InvokeResponse:
-        skill, arguments, meter = self._prepare(request, admission)
+    def _invoke(self, request: agent_pb2.InvokeRequest, admission: Admission,
+                proof: bytes = b"") -> agent_pb2.InvokeResponse:
+        skill, arguments, meter = self._prepare(request, admission, proof)
         with self._span(request, skill, meter) as span, metering(meter), \
                 traced_by(self.seller.tracer_provider):
             if skill.streams:
@@ -178,7 +186,8 @@ class PaidCalls:
 
     def _stream(self, request: agent_pb2.InvokeRequest, context: grpc.ServicerContext,
                 admission: Admission) -> Iterator[agent_pb2.StreamChunk]:
-        skill, arguments, meter = self._prepare(request, admission)
+        skill, arguments, meter = self._prepare(request, admission,
+                                                self.proof_of(request, context))
         if not skill.streams:
             raise FailedPrecondition(f"skill {skill.name} does not stream; call Invoke")
         if meter.tariff.unit != TOKENS and admission.reserve_atomic < meter.tariff.call_max_atomic:

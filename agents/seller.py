@@ -72,6 +72,7 @@ from agents.skills import Skill, warm_up
 from agents.usage_journal import JournalPacedExecutor, UsageJournal
 from agents.v1 import agent_pb2
 from marketplace import agreements as ag
+from marketplace import escrow_proof
 from marketplace.a2a_cards import CARD_PATH, listing_card
 from marketplace.auth import signed_channel
 from marketplace.grpc_tracing import client_interceptors, untraced
@@ -156,6 +157,7 @@ class SellerAgent:
         self._stop = threading.Event()
         self._redeem_locks: dict[str, threading.Lock] = {}
         self._escrowed: set[str] = set()
+        self.node_id = ""  # the node's key (its AdvertiseResponse): checks escrow proofs
         self._locks_guard = threading.Lock()
         channel = signed_channel(
             self.marketplace, self.key, credentials, options=market_options(self.marketplace),
@@ -270,6 +272,8 @@ class SellerAgent:
             registry_pb2.AdvertiseRequest(idempotency_key=f"advertise:{uuid.uuid4().hex}",
                                           listing=self.listing(), ttl_s=self.ttl_s),
             timeout=RPC_TIMEOUT_S)
+        if response.node_id:
+            self.node_id = response.node_id
         return response.listing
 
     def _heartbeat_loop(self) -> None:
@@ -378,10 +382,15 @@ class SellerAgent:
                ) -> agent_pb2.InvokeResponse:
         return self.calls.invoke(request, context)
 
-    def check_escrow(self, agreement_id: str) -> None:
-        """Work only for money that is held: the first call of an agreement asks the
-        marketplace whether its escrow is active (one round trip per agreement, then cached)."""
+    def check_escrow(self, agreement_id: str, proof: bytes = b"") -> None:
+        """Work only for money that is held: on an agreement's first call, the buyer's escrow
+        proof when it holds (`marketplace.escrow_proof`), else the marketplace is asked (one
+        round trip per agreement); then cached."""
         if agreement_id in self._escrowed:
+            return
+        if proof and escrow_proof.proven(proof, self.node_id, agreement_id, self.agent_id,
+                                         time.time_ns() // 1_000_000):
+            self._escrowed.add(agreement_id)
             return
         try:
             escrow = self.settlement.GetEscrow(settlement_pb2.GetEscrowRequest(

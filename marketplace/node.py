@@ -190,9 +190,9 @@ class MarketplaceNode:
                      ("grpc.max_send_message_length", MAX_RESPONSE_BYTES)],
         )
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(
-            RegistryServicer(self.registry), self.server)
+            RegistryServicer(self.registry, node_id=self.agent_id), self.server)
         settlement_pb2_grpc.add_SettlementServiceServicer_to_server(
-            SettlementServicer(self.settlement), self.server)
+            SettlementServicer(self.settlement, self.key), self.server)
         dispute_pb2_grpc.add_ArbitrationServiceServicer_to_server(
             ArbitrationServicer(self.settlement), self.server)
         wallet_pb2_grpc.add_WalletServiceServicer_to_server(

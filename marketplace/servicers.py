@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from marketplace.escrow_proof import with_proof
+from marketplace.identity import AgentKey
 from marketplace.liveness import Liveness
 from marketplace.registry import Registry
 from marketplace.settlement import STATES, Settlement, escrow_message
@@ -28,9 +30,13 @@ def _key(request: Any) -> str:
 
 
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
-    def __init__(self, registry: Registry, liveness: Liveness | None = None) -> None:
+    def __init__(self, registry: Registry, liveness: Liveness | None = None, *,
+                 node_id: str = "") -> None:
+        """`node_id`: the node's agent id, told to each advertising seller (the key of its
+        escrow proofs)."""
         self.registry = registry
         self.liveness = liveness or Liveness(registry)
+        self.node_id = node_id
 
     @grpc_method
     def ReportUnreachable(self, request, context):  # type: ignore[no-untyped-def]
@@ -41,7 +47,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     def Advertise(self, request, context):  # type: ignore[no-untyped-def]
         _key(request)
         return registry_pb2.AdvertiseResponse(
-            listing=self.registry.advertise(request.listing, request.ttl_s))
+            listing=self.registry.advertise(request.listing, request.ttl_s),
+            node_id=self.node_id)
 
     @grpc_method
     def Heartbeat(self, request, context):  # type: ignore[no-untyped-def]
@@ -64,12 +71,15 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
 
 
 class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
-    def __init__(self, settlement: Settlement) -> None:
+    def __init__(self, settlement: Settlement, key: AgentKey | None = None) -> None:
+        """`key`: the node's, which signs the escrow proof of each escrow opened."""
         self.settlement = settlement
+        self.key = key
 
     @grpc_method
     def OpenEscrow(self, request, context):  # type: ignore[no-untyped-def]
-        return escrow_message(self.settlement.open_escrow(_key(request), request.agreement))
+        return with_proof(self.key, escrow_message(
+            self.settlement.open_escrow(_key(request), request.agreement)))
 
     @grpc_method
     def Redeem(self, request, context):  # type: ignore[no-untyped-def]

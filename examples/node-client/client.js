@@ -135,7 +135,8 @@ async function hire(listing, rfq, offer, quantity) {
     { idempotency_key: `escrow:${id}`, agreement: reply.agreement });
   expect(escrow.state === "AGREEMENT_STATE_ACTIVE", "the escrow is active");
   expect(escrow.held_atomic === offer.terms.max_total_atomic, "it holds the maximum total");
-  return { id, chain, price, terms: offer.terms, receipts: [] };
+  expect(escrow.proof && escrow.proof.length > 0, "the node signs an escrow proof");
+  return { id, chain, price, terms: offer.terms, receipts: [], proof: Buffer.from(escrow.proof) };
 }
 
 // Check a receipt as it arrives, and that it comes next in the agreement's chain.
@@ -197,7 +198,9 @@ async function main() {
     const text = `word ${n}`;
     const response = await seller(listing, "Invoke", { agreement_id: deal.id,
       input_json: JSON.stringify({ text }), call_id: `call-${n}` }, { signed: n % 2 === 0,
-      extra: { "agentmarket-voucher-bin": p.voucher(deal.id, n, deal.chain, n, deal.price) } });
+      extra: { "agentmarket-voucher-bin": p.voucher(deal.id, n, deal.chain, n, deal.price),
+        // the first call hands the seller the node's escrow proof (PROTOCOL.md, section 5)
+        ...(n === 1 ? { "agentmarket-escrow-proof-bin": deal.proof } : {}) } });
     expect(JSON.parse(response.output_json).text === text.toUpperCase(), `call ${n}'s answer`);
     take(deal, response.receipt, response.output_json, response.usage.charged_atomic, listing.agent_id);
   }

@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmarketplace/v1/registry.proto\x12\x0emarketplace.v1\"V\n\tPriceTier\x12\x14\n\x0cmin_quantity\x18\x01 \x01(\x03\x12\x15\n\ramount_atomic\x18\x02 \x01(\x03\x12\x1c\n\x14output_amount_atomic\x18\x03 \x01(\x03\"\xb4\x01\n\x05Price\x12\x15\n\ramount_atomic\x18\x01 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\x12\'\n\x04unit\x18\x03 \x01(\x0e\x32\x19.marketplace.v1.PriceUnit\x12\x1c\n\x14output_amount_atomic\x18\x04 \x01(\x03\x12\x11\n\tunit_name\x18\x05 \x01(\t\x12(\n\x05tiers\x18\x06 \x03(\x0b\x32\x19.marketplace.v1.PriceTier\"\x8d\x02\n\x05Skill\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0c\n\x04tags\x18\x03 \x03(\t\x12\x19\n\x11input_schema_json\x18\x04 \x01(\t\x12\x1a\n\x12output_schema_json\x18\x05 \x01(\t\x12%\n\x06prices\x18\x06 \x03(\x0b\x32\x15.marketplace.v1.Price\x12@\n\x14verification_methods\x18\x07 \x03(\x0e\x32\".marketplace.v1.VerificationMethod\x12\x17\n\x0fmax_concurrency\x18\x08 \x01(\r\x12\x1a\n\x12typical_latency_ms\x18\t \x01(\r\"\xb0\x01\n\x07Listing\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12%\n\x06skills\x18\x04 \x03(\x0b\x32\x15.marketplace.v1.Skill\x12\x15\n\rexpires_at_ms\x18\x05 \x01(\x03\x12\x1b\n\x13reputation_permille\x18\x06 \x01(\r\x12\x18\n\x10rated_agreements\x18\x07 \x01(\r\"d\n\x10\x41\x64vertiseRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12(\n\x07listing\x18\x02 \x01(\x0b\x32\x17.marketplace.v1.Listing\x12\r\n\x05ttl_s\x18\x03 \x01(\r\"=\n\x11\x41\x64vertiseResponse\x12(\n\x07listing\x18\x01 \x01(\x0b\x32\x17.marketplace.v1.Listing\"$\n\x10HeartbeatRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\"*\n\x11HeartbeatResponse\x12\x15\n\rexpires_at_ms\x18\x01 \x01(\x03\"C\n\x16WithdrawListingRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\"\x19\n\x17WithdrawListingResponse\">\n\x18ReportUnreachableRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\".\n\x19ReportUnreachableResponse\x12\x11\n\twithdrawn\x18\x01 \x01(\x08\"\xb4\x01\n\x0f\x44iscoverRequest\x12\r\n\x05skill\x18\x01 \x01(\t\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\x12\x18\n\x10max_price_atomic\x18\x03 \x01(\x03\x12\r\n\x05limit\x18\x04 \x01(\r\x12\x0c\n\x04text\x18\x05 \x01(\t\x12\x0c\n\x04tags\x18\x06 \x03(\t\x12\x1f\n\x17min_reputation_permille\x18\x07 \x01(\r\x12\x1a\n\x12\x63onvert_currencies\x18\x08 \x01(\x08\"=\n\x10\x44iscoverResponse\x12)\n\x08listings\x18\x01 \x03(\x0b\x32\x17.marketplace.v1.Listing*k\n\tPriceUnit\x12\x1a\n\x16PRICE_UNIT_UNSPECIFIED\x10\x00\x12\x13\n\x0fPRICE_UNIT_CALL\x10\x01\x12\x18\n\x14PRICE_UNIT_1K_TOKENS\x10\x02\x12\x13\n\x0fPRICE_UNIT_UNIT\x10\x03*\xec\x01\n\x12VerificationMethod\x12#\n\x1fVERIFICATION_METHOD_UNSPECIFIED\x10\x00\x12\x1e\n\x1aVERIFICATION_METHOD_SCHEMA\x10\x01\x12\x1f\n\x1bVERIFICATION_METHOD_CHECKER\x10\x02\x12!\n\x1dVERIFICATION_METHOD_LLM_JUDGE\x10\x03\x12(\n$VERIFICATION_METHOD_BUYER_ACCEPTANCE\x10\x04\x12#\n\x1fVERIFICATION_METHOD_THIRD_PARTY\x10\x05\x32\xd2\x03\n\x0fRegistryService\x12P\n\tAdvertise\x12 .marketplace.v1.AdvertiseRequest\x1a!.marketplace.v1.AdvertiseResponse\x12P\n\tHeartbeat\x12 .marketplace.v1.HeartbeatRequest\x1a!.marketplace.v1.HeartbeatResponse\x12\x62\n\x0fWithdrawListing\x12&.marketplace.v1.WithdrawListingRequest\x1a\'.marketplace.v1.WithdrawListingResponse\x12M\n\x08\x44iscover\x12\x1f.marketplace.v1.DiscoverRequest\x1a .marketplace.v1.DiscoverResponse\x12h\n\x11ReportUnreachable\x12(.marketplace.v1.ReportUnreachableRequest\x1a).marketplace.v1.ReportUnreachableResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmarketplace/v1/registry.proto\x12\x0emarketplace.v1\"V\n\tPriceTier\x12\x14\n\x0cmin_quantity\x18\x01 \x01(\x03\x12\x15\n\ramount_atomic\x18\x02 \x01(\x03\x12\x1c\n\x14output_amount_atomic\x18\x03 \x01(\x03\"\xb4\x01\n\x05Price\x12\x15\n\ramount_atomic\x18\x01 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\x12\'\n\x04unit\x18\x03 \x01(\x0e\x32\x19.marketplace.v1.PriceUnit\x12\x1c\n\x14output_amount_atomic\x18\x04 \x01(\x03\x12\x11\n\tunit_name\x18\x05 \x01(\t\x12(\n\x05tiers\x18\x06 \x03(\x0b\x32\x19.marketplace.v1.PriceTier\"\x8d\x02\n\x05Skill\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0c\n\x04tags\x18\x03 \x03(\t\x12\x19\n\x11input_schema_json\x18\x04 \x01(\t\x12\x1a\n\x12output_schema_json\x18\x05 \x01(\t\x12%\n\x06prices\x18\x06 \x03(\x0b\x32\x15.marketplace.v1.Price\x12@\n\x14verification_methods\x18\x07 \x03(\x0e\x32\".marketplace.v1.VerificationMethod\x12\x17\n\x0fmax_concurrency\x18\x08 \x01(\r\x12\x1a\n\x12typical_latency_ms\x18\t \x01(\r\"\xb0\x01\n\x07Listing\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12%\n\x06skills\x18\x04 \x03(\x0b\x32\x15.marketplace.v1.Skill\x12\x15\n\rexpires_at_ms\x18\x05 \x01(\x03\x12\x1b\n\x13reputation_permille\x18\x06 \x01(\r\x12\x18\n\x10rated_agreements\x18\x07 \x01(\r\"d\n\x10\x41\x64vertiseRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12(\n\x07listing\x18\x02 \x01(\x0b\x32\x17.marketplace.v1.Listing\x12\r\n\x05ttl_s\x18\x03 \x01(\r\"N\n\x11\x41\x64vertiseResponse\x12(\n\x07listing\x18\x01 \x01(\x0b\x32\x17.marketplace.v1.Listing\x12\x0f\n\x07node_id\x18\x02 \x01(\t\"$\n\x10HeartbeatRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\"*\n\x11HeartbeatResponse\x12\x15\n\rexpires_at_ms\x18\x01 \x01(\x03\"C\n\x16WithdrawListingRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\"\x19\n\x17WithdrawListingResponse\">\n\x18ReportUnreachableRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\".\n\x19ReportUnreachableResponse\x12\x11\n\twithdrawn\x18\x01 \x01(\x08\"\xb4\x01\n\x0f\x44iscoverRequest\x12\r\n\x05skill\x18\x01 \x01(\t\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\x12\x18\n\x10max_price_atomic\x18\x03 \x01(\x03\x12\r\n\x05limit\x18\x04 \x01(\r\x12\x0c\n\x04text\x18\x05 \x01(\t\x12\x0c\n\x04tags\x18\x06 \x03(\t\x12\x1f\n\x17min_reputation_permille\x18\x07 \x01(\r\x12\x1a\n\x12\x63onvert_currencies\x18\x08 \x01(\x08\"=\n\x10\x44iscoverResponse\x12)\n\x08listings\x18\x01 \x03(\x0b\x32\x17.marketplace.v1.Listing*k\n\tPriceUnit\x12\x1a\n\x16PRICE_UNIT_UNSPECIFIED\x10\x00\x12\x13\n\x0fPRICE_UNIT_CALL\x10\x01\x12\x18\n\x14PRICE_UNIT_1K_TOKENS\x10\x02\x12\x13\n\x0fPRICE_UNIT_UNIT\x10\x03*\xec\x01\n\x12VerificationMethod\x12#\n\x1fVERIFICATION_METHOD_UNSPECIFIED\x10\x00\x12\x1e\n\x1aVERIFICATION_METHOD_SCHEMA\x10\x01\x12\x1f\n\x1bVERIFICATION_METHOD_CHECKER\x10\x02\x12!\n\x1dVERIFICATION_METHOD_LLM_JUDGE\x10\x03\x12(\n$VERIFICATION_METHOD_BUYER_ACCEPTANCE\x10\x04\x12#\n\x1fVERIFICATION_METHOD_THIRD_PARTY\x10\x05\x32\xd2\x03\n\x0fRegistryService\x12P\n\tAdvertise\x12 .marketplace.v1.AdvertiseRequest\x1a!.marketplace.v1.AdvertiseResponse\x12P\n\tHeartbeat\x12 .marketplace.v1.HeartbeatRequest\x1a!.marketplace.v1.HeartbeatResponse\x12\x62\n\x0fWithdrawListing\x12&.marketplace.v1.WithdrawListingRequest\x1a\'.marketplace.v1.WithdrawListingResponse\x12M\n\x08\x44iscover\x12\x1f.marketplace.v1.DiscoverRequest\x1a .marketplace.v1.DiscoverResponse\x12h\n\x11ReportUnreachable\x12(.marketplace.v1.ReportUnreachableRequest\x1a).marketplace.v1.ReportUnreachableResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'marketplace.v1.registry_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PRICEUNIT']._serialized_start=1472
-  _globals['_PRICEUNIT']._serialized_end=1579
-  _globals['_VERIFICATIONMETHOD']._serialized_start=1582
-  _globals['_VERIFICATIONMETHOD']._serialized_end=1818
+  _globals['_PRICEUNIT']._serialized_start=1489
+  _globals['_PRICEUNIT']._serialized_end=1596
+  _globals['_VERIFICATIONMETHOD']._serialized_start=1599
+  _globals['_VERIFICATIONMETHOD']._serialized_end=1835
   _globals['_PRICETIER']._serialized_start=49
   _globals['_PRICETIER']._serialized_end=135
   _globals['_PRICE']._serialized_start=138
@@ -46,23 +46,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ADVERTISEREQUEST']._serialized_start=771
   _globals['_ADVERTISEREQUEST']._serialized_end=871
   _globals['_ADVERTISERESPONSE']._serialized_start=873
-  _globals['_ADVERTISERESPONSE']._serialized_end=934
-  _globals['_HEARTBEATREQUEST']._serialized_start=936
-  _globals['_HEARTBEATREQUEST']._serialized_end=972
-  _globals['_HEARTBEATRESPONSE']._serialized_start=974
-  _globals['_HEARTBEATRESPONSE']._serialized_end=1016
-  _globals['_WITHDRAWLISTINGREQUEST']._serialized_start=1018
-  _globals['_WITHDRAWLISTINGREQUEST']._serialized_end=1085
-  _globals['_WITHDRAWLISTINGRESPONSE']._serialized_start=1087
-  _globals['_WITHDRAWLISTINGRESPONSE']._serialized_end=1112
-  _globals['_REPORTUNREACHABLEREQUEST']._serialized_start=1114
-  _globals['_REPORTUNREACHABLEREQUEST']._serialized_end=1176
-  _globals['_REPORTUNREACHABLERESPONSE']._serialized_start=1178
-  _globals['_REPORTUNREACHABLERESPONSE']._serialized_end=1224
-  _globals['_DISCOVERREQUEST']._serialized_start=1227
-  _globals['_DISCOVERREQUEST']._serialized_end=1407
-  _globals['_DISCOVERRESPONSE']._serialized_start=1409
-  _globals['_DISCOVERRESPONSE']._serialized_end=1470
-  _globals['_REGISTRYSERVICE']._serialized_start=1821
-  _globals['_REGISTRYSERVICE']._serialized_end=2287
+  _globals['_ADVERTISERESPONSE']._serialized_end=951
+  _globals['_HEARTBEATREQUEST']._serialized_start=953
+  _globals['_HEARTBEATREQUEST']._serialized_end=989
+  _globals['_HEARTBEATRESPONSE']._serialized_start=991
+  _globals['_HEARTBEATRESPONSE']._serialized_end=1033
+  _globals['_WITHDRAWLISTINGREQUEST']._serialized_start=1035
+  _globals['_WITHDRAWLISTINGREQUEST']._serialized_end=1102
+  _globals['_WITHDRAWLISTINGRESPONSE']._serialized_start=1104
+  _globals['_WITHDRAWLISTINGRESPONSE']._serialized_end=1129
+  _globals['_REPORTUNREACHABLEREQUEST']._serialized_start=1131
+  _globals['_REPORTUNREACHABLEREQUEST']._serialized_end=1193
+  _globals['_REPORTUNREACHABLERESPONSE']._serialized_start=1195
+  _globals['_REPORTUNREACHABLERESPONSE']._serialized_end=1241
+  _globals['_DISCOVERREQUEST']._serialized_start=1244
+  _globals['_DISCOVERREQUEST']._serialized_end=1424
+  _globals['_DISCOVERRESPONSE']._serialized_start=1426
+  _globals['_DISCOVERRESPONSE']._serialized_end=1487
+  _globals['_REGISTRYSERVICE']._serialized_start=1838
+  _globals['_REGISTRYSERVICE']._serialized_end=2304
 # @@protoc_insertion_point(module_scope)

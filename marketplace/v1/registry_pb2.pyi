@@ -110,10 +110,12 @@ class AdvertiseRequest(_message.Message):
     def __init__(self, idempotency_key: _Optional[str] = ..., listing: _Optional[_Union[Listing, _Mapping]] = ..., ttl_s: _Optional[int] = ...) -> None: ...
 
 class AdvertiseResponse(_message.Message):
-    __slots__ = ("listing",)
+    __slots__ = ("listing", "node_id")
     LISTING_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
     listing: Listing
-    def __init__(self, listing: _Optional[_Union[Listing, _Mapping]] = ...) -> None: ...
+    node_id: str
+    def __init__(self, listing: _Optional[_Union[Listing, _Mapping]] = ..., node_id: _Optional[str] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("agent_id",)

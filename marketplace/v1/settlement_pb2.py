@@ -25,35 +25,37 @@ _sym_db = _symbol_database.Default()
 from marketplace.v1 import agreement_pb2 as marketplace_dot_v1_dot_agreement__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fmarketplace/v1/settlement.proto\x12\x0emarketplace.v1\x1a\x1emarketplace/v1/agreement.proto\"\x91\x03\n\x06\x45scrow\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12-\n\x05state\x18\x02 \x01(\x0e\x32\x1e.marketplace.v1.AgreementState\x12\x0f\n\x07hold_id\x18\x03 \x01(\t\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x12\x13\n\x0bheld_atomic\x18\x05 \x01(\x03\x12\x17\n\x0f\x63\x61ptured_atomic\x18\x06 \x01(\x03\x12\x12\n\nfee_atomic\x18\x07 \x01(\x03\x12\x17\n\x0frefunded_atomic\x18\x08 \x01(\x03\x12\x18\n\x10verified_outputs\x18\t \x01(\r\x12\x16\n\x0e\x66\x61iled_outputs\x18\n \x01(\r\x12\x15\n\rearned_atomic\x18\x0b \x01(\x03\x12\x1b\n\x13verifier_fee_atomic\x18\x0c \x01(\x03\x12\x15\n\rrelease_at_ms\x18\r \x01(\x03\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x0e \x01(\x03\x12\x10\n\x08\x62uyer_id\x18\x0f \x01(\t\x12\x11\n\tseller_id\x18\x10 \x01(\t\x12\r\n\x05skill\x18\x11 \x01(\t\"`\n\x11OpenEscrowRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x32\n\tagreement\x18\x02 \x01(\x0b\x32\x1f.marketplace.v1.SignedAgreement\"\xc9\x01\n\rRedeemRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x14\n\x0c\x61greement_id\x18\x02 \x01(\t\x12(\n\x07voucher\x18\x03 \x01(\x0b\x32\x17.marketplace.v1.Voucher\x12)\n\x08receipts\x18\x04 \x03(\x0b\x32\x17.marketplace.v1.Receipt\x12\x18\n\x10seller_signature\x18\x05 \x01(\x0c\x12\x1a\n\x12\x62uyer_confirmation\x18\x06 \x01(\x0c\"\x8d\x01\n\x0cRedeemResult\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12&\n\x06\x65scrow\x18\x02 \x01(\x0b\x32\x16.marketplace.v1.Escrow\x12\x12\n\nerror_code\x18\x03 \x01(\t\x12\x14\n\x0c\x65rror_reason\x18\x04 \x01(\t\x12\x15\n\rerror_message\x18\x05 \x01(\t\"]\n\x12RedeemBatchRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12.\n\x07redeems\x18\x02 \x03(\x0b\x32\x1d.marketplace.v1.RedeemRequest\"D\n\x13RedeemBatchResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.marketplace.v1.RedeemResult\"X\n\x0e\x43onfirmRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x14\n\x0c\x61greement_id\x18\x02 \x01(\t\x12\x17\n\x0f\x62uyer_signature\x18\x03 \x01(\x0c\">\n\x08\x45vidence\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\"\x94\x01\n\x0e\x44isputeRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x14\n\x0c\x61greement_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x17\n\x0f\x62uyer_signature\x18\x04 \x01(\x0c\x12*\n\x08\x65vidence\x18\x05 \x03(\x0b\x32\x18.marketplace.v1.Evidence\"(\n\x10GetEscrowRequest\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t*\x9e\x02\n\x0e\x41greementState\x12\x1f\n\x1b\x41GREEMENT_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41GREEMENT_STATE_ACTIVE\x10\x01\x12\x1d\n\x19\x41GREEMENT_STATE_DELIVERED\x10\x02\x12\x1b\n\x17\x41GREEMENT_STATE_SETTLED\x10\x03\x12\x1c\n\x18\x41GREEMENT_STATE_REFUNDED\x10\x04\x12\x1c\n\x18\x41GREEMENT_STATE_DISPUTED\x10\x05\x12\x1b\n\x17\x41GREEMENT_STATE_EXPIRED\x10\x06\x12\x1c\n\x18\x41GREEMENT_STATE_VERIFIED\x10\x07\x12\x1c\n\x18\x41GREEMENT_STATE_RESOLVED\x10\x08\x32\xc2\x03\n\x11SettlementService\x12G\n\nOpenEscrow\x12!.marketplace.v1.OpenEscrowRequest\x1a\x16.marketplace.v1.Escrow\x12?\n\x06Redeem\x12\x1d.marketplace.v1.RedeemRequest\x1a\x16.marketplace.v1.Escrow\x12V\n\x0bRedeemBatch\x12\".marketplace.v1.RedeemBatchRequest\x1a#.marketplace.v1.RedeemBatchResponse\x12\x41\n\x07\x43onfirm\x12\x1e.marketplace.v1.ConfirmRequest\x1a\x16.marketplace.v1.Escrow\x12\x41\n\x07\x44ispute\x12\x1e.marketplace.v1.DisputeRequest\x1a\x16.marketplace.v1.Escrow\x12\x45\n\tGetEscrow\x12 .marketplace.v1.GetEscrowRequest\x1a\x16.marketplace.v1.Escrowb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fmarketplace/v1/settlement.proto\x12\x0emarketplace.v1\x1a\x1emarketplace/v1/agreement.proto\"\xa0\x03\n\x06\x45scrow\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12-\n\x05state\x18\x02 \x01(\x0e\x32\x1e.marketplace.v1.AgreementState\x12\x0f\n\x07hold_id\x18\x03 \x01(\t\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x12\x13\n\x0bheld_atomic\x18\x05 \x01(\x03\x12\x17\n\x0f\x63\x61ptured_atomic\x18\x06 \x01(\x03\x12\x12\n\nfee_atomic\x18\x07 \x01(\x03\x12\x17\n\x0frefunded_atomic\x18\x08 \x01(\x03\x12\x18\n\x10verified_outputs\x18\t \x01(\r\x12\x16\n\x0e\x66\x61iled_outputs\x18\n \x01(\r\x12\x15\n\rearned_atomic\x18\x0b \x01(\x03\x12\x1b\n\x13verifier_fee_atomic\x18\x0c \x01(\x03\x12\x15\n\rrelease_at_ms\x18\r \x01(\x03\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x0e \x01(\x03\x12\x10\n\x08\x62uyer_id\x18\x0f \x01(\t\x12\x11\n\tseller_id\x18\x10 \x01(\t\x12\r\n\x05skill\x18\x11 \x01(\t\x12\r\n\x05proof\x18\x12 \x01(\x0c\"0\n\x0b\x45scrowProof\x12\x0e\n\x06\x65scrow\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"`\n\x11OpenEscrowRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x32\n\tagreement\x18\x02 \x01(\x0b\x32\x1f.marketplace.v1.SignedAgreement\"\xc9\x01\n\rRedeemRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x14\n\x0c\x61greement_id\x18\x02 \x01(\t\x12(\n\x07voucher\x18\x03 \x01(\x0b\x32\x17.marketplace.v1.Voucher\x12)\n\x08receipts\x18\x04 \x03(\x0b\x32\x17.marketplace.v1.Receipt\x12\x18\n\x10seller_signature\x18\x05 \x01(\x0c\x12\x1a\n\x12\x62uyer_confirmation\x18\x06 \x01(\x0c\"\x8d\x01\n\x0cRedeemResult\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12&\n\x06\x65scrow\x18\x02 \x01(\x0b\x32\x16.marketplace.v1.Escrow\x12\x12\n\nerror_code\x18\x03 \x01(\t\x12\x14\n\x0c\x65rror_reason\x18\x04 \x01(\t\x12\x15\n\rerror_message\x18\x05 \x01(\t\"]\n\x12RedeemBatchRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12.\n\x07redeems\x18\x02 \x03(\x0b\x32\x1d.marketplace.v1.RedeemRequest\"D\n\x13RedeemBatchResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.marketplace.v1.RedeemResult\"X\n\x0e\x43onfirmRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x14\n\x0c\x61greement_id\x18\x02 \x01(\t\x12\x17\n\x0f\x62uyer_signature\x18\x03 \x01(\x0c\">\n\x08\x45vidence\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\"\x94\x01\n\x0e\x44isputeRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x14\n\x0c\x61greement_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x17\n\x0f\x62uyer_signature\x18\x04 \x01(\x0c\x12*\n\x08\x65vidence\x18\x05 \x03(\x0b\x32\x18.marketplace.v1.Evidence\"(\n\x10GetEscrowRequest\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t*\x9e\x02\n\x0e\x41greementState\x12\x1f\n\x1b\x41GREEMENT_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41GREEMENT_STATE_ACTIVE\x10\x01\x12\x1d\n\x19\x41GREEMENT_STATE_DELIVERED\x10\x02\x12\x1b\n\x17\x41GREEMENT_STATE_SETTLED\x10\x03\x12\x1c\n\x18\x41GREEMENT_STATE_REFUNDED\x10\x04\x12\x1c\n\x18\x41GREEMENT_STATE_DISPUTED\x10\x05\x12\x1b\n\x17\x41GREEMENT_STATE_EXPIRED\x10\x06\x12\x1c\n\x18\x41GREEMENT_STATE_VERIFIED\x10\x07\x12\x1c\n\x18\x41GREEMENT_STATE_RESOLVED\x10\x08\x32\xc2\x03\n\x11SettlementService\x12G\n\nOpenEscrow\x12!.marketplace.v1.OpenEscrowRequest\x1a\x16.marketplace.v1.Escrow\x12?\n\x06Redeem\x12\x1d.marketplace.v1.RedeemRequest\x1a\x16.marketplace.v1.Escrow\x12V\n\x0bRedeemBatch\x12\".marketplace.v1.RedeemBatchRequest\x1a#.marketplace.v1.RedeemBatchResponse\x12\x41\n\x07\x43onfirm\x12\x1e.marketplace.v1.ConfirmRequest\x1a\x16.marketplace.v1.Escrow\x12\x41\n\x07\x44ispute\x12\x1e.marketplace.v1.DisputeRequest\x1a\x16.marketplace.v1.Escrow\x12\x45\n\tGetEscrow\x12 .marketplace.v1.GetEscrowRequest\x1a\x16.marketplace.v1.Escrowb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'marketplace.v1.settlement_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_AGREEMENTSTATE']._serialized_start=1446
-  _globals['_AGREEMENTSTATE']._serialized_end=1732
+  _globals['_AGREEMENTSTATE']._serialized_start=1511
+  _globals['_AGREEMENTSTATE']._serialized_end=1797
   _globals['_ESCROW']._serialized_start=84
-  _globals['_ESCROW']._serialized_end=485
-  _globals['_OPENESCROWREQUEST']._serialized_start=487
-  _globals['_OPENESCROWREQUEST']._serialized_end=583
-  _globals['_REDEEMREQUEST']._serialized_start=586
-  _globals['_REDEEMREQUEST']._serialized_end=787
-  _globals['_REDEEMRESULT']._serialized_start=790
-  _globals['_REDEEMRESULT']._serialized_end=931
-  _globals['_REDEEMBATCHREQUEST']._serialized_start=933
-  _globals['_REDEEMBATCHREQUEST']._serialized_end=1026
-  _globals['_REDEEMBATCHRESPONSE']._serialized_start=1028
-  _globals['_REDEEMBATCHRESPONSE']._serialized_end=1096
-  _globals['_CONFIRMREQUEST']._serialized_start=1098
-  _globals['_CONFIRMREQUEST']._serialized_end=1186
-  _globals['_EVIDENCE']._serialized_start=1188
-  _globals['_EVIDENCE']._serialized_end=1250
-  _globals['_DISPUTEREQUEST']._serialized_start=1253
-  _globals['_DISPUTEREQUEST']._serialized_end=1401
-  _globals['_GETESCROWREQUEST']._serialized_start=1403
-  _globals['_GETESCROWREQUEST']._serialized_end=1443
-  _globals['_SETTLEMENTSERVICE']._serialized_start=1735
-  _globals['_SETTLEMENTSERVICE']._serialized_end=2185
+  _globals['_ESCROW']._serialized_end=500
+  _globals['_ESCROWPROOF']._serialized_start=502
+  _globals['_ESCROWPROOF']._serialized_end=550
+  _globals['_OPENESCROWREQUEST']._serialized_start=552
+  _globals['_OPENESCROWREQUEST']._serialized_end=648
+  _globals['_REDEEMREQUEST']._serialized_start=651
+  _globals['_REDEEMREQUEST']._serialized_end=852
+  _globals['_REDEEMRESULT']._serialized_start=855
+  _globals['_REDEEMRESULT']._serialized_end=996
+  _globals['_REDEEMBATCHREQUEST']._serialized_start=998
+  _globals['_REDEEMBATCHREQUEST']._serialized_end=1091
+  _globals['_REDEEMBATCHRESPONSE']._serialized_start=1093
+  _globals['_REDEEMBATCHRESPONSE']._serialized_end=1161
+  _globals['_CONFIRMREQUEST']._serialized_start=1163
+  _globals['_CONFIRMREQUEST']._serialized_end=1251
+  _globals['_EVIDENCE']._serialized_start=1253
+  _globals['_EVIDENCE']._serialized_end=1315
+  _globals['_DISPUTEREQUEST']._serialized_start=1318
+  _globals['_DISPUTEREQUEST']._serialized_end=1466
+  _globals['_GETESCROWREQUEST']._serialized_start=1468
+  _globals['_GETESCROWREQUEST']._serialized_end=1508
+  _globals['_SETTLEMENTSERVICE']._serialized_start=1800
+  _globals['_SETTLEMENTSERVICE']._serialized_end=2250
 # @@protoc_insertion_point(module_scope)

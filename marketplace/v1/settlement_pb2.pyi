@@ -30,7 +30,7 @@ AGREEMENT_STATE_VERIFIED: AgreementState
 AGREEMENT_STATE_RESOLVED: AgreementState
 
 class Escrow(_message.Message):
-    __slots__ = ("agreement_id", "state", "hold_id", "currency", "held_atomic", "captured_atomic", "fee_atomic", "refunded_atomic", "verified_outputs", "failed_outputs", "earned_atomic", "verifier_fee_atomic", "release_at_ms", "deadline_ms", "buyer_id", "seller_id", "skill")
+    __slots__ = ("agreement_id", "state", "hold_id", "currency", "held_atomic", "captured_atomic", "fee_atomic", "refunded_atomic", "verified_outputs", "failed_outputs", "earned_atomic", "verifier_fee_atomic", "release_at_ms", "deadline_ms", "buyer_id", "seller_id", "skill", "proof")
     AGREEMENT_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     HOLD_ID_FIELD_NUMBER: _ClassVar[int]
@@ -48,6 +48,7 @@ class Escrow(_message.Message):
     BUYER_ID_FIELD_NUMBER: _ClassVar[int]
     SELLER_ID_FIELD_NUMBER: _ClassVar[int]
     SKILL_FIELD_NUMBER: _ClassVar[int]
+    PROOF_FIELD_NUMBER: _ClassVar[int]
     agreement_id: str
     state: AgreementState
     hold_id: str
@@ -65,7 +66,16 @@ class Escrow(_message.Message):
     buyer_id: str
     seller_id: str
     skill: str
-    def __init__(self, agreement_id: _Optional[str] = ..., state: _Optional[_Union[AgreementState, str]] = ..., hold_id: _Optional[str] = ..., currency: _Optional[str] = ..., held_atomic: _Optional[int] = ..., captured_atomic: _Optional[int] = ..., fee_atomic: _Optional[int] = ..., refunded_atomic: _Optional[int] = ..., verified_outputs: _Optional[int] = ..., failed_outputs: _Optional[int] = ..., earned_atomic: _Optional[int] = ..., verifier_fee_atomic: _Optional[int] = ..., release_at_ms: _Optional[int] = ..., deadline_ms: _Optional[int] = ..., buyer_id: _Optional[str] = ..., seller_id: _Optional[str] = ..., skill: _Optional[str] = ...) -> None: ...
+    proof: bytes
+    def __init__(self, agreement_id: _Optional[str] = ..., state: _Optional[_Union[AgreementState, str]] = ..., hold_id: _Optional[str] = ..., currency: _Optional[str] = ..., held_atomic: _Optional[int] = ..., captured_atomic: _Optional[int] = ..., fee_atomic: _Optional[int] = ..., refunded_atomic: _Optional[int] = ..., verified_outputs: _Optional[int] = ..., failed_outputs: _Optional[int] = ..., earned_atomic: _Optional[int] = ..., verifier_fee_atomic: _Optional[int] = ..., release_at_ms: _Optional[int] = ..., deadline_ms: _Optional[int] = ..., buyer_id: _Optional[str] = ..., seller_id: _Optional[str] = ..., skill: _Optional[str] = ..., proof: _Optional[bytes] = ...) -> None: ...
+
+class EscrowProof(_message.Message):
+    __slots__ = ("escrow", "signature")
+    ESCROW_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    escrow: bytes
+    signature: bytes
+    def __init__(self, escrow: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class OpenEscrowRequest(_message.Message):
     __slots__ = ("idempotency_key", "agreement")
