@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -134,10 +135,17 @@ class Registry:
         self.fx = fx
         self.reference_currency = reference_currency
         self._serial = WriteSerializer(engine)
+        self.version = 0  # counts this registry's writes to listings (`DiscoverCache` keys)
+        self._version_lock = threading.Lock()
         self._counts = TokenCounts()
         upgrade(engine, "marketplace")  # the shipped migrations (wallets.schema)
 
     # ---- writing --------------------------------------------------------------------------
+
+    def _changed(self) -> None:
+        """After a committed write to listings: answers read before it are not reused."""
+        with self._version_lock:
+            self.version += 1
 
     def advertise(self, listing: registry_pb2.Listing, ttl_s: int = 0) -> registry_pb2.Listing:
         """Create or replace the seller's listing (re-advertising is idempotent)."""
@@ -172,6 +180,7 @@ class Registry:
                     s.agent_id, (0, 0))[0], rated_agreements=reputations.get(s.agent_id, (0, 0))[1],
             ) for s in stored])
             self._insert_offers(conn, stored, reputations)
+        self._changed()
         for s in stored:
             s.reputation_permille, s.rated_agreements = reputations.get(s.agent_id, (0, 0))
         return stored
@@ -246,6 +255,7 @@ class Registry:
                          .values(expires_at_ms=expires))
             conn.execute(update(OFFERS).where(OFFERS.c.agent_id == agent_id)
                          .values(expires_at_ms=expires))
+        self._changed()
         return expires
 
     def expire(self, agent_id: str, endpoint: str) -> bool:
@@ -263,12 +273,14 @@ class Registry:
                          .values(expires_at_ms=now))
             conn.execute(update(OFFERS).where(OFFERS.c.agent_id == agent_id)
                          .values(expires_at_ms=now))
+        self._changed()
         return True
 
     def withdraw(self, agent_id: str) -> None:
         check_agent_id(agent_id)
         with self._serial(), self.engine.begin() as conn:
             self._delete(conn, [agent_id])
+        self._changed()
 
     def purge_expired(self, limit: int = 1000) -> int:
         """Delete listings expired more than an hour ago; returns how many."""

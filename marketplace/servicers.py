@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from marketplace.discover_cache import DiscoverCache
 from marketplace.escrow_proof import with_proof
 from marketplace.identity import AgentKey
 from marketplace.liveness import Liveness
@@ -31,12 +32,13 @@ def _key(request: Any) -> str:
 
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     def __init__(self, registry: Registry, liveness: Liveness | None = None, *,
-                 node_id: str = "") -> None:
+                 node_id: str = "", discover_cache: DiscoverCache | None = None) -> None:
         """`node_id`: the node's agent id, told to each advertising seller (the key of its
-        escrow proofs)."""
+        escrow proofs); `discover_cache`: how Discover answers are kept (default: 1 s)."""
         self.registry = registry
         self.liveness = liveness or Liveness(registry)
         self.node_id = node_id
+        self.discover_cache = discover_cache or DiscoverCache(registry)
 
     @grpc_method
     def ReportUnreachable(self, request, context):  # type: ignore[no-untyped-def]
@@ -63,11 +65,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
 
     @grpc_method
     def Discover(self, request, context):  # type: ignore[no-untyped-def]
-        return registry_pb2.DiscoverResponse(listings=self.registry.discover(
-            request.skill, request.currency, request.max_price_atomic, request.limit,
-            text=request.text, tags=list(request.tags),
-            min_reputation_permille=request.min_reputation_permille,
-            convert_currencies=request.convert_currencies))
+        return self.discover_cache.answer(request)
 
 
 class SettlementServicer(settlement_pb2_grpc.SettlementServiceServicer):
