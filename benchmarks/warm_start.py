@@ -8,7 +8,7 @@ fresh seller in a process of its own (a new interpreter, as a deployment would),
 here makes ten calls under one agreement and times each: `warm_start_first_call_ms` against
 `warm_start_tenth_call_ms` (goal: the first within 2x the tenth), the first call of a second
 agreement with the now warm seller (`warm_start_next_agreement_first_call_ms`: what every
-agreement's first call costs, its escrow check with the marketplace), and the same with the
+agreement's first call costs, its escrow proof checked), and the same with the
 warm-up switched off (`serve(warm=False)`) for what it saves. The skill is priced per token and
 calls litellm offline (`mock_response`: its real code path, no network); tracing is off.
 """
