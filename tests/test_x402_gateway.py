@@ -113,3 +113,32 @@ def test_a_streamed_answer_is_billed_as_it_flows_and_stops_at_the_authorisation(
     assert int(settled.amount) == int(end["usage"]["charged"]) <= authorised
     assert settled.extra["settlement"]["captured"] == settled.amount
     books_balance(market.node)
+
+
+def test_a_session_hands_the_seller_the_escrow_proof_so_it_never_asks_the_node(market):
+    asked: list[str] = []
+    get = market.node.settlement.get
+
+    def counted(agreement: str) -> dict:
+        asked.append(agreement)
+        return get(agreement)
+
+    market.node.settlement.get = counted
+
+    async def run() -> str:
+        client, schemes = http_client(market.key, network_id(market.node.agent_id),
+                                      calls_per_session=5)
+        async with client:
+            for text in ("a", "b", "c"):
+                response = await client.post(market.url("shout"), json={"text": text})
+                assert response.status_code == 200, response.text
+            agreement = schemes["exact"].open_sessions()[0]
+            assert agreement in market.seller._escrowed and agreement not in asked
+            closed = await client.post(f"{market.http.url}/v1/sessions/{agreement}/close",
+                                       json={"finish": schemes["exact"].finish_signature(
+                                           agreement)})
+            assert closed.status_code == 200, closed.text
+        return agreement
+
+    asyncio.run(run())
+    books_balance(market.node)

@@ -11,6 +11,7 @@ import grpc
 from agents.payments import VOUCHER_METADATA_KEY
 from agents.v1 import agent_pb2, agent_pb2_grpc
 from agents.x402 import network as net
+from marketplace import escrow_proof
 from marketplace.aio_client import aio_channel
 from marketplace.grpc_tracing import tracing_active
 from marketplace.identity import AgentKey
@@ -69,17 +70,23 @@ def invoke_request(arguments: dict[str, Any], voucher: agreement_pb2.Voucher
                                    call_id=f"x402:{voucher.payword_index}")
 
 
-def voucher_metadata(voucher: agreement_pb2.Voucher) -> list[tuple[str, bytes]]:
-    return [(VOUCHER_METADATA_KEY, voucher.SerializeToString())]
+def voucher_metadata(voucher: agreement_pb2.Voucher, proof: bytes = b""
+                     ) -> list[tuple[str, bytes]]:
+    """The voucher, and the node's escrow proof when given (a session's first call)."""
+    pairs = [(VOUCHER_METADATA_KEY, voucher.SerializeToString())]
+    if proof:
+        pairs.append((escrow_proof.METADATA_KEY, proof))
+    return pairs
 
 
 async def invoke(channels: Channels, endpoint: str, arguments: dict[str, Any],
-                 voucher: agreement_pb2.Voucher) -> tuple[int, dict[str, Any], int]:
+                 voucher: agreement_pb2.Voucher, proof: bytes = b""
+                 ) -> tuple[int, dict[str, Any], int]:
     """(HTTP status, body, charged atomic) of the seller's answer."""
     try:
         response = await channels.stub(endpoint).Invoke(
             invoke_request(arguments, voucher), timeout=CALL_TIMEOUT_S,
-            metadata=voucher_metadata(voucher))
+            metadata=voucher_metadata(voucher, proof))
     except grpc.aio.AioRpcError as error:
         return (HTTP_OF_GRPC.get(error.code(), 502),
                 {"error": error.code().name.lower(), "message": error.details() or ""}, 0)

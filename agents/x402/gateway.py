@@ -84,7 +84,8 @@ class Gateway:
         self.max_body_bytes = max_body_bytes
         self.tracer_provider = tracer_provider
         self._tracer = trace.get_tracer("agentmarket.gateway", tracer_provider=tracer_provider)
-        self.sessions = SessionBook(node.settlement, self.key, tracer_provider=tracer_provider)
+        self.sessions = SessionBook(node.settlement, self.key, tracer_provider=tracer_provider,
+                                    node_key=node.key)
         self.facilitator = facilitator_for(self.network, node.ledger, node.key, self.sessions)
         self.evm_network = evm.register(self.facilitator) if evm is not None else None
         self._responses = LedgerScheme(net.EXACT, self.network, node.ledger, node.key)
@@ -191,7 +192,8 @@ class Gateway:
                     encode_payment_response_header(held.result)})
         voucher = net.parse(processed.payment_payload.payload).voucher  # type: ignore[union-attr]
         status, body, charged = await forward.invoke(self.channels, route.listing.endpoint,
-                                                     arguments, voucher)
+                                                     arguments, voucher,
+                                                     self._proof(voucher.agreement_id))
         settled = await route.http.process_settlement(
             processed.payment_payload, processed.payment_requirements, context=ctx,
             settlement_overrides={"amount": str(charged)},
@@ -213,7 +215,7 @@ class Gateway:
         voucher = payment.voucher  # type: ignore[union-attr]
         call = self.channels.stub(route.listing.endpoint).InvokeStream(
             forward.invoke_request(arguments, voucher), timeout=forward.CALL_TIMEOUT_S,
-            metadata=forward.voucher_metadata(voucher))
+            metadata=forward.voucher_metadata(voucher, self._proof(voucher.agreement_id)))
         end, charged = None, 0
         try:
             async for chunk in call:
@@ -241,6 +243,12 @@ class Gateway:
                           "outputTokens": end.usage.output_tokens,
                           "charged": str(end.usage.charged_atomic)},
                 "receipt": net.b64(end.receipt.SerializeToString())})
+
+    def _proof(self, agreement_id: str) -> bytes:
+        """The session's escrow proof, for the seller on the calls of the full path (a
+        session's first; its later ones take `session_calls`, when the seller knows it)."""
+        session = self.sessions.sessions.get(agreement_id)
+        return session.escrow_proof if session is not None else b""
 
     async def _next_voucher(self, route: Route, payload: PaymentPayload | None
                             ) -> HTTPProcessResult | None:

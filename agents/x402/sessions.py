@@ -25,11 +25,12 @@ from agents.x402 import network as net
 from agents.x402.reasons import Refused
 from agents.x402.receipts import Chain
 from marketplace import agreements as ag
+from marketplace import escrow_proof
 from marketplace.auth import signed_channel
 from marketplace.grpc_tracing import client_interceptors
 from marketplace.identity import AgentKey
 from marketplace.payword import verify_word
-from marketplace.settlement import Settlement
+from marketplace.settlement import Settlement, escrow_message
 from wallets.caller import calling_as
 from wallets.errors import AgentmarketError
 from wallets.ledger import POSTINGS
@@ -52,6 +53,7 @@ class Session:
     calls: int = 0
     closed: dict[str, Any] | None = None
     receipts: Chain = field(default_factory=Chain)  # the fast path's chained receipts
+    escrow_proof: bytes = b""  # the node's proof of the hold, sent with the first call
     lock: threading.Lock = field(default_factory=threading.Lock)
     # Held across the seller's Finish (seconds), apart from `lock` (microseconds), so that a
     # close never makes a voucher check wait, nor ties up a gateway worker thread behind it.
@@ -68,10 +70,13 @@ class Session:
 class SessionBook:
     """Open, pay under and close sessions; the facilitator scheme's half for the gateway."""
 
-    def __init__(self, settlement: Settlement, key: AgentKey, *, tracer_provider: Any = None
-                 ) -> None:
+    def __init__(self, settlement: Settlement, key: AgentKey, *, tracer_provider: Any = None,
+                 node_key: AgentKey | None = None) -> None:
+        """`node_key`: the node's, which signs each session's escrow proof (the seller knows
+        it from its AdvertiseResponse and need not ask the node whether the hold is there)."""
         self.settlement = settlement
         self.key = key
+        self.node_key = node_key
         self.sessions: dict[str, Session] = {}
         self._channels: dict[str, grpc.Channel] = {}
         self._tracer_provider = tracer_provider
@@ -172,6 +177,9 @@ class SessionBook:
             raise Refused(_ledger_reason(error), error.message) from None
         session = Session(agreement, body, self._hold_posting(escrow["hold_id"]),
                           reserve_atomic, last_index=0, last_word=body.payword_root)
+        if self.node_key is not None:
+            session.escrow_proof = escrow_proof.with_proof(
+                self.node_key, escrow_message(escrow)).proof
         with self._lock:
             self.sessions[agreement] = session
         return session
