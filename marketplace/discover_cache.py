@@ -7,7 +7,8 @@ it was read (the registry's `version`: advertise, heartbeat, withdraw, expiry), 
 that advertises or leaves here is seen at once. What may lag by up to `ttl_ms`: reputation
 (already folded into the ranking after each settlement, `marketplace.reputation`), and listings
 written through another node sharing the database. A listing whose expiry passes while its
-answer is kept is left out of it.
+answer is kept is left out of it. At most `MAX_ANSWERS` answers of at most `MAX_ANSWER_BYTES`
+each are kept, so no choice of queries or listings can make the cache grow past 64 MiB.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from marketplace.v1 import registry_pb2
 
 TTL_MS = 1000
 MAX_ANSWERS = 256  # distinct queries kept (the least recently used go first)
+MAX_ANSWER_BYTES = 256 * 1024  # a larger answer is not kept: at most 64 MiB in all
 
 
 class DiscoverCache:
@@ -56,6 +58,8 @@ class DiscoverCache:
             text=request.text, tags=list(request.tags),
             min_reputation_permille=request.min_reputation_permille,
             convert_currencies=request.convert_currencies))
+        if response.ByteSize() > MAX_ANSWER_BYTES:  # listings may be large: not worth keeping
+            return response
         with self._lock:
             self._answers[key] = (version, now, response)
             self._answers.move_to_end(key)

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
+from marketplace import discover_cache
 from marketplace.discover_cache import DiscoverCache
 from marketplace.identity import AgentKey
 from marketplace.registry import Registry
@@ -116,3 +117,12 @@ def test_a_bad_query_is_refused_every_time_and_never_kept(
         with pytest.raises(AgentmarketError):
             cache.answer(registry_pb2.DiscoverRequest(skill="echo", currency="XXX"))
     assert registry.reads == 2
+
+
+def test_a_large_answer_is_not_kept(cache: DiscoverCache, registry: _Counted,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    _advertise(registry, "a")
+    monkeypatch.setattr(discover_cache, "MAX_ANSWER_BYTES", 10)
+    cache.answer(_ask())
+    cache.answer(_ask())
+    assert registry.reads == 2 and cache.hits == 0
