@@ -67,13 +67,18 @@ class PlannedCall:
 
     @property
     def metadata(self) -> list[tuple[str, bytes]]:
-        """The voucher, and until a call of the deal was answered, the escrow proof."""
-        from agents.payments import VOUCHER_METADATA_KEY
+        return call_metadata(self.deal, self.voucher)
 
-        pairs = [(VOUCHER_METADATA_KEY, self.voucher.SerializeToString())]
-        if self.deal.escrow_proof and not self.deal.outputs:
-            pairs.append((escrow_proof.METADATA_KEY, self.deal.escrow_proof))
-        return pairs
+
+def call_metadata(deal: Deal, voucher: agreement_pb2.Voucher) -> list[tuple[str, bytes]]:
+    """A paid call's metadata: the voucher, and until a call of the deal was answered, the
+    node's escrow proof (`marketplace.escrow_proof`: the seller need not ask the node)."""
+    from agents.payments import VOUCHER_METADATA_KEY
+
+    pairs = [(VOUCHER_METADATA_KEY, voucher.SerializeToString())]
+    if deal.escrow_proof and not deal.outputs:
+        pairs.append((escrow_proof.METADATA_KEY, deal.escrow_proof))
+    return pairs
 
 
 class BuyerCore:

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from agents._buyer_core import call_metadata
 from agents._deal import Deal, receipt_problem
 from agents._rpc import sdk_error
 from agents._serving import STOP_REASON_KEY
 from agents.errors import FailedPrecondition
 from agents.payment_session import PaymentSession
-from agents.payments import VOUCHER_METADATA_KEY
 from agents.results import Usage
 from agents.v1 import agent_pb2
 
@@ -50,8 +50,7 @@ class StreamedCall:
         session = buyer.sessions[deal.agreement_id]
         try:
             call = buyer._seller(deal.body.seller_endpoint).InvokeStream(
-                request, metadata=[(VOUCHER_METADATA_KEY, voucher.SerializeToString())],
-                timeout=RPC_TIMEOUT_S)
+                request, metadata=call_metadata(deal, voucher), timeout=RPC_TIMEOUT_S)
         except grpc.RpcError as error:
             session.settle(budget, 0)
             raise sdk_error(error) from None

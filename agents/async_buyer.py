@@ -42,13 +42,13 @@ from agents._buyer_core import (
     RPC_TIMEOUT_S,
     BuyerCore,
     PlannedCall,
+    call_metadata,
 )
 from agents._deal import Deal
 from agents._failover import MAX_SELLERS_TRIED, Failover, unreachable
 from agents._rpc import async_sdk_method, sdk_error
 from agents.errors import AgentmarketError, NegotiationFailed, SellerUnavailable, Unavailable
 from agents.negotiation import Strategy
-from agents.payments import VOUCHER_METADATA_KEY
 from agents.results import CallResult, Escrow, Money, Posting, Wallet, posting_from_message
 from agents.v1 import agent_pb2, agent_pb2_grpc
 from marketplace.aio_client import aio_channel
@@ -334,8 +334,7 @@ class AsyncBuyerAgent(BuyerCore):
         deal, request, voucher, budget = self._stream_plan(deal, arguments, call_id, max_atomic)
         session = self.sessions[deal.agreement_id]
         call = self._seller(deal.body.seller_endpoint).InvokeStream(
-            request, metadata=[(VOUCHER_METADATA_KEY, voucher.SerializeToString())],
-            timeout=STREAM_TIMEOUT_S)
+            request, metadata=call_metadata(deal, voucher), timeout=STREAM_TIMEOUT_S)
         return AsyncStreamedCall(deal, session, budget, call)
 
     @async_sdk_method

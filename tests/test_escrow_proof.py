@@ -3,6 +3,7 @@ asking the marketplace, and anything it cannot check sends it back to asking."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from agents import BuyerAgent, SellerAgent, per_call, skill
+from agents import AsyncBuyerAgent, BuyerAgent, SellerAgent, per_call, skill
 from marketplace import MarketplaceNode
 from marketplace import escrow_proof as ep
 from marketplace.identity import AgentKey
@@ -110,6 +111,13 @@ def echo(text: str) -> Echoed:
     return Echoed(text=text)
 
 
+@skill(price=per_call("0.001", "USD"))
+def words(text: str) -> Iterator[str]:
+    """Stream a text word by word."""
+    for word in text.split():
+        yield word + " "
+
+
 class _Market:
     def __init__(self, tmp: Path) -> None:
         self.node = MarketplaceNode(f"sqlite:///{tmp / 'm.db'}").start()
@@ -121,14 +129,14 @@ class _Market:
             return get(agreement)
 
         self.node.settlement.get = counted  # type: ignore[method-assign]
-        self.seller = SellerAgent("echo", skills=[echo], marketplace=self.node.address,
+        self.seller = SellerAgent("echo", skills=[echo, words], marketplace=self.node.address,
                                   journal=tmp / "seller.db").serve()
         self.buyer = BuyerAgent("buyer", marketplace=self.node.address)
         self.buyer.fund("1.00", "USD")
 
-    def deal(self) -> Any:
-        deal = self.buyer.negotiate(self.buyer.discover("echo", currency="USD"), "echo",
-                                    quantity=3, budget="0.01", currency="USD")
+    def deal(self, skill_name: str = "echo") -> Any:
+        deal = self.buyer.negotiate(self.buyer.discover(skill_name, currency="USD"),
+                                    skill_name, quantity=3, budget="0.01", currency="USD")
         self.buyer.hire(deal)
         return deal
 
@@ -180,3 +188,30 @@ def test_a_proof_the_seller_cannot_use_makes_it_ask_and_the_call_is_served(
     assert market.asked == [deal.agreement_id]
     market.buyer.finish(deal)
     assert check_balances(market.node.ledger).ok
+
+
+def test_a_streamed_first_call_carries_the_proof_too(market: _Market) -> None:
+    deal = market.deal("words")
+    streamed = market.buyer.stream(deal, {"text": "one two"})
+    assert "".join(streamed) == "one two "
+    market.buyer.finish(deal)
+    assert market.asked == []
+
+
+def test_the_async_buyer_hands_over_the_proof(market: _Market) -> None:
+    async def run() -> None:
+        async with AsyncBuyerAgent("async", marketplace=market.node.address) as buyer:
+            await buyer.fund("1.00", "USD")
+            for name, arguments in (("echo", {"text": "hi"}), ("words", {"text": "a b"})):
+                deal = await buyer.negotiate(await buyer.discover(name, currency="USD"), name,
+                                             quantity=2, budget="0.01", currency="USD")
+                await buyer.hire(deal)
+                if name == "echo":
+                    assert (await buyer.call(deal, arguments))["text"] == "hi"
+                else:
+                    streamed = await buyer.stream(deal, arguments)
+                    assert "".join([piece async for piece in streamed]) == "a b "
+                await buyer.finish(deal)
+
+    asyncio.run(run())
+    assert market.asked == []
