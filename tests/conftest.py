@@ -202,10 +202,12 @@ def postgres_schema(postgres_url: str) -> Iterator[str]:
         yield f"{postgres_url}?options=-csearch_path%3D{schema}"
     finally:
         with psycopg.connect(conninfo, autocommit=True) as admin:
-            # A leaked connection in a transaction would block the drop: don't hang on it,
-            # the whole session database is dropped at the end anyway.
+            # A leaked connection in a transaction would block the drop, and the backend of a
+            # node just killed may still be running a query that deadlocks with it: don't hang
+            # or fail on either, the whole session database is dropped at the end anyway.
             admin.execute("SET lock_timeout = '5s'")
-            with contextlib.suppress(psycopg.errors.LockNotAvailable):
+            with contextlib.suppress(psycopg.errors.LockNotAvailable,
+                                     psycopg.errors.DeadlockDetected):
                 admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
 
 
