@@ -42,6 +42,8 @@ class DiscoverCache:
 
     def answer(self, request: registry_pb2.DiscoverRequest) -> registry_pb2.DiscoverResponse:
         """The answer to `request`, kept or read now (never to be modified by the caller)."""
+        if self.ttl_ms <= 0:
+            return self._read(request)
         key = (request.skill, request.currency, request.max_price_atomic, request.limit,
                request.text, tuple(request.tags), request.min_reputation_permille,
                request.convert_currencies)
@@ -53,11 +55,7 @@ class DiscoverCache:
                 self.hits += 1
                 return _live(kept[2], self.registry.clock_ms())
             self.misses += 1
-        response = registry_pb2.DiscoverResponse(listings=self.registry.discover(
-            request.skill, request.currency, request.max_price_atomic, request.limit,
-            text=request.text, tags=list(request.tags),
-            min_reputation_permille=request.min_reputation_permille,
-            convert_currencies=request.convert_currencies))
+        response = self._read(request)
         if response.ByteSize() > MAX_ANSWER_BYTES:  # listings may be large: not worth keeping
             return response
         with self._lock:
@@ -66,6 +64,14 @@ class DiscoverCache:
             while len(self._answers) > self.max_answers:
                 self._answers.popitem(last=False)
         return response
+
+
+    def _read(self, request: registry_pb2.DiscoverRequest) -> registry_pb2.DiscoverResponse:
+        return registry_pb2.DiscoverResponse(listings=self.registry.discover(
+            request.skill, request.currency, request.max_price_atomic, request.limit,
+            text=request.text, tags=list(request.tags),
+            min_reputation_permille=request.min_reputation_permille,
+            convert_currencies=request.convert_currencies))
 
 
 def _live(response: registry_pb2.DiscoverResponse, now_ms: int

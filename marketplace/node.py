@@ -43,6 +43,8 @@ from marketplace import agreements as ag
 from marketplace.access import MarketplaceAccess
 from marketplace.auth import AccessInterceptor, AuthServerInterceptor
 from marketplace.checkers import Checker, CheckerRegistry
+from marketplace.discover_cache import TTL_MS as DISCOVER_CACHE_MS
+from marketplace.discover_cache import DiscoverCache
 from marketplace.discovery import FxConverter
 from marketplace.errors import FailedPrecondition, InvalidArgument
 from marketplace.grpc_tracing import server_interceptor
@@ -119,7 +121,8 @@ class MarketplaceNode:
                  checkpoint_interval_s: float = 60.0, ecny: EcnyRules | None = None,
                  rails: Callable[[Ledger], Iterable[Rail]] | None = None,
                  cards: bool = False, redis_url: str | None = None,
-                 ecny_identity_providers: Iterable[str] = ()) -> None:
+                 ecny_identity_providers: Iterable[str] = (),
+                 discover_cache_ms: int = DISCOVER_CACHE_MS) -> None:
         """`arbiters`: agent ids whose signed decisions resolve disputes; `judge`: the LLM
         judge (models allowed, litellm options); `fx`: quotes that convert prices across
         currencies in discovery (`convert_currencies`). Security options: see the module
@@ -137,6 +140,8 @@ class MarketplaceNode:
         `wallets.evm.UsdcRailConfig.rails`); each replaces the sandbox rail of its currency
         (a chain's USDC is not to be paid out against play money), and the sweeper runs each
         one's `sweep()` if it has one.
+        `discover_cache_ms`: how long a Discover answer may be reused
+        (`marketplace.discover_cache`; 0: never, for runs that must replay exactly).
         `redis_url`: keep request nonces and rate buckets in that Redis, shared with every node
         of the market (a replay to another node is refused, a rate holds across nodes; Redis
         down: calls are refused UNAVAILABLE); without it, in this process."""
@@ -190,7 +195,8 @@ class MarketplaceNode:
                      ("grpc.max_send_message_length", MAX_RESPONSE_BYTES)],
         )
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(
-            RegistryServicer(self.registry, node_id=self.agent_id), self.server)
+            RegistryServicer(self.registry, node_id=self.agent_id, discover_cache=DiscoverCache(
+                self.registry, ttl_ms=discover_cache_ms)), self.server)
         settlement_pb2_grpc.add_SettlementServiceServicer_to_server(
             SettlementServicer(self.settlement, self.key), self.server)
         dispute_pb2_grpc.add_ArbitrationServiceServicer_to_server(

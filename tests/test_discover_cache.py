@@ -126,3 +126,10 @@ def test_a_large_answer_is_not_kept(cache: DiscoverCache, registry: _Counted,
     cache.answer(_ask())
     cache.answer(_ask())
     assert registry.reads == 2 and cache.hits == 0
+
+
+def test_a_cache_of_no_time_reads_every_time(registry: _Counted) -> None:
+    _advertise(registry, "a")
+    off = DiscoverCache(registry, ttl_ms=0)
+    assert off.answer(_ask()) is not off.answer(_ask())
+    assert registry.reads == 2 and off.hits == off.misses == 0

@@ -75,6 +75,7 @@ class Market:
         self.node_options = dict(
             fee_bps=scenario.fee_bps, ecny=scenario.ecny, arbiters=[self.arbiter_key.agent_id],
             rate_limit_per_s=AGENT_RATE_PER_S, rate_limit_burst=1_000_000, max_workers=32,
+            discover_cache_ms=0,  # a kept answer depends on the clock: a seed must replay
             ecny_identity_providers=[self.identity_key.agent_id] if scenario.ecny else [],
             usdc=self.usdc.config if self.usdc else None)
         if node_process:
