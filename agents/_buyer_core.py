@@ -38,7 +38,6 @@ from agents.payment_session import PaymentSession
 from agents.results import AgreementState, CallResult, Escrow, Usage
 from agents.v1 import agent_pb2
 from marketplace import agreements as ag
-from marketplace import escrow_proof
 from marketplace.grpc_tracing import client_interceptors
 from marketplace.identity import AgentKey
 from marketplace.payword import PaywordChain
@@ -73,12 +72,9 @@ class PlannedCall:
 def call_metadata(deal: Deal, voucher: agreement_pb2.Voucher) -> list[tuple[str, bytes]]:
     """A paid call's metadata: the voucher, and until a call of the deal was answered, the
     node's escrow proof (`marketplace.escrow_proof`: the seller need not ask the node)."""
-    from agents.payments import VOUCHER_METADATA_KEY
+    from agents.payments import paid_call_metadata
 
-    pairs = [(VOUCHER_METADATA_KEY, voucher.SerializeToString())]
-    if deal.escrow_proof and not deal.outputs:
-        pairs.append((escrow_proof.METADATA_KEY, deal.escrow_proof))
-    return pairs
+    return paid_call_metadata(voucher, b"" if deal.outputs else deal.escrow_proof)
 
 
 class BuyerCore:

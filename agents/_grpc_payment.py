@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 
 from agents.payment_session import PaymentSession
-from agents.payments import VOUCHER_METADATA_KEY, Admission, PaymentGate
+from agents.payments import VOUCHER_METADATA_KEY, Admission, PaymentGate, paid_call_metadata
 from marketplace._call_details import with_metadata
 from marketplace.v1 import agreement_pb2
 from wallets.caller import current_caller
@@ -50,7 +50,7 @@ class VoucherClientInterceptor(grpc.UnaryUnaryClientInterceptor):  # type: ignor
             return continuation(details, request)  # the seller will refuse: no voucher
         reserve = self.reserve_of(request.agreement_id, request)
         voucher = session.next_voucher(reserve)
-        metadata = [*(details.metadata or []), (VOUCHER_METADATA_KEY, voucher.SerializeToString())]
+        metadata = [*(details.metadata or []), *paid_call_metadata(voucher)]
         outcome = continuation(with_metadata(details, metadata), request)
         try:
             charged = outcome.result().usage.charged_atomic

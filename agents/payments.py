@@ -51,6 +51,7 @@ from agents.errors import (
 )
 from agents.usage_journal import JournalAgreement, Pending, UsageJournal
 from marketplace import agreements as ag
+from marketplace import escrow_proof
 from marketplace.errors import ReceiptLimit
 from marketplace.identity import AgentKey
 from marketplace.payword import verify_word
@@ -58,6 +59,16 @@ from marketplace.v1 import agreement_pb2, settlement_pb2
 
 VOUCHER_METADATA_KEY = "agentmarket-voucher-bin"
 MAX_CALL_ID_CHARS = 128
+
+
+def paid_call_metadata(voucher: agreement_pb2.Voucher, proof: bytes = b""
+                       ) -> list[tuple[str, bytes]]:
+    """A paid call's metadata: its voucher, and the node's escrow proof when given (an
+    agreement's first calls: `marketplace.escrow_proof`)."""
+    pairs = [(VOUCHER_METADATA_KEY, voucher.SerializeToString())]
+    if proof:
+        pairs.append((escrow_proof.METADATA_KEY, proof))
+    return pairs
 
 
 @dataclass

@@ -389,7 +389,7 @@ class SellerAgent:
         if agreement_id in self._escrowed:
             return
         if proof and escrow_proof.proven(proof, self.node_id, agreement_id, self.agent_id,
-                                         time.time_ns() // 1_000_000):
+                                         self.gate.clock_ms()):
             self._escrowed.add(agreement_id)
             return
         try:

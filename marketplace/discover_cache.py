@@ -65,7 +65,6 @@ class DiscoverCache:
                 self._answers.popitem(last=False)
         return response
 
-
     def _read(self, request: registry_pb2.DiscoverRequest) -> registry_pb2.DiscoverResponse:
         return registry_pb2.DiscoverResponse(listings=self.registry.discover(
             request.skill, request.currency, request.max_price_atomic, request.limit,

@@ -8,10 +8,9 @@ from typing import Any
 
 import grpc
 
-from agents.payments import VOUCHER_METADATA_KEY
+from agents.payments import paid_call_metadata
 from agents.v1 import agent_pb2, agent_pb2_grpc
 from agents.x402 import network as net
-from marketplace import escrow_proof
 from marketplace.aio_client import aio_channel
 from marketplace.grpc_tracing import tracing_active
 from marketplace.identity import AgentKey
@@ -70,15 +69,6 @@ def invoke_request(arguments: dict[str, Any], voucher: agreement_pb2.Voucher
                                    call_id=f"x402:{voucher.payword_index}")
 
 
-def voucher_metadata(voucher: agreement_pb2.Voucher, proof: bytes = b""
-                     ) -> list[tuple[str, bytes]]:
-    """The voucher, and the node's escrow proof when given (a session's first call)."""
-    pairs = [(VOUCHER_METADATA_KEY, voucher.SerializeToString())]
-    if proof:
-        pairs.append((escrow_proof.METADATA_KEY, proof))
-    return pairs
-
-
 async def invoke(channels: Channels, endpoint: str, arguments: dict[str, Any],
                  voucher: agreement_pb2.Voucher, proof: bytes = b""
                  ) -> tuple[int, dict[str, Any], int]:
@@ -86,7 +76,7 @@ async def invoke(channels: Channels, endpoint: str, arguments: dict[str, Any],
     try:
         response = await channels.stub(endpoint).Invoke(
             invoke_request(arguments, voucher), timeout=CALL_TIMEOUT_S,
-            metadata=voucher_metadata(voucher, proof))
+            metadata=paid_call_metadata(voucher, proof))
     except grpc.aio.AioRpcError as error:
         return (HTTP_OF_GRPC.get(error.code(), 502),
                 {"error": error.code().name.lower(), "message": error.details() or ""}, 0)

@@ -42,6 +42,7 @@ from x402.http.utils import (
 from x402.schemas import PaymentPayload, SettleResponse
 from x402.schemas.hooks import CompletedSettlement
 
+from agents.payments import paid_call_metadata
 from agents.v1 import agent_pb2
 from agents.x402 import forward
 from agents.x402 import network as net
@@ -215,7 +216,7 @@ class Gateway:
         voucher = payment.voucher  # type: ignore[union-attr]
         call = self.channels.stub(route.listing.endpoint).InvokeStream(
             forward.invoke_request(arguments, voucher), timeout=forward.CALL_TIMEOUT_S,
-            metadata=forward.voucher_metadata(voucher, self._proof(voucher.agreement_id)))
+            metadata=paid_call_metadata(voucher, self._proof(voucher.agreement_id)))
         end, charged = None, 0
         try:
             async for chunk in call:
