@@ -12,6 +12,7 @@ every second; then one JSON line: when each task ended, errors, each step's late
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
@@ -20,17 +21,27 @@ from pathlib import Path
 
 from agents import BuyerAgent, SellerAgent
 from benchmarks.tasks import CALLS, echo  # the in-process benchmark's skill and task size
+from marketplace.heap import settle_heap
 
+GC_DEFAULTS = "AGENTMARKET_BENCH_GC_DEFAULTS"  # "1": parties keep CPython's collector settings
 STEPS = ("discover", "negotiate", "hire", "call", "finish", "task")
 
 
 def seller(marketplace: str, name: str) -> None:
     agent = SellerAgent(name, skills=[echo], marketplace=marketplace).serve()
+    _settle()
     print("ready", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     stop.wait()
     agent.stop(0)
+
+
+def _settle() -> None:
+    """A started party settles its heap, as a deployed process would (`marketplace.heap`),
+    unless the benchmark compares against CPython's collector settings (`--gc-defaults`)."""
+    if os.environ.get(GC_DEFAULTS) != "1":
+        settle_heap()
 
 
 def _timed(latencies: dict[str, list[float]], step: str, call):  # type: ignore[no-untyped-def]
@@ -75,6 +86,7 @@ def buyers(marketplace: str, count: int, prefix: str, start: Path, stop: Path) -
               for i in range(count)]
     for agent in agents:
         agent.fund("100.00", "USD")
+    _settle()
     outs = [{"done_at": [], "errors": [], "latencies": {s: [] for s in STEPS}} for _ in agents]
     threads = [threading.Thread(target=_buyer_loop, args=(a, start, stop, o), daemon=True)
                for a, o in zip(agents, outs, strict=True)]

@@ -8,6 +8,10 @@ tasks/s, the CPU each kind of party spent per task (user + system time from /pro
 of every step. At the end the node's books must balance with no agreement left open.
 
     python -m benchmarks.deployed [sqlite|postgres] [--window S] [--tasks N] [--profile DIR]
+                                  [--gc-defaults]
+
+Every party settles its heap once started (`marketplace.heap`), as the node command does;
+`--gc-defaults` runs them all with CPython's collector settings instead, for comparison.
 
 `--profile DIR` samples the node and one seller and one buyer process with py-spy over the
 window (folded stacks in DIR; py-spy beside this Python or on PATH).
@@ -29,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks._deployed_parties import GC_DEFAULTS
 from benchmarks._process import terminate
 from benchmarks.tasks import _drop, _postgres_url
 
@@ -147,15 +152,19 @@ def _profile(kinds: dict[str, list[Party]], profile_dir: Path | None) -> list[su
 
 def bench(db_url: str, workdir: Path, window_s: float = MIN_WINDOW_S,
           min_tasks: int = MIN_TASKS, *, nodes: int = 1,
-          redis_url: str | None = None, profile_dir: Path | None = None) -> dict[str, Any]:
+          redis_url: str | None = None, profile_dir: Path | None = None,
+          gc_defaults: bool = False) -> dict[str, Any]:
     """`nodes` node processes over `db_url` (sharing `redis_url` with --redis when given);
     seller i talks to node i mod nodes, every buyer to all of them (round robin)."""
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": path, "AGENTMARKET_TRACING": "off",
            "AGENTMARKET_HOME": str(workdir / "home")}
     env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+    if gc_defaults:
+        env[GC_DEFAULTS] = "1"
     python = sys.executable
-    shared = ["--redis", redis_url] if redis_url else []
+    shared = (["--redis", redis_url] if redis_url else []) + \
+        (["--gc-defaults"] if gc_defaults else [])
     node_db = (f"{db_url}{'&' if '?' in db_url else '?'}application_name={NODE_APPLICATION}"
                if db_url.startswith("postgresql") else db_url)
     node_parties = [Party([python, "-m", "marketplace.cli.main", "serve", "--db", node_db,
@@ -264,7 +273,7 @@ def _books(db_url: str) -> dict[str, Any]:
 
 def run(progress: Any = None, window_s: float = MIN_WINDOW_S, min_tasks: int = MIN_TASKS,
         backends: tuple[str, ...] = ("sqlite", "postgres"),
-        profile_dir: Path | None = None) -> dict[str, Any]:
+        profile_dir: Path | None = None, gc_defaults: bool = False) -> dict[str, Any]:
     say = progress or (lambda _text: None)
     results: dict[str, Any] = {"deployed_buyers": BUYER_PROCESSES * BUYERS_PER_PROCESS,
                                "deployed_sellers": SELLERS}
@@ -272,7 +281,8 @@ def run(progress: Any = None, window_s: float = MIN_WINDOW_S, min_tasks: int = M
         with tempfile.TemporaryDirectory(prefix="agentmarket-deployed-") as tmp:
             say("deployed shape (every party its own process), SQLite")
             figures = bench(f"sqlite:///{Path(tmp) / 'market.db'}", Path(tmp), window_s, min_tasks,
-                            profile_dir=profile_dir and profile_dir / "sqlite")
+                            profile_dir=profile_dir and profile_dir / "sqlite",
+                            gc_defaults=gc_defaults)
         results["tasks_per_s_deployed_sqlite"] = figures.pop("tasks_per_s")
         results["node_cpu_ms_per_task"] = figures["node_cpu_ms_per_task"]
         results.update({f"deployed_sqlite_{k}": v for k, v in figures.items()})
@@ -282,7 +292,8 @@ def run(progress: Any = None, window_s: float = MIN_WINDOW_S, min_tasks: int = M
         try:
             with tempfile.TemporaryDirectory(prefix="agentmarket-deployed-") as tmp:
                 figures = bench(url, Path(tmp), window_s, min_tasks,
-                                profile_dir=profile_dir and profile_dir / "postgres")
+                                profile_dir=profile_dir and profile_dir / "postgres",
+                                gc_defaults=gc_defaults)
         finally:
             _drop(url)
         results["tasks_per_s_deployed_postgres"] = figures.pop("tasks_per_s")
@@ -296,5 +307,6 @@ if __name__ == "__main__":
     tasks = int(args[args.index("--tasks") + 1]) if "--tasks" in args else MIN_TASKS
     chosen = tuple(a for a in args if a in ("sqlite", "postgres")) or ("sqlite", "postgres")
     profile = Path(args[args.index("--profile") + 1]) if "--profile" in args else None
-    for name, value in run(print, window, tasks, chosen, profile).items():
+    for name, value in run(print, window, tasks, chosen, profile,
+                           gc_defaults="--gc-defaults" in args).items():
         print(f"{name}: {value}")

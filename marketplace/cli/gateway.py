@@ -14,6 +14,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from marketplace.heap import settle_heap
 from marketplace.home import default_database_url, default_span_store
 
 console = Console()
@@ -90,6 +91,7 @@ def gateway(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///fil
         node.stop()
         console.print(f"[red]error:[/red] cannot start the gateway: {error}", highlight=False)
         raise typer.Exit(1) from None
+    settle_heap()  # started: what it holds now lives as long as the process
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

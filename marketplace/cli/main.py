@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Column, Table
 
+from marketplace.heap import settle_heap
 from marketplace.home import default_database_url, default_span_store
 from wallets.errors import AgentmarketError
 
@@ -186,7 +187,12 @@ def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file 
           usdc_confirmations: int = typer.Option(
               3, "--usdc-confirmations", min=1, max=1000,
               help="Blocks a USDC deposit waits for (itself included) before it is credited.")
-          ) -> None:
+          ,
+          gc_defaults: bool = typer.Option(
+              False, "--gc-defaults", help="Keep CPython's garbage-collector settings (by "
+                                           "default the started node freezes its start-up "
+                                           "heap and collects in larger passes: "
+                                           "marketplace.heap).")) -> None:
     """Run a marketplace node until SIGTERM or SIGINT."""
     from marketplace.auth import server_credentials
     from marketplace.identity import check_agent_id
@@ -247,6 +253,8 @@ def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file 
                                ecny_identity_providers=ecny_identity_provider).start()
     except Exception as error:  # a bad URL or a taken port: one line, not a traceback
         fail(f"cannot start the node: {error}")
+    if not gc_defaults:
+        settle_heap()  # started: what it holds now lives as long as the process
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
