@@ -1,8 +1,19 @@
-"""Stopping a benchmark's child process: SIGTERM, then SIGKILL if it lingers."""
+"""A benchmark's child processes: the CPU each used (Linux /proc), and stopping one (SIGTERM,
+then SIGKILL if it lingers)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+from pathlib import Path
+
+TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) process `pid` used so far; OSError once it is gone."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS_PER_S  # utime + stime
 
 
 def terminate(process: subprocess.Popen, timeout_s: float = 20) -> None:  # type: ignore[type-arg]

@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._deployed_parties import GC_DEFAULTS
-from benchmarks._process import terminate
+from benchmarks._process import TICKS_PER_S, terminate
+from benchmarks._process import cpu_s as _cpu_s
 from benchmarks.tasks import _drop, _postgres_url
 
 SELLERS = 5
@@ -45,12 +46,6 @@ MIN_WINDOW_S = 30.0
 MIN_TASKS = 1000
 MAX_WINDOW_S = 150.0
 ROOT = Path(__file__).resolve().parent.parent
-TICKS_PER_S = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS_PER_S  # utime + stime
 
 
 class Party:

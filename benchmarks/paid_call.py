@@ -61,6 +61,7 @@ from agents._grpc_payment import INVOKE
 from agents.llm import complete, text_of
 from agents.skills import Skill, model_price
 from agents.v1 import agent_pb2, agent_pb2_grpc
+from benchmarks._process import cpu_s
 from marketplace import MarketplaceNode
 from marketplace.auth import AccessInterceptor, AuthServerInterceptor
 from marketplace.grpc_tracing import client_interceptors, server_interceptor
@@ -150,10 +151,9 @@ def _drive(call_fns: list[Any], server_pid: int, calls_per_client: int) -> _Roun
 def _cpu_s(pid: int) -> float:
     """CPU seconds (user + system) a process used so far (Linux /proc; 0 elsewhere)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return cpu_s(pid)
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _switches(pid: int) -> int:

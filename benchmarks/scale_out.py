@@ -29,7 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.deployed import _cpu_s, _machine_cpu_s
+from benchmarks._process import cpu_s as _cpu_s
+from benchmarks.deployed import _machine_cpu_s
 from benchmarks.tasks import _drop, _postgres_url
 
 WRITER_LEVELS = (1, 4, 16)
