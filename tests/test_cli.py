@@ -1,8 +1,10 @@
-"""The `agentmarket` command: `serve` as a real process, and the demo's money and trace.
+"""The `agentmarket` command: `serve` and `gateway` as real processes, and the demo's money and
+trace.
 
 `serve` runs as a subprocess until SIGTERM or SIGINT, answering health checks and server
-reflection meanwhile. The demo runs once per module; its trace and ledger are then read back
-through `trace` and `ledger` (typer's CliRunner), and its books are checked as a test of their own.
+reflection meanwhile; `gateway` serves its OpenAPI and refuses an unknown listing over HTTP.
+The demo runs once per module; its trace and ledger are then read back through `trace` and
+`ledger` (typer's CliRunner), and its books are checked as a test of their own.
 """
 
 from __future__ import annotations
@@ -101,6 +103,44 @@ def test_serve_answers_health_and_reflection_then_stops_cleanly_on_signal(
     assert "shutting down" in output
     assert "Traceback" not in output
     assert (tmp_path / "m.db").exists() and (tmp_path / "spans.db").exists()
+
+
+@pytest.mark.parametrize("gc_flag", [[], ["--gc-defaults"]], ids=["settled-heap", "gc-defaults"])
+def test_gateway_serves_http_and_stops_cleanly_on_sigterm(gc_flag: list[str], tmp_path: Path):
+    import httpx
+
+    port, http_port = _free_port(), _free_port()
+    logs = tmp_path / "gateway.log"
+    argv = [*_agentmarket(), "gateway", "--db", f"sqlite:///{tmp_path / 'm.db'}",
+            "--port", str(port), "--http-port", str(http_port),
+            "--spans", str(tmp_path / "spans.db"), *gc_flag]
+    with logs.open("wb") as log:
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        base = f"http://127.0.0.1:{http_port}"
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            assert process.poll() is None, f"gateway exited early:\n{logs.read_text()}"
+            try:
+                spec = httpx.get(f"{base}/openapi.json", timeout=1)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, logs.read_text()
+                time.sleep(0.1)
+        assert spec.status_code == 200 and "/v1/skills/{listing}/{skill}" in spec.json()["paths"]
+        unknown = httpx.post(f"{base}/v1/skills/{'ab' * 32}/echo", json={}, timeout=5)
+        assert unknown.status_code == 404, unknown.text  # no such listing: nothing to pay for
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            _wait_until_serving(process, channel, logs)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=STOP_TIMEOUT_S) == 0, logs.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    output = " ".join(logs.read_text().split())
+    assert f"x402 gateway on {base}" in output and "shutting down" in output
+    assert "Traceback" not in output
 
 
 # ---- the demo, once per module ---------------------------------------------------------------

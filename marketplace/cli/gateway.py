@@ -41,7 +41,12 @@ def gateway(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///fil
                            "`exact` payments (EIP-3009) on it (needs the evm extra)."),
             evm_key_file: Path = typer.Option(
                 None, help="The hex private key of the account that submits EVM settlements "
-                           "and pays their gas (with --evm-rpc).")
+                           "and pays their gas (with --evm-rpc)."),
+            gc_defaults: bool = typer.Option(
+                False, "--gc-defaults", help="Keep CPython's garbage-collector settings (by "
+                                             "default the started gateway freezes its start-up "
+                                             "heap and collects in larger passes: "
+                                             "marketplace.heap).")
             ) -> None:
     """Run a node with the HTTP/x402 gateway (POST /v1/skills/{listing}/{skill}) and the x402
     facilitator (/facilitator/verify, /settle, /supported) until SIGTERM or SIGINT."""
@@ -91,7 +96,8 @@ def gateway(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///fil
         node.stop()
         console.print(f"[red]error:[/red] cannot start the gateway: {error}", highlight=False)
         raise typer.Exit(1) from None
-    settle_heap()  # started: what it holds now lives as long as the process
+    if not gc_defaults:
+        settle_heap()  # started: what it holds now lives as long as the process
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

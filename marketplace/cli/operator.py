@@ -26,7 +26,7 @@ DEFAULT_DB = "sqlite:///.agentmarket/marketplace.db"
 
 def open_ledger(db: str) -> Ledger:
     """A ledger over an existing database; a missing SQLite file is a one-line error."""
-    from marketplace.cli.main import fail
+    from marketplace.cli.output import fail
     from wallets.store import make_engine
 
     if db.startswith("sqlite:///") and not Path(db.removeprefix("sqlite:///")).exists():
@@ -42,7 +42,7 @@ def _since_ms(since: str | None) -> int | None:
     """'15m', '2h', '3d' ago, or None."""
     if not since:
         return None
-    from marketplace.cli.main import fail
+    from marketplace.cli.output import fail
 
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     if since[-1:] not in units or not since[:-1].isdigit():
@@ -73,7 +73,7 @@ def print_postings(postings: list[Posting], as_json: bool) -> None:
 
 def resolve_owner(ledger: Ledger, agent: str) -> str:
     """An owner by its full id or a unique prefix of it."""
-    from marketplace.cli.main import fail
+    from marketplace.cli.output import fail
 
     owners = sorted({b.owner for b in ledger.accounts() if b.owner.startswith(agent)})
     if not owners:
@@ -173,7 +173,7 @@ def _settlement(db: str) -> Any:
 
 def load_key(path: Path) -> Any:
     """An agent key from a file holding its 32-byte seed in hex (`agentmarket keys new`)."""
-    from marketplace.cli.main import fail
+    from marketplace.cli.output import fail
     from marketplace.errors import InvalidArgument
     from marketplace.identity import AgentKey
 
@@ -187,7 +187,7 @@ def _call(what: str, fn: Any) -> Any:
     """Run an RPC; a refusal prints its status and message on one line."""
     import grpc
 
-    from marketplace.cli.main import fail
+    from marketplace.cli.output import fail
 
     try:
         return fn()
@@ -281,7 +281,7 @@ def disputes_resolve(agreement: str,
 
     from marketplace import agreements as ag
     from marketplace.auth import signed_channel
-    from marketplace.cli.main import fail
+    from marketplace.cli.output import fail
     from marketplace.v1 import dispute_pb2, dispute_pb2_grpc
 
     outcomes = {"seller": dispute_pb2.DISPUTE_OUTCOME_SELLER,
@@ -306,7 +306,7 @@ def disputes_resolve(agreement: str,
 def keys_new(out: Path = typer.Argument(help="File to write the key seed to (mode 600).")
              ) -> None:
     """Make an agent or operator key; prints its public id."""
-    from marketplace.cli.main import fail
+    from marketplace.cli.output import fail
     from marketplace.errors import InvalidArgument
     from marketplace.identity import AgentKey
 

@@ -21,7 +21,7 @@ def receipt_verify(file: Path = typer.Argument(help="A receipt file (`receipt ge
                    as_json: bool = typer.Option(False, "--json", help="JSON for scripts.")
                    ) -> None:
     """Check a receipt's signatures, postings and inclusion in a signed checkpoint, offline."""
-    from marketplace.cli.main import fail
+    from marketplace.cli.output import fail
     from marketplace.receipt_verify import ReceiptInvalid, verify_receipt
 
     try:
@@ -52,8 +52,8 @@ def receipt_get(subject: str = typer.Argument(help="The agreement (or PvP paymen
                 out: Path = typer.Option(None, help="Write the file here (default: stdout).")
                 ) -> None:
     """Write a receipt with its inclusion proof (needs a checkpoint the node has signed)."""
-    from marketplace.cli.main import fail
     from marketplace.cli.operator import open_ledger
+    from marketplace.cli.output import fail
     from marketplace.receipts import ReceiptBook
     from wallets.errors import AgentmarketError
 

@@ -1,0 +1,14 @@
+"""Where the `agentmarket` commands print, and how a user's mistake ends one: one red line
+and exit status 1, never a traceback."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+
+console = Console()
+
+
+def fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
