@@ -65,6 +65,7 @@ from agents.v1 import agent_pb2, agent_pb2_grpc
 from marketplace.auth import SigningClientInterceptor, plain_channel, signed_channel
 from marketplace.grpc_tracing import span_if_active, tracing_active, untraced
 from marketplace.identity import AgentKey
+from marketplace.intercepted import intercept
 from marketplace.market_channel import market_options, node_retry
 from marketplace.v1 import registry_pb2, registry_pb2_grpc, settlement_pb2_grpc
 from wallets.grpc_errors import error_info, error_reason
@@ -159,11 +160,11 @@ class BuyerAgent(BuyerCore):
         if stubs is None:
             raw = plain_channel(endpoint, self.credentials)
             voucher = VoucherClientInterceptor(self.sessions, self._reserve_of)
-            signed = grpc.intercept_channel(raw, *self._interceptors, voucher,
+            signed = intercept(raw, *self._interceptors, voucher,
                                             SigningClientInterceptor(self.key))
             stubs = _SellerStubs(raw, agent_pb2_grpc.AgentServiceStub(signed),
                                  agent_pb2_grpc.AgentServiceStub(
-                                     grpc.intercept_channel(raw, *self._interceptors)),
+                                     intercept(raw, *self._interceptors)),
                                  agent_pb2_grpc.AgentServiceStub(raw))
             self._seller_channels[endpoint] = stubs
         return stubs
@@ -452,9 +453,9 @@ class BuyerAgent(BuyerCore):
         if stubs.a2a is None:
             raw = stubs.channel
             stubs.a2a = (
-                a2a_pb2_grpc.A2AServiceStub(grpc.intercept_channel(
+                a2a_pb2_grpc.A2AServiceStub(intercept(
                     raw, *self._interceptors, SigningClientInterceptor(self.key))),
-                a2a_pb2_grpc.A2AServiceStub(grpc.intercept_channel(raw, *self._interceptors)))
+                a2a_pb2_grpc.A2AServiceStub(intercept(raw, *self._interceptors)))
         return stubs.a2a
 
     @sdk_method

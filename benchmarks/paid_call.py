@@ -65,6 +65,7 @@ from benchmarks._process import cpu_s
 from marketplace import MarketplaceNode
 from marketplace.auth import AccessInterceptor, AuthServerInterceptor
 from marketplace.grpc_tracing import client_interceptors, server_interceptor
+from marketplace.intercepted import intercept
 from marketplace.schema_validators import validator
 from wallets.grpc_errors import MalformedRequestInterceptor, grpc_method
 
@@ -278,8 +279,8 @@ class _UnpaidSide:
         self.server = _Server(_serve_unpaid_aio if kind == "aio" else _serve_unpaid,
                               served.name)
         self.pid = self.server.pid
-        self.channels = [grpc.intercept_channel(grpc.insecure_channel(self.server.address),
-                                                *client_interceptors())
+        self.channels = [intercept(grpc.insecure_channel(self.server.address),
+                                   *client_interceptors())
                          for _ in range(SATURATING)]
         stubs = [agent_pb2_grpc.AgentServiceStub(c) for c in self.channels]
         self.callers = [self._caller(s, served) for s in stubs]

@@ -33,6 +33,7 @@ from opentelemetry import trace
 
 from marketplace._call_details import with_metadata
 from marketplace.identity import AgentKey, verify
+from marketplace.intercepted import intercept
 from marketplace.request_limits import (
     ADMITTED,
     NONCES_FULL,
@@ -106,7 +107,7 @@ def signed_channel(address: str, key: AgentKey,
                    interceptors: Iterable[Any] = ()) -> grpc.Channel:
     """A channel whose every call is signed by `key`: TLS with `credentials`
     (`channel_credentials`), plaintext without. `interceptors` run before the signer."""
-    return grpc.intercept_channel(plain_channel(address, credentials, options=options),
+    return intercept(plain_channel(address, credentials, options=options),
                                   *interceptors, SigningClientInterceptor(key))
 
 

@@ -31,6 +31,7 @@ from marketplace.auth import signed_channel
 from marketplace.errors import PermissionDenied, VerifierUnavailable
 from marketplace.grpc_tracing import client_interceptors, server_interceptor
 from marketplace.identity import AgentKey
+from marketplace.intercepted import intercept
 from marketplace.introspection import mark_serving, serve_introspection
 from marketplace.v1 import agreement_pb2, verifier_pb2, verifier_pb2_grpc
 from wallets.grpc_errors import grpc_method
@@ -154,7 +155,7 @@ class GrpcVerifierClient:
             elif channel is None:
                 raw = (grpc.secure_channel(endpoint, self._credentials) if self._credentials
                        else grpc.insecure_channel(endpoint))
-                channel = grpc.intercept_channel(raw, *self._interceptors)
+                channel = intercept(raw, *self._interceptors)
             self._channels[endpoint] = channel
             while len(self._channels) > MAX_CHANNELS:
                 self._channels.popitem(last=False)[1].close()
