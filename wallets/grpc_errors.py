@@ -122,24 +122,61 @@ class _Undecodable:
 
 def nul_field(message: Any, prefix: str = "") -> str:
     """The path of the first string field holding a NUL character ('' if none). No field of
-    ours has a use for one, and PostgreSQL's text columns refuse it (a bare DataError)."""
-    for field, value in message.ListFields():
-        name = f"{prefix}{field.name}"
-        if field.type == field.TYPE_STRING:
-            values = value if field.is_repeated else (value,)
-            if any("\x00" in text for text in values):
-                return name
-        elif field.type == field.TYPE_MESSAGE:
-            if field.message_type.GetOptions().map_entry:
-                found = next((f"{name}[{k!r}]" for k, v in value.items()
-                              if "\x00" in str(k) or (isinstance(v, str) and "\x00" in v)), "")
-            else:
-                items = value if field.is_repeated else (value,)
-                found = next((path for path in (nul_field(item, f"{name}.") for item in items)
-                              if path), "")
+    ours has a use for one, and PostgreSQL's text columns refuse it (a bare DataError).
+    Walks only the fields that can hold a string (`_nul_plan`), in field-number order."""
+    for name, kind in _nul_plan(message.DESCRIPTOR):
+        value = getattr(message, name)
+        if kind == _STRING:
+            if "\x00" in value:
+                return f"{prefix}{name}"
+        elif kind == _STRINGS:
+            if any("\x00" in text for text in value):
+                return f"{prefix}{name}"
+        elif kind == _MAP:
+            found = next((f"{prefix}{name}[{k!r}]" for k, v in value.items()
+                          if "\x00" in str(k) or (isinstance(v, str) and "\x00" in v)), "")
             if found:
                 return found
+        elif kind == _MESSAGE:
+            if message.HasField(name):
+                found = nul_field(value, f"{prefix}{name}.")
+                if found:
+                    return found
+        else:  # _MESSAGES
+            for item in value:
+                found = nul_field(item, f"{prefix}{name}.")
+                if found:
+                    return found
     return ""
+
+
+_STRING, _STRINGS, _MAP, _MESSAGE, _MESSAGES = range(5)
+_NUL_PLANS: dict[Any, tuple[tuple[str, int], ...]] = {}
+
+
+def _nul_plan(descriptor: Any, visiting: frozenset[Any] = frozenset()
+              ) -> tuple[tuple[str, int], ...]:
+    """(field name, kind) of the fields of a message type that can hold a string, itself or
+    in a message inside it, by field number; made once per type. A type met again while its
+    own plan is being made (a recursive type) is taken to hold strings."""
+    plan = _NUL_PLANS.get(descriptor)
+    if plan is not None:
+        return plan
+    entries = []
+    for field in sorted(descriptor.fields, key=lambda f: f.number):
+        if field.type == field.TYPE_STRING:
+            entries.append((field.name, _STRINGS if field.is_repeated else _STRING))
+        elif field.type == field.TYPE_MESSAGE:
+            inner = field.message_type
+            if inner.GetOptions().map_entry:
+                entries.append((field.name, _MAP))
+            elif inner in visiting or inner is descriptor or \
+                    _nul_plan(inner, visiting | {descriptor}):
+                entries.append((field.name, _MESSAGES if field.is_repeated else _MESSAGE))
+    plan = tuple(entries)
+    if not visiting:  # a plan made inside a cycle may have assumed its way out: not kept
+        _NUL_PLANS[descriptor] = plan
+    return plan
 
 
 class MalformedRequestInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
@@ -157,6 +194,8 @@ class MalformedRequestInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 message = parse(data)
             except Exception as error:
                 return _Undecodable(error)
+            if isinstance(data, bytes) and b"\x00" not in data:
+                return message  # a string holding NUL would have put a 0 byte in the encoding
             path = nul_field(message) if hasattr(message, "ListFields") else ""
             return _Undecodable(ValueError(f"field {path} holds a NUL character")) if path \
                 else message

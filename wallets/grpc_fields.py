@@ -103,28 +103,77 @@ class MalformedAmount(InvalidAmount):
 def check_fields(message: Message, rules: Mapping[str, Check], path: str = "",
                  depth: int = 0) -> None:
     """Raise InvalidArgument naming the first field that breaks its rule (`*_atomic` fields:
-    `amount`)."""
+    `amount`). Looks at present fields only (as ListFields lists them), and only at those
+    with a rule or a message inside that may hold one (`_field_plan`), by field number."""
     if depth > MAX_DEPTH:
         return
-    for field, value in message.ListFields():
-        name = f"{path}{field.name}"
-        if field.type == FieldDescriptor.TYPE_MESSAGE:
-            if field.message_type.GetOptions().map_entry:
+    for field, name, rule, kind in _field_plan(message.DESCRIPTOR, rules):
+        if kind == _SCALAR:
+            if field.has_presence and not message.HasField(name):
                 continue
-            items = value if _repeated(field) else [value]
-            for index, item in enumerate(items):
-                where = f"{name}[{index}]." if _repeated(field) else f"{name}."
-                check_fields(item, rules, where, depth + 1)
+            value = getattr(message, name)
+            if not field.has_presence and value == field.default_value:
+                continue  # not present: ListFields leaves it out
+            problem = rule(value)
+            if problem:
+                raise (MalformedAmount if rule is amount else MalformedField)(
+                    f"{path}{name}", problem)
+        elif kind == _SCALARS:
+            for item in getattr(message, name):
+                problem = rule(item)
+                if problem:
+                    raise (MalformedAmount if rule is amount else MalformedField)(
+                        f"{path}{name}", problem)
+        elif kind == _MESSAGE:
+            if message.HasField(name):
+                check_fields(getattr(message, name), rules, f"{path}{name}.", depth + 1)
+        else:  # _MESSAGES
+            for index, item in enumerate(getattr(message, name)):
+                check_fields(item, rules, f"{path}{name}[{index}].", depth + 1)
+
+
+_SCALAR, _SCALARS, _MESSAGE, _MESSAGES = range(4)
+Plan = tuple[tuple[FieldDescriptor, str, Check | None, int], ...]
+# Plans by rules table (kept alive beside its plans, so its id is not reused) and message type
+_PLANS: dict[int, tuple[Mapping[str, Check], dict[Any, Plan]]] = {}
+_MAX_TABLES = 64
+
+
+def _field_plan(descriptor: Any, rules: Mapping[str, Check]) -> Plan:
+    """The fields of a message type `check_fields` must look at under `rules`, made once per
+    type and table."""
+    table = _PLANS.get(id(rules))
+    if table is None or table[0] is not rules:
+        if len(_PLANS) >= _MAX_TABLES:
+            _PLANS.clear()
+        table = _PLANS[id(rules)] = (rules, {})
+    plan = table[1].get(descriptor)
+    if plan is None:
+        plan = _make_plan(descriptor, rules, frozenset())
+        table[1][descriptor] = plan
+    return plan
+
+
+def _make_plan(descriptor: Any, rules: Mapping[str, Check], visiting: frozenset[Any]) -> Plan:
+    """A type met again while its plan is being made (a recursive type) is taken to hold
+    fields with rules."""
+    entries = []
+    for field in sorted(descriptor.fields, key=lambda f: f.number):
+        if field.type == FieldDescriptor.TYPE_MESSAGE:
+            inner = field.message_type
+            if inner.GetOptions().map_entry:
+                continue
+            if inner in visiting or inner is descriptor or \
+                    _make_plan(inner, rules, visiting | {descriptor}):
+                entries.append((field, field.name, None,
+                                _MESSAGES if _repeated(field) else _MESSAGE))
             continue
         rule = rules.get(field.name)
         if rule is None and field.name.endswith("_atomic"):
             rule = amount
-        if rule is None:
-            continue
-        for item in (value if _repeated(field) else [value]):
-            problem = rule(item)
-            if problem:
-                raise (MalformedAmount if rule is amount else MalformedField)(name, problem)
+        if rule is not None:
+            entries.append((field, field.name, rule, _SCALARS if _repeated(field) else _SCALAR))
+    return tuple(entries)
 
 
 def _repeated(field: FieldDescriptor) -> bool:
