@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -61,7 +62,36 @@ class VerifiedReceipt:
 
 def canonical(value: Any) -> bytes:
     """RFC 8785 (JCS) for the values receipts hold: objects, arrays, strings and integers
-    within +-2**53 (amounts travel as decimal strings); keys sorted; no whitespace."""
+    within +-2**53 (amounts travel as decimal strings); keys sorted; no whitespace.
+
+    orjson writes exactly these bytes for such values, faster (a node signs a receipt per
+    settlement step); a float (which orjson writes its own way, NaN as null) or what orjson
+    refuses (an integer past 2**53, a lone surrogate, a key that is not a string) goes the
+    standard library's way, as it always did."""
+    if not _holds_float(value):
+        try:
+            return orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER)
+        except orjson.JSONEncodeError:
+            pass
+    return json_canonical(value)
+
+
+def _holds_float(value: Any) -> bool:
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        kind = type(item)
+        if kind is dict:
+            pending.extend(item.values())
+        elif kind is list or kind is tuple:
+            pending.extend(item)
+        elif kind is float:
+            return True
+    return False
+
+
+def json_canonical(value: Any) -> bytes:
+    """`canonical` by the standard library alone (the reference the fast path is held to)."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                       allow_nan=False).encode()
 
