@@ -29,7 +29,6 @@ MAX_COMPLETION_S = 21 * 24 * 3600  # + dispute window + grace stays within a hol
 MAX_RUBRIC = 4000
 _CHECKER_NAME = re.compile(r"^[a-z0-9_.-]{1,64}$")
 _ENDPOINT = re.compile(r"^[A-Za-z0-9.\-\[\]:]{1,255}:\d{1,5}$")
-METHOD = registry_pb2.VerificationMethod
 
 
 def agreement_id(body: bytes) -> str:
@@ -88,11 +87,11 @@ def check_terms(terms: agreement_pb2.Terms) -> agreement_pb2.Terms:
 def _check_method_terms(terms: agreement_pb2.Terms) -> None:
     """The method's own parameters are present when (and only when) it is chosen."""
     method = terms.verification
-    if (method == METHOD.VERIFICATION_METHOD_CHECKER) != bool(terms.checker):
+    if (method == registry_pb2.VERIFICATION_METHOD_CHECKER) != bool(terms.checker):
         raise InvalidArgument("terms.checker names the checker of CHECKER verification, only")
     if terms.checker and not _CHECKER_NAME.match(terms.checker):
         raise InvalidArgument("terms.checker must be 1..64 characters of [a-z0-9_.-]")
-    if (method == METHOD.VERIFICATION_METHOD_LLM_JUDGE) != terms.HasField("judge"):
+    if (method == registry_pb2.VERIFICATION_METHOD_LLM_JUDGE) != terms.HasField("judge"):
         raise InvalidArgument("terms.judge configures LLM_JUDGE verification, only")
     if terms.HasField("judge"):
         judge = terms.judge
@@ -100,7 +99,7 @@ def _check_method_terms(terms: agreement_pb2.Terms) -> None:
             raise InvalidArgument(f"a judge needs a model and a rubric (<= {MAX_RUBRIC} chars)")
         if not 1 <= judge.pass_threshold_permille <= 1000:
             raise InvalidArgument("judge.pass_threshold_permille must be 1..1000")
-    if (method == METHOD.VERIFICATION_METHOD_THIRD_PARTY) != terms.HasField("verifier"):
+    if (method == registry_pb2.VERIFICATION_METHOD_THIRD_PARTY) != terms.HasField("verifier"):
         raise InvalidArgument("terms.verifier configures THIRD_PARTY verification, only")
     if terms.HasField("verifier"):
         verifier = terms.verifier

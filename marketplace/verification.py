@@ -39,11 +39,11 @@ from marketplace.schema_validators import validator_of_json
 from marketplace.v1 import agreement_pb2, registry_pb2, verifier_pb2
 from wallets import attributes as attr
 
-M = registry_pb2.VerificationMethod
-METHOD_NAMES = {M.VERIFICATION_METHOD_SCHEMA: "schema", M.VERIFICATION_METHOD_CHECKER: "checker",
-                M.VERIFICATION_METHOD_LLM_JUDGE: "llm_judge",
-                M.VERIFICATION_METHOD_BUYER_ACCEPTANCE: "buyer_acceptance",
-                M.VERIFICATION_METHOD_THIRD_PARTY: "third_party"}
+METHOD_NAMES = {registry_pb2.VERIFICATION_METHOD_SCHEMA: "schema",
+                registry_pb2.VERIFICATION_METHOD_CHECKER: "checker",
+                registry_pb2.VERIFICATION_METHOD_LLM_JUDGE: "llm_judge",
+                registry_pb2.VERIFICATION_METHOD_BUYER_ACCEPTANCE: "buyer_acceptance",
+                registry_pb2.VERIFICATION_METHOD_THIRD_PARTY: "third_party"}
 VERIFY_TIMEOUT_S = 10.0
 # (endpoint, request, timeout_s) -> response; raises VerifierUnavailable when it cannot answer.
 VerifierClient = Callable[[str, verifier_pb2.VerifyRequest, float], verifier_pb2.VerifyResponse]
@@ -116,11 +116,11 @@ class Verification:
 
     def check_terms(self, terms: agreement_pb2.Terms) -> None:
         """Can this node verify these terms? (At OpenEscrow, before money is held.)"""
-        if terms.verification == M.VERIFICATION_METHOD_CHECKER:
+        if terms.verification == registry_pb2.VERIFICATION_METHOD_CHECKER:
             self.checkers.get(terms.checker)
-        elif terms.verification == M.VERIFICATION_METHOD_LLM_JUDGE:
+        elif terms.verification == registry_pb2.VERIFICATION_METHOD_LLM_JUDGE:
             self.judge.check(terms.judge)
-        elif terms.verification == M.VERIFICATION_METHOD_THIRD_PARTY \
+        elif terms.verification == registry_pb2.VERIFICATION_METHOD_THIRD_PARTY \
                 and self.verifier_client is None:
             raise FailedPrecondition("this marketplace cannot call third-party verifiers",
                                      reason="NO_VERIFIER_CLIENT")
@@ -134,19 +134,19 @@ class Verification:
             results, values = _schema_results(schema_json, receipts)
             outcome = Outcome(method, results)
             passing = [i for i, r in enumerate(results) if r.passed]
-            if terms.verification == M.VERIFICATION_METHOD_CHECKER:
+            if terms.verification == registry_pb2.VERIFICATION_METHOD_CHECKER:
                 for i in passing:
                     ok, why = self.checkers.run(terms.checker, values[i])
                     results[i].passed, results[i].reason = ok, why
                 outcome.details = {"checker": terms.checker}
-            elif terms.verification == M.VERIFICATION_METHOD_LLM_JUDGE and passing:
+            elif terms.verification == registry_pb2.VERIFICATION_METHOD_LLM_JUDGE and passing:
                 verdict = self.judge.judge(terms.judge, terms.skill,
                                            [receipts[i].output_json for i in passing])
                 for i in passing:
                     results[i].passed = verdict.passed
                     results[i].reason = "" if verdict.passed else "judge: below threshold"
                 outcome.details = {"judge": verdict.as_dict()}
-            elif terms.verification == M.VERIFICATION_METHOD_THIRD_PARTY and passing:
+            elif terms.verification == registry_pb2.VERIFICATION_METHOD_THIRD_PARTY and passing:
                 self._third_party(agreement, signed, terms, schema_json,
                                   [receipts[i] for i in passing], [results[i] for i in passing],
                                   outcome)
