@@ -89,3 +89,13 @@ def test_a_task_shows_up_in_the_metrics(reader: InMemoryMetricReader, tmp_path):
     assert grew("agentmarket.fees", currency="USD") == fee
     assert grew("agentmarket.refusals") >= 1
     assert after["agentmarket.settlement.duration"], "settlement latency recorded"
+
+
+def test_with_no_reader_nothing_is_installed(monkeypatch: pytest.MonkeyPatch):
+    from opentelemetry import metrics
+
+    for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    before = metrics.get_meter_provider()
+    assert setup_metrics("no-reader") is None  # measurements nobody reads are not built
+    assert metrics.get_meter_provider() is before
