@@ -39,10 +39,17 @@ def tracing_active(tracer_provider: trace.TracerProvider | None = None) -> bool:
     Checked per call, so a global provider set later is seen; when off, the hot path skips
     building spans, context and attributes at all."""
     provider = tracer_provider if tracer_provider is not None else _global_provider()
-    if provider is None or isinstance(provider, (trace.ProxyTracerProvider,
-                                                 trace.NoOpTracerProvider)):
+    if provider is None:
         return False
-    return getattr(provider, "sampler", None) is not ALWAYS_OFF
+    kind = type(provider)
+    inert = _INERT_KINDS.get(kind)
+    if inert is None:  # isinstance on these ABCs is slow: asked once per class
+        inert = _INERT_KINDS[kind] = issubclass(kind, (trace.ProxyTracerProvider,
+                                                       trace.NoOpTracerProvider))
+    return not inert and getattr(provider, "sampler", None) is not ALWAYS_OFF
+
+
+_INERT_KINDS: dict[type, bool] = {}  # provider class -> records nothing (the API's own)
 
 
 def _global_provider() -> trace.TracerProvider | None:
