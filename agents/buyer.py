@@ -161,7 +161,7 @@ class BuyerAgent(BuyerCore):
             raw = plain_channel(endpoint, self.credentials)
             voucher = VoucherClientInterceptor(self.sessions, self._reserve_of)
             signed = intercept(raw, *self._interceptors, voucher,
-                                            SigningClientInterceptor(self.key))
+                               SigningClientInterceptor(self.key))
             stubs = _SellerStubs(raw, agent_pb2_grpc.AgentServiceStub(signed),
                                  agent_pb2_grpc.AgentServiceStub(
                                      intercept(raw, *self._interceptors)),

@@ -108,7 +108,7 @@ def signed_channel(address: str, key: AgentKey,
     """A channel whose every call is signed by `key`: TLS with `credentials`
     (`channel_credentials`), plaintext without. `interceptors` run before the signer."""
     return intercept(plain_channel(address, credentials, options=options),
-                                  *interceptors, SigningClientInterceptor(key))
+                     *interceptors, SigningClientInterceptor(key))
 
 
 def plain_channel(address: str, credentials: grpc.ChannelCredentials | None = None, *,

@@ -77,6 +77,7 @@ def canonical(value: Any) -> bytes:
 
 
 def _holds_float(value: Any) -> bool:
+    """Whether a float is anywhere in `value` (its dicts' values and its lists, walked)."""
     pending = [value]
     while pending:
         item = pending.pop()

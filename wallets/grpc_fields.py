@@ -116,20 +116,22 @@ def check_fields(message: Message, rules: Mapping[str, Check], path: str = "",
                 continue  # not present: ListFields leaves it out
             problem = rule(value)
             if problem:
-                raise (MalformedAmount if rule is amount else MalformedField)(
-                    f"{path}{name}", problem)
+                raise _malformed(rule, f"{path}{name}", problem)
         elif kind == _SCALARS:
             for item in getattr(message, name):
                 problem = rule(item)
                 if problem:
-                    raise (MalformedAmount if rule is amount else MalformedField)(
-                        f"{path}{name}", problem)
+                    raise _malformed(rule, f"{path}{name}", problem)
         elif kind == _MESSAGE:
             if message.HasField(name):
                 check_fields(getattr(message, name), rules, f"{path}{name}.", depth + 1)
         else:  # _MESSAGES
             for index, item in enumerate(getattr(message, name)):
                 check_fields(item, rules, f"{path}{name}[{index}].", depth + 1)
+
+
+def _malformed(rule: Check, field: str, problem: str) -> InvalidArgument:
+    return (MalformedAmount if rule is amount else MalformedField)(field, problem)
 
 
 _SCALAR, _SCALARS, _MESSAGE, _MESSAGES = range(4)

@@ -12,12 +12,11 @@ import threading
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
+from marketplace.cli.output import console, fail
 from marketplace.heap import settle_heap
 from marketplace.home import default_database_url, default_span_store
 
-console = Console()
 DEFAULT_DB = default_database_url()
 DEFAULT_SPANS = default_span_store()
 
@@ -70,8 +69,7 @@ def gateway(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///fil
         node = MarketplaceNode(db, host=host, port=port, fee_bps=fee_bps, key=node_key,
                                tracer_provider=provider).start()
     except Exception as error:  # a bad URL or a taken port: one line, not a traceback
-        console.print(f"[red]error:[/red] cannot start the node: {error}", highlight=False)
-        raise typer.Exit(1) from None
+        fail(f"cannot start the node: {error}")
     evm = None
     if evm_rpc is not None:
         from agents.x402.evm import EvmSettlement
@@ -86,16 +84,13 @@ def gateway(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///fil
         door = Gateway(node, tracer_provider=provider, max_body_bytes=max_body_bytes, evm=evm)
     except Exception as error:  # the chain did not answer, or the key is not one
         node.stop()
-        console.print(f"[red]error:[/red] cannot settle on {evm_rpc}: {error}",
-                      highlight=False)
-        raise typer.Exit(1) from None
+        fail(f"cannot settle on {evm_rpc}: {error}")
     try:
         http = HttpServer(door.app(allowed_hosts(http_host)), host=http_host,
                           port=http_port).start()
     except Exception as error:
         node.stop()
-        console.print(f"[red]error:[/red] cannot start the gateway: {error}", highlight=False)
-        raise typer.Exit(1) from None
+        fail(f"cannot start the gateway: {error}")
     if not gc_defaults:
         settle_heap()  # started: what it holds now lives as long as the process
     stop = threading.Event()
