@@ -9,7 +9,10 @@ does), the error mapping, input validation on the server, and on the client the 
 and checked against the skill's schema, as `BuyerAgent.call` returns it. So the ratio is the
 cost of paying. A third side is the paid call with the seller's usage journal switched off
 (`paid_call_ratio_no_journal`): what the durable record costs, not a mode the framework
-offers. Each client thread makes calls on its own channel (paid: its own agreement, one buyer
+offers. A fourth is the unpaid servicer with no interceptor on either end
+(`unpaid_no_interceptors_*`): what the interceptors add to the unpaid call, and what is left of
+it is gRPC's own cost and the skill's.
+Each client thread makes calls on its own channel (paid: its own agreement, one buyer
 each). Tracing is off everywhere (AGENTMARKET_TRACING=off by `make bench`).
 
 Two loads: `SATURATING` clients keep the server busy (the headline `paid_call_ratio`: what a
@@ -214,6 +217,18 @@ def _serve_unpaid(skill_name: str, ready: Any, stop: Any) -> None:
     server.stop(0)
 
 
+def _serve_bare(skill_name: str, ready: Any, stop: Any) -> None:
+    """Child process: the unpaid servicer on a plain grpc.server, no interceptors (their share
+    of the unpaid call)."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+    agent_pb2_grpc.add_AgentServiceServicer_to_server(_Unpaid(SKILLS[skill_name]), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    ready.put(f"127.0.0.1:{port}")
+    stop.wait()
+    server.stop(0)
+
+
 def _serve_unpaid_aio(skill_name: str, ready: Any, stop: Any) -> None:
     """Child process: the bare server on grpc.aio, as an aio seller serves (the interceptors'
     checks on the loop, the skill in a bounded pool), until `stop` is set."""
@@ -276,11 +291,12 @@ class _UnpaidSide:
     """The bare server and one channel per client."""
 
     def __init__(self, served: Skill, kind: str = "threaded") -> None:
-        self.server = _Server(_serve_unpaid_aio if kind == "aio" else _serve_unpaid,
-                              served.name)
+        """`kind`: "threaded", "aio", or "bare" (no interceptors on either end)."""
+        serve = {"aio": _serve_unpaid_aio, "bare": _serve_bare}.get(kind, _serve_unpaid)
+        self.server = _Server(serve, served.name)
         self.pid = self.server.pid
-        self.channels = [intercept(grpc.insecure_channel(self.server.address),
-                                   *client_interceptors())
+        layers = () if kind == "bare" else client_interceptors()
+        self.channels = [intercept(grpc.insecure_channel(self.server.address), *layers)
                          for _ in range(SATURATING)]
         stubs = [agent_pb2_grpc.AgentServiceStub(c) for c in self.channels]
         self.callers = [self._caller(s, served) for s in stubs]
@@ -369,8 +385,9 @@ def _echo(node: MarketplaceNode, tmp: Path, say: Any) -> dict[str, float]:
         built.append(_UnpaidSide(echo, "aio"))
         built.append(_PaidSide(node, calls, tmp / "journal-aio.db", echo, "aio"))
         built.append(_PaidSide(node, calls, None, echo, "aio"))
+        built.append(_UnpaidSide(echo, "bare"))
         sides = dict(zip(("unpaid", "paid", "no_journal", "unpaid_aio", "paid_aio",
-                          "no_journal_aio"), built, strict=True))
+                          "no_journal_aio", "bare"), built, strict=True))
         measured = _compare(sides, (SATURATING, FEW), ROUNDS, CALLS_PER_ROUND, say,
                             "paid vs unpaid calls")
     finally:
@@ -393,8 +410,12 @@ def _echo(node: MarketplaceNode, tmp: Path, say: Any) -> dict[str, float]:
             results[f"{key}_calls_per_s{suffix}"] = round(rate)
             results[f"{key.replace('paid_aio', 'paid_call_ratio_aio', 1)}{suffix}"] = round(
                 rate / unpaid_rate, 3)
-    names = {"no_journal": "paid_no_journal", "no_journal_aio": "paid_aio_no_journal"}
-    for name in ("unpaid", "paid", "no_journal", "unpaid_aio", "paid_aio", "no_journal_aio"):
+    results["unpaid_no_interceptors_calls_per_s"] = round(
+        _median(measured, "bare", SATURATING, "rate"))
+    names = {"no_journal": "paid_no_journal", "no_journal_aio": "paid_aio_no_journal",
+             "bare": "unpaid_no_interceptors"}
+    for name in ("unpaid", "paid", "no_journal", "unpaid_aio", "paid_aio", "no_journal_aio",
+                 "bare"):
         key = names.get(name, name)
         for where in ("server", "client"):
             results[f"{key}_{where}_cpu_us_per_call"] = round(
