@@ -30,7 +30,6 @@ from a2a.types import a2a_pb2
 from agents._strategy_host import LIST_PRICE_PREFIX
 from marketplace import a2a_extension as ext
 from marketplace import agreements as ag
-from marketplace.identity import verify
 from wallets.access import Rule
 from wallets.errors import Forbidden
 
@@ -82,9 +81,8 @@ def seller_rules(seller: SellerAgent) -> dict[str, dict[str, Rule]]:
     def finisher(caller: str, request: Any) -> None:
         """The buyer, or whoever carries the buyer's own signature over the finish (a
         gateway relaying it): Finish checks that signature either way."""
-        if seller.gate.known(request.agreement_id) and verify(
-                seller.gate.body(request.agreement_id).buyer_id,
-                ag.request_message("finish", request.agreement_id), request.buyer_signature):
+        if seller.gate.known(request.agreement_id) and seller._buyer_signed_finish(
+                request.agreement_id, request.buyer_signature):
             return
         buyer_of_agreement(caller, request)
 

@@ -114,7 +114,9 @@ def countersigned_deal(quote: Quote, signed: agreement_pb2.SignedAgreement,
     countersigned = reply.agreement
     if countersigned.body != signed.body:
         raise NegotiationFailed("the seller changed the agreement")
-    ag.check_signatures(countersigned, body)
+    if countersigned.buyer_signature != signed.buyer_signature:
+        raise NegotiationFailed("the seller changed the buyer's signature")
+    ag.check_signatures(countersigned, body, buyer_signed_here=True)
     schema = json.loads(quote.skill.output_schema_json) if quote.skill.output_schema_json \
         else {}
     return Deal(countersigned, body, ag.agreement_id(countersigned.body), schema,

@@ -121,8 +121,12 @@ def sign_as_seller(signed: agreement_pb2.SignedAgreement, key: AgentKey) -> None
 
 
 def check_signatures(signed: agreement_pb2.SignedAgreement,
-                     body: agreement_pb2.AgreementBody, *, require_seller: bool = True) -> None:
-    if not verify(body.buyer_id, b"agreement|" + signed.body, signed.buyer_signature):
+                     body: agreement_pb2.AgreementBody, *, require_seller: bool = True,
+                     buyer_signed_here: bool = False) -> None:
+    """`buyer_signed_here`: the caller is the buyer and compared the body and its signature
+    with the ones it made, so only the seller's signature is checked."""
+    if not buyer_signed_here and not verify(body.buyer_id, b"agreement|" + signed.body,
+                                            signed.buyer_signature):
         raise BadSignature("the agreement is not signed by its buyer")
     if require_seller and not verify(
         body.seller_id, b"agreement|" + signed.body, signed.seller_signature
