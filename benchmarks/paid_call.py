@@ -203,24 +203,22 @@ def _wakeup_cpu_us(round_trips: int = 5_000) -> float:
 
 
 def _serve_unpaid(skill_name: str, ready: Any, stop: Any) -> None:
-    """Child process: the bare server, until `stop` is set."""
+    """Child process: the unpaid server with the framework's interceptors, until `stop`."""
     auth = AuthServerInterceptor(optional_methods=(INVOKE,))
     access = AccessInterceptor({INVOKE: lambda _caller, _request: None},
                                ("agents.v1.AgentService",), anonymous_methods=(INVOKE,))
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), interceptors=[
-        MalformedRequestInterceptor(), server_interceptor(), auth, access])
-    agent_pb2_grpc.add_AgentServiceServicer_to_server(_Unpaid(SKILLS[skill_name]), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    ready.put(f"127.0.0.1:{port}")
-    stop.wait()
-    server.stop(0)
+    _serve_threaded(skill_name, [MalformedRequestInterceptor(), server_interceptor(), auth,
+                                 access], ready, stop)
 
 
 def _serve_bare(skill_name: str, ready: Any, stop: Any) -> None:
-    """Child process: the unpaid servicer on a plain grpc.server, no interceptors (their share
-    of the unpaid call)."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+    """Child process: the unpaid servicer with no interceptor (their share of the unpaid
+    call), until `stop`."""
+    _serve_threaded(skill_name, [], ready, stop)
+
+
+def _serve_threaded(skill_name: str, interceptors: list[Any], ready: Any, stop: Any) -> None:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), interceptors=interceptors)
     agent_pb2_grpc.add_AgentServiceServicer_to_server(_Unpaid(SKILLS[skill_name]), server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
@@ -230,7 +228,7 @@ def _serve_bare(skill_name: str, ready: Any, stop: Any) -> None:
 
 
 def _serve_unpaid_aio(skill_name: str, ready: Any, stop: Any) -> None:
-    """Child process: the bare server on grpc.aio, as an aio seller serves (the interceptors'
+    """Child process: the unpaid server on grpc.aio, as an aio seller serves (the interceptors'
     checks on the loop, the skill in a bounded pool), until `stop` is set."""
     auth = AuthServerInterceptor(optional_methods=(INVOKE,))
     access = AccessInterceptor({INVOKE: lambda _caller, _request: None},
