@@ -3,9 +3,11 @@
 The same steps as `agents._serving.PaidCalls.invoke`, in the same order: admit the voucher and
 reserve (on the loop: checks and hashing, no waiting), run the skill, bill and book the receipt
 (a synchronous skill in the bounded executor, as it may block; an async skill awaited on the
-loop, its billing in the executor), give back what was not charged, and answer only once the usage
-record is durable. The wait for the record blocks no thread: the call awaits its batch, and the
-journal's writer wakes the loop once per batch.
+loop, and billed there too unless its bill may wait for litellm's usage reports or count
+tokens: a hop to the executor and back costs about as much as the rest of the payment), give back
+what was not charged, and answer only once the usage record is durable. The wait for the
+record blocks no thread: the call awaits its batch, and the journal's writer wakes the loop
+once per batch.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import grpc
 from agents._aio_server import Aborted, SyncContext
 from agents.errors import AgentmarketError
 from agents.llm import traced_by
-from agents.metering import metering
+from agents.metering import TOKENS, metering
 from agents.payments import Admission
 from agents.skills import Skill
 from agents.v1 import agent_pb2
@@ -97,8 +99,8 @@ def _kind(seller: SellerAgent, request: agent_pb2.InvokeRequest) -> str:
 
 async def _on_loop(seller: SellerAgent, executor: Executor, request: agent_pb2.InvokeRequest,
                    admission: Admission, proof: bytes) -> agent_pb2.InvokeResponse:
-    """An async skill's call: the skill awaited on the loop; its billing, which may wait for
-    litellm's usage reports, in the pool."""
+    """An async skill's call: the skill awaited on the loop; its billing in the pool when it
+    may wait for litellm's usage reports or count tokens, on the loop otherwise."""
     calls = seller.calls
     if request.agreement_id not in seller._escrowed:  # asks the marketplace once
         await _in_pool(executor, seller.check_escrow, request.agreement_id, proof)
@@ -106,8 +108,12 @@ async def _on_loop(seller: SellerAgent, executor: Executor, request: agent_pb2.I
     with calls._span(request, skill, meter) as span, metering(meter), \
             traced_by(seller.tracer_provider):
         output = await skill.run_async(arguments)
-        billed = await _in_pool(executor, calls.bill_output, request, admission, skill, meter,
-                                span, output)
+        if meter.tariff.unit != TOKENS and meter.settle_if_reported():
+            # nothing to wait for and no tokenizer to run: billed here, no hop to the pool
+            billed = calls.bill_output(request, admission, skill, meter, span, output)
+        else:
+            billed = await _in_pool(executor, calls.bill_output, request, admission, skill,
+                                    meter, span, output)
     return calls.book(request, admission, billed)
 
 

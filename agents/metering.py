@@ -145,6 +145,15 @@ class Meter:
                 self.output_tokens += max(0, output_tokens)
             self._lock.notify_all()
 
+    def settle_if_reported(self) -> bool:
+        """Close the meter to litellm's callbacks if no call's usage is still awaited (then
+        billing cannot wait: `settle_llm` returns at once); False leaves it open."""
+        with self._lock:
+            if self.llm_pending:
+                return False
+            self._closed = True
+            return True
+
     def settle_llm(self, wait_s: float, *, streamed: bool = False) -> None:
         """Close the meter to litellm's callbacks. A unary call waits up to `wait_s` for the
         usage of calls still running (litellm reports it from a logging thread after the call

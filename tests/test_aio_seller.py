@@ -16,8 +16,9 @@ import pytest
 from pydantic import BaseModel
 
 import agents.buyer
-from agents import BuyerAgent, SellerAgent, per_call, skill
+from agents import BuyerAgent, SellerAgent, model_price, per_call, skill
 from agents.errors import DeadlineExceeded, InvalidArgument, PaymentRequired
+from agents.llm import acomplete, text_of
 from agents.usage_journal import JournalError, UsageJournal
 from agents.v1 import agent_pb2, agent_pb2_grpc
 from marketplace import MarketplaceNode
@@ -48,6 +49,14 @@ async def where(text: str) -> Reply:
     await asyncio.sleep(0)
     name = threading.current_thread().name
     return Reply(text=name, length=len(text))
+
+
+@skill(price=model_price("gpt-4o-mini", "USD"), max_input_tokens=200, max_output_tokens=50)
+async def summary(text: str) -> Reply:
+    """Summarise with litellm (offline): priced per token, its usage reported by litellm."""
+    reply = await acomplete("gpt-4o-mini", [{"role": "user", "content": text}],
+                            mock_response=f"short: {text[:20]}")
+    return Reply(text=text_of(reply), length=len(text))
 
 
 GATE = threading.Event()
@@ -127,6 +136,48 @@ def test_async_skills_run_on_the_loop_and_sync_ones_in_the_pool(node: Marketplac
         finally:
             buyer.close()
             echo_buyer.close()
+
+
+def _billing_threads(seller: SellerAgent, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the threads the seller's paid calls are billed on."""
+    threads: list[str] = []
+    bill = seller.calls.bill_output
+
+    def recorded(*args, **kwargs):  # type: ignore[no-untyped-def]
+        threads.append(threading.current_thread().name)
+        return bill(*args, **kwargs)
+
+    monkeypatch.setattr(seller.calls, "bill_output", recorded)
+    return threads
+
+
+def test_an_async_skill_priced_per_call_is_billed_on_the_loop(node: MarketplaceNode,
+                                                               monkeypatch: pytest.MonkeyPatch):
+    with SellerAgent("loop", skills=[where], marketplace=node.address, server="aio") as seller:
+        threads = _billing_threads(seller, monkeypatch)
+        buyer, deal = _hire(node, seller, "where")
+        try:
+            loop_thread = buyer.call(deal, {"text": "abc"})["text"]
+            assert threads == [loop_thread]
+            assert buyer.finish(deal).captured_atomic == deal.body.terms.unit_price_atomic
+        finally:
+            buyer.close()
+
+
+def test_an_async_skill_priced_per_token_is_billed_in_the_pool_with_its_usage(
+        node: MarketplaceNode, monkeypatch: pytest.MonkeyPatch):
+    """Its bill may wait for litellm's usage report, so it is not made on the loop."""
+    with SellerAgent("tokens", skills=[summary], marketplace=node.address,
+                     server="aio") as seller:
+        threads = _billing_threads(seller, monkeypatch)
+        buyer, deal = _hire(node, seller, "summary")
+        try:
+            result = buyer.invoke(deal, {"text": "a long text to summarise"})
+            assert result.output["text"].startswith("short:")
+            assert len(threads) == 1 and threads[0] != "seller-aio-server"
+            assert result.usage.input_tokens > 0 and result.usage.output_tokens > 0
+        finally:
+            buyer.close()
 
 
 def test_a_call_hung_up_on_midway_is_booked_once_and_its_retry_answered(

@@ -24,7 +24,7 @@ from pydantic import BaseModel
 
 from agents import BuyerAgent, SellerAgent, model_price, skill
 from agents.llm import complete, text_of
-from agents.metering import token_charge_atomic
+from agents.metering import TOKENS, Meter, Tariff, token_charge_atomic
 from marketplace import pricing
 from marketplace.node import MarketplaceNode
 from wallets.audit import check_balances
@@ -181,3 +181,16 @@ def test_a_model_reporting_more_than_the_bounds_costs_the_seller_not_the_buyer(m
 def test_usd_amounts_format_exactly():
     usd = currency("USD")
     assert usd.format(123) == "0.000000123 USD"
+
+
+def test_a_meter_settles_at_once_only_when_no_usage_report_is_awaited():
+    """`settle_if_reported`: the aio seller bills on its loop only when billing cannot wait."""
+    meter = Meter(Tariff(TOKENS, 1_000), 10_000)
+    meter.begin_llm("call-1", 12)
+    assert not meter.settle_if_reported()
+    meter.end_llm("call-1", 10, 5)  # still open: the report counts
+    assert (meter.input_tokens, meter.output_tokens) == (10, 5)
+    assert meter.settle_if_reported()
+    meter.begin_llm("late", 7)  # closed: a call started afterwards is not billed here
+    meter.end_llm("late", 7, 7)
+    assert (meter.input_tokens, meter.output_tokens) == (10, 5)
