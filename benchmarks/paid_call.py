@@ -31,7 +31,8 @@ lock as its callers'.
 Both server kinds of a seller are measured (`SellerAgent(server=...)`): the threaded one (the
 headline figures) and grpc.aio (`paid_call_ratio_aio`, and `paid_call_ratio_aio_no_journal`,
 against an unpaid server on grpc.aio with the same interceptors, its skill run in a pool as the
-aio seller runs a synchronous one).
+aio seller runs a synchronous one). The same echo written as a coroutine runs on the event loop
+of both (`paid_call_ratio_aio_async`): no thread hop but the journal's once-per-batch wake-up.
 
 The echo skill does almost nothing, so its ratio is the payment's whole overhead. A second
 comparison (`paid_call_ratio_llm_skill`) prices an LLM skill per token, as a seller of model
@@ -104,7 +105,13 @@ def summarize(text: str) -> Summary:
     return Summary(summary=text_of(reply))
 
 
-SKILLS: dict[str, Skill] = {"echo": echo, "summarize": summarize}
+@skill(price=per_call("0.00001", "USD"))
+async def echo_async(text: str) -> Reply:
+    """`echo` as a coroutine (run on the aio servers' event loop)."""
+    return Reply(text=text, length=len(text))
+
+
+SKILLS: dict[str, Skill] = {"echo": echo, "echo_async": echo_async, "summarize": summarize}
 
 
 class _Unpaid(agent_pb2_grpc.AgentServiceServicer):
@@ -118,6 +125,13 @@ class _Unpaid(agent_pb2_grpc.AgentServiceServicer):
         arguments = json.loads(request.input_json)
         validator(self.skill.input_schema).validate(arguments)  # cached, as the seller does
         output = json.dumps(self.skill.run(arguments), sort_keys=True)
+        return agent_pb2.InvokeResponse(output_json=output)
+
+    async def invoke_async(self, request: agent_pb2.InvokeRequest) -> agent_pb2.InvokeResponse:
+        """`Invoke` of an async skill, awaited on the caller's loop."""
+        arguments = json.loads(request.input_json)
+        validator(self.skill.input_schema).validate(arguments)
+        output = json.dumps(await self.skill.run_async(arguments), sort_keys=True)
         return agent_pb2.InvokeResponse(output_json=output)
 
 
@@ -237,6 +251,8 @@ def _serve_unpaid_aio(skill_name: str, ready: Any, stop: Any) -> None:
     unpaid = _Unpaid(SKILLS[skill_name])
 
     async def invoke(request: Any, context: Any) -> Any:
+        if unpaid.skill.kind == "async":  # on the loop, as the aio seller runs one
+            return await unpaid.invoke_async(request)
         return await asyncio.get_running_loop().run_in_executor(
             executor, contextvars.copy_context().run, unpaid.Invoke, request,
             SyncContext(context))
@@ -384,8 +400,11 @@ def _echo(node: MarketplaceNode, tmp: Path, say: Any) -> dict[str, float]:
         built.append(_PaidSide(node, calls, tmp / "journal-aio.db", echo, "aio"))
         built.append(_PaidSide(node, calls, None, echo, "aio"))
         built.append(_UnpaidSide(echo, "bare"))
+        built.append(_UnpaidSide(echo_async, "aio"))
+        built.append(_PaidSide(node, calls, tmp / "journal-aio-async.db", echo_async, "aio"))
         sides = dict(zip(("unpaid", "paid", "no_journal", "unpaid_aio", "paid_aio",
-                          "no_journal_aio", "bare"), built, strict=True))
+                          "no_journal_aio", "bare", "unpaid_aio_async", "paid_aio_async"),
+                         built, strict=True))
         measured = _compare(sides, (SATURATING, FEW), ROUNDS, CALLS_PER_ROUND, say,
                             "paid vs unpaid calls")
     finally:
@@ -408,12 +427,18 @@ def _echo(node: MarketplaceNode, tmp: Path, say: Any) -> dict[str, float]:
             results[f"{key}_calls_per_s{suffix}"] = round(rate)
             results[f"{key.replace('paid_aio', 'paid_call_ratio_aio', 1)}{suffix}"] = round(
                 rate / unpaid_rate, 3)
+    for clients, suffix in ((SATURATING, ""), (FEW, f"_{FEW}_clients")):
+        unpaid_rate = _median(measured, "unpaid_aio_async", clients, "rate")
+        rate = _median(measured, "paid_aio_async", clients, "rate")
+        results[f"unpaid_aio_async_calls_per_s{suffix}"] = round(unpaid_rate)
+        results[f"paid_aio_async_calls_per_s{suffix}"] = round(rate)
+        results[f"paid_call_ratio_aio_async{suffix}"] = round(rate / unpaid_rate, 3)
     results["unpaid_no_interceptors_calls_per_s"] = round(
         _median(measured, "bare", SATURATING, "rate"))
     names = {"no_journal": "paid_no_journal", "no_journal_aio": "paid_aio_no_journal",
              "bare": "unpaid_no_interceptors"}
     for name in ("unpaid", "paid", "no_journal", "unpaid_aio", "paid_aio", "no_journal_aio",
-                 "bare"):
+                 "bare", "unpaid_aio_async", "paid_aio_async"):
         key = names.get(name, name)
         for where in ("server", "client"):
             results[f"{key}_{where}_cpu_us_per_call"] = round(
