@@ -447,7 +447,7 @@ class SellerAgent:
     def _buyer_signed_finish(self, agreement_id: str, signature: bytes) -> bool:
         """Whether `signature` is the agreement's buyer's signature of its finish. The access
         rule and Finish both ask it of one request, and each answer is an ed25519 check, so
-        the last good signature per agreement is remembered (a few hundred at most)."""
+        the last good signature per agreement is remembered (at most MAX_FINISHES_REMEMBERED)."""
         if signature and self._finishes_checked.get(agreement_id) == signature:
             return True
         if not verify(self.gate.body(agreement_id).buyer_id,
