@@ -122,17 +122,20 @@ class _Unpaid(agent_pb2_grpc.AgentServiceServicer):
 
     @grpc_method
     def Invoke(self, request, context):  # type: ignore[no-untyped-def]
-        arguments = json.loads(request.input_json)
-        validator(self.skill.input_schema).validate(arguments)  # cached, as the seller does
-        output = json.dumps(self.skill.run(arguments), sort_keys=True)
-        return agent_pb2.InvokeResponse(output_json=output)
+        return self._answer(self.skill.run(self._arguments(request)))
 
     async def invoke_async(self, request: agent_pb2.InvokeRequest) -> agent_pb2.InvokeResponse:
         """`Invoke` of an async skill, awaited on the caller's loop."""
+        return self._answer(await self.skill.run_async(self._arguments(request)))
+
+    def _arguments(self, request: agent_pb2.InvokeRequest) -> Any:
         arguments = json.loads(request.input_json)
-        validator(self.skill.input_schema).validate(arguments)
-        output = json.dumps(await self.skill.run_async(arguments), sort_keys=True)
-        return agent_pb2.InvokeResponse(output_json=output)
+        validator(self.skill.input_schema).validate(arguments)  # cached, as the seller does
+        return arguments
+
+    @staticmethod
+    def _answer(output: Any) -> agent_pb2.InvokeResponse:
+        return agent_pb2.InvokeResponse(output_json=json.dumps(output, sort_keys=True))
 
 
 class _Round:
@@ -302,7 +305,7 @@ class _Server:
 
 
 class _UnpaidSide:
-    """The bare server and one channel per client."""
+    """An unpaid server and one channel per client."""
 
     def __init__(self, served: Skill, kind: str = "threaded") -> None:
         """`kind`: "threaded", "aio", or "bare" (no interceptors on either end)."""
@@ -411,32 +414,22 @@ def _echo(node: MarketplaceNode, tmp: Path, say: Any) -> dict[str, float]:
         for side in built:
             side.close()
     results: dict[str, float] = {"paid_call_clients": SATURATING}
-    for clients, suffix in ((SATURATING, ""), (FEW, f"_{FEW}_clients")):
-        unpaid_rate = _median(measured, "unpaid", clients, "rate")
-        results[f"unpaid_calls_per_s{suffix}"] = round(unpaid_rate)
-        for name, key in (("paid", "paid"), ("no_journal", "paid_no_journal")):
-            rate = _median(measured, name, clients, "rate")
-            results[f"{key}_calls_per_s{suffix}"] = round(rate)
-            results[f"{key.replace('paid', 'paid_call_ratio', 1)}{suffix}"] = round(
-                rate / unpaid_rate, 3)
-    for clients, suffix in ((SATURATING, ""), (FEW, f"_{FEW}_clients")):
-        unpaid_rate = _median(measured, "unpaid_aio", clients, "rate")
-        results[f"unpaid_aio_calls_per_s{suffix}"] = round(unpaid_rate)
-        for name, key in (("paid_aio", "paid_aio"), ("no_journal_aio", "paid_aio_no_journal")):
-            rate = _median(measured, name, clients, "rate")
-            results[f"{key}_calls_per_s{suffix}"] = round(rate)
-            results[f"{key.replace('paid_aio', 'paid_call_ratio_aio', 1)}{suffix}"] = round(
-                rate / unpaid_rate, 3)
-    for clients, suffix in ((SATURATING, ""), (FEW, f"_{FEW}_clients")):
-        unpaid_rate = _median(measured, "unpaid_aio_async", clients, "rate")
-        rate = _median(measured, "paid_aio_async", clients, "rate")
-        results[f"unpaid_aio_async_calls_per_s{suffix}"] = round(unpaid_rate)
-        results[f"paid_aio_async_calls_per_s{suffix}"] = round(rate)
-        results[f"paid_call_ratio_aio_async{suffix}"] = round(rate / unpaid_rate, 3)
-    results["unpaid_no_interceptors_calls_per_s"] = round(
-        _median(measured, "bare", SATURATING, "rate"))
     names = {"no_journal": "paid_no_journal", "no_journal_aio": "paid_aio_no_journal",
              "bare": "unpaid_no_interceptors"}
+    baselines = {"unpaid": ("paid", "no_journal"), "unpaid_aio": ("paid_aio", "no_journal_aio"),
+                 "unpaid_aio_async": ("paid_aio_async",)}  # each against its own unpaid side
+    for clients, suffix in ((SATURATING, ""), (FEW, f"_{FEW}_clients")):
+        for unpaid, paid_sides in baselines.items():
+            unpaid_rate = _median(measured, unpaid, clients, "rate")
+            results[f"{unpaid}_calls_per_s{suffix}"] = round(unpaid_rate)
+            for name in paid_sides:
+                key = names.get(name, name)
+                rate = _median(measured, name, clients, "rate")
+                results[f"{key}_calls_per_s{suffix}"] = round(rate)
+                results[f"{key.replace('paid', 'paid_call_ratio', 1)}{suffix}"] = round(
+                    rate / unpaid_rate, 3)
+    results["unpaid_no_interceptors_calls_per_s"] = round(
+        _median(measured, "bare", SATURATING, "rate"))
     for name in ("unpaid", "paid", "no_journal", "unpaid_aio", "paid_aio", "no_journal_aio",
                  "bare", "unpaid_aio_async", "paid_aio_async"):
         key = names.get(name, name)
