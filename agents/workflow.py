@@ -54,11 +54,12 @@ from agents.errors import (
     NotFound,
 )
 from agents.results import Escrow
+from marketplace.home import home
 from marketplace.identity import AgentKey
 from marketplace.v1 import registry_pb2, settlement_pb2
 from wallets.currencies import currency as _currency
 
-DEFAULT_CHECKPOINTS = Path(".agentmarket") / "buyer-checkpoints.sqlite"
+CHECKPOINTS_FILE = "buyer-checkpoints.sqlite"  # in $AGENTMARKET_HOME (`marketplace.home`)
 # statuses after which the seller may have run the call: the node fails, a resume re-sends it
 RETRYABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "UNKNOWN", "INTERNAL")
 ESCROW_STATES = {v: k.removeprefix("AGREEMENT_STATE_").lower()
@@ -103,11 +104,12 @@ class TaskState(TypedDict, total=False):
 Approver = Callable[[BuyerAgent, str, bool, str], None]
 
 
-def default_checkpointer(path: str | Path = DEFAULT_CHECKPOINTS) -> Any:
-    """A SqliteSaver on `path` (created if need be)."""
+def default_checkpointer(path: str | Path | None = None) -> Any:
+    """A SqliteSaver on `path` (created if need be), by default buyer-checkpoints.sqlite in
+    $AGENTMARKET_HOME, where the other parties keep their files."""
     from langgraph.checkpoint.sqlite import SqliteSaver
 
-    path = Path(path)
+    path = Path(path) if path else home() / CHECKPOINTS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     return SqliteSaver(sqlite3.connect(str(path), check_same_thread=False))
 
@@ -119,7 +121,7 @@ def buyer_graph(buyer: BuyerAgent, *, checkpointer: Any = None,
                 approver: AgentKey | Approver | None = None,
                 check_output: Callable[[dict[str, Any], Any], str] | None = None) -> Any:
     """Compile the buyer workflow for `buyer`, checkpointed by `checkpointer` (default: a
-    SqliteSaver at `checkpoint_path`, else .agentmarket/buyer-checkpoints.sqlite).
+    SqliteSaver at `checkpoint_path`, else buyer-checkpoints.sqlite in $AGENTMARKET_HOME).
     `on_step(node, update)` sees each node's result; `approver` decides an approval at the
     wallet: an operator's `AgentKey` (`agents.approvals.OperatorApprover`), or a callable
     `approver(buyer, approval_id, approve, note)`; None: decided elsewhere (module docstring).
@@ -146,7 +148,7 @@ def buyer_graph(buyer: BuyerAgent, *, checkpointer: Any = None,
     graph.add_edge("settle", END)
     graph.add_edge("dispute", END)
     if checkpointer is None:
-        checkpointer = default_checkpointer(checkpoint_path or DEFAULT_CHECKPOINTS)
+        checkpointer = default_checkpointer(checkpoint_path)
     return graph.compile(checkpointer=checkpointer or None)
 
 

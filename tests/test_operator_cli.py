@@ -4,6 +4,9 @@ approvals, disputes and keys; `--json` for scripts; one-line errors."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -94,3 +97,18 @@ def test_user_errors_print_one_line(demo: DemoResult, args: list[str]):
     assert result.exit_code == 1
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+
+
+@pytest.mark.parametrize("args", [["agreements", "--json"], ["ledger", "--json"],
+                                  ["approvals", "list", "--json"], ["disputes", "list",
+                                                                    "--json"]])
+def test_commands_read_the_node_in_agentmarket_home(demo: DemoResult, tmp_path: Path,
+                                                    args: list[str]):
+    """Without --db, every operator command reads the database `agentmarket serve` keeps in
+    $AGENTMARKET_HOME, wherever it is run from."""
+    env = {**os.environ, "AGENTMARKET_HOME": str(demo.db_path.parent)}
+    done = subprocess.run([sys.executable, "-m", "marketplace.cli.main", *args], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    with_db = _run(*args, "--db", _db(demo))
+    assert json.loads(done.stdout) == json.loads(with_db)

@@ -182,3 +182,16 @@ def test_a_resumed_call_sends_the_same_voucher_and_reveals_no_new_word(world: Wo
     assert (latest.sequence, latest.payword_index) == (pending["sequence"], pending["index"])
     graph.invoke(None, config)
     assert len(world.runs) == len(INPUTS)
+
+
+def test_the_default_checkpoints_live_in_agentmarket_home(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch):
+    """Checkpoints go where the other parties keep their files, not into the current folder."""
+    from agents.workflow import CHECKPOINTS_FILE, default_checkpointer
+
+    monkeypatch.setenv("AGENTMARKET_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    saver = default_checkpointer()
+    saver.conn.close()
+    assert (tmp_path / "home" / CHECKPOINTS_FILE).exists()
+    assert not (tmp_path / ".agentmarket").exists()

@@ -16,12 +16,13 @@ import typer
 from rich.console import Console
 from rich.table import Column, Table
 
+from marketplace.home import default_database_url
 from wallets.currencies import currency
 from wallets.ledger import Ledger
 from wallets.models import Balance, Posting
 
 console = Console()
-DEFAULT_DB = "sqlite:///.agentmarket/marketplace.db"
+DEFAULT_DB = default_database_url()
 
 
 def open_ledger(db: str) -> Ledger:

@@ -8,10 +8,12 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from marketplace.home import default_database_url
+
 receipt_app = typer.Typer(help="Signed settlement receipts: fetch one, or verify one offline.",
                           no_args_is_help=True)
 console = Console()
-DEFAULT_DB = "sqlite:///.agentmarket/marketplace.db"
+DEFAULT_DB = default_database_url()
 
 
 @receipt_app.command("verify")
