@@ -12,10 +12,11 @@ deployed. Measured the same run, in CPU per call of both processes together (fro
   client's (tracing, signing): what the framework adds to every signed RPC before its handler.
 
 A full task of `benchmarks.deployed` makes `TASK_UNARY_RPCS` unary calls: Discover,
-OpenEscrow, GetEscrow and Redeem at the node, `NEGOTIATE_ROUNDS` Negotiate, 10 Invoke and
-Finish at the seller. So `task_rpc_floor_cpu_ms` is the CPU a task spends in gRPC before any
-of its own work (signatures, postings, journal, discovery), and `task_rpc_floor_tasks_per_s`
-what the machine's cores could carry if that work cost nothing. The `_streamed` pair is the
+OpenEscrow and Redeem at the node, `NEGOTIATE_ROUNDS` Negotiate, 10 Invoke and Finish at the
+seller (the seller takes the node's signed escrow proof, so no GetEscrow). So
+`task_rpc_floor_cpu_ms` is the CPU a task spends in gRPC before any of its own work
+(signatures, postings, journal, discovery), and `task_rpc_floor_tasks_per_s` what the
+machine's cores could carry if that work cost nothing. The `_streamed` pair is the
 same with a task's calls as messages on one stream. Run: `python -m benchmarks.rpc_floor`.
 """
 
@@ -45,7 +46,7 @@ CALLS_PER_CLIENT = 1500
 ROUNDS = 3
 CALLS_PER_TASK = 10
 NEGOTIATE_ROUNDS = 3
-NODE_RPCS = 4  # Discover, OpenEscrow, GetEscrow, Redeem
+NODE_RPCS = 3  # Discover, OpenEscrow, Redeem
 TASK_UNARY_RPCS = NODE_RPCS + NEGOTIATE_ROUNDS + CALLS_PER_TASK + 1  # + Finish
 UNARY = "/agentmarket.bench.Floor/Call"
 STREAM = "/agentmarket.bench.Floor/Stream"
