@@ -86,6 +86,19 @@ def test_malformed_payment_headers_are_400(market, header, status, reason):
     assert _ledger_state(market) == before
 
 
+@pytest.mark.parametrize("version", [0, 3, "2", True, 2.0, None])
+def test_only_x402_v2_payloads_are_read(market, version):
+    """x402's own decoder reads any version but 1 as v2: the gateway takes 2 alone."""
+    _, payload = _payload(market, "shout")
+    data = json.loads(base64.b64decode(encode_payment_signature_header(payload)))
+    data["x402Version"] = version
+    before = _ledger_state(market)
+    response = _send(market, "shout", _b64(json.dumps(data)))
+    assert (response.status_code, _reason(response)) == (400, "malformed_payment_header")
+    assert "x402Version 2" in response.json()["message"]
+    assert _ledger_state(market) == before
+
+
 @pytest.mark.parametrize(("field", "value", "reason"), [
     ("network", "agentmarket:" + "0" * 32, "invalid_network"),
     ("asset", "ECNY", "invalid_asset"),

@@ -5,6 +5,7 @@ buyer's agent key. A replayed payment pays nothing more."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterator
 
 import httpx
@@ -176,4 +177,30 @@ def test_the_facilitator_refuses_an_authorisation_that_does_not_fit(market, chan
     for path in ("verify", "settle"):
         answer = httpx.post(f"{market.http.url}/facilitator/{path}", json=body).json()
         assert (answer.get("invalidReason") or answer.get("errorReason")) == reason, answer
+    assert market.posted(market.key.agent_id) == before
+
+
+@pytest.mark.parametrize("where", ["request", "payload"])
+@pytest.mark.parametrize("version", [0, 1, 3, "2", True, 2.0])
+def test_the_facilitator_reads_x402_v2_only(market, where, version):
+    """x402's own decoder reads any version but 1 as v2; the facilitator takes 2 alone, for
+    the request and for its payload, and moves nothing otherwise."""
+    from agents.x402 import network as net
+
+    owner = AgentKey.generate().agent_id
+    requirements = {"scheme": "exact", "network": market.network, "asset": "USD",
+                    "amount": str(PRICE_ATOMIC), "payTo": owner, "maxTimeoutSeconds": 60,
+                    "extra": {"kind": "authorization", "resource": "weather"}}
+    signed = net.sign_authorization(
+        market.key, pay_to=owner, amount_atomic=PRICE_ATOMIC, asset="USD",
+        network=market.network, resource="weather", nonce=os.urandom(8).hex(),
+        valid_before_ms=10**13)
+    body = {"x402Version": 2, "paymentRequirements": requirements, "paymentPayload": {
+        "x402Version": 2, "accepted": requirements, "payload": signed}}
+    (body if where == "request" else body["paymentPayload"])["x402Version"] = version
+    before = market.posted(market.key.agent_id)
+    for path in ("verify", "settle"):
+        refused = httpx.post(f"{market.http.url}/facilitator/{path}", json=body)
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"] == "invalid_payload"
     assert market.posted(market.key.agent_id) == before

@@ -36,9 +36,15 @@ def facilitator_app(facilitator: x402FacilitatorSync) -> Starlette:
             raise Refused("body_too_large", "the request is over 256 KiB")
         try:
             data = json.loads(raw)
-            return (PaymentPayload.model_validate(data["paymentPayload"]),
+            version = data.get("x402Version", 2)
+            if type(version) is not int or version != 2:
+                raise ValueError("x402 v2 requests only (x402Version 2)")
+            return (net.v2_payload(data["paymentPayload"]),
                     PaymentRequirements.model_validate(data["paymentRequirements"]))
-        except (ValueError, KeyError, TypeError, ValidationError) as error:
+        except net.PayloadError as error:
+            raise Refused("invalid_payload", error.message) from None
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError,
+                ValidationError) as error:
             raise Refused("invalid_payload", f"not a facilitator request: {error}"[:300]
                           ) from None
 

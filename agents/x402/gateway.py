@@ -35,9 +35,9 @@ from x402.http.constants import PAYMENT_REQUIRED_HEADER, PAYMENT_RESPONSE_HEADER
 from x402.http.utils import (
     decode_payment_required_header,
     decode_payment_response_header,
-    decode_payment_signature_header,
     encode_payment_required_header,
     encode_payment_response_header,
+    safe_base64_decode,
 )
 from x402.schemas import PaymentPayload, SettleResponse
 from x402.schemas.hooks import CompletedSettlement
@@ -140,12 +140,14 @@ class Gateway:
         payload = None
         if header:
             try:
-                payload = decode_payment_signature_header(header)
-            except Exception:
+                data = json.loads(safe_base64_decode(header))
+            except (ValueError, RecursionError):
                 return problem(400, "malformed_payment_header",
                                 "PAYMENT-SIGNATURE is not base64 JSON of a PaymentPayload")
-            if not isinstance(payload, PaymentPayload):
-                return problem(400, "malformed_payment_header", "x402 v2 payloads only")
+            try:
+                payload = net.v2_payload(data)
+            except net.PayloadError as error:
+                return problem(400, "malformed_payment_header", error.message)
         listing_id, skill = request.path_params["listing"], request.path_params["skill"]
         try:
             route = await self.routes.route(listing_id, skill)

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf.message import DecodeError
+from pydantic import ValidationError
+from x402.schemas import PaymentPayload
 
 from marketplace.identity import AgentKey, verify
 from marketplace.v1 import agreement_pb2
@@ -155,6 +157,21 @@ def open_payload(agreement: agreement_pb2.SignedAgreement, voucher: agreement_pb
     if finish:
         found["finish"] = finish.hex()
     return found
+
+
+def v2_payload(data: Any) -> PaymentPayload:
+    """An x402 v2 PaymentPayload from its JSON, or PayloadError: x402's own decoder reads any
+    `x402Version` but 1 (0, 3, "2", true ...) as v2, so the version is checked here first."""
+    if not isinstance(data, dict):
+        raise PayloadError("invalid_payload", "a PaymentPayload is a JSON object")
+    version = data.get("x402Version")
+    if type(version) is not int or version != 2:
+        raise PayloadError("invalid_payload", "x402 v2 payloads only (x402Version 2)")
+    try:
+        return PaymentPayload.model_validate(data)
+    except ValidationError as error:
+        raise PayloadError("invalid_payload", f"not an x402 v2 PaymentPayload: {error}"[:300]
+                           ) from None
 
 
 def voucher_payload(voucher: agreement_pb2.Voucher) -> dict[str, Any]:
