@@ -191,6 +191,29 @@ def test_a_replayed_word_is_refused_and_charges_nothing(market):
     assert session.close()["captured"] == "4000000"  # the open and the second call
 
 
+@pytest.mark.parametrize("phase", [None, "after-handler", "before-handler"])
+def test_a_stranger_cannot_settle_a_session_at_the_public_facilitator(market, phase):
+    """The HTTP facilitator is for third parties' authorisations: a session's payload posted
+    there (an onlooker who knows the agreement id, a seller that saw a word) is refused, so
+    it can neither charge the session nor spend its words, and the buyer's calls go on."""
+    session = Session(market)
+    stolen = session.next()  # the buyer's next payment, seen before the buyer sends it
+    payload = dict(stolen.payload, **({"phase": phase} if phase else {}))
+    requirements = stolen.accepted.model_dump(by_alias=True, exclude_none=True)
+    body = {"x402Version": 2, "paymentRequirements": dict(requirements, amount=str(10**15)),
+            "paymentPayload": {**json.loads(stolen.model_dump_json(by_alias=True,
+                                                                   exclude_none=True)),
+                               "payload": payload}}
+    before, ledger = session.state(), postings(market)
+    verified = httpx.post(f"{market.http.url}/facilitator/verify", json=body).json()
+    assert verified["isValid"] is False, verified
+    settled = httpx.post(f"{market.http.url}/facilitator/settle", json=body).json()
+    assert (settled["success"], settled["errorReason"]) == (False, "unsupported_payload_type")
+    assert session.state() == before and postings(market) == ledger
+    assert send(market, encode_payment_signature_header(stolen)).status_code == 200
+    assert session.close()["captured"] == "4000000"  # the open and the buyer's call
+
+
 def test_a_word_of_another_session_is_refused(market):
     mine, other = Session(market), Session(market)
     theirs = voucher(other.next())

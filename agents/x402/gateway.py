@@ -87,8 +87,12 @@ class Gateway:
         self._tracer = trace.get_tracer("agentmarket.gateway", tracer_provider=tracer_provider)
         self.sessions = SessionBook(node.settlement, self.key, tracer_provider=tracer_provider,
                                     node_key=node.key)
+        # The gateway's own resource server settles sessions in process; the facilitator it
+        # serves over HTTP to third parties settles authorisations (and EVM) only: a session's
+        # settle phases are the gateway's, never a stranger's to replay or to charge.
         self.facilitator = facilitator_for(self.network, node.ledger, node.key, self.sessions)
-        self.evm_network = evm.register(self.facilitator) if evm is not None else None
+        self.public_facilitator = facilitator_for(self.network, node.ledger, node.key)
+        self.evm_network = evm.register(self.public_facilitator) if evm is not None else None
         self._responses = LedgerScheme(net.EXACT, self.network, node.ledger, node.key)
         self.server = x402ResourceServer(LocalFacilitator(self.facilitator))
         for scheme in net.SCHEMES:
@@ -109,7 +113,7 @@ class Gateway:
             Path("/v1/skills/{listing}/{skill}", self.call, methods=["POST"]),
             Path("/v1/sessions/{agreement}/close", self.close, methods=["POST"]),
             Path("/openapi.json", lambda _r: JSONResponse(openapi(self.network))),
-            Mount("/facilitator", app=facilitator_app(self.facilitator))])
+            Mount("/facilitator", app=facilitator_app(self.public_facilitator))])
 
     # ---- a paid call ----------------------------------------------------------------------
 
