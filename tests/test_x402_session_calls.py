@@ -303,3 +303,27 @@ def test_clients_share_one_tls_context_that_still_checks_certificates():
     shares the process's one, which still verifies certificates and host names."""
     assert tls_context() is tls_context()
     assert tls_context().verify_mode == ssl.CERT_REQUIRED and tls_context().check_hostname
+
+
+def test_a_strangers_close_is_refused_at_the_gateway_and_holds_up_nothing(market,
+                                                                          monkeypatch):
+    """Whoever knows the agreement id may post a close; without the buyer's signature over
+    the finish it is refused before the seller is asked (no Finish relayed, the close lock
+    not taken), and the buyer's own close then goes through."""
+    from marketplace.identity import AgentKey
+
+    session = Session(market)
+    relayed: list[str] = []
+    book = market.gateway.sessions
+    stub_of = book._stub
+    monkeypatch.setattr(book, "_stub", lambda endpoint: relayed.append(endpoint)
+                        or stub_of(endpoint))
+    stranger = AgentKey.generate().sign(b"finish " + session.agreement.encode())
+    for finish in (stranger.hex(), "00" * 64):
+        refused = httpx.post(f"{market.http.url}/v1/sessions/{session.agreement}/close",
+                             json={"finish": finish})
+        assert (refused.status_code, refused.json()["error"]) == (402, "invalid_signature")
+    found = market.gateway.sessions.sessions[session.agreement]
+    assert relayed == [] and found.closed is None
+    assert not found.closing.locked()
+    assert session.close()["captured"] == "2000000" and len(relayed) == 1

@@ -28,7 +28,7 @@ from marketplace import agreements as ag
 from marketplace import escrow_proof
 from marketplace.auth import signed_channel
 from marketplace.grpc_tracing import client_interceptors
-from marketplace.identity import AgentKey
+from marketplace.identity import AgentKey, verify
 from marketplace.payword import verify_word
 from marketplace.settlement import Settlement, escrow_message
 from wallets.caller import calling_as
@@ -198,6 +198,12 @@ class SessionBook:
         session = self.sessions.get(agreement_id)
         if session is None:
             raise Refused("session_unknown", "no session has this agreement")
+        # checked here first, so that no one but the buyer makes the seller finish, nor holds
+        # the session's close (the buyer's own would be told it is busy)
+        if not verify(session.body.buyer_id, ag.request_message("finish", agreement_id),
+                      finish_signature):
+            raise Refused("invalid_signature", "the finish is not signed by the session's "
+                                               "buyer")
         if not session.closing.acquire(blocking=False):
             raise Refused("session_busy", "the session is being closed by another request; "
                                           "retry in a moment")
