@@ -16,6 +16,7 @@ import grpc
 from agents.payment_session import PaymentSession
 from agents.payments import VOUCHER_METADATA_KEY, Admission, PaymentGate, paid_call_metadata
 from marketplace._call_details import with_metadata
+from marketplace.payword import CHEAP_CHECK_HASHES
 from marketplace.v1 import agreement_pb2
 from wallets.caller import current_caller
 from wallets.errors import ResourceExhausted
@@ -25,7 +26,6 @@ from wallets.metrics import market_metrics
 ANSWER_MAY_BE_LOST = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
                                 grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN})
 INVOKE = "/agents.v1.AgentService/Invoke"
-CHEAP_CHECK_HASHES = 256  # a voucher checked in at most this many SHA-256s (~0.2 ms)
 INVOKE_STREAM = "/agents.v1.AgentService/InvokeStream"
 
 

@@ -245,6 +245,32 @@ def test_a_word_past_the_authorisation_is_refused(market):
     assert session.close()["captured"] == "4000000"
 
 
+def test_a_word_far_ahead_is_refused_before_any_hashing(market, monkeypatch):
+    """A voucher may make the gateway hash at most CHEAP_CHECK_HASHES words: a forged one
+    far along a long chain (anyone who knows the agreement id can send it) is refused before
+    a hash, so it cannot stall the session's lock or the gateway's event loop."""
+    from agents.x402 import sessions as session_book
+    from marketplace.payword import CHEAP_CHECK_HASHES
+
+    session = Session(market, calls=CHEAP_CHECK_HASHES + 40)
+    payload = session.next()
+    far = voucher(payload)
+    far.payword_index += CHEAP_CHECK_HASHES + 10  # on the chain, but far ahead
+    far.cumulative_atomic = far.payword_index * \
+        market.gateway.sessions.sessions[session.agreement].body.link_value_atomic
+    hashed: list[int] = []
+    checked = session_book.verify_word
+    monkeypatch.setattr(session_book, "verify_word", lambda word, index, anchor, at: (
+        hashed.append(index - at), checked(word, index, anchor, at))[1])
+    before, ledger = session.state(), postings(market)
+    refused = send(market, with_voucher(payload, far))
+    assert (refused.status_code, reason(refused)) == (402, "invalid_amount")
+    assert hashed == [] and session.state() == before and postings(market) == ledger
+    assert send(market, encode_payment_signature_header(payload)).status_code == 200
+    assert hashed == [1]
+    session.close()
+
+
 def test_the_same_word_sent_at_once_is_served_and_charged_once(market):
     session = Session(market)
     header = encode_payment_signature_header(session.next())

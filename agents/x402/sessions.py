@@ -29,7 +29,7 @@ from marketplace import escrow_proof
 from marketplace.auth import signed_channel
 from marketplace.grpc_tracing import client_interceptors
 from marketplace.identity import AgentKey, verify
-from marketplace.payword import verify_word
+from marketplace.payword import CHEAP_CHECK_HASHES, verify_word
 from marketplace.settlement import Settlement, escrow_message
 from wallets.caller import calling_as
 from wallets.errors import AgentmarketError
@@ -118,6 +118,7 @@ class SessionBook:
         if agreement in self.sessions or payment.voucher.agreement_id != agreement:
             raise Refused("payload_replayed", "this agreement is already open (or the voucher "
                                               "is another agreement's)")
+        _check_cost(payment.voucher.payword_index)
         if payment.voucher.payword_index > body.payword_length or not verify_word(
                 payment.voucher.payword, payment.voucher.payword_index, body.payword_root, 0):
             raise Refused("invalid_signature", "the voucher's word is not on the agreement's "
@@ -142,6 +143,7 @@ class SessionBook:
         if voucher.payword_index <= session.last_index:
             raise Refused("payload_replayed", f"word {voucher.payword_index} was already "
                                               "spent")
+        _check_cost(voucher.payword_index - session.last_index)
         if voucher.payword_index > session.body.payword_length or not verify_word(
                 voucher.payword, voucher.payword_index, session.last_word, session.last_index):
             raise Refused("invalid_signature", "the voucher's word is not the agreement's "
@@ -274,3 +276,13 @@ def _ledger_reason(error: AgentmarketError) -> str:
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _check_cost(words: int) -> None:
+    """A voucher reveals at most CHEAP_CHECK_HASHES words at once (a call's maximum is at most
+    64 links in the chains buyers make), checked before any hashing: otherwise anyone who
+    knew an agreement id could make the gateway hash up to the 100,000 words of a chain per
+    request, under the session's lock and on the event loop, and stall every call."""
+    if words > CHEAP_CHECK_HASHES:
+        raise Refused("invalid_amount", f"a voucher reveals at most {CHEAP_CHECK_HASHES} "
+                                        f"words at once; this one reveals {words}")
