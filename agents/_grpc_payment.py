@@ -79,10 +79,12 @@ class PaidCallAdmitter:
     handler per call."""
 
     def __init__(self, gate: PaymentGate, reserve_of: Callable[[str], int], *,
-                 require_auth: bool = True, rate_limit: Callable[[str], bool] | None = None
+                 require_auth: bool = True,
+                 rate_limit: Callable[[str, int], bool] | None = None
                  ) -> None:
         """`require_auth`: an unsigned call must then reveal a new payword (its own proof);
-        `rate_limit(subject)`: the bucket unsigned calls draw from (the paying buyer's)."""
+        `rate_limit(subject, cost)`: the bucket unsigned calls draw from (the paying buyer's;
+        a dear check of a voucher draws one token per CHEAP_CHECK_HASHES hashes)."""
         self.gate = gate
         self.reserve_of = reserve_of
         self.require_auth = require_auth
@@ -106,8 +108,9 @@ class PaidCallAdmitter:
         if not self.gate.known(agreement):
             self.gate.admit(voucher, agreement, 0)  # raises NotFound / PaymentRequired
         if self.rate_limit is not None and not signed:
-            if self.gate.check_hashes(agreement, voucher) > CHEAP_CHECK_HASHES:
-                self._draw(f"unproven:{agreement}")
+            hashes = self.gate.check_hashes(agreement, voucher)
+            if hashes > CHEAP_CHECK_HASHES:  # one token per CHEAP_CHECK_HASHES it would cost
+                self._draw(f"unproven:{agreement}", -(-hashes // CHEAP_CHECK_HASHES))
             if self.gate.proves_payment(agreement, voucher):
                 self._draw(self.gate.body(agreement).buyer_id)
         admission = self.gate.admit(voucher, agreement, self.reserve_of(agreement),
@@ -119,8 +122,8 @@ class PaidCallAdmitter:
                                                 "skill": terms.skill})
         return admission
 
-    def _draw(self, subject: str) -> None:
+    def _draw(self, subject: str, cost: int = 1) -> None:
         assert self.rate_limit is not None
-        if not self.rate_limit(subject):
+        if not self.rate_limit(subject, cost):
             raise ResourceExhausted(f"{subject[:20]}… is over its rate limit; slow down",
                                     reason="RATE_LIMITED")

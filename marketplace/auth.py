@@ -245,10 +245,10 @@ class AuthServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
 
         return _wrap(handler, guard, capture)
 
-    def allow(self, subject: str) -> bool:
-        """Take one request from `subject`'s bucket (unsigned paid calls are limited per
-        agreement, since they carry no agent id)."""
-        return self.limits.allow(subject)
+    def allow(self, subject: str, cost: int = 1) -> bool:
+        """Take one request (or `cost`) from `subject`'s bucket (unsigned paid calls are
+        limited per agreement, since they carry no agent id)."""
+        return self.limits.allow(subject, cost)
 
     def _check(self, method: str, metadata: Mapping[str, Any], body: bytes) -> str:
         """The verified caller ('' for an unsigned call when not required); raises

@@ -37,8 +37,9 @@ class RequestLimits(Protocol):
         recorded); LIMITED (the nonce is recorded, the bucket was empty)."""
         ...
 
-    def allow(self, subject: str) -> bool:
-        """Take one call from `subject`'s token bucket; False when it is empty."""
+    def allow(self, subject: str, cost: int = 1) -> bool:
+        """Take `cost` tokens (one call, or a dearer check counted in calls) from
+        `subject`'s bucket, at most its burst; False, and none taken, when it holds fewer."""
         ...
 
 
@@ -83,7 +84,8 @@ class _RateLimiter:
         self._buckets: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
 
-    def allow(self, agent_id: str) -> bool:
+    def allow(self, agent_id: str, cost: int = 1) -> bool:
+        cost = max(1, min(cost, self.burst))
         now = self.clock_s()
         with self._lock:
             if agent_id not in self._buckets and len(self._buckets) >= self.max_agents:
@@ -94,10 +96,10 @@ class _RateLimiter:
                     return False
             tokens, at = self._buckets.get(agent_id, (float(self.burst), now))
             tokens = min(float(self.burst), tokens + (now - at) * self.rate)
-            if tokens < 1:
+            if tokens < cost:
                 self._buckets[agent_id] = (tokens, now)
                 return False
-            self._buckets[agent_id] = (tokens - 1, now)
+            self._buckets[agent_id] = (tokens - cost, now)
             return True
 
 
@@ -122,14 +124,14 @@ class LocalLimits:
             return REPLAYED
         return ADMITTED if self.limiter.allow(agent) else LIMITED
 
-    def allow(self, subject: str) -> bool:
-        return self.limiter.allow(subject)
+    def allow(self, subject: str, cost: int = 1) -> bool:
+        return self.limiter.allow(subject, cost)
 
 
 # A token bucket in one step: refill by the time since the last call (Redis's clock, the same
 # for every node), take a token if there is one, and expire the key once it would be full.
 _TAKE = """
-local function take(key, rate, burst)
+local function take(key, rate, burst, cost)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local state = redis.call('HMGET', key, 'tokens', 'at')
@@ -137,18 +139,18 @@ local tokens, at = tonumber(state[1]), tonumber(state[2])
 if tokens == nil or at == nil then tokens, at = burst, now end
 tokens = math.min(burst, tokens + math.max(0, now - at) * rate / 1000)
 local allowed = 0
-if tokens >= 1 then tokens = tokens - 1; allowed = 1 end
+if tokens >= cost then tokens = tokens - cost; allowed = 1 end
 redis.call('HSET', key, 'tokens', tostring(tokens), 'at', tostring(now))
 redis.call('PEXPIRE', key, math.ceil(burst * 1000 / rate) + 1000)
 return allowed
 end
 """
-# allow: KEYS = bucket; ARGV = rate, burst. 1 allowed, 0 not.
-_BUCKET = _TAKE + "return take(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))"
+# allow: KEYS = bucket; ARGV = rate, burst, cost. 1 allowed, 0 not.
+_BUCKET = _TAKE + "return take(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))"
 # admit: KEYS = nonce, bucket; ARGV = rate, burst, keep_ms. 1 admitted, 0 replayed, 2 limited.
 _ADMIT = _TAKE + """
 if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[3]) then return 0 end
-if take(KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2])) == 1 then return 1 end
+if take(KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2]), 1) == 1 then return 1 end
 return 2
 """
 
@@ -184,10 +186,11 @@ class RedisLimits:
             raise _unavailable("replay and rate-limit", error) from None
         return {1: ADMITTED, 0: REPLAYED}.get(verdict, LIMITED)
 
-    def allow(self, subject: str) -> bool:
+    def allow(self, subject: str, cost: int = 1) -> bool:
         try:
             return bool(self._bucket(keys=[self._bucket_key(subject)],
-                                     args=[repr(float(self.rate)), str(self.burst)]))
+                                     args=[repr(float(self.rate)), str(self.burst),
+                                           str(max(1, min(cost, self.burst)))]))
         except self._errors as error:
             raise _unavailable("rate-limit", error) from None
 

@@ -124,6 +124,15 @@ def test_the_rate_limiter_is_per_agent_and_bounded():
     assert limiter.allow("c") and limiter.allow("a")
 
 
+def test_a_dear_request_takes_its_cost_in_tokens_at_most_the_burst():
+    now = [0.0]
+    limiter = _RateLimiter(rate_per_s=1, burst=4, clock_s=lambda: now[0])
+    assert limiter.allow("a", 3) and not limiter.allow("a", 2)  # one left: none taken
+    assert limiter.allow("a")
+    now[0] += 4.0
+    assert limiter.allow("a", 1000) and not limiter.allow("a")  # the whole burst, no more
+
+
 # ---- over gRPC: streams and client streams -------------------------------------------------------
 
 
@@ -216,6 +225,50 @@ def test_a_tiny_rate_limit_on_a_seller_refuses_the_excess_before_any_voucher_is_
             assert caught.value.status == "RESOURCE_EXHAUSTED"
             assert caught.value.reason == "RATE_LIMITED"
             assert seller.gate.unspent(deal.agreement_id) == 0  # only admitted calls paid
+        finally:
+            buyer.close()
+            seller.stop(0)
+
+
+def test_forged_vouchers_far_along_the_chain_pay_for_their_hashing_in_tokens(tmp_path):
+    """An unsigned call's voucher that would cost more than CHEAP_CHECK_HASHES hashes draws
+    one token of the agreement's unproven bucket per CHEAP_CHECK_HASHES: whoever knows the
+    agreement id cannot buy tens of milliseconds of hashing per token, and the buyer's own
+    (cheap) calls go on."""
+    from agents.payments import VOUCHER_METADATA_KEY
+    from marketplace.payword import CHEAP_CHECK_HASHES
+    from marketplace.v1 import agreement_pb2
+
+    with MarketplaceNode(f"sqlite:///{tmp_path / 'm.db'}", sweep_interval_s=3600) as node:
+        seller = SellerAgent("echo", skills=[echo], marketplace=node.address,
+                             rate_limit_per_s=0.01, rate_limit_burst=8).serve()
+        buyer = BuyerAgent("buyer", marketplace=node.address)
+        try:
+            buyer.fund("10.00", USD)
+            calls = CHEAP_CHECK_HASHES * 8
+            deal = buyer.negotiate(buyer.discover("echo", currency=USD)[0], "echo",
+                                   quantity=calls, budget="10.00", currency=USD)
+            buyer.hire(deal)
+            codes = []
+            with grpc.insecure_channel(seller.endpoint) as raw:
+                for n in range(3):
+                    forged = agreement_pb2.Voucher(
+                        agreement_id=deal.agreement_id, sequence=n + 1, payword_index=calls,
+                        cumulative_atomic=calls * deal.body.link_value_atomic,
+                        payword=os.urandom(32))
+                    try:
+                        raw.unary_unary("/agents.v1.AgentService/Invoke")(
+                            agent_pb2.InvokeRequest(agreement_id=deal.agreement_id,
+                                                    input_json='{"text": "x"}'
+                                                    ).SerializeToString(), timeout=10,
+                            metadata=[(VOUCHER_METADATA_KEY, forged.SerializeToString())])
+                    except grpc.RpcError as error:
+                        codes.append(error.code())
+            # the first drains the burst (its cost, capped there) and is hashed and refused
+            assert codes == [grpc.StatusCode.PERMISSION_DENIED,
+                             grpc.StatusCode.RESOURCE_EXHAUSTED,
+                             grpc.StatusCode.RESOURCE_EXHAUSTED]
+            assert buyer.invoke(deal, {"text": "mine"}).output == {"text": "mine"}
         finally:
             buyer.close()
             seller.stop(0)

@@ -100,6 +100,9 @@ def test_one_nonce_store_and_one_bucket_for_every_node(redis_url: str):
     first, second = (RedisLimits(redis_url, rate_per_s=0.001, burst=2) for _ in range(2))
     assert [first.allow(subject), second.allow(subject), first.allow(subject)] == \
         [True, True, False]
+    dear = os.urandom(8).hex()  # a dear request takes its cost, at most the burst
+    assert [second.allow(dear, 5), first.allow(dear), second.allow(os.urandom(8).hex(), 2),
+            ] == [True, False, True]
     assert first.admit(agent, "n1", 10_000, 0) == ADMITTED
     assert second.admit(agent, "n1", 10_000, 0) == REPLAYED
     assert second.admit(agent, "n2", 10_000, 0) == ADMITTED
