@@ -353,3 +353,33 @@ def test_a_strangers_close_is_refused_at_the_gateway_and_holds_up_nothing(market
     assert relayed == [] and found.closed is None
     assert not found.closing.locked()
     assert session.close()["captured"] == "2000000" and len(relayed) == 1
+
+
+@pytest.mark.parametrize("prepay", [True, False], ids=["prepaid", "asked"])
+def test_a_session_the_gateway_forgot_is_opened_again_by_the_client(market, prepay):
+    """A restarted gateway has no sessions in memory: the client's next voucher is answered
+    402 session_unknown, the client forgets that session and pays once more in a new one,
+    so the call is served; the first agreement is still redeemed by its seller."""
+    async def run() -> tuple[list[httpx.Response], str, list[str]]:
+        client, schemes = http_client(market.key, market.network, calls_per_session=5,
+                                      prepay=prepay)
+        async with client:
+            answers = [await client.post(market.url("shout"), json={"text": "one"})]
+            first = schemes["exact"].open_sessions()[0]
+            del market.gateway.sessions.sessions[first]  # what a restart forgets
+            answers += [await client.post(market.url("shout"), json={"text": n})
+                        for n in ("two", "three")]
+            opened = schemes["exact"].open_sessions()
+            for agreement in opened:
+                closed = await client.post(
+                    f"{market.http.url}/v1/sessions/{agreement}/close",
+                    json={"finish": schemes["exact"].finish_signature(agreement)})
+                assert closed.status_code == 200, closed.text
+            return answers, first, opened
+
+    answers, first, opened = asyncio.run(run())
+    assert [a.status_code for a in answers] == [200, 200, 200], [a.text for a in answers]
+    assert [a.json()["output"]["text"] for a in answers] == ["ONE", "TWO", "THREE"]
+    assert len(opened) == 1 and opened[0] != first
+    assert market.seller.redeem(first).captured_atomic == 2_000_000  # the call it served
+

@@ -45,6 +45,9 @@ from marketplace.payword import PaywordChain
 from marketplace.v1 import agreement_pb2, registry_pb2
 
 OFFER_TTL_MS = 20_000
+# a 402 with these reasons after a voucher: the gateway no longer has the session (closed, or
+# forgotten by a restart); the client forgets it too, and the next payment opens a new one
+SESSION_GONE = frozenset({"session_unknown", "session_ended"})
 
 
 @dataclass
@@ -149,11 +152,15 @@ class AgentmarketScheme:
         with self._lock:
             return [s.payment.agreement_id for s in self.sessions.values() if s.opened]
 
-    def forget(self, agreement_id: str) -> None:
+    def forget(self, agreement_id: str) -> bool:
+        """Drop the session of this agreement (the next payment opens a new one); whether
+        there was one."""
         with self._lock:
-            for found in [k for k, s in self.sessions.items()
-                          if s.payment.agreement_id == agreement_id]:
-                del self.sessions[found]
+            found = [k for k, s in self.sessions.items()
+                     if s.payment.agreement_id == agreement_id]
+            for key in found:
+                del self.sessions[key]
+            return bool(found)
 
 
 def buyer_client(key: AgentKey, network: str, *, schemes: tuple[str, ...] = net.SCHEMES,
@@ -205,11 +212,17 @@ class PrepayTransport(httpx.AsyncBaseTransport):
 
     The first prepaid request to a URL is x402's client's payment; later ones repeat what
     it selected with the scheme's next payload (x402's client runs again if it has hooks or
-    policies of its own, which may decide differently per payment)."""
+    policies of its own, which may decide differently per payment). A voucher refused because
+    its session is gone (closed, or forgotten by a restarted gateway) forgets the session and
+    pays once more in a new one; a prepaid header refused otherwise is taken off the request,
+    so that x402's retry sends its own payment alone."""
 
     def __init__(self, client: x402Client, schemes: dict[str, AgentmarketScheme],
-                 inner: httpx.AsyncBaseTransport | None = None) -> None:
+                 inner: httpx.AsyncBaseTransport | None = None, *, prepay: bool = True) -> None:
+        """`prepay` False: pay only when asked (a 402 first), still reading each answer's
+        charge and opening a new session when the gateway no longer has one."""
         self._client = client
+        self._prepay = prepay
         self._schemes = schemes
         self._inner = inner or httpx.AsyncHTTPTransport(verify=tls_context())
         self._required: dict[str, PaymentRequired] = {}
@@ -217,20 +230,37 @@ class PrepayTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = str(request.url)
-        known = self._required.get(url)
-        if known is not None and "payment-signature" not in request.headers:
+        known = self._required.get(url) if self._prepay else None
+        ours = known is not None and "payment-signature" not in request.headers
+        if ours:
             request.headers["PAYMENT-SIGNATURE"] = await self._header(url, known)
+        response, refused = await self._send(request, url)
+        if refused is not None and refused.error in SESSION_GONE \
+                and self._forget(request.headers.get("payment-signature", "")):
+            await response.aclose()  # that session is gone: once more, in a new one
+            payload = await self._client.create_payment_payload(refused)
+            request.headers["PAYMENT-SIGNATURE"] = encode_payment_signature_header(payload)
+            ours = True
+            response, refused = await self._send(request, url)
+        if ours and response.status_code == 402:
+            del request.headers["PAYMENT-SIGNATURE"]  # x402's retry sends its own payment
+        return response
+
+    async def _send(self, request: httpx.Request, url: str
+                    ) -> tuple[httpx.Response, PaymentRequired | None]:
+        """The answer, and its PAYMENT-REQUIRED when it is a 402 (remembered for `url`)."""
         response = await self._inner.handle_async_request(request)
         required = response.headers.get("payment-required")
+        refused = None
         if response.status_code == 402 and required:
             found = decode_payment_required_header(required)
             if isinstance(found, PaymentRequired):
-                self._required[url] = found
+                self._required[url] = refused = found
                 self._templates.pop(url, None)
         paid = response.headers.get("payment-response")
         if paid:
             self._charged(paid)
-        return response
+        return response, refused
 
     async def _header(self, url: str, required: PaymentRequired) -> str:
         template = self._templates.get(url)
@@ -245,6 +275,16 @@ class PrepayTransport(httpx.AsyncBaseTransport):
             self._templates[url] = _Template(scheme, payload.accepted,
                                              json.dumps(members)[1:])
         return encode_payment_signature_header(payload)
+
+    def _forget(self, header: str) -> bool:
+        """Forget the session a refused voucher was paid under (gone at the gateway); False
+        when the payment was no voucher of a session of ours."""
+        try:
+            sent = json.loads(base64.b64decode(header, validate=True))
+            agreement = sent["payload"]["agreementId"]
+        except (ValueError, TypeError, KeyError, binascii.Error):
+            return False
+        return any([scheme.forget(agreement) for scheme in self._schemes.values()])
 
     def _charged(self, header: str) -> None:
         """PAYMENT-RESPONSE's `amount` of a session's call: what it cost (the rest carries)."""
@@ -271,8 +311,7 @@ def http_client(key: AgentKey, network: str, *, calls_per_session: int = 1,
                 ) -> tuple[httpx.AsyncClient, dict[str, AgentmarketScheme]]:
     """An httpx.AsyncClient that pays with x402 (x402's transport over `PrepayTransport`)."""
     client, schemes = buyer_client(key, network, calls_per_session=calls_per_session)
-    inner: httpx.AsyncBaseTransport = (PrepayTransport(client, schemes) if prepay
-                                       else httpx.AsyncHTTPTransport(verify=tls_context()))
+    inner = PrepayTransport(client, schemes, prepay=prepay)
     return httpx.AsyncClient(transport=x402AsyncTransport(client, transport=inner),
                              **options), schemes
 
