@@ -14,6 +14,7 @@ import asyncio
 import base64
 import json
 import ssl
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -383,3 +384,29 @@ def test_a_session_the_gateway_forgot_is_opened_again_by_the_client(market, prep
     assert len(opened) == 1 and opened[0] != first
     assert market.seller.redeem(first).captured_atomic == 2_000_000  # the call it served
 
+
+
+def test_a_full_table_makes_room_from_idle_sessions_only(market, monkeypatch):
+    """Sessions opened and left idle cannot shut others out: when the table is full, the
+    idlest without a call in flight make room (their sellers still redeem what they served;
+    their buyers' clients open new sessions on session_unknown)."""
+    from agents.x402 import sessions as book
+
+    table = market.gateway.sessions.sessions
+    idle, calling = Session(market), Session(market)
+    table[calling.agreement].in_flight = 1  # a call paid and not answered yet
+    monkeypatch.setattr(book, "IDLE_EVICT_MS", 0)
+    live = [s for s in table.values() if s.closed is None  # closed ones go first anyway
+            and s.body.terms.completion_deadline_ms > time.time() * 1000]
+    monkeypatch.setattr(book, "MAX_SESSIONS", len(live))  # full
+    newcomer = Session(market)
+    assert newcomer.agreement in table and calling.agreement in table
+    assert idle.agreement not in table
+    ledger = postings(market)
+    refused = send(market, encode_payment_signature_header(idle.next()))
+    assert (refused.status_code, reason(refused)) == (402, "session_unknown")
+    assert postings(market) == ledger
+    table[calling.agreement].in_flight = 0
+    monkeypatch.setattr(book, "MAX_SESSIONS", 100_000)
+    assert calling.close()["captured"] == newcomer.close()["captured"] == "2000000"
+    assert market.seller.redeem(idle.agreement).captured_atomic == 2_000_000  # its open call

@@ -228,7 +228,9 @@ class LedgerScheme:
             amount, transaction, closing = reserve, session.hold_posting, None
         else:  # after the call: the metered charge (requirements.amount overridden)
             agreement = payment.voucher.agreement_id
-            session = self.sessions.sessions[agreement]
+            session = self.sessions.sessions.get(agreement)
+            if session is None:  # closed or past its deadline meanwhile
+                raise Refused("session_unknown", "no open session has this agreement")
             self.sessions.charged(session, reserve)
             amount, transaction, closing = reserve, session.hold_posting, None
             if isinstance(payment, net.OpenPayload) and payment.finish:

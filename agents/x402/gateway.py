@@ -302,12 +302,14 @@ class Gateway:
             except (ValueError, TypeError, KeyError, net.PayloadError):
                 return problem(400, "invalid_json", 'the body is {"finish": "<hex>"}')
             agreement = request.path_params["agreement"]
+            session = self.sessions.sessions.get(agreement)  # kept even if the table drops it
             try:
+                if session is None:
+                    raise Refused("session_unknown", "no session has this agreement")
                 closing = await asyncio.to_thread(self.sessions.close, agreement, finish)
             except Refused as error:
                 status = {"session_unknown": 404, "session_busy": 409}.get(error.reason, 402)
                 return problem(status, error.reason, error.message)
-            session = self.sessions.sessions[agreement]
             summary = settlement_summary(closing)
             extra: dict[str, Any] = {"agreementId": agreement, "calls": session.calls,
                                      "settlement": summary}

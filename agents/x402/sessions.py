@@ -37,6 +37,11 @@ from wallets.ledger import POSTINGS
 
 RPC_TIMEOUT_S = 10.0
 MAX_SESSIONS = 100_000
+# When the table is full, sessions idle this long make room, the longest idle first (at most
+# EVICTED_AT_ONCE per pass): their sellers still redeem them, their buyers' clients open new
+# ones on `session_unknown`; so sessions opened and left idle cannot shut others out.
+IDLE_EVICT_MS = 60_000
+EVICTED_AT_ONCE = 1_000
 
 
 @dataclass
@@ -51,6 +56,8 @@ class Session:
     last_word: bytes = b""
     charged_atomic: int = 0
     calls: int = 0
+    used_ms: int = 0  # when it was opened or last paid (the idlest make room when full)
+    in_flight: int = 0  # calls paid and not yet charged: a session with any stays
     closed: dict[str, Any] | None = None
     receipts: Chain = field(default_factory=Chain)  # the fast path's chained receipts
     escrow_proof: bytes = b""  # the node's proof of the hold, sent with the first call
@@ -161,7 +168,7 @@ class SessionBook:
         agreement = ag.agreement_id(payment.agreement.body)
         with self._lock:  # room for it first: nothing is countersigned or held without
             if len(self.sessions) >= MAX_SESSIONS:
-                self._forget_closed()
+                self._make_room()
         try:
             reply = self._stub(body.seller_endpoint).Negotiate(
                 agent_pb2.NegotiationMessage(agreement=payment.agreement),
@@ -178,7 +185,8 @@ class SessionBook:
         except AgentmarketError as error:
             raise Refused(_ledger_reason(error), error.message) from None
         session = Session(agreement, body, self._hold_posting(escrow["hold_id"]),
-                          reserve_atomic, last_index=0, last_word=body.payword_root)
+                          reserve_atomic, last_index=0, last_word=body.payword_root,
+                          used_ms=_now_ms())
         if self.node_key is not None:
             session.escrow_proof = escrow_proof.with_proof(
                 self.node_key, escrow_message(escrow)).proof
@@ -190,10 +198,13 @@ class SessionBook:
         """The voucher is the session's latest (checked by `check_voucher` under the lock)."""
         session.last_index, session.last_word = voucher.payword_index, voucher.payword
         session.calls += 1
+        session.used_ms = _now_ms()
+        session.in_flight += 1
 
     def charged(self, session: Session, charged_atomic: int) -> None:
         with session.lock:
             session.charged_atomic += charged_atomic
+            session.in_flight = max(0, session.in_flight - 1)
 
     def close(self, agreement_id: str, finish_signature: bytes) -> dict[str, Any]:
         """Relay the buyer's signed finish: the seller redeems, the node captures once."""
@@ -241,16 +252,23 @@ class SessionBook:
                 POSTINGS.c.hold_id == hold_id, POSTINGS.c.kind == "hold")).scalar()
         return str(found or "")
 
-    def _forget_closed(self) -> None:
-        """Closed sessions, and those past their completion deadline (the seller redeemed
-        them, or their hold went back): no call can be paid under them any more."""
+    def _make_room(self) -> None:
+        """Forget closed sessions and those past their completion deadline (no call can be
+        paid under them any more), then, if still full, the longest idle (`IDLE_EVICT_MS`)
+        that no close is using."""
         now = _now_ms()
         for agreement in [a for a, s in self.sessions.items() if s.closed is not None
                           or s.body.terms.completion_deadline_ms < now]:
             del self.sessions[agreement]
         if len(self.sessions) >= MAX_SESSIONS:
+            idle = sorted((s.used_ms, a) for a, s in self.sessions.items()
+                          if s.used_ms <= now - IDLE_EVICT_MS and not s.in_flight
+                          and not s.closing.locked())
+            for _, agreement in idle[:EVICTED_AT_ONCE]:
+                del self.sessions[agreement]
+        if len(self.sessions) >= MAX_SESSIONS:
             raise Refused("seller_refused", "the gateway holds as many open sessions as it "
-                                            "may; close one or retry later")
+                                            "may, none of them idle; retry later")
 
 
 def check_terms(body: Any, requirements: Any) -> None:
