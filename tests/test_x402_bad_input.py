@@ -223,3 +223,42 @@ def test_a_transfer_authorisation_does_not_pay_a_sellers_call(market):
         payload.model_copy(update={"payload": transfer})))
     assert (response.status_code, _reason(response)) == (402, "unsupported_payload_type")
     assert _ledger_state(market) == before
+
+
+WRONG_VALUES = [None, True, -1, 2**70, 1.5, "", "x" * 3000, [], {"a": 1}]
+
+
+def _leaves(value: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    if path:
+        yield path
+    children = value.items() if isinstance(value, dict) else \
+        enumerate(value) if isinstance(value, list) else ()
+    for key, child in children:
+        yield from _leaves(child, (*path, key))
+
+
+@pytest.mark.parametrize("skill", ["shout", "count_words"])
+def test_every_field_of_a_payment_mangled_is_refused_cleanly(market, skill):
+    """Each field of a paying `open` payload, at any depth, set to a value of the wrong kind
+    or removed: the gateway never answers 5xx, and whatever it refuses moves and holds
+    nothing (the few fields nobody signs may pass: then the session opens once, and the
+    rest are replays)."""
+    _, payload = _payload(market, skill)
+    good = json.loads(base64.b64decode(encode_payment_signature_header(payload)))
+    body = {"text": "one two"}
+    for path in _leaves(good):
+        for value in [*WRONG_VALUES, KeyError]:
+            mangled = json.loads(json.dumps(good))
+            parent = mangled
+            for key in path[:-1]:
+                parent = parent[key]
+            if value is KeyError:
+                del parent[path[-1]]
+            else:
+                parent[path[-1]] = value
+            before = _ledger_state(market)
+            answer = _send(market, skill, _b64(json.dumps(mangled)), body)
+            assert answer.status_code < 500, (path, value, answer.text)
+            if answer.status_code != 200:
+                assert answer.status_code in (400, 402, 404, 409, 413), (path, value)
+                assert _ledger_state(market) == before, (path, value, answer.text)
