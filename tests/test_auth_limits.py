@@ -10,10 +10,12 @@ oversized fields inside a request are refused by the domain (INVALID_ARGUMENT).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator
 from concurrent import futures
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -209,25 +211,35 @@ def echo(text: str) -> Echo:
     return Echo(text=text)
 
 
-def test_a_tiny_rate_limit_on_a_seller_refuses_the_excess_before_any_voucher_is_used(tmp_path):
+@contextlib.contextmanager
+def _hired_under_a_tiny_limit(tmp_path: Path, *, burst: int, quantity: int, funds: str,
+                              budget: str) -> Iterator[tuple[SellerAgent, BuyerAgent, Any]]:
+    """A seller whose buckets hold `burst` calls and barely refill, and a buyer that has
+    negotiated (a few Negotiates of the buyer's bucket) and hired `quantity` echo calls."""
     with MarketplaceNode(f"sqlite:///{tmp_path / 'm.db'}", sweep_interval_s=3600) as node:
         seller = SellerAgent("echo", skills=[echo], marketplace=node.address,
-                             rate_limit_per_s=0.01, rate_limit_burst=4).serve()
+                             rate_limit_per_s=0.01, rate_limit_burst=burst).serve()
         buyer = BuyerAgent("buyer", marketplace=node.address)
         try:
-            buyer.fund("1.00", USD)
+            buyer.fund(funds, USD)
             deal = buyer.negotiate(buyer.discover("echo", currency=USD)[0], "echo",
-                                   quantity=5, budget="0.01", currency=USD)  # some Negotiates
+                                   quantity=quantity, budget=budget, currency=USD)
             buyer.hire(deal)
-            with pytest.raises(ResourceExhausted) as caught:
-                for i in range(4):
-                    buyer.call(deal, {"text": str(i)})
-            assert caught.value.status == "RESOURCE_EXHAUSTED"
-            assert caught.value.reason == "RATE_LIMITED"
-            assert seller.gate.unspent(deal.agreement_id) == 0  # only admitted calls paid
+            yield seller, buyer, deal
         finally:
             buyer.close()
             seller.stop(0)
+
+
+def test_a_tiny_rate_limit_on_a_seller_refuses_the_excess_before_any_voucher_is_used(tmp_path):
+    with _hired_under_a_tiny_limit(tmp_path, burst=4, quantity=5, funds="1.00",
+                                   budget="0.01") as (seller, buyer, deal):
+        with pytest.raises(ResourceExhausted) as caught:
+            for i in range(4):
+                buyer.call(deal, {"text": str(i)})
+        assert caught.value.status == "RESOURCE_EXHAUSTED"
+        assert caught.value.reason == "RATE_LIMITED"
+        assert seller.gate.unspent(deal.agreement_id) == 0  # only admitted calls paid
 
 
 def test_forged_vouchers_far_along_the_chain_pay_for_their_hashing_in_tokens(tmp_path):
@@ -239,39 +251,29 @@ def test_forged_vouchers_far_along_the_chain_pay_for_their_hashing_in_tokens(tmp
     from marketplace.payword import CHEAP_CHECK_HASHES
     from marketplace.v1 import agreement_pb2
 
-    with MarketplaceNode(f"sqlite:///{tmp_path / 'm.db'}", sweep_interval_s=3600) as node:
-        seller = SellerAgent("echo", skills=[echo], marketplace=node.address,
-                             rate_limit_per_s=0.01, rate_limit_burst=8).serve()
-        buyer = BuyerAgent("buyer", marketplace=node.address)
-        try:
-            buyer.fund("10.00", USD)
-            calls = CHEAP_CHECK_HASHES * 8
-            deal = buyer.negotiate(buyer.discover("echo", currency=USD)[0], "echo",
-                                   quantity=calls, budget="10.00", currency=USD)
-            buyer.hire(deal)
-            codes = []
-            with grpc.insecure_channel(seller.endpoint) as raw:
-                for n in range(3):
-                    forged = agreement_pb2.Voucher(
-                        agreement_id=deal.agreement_id, sequence=n + 1, payword_index=calls,
-                        cumulative_atomic=calls * deal.body.link_value_atomic,
-                        payword=os.urandom(32))
-                    try:
-                        raw.unary_unary("/agents.v1.AgentService/Invoke")(
-                            agent_pb2.InvokeRequest(agreement_id=deal.agreement_id,
-                                                    input_json='{"text": "x"}'
-                                                    ).SerializeToString(), timeout=10,
-                            metadata=[(VOUCHER_METADATA_KEY, forged.SerializeToString())])
-                    except grpc.RpcError as error:
-                        codes.append(error.code())
-            # the first drains the burst (its cost, capped there) and is hashed and refused
-            assert codes == [grpc.StatusCode.PERMISSION_DENIED,
-                             grpc.StatusCode.RESOURCE_EXHAUSTED,
-                             grpc.StatusCode.RESOURCE_EXHAUSTED]
-            assert buyer.invoke(deal, {"text": "mine"}).output == {"text": "mine"}
-        finally:
-            buyer.close()
-            seller.stop(0)
+    calls = CHEAP_CHECK_HASHES * 8
+    with _hired_under_a_tiny_limit(tmp_path, burst=8, quantity=calls, funds="10.00",
+                                   budget="10.00") as (seller, buyer, deal):
+        codes = []
+        with grpc.insecure_channel(seller.endpoint) as raw:
+            for n in range(3):
+                forged = agreement_pb2.Voucher(
+                    agreement_id=deal.agreement_id, sequence=n + 1, payword_index=calls,
+                    cumulative_atomic=calls * deal.body.link_value_atomic,
+                    payword=os.urandom(32))
+                try:
+                    raw.unary_unary("/agents.v1.AgentService/Invoke")(
+                        agent_pb2.InvokeRequest(agreement_id=deal.agreement_id,
+                                                input_json='{"text": "x"}'
+                                                ).SerializeToString(), timeout=10,
+                        metadata=[(VOUCHER_METADATA_KEY, forged.SerializeToString())])
+                except grpc.RpcError as error:
+                    codes.append(error.code())
+        # the first drains the burst (its cost, capped there) and is hashed and refused
+        assert codes == [grpc.StatusCode.PERMISSION_DENIED,
+                         grpc.StatusCode.RESOURCE_EXHAUSTED,
+                         grpc.StatusCode.RESOURCE_EXHAUSTED]
+        assert buyer.invoke(deal, {"text": "mine"}).output == {"text": "mine"}
 
 
 # ---- size limits ---------------------------------------------------------------------------
