@@ -215,6 +215,18 @@ def test_a_stranger_cannot_settle_a_session_at_the_public_facilitator(market, ph
     assert session.close()["captured"] == "4000000"  # the open and the buyer's call
 
 
+def test_a_later_voucher_of_another_x402_version_is_refused_and_charges_nothing(market):
+    """The fast path reads x402Version as the full path does: the integer 2 only."""
+    session = Session(market)
+    data = json.loads(base64.b64decode(encode_payment_signature_header(session.next())))
+    data["x402Version"] = 2.0
+    before, ledger = session.state(), postings(market)
+    refused = send(market, base64.b64encode(json.dumps(data).encode()).decode())
+    assert (refused.status_code, refused.json()["error"]) == (400, "malformed_payment_header")
+    assert session.state() == before and postings(market) == ledger
+    session.close()
+
+
 def test_a_word_of_another_session_is_refused(market):
     mine, other = Session(market), Session(market)
     theirs = voucher(other.next())

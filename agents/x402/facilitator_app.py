@@ -36,8 +36,7 @@ def facilitator_app(facilitator: x402FacilitatorSync) -> Starlette:
             raise Refused("body_too_large", "the request is over 256 KiB")
         try:
             data = json.loads(raw)
-            version = data.get("x402Version", 2)
-            if type(version) is not int or version != 2:
+            if not net.is_v2(data.get("x402Version", 2)):
                 raise ValueError("x402 v2 requests only (x402Version 2)")
             return (net.v2_payload(data["paymentPayload"]),
                     PaymentRequirements.model_validate(data["paymentRequirements"]))

@@ -159,13 +159,17 @@ def open_payload(agreement: agreement_pb2.SignedAgreement, voucher: agreement_pb
     return found
 
 
+def is_v2(version: Any) -> bool:
+    """`x402Version` is the integer 2 (not 2.0, "2" or true, which x402's decoder lets by)."""
+    return type(version) is int and version == 2
+
+
 def v2_payload(data: Any) -> PaymentPayload:
     """An x402 v2 PaymentPayload from its JSON, or PayloadError: x402's own decoder reads any
     `x402Version` but 1 (0, 3, "2", true ...) as v2, so the version is checked here first."""
     if not isinstance(data, dict):
         raise PayloadError("invalid_payload", "a PaymentPayload is a JSON object")
-    version = data.get("x402Version")
-    if type(version) is not int or version != 2:
+    if not is_v2(data.get("x402Version")):
         raise PayloadError("invalid_payload", "x402 v2 payloads only (x402Version 2)")
     try:
         return PaymentPayload.model_validate(data)

@@ -112,7 +112,7 @@ def voucher_of(header: str) -> tuple[Any, net.VoucherPayload] | None:
         data = json.loads(base64.b64decode(header, validate=True))
     except (ValueError, binascii.Error, RecursionError):
         return None
-    if not isinstance(data, dict) or data.get("x402Version") != 2 \
+    if not isinstance(data, dict) or not net.is_v2(data.get("x402Version")) \
             or not data.keys() <= PAYLOAD_FIELDS or _identified(data.get("extensions")):
         return None
     payload = data.get("payload")
