@@ -85,7 +85,7 @@ class _RateLimiter:
         self._lock = threading.Lock()
 
     def allow(self, agent_id: str, cost: int = 1) -> bool:
-        cost = max(1, min(cost, self.burst))
+        cost = _tokens(cost, self.burst)
         now = self.clock_s()
         with self._lock:
             if agent_id not in self._buckets and len(self._buckets) >= self.max_agents:
@@ -101,6 +101,12 @@ class _RateLimiter:
                 return False
             self._buckets[agent_id] = (tokens - cost, now)
             return True
+
+
+def _tokens(cost: int, burst: int) -> int:
+    """What a request of `cost` takes: at least one token, at most a full bucket (so a dear
+    request still passes once the bucket is full)."""
+    return max(1, min(cost, burst))
 
 
 def _check_rate(rate_per_s: float, burst: int) -> None:
@@ -190,7 +196,7 @@ class RedisLimits:
         try:
             return bool(self._bucket(keys=[self._bucket_key(subject)],
                                      args=[repr(float(self.rate)), str(self.burst),
-                                           str(max(1, min(cost, self.burst)))]))
+                                           str(_tokens(cost, self.burst))]))
         except self._errors as error:
             raise _unavailable("rate-limit", error) from None
 
