@@ -22,17 +22,17 @@ from pathlib import Path
 from agents import BuyerAgent, SellerAgent
 from benchmarks.tasks import CALLS, echo  # the in-process benchmark's skill and task size
 from marketplace.heap import settle_heap
+from marketplace.stop_signals import StopSignals
 
 GC_DEFAULTS = "AGENTMARKET_BENCH_GC_DEFAULTS"  # "1": parties keep CPython's collector settings
 STEPS = ("discover", "negotiate", "hire", "call", "finish", "task")
 
 
 def seller(marketplace: str, name: str) -> None:
+    stop = StopSignals((signal.SIGTERM,))
     agent = SellerAgent(name, skills=[echo], marketplace=marketplace).serve()
     _settle()
     print("ready", flush=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     stop.wait()
     agent.stop(0)
 

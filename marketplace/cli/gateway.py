@@ -7,8 +7,6 @@ place where both meet.
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 from pathlib import Path
 
 import typer
@@ -16,6 +14,7 @@ import typer
 from marketplace.cli.output import console, fail
 from marketplace.heap import settle_heap
 from marketplace.home import default_database_url, default_span_store
+from marketplace.stop_signals import StopSignals
 
 DEFAULT_DB = default_database_url()
 DEFAULT_SPANS = default_span_store()
@@ -65,6 +64,7 @@ def gateway(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///fil
         from marketplace.cli.operator import load_key
 
         node_key = load_key(key_file)
+    stop = StopSignals()  # from here on, SIGTERM or Ctrl-C stops the servers in order
     try:
         node = MarketplaceNode(db, host=host, port=port, fee_bps=fee_bps, key=node_key,
                                tracer_provider=provider).start()
@@ -93,9 +93,6 @@ def gateway(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///fil
         fail(f"cannot start the gateway: {error}")
     if not gc_defaults:
         settle_heap()  # started: what it holds now lives as long as the process
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
     console.print(f"marketplace on {node.address}; x402 gateway on {http.url} (network "
                   f"{door.network}; OpenAPI at {http.url}/openapi.json)", highlight=False,
                   soft_wrap=True)

@@ -7,8 +7,6 @@ TLS, a USDC rail without its token) prints one line and exits 1, before the node
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ import typer
 from marketplace.cli.output import console, fail
 from marketplace.heap import settle_heap
 from marketplace.home import default_database_url, default_span_store
+from marketplace.stop_signals import StopSignals
 from wallets.errors import AgentmarketError
 
 DEFAULT_DB = default_database_url()
@@ -148,6 +147,7 @@ def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file 
         from marketplace.cli.operator import load_key
 
         node_key = load_key(key_file)
+    stop = StopSignals()  # from here on, SIGTERM or Ctrl-C stops the servers in order
     try:
         node = MarketplaceNode(db, host=host, port=port, fee_bps=fee_bps, key=node_key,
                                checkpoint_interval_s=checkpoint_interval,
@@ -167,9 +167,6 @@ def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file 
         fail(f"cannot start the node: {error}")
     if not gc_defaults:
         settle_heap()  # started: what it holds now lives as long as the process
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
     if no_auth:
         console.print("[red]WARNING: --no-auth: calls are not authenticated and nothing is "
                       "authorised; never expose this node beyond your own machine",
