@@ -13,15 +13,18 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 
 import pytest
 from x402.http.utils import decode_payment_response_header
 
+from agents import SellerAgent, per_1k_tokens, skill
+from agents.llm import stream
 from agents.x402 import http_client
 from agents.x402.network import network_id
 from marketplace.node import MarketplaceNode
-from tests.x402_market import Market, books_balance, open_market
+from tests.x402_market import MODEL, Market, books_balance, open_market
 
 
 @pytest.fixture
@@ -112,6 +115,68 @@ def test_a_streamed_answer_is_billed_as_it_flows_and_stops_at_the_authorisation(
     authorised = int(seen["held"].amount)
     assert int(settled.amount) == int(end["usage"]["charged"]) <= authorised
     assert settled.extra["settlement"]["captured"] == settled.amount
+    books_balance(market.node)
+
+
+@skill(price=per_1k_tokens("0.001", "0.002", "USD"), max_input_tokens=200,
+       max_output_tokens=100)
+def drip(topic: str, words: int) -> Iterator[str]:
+    """Write about a topic slowly, streamed and billed per token: its reader may hang up."""
+    text = " ".join(f"{topic}{i}" for i in range(words))
+    for piece in stream(MODEL, [{"role": "user", "content": f"Write about {topic}"}],
+                        mock_response=text):
+        time.sleep(0.01)
+        yield piece
+
+
+async def _read_stream(client, url: str, *, hang_up: bool) -> list[tuple[str, str]]:
+    """The events of one streamed call; `hang_up`: leave after the first piece."""
+    events: list[tuple[str, str]] = []
+    async with client.stream("POST", url, json={"topic": "agents", "words": 40},
+                             headers={"accept": "text/event-stream"}) as response:
+        assert response.status_code == 200
+        name = ""
+        async for line in response.aiter_lines():
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                events.append((name, line[6:]))
+                if hang_up and name == "message":
+                    break
+    return events
+
+
+def test_a_streamed_call_whose_reader_hangs_up_is_still_charged_to_its_session(market):
+    seller = SellerAgent("dripper", skills=[drip], marketplace=market.node.address,
+                         dispute_window_s=0).serve()
+    url = f"{market.http.url}/v1/skills/{seller.agent_id}/drip"
+
+    async def run() -> tuple[dict, int, int]:
+        client, schemes = http_client(market.key, market.network, calls_per_session=3)
+        async with client:
+            assert len(await _read_stream(client, url, hang_up=True)) == 1
+            agreement = schemes["upto"].open_sessions()[0]
+            session = market.gateway.sessions.sessions[agreement]
+            for _ in range(400):  # the relay goes on without its reader, then settles
+                if not session.in_flight:
+                    break
+                await asyncio.sleep(0.025)
+            hung_up = session.charged_atomic
+            events = await _read_stream(client, url, hang_up=False)  # the session goes on
+            end = json.loads(next(data for name, data in events if name == "end"))
+            closed = await client.post(f"{market.http.url}/v1/sessions/{agreement}/close",
+                                       json={"finish": schemes["upto"].finish_signature(
+                                           agreement)})
+            assert closed.status_code == 200, closed.text
+            return closed.json(), hung_up, int(end["usage"]["charged"]), \
+                session.charged_atomic, session.in_flight
+
+    try:
+        closed, hung_up, second, booked, in_flight = asyncio.run(run())
+    finally:
+        seller.stop(0)
+    assert in_flight == 0 and hung_up > 0  # the abandoned call was charged to the session
+    assert booked == hung_up + second == int(closed["captured"])  # as the seller redeemed
     books_balance(market.node)
 
 

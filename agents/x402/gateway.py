@@ -103,6 +103,7 @@ class Gateway:
         self.session_calls = SessionCalls(self.sessions, self.server, self.routes,
                                           self.channels, node.key, self.network)
         self._answers: dict[tuple[str, str], tuple[int, dict[str, str], bytes]] = {}
+        self._relays: set[asyncio.Task[None]] = set()  # streamed calls being relayed
 
     def app(self, hosts: Sequence[str] = LOOPBACK_HOSTS) -> Starlette:
         """The ASGI app; `hosts`: the Host header values answered (`marketplace.http.app.
@@ -217,39 +218,61 @@ class Gateway:
     async def _streamed(self, route: Route, arguments: dict[str, Any], processed: Any,
                         ctx: HTTPRequestContext) -> AsyncIterator[bytes]:
         """Server-sent events: `data` per piece with the charge so far; the seller stops at
-        what the voucher authorised; then `payment-response` (the settlement) and `end`."""
+        what the voucher authorised; then `payment-response` (the settlement) and `end`.
+        The call is relayed and settled by a task of its own: a reader that hangs up stops
+        reading, not the relay, so the seller's charge (at most what the voucher authorised)
+        is still booked to the session, whose books stay the seller's."""
+        events: asyncio.Queue[bytes | None] = asyncio.Queue()
+        relay = asyncio.create_task(self._relay(route, arguments, processed, ctx, events))
+        self._relays.add(relay)
+        relay.add_done_callback(self._relays.discard)
+        while (piece := await events.get()) is not None:
+            yield piece
+
+    async def _relay(self, route: Route, arguments: dict[str, Any], processed: Any,
+                     ctx: HTTPRequestContext, events: asyncio.Queue[bytes | None]) -> None:
+        try:
+            for piece in await self._relayed(route, arguments, processed, ctx, events.put_nowait):
+                events.put_nowait(piece)
+        finally:
+            events.put_nowait(None)
+
+    async def _relayed(self, route: Route, arguments: dict[str, Any], processed: Any,
+                       ctx: HTTPRequestContext, send: Any) -> list[bytes]:
+        """Stream the seller's pieces to `send`, settle, and return the closing events."""
         payment = net.parse(processed.payment_payload.payload)
         voucher = payment.voucher  # type: ignore[union-attr]
         call = self.channels.stub(route.listing.endpoint).InvokeStream(
             forward.invoke_request(arguments, voucher), timeout=forward.CALL_TIMEOUT_S,
             metadata=paid_call_metadata(voucher, self._proof(voucher.agreement_id)))
-        end, charged = None, 0
+        end, charged, closing = None, 0, []
         try:
             async for chunk in call:
                 if chunk.HasField("end"):
                     end, charged = chunk.end, chunk.end.usage.charged_atomic
                     break
                 charged = chunk.charged_atomic
-                yield event("message", {"text": chunk.text_delta, "charged": str(charged)})
+                send(event("message", {"text": chunk.text_delta, "charged": str(charged)}))
         except grpc.aio.AioRpcError as error:
-            yield event("error", {"error": error.code().name.lower(),
-                                   "message": error.details() or ""})
+            send(event("error", {"error": error.code().name.lower(),
+                                  "message": error.details() or ""}))
         settled = await route.http.process_settlement(
             processed.payment_payload, processed.payment_requirements, context=ctx,
             settlement_overrides={"amount": str(charged if end is not None else 0)},
             declared_extensions=processed.declared_extensions)
         if settled.settle_response is not None:
-            yield event("payment-response", encode_payment_response_header(
-                settled.settle_response))
+            closing.append(event("payment-response", encode_payment_response_header(
+                settled.settle_response)))
         if end is not None:
-            yield event("end", {
+            closing.append(event("end", {
                 "output": json.loads(end.output_json),
                 "stopReason": agent_pb2.StopReason.Name(end.stop_reason)
                 .removeprefix("STOP_REASON_").lower(),
                 "usage": {"inputTokens": end.usage.input_tokens,
                           "outputTokens": end.usage.output_tokens,
                           "charged": str(end.usage.charged_atomic)},
-                "receipt": net.b64(end.receipt.SerializeToString())})
+                "receipt": net.b64(end.receipt.SerializeToString())}))
+        return closing
 
     def _proof(self, agreement_id: str) -> bytes:
         """The session's escrow proof, for the seller on the calls of the full path (a
