@@ -356,10 +356,17 @@ class PaymentGate(GateRedeems):
         return self._account(agreement_id).available_atomic
 
     def check_hashes(self, agreement_id: str, voucher: agreement_pb2.Voucher | None) -> int:
-        """How many SHA-256s checking `voucher` would take (from the last word seen)."""
+        """How many SHA-256s checking `voucher` would take (from the last word seen); none
+        for a voucher refused before any hashing (a replay, past the chain's end, a cumulative
+        amount that does not match its index)."""
         if voucher is None:
             return 0
-        return max(0, voucher.payword_index - self._account(agreement_id).anchor_index)
+        account = self._account(agreement_id)
+        body = account.body
+        if voucher.payword_index > body.payword_length or voucher.sequence <= account.sequence \
+                or voucher.cumulative_atomic != voucher.payword_index * body.link_value_atomic:
+            return 0
+        return max(0, voucher.payword_index - account.anchor_index)
 
     def proves_payment(self, agreement_id: str, voucher: agreement_pb2.Voucher | None) -> bool:
         """Whether `voucher` reveals a genuine word the seller has not seen: a pure check,

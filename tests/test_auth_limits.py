@@ -276,6 +276,42 @@ def test_forged_vouchers_far_along_the_chain_pay_for_their_hashing_in_tokens(tmp
         assert buyer.invoke(deal, {"text": "mine"}).output == {"text": "mine"}
 
 
+def test_vouchers_refused_before_any_hashing_draw_nothing(tmp_path):
+    """A voucher past the chain's end, or whose amount does not match its index, is refused
+    without hashing, so it costs no token: a stranger's stream of them leaves the unproven
+    bucket whole for the buyer's own far-along (dear) voucher."""
+    from agents.payments import VOUCHER_METADATA_KEY
+    from marketplace.payword import CHEAP_CHECK_HASHES
+    from marketplace.v1 import agreement_pb2
+
+    calls = CHEAP_CHECK_HASHES * 2
+    with _hired_under_a_tiny_limit(tmp_path, burst=8, quantity=calls, funds="10.00",
+                                   budget="10.00") as (seller, buyer, deal):
+        link, length = deal.body.link_value_atomic, deal.body.payword_length
+        forgeries = [(length + 1, (length + 1) * link), (calls, calls * link + 1)] * 4
+        codes = []
+        with grpc.insecure_channel(seller.endpoint) as raw:
+            for n, (index, cumulative) in enumerate(forgeries):
+                forged = agreement_pb2.Voucher(
+                    agreement_id=deal.agreement_id, sequence=n + 1, payword_index=index,
+                    cumulative_atomic=cumulative, payword=os.urandom(32))
+                try:
+                    raw.unary_unary("/agents.v1.AgentService/Invoke")(
+                        agent_pb2.InvokeRequest(agreement_id=deal.agreement_id,
+                                                input_json='{"text": "x"}'
+                                                ).SerializeToString(), timeout=10,
+                        metadata=[(VOUCHER_METADATA_KEY, forged.SerializeToString())])
+                except grpc.RpcError as error:
+                    codes.append((error.code(), error.details()))
+        assert len(codes) == 8 and not [d for _, d in codes if "rate limit" in d], codes
+        assert {c for c, _ in codes} == {grpc.StatusCode.RESOURCE_EXHAUSTED,  # past the end
+                                         grpc.StatusCode.PERMISSION_DENIED}
+        assert seller.gate.check_hashes(deal.agreement_id, agreement_pb2.Voucher(
+            agreement_id=deal.agreement_id, sequence=1, payword_index=calls,
+            cumulative_atomic=calls * link)) == calls  # a genuine far voucher would cost
+        assert buyer.invoke(deal, {"text": "mine"}).output == {"text": "mine"}
+
+
 # ---- size limits ---------------------------------------------------------------------------
 
 
