@@ -40,22 +40,15 @@ from sqlalchemy import Connection, Engine, and_, bindparam, case, insert, or_, s
 
 from marketplace import agreement_states as st
 from marketplace import agreements as ag
-from marketplace import pricing
 from marketplace.agreement_states import next_state
 from marketplace.disputes import Disputes
 from marketplace.errors import (
-    BudgetExceeded,
-    CurrencyNotAccepted,
     DeadlinePassed,
     FailedPrecondition,
     InvalidArgument,
-    InvalidVoucher,
-    OfferExpired,
     PermissionDenied,
-    TermsMismatch,
-    UnknownSkill,
-    VerificationNotOffered,
 )
+from marketplace.escrow_payouts import Payouts
 from marketplace.escrows import (
     ESCROWS,
     EVIDENCE,
@@ -75,10 +68,9 @@ from marketplace.escrows import (
 from marketplace.escrows import set_values as _set
 from marketplace.grpc_tracing import span_if_active
 from marketplace.identity import verify
-from marketplace.payword import verify_word
 from marketplace.receipts import ReceiptBook
 from marketplace.registry import Registry
-from marketplace.reputation import record_outcome
+from marketplace.settlement_checks import check_open, check_receipts, check_voucher, listed_skill
 from marketplace.v1 import agreement_pb2, dispute_pb2, registry_pb2, settlement_pb2
 from marketplace.verification import Verification
 from wallets import _sqlite_hot as hot
@@ -89,7 +81,6 @@ from wallets.errors import AgentmarketError, InsufficientFunds
 from wallets.guard import SpendContext
 from wallets.ledger import Ledger
 from wallets.metrics import MarketMetrics, market_metrics
-from wallets.models import Transfer
 from wallets.tables import AccountRow
 
 MARKETPLACE_OWNER = "marketplace"
@@ -169,6 +160,8 @@ class Settlement:
         self.facts = AgreementFacts(self.engine)
         self._opened = OpenedAgreements()
         self._account_ids: dict[tuple[str, str, str], str] = {}
+        self.payouts = Payouts(ledger, fee_bps=fee_bps, clock_ms=self.clock_ms,
+                               metrics=self.metrics, span=self._span)
 
     def _receipted(self, agreement: str, apply: Callable[[Connection], Any]
                    ) -> Callable[[Connection], Any]:
@@ -214,7 +207,7 @@ class Settlement:
         with hot.reading(self.engine) as conn:
             opened = _OPENED.first(conn, {"agreement": agreement}) is not None
             if not opened:
-                self._check_open(body, now)
+                check_open(body, now)
                 skill = self._listed_skill(body, conn)
                 self.verification.check_terms(terms)
                 buyer = self._buyer_wallet(conn, body.buyer_id, terms.currency)
@@ -277,19 +270,6 @@ class Settlement:
                     inserted["created_at_ms"], skill.output_schema_json, signed, body))
             return result
 
-    @staticmethod
-    def _check_open(body: agreement_pb2.AgreementBody, now: int) -> None:
-        """The accepted offer and the completion deadline, at opening."""
-        terms = body.terms
-        if body.offer_expires_at_ms <= now:
-            raise OfferExpired("the accepted offer has lapsed (or the agreement does not say "
-                               "when): negotiate again")
-        if terms.completion_deadline_ms <= now:
-            raise DeadlinePassed("the agreement's completion deadline has already passed")
-        if terms.completion_deadline_ms > now + ag.MAX_COMPLETION_S * 1000:
-            raise InvalidArgument(f"the completion deadline is at most {ag.MAX_COMPLETION_S} s "
-                                  "ahead")
-
     def _buyer_wallet(self, conn: Any, buyer_id: str, currency_code: str) -> Any:
         """The buyer's wallet row (its id remembered once found); it must exist."""
         key = (buyer_id, currency_code, "wallet")
@@ -305,21 +285,7 @@ class Settlement:
     def _listed_skill(self, body: agreement_pb2.AgreementBody,
                       conn: Any) -> registry_pb2.Skill:
         """The seller's live listing must sell these terms."""
-        terms = body.terms
-        listing = self.registry.get_in(conn, body.seller_id)
-        skill = next((s for s in listing.skills if s.name == terms.skill), None)
-        if skill is None:
-            raise UnknownSkill(f"the seller does not list skill {terms.skill!r}")
-        price = pricing.price_in(skill, terms.currency)
-        if price is None:
-            raise CurrencyNotAccepted(f"skill {skill.name} is not sold in {terms.currency}")
-        if price.unit != terms.unit or (terms.unit_name and price.unit_name != terms.unit_name):
-            raise TermsMismatch(f"skill {skill.name} is priced per "
-                                f"{price.unit_name or registry_pb2.PriceUnit.Name(price.unit)}")
-        if terms.verification not in skill.verification_methods:
-            raise VerificationNotOffered(f"skill {skill.name} does not offer the agreed "
-                                         "verification method")
-        return skill
+        return listed_skill(self.registry.get_in(conn, body.seller_id), body.terms)
 
     # ---- redeem ---------------------------------------------------------------------------
 
@@ -364,8 +330,8 @@ class Settlement:
                 raise DeadlinePassed(f"the completion deadline, and the {grace_ms} ms grace for "
                                      "redeeming after it, have passed; the hold goes back")
             signed, body = row.signed, row.body
-            authorised = self._check_voucher(row, body, voucher)
-            self._check_receipts(row, body.terms, voucher, receipts)
+            authorised = check_voucher(row, body, voucher)
+            check_receipts(row, body.terms, voucher, receipts)
             outcome = self.verification.verify(agreement, signed, body.terms,
                                                 row.output_schema_json, receipts)
             verifier_fee = body.terms.verifier.fee_atomic if outcome.verifier_consulted else 0
@@ -399,11 +365,11 @@ class Settlement:
                 release = ("confirm" if buyer_confirmation  # the buyer waived its window
                            else "release" if body.terms.dispute_window_s == 0 else "")
                 if changes["state"] != st.REFUNDED and release:  # one UPDATE for both steps
-                    return self.release_in(conn, key, agreement, release, parties,
+                    return self.payouts.release_in(conn, key, agreement, release, parties,
                                            pending=Pending(current._mapping, changes))
                 _set(conn, agreement, **changes)
                 if changes["state"] == st.REFUNDED:
-                    self._refund_in(conn, key, agreement, parties)
+                    self.payouts.refund_in(conn, key, agreement, parties)
                     return escrow_dict(conn, agreement)
                 return escrow_of(current._mapping, **changes)
 
@@ -437,41 +403,6 @@ class Settlement:
             results.append(result)
         return results
 
-    @staticmethod
-    def _check_voucher(row: Any, body: agreement_pb2.AgreementBody,
-                       voucher: agreement_pb2.Voucher) -> int:
-        """What the buyer authorised: the voucher's payword proves it, bounded by the hold."""
-        if voucher.agreement_id != row.agreement_id:
-            raise InvalidVoucher("the voucher is for a different agreement")
-        if voucher.payword_index > body.payword_length or not verify_word(
-                voucher.payword, voucher.payword_index, body.payword_root, 0):
-            raise InvalidVoucher("the voucher's payword does not hash to the agreement's root")
-        authorised = voucher.payword_index * body.link_value_atomic
-        if voucher.cumulative_atomic != authorised:
-            raise InvalidVoucher("cumulative_atomic does not match the payword index")
-        if authorised > row.held_atomic:
-            raise BudgetExceeded("the voucher authorises more than the agreement holds")
-        return authorised
-
-    @staticmethod
-    def _check_receipts(row: Any, terms: agreement_pb2.Terms, voucher: agreement_pb2.Voucher,
-                        receipts: list[agreement_pb2.Receipt]) -> None:
-        seen: set[int] = set()
-        ag.check_receipt_chain(receipts, row.seller_id, complete=True)
-        for receipt in receipts:
-            if receipt.agreement_id != row.agreement_id or receipt.sequence in seen:
-                raise InvalidArgument(f"receipt {receipt.sequence} is duplicated or misfiled")
-            if not 1 <= receipt.sequence <= voucher.sequence:
-                raise InvalidArgument(f"receipt {receipt.sequence} was not paid by the voucher "
-                                      f"(sequence {voucher.sequence})")
-            seen.add(receipt.sequence)
-            ceiling = pricing.receipt_ceiling_atomic(terms, receipt)
-            if receipt.charged_atomic < 0 or (ceiling is not None
-                                              and receipt.charged_atomic > ceiling):
-                raise InvalidArgument(f"receipt {receipt.sequence} charges "
-                                      f"{receipt.charged_atomic}; the terms price its usage at "
-                                      f"{ceiling}")
-
     # ---- paying out -----------------------------------------------------------------------
 
     def _parties(self, row: Facts | Any) -> dict[str, str]:
@@ -483,82 +414,6 @@ class Settlement:
         if row.verifier_id:
             parties["verifier"] = self.account(row.verifier_id, row.currency)
         return parties
-
-    def release_in(self, conn: Connection, key: str, agreement: str, event: str,
-                   parties: dict[str, str], pending: Pending | None = None) -> dict[str, Any]:
-        """Capture the earned amount (seller + fee + verifier fee, one posting), void the
-        rest back to the buyer, and rate the seller; returns the escrow now. `pending`: the
-        row, locked, with changes of the caller's not yet written (written with these)."""
-        row = locked_row(conn, agreement) if pending is None else pending
-        state = next_state(row.state, event)
-        seller_part, fee = split(row.earned_atomic, self.fee_bps)
-        verifier_fee = row.verifier_fee_atomic
-        splits = [(parties["seller"], seller_part), (parties["fees"], fee)]
-        if verifier_fee:
-            splits.append((parties["verifier"], verifier_fee))
-        # The agreement's and the seller's rating rows first, the money last: the capture
-        # locks the seller's account (which its holds also take) and the market's fee account
-        # (which every settlement takes), so they stay locked only from the capture to the
-        # commit (SCALING.md, "Hot rows").
-        refunded = row.held_atomic - row.earned_atomic - verifier_fee
-        with self._span("escrow.release", lambda: {
-            attr.AGREEMENT_ID: agreement, attr.AMOUNT_ATOMIC: refunded,
-            attr.CURRENCY: row.currency, attr.HOLD_ID: row.hold_id, attr.PAYEE: row.buyer_id,
-        }):
-            changes = dict(state=state, captured_atomic=row.earned_atomic, fee_atomic=fee,
-                           refunded_atomic=refunded, verifier_paid_atomic=verifier_fee,
-                           updated_at_ms=self.clock_ms())
-            written = changes if pending is None else pending.unwritten(changes)
-            _set(conn, agreement, **written)
-        record_outcome(conn, row.seller_id, 1000)
-        with self._span("escrow.capture", lambda: {
-            attr.AGREEMENT_ID: agreement, attr.AMOUNT_ATOMIC: row.earned_atomic,
-            attr.CURRENCY: row.currency, attr.FEE_ATOMIC: fee, attr.HOLD_ID: row.hold_id,
-            attr.PAYER: row.buyer_id, attr.PAYEE: row.seller_id,
-            "agentmarket.verifier_fee_atomic": verifier_fee,
-        }):
-            paid = [s for s in splits if s[1]]
-            hold = self.ledger._hold_row(conn, row.hold_id)
-            if hold.status == "open" and hold.expires_at_ms > self.clock_ms():
-                self.ledger.capture_in(conn, f"{key}:capture", row.hold_id,
-                                       row.earned_atomic + verifier_fee, paid, final=True)
-            else:
-                self._collect_lapsed_in(conn, key, row, hold, parties["buyer"], paid)
-        self.metrics.volume.add(seller_part, {"currency": row.currency})
-        self.metrics.fees.add(fee, {"currency": row.currency})
-        self.metrics.settlement_duration.record(self.clock_ms() - row.created_at_ms,
-                                                {"outcome": state})
-        return escrow_of(row._mapping, **changes)
-
-    def _collect_lapsed_in(self, conn: Connection, key: str, row: Any, hold: Any, buyer: str,
-                           paid: list[tuple[str, int]]) -> None:
-        """The hold ran out before release (the node was down past its grace): the money went
-        back to the buyer, so the verified work is paid from the buyer's wallet instead, in one
-        linked posting. If the wallet cannot pay, the error leaves the agreement as it was and
-        the next sweep tries again; the shortfall shows in `agentmarket agreements`."""
-        if hold.status == "open":  # past its timeout, not yet swept: release it first
-            self.ledger.void_in(conn, f"expire:{row.hold_id}", row.hold_id, kind="expire")
-        transfers = [Transfer(buyer, account, amount) for account, amount in paid]
-        if transfers:
-            self.ledger.post_linked_in(conn, f"{key}:lapsed-capture", transfers,
-                                       kind="capture", memo="verified work after a lapsed hold")
-
-    def _refund_in(self, conn: Connection, key: str, agreement: str,
-                   parties: dict[str, str]) -> None:
-        """Nothing verified: the hold goes back, less a consulted verifier's fee."""
-        row = locked_row(conn, agreement)
-        fee = row.verifier_fee_atomic
-        with self._span("escrow.refund", lambda: {
-            attr.AGREEMENT_ID: agreement, attr.AMOUNT_ATOMIC: row.held_atomic - fee,
-            attr.CURRENCY: row.currency, attr.HOLD_ID: row.hold_id, attr.PAYEE: row.buyer_id,
-        }):
-            if fee:
-                self.ledger.capture_in(conn, f"{key}:capture", row.hold_id, fee,
-                                       [(parties["verifier"], fee)], final=True)
-            else:
-                self.ledger.void_in(conn, f"{key}:void", row.hold_id)
-        _set(conn, agreement, refunded_atomic=row.held_atomic - fee, verifier_paid_atomic=fee)
-        record_outcome(conn, row.seller_id, 0)
 
     # ---- buyer ----------------------------------------------------------------------------
 
@@ -572,7 +427,7 @@ class Settlement:
         parties = self._parties(facts)
 
         def apply(conn: Connection) -> dict[str, Any]:
-            return self.release_in(conn, key, agreement, "confirm", parties)
+            return self.payouts.release_in(conn, key, agreement, "confirm", parties)
 
         return self.ledger.mutate(key, "confirm", {"agreement": agreement},
                                   self._receipted(agreement, apply), same, same)
@@ -614,28 +469,13 @@ class Settlement:
 
         def apply(conn: Connection) -> None:
             if expire:
-                self._expire_in(conn, key, row.agreement_id)
+                self.payouts.expire_in(conn, key, row.agreement_id)
             else:
-                self.release_in(conn, key, row.agreement_id, "release", parties)
+                self.payouts.release_in(conn, key, row.agreement_id, "release", parties)
 
         self.ledger.mutate(key, "sweep", {"agreement": row.agreement_id},
                            self._receipted(row.agreement_id, apply), same, same,
                            scope=NODE_SCOPE)
-
-    def _expire_in(self, conn: Connection, key: str, agreement: str) -> None:
-        row = locked_row(conn, agreement)
-        state = next_state(row.state, "expire")
-        with self._span("escrow.expire", lambda: {
-            attr.AGREEMENT_ID: agreement, attr.AMOUNT_ATOMIC: row.held_atomic,
-            attr.CURRENCY: row.currency, attr.HOLD_ID: row.hold_id, attr.PAYEE: row.buyer_id,
-        }):
-            hold = self.ledger._hold_row(conn, row.hold_id)
-            if hold.status == "open":  # else the ledger's own timeout already returned it
-                timed_out = hold.expires_at_ms <= self.clock_ms()
-                self.ledger.void_in(conn, f"{key}:void", row.hold_id,
-                                    kind="expire" if timed_out else "void")
-        _set(conn, agreement, state=state, refunded_atomic=row.held_atomic,
-             updated_at_ms=self.clock_ms())
 
     # ---- reading --------------------------------------------------------------------------
 

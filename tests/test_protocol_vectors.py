@@ -23,7 +23,7 @@ from marketplace.errors import AgentmarketError, BadSignature
 from marketplace.identity import AgentKey, verify
 from marketplace.negotiation import Negotiation
 from marketplace.payword import PaywordChain, verify_word
-from marketplace.settlement import Settlement
+from marketplace.settlement_checks import check_receipts, check_voucher
 from marketplace.v1 import (
     agreement_pb2,
     dispute_pb2,
@@ -171,9 +171,9 @@ def test_the_redeem_passes_the_marketplaces_checks():
     assert verify(KEYS["seller"], V["redeem"]["signed_text"].encode(), request.seller_signature)
     row = SimpleNamespace(agreement_id=agreement_id, held_atomic=body.terms.max_total_atomic,
                           seller_id=KEYS["seller"])
-    assert Settlement._check_voucher(row, body, request.voucher) == \
+    assert check_voucher(row, body, request.voucher) == \
         len(receipts) * body.link_value_atomic
-    Settlement._check_receipts(row, body.terms, request.voucher, receipts)
+    check_receipts(row, body.terms, request.voucher, receipts)
 
 
 def test_the_buyers_finish_confirm_and_dispute_signatures():
@@ -249,7 +249,7 @@ def test_the_near_misses_are_refused():
     for case in bad["vouchers"]:  # refused at redeem, and by a seller's gate
         voucher = agreement_pb2.Voucher.FromString(bytes.fromhex(case["voucher_hex"]))
         with pytest.raises(AgentmarketError) as refused:
-            Settlement._check_voucher(row, body, voucher)
+            check_voucher(row, body, voucher)
         assert refused.value.reason == "INVALID_VOUCHER", case["why"]
         gate = PaymentGate(clock_ms=_before_the_deadline)
         gate.open(agreement_id, body)
