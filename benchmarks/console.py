@@ -223,11 +223,12 @@ def run(progress: Any = None, *, agreements: int = AGREEMENTS) -> dict[str, Any]
         session = client.cookies.get("agentmarket_console", path="/console") or ""
         loads = _page_loads(base, session, "/console/agreements", PAGE_LOADS)
         if loads is None:
-            results["console_page_load_p50_ms"] = None
+            results["console_page_load_p50_ms"] = results["console_page_load_p99_ms"] = None
             results["console_page_load_note"] = f"no Chromium at {CHROMIUM}"
         else:
             results["console_page_load_p50_ms"] = round(statistics.median(loads), 1)
             results["console_page_load_p99_ms"] = round(_percentile(loads, 0.99), 1)
+            results["console_page_load_note"] = ""
         worst = max(results["console_page_server_p99_ms"], results["console_page_http_p99_ms"],
                     results.get("console_page_load_p99_ms") or 0)
         results["console_page_under_200ms"] = worst < 200
