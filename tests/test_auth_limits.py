@@ -242,37 +242,45 @@ def test_a_tiny_rate_limit_on_a_seller_refuses_the_excess_before_any_voucher_is_
         assert seller.gate.unspent(deal.agreement_id) == 0  # only admitted calls paid
 
 
+def _unsigned_invokes(seller: SellerAgent, deal: Any, vouchers: list[tuple[int, int]]
+                      ) -> list[tuple[grpc.StatusCode, str]]:
+    """Unsigned Invokes carrying forged vouchers (payword index, cumulative amount), one
+    after another: each refusal's code and details."""
+    from agents.payments import VOUCHER_METADATA_KEY
+    from marketplace.v1 import agreement_pb2
+
+    refused = []
+    with grpc.insecure_channel(seller.endpoint) as raw:
+        for n, (index, cumulative) in enumerate(vouchers):
+            forged = agreement_pb2.Voucher(
+                agreement_id=deal.agreement_id, sequence=n + 1, payword_index=index,
+                cumulative_atomic=cumulative, payword=os.urandom(32))
+            try:
+                raw.unary_unary("/agents.v1.AgentService/Invoke")(
+                    agent_pb2.InvokeRequest(agreement_id=deal.agreement_id,
+                                            input_json='{"text": "x"}').SerializeToString(),
+                    timeout=10, metadata=[(VOUCHER_METADATA_KEY, forged.SerializeToString())])
+            except grpc.RpcError as error:
+                refused.append((error.code(), error.details()))
+    return refused
+
+
 def test_forged_vouchers_far_along_the_chain_pay_for_their_hashing_in_tokens(tmp_path):
     """An unsigned call's voucher that would cost more than CHEAP_CHECK_HASHES hashes draws
     one token of the agreement's unproven bucket per CHEAP_CHECK_HASHES: whoever knows the
     agreement id cannot buy tens of milliseconds of hashing per token, and the buyer's own
     (cheap) calls go on."""
-    from agents.payments import VOUCHER_METADATA_KEY
     from marketplace.payword import CHEAP_CHECK_HASHES
-    from marketplace.v1 import agreement_pb2
 
     calls = CHEAP_CHECK_HASHES * 8
     with _hired_under_a_tiny_limit(tmp_path, burst=8, quantity=calls, funds="10.00",
                                    budget="10.00") as (seller, buyer, deal):
-        codes = []
-        with grpc.insecure_channel(seller.endpoint) as raw:
-            for n in range(3):
-                forged = agreement_pb2.Voucher(
-                    agreement_id=deal.agreement_id, sequence=n + 1, payword_index=calls,
-                    cumulative_atomic=calls * deal.body.link_value_atomic,
-                    payword=os.urandom(32))
-                try:
-                    raw.unary_unary("/agents.v1.AgentService/Invoke")(
-                        agent_pb2.InvokeRequest(agreement_id=deal.agreement_id,
-                                                input_json='{"text": "x"}'
-                                                ).SerializeToString(), timeout=10,
-                        metadata=[(VOUCHER_METADATA_KEY, forged.SerializeToString())])
-                except grpc.RpcError as error:
-                    codes.append(error.code())
+        refused = _unsigned_invokes(seller, deal,
+                                    [(calls, calls * deal.body.link_value_atomic)] * 3)
         # the first drains the burst (its cost, capped there) and is hashed and refused
-        assert codes == [grpc.StatusCode.PERMISSION_DENIED,
-                         grpc.StatusCode.RESOURCE_EXHAUSTED,
-                         grpc.StatusCode.RESOURCE_EXHAUSTED]
+        assert [code for code, _ in refused] == [grpc.StatusCode.PERMISSION_DENIED,
+                                                 grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                                 grpc.StatusCode.RESOURCE_EXHAUSTED]
         assert buyer.invoke(deal, {"text": "mine"}).output == {"text": "mine"}
 
 
@@ -280,7 +288,6 @@ def test_vouchers_refused_before_any_hashing_draw_nothing(tmp_path):
     """A voucher past the chain's end, or whose amount does not match its index, is refused
     without hashing, so it costs no token: a stranger's stream of them leaves the unproven
     bucket whole for the buyer's own far-along (dear) voucher."""
-    from agents.payments import VOUCHER_METADATA_KEY
     from marketplace.payword import CHEAP_CHECK_HASHES
     from marketplace.v1 import agreement_pb2
 
@@ -288,24 +295,11 @@ def test_vouchers_refused_before_any_hashing_draw_nothing(tmp_path):
     with _hired_under_a_tiny_limit(tmp_path, burst=8, quantity=calls, funds="10.00",
                                    budget="10.00") as (seller, buyer, deal):
         link, length = deal.body.link_value_atomic, deal.body.payword_length
-        forgeries = [(length + 1, (length + 1) * link), (calls, calls * link + 1)] * 4
-        codes = []
-        with grpc.insecure_channel(seller.endpoint) as raw:
-            for n, (index, cumulative) in enumerate(forgeries):
-                forged = agreement_pb2.Voucher(
-                    agreement_id=deal.agreement_id, sequence=n + 1, payword_index=index,
-                    cumulative_atomic=cumulative, payword=os.urandom(32))
-                try:
-                    raw.unary_unary("/agents.v1.AgentService/Invoke")(
-                        agent_pb2.InvokeRequest(agreement_id=deal.agreement_id,
-                                                input_json='{"text": "x"}'
-                                                ).SerializeToString(), timeout=10,
-                        metadata=[(VOUCHER_METADATA_KEY, forged.SerializeToString())])
-                except grpc.RpcError as error:
-                    codes.append((error.code(), error.details()))
-        assert len(codes) == 8 and not [d for _, d in codes if "rate limit" in d], codes
-        assert {c for c, _ in codes} == {grpc.StatusCode.RESOURCE_EXHAUSTED,  # past the end
-                                         grpc.StatusCode.PERMISSION_DENIED}
+        refused = _unsigned_invokes(
+            seller, deal, [(length + 1, (length + 1) * link), (calls, calls * link + 1)] * 4)
+        assert len(refused) == 8 and not [d for _, d in refused if "rate limit" in d], refused
+        assert {code for code, _ in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED,  # past
+                                                 grpc.StatusCode.PERMISSION_DENIED}  # its end
         assert seller.gate.check_hashes(deal.agreement_id, agreement_pb2.Voucher(
             agreement_id=deal.agreement_id, sequence=1, payword_index=calls,
             cumulative_atomic=calls * link)) == calls  # a genuine far voucher would cost

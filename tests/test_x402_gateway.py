@@ -15,6 +15,7 @@ import asyncio
 import json
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from x402.http.utils import decode_payment_response_header
@@ -87,24 +88,33 @@ def test_a_session_of_per_unit_calls_is_one_hold_and_one_capture(market):
     books_balance(market.node)
 
 
-def test_a_streamed_answer_is_billed_as_it_flows_and_stops_at_the_authorisation(market):
-    async def run() -> tuple[list[tuple[str, str]], dict]:
-        client, _ = http_client(market.key, market.network)
-        events: list[tuple[str, str]] = []
-        async with client, client.stream("POST", market.url("write"),
-                                 json={"topic": "agents", "words": 1000},
-                                 headers={"accept": "text/event-stream"}) as response:
-            assert response.status_code == 200
-            held = decode_payment_response_header(response.headers["payment-response"])
-            name = ""
-            async for line in response.aiter_lines():
-                if line.startswith("event: "):
-                    name = line[7:]
-                elif line.startswith("data: "):
-                    events.append((name, line[6:]))
-        return events, {"held": held}
+async def _read_stream(client, url: str, *, words: int = 40, hang_up: bool = False
+                       ) -> tuple[list[tuple[str, str]], Any]:
+    """The events of one streamed call and its PAYMENT-RESPONSE header (the hold); `hang_up`:
+    leave after the first piece."""
+    events: list[tuple[str, str]] = []
+    async with client.stream("POST", url, json={"topic": "agents", "words": words},
+                             headers={"accept": "text/event-stream"}) as response:
+        assert response.status_code == 200
+        held = decode_payment_response_header(response.headers["payment-response"])
+        name = ""
+        async for line in response.aiter_lines():
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                events.append((name, line[6:]))
+                if hang_up and name == "message":
+                    break
+    return events, held
 
-    events, seen = asyncio.run(run())
+
+def test_a_streamed_answer_is_billed_as_it_flows_and_stops_at_the_authorisation(market):
+    async def run() -> tuple[list[tuple[str, str]], Any]:
+        client, _ = http_client(market.key, market.network)
+        async with client:
+            return await _read_stream(client, market.url("write"), words=1000)
+
+    events, held = asyncio.run(run())
     pieces = [json.loads(data) for name, data in events if name == "message"]
     charges = [int(p["charged"]) for p in pieces]
     assert pieces and charges == sorted(charges)  # billed as it flows
@@ -112,7 +122,7 @@ def test_a_streamed_answer_is_billed_as_it_flows_and_stops_at_the_authorisation(
     assert end["stopReason"] == "budget"  # stopped at what the voucher authorised
     settled = decode_payment_response_header(
         next(data for name, data in events if name == "payment-response"))
-    authorised = int(seen["held"].amount)
+    authorised = int(held.amount)
     assert int(settled.amount) == int(end["usage"]["charged"]) <= authorised
     assert settled.extra["settlement"]["captured"] == settled.amount
     books_balance(market.node)
@@ -129,32 +139,15 @@ def drip(topic: str, words: int) -> Iterator[str]:
         yield piece
 
 
-async def _read_stream(client, url: str, *, hang_up: bool) -> list[tuple[str, str]]:
-    """The events of one streamed call; `hang_up`: leave after the first piece."""
-    events: list[tuple[str, str]] = []
-    async with client.stream("POST", url, json={"topic": "agents", "words": 40},
-                             headers={"accept": "text/event-stream"}) as response:
-        assert response.status_code == 200
-        name = ""
-        async for line in response.aiter_lines():
-            if line.startswith("event: "):
-                name = line[7:]
-            elif line.startswith("data: "):
-                events.append((name, line[6:]))
-                if hang_up and name == "message":
-                    break
-    return events
-
-
 def test_a_streamed_call_whose_reader_hangs_up_is_still_charged_to_its_session(market):
     seller = SellerAgent("dripper", skills=[drip], marketplace=market.node.address,
                          dispute_window_s=0).serve()
     url = f"{market.http.url}/v1/skills/{seller.agent_id}/drip"
 
-    async def run() -> tuple[dict, int, int]:
+    async def run() -> tuple[dict, int, int, int, int]:
         client, schemes = http_client(market.key, market.network, calls_per_session=3)
         async with client:
-            assert len(await _read_stream(client, url, hang_up=True)) == 1
+            assert len((await _read_stream(client, url, hang_up=True))[0]) == 1
             agreement = schemes["upto"].open_sessions()[0]
             session = market.gateway.sessions.sessions[agreement]
             for _ in range(400):  # the relay goes on without its reader, then settles
@@ -162,7 +155,7 @@ def test_a_streamed_call_whose_reader_hangs_up_is_still_charged_to_its_session(m
                     break
                 await asyncio.sleep(0.025)
             hung_up = session.charged_atomic
-            events = await _read_stream(client, url, hang_up=False)  # the session goes on
+            events, _ = await _read_stream(client, url)  # the session goes on
             end = json.loads(next(data for name, data in events if name == "end"))
             closed = await client.post(f"{market.http.url}/v1/sessions/{agreement}/close",
                                        json={"finish": schemes["upto"].finish_signature(
