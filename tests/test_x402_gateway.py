@@ -173,6 +173,31 @@ def test_a_streamed_call_whose_reader_hangs_up_is_still_charged_to_its_session(m
     books_balance(market.node)
 
 
+def test_a_streamed_call_whose_settlement_fails_ends_with_an_error_event(market, monkeypatch,
+                                                                          caplog):
+    from x402.http import x402HTTPResourceServer
+
+    settle = x402HTTPResourceServer.process_settlement
+
+    async def broken(*args, **kwargs):  # only the streamed call's settlement after its relay
+        if asyncio.current_task().get_coro().__name__ == "_relay":
+            raise RuntimeError("the facilitator fell over")
+        return await settle(*args, **kwargs)
+
+    monkeypatch.setattr(x402HTTPResourceServer, "process_settlement", broken)
+
+    async def run() -> list[tuple[str, str]]:
+        client, _ = http_client(market.key, market.network)
+        async with client:
+            return (await _read_stream(client, market.url("write")))[0]
+
+    events = asyncio.run(run())
+    assert [name for name, _ in events][-1] == "error"  # not a silently cut stream
+    assert json.loads(events[-1][1])["error"] == "internal"
+    assert "could not finish a streamed call" in caplog.text
+    assert "the facilitator fell over" in caplog.text
+
+
 def test_a_session_hands_the_seller_the_escrow_proof_so_it_never_asks_the_node(market):
     asked: list[str] = []
     get = market.node.settlement.get

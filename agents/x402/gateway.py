@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -69,6 +70,8 @@ from wallets import attributes as attr
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_REMEMBERED = 10_000
+
+log = logging.getLogger(__name__)
 
 
 class Gateway:
@@ -234,6 +237,10 @@ class Gateway:
         try:
             for piece in await self._relayed(route, arguments, processed, ctx, events.put_nowait):
                 events.put_nowait(piece)
+        except Exception:  # the reader is told the call did not finish; the operator why
+            log.exception("the gateway could not finish a streamed call")
+            events.put_nowait(event("error", {"error": "internal", "message":
+                                              "the gateway could not finish this call"}))
         finally:
             events.put_nowait(None)
 
