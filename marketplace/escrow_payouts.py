@@ -24,7 +24,7 @@ from wallets.models import Transfer
 
 
 class Payouts:
-    """The postings of release, refund and expire, for `Settlement` and `Disputes`."""
+    """The postings of release, refund and expire, for `Settlement`."""
 
     def __init__(self, ledger: Ledger, *, fee_bps: int, clock_ms: Callable[[], int],
                  metrics: MarketMetrics, span: Callable[[str, Callable[[], dict[str, Any]]], Any]
