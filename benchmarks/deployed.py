@@ -8,13 +8,16 @@ tasks/s, the CPU each kind of party spent per task (user + system time from /pro
 of every step. At the end the node's books must balance with no agreement left open.
 
     python -m benchmarks.deployed [sqlite|postgres] [--window S] [--tasks N] [--profile DIR]
-                                  [--gc-defaults]
+                                  [--perf DIR] [--gc-defaults]
 
 Every party settles its heap once started (`marketplace.heap`), as the node command does;
 `--gc-defaults` runs them all with CPython's collector settings instead, for comparison.
 
 `--profile DIR` samples the node and one seller and one buyer process with py-spy over the
-window (folded stacks in DIR; py-spy beside this Python or on PATH).
+window (folded stacks in DIR; py-spy beside this Python or on PATH). `--perf DIR` samples the
+same three with Linux `perf` instead and prints where each one's CPU goes below Python: the
+interpreter, the kernel (and its thread switching), grpc's C-core, SQLite, libsodium
+(`benchmarks.native_profile`).
 """
 
 from __future__ import annotations
@@ -33,9 +36,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+
 from benchmarks._deployed_parties import GC_DEFAULTS
 from benchmarks._process import TICKS_PER_S, terminate
 from benchmarks._process import cpu_s as _cpu_s
+from benchmarks.native_profile import PerfRecorder, available, shares, table
 from benchmarks.tasks import _drop, _postgres_url
 
 SELLERS = 5
@@ -148,7 +154,7 @@ def _profile(kinds: dict[str, list[Party]], profile_dir: Path | None) -> list[su
 def bench(db_url: str, workdir: Path, window_s: float = MIN_WINDOW_S,
           min_tasks: int = MIN_TASKS, *, nodes: int = 1,
           redis_url: str | None = None, profile_dir: Path | None = None,
-          gc_defaults: bool = False) -> dict[str, Any]:
+          gc_defaults: bool = False, perf_dir: Path | None = None) -> dict[str, Any]:
     """`nodes` node processes over `db_url` (sharing `redis_url` with --redis when given);
     seller i talks to node i mod nodes, every buyer to all of them (round robin)."""
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
@@ -187,6 +193,9 @@ def bench(db_url: str, workdir: Path, window_s: float = MIN_WINDOW_S,
         time.sleep(WARMUP_S)
         kinds = {"node": node_parties, "sellers": sellers, "buyers": buyers}
         profilers = _profile(kinds, profile_dir)
+        perf = PerfRecorder(perf_dir) if perf_dir is not None else None
+        recorded = {kind: perf.start(kind, ps[0].process.pid)
+                    for kind, ps in kinds.items()} if perf is not None else {}
         cpu_before = {k: sum(_cpu_s(p.process.pid) for p in ps) for k, ps in kinds.items()}
         cpu_before["redis"] = _redis_cpu_s(redis_url)
         database_before = _database_cpu(db_url)
@@ -209,6 +218,8 @@ def bench(db_url: str, workdir: Path, window_s: float = MIN_WINDOW_S,
         for profiler in profilers:
             profiler.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
             profiler.wait(timeout=60)
+        if perf is not None:
+            perf.stop()
         stop.touch()
         outs = []
         for buyer in buyers:
@@ -236,6 +247,9 @@ def bench(db_url: str, workdir: Path, window_s: float = MIN_WINDOW_S,
             values = [x for out in outs for x in out["latencies"][step]]
             figures[f"{step}_p50_ms"] = _quantile(values, 50)
             figures[f"{step}_p99_ms"] = _quantile(values, 99)
+        for kind, data in recorded.items():  # the same processes' CPU, by library
+            for part, share in shares(data).items():
+                figures[f"{kind}_{part}_share"] = share
     finally:
         for party in reversed(parties):
             party.stop()
@@ -268,7 +282,8 @@ def _books(db_url: str) -> dict[str, Any]:
 
 def run(progress: Any = None, window_s: float = MIN_WINDOW_S, min_tasks: int = MIN_TASKS,
         backends: tuple[str, ...] = ("sqlite", "postgres"),
-        profile_dir: Path | None = None, gc_defaults: bool = False) -> dict[str, Any]:
+        profile_dir: Path | None = None, gc_defaults: bool = False,
+        perf_dir: Path | None = None) -> dict[str, Any]:
     say = progress or (lambda _text: None)
     results: dict[str, Any] = {"deployed_buyers": BUYER_PROCESSES * BUYERS_PER_PROCESS,
                                "deployed_sellers": SELLERS}
@@ -277,7 +292,7 @@ def run(progress: Any = None, window_s: float = MIN_WINDOW_S, min_tasks: int = M
             say("deployed shape (every party its own process), SQLite")
             figures = bench(f"sqlite:///{Path(tmp) / 'market.db'}", Path(tmp), window_s, min_tasks,
                             profile_dir=profile_dir and profile_dir / "sqlite",
-                            gc_defaults=gc_defaults)
+                            gc_defaults=gc_defaults, perf_dir=perf_dir and perf_dir / "sqlite")
         results["tasks_per_s_deployed_sqlite"] = figures.pop("tasks_per_s")
         results["node_cpu_ms_per_task"] = figures["node_cpu_ms_per_task"]
         results.update({f"deployed_sqlite_{k}": v for k, v in figures.items()})
@@ -288,7 +303,8 @@ def run(progress: Any = None, window_s: float = MIN_WINDOW_S, min_tasks: int = M
             with tempfile.TemporaryDirectory(prefix="agentmarket-deployed-") as tmp:
                 figures = bench(url, Path(tmp), window_s, min_tasks,
                                 profile_dir=profile_dir and profile_dir / "postgres",
-                                gc_defaults=gc_defaults)
+                                gc_defaults=gc_defaults,
+                                perf_dir=perf_dir and perf_dir / "postgres")
         finally:
             _drop(url)
         results["tasks_per_s_deployed_postgres"] = figures.pop("tasks_per_s")
@@ -302,6 +318,19 @@ if __name__ == "__main__":
     tasks = int(args[args.index("--tasks") + 1]) if "--tasks" in args else MIN_TASKS
     chosen = tuple(a for a in args if a in ("sqlite", "postgres")) or ("sqlite", "postgres")
     profile = Path(args[args.index("--profile") + 1]) if "--profile" in args else None
-    for name, value in run(print, window, tasks, chosen, profile,
-                           gc_defaults="--gc-defaults" in args).items():
-        print(f"{name}: {value}")
+    perf_out = Path(args[args.index("--perf") + 1]) if "--perf" in args else None
+    if perf_out is not None and (why := available()):
+        sys.exit(f"--perf: {why}")
+    results = run(print, window, tasks, chosen, profile, gc_defaults="--gc-defaults" in args,
+                  perf_dir=perf_out)
+    for name, value in results.items():
+        if not name.endswith("_share"):
+            print(f"{name}: {value}")
+    for backend in chosen:
+        found = {kind: {k.removeprefix(f"deployed_{backend}_{kind}_").removesuffix("_share"): v
+                        for k, v in results.items()
+                        if k.startswith(f"deployed_{backend}_{kind}_") and k.endswith("_share")}
+                 for kind in ("node", "sellers", "buyers")}
+        if all(found.values()):
+            Console().print(table({kind: results[f"deployed_{backend}_{kind}_cpu_ms_per_task"]
+                                   for kind in found}, found))
