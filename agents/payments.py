@@ -234,7 +234,9 @@ class PaymentGate(GateRedeems):
             return Admission(agreement_id, key, voucher.sequence, reserve)
 
     @staticmethod
-    def _check_new(account: AgreementAccount, voucher: agreement_pb2.Voucher) -> None:
+    def _check_unhashed(account: AgreementAccount, voucher: agreement_pb2.Voucher) -> None:
+        """What refuses a voucher before any hashing: a replay, an amount that does not match
+        its index, a word past the chain's end or the agreement's maximum."""
         body = account.body
         if voucher.sequence <= account.sequence or voucher.payword_index < account.anchor_index:
             raise InvalidVoucher(f"voucher {voucher.sequence} was already used (replay)")
@@ -243,6 +245,10 @@ class PaymentGate(GateRedeems):
         if (voucher.payword_index > body.payword_length
                 or voucher.cumulative_atomic > body.terms.max_total_atomic):
             raise BudgetExceeded("the voucher goes past the agreement's maximum")
+
+    @staticmethod
+    def _check_new(account: AgreementAccount, voucher: agreement_pb2.Voucher) -> None:
+        PaymentGate._check_unhashed(account, voucher)
         if not verify_word(voucher.payword, voucher.payword_index, account.anchor_word,
                            account.anchor_index):
             raise InvalidVoucher("the voucher's payword is forged")
@@ -358,15 +364,15 @@ class PaymentGate(GateRedeems):
     def check_hashes(self, agreement_id: str, voucher: agreement_pb2.Voucher | None) -> int:
         """How many SHA-256s checking `voucher` would take (from the last word seen); none
         for a voucher refused before any hashing (a replay, past the chain's end, a cumulative
-        amount that does not match its index)."""
+        amount that does not match its index, over the agreement's maximum)."""
         if voucher is None:
             return 0
         account = self._account(agreement_id)
-        body = account.body
-        if voucher.payword_index > body.payword_length or voucher.sequence <= account.sequence \
-                or voucher.cumulative_atomic != voucher.payword_index * body.link_value_atomic:
+        try:
+            self._check_unhashed(account, voucher)
+        except (InvalidVoucher, BudgetExceeded):
             return 0
-        return max(0, voucher.payword_index - account.anchor_index)
+        return voucher.payword_index - account.anchor_index
 
     def proves_payment(self, agreement_id: str, voucher: agreement_pb2.Voucher | None) -> bool:
         """Whether `voucher` reveals a genuine word the seller has not seen: a pure check,
