@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -235,8 +235,7 @@ class Gateway:
     async def _relay(self, route: Route, arguments: dict[str, Any], processed: Any,
                      ctx: HTTPRequestContext, events: asyncio.Queue[bytes | None]) -> None:
         try:
-            for piece in await self._relayed(route, arguments, processed, ctx, events.put_nowait):
-                events.put_nowait(piece)
+            await self._relayed(route, arguments, processed, ctx, events.put_nowait)
         except Exception:  # the reader is told the call did not finish; the operator why
             log.exception("the gateway could not finish a streamed call")
             events.put_nowait(event("error", {"error": "internal", "message":
@@ -245,14 +244,14 @@ class Gateway:
             events.put_nowait(None)
 
     async def _relayed(self, route: Route, arguments: dict[str, Any], processed: Any,
-                       ctx: HTTPRequestContext, send: Any) -> list[bytes]:
-        """Stream the seller's pieces to `send`, settle, and return the closing events."""
+                       ctx: HTTPRequestContext, send: Callable[[bytes], None]) -> None:
+        """Each event to `send`: the seller's pieces, then the settlement and the end."""
         payment = net.parse(processed.payment_payload.payload)
         voucher = payment.voucher  # type: ignore[union-attr]
         call = self.channels.stub(route.listing.endpoint).InvokeStream(
             forward.invoke_request(arguments, voucher), timeout=forward.CALL_TIMEOUT_S,
             metadata=paid_call_metadata(voucher, self._proof(voucher.agreement_id)))
-        end, charged, closing = None, 0, []
+        end, charged = None, 0
         try:
             async for chunk in call:
                 if chunk.HasField("end"):
@@ -268,10 +267,10 @@ class Gateway:
             settlement_overrides={"amount": str(charged if end is not None else 0)},
             declared_extensions=processed.declared_extensions)
         if settled.settle_response is not None:
-            closing.append(event("payment-response", encode_payment_response_header(
+            send(event("payment-response", encode_payment_response_header(
                 settled.settle_response)))
         if end is not None:
-            closing.append(event("end", {
+            send(event("end", {
                 "output": json.loads(end.output_json),
                 "stopReason": agent_pb2.StopReason.Name(end.stop_reason)
                 .removeprefix("STOP_REASON_").lower(),
@@ -279,7 +278,6 @@ class Gateway:
                           "outputTokens": end.usage.output_tokens,
                           "charged": str(end.usage.charged_atomic)},
                 "receipt": net.b64(end.receipt.SerializeToString())}))
-        return closing
 
     def _proof(self, agreement_id: str) -> bytes:
         """The session's escrow proof, for the seller on the calls of the full path (a
