@@ -247,9 +247,8 @@ def bench(db_url: str, workdir: Path, window_s: float = MIN_WINDOW_S,
             values = [x for out in outs for x in out["latencies"][step]]
             figures[f"{step}_p50_ms"] = _quantile(values, 50)
             figures[f"{step}_p99_ms"] = _quantile(values, 99)
-        for kind, data in recorded.items():  # the same processes' CPU, by library
-            for part, share in shares(data).items():
-                figures[f"{kind}_{part}_share"] = share
+        if recorded:  # the same processes' CPU, by library (printed, never in results.json)
+            figures["perf_shares"] = {kind: shares(data) for kind, data in recorded.items()}
     finally:
         for party in reversed(parties):
             party.stop()
@@ -323,14 +322,10 @@ if __name__ == "__main__":
         sys.exit(f"--perf: {why}")
     results = run(print, window, tasks, chosen, profile, gc_defaults="--gc-defaults" in args,
                   perf_dir=perf_out)
+    found = {backend: results.pop(f"deployed_{backend}_perf_shares", None) for backend in chosen}
     for name, value in results.items():
-        if not name.endswith("_share"):
-            print(f"{name}: {value}")
-    for backend in chosen:
-        found = {kind: {k.removeprefix(f"deployed_{backend}_{kind}_").removesuffix("_share"): v
-                        for k, v in results.items()
-                        if k.startswith(f"deployed_{backend}_{kind}_") and k.endswith("_share")}
-                 for kind in ("node", "sellers", "buyers")}
-        if all(found.values()):
+        print(f"{name}: {value}")
+    for backend, by_kind in found.items():
+        if by_kind:
             Console().print(table({kind: results[f"deployed_{backend}_{kind}_cpu_ms_per_task"]
-                                   for kind in found}, found))
+                                   for kind in by_kind}, by_kind))
