@@ -208,7 +208,7 @@ class Settlement:
             opened = _OPENED.first(conn, {"agreement": agreement}) is not None
             if not opened:
                 check_open(body, now)
-                skill = self._listed_skill(body, conn)
+                skill = listed_skill(self.registry.get_in(conn, body.seller_id), body.terms)
                 self.verification.check_terms(terms)
                 buyer = self._buyer_wallet(conn, body.buyer_id, terms.currency)
         if opened:  # a retry replays its first answer; any other request is an illegal open
@@ -281,11 +281,6 @@ class Settlement:
         if known is None and len(self._account_ids) < MAX_KNOWN_ACCOUNTS:
             self._account_ids[key] = row.id
         return row
-
-    def _listed_skill(self, body: agreement_pb2.AgreementBody,
-                      conn: Any) -> registry_pb2.Skill:
-        """The seller's live listing must sell these terms."""
-        return listed_skill(self.registry.get_in(conn, body.seller_id), body.terms)
 
     # ---- redeem ---------------------------------------------------------------------------
 
