@@ -23,6 +23,7 @@ from x402.schemas import PaymentPayload
 
 from agents.x402 import buyer_client
 from agents.x402 import client as x402_client
+from marketplace.v1 import agreement_pb2
 from tests.x402_market import Market, books_balance, open_market
 
 
@@ -184,6 +185,35 @@ def test_a_retry_with_the_same_payment_identifier_returns_the_first_answer(marke
         == decode_payment_response_header(first.headers["payment-response"]).transaction
     assert market.posted(market.key.agent_id) == before - 2_000_000  # paid once
     books_balance(market.node)
+
+
+def test_the_same_payment_identifier_with_another_request_is_a_conflict(market):
+    """x402's payment-identifier: the same id with another payload or other arguments is 409
+    and moves nothing; only the first request repeated reads its answer."""
+    _, payload = _payload(market, "shout")
+    extensions = dict(payload.extensions or {})
+    append_payment_identifier_to_extensions(extensions, "pay_conflict_0123456789")
+    with_id = payload.model_copy(update={"extensions": extensions})
+    header = encode_payment_signature_header(with_id)
+    first = _send(market, "shout", header)
+    assert first.status_code == 200, first.text
+    before = _ledger_state(market), market.posted(market.key.agent_id)
+    voucher = agreement_pb2.Voucher.FromString(base64.b64decode(with_id.payload["voucher"]))
+    voucher.payword = bytes(32)  # a stranger's guess of the word: same agreement, same id
+    forged = {**with_id.payload, "voucher": base64.b64encode(voucher.SerializeToString()).decode()}
+    others = [
+        _send(market, "shout", header, body={"text": "something else"}),
+        _send(market, "shout", encode_payment_signature_header(
+            with_id.model_copy(update={"payload": forged}))),
+    ]
+    for other in others:
+        assert other.status_code == 409, other.text
+        assert other.json()["error"] == "payment_identifier_conflict"
+        assert "payment-response" not in other.headers
+        assert first.json() != other.json()
+    assert (_ledger_state(market), market.posted(market.key.agent_id)) == before
+    again = _send(market, "shout", header)
+    assert (again.status_code, again.content) == (200, first.content)
 
 
 def test_the_seller_countersigns_a_list_price_agreement_only_at_its_list(market):

@@ -4,6 +4,7 @@ between x402's answers and ours (the refusal's reason, payment identifiers, even
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -56,6 +57,16 @@ class Adapter:
 class Unpaid(Adapter):
     def get_header(self, name: str) -> str | None:
         return None if name.lower() == "payment-signature" else super().get_header(name)
+
+
+def fingerprint(data: Any, listing_id: str, skill: str, arguments: dict[str, Any]) -> bytes:
+    """What a retry under one payment identifier must repeat: the payment payload, the
+    resource and the arguments. x402's payment-identifier: the same id with the same payload
+    gets the first answer, with another payload 409 (so knowing an id, or an agreement's, is
+    not enough to read another's answer)."""
+    canonical = json.dumps([data, listing_id, skill, arguments], sort_keys=True,
+                           separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).digest()
 
 
 def identifier(payload: PaymentPayload | None) -> tuple[str, str] | None:

@@ -47,7 +47,15 @@ from agents.payments import paid_call_metadata
 from agents.v1 import agent_pb2
 from agents.x402 import forward
 from agents.x402 import network as net
-from agents.x402._door import Adapter, Unpaid, event, identifier, problem, refined
+from agents.x402._door import (
+    Adapter,
+    Unpaid,
+    event,
+    fingerprint,
+    identifier,
+    problem,
+    refined,
+)
 from agents.x402.evm import EvmSettlement
 from agents.x402.facilitator import (
     LedgerScheme,
@@ -105,7 +113,8 @@ class Gateway:
         self.routes = Routes(node, self.server, self.network, self.key, self.channels)
         self.session_calls = SessionCalls(self.sessions, self.server, self.routes,
                                           self.channels, node.key, self.network)
-        self._answers: dict[tuple[str, str], tuple[int, dict[str, str], bytes]] = {}
+        # (scope, payment identifier) -> the first answer and the fingerprint of its request
+        self._answers: dict[tuple[str, str], tuple[bytes, int, dict[str, str], bytes]] = {}
         self._relays: set[asyncio.Task[None]] = set()  # streamed calls being relayed
 
     def app(self, hosts: Sequence[str] = LOOPBACK_HOSTS) -> Starlette:
@@ -145,7 +154,7 @@ class Gateway:
             fast = await self.session_calls.answer(request, header, arguments, span)
             if fast is not None:
                 return fast
-        payload = None
+        payload, data = None, None
         if header:
             try:
                 data = json.loads(safe_base64_decode(header))
@@ -165,9 +174,15 @@ class Gateway:
             return problem(503, "seller_refused", f"the seller did not quote: "
                                                   f"{error.details()}")
         remembered = identifier(payload)
-        if remembered and remembered in self._answers:
-            status, headers, body = self._answers[remembered]
-            return Response(body, status_code=status, headers=headers)
+        if remembered:
+            request_print = fingerprint(data, listing_id, skill, arguments)
+            if remembered in self._answers:
+                first_print, status, headers, body = self._answers[remembered]
+                if first_print != request_print:
+                    return problem(409, "payment_identifier_conflict",
+                                   "this payment identifier was used with another payment "
+                                   "or request")
+                return Response(body, status_code=status, headers=headers)
         ctx = HTTPRequestContext(adapter=Adapter(request, arguments), path=request.url.path,
                                  method="POST", payment_header=header)
         processed = await self._next_voucher(route, payload)
@@ -215,7 +230,7 @@ class Gateway:
         if remembered:
             if len(self._answers) >= MAX_REMEMBERED:
                 self._answers.pop(next(iter(self._answers)))
-            self._answers[remembered] = (status, headers, answer)
+            self._answers[remembered] = (request_print, status, headers, answer)
         return Response(answer, status_code=status, headers=headers)
 
     async def _streamed(self, route: Route, arguments: dict[str, Any], processed: Any,

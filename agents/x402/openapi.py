@@ -46,6 +46,11 @@ def openapi(network: str) -> dict[str, Any]:
                                            "the reason)",
                             "headers": {"PAYMENT-REQUIRED": {"schema": {"type": "string"}}}},
                     "404": {"description": "no such listing or skill"},
+                    "409": {"description": "the session has a call in flight "
+                                           "(`session_busy`), or the payment identifier was "
+                                           "used with another payment or request "
+                                           "(`payment_identifier_conflict`)",
+                            "content": {"application/json": {"schema": _PROBLEM}}},
                     "413": {"description": "the body is over the limit"}}}},
             "/v1/sessions/{agreement}/close": {"post": {
                 "summary": "Close a session: the seller redeems, the node captures once",
