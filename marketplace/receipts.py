@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import orjson
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 
 from marketplace import agreement_states as st
 from marketplace.checkpoints import Checkpoints
@@ -110,6 +110,11 @@ def _stated(posting: Any, prev_hash: str) -> dict[str, Any]:
 
 _UNSIGNED = hot.Statement(select(RECEIPTS.c.receipt_id).where(RECEIPTS.c.signature == "")
                           .limit(1))
+_UNSIGNED_OF = hot.Statement(select(RECEIPTS.c.receipt_id).where(
+    RECEIPTS.c.signature == "", RECEIPTS.c.subject == bindparam("subject")).limit(1))
+_LATEST_SIGNED = hot.Statement(select(RECEIPTS.c.body_json, RECEIPTS.c.signature).where(
+    RECEIPTS.c.subject == bindparam("subject"), RECEIPTS.c.signature != "")
+    .order_by(RECEIPTS.c.last_sequence.desc()).limit(1))
 
 
 class ReceiptBook:
@@ -167,14 +172,10 @@ class ReceiptBook:
         query = select(RECEIPTS).where(RECEIPTS.c.signature == "")
         if subject is not None:
             query = query.where(RECEIPTS.c.subject == subject)
-        if subject is None:  # any unsigned at all (the sweeper asks every round)
-            with hot.reading(self.engine) as reader:
-                if _UNSIGNED.first(reader, {}) is None:
-                    return 0
-        else:
-            with self.engine.connect().execution_options(agentmarket_read=True) as conn:
-                if conn.execute(query.limit(1)).first() is None:
-                    return 0
+        with hot.reading(self.engine) as reader:  # any unsigned at all (the sweeper asks
+            if (_UNSIGNED.first(reader, {}) if subject is None  # every round)
+                    else _UNSIGNED_OF.first(reader, {"subject": subject})) is None:
+                return 0
         seal(self.engine)  # usually done already by the sealer: the lag is bounded, not zero
         signed = 0
         with self.engine.begin() as conn:
@@ -236,6 +237,14 @@ class ReceiptBook:
                                                        RECEIPTS.c.signature != "")
                                 .order_by(RECEIPTS.c.last_sequence)).all()
         return [{"body": orjson.loads(r.body_json), "signature": r.signature} for r in rows]
+
+    def latest(self, subject: str) -> dict[str, Any] | None:
+        """The subject's newest signed receipt (as `receipts` gives it), or None."""
+        self.complete(subject)
+        with hot.reading(self.engine) as reader:
+            row = _LATEST_SIGNED.first(reader, {"subject": subject})
+        return None if row is None else {"body": orjson.loads(row.body_json),
+                                         "signature": row.signature}
 
     def receipt_file(self, subject: str, kind: str = "") -> bytes:
         """The verifiable file of the subject's receipt (its latest, or of `kind`)."""

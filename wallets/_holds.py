@@ -36,6 +36,14 @@ _SETTLE_HOLD = hot.Statement(update(HOLDS).where(HOLDS.c.id == bindparam("hold")
     status=bindparam("status")))
 _DUE_HOLDS = hot.Statement(select(HOLDS.c.id).where(
     HOLDS.c.status == "open", HOLDS.c.expires_at_ms <= bindparam("now")).limit(bindparam("limit")))
+# Overdue holds of one account (either side) or one hold, read before a balance or a capture
+_DUE_HOLDS_OF_ACCOUNT = hot.Statement(select(HOLDS.c.id).where(
+    HOLDS.c.status == "open", HOLDS.c.expires_at_ms <= bindparam("now"),
+    or_(HOLDS.c.debit_account_id == bindparam("account"),
+        HOLDS.c.credit_account_id == bindparam("account"))).limit(bindparam("limit")))
+_DUE_HOLD = hot.Statement(select(HOLDS.c.id).where(
+    HOLDS.c.id == bindparam("hold"), HOLDS.c.status == "open",
+    HOLDS.c.expires_at_ms <= bindparam("now")))
 _VOID_HOLD = hot.Statement(update(HOLDS).where(HOLDS.c.id == bindparam("hold")).values(
     voided_atomic=bindparam("voided"), status=bindparam("status")))
 MAX_HOLD_TIMEOUT_S = 30 * 24 * 3600
@@ -219,20 +227,18 @@ class LedgerHolds(LedgerReads, MutationRunner):
 
     def expire_holds(self, *, account_id: str | None = None, hold_id: str | None = None,
                      limit: int = 1000) -> int:
-        """Void every open hold past its timeout (the sweeper; also run on access)."""
-        now = self.clock_ms()
-        if account_id is None and hold_id is None:  # the sweeper's, every round: built once
-            with hot.reading(self.engine) as reader:
-                due = [row.id for row in _DUE_HOLDS.all(reader, {"now": now, "limit": limit})]
-            return self._expire(due)
-        query = select(HOLDS.c.id).where(HOLDS.c.status == "open", HOLDS.c.expires_at_ms <= now)
-        if account_id is not None:  # either side: the payee's pending credits expire too
-            query = query.where(or_(HOLDS.c.debit_account_id == account_id,
-                                    HOLDS.c.credit_account_id == account_id))
-        if hold_id is not None:
-            query = query.where(HOLDS.c.id == hold_id)
-        with self._read() as conn:
-            due = [row.id for row in conn.execute(query.limit(limit))]
+        """Void every open hold past its timeout (the sweeper; also run on access): all of
+        them, an account's (either side: the payee's pending credits expire too) or one."""
+        if account_id is not None and hold_id is not None:
+            raise InvalidArgument("expire the holds of an account or one hold, not both")
+        params: dict[str, Any] = {"now": self.clock_ms(), "limit": limit}
+        statement = _DUE_HOLDS
+        if account_id is not None:
+            statement, params["account"] = _DUE_HOLDS_OF_ACCOUNT, account_id
+        elif hold_id is not None:
+            statement, params = _DUE_HOLD, {"now": params["now"], "hold": hold_id}
+        with hot.reading(self.engine) as reader:  # prepared on SQLite: every balance asks
+            due = [row.id for row in statement.all(reader, params)]
         return self._expire(due)
 
     def _expire(self, due: list[str]) -> int:

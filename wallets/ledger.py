@@ -98,6 +98,12 @@ def _apply_leg_statement() -> Any:
 
 _APPLY_LEG = _apply_leg_statement()
 _APPLY_LEG_SQLITE = hot.compile_for_sqlite(_APPLY_LEG)
+# An account's row by id, and a wallet by owner: prepared on SQLite, where an account's row is
+# its whole balance (PostgreSQL adds credits not yet folded: `_credits.accounts_select`)
+_ACCOUNT = hot.Prepared(select(ACCOUNTS).where(ACCOUNTS.c.id == bindparam("account")))
+_ACCOUNT_OF_OWNER = hot.Prepared(select(ACCOUNTS).where(
+    ACCOUNTS.c.owner == bindparam("owner"), ACCOUNTS.c.currency == bindparam("currency"),
+    ACCOUNTS.c.kind == bindparam("kind")))
 _SELECT_ACCOUNTS = select(ACCOUNTS).where(ACCOUNTS.c.id.in_(bindparam("ids", expanding=True)))
 _INSERT_UNSEALED = (insert(POSTINGS).values(sequence=func.nextval("ledger_posting_seq"))
                     .returning(POSTINGS.c.sequence))
@@ -210,11 +216,17 @@ class Ledger(LedgerHolds, LedgerReads, MutationRunner):
         return found
 
     def find_account(self, owner: str, currency_code: str, kind: str = "wallet") -> Balance | None:
+        code = currency(currency_code).code
+        if self._sqlite:  # prepared: a gateway asks before every session it opens
+            with hot.reading(self.engine) as reader:
+                row = _ACCOUNT_OF_OWNER.first(reader, {"owner": owner, "currency": code,
+                                                       "kind": kind})
+            return balance_from_row(row) if row else None
         with self._read() as conn:
             row = conn.execute(
                 _credits.accounts_select(conn).where(
                     ACCOUNTS.c.owner == owner,
-                    ACCOUNTS.c.currency == currency(currency_code).code,
+                    ACCOUNTS.c.currency == code,
                     ACCOUNTS.c.kind == kind,
                 )
             ).first()
@@ -223,9 +235,13 @@ class Ledger(LedgerHolds, LedgerReads, MutationRunner):
     def balance(self, account_id: str) -> Balance:
         """Current balances; holds past their timeout are expired first, so none outlives it."""
         self.expire_holds(account_id=account_id)
-        with self._read() as conn:
-            row = conn.execute(_credits.accounts_select(conn)
-                               .where(ACCOUNTS.c.id == account_id)).first()
+        if self._sqlite:
+            with hot.reading(self.engine) as reader:
+                row = _ACCOUNT.first(reader, {"account": account_id})
+        else:
+            with self._read() as conn:
+                row = conn.execute(_credits.accounts_select(conn)
+                                   .where(ACCOUNTS.c.id == account_id)).first()
         if row is None:
             raise NotFound(f"account {account_id!r} does not exist")
         return balance_from_row(row)

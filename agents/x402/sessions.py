@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from sqlalchemy import bindparam, select
 
 from agents.v1 import agent_pb2, agent_pb2_grpc
 from agents.x402 import network as net
@@ -31,6 +32,7 @@ from marketplace.grpc_tracing import client_interceptors
 from marketplace.identity import AgentKey, verify
 from marketplace.payword import CHEAP_CHECK_HASHES, verify_word
 from marketplace.settlement import Settlement, escrow_message
+from wallets import _sqlite_hot as hot
 from wallets.caller import calling_as
 from wallets.errors import AgentmarketError
 from wallets.ledger import POSTINGS
@@ -42,6 +44,9 @@ MAX_SESSIONS = 100_000
 # ones on `session_unknown`; so sessions opened and left idle cannot shut others out.
 IDLE_EVICT_MS = 60_000
 EVICTED_AT_ONCE = 1_000
+# The sequence of a session's hold posting (its PAYMENT-RESPONSE `transaction`)
+_HOLD_POSTING = hot.Statement(select(POSTINGS.c.sequence).where(
+    POSTINGS.c.hold_id == bindparam("hold"), POSTINGS.c.kind == "hold"))
 
 
 @dataclass
@@ -234,9 +239,8 @@ class SessionBook:
                 raise Refused(reason, f"the seller did not finish: {error.details()}"
                               ) from None
             escrow = self.settlement.get(agreement_id)
-            receipts = self.settlement.receipts.receipts(agreement_id) \
-                if self.settlement.receipts else []
-            last = receipts[-1] if receipts else None
+            last = self.settlement.receipts.latest(agreement_id) \
+                if self.settlement.receipts else None
             closed = {"escrow": escrow, "receipt": last,
                       "transaction": str(last["body"]["postings"][-1]["sequence"])
                       if last else session.hold_posting}
@@ -247,10 +251,9 @@ class SessionBook:
             session.closing.release()
 
     def _hold_posting(self, hold_id: str) -> str:
-        with self.settlement.engine.connect() as conn:
-            found = conn.execute(POSTINGS.select().with_only_columns(POSTINGS.c.sequence).where(
-                POSTINGS.c.hold_id == hold_id, POSTINGS.c.kind == "hold")).scalar()
-        return str(found or "")
+        with hot.reading(self.settlement.engine) as reader:
+            found = _HOLD_POSTING.first(reader, {"hold": hold_id})
+        return str(found.sequence) if found else ""
 
     def _make_room(self) -> None:
         """Forget closed sessions and those past their completion deadline (no call can be
