@@ -135,9 +135,11 @@ class LedgerHolds(LedgerReads, MutationRunner):
 
     def capture_in(self, conn: Connection, key: str, hold_id: str, amount_atomic: int,
                    splits: Sequence[tuple[str, int]] | None = None, *,
-                   final: bool = False, preimage: bytes = b"") -> Posting:
-        """`preimage`: unlocks a hash-locked hold (`wallets.conditional`); others ignore it."""
-        hold = self._open_hold(conn, hold_id, preimage)
+                   final: bool = False, preimage: bytes = b"", locked: Any = None) -> Posting:
+        """`preimage`: unlocks a hash-locked hold (`wallets.conditional`); others ignore it.
+        `locked`: the hold's row as the caller read it in this transaction (`hold_for_update`),
+        so it is not read again."""
+        hold = self._open_hold(conn, hold_id, preimage, locked)
         splits = list(splits) if splits else [(hold.credit_account_id, amount_atomic)]
         if len(splits) > MAX_LEGS or any(a < 0 for _, a in splits) \
                 or sum(a for _, a in splits) != amount_atomic:
@@ -197,15 +199,17 @@ class LedgerHolds(LedgerReads, MutationRunner):
         return posting
 
     def _hold_row(self, conn: Connection, hold_id: str) -> Hold:
-        row = self._hold_for_update(conn, hold_id)
+        row = self.hold_for_update(conn, hold_id)
         if row is None:
             raise NotFound(f"hold {hold_id!r} does not exist")
         return hold_from_row(row)
 
-    def _open_hold(self, conn: Connection, hold_id: str, preimage: bytes = b"") -> Hold:
+    def _open_hold(self, conn: Connection, hold_id: str, preimage: bytes = b"",
+                   locked: Any = None) -> Hold:
         """The hold, FOR UPDATE: concurrent captures of one hold queue here and each sees what
-        the one before left (1000 concurrent captures of one hold all succeeded without it)."""
-        row = self._hold_for_update(conn, hold_id)
+        the one before left (1000 concurrent captures of one hold all succeeded without it).
+        `locked`: its row, already read so in this transaction."""
+        row = self.hold_for_update(conn, hold_id) if locked is None else locked
         if row is None:
             raise NotFound(f"hold {hold_id!r} does not exist")
         hold = hold_from_row(row)
@@ -221,7 +225,7 @@ class LedgerHolds(LedgerReads, MutationRunner):
                              "preimage captures it, and only its timeout voids it")
         return hold
 
-    def _hold_for_update(self, conn: Connection, hold_id: str) -> Any:
+    def hold_for_update(self, conn: Connection, hold_id: str) -> Any:
         """The hold's row, locked (SQLite: writers are serialised, a plain read)."""
         return _HOLD_FOR_UPDATE.first(conn, {"hold": hold_id})
 
