@@ -19,6 +19,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -56,6 +57,7 @@ from agents.x402._door import (
     problem,
     refined,
 )
+from agents.x402.answers import Answer, Answers
 from agents.x402.evm import EvmSettlement
 from agents.x402.facilitator import (
     LedgerScheme,
@@ -77,9 +79,23 @@ from marketplace.identity import AgentKey
 from wallets import attributes as attr
 
 MAX_BODY_BYTES = 64 * 1024
-MAX_REMEMBERED = 10_000
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Remember:
+    """Where a paid call's answer is remembered (`agents.x402.answers`), and whom to tell."""
+
+    scope: str
+    ident: str
+    fingerprint: bytes
+    finished: Callable[[], None]
+
+
+async def _drained(events: asyncio.Queue[bytes | None]) -> AsyncIterator[bytes]:
+    while (piece := await events.get()) is not None:
+        yield piece
 
 
 class Gateway:
@@ -113,8 +129,7 @@ class Gateway:
         self.routes = Routes(node, self.server, self.network, self.key, self.channels)
         self.session_calls = SessionCalls(self.sessions, self.server, self.routes,
                                           self.channels, node.key, self.network)
-        # (scope, payment identifier) -> the first answer and the fingerprint of its request
-        self._answers: dict[tuple[str, str], tuple[bytes, int, dict[str, str], bytes]] = {}
+        self.answers = Answers(self.sessions)  # payment identifiers' first answers
         self._relays: set[asyncio.Task[None]] = set()  # streamed calls being relayed
 
     def app(self, hosts: Sequence[str] = LOOPBACK_HOSTS) -> Starlette:
@@ -145,7 +160,7 @@ class Gateway:
                                                    "bytes")
         try:
             arguments = json.loads(raw or b"{}")
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
             return problem(400, "invalid_json", "the body is not JSON")
         if not isinstance(arguments, dict):
             return problem(400, "invalid_json", "the body is a JSON object of arguments")
@@ -165,6 +180,9 @@ class Gateway:
                 payload = net.v2_payload(data)
             except net.PayloadError as error:
                 return problem(400, "malformed_payment_header", error.message)
+            if isinstance(payload.payload, dict) and "phase" in payload.payload:
+                return problem(400, "malformed_payment_header", "payload.phase is the "
+                               "gateway's to set when it settles, not the payer's")
         listing_id, skill = request.path_params["listing"], request.path_params["skill"]
         try:
             route = await self.routes.route(listing_id, skill)
@@ -173,18 +191,26 @@ class Gateway:
         except grpc.aio.AioRpcError as error:  # the seller would not quote a metered skill
             return problem(503, "seller_refused", f"the seller did not quote: "
                                                   f"{error.details()}")
-        remembered = identifier(payload)
-        if remembered:
-            request_print = fingerprint(data, listing_id, skill, arguments)
-            if remembered in self._answers:
-                first_print, status, headers, body = self._answers[remembered]
-                if first_print != request_print:
-                    return problem(409, "payment_identifier_conflict",
-                                   "this payment identifier was used with another payment "
-                                   "or request")
-                return Response(body, status_code=status, headers=headers)
         ctx = HTTPRequestContext(adapter=Adapter(request, arguments), path=request.url.path,
                                  method="POST", payment_header=header)
+        remembered = identifier(payload)
+        if not remembered:
+            return await self._paid(request, route, payload, arguments, ctx, span, None)
+        scope, ident = remembered
+        request_print = fingerprint(data, listing_id, skill, arguments)
+        first = self.answers.first(scope, ident, request_print)
+        if first is not None:
+            return first
+        return await self.answers.once(scope, ident, request_print, lambda finished: self._paid(
+            request, route, payload, arguments, ctx, span,
+            _Remember(scope, ident, request_print, finished)))
+
+    async def _paid(self, request: Request, route: Route, payload: PaymentPayload | None,
+                    arguments: dict[str, Any], ctx: HTTPRequestContext, span: Any,
+                    remember: _Remember | None) -> Response:
+        """The call checked, held, forwarded and settled by x402's resource server; its
+        answer remembered under its payment identifier (`remember`)."""
+        skill = request.path_params["skill"]
         processed = await self._next_voucher(route, payload)
         if processed is None:
             processed = await route.http.process_http_request(ctx)
@@ -211,11 +237,15 @@ class Gateway:
                              attr.AGREEMENT_ID: (held.result.extra or {}).get("agreementId",
                                                                               "")})
         if "text/event-stream" in request.headers.get("accept", ""):
-            return StreamingResponse(
-                self._streamed(route, arguments, processed, ctx),
-                media_type="text/event-stream", headers={
-                    "cache-control": "no-store", PAYMENT_RESPONSE_HEADER:
-                    encode_payment_response_header(held.result)})
+            headers = {"cache-control": "no-store",
+                       PAYMENT_RESPONSE_HEADER: encode_payment_response_header(held.result)}
+            events: asyncio.Queue[bytes | None] = asyncio.Queue()
+            relay = asyncio.create_task(self._relay(route, arguments, processed, ctx, events,
+                                                    remember, headers))
+            self._relays.add(relay)
+            relay.add_done_callback(self._relays.discard)
+            return StreamingResponse(_drained(events), media_type="text/event-stream",
+                                     headers=headers)
         voucher = net.parse(processed.payment_payload.payload).voucher  # type: ignore[union-attr]
         status, body, charged = await forward.invoke(self.channels, route.listing.endpoint,
                                                      arguments, voucher,
@@ -227,40 +257,45 @@ class Gateway:
         headers = dict(settled.headers)
         answer = json.dumps(body).encode()
         headers["content-type"] = "application/json"
-        if remembered:
-            if len(self._answers) >= MAX_REMEMBERED:
-                self._answers.pop(next(iter(self._answers)))
-            self._answers[remembered] = (request_print, status, headers, answer)
+        if remember is not None:
+            self.answers.remember(remember.scope, remember.ident,
+                                  Answer(remember.fingerprint, status, headers, answer))
         return Response(answer, status_code=status, headers=headers)
 
-    async def _streamed(self, route: Route, arguments: dict[str, Any], processed: Any,
-                        ctx: HTTPRequestContext) -> AsyncIterator[bytes]:
-        """Server-sent events: `data` per piece with the charge so far; the seller stops at
-        what the voucher authorised; then `payment-response` (the settlement) and `end`.
-        The call is relayed and settled by a task of its own: a reader that hangs up stops
-        reading, not the relay, so the seller's charge (at most what the voucher authorised)
-        is still booked to the session, whose books stay the seller's."""
-        events: asyncio.Queue[bytes | None] = asyncio.Queue()
-        relay = asyncio.create_task(self._relay(route, arguments, processed, ctx, events))
-        self._relays.add(relay)
-        relay.add_done_callback(self._relays.discard)
-        while (piece := await events.get()) is not None:
-            yield piece
-
     async def _relay(self, route: Route, arguments: dict[str, Any], processed: Any,
-                     ctx: HTTPRequestContext, events: asyncio.Queue[bytes | None]) -> None:
+                     ctx: HTTPRequestContext, events: asyncio.Queue[bytes | None],
+                     remember: _Remember | None, headers: dict[str, str]) -> None:
+        """A streamed call, relayed and settled by a task of its own: a reader that hangs up
+        stops reading, not the relay, so the seller's charge (at most what the voucher
+        authorised) is still booked to the session, whose books stay the seller's. Its
+        events, all of them, are its remembered answer under a payment identifier."""
+        sent: list[bytes] = []
+
+        def send(piece: bytes) -> None:
+            events.put_nowait(piece)
+            if remember is not None:
+                sent.append(piece)
+
         try:
-            await self._relayed(route, arguments, processed, ctx, events.put_nowait)
+            await self._relayed(route, arguments, processed, ctx, send)
         except Exception:  # the reader is told the call did not finish; the operator why
             log.exception("the gateway could not finish a streamed call")
-            events.put_nowait(event("error", {"error": "internal", "message":
-                                              "the gateway could not finish this call"}))
+            send(event("error", {"error": "internal", "message":
+                                 "the gateway could not finish this call"}))
         finally:
             events.put_nowait(None)
+            if remember is not None:
+                self.answers.remember(remember.scope, remember.ident, Answer(
+                    remember.fingerprint, 200,
+                    {**headers, "content-type": "text/event-stream; charset=utf-8"},
+                    b"".join(sent)))
+                remember.finished()
 
     async def _relayed(self, route: Route, arguments: dict[str, Any], processed: Any,
                        ctx: HTTPRequestContext, send: Callable[[bytes], None]) -> None:
-        """Each event to `send`: the seller's pieces, then the settlement and the end."""
+        """Server-sent events to `send`: `data` per piece with the charge so far (the seller
+        stops at what the voucher authorised), then `payment-response` (the settlement) and
+        `end`."""
         payment = net.parse(processed.payment_payload.payload)
         voucher = payment.voucher  # type: ignore[union-attr]
         call = self.channels.stub(route.listing.endpoint).InvokeStream(
@@ -342,7 +377,7 @@ class Gateway:
             try:
                 data = json.loads(raw) if len(raw) <= 4096 else None
                 finish = net.unhex(data["finish"], "finish", 64)  # type: ignore[index]
-            except (ValueError, TypeError, KeyError, net.PayloadError):
+            except (ValueError, TypeError, KeyError, RecursionError, net.PayloadError):
                 return problem(400, "invalid_json", 'the body is {"finish": "<hex>"}')
             agreement = request.path_params["agreement"]
             session = self.sessions.sessions.get(agreement)  # kept even if the table drops it

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +67,8 @@ class Session:
     closed: dict[str, Any] | None = None
     receipts: Chain = field(default_factory=Chain)  # the fast path's chained receipts
     escrow_proof: bytes = b""  # the node's proof of the hold, sent with the first call
+    # payment identifier -> the first answer (`agents.x402.answers`), oldest first
+    answers: OrderedDict[str, Any] = field(default_factory=OrderedDict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     # Held across the seller's Finish (seconds), apart from `lock` (microseconds), so that a
     # close never makes a voucher check wait, nor ties up a gateway worker thread behind it.
@@ -93,6 +96,7 @@ class SessionBook:
         self._channels: dict[str, grpc.Channel] = {}
         self._tracer_provider = tracer_provider
         self._lock = threading.Lock()
+        self._opening: set[str] = set()  # agreements being opened (a copy meanwhile: refused)
 
     def _stub(self, endpoint: str) -> agent_pb2_grpc.AgentServiceStub:
         with self._lock:
@@ -168,12 +172,25 @@ class SessionBook:
     # ---- moving money (settle) ------------------------------------------------------------
 
     def open(self, payment: net.OpenPayload, reserve_atomic: int) -> Session:
-        """Countersigned by the seller, held at the node: the session's one hold."""
-        body = payment.body
+        """Countersigned by the seller, held at the node: the session's one hold. One open
+        per agreement: a copy sent while it is being opened (a client's retry, a replay) is
+        refused, as one sent after, so that no two calls are paid by its first word."""
         agreement = ag.agreement_id(payment.agreement.body)
-        with self._lock:  # room for it first: nothing is countersigned or held without
-            if len(self.sessions) >= MAX_SESSIONS:
-                self._make_room()
+        with self._lock:
+            if agreement in self.sessions or agreement in self._opening:
+                raise Refused("payload_replayed", "this agreement is already open, or being "
+                                                  "opened")
+            if len(self.sessions) >= MAX_SESSIONS:  # room first: nothing is countersigned
+                self._make_room()  # or held without it
+            self._opening.add(agreement)
+        try:
+            return self._open(agreement, payment, reserve_atomic)
+        finally:
+            with self._lock:
+                self._opening.discard(agreement)
+
+    def _open(self, agreement: str, payment: net.OpenPayload, reserve_atomic: int) -> Session:
+        body = payment.body
         try:
             reply = self._stub(body.seller_endpoint).Negotiate(
                 agent_pb2.NegotiationMessage(agreement=payment.agreement),
