@@ -204,3 +204,59 @@ def test_the_facilitator_reads_x402_v2_only(market, where, version):
         assert refused.status_code == 400, refused.text
         assert refused.json()["error"] == "invalid_payload"
     assert market.posted(market.key.agent_id) == before
+
+
+def _authorisation(market, owner: str, scheme: str = "exact", nonce: str = "") -> dict:
+    from agents.x402 import network as net
+
+    requirements = {"scheme": scheme, "network": market.network, "asset": "USD",
+                    "amount": str(PRICE_ATOMIC), "payTo": owner, "maxTimeoutSeconds": 60,
+                    "extra": {"kind": "authorization", "resource": "weather"}}
+    signed = net.sign_authorization(
+        market.key, pay_to=owner, amount_atomic=PRICE_ATOMIC, asset="USD",
+        network=market.network, resource="weather", nonce=nonce or os.urandom(8).hex(),
+        valid_before_ms=10**13)
+    return {"x402Version": 2, "paymentRequirements": requirements, "paymentPayload": {
+        "x402Version": 2, "accepted": requirements, "payload": signed}}
+
+
+def test_a_settled_authorisation_stays_a_replay_after_a_restart_and_under_another_scheme(
+        market):
+    """The ledger, not the facilitator's memory, says an authorisation was settled: a new
+    gateway (a restart) refuses it at verify, so does the other scheme; a settle retried
+    after the restart answers the first settlement, paid once."""
+    from agents.x402 import Gateway
+
+    owner = AgentKey.generate().agent_id
+    nonce = os.urandom(8).hex()
+    paid = _authorisation(market, owner, nonce=nonce)
+    first = httpx.post(f"{market.http.url}/facilitator/settle", json=paid).json()
+    assert first["success"], first
+    restarted = HttpServer(Gateway(market.node).app()).start()
+    try:
+        base = f"{restarted.url}/facilitator"
+        other = _authorisation(market, owner, "upto", nonce)
+        other["paymentPayload"]["payload"] = paid["paymentPayload"]["payload"]  # same bytes
+        for body in (paid, other):
+            verified = httpx.post(f"{base}/verify", json=body).json()
+            assert (verified["isValid"], verified["invalidReason"]) == (
+                False, "payload_replayed"), verified
+        again = httpx.post(f"{base}/settle", json=paid).json()
+        assert (again["success"], again["transaction"]) == (True, first["transaction"])
+    finally:
+        restarted.stop(0)
+    assert market.posted(owner) == PRICE_ATOMIC
+
+
+@pytest.mark.parametrize("amount", ["abc", "1e3", " 5", "\u0665", "-5", "1" * 20])
+def test_a_requirement_whose_amount_is_not_atomic_digits_is_invalid_amount(market, amount):
+    owner = AgentKey.generate().agent_id
+    body = _authorisation(market, owner)
+    for part in (body["paymentRequirements"], body["paymentPayload"]["accepted"]):
+        part["amount"] = amount
+    before = market.posted(market.key.agent_id)
+    for path in ("verify", "settle"):
+        answer = httpx.post(f"{market.http.url}/facilitator/{path}", json=body).json()
+        assert (answer.get("invalidReason") or answer.get("errorReason")) == "invalid_amount", \
+            answer
+    assert market.posted(market.key.agent_id) == before

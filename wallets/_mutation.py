@@ -314,6 +314,17 @@ class MutationRunner:
                      refused.request_digest, error=refused.error)
         return _Outcome(error=refused.error)
 
+    def key_recorded(self, key: str, operation: str, *, scope: str | None = None) -> bool:
+        """Whether (scope, operation, key) already has an outcome: a one-off payment's nonce,
+        say, which must not be verified again once settled, after a restart included.
+        `scope`: as `mutate`'s."""
+        scope = _idempotency.check_scope(scope or _idempotency.request_scope())
+        statement = _idempotency._LOOKUP_WITH_LEGACY if self._legacy_keys \
+            else _idempotency._LOOKUP
+        with self.engine.connect().execution_options(agentmarket_read=True) as conn:
+            return conn.execute(statement, {"i_scope": scope, "i_operation": operation,
+                                            "i_key": key}).first() is not None
+
     def _lookup(self, conn: Connection, scope: str, key: str, operation: str,
                 request_digest: str) -> Any | None:
         """`_idempotency.lookup`, on SQLite through the DB-API cursor (`wallets._sqlite_hot`)."""

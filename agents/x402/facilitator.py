@@ -110,6 +110,11 @@ class LedgerScheme:
 
     def _common(self, payload: PaymentPayload, requirements: PaymentRequirements) -> Any:
         accepted = payload.accepted
+        amount = requirements.amount
+        if not (isinstance(amount, str) and amount.isascii() and amount.isdigit()
+                and len(amount) <= 19):
+            raise Refused("invalid_amount", "an amount is a decimal string of atomic units "
+                                            "(digits 0-9, at most 19)")
         if requirements.network != self.network or accepted.network != self.network:
             raise Refused("invalid_network", f"this ledger is {self.network}")
         if accepted.scheme != requirements.scheme or requirements.scheme != self.scheme:
@@ -139,7 +144,11 @@ class LedgerScheme:
             self.sessions.check_open(payment, reserve, _Endpoint(extra.get("sellerEndpoint")))
 
     def _check_authorization(self, payment: net.Authorization,
-                             requirements: PaymentRequirements) -> None:
+                             requirements: PaymentRequirements, *, settling: bool = False
+                             ) -> None:
+        """Refuses a settled authorisation as a replay (its nonce's transfer is on the
+        ledger, whatever this process remembers); `settling`: a settle, which answers its
+        own retry with the first settlement instead."""
         extra = requirements.extra or {}
         if payment.network != self.network:
             raise Refused("invalid_network", f"this ledger is {self.network}")
@@ -155,13 +164,21 @@ class LedgerScheme:
             raise Refused("payload_expired", "the authorisation has expired")
         if not payment.verifies():
             raise Refused("invalid_signature", "the authorisation is not signed by its payer")
-        if (payment.payer, payment.nonce) in self._authorised:
+        if self._settled(payment):
+            if settling:
+                return
             raise Refused("payload_replayed", "this authorisation was already settled")
         wallet = self.ledger.find_account(payment.payer, payment.asset)
         if wallet is None or self.ledger.balance(wallet.account_id).available_atomic \
                 < payment.amount_atomic:
             raise Refused("insufficient_funds", f"the payer's {payment.asset} wallet cannot "
                                                 "cover it")
+
+    def _settled(self, payment: net.Authorization) -> bool:
+        if (payment.payer, payment.nonce) in self._authorised:
+            return True
+        with calling_as(payment.payer):  # its transfer's key is the payer's
+            return self.ledger.key_recorded(_transfer_key(payment), "transfer")
 
     # ---- settle ---------------------------------------------------------------------------
 
@@ -185,14 +202,15 @@ class LedgerScheme:
         if done is not None and payload.payload.get("signature") == payment.signature.hex():
             return done  # a retry: the first answer
         self._common(payload, requirements)
-        self._check_authorization(payment, requirements)
+        self._check_authorization(payment, requirements, settling=True)
         wallet = self.ledger.find_account(payment.payer, payment.asset)
         payee = self.ledger.open_account(payment.pay_to, payment.asset)
-        assert wallet is not None
-        try:
+        if wallet is None:
+            raise Refused("insufficient_funds", f"the payer has no {payment.asset} wallet")
+        try:  # a settled one again (a retry after a restart): the ledger's first posting
             with calling_as(payment.payer):
                 posting = self.ledger.transfer(
-                    f"x402:{payment.nonce}", wallet.account_id, payee.account_id,
+                    _transfer_key(payment), wallet.account_id, payee.account_id,
                     payment.amount_atomic, memo=f"x402 {payment.resource}"[:200],
                     spend=SpendContext(counterparty=payment.pay_to))
         except AgentmarketError as error:
@@ -252,6 +270,10 @@ class LedgerScheme:
         """A SettleResponse whose `extra.receipt` the node signs (PROTOCOL.md)."""
         return SettleResponse.model_validate(receipts.settled(
             self.key, self.network, payer, pay_to, amount_atomic, asset, transaction, extra))
+
+
+def _transfer_key(payment: net.Authorization) -> str:
+    return f"x402:{payment.nonce}"
 
 
 class _Endpoint:
