@@ -15,9 +15,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import itertools
-import json
 import time
 from typing import Any
+
+import orjson
 
 from agents.x402 import network as net
 from marketplace.identity import AgentKey, verify
@@ -88,7 +89,7 @@ def chained(key: AgentKey, chain: Chain, lock: Any, body: dict[str, Any]) -> dic
 
 def header(response: dict[str, Any]) -> str:
     """PAYMENT-RESPONSE: base64 of the JSON, as x402's encode_payment_response_header."""
-    return base64.b64encode(json.dumps(response).encode()).decode()
+    return base64.b64encode(orjson.dumps(response)).decode()
 
 
 def vouched(node: str, chain: list[dict[str, Any]], head: tuple[int, str] | None = None

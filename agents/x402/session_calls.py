@@ -19,6 +19,7 @@ import binascii
 import json
 from typing import Any
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from x402 import x402ResourceServer
@@ -109,8 +110,8 @@ def voucher_of(header: str) -> tuple[Any, net.VoucherPayload] | None:
     """(`accepted`, the voucher) of a PAYMENT-SIGNATURE carrying a session's voucher and no
     payment identifier; None for anything else."""
     try:
-        data = json.loads(base64.b64decode(header, validate=True))
-    except (ValueError, binascii.Error, RecursionError):
+        data = orjson.loads(base64.b64decode(header, validate=True))
+    except (ValueError, binascii.Error, RecursionError):  # (orjson's error is a ValueError)
         return None
     if not isinstance(data, dict) or not net.is_v2(data.get("x402Version")) \
             or not data.keys() <= PAYLOAD_FIELDS or _identified(data.get("extensions")):
