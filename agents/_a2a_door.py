@@ -25,14 +25,18 @@ an unpaid echo at 435 calls/s (2,188 us of server CPU per call); this door answe
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
 from a2a.types import a2a_pb2, a2a_pb2_grpc
+from jsonschema import ValidationError
 
 from agents import _a2a_parts as parts
 from agents._a2a_tasks import TERMINAL, TaskNotCancelable, TaskStore, UnsupportedOperation
@@ -44,10 +48,12 @@ from agents.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    ResourceExhausted,
 )
 from agents.payments import MAX_CALL_ID_CHARS
 from agents.v1 import agent_pb2
 from marketplace import a2a_extension as ext
+from wallets.caller import current_caller
 from wallets.grpc_errors import _rich_status, abort, abort_internal
 
 if TYPE_CHECKING:
@@ -57,7 +63,11 @@ SERVICE = a2a_pb2.DESCRIPTOR.services_by_name["A2AService"].full_name
 METHODS = tuple(f"/{SERVICE}/{m.name}"
                 for m in a2a_pb2.DESCRIPTOR.services_by_name["A2AService"].methods)
 MAX_PAGE = 100
+MAX_REFERENCES = 16  # a message's reference_task_ids
+MAX_METADATA_BYTES = 64 * 1024
 SUBSCRIBE_WAIT_S = 60.0
+SUBSCRIBE_SLICE_S = 0.5  # how soon a waiting subscription notices its caller left
+MAX_SUBSCRIBERS = 4  # waiting subscriptions at once: each holds a server worker thread
 PUSH_UNSUPPORTED = ("push notifications are not supported by agentmarket sellers (the Agent "
                     "Card says push_notifications: false); poll GetTask or SubscribeToTask")
 log = logging.getLogger("agentmarket.a2a")
@@ -83,6 +93,7 @@ class A2ADoor(a2a_pb2_grpc.A2AServiceServicer):
     def __init__(self, seller: SellerAgent) -> None:
         self.seller = seller
         self.tasks = TaskStore(seller.gate)
+        self._subscribers = threading.BoundedSemaphore(MAX_SUBSCRIBERS)
 
     # ---- messages -------------------------------------------------------------------------
 
@@ -102,7 +113,7 @@ class A2ADoor(a2a_pb2_grpc.A2AServiceServicer):
               ) -> a2a_pb2.Task:
         message, meta = self._read(request, context)
         if ext.PAYMENT_KEY in meta:
-            return self._paid(message, meta, context)
+            return self._paid(self._paid_request(message, meta), context)
         skill = self._skill(meta)
         if skill.free:
             return self._free(message, skill)
@@ -115,6 +126,7 @@ class A2ADoor(a2a_pb2_grpc.A2AServiceServicer):
         if not 0 < len(message.message_id) <= MAX_CALL_ID_CHARS:
             raise InvalidArgument(f"message.message_id must be 1..{MAX_CALL_ID_CHARS} "
                                   "characters (it is the call's idempotency key)")
+        _check_sizes(message)
         values = [v for k, v in context.invocation_metadata() or ()
                   if k == ext.EXTENSIONS_HEADER and isinstance(v, str)]
         active, unknown = ext.activated(values)
@@ -143,12 +155,23 @@ class A2ADoor(a2a_pb2_grpc.A2AServiceServicer):
             raise NotFound(f"no skill {str(name)[:64]!r} here ({', '.join(sorted(skills))})")
         return skills[name]
 
-    def _input(self, message: a2a_pb2.Message, skill: Any) -> str:
+    def _input(self, message: a2a_pb2.Message, skill: Any) -> tuple[str, Any]:
+        """The input's JSON and arguments, checked against the skill's input schema before
+        anything is paid or run: a refused paid message must not use up its voucher."""
         input_json = parts.arguments_json(message, skill)
         if utf8_bytes_over(input_json, MAX_INPUT_BYTES):
             raise InvalidArgument(f"input is larger than {MAX_INPUT_BYTES} bytes of UTF-8",
                                   reason="MESSAGE_TOO_LARGE")
-        return input_json
+        try:
+            arguments = json.loads(input_json)
+        except (ValueError, RecursionError) as error:
+            raise InvalidArgument(f"input is not valid JSON: {error}") from None
+        try:
+            skill.input_validator.validate(arguments)
+        except (ValidationError, RecursionError) as error:
+            raise InvalidArgument(f"input does not match the skill's schema: "
+                                  f"{getattr(error, 'message', error)}") from None
+        return input_json, arguments
 
     def _ids(self, message: a2a_pb2.Message) -> tuple[str, str]:
         task_id = str(uuid.uuid4())
@@ -174,17 +197,12 @@ class A2ADoor(a2a_pb2_grpc.A2AServiceServicer):
         return task
 
     def _free(self, message: a2a_pb2.Message, skill: Any) -> a2a_pb2.Task:
-        previous = self.tasks.by_message(message.context_id, message.message_id)
-        if previous is not None:  # a resent message: its first task
+        input_json, arguments = self._input(message, skill)
+        key = _retry_key(message, skill.name, input_json)
+        previous = self.tasks.by_message(key)
+        if previous is not None:  # the same caller resent the same message: its first task
             return previous
-        input_json = self._input(message, skill)
         task_id, context_id = self._ids(message)
-        try:
-            arguments = json.loads(input_json)
-            skill.input_validator.validate(arguments)
-        except Exception as error:
-            raise InvalidArgument(f"input does not match the skill's schema: "
-                                  f"{getattr(error, 'message', error)}") from None
         try:
             output = ({"text": "".join(skill.iterate(arguments))} if skill.streams
                       else skill.run(arguments))
@@ -197,7 +215,7 @@ class A2ADoor(a2a_pb2_grpc.A2AServiceServicer):
         except Exception:
             task = self._failed(task_id, context_id, "free skill")
         task.metadata.update({ext.STATUS_KEY: "free"})
-        self.tasks.put(task, message_key=(message.context_id, message.message_id))
+        self.tasks.put(task, message_key=key)
         return task
 
     def _failed(self, task_id: str, context_id: str, what: str) -> a2a_pb2.Task:
@@ -226,14 +244,14 @@ class A2ADoor(a2a_pb2_grpc.A2AServiceServicer):
             raise InvalidArgument(f"the agreement pays for {skill.name}, not "
                                   f"{str(named)[:64]}", reason="WRONG_SKILL")
         request = agent_pb2.InvokeRequest(agreement_id=agreement_id,
-                                          input_json=self._input(message, skill),
+                                          input_json=self._input(message, skill)[0],
                                           call_id=message.message_id)
         task_id = ext.paid_task_id(agreement_id, message.message_id, voucher.payword)
         return request, voucher, task_id, message.context_id or task_id
 
-    def _paid(self, message: a2a_pb2.Message, meta: dict[str, Any],
+    def _paid(self, paid: tuple[agent_pb2.InvokeRequest, Any, str, str],
               context: grpc.ServicerContext) -> a2a_pb2.Task:
-        request, voucher, task_id, context_id = self._paid_request(message, meta)
+        request, voucher, task_id, context_id = paid
         self._working(task_id, context_id)
         try:
             response = self.seller.calls.invoke(request, context, voucher=voucher)
@@ -266,10 +284,11 @@ class A2ADoor(a2a_pb2_grpc.A2AServiceServicer):
         if ext.PAYMENT_KEY not in meta:
             yield a2a_pb2.StreamResponse(task=self._send(request, context))
             return
-        invoke, voucher, task_id, context_id = self._paid_request(message, meta)
+        paid = self._paid_request(message, meta)
+        invoke, voucher, task_id, context_id = paid
         skill = self.seller.skills[self.seller.gate.body(invoke.agreement_id).terms.skill]
         if not skill.streams:
-            yield a2a_pb2.StreamResponse(task=self._paid(message, meta, context))
+            yield a2a_pb2.StreamResponse(task=self._paid(paid, context))
             return
         yield from self._paid_stream(invoke, voucher, task_id, context_id, context)
 
@@ -289,10 +308,10 @@ class A2ADoor(a2a_pb2_grpc.A2AServiceServicer):
             return
         self.tasks.paid(task_id, invoke.agreement_id, invoke.call_id)
         self._working(task_id, context_id)
-        yield a2a_pb2.StreamResponse(task=self.tasks.get(task_id))
         sent = 0
         chunk: Any = first
         try:
+            yield a2a_pb2.StreamResponse(task=self.tasks.get(task_id))
             while not chunk.HasField("end"):
                 update = a2a_pb2.TaskArtifactUpdateEvent(
                     task_id=task_id, context_id=context_id, append=sent > 0,
@@ -302,6 +321,12 @@ class A2ADoor(a2a_pb2_grpc.A2AServiceServicer):
                 yield a2a_pb2.StreamResponse(artifact_update=update)
                 sent += 1
                 chunk = next(chunks)
+        except GeneratorExit:  # the reader hung up: the core bills what was delivered
+            try:
+                chunks.close()
+            finally:
+                self._hung_up(invoke, task_id, context_id)
+            raise
         except AgentmarketError:
             self.tasks.drop(task_id)
             raise
@@ -311,13 +336,22 @@ class A2ADoor(a2a_pb2_grpc.A2AServiceServicer):
             yield a2a_pb2.StreamResponse(status_update=a2a_pb2.TaskStatusUpdateEvent(
                 task_id=task_id, context_id=context_id, status=task.status))
             return
-        task = paid_task_of(task_id, context_id, invoke.agreement_id, chunk)
-        task.metadata.update({"agentmarket.stopReason": _stop_name(chunk.end.stop_reason)})
+        task = _streamed_task(task_id, context_id, invoke.agreement_id, chunk)
         self.tasks.put(task)
         final = a2a_pb2.TaskStatusUpdateEvent(task_id=task_id, context_id=context_id,
                                               status=task.status)
         final.metadata.CopyFrom(task.metadata)
         yield a2a_pb2.StreamResponse(status_update=final)
+
+    def _hung_up(self, invoke: agent_pb2.InvokeRequest, task_id: str, context_id: str) -> None:
+        """Store a stream's task as the gate answered it once its reader hung up: completed
+        with the receipt for what was delivered (nothing answered: nothing charged, no task),
+        so that GetTask never shows a charged call as still working."""
+        answer = self.seller.gate.answered(invoke.agreement_id, invoke.call_id)
+        if answer is None:
+            self.tasks.drop(task_id)
+        else:
+            self.tasks.put(_streamed_task(task_id, context_id, invoke.agreement_id, answer))
 
     # ---- tasks ----------------------------------------------------------------------------
 
@@ -363,14 +397,39 @@ class A2ADoor(a2a_pb2_grpc.A2AServiceServicer):
             if task.status.state in TERMINAL:
                 raise UnsupportedOperation(f"task {request.id[:64]} is finished; GetTask "
                                            "returns it")
-            yield a2a_pb2.StreamResponse(task=task)
-            if task.status.state == a2a_pb2.TASK_STATE_WORKING:
-                later = self.tasks.wait_change(request.id, task.status.state, SUBSCRIBE_WAIT_S)
+            if task.status.state != a2a_pb2.TASK_STATE_WORKING:
+                yield a2a_pb2.StreamResponse(task=task)
+                return
+            if not self._subscribers.acquire(blocking=False):
+                raise ResourceExhausted(f"{MAX_SUBSCRIBERS} subscriptions are waiting here "
+                                        "already; poll GetTask, or subscribe again shortly",
+                                        reason="TOO_MANY_SUBSCRIPTIONS")
+            try:
+                seen = a2a_pb2.StreamResponse(task=task)  # a copy: the stored task changes
+                yield seen
+                later = self._wait_change(seen.task, context)
+            finally:
+                self._subscribers.release()
+            if later is not None:
                 yield a2a_pb2.StreamResponse(status_update=a2a_pb2.TaskStatusUpdateEvent(
                     task_id=later.id, context_id=later.context_id, status=later.status,
                     metadata=later.metadata))
         except AgentmarketError as error:
             abort(context, error)
+
+    def _wait_change(self, task: a2a_pb2.Task, context: grpc.ServicerContext
+                     ) -> a2a_pb2.Task | None:
+        """The task once it changed, or as it is after SUBSCRIBE_WAIT_S; None once the
+        subscriber is gone. Waits in short slices, so a subscriber that hung up frees its
+        worker thread (and its place) within a slice."""
+        state, deadline = task.status.state, time.monotonic() + SUBSCRIBE_WAIT_S
+        while context.is_active():
+            left = deadline - time.monotonic()
+            later = self.tasks.wait_change(task.id, state,
+                                           max(0.0, min(SUBSCRIBE_SLICE_S, left)))
+            if later.status.state != state or left <= SUBSCRIBE_SLICE_S:
+                return later
+        return None
 
     @_guarded
     def GetExtendedAgentCard(self, request, context):  # type: ignore[no-untyped-def]
@@ -387,6 +446,38 @@ class A2ADoor(a2a_pb2_grpc.A2AServiceServicer):
     GetTaskPushNotificationConfig = _push
     ListTaskPushNotificationConfigs = _push
     DeleteTaskPushNotificationConfig = _push
+
+
+def _retry_key(message: a2a_pb2.Message, skill_name: str, input_json: str) -> tuple[str, ...]:
+    """A free message's retry key: its sender (the verified caller, '' when unsigned), context,
+    message id and a digest of what it asks. A message id is no secret and unsigned senders have
+    no identity, so reusing someone's id with other input is a new message, never their task."""
+    digest = hashlib.sha256(f"{skill_name}\0{input_json}".encode()).hexdigest()
+    return current_caller(), message.context_id, message.message_id, digest
+
+
+def _check_sizes(message: a2a_pb2.Message) -> None:
+    """Bound what a task may keep of a message (its ids) and its metadata, so that no caller
+    parks megabytes per task in the store."""
+    for name, value in (("context_id", message.context_id), ("task_id", message.task_id)):
+        if len(value) > MAX_CALL_ID_CHARS:
+            raise InvalidArgument(f"message.{name} is {len(value)} characters; at most "
+                                  f"{MAX_CALL_ID_CHARS}")
+    references = message.reference_task_ids
+    if len(references) > MAX_REFERENCES or any(len(r) > MAX_CALL_ID_CHARS for r in references):
+        raise InvalidArgument(f"message.reference_task_ids: at most {MAX_REFERENCES} ids of at "
+                              f"most {MAX_CALL_ID_CHARS} characters")
+    if message.metadata.ByteSize() > MAX_METADATA_BYTES:
+        raise InvalidArgument(f"message.metadata is {message.metadata.ByteSize()} bytes; at "
+                              f"most {MAX_METADATA_BYTES}")
+
+
+def _streamed_task(task_id: str, context_id: str, agreement_id: str, answer: Any
+                   ) -> a2a_pb2.Task:
+    task = paid_task_of(task_id, context_id, agreement_id, answer)
+    if isinstance(answer, agent_pb2.StreamChunk):
+        task.metadata.update({"agentmarket.stopReason": _stop_name(answer.end.stop_reason)})
+    return task
 
 
 def _stop_name(stop: int) -> str:

@@ -37,8 +37,20 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _to_python(message: Any, where: str) -> Any:
+    """A Struct or Value as JSON values: NaN and Infinity have none (JSON cannot carry them),
+    so they are the sender's error, not ours."""
+    try:
+        return json_format.MessageToDict(message)
+    except ValueError:
+        raise InvalidArgument(f"{where} holds a number JSON cannot carry (NaN or Infinity): "
+                              "send finite numbers, or strings") from None
+    except RecursionError:
+        raise InvalidArgument(f"{where} is nested too deeply") from None
+
+
 def metadata_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
-    return json_format.MessageToDict(struct) if struct.fields else {}
+    return _to_python(struct, "message.metadata") if struct.fields else {}
 
 
 def arguments_json(message: a2a_pb2.Message, skill: Skill) -> str:
@@ -58,7 +70,7 @@ def arguments_json(message: a2a_pb2.Message, skill: Skill) -> str:
         raise InvalidArgument(f"send one part with the skill's input, not {len(inputs)}")
     part = inputs[0]
     if part.WhichOneof("content") == "data":
-        value = _plain(json_format.MessageToDict(part.data))
+        value = _plain(_to_python(part.data, "the data part"))
         if not isinstance(value, dict):
             raise InvalidArgument("the data part must hold a JSON object (the skill's input)")
         return json.dumps(value)

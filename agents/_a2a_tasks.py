@@ -72,13 +72,13 @@ class TaskStore:
         self.limit = limit
         self._tasks: OrderedDict[str, a2a_pb2.Task] = OrderedDict()
         self._paid: dict[str, tuple[str, str]] = {}  # task id -> (agreement id, call id)
-        self._by_message: dict[tuple[str, str], str] = {}  # (context, message id) -> task id
-        self._message_of: dict[str, tuple[str, str]] = {}  # task id -> its message key
+        self._by_message: dict[tuple[str, ...], str] = {}  # a free message's key -> task id
+        self._message_of: dict[str, tuple[str, ...]] = {}  # task id -> its message key
         self._indexed = False
         self._prune_at = limit
         self._lock = threading.Condition()
 
-    def put(self, task: a2a_pb2.Task, *, message_key: tuple[str, str] | None = None) -> None:
+    def put(self, task: a2a_pb2.Task, *, message_key: tuple[str, ...] | None = None) -> None:
         with self._lock:
             self._tasks[task.id] = task
             self._tasks.move_to_end(task.id)
@@ -92,9 +92,11 @@ class TaskStore:
                     self._by_message.pop(key, None)
             self._lock.notify_all()
 
-    def by_message(self, context_id: str, message_id: str) -> a2a_pb2.Task | None:
+    def by_message(self, key: tuple[str, ...]) -> a2a_pb2.Task | None:
+        """The task of a resent free message (`key`: sender, context, message id, input
+        digest; `A2ADoor._free`)."""
         with self._lock:
-            task_id = self._by_message.get((context_id, message_id))
+            task_id = self._by_message.get(key)
             return self._tasks.get(task_id) if task_id else None
 
     def paid(self, task_id: str, agreement_id: str, call_id: str) -> None:

@@ -546,7 +546,7 @@ def test_the_task_store_is_bounded():
         store.put(a2a_pb2.Task(id=f"t{n}", context_id="c"), message_key=("c", f"m{n}"))
         store.paid(f"p{n}", "f" * 64, f"m{n}")  # an agreement the gate does not hold
     assert [t.id for t in store.list("c", 0, 10, 0, False)[0]] == ["t4", "t3", "t2"]
-    assert store.by_message("c", "m0") is None and store.by_message("c", "m4") is not None
+    assert store.by_message(("c", "m0")) is None and store.by_message(("c", "m4")) is not None
     with pytest.raises(TaskNotFound):
         store.get("t0")
     assert len(store._paid) <= 3  # forgotten agreements' entries were dropped

@@ -1,0 +1,249 @@
+"""The A2A door against callers who know only ids, their own key or their own wallet: none of
+them gets another's answer, parks data in the task store, holds the server's threads, or costs
+a buyer its voucher; bad input is a clear INVALID_ARGUMENT that changes nothing. One node and
+one seller for the module (real servers on loopback)."""
+
+from __future__ import annotations
+
+import gc
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from a2a.types import a2a_pb2, a2a_pb2_grpc
+
+from agents import _a2a_buyer
+from agents._a2a_door import MAX_SUBSCRIBERS, SUBSCRIBE_SLICE_S, A2ADoor
+from agents.buyer import BuyerAgent, Deal
+from agents.seller import SellerAgent
+from agents.skills import free, per_call, skill
+from marketplace import a2a_extension as ext
+from marketplace.node import MarketplaceNode
+from wallets.grpc_errors import error_info
+
+EXT = [(ext.EXTENSIONS_HEADER, ext.URI)]
+
+
+@dataclass
+class Market:
+    node: MarketplaceNode
+    seller: SellerAgent
+    buyer: BuyerAgent
+    stub: a2a_pb2_grpc.A2AServiceStub
+
+    def deal(self, skill_name: str, quantity: int = 3) -> Deal:
+        deal = self.buyer.negotiate_card(self.seller.card_url, skill_name, quantity=quantity,
+                                         budget="0.05", currency="USD")
+        self.buyer.hire(deal)
+        return deal
+
+    def door(self) -> A2ADoor:
+        return next(o for o in gc.get_objects()
+                    if isinstance(o, A2ADoor) and o.seller is self.seller)
+
+
+@pytest.fixture(scope="module")
+def market(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Market]:
+    @skill(price=per_call("0.002", "USD"))
+    def echo(text: str) -> dict:
+        """Return the text."""
+        return {"text": text}
+
+    @skill(price=free())
+    def hello(name: str) -> dict:
+        """Greet someone, for free."""
+        return {"greeting": f"hello {name}"}
+
+    @skill(price=per_call("0.003", "USD"))
+    def write(topic: str) -> Iterator[str]:
+        """Write about a topic, streamed slowly."""
+        for word in ("agents", " pay", " each", " other", " slowly"):
+            time.sleep(0.2)
+            yield word
+
+    folder: Path = tmp_path_factory.mktemp("a2a-adversarial")
+    node = MarketplaceNode(f"sqlite:///{folder / 'market.db'}", sweep_interval_s=3600).start()
+    seller = SellerAgent("echoer", skills=[echo, hello, write], marketplace=node.address,
+                         card_port=0).serve()
+    buyer = BuyerAgent("buyer", marketplace=node.address)
+    buyer.fund("1.00", "USD")
+    channel = grpc.insecure_channel(seller.endpoint)
+    yield Market(node, seller, buyer, a2a_pb2_grpc.A2AServiceStub(channel))
+    channel.close()
+    seller.stop(0)
+    buyer.close()
+    node.stop(0)
+
+
+def _message(arguments: dict[str, Any], message_id: str, **metadata: object
+             ) -> a2a_pb2.Message:
+    message = a2a_pb2.Message(message_id=message_id, role=a2a_pb2.ROLE_USER,
+                              parts=[a2a_pb2.Part(text=json.dumps(arguments))])
+    message.metadata.update(metadata)
+    return message
+
+
+def _hello(name: str, message_id: str) -> a2a_pb2.SendMessageRequest:
+    return a2a_pb2.SendMessageRequest(message=_message({"name": name}, message_id,
+                                                       **{ext.SKILL_KEY: "hello"}))
+
+
+def _refused(call: Callable[[], Any]) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    return caught.value
+
+
+def _output(task: a2a_pb2.Task) -> Any:
+    return json.loads(task.artifacts[0].parts[0].text)
+
+
+def test_a_free_message_id_is_a_retry_key_only_for_its_sender_and_input(market: Market):
+    stranger = market.stub.SendMessage(_hello("mallory", "shared-id"), timeout=5).task
+    victim = market.stub.SendMessage(_hello("alice", "shared-id"), timeout=5).task
+    assert _output(victim) == {"greeting": "hello alice"} and victim.id != stranger.id
+    again = market.stub.SendMessage(_hello("alice", "shared-id"), timeout=5).task
+    assert again.id == victim.id  # a resent message: its first task
+    signed, _unsigned = market.buyer._a2a_stubs(market.seller.endpoint)
+    own = signed.SendMessage(_hello("alice", "shared-id"), timeout=5).task
+    assert own.id != victim.id and _output(own) == {"greeting": "hello alice"}
+    assert signed.SendMessage(_hello("alice", "shared-id"), timeout=5).task.id == own.id
+
+
+@pytest.mark.parametrize("where", ["metadata", "data part"])
+@pytest.mark.parametrize("number", [float("nan"), float("inf"), float("-inf")])
+def test_nan_or_infinity_is_invalid_argument(market: Market, where: str, number: float):
+    message = _message({"name": "a"}, f"nan-{where}-{number}", **{ext.SKILL_KEY: "hello"})
+    if where == "metadata":
+        message.metadata["x"] = number
+    else:
+        part = a2a_pb2.Part()
+        part.data.struct_value.update({"name": "a"})
+        part.data.struct_value["n"] = number
+        message.ClearField("parts")
+        message.parts.append(part)
+    request = a2a_pb2.SendMessageRequest(message=message)
+    for call in (lambda: market.stub.SendMessage(request, timeout=5),
+                 lambda: list(market.stub.SendStreamingMessage(request, timeout=5))):
+        error = _refused(call)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+        assert "NaN or Infinity" in error.details()
+
+
+def test_ids_and_metadata_a_task_would_keep_are_bounded(market: Market):
+    store = market.door().tasks
+    held = len(store._tasks)
+    oversized: list[Callable[[a2a_pb2.Message], None]] = [
+        lambda m: setattr(m, "context_id", "c" * 129),
+        lambda m: setattr(m, "task_id", "t" * 129),
+        lambda m: m.reference_task_ids.extend(["r" * 129]),
+        lambda m: m.reference_task_ids.extend(["r"] * 17),
+        lambda m: m.metadata.update({"padding": "p" * 70_000}),
+    ]
+    for n, grow in enumerate(oversized):
+        message = _message({"text": "t"}, f"big-{n}", **{ext.SKILL_KEY: "echo"})
+        grow(message)
+        error = _refused(lambda: market.stub.SendMessage(
+            a2a_pb2.SendMessageRequest(message=message), timeout=5))  # noqa: B023
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "at most" in error.details()
+    assert len(store._tasks) == held
+    fine = _message({"text": "t"}, "big-fine", **{ext.SKILL_KEY: "echo"})
+    fine.context_id = "c" * 128
+    task = market.stub.SendMessage(a2a_pb2.SendMessageRequest(message=fine), timeout=5).task
+    assert task.status.state == a2a_pb2.TASK_STATE_INPUT_REQUIRED
+
+
+def test_a_paid_message_refused_for_its_input_keeps_its_voucher(market: Market):
+    deal = market.deal("echo")
+    planned = market.buyer._plan(deal, {"text": 5}, "bad-input", None)  # text is a string
+    request = _a2a_buyer.paid_request(planned)
+    account = market.seller.gate._account(deal.agreement_id)
+    before = (account.sequence, account.anchor_index, account.charged_atomic)
+    error = _refused(lambda: market.stub.SendMessage(request, metadata=EXT, timeout=5))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "schema" in error.details()
+    assert (account.sequence, account.anchor_index, account.charged_atomic) == before
+    request.message.message_id = "bad-input-fixed"
+    request.message.ClearField("parts")
+    request.message.parts.append(a2a_pb2.Part(text=json.dumps({"text": "ok"})))
+    task = market.stub.SendMessage(request, metadata=EXT, timeout=5).task
+    assert task.status.state == a2a_pb2.TASK_STATE_COMPLETED
+    assert _output(task) == {"text": "ok"}
+
+
+def _stream_request(market: Market, deal: Deal, message_id: str
+                    ) -> a2a_pb2.SendMessageRequest:
+    _deal, request, voucher, _budget = market.buyer._stream_plan(
+        market.buyer._deal(deal), {"topic": "x"}, message_id, None)
+    return _a2a_buyer.stream_request(request, voucher, deal.body.terms.skill)
+
+
+def test_a_paid_stream_whose_reader_hangs_up_completes_its_task(market: Market):
+    deal = market.deal("write")
+    signed, _unsigned = market.buyer._a2a_stubs(market.seller.endpoint)
+    call = signed.SendStreamingMessage(_stream_request(market, deal, "hang-up"), metadata=EXT,
+                                       timeout=30)
+    events = []
+    for event in call:
+        events.append(event)
+        if len(events) == 3:  # the task and two pieces
+            call.cancel()
+            break
+    task_id = events[0].task.id
+    deadline = time.monotonic() + 5
+    while True:
+        task = market.stub.GetTask(a2a_pb2.GetTaskRequest(id=task_id), timeout=5)
+        if task.status.state != a2a_pb2.TASK_STATE_WORKING or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert task.status.state == a2a_pb2.TASK_STATE_COMPLETED
+    receipt = ext.parse_receipt(task.metadata[ext.RECEIPT_KEY])
+    account = market.seller.gate._account(deal.agreement_id)
+    assert receipt.charged_atomic == account.charged_atomic > 0
+    assert account.reserved_atomic == 0
+
+
+def test_waiting_subscriptions_are_bounded_and_leave_with_their_caller(market: Market):
+    door = market.door()
+    door.tasks.put(a2a_pb2.Task(id="stuck", context_id="stuck",
+                                status=a2a_pb2.TaskStatus(state=a2a_pb2.TASK_STATE_WORKING)))
+    calls = [market.stub.SubscribeToTask(a2a_pb2.SubscribeToTaskRequest(id="stuck"),
+                                         timeout=30) for _ in range(MAX_SUBSCRIBERS + 3)]
+    outcomes: list[Any] = []
+
+    def first(call: Any) -> None:
+        try:
+            outcomes.append(next(call).task.status.state)
+        except grpc.RpcError as error:
+            outcomes.append(error_info(error).reason)
+
+    threads = [threading.Thread(target=first, args=(c,)) for c in calls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert sorted(outcomes, key=str) == sorted(
+        [a2a_pb2.TASK_STATE_WORKING] * MAX_SUBSCRIBERS + ["TOO_MANY_SUBSCRIPTIONS"] * 3,
+        key=str)
+    started = time.monotonic()
+    victim = market.stub.SendMessage(_hello("victim", "victim"), timeout=5).task
+    assert victim.status.state == a2a_pb2.TASK_STATE_COMPLETED
+    assert time.monotonic() - started < 2
+    for call in calls:
+        call.cancel()
+    time.sleep(4 * SUBSCRIBE_SLICE_S)  # each waiting subscription notices its caller left
+    later = market.stub.SubscribeToTask(a2a_pb2.SubscribeToTaskRequest(id="stuck"), timeout=10)
+    assert next(later).task.status.state == a2a_pb2.TASK_STATE_WORKING
+
+    def finish(task: a2a_pb2.Task) -> None:
+        task.status.state = a2a_pb2.TASK_STATE_COMPLETED
+
+    door.tasks.update("stuck", finish)
+    assert next(later).status_update.status.state == a2a_pb2.TASK_STATE_COMPLETED
