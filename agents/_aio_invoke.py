@@ -67,10 +67,12 @@ def _refusal(refuse: Callable[..., None], context: grpc.aio.ServicerContext) -> 
 async def _invoke(seller: SellerAgent, executor: Executor, request: agent_pb2.InvokeRequest,
                   context: grpc.aio.ServicerContext) -> agent_pb2.InvokeResponse:
     calls = seller.calls
+    checked = calls.checked_input(request)
     admission = calls.admitter.admit(request, context, partial=False)
     if admission.replay is not None:
         await _durable(admission)
         return admission.replay  # type: ignore[no-any-return]
+    admission.checked_input = checked
     proof = calls.proof_of(request, context)
     if _kind(seller, request) == "async":
         try:

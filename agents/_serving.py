@@ -21,7 +21,13 @@ import grpc
 from jsonschema import ValidationError
 
 from agents._grpc_payment import PaidCallAdmitter
-from agents.errors import AgentmarketError, BudgetExceeded, FailedPrecondition, InvalidArgument
+from agents.errors import (
+    AgentmarketError,
+    BudgetExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
 from agents.llm import traced_by
 from agents.metering import TOKENS, Meter, metering
 from agents.payments import Admission
@@ -59,21 +65,25 @@ class PaidCalls:
             return b""
         return escrow_proof.of_metadata(context.invocation_metadata())
 
+    def checked_input(self, request: agent_pb2.InvokeRequest) -> tuple[Skill, Any] | None:
+        """The call's skill and arguments, checked before its voucher is admitted, so that a
+        call refused for its input uses up no voucher (None: no such agreement here, which
+        admission refuses)."""
+        try:
+            body = self.seller.gate.body(request.agreement_id)
+        except NotFound:
+            return None
+        skill = self.seller.skills[body.terms.skill]
+        return skill, _arguments(request, skill)
+
     def _prepare(self, request: agent_pb2.InvokeRequest, admission: Admission,
                  proof: bytes = b"") -> tuple[Skill, dict[str, Any], Meter]:
-        body = self.seller.gate.body(request.agreement_id)
-        skill = self.seller.skills[body.terms.skill]
         self.seller.check_escrow(request.agreement_id, proof)
-        if utf8_bytes_over(request.input_json, MAX_INPUT_BYTES):
-            raise InvalidArgument(f"input is larger than {MAX_INPUT_BYTES} bytes of UTF-8")
-        try:
-            arguments = json.loads(request.input_json)
-            skill.input_validator.validate(arguments)
-        except (ValueError, RecursionError) as error:
-            raise InvalidArgument(f"input is not valid JSON: {error}") from None
-        except ValidationError as error:
-            raise InvalidArgument(f"input does not match the skill's schema: {error.message}"
-                                  ) from None
+        if admission.checked_input is not None:
+            skill, arguments = admission.checked_input
+        else:
+            skill = self.seller.skills[self.seller.gate.body(request.agreement_id).terms.skill]
+            arguments = _arguments(request, skill)
         meter = Meter(self.seller.tariffs[request.agreement_id], admission.reserve_atomic,
                       max_input_tokens=skill.max_input_tokens,
                       max_output_tokens=skill.max_output_tokens, model=skill.llm_model)
@@ -112,10 +122,12 @@ class PaidCalls:
         """A paid unary call: admit its voucher (`voucher`, or the call metadata's), run the
         skill, charge, answer. A retried call id gets its first answer; a call that fails
         gives its reserve back. Every door (agents.v1, A2A) pays through here."""
+        checked = self.checked_input(request)
         admission = self.admitter.admit(request, context, partial=False, voucher=voucher)
         if admission.replay is not None:
             _durable(admission)
             return admission.replay  # type: ignore[no-any-return]
+        admission.checked_input = checked
         try:
             response = self._invoke(request, admission, self.proof_of(request, context))
         finally:
@@ -174,11 +186,13 @@ class PaidCalls:
         AgentmarketError; a failing skill's exception propagates, its reserve released)."""
         admission = None
         try:
+            checked = self.checked_input(request)
             admission = self.admitter.admit(request, context, partial=True, voucher=voucher)
             if admission.replay is not None:
                 _durable(admission)
                 yield admission.replay
                 return
+            admission.checked_input = checked
             yield from self._stream(request, context, admission)
         finally:
             if admission is not None:
@@ -291,3 +305,18 @@ def _metered(pieces: Iterator[str], meter: Meter) -> Iterator[tuple[str, int]]:
             close()
         if meter.tariff.unit == TOKENS:
             meter.output_tokens = meter.count_tokens(delivered)
+
+
+def _arguments(request: agent_pb2.InvokeRequest, skill: Skill) -> Any:
+    """The call's input, parsed and checked against the skill's input schema."""
+    if utf8_bytes_over(request.input_json, MAX_INPUT_BYTES):
+        raise InvalidArgument(f"input is larger than {MAX_INPUT_BYTES} bytes of UTF-8")
+    try:
+        arguments = json.loads(request.input_json)
+        skill.input_validator.validate(arguments)
+    except (ValueError, RecursionError) as error:
+        raise InvalidArgument(f"input is not valid JSON: {error}") from None
+    except ValidationError as error:
+        raise InvalidArgument(f"input does not match the skill's schema: {error.message}"
+                              ) from None
+    return arguments

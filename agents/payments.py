@@ -81,6 +81,7 @@ class Admission:
     reserve_atomic: int
     replay: Any = None  # the first response of this call id, to return instead of running
     durable: Pending | None = None  # its usage record on the way to the journal: wait first
+    checked_input: Any = None  # (skill, arguments), checked before the voucher was admitted
 
 
 class PaymentGate(GateRedeems):

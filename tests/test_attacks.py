@@ -704,3 +704,35 @@ def test_an_unsigned_call_must_reveal_a_new_payword(market: Market):
             "replay" in caught.value.details()
     finally:
         channel.close()
+
+
+def test_a_call_refused_for_its_input_uses_up_no_voucher(market: Market):
+    """A paid call whose input does not match the skill's schema is refused before its
+    voucher is admitted: the same voucher then pays the corrected call."""
+    session = market.agent_buyer.sessions[market.agent_deal.agreement_id]
+    reserve = market.agent_deal.call_max_atomic
+    links = -(-reserve // session.link_value_atomic)
+    with session._lock:  # a voucher revealing the words of one call
+        session.sequence += 1
+        session.index += links
+        voucher = session.voucher(session.sequence, session.index)
+    channel = signed_channel(market.seller_agent.endpoint, market.agent_buyer.key)
+    call = channel.unary_unary(AGENT + "Invoke", request_serializer=None,
+                               response_deserializer=agent_pb2.InvokeResponse.FromString)
+
+    def invoke(arguments: Any) -> Any:
+        request = agent_pb2.InvokeRequest(agreement_id=market.agent_deal.agreement_id,
+                                          input_json=json.dumps(arguments),
+                                          call_id=uuid.uuid4().hex)
+        return call(request.SerializeToString(), timeout=10,
+                    metadata=[(VOUCHER_METADATA_KEY, voucher.SerializeToString())])
+
+    try:
+        for wrong in ({"text": 5}, {"nope": "x"}, [1, 2]):
+            with pytest.raises(grpc.RpcError) as caught:
+                invoke(wrong)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "schema" in caught.value.details()
+        assert invoke({"text": "x"}).usage.calls == 1
+    finally:
+        channel.close()
