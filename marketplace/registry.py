@@ -36,7 +36,7 @@ from jsonschema import SchemaError
 from jsonschema.validators import validator_for
 from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, update
 
-from marketplace import discovery, pricing
+from marketplace import discovery, pricing, schema_regex
 from marketplace.discovery import OFFERS, TERMS, Converter, Query, TokenCounts
 from marketplace.errors import InvalidArgument, NotFound, SchemaViolation
 from marketplace.identity import check_agent_id
@@ -81,10 +81,12 @@ def check_schema(text: str, field: str) -> None:
 def _schema_problem(text: str) -> str:
     try:
         schema = json.loads(text)
+        if not isinstance(schema, dict | bool):
+            return "a JSON Schema is an object (or true or false)"
         validator_for(schema).check_schema(schema)
     except (ValueError, SchemaError, RecursionError) as error:
         return str(error)[:500]
-    return ""
+    return schema_regex.problem(schema)
 
 
 def check_skill(skill: registry_pb2.Skill) -> None:

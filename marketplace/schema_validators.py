@@ -20,6 +20,10 @@ import fastjsonschema
 from jsonschema import ValidationError
 from jsonschema.validators import validator_for
 
+from marketplace import schema_regex
+
+schema_regex.install()  # patterns match in linear time: a schema is a stranger's input
+
 # Keywords that validate alike in draft 7 (fastjsonschema) and 2020-12, and annotations
 _VALIDATING = frozenset({
     "type", "properties", "required", "items", "additionalProperties", "enum", "const",

@@ -102,3 +102,33 @@ def test_a_redeem_checks_outputs_with_the_compiled_validator() -> None:
     assert results[1].reason.startswith("output schema: ")
     assert results[2].reason == "output is not JSON"
     assert values[0] == {"score": 0.5, "label": "good"} and values[1:] == [None, None]
+
+
+REDOS = "^(a+)+$"  # backtracking takes 2^n steps on n a's and a mismatch
+
+
+@pytest.mark.parametrize("schema", [
+    {"type": "object", "properties": {"text": {"type": "string", "pattern": REDOS}}},
+    {"type": "object", "patternProperties": {REDOS: {"type": "string"}},
+     "additionalProperties": False},
+])
+def test_patterns_match_in_linear_time(schema: dict) -> None:
+    """A seller's schema is a stranger's input: its patterns run on RE2, so a catastrophic
+    one answers at once (under Python's `re` this instance would take hours)."""
+    hostile = "a" * 5000 + "!"
+    check = validator(schema)
+    instance = {"text": hostile} if "properties" in schema else {hostile: "x"}
+    assert not check.is_valid(instance)
+    assert check.is_valid({"text": "aaa"} if "properties" in schema else {"aaa": "x"})
+    assert Draft202012Validator(schema).is_valid(instance) is False  # jsonschema's own too
+
+
+@pytest.mark.parametrize("text", ["-1", "NaN", "Infinity", "null", "3.5", '"str"', "[]",
+                                  json.dumps({"type": "string", "pattern": "(a)\\1"}),
+                                  json.dumps({"patternProperties": {"(?=a)": {}}})])
+def test_a_schema_that_is_not_an_object_or_runs_no_linear_regex_is_refused(text: str) -> None:
+    from marketplace.errors import SchemaViolation
+    from marketplace.registry import check_schema
+
+    with pytest.raises(SchemaViolation):
+        check_schema(text, "output_schema_json")
