@@ -159,6 +159,10 @@ def test_other_hosts_and_bad_input_get_clear_answers(market: ConsoleMarket):
     assert client.get("/console/wallets/nobody").status_code == 404
     assert client.get("/console/agreements?state=bogus&cursor=zz").status_code == 200
     assert client.get("/console/ledger?before=x&kind=bogus").status_code == 200
+    for odd in ("%C2%B2", "99999999999999999999"):  # a digit int() refuses; past 2**63
+        for path in (f"/console/ledger?before={odd}", f"/console/audit?before={odd}",
+                     f"/console/agreements?cursor={odd}:" + "ab" * 32):
+            assert client.get(path).status_code == 200, path
     assert _client(market).get("/console/login", params={"next": "//evil.example"}) \
         .text.count('value="/console/"') == 1
 

@@ -59,11 +59,20 @@ class AgreementDetail:
     names: dict[str, str]
 
 
+def query_int(text: str) -> int | None:
+    """A query string's whole number: ASCII digits that fit a database integer (`str.isdigit`
+    takes "²" and any length), else None."""
+    if not text or not text.isascii() or not text.isdigit() or len(text) > 18:
+        return None
+    return int(text)
+
+
 def parse_cursor(cursor: str) -> tuple[int, str] | None:
     created, _, agreement = (cursor or "").partition(":")
-    if not created.isdigit() or len(agreement) != 64:
+    when = query_int(created)
+    if when is None or len(agreement) != 64:
         return None
-    return int(created), agreement
+    return when, agreement
 
 
 def method_name(method: int) -> str:

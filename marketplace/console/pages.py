@@ -17,7 +17,7 @@ from starlette.responses import RedirectResponse, Response
 
 from marketplace.agreement_states import STATES
 from marketplace.console.actions import ActionRefused, ActionResult, OperatorActions
-from marketplace.console.agreement_reads import AgreementReads
+from marketplace.console.agreement_reads import AgreementReads, query_int
 from marketplace.console.audit import AuditTrail
 from marketplace.console.reads import ConsoleReads
 from marketplace.console.sessions import Session
@@ -199,7 +199,7 @@ class Pages:
 
     async def ledger(self, request: Request, session: Session) -> Response:
         params = request.query_params
-        before = int(params["before"]) if params.get("before", "").isdigit() else 0
+        before = query_int(params.get("before", "")) or 0
         kind = params.get("kind", "") if params.get("kind", "") in POSTING_KINDS else ""
         trace_id = _hex(params.get("trace", ""), 32)
         account = params.get("account", "")[:40]
@@ -234,8 +234,7 @@ class Pages:
                             nav="traces")
 
     async def audit_page(self, request: Request, session: Session) -> Response:
-        before = request.query_params.get("before", "")
-        rows = await run_in_threadpool(lambda: self.audit.records(
-            limit=100, before_ms=int(before) if before.isdigit() else 0))
+        before = query_int(request.query_params.get("before", "")) or 0
+        rows = await run_in_threadpool(lambda: self.audit.records(limit=100, before_ms=before))
         return self._render(request, session, "audit.html", rows=rows, title="Audit trail",
                             nav="audit")
