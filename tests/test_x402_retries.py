@@ -120,8 +120,12 @@ def test_a_streamed_call_retried_with_its_identifier_gets_its_events_again(marke
     assert (session.calls, session.charged_atomic) == (calls, charged)  # paid once
 
 
-def test_a_strangers_identified_calls_do_not_crowd_out_a_payers_answer(market, monkeypatch):
-    monkeypatch.setattr(answers, "PER_SESSION", 3)
+@pytest.mark.parametrize(("limit", "value"), [("PER_SESSION", 3), ("TOTAL_BYTES", 6_000)])
+def test_a_strangers_identified_calls_do_not_crowd_out_a_payers_answer(market, monkeypatch,
+                                                                        limit, value):
+    """Whether a session holds too many answers or the gateway too many bytes, the one that
+    gives way is the stranger's session, which holds the most."""
+    monkeypatch.setattr(answers, limit, value)
     victim = Payer(market)
     victim.send(victim.header())
     header = victim.header("pay_victim_keeps_0123")
@@ -138,3 +142,9 @@ def test_a_strangers_identified_calls_do_not_crowd_out_a_payers_answer(market, m
     again = victim.send(header, {"text": "mine"})
     assert (again.status_code, again.content) == (200, first.content)
     assert len(_session(market, first).answers) == 1
+    kept = market.gateway.answers
+    assert kept._total == sum(kept._held.values())
+    if limit == "TOTAL_BYTES":
+        assert kept._total <= value
+    else:
+        assert len(_session(market, refused).answers) == value

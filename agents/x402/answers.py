@@ -3,11 +3,14 @@ the first answer, paid once.
 
 A request is named by its scope (the session's agreement), the identifier's id and the
 fingerprint of what it asked (payment payload, resource, arguments). Answers are kept in the
-session they were paid under, at most `PER_SESSION` each, so no one evicts another's: a payer
-can only crowd out its own. A retry sent while the first request is still running waits for
-its answer instead of being refused as a replay of the word the first one spent; only the
-exact same request shares a running one, so a stranger who names someone's session and id
-(but not its word) neither reads nor holds up its answer.
+session they were paid under, at most `PER_SESSION` (and `PER_SESSION_BYTES`) each, so no one
+evicts another's: a payer crowds out its own. Past `TOTAL_BYTES` in all, the session holding
+the most gives up its oldest, so a flood spread over many sessions costs its sender first.
+
+A retry sent while the first request is still running waits for its answer instead of being
+refused as a replay of the word the first one spent; only the exact same request shares a
+running one, so a stranger who names someone's session and id (but not its word) neither
+reads nor holds up its answer.
 """
 
 from __future__ import annotations
@@ -15,13 +18,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from starlette.responses import Response, StreamingResponse
 
 from agents.x402._door import problem
 from agents.x402.sessions import SessionBook
 
-PER_SESSION = 1_000
+PER_SESSION = 1_000  # answers
+PER_SESSION_BYTES = 1 << 20
+TOTAL_BYTES = 256 << 20  # past it, the session holding the most gives up its oldest
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,10 @@ class Answer:
     headers: dict[str, str]
     body: bytes
 
+    @property
+    def size(self) -> int:
+        return len(self.body) + sum(len(k) + len(v) for k, v in self.headers.items()) + 64
+
     def response(self) -> Response:
         return Response(self.body, status_code=self.status, headers=self.headers)
 
@@ -43,6 +53,8 @@ class Answers:
     def __init__(self, sessions: SessionBook) -> None:
         self.sessions = sessions
         self._running: dict[tuple[str, str, bytes], asyncio.Future[None]] = {}
+        self._held: dict[str, int] = {}  # bytes of remembered answers per session
+        self._total = 0
 
     def first(self, scope: str, ident: str, fingerprint: bytes) -> Response | None:
         """The remembered answer of this request; 409 if the id answered another; None."""
@@ -61,9 +73,30 @@ class Answers:
         if session is None:  # no session (an authorisation, or closed meanwhile): nothing kept
             return
         with session.lock:
+            replaced = session.answers.pop(ident, None)
+            if replaced is not None:
+                self._held[scope] -= replaced.size
+                self._total -= replaced.size
             session.answers[ident] = answer
-            while len(session.answers) > PER_SESSION:
-                session.answers.popitem(last=False)
+            self._held[scope] = self._held.get(scope, 0) + answer.size
+            self._total += answer.size
+            while len(session.answers) > PER_SESSION or self._held[scope] > PER_SESSION_BYTES:
+                self._forget_oldest(scope, session)
+        while self._total > TOTAL_BYTES:  # the biggest holder gives way: a flood its own
+            biggest = max(self._held, key=self._held.__getitem__)
+            held = self.sessions.sessions.get(biggest)
+            if held is None or not held.answers:  # forgotten with its session
+                self._total -= self._held.pop(biggest)
+                continue
+            with held.lock:
+                self._forget_oldest(biggest, held)
+
+    def _forget_oldest(self, scope: str, session: Any) -> None:
+        _, oldest = session.answers.popitem(last=False)
+        self._held[scope] -= oldest.size
+        self._total -= oldest.size
+        if not session.answers:
+            del self._held[scope]
 
     async def once(self, scope: str, ident: str, fingerprint: bytes,
                    run: Callable[[Callable[[], None]], Awaitable[Response]]) -> Response:
