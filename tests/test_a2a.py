@@ -9,7 +9,6 @@ import base64
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -30,6 +29,7 @@ from marketplace import a2a_extension as ext
 from marketplace.a2a_cards import public_jwk
 from marketplace.node import MarketplaceNode
 from marketplace.v1 import agreement_pb2
+from tests.a2a_market import Market, open_market
 from wallets.grpc_errors import error_info
 
 PRICE = "0.002"
@@ -38,24 +38,6 @@ PRICE = "0.002"
 class Echo(BaseModel):
     text: str
     length: int
-
-
-@dataclass
-class Market:
-    node: MarketplaceNode
-    seller: SellerAgent
-    buyer: BuyerAgent
-    stub: a2a_pb2_grpc.A2AServiceStub
-
-    @property
-    def base_url(self) -> str:
-        return self.seller.card_url.removesuffix("/.well-known/agent-card.json")
-
-    def deal(self, skill_name: str = "echo", quantity: int = 5) -> Deal:
-        deal = self.buyer.negotiate_card(self.seller.card_url, skill_name, quantity=quantity,
-                                         budget="0.05", currency="USD")
-        self.buyer.hire(deal)
-        return deal
 
 
 @pytest.fixture(scope="module")
@@ -77,18 +59,7 @@ def market(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Market]:
         """Write about a topic, streamed."""
         yield from ("agents", " pay", " each", " other")
 
-    folder: Path = tmp_path_factory.mktemp("a2a")
-    node = MarketplaceNode(f"sqlite:///{folder / 'market.db'}", sweep_interval_s=3600).start()
-    seller = SellerAgent("echoer", skills=[echo, hello, write], marketplace=node.address,
-                         card_port=0).serve()
-    buyer = BuyerAgent("buyer", marketplace=node.address)
-    buyer.fund("1.00", "USD")
-    channel = grpc.insecure_channel(seller.endpoint)
-    yield Market(node, seller, buyer, a2a_pb2_grpc.A2AServiceStub(channel))
-    channel.close()
-    seller.stop(0)
-    buyer.close()
-    node.stop(0)
+    yield from open_market(tmp_path_factory.mktemp("a2a"), [echo, hello, write])
 
 
 async def _first(stream):  # type: ignore[no-untyped-def]

@@ -5,47 +5,25 @@ one seller for the module (real servers on loopback)."""
 
 from __future__ import annotations
 
-import gc
 import json
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from a2a.types import a2a_pb2, a2a_pb2_grpc
+from a2a.types import a2a_pb2
 
 from agents import _a2a_buyer
-from agents._a2a_door import MAX_SUBSCRIBERS, SUBSCRIBE_SLICE_S, A2ADoor
-from agents.buyer import BuyerAgent, Deal
-from agents.seller import SellerAgent
+from agents._a2a_door import MAX_SUBSCRIBERS, SUBSCRIBE_SLICE_S
+from agents.buyer import Deal
 from agents.skills import free, per_call, skill
 from marketplace import a2a_extension as ext
-from marketplace.node import MarketplaceNode
+from tests.a2a_market import Market, open_market
 from wallets.grpc_errors import error_info
 
 EXT = [(ext.EXTENSIONS_HEADER, ext.URI)]
-
-
-@dataclass
-class Market:
-    node: MarketplaceNode
-    seller: SellerAgent
-    buyer: BuyerAgent
-    stub: a2a_pb2_grpc.A2AServiceStub
-
-    def deal(self, skill_name: str, quantity: int = 3) -> Deal:
-        deal = self.buyer.negotiate_card(self.seller.card_url, skill_name, quantity=quantity,
-                                         budget="0.05", currency="USD")
-        self.buyer.hire(deal)
-        return deal
-
-    def door(self) -> A2ADoor:
-        return next(o for o in gc.get_objects()
-                    if isinstance(o, A2ADoor) and o.seller is self.seller)
 
 
 @pytest.fixture(scope="module")
@@ -67,18 +45,7 @@ def market(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Market]:
             time.sleep(0.2)
             yield word
 
-    folder: Path = tmp_path_factory.mktemp("a2a-adversarial")
-    node = MarketplaceNode(f"sqlite:///{folder / 'market.db'}", sweep_interval_s=3600).start()
-    seller = SellerAgent("echoer", skills=[echo, hello, write], marketplace=node.address,
-                         card_port=0).serve()
-    buyer = BuyerAgent("buyer", marketplace=node.address)
-    buyer.fund("1.00", "USD")
-    channel = grpc.insecure_channel(seller.endpoint)
-    yield Market(node, seller, buyer, a2a_pb2_grpc.A2AServiceStub(channel))
-    channel.close()
-    seller.stop(0)
-    buyer.close()
-    node.stop(0)
+    yield from open_market(tmp_path_factory.mktemp("a2a-adversarial"), [echo, hello, write])
 
 
 def _message(arguments: dict[str, Any], message_id: str, **metadata: object
