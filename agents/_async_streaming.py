@@ -9,19 +9,19 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
-from agents._deal import Deal, receipt_problem
+from agents._deal import Deal, book_stream, overlong_stream
 from agents._rpc import sdk_error
 from agents._serving import STOP_REASON_KEY
 from agents.errors import FailedPrecondition
 from agents.payment_session import PaymentSession
 from agents.results import Usage
 from agents.v1 import agent_pb2
+from marketplace import agreements as ag
 
 
 class AsyncStreamedCall:
@@ -35,6 +35,7 @@ class AsyncStreamedCall:
         self.budget_atomic = budget_atomic
         self._call = call
         self.pieces: list[str] = []
+        self._size = 0  # bytes of text so far
         self.end: agent_pb2.StreamEnd | None = None
         self.stop_reason = ""
         self.problem = ""
@@ -53,6 +54,11 @@ class AsyncStreamedCall:
                 if chunk.HasField("end"):
                     self.end = chunk.end
                     continue
+                self._size += len(chunk.text_delta.encode())
+                if self._size > ag.MAX_OUTPUT_BYTES:  # a receipt cannot carry it: cut
+                    self._call.cancel()
+                    self.session.settle(self.budget_atomic, 0)
+                    raise overlong_stream(self.deal)
                 self.pieces.append(chunk.text_delta)
                 yield chunk.text_delta
             trailers = await self._call.trailing_metadata()
@@ -66,11 +72,4 @@ class AsyncStreamedCall:
         self._book(self.end)
 
     def _book(self, end: agent_pb2.StreamEnd) -> None:
-        self.session.settle(self.budget_atomic, end.usage.charged_atomic)
-        self.problem = receipt_problem(self.deal, end.receipt, end.usage, end.output_json,
-                                       end.usage.reserved_atomic)
-        if json.loads(end.output_json).get("text") != self.text:
-            self.problem = self.problem or "the receipt commits to other text than was sent"
-        if self.problem:
-            self.deal.problems.append(self.problem)
-        self.deal.outputs.append(json.loads(end.output_json))
+        self.problem = book_stream(self.deal, self.session, self.budget_atomic, end, self.text)

@@ -26,7 +26,9 @@ from agents._bargain import Quote
 from agents._deal import (
     Deal,
     agreement_body,
+    charge_cap,
     countersigned_deal,
+    parsed_output,
     receipt_chain_problems,
     receipt_problem,
     restored_deal,
@@ -284,13 +286,13 @@ class BuyerCore:
                   span: Any) -> CallResult:
         """Book the charge, check the receipt and the output; record problems on the deal."""
         deal = planned.deal
-        if planned.settles:
-            self.sessions[deal.agreement_id].settle(planned.reserve_atomic,
-                                                    response.usage.charged_atomic)
         receipt, usage = response.receipt, response.usage
+        if planned.settles:  # never past what the buyer may owe, whatever the seller says
+            self.sessions[deal.agreement_id].settle(planned.reserve_atomic, min(
+                usage.charged_atomic, charge_cap(deal, planned.reserve_atomic, usage)))
         problem = receipt_problem(deal, receipt, usage, response.output_json,
-                                  planned.reserve_atomic)
-        output = json.loads(response.output_json)
+                                  planned.reserve_atomic, planned.voucher.sequence)
+        output = parsed_output(deal, response.output_json)
         try:
             deal.output_validator.validate(output)
         except ValidationError as error:

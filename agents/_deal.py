@@ -14,10 +14,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents._bargain import Quote
-from agents.errors import AgentmarketError, AgreementEnded, InvalidArgument, NegotiationFailed
+from agents.errors import (
+    AgentmarketError,
+    AgreementEnded,
+    InvalidArgument,
+    NegotiationFailed,
+    ServerError,
+)
 from agents.metering import CALLS, Tariff
 from agents.payment_session import links_for
 from agents.results import AgreementState, Escrow
+from agents.v1 import agent_pb2
 from marketplace import agreements as ag
 from marketplace.payword import MAX_CHAIN_LENGTH, PaywordChain
 from marketplace.schema_validators import validator
@@ -142,10 +149,19 @@ def restored_deal(buyer_id: str, state: dict[str, Any]) -> tuple[Deal, PaywordCh
     return deal, chain
 
 
+def charge_cap(deal: Deal, reserve: int, usage: Any) -> int:
+    """The most a call may cost, by what the buyer knows: what it reserved, or the seller's
+    larger reservation (prepayment carried over), never past the terms' per-call maximum: the
+    seller's `reserved_atomic` is the seller's word, not a ceiling it may set."""
+    tariff = deal.tariff or Tariff(CALLS, deal.body.terms.unit_price_atomic)
+    return min(max(reserve, usage.reserved_atomic), tariff.call_max_atomic)
+
+
 def receipt_problem(deal: Deal, receipt: agreement_pb2.Receipt, usage: Any,
-                    output_json: str, reserve: int) -> str:
+                    output_json: str, reserve: int, sequence: int = 0) -> str:
     """Why a receipt does not check out ('' when it does): signature and output hash, the
-    charge equal to the tariff applied to the reported usage (capped at the call's reserve)."""
+    call it answers (`sequence`: the voucher's, when known), the charge equal to the tariff
+    applied to the reported usage (capped by `charge_cap`)."""
     try:
         ag.check_receipt(receipt, deal.body.seller_id, signature=False)
     except Exception as error:
@@ -153,13 +169,50 @@ def receipt_problem(deal: Deal, receipt: agreement_pb2.Receipt, usage: Any,
     deal.unsigned_receipts.append(receipt)  # its signature: checked before accepting
     if receipt.output_json != output_json or receipt.agreement_id != deal.agreement_id:
         return "the receipt commits to another output"
+    if sequence and receipt.sequence != sequence:
+        return f"the receipt answers call {receipt.sequence}, not this call ({sequence})"
     tariff = deal.tariff or Tariff(CALLS, deal.body.terms.unit_price_atomic)
     expected = min(tariff.charge_atomic(input_tokens=usage.input_tokens,
                                         output_tokens=usage.output_tokens, units=usage.units),
-                   max(reserve, usage.reserved_atomic))
+                   charge_cap(deal, reserve, usage))
     if receipt.charged_atomic != usage.charged_atomic or receipt.charged_atomic != expected:
         return f"charged {receipt.charged_atomic}, the tariff says {expected} for the usage"
     return ""
+
+
+def parsed_output(deal: Deal, output_json: str) -> Any:
+    """The seller's output; one that is not JSON is a problem on the deal (so it is not
+    confirmed) and a `ServerError` to the caller."""
+    try:
+        return json.loads(output_json)
+    except (ValueError, RecursionError):  # not JSON, nested too deep, a 5,000-digit number
+        deal.problems.append("the seller's output is not JSON")
+        deal.failed_outputs += 1
+        raise ServerError("the seller answered with an output that is not JSON; it is "
+                          "recorded as a problem, so the deal is not confirmed") from None
+
+
+def overlong_stream(deal: Deal) -> ServerError:
+    """A stream past what a receipt can carry: a problem on the deal, and the error to raise
+    once the stream is cut."""
+    problem = f"the seller streamed more than {ag.MAX_OUTPUT_BYTES} bytes"
+    deal.problems.append(problem)
+    return ServerError(f"{problem}; the stream was cut")
+
+
+def book_stream(deal: Deal, session: Any, budget: int, end: agent_pb2.StreamEnd,
+                text: str) -> str:
+    """Book a stream's end: its charge, never past `charge_cap`, its receipt and its output
+    (the text sent, as a JSON object) checked; returns the problem ('' if none)."""
+    session.settle(budget, min(end.usage.charged_atomic, charge_cap(deal, budget, end.usage)))
+    problem = receipt_problem(deal, end.receipt, end.usage, end.output_json, budget)
+    output = parsed_output(deal, end.output_json)
+    if not isinstance(output, dict) or output.get("text") != text:
+        problem = problem or "the receipt commits to other text than was sent"
+    if problem:
+        deal.problems.append(problem)
+    deal.outputs.append(output)
+    return problem
 
 
 def receipt_chain_problems(deal: Deal) -> list[str]:
@@ -170,7 +223,8 @@ def receipt_chain_problems(deal: Deal) -> list[str]:
     # a retried call's answer repeats its receipt: count each receipt once
     distinct = {r.SerializeToString(): r for r in deal.unsigned_receipts}
     try:
-        ag.check_receipt_chain(list(distinct.values()), deal.body.seller_id, complete=False)
+        ag.check_receipt_chain(list(distinct.values()), deal.body.seller_id, complete=False,
+                               signed_every=True)
     except Exception as error:
         found.append(f"bad receipt: {error}")
     # the chain is checked whole each time: record a problem once however often it runs

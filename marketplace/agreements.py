@@ -209,14 +209,20 @@ def check_receipt(receipt: agreement_pb2.Receipt, seller_id: str, *,
 
 
 def check_receipt_chain(receipts: list[agreement_pb2.Receipt], seller_id: str, *,
-                        complete: bool) -> list[agreement_pb2.Receipt]:
+                        complete: bool, signed_every: bool = False
+                        ) -> list[agreement_pb2.Receipt]:
     """Check each receipt and the links between neighbours; returns them in chain order.
     `complete`: they must be the whole chain 1..n (a redeem); otherwise gaps are allowed
-    (a buyer holds only the answers it got) but neighbours must link."""
+    (a buyer holds only the answers it got) but neighbours must link. `signed_every`: every
+    RECEIPT_SIGN_EVERY-th must carry the seller's signature (a buyer's evidence)."""
     ordered = sorted(receipts, key=lambda r: r.chain_index)
     previous: agreement_pb2.Receipt | None = None
     for position, receipt in enumerate(ordered, start=1):
         check_receipt(receipt, seller_id)
+        if signed_every and receipt.chain_index % RECEIPT_SIGN_EVERY == 0 \
+                and not receipt.seller_signature:
+            raise BadSignature(f"receipt {receipt.chain_index} carries no seller signature "
+                               f"(every {RECEIPT_SIGN_EVERY}th must)")
         if complete and receipt.chain_index != position:
             raise InvalidArgument(f"the receipt chain is not whole: receipt {position} is "
                                   "missing or repeated")

@@ -1,0 +1,196 @@
+"""A seller that lies to its buyer: the buyer never books more than it may owe, raises only the
+project's exceptions, and records every lie as a problem, so it does not confirm the deal.
+
+The seller is a real SellerAgent whose answers are tampered with after it made them, each
+receipt rebuilt so that it hashes and chains (only what the test changes is false).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from agents import BuyerAgent, SellerAgent, per_1k_tokens, per_call, per_unit, skill
+from agents.errors import ServerError
+from agents.metering import current_meter
+from agents.v1 import agent_pb2
+from marketplace import agreements as ag
+from marketplace.node import MarketplaceNode
+
+
+class Text(BaseModel):
+    text: str
+
+
+@skill(price=per_call("0.001", "USD"))
+def shout(text: str) -> Text:
+    """Upper-case a text."""
+    return Text(text=text.upper())
+
+
+@skill(price=per_unit("0.0005", "USD", "gpu_second"), max_units=10)
+def train(steps: int) -> Text:
+    """Billed per unit, at most 10 a call."""
+    current_meter().add_units(min(steps, 10))
+    return Text(text=str(steps))
+
+
+@skill(price=per_1k_tokens("0.001", "0.002", "USD"), max_input_tokens=200,
+       max_output_tokens=400)
+def write(topic: str) -> Iterator[str]:
+    """Streamed, priced per 1k tokens."""
+    yield from (f"{topic}{i} " for i in range(5))
+
+
+@pytest.fixture
+def market(tmp_path: Path) -> Iterator[tuple[SellerAgent, BuyerAgent]]:
+    with MarketplaceNode(f"sqlite:///{tmp_path / 'm.db'}", sweep_interval_s=3600) as node, \
+            SellerAgent("liar", skills=[shout, train, write], marketplace=node.address,
+                        server="threaded") as seller, \
+            BuyerAgent("me", marketplace=node.address) as buyer:
+        buyer.fund("1.00", "USD")
+        yield seller, buyer
+
+
+def _deal(buyer: BuyerAgent, skill_name: str, quantity: int = 3) -> Any:
+    listing = buyer.discover(skill_name, currency="USD")[0]
+    deal = buyer.negotiate(listing, skill_name, quantity=quantity, budget="0.05",
+                           currency="USD")
+    buyer.hire(deal)
+    return deal
+
+
+def _tamper(seller: SellerAgent, change: Callable[[Any], Any]) -> None:
+    real = seller.invoke
+    seller.invoke = lambda request, context: change(real(request, context))  # type: ignore
+
+
+def _rebuilt(response: Any, output_json: str | None = None, **usage: int) -> Any:
+    """The response with another output or usage, its receipt rebuilt to match."""
+    old = response.receipt
+    output = old.output_json if output_json is None else output_json
+    receipt = ag.new_receipt(old.agreement_id, old.sequence, output,
+                             usage.get("charged_atomic", old.charged_atomic),
+                             units=usage.get("units", old.units))
+    ag.chain_receipt(receipt, old.chain_index, old.previous_sha256, None)
+    response.receipt.CopyFrom(receipt)
+    response.output_json = output
+    for name, value in usage.items():
+        setattr(response.usage, name, value)
+    return response
+
+
+def test_a_seller_that_reserves_and_charges_past_the_call_maximum_is_not_paid_it(market):
+    seller, buyer = market
+    deal = _deal(buyer, "train")
+    most = deal.call_max_atomic
+    _tamper(seller, lambda r: _rebuilt(r, units=20, charged_atomic=2 * most,
+                                       reserved_atomic=2 * most))
+    result = buyer.invoke(deal, {"steps": 20})
+    assert not result.verified and "tariff says" in result.problem
+    assert buyer.sessions[deal.agreement_id].charged_atomic == most  # booked: at most the cap
+
+
+@pytest.mark.parametrize("output", ["not json", "", "[" * 100_000, "1" * 5_000])
+def test_an_output_that_is_not_json_is_a_server_error_and_a_problem(market, output):
+    seller, buyer = market
+    deal = _deal(buyer, "shout")
+    _tamper(seller, lambda r: _rebuilt(r, output_json=output))
+    with pytest.raises(ServerError):
+        buyer.invoke(deal, {"text": "hi"})
+    assert deal.problems == ["the seller's output is not JSON"]
+
+
+def test_an_answer_to_another_call_is_a_problem(market):
+    seller, buyer = market
+    deal = _deal(buyer, "shout")
+    first: list[Any] = []
+
+    def replay(response: Any) -> Any:
+        first.append(first[0] if first else response)
+        return first[0]
+
+    _tamper(seller, replay)
+    assert buyer.invoke(deal, {"text": "one"}).verified
+    again = buyer.invoke(deal, {"text": "two"})
+    assert not again.verified and "answers call 1, not this call (2)" in again.problem
+
+
+def test_a_chain_whose_16th_receipt_is_unsigned_is_a_problem(market):
+    seller, buyer = market
+    deal = _deal(buyer, "shout", quantity=16)
+
+    def strip(response: Any) -> Any:
+        if response.receipt.chain_index % ag.RECEIPT_SIGN_EVERY == 0:
+            response.receipt.seller_signature = b""
+        return response
+
+    _tamper(seller, strip)
+    for n in range(16):
+        buyer.invoke(deal, {"text": str(n)})
+    assert any("carries no seller signature" in p for p in buyer.check_receipt_signatures(deal))
+
+
+def _end(request: Any, output_json: str, *, charged: int = 1, tokens: int = 1,
+         reserved: int | None = None) -> agent_pb2.StreamChunk:
+    receipt = ag.new_receipt(request.agreement_id, 1, output_json, charged,
+                             output_tokens=tokens)
+    ag.chain_receipt(receipt, 1, ag.CHAIN_GENESIS, None)
+    usage = agent_pb2.Usage(calls=1, output_tokens=tokens, charged_atomic=charged,
+                            reserved_atomic=charged if reserved is None else reserved)
+    return agent_pb2.StreamChunk(end=agent_pb2.StreamEnd(
+        stop_reason=1, output_json=output_json, usage=usage, receipt=receipt))
+
+
+@pytest.mark.parametrize("output", ["not json", "[1, 2]", "[" * 50_000 + "]" * 50_000])
+def test_a_stream_ending_in_an_output_that_is_no_json_object_is_refused(market, output):
+    seller, buyer = market
+
+    def stream(request: Any, context: Any) -> Iterator[agent_pb2.StreamChunk]:
+        yield agent_pb2.StreamChunk(text_delta="hi", charged_atomic=1)
+        yield _end(request, output)
+
+    seller.calls.invoke_stream = stream  # type: ignore[method-assign]
+    deal = _deal(buyer, "write")
+    with contextlib.suppress(ServerError):  # anything else would fail the test
+        "".join(buyer.stream(deal, {"topic": "x"}))
+    assert deal.problems
+
+
+def test_a_stream_charging_past_its_budget_is_booked_at_most_the_budget(market):
+    seller, buyer = market
+
+    def stream(request: Any, context: Any) -> Iterator[agent_pb2.StreamChunk]:
+        yield agent_pb2.StreamChunk(text_delta="hi", charged_atomic=1)
+        yield _end(request, json.dumps({"text": "hi"}, sort_keys=True), charged=1_583_334,
+                   tokens=1000, reserved=1_583_334)
+
+    seller.calls.invoke_stream = stream  # type: ignore[method-assign]
+    deal = _deal(buyer, "write")
+    streamed = buyer.stream(deal, {"topic": "x"})
+    assert "".join(streamed) == "hi"
+    assert "tariff says" in streamed.problem
+    assert buyer.sessions[deal.agreement_id].charged_atomic <= streamed.budget_atomic
+
+
+def test_a_stream_past_what_a_receipt_carries_is_cut(market):
+    seller, buyer = market
+
+    def stream(request: Any, context: Any) -> Iterator[agent_pb2.StreamChunk]:
+        for _ in range(200):
+            yield agent_pb2.StreamChunk(text_delta="x" * 100_000, charged_atomic=1)
+        yield _end(request, json.dumps({"text": "x"}))
+
+    seller.calls.invoke_stream = stream  # type: ignore[method-assign]
+    deal = _deal(buyer, "write")
+    streamed = buyer.stream(deal, {"topic": "x"})
+    with pytest.raises(ServerError):
+        "".join(streamed)
+    assert len(streamed.text) <= ag.MAX_OUTPUT_BYTES
+    assert any("streamed more than" in p for p in deal.problems)
