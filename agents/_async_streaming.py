@@ -30,9 +30,10 @@ class AsyncStreamedCall:
     receipt for exactly what was delivered)."""
 
     def __init__(self, deal: Deal, session: PaymentSession, budget_atomic: int,
-                 call: Any) -> None:
+                 call: Any, *, sequence: int = 0) -> None:
+        """`sequence`: the voucher's, which the stream's receipt must name."""
         self.deal, self.session = deal, session
-        self.budget_atomic = budget_atomic
+        self.budget_atomic, self.sequence = budget_atomic, sequence
         self._call = call
         self.pieces: list[str] = []
         self._size = 0  # bytes of text so far
@@ -72,4 +73,5 @@ class AsyncStreamedCall:
         self._book(self.end)
 
     def _book(self, end: agent_pb2.StreamEnd) -> None:
-        self.problem = book_stream(self.deal, self.session, self.budget_atomic, end, self.text)
+        self.problem = book_stream(self.deal, self.session, self.budget_atomic, end, self.text,
+                                   self.sequence)

@@ -201,11 +201,11 @@ def overlong_stream(deal: Deal) -> ServerError:
 
 
 def book_stream(deal: Deal, session: Any, budget: int, end: agent_pb2.StreamEnd,
-                text: str) -> str:
+                text: str, sequence: int = 0) -> str:
     """Book a stream's end: its charge, never past `charge_cap`, its receipt and its output
     (the text sent, as a JSON object) checked; returns the problem ('' if none)."""
     session.settle(budget, min(end.usage.charged_atomic, charge_cap(deal, budget, end.usage)))
-    problem = receipt_problem(deal, end.receipt, end.usage, end.output_json, budget)
+    problem = receipt_problem(deal, end.receipt, end.usage, end.output_json, budget, sequence)
     output = parsed_output(deal, end.output_json)
     if not isinstance(output, dict) or output.get("text") != text:
         problem = problem or "the receipt commits to other text than was sent"

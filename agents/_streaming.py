@@ -33,9 +33,10 @@ RPC_TIMEOUT_S = 60.0
 
 class StreamedCall:
     def __init__(self, buyer: BuyerAgent, deal: Deal, session: PaymentSession, budget: int,
-                 call: Any) -> None:
+                 call: Any, *, sequence: int = 0) -> None:
+        """`sequence`: the voucher's, which the stream's receipt must name."""
         self.buyer, self.deal, self.session = buyer, deal, session
-        self.budget_atomic = budget
+        self.budget_atomic, self.sequence = budget, sequence
         self._call = call
         self.pieces: list[str] = []
         self._size = 0  # bytes of text so far
@@ -55,7 +56,7 @@ class StreamedCall:
         except grpc.RpcError as error:
             session.settle(budget, 0)
             raise sdk_error(error) from None
-        return cls(buyer, deal, session, budget, call)
+        return cls(buyer, deal, session, budget, call, sequence=voucher.sequence)
 
     @property
     def text(self) -> str:
@@ -96,4 +97,4 @@ class StreamedCall:
     def _book(self) -> None:
         assert self.end is not None
         self.problem = book_stream(self.deal, self.session, self.budget_atomic, self.end,
-                                   self.text)
+                                   self.text, self.sequence)

@@ -335,7 +335,7 @@ class AsyncBuyerAgent(BuyerCore):
         session = self.sessions[deal.agreement_id]
         call = self._seller(deal.body.seller_endpoint).InvokeStream(
             request, metadata=call_metadata(deal, voucher), timeout=STREAM_TIMEOUT_S)
-        return AsyncStreamedCall(deal, session, budget, call)
+        return AsyncStreamedCall(deal, session, budget, call, sequence=voucher.sequence)
 
     @async_sdk_method
     async def finish(self, deal: Deal, *, confirm: bool = True) -> Escrow:
@@ -413,7 +413,7 @@ class AsyncBuyerAgent(BuyerCore):
             _a2a.stream_request(request, voucher, deal.body.terms.skill),
             metadata=_a2a.EXTENSION_METADATA, timeout=STREAM_TIMEOUT_S)
         return AsyncStreamedCall(deal, self.sessions[deal.agreement_id], budget,
-                                 _a2a.AsyncA2AStream(call))
+                                 _a2a.AsyncA2AStream(call), sequence=voucher.sequence)
 
     @async_sdk_method
     async def ask(self, url: str, arguments: dict[str, Any] | str, *,

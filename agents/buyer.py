@@ -435,7 +435,8 @@ class BuyerAgent(BuyerCore):
         except grpc.RpcError:
             session.settle(budget, 0)
             raise
-        return StreamedCall(self, deal, session, budget, _a2a.A2AStream(call))
+        return StreamedCall(self, deal, session, budget, _a2a.A2AStream(call),
+                            sequence=voucher.sequence)
 
     @sdk_method
     def ask(self, url: str, arguments: dict[str, Any] | str, *, skill: str | None = None

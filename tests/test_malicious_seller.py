@@ -138,8 +138,8 @@ def test_a_chain_whose_16th_receipt_is_unsigned_is_a_problem(market):
 
 
 def _end(request: Any, output_json: str, *, charged: int = 1, tokens: int = 1,
-         reserved: int | None = None) -> agent_pb2.StreamChunk:
-    receipt = ag.new_receipt(request.agreement_id, 1, output_json, charged,
+         reserved: int | None = None, sequence: int = 1) -> agent_pb2.StreamChunk:
+    receipt = ag.new_receipt(request.agreement_id, sequence, output_json, charged,
                              output_tokens=tokens)
     ag.chain_receipt(receipt, 1, ag.CHAIN_GENESIS, None)
     usage = agent_pb2.Usage(calls=1, output_tokens=tokens, charged_atomic=charged,
@@ -194,3 +194,17 @@ def test_a_stream_past_what_a_receipt_carries_is_cut(market):
         "".join(streamed)
     assert len(streamed.text) <= ag.MAX_OUTPUT_BYTES
     assert any("streamed more than" in p for p in deal.problems)
+
+
+def test_a_stream_whose_receipt_names_another_call_is_a_problem(market):
+    seller, buyer = market
+
+    def stream(request: Any, context: Any) -> Iterator[agent_pb2.StreamChunk]:
+        yield agent_pb2.StreamChunk(text_delta="hi", charged_atomic=1)
+        yield _end(request, json.dumps({"text": "hi"}, sort_keys=True), sequence=7)
+
+    seller.calls.invoke_stream = stream  # type: ignore[method-assign]
+    deal = _deal(buyer, "write")
+    streamed = buyer.stream(deal, {"topic": "x"})
+    assert "".join(streamed) == "hi"
+    assert "answers call 7, not this call (1)" in streamed.problem
