@@ -208,3 +208,17 @@ def test_a_stream_whose_receipt_names_another_call_is_a_problem(market):
     streamed = buyer.stream(deal, {"topic": "x"})
     assert "".join(streamed) == "hi"
     assert "answers call 7, not this call (1)" in streamed.problem
+
+
+def test_the_usdc_rails_libraries_leave_the_recursion_limit_where_deep_json_is_refused():
+    """py_ecc (eth_account) raises the limit to 100,000 on import, where JSON nested that
+    deep crashed the process in the C decoder; our modules that import it put it back."""
+    import sys
+
+    from wallets import _stack
+    from wallets.evm import sandbox_chain
+
+    sandbox_chain()  # py-evm too
+    assert sys.getrecursionlimit() <= _stack.LIMIT <= 10_000
+    with pytest.raises(RecursionError):
+        json.loads("[" * 100_000)

@@ -1,6 +1,7 @@
 """Money for agents: currencies, a double-entry ledger with two-phase holds, rails, wallets
 an owner can program (policies, approvals, velocity freezes, mandates), and FX."""
 
+from wallets import _stack  # noqa: F401  (the recursion limit, read before a library raises it)
 from wallets.anomaly import Alert
 from wallets.approvals import Approval
 from wallets.conditional import ConditionalHold, ConditionalHolds

@@ -56,6 +56,10 @@ def _signer(private_key: str, rpc_url: str) -> Any:
     from x402.mechanisms.evm import FacilitatorWeb3Signer
     from x402.mechanisms.evm.constants import MULTICALL3_ADDRESS
 
+    from wallets import _stack
+
+    _stack.restore()  # eth_account's py_ecc raised it: deep JSON would crash, not refuse
+
     class Signer(FacilitatorWeb3Signer):  # type: ignore[misc]
         def __init__(self) -> None:
             super().__init__(private_key=private_key, rpc_url=rpc_url)

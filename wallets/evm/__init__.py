@@ -4,6 +4,7 @@
 URL (`config`), and EIP-3009 authorizations a facilitator verifies and settles
 (`authorization`)."""
 
+from wallets import _stack
 from wallets.evm.authorization import (
     AuthorizationRefused,
     TransferAuthorization,
@@ -13,6 +14,8 @@ from wallets.evm.authorization import (
 from wallets.evm.chain import SandboxChain, sandbox_chain, token_contract
 from wallets.evm.config import UsdcRailConfig, load_hot_key
 from wallets.evm.rail import ScanResult, UsdcRail, registration_message
+
+_stack.restore()  # eth_account's py_ecc raised it: deep JSON would crash, not refuse
 
 __all__ = [
     "AuthorizationRefused",

@@ -18,6 +18,7 @@ from typing import Any
 from web3 import EthereumTesterProvider, Web3
 from web3.contract import Contract
 
+from wallets import _stack
 from wallets.currencies import currency
 
 ARTIFACT = Path(__file__).resolve().with_name("token.json")
@@ -66,6 +67,7 @@ def sandbox_chain(name: str = "USD Coin", symbol: str = "USDC",
     from eth_tester import EthereumTester
 
     tester = EthereumTester()
+    _stack.restore()  # py-evm raised it when the tester loaded it
     w3 = Web3(EthereumTesterProvider(tester))
     issuer = w3.eth.accounts[0]
     factory = w3.eth.contract(abi=artifact()["abi"], bytecode=artifact()["bytecode"])
