@@ -36,12 +36,11 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from a2a.types import a2a_pb2, a2a_pb2_grpc
-from jsonschema import ValidationError
 
 from agents import _a2a_parts as parts
 from agents._a2a_tasks import TERMINAL, TaskNotCancelable, TaskStore, UnsupportedOperation
 from agents._a2a_tasks import paid_task as paid_task_of
-from agents._serving import MAX_INPUT_BYTES, STOP_NAMES, utf8_bytes_over
+from agents._serving import MAX_INPUT_BYTES, STOP_NAMES, checked_arguments, utf8_bytes_over
 from agents.errors import (
     AgentmarketError,
     CallInProgress,
@@ -155,23 +154,14 @@ class A2ADoor(a2a_pb2_grpc.A2AServiceServicer):
             raise NotFound(f"no skill {str(name)[:64]!r} here ({', '.join(sorted(skills))})")
         return skills[name]
 
-    def _input(self, message: a2a_pb2.Message, skill: Any) -> tuple[str, Any]:
-        """The input's JSON and arguments, checked against the skill's input schema before
-        anything is paid or run: a refused paid message must not use up its voucher."""
+    def _input_json(self, message: a2a_pb2.Message, skill: Any) -> str:
+        """The input's JSON, at most MAX_INPUT_BYTES (the paid core checks it against the
+        skill's schema before the voucher: a refused paid message uses up nothing)."""
         input_json = parts.arguments_json(message, skill)
         if utf8_bytes_over(input_json, MAX_INPUT_BYTES):
             raise InvalidArgument(f"input is larger than {MAX_INPUT_BYTES} bytes of UTF-8",
                                   reason="MESSAGE_TOO_LARGE")
-        try:
-            arguments = json.loads(input_json)
-        except (ValueError, RecursionError) as error:
-            raise InvalidArgument(f"input is not valid JSON: {error}") from None
-        try:
-            skill.input_validator.validate(arguments)
-        except (ValidationError, RecursionError) as error:
-            raise InvalidArgument(f"input does not match the skill's schema: "
-                                  f"{getattr(error, 'message', error)}") from None
-        return input_json, arguments
+        return input_json
 
     def _ids(self, message: a2a_pb2.Message) -> tuple[str, str]:
         task_id = str(uuid.uuid4())
@@ -197,7 +187,8 @@ class A2ADoor(a2a_pb2_grpc.A2AServiceServicer):
         return task
 
     def _free(self, message: a2a_pb2.Message, skill: Any) -> a2a_pb2.Task:
-        input_json, arguments = self._input(message, skill)
+        input_json = self._input_json(message, skill)
+        arguments = checked_arguments(input_json, skill)
         key = _retry_key(message, skill.name, input_json)
         previous = self.tasks.by_message(key)
         if previous is not None:  # the same caller resent the same message: its first task
@@ -244,7 +235,7 @@ class A2ADoor(a2a_pb2_grpc.A2AServiceServicer):
             raise InvalidArgument(f"the agreement pays for {skill.name}, not "
                                   f"{str(named)[:64]}", reason="WRONG_SKILL")
         request = agent_pb2.InvokeRequest(agreement_id=agreement_id,
-                                          input_json=self._input(message, skill)[0],
+                                          input_json=self._input_json(message, skill),
                                           call_id=message.message_id)
         task_id = ext.paid_task_id(agreement_id, message.message_id, voucher.payword)
         return request, voucher, task_id, message.context_id or task_id

@@ -311,12 +311,18 @@ def _arguments(request: agent_pb2.InvokeRequest, skill: Skill) -> Any:
     """The call's input, parsed and checked against the skill's input schema."""
     if utf8_bytes_over(request.input_json, MAX_INPUT_BYTES):
         raise InvalidArgument(f"input is larger than {MAX_INPUT_BYTES} bytes of UTF-8")
+    return checked_arguments(request.input_json, skill)
+
+
+def checked_arguments(input_json: str, skill: Skill) -> Any:
+    """`input_json` parsed and checked against the skill's input schema (every door)."""
     try:
-        arguments = json.loads(request.input_json)
-        skill.input_validator.validate(arguments)
+        arguments = json.loads(input_json)
     except (ValueError, RecursionError) as error:
         raise InvalidArgument(f"input is not valid JSON: {error}") from None
-    except ValidationError as error:
-        raise InvalidArgument(f"input does not match the skill's schema: {error.message}"
-                              ) from None
+    try:
+        skill.input_validator.validate(arguments)
+    except (ValidationError, RecursionError) as error:
+        raise InvalidArgument(f"input does not match the skill's schema: "
+                              f"{getattr(error, 'message', error)}") from None
     return arguments
