@@ -110,9 +110,7 @@ class LedgerScheme:
 
     def _common(self, payload: PaymentPayload, requirements: PaymentRequirements) -> Any:
         accepted = payload.accepted
-        amount = requirements.amount
-        if not (isinstance(amount, str) and amount.isascii() and amount.isdigit()
-                and len(amount) <= 19):
+        if not net.atomic_text(requirements.amount):
             raise Refused("invalid_amount", "an amount is a decimal string of atomic units "
                                             "(digits 0-9, at most 19)")
         if requirements.network != self.network or accepted.network != self.network:

@@ -183,6 +183,13 @@ def voucher_payload(voucher: agreement_pb2.Voucher) -> dict[str, Any]:
             "voucher": b64(voucher.SerializeToString())}
 
 
+def atomic_text(amount: Any) -> bool:
+    """Whether `amount` is an amount in atomic units as x402 writes one: a decimal string of
+    ASCII digits, at most 19 (`str.isdigit` also takes superscript and non-Latin digits)."""
+    return isinstance(amount, str) and amount.isascii() and amount.isdigit() \
+        and 0 < len(amount) <= 19
+
+
 def parse(payload: Any) -> OpenPayload | VoucherPayload | Authorization:
     """The payment in an x402 payload object, or PayloadError (`invalid_payload`)."""
     if not isinstance(payload, dict):
@@ -228,8 +235,7 @@ def _authorization(payload: dict[str, Any]) -> Authorization:
         raise PayloadError("invalid_payload", "authorization needs exactly amount, asset, "
                                               "from, network, nonce, resource, to, validBefore")
     amount, before = fields["amount"], fields["validBefore"]
-    if not isinstance(amount, str) or not amount.isdigit() or len(amount) > 19 \
-            or not isinstance(before, int) or isinstance(before, bool):
+    if not atomic_text(amount) or not isinstance(before, int) or isinstance(before, bool):
         raise PayloadError("invalid_payload", "amount is a decimal string, validBefore ms")
     texts = [fields[k] for k in ("asset", "from", "network", "nonce", "resource", "to")]
     if not all(isinstance(t, str) and len(t) <= 2048 for t in texts) \
