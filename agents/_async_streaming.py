@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 
-from agents._deal import Deal, book_stream, overlong_stream
+from agents._deal import Deal, book_stream, cut_overlong_stream
 from agents._rpc import sdk_error
 from agents._serving import STOP_REASON_KEY
 from agents.errors import FailedPrecondition
@@ -56,10 +56,9 @@ class AsyncStreamedCall:
                     self.end = chunk.end
                     continue
                 self._size += len(chunk.text_delta.encode())
-                if self._size > ag.MAX_OUTPUT_BYTES:  # a receipt cannot carry it: cut
-                    self._call.cancel()
-                    self.session.settle(self.budget_atomic, 0)
-                    raise overlong_stream(self.deal)
+                if self._size > ag.MAX_OUTPUT_BYTES:  # a receipt cannot carry it
+                    raise cut_overlong_stream(self.deal, self.session, self.budget_atomic,
+                                              self._call)
                 self.pieces.append(chunk.text_delta)
                 yield chunk.text_delta
             trailers = await self._call.trailing_metadata()

@@ -149,12 +149,15 @@ def restored_deal(buyer_id: str, state: dict[str, Any]) -> tuple[Deal, PaywordCh
     return deal, chain
 
 
+def _tariff(deal: Deal) -> Tariff:
+    return deal.tariff or Tariff(CALLS, deal.body.terms.unit_price_atomic)
+
+
 def charge_cap(deal: Deal, reserve: int, usage: Any) -> int:
     """The most a call may cost, by what the buyer knows: what it reserved, or the seller's
     larger reservation (prepayment carried over), never past the terms' per-call maximum: the
     seller's `reserved_atomic` is the seller's word, not a ceiling it may set."""
-    tariff = deal.tariff or Tariff(CALLS, deal.body.terms.unit_price_atomic)
-    return min(max(reserve, usage.reserved_atomic), tariff.call_max_atomic)
+    return min(max(reserve, usage.reserved_atomic), _tariff(deal).call_max_atomic)
 
 
 def receipt_problem(deal: Deal, receipt: agreement_pb2.Receipt, usage: Any,
@@ -171,8 +174,7 @@ def receipt_problem(deal: Deal, receipt: agreement_pb2.Receipt, usage: Any,
         return "the receipt commits to another output"
     if sequence and receipt.sequence != sequence:
         return f"the receipt answers call {receipt.sequence}, not this call ({sequence})"
-    tariff = deal.tariff or Tariff(CALLS, deal.body.terms.unit_price_atomic)
-    expected = min(tariff.charge_atomic(input_tokens=usage.input_tokens,
+    expected = min(_tariff(deal).charge_atomic(input_tokens=usage.input_tokens,
                                         output_tokens=usage.output_tokens, units=usage.units),
                    charge_cap(deal, reserve, usage))
     if receipt.charged_atomic != usage.charged_atomic or receipt.charged_atomic != expected:
@@ -192,9 +194,11 @@ def parsed_output(deal: Deal, output_json: str) -> Any:
                           "recorded as a problem, so the deal is not confirmed") from None
 
 
-def overlong_stream(deal: Deal) -> ServerError:
-    """A stream past what a receipt can carry: a problem on the deal, and the error to raise
-    once the stream is cut."""
+def cut_overlong_stream(deal: Deal, session: Any, budget: int, call: Any) -> ServerError:
+    """A stream past what a receipt can carry: cancelled, its budget released, a problem on
+    the deal; returns the error to raise."""
+    call.cancel()
+    session.settle(budget, 0)
     problem = f"the seller streamed more than {ag.MAX_OUTPUT_BYTES} bytes"
     deal.problems.append(problem)
     return ServerError(f"{problem}; the stream was cut")

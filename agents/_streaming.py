@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from agents._buyer_core import call_metadata
-from agents._deal import Deal, book_stream, overlong_stream
+from agents._deal import Deal, book_stream, cut_overlong_stream
 from agents._rpc import sdk_error
 from agents._serving import STOP_REASON_KEY
 from agents.errors import FailedPrecondition
@@ -78,10 +78,9 @@ class StreamedCall:
                     self.end = chunk.end
                     continue
                 self._size += len(chunk.text_delta.encode())
-                if self._size > ag.MAX_OUTPUT_BYTES:  # a receipt cannot carry it: cut
-                    self._call.cancel()
-                    self.session.settle(self.budget_atomic, 0)
-                    raise overlong_stream(self.deal)
+                if self._size > ag.MAX_OUTPUT_BYTES:  # a receipt cannot carry it
+                    raise cut_overlong_stream(self.deal, self.session, self.budget_atomic,
+                                              self._call)
                 self.pieces.append(chunk.text_delta)
                 yield chunk.text_delta
         except grpc.RpcError as error:
