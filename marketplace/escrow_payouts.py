@@ -17,9 +17,7 @@ from marketplace.escrows import Pending, escrow_of, locked_row
 from marketplace.escrows import set_values as _set
 from marketplace.reputation import record_outcome
 from wallets import attributes as attr
-from wallets._ledger_reads import hold_from_row
 from wallets.currencies import split
-from wallets.errors import NotFound
 from wallets.ledger import Ledger
 from wallets.metrics import MarketMetrics
 from wallets.models import Transfer
@@ -72,10 +70,7 @@ class Payouts:
             "agentmarket.verifier_fee_atomic": verifier_fee,
         }):
             paid = [s for s in splits if s[1]]
-            locked = self.ledger.hold_for_update(conn, row.hold_id)  # read once: the
-            if locked is None:  # capture takes the row as read here
-                raise NotFound(f"hold {row.hold_id!r} does not exist")
-            hold = hold_from_row(locked)
+            locked, hold = self.ledger.locked_hold(conn, row.hold_id)  # the capture reuses it
             if hold.status == "open" and hold.expires_at_ms > self.clock_ms():
                 self.ledger.capture_in(conn, f"{key}:capture", row.hold_id,
                                        row.earned_atomic + verifier_fee, paid, final=True,

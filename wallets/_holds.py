@@ -199,10 +199,14 @@ class LedgerHolds(LedgerReads, MutationRunner):
         return posting
 
     def _hold_row(self, conn: Connection, hold_id: str) -> Hold:
+        return self.locked_hold(conn, hold_id)[1]
+
+    def locked_hold(self, conn: Connection, hold_id: str) -> tuple[Any, Hold]:
+        """The hold's row, FOR UPDATE (a capture may take it as `locked`), and the hold."""
         row = self.hold_for_update(conn, hold_id)
         if row is None:
             raise NotFound(f"hold {hold_id!r} does not exist")
-        return hold_from_row(row)
+        return row, hold_from_row(row)
 
     def _open_hold(self, conn: Connection, hold_id: str, preimage: bytes = b"",
                    locked: Any = None) -> Hold:
