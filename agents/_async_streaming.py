@@ -3,7 +3,8 @@
     stream = await buyer.stream(deal, {"topic": "agents"})
     async for piece in stream:
         print(piece, end="")
-    stream.stop_reason      # "complete", or "budget": the prepaid budget ran out first
+    stream.stop_reason      # "complete", "budget" (the prepaid budget ran out first), "size"
+                            # or "ended" (see agents._streaming)
     stream.usage            # what the delivered text used and cost
 """
 
@@ -26,8 +27,8 @@ from marketplace import agreements as ag
 
 class AsyncStreamedCall:
     """A streamed paid call: `async for piece in call` yields text as the seller produces it;
-    afterwards `.text`, `.usage`, `.stop_reason` ("complete" or "budget") and `.end` (the
-    receipt for exactly what was delivered)."""
+    afterwards `.text`, `.usage`, `.stop_reason` ("complete", "budget", "size", "ended") and
+    `.end` (the receipt for exactly what was delivered)."""
 
     def __init__(self, deal: Deal, session: PaymentSession, budget_atomic: int,
                  call: Any, *, sequence: int = 0) -> None:

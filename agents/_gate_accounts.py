@@ -48,6 +48,9 @@ class AgreementAccount:
     chain_bytes: int = 0  # what the receipts add to the redeem (ag.receipt_bytes)
     calls: dict[str, CallPayment] = field(default_factory=dict)
     closed: bool = False
+    # A redeem took its receipts (`begin_redeem`): a call finishing after that is not in it,
+    # so it is neither charged nor answered (its work would otherwise be free).
+    sealed: bool = False
     redeemed: Any = None
     opened: Pending | None = None  # its journal record, until seen written
     lock: threading.Lock = field(default_factory=threading.Lock)

@@ -69,6 +69,7 @@ class GateRedeems:
             pending.wait(_SYNC_WAIT_S)
             self.journal.flush(_SYNC_WAIT_S)  # the running calls' records: written or unchained
         with account.lock:
+            account.sealed = True
             voucher = account.latest or agreement_pb2.Voucher(
                 agreement_id=agreement_id, sequence=0, cumulative_atomic=0, payword_index=0,
                 payword=account.body.payword_root)
@@ -88,6 +89,7 @@ class GateRedeems:
             pending.wait(_SYNC_WAIT_S)
         with account.lock:
             account.closed, account.redeemed = escrow is not None, escrow
+            account.sealed = escrow is not None
 
     def redeemed(self, agreement_id: str) -> Any:
         return self._account(agreement_id).redeemed

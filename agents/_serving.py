@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -50,7 +50,7 @@ _RULES_REPORTED: set[str] = set()
 log = logging.getLogger("agentmarket.seller")
 STOP_REASON_KEY = "agentmarket-stop-reason"
 STOP_NAMES = {agent_pb2.STOP_REASON_COMPLETE: "complete", agent_pb2.STOP_REASON_BUDGET: "budget",
-              agent_pb2.STOP_REASON_SIZE: "size"}
+              agent_pb2.STOP_REASON_SIZE: "size", agent_pb2.STOP_REASON_ENDED: "ended"}
 
 
 class PaidCalls:
@@ -141,7 +141,9 @@ class PaidCalls:
         with self._span(request, skill, meter) as span, metering(meter), \
                 traced_by(self.seller.tracer_provider):
             if skill.streams:
-                pieces = _metered(skill.iterate(arguments), meter)
+                gate, agreement_id = self.seller.gate, request.agreement_id
+                pieces = _metered(skill.iterate(arguments), meter,
+                                  lambda: gate.closing(agreement_id))
                 text = "".join(piece for piece, _charge in pieces)
                 output: Any = {"text": text}
             else:
@@ -209,7 +211,9 @@ class PaidCalls:
         delivered: list[str] = []
         with self._span(request, skill, meter) as span, metering(meter), \
                 traced_by(self.seller.tracer_provider):
-            pieces = _metered(skill.iterate(arguments), meter)
+            gate, agreement_id = self.seller.gate, request.agreement_id
+            pieces = _metered(skill.iterate(arguments), meter,
+                              lambda: gate.closing(agreement_id))
             try:
                 for piece, charge in pieces:
                     delivered.append(piece)
@@ -276,17 +280,23 @@ def utf8_bytes_over(text: str, limit_bytes: int) -> bool:
 _EMPTY_STREAM_OUTPUT = len(json.dumps({"text": ""}))
 
 
-def _metered(pieces: Iterator[str], meter: Meter) -> Iterator[tuple[str, int]]:
+def _metered(pieces: Iterator[str], meter: Meter, ended: Callable[[], bool]
+             ) -> Iterator[tuple[str, int]]:
     """Pieces of text with the charge once each is delivered; stops (and closes the skill's
     generator, so an LLM stream is cancelled) before a piece would pass the call's reserve
     (`meter.stopped`: STOP_REASON_BUDGET), or make the output JSON larger than a receipt carries
     (STOP_REASON_SIZE; JSON escapes each character on its own, so the sizes of the pieces add
-    up). Token-priced output is the delivered text's token count; the meter keeps it."""
+    up), or once the agreement's redeem began (`ended`, STOP_REASON_ENDED: billed now, the
+    charge is in that redeem). Token-priced output is the delivered text's token count; the
+    meter keeps it."""
     delivered = ""
     size = _EMPTY_STREAM_OUTPUT
     meter.stopped = 0
     try:
         for piece in pieces:
+            if ended():
+                meter.stopped = agent_pb2.STOP_REASON_ENDED
+                break
             extra = meter.count_tokens(delivered + piece) if meter.tariff.unit == TOKENS else 0
             cost = meter.uncapped_charge_atomic(extra_output_tokens=extra)
             if cost > meter.reserve_atomic:

@@ -4,7 +4,8 @@
     for piece in stream:
         print(piece, end="")
     stream.stop_reason      # "complete"; "budget": the prepaid budget ran out first; "size":
-                            # the output reached what a receipt carries (64 KiB of JSON)
+                            # the output reached what a receipt carries (64 KiB of JSON);
+                            # "ended": the agreement's redeem began while it ran
     stream.end.receipt      # the seller's signed receipt for exactly what was delivered
 """
 

@@ -160,6 +160,12 @@ class PaymentGate(GateRedeems):
                 self._accounts[entry.agreement_id] = account
         return [entry.agreement_id for entry in saved]
 
+    def closing(self, agreement_id: str) -> bool:
+        """Whether the agreement stopped taking calls (a redeem began): a running stream
+        ends then, billed for what it delivered, so that its charge is in the redeem."""
+        account = self._accounts.get(agreement_id)
+        return account is None or account.closed
+
     def known(self, agreement_id: str) -> bool:
         return agreement_id in self._accounts
 
@@ -285,6 +291,11 @@ class PaymentGate(GateRedeems):
             call = account.calls[admission.call_id]
             if not call.in_flight:
                 raise FailedPrecondition(f"call {admission.call_id!r} is not running")
+            if account.sealed:  # the redeem went without it: no charge, and no answer
+                account.reserved_atomic -= call.reserve_atomic
+                call.in_flight = False
+                raise AgreementEnded("the agreement was redeemed while this call ran; it is "
+                                     "not charged and not answered")
             if not 0 <= receipt.charged_atomic <= call.reserve_atomic:
                 raise FailedPrecondition("a call cannot charge more than it reserved")
             index = account.chain_index + 1

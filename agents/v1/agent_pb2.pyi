@@ -14,10 +14,12 @@ class StopReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STOP_REASON_COMPLETE: _ClassVar[StopReason]
     STOP_REASON_BUDGET: _ClassVar[StopReason]
     STOP_REASON_SIZE: _ClassVar[StopReason]
+    STOP_REASON_ENDED: _ClassVar[StopReason]
 STOP_REASON_UNSPECIFIED: StopReason
 STOP_REASON_COMPLETE: StopReason
 STOP_REASON_BUDGET: StopReason
 STOP_REASON_SIZE: StopReason
+STOP_REASON_ENDED: StopReason
 
 class Metering(_message.Message):
     __slots__ = ("max_call_atomic",)
