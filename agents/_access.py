@@ -51,11 +51,8 @@ def seller_rules(seller: SellerAgent) -> dict[str, dict[str, Rule]]:
         kind = message.WhichOneof("kind")
         if kind == "rfq":
             buyer = message.rfq.buyer_id
-        elif kind == "offer":
-            state = seller.negotiator.negotiations.get(message.offer.rfq_id)
-            if state is None:
-                return  # the negotiator answers NOT_FOUND
-            buyer = state.rfq.buyer_id
+        elif kind == "offer":  # a counter is the buyer's own (its negotiation is keyed by it)
+            buyer = message.offer.from_id
         elif kind == "agreement":
             body = ag.parse_body(message.agreement)
             if body.rfq_id.startswith(LIST_PRICE_PREFIX):

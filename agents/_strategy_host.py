@@ -18,6 +18,7 @@ from agents.errors import (
     NegotiationFailed,
     NotFound,
     PermissionDenied,
+    ResourceExhausted,
 )
 from agents.metering import CALLS
 from agents.negotiation import ConcessionStrategy, Limits, Strategy
@@ -33,12 +34,15 @@ from marketplace.errors import (
 from marketplace.negotiation import Negotiation
 from marketplace.v1 import agreement_pb2, registry_pb2
 from wallets import attributes as attr
+from wallets.currencies import MAX_AMOUNT_ATOMIC
 
 if TYPE_CHECKING:
     from agents.seller import SellerAgent
 
 MAX_NOTE_CHARS = 500
 MAX_OPEN_NEGOTIATIONS = 10_000
+# One buyer's open negotiations at once: a key (free to make) cannot take every slot alone.
+MAX_NEGOTIATIONS_PER_BUYER = 16
 OFFER_TTL_MS = 30_000
 # rfq ids of agreements at the list price, made without negotiating (`_countersign_listed`)
 LIST_PRICE_PREFIX = "list:"
@@ -57,6 +61,13 @@ class _Negotiation:
     def rfq(self) -> agreement_pb2.Rfq:
         return self.protocol.rfq
 
+    def stale(self, now_ms: int) -> bool:
+        """Past its deadline, or its last offer lapsed an offer's lifetime ago with no answer:
+        what makes room when the table (or a buyer's share of it) is full."""
+        last = self.protocol.last_offer
+        return now_ms > self.rfq.deadline_ms or (
+            last is not None and now_ms > last.expires_at_ms + OFFER_TTL_MS)
+
 
 class SellerNegotiator:
     def __init__(self, seller: SellerAgent, reservation_fraction: tuple[int, int],
@@ -66,7 +77,9 @@ class SellerNegotiator:
         self.strategy = strategy
         self.completion_window_s = completion_window_s
         self.dispute_window_s = dispute_window_s
-        self.negotiations: dict[str, _Negotiation] = {}
+        # open negotiations by (buyer, rfq id): an rfq id is unique per buyer only
+        self.negotiations: dict[tuple[str, str], _Negotiation] = {}
+        self._by_buyer: dict[str, int] = {}  # each buyer's open negotiations
         self._lock = threading.Lock()
 
     def reservation(self, skill: Skill, currency_code: str, quantity: int = 1
@@ -111,22 +124,46 @@ class SellerNegotiator:
                                          f"{registry_pb2.VerificationMethod.Name(rfq.verification)}")
         reservation = self.reservation(skill, rfq.currency, rfq.expected_quantity)[1]
         strategy = self.strategy_for(skill, rfq.currency, rfq.expected_quantity)
-        with self._lock:
-            if rfq.rfq_id in self.negotiations:
-                raise FailedPrecondition(f"rfq {rfq.rfq_id} is already open")
-            if len(self.negotiations) >= MAX_OPEN_NEGOTIATIONS:
-                self._forget_expired()
-            state = _Negotiation(protocol, skill, strategy, Limits(reservation, is_buyer=False))
-            self.negotiations[rfq.rfq_id] = state
+        key = (rfq.buyer_id, rfq.rfq_id)
+        if key in self.negotiations:
+            raise FailedPrecondition(f"rfq {rfq.rfq_id} is already open")
+        state = _Negotiation(protocol, skill, strategy, Limits(reservation, is_buyer=False))
         _hear(strategy, note)
-        return self._message(state, self._offer(state, None))
+        first = self._offer(state, None)  # kept only once its first offer stands
+        with self._lock:
+            if key in self.negotiations:
+                raise FailedPrecondition(f"rfq {rfq.rfq_id} is already open")
+            self._make_room(rfq.buyer_id)
+            self.negotiations[key] = state
+            self._by_buyer[rfq.buyer_id] = self._by_buyer.get(rfq.buyer_id, 0) + 1
+        return self._message(state, first)
 
-    def _forget_expired(self) -> None:
+    def _make_room(self, buyer_id: str) -> None:
+        """Under the lock: forget stale negotiations when the buyer's share or the table is
+        full; refuse the new one if that was not enough."""
         now = _now_ms()
-        for rfq_id in [k for k, v in self.negotiations.items() if v.rfq.deadline_ms < now]:
-            del self.negotiations[rfq_id]
+        if self._by_buyer.get(buyer_id, 0) >= MAX_NEGOTIATIONS_PER_BUYER:
+            for key in [k for k, v in self.negotiations.items()
+                        if k[0] == buyer_id and v.stale(now)]:
+                self._drop(key)
+            if self._by_buyer.get(buyer_id, 0) >= MAX_NEGOTIATIONS_PER_BUYER:
+                raise ResourceExhausted(
+                    f"this buyer has {MAX_NEGOTIATIONS_PER_BUYER} negotiations open here "
+                    "already; conclude one, or let one lapse (an offer left unanswered lapses "
+                    f"{OFFER_TTL_MS // 1000} s after it expires)", reason="TOO_MANY_NEGOTIATIONS")
         if len(self.negotiations) >= MAX_OPEN_NEGOTIATIONS:
-            raise FailedPrecondition("too many open negotiations; retry later")
+            for key in [k for k, v in self.negotiations.items() if v.stale(now)]:
+                self._drop(key)
+            if len(self.negotiations) >= MAX_OPEN_NEGOTIATIONS:
+                raise FailedPrecondition("too many open negotiations; retry later")
+
+    def _drop(self, key: tuple[str, str]) -> None:
+        if self.negotiations.pop(key, None) is not None:
+            left = self._by_buyer[key[0]] - 1
+            if left:
+                self._by_buyer[key[0]] = left
+            else:
+                del self._by_buyer[key[0]]
 
     def _offer(self, state: _Negotiation, opponent_price: int | None,
                price: int | None = None) -> agreement_pb2.Offer:
@@ -137,6 +174,10 @@ class SellerNegotiator:
             price = state.limits.clamp(state.strategy.propose(round_index, rfq.max_rounds,
                                                               opponent_price))
         tariff = state.skill.tariff(price, rfq.currency)
+        if tariff.call_max_atomic * rfq.expected_quantity > MAX_AMOUNT_ATOMIC:
+            raise InvalidArgument(f"expected_quantity {rfq.expected_quantity} at up to "
+                                  f"{tariff.call_max_atomic} a call passes the largest amount "
+                                  f"an agreement can hold ({MAX_AMOUNT_ATOMIC} atomic)")
         listed = state.skill.price_in(rfq.currency)
         assert listed is not None, "checked at the RFQ"
         offer = agreement_pb2.Offer(
@@ -165,7 +206,7 @@ class SellerNegotiator:
 
     def _on_counter(self, counter: agreement_pb2.Offer, note: str
                     ) -> agent_pb2.NegotiationMessage:
-        state = self._open_negotiation(counter.rfq_id)
+        state = self._open_negotiation(counter.from_id, counter.rfq_id)
         rfq = state.rfq
         with self.seller._tracer.start_as_current_span("negotiation.round", attributes={
                 attr.ROUND: counter.round, attr.SKILL: rfq.skill,
@@ -173,7 +214,7 @@ class SellerNegotiator:
                 attr.CURRENCY: rfq.currency}):
             state.protocol.offer(counter, _now_ms())
             if state.protocol.rounds_left < 1:
-                self._end(rfq.rfq_id)
+                self._end(rfq.buyer_id, rfq.rfq_id)
                 return agent_pb2.NegotiationMessage(reject_reason="no rounds left")
             _hear(state.strategy, note)
             price = counter.terms.unit_price_atomic
@@ -186,16 +227,16 @@ class SellerNegotiator:
                 return self._message(state, self._offer(state, price, met))
             return self._message(state, self._offer(state, price))
 
-    def _end(self, rfq_id: str) -> None:
+    def _end(self, buyer_id: str, rfq_id: str) -> None:
         with self._lock:
-            self.negotiations.pop(rfq_id, None)
+            self._drop((buyer_id, rfq_id))
 
-    def _open_negotiation(self, rfq_id: str) -> _Negotiation:
-        state = self.negotiations.get(rfq_id)
+    def _open_negotiation(self, buyer_id: str, rfq_id: str) -> _Negotiation:
+        state = self.negotiations.get((buyer_id, rfq_id))
         if state is None:
-            raise NotFound(f"no open negotiation {rfq_id!r}")
+            raise NotFound(f"no open negotiation {rfq_id[:64]!r} of this buyer")
         if _now_ms() > state.rfq.deadline_ms:
-            self._end(rfq_id)
+            self._end(buyer_id, rfq_id)
             raise NegotiationFailed("the negotiation's deadline has passed")
         return state
 
@@ -205,7 +246,7 @@ class SellerNegotiator:
         ag.check_signatures(signed, body, require_seller=False)
         if body.rfq_id.startswith(LIST_PRICE_PREFIX):
             return self._countersign_listed(signed, body)
-        state = self._open_negotiation(body.rfq_id)
+        state = self._open_negotiation(body.buyer_id, body.rfq_id)
         last = state.protocol.last_offer
         if body.seller_id != self.seller.agent_id or body.buyer_id != state.rfq.buyer_id:
             raise PermissionDenied("the agreement names other parties")
@@ -220,7 +261,7 @@ class SellerNegotiator:
         self.seller.tariffs[agreement_id] = state.skill.tariff(body.terms.unit_price_atomic,
                                                                body.terms.currency)
         self.seller.gate.open(agreement_id, body)
-        self._end(body.rfq_id)
+        self._end(body.buyer_id, body.rfq_id)
         return signed
 
 

@@ -324,7 +324,7 @@ def _leaked_voucher(m: Market) -> list[tuple[str, Any]]:
 
 
 def _offer(m: Market) -> agent_pb2.NegotiationMessage:
-    state = m.seller_agent.negotiator.negotiations[m.rfq_id]
+    state = m.seller_agent.negotiator.negotiations[(m.agent_buyer.agent_id, m.rfq_id)]
     last = state.protocol.last_offer
     counter = agreement_pb2.Offer()
     counter.CopyFrom(last)

@@ -7,17 +7,24 @@ from __future__ import annotations
 import functools
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from pydantic import BaseModel
 
 from agents import BuyerAgent, SellerAgent, per_call, skill
+from agents import _strategy_host as strategy_host
+from agents._strategy_host import MAX_NEGOTIATIONS_PER_BUYER, OFFER_TTL_MS
 from agents.errors import AgreementEnded
-from agents.v1 import agent_pb2
+from agents.v1 import agent_pb2, agent_pb2_grpc
+from marketplace.auth import signed_channel
+from marketplace.identity import AgentKey
 from marketplace.node import MarketplaceNode
+from marketplace.v1 import agreement_pb2, registry_pb2
 from tests.x402_market import books_balance
 
 RELEASE = threading.Event()  # lets the slow skills finish
@@ -119,3 +126,59 @@ def test_finishing_during_a_stream_ends_it_billed_for_what_it_delivered(market):
     assert escrow.captured_atomic == end.usage.charged_atomic > 0  # in the redeem, paid
     assert seller.gate._accounts[deal.agreement_id].charged_atomic == escrow.captured_atomic
     books_balance(node)
+
+
+# ---- negotiations ---------------------------------------------------------------------------
+
+def _rfq(key: AgentKey, rfq_id: str = "", **fields: Any) -> agent_pb2.NegotiationMessage:
+    values: dict[str, Any] = dict(
+        rfq_id=rfq_id or uuid.uuid4().hex, buyer_id=key.agent_id, skill="slow",
+        expected_quantity=1, max_budget_atomic=10**9, currency="USD",
+        deadline_ms=time.time_ns() // 1_000_000 + 600_000, max_rounds=20,
+        verification=registry_pb2.VERIFICATION_METHOD_SCHEMA)
+    values.update(fields)
+    return agent_pb2.NegotiationMessage(rfq=agreement_pb2.Rfq(**values))
+
+
+def _stub(seller: SellerAgent, key: AgentKey) -> agent_pb2_grpc.AgentServiceStub:
+    return agent_pb2_grpc.AgentServiceStub(signed_channel(seller.endpoint, key))
+
+
+def _refusal(call: Any) -> tuple[str, str]:
+    with pytest.raises(grpc.RpcError) as refused:
+        call()
+    return refused.value.code().name, refused.value.details()
+
+
+def test_an_rfq_whose_maximum_passes_the_largest_amount_is_invalid_and_keeps_no_slot(market):
+    _node, seller, _buyer = market
+    key = AgentKey.generate()
+    stub = _stub(seller, key)
+    for quantity in (2**62, 10**13, 5 * 10**12):
+        code, details = _refusal(lambda q=quantity: stub.Negotiate(
+            _rfq(key, expected_quantity=q), timeout=10))
+        assert code == "INVALID_ARGUMENT" and "largest amount" in details
+    assert not seller.negotiator.negotiations  # nothing kept for a refused RFQ
+
+
+def test_one_key_cannot_take_the_negotiations_of_everyone(market, monkeypatch):
+    _node, seller, buyer = market
+    key = AgentKey.generate()
+    stub = _stub(seller, key)
+    for _ in range(MAX_NEGOTIATIONS_PER_BUYER):
+        stub.Negotiate(_rfq(key), timeout=10)
+    code, details = _refusal(lambda: stub.Negotiate(_rfq(key), timeout=10))
+    assert code == "RESOURCE_EXHAUSTED" and "negotiations open here" in details
+    # an honest buyer negotiates all the same, even with an rfq id the stranger uses
+    taken = next(iter(seller.negotiator.negotiations))[1]
+    honest = _stub(seller, buyer.key)
+    assert honest.Negotiate(_rfq(buyer.key, taken), timeout=10).WhichOneof("kind") == "offer"
+    deal = buyer.negotiate(buyer.discover("slow"), "slow", quantity=2, budget="0.05",
+                           currency="USD")
+    assert deal.body.seller_id == seller.agent_id
+    # offers left unanswered lapse, and then make room for the same key
+    later = time.time_ns() // 1_000_000 + 2 * OFFER_TTL_MS + 1000
+    monkeypatch.setattr(strategy_host, "_now_ms", lambda: later)
+    assert stub.Negotiate(_rfq(key, deadline_ms=later + 60_000), timeout=10).offer.round == 1
+    assert sum(1 for buyer_id, _ in seller.negotiator.negotiations if buyer_id == key.agent_id) \
+        == 1
