@@ -8,6 +8,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from agents.errors import ResourceExhausted
 from agents.usage_journal import Pending
 from agents.v1 import agent_pb2
 from marketplace import agreements as ag
@@ -93,3 +94,42 @@ def encode_response(response: Any) -> bytes:
 def decode_response(data: bytes) -> Any:
     message = agent_pb2.StreamChunk if data[:1] == b"S" else agent_pb2.InvokeResponse
     return message.FromString(data[1:])
+
+
+class FreshAgreements:
+    """Each buyer's countersigned agreements whose offer is still open and that had no call
+    yet: all one key can make a seller keep without paying, so it is bounded per key
+    (`PaymentGate.open`). An agreement leaves at its first call or when its offer lapses (no
+    escrow can be opened for it after that)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._by_buyer: dict[str, dict[str, int]] = {}  # buyer -> {agreement: offer expiry}
+        self._lock = threading.Lock()
+
+    def add(self, buyer_id: str, agreement_id: str, offer_expires_ms: int, now_ms: int) -> None:
+        with self._lock:
+            mine = self._by_buyer.setdefault(buyer_id, {})
+            for lapsed in [a for a, until in mine.items() if until < now_ms]:
+                del mine[lapsed]
+            if len(mine) >= self.limit:
+                raise ResourceExhausted(
+                    f"this buyer has {self.limit} agreements here with no call yet whose "
+                    "offers are still open; call under one, or wait for their offers to lapse",
+                    reason="TOO_MANY_FRESH_AGREEMENTS")
+            mine[agreement_id] = offer_expires_ms
+
+    def called(self, buyer_id: str, agreement_id: str) -> None:
+        with self._lock:
+            mine = self._by_buyer.get(buyer_id)
+            if mine is not None and mine.pop(agreement_id, None) is not None and not mine:
+                del self._by_buyer[buyer_id]
+
+    def prune(self, now_ms: int) -> None:
+        """Forget lapsed offers of every buyer (the seller's settle loop)."""
+        with self._lock:
+            for buyer_id, mine in list(self._by_buyer.items()):
+                for lapsed in [a for a, until in mine.items() if until < now_ms]:
+                    del mine[lapsed]
+                if not mine:
+                    del self._by_buyer[buyer_id]

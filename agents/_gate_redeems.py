@@ -8,7 +8,7 @@ import threading
 import time
 from typing import Any
 
-from agents._gate_accounts import AgreementAccount, receipts_by_sequence
+from agents._gate_accounts import AgreementAccount, FreshAgreements, receipts_by_sequence
 from agents.usage_journal import JournalError, Pending, UsageJournal
 from marketplace.v1 import agreement_pb2
 
@@ -20,6 +20,7 @@ class GateRedeems:
 
     journal: UsageJournal | None
     _accounts: dict[str, AgreementAccount]
+    _fresh: FreshAgreements
     _lock: threading.Lock
 
     def _account(self, agreement_id: str) -> AgreementAccount:
@@ -104,13 +105,17 @@ class GateRedeems:
                      or now_ms >= account.body.terms.completion_deadline_ms - margin_ms)]
 
     def settled(self, now_ms: int, keep_ms: int) -> list[str]:
-        """Agreements nothing more can happen to here, `keep_ms` after their completion
-        deadline: redeemed (the marketplace holds the evidence from then on), or never paid."""
+        """Agreements nothing more can happen to here: redeemed ones `keep_ms` after their
+        completion deadline (the marketplace holds the evidence from then on), never paid ones
+        at it (no call can come; one that cost nobody anything is not kept for a day)."""
+        self._fresh.prune(now_ms)
         with self._lock:
             accounts = list(self._accounts.items())
         return [agreement for agreement, account in accounts
-                if (account.redeemed is not None or account.latest is None)
-                and now_ms >= account.body.terms.completion_deadline_ms + keep_ms]
+                if (account.redeemed is not None
+                    and now_ms >= account.body.terms.completion_deadline_ms + keep_ms)
+                or (account.latest is None and not account.reserved_atomic
+                    and now_ms >= account.body.terms.completion_deadline_ms)]
 
     def forget(self, agreement_ids: list[str]) -> list[str]:
         """Drop settled agreements from memory and the journal (so a long-running seller does

@@ -99,19 +99,22 @@ class PaidCallAdmitter:
         call draws from the buyer's rate-limit bucket (checked before anything is used): anyone
         who learned the agreement id could otherwise spend the buyer's bucket with forged
         vouchers and stall its calls. A voucher whose check costs more than
-        `CHEAP_CHECK_HASHES` first draws from the agreement's bucket for unproven calls, so
-        forgeries cannot buy unbounded hashing."""
+        `CHEAP_CHECK_HASHES` first draws one token per `CHEAP_CHECK_HASHES` hashes: from a
+        signed caller's own bucket, else from the agreement's bucket for unproven calls, so
+        that no one buys unbounded hashing."""
         if voucher is None:
             voucher = voucher_of(context.invocation_metadata())
-        signed = bool(current_caller())
+        caller = current_caller()
+        signed = bool(caller)
         agreement = request.agreement_id
         if not self.gate.known(agreement):
             self.gate.admit(voucher, agreement, 0)  # raises NotFound / PaymentRequired
-        if self.rate_limit is not None and not signed:
+        if self.rate_limit is not None:
             hashes = self.gate.check_hashes(agreement, voucher)
-            if hashes > CHEAP_CHECK_HASHES:  # one token per CHEAP_CHECK_HASHES it would cost
-                self._draw(f"unproven:{agreement}", -(-hashes // CHEAP_CHECK_HASHES))
-            if self.gate.proves_payment(agreement, voucher):
+            if hashes > CHEAP_CHECK_HASHES:  # one token per CHEAP_CHECK_HASHES it would cost,
+                # from the signed caller's own bucket, else the agreement's for unproven calls
+                self._draw(caller or f"unproven:{agreement}", -(-hashes // CHEAP_CHECK_HASHES))
+            if not signed and self.gate.proves_payment(agreement, voucher):
                 self._draw(self.gate.body(agreement).buyer_id)
         admission = self.gate.admit(voucher, agreement, self.reserve_of(agreement),
                                     call_id=request.call_id, partial=partial,

@@ -34,6 +34,7 @@ from agents._chain_repair import repaired
 from agents._gate_accounts import (
     AgreementAccount,
     CallPayment,
+    FreshAgreements,
     decode_response,
     encode_response,
     truncate_chain,
@@ -59,6 +60,9 @@ from marketplace.v1 import agreement_pb2, settlement_pb2
 
 VOUCHER_METADATA_KEY = "agentmarket-voucher-bin"
 MAX_CALL_ID_CHARS = 128
+# Agreements one buyer may have countersigned here, with no call and their offer still open
+# (an agreement costs the buyer nothing until it is escrowed; keys are free).
+MAX_FRESH_AGREEMENTS_PER_BUYER = 32
 
 
 def paid_call_metadata(voucher: agreement_pb2.Voucher, proof: bytes = b""
@@ -96,6 +100,7 @@ class PaymentGate(GateRedeems):
         self.journal = journal
         self.clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
         self._accounts: dict[str, AgreementAccount] = {}
+        self._fresh = FreshAgreements(MAX_FRESH_AGREEMENTS_PER_BUYER)
         self._lock = threading.Lock()
         if journal is not None:
             journal.on_failed_calls = self._unchain_failed
@@ -106,6 +111,7 @@ class PaymentGate(GateRedeems):
         key), so no call is answered before the open is durable."""
         if agreement_id in self._accounts:
             return
+        self._fresh.add(body.buyer_id, agreement_id, body.offer_expires_at_ms, self.clock_ms())
         opened = None if self.journal is None else self._queue_open(agreement_id, body)
         with self._lock:
             self._accounts.setdefault(agreement_id, AgreementAccount(
@@ -216,6 +222,8 @@ class PaymentGate(GateRedeems):
                                    "redeem can carry; it takes no more")
             self._check_new(account, voucher)
             self._check_opened(agreement_id, account)
+            if account.latest is None:  # its first call: no longer one of the buyer's fresh
+                self._fresh.called(account.body.buyer_id, agreement_id)
             if fresh_word_required and voucher.payword_index <= account.anchor_index:
                 raise InvalidVoucher("an unsigned call must reveal a new payword; sign calls "
                                      "that spend carried-over prepayment")

@@ -27,6 +27,11 @@ RECEIPT_FRAMING_BYTES = 8  # a repeated field's tag and length, at most, around 
 MAX_DISPUTE_WINDOW_S = 7 * 24 * 3600
 MAX_COMPLETION_S = 21 * 24 * 3600  # + dispute window + grace stays within a hold's 30 days
 MAX_RUBRIC = 4000
+MAX_RFQ_ID_CHARS = 64  # an RFQ's id (`marketplace.negotiation`), "list:" ones included
+MAX_NONCE_BYTES = 64
+# A whole body: its terms' rubric (4,000 characters, up to 16,000 bytes of UTF-8) and a few
+# ids fit many times over.
+MAX_BODY_BYTES = 32 * 1024
 _CHECKER_NAME = re.compile(r"^[a-z0-9_.-]{1,64}$")
 _ENDPOINT = re.compile(r"^[A-Za-z0-9.\-\[\]:]{1,255}:\d{1,5}$")
 
@@ -37,6 +42,8 @@ def agreement_id(body: bytes) -> str:
 
 def parse_body(signed: agreement_pb2.SignedAgreement) -> agreement_pb2.AgreementBody:
     """Decode and check an agreement body's fields (not its signatures)."""
+    if len(signed.body) > MAX_BODY_BYTES:  # a seller keeps what it countersigns
+        raise InvalidArgument(f"an agreement body is at most {MAX_BODY_BYTES} bytes")
     body = agreement_pb2.AgreementBody()
     try:
         body.ParseFromString(signed.body)
@@ -44,6 +51,10 @@ def parse_body(signed: agreement_pb2.SignedAgreement) -> agreement_pb2.Agreement
         raise InvalidArgument(f"agreement body is not a valid AgreementBody: {error}") from None
     check_agent_id(body.buyer_id, "buyer_id")
     check_agent_id(body.seller_id, "seller_id")
+    if not 1 <= len(body.rfq_id) <= MAX_RFQ_ID_CHARS:
+        raise InvalidArgument(f"rfq_id must be 1..{MAX_RFQ_ID_CHARS} characters")
+    if len(body.nonce) > MAX_NONCE_BYTES:
+        raise InvalidArgument(f"nonce is at most {MAX_NONCE_BYTES} bytes")
     if body.buyer_id == body.seller_id:
         raise InvalidArgument("buyer and seller must be different agents")
     check_terms(body.terms)

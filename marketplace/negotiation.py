@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from marketplace.agreements import MAX_RFQ_ID_CHARS as MAX_RFQ_ID
 from marketplace.agreements import check_terms
 from marketplace.errors import (
     BudgetExceeded,
@@ -44,7 +45,6 @@ from wallets.currencies import MAX_AMOUNT_ATOMIC, currency
 MAX_ROUNDS = 20
 MAX_NEGOTIATION_S = 3600
 MAX_OFFER_TTL_S = 300
-MAX_RFQ_ID = 64
 
 
 def check_rfq(rfq: agreement_pb2.Rfq, now_ms: int) -> agreement_pb2.Rfq:

@@ -20,10 +20,13 @@ from agents import BuyerAgent, SellerAgent, per_call, skill
 from agents import _strategy_host as strategy_host
 from agents._strategy_host import MAX_NEGOTIATIONS_PER_BUYER, OFFER_TTL_MS
 from agents.errors import AgreementEnded
+from agents.payments import MAX_FRESH_AGREEMENTS_PER_BUYER, VOUCHER_METADATA_KEY
 from agents.v1 import agent_pb2, agent_pb2_grpc
+from marketplace import agreements as ag
 from marketplace.auth import signed_channel
 from marketplace.identity import AgentKey
 from marketplace.node import MarketplaceNode
+from marketplace.payword import PaywordChain
 from marketplace.v1 import agreement_pb2, registry_pb2
 from tests.x402_market import books_balance
 
@@ -182,3 +185,81 @@ def test_one_key_cannot_take_the_negotiations_of_everyone(market, monkeypatch):
     assert stub.Negotiate(_rfq(key, deadline_ms=later + 60_000), timeout=10).offer.round == 1
     assert sum(1 for buyer_id, _ in seller.negotiator.negotiations if buyer_id == key.agent_id) \
         == 1
+
+
+# ---- agreements at the list price, and vouchers that cost hashing ----------------------------
+
+PRICE = 10_000_000  # slow's list price, 0.01 USD in atomic units
+
+
+def _listed(seller: SellerAgent, key: AgentKey, *, length: int = 10, nonce: bytes = b"n" * 16,
+            now_ms: int | None = None) -> agreement_pb2.SignedAgreement:
+    """An agreement at the list price, as the HTTP gateway's buyers make them."""
+    now = now_ms or time.time_ns() // 1_000_000
+    body = agreement_pb2.AgreementBody(
+        rfq_id=f"list:{uuid.uuid4().hex[:16]}", buyer_id=key.agent_id,
+        seller_id=seller.agent_id, seller_endpoint=seller.endpoint,
+        terms=agreement_pb2.Terms(
+            skill="slow", unit_price_atomic=PRICE, unit=registry_pb2.PRICE_UNIT_CALL,
+            currency="USD", max_total_atomic=PRICE * length, dispute_window_s=0,
+            verification=registry_pb2.VERIFICATION_METHOD_SCHEMA,
+            completion_deadline_ms=now + 500_000),
+        payword_root=PaywordChain(length).root, payword_length=length,
+        link_value_atomic=PRICE, created_at_ms=now, nonce=nonce,
+        offer_expires_at_ms=now + 25_000)
+    signed = agreement_pb2.SignedAgreement(body=body.SerializeToString())
+    ag.sign_as_buyer(signed, key)
+    return signed
+
+
+def _countersign(stub: agent_pb2_grpc.AgentServiceStub, signed: Any) -> Any:
+    return stub.Negotiate(agent_pb2.NegotiationMessage(agreement=signed), timeout=10)
+
+
+def test_one_key_cannot_make_a_seller_keep_agreements_without_end(market, monkeypatch):
+    _node, seller, buyer = market
+    key = AgentKey.generate()
+    stub = _stub(seller, key)
+    for nonce, said in ((b"x" * 100_000, "body is at most"), (b"x" * 65, "nonce is at most")):
+        code, details = _refusal(lambda n=nonce: _countersign(stub, _listed(seller, key,
+                                                                            nonce=n)))
+        assert code == "INVALID_ARGUMENT" and said in details  # nothing kept for it
+    signed = [_listed(seller, key) for _ in range(MAX_FRESH_AGREEMENTS_PER_BUYER + 1)]
+    for one in signed[:-1]:
+        assert _countersign(stub, one).WhichOneof("kind") == "agreement"
+    code, details = _refusal(lambda: _countersign(stub, signed[-1]))
+    assert code == "RESOURCE_EXHAUSTED" and "no call yet" in details
+    kept = len(seller.gate.agreements())
+    assert kept == MAX_FRESH_AGREEMENTS_PER_BUYER
+    # another buyer is not affected
+    other = _stub(seller, buyer.key)
+    assert _countersign(other, _listed(seller, buyer.key)).WhichOneof("kind") == "agreement"
+    # their offers lapse: room again; and at their deadline, never paid, they are forgotten
+    lapsed = time.time_ns() // 1_000_000 + 30_000
+    seller.gate.clock_ms = lambda: lapsed
+    monkeypatch.setattr(strategy_host, "_now_ms", lambda: lapsed)
+    assert _countersign(stub, _listed(seller, key, now_ms=lapsed)).WhichOneof("kind") \
+        == "agreement"
+    assert len(seller.gate.settled(lapsed + 600_000, 86_400_000)) == kept + 2
+
+
+def test_a_signed_caller_pays_for_a_dear_voucher_check_from_its_own_bucket(market):
+    _node, seller, _buyer = market
+    key = AgentKey.generate()
+    stub = _stub(seller, key)
+    signed = _listed(seller, key, length=100_000)
+    _countersign(stub, signed)
+    agreement = ag.agreement_id(signed.body)
+    codes = []
+    for sequence in range(1, 6):  # each claims the chain's last word: 100,000 hashes
+        voucher = agreement_pb2.Voucher(
+            agreement_id=agreement, sequence=sequence, payword_index=100_000,
+            cumulative_atomic=100_000 * PRICE, payword=uuid.uuid4().bytes * 2)
+        code, _details = _refusal(lambda v=voucher, s=sequence: stub.Invoke(
+            agent_pb2.InvokeRequest(agreement_id=agreement, input_json='{"text": "x"}',
+                                    call_id=f"c{s}"),
+            metadata=[(VOUCHER_METADATA_KEY, v.SerializeToString())], timeout=30))
+        codes.append(code)
+    # a burst of 1,000 tokens buys two checks of 391 tokens; then the caller waits
+    assert codes[:2] == ["PERMISSION_DENIED"] * 2
+    assert set(codes[2:]) == {"RESOURCE_EXHAUSTED"}
