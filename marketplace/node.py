@@ -25,6 +25,7 @@ private Unix socket, signed like any client.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 import threading
@@ -97,6 +98,7 @@ if TYPE_CHECKING:
     from marketplace.console import Console, ConsoleOptions
     from marketplace.http import HttpServer
 
+log = logging.getLogger("agentmarket.sweeper")
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 # A redeem must always fit: the receipts a seller may charge for (MAX_REDEEM_RECEIPTS_BYTES)
 # and room for the rest of the request.
@@ -206,7 +208,7 @@ class MarketplaceNode:
         conditional_pb2_grpc.add_ConditionalHoldServiceServicer_to_server(
             ConditionalHoldServicer(self.conditional), self.server)
         receipt_pb2_grpc.add_ReceiptServiceServicer_to_server(
-            ReceiptServicer(self.receipts), self.server)
+            ReceiptServicer(self.receipts, self.principals), self.server)
         services = [
             registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
             settlement_pb2.DESCRIPTOR.services_by_name["SettlementService"].full_name,
@@ -230,11 +232,12 @@ class MarketplaceNode:
     def _access(self) -> list[AccessInterceptor]:
         """The authorisation rules (none without authentication: nobody to authorise)."""
         self.access: AccessInterceptor | None = None
+        self.principals: Principals | None = None
         if not self.require_auth:
             return []
-        principals = Principals(operators=self.operator_ids,
-                                marketplace=frozenset({self.agent_id}),
-                                identity_providers=self.identity_provider_ids)
+        principals = self.principals = Principals(operators=self.operator_ids,
+                                                  marketplace=frozenset({self.agent_id}),
+                                                  identity_providers=self.identity_provider_ids)
         tables = MarketplaceAccess(self.settlement, principals,
                                    self.settlement.disputes.arbiters).rules()
         wallet_access = WalletAccess(self.wallets, principals)
@@ -289,23 +292,31 @@ class MarketplaceNode:
         while not self._stopping.wait(self._sweep_interval_s):
             if not self.sweep_lease.held():  # another node of the market sweeps
                 continue
-            try:
-                self.ledger.expire_holds()
-                self.conditional.receipt_expired()
-                for rail in self.wallets.rails.values():  # chain watchers, payout resends
-                    if callable(getattr(rail, "sweep", None)):
-                        rail.sweep()  # type: ignore[attr-defined]
-                self.settlement.sweep()
-                fold_outcomes(self.settlement.engine)  # what a node that died left unfolded
-                fold_credits(self.ledger.engine)
-                self.wallets.settle_due()
-                self.registry.purge_expired()
-                self.receipts.complete()  # receipts stored before their postings were sealed
-                self.receipts.checkpoints.cut_if_due(self._checkpoint_interval_s)
-            except Exception:  # keep sweeping; the next round retries
-                import logging
+            for name, step in self._sweep_steps():
+                try:
+                    step()
+                except Exception:  # keep sweeping; the next round retries
+                    log.exception("sweep step %s failed", name)
 
-                logging.getLogger("agentmarket.sweeper").exception("sweep failed")
+    def _sweep_steps(self) -> list[tuple[str, Callable[[], Any]]]:
+        """One round of the sweeper, step by step: each fails alone (a chain's RPC down stops
+        its rail's sweep, not settlement deadlines, withdrawals, receipts or checkpoints)."""
+        rails = [(f"rail {name}", sweep) for name, rail in self.wallets.rails.items()
+                 if callable(sweep := getattr(rail, "sweep", None))]  # chain watchers, resends
+        return [
+            ("expire holds", self.ledger.expire_holds),
+            ("receipt voided legs", self.conditional.receipt_expired),
+            *rails,
+            ("settlement", self.settlement.sweep),
+            # what a node that died left unfolded
+            ("fold outcomes", lambda: fold_outcomes(self.settlement.engine)),
+            ("fold credits", lambda: fold_credits(self.ledger.engine)),
+            ("withdrawals", self.wallets.settle_due),
+            ("registry", self.registry.purge_expired),
+            ("receipts", self.receipts.complete),  # stored before their postings were sealed
+            ("checkpoint",
+             lambda: self.receipts.checkpoints.cut_if_due(self._checkpoint_interval_s)),
+        ]
 
     def register_checker(self, name: str, checker: Checker) -> None:
         """Register a deterministic checker for CHECKER verification (marketplace.checkers)."""

@@ -3,8 +3,9 @@
 A buyer holds e-CNY on one node (the source ledger); a seller prices a skill in USD on another
 (the destination ledger); an FX liquidity provider holds accounts on both. The seller makes a
 32-byte secret (the preimage) and gives the buyer its SHA-256 (the condition) with the invoice.
-Then, each step idempotent under a key derived from the payment id (and the party's own key, so
-nobody else can take the key first):
+Then, each step idempotent under a key derived from the payment id (the provider's lock from
+the source leg it stands on, so one source leg backs one destination leg whatever payment ids
+name it) and the party's own key (so nobody else can take the key first):
 
     1. lock_source        buyer:    source ledger, buyer -> provider, X e-CNY, locked to the
                                     condition until T_source
@@ -158,13 +159,23 @@ class PvpParty:
     def step_key(self, payment: PvpPayment, step: str) -> str:
         """The step's idempotency key: the same on every retry by this party, and unguessable
         by anyone else (an HMAC under the party's own key), so nobody can use it first."""
-        tag = hmac.new(self.key.seed(), f"{payment.payment_id}\n{step}".encode(),
+        return self._key(payment.payment_id, step)
+
+    def destination_key(self, payment: PvpPayment, source_hold_id: str) -> str:
+        """The provider's key for the destination leg, from the source leg it stands on (not
+        the payment id, which the buyer and seller choose): a second payment over the same
+        source hold replays the first leg (same terms) or is refused (other terms), so the
+        provider never pays twice for what it can claim once."""
+        return self._key(f"{payment.source.address}\n{source_hold_id}", "destination-hold")
+
+    def _key(self, subject: str, step: str) -> str:
+        tag = hmac.new(self.key.seed(), f"{subject}\n{step}".encode(),
                        hashlib.sha256).hexdigest()[:48]
         return f"pvp:{step}:{tag}"
 
-    def _hold(self, payment: PvpPayment, leg: PvpLeg, step: str) -> LegState:
+    def _hold(self, payment: PvpPayment, leg: PvpLeg, key: str) -> LegState:
         return self._call(leg.address, "Hold", conditional_pb2.ConditionalHoldRequest(
-            idempotency_key=self.step_key(payment, step), debit_account_id=leg.debit_account_id,
+            idempotency_key=key, debit_account_id=leg.debit_account_id,
             credit_account_id=leg.credit_account_id,
             amount=wallet_pb2.Money(amount_atomic=leg.amount_atomic, currency=leg.currency),
             condition_sha256=payment.condition_sha256, expires_at_ms=leg.expires_at_ms))
@@ -177,7 +188,7 @@ class PvpParty:
 
     def lock_source(self, payment: PvpPayment) -> LegState:
         """Step 1 (the buyer)."""
-        return self._hold(payment, payment.source, "source-hold")
+        return self._hold(payment, payment.source, self.step_key(payment, "source-hold"))
 
     def lock_destination(self, payment: PvpPayment, source_hold_id: str, *,
                          margin_ms: int) -> LegState:
@@ -189,7 +200,8 @@ class PvpParty:
             raise LegRefused(f"the source leg is {source.status}, not open")
         if payment.destination.expires_at_ms - source.node_now_ms < 1000:
             raise LegRefused("too late: the destination leg would expire within a second")
-        return self._hold(payment, payment.destination, "destination-hold")
+        return self._hold(payment, payment.destination,
+                          self.destination_key(payment, source_hold_id))
 
     def claim_destination(self, payment: PvpPayment, destination_hold_id: str,
                           preimage: bytes) -> LegState:

@@ -2,9 +2,10 @@
 
 A PvP leg settles either way: captured with the preimage (`pvp_settled`, in the transaction of
 the capture) or voided by its expiry (`pvp_voided`, issued by the sweeper for the expiry posting
-the ledger's timeout wrote). Each receipt names the condition as its subject (both legs of one
-payment share it), the payer and payee, the amount and the leg's postings
-(`marketplace.receipts`).
+the ledger's timeout wrote). Each receipt names its leg as its subject, `<condition>:<hold id>`
+(`leg_subject`): the condition ties the two legs of one payment together, and the hold id keeps
+anyone else who knows the condition (and locks a hold of its own to it) out of the leg's
+subject. Then the payer and payee, the amount and the leg's postings (`marketplace.receipts`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ def _voided_unreceipted() -> hot.Statement:
 _VOIDED_UNRECEIPTED = _voided_unreceipted()
 
 
+def leg_subject(condition_sha256: str, hold_id: str) -> str:
+    """A PvP leg's receipt subject: the condition alone is no secret, so the hold id too."""
+    return f"{condition_sha256}:{hold_id}"
+
+
 class ReceiptedHolds(ConditionalHolds):
     """`ConditionalHolds` whose every settled leg yields a signed receipt."""
 
@@ -57,7 +63,8 @@ class ReceiptedHolds(ConditionalHolds):
         owners = dict(conn.execute(select(ACCOUNTS.c.id, ACCOUNTS.c.owner).where(
             ACCOUNTS.c.id.in_([hold.debit_account_id, hold.credit_account_id]))).all())
         self.receipts.issue_in(
-            conn, subject=found.condition_sha256, subject_kind="pvp", kind=kind,
+            conn, subject=leg_subject(found.condition_sha256, hold.hold_id),
+            subject_kind="pvp", kind=kind,
             currency=hold.currency, parties={"payer": owners[hold.debit_account_id],
                                              "payee": owners[hold.credit_account_id]},
             amounts={"amount": hold.amount_atomic}, sequences=sequences,

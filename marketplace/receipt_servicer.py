@@ -1,7 +1,8 @@
 """ReceiptService over gRPC: a settlement's parties fetch its signed receipt file.
 
     GetReceipt    a party the receipts of the subject name (buyer, seller, verifier; a PvP
-                  leg's payer and payee), the marketplace, an operator
+                  leg's payer and payee), the marketplace, an operator; a party gets only a
+                  receipt that names it
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import grpc
 from marketplace.receipts import ReceiptBook
 from marketplace.v1 import receipt_pb2, receipt_pb2_grpc
 from wallets.access import Principals, Rule
+from wallets.caller import current_caller
 from wallets.errors import Forbidden, InvalidArgument
 from wallets.grpc_errors import grpc_method
 
@@ -20,22 +22,28 @@ SERVICE = "marketplace.v1.ReceiptService"
 
 
 def _subject(request: Any) -> str:
-    if not isinstance(request.subject, str) or not 1 <= len(request.subject) <= 64:
-        raise InvalidArgument("subject is an agreement id or a PvP condition (64 hex)")
+    if not isinstance(request.subject, str) or not 1 <= len(request.subject) <= 128:
+        raise InvalidArgument("subject is an agreement id or a PvP leg (condition:hold_id)")
     if len(request.kind) > 32:
         raise InvalidArgument("kind is at most 32 characters")
     return str(request.subject)
 
 
 class ReceiptServicer(receipt_pb2_grpc.ReceiptServiceServicer):
-    def __init__(self, receipts: ReceiptBook) -> None:
+    def __init__(self, receipts: ReceiptBook, principals: Principals | None = None) -> None:
         self.receipts = receipts
+        self.principals = principals  # None: no authentication, nobody to tell apart
 
     @grpc_method
     def GetReceipt(self, request: receipt_pb2.GetReceiptRequest,
                    context: grpc.ServicerContext) -> receipt_pb2.ReceiptFile:
+        """A party gets the latest receipt that names it: another receipt of the subject (a
+        stranger's hold locked to a PvP condition it learnt) is none of its business."""
+        caller = current_caller()
+        party = caller if self.principals is not None and caller and \
+            not self.principals.is_marketplace(caller) else None
         return receipt_pb2.ReceiptFile(
-            file=self.receipts.receipt_file(_subject(request), request.kind))
+            file=self.receipts.receipt_file(_subject(request), request.kind, party=party))
 
 
 def receipt_rules(receipts: ReceiptBook, principals: Principals) -> dict[str, Rule]:

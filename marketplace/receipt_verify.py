@@ -195,10 +195,14 @@ def _parse(data: bytes) -> dict[str, Any]:
         document = json.loads(data[:-1].decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise _fail("not UTF-8 JSON") from None
+    except RecursionError:  # a receipt file nests a few levels; a hostile one, thousands
+        raise _fail("the JSON is nested too deeply") from None
     try:
         encoded = canonical(document) + b"\n"
     except (TypeError, ValueError):
         raise _fail("not canonical JSON") from None
+    except RecursionError:
+        raise _fail("the JSON is nested too deeply") from None
     if encoded != data:
         raise _fail("the file is not in canonical form (RFC 8785: sorted keys, no spaces)")
     return _shape(document, "file")

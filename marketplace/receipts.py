@@ -246,9 +246,11 @@ class ReceiptBook:
         return None if row is None else {"body": orjson.loads(row.body_json),
                                          "signature": row.signature}
 
-    def receipt_file(self, subject: str, kind: str = "") -> bytes:
-        """The verifiable file of the subject's receipt (its latest, or of `kind`)."""
-        found = [r for r in self.receipts(subject) if not kind or r["body"]["kind"] == kind]
+    def receipt_file(self, subject: str, kind: str = "", *, party: str | None = None) -> bytes:
+        """The verifiable file of the subject's receipt (its latest, or of `kind`); `party`:
+        only among the receipts that name it (a party is given its own, never another's)."""
+        found = [r for r in self.receipts(subject) if (not kind or r["body"]["kind"] == kind)
+                 and (party is None or party in r["body"]["parties"].values())]
         if not found:
             raise NotFound(f"no {kind + ' ' if kind else ''}receipt for {subject[:16]}…")
         signed = found[-1]

@@ -192,7 +192,7 @@ class ReceiptRow(SQLModel, table=True):
     __tablename__ = "settlement_receipts"
 
     receipt_id: str = Field(primary_key=True, max_length=128)  # subject:kind
-    subject: str = Field(index=True, max_length=64)
+    subject: str = Field(index=True, max_length=128)  # agreement id, or PvP condition:hold_id
     kind: str = Field(max_length=32)
     last_sequence: int = Field(sa_column=_big(index=True))
     body_json: str = Field(sa_column=Column(Text, nullable=False))

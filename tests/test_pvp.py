@@ -148,9 +148,10 @@ def test_each_party_fetches_its_legs_receipt_over_grpc(two_nodes):
     destination = provider.lock_destination(payment, source.hold_id, margin_ms=MARGIN_MS)
     seller.claim_destination(payment, destination.hold_id, preimage)
     provider.claim_source(payment, source.hold_id, destination.hold_id)
-    request = receipt_pb2.GetReceiptRequest(subject=payment.condition_sha256,
-                                            kind="pvp_settled")
-    for node, party in ((two_nodes[0], buyer), (two_nodes[1], seller)):
+    for node, party, hold_id in ((two_nodes[0], buyer, source.hold_id),
+                                 (two_nodes[1], seller, destination.hold_id)):
+        request = receipt_pb2.GetReceiptRequest(
+            subject=f"{payment.condition_sha256}:{hold_id}", kind="pvp_settled")
         with signed_channel(node.address, party.key) as channel:
             data = receipt_pb2_grpc.ReceiptServiceStub(channel).GetReceipt(request,
                                                                             timeout=5).file

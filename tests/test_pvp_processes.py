@@ -206,10 +206,12 @@ def test_payment_versus_payment_survives_kill_9_of_either_node_at_every_step(nod
     assert _leg(nodes, p["provider"], payment.destination, destination.hold_id).status == \
         "expired"
 
-    _check_books_and_receipts(nodes, settled, payment)
+    _check_books_and_receipts(nodes, settled, payment,
+                              {"a": source.hold_id, "b": destination.hold_id})
 
 
-def _check_books_and_receipts(nodes: Nodes, settled: list[dict], voided: PvpPayment) -> None:
+def _check_books_and_receipts(nodes: Nodes, settled: list[dict], voided: PvpPayment,
+                              voided_holds: dict[str, str]) -> None:
     books = {}
     for name, node in (("a", nodes.a), ("b", nodes.b)):
         engine = make_engine(node.db_url)
@@ -223,10 +225,13 @@ def _check_books_and_receipts(nodes: Nodes, settled: list[dict], voided: PvpPaym
         assert ledger_a.balance(accounts["provider_a"]).posted_atomic == ECNY_PRICE_ATOMIC
         assert ledger_b.balance(accounts["provider_b"]).posted_atomic == USD_PRICE_ATOMIC
         assert ledger_b.balance(accounts["seller"]).posted_atomic == USD_PRICE_ATOMIC
-    expected = [(settled[-1]["payment"].condition_sha256, "pvp_settled"),
-                (voided.condition_sha256, "pvp_voided")]
+    last = settled[-1]
+    settled_holds = {"a": last["held"]["source"].hold_id,
+                     "b": last["held"]["destination"].hold_id}
     deadline = time.monotonic() + 20
     for name in ("a", "b"):
+        expected = [(f"{last['payment'].condition_sha256}:{settled_holds[name]}", "pvp_settled"),
+                    (f"{voided.condition_sha256}:{voided_holds[name]}", "pvp_voided")]
         for subject, kind in expected:
             while True:  # the node's sweeper issues voided receipts and cuts checkpoints
                 try:

@@ -81,7 +81,11 @@ class LedgerHolds(LedgerReads, MutationRunner):
     def hold_in(self, conn: Connection, key: str, debit_account_id: str, credit_account_id: str,
                 amount_atomic: int, *, timeout_s: int,
                 spend: SpendContext | None = None) -> Hold:
-        """`hold` inside a caller's transaction (escrow opens one atomically with its record)."""
+        """`hold` inside a caller's transaction (escrow opens one atomically with its record).
+        Debit and credit differ here too: callers that skip `hold` (hash-locked holds) would
+        otherwise hold money for its own account, which no capture can balance."""
+        if debit_account_id == credit_account_id:
+            raise InvalidArgument("debit and credit accounts must differ")
         transfers = [Transfer(debit_account_id, credit_account_id, amount_atomic)]
         if self._sqlite:  # one statement: the accounts, and which wallets have controls
             accounts, controlled = hot.accounts_with_controls(

@@ -31,7 +31,7 @@ from wallets._holds import MAX_HOLD_TIMEOUT_S
 from wallets._ledger_reads import hold_from_row
 from wallets.errors import FailedPrecondition, InvalidArgument, NotFound
 from wallets.guard import SpendContext
-from wallets.ledger import HOLDS, Ledger
+from wallets.ledger import HOLDS, POSTINGS, Ledger
 from wallets.models import Hold, Posting
 
 PREIMAGE_BYTES = 32
@@ -133,13 +133,18 @@ class ConditionalHolds:
 
     def fulfil_in(self, conn: Connection, key: str, hold_id: str,
                   preimage: bytes) -> tuple[ConditionalHold, Posting]:
-        hold, condition, _ = self._row(conn, hold_id)
+        """A hold already captured with this preimage answers as captured, under any key:
+        whoever shows the preimage first (the payee, or anyone it told) must not make the
+        payee's own claim fail."""
+        hold, condition, fulfilment = self._row(conn, hold_id)
         if not condition:
             raise FailedPrecondition(f"hold {hold_id} has no condition to fulfil",
                                      reason="NOT_CONDITIONAL")
         if hashlib.sha256(check_preimage(preimage)).hexdigest() != condition:
             raise InvalidArgument("the preimage does not hash to the hold's condition",
                                   reason="WRONG_PREIMAGE")
+        if hold.status == "captured" and fulfilment == preimage.hex():
+            return ConditionalHold(hold, condition, fulfilment), self._capture(conn, hold_id)
         posting = self.ledger.capture_in(conn, key, hold_id, hold.open_atomic, final=True,
                                          preimage=preimage)
         conn.execute(update(HOLDS).where(HOLDS.c.id == hold_id).values(
@@ -154,6 +159,12 @@ class ConditionalHolds:
         if not condition:
             raise NotFound(f"hold {hold_id!r} is not a conditional hold")
         return ConditionalHold(hold, condition, fulfilment)
+
+    def _capture(self, conn: Connection, hold_id: str) -> Posting:
+        """The posting that captured the hold."""
+        sequence = conn.execute(select(POSTINGS.c.sequence).where(
+            POSTINGS.c.hold_id == hold_id, POSTINGS.c.kind == "capture")).scalar_one()
+        return self.ledger._postings(conn, [sequence])[0]
 
     @staticmethod
     def _row(conn: Connection, hold_id: str) -> tuple[Hold, str, str]:

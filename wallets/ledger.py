@@ -337,7 +337,8 @@ class Ledger(LedgerHolds, LedgerReads, MutationRunner):
             same = [leg for leg in legs if leg.currency == code]
             posted = sum(leg.posted_atomic for leg in same)
             pending = sum(leg.pending_debit_atomic - leg.pending_credit_atomic for leg in same)
-            assert posted == 0 and pending == 0, f"unbalanced posting in {code}: {legs}"
+            if posted != 0 or pending != 0:  # a raise, not an assert: python -O keeps it
+                raise RuntimeError(f"unbalanced posting in {code}: {legs}")
         # PostgreSQL: legs that only add to an account are appended, not applied (its row stays
         # unlocked: `wallets._credits`); SQLite applies every leg, its writers take turns.
         credits = [] if self._sqlite else [leg for leg in legs if _credits.defers(leg)]

@@ -46,7 +46,8 @@ def receipt_verify(file: Path = typer.Argument(help="A receipt file (`receipt ge
 
 
 @receipt_app.command("get")
-def receipt_get(subject: str = typer.Argument(help="The agreement (or PvP payment) id."),
+def receipt_get(subject: str = typer.Argument(help="The agreement id, or a PvP leg's "
+                                                   "condition:hold_id."),
                 kind: str = typer.Option("", help="capture, refund, expiry, dispute_freeze, "
                                                   "dispute_resolution, pvp_settled, pvp_voided"
                                                   " (default: the latest)."),
