@@ -24,6 +24,7 @@ from marketplace.v1 import (
 )
 from wallets.audit import check_balances, verify_chain
 from wallets.currencies import split
+from wallets.ecny import CNY_ATOMIC, DEFAULT_TIERS, EcnyGuard, EcnyRules
 from wallets.errors import AgentmarketError
 from wallets.grpc_errors import error_reason
 
@@ -210,3 +211,35 @@ def test_arbitration_over_grpc(tmp_path: Path):
     finally:
         channel.close()
         node.stop(0)
+
+
+@pytest.mark.parametrize("outcome", [Outcome.DISPUTE_OUTCOME_BUYER, Outcome.DISPUTE_OUTCOME_SPLIT,
+                                     Outcome.DISPUTE_OUTCOME_SELLER],
+                         ids=["buyer", "split", "seller"])
+def test_a_seller_at_its_ecny_cap_cannot_keep_a_decision_from_landing(engine: Engine, clock,
+                                                                      outcome: int):
+    """The decision pays out what the escrow promised (counted against the cap when it
+    opened): a losing seller that filled its e-CNY wallet since does not freeze it forever."""
+    harness = Harness(engine, clock, guard=EcnyGuard(EcnyRules()))
+    try:
+        price = 10 * CNY_ATOMIC
+        harness.advertise(make_skill(price_atomic=price, currency="ECNY"))
+        harness.fund(harness.buyer, 1_000 * CNY_ATOMIC, "ECNY")
+        deal = harness.deal(price_atomic=price, quantity=5, currency="ECNY")
+        harness.open(deal)
+        harness.redeem(deal, [OK] * 3)
+        harness.dispute(deal)
+        cap = DEFAULT_TIERS[4].balance_cap_atomic  # an anonymous wallet's
+        seller = harness.ledger.open_account(harness.seller.agent_id, "ECNY").account_id
+        now = harness.ledger.balance(seller)
+        room = cap - now.posted_atomic - now.pending_credits_atomic
+        harness.wallets.deposit(harness.key("fill"), seller, room, "ECNY")
+        with pytest.raises(AgentmarketError) as refused:  # the cap holds for anything else
+            harness.wallets.deposit(harness.key("more"), seller, CNY_ATOMIC, "ECNY")
+        assert refused.value.reason == "ECNY_BALANCE_CAP"
+        seller_atomic = 1 if outcome == Outcome.DISPUTE_OUTCOME_SPLIT else 0
+        escrow = harness.resolve(deal, outcome, seller_atomic)
+        assert escrow["state"] == "resolved"
+        assert check_balances(harness.ledger).ok and verify_chain(harness.ledger).ok
+    finally:
+        harness.close()

@@ -243,6 +243,12 @@ def test_bad_requests_get_their_status_and_change_nothing(stub: Wallets, node: M
     terms, _ = sign_mandate(owner, MandateTerms(
         buyer, "ab" * 32, "USD", total_limit_atomic=5,
         expires_at_ms=int(time.time() * 1000) + 600_000))
+    def signed_for(account_id: str) -> tuple[bytes, bytes]:  # terms whose account is bad
+        return sign_mandate(owner, MandateTerms(
+            account_id, "ab" * 32, "USD", total_limit_atomic=5,
+            expires_at_ms=int(time.time() * 1000) + 600_000))
+
+    nul_terms, long_terms = signed_for(buyer + "\x00"), signed_for("a" * 5000)
     invalid, not_found = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
     denied = grpc.StatusCode.PERMISSION_DENIED
     k = new_key
@@ -278,6 +284,12 @@ def test_bad_requests_get_their_status_and_change_nothing(stub: Wallets, node: M
         ("grant-garbage", lambda: stub.GrantMandate(wallet_pb2.GrantMandateRequest(
             idempotency_key=k(), terms=b"\xff\xff", owner_signature=b"x")),
          invalid, "INVALID_ARGUMENT", "MandateTerms"),
+        ("grant-nul-account", lambda: stub.GrantMandate(wallet_pb2.GrantMandateRequest(
+            idempotency_key=k(), terms=nul_terms[0], owner_signature=nul_terms[1])),
+         invalid, "MALFORMED_FIELD", "terms.account_id"),
+        ("grant-long-account", lambda: stub.GrantMandate(wallet_pb2.GrantMandateRequest(
+            idempotency_key=k(), terms=long_terms[0], owner_signature=long_terms[1])),
+         invalid, "MALFORMED_FIELD", "terms.account_id"),
         ("grant-forged", lambda: stub.GrantMandate(wallet_pb2.GrantMandateRequest(
             idempotency_key=k(), terms=terms, owner_signature=b"\x00" * 64)),
          denied, "BAD_SIGNATURE", "not the wallet owner's"),

@@ -153,10 +153,12 @@ class LedgerHolds(LedgerReads, MutationRunner):
                 f"capture of {amount_atomic} exceeds the {hold.open_atomic} still held"
             )
         release = hold.open_atomic - amount_atomic if final else 0
+        involved = [hold.debit_account_id, *(a for a, _ in splits)]
         if self._sqlite:  # the same checks (each exists, one currency), one statement
-            hot.accounts_with_controls(conn, [hold.debit_account_id, *(a for a, _ in splits)])
+            accounts = hot.accounts_with_controls(conn, involved)[0]
         else:
-            self._accounts_for(conn, [hold.debit_account_id, *(a for a, _ in splits)])
+            accounts = self._accounts_for(conn, involved)
+        self.spend_guard.check_capture(conn, accounts[hold.debit_account_id], splits, accounts)
         moved = amount_atomic + release
         captured = hold.captured_atomic + amount_atomic
         voided = hold.voided_atomic + release

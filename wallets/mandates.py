@@ -38,6 +38,8 @@ from wallets.errors import (
     MandateDenied,
     NotFound,
 )
+from wallets.grpc_errors import nul_field
+from wallets.grpc_fields import WALLET_FIELDS, check_fields
 from wallets.models import Balance
 from wallets.tables import MandateRow
 from wallets.v1 import wallet_pb2
@@ -83,6 +85,10 @@ class MandateTerms:
             m = wallet_pb2.MandateTerms.FromString(data)
         except DecodeError as error:
             raise InvalidArgument(f"mandate terms do not parse as MandateTerms: {error}") from None
+        # signed bytes inside a request: the edge's field checks do not see into them
+        check_fields(m, WALLET_FIELDS, "terms.")
+        if nul := nul_field(m, "terms."):
+            raise InvalidArgument(f"{nul} holds a NUL character")
         return cls(m.account_id, m.agent_key, m.currency, m.total_limit_atomic, m.expires_at_ms,
                    m.per_call_limit_atomic, tuple(m.counterparties), m.nonce)
 
