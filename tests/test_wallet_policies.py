@@ -553,7 +553,7 @@ def test_bad_grants_and_revocations_are_refused_and_store_nothing(world: World,
     with pytest.raises(FailedPrecondition) as caught:
         controls.grant_mandate(key(), bob_terms, bob_signature)
     assert caught.value.reason == "OWNER_CANNOT_SIGN"  # "bob" is not a key
-    with pytest.raises(InvalidArgument, match="terms.account_id"):  # not an account id
+    with pytest.raises(InvalidArgument, match=r"terms\.account_id"):  # not an account id
         controls.grant_mandate(key(), *sign_mandate(world.owner_key,
                                                     replace(good, account_id="nope")))
     with pytest.raises(NotFound):
