@@ -7,6 +7,7 @@ bytes, which travel unchanged, so no canonical re-encoding is ever needed.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import re
 
@@ -33,7 +34,32 @@ MAX_NONCE_BYTES = 64
 # ids fit many times over.
 MAX_BODY_BYTES = 32 * 1024
 _CHECKER_NAME = re.compile(r"^[a-z0-9_.-]{1,64}$")
-_ENDPOINT = re.compile(r"^[A-Za-z0-9.\-\[\]:]{1,255}:\d{1,5}$")
+_ENDPOINT = re.compile(
+    r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9.-]+)):(?P<port>[0-9]{1,5})")
+_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def check_endpoint(endpoint: str, field: str = "endpoint") -> None:
+    """An endpoint (a listing's, a verifier's) is what buyers and the node dial: a hostname, an
+    IPv4 address or a bracketed IPv6 one (`[::1]:443`), and a port 1..65535. One rule where
+    each enters, so no party is handed an address nobody can dial."""
+    match = _ENDPOINT.fullmatch(endpoint) if len(endpoint) <= 255 else None
+    if match is None or not 1 <= int(match["port"]) <= 65535 or not _host_ok(match):
+        raise InvalidArgument(f"{field} {endpoint[:80]!r} must be host:port (a hostname, IPv4 "
+                              "address or [IPv6] address, and a port 1..65535)")
+
+
+def _host_ok(match: re.Match[str]) -> bool:
+    try:
+        if match["ipv6"] is not None:
+            ipaddress.IPv6Address(match["ipv6"])
+        elif match["host"].replace(".", "").isdigit():
+            ipaddress.IPv4Address(match["host"])
+        else:
+            return all(_LABEL.fullmatch(label) for label in match["host"].split("."))
+    except ValueError:
+        return False
+    return True
 
 
 def agreement_id(body: bytes) -> str:
@@ -115,8 +141,7 @@ def _check_method_terms(terms: agreement_pb2.Terms) -> None:
     if terms.HasField("verifier"):
         verifier = terms.verifier
         check_agent_id(verifier.agent_id, "verifier.agent_id")
-        if not _ENDPOINT.match(verifier.endpoint):
-            raise InvalidArgument("verifier.endpoint must be host:port")
+        check_endpoint(verifier.endpoint, "verifier.endpoint")
         if not 0 <= verifier.fee_atomic < terms.max_total_atomic:
             raise InvalidArgument("verifier.fee_atomic must be 0 or more, below max_total")
         if len(verifier.instructions) > MAX_RUBRIC:

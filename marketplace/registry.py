@@ -36,7 +36,8 @@ from jsonschema import SchemaError
 from jsonschema.validators import validator_for
 from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, update
 
-from marketplace import discovery, pricing, schema_regex
+from marketplace import discovery, pricing, schema_refs, schema_regex
+from marketplace.agreements import check_endpoint
 from marketplace.discovery import OFFERS, TERMS, Converter, Query, TokenCounts
 from marketplace.errors import InvalidArgument, NotFound, SchemaViolation
 from marketplace.identity import check_agent_id
@@ -53,16 +54,21 @@ _LIVE_LISTING = hot.Statement(select(LISTINGS).where(
 _LAPSED = hot.Statement(select(LISTINGS.c.agent_id).where(
     LISTINGS.c.expires_at_ms < bindparam("cutoff")).limit(bindparam("limit")))
 _SKILL_NAME = re.compile(r"^[a-z0-9_.-]{1,64}$")
-_ENDPOINT = re.compile(r"^[A-Za-z0-9.\-\[\]:]{1,255}:\d{1,5}$")
 MAX_SKILLS = 50
 MAX_TAGS = 8  # each pair of a skill's tags is a search token too
 MAX_NAME = 128
 MAX_DESCRIPTION = 2000
 MAX_SCHEMA_BYTES = 64 * 1024
+# A whole listing, serialized: a Discover answer holds up to `discovery.MAX_LIMIT` of them.
+MAX_LISTING_BYTES = 256 * 1024
+# A Discover answer stops before this many bytes of listings, well inside the 4 MiB a gRPC
+# client receives by default (listings past it are left out, as past `limit`).
+MAX_DISCOVER_BYTES = 3 * 1024 * 1024
 TTL_DEFAULT_S, TTL_MIN_S, TTL_MAX_S = 60, 10, 86_400
 PURGE_AFTER_MS = 3_600_000
 _METHODS = set(registry_pb2.VerificationMethod.values()) - {0}
 _CHUNK = 500
+_FRAMING_BYTES = 64  # around each listing in an answer: its tag, length, fields set on reading
 
 
 def check_schema(text: str, field: str) -> None:
@@ -86,7 +92,7 @@ def _schema_problem(text: str) -> str:
         validator_for(schema).check_schema(schema)
     except (ValueError, SchemaError, RecursionError) as error:
         return str(error)[:500]
-    return schema_regex.problem(schema)
+    return schema_regex.problem(schema) or schema_refs.problem(schema)
 
 
 def check_skill(skill: registry_pb2.Skill) -> None:
@@ -115,11 +121,14 @@ def check_skill(skill: registry_pb2.Skill) -> None:
 
 
 def check_listing(listing: registry_pb2.Listing) -> None:
+    """Validate a listing in place. Its size is bounded as a whole, not only field by field,
+    so that a few listings cannot make a Discover answer too large for buyers to receive."""
     check_agent_id(listing.agent_id)
+    if listing.ByteSize() > MAX_LISTING_BYTES:
+        raise InvalidArgument(f"a listing is at most {MAX_LISTING_BYTES} bytes serialized")
     if len(listing.name) > MAX_NAME:
         raise InvalidArgument(f"name is longer than {MAX_NAME} characters")
-    if not _ENDPOINT.match(listing.endpoint):
-        raise InvalidArgument(f"endpoint {listing.endpoint!r} must be host:port")
+    check_endpoint(listing.endpoint)
     if not 1 <= len(listing.skills) <= MAX_SKILLS:
         raise InvalidArgument(f"a listing needs 1..{MAX_SKILLS} skills")
     for skill in listing.skills:
@@ -312,7 +321,8 @@ class Registry:
                  limit: int = 20, *, text: str = "", tags: Iterable[str] = (),
                  min_reputation_permille: int = 0,
                  convert_currencies: bool = False) -> list[registry_pb2.Listing]:
-        """Live listings matching every filter, ranked (see the module docstring)."""
+        """Live listings matching every filter, ranked (see the module docstring): the first
+        `limit` of them, fewer when more would pass MAX_DISCOVER_BYTES."""
         query = Query.build(skill=skill, currency_code=currency_code,
                             max_price_atomic=max_price_atomic, limit=limit, text=text, tags=tags,
                             min_reputation_permille=min_reputation_permille,
@@ -329,7 +339,16 @@ class Registry:
                 f"SELECT agent_id, listing, expires_at_ms, reputation_permille, rated_agreements "
                 f"FROM {LISTINGS.name} WHERE agent_id IN ({', '.join([marker] * len(hits))})",
                 tuple(h.agent_id for h in hits))}
-        return [_decode(rows[h.agent_id]) for h in hits if h.agent_id in rows]
+        found, size = [], 0
+        for hit in hits:
+            row = rows.get(hit.agent_id)
+            if row is None or len(row.listing) > MAX_LISTING_BYTES:
+                continue  # gone, or larger than a listing may be (stored by an older node)
+            size += len(row.listing) + _FRAMING_BYTES
+            if size > MAX_DISCOVER_BYTES:
+                break
+            found.append(_decode(row))
+        return found
 
 
 def _decode(row) -> registry_pb2.Listing:  # type: ignore[no-untyped-def]
