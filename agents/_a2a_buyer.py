@@ -9,6 +9,8 @@ InvokeResponse the buyer's receipt checks already know (`BuyerCore._answered`).
 
 from __future__ import annotations
 
+import binascii
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -16,8 +18,10 @@ from typing import Any
 
 from a2a.types import a2a_pb2
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from google.protobuf.message import DecodeError
 
 from agents._buyer_core import PlannedCall
+from agents._deal import MalformedAnswer
 from agents._serving import STOP_NAMES, STOP_REASON_KEY
 from agents.errors import (
     FailedPrecondition,
@@ -116,6 +120,14 @@ def card_listing(card: a2a_pb2.AgentCard) -> registry_pb2.Listing:
     if params is None:
         raise FailedPrecondition(f"the agent {card.name!r} takes no payment (its card has no "
                                  f"{ext.URI} extension): call it with `ask`")
+    try:  # the seller's own words, signed by it: they may still not be what the spec says
+        return _listing(card, params)
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        raise InvalidArgument(f"the card of {card.name[:64]!r} has malformed payment params "
+                              f"({type(error).__name__}: {str(error)[:120]})") from None
+
+
+def _listing(card: a2a_pb2.AgentCard, params: dict[str, Any]) -> registry_pb2.Listing:
     skills = []
     for name, spec in (params.get("skills") or {}).items():
         if spec.get("free"):
@@ -172,9 +184,22 @@ def paid_response(task: a2a_pb2.Task) -> agent_pb2.InvokeResponse:
     meta = _dict(task.metadata)
     output = next((p.text for a in task.artifacts if a.artifact_id == "output"
                    for p in a.parts if p.text), "")
-    return agent_pb2.InvokeResponse(
-        output_json=output, receipt=ext.parse_receipt(meta.get(ext.RECEIPT_KEY, "")),
-        usage=_usage(meta.get(ext.USAGE_KEY, {})))
+    with _parsing("task"):
+        return agent_pb2.InvokeResponse(
+            output_json=output, receipt=ext.parse_receipt(meta.get(ext.RECEIPT_KEY, "")),
+            usage=_usage(meta.get(ext.USAGE_KEY, {})))
+
+
+@contextlib.contextmanager
+def _parsing(what: str) -> Iterator[None]:
+    """A seller's metadata read as ours: anything that does not parse (not a number, out of
+    range, not base64, not a Receipt, not a map) is the seller's `MalformedAnswer`."""
+    try:
+        yield
+    except (ValueError, TypeError, AttributeError, KeyError, DecodeError,
+            binascii.Error) as error:
+        raise MalformedAnswer(f"the seller's A2A {what} carries malformed payment metadata "
+                              f"({type(error).__name__}: {str(error)[:120]})") from None
 
 
 def _usage(usage: dict[str, str]) -> agent_pb2.Usage:
@@ -207,6 +232,10 @@ class _Chunks:
         self.stop = ""
 
     def chunk(self, event: a2a_pb2.StreamResponse) -> agent_pb2.StreamChunk | None:
+        with _parsing("stream event"):
+            return self._chunk(event)
+
+    def _chunk(self, event: a2a_pb2.StreamResponse) -> agent_pb2.StreamChunk | None:
         if event.HasField("artifact_update"):
             update = event.artifact_update
             return agent_pb2.StreamChunk(
@@ -244,6 +273,9 @@ class A2AStream(_Chunks):
             if chunk is not None:
                 yield chunk
 
+    def cancel(self) -> None:
+        self._call.cancel()
+
     def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
         return self.trailers()
 
@@ -260,6 +292,9 @@ class AsyncA2AStream(_Chunks):
             chunk = self.chunk(event)
             if chunk is not None:
                 yield chunk
+
+    def cancel(self) -> None:
+        self._call.cancel()
 
     async def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
         return self.trailers()

@@ -15,7 +15,13 @@ from typing import Any
 
 import grpc
 
-from agents._deal import Deal, book_stream, cut_overlong_stream
+from agents._deal import (
+    Deal,
+    MalformedAnswer,
+    book_malformed,
+    book_stream,
+    cut_overlong_stream,
+)
 from agents._rpc import sdk_error
 from agents._serving import STOP_REASON_KEY
 from agents.errors import FailedPrecondition
@@ -66,6 +72,10 @@ class AsyncStreamedCall:
         except grpc.RpcError as error:
             self.session.settle(self.budget_atomic, 0)
             raise sdk_error(error) from None
+        except MalformedAnswer as error:
+            self._call.cancel()
+            book_malformed(self.deal, self.session, self.budget_atomic, error)
+            raise
         if self.end is None:
             self.session.settle(self.budget_atomic, 0)
             raise FailedPrecondition("the stream ended without a receipt")

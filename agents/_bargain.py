@@ -129,6 +129,10 @@ def rounds(buyer: BuyerAgent | AsyncBuyerAgent, listing: registry_pb2.Listing, s
                 raise NegotiationFailed(f"the seller ended the negotiation: "
                                         f"{reply.reject_reason or 'no offer'}")
             offer = reply.offer
+            if offer.from_id != listing.agent_id:
+                raise NotTheListedAgent(
+                    f"{listing.endpoint[:80]} answers as agent {offer.from_id[:12]}…, not as "
+                    f"the listing's {listing.agent_id[:12]}…: the listing is not its own")
             offered = offer.terms.unit_price_atomic
             try:
                 protocol.offer(offer, buyer._now_ms())
@@ -158,6 +162,11 @@ def rounds(buyer: BuyerAgent | AsyncBuyerAgent, listing: registry_pb2.Listing, s
                 protocol.offer(counter, buyer._now_ms())
                 reply = yield agent_pb2.NegotiationMessage(offer=counter, note=_say(strategy))
         raise _NoAgreement(f"no agreement within {max_rounds} rounds")
+
+
+class NotTheListedAgent(NegotiationFailed):
+    """The listing's endpoint is another agent's (a listing parked at someone else's address):
+    the buyer tries the next listing."""
 
 
 class _NoAgreement(NegotiationFailed):

@@ -20,12 +20,15 @@ import grpc
 from jsonschema import ValidationError
 from opentelemetry import trace
 from opentelemetry.trace import TracerProvider
+from referencing.exceptions import Unresolvable
 
 from agents import _inputs
 from agents._bargain import Quote
 from agents._deal import (
     Deal,
+    MalformedAnswer,
     agreement_body,
+    book_malformed,
     charge_cap,
     countersigned_deal,
     parsed_output,
@@ -34,7 +37,7 @@ from agents._deal import (
     restored_deal,
 )
 from agents._grpc_payment import ANSWER_MAY_BE_LOST
-from agents.errors import ApprovalRequired, InvalidArgument
+from agents.errors import ApprovalRequired, InvalidArgument, ServerError
 from agents.keystore import load_key
 from agents.payment_session import PaymentSession
 from agents.results import AgreementState, CallResult, Escrow, Usage
@@ -91,6 +94,7 @@ class BuyerCore:
         host:port, or several nodes' (a list of IP host:port, or one DNS name `dns:///NAME:PORT`):
         calls go round robin and a node that does not answer costs a retry on another."""
         self.name = _inputs.name(name, "buyer's name")
+        self._closed = False  # close() was called: every method refuses (`agents._rpc`)
         self.key = load_key(key)
         self.agent_id = self.key.agent_id
         self.marketplace = _inputs.market(marketplace)
@@ -282,6 +286,14 @@ class BuyerCore:
         else:
             self.sessions[planned.deal.agreement_id].settle(planned.reserve_atomic, 0)
 
+    def _malformed(self, planned: PlannedCall, error: MalformedAnswer) -> None:
+        """Book an answer whose payment metadata does not parse (`book_malformed`)."""
+        if planned.settles:
+            book_malformed(planned.deal, self.sessions[planned.deal.agreement_id],
+                           planned.reserve_atomic, error)
+        else:
+            planned.deal.problems.append(error.message)
+
     def _answered(self, planned: PlannedCall, response: agent_pb2.InvokeResponse,
                   span: Any) -> CallResult:
         """Book the charge, check the receipt and the output; record problems on the deal."""
@@ -297,6 +309,9 @@ class BuyerCore:
             deal.output_validator.validate(output)
         except ValidationError as error:
             problem = problem or f"output does not match the schema: {error.message}"
+            deal.failed_outputs += 1
+        except (RecursionError, Unresolvable):  # the seller's schema refers to itself, or away
+            problem = problem or "the listing's output schema cannot be checked (its $ref)"
             deal.failed_outputs += 1
         if problem:
             deal.problems.append(problem)
@@ -339,8 +354,15 @@ class BuyerCore:
 
     def _finished(self, deal: Deal, response: agent_pb2.FinishResponse, confirm: bool) -> bool:
         """Record the escrow after Finish; True when the buyer should still confirm (a seller
-        or marketplace that did not pay on its confirmation)."""
-        self._escrowed(deal, response.escrow)
+        or marketplace that did not pay on its confirmation). The escrow comes from the
+        seller: one of another agreement, or in no known state, is a problem on the deal."""
+        escrow = response.escrow
+        if escrow.agreement_id != deal.agreement_id or \
+                escrow.state not in AgreementState._value2member_map_:
+            problem = "the seller's Finish answer is not this agreement's escrow"
+            deal.problems.append(problem)
+            raise ServerError(f"{problem}; the marketplace has the escrow (`escrow(deal)`)")
+        self._escrowed(deal, escrow)
         assert deal.escrow is not None
         return confirm and not deal.problems and deal.escrow.state in AWAITING_RELEASE
 

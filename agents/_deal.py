@@ -194,6 +194,18 @@ def parsed_output(deal: Deal, output_json: str) -> Any:
                           "recorded as a problem, so the deal is not confirmed") from None
 
 
+class MalformedAnswer(ServerError):
+    """A seller's answer whose payment fields do not parse (an A2A task's metadata: the
+    receipt, the usage, a charge): the seller may still redeem the call."""
+
+
+def book_malformed(deal: Deal, session: Any, reserve: int, error: MalformedAnswer) -> None:
+    """Book an answer that does not parse at the most it may cost (its reserve: the seller
+    may redeem the call all the same), and record it on the deal (so it is not confirmed)."""
+    session.settle(reserve, reserve)
+    deal.problems.append(error.message)
+
+
 def cut_overlong_stream(deal: Deal, session: Any, budget: int, call: Any) -> ServerError:
     """A stream past what a receipt can carry: cancelled, its budget released, a problem on
     the deal; returns the error to raise."""

@@ -44,7 +44,7 @@ from agents._buyer_core import (
     PlannedCall,
     call_metadata,
 )
-from agents._deal import Deal
+from agents._deal import Deal, MalformedAnswer
 from agents._failover import MAX_SELLERS_TRIED, Failover, unreachable
 from agents._rpc import async_sdk_method, sdk_error
 from agents.errors import AgentmarketError, NegotiationFailed, SellerUnavailable, Unavailable
@@ -122,7 +122,8 @@ class AsyncBuyerAgent(BuyerCore):
         return self._stubs(endpoint).signed
 
     async def close(self) -> None:
-        """Close the connections (to the marketplace and every seller)."""
+        """Close the connections (to the marketplace and every seller); the buyer is done."""
+        self._closed = True
         channels = [c for s in self._sellers.values()
                     for c in (s.signed_channel, s.unsigned_channel)]
         if self._market_stubs is not None:
@@ -205,6 +206,9 @@ class AsyncBuyerAgent(BuyerCore):
             try:
                 return await self._accept(await _bargain.abargain(self, candidate, skill,
                                                                   **options))
+            except _bargain.NotTheListedAgent as error:  # reachable, and not that seller
+                tried.failed(candidate, error.message)
+                continue
             except grpc.RpcError as error:
                 if not unreachable(error):
                     raise
@@ -393,6 +397,9 @@ class AsyncBuyerAgent(BuyerCore):
                 response = _a2a.paid_response(reply.task)
             except grpc.RpcError as error:
                 self._failed(planned, error)
+                raise
+            except MalformedAnswer as error:
+                self._malformed(planned, error)
                 raise
             except AgentmarketError:  # a FAILED task: nothing was charged
                 if planned.settles:

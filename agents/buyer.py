@@ -54,7 +54,7 @@ from agents._buyer_core import (
     BuyerCore,
     PlannedCall,
 )
-from agents._deal import Deal, receipt_problem
+from agents._deal import Deal, MalformedAnswer, receipt_problem
 from agents._failover import MAX_SELLERS_TRIED, Failover, unreachable
 from agents._grpc_payment import VoucherClientInterceptor
 from agents._rpc import sdk_error, sdk_method
@@ -109,7 +109,8 @@ class BuyerAgent(BuyerCore):
         self._seller_channels: dict[str, _SellerStubs] = {}
 
     def close(self) -> None:
-        """Close the connections (to the marketplace and every seller)."""
+        """Close the connections (to the marketplace and every seller); the buyer is done."""
+        self._closed = True
         for stubs in self._seller_channels.values():
             stubs.channel.close()
         self._seller_channels.clear()
@@ -210,6 +211,9 @@ class BuyerAgent(BuyerCore):
                 raise tried.exhausted()
             try:
                 return self._accept(_bargain.bargain(self, candidate, skill, **options))
+            except _bargain.NotTheListedAgent as error:  # reachable, and not that seller
+                tried.failed(candidate, error.message)
+                continue
             except grpc.RpcError as error:
                 if not unreachable(error):
                     raise
@@ -409,6 +413,9 @@ class BuyerAgent(BuyerCore):
                 response = _a2a.paid_response(task)
             except grpc.RpcError as error:
                 self._failed(planned, error)
+                raise
+            except MalformedAnswer as error:
+                self._malformed(planned, error)
                 raise
             except AgentmarketError:  # a FAILED task: nothing was charged
                 if planned.settles:

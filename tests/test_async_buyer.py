@@ -128,3 +128,40 @@ def test_async_errors_are_the_projects_own():
                 await buyer.balance("USD")
 
     asyncio.run(attempts())
+
+
+def test_the_async_buyer_skips_an_impostor_listing_and_books_a_malformed_a2a_answer(
+        node: MarketplaceNode, monkeypatch):
+    """The async twin of tests/test_malicious_seller.py's listing and A2A checks."""
+    from agents import _a2a_door as door
+    from agents.errors import ServerError
+    from marketplace import a2a_extension as ext
+    from marketplace.identity import AgentKey
+    from marketplace.v1 import registry_pb2
+
+    real = door.paid_task_of
+
+    def lying(*args):  # type: ignore[no-untyped-def]
+        task = real(*args)
+        task.metadata.update({ext.USAGE_KEY: {"chargedAtomic": "abc"}})
+        return task
+
+    async def task() -> None:
+        async with AsyncBuyerAgent("async", marketplace=node.address) as buyer:
+            await buyer.fund("1.00", "USD")
+            honest = (await buyer.discover("shout", currency="USD"))[0]
+            fake = registry_pb2.Listing()
+            fake.CopyFrom(honest)
+            fake.agent_id = AgentKey.generate().agent_id
+            deal = await buyer.negotiate([fake, honest], "shout", quantity=2, budget="0.01",
+                                         currency="USD", failover=False)
+            assert deal.body.seller_id == honest.agent_id
+            await buyer.hire(deal)
+            monkeypatch.setattr(door, "paid_task_of", lying)
+            with pytest.raises(ServerError, match="malformed payment metadata"):
+                await buyer.send(deal, {"text": "hi"})
+            session = buyer.sessions[deal.agreement_id]
+            assert session.reserved_atomic == 0
+            assert session.charged_atomic == deal.call_max_atomic and deal.problems
+
+    asyncio.run(task())

@@ -14,14 +14,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from a2a.types import a2a_pb2
 from pydantic import BaseModel
 
 from agents import BuyerAgent, SellerAgent, per_1k_tokens, per_call, per_unit, skill
-from agents.errors import ServerError
+from agents import _a2a_buyer as _a2a
+from agents import _a2a_door as door
+from agents.errors import InvalidArgument, SellerUnavailable, ServerError
 from agents.metering import current_meter
 from agents.v1 import agent_pb2
+from marketplace import a2a_extension as ext
 from marketplace import agreements as ag
+from marketplace.identity import AgentKey
 from marketplace.node import MarketplaceNode
+from marketplace.v1 import registry_pb2
 
 
 class Text(BaseModel):
@@ -222,3 +228,117 @@ def test_the_usdc_rails_libraries_leave_the_recursion_limit_where_deep_json_is_r
     assert sys.getrecursionlimit() <= _stack.LIMIT <= 10_000
     with pytest.raises(RecursionError):
         json.loads("[" * 100_000)
+
+
+# ---- over A2A, at Finish, and behind someone else's listing ----------------------------------
+
+@pytest.mark.parametrize("meta", [
+    {ext.USAGE_KEY: {"chargedAtomic": "abc"}}, {ext.USAGE_KEY: {"chargedAtomic": "9" * 30}},
+    {ext.USAGE_KEY: "x"}, {ext.RECEIPT_KEY: "!!!"}, {ext.RECEIPT_KEY: "//////8="},
+    {ext.RECEIPT_KEY: 5}], ids=["nan", "huge", "not-a-map", "not-b64", "not-a-receipt",
+                                "a-number"])
+def test_an_a2a_answer_with_malformed_payment_metadata_is_booked_at_most_and_a_problem(
+        market, monkeypatch, meta):
+    _seller, buyer = market
+    real = door.paid_task_of
+
+    def lying(*args: Any) -> Any:
+        task = real(*args)
+        task.metadata.update(meta)
+        return task
+
+    monkeypatch.setattr(door, "paid_task_of", lying)
+    deal = _deal(buyer, "shout")
+    with pytest.raises(ServerError, match="malformed payment metadata"):
+        buyer.send(deal, {"text": "hi"})
+    session = buyer.sessions[deal.agreement_id]
+    assert session.reserved_atomic == 0  # nothing left reserved ...
+    assert session.charged_atomic == deal.call_max_atomic  # ... booked at the most it may cost
+    assert deal.problems and "malformed" in deal.problems[0]
+
+
+def test_an_a2a_stream_with_a_malformed_charge_is_cut_booked_and_a_problem(market,
+                                                                            monkeypatch):
+    _seller, buyer = market
+    real = door.A2ADoor._relay
+
+    def lying(self: Any, *args: Any) -> Any:
+        for event in real(self, *args):
+            if event.HasField("artifact_update"):
+                event.artifact_update.metadata.update({"chargedAtomic": "lots"})
+            yield event
+
+    monkeypatch.setattr(door.A2ADoor, "_relay", lying)
+    deal = _deal(buyer, "write")
+    streamed = buyer.send_stream(deal, {"topic": "x"})
+    with pytest.raises(ServerError, match="malformed payment metadata"):
+        "".join(streamed)
+    session = buyer.sessions[deal.agreement_id]
+    assert session.reserved_atomic == 0 and session.charged_atomic == streamed.budget_atomic
+    assert deal.problems
+
+
+def test_an_overlong_a2a_stream_is_cut(market):
+    seller, buyer = market
+
+    def stream(request: Any, context: Any, voucher: Any = None
+               ) -> Iterator[agent_pb2.StreamChunk]:
+        for _ in range(200):
+            yield agent_pb2.StreamChunk(text_delta="x" * 100_000, charged_atomic=1)
+        yield _end(request, json.dumps({"text": "x"}))
+
+    seller.calls.paid_stream = stream  # type: ignore[method-assign]
+    deal = _deal(buyer, "write")
+    streamed = buyer.send_stream(deal, {"topic": "x"})
+    with pytest.raises(ServerError, match="stream was cut"):
+        "".join(streamed)
+    assert buyer.sessions[deal.agreement_id].reserved_atomic == 0
+    assert any("streamed more than" in p for p in deal.problems)
+
+
+@pytest.mark.parametrize("lie", ["state", "agreement"])
+def test_a_finish_answer_with_another_escrow_is_a_server_error_and_a_problem(market, lie):
+    seller, buyer = market
+    deal = _deal(buyer, "shout")
+    buyer.invoke(deal, {"text": "hi"})
+    real = seller.finish
+
+    def lying(request: Any) -> Any:
+        response = real(request)
+        if lie == "state":
+            response.escrow.state = 99
+        else:
+            response.escrow.agreement_id, response.escrow.captured_atomic = "f" * 64, 10**15
+        return response
+
+    seller.finish = lying  # type: ignore[method-assign]
+    with pytest.raises(ServerError, match="not this agreement's escrow"):
+        buyer.finish(deal)
+    assert deal.problems == ["the seller's Finish answer is not this agreement's escrow"]
+    assert buyer.escrow(deal).agreement_id == deal.agreement_id  # the marketplace's own
+
+
+def test_a_listing_parked_at_another_sellers_endpoint_is_skipped(market):
+    seller, buyer = market
+    impostor = AgentKey.generate()
+    honest = buyer.discover("shout", currency="USD")[0]
+    fake = registry_pb2.Listing()
+    fake.CopyFrom(honest)
+    fake.agent_id = impostor.agent_id
+    deal = buyer.negotiate([fake, honest], "shout", quantity=2, budget="0.05", currency="USD",
+                           failover=False)
+    assert deal.body.seller_id == seller.agent_id  # the next listing, the real one
+    with pytest.raises(SellerUnavailable, match="the listing is not its own"):
+        buyer.negotiate([fake], "shout", quantity=2, budget="0.05", currency="USD",
+                        failover=False)
+
+
+def test_a_card_with_malformed_payment_params_is_invalid(market):
+    _seller, _buyer = market
+    for params in ({"agentId": "a" * 64, "skills": {"x": {"prices": [{"amountAtomic": "abc"}]}}},
+                   {"agentId": "a" * 64, "skills": ["x"]}, {"skills": {}}):
+        card = a2a_pb2.AgentCard(name="liar")
+        extension = card.capabilities.extensions.add(uri=ext.URI)
+        extension.params.update(params)
+        with pytest.raises(InvalidArgument, match="malformed payment params"):
+            _a2a.card_listing(card)
