@@ -111,11 +111,20 @@ def sdk_error(error: grpc.RpcError, peer: str = "") -> errors.AgentmarketError:
                  metadata=metadata)
 
 
+def _check_open(args: tuple[Any, ...]) -> None:
+    """A closed agent's channels are gone (grpc may even crash on one): say so instead."""
+    if args and getattr(args[0], "_closed", False):
+        raise errors.FailedPrecondition(f"this {type(args[0]).__name__} is closed (close(), or "
+                                        "the end of its with block): make a new one")
+
+
 def sdk_method(method: F) -> F:
-    """Nothing but AgentmarketError leaves `method`: a grpc.RpcError becomes its SDK class."""
+    """Nothing but AgentmarketError leaves `method`: a grpc.RpcError becomes its SDK class;
+    a closed agent's method refuses at once."""
 
     @functools.wraps(method)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _check_open(args)
         try:
             return method(*args, **kwargs)
         except grpc.RpcError as error:
@@ -129,6 +138,7 @@ def async_sdk_method(method: F) -> F:
 
     @functools.wraps(method)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _check_open(args)
         try:
             return await method(*args, **kwargs)
         except grpc.RpcError as error:

@@ -13,6 +13,8 @@ from typing import Any, get_type_hints, is_typeddict
 
 from pydantic import BaseModel, TypeAdapter, create_model
 
+from agents.errors import InvalidArgument
+
 STREAM_OUTPUT_SCHEMA: dict[str, Any] = {
     "type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"],
     "title": "StreamedText",
@@ -34,12 +36,23 @@ def model_for(schema: Any, name: str) -> type[BaseModel]:
                     "input_model/output_model explicitly")
 
 
-def function_models(fn: Callable[..., Any], *, streams: bool = False
+def function_models(fn: Callable[..., Any], *, streams: bool = False,
+                    inputs_given: bool = False, output_given: bool = False
                     ) -> tuple[type[BaseModel], TypeAdapter[Any] | None]:
     """(input model from the parameters, adapter of the return annotation; None for a
-    generator, whose output is the streamed text)."""
+    generator, whose output is the streamed text). The schemas buyers check calls against
+    come from the hints, so a parameter or return without one is refused (unless an
+    `input_model` / `output_model` is given instead)."""
     hints = get_type_hints(fn)
     params = inspect.signature(fn).parameters
+    name = getattr(fn, "__name__", "skill")
+    if not inputs_given:
+        for missing in (p for p in params if p not in hints):
+            raise InvalidArgument(f"skill {name}: parameter {missing!r} has no type hint; the "
+                                  f"input schema is made from them (e.g. `{missing}: str`)")
+    if not (streams or output_given or "return" in hints):
+        raise InvalidArgument(f"skill {name} has no return type hint; the output schema buyers "
+                              "check is made from it (e.g. `-> MyModel`)")
     fields: dict[str, Any] = {
         p: (hints.get(p, Any), ... if spec.default is inspect.Parameter.empty else spec.default)
         for p, spec in params.items()

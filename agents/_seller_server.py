@@ -30,6 +30,7 @@ from agents.keystore import home
 from agents.v1 import agent_pb2, agent_pb2_grpc
 from marketplace.a2a_cards import CARD_PATH, listing_card
 from marketplace.auth import AccessInterceptor, AuthServerInterceptor
+from marketplace.grpc_listen import listen
 from marketplace.grpc_tracing import server_interceptor
 from marketplace.http.server import HttpServer
 from marketplace.introspection import serve_introspection
@@ -60,7 +61,8 @@ def build_server(seller: SellerAgent, executor: Executor, *,
               ] if require_auth else []
     interceptors = [MalformedRequestInterceptor(), server_interceptor(tracer_provider), auth,
                     FieldCheckInterceptor(MARKET_FIELDS), *access]
-    options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+    options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+               ("grpc.so_reuseport", 0)]  # a port in use is an error, not shared
     if kind == "aio":
         bridge = SyncBridge(interceptors, executor, {INVOKE: fast_invoke(seller, executor)},
                             tracer_provider)
@@ -75,9 +77,7 @@ def attach(seller: SellerAgent, server: Any, host: str, port: int,
     agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(seller), server)
     a2a_pb2_grpc.add_A2AServiceServicer_to_server(A2ADoor(seller), server)
     health = serve_introspection(server, [AGENT_SERVICE, A2A_SERVICE])
-    bound = (server.add_secure_port(f"{host}:{port}", credentials) if credentials is not None
-             else server.add_insecure_port(f"{host}:{port}"))
-    return health, bound
+    return health, listen(server, f"{host}:{port}", credentials)
 
 
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):

@@ -335,7 +335,9 @@ def skill(target: Any = None, /, *, price: Price | list[Price], name: str | None
                          _input_model=inputs, _output_adapter=TypeAdapter(outputs),
                          **common)  # type: ignore[arg-type]
         streams = inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
-        model, adapter = function_models(fn, streams=streams)
+        model, adapter = function_models(fn, streams=streams,
+                                         inputs_given=input_model is not None,
+                                         output_given=output_model is not None)
         if input_model is not None:
             model = input_model
         if streams:

@@ -48,6 +48,7 @@ from marketplace.discover_cache import TTL_MS as DISCOVER_CACHE_MS
 from marketplace.discover_cache import DiscoverCache
 from marketplace.discovery import FxConverter
 from marketplace.errors import FailedPrecondition, InvalidArgument
+from marketplace.grpc_listen import listen
 from marketplace.grpc_tracing import server_interceptor
 from marketplace.identity import AgentKey, check_agent_id
 from marketplace.introspection import mark_serving, serve_introspection
@@ -194,7 +195,8 @@ class MarketplaceNode:
             interceptors=[MalformedRequestInterceptor(), server_interceptor(tracer_provider),
                           self.auth, FieldCheckInterceptor(MARKET_FIELDS), *self._access()],
             options=[("grpc.max_receive_message_length", max_message_bytes),
-                     ("grpc.max_send_message_length", MAX_RESPONSE_BYTES)],
+                     ("grpc.max_send_message_length", MAX_RESPONSE_BYTES),
+                     ("grpc.so_reuseport", 0)],  # a port in use is an error, not shared
         )
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(
             RegistryServicer(self.registry, node_id=self.agent_id, discover_cache=DiscoverCache(
@@ -219,9 +221,7 @@ class MarketplaceNode:
         ]
         self.health = serve_introspection(self.server, services)
         self._services = services
-        self.port = (self.server.add_secure_port(f"{host}:{port}", server_credentials)
-                     if server_credentials is not None
-                     else self.server.add_insecure_port(f"{host}:{port}"))
+        self.port = listen(self.server, f"{host}:{port}", server_credentials)
         self.address = f"{host}:{self.port}"
         self._http_setup(console, tracer_provider, http_host, http_port, http_tls, cards)
         self._sweep_interval_s = sweep_interval_s

@@ -60,7 +60,7 @@ class VerifierAgent:
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8),
                                   interceptors=[server_interceptor(tracer_provider)],
                                   options=[("grpc.max_receive_message_length",
-                                            MAX_REQUEST_BYTES)])
+                                            MAX_REQUEST_BYTES), ("grpc.so_reuseport", 0)])
         verifier_pb2_grpc.add_VerifierServiceServicer_to_server(_Servicer(self), self.server)
         self._services = [verifier_pb2.DESCRIPTOR.services_by_name["VerifierService"].full_name]
         self.health = serve_introspection(self.server, self._services)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -329,3 +330,42 @@ def test_serve_refuses_bad_options_in_one_line(runner: CliRunner, tmp_path: Path
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and says in lines[0], lines
     assert not (tmp_path / "m.db").exists()  # refused before anything was created
+
+
+def _main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+          *args: str) -> tuple[int, str]:
+    """`agentmarket ARGS` as the console script runs it: (exit status, what it printed)."""
+    from marketplace.cli.main import main
+
+    monkeypatch.setattr("sys.argv", ["agentmarket", *args])
+    with pytest.raises(SystemExit) as ended:
+        main()
+    out = capsys.readouterr()
+    return int(ended.value.code or 0), out.out + out.err
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    (("ledger", "--db", "garbage"), "cannot open the database garbage"),
+    (("ledger", "verify", "--db", "postgresql://u@127.0.0.1:1/x"), "cannot open the database"),
+    (("agreements", "--state", "bogus"), "no state 'bogus'"),
+    (("keys", "new", "/proc/no/such.key"), "No such file or directory"),
+    (("disputes", "resolve", "abc", "--to", "split", "--seller-amount", "1e3",
+      "--key-file", "missing.key"), "error:"),
+])
+def test_a_users_mistake_is_one_line_and_status_1(monkeypatch, capsys, tmp_path: Path,
+                                                 args: tuple[str, ...], said: str):
+    monkeypatch.chdir(tmp_path)
+    status, printed = _main(monkeypatch, capsys, *args)
+    assert status == 1 and said in printed
+    assert "Traceback" not in printed and len(printed.strip().splitlines()) == 1, printed
+
+
+def test_a_read_command_never_writes_a_schema_into_a_file_it_was_wrongly_given(
+        monkeypatch, capsys, tmp_path: Path):
+    wrong = tmp_path / "spans.db"
+    sqlite3.connect(wrong).execute("CREATE TABLE spans (id TEXT)").connection.commit()
+    status, printed = _main(monkeypatch, capsys, "ledger", "--db", f"sqlite:///{wrong}")
+    assert status == 1 and "holds no agentmarket ledger" in printed
+    tables = {r[0] for r in sqlite3.connect(wrong).execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert tables == {"spans"}

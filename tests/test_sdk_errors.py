@@ -87,7 +87,8 @@ def market(tmp_path: Path) -> Iterator[Market]:
 
 
 @pytest.mark.parametrize("amount", ["abc", "1,00", "sNaN", "NaN", "Infinity", "-Infinity",
-                                    "1e30", "1e400", "-1", "0.0000000001", "", " ", "1.0.0"])
+                                    "1e30", "1e400", "-1", "0.0000000001", "", " ", "1.0.0",
+                                    "1e3", "1_000", "+1", "0x10"])
 def test_a_malformed_amount_is_refused_naming_it(market: Market, amount: str):
     with pytest.raises(InvalidAmount) as caught:
         market.buyer.fund(amount, "USD")
@@ -279,3 +280,41 @@ def test_a_database_that_cannot_be_opened_is_the_projects_error(tmp_path: Path):
             pytest.raises(FailedPrecondition, match="cannot open the database"):
         SellerAgent("s", skills=[shout], marketplace=node.address,
                     journal=tmp_path / "no" / "such" / "dir" / "j.db")
+
+
+def test_a_closed_buyer_refuses_every_call_with_the_projects_error(market: Market):
+    with BuyerAgent("brief", marketplace=market.node.address) as buyer:
+        buyer.fund("0.10", "USD")
+    for call in (lambda: buyer.discover("shout", currency="USD"),  # never used: no channel
+                 lambda: buyer.fund("1", "USD"), lambda: buyer.balance("USD")):
+        with pytest.raises(FailedPrecondition, match="is closed"):
+            call()
+
+
+def test_a_port_another_process_listens_on_is_refused_not_shared(market: Market,
+                                                                  tmp_path: Path):
+    from marketplace.grpc_listen import PortUnavailable
+
+    with pytest.raises(PortUnavailable, match="another process listens on that port"):
+        MarketplaceNode(f"sqlite:///{tmp_path / 'other.db'}", port=market.node.port,
+                        sweep_interval_s=3600)
+    with pytest.raises(PortUnavailable):
+        SellerAgent("squatter", skills=[shout], marketplace=market.node.address,
+                    port=market.seller.port)
+
+
+def test_a_skill_without_type_hints_is_refused_naming_the_parameter():
+    def untyped(text):  # type: ignore[no-untyped-def]
+        """No hints."""
+        return text
+
+    def unreturned(text: str):  # type: ignore[no-untyped-def]
+        """No return hint."""
+        return text
+
+    with pytest.raises(InvalidArgument, match="parameter 'text' has no type hint"):
+        skill(untyped, price=per_call("0.001", "USD"))
+    with pytest.raises(InvalidArgument, match="no return type hint"):
+        skill(unreturned, price=per_call("0.001", "USD"))
+    assert skill(unreturned, price=per_call("0.001", "USD"), output_model=Shout).name \
+        == "unreturned"  # a model given instead of the hint

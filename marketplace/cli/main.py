@@ -6,10 +6,14 @@ Errors a user can cause (a wrong path, an unknown trace id) print one line and e
 from __future__ import annotations
 
 import json
+import sqlite3
+import sys
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 from rich.table import Column, Table
+from sqlalchemy.exc import SQLAlchemyError
 
 from marketplace.cli.output import console, fail
 from marketplace.home import default_database_url, default_span_store
@@ -226,10 +230,23 @@ def ledger_verify(db: str = typer.Option(DEFAULT_DB, help="Database URL.")) -> N
 
 
 def main() -> None:
+    """The command line: a mistake that escapes a command (a refusal, a path, a database)
+    still ends as one red line and exit status 1, never a traceback."""
     try:
         app()
     except AgentmarketError as error:
-        fail(error.message)
+        _stop(error.message)
+    except OSError as error:  # a path the user gave: missing, a directory, not allowed
+        where = f": {error.filename}" if error.filename else ""
+        _stop(f"{error.strerror or error}{where}")
+    except (sqlite3.DatabaseError, SQLAlchemyError) as error:
+        cause = getattr(error, "orig", None) or error
+        _stop(f"the database refused: {str(cause).splitlines()[0][:200]}")
+
+
+def _stop(message: str) -> NoReturn:
+    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -26,13 +26,28 @@ DEFAULT_DB = default_database_url()
 
 
 def open_ledger(db: str) -> Ledger:
-    """A ledger over an existing database; a missing SQLite file is a one-line error."""
+    """A ledger over an existing agentmarket database. Anything else (no file, a URL that
+    does not parse or answer, a database without the ledger) is a one-line error, and a read
+    command never writes a schema into a file it was wrongly given."""
+    from sqlalchemy import inspect
+    from sqlalchemy.exc import SQLAlchemyError
+
     from marketplace.cli.output import fail
     from wallets.store import make_engine
+    from wallets.tables import PostingRow
 
-    if db.startswith("sqlite:///") and not Path(db.removeprefix("sqlite:///")).exists():
+    if db.startswith("sqlite:///") and not Path(db.removeprefix("sqlite:///")).is_file():
         fail(f"no database at {db}")
-    return Ledger(make_engine(db), group_commit=False)
+    try:
+        engine = make_engine(db)
+        with engine.connect() as conn:
+            has_ledger = inspect(conn).has_table(PostingRow.__tablename__)
+    except (SQLAlchemyError, ModuleNotFoundError, ValueError) as error:
+        cause = getattr(error, "orig", None) or error
+        fail(f"cannot open the database {db}: {str(cause).splitlines()[0][:200]}")
+    if not has_ledger:
+        fail(f"{db} holds no agentmarket ledger (a node's database: agentmarket serve --db)")
+    return Ledger(engine, group_commit=False)
 
 
 def _money(amount_atomic: int, code: str) -> str:
@@ -203,6 +218,11 @@ def agreements(state: str = typer.Option(None, help="active, verified, delivered
                limit: int = typer.Option(100, min=1, max=10_000),
                as_json: bool = typer.Option(False, "--json", help="JSON for scripts.")) -> None:
     """Agreements, newest first, with what was held, paid, charged and refunded."""
+    from marketplace.cli.output import fail
+    from marketplace.settlement import STATES
+
+    if state is not None and state not in STATES:
+        fail(f"no state {state!r}: one of {', '.join(STATES)}")
     print_agreements(_settlement(db).agreements(state=state, limit=limit), as_json)
 
 
