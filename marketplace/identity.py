@@ -50,7 +50,8 @@ class AgentKey:
         try:
             text = file.read_text().strip()
         except FileNotFoundError:
-            raise InvalidArgument(f"no key file at {file}") from None
+            raise InvalidArgument(f"no key file at {file} (make one: agentmarket keys new "
+                                  f"{file})") from None
         except (OSError, UnicodeDecodeError) as error:
             raise InvalidArgument(f"cannot read the key file {file}: {error}") from None
         if not _SEED.match(text):

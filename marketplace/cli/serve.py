@@ -137,6 +137,7 @@ def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file 
         fail("--ecny-identity-provider needs --ecny: identity providers set e-CNY tiers")
     usdc = _usdc_rail(usdc_rpc, usdc_token, usdc_hot_key_file, usdc_confirmations)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # its steps are not the user's news
     if db.startswith("sqlite:///"):
         Path(db.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     spans.parent.mkdir(parents=True, exist_ok=True)
