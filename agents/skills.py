@@ -300,7 +300,8 @@ def _check_bounds(prices: list[Price], max_input_tokens: int, max_output_tokens:
             raise InvalidArgument("a skill priced per unit needs max_units per call")
 
 
-def skill(target: Any = None, /, *, price: Price | list[Price], name: str | None = None,
+def skill(target: Any = None, /, *, price: Price | list[Price] | None = None,
+          name: str | None = None,
           description: str | None = None, tags: list[str] | None = None,
           max_input_tokens: int = 0, max_output_tokens: int = 0, max_units: int = 0,
           input_model: type[BaseModel] | None = None,
@@ -314,6 +315,9 @@ def skill(target: Any = None, /, *, price: Price | list[Price], name: str | None
     `model`: the LLM the skill calls (its tokenizer counts tokens; `SellerAgent.serve` loads
     it); `warm_up`: a function run once before the seller serves, to load what the skill needs
     (a model, an index), so the first paid call is not the slow one."""
+    if price is None:  # `@skill` alone, or no price given
+        raise InvalidArgument("a skill needs its price: @skill(price=per_call(\"0.01\", "
+                              "\"USD\")), or free() for a free one")
     prices = price if isinstance(price, list) else [price]
     if not prices or not all(isinstance(p, Price) for p in prices):
         raise InvalidArgument("price is a Price (per_call, per_1k_tokens, per_unit, "

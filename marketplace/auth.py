@@ -43,7 +43,13 @@ from marketplace.request_limits import (
 )
 from wallets.access import Rule
 from wallets.caller import calling_as, current_caller
-from wallets.errors import AgentmarketError, Forbidden, ResourceExhausted, Unauthenticated
+from wallets.errors import (
+    AgentmarketError,
+    Forbidden,
+    InvalidArgument,
+    ResourceExhausted,
+    Unauthenticated,
+)
 from wallets.grpc_errors import _rich_status, abort, abort_internal
 
 __all__ = ["AGENT_KEY", "NONCE_KEY", "SIGNATURE_KEY", "TIMESTAMP_KEY", "AccessInterceptor",
@@ -133,7 +139,21 @@ MAX_RECONNECT_BACKOFF_MS = 2000
 def server_credentials(cert_chain_pem: bytes, private_key_pem: bytes,
                        client_ca_pem: bytes | None = None) -> grpc.ServerCredentials:
     """TLS for a server; with `client_ca_pem`, mutual TLS: clients must present a certificate
-    that CA issued, or the handshake fails."""
+    that CA issued, or the handshake fails. Checked here (InvalidArgument): gRPC would say only
+    that it failed to bind the address."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    for what, pem, load in (("certificate", cert_chain_pem, x509.load_pem_x509_certificate),
+                            ("private key", private_key_pem,
+                             lambda data: load_pem_private_key(data, None)),
+                            ("client CA", client_ca_pem, x509.load_pem_x509_certificate)):
+        if pem is None:
+            continue
+        try:
+            load(pem)
+        except (ValueError, TypeError) as error:
+            raise InvalidArgument(f"the TLS {what} is not PEM ({str(error)[:80]})") from None
     return grpc.ssl_server_credentials(
         [(private_key_pem, cert_chain_pem)], root_certificates=client_ca_pem,
         require_client_auth=client_ca_pem is not None)

@@ -318,3 +318,5 @@ def test_a_skill_without_type_hints_is_refused_naming_the_parameter():
         skill(unreturned, price=per_call("0.001", "USD"))
     assert skill(unreturned, price=per_call("0.001", "USD"), output_model=Shout).name \
         == "unreturned"  # a model given instead of the hint
+    with pytest.raises(InvalidArgument, match="needs its price"):
+        skill(shout.handler)  # `@skill` with no parentheses, so no price

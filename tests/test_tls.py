@@ -181,3 +181,11 @@ def test_serve_wants_a_key_with_its_certificate(tmp_path: Path):
                                       "--db", f"sqlite:///{tmp_path / 'm.db'}"])
     assert result.exit_code == 1
     assert "--tls-cert and --tls-key go together" in result.output
+
+
+def test_a_certificate_or_key_that_is_not_pem_is_named_not_a_bind_failure(tmp_path: Path):
+    from marketplace.auth import server_credentials
+    from wallets.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument, match="TLS certificate is not PEM"):
+        server_credentials(b"not a certificate", b"not a key")
