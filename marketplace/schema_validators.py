@@ -7,18 +7,27 @@ emits for plain models) is compiled to Python code by fastjsonschema, about ten 
 any other schema (formats, tuples, conditionals, unknown keywords...) goes to jsonschema's
 validator for its own draft. Both raise `jsonschema.ValidationError`, so callers see one kind
 of error; tests/test_schema_validators.py checks that both agree.
+
+jsonschema's validator walks a schema as written: refs that a combinator applies twice at each
+of n levels (`allOf: [{$ref: next}, {$ref: next}]`) cost 2^n steps, which a 64 KB schema can
+make centuries. A schema is a stranger's input (a seller's output schema is checked by the
+node at every redeem), so that validator runs on a budget of keyword steps in proportion to
+the value (`STEPS_PER_NODE` for each of its JSON values, `BASE_STEPS` more): what an honest
+schema needs many times over, so the check of a stranger's value costs at most a small
+multiple of its size. A value it cannot check within that is invalid.
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import fastjsonschema
 from jsonschema import ValidationError
-from jsonschema.validators import validator_for
+from jsonschema.validators import extend, validator_for
 
 from marketplace import schema_regex
 
@@ -84,6 +93,77 @@ class _Compiled:
         return True
 
 
+STEPS_PER_NODE = 16  # keyword applications per JSON value (pydantic's models need 2 to 5)
+BASE_STEPS = 1_000
+_STEPS_LEFT: contextvars.ContextVar[list[int]] = contextvars.ContextVar("schema_steps")
+
+
+class _OverBudget(Exception):
+    """Raised inside a keyword, so the walk stops at once."""
+
+
+def _counted(keyword: Callable[..., Any]) -> Callable[..., Iterator[Any]]:
+    def run(validator: Any, value: Any, instance: Any, schema: Any) -> Iterator[Any]:
+        left = _STEPS_LEFT.get(None)
+        if left is not None:
+            left[0] -= 1
+            if left[0] < 0:
+                raise _OverBudget
+        yield from keyword(validator, value, instance, schema) or ()
+    return run
+
+
+@functools.cache
+def _budgeted_class(cls: type) -> Any:
+    """`cls` with every keyword counted against the running value's budget."""
+    return extend(cls, validators={name: _counted(keyword)
+                                   for name, keyword in cls.VALIDATORS.items()})
+
+
+class _Budgeted:
+    """jsonschema's validator for a schema, run on a budget of steps (see the module)."""
+
+    def __init__(self, schema: Any) -> None:
+        self._validator = _budgeted_class(validator_for(schema))(schema)
+
+    def validate(self, instance: Any) -> None:
+        budget = BASE_STEPS + STEPS_PER_NODE * _nodes(instance)
+        token = _STEPS_LEFT.set([budget])
+        try:
+            self._validator.validate(instance)
+        except _OverBudget:
+            raise ValidationError(f"checking this value against the schema takes more than "
+                                  f"{budget} steps ({STEPS_PER_NODE} per JSON value)") from None
+        finally:
+            _STEPS_LEFT.reset(token)
+
+    def is_valid(self, instance: Any) -> bool:
+        try:
+            self.validate(instance)
+        except ValidationError:
+            return False
+        return True
+
+    def iter_errors(self, instance: Any) -> Iterator[Any]:
+        try:
+            self.validate(instance)
+        except ValidationError as error:
+            yield error
+
+
+def _nodes(value: Any) -> int:
+    """How many JSON values `value` holds (itself included), without recursion."""
+    count, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return count
+
+
 @functools.lru_cache(maxsize=1024)
 def validator_of_json(schema_json: str) -> Any:
     """The validator of a schema given as JSON text ("" is the empty schema: anything goes);
@@ -97,7 +177,7 @@ def validator_of_json(schema_json: str) -> Any:
                                                     use_default=False))
         except (fastjsonschema.JsonSchemaDefinitionException, RecursionError):
             pass  # jsonschema decides what the schema means
-    return validator_for(schema)(schema)
+    return _Budgeted(schema)
 
 
 def validator(schema: dict[str, Any]) -> Any:

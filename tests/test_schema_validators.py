@@ -4,7 +4,7 @@ verifies outputs with), and schemas outside the shared subset fall back to jsons
 from __future__ import annotations
 
 import json
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 from hypothesis import given, settings
@@ -132,3 +132,18 @@ def test_a_schema_that_is_not_an_object_or_runs_no_linear_regex_is_refused(text:
 
     with pytest.raises(SchemaViolation):
         check_schema(text, "output_schema_json")
+
+
+def test_a_schema_whose_refs_double_at_each_level_is_checked_on_a_budget():
+    """allOf of the same ref twice, 40 levels deep: 2^40 steps as written; a value is refused
+    within a budget in proportion to its size (the generic validator: `format` is not
+    compiled), and an honest value of the same size shape passes."""
+    depth = 40
+    defs: dict[str, Any] = {f"a{i}": {"allOf": [{"$ref": f"#/$defs/a{i + 1}"}] * 2}
+                            for i in range(depth)}
+    defs[f"a{depth}"] = {"type": "string", "format": "email"}
+    with pytest.raises(ValidationError, match="takes more than"):  # not days of walking
+        validator({"$defs": defs, "$ref": "#/$defs/a0"}).validate("x@example.com")
+    honest = {"type": "array", "items": {"type": "string", "format": "email",
+                                         "minLength": 1, "maxLength": 99}}
+    validator(honest).validate(["x@example.com"] * 5_000)
