@@ -258,9 +258,9 @@ class SellerNegotiator:
         state.protocol.accept(body, _now_ms())
         ag.sign_as_seller(signed, self.seller.key)
         agreement_id = ag.agreement_id(signed.body)
+        self.seller.gate.open(agreement_id, body)  # first: it may refuse (a buyer's cap)
         self.seller.tariffs[agreement_id] = state.skill.tariff(body.terms.unit_price_atomic,
                                                                body.terms.currency)
-        self.seller.gate.open(agreement_id, body)
         self._end(body.buyer_id, body.rfq_id)
         return signed
 
@@ -296,9 +296,9 @@ class SellerNegotiator:
                                 f"expires within {OFFER_TTL_MS // 1000} s")
         ag.sign_as_seller(signed, self.seller.key)
         agreement_id = ag.agreement_id(signed.body)
+        self.seller.gate.open(agreement_id, body)  # first: it may refuse (a buyer's cap)
         self.seller.tariffs[agreement_id] = skill.tariff(terms.unit_price_atomic,
                                                          terms.currency)
-        self.seller.gate.open(agreement_id, body)
         return signed
 
 

@@ -58,11 +58,11 @@ the hold returns (tests/test_ecny.py shows it).
 Enforced where the wallet policies are (`wallets.guard`): `EcnyGuard` is the ledger's spend
 guard, so every posting that debits an ECNY wallet (payment, hold, withdrawal, conversion) is
 checked and counted inside the debit's transaction, and every posting that credits one is checked
-against the balance cap when the money lands: a payment at once; a hold for the amount it would
-add, then each capture again (`check_capture`). Money merely held for a wallet does not count
-against its cap, so that nobody's holds can stop a stranger's wallet from receiving. Money paid
-out of escrow (a release, a dispute's decision) is not checked again: the escrow's own hold was,
-and a payee that filled its wallet since must not keep a decision from landing. A wallet nobody
+against the balance cap (counting money already on its way in: pending credits). Captures are
+not checked again: their hold was, when it was placed, so an escrow's release or a PvP claim
+cannot fail on the cap. Nor is money paid out of escrow (a dispute's decision: the dispute
+account holds it towards the seller): the escrow's own hold was checked when it opened, and a
+payee that filled its wallet since must not keep a decision from landing. A wallet nobody
 registered is in
 `default_category` (4: the white paper's lowest-KYC wallet, anonymous by default). Daily caps
 reset at midnight China Standard Time (UTC+8). `Ledger.transfer_many`'s bulk path sends the
@@ -206,22 +206,6 @@ class EcnyGuard(SpendGuard):
             ACCOUNTS.c.kind == "wallet"))
         return found | {row.id for row in rows}
 
-    def check_capture(self, conn: Connection, debit: Balance,
-                      splits: Sequence[tuple[str, int]], accounts: Mapping[str, Balance]
-                      ) -> None:
-        """The e-CNY wallets a capture pays, against their caps as the money lands (a hold
-        counted only for itself when placed); not money paid out of escrow (see `check`)."""
-        if debit.kind == "escrow":
-            return
-        credits: dict[str, int] = {}
-        for account_id, part in splits:
-            if part and _is_ecny_wallet(accounts[account_id]):
-                credits[account_id] = credits.get(account_id, 0) + part
-        if credits:
-            lock_wallets(conn, credits)
-            for account_id in sorted(credits):
-                self._check_balance(conn, accounts[account_id], credits[account_id])
-
     def _check_balance(self, conn: Connection, account: Balance, incoming: int) -> None:
         wallet = wallet_of(conn, account.account_id, self.rules)
         cap = self.rules.tier(wallet.category).balance_cap_atomic
@@ -231,11 +215,12 @@ class EcnyGuard(SpendGuard):
         now = conn.execute(accounts_select(conn)  # credits not yet folded count too
                            .where(ACCOUNTS.c.id == account.account_id)).one()
         after = int(now.posted_credits_atomic - now.posted_debits_atomic
-                    + incoming)  # as locked, not as first read
+                    + now.pending_credits_atomic + incoming)  # as locked, not as first read
         if cap and after > cap:
             raise TierLimit(f"e-CNY wallet {wallet.pseudonym} (category {wallet.category}) holds "
-                            f"at most {_fmt(cap)} CNY; this credit would make {_fmt(after)}: "
-                            "upgrade the wallet", reason="ECNY_BALANCE_CAP")
+                            f"at most {_fmt(cap)} CNY; this credit would make {_fmt(after)} "
+                            "(counting money on its way in): upgrade the wallet",
+                            reason="ECNY_BALANCE_CAP")
 
     def _check_payment(self, conn: Connection, wallet: EcnyWallet, amount: int,
                        now_ms: int) -> None:

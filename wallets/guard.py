@@ -112,12 +112,6 @@ class SpendGuard:
 
     # ---- inside the ledger's transaction ----------------------------------------------------
 
-    def check_capture(self, conn: Connection, debit: Balance,
-                      splits: Sequence[tuple[str, int]], accounts: Mapping[str, Balance]
-                      ) -> None:
-        """A capture pays out money its hold's check let through: nothing to check here (a
-        guard with rules on what lands, such as e-CNY's balance caps, overrides this)."""
-
     def check(self, conn: Connection, key: str, operation: str, transfers: Sequence[Transfer],
               accounts: Mapping[str, Balance], spend: SpendContext | None) -> None:
         """Refuse the posting, or count its wallet debits; see the module docstring."""
