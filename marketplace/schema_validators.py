@@ -12,9 +12,10 @@ jsonschema's validator walks a schema as written: refs that a combinator applies
 of n levels (`allOf: [{$ref: next}, {$ref: next}]`) cost 2^n steps, which a 64 KB schema can
 make centuries. A schema is a stranger's input (a seller's output schema is checked by the
 node at every redeem), so that validator runs on a budget of keyword steps in proportion to
-the value (`STEPS_PER_NODE` for each of its JSON values, `BASE_STEPS` more): what an honest
-schema needs many times over, so the check of a stranger's value costs at most a small
-multiple of its size. A value it cannot check within that is invalid.
+the value: for each of its JSON values, as many steps as the schema has subschemas (a union's
+every branch may be tried on each value), at least `STEPS_PER_NODE` and at most
+`MAX_STEPS_PER_NODE`, and `BASE_STEPS` more. Polynomial in the value and the schema, never
+exponential; a value it cannot check within that is invalid.
 """
 
 from __future__ import annotations
@@ -93,7 +94,8 @@ class _Compiled:
         return True
 
 
-STEPS_PER_NODE = 16  # keyword applications per JSON value (pydantic's models need 2 to 5)
+STEPS_PER_NODE = 16  # keyword applications per JSON value, at least
+MAX_STEPS_PER_NODE = 512
 BASE_STEPS = 1_000
 _STEPS_LEFT: contextvars.ContextVar[list[int]] = contextvars.ContextVar("schema_steps")
 
@@ -125,15 +127,16 @@ class _Budgeted:
 
     def __init__(self, schema: Any) -> None:
         self._validator = _budgeted_class(validator_for(schema))(schema)
+        self._per_node = min(max(STEPS_PER_NODE, _nodes(schema)), MAX_STEPS_PER_NODE)
 
     def validate(self, instance: Any) -> None:
-        budget = BASE_STEPS + STEPS_PER_NODE * _nodes(instance)
+        budget = BASE_STEPS + self._per_node * _nodes(instance)
         token = _STEPS_LEFT.set([budget])
         try:
             self._validator.validate(instance)
         except _OverBudget:
             raise ValidationError(f"checking this value against the schema takes more than "
-                                  f"{budget} steps ({STEPS_PER_NODE} per JSON value)") from None
+                                  f"{budget} steps ({self._per_node} per JSON value)") from None
         finally:
             _STEPS_LEFT.reset(token)
 

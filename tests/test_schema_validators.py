@@ -4,7 +4,7 @@ verifies outputs with), and schemas outside the shared subset fall back to jsons
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import pytest
 from hypothesis import given, settings
@@ -147,3 +147,19 @@ def test_a_schema_whose_refs_double_at_each_level_is_checked_on_a_budget():
     honest = {"type": "array", "items": {"type": "string", "format": "email",
                                          "minLength": 1, "maxLength": 99}}
     validator(honest).validate(["x@example.com"] * 5_000)
+
+
+def test_an_honest_union_the_budget_cannot_compile_still_passes():
+    """A list of a 10-way discriminated union (pydantic's `discriminator` is not compiled):
+    each value may try every branch, so the budget grows with the schema's size."""
+    events = [type(f"Event{i}", (BaseModel,), {"__annotations__": {
+        "kind": Literal[f"e{i}"], "value": int}}) for i in range(10)]
+    event = Annotated[Union[tuple(events)], Field(discriminator="kind")]  # noqa: UP007
+
+    class Out(BaseModel):
+        events: list[event]  # type: ignore[valid-type]
+
+    schema = Out.model_json_schema()
+    assert not isinstance(validator(schema), _Compiled)
+    validator(schema).validate({"events": [{"kind": f"e{j % 10}", "value": j}
+                                           for j in range(3_000)]})
