@@ -180,6 +180,7 @@ def bargain(buyer: BuyerAgent, listing: registry_pb2.Listing, skill: str, **opti
     steps = rounds(buyer, listing, skill, stub=seller, **options)
     try:
         message = next(steps)
+        rfq_id = message.rfq.rfq_id
         while True:
             try:
                 reply = seller.Negotiate(message, timeout=RPC_TIMEOUT_S)
@@ -189,7 +190,7 @@ def bargain(buyer: BuyerAgent, listing: registry_pb2.Listing, skill: str, **opti
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
     except _NoAgreement as error:
-        decline(seller, "no agreement")
+        decline(seller, "no agreement", rfq_id)
         raise NegotiationFailed(error.message) from None
 
 
@@ -200,6 +201,7 @@ async def abargain(buyer: AsyncBuyerAgent, listing: registry_pb2.Listing, skill:
     steps = rounds(buyer, listing, skill, stub=seller, **options)
     try:
         message = next(steps)
+        rfq_id = message.rfq.rfq_id
         while True:
             try:
                 reply = await seller.Negotiate(message, timeout=RPC_TIMEOUT_S)
@@ -209,7 +211,7 @@ async def abargain(buyer: AsyncBuyerAgent, listing: registry_pb2.Listing, skill:
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
     except _NoAgreement as error:
-        await adecline(seller, "no agreement")
+        await adecline(seller, "no agreement", rfq_id)
         raise NegotiationFailed(error.message) from None
 
 
@@ -234,16 +236,17 @@ def _total_at(tariff: Tariff, offered: int, mine: int, quantity: int) -> int:
     return -(-tariff.call_max_atomic * mine // max(offered, 1)) * quantity
 
 
-def decline(seller: agent_pb2_grpc.AgentServiceStub, reason: str) -> None:
+def decline(seller: agent_pb2_grpc.AgentServiceStub, reason: str, rfq_id: str) -> None:
+    """End the negotiation of `rfq_id` at the seller, freeing its place there at once."""
     with contextlib.suppress(grpc.RpcError):  # else it lapses at its deadline anyway
-        seller.Negotiate(agent_pb2.NegotiationMessage(reject_reason=reason[:MAX_NOTE_CHARS]),
-                         timeout=RPC_TIMEOUT_S)
+        seller.Negotiate(agent_pb2.NegotiationMessage(
+            reject_reason=reason[:MAX_NOTE_CHARS], rfq_id=rfq_id), timeout=RPC_TIMEOUT_S)
 
 
-async def adecline(seller: Any, reason: str) -> None:
+async def adecline(seller: Any, reason: str, rfq_id: str) -> None:
     with contextlib.suppress(grpc.RpcError):
         await seller.Negotiate(agent_pb2.NegotiationMessage(
-            reject_reason=reason[:MAX_NOTE_CHARS]), timeout=RPC_TIMEOUT_S)
+            reject_reason=reason[:MAX_NOTE_CHARS], rfq_id=rfq_id), timeout=RPC_TIMEOUT_S)
 
 
 def _say(strategy: Any) -> str:

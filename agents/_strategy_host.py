@@ -34,6 +34,7 @@ from marketplace.errors import (
 from marketplace.negotiation import Negotiation
 from marketplace.v1 import agreement_pb2, registry_pb2
 from wallets import attributes as attr
+from wallets.caller import current_caller
 from wallets.currencies import MAX_AMOUNT_ATOMIC
 
 if TYPE_CHECKING:
@@ -109,7 +110,9 @@ class SellerNegotiator:
             return self._on_counter(message.offer, message.note)
         if kind == "agreement":
             return agent_pb2.NegotiationMessage(agreement=self._countersign(message.agreement))
-        if kind == "reject_reason":  # open negotiations lapse at their deadline
+        if kind == "reject_reason":  # the caller's own, if named; else it lapses at its deadline
+            if message.rfq_id:
+                self._end(current_caller(), message.rfq_id)
             return agent_pb2.NegotiationMessage(reject_reason="acknowledged")
         raise InvalidArgument("a negotiation message needs rfq, offer, agreement or reject")
 
@@ -149,8 +152,9 @@ class SellerNegotiator:
             if self._by_buyer.get(buyer_id, 0) >= MAX_NEGOTIATIONS_PER_BUYER:
                 raise ResourceExhausted(
                     f"this buyer has {MAX_NEGOTIATIONS_PER_BUYER} negotiations open here "
-                    "already; conclude one, or let one lapse (an offer left unanswered lapses "
-                    f"{OFFER_TTL_MS // 1000} s after it expires)", reason="TOO_MANY_NEGOTIATIONS")
+                    "already; conclude or decline one (reject_reason with its rfq_id), or let "
+                    f"one lapse (an offer left unanswered lapses {OFFER_TTL_MS // 1000} s after "
+                    "it expires)", reason="TOO_MANY_NEGOTIATIONS")
         if len(self.negotiations) >= MAX_OPEN_NEGOTIATIONS:
             for key in [k for k, v in self.negotiations.items() if v.stale(now)]:
                 self._drop(key)

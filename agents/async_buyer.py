@@ -252,8 +252,8 @@ class AsyncBuyerAgent(BuyerCore):
         if not quotes:
             raise NegotiationFailed("no seller agreed within the limits: " + "; ".join(failures))
         quotes.sort(key=lambda q: (q.max_total_atomic, q.unit_price_atomic))
-        await asyncio.gather(*(_bargain.adecline(q.stub, "a cheaper offer was accepted")
-                               for q in quotes[1:]))
+        await asyncio.gather(*(_bargain.adecline(q.stub, "a cheaper offer was accepted",
+                                                 q.offer.rfq_id) for q in quotes[1:]))
         return await self._accept(quotes[0])
 
     @async_sdk_method

@@ -260,7 +260,7 @@ class BuyerAgent(BuyerCore):
             raise NegotiationFailed("no seller agreed within the limits: " + "; ".join(failures))
         quotes.sort(key=lambda q: (q.max_total_atomic, q.unit_price_atomic))
         for other in quotes[1:]:
-            _bargain.decline(other.stub, "a cheaper offer was accepted")
+            _bargain.decline(other.stub, "a cheaper offer was accepted", other.offer.rfq_id)
         return self._accept(quotes[0])
 
     @sdk_method

@@ -263,3 +263,20 @@ def test_a_signed_caller_pays_for_a_dear_voucher_check_from_its_own_bucket(marke
     # a burst of 1,000 tokens buys two checks of 391 tokens; then the caller waits
     assert codes[:2] == ["PERMISSION_DENIED"] * 2
     assert set(codes[2:]) == {"RESOURCE_EXHAUSTED"}
+
+
+def test_a_declined_negotiation_frees_its_place_at_once(market):
+    _node, seller, _buyer = market
+    key = AgentKey.generate()
+    stub = _stub(seller, key)
+    for index in range(MAX_NEGOTIATIONS_PER_BUYER + 5):  # a gateway quoting many skills
+        rfq = _rfq(key, f"quote-{index}")
+        stub.Negotiate(rfq, timeout=10)
+        stub.Negotiate(agent_pb2.NegotiationMessage(reject_reason="a quote only",
+                                                    rfq_id=rfq.rfq.rfq_id), timeout=10)
+    assert not seller.negotiator.negotiations
+    other = AgentKey.generate()  # a stranger naming them ends nothing of anyone's
+    stub.Negotiate(_rfq(key, "kept"), timeout=10)
+    _stub(seller, other).Negotiate(agent_pb2.NegotiationMessage(
+        reject_reason="not mine", rfq_id="kept"), timeout=10)
+    assert list(seller.negotiator.negotiations) == [(key.agent_id, "kept")]

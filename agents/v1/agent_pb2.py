@@ -26,33 +26,33 @@ from marketplace.v1 import agreement_pb2 as marketplace_dot_v1_dot_agreement__pb
 from marketplace.v1 import settlement_pb2 as marketplace_dot_v1_dot_settlement__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x61gents/v1/agent.proto\x12\tagents.v1\x1a\x1emarketplace/v1/agreement.proto\x1a\x1fmarketplace/v1/settlement.proto\"#\n\x08Metering\x12\x17\n\x0fmax_call_atomic\x18\x01 \x01(\x03\"\xec\x01\n\x12NegotiationMessage\x12\"\n\x03rfq\x18\x01 \x01(\x0b\x32\x13.marketplace.v1.RfqH\x00\x12&\n\x05offer\x18\x02 \x01(\x0b\x32\x15.marketplace.v1.OfferH\x00\x12\x34\n\tagreement\x18\x03 \x01(\x0b\x32\x1f.marketplace.v1.SignedAgreementH\x00\x12\x17\n\rreject_reason\x18\x04 \x01(\tH\x00\x12%\n\x08metering\x18\x05 \x01(\x0b\x32\x13.agents.v1.Metering\x12\x0c\n\x04note\x18\x06 \x01(\tB\x06\n\x04kind\"J\n\rInvokeRequest\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12\x12\n\ninput_json\x18\x02 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x03 \x01(\t\"\x9b\x01\n\x05Usage\x12\r\n\x05\x63\x61lls\x18\x01 \x01(\x04\x12\x14\n\x0cinput_tokens\x18\x02 \x01(\x04\x12\x15\n\routput_tokens\x18\x03 \x01(\x04\x12\r\n\x05units\x18\x04 \x01(\x04\x12\x16\n\x0e\x63harged_atomic\x18\x05 \x01(\x03\x12\x17\n\x0freserved_atomic\x18\x06 \x01(\x03\x12\x16\n\x0eunspent_atomic\x18\x07 \x01(\x03\"p\n\x0eInvokeResponse\x12\x13\n\x0boutput_json\x18\x01 \x01(\t\x12\x1f\n\x05usage\x18\x02 \x01(\x0b\x32\x10.agents.v1.Usage\x12(\n\x07receipt\x18\x03 \x01(\x0b\x32\x17.marketplace.v1.Receipt\"\x97\x01\n\tStreamEnd\x12*\n\x0bstop_reason\x18\x01 \x01(\x0e\x32\x15.agents.v1.StopReason\x12\x13\n\x0boutput_json\x18\x02 \x01(\t\x12\x1f\n\x05usage\x18\x03 \x01(\x0b\x32\x10.agents.v1.Usage\x12(\n\x07receipt\x18\x04 \x01(\x0b\x32\x17.marketplace.v1.Receipt\"\\\n\x0bStreamChunk\x12\x12\n\ntext_delta\x18\x01 \x01(\t\x12\x16\n\x0e\x63harged_atomic\x18\x02 \x01(\x03\x12!\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x14.agents.v1.StreamEnd\"Y\n\rFinishRequest\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12\x17\n\x0f\x62uyer_signature\x18\x02 \x01(\x0c\x12\x19\n\x11\x63onfirm_signature\x18\x03 \x01(\x0c\"8\n\x0e\x46inishResponse\x12&\n\x06\x65scrow\x18\x01 \x01(\x0b\x32\x16.marketplace.v1.Escrow*\x88\x01\n\nStopReason\x12\x1b\n\x17STOP_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14STOP_REASON_COMPLETE\x10\x01\x12\x16\n\x12STOP_REASON_BUDGET\x10\x02\x12\x14\n\x10STOP_REASON_SIZE\x10\x03\x12\x15\n\x11STOP_REASON_ENDED\x10\x04\x32\x9b\x02\n\x0c\x41gentService\x12I\n\tNegotiate\x12\x1d.agents.v1.NegotiationMessage\x1a\x1d.agents.v1.NegotiationMessage\x12=\n\x06Invoke\x12\x18.agents.v1.InvokeRequest\x1a\x19.agents.v1.InvokeResponse\x12\x42\n\x0cInvokeStream\x12\x18.agents.v1.InvokeRequest\x1a\x16.agents.v1.StreamChunk0\x01\x12=\n\x06\x46inish\x12\x18.agents.v1.FinishRequest\x1a\x19.agents.v1.FinishResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x61gents/v1/agent.proto\x12\tagents.v1\x1a\x1emarketplace/v1/agreement.proto\x1a\x1fmarketplace/v1/settlement.proto\"#\n\x08Metering\x12\x17\n\x0fmax_call_atomic\x18\x01 \x01(\x03\"\xfc\x01\n\x12NegotiationMessage\x12\"\n\x03rfq\x18\x01 \x01(\x0b\x32\x13.marketplace.v1.RfqH\x00\x12&\n\x05offer\x18\x02 \x01(\x0b\x32\x15.marketplace.v1.OfferH\x00\x12\x34\n\tagreement\x18\x03 \x01(\x0b\x32\x1f.marketplace.v1.SignedAgreementH\x00\x12\x17\n\rreject_reason\x18\x04 \x01(\tH\x00\x12%\n\x08metering\x18\x05 \x01(\x0b\x32\x13.agents.v1.Metering\x12\x0c\n\x04note\x18\x06 \x01(\t\x12\x0e\n\x06rfq_id\x18\x07 \x01(\tB\x06\n\x04kind\"J\n\rInvokeRequest\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12\x12\n\ninput_json\x18\x02 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x03 \x01(\t\"\x9b\x01\n\x05Usage\x12\r\n\x05\x63\x61lls\x18\x01 \x01(\x04\x12\x14\n\x0cinput_tokens\x18\x02 \x01(\x04\x12\x15\n\routput_tokens\x18\x03 \x01(\x04\x12\r\n\x05units\x18\x04 \x01(\x04\x12\x16\n\x0e\x63harged_atomic\x18\x05 \x01(\x03\x12\x17\n\x0freserved_atomic\x18\x06 \x01(\x03\x12\x16\n\x0eunspent_atomic\x18\x07 \x01(\x03\"p\n\x0eInvokeResponse\x12\x13\n\x0boutput_json\x18\x01 \x01(\t\x12\x1f\n\x05usage\x18\x02 \x01(\x0b\x32\x10.agents.v1.Usage\x12(\n\x07receipt\x18\x03 \x01(\x0b\x32\x17.marketplace.v1.Receipt\"\x97\x01\n\tStreamEnd\x12*\n\x0bstop_reason\x18\x01 \x01(\x0e\x32\x15.agents.v1.StopReason\x12\x13\n\x0boutput_json\x18\x02 \x01(\t\x12\x1f\n\x05usage\x18\x03 \x01(\x0b\x32\x10.agents.v1.Usage\x12(\n\x07receipt\x18\x04 \x01(\x0b\x32\x17.marketplace.v1.Receipt\"\\\n\x0bStreamChunk\x12\x12\n\ntext_delta\x18\x01 \x01(\t\x12\x16\n\x0e\x63harged_atomic\x18\x02 \x01(\x03\x12!\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x14.agents.v1.StreamEnd\"Y\n\rFinishRequest\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12\x17\n\x0f\x62uyer_signature\x18\x02 \x01(\x0c\x12\x19\n\x11\x63onfirm_signature\x18\x03 \x01(\x0c\"8\n\x0e\x46inishResponse\x12&\n\x06\x65scrow\x18\x01 \x01(\x0b\x32\x16.marketplace.v1.Escrow*\x88\x01\n\nStopReason\x12\x1b\n\x17STOP_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14STOP_REASON_COMPLETE\x10\x01\x12\x16\n\x12STOP_REASON_BUDGET\x10\x02\x12\x14\n\x10STOP_REASON_SIZE\x10\x03\x12\x15\n\x11STOP_REASON_ENDED\x10\x04\x32\x9b\x02\n\x0c\x41gentService\x12I\n\tNegotiate\x12\x1d.agents.v1.NegotiationMessage\x1a\x1d.agents.v1.NegotiationMessage\x12=\n\x06Invoke\x12\x18.agents.v1.InvokeRequest\x1a\x19.agents.v1.InvokeResponse\x12\x42\n\x0cInvokeStream\x12\x18.agents.v1.InvokeRequest\x1a\x16.agents.v1.StreamChunk0\x01\x12=\n\x06\x46inish\x12\x18.agents.v1.FinishRequest\x1a\x19.agents.v1.FinishResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agents.v1.agent_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STOPREASON']._serialized_start=1123
-  _globals['_STOPREASON']._serialized_end=1259
+  _globals['_STOPREASON']._serialized_start=1139
+  _globals['_STOPREASON']._serialized_end=1275
   _globals['_METERING']._serialized_start=101
   _globals['_METERING']._serialized_end=136
   _globals['_NEGOTIATIONMESSAGE']._serialized_start=139
-  _globals['_NEGOTIATIONMESSAGE']._serialized_end=375
-  _globals['_INVOKEREQUEST']._serialized_start=377
-  _globals['_INVOKEREQUEST']._serialized_end=451
-  _globals['_USAGE']._serialized_start=454
-  _globals['_USAGE']._serialized_end=609
-  _globals['_INVOKERESPONSE']._serialized_start=611
-  _globals['_INVOKERESPONSE']._serialized_end=723
-  _globals['_STREAMEND']._serialized_start=726
-  _globals['_STREAMEND']._serialized_end=877
-  _globals['_STREAMCHUNK']._serialized_start=879
-  _globals['_STREAMCHUNK']._serialized_end=971
-  _globals['_FINISHREQUEST']._serialized_start=973
-  _globals['_FINISHREQUEST']._serialized_end=1062
-  _globals['_FINISHRESPONSE']._serialized_start=1064
-  _globals['_FINISHRESPONSE']._serialized_end=1120
-  _globals['_AGENTSERVICE']._serialized_start=1262
-  _globals['_AGENTSERVICE']._serialized_end=1545
+  _globals['_NEGOTIATIONMESSAGE']._serialized_end=391
+  _globals['_INVOKEREQUEST']._serialized_start=393
+  _globals['_INVOKEREQUEST']._serialized_end=467
+  _globals['_USAGE']._serialized_start=470
+  _globals['_USAGE']._serialized_end=625
+  _globals['_INVOKERESPONSE']._serialized_start=627
+  _globals['_INVOKERESPONSE']._serialized_end=739
+  _globals['_STREAMEND']._serialized_start=742
+  _globals['_STREAMEND']._serialized_end=893
+  _globals['_STREAMCHUNK']._serialized_start=895
+  _globals['_STREAMCHUNK']._serialized_end=987
+  _globals['_FINISHREQUEST']._serialized_start=989
+  _globals['_FINISHREQUEST']._serialized_end=1078
+  _globals['_FINISHRESPONSE']._serialized_start=1080
+  _globals['_FINISHRESPONSE']._serialized_end=1136
+  _globals['_AGENTSERVICE']._serialized_start=1278
+  _globals['_AGENTSERVICE']._serialized_end=1561
 # @@protoc_insertion_point(module_scope)

@@ -28,20 +28,22 @@ class Metering(_message.Message):
     def __init__(self, max_call_atomic: _Optional[int] = ...) -> None: ...
 
 class NegotiationMessage(_message.Message):
-    __slots__ = ("rfq", "offer", "agreement", "reject_reason", "metering", "note")
+    __slots__ = ("rfq", "offer", "agreement", "reject_reason", "metering", "note", "rfq_id")
     RFQ_FIELD_NUMBER: _ClassVar[int]
     OFFER_FIELD_NUMBER: _ClassVar[int]
     AGREEMENT_FIELD_NUMBER: _ClassVar[int]
     REJECT_REASON_FIELD_NUMBER: _ClassVar[int]
     METERING_FIELD_NUMBER: _ClassVar[int]
     NOTE_FIELD_NUMBER: _ClassVar[int]
+    RFQ_ID_FIELD_NUMBER: _ClassVar[int]
     rfq: _agreement_pb2.Rfq
     offer: _agreement_pb2.Offer
     agreement: _agreement_pb2.SignedAgreement
     reject_reason: str
     metering: Metering
     note: str
-    def __init__(self, rfq: _Optional[_Union[_agreement_pb2.Rfq, _Mapping]] = ..., offer: _Optional[_Union[_agreement_pb2.Offer, _Mapping]] = ..., agreement: _Optional[_Union[_agreement_pb2.SignedAgreement, _Mapping]] = ..., reject_reason: _Optional[str] = ..., metering: _Optional[_Union[Metering, _Mapping]] = ..., note: _Optional[str] = ...) -> None: ...
+    rfq_id: str
+    def __init__(self, rfq: _Optional[_Union[_agreement_pb2.Rfq, _Mapping]] = ..., offer: _Optional[_Union[_agreement_pb2.Offer, _Mapping]] = ..., agreement: _Optional[_Union[_agreement_pb2.SignedAgreement, _Mapping]] = ..., reject_reason: _Optional[str] = ..., metering: _Optional[_Union[Metering, _Mapping]] = ..., note: _Optional[str] = ..., rfq_id: _Optional[str] = ...) -> None: ...
 
 class InvokeRequest(_message.Message):
     __slots__ = ("agreement_id", "input_json", "call_id")

@@ -126,7 +126,8 @@ class Routes:
             max_rounds=20)  # many rounds left: the first offer is the opening (list) price
         reply = await stub.Negotiate(agent_pb2.NegotiationMessage(rfq=rfq),
                                      timeout=CALL_TIMEOUT_S)
-        await stub.Negotiate(agent_pb2.NegotiationMessage(reject_reason="a quote only"),
+        await stub.Negotiate(agent_pb2.NegotiationMessage(reject_reason="a quote only",
+                                                          rfq_id=rfq.rfq_id),
                              timeout=CALL_TIMEOUT_S)
         offered = reply.offer.terms.unit_price_atomic or 1
         listed = next(p.amount_atomic for p in skill.prices if p.currency == currency)
