@@ -110,8 +110,7 @@ class FreshAgreements:
     def add(self, buyer_id: str, agreement_id: str, offer_expires_ms: int, now_ms: int) -> None:
         with self._lock:
             mine = self._by_buyer.setdefault(buyer_id, {})
-            for lapsed in [a for a, until in mine.items() if until < now_ms]:
-                del mine[lapsed]
+            _drop_lapsed(mine, now_ms)
             if len(mine) >= self.limit:
                 raise ResourceExhausted(
                     f"this buyer has {self.limit} agreements here with no call yet whose "
@@ -129,7 +128,12 @@ class FreshAgreements:
         """Forget lapsed offers of every buyer (the seller's settle loop)."""
         with self._lock:
             for buyer_id, mine in list(self._by_buyer.items()):
-                for lapsed in [a for a, until in mine.items() if until < now_ms]:
-                    del mine[lapsed]
+                _drop_lapsed(mine, now_ms)
                 if not mine:
                     del self._by_buyer[buyer_id]
+
+
+def _drop_lapsed(offers: dict[str, int], now_ms: int) -> None:
+    """Take out of `offers` (agreement -> offer expiry) those whose offer has lapsed."""
+    for lapsed in [a for a, until in offers.items() if until < now_ms]:
+        del offers[lapsed]

@@ -89,6 +89,11 @@ class PaidCalls:
                       max_output_tokens=skill.max_output_tokens, model=skill.llm_model)
         return skill, arguments, meter
 
+    def _redeem_began(self, request: agent_pb2.InvokeRequest) -> Callable[[], bool]:
+        """Whether the call's agreement began its redeem: a streamed skill stops there."""
+        gate, agreement_id = self.seller.gate, request.agreement_id
+        return lambda: gate.closing(agreement_id)
+
     def _span(self, request: agent_pb2.InvokeRequest, skill: Skill, meter: Meter) -> Any:
         return span_if_active(self.seller._tracer, self.seller.tracer_provider,
                               f"skill.{skill.name}", attributes=lambda: {
@@ -141,9 +146,7 @@ class PaidCalls:
         with self._span(request, skill, meter) as span, metering(meter), \
                 traced_by(self.seller.tracer_provider):
             if skill.streams:
-                gate, agreement_id = self.seller.gate, request.agreement_id
-                pieces = _metered(skill.iterate(arguments), meter,
-                                  lambda: gate.closing(agreement_id))
+                pieces = _metered(skill.iterate(arguments), meter, self._redeem_began(request))
                 text = "".join(piece for piece, _charge in pieces)
                 output: Any = {"text": text}
             else:
@@ -211,9 +214,7 @@ class PaidCalls:
         delivered: list[str] = []
         with self._span(request, skill, meter) as span, metering(meter), \
                 traced_by(self.seller.tracer_provider):
-            gate, agreement_id = self.seller.gate, request.agreement_id
-            pieces = _metered(skill.iterate(arguments), meter,
-                              lambda: gate.closing(agreement_id))
+            pieces = _metered(skill.iterate(arguments), meter, self._redeem_began(request))
             try:
                 for piece, charge in pieces:
                     delivered.append(piece)

@@ -147,12 +147,6 @@ class _Budgeted:
             return False
         return True
 
-    def iter_errors(self, instance: Any) -> Iterator[Any]:
-        try:
-            self.validate(instance)
-        except ValidationError as error:
-            yield error
-
 
 def _nodes(value: Any) -> int:
     """How many JSON values `value` holds (itself included), without recursion."""

@@ -64,9 +64,7 @@ def fingerprint(data: Any, listing_id: str, skill: str, arguments: dict[str, Any
     resource and the arguments. x402's payment-identifier: the same id with the same payload
     gets the first answer, with another payload 409 (so knowing an id, or an agreement's, is
     not enough to read another's answer)."""
-    canonical = json.dumps([data, listing_id, skill, arguments], sort_keys=True,
-                           separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).digest()
+    return hashlib.sha256(net.canonical([data, listing_id, skill, arguments])).digest()
 
 
 def identifier(payload: PaymentPayload | None) -> tuple[str, str] | None:

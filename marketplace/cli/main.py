@@ -15,7 +15,7 @@ import typer
 from rich.table import Column, Table
 from sqlalchemy.exc import SQLAlchemyError
 
-from marketplace.cli.output import console, fail
+from marketplace.cli.output import console, error_line, fail
 from marketplace.home import default_database_url, default_span_store
 from wallets.errors import AgentmarketError
 
@@ -245,7 +245,8 @@ def main() -> None:
 
 
 def _stop(message: str) -> NoReturn:
-    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    """`fail` outside the app: no typer to turn its Exit into a status (a traceback would)."""
+    error_line(message)
     sys.exit(1)
 
 

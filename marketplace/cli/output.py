@@ -9,6 +9,10 @@ from rich.console import Console
 console = Console()
 
 
-def fail(message: str) -> None:
+def error_line(message: str) -> None:
     console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+
+
+def fail(message: str) -> None:
+    error_line(message)
     raise typer.Exit(1)
