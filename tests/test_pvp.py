@@ -31,13 +31,18 @@ from wallets.v1 import conditional_pb2, conditional_pb2_grpc, wallet_pb2, wallet
 MARGIN_MS = 10_000
 
 
-@pytest.fixture
-def two_nodes(tmp_path):
+def open_two_nodes(tmp_path):  # type: ignore[no-untyped-def]
+    """The buyer's ledger (ECNY) and the seller's (USD), each a node of its own."""
     a = MarketplaceNode(f"sqlite:///{tmp_path / 'a.db'}").start()
     b = MarketplaceNode(f"sqlite:///{tmp_path / 'b.db'}").start()
     yield a, b
     a.stop(0)
     b.stop(0)
+
+
+@pytest.fixture
+def two_nodes(tmp_path):
+    yield from open_two_nodes(tmp_path)
 
 
 def _wallet(node: MarketplaceNode, owner: AgentKey, code: str, amount: int = 0) -> str:

@@ -5,7 +5,6 @@ whose RPC is down while the node sweeps. Each case states what the money or the 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import time
 from pathlib import Path
@@ -18,10 +17,11 @@ from marketplace.auth import signed_channel
 from marketplace.cli.main import app
 from marketplace.identity import AgentKey
 from marketplace.node import MarketplaceNode
-from marketplace.pvp import LegRefused, PvpLeg, PvpParty, PvpPayment, staggered_expiries
+from marketplace.pvp import LegRefused
 from marketplace.pvp_legs import leg_subject
 from marketplace.receipt_verify import ReceiptInvalid, verify_receipt
 from marketplace.v1 import receipt_pb2, receipt_pb2_grpc
+from tests.test_pvp import MARGIN_MS, _setup, _wallet, open_two_nodes
 from wallets.conditional import ConditionalHolds, condition_of
 from wallets.currencies import CURRENCIES
 from wallets.errors import InvalidArgument
@@ -31,43 +31,16 @@ from wallets.rails import SandboxRail
 from wallets.service import WalletService
 from wallets.v1 import conditional_pb2, conditional_pb2_grpc, wallet_pb2
 
-MARGIN_MS = 10_000
 USD, ECNY = 10**9, 10**9  # one unit of each, atomic
 
 
 @pytest.fixture
 def two_nodes(tmp_path):
-    a = MarketplaceNode(f"sqlite:///{tmp_path / 'a.db'}").start()  # the buyer's ledger (ECNY)
-    b = MarketplaceNode(f"sqlite:///{tmp_path / 'b.db'}").start()  # the seller's ledger (USD)
-    yield a, b
-    a.stop(0)
-    b.stop(0)
-
-
-def _wallet(node: MarketplaceNode, owner: AgentKey, code: str, amount: int = 0) -> str:
-    account = node.ledger.open_account(owner.agent_id, code).account_id
-    if amount:
-        node.wallets.deposit(os.urandom(8).hex(), account, amount, code)
-    return account
+    yield from open_two_nodes(tmp_path)
 
 
 def _posted(node: MarketplaceNode, account: str) -> int:
     return node.ledger.balance(account).posted_atomic
-
-
-def _setup(two_nodes):
-    a, b = two_nodes
-    buyer, seller, provider = (AgentKey.generate() for _ in range(3))
-    preimage = os.urandom(32)
-    destination, source = staggered_expiries(time.time_ns() // 1_000_000,
-                                             destination_window_ms=20_000, margin_ms=MARGIN_MS)
-    payment = PvpPayment(
-        "payment-1", hashlib.sha256(preimage).hexdigest(),
-        PvpLeg(a.address, _wallet(a, buyer, "ECNY", 300 * ECNY), _wallet(a, provider, "ECNY"),
-               71 * ECNY, "ECNY", source),
-        PvpLeg(b.address, _wallet(b, provider, "USD", 100 * USD), _wallet(b, seller, "USD"),
-               10 * USD, "USD", destination))
-    return payment, preimage, PvpParty(buyer), PvpParty(provider), PvpParty(seller)
 
 
 # ---- PvP: one source leg, one destination leg ----------------------------------------------
