@@ -16,6 +16,11 @@ from wallets.service import WalletService
 
 @pytest.fixture
 def world(ledger: Ledger, wallets: WalletService):
+    return funded_pair(ledger, wallets)
+
+
+def funded_pair(ledger: Ledger, wallets: WalletService):  # type: ignore[no-untyped-def]
+    """Hash-locked holds over `ledger`, a payer holding 1,000 atomic and a payee."""
     payer = ledger.open_account("payer", "USD").account_id
     payee = ledger.open_account("payee", "USD").account_id
     ledger.transfer("fund", wallets.rail_account(wallets.rail("", "USD")).account_id, payer, 1_000)

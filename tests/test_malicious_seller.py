@@ -185,15 +185,17 @@ def test_a_stream_charging_past_its_budget_is_booked_at_most_the_budget(market):
     assert buyer.sessions[deal.agreement_id].charged_atomic <= streamed.budget_atomic
 
 
+def _overlong(request: Any, context: Any, voucher: Any = None
+              ) -> Iterator[agent_pb2.StreamChunk]:
+    """20 MB of text: past what a receipt carries."""
+    for _ in range(200):
+        yield agent_pb2.StreamChunk(text_delta="x" * 100_000, charged_atomic=1)
+    yield _end(request, json.dumps({"text": "x"}))
+
+
 def test_a_stream_past_what_a_receipt_carries_is_cut(market):
     seller, buyer = market
-
-    def stream(request: Any, context: Any) -> Iterator[agent_pb2.StreamChunk]:
-        for _ in range(200):
-            yield agent_pb2.StreamChunk(text_delta="x" * 100_000, charged_atomic=1)
-        yield _end(request, json.dumps({"text": "x"}))
-
-    seller.calls.invoke_stream = stream  # type: ignore[method-assign]
+    seller.calls.invoke_stream = _overlong  # type: ignore[method-assign]
     deal = _deal(buyer, "write")
     streamed = buyer.stream(deal, {"topic": "x"})
     with pytest.raises(ServerError):
@@ -280,14 +282,7 @@ def test_an_a2a_stream_with_a_malformed_charge_is_cut_booked_and_a_problem(marke
 
 def test_an_overlong_a2a_stream_is_cut(market):
     seller, buyer = market
-
-    def stream(request: Any, context: Any, voucher: Any = None
-               ) -> Iterator[agent_pb2.StreamChunk]:
-        for _ in range(200):
-            yield agent_pb2.StreamChunk(text_delta="x" * 100_000, charged_atomic=1)
-        yield _end(request, json.dumps({"text": "x"}))
-
-    seller.calls.paid_stream = stream  # type: ignore[method-assign]
+    seller.calls.paid_stream = _overlong  # type: ignore[method-assign]
     deal = _deal(buyer, "write")
     streamed = buyer.send_stream(deal, {"topic": "x"})
     with pytest.raises(ServerError, match="stream was cut"):

@@ -21,8 +21,9 @@ from marketplace.pvp import LegRefused
 from marketplace.pvp_legs import leg_subject
 from marketplace.receipt_verify import ReceiptInvalid, verify_receipt
 from marketplace.v1 import receipt_pb2, receipt_pb2_grpc
+from tests.test_conditional_holds import _state, funded_pair
 from tests.test_pvp import MARGIN_MS, _setup, _wallet, open_two_nodes
-from wallets.conditional import ConditionalHolds, condition_of
+from wallets.conditional import condition_of
 from wallets.currencies import CURRENCIES
 from wallets.errors import InvalidArgument
 from wallets.ledger import Ledger
@@ -106,12 +107,19 @@ def _get_receipt(node: MarketplaceNode, key: AgentKey, subject: str, kind: str =
             receipt_pb2.GetReceiptRequest(subject=subject, kind=kind), timeout=5).file
 
 
-def test_a_stranger_who_knows_the_condition_cannot_take_over_a_legs_receipts(two_nodes):
-    _a, b = two_nodes
+def _paid_to_the_seller(two_nodes):  # type: ignore[no-untyped-def]
+    """A PvP payment whose destination leg the seller has claimed: (payment, the provider's
+    and the seller's parties, the destination leg)."""
     payment, preimage, buyer, provider, seller = _setup(two_nodes)
     source = buyer.lock_source(payment)
     destination = provider.lock_destination(payment, source.hold_id, margin_ms=MARGIN_MS)
     seller.claim_destination(payment, destination.hold_id, preimage)
+    return payment, provider, seller, destination
+
+
+def test_a_stranger_who_knows_the_condition_cannot_take_over_a_legs_receipts(two_nodes):
+    _a, b = two_nodes
+    payment, provider, seller, destination = _paid_to_the_seller(two_nodes)
     attacker = AgentKey.generate()  # locks a hold of its own to the payment's condition,
     paying = _wallet(b, attacker, "USD", USD)  # payable to the seller, and lets it expire
     with signed_channel(b.address, attacker) as channel:
@@ -143,10 +151,7 @@ def test_a_stranger_who_knows_the_condition_cannot_take_over_a_legs_receipts(two
 
 def test_get_receipt_gives_a_party_only_a_receipt_that_names_it(two_nodes):
     _a, b = two_nodes
-    payment, preimage, buyer, provider, seller = _setup(two_nodes)
-    source = buyer.lock_source(payment)
-    destination = provider.lock_destination(payment, source.hold_id, margin_ms=MARGIN_MS)
-    seller.claim_destination(payment, destination.hold_id, preimage)
+    payment, _provider, seller, destination = _paid_to_the_seller(two_nodes)
     leg = leg_subject(payment.condition_sha256, destination.hold_id)
     stranger = AgentKey.generate()
     later = b.wallets.deposit("later", _wallet(b, stranger, "USD"), USD, "USD").sequence
@@ -171,25 +176,17 @@ def test_get_receipt_gives_a_party_only_a_receipt_that_names_it(two_nodes):
 
 @pytest.fixture
 def funded(ledger: Ledger, wallets: WalletService):
-    payer = ledger.open_account("payer", "USD").account_id
-    payee = ledger.open_account("payee", "USD").account_id
-    ledger.transfer("fund", wallets.rail_account(wallets.rail("", "USD")).account_id, payer, 1_000)
-    return ConditionalHolds(ledger), payer, payee
-
-
-def _books(ledger: Ledger) -> list:
-    return [(b.owner, b.posted_atomic, b.pending_debits_atomic, b.pending_credits_atomic)
-            for b in ledger.accounts()] + [len(ledger.postings(limit=10_000))]
+    return funded_pair(ledger, wallets)
 
 
 def test_a_hash_locked_hold_to_its_own_account_is_refused(funded, ledger: Ledger, clock):
     holds, payer, _payee = funded
-    before = _books(ledger)
+    before = _state(ledger)
     with pytest.raises(InvalidArgument, match="must differ") as refused:
         holds.hold("self", payer, payer, 400, condition_sha256=condition_of(os.urandom(32)),
                    expires_at_ms=clock() + 30_000)
     assert refused.value.status == "INVALID_ARGUMENT"
-    assert _books(ledger) == before  # nothing held
+    assert _state(ledger) == before  # nothing held
     assert ledger.holds(account_id=payer) == []
 
 
@@ -217,10 +214,10 @@ def test_a_hash_locked_hold_to_its_own_account_is_refused_over_grpc(tmp_path):
 
 def test_an_unbalanced_posting_raises_even_with_asserts_off(ledger: Ledger, funded):
     _holds, payer, _payee = funded
-    before = _books(ledger)
+    before = _state(ledger)
     with pytest.raises(RuntimeError, match="unbalanced posting"), ledger.engine.begin() as conn:
         ledger._post(conn, "unbalanced", "transfer", [Leg(payer, "USD", posted_atomic=5)])
-    assert _books(ledger) == before
+    assert _state(ledger) == before
 
 
 def test_fulfilling_a_captured_hold_again_with_its_preimage_answers_captured(
@@ -230,11 +227,11 @@ def test_fulfilling_a_captured_hold_again_with_its_preimage_answers_captured(
     hold_id = holds.hold("h1", payer, payee, 400, condition_sha256=condition_of(preimage),
                          expires_at_ms=clock() + 30_000).hold.hold_id
     done, posting = holds.fulfil("f1", hold_id, preimage)
-    before = _books(ledger)
+    before = _state(ledger)
     again, same = holds.fulfil("f2", hold_id, preimage)  # another key: the payee's own claim
     assert again.hold.status == "captured" and again.fulfilment == preimage.hex()
     assert same == posting
-    assert _books(ledger) == before  # nothing moved twice
+    assert _state(ledger) == before  # nothing moved twice
     assert ledger.balance(payee).posted_atomic == 400
     with pytest.raises(InvalidArgument, match="does not hash"):
         holds.fulfil("f3", hold_id, os.urandom(32))
