@@ -114,11 +114,11 @@ class PaidCallAdmitter:
             if hashes > CHEAP_CHECK_HASHES:  # one token per CHEAP_CHECK_HASHES it would cost,
                 # from the signed caller's own bucket, else the agreement's for unproven calls
                 self._draw(caller or f"unproven:{agreement}", -(-hashes // CHEAP_CHECK_HASHES))
-            if not signed and self.gate.proves_payment(agreement, voucher):
-                self._draw(self.gate.body(agreement).buyer_id)
+        draw = self._draw if self.rate_limit is not None and not signed else None
         admission = self.gate.admit(voucher, agreement, self.reserve_of(agreement),
                                     call_id=request.call_id, partial=partial,
-                                    fresh_word_required=self.require_auth and not signed)
+                                    fresh_word_required=self.require_auth and not signed,
+                                    on_new_word=draw)
         if admission.replay is None:
             terms = self.gate.body(request.agreement_id).terms
             market_metrics().paid_calls.add(1, {"currency": terms.currency,

@@ -51,8 +51,8 @@ from agents.errors import AgentmarketError, NegotiationFailed, SellerUnavailable
 from agents.negotiation import Strategy
 from agents.results import CallResult, Escrow, Money, Posting, Wallet, posting_from_message
 from agents.v1 import agent_pb2, agent_pb2_grpc
-from marketplace.aio_client import aio_channel
-from marketplace.grpc_tracing import span_if_active, untraced
+from marketplace.aio_client import aio_channel, bare_aio_channel
+from marketplace.grpc_tracing import span_if_active, tracing_active, untraced
 from marketplace.identity import AgentKey
 from marketplace.market_channel import aio_node_retry, market_options
 from marketplace.v1 import registry_pb2, registry_pb2_grpc, settlement_pb2, settlement_pb2_grpc
@@ -76,10 +76,15 @@ class _Market:
 
 @dataclass
 class _Seller:
+    """A seller seen through a signing channel, an unsigned one (tracing only) and a bare one
+    (no interceptor: a call revealing a new payword, its own proof, while tracing is off)."""
+
     signed_channel: grpc.aio.Channel
     unsigned_channel: grpc.aio.Channel
+    bare_channel: grpc.aio.Channel
     signed: agent_pb2_grpc.AgentServiceStub
     unsigned: agent_pb2_grpc.AgentServiceStub
+    bare: agent_pb2_grpc.AgentServiceStub
 
 
 class AsyncBuyerAgent(BuyerCore):
@@ -113,8 +118,10 @@ class AsyncBuyerAgent(BuyerCore):
                                  tracer_provider=self.tracer_provider)
             unsigned = aio_channel(endpoint, None, self.credentials,
                                    tracer_provider=self.tracer_provider)
-            found = _Seller(signed, unsigned, agent_pb2_grpc.AgentServiceStub(signed),
-                            agent_pb2_grpc.AgentServiceStub(unsigned))
+            bare = bare_aio_channel(endpoint, self.credentials)
+            found = _Seller(signed, unsigned, bare, agent_pb2_grpc.AgentServiceStub(signed),
+                            agent_pb2_grpc.AgentServiceStub(unsigned),
+                            agent_pb2_grpc.AgentServiceStub(bare))
             self._sellers[endpoint] = found
         return found
 
@@ -125,7 +132,7 @@ class AsyncBuyerAgent(BuyerCore):
         """Close the connections (to the marketplace and every seller); the buyer is done."""
         self._closed = True
         channels = [c for s in self._sellers.values()
-                    for c in (s.signed_channel, s.unsigned_channel)]
+                    for c in (s.signed_channel, s.unsigned_channel, s.bare_channel)]
         if self._market_stubs is not None:
             channels.append(self._market_stubs.channel)
         self._sellers.clear()
@@ -319,7 +326,12 @@ class AsyncBuyerAgent(BuyerCore):
 
     async def _send(self, planned: PlannedCall) -> agent_pb2.InvokeResponse:
         stubs = self._stubs(planned.deal.body.seller_endpoint)
-        seller = stubs.unsigned if planned.fresh else stubs.signed
+        # a new payword is its own proof: sent unsigned, through no interceptor but tracing
+        # (none while tracing is off)
+        if planned.fresh:
+            seller = stubs.unsigned if tracing_active(self.tracer_provider) else stubs.bare
+        else:
+            seller = stubs.signed
         for _attempt in range(RETRY_IN_PROGRESS):
             try:
                 return await seller.Invoke(planned.request,  # type: ignore[no-any-return]

@@ -190,9 +190,13 @@ class PaymentGate(GateRedeems):
 
     def admit(self, voucher: agreement_pb2.Voucher | None, agreement_id: str,
               reserve_atomic: int, *, call_id: str = "", partial: bool = False,
-              fresh_word_required: bool = False) -> Admission:
+              fresh_word_required: bool = False,
+              on_new_word: Callable[[str], None] | None = None) -> Admission:
         """Check a voucher and reserve `reserve_atomic` of the prepayment for this call
         (`partial`: a stream takes what is prepaid, up to that, and at least one atomic unit).
+        `on_new_word(buyer_id)` runs once the voucher proves a genuine word not seen before,
+        before anything is used (what it raises refuses the call and changes nothing): the
+        buyer's rate-limit draw for an unsigned call, in the same check as the word's.
 
         A retry of a call id with its first voucher returns that call's first response (or
         runs it again if it failed before completing). Holds the agreement's lock only for the
@@ -221,6 +225,8 @@ class PaymentGate(GateRedeems):
                 raise ReceiptLimit(f"the agreement has had its {ag.MAX_RECEIPTS} calls, all one "
                                    "redeem can carry; it takes no more")
             self._check_new(account, voucher)
+            if on_new_word is not None and voucher.payword_index > account.anchor_index:
+                on_new_word(account.body.buyer_id)
             self._check_opened(agreement_id, account)
             if account.latest is None:  # its first call: no longer one of the buyer's fresh
                 self._fresh.called(account.body.buyer_id, agreement_id)
@@ -394,15 +400,3 @@ class PaymentGate(GateRedeems):
             return 0
         return voucher.payword_index - account.anchor_index
 
-    def proves_payment(self, agreement_id: str, voucher: agreement_pb2.Voucher | None) -> bool:
-        """Whether `voucher` reveals a genuine word the seller has not seen: a pure check,
-        nothing is used (so a call can be rate-limited as the buyer's before it is admitted)."""
-        if voucher is None or voucher.agreement_id != agreement_id:
-            return False
-        account = self._account(agreement_id)
-        with account.lock:
-            try:
-                self._check_new(account, voucher)
-            except (InvalidVoucher, BudgetExceeded):
-                return False
-            return voucher.payword_index > account.anchor_index

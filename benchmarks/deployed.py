@@ -1,14 +1,16 @@
 """Full tasks per second as a market is deployed: every party in its own process.
 
 The node is `agentmarket serve` (SQLite, then PostgreSQL when one answers), each of 5 sellers
-is its own process, and 50 buyers run as threads in 2 buyer processes. Each buyer does task
+is its own process, and 50 buyers run as threads in 2 buyer processes (`BuyerAgent`); on
+SQLite, a second run has the 50 buyers as `AsyncBuyerAgent` tasks on one event loop per buyer
+process instead (keys `..._async_buyers`). Each buyer does task
 after task (discover, negotiate, escrow, 10 paid calls, settle). After a warm-up, the steady
 state is measured for at least `MIN_WINDOW_S` and `MIN_TASKS` tasks (capped at `MAX_WINDOW_S`):
 tasks/s, the CPU each kind of party spent per task (user + system time from /proc), and p50/p99
 of every step. At the end the node's books must balance with no agreement left open.
 
     python -m benchmarks.deployed [sqlite|postgres] [--window S] [--tasks N] [--profile DIR]
-                                  [--perf DIR] [--gc-defaults]
+                                  [--perf DIR] [--gc-defaults] [--buyers threads|async|both]
 
 Every party settles its heap once started (`marketplace.heap`), as the node command does;
 `--gc-defaults` runs them all with CPython's collector settings instead, for comparison.
@@ -154,9 +156,11 @@ def _profile(kinds: dict[str, list[Party]], profile_dir: Path | None) -> list[su
 def bench(db_url: str, workdir: Path, window_s: float = MIN_WINDOW_S,
           min_tasks: int = MIN_TASKS, *, nodes: int = 1,
           redis_url: str | None = None, profile_dir: Path | None = None,
-          gc_defaults: bool = False, perf_dir: Path | None = None) -> dict[str, Any]:
+          gc_defaults: bool = False, perf_dir: Path | None = None,
+          async_buyers: bool = False) -> dict[str, Any]:
     """`nodes` node processes over `db_url` (sharing `redis_url` with --redis when given);
-    seller i talks to node i mod nodes, every buyer to all of them (round robin)."""
+    seller i talks to node i mod nodes, every buyer to all of them (round robin);
+    `async_buyers`: each buyer process runs its buyers on one event loop (one node only)."""
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": path, "AGENTMARKET_TRACING": "off",
            "AGENTMARKET_HOME": str(workdir / "home")}
@@ -182,7 +186,8 @@ def bench(db_url: str, workdir: Path, window_s: float = MIN_WINDOW_S,
         for seller in sellers:
             seller.wait_for("ready")
         start, stop = workdir / "start", workdir / "stop"
-        buyers = [Party([python, "-m", "benchmarks._deployed_parties", "buyers", address,
+        role = "async-buyers" if async_buyers else "buyers"
+        buyers = [Party([python, "-m", "benchmarks._deployed_parties", role, address,
                          str(BUYERS_PER_PROCESS), f"buyers{i}", str(start), str(stop)],
                         workdir / f"buyers-{i}.log", env) for i in range(BUYER_PROCESSES)]
         parties += buyers
@@ -282,11 +287,13 @@ def _books(db_url: str) -> dict[str, Any]:
 def run(progress: Any = None, window_s: float = MIN_WINDOW_S, min_tasks: int = MIN_TASKS,
         backends: tuple[str, ...] = ("sqlite", "postgres"),
         profile_dir: Path | None = None, gc_defaults: bool = False,
-        perf_dir: Path | None = None) -> dict[str, Any]:
+        perf_dir: Path | None = None, buyers: str = "both") -> dict[str, Any]:
+    """`buyers` on SQLite: "threads" (the headline keys), "async" (`..._async_buyers`) or
+    "both"; PostgreSQL runs the threaded buyers."""
     say = progress or (lambda _text: None)
     results: dict[str, Any] = {"deployed_buyers": BUYER_PROCESSES * BUYERS_PER_PROCESS,
                                "deployed_sellers": SELLERS}
-    if "sqlite" in backends:
+    if "sqlite" in backends and buyers in ("threads", "both"):
         with tempfile.TemporaryDirectory(prefix="agentmarket-deployed-") as tmp:
             say("deployed shape (every party its own process), SQLite")
             figures = bench(f"sqlite:///{Path(tmp) / 'market.db'}", Path(tmp), window_s, min_tasks,
@@ -295,6 +302,13 @@ def run(progress: Any = None, window_s: float = MIN_WINDOW_S, min_tasks: int = M
         results["tasks_per_s_deployed_sqlite"] = figures.pop("tasks_per_s")
         results["node_cpu_ms_per_task"] = figures["node_cpu_ms_per_task"]
         results.update({f"deployed_sqlite_{k}": v for k, v in figures.items()})
+    if "sqlite" in backends and buyers in ("async", "both"):
+        with tempfile.TemporaryDirectory(prefix="agentmarket-deployed-") as tmp:
+            say("deployed shape, SQLite, the buyers as AsyncBuyerAgent tasks")
+            figures = bench(f"sqlite:///{Path(tmp) / 'market.db'}", Path(tmp), window_s,
+                            min_tasks, gc_defaults=gc_defaults, async_buyers=True)
+        results["tasks_per_s_deployed_sqlite_async_buyers"] = figures.pop("tasks_per_s")
+        results.update({f"deployed_sqlite_async_buyers_{k}": v for k, v in figures.items()})
     url = _postgres_url() if "postgres" in backends else None
     if url is not None:
         say("deployed shape (every party its own process), PostgreSQL")
@@ -320,8 +334,11 @@ if __name__ == "__main__":
     perf_out = Path(args[args.index("--perf") + 1]) if "--perf" in args else None
     if perf_out is not None and (why := available()):
         sys.exit(f"--perf: {why}")
+    kind = args[args.index("--buyers") + 1] if "--buyers" in args else "both"
+    if kind not in ("threads", "async", "both"):
+        sys.exit("--buyers is threads, async or both")
     results = run(print, window, tasks, chosen, profile, gc_defaults="--gc-defaults" in args,
-                  perf_dir=perf_out)
+                  perf_dir=perf_out, buyers=kind)
     found = {backend: results.pop(f"deployed_{backend}_perf_shares", None) for backend in chosen}
     for name, value in results.items():
         print(f"{name}: {value}")

@@ -5,8 +5,9 @@ call prepaid with the session's next PayWord voucher) calls `POST /v1/skills/{li
 the gateway, which checks the payment through x402's resource server and agentmarket's
 facilitator scheme, forwards the call to the seller over gRPC with the voucher (the seller checks
 it again, meters and journals the call) and answers with PAYMENT-RESPONSE. Unpaid: the same
-HTTP request to a door of the same shape on the same kind of server (uvicorn, Starlette with
-the gateway's host check and security headers, JSON in and out) forwarding to the same skill
+HTTP request (the same path, listing id included) to a door of the same shape on the same
+kind of server (uvicorn, Starlette with the gateway's host check and security headers, JSON in
+and out) forwarding to the same skill
 behind a bare gRPC server (`benchmarks.paid_call`'s unpaid side): so the ratio is what paying
 over HTTP costs.
 
@@ -76,9 +77,10 @@ def _unpaid_door(endpoint_box: dict[str, str]) -> Starlette:
         body = {"output": json.loads(reply.output_json)}
         return Response(json.dumps(body), media_type="application/json")
 
-    return Starlette(routes=[Route("/v1/free/{skill}", call, methods=["POST"])], middleware=[
-        Middleware(SecurityHeaders),  # the gateway's own middleware, so only paying differs
-        Middleware(TrustedHostMiddleware, allowed_hosts=list(LOOPBACK_HOSTS))])
+    # the gateway's own path and middleware, so that only paying differs
+    return Starlette(routes=[Route("/v1/skills/{listing}/{skill}", call, methods=["POST"])],
+                     middleware=[Middleware(SecurityHeaders), Middleware(
+                         TrustedHostMiddleware, allowed_hosts=list(LOOPBACK_HOSTS))])
 
 
 def _clients(url: str, network: str, seeds: list[Any], calls: int, close_base: str,
@@ -162,7 +164,7 @@ def _measure(kind: str, progress: Any) -> dict[str, float]:
         try:
             listing = _listing_of(node)
             paid_url = f"{paid_http.url}/v1/skills/{listing}/echo"
-            free_url = f"{free_http.url}/v1/free/echo"
+            free_url = f"{free_http.url}/v1/skills/{listing}/echo"  # the paid call's path
             close_base = f"{paid_http.url}/v1/sessions"
             paid, free, postings = [], [], []
             for index in range(ROUNDS):

@@ -51,30 +51,6 @@ def _method(details: Any) -> str:
     return method.decode() if isinstance(method, bytes) else str(method)
 
 
-class _Signing(grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[misc]
-               grpc.aio.UnaryStreamClientInterceptor):
-    """Sign each unary-request call with the agent's key (a fresh nonce each time)."""
-
-    def __init__(self, key: AgentKey) -> None:
-        self.key = key
-
-    def _sign(self, details: Any, request: Any) -> grpc.aio.ClientCallDetails:
-        body = request if isinstance(request, bytes) else request.SerializeToString()
-        timestamp_ms = _now_ms()
-        nonce = os.urandom(16).hex()
-        signature = self.key.sign(signed_message(_method(details), body, timestamp_ms, nonce))
-        metadata = [(k, v) for k, v in _pairs(details) if k not in _AUTH_KEYS]
-        metadata += [(AGENT_KEY, self.key.agent_id), (TIMESTAMP_KEY, str(timestamp_ms)),
-                     (NONCE_KEY, nonce), (SIGNATURE_KEY, signature)]
-        return _details(details, metadata)
-
-    async def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
-        return await continuation(self._sign(details, request), request)
-
-    async def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
-        return await continuation(self._sign(details, request), request)
-
-
 class _Tracing(grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[misc]
                grpc.aio.UnaryStreamClientInterceptor):
     """A CLIENT span per call, its context in the call's metadata."""
@@ -82,6 +58,10 @@ class _Tracing(grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[misc]
     def __init__(self, provider: trace.TracerProvider | None) -> None:
         self._provider = provider
         self._tracer = trace.get_tracer(TRACER_NAME, tracer_provider=provider)
+
+    def _outgoing(self, details: Any, _request: Any) -> Any:
+        """The call's details as sent (`_Signing` signs them)."""
+        return details
 
     def _start(self, details: Any) -> tuple[Any, grpc.aio.ClientCallDetails]:
         name, attributes = _rpc_attributes(_method(details))
@@ -93,11 +73,11 @@ class _Tracing(grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[misc]
 
     async def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
         if not tracing_active(self._provider):
-            return await continuation(details, request)
+            return await continuation(self._outgoing(details, request), request)
         span, details = self._start(details)
         try:
             with _current(span):
-                call = await continuation(details, request)
+                call = await continuation(self._outgoing(details, request), request)
                 await call  # the answer, or the error it ended with
             _record_status(span, grpc.StatusCode.OK, None)
             return call
@@ -109,12 +89,41 @@ class _Tracing(grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[misc]
 
     async def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
         if not tracing_active(self._provider):
-            return await continuation(details, request)
+            return await continuation(self._outgoing(details, request), request)
         span, details = self._start(details)
         with _current(span):
-            call = await continuation(details, request)
+            call = await continuation(self._outgoing(details, request), request)
         call.add_done_callback(lambda _call: span.end())
         return call
+
+
+class _Signing(_Tracing):
+    """Trace (`_Tracing`) and sign each unary-request call with the agent's key (a fresh nonce
+    each time): one interceptor, as grpc.aio runs each one as a task of its own per call."""
+
+    def __init__(self, key: AgentKey, provider: trace.TracerProvider | None) -> None:
+        super().__init__(provider)
+        self.key = key
+
+    def _outgoing(self, details: Any, request: Any) -> grpc.aio.ClientCallDetails:
+        body = request if isinstance(request, bytes) else request.SerializeToString()
+        timestamp_ms = _now_ms()
+        nonce = os.urandom(16).hex()
+        signature = self.key.sign(signed_message(_method(details), body, timestamp_ms, nonce))
+        metadata = [(k, v) for k, v in _pairs(details) if k not in _AUTH_KEYS]
+        metadata += [(AGENT_KEY, self.key.agent_id), (TIMESTAMP_KEY, str(timestamp_ms)),
+                     (NONCE_KEY, nonce), (SIGNATURE_KEY, signature)]
+        return _details(details, metadata)
+
+
+def bare_aio_channel(address: str, credentials: grpc.ChannelCredentials | None = None
+                     ) -> grpc.aio.Channel:
+    """A grpc.aio channel with no interceptor: for calls that need no signature while tracing
+    is off (grpc.aio runs every intercepted call as one more task, which costs more than a
+    small call's own work)."""
+    if credentials is not None:
+        return grpc.aio.secure_channel(address, credentials)
+    return grpc.aio.insecure_channel(address)
 
 
 def aio_channel(address: str, key: AgentKey | None,
@@ -125,9 +134,8 @@ def aio_channel(address: str, key: AgentKey | None,
     """A grpc.aio channel: traced, and signed by `key` (None: unsigned), TLS with
     `credentials`, plaintext without. Create it inside the event loop that will use it.
     `interceptors` run before tracing and signing (a retry: each attempt signed afresh)."""
-    interceptors = [*interceptors, _Tracing(tracer_provider)]
-    if key is not None:
-        interceptors.append(_Signing(key))
+    interceptors = [*interceptors, _Tracing(tracer_provider) if key is None
+                    else _Signing(key, tracer_provider)]
     if credentials is not None:
         return grpc.aio.secure_channel(address, credentials, options=list(options),
                                        interceptors=interceptors)

@@ -17,6 +17,7 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 from pydantic import BaseModel
 
 from agents import (
@@ -113,6 +114,37 @@ def test_a_whole_task_with_concurrent_deals_and_a_stream(node: MarketplaceNode):
     names = {s.name for s in spans.get_finished_spans()}
     assert {"paid_call", "negotiate", "agents.v1.AgentService/Invoke"} <= names
     assert check_balances(node.ledger).ok and verify_chain(node.ledger).ok
+
+
+def test_async_calls_carry_their_trace_to_the_seller_signed_or_not(tmp_path: Path):
+    """A signed call (Negotiate: traced and signed by one interceptor) and an unsigned paid
+    call (Invoke) each continue at the seller the trace of the buyer's CLIENT span."""
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+
+    async def task(address: str) -> None:
+        async with AsyncBuyerAgent("traced", marketplace=address,
+                                   tracer_provider=provider) as buyer:
+            await buyer.fund("1.00", "USD")
+            deal = await buyer.negotiate(await buyer.discover("shout", currency="USD"), "shout",
+                                         quantity=1, budget="0.01", currency="USD")
+            await buyer.hire(deal)
+            assert await buyer.call(deal, {"text": "hi"}) == {"text": "HI"}
+            await buyer.finish(deal)
+
+    with MarketplaceNode(f"sqlite:///{tmp_path / 'm.db'}", sweep_interval_s=3600) as node, \
+            SellerAgent("traced", skills=[shout], marketplace=node.address,
+                        tracer_provider=provider):
+        asyncio.run(task(node.address))
+    finished = spans.get_finished_spans()
+    for method in ("Negotiate", "Invoke"):
+        name = f"agents.v1.AgentService/{method}"
+        clients = {s.context.span_id for s in finished
+                   if s.name == name and s.kind == SpanKind.CLIENT}
+        servers = [s for s in finished if s.name == name and s.kind == SpanKind.SERVER]
+        assert clients and servers, method
+        assert all(s.parent is not None and s.parent.span_id in clients for s in servers), method
 
 
 def test_async_errors_are_the_projects_own():
