@@ -360,6 +360,22 @@ def test_a_users_mistake_is_one_line_and_status_1(monkeypatch, capsys, tmp_path:
     assert "Traceback" not in printed and len(printed.strip().splitlines()) == 1, printed
 
 
+@pytest.mark.parametrize(("args", "said"), [
+    (("bogus",), "No such command 'bogus'. (see agentmarket --help)"),
+    (("serve", "--port", "abc"), "Invalid value for '--port'"),
+    (("serve", "--nope"), "No such option: --nope"),
+    (("ledger", "--kind"), "requires an argument"),
+])
+def test_a_usage_mistake_is_one_line_and_status_2(monkeypatch, capsys, tmp_path: Path,
+                                                  args: tuple[str, ...], said: str):
+    """A misspelt command or option, or a value of the wrong type: one line naming it (no
+    boxed usage screen), the status of a usage error."""
+    monkeypatch.chdir(tmp_path)
+    status, printed = _main(monkeypatch, capsys, *args)
+    assert status == 2 and said in printed and printed.startswith("error:"), printed
+    assert len(printed.strip().splitlines()) == 1, printed
+
+
 def test_a_read_command_never_writes_a_schema_into_a_file_it_was_wrongly_given(
         monkeypatch, capsys, tmp_path: Path):
     wrong = tmp_path / "spans.db"

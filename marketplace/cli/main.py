@@ -233,7 +233,16 @@ def main() -> None:
     """The command line: a mistake that escapes a command (a refusal, a path, a database)
     still ends as one red line and exit status 1, never a traceback."""
     try:
-        app()
+        status = app(standalone_mode=False)  # errors come here, not as a boxed usage screen
+    except typer.TyperException as error:  # a misspelt command or option, a value of the
+        # wrong type (typer's usage errors), a file option that cannot be opened
+        context, message = getattr(error, "ctx", None), error.format_message()
+        if message:  # none after the help a bare group prints (no_args_is_help)
+            hint = f" (see {context.command_path} --help)" if context is not None else ""
+            error_line(f"{message}{hint}")
+        sys.exit(error.exit_code)
+    except typer.Abort:
+        _stop("aborted")
     except AgentmarketError as error:
         _stop(error.message)
     except OSError as error:  # a path the user gave: missing, a directory, not allowed
@@ -242,6 +251,8 @@ def main() -> None:
     except (sqlite3.DatabaseError, SQLAlchemyError) as error:
         cause = getattr(error, "orig", None) or error
         _stop(f"the database refused: {str(cause).splitlines()[0][:200]}")
+    if isinstance(status, int) and status:  # typer.Exit(n): `fail` printed its line already
+        sys.exit(status)
 
 
 def _stop(message: str) -> NoReturn:
