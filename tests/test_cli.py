@@ -9,6 +9,7 @@ The demo runs once per module; its trace and ledger are then read back through `
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
@@ -382,6 +383,17 @@ def test_a_read_command_never_writes_a_schema_into_a_file_it_was_wrongly_given(
     sqlite3.connect(wrong).execute("CREATE TABLE spans (id TEXT)").connection.commit()
     status, printed = _main(monkeypatch, capsys, "ledger", "--db", f"sqlite:///{wrong}")
     assert status == 1 and "holds no agentmarket ledger" in printed
-    tables = {r[0] for r in sqlite3.connect(wrong).execute(
-        "SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert tables == {"spans"}
+    with contextlib.closing(sqlite3.connect(wrong)) as conn:
+        tables = {r[0] for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"  # not made WAL
+    assert tables == {"spans"} and not (tmp_path / "spans.db-wal").exists()
+
+
+def test_ledger_kind_names_only_kinds_the_ledger_holds(runner: CliRunner, demo: DemoResult):
+    output = _ok(runner, "ledger", "--db", f"sqlite:///{demo.db_path}", "--kind", "capture")
+    assert "capture" in output
+    refused = runner.invoke(app, ["ledger", "--db", f"sqlite:///{demo.db_path}",
+                                  "--kind", "captures"])
+    assert refused.exit_code == 1
+    assert "no posting of kind 'captures'" in refused.output and "capture" in refused.output

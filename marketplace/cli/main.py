@@ -193,9 +193,11 @@ def ledger_postings(ctx: typer.Context,
     """Postings, newest first; each shows the trace id that caused it."""
     if ctx.invoked_subcommand is not None:
         return
-    from marketplace.cli.operator import _since_ms, open_ledger, print_postings
+    from marketplace.cli.operator import _since_ms, open_ledger, posting_kinds, print_postings
 
     ledger = open_ledger(db)
+    if kind is not None and kind not in (kinds := posting_kinds(ledger)):
+        fail(f"no posting of kind {kind[:40]!r} in this ledger (it holds: {', '.join(kinds)})")
     postings = ledger.postings(account_id=account, trace_id=trace and trace.lower(), kind=kind,
                                since_ms=_since_ms(since), limit=limit, newest_first=True)
     print_postings(postings, as_json)

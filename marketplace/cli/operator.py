@@ -6,8 +6,10 @@ Each prints a table for a person by default and JSON with `--json`. Amounts are 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -36,8 +38,8 @@ def open_ledger(db: str) -> Ledger:
     from wallets.store import make_engine
     from wallets.tables import PostingRow
 
-    if db.startswith("sqlite:///") and not Path(db.removeprefix("sqlite:///")).is_file():
-        fail(f"no database at {db}")
+    if db.startswith("sqlite:///"):
+        _check_sqlite_ledger(db, PostingRow.__tablename__)
     try:
         engine = make_engine(db)
         with engine.connect() as conn:
@@ -48,6 +50,35 @@ def open_ledger(db: str) -> Ledger:
     if not has_ledger:
         fail(f"{db} holds no agentmarket ledger (a node's database: agentmarket serve --db)")
     return Ledger(engine, group_commit=False)
+
+
+def _check_sqlite_ledger(db: str, table: str) -> None:
+    """Fail unless the SQLite file exists and holds `table`, looked at read-only: the engine
+    would switch a wrongly given file to WAL (a write) before anything could refuse it."""
+    from marketplace.cli.output import fail
+
+    path = Path(db.removeprefix("sqlite:///"))
+    if not path.is_file():
+        fail(f"no database at {db}")
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro",
+                                                uri=True)) as conn:
+            found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                                 (table,)).fetchone()
+    except sqlite3.DatabaseError as error:
+        fail(f"cannot open the database {db}: {str(error)[:200]}")
+    if found is None:
+        fail(f"{db} holds no agentmarket ledger (a node's database: agentmarket serve --db)")
+
+
+def posting_kinds(ledger: Ledger) -> list[str]:
+    """The kinds of posting this ledger holds (what `--kind` can name)."""
+    from sqlalchemy import select
+
+    from wallets.tables import PostingRow
+
+    with ledger.engine.connect() as conn:
+        return sorted(conn.execute(select(PostingRow.kind).distinct()).scalars())
 
 
 def _money(amount_atomic: int, code: str) -> str:
