@@ -196,7 +196,8 @@ class PaymentGate(GateRedeems):
         (`partial`: a stream takes what is prepaid, up to that, and at least one atomic unit).
         `on_new_word(buyer_id)` runs once the voucher proves a genuine word not seen before,
         before anything is used (what it raises refuses the call and changes nothing): the
-        buyer's rate-limit draw for an unsigned call, in the same check as the word's.
+        buyer's rate-limit draw for an unsigned call, in the same check as the word's. It runs
+        under the agreement's lock, so it must not wait (a seller's buckets are in memory).
 
         A retry of a call id with its first voucher returns that call's first response (or
         runs it again if it failed before completing). Holds the agreement's lock only for the
