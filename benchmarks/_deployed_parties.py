@@ -75,6 +75,15 @@ def _merged(outs: list[dict[str, Any]]) -> dict[str, Any]:
             "latencies": {s: [x for o in outs for x in o["latencies"][s]] for s in STEPS}}
 
 
+def _finished(out: dict[str, Any], deal: Any, escrow: Any, begun: float) -> None:
+    """Count a settled task, or an error if the seller was not paid exactly for its calls."""
+    if escrow.captured_atomic != CALLS * deal.body.terms.unit_price_atomic:
+        out["errors"].append("seller not paid exactly for the calls made")
+        return
+    out["latencies"]["task"].append((time.perf_counter() - begun) * 1000)
+    out["done_at"].append(time.time())
+
+
 def _buyer_loop(buyer: BuyerAgent, start: Path, stop: Path, out: dict) -> None:  # type: ignore[type-arg]
     latencies: dict[str, list[float]] = out["latencies"]
     while not start.exists():
@@ -89,12 +98,8 @@ def _buyer_loop(buyer: BuyerAgent, start: Path, stop: Path, out: dict) -> None: 
             _timed(latencies, "hire", lambda d=deal: buyer.hire(d))
             for i in range(CALLS):
                 _timed(latencies, "call", lambda d=deal, i=i: buyer.call(d, {"text": f"call {i}"}))
-            escrow = _timed(latencies, "finish", lambda d=deal: buyer.finish(d))
-            if escrow.captured_atomic != CALLS * deal.body.terms.unit_price_atomic:
-                out["errors"].append("seller not paid exactly for the calls made")
-                continue
-            latencies["task"].append((time.perf_counter() - begun) * 1000)
-            out["done_at"].append(time.time())
+            _finished(out, deal, _timed(latencies, "finish", lambda d=deal: buyer.finish(d)),
+                      begun)
         except Exception as error:  # counted and reported, never hidden
             out["errors"].append(_errored(error))
 
@@ -148,12 +153,7 @@ async def _async_buyer_loop(buyer: AsyncBuyerAgent, start: Path, stop: Path,
             await _atimed(latencies, "hire", buyer.hire(deal))
             for i in range(CALLS):
                 await _atimed(latencies, "call", buyer.call(deal, {"text": f"call {i}"}))
-            escrow = await _atimed(latencies, "finish", buyer.finish(deal))
-            if escrow.captured_atomic != CALLS * deal.body.terms.unit_price_atomic:
-                out["errors"].append("seller not paid exactly for the calls made")
-                continue
-            latencies["task"].append((time.perf_counter() - begun) * 1000)
-            out["done_at"].append(time.time())
+            _finished(out, deal, await _atimed(latencies, "finish", buyer.finish(deal)), begun)
         except Exception as error:  # counted and reported, never hidden
             out["errors"].append(_errored(error))
 
