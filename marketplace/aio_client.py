@@ -116,6 +116,18 @@ class _Signing(_Tracing):
         return _details(details, metadata)
 
 
+class _StreamSide(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    """`inner`'s unary-stream half on its own: grpc.aio files an interceptor under the first
+    kind it is (unary-unary before unary-stream), so one that is both would never see a
+    streamed call, which would then go out unsigned and untraced."""
+
+    def __init__(self, inner: _Tracing) -> None:
+        self._inner = inner
+
+    async def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return await self._inner.intercept_unary_stream(continuation, details, request)
+
+
 def bare_aio_channel(address: str, credentials: grpc.ChannelCredentials | None = None
                      ) -> grpc.aio.Channel:
     """A grpc.aio channel with no interceptor: for calls that need no signature while tracing
@@ -134,8 +146,8 @@ def aio_channel(address: str, key: AgentKey | None,
     """A grpc.aio channel: traced, and signed by `key` (None: unsigned), TLS with
     `credentials`, plaintext without. Create it inside the event loop that will use it.
     `interceptors` run before tracing and signing (a retry: each attempt signed afresh)."""
-    interceptors = [*interceptors, _Tracing(tracer_provider) if key is None
-                    else _Signing(key, tracer_provider)]
+    outgoing = _Tracing(tracer_provider) if key is None else _Signing(key, tracer_provider)
+    interceptors = [*interceptors, outgoing, _StreamSide(outgoing)]
     if credentials is not None:
         return grpc.aio.secure_channel(address, credentials, options=list(options),
                                        interceptors=interceptors)

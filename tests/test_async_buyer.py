@@ -147,6 +147,41 @@ def test_async_calls_carry_their_trace_to_the_seller_signed_or_not(tmp_path: Pat
         assert all(s.parent is not None and s.parent.span_id in clients for s in servers), method
 
 
+def test_an_async_stream_is_signed_and_traced(tmp_path: Path):
+    """grpc.aio runs a client interceptor on streamed calls only if it is filed as a stream
+    interceptor: a second stream that spends what the first left prepaid must be signed (an
+    unsigned call must reveal a new payword), and each stream continues the buyer's trace."""
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+
+    async def task(address: str) -> tuple[str, str]:
+        async with AsyncBuyerAgent("streams", marketplace=address,
+                                   tracer_provider=provider) as buyer:
+            await buyer.fund("1.00", "USD")
+            story = await buyer.negotiate(await buyer.discover("tell", currency="USD"), "tell",
+                                          quantity=3, budget="0.10", currency="USD")
+            await buyer.hire(story)
+            first = await buyer.stream(story, {"topic": "agents"})
+            first_text = "".join([piece async for piece in first])
+            second = await buyer.stream(story, {"topic": "x"}, max_atomic=1)
+            second_text = "".join([piece async for piece in second])
+            await buyer.finish(story)
+            return first_text, second_text
+
+    with MarketplaceNode(f"sqlite:///{tmp_path / 'm.db'}", sweep_interval_s=3600) as node, \
+            SellerAgent("teller", skills=[tell], marketplace=node.address,
+                        tracer_provider=provider):
+        texts = asyncio.run(task(node.address))
+    assert texts == ("once upon a time agents paid per call ", "once upon a time x paid per call ")
+    finished = spans.get_finished_spans()
+    name = "agents.v1.AgentService/InvokeStream"
+    clients = {s.context.span_id for s in finished if s.name == name and s.kind == SpanKind.CLIENT}
+    servers = [s for s in finished if s.name == name and s.kind == SpanKind.SERVER]
+    assert len(clients) == 2 and len(servers) == 2
+    assert all(s.parent is not None and s.parent.span_id in clients for s in servers)
+
+
 def test_async_errors_are_the_projects_own():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
