@@ -390,6 +390,17 @@ def test_a_read_command_never_writes_a_schema_into_a_file_it_was_wrongly_given(
     assert tables == {"spans"} and not (tmp_path / "spans.db-wal").exists()
 
 
+def test_a_read_command_checks_the_file_the_engine_would_open(monkeypatch, capsys,
+                                                              tmp_path: Path):
+    """The URL's %-escapes are decoded as the engine decodes them: a file named with a
+    literal %20 is not the database `sqlite:///x%20y.db` names, and none is created."""
+    (tmp_path / "x%20y.db").write_bytes(b"")
+    status, printed = _main(monkeypatch, capsys, "ledger", "--db",
+                            f"sqlite:///{tmp_path}/x%20y.db")
+    assert status == 1 and "no database at" in printed
+    assert not (tmp_path / "x y.db").exists()
+
+
 def test_ledger_kind_names_only_kinds_the_ledger_holds(runner: CliRunner, demo: DemoResult):
     output = _ok(runner, "ledger", "--db", f"sqlite:///{demo.db_path}", "--kind", "capture")
     assert "capture" in output

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from marketplace.cli.output import console, fail
+from marketplace.cli.output import console, error_line, fail
 from marketplace.heap import settle_heap
 from marketplace.home import default_database_url, default_span_store
 from marketplace.stop_signals import StopSignals
@@ -77,8 +77,7 @@ def gateway(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///fil
 
         if evm_key_file is None or not evm_key_file.is_file():
             node.stop()
-            console.print("[red]error:[/red] --evm-rpc needs --evm-key-file: the account that "
-                          "submits settlements", highlight=False)
+            error_line("--evm-rpc needs --evm-key-file: the account that submits settlements")
             raise typer.Exit(2)
         evm = EvmSettlement(evm_rpc, evm_key_file.read_text().strip())
     try:

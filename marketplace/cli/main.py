@@ -196,10 +196,11 @@ def ledger_postings(ctx: typer.Context,
     from marketplace.cli.operator import _since_ms, open_ledger, posting_kinds, print_postings
 
     ledger = open_ledger(db)
-    if kind is not None and kind not in (kinds := posting_kinds(ledger)):
-        fail(f"no posting of kind {kind[:40]!r} in this ledger (it holds: {', '.join(kinds)})")
     postings = ledger.postings(account_id=account, trace_id=trace and trace.lower(), kind=kind,
                                since_ms=_since_ms(since), limit=limit, newest_first=True)
+    if kind is not None and not postings and kind not in (kinds := posting_kinds(ledger)):
+        fail(f"no posting of kind {kind[:40]!r} in this ledger (it holds "
+             f"{', '.join(kinds) or 'none yet'})")
     print_postings(postings, as_json)
 
 

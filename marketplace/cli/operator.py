@@ -55,9 +55,11 @@ def open_ledger(db: str) -> Ledger:
 def _check_sqlite_ledger(db: str, table: str) -> None:
     """Fail unless the SQLite file exists and holds `table`, looked at read-only: the engine
     would switch a wrongly given file to WAL (a write) before anything could refuse it."""
+    from sqlalchemy.engine import make_url
+
     from marketplace.cli.output import fail
 
-    path = Path(db.removeprefix("sqlite:///"))
+    path = Path(make_url(db).database or "")  # as the engine reads it: %-escapes, a query
     if not path.is_file():
         fail(f"no database at {db}")
     try:

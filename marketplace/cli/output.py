@@ -7,10 +7,11 @@ import typer
 from rich.console import Console
 
 console = Console()
+errors = Console(stderr=True)  # a script reading a command's output (--json) gets no error text
 
 
 def error_line(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    errors.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
 
 
 def fail(message: str) -> None:
