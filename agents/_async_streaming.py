@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,7 +23,7 @@ from agents._deal import (
     book_stream,
     cut_overlong_stream,
 )
-from agents._rpc import sdk_error
+from agents._rpc import closed_under_call, sdk_error
 from agents._serving import STOP_REASON_KEY
 from agents.errors import FailedPrecondition
 from agents.payment_session import PaymentSession
@@ -72,6 +73,12 @@ class AsyncStreamedCall:
         except grpc.RpcError as error:
             self.session.settle(self.budget_atomic, 0)
             raise sdk_error(error) from None
+        except asyncio.CancelledError:  # a timeout around it, or the buyer closed
+            self.session.settle(self.budget_atomic, 0)
+            closed = closed_under_call()
+            if closed is None:
+                raise
+            raise closed from None
         except MalformedAnswer as error:
             self._call.cancel()
             book_malformed(self.deal, self.session, self.budget_atomic, error)

@@ -275,12 +275,13 @@ class BuyerCore:
                 attr.CURRENCY: terms.currency, attr.PAYER: self.agent_id,
                 attr.PAYEE: deal.body.seller_id}
 
-    def _failed(self, planned: PlannedCall, error: grpc.RpcError) -> None:
-        """Book a call that got no answer: if the seller may have run it, keep the reservation
-        (a retry with the same call id re-sends this voucher and gets the first answer)."""
+    def _failed(self, planned: PlannedCall, error: grpc.RpcError | None) -> None:
+        """Book a call that got no answer: if the seller may have run it (`error` None: the
+        call was cancelled under way), keep the reservation (a retry with the same call id
+        re-sends this voucher and gets the first answer)."""
         if not planned.settles:
             return
-        if error.code() in ANSWER_MAY_BE_LOST:
+        if error is None or error.code() in ANSWER_MAY_BE_LOST:
             planned.deal.unanswered[planned.request.call_id] = (planned.voucher.sequence,
                                                                 planned.voucher.payword_index)
         else:

@@ -10,6 +10,7 @@ nothing but `AgentmarketError` leaves it.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -143,5 +144,21 @@ def async_sdk_method(method: F) -> F:
             return await method(*args, **kwargs)
         except grpc.RpcError as error:
             raise sdk_error(error) from None
+        except asyncio.CancelledError:
+            closed = closed_under_call()
+            if closed is None:
+                raise
+            raise closed from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def closed_under_call() -> errors.Unavailable | None:
+    """What a grpc.aio call's CancelledError means: None when the caller's own task was
+    cancelled (asyncio.wait_for, a TaskGroup: the cancellation goes on), the project's
+    Unavailable when the buyer was closed under the call (grpc.aio cancelled it)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        return None
+    return errors.Unavailable("the buyer was closed while the call ran; the seller may have "
+                              "run it")

@@ -322,6 +322,9 @@ class AsyncBuyerAgent(BuyerCore):
             except grpc.RpcError as error:
                 self._failed(planned, error)
                 raise
+            except asyncio.CancelledError:  # a timeout around it, or the buyer closed
+                self._failed(planned, None)
+                raise
             return self._answered(planned, response, span)
 
     async def _send(self, planned: PlannedCall) -> agent_pb2.InvokeResponse:
@@ -409,6 +412,9 @@ class AsyncBuyerAgent(BuyerCore):
                 response = _a2a.paid_response(reply.task)
             except grpc.RpcError as error:
                 self._failed(planned, error)
+                raise
+            except asyncio.CancelledError:  # a timeout around it, or the buyer closed
+                self._failed(planned, None)
                 raise
             except MalformedAnswer as error:
                 self._malformed(planned, error)

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -180,6 +182,90 @@ def test_an_async_stream_is_signed_and_traced(tmp_path: Path):
     servers = [s for s in finished if s.name == name and s.kind == SpanKind.SERVER]
     assert len(clients) == 2 and len(servers) == 2
     assert all(s.parent is not None and s.parent.span_id in clients for s in servers)
+
+
+class Slow(BaseModel):
+    text: str
+
+
+@skill(price=per_call("0.001", "USD"))
+def slow_shout(text: str) -> Slow:
+    """Upper-case a text, slowly."""
+    time.sleep(0.6)
+    return Slow(text=text.upper())
+
+
+@skill(price=per_1k_tokens("0.0002", "0.0008", "USD"), max_input_tokens=500,
+       max_output_tokens=200, model="gpt-4o-mini")
+def slow_tell(topic: str) -> Iterator[str]:
+    """A story told slowly."""
+    for word in f"once upon a time {topic} paid per call and then some".split():
+        time.sleep(0.05)
+        yield word + " "
+
+
+@pytest.fixture
+def slow_node(tmp_path: Path) -> Iterator[MarketplaceNode]:
+    with MarketplaceNode(f"sqlite:///{tmp_path / 'm.db'}", sweep_interval_s=3600) as started, \
+            SellerAgent("slow", skills=[slow_shout, slow_tell], marketplace=started.address):
+        yield started
+
+
+def test_a_call_cut_off_by_the_callers_timeout_is_retried_once_charged(
+        slow_node: MarketplaceNode):
+    """asyncio.wait_for cancels the call: it is booked as maybe answered (as a deadline is),
+    so a retry with its call id re-sends its voucher and gets the first answer, charged once."""
+
+    async def task() -> tuple[Any, Escrow, int, int]:
+        async with AsyncBuyerAgent("impatient", marketplace=slow_node.address) as buyer:
+            await buyer.fund("1.00", "USD")
+            deal = await buyer.negotiate(await buyer.discover("slow_shout", currency="USD"),
+                                         "slow_shout", quantity=3, budget="0.10",
+                                         currency="USD")
+            await buyer.hire(deal)
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(buyer.call(deal, {"text": "a"}, call_id="c1"), 0.2)
+            assert "c1" in deal.unanswered
+            await asyncio.sleep(0.6)  # the seller's first run ends
+            again = await buyer.call(deal, {"text": "a"}, call_id="c1")
+            reserved = buyer.sessions[deal.agreement_id].reserved_atomic
+            return again, await buyer.finish(deal), reserved, deal.body.terms.unit_price_atomic
+
+    again, escrow, reserved, price = asyncio.run(task())
+    assert again == {"text": "A"} and reserved == 0
+    assert escrow.captured == Money(price, "USD")  # one call, charged once
+
+
+def test_closing_the_async_buyer_under_its_calls_raises_unavailable_and_books_them(
+        slow_node: MarketplaceNode):
+    """close() cancels the calls in flight: each ends as the project's Unavailable (not
+    asyncio's CancelledError, which would cancel its caller's siblings), the paid call booked
+    as maybe answered and the stream's budget given back, as the sync buyer does."""
+
+    async def task() -> None:
+        buyer = AsyncBuyerAgent("closing", marketplace=slow_node.address)
+        await buyer.fund("1.00", "USD")
+        deal = await buyer.negotiate(await buyer.discover("slow_shout", currency="USD"),
+                                     "slow_shout", quantity=3, budget="0.10", currency="USD")
+        story = await buyer.negotiate(await buyer.discover("slow_tell", currency="USD"),
+                                      "slow_tell", quantity=3, budget="0.10", currency="USD")
+        await buyer.hire(deal)
+        await buyer.hire(story)
+        stream = await buyer.stream(story, {"topic": "agents"})
+        pieces = aiter(stream)
+        await anext(pieces)
+        call = asyncio.create_task(buyer.call(deal, {"text": "a"}, call_id="c1"))
+        await asyncio.sleep(0.2)
+        await buyer.close()
+        with pytest.raises(Unavailable, match="closed while the call ran"):
+            await call
+        with pytest.raises(Unavailable, match="closed while the call ran"):
+            async for _piece in pieces:
+                pass
+        assert "c1" in deal.unanswered
+        assert buyer.sessions[story.agreement_id].reserved_atomic == 0
+
+    asyncio.run(task())
 
 
 def test_async_errors_are_the_projects_own():
