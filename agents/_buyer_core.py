@@ -48,12 +48,14 @@ from marketplace.identity import AgentKey
 from marketplace.payword import PaywordChain
 from marketplace.v1 import agreement_pb2, registry_pb2, settlement_pb2
 from wallets import attributes as attr
+from wallets.grpc_errors import error_reason
 from wallets.v1 import wallet_pb2
 
 RPC_TIMEOUT_S = 10.0
 AWAITING_RELEASE = (AgreementState.VERIFIED, AgreementState.DELIVERED)
 RETRY_IN_PROGRESS = 100  # x 50 ms: how long a retried call waits for its first attempt
 RETRY_PAUSE_S = 0.05
+MAX_REPLANS = 16  # new vouchers for one call whose earlier ones a later call overtook
 MAX_DISCOVER = 100
 MAX_REASON_CHARS = 2000
 
@@ -68,6 +70,7 @@ class PlannedCall:
     reserve_atomic: int
     fresh: bool  # a new payword: its own proof, sent unsigned
     settles: bool  # booking the answer settles the session's reservation
+    replannable: bool = False  # a voucher planned for this send (not one sent before)
 
     @property
     def metadata(self) -> list[tuple[str, bytes]]:
@@ -239,7 +242,26 @@ class BuyerCore:
             voucher = session.voucher(*voucher_at)
             fresh = False  # a re-sent voucher proves nothing new: sign it
         return PlannedCall(deal, request, voucher, reserve, fresh,
-                           settles=voucher_at is None or lost is not None)
+                           settles=voucher_at is None or lost is not None,
+                           replannable=voucher_at is None)
+
+    def _replanned(self, planned: PlannedCall, error: grpc.RpcError, attempt: int
+                   ) -> PlannedCall | None:
+        """The call again with a new voucher, when the seller refused its voucher only
+        because a later one of this buyer's reached it first (calls on one deal run at once;
+        the seller takes words in order): the refused one was planned for this send, and
+        others were planned after it. Nothing was reserved at the seller for a refused
+        voucher, so its reserve comes back here first. None: the refusal stands."""
+        session = self.sessions[planned.deal.agreement_id]
+        if not planned.replannable or attempt >= MAX_REPLANS or \
+                error_reason(error) != "INVALID_VOUCHER" or \
+                session.sequence <= planned.voucher.sequence:
+            return None
+        session.settle(planned.reserve_atomic, 0)
+        revealed = session.index
+        voucher = session.next_voucher(planned.reserve_atomic)
+        return PlannedCall(planned.deal, planned.request, voucher, planned.reserve_atomic,
+                           voucher.payword_index > revealed, settles=True, replannable=True)
 
     def _stream_plan(self, deal: Deal, arguments: dict[str, Any], call_id: str | None,
                      max_atomic: int | None) -> tuple[Deal, agent_pb2.InvokeRequest,

@@ -48,6 +48,7 @@ from agents import _a2a_buyer as _a2a
 from agents import _bargain
 from agents._bargain import Quote
 from agents._buyer_core import (
+    MAX_REPLANS,
     RETRY_IN_PROGRESS,
     RETRY_PAUSE_S,
     RPC_TIMEOUT_S,
@@ -315,11 +316,16 @@ class BuyerAgent(BuyerCore):
         planned = self._plan(deal, arguments, call_id, voucher_at)
         with span_if_active(self._tracer, self.tracer_provider, "paid_call",
                             attributes=lambda: self._span_attributes(planned)) as span:
-            try:
-                response = self._send(planned)
-            except grpc.RpcError as error:
-                self._failed(planned, error)
-                raise
+            for attempt in range(MAX_REPLANS + 1):
+                try:
+                    response = self._send(planned)
+                    break
+                except grpc.RpcError as error:
+                    again = self._replanned(planned, error, attempt)
+                    if again is None:
+                        self._failed(planned, error)
+                        raise
+                    planned = again  # a later call's voucher overtook this one's
             return self._answered(planned, response, span)
 
     def _send(self, planned: PlannedCall) -> agent_pb2.InvokeResponse:

@@ -12,6 +12,7 @@ import inspect
 import socket
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -266,6 +267,47 @@ def test_closing_the_async_buyer_under_its_calls_raises_unavailable_and_books_th
         assert buyer.sessions[story.agreement_id].reserved_atomic == 0
 
     asyncio.run(task())
+
+
+CONCURRENT = 20
+
+
+def test_concurrent_calls_on_one_deal_are_all_answered_and_charged_once(node: MarketplaceNode):
+    """Calls on one deal run at once: the seller takes vouchers in order, so one that a later
+    call's overtook is refused, and the buyer pays that call again with a new voucher (sync
+    threads and async tasks alike), never twice, within the agreement's maximum."""
+
+    def sync_calls() -> tuple[list[Any], int, int, Escrow, int]:
+        with BuyerAgent("threads", marketplace=node.address) as buyer:
+            buyer.fund("1.00", "USD")
+            deal = buyer.negotiate(buyer.discover("shout", currency="USD"), "shout",
+                                   quantity=CONCURRENT, budget="0.10", currency="USD")
+            buyer.hire(deal)
+            with ThreadPoolExecutor(CONCURRENT) as pool:
+                outputs = list(pool.map(lambda i: buyer.call(deal, {"text": f"t{i}"}),
+                                        range(CONCURRENT)))
+            session = buyer.sessions[deal.agreement_id]
+            return (outputs, session.charged_atomic, session.reserved_atomic,
+                    buyer.finish(deal), deal.body.terms.unit_price_atomic)
+
+    async def async_calls() -> tuple[list[Any], int, int, Escrow, int]:
+        async with AsyncBuyerAgent("tasks", marketplace=node.address) as buyer:
+            await buyer.fund("1.00", "USD")
+            deal = await buyer.negotiate(await buyer.discover("shout", currency="USD"),
+                                         "shout", quantity=CONCURRENT, budget="0.10",
+                                         currency="USD")
+            await buyer.hire(deal)
+            outputs = await asyncio.gather(*(buyer.call(deal, {"text": f"t{i}"})
+                                             for i in range(CONCURRENT)))
+            session = buyer.sessions[deal.agreement_id]
+            return (list(outputs), session.charged_atomic, session.reserved_atomic,
+                    await buyer.finish(deal), deal.body.terms.unit_price_atomic)
+
+    for outputs, charged, reserved, escrow, price in (sync_calls(), asyncio.run(async_calls())):
+        assert outputs == [{"text": f"T{i}"} for i in range(CONCURRENT)]
+        assert charged == CONCURRENT * price and reserved == 0
+        assert escrow.captured == Money(CONCURRENT * price, "USD")
+    assert check_balances(node.ledger).ok and verify_chain(node.ledger).ok
 
 
 def test_async_errors_are_the_projects_own():
