@@ -410,11 +410,19 @@ class AsyncBuyerAgent(BuyerCore):
         with span_if_active(self._tracer, self.tracer_provider, "paid_call",
                             attributes=lambda: self._span_attributes(planned)) as span:
             stubs = self._stubs(planned.deal.body.seller_endpoint)
-            channel = stubs.unsigned_channel if planned.fresh else stubs.signed_channel
             try:
-                reply = await a2a_pb2_grpc.A2AServiceStub(channel).SendMessage(
-                    _a2a.paid_request(planned), metadata=_a2a.EXTENSION_METADATA,
-                    timeout=RPC_TIMEOUT_S)
+                for attempt in range(MAX_REPLANS + 1):
+                    channel = stubs.unsigned_channel if planned.fresh else stubs.signed_channel
+                    try:
+                        reply = await a2a_pb2_grpc.A2AServiceStub(channel).SendMessage(
+                            _a2a.paid_request(planned), metadata=_a2a.EXTENSION_METADATA,
+                            timeout=RPC_TIMEOUT_S)
+                        break
+                    except grpc.RpcError as error:
+                        again = self._replanned(planned, error, attempt)
+                        if again is None:
+                            raise
+                        planned = again  # a later call's voucher overtook this one's
                 response = _a2a.paid_response(reply.task)
             except grpc.RpcError as error:
                 self._failed(planned, error)

@@ -413,9 +413,17 @@ class BuyerAgent(BuyerCore):
                             attributes=lambda: self._span_attributes(planned)) as span:
             signed, unsigned = self._a2a_stubs(planned.deal.body.seller_endpoint)
             try:
-                task = (unsigned if planned.fresh else signed).SendMessage(
-                    _a2a.paid_request(planned), metadata=_a2a.EXTENSION_METADATA,
-                    timeout=RPC_TIMEOUT_S).task
+                for attempt in range(MAX_REPLANS + 1):
+                    try:
+                        task = (unsigned if planned.fresh else signed).SendMessage(
+                            _a2a.paid_request(planned), metadata=_a2a.EXTENSION_METADATA,
+                            timeout=RPC_TIMEOUT_S).task
+                        break
+                    except grpc.RpcError as error:
+                        again = self._replanned(planned, error, attempt)
+                        if again is None:
+                            raise
+                        planned = again  # a later call's voucher overtook this one's
                 response = _a2a.paid_response(task)
             except grpc.RpcError as error:
                 self._failed(planned, error)

@@ -310,6 +310,37 @@ def test_concurrent_calls_on_one_deal_are_all_answered_and_charged_once(node: Ma
     assert check_balances(node.ledger).ok and verify_chain(node.ledger).ok
 
 
+def test_concurrent_a2a_sends_on_one_deal_are_all_answered_and_charged_once(
+        node: MarketplaceNode):
+    """The same over A2A: SendMessage with the voucher in the message metadata."""
+
+    def sync_sends() -> tuple[list[Any], int, int]:
+        with BuyerAgent("a2a-threads", marketplace=node.address) as buyer:
+            buyer.fund("1.00", "USD")
+            deal = buyer.negotiate(buyer.discover("shout", currency="USD"), "shout",
+                                   quantity=10, budget="0.10", currency="USD")
+            buyer.hire(deal)
+            with ThreadPoolExecutor(10) as pool:
+                results = list(pool.map(lambda i: buyer.send(deal, {"text": f"a{i}"}),
+                                        range(10)))
+            return ([r.output for r in results], buyer.sessions[deal.agreement_id].charged_atomic,
+                    deal.body.terms.unit_price_atomic)
+
+    async def async_sends() -> tuple[list[Any], int, int]:
+        async with AsyncBuyerAgent("a2a-tasks", marketplace=node.address) as buyer:
+            await buyer.fund("1.00", "USD")
+            deal = await buyer.negotiate(await buyer.discover("shout", currency="USD"),
+                                         "shout", quantity=10, budget="0.10", currency="USD")
+            await buyer.hire(deal)
+            results = await asyncio.gather(*(buyer.send(deal, {"text": f"a{i}"})
+                                             for i in range(10)))
+            return ([r.output for r in results], buyer.sessions[deal.agreement_id].charged_atomic,
+                    deal.body.terms.unit_price_atomic)
+
+    for outputs, charged, price in (sync_sends(), asyncio.run(async_sends())):
+        assert outputs == [{"text": f"A{i}"} for i in range(10)] and charged == 10 * price
+
+
 def test_async_errors_are_the_projects_own():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
