@@ -245,6 +245,16 @@ class BuyerCore:
                            settles=voucher_at is None or lost is not None,
                            replannable=voucher_at is None)
 
+    def _again_or_failed(self, planned: PlannedCall, error: grpc.RpcError, attempt: int
+                         ) -> PlannedCall:
+        """The call to send again (`_replanned`), or `error` raised once the call is booked
+        as failed (`_failed`)."""
+        again = self._replanned(planned, error, attempt)
+        if again is None:
+            self._failed(planned, error)
+            raise error
+        return again
+
     def _replanned(self, planned: PlannedCall, error: grpc.RpcError, attempt: int
                    ) -> PlannedCall | None:
         """The call again with a new voucher, when the seller refused its voucher only

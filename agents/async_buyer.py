@@ -323,11 +323,7 @@ class AsyncBuyerAgent(BuyerCore):
                     response = await self._send(planned)
                     break
                 except grpc.RpcError as error:
-                    again = self._replanned(planned, error, attempt)
-                    if again is None:
-                        self._failed(planned, error)
-                        raise
-                    planned = again  # a later call's voucher overtook this one's
+                    planned = self._again_or_failed(planned, error, attempt)
                 except asyncio.CancelledError:  # a timeout around it, or the buyer closed
                     self._failed(planned, None)
                     raise
@@ -418,15 +414,9 @@ class AsyncBuyerAgent(BuyerCore):
                             _a2a.paid_request(planned), metadata=_a2a.EXTENSION_METADATA,
                             timeout=RPC_TIMEOUT_S)
                         break
-                    except grpc.RpcError as error:
-                        again = self._replanned(planned, error, attempt)
-                        if again is None:
-                            raise
-                        planned = again  # a later call's voucher overtook this one's
+                    except grpc.RpcError as error:  # booked as failed unless sent again
+                        planned = self._again_or_failed(planned, error, attempt)
                 response = _a2a.paid_response(reply.task)
-            except grpc.RpcError as error:
-                self._failed(planned, error)
-                raise
             except asyncio.CancelledError:  # a timeout around it, or the buyer closed
                 self._failed(planned, None)
                 raise

@@ -321,11 +321,7 @@ class BuyerAgent(BuyerCore):
                     response = self._send(planned)
                     break
                 except grpc.RpcError as error:
-                    again = self._replanned(planned, error, attempt)
-                    if again is None:
-                        self._failed(planned, error)
-                        raise
-                    planned = again  # a later call's voucher overtook this one's
+                    planned = self._again_or_failed(planned, error, attempt)
             return self._answered(planned, response, span)
 
     def _send(self, planned: PlannedCall) -> agent_pb2.InvokeResponse:
@@ -419,15 +415,9 @@ class BuyerAgent(BuyerCore):
                             _a2a.paid_request(planned), metadata=_a2a.EXTENSION_METADATA,
                             timeout=RPC_TIMEOUT_S).task
                         break
-                    except grpc.RpcError as error:
-                        again = self._replanned(planned, error, attempt)
-                        if again is None:
-                            raise
-                        planned = again  # a later call's voucher overtook this one's
+                    except grpc.RpcError as error:  # booked as failed unless sent again
+                        planned = self._again_or_failed(planned, error, attempt)
                 response = _a2a.paid_response(task)
-            except grpc.RpcError as error:
-                self._failed(planned, error)
-                raise
             except MalformedAnswer as error:
                 self._malformed(planned, error)
                 raise
