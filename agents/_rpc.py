@@ -140,6 +140,9 @@ def async_sdk_method(method: F) -> F:
     @functools.wraps(method)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         _check_open(args)
+        check_loop = getattr(args[0], "_check_loop", None) if args else None
+        if check_loop is not None:
+            check_loop()
         try:
             return await method(*args, **kwargs)
         except grpc.RpcError as error:

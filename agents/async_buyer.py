@@ -48,7 +48,13 @@ from agents._buyer_core import (
 from agents._deal import Deal, MalformedAnswer
 from agents._failover import MAX_SELLERS_TRIED, Failover, unreachable
 from agents._rpc import async_sdk_method, sdk_error
-from agents.errors import AgentmarketError, NegotiationFailed, SellerUnavailable, Unavailable
+from agents.errors import (
+    AgentmarketError,
+    FailedPrecondition,
+    NegotiationFailed,
+    SellerUnavailable,
+    Unavailable,
+)
 from agents.negotiation import Strategy
 from agents.results import CallResult, Escrow, Money, Posting, Wallet, posting_from_message
 from agents.v1 import agent_pb2, agent_pb2_grpc
@@ -97,8 +103,19 @@ class AsyncBuyerAgent(BuyerCore):
                          tracer_provider=tracer_provider, credentials=credentials)
         self._market_stubs: _Market | None = None
         self._sellers: dict[str, _Seller] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None  # its channels' loop, once made
 
     # ---- connections ----------------------------------------------------------------------
+
+    def _check_loop(self) -> None:
+        """grpc.aio channels serve the event loop they were made in: refuse another loop
+        (a second asyncio.run, a thread of its own) with a clear error, not asyncio's."""
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif loop is not self._loop:
+            raise FailedPrecondition("this AsyncBuyerAgent's connections belong to the event "
+                                     "loop it first ran in: make one per event loop")
 
     @property
     def _market(self) -> _Market:

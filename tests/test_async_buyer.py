@@ -29,6 +29,7 @@ from agents import (
     AsyncBuyerAgent,
     BuyerAgent,
     Escrow,
+    FailedPrecondition,
     InvalidAmount,
     Money,
     SellerAgent,
@@ -310,6 +311,15 @@ def test_concurrent_a2a_sends_on_one_deal_are_all_answered_and_charged_once(
 
     for outputs, charged, price in (sync_sends(), asyncio.run(async_sends())):
         assert outputs == [{"text": f"A{i}"} for i in range(10)] and charged == 10 * price
+
+
+def test_an_async_buyer_used_from_a_second_event_loop_says_so(node: MarketplaceNode):
+    """Its grpc.aio channels serve the loop they were made in: a second asyncio.run gets the
+    project's FailedPrecondition, not asyncio's RuntimeError from deep inside grpc."""
+    buyer = AsyncBuyerAgent("one-loop", marketplace=node.address)
+    asyncio.run(buyer.fund("1.00", "USD"))
+    with pytest.raises(FailedPrecondition, match="one per event loop"):
+        asyncio.run(buyer.balance("USD"))
 
 
 def test_async_errors_are_the_projects_own():
