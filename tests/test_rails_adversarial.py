@@ -230,7 +230,8 @@ def test_fulfilling_a_captured_hold_again_with_its_preimage_answers_captured(
     before = _state(ledger)
     again, same = holds.fulfil("f2", hold_id, preimage)  # another key: the payee's own claim
     assert again.hold.status == "captured" and again.fulfilment == preimage.hex()
-    assert same == posting
+    # the same posting (its chain hash may have been sealed in between, on PostgreSQL)
+    assert dataclasses.replace(same, hash="") == dataclasses.replace(posting, hash="")
     assert _state(ledger) == before  # nothing moved twice
     assert ledger.balance(payee).posted_atomic == 400
     with pytest.raises(InvalidArgument, match="does not hash"):
