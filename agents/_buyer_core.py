@@ -235,43 +235,37 @@ class BuyerCore:
         if lost is not None:  # its answer was lost: the same voucher fetches it, charged once
             voucher_at = lost
         if voucher_at is None:
-            revealed = session.index
-            voucher = session.next_voucher(reserve)
-            fresh = voucher.payword_index > revealed  # a new word: proof enough, no signature
-        else:
-            voucher = session.voucher(*voucher_at)
-            fresh = False  # a re-sent voucher proves nothing new: sign it
-        return PlannedCall(deal, request, voucher, reserve, fresh,
-                           settles=voucher_at is None or lost is not None,
-                           replannable=voucher_at is None)
+            return self._with_new_voucher(deal, request, reserve)
+        return PlannedCall(deal, request, session.voucher(*voucher_at), reserve,
+                           False,  # a re-sent voucher proves nothing new: sign it
+                           settles=lost is not None)
+
+    def _with_new_voucher(self, deal: Deal, request: agent_pb2.InvokeRequest, reserve: int
+                          ) -> PlannedCall:
+        """The call paid by the session's next voucher, prepaying `reserve`."""
+        session = self.sessions[deal.agreement_id]
+        revealed = session.index
+        voucher = session.next_voucher(reserve)
+        return PlannedCall(deal, request, voucher, reserve,
+                           voucher.payword_index > revealed,  # a new word: proof enough
+                           settles=True, replannable=True)
 
     def _again_or_failed(self, planned: PlannedCall, error: grpc.RpcError, attempt: int
                          ) -> PlannedCall:
-        """The call to send again (`_replanned`), or `error` raised once the call is booked
-        as failed (`_failed`)."""
-        again = self._replanned(planned, error, attempt)
-        if again is None:
-            self._failed(planned, error)
-            raise error
-        return again
-
-    def _replanned(self, planned: PlannedCall, error: grpc.RpcError, attempt: int
-                   ) -> PlannedCall | None:
         """The call again with a new voucher, when the seller refused its voucher only
         because a later one of this buyer's reached it first (calls on one deal run at once;
         the seller takes words in order): the refused one was planned for this send, and
         others were planned after it. Nothing was reserved at the seller for a refused
-        voucher, so its reserve comes back here first. None: the refusal stands."""
+        voucher, so its reserve comes back here first. Otherwise the refusal stands: the call
+        is booked as failed (`_failed`) and `error` raised."""
         session = self.sessions[planned.deal.agreement_id]
         if not planned.replannable or attempt >= MAX_REPLANS or \
                 error_reason(error) != "INVALID_VOUCHER" or \
                 session.sequence <= planned.voucher.sequence:
-            return None
+            self._failed(planned, error)
+            raise error
         session.settle(planned.reserve_atomic, 0)
-        revealed = session.index
-        voucher = session.next_voucher(planned.reserve_atomic)
-        return PlannedCall(planned.deal, planned.request, voucher, planned.reserve_atomic,
-                           voucher.payword_index > revealed, settles=True, replannable=True)
+        return self._with_new_voucher(planned.deal, planned.request, planned.reserve_atomic)
 
     def _stream_plan(self, deal: Deal, arguments: dict[str, Any], call_id: str | None,
                      max_atomic: int | None) -> tuple[Deal, agent_pb2.InvokeRequest,

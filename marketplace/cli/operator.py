@@ -38,12 +38,13 @@ def open_ledger(db: str) -> Ledger:
     from wallets.store import make_engine
     from wallets.tables import PostingRow
 
-    if db.startswith("sqlite:///"):
-        _check_sqlite_ledger(db, PostingRow.__tablename__)
+    has_ledger = _sqlite_has_table(db, PostingRow.__tablename__) \
+        if db.startswith("sqlite:///") else None
     try:
         engine = make_engine(db)
-        with engine.connect() as conn:
-            has_ledger = inspect(conn).has_table(PostingRow.__tablename__)
+        if has_ledger is None:
+            with engine.connect() as conn:
+                has_ledger = inspect(conn).has_table(PostingRow.__tablename__)
     except (SQLAlchemyError, ModuleNotFoundError, ValueError) as error:
         cause = getattr(error, "orig", None) or error
         fail(f"cannot open the database {db}: {str(cause).splitlines()[0][:200]}")
@@ -52,9 +53,10 @@ def open_ledger(db: str) -> Ledger:
     return Ledger(engine, group_commit=False)
 
 
-def _check_sqlite_ledger(db: str, table: str) -> None:
-    """Fail unless the SQLite file exists and holds `table`, looked at read-only: the engine
-    would switch a wrongly given file to WAL (a write) before anything could refuse it."""
+def _sqlite_has_table(db: str, table: str) -> bool:
+    """Whether the SQLite file holds `table` (fails when there is no such file, or it is no
+    database), looked at read-only: the engine would switch a wrongly given file to WAL (a
+    write) before anything could refuse it."""
     from sqlalchemy.engine import make_url
 
     from marketplace.cli.output import fail
@@ -69,8 +71,7 @@ def _check_sqlite_ledger(db: str, table: str) -> None:
                                  (table,)).fetchone()
     except sqlite3.DatabaseError as error:
         fail(f"cannot open the database {db}: {str(error)[:200]}")
-    if found is None:
-        fail(f"{db} holds no agentmarket ledger (a node's database: agentmarket serve --db)")
+    return found is not None
 
 
 def posting_kinds(ledger: Ledger) -> list[str]:
