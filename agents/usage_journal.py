@@ -91,7 +91,7 @@ class UsageJournal(JournalStore):
     thread. Thread-safe: meant to be called from every thread of a gRPC server's pool."""
 
     def __init__(self, url: str, *, max_batch: int = 512, max_delay_s: float = 0.0,
-                 max_linger_s: float = 0.001, fast_call_s: float = 0.005) -> None:
+                 max_linger_s: float = 0.006, fast_call_s: float = 0.005) -> None:
         """Open the database at `url`, migrate the seller's tables and start the writer.
 
         `max_delay_s`: how long the writer waits for a batch to fill once it holds a row
