@@ -15,7 +15,11 @@ from x402 import x402ResourceServer
 from x402.http import FacilitatorConfig, HTTPFacilitatorClient
 from x402.http.clients.httpx import x402AsyncTransport
 from x402.http.middleware.fastapi import payment_middleware
-from x402.http.utils import decode_payment_required_header, decode_payment_response_header
+from x402.http.utils import (
+    decode_payment_required_header,
+    decode_payment_response_header,
+    encode_payment_signature_header,
+)
 
 from agents.x402 import buyer_client
 from agents.x402.facilitator import PriceScheme
@@ -223,8 +227,8 @@ def _authorisation(market, owner: str, scheme: str = "exact", nonce: str = "") -
 def test_a_settled_authorisation_stays_a_replay_after_a_restart_and_under_another_scheme(
         market):
     """The ledger, not the facilitator's memory, says an authorisation was settled: a new
-    gateway (a restart) refuses it at verify, so does the other scheme; a settle retried
-    after the restart answers the first settlement, paid once."""
+    gateway (a restart) refuses it at verify, so does the other scheme, and a settle of it
+    again is refused as a replay, paid once."""
     from agents.x402 import Gateway
 
     owner = AgentKey.generate().agent_id
@@ -242,10 +246,81 @@ def test_a_settled_authorisation_stays_a_replay_after_a_restart_and_under_anothe
             assert (verified["isValid"], verified["invalidReason"]) == (
                 False, "payload_replayed"), verified
         again = httpx.post(f"{base}/settle", json=paid).json()
-        assert (again["success"], again["transaction"]) == (True, first["transaction"])
+        assert (again["success"], again["errorReason"]) == (False, "payload_replayed"), again
     finally:
         restarted.stop(0)
     assert market.posted(owner) == PRICE_ATOMIC
+
+
+def test_a_settled_authorisation_is_settled_once_whatever_comes_with_it_again(market):
+    """One authorisation buys one answer, as a token refuses a used nonce: settling its nonce
+    again, with the same bytes or with other terms the payer signed, is a replay that moves
+    nothing (the first settlement's transaction named); a forged copy moves nothing either."""
+    from agents.x402 import network as net
+
+    owner, accomplice = AgentKey.generate().agent_id, AgentKey.generate().agent_id
+    nonce = os.urandom(8).hex()
+    paid = _authorisation(market, owner, nonce=nonce)
+    assert httpx.post(f"{market.http.url}/facilitator/verify", json=paid).json()["isValid"]
+    cheap = _authorisation(market, accomplice, nonce=nonce)  # the same nonce, 1 unit elsewhere
+    for part in (cheap["paymentRequirements"], cheap["paymentPayload"]["accepted"]):
+        part["amount"] = "1"
+    cheap["paymentPayload"]["payload"] = net.sign_authorization(
+        market.key, pay_to=accomplice, amount_atomic=1, asset="USD", network=market.network,
+        resource="weather", nonce=nonce, valid_before_ms=10**13)
+    first = httpx.post(f"{market.http.url}/facilitator/settle", json=cheap).json()
+    assert first["success"], first
+    forged = _authorisation(market, owner, nonce=nonce)
+    forged["paymentPayload"]["payload"]["signature"] = "00" * 64
+    for body, reason in ((forged, "invalid_signature"), (paid, "payload_replayed"),
+                         (cheap, "payload_replayed")):
+        again = httpx.post(f"{market.http.url}/facilitator/settle", json=body).json()
+        assert (again["success"], again["errorReason"]) == (False, reason), again
+    assert first["transaction"] in again["errorMessage"]
+    assert (market.posted(owner), market.posted(accomplice)) == (0, 1)
+
+
+def test_one_authorisation_sent_at_once_by_many_requests_pays_one_of_them(market, weather):
+    """The same PAYMENT-SIGNATURE sent five times at once to a resource server: each verifies
+    before any settles, and the ledger lets one settle, so one request is answered and paid;
+    the others get x402's 402."""
+    url, owner = weather
+
+    async def main() -> list[int]:
+        client, _ = buyer_client(market.key, market.network)
+        async with httpx.AsyncClient() as plain:
+            asked = await plain.get(url)
+            required = decode_payment_required_header(asked.headers["payment-required"])
+            header = encode_payment_signature_header(
+                await client.create_payment_payload(required))
+            answers = await asyncio.gather(*(
+                plain.get(url, headers={"PAYMENT-SIGNATURE": header}) for _ in range(5)))
+        return sorted(a.status_code for a in answers)
+
+    assert asyncio.run(main()) == [200, 402, 402, 402, 402]
+    assert market.posted(owner) == PRICE_ATOMIC
+
+
+@pytest.mark.parametrize(("to", "amount"), [("zz", PRICE_ATOMIC), ("payer", PRICE_ATOMIC),
+                                            ("owner", 0)])
+def test_the_facilitator_verifies_only_what_it_would_settle(market, to, amount):
+    """An authorisation the ledger could not post (to no agent id, to the payer itself, of
+    nothing) is refused at verify as at settle, and moves nothing."""
+    from agents.x402 import network as net
+
+    pay_to = {"payer": market.key.agent_id, "owner": AgentKey.generate().agent_id}.get(to, to)
+    body = _authorisation(market, pay_to)
+    for part in (body["paymentRequirements"], body["paymentPayload"]["accepted"]):
+        part["amount"] = str(amount)
+    body["paymentPayload"]["payload"] = net.sign_authorization(
+        market.key, pay_to=pay_to, amount_atomic=amount, asset="USD", network=market.network,
+        resource="weather", nonce=os.urandom(8).hex(), valid_before_ms=10**13)
+    before = market.posted(market.key.agent_id)
+    expected = "invalid_amount" if amount == 0 else "invalid_pay_to"
+    for path in ("verify", "settle"):
+        answer = httpx.post(f"{market.http.url}/facilitator/{path}", json=body).json()
+        assert (answer.get("invalidReason") or answer.get("errorReason")) == expected, answer
+    assert market.posted(market.key.agent_id) == before
 
 
 @pytest.mark.parametrize("amount", ["abc", "1e3", " 5", "\u0665", "-5", "1" * 20])

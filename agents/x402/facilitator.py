@@ -15,6 +15,7 @@ third-party resource servers.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -36,7 +37,7 @@ from agents.x402 import network as net
 from agents.x402 import receipts
 from agents.x402.reasons import Refused
 from agents.x402.sessions import SessionBook, check_terms
-from marketplace.identity import AgentKey
+from marketplace.identity import AgentKey, check_agent_id
 from wallets.caller import calling_as
 from wallets.errors import AgentmarketError
 from wallets.guard import SpendContext
@@ -142,11 +143,10 @@ class LedgerScheme:
             self.sessions.check_open(payment, reserve, _Endpoint(extra.get("sellerEndpoint")))
 
     def _check_authorization(self, payment: net.Authorization,
-                             requirements: PaymentRequirements, *, settling: bool = False
-                             ) -> None:
-        """Refuses a settled authorisation as a replay (its nonce's transfer is on the
-        ledger, whatever this process remembers); `settling`: a settle, which answers its
-        own retry with the first settlement instead."""
+                             requirements: PaymentRequirements) -> None:
+        """Refuses a settled authorisation as a replay, at verify and at settle alike (its
+        nonce's transfer is on the ledger, whatever this process remembers): one
+        authorisation buys one answer, as a token refuses a used EIP-3009 nonce."""
         extra = requirements.extra or {}
         if payment.network != self.network:
             raise Refused("invalid_network", f"this ledger is {self.network}")
@@ -156,6 +156,11 @@ class LedgerScheme:
             raise Refused("invalid_pay_to", "the authorisation pays someone else")
         if payment.amount_atomic != int(requirements.amount):
             raise Refused("invalid_amount", f"the price is {requirements.amount}")
+        if payment.amount_atomic <= 0:
+            raise Refused("invalid_amount", "an authorisation pays a positive amount")
+        if not _is_agent_id(payment.pay_to) or payment.pay_to == payment.payer:
+            raise Refused("invalid_pay_to", "`to` is another agent's id (64 hex characters "
+                                            "of its ed25519 key), not the payer's")
         if payment.resource != str(extra.get("resource", "")):
             raise Refused("invalid_resource", "the authorisation is for another resource")
         if payment.valid_before_ms <= _now_ms():
@@ -163,9 +168,9 @@ class LedgerScheme:
         if not payment.verifies():
             raise Refused("invalid_signature", "the authorisation is not signed by its payer")
         if self._settled(payment):
-            if settling:
-                return
-            raise Refused("payload_replayed", "this authorisation was already settled")
+            first = self._authorised.get((payment.payer, payment.nonce))
+            raise Refused("payload_replayed", "this authorisation was already settled" + (
+                f" (transaction {first.transaction})" if first is not None else ""))
         wallet = self.ledger.find_account(payment.payer, payment.asset)
         if wallet is None or self.ledger.balance(wallet.account_id).available_atomic \
                 < payment.amount_atomic:
@@ -196,20 +201,22 @@ class LedgerScheme:
 
     def _settle_authorization(self, payment: net.Authorization, payload: PaymentPayload,
                               requirements: PaymentRequirements) -> SettleResponse:
-        done = self._authorised.get((payment.payer, payment.nonce))
-        if done is not None and payload.payload.get("signature") == payment.signature.hex():
-            return done  # a retry: the first answer
         self._common(payload, requirements)
-        self._check_authorization(payment, requirements, settling=True)
+        self._check_authorization(payment, requirements)
         wallet = self.ledger.find_account(payment.payer, payment.asset)
         payee = self.ledger.open_account(payment.pay_to, payment.asset)
         if wallet is None:
             raise Refused("insufficient_funds", f"the payer has no {payment.asset} wallet")
-        try:  # a settled one again (a retry after a restart): the ledger's first posting
+        # The memo names this settle attempt, so that of two settles racing past the check
+        # above (two requests carrying one authorisation, here or at another node) the second
+        # is refused by the ledger's idempotency key (ALREADY_EXISTS: payload_replayed)
+        # instead of being answered with the first one's posting as if it had paid.
+        memo = f"x402 settle {os.urandom(6).hex()}: {payment.resource}"[:200]
+        try:
             with calling_as(payment.payer):
                 posting = self.ledger.transfer(
                     _transfer_key(payment), wallet.account_id, payee.account_id,
-                    payment.amount_atomic, memo=f"x402 {payment.resource}"[:200],
+                    payment.amount_atomic, memo=memo,
                     spend=SpendContext(counterparty=payment.pay_to))
         except AgentmarketError as error:
             raise Refused(_reason(error), error.message) from None
@@ -343,6 +350,14 @@ def _payer(payment: Any) -> str | None:
     if isinstance(payment, net.OpenPayload):
         return str(payment.body.buyer_id)
     return None
+
+
+def _is_agent_id(text: str) -> bool:
+    try:
+        check_agent_id(text)
+    except AgentmarketError:
+        return False
+    return True
 
 
 def _reason(error: AgentmarketError) -> str:
