@@ -87,6 +87,26 @@ def test_malformed_payment_headers_are_400(market, header, status, reason):
     assert _ledger_state(market) == before
 
 
+@pytest.mark.parametrize("identified", [False, True])
+def test_a_payment_nested_too_deep_is_400_and_moves_nothing(market, identified):
+    """x402's extension checks recurse through a payload's extensions: one nested hundreds of
+    levels deep would exhaust the stack, so the gateway refuses it as malformed first."""
+    _, payload = _payload(market, "shout")
+    data = payload.model_dump(mode="json", by_alias=True, exclude_none=True)
+    extensions = data.setdefault("extensions", {})
+    if identified:
+        append_payment_identifier_to_extensions(extensions, "pay_deep_0123456789abcd")
+    junk: Any = []
+    for _ in range(600):
+        junk = [junk]
+    extensions["junk"] = junk
+    before = _ledger_state(market)
+    response = _send(market, "shout", _b64(json.dumps(data)))
+    assert (response.status_code, _reason(response)) == (400, "malformed_payment_header")
+    assert "nests at most" in response.json()["message"]
+    assert _ledger_state(market) == before
+
+
 @pytest.mark.parametrize("version", [0, 3, "2", True, 2.0, None])
 def test_only_x402_v2_payloads_are_read(market, version):
     """x402's own decoder reads any version but 1 as v2: the gateway takes 2 alone."""

@@ -38,6 +38,9 @@ ASSETS = tuple(sorted(CURRENCIES))
 AUTHORIZATION_DOMAIN = b"agentmarket x402 authorization v1\n"
 RESPONSE_DOMAIN = b"agentmarket x402 payment response v1\n"
 MAX_PAYLOAD_FIELD_CHARS = 64 * 1024
+# How deep a PaymentPayload may nest: a real one nests a few levels (an extension's schema);
+# x402's extension checks recurse through the whole of it.
+MAX_PAYLOAD_DEPTH = 32
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _NETWORK = re.compile(r"^agentmarket:[0-9a-f]{32}$")
 
@@ -171,11 +174,28 @@ def v2_payload(data: Any) -> PaymentPayload:
         raise PayloadError("invalid_payload", "a PaymentPayload is a JSON object")
     if not is_v2(data.get("x402Version")):
         raise PayloadError("invalid_payload", "x402 v2 payloads only (x402Version 2)")
+    if deeper_than(data, MAX_PAYLOAD_DEPTH):
+        raise PayloadError("invalid_payload", f"a PaymentPayload nests at most "
+                                              f"{MAX_PAYLOAD_DEPTH} levels deep")
     try:
         return PaymentPayload.model_validate(data)
     except ValidationError as error:
         raise PayloadError("invalid_payload", f"not an x402 v2 PaymentPayload: {error}"[:300]
                            ) from None
+
+
+def deeper_than(value: Any, limit: int) -> bool:
+    """Whether JSON `value` nests objects or arrays more than `limit` levels deep; walked
+    without recursion, as what reads a payload later (x402's extension checks) recurses."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def voucher_payload(voucher: agreement_pb2.Voucher) -> dict[str, Any]:
