@@ -67,6 +67,11 @@ def fingerprint(data: Any, listing_id: str, skill: str, arguments: dict[str, Any
     return hashlib.sha256(net.canonical([data, listing_id, skill, arguments])).digest()
 
 
+def payment_fingerprint(data: Any) -> bytes:
+    """The payment payload alone (what only its holder can send), without the request."""
+    return hashlib.sha256(net.canonical(data)).digest()
+
+
 def identifier(payload: PaymentPayload | None) -> tuple[str, str] | None:
     """(whose payment, payment-identifier id): ids are scoped to the agreement (or the payer
     of an authorisation), so one buyer's id never answers another's request."""

@@ -10,7 +10,10 @@ the most gives up its oldest, so a flood spread over many sessions costs its sen
 A retry sent while the first request is still running waits for its answer instead of being
 refused as a replay of the word the first one spent; only the exact same request shares a
 running one, so a stranger who names someone's session and id (but not its word) neither
-reads nor holds up its answer.
+reads nor holds up its answer. The same payment with other arguments or for another resource
+while the first runs is the conflict it would be after (409): only whoever holds that payment
+can send it. An answer larger than `PER_SESSION_BYTES` by itself is not kept (a retry of it
+runs again, and is refused as a replay of its word).
 """
 
 from __future__ import annotations
@@ -53,6 +56,8 @@ class Answers:
     def __init__(self, sessions: SessionBook) -> None:
         self.sessions = sessions
         self._running: dict[tuple[str, str, bytes], asyncio.Future[None]] = {}
+        # (scope, id) of each running request -> (its payment's print, its fingerprint)
+        self._running_prints: dict[tuple[str, str], tuple[bytes, bytes]] = {}
         self._held: dict[str, int] = {}  # bytes of remembered answers per session
         self._total = 0
 
@@ -70,8 +75,8 @@ class Answers:
 
     def remember(self, scope: str, ident: str, answer: Answer) -> None:
         session = self.sessions.sessions.get(scope)
-        if session is None:  # no session (an authorisation, or closed meanwhile): nothing kept
-            return
+        if session is None or answer.size > PER_SESSION_BYTES:  # no session (an authorisation,
+            return  # or closed meanwhile), or an answer past what a session keeps: not kept
         with session.lock:
             replaced = session.answers.pop(ident, None)
             if replaced is not None:
@@ -80,7 +85,8 @@ class Answers:
             session.answers[ident] = answer
             self._held[scope] = self._held.get(scope, 0) + answer.size
             self._total += answer.size
-            while len(session.answers) > PER_SESSION or self._held[scope] > PER_SESSION_BYTES:
+            while session.answers and (len(session.answers) > PER_SESSION
+                                       or self._held.get(scope, 0) > PER_SESSION_BYTES):
                 self._forget_oldest(scope, session)
         while self._total > TOTAL_BYTES:  # the biggest holder gives way: a flood its own
             biggest = max(self._held, key=self._held.__getitem__)
@@ -99,23 +105,33 @@ class Answers:
             del self._held[scope]
 
     async def once(self, scope: str, ident: str, fingerprint: bytes,
-                   run: Callable[[Callable[[], None]], Awaitable[Response]]) -> Response:
+                   run: Callable[[Callable[[], None]], Awaitable[Response]], *,
+                   payment_print: bytes = b"") -> Response:
         """`run(finished)`'s response, or, for a copy of a request still running, its answer
-        once remembered (a copy whose first was not remembered runs on its own). `run`
-        calls `finished()` once its answer is remembered, or will never be: a streamed
-        answer is, after its last event."""
+        once remembered (a copy whose first was not remembered runs on its own); 409 for the
+        running request's payment (`payment_print`) asking something else. `run` calls
+        `finished()` once its answer is remembered, or will never be: a streamed answer is,
+        after its last event."""
         key = (scope, ident, fingerprint)
         running = self._running.get(key)
         if running is not None:
             await asyncio.shield(running)
             remembered = self.first(scope, ident, fingerprint)
             return remembered if remembered is not None else await run(lambda: None)
+        other = self._running_prints.get((scope, ident))
+        if payment_print and other is not None and other[0] == payment_print:
+            return problem(409, "payment_identifier_conflict", "this payment identifier is "
+                                                               "in use with this payment for "
+                                                               "another request")
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._running[key] = done
+        self._running_prints.setdefault((scope, ident), (payment_print, fingerprint))
 
         def finished() -> None:
             if self._running.get(key) is done:
                 del self._running[key]
+                if self._running_prints.get((scope, ident), (b"", b""))[1] == fingerprint:
+                    del self._running_prints[(scope, ident)]
             if not done.done():
                 done.set_result(None)
 

@@ -54,6 +54,7 @@ from agents.x402._door import (
     event,
     fingerprint,
     identifier,
+    payment_fingerprint,
     problem,
     refined,
 )
@@ -203,7 +204,8 @@ class Gateway:
             return first
         return await self.answers.once(scope, ident, request_print, lambda finished: self._paid(
             request, route, payload, arguments, ctx, span,
-            _Remember(scope, ident, request_print, finished)))
+            _Remember(scope, ident, request_print, finished)),
+            payment_print=payment_fingerprint(data))
 
     async def _paid(self, request: Request, route: Route, payload: PaymentPayload | None,
                     arguments: dict[str, Any], ctx: HTTPRequestContext, span: Any,
@@ -285,11 +287,13 @@ class Gateway:
         finally:
             events.put_nowait(None)
             if remember is not None:
-                self.answers.remember(remember.scope, remember.ident, Answer(
-                    remember.fingerprint, 200,
-                    {**headers, "content-type": "text/event-stream; charset=utf-8"},
-                    b"".join(sent)))
-                remember.finished()
+                try:
+                    self.answers.remember(remember.scope, remember.ident, Answer(
+                        remember.fingerprint, 200,
+                        {**headers, "content-type": "text/event-stream; charset=utf-8"},
+                        b"".join(sent)))
+                finally:  # a retry waiting for this answer never waits forever
+                    remember.finished()
 
     async def _relayed(self, route: Route, arguments: dict[str, Any], processed: Any,
                        ctx: HTTPRequestContext, send: Callable[[bytes], None]) -> None:
