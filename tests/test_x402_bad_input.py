@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import socket
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -187,6 +189,31 @@ def test_a_body_over_the_limit_or_not_json_changes_nothing(market):
     assert (broken.status_code, broken.json()["error"]) == (400, "invalid_json")
     unknown = httpx.post(f"{market.http.url}/v1/skills/{'ab' * 32}/shout", json={})
     assert unknown.status_code == 404
+    assert _ledger_state(market) == before
+
+
+def _raw_post(url: str, head: str, body: bytes) -> int:
+    """POST over a bare socket (httpx will not send a Content-Length its body does not
+    fill): the status line of the answer, read as soon as it comes."""
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as conn:
+        conn.sendall(f"POST {parts.path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     f"content-type: application/json\r\n{head}\r\n".encode() + body)
+        return int(conn.recv(4096).split(b" ", 2)[1])
+
+
+def test_a_body_far_over_the_limit_is_refused_without_being_read(market):
+    """A body is read no further than its limit: one declared (Content-Length) or sent in
+    chunks far past it is refused (413; 400 for a session's close, whose body is its small
+    JSON) once the limit is passed, not held in memory whole."""
+    chunk = b"x" * 65_536
+    chunked = (f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n") * 8  # 512 KiB, then nothing
+    before = _ledger_state(market)
+    for url, status in ((market.url("shout"), 413),
+                        (f"{market.http.url}/v1/sessions/{'ab' * 32}/close", 400),
+                        (f"{market.http.url}/facilitator/verify", 413)):
+        assert _raw_post(url, f"content-length: {10**12}\r\n", b"{}") == status
+        assert _raw_post(url, "transfer-encoding: chunked\r\n", chunked) == status
     assert _ledger_state(market) == before
 
 

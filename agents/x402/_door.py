@@ -67,6 +67,21 @@ def fingerprint(data: Any, listing_id: str, skill: str, arguments: dict[str, Any
     return hashlib.sha256(net.canonical([data, listing_id, skill, arguments])).digest()
 
 
+async def body_within(request: Request, limit: int) -> bytes | None:
+    """The request's body, or None once it is over `limit` bytes: read no further than that
+    (a declared Content-Length over it is not read at all), so a huge body costs no memory."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def payment_fingerprint(data: Any) -> bytes:
     """The payment payload alone (what only its holder can send), without the request."""
     return hashlib.sha256(net.canonical(data)).digest()

@@ -22,6 +22,7 @@ from x402 import x402FacilitatorSync
 from x402.schemas import PaymentPayload, PaymentRequirements, SettleResponse, VerifyResponse
 
 from agents.x402 import network as net
+from agents.x402._door import body_within
 from agents.x402.reasons import Refused
 
 MAX_FACILITATOR_BODY_BYTES = 256 * 1024
@@ -31,8 +32,8 @@ def facilitator_app(facilitator: x402FacilitatorSync) -> Starlette:
     """POST /verify, POST /settle, GET /supported (x402's facilitator API)."""
 
     async def parsed(request: Request) -> tuple[PaymentPayload, PaymentRequirements]:
-        raw = await request.body()
-        if len(raw) > MAX_FACILITATOR_BODY_BYTES:
+        raw = await body_within(request, MAX_FACILITATOR_BODY_BYTES)
+        if raw is None:
             raise Refused("body_too_large", "the request is over 256 KiB")
         try:
             data = json.loads(raw)

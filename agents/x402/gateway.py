@@ -51,6 +51,7 @@ from agents.x402 import network as net
 from agents.x402._door import (
     Adapter,
     Unpaid,
+    body_within,
     event,
     fingerprint,
     identifier,
@@ -155,8 +156,8 @@ class Gateway:
             return await self._call(request, span)
 
     async def _call(self, request: Request, span: Any) -> Response:
-        raw = await request.body()
-        if len(raw) > self.max_body_bytes:
+        raw = await body_within(request, self.max_body_bytes)
+        if raw is None:
             return problem(413, "body_too_large", f"the body is over {self.max_body_bytes} "
                                                    "bytes")
         try:
@@ -377,9 +378,9 @@ class Gateway:
     async def close(self, request: Request) -> Response:
         context = propagate.extract(dict(request.headers))
         with self._tracer.start_as_current_span("gateway.close", context=context):
-            raw = await request.body()
+            raw = await body_within(request, 4096)
             try:
-                data = json.loads(raw) if len(raw) <= 4096 else None
+                data = json.loads(raw) if raw is not None else None
                 finish = net.unhex(data["finish"], "finish", 64)  # type: ignore[index]
             except (ValueError, TypeError, KeyError, RecursionError, net.PayloadError):
                 return problem(400, "invalid_json", 'the body is {"finish": "<hex>"}')
