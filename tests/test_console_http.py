@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -113,6 +114,10 @@ def test_every_action_needs_a_session_this_origin_and_the_csrf_token(market: Con
     login_forged = _client(market).post("/console/login", data={
         "token": "x", "operator": "Mallory", "login_nonce": "n"})
     assert login_forged.status_code == 403
+    assert market.approval().status == "pending"
+    chunked = client.post(target, content=iter([urlencode({**form, "csrf_token": csrf}).encode()]),
+                          headers={"content-type": "application/x-www-form-urlencoded"})
+    assert chunked.status_code == 403  # no Content-Length: the body of unknown size is unread
     assert market.approval().status == "pending"
     denied = client.post(target, data={**form, "csrf_token": csrf})
     assert denied.status_code == 303

@@ -194,8 +194,11 @@ def same_origin(request: Request) -> bool:
 
 
 async def read_form(request: Request) -> dict[str, str]:
-    """The form's fields as text (files refused), bounded in size."""
-    if int(request.headers.get("content-length") or 0) > MAX_FORM_BYTES:
+    """The form's fields as text (files refused), bounded in size: a form comes with its
+    Content-Length (a browser's always does), which the HTTP server holds the body to, so a
+    chunked body of unknown size is not read at all."""
+    declared = request.headers.get("content-length", "")
+    if not declared.isdigit() or int(declared) > MAX_FORM_BYTES:
         return {}
     try:
         form = await request.form(max_files=0, max_fields=50)
