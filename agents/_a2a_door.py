@@ -321,8 +321,10 @@ class A2ADoor(a2a_pb2_grpc.A2AServiceServicer):
         except AgentmarketError:
             self.tasks.drop(task_id)
             raise
-        except Exception:
-            task = self._failed(task_id, context_id, "streamed paid skill")
+        except Exception:  # a call the gate answered (charged) never shows as failed
+            answer = self.seller.gate.answered(invoke.agreement_id, invoke.call_id)
+            task = self._failed(task_id, context_id, "streamed paid skill") if answer is None \
+                else _streamed_task(task_id, context_id, invoke.agreement_id, answer)
             self.tasks.put(task)
             yield a2a_pb2.StreamResponse(status_update=a2a_pb2.TaskStatusUpdateEvent(
                 task_id=task_id, context_id=context_id, status=task.status))

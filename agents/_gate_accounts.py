@@ -96,6 +96,21 @@ def decode_response(data: bytes) -> Any:
     return message.FromString(data[1:])
 
 
+def replay_as(response: Any, streamed: bool) -> Any:
+    """A recorded answer in the shape its retry asks for: a unary call retried as a stream
+    gets it as the stream's one, last chunk; a stream retried as a unary call gets its end
+    as the response. Either way the same output, usage and receipt, charged once."""
+    if streamed and isinstance(response, agent_pb2.InvokeResponse):
+        return agent_pb2.StreamChunk(end=agent_pb2.StreamEnd(
+            stop_reason=agent_pb2.STOP_REASON_COMPLETE, output_json=response.output_json,
+            usage=response.usage, receipt=response.receipt))
+    if not streamed and isinstance(response, agent_pb2.StreamChunk):
+        end = response.end
+        return agent_pb2.InvokeResponse(output_json=end.output_json, usage=end.usage,
+                                        receipt=end.receipt)
+    return response
+
+
 class FreshAgreements:
     """Each buyer's countersigned agreements whose offer is still open and that had no call
     yet: all one key can make a seller keep without paying, so it is bounded per key

@@ -37,6 +37,7 @@ from agents._gate_accounts import (
     FreshAgreements,
     decode_response,
     encode_response,
+    replay_as,
     truncate_chain,
 )
 from agents._gate_redeems import GateRedeems
@@ -285,7 +286,8 @@ class PaymentGate(GateRedeems):
             if call.durable is not None and call.durable.done():
                 call.durable = None  # written (a failed record would have unchained the call)
             return Admission(agreement_id, call_id, call.sequence, 0,
-                             replay=decode_response(call.response), durable=call.durable)
+                             replay=replay_as(decode_response(call.response), partial),
+                             durable=call.durable)
         if call.in_flight:
             raise CallInProgress(f"call {call_id!r} is still running; retry shortly")
         unspent = account.available_atomic
