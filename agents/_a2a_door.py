@@ -150,7 +150,10 @@ class A2ADoor(a2a_pb2_grpc.A2AServiceServicer):
                                       f"message metadata {ext.SKILL_KEY!r} "
                                       f"({', '.join(sorted(skills))})")
             return next(iter(skills.values()))
-        if not isinstance(name, str) or name not in skills:
+        if not isinstance(name, str):
+            raise InvalidArgument(f"message metadata {ext.SKILL_KEY!r} is a skill's name (a "
+                                  f"string): one of {', '.join(sorted(skills))}")
+        if name not in skills:
             raise NotFound(f"no skill {str(name)[:64]!r} here ({', '.join(sorted(skills))})")
         return skills[name]
 
@@ -361,7 +364,7 @@ class A2ADoor(a2a_pb2_grpc.A2AServiceServicer):
         if not 0 < size <= MAX_PAGE:
             raise InvalidArgument(f"page_size must be 1..{MAX_PAGE}")
         token = request.page_token or "0"
-        if not token.isdigit() or len(token) > 9:
+        if not (token.isascii() and token.isdigit()) or len(token) > 9:
             raise InvalidArgument("page_token is one this server returned")
         offset = int(token)
         tasks, total = self.tasks.list(request.context_id, request.status, size, offset,

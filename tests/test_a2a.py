@@ -291,6 +291,9 @@ def test_tasks_are_listed_per_context_and_only_waiting_ones_cancel(market: Marke
                 a2a_pb2.SubscribeToTaskRequest(id=task.id), timeout=5)),
              "UNSUPPORTED_OPERATION"),
             (lambda: market.stub.ListTasks(a2a_pb2.ListTasksRequest(), timeout=5),
+             "INVALID_ARGUMENT"),
+            (lambda: market.stub.ListTasks(a2a_pb2.ListTasksRequest(
+                context_id="ctx-a2a-test", page_token="\u00b2"), timeout=5),
              "INVALID_ARGUMENT")):
         with pytest.raises(grpc.RpcError) as caught:
             call()
@@ -536,3 +539,13 @@ def test_a_seller_of_free_skills_only_is_on_no_listing_and_answers_anyone(market
         assert market.buyer.ask(seller.card_url, "hey") == {"text": "HEY"}
     with pytest.raises(Exception, match="only price"):
         skill(price=[free(), per_call("1", "USD")])(lambda text: text)
+
+
+def test_a_skill_named_by_something_else_than_a_string_is_invalid_argument(market: Market):
+    for name in (5, ["echo"]):
+        message = _message(json.dumps({"text": "t"}), f"m-skill-{name!s:.3}",
+                           **{ext.SKILL_KEY: name})
+        with pytest.raises(grpc.RpcError) as caught:
+            market.stub.SendMessage(a2a_pb2.SendMessageRequest(message=message), timeout=5)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+        assert "skill's name" in caught.value.details()
