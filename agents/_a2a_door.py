@@ -259,7 +259,8 @@ class A2ADoor(a2a_pb2_grpc.A2AServiceServicer):
             self.tasks.put(task)
             return task
         task = paid_task_of(task_id, context_id, request.agreement_id, response)
-        self.tasks.paid(task_id, request.agreement_id, request.call_id)  # admitted: indexed
+        self.tasks.paid(task_id, request.agreement_id, request.call_id,  # admitted: indexed
+                        context_id)
         self.tasks.put(task)
         return task
 
@@ -300,7 +301,7 @@ class A2ADoor(a2a_pb2_grpc.A2AServiceServicer):
         first = next(chunks, None)  # admitted (or refused) before the task is announced
         if first is None:
             return
-        self.tasks.paid(task_id, invoke.agreement_id, invoke.call_id)
+        self.tasks.paid(task_id, invoke.agreement_id, invoke.call_id, context_id)
         self._working(task_id, context_id)
         sent = 0
         chunk: Any = first

@@ -67,11 +67,20 @@ def paid_task(task_id: str, context_id: str, agreement_id: str, response: Any) -
 
 
 class TaskStore:
+    """Tasks in memory: unpaid and running ones (`limit` of them, the oldest dropped first)
+    apart from answered paid ones (`limit` more), so that no flood of unpaid messages, which
+    costs its sender nothing, pushes out a task someone paid for; one pushed out by newer
+    paid tasks is still found again in the gate (`_paid_lookup`), in its own context."""
+
     def __init__(self, gate: PaymentGate, limit: int = MAX_TASKS) -> None:
         self.gate = gate
         self.limit = limit
-        self._tasks: OrderedDict[str, a2a_pb2.Task] = OrderedDict()
-        self._paid: dict[str, tuple[str, str]] = {}  # task id -> (agreement id, call id)
+        self._tasks: OrderedDict[str, a2a_pb2.Task] = OrderedDict()  # unpaid, or running
+        self._answered: OrderedDict[str, a2a_pb2.Task] = OrderedDict()  # paid, finished
+        self._order: dict[str, int] = {}  # task id -> when it was last stored (for listing)
+        self._stored = 0
+        # task id -> (agreement id, call id, context id) of an admitted paid call
+        self._paid: dict[str, tuple[str, str, str]] = {}
         self._by_message: dict[tuple[str, ...], str] = {}  # a free message's key -> task id
         self._message_of: dict[str, tuple[str, ...]] = {}  # task id -> its message key
         self._indexed = False
@@ -80,30 +89,41 @@ class TaskStore:
 
     def put(self, task: a2a_pb2.Task, *, message_key: tuple[str, ...] | None = None) -> None:
         with self._lock:
-            self._tasks[task.id] = task
-            self._tasks.move_to_end(task.id)
+            answered = task.id in self._paid and task.status.state in TERMINAL
+            store, other = (self._answered, self._tasks) if answered \
+                else (self._tasks, self._answered)
+            other.pop(task.id, None)
+            store[task.id] = task
+            store.move_to_end(task.id)
+            self._stored += 1
+            self._order[task.id] = self._stored
             if message_key is not None:
                 self._by_message[message_key] = task.id
                 self._message_of[task.id] = message_key
-            while len(self._tasks) > self.limit:
-                old, _ = self._tasks.popitem(last=False)
+            while len(store) > self.limit:
+                old, _ = store.popitem(last=False)
+                self._order.pop(old, None)
                 key = self._message_of.pop(old, None)
                 if key is not None:
                     self._by_message.pop(key, None)
             self._lock.notify_all()
+
+    def _find(self, task_id: str) -> a2a_pb2.Task | None:
+        """(under the lock)"""
+        return self._tasks.get(task_id) or self._answered.get(task_id)
 
     def by_message(self, key: tuple[str, ...]) -> a2a_pb2.Task | None:
         """The task of a resent free message (`key`: sender, context, message id, input
         digest; `A2ADoor._free`)."""
         with self._lock:
             task_id = self._by_message.get(key)
-            return self._tasks.get(task_id) if task_id else None
+            return self._find(task_id) if task_id else None
 
-    def paid(self, task_id: str, agreement_id: str, call_id: str) -> None:
+    def paid(self, task_id: str, agreement_id: str, call_id: str, context_id: str = "") -> None:
         """Index an admitted paid call's task; entries of agreements the gate has forgotten
         (settled, past retention) are dropped whenever the index doubles."""
         with self._lock:
-            self._paid[task_id] = (agreement_id, call_id)
+            self._paid[task_id] = (agreement_id, call_id, context_id)
             if len(self._paid) > self._prune_at:
                 known = set(self.gate.agreements())
                 self._paid = {t: w for t, w in self._paid.items() if w[0] in known}
@@ -112,11 +132,13 @@ class TaskStore:
     def drop(self, task_id: str) -> None:
         with self._lock:
             self._tasks.pop(task_id, None)
+            self._answered.pop(task_id, None)
+            self._order.pop(task_id, None)
             self._lock.notify_all()
 
     def get(self, task_id: str) -> a2a_pb2.Task:
         with self._lock:
-            task = self._tasks.get(task_id)
+            task = self._find(task_id)
         if task is not None:
             return task
         found = self._paid_lookup(task_id)
@@ -131,19 +153,20 @@ class TaskStore:
             if not self._indexed:  # after a restart: index the calls the journal kept
                 for agreement_id, call_id, payword in self.gate.paid_calls():
                     self._paid.setdefault(ext.paid_task_id(agreement_id, call_id, payword),
-                                          (agreement_id, call_id))
+                                          (agreement_id, call_id, ""))
                 self._indexed = True
             where = self._paid.get(task_id)
         if where is None:
             return None
-        response = self.gate.answered(*where)
+        agreement_id, call_id, context_id = where
+        response = self.gate.answered(agreement_id, call_id)
         if response is None:
             return None
-        return paid_task(task_id, task_id, where[0], response)
+        return paid_task(task_id, context_id or task_id, agreement_id, response)
 
     def update(self, task_id: str, change: Callable[[a2a_pb2.Task], None]) -> a2a_pb2.Task:
         with self._lock:
-            task = self._tasks.get(task_id)
+            task = self._find(task_id)
             if task is None:
                 raise TaskNotFound(f"no task {task_id[:64]!r} here")
             change(task)
@@ -153,15 +176,16 @@ class TaskStore:
     def wait_change(self, task_id: str, state: int, timeout_s: float) -> a2a_pb2.Task:
         """The task once its state is no longer `state` (or as it is after `timeout_s`)."""
         with self._lock:
-            self._lock.wait_for(lambda: (t := self._tasks.get(task_id)) is None
+            self._lock.wait_for(lambda: (t := self._find(task_id)) is None
                                 or t.status.state != state, timeout=timeout_s)
         return self.get(task_id)
 
     def list(self, context_id: str, state: int, page_size: int, offset: int,
              include_artifacts: bool) -> tuple[list[a2a_pb2.Task], int]:
         with self._lock:
-            chosen = [t for t in reversed(self._tasks.values()) if t.context_id == context_id
-                      and (not state or t.status.state == state)]
+            chosen = [t for store in (self._tasks, self._answered) for t in store.values()
+                      if t.context_id == context_id and (not state or t.status.state == state)]
+            chosen.sort(key=lambda t: self._order.get(t.id, 0), reverse=True)  # newest first
         page = []
         for task in chosen[offset:offset + page_size]:
             copy = a2a_pb2.Task()
