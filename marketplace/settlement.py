@@ -318,8 +318,9 @@ class Settlement:
             attr.PAYER: row.buyer_id, attr.PAYEE: row.seller_id,
         }) as span:
             if state != st.ACTIVE:  # a retry replays; anything else is refused
-                return self.ledger.mutate(key, "redeem", request, lambda conn: next_state(
-                    locked_row(conn, agreement).state, "redeem_verify"), same, same)
+                return self._confirmed(key, agreement, buyer_confirmation, self.ledger.mutate(
+                    key, "redeem", request, lambda conn: next_state(
+                        locked_row(conn, agreement).state, "redeem_verify"), same, same))
             grace_ms = redeem_grace_ms(row.created_at_ms, row.deadline_ms)
             if self.clock_ms() > row.deadline_ms + grace_ms:
                 raise DeadlinePassed(f"the completion deadline, and the {grace_ms} ms grace for "
@@ -368,8 +369,17 @@ class Settlement:
                     return escrow_dict(conn, agreement)
                 return escrow_of(current._mapping, **changes)
 
-            return self.ledger.mutate(key, "redeem", request,
-                                      self._receipted(agreement, apply), same, same)
+            return self._confirmed(key, agreement, buyer_confirmation, self.ledger.mutate(
+                key, "redeem", request, self._receipted(agreement, apply), same, same))
+
+    def _confirmed(self, key: str, agreement: str, buyer_confirmation: bytes,
+                   escrow: dict[str, Any]) -> dict[str, Any]:
+        """A redeem's outcome, confirmed when it came with the buyer's confirm and is still
+        waiting for the buyer: a retry of a redeem whose answer was lost, now carrying the
+        confirm (a Finish), replays the first outcome and then applies the confirm."""
+        if buyer_confirmation and escrow.get("state") in (st.DELIVERED, st.VERIFIED):
+            return self.confirm(f"{key}:confirm", agreement, buyer_confirmation)
+        return escrow
 
     def _redeemable_unread(self, opened: Opened) -> bool:
         """Whether a redeem may go ahead on what never changes, its state checked only in its

@@ -94,3 +94,21 @@ def test_a_confirm_not_signed_by_the_buyer_is_refused_by_the_seller(market: Mark
     assert "confirm_signature" in (caught.value.details() or "")
     assert market.node.settlement.get(deal.agreement_id) == before  # nothing redeemed
     assert market.buyer.finish(deal).state == AgreementState.SETTLED
+
+
+def test_a_redeem_retried_with_the_buyers_confirm_applies_it(market: Market):
+    """The seller's redeem was answered but the answer lost; the buyer's Finish then sends it
+    again, same key, now carrying the buyer's confirm: the first outcome stands and the confirm
+    pays the work at once, as the first request would have, instead of being dropped."""
+    deal = market.hired()
+    agreement = deal.agreement_id
+    voucher, receipts = market.seller.gate.begin_redeem(agreement)
+    key = f"redeem:{agreement}:{voucher.sequence}"  # the key the seller's redeem uses
+    request = ag.signed_redeem(market.seller.key, agreement, voucher, list(receipts), key)
+    first = market.seller.settlement.Redeem(request, timeout=10)  # its answer "lost"
+    assert first.captured_atomic == 0
+    request.buyer_confirmation = market.buyer.key.sign(ag.request_message("confirm", agreement))
+    again = market.seller.settlement.Redeem(request, timeout=10)
+    assert again.captured_atomic == 2 * deal.body.terms.unit_price_atomic
+    assert market.node.settlement.get(agreement)["state"] == "settled"
+    assert market.seller.settlement.Redeem(request, timeout=10) == again  # and once only
