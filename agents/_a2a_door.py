@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -38,6 +37,7 @@ import grpc
 from a2a.types import a2a_pb2, a2a_pb2_grpc
 
 from agents import _a2a_parts as parts
+from agents._a2a_subscriptions import Subscriptions, Waiting
 from agents._a2a_tasks import TERMINAL, TaskNotCancelable, TaskStore, UnsupportedOperation
 from agents._a2a_tasks import paid_task as paid_task_of
 from agents._serving import MAX_INPUT_BYTES, STOP_NAMES, checked_arguments, utf8_bytes_over
@@ -47,7 +47,6 @@ from agents.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
-    ResourceExhausted,
 )
 from agents.payments import MAX_CALL_ID_CHARS
 from agents.v1 import agent_pb2
@@ -92,7 +91,7 @@ class A2ADoor(a2a_pb2_grpc.A2AServiceServicer):
     def __init__(self, seller: SellerAgent) -> None:
         self.seller = seller
         self.tasks = TaskStore(seller.gate)
-        self._subscribers = threading.BoundedSemaphore(MAX_SUBSCRIBERS)
+        self._subscriptions = Subscriptions(MAX_SUBSCRIBERS, self.tasks.wake)
 
     # ---- messages -------------------------------------------------------------------------
 
@@ -397,16 +396,13 @@ class A2ADoor(a2a_pb2_grpc.A2AServiceServicer):
             if task.status.state != a2a_pb2.TASK_STATE_WORKING:
                 yield a2a_pb2.StreamResponse(task=task)
                 return
-            if not self._subscribers.acquire(blocking=False):
-                raise ResourceExhausted(f"{MAX_SUBSCRIBERS} subscriptions are waiting here "
-                                        "already; poll GetTask, or subscribe again shortly",
-                                        reason="TOO_MANY_SUBSCRIPTIONS")
+            me = self._subscriptions.enter(task.id, self.tasks.holder_of(task.id))
             try:
                 seen = a2a_pb2.StreamResponse(task=task)  # a copy: the stored task changes
                 yield seen
-                later = self._wait_change(seen.task, context)
+                later = self._wait_change(seen.task, context, me)
             finally:
-                self._subscribers.release()
+                self._subscriptions.leave(me)
             if later is not None:
                 yield a2a_pb2.StreamResponse(status_update=a2a_pb2.TaskStatusUpdateEvent(
                     task_id=later.id, context_id=later.context_id, status=later.status,
@@ -414,17 +410,19 @@ class A2ADoor(a2a_pb2_grpc.A2AServiceServicer):
         except AgentmarketError as error:
             abort(context, error)
 
-    def _wait_change(self, task: a2a_pb2.Task, context: grpc.ServicerContext
+    def _wait_change(self, task: a2a_pb2.Task, context: grpc.ServicerContext, me: Waiting
                      ) -> a2a_pb2.Task | None:
-        """The task once it changed, or as it is after SUBSCRIBE_WAIT_S; None once the
+        """The task once it changed, or as it is after SUBSCRIBE_WAIT_S or once another
+        subscription took this one's place (`agents._a2a_subscriptions`); None once the
         subscriber is gone. Waits in short slices, so a subscriber that hung up frees its
         worker thread (and its place) within a slice."""
         state, deadline = task.status.state, time.monotonic() + SUBSCRIBE_WAIT_S
         while context.is_active():
             left = deadline - time.monotonic()
             later = self.tasks.wait_change(task.id, state,
-                                           max(0.0, min(SUBSCRIBE_SLICE_S, left)))
-            if later.status.state != state or left <= SUBSCRIBE_SLICE_S:
+                                           max(0.0, min(SUBSCRIBE_SLICE_S, left)),
+                                           until=lambda: me.ended)
+            if later.status.state != state or left <= SUBSCRIBE_SLICE_S or me.ended:
                 return later
         return None
 

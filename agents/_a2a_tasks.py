@@ -173,12 +173,25 @@ class TaskStore:
             self._lock.notify_all()
             return task
 
-    def wait_change(self, task_id: str, state: int, timeout_s: float) -> a2a_pb2.Task:
-        """The task once its state is no longer `state` (or as it is after `timeout_s`)."""
+    def wait_change(self, task_id: str, state: int, timeout_s: float,
+                    until: Callable[[], bool] = lambda: False) -> a2a_pb2.Task:
+        """The task once its state is no longer `state` (or as it is after `timeout_s`, or
+        once `until()`, checked whenever `wake` is called)."""
         with self._lock:
-            self._lock.wait_for(lambda: (t := self._find(task_id)) is None
+            self._lock.wait_for(lambda: until() or (t := self._find(task_id)) is None
                                 or t.status.state != state, timeout=timeout_s)
         return self.get(task_id)
+
+    def wake(self) -> None:
+        """Wake every `wait_change` to look at its `until` again."""
+        with self._lock:
+            self._lock.notify_all()
+
+    def holder_of(self, task_id: str) -> str:
+        """Whose task this is, as far as the door can tell: its agreement when paid."""
+        with self._lock:
+            where = self._paid.get(task_id)
+        return where[0] if where is not None else task_id
 
     def list(self, context_id: str, state: int, page_size: int, offset: int,
              include_artifacts: bool) -> tuple[list[a2a_pb2.Task], int]:

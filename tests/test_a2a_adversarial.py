@@ -6,7 +6,6 @@ one seller for the module (real servers on loopback)."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -21,7 +20,6 @@ from agents.buyer import Deal
 from agents.skills import free, per_call, skill
 from marketplace import a2a_extension as ext
 from tests.a2a_market import Market, open_market
-from wallets.grpc_errors import error_info
 
 EXT = [(ext.EXTENSIONS_HEADER, ext.URI)]
 
@@ -177,37 +175,65 @@ def test_a_paid_stream_whose_reader_hangs_up_completes_its_task(market: Market):
     assert account.reserved_atomic == 0
 
 
-def test_waiting_subscriptions_are_bounded_and_leave_with_their_caller(market: Market):
-    door = market.door()
-    door.tasks.put(a2a_pb2.Task(id="stuck", context_id="stuck",
+def _working(door: Any, task_id: str, agreement: str = "") -> None:
+    if agreement:  # a paid call's task: its agreement holds it
+        door.tasks.paid(task_id, agreement, f"call-{task_id}", task_id)
+    door.tasks.put(a2a_pb2.Task(id=task_id, context_id=task_id,
                                 status=a2a_pb2.TaskStatus(state=a2a_pb2.TASK_STATE_WORKING)))
-    calls = [market.stub.SubscribeToTask(a2a_pb2.SubscribeToTaskRequest(id="stuck"),
-                                         timeout=30) for _ in range(MAX_SUBSCRIBERS + 3)]
-    outcomes: list[Any] = []
 
-    def first(call: Any) -> None:
-        try:
-            outcomes.append(next(call).task.status.state)
-        except grpc.RpcError as error:
-            outcomes.append(error_info(error).reason)
 
-    threads = [threading.Thread(target=first, args=(c,)) for c in calls]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(10)
-    assert sorted(outcomes, key=str) == sorted(
-        [a2a_pb2.TASK_STATE_WORKING] * MAX_SUBSCRIBERS + ["TOO_MANY_SUBSCRIPTIONS"] * 3,
-        key=str)
-    started = time.monotonic()
-    victim = market.stub.SendMessage(_hello("victim", "victim"), timeout=5).task
-    assert victim.status.state == a2a_pb2.TASK_STATE_COMPLETED
+def _subscribe(market: Market, task_id: str) -> Any:
+    call = market.stub.SubscribeToTask(a2a_pb2.SubscribeToTaskRequest(id=task_id), timeout=30)
+    assert next(call).task.status.state == a2a_pb2.TASK_STATE_WORKING  # none is refused
+    return call
+
+
+def _waiting_on(door: Any) -> list[str]:
+    deadline = time.monotonic() + 5
+    while door._subscriptions.waiting > MAX_SUBSCRIBERS and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return sorted(w.task_id for w in door._subscriptions._waiting if not w.ended)
+
+
+def test_waiting_subscriptions_are_bounded_and_a_crowd_gives_way_first(market: Market):
+    """Each waiting subscription holds a worker thread: at most MAX_SUBSCRIBERS wait, and
+    none is refused. One agreement's crowd of subscriptions on its own working tasks gives
+    way to a newcomer, and crowding in again takes its own places, not the newcomer's."""
+    door = market.door()
+    for n in range(MAX_SUBSCRIBERS + 1):
+        _working(door, f"crowd-{n}", agreement="mallory")
+    _working(door, "victim")
+    crowd = [_subscribe(market, f"crowd-{n}") for n in range(MAX_SUBSCRIBERS)]
+    victim = _subscribe(market, "victim")
+    ended = crowd[0]  # the crowd's oldest gave way: it ends with the task as it stands
+    assert next(ended).status_update.status.state == a2a_pb2.TASK_STATE_WORKING
+    crowd.append(_subscribe(market, f"crowd-{MAX_SUBSCRIBERS}"))
+    assert _waiting_on(door) == sorted(["victim", *(f"crowd-{n}" for n in range(2, 5))])
+    started = time.monotonic()  # the server still answers others at once
+    assert market.stub.SendMessage(_hello("victim", "victim"), timeout=5).task.status.state \
+        == a2a_pb2.TASK_STATE_COMPLETED
     assert time.monotonic() - started < 2
+
+    def finish(task: a2a_pb2.Task) -> None:
+        task.status.state = a2a_pb2.TASK_STATE_COMPLETED
+
+    door.tasks.update("victim", finish)  # the victim's subscription sees its task finish
+    assert next(victim).status_update.status.state == a2a_pb2.TASK_STATE_COMPLETED
+    for call in crowd:
+        call.cancel()
+
+
+def test_waiting_subscriptions_leave_with_their_caller(market: Market):
+    door = market.door()
+    _working(door, "stuck")
+    calls = [_subscribe(market, "stuck")]  # a second one on the task takes the first's place
+    calls.append(_subscribe(market, "stuck"))
+    assert next(calls[0]).status_update.status.state == a2a_pb2.TASK_STATE_WORKING
     for call in calls:
         call.cancel()
     time.sleep(4 * SUBSCRIBE_SLICE_S)  # each waiting subscription notices its caller left
-    later = market.stub.SubscribeToTask(a2a_pb2.SubscribeToTaskRequest(id="stuck"), timeout=10)
-    assert next(later).task.status.state == a2a_pb2.TASK_STATE_WORKING
+    assert door._subscriptions.waiting == 0
+    later = _subscribe(market, "stuck")
 
     def finish(task: a2a_pb2.Task) -> None:
         task.status.state = a2a_pb2.TASK_STATE_COMPLETED
