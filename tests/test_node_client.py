@@ -2,9 +2,10 @@
 paid task against a real `agentmarket serve` node and a Python seller (negotiation with a
 counter-offer, escrow, paid calls with vouchers, signed and unsigned, the receipt chain, finish
 and confirm, and a streamed call), and
-recomputes every protocol test vector. Needs `node` and `npm` (its packages come from the
-registry with `npm ci`, kept in the example's node_modules); skipped without them, except on
-CI (CI=true), where they must be there."""
+recomputes every protocol test vector; and buf (an npm package of the same install) builds and
+lints the contract in protos/ as any client's tooling would. Needs `node` and `npm` (its
+packages come from the registry with `npm ci`, kept in the example's node_modules); skipped
+without them, except on CI (CI=true), where they must be there."""
 
 from __future__ import annotations
 
@@ -55,6 +56,16 @@ def node() -> str:
                              f"{done.stderr.strip()[-500:]}")
             STAMP.write_text(lock)
     return node  # type: ignore[return-value]
+
+
+def test_buf_builds_and_lints_the_contract(node: str):
+    """`buf build` and `buf lint` (protos/buf.yaml: buf's STANDARD rules, the exceptions named
+    there and why) pass on protos/ as published."""
+    buf = CLIENT / "node_modules" / ".bin" / "buf"
+    for command in ("build", "lint"):
+        done = subprocess.run([str(buf), command], cwd=ROOT / "protos", capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, f"buf {command}:\n{done.stdout}{done.stderr}"
 
 
 def test_the_node_client_recomputes_every_protocol_vector(node: str):
