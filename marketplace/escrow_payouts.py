@@ -87,14 +87,17 @@ class Payouts:
                            paid: list[tuple[str, int]]) -> None:
         """The hold ran out before release (the node was down past its grace): the money went
         back to the buyer, so the verified work is paid from the buyer's wallet instead, in one
-        linked posting. If the wallet cannot pay, the error leaves the agreement as it was and
-        the next sweep tries again; the shortfall shows in `agentmarket agreements`."""
+        linked posting, past the wallet's spending controls as the capture would have been (the
+        hold passed them when placed: a freeze or a policy set since cannot refuse work the
+        buyer already owes). If the wallet cannot pay, the error leaves the agreement as it was
+        and the next sweep tries again; the shortfall shows in `agentmarket agreements`."""
         if hold.status == "open":  # past its timeout, not yet swept: release it first
             self.ledger.void_in(conn, f"expire:{row.hold_id}", row.hold_id, kind="expire")
         transfers = [Transfer(buyer, account, amount) for account, amount in paid]
         if transfers:
             self.ledger.post_linked_in(conn, f"{key}:lapsed-capture", transfers,
-                                       kind="capture", memo="verified work after a lapsed hold")
+                                       kind="capture", memo="verified work after a lapsed hold",
+                                       guarded=False)
 
     def refund_in(self, conn: Connection, key: str, agreement: str,
                    parties: dict[str, str]) -> None:

@@ -130,7 +130,9 @@ def _due() -> hot.Statement:
     due = or_(and_(ESCROWS.c.state == st.ACTIVE, ESCROWS.c.deadline_ms + grace < now),
               and_(or_(*(ESCROWS.c.state == state for state in st.AWAITING_RELEASE)),
                    ESCROWS.c.release_at_ms <= now))
-    return hot.Statement(select(ESCROWS).where(due).limit(SWEEP_LIMIT))
+    after = ESCROWS.c.agreement_id > bindparam("after")  # a page past the ones swept
+    return hot.Statement(select(ESCROWS).where(due, after).order_by(ESCROWS.c.agreement_id)
+                         .limit(SWEEP_LIMIT))
 
 
 _DUE = _due()
@@ -454,17 +456,23 @@ class Settlement:
 
     def sweep(self) -> int:
         """Expire undelivered agreements past their deadline; release delivered and verified
-        work whose dispute window has closed. Returns how many agreements moved."""
-        with hot.reading(self.engine) as conn:
-            rows = _DUE.all(conn, {"now": self.clock_ms()})
-        moved = 0
-        for row in rows:
-            try:
-                self._sweep_one(row)
-                moved += 1
-            except AgentmarketError as error:  # e.g. settled meanwhile: the next one
-                log.warning("sweep of agreement %s: %s", row.agreement_id, error.message)
-        return moved
+        work whose dispute window has closed. Returns how many agreements moved. Every due
+        agreement is reached, a page of SWEEP_LIMIT at a time in id order: one that cannot move
+        (its payee's wallet refuses the credit, say) stays due for the next sweep without
+        keeping any other from moving, however many of them one party makes."""
+        moved, after, now = 0, "", self.clock_ms()
+        while True:
+            with hot.reading(self.engine) as conn:
+                rows = _DUE.all(conn, {"now": now, "after": after})
+            for row in rows:
+                try:
+                    self._sweep_one(row)
+                    moved += 1
+                except AgentmarketError as error:  # e.g. settled meanwhile: the next one
+                    log.warning("sweep of agreement %s: %s", row.agreement_id, error.message)
+            if len(rows) < SWEEP_LIMIT:
+                return moved
+            after = rows[-1].agreement_id
 
     def _sweep_one(self, row: Any) -> None:
         """Its key is the node's own (NODE_SCOPE): no party can have used it first."""

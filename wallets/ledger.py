@@ -293,20 +293,23 @@ class Ledger(LedgerHolds, LedgerReads, MutationRunner):
 
     def post_linked_in(self, conn: Connection, key: str, transfers: Sequence[Transfer], *,
                        memo: str = "", kind: str = "transfer",
-                       spend: SpendContext | None = None) -> Posting:
+                       spend: SpendContext | None = None, guarded: bool = True) -> Posting:
         """`post_linked` inside a caller's transaction (FX posts one per currency in one); the
-        caller has checked the transfers as `post_linked` does."""
+        caller has checked the transfers as `post_linked` does. `guarded` False: debits the
+        wallets' controls already passed once (work whose escrow hold lapsed before it was
+        paid: the hold was checked when placed), not put to them again, as a capture is not."""
         deltas: dict[str, int] = {}
         for t in transfers:
             deltas[t.debit_account_id] = deltas.get(t.debit_account_id, 0) - t.amount_atomic
             deltas[t.credit_account_id] = deltas.get(t.credit_account_id, 0) + t.amount_atomic
         if self._sqlite:  # one statement: the accounts, and which wallets have controls
             accounts, controlled = hot.accounts_with_controls(conn, deltas)
-            if not self.spend_guard.idle(transfers, accounts, spend, controlled):
+            if guarded and not self.spend_guard.idle(transfers, accounts, spend, controlled):
                 self.spend_guard.check(conn, key, kind, transfers, accounts, spend)
         else:
             accounts = self._accounts_for(conn, deltas)
-            self.spend_guard.check(conn, key, kind, transfers, accounts, spend)  # spend-guard
+            if guarded:
+                self.spend_guard.check(conn, key, kind, transfers, accounts, spend)
         legs = [Leg(a, accounts[a].currency, posted_atomic=d) for a, d in deltas.items()]
         return self._post(conn, key, kind, legs, memo=memo)
 
