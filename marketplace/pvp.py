@@ -18,8 +18,13 @@ name it) and the party's own key (so nobody else can take the key first):
                                     leg 1 before T_source
 
 Both legs are captured by the preimage, or both are voided by their ledgers' own timeouts: if
-the seller never claims, leg 2 voids at T_destination and leg 1 at T_source, and nobody holds
-the preimage to capture leg 1 alone. Why the provider cannot lose: it reveals nothing and its
+the seller never claims, leg 2 voids at T_destination and leg 1 at T_source, and no honest
+party reveals the preimage to capture leg 1 alone. The seller holds it, though: a seller and
+a provider who collude can let leg 2 void and fulfil leg 1 with it before T_source, taking the
+buyer's money while the seller's leg pays nothing (the buyer then holds receipts showing leg 1
+settled and leg 2 voided, its evidence against them). As with any hash-locked exchange, a buyer
+relies on the seller and the provider not colluding, or on a provider it trusts. Why the
+provider cannot lose: it reveals nothing and its
 money moves only when the seller claims leg 2, which shows the preimage on the destination
 ledger no later than T_destination; it then has the whole margin (T_source - T_destination) to
 claim leg 1. The margin must therefore exceed the longest outage of the source node (or of the

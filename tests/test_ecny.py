@@ -11,7 +11,7 @@ from marketplace.receipts import ReceiptBook
 from marketplace.testing import Harness, make_skill
 from wallets.audit import check_balances
 from wallets.ecny import CNY_ATOMIC, DEFAULT_TIERS, EcnyGuard, EcnyRules, EcnyWallets, TierLimit
-from wallets.errors import InvalidAmount, InvalidArgument
+from wallets.errors import FailedPrecondition, InvalidAmount, InvalidArgument
 from wallets.ledger import Ledger
 from wallets.rails_ecny import EcnyRail
 from wallets.service import WalletService
@@ -186,3 +186,20 @@ def test_a_prepayment_past_the_tier_is_refused_when_the_funds_would_be_held(mark
     buyer = market.ledger.find_account(market.buyer.agent_id, "ECNY")
     assert market.ledger.balance(buyer.account_id).available_atomic == cny("5000")
     assert market.ledger.holds(account_id=buyer.account_id) == []
+
+
+def test_a_top_up_reference_pays_the_wallet_it_was_made_out_to_and_no_other(ecny):
+    """An operator's top-up is made out to one wallet: its reference, claimed again for another
+    wallet (by anyone who learns it), is refused and credits nothing."""
+    ledger, wallets, _ = ecny
+    alice = _wallet(ledger, wallets, "alice")
+    eve = _wallet(ledger, wallets, "eve")
+    wallets.deposit("TOPUP-0001", alice, cny("100"), "ECNY")
+    before = _state(ledger)
+    for amount in ("100", "900"):
+        with pytest.raises(FailedPrecondition) as refused:
+            wallets.deposit("TOPUP-0001", eve, cny(amount), "ECNY")
+        assert refused.value.reason == "DEPOSIT_REFERENCE_USED"
+    assert _state(ledger) == before
+    assert wallets.deposit("TOPUP-0001", alice, cny("100"), "ECNY").kind == "deposit"  # retry
+    assert ledger.balance(alice).posted_atomic == cny("100")

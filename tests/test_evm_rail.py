@@ -20,7 +20,14 @@ from eth_account import Account
 from eth_account.messages import encode_defunct
 
 from wallets.audit import check_balances, verify_chain
-from wallets.errors import FailedPrecondition, InvalidAmount, InvalidArgument, PermissionDenied
+from wallets.controls import WalletControls
+from wallets.errors import (
+    AgentmarketError,
+    FailedPrecondition,
+    InvalidAmount,
+    InvalidArgument,
+    PermissionDenied,
+)
 from wallets.evm import (
     AuthorizationRefused,
     TransferAuthorization,
@@ -32,6 +39,7 @@ from wallets.evm import (
 from wallets.evm.chain import ARTIFACT
 from wallets.evm.rail import ATOMIC_PER_UNIT
 from wallets.ledger import Ledger
+from wallets.policies import Policy
 from wallets.service import WalletService
 
 CONFIRMATIONS = 3
@@ -186,6 +194,31 @@ def test_a_withdrawal_pays_once_with_its_hash_on_the_posting(ledger: Ledger, rai
     with pytest.raises(InvalidArgument, match="destination"):  # a chain rail needs one
         WalletService(ledger, rails=[rail]).withdraw("w3", account, ATOMIC_PER_UNIT, "USDC",
                                                      rail.name)
+
+
+def test_an_approved_withdrawal_pays_the_address_approved_and_no_other(ledger: Ledger, rail,
+                                                                        chain):
+    """The wallet's controls judge a withdrawal by its destination address: an approval is
+    for that address, so the same request retried to another one is refused, not paid."""
+    alice = _holder(chain, 500)
+    account = _register(rail, ledger, alice)
+    _send(chain, alice, rail.address, 500)
+    chain.mine(CONFIRMATIONS)
+    rail.scan()
+    controls = WalletControls(ledger)
+    controls.set_policy("policy", account, Policy(approval_threshold_atomic=100 * ATOMIC_PER_UNIT))
+    approved, other = Account.create().address, Account.create().address
+    with pytest.raises(AgentmarketError) as asked:
+        rail.withdraw("w1", account, 300 * ATOMIC_PER_UNIT, approved)
+    assert asked.value.reason == "APPROVAL_REQUIRED"
+    [pending] = controls.approvals(account_id=account)
+    assert pending.counterparty == f"evm:{approved.lower()}"  # what the approver sees
+    controls.approve("ok", pending.approval_id, decided_by="operator")
+    with pytest.raises(AgentmarketError):
+        rail.withdraw("w1", account, 300 * ATOMIC_PER_UNIT, other)
+    assert _chain_units(chain, other) == 0
+    rail.withdraw("w1", account, 300 * ATOMIC_PER_UNIT, approved)
+    assert _chain_units(chain, approved) == 300
 
 
 def test_a_payout_lost_before_broadcast_or_to_a_reorg_is_sent_again_once(ledger: Ledger,

@@ -30,7 +30,7 @@ from wallets.ledger import Ledger
 from wallets.models import Leg
 from wallets.rails import SandboxRail
 from wallets.service import WalletService
-from wallets.v1 import conditional_pb2, conditional_pb2_grpc, wallet_pb2
+from wallets.v1 import conditional_pb2, conditional_pb2_grpc, wallet_pb2, wallet_pb2_grpc
 
 USD, ECNY = 10**9, 10**9  # one unit of each, atomic
 
@@ -208,6 +208,46 @@ def test_a_hash_locked_hold_to_its_own_account_is_refused_over_grpc(tmp_path):
         balance = node.ledger.balance(account)
         assert (balance.posted_atomic, balance.available_atomic,
                 balance.pending_debits_atomic) == (5 * USD, 5 * USD, 0)
+    finally:
+        node.stop(0)
+
+
+def test_holds_and_transfers_that_no_rail_could_honour_are_refused_over_grpc(tmp_path):
+    """A hash-locked hold of nothing, or naming no payee, is INVALID_ARGUMENT; money sent to a
+    rail account by Transfer or a hold (which the rail would never pay out, leaving the account
+    no longer mirroring what the rail holds) is PERMISSION_DENIED. Nothing moves."""
+    node = MarketplaceNode(f"sqlite:///{tmp_path / 'n.db'}", sweep_interval_s=3600).start()
+    try:
+        me = AgentKey.generate()
+        account = _wallet(node, me, "USD", 5 * USD)
+        payee = node.ledger.open_account(AgentKey.generate().agent_id, "USD").account_id
+        rail = node.wallets.rail_account(node.wallets.rail("", "USD")).account_id
+        before = _state(node.ledger)
+        expires = time.time_ns() // 1_000_000 + 60_000
+
+        def hold(to: str, amount: int) -> conditional_pb2.ConditionalHoldRequest:
+            return conditional_pb2.ConditionalHoldRequest(
+                idempotency_key=os.urandom(8).hex(), debit_account_id=account,
+                credit_account_id=to, amount=wallet_pb2.Money(amount_atomic=amount,
+                                                              currency="USD"),
+                condition_sha256=condition_of(os.urandom(32)), expires_at_ms=expires)
+
+        with signed_channel(node.address, me) as channel:
+            holds = conditional_pb2_grpc.ConditionalHoldServiceStub(channel)
+            transfer = wallet_pb2_grpc.WalletServiceStub(channel).Transfer
+            for call, code in (
+                    (lambda: holds.Hold(hold(payee, 0), timeout=5), "INVALID_ARGUMENT"),
+                    (lambda: holds.Hold(hold("", USD), timeout=5), "INVALID_ARGUMENT"),
+                    (lambda: holds.Hold(hold(rail, USD), timeout=5), "PERMISSION_DENIED"),
+                    (lambda: transfer(wallet_pb2.TransferRequest(
+                        idempotency_key="to-rail", debit_account_id=account,
+                        credit_account_id=rail, amount=wallet_pb2.Money(
+                            amount_atomic=USD, currency="USD")), timeout=5),
+                     "PERMISSION_DENIED")):
+                with pytest.raises(grpc.RpcError) as refused:
+                    call()
+                assert refused.value.code().name == code, refused.value.details()
+        assert _state(node.ledger) == before
     finally:
         node.stop(0)
 

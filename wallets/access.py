@@ -116,6 +116,13 @@ class WalletAccess:
     def _account(self, account_id: str) -> Balance:
         return self.ledger.balance(account_id)
 
+    def refuse_rail_payee(self, account_id: str) -> None:
+        """A rail account mirrors what its rail holds outside (tokens on chain, a bank's
+        float): money reaches it by Withdraw alone, never as a payment that sends nothing."""
+        if account_id and self._account(account_id).kind == "rail":
+            raise Forbidden("rail-accounts-move-by-rail", f"account {account_id} is a rail "
+                                                          "account: pay out with Withdraw")
+
     def _acts_for(self, caller: str, account: Balance) -> bool:
         """The caller is the account's owner (agents), or the marketplace (system accounts)."""
         if is_key(account.owner):
@@ -160,6 +167,7 @@ class WalletAccess:
                 raise Forbidden("rail-accounts-move-by-rail", f"account {account_id} is a rail "
                                                               "account: only Deposit and "
                                                               "Withdraw move it")
+            self.refuse_rail_payee(getattr(request, "credit_account_id", ""))
             if request.spender_id and request.spender_id != caller:
                 raise Forbidden("spender-is-caller", f"spender_id must be the caller "
                                                      f"({_short(caller)}), not "

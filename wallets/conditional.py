@@ -29,6 +29,7 @@ from sqlalchemy import Connection, select, update
 
 from wallets._holds import MAX_HOLD_TIMEOUT_S
 from wallets._ledger_reads import hold_from_row
+from wallets.currencies import check_amount
 from wallets.errors import FailedPrecondition, InvalidArgument, NotFound
 from wallets.guard import SpendContext
 from wallets.ledger import HOLDS, POSTINGS, Ledger
@@ -84,6 +85,7 @@ class ConditionalHolds:
         """Reserve `amount_atomic` for the credit account until `expires_at_ms` (absolute, this
         ledger's clock: legs on several ledgers name the same instants), locked to the
         condition. The debit goes through the wallet's policy like any hold."""
+        check_amount(amount_atomic)
         check_condition(condition_sha256)
         self._check_expiry(expires_at_ms)
         request: dict[str, Any] = {"debit": debit_account_id, "credit": credit_account_id,
@@ -101,6 +103,7 @@ class ConditionalHolds:
     def hold_in(self, conn: Connection, key: str, debit_account_id: str,
                 credit_account_id: str, amount_atomic: int, *, condition_sha256: str,
                 expires_at_ms: int, spend: SpendContext | None = None) -> ConditionalHold:
+        check_amount(amount_atomic)
         check_condition(condition_sha256)
         timeout_s = self._check_expiry(expires_at_ms)
         hold = self.ledger.hold_in(conn, key, debit_account_id, credit_account_id,

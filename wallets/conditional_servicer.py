@@ -76,10 +76,12 @@ def conditional_rules(access: WalletAccess) -> dict[str, Rule]:
                                                  f"{_short(caller)} is neither")
 
     def spend(caller: str, request: Any) -> None:
-        if request.debit_account_id and access._account(request.debit_account_id).kind \
-                == "rail":
+        if not request.debit_account_id or not request.credit_account_id:
+            raise InvalidArgument("debit_account_id and credit_account_id are required")
+        if access._account(request.debit_account_id).kind == "rail":
             raise Forbidden("rail-accounts-move-by-rail", "a rail account is moved only by "
                                                           "Deposit and Withdraw")
+        access.refuse_rail_payee(request.credit_account_id)
         if not access._acts_for(caller, access._account(request.debit_account_id)):
             raise Forbidden("wallet-owner-spends", f"only the owner of account "
                                                    f"{request.debit_account_id} places holds "

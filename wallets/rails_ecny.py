@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from wallets.currencies import Currency, currency
-from wallets.errors import InvalidAmount
+from wallets.errors import FailedPrecondition, InvalidAmount
 
 FEN_ATOMIC = currency("ECNY").rail_step_atomic
 
@@ -29,11 +29,17 @@ class EcnyRail:
     settlement_delay_s: int = 0
     currency: Currency = field(default_factory=lambda: currency("ECNY"))
     payouts: dict[str, int] = field(default_factory=dict)
-    top_ups: dict[str, int] = field(default_factory=dict)
+    top_ups: dict[str, tuple[int, str]] = field(default_factory=dict)  # amount, wallet
 
     def confirm_deposit(self, reference: str, amount_atomic: int, account_id: str) -> None:
+        """Confirm a top-up once per reference: the same reference again is confirmed only for
+        the wallet it was first made out to (an operator's top-up pays one wallet; the ledger
+        then answers a retry for that wallet as its first deposit)."""
         _whole_fen(amount_atomic)
-        self.top_ups.setdefault(reference, amount_atomic)
+        first = self.top_ups.setdefault(reference, (amount_atomic, account_id))
+        if first[1] != account_id:
+            raise FailedPrecondition(f"top-up {reference!r} was made out to another wallet, "
+                                     f"not {account_id}", reason="DEPOSIT_REFERENCE_USED")
 
     def send_payout(self, reference: str, amount_atomic: int) -> None:
         _whole_fen(amount_atomic)

@@ -29,6 +29,7 @@ from wallets.currencies import check_amount
 from wallets.errors import InvalidAmount, InvalidArgument
 from wallets.evm.addresses import checked_address
 from wallets.evm.chain import ATOMIC_PER_UNIT
+from wallets.guard import SpendContext
 from wallets.ledger import Ledger
 from wallets.models import Posting, Transfer
 from wallets.rails import payout_reference
@@ -96,10 +97,12 @@ class Payouts:
                 "chainId": chain_id, **fees})
             signed = self.hot_wallet.sign_transaction(tx)
             tx_hash = "0x" + bytes(signed.hash).hex()
-            posting = self.ledger.post_linked_in(
+            posting = self.ledger.post_linked_in(  # the wallet's controls judge (and an
+                # approval binds) the destination address, not the rail that pays it
                 conn, key, [Transfer(account_id, self.rail_account, units * ATOMIC_PER_UNIT)],
                 kind="withdrawal", memo=f"USDC withdrawal via {self.name} to {to_address} "
-                                        f"tx {tx_hash}")
+                                        f"tx {tx_hash}",
+                spend=SpendContext(counterparty=f"evm:{to_address.lower()}"))
             conn.execute(insert(WITHDRAWALS).values(
                 idempotency_key=reference, rail=self.name, account_id=account_id,
                 to_address=to_address.lower(), amount_units=units, nonce=nonce,
