@@ -189,8 +189,12 @@ class LedgerHolds(LedgerReads, MutationRunner):
         return self.mutate(key, "void", {"hold": hold_id}, apply,
                            Posting.to_json, Posting.from_json)
 
-    def void_in(self, conn: Connection, key: str, hold_id: str, *, kind: str = "void") -> Posting:
-        hold = self._open_hold(conn, hold_id) if kind == "void" else self._hold_row(conn, hold_id)
+    def void_in(self, conn: Connection, key: str, hold_id: str, *, kind: str = "void",
+                checked: bool = False) -> Posting:
+        """`checked`: the caller read the hold open in this transaction and may void it though
+        it is hash-locked (its payee declining it: `wallets.conditional`)."""
+        hold = self._open_hold(conn, hold_id) if kind == "void" and not checked \
+            else self._hold_row(conn, hold_id)
         left = hold.open_atomic
         posting = self._post(conn, key, kind, [
             Leg(hold.debit_account_id, hold.currency, pending_debit_atomic=-left),

@@ -102,7 +102,7 @@ class WalletAccess:
             "GetPolicy": self._read, "Deposit": self._deposit, "Withdraw": self._withdraw,
             "Transfer": self._spend("debit_account_id"), "Hold": self._spend("debit_account_id"),
             "Convert": self._spend("from_account_id"), "Capture": self._marketplace,
-            "Void": self._marketplace, "SetPolicy": self._control, "Freeze": self._control,
+            "Void": self._void, "SetPolicy": self._control, "Freeze": self._control,
             "Unfreeze": self._operator, "Approve": self._operator, "Deny": self._operator,
             "ListAlerts": self._list, "ListApprovals": self._list,
             "GrantMandate": self._grant, "GetMandate": self._get_mandate,
@@ -183,6 +183,20 @@ class WalletAccess:
             # a delegate: the ledger checks the mandate names this wallet and this spender
 
         return rule
+
+    def _void(self, caller: str, request: Any) -> None:
+        """The marketplace voids holds; the payee of a hash-locked hold may decline it
+        (`wallets.conditional`: it gives up only its own claim)."""
+        if self.principals.is_marketplace(caller) or self.declines(caller, request.hold_id):
+            return
+        self._marketplace(caller, request)
+
+    def declines(self, caller: str, hold_id: str) -> bool:
+        """Whether `caller` is the payee of hash-locked hold `hold_id` (a Void of it by them
+        declines it)."""
+        from wallets.conditional import hash_locked_payee
+
+        return bool(caller) and hash_locked_payee(self.ledger, hold_id) == caller
 
     def _marketplace(self, caller: str, request: Any) -> None:
         if not self.principals.is_marketplace(caller):

@@ -5,8 +5,11 @@ HTLC of payment channels, the payment-versus-payment legs of `marketplace.pvp`):
 with `condition_sha256` is captured, whole and to its own credit account, only by whoever shows
 a 32-byte preimage that hashes to it, and only before its absolute expiry `expires_at_ms`;
 after that the ledger's own timeout voids it like any hold. Nobody can void it earlier, not the
-payer, not the payee, not the marketplace: the party that paid on another ledger against the
-same condition relies on being able to claim this leg with the preimage until the expiry.
+payer, not the marketplace: the party that paid on another ledger against the same condition
+relies on being able to claim this leg with the preimage until the expiry. That party is the
+leg's payee, so the payee alone may decline a hold made out to it (`decline`): it gives up only
+its own claim, and a stranger's unsolicited hold (which counts against an e-CNY wallet's
+balance cap) does not sit on its wallet until the expiry.
 
 The lock lives on the hold's own row (`ledger_holds.condition_sha256`), checked by the ledger
 inside every capture and void (`Ledger._open_hold`): a plain `capture` or `void` of a locked
@@ -30,7 +33,7 @@ from sqlalchemy import Connection, select, update
 from wallets._holds import MAX_HOLD_TIMEOUT_S
 from wallets._ledger_reads import hold_from_row
 from wallets.currencies import check_amount
-from wallets.errors import FailedPrecondition, InvalidArgument, NotFound
+from wallets.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from wallets.guard import SpendContext
 from wallets.ledger import HOLDS, POSTINGS, Ledger
 from wallets.models import Hold, Posting
@@ -71,6 +74,21 @@ def check_preimage(preimage: bytes) -> bytes:
     if not isinstance(preimage, bytes) or len(preimage) != PREIMAGE_BYTES:
         raise InvalidArgument(f"a preimage is exactly {PREIMAGE_BYTES} bytes")
     return preimage
+
+
+def hash_locked_payee(ledger: Ledger, hold_id: str) -> str:
+    """The owner of a hash-locked hold's credit account ('' for any other or unknown hold)."""
+    if not isinstance(hold_id, str) or not 0 < len(hold_id) <= 40:
+        return ""
+    with ledger.engine.connect().execution_options(agentmarket_read=True) as conn:
+        row = conn.execute(select(HOLDS.c.credit_account_id, HOLDS.c.condition_sha256)
+                           .where(HOLDS.c.id == hold_id)).first()
+    if row is None or not row.condition_sha256:
+        return ""
+    try:
+        return ledger.balance(row.credit_account_id).owner
+    except NotFound:
+        return ""
 
 
 class ConditionalHolds:
@@ -153,6 +171,26 @@ class ConditionalHolds:
         conn.execute(update(HOLDS).where(HOLDS.c.id == hold_id).values(
             fulfilment=preimage.hex()))
         return ConditionalHold(self._row(conn, hold_id)[0], condition, preimage.hex()), posting
+
+    def decline(self, key: str, hold_id: str, payee: str) -> Posting:
+        """The payee refuses a hash-locked hold made out to it: the money goes back to the payer
+        at once. `payee`: the caller, who must own the hold's credit account."""
+        def apply(conn: Connection) -> Posting:
+            hold, condition, _fulfilment = self._row(conn, hold_id)
+            if not condition:
+                raise FailedPrecondition(f"hold {hold_id} is not hash-locked: the marketplace "
+                                         "voids it")
+            owner = self.ledger._accounts_for(conn, [hold.credit_account_id])[
+                hold.credit_account_id].owner
+            if not payee or owner != payee:
+                raise PermissionDenied(f"only the payee of hold {hold_id} may decline it")
+            if hold.status != "open" or hold.expires_at_ms <= self.ledger.clock_ms():
+                raise FailedPrecondition(f"hold {hold_id} is no longer open ({hold.status})")
+            return self.ledger.void_in(conn, key, hold_id, checked=True)
+
+        self.ledger.expire_holds(hold_id=hold_id)
+        return self.ledger.mutate(key, "void", {"hold": hold_id}, apply, Posting.to_json,
+                                  Posting.from_json)
 
     def get(self, hold_id: str) -> ConditionalHold:
         """The hold now (expired first if past its expiry), with its preimage once shown."""

@@ -7,6 +7,8 @@ import grpc
 from wallets import policies
 from wallets.anomaly import Alert
 from wallets.approvals import Approval
+from wallets.caller import current_caller
+from wallets.conditional import ConditionalHolds, hash_locked_payee
 from wallets.currencies import CURRENCIES
 from wallets.ecny import EcnyWallet, EcnyWallets
 from wallets.errors import InvalidArgument
@@ -196,6 +198,10 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
 
     @grpc_method
     def Void(self, request, context):  # type: ignore[no-untyped-def]
+        caller = current_caller()
+        if caller and hash_locked_payee(self.ledger, request.hold_id) == caller:  # declines
+            return posting_message(ConditionalHolds(self.ledger).decline(
+                request.idempotency_key, request.hold_id, caller))
         return posting_message(self.ledger.void(request.idempotency_key, request.hold_id))
 
     @grpc_method
