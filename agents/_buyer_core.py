@@ -37,7 +37,13 @@ from agents._deal import (
     restored_deal,
 )
 from agents._grpc_payment import ANSWER_MAY_BE_LOST
-from agents.errors import ApprovalRequired, InvalidArgument, ServerError
+from agents.errors import (
+    AgentmarketError,
+    ApprovalRequired,
+    InvalidArgument,
+    SchemaViolation,
+    ServerError,
+)
 from agents.keystore import load_key
 from agents.payment_session import PaymentSession
 from agents.results import AgreementState, CallResult, Escrow, Usage
@@ -58,6 +64,8 @@ RETRY_PAUSE_S = 0.05
 MAX_REPLANS = 16  # new vouchers for one call whose earlier ones a later call overtook
 MAX_DISCOVER = 100
 MAX_REASON_CHARS = 2000
+SCHEMA_PROBLEMS = ("output does not match the schema",
+                   "the listing's output schema cannot be checked")
 
 
 @dataclass
@@ -335,10 +343,10 @@ class BuyerCore:
         try:
             deal.output_validator.validate(output)
         except ValidationError as error:
-            problem = problem or f"output does not match the schema: {error.message}"
+            problem = problem or f"{SCHEMA_PROBLEMS[0]}: {error.message}"
             deal.failed_outputs += 1
         except (RecursionError, Unresolvable):  # the seller's schema refers to itself, or away
-            problem = problem or "the listing's output schema cannot be checked (its $ref)"
+            problem = problem or f"{SCHEMA_PROBLEMS[1]} (its $ref)"
             deal.failed_outputs += 1
         if problem:
             deal.problems.append(problem)
@@ -350,6 +358,23 @@ class BuyerCore:
                 span.set_status(trace.Status(trace.StatusCode.ERROR, problem))
         return CallResult(output, Usage.from_message(usage, deal.currency), receipt,
                           not problem, problem)
+
+    @staticmethod
+    def _output_of(result: CallResult, output_type: Any) -> Any:
+        """`call`'s answer: the output (as `output_type`), or the SDK's error when the answer
+        failed its checks: SchemaViolation for an output not as its schema, ServerError
+        (BAD_RECEIPT) for a receipt that does not hold. Either way the call was booked at no
+        more than the terms allow and the problem is on `deal.problems` (finish keeps the
+        confirm back); the error's `result` is the call as `invoke` returns it."""
+        if not result.verified:
+            schema = result.problem.startswith(SCHEMA_PROBLEMS)
+            error: AgentmarketError = SchemaViolation(
+                f"the seller's output failed its checks: {result.problem}") if schema \
+                else ServerError(f"the seller's receipt failed its checks: {result.problem}",
+                                 reason="BAD_RECEIPT")
+            error.result = result  # type: ignore[attr-defined]
+            raise error
+        return BuyerCore._typed(result.output, output_type)
 
     @staticmethod
     def _typed(output: Any, output_type: Any) -> Any:

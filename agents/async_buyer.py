@@ -323,9 +323,10 @@ class AsyncBuyerAgent(BuyerCore):
     @async_sdk_method
     async def call(self, deal: Deal, arguments: dict[str, Any], *, call_id: str | None = None,
                    output_type: type[T] | None = None) -> Any:
-        """One paid call; the skill's output (or an `output_type` built from it)."""
+        """One paid call; the skill's output (or an `output_type` built from it). An answer
+        that fails its checks raises as `BuyerAgent.call` says."""
         result = await self.invoke(deal, arguments, call_id=call_id)
-        return self._typed(result.output, output_type)
+        return self._output_of(result, output_type)
 
     @async_sdk_method
     async def invoke(self, deal: Deal, arguments: dict[str, Any], *,

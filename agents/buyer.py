@@ -303,8 +303,10 @@ class BuyerAgent(BuyerCore):
     def call(self, deal: Deal, arguments: dict[str, Any], *, call_id: str | None = None,
              output_type: type[T] | None = None) -> Any:
         """One paid call; returns the skill's output (a dict, checked against its output
-        schema), or an `output_type` (a pydantic model, dataclass ...) built from it."""
-        return self._typed(self.invoke(deal, arguments, call_id=call_id).output, output_type)
+        schema), or an `output_type` (a pydantic model, dataclass ...) built from it. An answer
+        that fails its checks raises SchemaViolation or ServerError (BAD_RECEIPT), its `result`
+        the call (`invoke` returns it instead)."""
+        return self._output_of(self.invoke(deal, arguments, call_id=call_id), output_type)
 
     @sdk_method
     def invoke(self, deal: Deal, arguments: dict[str, Any], *, call_id: str | None = None,
