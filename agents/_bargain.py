@@ -132,7 +132,8 @@ def rounds(buyer: BuyerAgent | AsyncBuyerAgent, listing: registry_pb2.Listing, s
             if offer.from_id != listing.agent_id:
                 raise NotTheListedAgent(
                     f"{listing.endpoint[:80]} answers as agent {offer.from_id[:12]}…, not as "
-                    f"the listing's {listing.agent_id[:12]}…: the listing is not its own")
+                    f"the listing's {listing.agent_id[:12]}…: the listing is not its own",
+                    answering_agent=offer.from_id)
             offered = offer.terms.unit_price_atomic
             try:
                 protocol.offer(offer, buyer._now_ms())
@@ -166,7 +167,11 @@ def rounds(buyer: BuyerAgent | AsyncBuyerAgent, listing: registry_pb2.Listing, s
 
 class NotTheListedAgent(NegotiationFailed):
     """The listing's endpoint is another agent's (a listing parked at someone else's address):
-    the buyer tries the next listing."""
+    the buyer tries the next listing (`agents._failover`), not counting this one."""
+
+    def __init__(self, message: str, *, answering_agent: str) -> None:
+        super().__init__(message)
+        self.answering_agent = answering_agent
 
 
 class _NoAgreement(NegotiationFailed):

@@ -46,7 +46,7 @@ from agents._buyer_core import (
     call_metadata,
 )
 from agents._deal import Deal, MalformedAnswer
-from agents._failover import MAX_SELLERS_TRIED, Failover, unreachable
+from agents._failover import Failover, unreachable
 from agents._rpc import async_sdk_method, sdk_error
 from agents.errors import (
     AgentmarketError,
@@ -224,7 +224,7 @@ class AsyncBuyerAgent(BuyerCore):
         while True:
             if failover and tried.wants_more():
                 tried.add(await self.discover(skill, currency=options["currency"],
-                                              limit=MAX_SELLERS_TRIED))
+                                              limit=tried.refill_limit))
             candidate = tried.next()
             if candidate is None:
                 raise tried.exhausted()
@@ -232,7 +232,7 @@ class AsyncBuyerAgent(BuyerCore):
                 return await self._accept(await _bargain.abargain(self, candidate, skill,
                                                                   **options))
             except _bargain.NotTheListedAgent as error:  # reachable, and not that seller
-                tried.failed(candidate, error.message)
+                tried.parked_at(candidate, error.answering_agent, error.message)
                 continue
             except grpc.RpcError as error:
                 if not unreachable(error):

@@ -56,7 +56,7 @@ from agents._buyer_core import (
     PlannedCall,
 )
 from agents._deal import Deal, MalformedAnswer, receipt_problem
-from agents._failover import MAX_SELLERS_TRIED, Failover, unreachable
+from agents._failover import Failover, unreachable
 from agents._grpc_payment import VoucherClientInterceptor
 from agents._rpc import sdk_error, sdk_method
 from agents.errors import AgentmarketError, NegotiationFailed, SellerUnavailable, Unavailable
@@ -206,14 +206,14 @@ class BuyerAgent(BuyerCore):
         while True:
             if failover and tried.wants_more():
                 tried.add(self.discover(skill, currency=options["currency"],
-                                        limit=MAX_SELLERS_TRIED))
+                                        limit=tried.refill_limit))
             candidate = tried.next()
             if candidate is None:
                 raise tried.exhausted()
             try:
                 return self._accept(_bargain.bargain(self, candidate, skill, **options))
             except _bargain.NotTheListedAgent as error:  # reachable, and not that seller
-                tried.failed(candidate, error.message)
+                tried.parked_at(candidate, error.answering_agent, error.message)
                 continue
             except grpc.RpcError as error:
                 if not unreachable(error):

@@ -1,0 +1,79 @@
+"""Listings parked at an honest seller's endpoint: free keys advertise copies of its listing a
+unit cheaper at its address, so they rank above it. The registry cannot tell (the endpoint
+answers its probe), but the buyer can: the endpoint answers as another agent. Such listings are
+skipped without counting as sellers tried, and the buyer reaches the seller that answers there,
+from the listings it was given or from the registry's refill."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from pydantic import BaseModel
+
+from agents import AsyncBuyerAgent, BuyerAgent, SellerAgent, per_call, skill
+from agents._failover import MAX_SELLERS_TRIED
+from marketplace.auth import signed_channel
+from marketplace.identity import AgentKey
+from marketplace.node import MarketplaceNode
+from marketplace.v1 import registry_pb2, registry_pb2_grpc
+
+PARKED = MAX_SELLERS_TRIED + 2  # more than a buyer tries
+
+
+class Text(BaseModel):
+    text: str
+
+
+@skill(price=per_call("0.01", "USD"))
+def echo(text: str) -> Text:
+    """Echo."""
+    return Text(text=text)
+
+
+@pytest.fixture
+def market(tmp_path):
+    with MarketplaceNode(f"sqlite:///{tmp_path / 'm.db'}", sweep_interval_s=3600) as node, \
+            SellerAgent("honest", skills=[echo], marketplace=node.address) as seller, \
+            BuyerAgent("buyer", marketplace=node.address) as buyer:
+        buyer.fund("1.00", "USD")
+        [honest] = buyer.discover("echo", currency="USD")
+        for n in range(PARKED):
+            key = AgentKey.generate()
+            listing = registry_pb2.Listing()
+            listing.CopyFrom(honest)
+            listing.agent_id, listing.name = key.agent_id, f"parked-{n}"
+            for field in ("expires_at_ms", "reputation_permille", "rated_agreements"):
+                listing.ClearField(field)
+            listing.skills[0].prices[0].amount_atomic -= 1
+            with signed_channel(node.address, key) as channel:
+                registry_pb2_grpc.RegistryServiceStub(channel).Advertise(
+                    registry_pb2.AdvertiseRequest(idempotency_key=str(uuid.uuid4()),
+                                                  listing=listing, ttl_s=3600), timeout=10)
+        yield node, seller, buyer
+
+
+def test_the_buyer_reaches_the_seller_behind_listings_parked_at_its_endpoint(market):
+    _node, seller, buyer = market
+    ranked = buyer.discover("echo", currency="USD")
+    assert ranked[-1].agent_id == seller.agent_id  # every parked copy ranks above it
+    deal = buyer.negotiate(ranked, "echo", quantity=2, budget="0.10", currency="USD")
+    assert deal.body.seller_id == seller.agent_id
+    refilled = buyer.negotiate(buyer.discover("echo", currency="USD", limit=1), "echo",
+                               quantity=2, budget="0.10", currency="USD")
+    assert refilled.body.seller_id == seller.agent_id
+
+
+def test_the_async_buyer_too(market):
+    import asyncio
+
+    node, seller, _ = market
+
+    async def main() -> str:
+        async with AsyncBuyerAgent("async-buyer", marketplace=node.address) as buyer:
+            await buyer.fund("1.00", "USD")
+            deal = await buyer.negotiate(await buyer.discover("echo", currency="USD", limit=1),
+                                         "echo", quantity=2, budget="0.10", currency="USD")
+            return deal.body.seller_id
+
+    assert asyncio.run(main()) == seller.agent_id
