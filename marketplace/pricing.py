@@ -56,7 +56,7 @@ def check_price(price: registry_pb2.Price, where: str) -> None:
         raise InvalidArgument(f"{where}: unit_name is only for per-unit prices")
     if len(price.tiers) > MAX_TIERS:
         raise InvalidArgument(f"{where}: at most {MAX_TIERS} tiers")
-    last = 1
+    last, dearest = 1, (price.amount_atomic, price.output_amount_atomic)
     for tier in price.tiers:
         if tier.min_quantity <= last:
             raise InvalidArgument(f"{where}: tier quantities must start above 1 and increase")
@@ -66,6 +66,12 @@ def check_price(price: registry_pb2.Price, where: str) -> None:
             _positive(tier.output_amount_atomic, f"{where}: tier output_amount_atomic")
         elif tier.output_amount_atomic:
             raise InvalidArgument(f"{where}: tier output_amount_atomic is only for tokens")
+        # a tier is a volume discount: never dearer than the price before it, or the list
+        # price discovery ranks and filters on would hide what larger orders are quoted
+        if tier.amount_atomic > dearest[0] or tier.output_amount_atomic > dearest[1]:
+            raise InvalidArgument(f"{where}: a tier's prices are at most the prices below it "
+                                  "(volume discounts)")
+        dearest = (tier.amount_atomic, tier.output_amount_atomic)
 
 
 def quote(price: registry_pb2.Price, quantity: int = 1) -> tuple[int, int]:

@@ -274,3 +274,16 @@ def test_any_subset_of_a_skills_tags_finds_it(registry: Registry):
         assert _ids(registry.discover(tags=tags)) == ["tagged"], tags
     assert sorted(_ids(registry.discover(tags=["b", "a"]))) == ["other", "tagged"]
     assert registry.discover(tags=["a", "z", "e"]) == []
+
+
+@pytest.mark.parametrize("tiers", [[(2, 10**12)], [(10, 500), (100, 600)]])
+def test_a_volume_tier_dearer_than_the_price_below_it_is_refused(registry: Registry, tiers):
+    """Discovery ranks and filters on the list price: a tier dearer than it would rank first
+    and then quote larger orders far above what the buyer was shown."""
+    seller = AgentKey.generate()
+    with pytest.raises(AgentmarketError) as refused:
+        registry.advertise(make_listing(seller, make_skill(price_atomic=1_000, tiers=tiers)),
+                           60)
+    assert refused.value.status == "INVALID_ARGUMENT" and "volume discounts" in \
+        refused.value.message
+    assert registry.discover("echo") == []
