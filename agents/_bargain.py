@@ -127,7 +127,7 @@ def rounds(buyer: BuyerAgent | AsyncBuyerAgent, listing: registry_pb2.Listing, s
         while True:
             if reply.WhichOneof("kind") != "offer":
                 raise NegotiationFailed(f"the seller ended the negotiation: "
-                                        f"{reply.reject_reason or 'no offer'}")
+                                        f"{reply.reject_reason[:MAX_NOTE_CHARS] or 'no offer'}")
             offer = reply.offer
             if offer.from_id != listing.agent_id:
                 raise NotTheListedAgent(

@@ -58,6 +58,7 @@ from wallets.grpc_errors import error_reason
 from wallets.v1 import wallet_pb2
 
 RPC_TIMEOUT_S = 10.0
+STREAM_TIMEOUT_S = 60.0  # a streamed call: a model writing at length takes longer than an RPC
 AWAITING_RELEASE = (AgreementState.VERIFIED, AgreementState.DELIVERED)
 RETRY_IN_PROGRESS = 100  # x 50 ms: how long a retried call waits for its first attempt
 RETRY_PAUSE_S = 0.05

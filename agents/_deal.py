@@ -117,7 +117,7 @@ def countersigned_deal(quote: Quote, signed: agreement_pb2.SignedAgreement,
                        reply: Any) -> Deal:
     """The deal once the seller answered the signed agreement: countersigned, unchanged."""
     if reply.WhichOneof("kind") != "agreement":
-        raise NegotiationFailed(f"the seller did not countersign: {reply.reject_reason}")
+        raise NegotiationFailed(f"the seller did not countersign: {reply.reject_reason[:500]}")
     countersigned = reply.agreement
     if countersigned.body != signed.body:
         raise NegotiationFailed("the seller changed the agreement")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from agents._buyer_core import call_metadata
+from agents._buyer_core import STREAM_TIMEOUT_S, call_metadata
 from agents._deal import (
     Deal,
     MalformedAnswer,
@@ -34,8 +34,6 @@ from marketplace import agreements as ag
 
 if TYPE_CHECKING:
     from agents.buyer import BuyerAgent
-
-RPC_TIMEOUT_S = 60.0
 
 
 class StreamedCall:
@@ -59,7 +57,7 @@ class StreamedCall:
         session = buyer.sessions[deal.agreement_id]
         try:
             call = buyer._seller(deal.body.seller_endpoint).InvokeStream(
-                request, metadata=call_metadata(deal, voucher), timeout=RPC_TIMEOUT_S)
+                request, metadata=call_metadata(deal, voucher), timeout=STREAM_TIMEOUT_S)
         except grpc.RpcError as error:
             session.settle(budget, 0)
             raise sdk_error(error) from None

@@ -41,6 +41,7 @@ from agents._buyer_core import (
     RETRY_IN_PROGRESS,
     RETRY_PAUSE_S,
     RPC_TIMEOUT_S,
+    STREAM_TIMEOUT_S,
     BuyerCore,
     PlannedCall,
     call_metadata,
@@ -68,7 +69,6 @@ from wallets.v1 import wallet_pb2, wallet_pb2_grpc
 
 T = TypeVar("T")
 _SCHEMA = registry_pb2.VERIFICATION_METHOD_SCHEMA
-STREAM_TIMEOUT_S = 60.0
 
 __all__ = ["AsyncBuyerAgent", "AsyncStreamedCall"]
 

@@ -52,6 +52,7 @@ from agents._buyer_core import (
     RETRY_IN_PROGRESS,
     RETRY_PAUSE_S,
     RPC_TIMEOUT_S,
+    STREAM_TIMEOUT_S,
     BuyerCore,
     PlannedCall,
 )
@@ -76,7 +77,6 @@ if TYPE_CHECKING:
     from agents._streaming import StreamedCall
 
 T = TypeVar("T")
-STREAM_TIMEOUT_S = 60.0
 _SCHEMA = registry_pb2.VERIFICATION_METHOD_SCHEMA
 
 __all__ = ["BuyerAgent", "CallResult", "Deal", "receipt_problem"]
