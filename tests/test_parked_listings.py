@@ -9,26 +9,16 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from pydantic import BaseModel
 
-from agents import AsyncBuyerAgent, BuyerAgent, SellerAgent, per_call, skill
+from agents import AsyncBuyerAgent, BuyerAgent, SellerAgent
 from agents._failover import MAX_SELLERS_TRIED
 from marketplace.auth import signed_channel
 from marketplace.identity import AgentKey
 from marketplace.node import MarketplaceNode
 from marketplace.v1 import registry_pb2, registry_pb2_grpc
+from tests.test_checked_answers import echo  # a per-call echo with a schema
 
 PARKED = MAX_SELLERS_TRIED + 2  # more than a buyer tries
-
-
-class Text(BaseModel):
-    text: str
-
-
-@skill(price=per_call("0.01", "USD"))
-def echo(text: str) -> Text:
-    """Echo."""
-    return Text(text=text)
 
 
 @pytest.fixture
