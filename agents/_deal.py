@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from agents._bargain import Quote
+from agents._bargain import MAX_NOTE_CHARS, Quote
 from agents.errors import (
     AgentmarketError,
     AgreementEnded,
@@ -117,7 +117,8 @@ def countersigned_deal(quote: Quote, signed: agreement_pb2.SignedAgreement,
                        reply: Any) -> Deal:
     """The deal once the seller answered the signed agreement: countersigned, unchanged."""
     if reply.WhichOneof("kind") != "agreement":
-        raise NegotiationFailed(f"the seller did not countersign: {reply.reject_reason[:500]}")
+        raise NegotiationFailed("the seller did not countersign: "
+                                f"{reply.reject_reason[:MAX_NOTE_CHARS]}")
     countersigned = reply.agreement
     if countersigned.body != signed.body:
         raise NegotiationFailed("the seller changed the agreement")

@@ -35,7 +35,7 @@ from wallets._ledger_reads import hold_from_row
 from wallets.currencies import check_amount
 from wallets.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from wallets.guard import SpendContext
-from wallets.ledger import HOLDS, POSTINGS, Ledger
+from wallets.ledger import ACCOUNTS, HOLDS, POSTINGS, Ledger
 from wallets.models import Hold, Posting
 
 PREIMAGE_BYTES = 32
@@ -81,14 +81,15 @@ def hash_locked_payee(ledger: Ledger, hold_id: str) -> str:
     if not isinstance(hold_id, str) or not 0 < len(hold_id) <= 40:
         return ""
     with ledger.engine.connect().execution_options(agentmarket_read=True) as conn:
-        row = conn.execute(select(HOLDS.c.credit_account_id, HOLDS.c.condition_sha256)
-                           .where(HOLDS.c.id == hold_id)).first()
-    if row is None or not row.condition_sha256:
-        return ""
-    try:
-        return ledger.balance(row.credit_account_id).owner
-    except NotFound:
-        return ""
+        return _payee_in(conn, hold_id)
+
+
+def _payee_in(conn: Connection, hold_id: str) -> str:
+    """`hash_locked_payee` in a caller's transaction: one read, the hold and its payee."""
+    owner = conn.execute(select(ACCOUNTS.c.owner).select_from(
+        HOLDS.join(ACCOUNTS, ACCOUNTS.c.id == HOLDS.c.credit_account_id)).where(
+        HOLDS.c.id == hold_id, HOLDS.c.condition_sha256 != "")).scalar()
+    return owner or ""
 
 
 class ConditionalHolds:
@@ -180,9 +181,7 @@ class ConditionalHolds:
             if not condition:
                 raise FailedPrecondition(f"hold {hold_id} is not hash-locked: the marketplace "
                                          "voids it")
-            owner = self.ledger._accounts_for(conn, [hold.credit_account_id])[
-                hold.credit_account_id].owner
-            if not payee or owner != payee:
+            if not payee or _payee_in(conn, hold_id) != payee:
                 raise PermissionDenied(f"only the payee of hold {hold_id} may decline it")
             if hold.status != "open" or hold.expires_at_ms <= self.ledger.clock_ms():
                 raise FailedPrecondition(f"hold {hold_id} is no longer open ({hold.status})")

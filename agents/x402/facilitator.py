@@ -37,11 +37,12 @@ from agents.x402 import network as net
 from agents.x402 import receipts
 from agents.x402.reasons import Refused
 from agents.x402.sessions import SessionBook, check_terms
-from marketplace.identity import AgentKey, check_agent_id
+from marketplace.identity import AgentKey
 from wallets.caller import calling_as
 from wallets.errors import AgentmarketError
 from wallets.guard import SpendContext
 from wallets.ledger import Ledger
+from wallets.mandates import is_key
 
 MAX_REMEMBERED_AUTHORISATIONS = 100_000
 
@@ -158,7 +159,7 @@ class LedgerScheme:
             raise Refused("invalid_amount", f"the price is {requirements.amount}")
         if payment.amount_atomic <= 0:
             raise Refused("invalid_amount", "an authorisation pays a positive amount")
-        if not _is_agent_id(payment.pay_to) or payment.pay_to == payment.payer:
+        if not is_key(payment.pay_to) or payment.pay_to == payment.payer:
             raise Refused("invalid_pay_to", "`to` is another agent's id (64 hex characters "
                                             "of its ed25519 key), not the payer's")
         if payment.resource != str(extra.get("resource", "")):
@@ -350,14 +351,6 @@ def _payer(payment: Any) -> str | None:
     if isinstance(payment, net.OpenPayload):
         return str(payment.body.buyer_id)
     return None
-
-
-def _is_agent_id(text: str) -> bool:
-    try:
-        check_agent_id(text)
-    except AgentmarketError:
-        return False
-    return True
 
 
 def _reason(error: AgentmarketError) -> str:
