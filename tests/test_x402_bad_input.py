@@ -72,6 +72,16 @@ def _edited(payload: PaymentPayload, **accepted: Any) -> str:
         "accepted": payload.accepted.model_copy(update=accepted)}))
 
 
+def _sent_malformed(market: Market, data: Any) -> str:
+    """`data` sent as the PAYMENT-SIGNATURE: 400 malformed_payment_header, nothing moved or
+    held; the refusal's message."""
+    before = _ledger_state(market)
+    response = _send(market, "shout", _b64(json.dumps(data)))
+    assert (response.status_code, _reason(response)) == (400, "malformed_payment_header")
+    assert _ledger_state(market) == before
+    return response.json()["message"]
+
+
 def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
@@ -102,11 +112,7 @@ def test_a_payment_nested_too_deep_is_400_and_moves_nothing(market, identified):
     for _ in range(600):
         junk = [junk]
     extensions["junk"] = junk
-    before = _ledger_state(market)
-    response = _send(market, "shout", _b64(json.dumps(data)))
-    assert (response.status_code, _reason(response)) == (400, "malformed_payment_header")
-    assert "nests at most" in response.json()["message"]
-    assert _ledger_state(market) == before
+    assert "nests at most" in _sent_malformed(market, data)
 
 
 @pytest.mark.parametrize("version", [0, 3, "2", True, 2.0, None])
@@ -115,11 +121,7 @@ def test_only_x402_v2_payloads_are_read(market, version):
     _, payload = _payload(market, "shout")
     data = json.loads(base64.b64decode(encode_payment_signature_header(payload)))
     data["x402Version"] = version
-    before = _ledger_state(market)
-    response = _send(market, "shout", _b64(json.dumps(data)))
-    assert (response.status_code, _reason(response)) == (400, "malformed_payment_header")
-    assert "x402Version 2" in response.json()["message"]
-    assert _ledger_state(market) == before
+    assert "x402Version 2" in _sent_malformed(market, data)
 
 
 @pytest.mark.parametrize(("field", "value", "reason"), [
