@@ -325,9 +325,8 @@ class A2ADoor(a2a_pb2_grpc.A2AServiceServicer):
             self.tasks.drop(task_id)
             raise
         except Exception:  # a call the gate answered (charged) never shows as failed
-            answer = self.seller.gate.answered(invoke.agreement_id, invoke.call_id)
-            task = self._failed(task_id, context_id, "streamed paid skill") if answer is None \
-                else _streamed_task(task_id, context_id, invoke.agreement_id, answer)
+            task = self._answered_task(invoke, task_id, context_id) \
+                or self._failed(task_id, context_id, "streamed paid skill")
             self.tasks.put(task)
             yield a2a_pb2.StreamResponse(status_update=a2a_pb2.TaskStatusUpdateEvent(
                 task_id=task_id, context_id=context_id, status=task.status))
@@ -343,11 +342,19 @@ class A2ADoor(a2a_pb2_grpc.A2AServiceServicer):
         """Store a stream's task as the gate answered it once its reader hung up: completed
         with the receipt for what was delivered (nothing answered: nothing charged, no task),
         so that GetTask never shows a charged call as still working."""
-        answer = self.seller.gate.answered(invoke.agreement_id, invoke.call_id)
-        if answer is None:
+        task = self._answered_task(invoke, task_id, context_id)
+        if task is None:
             self.tasks.drop(task_id)
         else:
-            self.tasks.put(_streamed_task(task_id, context_id, invoke.agreement_id, answer))
+            self.tasks.put(task)
+
+    def _answered_task(self, invoke: agent_pb2.InvokeRequest, task_id: str, context_id: str
+                       ) -> a2a_pb2.Task | None:
+        """The completed task of a call as the gate answered (and charged) it; None when the
+        gate answered nothing."""
+        answer = self.seller.gate.answered(invoke.agreement_id, invoke.call_id)
+        return None if answer is None else _streamed_task(task_id, context_id,
+                                                          invoke.agreement_id, answer)
 
     # ---- tasks ----------------------------------------------------------------------------
 
