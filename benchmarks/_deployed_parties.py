@@ -27,9 +27,11 @@ from typing import Any
 from agents import AsyncBuyerAgent, BuyerAgent, SellerAgent
 from benchmarks.tasks import CALLS, echo  # the in-process benchmark's skill and task size
 from marketplace.heap import settle_heap
+from marketplace.scheduling import batch_scheduling
 from marketplace.stop_signals import StopSignals
 
 GC_DEFAULTS = "AGENTMARKET_BENCH_GC_DEFAULTS"  # "1": parties keep CPython's collector settings
+NORMAL_SCHEDULING = "AGENTMARKET_BENCH_NORMAL_SCHEDULING"  # "1": Linux's default policy
 STEPS = ("discover", "negotiate", "hire", "call", "finish", "task")
 
 
@@ -43,10 +45,14 @@ def seller(marketplace: str, name: str) -> None:
 
 
 def _settle() -> None:
-    """A started party settles its heap, as a deployed process would (`marketplace.heap`),
-    unless the benchmark compares against CPython's collector settings (`--gc-defaults`)."""
+    """A started party settles its heap and takes batch scheduling, as a deployed process
+    would (`marketplace.heap`, `marketplace.scheduling`), unless the benchmark compares against
+    CPython's collector settings (`--gc-defaults`) or Linux's default policy
+    (`--normal-scheduling`)."""
     if os.environ.get(GC_DEFAULTS) != "1":
         settle_heap()
+    if os.environ.get(NORMAL_SCHEDULING) != "1":
+        batch_scheduling()
 
 
 def _timed(latencies: dict[str, list[float]], step: str, call):  # type: ignore[no-untyped-def]

@@ -11,9 +11,13 @@ of every step. At the end the node's books must balance with no agreement left o
 
     python -m benchmarks.deployed [sqlite|postgres] [--window S] [--tasks N] [--profile DIR]
                                   [--perf DIR] [--gc-defaults] [--buyers threads|async|both]
+                                  [--scheduling batch|normal|both]
 
 Every party settles its heap once started (`marketplace.heap`), as the node command does;
 `--gc-defaults` runs them all with CPython's collector settings instead, for comparison.
+Every party also runs its threads under SCHED_BATCH (`marketplace.scheduling`), as the node
+command does; with `--scheduling both` (the default) a run on SQLite with threaded buyers under
+Linux's default policy follows as the same run's baseline (keys `..._normal_scheduling`).
 
 `--profile DIR` samples the node and one seller and one buyer process with py-spy over the
 window (folded stacks in DIR; py-spy beside this Python or on PATH). `--perf DIR` samples the
@@ -40,7 +44,7 @@ from typing import Any
 
 from rich.console import Console
 
-from benchmarks._deployed_parties import GC_DEFAULTS
+from benchmarks._deployed_parties import GC_DEFAULTS, NORMAL_SCHEDULING
 from benchmarks._process import TICKS_PER_S, terminate
 from benchmarks._process import cpu_s as _cpu_s
 from benchmarks.native_profile import PerfRecorder, available, shares, table
@@ -157,19 +161,23 @@ def bench(db_url: str, workdir: Path, window_s: float = MIN_WINDOW_S,
           min_tasks: int = MIN_TASKS, *, nodes: int = 1,
           redis_url: str | None = None, profile_dir: Path | None = None,
           gc_defaults: bool = False, perf_dir: Path | None = None,
-          async_buyers: bool = False) -> dict[str, Any]:
+          async_buyers: bool = False, normal_scheduling: bool = False) -> dict[str, Any]:
     """`nodes` node processes over `db_url` (sharing `redis_url` with --redis when given);
     seller i talks to node i mod nodes, every buyer to all of them (round robin);
-    `async_buyers`: each buyer process runs its buyers on one event loop (one node only)."""
+    `async_buyers`: each buyer process runs its buyers on one event loop (one node only);
+    `normal_scheduling`: every party keeps Linux's default policy instead of SCHED_BATCH."""
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": path, "AGENTMARKET_TRACING": "off",
            "AGENTMARKET_HOME": str(workdir / "home")}
     env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
     if gc_defaults:
         env[GC_DEFAULTS] = "1"
+    if normal_scheduling:
+        env[NORMAL_SCHEDULING] = "1"
     python = sys.executable
     shared = (["--redis", redis_url] if redis_url else []) + \
-        (["--gc-defaults"] if gc_defaults else [])
+        (["--gc-defaults"] if gc_defaults else []) + \
+        (["--normal-scheduling"] if normal_scheduling else [])
     node_db = (f"{db_url}{'&' if '?' in db_url else '?'}application_name={NODE_APPLICATION}"
                if db_url.startswith("postgresql") else db_url)
     node_parties = [Party([python, "-m", "marketplace.cli.main", "serve", "--db", node_db,
@@ -287,9 +295,13 @@ def _books(db_url: str) -> dict[str, Any]:
 def run(progress: Any = None, window_s: float = MIN_WINDOW_S, min_tasks: int = MIN_TASKS,
         backends: tuple[str, ...] = ("sqlite", "postgres"),
         profile_dir: Path | None = None, gc_defaults: bool = False,
-        perf_dir: Path | None = None, buyers: str = "both") -> dict[str, Any]:
+        perf_dir: Path | None = None, buyers: str = "both",
+        scheduling: str = "both") -> dict[str, Any]:
     """`buyers` on SQLite: "threads" (the headline keys), "async" (`..._async_buyers`) or
-    "both"; PostgreSQL runs the threaded buyers."""
+    "both"; PostgreSQL runs the threaded buyers. `scheduling`: "batch" (every party under
+    SCHED_BATCH), "normal" (Linux's default policy) or "both" (batch, then SQLite with
+    threaded buyers under the default policy, keys `..._normal_scheduling`)."""
+    normal = scheduling == "normal"
     say = progress or (lambda _text: None)
     results: dict[str, Any] = {"deployed_buyers": BUYER_PROCESSES * BUYERS_PER_PROCESS,
                                "deployed_sellers": SELLERS}
@@ -298,7 +310,8 @@ def run(progress: Any = None, window_s: float = MIN_WINDOW_S, min_tasks: int = M
             say("deployed shape (every party its own process), SQLite")
             figures = bench(f"sqlite:///{Path(tmp) / 'market.db'}", Path(tmp), window_s, min_tasks,
                             profile_dir=profile_dir and profile_dir / "sqlite",
-                            gc_defaults=gc_defaults, perf_dir=perf_dir and perf_dir / "sqlite")
+                            gc_defaults=gc_defaults, perf_dir=perf_dir and perf_dir / "sqlite",
+                            normal_scheduling=normal)
         results["tasks_per_s_deployed_sqlite"] = figures.pop("tasks_per_s")
         results["node_cpu_ms_per_task"] = figures["node_cpu_ms_per_task"]
         results.update({f"deployed_sqlite_{k}": v for k, v in figures.items()})
@@ -306,9 +319,17 @@ def run(progress: Any = None, window_s: float = MIN_WINDOW_S, min_tasks: int = M
         with tempfile.TemporaryDirectory(prefix="agentmarket-deployed-") as tmp:
             say("deployed shape, SQLite, the buyers as AsyncBuyerAgent tasks")
             figures = bench(f"sqlite:///{Path(tmp) / 'market.db'}", Path(tmp), window_s,
-                            min_tasks, gc_defaults=gc_defaults, async_buyers=True)
+                            min_tasks, gc_defaults=gc_defaults, async_buyers=True,
+                            normal_scheduling=normal)
         results["tasks_per_s_deployed_sqlite_async_buyers"] = figures.pop("tasks_per_s")
         results.update({f"deployed_sqlite_async_buyers_{k}": v for k, v in figures.items()})
+    if "sqlite" in backends and scheduling == "both":
+        with tempfile.TemporaryDirectory(prefix="agentmarket-deployed-") as tmp:
+            say("deployed shape, SQLite, every party under Linux's default scheduling policy")
+            figures = bench(f"sqlite:///{Path(tmp) / 'market.db'}", Path(tmp), window_s,
+                            min_tasks, gc_defaults=gc_defaults, normal_scheduling=True)
+        results["tasks_per_s_deployed_sqlite_normal_scheduling"] = figures.pop("tasks_per_s")
+        results.update({f"deployed_sqlite_normal_scheduling_{k}": v for k, v in figures.items()})
     url = _postgres_url() if "postgres" in backends else None
     if url is not None:
         say("deployed shape (every party its own process), PostgreSQL")
@@ -317,7 +338,8 @@ def run(progress: Any = None, window_s: float = MIN_WINDOW_S, min_tasks: int = M
                 figures = bench(url, Path(tmp), window_s, min_tasks,
                                 profile_dir=profile_dir and profile_dir / "postgres",
                                 gc_defaults=gc_defaults,
-                                perf_dir=perf_dir and perf_dir / "postgres")
+                                perf_dir=perf_dir and perf_dir / "postgres",
+                                normal_scheduling=normal)
         finally:
             _drop(url)
         results["tasks_per_s_deployed_postgres"] = figures.pop("tasks_per_s")
@@ -337,8 +359,11 @@ if __name__ == "__main__":
     kind = args[args.index("--buyers") + 1] if "--buyers" in args else "both"
     if kind not in ("threads", "async", "both"):
         sys.exit("--buyers is threads, async or both")
+    policy = args[args.index("--scheduling") + 1] if "--scheduling" in args else "both"
+    if policy not in ("batch", "normal", "both"):
+        sys.exit("--scheduling is batch, normal or both")
     results = run(print, window, tasks, chosen, profile, gc_defaults="--gc-defaults" in args,
-                  perf_dir=perf_out, buyers=kind)
+                  perf_dir=perf_out, buyers=kind, scheduling=policy)
     found = {backend: results.pop(f"deployed_{backend}_perf_shares", None) for backend in chosen}
     for name, value in results.items():
         print(f"{name}: {value}")

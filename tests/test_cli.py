@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import socket
 import sqlite3
@@ -78,6 +79,20 @@ def _wait_until_serving(process: subprocess.Popen[bytes], channel: grpc.Channel,
     pytest.fail(f"serve did not become SERVING within {START_TIMEOUT_S} s:\n{logs.read_text()}")
 
 
+def _thread_policies(process: subprocess.Popen[bytes], logs: Path, started: str) -> set[int]:
+    """The scheduling policies of the process's threads once `started` is in its log (it
+    takes its policy after starting, before saying so)."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while started not in " ".join(logs.read_text().split()):
+        assert process.poll() is None and time.monotonic() < deadline, logs.read_text()
+        time.sleep(0.05)
+    policies = set()
+    for tid in os.listdir(f"/proc/{process.pid}/task"):
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            policies.add(os.sched_getscheduler(int(tid)))
+    return policies
+
+
 def _listed_services(channel: grpc.Channel) -> set[str]:
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
     request = reflection_pb2.ServerReflectionRequest(list_services="")
@@ -100,6 +115,8 @@ def test_serve_answers_health_and_reflection_then_stops_cleanly_on_signal(
             _wait_until_serving(process, channel, logs)
             assert _listed_services(channel) >= AGENTMARKET_SERVICES | {
                 "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
+        if hasattr(os, "SCHED_BATCH"):  # a serving node's threads keep their core (Linux)
+            assert _thread_policies(process, logs, "listening on") == {os.SCHED_BATCH}
         process.send_signal(signum)
         assert _stopped(process, logs) == 0, logs.read_text()
     finally:
@@ -115,7 +132,8 @@ def test_serve_answers_health_and_reflection_then_stops_cleanly_on_signal(
     assert (tmp_path / "m.db").exists() and (tmp_path / "spans.db").exists()
 
 
-@pytest.mark.parametrize("gc_flag", [[], ["--gc-defaults"]], ids=["settled-heap", "gc-defaults"])
+@pytest.mark.parametrize("gc_flag", [[], ["--gc-defaults", "--normal-scheduling"]],
+                         ids=["settled", "defaults"])
 def test_gateway_serves_http_and_stops_cleanly_on_sigterm(gc_flag: list[str], tmp_path: Path):
     import httpx
 
@@ -142,6 +160,9 @@ def test_gateway_serves_http_and_stops_cleanly_on_sigterm(gc_flag: list[str], tm
         assert unknown.status_code == 404, unknown.text  # no such listing: nothing to pay for
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             _wait_until_serving(process, channel, logs)
+        if hasattr(os, "SCHED_BATCH"):
+            policies = _thread_policies(process, logs, "x402 gateway on")
+            assert policies == ({os.SCHED_OTHER} if gc_flag else {os.SCHED_BATCH})
         process.send_signal(signal.SIGTERM)
         assert _stopped(process, logs) == 0, logs.read_text()
     finally:

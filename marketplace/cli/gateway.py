@@ -14,6 +14,7 @@ import typer
 from marketplace.cli.output import console, error_line, fail
 from marketplace.heap import settle_heap
 from marketplace.home import default_database_url, default_span_store
+from marketplace.scheduling import batch_scheduling
 from marketplace.stop_signals import StopSignals
 
 DEFAULT_DB = default_database_url()
@@ -44,7 +45,11 @@ def gateway(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///fil
                 False, "--gc-defaults", help="Keep CPython's garbage-collector settings (by "
                                              "default the started gateway freezes its start-up "
                                              "heap and collects in larger passes: "
-                                             "marketplace.heap).")
+                                             "marketplace.heap)."),
+            normal_scheduling: bool = typer.Option(
+                False, "--normal-scheduling", help="Keep Linux's default scheduling policy (by "
+                                                    "default the started gateway's threads run "
+                                                    "under SCHED_BATCH: marketplace.scheduling).")
             ) -> None:
     """Run a node with the HTTP/x402 gateway (POST /v1/skills/{listing}/{skill}) and the x402
     facilitator (/facilitator/verify, /settle, /supported) until SIGTERM or SIGINT."""
@@ -93,6 +98,8 @@ def gateway(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///fil
         fail(f"cannot start the gateway: {error}")
     if not gc_defaults:
         settle_heap()  # started: what it holds now lives as long as the process
+    if not normal_scheduling:
+        batch_scheduling()  # its threads keep their core when they wake another
     console.print(f"marketplace on {node.address}; x402 gateway on {http.url} (network "
                   f"{door.network}; OpenAPI at {http.url}/openapi.json)", highlight=False,
                   soft_wrap=True)

@@ -15,6 +15,7 @@ import typer
 from marketplace.cli.output import console, fail
 from marketplace.heap import settle_heap
 from marketplace.home import default_database_url, default_span_store
+from marketplace.scheduling import batch_scheduling
 from marketplace.stop_signals import StopSignals
 from wallets.errors import AgentmarketError
 
@@ -103,7 +104,12 @@ def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file 
               False, "--gc-defaults", help="Keep CPython's garbage-collector settings (by "
                                            "default the started node freezes its start-up "
                                            "heap and collects in larger passes: "
-                                           "marketplace.heap).")) -> None:
+                                           "marketplace.heap)."),
+          normal_scheduling: bool = typer.Option(
+              False, "--normal-scheduling", help="Keep Linux's default scheduling policy (by "
+                                                  "default the started node's threads run "
+                                                  "under SCHED_BATCH: marketplace.scheduling).")
+          ) -> None:
     """Run a marketplace node until SIGTERM or SIGINT."""
     from marketplace.auth import server_credentials
     from marketplace.identity import check_agent_id
@@ -168,6 +174,8 @@ def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file 
         fail(f"cannot start the node: {error}")
     if not gc_defaults:
         settle_heap()  # started: what it holds now lives as long as the process
+    if not normal_scheduling:
+        batch_scheduling()  # its threads keep their core when they wake another
     if no_auth:
         console.print("[red]WARNING: --no-auth: calls are not authenticated and nothing is "
                       "authorised; never expose this node beyond your own machine",
