@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -216,3 +217,18 @@ class Harness:
         owner_id = owner if isinstance(owner, str) else owner.agent_id
         found = self.ledger.find_account(owner_id, currency, kind)
         return found.posted_atomic if found else 0
+
+
+@contextmanager
+def funded_market(engine: Any, clock: Any, funds_atomic: int = 1_000_000_000,
+                  **skill: Any) -> Iterator[Harness]:
+    """A `Harness` advertising one skill (`make_skill(**skill)`) with `funds_atomic` USD in
+    the buyer's wallet, closed afterwards: the market most settlement tests start from."""
+    harness = Harness(engine, clock)
+    try:
+        harness.advertise(make_skill(**skill))
+        harness.fund(harness.buyer, funds_atomic)
+        yield harness
+    finally:
+        harness.close()
+

@@ -10,7 +10,7 @@ from sqlalchemy import Engine
 
 from marketplace.errors import InvalidArgument, NotFound
 from marketplace.escrows import AgreementFacts
-from marketplace.testing import Harness, make_skill
+from marketplace.testing import Harness, funded_market
 from marketplace.v1 import registry_pb2
 
 FUNDS = 1_000_000_000
@@ -18,12 +18,9 @@ FUNDS = 1_000_000_000
 
 @pytest.fixture
 def market(engine: Engine, clock) -> Iterator[Harness]:  # type: ignore[no-untyped-def]
-    harness = Harness(engine, clock)
-    harness.advertise(make_skill(price_atomic=1_000, methods=[
-        registry_pb2.VERIFICATION_METHOD_SCHEMA]))
-    harness.fund(harness.buyer, FUNDS)
-    yield harness
-    harness.close()
+    with funded_market(engine, clock, FUNDS, price_atomic=1_000,
+                       methods=[registry_pb2.VERIFICATION_METHOD_SCHEMA]) as harness:
+        yield harness
 
 
 def test_facts_are_the_escrows_parties_and_stay_bounded(market: Harness):

@@ -15,7 +15,14 @@ from marketplace import agreements as ag
 from marketplace.identity import AgentKey
 from marketplace.node import MarketplaceNode
 from marketplace.reputation import reputation_permille
-from marketplace.testing import Harness, make_deal, make_listing, make_skill, make_terms
+from marketplace.testing import (
+    Harness,
+    funded_market,
+    make_deal,
+    make_listing,
+    make_skill,
+    make_terms,
+)
 from marketplace.v1 import (
     dispute_pb2,
     dispute_pb2_grpc,
@@ -36,11 +43,8 @@ Outcome = dispute_pb2.DisputeOutcome
 
 @pytest.fixture
 def market(engine: Engine, clock) -> Iterator[Harness]:  # type: ignore[no-untyped-def]
-    harness = Harness(engine, clock)
-    harness.advertise(make_skill(price_atomic=PRICE))
-    harness.fund(harness.buyer, FUNDS)
-    yield harness
-    harness.close()
+    with funded_market(engine, clock, FUNDS, price_atomic=PRICE) as harness:
+        yield harness
 
 
 def _disputed(market: Harness, calls: int = 4):  # type: ignore[no-untyped-def]

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from marketplace.reputation import PENDING, fold_pending, record_outcome, reputation
-from marketplace.testing import Harness, make_skill
+from marketplace.testing import Harness, funded_market
 from wallets import _mutation
 
 PRICE = 1_000
@@ -21,11 +21,8 @@ OK = {"text": "fine"}
 
 @pytest.fixture
 def market(engine: Engine, clock) -> Iterator[Harness]:  # type: ignore[no-untyped-def]
-    harness = Harness(engine, clock)
-    harness.advertise(make_skill(price_atomic=PRICE))
-    harness.fund(harness.buyer, 1_000_000_000)
-    yield harness
-    harness.close()
+    with funded_market(engine, clock, 1_000_000_000, price_atomic=PRICE) as harness:
+        yield harness
 
 
 def _unfolded(engine: Engine) -> int:

@@ -14,7 +14,14 @@ from marketplace import agreements as ag
 from marketplace.escrows import OpenedAgreements
 from marketplace.identity import AgentKey
 from marketplace.node import MarketplaceNode
-from marketplace.testing import Harness, make_deal, make_listing, make_skill, make_terms
+from marketplace.testing import (
+    Harness,
+    funded_market,
+    make_deal,
+    make_listing,
+    make_skill,
+    make_terms,
+)
 from marketplace.v1 import registry_pb2, settlement_pb2, settlement_pb2_grpc
 from wallets.errors import AgentmarketError
 from wallets.grpc_errors import error_reason
@@ -26,12 +33,9 @@ OK = {"text": "fine"}
 
 @pytest.fixture
 def market(engine: Engine, clock) -> Iterator[Harness]:  # type: ignore[no-untyped-def]
-    harness = Harness(engine, clock)
-    harness.advertise(make_skill(price_atomic=PRICE, methods=[
-        registry_pb2.VERIFICATION_METHOD_SCHEMA]))
-    harness.fund(harness.buyer, FUNDS)
-    yield harness
-    harness.close()
+    with funded_market(engine, clock, FUNDS, price_atomic=PRICE,
+                       methods=[registry_pb2.VERIFICATION_METHOD_SCHEMA]) as harness:
+        yield harness
 
 
 def _refused(market: Harness, attempt, status: str, reason: str) -> None:  # type: ignore[no-untyped-def]

@@ -10,7 +10,7 @@ from sqlalchemy import Engine
 
 from marketplace import agreement_states as st
 from marketplace.errors import IllegalTransition
-from marketplace.testing import Deal, Harness, make_skill
+from marketplace.testing import Deal, Harness, funded_market
 from marketplace.v1 import dispute_pb2, registry_pb2
 from wallets.audit import check_balances, verify_chain
 from wallets.currencies import split
@@ -28,11 +28,8 @@ ACCEPTANCE = registry_pb2.VERIFICATION_METHOD_BUYER_ACCEPTANCE
 
 @pytest.fixture
 def market(engine: Engine, clock) -> Iterator[Harness]:  # type: ignore[no-untyped-def]
-    harness = Harness(engine, clock)
-    harness.advertise(make_skill(price_atomic=PRICE))
-    harness.fund(harness.buyer, FUNDS)
-    yield harness
-    harness.close()
+    with funded_market(engine, clock, FUNDS, price_atomic=PRICE) as harness:
+        yield harness
 
 
 def _books_ok(market: Harness) -> None:

@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 
 from marketplace import settlement as settlement_module
 from marketplace.identity import AgentKey
-from marketplace.testing import Harness, make_deal, make_skill, make_terms
+from marketplace.testing import Harness, funded_market, make_deal, make_skill, make_terms
 from wallets.errors import AgentmarketError
 from wallets.policies import Policy
 
@@ -22,11 +22,8 @@ OK = {"text": "fine"}
 
 @pytest.fixture
 def market(engine: Engine, clock) -> Iterator[Harness]:  # type: ignore[no-untyped-def]
-    harness = Harness(engine, clock)
-    harness.advertise(make_skill(price_atomic=PRICE))
-    harness.fund(harness.buyer, 10**9)
-    yield harness
-    harness.close()
+    with funded_market(engine, clock, 10**9, price_atomic=PRICE) as harness:
+        yield harness
 
 
 def test_agreements_that_cannot_move_do_not_hold_up_the_rest(market, monkeypatch):
