@@ -59,12 +59,13 @@ class Unpaid(Adapter):
         return None if name.lower() == "payment-signature" else super().get_header(name)
 
 
-def fingerprint(data: Any, listing_id: str, skill: str, arguments: dict[str, Any]) -> bytes:
-    """What a retry under one payment identifier must repeat: the payment payload, the
-    resource and the arguments. x402's payment-identifier: the same id with the same payload
-    gets the first answer, with another payload 409 (so knowing an id, or an agreement's, is
-    not enough to read another's answer)."""
-    return hashlib.sha256(net.canonical([data, listing_id, skill, arguments])).digest()
+def fingerprint(payment_print: bytes, listing_id: str, skill: str,
+                arguments: dict[str, Any]) -> bytes:
+    """What a retry under one payment identifier must repeat: the payment payload (its
+    `payment_fingerprint`), the resource and the arguments. x402's payment-identifier: the same
+    id with the same payload gets the first answer, with another payload 409 (so knowing an id,
+    or an agreement's, is not enough to read another's answer)."""
+    return hashlib.sha256(payment_print + net.canonical([listing_id, skill, arguments])).digest()
 
 
 async def body_within(request: Request, limit: int) -> bytes | None:

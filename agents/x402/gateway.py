@@ -199,14 +199,15 @@ class Gateway:
         if not remembered:
             return await self._paid(request, route, payload, arguments, ctx, span, None)
         scope, ident = remembered
-        request_print = fingerprint(data, listing_id, skill, arguments)
+        payment_print = payment_fingerprint(data)  # the payload canonicalised once
+        request_print = fingerprint(payment_print, listing_id, skill, arguments)
         first = self.answers.first(scope, ident, request_print)
         if first is not None:
             return first
         return await self.answers.once(scope, ident, request_print, lambda finished: self._paid(
             request, route, payload, arguments, ctx, span,
             _Remember(scope, ident, request_print, finished)),
-            payment_print=payment_fingerprint(data))
+            payment_print=payment_print)
 
     async def _paid(self, request: Request, route: Route, payload: PaymentPayload | None,
                     arguments: dict[str, Any], ctx: HTTPRequestContext, span: Any,
