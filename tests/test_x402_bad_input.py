@@ -219,6 +219,42 @@ def test_a_body_far_over_the_limit_is_refused_without_being_read(market):
     assert _ledger_state(market) == before
 
 
+@pytest.mark.parametrize("identified", [False, True], ids=["plain", "identified"])
+def test_a_lone_surrogate_in_the_arguments_or_the_payment_is_400(market, identified):
+    """`json.loads` takes "\\ud800", but nothing can encode it as UTF-8 (a fingerprint, the
+    seller's protobuf string): a malformed request, not a 500, with or without a payment
+    identifier."""
+    _, payload = _payload(market, "shout")
+    extensions = dict(payload.extensions or {})
+    if identified:
+        append_payment_identifier_to_extensions(extensions, "pay_surrogate_0123456789")
+    header = encode_payment_signature_header(payload.model_copy(
+        update={"extensions": extensions}))
+    before = _ledger_state(market)
+    in_body = httpx.post(market.url("shout"), content=b'{"text": "\\ud800"}',
+                         headers={"PAYMENT-SIGNATURE": header})
+    assert (in_body.status_code, in_body.json()["error"]) == (400, "invalid_json")
+    assert "surrogate" in in_body.json()["message"]
+    data = json.loads(base64.b64decode(header))
+    data["extensions"]["note"] = "\ud800"
+    in_header = _send(market, "shout", base64.b64encode(json.dumps(data).encode()).decode())
+    assert (in_header.status_code, _reason(in_header)) == (400, "malformed_payment_header")
+    assert _ledger_state(market) == before
+    paired = _send(market, "shout", header, {"text": "\U0001F600"})  # a pair is a character
+    assert paired.status_code == 200, paired.text
+
+
+def test_a_browser_gets_the_json_402_not_a_paywall_for_other_networks(market):
+    """x402's HTML paywall pays on EVM chains and Solana: a browser gets the same JSON 402 as
+    any client, with PAYMENT-REQUIRED."""
+    answer = httpx.post(market.url("shout"), json={"text": "hi"},
+                        headers={"accept": "text/html", "user-agent": "Mozilla/5.0"})
+    assert answer.status_code == 402
+    assert answer.headers["content-type"].startswith("application/json")
+    assert decode_payment_required_header(answer.headers["payment-required"]).accepts
+    assert answer.json() == httpx.post(market.url("shout"), json={"text": "hi"}).json()
+
+
 def test_a_retry_with_the_same_payment_identifier_returns_the_first_answer(market):
     _, payload = _payload(market, "shout")
     extensions = dict(payload.extensions or {})

@@ -5,6 +5,7 @@ buyer's agent key. A replayed payment pays nothing more."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections.abc import Iterator
 
@@ -222,6 +223,19 @@ def _authorisation(market, owner: str, scheme: str = "exact", nonce: str = "") -
         valid_before_ms=10**13)
     return {"x402Version": 2, "paymentRequirements": requirements, "paymentPayload": {
         "x402Version": 2, "accepted": requirements, "payload": signed}}
+
+
+def test_a_lone_surrogate_in_a_facilitator_request_is_invalid_payload(market):
+    """JSON that UTF-8 cannot carry ("\\ud800" alone) is a malformed request: 400
+    invalid_payload at verify and settle, not a refusal naming a scheme it does not lack."""
+    body = _authorisation(market, AgentKey.generate().agent_id)
+    body["paymentPayload"]["payload"]["authorization"]["resource"] = "\ud800"
+    raw = json.dumps(body).encode()  # ensure_ascii: the lone surrogate as its escape
+    before = market.posted(market.key.agent_id)
+    for path in ("verify", "settle"):
+        refused = httpx.post(f"{market.http.url}/facilitator/{path}", content=raw)
+        assert (refused.status_code, refused.json()["error"]) == (400, "invalid_payload")
+    assert market.posted(market.key.agent_id) == before
 
 
 def test_a_settled_authorisation_stays_a_replay_after_a_restart_and_under_another_scheme(

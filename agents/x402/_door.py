@@ -39,7 +39,9 @@ class Adapter:
         return str(self.request.url)
 
     def get_accept_header(self) -> str:
-        return self.request.headers.get("accept", "")
+        """JSON for every client, browsers too: x402's HTML paywall pays on EVM chains and
+        Solana, not on an agentmarket network, so it could only mislead a browser's user."""
+        return "application/json"
 
     def get_user_agent(self) -> str:
         return self.request.headers.get("user-agent", "")

@@ -10,7 +10,6 @@ request is 400, one over 256 KiB is 413.
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 from pydantic import ValidationError
@@ -19,7 +18,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 from x402 import x402FacilitatorSync
-from x402.schemas import PaymentPayload, PaymentRequirements, SettleResponse, VerifyResponse
+from x402.schemas import (
+    PaymentPayload,
+    PaymentRequirements,
+    SchemeNotFoundError,
+    SettleResponse,
+    VerifyResponse,
+)
 
 from agents.x402 import network as net
 from agents.x402._door import body_within
@@ -36,7 +41,7 @@ def facilitator_app(facilitator: x402FacilitatorSync) -> Starlette:
         if raw is None:
             raise Refused("body_too_large", "the request is over 256 KiB")
         try:
-            data = json.loads(raw)
+            data = net.strict_loads(raw)
             if not net.is_v2(data.get("x402Version", 2)):
                 raise ValueError("x402 v2 requests only (x402Version 2)")
             return (net.v2_payload(data["paymentPayload"]),
@@ -74,10 +79,11 @@ def facilitator_app(facilitator: x402FacilitatorSync) -> Starlette:
 
 
 def _guarded(call: Any, payload: PaymentPayload, requirements: PaymentRequirements) -> Any:
-    """A scheme or network no one registered is the caller's mistake, answered as such."""
+    """A scheme or network no one registered is the caller's mistake, answered as such; any
+    other failure is the facilitator's own and stays an error (500), not a refusal."""
     try:
         return call(payload, requirements)
-    except Exception as error:  # x402's SchemeNotFoundError and kin
+    except SchemeNotFoundError as error:
         network = payload.accepted.network
         if isinstance(call.__self__, x402FacilitatorSync) and "verify" in call.__name__:
             return VerifyResponse(is_valid=False, invalid_reason="invalid_network"

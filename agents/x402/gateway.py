@@ -161,9 +161,10 @@ class Gateway:
             return problem(413, "body_too_large", f"the body is over {self.max_body_bytes} "
                                                    "bytes")
         try:
-            arguments = json.loads(raw or b"{}")
+            arguments = net.strict_loads(raw or b"{}")
         except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
-            return problem(400, "invalid_json", "the body is not JSON")
+            return problem(400, "invalid_json", "the body is not JSON (UTF-8, with no lone "
+                                                "surrogate escape such as \\ud800)")
         if not isinstance(arguments, dict):
             return problem(400, "invalid_json", "the body is a JSON object of arguments")
         header = request.headers.get("payment-signature")
@@ -174,7 +175,7 @@ class Gateway:
         payload, data = None, None
         if header:
             try:
-                data = json.loads(safe_base64_decode(header))
+                data = net.strict_loads(safe_base64_decode(header))
             except (ValueError, RecursionError):
                 return problem(400, "malformed_payment_header",
                                 "PAYMENT-SIGNATURE is not base64 JSON of a PaymentPayload")
@@ -381,7 +382,7 @@ class Gateway:
         with self._tracer.start_as_current_span("gateway.close", context=context):
             raw = await body_within(request, 4096)
             try:
-                data = json.loads(raw) if raw is not None else None
+                data = net.strict_loads(raw) if raw is not None else None
                 finish = net.unhex(data["finish"], "finish", 64)  # type: ignore[index]
             except (ValueError, TypeError, KeyError, RecursionError, net.PayloadError):
                 return problem(400, "invalid_json", 'the body is {"finish": "<hex>"}')

@@ -43,6 +43,7 @@ MAX_PAYLOAD_FIELD_CHARS = 64 * 1024
 MAX_PAYLOAD_DEPTH = 32
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _NETWORK = re.compile(r"^agentmarket:[0-9a-f]{32}$")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 class PayloadError(ValueError):
@@ -70,6 +71,17 @@ def decimals(asset: str) -> int:
 def canonical(value: Any) -> bytes:
     """RFC 8785 bytes for what these payloads hold (PROTOCOL.md 14.1)."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def strict_loads(raw: bytes | str) -> Any:
+    """JSON as `json.loads` reads it, refusing (ValueError) a lone surrogate escape such as
+    \\ud800: `json.loads` takes it, but no UTF-8 encoder can write it back (canonical bytes, a
+    fingerprint, a protobuf string), so it is the caller's malformed input, found here."""
+    value = json.loads(raw)
+    data = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")
+    if _SURROGATE_ESCAPE.search(data):  # rare: pay for the full check only then
+        json.dumps(value, ensure_ascii=False).encode()  # UnicodeEncodeError: a ValueError
+    return value
 
 
 def b64(data: bytes) -> str:
