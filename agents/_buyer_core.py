@@ -184,7 +184,7 @@ class BuyerCore:
         if deal.agreement_id not in self.sessions:
             self.sessions[deal.agreement_id] = PaymentSession(
                 deal.agreement_id, chain, deal.body.link_value_atomic,
-                deal.body.terms.max_total_atomic)
+                deal.body.terms.max_total_atomic, deal.currency)
 
     def restore_deal(self, state: dict[str, Any]) -> Deal:
         """The deal a checkpoint holds (`Deal.state()`), ready to pay under again."""

@@ -10,6 +10,7 @@ import threading
 from agents.errors import BudgetExceeded
 from marketplace.payword import PaywordChain
 from marketplace.v1 import agreement_pb2
+from wallets.currencies import CURRENCIES
 
 
 def links_for(amount_atomic: int, link_value_atomic: int) -> int:
@@ -21,8 +22,10 @@ class PaymentSession:
     """The buyer's side of one agreement: what its vouchers authorised and what was charged."""
 
     def __init__(self, agreement_id: str, chain: PaywordChain, link_value_atomic: int,
-                 max_total_atomic: int) -> None:
+                 max_total_atomic: int, currency: str = "") -> None:
+        """`currency`: the agreement's, so a refusal names amounts as people read them."""
         self.agreement_id = agreement_id
+        self.currency = currency
         self.chain = chain
         self.link_value_atomic = link_value_atomic
         self.max_total_atomic = max_total_atomic
@@ -53,9 +56,14 @@ class PaymentSession:
         target = max(index, needed)
         if target * self.link_value_atomic > self.max_total_atomic or target > self.chain.length:
             raise BudgetExceeded(
-                f"prepaying {reserve_atomic} more would exceed the agreement's maximum of "
-                f"{self.max_total_atomic} (charged {charged} so far)")
+                f"prepaying {self._shown(reserve_atomic)} more would exceed the agreement's "
+                f"maximum of {self._shown(self.max_total_atomic)} (charged "
+                f"{self._shown(charged)} so far)")
         return target
+
+    def _shown(self, amount_atomic: int) -> str:
+        found = CURRENCIES.get(self.currency)
+        return found.format(amount_atomic) if found else f"{amount_atomic} atomic units"
 
     def voucher(self, sequence: int, index: int) -> agreement_pb2.Voucher:
         """The voucher with this sequence revealing the word at `index` (deterministic)."""

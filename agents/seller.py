@@ -112,11 +112,11 @@ class SellerAgent:
         `key`: an AgentKey, a key file, or a name the keystore keeps the key under
         (`agents.keystore`); none: a new key for this run only.
         `journal`: where paid calls are recorded before they are answered (a database URL or
-        a SQLite file; default `$AGENTMARKET_HOME/seller-<agent id>.db`, AGENTMARKET_HOME
-        defaulting to ./.agentmarket). A seller started again with the same key and journal
-        takes up its agreements where it stopped, and redeems them. A seller with a key made
-        for this run keeps its journal in a temporary folder removed by `stop()`: no one
-        could take it up again, and nothing piles up run after run.
+        a SQLite file; default `$AGENTMARKET_HOME/seller-<first 16 hex of the agent id>.db`,
+        AGENTMARKET_HOME defaulting to ./.agentmarket). A seller started again with the same
+        key and journal takes up its agreements where it stopped, and redeems them. A seller
+        with a key made for this run keeps its journal in a temporary folder removed by
+        `stop()`: no one could take it up again, and nothing piles up run after run.
         `journal_retention_s`: how long after its completion deadline a redeemed (or never
         paid) agreement is kept, in memory and in the journal, before it is dropped.
         `card_port`: serve the A2A Agent Card over HTTP on `host` at this port (0: a free

@@ -342,7 +342,8 @@ def test_demo_cli_command_runs_and_reports(runner: CliRunner, tmp_path: Path):
     (["--fx-rate", "ECNY=seven"], "not a number"),
     (["--fx-rate", "ECNY=0"], "must be positive"),
     (["--fx-rate", "XXQ=1"], "XXQ"),
-], ids=["arbiter", "fx-shape", "fx-number", "fx-positive", "fx-currency"])
+    (["--db", "mysql://root:secret@db/x"], "mysql:// is not a database URL agentmarket runs on"),
+], ids=["arbiter", "fx-shape", "fx-number", "fx-positive", "fx-currency", "db-kind"])
 def test_serve_refuses_bad_options_in_one_line(runner: CliRunner, tmp_path: Path,
                                                option: list[str], says: str):
     result = runner.invoke(app, ["serve", "--db", f"sqlite:///{tmp_path / 'm.db'}", "--port",
@@ -351,7 +352,24 @@ def test_serve_refuses_bad_options_in_one_line(runner: CliRunner, tmp_path: Path
     assert isinstance(result.exception, SystemExit), result.exception
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and says in lines[0], lines
+    assert "secret" not in result.output  # a URL's password is never printed
     assert not (tmp_path / "m.db").exists()  # refused before anything was created
+
+
+@pytest.mark.parametrize("command", ["serve", "gateway"])
+def test_a_taken_port_is_one_line_on_stderr(command: str, tmp_path: Path):
+    """Refused before gRPC binds it, so its C-core logs nothing of its own."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ended = subprocess.run(
+            [*_agentmarket(), command, "--db", f"sqlite:///{tmp_path / 'm.db'}", "--port",
+             str(port), "--spans", str(tmp_path / "s.db")], capture_output=True, text=True,
+            timeout=START_TIMEOUT_S, cwd=tmp_path)
+    printed = (ended.stdout + ended.stderr).strip().splitlines()
+    assert ended.returncode == 1, printed
+    assert len(printed) == 1 and "another process listens on that port" in printed[0], printed
 
 
 def _main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],

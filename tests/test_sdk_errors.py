@@ -9,6 +9,7 @@ keys raised decimal.InvalidOperation, OverflowError or protobuf's ValueError).
 from __future__ import annotations
 
 import ast
+import re
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, is_dataclass
@@ -269,6 +270,19 @@ def test_balance_hire_call_and_finish_are_typed_and_exact(market: Market):
     assert buyer.balance("USD") == Money.of("1.00", "USD") - done.captured
     with pytest.raises(InvalidArgument):
         Money(1, "USD") + Money(1, "ECNY")
+
+
+def test_a_call_beyond_the_agreement_names_its_amounts_in_the_currency(market: Market):
+    market.buyer.fund("1.00", "USD")
+    deal = market.deal(quantity=1)
+    market.buyer.hire(deal)
+    market.buyer.call(deal, {"text": "one"})
+    with pytest.raises(agents.BudgetExceeded) as refused:
+        market.buyer.call(deal, {"text": "two"})
+    assert refused.value.status == "RESOURCE_EXHAUSTED"
+    assert re.search(r"prepaying [0-9.]+ USD more would exceed the agreement's maximum of "
+                     r"[0-9.]+ USD \(charged [0-9.]+ USD so far\)", refused.value.message), \
+        refused.value.message
 
 
 def test_a_database_that_cannot_be_opened_is_the_projects_error(tmp_path: Path):

@@ -17,6 +17,8 @@ from pathlib import Path
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError
 
+from wallets.errors import InvalidArgument
+
 DEFAULT_DB_URL = "sqlite:///agentmarket.db"
 SQLITE_BUSY_TIMEOUT_S = 30.0
 
@@ -43,6 +45,10 @@ def sqlite_url(path: str | Path) -> str:
 
 def make_engine(url: str = DEFAULT_DB_URL) -> Engine:
     """An engine with the pragmas and transaction behaviour the ledger relies on."""
+    if not url.startswith(("sqlite", "postgresql")):
+        what = url.split("://")[0] + "://" if "://" in url else repr(url[:60])  # no password
+        raise InvalidArgument(f"{what} is not a database URL agentmarket runs on: use "
+                              "sqlite:///FILE or postgresql://...")
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     if not url.startswith("sqlite"):

@@ -130,7 +130,8 @@ class AgentmarketScheme:
         signed = agreement_pb2.SignedAgreement(body=body.SerializeToString())
         ag.sign_as_buyer(signed, self.key)
         agreement_id = ag.agreement_id(signed.body)
-        session = _Session(signed, PaymentSession(agreement_id, chain, link_value, max_total),
+        session = _Session(signed, PaymentSession(agreement_id, chain, link_value, max_total,
+                                                  requirements.asset),
                            reserve)
         self.sessions[session_key] = session
         return session

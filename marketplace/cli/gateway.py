@@ -47,9 +47,9 @@ def gateway(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///fil
                                              "heap and collects in larger passes: "
                                              "marketplace.heap)."),
             normal_scheduling: bool = typer.Option(
-                False, "--normal-scheduling", help="Keep Linux's default scheduling policy (by "
-                                                    "default the started gateway's threads run "
-                                                    "under SCHED_BATCH: marketplace.scheduling).")
+                False, "--normal-scheduling", help="Keep Linux's default thread scheduling "
+                                                        "(by default: SCHED_BATCH, more calls per "
+                                                        "second when the cores are busy).")
             ) -> None:
     """Run a node with the HTTP/x402 gateway (POST /v1/skills/{listing}/{skill}) and the x402
     facilitator (/facilitator/verify, /settle, /supported) until SIGTERM or SIGINT."""

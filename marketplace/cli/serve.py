@@ -106,9 +106,9 @@ def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file 
                                            "heap and collects in larger passes: "
                                            "marketplace.heap)."),
           normal_scheduling: bool = typer.Option(
-              False, "--normal-scheduling", help="Keep Linux's default scheduling policy (by "
-                                                  "default the started node's threads run "
-                                                  "under SCHED_BATCH: marketplace.scheduling).")
+              False, "--normal-scheduling", help="Keep Linux's default thread scheduling "
+                                                      "(by default: SCHED_BATCH, more calls per "
+                                                      "second when the cores are busy).")
           ) -> None:
     """Run a marketplace node until SIGTERM or SIGINT."""
     from marketplace.auth import server_credentials
