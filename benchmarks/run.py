@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from rich.table import Table
 MODULES = ("ledger", "usage_journal", "rpc_floor", "paid_call", "a2a", "x402_gateway", "discovery",
            "tasks", "deployed", "console", "warm_start", "scale_out", "sandbox")
 RESULTS = Path(__file__).resolve().parent / "results.json"
+QUIET_S = 3.0  # after the sync, for the last benchmark's processes to finish exiting
 
 
 def main(names: list[str]) -> int:
@@ -36,6 +38,7 @@ def main(names: list[str]) -> int:
             module = importlib.import_module(f"benchmarks.{name}")
             results.update(module.run(lambda text, t=task: progress.update(t, description=text)))
             progress.update(task, description=f"{name}: done", completed=1, total=1)
+            _quiet()
     table = Table("figure", "value", title=f"agentmarket benchmarks ({os.cpu_count()} cores)")
     for key, value in results.items():
         table.add_row(key, str(value))
@@ -43,6 +46,14 @@ def main(names: list[str]) -> int:
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     console.print(f"written to {RESULTS}")
     return 0
+
+
+def _quiet() -> None:
+    """Let the next benchmark start on a quiet machine: what the last one wrote (the discovery
+    benchmark's database is 500 MB) reaches the disk now, not as writeback competing with the
+    next one's commits and CPU."""
+    os.sync()
+    time.sleep(QUIET_S)
 
 
 if __name__ == "__main__":

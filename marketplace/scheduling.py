@@ -10,10 +10,13 @@ turns off that wake-up preemption for the process's threads: a thread runs until
 its time slice ends, and the one it woke runs next, or at once on an idle core. It needs no
 privilege and changes nothing else (nice values, CPU shares).
 
-Measured on 2 cores, interleaved runs of the deployed benchmark (`benchmarks.deployed`): 105
-and 108 tasks/s against 96 and 102 under the default policy; a paid HTTP call through the x402
-gateway 953-1,012 calls/s against 842-877. The cost is latency when every core is busy: a woken
-thread waits for the running one to block or use up its slice (a few ms at most).
+Measured on 2 cores, interleaved runs of the deployed benchmark (`benchmarks.deployed`, every
+party its own process): 105-113 tasks/s against 96-103 under the default policy, with less CPU
+per task in every party and a lower task p99. A paid HTTP call through the x402 gateway: 953-1,012
+calls/s against 842-877. It is no free lunch: a woken thread may wait for the running one to
+block or use up its slice, so a chain of hand-offs that is waited on end to end (16 paid calls
+driven from one process against a seller whose calls wait for their journal commit) gained
+nothing (1,791-1,856 against 1,871-1,934 calls/s) though each call cost 40% less CPU.
 
 It is for a process that serves: the node and gateway commands call it (`--normal-scheduling`
 keeps the default policy). A seller's or buyer's own process calls it once its agents have

@@ -385,7 +385,7 @@ def _main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 
 
 @pytest.mark.parametrize(("args", "said"), [
-    (("ledger", "--db", "garbage"), "cannot open the database garbage"),
+    (("ledger", "--db", "garbage"), "'garbage' is not a database URL agentmarket runs on"),
     (("ledger", "verify", "--db", "postgresql://u@127.0.0.1:1/x"), "cannot open the database"),
     (("agreements", "--state", "bogus"), "no state 'bogus'"),
     (("keys", "new", "/proc/no/such.key"), "No such file or directory"),

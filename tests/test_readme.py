@@ -31,12 +31,13 @@ def _section(title: str) -> str:
 
 
 def _cli_commands() -> dict[str, set[str]]:
-    """'agentmarket trace last' -> its options (aliases joined by '/'), from the CLI itself."""
+    """'agentmarket trace last' -> its options (aliases, and an on/off flag's two halves,
+    joined by '/'), from the CLI itself."""
     found: dict[str, set[str]] = {}
 
     def walk(command, path: list[str]) -> None:  # type: ignore[no-untyped-def]
         subcommands = getattr(command, "commands", None) or {}
-        options = {"/".join(p.opts) for p in command.params
+        options = {"/".join([*p.opts, *p.secondary_opts]) for p in command.params
                    if p.param_type_name == "option" and "--help" not in p.opts}
         if path and (not subcommands or options):
             found[" ".join(["agentmarket", *path])] = options
