@@ -357,8 +357,10 @@ class BuyerCore:
                                  "agentmarket.verified": not problem})
             if problem:
                 span.set_status(trace.Status(trace.StatusCode.ERROR, problem))
+        context = span.get_span_context()
         return CallResult(output, Usage.from_message(usage, deal.currency), receipt,
-                          not problem, problem)
+                          not problem, problem,
+                          format(context.trace_id, "032x") if context.is_valid else "")
 
     @staticmethod
     def _output_of(result: CallResult, output_type: Any) -> Any:
@@ -374,6 +376,7 @@ class BuyerCore:
                 else ServerError(f"the seller's receipt failed its checks: {result.problem}",
                                  reason="BAD_RECEIPT")
             error.result = result  # type: ignore[attr-defined]
+            error.trace_id = result.trace_id
             raise error
         return BuyerCore._typed(result.output, output_type)
 

@@ -218,13 +218,15 @@ class Usage:
 @dataclass(frozen=True, slots=True)
 class CallResult:
     """One paid call: the output (checked against the skill's output schema), its usage and
-    the seller's receipt (the signed wire message: evidence for a dispute)."""
+    the seller's receipt (the signed wire message: evidence for a dispute); `trace_id` the
+    call's trace (empty unless tracing is set up)."""
 
     output: Any
     usage: Usage
     receipt: agreement_pb2.Receipt
     verified: bool
     problem: str = ""
+    trace_id: str = ""
 
 
 def posting_from_message(m: wallet_pb2.Posting) -> Posting:

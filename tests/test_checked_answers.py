@@ -75,6 +75,36 @@ def test_call_raises_on_an_answer_that_fails_its_checks(market, monkeypatch, mod
         assert buyer.sessions[deal.agreement_id].charged_atomic <= price  # booked at the terms
 
 
+def test_the_error_names_the_calls_trace_when_tracing_is_set_up(market, monkeypatch):
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    node, seller = market
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    with BuyerAgent("victim", marketplace=node.address, tracer_provider=provider) as buyer:
+        buyer.fund("1.00", "USD")
+        deal = buyer.negotiate(buyer.discover("echo", currency="USD"), "echo", quantity=4,
+                               budget="0.10", currency="USD")
+        buyer.hire(deal)
+        assert buyer.invoke(deal, {"text": "fine"}).trace_id  # a verified call names it too
+        real = BuyerAgent._send
+
+        def send(self, planned):  # type: ignore[no-untyped-def]
+            response = real(self, planned)
+            _tamper(response, seller, "schema", deal.body.terms.unit_price_atomic)
+            return response
+
+        monkeypatch.setattr(BuyerAgent, "_send", send)
+        with pytest.raises(SchemaViolation) as raised:
+            buyer.call(deal, {"text": "hi"})
+    paid = [s for s in spans.get_finished_spans() if s.name == "paid_call"]
+    assert raised.value.trace_id == raised.value.result.trace_id \
+        == format(paid[-1].context.trace_id, "032x")
+
+
 def test_the_async_buyer_raises_the_same(market, monkeypatch):
     node, seller = market
     from agents.async_buyer import AsyncBuyerAgent as Async
