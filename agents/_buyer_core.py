@@ -37,6 +37,7 @@ from agents._deal import (
     restored_deal,
 )
 from agents._grpc_payment import ANSWER_MAY_BE_LOST
+from agents._rpc import trace_id_of
 from agents.errors import (
     AgentmarketError,
     ApprovalRequired,
@@ -357,10 +358,8 @@ class BuyerCore:
                                  "agentmarket.verified": not problem})
             if problem:
                 span.set_status(trace.Status(trace.StatusCode.ERROR, problem))
-        context = span.get_span_context()
         return CallResult(output, Usage.from_message(usage, deal.currency), receipt,
-                          not problem, problem,
-                          format(context.trace_id, "032x") if context.is_valid else "")
+                          not problem, problem, trace_id_of(span))
 
     @staticmethod
     def _output_of(result: CallResult, output_type: Any) -> Any:

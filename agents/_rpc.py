@@ -62,9 +62,14 @@ def _one_line(text: str) -> str:
     return line if len(line) <= MAX_MESSAGE_CHARS else line[:MAX_MESSAGE_CHARS - 3] + "..."
 
 
-def _client_trace_id() -> str:
-    context = trace.get_current_span().get_span_context()
+def trace_id_of(span: trace.Span) -> str:
+    """The span's trace id in hex, as errors and results name it; "" for no trace."""
+    context = span.get_span_context()
     return format(context.trace_id, "032x") if context.is_valid else ""
+
+
+def _client_trace_id() -> str:
+    return trace_id_of(trace.get_current_span())
 
 
 def build(cls: type[errors.AgentmarketError], message: str, *, status: str = "",

@@ -22,6 +22,10 @@ class PortUnavailable(FailedPrecondition):
     reason = "PORT_UNAVAILABLE"
 
 
+_REFUSAL = ("cannot listen on {address}: another process listens on that port, or the host "
+            "is not an address of this machine (choose another port, or 0 for a free one)")
+
+
 def listen(server: Any, address: str, credentials: Any = None) -> int:
     """Bind `address` (host:port; port 0 picks a free one); returns the port bound."""
     if not _could_bind(address):
@@ -34,10 +38,6 @@ def listen(server: Any, address: str, credentials: Any = None) -> int:
     if not bound:
         raise PortUnavailable(_REFUSAL.format(address=address))
     return int(bound)
-
-
-_REFUSAL = ("cannot listen on {address}: another process listens on that port, or the host "
-            "is not an address of this machine (choose another port, or 0 for a free one)")
 
 
 def _could_bind(address: str) -> bool:

@@ -80,7 +80,7 @@ def strict_loads(raw: bytes | str) -> Any:
     value = json.loads(raw)
     data = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")
     if _SURROGATE_ESCAPE.search(data):  # rare: pay for the full check only then
-        json.dumps(value, ensure_ascii=False).encode()  # UnicodeEncodeError: a ValueError
+        canonical(value)  # UnicodeEncodeError (a ValueError) for a lone one
     return value
 
 
