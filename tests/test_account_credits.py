@@ -208,7 +208,9 @@ def test_downgrading_the_schema_keeps_unfolded_credits_and_outcomes(
             config.attributes["connection"] = conn
             command.downgrade(config, revision)
     with ledger.engine.connect() as conn:
-        rows = {r.id: r for r in conn.execute(select(_credits.ACCOUNTS))}
+        c = _credits.ACCOUNTS.c  # the columns of that revision
+        rows = {r.id: r for r in conn.execute(select(c.id, c.posted_credits_atomic,
+                                                     c.pending_credits_atomic))}
         rated = conn.execute(select(REPUTATION.c.rated, REPUTATION.c.score_sum)
                              .where(REPUTATION.c.seller_id == "s1")).one()
     for account_id, balance in before.items():

@@ -14,9 +14,10 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from wallets import audit
+from wallets._bulk import TransferRequest
 from wallets.caller import ANONYMOUS_SCOPE
 from wallets.currencies import MAX_AMOUNT_ATOMIC, currency
 from wallets.errors import (
@@ -30,8 +31,8 @@ from wallets.errors import (
     ResourceExhausted,
     UnknownCurrency,
 )
-from wallets.ledger import ENTRIES, POSTINGS, Ledger
-from wallets.models import Balance, Transfer
+from wallets.ledger import ACCOUNTS, ENTRIES, POSTINGS, Ledger
+from wallets.models import Balance, Posting, Transfer
 from wallets.rails import payout_reference
 from wallets.service import WalletService
 
@@ -191,24 +192,51 @@ def test_the_largest_amount_is_accepted(wallets: WalletService) -> None:
         wallets.deposit("more", alice, biggest, "USD")
 
 
-def test_running_totals_cannot_overflow(wallets: WalletService) -> None:
-    """Debit and credit totals only grow: money moving back and forth must not pass int64."""
+def _rewinds(ledger: Ledger) -> dict[str, int]:
+    with ledger.engine.connect() as conn:
+        return dict(conn.execute(select(ACCOUNTS.c.id, ACCOUNTS.c.totals_rewinds)).all())
+
+
+def test_round_trips_never_fill_the_running_totals(wallets: WalletService) -> None:
+    """Debit and credit totals only grow: money going back and forth, one transfer at a time
+    or in bulk, passes int64 many times over, and neither party is ever refused (the totals
+    are rewound together; the audit, run after the test, counts the rewound units)."""
     ledger = wallets.ledger
     alice, bob = open_wallet(wallets, "alice"), open_wallet(wallets, "bob")
     biggest = MAX_AMOUNT_ATOMIC - MAX_AMOUNT_ATOMIC % USD.rail_step_atomic
     wallets.deposit("max", alice, biggest, "USD")
-    ledger.transfer("ab1", alice, bob, biggest)
-    ledger.transfer("ba1", bob, alice, biggest)
-    ledger.transfer("ab2", alice, bob, biggest)
+    for n in range(6):
+        ledger.transfer(f"ab{n}", alice, bob, biggest)
+        ledger.transfer(f"ba{n}", bob, alice, biggest)
+    for n in range(3):
+        posted = ledger.transfer_many([
+            TransferRequest(f"bulk-ab{n}", Transfer(alice, bob, biggest)),
+            TransferRequest(f"bulk-ba{n}", Transfer(bob, alice, biggest))])
+        assert all(isinstance(p, Posting) for p in posted), posted
+    assert ledger.balance(alice).available_atomic == biggest
+    assert ledger.balance(bob).available_atomic == 0
+    for balance in ledger.accounts():
+        assert all(type(v) is int and 0 <= v < 2**63 for v in (
+            balance.posted_credits_atomic, balance.posted_debits_atomic))
+    rewinds = _rewinds(ledger)
+    assert rewinds[alice] > 0 and rewinds[bob] > 0
+
+
+def test_a_balance_past_int64_is_refused(wallets: WalletService) -> None:
+    """What rewinding cannot make room for is money really there: a balance past int64."""
+    ledger = wallets.ledger
+    bob = open_wallet(wallets, "bob")
+    biggest = MAX_AMOUNT_ATOMIC - MAX_AMOUNT_ATOMIC % USD.rail_step_atomic
+    mints = [ledger.open_account(f"mint-{n}", "USD", kind="rail",
+                                 credit_limit_atomic=biggest).account_id for n in range(3)]
+    ledger.transfer("m0", mints[0], bob, biggest)
+    ledger.transfer("m1", mints[1], bob, biggest // 2)
     before = snapshot(ledger)
     with pytest.raises(ResourceExhausted) as caught:
-        ledger.transfer("ba2", bob, alice, biggest)  # alice's credits would pass 2**63 - 1
+        ledger.transfer("m2", mints[2], bob, biggest)  # bob's credits would pass 2**63 - 1
     assert caught.value.reason == "ACCOUNT_TOTALS_EXHAUSTED"
     assert snapshot(ledger) == before
-    for balance in ledger.accounts():
-        assert all(type(v) is int for v in (balance.posted_credits_atomic,
-                                             balance.posted_debits_atomic))
-    assert ledger.balance(bob).available_atomic == biggest
+    assert ledger.balance(bob).available_atomic == biggest + biggest // 2
 
 
 def test_unknown_account(ledger: Ledger) -> None:

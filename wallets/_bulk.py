@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from sqlalchemy import Connection, bindparam, insert, select, update
 
-from wallets import _credits, _idempotency
+from wallets import _credits, _idempotency, _totals
 from wallets import _sqlite_hot as hot
 from wallets._chain import posting_hash
 from wallets.currencies import INT64_MAX, check_amount
@@ -39,8 +39,8 @@ if TYPE_CHECKING:
     from wallets.ledger import Ledger
 
 KEYS = IdempotencyRow.__table__  # type: ignore[attr-defined]
-_SET_TOTALS = ("UPDATE ledger_accounts SET posted_credits_atomic = ?, posted_debits_atomic = ? "
-               "WHERE id = ?")
+_SET_TOTALS = ("UPDATE ledger_accounts SET posted_credits_atomic = ?, posted_debits_atomic = ?, "
+               "totals_rewinds = ? WHERE id = ?")
 MAX_BULK = 5000
 
 
@@ -184,9 +184,9 @@ def post_transfers(ledger: Ledger, requests: Sequence[TransferRequest]
 
 
 def _touched_totals(accounts: dict[str, dict[str, Any]], touched: set[str]
-                    ) -> list[tuple[int, int, str]]:
-    return [(accounts[a]["posted_credits_atomic"], accounts[a]["posted_debits_atomic"], a)
-            for a in sorted(touched)]
+                    ) -> list[tuple[int, int, int, str]]:
+    return [(accounts[a]["posted_credits_atomic"], accounts[a]["posted_debits_atomic"],
+             accounts[a]["totals_rewinds"], a) for a in sorted(touched)]
 
 
 def _write_sqlite(conn: Connection, postings: list[dict[str, Any]],
@@ -222,9 +222,9 @@ def _write_postgres(conn: Connection, postings: list[dict[str, Any]],
         conn.execute(
             update(ACCOUNTS).where(ACCOUNTS.c.id == bindparam("b_id")).values(
                 posted_credits_atomic=bindparam("b_cr"),
-                posted_debits_atomic=bindparam("b_dr")),
-            [{"b_id": a, "b_cr": cr, "b_dr": dr}
-             for cr, dr, a in _touched_totals(accounts, touched)])
+                posted_debits_atomic=bindparam("b_dr"), totals_rewinds=bindparam("b_rw")),
+            [{"b_id": a, "b_cr": cr, "b_dr": dr, "b_rw": rw}
+             for cr, dr, rw, a in _touched_totals(accounts, touched)])
     if records:
         conn.execute(insert(KEYS), records)
 
@@ -247,6 +247,11 @@ def _apply(accounts: dict[str, dict[str, Any]], transfer: Transfer) -> tuple[Leg
         raise InsufficientFunds(
             f"account {transfer.debit_account_id} has {available - debit['credit_limit_atomic']}"
             f" atomic {debit['currency']} available, {amount} needed")
+    for row, total in ((debit, "posted_debits_atomic"), (credit, "posted_credits_atomic")):
+        if row[total] > INT64_MAX - amount:  # rewound as `wallets._totals.rewind` would
+            row["posted_credits_atomic"], row["posted_debits_atomic"], units = \
+                _totals.rewound(row["posted_credits_atomic"], row["posted_debits_atomic"])
+            row["totals_rewinds"] += units
     if (debit["posted_debits_atomic"] > INT64_MAX - amount
             or credit["posted_credits_atomic"] > INT64_MAX - amount):
         from wallets.errors import ResourceExhausted

@@ -28,6 +28,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Numeric, Select, cast, func, select, text
 
+from wallets import _totals
 from wallets._ledger_reads import ACCOUNTS
 from wallets._mutation import after_commit
 from wallets.currencies import INT64_MAX
@@ -60,7 +61,8 @@ _APPEND = text(
     "a.posted_credits_atomic::numeric + l.c + coalesce((SELECT sum(x.posted_credits_atomic) "
     "FROM ledger_account_credits x WHERE x.account_id = l.id), 0) <= :max AND "
     "a.pending_credits_atomic::numeric + l.p + coalesce((SELECT sum(x.pending_credits_atomic) "
-    "FROM ledger_account_credits x WHERE x.account_id = l.id), 0) <= :max")
+    "FROM ledger_account_credits x WHERE x.account_id = l.id), 0) <= :max RETURNING id")
+_UNDO = text("DELETE FROM ledger_account_credits WHERE id = ANY(:ids)")
 
 
 def defers(leg: Leg) -> bool:
@@ -71,18 +73,25 @@ def defers(leg: Leg) -> bool:
 
 def append(conn: Connection, legs: Sequence[Leg]) -> None:
     """Append these legs' credits; fold them right after the commit when `conn` is a ledger
-    write transaction (else a later fold or the sweep does). Refuses, as the UPDATE would, a
-    credit that takes the account's running totals past int64, counting those not folded
-    (two such credits racing each other near the limit stay unfolded: reads still count
-    them, in NUMERIC)."""
+    write transaction (else a later fold or the sweep does). A credit that would take the
+    account's running totals past int64, counting those not folded, first has the account's
+    appended credits folded and its totals rewound (`wallets._totals`); if that leaves no room,
+    it is refused, as the UPDATE would refuse it (two such credits racing each other near the
+    limit stay unfolded: reads still count them, in NUMERIC)."""
     ids = [leg.account_id for leg in legs]
-    added = conn.execute(_APPEND, {
-        "ids": ids, "credits": [leg.posted_atomic for leg in legs],
-        "pending": [leg.pending_credit_atomic for leg in legs], "max": INT64_MAX}).rowcount
-    if added != len(legs):
+    params = {"ids": ids, "credits": [leg.posted_atomic for leg in legs],
+              "pending": [leg.pending_credit_atomic for leg in legs], "max": INT64_MAX}
+    added = conn.execute(_APPEND, params).scalars().all()
+    if len(added) != len(legs):  # undo the part appended, make room, append again
+        conn.execute(_UNDO, {"ids": added})
+        fold_in(conn, ids, wait=True)
+        for account_id in sorted(set(ids)):
+            _totals.rewind(conn, account_id)
+        added = conn.execute(_APPEND, params).scalars().all()
+    if len(added) != len(legs):
         raise ResourceExhausted(
-            f"the running totals of account(s) {', '.join(sorted(set(ids)))} would pass "
-            f"{INT64_MAX} atomic; move the balance to a new account",
+            f"the balance or holds of account(s) {', '.join(sorted(set(ids)))} would pass "
+            f"{INT64_MAX} atomic; move part of it to a new account",
             reason="ACCOUNT_TOTALS_EXHAUSTED")
     accounts = sorted(set(ids))
     after_commit(conn, lambda folding: fold_in(folding, accounts))
@@ -106,10 +115,11 @@ def fold_in(conn: Connection, account_ids: Iterable[str], *, wait: bool = False)
     for account_id, credits, pending, count in conn.execute(_CLAIM, {"ids": locked}).all():
         params = {"id": account_id, "credits": int(credits), "pending": int(pending),
                   "max": INT64_MAX}
-        if conn.execute(_ADD, params).rowcount != 1:
+        if conn.execute(_ADD, params).rowcount != 1 and not (
+                _totals.rewind(conn, account_id) and conn.execute(_ADD, params).rowcount == 1):
             raise ResourceExhausted(
-                f"account {account_id}'s running totals would pass {INT64_MAX} atomic; move "
-                "its balance to a new account", reason="ACCOUNT_TOTALS_EXHAUSTED")
+                f"account {account_id}'s balance or holds would pass {INT64_MAX} atomic; move "
+                "part of it to a new account", reason="ACCOUNT_TOTALS_EXHAUSTED")
         folded += count
     return folded
 
@@ -145,4 +155,4 @@ def accounts_select(engine_or_conn: Any) -> Select[Any]:
                   plus_unfolded(c.posted_credits_atomic, CREDITS.c.posted_credits_atomic),
                   c.posted_debits_atomic, c.pending_debits_atomic,
                   plus_unfolded(c.pending_credits_atomic, CREDITS.c.pending_credits_atomic),
-                  c.credit_limit_atomic, c.created_at_ms)
+                  c.credit_limit_atomic, c.created_at_ms, c.totals_rewinds)

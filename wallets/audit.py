@@ -4,13 +4,18 @@ currency sums to zero, holds never resolve more than they held, and the hash cha
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, func, literal_column, select
 
 from wallets._chain import GENESIS_HASH, posting_hash
 from wallets._credits import accounts_select
+from wallets._totals import lifetime
 from wallets.ledger import ENTRIES, HEAD, HOLDS, POSTINGS, Ledger
 from wallets.models import CheckReport, Leg
+
+_LOW_BITS = 31
+_LOW_MASK = 2**_LOW_BITS - 1
 
 
 def _snapshot(ledger: Ledger) -> Connection:
@@ -26,11 +31,20 @@ def check_balances(ledger: Ledger) -> CheckReport:
     """Recompute every balance from entries and compare with the maintained one."""
     report = CheckReport()
     e = ENTRIES.c
+
+    def halves(amount: Any, where: Any, name: str) -> list[Any]:
+        """A lifetime sum may pass int64 (SQLite's sum() then fails): sum its high and low
+        31 bits apart (each entry is at most 2^62), to be added up in Python."""
+        high = amount.op(">>")(literal_column(str(_LOW_BITS)))
+        low = amount.op("&")(literal_column(str(_LOW_MASK)))
+        return [func.coalesce(func.sum(high).filter(where), 0).label(f"{name}_high"),
+                func.coalesce(func.sum(low).filter(where), 0).label(f"{name}_low")]
+
     sums = (
         select(
             e.account_id,
-            func.coalesce(func.sum(e.posted_atomic).filter(e.posted_atomic > 0), 0).label("cr"),
-            func.coalesce(func.sum(-e.posted_atomic).filter(e.posted_atomic < 0), 0).label("dr"),
+            *halves(e.posted_atomic, e.posted_atomic > 0, "cr"),
+            *halves(-e.posted_atomic, e.posted_atomic < 0, "dr"),
             func.coalesce(func.sum(e.pending_debit_atomic), 0).label("pdr"),
             func.coalesce(func.sum(e.pending_credit_atomic), 0).label("pcr"),
         )
@@ -42,8 +56,11 @@ def check_balances(ledger: Ledger) -> CheckReport:
         for acct in conn.execute(accounts_select(conn)):  # unfolded credits counted
             report.accounts += 1
             d = derived.get(acct.id)
-            want = (d.cr, d.dr, d.pdr, d.pcr) if d else (0, 0, 0, 0)
-            have = (acct.posted_credits_atomic, acct.posted_debits_atomic,
+            want = ((int(d.cr_high) << _LOW_BITS) + int(d.cr_low),
+                    (int(d.dr_high) << _LOW_BITS) + int(d.dr_low), d.pdr, d.pcr) \
+                if d else (0, 0, 0, 0)
+            have = (lifetime(int(acct.posted_credits_atomic), acct.totals_rewinds),
+                    lifetime(acct.posted_debits_atomic, acct.totals_rewinds),
                     acct.pending_debits_atomic, acct.pending_credits_atomic)
             if tuple(int(x) for x in want) != have:
                 report.problems.append(f"account {acct.id}: balances {have} != entries {want}")

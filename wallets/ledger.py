@@ -48,7 +48,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from wallets import _credits, _idempotency, _pg_hot
+from wallets import _credits, _idempotency, _pg_hot, _totals
 from wallets import _sqlite_hot as hot
 from wallets._bulk import TransferRequest, post_transfers
 from wallets._chain import GENESIS_HASH, posting_hash
@@ -391,21 +391,34 @@ class Ledger(LedgerHolds, LedgerReads, MutationRunner):
             "a_pc": leg.pending_credit_atomic,
             **{f"a_max_{name}": INT64_MAX - max(d, 0) for name, d in increments.items()},
         }
-        changed = (hot.apply_leg(conn, _APPLY_LEG_SQLITE, params) if self._sqlite
-                   else conn.execute(_APPLY_LEG, params).rowcount)
+        apply = ((lambda: hot.apply_leg(conn, _APPLY_LEG_SQLITE, params)) if self._sqlite
+                 else (lambda: conn.execute(_APPLY_LEG, params).rowcount))
+        changed = apply()
         if changed != 1 and not self._sqlite and _credits.fold_in(conn, [leg.account_id],
                                                                    wait=True):
-            changed = conn.execute(_APPLY_LEG, params).rowcount  # credits it had not counted
+            changed = apply()  # credits it had not counted
         if changed != 1:
             row = conn.execute(select(ACCOUNTS).where(ACCOUNTS.c.id == leg.account_id)).first()
             if row is None:
                 raise NotFound(f"account {leg.account_id!r} does not exist")
             if row.currency != leg.currency:
                 raise InvalidArgument(f"account {leg.account_id!r} holds {row.currency}")
-            if any(getattr(row, name) > INT64_MAX - d for name, d in increments.items() if d > 0):
+
+            def full(row: Any) -> bool:
+                return any(getattr(row, name) > INT64_MAX - d
+                           for name, d in increments.items() if d > 0)
+
+            if full(row) and _totals.rewind(conn, leg.account_id):
+                changed = apply()  # the totals had room once rewound
+                if changed == 1:
+                    return
+                row = conn.execute(select(ACCOUNTS).where(ACCOUNTS.c.id == leg.account_id)
+                                   ).one()
+            if full(row):
                 raise ResourceExhausted(
-                    f"account {leg.account_id}'s running totals would pass {INT64_MAX} atomic; "
-                    "move its balance to a new account", reason="ACCOUNT_TOTALS_EXHAUSTED")
+                    f"account {leg.account_id}'s balance or holds would pass {INT64_MAX} "
+                    "atomic; move part of it to a new account",
+                    reason="ACCOUNT_TOTALS_EXHAUSTED")
             have = balance_from_row(row)
             need = -(leg.posted_atomic - leg.pending_debit_atomic)
             raise InsufficientFunds(

@@ -35,6 +35,9 @@ class AccountRow(SQLModel, table=True):
     pending_credits_atomic: int = Field(sa_column=_money())
     credit_limit_atomic: int = Field(sa_column=_money())
     created_at_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+    # REWIND_UNITs taken off both posted totals, which stay within int64 (`wallets._totals`)
+    totals_rewinds: int = Field(sa_column=Column(BigInteger, nullable=False, default=0,
+                                                 server_default=text("0")))
 
 
 class AccountCreditRow(SQLModel, table=True):
