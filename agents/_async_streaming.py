@@ -6,11 +6,16 @@
     stream.stop_reason      # "complete", "budget" (the prepaid budget ran out first), "size"
                             # or "ended" (see agents._streaming)
     stream.usage            # what the delivered text used and cost
+
+Stopping early (a `break`) hangs up as `agents._streaming` describes, once the event loop
+finalises the abandoned iterator (at once with `await stream.aclose()`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,7 +30,8 @@ from agents._deal import (
 )
 from agents._rpc import closed_under_call, sdk_error
 from agents._serving import STOP_REASON_KEY
-from agents.errors import FailedPrecondition
+from agents._streaming import HANG_UP_WAIT_S, sent_text
+from agents.errors import CallInProgress, FailedPrecondition
 from agents.payment_session import PaymentSession
 from agents.results import Usage
 from agents.v1 import agent_pb2
@@ -38,11 +44,15 @@ class AsyncStreamedCall:
     `.end` (the receipt for exactly what was delivered)."""
 
     def __init__(self, deal: Deal, session: PaymentSession, budget_atomic: int,
-                 call: Any, *, sequence: int = 0) -> None:
-        """`sequence`: the voucher's, which the stream's receipt must name."""
+                 call: Any, *, sequence: int = 0, again: Any = None) -> None:
+        """`sequence`: the voucher's, which the stream's receipt must name; `again()`: the
+        same call made anew, to fetch its end after a hang-up."""
         self.deal, self.session = deal, session
         self.budget_atomic, self.sequence = budget_atomic, sequence
-        self._call = call
+        self._call, self._again = call, again
+        # the iterator `async for` took, weakly: an abandoned one is finalised (hangs up)
+        self._iterator: weakref.ref[Any] | None = None
+        self._over = asyncio.Event()  # the reading ended (however), its end booked if it could
         self.pieces: list[str] = []
         self._size = 0  # bytes of text so far
         self.end: agent_pb2.StreamEnd | None = None
@@ -54,10 +64,40 @@ class AsyncStreamedCall:
         return "".join(self.pieces)
 
     @property
+    def charged_atomic(self) -> int:
+        return self.end.usage.charged_atomic if self.end else 0
+
+    @property
     def usage(self) -> Usage | None:
         return Usage.from_message(self.end.usage, self.deal.currency) if self.end else None
 
-    async def __aiter__(self) -> AsyncIterator[str]:
+    def __aiter__(self) -> AsyncIterator[str]:
+        pieces = self._pieces()
+        self._iterator = weakref.ref(pieces)
+        return pieces
+
+    async def aclose(self) -> None:
+        """Stop reading: hang up now rather than when the loop finalises the iterator."""
+        if self._iterator is None:
+            return  # never read: nothing was started
+        pieces = self._iterator()
+        if pieces is not None:
+            await pieces.aclose()
+        with contextlib.suppress(TimeoutError):  # dropped already: the loop finalises it
+            await asyncio.wait_for(self._over.wait(), HANG_UP_WAIT_S + 1)
+
+    async def _pieces(self) -> AsyncIterator[str]:
+        reading = self._read()
+        try:
+            async for piece in reading:
+                yield piece
+        finally:
+            try:
+                await reading.aclose()  # a GeneratorExit reaches it now: it hangs up
+            finally:
+                self._over.set()
+
+    async def _read(self) -> AsyncIterator[str]:
         try:
             async for chunk in self._call:
                 if chunk.HasField("end"):
@@ -83,6 +123,9 @@ class AsyncStreamedCall:
             self._call.cancel()
             book_malformed(self.deal, self.session, self.budget_atomic, error)
             raise
+        except GeneratorExit:  # the caller stopped reading
+            await self._hang_up()
+            raise
         if self.end is None:
             self.session.settle(self.budget_atomic, 0)
             raise FailedPrecondition("the stream ended without a receipt")
@@ -92,3 +135,35 @@ class AsyncStreamedCall:
     def _book(self, end: agent_pb2.StreamEnd) -> None:
         self.problem = book_stream(self.deal, self.session, self.budget_atomic, end, self.text,
                                    self.sequence)
+
+    async def _hang_up(self) -> None:
+        """`StreamedCall._hang_up` on the event loop."""
+        self._call.cancel()
+        self.stop_reason = "cancelled"
+        if self._again is None:
+            return  # the budget stays reserved: the charge is not known
+        deadline = asyncio.get_running_loop().time() + HANG_UP_WAIT_S
+        while True:
+            try:
+                end = None
+                async for chunk in self._again():
+                    if chunk.HasField("end"):
+                        end = chunk.end
+                break
+            except grpc.RpcError as error:
+                problem = sdk_error(error)
+                if isinstance(problem, CallInProgress) and \
+                        asyncio.get_running_loop().time() < deadline:
+                    await asyncio.sleep(0.01)
+                    continue
+                self.problem = f"the end of a stream cut short could not be fetched: {problem}"
+                return
+            except Exception as error:  # the buyer was closed meanwhile: its channel is gone
+                self.problem = f"the end of a stream cut short could not be fetched: {error}"
+                return
+        if end is None:
+            self.problem = "the end of a stream cut short came without a receipt"
+            return
+        self.end = end
+        self.problem = book_stream(self.deal, self.session, self.budget_atomic, end,
+                                   sent_text(end, self.text), self.sequence)

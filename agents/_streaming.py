@@ -7,10 +7,17 @@
                             # the output reached what a receipt carries (64 KiB of JSON);
                             # "ended": the agreement's redeem began while it ran
     stream.end.receipt      # the seller's signed receipt for exactly what was delivered
+
+Stopping early (a `break`, or closing the iterator) hangs up: the seller stops producing and
+bills what it had sent, and the buyer fetches that receipt by asking again under the same call
+id (answered from the seller's record, charged once), so the unspent part of the call's
+prepaid budget is free again for the next call.
 """
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +33,7 @@ from agents._deal import (
 )
 from agents._rpc import sdk_error
 from agents._serving import STOP_REASON_KEY
-from agents.errors import FailedPrecondition
+from agents.errors import CallInProgress, FailedPrecondition
 from agents.payment_session import PaymentSession
 from agents.results import Usage
 from agents.v1 import agent_pb2
@@ -35,14 +42,17 @@ from marketplace import agreements as ag
 if TYPE_CHECKING:
     from agents.buyer import BuyerAgent
 
+HANG_UP_WAIT_S = 5.0  # how long a stream cut short waits for the seller to record its end
+
 
 class StreamedCall:
     def __init__(self, buyer: BuyerAgent, deal: Deal, session: PaymentSession, budget: int,
-                 call: Any, *, sequence: int = 0) -> None:
-        """`sequence`: the voucher's, which the stream's receipt must name."""
+                 call: Any, *, sequence: int = 0, again: Any = None) -> None:
+        """`sequence`: the voucher's, which the stream's receipt must name; `again()`: the
+        same call made anew (same call id and voucher), to fetch its end after a hang-up."""
         self.buyer, self.deal, self.session = buyer, deal, session
         self.budget_atomic, self.sequence = budget, sequence
-        self._call = call
+        self._call, self._again = call, again
         self.pieces: list[str] = []
         self._size = 0  # bytes of text so far
         self.end: agent_pb2.StreamEnd | None = None
@@ -55,13 +65,18 @@ class StreamedCall:
         deal, request, voucher, budget = buyer._stream_plan(deal, arguments, call_id,
                                                             max_atomic)
         session = buyer.sessions[deal.agreement_id]
+        metadata = call_metadata(deal, voucher)
+
+        def again() -> Any:
+            return buyer._seller(deal.body.seller_endpoint).InvokeStream(
+                request, metadata=metadata, timeout=STREAM_TIMEOUT_S)
+
         try:
-            call = buyer._seller(deal.body.seller_endpoint).InvokeStream(
-                request, metadata=call_metadata(deal, voucher), timeout=STREAM_TIMEOUT_S)
+            call = again()
         except grpc.RpcError as error:
             session.settle(budget, 0)
             raise sdk_error(error) from None
-        return cls(buyer, deal, session, budget, call, sequence=voucher.sequence)
+        return cls(buyer, deal, session, budget, call, sequence=voucher.sequence, again=again)
 
     @property
     def text(self) -> str:
@@ -95,6 +110,9 @@ class StreamedCall:
             self._call.cancel()
             book_malformed(self.deal, self.session, self.budget_atomic, error)
             raise
+        except GeneratorExit:  # the caller stopped reading
+            self._hang_up()
+            raise
         if self.end is None:
             self.session.settle(self.budget_atomic, 0)
             raise FailedPrecondition("the stream ended without a receipt")
@@ -106,3 +124,44 @@ class StreamedCall:
         assert self.end is not None
         self.problem = book_stream(self.deal, self.session, self.budget_atomic, self.end,
                                    self.text, self.sequence)
+
+    def _hang_up(self) -> None:
+        """Cancel the call, then fetch the end the seller recorded for it (what it sent, at
+        most the budget) and book it; if that cannot be had, the budget stays reserved (the
+        charge is not known) and `problem` says why."""
+        self._call.cancel()
+        self.stop_reason = "cancelled"
+        if self._again is None:
+            return  # the budget stays reserved: the charge is not known
+        deadline = time.monotonic() + HANG_UP_WAIT_S
+        while True:
+            try:
+                end = next((c.end for c in self._again() if c.HasField("end")), None)
+                break
+            except grpc.RpcError as error:
+                problem = sdk_error(error)
+                if isinstance(problem, CallInProgress) and time.monotonic() < deadline:
+                    time.sleep(0.01)  # the seller is still billing the pieces it sent
+                    continue
+                self.problem = f"the end of a stream cut short could not be fetched: {problem}"
+                return
+            except Exception as error:  # the buyer was closed meanwhile: its channel is gone
+                self.problem = f"the end of a stream cut short could not be fetched: {error}"
+                return
+        if end is None:
+            self.problem = "the end of a stream cut short came without a receipt"
+            return
+        self.end = end
+        self.problem = book_stream(self.deal, self.session, self.budget_atomic, end,
+                                   sent_text(end, self.text), self.sequence)
+
+
+def sent_text(end: agent_pb2.StreamEnd, read: str) -> str:
+    """The text a stream cut short was billed for: what the seller sent, of which the buyer
+    read a beginning (the rest was on its way); `read` itself if the two disagree, so that
+    the receipt is reported as committing to other text."""
+    try:
+        sent = json.loads(end.output_json).get("text")
+    except (ValueError, AttributeError):
+        return read
+    return sent if isinstance(sent, str) and sent.startswith(read) else read

@@ -372,9 +372,13 @@ class AsyncBuyerAgent(BuyerCore):
         """A streamed paid call: `async for piece in await buyer.stream(...)`."""
         deal, request, voucher, budget = self._stream_plan(deal, arguments, call_id, max_atomic)
         session = self.sessions[deal.agreement_id]
-        call = self._seller(deal.body.seller_endpoint).InvokeStream(
-            request, metadata=call_metadata(deal, voucher), timeout=STREAM_TIMEOUT_S)
-        return AsyncStreamedCall(deal, session, budget, call, sequence=voucher.sequence)
+        metadata, seller = call_metadata(deal, voucher), self._seller(deal.body.seller_endpoint)
+
+        def again() -> Any:
+            return seller.InvokeStream(request, metadata=metadata, timeout=STREAM_TIMEOUT_S)
+
+        return AsyncStreamedCall(deal, session, budget, again(), sequence=voucher.sequence,
+                                 again=again)
 
     @async_sdk_method
     async def finish(self, deal: Deal, *, confirm: bool = True) -> Escrow:
@@ -456,11 +460,14 @@ class AsyncBuyerAgent(BuyerCore):
         deal, request, voucher, budget = self._stream_plan(deal, arguments, message_id,
                                                            max_atomic)
         stub = a2a_pb2_grpc.A2AServiceStub(self._stubs(deal.body.seller_endpoint).signed_channel)
-        call = stub.SendStreamingMessage(
-            _a2a.stream_request(request, voucher, deal.body.terms.skill),
-            metadata=_a2a.EXTENSION_METADATA, timeout=STREAM_TIMEOUT_S)
-        return AsyncStreamedCall(deal, self.sessions[deal.agreement_id], budget,
-                                 _a2a.AsyncA2AStream(call), sequence=voucher.sequence)
+        message = _a2a.stream_request(request, voucher, deal.body.terms.skill)
+
+        def again() -> _a2a.AsyncA2AStream:
+            return _a2a.AsyncA2AStream(stub.SendStreamingMessage(
+                message, metadata=_a2a.EXTENSION_METADATA, timeout=STREAM_TIMEOUT_S))
+
+        return AsyncStreamedCall(deal, self.sessions[deal.agreement_id], budget, again(),
+                                 sequence=voucher.sequence, again=again)
 
     @async_sdk_method
     async def ask(self, url: str, arguments: dict[str, Any] | str, *,

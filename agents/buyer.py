@@ -441,15 +441,19 @@ class BuyerAgent(BuyerCore):
                                                            message_id, max_atomic)
         session = self.sessions[deal.agreement_id]
         signed, _unsigned = self._a2a_stubs(deal.body.seller_endpoint)
+        message = _a2a.stream_request(request, voucher, deal.body.terms.skill)
+
+        def again() -> _a2a.A2AStream:
+            return _a2a.A2AStream(signed.SendStreamingMessage(
+                message, metadata=_a2a.EXTENSION_METADATA, timeout=STREAM_TIMEOUT_S))
+
         try:
-            call = signed.SendStreamingMessage(
-                _a2a.stream_request(request, voucher, deal.body.terms.skill),
-                metadata=_a2a.EXTENSION_METADATA, timeout=STREAM_TIMEOUT_S)
+            call = again()
         except grpc.RpcError:
             session.settle(budget, 0)
             raise
-        return StreamedCall(self, deal, session, budget, _a2a.A2AStream(call),
-                            sequence=voucher.sequence)
+        return StreamedCall(self, deal, session, budget, call, sequence=voucher.sequence,
+                            again=again)
 
     @sdk_method
     def ask(self, url: str, arguments: dict[str, Any] | str, *, skill: str | None = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -10,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from agents import BuyerAgent, SellerAgent, per_1k_tokens, skill
+from agents import AsyncBuyerAgent, BuyerAgent, SellerAgent, per_1k_tokens, skill
 from agents.llm import count_tokens, stream
 from marketplace.node import MarketplaceNode
 from wallets.currencies import split
@@ -89,3 +91,66 @@ def test_unary_invoke_of_a_streaming_skill_collects_and_bills_the_text(market):
     assert result.usage.charged_atomic == _charge(deal, result.usage.input_tokens,
                                                   result.usage.output_tokens)
     assert result.verified, result.problem
+
+
+def _cut_short(call, pieces: int) -> str:
+    read = ""
+    for i, piece in enumerate(call):
+        read += piece
+        if i + 1 == pieces:
+            break
+    return read
+
+
+@pytest.mark.parametrize("door", ["stream", "send_stream"])
+def test_a_stream_cut_short_hangs_up_and_books_what_was_sent(market, door):
+    """A buyer that stops reading (`break`) hangs up: the seller stops writing and bills what
+    it had sent, the buyer books that receipt (fetched under the same call id, charged once)
+    and has its unspent budget back at once, not at finish."""
+    _node, _seller, buyer, deal = market
+    session = buyer.sessions[deal.agreement_id]
+    call = getattr(buyer, door)(deal, {"topic": "agents", "words": 400})
+    read = _cut_short(call, 3)
+    assert call.stop_reason == "cancelled" and not call.problem and not deal.problems
+    assert session.reserved_atomic == 0 and session.charged_atomic == call.charged_atomic > 0
+    sent = json.loads(call.end.output_json)["text"]
+    assert sent.startswith(read) and len(sent.split()) < 400  # the seller stopped early
+    assert call.end.usage.output_tokens == count_tokens(MODEL, sent)
+
+    done = getattr(buyer, door)(deal, {"topic": "ok", "words": 20})
+    assert len("".join(done).split()) == 20 and not done.problem
+    escrow = buyer.finish(deal)
+    assert escrow.captured_atomic == call.charged_atomic + done.charged_atomic
+    assert escrow.captured_atomic == session.charged_atomic
+
+
+def test_an_async_stream_cut_short_hangs_up_too(market):
+    node, _seller, _buyer, _deal = market
+
+    async def task() -> tuple[int, int, int, str, str]:
+        async with AsyncBuyerAgent("async-reader", marketplace=node.address) as buyer:
+            await buyer.fund("1.00", "USD")
+            listing = (await buyer.discover("write", currency="USD"))[0]
+            deal = await buyer.negotiate(listing, "write", quantity=3, budget="0.01",
+                                         currency="USD")
+            await buyer.hire(deal)
+            session = buyer.sessions[deal.agreement_id]
+            closed = await buyer.stream(deal, {"topic": "agents", "words": 400})
+            async for _piece in closed:
+                break
+            await closed.aclose()  # at once
+            assert session.reserved_atomic == 0 and closed.stop_reason == "cancelled"
+            dropped = await buyer.stream(deal, {"topic": "agents", "words": 400})
+            async for _piece in dropped:
+                break
+            for _ in range(500):  # the loop finalises the abandoned iterator
+                if dropped.end is not None:
+                    break
+                await asyncio.sleep(0.01)
+            escrow = await buyer.finish(deal)
+            return (escrow.captured_atomic, session.charged_atomic,
+                    closed.charged_atomic + dropped.charged_atomic, closed.problem,
+                    dropped.problem)
+
+    captured, charged, receipts, *problems = asyncio.run(task())
+    assert captured == charged == receipts > 0 and problems == ["", ""]
