@@ -16,11 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 
+from agents._buyer_core import MAX_REPLANS
 from agents._deal import (
     Deal,
     MalformedAnswer,
@@ -30,12 +31,13 @@ from agents._deal import (
 )
 from agents._rpc import closed_under_call, sdk_error
 from agents._serving import STOP_REASON_KEY
-from agents._streaming import HANG_UP_WAIT_S, sent_text
+from agents._streaming import HANG_UP_WAIT_S, overtaken, sent_text
 from agents.errors import CallInProgress, FailedPrecondition
 from agents.payment_session import PaymentSession
 from agents.results import Usage
 from agents.v1 import agent_pb2
 from marketplace import agreements as ag
+from marketplace.v1 import agreement_pb2
 
 
 class AsyncStreamedCall:
@@ -44,12 +46,13 @@ class AsyncStreamedCall:
     `.end` (the receipt for exactly what was delivered)."""
 
     def __init__(self, deal: Deal, session: PaymentSession, budget_atomic: int,
-                 call: Any, *, sequence: int = 0, again: Any = None) -> None:
-        """`sequence`: the voucher's, which the stream's receipt must name; `again()`: the
-        same call made anew, to fetch its end after a hang-up."""
+                 voucher: agreement_pb2.Voucher, dial: Callable[[agreement_pb2.Voucher], Any]
+                 ) -> None:
+        """`dial(voucher)` makes the call paid by `voucher`, as `StreamedCall`'s does."""
         self.deal, self.session = deal, session
-        self.budget_atomic, self.sequence = budget_atomic, sequence
-        self._call, self._again = call, again
+        self.budget_atomic, self.sequence = budget_atomic, voucher.sequence
+        self._voucher, self._dial = voucher, dial
+        self._call = dial(voucher)
         # the iterator `async for` took, weakly: an abandoned one is finalised (hangs up)
         self._iterator: weakref.ref[Any] | None = None
         self._over = asyncio.Event()  # the reading ended (however), its end booked if it could
@@ -97,9 +100,27 @@ class AsyncStreamedCall:
             finally:
                 self._over.set()
 
+    async def _chunks(self) -> AsyncIterator[Any]:
+        """`StreamedCall._chunks` on the event loop."""
+        for attempt in range(MAX_REPLANS + 1):
+            started = False
+            try:
+                async for chunk in self._call:
+                    started = True
+                    yield chunk
+                return
+            except grpc.RpcError as error:
+                if started or not overtaken(error, self.session, self._voucher, attempt):
+                    raise
+            self.session.settle(self.budget_atomic, 0)
+            self._voucher = self.session.next_voucher(self.budget_atomic)
+            self.sequence = self._voucher.sequence
+            self._call = self._dial(self._voucher)
+
     async def _read(self) -> AsyncIterator[str]:
+        chunks = self._chunks()
         try:
-            async for chunk in self._call:
+            async for chunk in chunks:
                 if chunk.HasField("end"):
                     self.end = chunk.end
                     continue
@@ -124,6 +145,7 @@ class AsyncStreamedCall:
             book_malformed(self.deal, self.session, self.budget_atomic, error)
             raise
         except GeneratorExit:  # the caller stopped reading
+            await chunks.aclose()  # type: ignore[attr-defined]
             await self._hang_up()
             raise
         if self.end is None:
@@ -140,13 +162,11 @@ class AsyncStreamedCall:
         """`StreamedCall._hang_up` on the event loop."""
         self._call.cancel()
         self.stop_reason = "cancelled"
-        if self._again is None:
-            return  # the budget stays reserved: the charge is not known
         deadline = asyncio.get_running_loop().time() + HANG_UP_WAIT_S
         while True:
             try:
                 end = None
-                async for chunk in self._again():
+                async for chunk in self._dial(self._voucher):
                     if chunk.HasField("end"):
                         end = chunk.end
                 break

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from agents._buyer_core import STREAM_TIMEOUT_S, call_metadata
+from agents._buyer_core import MAX_REPLANS, STREAM_TIMEOUT_S, call_metadata
 from agents._deal import (
     Deal,
     MalformedAnswer,
@@ -38,6 +38,8 @@ from agents.payment_session import PaymentSession
 from agents.results import Usage
 from agents.v1 import agent_pb2
 from marketplace import agreements as ag
+from marketplace.v1 import agreement_pb2
+from wallets.grpc_errors import error_reason
 
 if TYPE_CHECKING:
     from agents.buyer import BuyerAgent
@@ -47,36 +49,36 @@ HANG_UP_WAIT_S = 5.0  # how long a stream cut short waits for the seller to reco
 
 class StreamedCall:
     def __init__(self, buyer: BuyerAgent, deal: Deal, session: PaymentSession, budget: int,
-                 call: Any, *, sequence: int = 0, again: Any = None) -> None:
-        """`sequence`: the voucher's, which the stream's receipt must name; `again()`: the
-        same call made anew (same call id and voucher), to fetch its end after a hang-up."""
+                 voucher: agreement_pb2.Voucher, dial: Callable[[agreement_pb2.Voucher], Any]
+                 ) -> None:
+        """`dial(voucher)` makes the call paid by `voucher` (the receipt must name its
+        sequence): here, again under the same call id to fetch its end after a hang-up, and
+        with a new voucher when a later one of this buyer's overtook it at the seller."""
         self.buyer, self.deal, self.session = buyer, deal, session
-        self.budget_atomic, self.sequence = budget, sequence
-        self._call, self._again = call, again
+        self.budget_atomic, self.sequence = budget, voucher.sequence
+        self._voucher, self._dial = voucher, dial
         self.pieces: list[str] = []
         self._size = 0  # bytes of text so far
         self.end: agent_pb2.StreamEnd | None = None
         self.stop_reason = ""
         self.problem = ""
+        try:
+            self._call = dial(voucher)
+        except grpc.RpcError as error:
+            session.settle(budget, 0)
+            raise sdk_error(error) from None
 
     @classmethod
     def start(cls, buyer: BuyerAgent, deal: Deal, arguments: dict[str, Any], *,
               max_atomic: int | None, call_id: str | None) -> StreamedCall:
         deal, request, voucher, budget = buyer._stream_plan(deal, arguments, call_id,
                                                             max_atomic)
-        session = buyer.sessions[deal.agreement_id]
-        metadata = call_metadata(deal, voucher)
 
-        def again() -> Any:
+        def dial(paid_by: agreement_pb2.Voucher) -> Any:
             return buyer._seller(deal.body.seller_endpoint).InvokeStream(
-                request, metadata=metadata, timeout=STREAM_TIMEOUT_S)
+                request, metadata=call_metadata(deal, paid_by), timeout=STREAM_TIMEOUT_S)
 
-        try:
-            call = again()
-        except grpc.RpcError as error:
-            session.settle(budget, 0)
-            raise sdk_error(error) from None
-        return cls(buyer, deal, session, budget, call, sequence=voucher.sequence, again=again)
+        return cls(buyer, deal, buyer.sessions[deal.agreement_id], budget, voucher, dial)
 
     @property
     def text(self) -> str:
@@ -93,7 +95,7 @@ class StreamedCall:
 
     def __iter__(self) -> Iterator[str]:
         try:
-            for chunk in self._call:
+            for chunk in self._chunks():
                 if chunk.HasField("end"):
                     self.end = chunk.end
                     continue
@@ -125,18 +127,40 @@ class StreamedCall:
         self.problem = book_stream(self.deal, self.session, self.budget_atomic, self.end,
                                    self.text, self.sequence)
 
+    def _chunks(self) -> Iterator[Any]:
+        """The call's chunks; a call refused before its first chunk because a later voucher
+        of this buyer's reached the seller first is made again with a new voucher."""
+        for attempt in range(MAX_REPLANS + 1):
+            started = False
+            try:
+                for chunk in self._call:
+                    started = True
+                    yield chunk
+                return
+            except grpc.RpcError as error:
+                if started or not overtaken(error, self.session, self._voucher, attempt):
+                    raise
+            self._call = self._dial(self._replanned())
+
+    def _replanned(self) -> agreement_pb2.Voucher:
+        """A new voucher for the call (nothing was reserved at the seller for the refused
+        one: its reserve comes back first)."""
+        self.session.settle(self.budget_atomic, 0)
+        self._voucher = self.session.next_voucher(self.budget_atomic)
+        self.sequence = self._voucher.sequence
+        return self._voucher
+
     def _hang_up(self) -> None:
         """Cancel the call, then fetch the end the seller recorded for it (what it sent, at
         most the budget) and book it; if that cannot be had, the budget stays reserved (the
         charge is not known) and `problem` says why."""
         self._call.cancel()
         self.stop_reason = "cancelled"
-        if self._again is None:
-            return  # the budget stays reserved: the charge is not known
         deadline = time.monotonic() + HANG_UP_WAIT_S
         while True:
             try:
-                end = next((c.end for c in self._again() if c.HasField("end")), None)
+                again = self._dial(self._voucher)
+                end = next((c.end for c in again if c.HasField("end")), None)
                 break
             except grpc.RpcError as error:
                 problem = sdk_error(error)
@@ -154,6 +178,14 @@ class StreamedCall:
         self.end = end
         self.problem = book_stream(self.deal, self.session, self.budget_atomic, end,
                                    sent_text(end, self.text), self.sequence)
+
+
+def overtaken(error: grpc.RpcError, session: PaymentSession, voucher: agreement_pb2.Voucher,
+              attempt: int) -> bool:
+    """Whether the seller refused `voucher` only because a later one of the same session
+    reached it first (calls on one deal run at once; the seller takes words in order)."""
+    return attempt < MAX_REPLANS and error_reason(error) == "INVALID_VOUCHER" and \
+        session.sequence > voucher.sequence
 
 
 def sent_text(end: agent_pb2.StreamEnd, read: str) -> str:

@@ -63,7 +63,13 @@ from marketplace.aio_client import aio_channel, bare_aio_channel
 from marketplace.grpc_tracing import span_if_active, tracing_active, untraced
 from marketplace.identity import AgentKey
 from marketplace.market_channel import aio_node_retry, market_options
-from marketplace.v1 import registry_pb2, registry_pb2_grpc, settlement_pb2, settlement_pb2_grpc
+from marketplace.v1 import (
+    agreement_pb2,
+    registry_pb2,
+    registry_pb2_grpc,
+    settlement_pb2,
+    settlement_pb2_grpc,
+)
 from wallets.grpc_errors import error_info, error_reason
 from wallets.v1 import wallet_pb2, wallet_pb2_grpc
 
@@ -371,14 +377,13 @@ class AsyncBuyerAgent(BuyerCore):
                      call_id: str | None = None) -> AsyncStreamedCall:
         """A streamed paid call: `async for piece in await buyer.stream(...)`."""
         deal, request, voucher, budget = self._stream_plan(deal, arguments, call_id, max_atomic)
-        session = self.sessions[deal.agreement_id]
-        metadata, seller = call_metadata(deal, voucher), self._seller(deal.body.seller_endpoint)
+        seller = self._seller(deal.body.seller_endpoint)
 
-        def again() -> Any:
-            return seller.InvokeStream(request, metadata=metadata, timeout=STREAM_TIMEOUT_S)
+        def dial(paid_by: agreement_pb2.Voucher) -> Any:
+            return seller.InvokeStream(request, metadata=call_metadata(deal, paid_by),
+                                       timeout=STREAM_TIMEOUT_S)
 
-        return AsyncStreamedCall(deal, session, budget, again(), sequence=voucher.sequence,
-                                 again=again)
+        return AsyncStreamedCall(deal, self.sessions[deal.agreement_id], budget, voucher, dial)
 
     @async_sdk_method
     async def finish(self, deal: Deal, *, confirm: bool = True) -> Escrow:
@@ -460,14 +465,13 @@ class AsyncBuyerAgent(BuyerCore):
         deal, request, voucher, budget = self._stream_plan(deal, arguments, message_id,
                                                            max_atomic)
         stub = a2a_pb2_grpc.A2AServiceStub(self._stubs(deal.body.seller_endpoint).signed_channel)
-        message = _a2a.stream_request(request, voucher, deal.body.terms.skill)
 
-        def again() -> _a2a.AsyncA2AStream:
+        def dial(paid_by: agreement_pb2.Voucher) -> _a2a.AsyncA2AStream:
             return _a2a.AsyncA2AStream(stub.SendStreamingMessage(
-                message, metadata=_a2a.EXTENSION_METADATA, timeout=STREAM_TIMEOUT_S))
+                _a2a.stream_request(request, paid_by, deal.body.terms.skill),
+                metadata=_a2a.EXTENSION_METADATA, timeout=STREAM_TIMEOUT_S))
 
-        return AsyncStreamedCall(deal, self.sessions[deal.agreement_id], budget, again(),
-                                 sequence=voucher.sequence, again=again)
+        return AsyncStreamedCall(deal, self.sessions[deal.agreement_id], budget, voucher, dial)
 
     @async_sdk_method
     async def ask(self, url: str, arguments: dict[str, Any] | str, *,

@@ -69,7 +69,7 @@ from marketplace.grpc_tracing import span_if_active, tracing_active, untraced
 from marketplace.identity import AgentKey
 from marketplace.intercepted import intercept
 from marketplace.market_channel import market_options, node_retry
-from marketplace.v1 import registry_pb2, registry_pb2_grpc, settlement_pb2_grpc
+from marketplace.v1 import agreement_pb2, registry_pb2, registry_pb2_grpc, settlement_pb2_grpc
 from wallets.grpc_errors import error_info, error_reason
 from wallets.v1 import wallet_pb2_grpc
 
@@ -439,21 +439,14 @@ class BuyerAgent(BuyerCore):
 
         deal, request, voucher, budget = self._stream_plan(self._deal(deal), arguments,
                                                            message_id, max_atomic)
-        session = self.sessions[deal.agreement_id]
         signed, _unsigned = self._a2a_stubs(deal.body.seller_endpoint)
-        message = _a2a.stream_request(request, voucher, deal.body.terms.skill)
 
-        def again() -> _a2a.A2AStream:
+        def dial(paid_by: agreement_pb2.Voucher) -> _a2a.A2AStream:
             return _a2a.A2AStream(signed.SendStreamingMessage(
-                message, metadata=_a2a.EXTENSION_METADATA, timeout=STREAM_TIMEOUT_S))
+                _a2a.stream_request(request, paid_by, deal.body.terms.skill),
+                metadata=_a2a.EXTENSION_METADATA, timeout=STREAM_TIMEOUT_S))
 
-        try:
-            call = again()
-        except grpc.RpcError:
-            session.settle(budget, 0)
-            raise
-        return StreamedCall(self, deal, session, budget, call, sequence=voucher.sequence,
-                            again=again)
+        return StreamedCall(self, deal, self.sessions[deal.agreement_id], budget, voucher, dial)
 
     @sdk_method
     def ask(self, url: str, arguments: dict[str, Any] | str, *, skill: str | None = None

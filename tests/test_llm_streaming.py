@@ -154,3 +154,94 @@ def test_an_async_stream_cut_short_hangs_up_too(market):
 
     captured, charged, receipts, *problems = asyncio.run(task())
     assert captured == charged == receipts > 0 and problems == ["", ""]
+
+
+def test_a_stream_whose_voucher_was_overtaken_is_paid_again_with_a_new_one(market,
+                                                                            monkeypatch):
+    """Calls on one deal run at once: when a later call's voucher reaches the seller before a
+    stream's, the seller refuses the stream's (words are taken in order); the buyer sends the
+    stream again with a new voucher, as it does a unary call, charged once."""
+    _node, _seller, buyer, deal = market
+    budget = deal.call_max_atomic // 4
+    stub = buyer._seller(deal.body.seller_endpoint)
+    sent = stub.InvokeStream
+    overtaking: list = []
+
+    class Overtaken:
+        """The stream's request leaves only after another call of the deal was answered."""
+
+        def __getattr__(self, name):
+            return getattr(stub, name)
+
+        def InvokeStream(self, *args, **kwargs):
+            if not overtaking:
+                overtaking.append(None)  # once: this call's own request goes straight on
+                overtaking[0] = buyer.stream(deal, {"topic": "first", "words": 5},
+                                             max_atomic=budget)
+                assert len("".join(overtaking[0]).split()) == 5
+            return sent(*args, **kwargs)
+
+    monkeypatch.setattr(buyer, "_seller", lambda _endpoint: Overtaken())
+    session = buyer.sessions[deal.agreement_id]
+    call = buyer.stream(deal, {"topic": "agents", "words": 20}, max_atomic=budget)
+    assert len("".join(call).split()) == 20 and not call.problem
+    assert call.sequence == session.sequence == overtaking[0].sequence + 1
+    assert session.reserved_atomic == 0
+    escrow = buyer.finish(deal)
+    assert escrow.captured_atomic == call.charged_atomic + overtaking[0].charged_atomic
+
+
+def test_an_async_stream_overtaken_is_paid_again_too(market):
+    node, _seller, _buyer, _deal = market
+
+    async def task() -> None:
+        async with AsyncBuyerAgent("async-overtaken", marketplace=node.address) as buyer:
+            await buyer.fund("1.00", "USD")
+            listing = (await buyer.discover("write", currency="USD"))[0]
+            deal = await buyer.negotiate(listing, "write", quantity=2, budget="0.01",
+                                         currency="USD")
+            await buyer.hire(deal)
+            budget = deal.call_max_atomic // 4
+            stub = buyer._seller(deal.body.seller_endpoint)
+            overtaking: list = []
+
+            class Late:
+                """The stream's request leaves once another call of the deal was answered."""
+
+                def __init__(self, *args, **kwargs):
+                    self._args, self._kwargs, self._call = args, kwargs, None
+
+                async def __aiter__(self):
+                    if not overtaking:
+                        overtaking.append(None)
+                        overtaking[0] = await buyer.stream(deal, {"topic": "first", "words": 5},
+                                                           max_atomic=budget)
+                        assert len("".join([p async for p in overtaking[0]]).split()) == 5
+                    self._call = stub.InvokeStream(*self._args, **self._kwargs)
+                    async for chunk in self._call:
+                        yield chunk
+
+                def cancel(self):
+                    return self._call.cancel() if self._call else False
+
+                async def trailing_metadata(self):
+                    return await self._call.trailing_metadata()
+
+            class Overtaken:
+                def __getattr__(self, name):
+                    return getattr(stub, name)
+
+                def InvokeStream(self, *args, **kwargs):
+                    return Late(*args, **kwargs) if not overtaking else \
+                        stub.InvokeStream(*args, **kwargs)
+
+            buyer._seller = lambda _endpoint: Overtaken()
+            session = buyer.sessions[deal.agreement_id]
+            call = await buyer.stream(deal, {"topic": "agents", "words": 20}, max_atomic=budget)
+            assert len("".join([p async for p in call]).split()) == 20 and not call.problem
+            assert call.sequence == session.sequence == overtaking[0].sequence + 1
+            assert session.reserved_atomic == 0
+            escrow = await buyer.finish(deal)
+            assert escrow.captured_atomic == call.charged_atomic + overtaking[0].charged_atomic
+
+    asyncio.run(task())
