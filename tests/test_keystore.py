@@ -7,6 +7,7 @@ how to load a saved key was not shown.
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -108,6 +109,28 @@ def test_named_keys_and_key_files_load_as_documented(tmp_path: Path,
             made.agent_id
     fresh = load_key(None)
     assert fresh.agent_id not in (made.agent_id, bob)
+
+
+def test_keys_list_and_wallet_show_by_key_name(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch):
+    """A newcomer finds its agents' ids (`keys list`) and their wallets by name."""
+    monkeypatch.setenv("AGENTMARKET_HOME", str(tmp_path / "home"))
+    runner = CliRunner()
+    empty = runner.invoke(app, ["keys", "list"])
+    assert empty.exit_code == 0 and "no named keys" in empty.output
+    db = f"sqlite:///{tmp_path / 'm.db'}"
+    with MarketplaceNode(db, sweep_interval_s=3600) as node, \
+            BuyerAgent("alice", marketplace=node.address, key="alice") as alice:
+        alice.fund("2.50", "USD")
+    listed = runner.invoke(app, ["keys", "list", "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert json.loads(listed.output) == [{"name": "alice", "agent_id": alice.agent_id}]
+    assert alice.agent_id in runner.invoke(app, ["keys", "list"]).output
+    shown = runner.invoke(app, ["wallet", "show", "alice", "--db", db, "--json"])
+    assert shown.exit_code == 0, shown.output
+    wallet = json.loads(shown.output)
+    assert wallet["owner"] == alice.agent_id
+    assert [a["available_atomic"] for a in wallet["accounts"]] == [2_500_000_000]
 
 
 @pytest.mark.parametrize("bad", ["", "../escape", "with space", "a/b/", ".hidden", 7])

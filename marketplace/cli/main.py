@@ -205,7 +205,8 @@ def ledger_postings(ctx: typer.Context,
 
 
 @wallet_app.command("show")
-def wallet_show(agent: str = typer.Argument(help="Owner id (agent public key) or a prefix."),
+def wallet_show(agent: str = typer.Argument(help="Owner id (agent public key), a prefix of it, "
+                                                 "or a key name from `keys list`."),
                 db: str = typer.Option(DEFAULT_DB, help="Database URL."),
                 as_json: bool = typer.Option(False, "--json", help="JSON for scripts.")) -> None:
     """Balances and open holds of one owner's wallets."""

@@ -122,9 +122,14 @@ def print_postings(postings: list[Posting], as_json: bool) -> None:
 
 
 def resolve_owner(ledger: Ledger, agent: str) -> str:
-    """An owner by its full id or a unique prefix of it."""
+    """An owner by its full id, a unique prefix of it, or the name of a key kept in this home
+    (`agentmarket keys list`)."""
+    from agents import keystore
     from marketplace.cli.output import fail
+    from marketplace.identity import AgentKey
 
+    if agent in keystore.names():
+        agent = AgentKey.load(keystore.key_path(agent)).agent_id
     owners = sorted({b.owner for b in ledger.accounts() if b.owner.startswith(agent)})
     if not owners:
         fail(f"no wallet belongs to {agent!r}")
@@ -371,3 +376,30 @@ def keys_new(out: Path = typer.Argument(help="File to write the key seed to (mod
     except InvalidArgument as error:
         fail(error.message)
     console.print(key.agent_id, highlight=False)
+
+
+@keys_app.command("list")
+def keys_list(as_json: bool = typer.Option(False, "--json", help="JSON for scripts.")) -> None:
+    """The named agent keys kept in this home (AGENTMARKET_HOME), with their public ids: an
+    agent made with `key="<name>"` keeps its key here."""
+    from agents import keystore
+    from marketplace.cli.output import fail
+    from marketplace.errors import InvalidArgument
+    from marketplace.identity import AgentKey
+
+    found = []
+    for name in keystore.names():
+        try:
+            found.append((name, AgentKey.load(keystore.key_path(name)).agent_id))
+        except InvalidArgument as error:
+            fail(f"key {name!r}: {error.message}")
+    if as_json:
+        print(json.dumps([{"name": n, "agent_id": i} for n, i in found], indent=2))
+        return
+    if not found:
+        console.print(f"no named keys in {keystore.key_path('x').parent}", highlight=False)
+        return
+    table = Table("name", Column("agent id", overflow="fold"), title="Agent keys")
+    for name, agent_id in found:
+        table.add_row(name, agent_id)
+    console.print(table)
