@@ -12,9 +12,8 @@ from pathlib import Path
 import typer
 
 from marketplace.cli.output import console, error_line, fail
-from marketplace.heap import settle_heap
+from marketplace.cli.tuning import GC_DEFAULTS, NORMAL_SCHEDULING, tune_started
 from marketplace.home import default_database_url, default_span_store
-from marketplace.scheduling import batch_scheduling
 from marketplace.stop_signals import StopSignals
 
 DEFAULT_DB = default_database_url()
@@ -41,15 +40,8 @@ def gateway(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///fil
             evm_key_file: Path = typer.Option(
                 None, help="The hex private key of the account that submits EVM settlements "
                            "and pays their gas (with --evm-rpc)."),
-            gc_defaults: bool = typer.Option(
-                False, "--gc-defaults", help="Keep CPython's garbage-collector settings (by "
-                                             "default the started gateway freezes its start-up "
-                                             "heap and collects in larger passes: "
-                                             "marketplace.heap)."),
-            normal_scheduling: bool = typer.Option(
-                False, "--normal-scheduling", help="Keep Linux's default thread scheduling "
-                                                        "(by default: SCHED_BATCH, more calls per "
-                                                        "second when the cores are busy).")
+            gc_defaults: bool = GC_DEFAULTS,
+            normal_scheduling: bool = NORMAL_SCHEDULING
             ) -> None:
     """Run a node with the HTTP/x402 gateway (POST /v1/skills/{listing}/{skill}) and the x402
     facilitator (/facilitator/verify, /settle, /supported) until SIGTERM or SIGINT."""
@@ -96,10 +88,7 @@ def gateway(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///fil
     except Exception as error:
         node.stop()
         fail(f"cannot start the gateway: {error}")
-    if not gc_defaults:
-        settle_heap()  # started: what it holds now lives as long as the process
-    if not normal_scheduling:
-        batch_scheduling()  # its threads keep their core when they wake another
+    tune_started(gc_defaults=gc_defaults, normal_scheduling=normal_scheduling)
     console.print(f"marketplace on {node.address}; x402 gateway on {http.url} (network "
                   f"{door.network}; OpenAPI at {http.url}/openapi.json)", highlight=False,
                   soft_wrap=True)

@@ -13,9 +13,8 @@ from typing import Any
 import typer
 
 from marketplace.cli.output import console, fail
-from marketplace.heap import settle_heap
+from marketplace.cli.tuning import GC_DEFAULTS, NORMAL_SCHEDULING, tune_started
 from marketplace.home import default_database_url, default_span_store
-from marketplace.scheduling import batch_scheduling
 from marketplace.stop_signals import StopSignals
 from wallets.errors import AgentmarketError
 
@@ -100,15 +99,8 @@ def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file 
               3, "--usdc-confirmations", min=1, max=1000,
               help="Blocks a USDC deposit waits for (itself included) before it is credited.")
           ,
-          gc_defaults: bool = typer.Option(
-              False, "--gc-defaults", help="Keep CPython's garbage-collector settings (by "
-                                           "default the started node freezes its start-up "
-                                           "heap and collects in larger passes: "
-                                           "marketplace.heap)."),
-          normal_scheduling: bool = typer.Option(
-              False, "--normal-scheduling", help="Keep Linux's default thread scheduling "
-                                                      "(by default: SCHED_BATCH, more calls per "
-                                                      "second when the cores are busy).")
+          gc_defaults: bool = GC_DEFAULTS,
+          normal_scheduling: bool = NORMAL_SCHEDULING
           ) -> None:
     """Run a marketplace node until SIGTERM or SIGINT."""
     from marketplace.auth import server_credentials
@@ -172,10 +164,7 @@ def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file 
                                ecny_identity_providers=ecny_identity_provider).start()
     except Exception as error:  # a bad URL or a taken port: one line, not a traceback
         fail(f"cannot start the node: {error}")
-    if not gc_defaults:
-        settle_heap()  # started: what it holds now lives as long as the process
-    if not normal_scheduling:
-        batch_scheduling()  # its threads keep their core when they wake another
+    tune_started(gc_defaults=gc_defaults, normal_scheduling=normal_scheduling)
     if no_auth:
         console.print("[red]WARNING: --no-auth: calls are not authenticated and nothing is "
                       "authorised; never expose this node beyond your own machine",
