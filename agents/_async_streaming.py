@@ -31,7 +31,7 @@ from agents._deal import (
 )
 from agents._rpc import closed_under_call, sdk_error
 from agents._serving import STOP_REASON_KEY
-from agents._streaming import HANG_UP_WAIT_S, overtaken, sent_text
+from agents._streaming import HANG_UP_WAIT_S, cut_off, overtaken, sent_text
 from agents.errors import CallInProgress, FailedPrecondition
 from agents.payment_session import PaymentSession
 from agents.results import Usage
@@ -56,6 +56,7 @@ class AsyncStreamedCall:
         # the iterator `async for` took, weakly: an abandoned one is finalised (hangs up)
         self._iterator: weakref.ref[Any] | None = None
         self._over = asyncio.Event()  # the reading ended (however), its end booked if it could
+        self._closing = False  # aclose() cancelled the call under a reading task
         self.pieces: list[str] = []
         self._size = 0  # bytes of text so far
         self.end: agent_pb2.StreamEnd | None = None
@@ -84,7 +85,10 @@ class AsyncStreamedCall:
         if self._iterator is None:
             return  # never read: nothing was started
         pieces = self._iterator()
-        if pieces is not None:
+        if pieces is not None and pieces.ag_running:  # read by another task meanwhile:
+            self._closing = True                        # it hangs up as its call is cancelled
+            self._call.cancel()
+        elif pieces is not None:
             await pieces.aclose()
         with contextlib.suppress(TimeoutError):  # dropped already: the loop finalises it
             await asyncio.wait_for(self._over.wait(), HANG_UP_WAIT_S + 1)
@@ -132,14 +136,24 @@ class AsyncStreamedCall:
                 yield chunk.text_delta
             trailers = await self._call.trailing_metadata()
         except grpc.RpcError as error:
-            self.session.settle(self.budget_atomic, 0)
+            if cut_off(error, self.pieces):
+                await self._hang_up()  # the seller bills what it sent: book that
+            else:
+                self.session.settle(self.budget_atomic, 0)
             raise sdk_error(error) from None
-        except asyncio.CancelledError:  # a timeout around it, or the buyer closed
-            self.session.settle(self.budget_atomic, 0)
+        except asyncio.CancelledError:  # aclose() from another task, a timeout, or closing
+            if self._closing:  # the call was cancelled by aclose(): the stream ends here
+                await self._hang_up()
+                return
             closed = closed_under_call()
-            if closed is None:
-                raise
-            raise closed from None
+            if closed is not None:  # the buyer closed: its channels are gone
+                self.session.settle(self.budget_atomic, 0)
+                raise closed from None
+            if self.pieces:  # a timeout around it: the seller bills what it sent
+                await asyncio.shield(self._hang_up())
+            else:
+                self.session.settle(self.budget_atomic, 0)
+            raise
         except MalformedAnswer as error:
             self._call.cancel()
             book_malformed(self.deal, self.session, self.budget_atomic, error)

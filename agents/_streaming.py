@@ -106,7 +106,10 @@ class StreamedCall:
                 self.pieces.append(chunk.text_delta)
                 yield chunk.text_delta
         except grpc.RpcError as error:
-            self.session.settle(self.budget_atomic, 0)
+            if cut_off(error, self.pieces):
+                self._hang_up()  # the seller bills what it sent: book that, not nothing
+            else:
+                self.session.settle(self.budget_atomic, 0)
             raise sdk_error(error) from None
         except MalformedAnswer as error:
             self._call.cancel()
@@ -188,12 +191,25 @@ def overtaken(error: grpc.RpcError, session: PaymentSession, voucher: agreement_
         session.sequence > voucher.sequence
 
 
+# A stream ended by these after some pieces came: the seller ran it and bills what it sent
+# (any other status is a refusal or a failed skill, neither charged)
+_CUT_OFF = frozenset({grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
+                      grpc.StatusCode.UNAVAILABLE})
+
+
+def cut_off(error: grpc.RpcError, pieces: list[str]) -> bool:
+    """Whether a stream that failed with `error` was cut off while running (its end is then
+    fetched as a hang-up's is) rather than refused."""
+    code = error.code() if callable(getattr(error, "code", None)) else None
+    return bool(pieces) and code in _CUT_OFF
+
+
 def sent_text(end: agent_pb2.StreamEnd, read: str) -> str:
     """The text a stream cut short was billed for: what the seller sent, of which the buyer
     read a beginning (the rest was on its way); `read` itself if the two disagree, so that
     the receipt is reported as committing to other text."""
     try:
         sent = json.loads(end.output_json).get("text")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):  # a seller's bad JSON
         return read
     return sent if isinstance(sent, str) and sent.startswith(read) else read

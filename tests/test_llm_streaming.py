@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -13,7 +14,10 @@ from collections.abc import Iterator
 import pytest
 
 from agents import AsyncBuyerAgent, BuyerAgent, SellerAgent, per_1k_tokens, skill
+from agents._streaming import sent_text
+from agents.errors import DeadlineExceeded
 from agents.llm import count_tokens, stream
+from agents.v1 import agent_pb2
 from marketplace.node import MarketplaceNode
 from wallets.currencies import split
 
@@ -245,3 +249,88 @@ def test_an_async_stream_overtaken_is_paid_again_too(market):
             assert escrow.captured_atomic == call.charged_atomic + overtaking[0].charged_atomic
 
     asyncio.run(task())
+
+
+@pytest.fixture
+def slow_market(tmp_path):
+    """A seller whose skill writes a word every 0.2 s."""
+
+    @skill(price=per_1k_tokens("0.001", "0.002", "USD"), max_input_tokens=200,
+           max_output_tokens=400)
+    def slow(topic: str, words: int) -> Iterator[str]:
+        """Write slowly."""
+        for i in range(words):
+            time.sleep(0.2)
+            yield f"{topic}{i} "
+
+    node = MarketplaceNode(f"sqlite:///{tmp_path / 'market.db'}", sweep_interval_s=3600).start()
+    seller = SellerAgent("slow-writer", skills=[slow], marketplace=node.address).serve()
+    yield node
+    seller.stop(0)
+    node.stop(0)
+
+
+def _slow_deal(buyer):
+    return buyer.negotiate(buyer.discover("slow", currency="USD")[0], "slow", quantity=3,
+                           budget="0.01", currency="USD")
+
+
+def test_a_stream_cut_off_by_its_deadline_books_what_the_seller_sent(slow_market,
+                                                                      monkeypatch):
+    """A stream that runs past its deadline after some pieces came was billed by the seller
+    for what it sent: the buyer books that (fetched as a hang-up's end), not nothing."""
+    import agents._streaming as streaming
+
+    monkeypatch.setattr(streaming, "STREAM_TIMEOUT_S", 1.0)
+    with BuyerAgent("timed", marketplace=slow_market.address) as buyer:
+        buyer.fund("1.00", "USD")
+        deal = _slow_deal(buyer)
+        buyer.hire(deal)
+        call = buyer.stream(deal, {"topic": "t", "words": 40})
+        with pytest.raises(DeadlineExceeded):
+            for _piece in call:
+                pass
+        session = buyer.sessions[deal.agreement_id]
+        assert call.pieces and session.reserved_atomic == 0 and not call.problem
+        assert session.charged_atomic == call.charged_atomic > 0
+        assert buyer.finish(deal).captured_atomic == session.charged_atomic
+
+
+def test_an_async_stream_left_by_a_timeout_or_closed_from_another_task_books_its_end(
+        slow_market):
+    async def task() -> None:
+        async with AsyncBuyerAgent("async-slow", marketplace=slow_market.address) as buyer:
+            await buyer.fund("1.00", "USD")
+            listing = (await buyer.discover("slow", currency="USD"))[0]
+            deal = await buyer.negotiate(listing, "slow", quantity=3, budget="0.01",
+                                         currency="USD")
+            await buyer.hire(deal)
+            session = buyer.sessions[deal.agreement_id]
+            timed = await buyer.stream(deal, {"topic": "t", "words": 40})
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.7):
+                    async for _piece in timed:
+                        pass
+            assert timed.pieces and timed.charged_atomic > 0 and not timed.problem
+
+            closed = await buyer.stream(deal, {"topic": "u", "words": 40})
+
+            async def read() -> int:
+                return len([piece async for piece in closed])
+
+            reader = asyncio.create_task(read())
+            await asyncio.sleep(0.7)  # the reader waits for the next piece
+            await closed.aclose()  # hangs up under it: its loop ends
+            assert await reader == len(closed.pieces) > 0
+            assert closed.stop_reason == "cancelled" and not closed.problem
+            assert session.reserved_atomic == 0
+            assert session.charged_atomic == timed.charged_atomic + closed.charged_atomic
+            escrow = await buyer.finish(deal)
+            assert escrow.captured_atomic == session.charged_atomic
+
+    asyncio.run(task())
+
+
+def test_a_sellers_bad_json_in_a_hang_ups_end_is_not_a_crash():
+    end = agent_pb2.StreamEnd(output_json="[" * 200_000 + "]" * 200_000)
+    assert sent_text(end, "read") == "read"  # then reported as other text than was sent
