@@ -76,14 +76,22 @@ class AsyncStreamedCall:
         return Usage.from_message(self.end.usage, self.deal.currency) if self.end else None
 
     def __aiter__(self) -> AsyncIterator[str]:
+        if self._iterator is not None or self._closing:
+            return _nothing()  # read (or being read) already, or closed
         pieces = self._pieces()
         self._iterator = weakref.ref(pieces)
         return pieces
 
     async def aclose(self) -> None:
-        """Stop reading: hang up now rather than when the loop finalises the iterator."""
-        if self._iterator is None:
-            return  # never read: nothing was started
+        """Stop the stream now (`StreamedCall.close`): a task reading it ends its loop (no
+        error), billed and booked for what the seller sent; a stream not read yet is hung up
+        here; an abandoned loop is hung up now rather than when the event loop finalises it."""
+        if self._iterator is None:  # never read: hang up here
+            if not self._closing:
+                self._closing = True
+                await self._hang_up()
+                self._over.set()
+            return
         pieces = self._iterator()
         if pieces is not None and pieces.ag_running:  # read by another task meanwhile:
             self._closing = True                        # it hangs up as its call is cancelled
@@ -201,3 +209,8 @@ class AsyncStreamedCall:
         self.end = end
         self.problem = book_stream(self.deal, self.session, self.budget_atomic, end,
                                    sent_text(end, self.text), self.sequence)
+
+
+async def _nothing() -> AsyncIterator[str]:
+    return
+    yield  # an async generator that yields nothing

@@ -8,7 +8,8 @@
                             # "ended": the agreement's redeem began while it ran
     stream.end.receipt      # the seller's signed receipt for exactly what was delivered
 
-Stopping early (a `break`, or closing the iterator) hangs up: the seller stops producing and
+Stopping early (a `break`, `stream.close()` from any thread, or a deadline after some text
+came) hangs up: the seller stops producing and
 bills what it had sent, and the buyer fetches that receipt by asking again under the same call
 id (answered from the seller's record, charged once), so the unspent part of the call's
 prepaid budget is free again for the next call.
@@ -17,6 +18,7 @@ prepaid budget is free again for the next call.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -62,6 +64,9 @@ class StreamedCall:
         self.end: agent_pb2.StreamEnd | None = None
         self.stop_reason = ""
         self.problem = ""
+        self._state = threading.Lock()
+        self._reading = self._over = self._closing = False  # `_over`: read or hung up
+        self._read_over = threading.Event()  # a reading loop ended, its end booked if it could
         try:
             self._call = dial(voucher)
         except grpc.RpcError as error:
@@ -93,7 +98,34 @@ class StreamedCall:
         """What the delivered text used and cost (after iteration)."""
         return Usage.from_message(self.end.usage, self.deal.currency) if self.end else None
 
+    def close(self) -> None:
+        """Stop the stream now, from any thread: a loop reading it ends (no error), billed and
+        booked for what the seller sent; a stream not read yet is hung up here."""
+        with self._state:
+            if self._over:
+                return
+            reading, self._closing = self._reading, True
+            if not reading:
+                self._over = True
+        if reading:
+            self._call.cancel()
+            self._read_over.wait(HANG_UP_WAIT_S + 1)
+        else:
+            self._hang_up()
+
     def __iter__(self) -> Iterator[str]:
+        with self._state:
+            if self._over or self._reading:
+                return  # read (or being read) already, or closed
+            self._reading = True
+        try:
+            yield from self._read()
+        finally:
+            with self._state:
+                self._reading, self._over = False, True
+            self._read_over.set()
+
+    def _read(self) -> Iterator[str]:
         try:
             for chunk in self._chunks():
                 if chunk.HasField("end"):
@@ -106,6 +138,9 @@ class StreamedCall:
                 self.pieces.append(chunk.text_delta)
                 yield chunk.text_delta
         except grpc.RpcError as error:
+            if self._closing:  # close() cancelled the call: the stream ends here
+                self._hang_up()
+                return
             if cut_off(error, self.pieces):
                 self._hang_up()  # the seller bills what it sent: book that, not nothing
             else:

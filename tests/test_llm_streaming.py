@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import threading
 import time
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -323,8 +324,14 @@ def test_an_async_stream_left_by_a_timeout_or_closed_from_another_task_books_its
             await closed.aclose()  # hangs up under it: its loop ends
             assert await reader == len(closed.pieces) > 0
             assert closed.stop_reason == "cancelled" and not closed.problem
+            unread = await buyer.stream(deal, {"topic": "v", "words": 40})
+            await asyncio.sleep(0.5)  # the seller is writing
+            await unread.aclose()  # never read: hung up here
+            assert [piece async for piece in unread] == []
+            assert unread.stop_reason == "cancelled" and not unread.problem
             assert session.reserved_atomic == 0
-            assert session.charged_atomic == timed.charged_atomic + closed.charged_atomic
+            assert session.charged_atomic == timed.charged_atomic + closed.charged_atomic + \
+                unread.charged_atomic
             escrow = await buyer.finish(deal)
             assert escrow.captured_atomic == session.charged_atomic
 
@@ -334,3 +341,31 @@ def test_an_async_stream_left_by_a_timeout_or_closed_from_another_task_books_its
 def test_a_sellers_bad_json_in_a_hang_ups_end_is_not_a_crash():
     end = agent_pb2.StreamEnd(output_json="[" * 200_000 + "]" * 200_000)
     assert sent_text(end, "read") == "read"  # then reported as other text than was sent
+
+
+def test_close_stops_a_stream_from_another_thread_or_before_it_is_read(slow_market):
+    """`close()` hangs up: a loop reading the stream in another thread ends without an error,
+    and a stream closed before anyone read it is booked for what the seller sent (a stream
+    closed or read once yields nothing more)."""
+    with BuyerAgent("closer", marketplace=slow_market.address) as buyer:
+        buyer.fund("1.00", "USD")
+        deal = _slow_deal(buyer)
+        buyer.hire(deal)
+        session = buyer.sessions[deal.agreement_id]
+        read = buyer.stream(deal, {"topic": "t", "words": 40})
+        got: list[str] = []
+        reader = threading.Thread(target=lambda: got.extend(read))
+        reader.start()
+        time.sleep(0.7)  # the reader waits for the next piece
+        read.close()
+        reader.join(timeout=10)
+        assert not reader.is_alive() and got == read.pieces and got
+        assert read.stop_reason == "cancelled" and not read.problem
+        unread = buyer.stream(deal, {"topic": "u", "words": 40})
+        time.sleep(0.5)  # the seller is writing
+        unread.close()
+        assert list(unread) == [] and list(read) == []
+        assert unread.stop_reason == "cancelled" and not unread.problem
+        assert session.reserved_atomic == 0
+        assert session.charged_atomic == read.charged_atomic + unread.charged_atomic
+        assert buyer.finish(deal).captured_atomic == session.charged_atomic
