@@ -27,12 +27,14 @@ from agents import (
     AgreementEnded,
     AgreementState,
     AsyncBuyerAgent,
+    AsyncStreamedCall,
     BuyerAgent,
     Escrow,
     FailedPrecondition,
     InvalidAmount,
     Money,
     SellerAgent,
+    StreamedCall,
     Unavailable,
     per_1k_tokens,
     per_call,
@@ -95,6 +97,17 @@ def test_the_async_buyer_has_the_sync_buyers_public_surface():
     assert public(AsyncBuyerAgent) == public(BuyerAgent)
     for name in public(BuyerAgent) - {"restore_deal", "check_receipt_signatures"}:
         assert inspect.iscoroutinefunction(getattr(AsyncBuyerAgent, name)), name
+
+
+def test_the_stream_classes_have_one_surface():
+    """A streamed call reads the same in both buyers (class attributes: `text`, `usage`,
+    `charged_atomic`; `close`, on the event loop `aclose`)."""
+    def public(cls: type) -> set[str]:
+        return {n for n in dir(cls) if not n.startswith("_")}
+
+    assert public(StreamedCall) == {"charged_atomic", "close", "start", "text", "usage"}
+    assert public(AsyncStreamedCall) == public(StreamedCall) - {"close", "start"} | {"aclose"}
+    assert inspect.iscoroutinefunction(AsyncStreamedCall.aclose)
 
 
 def test_a_whole_task_with_concurrent_deals_and_a_stream(node: MarketplaceNode):
