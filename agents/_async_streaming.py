@@ -31,7 +31,7 @@ from agents._deal import (
 )
 from agents._rpc import closed_under_call, sdk_error
 from agents._serving import STOP_REASON_KEY
-from agents._streaming import HANG_UP_WAIT_S, cut_off, overtaken, sent_text
+from agents._streaming import HANG_UP_WAIT_S, book_fetched, cut_off, overtaken
 from agents.errors import CallInProgress, FailedPrecondition
 from agents.payment_session import PaymentSession
 from agents.results import Usage
@@ -191,24 +191,16 @@ class AsyncStreamedCall:
                 async for chunk in self._dial(self._voucher):
                     if chunk.HasField("end"):
                         end = chunk.end
-                break
             except grpc.RpcError as error:
                 problem = sdk_error(error)
                 if isinstance(problem, CallInProgress) and \
                         asyncio.get_running_loop().time() < deadline:
                     await asyncio.sleep(0.01)
                     continue
-                self.problem = f"the end of a stream cut short could not be fetched: {problem}"
-                return
+                return book_fetched(self, None, problem)
             except Exception as error:  # the buyer was closed meanwhile: its channel is gone
-                self.problem = f"the end of a stream cut short could not be fetched: {error}"
-                return
-        if end is None:
-            self.problem = "the end of a stream cut short came without a receipt"
-            return
-        self.end = end
-        self.problem = book_stream(self.deal, self.session, self.budget_atomic, end,
-                                   sent_text(end, self.text), self.sequence)
+                return book_fetched(self, None, error)
+            return book_fetched(self, end)
 
 
 async def _nothing() -> AsyncIterator[str]:

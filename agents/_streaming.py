@@ -197,25 +197,30 @@ class StreamedCall:
         deadline = time.monotonic() + HANG_UP_WAIT_S
         while True:
             try:
-                again = self._dial(self._voucher)
-                end = next((c.end for c in again if c.HasField("end")), None)
-                break
+                end = next((c.end for c in self._dial(self._voucher) if c.HasField("end")),
+                           None)
             except grpc.RpcError as error:
                 problem = sdk_error(error)
                 if isinstance(problem, CallInProgress) and time.monotonic() < deadline:
                     time.sleep(0.01)  # the seller is still billing the pieces it sent
                     continue
-                self.problem = f"the end of a stream cut short could not be fetched: {problem}"
-                return
+                return book_fetched(self, None, problem)
             except Exception as error:  # the buyer was closed meanwhile: its channel is gone
-                self.problem = f"the end of a stream cut short could not be fetched: {error}"
-                return
-        if end is None:
-            self.problem = "the end of a stream cut short came without a receipt"
-            return
-        self.end = end
-        self.problem = book_stream(self.deal, self.session, self.budget_atomic, end,
-                                   sent_text(end, self.text), self.sequence)
+                return book_fetched(self, None, error)
+            return book_fetched(self, end)
+
+
+def book_fetched(call: Any, end: agent_pb2.StreamEnd | None, failure: object = None) -> None:
+    """Book the end a hung-up stream's re-fetch brought (`failure`: why none came; the budget
+    then stays reserved, its charge unknown, and `problem` says so)."""
+    if failure is not None:
+        call.problem = f"the end of a stream cut short could not be fetched: {failure}"
+    elif end is None:
+        call.problem = "the end of a stream cut short came without a receipt"
+    else:
+        call.end = end
+        call.problem = book_stream(call.deal, call.session, call.budget_atomic, end,
+                                   sent_text(end, call.text), call.sequence)
 
 
 def overtaken(error: grpc.RpcError, session: PaymentSession, voucher: agreement_pb2.Voucher,
