@@ -21,7 +21,7 @@ from typing import Any
 
 import grpc
 
-from agents._buyer_core import MAX_REPLANS
+from agents._buyer_core import MAX_REPLANS, overtaken
 from agents._deal import (
     Deal,
     MalformedAnswer,
@@ -31,7 +31,7 @@ from agents._deal import (
 )
 from agents._rpc import closed_under_call, sdk_error
 from agents._serving import STOP_REASON_KEY
-from agents._streaming import HANG_UP_WAIT_S, book_fetched, cut_off, overtaken
+from agents._streaming import HANG_UP_WAIT_S, book_fetched, cut_off, replanned
 from agents.errors import CallInProgress, FailedPrecondition
 from agents.payment_session import PaymentSession
 from agents.results import Usage
@@ -124,10 +124,7 @@ class AsyncStreamedCall:
             except grpc.RpcError as error:
                 if started or not overtaken(error, self.session, self._voucher, attempt):
                     raise
-            self.session.settle(self.budget_atomic, 0)
-            self._voucher = self.session.next_voucher(self.budget_atomic)
-            self.sequence = self._voucher.sequence
-            self._call = self._dial(self._voucher)
+            self._call = self._dial(replanned(self))
 
     async def _read(self) -> AsyncIterator[str]:
         chunks = self._chunks()

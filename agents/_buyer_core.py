@@ -87,6 +87,15 @@ class PlannedCall:
         return call_metadata(self.deal, self.voucher)
 
 
+def overtaken(error: grpc.RpcError, session: PaymentSession, voucher: agreement_pb2.Voucher,
+              attempt: int) -> bool:
+    """Whether the seller refused `voucher` only because a later one of the same session
+    reached it first (calls on one deal run at once; the seller takes words in order), and
+    the call may still be paid again."""
+    return attempt < MAX_REPLANS and error_reason(error) == "INVALID_VOUCHER" and \
+        session.sequence > voucher.sequence
+
+
 def call_metadata(deal: Deal, voucher: agreement_pb2.Voucher) -> list[tuple[str, bytes]]:
     """A paid call's metadata: the voucher, and until a call of the deal was answered, the
     node's escrow proof (`marketplace.escrow_proof`: the seller need not ask the node)."""
@@ -269,9 +278,7 @@ class BuyerCore:
         voucher, so its reserve comes back here first. Otherwise the refusal stands: the call
         is booked as failed (`_failed`) and `error` raised."""
         session = self.sessions[planned.deal.agreement_id]
-        if not planned.replannable or attempt >= MAX_REPLANS or \
-                error_reason(error) != "INVALID_VOUCHER" or \
-                session.sequence <= planned.voucher.sequence:
+        if not planned.replannable or not overtaken(error, session, planned.voucher, attempt):
             self._failed(planned, error)
             raise error
         session.settle(planned.reserve_atomic, 0)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from agents._buyer_core import MAX_REPLANS, STREAM_TIMEOUT_S, call_metadata
+from agents._buyer_core import MAX_REPLANS, STREAM_TIMEOUT_S, call_metadata, overtaken
 from agents._deal import (
     Deal,
     MalformedAnswer,
@@ -41,7 +41,6 @@ from agents.results import Usage
 from agents.v1 import agent_pb2
 from marketplace import agreements as ag
 from marketplace.v1 import agreement_pb2
-from wallets.grpc_errors import error_reason
 
 if TYPE_CHECKING:
     from agents.buyer import BuyerAgent
@@ -178,15 +177,7 @@ class StreamedCall:
             except grpc.RpcError as error:
                 if started or not overtaken(error, self.session, self._voucher, attempt):
                     raise
-            self._call = self._dial(self._replanned())
-
-    def _replanned(self) -> agreement_pb2.Voucher:
-        """A new voucher for the call (nothing was reserved at the seller for the refused
-        one: its reserve comes back first)."""
-        self.session.settle(self.budget_atomic, 0)
-        self._voucher = self.session.next_voucher(self.budget_atomic)
-        self.sequence = self._voucher.sequence
-        return self._voucher
+            self._call = self._dial(replanned(self))
 
     def _hang_up(self) -> None:
         """Cancel the call, then fetch the end the seller recorded for it (what it sent, at
@@ -210,6 +201,15 @@ class StreamedCall:
             return book_fetched(self, end)
 
 
+def replanned(call: Any) -> agreement_pb2.Voucher:
+    """A new voucher for an overtaken stream, now the call's (nothing was reserved at the
+    seller for the refused one: its reserve comes back first)."""
+    call.session.settle(call.budget_atomic, 0)
+    call._voucher = call.session.next_voucher(call.budget_atomic)
+    call.sequence = call._voucher.sequence
+    return call._voucher  # type: ignore[no-any-return]
+
+
 def book_fetched(call: Any, end: agent_pb2.StreamEnd | None, failure: object = None) -> None:
     """Book the end a hung-up stream's re-fetch brought (`failure`: why none came; the budget
     then stays reserved, its charge unknown, and `problem` says so)."""
@@ -221,14 +221,6 @@ def book_fetched(call: Any, end: agent_pb2.StreamEnd | None, failure: object = N
         call.end = end
         call.problem = book_stream(call.deal, call.session, call.budget_atomic, end,
                                    sent_text(end, call.text), call.sequence)
-
-
-def overtaken(error: grpc.RpcError, session: PaymentSession, voucher: agreement_pb2.Voucher,
-              attempt: int) -> bool:
-    """Whether the seller refused `voucher` only because a later one of the same session
-    reached it first (calls on one deal run at once; the seller takes words in order)."""
-    return attempt < MAX_REPLANS and error_reason(error) == "INVALID_VOUCHER" and \
-        session.sequence > voucher.sequence
 
 
 # A stream ended by these after some pieces came: the seller ran it and bills what it sent
