@@ -30,11 +30,16 @@ from marketplace.identity import AgentKey
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
+def keys_folder() -> Path:
+    """Where this home keeps its named keys."""
+    return home() / "keys"
+
+
 def key_path(name: str) -> Path:
     if not isinstance(name, str) or not _NAME.match(name):
         raise InvalidArgument(f"a key's name is 1..64 letters, digits, '.', '_' or '-', "
                               f"got {name!r}"[:200])
-    return home() / "keys" / f"{name}.key"
+    return keys_folder() / f"{name}.key"
 
 
 def named_key(name: str) -> AgentKey:
@@ -52,7 +57,7 @@ def named_key(name: str) -> AgentKey:
 
 def names() -> list[str]:
     """The names of the keys kept in this home."""
-    folder = home() / "keys"
+    folder = keys_folder()
     return sorted(p.stem for p in folder.glob("*.key")) if folder.is_dir() else []
 
 

@@ -397,7 +397,7 @@ def keys_list(as_json: bool = typer.Option(False, "--json", help="JSON for scrip
         print(json.dumps([{"name": n, "agent_id": i} for n, i in found], indent=2))
         return
     if not found:
-        console.print(f"no named keys in {keystore.key_path('x').parent}", highlight=False)
+        console.print(f"no named keys in {keystore.keys_folder()}", highlight=False)
         return
     table = Table("name", Column("agent id", overflow="fold"), title="Agent keys")
     for name, agent_id in found:
