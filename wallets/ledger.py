@@ -391,39 +391,46 @@ class Ledger(LedgerHolds, LedgerReads, MutationRunner):
             "a_pc": leg.pending_credit_atomic,
             **{f"a_max_{name}": INT64_MAX - max(d, 0) for name, d in increments.items()},
         }
-        apply = ((lambda: hot.apply_leg(conn, _APPLY_LEG_SQLITE, params)) if self._sqlite
-                 else (lambda: conn.execute(_APPLY_LEG, params).rowcount))
-        changed = apply()
+        changed = self._run_leg(conn, params)
         if changed != 1 and not self._sqlite and _credits.fold_in(conn, [leg.account_id],
                                                                    wait=True):
-            changed = apply()  # credits it had not counted
+            changed = self._run_leg(conn, params)  # credits it had not counted
         if changed != 1:
-            row = conn.execute(select(ACCOUNTS).where(ACCOUNTS.c.id == leg.account_id)).first()
-            if row is None:
-                raise NotFound(f"account {leg.account_id!r} does not exist")
-            if row.currency != leg.currency:
-                raise InvalidArgument(f"account {leg.account_id!r} holds {row.currency}")
+            self._refused_leg(conn, leg, increments, params)
 
-            def full(row: Any) -> bool:
-                return any(getattr(row, name) > INT64_MAX - d
-                           for name, d in increments.items() if d > 0)
+    def _run_leg(self, conn: Connection, params: dict[str, Any]) -> int:
+        return (hot.apply_leg(conn, _APPLY_LEG_SQLITE, params) if self._sqlite
+                else conn.execute(_APPLY_LEG, params).rowcount)
 
-            if full(row) and _totals.rewind(conn, leg.account_id):
-                changed = apply()  # the totals had room once rewound
-                if changed == 1:
-                    return
-                row = conn.execute(select(ACCOUNTS).where(ACCOUNTS.c.id == leg.account_id)
-                                   ).one()
-            if full(row):
-                raise ResourceExhausted(
-                    f"account {leg.account_id}'s balance or holds would pass {INT64_MAX} "
-                    "atomic; move part of it to a new account",
-                    reason="ACCOUNT_TOTALS_EXHAUSTED")
-            have = balance_from_row(row)
-            need = -(leg.posted_atomic - leg.pending_debit_atomic)
-            raise InsufficientFunds(
-                f"account {leg.account_id} has {have.available_atomic} atomic "
-                f"{have.currency} available, {need} needed"
-            )
+    def _refused_leg(self, conn: Connection, leg: Leg, increments: dict[str, int],
+                     params: dict[str, Any]) -> None:
+        """Raise why a leg did not apply, unless its account's running totals only needed
+        rewinding (`wallets._totals`): then it is applied."""
+        row = conn.execute(select(ACCOUNTS).where(ACCOUNTS.c.id == leg.account_id)).first()
+        if row is None:
+            raise NotFound(f"account {leg.account_id!r} does not exist")
+        if row.currency != leg.currency:
+            raise InvalidArgument(f"account {leg.account_id!r} holds {row.currency}")
+
+        def full(row: Any) -> bool:
+            return any(getattr(row, name) > INT64_MAX - d
+                       for name, d in increments.items() if d > 0)
+
+        if full(row) and _totals.rewind(conn, leg.account_id):
+            if self._run_leg(conn, params) == 1:
+                return  # the totals had room once rewound
+            row = conn.execute(select(ACCOUNTS).where(ACCOUNTS.c.id == leg.account_id)).one()
+        if full(row):
+            raise ResourceExhausted(
+                f"account {leg.account_id}'s balance or holds would pass {INT64_MAX} "
+                "atomic; move part of it to a new account",
+                reason="ACCOUNT_TOTALS_EXHAUSTED")
+        have = balance_from_row(row)
+        need = -(leg.posted_atomic - leg.pending_debit_atomic)
+        raise InsufficientFunds(
+            f"account {leg.account_id} has {have.available_atomic} atomic "
+            f"{have.currency} available, {need} needed"
+        )
+
 
 assert MAX_AMOUNT_ATOMIC < 2**63
