@@ -14,7 +14,7 @@ from wallets.currencies import currency as _currency
 
 MAX_KEY_CHARS = 256
 MAX_NAME_CHARS = 128
-_ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-_]+):\d{1,5}$|^unix:.+$|^dns:.+$")
+_ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-_]+):\d{1,5}\Z|^unix:.+\Z|^dns:.+\Z")
 
 
 def shown(value: Any) -> str:

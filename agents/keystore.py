@@ -27,7 +27,7 @@ from agents.errors import InvalidArgument
 from marketplace.home import DEFAULT_HOME, HOME_ENV, home
 from marketplace.identity import AgentKey
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 
 
 def keys_folder() -> Path:

@@ -17,7 +17,7 @@ from agents.errors import InvalidArgument
 from agents.llm import complete, text_of
 
 MAX_CALLS = 1000
-_SKILL = re.compile(r"^[a-z0-9_.-]{1,64}$")
+_SKILL = re.compile(r"^[a-z0-9_.-]{1,64}\Z")
 SYSTEM = (
     "You plan work to buy from other agents. Answer with one JSON object only: "
     '{"skill": "<skill name to buy>", "inputs": [<one JSON object per call>]}.'

@@ -33,7 +33,7 @@ MAX_NONCE_BYTES = 64
 # A whole body: its terms' rubric (4,000 characters, up to 16,000 bytes of UTF-8) and a few
 # ids fit many times over.
 MAX_BODY_BYTES = 32 * 1024
-_CHECKER_NAME = re.compile(r"^[a-z0-9_.-]{1,64}$")
+_CHECKER_NAME = re.compile(r"^[a-z0-9_.-]{1,64}\Z")
 _ENDPOINT = re.compile(
     r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9.-]+)):(?P<port>[0-9]{1,5})")
 _LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")

@@ -63,9 +63,9 @@ SIGNATURE_KEY = "agentmarket-signature-bin"
 _AUTH_KEYS = (AGENT_KEY, TIMESTAMP_KEY, NONCE_KEY, SIGNATURE_KEY)
 PUBLIC_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 CALLER_ATTRIBUTE = "enduser.id"
-_AGENT_ID = re.compile(r"^[0-9a-f]{64}$")
-_TIMESTAMP = re.compile(r"^[0-9]{1,16}$")
-_NONCE = re.compile(r"^[0-9A-Za-z_-]{16,64}$")
+_AGENT_ID = re.compile(r"^[0-9a-f]{64}\Z")
+_TIMESTAMP = re.compile(r"^[0-9]{1,16}\Z")
+_NONCE = re.compile(r"^[0-9A-Za-z_-]{16,64}\Z")
 
 
 def _now_ms() -> int:

@@ -19,7 +19,7 @@ from typing import Any
 from marketplace.errors import FailedPrecondition, InvalidArgument
 
 Checker = Callable[[Any], bool]
-_NAME = re.compile(r"^[a-z0-9_.-]{1,64}$")
+_NAME = re.compile(r"^[a-z0-9_.-]{1,64}\Z")
 MAX_CHECKERS = 1000
 
 

@@ -44,7 +44,7 @@ TERMS = TermRow.__table__  # type: ignore[attr-defined]
 Converter = Callable[[int, str, str], int]  # (amount_atomic, from_code, to_code) -> amount
 
 _WORD = re.compile(r"[a-z0-9]+")
-_TAG = re.compile(r"^[a-z0-9_.-]{1,32}$")
+_TAG = re.compile(r"^[a-z0-9_.-]{1,32}\Z")
 STOP_WORDS = frozenset({"an", "and", "are", "as", "at", "be", "by", "for", "from", "in", "into",
                         "is", "it", "its", "of", "on", "or", "that", "the", "this", "to", "with"})
 MAX_TOKEN = 32

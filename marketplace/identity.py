@@ -17,8 +17,8 @@ from nacl.exceptions import BadSignatureError
 
 from marketplace.errors import InvalidArgument
 
-_AGENT_ID = re.compile(r"^[0-9a-f]{64}$")
-_SEED = re.compile(r"^[0-9a-fA-F]{64}$")
+_AGENT_ID = re.compile(r"^[0-9a-f]{64}\Z")
+_SEED = re.compile(r"^[0-9a-fA-F]{64}\Z")
 SIGNATURE_BYTES = 64
 
 
@@ -87,8 +87,11 @@ def check_agent_id(agent_id: str, field: str = "agent_id") -> str:
 
 
 def verify(agent_id: str, message: bytes, signature: bytes) -> bool:
-    """True when `signature` is agent_id's ed25519 signature of `message`."""
-    if len(signature) != SIGNATURE_BYTES:
+    """True when `signature` is agent_id's ed25519 signature of `message`. Only an id
+    spelled as ids are (64 lowercase hex characters) verifies: `bytes.fromhex` would also read
+    "<id>\n" or an upper-case id, other strings naming the same key."""
+    if len(signature) != SIGNATURE_BYTES or not isinstance(agent_id, str) \
+            or not _AGENT_ID.match(agent_id):
         return False
     try:
         crypto_sign_open(bytes(signature) + message, bytes.fromhex(agent_id))

@@ -30,7 +30,7 @@ TIMEOUT_S = 1.0
 RECHECK_S = 5.0
 MAX_CHECKS = 4
 MAX_REMEMBERED = 10_000
-_ENDPOINT = re.compile(r"^\[?(?P<host>[A-Za-z0-9.\-:]+?)\]?:(?P<port>\d{1,5})$")
+_ENDPOINT = re.compile(r"^\[?(?P<host>[A-Za-z0-9.\-:]+?)\]?:(?P<port>\d{1,5})\Z")
 
 
 def tcp_probe(endpoint: str, timeout_s: float) -> bool:

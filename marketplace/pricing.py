@@ -29,7 +29,7 @@ from wallets.currencies import MAX_AMOUNT_ATOMIC, currency
 
 MAX_TIERS = 8
 MAX_PRICES = 8
-_UNIT_NAME = re.compile(r"^[a-z0-9_]{1,32}$")
+_UNIT_NAME = re.compile(r"^[a-z0-9_]{1,32}\Z")
 CALL = registry_pb2.PRICE_UNIT_CALL
 TOKENS = registry_pb2.PRICE_UNIT_1K_TOKENS
 UNIT = registry_pb2.PRICE_UNIT_UNIT

@@ -29,9 +29,9 @@ CHECKPOINT_DOMAIN = b"agentmarket ledger checkpoint v1\n"
 VERSION = 1
 MAX_FILE_BYTES = 1 << 20
 MAX_SAFE_INT = 2**53 - 1
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_HEX128 = re.compile(r"^[0-9a-f]{128}$")
-_AMOUNT = re.compile(r"^(0|-?[1-9][0-9]{0,18})$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
+_HEX128 = re.compile(r"^[0-9a-f]{128}\Z")
+_AMOUNT = re.compile(r"^(0|-?[1-9][0-9]{0,18})\Z")
 ZERO_HASH = "0" * 64
 
 

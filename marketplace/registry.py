@@ -53,7 +53,7 @@ _LIVE_LISTING = hot.Statement(select(LISTINGS).where(
     LISTINGS.c.agent_id == bindparam("agent"), LISTINGS.c.expires_at_ms > bindparam("now")))
 _LAPSED = hot.Statement(select(LISTINGS.c.agent_id).where(
     LISTINGS.c.expires_at_ms < bindparam("cutoff")).limit(bindparam("limit")))
-_SKILL_NAME = re.compile(r"^[a-z0-9_.-]{1,64}$")
+_SKILL_NAME = re.compile(r"^[a-z0-9_.-]{1,64}\Z")
 MAX_SKILLS = 50
 MAX_TAGS = 8  # each pair of a skill's tags is a search token too
 MAX_NAME = 128

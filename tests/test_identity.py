@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from marketplace.identity import AgentKey, verify
+from marketplace.identity import AgentKey, check_agent_id, verify
 
 MESSAGE = b"agentmarket \x00 receipt"
 
@@ -47,3 +47,24 @@ def test_anything_malformed_or_foreign_is_false(agent_id, message, signature):
                   "flipped": bytes([good[0] ^ 1]) + good[1:], "empty": b""}
     assert verify(signer.agent_id, MESSAGE, good)
     assert verify(ids[agent_id], message, signatures[signature]) is False
+
+
+@pytest.mark.parametrize("tail", ["\n", " ", "\r\n", "\t"])
+def test_an_id_with_anything_after_it_is_no_id(tail):
+    """Patterns end at the string's end, not before a final line break (`$` would let
+    "<id>\\n" pass: another string naming the same key, so a second account, a payment to
+    oneself under another name, a second rate-limit bucket)."""
+    from agents.keystore import key_path
+    from marketplace.errors import InvalidArgument
+    from wallets.grpc_fields import hex_id
+    from wallets.mandates import is_key
+
+    signer = AgentKey.generate()
+    named = signer.agent_id + tail
+    assert verify(named, MESSAGE, signer.sign(MESSAGE)) is False
+    assert not is_key(named)
+    assert hex_id(64, "an agent id")(named)  # a complaint, not ""
+    with pytest.raises(InvalidArgument):
+        check_agent_id(named)
+    with pytest.raises(InvalidArgument):
+        key_path("seller" + tail)

@@ -183,6 +183,25 @@ def test_a_forged_word_is_refused(market):
     assert _ledger_state(market) == before
 
 
+def test_a_one_call_session_with_a_forged_finish_is_refused_before_it_runs(market):
+    """A one-call session's finish is the buyer's signature: a forged one is refused with the
+    payment, nothing held and nothing run, not found out after the call was served."""
+    _, payload = _payload(market, "shout")
+    forged = {**payload.payload, "finish": "00" * 64}
+    before = _ledger_state(market)
+    response = _send(market, "shout", encode_payment_signature_header(
+        payload.model_copy(update={"payload": forged})))
+    assert (response.status_code, _reason(response)) == (402, "invalid_signature")
+    assert _ledger_state(market) == before
+    assert _send(market, "shout", encode_payment_signature_header(payload)).status_code == 200
+
+
+def test_a_close_body_over_its_limit_is_413(market):
+    closing = httpx.post(f"{market.http.url}/v1/sessions/{'a' * 64}/close",
+                         content=b'{"finish": "' + b"0" * 5000 + b'"}')
+    assert (closing.status_code, closing.json()["error"]) == (413, "body_too_large")
+
+
 def test_a_body_over_the_limit_or_not_json_changes_nothing(market):
     before = _ledger_state(market)
     big = httpx.post(market.url("shout"), content=b'{"text": "' + b"x" * 70_000 + b'"}')
@@ -212,7 +231,7 @@ def test_a_body_far_over_the_limit_is_refused_without_being_read(market):
     chunked = (f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n") * 8  # 512 KiB, then nothing
     before = _ledger_state(market)
     for url, status in ((market.url("shout"), 413),
-                        (f"{market.http.url}/v1/sessions/{'ab' * 32}/close", 400),
+                        (f"{market.http.url}/v1/sessions/{'ab' * 32}/close", 413),
                         (f"{market.http.url}/facilitator/verify", 413)):
         assert _raw_post(url, f"content-length: {10**12}\r\n", b"{}") == status
         assert _raw_post(url, "transfer-encoding: chunked\r\n", chunked) == status

@@ -316,13 +316,17 @@ def test_one_authorisation_sent_at_once_by_many_requests_pays_one_of_them(market
 
 
 @pytest.mark.parametrize(("to", "amount"), [("zz", PRICE_ATOMIC), ("payer", PRICE_ATOMIC),
-                                            ("owner", 0)])
+                                            ("owner", 0), ("owner\n", PRICE_ATOMIC),
+                                            ("payer\n", PRICE_ATOMIC)])
 def test_the_facilitator_verifies_only_what_it_would_settle(market, to, amount):
     """An authorisation the ledger could not post (to no agent id, to the payer itself, of
-    nothing) is refused at verify as at settle, and moves nothing."""
+    nothing) is refused at verify as at settle, and moves nothing. An id with a line break
+    after it is no id (a `$` in a pattern would let it pass, and pay an account nobody owns,
+    or the payer itself under another name)."""
     from agents.x402 import network as net
 
-    pay_to = {"payer": market.key.agent_id, "owner": AgentKey.generate().agent_id}.get(to, to)
+    ids = {"payer": market.key.agent_id, "owner": AgentKey.generate().agent_id}
+    pay_to = ids[to.strip()] + to[len(to.strip()):] if to.strip() in ids else to
     body = _authorisation(market, pay_to)
     for part in (body["paymentRequirements"], body["paymentPayload"]["accepted"]):
         part["amount"] = str(amount)

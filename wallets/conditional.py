@@ -39,7 +39,7 @@ from wallets.ledger import ACCOUNTS, HOLDS, POSTINGS, Ledger
 from wallets.models import Hold, Posting
 
 PREIMAGE_BYTES = 32
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,8 +27,8 @@ from wallets.grpc_errors import abort
 
 Check = Callable[[Any], str]  # the problem with a value, '' when it is fine
 MAX_DEPTH = 8
-_HEX32 = re.compile(r"^[0-9a-f]{32}$")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX32 = re.compile(r"^[0-9a-f]{32}\Z")
+_HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
 
 
 def hex_id(length: int, what: str) -> Check:

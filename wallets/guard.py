@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("agentmarket.wallets.guard")
 ACCOUNTS = AccountRow.__table__  # type: ignore[attr-defined]
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
 MAX_NAME = 128
 
 

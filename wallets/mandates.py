@@ -50,7 +50,7 @@ REVOKE_CONTEXT = b"agentmarket.wallets.mandate-revoke.v1\x00"
 MAX_TERMS_BYTES = 8192
 MAX_COUNTERPARTIES = 100
 MAX_LIFETIME_MS = 366 * 86_400_000
-_HEX_KEY = re.compile(r"^[0-9a-f]{64}$")
+_HEX_KEY = re.compile(r"^[0-9a-f]{64}\Z")
 
 
 def is_key(text: str) -> bool:

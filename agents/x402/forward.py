@@ -1,13 +1,21 @@
 """The gateway's hop to the seller: the call over gRPC with the buyer's voucher, as a gRPC
-buyer makes it, and the answer as the gateway's JSON body."""
+buyer makes it, and the answer as the gateway's JSON body.
+
+A call whose answer may have been lost on the way (the transport failed) is asked again under
+the same call id, as a gRPC buyer retries: the seller answers from its record if it ran the
+call, charged once, so what the gateway reports as charged is what the seller will redeem.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from typing import Any
 
 import grpc
 
+from agents._grpc_payment import ANSWER_MAY_BE_LOST
 from agents.payments import paid_call_metadata
 from agents.v1 import agent_pb2, agent_pb2_grpc
 from agents.x402 import network as net
@@ -15,8 +23,11 @@ from marketplace.aio_client import aio_channel
 from marketplace.grpc_tracing import tracing_active
 from marketplace.identity import AgentKey
 from marketplace.v1 import agreement_pb2
+from wallets.grpc_errors import error_reason
 
 CALL_TIMEOUT_S = 30.0
+REFETCH_WAIT_S = 5.0  # how long a lost answer is asked for again while the seller still runs it
+_LOST_IN_TRANSPORT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN})
 HTTP_OF_GRPC = {grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.NOT_FOUND: 404,
                 grpc.StatusCode.RESOURCE_EXHAUSTED: 429, grpc.StatusCode.UNAVAILABLE: 503,
                 grpc.StatusCode.DEADLINE_EXCEEDED: 504,
@@ -73,10 +84,17 @@ async def invoke(channels: Channels, endpoint: str, arguments: dict[str, Any],
                  voucher: agreement_pb2.Voucher, proof: bytes = b""
                  ) -> tuple[int, dict[str, Any], int]:
     """(HTTP status, body, charged atomic) of the seller's answer."""
+    stub, request = channels.stub(endpoint), invoke_request(arguments, voucher)
+    metadata = paid_call_metadata(voucher, proof)
     try:
-        response = await channels.stub(endpoint).Invoke(
-            invoke_request(arguments, voucher), timeout=CALL_TIMEOUT_S,
-            metadata=paid_call_metadata(voucher, proof))
+        try:
+            response = await stub.Invoke(request, timeout=CALL_TIMEOUT_S, metadata=metadata)
+        except grpc.aio.AioRpcError as error:
+            if error.code() not in _LOST_IN_TRANSPORT:
+                raise
+            response = await _asked_again(
+                lambda: stub.Invoke(request, timeout=REFETCH_WAIT_S, metadata=metadata,
+                                    wait_for_ready=True))  # while the channel reconnects
     except grpc.aio.AioRpcError as error:
         return (HTTP_OF_GRPC.get(error.code(), 502),
                 {"error": error.code().name.lower(), "message": error.details() or ""}, 0)
@@ -87,3 +105,37 @@ async def invoke(channels: Channels, endpoint: str, arguments: dict[str, Any],
                            "charged": str(usage.charged_atomic)},
                  "receipt": net.b64(response.receipt.SerializeToString())
                  }, usage.charged_atomic
+
+
+async def refetched_end(stub: agent_pb2_grpc.AgentServiceStub, request: agent_pb2.InvokeRequest,
+                        metadata: Any, error: grpc.aio.AioRpcError) -> agent_pb2.StreamEnd | None:
+    """The end a seller recorded for a stream cut off after some of it came (`error`): what
+    it sent, billed; asked for under the same call id. None when the seller cannot have
+    billed anything (it refused or failed the call) or the end could not be had."""
+    if error.code() not in ANSWER_MAY_BE_LOST:
+        return None
+
+    async def end() -> agent_pb2.StreamEnd | None:
+        async for chunk in stub.InvokeStream(request, timeout=REFETCH_WAIT_S,
+                                             metadata=metadata, wait_for_ready=True):
+            if chunk.HasField("end"):
+                return chunk.end
+        return None
+
+    try:
+        return await _asked_again(end)
+    except grpc.aio.AioRpcError:
+        return None
+
+
+async def _asked_again(ask: Any) -> Any:
+    """`ask()` again until the seller has finished the call it is still running
+    (CALL_IN_PROGRESS), for at most REFETCH_WAIT_S."""
+    deadline = time.monotonic() + REFETCH_WAIT_S
+    while True:
+        try:
+            return await ask()
+        except grpc.aio.AioRpcError as error:
+            if error_reason(error) != "CALL_IN_PROGRESS" or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.01)

@@ -305,20 +305,24 @@ class Gateway:
         `end`."""
         payment = net.parse(processed.payment_payload.payload)
         voucher = payment.voucher  # type: ignore[union-attr]
-        call = self.channels.stub(route.listing.endpoint).InvokeStream(
-            forward.invoke_request(arguments, voucher), timeout=forward.CALL_TIMEOUT_S,
-            metadata=paid_call_metadata(voucher, self._proof(voucher.agreement_id)))
-        end, charged = None, 0
+        stub, request = self.channels.stub(route.listing.endpoint), \
+            forward.invoke_request(arguments, voucher)
+        metadata = paid_call_metadata(voucher, self._proof(voucher.agreement_id))
+        end, charged, pieces = None, 0, 0
         try:
-            async for chunk in call:
+            async for chunk in stub.InvokeStream(request, timeout=forward.CALL_TIMEOUT_S,
+                                                 metadata=metadata):
                 if chunk.HasField("end"):
                     end, charged = chunk.end, chunk.end.usage.charged_atomic
                     break
-                charged = chunk.charged_atomic
+                charged, pieces = chunk.charged_atomic, pieces + 1
                 send(event("message", {"text": chunk.text_delta, "charged": str(charged)}))
         except grpc.aio.AioRpcError as error:
             send(event("error", {"error": error.code().name.lower(),
                                   "message": error.details() or ""}))
+            if pieces:  # cut off under way: the seller billed what it sent, and says so
+                end = await forward.refetched_end(stub, request, metadata, error)
+                charged = end.usage.charged_atomic if end is not None else 0
         settled = await route.http.process_settlement(
             processed.payment_payload, processed.payment_requirements, context=ctx,
             settlement_overrides={"amount": str(charged if end is not None else 0)},
@@ -381,8 +385,10 @@ class Gateway:
         context = propagate.extract(dict(request.headers))
         with self._tracer.start_as_current_span("gateway.close", context=context):
             raw = await body_within(request, 4096)
+            if raw is None:
+                return problem(413, "body_too_large", "a close's body is at most 4096 bytes")
             try:
-                data = net.strict_loads(raw) if raw is not None else None
+                data = net.strict_loads(raw)
                 finish = net.unhex(data["finish"], "finish", 64)  # type: ignore[index]
             except (ValueError, TypeError, KeyError, RecursionError, net.PayloadError):
                 return problem(400, "invalid_json", 'the body is {"finish": "<hex>"}')

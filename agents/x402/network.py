@@ -41,8 +41,8 @@ MAX_PAYLOAD_FIELD_CHARS = 64 * 1024
 # How deep a PaymentPayload may nest: a real one nests a few levels (an extension's schema);
 # x402's extension checks recurse through the whole of it.
 MAX_PAYLOAD_DEPTH = 32
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_NETWORK = re.compile(r"^agentmarket:[0-9a-f]{32}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
+_NETWORK = re.compile(r"^agentmarket:[0-9a-f]{32}\Z")
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 

@@ -4,11 +4,18 @@ A per-call skill is offered `exact` at its price; a metered one `upto` at the se
 per-call maximum (one RFQ, cached). Each route keeps the requirements its 402 offered, as
 x402 objects and as the JSON a payment's `accepted` repeats, so a session's next voucher is
 matched without building the 402 again.
+
+A route is built once however many requests ask for it at the same moment, and a route past
+its time is still served while one refresh runs: otherwise a burst of unpaid requests (which
+anyone can send) would send the seller one quote request each, be refused for too many open
+negotiations, and fail other buyers' paid calls with them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +37,11 @@ from marketplace.identity import AgentKey
 from marketplace.v1 import agreement_pb2, registry_pb2
 
 QUOTE_TTL_S = 60.0
+# How long a route past QUOTE_TTL_S is still served while its refresh runs (or keeps failing)
+STALE_MAX_S = 600.0
 CALLS = registry_pb2.PRICE_UNIT_CALL
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -60,6 +71,10 @@ class Route:
     def fresh(self) -> bool:
         return time.monotonic() - self.made_at < QUOTE_TTL_S
 
+    def servable(self) -> bool:
+        """Young enough to answer with while a refresh runs."""
+        return time.monotonic() - self.made_at < STALE_MAX_S
+
 
 class Routes:
     """The routes of a gateway's node, made on first use and again after QUOTE_TTL_S."""
@@ -73,16 +88,49 @@ class Routes:
         self.channels = channels
         self._routes: dict[tuple[str, str], Route] = {}
         self._quotes: dict[tuple[str, str, str], tuple[float, int]] = {}
+        self._building: dict[tuple[str, str], asyncio.Task[Route]] = {}
 
     def cached(self, listing_id: str, skill_name: str) -> Route | None:
-        """The route if it is made and fresh (no lookup, no await)."""
-        found = self._routes.get((listing_id, skill_name))
-        return found if found is not None and found.fresh() else None
+        """The route if it is made and servable (no lookup, no await; on the event loop): one
+        past its time starts its refresh and is answered with meanwhile."""
+        key = (listing_id, skill_name)
+        found = self._routes.get(key)
+        if found is None or found.fresh():
+            return found
+        if not found.servable():
+            return None
+        self._build(key)
+        return found
 
     async def route(self, listing_id: str, skill_name: str) -> Route:
+        """The route, built once for all the requests that ask for it meanwhile."""
         found = self.cached(listing_id, skill_name)
         if found is not None:
             return found
+        return await asyncio.shield(self._build((listing_id, skill_name)))
+
+    def _build(self, key: tuple[str, str]) -> asyncio.Task[Route]:
+        """The route's build under way, or a new one."""
+        task = self._building.get(key)
+        if task is None:
+            task = self._building[key] = asyncio.get_running_loop().create_task(
+                self._make(*key))
+            task.add_done_callback(lambda done: self._built(key, done))
+        return task
+
+    def _built(self, key: tuple[str, str], task: asyncio.Task[Route]) -> None:
+        if self._building.get(key) is task:
+            del self._building[key]
+        if task.cancelled():
+            return
+        error = task.exception()  # retrieved, so a refresh nobody awaits logs no warning
+        if isinstance(error, NotFound):
+            self._routes.pop(key, None)  # the listing or skill is gone: no stale answers
+        elif error is not None:
+            log.info("gateway: building the route of %s/%s failed: %s", key[0][:12], key[1],
+                     error)
+
+    async def _make(self, listing_id: str, skill_name: str) -> Route:
         listing = await asyncio.to_thread(self.node.registry.get, listing_id)
         skill = next((s for s in listing.skills if s.name == skill_name), None)
         if skill is None:
@@ -120,7 +168,7 @@ class Routes:
                                                                  signed=True))
         now = time.time_ns() // 1_000_000
         rfq = agreement_pb2.Rfq(
-            rfq_id=f"quote:{now}:{skill.name}"[:64], buyer_id=self.key.agent_id,
+            rfq_id=f"quote:{os.urandom(12).hex()}", buyer_id=self.key.agent_id,
             skill=skill.name, expected_quantity=1, max_budget_atomic=2**62, currency=currency,
             deadline_ms=now + 60_000, verification=verification(skill),
             max_rounds=20)  # many rounds left: the first offer is the opening (list) price

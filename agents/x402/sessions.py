@@ -134,6 +134,10 @@ class SessionBook:
         if agreement in self.sessions or payment.voucher.agreement_id != agreement:
             raise Refused("payload_replayed", "this agreement is already open (or the voucher "
                                               "is another agreement's)")
+        if payment.finish and not verify(body.buyer_id, ag.request_message("finish", agreement),
+                                         payment.finish):  # refused before anything is held
+            raise Refused("invalid_signature", "the one-call session's finish is not signed by "
+                                               "the agreement's buyer")
         _check_cost(payment.voucher.payword_index)
         if payment.voucher.payword_index > body.payword_length or not verify_word(
                 payment.voucher.payword, payment.voucher.payword_index, body.payword_root, 0):

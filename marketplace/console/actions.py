@@ -32,7 +32,7 @@ from wallets.v1 import wallet_pb2, wallet_pb2_grpc
 
 TIMEOUT_S = 10.0
 MAX_TEXT = 256
-FORM_KEY = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+FORM_KEY = re.compile(r"^[A-Za-z0-9_-]{16,64}\Z")
 OUTCOMES = {"seller": dispute_pb2.DISPUTE_OUTCOME_SELLER,
             "buyer": dispute_pb2.DISPUTE_OUTCOME_BUYER,
             "split": dispute_pb2.DISPUTE_OUTCOME_SPLIT}

@@ -26,7 +26,7 @@ SESSION_TTL_S = 12 * 3600
 MAX_SESSIONS = 1000
 MAX_FAILURES = 20
 FAILURE_WINDOW_S = 60.0
-NAME_PATTERN = re.compile(r"^[\w .@'-]{1,64}$")
+NAME_PATTERN = re.compile(r"^[\w .@'-]{1,64}\Z")
 
 
 class LoginRefused(Exception):

@@ -1,0 +1,188 @@
+"""What strangers and broken networks do to the gateway's buyers: a burst of unpaid requests
+does not fail anyone's paid calls, and a stream cut off between the gateway and the seller is
+reported as charged for what the seller billed.
+
+Real parts: a node (SQLite file), sellers on gRPC (port 0), the gateway on uvicorn (loopback),
+x402's own httpx client, and a TCP relay on loopback that can cut its connections.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import asyncio
+import collections
+import contextlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from x402.http.utils import decode_payment_response_header
+
+from agents import SellerAgent, per_1k_tokens, skill
+from agents.llm import stream
+from agents.x402 import http_client, routes
+from tests.x402_market import MODEL, Market, books_balance, open_market
+
+
+@pytest.fixture
+def market(tmp_path) -> Iterator[Market]:
+    yield from open_market(tmp_path)
+
+
+async def _burst(url: str, count: int) -> collections.Counter:
+    async with httpx.AsyncClient(timeout=60) as plain:
+        answers = await asyncio.gather(*(plain.post(url, json={"text": "a b"})
+                                         for _ in range(count)))
+    return collections.Counter(answer.status_code for answer in answers)
+
+
+def test_a_burst_of_unpaid_requests_asks_the_seller_for_one_quote(market, monkeypatch):
+    """A metered route is priced by the seller's quote: requests arriving together share one
+    (the seller refuses a buyer's too many open negotiations, and would fail them all)."""
+    quotes = []
+    quote = routes.Routes._call_max
+
+    async def counted(self, *args):
+        quotes.append(args)
+        return await quote(self, *args)
+
+    monkeypatch.setattr(routes.Routes, "_call_max", counted)
+    assert asyncio.run(_burst(market.url("count_words"), 60)) == {402: 60}
+    assert len(quotes) == 1
+
+
+def test_paid_calls_go_on_while_a_stale_route_is_refreshed(market, monkeypatch):
+    """A route past its time is answered with while one refresh runs: unpaid requests sent
+    around its expiry cannot fail a session's paid calls."""
+    async def run() -> tuple[list[int], collections.Counter]:
+        client, _ = http_client(market.key, market.network, calls_per_session=5)
+        async with client:
+            first = await client.post(market.url("count_words"), json={"text": "a b"})
+            monkeypatch.setattr(routes, "QUOTE_TTL_S", 0.0)  # every route is stale now
+            paid, burst = await asyncio.gather(
+                asyncio.gather(*(client.post(market.url("count_words"), json={"text": "a"})
+                                 for _ in range(3))),
+                _burst(market.url("count_words"), 40))
+            return [first.status_code, *(p.status_code for p in paid)], burst
+
+    paid, burst = asyncio.run(run())
+    assert paid == [200] * 4
+    assert burst == {402: 40}
+    books_balance(market.node)
+
+
+class Relay:
+    """A TCP relay on loopback to `target`; `cut()` breaks the connections open now (new ones
+    are relayed again), as a network between two hosts may."""
+
+    def __init__(self, target: str) -> None:
+        host, port = target.rsplit(":", 1)
+        self.target = (host, int(port))
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.open: list[socket.socket] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                inner, _ = self.listener.accept()
+            except OSError:
+                return
+            outer = socket.create_connection(self.target)
+            with self.lock:
+                self.open += [inner, outer]
+            for source, sink in ((inner, outer), (outer, inner)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        for end in (source, sink):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        with self.lock:
+            cut, self.open = self.open, []
+        for connection in cut:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.listener.close()
+        self.cut()
+
+
+@skill(price=per_1k_tokens("0.001", "0.002", "USD"), max_input_tokens=200,
+       max_output_tokens=100)
+def trickle(topic: str, words: int) -> Iterator[str]:
+    """Write about a topic slowly, streamed and billed per token: its relay may be cut."""
+    text = " ".join(f"{topic}{i}" for i in range(words))
+    for piece in stream(MODEL, [{"role": "user", "content": f"Write about {topic}"}],
+                        mock_response=text):
+        time.sleep(0.02)
+        yield piece
+
+
+def test_a_stream_cut_off_on_its_way_from_the_seller_reports_what_the_seller_billed(market):
+    """The seller bills the pieces it sent before the connection broke; the gateway asks for
+    that end under the same call id, so PAYMENT-RESPONSE, the session and the capture agree
+    with what the seller redeems (not 0 for a call that was charged)."""
+    seller = SellerAgent("trickler", skills=[trickle], marketplace=market.node.address,
+                         dispute_window_s=0).serve()
+    relay = Relay(seller.endpoint)
+    url = f"{market.http.url}/v1/skills/{seller.agent_id}/trickle"
+
+    async def run() -> tuple[list[tuple[str, str]], int, dict]:
+        client, schemes = http_client(market.key, market.network, calls_per_session=3)
+        events: list[tuple[str, str]] = []
+        async with client:
+            await client.post(url, json={"topic": "x", "words": 1})  # the session opens
+            key = (seller.agent_id, "trickle")
+            market.gateway.routes._routes[key].listing.endpoint = relay.address
+            async with client.stream("POST", url, json={"topic": "agents", "words": 60},
+                                     headers={"accept": "text/event-stream"}) as response:
+                assert response.status_code == 200
+                name = ""
+                async for line in response.aiter_lines():
+                    if line.startswith("event: "):
+                        name = line[7:]
+                    elif line.startswith("data: "):
+                        events.append((name, line[6:]))
+                        if name == "message" and len(events) == 3:
+                            relay.cut()
+            agreement = schemes["upto"].open_sessions()[0]
+            session = market.gateway.sessions.sessions[agreement]
+            booked = session.charged_atomic
+            closed = await client.post(f"{market.http.url}/v1/sessions/{agreement}/close",
+                                       json={"finish": schemes["upto"].finish_signature(
+                                           agreement)})
+            assert closed.status_code == 200, closed.text
+            return events, booked, closed.json()
+
+    try:
+        events, booked, closed = asyncio.run(run())
+    finally:
+        relay.close()
+        seller.stop(0)
+    names = [name for name, _ in events]
+    assert "error" in names and names.count("message") < 60  # cut off under way
+    settled = decode_payment_response_header(
+        next(data for name, data in events if name == "payment-response"))
+    end = json.loads(next(data for name, data in events if name == "end"))
+    assert int(settled.amount) == int(end["usage"]["charged"]) > 0
+    assert booked == int(closed["captured"])  # what the gateway booked is what was redeemed
+    books_balance(market.node)
