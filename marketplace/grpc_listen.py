@@ -22,21 +22,21 @@ class PortUnavailable(FailedPrecondition):
     reason = "PORT_UNAVAILABLE"
 
 
-_REFUSAL = ("cannot listen on {address}: another process listens on that port, or the host "
+REFUSAL = ("cannot listen on {address}: another process listens on that port, or the host "
             "is not an address of this machine (choose another port, or 0 for a free one)")
 
 
 def listen(server: Any, address: str, credentials: Any = None) -> int:
     """Bind `address` (host:port; port 0 picks a free one); returns the port bound."""
     if not _could_bind(address):
-        raise PortUnavailable(_REFUSAL.format(address=address))
+        raise PortUnavailable(REFUSAL.format(address=address))
     try:
         bound = (server.add_secure_port(address, credentials) if credentials is not None
                  else server.add_insecure_port(address))
     except RuntimeError:
         bound = 0
     if not bound:
-        raise PortUnavailable(_REFUSAL.format(address=address))
+        raise PortUnavailable(REFUSAL.format(address=address))
     return int(bound)
 
 

@@ -29,6 +29,7 @@ from typer.testing import CliRunner
 
 from marketplace.cli.demo import DemoResult, run_demo
 from marketplace.cli.main import app
+from marketplace.identity import AgentKey
 from marketplace.spanstore import SpanStore
 from wallets.currencies import currency, split
 
@@ -130,6 +131,31 @@ def test_serve_answers_health_and_reflection_then_stops_cleanly_on_signal(
     assert "shutting down" in output
     assert "Traceback" not in output
     assert (tmp_path / "m.db").exists() and (tmp_path / "spans.db").exists()
+
+
+def test_serve_keeps_its_node_key_in_its_home_across_restarts(tmp_path: Path):
+    """Receipts, checkpoints and the x402 network name the node's key: with no --key-file a
+    restart keeps it (the home's keys/node.key), as it keeps the database."""
+    keys = []
+    for _start in range(2):
+        port = _free_port()
+        logs = tmp_path / "serve.log"
+        with logs.open("wb") as log:
+            process = subprocess.Popen(
+                [*_agentmarket(), "serve", "--port", str(port)], stdout=log,
+                stderr=subprocess.STDOUT, cwd=tmp_path,
+                env={**os.environ, "AGENTMARKET_HOME": str(tmp_path / "home")})
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                _wait_until_serving(process, channel, logs)
+            process.send_signal(signal.SIGTERM)
+            assert _stopped(process, logs) == 0, logs.read_text()
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        keys.append(" ".join(logs.read_text().split()).split("node key ")[1][:64])
+    assert keys[0] == keys[1] == AgentKey.load(tmp_path / "home" / "keys" / "node.key").agent_id
 
 
 @pytest.mark.parametrize("gc_flag", [[], ["--gc-defaults", "--normal-scheduling"]],
@@ -356,20 +382,26 @@ def test_serve_refuses_bad_options_in_one_line(runner: CliRunner, tmp_path: Path
     assert not (tmp_path / "m.db").exists()  # refused before anything was created
 
 
-@pytest.mark.parametrize("command", ["serve", "gateway"])
-def test_a_taken_port_is_one_line_on_stderr(command: str, tmp_path: Path):
-    """Refused before gRPC binds it, so its C-core logs nothing of its own."""
+@pytest.mark.parametrize(("command", "option"), [
+    ("serve", "--port"), ("gateway", "--port"), ("serve", "--console-port"),
+    ("gateway", "--http-port")])
+def test_a_taken_port_is_one_line_on_stderr(command: str, option: str, tmp_path: Path):
+    """Refused before gRPC binds it, so its C-core logs nothing of its own; an HTTP port
+    (the console's, the gateway's) is named as plainly."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
+        ports = [option, str(port)] + (["--port", "0"] if option != "--port" else [])
+        console = ["--console"] if option == "--console-port" else []
         ended = subprocess.run(
-            [*_agentmarket(), command, "--db", f"sqlite:///{tmp_path / 'm.db'}", "--port",
-             str(port), "--spans", str(tmp_path / "s.db")], capture_output=True, text=True,
+            [*_agentmarket(), command, "--db", f"sqlite:///{tmp_path / 'm.db'}", *ports,
+             *console, "--spans", str(tmp_path / "s.db")], capture_output=True, text=True,
             timeout=START_TIMEOUT_S, cwd=tmp_path)
     printed = (ended.stdout + ended.stderr).strip().splitlines()
     assert ended.returncode == 1, printed
     assert len(printed) == 1 and "another process listens on that port" in printed[0], printed
+    assert f"127.0.0.1:{port}" in printed[0]
 
 
 def _main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],

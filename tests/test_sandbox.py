@@ -217,3 +217,30 @@ def test_the_command_runs_a_scenario_with_the_node_in_its_own_process(tmp_path: 
             leg.posted_atomic for leg in p.legs) == 15_000 * 10**9 for p in deposits)
     finally:
         ledger.close()
+
+
+def test_ctrl_c_stops_a_run_with_one_line(tmp_path: Path):
+    """Ctrl-C reaches the whole process group: the node's process leaves the stopping to the
+    run (no traceback of its own, and the agents' last redeems still find it), and the run
+    ends with one line and status 130."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = Path(sys.executable).parent / "agentmarket"
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [str(script), "simulate", str(ROOT / "examples" / "scenarios" / "cheaters.toml"),
+         "--seed", "3", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (out / "market.db").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(2.0)  # under way: the node's process serves, agents trade
+    os.killpg(process.pid, signal.SIGINT)
+    output = process.communicate(timeout=120)[0].decode()
+    assert process.returncode == 130, output
+    assert "Traceback" not in output and "redeeming" not in output, output
+    assert output.rstrip().splitlines()[-1] == "error: interrupted", output

@@ -5,6 +5,7 @@ interpreter lock. The run reads the database itself for reputations and the audi
 from __future__ import annotations
 
 import multiprocessing
+import signal
 from fractions import Fraction
 from typing import Any
 
@@ -16,6 +17,10 @@ def _serve(db_url: str, options: dict[str, Any], rates: dict[str, Fraction], ste
     from agents.sandbox.pricing import MovingRates
     from marketplace.node import MarketplaceNode
     from wallets.ecny import EcnyRules
+
+    # Ctrl-C reaches the whole process group: the run stops its agents first, then this node
+    # (`NodeProcess.stop`), so that the agents' last redeems still find it
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     fx = MovingRates(rates, step_bps, seed, round_source=round_source)
     ecny = EcnyRules() if options.pop("ecny") else None

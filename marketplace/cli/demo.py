@@ -9,6 +9,7 @@ before and after, and the task's trace as a tree.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -134,10 +135,17 @@ def _run_task(buyer: BuyerAgent, calls: int, console: Console, workdir: Path
             graph = buyer_graph(buyer, on_step=on_step,
                                 checkpoint_path=workdir / "buyer-checkpoints.sqlite")
             inputs = [{"text": DOCUMENTS[i % len(DOCUMENTS)]} for i in range(calls)]
-            state = graph.invoke({"skill": "summarize", "currency": "USD", "budget": "0.05",
+            state = graph.invoke({"skill": "summarize", "currency": "USD",
+                                  "budget": demo_budget(calls),
                                   "inputs": inputs, "max_rounds": 6, "max_sellers": 1},
                                  {"configurable": {"thread_id": f"demo-{buyer.agent_id[:16]}"}})
             return state, format(span.get_span_context().trace_id, "032x")
+
+
+def demo_budget(calls: int) -> str:
+    """The buyer's budget for `calls` calls: 0.05 USD, or 0.002 USD a call when that is more
+    (the demo's sellers ask about 0.00175 a call; more calls need more budget to agree)."""
+    return str(max(Decimal("0.05"), Decimal("0.002") * calls))
 
 
 def _usd(amount_atomic: int) -> str:

@@ -233,6 +233,9 @@ def ledger_verify(db: str = typer.Option(DEFAULT_DB, help="Database URL.")) -> N
         raise typer.Exit(1)
 
 
+INTERRUPTED = 130  # the status typer gives a command that Ctrl-C stopped (128 + SIGINT)
+
+
 def main() -> None:
     """The command line: a mistake that escapes a command (a refusal, a path, a database)
     still ends as one red line and exit status 1, never a traceback."""
@@ -255,6 +258,8 @@ def main() -> None:
     except (sqlite3.DatabaseError, SQLAlchemyError) as error:
         cause = getattr(error, "orig", None) or error
         _stop(f"the database refused: {str(cause).splitlines()[0][:200]}")
+    if status == INTERRUPTED:  # typer's answer to Ctrl-C: the command stopped what it ran
+        error_line("interrupted")
     if isinstance(status, int) and status:  # typer.Exit(n): `fail` printed its line already
         sys.exit(status)
 

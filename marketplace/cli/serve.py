@@ -66,8 +66,9 @@ def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file 
           console_arbiter: bool = typer.Option(
               False, "--console-arbiter", help="The console's key also resolves disputes."),
           key_file: Path = typer.Option(
-              None, help="The node's key (`keys new`): it signs receipts and checkpoints, so "
-                         "keep it across restarts (default: a new key each start)."),
+              None, help="The node's key (`keys new`): it signs receipts and checkpoints "
+                         "and names the x402 network, so it is kept across restarts "
+                         "(default: the home's keys/node.key, made on the first start)."),
           checkpoint_interval: float = typer.Option(
               60.0, min=0.1, help="Seconds between signed checkpoints of the ledger."),
           ecny: bool = typer.Option(
@@ -141,11 +142,17 @@ def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file 
     spans.parent.mkdir(parents=True, exist_ok=True)
     provider = setup_tracing("marketplace", span_store_path=spans)
     setup_metrics("marketplace")  # exported over OTLP when OTEL_EXPORTER_OTLP_* is set
-    node_key = None
     if key_file is not None:
         from marketplace.cli.operator import load_key
 
         node_key = load_key(key_file)
+    else:  # the home's: receipts, checkpoints and the x402 network outlive a restart
+        from agents.keystore import named_key
+
+        try:
+            node_key = named_key("node")
+        except (AgentmarketError, OSError) as error:
+            fail(f"cannot read the node's key: {getattr(error, 'message', error)}")
     stop = StopSignals()  # from here on, SIGTERM or Ctrl-C stops the servers in order
     try:
         node = MarketplaceNode(db, host=host, port=port, fee_bps=fee_bps, key=node_key,

@@ -19,6 +19,8 @@ from pathlib import Path
 import uvicorn
 from starlette.types import ASGIApp
 
+from marketplace.grpc_listen import REFUSAL, PortUnavailable
+
 START_TIMEOUT_S = 10.0
 log = logging.getLogger("agentmarket.http")
 
@@ -35,9 +37,9 @@ class HttpServer:
         self._socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             self._socket.bind((host, port))
-        except OSError:
+        except OSError:  # taken, or not an address of this machine: one line that says which
             self._socket.close()
-            raise
+            raise PortUnavailable(REFUSAL.format(address=f"{host}:{port}")) from None
         self._socket.listen(128)
         self._socket.setblocking(False)
         self.host = host
