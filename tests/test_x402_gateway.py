@@ -13,19 +13,17 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import asyncio
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from x402.http.utils import decode_payment_response_header
 
-from agents import SellerAgent, per_1k_tokens, skill
-from agents.llm import stream
+from agents import SellerAgent
 from agents.x402 import http_client
 from agents.x402.network import network_id
 from marketplace.node import MarketplaceNode
-from tests.x402_market import MODEL, Market, books_balance, open_market
+from tests.x402_market import Market, books_balance, drip, open_market
 
 
 @pytest.fixture
@@ -126,17 +124,6 @@ def test_a_streamed_answer_is_billed_as_it_flows_and_stops_at_the_authorisation(
     assert int(settled.amount) == int(end["usage"]["charged"]) <= authorised
     assert settled.extra["settlement"]["captured"] == settled.amount
     books_balance(market.node)
-
-
-@skill(price=per_1k_tokens("0.001", "0.002", "USD"), max_input_tokens=200,
-       max_output_tokens=100)
-def drip(topic: str, words: int) -> Iterator[str]:
-    """Write about a topic slowly, streamed and billed per token: its reader may hang up."""
-    text = " ".join(f"{topic}{i}" for i in range(words))
-    for piece in stream(MODEL, [{"role": "user", "content": f"Write about {topic}"}],
-                        mock_response=text):
-        time.sleep(0.01)
-        yield piece
 
 
 def test_a_streamed_call_whose_reader_hangs_up_is_still_charged_to_its_session(market):

@@ -18,17 +18,15 @@ import contextlib
 import json
 import socket
 import threading
-import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 from x402.http.utils import decode_payment_response_header
 
-from agents import SellerAgent, per_1k_tokens, skill
-from agents.llm import stream
+from agents import SellerAgent
 from agents.x402 import http_client, routes
-from tests.x402_market import MODEL, Market, books_balance, open_market
+from tests.x402_market import Market, books_balance, drip, open_market
 
 
 @pytest.fixture
@@ -126,32 +124,21 @@ class Relay:
         self.cut()
 
 
-@skill(price=per_1k_tokens("0.001", "0.002", "USD"), max_input_tokens=200,
-       max_output_tokens=100)
-def trickle(topic: str, words: int) -> Iterator[str]:
-    """Write about a topic slowly, streamed and billed per token: its relay may be cut."""
-    text = " ".join(f"{topic}{i}" for i in range(words))
-    for piece in stream(MODEL, [{"role": "user", "content": f"Write about {topic}"}],
-                        mock_response=text):
-        time.sleep(0.02)
-        yield piece
-
-
 def test_a_stream_cut_off_on_its_way_from_the_seller_reports_what_the_seller_billed(market):
     """The seller bills the pieces it sent before the connection broke; the gateway asks for
     that end under the same call id, so PAYMENT-RESPONSE, the session and the capture agree
     with what the seller redeems (not 0 for a call that was charged)."""
-    seller = SellerAgent("trickler", skills=[trickle], marketplace=market.node.address,
+    seller = SellerAgent("dripper", skills=[drip], marketplace=market.node.address,
                          dispute_window_s=0).serve()
     relay = Relay(seller.endpoint)
-    url = f"{market.http.url}/v1/skills/{seller.agent_id}/trickle"
+    url = f"{market.http.url}/v1/skills/{seller.agent_id}/drip"
 
     async def run() -> tuple[list[tuple[str, str]], int, dict]:
         client, schemes = http_client(market.key, market.network, calls_per_session=3)
         events: list[tuple[str, str]] = []
         async with client:
             await client.post(url, json={"topic": "x", "words": 1})  # the session opens
-            key = (seller.agent_id, "trickle")
+            key = (seller.agent_id, "drip")
             market.gateway.routes._routes[key].listing.endpoint = relay.address
             async with client.stream("POST", url, json={"topic": "agents", "words": 60},
                                      headers={"accept": "text/event-stream"}) as response:

@@ -7,6 +7,7 @@ per-unit skill, the gateway on uvicorn (loopback, port 0).
 from __future__ import annotations
 
 import os
+import time
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -61,6 +62,17 @@ def write(topic: str, words: int) -> Iterator[str]:
     text = " ".join(f"{topic}{i}" for i in range(words))
     yield from stream(MODEL, [{"role": "user", "content": f"Write about {topic}"}],
                       mock_response=text)
+
+
+@skill(price=per_1k_tokens("0.001", "0.002", "USD"), max_input_tokens=200,
+       max_output_tokens=100)
+def drip(topic: str, words: int) -> Iterator[str]:
+    """Write about a topic slowly, streamed and billed per token: its reader may hang up."""
+    text = " ".join(f"{topic}{i}" for i in range(words))
+    for piece in stream(MODEL, [{"role": "user", "content": f"Write about {topic}"}],
+                        mock_response=text):
+        time.sleep(0.01)
+        yield piece
 
 
 @dataclass
