@@ -203,6 +203,15 @@ class RedisLimits:
     def _bucket_key(self, subject: str) -> str:
         return f"{self.prefix}:{{{subject}}}:rate"
 
+    def unreachable(self) -> str:
+        """Why Redis does not answer now ('' when it does): said at start, as every call
+        would be refused until it answers."""
+        try:
+            self.client.ping()
+        except self._errors as error:
+            return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        return ""
+
     def close(self) -> None:
         self.client.close()
 

@@ -133,29 +133,40 @@ def test_serve_answers_health_and_reflection_then_stops_cleanly_on_signal(
     assert (tmp_path / "m.db").exists() and (tmp_path / "spans.db").exists()
 
 
+def _served(tmp_path: Path, *options: str) -> str:
+    """What `agentmarket serve OPTIONS` printed from start to a clean SIGTERM stop."""
+    port = _free_port()
+    logs = tmp_path / "serve.log"
+    with logs.open("wb") as log:
+        process = subprocess.Popen(
+            [*_agentmarket(), "serve", "--port", str(port), *options], stdout=log,
+            stderr=subprocess.STDOUT, cwd=tmp_path,
+            env={**os.environ, "AGENTMARKET_HOME": str(tmp_path / "home")})
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            _wait_until_serving(process, channel, logs)
+        process.send_signal(signal.SIGTERM)
+        assert _stopped(process, logs) == 0, logs.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return " ".join(logs.read_text().split())
+
+
 def test_serve_keeps_its_node_key_in_its_home_across_restarts(tmp_path: Path):
     """Receipts, checkpoints and the x402 network name the node's key: with no --key-file a
     restart keeps it (the home's keys/node.key), as it keeps the database."""
-    keys = []
-    for _start in range(2):
-        port = _free_port()
-        logs = tmp_path / "serve.log"
-        with logs.open("wb") as log:
-            process = subprocess.Popen(
-                [*_agentmarket(), "serve", "--port", str(port)], stdout=log,
-                stderr=subprocess.STDOUT, cwd=tmp_path,
-                env={**os.environ, "AGENTMARKET_HOME": str(tmp_path / "home")})
-        try:
-            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-                _wait_until_serving(process, channel, logs)
-            process.send_signal(signal.SIGTERM)
-            assert _stopped(process, logs) == 0, logs.read_text()
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-        keys.append(" ".join(logs.read_text().split()).split("node key ")[1][:64])
+    keys = [_served(tmp_path).split("node key ")[1][:64] for _start in range(2)]
     assert keys[0] == keys[1] == AgentKey.load(tmp_path / "home" / "keys" / "node.key").agent_id
+
+
+def test_serve_says_at_start_that_its_redis_does_not_answer(tmp_path: Path):
+    """Every signed call would be refused UNAVAILABLE: said once at start, not found out
+    call by call; the URL (which may hold a password) is not printed."""
+    printed = _served(tmp_path, "--redis", f"redis://:secret@127.0.0.1:{_free_port()}/0")
+    assert "WARNING: the Redis of --redis does not answer" in printed
+    assert "secret" not in printed and "Traceback" not in printed
 
 
 @pytest.mark.parametrize("gc_flag", [[], ["--gc-defaults", "--normal-scheduling"]],

@@ -172,6 +172,11 @@ def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file 
     except Exception as error:  # a bad URL or a taken port: one line, not a traceback
         fail(f"cannot start the node: {error}")
     tune_started(gc_defaults=gc_defaults, normal_scheduling=normal_scheduling)
+    down = node.limits.unreachable() if redis else ""
+    if down:
+        console.print(f"[red]WARNING: the Redis of --redis does not answer ({down}): every "
+                      "signed call is refused UNAVAILABLE until it does", highlight=False,
+                      soft_wrap=True)
     if no_auth:
         console.print("[red]WARNING: --no-auth: calls are not authenticated and nothing is "
                       "authorised; never expose this node beyond your own machine",
