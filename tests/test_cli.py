@@ -18,6 +18,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -39,6 +40,17 @@ START_TIMEOUT_S = 15
 STOP_TIMEOUT_S = 30  # detects a hang: on a loaded machine a clean stop can take seconds
 AGENTMARKET_SERVICES = {"wallets.v1.WalletService", "marketplace.v1.RegistryService",
                         "marketplace.v1.SettlementService"}
+
+
+@contextlib.contextmanager
+def _reaped(process: subprocess.Popen) -> Iterator[None]:  # type: ignore[type-arg]
+    """A process the block leaves running (a failed assertion) is killed."""
+    try:
+        yield
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def _stopped(process: subprocess.Popen, logs: Path) -> int:  # type: ignore[type-arg]
@@ -142,15 +154,11 @@ def _served(tmp_path: Path, *options: str) -> str:
             [*_agentmarket(), "serve", "--port", str(port), *options], stdout=log,
             stderr=subprocess.STDOUT, cwd=tmp_path,
             env={**os.environ, "AGENTMARKET_HOME": str(tmp_path / "home")})
-    try:
+    with _reaped(process):
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             _wait_until_serving(process, channel, logs)
         process.send_signal(signal.SIGTERM)
         assert _stopped(process, logs) == 0, logs.read_text()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     return " ".join(logs.read_text().split())
 
 
@@ -181,7 +189,7 @@ def test_gateway_serves_http_and_stops_cleanly_on_sigterm(gc_flag: list[str], tm
             "--spans", str(tmp_path / "spans.db"), *gc_flag]
     with logs.open("wb") as log:
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
-    try:
+    with _reaped(process):
         base = f"http://127.0.0.1:{http_port}"
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
@@ -202,10 +210,6 @@ def test_gateway_serves_http_and_stops_cleanly_on_sigterm(gc_flag: list[str], tm
             assert policies == ({os.SCHED_OTHER} if gc_flag else {os.SCHED_BATCH})
         process.send_signal(signal.SIGTERM)
         assert _stopped(process, logs) == 0, logs.read_text()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     output = " ".join(logs.read_text().split())
     assert f"x402 gateway on {base}" in output and "shutting down" in output
     assert "Traceback" not in output

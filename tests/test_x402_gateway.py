@@ -23,7 +23,7 @@ from agents import SellerAgent
 from agents.x402 import http_client
 from agents.x402.network import network_id
 from marketplace.node import MarketplaceNode
-from tests.x402_market import Market, books_balance, drip, open_market
+from tests.x402_market import Market, books_balance, drip, open_market, read_stream
 
 
 @pytest.fixture
@@ -86,31 +86,11 @@ def test_a_session_of_per_unit_calls_is_one_hold_and_one_capture(market):
     books_balance(market.node)
 
 
-async def _read_stream(client, url: str, *, words: int = 40, hang_up: bool = False
-                       ) -> tuple[list[tuple[str, str]], Any]:
-    """The events of one streamed call and its PAYMENT-RESPONSE header (the hold); `hang_up`:
-    leave after the first piece."""
-    events: list[tuple[str, str]] = []
-    async with client.stream("POST", url, json={"topic": "agents", "words": words},
-                             headers={"accept": "text/event-stream"}) as response:
-        assert response.status_code == 200
-        held = decode_payment_response_header(response.headers["payment-response"])
-        name = ""
-        async for line in response.aiter_lines():
-            if line.startswith("event: "):
-                name = line[7:]
-            elif line.startswith("data: "):
-                events.append((name, line[6:]))
-                if hang_up and name == "message":
-                    break
-    return events, held
-
-
 def test_a_streamed_answer_is_billed_as_it_flows_and_stops_at_the_authorisation(market):
     async def run() -> tuple[list[tuple[str, str]], Any]:
         client, _ = http_client(market.key, market.network)
         async with client:
-            return await _read_stream(client, market.url("write"), words=1000)
+            return await read_stream(client, market.url("write"), words=1000)
 
     events, held = asyncio.run(run())
     pieces = [json.loads(data) for name, data in events if name == "message"]
@@ -134,7 +114,7 @@ def test_a_streamed_call_whose_reader_hangs_up_is_still_charged_to_its_session(m
     async def run() -> tuple[dict, int, int, int, int]:
         client, schemes = http_client(market.key, market.network, calls_per_session=3)
         async with client:
-            assert len((await _read_stream(client, url, hang_up=True))[0]) == 1
+            assert len((await read_stream(client, url, hang_up=True))[0]) == 1
             agreement = schemes["upto"].open_sessions()[0]
             session = market.gateway.sessions.sessions[agreement]
             for _ in range(400):  # the relay goes on without its reader, then settles
@@ -142,7 +122,7 @@ def test_a_streamed_call_whose_reader_hangs_up_is_still_charged_to_its_session(m
                     break
                 await asyncio.sleep(0.025)
             hung_up = session.charged_atomic
-            events, _ = await _read_stream(client, url)  # the session goes on
+            events, _ = await read_stream(client, url)  # the session goes on
             end = json.loads(next(data for name, data in events if name == "end"))
             closed = await client.post(f"{market.http.url}/v1/sessions/{agreement}/close",
                                        json={"finish": schemes["upto"].finish_signature(
@@ -176,7 +156,7 @@ def test_a_streamed_call_whose_settlement_fails_ends_with_an_error_event(market,
     async def run() -> list[tuple[str, str]]:
         client, _ = http_client(market.key, market.network)
         async with client:
-            return (await _read_stream(client, market.url("write")))[0]
+            return (await read_stream(client, market.url("write")))[0]
 
     events = asyncio.run(run())
     assert [name for name, _ in events][-1] == "error"  # not a silently cut stream

@@ -26,7 +26,7 @@ from x402.http.utils import decode_payment_response_header
 
 from agents import SellerAgent
 from agents.x402 import http_client, routes
-from tests.x402_market import Market, books_balance, drip, open_market
+from tests.x402_market import Market, books_balance, drip, open_market, read_stream
 
 
 @pytest.fixture
@@ -135,22 +135,12 @@ def test_a_stream_cut_off_on_its_way_from_the_seller_reports_what_the_seller_bil
 
     async def run() -> tuple[list[tuple[str, str]], int, dict]:
         client, schemes = http_client(market.key, market.network, calls_per_session=3)
-        events: list[tuple[str, str]] = []
         async with client:
             await client.post(url, json={"topic": "x", "words": 1})  # the session opens
             key = (seller.agent_id, "drip")
             market.gateway.routes._routes[key].listing.endpoint = relay.address
-            async with client.stream("POST", url, json={"topic": "agents", "words": 60},
-                                     headers={"accept": "text/event-stream"}) as response:
-                assert response.status_code == 200
-                name = ""
-                async for line in response.aiter_lines():
-                    if line.startswith("event: "):
-                        name = line[7:]
-                    elif line.startswith("data: "):
-                        events.append((name, line[6:]))
-                        if name == "message" and len(events) == 3:
-                            relay.cut()
+            events, _ = await read_stream(client, url, words=60, seen=lambda events: (
+                relay.cut() if len(events) == 3 and events[-1][0] == "message" else None))
             agreement = schemes["upto"].open_sessions()[0]
             session = market.gateway.sessions.sessions[agreement]
             booked = session.charged_atomic

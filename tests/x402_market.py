@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from x402.http.utils import decode_payment_response_header
+
 from agents import (
     BuyerAgent,
     SellerAgent,
@@ -113,6 +115,28 @@ def open_market(tmp_path: Path, tracer_provider: Any = None) -> Iterator[Market]
     http.stop(0)
     seller.stop(0)
     node.stop(0)
+
+
+async def read_stream(client: Any, url: str, *, words: int = 40, hang_up: bool = False,
+                      seen: Any = None) -> tuple[list[tuple[str, str]], Any]:
+    """The events of one streamed call and its PAYMENT-RESPONSE header (the hold); `hang_up`:
+    leave after the first piece; `seen(events)`: told of each event as it comes."""
+    events: list[tuple[str, str]] = []
+    async with client.stream("POST", url, json={"topic": "agents", "words": words},
+                             headers={"accept": "text/event-stream"}) as response:
+        assert response.status_code == 200
+        held = decode_payment_response_header(response.headers["payment-response"])
+        name = ""
+        async for line in response.aiter_lines():
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                events.append((name, line[6:]))
+                if seen is not None:
+                    seen(events)
+                if hang_up and name == "message":
+                    break
+    return events, held
 
 
 def books_balance(node: MarketplaceNode) -> None:
