@@ -87,8 +87,6 @@ def test_keys_new_writes_a_private_seed(tmp_path: Path):
     ["ledger", "--db", "sqlite:////nonexistent/x.db"],
     ["agreements", "--db", "sqlite:////nonexistent/x.db"],
     ["wallet", "show", "nobody", "--db", "DEMO"],
-    ["ledger", "--db", "DEMO", "--since", "yesterday"],
-    ["disputes", "resolve", "ab" * 32, "--to", "nobody", "--key-file", "/nonexistent"],
     ["approvals", "approve", "x", "--key-file", "/nonexistent/key"],
 ])
 def test_user_errors_print_one_line(demo: DemoResult, args: list[str]):

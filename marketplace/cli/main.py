@@ -15,7 +15,7 @@ import typer
 from rich.table import Column, Table
 from sqlalchemy.exc import SQLAlchemyError
 
-from marketplace.cli.output import console, error_line, fail
+from marketplace.cli.output import bad_value, console, error_line, fail
 from marketplace.home import default_database_url, default_span_store
 from wallets.errors import AgentmarketError
 
@@ -159,10 +159,11 @@ def trace_list(spans: Path = typer.Option(DEFAULT_SPANS, help="Span store file."
     from marketplace.cli.operator import _since_ms
 
     if status not in (None, "ok", "error"):
-        fail(f"--status is ok or error, not {status!r}")
+        bad_value(f"--status is ok or error, not {status!r}")
+    since_ms = _since_ms(since)  # a mistake in an option before any file is read
     with _store(spans) as store:
         rows = store.traces(limit=limit, service=service, agreement_id=agreement,
-                            since_ms=_since_ms(since))
+                            since_ms=since_ms)
     if status is not None:
         rows = [t for t in rows if t.error == (status == "error")]
     if as_json:
@@ -195,9 +196,10 @@ def ledger_postings(ctx: typer.Context,
         return
     from marketplace.cli.operator import _since_ms, open_ledger, posting_kinds, print_postings
 
+    since_ms = _since_ms(since)  # a mistake in an option before the database is opened
     ledger = open_ledger(db)
     postings = ledger.postings(account_id=account, trace_id=trace and trace.lower(), kind=kind,
-                               since_ms=_since_ms(since), limit=limit, newest_first=True)
+                               since_ms=since_ms, limit=limit, newest_first=True)
     if kind is not None and not postings and kind not in (kinds := posting_kinds(ledger)):
         fail(f"no posting of kind {kind[:40]!r} in this ledger (it holds "
              f"{', '.join(kinds) or 'none yet'})")

@@ -92,11 +92,11 @@ def _since_ms(since: str | None) -> int | None:
     """'15m', '2h', '3d' ago, or None."""
     if not since:
         return None
-    from marketplace.cli.output import fail
+    from marketplace.cli.output import bad_value
 
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     if since[-1:] not in units or not since[:-1].isdigit():
-        fail(f"--since takes a number and a unit (s, m, h, d), like 15m; got {since!r}")
+        bad_value(f"--since takes a number and a unit (s, m, h, d), like 15m; got {since!r}")
     return time.time_ns() // 1_000_000 - int(since[:-1]) * units[since[-1]] * 1000
 
 
@@ -257,11 +257,11 @@ def agreements(state: str = typer.Option(None, help="active, verified, delivered
                limit: int = typer.Option(100, min=1, max=10_000),
                as_json: bool = typer.Option(False, "--json", help="JSON for scripts.")) -> None:
     """Agreements, newest first, with what was held, paid, charged and refunded."""
-    from marketplace.cli.output import fail
+    from marketplace.cli.output import bad_value
     from marketplace.settlement import STATES
 
     if state is not None and state not in STATES:
-        fail(f"no state {state!r}: one of {', '.join(STATES)}")
+        bad_value(f"no state {state!r}: one of {', '.join(STATES)}")
     print_agreements(_settlement(db).agreements(state=state, limit=limit), as_json)
 
 
@@ -341,14 +341,14 @@ def disputes_resolve(agreement: str,
 
     from marketplace import agreements as ag
     from marketplace.auth import signed_channel
-    from marketplace.cli.output import fail
+    from marketplace.cli.output import bad_value
     from marketplace.v1 import dispute_pb2, dispute_pb2_grpc
 
     outcomes = {"seller": dispute_pb2.DISPUTE_OUTCOME_SELLER,
                 "buyer": dispute_pb2.DISPUTE_OUTCOME_BUYER,
                 "split": dispute_pb2.DISPUTE_OUTCOME_SPLIT}
     if to not in outcomes:
-        fail(f"--to must be seller, buyer or split, not {to!r}")
+        bad_value(f"--to must be seller, buyer or split, not {to!r}")
     seller_atomic = currency(currency_code).atomic(seller_amount) if to == "split" else 0
     key = load_key(key_file)
     signature = key.sign(ag.resolve_message(agreement, outcomes[to], seller_atomic, note))

@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-from marketplace.cli.output import console, fail
+from marketplace.cli.output import bad_value, console, fail
 from marketplace.cli.tuning import GC_DEFAULTS, NORMAL_SCHEDULING, tune_started
 from marketplace.home import default_database_url, default_span_store
 from marketplace.stop_signals import StopSignals
@@ -256,6 +256,6 @@ def _fx_rates(options: list[str]) -> dict[str, str]:
     for option in options:
         code, sep, rate = option.partition("=")
         if not sep or not code.strip() or not rate.strip():
-            fail(f"--fx-rate takes CODE=UNITS_PER_USD (e.g. ECNY=7.1), got {option!r}")
+            bad_value(f"--fx-rate takes CODE=UNITS_PER_USD (e.g. ECNY=7.1), got {option!r}")
         rates[code.strip().upper()] = rate.strip()
     return rates
