@@ -86,6 +86,9 @@ def test_open_account_refuses_bad_arguments(ledger: Ledger) -> None:
         ledger.open_account("alice", "USD", kind="piggybank")
     with pytest.raises(InvalidArgument):
         ledger.open_account("", "USD")
+    for other_spelling in ("alice\n", " alice", "alice\t", "al\x00ice"):  # no second account
+        with pytest.raises(InvalidArgument):                           # for the same owner
+            ledger.open_account(other_spelling, "USD")
     assert ledger.accounts() == []
 
 

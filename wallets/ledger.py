@@ -187,8 +187,10 @@ class Ledger(LedgerHolds, LedgerReads, MutationRunner):
         code = currency(currency_code).code
         if kind not in ACCOUNT_KINDS:
             raise InvalidArgument(f"unknown account kind {kind!r}; use one of {ACCOUNT_KINDS}")
-        if not owner or len(owner) > 128:
-            raise InvalidArgument("owner must be 1..128 characters")
+        if not owner or len(owner) > 128 or not owner.isprintable() or owner != owner.strip():
+            # another spelling of an owner ("<id>\n", " <id>") would be an account of its own
+            raise InvalidArgument("owner must be 1..128 printable characters, with no space "
+                                  "at either end")
         check_amount(credit_limit_atomic, allow_zero=True)
         existing = self.find_account(owner, code, kind)
         if existing is not None:
