@@ -736,3 +736,36 @@ def test_a_call_refused_for_its_input_uses_up_no_voucher(market: Market):
         assert invoke({"text": "x"}).usage.calls == 1
     finally:
         channel.close()
+
+
+@pytest.mark.parametrize("kind", ["fx", "fees", "escrow"])
+@pytest.mark.parametrize("method", ["Transfer", "Hold"])
+def test_a_made_up_mandate_spends_nothing_of_the_markets_own_accounts(market: Market, kind: str,
+                                                                      method: str):
+    """The market's own accounts (the FX desk's credit line, the fee income, buyers' money in
+    dispute) have no owner to grant a mandate: a stranger naming one, with itself as spender,
+    is refused at the door, and the ledger would refuse a posting that claims a mandate and
+    debits no wallet."""
+    from wallets.errors import MandateDenied
+    from wallets.guard import SpendContext
+
+    node = market.node
+    account = {"fx": lambda: node.wallets.fx.liquidity_account("USD").account_id,
+               "fees": lambda: node.settlement.fees_account("USD"),
+               "escrow": lambda: node.settlement.dispute_account("USD")}[kind]()
+    stranger = market.key_of("stranger").agent_id
+    fields = {"idempotency_key": _key("system"), "debit_account_id": account,
+              "credit_account_id": market.accounts["stranger"], "amount": _usd(CENT),
+              "mandate_id": "ab" * 32, "spender_id": stranger}
+    request = (wallet_pb2.TransferRequest(**fields) if method == "Transfer" else
+               wallet_pb2.HoldRequest(**fields, timeout_s=60))
+    before = snapshot(market)
+    with pytest.raises(grpc.RpcError) as caught:
+        getattr(market.stub("stranger", wallet_pb2_grpc.WalletServiceStub), method)(
+            request, timeout=TIMEOUT_S)
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED, caught.value.details()
+    assert "no mandate spends from it" in caught.value.details()
+    with pytest.raises(MandateDenied):
+        node.ledger.transfer(_key("in-ledger"), account, market.accounts["stranger"], CENT,
+                             spend=SpendContext(mandate_id="ab" * 32, spender_id=stranger))
+    assert snapshot(market) == before

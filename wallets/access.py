@@ -180,6 +180,12 @@ class WalletAccess:
                                                        f"mandate from the owner (name it in "
                                                        f"mandate_id); caller {_short(caller)} "
                                                        "is neither")
+            if account.kind != "wallet" or not is_key(account.owner):
+                # the market's own accounts (fx, fees, escrow) have no owner to grant mandates:
+                # only the marketplace moves them (a named mandate would otherwise be trusted)
+                raise Forbidden("wallet-owner-spends", f"account {account_id} is the market's "
+                                                       f"own ({account.kind}): no mandate "
+                                                       "spends from it")
             # a delegate: the ledger checks the mandate names this wallet and this spender
 
         return rule

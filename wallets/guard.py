@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from sqlalchemy import Connection, select
 
 from wallets import _idempotency, anomaly, approvals, mandates, policies
-from wallets.errors import InvalidArgument, WalletFrozen
+from wallets.errors import InvalidArgument, MandateDenied, WalletFrozen
 from wallets.models import Balance, Transfer
 from wallets.policies import Policy
 from wallets.tables import AccountRow
@@ -124,6 +124,10 @@ class SpendGuard:
             parts = debits.setdefault(t.debit_account_id, {})
             parts[who] = parts.get(who, 0) + t.amount_atomic
         if not debits:
+            if spend is not None and spend.mandate_id:  # a mandate is its owner's wallet's:
+                # a posting that debits none (the market's fx, fees or escrow) is no spend of it
+                raise MandateDenied(f"mandate {spend.mandate_id[:12]}… spends from its owner's "
+                                    "wallet; this posting debits no wallet")
             return
         assert self._ledger is not None, "attach the guard to its ledger first"
         lock_wallets(conn, debits)  # payees' rows are not read, and credits do not lock them
