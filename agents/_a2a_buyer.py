@@ -162,14 +162,18 @@ def grpc_endpoint(card: a2a_pb2.AgentCard) -> str:
     return found.removeprefix("grpc://")
 
 
+def json_part(input_json: str) -> a2a_pb2.Part:
+    """The input as a text part holding its exact JSON: a data part (a protobuf Struct) would
+    carry its numbers as doubles, and integers past 2^53 would not arrive as sent."""
+    return a2a_pb2.Part(text=input_json, media_type="application/json")
+
+
 def paid_request(planned: PlannedCall) -> a2a_pb2.SendMessageRequest:
-    """The SendMessage of a planned paid call: its input as a data part, its voucher in the
+    """The SendMessage of a planned paid call: its input as JSON text, its voucher in the
     message metadata; the message id is the call id (a resend is the same task)."""
     message = a2a_pb2.Message(message_id=planned.request.call_id, role=a2a_pb2.ROLE_USER,
                               extensions=[ext.URI])
-    part = a2a_pb2.Part(media_type="application/json")
-    part.data.struct_value.update(json.loads(planned.request.input_json))
-    message.parts.append(part)
+    message.parts.append(json_part(planned.request.input_json))
     message.metadata.update({ext.PAYMENT_KEY: ext.payment_metadata(planned.voucher),
                              ext.SKILL_KEY: planned.deal.body.terms.skill})
     return a2a_pb2.SendMessageRequest(message=message)
@@ -216,9 +220,7 @@ def stream_request(request: agent_pb2.InvokeRequest, voucher: Any, skill: str
     """The SendStreamingMessage of a planned streamed call (its budget prepaid by `voucher`)."""
     message = a2a_pb2.Message(message_id=request.call_id, role=a2a_pb2.ROLE_USER,
                               extensions=[ext.URI])
-    part = a2a_pb2.Part(media_type="application/json")
-    part.data.struct_value.update(json.loads(request.input_json))
-    message.parts.append(part)
+    message.parts.append(json_part(request.input_json))
     message.metadata.update({ext.PAYMENT_KEY: ext.payment_metadata(voucher),
                              ext.SKILL_KEY: skill})
     return a2a_pb2.SendMessageRequest(message=message)
@@ -301,13 +303,12 @@ class AsyncA2AStream(_Chunks):
 
 
 def plain_request(arguments: dict[str, Any] | str, skill: str | None) -> a2a_pb2.SendMessageRequest:
-    """An unpaid message: a dict as a data part, text as a text part."""
+    """An unpaid message: a dict as JSON text (media type application/json), text as is."""
     if isinstance(arguments, str):
         part = a2a_pb2.Part(text=arguments)
     elif isinstance(arguments, dict):
-        part = a2a_pb2.Part(media_type="application/json")
         try:
-            part.data.struct_value.update(json.loads(json.dumps(arguments)))
+            part = json_part(json.dumps(arguments, allow_nan=False))
         except (TypeError, ValueError) as error:
             raise InvalidArgument(f"the arguments are not JSON: {error}") from None
     else:

@@ -27,8 +27,14 @@ OUTPUT_ARTIFACT = "output"
 
 def _plain(value: Any) -> Any:
     """Struct numbers are doubles: give integral ones back as ints (the skill's schema and
-    Python types expect 3, not 3.0)."""
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+    Python types expect 3, not 3.0). An integral double of 2^53 or more may not be the integer
+    its sender meant (2^53 + 1 arrives as 2^53), so it is refused, never run or charged as
+    another number."""
+    if isinstance(value, float) and value.is_integer():
+        if abs(value) >= 2**53:
+            raise InvalidArgument(f"the data part holds {value:.0f}, at or past 2^53, where a "
+                                  "data part's numbers (doubles) lose integers: send the input "
+                                  "as a text part of JSON (media type application/json)")
         return int(value)
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}

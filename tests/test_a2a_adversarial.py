@@ -43,7 +43,13 @@ def market(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Market]:
             time.sleep(0.2)
             yield word
 
-    yield from open_market(tmp_path_factory.mktemp("a2a-adversarial"), [echo, hello, write])
+    @skill(price=per_call("0.002", "USD"))
+    def tally(amount_atomic: int) -> dict:
+        """Give an amount back, as a ledger would book it."""
+        return {"amount_atomic": amount_atomic}
+
+    yield from open_market(tmp_path_factory.mktemp("a2a-adversarial"),
+                           [echo, hello, write, tally])
 
 
 def _message(arguments: dict[str, Any], message_id: str, **metadata: object
@@ -79,6 +85,24 @@ def test_a_free_message_id_is_a_retry_key_only_for_its_sender_and_input(market: 
     own = signed.SendMessage(_hello("alice", "shared-id"), timeout=5).task
     assert own.id != victim.id and _output(own) == {"greeting": "hello alice"}
     assert signed.SendMessage(_hello("alice", "shared-id"), timeout=5).task.id == own.id
+
+
+def test_an_integer_past_2_53_arrives_exactly_or_is_refused(market: Market):
+    """The buyer sends its input as JSON text, so an amount past 2^53 reaches the skill as
+    sent (a data part's numbers are doubles: 2^53 + 1 would arrive, run and be charged as
+    2^53). A data part holding one, as another client may send, is refused."""
+    deal = market.deal("tally", quantity=2)
+    amount = 2**53 + 1
+    answer = market.buyer.send(deal, {"amount_atomic": amount})
+    assert answer.output == {"amount_atomic": amount}
+    part = a2a_pb2.Part()
+    part.data.struct_value.update({"name": "a", "n": float(amount)})
+    message = _message({"name": "a"}, "past-2-53", **{ext.SKILL_KEY: "hello"})
+    message.ClearField("parts")
+    message.parts.append(part)
+    error = _refused(lambda: market.stub.SendMessage(a2a_pb2.SendMessageRequest(
+        message=message), timeout=5))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "2^53" in error.details()
 
 
 @pytest.mark.parametrize("where", ["metadata", "data part"])
