@@ -245,21 +245,25 @@ class A2ADoor(a2a_pb2_grpc.A2AServiceServicer):
     def _paid(self, paid: tuple[agent_pb2.InvokeRequest, Any, str, str],
               context: grpc.ServicerContext) -> a2a_pb2.Task:
         request, voucher, task_id, context_id = paid
+        # indexed first: while it runs, the task is its agreement's (one holder of
+        # subscriptions) and kept apart from the unpaid tasks a flood could push out
+        new = self.tasks.paid(task_id, request.agreement_id, request.call_id, context_id)
         self._working(task_id, context_id)
         try:
             response = self.seller.calls.invoke(request, context, voucher=voucher)
         except CallInProgress:
             raise  # the first attempt runs on: its task stays WORKING
         except AgentmarketError:
-            self.tasks.drop(task_id)
+            if new:
+                self.tasks.unpaid(task_id)
+            else:
+                self.tasks.drop(task_id)
             raise
         except Exception:
             task = self._failed(task_id, context_id, "paid skill")
             self.tasks.put(task)
             return task
         task = paid_task_of(task_id, context_id, request.agreement_id, response)
-        self.tasks.paid(task_id, request.agreement_id, request.call_id,  # admitted: indexed
-                        context_id)
         self.tasks.put(task)
         return task
 
@@ -375,7 +379,8 @@ class A2ADoor(a2a_pb2_grpc.A2AServiceServicer):
             raise InvalidArgument("page_token is one this server returned")
         offset = int(token)
         tasks, total = self.tasks.list(request.context_id, request.status, size, offset,
-                                       request.include_artifacts)
+                                       request.include_artifacts,
+                                       self.tasks.listable_to(current_caller()))
         following = str(offset + size) if offset + size < total else ""
         return a2a_pb2.ListTasksResponse(tasks=tasks, next_page_token=following,
                                          page_size=size, total_size=total)

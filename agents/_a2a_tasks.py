@@ -67,16 +67,17 @@ def paid_task(task_id: str, context_id: str, agreement_id: str, response: Any) -
 
 
 class TaskStore:
-    """Tasks in memory: unpaid and running ones (`limit` of them, the oldest dropped first)
-    apart from answered paid ones (`limit` more), so that no flood of unpaid messages, which
-    costs its sender nothing, pushes out a task someone paid for; one pushed out by newer
-    paid tasks is still found again in the gate (`_paid_lookup`), in its own context."""
+    """Tasks in memory: unpaid ones (`limit` of them, the oldest dropped first) apart from
+    paid ones, running or answered (`limit` more), so that no flood of unpaid messages, which
+    costs its sender nothing, pushes out a task someone paid for; an answered one pushed out
+    by newer paid tasks is still found again in the gate (`_paid_lookup`), in its own
+    context."""
 
     def __init__(self, gate: PaymentGate, limit: int = MAX_TASKS) -> None:
         self.gate = gate
         self.limit = limit
-        self._tasks: OrderedDict[str, a2a_pb2.Task] = OrderedDict()  # unpaid, or running
-        self._answered: OrderedDict[str, a2a_pb2.Task] = OrderedDict()  # paid, finished
+        self._tasks: OrderedDict[str, a2a_pb2.Task] = OrderedDict()  # unpaid
+        self._answered: OrderedDict[str, a2a_pb2.Task] = OrderedDict()  # paid, or being paid
         self._order: dict[str, int] = {}  # task id -> when it was last stored (for listing)
         self._stored = 0
         # task id -> (agreement id, call id, context id) of an admitted paid call
@@ -89,8 +90,7 @@ class TaskStore:
 
     def put(self, task: a2a_pb2.Task, *, message_key: tuple[str, ...] | None = None) -> None:
         with self._lock:
-            answered = task.id in self._paid and task.status.state in TERMINAL
-            store, other = (self._answered, self._tasks) if answered \
+            store, other = (self._answered, self._tasks) if task.id in self._paid \
                 else (self._tasks, self._answered)
             other.pop(task.id, None)
             store[task.id] = task
@@ -119,15 +119,23 @@ class TaskStore:
             task_id = self._by_message.get(key)
             return self._find(task_id) if task_id else None
 
-    def paid(self, task_id: str, agreement_id: str, call_id: str, context_id: str = "") -> None:
-        """Index an admitted paid call's task; entries of agreements the gate has forgotten
-        (settled, past retention) are dropped whenever the index doubles."""
+    def paid(self, task_id: str, agreement_id: str, call_id: str, context_id: str = "") -> bool:
+        """Index a paid call's task (whether it was not yet); entries of agreements the gate
+        has forgotten (settled, past retention) are dropped whenever the index doubles."""
         with self._lock:
+            new = task_id not in self._paid
             self._paid[task_id] = (agreement_id, call_id, context_id)
             if len(self._paid) > self._prune_at:
                 known = set(self.gate.agreements())
                 self._paid = {t: w for t, w in self._paid.items() if w[0] in known}
                 self._prune_at = max(self.limit, 2 * len(self._paid))
+            return new
+
+    def unpaid(self, task_id: str) -> None:
+        """Forget a task indexed as paid whose payment was refused (and the task)."""
+        with self._lock:
+            self._paid.pop(task_id, None)
+        self.drop(task_id)
 
     def drop(self, task_id: str) -> None:
         with self._lock:
@@ -193,11 +201,36 @@ class TaskStore:
             where = self._paid.get(task_id)
         return where[0] if where is not None else task_id
 
+    def agreement_of(self, task_id: str) -> str | None:
+        """The agreement a paid task's call is paid under (None: not a paid task)."""
+        with self._lock:
+            where = self._paid.get(task_id)
+        return where[0] if where is not None else None
+
+    def listable_to(self, caller: str) -> Callable[[str], bool]:
+        """Which tasks a ListTasks caller sees: a context id is chosen by whoever starts it
+        and may be known to others, so a paid task (its output and receipt) is listed only to
+        its agreement's buyer, calling signed; GetTask by its id still answers anyone holding
+        the id."""
+        def visible(task_id: str) -> bool:
+            agreement = self.agreement_of(task_id)
+            if agreement is None:
+                return True
+            try:
+                return bool(caller) and self.gate.body(agreement).buyer_id == caller
+            except NotFound:
+                return False
+
+        return visible
+
     def list(self, context_id: str, state: int, page_size: int, offset: int,
-             include_artifacts: bool) -> tuple[list[a2a_pb2.Task], int]:
+             include_artifacts: bool, visible: Callable[[str], bool] = lambda _id: True
+             ) -> tuple[list[a2a_pb2.Task], int]:
         with self._lock:
             chosen = [t for store in (self._tasks, self._answered) for t in store.values()
                       if t.context_id == context_id and (not state or t.status.state == state)]
+        chosen = [t for t in chosen if visible(t.id)]
+        with self._lock:
             chosen.sort(key=lambda t: self._order.get(t.id, 0), reverse=True)  # newest first
         page = []
         for task in chosen[offset:offset + page_size]:

@@ -226,7 +226,7 @@ class PaidCalls:
             pieces.close()
             last, stop = self._end_stream(request, admission, meter, delivered, span)
         _durable(admission)
-        context.set_trailing_metadata(((STOP_REASON_KEY, STOP_NAMES[stop]),))
+        _add_trailers(context, (STOP_REASON_KEY, STOP_NAMES[stop]))
         yield last
 
     def _end_stream(self, request: agent_pb2.InvokeRequest, admission: Admission, meter: Meter,
@@ -254,6 +254,16 @@ def _settle_usage(meter: Meter, input_json: str, output_json: str, *, streamed: 
         log.warning("a token-priced call was billed by rule (%s): %d input, %d output tokens; "
                     "see the README, 'Skills that call LLMs'", meter.usage_rule,
                     meter.input_tokens, meter.output_tokens)
+
+
+def _add_trailers(context: Any, *pairs: tuple[str, str]) -> None:
+    """Add trailing metadata to what a door set before (the A2A extension's URI): setting it
+    replaces."""
+    try:
+        earlier = tuple(context.trailing_metadata() or ())
+    except (AttributeError, NotImplementedError):
+        earlier = ()
+    context.set_trailing_metadata(earlier + pairs)
 
 
 def _durable(admission: Admission) -> None:

@@ -264,3 +264,75 @@ def test_waiting_subscriptions_leave_with_their_caller(market: Market):
 
     door.tasks.update("stuck", finish)
     assert next(later).status_update.status.state == a2a_pb2.TASK_STATE_COMPLETED
+
+
+def test_a_flood_of_free_messages_keeps_a_running_paid_task(market: Market, monkeypatch):
+    """Free messages cost their sender nothing: they fill the unpaid tasks' store only, never
+    push out a paid call's task while it runs."""
+    door = market.door()
+    monkeypatch.setattr(door.tasks, "limit", 20)
+    deal = market.deal("write")
+    signed, _unsigned = market.buyer._a2a_stubs(market.seller.endpoint)
+    call = signed.SendStreamingMessage(_stream_request(market, deal, "flooded"), metadata=EXT,
+                                       timeout=30)
+    task_id = next(call).task.id
+    for n in range(25):
+        market.stub.SendMessage(_hello(f"f{n}", f"flood-{n}"), timeout=5)
+    running = market.stub.GetTask(a2a_pb2.GetTaskRequest(id=task_id), timeout=5)
+    assert running.status.state == a2a_pb2.TASK_STATE_WORKING
+    assert list(call)[-1].status_update.status.state == a2a_pb2.TASK_STATE_COMPLETED
+
+
+def test_one_agreements_running_calls_are_one_holder(market: Market):
+    """While a paid unary call runs, its task is its agreement's (one holder of waiting
+    subscriptions), as a streamed call's is, not a holder of its own per call."""
+    import threading
+
+    door = market.door()
+    deal = market.deal("write")
+
+    def running() -> set[str]:
+        with door.tasks._lock:
+            return {t.id for store in (door.tasks._tasks, door.tasks._answered)
+                    for t in store.values() if t.status.state == a2a_pb2.TASK_STATE_WORKING}
+
+    before = running()  # other tests' tasks
+    calls = [threading.Thread(target=market.buyer.send, args=(deal, {"topic": f"t{n}"}))
+             for n in range(2)]
+    for thread in calls:
+        thread.start()
+    deadline = time.monotonic() + 5
+    working: set[str] = set()
+    while len(working) < 2 and time.monotonic() < deadline:
+        working = running() - before
+        time.sleep(0.02)
+    holders = {door.tasks.holder_of(task_id) for task_id in working}
+    for thread in calls:
+        thread.join()
+    assert len(working) == 2 and holders == {deal.agreement_id}
+
+
+def test_a_context_lists_paid_tasks_to_their_buyer_only(market: Market):
+    """A context id is the sender's choice and may be known to others: ListTasks shows a paid
+    task, its output and receipt, only to its agreement's buyer calling signed."""
+    deal = market.deal("echo")
+    request = _a2a_buyer.paid_request(market.buyer._plan(deal, {"text": "secret"}, "ctx-1",
+                                                         None))
+    request.message.context_id = "shared-conversation"
+    signed, _unsigned = market.buyer._a2a_stubs(market.seller.endpoint)
+    paid = signed.SendMessage(request, metadata=EXT, timeout=5).task
+    listing = a2a_pb2.ListTasksRequest(context_id="shared-conversation", include_artifacts=True)
+    assert [t.id for t in signed.ListTasks(listing, timeout=5).tasks] == [paid.id]
+    stranger = market.stub.ListTasks(listing, timeout=5)
+    assert list(stranger.tasks) == [] and stranger.total_size == 0
+
+
+def test_a_paid_stream_keeps_the_extensions_trailer(market: Market):
+    deal = market.deal("write")
+    signed, _unsigned = market.buyer._a2a_stubs(market.seller.endpoint)
+    call = signed.SendStreamingMessage(_stream_request(market, deal, "trailer"), metadata=EXT,
+                                       timeout=30)
+    list(call)
+    trailers = dict(call.trailing_metadata())
+    assert trailers[ext.EXTENSIONS_HEADER] == ext.URI
+    assert "agentmarket-stop-reason" in trailers
