@@ -6,9 +6,11 @@ report it (`RegistryService.ReportUnreachable`); one buyer's word is not enough 
 buyer's own network, or a competitor's lie), so the registry tries the endpoint itself: a TCP
 connection within `timeout_s`. Only when that fails too does the listing expire at once, as if
 its TTL had run out: invisible to discovery, and the seller's next heartbeat, if it is alive
-after all, is told to advertise again. A listing is checked at most once per `recheck_s`
-(repeated reports get the last finding), and at most `max_checks` run at a time, so reports
-cannot make the node a port scanner or exhaust its threads.
+after all, is told to advertise again. An agent's listing is checked at most once per
+`recheck_s`, whatever endpoint it names meanwhile (repeated reports get the last finding), a
+listing's own agent cannot report it (it withdraws it instead), and at most `max_checks` run
+at a time: an agent pointing its listing at other hosts' ports learns at most one port per
+`recheck_s`, through another agent's report, and reports cannot exhaust the node's threads.
 
 The registry must be able to reach the endpoints sellers advertise (as buyers must).
 """
@@ -22,7 +24,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from marketplace.errors import InvalidArgument, NotFound, ResourceExhausted
+from marketplace.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from marketplace.identity import check_agent_id
 from marketplace.registry import Registry
 
@@ -55,11 +57,14 @@ class Liveness:
         self.recheck_s = recheck_s
         self._slots = threading.BoundedSemaphore(max_checks)
         self._lock = threading.Lock()
-        self._checked: OrderedDict[tuple[str, str], tuple[float, bool]] = OrderedDict()
+        self._checked: OrderedDict[str, tuple[float, bool]] = OrderedDict()
 
-    def report(self, agent_id: str, endpoint: str) -> bool:
+    def report(self, agent_id: str, endpoint: str, reporter: str = "") -> bool:
         """Check a reported listing; True when it was unreachable and stopped being ranked."""
         check_agent_id(agent_id)
+        if reporter == agent_id:
+            raise FailedPrecondition("a listing's own agent does not report it unreachable: "
+                                     "it withdraws it (Withdraw)")
         if not isinstance(endpoint, str) or not 0 < len(endpoint) <= 255:
             raise InvalidArgument("endpoint must be the listing's host:port")
         try:
@@ -68,7 +73,7 @@ class Liveness:
             return False  # gone already: nothing to rank
         if listing.endpoint != endpoint:
             return False  # the seller moved since the buyer looked: that endpoint is not listed
-        key = (agent_id, endpoint)
+        key = agent_id  # not per endpoint: advertising another one gets no fresh probe
         now = time.monotonic()
         with self._lock:
             last = self._checked.get(key)
@@ -84,7 +89,7 @@ class Liveness:
         self._remember(key, now, alive)
         return not alive and self.registry.expire(agent_id, endpoint)
 
-    def _remember(self, key: tuple[str, str], at: float, alive: bool) -> None:
+    def _remember(self, key: str, at: float, alive: bool) -> None:
         with self._lock:
             self._checked[key] = (at, alive)
             self._checked.move_to_end(key)

@@ -48,6 +48,9 @@ def check_price(price: registry_pb2.Price, where: str) -> None:
     _positive(price.amount_atomic, f"{where}: amount_atomic")
     if price.unit == TOKENS:
         _positive(price.output_amount_atomic, f"{where}: output_amount_atomic")
+        if ranking_price_atomic(price) > MAX_AMOUNT_ATOMIC:  # discovery ranks on the sum
+            raise InvalidArgument(f"{where}: amount_atomic + output_amount_atomic must be at "
+                                  f"most {MAX_AMOUNT_ATOMIC} atomic units")
     elif price.output_amount_atomic:
         raise InvalidArgument(f"{where}: output_amount_atomic is only for token prices")
     if price.unit == UNIT and not _UNIT_NAME.match(price.unit_name):

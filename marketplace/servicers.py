@@ -17,6 +17,7 @@ from marketplace.v1 import (
     settlement_pb2,
     settlement_pb2_grpc,
 )
+from wallets.caller import current_caller
 from wallets.errors import InvalidArgument
 from wallets.grpc_errors import grpc_method
 
@@ -43,7 +44,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     @grpc_method
     def ReportUnreachable(self, request, context):  # type: ignore[no-untyped-def]
         return registry_pb2.ReportUnreachableResponse(
-            withdrawn=self.liveness.report(request.agent_id, request.endpoint))
+            withdrawn=self.liveness.report(request.agent_id, request.endpoint,
+                                           reporter=current_caller()))
 
     @grpc_method
     def Advertise(self, request, context):  # type: ignore[no-untyped-def]

@@ -287,3 +287,44 @@ def test_a_volume_tier_dearer_than_the_price_below_it_is_refused(registry: Regis
     assert refused.value.status == "INVALID_ARGUMENT" and "volume discounts" in \
         refused.value.message
     assert registry.discover("echo") == []
+
+
+def test_a_token_price_whose_sum_passes_the_limit_is_invalid_argument(registry: Registry):
+    """Discovery ranks a token price on input plus output: each within 2^62 may still sum past
+    what an amount can be (it was an INTERNAL overflow in the offers table)."""
+    from wallets.currencies import MAX_AMOUNT_ATOMIC
+
+    seller = AgentKey.generate()
+    dear = make_skill(price_atomic=MAX_AMOUNT_ATOMIC, unit=registry_pb2.PRICE_UNIT_1K_TOKENS,
+                      output_price_atomic=MAX_AMOUNT_ATOMIC)
+    with pytest.raises(AgentmarketError) as refused:
+        registry.advertise(make_listing(seller, dear), 60)
+    assert refused.value.status == "INVALID_ARGUMENT" and "output_amount_atomic must be at " \
+        "most" in refused.value.message
+    assert registry.discover("echo") == []
+
+
+def test_liveness_probes_an_agents_listing_once_per_recheck_whatever_endpoint_it_names(
+        registry: Registry):
+    """An agent pointing its own listing at other hosts' ports, one after another, gets no
+    fresh probe for each (the node would otherwise be its port scanner), and cannot report
+    its own listing at all."""
+    from marketplace.errors import FailedPrecondition
+    from marketplace.liveness import Liveness
+
+    probed: list[str] = []
+
+    def probe(endpoint: str, _timeout_s: float) -> bool:
+        probed.append(endpoint)
+        return True  # something answers: the listing stays
+
+    liveness = Liveness(registry, probe=probe, recheck_s=60)
+    seller, reporter = AgentKey.generate(), AgentKey.generate().agent_id
+    for port in (1, 2, 3):
+        endpoint = f"10.0.0.1:{port}"
+        registry.advertise(make_listing(seller, endpoint=endpoint), 60)
+        assert liveness.report(seller.agent_id, endpoint, reporter=reporter) is False
+    assert probed == ["10.0.0.1:1"]
+    with pytest.raises(FailedPrecondition):
+        liveness.report(seller.agent_id, "10.0.0.1:3", reporter=seller.agent_id)
+    assert probed == ["10.0.0.1:1"]
