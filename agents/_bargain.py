@@ -139,6 +139,7 @@ def rounds(buyer: BuyerAgent | AsyncBuyerAgent, listing: registry_pb2.Listing, s
                 protocol.offer(offer, buyer._now_ms())
             except AgentmarketError as error:
                 raise NegotiationFailed(f"the seller broke the protocol: {error}") from None
+            _check_method(offer.terms, verification)
             _hear(strategy, reply.note)
             with buyer._tracer.start_as_current_span("negotiation.round", attributes={
                     attr.ROUND: offer.round, attr.AMOUNT_ATOMIC: offered,
@@ -163,6 +164,19 @@ def rounds(buyer: BuyerAgent | AsyncBuyerAgent, listing: registry_pb2.Listing, s
                 protocol.offer(counter, buyer._now_ms())
                 reply = yield agent_pb2.NegotiationMessage(offer=counter, note=_say(strategy))
         raise _NoAgreement(f"no agreement within {max_rounds} rounds")
+
+
+def _check_method(terms: agreement_pb2.Terms, asked: int) -> None:
+    """A seller may offer another verification method than the one asked for (one its skill
+    supports), but not one that pays a verifier of its choosing out of the buyer's escrow:
+    that fee is taken whatever the verdict."""
+    if terms.verification == asked:
+        return
+    if terms.verification == registry_pb2.VERIFICATION_METHOD_THIRD_PARTY \
+            or terms.verifier.fee_atomic:
+        wanted = registry_pb2.VerificationMethod.Name(asked).removeprefix("VERIFICATION_METHOD_")
+        raise NegotiationFailed(f"the seller offered third-party verification (a verifier paid "
+                                f"from the escrow) where the buyer asked for {wanted.lower()}")
 
 
 class NotTheListedAgent(NegotiationFailed):

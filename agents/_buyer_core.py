@@ -29,7 +29,7 @@ from agents._deal import (
     MalformedAnswer,
     agreement_body,
     book_malformed,
-    charge_cap,
+    booked_charge,
     countersigned_deal,
     parsed_output,
     receipt_chain_problems,
@@ -44,6 +44,7 @@ from agents.errors import (
     InvalidArgument,
     SchemaViolation,
     ServerError,
+    Unavailable,
 )
 from agents.keystore import load_key
 from agents.payment_session import PaymentSession
@@ -61,7 +62,9 @@ from wallets.v1 import wallet_pb2
 RPC_TIMEOUT_S = 10.0
 STREAM_TIMEOUT_S = 60.0  # a streamed call: a model writing at length takes longer than an RPC
 AWAITING_RELEASE = (AgreementState.VERIFIED, AgreementState.DELIVERED)
-RETRY_IN_PROGRESS = 100  # x 50 ms: how long a retried call waits for its first attempt
+# How long a call waits in all while the seller says its first attempt still runs
+# (CALL_IN_PROGRESS), attempts included: bounded, whatever the seller answers
+IN_PROGRESS_WAIT_S = 15.0
 RETRY_PAUSE_S = 0.05
 MAX_REPLANS = 16  # new vouchers for one call whose earlier ones a later call overtook
 MAX_DISCOVER = 100
@@ -318,6 +321,14 @@ class BuyerCore:
                 attr.CURRENCY: terms.currency, attr.PAYER: self.agent_id,
                 attr.PAYEE: deal.body.seller_id}
 
+    def _still_running(self, planned: PlannedCall) -> Unavailable:
+        """The error for a call the seller kept saying runs still: booked as possibly answered
+        (its reservation kept, its call id remembered), so a retry with the same call id
+        re-sends the same voucher and gets the one answer, charged once."""
+        self._failed(planned, None)
+        return Unavailable(f"call {planned.request.call_id!r} was still running at the seller "
+                           f"after {IN_PROGRESS_WAIT_S:g} s; retry later with the same call id")
+
     def _failed(self, planned: PlannedCall, error: grpc.RpcError | None) -> None:
         """Book a call that got no answer: if the seller may have run it (`error` None: the
         call was cancelled under way), keep the reservation (a retry with the same call id
@@ -344,8 +355,8 @@ class BuyerCore:
         deal = planned.deal
         receipt, usage = response.receipt, response.usage
         if planned.settles:  # never past what the buyer may owe, whatever the seller says
-            self.sessions[deal.agreement_id].settle(planned.reserve_atomic, min(
-                usage.charged_atomic, charge_cap(deal, planned.reserve_atomic, usage)))
+            self.sessions[deal.agreement_id].settle(planned.reserve_atomic, booked_charge(
+                deal, planned.reserve_atomic, usage, receipt))
         problem = receipt_problem(deal, receipt, usage, response.output_json,
                                   planned.reserve_atomic, planned.voucher.sequence)
         output = parsed_output(deal, response.output_json)

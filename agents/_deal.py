@@ -161,6 +161,15 @@ def charge_cap(deal: Deal, reserve: int, usage: Any) -> int:
     return min(max(reserve, usage.reserved_atomic), _tariff(deal).call_max_atomic)
 
 
+def booked_charge(deal: Deal, reserve: int, usage: Any, receipt: Any) -> int:
+    """What the buyer books for a call: what the seller could redeem (its receipt's charge),
+    or its usage's when that says more, never below 0 nor past `charge_cap`: the usage is the
+    seller's unsigned word, and booking it alone let a seller that said 0 (or less) leave the
+    buyer's books short of what it then redeemed."""
+    claimed = max(receipt.charged_atomic, usage.charged_atomic)
+    return max(0, min(claimed, charge_cap(deal, reserve, usage)))
+
+
 def receipt_problem(deal: Deal, receipt: agreement_pb2.Receipt, usage: Any,
                     output_json: str, reserve: int, sequence: int = 0) -> str:
     """Why a receipt does not check out ('' when it does): signature and output hash, the
@@ -179,7 +188,8 @@ def receipt_problem(deal: Deal, receipt: agreement_pb2.Receipt, usage: Any,
                                         output_tokens=usage.output_tokens, units=usage.units),
                    charge_cap(deal, reserve, usage))
     if receipt.charged_atomic != usage.charged_atomic or receipt.charged_atomic != expected:
-        return f"charged {receipt.charged_atomic}, the tariff says {expected} for the usage"
+        return (f"the receipt charges {receipt.charged_atomic} and the usage says "
+                f"{usage.charged_atomic}; the tariff says {expected} for the usage")
     return ""
 
 
@@ -221,7 +231,7 @@ def book_stream(deal: Deal, session: Any, budget: int, end: agent_pb2.StreamEnd,
                 text: str, sequence: int = 0) -> str:
     """Book a stream's end: its charge, never past `charge_cap`, its receipt and its output
     (the text sent, as a JSON object) checked; returns the problem ('' if none)."""
-    session.settle(budget, min(end.usage.charged_atomic, charge_cap(deal, budget, end.usage)))
+    session.settle(budget, booked_charge(deal, budget, end.usage, end.receipt))
     problem = receipt_problem(deal, end.receipt, end.usage, end.output_json, budget, sequence)
     output = parsed_output(deal, end.output_json)
     if not isinstance(output, dict) or output.get("text") != text:

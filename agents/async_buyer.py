@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -37,8 +38,8 @@ from agents import _bargain
 from agents._async_streaming import AsyncStreamedCall
 from agents._bargain import Quote
 from agents._buyer_core import (
+    IN_PROGRESS_WAIT_S,
     MAX_REPLANS,
-    RETRY_IN_PROGRESS,
     RETRY_PAUSE_S,
     RPC_TIMEOUT_S,
     STREAM_TIMEOUT_S,
@@ -54,7 +55,6 @@ from agents.errors import (
     FailedPrecondition,
     NegotiationFailed,
     SellerUnavailable,
-    Unavailable,
 )
 from agents.negotiation import Strategy
 from agents.results import CallResult, Escrow, Money, Posting, Wallet, posting_from_message
@@ -361,15 +361,17 @@ class AsyncBuyerAgent(BuyerCore):
             seller = stubs.unsigned if tracing_active(self.tracer_provider) else stubs.bare
         else:
             seller = stubs.signed
-        for _attempt in range(RETRY_IN_PROGRESS):
+        deadline = time.monotonic() + IN_PROGRESS_WAIT_S
+        while (left := deadline - time.monotonic()) > 0:
             try:
                 return await seller.Invoke(planned.request,  # type: ignore[no-any-return]
-                                           metadata=planned.metadata, timeout=RPC_TIMEOUT_S)
+                                           metadata=planned.metadata,
+                                           timeout=min(RPC_TIMEOUT_S, left))
             except grpc.RpcError as error:
                 if error_reason(error) != "CALL_IN_PROGRESS":
                     raise
                 await asyncio.sleep(RETRY_PAUSE_S)
-        raise Unavailable("a retried call was still running at the seller; retry later")
+        raise self._still_running(planned)
 
     @async_sdk_method
     async def stream(self, deal: Deal, arguments: dict[str, Any], *,

@@ -48,8 +48,8 @@ from agents import _a2a_buyer as _a2a
 from agents import _bargain
 from agents._bargain import Quote
 from agents._buyer_core import (
+    IN_PROGRESS_WAIT_S,
     MAX_REPLANS,
-    RETRY_IN_PROGRESS,
     RETRY_PAUSE_S,
     RPC_TIMEOUT_S,
     STREAM_TIMEOUT_S,
@@ -60,7 +60,7 @@ from agents._deal import Deal, MalformedAnswer, receipt_problem
 from agents._failover import Failover, unreachable
 from agents._grpc_payment import VoucherClientInterceptor
 from agents._rpc import sdk_error, sdk_method
-from agents.errors import AgentmarketError, NegotiationFailed, SellerUnavailable, Unavailable
+from agents.errors import AgentmarketError, NegotiationFailed, SellerUnavailable
 from agents.negotiation import Strategy
 from agents.results import CallResult, Escrow, Money, Posting, Wallet, posting_from_message
 from agents.v1 import agent_pb2, agent_pb2_grpc
@@ -335,15 +335,16 @@ class BuyerAgent(BuyerCore):
                 tracing_active(self.tracer_provider) else stubs.bare
         else:
             seller = stubs.signed
-        for _attempt in range(RETRY_IN_PROGRESS):
+        deadline = time.monotonic() + IN_PROGRESS_WAIT_S
+        while (left := deadline - time.monotonic()) > 0:
             try:
                 return seller.Invoke(planned.request, metadata=planned.metadata,  # type: ignore[no-any-return]
-                                     timeout=RPC_TIMEOUT_S)
+                                     timeout=min(RPC_TIMEOUT_S, left))
             except grpc.RpcError as error:
                 if error_reason(error) != "CALL_IN_PROGRESS":
                     raise
                 time.sleep(RETRY_PAUSE_S)  # the first attempt is still running: it will answer
-        raise Unavailable("a retried call was still running at the seller; retry later")
+        raise self._still_running(planned)
 
     @sdk_method
     def stream(self, deal: Deal, arguments: dict[str, Any], *, max_atomic: int | None = None,
