@@ -170,8 +170,10 @@ class PvpParty:
         """The provider's key for the destination leg, from the source leg it stands on (not
         the payment id, which the buyer and seller choose): a second payment over the same
         source hold replays the first leg (same terms) or is refused (other terms), so the
-        provider never pays twice for what it can claim once."""
-        return self._key(f"{payment.source.address}\n{source_hold_id}", "destination-hold")
+        provider never pays twice for what it can claim once. The hold id alone (random, 128
+        bits): the node's address is the buyer's to spell (`localhost:P`, `127.0.0.1:P`,
+        `ipv4:127.0.0.1:P` reach one node), and each spelling made a new key."""
+        return self._key(source_hold_id, "destination-hold")
 
     def _key(self, subject: str, step: str) -> str:
         tag = hmac.new(self.key.seed(), f"{subject}\n{step}".encode(),

@@ -166,3 +166,17 @@ def test_each_party_fetches_its_legs_receipt_over_grpc(two_nodes):
                 pytest.raises(grpc.RpcError) as refused:
             receipt_pb2_grpc.ReceiptServiceStub(channel).GetReceipt(request, timeout=5)
         assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_one_source_leg_backs_one_destination_leg_however_its_node_is_spelled(two_nodes):
+    """`localhost:P` and `127.0.0.1:P` are one node: a second payment naming the same source
+    leg under another spelling of its node's address gets the first destination leg back
+    (the provider's key is the hold's), never a second one the seller could claim too."""
+    payment, _preimage, buyer, provider, _seller = _setup(two_nodes)
+    source = buyer.lock_source(payment)
+    first = provider.lock_destination(payment, source.hold_id, margin_ms=MARGIN_MS)
+    port = payment.source.address.rsplit(":", 1)[1]
+    respelled = dataclasses.replace(payment, payment_id="again", source=dataclasses.replace(
+        payment.source, address=f"localhost:{port}"))
+    again = provider.lock_destination(respelled, source.hold_id, margin_ms=MARGIN_MS)
+    assert again.hold_id == first.hold_id
