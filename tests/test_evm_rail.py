@@ -125,6 +125,35 @@ def test_a_deposit_is_credited_once_after_n_confirmations(ledger: Ledger, rail, 
     _matches_chain(ledger, rail, chain)
 
 
+def test_a_chain_that_does_not_answer_once_loses_no_deposit(ledger: Ledger, rail, chain,
+                                                            monkeypatch):
+    """A failed read of a block (a connection reset, a replica behind) is not a reorganised
+    block: the deposit stays seen and is credited once confirmed. A transfer of 0 posts
+    nothing."""
+    import requests
+
+    alice = _holder(chain, 50_000_000)
+    account = _register(rail, ledger, alice)
+    _send(chain, alice, rail.address, 500)
+    _send(chain, alice, rail.address, 0)
+    chain.mine(CONFIRMATIONS)
+    real, failures = rail.w3.eth.get_block, [1]
+
+    def flaky(number: int, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if failures:
+            failures.pop()
+            raise requests.ConnectionError("the node is restarting")
+        return real(number, *args, **kwargs)
+
+    monkeypatch.setattr(rail.w3.eth, "get_block", flaky)
+    hiccup = rail.scan()
+    assert (hiccup.seen, hiccup.orphaned, hiccup.credited) == (1, 0, 0)
+    assert rail.scan().credited == 1
+    assert ledger.balance(account).posted_atomic == 500 * ATOMIC_PER_UNIT
+    assert len(ledger.postings(account_id=account, kind="deposit")) == 1
+    _matches_chain(ledger, rail, chain)
+
+
 def test_deposits_from_unregistered_or_unproven_addresses_are_not_credited(ledger: Ledger,
                                                                            rail, chain):
     stranger, alice = _holder(chain, 1_000_000), _holder(chain)

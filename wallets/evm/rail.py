@@ -34,6 +34,7 @@ from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from web3 import Web3
 from web3.contract import Contract
+from web3.exceptions import BlockNotFound
 
 from wallets.caller import NODE_SCOPE
 from wallets.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Unavailable
@@ -198,7 +199,13 @@ class UsdcRail(Payouts):
             pending = conn.execute(select(DEPOSITS).where(DEPOSITS.c.rail == self.name,
                                                           DEPOSITS.c.status == "seen")).all()
         for row in pending:
-            if self._canonical_hash(row.block_number) != row.block_hash:
+            try:
+                canonical = self._canonical_hash(row.block_number)
+            except Exception as error:  # the chain did not answer: not known gone, so not
+                log.warning("USDC rail %s: block %d not read (%s); tried again next scan",
+                            self.name, row.block_number, str(error)[:200])
+                continue  # orphaned (a hiccup would have lost a valid deposit for good)
+            if canonical != row.block_hash:
                 self._set_deposit(row, "orphaned")
                 orphaned += 1
             elif head - row.block_number + 1 >= self.confirmations:
@@ -216,6 +223,8 @@ class UsdcRail(Payouts):
         now_ms = self.ledger.clock_ms()
         with self.ledger.engine.begin() as conn:
             for entry in logs:
+                if not entry.args.value:  # a zero transfer moves nothing: no posting of 0
+                    continue
                 tx_hash = "0x" + bytes(entry.transactionHash).hex()
                 block_hash = "0x" + bytes(entry.blockHash).hex()
                 where = (DEPOSITS.c.rail == self.name, DEPOSITS.c.tx_hash == tx_hash,
@@ -228,8 +237,9 @@ class UsdcRail(Payouts):
                         sender=entry.args.sender.lower(), amount_units=entry.args.value,
                         account_id="", status="seen", seen_at_ms=now_ms, credited_at_ms=0))
                     new += 1
-                elif found.status == "orphaned" and found.block_hash != block_hash:
-                    conn.execute(update(DEPOSITS).where(*where).values(  # mined again
+                elif found.status == "orphaned":  # in the chain again (mined again, or
+                    # orphaned by mistake): the log is canonical, as get_logs reads it
+                    conn.execute(update(DEPOSITS).where(*where).values(
                         block_number=entry.blockNumber, block_hash=block_hash, status="seen"))
         return new
 
@@ -242,9 +252,11 @@ class UsdcRail(Payouts):
                 DEPOSITS.c.sender.in_(registered)).values(status="seen"))
 
     def _canonical_hash(self, block_number: int) -> str | None:
+        """The hash of the chain's block at that height now; None when there is none (the
+        chain is shorter now: the block is gone). Any other failure is raised."""
         try:
             block = self.w3.eth.get_block(block_number)
-        except Exception:  # the chain is shorter now: the block is gone
+        except BlockNotFound:
             return None
         return "0x" + bytes(block.hash).hex()
 
