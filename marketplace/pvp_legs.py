@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 
-from sqlalchemy import Connection, bindparam, literal, select
+from sqlalchemy import Connection, bindparam, literal, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from marketplace.receipts import RECEIPTS, ReceiptBook, written_postings
@@ -26,12 +26,14 @@ log = logging.getLogger("agentmarket.pvp")
 
 
 def _voided_unreceipted() -> hot.Statement:
-    """Hash-locked holds their timeout voided without a receipt yet (built once: the sweeper
+    """Hash-locked holds voided without a receipt yet, by their timeout or declined by their
+    payee over the wallet service, which has no receipts of its own (built once: the sweeper
     asks every round)."""
     receipt_id = literal("pvp:") + HOLDS.c.id + literal(":pvp_voided")
     return hot.Statement(
         select(HOLDS.c.id).outerjoin(RECEIPTS, RECEIPTS.c.receipt_id == receipt_id)
-        .where(HOLDS.c.condition_sha256 != "", HOLDS.c.status == "expired",
+        .where(HOLDS.c.condition_sha256 != "",
+               or_(HOLDS.c.status == "expired", HOLDS.c.status == "voided"),
                RECEIPTS.c.receipt_id.is_(None)).limit(bindparam("limit")))
 
 
@@ -71,7 +73,8 @@ class ReceiptedHolds(ConditionalHolds):
             receipt_id=f"pvp:{hold.hold_id}:{kind}")
 
     def receipt_expired(self, *, limit: int = 100) -> int:
-        """Issue the receipts of legs their timeout voided (the sweeper, after expiring holds)."""
+        """Issue the receipts of legs voided by their timeout or their payee's decline (the
+        sweeper, after expiring holds): the payer's evidence that the leg came back."""
         engine = self.ledger.engine
         with hot.reading(engine) as conn:
             due = [row.id for row in _VOIDED_UNRECEIPTED.all(conn, {"limit": limit})]
@@ -79,9 +82,10 @@ class ReceiptedHolds(ConditionalHolds):
         for hold_id in due:
             with contextlib.suppress(IntegrityError), engine.begin() as conn:
                 sequence = conn.execute(select(POSTINGS.c.sequence).where(
-                    POSTINGS.c.hold_id == hold_id, POSTINGS.c.kind == "expire")).scalar()
+                    POSTINGS.c.hold_id == hold_id, POSTINGS.c.kind.in_(("expire", "void")))
+                ).scalar()
                 if sequence is None:
-                    log.warning("expired hold %s has no expiry posting", hold_id)
+                    log.warning("voided hold %s has no void or expiry posting", hold_id)
                     continue
                 hold, condition, _ = self._row(conn, hold_id)
                 self._issue(conn, ConditionalHold(hold, condition), "pvp_voided", [sequence])

@@ -180,3 +180,20 @@ def test_one_source_leg_backs_one_destination_leg_however_its_node_is_spelled(tw
         payment.source, address=f"localhost:{port}"))
     again = provider.lock_destination(respelled, source.hold_id, margin_ms=MARGIN_MS)
     assert again.hold_id == first.hold_id
+
+
+def test_a_leg_its_payee_declines_gets_its_receipt(two_nodes):
+    """A payee gives up its claim on a hash-locked leg with the wallet service's Void: the
+    payer still gets a signed receipt that the leg came back (the node's sweeper issues it)."""
+    from marketplace.receipt_verify import verify_receipt
+
+    payment, _preimage, buyer, provider, _seller = _setup(two_nodes)
+    source = buyer.lock_source(payment)
+    with signed_channel(two_nodes[0].address, provider.key) as channel:
+        wallet_pb2_grpc.WalletServiceStub(channel).Void(wallet_pb2.VoidRequest(
+            idempotency_key="decline", hold_id=source.hold_id), timeout=5)
+    assert two_nodes[0].conditional.receipt_expired() == 1
+    data = two_nodes[0].receipts.receipt_file(f"{payment.condition_sha256}:{source.hold_id}",
+                                              kind="pvp_voided")
+    found = verify_receipt(data, node=two_nodes[0].agent_id)
+    assert buyer.key.agent_id in found.parties.values()
