@@ -44,15 +44,7 @@ def key_path(name: str) -> Path:
 
 def named_key(name: str) -> AgentKey:
     """The key kept under `name`, made and saved (mode 600) the first time it is asked for."""
-    path = key_path(name)
-    if path.exists():
-        return AgentKey.load(path)
-    key = AgentKey.generate()
-    try:
-        key.save(path)
-    except InvalidArgument:  # made at the same moment by another process: use that one
-        return AgentKey.load(path)
-    return key
+    return AgentKey.kept(key_path(name))
 
 
 def names() -> list[str]:

@@ -70,6 +70,20 @@ class AgentKey:
             out.write(self.seed().hex() + "\n")
         return file
 
+    @classmethod
+    def kept(cls, path: str | os.PathLike[str]) -> AgentKey:
+        """The key in `path`, made and saved (mode 600) the first time it is asked for; one
+        made at the same moment by another process is the one used."""
+        file = Path(path)
+        if file.exists():
+            return cls.load(file)
+        key = cls.generate()
+        try:
+            key.save(file)
+        except InvalidArgument:
+            return cls.load(file)
+        return key
+
     def seed(self) -> bytes:
         return self._key.private_bytes(
             serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
