@@ -502,3 +502,14 @@ def test_ledger_kind_names_only_kinds_the_ledger_holds(runner: CliRunner, demo: 
                                   "--kind", "captures"])
     assert refused.exit_code == 1
     assert "no posting of kind 'captures'" in refused.output and "capture" in refused.output
+
+
+@pytest.mark.parametrize("calls", [1, 25, 40, 50])
+def test_the_demo_budget_covers_every_call_it_allows_at_the_cheaper_list_price(calls: int):
+    """`demo --calls N` (1..50) hires N calls of the cheaper seller: the budget the buyer
+    negotiates with covers them at its list price (a fixed 0.05 USD did not past 28)."""
+    from decimal import Decimal
+
+    from marketplace.cli.demo import demo_budget
+
+    assert Decimal(demo_budget(calls)) >= Decimal("0.002") * calls
