@@ -197,9 +197,7 @@ class TaskStore:
 
     def holder_of(self, task_id: str) -> str:
         """Whose task this is, as far as the door can tell: its agreement when paid."""
-        with self._lock:
-            where = self._paid.get(task_id)
-        return where[0] if where is not None else task_id
+        return self.agreement_of(task_id) or task_id
 
     def agreement_of(self, task_id: str) -> str | None:
         """The agreement a paid task's call is paid under (None: not a paid task)."""
@@ -229,9 +227,8 @@ class TaskStore:
         with self._lock:
             chosen = [t for store in (self._tasks, self._answered) for t in store.values()
                       if t.context_id == context_id and (not state or t.status.state == state)]
-        chosen = [t for t in chosen if visible(t.id)]
-        with self._lock:
             chosen.sort(key=lambda t: self._order.get(t.id, 0), reverse=True)  # newest first
+        chosen = [t for t in chosen if visible(t.id)]  # outside: `visible` takes the lock
         page = []
         for task in chosen[offset:offset + page_size]:
             copy = a2a_pb2.Task()

@@ -24,15 +24,10 @@ import re
 from pathlib import Path
 
 from agents.errors import InvalidArgument
-from marketplace.home import DEFAULT_HOME, HOME_ENV, home
+from marketplace.home import DEFAULT_HOME, HOME_ENV, home, keys_folder
 from marketplace.identity import AgentKey
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
-
-
-def keys_folder() -> Path:
-    """Where this home keeps its named keys."""
-    return home() / "keys"
 
 
 def key_path(name: str) -> Path:

@@ -20,6 +20,11 @@ def home() -> Path:
     return Path(os.environ.get(HOME_ENV) or DEFAULT_HOME)
 
 
+def keys_folder() -> Path:
+    """Where this home keeps its named keys (the node's own, `keys/node.key`, among them)."""
+    return home() / "keys"
+
+
 def default_span_store() -> Path:
     """The span store `agentmarket trace` reads by default: pass it to `setup_tracing` so a
     program's traces are found there."""

@@ -209,17 +209,21 @@ class RedisLimits:
         try:
             self.client.ping()
         except self._errors as error:
-            return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+            return _first_line(error)
         return ""
 
     def close(self) -> None:
         self.client.close()
 
 
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+
+
 def _unavailable(what: str, error: BaseException) -> Unavailable:
-    first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
     return Unavailable(f"the shared {what} store (Redis) did not answer, so the request was "
-                       f"refused rather than let through unchecked; retry shortly ({first})",
+                       f"refused rather than let through unchecked; retry shortly "
+                       f"({_first_line(error)})",
                        reason="LIMITS_UNAVAILABLE")
 
 

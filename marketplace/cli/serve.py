@@ -147,11 +147,11 @@ def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file 
 
         node_key = load_key(key_file)
     else:  # the home's: receipts, checkpoints and the x402 network outlive a restart
-        from marketplace.home import home
+        from marketplace.home import keys_folder
         from marketplace.identity import AgentKey
 
         try:
-            node_key = AgentKey.kept(home() / "keys" / "node.key")
+            node_key = AgentKey.kept(keys_folder() / "node.key")
         except (AgentmarketError, OSError) as error:
             fail(f"cannot read the node's key: {getattr(error, 'message', error)}")
     stop = StopSignals()  # from here on, SIGTERM or Ctrl-C stops the servers in order

@@ -201,10 +201,11 @@ class UsdcRail(Payouts):
         for row in pending:
             try:
                 canonical = self._canonical_hash(row.block_number)
-            except Exception as error:  # the chain did not answer: not known gone, so not
+            except Exception as error:  # the chain did not answer: the block is not known
+                # gone, so the deposit stays seen (orphaning it would lose it for good)
                 log.warning("USDC rail %s: block %d not read (%s); tried again next scan",
                             self.name, row.block_number, str(error)[:200])
-                continue  # orphaned (a hiccup would have lost a valid deposit for good)
+                continue
             if canonical != row.block_hash:
                 self._set_deposit(row, "orphaned")
                 orphaned += 1
