@@ -14,6 +14,7 @@ each request once a 402 named the price, so a session costs one round trip per c
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import functools
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from google.protobuf.message import DecodeError
 from x402 import x402Client
 from x402.http.clients.httpx import x402AsyncTransport
 from x402.http.utils import (
@@ -48,6 +50,10 @@ OFFER_TTL_MS = 20_000
 # a 402 with these reasons after a voucher: the gateway no longer has the session (closed, or
 # forgotten by a restart); the client forgets it too, and the next payment opens a new one
 SESSION_GONE = frozenset({"session_unknown", "session_ended"})
+# A voucher refused because a later one of its session reached the gateway or the seller first
+# (calls of one session running at once; words are taken in order) is paid again with the
+# session's next, at most this many times per request
+MAX_REPLANS = 8
 
 
 @dataclass
@@ -55,7 +61,8 @@ class _Session:
     agreement: agreement_pb2.SignedAgreement
     payment: PaymentSession
     reserve_atomic: int
-    opened: bool = False
+    opened: bool = False  # its open payload was made
+    answered: bool = False  # the call carrying it was answered (the gateway knows it or not)
 
 
 class AgentmarketScheme:
@@ -145,6 +152,29 @@ class AgentmarketScheme:
                     refund = session.reserve_atomic - charged_atomic
                     session.payment.settle(0, -max(0, refund))
 
+    def awaits_open(self, agreement_id: str) -> bool:
+        """Whether this session's opening call is still unanswered."""
+        with self._lock:
+            return any(s.payment.agreement_id == agreement_id and s.opened and not s.answered
+                       for s in self.sessions.values())
+
+    def open_answered(self, agreement_id: str) -> None:
+        with self._lock:
+            for session in self.sessions.values():
+                if session.payment.agreement_id == agreement_id:
+                    session.answered = True
+
+    def overtaken(self, agreement_id: str, sequence: int) -> bool:
+        """Whether voucher `sequence` of this session may have been refused only because later
+        ones were made after it (and reached the gateway first): the session made others
+        since, or was followed by a new one (its chain spent). Its prepayment stays counted
+        as spent: the gateway takes each word once, so the next voucher must reveal a new one
+        (the session's capture is what the seller charged, the rest goes back at close)."""
+        with self._lock:
+            current = [s for s in self.sessions.values()
+                       if s.payment.agreement_id == agreement_id]
+            return not current or current[0].payment.sequence > sequence
+
     def finish_signature(self, agreement_id: str) -> str:
         """The buyer's signature that closes a session (`POST /v1/sessions/{id}/close`)."""
         return self.key.sign(ag.request_message("finish", agreement_id)).hex()
@@ -216,7 +246,11 @@ class PrepayTransport(httpx.AsyncBaseTransport):
     policies of its own, which may decide differently per payment). A voucher refused because
     its session is gone (closed, or forgotten by a restarted gateway) forgets the session and
     pays once more in a new one; a prepaid header refused otherwise is taken off the request,
-    so that x402's retry sends its own payment alone."""
+    so that x402's retry sends its own payment alone.
+
+    Calls of one session may run at once: the vouchers of a session wait until its opening
+    call is answered (the gateway knows the session only then), and a voucher overtaken by a
+    later one of its session is paid again with the next (`MAX_REPLANS`)."""
 
     def __init__(self, client: x402Client, schemes: dict[str, AgentmarketScheme],
                  inner: httpx.AsyncBaseTransport | None = None, *, prepay: bool = True) -> None:
@@ -228,6 +262,7 @@ class PrepayTransport(httpx.AsyncBaseTransport):
         self._inner = inner or httpx.AsyncHTTPTransport(verify=tls_context())
         self._required: dict[str, PaymentRequired] = {}
         self._templates: dict[str, _Template] = {}
+        self._opening: dict[str, asyncio.Event] = {}  # agreement id: answered when set
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = str(request.url)
@@ -235,17 +270,54 @@ class PrepayTransport(httpx.AsyncBaseTransport):
         ours = known is not None and "payment-signature" not in request.headers
         if ours:
             request.headers["PAYMENT-SIGNATURE"] = await self._header(url, known)
-        response, refused = await self._send(request, url)
+        response, refused = await self._paid_send(request, url)
         if refused is not None and refused.error in SESSION_GONE \
                 and self._forget(request.headers.get("payment-signature", "")):
             await response.aclose()  # that session is gone: once more, in a new one
-            payload = await self._client.create_payment_payload(refused)
-            request.headers["PAYMENT-SIGNATURE"] = encode_payment_signature_header(payload)
+            response, refused = await self._pay_again(request, url, refused)
             ours = True
-            response, refused = await self._send(request, url)
+        replans = 0
+        while refused is not None and refused.error == "payload_replayed" \
+                and replans < MAX_REPLANS and self._overtaken(request):
+            await response.aclose()  # a later voucher of its session went first
+            response, refused = await self._pay_again(request, url, refused)
+            ours, replans = True, replans + 1
         if ours and response.status_code == 402:
             del request.headers["PAYMENT-SIGNATURE"]  # x402's retry sends its own payment
         return response
+
+    async def _pay_again(self, request: httpx.Request, url: str, refused: PaymentRequired
+                         ) -> tuple[httpx.Response, PaymentRequired | None]:
+        payload = await self._client.create_payment_payload(refused)
+        request.headers["PAYMENT-SIGNATURE"] = encode_payment_signature_header(payload)
+        return await self._paid_send(request, url)
+
+    async def _paid_send(self, request: httpx.Request, url: str
+                         ) -> tuple[httpx.Response, PaymentRequired | None]:
+        """`_send`, a session's voucher held back until the call opening the session is
+        answered."""
+        sent = _session_payment(request.headers.get("payment-signature", ""))
+        if sent is None:
+            return await self._send(request, url)
+        kind, agreement_id, _ = sent
+        if kind == "voucher":
+            if any([s.awaits_open(agreement_id) for s in self._schemes.values()]):
+                await self._opening.setdefault(agreement_id, asyncio.Event()).wait()
+            return await self._send(request, url)
+        try:
+            return await self._send(request, url)
+        finally:
+            for scheme in self._schemes.values():
+                scheme.open_answered(agreement_id)
+            opening = self._opening.pop(agreement_id, None)
+            if opening is not None:
+                opening.set()
+
+    def _overtaken(self, request: httpx.Request) -> bool:
+        sent = _session_payment(request.headers.get("payment-signature", ""))
+        if sent is None or sent[0] != "voucher":
+            return False
+        return any([scheme.overtaken(sent[1], sent[2]) for scheme in self._schemes.values()])
 
     async def _send(self, request: httpx.Request, url: str
                     ) -> tuple[httpx.Response, PaymentRequired | None]:
@@ -299,6 +371,22 @@ class PrepayTransport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+
+def _session_payment(header: str) -> tuple[str, str, int] | None:
+    """(kind, agreement id, voucher sequence) of a PAYMENT-SIGNATURE paying with a session's
+    `open` or `voucher` payload; None for anything else."""
+    if not header:
+        return None
+    try:
+        payload = json.loads(base64.b64decode(header, validate=True))["payload"]
+        if payload["kind"] not in ("open", "voucher"):
+            return None
+        voucher = agreement_pb2.Voucher.FromString(base64.b64decode(payload["voucher"],
+                                                                    validate=True))
+    except (ValueError, TypeError, KeyError, binascii.Error, DecodeError):
+        return None
+    return payload["kind"], voucher.agreement_id, voucher.sequence
 
 
 def _has_hooks(client: x402Client) -> bool:

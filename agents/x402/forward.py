@@ -33,6 +33,11 @@ HTTP_OF_GRPC = {grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.NOT_FOUND
                 grpc.StatusCode.DEADLINE_EXCEEDED: 504,
                 grpc.StatusCode.FAILED_PRECONDITION: 409}
 
+# The seller refused a voucher the gateway had checked against the chain: a later word of the
+# same session reached the seller first (a buyer's calls running at once), and the seller takes
+# words in order. A 402 whose `error` is payload_replayed: the buyer pays again with its next.
+VOUCHER_REFUSED = 402
+
 
 class Channels:
     """One aio channel per seller endpoint (signed with the gateway's key, or plain)."""
@@ -96,6 +101,9 @@ async def invoke(channels: Channels, endpoint: str, arguments: dict[str, Any],
                 lambda: stub.Invoke(request, timeout=REFETCH_WAIT_S, metadata=metadata,
                                     wait_for_ready=True))  # while the channel reconnects
     except grpc.aio.AioRpcError as error:
+        if error_reason(error) == "INVALID_VOUCHER":
+            return VOUCHER_REFUSED, {"error": "payload_replayed",
+                                     "message": error.details() or ""}, 0
         return (HTTP_OF_GRPC.get(error.code(), 502),
                 {"error": error.code().name.lower(), "message": error.details() or ""}, 0)
     usage = response.usage

@@ -41,7 +41,7 @@ from x402.http.utils import (
     encode_payment_response_header,
     safe_base64_decode,
 )
-from x402.schemas import PaymentPayload, SettleResponse
+from x402.schemas import PaymentPayload
 from x402.schemas.hooks import CompletedSettlement
 
 from agents.payments import paid_call_metadata
@@ -130,7 +130,8 @@ class Gateway:
         self.channels = forward.Channels(self.key, tracer_provider)
         self.routes = Routes(node, self.server, self.network, self.key, self.channels)
         self.session_calls = SessionCalls(self.sessions, self.server, self.routes,
-                                          self.channels, node.key, self.network)
+                                          self.channels, node.key, self.network,
+                                          self.offer_again)
         self.answers = Answers(self.sessions)  # payment identifiers' first answers
         self._relays: set[asyncio.Task[None]] = set()  # streamed calls being relayed
 
@@ -229,8 +230,9 @@ class Gateway:
             headers = refined(instructions.headers, payload)
             failed = headers.get(PAYMENT_RESPONSE_HEADER)
             if failed and PAYMENT_REQUIRED_HEADER not in headers:  # the hold was refused
-                headers = {**headers, **await self._offer_again(
-                    route, request, arguments, decode_payment_response_header(failed))}
+                headers = {**headers, **await self.offer_again(
+                    route, request, arguments,
+                    decode_payment_response_header(failed).error_reason)}
             return JSONResponse(instructions.body or {}, status_code=instructions.status,
                                 headers=headers)
         held = processed.before_handler_settlement
@@ -260,6 +262,8 @@ class Gateway:
             settlement_overrides={"amount": str(charged)},
             declared_extensions=processed.declared_extensions)
         headers = dict(settled.headers)
+        if status == forward.VOUCHER_REFUSED:  # booked as nothing; the buyer pays again
+            headers = await self.offer_again(route, request, arguments, body["error"])
         answer = json.dumps(body).encode()
         headers["content-type"] = "application/json"
         if remember is not None:
@@ -367,16 +371,17 @@ class Gateway:
             declared_extensions=route.extensions, before_handler_settlement=CompletedSettlement(
                 phase="before-handler", flow="escrow", result=held, requirements=matching))
 
-    async def _offer_again(self, route: Route, request: Request, arguments: Any,
-                           failed: SettleResponse) -> dict[str, str]:
-        """The 402 to pay again after a refused hold, its `error` the refusal's reason."""
+    async def offer_again(self, route: Route, request: Request, arguments: Any,
+                          reason: str | None) -> dict[str, str]:
+        """The 402 to pay again after a refused hold or voucher, its `error` the refusal's
+        reason."""
         unpaid = HTTPRequestContext(adapter=Unpaid(request, arguments),
                                     path=request.url.path, method="POST")
         again = await route.http.process_http_request(unpaid)
         assert again.response is not None
         required = decode_payment_required_header(again.response.headers[
             PAYMENT_REQUIRED_HEADER])
-        refused = required.model_copy(update={"error": failed.error_reason})
+        refused = required.model_copy(update={"error": reason})
         return {PAYMENT_REQUIRED_HEADER: encode_payment_required_header(refused)}
 
     # ---- closing a session ----------------------------------------------------------------

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -44,13 +45,17 @@ class SessionCalls:
     """Pays and forwards a session's later calls (see the module's docstring)."""
 
     def __init__(self, sessions: SessionBook, server: x402ResourceServer, routes: Routes,
-                 channels: forward.Channels, key: AgentKey, network: str) -> None:
+                 channels: forward.Channels, key: AgentKey, network: str,
+                 offer_again: Callable[..., Awaitable[dict[str, str]]]) -> None:
+        """`offer_again(route, request, arguments, reason)`: the headers of a 402 to pay
+        again (the gateway's)."""
         self.sessions = sessions
         self.server = server
         self.routes = routes
         self.channels = channels
         self.key = key
         self.network = network
+        self.offer_again = offer_again
         self.answered = 0  # calls paid here (the rest took the full path)
 
     async def answer(self, request: Request, header: str, arguments: dict[str, Any],
@@ -75,6 +80,10 @@ class SessionCalls:
         status, answer, charged = await forward.invoke(
             self.channels, route.listing.endpoint, arguments, payment.voucher)
         self.sessions.charged(session, charged)
+        if status == forward.VOUCHER_REFUSED:  # overtaken at the seller: nothing booked
+            return Response(json.dumps(answer).encode(), status_code=status, headers={
+                **await self.offer_again(route, request, arguments, answer["error"]),
+                "content-type": "application/json"})
         receipt = receipts.chained(self.key, session.receipts, session.lock, receipts.body_of(
             self.network, body.buyer_id, body.seller_id, charged, body.terms.currency,
             session.hold_posting, {"agreementId": session.agreement_id,

@@ -1,0 +1,112 @@
+"""One x402 client's calls running at once: each is answered once and paid once.
+
+A session's words are taken in order by the gateway and by the seller, so a call whose voucher
+a later one of its session overtook (on the way to the gateway, or between the gateway and
+the seller) is refused with a 402 (`payload_replayed`, never a 502) and the client pays it
+again with the session's next voucher; the calls sent while a session is being opened wait
+for its opening call's answer. Real parts: a node (SQLite file), a seller on gRPC, the
+gateway on uvicorn (loopback) and x402's own httpx client.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import asyncio
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from x402.http.utils import decode_payment_required_header
+
+from agents.x402 import forward, http_client
+from agents.x402.client import PrepayTransport
+from tests.x402_market import Market, books_balance, open_market
+
+SHOUT_ATOMIC = 2_000_000  # shout's list price, 0.002 USD in atomic units
+
+
+@pytest.fixture
+def market(tmp_path) -> Iterator[Market]:
+    yield from open_market(tmp_path)
+
+
+async def _close_all(market: Market, schemes: dict) -> int:
+    """Close every session the gateway holds for the buyer; what was captured in all."""
+    captured = 0
+    async with httpx.AsyncClient(timeout=30) as plain:
+        for agreement in list(market.gateway.sessions.sessions):
+            closed = await plain.post(f"{market.http.url}/v1/sessions/{agreement}/close",
+                                      json={"finish": schemes["exact"].finish_signature(
+                                          agreement)})
+            assert closed.status_code == 200, closed.text
+            captured += int(closed.json()["captured"])
+    return captured
+
+
+def test_forty_calls_of_one_client_at_once_are_each_answered_and_paid_once(market):
+    seller_before = market.posted(market.seller.agent_id)
+
+    async def run() -> tuple[list[int], int]:
+        client, schemes = http_client(market.key, market.network, calls_per_session=10)
+        async with client:
+            first = await client.post(market.url("shout"), json={"text": "first"})
+            rest = await asyncio.gather(*(client.post(market.url("shout"), json={"text": "a"})
+                                          for _ in range(40)))
+            answers = [first, *rest]
+            return [a.status_code for a in answers], await _close_all(market, schemes)
+
+    codes, captured = asyncio.run(run())
+    assert codes == [200] * 41
+    assert captured == 41 * SHOUT_ATOMIC  # each answered call once, nothing more
+    assert market.posted(market.seller.agent_id) - seller_before > 0
+    books_balance(market.node)
+
+
+def test_a_voucher_overtaken_at_the_seller_is_a_402_and_is_paid_again(market, monkeypatch):
+    """The gateway spends words 2 then 3, but 3 reaches the seller first: word 2's call is
+    answered 402 with PAYMENT-REQUIRED (payload_replayed), and paid again with word 4."""
+    invoke, delayed = forward.invoke, []
+
+    async def late_word_two(channels, endpoint, arguments, voucher, proof=b""):
+        if voucher.sequence == 2 and not delayed:
+            delayed.append(voucher.sequence)
+            await asyncio.sleep(0.5)
+        return await invoke(channels, endpoint, arguments, voucher, proof)
+
+    monkeypatch.setattr(forward, "invoke", late_word_two)
+    seen: list[tuple[int, str | None]] = []
+    send = PrepayTransport._send
+
+    async def recorded(self, request, url):
+        response, refused = await send(self, request, url)
+        seen.append((response.status_code, refused.error if refused else None))
+        if response.status_code == 402 and refused is not None:
+            again = decode_payment_required_header(response.headers["payment-required"])
+            assert again.accepts  # what to pay again with
+        return response, refused
+
+    monkeypatch.setattr(PrepayTransport, "_send", recorded)
+
+    async def run() -> tuple[list[int], int]:
+        client, schemes = http_client(market.key, market.network, calls_per_session=10)
+        async with client:
+            first = await client.post(market.url("shout"), json={"text": "first"})
+
+            async def second() -> httpx.Response:
+                await asyncio.sleep(0.1)  # word 3 leaves after word 2
+                return await client.post(market.url("shout"), json={"text": "third"})
+
+            overtaken, later = await asyncio.gather(
+                client.post(market.url("shout"), json={"text": "second"}), second())
+            assert overtaken.json()["output"] == {"text": "SECOND"}
+            return [first.status_code, overtaken.status_code, later.status_code], \
+                await _close_all(market, schemes)
+
+    codes, captured = asyncio.run(run())
+    assert delayed == [2] and codes == [200, 200, 200]
+    assert (402, "payload_replayed") in seen
+    assert captured == 3 * SHOUT_ATOMIC
+    books_balance(market.node)
