@@ -61,6 +61,7 @@ from marketplace.v1 import agreement_pb2, settlement_pb2
 
 VOUCHER_METADATA_KEY = "agentmarket-voucher-bin"
 MAX_CALL_ID_CHARS = 128
+UNNAMED_CALL_PREFIX = "#"  # a call sent without a call id is named "#<voucher sequence>"
 # Agreements one buyer may have countersigned here, with no call and their offer still open
 # (an agreement costs the buyer nothing until it is escrowed; keys are free).
 MAX_FRESH_AGREEMENTS_PER_BUYER = 32
@@ -210,6 +211,9 @@ class PaymentGate(GateRedeems):
             raise InvalidVoucher("the voucher is for a different agreement than the request")
         if len(call_id) > MAX_CALL_ID_CHARS:
             raise InvalidArgument(f"call_id is longer than {MAX_CALL_ID_CHARS} characters")
+        if call_id.startswith(UNNAMED_CALL_PREFIX):  # the gate's own names: never a buyer's
+            raise InvalidArgument(f"call_id may not begin with {UNNAMED_CALL_PREFIX!r}: calls "
+                                  "sent without one are named so")
         account = self._account(agreement_id)
         with account.lock:
             known = account.calls.get(call_id) if call_id else None
@@ -246,12 +250,14 @@ class PaymentGate(GateRedeems):
                         > account.body.terms.max_total_atomic:
                     raise BudgetExceeded("the agreement's budget is spent")
                 raise InvalidVoucher("the voucher does not prepay this call's maximum")
+            key = call_id or f"{UNNAMED_CALL_PREFIX}{voucher.sequence}"
+            if key in account.calls:  # one name, one call: a second would share its record
+                raise InvalidArgument(f"call {key!r} was already made under this agreement")
             account.anchor_word, account.anchor_index = voucher.payword, voucher.payword_index
             account.sequence = voucher.sequence
             account.authorised_atomic = voucher.cumulative_atomic
             account.latest = voucher
             account.reserved_atomic += reserve
-            key = call_id or f"#{voucher.sequence}"
             account.calls[key] = CallPayment(voucher.sequence, voucher.payword, reserve,
                                        voucher.SerializeToString())
             return Admission(agreement_id, key, voucher.sequence, reserve)

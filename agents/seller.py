@@ -85,6 +85,12 @@ from marketplace.v1 import registry_pb2, registry_pb2_grpc, settlement_pb2, sett
 RPC_TIMEOUT_S = 10.0
 WITHDRAW_TIMEOUT_S = 3.0  # stopping waits at most this for the marketplace
 MAX_FINISHES_REMEMBERED = 512
+# A redeem the marketplace refused for good (no such escrow, say) is answered from memory for
+# this long, and only while the seller has seen no escrow of the agreement: a buyer's Finish
+# repeated on an agreement it never hired cannot spend the seller's own request quota at the
+# marketplace, which its heartbeats and other buyers' redeems draw on too
+REDEEM_REFUSAL_KEPT_S = 30.0
+MAX_REDEEM_REFUSALS_KEPT = 4096
 log = logging.getLogger("agentmarket.seller")
 
 
@@ -161,6 +167,7 @@ class SellerAgent:
         self.node_id = ""  # the node's key (its AdvertiseResponse): checks escrow proofs
         self._locks_guard = threading.Lock()
         self._finishes_checked: dict[str, bytes] = {}  # agreement id: its buyer's finish signature
+        self._redeem_refusals: dict[str, tuple[float, FailedPrecondition]] = {}  # until, why
         channel = signed_channel(
             self.marketplace, self.key, credentials, options=market_options(self.marketplace),
             interceptors=[*node_retry(self.marketplace), *client_interceptors(tracer_provider)])
@@ -467,19 +474,32 @@ class SellerAgent:
                 request.confirm_signature):
             raise PermissionDenied("confirm_signature is not the buyer's signature of its "
                                    "confirm")
+        kept = self._redeem_refusals.get(request.agreement_id)
+        if kept is not None and kept[0] > time.monotonic() \
+                and request.agreement_id not in self._escrowed:
+            raise type(kept[1])(kept[1].message, reason=kept[1].reason)
         try:
             escrow = self._redeem(request.agreement_id, request.confirm_signature)
         except grpc.RpcError as error:
-            if error.code() in ANSWER_MAY_BE_LOST:  # an outage, not an answer: finish again
-                raise Unavailable(f"the marketplace did not answer the redeem "
+            if error.code() in ANSWER_MAY_BE_LOST or \
+                    error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:  # not an answer
+                raise Unavailable(f"the marketplace did not take the redeem "
                                   f"({error.code().name}): {error.details()}; finish again"
                                   ) from None
-            refused = sdk_error(error)
-            message = f"redeem failed at the marketplace: {refused.message}"
-            if isinstance(refused, FailedPrecondition):  # keeps its reason (DEADLINE_PASSED)
-                raise type(refused)(message, reason=refused.reason) from None
-            raise FailedPrecondition(message) from None
+            refusal = _finish_refusal(sdk_error(error))
+            if len(self._redeem_refusals) >= MAX_REDEEM_REFUSALS_KEPT:
+                self._redeem_refusals.clear()
+            self._redeem_refusals[request.agreement_id] = \
+                (time.monotonic() + REDEEM_REFUSAL_KEPT_S, refusal)
+            raise refusal from None
         return agent_pb2.FinishResponse(escrow=escrow)
+
+
+def _finish_refusal(refused: AgentmarketError) -> FailedPrecondition:
+    message = f"redeem failed at the marketplace: {refused.message}"
+    if isinstance(refused, FailedPrecondition):  # keeps its reason (DEADLINE_PASSED)
+        return type(refused)(message, reason=refused.reason)
+    return FailedPrecondition(message)
 
 
 def _now_ms() -> int:

@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from agents import BuyerAgent, SellerAgent, per_call, skill
 from agents import _strategy_host as strategy_host
 from agents._strategy_host import MAX_NEGOTIATIONS_PER_BUYER, OFFER_TTL_MS
-from agents.errors import AgreementEnded
+from agents.errors import AgreementEnded, InvalidArgument
 from agents.payments import MAX_FRESH_AGREEMENTS_PER_BUYER, VOUCHER_METADATA_KEY
 from agents.v1 import agent_pb2, agent_pb2_grpc
 from marketplace import agreements as ag
@@ -284,3 +284,53 @@ def test_a_declined_negotiation_frees_its_place_at_once(market):
     _stub(seller, other).Negotiate(agent_pb2.NegotiationMessage(
         reject_reason="not mine", rfq_id="kept"), timeout=10)
     assert list(seller.negotiator.negotiations) == [(key.agent_id, "kept")]
+
+
+def test_a_call_id_in_the_sellers_own_names_is_refused_and_every_call_keeps_its_record(market):
+    """Calls sent without a call id are named "#<voucher sequence>": a buyer naming a call so
+    would share the record of a later unnamed one (one journal row for two answers)."""
+    node, seller, buyer = market
+    RELEASE.set()
+    deal = buyer.negotiate(buyer.discover("slow"), "slow", quantity=3, budget="0.05",
+                           currency="USD")
+    buyer.hire(deal)
+    with pytest.raises(InvalidArgument, match="may not begin with '#'"):
+        buyer.call(deal, {"text": "a"}, call_id="#2")
+    assert buyer.call(deal, {"text": "b"}) == {"text": "B"}
+    assert buyer.call(deal, {"text": "c"}, call_id="mine") == {"text": "C"}
+    account = seller.gate._accounts[deal.agreement_id]
+    assert len(account.calls) == 2 and account.reserved_atomic == 0
+    escrow = buyer.finish(deal, confirm=True)
+    assert escrow.captured_atomic == 2 * deal.body.terms.unit_price_atomic
+    books_balance(node)
+
+
+@pytest.mark.parametrize("kind", ["threaded", "aio"])
+def test_finishing_an_agreement_never_hired_again_and_again_spends_no_quota_of_the_seller(
+        tmp_path: Path, kind: str):
+    """Each Finish would make the seller redeem at the node under its own key: the node's
+    refusal is remembered, so the repeats cost the seller no request of its quota there, and
+    another buyer's finish goes through."""
+    with MarketplaceNode(f"sqlite:///{tmp_path / 'm.db'}", sweep_interval_s=3600,
+                         rate_limit_per_s=5, rate_limit_burst=30) as node, \
+            SellerAgent("s", skills=[slow], marketplace=node.address, server=kind), \
+            BuyerAgent("victim", marketplace=node.address) as victim, \
+            BuyerAgent("hostile", marketplace=node.address) as hostile:
+        RELEASE.set()
+        victim.fund("1.00", "USD")
+        good = victim.negotiate(victim.discover("slow"), "slow", quantity=3, budget="0.05",
+                                currency="USD")
+        victim.hire(good)
+        assert victim.call(good, {"text": "hi"}) == {"text": "HI"}
+        bad = hostile.negotiate(hostile.discover("slow"), "slow", quantity=3, budget="0.05",
+                                currency="USD")  # countersigned, never hired
+        stub = hostile._seller(bad.body.seller_endpoint)
+        codes = set()
+        for _ in range(40):
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.Finish(hostile._finish_request(bad, False), timeout=10)
+            codes.add(refused.value.code())
+        assert codes == {grpc.StatusCode.FAILED_PRECONDITION}
+        escrow = victim.finish(good, confirm=True)
+        assert escrow.captured_atomic == good.body.terms.unit_price_atomic
+        books_balance(node)
