@@ -34,6 +34,8 @@ CARD_PATH = "/.well-known/agent-card.json"
 def _single_text_field(schema: dict[str, Any]) -> str:
     """The one string property an input schema requires ('' if not exactly one): a text part
     is then that property."""
+    if not isinstance(schema, dict):  # true or false: a valid schema with no properties
+        return ""
     props = schema.get("properties") or {}
     strings = [name for name, spec in props.items()
                if isinstance(spec, dict) and spec.get("type") == "string"]

@@ -86,13 +86,18 @@ def check_schema(text: str, field: str) -> None:
 @functools.lru_cache(maxsize=4096)
 def _schema_problem(text: str) -> str:
     try:
-        schema = json.loads(text)
+        schema = json.loads(text, parse_constant=_no_constant)
         if not isinstance(schema, dict | bool):
             return "a JSON Schema is an object (or true or false)"
         validator_for(schema).check_schema(schema)
     except (ValueError, SchemaError, RecursionError) as error:
         return str(error)[:500]
     return schema_regex.problem(schema) or schema_refs.problem(schema)
+
+
+def _no_constant(name: str) -> Any:
+    """NaN and Infinity: Python's JSON reads them, JSON (and every other reader) does not."""
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def check_skill(skill: registry_pb2.Skill) -> None:

@@ -15,6 +15,7 @@ the agreement. Bad filters answer 400 with the reason; an unknown or expired lis
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
 PREFIX = "/cards"
 MAX_RESULTS = 50
+log = logging.getLogger("agentmarket.cards")
 HTTP_STATUS = {"INVALID_ARGUMENT": 400, "NOT_FOUND": 404, "RESOURCE_EXHAUSTED": 429}
 
 
@@ -64,8 +66,14 @@ def catalogue(node: MarketplaceNode) -> HttpPart:
         except AgentmarketError as error:
             return _refused(error)
         base = base_url(request)
-        return JSONResponse({"cards": [{"url": f"{base}{PREFIX}/{lst.agent_id}{CARD_PATH}",
-                                        "card": card_of(lst, base)} for lst in listings]})
+        cards = []
+        for listing in listings:  # one listing whose card cannot be made hides no other
+            try:
+                cards.append({"url": f"{base}{PREFIX}/{listing.agent_id}{CARD_PATH}",
+                              "card": card_of(listing, base)})
+            except Exception:
+                log.exception("no Agent Card for the listing of %s", listing.agent_id)
+        return JSONResponse({"cards": cards})
 
     app = Starlette(routes=[Route("/search", search),
                             Route("/{agent_id}" + CARD_PATH, one)])
@@ -73,7 +81,9 @@ def catalogue(node: MarketplaceNode) -> HttpPart:
 
 
 def _int(text: str, name: str, low: int, high: int) -> int:
-    if not text.isdigit() or not low <= int(text) <= high:
+    # isdigit() alone also takes "²" and other digits int() refuses
+    if not (text.isascii() and text.isdigit() and len(text) <= 19) \
+            or not low <= int(text) <= high:
         raise InvalidArgument(f"{name} must be an integer from {low} to {high}")
     return int(text)
 
