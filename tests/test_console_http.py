@@ -239,3 +239,25 @@ def test_serve_console_options_are_checked_in_one_line(args: list[str]):
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith("error:"), \
         result.output
+
+
+def test_the_audit_pager_reaches_every_action_once_when_many_share_a_millisecond(
+        market: ConsoleMarket):
+    """The "Older" link carries the last row's time and id: actions of one millisecond that
+    do not fit on a page are on the next one, not on none."""
+    audit = market.node.console.pages.audit
+    for i in range(101):  # long ago: after every other test's actions
+        audit.begin(at_ms=1_000, operator="Ada", session="s", key_id="k", action="freeze",
+                    target=f"pager-{i:03d}", detail={}, trace_id="")
+    client, _ = _log_in(market)
+    seen: list[str] = []
+    url = "/console/audit"
+    for _ in range(50):
+        page = client.get(url).text
+        seen += re.findall(r"pager-\d{3}", page)
+        older = re.search(r'href="(/console/audit\?before=[0-9]+:[0-9a-f]{32})"', page)
+        if older is None:
+            break
+        url = older.group(1)
+    assert sorted(set(seen)) == [f"pager-{i:03d}" for i in range(101)]
+    assert len(seen) == len(set(seen)) * seen.count("pager-000")  # each on one page only

@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy import Engine, and_, func, insert, or_, select, update
 
 from marketplace.tables import OperatorActionRow
 
@@ -57,14 +57,19 @@ class AuditTrail:
             conn.execute(update(ACTIONS).where(ACTIONS.c.id == action_id).values(
                 outcome=outcome, message=message[:MAX_MESSAGE]))
 
-    def records(self, *, target: str = "", limit: int = 100,
-                before_ms: int = 0) -> list[ActionRecord]:
-        """Newest first; `target` narrows to one approval, wallet or agreement."""
-        query = select(ACTIONS).order_by(ACTIONS.c.at_ms.desc(), ACTIONS.c.id).limit(
+    def records(self, *, target: str = "", limit: int = 100, before_ms: int = 0,
+                before_id: str = "") -> list[ActionRecord]:
+        """Newest first (ties by id); `target` narrows to one approval, wallet or agreement;
+        (`before_ms`, `before_id`): the page after the record with that time and id (actions
+        of one millisecond may span two pages; none is skipped)."""
+        query = select(ACTIONS).order_by(ACTIONS.c.at_ms.desc(), ACTIONS.c.id.desc()).limit(
             max(1, min(limit, PAGE_MAX)))
         if target:
             query = query.where(ACTIONS.c.target == target)
-        if before_ms:
+        if before_ms and before_id:
+            query = query.where(or_(ACTIONS.c.at_ms < before_ms, and_(
+                ACTIONS.c.at_ms == before_ms, ACTIONS.c.id < before_id)))
+        elif before_ms:
             query = query.where(ACTIONS.c.at_ms < before_ms)
         with self.engine.connect().execution_options(agentmarket_read=True) as conn:
             return [ActionRecord(r.id, r.at_ms, r.operator, r.session, r.key_id, r.action,

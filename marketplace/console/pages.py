@@ -234,7 +234,11 @@ class Pages:
                             nav="traces")
 
     async def audit_page(self, request: Request, session: Session) -> Response:
-        before = query_int(request.query_params.get("before", "")) or 0
-        rows = await run_in_threadpool(lambda: self.audit.records(limit=100, before_ms=before))
+        when, _, action = request.query_params.get("before", "").partition(":")
+        before = query_int(when) or 0
+        after_id = action if len(action) == 32 and action.isascii() and action.isalnum() \
+            else ""
+        rows = await run_in_threadpool(lambda: self.audit.records(
+            limit=100, before_ms=before, before_id=after_id))
         return self._render(request, session, "audit.html", rows=rows, title="Audit trail",
                             nav="audit")
