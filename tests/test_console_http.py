@@ -261,3 +261,43 @@ def test_the_audit_pager_reaches_every_action_once_when_many_share_a_millisecond
         url = older.group(1)
     assert sorted(set(seen)) == [f"pager-{i:03d}" for i in range(101)]
     assert len(seen) == len(set(seen)) * seen.count("pager-000")  # each on one page only
+
+
+def test_every_waiting_approval_is_on_a_page_however_many_another_wallet_files(
+        tmp_path: Path):
+    """A wallet owner who sends 200 spends of its own to a person cannot push an older
+    request of another wallet off the Approvals page: "Older" pages reach it."""
+    import uuid
+
+    import grpc
+
+    from tests.console_market import TIMEOUT_S, usd
+    from wallets.v1 import wallet_pb2
+
+    built = build_console_market(tmp_path)
+    try:
+        hostile = built.wallets("idle")
+        hostile.SetPolicy(wallet_pb2.SetPolicyRequest(
+            idempotency_key=uuid.uuid4().hex, account_id=built.accounts["idle"],
+            policy=wallet_pb2.WalletPolicy(approval_threshold_atomic=1)), timeout=TIMEOUT_S)
+        for _ in range(200):
+            with pytest.raises(grpc.RpcError):
+                hostile.Transfer(wallet_pb2.TransferRequest(
+                    idempotency_key=uuid.uuid4().hex, debit_account_id=built.accounts["idle"],
+                    credit_account_id=built.accounts["seller"], amount=usd(2)),
+                    timeout=TIMEOUT_S)
+        client, _ = _log_in(built)
+        seen: list[str] = []
+        url = "/console/approvals?status=pending"
+        for _ in range(10):
+            page = client.get(url)
+            assert page.status_code == 200
+            seen += re.findall(r'data-approval="([^"]+)"', page.text)
+            older = re.search(r'id="next-page" href="([^"]+)"', page.text)
+            if older is None:
+                break
+            url = older.group(1).replace("&amp;", "&")
+        assert len(seen) == len(set(seen)) == 201
+        assert built.approval_id in seen
+    finally:
+        built.close()

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, and_, insert, or_, select, update
 
 from wallets.errors import (
     ApprovalDenied,
@@ -177,14 +177,18 @@ def check_decision(approval: str, decided_by: str, note: str) -> None:
 
 
 def query(conn: Connection, *, account_id: str = "", status: str = "", limit: int = 100,
-          now_ms: int) -> list[Approval]:
-    """Approvals, newest first; `status` filters on the effective status (expiry included)."""
+          now_ms: int, after: tuple[int, str] | None = None) -> list[Approval]:
+    """Approvals, newest first (ties by id); `status` filters on the effective status (expiry
+    included); `after` = (created_at_ms, id) of the last one of the page before."""
     if status and status not in STATUSES:
         raise InvalidArgument(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
     if not 1 <= limit <= MAX_LIST:
         raise InvalidArgument(f"limit must be 1..{MAX_LIST}")
     c = APPROVALS.c
     stmt = select(APPROVALS).order_by(c.created_at_ms.desc(), c.id).limit(limit)
+    if after is not None:
+        stmt = stmt.where(or_(c.created_at_ms < after[0],
+                              and_(c.created_at_ms == after[0], c.id > after[1])))
     if account_id:
         stmt = stmt.where(c.account_id == account_id)
     live = c.expires_at_ms > now_ms

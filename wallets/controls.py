@@ -106,11 +106,12 @@ class WalletControls:
 
     # ---- approvals ----------------------------------------------------------------------------
 
-    def approvals(self, account_id: str = "", *, status: str = "",
-                  limit: int = 100) -> list[Approval]:
+    def approvals(self, account_id: str = "", *, status: str = "", limit: int = 100,
+                  after: tuple[int, str] | None = None) -> list[Approval]:
+        """Newest first; `after`: (created_at_ms, id) of the previous page's last."""
         with self._read() as conn:
             return approvals.query(conn, account_id=account_id, status=status, limit=limit,
-                                   now_ms=self.ledger.clock_ms())
+                                   now_ms=self.ledger.clock_ms(), after=after)
 
     def approve(self, key: str, approval_id: str, *, decided_by: str,
                 note: str = "") -> Approval:

@@ -28,6 +28,7 @@ from marketplace.escrows import read_row
 from wallets.approvals import STATUSES as APPROVAL_STATUSES
 from wallets.errors import AgentmarketError
 
+APPROVALS_PAGE = 200
 POSTING_KINDS = ("deposit", "withdraw", "transfer", "hold", "capture", "void", "expire",
                  "convert")
 
@@ -91,12 +92,15 @@ class Pages:
     async def approvals(self, request: Request, session: Session) -> Response:
         status = request.query_params.get("status", "pending")
         status = status if status in APPROVAL_STATUSES or status == "" else "pending"
-        rows = await run_in_threadpool(self.reads.approvals, status)
+        when, _, last = request.query_params.get("after", "").partition(":")
+        after = (query_int(when) or 0, last) if when and 0 < len(last) <= 128 else None
+        rows = await run_in_threadpool(self.reads.approvals, status, APPROVALS_PAGE, after)
         names = await run_in_threadpool(self.reads.names, [r.owner for r in rows] + [
             c for r in rows for c in r.approval.counterparty.split(", ")])
         return self._render(request, session, "approvals.html", rows=rows, status=status,
                             statuses=APPROVAL_STATUSES, names=names, title="Approvals",
-                            nav="approvals")
+                            nav="approvals", more=len(rows) == APPROVALS_PAGE,
+                            paged=after is not None)
 
     async def decide(self, request: Request, session: Session) -> Response:
         form = request.state.form

@@ -152,8 +152,10 @@ class ConsoleReads:
 
     # ---- approvals --------------------------------------------------------------------------
 
-    def approvals(self, status: str = "pending", limit: int = 200) -> list[WaitingApproval]:
-        found = self.controls.approvals(status=status, limit=limit)
+    def approvals(self, status: str = "pending", limit: int = 200,
+                  after: tuple[int, str] | None = None) -> list[WaitingApproval]:
+        """A page of approvals, newest first; `after`: the last of the page before."""
+        found = self.controls.approvals(status=status, limit=limit, after=after)
         accounts = {a.account_id for a in found}
         owners = self.owners(accounts)
         thresholds = {}
