@@ -6,13 +6,16 @@ terminal's scrollback later is worth nothing. A successful login makes a session
 in an HttpOnly, SameSite=Strict cookie, and a CSRF token every form and htmx request must echo
 (compared in constant time). Sessions live in this process's memory, with an absolute
 lifetime; a restarted node forgets them. Wrong tokens are counted: past `MAX_FAILURES` within
-`FAILURE_WINDOW_S` further attempts are refused until the window passes.
+`FAILURE_WINDOW_S` they are refused as too many, and logged. The right token still logs in:
+a token of 32 random bytes cannot be guessed, so a lock would only let anyone who reaches the
+port keep the operator out.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import threading
@@ -26,6 +29,7 @@ SESSION_TTL_S = 12 * 3600
 MAX_SESSIONS = 1000
 MAX_FAILURES = 20
 FAILURE_WINDOW_S = 60.0
+log = logging.getLogger("agentmarket.console")
 NAME_PATTERN = re.compile(r"^[\w .@'-]{1,64}\Z")
 
 
@@ -92,10 +96,15 @@ class Sessions:
         with self._lock:
             while self._failures and self._failures[0] < now - FAILURE_WINDOW_S:
                 self._failures.popleft()
-            if len(self._failures) >= MAX_FAILURES:
-                raise LoginRefused("too many wrong login tokens lately; wait a minute")
             if not token or not hmac.compare_digest(token.encode(), self._token.encode()):
                 self._failures.append(now)
+                if len(self._failures) > MAX_FAILURES:
+                    if len(self._failures) == MAX_FAILURES + 1:
+                        log.warning("more than %d wrong console login tokens in %.0f s",
+                                    MAX_FAILURES, FAILURE_WINDOW_S)
+                    while len(self._failures) > MAX_FAILURES + 1:  # bounded memory
+                        self._failures.popleft()
+                    raise LoginRefused("too many wrong login tokens lately; wait a minute")
                 raise LoginRefused("that login token is wrong or already used; use the one "
                                    "the node printed last")
             self._token = ""  # spent; a fresh one is announced below
