@@ -67,6 +67,7 @@ def _refusal(refuse: Callable[..., None], context: grpc.aio.ServicerContext) -> 
 async def _invoke(seller: SellerAgent, executor: Executor, request: agent_pb2.InvokeRequest,
                   context: grpc.aio.ServicerContext) -> agent_pb2.InvokeResponse:
     calls = seller.calls
+    calls.admitter.vouch(request, context)
     checked = calls.checked_input(request)
     admission = calls.admitter.admit(request, context, partial=False)
     if admission.replay is not None:

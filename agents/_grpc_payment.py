@@ -25,6 +25,7 @@ from wallets.metrics import market_metrics
 # Statuses after which a call may have run although its answer never came back
 ANSWER_MAY_BE_LOST = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
                                 grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN})
+PRECHECK_INPUT_CHARS = 16_384
 INVOKE = "/agents.v1.AgentService/Invoke"
 INVOKE_STREAM = "/agents.v1.AgentService/InvokeStream"
 
@@ -124,6 +125,20 @@ class PaidCallAdmitter:
             market_metrics().paid_calls.add(1, {"currency": terms.currency,
                                                 "skill": terms.skill})
         return admission
+
+    def vouch(self, request: Any, context: Any,
+              voucher: agreement_pb2.Voucher | None = None) -> None:
+        """Before a large input is read (over PRECHECK_INPUT_CHARS: parsing and checking it
+        against the skill's schema costs milliseconds), refuse a voucher that is not genuine,
+        so that whoever learned an agreement id cannot make the seller read megabytes for
+        free. A smaller input is read first, so that a call refused for its input spends no
+        voucher."""
+        if len(request.input_json) <= PRECHECK_INPUT_CHARS or \
+                not self.gate.known(request.agreement_id):  # admission refuses it
+            return
+        if voucher is None:
+            voucher = voucher_of(context.invocation_metadata())
+        self.gate.vouch(request.agreement_id, voucher, request.call_id)
 
     def _draw(self, subject: str, cost: int = 1) -> None:
         assert self.rate_limit is not None

@@ -127,6 +127,7 @@ class PaidCalls:
         """A paid unary call: admit its voucher (`voucher`, or the call metadata's), run the
         skill, charge, answer. A retried call id gets its first answer; a call that fails
         gives its reserve back. Every door (agents.v1, A2A) pays through here."""
+        self.admitter.vouch(request, context, voucher)
         checked = self.checked_input(request)
         admission = self.admitter.admit(request, context, partial=False, voucher=voucher)
         if admission.replay is not None:
@@ -191,6 +192,7 @@ class PaidCalls:
         AgentmarketError; a failing skill's exception propagates, its reserve released)."""
         admission = None
         try:
+            self.admitter.vouch(request, context, voucher)
             checked = self.checked_input(request)
             admission = self.admitter.admit(request, context, partial=True, voucher=voucher)
             if admission.replay is not None:

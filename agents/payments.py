@@ -56,7 +56,7 @@ from marketplace import agreements as ag
 from marketplace import escrow_proof
 from marketplace.errors import ReceiptLimit
 from marketplace.identity import AgentKey
-from marketplace.payword import verify_word
+from marketplace.payword import CHEAP_CHECK_HASHES, verify_word
 from marketplace.v1 import agreement_pb2, settlement_pb2
 
 VOUCHER_METADATA_KEY = "agentmarket-voucher-bin"
@@ -395,6 +395,30 @@ class PaymentGate(GateRedeems):
 
     def unspent(self, agreement_id: str) -> int:
         return self._account(agreement_id).available_atomic
+
+    def vouch(self, agreement_id: str, voucher: agreement_pb2.Voucher | None,
+              call_id: str = "") -> None:
+        """Raise what `admit` would for a voucher that is not genuine (missing, for another
+        agreement, replayed, forged), changing nothing; a voucher whose check is dear passes
+        (`admit` makes its sender pay for the hashing first)."""
+        if voucher is None:
+            raise PaymentRequired("this method is paid: attach a voucher "
+                                  f"({VOUCHER_METADATA_KEY} metadata)")
+        if voucher.agreement_id != agreement_id:
+            raise InvalidVoucher("the voucher is for a different agreement than the request")
+        account = self._account(agreement_id)
+        with account.lock:
+            known = account.calls.get(call_id) if call_id else None
+            if known is not None:  # a retry: its first voucher again
+                if voucher.sequence != known.sequence or voucher.payword != known.payword:
+                    raise InvalidVoucher(f"call {call_id!r} was paid by another voucher; a "
+                                         "retry must send the same one")
+                return
+            self._check_unhashed(account, voucher)
+            if voucher.payword_index - account.anchor_index <= CHEAP_CHECK_HASHES and \
+                    not verify_word(voucher.payword, voucher.payword_index,
+                                    account.anchor_word, account.anchor_index):
+                raise InvalidVoucher("the voucher's payword is forged")
 
     def check_hashes(self, agreement_id: str, voucher: agreement_pb2.Voucher | None) -> int:
         """How many SHA-256s checking `voucher` would take (from the last word seen); none

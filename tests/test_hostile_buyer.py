@@ -5,6 +5,7 @@ Each gets a clear refusal and costs the seller neither money nor service to othe
 from __future__ import annotations
 
 import functools
+import json
 import threading
 import time
 import uuid
@@ -333,4 +334,42 @@ def test_finishing_an_agreement_never_hired_again_and_again_spends_no_quota_of_t
         assert codes == {grpc.StatusCode.FAILED_PRECONDITION}
         escrow = victim.finish(good, confirm=True)
         assert escrow.captured_atomic == good.body.terms.unit_price_atomic
+        books_balance(node)
+
+
+@pytest.mark.parametrize("kind", ["threaded", "aio"])
+def test_a_stranger_with_a_forged_voucher_cannot_make_the_seller_read_a_large_input(
+        tmp_path: Path, kind: str):
+    """Whoever learned an agreement id can send a megabyte of input with a made-up voucher:
+    it is refused for its voucher before the input is parsed and checked against the skill's
+    schema; the buyer's own large inputs are read and served."""
+    with MarketplaceNode(f"sqlite:///{tmp_path / 'm.db'}", sweep_interval_s=3600) as node, \
+            SellerAgent("s", skills=[slow], marketplace=node.address, server=kind) as seller, \
+            BuyerAgent("buyer", marketplace=node.address) as buyer:
+        RELEASE.set()
+        buyer.fund("1.00", "USD")
+        deal = buyer.negotiate(buyer.discover("slow"), "slow", quantity=3, budget="0.05",
+                               currency="USD")
+        buyer.hire(deal)
+        read = []
+        checked_input = seller.calls.checked_input
+        seller.calls.checked_input = lambda request: read.append(len(request.input_json)) \
+            or checked_input(request)
+        forged = agreement_pb2.Voucher(
+            agreement_id=deal.agreement_id, sequence=1, payword=b"\x01" * 32, payword_index=1,
+            cumulative_atomic=deal.body.link_value_atomic)
+        big = '{"text": "' + "a" * 1_000_000 + '"}'
+        with grpc.insecure_channel(seller.endpoint) as channel:
+            stub = agent_pb2_grpc.AgentServiceStub(channel)
+            for _ in range(3):
+                with pytest.raises(grpc.RpcError) as refused:
+                    stub.Invoke(agent_pb2.InvokeRequest(agreement_id=deal.agreement_id,
+                                                        input_json=big),
+                                metadata=[(VOUCHER_METADATA_KEY, forged.SerializeToString())],
+                                timeout=10)
+                assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+                assert "forged" in refused.value.details()
+        assert read == []  # never parsed
+        assert buyer.call(deal, {"text": "b" * 20_000}) == {"text": "B" * 20_000}
+        assert read == [len(json.dumps({"text": "b" * 20_000}))]
         books_balance(node)
