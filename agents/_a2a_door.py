@@ -125,6 +125,8 @@ class A2ADoor(a2a_pb2_grpc.A2AServiceServicer):
             raise InvalidArgument(f"message.message_id must be 1..{MAX_CALL_ID_CHARS} "
                                   "characters (it is the call's idempotency key)")
         _check_sizes(message)
+        if message.task_id:
+            self._continued(message)
         values = [v for k, v in context.invocation_metadata() or ()
                   if k == ext.EXTENSIONS_HEADER and isinstance(v, str)]
         active, unknown = ext.activated(values)
@@ -139,6 +141,20 @@ class A2ADoor(a2a_pb2_grpc.A2AServiceServicer):
         if active:
             context.set_trailing_metadata(((ext.EXTENSIONS_HEADER, ext.URI),))
         return message, meta
+
+    def _continued(self, message: a2a_pb2.Message) -> None:
+        """A message naming a task continues it: only a task waiting for payment takes one
+        (answered with a task of its own: a paid message's task id is derived from its
+        payment, PROTOCOL.md); an unknown task is TASK_NOT_FOUND, a running or finished one
+        UNSUPPORTED_OPERATION, as A2A has it."""
+        task = self.tasks.get(message.task_id)
+        state = task.status.state
+        if state != a2a_pb2.TASK_STATE_INPUT_REQUIRED:
+            raise UnsupportedOperation(
+                f"task {message.task_id[:64]} is {a2a_pb2.TaskState.Name(state)}: it takes no "
+                "more messages; send one without task_id for a new task")
+        if message.context_id and message.context_id != task.context_id:
+            raise InvalidArgument("message.context_id is not the context of the task it names")
 
     def _skill(self, meta: dict[str, Any]) -> Any:
         name = meta.get(ext.SKILL_KEY)
@@ -248,16 +264,17 @@ class A2ADoor(a2a_pb2_grpc.A2AServiceServicer):
         # indexed first: while it runs, the task is its agreement's (one holder of
         # subscriptions) and kept apart from the unpaid tasks a flood could push out
         new = self.tasks.paid(task_id, request.agreement_id, request.call_id, context_id)
+        failed = None if new else self._failed_before(task_id)
+        if failed is not None:
+            return failed
         self._working(task_id, context_id)
         try:
             response = self.seller.calls.invoke(request, context, voucher=voucher)
         except CallInProgress:
             raise  # the first attempt runs on: its task stays WORKING
         except AgentmarketError:
-            if new:
+            if new:  # a refused resend changes nothing: its task is the first request's
                 self.tasks.unpaid(task_id)
-            else:
-                self.tasks.drop(task_id)
             raise
         except Exception:
             task = self._failed(task_id, context_id, "paid skill")
@@ -266,6 +283,13 @@ class A2ADoor(a2a_pb2_grpc.A2AServiceServicer):
         task = paid_task_of(task_id, context_id, request.agreement_id, response)
         self.tasks.put(task)
         return task
+
+    def _failed_before(self, task_id: str) -> a2a_pb2.Task | None:
+        """The task of a resent paid message whose skill failed: a final state stays, so the
+        resend is answered with it (a new message id, with the next voucher, tries again)."""
+        task = self.tasks.stored(task_id)
+        return task if task is not None and task.status.state == a2a_pb2.TASK_STATE_FAILED \
+            else None
 
     def _working(self, task_id: str, context_id: str) -> None:
         try:
@@ -285,8 +309,9 @@ class A2ADoor(a2a_pb2_grpc.A2AServiceServicer):
         paid = self._paid_request(message, meta)
         invoke, voucher, task_id, context_id = paid
         skill = self.seller.skills[self.seller.gate.body(invoke.agreement_id).terms.skill]
-        if not skill.streams:
-            yield a2a_pb2.StreamResponse(task=self._paid(paid, context))
+        failed = self._failed_before(task_id)
+        if not skill.streams or failed is not None:
+            yield a2a_pb2.StreamResponse(task=failed or self._paid(paid, context))
             return
         yield from self._paid_stream(invoke, voucher, task_id, context_id, context)
 
@@ -364,6 +389,7 @@ class A2ADoor(a2a_pb2_grpc.A2AServiceServicer):
 
     @_guarded
     def GetTask(self, request, context):  # type: ignore[no-untyped-def]
+        _check_history_length(request)
         return self.tasks.get(request.id)
 
     @_guarded
@@ -378,9 +404,12 @@ class A2ADoor(a2a_pb2_grpc.A2AServiceServicer):
         if not (token.isascii() and token.isdigit()) or len(token) > 9:
             raise InvalidArgument("page_token is one this server returned")
         offset = int(token)
+        _check_history_length(request)
+        after = request.status_timestamp_after.ToNanoseconds() \
+            if request.HasField("status_timestamp_after") else None
         tasks, total = self.tasks.list(request.context_id, request.status, size, offset,
                                        request.include_artifacts,
-                                       self.tasks.listable_to(current_caller()))
+                                       self.tasks.listable_to(current_caller()), after)
         following = str(offset + size) if offset + size < total else ""
         return a2a_pb2.ListTasksResponse(tasks=tasks, next_page_token=following,
                                          page_size=size, total_size=total)
@@ -461,6 +490,11 @@ def _retry_key(message: a2a_pb2.Message, skill_name: str, input_json: str) -> tu
     no identity, so reusing someone's id with other input is a new message, never their task."""
     digest = hashlib.sha256(f"{skill_name}\0{input_json}".encode()).hexdigest()
     return current_caller(), message.context_id, message.message_id, digest
+
+
+def _check_history_length(request: Any) -> None:
+    if request.HasField("history_length") and request.history_length < 0:
+        raise InvalidArgument("history_length is 0 or more (unset: all of it)")
 
 
 def _check_sizes(message: a2a_pb2.Message) -> None:

@@ -23,6 +23,9 @@ from agents.v1 import agent_pb2
 from marketplace import a2a_extension as ext
 
 MAX_TASKS = 10_000
+# What the unpaid tasks may hold in all (a free skill's output is its caller's to size, and
+# free messages cost their senders nothing): past it, the oldest go first
+MAX_UNPAID_BYTES = 64 << 20
 A2A_DOMAIN = "a2a-protocol.org"
 TERMINAL = frozenset({a2a_pb2.TASK_STATE_COMPLETED, a2a_pb2.TASK_STATE_FAILED,
                       a2a_pb2.TASK_STATE_CANCELED, a2a_pb2.TASK_STATE_REJECTED})
@@ -73,10 +76,14 @@ class TaskStore:
     by newer paid tasks is still found again in the gate (`_paid_lookup`), in its own
     context."""
 
-    def __init__(self, gate: PaymentGate, limit: int = MAX_TASKS) -> None:
+    def __init__(self, gate: PaymentGate, limit: int = MAX_TASKS,
+                 unpaid_bytes: int = MAX_UNPAID_BYTES) -> None:
         self.gate = gate
         self.limit = limit
+        self.unpaid_bytes = unpaid_bytes
         self._tasks: OrderedDict[str, a2a_pb2.Task] = OrderedDict()  # unpaid
+        self._sizes: dict[str, int] = {}  # unpaid task id -> its serialized size
+        self._held = 0  # bytes of the unpaid tasks
         self._answered: OrderedDict[str, a2a_pb2.Task] = OrderedDict()  # paid, or being paid
         self._order: dict[str, int] = {}  # task id -> when it was last stored (for listing)
         self._stored = 0
@@ -93,20 +100,30 @@ class TaskStore:
             store, other = (self._answered, self._tasks) if task.id in self._paid \
                 else (self._tasks, self._answered)
             other.pop(task.id, None)
+            self._held -= self._sizes.pop(task.id, 0)
             store[task.id] = task
             store.move_to_end(task.id)
+            if store is self._tasks:
+                self._sizes[task.id] = task.ByteSize()
+                self._held += self._sizes[task.id]
             self._stored += 1
             self._order[task.id] = self._stored
             if message_key is not None:
                 self._by_message[message_key] = task.id
                 self._message_of[task.id] = message_key
-            while len(store) > self.limit:
+            while len(store) > self.limit or (store is self._tasks and len(store) > 1
+                                              and self._held > self.unpaid_bytes):
                 old, _ = store.popitem(last=False)
-                self._order.pop(old, None)
-                key = self._message_of.pop(old, None)
-                if key is not None:
-                    self._by_message.pop(key, None)
+                self._forget(old)
             self._lock.notify_all()
+
+    def _forget(self, task_id: str) -> None:
+        """(under the lock) What is kept beside a task that left the stores."""
+        self._order.pop(task_id, None)
+        self._held -= self._sizes.pop(task_id, 0)
+        key = self._message_of.pop(task_id, None)
+        if key is not None:
+            self._by_message.pop(key, None)
 
     def _find(self, task_id: str) -> a2a_pb2.Task | None:
         """(under the lock)"""
@@ -127,7 +144,10 @@ class TaskStore:
             self._paid[task_id] = (agreement_id, call_id, context_id)
             if len(self._paid) > self._prune_at:
                 known = set(self.gate.agreements())
-                self._paid = {t: w for t, w in self._paid.items() if w[0] in known}
+                for gone in [t for t, w in self._paid.items() if w[0] not in known]:
+                    del self._paid[gone]  # and its task: unindexed, it would list as unpaid
+                    if self._answered.pop(gone, None) is not None:
+                        self._forget(gone)
                 self._prune_at = max(self.limit, 2 * len(self._paid))
             return new
 
@@ -141,7 +161,7 @@ class TaskStore:
         with self._lock:
             self._tasks.pop(task_id, None)
             self._answered.pop(task_id, None)
-            self._order.pop(task_id, None)
+            self._forget(task_id)
             self._lock.notify_all()
 
     def get(self, task_id: str) -> a2a_pb2.Task:
@@ -213,7 +233,8 @@ class TaskStore:
         def visible(task_id: str) -> bool:
             agreement = self.agreement_of(task_id)
             if agreement is None:
-                return True
+                with self._lock:  # a paid task whose index entry went: nobody's to list
+                    return task_id not in self._answered
             try:
                 return bool(caller) and self.gate.body(agreement).buyer_id == caller
             except NotFound:
@@ -221,12 +242,21 @@ class TaskStore:
 
         return visible
 
+    def stored(self, task_id: str) -> a2a_pb2.Task | None:
+        """The task as kept in memory (None: not there; the gate is not asked)."""
+        with self._lock:
+            return self._find(task_id)
+
     def list(self, context_id: str, state: int, page_size: int, offset: int,
-             include_artifacts: bool, visible: Callable[[str], bool] = lambda _id: True
-             ) -> tuple[list[a2a_pb2.Task], int]:
+             include_artifacts: bool, visible: Callable[[str], bool] = lambda _id: True,
+             changed_after_ns: int | None = None) -> tuple[list[a2a_pb2.Task], int]:
+        """A page of a context's tasks, newest first; `changed_after_ns`: only those whose
+        status is later than this (ns since the epoch)."""
         with self._lock:
             chosen = [t for store in (self._tasks, self._answered) for t in store.values()
-                      if t.context_id == context_id and (not state or t.status.state == state)]
+                      if t.context_id == context_id and (not state or t.status.state == state)
+                      and (changed_after_ns is None
+                           or t.status.timestamp.ToNanoseconds() > changed_after_ns)]
             chosen.sort(key=lambda t: self._order.get(t.id, 0), reverse=True)  # newest first
         chosen = [t for t in chosen if visible(t.id)]  # outside: `visible` takes the lock
         page = []
