@@ -326,7 +326,16 @@ class A2ADoor(a2a_pb2_grpc.A2AServiceServicer):
 
     def _relay(self, chunks: Iterator[agent_pb2.StreamChunk], invoke: agent_pb2.InvokeRequest,
                task_id: str, context_id: str) -> Iterator[a2a_pb2.StreamResponse]:
-        first = next(chunks, None)  # admitted (or refused) before the task is announced
+        try:
+            first = next(chunks, None)  # admitted (or refused) before the task is announced
+        except AgentmarketError:
+            raise
+        except Exception:  # the skill failed before its first piece: a failed task, unpaid
+            self.tasks.paid(task_id, invoke.agreement_id, invoke.call_id, context_id)
+            failed = self._failed(task_id, context_id, "streamed paid skill")
+            self.tasks.put(failed)
+            yield a2a_pb2.StreamResponse(task=failed)
+            return
         if first is None:
             return
         self.tasks.paid(task_id, invoke.agreement_id, invoke.call_id, context_id)

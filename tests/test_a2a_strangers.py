@@ -61,10 +61,17 @@ def write(topic: str) -> Iterator[str]:
         yield word
 
 
+@skill(price=per_call("0.003", "USD"))
+def broken(topic: str) -> Iterator[str]:
+    """Fails before its first piece."""
+    raise RuntimeError("the model is down")
+    yield topic
+
+
 @pytest.fixture(scope="module")
 def market(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Market]:
     yield from open_market(tmp_path_factory.mktemp("a2a-strangers"),
-                           [echo, flaky, hello, write])
+                           [echo, flaky, hello, write, broken])
 
 
 def _hello(name: str, message_id: str) -> a2a_pb2.SendMessageRequest:
@@ -226,3 +233,16 @@ def test_a_paid_task_whose_agreement_was_forgotten_is_never_listed_to_a_stranger
     for n in range(3):  # newer paid calls push the index past its limit: it is pruned
         store.paid(f"paid-{n}", "new", f"call-{n}", f"ctx-{n}")
     assert store.list("shared-context", 0, 10, 0, True, store.listable_to("")) == ([], 0)
+
+
+def test_a_paid_stream_whose_skill_fails_at_once_is_a_failed_task_charged_nothing(market):
+    deal = market.deal("broken")
+    _, request, voucher, _ = market.buyer._stream_plan(
+        market.buyer._deal(deal), {"topic": "x"}, "broken-1", None)
+    events = list(market.stub.SendStreamingMessage(
+        _a2a_buyer.stream_request(request, voucher, deal.body.terms.skill), metadata=EXT,
+        timeout=10))
+    assert len(events) == 1 and events[0].task.status.state == a2a_pb2.TASK_STATE_FAILED
+    assert "nothing was charged" in events[0].task.status.message.parts[0].text
+    account = market.seller.gate._account(deal.agreement_id)
+    assert account.charged_atomic == 0 and account.reserved_atomic == 0
