@@ -38,7 +38,13 @@ from a2a.types import a2a_pb2, a2a_pb2_grpc
 
 from agents import _a2a_parts as parts
 from agents._a2a_subscriptions import Subscriptions, Waiting
-from agents._a2a_tasks import TERMINAL, TaskNotCancelable, TaskStore, UnsupportedOperation
+from agents._a2a_tasks import (
+    TERMINAL,
+    PushNotificationNotSupported,
+    TaskNotCancelable,
+    TaskStore,
+    UnsupportedOperation,
+)
 from agents._a2a_tasks import paid_task as paid_task_of
 from agents._serving import MAX_INPUT_BYTES, STOP_NAMES, checked_arguments, utf8_bytes_over
 from agents.errors import (
@@ -121,6 +127,8 @@ class A2ADoor(a2a_pb2_grpc.A2AServiceServicer):
               ) -> tuple[a2a_pb2.Message, dict[str, Any]]:
         """The message and its metadata, checked before anything is paid or run."""
         message = request.message
+        if request.configuration.HasField("task_push_notification_config"):
+            raise PushNotificationNotSupported(PUSH_UNSUPPORTED)
         if not 0 < len(message.message_id) <= MAX_CALL_ID_CHARS:
             raise InvalidArgument(f"message.message_id must be 1..{MAX_CALL_ID_CHARS} "
                                   "characters (it is the call's idempotency key)")

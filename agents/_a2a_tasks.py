@@ -17,7 +17,7 @@ from typing import Any
 from a2a.types import a2a_pb2
 
 from agents import _a2a_parts as parts
-from agents.errors import FailedPrecondition, NotFound
+from agents.errors import AgentmarketError, FailedPrecondition, NotFound
 from agents.payments import PaymentGate
 from agents.v1 import agent_pb2
 from marketplace import a2a_extension as ext
@@ -49,6 +49,14 @@ class UnsupportedOperation(FailedPrecondition):
     """A2A's UnsupportedOperationError."""
 
     reason = "UNSUPPORTED_OPERATION"
+    domain = A2A_DOMAIN
+
+
+class PushNotificationNotSupported(AgentmarketError):
+    """A2A's PushNotificationNotSupportedError (the card says pushNotifications: false)."""
+
+    status = "UNIMPLEMENTED"
+    reason = "PUSH_NOTIFICATION_NOT_SUPPORTED"
     domain = A2A_DOMAIN
 
 

@@ -246,3 +246,14 @@ def test_a_paid_stream_whose_skill_fails_at_once_is_a_failed_task_charged_nothin
     assert "nothing was charged" in events[0].task.status.message.parts[0].text
     account = market.seller.gate._account(deal.agreement_id)
     assert account.charged_atomic == 0 and account.reserved_atomic == 0
+
+
+def test_a_message_asking_for_push_notifications_is_refused_as_a2a_says(market):
+    request = _hello("a", "push-1")
+    request.configuration.task_push_notification_config.url = "https://example.invalid/hook"
+    for send in (lambda: market.stub.SendMessage(request, timeout=5),
+                 lambda: list(market.stub.SendStreamingMessage(request, timeout=5))):
+        with pytest.raises(grpc.RpcError) as refused:
+            send()
+        assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert error_info(refused.value).reason == "PUSH_NOTIFICATION_NOT_SUPPORTED"
