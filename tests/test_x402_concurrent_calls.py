@@ -15,14 +15,17 @@ import os
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import asyncio
+import threading
+import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
-from x402.http.utils import decode_payment_required_header
+from x402.extensions.payment_identifier import append_payment_identifier_to_extensions
+from x402.http.utils import decode_payment_required_header, encode_payment_signature_header
 
 from agents.x402 import forward, http_client
-from agents.x402.client import PrepayTransport
+from agents.x402.client import PrepayTransport, buyer_client
 from tests.x402_market import Market, books_balance, open_market
 
 SHOUT_ATOMIC = 2_000_000  # shout's list price, 0.002 USD in atomic units
@@ -110,3 +113,45 @@ def test_a_voucher_overtaken_at_the_seller_is_a_402_and_is_paid_again(market, mo
     assert (402, "payload_replayed") in seen
     assert captured == 3 * SHOUT_ATOMIC
     books_balance(market.node)
+
+
+def test_a_voucher_the_seller_refused_leaves_its_payment_identifier_free(market, monkeypatch):
+    """A 402 for an overtaken voucher is no answer to remember: the buyer's next voucher under
+    the same payment identifier is served (not a 409 conflict with the refused one)."""
+    unpaid = httpx.post(market.url("shout"), json={"text": "hi"})
+    required = decode_payment_required_header(unpaid.headers["payment-required"])
+    client, _ = buyer_client(market.key, market.network, calls_per_session=10)
+
+    def header(identifier: str | None = None) -> str:
+        payload = asyncio.run(client.create_payment_payload(required))
+        if identifier is not None:
+            extensions = dict(payload.extensions or {})
+            append_payment_identifier_to_extensions(extensions, identifier)
+            payload = payload.model_copy(update={"extensions": extensions})
+        return encode_payment_signature_header(payload)
+
+    def send(signature: str) -> httpx.Response:
+        return httpx.post(market.url("shout"), json={"text": "hi"}, timeout=30,
+                          headers={"PAYMENT-SIGNATURE": signature})
+
+    assert send(header()).status_code == 200  # the session opens
+    invoke = forward.invoke
+
+    async def late_word_two(channels, endpoint, arguments, voucher, proof=b""):
+        if voucher.sequence == 2:
+            await asyncio.sleep(0.5)
+        return await invoke(channels, endpoint, arguments, voucher, proof)
+
+    monkeypatch.setattr(forward, "invoke", late_word_two)
+    second, third = header("pay_overtaken_0123456789"), header()
+    answers: list[httpx.Response] = []
+    first = threading.Thread(target=lambda: answers.append(send(second)))
+    first.start()
+    time.sleep(0.15)
+    assert send(third).status_code == 200  # word 3 reaches the seller first
+    first.join()
+    assert answers[0].status_code == 402
+    assert decode_payment_required_header(
+        answers[0].headers["payment-required"]).error == "payload_replayed"
+    again = send(header("pay_overtaken_0123456789"))  # word 4, the same identifier
+    assert again.status_code == 200, again.text

@@ -262,11 +262,12 @@ class Gateway:
             settlement_overrides={"amount": str(charged)},
             declared_extensions=processed.declared_extensions)
         headers = dict(settled.headers)
-        if status == forward.VOUCHER_REFUSED:  # booked as nothing; the buyer pays again
+        refused = status == forward.VOUCHER_REFUSED
+        if refused:  # booked as nothing; the buyer pays again (and its identifier is free)
             headers = await self.offer_again(route, request, arguments, body["error"])
         answer = json.dumps(body).encode()
         headers["content-type"] = "application/json"
-        if remember is not None:
+        if remember is not None and not refused:
             self.answers.remember(remember.scope, remember.ident,
                                   Answer(remember.fingerprint, status, headers, answer))
         return Response(answer, status_code=status, headers=headers)
