@@ -76,3 +76,26 @@ def test_a_stranger_s_hold_that_fills_a_wallet_s_cap_is_declined_by_its_payee(no
     assert ledger.balance(attacker_wallet).available_atomic == 20_000 * CNY_ATOMIC  # back
     assert pay_victim() == grpc.StatusCode.OK
     assert ledger.balance(victim_wallet).posted_atomic == CNY_ATOMIC
+
+
+def test_a_plain_hold_made_out_to_another_s_ecny_wallet_is_refused(node):
+    """A plain hold only the marketplace may void would sit on the payee's balance cap for up
+    to 30 days with no way to decline it: under e-CNY rules one made out to another's wallet
+    must be hash-locked."""
+    stranger, victim = AgentKey.generate(), AgentKey.generate()
+    ledger = node.ledger
+    attacker_wallet = ledger.open_account(stranger.agent_id, "ECNY").account_id
+    victim_wallet = ledger.open_account(victim.agent_id, "ECNY").account_id
+    node.wallets.deposit("top-up-plain", attacker_wallet, 100 * CNY_ATOMIC, "ECNY")
+    before = ledger.balance(victim_wallet)
+    with signed_channel(node.address, stranger) as channel, \
+            pytest.raises(grpc.RpcError) as refused:
+        wallet_pb2_grpc.WalletServiceStub(channel).Hold(wallet_pb2.HoldRequest(
+            idempotency_key="unsolicited-plain", debit_account_id=attacker_wallet,
+            credit_account_id=victim_wallet, timeout_s=30 * 24 * 3600,
+            amount=wallet_pb2.Money(amount_atomic=50 * CNY_ATOMIC, currency="ECNY")),
+            timeout=10)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "hash-locked" in refused.value.details()
+    assert ledger.balance(victim_wallet) == before
+    assert ledger.balance(attacker_wallet).available_atomic == 100 * CNY_ATOMIC

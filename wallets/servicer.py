@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 
 from wallets import policies
@@ -11,7 +13,7 @@ from wallets.caller import current_caller
 from wallets.conditional import ConditionalHolds, hash_locked_payee
 from wallets.currencies import CURRENCIES
 from wallets.ecny import EcnyWallet, EcnyWallets
-from wallets.errors import InvalidArgument
+from wallets.errors import FailedPrecondition, InvalidArgument, NotFound
 from wallets.fx import Conversion, FxQuote
 from wallets.grpc_errors import grpc_method
 from wallets.guard import SpendContext
@@ -186,9 +188,25 @@ class WalletServicer(wallet_pb2_grpc.WalletServiceServicer):
     def Hold(self, request, context):  # type: ignore[no-untyped-def]
         amount, code = _money(request.amount)
         self.wallets.check_currency(request.debit_account_id, code)
+        if self.wallets.ecny is not None and self._to_another_ecny_wallet(request):
+            raise FailedPrecondition(
+                "under e-CNY rules a hold made out to another's wallet is hash-locked "
+                "(ConditionalHoldService.Hold), so that its payee may decline it: a plain one "
+                "would count against the payee's balance cap until it expires",
+                reason="ECNY_PLAIN_HOLD")
         return hold_message(self.ledger.hold(
             request.idempotency_key, request.debit_account_id, request.credit_account_id,
             amount, timeout_s=request.timeout_s, spend=_spend(request)))
+
+    def _to_another_ecny_wallet(self, request: Any) -> bool:
+        """Whether a Hold credits an ECNY wallet of an owner other than the debit account's."""
+        try:
+            credit = self.ledger.balance(request.credit_account_id)
+            debit = self.ledger.balance(request.debit_account_id)
+        except NotFound:
+            return False  # the ledger refuses it as it is
+        return credit.currency == "ECNY" and credit.kind == "wallet" \
+            and credit.owner != debit.owner
 
     @grpc_method
     def Capture(self, request, context):  # type: ignore[no-untyped-def]
