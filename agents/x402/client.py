@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import functools
 import json
 import os
@@ -54,6 +55,7 @@ SESSION_GONE = frozenset({"session_unknown", "session_ended"})
 # (calls of one session running at once; words are taken in order) is paid again with the
 # session's next, at most this many times per request
 MAX_REPLANS = 8
+OPEN_WAIT_S = 30.0  # how long a session's voucher waits for the call opening the session
 
 
 @dataclass
@@ -62,7 +64,6 @@ class _Session:
     payment: PaymentSession
     reserve_atomic: int
     opened: bool = False  # its open payload was made
-    answered: bool = False  # the call carrying it was answered (the gateway knows it or not)
 
 
 class AgentmarketScheme:
@@ -79,6 +80,7 @@ class AgentmarketScheme:
         self.calls_per_session = calls_per_session
         self.completion_s = completion_s
         self.sessions: dict[tuple[str, ...], _Session] = {}
+        self.awaiting: set[str] = set()  # sessions whose opening call is not answered yet
         self._lock = threading.Lock()
 
     def create_payment_payload(self, requirements: PaymentRequirements) -> dict[str, Any]:
@@ -109,6 +111,8 @@ class AgentmarketScheme:
             if self.calls_per_session == 1:
                 finish = self.key.sign(ag.request_message("finish", voucher.agreement_id))
                 self.sessions.pop(session_key, None)
+            else:  # its later vouchers wait for this one's answer (PrepayTransport)
+                self.awaiting.add(voucher.agreement_id)
             return net.open_payload(session.agreement, voucher, finish)
 
     def _open(self, session_key: tuple[str, ...], requirements: PaymentRequirements
@@ -152,17 +156,9 @@ class AgentmarketScheme:
                     refund = session.reserve_atomic - charged_atomic
                     session.payment.settle(0, -max(0, refund))
 
-    def awaits_open(self, agreement_id: str) -> bool:
-        """Whether this session's opening call is still unanswered."""
-        with self._lock:
-            return any(s.payment.agreement_id == agreement_id and s.opened and not s.answered
-                       for s in self.sessions.values())
-
     def open_answered(self, agreement_id: str) -> None:
         with self._lock:
-            for session in self.sessions.values():
-                if session.payment.agreement_id == agreement_id:
-                    session.answered = True
+            self.awaiting.discard(agreement_id)
 
     def overtaken(self, agreement_id: str, sequence: int) -> bool:
         """Whether voucher `sequence` of this session may have been refused only because later
@@ -191,6 +187,7 @@ class AgentmarketScheme:
                      if s.payment.agreement_id == agreement_id]
             for key in found:
                 del self.sessions[key]
+            self.awaiting.discard(agreement_id)
             return bool(found)
 
 
@@ -296,13 +293,18 @@ class PrepayTransport(httpx.AsyncBaseTransport):
                          ) -> tuple[httpx.Response, PaymentRequired | None]:
         """`_send`, a session's voucher held back until the call opening the session is
         answered."""
+        if not any(scheme.awaiting for scheme in self._schemes.values()):
+            return await self._send(request, url)  # no session is being opened
         sent = _session_payment(request.headers.get("payment-signature", ""))
         if sent is None:
             return await self._send(request, url)
         kind, agreement_id, _ = sent
         if kind == "voucher":
-            if any([s.awaits_open(agreement_id) for s in self._schemes.values()]):
-                await self._opening.setdefault(agreement_id, asyncio.Event()).wait()
+            if any(agreement_id in scheme.awaiting for scheme in self._schemes.values()):
+                with contextlib.suppress(TimeoutError):  # an opening never sent: go on (the
+                    await asyncio.wait_for(  # gateway says session_unknown, and a new opens)
+                        self._opening.setdefault(agreement_id, asyncio.Event()).wait(),
+                        OPEN_WAIT_S)
             return await self._send(request, url)
         try:
             return await self._send(request, url)
