@@ -124,7 +124,7 @@ class SellerNegotiator:
         if rfq.verification not in skill.verification_methods or \
                 rfq.verification not in SUPPORTED:
             raise VerificationNotOffered(f"skill {skill.name} does not offer verification "
-                                         f"{registry_pb2.VerificationMethod.Name(rfq.verification)}")
+                                         f"{_method_name(rfq.verification)}")
         reservation = self.reservation(skill, rfq.currency, rfq.expected_quantity)[1]
         strategy = self.strategy_for(skill, rfq.currency, rfq.expected_quantity)
         key = (rfq.buyer_id, rfq.rfq_id)
@@ -314,3 +314,9 @@ def _hear(strategy: Strategy, note: str) -> None:
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _method_name(method: int) -> str:
+    """A verification method's name, or its number when no name is defined for it."""
+    names = registry_pb2.VerificationMethod
+    return names.Name(method) if method in names.values() else str(method)

@@ -165,6 +165,15 @@ def test_an_rfq_whose_maximum_passes_the_largest_amount_is_invalid_and_keeps_no_
     assert not seller.negotiator.negotiations  # nothing kept for a refused RFQ
 
 
+def test_an_rfq_naming_a_verification_method_no_one_defined_is_refused_as_not_offered(market):
+    _node, seller, _buyer = market
+    key = AgentKey.generate()
+    code, details = _refusal(lambda: _stub(seller, key).Negotiate(_rfq(key, verification=99),
+                                                                  timeout=10))
+    assert code == "FAILED_PRECONDITION" and "does not offer verification 99" in details
+    assert not seller.negotiator.negotiations
+
+
 def test_one_key_cannot_take_the_negotiations_of_everyone(market, monkeypatch):
     _node, seller, buyer = market
     key = AgentKey.generate()
