@@ -468,12 +468,13 @@ class SellerAgent:
     def finish(self, request: agent_pb2.FinishRequest) -> agent_pb2.FinishResponse:
         body = self.gate.body(request.agreement_id)
         if not self._buyer_signed_finish(request.agreement_id, request.buyer_signature):
-            raise PermissionDenied("only the agreement's buyer can finish it")
+            raise PermissionDenied("buyer_signature is not the agreement's buyer's signature "
+                                   "of its finish", reason="BAD_SIGNATURE")
         if request.confirm_signature and not verify(
                 body.buyer_id, ag.request_message("confirm", request.agreement_id),
                 request.confirm_signature):
             raise PermissionDenied("confirm_signature is not the buyer's signature of its "
-                                   "confirm")
+                                   "confirm", reason="BAD_SIGNATURE")
         kept = self._redeem_refusals.get(request.agreement_id)
         if kept is not None and kept[0] > time.monotonic() \
                 and request.agreement_id not in self._escrowed:

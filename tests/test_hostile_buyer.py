@@ -30,6 +30,7 @@ from marketplace.node import MarketplaceNode
 from marketplace.payword import PaywordChain
 from marketplace.v1 import agreement_pb2, registry_pb2
 from tests.x402_market import books_balance
+from wallets.grpc_errors import error_reason
 
 RELEASE = threading.Event()  # lets the slow skills finish
 STARTED = threading.Event()  # a slow skill is running
@@ -382,3 +383,21 @@ def test_a_stranger_with_a_forged_voucher_cannot_make_the_seller_read_a_large_in
         assert buyer.call(deal, {"text": "b" * 20_000}) == {"text": "B" * 20_000}
         assert read == [len(json.dumps({"text": "b" * 20_000}))]
         books_balance(node)
+
+
+def test_a_finish_whose_signatures_are_not_the_buyers_is_refused_as_a_bad_signature(market):
+    node, seller, buyer = market
+    deal = buyer.negotiate(buyer.discover("slow"), "slow", quantity=3, budget="0.05",
+                           currency="USD")
+    stub = buyer._seller(deal.body.seller_endpoint)
+    good = buyer._finish_request(deal, True)
+    for field in ("buyer_signature", "confirm_signature"):
+        request = agent_pb2.FinishRequest()
+        request.CopyFrom(good)
+        setattr(request, field, bytes(64))
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Finish(request, timeout=10)
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert error_reason(refused.value) == "BAD_SIGNATURE"
+    assert seller.gate.redeemed(deal.agreement_id) is None
+    books_balance(node)
