@@ -28,6 +28,7 @@ from marketplace.v1 import receipt_pb2, receipt_pb2_grpc, settlement_pb2, settle
 from tests.processes.node import NodeProcess
 
 ROOT = Path(__file__).resolve().parent.parent
+SELLER = ROOT / "examples" / "node-client" / "seller.py"  # sells upper and spell
 CLIENT = ROOT / "examples" / "node-client"
 STAMP = CLIENT / "node_modules" / ".installed-lock-sha256"
 CALLS = 17
@@ -82,7 +83,7 @@ def test_the_node_client_completes_a_paid_task(node: str, tmp_path: Path):
                      operators=(operator.agent_id,)) as market:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "AGENTMARKET_TRACING": "off",
                "AGENTMARKET_HOME": str(tmp_path / "home")}
-        seller = subprocess.Popen([sys.executable, "-m", "tests.processes.seller",
+        seller = subprocess.Popen([sys.executable, str(SELLER),
                                    market.address, str(tmp_path / "seller-spans.db")],
                                   cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
         try:

@@ -24,6 +24,7 @@ from marketplace.tracing import force_flush, setup_tracing
 from wallets import Ledger, make_engine
 
 ROOT = Path(__file__).resolve().parent.parent
+SELLER = ROOT / "examples" / "node-client" / "seller.py"  # sells upper and spell
 
 
 def _free_port() -> int:
@@ -85,8 +86,8 @@ def test_one_trace_spans_three_processes(tmp_path: Path, monkeypatch):
     try:
         address = f"127.0.0.1:{port}"
         _wait_serving(address)
-        seller = subprocess.Popen([sys.executable, "-m", "tests.processes.seller", address,
-                                   str(spans)], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+        seller = subprocess.Popen([sys.executable, str(SELLER),
+                                   address, str(spans)], env=env, cwd=ROOT, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)
         assert seller.stdout is not None
         seller.stdout.readline()  # its endpoint: it is serving and advertised

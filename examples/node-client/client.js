@@ -7,7 +7,7 @@
 //     node client.js MARKETPLACE_ADDRESS [SKILL] [CALLS] [STREAMED_SKILL]
 //
 // SKILL takes {"text": ...} and answers {"text": ...} in upper case; STREAMED_SKILL streams
-// the upper-case text (both sold by the Python seller in tests/processes/seller.py). Prints a
+// the upper-case text (both sold by the Python seller in examples/node-client/seller.py). Prints a
 // JSON summary of the task on stdout.
 "use strict";
 

@@ -1,8 +1,10 @@
-"""A seller agent in its own process, for tests that span processes.
+"""A seller of two skills for buyers written in any language (examples/node-client): `upper`
+(one answer) and `spell` (streamed, a letter at a time), 0.001 USD a call each.
 
-    python -m tests.processes.seller MARKETPLACE_ADDRESS SPAN_STORE_PATH
+    python examples/node-client/seller.py MARKETPLACE_ADDRESS [SPAN_STORE_PATH]
 
-Prints its endpoint on the first line of stdout, then serves until SIGTERM.
+Prints its endpoint on the first line of stdout, then serves until SIGTERM or Ctrl-C. Its
+spans go to SPAN_STORE_PATH (an embedded span store) when given.
 """
 
 from __future__ import annotations
@@ -36,16 +38,23 @@ def spell(text: str) -> Iterator[str]:
 
 
 def main() -> None:
-    marketplace, spans = sys.argv[1], sys.argv[2]
-    provider = setup_tracing("seller-process", span_store_path=spans, synchronous=True)
+    if len(sys.argv) not in (2, 3):
+        sys.exit("usage: python examples/node-client/seller.py MARKETPLACE_ADDRESS "
+                 "[SPAN_STORE_PATH]")
+    marketplace = sys.argv[1]
+    spans = sys.argv[2] if len(sys.argv) == 3 else None
+    provider = setup_tracing("seller-process", span_store_path=spans, synchronous=True) \
+        if spans else None
     seller = SellerAgent("upper", skills=[upper, spell], marketplace=marketplace,
                          tracer_provider=provider).serve()
     print(seller.endpoint, flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
     stop.wait()
     seller.stop(0)
-    provider.shutdown()
+    if provider is not None:
+        provider.shutdown()
 
 
 if __name__ == "__main__":
