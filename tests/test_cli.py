@@ -436,6 +436,10 @@ def _main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
     (("keys", "new", "/proc/no/such.key"), "No such file or directory"),
     (("disputes", "resolve", "abc", "--to", "split", "--seller-amount", "1e3",
       "--key-file", "missing.key"), "error:"),
+    # brackets in what the user typed are text, not styles the printer would eat or choke on
+    (("simulate", "[/x].toml"), "[/x].toml"),
+    (("simulate", "[red]x.toml"), "[red]x.toml"),
+    (("wallet", "show", "[/x]", "--db", "sqlite:///nothing-here.db"), "error:"),
 ])
 def test_a_users_mistake_is_one_line_and_status_1(monkeypatch, capsys, tmp_path: Path,
                                                  args: tuple[str, ...], said: str):

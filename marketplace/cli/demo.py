@@ -74,7 +74,7 @@ class DemoResult:
 def run_demo(workdir: Path, console: Console | None = None, calls: int = 5) -> DemoResult:
     """Run the scenario in `workdir` (its database and span store go there); return balances
     before anything moved and after, the workflow's final state and the trace id."""
-    console = console or Console()
+    console = console or Console(markup=False)
     workdir = Path(workdir)
     db_path, spans_path = workdir / "marketplace.db", workdir / "spans.db"
     providers = {name: setup_tracing(name, span_store_path=spans_path, synchronous=True)
@@ -202,6 +202,7 @@ def print_report(result: DemoResult, console: Console, *, kept: bool = True) -> 
     else:
         console.print(f"trace id {result.trace_id}  (the demo's files were removed; keep them "
                       "with --workdir DIR)")
-    verdict = "[green]books balanced, hash chain intact" if not result.problems else \
-        f"[red]ledger problems: {result.problems}"
-    console.print(verdict)
+    if result.problems:
+        console.print(f"ledger problems: {result.problems}", style="red", markup=False)
+    else:
+        console.print("books balanced, hash chain intact", style="green")

@@ -13,6 +13,7 @@ from typing import NoReturn
 
 import typer
 from rich.table import Column, Table
+from rich.text import Text
 from sqlalchemy.exc import SQLAlchemyError
 
 from marketplace.cli.output import bad_value, console, error_line, fail
@@ -177,7 +178,7 @@ def trace_list(spans: Path = typer.Option(DEFAULT_SPANS, help="Span store file."
                   "services", "status")
     for t in rows:
         table.add_row(t.trace_id, t.root_name, str(t.span_count), f"{t.duration_ms:.1f} ms",
-                      ", ".join(t.services), "[red]error" if t.error else "ok")
+                      ", ".join(t.services), Text("error", "red") if t.error else "ok")
     console.print(table)
 
 
@@ -227,10 +228,11 @@ def ledger_verify(db: str = typer.Option(DEFAULT_DB, help="Database URL.")) -> N
     ledger = open_ledger(db)
     chain, balances = verify_chain(ledger), check_balances(ledger)
     for problem in chain.problems + balances.problems:
-        console.print(f"[red]{problem}")
+        console.print(problem, style="red")
     waiting = f" (+{chain.unsealed} committed, not sealed yet)" if chain.unsealed else ""
-    console.print(f"{chain.postings} postings sealed{waiting}, {balances.accounts} accounts: "
-                  + ("[green]ok" if chain.ok and balances.ok else "[red]NOT OK"))
+    console.print(Text.assemble(f"{chain.postings} postings sealed{waiting}, "
+                                f"{balances.accounts} accounts: ",
+                                ("ok", "green") if chain.ok and balances.ok else ("NOT OK", "red")))
     if not (chain.ok and balances.ok):
         raise typer.Exit(1)
 
@@ -242,7 +244,8 @@ def main() -> None:
     """The command line: a mistake that escapes a command (a refusal, a path, a database)
     still ends as one red line and exit status 1, never a traceback."""
     try:
-        status = app(standalone_mode=False)  # errors come here, not as a boxed usage screen
+        status = app(standalone_mode=False, prog_name="agentmarket")  # errors come here, not
+        # as a boxed usage screen; the hint names the command people type, however run
     except typer.TyperException as error:  # a misspelt command or option, a value of the
         # wrong type (typer's usage errors), a file option that cannot be opened
         context, message = getattr(error, "ctx", None), error.format_message()

@@ -23,7 +23,7 @@ from wallets.currencies import currency
 from wallets.ledger import Ledger
 from wallets.models import Balance, Posting
 
-console = Console()
+console = Console(markup=False)
 DEFAULT_DB = default_database_url()
 
 

@@ -8,13 +8,17 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
-console = Console()
-errors = Console(stderr=True)  # a script reading a command's output (--json) gets no error text
+# No markup: what the commands print holds the user's own words (paths, ids, TOML, messages
+# quoting them), and "[/x]" in one of those is text, not a style (colours are set as styles)
+console = Console(markup=False)
+errors = Console(stderr=True, markup=False)  # a script reading --json output gets no errors
 
 
 def error_line(message: str) -> None:
-    errors.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    errors.print(Text.assemble(("error:", "red"), " ", message), highlight=False,
+                 soft_wrap=True)
 
 
 def fail(message: str) -> None:

@@ -12,7 +12,7 @@ from marketplace.home import default_database_url
 
 receipt_app = typer.Typer(help="Signed settlement receipts: fetch one, or verify one offline.",
                           no_args_is_help=True)
-console = Console()
+console = Console(markup=False)
 DEFAULT_DB = default_database_url()
 
 

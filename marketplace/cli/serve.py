@@ -175,13 +175,13 @@ def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file 
     tune_started(gc_defaults=gc_defaults, normal_scheduling=normal_scheduling)
     down = node.limits.unreachable() if redis else ""
     if down:
-        console.print(f"[red]WARNING: the Redis of --redis does not answer ({down}): every "
-                      "signed call is refused UNAVAILABLE until it does", highlight=False,
-                      soft_wrap=True)
+        console.print(f"WARNING: the Redis of --redis does not answer ({down}): every "
+                      "signed call is refused UNAVAILABLE until it does", style="red",
+                      highlight=False, soft_wrap=True)
     if no_auth:
-        console.print("[red]WARNING: --no-auth: calls are not authenticated and nothing is "
+        console.print("WARNING: --no-auth: calls are not authenticated and nothing is "
                       "authorised; never expose this node beyond your own machine",
-                      highlight=False)
+                      style="red", highlight=False)
     security = ("mutual TLS" if tls_client_ca else "TLS" if tls_cert else "plaintext") + \
         (", no authentication" if no_auth else ", signed calls")
     fx_note = f"fx {', '.join(sorted(rates))}" if rates else "no fx"
