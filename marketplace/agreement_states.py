@@ -65,8 +65,18 @@ def next_state(state: str, event: str) -> str:
     found = TRANSITIONS.get((state, event))
     if found is None:
         raise IllegalTransition(f"an agreement that is {state} cannot {event.replace('_', ' ')}"
-                                f"{' (it is final)' if state in FINAL else ''}")
+                                f"{' (it is final)' if state in FINAL else ''}"
+                                f"{_HINTS.get((state, event), '')}")
     return found
+
+
+# What a party most likely meant, for the transitions people try too early
+_HINTS = {
+    (ACTIVE, "dispute"): ": a dispute is of delivered work, so finish first without "
+                         "accepting it (BuyerAgent.finish(deal, confirm=False)), then dispute "
+                         "inside the dispute window",
+    (ACTIVE, "confirm"): ": finish first (the seller redeems what it delivered), then confirm",
+}
 
 
 assert all(s in STATES and e in EVENTS and t in STATES for (s, e), t in TRANSITIONS.items())

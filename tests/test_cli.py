@@ -215,6 +215,33 @@ def test_gateway_serves_http_and_stops_cleanly_on_sigterm(gc_flag: list[str], tm
     assert "Traceback" not in output
 
 
+def test_the_gateway_keeps_its_node_key_and_so_its_network_across_restarts(tmp_path: Path):
+    """The x402 network is named by the node's key: a restarted gateway with no --key-file
+    keeps the home's keys/node.key, as `serve` does, so its buyers' network still holds."""
+    networks = []
+    for _start in range(2):
+        port, http_port = _free_port(), _free_port()
+        logs = tmp_path / "gateway.log"
+        with logs.open("wb") as log:
+            process = subprocess.Popen(
+                [*_agentmarket(), "gateway", "--db", f"sqlite:///{tmp_path / 'm.db'}",
+                 "--port", str(port), "--http-port", str(http_port),
+                 "--spans", str(tmp_path / "spans.db")], stdout=log, stderr=subprocess.STDOUT,
+                cwd=tmp_path, env={**os.environ, "AGENTMARKET_HOME": str(tmp_path / "home")})
+        with _reaped(process):
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                _wait_until_serving(process, channel, logs)
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while "x402 gateway on" not in logs.read_text():
+                assert time.monotonic() < deadline, logs.read_text()
+                time.sleep(0.1)
+            process.send_signal(signal.SIGTERM)
+            assert _stopped(process, logs) == 0, logs.read_text()
+        networks.append(" ".join(logs.read_text().split()).split("(network ")[1].split(";")[0])
+    kept = AgentKey.load(tmp_path / "home" / "keys" / "node.key").agent_id
+    assert networks[0] == networks[1] and kept[:12] in networks[0]
+
+
 # ---- the demo, once per module ---------------------------------------------------------------
 
 

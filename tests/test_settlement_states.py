@@ -224,3 +224,12 @@ def test_every_illegal_transition_is_refused_and_changes_nothing(market: Harness
             assert caught.value.reason == "ILLEGAL_TRANSITION", (state, event, caught.value)
         assert market.balances() == before
         assert market.settlement.get(deal.agreement_id) == escrow
+
+
+def test_disputing_or_confirming_work_not_yet_delivered_says_what_to_do_first():
+    for event, hint in (("dispute", "finish first without accepting it"),
+                        ("confirm", "finish first")):
+        with pytest.raises(IllegalTransition) as refused:
+            st.next_state(st.ACTIVE, event)
+        assert refused.value.message.startswith(f"an agreement that is active cannot {event}: ")
+        assert hint in refused.value.message

@@ -15,6 +15,7 @@ from marketplace.cli.output import console, error_line, fail
 from marketplace.cli.tuning import GC_DEFAULTS, NORMAL_SCHEDULING, tune_started
 from marketplace.home import default_database_url, default_span_store
 from marketplace.stop_signals import StopSignals
+from wallets.errors import AgentmarketError
 
 DEFAULT_DB = default_database_url()
 DEFAULT_SPANS = default_span_store()
@@ -30,7 +31,9 @@ def gateway(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///fil
             fee_bps: int = typer.Option(250, min=0, max=10_000, help="Marketplace fee."),
             key_file: Path = typer.Option(
                 None, help="The node's key (`keys new`): it signs receipts and x402 payment "
-                           "responses, and names the x402 network (default: a new key)."),
+                           "responses, and names the x402 network, so it is kept across "
+                           "restarts (default: the home's keys/node.key, made on first start, "
+                           "as `serve` keeps it)."),
             max_body_bytes: int = typer.Option(64 * 1024, min=1024, max=4 * 1024 * 1024,
                                                help="Largest request body the gateway takes."),
             spans: Path = typer.Option(DEFAULT_SPANS, help="Embedded span store file."),
@@ -57,11 +60,18 @@ def gateway(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///fil
         Path(db.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     spans.parent.mkdir(parents=True, exist_ok=True)
     provider = setup_tracing("gateway", span_store_path=spans)
-    node_key = None
     if key_file is not None:
         from marketplace.cli.operator import load_key
 
         node_key = load_key(key_file)
+    else:  # the home's, as `serve` keeps it: the x402 network outlives a restart
+        from marketplace.home import keys_folder
+        from marketplace.identity import AgentKey
+
+        try:
+            node_key = AgentKey.kept(keys_folder() / "node.key")
+        except (AgentmarketError, OSError) as error:
+            fail(f"cannot read the node's key: {getattr(error, 'message', error)}")
     stop = StopSignals()  # from here on, SIGTERM or Ctrl-C stops the servers in order
     try:
         node = MarketplaceNode(db, host=host, port=port, fee_bps=fee_bps, key=node_key,
