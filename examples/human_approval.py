@@ -33,9 +33,9 @@ def write_report(topic: str) -> Report:
 usd = currency("USD")
 workdir = tempfile.mkdtemp()
 operator = AgentKey.generate()  # the person's key; the node trusts it with approvals
-with MarketplaceNode(f"sqlite:///{workdir}/market.db", operator_ids=[operator.agent_id]) as node:
-    seller = SellerAgent("writer", skills=[write_report], marketplace=node.address).serve()
-    buyer = BuyerAgent("buyer", marketplace=node.address)
+with MarketplaceNode(f"sqlite:///{workdir}/market.db", operator_ids=[operator.agent_id]) as node, \
+        SellerAgent("writer", skills=[write_report], marketplace=node.address) as _seller, \
+        BuyerAgent("buyer", marketplace=node.address) as buyer:  # stopped however this ends
     buyer.fund("5.00", "USD")
     buyer.wallets.SetPolicy(wallet_pb2.SetPolicyRequest(  # the owner's rule
         idempotency_key="policy-v1", account_id=buyer.wallet("USD").account_id,
@@ -56,5 +56,3 @@ with MarketplaceNode(f"sqlite:///{workdir}/market.db", operator_ids=[operator.ag
         print(output["title"])
     print(f"status {state['status']}: paid {usd.format(state['captured_atomic'])}, "
           f"refunded {usd.format(state['refunded_atomic'])}")
-    seller.stop()
-    buyer.close()

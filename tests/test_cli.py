@@ -491,6 +491,10 @@ def test_a_users_mistake_is_one_line_and_status_1(monkeypatch, capsys, tmp_path:
     (("disputes", "resolve", "ab" * 32, "--to", "nobody", "--key-file", "/nonexistent"),
      "--to must be seller, buyer or split, not 'nobody'"),
     (("trace", "list", "--status", "bad"), "--status is ok or error"),
+    (("disputes", "resolve", "ab" * 32, "--to", "split", "--key-file", "/nonexistent"),
+     "--to split needs --seller-amount"),
+    (("receipt", "get", "ab" * 32, "--kind", "resolve"),
+     "--kind is one of capture, refund, expiry, dispute_freeze, dispute_resolution"),
 ])
 def test_a_usage_mistake_is_one_line_and_status_2(monkeypatch, capsys, tmp_path: Path,
                                                   args: tuple[str, ...], said: str):

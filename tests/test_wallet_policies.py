@@ -287,7 +287,9 @@ def test_a_spend_above_the_threshold_waits_then_goes_through_exactly_once(world:
     world.pay(50 * X)  # at the threshold: no approval needed
     k = key()
     error = refused(world, lambda: world.pay(60 * X, k=k), ApprovalRequired,
-                    "APPROVAL_REQUIRED", "above its approval threshold", "retry the same request")
+                    "APPROVAL_REQUIRED", "above its approval threshold", "retry the same request",
+                    "a spend of 0.60 USD (600000000 atomic)", "threshold of 0.50 USD",
+                    " UTC; once")  # amounts and the time as people read them
     pending = world.wallets.controls.approvals(world.alice, status="pending")
     assert [a.approval_id for a in pending] == [error.approval_id]
     assert (pending[0].amount_atomic, pending[0].counterparty, pending[0].spend_key,

@@ -25,10 +25,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, and_, insert, or_, select, update
 
+from wallets.currencies import CURRENCIES
 from wallets.errors import (
     ApprovalDenied,
     ApprovalExpired,
@@ -97,6 +99,11 @@ class Approval:
                 expires_at_ms=self.expires_at_ms, decided_by="", decided_at_ms=0, note=""))
 
 
+def _utc(at_ms: int) -> str:
+    """A time as people read it in a message (UTC, to the second)."""
+    return datetime.fromtimestamp(at_ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def approval_id(account_id: str, spend_scope: str, spend_key: str) -> str:
     """Stable per (wallet, spender's scope, spend key): every retry of one spend names the
     same approval."""
@@ -114,16 +121,19 @@ def gate(conn: Connection, *, threshold_atomic: int, ttl_s: int, account_id: str
     row = conn.execute(select(APPROVALS).where(APPROVALS.c.account_id == account_id,
                                                APPROVALS.c.spend_scope == scope,
                                                APPROVALS.c.spend_key == key)).first()
-    above = (f"a spend of {amount_atomic} atomic {currency} from wallet {account_id} is above "
-             f"its approval threshold of {threshold_atomic}")
+    money = CURRENCIES[currency].format if currency in CURRENCIES else \
+        (lambda atomic: f"{atomic} atomic {currency}")
+    above = (f"a spend of {money(amount_atomic)} ({amount_atomic} atomic) from wallet "
+             f"{account_id} is above its approval threshold of {money(threshold_atomic)}")
     if row is None:
         pending = Approval(approval_id(account_id, scope, key), account_id, currency,
                            counterparty, skill, amount_atomic, key, scope, operation, mandate_id,
                            spender_id, "pending", now_ms, now_ms + ttl_s * 1000)
         queue(pending)
         raise ApprovalRequired(
-            f"{above}: approval {pending.approval_id} is pending until {pending.expires_at_ms} "
-            "ms; once it is approved, retry the same request with the same idempotency key",
+            f"{above}: approval {pending.approval_id} is pending until "
+            f"{_utc(pending.expires_at_ms)}; once it is approved, retry the same request with "
+            "the same idempotency key",
             approval_id=pending.approval_id)
     found = Approval.from_row(row, now_ms)
     asked = (found.amount_atomic, found.counterparty, found.skill, found.operation)
@@ -133,10 +143,11 @@ def gate(conn: Connection, *, threshold_atomic: int, ttl_s: int, account_id: str
             f"spend ({found.amount_atomic} atomic to {found.counterparty})")
     if found.status == "pending":
         raise ApprovalRequired(f"{above}: approval {found.approval_id} is still pending (until "
-                               f"{found.expires_at_ms} ms)", approval_id=found.approval_id)
+                               f"{_utc(found.expires_at_ms)})", approval_id=found.approval_id)
     if found.status == "expired":
-        raise ApprovalExpired(f"approval {found.approval_id} expired at {found.expires_at_ms} "
-                              "ms; ask again under a new idempotency key")
+        raise ApprovalExpired(f"approval {found.approval_id} expired at "
+                              f"{_utc(found.expires_at_ms)}; ask again under a new idempotency "
+                              "key")
     if found.status == "denied":
         raise ApprovalDenied(f"approval {found.approval_id} was denied by {found.decided_by}"
                              + (f": {found.note}" if found.note else ""))

@@ -349,6 +349,8 @@ def disputes_resolve(agreement: str,
                 "split": dispute_pb2.DISPUTE_OUTCOME_SPLIT}
     if to not in outcomes:
         bad_value(f"--to must be seller, buyer or split, not {to!r}")
+    if to == "split" and seller_amount in ("", "0"):
+        bad_value("--to split needs --seller-amount: what of the frozen amount the seller gets")
     seller_atomic = currency(currency_code).atomic(seller_amount) if to == "split" else 0
     key = load_key(key_file)
     signature = key.sign(ag.resolve_message(agreement, outcomes[to], seller_atomic, note))

@@ -45,12 +45,15 @@ def receipt_verify(file: Path = typer.Argument(help="A receipt file (`receipt ge
                   f"signed by node {found.node}", highlight=False, soft_wrap=True)
 
 
+RECEIPT_KINDS = ("capture", "refund", "expiry", "dispute_freeze", "dispute_resolution",
+                 "pvp_settled", "pvp_voided")
+
+
 @receipt_app.command("get")
 def receipt_get(subject: str = typer.Argument(help="The agreement id, or a PvP leg's "
                                                    "condition:hold_id."),
-                kind: str = typer.Option("", help="capture, refund, expiry, dispute_freeze, "
-                                                  "dispute_resolution, pvp_settled, pvp_voided"
-                                                  " (default: the latest)."),
+                kind: str = typer.Option("", help=f"{', '.join(RECEIPT_KINDS)} (default: "
+                                                  "the latest)."),
                 db: str = typer.Option(DEFAULT_DB, help="The node's database URL."),
                 out: Path = typer.Option(None, help="Write the file here (default: stdout).")
                 ) -> None:
@@ -60,6 +63,10 @@ def receipt_get(subject: str = typer.Argument(help="The agreement id, or a PvP l
     from marketplace.receipts import ReceiptBook
     from wallets.errors import AgentmarketError
 
+    if kind and kind not in RECEIPT_KINDS:
+        from marketplace.cli.output import bad_value
+
+        bad_value(f"--kind is one of {', '.join(RECEIPT_KINDS)}, not {kind!r}")
     ledger = open_ledger(db)
     try:
         data = ReceiptBook(ledger.engine, None, ledger.clock_ms).receipt_file(subject, kind)
