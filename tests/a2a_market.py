@@ -16,7 +16,20 @@ from a2a.types import a2a_pb2_grpc
 from agents._a2a_door import A2ADoor
 from agents.buyer import BuyerAgent, Deal
 from agents.seller import SellerAgent
+from agents.skills import free, per_call, skill
 from marketplace.node import MarketplaceNode
+
+
+@skill(price=per_call("0.002", "USD"))
+def echo(text: str) -> dict:
+    """Return the text."""
+    return {"text": text}
+
+
+@skill(price=free())
+def hello(name: str) -> dict:
+    """Greet someone, for free."""
+    return {"greeting": f"hello {name}"}
 
 
 @dataclass

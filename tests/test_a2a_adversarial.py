@@ -17,25 +17,15 @@ from a2a.types import a2a_pb2
 from agents import _a2a_buyer
 from agents._a2a_door import MAX_SUBSCRIBERS, SUBSCRIBE_SLICE_S
 from agents.buyer import Deal
-from agents.skills import free, per_call, skill
+from agents.skills import per_call, skill
 from marketplace import a2a_extension as ext
-from tests.a2a_market import Market, open_market
+from tests.a2a_market import Market, echo, hello, open_market
 
 EXT = [(ext.EXTENSIONS_HEADER, ext.URI)]
 
 
 @pytest.fixture(scope="module")
 def market(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Market]:
-    @skill(price=per_call("0.002", "USD"))
-    def echo(text: str) -> dict:
-        """Return the text."""
-        return {"text": text}
-
-    @skill(price=free())
-    def hello(name: str) -> dict:
-        """Greet someone, for free."""
-        return {"greeting": f"hello {name}"}
-
     @skill(price=per_call("0.003", "USD"))
     def write(topic: str) -> Iterator[str]:
         """Write about a topic, streamed slowly."""

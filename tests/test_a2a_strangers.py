@@ -22,20 +22,14 @@ from a2a.types import a2a_pb2
 from agents import _a2a_buyer
 from agents._a2a_tasks import TaskStore, paid_task
 from agents.errors import NotFound
-from agents.skills import free, per_call, skill
+from agents.skills import per_call, skill
 from agents.v1 import agent_pb2
 from marketplace import a2a_extension as ext
-from tests.a2a_market import Market, open_market
+from tests.a2a_market import Market, echo, hello, open_market
 from wallets.grpc_errors import error_info
 
 EXT = [(ext.EXTENSIONS_HEADER, ext.URI)]
 FLAKY = {"calls": 0}
-
-
-@skill(price=per_call("0.002", "USD"))
-def echo(text: str) -> dict:
-    """Return the text."""
-    return {"text": text}
 
 
 @skill(price=per_call("0.002", "USD"))
@@ -45,12 +39,6 @@ def flaky(text: str) -> dict:
     if FLAKY["calls"] == 1:
         raise RuntimeError("transient")
     return {"text": text}
-
-
-@skill(price=free())
-def hello(name: str) -> dict:
-    """Greet someone, for free."""
-    return {"greeting": f"hello {name}"}
 
 
 @skill(price=per_call("0.003", "USD"))

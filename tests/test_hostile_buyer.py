@@ -75,6 +75,18 @@ def market(tmp_path: Path) -> Iterator[tuple[MarketplaceNode, SellerAgent, Buyer
         RELEASE.set()
 
 
+def _deal(buyer: BuyerAgent, *, funded: bool = False, hired: bool = False) -> Any:
+    """An agreement for three calls of `slow` at the seller's price (the buyer's wallet funded
+    first, the escrow opened after, when asked)."""
+    if funded:
+        buyer.fund("1.00", "USD")
+    deal = buyer.negotiate(buyer.discover("slow"), "slow", quantity=3, budget="0.05",
+                           currency="USD")
+    if hired:
+        buyer.hire(deal)
+    return deal
+
+
 def _in_thread(call: Any) -> tuple[threading.Thread, dict[str, Any]]:
     out: dict[str, Any] = {}
 
@@ -328,13 +340,9 @@ def test_finishing_an_agreement_never_hired_again_and_again_spends_no_quota_of_t
             BuyerAgent("victim", marketplace=node.address) as victim, \
             BuyerAgent("hostile", marketplace=node.address) as hostile:
         RELEASE.set()
-        victim.fund("1.00", "USD")
-        good = victim.negotiate(victim.discover("slow"), "slow", quantity=3, budget="0.05",
-                                currency="USD")
-        victim.hire(good)
+        good = _deal(victim, funded=True, hired=True)
         assert victim.call(good, {"text": "hi"}) == {"text": "HI"}
-        bad = hostile.negotiate(hostile.discover("slow"), "slow", quantity=3, budget="0.05",
-                                currency="USD")  # countersigned, never hired
+        bad = _deal(hostile)  # countersigned, never hired
         stub = hostile._seller(bad.body.seller_endpoint)
         codes = set()
         for _ in range(40):
@@ -357,10 +365,7 @@ def test_a_stranger_with_a_forged_voucher_cannot_make_the_seller_read_a_large_in
             SellerAgent("s", skills=[slow], marketplace=node.address, server=kind) as seller, \
             BuyerAgent("buyer", marketplace=node.address) as buyer:
         RELEASE.set()
-        buyer.fund("1.00", "USD")
-        deal = buyer.negotiate(buyer.discover("slow"), "slow", quantity=3, budget="0.05",
-                               currency="USD")
-        buyer.hire(deal)
+        deal = _deal(buyer, funded=True, hired=True)
         read = []
         checked_input = seller.calls.checked_input
         seller.calls.checked_input = lambda request: read.append(len(request.input_json)) \
