@@ -37,6 +37,7 @@ import grpc
 from a2a.types import a2a_pb2, a2a_pb2_grpc
 
 from agents import _a2a_parts as parts
+from agents._a2a_streams import PaidStreams
 from agents._a2a_subscriptions import Subscriptions, Waiting
 from agents._a2a_tasks import (
     TERMINAL,
@@ -46,7 +47,7 @@ from agents._a2a_tasks import (
     UnsupportedOperation,
 )
 from agents._a2a_tasks import paid_task as paid_task_of
-from agents._serving import MAX_INPUT_BYTES, STOP_NAMES, checked_arguments, utf8_bytes_over
+from agents._serving import MAX_INPUT_BYTES, checked_arguments, utf8_bytes_over
 from agents.errors import (
     AgentmarketError,
     CallInProgress,
@@ -67,8 +68,6 @@ SERVICE = a2a_pb2.DESCRIPTOR.services_by_name["A2AService"].full_name
 METHODS = tuple(f"/{SERVICE}/{m.name}"
                 for m in a2a_pb2.DESCRIPTOR.services_by_name["A2AService"].methods)
 MAX_PAGE = 100
-MAX_REFERENCES = 16  # a message's reference_task_ids
-MAX_METADATA_BYTES = 64 * 1024
 SUBSCRIBE_WAIT_S = 60.0
 SUBSCRIBE_SLICE_S = 0.5  # how soon a waiting subscription notices its caller left
 MAX_SUBSCRIBERS = 4  # waiting subscriptions at once: each holds a server worker thread
@@ -93,7 +92,7 @@ def _guarded(method: Any) -> Any:
     return wrapper
 
 
-class A2ADoor(a2a_pb2_grpc.A2AServiceServicer):
+class A2ADoor(PaidStreams, a2a_pb2_grpc.A2AServiceServicer):
     def __init__(self, seller: SellerAgent) -> None:
         self.seller = seller
         self.tasks = TaskStore(seller.gate)
@@ -132,7 +131,7 @@ class A2ADoor(a2a_pb2_grpc.A2AServiceServicer):
         if not 0 < len(message.message_id) <= MAX_CALL_ID_CHARS:
             raise InvalidArgument(f"message.message_id must be 1..{MAX_CALL_ID_CHARS} "
                                   "characters (it is the call's idempotency key)")
-        _check_sizes(message)
+        parts.check_sizes(message)
         if message.task_id:
             self._continued(message)
         values = [v for k, v in context.invocation_metadata() or ()
@@ -323,90 +322,11 @@ class A2ADoor(a2a_pb2_grpc.A2AServiceServicer):
             return
         yield from self._paid_stream(invoke, voucher, task_id, context_id, context)
 
-    def _paid_stream(self, invoke: agent_pb2.InvokeRequest, voucher: Any, task_id: str,
-                     context_id: str, context: grpc.ServicerContext
-                     ) -> Iterator[a2a_pb2.StreamResponse]:
-        chunks = self.seller.calls.paid_stream(invoke, context, voucher=voucher)
-        try:
-            yield from self._relay(chunks, invoke, task_id, context_id)
-        finally:  # the caller hung up: the core bills what was delivered, then releases
-            chunks.close()
-
-    def _relay(self, chunks: Iterator[agent_pb2.StreamChunk], invoke: agent_pb2.InvokeRequest,
-               task_id: str, context_id: str) -> Iterator[a2a_pb2.StreamResponse]:
-        try:
-            first = next(chunks, None)  # admitted (or refused) before the task is announced
-        except AgentmarketError:
-            raise
-        except Exception:  # the skill failed before its first piece: a failed task, unpaid
-            self.tasks.paid(task_id, invoke.agreement_id, invoke.call_id, context_id)
-            failed = self._failed(task_id, context_id, "streamed paid skill")
-            self.tasks.put(failed)
-            yield a2a_pb2.StreamResponse(task=failed)
-            return
-        if first is None:
-            return
-        self.tasks.paid(task_id, invoke.agreement_id, invoke.call_id, context_id)
-        self._working(task_id, context_id)
-        sent = 0
-        chunk: Any = first
-        try:
-            yield a2a_pb2.StreamResponse(task=self.tasks.get(task_id))
-            while not chunk.HasField("end"):
-                update = a2a_pb2.TaskArtifactUpdateEvent(
-                    task_id=task_id, context_id=context_id, append=sent > 0,
-                    artifact=a2a_pb2.Artifact(artifact_id="text", name="text",
-                                              parts=[a2a_pb2.Part(text=chunk.text_delta)]))
-                update.metadata.update({"chargedAtomic": str(chunk.charged_atomic)})
-                yield a2a_pb2.StreamResponse(artifact_update=update)
-                sent += 1
-                chunk = next(chunks)
-        except GeneratorExit:  # the reader hung up: the core bills what was delivered
-            try:
-                chunks.close()
-            finally:
-                self._hung_up(invoke, task_id, context_id)
-            raise
-        except AgentmarketError:
-            self.tasks.drop(task_id)
-            raise
-        except Exception:  # a call the gate answered (charged) never shows as failed
-            task = self._answered_task(invoke, task_id, context_id) \
-                or self._failed(task_id, context_id, "streamed paid skill")
-            self.tasks.put(task)
-            yield a2a_pb2.StreamResponse(status_update=a2a_pb2.TaskStatusUpdateEvent(
-                task_id=task_id, context_id=context_id, status=task.status))
-            return
-        task = _streamed_task(task_id, context_id, invoke.agreement_id, chunk)
-        self.tasks.put(task)
-        final = a2a_pb2.TaskStatusUpdateEvent(task_id=task_id, context_id=context_id,
-                                              status=task.status)
-        final.metadata.CopyFrom(task.metadata)
-        yield a2a_pb2.StreamResponse(status_update=final)
-
-    def _hung_up(self, invoke: agent_pb2.InvokeRequest, task_id: str, context_id: str) -> None:
-        """Store a stream's task as the gate answered it once its reader hung up: completed
-        with the receipt for what was delivered (nothing answered: nothing charged, no task),
-        so that GetTask never shows a charged call as still working."""
-        task = self._answered_task(invoke, task_id, context_id)
-        if task is None:
-            self.tasks.drop(task_id)
-        else:
-            self.tasks.put(task)
-
-    def _answered_task(self, invoke: agent_pb2.InvokeRequest, task_id: str, context_id: str
-                       ) -> a2a_pb2.Task | None:
-        """The completed task of a call as the gate answered (and charged) it; None when the
-        gate answered nothing."""
-        answer = self.seller.gate.answered(invoke.agreement_id, invoke.call_id)
-        return None if answer is None else _streamed_task(task_id, context_id,
-                                                          invoke.agreement_id, answer)
-
     # ---- tasks ----------------------------------------------------------------------------
 
     @_guarded
     def GetTask(self, request, context):  # type: ignore[no-untyped-def]
-        _check_history_length(request)
+        parts.check_history_length(request)
         return self.tasks.get(request.id)
 
     @_guarded
@@ -421,7 +341,7 @@ class A2ADoor(a2a_pb2_grpc.A2AServiceServicer):
         if not (token.isascii() and token.isdigit()) or len(token) > 9:
             raise InvalidArgument("page_token is one this server returned")
         offset = int(token)
-        _check_history_length(request)
+        parts.check_history_length(request)
         after = request.status_timestamp_after.ToNanoseconds() \
             if request.HasField("status_timestamp_after") else None
         tasks, total = self.tasks.list(request.context_id, request.status, size, offset,
@@ -508,35 +428,3 @@ def _retry_key(message: a2a_pb2.Message, skill_name: str, input_json: str) -> tu
     digest = hashlib.sha256(f"{skill_name}\0{input_json}".encode()).hexdigest()
     return current_caller(), message.context_id, message.message_id, digest
 
-
-def _check_history_length(request: Any) -> None:
-    if request.HasField("history_length") and request.history_length < 0:
-        raise InvalidArgument("history_length is 0 or more (unset: all of it)")
-
-
-def _check_sizes(message: a2a_pb2.Message) -> None:
-    """Bound what a task may keep of a message (its ids) and its metadata, so that no caller
-    parks megabytes per task in the store."""
-    for name, value in (("context_id", message.context_id), ("task_id", message.task_id)):
-        if len(value) > MAX_CALL_ID_CHARS:
-            raise InvalidArgument(f"message.{name} is {len(value)} characters; at most "
-                                  f"{MAX_CALL_ID_CHARS}")
-    references = message.reference_task_ids
-    if len(references) > MAX_REFERENCES or any(len(r) > MAX_CALL_ID_CHARS for r in references):
-        raise InvalidArgument(f"message.reference_task_ids: at most {MAX_REFERENCES} ids of at "
-                              f"most {MAX_CALL_ID_CHARS} characters")
-    if message.metadata.ByteSize() > MAX_METADATA_BYTES:
-        raise InvalidArgument(f"message.metadata is {message.metadata.ByteSize()} bytes; at "
-                              f"most {MAX_METADATA_BYTES}")
-
-
-def _streamed_task(task_id: str, context_id: str, agreement_id: str, answer: Any
-                   ) -> a2a_pb2.Task:
-    task = paid_task_of(task_id, context_id, agreement_id, answer)
-    if isinstance(answer, agent_pb2.StreamChunk):
-        task.metadata.update({"agentmarket.stopReason": _stop_name(answer.end.stop_reason)})
-    return task
-
-
-def _stop_name(stop: int) -> str:
-    return STOP_NAMES.get(stop, "complete")

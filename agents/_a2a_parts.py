@@ -5,7 +5,8 @@ object, or, for a skill whose input is one string property, plain text for that 
 other part (raw bytes, a URL, several parts) is refused with INVALID_ARGUMENT before anything
 is paid or run. An output is one artifact part: text holding the output's exact JSON (the
 receipt commits to its SHA-256), media type application/json; a streamed skill's text arrives
-as text parts appended to one artifact.
+as text parts appended to one artifact. What a task may keep of a message (its ids, its
+metadata) is bounded here too (`check_sizes`).
 """
 
 from __future__ import annotations
@@ -18,10 +19,13 @@ from a2a.types import a2a_pb2
 from google.protobuf import json_format, struct_pb2
 
 from agents.errors import InvalidArgument
+from agents.payments import MAX_CALL_ID_CHARS
 from agents.skills import Skill
 from marketplace.a2a_cards import JSON, _single_text_field
 
 MAX_PARTS = 8
+MAX_REFERENCES = 16  # a message's reference_task_ids
+MAX_METADATA_BYTES = 64 * 1024
 OUTPUT_ARTIFACT = "output"
 
 
@@ -115,3 +119,24 @@ def status(state: int, message: a2a_pb2.Message | None = None) -> a2a_pb2.TaskSt
     if message is not None:
         out.message.CopyFrom(message)
     return out
+
+
+def check_history_length(request: Any) -> None:
+    if request.HasField("history_length") and request.history_length < 0:
+        raise InvalidArgument("history_length is 0 or more (unset: all of it)")
+
+
+def check_sizes(message: a2a_pb2.Message) -> None:
+    """Bound what a task may keep of a message (its ids) and its metadata, so that no caller
+    parks megabytes per task in the store."""
+    for name, value in (("context_id", message.context_id), ("task_id", message.task_id)):
+        if len(value) > MAX_CALL_ID_CHARS:
+            raise InvalidArgument(f"message.{name} is {len(value)} characters; at most "
+                                  f"{MAX_CALL_ID_CHARS}")
+    references = message.reference_task_ids
+    if len(references) > MAX_REFERENCES or any(len(r) > MAX_CALL_ID_CHARS for r in references):
+        raise InvalidArgument(f"message.reference_task_ids: at most {MAX_REFERENCES} ids of at "
+                              f"most {MAX_CALL_ID_CHARS} characters")
+    if message.metadata.ByteSize() > MAX_METADATA_BYTES:
+        raise InvalidArgument(f"message.metadata is {message.metadata.ByteSize()} bytes; at "
+                              f"most {MAX_METADATA_BYTES}")
