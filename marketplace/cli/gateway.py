@@ -11,11 +11,11 @@ from pathlib import Path
 
 import typer
 
+from marketplace.cli import keys as cli_keys
 from marketplace.cli.output import console, error_line, fail
 from marketplace.cli.tuning import GC_DEFAULTS, NORMAL_SCHEDULING, tune_started
 from marketplace.home import default_database_url, default_span_store
 from marketplace.stop_signals import StopSignals
-from wallets.errors import AgentmarketError
 
 DEFAULT_DB = default_database_url()
 DEFAULT_SPANS = default_span_store()
@@ -60,18 +60,7 @@ def gateway(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///fil
         Path(db.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     spans.parent.mkdir(parents=True, exist_ok=True)
     provider = setup_tracing("gateway", span_store_path=spans)
-    if key_file is not None:
-        from marketplace.cli.operator import load_key
-
-        node_key = load_key(key_file)
-    else:  # the home's, as `serve` keeps it: the x402 network outlives a restart
-        from marketplace.home import keys_folder
-        from marketplace.identity import AgentKey
-
-        try:
-            node_key = AgentKey.kept(keys_folder() / "node.key")
-        except (AgentmarketError, OSError) as error:
-            fail(f"cannot read the node's key: {getattr(error, 'message', error)}")
+    node_key = cli_keys.node_key(key_file)
     stop = StopSignals()  # from here on, SIGTERM or Ctrl-C stops the servers in order
     try:
         node = MarketplaceNode(db, host=host, port=port, fee_bps=fee_bps, key=node_key,

@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Column, Table
 
+from marketplace.cli.keys import load_key
 from marketplace.home import default_database_url
 from wallets.currencies import currency
 from wallets.ledger import Ledger
@@ -224,18 +225,6 @@ def _settlement(db: str) -> Any:
 
     ledger = open_ledger(db)
     return Settlement(ledger, Registry(ledger.engine))
-
-
-def load_key(path: Path) -> Any:
-    """An agent key from a file holding its 32-byte seed in hex (`agentmarket keys new`)."""
-    from marketplace.cli.output import fail
-    from marketplace.errors import InvalidArgument
-    from marketplace.identity import AgentKey
-
-    try:
-        return AgentKey.load(path)
-    except InvalidArgument as error:
-        fail(error.message)
 
 
 def _call(what: str, fn: Any) -> Any:

@@ -12,6 +12,7 @@ from typing import Any
 
 import typer
 
+from marketplace.cli import keys as cli_keys
 from marketplace.cli.output import bad_value, console, fail
 from marketplace.cli.tuning import GC_DEFAULTS, NORMAL_SCHEDULING, tune_started
 from marketplace.home import default_database_url, default_span_store
@@ -142,18 +143,7 @@ def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file 
     spans.parent.mkdir(parents=True, exist_ok=True)
     provider = setup_tracing("marketplace", span_store_path=spans)
     setup_metrics("marketplace")  # exported over OTLP when OTEL_EXPORTER_OTLP_* is set
-    if key_file is not None:
-        from marketplace.cli.operator import load_key
-
-        node_key = load_key(key_file)
-    else:  # the home's: receipts, checkpoints and the x402 network outlive a restart
-        from marketplace.home import keys_folder
-        from marketplace.identity import AgentKey
-
-        try:
-            node_key = AgentKey.kept(keys_folder() / "node.key")
-        except (AgentmarketError, OSError) as error:
-            fail(f"cannot read the node's key: {getattr(error, 'message', error)}")
+    node_key = cli_keys.node_key(key_file)
     stop = StopSignals()  # from here on, SIGTERM or Ctrl-C stops the servers in order
     try:
         node = MarketplaceNode(db, host=host, port=port, fee_bps=fee_bps, key=node_key,
@@ -212,7 +202,6 @@ def _console_options(on: bool, host: str, key_file: Path | None, arbiter: bool,
         if key_file is not None or arbiter:
             fail("--console-key-file and --console-arbiter need --console")
         return None
-    from marketplace.cli.operator import load_key
     from marketplace.console import ConsoleOptions
     from marketplace.http.app import LOOPBACK_HOSTS
 
@@ -223,7 +212,7 @@ def _console_options(on: bool, host: str, key_file: Path | None, arbiter: bool,
     def announce(url: str) -> None:
         console.print(f"console login (one-time): {url}", highlight=False, soft_wrap=True)
 
-    return ConsoleOptions(key=load_key(key_file) if key_file else None, arbiter=arbiter,
+    return ConsoleOptions(key=cli_keys.load_key(key_file) if key_file else None, arbiter=arbiter,
                           span_store=spans, announce=announce)
 
 
