@@ -204,11 +204,7 @@ class PaymentGate(GateRedeems):
         A retry of a call id with its first voucher returns that call's first response (or
         runs it again if it failed before completing). Holds the agreement's lock only for the
         check itself (microseconds)."""
-        if voucher is None:
-            raise PaymentRequired("this method is paid: attach a voucher "
-                                  f"({VOUCHER_METADATA_KEY} metadata)")
-        if voucher.agreement_id != agreement_id:
-            raise InvalidVoucher("the voucher is for a different agreement than the request")
+        voucher = _addressed(voucher, agreement_id)
         if len(call_id) > MAX_CALL_ID_CHARS:
             raise InvalidArgument(f"call_id is longer than {MAX_CALL_ID_CHARS} characters")
         if call_id.startswith(UNNAMED_CALL_PREFIX):  # the gate's own names: never a buyer's
@@ -285,9 +281,7 @@ class PaymentGate(GateRedeems):
     def _retry(self, agreement_id: str, account: AgreementAccount, voucher: agreement_pb2.Voucher,
                call_id: str, reserve_atomic: int, partial: bool) -> Admission:
         call = account.calls[call_id]
-        if voucher.sequence != call.sequence or voucher.payword != call.payword:
-            raise InvalidVoucher(f"call {call_id!r} was paid by another voucher; a retry must "
-                                 "send the same one")
+        _same_voucher(call_id, call, voucher)
         if call.response is not None:  # answered: again, once its record is durable
             if call.durable is not None and call.durable.done():
                 call.durable = None  # written (a failed record would have unchained the call)
@@ -401,24 +395,16 @@ class PaymentGate(GateRedeems):
         """Raise what `admit` would for a voucher that is not genuine (missing, for another
         agreement, replayed, forged), changing nothing; a voucher whose check is dear passes
         (`admit` makes its sender pay for the hashing first)."""
-        if voucher is None:
-            raise PaymentRequired("this method is paid: attach a voucher "
-                                  f"({VOUCHER_METADATA_KEY} metadata)")
-        if voucher.agreement_id != agreement_id:
-            raise InvalidVoucher("the voucher is for a different agreement than the request")
+        voucher = _addressed(voucher, agreement_id)
         account = self._account(agreement_id)
         with account.lock:
             known = account.calls.get(call_id) if call_id else None
             if known is not None:  # a retry: its first voucher again
-                if voucher.sequence != known.sequence or voucher.payword != known.payword:
-                    raise InvalidVoucher(f"call {call_id!r} was paid by another voucher; a "
-                                         "retry must send the same one")
-                return
-            self._check_unhashed(account, voucher)
-            if voucher.payword_index - account.anchor_index <= CHEAP_CHECK_HASHES and \
-                    not verify_word(voucher.payword, voucher.payword_index,
-                                    account.anchor_word, account.anchor_index):
-                raise InvalidVoucher("the voucher's payword is forged")
+                _same_voucher(call_id, known, voucher)
+            elif voucher.payword_index - account.anchor_index <= CHEAP_CHECK_HASHES:
+                self._check_new(account, voucher)
+            else:
+                self._check_unhashed(account, voucher)
 
     def check_hashes(self, agreement_id: str, voucher: agreement_pb2.Voucher | None) -> int:
         """How many SHA-256s checking `voucher` would take (from the last word seen); none
@@ -433,3 +419,21 @@ class PaymentGate(GateRedeems):
             return 0
         return voucher.payword_index - account.anchor_index
 
+
+def _addressed(voucher: agreement_pb2.Voucher | None,
+               agreement_id: str) -> agreement_pb2.Voucher:
+    """The call's voucher, there and for the call's agreement (PaymentRequired, or
+    InvalidVoucher)."""
+    if voucher is None:
+        raise PaymentRequired("this method is paid: attach a voucher "
+                              f"({VOUCHER_METADATA_KEY} metadata)")
+    if voucher.agreement_id != agreement_id:
+        raise InvalidVoucher("the voucher is for a different agreement than the request")
+    return voucher
+
+
+def _same_voucher(call_id: str, call: CallPayment, voucher: agreement_pb2.Voucher) -> None:
+    """A retried call id must come with its first voucher."""
+    if voucher.sequence != call.sequence or voucher.payword != call.payword:
+        raise InvalidVoucher(f"call {call_id!r} was paid by another voucher; a retry must "
+                             "send the same one")
