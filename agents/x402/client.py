@@ -268,8 +268,7 @@ class PrepayTransport(httpx.AsyncBaseTransport):
         if ours:
             request.headers["PAYMENT-SIGNATURE"] = await self._header(url, known)
         response, refused = await self._paid_send(request, url)
-        if refused is not None and refused.error in SESSION_GONE \
-                and self._forget(request.headers.get("payment-signature", "")):
+        if refused is not None and refused.error in SESSION_GONE and self._forget(request):
             await response.aclose()  # that session is gone: once more, in a new one
             response, refused = await self._pay_again(request, url, refused)
             ours = True
@@ -316,10 +315,9 @@ class PrepayTransport(httpx.AsyncBaseTransport):
                 opening.set()
 
     def _overtaken(self, request: httpx.Request) -> bool:
-        sent = _session_payment(request.headers.get("payment-signature", ""))
-        if sent is None or sent[0] != "voucher":
-            return False
-        return any([scheme.overtaken(sent[1], sent[2]) for scheme in self._schemes.values()])
+        sent = _voucher_sent(request)
+        return sent is not None and any([scheme.overtaken(*sent)
+                                         for scheme in self._schemes.values()])
 
     async def _send(self, request: httpx.Request, url: str
                     ) -> tuple[httpx.Response, PaymentRequired | None]:
@@ -351,15 +349,12 @@ class PrepayTransport(httpx.AsyncBaseTransport):
                                              json.dumps(members)[1:])
         return encode_payment_signature_header(payload)
 
-    def _forget(self, header: str) -> bool:
+    def _forget(self, request: httpx.Request) -> bool:
         """Forget the session a refused voucher was paid under (gone at the gateway); False
         when the payment was no voucher of a session of ours."""
-        try:
-            sent = json.loads(base64.b64decode(header, validate=True))
-            agreement = sent["payload"]["agreementId"]
-        except (ValueError, TypeError, KeyError, binascii.Error):
-            return False
-        return any([scheme.forget(agreement) for scheme in self._schemes.values()])
+        sent = _voucher_sent(request)
+        return sent is not None and any([scheme.forget(sent[0])
+                                         for scheme in self._schemes.values()])
 
     def _charged(self, header: str) -> None:
         """PAYMENT-RESPONSE's `amount` of a session's call: what it cost (the rest carries)."""
@@ -389,6 +384,13 @@ def _session_payment(header: str) -> tuple[str, str, int] | None:
     except (ValueError, TypeError, KeyError, binascii.Error, DecodeError):
         return None
     return payload["kind"], voucher.agreement_id, voucher.sequence
+
+
+def _voucher_sent(request: httpx.Request) -> tuple[str, int] | None:
+    """(agreement id, sequence) of the session voucher a request pays with; None for any
+    other payment."""
+    sent = _session_payment(request.headers.get("payment-signature", ""))
+    return (sent[1], sent[2]) if sent is not None and sent[0] == "voucher" else None
 
 
 def _has_hooks(client: x402Client) -> bool:
