@@ -316,9 +316,12 @@ class A2ADoor(PaidStreams, a2a_pb2_grpc.A2AServiceServicer):
         paid = self._paid_request(message, meta)
         invoke, voucher, task_id, context_id = paid
         skill = self.seller.skills[self.seller.gate.body(invoke.agreement_id).terms.skill]
+        if not skill.streams:  # (`_paid` answers a resent failed message itself)
+            yield a2a_pb2.StreamResponse(task=self._paid(paid, context))
+            return
         failed = self._failed_before(task_id)
-        if not skill.streams or failed is not None:
-            yield a2a_pb2.StreamResponse(task=failed or self._paid(paid, context))
+        if failed is not None:
+            yield a2a_pb2.StreamResponse(task=failed)
             return
         yield from self._paid_stream(invoke, voucher, task_id, context_id, context)
 
