@@ -10,7 +10,7 @@ import threading
 from agents.errors import BudgetExceeded
 from marketplace.payword import PaywordChain
 from marketplace.v1 import agreement_pb2
-from wallets.currencies import CURRENCIES
+from wallets.currencies import format_amount
 
 
 def links_for(amount_atomic: int, link_value_atomic: int) -> int:
@@ -62,8 +62,7 @@ class PaymentSession:
         return target
 
     def _shown(self, amount_atomic: int) -> str:
-        found = CURRENCIES.get(self.currency)
-        return found.format(amount_atomic) if found else f"{amount_atomic} atomic units"
+        return format_amount(amount_atomic, self.currency)
 
     def voucher(self, sequence: int, index: int) -> agreement_pb2.Voucher:
         """The voucher with this sequence revealing the word at `index` (deterministic)."""

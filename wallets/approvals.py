@@ -30,7 +30,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, insert, or_, select, update
 
-from wallets.currencies import CURRENCIES
+from wallets.currencies import format_amount
 from wallets.errors import (
     ApprovalDenied,
     ApprovalExpired,
@@ -121,10 +121,9 @@ def gate(conn: Connection, *, threshold_atomic: int, ttl_s: int, account_id: str
     row = conn.execute(select(APPROVALS).where(APPROVALS.c.account_id == account_id,
                                                APPROVALS.c.spend_scope == scope,
                                                APPROVALS.c.spend_key == key)).first()
-    money = CURRENCIES[currency].format if currency in CURRENCIES else \
-        (lambda atomic: f"{atomic} atomic {currency}")
-    above = (f"a spend of {money(amount_atomic)} ({amount_atomic} atomic) from wallet "
-             f"{account_id} is above its approval threshold of {money(threshold_atomic)}")
+    above = (f"a spend of {format_amount(amount_atomic, currency)} ({amount_atomic} atomic) "
+             f"from wallet {account_id} is above its approval threshold of "
+             f"{format_amount(threshold_atomic, currency)}")
     if row is None:
         pending = Approval(approval_id(account_id, scope, key), account_id, currency,
                            counterparty, skill, amount_atomic, key, scope, operation, mandate_id,

@@ -106,6 +106,13 @@ CURRENCIES: dict[str, Currency] = {
 _ALIASES = {"E-CNY": "ECNY", "CNY": "ECNY"}
 
 
+def format_amount(amount_atomic: int, code: str) -> str:
+    """An amount as people read it in a message: in its currency (exact), or in atomic units
+    where the code names no currency here."""
+    found = CURRENCIES.get(code)
+    return found.format(amount_atomic) if found else f"{amount_atomic} atomic units"
+
+
 def currency(code: str) -> Currency:
     """Look a currency up by code (case-insensitive; 'e-CNY' is ECNY)."""
     key = code.strip().upper() if isinstance(code, str) else None
