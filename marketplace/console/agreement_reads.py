@@ -67,12 +67,13 @@ def query_int(text: str) -> int | None:
     return int(text)
 
 
-def parse_cursor(cursor: str) -> tuple[int, str] | None:
-    created, _, agreement = (cursor or "").partition(":")
+def parse_cursor(cursor: str, id_chars: int = 64) -> tuple[int, str] | None:
+    """(time, id) of a page cursor `<ms>:<id>` the console wrote; None for anything else."""
+    created, _, row_id = (cursor or "").partition(":")
     when = query_int(created)
-    if when is None or len(agreement) != 64:
+    if when is None or len(row_id) != id_chars:
         return None
-    return when, agreement
+    return when, row_id
 
 
 def method_name(method: int) -> str:

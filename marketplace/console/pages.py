@@ -17,7 +17,7 @@ from starlette.responses import RedirectResponse, Response
 
 from marketplace.agreement_states import STATES
 from marketplace.console.actions import ActionRefused, ActionResult, OperatorActions
-from marketplace.console.agreement_reads import AgreementReads, query_int
+from marketplace.console.agreement_reads import AgreementReads, parse_cursor, query_int
 from marketplace.console.audit import AuditTrail
 from marketplace.console.reads import ConsoleReads
 from marketplace.console.sessions import Session
@@ -29,6 +29,8 @@ from wallets.approvals import STATUSES as APPROVAL_STATUSES
 from wallets.errors import AgentmarketError
 
 APPROVALS_PAGE = 200
+APPROVAL_ID_CHARS = 32  # wallets.approvals.approval_id
+ACTION_ID_CHARS = 32  # marketplace.console.audit: a uuid4's hex
 POSTING_KINDS = ("deposit", "withdraw", "transfer", "hold", "capture", "void", "expire",
                  "convert")
 
@@ -92,8 +94,7 @@ class Pages:
     async def approvals(self, request: Request, session: Session) -> Response:
         status = request.query_params.get("status", "pending")
         status = status if status in APPROVAL_STATUSES or status == "" else "pending"
-        when, _, last = request.query_params.get("after", "").partition(":")
-        after = (query_int(when) or 0, last) if when and 0 < len(last) <= 128 else None
+        after = parse_cursor(request.query_params.get("after", ""), APPROVAL_ID_CHARS)
         rows = await run_in_threadpool(self.reads.approvals, status, APPROVALS_PAGE, after)
         names = await run_in_threadpool(self.reads.names, [r.owner for r in rows] + [
             c for r in rows for c in r.approval.counterparty.split(", ")])
@@ -238,11 +239,9 @@ class Pages:
                             nav="traces")
 
     async def audit_page(self, request: Request, session: Session) -> Response:
-        when, _, action = request.query_params.get("before", "").partition(":")
-        before = query_int(when) or 0
-        after_id = action if len(action) == 32 and action.isascii() and action.isalnum() \
-            else ""
+        raw = request.query_params.get("before", "")  # <ms>:<action id>, or <ms> alone
+        before, before_id = parse_cursor(raw, ACTION_ID_CHARS) or (query_int(raw) or 0, "")
         rows = await run_in_threadpool(lambda: self.audit.records(
-            limit=100, before_ms=before, before_id=after_id))
+            limit=100, before_ms=before, before_id=before_id))
         return self._render(request, session, "audit.html", rows=rows, title="Audit trail",
                             nav="audit")
