@@ -5,6 +5,7 @@ A2AService."""
 from __future__ import annotations
 
 import gc
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,14 @@ def echo(text: str) -> dict:
 def hello(name: str) -> dict:
     """Greet someone, for free."""
     return {"greeting": f"hello {name}"}
+
+
+@skill(price=per_call("0.003", "USD"))
+def write(topic: str) -> Iterator[str]:
+    """Write about a topic, streamed slowly."""
+    for word in ("agents", " pay", " each", " other", " slowly"):
+        time.sleep(0.2)
+        yield word
 
 
 @dataclass

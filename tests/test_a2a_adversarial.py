@@ -19,20 +19,13 @@ from agents._a2a_door import MAX_SUBSCRIBERS, SUBSCRIBE_SLICE_S
 from agents.buyer import Deal
 from agents.skills import per_call, skill
 from marketplace import a2a_extension as ext
-from tests.a2a_market import Market, echo, hello, open_market
+from tests.a2a_market import Market, echo, hello, open_market, write
 
 EXT = [(ext.EXTENSIONS_HEADER, ext.URI)]
 
 
 @pytest.fixture(scope="module")
 def market(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Market]:
-    @skill(price=per_call("0.003", "USD"))
-    def write(topic: str) -> Iterator[str]:
-        """Write about a topic, streamed slowly."""
-        for word in ("agents", " pay", " each", " other", " slowly"):
-            time.sleep(0.2)
-            yield word
-
     @skill(price=per_call("0.002", "USD"))
     def tally(amount_atomic: int) -> dict:
         """Give an amount back, as a ledger would book it."""

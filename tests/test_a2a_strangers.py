@@ -25,7 +25,7 @@ from agents.errors import NotFound
 from agents.skills import per_call, skill
 from agents.v1 import agent_pb2
 from marketplace import a2a_extension as ext
-from tests.a2a_market import Market, echo, hello, open_market
+from tests.a2a_market import Market, echo, hello, open_market, write
 from wallets.grpc_errors import error_info
 
 EXT = [(ext.EXTENSIONS_HEADER, ext.URI)]
@@ -39,14 +39,6 @@ def flaky(text: str) -> dict:
     if FLAKY["calls"] == 1:
         raise RuntimeError("transient")
     return {"text": text}
-
-
-@skill(price=per_call("0.003", "USD"))
-def write(topic: str) -> Iterator[str]:
-    """Stream slowly."""
-    for word in ("a", " b", " c", " d", " e"):
-        time.sleep(0.2)
-        yield word
 
 
 @skill(price=per_call("0.003", "USD"))
