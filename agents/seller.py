@@ -69,7 +69,7 @@ from agents.metering import Tariff
 from agents.negotiation import Strategy
 from agents.payments import PaymentGate
 from agents.skills import Skill, warm_up
-from agents.usage_journal import JournalPacedExecutor, UsageJournal
+from agents.usage_journal import LOOP_GROUP_WAIT_S, JournalPacedExecutor, UsageJournal
 from agents.v1 import agent_pb2
 from marketplace import agreements as ag
 from marketplace import escrow_proof
@@ -157,7 +157,10 @@ class SellerAgent:
         url = journal_url(Path(self._scratch) / "journal.db" if self._scratch else journal,
                           self.agent_id)
         with opening_database(url):
-            self.journal = UsageJournal(url)
+            # on grpc.aio a paid call runs from admission to record in one step of the loop:
+            # it cannot be announced ahead, so batches wait for as many records as the last
+            self.journal = UsageJournal(url, group_wait_s=LOOP_GROUP_WAIT_S if server == "aio"
+                                        else 0.0)
         self.gate = PaymentGate(self.key, self.journal)
         self.tariffs: dict[str, Tariff] = {}
         self._restore()

@@ -84,6 +84,9 @@ _SYNC_TIMEOUT_S = 30.0
 # would write its own batch (`_write_own`) but never waits for it (its caller hung up, its
 # coroutine was cancelled) does not wake the writer, which takes that batch within this time.
 _IDLE_RECHECK_S = 0.1
+# `group_wait_s` for a seller on an event loop: on a 2-core machine with 16 callers it made
+# batches 2x larger and cut 87 us of the seller's CPU per paid echo (benchmarks.paid_call).
+LOOP_GROUP_WAIT_S = 0.003
 
 
 class UsageJournal(JournalStore):
@@ -91,7 +94,8 @@ class UsageJournal(JournalStore):
     thread. Thread-safe: meant to be called from every thread of a gRPC server's pool."""
 
     def __init__(self, url: str, *, max_batch: int = 512, max_delay_s: float = 0.0,
-                 max_linger_s: float = 0.006, fast_call_s: float = 0.005) -> None:
+                 max_linger_s: float = 0.006, fast_call_s: float = 0.005,
+                 group_wait_s: float = 0.0) -> None:
         """Open the database at `url`, migrate the seller's tables and start the writer.
 
         `max_delay_s`: how long the writer waits for a batch to fill once it holds a row
@@ -99,7 +103,10 @@ class UsageJournal(JournalStore):
         queue while a commit is in progress).
         `max_linger_s`: how long, at most, a batch waits for the records of calls announced
         by `expecting` that are still running (0: never); only for calls announced within
-        `fast_call_s` to twice that (older ones are taken to be slow)."""
+        `fast_call_s` to twice that (older ones are taken to be slow).
+        `group_wait_s`: how long, at most, a batch waits to hold as many records as the last
+        one did (0: never): for callers that wait without a thread (an event loop), whose
+        calls run from admission to record in one step and so cannot be announced ahead."""
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         if max_linger_s < 0 or fast_call_s <= 0:
@@ -113,6 +120,8 @@ class UsageJournal(JournalStore):
         self._max_batch = max_batch
         self._max_delay_s = max(0.0, max_delay_s)
         self._max_linger_s = max_linger_s
+        self._group_wait_s = max(0.0, group_wait_s)
+        self._group_target = 0  # the rows the last batch held: the next one waits for as many
         self.fast_call_s = fast_call_s
         self._prepare_statements()
         self._lock = threading.Lock()
@@ -123,6 +132,7 @@ class UsageJournal(JournalStore):
         self._idle = False  # the writer waits for any row
         self._filling = False  # the writer waits for its batch to fill up
         self._lingering = False  # the writer waits for the records of running calls
+        self._grouping = False  # the writer waits for as many rows as the last batch held
         self._blocked = False  # the writer waits for a caller writing its own batch
         # Held by whoever writes a batch: the writer thread, or a caller (`_write_own`).
         self._write_lock = threading.Lock()
@@ -303,7 +313,8 @@ class UsageJournal(JournalStore):
                 # writer is idle: no thread switch to the writer and back
                 own = batch.owned = self._max_delay_s == 0
             if (self._idle and not own) or ((self._filling or self._lingering)
-                                            and index + 1 >= self._max_batch):
+                                            and index + 1 >= self._max_batch) or \
+                    (self._grouping and index + 1 >= self._group_target):
                 self._wakeup.notify()
         return Pending(batch, index)
 
@@ -394,6 +405,7 @@ class UsageJournal(JournalStore):
             self._idle = False
         start = time.monotonic()
         fill_until, linger_until = start + self._max_delay_s, start + self._max_linger_s
+        group_until = start + self._group_wait_s
         while len(head.rows) < self._max_batch and not head.urgent and not self._closed:
             now = time.monotonic()
             if now < fill_until:
@@ -404,11 +416,16 @@ class UsageJournal(JournalStore):
                 self._lingering = True
                 self._wakeup.wait(linger_until - now)
                 self._lingering = False
+            elif now < group_until and len(head.rows) < self._group_target:
+                self._grouping = True
+                self._wakeup.wait(group_until - now)
+                self._grouping = False
             else:
                 break
         return head
 
     def _write(self, batch: _Batch) -> None:
+        self._group_target = len(batch.rows)  # the next batch may wait for as many
         try:
             try:
                 if batch.mixed:
@@ -447,5 +464,5 @@ class UsageJournal(JournalStore):
                 log.exception("usage journal: reporting %d failed records failed", len(failed))
 
 
-__all__ = ["JournalAgreement", "JournalCall", "JournalError", "JournalPacedExecutor", "Pending",
-           "UsageJournal"]
+__all__ = ["LOOP_GROUP_WAIT_S", "JournalAgreement", "JournalCall", "JournalError",
+           "JournalPacedExecutor", "Pending", "UsageJournal"]

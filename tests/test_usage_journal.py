@@ -257,6 +257,50 @@ def test_a_slow_call_stops_holding_batches(db_url: str):
         assert [c.position for c in journal.load()[0].calls] == [0, 1]
 
 
+def _batch_of_three(journal: UsageJournal) -> None:
+    """Two lazy opens share the commit of the first call: one batch of three rows."""
+    journal.queue_open("a", "seller", b"body", lazy=True)
+    journal.queue_open("b", "seller", b"body", lazy=True)
+    _record(journal, "a", _call("a", 0)).wait(10)
+
+
+def test_a_batch_waits_for_as_many_records_as_the_last_one_held(db_url: str):
+    """`group_wait_s` (a seller on an event loop, whose calls cannot be announced ahead): the
+    callers that shared the last commit are taken to come back together."""
+    with UsageJournal(db_url, group_wait_s=LONG_LINGER_S) as journal:
+        _batch_of_three(journal)
+        before = journal.batches_written
+        first = _record(journal, "a", _call("a", 1))
+        time.sleep(0.2)
+        assert not first.done()  # held for two more records
+        others = [_record(journal, "b", _call("b", 0)), _record(journal, "a", _call("a", 2))]
+        for pending in (first, *others):
+            pending.wait(10)
+        assert journal.batches_written - before == 1
+        assert sorted(c.call_id for a in journal.load() for c in a.calls) == \
+            ["call-a/0", "call-a/1", "call-a/2", "call-b/0"]
+
+
+def test_a_lone_caller_never_waits_for_a_group(db_url: str):
+    with UsageJournal(db_url, group_wait_s=LONG_LINGER_S) as journal:
+        journal.open_agreement("agr", "seller", b"body")
+        for position in range(3):  # each would time out if it waited for a group
+            _record(journal, "agr", _call("agr", position)).wait(10)
+        assert len(journal.load()[0].calls) == 3
+
+
+def test_a_group_that_does_not_come_back_shrinks(db_url: str):
+    """Fewer callers than the last commit held: the batch is written after `group_wait_s`,
+    and the next ones wait for no one."""
+    with UsageJournal(db_url, group_wait_s=0.2) as journal:
+        _batch_of_three(journal)
+        for position in range(1, 4):
+            before = journal.batches_written
+            _record(journal, "a", _call("a", position)).wait(10)
+            assert journal.batches_written - before == 1
+        assert [c.position for c in _by_id(journal.load())["a"].calls] == [0, 1, 2, 3]
+
+
 def test_the_paced_pool_announces_each_call_until_it_ends(db_url: str):
     with UsageJournal(db_url, max_linger_s=LONG_LINGER_S, fast_call_s=LONG_LINGER_S) as journal:
         journal.open_agreement("agr", "seller", b"body")
