@@ -22,7 +22,8 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from wallets import _idempotency
 from wallets import _sqlite_hot as hot
 from wallets._group_commit import GroupCommitter, WorkItem
-from wallets.errors import AgentmarketError, Contended
+from wallets.errors import AgentmarketError, Contended, DatabaseUnavailable
+from wallets.store import connection_lost
 
 if TYPE_CHECKING:
     from wallets.guard import SpendGuard
@@ -64,8 +65,11 @@ def transaction_sealed(conn: Connection) -> dict[int, tuple[Any, str]]:
 
 
 def _retryable(error: OperationalError) -> bool:
-    """A deadlock between row locks (PostgreSQL aborts one side) or the like: run again."""
-    return getattr(error.orig, "sqlstate", None) in RETRIED_SQLSTATES
+    """A deadlock between row locks (PostgreSQL aborts one side) or the like, or a lost
+    connection (the pool hands out a fresh one; if the lost commit landed, the key replays
+    its outcome): run again."""
+    return getattr(error.orig, "sqlstate", None) in RETRIED_SQLSTATES or \
+        connection_lost(error)
 
 
 class _Refused(Exception):
@@ -102,7 +106,7 @@ class _WriteTransaction:
     """`Ledger._write`: the process's write serialiser, a transaction, then the spend guard's
     effects of refused spends (approvals and freezes outlive the rollback)."""
 
-    __slots__ = ("conn", "ctx", "ledger", "serial")
+    __slots__ = ("conn", "ctx", "ledger", "queued", "serial")
 
     def __init__(self, ledger: MutationRunner) -> None:
         self.ledger = ledger
@@ -125,12 +129,14 @@ class _WriteTransaction:
         # UPDATE (holds, guarded wallets) or guarded by the UPDATE itself.
         conn.info[POSTINGS_OF_TRANSACTION] = []
         conn.info[SEALED_OF_TRANSACTION] = {}
-        conn.info[AFTER_COMMIT] = []
+        self.queued = conn.info[AFTER_COMMIT] = []
         self.conn = conn
         return conn
 
     def __exit__(self, *exc: Any) -> None:
-        queued = self.conn.info.pop(AFTER_COMMIT, None) or []
+        queued = self.queued
+        if not self.conn.invalidated:  # a lost connection's info is out of reach: no matter
+            self.conn.info.pop(AFTER_COMMIT, None)
         try:
             self.ctx.__exit__(*exc)
         finally:
@@ -195,6 +201,7 @@ class MutationRunner:
     def _run_alone(self, run: Callable[[Connection], _Outcome], *, key: str = "") -> Any:
         """Run `run` in a transaction of its own. No savepoint: a refused effect rolls the
         whole transaction back, and its refusal is recorded in the next one."""
+        lost: OperationalError | None = None
         for _attempt in range(5):
             try:
                 try:
@@ -211,6 +218,10 @@ class MutationRunner:
             except OperationalError as error:
                 if not _retryable(error):
                     raise
+                lost = error if connection_lost(error) else None
+        if lost is not None:
+            raise DatabaseUnavailable("the database did not answer; send the same request "
+                                      "again (with the same idempotency key)") from lost
         named = f" {key!r}" if key else ""
         raise Contended(f"idempotency key{named} is contended; retry the request")
 

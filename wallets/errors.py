@@ -25,7 +25,8 @@
     ├── Unauthenticated               UNAUTHENTICATED      the caller could not be identified
     ├── ResourceExhausted             RESOURCE_EXHAUSTED   a limit was reached
     └── Unavailable                   UNAVAILABLE          try again later: nothing changed
-        └── Contended                 (concurrent duplicates of one key kept colliding)
+        ├── Contended                 (concurrent duplicates of one key kept colliding)
+        └── DatabaseUnavailable       (the database went away: send the same request again)
 
 Domain code raises these; the gRPC edge (`wallets.grpc_errors`) turns `status` into a status code
 and `reason` into a google.rpc.ErrorInfo. The marketplace and agents packages subclass them.
@@ -130,6 +131,14 @@ class Contended(Unavailable):
     """Concurrent duplicates of one idempotency key kept colliding; retry the same request."""
 
     reason = "IDEMPOTENCY_KEY_CONTENDED"
+
+
+class DatabaseUnavailable(Unavailable):
+    """The database went away mid-request (a dropped connection, a commit whose answer never
+    came): what the request did is unknown, never half-done; send the same request again, with
+    the same idempotency key, to learn its outcome."""
+
+    reason = "DATABASE_UNAVAILABLE"
 
 
 # ---- programmable wallets and FX ---------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -20,8 +21,9 @@ from grpc_status import rpc_status
 from opentelemetry import trace
 
 from wallets import attributes
-from wallets.errors import AgentmarketError
+from wallets.errors import AgentmarketError, DatabaseUnavailable
 from wallets.metrics import market_metrics
+from wallets.store import connection_lost
 
 ERROR_DOMAIN = "agentmarket.dev"
 TRACE_ID_KEY = "trace_id"  # ErrorInfo metadata: the failed request's trace
@@ -73,7 +75,14 @@ def abort(context: grpc.ServicerContext, error: AgentmarketError) -> None:
 
 def abort_internal(context: grpc.ServicerContext, where: str) -> None:
     """INTERNAL with a request id; the exception being handled goes to the log, not the
-    caller."""
+    caller. The database going away is not the server's fault nor the caller's: UNAVAILABLE,
+    so the caller sends the same request again (its idempotency key makes that safe)."""
+    if connection_lost(sys.exc_info()[1] or Exception()):
+        log.warning("database connection lost in %s: %s", where, sys.exc_info()[1])
+        abort(context, DatabaseUnavailable(
+            "the marketplace's database did not answer; send the same request again "
+            "(with the same idempotency key)"))
+        return
     request_id = uuid.uuid4().hex[:12]
     log.exception("unexpected error in %s (request %s)", where, request_id)
     context.abort_with_status(_rich_status(

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError, PendingRollbackError
 
 from wallets.errors import InvalidArgument
 
@@ -76,6 +76,24 @@ def make_engine(url: str = DEFAULT_DB_URL) -> Engine:
             raise DBAPIError.instance(statement, None, error, sqlite3.Error) from error
 
     return engine
+
+
+def connection_lost(error: BaseException) -> bool:
+    """Whether `error` is the database going away rather than refusing: a dropped or reset
+    connection (PostgreSQL restarted, the backend terminated, a commit whose answer never
+    came), or SQLite busy past its timeout. What the failed request did is unknown or undone,
+    never half-done (a transaction commits whole or not at all): the same request, with the
+    same idempotency key, may be sent again."""
+    if isinstance(error, DisconnectionError | PendingRollbackError):
+        return True
+    if isinstance(error, DBAPIError):
+        if error.connection_invalidated:
+            return True
+        if isinstance(error, OperationalError):
+            if isinstance(error.orig, sqlite3.OperationalError):
+                return "locked" in str(error.orig) or "busy" in str(error.orig)
+            return True  # psycopg: every OperationalError is about the connection
+    return False
 
 
 def create_schema(engine: Engine) -> None:
