@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError
 
 from agents._journal_batches import (
     _CALL,
@@ -175,10 +175,11 @@ class JournalStore:
         try:
             with conn.begin_nested():
                 self._apply_row(conn, index, kind, row, errors, results)
-        except IntegrityError as error:
+        except (IntegrityError, DataError, OverflowError) as error:
             what = (f"call {row[1]!r} of agreement {row[0]!r}"
                     if kind == _CALL else "an agreement change")
-            errors[index] = JournalError(f"the usage journal refused {what}: {error.orig}")
+            errors[index] = JournalError(f"the usage journal refused {what}: "
+                                         f"{getattr(error, 'orig', error)}")
 
     def _apply_row(self, conn: Any, index: int, kind: int, row: Any,
                    errors: dict[int, BaseException], results: dict[int, Any]) -> None:

@@ -58,6 +58,7 @@ from marketplace.errors import ReceiptLimit
 from marketplace.identity import AgentKey
 from marketplace.payword import CHEAP_CHECK_HASHES, verify_word
 from marketplace.v1 import agreement_pb2, settlement_pb2
+from wallets.currencies import INT64_MAX
 
 VOUCHER_METADATA_KEY = "agentmarket-voucher-bin"
 MAX_CALL_ID_CHARS = 128
@@ -263,6 +264,8 @@ class PaymentGate(GateRedeems):
         """What refuses a voucher before any hashing: a replay, an amount that does not match
         its index, a word past the chain's end or the agreement's maximum."""
         body = account.body
+        if voucher.sequence > INT64_MAX:  # a uint64 on the wire; the journal's columns stop here
+            raise InvalidArgument(f"voucher sequence {voucher.sequence} is past {INT64_MAX}")
         if voucher.sequence <= account.sequence or voucher.payword_index < account.anchor_index:
             raise InvalidVoucher(f"voucher {voucher.sequence} was already used (replay)")
         if voucher.cumulative_atomic != voucher.payword_index * body.link_value_atomic:

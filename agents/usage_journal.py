@@ -51,7 +51,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError
 
 from agents._journal_batches import (
     _CALL,
@@ -118,6 +118,7 @@ class UsageJournal(JournalStore):
             self._engine.dispose()
             raise
         self._max_batch = max_batch
+        self._dbapi = self._engine.dialect.dbapi
         self._max_delay_s = max(0.0, max_delay_s)
         self._max_linger_s = max_linger_s
         self._group_wait_s = max(0.0, group_wait_s)
@@ -432,9 +433,11 @@ class UsageJournal(JournalStore):
                     self._apply(batch, careful=False)
                 else:
                     self._write_plain(batch)
-            except (IntegrityError, self._engine.dialect.dbapi.IntegrityError):
-                # A row the database refuses (a call of an unknown agreement): write the batch
-                # again with a savepoint per row, so only that row's caller gets the error.
+            except (IntegrityError, DataError, OverflowError, self._dbapi.IntegrityError,
+                    self._dbapi.DataError):
+                # A row the database refuses (a call of an unknown agreement, a number past its
+                # columns): write the batch again with a savepoint per row, so only that row's
+                # caller gets the error and nobody else's record waits on it.
                 self._apply(batch, careful=True)
         except BaseException as error:  # never let the writer die: fail the batch instead
             log.warning("usage journal: a batch of %d rows failed: %s", len(batch.rows), error)

@@ -21,7 +21,11 @@ from agents import BuyerAgent, SellerAgent, per_call, skill
 from agents import _strategy_host as strategy_host
 from agents._strategy_host import MAX_NEGOTIATIONS_PER_BUYER, OFFER_TTL_MS
 from agents.errors import AgreementEnded, InvalidArgument
-from agents.payments import MAX_FRESH_AGREEMENTS_PER_BUYER, VOUCHER_METADATA_KEY
+from agents.payments import (
+    MAX_FRESH_AGREEMENTS_PER_BUYER,
+    VOUCHER_METADATA_KEY,
+    paid_call_metadata,
+)
 from agents.v1 import agent_pb2, agent_pb2_grpc
 from marketplace import agreements as ag
 from marketplace.auth import signed_channel
@@ -323,6 +327,30 @@ def test_a_call_id_in_the_sellers_own_names_is_refused_and_every_call_keeps_its_
     assert buyer.call(deal, {"text": "c"}, call_id="mine") == {"text": "C"}
     account = seller.gate._accounts[deal.agreement_id]
     assert len(account.calls) == 2 and account.reserved_atomic == 0
+    escrow = buyer.finish(deal, confirm=True)
+    assert escrow.captured_atomic == 2 * deal.body.terms.unit_price_atomic
+    books_balance(node)
+
+
+def test_a_voucher_sequence_past_int64_is_invalid_and_changes_nothing(market):
+    """Voucher.sequence is a uint64; the journal's columns stop at 2^63 - 1. Let through, such
+    a voucher became the gate's latest (the buyer's next honest voucher a "replay") and its
+    record failed the journal batch of other buyers' calls."""
+    node, seller, buyer = market
+    RELEASE.set()
+    deal = buyer.negotiate(buyer.discover("slow"), "slow", quantity=3, budget="0.05",
+                           currency="USD")
+    buyer.hire(deal)
+    assert buyer.call(deal, {"text": "a"}) == {"text": "A"}
+    session = buyer.sessions[deal.agreement_id]
+    forged = session.voucher(2**63, session.index + 1)
+    code, message = _refusal(lambda: _stub(seller, buyer.key).Invoke(
+        agent_pb2.InvokeRequest(agreement_id=deal.agreement_id, input_json='{"text": "b"}',
+                                call_id="huge"),
+        metadata=paid_call_metadata(forged), timeout=10))
+    assert code == "INVALID_ARGUMENT" and "sequence" in message
+    assert seller.gate._accounts[deal.agreement_id].sequence == 1
+    assert buyer.call(deal, {"text": "c"}) == {"text": "C"}
     escrow = buyer.finish(deal, confirm=True)
     assert escrow.captured_atomic == 2 * deal.body.terms.unit_price_atomic
     books_balance(node)

@@ -389,6 +389,20 @@ def test_a_refused_record_fails_alone(db_url: str):
         assert [c.call_id for c in journal.load()[0].calls] == [good.call_id, other.call_id]
 
 
+def test_a_number_past_the_columns_fails_its_record_alone(db_url: str):
+    """A record whose number no column holds (a buyer's voucher sequence of 2^63, were it let
+    through) fails alone: the other records of its batch commit."""
+    with UsageJournal(db_url, max_batch=3, max_delay_s=5.0) as journal:
+        journal.open_agreement("agr", "seller", b"body")
+        good, huge, other = _call("agr", 0), _call("agr", 1, sequence=2**63), _call("agr", 2)
+        pendings = [_record(journal, "agr", call) for call in (good, huge, other)]
+        pendings[0].wait()
+        with pytest.raises(JournalError, match="call-agr/1"):
+            pendings[1].wait()
+        pendings[2].wait()
+        assert [c.call_id for c in journal.load()[0].calls] == [good.call_id, other.call_id]
+
+
 def test_a_failed_batch_reaches_every_caller_and_the_writer_carries_on(db_url: str):
     journal = UsageJournal(db_url)
     admin = make_engine(db_url)
