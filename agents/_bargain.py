@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from agents import _inputs
 from agents.errors import (
     AgentmarketError,
     FailedPrecondition,
@@ -29,7 +30,7 @@ from agents.metering import CALLS, TOKENS, Tariff
 from agents.negotiation import ConcessionStrategy, Limits, Strategy
 from agents.v1 import agent_pb2, agent_pb2_grpc
 from marketplace import pricing
-from marketplace.negotiation import Negotiation
+from marketplace.negotiation import MAX_NEGOTIATION_S, MAX_ROUNDS, Negotiation
 from marketplace.v1 import agreement_pb2, registry_pb2
 from wallets import attributes as attr
 from wallets.currencies import currency as _currency
@@ -97,6 +98,8 @@ def rounds(buyer: BuyerAgent | AsyncBuyerAgent, listing: registry_pb2.Listing, s
     seller's reply, and returns the acceptable `Quote`; the sync and the async buyer drive it
     over their own connections (`bargain`, `abargain`), so the rules live once."""
     cur = _currency(currency)
+    check_options(max_rounds=max_rounds, deadline_s=deadline_s, verification=verification,
+                  strategy=strategy)
     if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity <= 0:
         raise InvalidArgument(f"quantity must be a positive number of calls, got {quantity!r}")
     if budget_atomic <= 0:
@@ -164,6 +167,24 @@ def rounds(buyer: BuyerAgent | AsyncBuyerAgent, listing: registry_pb2.Listing, s
                 protocol.offer(counter, buyer._now_ms())
                 reply = yield agent_pb2.NegotiationMessage(offer=counter, note=_say(strategy))
         raise _NoAgreement(f"no agreement within {max_rounds} rounds")
+
+
+def check_options(*, max_rounds: Any, deadline_s: Any, verification: Any, strategy: Any
+                  ) -> None:
+    """Refuse a bad negotiation option before the RFQ is built: protobuf would otherwise fail
+    with its own error, or the strategy deep inside a round."""
+    _inputs.count(max_rounds, "max_rounds", maximum=MAX_ROUNDS)
+    _inputs.count(deadline_s, "deadline_s", maximum=MAX_NEGOTIATION_S)
+    methods = [number for number in registry_pb2.VerificationMethod.values() if number]
+    if isinstance(verification, bool) or not isinstance(verification, int) \
+            or verification not in methods:
+        allowed = ", ".join(registry_pb2.VerificationMethod.Name(n) for n in methods)
+        raise InvalidArgument(f"verification must be a registry_pb2.VerificationMethod "
+                              f"({allowed}), got {_inputs.shown(verification)}")
+    if strategy is not None and not (callable(getattr(strategy, "propose", None))
+                                     and callable(getattr(strategy, "accepts", None))):
+        raise InvalidArgument(f"strategy must have propose() and accepts() (a Strategy such "
+                              f"as ConcessionStrategy), got {_inputs.shown(strategy)}")
 
 
 def _check_method(terms: agreement_pb2.Terms, asked: int) -> None:

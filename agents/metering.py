@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
+from agents import _inputs
 from agents._context import Scoped
 from agents._tokens import count_tokens
 from agents.errors import BudgetExceeded, InvalidArgument
@@ -61,8 +62,7 @@ def model_price_per_1k_atomic(cost_per_token_usd: float | str | Decimal, scale: 
 
     The float goes through `Decimal(str(cost))` (its shortest repr, e.g. 1.5e-07 -> 0.00000015),
     so a cost the cost map states exactly stays exact."""
-    if not 0 <= markup_bps <= 100 * BPS:
-        raise InvalidArgument(f"markup must be 0..{100 * BPS} basis points")
+    _inputs.count(markup_bps, "markup_bps (basis points)", minimum=0, maximum=100 * BPS)
     per_1k = Decimal(str(cost_per_token_usd)) * 1000 * (10**scale) * (BPS + markup_bps) / BPS
     return int(per_1k.to_integral_value(rounding=ROUND_CEILING))
 

@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from agents._inputs import shown
 from marketplace.v1 import agreement_pb2, settlement_pb2
+from wallets.currencies import CURRENCIES
 from wallets.currencies import currency as _currency
-from wallets.errors import InvalidArgument
+from wallets.errors import InvalidAmount, InvalidArgument, UnknownCurrency
 from wallets.models import Leg, Posting
 from wallets.v1 import wallet_pb2
 
@@ -32,10 +34,20 @@ class Money:
     """An exact amount: `amount_atomic` units of `currency`'s atomic scale (USD: 1e-9).
 
     `str(money)` is exact ("0.00853125 USD"); `money.amount` is the Decimal; sums and
-    comparisons work within one currency and refuse to mix two."""
+    comparisons work within one currency and refuse to mix two. The code is kept as the
+    currency's own ("usd" is USD), so equal amounts compare equal however they were named."""
 
     amount_atomic: int
     currency: str
+
+    def __post_init__(self) -> None:
+        if isinstance(self.amount_atomic, bool) or not isinstance(self.amount_atomic, int):
+            raise InvalidAmount(f"Money takes an int of atomic units, got "
+                                f"{shown(self.amount_atomic)} (Money.of reads a decimal)")
+        if not isinstance(self.currency, str):
+            raise InvalidArgument(f"a currency is a code such as 'USD', got "
+                                  f"{shown(self.currency)}")
+        object.__setattr__(self, "currency", _code(self.currency))
 
     @classmethod
     def of(cls, amount: str | int | Decimal, currency_code: str) -> Money:
@@ -48,11 +60,17 @@ class Money:
         return Decimal(self.amount_atomic).scaleb(-_currency(self.currency).scale)
 
     def __str__(self) -> str:
-        return _currency(self.currency).format(self.amount_atomic)
+        """Exact in its currency; in atomic units where the code names no currency here (an
+        escrow that never said its currency), so printing a result never fails."""
+        if self.currency in CURRENCIES:
+            return CURRENCIES[self.currency].format(self.amount_atomic)
+        return f"{self.amount_atomic} atomic units" + (f" of {self.currency}"
+                                                       if self.currency else "")
 
     def _same(self, other: object) -> Money:
         if not isinstance(other, Money):
-            raise TypeError(f"cannot combine Money with {type(other).__name__}")
+            raise InvalidArgument(f"Money combines only with Money, not "
+                                  f"{type(other).__name__} {shown(other)}")
         if other.currency != self.currency:
             raise InvalidArgument(f"cannot combine {self.currency} with {other.currency}")
         return other
@@ -60,14 +78,32 @@ class Money:
     def __add__(self, other: Money) -> Money:
         return Money(self.amount_atomic + self._same(other).amount_atomic, self.currency)
 
+    def __radd__(self, other: object) -> Money:
+        """0 + money is money, so `sum(amounts)` works; any other left operand is refused."""
+        if isinstance(other, int) and not isinstance(other, bool) and other == 0:
+            return self
+        return self + self._same(other)
+
     def __sub__(self, other: Money) -> Money:
         return Money(self.amount_atomic - self._same(other).amount_atomic, self.currency)
+
+    def __neg__(self) -> Money:
+        return Money(-self.amount_atomic, self.currency)
 
     def __lt__(self, other: Money) -> bool:
         return self.amount_atomic < self._same(other).amount_atomic
 
     def __bool__(self) -> bool:
         return self.amount_atomic != 0
+
+
+def _code(code: str) -> str:
+    """A known currency's own code (case and aliases as `wallets.currencies.currency` reads
+    them); any other code upper-cased, kept for printing."""
+    try:
+        return _currency(code).code
+    except UnknownCurrency:
+        return code.strip().upper()
 
 
 class AgreementState(enum.IntEnum):

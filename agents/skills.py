@@ -31,7 +31,7 @@ from typing import Any
 
 from pydantic import BaseModel, TypeAdapter
 
-from agents import _async
+from agents import _async, _inputs
 from agents._schemas import STREAM_OUTPUT_SCHEMA, function_models, graph_models, is_graph
 from agents.errors import InvalidArgument
 from agents.metering import (
@@ -300,6 +300,46 @@ def _check_bounds(prices: list[Price], max_input_tokens: int, max_output_tokens:
             raise InvalidArgument("a skill priced per unit needs max_units per call")
 
 
+def _check_options(*, name: Any, description: Any, tags: Any, max_input_tokens: Any,
+                   max_output_tokens: Any, max_units: Any, verification: Any,
+                   max_concurrency: Any, typical_latency_ms: Any, model: Any,
+                   warm_up: Any) -> None:
+    """Refuse a bad option when the skill is made, not when the seller serves or lists it."""
+    if name is not None:
+        _inputs.name(name, "skill name")
+    if description is not None and not isinstance(description, str):
+        raise InvalidArgument(f"a skill's description is text, got {_inputs.shown(description)}")
+    if tags is not None and (not isinstance(tags, list)
+                             or not all(isinstance(t, str) for t in tags)):
+        raise InvalidArgument(f"a skill's tags are a list of strings, got {_inputs.shown(tags)}")
+    for what, value in (("max_input_tokens", max_input_tokens),
+                        ("max_output_tokens", max_output_tokens), ("max_units", max_units),
+                        ("max_concurrency", max_concurrency),
+                        ("typical_latency_ms", typical_latency_ms)):
+        _inputs.count(value, what, minimum=0)
+    methods = [m for m in registry_pb2.VerificationMethod.values() if m]
+    if verification is not None and (
+            not isinstance(verification, list) or not verification
+            or any(isinstance(m, bool) or not isinstance(m, int) or m not in methods
+                   for m in verification)):
+        raise InvalidArgument(f"verification is a list of registry_pb2.VerificationMethod "
+                              f"values, got {_inputs.shown(verification)}")
+    if not isinstance(model, str):
+        raise InvalidArgument(f"model names an LLM as text, got {_inputs.shown(model)}")
+    if warm_up is not None and not callable(warm_up):
+        raise InvalidArgument(f"warm_up is a function of no arguments, got "
+                              f"{_inputs.shown(warm_up)}")
+
+
+def _check_target(target: Any) -> None:
+    """What @skill can wrap: a function (sync, async or generator), a method, or a graph."""
+    if isinstance(target, Skill):
+        raise InvalidArgument(f"{target.name} is already a skill: apply @skill once")
+    if not (is_graph(target) or inspect.isfunction(target) or inspect.ismethod(target)):
+        raise InvalidArgument(f"@skill wraps a function, async function, generator or "
+                              f"compiled LangGraph graph, got {_inputs.shown(target)}")
+
+
 def skill(target: Any = None, /, *, price: Price | list[Price] | None = None,
           name: str | None = None,
           description: str | None = None, tags: list[str] | None = None,
@@ -322,6 +362,11 @@ def skill(target: Any = None, /, *, price: Price | list[Price] | None = None,
     if not prices or not all(isinstance(p, Price) for p in prices):
         raise InvalidArgument("price is a Price (per_call, per_1k_tokens, per_unit, "
                               "model_price) or a list of them")
+    _check_options(name=name, description=description, tags=tags,
+                   max_input_tokens=max_input_tokens, max_output_tokens=max_output_tokens,
+                   max_units=max_units, verification=verification,
+                   max_concurrency=max_concurrency, typical_latency_ms=typical_latency_ms,
+                   model=model, warm_up=warm_up)
     _check_bounds(prices, max_input_tokens, max_output_tokens, max_units)
     common = dict(prices=prices, tags=tags or [], max_input_tokens=max_input_tokens,
                   max_output_tokens=max_output_tokens, max_units=max_units,
@@ -330,6 +375,7 @@ def skill(target: Any = None, /, *, price: Price | list[Price] | None = None,
                   model=model, warm_up=warm_up)
 
     def wrap(fn: Any) -> Skill:
+        _check_target(fn)
         if is_graph(fn):
             inputs, outputs = graph_models(fn, input_model, output_model)
             label = name or getattr(fn, "name", None) or "graph"

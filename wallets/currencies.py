@@ -21,9 +21,9 @@ from decimal import Decimal, InvalidOperation, localcontext
 
 from wallets.errors import InvalidAmount, UnknownCurrency
 
-# What a person writes for an amount: digits, a point, more digits ("1e3" or "1_000" is not one;
-# a minus sign is, so that a negative amount is refused as negative).
-_PLAIN_DECIMAL = re.compile(r"-?(\d+(\.\d*)?|\.\d+)\Z")
+# What a person writes for an amount: ASCII digits, a point, more digits (" 1", "1e3", "1_000"
+# or "١٢" is not one; a minus sign is, so that a negative amount is refused as negative).
+_PLAIN_DECIMAL = re.compile(r"-?([0-9]+(\.[0-9]*)?|\.[0-9]+)")
 MAX_AMOUNT_ATOMIC = 2**62  # far below int64 overflow even after summing many legs
 INT64_MAX = 2**63 - 1  # the BIGINT columns' limit: running totals stop there
 MAX_INTEGER_DIGITS = 19  # 10**19 is past MAX_AMOUNT_ATOMIC in any currency
@@ -56,11 +56,12 @@ class Currency:
             hint = " (floats are not exact)" if isinstance(amount, float) else ""
             raise InvalidAmount(f"an amount of {self.code} is a decimal string, int or Decimal, "
                                 f"not {type(amount).__name__} {_shown(amount)}{hint}")
-        if isinstance(amount, str) and not _PLAIN_DECIMAL.match(amount.strip()):
+        if isinstance(amount, str) and not _PLAIN_DECIMAL.fullmatch(amount):
             raise InvalidAmount(f"{_shown(amount)} is not a plain decimal amount of {self.code} "
-                                "(write it like 1.25: no exponent, separator or sign)")
+                                "(write it like 1.25: ASCII digits only, no spaces, exponent, "
+                                "separator or sign)")
         try:
-            value = Decimal(amount.strip() if isinstance(amount, str) else amount)
+            value = Decimal(amount)
         except (InvalidOperation, ValueError):
             raise InvalidAmount(f"{_shown(amount)} is not a decimal amount of {self.code} "
                                 "(write it like 1.25)") from None
