@@ -27,6 +27,7 @@ from agents._bargain import Quote
 from agents._deal import (
     Deal,
     MalformedAnswer,
+    Stranded,
     agreement_body,
     book_malformed,
     booked_charge,
@@ -36,7 +37,7 @@ from agents._deal import (
     receipt_problem,
     restored_deal,
 )
-from agents._grpc_payment import ANSWER_MAY_BE_LOST
+from agents._grpc_payment import answer_may_be_lost
 from agents._rpc import trace_id_of
 from agents.errors import (
     AgentmarketError,
@@ -84,6 +85,11 @@ class PlannedCall:
     fresh: bool  # a new payword: its own proof, sent unsigned
     settles: bool  # booking the answer settles the session's reservation
     replannable: bool = False  # a voucher planned for this send (not one sent before)
+    named: bool = True  # the caller gave the call id (else the SDK drew one it never sees)
+    replay: bool = False  # the voucher of an answered call id: its answer is booked already
+    resolving: bool = False  # asks the seller about a stranded voucher (`_asking`)
+    # the stranded voucher (and reservation) this call took over, or asks about
+    taken_over: Stranded | None = None
 
     @property
     def metadata(self) -> list[tuple[str, bytes]]:
@@ -244,33 +250,96 @@ class BuyerCore:
     # ---- paid calls -----------------------------------------------------------------------
 
     def _plan(self, deal: Deal, arguments: dict[str, Any], call_id: str | None,
-              voucher_at: tuple[int, int] | None) -> PlannedCall:
+              voucher_at: tuple[int, int] | None, *, take_over: bool = True) -> PlannedCall:
         """The call's request and voucher. `voucher_at` = (sequence, payword index) re-sends
-        a voucher planned earlier (a resumed workflow); a call id whose answer was lost
-        re-sends its own; otherwise the session plans one prepaying the call's maximum."""
+        a voucher planned earlier (a resumed workflow); a call id whose answer was lost, or
+        that was answered, re-sends its own (the seller answers it once, charged once: an
+        answered one is not booked again); otherwise, with `take_over`, a stranded voucher
+        pays it (`_taking_over`), or the session plans one prepaying the call's maximum."""
         deal = self._deal(deal)
         deal.check_open()
         request = self._plan_request(deal, arguments, call_id)
         session = self.sessions[deal.agreement_id]
         reserve = deal.call_max_atomic
+        named = call_id is not None
         lost = deal.unanswered.pop(call_id, None) if call_id else None
+        taken = deal.taken_over.pop(call_id, None) if lost is not None else None
         if lost is not None:  # its answer was lost: the same voucher fetches it, charged once
             voucher_at = lost
+        answered = deal.answered.get(call_id) if voucher_at is None and call_id else None
+        if answered is not None:  # answered: the seller replays it, booked already
+            voucher_at = answered
         if voucher_at is None:
-            return self._with_new_voucher(deal, request, reserve)
+            return self._taking_over(deal, request, reserve, named) \
+                if take_over and deal.stranded \
+                else self._with_new_voucher(deal, request, reserve, named)
         return PlannedCall(deal, request, session.voucher(*voucher_at), reserve,
                            False,  # a re-sent voucher proves nothing new: sign it
-                           settles=lost is not None)
+                           settles=lost is not None, named=named, replay=answered is not None,
+                           taken_over=taken)
 
-    def _with_new_voucher(self, deal: Deal, request: agent_pb2.InvokeRequest, reserve: int
-                          ) -> PlannedCall:
+    def _taking_over(self, deal: Deal, request: agent_pb2.InvokeRequest, reserve: int,
+                     named: bool) -> PlannedCall:
+        """The call paid by a stranded voucher, with its reservation: one the SDK sent for
+        calls it named that got no answer (cancelled, or the answer lost), which no one can
+        retry. The seller admits a voucher once, in order: if it admits it for this call,
+        the stranded calls never ran and now never can; if it refuses it, they are asked
+        about (`_asking`) and this call is paid anew. Either way the voucher is charged at
+        most once, and the budget it held comes back."""
+        try:
+            _sequence, stranded = deal.stranded.popitem()
+        except KeyError:
+            return self._with_new_voucher(deal, request, reserve, named)
+        voucher = self.sessions[deal.agreement_id].voucher(stranded.sequence, stranded.index)
+        return PlannedCall(deal, request, voucher, reserve, False, settles=True,
+                           replannable=True, named=named, taken_over=stranded)
+
+    def _resolving(self, deal: Deal) -> list[PlannedCall]:
+        """The stranded vouchers the seller refused to a later call (it had taken them, or
+        a later voucher first), each to be asked about (`_asking`)."""
+        plans = []
+        while deal.unresolved:
+            try:
+                _sequence, stranded = deal.unresolved.popitem()
+            except KeyError:
+                break
+            plans.append(self._asking(deal, stranded))
+        return plans
+
+    def _asking(self, deal: Deal, stranded: Stranded) -> PlannedCall:
+        """Re-send a stranded voucher under the first of its call ids: the seller answers
+        the call it took it for (charged once) and refuses the others (`_asked`)."""
+        call_id, input_json = stranded.calls[0]
+        request = agent_pb2.InvokeRequest(agreement_id=deal.agreement_id,
+                                          input_json=input_json, call_id=call_id)
+        voucher = self.sessions[deal.agreement_id].voucher(stranded.sequence, stranded.index)
+        return PlannedCall(deal, request, voucher, deal.call_max_atomic, False, settles=True,
+                           named=False, resolving=True, taken_over=stranded)
+
+    def _asked(self, planned: PlannedCall, error: grpc.RpcError) -> PlannedCall | None:
+        """After a stranded voucher was refused under one of its call ids: the next id to
+        ask about, or None once it is booked (refused under every id: nothing was charged,
+        its reservation is released) or kept for later (the answer may have been lost)."""
+        stranded = planned.taken_over
+        assert stranded is not None
+        if answer_may_be_lost(error):
+            planned.deal.unresolved[stranded.sequence] = stranded
+            return None
+        if len(stranded.calls) > 1:
+            return self._asking(planned.deal, Stranded(stranded.sequence, stranded.index,
+                                                       stranded.calls[1:]))
+        self.sessions[planned.deal.agreement_id].settle(planned.reserve_atomic, 0)
+        return None
+
+    def _with_new_voucher(self, deal: Deal, request: agent_pb2.InvokeRequest, reserve: int,
+                          named: bool = True) -> PlannedCall:
         """The call paid by the session's next voucher, prepaying `reserve`."""
         session = self.sessions[deal.agreement_id]
         revealed = session.index
         voucher = session.next_voucher(reserve)
         return PlannedCall(deal, request, voucher, reserve,
                            voucher.payword_index > revealed,  # a new word: proof enough
-                           settles=True, replannable=True)
+                           settles=True, replannable=True, named=named)
 
     def _again_or_failed(self, planned: PlannedCall, error: grpc.RpcError, attempt: int
                          ) -> PlannedCall:
@@ -281,11 +350,31 @@ class BuyerCore:
         voucher, so its reserve comes back here first. Otherwise the refusal stands: the call
         is booked as failed (`_failed`) and `error` raised."""
         session = self.sessions[planned.deal.agreement_id]
+        if planned.taken_over is not None and not answer_may_be_lost(error):
+            return self._taken_over_refused(planned, error, attempt)
         if not planned.replannable or not overtaken(error, session, planned.voucher, attempt):
             self._failed(planned, error)
             raise error
         session.settle(planned.reserve_atomic, 0)
-        return self._with_new_voucher(planned.deal, planned.request, planned.reserve_atomic)
+        return self._with_new_voucher(planned.deal, planned.request, planned.reserve_atomic,
+                                      planned.named)
+
+    def _taken_over_refused(self, planned: PlannedCall, error: grpc.RpcError, attempt: int
+                            ) -> PlannedCall:
+        """A call paying with a stranded voucher was refused: the reservation stays the
+        stranded voucher's. Refused as a voucher (the seller had it, or a later one): it is
+        to be asked about (`_asking`) and this call is paid anew; refused for anything else,
+        it is stranded again and the refusal stands."""
+        deal, stranded = planned.deal, planned.taken_over
+        assert stranded is not None
+        if error_reason(error) != "INVALID_VOUCHER":
+            deal.stranded[stranded.sequence] = stranded
+            raise error
+        deal.unresolved[stranded.sequence] = stranded
+        if attempt >= MAX_REPLANS:
+            raise error
+        return self._with_new_voucher(deal, planned.request, planned.reserve_atomic,
+                                      planned.named)
 
     def _stream_plan(self, deal: Deal, arguments: dict[str, Any], call_id: str | None,
                      max_atomic: int | None) -> tuple[Deal, agent_pb2.InvokeRequest,
@@ -331,15 +420,27 @@ class BuyerCore:
 
     def _failed(self, planned: PlannedCall, error: grpc.RpcError | None) -> None:
         """Book a call that got no answer: if the seller may have run it (`error` None: the
-        call was cancelled under way), keep the reservation (a retry with the same call id
-        re-sends this voucher and gets the first answer)."""
+        call was cancelled under way), keep the reservation: a retry with the same call id
+        re-sends this voucher and gets the first answer; a call whose id the SDK drew leaves
+        its voucher stranded instead, for the next call to take over (`_taking_over`)."""
         if not planned.settles:
             return
-        if error is None or error.code() in ANSWER_MAY_BE_LOST:
-            planned.deal.unanswered[planned.request.call_id] = (planned.voucher.sequence,
-                                                                planned.voucher.payword_index)
+        deal, voucher, request = planned.deal, planned.voucher, planned.request
+        taken = planned.taken_over
+        if error is not None and not answer_may_be_lost(error):
+            self.sessions[deal.agreement_id].settle(planned.reserve_atomic, 0)
+        elif planned.resolving:
+            assert taken is not None
+            deal.unresolved[taken.sequence] = taken
+        elif planned.named:
+            deal.unanswered[request.call_id] = (voucher.sequence, voucher.payword_index)
+            if taken is not None:  # the seller took the voucher for this call or for those
+                deal.taken_over[request.call_id] = taken
         else:
-            self.sessions[planned.deal.agreement_id].settle(planned.reserve_atomic, 0)
+            earlier = taken.calls if taken is not None else ()
+            deal.stranded[voucher.sequence] = Stranded(
+                voucher.sequence, voucher.payword_index,
+                (*earlier, (request.call_id, request.input_json)))
 
     def _malformed(self, planned: PlannedCall, error: MalformedAnswer) -> None:
         """Book an answer whose payment metadata does not parse (`book_malformed`)."""
@@ -357,6 +458,9 @@ class BuyerCore:
         if planned.settles:  # never past what the buyer may owe, whatever the seller says
             self.sessions[deal.agreement_id].settle(planned.reserve_atomic, booked_charge(
                 deal, planned.reserve_atomic, usage, receipt))
+        if planned.named and planned.request.call_id:
+            deal.remember_answered(planned.request.call_id,
+                                   (planned.voucher.sequence, planned.voucher.payword_index))
         problem = receipt_problem(deal, receipt, usage, response.output_json,
                                   planned.reserve_atomic, planned.voucher.sequence)
         output = parsed_output(deal, response.output_json)
@@ -368,9 +472,10 @@ class BuyerCore:
         except (RecursionError, Unresolvable):  # the seller's schema refers to itself, or away
             problem = problem or f"{SCHEMA_PROBLEMS[1]} (its $ref)"
             deal.failed_outputs += 1
-        if problem:
+        if problem and not (planned.replay and problem in deal.problems):
             deal.problems.append(problem)
-        deal.outputs.append(output)
+        if not planned.replay:  # a replayed answer was received (and counted) before
+            deal.outputs.append(output)
         if span.is_recording():
             span.set_attributes({attr.AMOUNT_ATOMIC: usage.charged_atomic,
                                  "agentmarket.verified": not problem})
@@ -443,9 +548,25 @@ class BuyerCore:
         """Verify, in one batch, the receipt chain taken so far (links and signatures)."""
         return receipt_chain_problems(self._deal(deal))
 
+    @staticmethod
+    def _idempotency_key(deal: Deal, operation: str) -> str:
+        """`operation:agreement` until the node definitely refused it, then a key per try
+        (`:1`, `:2` ...): the node replays a key's recorded outcome, refusals included, so a
+        try after a refusal (the agreement finished since, another reason) needs its own."""
+        tries = deal.refusals.get(operation, 0)
+        return f"{operation}:{deal.agreement_id}" + (f":{tries}" if tries else "")
+
+    @staticmethod
+    def _refused(deal: Deal, operation: str, error: grpc.RpcError) -> None:
+        """Count a definite refusal of `operation`; an answer that may have been lost is not
+        one: its retry must send the same key to get the first outcome."""
+        if not answer_may_be_lost(error):
+            deal.refusals[operation] = deal.refusals.get(operation, 0) + 1
+
     def _confirm_request(self, deal: Deal) -> settlement_pb2.ConfirmRequest:
         return settlement_pb2.ConfirmRequest(
-            idempotency_key=f"confirm:{deal.agreement_id}", agreement_id=deal.agreement_id,
+            idempotency_key=self._idempotency_key(deal, "confirm"),
+            agreement_id=deal.agreement_id,
             buyer_signature=self.key.sign(ag.request_message("confirm", deal.agreement_id)))
 
     def _dispute_request(self, deal: Deal, reason: str) -> settlement_pb2.DisputeRequest:
@@ -453,6 +574,7 @@ class BuyerCore:
             raise InvalidArgument(f"a dispute's reason is text, got {_inputs.shown(reason)}")
         reason = reason[:MAX_REASON_CHARS] or "disputed"
         return settlement_pb2.DisputeRequest(
-            idempotency_key=f"dispute:{deal.agreement_id}", agreement_id=deal.agreement_id,
+            idempotency_key=self._idempotency_key(deal, "dispute"),
+            agreement_id=deal.agreement_id,
             reason=reason, buyer_signature=self.key.sign(
                 ag.dispute_message(deal.agreement_id, reason, [])))

@@ -31,6 +31,20 @@ from marketplace.schema_validators import validator
 from marketplace.v1 import agreement_pb2
 
 MAX_LINKS_PER_CALL = 64
+MAX_ANSWERED_IDS = 512  # answered call ids a deal remembers, for a retry to re-send the voucher
+REFUSAL_OPERATIONS = ("confirm", "dispute")
+
+
+@dataclass(frozen=True)
+class Stranded:
+    """A voucher sent for calls that got no answer and whose ids only the SDK knows (a call
+    cancelled, or its answer lost): the seller took it for at most one of `calls` ((call id,
+    input) pairs) or for none, and its reservation waits on the payment session until the
+    buyer learns which."""
+
+    sequence: int
+    index: int
+    calls: tuple[tuple[str, str], ...]
 
 
 @dataclass
@@ -54,6 +68,18 @@ class Deal:
     problems: list[str] = field(default_factory=list)
     # calls whose answer was lost: call id -> (voucher sequence, payword index) to re-send
     unanswered: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # the caller's call ids answered lately -> their voucher: a retry re-sends it (answered
+    # once, charged once); at most MAX_ANSWERED_IDS, the oldest forgotten first
+    answered: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # vouchers of calls the SDK named that got no answer, by sequence: the next call takes
+    # one over (its reservation with it); `unresolved`: the seller had it, so it is asked
+    stranded: dict[int, Stranded] = field(default_factory=dict)
+    unresolved: dict[int, Stranded] = field(default_factory=dict)
+    # a caller's call id that took over a stranded voucher and got no answer -> that voucher
+    taken_over: dict[str, Stranded] = field(default_factory=dict)
+    # definite refusals per operation ("confirm", "dispute"): each next try takes a new
+    # idempotency key, so a refusal the node recorded is not replayed for good
+    refusals: dict[str, int] = field(default_factory=dict)
     # receipts taken so far, their chain and signatures checked in one batch before accepting
     unsigned_receipts: list[agreement_pb2.Receipt] = field(default_factory=list)
     # the node's proof that the escrow is held (marketplace.escrow_proof), sent to the seller
@@ -82,7 +108,15 @@ class Deal:
                 "seed_hex": self.seed_hex, "output_schema": self.output_schema,
                 "rounds": self.rounds, "tariff": [tariff.unit, tariff.unit_price_atomic,
                                                   tariff.output_unit_price_atomic,
-                                                  tariff.max_call_atomic]}
+                                                  tariff.max_call_atomic],
+                "refusals": dict(self.refusals)}
+
+    def remember_answered(self, call_id: str, voucher_at: tuple[int, int]) -> None:
+        """Keep the voucher of an answered call id (bounded), for a retry to re-send."""
+        self.answered.pop(call_id, None)
+        self.answered[call_id] = voucher_at
+        if len(self.answered) > MAX_ANSWERED_IDS:  # one in, one out: the oldest
+            self.answered.pop(next(iter(self.answered)), None)
 
     def check_open(self) -> None:
         """Refuse a call once the agreement is known to have ended, naming its state."""
@@ -139,8 +173,8 @@ def restored_deal(buyer_id: str, state: dict[str, Any]) -> tuple[Deal, PaywordCh
         seed = bytes.fromhex(state["seed_hex"])
         deal = Deal(signed, body, ag.agreement_id(signed.body), state["output_schema"],
                     state["rounds"], tariff=Tariff(*state["tariff"]),
-                    seed_hex=state["seed_hex"])
-    except (KeyError, TypeError, ValueError) as error:
+                    seed_hex=state["seed_hex"], refusals=_refusals(state.get("refusals", {})))
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise InvalidArgument(f"not a deal checkpoint (Deal.state()): {error}") from None
     if body.buyer_id != buyer_id:
         raise InvalidArgument("the checkpointed agreement belongs to another buyer key")
@@ -148,6 +182,15 @@ def restored_deal(buyer_id: str, state: dict[str, Any]) -> tuple[Deal, PaywordCh
     if chain.root != body.payword_root:
         raise InvalidArgument("the checkpointed seed does not match the agreement's chain")
     return deal, chain
+
+
+def _refusals(saved: Any) -> dict[str, int]:
+    """A checkpoint's refusal counts (absent in older checkpoints: none)."""
+    counts = {op: saved.get(op, 0) for op in REFUSAL_OPERATIONS if op in saved}
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
+               for n in counts.values()):
+        raise ValueError("refusals are counts")
+    return counts
 
 
 def _tariff(deal: Deal) -> Tariff:

@@ -20,11 +20,21 @@ from marketplace.payword import CHEAP_CHECK_HASHES
 from marketplace.v1 import agreement_pb2
 from wallets.caller import current_caller
 from wallets.errors import ResourceExhausted
+from wallets.grpc_errors import error_reason
 from wallets.metrics import market_metrics
 
 # Statuses after which a call may have run although its answer never came back
 ANSWER_MAY_BE_LOST = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
                                 grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN})
+
+
+def answer_may_be_lost(error: grpc.RpcError) -> bool:
+    """Whether the call may have run although its answer never came back: one of
+    ANSWER_MAY_BE_LOST, or INTERNAL without the ErrorInfo every refusal of ours carries (the
+    transport's: a stream reset, a broken connection), not a server's own INTERNAL answer."""
+    code = error.code()
+    return code in ANSWER_MAY_BE_LOST or (code == grpc.StatusCode.INTERNAL
+                                          and not error_reason(error))
 PRECHECK_INPUT_CHARS = 16_384
 INVOKE = "/agents.v1.AgentService/Invoke"
 INVOKE_STREAM = "/agents.v1.AgentService/InvokeStream"

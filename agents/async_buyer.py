@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 import grpc
 from a2a.types import a2a_pb2, a2a_pb2_grpc
-from opentelemetry.trace import TracerProvider
+from opentelemetry.trace import INVALID_SPAN, TracerProvider
 
 from agents import _a2a_buyer as _a2a
 from agents import _bargain
@@ -339,6 +339,8 @@ class AsyncBuyerAgent(BuyerCore):
                      call_id: str | None = None,
                      voucher_at: tuple[int, int] | None = None) -> CallResult:
         """One paid call with its usage and receipt (`BuyerAgent.invoke`)."""
+        if isinstance(deal, Deal) and deal.unresolved:
+            await self._resolve(self._deal(deal))
         planned = self._plan(deal, arguments, call_id, voucher_at)
         with span_if_active(self._tracer, self.tracer_provider, "paid_call",
                             attributes=lambda: self._span_attributes(planned)) as span:
@@ -352,6 +354,26 @@ class AsyncBuyerAgent(BuyerCore):
                     self._failed(planned, None)
                     raise
             return self._answered(planned, response, span)
+
+    async def _resolve(self, deal: Deal) -> None:
+        """Ask the seller about the stranded vouchers it refused to a later call
+        (`BuyerCore._resolving`), so that each one's reservation is booked."""
+        for asking in self._resolving(deal):
+            planned: PlannedCall | None = asking
+            while planned is not None:
+                try:
+                    response = await self._send(planned)
+                except grpc.RpcError as error:
+                    planned = self._asked(planned, error)
+                    continue
+                except AgentmarketError:  # still running: kept for later (`_still_running`)
+                    break
+                except asyncio.CancelledError:
+                    self._failed(planned, None)
+                    raise
+                with contextlib.suppress(AgentmarketError):  # a bad answer: on deal.problems
+                    self._answered(planned, response, INVALID_SPAN)
+                planned = None
 
     async def _send(self, planned: PlannedCall) -> agent_pb2.InvokeResponse:
         stubs = self._stubs(planned.deal.body.seller_endpoint)
@@ -402,15 +424,25 @@ class AsyncBuyerAgent(BuyerCore):
     async def confirm(self, deal: Deal) -> Escrow:
         """Accept delivered work now rather than when the dispute window closes."""
         deal = self._deal(deal)
-        return self._escrowed(deal, await self._market.settlement.Confirm(
-            self._confirm_request(deal), timeout=RPC_TIMEOUT_S))
+        try:
+            reply = await self._market.settlement.Confirm(self._confirm_request(deal),
+                                                          timeout=RPC_TIMEOUT_S)
+        except grpc.RpcError as error:
+            self._refused(deal, "confirm", error)
+            raise
+        return self._escrowed(deal, reply)
 
     @async_sdk_method
     async def dispute(self, deal: Deal, reason: str) -> Escrow:
         """Dispute delivered work inside the dispute window; the earned amount is frozen."""
         deal = self._deal(deal)
-        return self._escrowed(deal, await self._market.settlement.Dispute(
-            self._dispute_request(deal, reason), timeout=RPC_TIMEOUT_S))
+        try:
+            reply = await self._market.settlement.Dispute(self._dispute_request(deal, reason),
+                                                          timeout=RPC_TIMEOUT_S)
+        except grpc.RpcError as error:
+            self._refused(deal, "dispute", error)
+            raise
+        return self._escrowed(deal, reply)
 
     # ---- A2A (`BuyerAgent`'s A2A methods) ------------------------------------------------
 
@@ -431,7 +463,7 @@ class AsyncBuyerAgent(BuyerCore):
     async def send(self, deal: Deal, arguments: dict[str, Any], *,
                    message_id: str | None = None) -> CallResult:
         """One paid call over A2A, the voucher in the message metadata (`BuyerAgent.send`)."""
-        planned = self._plan(deal, arguments, message_id, None)
+        planned = self._plan(deal, arguments, message_id, None, take_over=False)
         with span_if_active(self._tracer, self.tracer_provider, "paid_call",
                             attributes=lambda: self._span_attributes(planned)) as span:
             stubs = self._stubs(planned.deal.body.seller_endpoint)

@@ -55,10 +55,12 @@ class PaymentSession:
         needed = links_for(charged + reserved + reserve_atomic, self.link_value_atomic)
         target = max(index, needed)
         if target * self.link_value_atomic > self.max_total_atomic or target > self.chain.length:
+            held = f", and {self._shown(reserved)} is reserved for calls not yet booked" \
+                if reserved else ""  # part of the sum: without it the sum looks in bounds
             raise BudgetExceeded(
                 f"prepaying {self._shown(reserve_atomic)} more would exceed the agreement's "
                 f"maximum of {self._shown(self.max_total_atomic)} (charged "
-                f"{self._shown(charged)} so far)")
+                f"{self._shown(charged)} so far){held}")
         return target
 
     def _shown(self, amount_atomic: int) -> str:

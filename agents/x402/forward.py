@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 
-from agents._grpc_payment import ANSWER_MAY_BE_LOST
+from agents._grpc_payment import answer_may_be_lost
 from agents.payments import paid_call_metadata
 from agents.v1 import agent_pb2, agent_pb2_grpc
 from agents.x402 import network as net
@@ -120,7 +120,7 @@ async def refetched_end(stub: agent_pb2_grpc.AgentServiceStub, request: agent_pb
     """The end a seller recorded for a stream cut off after some of it came (`error`): what
     it sent, billed; asked for under the same call id. None when the seller cannot have
     billed anything (it refused or failed the call) or the end could not be had."""
-    if error.code() not in ANSWER_MAY_BE_LOST:
+    if not answer_may_be_lost(error):
         return None
 
     async def end() -> agent_pb2.StreamEnd | None:

@@ -1,0 +1,311 @@
+"""Retries a buyer makes after a refusal, a lost answer or a cancelled call: a refused
+dispute or confirm can be made again once its cause is gone, a call retried with its call id
+is answered once and charged once, and a call the SDK named that got no answer does not keep
+a call's budget for good (sync and async buyers)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from pydantic import BaseModel
+
+from agents import (
+    AgreementState,
+    AsyncBuyerAgent,
+    BudgetExceeded,
+    BuyerAgent,
+    FailedPrecondition,
+    IdempotencyConflict,
+    SellerAgent,
+    Unavailable,
+    per_call,
+    skill,
+)
+from agents._deal import Deal
+from agents.buyer import _SellerStubs
+from agents.v1 import agent_pb2_grpc
+from marketplace.auth import SigningClientInterceptor
+from marketplace.node import MarketplaceNode
+from wallets.audit import check_balances, verify_chain
+from wallets.currencies import format_amount
+
+
+class Said(BaseModel):
+    text: str
+
+
+@skill(price=per_call("0.001", "USD"))
+def say(text: str) -> Said:
+    """Upper-case a text."""
+    return Said(text=text.upper())
+
+
+@skill(price=per_call("0.001", "USD"))
+def say_slowly(text: str) -> Said:
+    """Upper-case a text, slowly."""
+    time.sleep(0.5)
+    return Said(text=text.upper())
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[MarketplaceNode]:
+    with MarketplaceNode(f"sqlite:///{tmp_path / 'm.db'}", sweep_interval_s=3600) as started, \
+            SellerAgent("sayer", skills=[say, say_slowly], marketplace=started.address,
+                        dispute_window_s=600):
+        yield started
+
+
+def _hired(buyer: BuyerAgent, name: str = "say", quantity: int = 3) -> Deal:
+    buyer.fund("1.00", "USD")
+    deal = buyer.negotiate(buyer.discover(name, currency="USD"), name, quantity=quantity,
+                           budget="0.05", currency="USD")
+    buyer.hire(deal)
+    return deal
+
+
+async def _ahired(buyer: AsyncBuyerAgent, name: str = "say", quantity: int = 3) -> Deal:
+    await buyer.fund("1.00", "USD")
+    deal = await buyer.negotiate(await buyer.discover(name, currency="USD"), name,
+                                 quantity=quantity, budget="0.05", currency="USD")
+    await buyer.hire(deal)
+    return deal
+
+
+def _books_sound(node: MarketplaceNode) -> None:
+    assert check_balances(node.ledger).ok and verify_chain(node.ledger).ok
+
+
+# ---- 1. a refused dispute or confirm is not refused for good ------------------------------
+
+
+def test_a_dispute_refused_while_active_is_made_after_finishing(node: MarketplaceNode):
+    with BuyerAgent("disputer", marketplace=node.address) as buyer:
+        deal = _hired(buyer)
+        buyer.call(deal, {"text": "one"})
+        with pytest.raises(FailedPrecondition, match="finish first"):
+            buyer.dispute(deal, "the output is wrong")
+        buyer.finish(deal, confirm=False)
+        escrow = buyer.dispute(deal, "the output is wrong")
+        assert escrow.state == AgreementState.DISPUTED
+        again = buyer.dispute(deal, "the output is wrong")  # a retry: the first outcome
+        assert again.state == AgreementState.DISPUTED
+        with pytest.raises(IdempotencyConflict):  # same key, another request
+            buyer.dispute(deal, "another reason")
+    _books_sound(node)
+
+
+def test_a_dispute_with_another_reason_after_a_refusal(node: MarketplaceNode):
+    async def task() -> Any:
+        async with AsyncBuyerAgent("adisputer", marketplace=node.address) as buyer:
+            deal = await _ahired(buyer)
+            await buyer.call(deal, {"text": "one"})
+            with pytest.raises(FailedPrecondition, match="finish first"):
+                await buyer.dispute(deal, "first reason")
+            await buyer.finish(deal, confirm=False)
+            escrow = await buyer.dispute(deal, "a better reason")
+            assert deal.state()["refusals"] == {"dispute": 1}
+            return escrow, deal.agreement_id
+
+    escrow, agreement_id = asyncio.run(task())
+    assert escrow.state == AgreementState.DISPUTED
+    assert node.settlement.disputes.get(agreement_id).reason == "a better reason"
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_a_confirm_refused_while_active_is_made_after_finishing(node: MarketplaceNode,
+                                                                flavour: str):
+    if flavour == "sync":
+        with BuyerAgent("confirmer", marketplace=node.address) as buyer:
+            deal = _hired(buyer)
+            buyer.call(deal, {"text": "one"})
+            with pytest.raises(FailedPrecondition, match="finish first"):
+                buyer.confirm(deal)
+            buyer.finish(deal, confirm=False)
+            assert buyer.confirm(deal).state == AgreementState.SETTLED
+    else:
+        async def task() -> Any:
+            async with AsyncBuyerAgent("aconfirmer", marketplace=node.address) as buyer:
+                deal = await _ahired(buyer)
+                await buyer.call(deal, {"text": "one"})
+                with pytest.raises(FailedPrecondition, match="finish first"):
+                    await buyer.confirm(deal)
+                await buyer.finish(deal, confirm=False)
+                return await buyer.confirm(deal)
+
+        assert asyncio.run(task()).state == AgreementState.SETTLED
+    _books_sound(node)
+
+
+def test_refusal_counts_survive_a_checkpoint_and_old_checkpoints_load(node: MarketplaceNode):
+    with BuyerAgent("checkpointer", marketplace=node.address) as buyer:
+        deal = _hired(buyer)
+        buyer.call(deal, {"text": "one"})
+        with pytest.raises(FailedPrecondition):
+            buyer.dispute(deal, "too early")
+        state = deal.state()
+        assert state["refusals"] == {"dispute": 1}
+        old = {k: v for k, v in state.items() if k != "refusals"}
+        key = buyer.key
+    with BuyerAgent("again", marketplace=node.address, key=key) as resumed:
+        assert resumed.restore_deal(old).refusals == {}
+    with BuyerAgent("again2", marketplace=node.address, key=key) as resumed:
+        restored = resumed.restore_deal(state)
+        assert restored.refusals == {"dispute": 1}
+        resumed.finish(restored, confirm=False)
+        assert resumed.dispute(restored, "now").state == AgreementState.DISPUTED
+
+
+# ---- 2. a call retried with its call id after its answer came back ------------------------
+
+
+def test_a_call_retried_with_its_call_id_is_answered_once_and_charged_once(
+        node: MarketplaceNode):
+    def sync() -> tuple[list[Any], int, int, Any, int]:
+        with BuyerAgent("retrier", marketplace=node.address) as buyer:
+            deal = _hired(buyer)
+            first = buyer.call(deal, {"text": "a"}, call_id="same-id")
+            second = buyer.call(deal, {"text": "a"}, call_id="same-id")
+            third = buyer.call(deal, {"text": "b"})
+            session = buyer.sessions[deal.agreement_id]
+            return ([first, second, third], session.charged_atomic, session.reserved_atomic,
+                    buyer.finish(deal), deal.body.terms.unit_price_atomic)
+
+    async def run_async() -> tuple[list[Any], int, int, Any, int]:
+        async with AsyncBuyerAgent("aretrier", marketplace=node.address) as buyer:
+            deal = await _ahired(buyer)
+            first = await buyer.call(deal, {"text": "a"}, call_id="same-id")
+            second = await buyer.call(deal, {"text": "a"}, call_id="same-id")
+            third = await buyer.call(deal, {"text": "b"})
+            session = buyer.sessions[deal.agreement_id]
+            return ([first, second, third], session.charged_atomic, session.reserved_atomic,
+                    await buyer.finish(deal), deal.body.terms.unit_price_atomic)
+
+    for outputs, charged, reserved, escrow, price in (sync(), asyncio.run(run_async())):
+        assert outputs == [{"text": "A"}, {"text": "A"}, {"text": "B"}]
+        assert charged == 2 * price and reserved == 0  # the replay is not booked again
+        assert escrow.captured_atomic == 2 * price
+    _books_sound(node)
+
+
+# ---- 3. a call the SDK named that got no answer -------------------------------------------
+
+
+async def _never_answered(*_args: Any) -> Any:
+    await asyncio.Event().wait()  # the request never reaches the seller
+
+
+def test_an_async_call_cancelled_before_the_seller_ran_it_leaves_its_budget(
+        node: MarketplaceNode):
+    async def task() -> tuple[list[Any], int, int, Any, int]:
+        async with AsyncBuyerAgent("canceller", marketplace=node.address) as buyer:
+            deal = await _ahired(buyer)
+            send = buyer._send
+            buyer._send = _never_answered  # type: ignore[method-assign]
+            call = asyncio.create_task(buyer.call(deal, {"text": "lost"}))
+            await asyncio.sleep(0.05)
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            buyer._send = send  # type: ignore[method-assign]
+            outputs = [await buyer.call(deal, {"text": f"t{i}"}) for i in range(3)]
+            with pytest.raises(BudgetExceeded):
+                await buyer.call(deal, {"text": "too many"})
+            session = buyer.sessions[deal.agreement_id]
+            return (outputs, session.charged_atomic, session.reserved_atomic,
+                    await buyer.finish(deal), deal.body.terms.unit_price_atomic)
+
+    outputs, charged, reserved, escrow, price = asyncio.run(task())
+    assert outputs == [{"text": "T0"}, {"text": "T1"}, {"text": "T2"}]
+    assert charged == 3 * price and reserved == 0
+    assert escrow.captured_atomic == 3 * price
+    _books_sound(node)
+
+
+def test_an_async_call_cancelled_while_the_seller_ran_it_is_booked_once(
+        node: MarketplaceNode):
+    """The seller ran the cancelled call: it is charged once, and the buyer's books find it
+    (the next call's take-over is refused, the stranded call is asked about)."""
+
+    async def task() -> tuple[list[Any], int, int, Any, int, str]:
+        async with AsyncBuyerAgent("late-canceller", marketplace=node.address) as buyer:
+            deal = await _ahired(buyer, "say_slowly")
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(buyer.call(deal, {"text": "ran"}), 0.2)
+            outputs = [await buyer.call(deal, {"text": f"t{i}"}) for i in range(2)]
+            with pytest.raises(BudgetExceeded) as refused:
+                await buyer.call(deal, {"text": "too many"})
+            session = buyer.sessions[deal.agreement_id]
+            return (outputs, session.charged_atomic, session.reserved_atomic,
+                    await buyer.finish(deal), deal.body.terms.unit_price_atomic,
+                    refused.value.message)
+
+    outputs, charged, reserved, escrow, price, message = asyncio.run(task())
+    assert outputs == [{"text": "T0"}, {"text": "T1"}]
+    assert charged == 3 * price and reserved == 0
+    assert escrow.captured_atomic == 3 * price
+    assert message.endswith(f"(charged {format_amount(3 * price, 'USD')} so far)"), message
+    _books_sound(node)
+
+
+class LoseAnswers(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Armed, the next call is lost: before it reaches the seller (`before`), or after the
+    seller answered it."""
+
+    def __init__(self) -> None:
+        self.armed: str = ""
+
+    def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        armed, self.armed = self.armed, ""
+        if armed == "before":
+            raise _Lost()
+        outcome = continuation(details, request)
+        if armed == "after":
+            outcome.exception()
+            raise _Lost()
+        return outcome
+
+
+class _Lost(grpc.RpcError):
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return "the answer was lost"
+
+
+def _losing(buyer: BuyerAgent, deal: Deal) -> LoseAnswers:
+    """The buyer's stubs to the seller, with `LoseAnswers` in front."""
+    lose = LoseAnswers()
+    endpoint = deal.body.seller_endpoint
+    raw = grpc.insecure_channel(endpoint)
+    buyer._seller_channels[endpoint] = _SellerStubs(
+        raw, agent_pb2_grpc.AgentServiceStub(grpc.intercept_channel(
+            raw, lose, SigningClientInterceptor(buyer.key))),
+        agent_pb2_grpc.AgentServiceStub(grpc.intercept_channel(raw, lose)))
+    return lose
+
+
+@pytest.mark.parametrize(("when", "more"), [("before", 3), ("after", 2)])
+def test_a_sync_call_without_call_id_whose_answer_was_lost_keeps_no_budget(
+        node: MarketplaceNode, when: str, more: int):
+    with BuyerAgent(f"lost-{when}", marketplace=node.address) as buyer:
+        deal = _hired(buyer)
+        price = deal.body.terms.unit_price_atomic
+        lose = _losing(buyer, deal)
+        lose.armed = when
+        with pytest.raises(Unavailable):
+            buyer.call(deal, {"text": "lost"})
+        outputs = [buyer.call(deal, {"text": f"t{i}"}) for i in range(more)]
+        with pytest.raises(BudgetExceeded):
+            buyer.call(deal, {"text": "too many"})
+        session = buyer.sessions[deal.agreement_id]
+        assert outputs == [{"text": f"T{i}"} for i in range(more)]
+        assert (session.charged_atomic, session.reserved_atomic) == (3 * price, 0)
+        assert buyer.finish(deal).captured_atomic == 3 * price
+    _books_sound(node)
