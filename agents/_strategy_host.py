@@ -298,6 +298,10 @@ class SellerNegotiator:
                 now < body.offer_expires_at_ms <= now + OFFER_TTL_MS:
             raise TermsMismatch("a list-price agreement keeps the seller's windows and "
                                 f"expires within {OFFER_TTL_MS // 1000} s")
+        if terms.completion_deadline_ms <= now + self.seller.redeem_margin_s * 1000:
+            raise TermsMismatch("a list-price agreement's completion deadline must leave time "
+                                "to call before the seller's redeem margin "
+                                f"({self.seller.redeem_margin_s} s before it)")
         ag.sign_as_seller(signed, self.seller.key)
         agreement_id = ag.agreement_id(signed.body)
         self.seller.gate.open(agreement_id, body)  # first: it may refuse (a buyer's cap)

@@ -105,6 +105,9 @@ class PaymentGate(GateRedeems):
         self._accounts: dict[str, AgreementAccount] = {}
         self._fresh = FreshAgreements(MAX_FRESH_AGREEMENTS_PER_BUYER)
         self._lock = threading.Lock()
+        # Calls stop this long before an agreement's completion deadline: the seller redeems
+        # then (its redeem margin), so no call is answered that the redeem could not carry.
+        self.calls_end_before_ms = 0
         if journal is not None:
             journal.on_failed_calls = self._unchain_failed
 
@@ -221,9 +224,7 @@ class PaymentGate(GateRedeems):
                                    partial)
             if account.closed:
                 raise AgreementEnded("the agreement was redeemed; it takes no more calls")
-            if self.clock_ms() > account.body.terms.completion_deadline_ms:
-                raise AgreementEnded("the agreement's completion deadline has passed; it takes "
-                                     "no more calls (what was delivered is still redeemed)")
+            self._check_in_time(account)
             if account.chain_index >= ag.MAX_RECEIPTS:  # before the voucher is taken
                 raise ReceiptLimit(f"the agreement has had its {ag.MAX_RECEIPTS} calls, all one "
                                    "redeem can carry; it takes no more")
@@ -258,6 +259,19 @@ class PaymentGate(GateRedeems):
             account.calls[key] = CallPayment(voucher.sequence, voucher.payword, reserve,
                                        voucher.SerializeToString())
             return Admission(agreement_id, key, voucher.sequence, reserve)
+
+    def _check_in_time(self, account: AgreementAccount) -> None:
+        """A new call comes before the seller's redeem: a call answered after it would be
+        paid only if the redeem came in the marketplace's grace after the deadline, which is
+        a tenth of the escrow's span: nothing for an escrow opened just before its deadline."""
+        now, deadline = self.clock_ms(), account.body.terms.completion_deadline_ms
+        if now > deadline:
+            raise AgreementEnded("the agreement's completion deadline has passed; it takes "
+                                 "no more calls (what was delivered is still redeemed)")
+        if now > deadline - self.calls_end_before_ms:
+            raise AgreementEnded(f"the agreement's last {self.calls_end_before_ms / 1000:g} s "
+                                 "before its completion deadline are the seller's to redeem "
+                                 "in; it takes no more calls")
 
     @staticmethod
     def _check_unhashed(account: AgreementAccount, voucher: agreement_pb2.Voucher) -> None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -49,10 +50,7 @@ from opentelemetry.trace import TracerProvider
 
 from agents import _inputs, _lifecycle, _litellm_hooks
 from agents._a2a_door import SERVICE as A2A_SERVICE
-from agents._grpc_payment import (
-    ANSWER_MAY_BE_LOST,
-    PaidCallAdmitter,
-)
+from agents._grpc_payment import PaidCallAdmitter, answer_may_be_lost
 from agents._rpc import sdk_error, sdk_method
 from agents._seller_server import AGENT_SERVICE, attach, build_server, card_server, journal_url
 from agents._serving import PaidCalls
@@ -79,7 +77,9 @@ from marketplace.grpc_tracing import client_interceptors, untraced
 from marketplace.identity import AgentKey, verify
 from marketplace.introspection import mark_serving
 from marketplace.market_channel import market_options, node_retry
+from marketplace.negotiation import MAX_NEGOTIATION_S
 from marketplace.node import opening_database
+from marketplace.registry import TTL_MAX_S, TTL_MIN_S
 from marketplace.v1 import registry_pb2, registry_pb2_grpc, settlement_pb2, settlement_pb2_grpc
 
 RPC_TIMEOUT_S = 10.0
@@ -91,7 +91,42 @@ MAX_FINISHES_REMEMBERED = 512
 # marketplace, which its heartbeats and other buyers' redeems draw on too
 REDEEM_REFUSAL_KEPT_S = 30.0
 MAX_REDEEM_REFUSALS_KEPT = 4096
+MAX_PORT = 65_535
+MAX_INTERVAL_S = 86_400
+# An offer's completion deadline is the RFQ's deadline (up to MAX_NEGOTIATION_S ahead) plus the
+# completion window, and the node opens no escrow whose deadline is past MAX_COMPLETION_S ahead
+MAX_COMPLETION_WINDOW_S = ag.MAX_COMPLETION_S - MAX_NEGOTIATION_S
 log = logging.getLogger("agentmarket.seller")
+
+
+def redeem_may_have_landed(error: grpc.RpcError) -> bool:
+    """Whether a redeem the marketplace did not answer with a refusal may have landed: an
+    answer that may be lost, or its INTERNAL (what failed may have been after its commit):
+    the agreement then stays closed and the same request is sent again for the outcome."""
+    return answer_may_be_lost(error) or error.code() == grpc.StatusCode.INTERNAL
+
+
+def _positive(value: Any, what: str, *, maximum: float | None = None) -> float:
+    """A rate or an interval: a finite number above zero (a zero interval would busy-spin)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or not math.isfinite(value) or value <= 0 \
+            or (maximum is not None and value > maximum):
+        bound = f" and at most {maximum}" if maximum is not None else ""
+        raise InvalidArgument(f"{what} must be a number above 0{bound}, got "
+                              f"{_inputs.shown(value)}")
+    return float(value)
+
+
+def _fraction(value: Any) -> tuple[int, int]:
+    """The reservation price as a fraction of the list price: (numerator, denominator) in
+    [0, 1], so the seller never signs below zero nor insists on more than it lists."""
+    if not isinstance(value, tuple | list) or len(value) != 2 or any(
+            isinstance(n, bool) or not isinstance(n, int) for n in value) \
+            or not 0 <= value[0] <= value[1] or value[1] <= 0:
+        raise InvalidArgument(f"reservation_fraction is (numerator, denominator), a fraction "
+                              f"of the list price in [0, 1] such as (3, 4), got "
+                              f"{_inputs.shown(value)}")
+    return value[0], value[1]
 
 
 class SellerAgent:
@@ -137,15 +172,37 @@ class SellerAgent:
             raise InvalidArgument('server must be "threaded" or "aio"')
         if not skills or not all(isinstance(s, Skill) for s in skills):
             raise InvalidArgument("a seller needs a list of skills made with @skill")
-        if not 0 <= redeem_margin_s < completion_window_s:
+        named = [s.name for s in skills]
+        twice = next((n for n in named if named.count(n) > 1), None)
+        if twice is not None:
+            raise InvalidArgument(f"two skills are named {twice!r}: each needs its own name")
+        _inputs.count(port, "port", minimum=0, maximum=MAX_PORT)
+        if card_port is not None:
+            _inputs.count(card_port, "card_port", minimum=0, maximum=MAX_PORT)
+        _inputs.count(max_workers, "max_workers")
+        _positive(rate_limit_per_s, "rate_limit_per_s")
+        _inputs.count(rate_limit_burst, "rate_limit_burst")
+        _inputs.count(ttl_s, "ttl_s", minimum=TTL_MIN_S, maximum=TTL_MAX_S)
+        _positive(settle_interval_s, "settle_interval_s", maximum=MAX_INTERVAL_S)
+        _inputs.count(completion_window_s, "completion_window_s", maximum=MAX_COMPLETION_WINDOW_S)
+        _inputs.count(dispute_window_s, "dispute_window_s", minimum=0,
+                      maximum=ag.MAX_DISPUTE_WINDOW_S)
+        _inputs.count(redeem_margin_s, "redeem_margin_s", minimum=0)
+        if redeem_margin_s >= completion_window_s:
             raise InvalidArgument("redeem_margin_s must be below completion_window_s")
+        _inputs.count(journal_retention_s, "journal_retention_s", minimum=0)
+        reservation_fraction = _fraction(reservation_fraction)
+        if strategy is not None and not (callable(getattr(strategy, "propose", None))
+                                         or callable(strategy)):
+            raise InvalidArgument(f"strategy is a Strategy or a factory (skill, currency) -> "
+                                  f"Strategy, got {_inputs.shown(strategy)}")
         self.name = _inputs.name(name, "seller's name")
+        self.marketplace = _inputs.market(marketplace)
         self.key = load_key(key)
         self.agent_id = self.key.agent_id
         self.skills = {s.name: s for s in skills}
         if any(s.priced_per_token for s in skills):  # meter the skills' own litellm calls
             _litellm_hooks.install()
-        self.marketplace = _inputs.market(marketplace)
         self.ttl_s = ttl_s
         self.redeem_margin_s = redeem_margin_s
         self.settle_interval_s = settle_interval_s
@@ -162,6 +219,7 @@ class SellerAgent:
             self.journal = UsageJournal(url, group_wait_s=LOOP_GROUP_WAIT_S if server == "aio"
                                         else 0.0)
         self.gate = PaymentGate(self.key, self.journal)
+        self.gate.calls_end_before_ms = redeem_margin_s * 1000  # the settle loop redeems then
         self.tariffs: dict[str, Tariff] = {}
         self._restore()
         self._stop = threading.Event()
@@ -308,7 +366,7 @@ class SellerAgent:
                 try:
                     self._redeem(agreement_id)
                 except grpc.RpcError as error:
-                    if error.code() in ANSWER_MAY_BE_LOST or not self._given_up(agreement_id):
+                    if redeem_may_have_landed(error) or not self._given_up(agreement_id):
                         log.warning("redeeming %s before its deadline failed: %s",
                                     agreement_id[:12], error.details())
                 except AgentmarketError as error:  # refused here, or the journal failed
@@ -443,7 +501,7 @@ class SellerAgent:
                 request.buyer_confirmation = confirmation
                 escrow = self.settlement.Redeem(request, timeout=RPC_TIMEOUT_S)
             except grpc.RpcError as error:
-                if error.code() not in ANSWER_MAY_BE_LOST:
+                if not redeem_may_have_landed(error):
                     self.gate.end_redeem(agreement_id, None)  # refused: take calls again
                 # else it may have landed: stay closed; the next redeem re-sends this same
                 # request (same key), and the marketplace answers it with the first outcome
@@ -485,7 +543,7 @@ class SellerAgent:
         try:
             escrow = self._redeem(request.agreement_id, request.confirm_signature)
         except grpc.RpcError as error:
-            if error.code() in ANSWER_MAY_BE_LOST or \
+            if redeem_may_have_landed(error) or \
                     error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:  # not an answer
                 raise Unavailable(f"the marketplace did not take the redeem "
                                   f"({error.code().name}): {error.details()}; finish again"

@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 
 from agents import BuyerAgent, SellerAgent
-from agents.errors import SellerUnavailable, Unavailable
+from agents.errors import AgentmarketError, SellerUnavailable, Unavailable
 from marketplace.identity import AgentKey
 from marketplace.node import MarketplaceNode
 from marketplace.v1 import settlement_pb2
 from tests.test_seller_restart import _crash, _free_port, _hire_upper, upper
 from tests.test_vanishing_parties import COMPLETION_WINDOW_S, REDEEM_MARGIN_S, hire
+from wallets.ledger import Ledger
 
 SETTLERS = {
     "buyer-finish": lambda buyer, seller, deal: buyer.finish(deal),
@@ -146,6 +147,42 @@ def test_the_seller_redeems_on_its_own_after_its_journal_failed(tmp_path: Path) 
             time.sleep(0.1)
         assert node.settlement.get(deal.agreement_id)["captured_atomic"] == \
             2 * deal.body.terms.unit_price_atomic
+    finally:
+        buyer.close()
+        seller.stop(0)
+        node.stop(0)
+
+
+def test_a_redeem_answered_internal_after_it_landed_keeps_the_agreement_closed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The node commits a redeem and then fails (INTERNAL): the seller must not take the
+    agreement back to calls (their receipts would never be paid): it stays closed, and the
+    same redeem, sent again, gets the first outcome."""
+    node = MarketplaceNode(f"sqlite:///{tmp_path / 'market.db'}", sweep_interval_s=3600).start()
+    seller = SellerAgent("upper", skills=[upper], marketplace=node.address,
+                         dispute_window_s=0).serve()
+    buyer = BuyerAgent("buyer", marketplace=node.address)
+    original, failed = Ledger.mutate, []
+
+    def mutate(self, key, operation, *args, **kwargs):  # type: ignore[no-untyped-def]
+        result = original(self, key, operation, *args, **kwargs)
+        if operation == "redeem" and not failed:
+            failed.append(key)
+            raise RuntimeError("after the commit")  # answered INTERNAL
+        return result
+
+    try:
+        deal = _hire_upper(buyer, 5)
+        buyer.call(deal, {"text": "a"})
+        buyer.call(deal, {"text": "b"})
+        monkeypatch.setattr(Ledger, "mutate", mutate)
+        with pytest.raises(Unavailable, match="finish again"):
+            buyer.finish(deal, confirm=True)
+        assert failed  # the redeem landed, its answer was INTERNAL
+        with pytest.raises(AgentmarketError):  # closed to calls: no work its redeem misses
+            buyer.call(deal, {"text": "c"})
+        escrow = buyer.finish(deal, confirm=True)
+        assert escrow.captured_atomic == 2 * deal.body.terms.unit_price_atomic
     finally:
         buyer.close()
         seller.stop(0)
