@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -52,13 +51,13 @@ from agents import _inputs, _lifecycle, _litellm_hooks
 from agents._a2a_door import SERVICE as A2A_SERVICE
 from agents._grpc_payment import PaidCallAdmitter, answer_may_be_lost
 from agents._rpc import sdk_error, sdk_method
+from agents._seller_options import checked_options
 from agents._seller_server import AGENT_SERVICE, attach, build_server, card_server, journal_url
 from agents._serving import PaidCalls
 from agents._strategy_host import SellerNegotiator
 from agents.errors import (
     AgentmarketError,
     FailedPrecondition,
-    InvalidArgument,
     PermissionDenied,
     Unavailable,
 )
@@ -77,9 +76,7 @@ from marketplace.grpc_tracing import client_interceptors, untraced
 from marketplace.identity import AgentKey, verify
 from marketplace.introspection import mark_serving
 from marketplace.market_channel import market_options, node_retry
-from marketplace.negotiation import MAX_NEGOTIATION_S
 from marketplace.node import opening_database
-from marketplace.registry import TTL_MAX_S, TTL_MIN_S
 from marketplace.v1 import registry_pb2, registry_pb2_grpc, settlement_pb2, settlement_pb2_grpc
 
 RPC_TIMEOUT_S = 10.0
@@ -91,11 +88,6 @@ MAX_FINISHES_REMEMBERED = 512
 # marketplace, which its heartbeats and other buyers' redeems draw on too
 REDEEM_REFUSAL_KEPT_S = 30.0
 MAX_REDEEM_REFUSALS_KEPT = 4096
-MAX_PORT = 65_535
-MAX_INTERVAL_S = 86_400
-# An offer's completion deadline is the RFQ's deadline (up to MAX_NEGOTIATION_S ahead) plus the
-# completion window, and the node opens no escrow whose deadline is past MAX_COMPLETION_S ahead
-MAX_COMPLETION_WINDOW_S = ag.MAX_COMPLETION_S - MAX_NEGOTIATION_S
 log = logging.getLogger("agentmarket.seller")
 
 
@@ -104,29 +96,6 @@ def redeem_may_have_landed(error: grpc.RpcError) -> bool:
     answer that may be lost, or its INTERNAL (what failed may have been after its commit):
     the agreement then stays closed and the same request is sent again for the outcome."""
     return answer_may_be_lost(error) or error.code() == grpc.StatusCode.INTERNAL
-
-
-def _positive(value: Any, what: str, *, maximum: float | None = None) -> float:
-    """A rate or an interval: a finite number above zero (a zero interval would busy-spin)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) \
-            or not math.isfinite(value) or value <= 0 \
-            or (maximum is not None and value > maximum):
-        bound = f" and at most {maximum}" if maximum is not None else ""
-        raise InvalidArgument(f"{what} must be a number above 0{bound}, got "
-                              f"{_inputs.shown(value)}")
-    return float(value)
-
-
-def _fraction(value: Any) -> tuple[int, int]:
-    """The reservation price as a fraction of the list price: (numerator, denominator) in
-    [0, 1], so the seller never signs below zero nor insists on more than it lists."""
-    if not isinstance(value, tuple | list) or len(value) != 2 or any(
-            isinstance(n, bool) or not isinstance(n, int) for n in value) \
-            or not 0 <= value[0] <= value[1] or value[1] <= 0:
-        raise InvalidArgument(f"reservation_fraction is (numerator, denominator), a fraction "
-                              f"of the list price in [0, 1] such as (3, 4), got "
-                              f"{_inputs.shown(value)}")
-    return value[0], value[1]
 
 
 class SellerAgent:
@@ -167,35 +136,14 @@ class SellerAgent:
         event loop thread of its own: a paid call waits for its usage record without holding
         a thread; synchronous skills run in a pool of `max_workers`); default: the
         AGENTMARKET_SELLER_SERVER environment variable, else "threaded"."""
-        server = server or os.environ.get("AGENTMARKET_SELLER_SERVER", "threaded")
-        if server not in ("threaded", "aio"):
-            raise InvalidArgument('server must be "threaded" or "aio"')
-        if not skills or not all(isinstance(s, Skill) for s in skills):
-            raise InvalidArgument("a seller needs a list of skills made with @skill")
-        named = [s.name for s in skills]
-        twice = next((n for n in named if named.count(n) > 1), None)
-        if twice is not None:
-            raise InvalidArgument(f"two skills are named {twice!r}: each needs its own name")
-        _inputs.count(port, "port", minimum=0, maximum=MAX_PORT)
-        if card_port is not None:
-            _inputs.count(card_port, "card_port", minimum=0, maximum=MAX_PORT)
-        _inputs.count(max_workers, "max_workers")
-        _positive(rate_limit_per_s, "rate_limit_per_s")
-        _inputs.count(rate_limit_burst, "rate_limit_burst")
-        _inputs.count(ttl_s, "ttl_s", minimum=TTL_MIN_S, maximum=TTL_MAX_S)
-        _positive(settle_interval_s, "settle_interval_s", maximum=MAX_INTERVAL_S)
-        _inputs.count(completion_window_s, "completion_window_s", maximum=MAX_COMPLETION_WINDOW_S)
-        _inputs.count(dispute_window_s, "dispute_window_s", minimum=0,
-                      maximum=ag.MAX_DISPUTE_WINDOW_S)
-        _inputs.count(redeem_margin_s, "redeem_margin_s", minimum=0)
-        if redeem_margin_s >= completion_window_s:
-            raise InvalidArgument("redeem_margin_s must be below completion_window_s")
-        _inputs.count(journal_retention_s, "journal_retention_s", minimum=0)
-        reservation_fraction = _fraction(reservation_fraction)
-        if strategy is not None and not (callable(getattr(strategy, "propose", None))
-                                         or callable(strategy)):
-            raise InvalidArgument(f"strategy is a Strategy or a factory (skill, currency) -> "
-                                  f"Strategy, got {_inputs.shown(strategy)}")
+        server, reservation_fraction = checked_options(
+            server=server, skills=skills, port=port, card_port=card_port,
+            max_workers=max_workers, rate_limit_per_s=rate_limit_per_s,
+            rate_limit_burst=rate_limit_burst, ttl_s=ttl_s,
+            settle_interval_s=settle_interval_s, completion_window_s=completion_window_s,
+            dispute_window_s=dispute_window_s, redeem_margin_s=redeem_margin_s,
+            journal_retention_s=journal_retention_s,
+            reservation_fraction=reservation_fraction, strategy=strategy)
         self.name = _inputs.name(name, "seller's name")
         self.marketplace = _inputs.market(marketplace)
         self.key = load_key(key)
