@@ -159,7 +159,17 @@ class SellerNegotiator:
             for key in [k for k, v in self.negotiations.items() if v.stale(now)]:
                 self._drop(key)
             if len(self.negotiations) >= MAX_OPEN_NEGOTIATIONS:
-                raise FailedPrecondition("too many open negotiations; retry later")
+                self._evict_for(buyer_id)
+
+    def _evict_for(self, buyer_id: str) -> None:
+        """The table is full of live negotiations: the oldest of the buyer holding the most
+        makes room, if it holds more than this one, so that keys made by the thousand
+        (each within its share) cannot lock newcomers out; otherwise the new one is refused."""
+        largest = max(self._by_buyer.values(), default=0)
+        if largest <= self._by_buyer.get(buyer_id, 0):  # none holds more than this buyer
+            raise FailedPrecondition("too many open negotiations; retry later")
+        oldest = next(k for k in self.negotiations if self._by_buyer[k[0]] == largest)
+        self._drop(oldest)
 
     def _drop(self, key: tuple[str, str]) -> None:
         if self.negotiations.pop(key, None) is not None:

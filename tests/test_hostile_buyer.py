@@ -214,6 +214,27 @@ def test_one_key_cannot_take_the_negotiations_of_everyone(market, monkeypatch):
         == 1
 
 
+def test_keys_made_by_the_thousand_cannot_lock_a_newcomer_out(market, monkeypatch):
+    """Each key within its share, together they fill the table: a newcomer's RFQ takes the
+    place of the oldest negotiation of whoever holds the most."""
+    _node, seller, buyer = market
+    monkeypatch.setattr(strategy_host, "MAX_OPEN_NEGOTIATIONS", 6)
+    keys = [AgentKey.generate() for _ in range(3)]
+    for key in keys:
+        for _ in range(2):
+            _stub(seller, key).Negotiate(_rfq(key), timeout=10)
+    first = next(iter(seller.negotiator.negotiations))
+    assert _stub(seller, buyer.key).Negotiate(_rfq(buyer.key, "newcomer"),
+                                              timeout=10).WhichOneof("kind") == "offer"
+    assert first not in seller.negotiator.negotiations  # the oldest of a largest holder went
+    assert (buyer.key.agent_id, "newcomer") in seller.negotiator.negotiations
+    assert len(seller.negotiator.negotiations) == 6
+    # a holder with the most already is refused rather than evicting an equal
+    code, details = _refusal(lambda: _stub(seller, keys[1]).Negotiate(_rfq(keys[1]),
+                                                                      timeout=10))
+    assert code == "FAILED_PRECONDITION" and "too many open negotiations" in details
+
+
 # ---- agreements at the list price, and vouchers that cost hashing ----------------------------
 
 PRICE = 10_000_000  # slow's list price, 0.01 USD in atomic units
