@@ -59,8 +59,10 @@ def check_voucher(row: Any, body: agreement_pb2.AgreementBody,
     """What the buyer authorised: the voucher's payword proves it, bounded by the hold."""
     if voucher.agreement_id != row.agreement_id:
         raise InvalidVoucher("the voucher is for a different agreement")
-    if voucher.payword_index > body.payword_length or not verify_word(
-            voucher.payword, voucher.payword_index, body.payword_root, 0):
+    if voucher.payword_index > body.payword_length:
+        raise InvalidVoucher(f"the voucher's payword_index {voucher.payword_index} is past the "
+                             f"agreement's chain of {body.payword_length} words")
+    if not verify_word(voucher.payword, voucher.payword_index, body.payword_root, 0):
         raise InvalidVoucher("the voucher's payword does not hash to the agreement's root")
     authorised = voucher.payword_index * body.link_value_atomic
     if voucher.cumulative_atomic != authorised:

@@ -139,6 +139,10 @@ def test_forged_vouchers_and_receipts_are_refused(market: Harness):
     forged.payword = b"\x01" * 32
     _refused(market, lambda: _redeem(market, deal, forged, receipts), "PERMISSION_DENIED",
              "INVALID_VOUCHER")
+    past_the_chain = deal.voucher(1)
+    past_the_chain.payword_index = 10**9
+    with pytest.raises(AgentmarketError, match="past the agreement's chain"):
+        _redeem(market, deal, past_the_chain, receipts)
     inflated = deal.voucher(1)
     inflated.cumulative_atomic += 1
     _refused(market, lambda: _redeem(market, deal, inflated, receipts), "PERMISSION_DENIED",
