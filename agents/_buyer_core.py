@@ -27,7 +27,6 @@ from agents._bargain import Quote
 from agents._deal import (
     Deal,
     MalformedAnswer,
-    Stranded,
     agreement_body,
     book_malformed,
     booked_charge,
@@ -87,9 +86,6 @@ class PlannedCall:
     replannable: bool = False  # a voucher planned for this send (not one sent before)
     named: bool = True  # the caller gave the call id (else the SDK drew one it never sees)
     replay: bool = False  # the voucher of an answered call id: its answer is booked already
-    resolving: bool = False  # asks the seller about a stranded voucher (`_asking`)
-    # the stranded voucher (and reservation) this call took over, or asks about
-    taken_over: Stranded | None = None
 
     @property
     def metadata(self) -> list[tuple[str, bytes]]:
@@ -250,12 +246,12 @@ class BuyerCore:
     # ---- paid calls -----------------------------------------------------------------------
 
     def _plan(self, deal: Deal, arguments: dict[str, Any], call_id: str | None,
-              voucher_at: tuple[int, int] | None, *, take_over: bool = True) -> PlannedCall:
+              voucher_at: tuple[int, int] | None) -> PlannedCall:
         """The call's request and voucher. `voucher_at` = (sequence, payword index) re-sends
         a voucher planned earlier (a resumed workflow); a call id whose answer was lost, or
         that was answered, re-sends its own (the seller answers it once, charged once: an
-        answered one is not booked again); otherwise, with `take_over`, a stranded voucher
-        pays it (`_taking_over`), or the session plans one prepaying the call's maximum."""
+        answered one is not booked again); otherwise the session plans one prepaying the
+        call's maximum."""
         deal = self._deal(deal)
         deal.check_open()
         request = self._plan_request(deal, arguments, call_id)
@@ -263,73 +259,16 @@ class BuyerCore:
         reserve = deal.call_max_atomic
         named = call_id is not None
         lost = deal.unanswered.pop(call_id, None) if call_id else None
-        taken = deal.taken_over.pop(call_id, None) if lost is not None else None
         if lost is not None:  # its answer was lost: the same voucher fetches it, charged once
             voucher_at = lost
         answered = deal.answered.get(call_id) if voucher_at is None and call_id else None
         if answered is not None:  # answered: the seller replays it, booked already
             voucher_at = answered
         if voucher_at is None:
-            return self._taking_over(deal, request, reserve, named) \
-                if take_over and deal.stranded \
-                else self._with_new_voucher(deal, request, reserve, named)
+            return self._with_new_voucher(deal, request, reserve, named)
         return PlannedCall(deal, request, session.voucher(*voucher_at), reserve,
                            False,  # a re-sent voucher proves nothing new: sign it
-                           settles=lost is not None, named=named, replay=answered is not None,
-                           taken_over=taken)
-
-    def _taking_over(self, deal: Deal, request: agent_pb2.InvokeRequest, reserve: int,
-                     named: bool) -> PlannedCall:
-        """The call paid by a stranded voucher, with its reservation: one the SDK sent for
-        calls it named that got no answer (cancelled, or the answer lost), which no one can
-        retry. The seller admits a voucher once, in order: if it admits it for this call,
-        the stranded calls never ran and now never can; if it refuses it, they are asked
-        about (`_asking`) and this call is paid anew. Either way the voucher is charged at
-        most once, and the budget it held comes back."""
-        try:
-            _sequence, stranded = deal.stranded.popitem()
-        except KeyError:
-            return self._with_new_voucher(deal, request, reserve, named)
-        voucher = self.sessions[deal.agreement_id].voucher(stranded.sequence, stranded.index)
-        return PlannedCall(deal, request, voucher, reserve, False, settles=True,
-                           replannable=True, named=named, taken_over=stranded)
-
-    def _resolving(self, deal: Deal) -> list[PlannedCall]:
-        """The stranded vouchers the seller refused to a later call (it had taken them, or
-        a later voucher first), each to be asked about (`_asking`)."""
-        plans = []
-        while deal.unresolved:
-            try:
-                _sequence, stranded = deal.unresolved.popitem()
-            except KeyError:
-                break
-            plans.append(self._asking(deal, stranded))
-        return plans
-
-    def _asking(self, deal: Deal, stranded: Stranded) -> PlannedCall:
-        """Re-send a stranded voucher under the first of its call ids: the seller answers
-        the call it took it for (charged once) and refuses the others (`_asked`)."""
-        call_id, input_json = stranded.calls[0]
-        request = agent_pb2.InvokeRequest(agreement_id=deal.agreement_id,
-                                          input_json=input_json, call_id=call_id)
-        voucher = self.sessions[deal.agreement_id].voucher(stranded.sequence, stranded.index)
-        return PlannedCall(deal, request, voucher, deal.call_max_atomic, False, settles=True,
-                           named=False, resolving=True, taken_over=stranded)
-
-    def _asked(self, planned: PlannedCall, error: grpc.RpcError) -> PlannedCall | None:
-        """After a stranded voucher was refused under one of its call ids: the next id to
-        ask about, or None once it is booked (refused under every id: nothing was charged,
-        its reservation is released) or kept for later (the answer may have been lost)."""
-        stranded = planned.taken_over
-        assert stranded is not None
-        if answer_may_be_lost(error):
-            planned.deal.unresolved[stranded.sequence] = stranded
-            return None
-        if len(stranded.calls) > 1:
-            return self._asking(planned.deal, Stranded(stranded.sequence, stranded.index,
-                                                       stranded.calls[1:]))
-        self.sessions[planned.deal.agreement_id].settle(planned.reserve_atomic, 0)
-        return None
+                           settles=lost is not None, named=named, replay=answered is not None)
 
     def _with_new_voucher(self, deal: Deal, request: agent_pb2.InvokeRequest, reserve: int,
                           named: bool = True) -> PlannedCall:
@@ -350,30 +289,11 @@ class BuyerCore:
         voucher, so its reserve comes back here first. Otherwise the refusal stands: the call
         is booked as failed (`_failed`) and `error` raised."""
         session = self.sessions[planned.deal.agreement_id]
-        if planned.taken_over is not None and not answer_may_be_lost(error):
-            return self._taken_over_refused(planned, error, attempt)
         if not planned.replannable or not overtaken(error, session, planned.voucher, attempt):
             self._failed(planned, error)
             raise error
         session.settle(planned.reserve_atomic, 0)
         return self._with_new_voucher(planned.deal, planned.request, planned.reserve_atomic,
-                                      planned.named)
-
-    def _taken_over_refused(self, planned: PlannedCall, error: grpc.RpcError, attempt: int
-                            ) -> PlannedCall:
-        """A call paying with a stranded voucher was refused: the reservation stays the
-        stranded voucher's. Refused as a voucher (the seller had it, or a later one): it is
-        to be asked about (`_asking`) and this call is paid anew; refused for anything else,
-        it is stranded again and the refusal stands."""
-        deal, stranded = planned.deal, planned.taken_over
-        assert stranded is not None
-        if error_reason(error) != "INVALID_VOUCHER":
-            deal.stranded[stranded.sequence] = stranded
-            raise error
-        deal.unresolved[stranded.sequence] = stranded
-        if attempt >= MAX_REPLANS:
-            raise error
-        return self._with_new_voucher(deal, planned.request, planned.reserve_atomic,
                                       planned.named)
 
     def _stream_plan(self, deal: Deal, arguments: dict[str, Any], call_id: str | None,
@@ -420,27 +340,16 @@ class BuyerCore:
 
     def _failed(self, planned: PlannedCall, error: grpc.RpcError | None) -> None:
         """Book a call that got no answer: if the seller may have run it (`error` None: the
-        call was cancelled under way), keep the reservation: a retry with the same call id
-        re-sends this voucher and gets the first answer; a call whose id the SDK drew leaves
-        its voucher stranded instead, for the next call to take over (`_taking_over`)."""
+        call was cancelled under way), keep the reservation (a retry with the same call id
+        re-sends this voucher and gets the first answer; finish releases what the seller
+        did not charge)."""
         if not planned.settles:
             return
-        deal, voucher, request = planned.deal, planned.voucher, planned.request
-        taken = planned.taken_over
-        if error is not None and not answer_may_be_lost(error):
-            self.sessions[deal.agreement_id].settle(planned.reserve_atomic, 0)
-        elif planned.resolving:
-            assert taken is not None
-            deal.unresolved[taken.sequence] = taken
-        elif planned.named:
-            deal.unanswered[request.call_id] = (voucher.sequence, voucher.payword_index)
-            if taken is not None:  # the seller took the voucher for this call or for those
-                deal.taken_over[request.call_id] = taken
+        if error is None or answer_may_be_lost(error):
+            planned.deal.unanswered[planned.request.call_id] = (planned.voucher.sequence,
+                                                                planned.voucher.payword_index)
         else:
-            earlier = taken.calls if taken is not None else ()
-            deal.stranded[voucher.sequence] = Stranded(
-                voucher.sequence, voucher.payword_index,
-                (*earlier, (request.call_id, request.input_json)))
+            self.sessions[planned.deal.agreement_id].settle(planned.reserve_atomic, 0)
 
     def _malformed(self, planned: PlannedCall, error: MalformedAnswer) -> None:
         """Book an answer whose payment metadata does not parse (`book_malformed`)."""

@@ -35,18 +35,6 @@ MAX_ANSWERED_IDS = 512  # answered call ids a deal remembers, for a retry to re-
 REFUSAL_OPERATIONS = ("confirm", "dispute")
 
 
-@dataclass(frozen=True)
-class Stranded:
-    """A voucher sent for calls that got no answer and whose ids only the SDK knows (a call
-    cancelled, or its answer lost): the seller took it for at most one of `calls` ((call id,
-    input) pairs) or for none, and its reservation waits on the payment session until the
-    buyer learns which."""
-
-    sequence: int
-    index: int
-    calls: tuple[tuple[str, str], ...]
-
-
 @dataclass
 class Deal:
     """An agreement the buyer holds, with what it needs to pay under it.
@@ -71,12 +59,6 @@ class Deal:
     # the caller's call ids answered lately -> their voucher: a retry re-sends it (answered
     # once, charged once); at most MAX_ANSWERED_IDS, the oldest forgotten first
     answered: dict[str, tuple[int, int]] = field(default_factory=dict)
-    # vouchers of calls the SDK named that got no answer, by sequence: the next call takes
-    # one over (its reservation with it); `unresolved`: the seller had it, so it is asked
-    stranded: dict[int, Stranded] = field(default_factory=dict)
-    unresolved: dict[int, Stranded] = field(default_factory=dict)
-    # a caller's call id that took over a stranded voucher and got no answer -> that voucher
-    taken_over: dict[str, Stranded] = field(default_factory=dict)
     # definite refusals per operation ("confirm", "dispute"): each next try takes a new
     # idempotency key, so a refusal the node recorded is not replayed for good
     refusals: dict[str, int] = field(default_factory=dict)

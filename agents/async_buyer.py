@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 import grpc
 from a2a.types import a2a_pb2, a2a_pb2_grpc
-from opentelemetry.trace import INVALID_SPAN, TracerProvider
+from opentelemetry.trace import TracerProvider
 
 from agents import _a2a_buyer as _a2a
 from agents import _bargain
@@ -339,8 +339,6 @@ class AsyncBuyerAgent(BuyerCore):
                      call_id: str | None = None,
                      voucher_at: tuple[int, int] | None = None) -> CallResult:
         """One paid call with its usage and receipt (`BuyerAgent.invoke`)."""
-        if isinstance(deal, Deal) and deal.unresolved:
-            await self._resolve(self._deal(deal))
         planned = self._plan(deal, arguments, call_id, voucher_at)
         with span_if_active(self._tracer, self.tracer_provider, "paid_call",
                             attributes=lambda: self._span_attributes(planned)) as span:
@@ -354,26 +352,6 @@ class AsyncBuyerAgent(BuyerCore):
                     self._failed(planned, None)
                     raise
             return self._answered(planned, response, span)
-
-    async def _resolve(self, deal: Deal) -> None:
-        """Ask the seller about the stranded vouchers it refused to a later call
-        (`BuyerCore._resolving`), so that each one's reservation is booked."""
-        for asking in self._resolving(deal):
-            planned: PlannedCall | None = asking
-            while planned is not None:
-                try:
-                    response = await self._send(planned)
-                except grpc.RpcError as error:
-                    planned = self._asked(planned, error)
-                    continue
-                except AgentmarketError:  # still running: kept for later (`_still_running`)
-                    break
-                except asyncio.CancelledError:
-                    self._failed(planned, None)
-                    raise
-                with contextlib.suppress(AgentmarketError):  # a bad answer: on deal.problems
-                    self._answered(planned, response, INVALID_SPAN)
-                planned = None
 
     async def _send(self, planned: PlannedCall) -> agent_pb2.InvokeResponse:
         stubs = self._stubs(planned.deal.body.seller_endpoint)
@@ -463,7 +441,7 @@ class AsyncBuyerAgent(BuyerCore):
     async def send(self, deal: Deal, arguments: dict[str, Any], *,
                    message_id: str | None = None) -> CallResult:
         """One paid call over A2A, the voucher in the message metadata (`BuyerAgent.send`)."""
-        planned = self._plan(deal, arguments, message_id, None, take_over=False)
+        planned = self._plan(deal, arguments, message_id, None)
         with span_if_active(self._tracer, self.tracer_provider, "paid_call",
                             attributes=lambda: self._span_attributes(planned)) as span:
             stubs = self._stubs(planned.deal.body.seller_endpoint)

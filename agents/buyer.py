@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from a2a.types import a2a_pb2, a2a_pb2_grpc
-from opentelemetry.trace import INVALID_SPAN, TracerProvider
+from opentelemetry.trace import TracerProvider
 
 from agents import _a2a_buyer as _a2a
 from agents import _bargain
@@ -315,8 +315,6 @@ class BuyerAgent(BuyerCore):
         re-sends a voucher planned earlier (a resumed workflow); otherwise the session plans
         one that prepays the call's maximum. A retry with the same call id and voucher is
         answered with the first response and charged once."""
-        if isinstance(deal, Deal) and deal.unresolved:
-            self._resolve(self._deal(deal))
         planned = self._plan(deal, arguments, call_id, voucher_at)
         with span_if_active(self._tracer, self.tracer_provider, "paid_call",
                             attributes=lambda: self._span_attributes(planned)) as span:
@@ -327,23 +325,6 @@ class BuyerAgent(BuyerCore):
                 except grpc.RpcError as error:
                     planned = self._again_or_failed(planned, error, attempt)
             return self._answered(planned, response, span)
-
-    def _resolve(self, deal: Deal) -> None:
-        """Ask the seller about the stranded vouchers it refused to a later call
-        (`BuyerCore._resolving`), so that each one's reservation is booked."""
-        for asking in self._resolving(deal):
-            planned: PlannedCall | None = asking
-            while planned is not None:
-                try:
-                    response = self._send(planned)
-                except grpc.RpcError as error:
-                    planned = self._asked(planned, error)
-                    continue
-                except AgentmarketError:  # still running: kept for later (`_still_running`)
-                    break
-                with contextlib.suppress(AgentmarketError):  # a bad answer: on deal.problems
-                    self._answered(planned, response, INVALID_SPAN)
-                planned = None
 
     def _send(self, planned: PlannedCall) -> agent_pb2.InvokeResponse:
         stubs = self._stubs(planned.deal.body.seller_endpoint)
@@ -435,7 +416,7 @@ class BuyerAgent(BuyerCore):
         """One paid call over A2A: SendMessage with the voucher in the message metadata (the
         payment extension); the task's receipt is checked as `invoke` checks its own. A
         resend with the same `message_id` is the same task, charged once."""
-        planned = self._plan(deal, arguments, message_id, None, take_over=False)
+        planned = self._plan(deal, arguments, message_id, None)
         with span_if_active(self._tracer, self.tracer_provider, "paid_call",
                             attributes=lambda: self._span_attributes(planned)) as span:
             signed, unsigned = self._a2a_stubs(planned.deal.body.seller_endpoint)
