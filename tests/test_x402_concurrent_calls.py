@@ -24,6 +24,7 @@ import pytest
 from x402.extensions.payment_identifier import append_payment_identifier_to_extensions
 from x402.http.utils import decode_payment_required_header, encode_payment_signature_header
 
+from agents.errors import AgreementEnded
 from agents.x402 import forward, http_client
 from agents.x402.client import PrepayTransport, buyer_client
 from tests.x402_market import Market, books_balance, open_market
@@ -155,3 +156,33 @@ def test_a_voucher_the_seller_refused_leaves_its_payment_identifier_free(market,
         answers[0].headers["payment-required"]).error == "payload_replayed"
     again = send(header("pay_overtaken_0123456789"))  # word 4, the same identifier
     assert again.status_code == 200, again.text
+
+
+def test_a_session_in_the_sellers_redeem_margin_is_ended_and_the_call_paid_in_a_new_one(
+        market, monkeypatch):
+    """The seller takes no call in its redeem margin (AGREEMENT_ENDED): the gateway answers
+    402 session_ended, never a 409, and the client pays the call in a new session."""
+    check = market.seller.gate._check_in_time
+    ended: list[int] = []
+
+    def margin_of_the_first(account):  # type: ignore[no-untyped-def]
+        if account.body.terms.completion_deadline_ms == ended[0]:
+            raise AgreementEnded("the agreement's last 60 s before its completion deadline "
+                                 "are the seller's to redeem in; it takes no more calls")
+        check(account)
+
+    async def run() -> tuple[int, int, int]:
+        client, _schemes = http_client(market.key, market.network, calls_per_session=10)
+        async with client:
+            first = await client.post(market.url("shout"), json={"text": "first"})
+            (session,) = market.gateway.sessions.sessions.values()
+            ended.append(session.body.terms.completion_deadline_ms)
+            monkeypatch.setattr(market.seller.gate, "_check_in_time", margin_of_the_first)
+            later = await client.post(market.url("shout"), json={"text": "later"})
+            assert later.json()["output"] == {"text": "LATER"}
+            opened = len(market.gateway.sessions.sessions)
+            return first.status_code, later.status_code, opened
+
+    first, later, opened = asyncio.run(run())
+    assert (first, later, opened) == (200, 200, 2)
+    books_balance(market.node)

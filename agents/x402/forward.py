@@ -35,7 +35,8 @@ HTTP_OF_GRPC = {grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.NOT_FOUND
 
 # The seller refused a voucher the gateway had checked against the chain: a later word of the
 # same session reached the seller first (a buyer's calls running at once), and the seller takes
-# words in order. A 402 whose `error` is payload_replayed: the buyer pays again with its next.
+# words in order. A 402 whose `error` is payload_replayed: the buyer pays again with its next;
+# session_ended (the seller takes no more calls under the agreement): in a new session.
 VOUCHER_REFUSED = 402
 
 
@@ -103,6 +104,9 @@ async def invoke(channels: Channels, endpoint: str, arguments: dict[str, Any],
     except grpc.aio.AioRpcError as error:
         if error_reason(error) == "INVALID_VOUCHER":
             return VOUCHER_REFUSED, {"error": "payload_replayed",
+                                     "message": error.details() or ""}, 0
+        if error_reason(error) == "AGREEMENT_ENDED":  # redeemed, or in the seller's margin
+            return VOUCHER_REFUSED, {"error": "session_ended",
                                      "message": error.details() or ""}, 0
         return (HTTP_OF_GRPC.get(error.code(), 502),
                 {"error": error.code().name.lower(), "message": error.details() or ""}, 0)

@@ -23,7 +23,7 @@ REASONS = {
     "approval_required": "the payer's wallet wants a person's approval first",
     "wallet_frozen": "the payer's wallet is frozen",
     "session_unknown": "no open session has this agreement",
-    "session_ended": "the session was closed",
+    "session_ended": "the session was closed, or its seller takes no more calls under it",
     "session_busy": "another request is closing the session (HTTP 409; retry)",
     "seller_refused": "the seller did not countersign, serve or finish (503 when it would "
                       "not quote a metered skill's price)",
