@@ -52,7 +52,7 @@ class Deal:
     outputs: list[dict[str, Any]] = field(default_factory=list)
     failed_outputs: int = 0
     tariff: Tariff | None = None
-    seed_hex: str = ""
+    seed_hex: str = field(default="", repr=False)  # spends the escrow: never in a repr
     problems: list[str] = field(default_factory=list)
     # calls whose answer was lost: call id -> (voucher sequence, payword index) to re-send
     unanswered: dict[str, tuple[int, int]] = field(default_factory=dict)

@@ -27,6 +27,7 @@ from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode,
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from marketplace._call_details import with_metadata
+from wallets.errors import AgentmarketError
 
 TRACER_NAME = "agentmarket.grpc"
 _PROPAGATOR = TraceContextTextMapPropagator()
@@ -78,7 +79,31 @@ def span_if_active(tracer: trace.Tracer, tracer_provider: trace.TracerProvider |
         return _NO_SPAN
     if attributes is not None:
         kwargs["attributes"] = attributes()
-    return tracer.start_as_current_span(name, **kwargs)
+    return _span_keeping_text_out(tracer, name, kwargs)
+
+
+@contextmanager
+def _span_keeping_text_out(tracer: trace.Tracer, name: str, kwargs: dict[str, Any]
+                           ) -> Iterator[Span]:
+    """The span, an exception escaping it recorded by `record_error`."""
+    with tracer.start_as_current_span(name, record_exception=False,
+                                      set_status_on_exception=False, **kwargs) as span:
+        try:
+            yield span
+        except BaseException as error:
+            record_error(span, error)
+            raise
+
+
+def record_error(span: Span, error: BaseException) -> None:
+    """An exception on a span: its type, and its message only when it is one of ours (what
+    the caller is told anyway). Another exception's text and traceback may carry what a skill
+    was given (a user's private input): they stay in the process's own log."""
+    attributes = {"exception.type": type(error).__qualname__}
+    if isinstance(error, AgentmarketError):
+        attributes["exception.message"] = error.message
+    span.add_event("exception", attributes)
+    span.set_status(Status(StatusCode.ERROR, type(error).__name__))
 
 
 def _rpc_attributes(full_method: str | bytes) -> tuple[str, dict[str, str]]:
@@ -127,8 +152,7 @@ class _ClientInterceptor(
             with _current(span):  # interceptors further in see the client span as parent
                 outcome = continuation(new_details, request)
         except BaseException as error:
-            span.record_exception(error)
-            span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+            record_error(span, error)
             span.end()
             raise
 
@@ -316,7 +340,7 @@ def _server_failed(span: Span, context: grpc.ServicerContext, error: BaseExcepti
     """An abort sets the code then raises; anything else reaches the client as UNKNOWN."""
     code = _code_of(context)
     if code is None or code is grpc.StatusCode.OK:
-        span.record_exception(error)
+        record_error(span, error)
         _record_status(span, grpc.StatusCode.UNKNOWN, type(error).__name__)
     else:
         _record_status(span, code, _details_of(context))

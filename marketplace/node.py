@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from opentelemetry.trace import TracerProvider
-from sqlalchemy import Engine, make_url
+from sqlalchemy import Engine
 from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, OperationalError
 
 from marketplace import agreements as ag
@@ -92,7 +92,7 @@ from wallets.rails import Rail, SandboxRail
 from wallets.rails_ecny import EcnyRail
 from wallets.service import WalletService
 from wallets.servicer import WalletServicer
-from wallets.store import make_engine
+from wallets.store import make_engine, shown_url
 from wallets.v1 import conditional_pb2_grpc, wallet_pb2, wallet_pb2_grpc
 
 if TYPE_CHECKING:
@@ -378,7 +378,4 @@ def opening_database(db_url: str) -> Iterator[None]:
 
 def _shown(db_url: str) -> str:
     """The URL for a message, its password masked."""
-    try:
-        return repr(make_url(db_url).render_as_string(hide_password=True))
-    except Exception:  # not a URL at all: nothing in it to hide
-        return repr(db_url[:200])
+    return repr(shown_url(db_url))

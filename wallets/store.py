@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError, PendingRollbackError
 
 from wallets.errors import InvalidArgument
@@ -76,6 +77,14 @@ def make_engine(url: str = DEFAULT_DB_URL) -> Engine:
             raise DBAPIError.instance(statement, None, error, sqlite3.Error) from error
 
     return engine
+
+
+def shown_url(url: str) -> str:
+    """A database URL for a message or a log line, its password masked."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL at all: nothing in it to hide
+        return url[:200]
 
 
 def connection_lost(error: BaseException) -> bool:

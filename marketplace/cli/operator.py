@@ -23,6 +23,7 @@ from marketplace.home import default_database_url
 from wallets.currencies import currency
 from wallets.ledger import Ledger
 from wallets.models import Balance, Posting
+from wallets.store import shown_url
 
 console = Console(markup=False)
 DEFAULT_DB = default_database_url()
@@ -48,9 +49,10 @@ def open_ledger(db: str) -> Ledger:
                 has_ledger = inspect(conn).has_table(PostingRow.__tablename__)
     except (SQLAlchemyError, ModuleNotFoundError, ValueError) as error:
         cause = getattr(error, "orig", None) or error
-        fail(f"cannot open the database {db}: {str(cause).splitlines()[0][:200]}")
+        fail(f"cannot open the database {shown_url(db)}: {str(cause).splitlines()[0][:200]}")
     if not has_ledger:
-        fail(f"{db} holds no agentmarket ledger (a node's database: agentmarket serve --db)")
+        fail(f"{shown_url(db)} holds no agentmarket ledger (a node's database: agentmarket "
+             "serve --db)")
     return Ledger(engine, group_commit=False)
 
 

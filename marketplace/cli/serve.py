@@ -18,6 +18,7 @@ from marketplace.cli.tuning import GC_DEFAULTS, NORMAL_SCHEDULING, tune_started
 from marketplace.home import default_database_url, default_span_store
 from marketplace.stop_signals import StopSignals
 from wallets.errors import AgentmarketError
+from wallets.store import shown_url
 
 DEFAULT_DB = default_database_url()
 DEFAULT_SPANS = default_span_store()
@@ -176,9 +177,10 @@ def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file 
         (", no authentication" if no_auth else ", signed calls")
     fx_note = f"fx {', '.join(sorted(rates))}" if rates else "no fx"
     judge_note = f"judge models {', '.join(judge_model)}" if judge_model else "any judge model"
-    console.print(f"marketplace listening on {node.address} (db {db}; {security}; node key "
-                  f"{node.agent_id}; {len(node.operator_ids)} operator(s), {len(arbiters)} "
-                  f"arbiter(s); {fx_note}; {judge_note})", highlight=False, soft_wrap=True)
+    console.print(f"marketplace listening on {node.address} (db {shown_url(db)}; {security}; "
+                  f"node key {node.agent_id}; {len(node.operator_ids)} operator(s), "
+                  f"{len(arbiters)} arbiter(s); {fx_note}; {judge_note})", highlight=False,
+                  soft_wrap=True)
     if node.console is not None and node.http is not None:
         console.print(f"console on {node.http.url}/console/ (signing as operator "
                       f"{node.console.actions.key.agent_id})", highlight=False, soft_wrap=True)
