@@ -300,7 +300,9 @@ class AuthServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 agent, signed_message(method, body, timestamp_ms, nonce), signature):
             raise Unauthenticated("the request signature does not verify for agentmarket-agent",
                                   reason="BAD_REQUEST_SIGNATURE")
-        verdict = self.limits.admit(agent, nonce, timestamp_ms + self.skew_ms, now)
+        # kept a skew window longer than it is fresh here: another node of the market whose
+        # clock runs up to that much behind still takes it as fresh
+        verdict = self.limits.admit(agent, nonce, timestamp_ms + 2 * self.skew_ms, now)
         if verdict == REPLAYED:
             raise Unauthenticated("this nonce was already used (replayed request)",
                                   reason="REPLAYED_REQUEST")

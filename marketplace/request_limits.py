@@ -6,10 +6,12 @@ nonce) new while its timestamp is fresh, and may the agent make one more call no
 unsigned paid calls, only the second (`allow`, per agreement).
 `LocalLimits` answers from memory: right for one node (the embedded default), but a request
 replayed to another node, or calls spread over several, escape it. `RedisLimits` answers from
-one Redis, atomically and in one round trip (a Lua script: SET NX PX for the nonce, then a
-token bucket on Redis's own clock; both keys carry the agent as a hash tag, so the script is
-Redis Cluster safe), so a replay to any node is refused and a rate holds across nodes. When Redis
-does not answer it raises `Unavailable` (LIMITS_UNAVAILABLE): fail closed, never unchecked.
+one Redis, atomically and in one round trip (a Lua script: a replayed nonce is refused, then
+a token from a bucket on Redis's own clock, then the nonce kept (never one of a refused call,
+so a flood beyond an agent's rate stores nothing); both keys carry the agent as a hash tag, so
+the script is Redis Cluster safe), so a replay to any node is refused and a rate holds across
+nodes. When Redis does not answer it raises `Unavailable` (LIMITS_UNAVAILABLE): fail closed,
+never unchecked.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ class RequestLimits(Protocol):
 
     def admit(self, agent: str, nonce: str, fresh_until_ms: int, now_ms: int) -> str:
         """ADMITTED; REPLAYED (the nonce was seen: no token taken); NONCES_FULL (nothing
-        recorded); LIMITED (the nonce is recorded, the bucket was empty)."""
+        recorded); LIMITED (the bucket was empty: nothing recorded, so an agent's nonces kept
+        are bounded by its rate)."""
         ...
 
     def allow(self, subject: str, cost: int = 1) -> bool:
@@ -52,6 +55,11 @@ class _NonceCache:
         self._heap: list[tuple[int, str]] = []
         self._max = max_entries
         self._lock = threading.Lock()
+
+    def seen(self, key: str) -> bool:
+        """Whether `key` is kept (a replay), recording nothing."""
+        with self._lock:
+            return key in self._expiry
 
     def first_use(self, key: str, fresh_until_ms: int, now_ms: int) -> bool | None:
         """True the first time, False for a replay, None when the cache is full."""
@@ -123,12 +131,15 @@ class LocalLimits:
         self.limiter = _RateLimiter(rate_per_s, burst, max_agents)
 
     def admit(self, agent: str, nonce: str, fresh_until_ms: int, now_ms: int) -> str:
-        first = self.nonces.first_use(f"{agent}:{nonce}", fresh_until_ms, now_ms)
+        key = f"{agent}:{nonce}"
+        if self.nonces.seen(key):
+            return REPLAYED
+        if not self.limiter.allow(agent):
+            return LIMITED
+        first = self.nonces.first_use(key, fresh_until_ms, now_ms)
         if first is None:
             return NONCES_FULL
-        if not first:
-            return REPLAYED
-        return ADMITTED if self.limiter.allow(agent) else LIMITED
+        return ADMITTED if first else REPLAYED
 
     def allow(self, subject: str, cost: int = 1) -> bool:
         return self.limiter.allow(subject, cost)
@@ -153,11 +164,13 @@ end
 """
 # allow: KEYS = bucket; ARGV = rate, burst, cost. 1 allowed, 0 not.
 _BUCKET = _TAKE + "return take(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))"
-# admit: KEYS = nonce, bucket; ARGV = rate, burst, keep_ms. 1 admitted, 0 replayed, 2 limited.
+# admit: KEYS = nonce, bucket; ARGV = rate, burst, keep_ms. 1 admitted, 0 replayed, 2 limited
+# (its nonce not kept: what one agent makes Redis keep is bounded by its rate).
 _ADMIT = _TAKE + """
-if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[3]) then return 0 end
-if take(KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2]), 1) == 1 then return 1 end
-return 2
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if take(KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2]), 1) == 0 then return 2 end
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[3])
+return 1
 """
 
 

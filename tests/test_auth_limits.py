@@ -82,8 +82,9 @@ def test_a_fresh_signed_request_names_its_caller_and_a_replay_is_refused():
 
 
 def test_a_request_dated_in_the_future_cannot_be_replayed_once_the_server_catches_up():
-    """The nonce is kept until the request's own timestamp is stale, not for a fixed time after
-    it arrived: a request dated skew_s ahead stays fresh for 2 x skew_s of server time."""
+    """The nonce is kept until the request's own timestamp is stale (and a skew window more,
+    for another node whose clock runs behind), not for a fixed time after it arrived: a
+    request dated skew_s ahead stays fresh for 2 x skew_s of server time."""
     clock, key = Clock(), AgentKey.generate()
     auth = AuthServerInterceptor(skew_s=60, clock_ms=clock)
     ahead = _metadata(key, NOW_MS + 59_000)
@@ -96,6 +97,7 @@ def test_a_request_dated_in_the_future_cannot_be_replayed_once_the_server_catche
     with pytest.raises(Unauthenticated) as stale:
         auth._check(METHOD, ahead, BODY)
     assert stale.value.reason == "STALE_REQUEST"
+    clock.now_ms += 60_000  # a skew window later still
     auth._check(METHOD, _metadata(key, clock.now_ms), BODY)
     assert isinstance(auth.limits, LocalLimits)
     assert len(auth.limits.nonces) == 1  # the old nonce was dropped when no longer needed
@@ -112,8 +114,19 @@ def test_a_full_nonce_cache_refuses_rather_than_forgets():
     assert full.value.reason == "NONCE_CACHE_FULL"
     with pytest.raises(Unauthenticated):
         auth._check(METHOD, first, BODY)  # still remembered: still a replay
-    clock.now_ms += 61_000
+    clock.now_ms += 121_000  # stale, and a skew window more
     assert auth._check(METHOD, _metadata(key, clock.now_ms), BODY) == key.agent_id
+
+
+def test_a_flood_beyond_the_rate_keeps_no_nonce():
+    clock, key = Clock(), AgentKey.generate()
+    auth = AuthServerInterceptor(clock_ms=clock, rate_per_s=0.001, burst=2)
+    for _ in range(2):
+        auth._check(METHOD, _metadata(key, NOW_MS), BODY)
+    for _ in range(20):
+        with pytest.raises(ResourceExhausted):
+            auth._check(METHOD, _metadata(key, NOW_MS), BODY)
+    assert len(auth.limits.nonces) == 2
 
 
 def test_the_rate_limiter_is_per_agent_and_bounded():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -20,6 +21,7 @@ from marketplace.auth import (
     NONCE_KEY,
     SIGNATURE_KEY,
     TIMESTAMP_KEY,
+    AuthServerInterceptor,
     plain_channel,
     signed_channel,
     signed_message,
@@ -28,7 +30,9 @@ from marketplace.identity import AgentKey
 from marketplace.node import MarketplaceNode
 from marketplace.request_limits import ADMITTED, LIMITED, REPLAYED, LocalLimits, RedisLimits
 from tests.conftest import postgres_schema
-from wallets.errors import Unavailable
+from tests.test_auth_limits import BODY, METHOD
+from tests.test_auth_limits import _metadata as _fresh_metadata
+from wallets.errors import Unauthenticated, Unavailable
 from wallets.grpc_errors import error_reason
 from wallets.v1 import wallet_pb2, wallet_pb2_grpc
 
@@ -95,7 +99,8 @@ def test_a_rate_limit_holds_across_nodes(two_nodes: tuple[MarketplaceNode, ...])
 
 def test_one_nonce_store_and_one_bucket_for_every_node(redis_url: str):
     """Two nodes' RedisLimits: a nonce admitted by one is a replay at the other (taking no
-    token); the bucket is shared, and a limited request's nonce is still recorded."""
+    token); the bucket is shared, and a limited request's nonce is not kept (an agent's
+    flood beyond its rate makes Redis keep nothing)."""
     agent, subject = os.urandom(8).hex(), os.urandom(8).hex()
     first, second = (RedisLimits(redis_url, rate_per_s=0.001, burst=2) for _ in range(2))
     assert [first.allow(subject), second.allow(subject), first.allow(subject)] == \
@@ -107,9 +112,30 @@ def test_one_nonce_store_and_one_bucket_for_every_node(redis_url: str):
     assert second.admit(agent, "n1", 10_000, 0) == REPLAYED
     assert second.admit(agent, "n2", 10_000, 0) == ADMITTED
     assert first.admit(agent, "n3", 10_000, 0) == LIMITED
-    assert second.admit(agent, "n3", 10_000, 0) == REPLAYED
+    assert second.admit(agent, "n3", 10_000, 0) == LIMITED  # not a replay: never kept
+    assert not first.client.exists(f"agentmarket:{{{agent}}}:nonce:n3")
     first.close()
     second.close()
+
+
+def test_a_replay_to_a_node_whose_clock_runs_behind_is_refused(redis_url: str):
+    """Redis forgets a nonce by its own clock, on a time the admitting node computed; a node
+    whose clock runs 1.5 s behind still takes the request as fresh after that: the nonce is
+    kept a skew window longer than the request is fresh."""
+    key, prefix = AgentKey.generate(), f"t{os.urandom(4).hex()}"
+    limits = [RedisLimits(redis_url, rate_per_s=100, burst=100, prefix=prefix)
+              for _ in range(2)]
+    ahead = AuthServerInterceptor(skew_s=2, limits=limits[0])
+    behind = AuthServerInterceptor(skew_s=2, limits=limits[1],
+                                   clock_ms=lambda: time.time_ns() // 1_000_000 - 1_500)
+    metadata = _fresh_metadata(key, time.time_ns() // 1_000_000)
+    assert ahead._check(METHOD, metadata, BODY) == key.agent_id
+    time.sleep(2.2)  # stale at the first node; fresh for 1.3 s more at the second
+    with pytest.raises(Unauthenticated) as replay:
+        behind._check(METHOD, metadata, BODY)
+    assert replay.value.reason == "REPLAYED_REQUEST"
+    for each in limits:
+        each.close()
 
 
 def test_with_redis_down_a_node_refuses_calls_and_changes_nothing(tmp_path):
