@@ -33,6 +33,7 @@ from marketplace import pricing
 from marketplace.negotiation import MAX_NEGOTIATION_S, MAX_ROUNDS, Negotiation
 from marketplace.v1 import agreement_pb2, registry_pb2
 from wallets import attributes as attr
+from wallets.currencies import MAX_AMOUNT_ATOMIC
 from wallets.currencies import currency as _currency
 
 if TYPE_CHECKING:
@@ -100,6 +101,9 @@ def rounds(buyer: BuyerAgent | AsyncBuyerAgent, listing: registry_pb2.Listing, s
     cur = _currency(currency)
     check_options(max_rounds=max_rounds, deadline_s=deadline_s, verification=verification,
                   strategy=strategy)
+    if reservation_price_atomic is not None:
+        _inputs.count(reservation_price_atomic, "reservation_price_atomic", minimum=0,
+                      maximum=MAX_AMOUNT_ATOMIC)
     if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity <= 0:
         raise InvalidArgument(f"quantity must be a positive number of calls, got {quantity!r}")
     if budget_atomic <= 0:

@@ -60,6 +60,8 @@ BAD_NEGOTIATION = [
     ({"verification": 99}, "verification"),
     ({"verification": True}, "verification"),
     ({"strategy": "x"}, "strategy"),
+    ({"reservation_price_atomic": -1}, "reservation_price_atomic"),
+    ({"reservation_price_atomic": 2**70}, "reservation_price_atomic"),
 ]
 
 
