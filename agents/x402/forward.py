@@ -26,7 +26,9 @@ from marketplace.v1 import agreement_pb2
 from wallets.grpc_errors import error_reason
 
 CALL_TIMEOUT_S = 30.0
-REFETCH_WAIT_S = 5.0  # how long a lost answer is asked for again while the seller still runs it
+# How long a lost answer is asked for again: the channel reconnects with a backoff (a second,
+# then more) and the seller may still be running the call; its charge is what is asked for
+REFETCH_WAIT_S = 15.0
 _LOST_IN_TRANSPORT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN})
 HTTP_OF_GRPC = {grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.NOT_FOUND: 404,
                 grpc.StatusCode.RESOURCE_EXHAUSTED: 429, grpc.StatusCode.UNAVAILABLE: 503,
