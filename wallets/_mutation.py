@@ -13,6 +13,7 @@ transaction. On SQLite the idempotency statements run on the DB-API cursor
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -67,9 +68,9 @@ def transaction_sealed(conn: Connection) -> dict[int, tuple[Any, str]]:
 def _retryable(error: OperationalError) -> bool:
     """A deadlock between row locks (PostgreSQL aborts one side) or the like, or a lost
     connection (the pool hands out a fresh one; if the lost commit landed, the key replays
-    its outcome): run again."""
-    return getattr(error.orig, "sqlstate", None) in RETRIED_SQLSTATES or \
-        connection_lost(error)
+    its outcome): run again. Not SQLite busy past its timeout: it waited long enough."""
+    return getattr(error.orig, "sqlstate", None) in RETRIED_SQLSTATES or (
+        connection_lost(error) and not isinstance(error.orig, sqlite3.Error))
 
 
 class _Refused(Exception):
