@@ -8,10 +8,11 @@ request built here over its own connection and hands the answer back here, so th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -466,11 +467,16 @@ class BuyerCore:
         return f"{operation}:{deal.agreement_id}" + (f":{tries}" if tries else "")
 
     @staticmethod
-    def _refused(deal: Deal, operation: str, error: grpc.RpcError) -> None:
-        """Count a definite refusal of `operation`; an answer that may have been lost is not
-        one: its retry must send the same key to get the first outcome."""
-        if not answer_may_be_lost(error):
-            deal.refusals[operation] = deal.refusals.get(operation, 0) + 1
+    @contextlib.contextmanager
+    def _counting_refusals(deal: Deal, operation: str) -> Iterator[None]:
+        """Count a definite refusal of `operation` sent inside; an answer that may have been
+        lost is not one: its retry must send the same key to get the first outcome."""
+        try:
+            yield
+        except grpc.RpcError as error:
+            if not answer_may_be_lost(error):
+                deal.refusals[operation] = deal.refusals.get(operation, 0) + 1
+            raise
 
     def _confirm_request(self, deal: Deal) -> settlement_pb2.ConfirmRequest:
         return settlement_pb2.ConfirmRequest(

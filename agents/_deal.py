@@ -168,7 +168,7 @@ def restored_deal(buyer_id: str, state: dict[str, Any]) -> tuple[Deal, PaywordCh
 
 def _refusals(saved: Any) -> dict[str, int]:
     """A checkpoint's refusal counts (absent in older checkpoints: none)."""
-    counts = {op: saved.get(op, 0) for op in REFUSAL_OPERATIONS if op in saved}
+    counts = {op: saved[op] for op in REFUSAL_OPERATIONS if op in saved}
     if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
                for n in counts.values()):
         raise ValueError("refusals are counts")

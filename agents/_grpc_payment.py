@@ -35,6 +35,8 @@ def answer_may_be_lost(error: grpc.RpcError) -> bool:
     code = error.code()
     return code in ANSWER_MAY_BE_LOST or (code == grpc.StatusCode.INTERNAL
                                           and not error_reason(error))
+
+
 PRECHECK_INPUT_CHARS = 16_384
 INVOKE = "/agents.v1.AgentService/Invoke"
 INVOKE_STREAM = "/agents.v1.AgentService/InvokeStream"

@@ -402,24 +402,18 @@ class AsyncBuyerAgent(BuyerCore):
     async def confirm(self, deal: Deal) -> Escrow:
         """Accept delivered work now rather than when the dispute window closes."""
         deal = self._deal(deal)
-        try:
+        with self._counting_refusals(deal, "confirm"):
             reply = await self._market.settlement.Confirm(self._confirm_request(deal),
                                                           timeout=RPC_TIMEOUT_S)
-        except grpc.RpcError as error:
-            self._refused(deal, "confirm", error)
-            raise
         return self._escrowed(deal, reply)
 
     @async_sdk_method
     async def dispute(self, deal: Deal, reason: str) -> Escrow:
         """Dispute delivered work inside the dispute window; the earned amount is frozen."""
         deal = self._deal(deal)
-        try:
+        with self._counting_refusals(deal, "dispute"):
             reply = await self._market.settlement.Dispute(self._dispute_request(deal, reason),
                                                           timeout=RPC_TIMEOUT_S)
-        except grpc.RpcError as error:
-            self._refused(deal, "dispute", error)
-            raise
         return self._escrowed(deal, reply)
 
     # ---- A2A (`BuyerAgent`'s A2A methods) ------------------------------------------------

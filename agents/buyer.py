@@ -374,23 +374,17 @@ class BuyerAgent(BuyerCore):
     def confirm(self, deal: Deal) -> Escrow:
         """Accept delivered work (BUYER_ACCEPTANCE agreements)."""
         deal = self._deal(deal)
-        try:
+        with self._counting_refusals(deal, "confirm"):
             reply = self.settlement.Confirm(self._confirm_request(deal), timeout=RPC_TIMEOUT_S)
-        except grpc.RpcError as error:
-            self._refused(deal, "confirm", error)
-            raise
         return self._escrowed(deal, reply)
 
     @sdk_method
     def dispute(self, deal: Deal, reason: str) -> Escrow:
         """Dispute delivered work inside the dispute window; the earned amount is frozen."""
         deal = self._deal(deal)
-        try:
+        with self._counting_refusals(deal, "dispute"):
             reply = self.settlement.Dispute(self._dispute_request(deal, reason),
                                             timeout=RPC_TIMEOUT_S)
-        except grpc.RpcError as error:
-            self._refused(deal, "dispute", error)
-            raise
         return self._escrowed(deal, reply)
 
     # ---- A2A ------------------------------------------------------------------------------

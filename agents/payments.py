@@ -95,19 +95,21 @@ class PaymentGate(GateRedeems):
     """The seller's local voucher check, run before every paid call."""
 
     def __init__(self, key: AgentKey | None = None, journal: UsageJournal | None = None,
-                 *, clock_ms: Callable[[], int] | None = None) -> None:
+                 *, clock_ms: Callable[[], int] | None = None,
+                 calls_end_before_ms: int = 0) -> None:
         """`key`: the seller's, signing every RECEIPT_SIGN_EVERY-th receipt of each chain;
         `journal`: where agreements, answered calls and redeems are made durable;
-        `clock_ms`: the time calls are checked against agreements' deadlines (wall clock)."""
+        `clock_ms`: the time calls are checked against agreements' deadlines (wall clock);
+        `calls_end_before_ms`: how long before an agreement's completion deadline calls stop:
+        the seller redeems then (its redeem margin), so no call is answered that the redeem
+        could not carry."""
         self.key = key
         self.journal = journal
         self.clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
         self._accounts: dict[str, AgreementAccount] = {}
         self._fresh = FreshAgreements(MAX_FRESH_AGREEMENTS_PER_BUYER)
         self._lock = threading.Lock()
-        # Calls stop this long before an agreement's completion deadline: the seller redeems
-        # then (its redeem margin), so no call is answered that the redeem could not carry.
-        self.calls_end_before_ms = 0
+        self.calls_end_before_ms = calls_end_before_ms
         if journal is not None:
             journal.on_failed_calls = self._unchain_failed
 

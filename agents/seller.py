@@ -166,8 +166,8 @@ class SellerAgent:
             # it cannot be announced ahead, so batches wait for as many records as the last
             self.journal = UsageJournal(url, group_wait_s=LOOP_GROUP_WAIT_S if server == "aio"
                                         else 0.0)
-        self.gate = PaymentGate(self.key, self.journal)
-        self.gate.calls_end_before_ms = redeem_margin_s * 1000  # the settle loop redeems then
+        self.gate = PaymentGate(self.key, self.journal,
+                                calls_end_before_ms=redeem_margin_s * 1000)
         self.tariffs: dict[str, Tariff] = {}
         self._restore()
         self._stop = threading.Event()

@@ -6,13 +6,11 @@ a call's budget for good (sync and async buyers)."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import BaseModel
 
 from agents import (
     AgreementState,
@@ -22,41 +20,23 @@ from agents import (
     FailedPrecondition,
     IdempotencyConflict,
     SellerAgent,
-    per_call,
-    skill,
 )
 from agents._deal import Deal
 from marketplace.node import MarketplaceNode
+from tests.test_seller_restart import upper
 from wallets.audit import check_balances, verify_chain
 from wallets.currencies import format_amount
-
-
-class Said(BaseModel):
-    text: str
-
-
-@skill(price=per_call("0.001", "USD"))
-def say(text: str) -> Said:
-    """Upper-case a text."""
-    return Said(text=text.upper())
-
-
-@skill(price=per_call("0.001", "USD"))
-def say_slowly(text: str) -> Said:
-    """Upper-case a text, slowly."""
-    time.sleep(0.5)
-    return Said(text=text.upper())
 
 
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[MarketplaceNode]:
     with MarketplaceNode(f"sqlite:///{tmp_path / 'm.db'}", sweep_interval_s=3600) as started, \
-            SellerAgent("sayer", skills=[say, say_slowly], marketplace=started.address,
+            SellerAgent("upper", skills=[upper], marketplace=started.address,
                         dispute_window_s=600):
         yield started
 
 
-def _hired(buyer: BuyerAgent, name: str = "say", quantity: int = 3) -> Deal:
+def _hired(buyer: BuyerAgent, name: str = "upper", quantity: int = 3) -> Deal:
     buyer.fund("1.00", "USD")
     deal = buyer.negotiate(buyer.discover(name, currency="USD"), name, quantity=quantity,
                            budget="0.05", currency="USD")
@@ -64,7 +44,7 @@ def _hired(buyer: BuyerAgent, name: str = "say", quantity: int = 3) -> Deal:
     return deal
 
 
-async def _ahired(buyer: AsyncBuyerAgent, name: str = "say", quantity: int = 3) -> Deal:
+async def _ahired(buyer: AsyncBuyerAgent, name: str = "upper", quantity: int = 3) -> Deal:
     await buyer.fund("1.00", "USD")
     deal = await buyer.negotiate(await buyer.discover(name, currency="USD"), name,
                                  quantity=quantity, budget="0.05", currency="USD")

@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import BaseModel
 
-from agents import BuyerAgent, SellerAgent, per_call, skill
+from agents import BuyerAgent, SellerAgent
 from agents._deal import chain_shape
 from agents._strategy_host import LIST_PRICE_PREFIX, OFFER_TTL_MS
 from agents.errors import AgreementEnded
@@ -25,26 +24,17 @@ from marketplace import agreements as ag
 from marketplace.auth import signed_channel
 from marketplace.payword import PaywordChain
 from marketplace.v1 import agreement_pb2, registry_pb2
+from tests.test_seller_restart import upper
 from tests.x402_market import books_balance
 
 COMPLETION_WINDOW_S = 4
 REDEEM_MARGIN_S = 2
 
 
-class Text(BaseModel):
-    text: str
-
-
-@skill(price=per_call("0.001", "USD"))
-def shout(text: str) -> Text:
-    """Upper-case a text."""
-    return Text(text=text.upper())
-
-
 @pytest.fixture
 def market(tmp_path: Path) -> Iterator[tuple[MarketplaceNode, SellerAgent, BuyerAgent]]:
     with MarketplaceNode(f"sqlite:///{tmp_path / 'm.db'}", sweep_interval_s=3600) as node, \
-            SellerAgent("late", skills=[shout], marketplace=node.address,
+            SellerAgent("late", skills=[upper], marketplace=node.address,
                         completion_window_s=COMPLETION_WINDOW_S,
                         redeem_margin_s=REDEEM_MARGIN_S, settle_interval_s=0.1) as seller, \
             BuyerAgent("late-buyer", marketplace=node.address) as buyer:
@@ -60,7 +50,7 @@ def _until_margin(deal) -> None:  # type: ignore[no-untyped-def]
 
 def test_a_call_in_the_redeem_margin_is_refused_and_the_calls_before_it_are_paid(market):
     node, _seller, buyer = market
-    deal = buyer.negotiate(buyer.discover("shout"), "shout", quantity=3, budget="0.01",
+    deal = buyer.negotiate(buyer.discover("upper"), "upper", quantity=3, budget="0.01",
                            currency="USD", deadline_s=1)
     buyer.hire(deal)
     assert buyer.call(deal, {"text": "in time"}) == {"text": "IN TIME"}
@@ -75,15 +65,15 @@ def test_a_call_in_the_redeem_margin_is_refused_and_the_calls_before_it_are_paid
 def _listed_deal(seller: SellerAgent, buyer: BuyerAgent, deadline_in_ms: int) -> Any:
     """A list-price agreement (as an x402 client makes them: no negotiation, its offer open
     for OFFER_TTL_MS whatever its deadline), countersigned by the seller, as a buyer's deal."""
-    price = seller.skills["shout"].price_in("USD").amount_atomic
-    tariff = seller.skills["shout"].tariff(price, "USD")
+    price = seller.skills["upper"].price_in("USD").amount_atomic
+    tariff = seller.skills["upper"].tariff(price, "USD")
     link_value, length = chain_shape(tariff, 3 * price)
     chain, now = PaywordChain(length), time.time_ns() // 1_000_000
     body = agreement_pb2.AgreementBody(
         rfq_id=f"{LIST_PRICE_PREFIX}{uuid.uuid4().hex[:16]}", buyer_id=buyer.key.agent_id,
         seller_id=seller.agent_id, seller_endpoint=seller.endpoint,
         terms=agreement_pb2.Terms(
-            skill="shout", unit_price_atomic=price, unit=tariff.unit, currency="USD",
+            skill="upper", unit_price_atomic=price, unit=tariff.unit, currency="USD",
             max_total_atomic=3 * price,
             verification=registry_pb2.VERIFICATION_METHOD_SCHEMA,
             completion_deadline_ms=now + deadline_in_ms, dispute_window_s=0),
@@ -96,7 +86,7 @@ def _listed_deal(seller: SellerAgent, buyer: BuyerAgent, deadline_in_ms: int) ->
                                    timeout=10).agreement
     return buyer.restore_deal({
         "agreement_hex": countersigned.SerializeToString().hex(), "seed_hex": chain.seed.hex(),
-        "output_schema": seller.skills["shout"].output_schema, "rounds": 0,
+        "output_schema": seller.skills["upper"].output_schema, "rounds": 0,
         "tariff": [tariff.unit, tariff.unit_price_atomic, 0, tariff.max_call_atomic]})
 
 

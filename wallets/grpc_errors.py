@@ -77,8 +77,9 @@ def abort_internal(context: grpc.ServicerContext, where: str) -> None:
     """INTERNAL with a request id; the exception being handled goes to the log, not the
     caller. The database going away is not the server's fault nor the caller's: UNAVAILABLE,
     so the caller sends the same request again (its idempotency key makes that safe)."""
-    if connection_lost(sys.exc_info()[1] or Exception()):
-        log.warning("database connection lost in %s: %s", where, sys.exc_info()[1])
+    handled = sys.exc_info()[1]
+    if handled is not None and connection_lost(handled):
+        log.warning("database connection lost in %s: %s", where, handled)
         abort(context, DatabaseUnavailable(
             "the marketplace's database did not answer; send the same request again "
             "(with the same idempotency key)"))

@@ -40,6 +40,9 @@ HTTP_OF_GRPC = {grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.NOT_FOUND
 # words in order. A 402 whose `error` is payload_replayed: the buyer pays again with its next;
 # session_ended (the seller takes no more calls under the agreement): in a new session.
 VOUCHER_REFUSED = 402
+# the seller's reasons for such a refusal, as x402 errors (AGREEMENT_ENDED: it redeemed, or the
+# agreement is in its redeem margin)
+_REFUSED_VOUCHERS = {"INVALID_VOUCHER": "payload_replayed", "AGREEMENT_ENDED": "session_ended"}
 
 
 class Channels:
@@ -104,12 +107,9 @@ async def invoke(channels: Channels, endpoint: str, arguments: dict[str, Any],
                 lambda: stub.Invoke(request, timeout=REFETCH_WAIT_S, metadata=metadata,
                                     wait_for_ready=True))  # while the channel reconnects
     except grpc.aio.AioRpcError as error:
-        if error_reason(error) == "INVALID_VOUCHER":
-            return VOUCHER_REFUSED, {"error": "payload_replayed",
-                                     "message": error.details() or ""}, 0
-        if error_reason(error) == "AGREEMENT_ENDED":  # redeemed, or in the seller's margin
-            return VOUCHER_REFUSED, {"error": "session_ended",
-                                     "message": error.details() or ""}, 0
+        refused = _REFUSED_VOUCHERS.get(error_reason(error))
+        if refused is not None:
+            return VOUCHER_REFUSED, {"error": refused, "message": error.details() or ""}, 0
         return (HTTP_OF_GRPC.get(error.code(), 502),
                 {"error": error.code().name.lower(), "message": error.details() or ""}, 0)
     usage = response.usage
