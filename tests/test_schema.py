@@ -9,8 +9,9 @@ import threading
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
+from wallets._chain import GENESIS_HASH
 from wallets.schema import package_metadata, upgrade
 from wallets.store import enable_wal, make_engine
 
@@ -61,3 +62,43 @@ def test_wal_mode_waits_for_a_writer_holding_a_new_file(tmp_path):
         release.join()
         opener.close()
         writer.close()
+
+
+def test_ledgers_opened_together_on_a_new_database_all_start(db_url: str, monkeypatch):
+    """Nodes of one market start together: each seeds the ledger's chain head after the
+    migrations, and a look-then-insert let two of them insert it (duplicate key, a node down)."""
+    from wallets import ledger as ledger_module
+
+    opening = 4
+    migrated = threading.Barrier(opening, timeout=30)
+    real_create_schema = ledger_module.create_schema
+
+    def create_schema_then_wait(engine):
+        real_create_schema(engine)
+        migrated.wait()  # every opener past the migrations before any seeds the head
+
+    monkeypatch.setattr(ledger_module, "create_schema", create_schema_then_wait)
+    engines = [make_engine(db_url) for _ in range(opening)]
+    opened, failed = [], []
+
+    def open_one(engine):
+        try:
+            opened.append(ledger_module.Ledger(engine, sealer=False))
+        except Exception as error:  # every opener's failure is reported
+            failed.append(error)
+
+    threads = [threading.Thread(target=open_one, args=(engine,)) for engine in engines]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert failed == [] and len(opened) == opening
+        with engines[0].connect() as conn:
+            heads = conn.execute(text("SELECT id, sequence, hash FROM ledger_head")).all()
+        assert heads == [(1, 0, GENESIS_HASH)]
+    finally:
+        for ledger in opened:
+            ledger.close()
+        for engine in engines:
+            engine.dispose()

@@ -68,7 +68,7 @@ from wallets.errors import (
 from wallets.guard import SpendContext, SpendGuard  # spend-guard hook
 from wallets.models import MAX_LEGS, Balance, Leg, Posting, Transfer
 from wallets.sealer import Sealer, seal
-from wallets.store import WriteSerializer, create_schema, is_sqlite
+from wallets.store import WriteSerializer, create_schema, insert_unless_present, is_sqlite
 from wallets.tables import IdempotencyRow, LedgerHeadRow
 
 HEAD = LedgerHeadRow.__table__  # type: ignore[attr-defined]
@@ -145,8 +145,7 @@ class Ledger(LedgerHolds, LedgerReads, MutationRunner):
         self._sqlite = is_sqlite(engine)
         create_schema(engine)
         with self._write() as conn:
-            if conn.execute(select(HEAD.c.id)).first() is None:
-                conn.execute(insert(HEAD).values(id=1, sequence=0, hash=GENESIS_HASH))
+            insert_unless_present(conn, HEAD, id=1, sequence=0, hash=GENESIS_HASH)
             # Rows from before keys were scoped are looked up as a fallback, so a request made
             # before the upgrade still gets its first outcome; none are ever written again.
             self._legacy_keys = conn.execute(select(KEYS.c.key).where(

@@ -14,7 +14,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, Table, create_engine, event
+from sqlalchemy.dialects import postgresql as postgresql_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError, PendingRollbackError
 
@@ -110,6 +112,13 @@ def create_schema(engine: Engine) -> None:
     from wallets.schema import upgrade
 
     upgrade(engine, "wallets")
+
+
+def insert_unless_present(conn: Connection, table: Table, **values: object) -> None:
+    """Insert a row unless one with its key exists (ON CONFLICT DO NOTHING): processes starting
+    together over one database each seed the same row, and a look first would let two insert."""
+    dialect = postgresql_dialect if conn.dialect.name == "postgresql" else sqlite_dialect
+    conn.execute(dialect.insert(table).values(**values).on_conflict_do_nothing())
 
 
 def is_sqlite(engine: Engine) -> bool:
