@@ -18,7 +18,7 @@ from sqlalchemy.exc import OperationalError
 
 from tests.conftest import postgres_schema
 from wallets.audit import check_balances, verify_chain
-from wallets.errors import Unavailable
+from wallets.errors import HoldClosed, Unavailable
 from wallets.grpc_errors import abort_internal
 from wallets.ledger import Ledger
 from wallets.service import WalletService
@@ -143,3 +143,30 @@ def test_a_bug_is_still_internal():
             abort_internal(_Context(), "test")  # type: ignore[arg-type]
     assert aborted.value.status.code == grpc.StatusCode.INTERNAL
     assert "bug" not in aborted.value.status.details
+
+
+def test_an_expiry_on_access_that_deadlocks_is_run_again(ledger: Ledger, clock):
+    """PostgreSQL aborts one side of a deadlock; when that side is the ledger expiring a hold
+    on the way into a caller's capture, the expiry runs again and the caller gets its answer
+    (here: the hold has expired), not a database error."""
+    alice = ledger.open_account("alice", "USD").account_id
+    bob = ledger.open_account("bob", "USD").account_id
+    WalletService(ledger).deposit("fund", alice, TRANSFERS * FUNDS, "USD")
+    held = ledger.hold("h", alice, bob, FUNDS, timeout_s=5)
+    clock.advance(6)
+    real_void_in = Ledger.void_in
+    deadlocks = [OperationalError("UPDATE accounts", None,
+                                  psycopg.errors.DeadlockDetected("deadlock detected"))]
+
+    def void_in_deadlocking_once(self, *args, **kwargs):
+        if deadlocks:
+            raise deadlocks.pop()
+        return real_void_in(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Ledger, "void_in", void_in_deadlocking_once)
+        with pytest.raises(HoldClosed, match="expired"):
+            ledger.capture("c", held.hold_id, FUNDS)
+    assert deadlocks == []  # the deadlock happened, and was run again
+    assert ledger.balance(alice).available_atomic == TRANSFERS * FUNDS
+    assert check_balances(ledger).ok

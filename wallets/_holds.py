@@ -258,11 +258,15 @@ class LedgerHolds(LedgerReads, MutationRunner):
         return self._expire(due)
 
     def _expire(self, due: list[str]) -> int:
-        expired = 0
-        for due_id in due:
-            with self._write() as conn:
-                hold = self._hold_row(conn, due_id)
-                if hold.status == "open" and hold.expires_at_ms <= self.clock_ms():
-                    self.void_in(conn, f"expire:{due_id}", due_id, kind="expire")
-                    expired += 1
-        return expired
+        """Void each due hold in a transaction of its own, run again after a deadlock with a
+        concurrent capture (PostgreSQL): an expiry on access must not fail the caller's
+        operation."""
+        def expire_one(conn: Connection, due_id: str) -> int:
+            hold = self._hold_row(conn, due_id)
+            if hold.status == "open" and hold.expires_at_ms <= self.clock_ms():
+                self.void_in(conn, f"expire:{due_id}", due_id, kind="expire")
+                return 1
+            return 0
+
+        return sum(self._write_retried(lambda conn, due_id=due_id: expire_one(conn, due_id))
+                   for due_id in due)

@@ -226,6 +226,25 @@ class MutationRunner:
         named = f" {key!r}" if key else ""
         raise Contended(f"idempotency key{named} is contended; retry the request")
 
+    def _write_retried(self, run: Callable[[Connection], T]) -> T:
+        """`run` in a write transaction of its own, run again (up to 5 times) after a deadlock
+        or a lost connection: for the ledger's own upkeep, which has no idempotency key (an
+        expiry checks the hold's state again inside its transaction)."""
+        for attempt in range(5):
+            try:
+                with self._write() as conn:
+                    return run(conn)
+            except OperationalError as error:
+                if not _retryable(error):
+                    raise
+                if attempt == 4:
+                    if connection_lost(error):
+                        raise DatabaseUnavailable("the database did not answer; try again"
+                                                  ) from error
+                    raise Contended("the ledger's upkeep kept deadlocking; try again"
+                                    ) from error
+        raise AssertionError("unreachable")
+
     def _run_batch(self, batch: list[WorkItem]) -> None:
         """Group commit: every item in its own savepoint, one transaction, one commit."""
         if len(batch) == 1:  # alone: its own transaction, no savepoint
