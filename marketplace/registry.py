@@ -35,6 +35,7 @@ from typing import Any
 from jsonschema import SchemaError
 from jsonschema.validators import validator_for
 from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from marketplace import discovery, pricing, schema_refs, schema_regex
 from marketplace.agreements import check_endpoint
@@ -46,7 +47,7 @@ from marketplace.tables import ListingRow
 from marketplace.v1 import registry_pb2
 from wallets import _sqlite_hot as hot
 from wallets.schema import upgrade
-from wallets.store import WriteSerializer
+from wallets.store import WriteSerializer, is_sqlite
 
 LISTINGS = ListingRow.__table__  # type: ignore[attr-defined]
 _LIVE_LISTING = hot.Statement(select(LISTINGS).where(
@@ -68,6 +69,7 @@ TTL_DEFAULT_S, TTL_MIN_S, TTL_MAX_S = 60, 10, 86_400
 PURGE_AFTER_MS = 3_600_000
 _METHODS = set(registry_pb2.VerificationMethod.values()) - {0}
 _CHUNK = 500
+_REPLACE_TRIES = 5  # PostgreSQL: a listing replaced on two nodes at once, run again
 _FRAMING_BYTES = 64  # around each listing in an answer: its tag, length, fields set on reading
 
 
@@ -186,6 +188,25 @@ class Registry:
             raise InvalidArgument("each agent appears once in a batch")
         if not stored:
             return []
+        for attempt in range(_REPLACE_TRIES):
+            try:
+                reputations = self._replace(stored, now, ttl_s)
+                break
+            except IntegrityError:
+                # PostgreSQL: another node replaced one of these listings at once (replicas
+                # of a seller sharing its key); both deleted, its insert won. Run again: the
+                # delete now sees its row.
+                if is_sqlite(self.engine) or attempt == _REPLACE_TRIES - 1:
+                    raise
+        self._changed()
+        for s in stored:
+            s.reputation_permille, s.rated_agreements = reputations.get(s.agent_id, (0, 0))
+        return stored
+
+    def _replace(self, stored: list[registry_pb2.Listing], now: int, ttl_s: int
+                 ) -> dict[str, tuple[int, int]]:
+        """Delete the agents' listings and offers, insert the new ones, in one transaction;
+        returns the agents' reputations."""
         with self._serial(), self.engine.begin() as conn:
             ids = [s.agent_id for s in stored]
             self._delete(conn, ids)
@@ -196,10 +217,7 @@ class Registry:
                     s.agent_id, (0, 0))[0], rated_agreements=reputations.get(s.agent_id, (0, 0))[1],
             ) for s in stored])
             self._insert_offers(conn, stored, reputations)
-        self._changed()
-        for s in stored:
-            s.reputation_permille, s.rated_agreements = reputations.get(s.agent_id, (0, 0))
-        return stored
+        return reputations
 
     @staticmethod
     def _reputations(conn: Connection, ids: list[str]) -> dict[str, tuple[int, int]]:

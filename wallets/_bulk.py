@@ -96,8 +96,6 @@ def post_transfers(ledger: Ledger, requests: Sequence[TransferRequest]
             checked = [i for i in pending
                        if requests[i].transfer.debit_account_id in controlled]
             pending = [i for i in pending if i not in set(checked)]
-        stored = _stored_outcomes(conn, scope, [requests[i].idempotency_key for i in pending],
-                                  legacy=ledger._legacy_keys)
         ids = {a for i in pending for a in (requests[i].transfer.debit_account_id,
                                             requests[i].transfer.credit_account_id)}
         if not ledger._sqlite:  # locked, with the credits other postings appended to them
@@ -105,6 +103,10 @@ def post_transfers(ledger: Ledger, requests: Sequence[TransferRequest]
         accounts = {row.id: dict(row._mapping) for row in conn.execute(
             select(ACCOUNTS).where(ACCOUNTS.c.id.in_(sorted(ids))).order_by(ACCOUNTS.c.id)
             .with_for_update())}
+        # Looked up once the accounts are locked: a batch sent again while its first try
+        # commits (PostgreSQL) waits for it above and then finds its outcomes to replay.
+        stored = _stored_outcomes(conn, scope, [requests[i].idempotency_key for i in pending],
+                                  legacy=ledger._legacy_keys)
         sealing = ledger._sqlite  # SQLite seals as it writes; PostgreSQL's sealer does later
         if sealing:
             head = conn.execute(select(HEAD).where(HEAD.c.id == 1)).one()

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, insert, or_, select, update
+from sqlalchemy import Connection, and_, or_, select, update
 
 from wallets.currencies import format_amount
 from wallets.errors import (
@@ -40,6 +40,7 @@ from wallets.errors import (
     InvalidArgument,
     NotFound,
 )
+from wallets.store import insert_unless_present
 from wallets.tables import ApprovalRow
 
 APPROVALS = ApprovalRow.__table__  # type: ignore[attr-defined]
@@ -88,15 +89,13 @@ class Approval:
 
     def persist(self, conn: Connection) -> None:
         """Write this pending approval unless it exists (an effect of a refused spend)."""
-        if conn.execute(select(APPROVALS.c.id).where(APPROVALS.c.id == self.approval_id)
-                        ).first() is None:
-            conn.execute(insert(APPROVALS).values(
-                id=self.approval_id, account_id=self.account_id, currency=self.currency,
-                counterparty=self.counterparty, skill=self.skill,
-                amount_atomic=self.amount_atomic, spend_key=self.spend_key,
-                spend_scope=self.spend_scope, operation=self.operation, mandate_id=self.mandate_id,
-                spender_id=self.spender_id, status="pending", created_at_ms=self.created_at_ms,
-                expires_at_ms=self.expires_at_ms, decided_by="", decided_at_ms=0, note=""))
+        insert_unless_present(  # two first tries of one spend at once: one row, no error
+            conn, APPROVALS, id=self.approval_id, account_id=self.account_id,
+            currency=self.currency, counterparty=self.counterparty, skill=self.skill,
+            amount_atomic=self.amount_atomic, spend_key=self.spend_key,
+            spend_scope=self.spend_scope, operation=self.operation, mandate_id=self.mandate_id,
+            spender_id=self.spender_id, status="pending", created_at_ms=self.created_at_ms,
+            expires_at_ms=self.expires_at_ms, decided_by="", decided_at_ms=0, note="")
 
 
 def _utc(at_ms: int) -> str:
@@ -159,7 +158,22 @@ def gate(conn: Connection, *, threshold_atomic: int, ttl_s: int, account_id: str
 
 def decide(conn: Connection, approval: str, *, approve: bool, decided_by: str, note: str,
            now_ms: int) -> Approval:
-    """Approve or deny a pending approval (a repeat of the same decision returns it again)."""
+    """Approve or deny a pending approval (a repeat of the same decision returns it again).
+    The write applies only to a row still pending: two operators deciding at once on two
+    nodes get one decision, and the other is judged against it (PostgreSQL re-reads the row
+    when the first commits)."""
+    for _judged in range(3):
+        decided = _decide_once(conn, approval, approve=approve, decided_by=decided_by,
+                               note=note, now_ms=now_ms)
+        if decided is not None:
+            return decided
+    raise FailedPrecondition(f"approval {approval} keeps changing; ask again",
+                             reason="APPROVAL_DECIDED")
+
+
+def _decide_once(conn: Connection, approval: str, *, approve: bool, decided_by: str, note: str,
+                 now_ms: int) -> Approval | None:
+    """The decision, or None when the row left "pending" between the look and the write."""
     row = conn.execute(select(APPROVALS).where(APPROVALS.c.id == approval)).first()
     if row is None:
         raise NotFound(f"approval {approval!r} does not exist")
@@ -172,8 +186,11 @@ def decide(conn: Connection, approval: str, *, approve: bool, decided_by: str, n
     if found.status != "pending":
         raise FailedPrecondition(f"approval {approval} is already {found.status}",
                                  reason="APPROVAL_DECIDED")
-    conn.execute(update(APPROVALS).where(APPROVALS.c.id == approval).values(
+    written = conn.execute(update(APPROVALS).where(
+        APPROVALS.c.id == approval, APPROVALS.c.status == "pending").values(
         status=target, decided_by=decided_by, decided_at_ms=now_ms, note=note))
+    if written.rowcount != 1:
+        return None
     return replace(found, status=target, decided_by=decided_by, decided_at_ms=now_ms, note=note)
 
 

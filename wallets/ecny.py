@@ -82,6 +82,7 @@ from sqlalchemy import Connection, insert, select, update
 from wallets.errors import FailedPrecondition, InvalidArgument
 from wallets.guard import SpendContext, SpendGuard, involved, lock_wallets
 from wallets.models import Balance, Transfer
+from wallets.store import insert_unless_present
 from wallets.tables import EcnyCounterRow, EcnyPaymentRow, EcnyWalletRow
 
 WALLETS = EcnyWalletRow.__table__  # type: ignore[attr-defined]
@@ -296,13 +297,14 @@ def wallet_of(conn: Connection, account_id: str, rules: EcnyRules, *,
               now_ms: int = 0) -> EcnyWallet:
     """The wallet's registration; a wallet seen for the first time is written down in the
     default tier with a random pseudonym (kept for its life, unlinkable to its id)."""
-    row = conn.execute(select(WALLETS).where(WALLETS.c.account_id == account_id)).first()
-    if row is None:
-        pseudonym = "w" + secrets.token_hex(8)[:15]
-        conn.execute(insert(WALLETS).values(
-            account_id=account_id, category=rules.default_category, identity_ref="",
-            pseudonym=pseudonym, registered_at_ms=0, updated_at_ms=now_ms))
-        return EcnyWallet(account_id, rules.default_category, pseudonym, "", False)
+    looked_up = select(WALLETS).where(WALLETS.c.account_id == account_id)
+    row = conn.execute(looked_up).first()
+    if row is None:  # two first looks at once (two nodes): one row, both read it
+        insert_unless_present(
+            conn, WALLETS, account_id=account_id, category=rules.default_category,
+            identity_ref="", pseudonym="w" + secrets.token_hex(8)[:15], registered_at_ms=0,
+            updated_at_ms=now_ms)
+        row = conn.execute(looked_up).one()
     return EcnyWallet(row.account_id, row.category, row.pseudonym, row.identity_ref,
                       row.registered_at_ms > 0)
 
