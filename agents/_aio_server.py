@@ -27,6 +27,7 @@ from typing import Any
 import grpc
 
 from marketplace.grpc_tracing import tracing_active
+from marketplace.stream_limits import REQUEST_IDLE_S
 
 FastPath = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 _END = object()
@@ -140,8 +141,11 @@ def asyncify(handler: Any, executor: Executor) -> Any:
         return asyncio.get_running_loop().run_in_executor(executor, fn, *args)
 
     def requests(stream: AsyncIterator[Any], loop: asyncio.AbstractEventLoop) -> Iterator[Any]:
-        async def step() -> Any:
-            return await anext(stream, _END)
+        async def step() -> Any:  # a caller quiet for too long ends its requests
+            try:
+                return await asyncio.wait_for(anext(stream, _END), REQUEST_IDLE_S)
+            except TimeoutError:
+                return _END
         while (item := asyncio.run_coroutine_threadsafe(step(), loop).result()) is not _END:
             yield item
 

@@ -35,6 +35,7 @@ from marketplace.grpc_tracing import server_interceptor
 from marketplace.http.server import HttpServer
 from marketplace.introspection import serve_introspection
 from marketplace.request_fields import MARKET_FIELDS
+from marketplace.stream_limits import StreamLimits
 from marketplace.v1 import registry_pb2
 from wallets.grpc_errors import MalformedRequestInterceptor, grpc_method
 from wallets.grpc_fields import FieldCheckInterceptor
@@ -48,8 +49,8 @@ MAX_MESSAGE_BYTES = 2 * 1024 * 1024  # an input is at most 1 MiB of JSON (agents
 
 def build_server(seller: SellerAgent, executor: Executor, *,
                  tracer_provider: TracerProvider | None, require_auth: bool,
-                 rate_limit_per_s: float, rate_limit_burst: int, kind: str = "threaded"
-                 ) -> tuple[Any, AuthServerInterceptor]:
+                 rate_limit_per_s: float, rate_limit_burst: int, kind: str = "threaded",
+                 workers: int = 16) -> tuple[Any, AuthServerInterceptor]:
     """The server (not yet serving anything) and its authentication interceptor, whose
     per-agent buckets the paid methods also draw from. `kind`: "threaded" (grpc.server) or
     "aio" (grpc.aio on an event loop thread, `agents._aio_server`), with the same
@@ -59,7 +60,8 @@ def build_server(seller: SellerAgent, executor: Executor, *,
                                  burst=rate_limit_burst, optional_methods=open_methods)
     access = [AccessInterceptor.of(seller_rules(seller), anonymous_methods=open_methods)
               ] if require_auth else []
-    interceptors = [MalformedRequestInterceptor(), server_interceptor(tracer_provider), auth,
+    interceptors = [StreamLimits(workers), MalformedRequestInterceptor(),
+                    server_interceptor(tracer_provider), auth,
                     FieldCheckInterceptor(MARKET_FIELDS), *access]
     options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                ("grpc.so_reuseport", 0)]  # a port in use is an error, not shared

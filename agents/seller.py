@@ -186,7 +186,8 @@ class SellerAgent:
         self.server, auth = build_server(
             self, JournalPacedExecutor(self.journal, max_workers),
             tracer_provider=tracer_provider, require_auth=require_auth,
-            rate_limit_per_s=rate_limit_per_s, rate_limit_burst=rate_limit_burst, kind=server)
+            rate_limit_per_s=rate_limit_per_s, rate_limit_burst=rate_limit_burst, kind=server,
+            workers=max_workers)
         self.negotiator = SellerNegotiator(self, reservation_fraction, strategy,
                                            completion_window_s, dispute_window_s)
         self.calls = PaidCalls(self, PaidCallAdmitter(

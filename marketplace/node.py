@@ -63,6 +63,7 @@ from marketplace.request_fields import MARKET_FIELDS
 from marketplace.request_limits import open_limits
 from marketplace.servicers import ArbitrationServicer, RegistryServicer, SettlementServicer
 from marketplace.settlement import Settlement
+from marketplace.stream_limits import StreamLimits
 from marketplace.sweep_lease import SweepLease
 from marketplace.v1 import (
     dispute_pb2,
@@ -192,7 +193,8 @@ class MarketplaceNode:
                                           limits=self.limits)
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers),
-            interceptors=[MalformedRequestInterceptor(), server_interceptor(tracer_provider),
+            interceptors=[StreamLimits(max_workers), MalformedRequestInterceptor(),
+                          server_interceptor(tracer_provider),
                           self.auth, FieldCheckInterceptor(MARKET_FIELDS), *self._access()],
             options=[("grpc.max_receive_message_length", max_message_bytes),
                      ("grpc.max_send_message_length", MAX_RESPONSE_BYTES),

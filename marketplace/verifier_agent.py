@@ -33,6 +33,7 @@ from marketplace.grpc_tracing import client_interceptors, server_interceptor
 from marketplace.identity import AgentKey
 from marketplace.intercepted import intercept
 from marketplace.introspection import mark_serving, serve_introspection
+from marketplace.stream_limits import StreamLimits
 from marketplace.v1 import agreement_pb2, verifier_pb2, verifier_pb2_grpc
 from wallets.grpc_errors import grpc_method
 
@@ -40,6 +41,7 @@ OutputCheck = Callable[[Any, agreement_pb2.Receipt, agreement_pb2.AgreementBody]
                        "bool | tuple[bool, str]"]
 MAX_REMEMBERED = 10_000
 MAX_CHANNELS = 64
+_WORKERS = 8  # the server's threads
 MAX_REQUEST_BYTES = 8 * 1024 * 1024  # one redeem's receipts (a node takes 4 MiB) and more
 
 
@@ -57,8 +59,9 @@ class VerifierAgent:
         self._answers: OrderedDict[tuple[str, str], verifier_pb2.VerifyResponse] = \
             OrderedDict()
         self._lock = threading.Lock()
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8),
-                                  interceptors=[server_interceptor(tracer_provider)],
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=_WORKERS),
+                                  interceptors=[StreamLimits(_WORKERS),
+                                                server_interceptor(tracer_provider)],
                                   options=[("grpc.max_receive_message_length",
                                             MAX_REQUEST_BYTES), ("grpc.so_reuseport", 0)])
         verifier_pb2_grpc.add_VerifierServiceServicer_to_server(_Servicer(self), self.server)
