@@ -49,6 +49,7 @@ from opentelemetry.trace import TracerProvider
 
 from agents import _inputs, _lifecycle, _litellm_hooks
 from agents._a2a_door import SERVICE as A2A_SERVICE
+from agents._escrow_check import EscrowCheck
 from agents._grpc_payment import PaidCallAdmitter, answer_may_be_lost
 from agents._rpc import sdk_error, sdk_method
 from agents._seller_options import checked_options
@@ -69,7 +70,6 @@ from agents.skills import Skill, warm_up
 from agents.usage_journal import LOOP_GROUP_WAIT_S, JournalPacedExecutor, UsageJournal
 from agents.v1 import agent_pb2
 from marketplace import agreements as ag
-from marketplace import escrow_proof
 from marketplace.a2a_cards import CARD_PATH, listing_card
 from marketplace.auth import signed_channel
 from marketplace.grpc_tracing import client_interceptors, untraced
@@ -172,7 +172,6 @@ class SellerAgent:
         self._restore()
         self._stop = threading.Event()
         self._redeem_locks: dict[str, threading.Lock] = {}
-        self._escrowed: set[str] = set()
         self.node_id = ""  # the node's key (its AdvertiseResponse): checks escrow proofs
         self._locks_guard = threading.Lock()
         self._finishes_checked: dict[str, bytes] = {}  # agreement id: its buyer's finish signature
@@ -183,6 +182,9 @@ class SellerAgent:
         self._channel = channel
         self.registry = registry_pb2_grpc.RegistryServiceStub(channel)
         self.settlement = settlement_pb2_grpc.SettlementServiceStub(channel)
+        self.escrows = EscrowCheck(self.settlement, self.agent_id, lambda: self.node_id,
+                                   self.gate.clock_ms, RPC_TIMEOUT_S)
+        self._escrowed = self.escrows.active  # agreements whose escrow is known to be held
         self.server, auth = build_server(
             self, JournalPacedExecutor(self.journal, max_workers),
             tracer_provider=tracer_provider, require_auth=require_auth,
@@ -402,25 +404,8 @@ class SellerAgent:
         return self.calls.invoke(request, context)
 
     def check_escrow(self, agreement_id: str, proof: bytes = b"") -> None:
-        """Work only for money that is held: on an agreement's first call, the buyer's escrow
-        proof when it holds (`marketplace.escrow_proof`), else the marketplace is asked (one
-        round trip per agreement); then cached."""
-        if agreement_id in self._escrowed:
-            return
-        if proof and escrow_proof.proven(proof, self.node_id, agreement_id, self.agent_id,
-                                         self.gate.clock_ms()):
-            self._escrowed.add(agreement_id)
-            return
-        try:
-            escrow = self.settlement.GetEscrow(settlement_pb2.GetEscrowRequest(
-                agreement_id=agreement_id), timeout=RPC_TIMEOUT_S)
-        except grpc.RpcError as error:
-            if error.code() == grpc.StatusCode.NOT_FOUND:
-                raise FailedPrecondition("the agreement has no escrow yet: hire first") from None
-            raise Unavailable(f"the marketplace did not answer: {error.details()}") from None
-        if escrow.state != settlement_pb2.AGREEMENT_STATE_ACTIVE:
-            raise FailedPrecondition("the agreement's escrow is no longer active")
-        self._escrowed.add(agreement_id)
+        """Work only for money that is held (`agents._escrow_check`)."""
+        self.escrows.check(agreement_id, proof)
 
     def _redeem_lock(self, agreement_id: str) -> threading.Lock:
         with self._locks_guard:

@@ -79,7 +79,7 @@ class _NonceCache:
         return len(self._expiry)
 
 
-class _RateLimiter:
+class RateLimiter:
     """A token bucket per agent: `rate_per_s` sustained, `burst` at once. Bounded: buckets idle
     long enough to be full again are dropped (the same as absent); if every bucket is busy,
     new agents are refused until some calm down."""
@@ -128,7 +128,7 @@ class LocalLimits:
     def __init__(self, rate_per_s: float, burst: int, *, max_nonces: int = 1_000_000,
                  max_agents: int = 100_000) -> None:
         self.nonces = _NonceCache(max_nonces)
-        self.limiter = _RateLimiter(rate_per_s, burst, max_agents)
+        self.limiter = RateLimiter(rate_per_s, burst, max_agents)
 
     def admit(self, agent: str, nonce: str, fresh_until_ms: int, now_ms: int) -> str:
         key = f"{agent}:{nonce}"

@@ -35,7 +35,7 @@ from marketplace.auth import (
 )
 from marketplace.identity import AgentKey
 from marketplace.node import MarketplaceNode
-from marketplace.request_limits import LocalLimits, _RateLimiter
+from marketplace.request_limits import LocalLimits, RateLimiter
 from marketplace.testing import make_listing, make_skill
 from marketplace.v1 import registry_pb2, registry_pb2_grpc
 from wallets.caller import current_caller
@@ -131,7 +131,7 @@ def test_a_flood_beyond_the_rate_keeps_no_nonce():
 
 def test_the_rate_limiter_is_per_agent_and_bounded():
     now = [0.0]
-    limiter = _RateLimiter(rate_per_s=1, burst=2, max_agents=2, clock_s=lambda: now[0])
+    limiter = RateLimiter(rate_per_s=1, burst=2, max_agents=2, clock_s=lambda: now[0])
     assert [limiter.allow("a") for _ in range(3)] == [True, True, False]
     assert limiter.allow("b")  # another agent has its own bucket
     assert not limiter.allow("c")  # two busy buckets: a third agent waits
@@ -141,7 +141,7 @@ def test_the_rate_limiter_is_per_agent_and_bounded():
 
 def test_a_dear_request_takes_its_cost_in_tokens_at_most_the_burst():
     now = [0.0]
-    limiter = _RateLimiter(rate_per_s=1, burst=4, clock_s=lambda: now[0])
+    limiter = RateLimiter(rate_per_s=1, burst=4, clock_s=lambda: now[0])
     assert limiter.allow("a", 3) and not limiter.allow("a", 2)  # one left: none taken
     assert limiter.allow("a")
     now[0] += 4.0

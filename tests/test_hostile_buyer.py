@@ -455,3 +455,47 @@ def test_a_finish_whose_signatures_are_not_the_buyers_is_refused_as_a_bad_signat
         assert error_reason(refused.value) == "BAD_SIGNATURE"
     assert seller.gate.redeemed(deal.agreement_id) is None
     books_balance(node)
+
+
+@skill(price=per_call("0.001", "USD"))
+def shout(text: str) -> Text:
+    """Upper-case a text at once."""
+    return Text(text=text.upper())
+
+
+def test_calls_on_agreements_never_hired_cannot_spend_the_sellers_allowance_at_the_node(
+        tmp_path: Path, monkeypatch):
+    """A call without the node's escrow proof makes the seller ask the node, signed with its
+    own key and so drawn from its own rate allowance there. Strangers with free agreements and
+    fresh keys made those lookups until the node refused the seller's redeem (RATE_LIMITED);
+    the lookups now have a budget of their own, a tenth of the node's rate, as by default
+    (50/s and 100 at once against the node's 500/s and 1,000: here 0.05/s, 3 against 0.5/s, 30)."""
+    from agents import _escrow_check
+    from agents.errors import AgentmarketError, Unavailable
+
+    monkeypatch.setattr(_escrow_check, "LOOKUPS_PER_S", 0.05)
+    monkeypatch.setattr(_escrow_check, "LOOKUP_BURST", 3)
+    with MarketplaceNode(f"sqlite:///{tmp_path / 'm.db'}", sweep_interval_s=3600,
+                         rate_limit_per_s=0.5, rate_limit_burst=30) as node, \
+            SellerAgent("target", skills=[shout], marketplace=node.address) as seller, \
+            BuyerAgent("honest", marketplace=node.address) as honest:
+        honest.fund("1", "USD")
+        listing = honest.discover("shout")[0]
+        deal = honest.negotiate(listing, "shout", quantity=3, budget="0.01", currency="USD")
+        honest.hire(deal)
+        assert honest.call(deal, {"text": "hi"}) == {"text": "HI"}  # proof sent: no lookup
+        refusals: list[str] = []
+        for n in range(4):
+            with BuyerAgent(f"stranger{n}", marketplace=node.address) as stranger:
+                for _ in range(8):  # agreements cost nothing; never hired
+                    free = stranger.negotiate(listing, "shout", quantity=3, budget="0.01",
+                                              currency="USD", failover=False)
+                    for _ in range(2):
+                        with pytest.raises(AgentmarketError) as refused:
+                            stranger.call(free, {"text": "x"})
+                        refusals.append(type(refused.value).__name__)
+        assert len(refusals) == 64
+        assert refusals.count(Unavailable.__name__) >= 60  # past the lookups' budget
+        escrow = honest.finish(deal)  # the seller's redeem is not refused
+        assert escrow.captured_atomic == deal.body.terms.unit_price_atomic
+        assert seller.escrows.active == {deal.agreement_id}
