@@ -19,6 +19,8 @@ PostgreSQL: an advisory lock), so concurrent nodes over one database never fork 
 from __future__ import annotations
 
 import hashlib
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,18 +28,19 @@ import orjson
 from sqlalchemy import Connection, Engine, insert, select, text
 
 from marketplace.identity import AgentKey
+from marketplace.merkle import MerkleTree
 from marketplace.receipt_verify import (
     CHECKPOINT_DOMAIN,
     ZERO_HASH,
     canonical,
     leaf_hash,
-    node_hash,
 )
 from marketplace.tables import CheckpointRow
 from wallets.ledger import HEAD, POSTINGS
 
 CHECKPOINTS = CheckpointRow.__table__  # type: ignore[attr-defined]
 MAX_SEGMENT = 65_536  # postings per checkpoint: an audit path is at most 16 hashes
+TREES_KEPT = 8  # segments' trees kept for proofs: 4 MiB each at most
 _LOCK_ID = 0x61676D63  # "agmc": the advisory lock checkpoint cutting takes on PostgreSQL
 
 
@@ -62,39 +65,17 @@ class Checkpoint:
         return hashlib.sha256(CHECKPOINT_DOMAIN + canonical(self.body)).hexdigest()
 
 
-# ---- RFC 9162 Merkle trees -----------------------------------------------------------------
+# ---- RFC 9162 Merkle trees (`marketplace.merkle`) ----------------------------------------
 
 
 def merkle_root(leaves: list[bytes]) -> bytes:
     """MTH(D[n]) over leaf hashes (already SHA-256(0x00 || leaf))."""
-    if not leaves:
-        return hashlib.sha256(b"").digest()
-    level = list(leaves)
-    return _mth(level, 0, len(level))
-
-
-def _mth(leaves: list[bytes], lo: int, hi: int) -> bytes:
-    if hi - lo == 1:
-        return leaves[lo]
-    k = 1 << ((hi - lo - 1).bit_length() - 1)  # the largest power of two below the size
-    return node_hash(_mth(leaves, lo, lo + k), _mth(leaves, lo + k, hi))
+    return MerkleTree(leaves).root()
 
 
 def audit_path(leaves: list[bytes], index: int) -> list[bytes]:
     """PATH(m, D[n]) of RFC 9162 section 2.1.3.1."""
-    path: list[bytes] = []
-    lo, hi, m = 0, len(leaves), index
-    stack: list[bytes] = []
-    while hi - lo > 1:
-        k = 1 << ((hi - lo - 1).bit_length() - 1)
-        if m < k:
-            stack.append(_mth(leaves, lo + k, hi))
-            hi = lo + k
-        else:
-            stack.append(_mth(leaves, lo, lo + k))
-            lo, m = lo + k, m - k
-    path.extend(reversed(stack))
-    return path
+    return MerkleTree(leaves).audit_path(index)
 
 
 # ---- cutting and reading -------------------------------------------------------------------
@@ -109,6 +90,8 @@ class Checkpoints:
         self.key = key
         self.clock_ms = clock_ms
         self._last_cut_ms = 0
+        self._trees: OrderedDict[tuple[int, int], MerkleTree] = OrderedDict()
+        self._trees_lock = threading.Lock()
 
     def latest(self) -> Checkpoint | None:
         with self.engine.connect().execution_options(agentmarket_read=True) as conn:
@@ -178,12 +161,28 @@ class Checkpoints:
                ) -> list[dict[str, Any]]:
         """The audit path of each posting (by sequence, at these positions) in the
         checkpoint's segment."""
+        tree = self._tree(checkpoint)
+        return [{"leaf_index": at - checkpoint.first_sequence, "path": [
+            p.hex() for p in tree.audit_path(at - checkpoint.first_sequence)],
+            "sequence": s} for s, at in zip(sequences, positions, strict=True)]
+
+    def _tree(self, checkpoint: Checkpoint) -> MerkleTree:
+        """The segment's tree, built once and kept (a cut segment never changes): a party
+        asking for its receipt again and again costs log n hashes, not the segment's 2n."""
+        key = (checkpoint.first_sequence, checkpoint.sequence)
+        with self._trees_lock:
+            tree = self._trees.get(key)
+            if tree is not None:
+                self._trees.move_to_end(key)
+                return tree
         with self.engine.connect().execution_options(agentmarket_read=True) as conn:
             hashes = segment_hashes(conn, checkpoint.first_sequence, checkpoint.sequence)
-        leaves = [leaf_hash(h) for h in hashes]
-        return [{"leaf_index": at - checkpoint.first_sequence, "path": [
-            p.hex() for p in audit_path(leaves, at - checkpoint.first_sequence)],
-            "sequence": s} for s, at in zip(sequences, positions, strict=True)]
+        tree = MerkleTree([leaf_hash(h) for h in hashes])
+        with self._trees_lock:
+            self._trees[key] = tree
+            while len(self._trees) > TREES_KEPT:
+                self._trees.popitem(last=False)
+        return tree
 
 
 def segment_hashes(conn: Connection, first: int, last: int) -> list[str]:
