@@ -2,8 +2,9 @@
 
 A listing lives `ttl_s` seconds past its last advertise or heartbeat; withdrawing removes it at
 once; advertising again replaces it (idempotent: the same listing twice is the same state).
-Expired listings are invisible at once and purged an hour later (`purge_expired`, run by the
-node's sweeper).
+Expired listings are invisible at once; their search rows (offers, terms) go at the node's next
+sweep, so discovery never walks past dead offers, and the listing itself an hour later
+(`purge_expired`, run by the node's sweeper).
 
 Discovery filters on skill name, free text (every word in the skill's name, description or
 tags), a tag set (all of them), a maximum list price and a minimum reputation. The ranking:
@@ -34,7 +35,17 @@ from typing import Any
 
 from jsonschema import SchemaError
 from jsonschema.validators import validator_for
-from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
 from marketplace import discovery, pricing, schema_refs, schema_regex
@@ -54,8 +65,15 @@ _LIVE_LISTING = hot.Statement(select(LISTINGS).where(
     LISTINGS.c.agent_id == bindparam("agent"), LISTINGS.c.expires_at_ms > bindparam("now")))
 _LAPSED = hot.Statement(select(LISTINGS.c.agent_id).where(
     LISTINGS.c.expires_at_ms < bindparam("cutoff")).limit(bindparam("limit")))
+_LAPSED_SINCE = hot.Statement(select(LISTINGS.c.agent_id, LISTINGS.c.expires_at_ms).where(
+    LISTINGS.c.expires_at_ms >= bindparam("since"), LISTINGS.c.expires_at_ms <= bindparam("now"))
+    .order_by(LISTINGS.c.expires_at_ms).limit(bindparam("limit")))
 _SKILL_NAME = re.compile(r"^[a-z0-9_.-]{1,64}\Z")
 MAX_SKILLS = 50
+# Every (skill, price) offer repeats its skill's search tokens: up to 50 x 8 x 76 = 30,400
+# rows, all rewritten by each Advertise under the node's one SQLite writer. A large honest
+# listing (50 skills in 2 currencies, 8 tags and 15 words each) needs 6,000.
+MAX_SEARCH_ROWS = 8192
 MAX_TAGS = 8  # each pair of a skill's tags is a search token too
 MAX_NAME = 128
 MAX_DESCRIPTION = 2000
@@ -142,6 +160,12 @@ def check_listing(listing: registry_pb2.Listing) -> None:
         check_skill(skill)
     if len({s.name for s in listing.skills}) != len(listing.skills):
         raise InvalidArgument("each skill name appears once in a listing")
+    rows = sum(len(discovery.skill_terms(s)) * len(s.prices) for s in listing.skills)
+    if rows > MAX_SEARCH_ROWS:
+        raise InvalidArgument(
+            f"this listing would be found through {rows} search rows (each skill's words, tags "
+            f"and tag pairs, once per price); at most {MAX_SEARCH_ROWS}: list fewer prices, "
+            "tags or description words")
 
 
 class Registry:
@@ -156,6 +180,7 @@ class Registry:
         self.version = 0  # counts this registry's writes to listings (`DiscoverCache` keys)
         self._version_lock = threading.Lock()
         self._counts = TokenCounts()
+        self._unindexed_to_ms = 0  # listings lapsed before this have no search rows left
         upgrade(engine, "marketplace")  # the shipped migrations (wallets.schema)
 
     # ---- writing --------------------------------------------------------------------------
@@ -268,12 +293,25 @@ class Registry:
 
     @staticmethod
     def _delete(conn: Connection, agent_ids: list[str]) -> None:
+        Registry._delete_search_rows(conn, agent_ids)
         for start in range(0, len(agent_ids), _CHUNK):
             chunk = agent_ids[start:start + _CHUNK]
-            offers = select(OFFERS.c.id).where(OFFERS.c.agent_id.in_(chunk))
-            conn.execute(delete(TERMS).where(TERMS.c.offer_id.in_(offers)))
-            conn.execute(delete(OFFERS).where(OFFERS.c.agent_id.in_(chunk)))
             conn.execute(delete(LISTINGS).where(LISTINGS.c.agent_id.in_(chunk)))
+
+    @staticmethod
+    def _delete_search_rows(conn: Connection, agent_ids: list[str],
+                            lapsed_by_ms: int | None = None) -> None:
+        """The agents' offers and their search terms (what discovery scans); with
+        `lapsed_by_ms`, only offers expired by then (a listing advertised again meanwhile
+        keeps its new ones)."""
+        for start in range(0, len(agent_ids), _CHUNK):
+            chunk = agent_ids[start:start + _CHUNK]
+            which = OFFERS.c.agent_id.in_(chunk)
+            if lapsed_by_ms is not None:
+                which = and_(which, OFFERS.c.expires_at_ms <= lapsed_by_ms)
+            conn.execute(delete(TERMS).where(TERMS.c.offer_id.in_(
+                select(OFFERS.c.id).where(which))))
+            conn.execute(delete(OFFERS).where(which))
 
     def heartbeat(self, agent_id: str) -> int:
         """Keep a live listing for another ttl; NOT_FOUND once it has expired."""
@@ -305,8 +343,7 @@ class Registry:
                 return False
             conn.execute(update(LISTINGS).where(LISTINGS.c.agent_id == agent_id)
                          .values(expires_at_ms=now))
-            conn.execute(update(OFFERS).where(OFFERS.c.agent_id == agent_id)
-                         .values(expires_at_ms=now))
+            self._delete_search_rows(conn, [agent_id])
         self._changed()
         return True
 
@@ -317,13 +354,25 @@ class Registry:
         self._changed()
 
     def purge_expired(self, limit: int = 1000) -> int:
-        """Delete listings expired more than an hour ago; returns how many."""
-        cutoff = self.clock_ms() - PURGE_AFTER_MS
+        """Drop the search rows of listings lapsed since the last sweep (a stranger's listings
+        with a short TTL would otherwise lie in every discovery's index range for an hour),
+        and delete listings expired more than an hour ago; returns how many of those."""
+        now = self.clock_ms()
         with hot.reading(self.engine) as conn:
-            ids = [r.agent_id for r in _LAPSED.all(conn, {"cutoff": cutoff, "limit": limit})]
+            lapsed = _LAPSED_SINCE.all(conn, {"since": self._unindexed_to_ms, "now": now,
+                                              "limit": limit})
+            ids = [r.agent_id for r in _LAPSED.all(conn, {"cutoff": now - PURGE_AFTER_MS,
+                                                          "limit": limit})]
+        if lapsed:
+            with self._serial(), self.engine.begin() as conn:
+                self._delete_search_rows(conn, [r.agent_id for r in lapsed], lapsed_by_ms=now)
+        # a full batch: the next sweep goes on from its last expiry (those at it again, once)
+        self._unindexed_to_ms = now + 1 if len(lapsed) < limit else lapsed[-1].expires_at_ms
         if ids:
             with self._serial(), self.engine.begin() as conn:
                 self._delete(conn, ids)
+        if lapsed or ids:
+            self._changed()
         return len(ids)
 
     # ---- reading --------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from marketplace.registry import MAX_DISCOVER_BYTES, MAX_LISTING_BYTES, Registry
 from marketplace.testing import M, make_listing, make_skill, make_terms
 from marketplace.v1 import registry_pb2, registry_pb2_grpc
 from wallets.errors import AgentmarketError, NotFound
+from wallets.store import make_engine
 
 DEFAULT_CLIENT_BYTES = 4 * 1024 * 1024  # what a gRPC client receives unless told otherwise
 
@@ -187,3 +188,111 @@ def test_a_verifier_endpoint_follows_the_same_rule(endpoint: str) -> None:
     with pytest.raises(AgentmarketError) as caught:
         check_terms(terms)
     assert caught.value.status == "INVALID_ARGUMENT" and "verifier.endpoint" in str(caught.value)
+
+
+# ---- cost: what one Advertise writes, and what a lapsed listing leaves behind ---------------
+
+
+def _words_listing(key: AgentKey, skills: int, currencies: tuple[str, ...], words: int,
+                   *, price_atomic: int = 1, description: str = "") -> registry_pb2.Listing:
+    """A listing of `skills` skills, each priced in `currencies` and described in `words`
+    words (plus `description`), with 8 tags: as many search rows as the limits allowed."""
+    made = []
+    for i in range(skills):
+        skill = make_skill(f"s{i}", price_atomic=price_atomic, description=" ".join(
+            [description, *(f"w{j}" for j in range(words))]).strip())
+        del skill.tags[:]
+        skill.tags.extend(f"t{j}" for j in range(8))
+        del skill.prices[:]
+        for code in currencies:
+            skill.prices.add().CopyFrom(make_skill(price_atomic=price_atomic,
+                                                   currency=code).prices[0])
+        made.append(skill)
+    return make_listing(key, *made)
+
+
+def test_a_listing_found_through_too_many_search_rows_is_refused(node: MarketplaceNode) -> None:
+    """Each (skill, price) repeats its skill's search tokens: 50 skills in 8 currencies with 48
+    words and 28 tag pairs were 30,400 rows, all rewritten by every Advertise under the node's
+    one SQLite writer (hundreds of times an honest posting's work). A large honest listing
+    (6,000 rows) still goes in."""
+    key = AgentKey.generate()
+    huge = _words_listing(key, 50, ("USD", "USDC", "ECNY"), 48)
+    assert "search rows" in _refused(node, key, huge)
+    assert _advertise(node, key, _words_listing(key, 50, ("USD", "USDC"), 15)).listing.skills
+
+
+def _vm_steps(engine: Engine, run) -> int:  # type: ignore[no-untyped-def]
+    """The SQLite virtual machine steps `run` takes on the engine's connections (a count of
+    work done, not a time)."""
+    from sqlalchemy import event
+
+    steps = [0]
+
+    def tick() -> int:
+        steps[0] += 1
+        return 0
+
+    def counting(dbapi_connection, *_args) -> None:  # type: ignore[no-untyped-def]
+        dbapi_connection.set_progress_handler(tick, 1)
+
+    def stopped(dbapi_connection, *_args) -> None:  # type: ignore[no-untyped-def]
+        dbapi_connection.set_progress_handler(None, 1)
+
+    event.listen(engine, "checkout", counting)
+    event.listen(engine, "checkin", stopped)
+    try:
+        run()
+    finally:
+        event.remove(engine, "checkout", counting)
+        event.remove(engine, "checkin", stopped)
+    return steps[0]
+
+
+def test_lapsed_listings_leave_nothing_for_discovery_to_walk(tmp_path, clock, monkeypatch  # type: ignore[no-untyped-def]
+                                                            ) -> None:
+    """Free keys advertised the cheapest offers for a word with a 10 s TTL; lapsed, their rows
+    stayed in the search index for an hour and every honest Discover for that word walked
+    them (6,069 SQLite steps with 20 such listings, 24,069 with 80, against 68). After the
+    sweep that follows their lapse, they cost nothing; a listing advertised again between the
+    sweep's look and its delete keeps its new rows. (SQLite: its steps are counted.)"""
+    engine = make_engine(f"sqlite:///{tmp_path / 'registry.db'}")
+    registry = Registry(engine, clock_ms=clock)
+    honest = AgentKey.generate()
+    registry.advertise(make_listing(honest, make_skill(
+        "translate", price_atomic=1_000, description="translate text")), ttl_s=86_400)
+
+    def discover() -> None:
+        found = registry.discover(text="translate", currency_code="USD", limit=5)
+        assert [x.agent_id for x in found] == [honest.agent_id]
+
+    costs, made = [], 0
+    for spammers in (0, 20, 80):
+        for _ in range(spammers - made):
+            registry.advertise(_words_listing(AgentKey.generate(), 20, ("USD",), 10,
+                                              description="translate"), ttl_s=10)
+        made = spammers
+        clock.advance(11)
+        registry.purge_expired()  # the node's sweeper, once a second
+        discover()
+        costs.append(_vm_steps(engine, discover))
+    assert costs[2] <= costs[0] * 1.5, costs
+    back = AgentKey.generate()
+    registry.advertise(_words_listing(back, 1, ("USD",), 1, description="translate"), ttl_s=10)
+    clock.advance(11)
+    looked = registry_module._LAPSED_SINCE
+
+    class AdvertisedAgainAfterTheLook:
+        @staticmethod
+        def all(conn, params):  # type: ignore[no-untyped-def]
+            lapsed = looked.all(conn, params)
+            assert back.agent_id in [row.agent_id for row in lapsed]
+            registry.advertise(_words_listing(back, 1, ("USD",), 1, description="translate"),
+                               ttl_s=60)
+            return lapsed
+
+    monkeypatch.setattr(registry_module, "_LAPSED_SINCE", AdvertisedAgainAfterTheLook)
+    registry.purge_expired()
+    assert back.agent_id in [x.agent_id for x in registry.discover(
+        text="translate", currency_code="USD", limit=5)]
+    engine.dispose()
