@@ -269,16 +269,19 @@ def test_the_audit_pager_reaches_every_action_once_when_many_share_a_millisecond
 
 
 def test_every_waiting_approval_is_on_a_page_however_many_another_wallet_files(
-        tmp_path: Path):
+        tmp_path: Path, monkeypatch):
     """A wallet owner who sends 200 spends of its own to a person cannot push an older
-    request of another wallet off the Approvals page: "Older" pages reach it."""
+    request of another wallet off the Approvals page: "Older" pages reach it. (One caller
+    keeps 32 waiting on a wallet at most; many callers together can file as many as here.)"""
     import uuid
 
     import grpc
 
     from tests.console_market import TIMEOUT_S, usd
+    from wallets import approvals
     from wallets.v1 import wallet_pb2
 
+    monkeypatch.setattr(approvals, "MAX_PENDING_PER_SPENDER", 1000)
     built = build_console_market(tmp_path)
     try:
         hostile = built.wallets("idle")

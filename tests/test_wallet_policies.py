@@ -308,6 +308,30 @@ def test_a_spend_above_the_threshold_waits_then_goes_through_exactly_once(world:
     refused(world, lambda: world.pay(60 * X), ApprovalRequired, "APPROVAL_REQUIRED")  # new key
 
 
+def test_one_caller_keeps_a_bounded_number_of_approvals_waiting_on_a_wallet(world: World):
+    """A delegate spending from the owner's wallet could ask for approvals without end and
+    bury the owner's own in the approvers' queue; past 32 waiting it is refused (not for good:
+    the same request goes on once some are decided), and the owner still asks for its own."""
+    from wallets.approvals import MAX_PENDING_PER_SPENDER
+    from wallets.caller import calling_as
+    from wallets.errors import TooManyApprovals
+
+    world.policy(approval_threshold_atomic=X)
+    delegate = "d" * 64
+    with calling_as(delegate):
+        waiting = [refused(world, lambda: world.pay(2 * X), ApprovalRequired,
+                           "APPROVAL_REQUIRED") for _ in range(MAX_PENDING_PER_SPENDER)]
+        k = key()
+        refused(world, lambda: world.pay(2 * X, k=k), TooManyApprovals, "TOO_MANY_APPROVALS",
+                "32 spends of this caller already wait for approval")
+        world.wallets.controls.deny(key(), waiting[0].approval_id, decided_by="owner")
+        refused(world, lambda: world.pay(2 * X, k=k), ApprovalRequired, "APPROVAL_REQUIRED")
+    with calling_as(world.owner_of(world.alice)):
+        refused(world, lambda: world.pay(2 * X), ApprovalRequired, "APPROVAL_REQUIRED")
+    assert len(world.wallets.controls.approvals(world.alice, status="pending")) == \
+        MAX_PENDING_PER_SPENDER + 1
+
+
 def test_a_denied_approval_refuses_the_retry_for_good(world: World):
     world.policy(approval_threshold_atomic=X)
     k = key()

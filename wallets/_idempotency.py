@@ -38,6 +38,7 @@ from wallets.errors import (
     ApprovalRequired,
     IdempotencyConflict,
     InvalidArgument,
+    TooManyApprovals,
     WalletFrozen,
 )
 from wallets.tables import IdempotencyRow
@@ -173,10 +174,12 @@ def is_recorded_failure(error: AgentmarketError) -> bool:
     """Whether a refusal is the key's final outcome. Not recorded: malformed requests (they
     never started executing); the same key with another request (the refusal belongs to that
     other request: recording it would make the first one fail for good); refusals that wait on
-    a person, APPROVAL_REQUIRED and WALLET_FROZEN (the same request goes through once approved
-    or unfrozen); outages and contention (UNAVAILABLE, ABORTED: the next try may succeed)."""
+    a person, APPROVAL_REQUIRED, TOO_MANY_APPROVALS and WALLET_FROZEN (the same request goes
+    through once approved, decided or unfrozen); outages and contention (UNAVAILABLE, ABORTED:
+    the next try may succeed)."""
     return not (isinstance(error, InvalidArgument | IdempotencyConflict | ApprovalRequired
-                           | WalletFrozen) or error.status in _NOT_FINAL_STATUSES)
+                           | TooManyApprovals | WalletFrozen)
+                or error.status in _NOT_FINAL_STATUSES)
 
 
 __all__ = ["ANONYMOUS_SCOPE", "LEGACY_SCOPE", "NODE_SCOPE", "check_key", "check_scope",

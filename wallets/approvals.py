@@ -39,6 +39,7 @@ from wallets.errors import (
     IdempotencyConflict,
     InvalidArgument,
     NotFound,
+    TooManyApprovals,
 )
 from wallets.store import insert_unless_present
 from wallets.tables import ApprovalRow
@@ -47,6 +48,7 @@ APPROVALS = ApprovalRow.__table__  # type: ignore[attr-defined]
 STATUSES = ("pending", "approved", "denied", "used", "expired")
 MAX_NOTE = 512
 MAX_LIST = 1000
+MAX_PENDING_PER_SPENDER = 32  # approvals one caller may keep waiting on one wallet
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +126,7 @@ def gate(conn: Connection, *, threshold_atomic: int, ttl_s: int, account_id: str
              f"from wallet {account_id} is above its approval threshold of "
              f"{format_amount(threshold_atomic, currency)}")
     if row is None:
+        _refuse_past_the_cap(conn, account_id, scope, now_ms)
         pending = Approval(approval_id(account_id, scope, key), account_id, currency,
                            counterparty, skill, amount_atomic, key, scope, operation, mandate_id,
                            spender_id, "pending", now_ms, now_ms + ttl_s * 1000)
@@ -154,6 +157,20 @@ def gate(conn: Connection, *, threshold_atomic: int, ttl_s: int, account_id: str
     conn.execute(update(APPROVALS).where(APPROVALS.c.id == found.approval_id)
                  .values(status="used"))
     return True
+
+
+def _refuse_past_the_cap(conn: Connection, account_id: str, scope: str, now_ms: int) -> None:
+    """One spender (a mandate's holder, say) may keep at most MAX_PENDING_PER_SPENDER
+    approvals waiting on a wallet: more would bury the owner's and others' in the approvers'
+    queue, and each costs a person's attention."""
+    c = APPROVALS.c
+    waiting = conn.execute(select(c.id).where(
+        c.account_id == account_id, c.spend_scope == scope, c.status == "pending",
+        c.expires_at_ms > now_ms).limit(MAX_PENDING_PER_SPENDER)).all()
+    if len(waiting) >= MAX_PENDING_PER_SPENDER:
+        raise TooManyApprovals(
+            f"{MAX_PENDING_PER_SPENDER} spends of this caller already wait for approval on "
+            f"wallet {account_id}; ask again once some are decided or have expired")
 
 
 def decide(conn: Connection, approval: str, *, approve: bool, decided_by: str, note: str,

@@ -24,6 +24,8 @@
     │                                  ErrorInfo metadata `rule` names the rule)
     ├── Unauthenticated               UNAUTHENTICATED      the caller could not be identified
     ├── ResourceExhausted             RESOURCE_EXHAUSTED   a limit was reached
+    │   └── TooManyApprovals          (TOO_MANY_APPROVALS: one spender's pending approvals
+    │                                  on one wallet; not final)
     └── Unavailable                   UNAVAILABLE          try again later: nothing changed
         ├── Contended                 (concurrent duplicates of one key kept colliding)
         └── DatabaseUnavailable       (the database went away: send the same request again)
@@ -166,6 +168,14 @@ class ApprovalRequired(FailedPrecondition):
     @property
     def metadata(self) -> dict[str, str]:
         return {"approval_id": self.approval_id} if self.approval_id else {}
+
+
+class TooManyApprovals(ResourceExhausted):
+    """A spender already has as many approvals pending on the wallet as it may: a person
+    decides those first. Not recorded as the key's outcome (the same request goes on once
+    some are decided or expire)."""
+
+    reason = "TOO_MANY_APPROVALS"
 
 
 class ApprovalDenied(PermissionDenied):

@@ -214,7 +214,11 @@ class ApprovalRow(SQLModel, table=True):
     """A spend above its wallet's approval threshold, waiting for (or given) a decision."""
 
     __tablename__ = "wallet_approvals"
-    __table_args__ = (UniqueConstraint("account_id", "spend_scope", "spend_key"),)
+    __table_args__ = (UniqueConstraint("account_id", "spend_scope", "spend_key"),
+                      # a spender's waiting approvals (the cap), and the queue, newest first
+                      Index("ix_wallet_approvals_waiting", "account_id", "spend_scope",
+                            "status", "expires_at_ms"),
+                      Index("ix_wallet_approvals_queue", "status", "created_at_ms", "id"))
 
     id: str = Field(primary_key=True, max_length=32)
     account_id: str = Field(index=True, max_length=40)
