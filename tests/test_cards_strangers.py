@@ -69,3 +69,25 @@ def test_a_filter_in_other_digits_is_a_400(node, query):
     answer = httpx.get(f"{node.http.url}/cards/search?{query}", timeout=10)
     assert answer.status_code == 400, answer.text
     assert answer.json()["error"]["reason"] == "INVALID_ARGUMENT"
+
+
+def test_a_search_asked_again_signs_no_card_again(node, monkeypatch):
+    """The search is open to anyone: each answer built and signed up to 50 cards, work a
+    stranger could ask for without end. A card is now signed once per listing as stored."""
+    from marketplace.http import cards
+
+    for n in range(3):
+        _advertise(node, make_skill("repeat", price_atomic=10 + n), f"repeat{n}")
+    signed: list[str] = []
+    real_sign = cards.sign
+
+    def counted(card, key):  # type: ignore[no-untyped-def]
+        signed.append(card.name)
+        return real_sign(card, key)
+
+    monkeypatch.setattr(cards, "sign", counted)
+    answers = [httpx.get(f"{node.http.url}/cards/search", params={"skill": "repeat"},
+                         timeout=10).json() for _ in range(5)]
+    assert all(answer == answers[0] for answer in answers)
+    assert [c["card"]["name"] for c in answers[0]["cards"]] == ["repeat0", "repeat1", "repeat2"]
+    assert sorted(signed) == ["repeat0", "repeat1", "repeat2"]  # once each, five searches

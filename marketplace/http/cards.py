@@ -15,6 +15,7 @@ the agreement. Bad filters answer 400 with the reason; an unknown or expired lis
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -26,22 +27,31 @@ from starlette.routing import Route
 from marketplace.a2a_cards import CARD_PATH, card_dict, listing_card, sign
 from marketplace.errors import AgentmarketError, InvalidArgument
 from marketplace.http.app import HttpPart
+from marketplace.v1 import registry_pb2
 
 if TYPE_CHECKING:
     from marketplace.node import MarketplaceNode
 
 PREFIX = "/cards"
 MAX_RESULTS = 50
+CARDS_KEPT = 1024  # signed cards kept, by listing as stored
 log = logging.getLogger("agentmarket.cards")
 HTTP_STATUS = {"INVALID_ARGUMENT": 400, "NOT_FOUND": 404, "RESOURCE_EXHAUSTED": 429}
 
 
 def catalogue(node: MarketplaceNode) -> HttpPart:
-    def card_of(listing: Any, base: str) -> dict[str, Any]:
+    @functools.lru_cache(maxsize=CARDS_KEPT)
+    def signed_card(base: str, listing_bytes: bytes) -> dict[str, Any]:
+        """Built and signed once per listing as stored (the search is open to anyone, and
+        50 cards signed per request was work a stranger could ask for without end)."""
+        listing = registry_pb2.Listing.FromString(listing_bytes)
         url = f"{base}{PREFIX}/{listing.agent_id}{CARD_PATH}"
         card = listing_card(listing, marketplace=node.address, key=None, card_url=url)
         card.capabilities.extensions[0].params.update({"catalogue": node.agent_id})
         return card_dict(sign(card, node.key))
+
+    def card_of(listing: Any, base: str) -> dict[str, Any]:
+        return signed_card(base, listing.SerializeToString(deterministic=True))
 
     def base_url(request: Request) -> str:
         return str(request.base_url).rstrip("/").removesuffix(PREFIX)
