@@ -73,7 +73,9 @@ def test_a_filter_in_other_digits_is_a_400(node, query):
 
 def test_a_search_asked_again_signs_no_card_again(node, monkeypatch):
     """The search is open to anyone: each answer built and signed up to 50 cards, work a
-    stranger could ask for without end. A card is now signed once per listing as stored."""
+    stranger could ask for without end. A card is now signed once per listing as stored,
+    whatever Host the request names (its port is not checked: a new one per request made
+    every card be signed again)."""
     from marketplace.http import cards
 
     for n in range(3):
@@ -87,7 +89,13 @@ def test_a_search_asked_again_signs_no_card_again(node, monkeypatch):
 
     monkeypatch.setattr(cards, "sign", counted)
     answers = [httpx.get(f"{node.http.url}/cards/search", params={"skill": "repeat"},
-                         timeout=10).json() for _ in range(5)]
-    assert all(answer == answers[0] for answer in answers)
+                         headers={"host": f"127.0.0.1:{port}"}, timeout=10).json()
+               for port in range(1, 6)]
+    assert all(a["card"] == b["card"] for answer in answers
+               for a, b in zip(answer["cards"], answers[0]["cards"], strict=True))
+    assert answers[0]["cards"][0]["url"].startswith("http://127.0.0.1:1/cards/")
+    card_url = answers[0]["cards"][0]["card"]["capabilities"]["extensions"][0]["params"][
+        "cardUrl"]
+    assert card_url.startswith(node.http.url + "/cards/")  # the node's own, not the Host
     assert [c["card"]["name"] for c in answers[0]["cards"]] == ["repeat0", "repeat1", "repeat2"]
     assert sorted(signed) == ["repeat0", "repeat1", "repeat2"]  # once each, five searches

@@ -41,17 +41,19 @@ HTTP_STATUS = {"INVALID_ARGUMENT": 400, "NOT_FOUND": 404, "RESOURCE_EXHAUSTED": 
 
 def catalogue(node: MarketplaceNode) -> HttpPart:
     @functools.lru_cache(maxsize=CARDS_KEPT)
-    def signed_card(base: str, listing_bytes: bytes) -> dict[str, Any]:
+    def signed_card(listing_bytes: bytes) -> dict[str, Any]:
         """Built and signed once per listing as stored (the search is open to anyone, and
-        50 cards signed per request was work a stranger could ask for without end)."""
+        50 cards signed per request was work a stranger could ask for without end). Its
+        `cardUrl` is the node's own address, never the request's Host: a stranger varying that
+        would make every card be signed again."""
         listing = registry_pb2.Listing.FromString(listing_bytes)
-        url = f"{base}{PREFIX}/{listing.agent_id}{CARD_PATH}"
-        card = listing_card(listing, marketplace=node.address, key=None, card_url=url)
+        card = listing_card(listing, marketplace=node.address, key=None,
+                            card_url=_own_base(node) + card_path(listing.agent_id))
         card.capabilities.extensions[0].params.update({"catalogue": node.agent_id})
         return card_dict(sign(card, node.key))
 
-    def card_of(listing: Any, base: str) -> dict[str, Any]:
-        return signed_card(base, listing.SerializeToString(deterministic=True))
+    def card_of(listing: Any) -> dict[str, Any]:
+        return signed_card(listing.SerializeToString(deterministic=True))
 
     def base_url(request: Request) -> str:
         return str(request.base_url).rstrip("/").removesuffix(PREFIX)
@@ -61,7 +63,7 @@ def catalogue(node: MarketplaceNode) -> HttpPart:
         try:
             if len(agent_id) != 64 or any(c not in "0123456789abcdef" for c in agent_id):
                 raise InvalidArgument("an agent id is 64 lower-case hex characters")
-            return JSONResponse(card_of(node.registry.get(agent_id), base_url(request)))
+            return JSONResponse(card_of(node.registry.get(agent_id)))
         except AgentmarketError as error:
             return _refused(error)
 
@@ -79,8 +81,8 @@ def catalogue(node: MarketplaceNode) -> HttpPart:
         cards = []
         for listing in listings:  # one listing whose card cannot be made hides no other
             try:
-                cards.append({"url": f"{base}{PREFIX}/{listing.agent_id}{CARD_PATH}",
-                              "card": card_of(listing, base)})
+                cards.append({"url": base + card_path(listing.agent_id),
+                              "card": card_of(listing)})
             except Exception:
                 log.exception("no Agent Card for the listing of %s", listing.agent_id)
         return JSONResponse({"cards": cards})
@@ -88,6 +90,19 @@ def catalogue(node: MarketplaceNode) -> HttpPart:
     app = Starlette(routes=[Route("/search", search),
                             Route("/{agent_id}" + CARD_PATH, one)])
     return HttpPart(PREFIX, app, "Agent Cards")
+
+
+def card_path(agent_id: str) -> str:
+    return f"{PREFIX}/{agent_id}{CARD_PATH}"
+
+
+def _own_base(node: MarketplaceNode) -> str:
+    """The node's HTTP base URL, when it names one address (bound to every address, the
+    catalogue cannot know which one a buyer reached: the card's path alone)."""
+    server = node.http
+    if server is None or server.host in ("0.0.0.0", "::", ""):
+        return ""
+    return server.url
 
 
 def _int(text: str, name: str, low: int, high: int) -> int:
