@@ -20,6 +20,7 @@ import socket
 import threading
 from collections.abc import Iterator
 
+import grpc
 import httpx
 import pytest
 from x402.http.utils import decode_payment_response_header
@@ -167,3 +168,100 @@ def test_a_stream_cut_off_on_its_way_from_the_seller_reports_what_the_seller_bil
     assert int(settled.amount) == int(end["usage"]["charged"]) > 0
     assert booked == int(closed["captured"])  # what the gateway booked is what was redeemed
     books_balance(market.node)
+
+
+def test_opens_waiting_on_a_silent_seller_do_not_stall_other_buyers(market):
+    """A free key lists a seller that accepts connections and never answers, and a buyer with
+    a few cents opens sessions with it: each open waited 10 s on the seller on the same 6
+    threads every other buyer's open, close and ledger check needed. Now those waits have a
+    pool of their own and a bound per buyer and per seller: the extra opens are refused at
+    once, nothing held, and an honest buyer's paid call goes through meanwhile."""
+    import time
+    import uuid
+
+    from agents import BuyerAgent
+    from marketplace.auth import signed_channel
+    from marketplace.identity import AgentKey
+    from marketplace.testing import make_listing, make_skill
+    from marketplace.v1 import registry_pb2, registry_pb2_grpc
+
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(64)  # takes the TCP connection, never speaks HTTP/2
+    silent = AgentKey.generate()
+    with signed_channel(market.node.address, silent) as channel:
+        registry_pb2_grpc.RegistryServiceStub(channel).Advertise(registry_pb2.AdvertiseRequest(
+            idempotency_key=uuid.uuid4().hex, ttl_s=3600, listing=make_listing(
+                silent, make_skill("slow", price_atomic=1),
+                endpoint=f"127.0.0.1:{hole.getsockname()[1]}")), timeout=10)
+    from agents.x402.seller_calls import OPENS_PER_BUYER, OPENS_PER_SELLER
+
+    attackers = [AgentKey.generate() for _ in range(3)]  # 3 x 8 opens, of which 16 wait
+    for n, key in enumerate(attackers):
+        with BuyerAgent(f"attacker{n}", marketplace=market.node.address, key=key) as agent:
+            agent.fund("0.01", "USD")
+    slow_url = f"{market.http.url}/v1/skills/{silent.agent_id}/slow"
+    done: list[tuple[str, float, int, str]] = []
+    start = time.monotonic()
+
+    async def attack(key) -> None:  # type: ignore[no-untyped-def]
+        client, _ = http_client(key, market.network, prepay=False, timeout=60)
+        async with client:
+            answer = await client.post(slow_url, json={"text": "x"})
+        done.append(("attacker", time.monotonic() - start, answer.status_code,
+                     answer.headers.get("payment-required", "")))
+
+    async def honest() -> None:
+        await asyncio.sleep(1.5)  # the opens to the silent seller are waiting
+        client, _ = http_client(market.key, market.network, prepay=False, timeout=60)
+        async with client:
+            answer = await client.post(market.url("shout"), json={"text": "hi"})
+        done.append(("honest", time.monotonic() - start, answer.status_code, answer.text))
+
+    async def run() -> None:
+        await asyncio.gather(*(attack(key) for key in attackers
+                               for _ in range(OPENS_PER_BUYER + 1)), honest())
+
+    try:
+        asyncio.run(run())
+    finally:
+        hole.close()
+    honest_at, status, text = next((t, s, x) for who, t, s, x in done if who == "honest")
+    assert status == 200 and json.loads(text)["output"] == {"text": "HI"}
+    waited = sorted(t for who, t, _, _ in done if who == "attacker" and t > 5)
+    refused = [t for who, t, s, _ in done if who == "attacker" and t <= 5]
+    assert len(waited) == OPENS_PER_SELLER  # the rest refused at once: per buyer, per seller
+    assert len(refused) == 3 * (OPENS_PER_BUYER + 1) - OPENS_PER_SELLER
+    assert all(s == 402 for who, _, s, _ in done if who == "attacker")
+    assert honest_at < waited[0]
+    books_balance(market.node)
+
+
+def test_the_end_is_asked_for_again_through_a_connection_still_closing():
+    """The seller's end, asked for after a cut, could go out on the connection that was cut
+    (the channel had not yet seen its socket close) and come back UNAVAILABLE: the charge was
+    then reported as nothing. It is asked again, as while the seller still runs the call; a
+    refusal of the seller's own is not."""
+    from grpc.aio import AioRpcError, Metadata
+
+    from agents.x402 import forward
+
+    def lost() -> AioRpcError:
+        return AioRpcError(grpc.StatusCode.UNAVAILABLE, Metadata(), Metadata(),
+                           details="Stream removed (Delayed close due to in-progress write)")
+
+    answers: list = [lost(), lost(), "the end"]
+
+    async def ask():  # type: ignore[no-untyped-def]
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert asyncio.run(forward._asked_again(ask)) == "the end" and answers == []
+    refused = AioRpcError(grpc.StatusCode.PERMISSION_DENIED, Metadata(), Metadata(),
+                          details="not yours")
+    answers[:] = [refused, "never"]
+    with pytest.raises(AioRpcError):
+        asyncio.run(forward._asked_again(ask))
+    assert answers == ["never"]

@@ -36,6 +36,7 @@ from x402.schemas.hooks import SettleContext
 from agents.x402 import network as net
 from agents.x402 import receipts
 from agents.x402.reasons import Refused
+from agents.x402.seller_calls import SellerCalls
 from agents.x402.sessions import SessionBook, check_terms
 from marketplace.identity import AgentKey
 from wallets.caller import calling_as
@@ -305,10 +306,13 @@ def facilitator_for(network: str, ledger: Ledger, key: AgentKey,
 
 class LocalFacilitator:
     """x402's FacilitatorClient, in process: the blocking ledger and seller calls run on
-    worker threads, so the event loop keeps serving."""
+    worker threads, so the event loop keeps serving; an open, which waits on its seller, on
+    the seller calls' own pool (`agents.x402.seller_calls`)."""
 
-    def __init__(self, facilitator: x402FacilitatorSync) -> None:
+    def __init__(self, facilitator: x402FacilitatorSync,
+                 seller_calls: SellerCalls | None = None) -> None:
         self.facilitator = facilitator
+        self.seller_calls = seller_calls
 
     async def verify(self, payload: PaymentPayload, requirements: PaymentRequirements
                      ) -> VerifyResponse:
@@ -320,6 +324,8 @@ class LocalFacilitator:
                      ) -> SettleResponse:
         if _in_memory(payload):
             return self.facilitator.settle(payload, requirements)
+        if self.seller_calls is not None and payload.payload.get("kind") == "open":
+            return await self.seller_calls.run(self.facilitator.settle, payload, requirements)
         return await asyncio.to_thread(self.facilitator.settle, payload, requirements)
 
     def get_supported(self) -> SupportedResponse:

@@ -144,12 +144,16 @@ async def refetched_end(stub: agent_pb2_grpc.AgentServiceStub, request: agent_pb
 
 async def _asked_again(ask: Any) -> Any:
     """`ask()` again until the seller has finished the call it is still running
-    (CALL_IN_PROGRESS), for at most REFETCH_WAIT_S."""
+    (CALL_IN_PROGRESS), or while the connection the first answer was lost on is still being
+    torn down (UNAVAILABLE from the transport: the channel had not yet seen the socket close
+    and sent the question on it), for at most REFETCH_WAIT_S."""
     deadline = time.monotonic() + REFETCH_WAIT_S
     while True:
         try:
             return await ask()
         except grpc.aio.AioRpcError as error:
-            if error_reason(error) != "CALL_IN_PROGRESS" or time.monotonic() > deadline:
+            reason = error_reason(error)
+            lost = error.code() == grpc.StatusCode.UNAVAILABLE and not reason
+            if not (reason == "CALL_IN_PROGRESS" or lost) or time.monotonic() > deadline:
                 raise
         await asyncio.sleep(0.01)

@@ -123,7 +123,8 @@ class Gateway:
         self.public_facilitator = facilitator_for(self.network, node.ledger, node.key)
         self.evm_network = evm.register(self.public_facilitator) if evm is not None else None
         self._responses = LedgerScheme(net.EXACT, self.network, node.ledger, node.key)
-        self.server = x402ResourceServer(LocalFacilitator(self.facilitator))
+        self.server = x402ResourceServer(LocalFacilitator(self.facilitator,
+                                                          self.sessions.seller_calls))
         for scheme in net.SCHEMES:
             self.server.register(self.network, PriceScheme(scheme, flow="escrow"))
         self.server.initialize()
@@ -403,7 +404,8 @@ class Gateway:
             try:
                 if session is None:
                     raise Refused("session_unknown", "no session has this agreement")
-                closing = await asyncio.to_thread(self.sessions.close, agreement, finish)
+                closing = await self.sessions.seller_calls.run(self.sessions.close, agreement,
+                                                               finish)
             except Refused as error:
                 status = {"session_unknown": 404, "session_busy": 409}.get(error.reason, 402)
                 return problem(status, error.reason, error.message)

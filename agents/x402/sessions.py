@@ -26,6 +26,7 @@ from agents.v1 import agent_pb2, agent_pb2_grpc
 from agents.x402 import network as net
 from agents.x402.reasons import Refused
 from agents.x402.receipts import Chain
+from agents.x402.seller_calls import SellerCalls
 from marketplace import agreements as ag
 from marketplace import escrow_proof
 from marketplace.auth import signed_channel
@@ -97,6 +98,7 @@ class SessionBook:
         self._tracer_provider = tracer_provider
         self._lock = threading.Lock()
         self._opening: set[str] = set()  # agreements being opened (a copy meanwhile: refused)
+        self.seller_calls = SellerCalls()  # opens and closes wait on sellers there
 
     def _stub(self, endpoint: str) -> agent_pb2_grpc.AgentServiceStub:
         with self._lock:
@@ -108,6 +110,7 @@ class SessionBook:
         return agent_pb2_grpc.AgentServiceStub(channel)
 
     def close_channels(self) -> None:
+        self.seller_calls.close()
         with self._lock:
             for channel in self._channels.values():
                 channel.close()
@@ -188,7 +191,8 @@ class SessionBook:
                 self._make_room()  # or held without it
             self._opening.add(agreement)
         try:
-            return self._open(agreement, payment, reserve_atomic)
+            with self.seller_calls.opening(payment.body.seller_endpoint, payment.body.buyer_id):
+                return self._open(agreement, payment, reserve_atomic)
         finally:
             with self._lock:
                 self._opening.discard(agreement)
