@@ -20,6 +20,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from marketplace.grpc_listen import REFUSAL, PortUnavailable
+from marketplace.http.read_deadline import ReadDeadlineH11
 
 START_TIMEOUT_S = 10.0
 log = logging.getLogger("agentmarket.http")
@@ -46,7 +47,8 @@ class HttpServer:
         self.port: int = self._socket.getsockname()[1]
         self.tls = tls_cert is not None
         config = uvicorn.Config(
-            app, lifespan="off", log_level="warning", access_log=False, server_header=False,
+            app, http=ReadDeadlineH11, lifespan="off", log_level="warning", access_log=False,
+            server_header=False,
             date_header=True, timeout_graceful_shutdown=2,
             ssl_certfile=str(tls_cert) if tls_cert else None,
             ssl_keyfile=str(tls_key) if tls_key else None,

@@ -1,0 +1,52 @@
+"""An HTTP/1.1 connection must send each request whole within `REQUEST_READ_S`.
+
+uvicorn's h11 protocol starts no timer until it has answered a first request, and nothing
+bounds how long a request takes to arrive: a client that sends half its headers, or fewer body
+bytes than its Content-Length, held its connection (a file descriptor of the node's process,
+shared with gRPC and SQLite) for ever. Here a deadline starts with a connection and with each
+request's first bytes, and ends once the request has been read whole; past it the connection
+is closed. A response streamed for long after its request (server-sent events) is not
+affected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+REQUEST_READ_S = 10.0
+_READ_WHOLE = (h11.DONE, h11.MUST_CLOSE, h11.CLOSED, h11.ERROR)
+
+
+class ReadDeadlineH11(H11Protocol):
+    """uvicorn's h11 protocol, with the deadline above."""
+
+    read_deadline_s = REQUEST_READ_S
+    _deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._deadline = self.loop.call_later(self.read_deadline_s, self._too_slow)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.their_state in _READ_WHOLE:
+            self._stop_deadline()
+        elif self._deadline is None:  # the next request on a kept-alive connection
+            self._deadline = self.loop.call_later(self.read_deadline_s, self._too_slow)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_deadline()
+        super().connection_lost(exc)
+
+    def _stop_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        if self.conn.their_state not in _READ_WHOLE and not self.transport.is_closing():
+            self.transport.close()

@@ -1,0 +1,78 @@
+"""An HTTP request must arrive whole in time (`marketplace.http.read_deadline`): half-sent
+headers or a body shorter than its Content-Length no longer hold a connection of the node's
+process for ever, while a slow answer or a kept-alive connection between requests is fine."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from marketplace.http.read_deadline import ReadDeadlineH11
+from marketplace.http.server import HttpServer
+
+DEADLINE_S = 0.5
+
+
+async def _slow(request: Request) -> PlainTextResponse:
+    body = await request.body()
+    await asyncio.sleep(DEADLINE_S * 3)  # answering may take longer than reading
+    return PlainTextResponse(f"read {len(body)}")
+
+
+@pytest.fixture
+def server(monkeypatch) -> Iterator[HttpServer]:
+    monkeypatch.setattr(ReadDeadlineH11, "read_deadline_s", DEADLINE_S)
+    started = HttpServer(Starlette(routes=[Route("/slow", _slow, methods=["POST"])])).start()
+    yield started
+    started.stop()
+
+
+def _connect(server: HttpServer) -> socket.socket:
+    connection = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    return connection
+
+
+def _closed_by_server(connection: socket.socket) -> bool:
+    """Whether the server closes the connection (reads until EOF, 10 s at most)."""
+    try:
+        while connection.recv(4096):
+            pass
+        return True
+    except (TimeoutError, ConnectionResetError):
+        return False
+
+
+def test_half_sent_headers_and_short_bodies_are_closed(server: HttpServer):
+    started = time.monotonic()
+    half_headers, short_body, silent = _connect(server), _connect(server), _connect(server)
+    half_headers.sendall(b"POST /slow HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Le")
+    short_body.sendall(b"POST /slow HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n"
+                       b"only ten b")
+    assert all(_closed_by_server(c) for c in (half_headers, short_body, silent))
+    assert time.monotonic() - started < 10
+    for connection in (half_headers, short_body, silent):
+        connection.close()
+
+
+def test_a_whole_request_is_answered_however_long_the_answer_takes_and_kept_alive(
+        server: HttpServer):
+    connection = _connect(server)
+    request = b"POST /slow HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\n\r\nhello"
+    for _ in range(2):  # a second request on the kept-alive connection, after a pause
+        connection.sendall(request)
+        answer = b""
+        while b"read 5" not in answer:
+            piece = connection.recv(4096)
+            assert piece, answer
+            answer += piece
+        assert answer.startswith(b"HTTP/1.1 200")
+        time.sleep(DEADLINE_S / 2)
+    connection.close()
