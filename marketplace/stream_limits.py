@@ -29,9 +29,9 @@ import grpc
 from wallets.errors import ResourceExhausted
 from wallets.grpc_errors import abort
 
-INTROSPECTION_STREAMS = 2
-REQUEST_IDLE_S = 10.0
-REQUEST_STREAM_LIFETIME_S = 60.0
+INTROSPECTION_STREAMS = 4  # grpc's ProtoReflectionDescriptorDatabase keeps one open for its life
+REQUEST_IDLE_S = 30.0
+REQUEST_STREAM_LIFETIME_S = 300.0
 _REFLECTION = "/grpc.reflection."
 _WATCH = "/grpc.health.v1.Health/Watch"
 _END = object()

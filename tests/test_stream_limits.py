@@ -111,8 +111,8 @@ def test_sixteen_idle_reflection_streams_do_not_stall_a_seller(tmp_path, server:
         honest.close()
 
 
-def _introspected(limits: StreamLimits) -> tuple[grpc.Server, str]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), interceptors=[limits])
+def _introspected(limits: StreamLimits, workers: int = 16) -> tuple[grpc.Server, str]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), interceptors=[limits])
     checker = serve_introspection(server, [])
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
@@ -121,7 +121,7 @@ def _introspected(limits: StreamLimits) -> tuple[grpc.Server, str]:
 
 
 def test_past_their_bound_introspection_streams_are_refused_and_the_rest_still_answer():
-    server, address = _introspected(StreamLimits(8))
+    server, address = _introspected(StreamLimits(16))
     idle = _Idle(address, INTROSPECTION_STREAMS + 2)
     watching = grpc.insecure_channel(address)
     try:
@@ -148,7 +148,7 @@ def test_past_their_bound_introspection_streams_are_refused_and_the_rest_still_a
 
 
 def test_a_quiet_request_stream_is_ended_and_its_worker_given_back():
-    server, address = _introspected(StreamLimits(8, idle_s=0.3))
+    server, address = _introspected(StreamLimits(16, idle_s=0.3))
     idle = _Idle(address, INTROSPECTION_STREAMS)
     try:
         for call in idle.calls:  # ended by the server, not by its caller
