@@ -12,6 +12,7 @@ from __future__ import annotations
 import binascii
 import contextlib
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -52,24 +53,56 @@ def card_url(url: str) -> str:
 
 
 def fetch_card(url: str) -> a2a_pb2.AgentCard:
+    """The card at `url`, read within CARD_TIMEOUT_S in all and MAX_CARD_BYTES at most (a
+    server dripping a byte at a time, or sending without end, holds the buyer no longer)."""
     import httpx
 
+    body = _CardBody(url)
     try:
-        response = httpx.get(card_url(url), timeout=CARD_TIMEOUT_S)
+        with httpx.stream("GET", card_url(url), timeout=CARD_TIMEOUT_S) as response:
+            for piece in response.iter_bytes():
+                if body.full_after(piece):
+                    break
+            status = response.status_code
     except httpx.HTTPError as error:
         raise Unavailable(f"the Agent Card at {url} could not be fetched: {error}") from None
-    return checked_card(url, response.status_code, response.content)
+    return checked_card(url, status, body.read())
 
 
 async def afetch_card(url: str) -> a2a_pb2.AgentCard:
     import httpx
 
+    body = _CardBody(url)
     try:
-        async with httpx.AsyncClient(timeout=CARD_TIMEOUT_S) as client:
-            response = await client.get(card_url(url))
+        async with httpx.AsyncClient(timeout=CARD_TIMEOUT_S) as client, \
+                client.stream("GET", card_url(url)) as response:
+            async for piece in response.aiter_bytes():
+                if body.full_after(piece):
+                    break
+            status = response.status_code
     except httpx.HTTPError as error:
         raise Unavailable(f"the Agent Card at {url} could not be fetched: {error}") from None
-    return checked_card(url, response.status_code, response.content)
+    return checked_card(url, status, body.read())
+
+
+class _CardBody:
+    """A card's bytes as they come, within the time and size a card may take."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.ends = time.monotonic() + CARD_TIMEOUT_S
+        self.data = bytearray()
+
+    def full_after(self, piece: bytes) -> bool:
+        """Take `piece`; whether to stop reading (too large, or out of time)."""
+        self.data += piece
+        return len(self.data) > MAX_CARD_BYTES or time.monotonic() > self.ends
+
+    def read(self) -> bytes:
+        if len(self.data) <= MAX_CARD_BYTES and time.monotonic() > self.ends:
+            raise Unavailable(f"the Agent Card at {self.url} did not arrive within "
+                              f"{CARD_TIMEOUT_S:g} s")
+        return bytes(self.data)
 
 
 def checked_card(url: str, status: int, body: bytes) -> a2a_pb2.AgentCard:

@@ -236,6 +236,9 @@ def bargain(buyer: BuyerAgent, listing: registry_pb2.Listing, skill: str, **opti
     except _NoAgreement as error:
         decline(seller, "no agreement", rfq_id)
         raise NegotiationFailed(error.message) from None
+    except NotTheListedAgent:  # free the place the RFQ took at the agent that did answer
+        decline(seller, "not the listed agent", rfq_id)
+        raise
 
 
 async def abargain(buyer: AsyncBuyerAgent, listing: registry_pb2.Listing, skill: str,
@@ -257,6 +260,9 @@ async def abargain(buyer: AsyncBuyerAgent, listing: registry_pb2.Listing, skill:
     except _NoAgreement as error:
         await adecline(seller, "no agreement", rfq_id)
         raise NegotiationFailed(error.message) from None
+    except NotTheListedAgent:
+        await adecline(seller, "not the listed agent", rfq_id)
+        raise
 
 
 def _counter(buyer: BuyerAgent | AsyncBuyerAgent, offer: agreement_pb2.Offer, price: int,

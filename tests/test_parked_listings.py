@@ -67,3 +67,44 @@ def test_the_async_buyer_too(market):
             return deal.body.seller_id
 
     assert asyncio.run(main()) == seller.agent_id
+
+
+def test_copies_at_other_spellings_of_its_address_leave_no_negotiation_open_there(tmp_path):
+    """17 free keys list copies of the honest seller at other spellings of its address
+    ("LOCALHOST:port", "lOcalhost:port" ...), so the buyer's failover does not know the agent
+    behind each: every RFQ reached the honest seller and stayed open there, until it refused
+    this buyer any more (16 open at once) and even the honest listing could not be
+    negotiated. The buyer now declines each one it finds is not the listed agent."""
+    import itertools
+
+    from agents._strategy_host import MAX_NEGOTIATIONS_PER_BUYER
+
+    copies = MAX_NEGOTIATIONS_PER_BUYER + 1
+    with MarketplaceNode(f"sqlite:///{tmp_path / 'm.db'}", sweep_interval_s=3600) as node, \
+            SellerAgent("honest", skills=[echo], marketplace=node.address) as seller, \
+            BuyerAgent("buyer", marketplace=node.address) as buyer:
+        buyer.fund("1.00", "USD")
+        [honest] = buyer.discover("echo", currency="USD")
+        port = honest.endpoint.rsplit(":", 1)[1]
+        spellings = ("".join(letters) + ":" + port for letters in itertools.product(
+            *[(c.lower(), c.upper()) for c in "localhost"]))
+        for n, endpoint in zip(range(copies), spellings, strict=False):
+            key = AgentKey.generate()
+            listing = registry_pb2.Listing()
+            listing.CopyFrom(honest)
+            listing.agent_id, listing.name, listing.endpoint = key.agent_id, f"p{n}", endpoint
+            for field in ("expires_at_ms", "reputation_permille", "rated_agreements"):
+                listing.ClearField(field)
+            listing.skills[0].prices[0].amount_atomic -= 1
+            with signed_channel(node.address, key) as channel:
+                registry_pb2_grpc.RegistryServiceStub(channel).Advertise(
+                    registry_pb2.AdvertiseRequest(idempotency_key=str(uuid.uuid4()),
+                                                  listing=listing, ttl_s=3600), timeout=10)
+        ranked = buyer.discover("echo", currency="USD", limit=copies + 1)
+        assert ranked[-1].agent_id == seller.agent_id
+        deal = buyer.negotiate(ranked, "echo", quantity=2, budget="0.10", currency="USD")
+        assert deal.body.seller_id == seller.agent_id
+        assert not seller.negotiator._by_buyer.get(buyer.agent_id)
+        again = buyer.negotiate(ranked[-1], "echo", quantity=2, budget="0.10",
+                                currency="USD", failover=False)
+        assert again.body.seller_id == seller.agent_id
