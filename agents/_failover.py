@@ -70,7 +70,7 @@ class Failover:
                 and self.seen < MAX_LISTINGS_SEEN:
             candidate = self.queue.pop(0)
             self.seen += 1
-            answering = self.answers_at.get(candidate.endpoint)
+            answering = self.answers_at.get(address_key(candidate.endpoint))
             if answering is not None and answering != candidate.agent_id:
                 self.parked[candidate.agent_id] = self._named(candidate, "parked at "
                                                               "another agent's endpoint")
@@ -86,7 +86,7 @@ class Failover:
         """The listing's endpoint answers as `answering_agent`: not counted as a seller tried;
         the endpoint's other listings but that agent's are skipped too."""
         self.parked[listing.agent_id] = self._named(listing, message)
-        self.answers_at[listing.endpoint] = answering_agent
+        self.answers_at[address_key(listing.endpoint)] = answering_agent
 
     @staticmethod
     def _named(listing: registry_pb2.Listing, message: str) -> str:
@@ -98,3 +98,10 @@ class Failover:
         return SellerUnavailable(f"no seller of {self.skill!r} answered; tried "
                                  + "; ".join([*self.tried.values(),
                                               *list(self.parked.values())[:5]]))
+
+
+def address_key(endpoint: str) -> str:
+    """One spelling of an endpoint ("LocalHost:0080" and "localhost:80" are one address):
+    host names are not case-sensitive, and a port is a number."""
+    host, _, port = endpoint.rpartition(":")
+    return f"{host.lower()}:{int(port)}" if port.isdigit() else endpoint.lower()

@@ -108,3 +108,11 @@ def test_copies_at_other_spellings_of_its_address_leave_no_negotiation_open_ther
         again = buyer.negotiate(ranked[-1], "echo", quantity=2, budget="0.10",
                                 currency="USD", failover=False)
         assert again.body.seller_id == seller.agent_id
+
+
+def test_spellings_of_one_address_are_one_address_to_the_failover():
+    from agents._failover import address_key
+
+    assert address_key("LocalHost:0080") == address_key("localhost:80") == "localhost:80"
+    assert address_key("[::1]:5000") == "[::1]:5000"
+    assert address_key("seller.example:7000") != address_key("seller.example:7001")
