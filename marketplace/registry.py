@@ -43,6 +43,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    or_,
     select,
     update,
 )
@@ -65,9 +66,14 @@ _LIVE_LISTING = hot.Statement(select(LISTINGS).where(
     LISTINGS.c.agent_id == bindparam("agent"), LISTINGS.c.expires_at_ms > bindparam("now")))
 _LAPSED = hot.Statement(select(LISTINGS.c.agent_id).where(
     LISTINGS.c.expires_at_ms < bindparam("cutoff")).limit(bindparam("limit")))
+# lapsed after the cursor (expiry, agent id) and by now, in that order
 _LAPSED_SINCE = hot.Statement(select(LISTINGS.c.agent_id, LISTINGS.c.expires_at_ms).where(
-    LISTINGS.c.expires_at_ms >= bindparam("since"), LISTINGS.c.expires_at_ms <= bindparam("now"))
-    .order_by(LISTINGS.c.expires_at_ms).limit(bindparam("limit")))
+    or_(LISTINGS.c.expires_at_ms > bindparam("since"),
+        and_(LISTINGS.c.expires_at_ms == bindparam("since"),
+             LISTINGS.c.agent_id > bindparam("since_agent"))),
+    LISTINGS.c.expires_at_ms <= bindparam("now"))
+    .order_by(LISTINGS.c.expires_at_ms, LISTINGS.c.agent_id).limit(bindparam("limit")))
+_AFTER_EVERY_AGENT = "~"  # sorts after every agent id (64 hex)
 _SKILL_NAME = re.compile(r"^[a-z0-9_.-]{1,64}\Z")
 MAX_SKILLS = 50
 # Every (skill, price) offer repeats its skill's search tokens: up to 50 x 8 x 76 = 30,400
@@ -180,7 +186,8 @@ class Registry:
         self.version = 0  # counts this registry's writes to listings (`DiscoverCache` keys)
         self._version_lock = threading.Lock()
         self._counts = TokenCounts()
-        self._unindexed_to_ms = 0  # listings lapsed before this have no search rows left
+        # (expiry, agent id): listings lapsed up to it have no search rows left
+        self._unindexed_to: tuple[int, str] = (0, "")
         upgrade(engine, "marketplace")  # the shipped migrations (wallets.schema)
 
     # ---- writing --------------------------------------------------------------------------
@@ -316,17 +323,19 @@ class Registry:
     def heartbeat(self, agent_id: str) -> int:
         """Keep a live listing for another ttl; NOT_FOUND once it has expired."""
         check_agent_id(agent_id)
-        now = self.clock_ms()
+        gone = NotFound(f"agent {agent_id[:12]}… has no live listing; advertise again")
         with self._serial(), self.engine.begin() as conn:
+            now = self.clock_ms()
             row = conn.execute(select(LISTINGS.c.ttl_s).where(
                 LISTINGS.c.agent_id == agent_id, LISTINGS.c.expires_at_ms > now)).first()
             if row is None:
-                raise NotFound(f"agent {agent_id[:12]}… has no live listing; advertise again")
+                raise gone
             expires = now + row.ttl_s * 1000
             conn.execute(update(LISTINGS).where(LISTINGS.c.agent_id == agent_id)
                          .values(expires_at_ms=expires))
-            conn.execute(update(OFFERS).where(OFFERS.c.agent_id == agent_id)
-                         .values(expires_at_ms=expires))
+            if conn.execute(update(OFFERS).where(OFFERS.c.agent_id == agent_id)
+                            .values(expires_at_ms=expires)).rowcount == 0:
+                raise gone  # a sweep or a liveness check took its search rows meanwhile
         self._changed()
         return expires
 
@@ -359,15 +368,17 @@ class Registry:
         and delete listings expired more than an hour ago; returns how many of those."""
         now = self.clock_ms()
         with hot.reading(self.engine) as conn:
-            lapsed = _LAPSED_SINCE.all(conn, {"since": self._unindexed_to_ms, "now": now,
-                                              "limit": limit})
+            since, since_agent = self._unindexed_to
+            lapsed = _LAPSED_SINCE.all(conn, {"since": since, "since_agent": since_agent,
+                                              "now": now, "limit": limit})
             ids = [r.agent_id for r in _LAPSED.all(conn, {"cutoff": now - PURGE_AFTER_MS,
                                                           "limit": limit})]
         if lapsed:
             with self._serial(), self.engine.begin() as conn:
                 self._delete_search_rows(conn, [r.agent_id for r in lapsed], lapsed_by_ms=now)
-        # a full batch: the next sweep goes on from its last expiry (those at it again, once)
-        self._unindexed_to_ms = now + 1 if len(lapsed) < limit else lapsed[-1].expires_at_ms
+        # a full batch: the next sweep goes on after its last listing; else after `now`
+        self._unindexed_to = (lapsed[-1].expires_at_ms, lapsed[-1].agent_id) \
+            if len(lapsed) == limit else (now, _AFTER_EVERY_AGENT)
         if ids:
             with self._serial(), self.engine.begin() as conn:
                 self._delete(conn, ids)

@@ -88,3 +88,44 @@ def test_the_async_buyer_too(quick_cards):
     dripping.stop.set()
     flooding.stop.set()
     assert flooding.sent < 16 * 1024 * 1024
+
+
+class _HeaderDrip:
+    """A card server that drips its headers a byte every 0.2 s (30 bytes: 6 s)."""
+
+    def __init__(self) -> None:
+        self.sent, self.hung_up, self.done = 0, False, threading.Event()
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen()
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        connection, _ = self.listener.accept()
+        connection.recv(65536)
+        try:
+            connection.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            for _ in range(30):
+                connection.sendall(b"a")
+                self.sent += 1
+                time.sleep(0.2)
+        except OSError:
+            self.hung_up = True
+        finally:
+            connection.close()
+            self.listener.close()
+            self.done.set()
+
+
+def test_dripped_headers_are_given_up_within_the_card_time(quick_cards):
+    """httpx's timeout bounds each read: headers dripped a byte at a time were read for as
+    long as the server liked."""
+    server = _HeaderDrip()
+    started = time.monotonic()
+    with BuyerAgent("buyer", marketplace="127.0.0.1:9") as buyer, \
+            pytest.raises(Unavailable, match="did not arrive within"):
+        buyer.card(server.url)
+    assert time.monotonic() - started < 5
+    server.done.wait(20)
+    assert server.sent < 30

@@ -76,3 +76,15 @@ def test_a_whole_request_is_answered_however_long_the_answer_takes_and_kept_aliv
         assert answer.startswith(b"HTTP/1.1 200")
         time.sleep(DEADLINE_S / 2)
     connection.close()
+
+
+def test_a_request_pipelined_behind_an_answered_one_has_the_same_deadline(
+        server: HttpServer):
+    """A whole request and, in the same write, the head of a second whose body never comes:
+    the second was parsed after the first's answer, where no deadline started."""
+    connection = _connect(server)
+    connection.sendall(
+        b"POST /slow HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\n\r\nhello"
+        b"POST /slow HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\nonly ten b")
+    assert _closed_by_server(connection)
+    connection.close()

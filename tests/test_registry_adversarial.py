@@ -296,3 +296,71 @@ def test_lapsed_listings_leave_nothing_for_discovery_to_walk(tmp_path, clock, mo
     assert back.agent_id in [x.agent_id for x in registry.discover(
         text="translate", currency_code="USD", limit=5)]
     engine.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("taken_by", ["the sweep", "a liveness check"])
+def test_a_heartbeat_racing_the_removal_of_its_search_rows_asks_for_a_new_advertise(
+        postgres_url: str, clock, taken_by: str) -> None:  # type: ignore[no-untyped-def]
+    """Two nodes over one PostgreSQL: a heartbeat at the edge of its listing's TTL (or as
+    another node's liveness check expires it) read its clock, then the sweep (or the check)
+    removed the search rows and committed first. The heartbeat still succeeded, so the seller
+    never advertised again: live and unfindable. Now the heartbeat is told to advertise again
+    (NOT_FOUND), and advertising makes the listing findable. (SQLite: one writer at a time,
+    the clock is read inside the heartbeat's turn.)"""
+    from tests.conftest import postgres_schema
+
+    with postgres_schema(postgres_url) as url:
+        registry = Registry(make_engine(url), clock_ms=clock)
+        key = AgentKey.generate()
+
+        def advertise() -> None:
+            registry.advertise(make_listing(key, make_skill(
+                "translate", price_atomic=5, description="translate text")), ttl_s=10)
+
+        def findable() -> bool:
+            return key.agent_id in [x.agent_id for x in registry.discover(
+                text="translate", currency_code="USD", limit=5)]
+
+        advertise()
+        clock.advance(10 if taken_by == "the sweep" else 5)
+
+        def removed_meanwhile() -> int:  # the heartbeat's clock; the removal commits first
+            registry.clock_ms = clock
+            if taken_by == "the sweep":
+                registry.purge_expired()
+            else:
+                assert registry.expire(key.agent_id, make_listing(key, make_skill()).endpoint)
+            return clock() - 1
+
+        registry.clock_ms = removed_meanwhile  # type: ignore[method-assign]
+        with pytest.raises(NotFound, match="advertise again"):
+            registry.heartbeat(key.agent_id)
+        assert not findable()
+        advertise()
+        assert findable()
+        registry.engine.dispose()
+
+
+def test_lapsed_listings_of_one_expiry_beyond_a_sweeps_batch_do_not_stall_it(
+        tmp_path, clock) -> None:  # type: ignore[no-untyped-def]
+    """More listings lapsing in the same millisecond than a sweep takes kept its cursor on
+    that millisecond for good: listings lapsing later kept their search rows for an hour."""
+    from sqlalchemy import select
+
+    from marketplace.discovery import OFFERS
+
+    registry = Registry(make_engine(f"sqlite:///{tmp_path / 'r.db'}"), clock_ms=clock)
+    registry.advertise_many([make_listing(AgentKey.generate(), make_skill(
+        "other", description="other")) for _ in range(3)], ttl_s=10)  # one expiry for three
+    clock.advance(5)
+    late = AgentKey.generate()
+    registry.advertise(make_listing(late, make_skill("translate", description="translate")),
+                       ttl_s=10)
+    clock.advance(20)
+    for _ in range(3):
+        registry.purge_expired(limit=2)
+        clock.advance(1)
+    with registry.engine.connect() as conn:
+        assert conn.execute(select(OFFERS.c.agent_id)).scalars().all() == []
+    registry.engine.dispose()

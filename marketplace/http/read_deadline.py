@@ -4,9 +4,10 @@ uvicorn's h11 protocol starts no timer until it has answered a first request, an
 bounds how long a request takes to arrive: a client that sends half its headers, or fewer body
 bytes than its Content-Length, held its connection (a file descriptor of the node's process,
 shared with gRPC and SQLite) for ever. Here a deadline starts with a connection and with each
-request's first bytes, and ends once the request has been read whole; past it the connection
-is closed. A response streamed for long after its request (server-sent events) is not
-affected.
+request's first bytes (or with a request pipelined behind one just answered), and ends once
+the request has been read whole; past it the connection is closed. Between requests uvicorn's
+own keep-alive timeout (5 s) applies. A response streamed for long after its request
+(server-sent events) is not affected.
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ class ReadDeadlineH11(H11Protocol):
         if self.conn.their_state in _READ_WHOLE:
             self._stop_deadline()
         elif self._deadline is None:  # the next request on a kept-alive connection
+            self._deadline = self.loop.call_later(self.read_deadline_s, self._too_slow)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # may start a request pipelined behind the answered one
+        if self._deadline is None and self.conn.their_state not in (*_READ_WHOLE, h11.IDLE):
             self._deadline = self.loop.call_later(self.read_deadline_s, self._too_slow)
 
     def connection_lost(self, exc: Exception | None) -> None:
