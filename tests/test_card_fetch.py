@@ -18,17 +18,23 @@ from agents import _a2a_buyer as a2a_buyer
 from agents.errors import InvalidArgument, Unavailable
 
 
+def _listening(server) -> None:  # type: ignore[no-untyped-def]
+    """`server.listener` on a loopback port (`server.url`), served by `server._serve` on a
+    thread."""
+    server.listener = socket.socket()
+    server.listener.bind(("127.0.0.1", 0))
+    server.listener.listen()
+    server.url = f"http://127.0.0.1:{server.listener.getsockname()[1]}"
+    threading.Thread(target=server._serve, daemon=True).start()
+
+
 class _CardServer:
     """An HTTP server whose card is a chunked body without end: a byte every 0.2 s (drip)
     or 64 KiB pieces as fast as the buyer reads them (flood, up to 64 MiB)."""
 
     def __init__(self, *, drip: bool) -> None:
         self.drip, self.sent, self.stop = drip, 0, threading.Event()
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen()
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-        threading.Thread(target=self._serve, daemon=True).start()
+        _listening(self)
 
     def _serve(self) -> None:
         connection, _ = self.listener.accept()
@@ -95,11 +101,7 @@ class _HeaderDrip:
 
     def __init__(self) -> None:
         self.sent, self.hung_up, self.done = 0, False, threading.Event()
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen()
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-        threading.Thread(target=self._serve, daemon=True).start()
+        _listening(self)
 
     def _serve(self) -> None:
         connection, _ = self.listener.accept()

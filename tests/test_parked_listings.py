@@ -29,18 +29,24 @@ def market(tmp_path):
         buyer.fund("1.00", "USD")
         [honest] = buyer.discover("echo", currency="USD")
         for n in range(PARKED):
-            key = AgentKey.generate()
-            listing = registry_pb2.Listing()
-            listing.CopyFrom(honest)
-            listing.agent_id, listing.name = key.agent_id, f"parked-{n}"
-            for field in ("expires_at_ms", "reputation_permille", "rated_agreements"):
-                listing.ClearField(field)
-            listing.skills[0].prices[0].amount_atomic -= 1
-            with signed_channel(node.address, key) as channel:
-                registry_pb2_grpc.RegistryServiceStub(channel).Advertise(
-                    registry_pb2.AdvertiseRequest(idempotency_key=str(uuid.uuid4()),
-                                                  listing=listing, ttl_s=3600), timeout=10)
+            _park(node, honest, f"parked-{n}", honest.endpoint)
         yield node, seller, buyer
+
+
+def _park(node: MarketplaceNode, honest: registry_pb2.Listing, name: str,
+          endpoint: str) -> None:
+    """A free key lists a copy of `honest`, one atomic unit cheaper, at `endpoint`."""
+    key = AgentKey.generate()
+    listing = registry_pb2.Listing()
+    listing.CopyFrom(honest)
+    listing.agent_id, listing.name, listing.endpoint = key.agent_id, name, endpoint
+    for field in ("expires_at_ms", "reputation_permille", "rated_agreements"):
+        listing.ClearField(field)
+    listing.skills[0].prices[0].amount_atomic -= 1
+    with signed_channel(node.address, key) as channel:
+        registry_pb2_grpc.RegistryServiceStub(channel).Advertise(
+            registry_pb2.AdvertiseRequest(idempotency_key=str(uuid.uuid4()),
+                                          listing=listing, ttl_s=3600), timeout=10)
 
 
 def test_the_buyer_reaches_the_seller_behind_listings_parked_at_its_endpoint(market):
@@ -89,17 +95,7 @@ def test_copies_at_other_spellings_of_its_address_leave_no_negotiation_open_ther
         spellings = ("".join(letters) + ":" + port for letters in itertools.product(
             *[(c.lower(), c.upper()) for c in "localhost"]))
         for n, endpoint in zip(range(copies), spellings, strict=False):
-            key = AgentKey.generate()
-            listing = registry_pb2.Listing()
-            listing.CopyFrom(honest)
-            listing.agent_id, listing.name, listing.endpoint = key.agent_id, f"p{n}", endpoint
-            for field in ("expires_at_ms", "reputation_permille", "rated_agreements"):
-                listing.ClearField(field)
-            listing.skills[0].prices[0].amount_atomic -= 1
-            with signed_channel(node.address, key) as channel:
-                registry_pb2_grpc.RegistryServiceStub(channel).Advertise(
-                    registry_pb2.AdvertiseRequest(idempotency_key=str(uuid.uuid4()),
-                                                  listing=listing, ttl_s=3600), timeout=10)
+            _park(node, honest, f"p{n}", endpoint)
         ranked = buyer.discover("echo", currency="USD", limit=copies + 1)
         assert ranked[-1].agent_id == seller.agent_id
         deal = buyer.negotiate(ranked, "echo", quantity=2, budget="0.10", currency="USD")
