@@ -67,13 +67,14 @@ def fetch_card(url: str) -> a2a_pb2.AgentCard:
 async def afetch_card(url: str) -> a2a_pb2.AgentCard:
     import httpx
 
-    body = _CardBody(url)
+    body = bytearray()
     try:
         async with asyncio.timeout(CARD_TIMEOUT_S), \
                 httpx.AsyncClient(timeout=CARD_TIMEOUT_S) as client, \
                 client.stream("GET", card_url(url)) as response:
             async for piece in response.aiter_bytes():
-                if body.full_after(piece):
+                body += piece
+                if len(body) > MAX_CARD_BYTES:  # enough to refuse it: read no further
                     break
             status = response.status_code
     except TimeoutError:
@@ -81,23 +82,7 @@ async def afetch_card(url: str) -> a2a_pb2.AgentCard:
                           f"{CARD_TIMEOUT_S:g} s") from None
     except httpx.HTTPError as error:
         raise Unavailable(f"the Agent Card at {url} could not be fetched: {error}") from None
-    return checked_card(url, status, body.read())
-
-
-class _CardBody:
-    """A card's bytes as they come, up to the size a card may take."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.data = bytearray()
-
-    def full_after(self, piece: bytes) -> bool:
-        """Take `piece`; whether to stop reading (past the size a card may have)."""
-        self.data += piece
-        return len(self.data) > MAX_CARD_BYTES
-
-    def read(self) -> bytes:
-        return bytes(self.data)
+    return checked_card(url, status, bytes(body))
 
 
 def checked_card(url: str, status: int, body: bytes) -> a2a_pb2.AgentCard:

@@ -35,13 +35,11 @@ class EscrowCheck:
     first admission runs (`check`)."""
 
     def __init__(self, settlement: Any, agent_id: str, node_id: Callable[[], str],
-                 clock_ms: Callable[[], int], timeout_s: float, *,
-                 lookups_per_s: float | None = None, burst: int | None = None) -> None:
+                 clock_ms: Callable[[], int], timeout_s: float) -> None:
         self.active: set[str] = set()
         self._settlement, self._agent_id, self._node_id = settlement, agent_id, node_id
         self._clock_ms, self._timeout_s = clock_ms, timeout_s
-        self._lookups = RateLimiter(lookups_per_s or LOOKUPS_PER_S, burst or LOOKUP_BURST,
-                                    max_agents=1)
+        self._lookups = RateLimiter(LOOKUPS_PER_S, LOOKUP_BURST, max_agents=1)
 
     def check(self, agreement_id: str, proof: bytes = b"") -> None:
         """Work only for money that is held: the buyer's escrow proof when it holds, else the
