@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -35,6 +34,7 @@ from opentelemetry.trace import TracerProvider
 
 from agents import _a2a_buyer as _a2a
 from agents import _bargain
+from agents._aio_sellers import Market, Seller, SellerChannels
 from agents._async_streaming import AsyncStreamedCall
 from agents._bargain import Quote
 from agents._buyer_core import (
@@ -59,7 +59,7 @@ from agents.errors import (
 from agents.negotiation import Strategy
 from agents.results import CallResult, Escrow, Money, Posting, Wallet, posting_from_message
 from agents.v1 import agent_pb2, agent_pb2_grpc
-from marketplace.aio_client import aio_channel, bare_aio_channel
+from marketplace.aio_client import aio_channel
 from marketplace.grpc_tracing import span_if_active, tracing_active, untraced
 from marketplace.identity import AgentKey
 from marketplace.market_channel import aio_node_retry, market_options
@@ -79,27 +79,6 @@ _SCHEMA = registry_pb2.VERIFICATION_METHOD_SCHEMA
 __all__ = ["AsyncBuyerAgent", "AsyncStreamedCall"]
 
 
-@dataclass
-class _Market:
-    channel: grpc.aio.Channel
-    registry: registry_pb2_grpc.RegistryServiceStub
-    settlement: settlement_pb2_grpc.SettlementServiceStub
-    wallets: wallet_pb2_grpc.WalletServiceStub
-
-
-@dataclass
-class _Seller:
-    """A seller seen through a signing channel, an unsigned one (tracing only) and a bare one
-    (no interceptor: a call revealing a new payword, its own proof, while tracing is off)."""
-
-    signed_channel: grpc.aio.Channel
-    unsigned_channel: grpc.aio.Channel
-    bare_channel: grpc.aio.Channel
-    signed: agent_pb2_grpc.AgentServiceStub
-    unsigned: agent_pb2_grpc.AgentServiceStub
-    bare: agent_pb2_grpc.AgentServiceStub
-
-
 class AsyncBuyerAgent(BuyerCore):
     def __init__(self, name: str, *, marketplace: str | Sequence[str],
                  key: AgentKey | str | None = None,
@@ -107,8 +86,8 @@ class AsyncBuyerAgent(BuyerCore):
                  credentials: grpc.ChannelCredentials | None = None) -> None:
         super().__init__(name, marketplace=marketplace, key=key,
                          tracer_provider=tracer_provider, credentials=credentials)
-        self._market_stubs: _Market | None = None
-        self._sellers: dict[str, _Seller] = {}
+        self._market_stubs: Market | None = None
+        self._sellers = SellerChannels(self.key, self.credentials, self.tracer_provider)
         self._loop: asyncio.AbstractEventLoop | None = None  # its channels' loop, once made
 
     # ---- connections ----------------------------------------------------------------------
@@ -124,30 +103,19 @@ class AsyncBuyerAgent(BuyerCore):
                                      "loop it first ran in: make one per event loop")
 
     @property
-    def _market(self) -> _Market:
+    def _market(self) -> Market:
         if self._market_stubs is None:
             channel = aio_channel(self.marketplace, self.key, self.credentials,
                                   tracer_provider=self.tracer_provider,
                                   options=market_options(self.marketplace),
                                   interceptors=aio_node_retry(self.marketplace))
-            self._market_stubs = _Market(channel, registry_pb2_grpc.RegistryServiceStub(channel),
+            self._market_stubs = Market(channel, registry_pb2_grpc.RegistryServiceStub(channel),
                                          settlement_pb2_grpc.SettlementServiceStub(channel),
                                          wallet_pb2_grpc.WalletServiceStub(channel))
         return self._market_stubs
 
-    def _stubs(self, endpoint: str) -> _Seller:
-        found = self._sellers.get(endpoint)
-        if found is None:
-            signed = aio_channel(endpoint, self.key, self.credentials,
-                                 tracer_provider=self.tracer_provider)
-            unsigned = aio_channel(endpoint, None, self.credentials,
-                                   tracer_provider=self.tracer_provider)
-            bare = bare_aio_channel(endpoint, self.credentials)
-            found = _Seller(signed, unsigned, bare, agent_pb2_grpc.AgentServiceStub(signed),
-                            agent_pb2_grpc.AgentServiceStub(unsigned),
-                            agent_pb2_grpc.AgentServiceStub(bare))
-            self._sellers[endpoint] = found
-        return found
+    def _stubs(self, endpoint: str) -> Seller:
+        return self._sellers.get(endpoint)
 
     def _seller(self, endpoint: str) -> agent_pb2_grpc.AgentServiceStub:
         return self._stubs(endpoint).signed
@@ -155,13 +123,8 @@ class AsyncBuyerAgent(BuyerCore):
     async def close(self) -> None:
         """Close the connections (to the marketplace and every seller); the buyer is done."""
         self._closed = True
-        channels = [c for s in self._sellers.values()
-                    for c in (s.signed_channel, s.unsigned_channel, s.bare_channel)]
-        if self._market_stubs is not None:
-            channels.append(self._market_stubs.channel)
-        self._sellers.clear()
-        self._market_stubs = None
-        await asyncio.gather(*(c.close() for c in channels), return_exceptions=True)
+        market, self._market_stubs = self._market_stubs, None
+        await self._sellers.aclose(*([market.channel] if market is not None else []))
 
     async def __aenter__(self) -> AsyncBuyerAgent:
         return self

@@ -65,6 +65,7 @@ from agents.negotiation import Strategy
 from agents.results import CallResult, Escrow, Money, Posting, Wallet, posting_from_message
 from agents.v1 import agent_pb2, agent_pb2_grpc
 from marketplace.auth import SigningClientInterceptor, plain_channel, signed_channel
+from marketplace.channel_cache import ChannelCache
 from marketplace.grpc_tracing import span_if_active, tracing_active, untraced
 from marketplace.identity import AgentKey
 from marketplace.intercepted import intercept
@@ -107,14 +108,14 @@ class BuyerAgent(BuyerCore):
         self.registry = registry_pb2_grpc.RegistryServiceStub(self._channel)
         self.settlement = settlement_pb2_grpc.SettlementServiceStub(self._channel)
         self.wallets = wallet_pb2_grpc.WalletServiceStub(self._channel)
-        self._seller_channels: dict[str, _SellerStubs] = {}
+        # one connection per seller dialed, the least recently used closed beyond MAX_CHANNELS
+        self._seller_channels: ChannelCache[_SellerStubs] = ChannelCache(
+            self._open_seller, lambda stubs: stubs.channel.close())
 
     def close(self) -> None:
         """Close the connections (to the marketplace and every seller); the buyer is done."""
         self._closed = True
-        for stubs in self._seller_channels.values():
-            stubs.channel.close()
-        self._seller_channels.clear()
+        self._seller_channels.close()
         self._channel.close()
 
     def __enter__(self) -> BuyerAgent:
@@ -158,18 +159,15 @@ class BuyerAgent(BuyerCore):
             return list(self.registry.Discover(request, timeout=RPC_TIMEOUT_S).listings)
 
     def _stubs(self, endpoint: str) -> _SellerStubs:
-        stubs = self._seller_channels.get(endpoint)
-        if stubs is None:
-            raw = plain_channel(endpoint, self.credentials)
-            voucher = VoucherClientInterceptor(self.sessions, self._reserve_of)
-            signed = intercept(raw, *self._interceptors, voucher,
-                               SigningClientInterceptor(self.key))
-            stubs = _SellerStubs(raw, agent_pb2_grpc.AgentServiceStub(signed),
-                                 agent_pb2_grpc.AgentServiceStub(
-                                     intercept(raw, *self._interceptors)),
-                                 agent_pb2_grpc.AgentServiceStub(raw))
-            self._seller_channels[endpoint] = stubs
-        return stubs
+        return self._seller_channels.get(endpoint)
+
+    def _open_seller(self, endpoint: str) -> _SellerStubs:
+        raw = plain_channel(endpoint, self.credentials)
+        voucher = VoucherClientInterceptor(self.sessions, self._reserve_of)
+        signed = intercept(raw, *self._interceptors, voucher, SigningClientInterceptor(self.key))
+        return _SellerStubs(raw, agent_pb2_grpc.AgentServiceStub(signed),
+                            agent_pb2_grpc.AgentServiceStub(intercept(raw, *self._interceptors)),
+                            agent_pb2_grpc.AgentServiceStub(raw))
 
     def _seller(self, endpoint: str) -> agent_pb2_grpc.AgentServiceStub:
         """The seller's stub whose calls are signed by this buyer's key."""

@@ -28,6 +28,7 @@ from opentelemetry.trace import TracerProvider
 
 from marketplace import agreements as ag
 from marketplace.auth import signed_channel
+from marketplace.channel_cache import ChannelCache
 from marketplace.errors import PermissionDenied, VerifierUnavailable
 from marketplace.grpc_tracing import client_interceptors, server_interceptor
 from marketplace.identity import AgentKey
@@ -146,23 +147,19 @@ class GrpcVerifierClient:
         self._interceptors = client_interceptors(tracer_provider)
         self._key = key
         self._credentials = credentials
-        self._channels: OrderedDict[str, grpc.Channel] = OrderedDict()
-        self._lock = threading.Lock()
+        self._channels: ChannelCache[grpc.Channel] = ChannelCache(
+            self._open, lambda channel: channel.close(), limit=MAX_CHANNELS)
+
+    def _open(self, endpoint: str) -> grpc.Channel:
+        if self._key is not None:
+            return signed_channel(endpoint, self._key, self._credentials,
+                                  interceptors=self._interceptors)
+        raw = (grpc.secure_channel(endpoint, self._credentials) if self._credentials
+               else grpc.insecure_channel(endpoint))
+        return intercept(raw, *self._interceptors)
 
     def _stub(self, endpoint: str) -> verifier_pb2_grpc.VerifierServiceStub:
-        with self._lock:
-            channel = self._channels.pop(endpoint, None)
-            if channel is None and self._key is not None:
-                channel = signed_channel(endpoint, self._key, self._credentials,
-                                         interceptors=self._interceptors)
-            elif channel is None:
-                raw = (grpc.secure_channel(endpoint, self._credentials) if self._credentials
-                       else grpc.insecure_channel(endpoint))
-                channel = intercept(raw, *self._interceptors)
-            self._channels[endpoint] = channel
-            while len(self._channels) > MAX_CHANNELS:
-                self._channels.popitem(last=False)[1].close()
-        return verifier_pb2_grpc.VerifierServiceStub(channel)
+        return verifier_pb2_grpc.VerifierServiceStub(self._channels.get(endpoint))
 
     def __call__(self, endpoint: str, request: verifier_pb2.VerifyRequest,
                  timeout_s: float) -> verifier_pb2.VerifyResponse:
@@ -173,7 +170,4 @@ class GrpcVerifierClient:
                                       f"{error.details()}") from None
 
     def close(self) -> None:
-        with self._lock:
-            for channel in self._channels.values():
-                channel.close()
-            self._channels.clear()
+        self._channels.close()

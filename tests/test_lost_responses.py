@@ -38,6 +38,7 @@ from agents.buyer import Deal, _SellerStubs
 from agents.v1 import agent_pb2_grpc
 from marketplace import agreements as ag
 from marketplace.auth import SigningClientInterceptor, signed_channel
+from marketplace.channel_cache import ChannelCache
 from marketplace.identity import AgentKey
 from marketplace.node import MarketplaceNode
 from marketplace.testing import Deal as SignedDeal
@@ -446,10 +447,13 @@ def task(tmp_path: Path) -> Iterator[Task]:
     # Both agents' channels, rebuilt with a response dropper in front of the signer.
     to_seller, to_marketplace = DropResponses(), DropResponses()
     raw = grpc.insecure_channel(listing.endpoint)
-    buyer._seller_channels[listing.endpoint] = _SellerStubs(
+    dropping = _SellerStubs(
         raw, agent_pb2_grpc.AgentServiceStub(grpc.intercept_channel(
             raw, to_seller, SigningClientInterceptor(buyer.key))),
         agent_pb2_grpc.AgentServiceStub(grpc.intercept_channel(raw, to_seller)))
+    buyer._seller_channels.close()
+    buyer._seller_channels = ChannelCache(lambda _endpoint: dropping,
+                                          lambda stubs: stubs.channel.close())
     seller.settlement = settlement_pb2_grpc.SettlementServiceStub(signed_channel(
         node.address, seller.key, interceptors=[to_marketplace]))
     yield Task(node, seller, buyer, deal, to_seller, to_marketplace)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 
@@ -20,6 +20,7 @@ from agents.payments import paid_call_metadata
 from agents.v1 import agent_pb2, agent_pb2_grpc
 from agents.x402 import network as net
 from marketplace.aio_client import aio_channel
+from marketplace.channel_cache import LINGER_S, ChannelCache
 from marketplace.grpc_tracing import tracing_active
 from marketplace.identity import AgentKey
 from marketplace.v1 import agreement_pb2
@@ -46,42 +47,61 @@ _REFUSED_VOUCHERS = {"INVALID_VOUCHER": "payload_replayed", "AGREEMENT_ENDED": "
 
 
 class Channels:
-    """One aio channel per seller endpoint (signed with the gateway's key, or plain)."""
+    """The aio channels to seller endpoints (signed with the gateway's key, or plain), at
+    most MAX_CHANNELS of each kind: listings, and so endpoints, are anyone's to advertise. An
+    evicted channel is closed once its running calls end (or LINGER_S)."""
 
     def __init__(self, key: AgentKey, tracer_provider: Any = None) -> None:
         self.key = key
         self.tracer_provider = tracer_provider
-        self._channels: dict[str, grpc.aio.Channel] = {}
-        self._stubs: dict[str, agent_pb2_grpc.AgentServiceStub] = {}
+        self._channels: ChannelCache[grpc.aio.Channel] = ChannelCache(
+            self._open, self._retire, linger_s=0)
+        self._stubs: ChannelCache[_Stub] = ChannelCache(
+            self._open_stub, lambda stub: self._retire(stub.channel), linger_s=0)
+        self._closing: dict[asyncio.Task[None], grpc.aio.Channel] = {}
+
+    def __len__(self) -> int:
+        """The channels open to sellers, of both kinds (not those evicted and closing)."""
+        return len(self._channels) + len(self._stubs)
 
     def get(self, endpoint: str, *, signed: bool = False) -> grpc.aio.Channel:
-        name = f"{'signed' if signed else 'plain'}:{endpoint}"
-        channel = self._channels.get(name)
-        if channel is None:
-            channel = aio_channel(endpoint, self.key if signed else None,
-                                  tracer_provider=self.tracer_provider)
-            self._channels[name] = channel
-        return channel
+        return self._channels.get(f"{'signed' if signed else 'plain'}:{endpoint}")
+
+    def _open(self, name: str) -> grpc.aio.Channel:
+        kind, _, endpoint = name.partition(":")
+        return aio_channel(endpoint, self.key if kind == "signed" else None,
+                           tracer_provider=self.tracer_provider)
 
     def stub(self, endpoint: str) -> agent_pb2_grpc.AgentServiceStub:
         """The plain channel's stub (a voucher is the call's own proof); while tracing is
         off, over a channel without interceptors (grpc.aio's cost one task per call)."""
         traced = tracing_active(self.tracer_provider)
-        name = f"{'traced' if traced else 'bare'}:{endpoint}"
-        stub = self._stubs.get(name)
-        if stub is None:
-            if traced:
-                channel = self.get(endpoint)
-            else:
-                channel = self._channels[name] = grpc.aio.insecure_channel(endpoint)
-            stub = self._stubs[name] = agent_pb2_grpc.AgentServiceStub(channel)
-        return stub
+        return self._stubs.get(f"{'traced' if traced else 'bare'}:{endpoint}").stub
+
+    def _open_stub(self, name: str) -> _Stub:
+        kind, _, endpoint = name.partition(":")
+        channel = (aio_channel(endpoint, None, tracer_provider=self.tracer_provider)
+                   if kind == "traced" else grpc.aio.insecure_channel(endpoint))
+        return _Stub(channel, agent_pb2_grpc.AgentServiceStub(channel))
+
+    def _retire(self, channel: grpc.aio.Channel) -> None:
+        task = asyncio.get_running_loop().create_task(channel.close(LINGER_S))
+        self._closing[task] = channel
+        task.add_done_callback(lambda done: self._closing.pop(done, None))
 
     async def aclose(self) -> None:
-        for channel in self._channels.values():
+        retiring = list(self._closing.items())
+        for task, _channel in retiring:
+            task.cancel()  # the gateway is done: no more grace for their calls
+        channels = [*self._channels.drain(), *(s.channel for s in self._stubs.drain()),
+                    *(channel for _task, channel in retiring)]
+        for channel in channels:
             await channel.close()
-        self._channels.clear()
-        self._stubs.clear()
+
+
+class _Stub(NamedTuple):
+    channel: grpc.aio.Channel
+    stub: agent_pb2_grpc.AgentServiceStub
 
 
 def invoke_request(arguments: dict[str, Any], voucher: agreement_pb2.Voucher

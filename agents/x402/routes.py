@@ -37,6 +37,9 @@ from marketplace.identity import AgentKey
 from marketplace.v1 import agreement_pb2, registry_pb2
 
 QUOTE_TTL_S = 60.0
+# Routes and metered skills' quotes remembered at once (listings are anyone's to advertise)
+MAX_ROUTES = 4096
+MAX_QUOTES = 4096
 # How long a route past QUOTE_TTL_S is still served while its refresh runs (or keeps failing)
 STALE_MAX_S = 600.0
 CALLS = registry_pb2.PRICE_UNIT_CALL
@@ -141,7 +144,7 @@ class Routes:
                              mime_type="application/json", extensions=extensions)
         route = Route(x402HTTPResourceServer(self.server, {"POST /v1/skills/*": config}),
                       listing, extensions)
-        self._routes[(listing_id, skill_name)] = route
+        _remember(self._routes, (listing_id, skill_name), route, MAX_ROUTES)
         return route
 
     async def _option(self, listing: registry_pb2.Listing, skill: registry_pb2.Skill,
@@ -182,8 +185,17 @@ class Routes:
         # the quote is at the offered price: scaled to the list price, rounded up (a reserve
         # a little above the seller's only prepays more, never less)
         most = -(-(reply.metering.max_call_atomic or offered) * listed // offered)
-        self._quotes[(listing.agent_id, skill.name, currency)] = (time.monotonic(), most)
+        _remember(self._quotes, (listing.agent_id, skill.name, currency),
+                  (time.monotonic(), most), MAX_QUOTES)
         return int(most)
+
+
+def _remember(found: dict[Any, Any], key: Any, value: Any, most: int) -> None:
+    """`found[key] = value`, the least recently stored entries out beyond `most`."""
+    found.pop(key, None)
+    while len(found) >= most:
+        found.pop(next(iter(found)))
+    found[key] = value
 
 
 def verification(skill: registry_pb2.Skill) -> int:
