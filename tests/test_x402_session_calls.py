@@ -353,10 +353,14 @@ def test_a_strangers_close_is_refused_at_the_gateway_and_holds_up_nothing(market
 
     session = Session(market)
     relayed: list[str] = []
-    book = market.gateway.sessions
-    stub_of = book._stub
-    monkeypatch.setattr(book, "_stub", lambda endpoint: relayed.append(endpoint)
-                        or stub_of(endpoint))
+    calls = market.gateway.sessions.seller_calls
+    ask_finish = calls.finish
+
+    async def relay(endpoint: str, *args: Any) -> Any:
+        relayed.append(endpoint)
+        return await ask_finish(endpoint, *args)
+
+    monkeypatch.setattr(calls, "finish", relay)
     stranger = AgentKey.generate().sign(b"finish " + session.agreement.encode())
     for finish in (stranger.hex(), "00" * 64):
         refused = httpx.post(f"{market.http.url}/v1/sessions/{session.agreement}/close",

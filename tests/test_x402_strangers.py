@@ -170,37 +170,56 @@ def test_a_stream_cut_off_on_its_way_from_the_seller_reports_what_the_seller_bil
     books_balance(market.node)
 
 
-def test_opens_waiting_on_a_silent_seller_do_not_stall_other_buyers(market):
-    """A free key lists a seller that accepts connections and never answers, and a buyer with
-    a few cents opens sessions with it: each open waited 10 s on the seller on the same 6
-    threads every other buyer's open, close and ledger check needed. Now those waits have a
-    pool of their own and a bound per buyer and per seller: the extra opens are refused at
-    once, nothing held, and an honest buyer's paid call goes through meanwhile."""
-    import time
+def _silent_sellers(market: Market, count: int) -> tuple[list[str], list[socket.socket]]:
+    """`count` listings of free keys whose endpoint accepts TCP connections and never speaks
+    HTTP/2: their URLs at the gateway, and the sockets (to close)."""
     import uuid
 
-    from agents import BuyerAgent
     from marketplace.auth import signed_channel
     from marketplace.identity import AgentKey
     from marketplace.testing import make_listing, make_skill
     from marketplace.v1 import registry_pb2, registry_pb2_grpc
 
-    hole = socket.socket()
-    hole.bind(("127.0.0.1", 0))
-    hole.listen(64)  # takes the TCP connection, never speaks HTTP/2
-    silent = AgentKey.generate()
-    with signed_channel(market.node.address, silent) as channel:
-        registry_pb2_grpc.RegistryServiceStub(channel).Advertise(registry_pb2.AdvertiseRequest(
-            idempotency_key=uuid.uuid4().hex, ttl_s=3600, listing=make_listing(
-                silent, make_skill("slow", price_atomic=1),
-                endpoint=f"127.0.0.1:{hole.getsockname()[1]}")), timeout=10)
-    from agents.x402.seller_calls import OPENS_PER_BUYER, OPENS_PER_SELLER
+    urls, holes = [], []
+    for _ in range(count):
+        hole = socket.socket()
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(64)
+        holes.append(hole)
+        silent = AgentKey.generate()
+        with signed_channel(market.node.address, silent) as channel:
+            registry_pb2_grpc.RegistryServiceStub(channel).Advertise(
+                registry_pb2.AdvertiseRequest(
+                    idempotency_key=uuid.uuid4().hex, ttl_s=3600, listing=make_listing(
+                        silent, make_skill("slow", price_atomic=1),
+                        endpoint=f"127.0.0.1:{hole.getsockname()[1]}")), timeout=10)
+        urls.append(f"{market.http.url}/v1/skills/{silent.agent_id}/slow")
+    return urls, holes
 
-    attackers = [AgentKey.generate() for _ in range(3)]  # 3 x 8 opens, of which 16 wait
-    for n, key in enumerate(attackers):
+
+def _funded_keys(market: Market, count: int) -> list:  # type: ignore[type-arg]
+    from agents import BuyerAgent
+    from marketplace.identity import AgentKey
+
+    keys = [AgentKey.generate() for _ in range(count)]
+    for n, key in enumerate(keys):
         with BuyerAgent(f"attacker{n}", marketplace=market.node.address, key=key) as agent:
             agent.fund("0.01", "USD")
-    slow_url = f"{market.http.url}/v1/skills/{silent.agent_id}/slow"
+    return keys
+
+
+def test_opens_waiting_on_a_silent_seller_do_not_stall_other_buyers(market):
+    """A free key lists a seller that accepts connections and never answers, and a buyer with
+    a few cents opens sessions with it: each open waited 10 s on the seller on the same 6
+    threads every other buyer's open, close and ledger check needed. Now those waits hold no
+    thread and have a bound per buyer and per seller: the extra opens are refused at once,
+    nothing held, and an honest buyer's paid call goes through meanwhile."""
+    import time
+
+    from agents.x402.seller_calls import OPENS_PER_BUYER, OPENS_PER_SELLER
+
+    (slow_url,), holes = _silent_sellers(market, 1)
+    attackers = _funded_keys(market, 3)  # 3 x 8 opens, of which 16 wait
     done: list[tuple[str, float, int, str]] = []
     start = time.monotonic()
 
@@ -225,7 +244,8 @@ def test_opens_waiting_on_a_silent_seller_do_not_stall_other_buyers(market):
     try:
         asyncio.run(run())
     finally:
-        hole.close()
+        for hole in holes:
+            hole.close()
     honest_at, status, text = next((t, s, x) for who, t, s, x in done if who == "honest")
     assert status == 200 and json.loads(text)["output"] == {"text": "HI"}
     waited = sorted(t for who, t, _, _ in done if who == "attacker" and t > 5)
@@ -234,6 +254,58 @@ def test_opens_waiting_on_a_silent_seller_do_not_stall_other_buyers(market):
     assert len(refused) == 3 * (OPENS_PER_BUYER + 1) - OPENS_PER_SELLER
     assert all(s == 402 for who, _, s, _ in done if who == "attacker")
     assert honest_at < waited[0]
+    books_balance(market.node)
+
+
+def test_opens_waiting_on_silent_sellers_hold_no_thread(market):
+    """10 funded keys open 80 sessions with 5 silent sellers, within every per-buyer and
+    per-seller bound: those waits held a pool's 64 threads, and an honest buyer's open queued
+    behind them for 10 s. Now they wait on the event loop: the process gains no thread per
+    open, and the honest buyer's paid call (its own open included) is answered meanwhile."""
+    import threading
+    import time
+
+    from agents.x402.seller_calls import OPENS_PER_BUYER, OPENS_PER_SELLER
+
+    urls, holes = _silent_sellers(market, 5)
+    attackers = _funded_keys(market, 10)
+    assert len(attackers) * OPENS_PER_BUYER == len(urls) * OPENS_PER_SELLER == 80
+    done: list[tuple[str, float, int]] = []
+    threads: list[int] = []
+    start = time.monotonic()
+
+    async def attack(n: int, key) -> None:  # type: ignore[no-untyped-def]
+        client, _ = http_client(key, market.network, prepay=False, timeout=60)
+        async with client:
+            answer = await client.post(urls[n % len(urls)], json={"text": "x"})
+        done.append(("attacker", time.monotonic() - start, answer.status_code))
+
+    async def honest() -> None:
+        await asyncio.sleep(2.0)  # the 80 opens are waiting on their sellers
+        threads.append(threading.active_count())
+        client, _ = http_client(market.key, market.network, prepay=False, timeout=60)
+        async with client:
+            answer = await client.post(market.url("shout"), json={"text": "hi"})
+        done.append(("honest", time.monotonic() - start, answer.status_code))
+
+    async def run() -> None:
+        await asyncio.gather(*(attack(i * OPENS_PER_BUYER + j, key)
+                               for i, key in enumerate(attackers)
+                               for j in range(OPENS_PER_BUYER)), honest())
+
+    before = threading.active_count()
+    try:
+        asyncio.run(run())
+    finally:
+        for hole in holes:
+            hole.close()
+    honest_at, status = next((t, s) for who, t, s in done if who == "honest")
+    waited = sorted(t for who, t, s in done if who == "attacker")
+    assert status == 200
+    assert len(waited) == 80 and waited[0] > 5  # every open waited on its seller
+    assert all(s == 402 for who, _, s in done if who == "attacker")
+    assert honest_at < waited[0]
+    assert threads[0] - before < 16  # not a thread per waiting open
     books_balance(market.node)
 
 

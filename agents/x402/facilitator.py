@@ -36,7 +36,7 @@ from x402.schemas.hooks import SettleContext
 from agents.x402 import network as net
 from agents.x402 import receipts
 from agents.x402.reasons import Refused
-from agents.x402.seller_calls import SellerCalls
+from agents.x402.seller_calls import ASKED, SellerAnswer
 from agents.x402.sessions import SessionBook, check_terms
 from marketplace.identity import AgentKey
 from wallets.caller import calling_as
@@ -305,14 +305,14 @@ def facilitator_for(network: str, ledger: Ledger, key: AgentKey,
 
 
 class LocalFacilitator:
-    """x402's FacilitatorClient, in process: the blocking ledger and seller calls run on
-    worker threads, so the event loop keeps serving; an open, which waits on its seller, on
-    the seller calls' own pool (`agents.x402.seller_calls`)."""
+    """x402's FacilitatorClient, in process: the ledger's work runs on worker threads, so the
+    event loop keeps serving; an open's or close's wait on its seller runs on the loop,
+    holding no thread (`agents.x402.seller_calls`), before that work."""
 
     def __init__(self, facilitator: x402FacilitatorSync,
-                 seller_calls: SellerCalls | None = None) -> None:
+                 sessions: SessionBook | None = None) -> None:
         self.facilitator = facilitator
-        self.seller_calls = seller_calls
+        self.sessions = sessions
 
     async def verify(self, payload: PaymentPayload, requirements: PaymentRequirements
                      ) -> VerifyResponse:
@@ -324,9 +324,41 @@ class LocalFacilitator:
                      ) -> SettleResponse:
         if _in_memory(payload):
             return self.facilitator.settle(payload, requirements)
-        if self.seller_calls is not None and payload.payload.get("kind") == "open":
-            return await self.seller_calls.run(self.facilitator.settle, payload, requirements)
-        return await asyncio.to_thread(self.facilitator.settle, payload, requirements)
+        opening = self._open_payment(payload)
+        before = payload.payload.get("phase") == "before-handler"
+        if opening is not None and not before and opening.finish:
+            # a one-call session's close, after its call: the seller finishes first
+            async with self.sessions.finishing(  # type: ignore[union-attr]
+                    opening.voucher.agreement_id, opening.finish):
+                return await asyncio.to_thread(self.facilitator.settle, payload, requirements)
+        answer = None
+        if opening is not None and before:
+            answer = await self._countersign(opening, payload, requirements)
+        token = ASKED.set(answer)
+        try:  # the copy of this context the thread runs in carries the answer
+            return await asyncio.to_thread(self.facilitator.settle, payload, requirements)
+        finally:
+            ASKED.reset(token)
+
+    def _open_payment(self, payload: PaymentPayload) -> net.OpenPayload | None:
+        """The session's open payload (an open, or a one-call session's close), if it is one
+        and this gateway keeps sessions."""
+        if self.sessions is None or payload.payload.get("kind") != "open":
+            return None
+        try:
+            payment = net.parse(payload.payload)
+        except net.PayloadError:
+            return None  # the settle refuses it
+        return payment if isinstance(payment, net.OpenPayload) else None
+
+    async def _countersign(self, payment: net.OpenPayload, payload: PaymentPayload,
+                           requirements: PaymentRequirements) -> SellerAnswer | None:
+        """The seller's countersignature of an open, asked only once the open's checks pass
+        (so no stranger's payload makes the gateway call a seller; the settle refuses it)."""
+        checked = await asyncio.to_thread(self.facilitator.verify, payload, requirements)
+        if not checked.is_valid or self.sessions is None:
+            return None
+        return await self.sessions.seller_calls.countersign(payment)
 
     def get_supported(self) -> SupportedResponse:
         return self.facilitator.get_supported()

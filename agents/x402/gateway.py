@@ -114,7 +114,8 @@ class Gateway:
         self.max_body_bytes = max_body_bytes
         self.tracer_provider = tracer_provider
         self._tracer = trace.get_tracer("agentmarket.gateway", tracer_provider=tracer_provider)
-        self.sessions = SessionBook(node.settlement, self.key, tracer_provider=tracer_provider,
+        self.channels = forward.Channels(self.key, tracer_provider)
+        self.sessions = SessionBook(node.settlement, self.key, channels=self.channels,
                                     node_key=node.key)
         # The gateway's own resource server settles sessions in process; the facilitator it
         # serves over HTTP to third parties settles authorisations (and EVM) only: a session's
@@ -123,12 +124,10 @@ class Gateway:
         self.public_facilitator = facilitator_for(self.network, node.ledger, node.key)
         self.evm_network = evm.register(self.public_facilitator) if evm is not None else None
         self._responses = LedgerScheme(net.EXACT, self.network, node.ledger, node.key)
-        self.server = x402ResourceServer(LocalFacilitator(self.facilitator,
-                                                          self.sessions.seller_calls))
+        self.server = x402ResourceServer(LocalFacilitator(self.facilitator, self.sessions))
         for scheme in net.SCHEMES:
             self.server.register(self.network, PriceScheme(scheme, flow="escrow"))
         self.server.initialize()
-        self.channels = forward.Channels(self.key, tracer_provider)
         self.routes = Routes(node, self.server, self.network, self.key, self.channels)
         self.session_calls = SessionCalls(self.sessions, self.server, self.routes,
                                           self.channels, node.key, self.network,
@@ -404,8 +403,8 @@ class Gateway:
             try:
                 if session is None:
                     raise Refused("session_unknown", "no session has this agreement")
-                closing = await self.sessions.seller_calls.run(self.sessions.close, agreement,
-                                                               finish)
+                async with self.sessions.finishing(agreement, finish):
+                    closing = await asyncio.to_thread(self.sessions.close, agreement, finish)
             except Refused as error:
                 status = {"session_unknown": 404, "session_busy": 409}.get(error.reason, 402)
                 return problem(status, error.reason, error.message)
@@ -424,5 +423,4 @@ class Gateway:
 
     async def aclose(self) -> None:
         await self.channels.aclose()
-        self.sessions.close_channels()
 

@@ -16,21 +16,20 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
 from sqlalchemy import bindparam, select
 
-from agents.v1 import agent_pb2, agent_pb2_grpc
 from agents.x402 import network as net
+from agents.x402.forward import Channels
 from agents.x402.reasons import Refused
 from agents.x402.receipts import Chain
-from agents.x402.seller_calls import SellerCalls
+from agents.x402.seller_calls import ASKED, SellerAnswer, SellerCalls, asked
 from marketplace import agreements as ag
 from marketplace import escrow_proof
-from marketplace.auth import signed_channel
-from marketplace.grpc_tracing import client_interceptors
 from marketplace.identity import AgentKey, verify
 from marketplace.payword import CHEAP_CHECK_HASHES, verify_word
 from marketplace.settlement import Settlement, escrow_message
@@ -39,7 +38,6 @@ from wallets.caller import calling_as
 from wallets.errors import AgentmarketError
 from wallets.ledger import POSTINGS
 
-RPC_TIMEOUT_S = 10.0
 MAX_SESSIONS = 100_000
 # When the table is full, sessions idle this long make room, the longest idle first (at most
 # EVICTED_AT_ONCE per pass): their sellers still redeem them, their buyers' clients open new
@@ -86,35 +84,19 @@ class Session:
 class SessionBook:
     """Open, pay under and close sessions; the facilitator scheme's half for the gateway."""
 
-    def __init__(self, settlement: Settlement, key: AgentKey, *, tracer_provider: Any = None,
-                 node_key: AgentKey | None = None) -> None:
+    def __init__(self, settlement: Settlement, key: AgentKey, *,
+                 channels: Channels | None = None, node_key: AgentKey | None = None) -> None:
         """`node_key`: the node's, which signs each session's escrow proof (the seller knows
         it from its AdvertiseResponse and need not ask the node whether the hold is there)."""
         self.settlement = settlement
         self.key = key
         self.node_key = node_key
         self.sessions: dict[str, Session] = {}
-        self._channels: dict[str, grpc.Channel] = {}
-        self._tracer_provider = tracer_provider
         self._lock = threading.Lock()
         self._opening: set[str] = set()  # agreements being opened (a copy meanwhile: refused)
-        self.seller_calls = SellerCalls()  # opens and closes wait on sellers there
-
-    def _stub(self, endpoint: str) -> agent_pb2_grpc.AgentServiceStub:
-        with self._lock:
-            channel = self._channels.get(endpoint)
-            if channel is None:
-                channel = signed_channel(endpoint, self.key, interceptors=client_interceptors(
-                    self._tracer_provider))
-                self._channels[endpoint] = channel
-        return agent_pb2_grpc.AgentServiceStub(channel)
-
-    def close_channels(self) -> None:
-        self.seller_calls.close()
-        with self._lock:
-            for channel in self._channels.values():
-                channel.close()
-            self._channels.clear()
+        # asks sellers to countersign and finish, on the event loop (`channels`: the
+        # gateway's aio channels), the answers read here through `seller_calls.ASKED`
+        self.seller_calls = SellerCalls(channels)
 
     # ---- checks (verify: nothing moves) ---------------------------------------------------
 
@@ -191,24 +173,14 @@ class SessionBook:
                 self._make_room()  # or held without it
             self._opening.add(agreement)
         try:
-            with self.seller_calls.opening(payment.body.seller_endpoint, payment.body.buyer_id):
-                return self._open(agreement, payment, reserve_atomic)
+            return self._open(agreement, payment, reserve_atomic)
         finally:
             with self._lock:
                 self._opening.discard(agreement)
 
     def _open(self, agreement: str, payment: net.OpenPayload, reserve_atomic: int) -> Session:
         body = payment.body
-        try:
-            reply = self._stub(body.seller_endpoint).Negotiate(
-                agent_pb2.NegotiationMessage(agreement=payment.agreement),
-                timeout=RPC_TIMEOUT_S)
-        except grpc.RpcError as error:
-            raise Refused("seller_refused", f"the seller did not countersign: "
-                                            f"{error.details()}") from None
-        signed = reply.agreement
-        if reply.WhichOneof("kind") != "agreement" or signed.body != payment.agreement.body:
-            raise Refused("seller_refused", "the seller did not countersign the agreement")
+        signed = _answer(agreement, "countersign").result()
         try:
             with calling_as(body.buyer_id):  # the buyer's keys, as over gRPC
                 escrow = self.settlement.open_escrow(f"escrow:{agreement}", signed)
@@ -236,44 +208,57 @@ class SessionBook:
             session.charged_atomic += charged_atomic
             session.in_flight = max(0, session.in_flight - 1)
 
+    @asynccontextmanager
+    async def finishing(self, agreement_id: str, finish_signature: bytes
+                        ) -> AsyncIterator[None]:
+        """Ask the seller to finish the session (on the event loop: no thread waits on it)
+        and hand its answer to the `close` run inside, on a worker thread. The session's
+        `closing` is held throughout, so a second close meanwhile is told it is busy; the
+        seller is asked only for the session's buyer (its finish signature checked here)."""
+        session = self.sessions.get(agreement_id)
+        if session is None or not _finish_signed(session, agreement_id, finish_signature):
+            yield  # `close` refuses it: nothing to ask
+            return
+        held = session.closing.acquire(blocking=False)
+        try:
+            answer = None
+            if not held:
+                answer = SellerAnswer(agreement_id, refused=Refused(
+                    "session_busy", "the session is being closed by another request; retry "
+                                    "in a moment"))
+            elif session.closed is None:
+                answer = await self.seller_calls.finish(session.body.seller_endpoint,
+                                                        agreement_id, finish_signature)
+            token = ASKED.set(answer)
+            try:
+                yield
+            finally:
+                ASKED.reset(token)
+        finally:
+            if held:
+                session.closing.release()
+
     def close(self, agreement_id: str, finish_signature: bytes) -> dict[str, Any]:
-        """Relay the buyer's signed finish: the seller redeems, the node captures once."""
+        """Relay the buyer's signed finish: the seller redeems (asked by `finishing`, which
+        this runs inside), the node captures once."""
         session = self.sessions.get(agreement_id)
         if session is None:
             raise Refused("session_unknown", "no session has this agreement")
-        # checked here first, so that no one but the buyer makes the seller finish, nor holds
-        # the session's close (the buyer's own would be told it is busy)
-        if not verify(session.body.buyer_id, ag.request_message("finish", agreement_id),
-                      finish_signature):
+        if not _finish_signed(session, agreement_id, finish_signature):
             raise Refused("invalid_signature", "the finish is not signed by the session's "
                                                "buyer")
-        if not session.closing.acquire(blocking=False):
-            raise Refused("session_busy", "the session is being closed by another request; "
-                                          "retry in a moment")
-        try:
-            if session.closed is not None:
-                return session.closed
-            try:
-                self._stub(session.body.seller_endpoint).Finish(agent_pb2.FinishRequest(
-                    agreement_id=agreement_id, buyer_signature=finish_signature),
-                    timeout=RPC_TIMEOUT_S)
-            except grpc.RpcError as error:
-                reason = ("invalid_signature" if error.code() in (
-                    grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
-                    else "seller_refused")
-                raise Refused(reason, f"the seller did not finish: {error.details()}"
-                              ) from None
-            escrow = self.settlement.get(agreement_id)
-            last = self.settlement.receipts.latest(agreement_id) \
-                if self.settlement.receipts else None
-            closed = {"escrow": escrow, "receipt": last,
-                      "transaction": str(last["body"]["postings"][-1]["sequence"])
-                      if last else session.hold_posting}
-            with session.lock:
-                session.closed = closed
-            return closed
-        finally:
-            session.closing.release()
+        if session.closed is not None:
+            return session.closed
+        _answer(agreement_id, "finish").result()
+        escrow = self.settlement.get(agreement_id)
+        last = self.settlement.receipts.latest(agreement_id) \
+            if self.settlement.receipts else None
+        closed = {"escrow": escrow, "receipt": last,
+                  "transaction": str(last["body"]["postings"][-1]["sequence"])
+                  if last else session.hold_posting}
+        with session.lock:
+            session.closed = closed
+        return closed
 
     def _hold_posting(self, hold_id: str) -> str:
         with hot.reading(self.settlement.engine) as reader:
@@ -297,6 +282,20 @@ class SessionBook:
         if len(self.sessions) >= MAX_SESSIONS:
             raise Refused("seller_refused", "the gateway holds as many open sessions as it "
                                             "may, none of them idle; retry later")
+
+
+def _finish_signed(session: Session, agreement_id: str, finish_signature: bytes) -> bool:
+    """Whether the finish is the session's buyer's (no one else makes the seller finish)."""
+    return verify(session.body.buyer_id, ag.request_message("finish", agreement_id),
+                  finish_signature)
+
+
+def _answer(agreement_id: str, what: str) -> SellerAnswer:
+    """The seller's answer, asked on the event loop before this ledger work (`ASKED`)."""
+    found = asked(agreement_id)
+    if found is None:
+        raise Refused("seller_refused", f"the seller was not asked to {what}; retry")
+    return found
 
 
 def check_terms(body: Any, requirements: Any) -> None:
