@@ -10,6 +10,7 @@ import importlib
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,9 +29,12 @@ QUIET_S = 3.0  # after the sync, for the last benchmark's processes to finish ex
 def main(names: list[str]) -> int:
     os.environ.setdefault("AGENTMARKET_TRACING", "off")  # measure the work, not the exporter
     console = Console()
-    # A run of some benchmarks refreshes their keys and keeps the others' last figures.
-    results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results.update({"cpu_count": os.cpu_count(), "python": platform.python_version()})
+    # A run of some benchmarks refreshes their keys and keeps the others' last figures; a
+    # whole run starts afresh, so that every figure in the file comes from that one run.
+    results: dict[str, Any] = json.loads(RESULTS.read_text()) \
+        if names and RESULTS.exists() else {}
+    results.update({"cpu_count": os.cpu_count(), "python": platform.python_version(),
+                    "run_commit": _commit(), "run_started_utc": _utc_now()})
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
                   console=console) as progress:
         for name in names or MODULES:
@@ -39,6 +43,7 @@ def main(names: list[str]) -> int:
             results.update(module.run(lambda text, t=task: progress.update(t, description=text)))
             progress.update(task, description=f"{name}: done", completed=1, total=1)
             _quiet()
+    results["run_finished_utc"] = _utc_now()
     table = Table("figure", "value", title=f"agentmarket benchmarks ({os.cpu_count()} cores)")
     for key, value in results.items():
         table.add_row(key, str(value))
@@ -46,6 +51,24 @@ def main(names: list[str]) -> int:
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     console.print(f"written to {RESULTS}")
     return 0
+
+
+def _commit() -> str:
+    """The commit measured (with "+changes" when the work tree differs from it), or ""."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=RESULTS.parent.parent, capture_output=True,
+                              text=True, timeout=30).stdout.strip()
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                      f":(exclude){RESULTS.relative_to(RESULTS.parent.parent)}")
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return f"{commit}+changes" if commit and changed else commit
+
+
+def _utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def _quiet() -> None:
