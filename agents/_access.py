@@ -78,7 +78,7 @@ def seller_rules(seller: SellerAgent) -> dict[str, dict[str, Rule]]:
     def finisher(caller: str, request: Any) -> None:
         """The buyer, or whoever carries the buyer's own signature over the finish (a
         gateway relaying it): Finish checks that signature either way."""
-        if seller.gate.known(request.agreement_id) and seller._buyer_signed_finish(
+        if seller.gate.known(request.agreement_id) and seller.redeems.buyer_signed_finish(
                 request.agreement_id, request.buyer_signature):
             return
         buyer_of_agreement(caller, request)

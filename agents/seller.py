@@ -50,17 +50,15 @@ from opentelemetry.trace import TracerProvider
 from agents import _inputs, _lifecycle, _litellm_hooks
 from agents._a2a_door import SERVICE as A2A_SERVICE
 from agents._escrow_check import EscrowCheck
-from agents._grpc_payment import PaidCallAdmitter, answer_may_be_lost
+from agents._grpc_payment import PaidCallAdmitter
 from agents._rpc import sdk_error, sdk_method
 from agents._seller_options import checked_options
+from agents._seller_redeems import SellerRedeems
 from agents._seller_server import AGENT_SERVICE, attach, build_server, card_server, journal_url
 from agents._serving import PaidCalls
 from agents._strategy_host import SellerNegotiator
 from agents.errors import (
-    AgentmarketError,
     FailedPrecondition,
-    PermissionDenied,
-    Unavailable,
 )
 from agents.keystore import load_key
 from agents.metering import Tariff
@@ -69,11 +67,10 @@ from agents.payments import PaymentGate
 from agents.skills import Skill, warm_up
 from agents.usage_journal import LOOP_GROUP_WAIT_S, JournalPacedExecutor, UsageJournal
 from agents.v1 import agent_pb2
-from marketplace import agreements as ag
 from marketplace.a2a_cards import CARD_PATH, listing_card
 from marketplace.auth import signed_channel
 from marketplace.grpc_tracing import client_interceptors, untraced
-from marketplace.identity import AgentKey, verify
+from marketplace.identity import AgentKey
 from marketplace.introspection import mark_serving
 from marketplace.market_channel import market_options, node_retry
 from marketplace.node import opening_database
@@ -81,21 +78,7 @@ from marketplace.v1 import registry_pb2, registry_pb2_grpc, settlement_pb2, sett
 
 RPC_TIMEOUT_S = 10.0
 WITHDRAW_TIMEOUT_S = 3.0  # stopping waits at most this for the marketplace
-MAX_FINISHES_REMEMBERED = 512
-# A redeem the marketplace refused for good (no such escrow, say) is answered from memory for
-# this long, and only while the seller has seen no escrow of the agreement: a buyer's Finish
-# repeated on an agreement it never hired cannot spend the seller's own request quota at the
-# marketplace, which its heartbeats and other buyers' redeems draw on too
-REDEEM_REFUSAL_KEPT_S = 30.0
-MAX_REDEEM_REFUSALS_KEPT = 4096
 log = logging.getLogger("agentmarket.seller")
-
-
-def redeem_may_have_landed(error: grpc.RpcError) -> bool:
-    """Whether a redeem the marketplace did not answer with a refusal may have landed: an
-    answer that may be lost, or its INTERNAL (what failed may have been after its commit):
-    the agreement then stays closed and the same request is sent again for the outcome."""
-    return answer_may_be_lost(error) or error.code() == grpc.StatusCode.INTERNAL
 
 
 class SellerAgent:
@@ -171,11 +154,8 @@ class SellerAgent:
         self.tariffs: dict[str, Tariff] = {}
         self._restore()
         self._stop = threading.Event()
-        self._redeem_locks: dict[str, threading.Lock] = {}
         self.node_id = ""  # the node's key (its AdvertiseResponse): checks escrow proofs
         self._locks_guard = threading.Lock()
-        self._finishes_checked: dict[str, bytes] = {}  # agreement id: its buyer's finish signature
-        self._redeem_refusals: dict[str, tuple[float, FailedPrecondition]] = {}  # until, why
         channel = signed_channel(
             self.marketplace, self.key, credentials, options=market_options(self.marketplace),
             interceptors=[*node_retry(self.marketplace), *client_interceptors(tracer_provider)])
@@ -185,6 +165,8 @@ class SellerAgent:
         self.escrows = EscrowCheck(self.settlement, self.agent_id, lambda: self.node_id,
                                    self.gate.clock_ms, RPC_TIMEOUT_S)
         self._escrowed = self.escrows.active  # agreements whose escrow is known to be held
+        self.redeems = SellerRedeems(self.key, self.gate, self.settlement, self._escrowed,
+                                     self._forgotten)
         self.server, auth = build_server(
             self, JournalPacedExecutor(self.journal, max_workers),
             tracer_provider=tracer_provider, require_auth=require_auth,
@@ -313,52 +295,15 @@ class SellerAgent:
     def _settle_loop(self) -> None:
         """Redeem agreements whose buyer never called Finish before their deadline passes."""
         while not self._stop.wait(self.settle_interval_s):
-            for agreement_id in self.gate.due(_now_ms(), self.redeem_margin_s * 1000):
-                try:
-                    self._redeem(agreement_id)
-                except grpc.RpcError as error:
-                    if redeem_may_have_landed(error) or not self._given_up(agreement_id):
-                        log.warning("redeeming %s before its deadline failed: %s",
-                                    agreement_id[:12], error.details())
-                except AgentmarketError as error:  # refused here, or the journal failed
-                    log.warning("redeeming %s before its deadline failed: %s",
-                                agreement_id[:12], error)
-            self._forget_settled()
+            self.redeems.settle_due(_now_ms(), self.redeem_margin_s * 1000,
+                                    self.journal_retention_s * 1000)
 
-    def _given_up(self, agreement_id: str) -> bool:
-        """After a refused redeem: if the marketplace no longer holds the agreement's escrow
-        (expired, refunded, settled), no redeem can succeed. Record its final escrow, so the
-        agreement is settled here and the seller stops retrying, with one error record."""
-        try:
-            escrow = self.settlement.GetEscrow(settlement_pb2.GetEscrowRequest(
-                agreement_id=agreement_id), timeout=RPC_TIMEOUT_S)
-        except grpc.RpcError:
-            return False  # ask again next round
-        if escrow.state == settlement_pb2.AGREEMENT_STATE_ACTIVE:
-            return False
-        self.gate.end_redeem(agreement_id, escrow)
-        log.error("agreement %s can no longer be redeemed (its escrow is %s; %d atomic %s "
-                  "captured): the seller stops redeeming it", agreement_id[:12],
-                  settlement_pb2.AgreementState.Name(escrow.state), escrow.captured_atomic,
-                  escrow.currency)
-        return True
-
-    def _forget_settled(self) -> None:
-        """Drop agreements settled for longer than the retention, with their per-agreement
-        state here."""
-        settled = self.gate.settled(_now_ms(), self.journal_retention_s * 1000)
-        if not settled:
-            return
-        try:
-            forgotten = self.gate.forget(settled)
-        except AgentmarketError as error:  # the journal failed: try again next round
-            log.warning("forgetting %d settled agreements failed: %s", len(settled), error)
-            return
+    def _forgotten(self, agreement_ids: list[str]) -> None:
+        """Drop the state kept here for agreements the journal no longer keeps."""
         with self._locks_guard:
-            for agreement_id in forgotten:
+            for agreement_id in agreement_ids:
                 self.tariffs.pop(agreement_id, None)
                 self._escrowed.discard(agreement_id)
-                self._redeem_locks.pop(agreement_id, None)
 
     def stop(self, grace_s: float = 1.0) -> None:
         """Withdraw the listing, let running calls finish (up to `grace_s`), close the server
@@ -407,95 +352,18 @@ class SellerAgent:
         """Work only for money that is held (`agents._escrow_check`)."""
         self.escrows.check(agreement_id, proof)
 
-    def _redeem_lock(self, agreement_id: str) -> threading.Lock:
-        with self._locks_guard:
-            return self._redeem_locks.setdefault(agreement_id, threading.Lock())
-
     def redeem(self, agreement_id: str) -> settlement_pb2.Escrow:
         """Present the latest voucher and all receipts to the marketplace (once: later calls
         return the first answer). With no paid call, a zero voucher releases the whole hold.
         Raises the SDK's errors (`agents.errors`): Unavailable when the marketplace did not
         answer (redeem again: the same request is sent), the marketplace's refusal otherwise."""
         try:
-            return self._redeem(agreement_id)
+            return self.redeems.redeem(agreement_id)
         except grpc.RpcError as error:
             raise sdk_error(error) from None
 
-    def _redeem(self, agreement_id: str, confirmation: bytes = b"") -> settlement_pb2.Escrow:
-        """`redeem`, raising gRPC's error as the marketplace answered it; `confirmation`: the
-        buyer's signed confirm from Finish, passed on so that the work is paid at once."""
-        with self._redeem_lock(agreement_id):
-            done = self.gate.redeemed(agreement_id)
-            if done is not None:
-                return done  # type: ignore[no-any-return]
-            voucher, receipts = self.gate.begin_redeem(agreement_id)
-            try:
-                request = ag.signed_redeem(self.key, agreement_id, voucher, list(receipts),
-                                           f"redeem:{agreement_id}:{voucher.sequence}")
-                request.buyer_confirmation = confirmation
-                escrow = self.settlement.Redeem(request, timeout=RPC_TIMEOUT_S)
-            except grpc.RpcError as error:
-                if not redeem_may_have_landed(error):
-                    self.gate.end_redeem(agreement_id, None)  # refused: take calls again
-                # else it may have landed: stay closed; the next redeem re-sends this same
-                # request (same key), and the marketplace answers it with the first outcome
-                raise
-            except BaseException:
-                self.gate.end_redeem(agreement_id, None)
-                raise
-            self.gate.end_redeem(agreement_id, escrow)
-            return escrow
-
-    def _buyer_signed_finish(self, agreement_id: str, signature: bytes) -> bool:
-        """Whether `signature` is the agreement's buyer's signature of its finish. The access
-        rule and Finish both ask it of one request, and each answer is an ed25519 check, so
-        the last good signature per agreement is remembered (at most MAX_FINISHES_REMEMBERED)."""
-        if signature and self._finishes_checked.get(agreement_id) == signature:
-            return True
-        if not verify(self.gate.body(agreement_id).buyer_id,
-                      ag.request_message("finish", agreement_id), signature):
-            return False
-        if len(self._finishes_checked) >= MAX_FINISHES_REMEMBERED:
-            self._finishes_checked.clear()
-        self._finishes_checked[agreement_id] = signature
-        return True
-
     def finish(self, request: agent_pb2.FinishRequest) -> agent_pb2.FinishResponse:
-        body = self.gate.body(request.agreement_id)
-        if not self._buyer_signed_finish(request.agreement_id, request.buyer_signature):
-            raise PermissionDenied("buyer_signature is not the agreement's buyer's signature "
-                                   "of its finish", reason="BAD_SIGNATURE")
-        if request.confirm_signature and not verify(
-                body.buyer_id, ag.request_message("confirm", request.agreement_id),
-                request.confirm_signature):
-            raise PermissionDenied("confirm_signature is not the buyer's signature of its "
-                                   "confirm", reason="BAD_SIGNATURE")
-        kept = self._redeem_refusals.get(request.agreement_id)
-        if kept is not None and kept[0] > time.monotonic() \
-                and request.agreement_id not in self._escrowed:
-            raise type(kept[1])(kept[1].message, reason=kept[1].reason)
-        try:
-            escrow = self._redeem(request.agreement_id, request.confirm_signature)
-        except grpc.RpcError as error:
-            if redeem_may_have_landed(error) or \
-                    error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:  # not an answer
-                raise Unavailable(f"the marketplace did not take the redeem "
-                                  f"({error.code().name}): {error.details()}; finish again"
-                                  ) from None
-            refusal = _finish_refusal(sdk_error(error))
-            if len(self._redeem_refusals) >= MAX_REDEEM_REFUSALS_KEPT:
-                self._redeem_refusals.clear()
-            self._redeem_refusals[request.agreement_id] = \
-                (time.monotonic() + REDEEM_REFUSAL_KEPT_S, refusal)
-            raise refusal from None
-        return agent_pb2.FinishResponse(escrow=escrow)
-
-
-def _finish_refusal(refused: AgentmarketError) -> FailedPrecondition:
-    message = f"redeem failed at the marketplace: {refused.message}"
-    if isinstance(refused, FailedPrecondition):  # keeps its reason (DEADLINE_PASSED)
-        return type(refused)(message, reason=refused.reason)
-    return FailedPrecondition(message)
+        return self.redeems.finish(request)
 
 
 def _now_ms() -> int:

@@ -454,8 +454,8 @@ def task(tmp_path: Path) -> Iterator[Task]:
     buyer._seller_channels.close()
     buyer._seller_channels = ChannelCache(lambda _endpoint: dropping,
                                           lambda stubs: stubs.channel.close())
-    seller.settlement = settlement_pb2_grpc.SettlementServiceStub(signed_channel(
-        node.address, seller.key, interceptors=[to_marketplace]))
+    seller.settlement = seller.redeems.settlement = settlement_pb2_grpc.SettlementServiceStub(
+        signed_channel(node.address, seller.key, interceptors=[to_marketplace]))
     yield Task(node, seller, buyer, deal, to_seller, to_marketplace)
     buyer.close()
     seller.stop(0)

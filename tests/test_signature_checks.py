@@ -41,7 +41,7 @@ def verifications(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         return real(agent_id, message, signature)
 
     monkeypatch.setattr(ag, "verify", counted)
-    monkeypatch.setattr("agents.seller.verify", counted)
+    monkeypatch.setattr("agents._seller_redeems.verify", counted)
     return seen
 
 
@@ -98,13 +98,13 @@ def test_a_finish_signature_is_verified_once_and_a_different_one_again(tmp_path:
         agreement_id = ag.agreement_id(body.SerializeToString())
         seller.gate.open(agreement_id, body)
         good = buyer.sign(ag.request_message("finish", agreement_id))
-        assert seller._buyer_signed_finish(agreement_id, good)
-        assert seller._buyer_signed_finish(agreement_id, good)  # the access rule, then Finish
+        assert seller.redeems.buyer_signed_finish(agreement_id, good)
+        assert seller.redeems.buyer_signed_finish(agreement_id, good)  # access rule, then Finish
         assert len(verifications) == 1
         stranger = AgentKey.generate().sign(ag.request_message("finish", agreement_id))
-        assert not seller._buyer_signed_finish(agreement_id, stranger)
-        assert not seller._buyer_signed_finish(agreement_id, b"")
+        assert not seller.redeems.buyer_signed_finish(agreement_id, stranger)
+        assert not seller.redeems.buyer_signed_finish(agreement_id, b"")
         assert len(verifications) == 3
-        assert seller._buyer_signed_finish(agreement_id, good)
+        assert seller.redeems.buyer_signed_finish(agreement_id, good)
     finally:
         seller.stop(0)
