@@ -7,8 +7,6 @@ MAX_CHANNELS, gracefully, so that calls still running on them may end (up to LIN
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -16,7 +14,7 @@ from opentelemetry.trace import TracerProvider
 
 from agents.v1 import agent_pb2_grpc
 from marketplace.aio_client import aio_channel, bare_aio_channel
-from marketplace.channel_cache import LINGER_S, ChannelCache
+from marketplace.channel_cache import ChannelCache, GracefulClose
 from marketplace.identity import AgentKey
 from marketplace.v1 import registry_pb2_grpc, settlement_pb2_grpc
 from wallets.v1 import wallet_pb2_grpc
@@ -52,8 +50,9 @@ class SellerChannels:
     def __init__(self, key: AgentKey, credentials: grpc.ChannelCredentials | None,
                  tracer_provider: TracerProvider | None) -> None:
         self.key, self.credentials, self.tracer_provider = key, credentials, tracer_provider
-        self._cache: ChannelCache[Seller] = ChannelCache(self._open, self._retire, linger_s=0)
-        self._retiring: dict[asyncio.Task[None], Seller] = {}
+        self._retired = GracefulClose()
+        self._cache: ChannelCache[Seller] = ChannelCache(
+            self._open, lambda seller: self._retired.retire(*seller.channels()), linger_s=0)
 
     def get(self, endpoint: str) -> Seller:
         return self._cache.get(endpoint)
@@ -68,24 +67,10 @@ class SellerChannels:
                       agent_pb2_grpc.AgentServiceStub(unsigned),
                       agent_pb2_grpc.AgentServiceStub(bare))
 
-    def _retire(self, seller: Seller) -> None:
-        """Close an evicted seller's channels once their running calls end (or LINGER_S)."""
-        task = asyncio.get_running_loop().create_task(_close_all(seller.channels(),
-                                                                 grace=LINGER_S))
-        self._retiring[task] = seller
-        task.add_done_callback(lambda done: self._retiring.pop(done, None))
-
     async def aclose(self, *others: grpc.aio.Channel) -> None:
         """Close every seller's channels now (and `others`): the buyer is done."""
-        retiring = list(self._retiring.items())
-        for task, _seller in retiring:
-            task.cancel()  # no more grace for their calls
-        sellers = [*self._cache.drain(), *(seller for _task, seller in retiring)]
-        await _close_all([*(c for seller in sellers for c in seller.channels()), *others])
-
-
-async def _close_all(channels: Sequence[grpc.aio.Channel], grace: float | None = None) -> None:
-    await asyncio.gather(*(c.close(grace) for c in channels), return_exceptions=True)
+        await self._retired.aclose(
+            *(c for seller in self._cache.drain() for c in seller.channels()), *others)
 
 
 __all__ = ["Market", "Seller", "SellerChannels"]

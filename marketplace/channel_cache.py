@@ -10,11 +10,12 @@ and is closed at a later lookup (or at `close`), and no more than `limit` linger
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
-from typing import Generic, TypeVar
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, TypeVar
 
 Entry = TypeVar("Entry")
 
@@ -89,4 +90,30 @@ class ChannelCache(Generic[Entry]):
         return due
 
 
-__all__ = ["LINGER_S", "MAX_CHANNELS", "ChannelCache"]
+class GracefulClose:
+    """grpc.aio channels evicted from a cache, each closed by grpc.aio as soon as its running
+    calls end (LINGER_S at most); `aclose` closes those still closing at once. Used on the
+    event loop the channels serve."""
+
+    def __init__(self) -> None:
+        self._closing: dict[asyncio.Task[None], tuple[Any, ...]] = {}
+
+    def retire(self, *channels: Any) -> None:
+        task = asyncio.get_running_loop().create_task(close_channels(channels, LINGER_S))
+        self._closing[task] = channels
+        task.add_done_callback(lambda done: self._closing.pop(done, None))
+
+    async def aclose(self, *channels: Any) -> None:
+        """Close `channels`, and those still closing, now (their owner is done)."""
+        closing = list(self._closing.items())
+        for task, _channels in closing:
+            task.cancel()
+        await close_channels([*channels, *(c for _task, retired in closing for c in retired)])
+
+
+async def close_channels(channels: Iterable[Any], grace: float | None = None) -> None:
+    """Close grpc.aio channels together (`grace`: let their running calls end first)."""
+    await asyncio.gather(*(c.close(grace) for c in channels), return_exceptions=True)
+
+
+__all__ = ["LINGER_S", "MAX_CHANNELS", "ChannelCache", "GracefulClose", "close_channels"]

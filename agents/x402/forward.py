@@ -20,7 +20,7 @@ from agents.payments import paid_call_metadata
 from agents.v1 import agent_pb2, agent_pb2_grpc
 from agents.x402 import network as net
 from marketplace.aio_client import aio_channel
-from marketplace.channel_cache import LINGER_S, ChannelCache
+from marketplace.channel_cache import ChannelCache, GracefulClose
 from marketplace.grpc_tracing import tracing_active
 from marketplace.identity import AgentKey
 from marketplace.v1 import agreement_pb2
@@ -54,11 +54,11 @@ class Channels:
     def __init__(self, key: AgentKey, tracer_provider: Any = None) -> None:
         self.key = key
         self.tracer_provider = tracer_provider
+        self._retired = GracefulClose()
         self._channels: ChannelCache[grpc.aio.Channel] = ChannelCache(
-            self._open, self._retire, linger_s=0)
+            self._open, self._retired.retire, linger_s=0)
         self._stubs: ChannelCache[_Stub] = ChannelCache(
-            self._open_stub, lambda stub: self._retire(stub.channel), linger_s=0)
-        self._closing: dict[asyncio.Task[None], grpc.aio.Channel] = {}
+            self._open_stub, lambda stub: self._retired.retire(stub.channel), linger_s=0)
 
     def __len__(self) -> int:
         """The channels open to sellers, of both kinds (not those evicted and closing)."""
@@ -84,19 +84,9 @@ class Channels:
                    if kind == "traced" else grpc.aio.insecure_channel(endpoint))
         return _Stub(channel, agent_pb2_grpc.AgentServiceStub(channel))
 
-    def _retire(self, channel: grpc.aio.Channel) -> None:
-        task = asyncio.get_running_loop().create_task(channel.close(LINGER_S))
-        self._closing[task] = channel
-        task.add_done_callback(lambda done: self._closing.pop(done, None))
-
     async def aclose(self) -> None:
-        retiring = list(self._closing.items())
-        for task, _channel in retiring:
-            task.cancel()  # the gateway is done: no more grace for their calls
-        channels = [*self._channels.drain(), *(s.channel for s in self._stubs.drain()),
-                    *(channel for _task, channel in retiring)]
-        for channel in channels:
-            await channel.close()
+        await self._retired.aclose(*self._channels.drain(),
+                                   *(s.channel for s in self._stubs.drain()))
 
 
 class _Stub(NamedTuple):
