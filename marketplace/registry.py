@@ -174,6 +174,10 @@ def check_listing(listing: registry_pb2.Listing) -> None:
             "tags or description words")
 
 
+def _no_live_listing(agent_id: str) -> NotFound:
+    return NotFound(f"agent {agent_id[:12]}… has no live listing; advertise again")
+
+
 class Registry:
     def __init__(self, engine: Engine, *, clock_ms: Callable[[], int] | None = None,
                  fx: Converter | None = None, reference_currency: str = "USD") -> None:
@@ -323,19 +327,19 @@ class Registry:
     def heartbeat(self, agent_id: str) -> int:
         """Keep a live listing for another ttl; NOT_FOUND once it has expired."""
         check_agent_id(agent_id)
-        gone = NotFound(f"agent {agent_id[:12]}… has no live listing; advertise again")
         with self._serial(), self.engine.begin() as conn:
             now = self.clock_ms()
             row = conn.execute(select(LISTINGS.c.ttl_s).where(
                 LISTINGS.c.agent_id == agent_id, LISTINGS.c.expires_at_ms > now)).first()
             if row is None:
-                raise gone
+                raise _no_live_listing(agent_id)
             expires = now + row.ttl_s * 1000
             conn.execute(update(LISTINGS).where(LISTINGS.c.agent_id == agent_id)
                          .values(expires_at_ms=expires))
             if conn.execute(update(OFFERS).where(OFFERS.c.agent_id == agent_id)
                             .values(expires_at_ms=expires)).rowcount == 0:
-                raise gone  # a sweep or a liveness check took its search rows meanwhile
+                # a sweep or a liveness check took its search rows meanwhile
+                raise _no_live_listing(agent_id)
         self._changed()
         return expires
 
