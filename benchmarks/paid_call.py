@@ -11,7 +11,10 @@ cost of paying. A third side is the paid call with the seller's usage journal sw
 (`paid_call_ratio_no_journal`): what the durable record costs, not a mode the framework
 offers. A fourth is the unpaid servicer with no interceptor on either end
 (`unpaid_no_interceptors_*`): what the interceptors add to the unpaid call, and what is left of
-it is gRPC's own cost and the skill's.
+it is gRPC's own cost and the skill's. A fifth is the floor (`paid_call_ratio_floor`,
+`benchmarks._paid_floor`): the unpaid servicer carrying a paid call's bytes (request, voucher,
+usage, chained receipt) and writing a paid call's durable usage record through the seller's
+journal, with no payment work at all: the most any payment that works per call could reach.
 Each client thread makes calls on its own channel (paid: its own agreement, one buyer
 each). Tracing is off everywhere (AGENTMARKET_TRACING=off by `make bench`).
 
@@ -65,6 +68,7 @@ from agents._grpc_payment import INVOKE
 from agents.llm import complete, text_of
 from agents.skills import Skill, model_price
 from agents.v1 import agent_pb2, agent_pb2_grpc
+from benchmarks._paid_floor import floor_caller, serve_floor
 from benchmarks._process import cpu_s
 from marketplace import MarketplaceNode
 from marketplace.auth import AccessInterceptor, AuthServerInterceptor
@@ -270,6 +274,11 @@ def _serve_unpaid_aio(skill_name: str, ready: Any, stop: Any) -> None:
     server.stop(0)
 
 
+def _serve_floor(skill_name: str, ready: Any, stop: Any) -> None:
+    """Child process: the floor (`benchmarks._paid_floor`), until `stop`."""
+    serve_floor(SKILLS[skill_name], ready, stop)
+
+
 def _serve_paid(marketplace: str, journal: str | None, skill_name: str, kind: str,
                 ready: Any, stop: Any) -> None:
     """Child process: the seller (it advertises itself at the marketplace), until `stop`;
@@ -308,14 +317,18 @@ class _UnpaidSide:
     """An unpaid server and one channel per client."""
 
     def __init__(self, served: Skill, kind: str = "threaded") -> None:
-        """`kind`: "threaded", "aio", or "bare" (no interceptors on either end)."""
-        serve = {"aio": _serve_unpaid_aio, "bare": _serve_bare}.get(kind, _serve_unpaid)
+        """`kind`: "threaded", "aio", "bare" (no interceptors on either end), or "floor"
+        (`benchmarks._paid_floor`: a paid call's bytes and record, no payment work)."""
+        serve = {"aio": _serve_unpaid_aio, "bare": _serve_bare,
+                 "floor": _serve_floor}.get(kind, _serve_unpaid)
         self.server = _Server(serve, served.name)
         self.pid = self.server.pid
+        self.channels = [grpc.insecure_channel(self.server.address) for _ in range(SATURATING)]
+        if kind == "floor":
+            self.callers = [floor_caller(c, served) for c in self.channels]
+            return
         layers = () if kind == "bare" else client_interceptors()
-        self.channels = [intercept(grpc.insecure_channel(self.server.address), *layers)
-                         for _ in range(SATURATING)]
-        stubs = [agent_pb2_grpc.AgentServiceStub(c) for c in self.channels]
+        stubs = [agent_pb2_grpc.AgentServiceStub(intercept(c, *layers)) for c in self.channels]
         self.callers = [self._caller(s, served) for s in stubs]
 
     @staticmethod
@@ -405,8 +418,10 @@ def _echo(node: MarketplaceNode, tmp: Path, say: Any) -> dict[str, float]:
         built.append(_UnpaidSide(echo, "bare"))
         built.append(_UnpaidSide(echo_async, "aio"))
         built.append(_PaidSide(node, calls, tmp / "journal-aio-async.db", echo_async, "aio"))
+        built.append(_UnpaidSide(echo, "floor"))
         sides = dict(zip(("unpaid", "paid", "no_journal", "unpaid_aio", "paid_aio",
-                          "no_journal_aio", "bare", "unpaid_aio_async", "paid_aio_async"),
+                          "no_journal_aio", "bare", "unpaid_aio_async", "paid_aio_async",
+                          "floor"),
                          built, strict=True))
         measured = _compare(sides, (SATURATING, FEW), ROUNDS, CALLS_PER_ROUND, say,
                             "paid vs unpaid calls")
@@ -415,8 +430,9 @@ def _echo(node: MarketplaceNode, tmp: Path, say: Any) -> dict[str, float]:
             side.close()
     results: dict[str, float] = {"paid_call_clients": SATURATING}
     names = {"no_journal": "paid_no_journal", "no_journal_aio": "paid_aio_no_journal",
-             "bare": "unpaid_no_interceptors"}
-    baselines = {"unpaid": ("paid", "no_journal"), "unpaid_aio": ("paid_aio", "no_journal_aio"),
+             "bare": "unpaid_no_interceptors", "floor": "paid_floor"}
+    baselines = {"unpaid": ("paid", "no_journal", "floor"),
+                 "unpaid_aio": ("paid_aio", "no_journal_aio"),
                  "unpaid_aio_async": ("paid_aio_async",)}  # each against its own unpaid side
     for clients, suffix in ((SATURATING, ""), (FEW, f"_{FEW}_clients")):
         for unpaid, paid_sides in baselines.items():
@@ -431,7 +447,7 @@ def _echo(node: MarketplaceNode, tmp: Path, say: Any) -> dict[str, float]:
     results["unpaid_no_interceptors_calls_per_s"] = round(
         _median(measured, "bare", SATURATING, "rate"))
     for name in ("unpaid", "paid", "no_journal", "unpaid_aio", "paid_aio", "no_journal_aio",
-                 "bare", "unpaid_aio_async", "paid_aio_async"):
+                 "bare", "unpaid_aio_async", "paid_aio_async", "floor"):
         key = names.get(name, name)
         for where in ("server", "client"):
             results[f"{key}_{where}_cpu_us_per_call"] = round(

@@ -1,0 +1,128 @@
+"""The floor under `paid_call_ratio`: a paid call whose payment does no work.
+
+The unpaid echo server of `benchmarks.paid_call` (the same interceptors, input checks and
+skill), but every call carries what a paid echo carries on the wire (the agreement and call
+ids in the request, a voucher in its metadata; the usage and a chained receipt in the answer),
+and the server writes the same durable usage record a seller writes, through the seller's own
+`UsageJournal` paced by the seller's own executor, and answers only once it committed. Nothing
+is checked, reserved, metered, billed, hashed or chained: the messages are copies of templates
+built once. What separates this floor from the unpaid call is only the bytes and the record,
+so its ratio to the unpaid call is the most that a payment doing any work per call could reach
+on this server kind, whatever language that work were written in.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from agents._grpc_payment import INVOKE
+from agents.payments import VOUCHER_METADATA_KEY
+from agents.skills import Skill
+from agents.usage_journal import JournalPacedExecutor, UsageJournal
+from agents.v1 import agent_pb2, agent_pb2_grpc
+from marketplace.agreements import CHAIN_GENESIS, chain_receipt, new_receipt
+from marketplace.auth import AccessInterceptor, AuthServerInterceptor
+from marketplace.grpc_tracing import client_interceptors, server_interceptor
+from marketplace.intercepted import intercept
+from marketplace.schema_validators import validator
+from marketplace.v1 import agreement_pb2
+from wallets.grpc_errors import MalformedRequestInterceptor, grpc_method
+
+AGREEMENT_ID = "8a" * 32  # the shape of a real one: 64 hex digits
+SELLER_ID = "floor-seller"
+CHARGE_ATOMIC = 8_750  # the echo's price per call, as the paid side's receipts charge it
+MAX_WORKERS = 16  # as the seller's pool
+VOUCHERS = 64  # built once per client and sent in turn
+_CALL_IDS = itertools.count(1)  # unique across the clients' threads (a call id is 32 hex digits)
+
+
+def voucher_bytes(sequence: int) -> bytes:
+    """A voucher of a paid call's size: the agreement, its sequence and running total, and a
+    PayWord word (random bytes: nobody checks it)."""
+    return agreement_pb2.Voucher(
+        agreement_id=AGREEMENT_ID, sequence=sequence, cumulative_atomic=sequence * CHARGE_ATOMIC,
+        payword_index=sequence, payword=os.urandom(32)).SerializeToString()
+
+
+def answer_template(sequence: int) -> agent_pb2.InvokeResponse:
+    """An answer of a paid echo's shape: its usage and an unsigned chained receipt, as 15 of
+    every 16 receipts are (the output is set per call)."""
+    output_json = json.dumps({"length": 7, "text": "call 19"}, sort_keys=True)
+    receipt = new_receipt(AGREEMENT_ID, sequence, output_json, CHARGE_ATOMIC)
+    chain_receipt(receipt, sequence, CHAIN_GENESIS, None)
+    usage = agent_pb2.Usage(calls=1, charged_atomic=CHARGE_ATOMIC, reserved_atomic=CHARGE_ATOMIC)
+    return agent_pb2.InvokeResponse(output_json=output_json, usage=usage, receipt=receipt)
+
+
+class _FloorServicer(agent_pb2_grpc.AgentServiceServicer):
+    """The unpaid echo's work, answered with a paid answer's bytes once a usage record of a
+    paid call's size committed."""
+
+    def __init__(self, served: Skill, journal: UsageJournal) -> None:
+        self.skill = served
+        self.journal = journal
+        self.check = validator(served.input_schema)
+        self.template = answer_template(20)
+        self.receipt = self.template.receipt.SerializeToString()
+
+    @grpc_method
+    def Invoke(self, request, context):  # type: ignore[no-untyped-def]
+        voucher = next(v for k, v in context.invocation_metadata() if k == VOUCHER_METADATA_KEY)
+        arguments = json.loads(request.input_json)
+        self.check.validate(arguments)
+        answer = agent_pb2.InvokeResponse()
+        answer.CopyFrom(self.template)
+        answer.output_json = json.dumps(self.skill.run(arguments), sort_keys=True)
+        self.journal.record_call(AGREEMENT_ID, request.call_id, 0, 0, voucher, self.receipt,
+                                 answer.output_json.encode()).wait()
+        return answer
+
+
+def serve_floor(served: Skill, ready: Any, stop: Any, workdir: Path | None = None) -> None:
+    """In a child process: the floor server, until `stop` is set (its journal in `workdir`,
+    or in a temporary directory)."""
+    with tempfile.TemporaryDirectory(prefix="agentmarket-bench-") as tmp:
+        journal = UsageJournal(f"sqlite:///{Path(workdir or tmp) / 'journal.db'}")
+        try:
+            journal.open_agreement(AGREEMENT_ID, SELLER_ID, b"floor")
+            auth = AuthServerInterceptor(optional_methods=(INVOKE,))
+            access = AccessInterceptor({INVOKE: lambda _caller, _request: None},
+                                       ("agents.v1.AgentService",), anonymous_methods=(INVOKE,))
+            server = grpc.server(JournalPacedExecutor(journal, MAX_WORKERS),
+                                 interceptors=[MalformedRequestInterceptor(),
+                                               server_interceptor(), auth, access])
+            agent_pb2_grpc.add_AgentServiceServicer_to_server(
+                _FloorServicer(served, journal), server)
+            port = server.add_insecure_port("127.0.0.1:0")
+            server.start()
+            ready.put(f"127.0.0.1:{port}")
+            stop.wait()
+            server.stop(0)
+        finally:
+            journal.close()
+
+
+def floor_caller(channel: grpc.Channel, served: Skill) -> Any:
+    """One client's call: a paid call's request and voucher, its output parsed and checked as
+    the unpaid side's is (the receipt is not checked: that is payment work)."""
+    stub = agent_pb2_grpc.AgentServiceStub(intercept(channel, *client_interceptors()))
+    check = validator(served.output_schema)
+    vouchers = [((VOUCHER_METADATA_KEY, voucher_bytes(n + 1)),) for n in range(VOUCHERS)]
+
+    def call(i: int) -> Any:
+        request = agent_pb2.InvokeRequest(agreement_id=AGREEMENT_ID,
+                                          input_json=json.dumps({"text": f"call {i}"}),
+                                          call_id=f"{next(_CALL_IDS):032x}")
+        answer = stub.Invoke(request, metadata=vouchers[i % VOUCHERS], timeout=10)
+        output = json.loads(answer.output_json)
+        check.validate(output)
+        return output
+
+    return call
