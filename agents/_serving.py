@@ -37,6 +37,7 @@ from marketplace import agreements as ag
 from marketplace import escrow_proof
 from marketplace.errors import ReceiptLimit
 from marketplace.grpc_tracing import span_if_active
+from marketplace.stream_limits import PayerShares
 from marketplace.v1.agreement_pb2 import Voucher
 from wallets import attributes as attr
 from wallets.grpc_errors import abort
@@ -54,9 +55,13 @@ STOP_NAMES = {agent_pb2.STOP_REASON_COMPLETE: "complete", agent_pb2.STOP_REASON_
 
 
 class PaidCalls:
-    def __init__(self, seller: SellerAgent, admitter: PaidCallAdmitter) -> None:
+    def __init__(self, seller: SellerAgent, admitter: PaidCallAdmitter, *,
+                 streams_allowed: int) -> None:
+        """`streams_allowed`: the stream slots of the seller's server, of which one buyer
+        holds at most its share (`marketplace.stream_limits.PayerShares`)."""
         self.seller = seller
         self.admitter = admitter
+        self.stream_shares = PayerShares(streams_allowed)
 
     def proof_of(self, request: agent_pb2.InvokeRequest, context: Any) -> bytes:
         """The escrow proof the call carries, read only while its agreement's escrow is not
@@ -200,7 +205,8 @@ class PaidCalls:
                 yield admission.replay
                 return
             admission.checked_input = checked
-            yield from self._stream(request, context, admission)
+            with self.stream_shares.held(self.seller.gate.body(request.agreement_id).buyer_id):
+                yield from self._stream(request, context, admission)
         finally:
             if admission is not None:
                 self.seller.gate.release(request.agreement_id, admission)

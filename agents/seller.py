@@ -74,6 +74,7 @@ from marketplace.identity import AgentKey
 from marketplace.introspection import mark_serving
 from marketplace.market_channel import market_options, node_retry
 from marketplace.node import opening_database
+from marketplace.stream_limits import streams_allowed
 from marketplace.v1 import registry_pb2, registry_pb2_grpc, settlement_pb2, settlement_pb2_grpc
 
 RPC_TIMEOUT_S = 10.0
@@ -175,7 +176,8 @@ class SellerAgent:
         self.negotiator = SellerNegotiator(self, reservation_fraction, strategy,
                                            completion_window_s, dispute_window_s)
         self.calls = PaidCalls(self, PaidCallAdmitter(
-            self.gate, self._reserve_of, require_auth=require_auth, rate_limit=auth.allow))
+            self.gate, self._reserve_of, require_auth=require_auth, rate_limit=auth.allow),
+            streams_allowed=streams_allowed(max_workers))
         self.health, self.port = attach(self, self.server, host, port, server_credentials)
         self.endpoint = f"{host}:{self.port}"
         self._card: a2a_pb2.AgentCard | None = None

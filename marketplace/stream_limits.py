@@ -15,6 +15,12 @@ every worker and stall every other agent's calls. So, on every server:
 
 Past a bound a new stream is refused RESOURCE_EXHAUSTED (reason STREAMS_BUSY), its caller told
 to try again; the calls already running are not touched.
+
+A seller also keeps any one payer to a share of its stream slots (`PayerShares`, half by
+default): a buyer running many slow streamed skills at once pays for each, but would otherwise
+hold every slot for as long as they run, and another buyer's stream would be refused meanwhile.
+The payer is known only once its payment checked out, so the share is taken after that, and a
+stream refused for it gives its reserve back.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import grpc
@@ -35,6 +42,7 @@ REQUEST_STREAM_LIFETIME_S = 300.0
 _REFLECTION = "/grpc.reflection."
 _WATCH = "/grpc.health.v1.Health/Watch"
 _END = object()
+PAYER_SHARE = 0.5  # of a seller's stream slots, the most one payer holds at once
 
 
 def streams_allowed(workers: int, reserve: int | None = None) -> int:
@@ -116,6 +124,40 @@ class StreamLimits(grpc.ServerInterceptor):
             if request is _END:
                 return
             yield request
+
+
+class PayerShares:
+    """At most `share` of `allowed` stream slots for any one payer (at least one each)."""
+
+    def __init__(self, allowed: int, share: float = PAYER_SHARE) -> None:
+        self.most = max(1, int(allowed * share))
+        self._held: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def held(self, payer: str) -> Iterator[None]:
+        """One of `payer`'s slots while the block runs (raises ResourceExhausted, reason
+        STREAMS_BUSY, when it holds its share already)."""
+        with self._lock:
+            holding = self._held.get(payer, 0)
+            if holding >= self.most:
+                raise ResourceExhausted(
+                    f"this payer holds {holding} of this server's streams, its share; end one "
+                    "or try again shortly", reason="STREAMS_BUSY")
+            self._held[payer] = holding + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                left = self._held[payer] - 1
+                if left:
+                    self._held[payer] = left
+                else:
+                    del self._held[payer]
+
+    def holding(self, payer: str) -> int:
+        with self._lock:
+            return self._held.get(payer, 0)
 
 
 def _take(bounds: list[threading.Semaphore], context: grpc.ServicerContext,
