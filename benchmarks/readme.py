@@ -56,6 +56,12 @@ ROWS = (
     ("paid call without the usage journal (what the record costs)",
      "{paid_no_journal_calls_per_s} calls/s",
      "unpaid: {unpaid_calls_per_s}/s (ratio {paid_call_ratio_no_journal})"),
+    ("paid call's floor: a paid call's bytes and durable usage record with no payment work "
+     "(`benchmarks/_paid_floor.py`), {paid_call_clients} buyers",
+     "{paid_floor_calls_per_s} calls/s; CPU per call: seller {paid_floor_server_cpu_us_per_call}"
+     " us, buyers {paid_floor_client_cpu_us_per_call} us",
+     "unpaid: {unpaid_calls_per_s}/s (ratio {paid_call_ratio_floor}: the most a payment that "
+     "does any work per call could keep on this server)"),
     ("seller CPU per call, {paid_call_clients} buyers",
      "{paid_server_cpu_us_per_call} us paid ({paid_no_journal_server_cpu_us_per_call} us "
      "without the journal)",
