@@ -22,18 +22,16 @@ from typing import Any
 
 import grpc
 
-from agents._grpc_payment import INVOKE
 from agents.payments import VOUCHER_METADATA_KEY
 from agents.skills import Skill
 from agents.usage_journal import JournalPacedExecutor, UsageJournal
 from agents.v1 import agent_pb2, agent_pb2_grpc
 from marketplace.agreements import CHAIN_GENESIS, chain_receipt, new_receipt
-from marketplace.auth import AccessInterceptor, AuthServerInterceptor
-from marketplace.grpc_tracing import client_interceptors, server_interceptor
+from marketplace.grpc_tracing import client_interceptors
 from marketplace.intercepted import intercept
 from marketplace.schema_validators import validator
 from marketplace.v1 import agreement_pb2
-from wallets.grpc_errors import MalformedRequestInterceptor, grpc_method
+from wallets.grpc_errors import grpc_method
 
 AGREEMENT_ID = "8a" * 32  # the shape of a real one: 64 hex digits
 SELLER_ID = "floor-seller"
@@ -85,19 +83,16 @@ class _FloorServicer(agent_pb2_grpc.AgentServiceServicer):
         return answer
 
 
-def serve_floor(served: Skill, ready: Any, stop: Any, workdir: Path | None = None) -> None:
-    """In a child process: the floor server, until `stop` is set (its journal in `workdir`,
-    or in a temporary directory)."""
+def serve_floor(served: Skill, interceptors: list[Any], ready: Any, stop: Any,
+                workdir: Path | None = None) -> None:
+    """In a child process: the floor server behind `interceptors` (the unpaid side's), until
+    `stop` is set (its journal in `workdir`, or in a temporary directory)."""
     with tempfile.TemporaryDirectory(prefix="agentmarket-bench-") as tmp:
         journal = UsageJournal(f"sqlite:///{Path(workdir or tmp) / 'journal.db'}")
         try:
             journal.open_agreement(AGREEMENT_ID, SELLER_ID, b"floor")
-            auth = AuthServerInterceptor(optional_methods=(INVOKE,))
-            access = AccessInterceptor({INVOKE: lambda _caller, _request: None},
-                                       ("agents.v1.AgentService",), anonymous_methods=(INVOKE,))
             server = grpc.server(JournalPacedExecutor(journal, MAX_WORKERS),
-                                 interceptors=[MalformedRequestInterceptor(),
-                                               server_interceptor(), auth, access])
+                                 interceptors=interceptors)
             agent_pb2_grpc.add_AgentServiceServicer_to_server(
                 _FloorServicer(served, journal), server)
             port = server.add_insecure_port("127.0.0.1:0")

@@ -223,13 +223,18 @@ def _wakeup_cpu_us(round_trips: int = 5_000) -> float:
     return (time.process_time() - cpu) / (2 * round_trips) * 1e6
 
 
-def _serve_unpaid(skill_name: str, ready: Any, stop: Any) -> None:
-    """Child process: the unpaid server with the framework's interceptors, until `stop`."""
+def framework_interceptors() -> list[Any]:
+    """The unpaid sides' server interceptors, outermost first: the framework's guard,
+    tracing, authentication and access (an unsigned Invoke passes them, as a paid one does)."""
     auth = AuthServerInterceptor(optional_methods=(INVOKE,))
     access = AccessInterceptor({INVOKE: lambda _caller, _request: None},
                                ("agents.v1.AgentService",), anonymous_methods=(INVOKE,))
-    _serve_threaded(skill_name, [MalformedRequestInterceptor(), server_interceptor(), auth,
-                                 access], ready, stop)
+    return [MalformedRequestInterceptor(), server_interceptor(), auth, access]
+
+
+def _serve_unpaid(skill_name: str, ready: Any, stop: Any) -> None:
+    """Child process: the unpaid server with the framework's interceptors, until `stop`."""
+    _serve_threaded(skill_name, framework_interceptors(), ready, stop)
 
 
 def _serve_bare(skill_name: str, ready: Any, stop: Any) -> None:
@@ -251,9 +256,6 @@ def _serve_threaded(skill_name: str, interceptors: list[Any], ready: Any, stop: 
 def _serve_unpaid_aio(skill_name: str, ready: Any, stop: Any) -> None:
     """Child process: the unpaid server on grpc.aio, as an aio seller serves (the interceptors'
     checks on the loop, the skill in a bounded pool), until `stop` is set."""
-    auth = AuthServerInterceptor(optional_methods=(INVOKE,))
-    access = AccessInterceptor({INVOKE: lambda _caller, _request: None},
-                               ("agents.v1.AgentService",), anonymous_methods=(INVOKE,))
     executor = futures.ThreadPoolExecutor(max_workers=16)
     unpaid = _Unpaid(SKILLS[skill_name])
 
@@ -264,8 +266,8 @@ def _serve_unpaid_aio(skill_name: str, ready: Any, stop: Any) -> None:
             executor, contextvars.copy_context().run, unpaid.Invoke, request,
             SyncContext(context))
 
-    server = AioServer(SyncBridge([MalformedRequestInterceptor(), server_interceptor(), auth,
-                                   access], executor, {INVOKE: invoke}, None), [])
+    server = AioServer(SyncBridge(framework_interceptors(), executor, {INVOKE: invoke}, None),
+                       [])
     agent_pb2_grpc.add_AgentServiceServicer_to_server(unpaid, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
@@ -276,7 +278,7 @@ def _serve_unpaid_aio(skill_name: str, ready: Any, stop: Any) -> None:
 
 def _serve_floor(skill_name: str, ready: Any, stop: Any) -> None:
     """Child process: the floor (`benchmarks._paid_floor`), until `stop`."""
-    serve_floor(SKILLS[skill_name], ready, stop)
+    serve_floor(SKILLS[skill_name], framework_interceptors(), ready, stop)
 
 
 def _serve_paid(marketplace: str, journal: str | None, skill_name: str, kind: str,

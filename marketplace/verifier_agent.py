@@ -41,7 +41,6 @@ from wallets.grpc_errors import grpc_method
 OutputCheck = Callable[[Any, agreement_pb2.Receipt, agreement_pb2.AgreementBody],
                        "bool | tuple[bool, str]"]
 MAX_REMEMBERED = 10_000
-MAX_CHANNELS = 64
 _WORKERS = 8  # the server's threads
 MAX_REQUEST_BYTES = 8 * 1024 * 1024  # one redeem's receipts (a node takes 4 MiB) and more
 
@@ -148,7 +147,7 @@ class GrpcVerifierClient:
         self._key = key
         self._credentials = credentials
         self._channels: ChannelCache[grpc.Channel] = ChannelCache(
-            self._open, lambda channel: channel.close(), limit=MAX_CHANNELS)
+            self._open, lambda channel: channel.close())
 
     def _open(self, endpoint: str) -> grpc.Channel:
         if self._key is not None:

@@ -12,14 +12,15 @@ from pathlib import Path
 import grpc
 
 from benchmarks import _paid_floor as floor
-from benchmarks.paid_call import echo
+from benchmarks.paid_call import echo, framework_interceptors
 from marketplace.v1 import agreement_pb2
 
 
 def test_the_floor_answers_a_paid_echos_bytes_and_records_each_call(tmp_path: Path):
     ready: queue.Queue[str] = queue.Queue()
     stop = threading.Event()
-    server = threading.Thread(target=floor.serve_floor, args=(echo, ready, stop, tmp_path),
+    server = threading.Thread(target=floor.serve_floor,
+                              args=(echo, framework_interceptors(), ready, stop, tmp_path),
                               daemon=True)
     server.start()
     channel = grpc.insecure_channel(ready.get(timeout=30))
