@@ -35,6 +35,8 @@ def main(names: list[str]) -> int:
         if names and RESULTS.exists() else {}
     results.update({"cpu_count": os.cpu_count(), "python": platform.python_version(),
                     "run_commit": _commit(), "run_started_utc": _utc_now()})
+    if names:  # the commit and times are this run's, most figures an earlier one's: say so
+        results["run_partial"] = sorted({*results.get("run_partial", ()), *names})
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
                   console=console) as progress:
         for name in names or MODULES:

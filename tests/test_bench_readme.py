@@ -21,6 +21,7 @@ def test_the_readme_table_is_what_the_committed_results_give():
 def test_the_results_are_one_whole_run():
     results = json.loads(readme.RESULTS.read_text())
     assert results["run_commit"] and not results["run_commit"].endswith("+changes")
+    assert "run_partial" not in results, "only some benchmarks ran since the last whole run"
     assert results["run_started_utc"] < results["run_finished_utc"]
     assert results["cpu_count"] >= 1
 
