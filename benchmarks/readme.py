@@ -109,6 +109,14 @@ ROWS = (
      "{x402_server_cpu_us_per_call_unpaid} and {x402_client_cpu_us_per_call_unpaid} us); "
      "against an unpaid aio server: {x402_unpaid_calls_per_s_aio}/s (ratio "
      "{x402_paid_call_ratio_aio})"),
+    ("x402 call's floor: a session call's headers, body and seller's durable usage record "
+     "with no payment work in client, door or seller (`benchmarks/_x402_floor.py`), "
+     "{x402_clients} clients",
+     "{x402_floor_calls_per_s} calls/s; CPU per call: door {x402_door_cpu_us_per_call_floor} "
+     "us, seller {x402_server_cpu_us_per_call_floor} us, client "
+     "{x402_client_cpu_us_per_call_floor} us",
+     "the unpaid call: {x402_unpaid_calls_per_s}/s (ratio {x402_paid_call_ratio_floor}: the "
+     "most any payment doing work per call could reach through this door and client)"),
     ("discovery over {discover_listings} listings",
      "p99 {discover_p99_ms_100k} ms, p50 {discover_p50_ms_100k} ms (in process)",
      "over gRPC, signed: p99 {discover_grpc_p99_ms} ms, p50 {discover_grpc_p50_ms} ms"),

@@ -7,9 +7,11 @@ facilitator scheme, forwards the call to the seller over gRPC with the voucher (
 it again, meters and journals the call) and answers with PAYMENT-RESPONSE. Unpaid: the same
 HTTP request (the same path, listing id included) to a door of the same shape on the same
 kind of server (uvicorn, Starlette with the gateway's host check and security headers, JSON in
-and out) forwarding to the same skill
-behind a bare gRPC server (`benchmarks.paid_call`'s unpaid side): so the ratio is what paying
-over HTTP costs.
+and out) forwarding, over the gateway's kind of gRPC channel, to the same skill behind a bare
+gRPC server (`benchmarks.paid_call`'s unpaid side): so the ratio is what paying over HTTP
+costs. Floor (threaded only, `benchmarks._x402_floor`): the unpaid door and client carrying a
+real session call's headers and body, to a seller writing a paid call's durable record, with
+no payment work anywhere: the most any payment could reach here.
 
 16 clients, each its own HTTP connection and (paid) its own buyer key and session: a session's
 calls are one hold and one capture on the ledger, reported as postings per 100 calls. The
@@ -39,11 +41,18 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from agents import BuyerAgent, SellerAgent
-from agents.v1 import agent_pb2, agent_pb2_grpc
-from agents.x402 import Gateway
-from benchmarks.paid_call import SKILLS, _cpu_s, _serve_unpaid, _serve_unpaid_aio, _Server
+from agents.v1 import agent_pb2
+from agents.x402 import Gateway, forward
+from benchmarks._x402_floor import Wire, capture, floor_call
+from benchmarks.paid_call import (
+    SKILLS,
+    _cpu_s,
+    _serve_floor,
+    _serve_unpaid,
+    _serve_unpaid_aio,
+    _Server,
+)
 from marketplace import MarketplaceNode
-from marketplace.aio_client import aio_channel
 from marketplace.http import HttpServer
 from marketplace.http.app import LOOPBACK_HOSTS, SecurityHeaders
 from marketplace.identity import AgentKey
@@ -64,36 +73,55 @@ def _serve_seller(marketplace: str, kind: str, ready: Any, stop: Any) -> None:
 
 
 def _unpaid_door(endpoint_box: dict[str, str]) -> Starlette:
-    """The unpaid side's door: JSON in, the skill over gRPC, JSON out."""
-    channels: dict[str, Any] = {}
+    """The unpaid side's door: JSON in, the skill over gRPC (on the gateway's kind of
+    channel, `agents.x402.forward.Channels`), JSON out."""
+    channels: list[forward.Channels] = []
 
     async def call(request: Request) -> Response:
         arguments = json.loads(await request.body())
-        if "stub" not in channels:
-            channels["stub"] = agent_pb2_grpc.AgentServiceStub(
-                aio_channel(endpoint_box["endpoint"], None))
-        reply = await channels["stub"].Invoke(agent_pb2.InvokeRequest(
+        reply = await _stub(channels, endpoint_box).Invoke(agent_pb2.InvokeRequest(
             input_json=json.dumps(arguments), call_id="free"), timeout=30)
         body = {"output": json.loads(reply.output_json)}
         return Response(json.dumps(body), media_type="application/json")
 
-    # the gateway's own path and middleware, so that only paying differs
+    return _door(call)
+
+
+def _floor_door(endpoint_box: dict[str, str], wire: Wire) -> Starlette:
+    """The floor's door (`benchmarks._x402_floor`): the unpaid door with a paid call's bytes,
+    forwarding to the floor seller."""
+    channels: list[forward.Channels] = []
+    return _door(floor_call(lambda: _stub(channels, endpoint_box), wire))
+
+
+def _stub(channels: list[forward.Channels], endpoint_box: dict[str, str]) -> Any:
+    """The stub the gateway would call the endpoint with (its channels made on the loop)."""
+    if not channels:
+        channels.append(forward.Channels(AgentKey.generate()))
+    return channels[0].stub(endpoint_box["endpoint"])
+
+
+def _door(call: Any) -> Starlette:
+    """A door serving `call` on the gateway's own path and middleware, so that only paying
+    differs."""
     return Starlette(routes=[Route("/v1/skills/{listing}/{skill}", call, methods=["POST"])],
                      middleware=[Middleware(SecurityHeaders), Middleware(
                          TrustedHostMiddleware, allowed_hosts=list(LOOPBACK_HOSTS))])
 
 
 def _clients(url: str, network: str, seeds: list[Any], calls: int, close_base: str,
-             out: Any) -> None:
+             out: Any, signature: str | None = None) -> None:
     """Child process: CLIENTS concurrent clients, `calls` each; the first call of each is a
-    warm-up (a paid one opens the session); reports the timed calls' wall time."""
+    warm-up (a paid one opens the session); reports the timed calls' wall time. A seed None
+    is an unpaid client, sending `signature` as its PAYMENT-SIGNATURE if given (the floor)."""
     import httpx
 
     from agents.x402 import http_client
 
     async def one(seed: bytes | None, started: asyncio.Event, ready: list[int]) -> None:
         if seed is None:
-            client, schemes = httpx.AsyncClient(), {}
+            client, schemes = httpx.AsyncClient(headers={"PAYMENT-SIGNATURE": signature}
+                                                if signature else None), {}
         else:
             client, schemes = http_client(AgentKey.from_seed(seed), network,
                                           calls_per_session=calls + 1)
@@ -124,15 +152,15 @@ def _clients(url: str, network: str, seeds: list[Any], calls: int, close_base: s
     out.put(asyncio.run(main()))
 
 
-def _round(url: str, network: str, seeds: list[Any], close_base: str, server_pid: int
-           ) -> tuple[float, float, float, float]:
+def _round(url: str, network: str, seeds: list[Any], close_base: str, server_pid: int,
+           signature: str | None = None) -> tuple[float, float, float, float]:
     """(calls per second, then CPU us per call of the door's process, the server's and the
     clients') of one round; the warm-up calls count in the door's and server's CPU (and
     the sessions' closing), not in the rate nor the clients' CPU."""
     context = multiprocessing.get_context("spawn")
     out = context.Queue()
     process = context.Process(target=_clients, args=(url, network, seeds, CALLS_PER_CLIENT,
-                                                     close_base, out))
+                                                     close_base, out, signature))
     door, server = _cpu_s(os.getpid()), _cpu_s(server_pid)
     process.start()
     wall_s, clients = out.get(timeout=600)
@@ -144,62 +172,97 @@ def _round(url: str, network: str, seeds: list[Any], close_base: str, server_pid
 
 def run(progress: Any = None) -> dict[str, float]:
     """Both kinds of seller server, each against an unpaid server of its kind: the threaded
-    one (the headline `x402_paid_call_ratio`) and grpc.aio (keys ending `_aio`)."""
-    results = _measure("threaded", progress)
+    one (the headline `x402_paid_call_ratio`, and its floor) and grpc.aio (keys ending
+    `_aio`)."""
+    results = _measure("threaded", progress, floor=True)
     results.update({f"{key}_aio": value for key, value in _measure("aio", progress).items()
                     if key != "x402_clients"})
     return results
 
 
-def _measure(kind: str, progress: Any) -> dict[str, float]:
+def _measure(kind: str, progress: Any, *, floor: bool = False) -> dict[str, float]:
+    """Rounds of paid, unpaid (and, with `floor`, floor) calls, in turn."""
     say = progress or (lambda text: None)
+    started: list[Any] = []  # servers, stopped last first
     with tempfile.TemporaryDirectory(prefix="agentmarket-bench-") as tmp:
         node = MarketplaceNode(f"sqlite:///{Path(tmp) / 'market.db'}",
                                sweep_interval_s=3600).start()
-        seller = _Server(_serve_seller, node.address, kind)
-        unpaid = _Server(_serve_unpaid_aio if kind == "aio" else _serve_unpaid, "echo")
-        gateway = Gateway(node)
-        paid_http = HttpServer(gateway.app()).start()
-        free_http = HttpServer(_unpaid_door({"endpoint": unpaid.address})).start()
         try:
-            listing = _listing_of(node)
-            paid_url = f"{paid_http.url}/v1/skills/{listing}/echo"
-            free_url = f"{free_http.url}/v1/skills/{listing}/echo"  # the paid call's path
+            seller = _started(started, _Server(_serve_seller, node.address, kind))
+            unpaid = _started(started, _Server(
+                _serve_unpaid_aio if kind == "aio" else _serve_unpaid, "echo"))
+            gateway = Gateway(node)
+            paid_http = _started(started, HttpServer(gateway.app()).start())
+            free_http = _started(started, HttpServer(_unpaid_door(
+                {"endpoint": unpaid.address})).start())
+            path = f"/v1/skills/{_listing_of(node)}/echo"  # every door serves the paid path
             close_base = f"{paid_http.url}/v1/sessions"
-            paid, free, postings = [], [], []
+            if floor:
+                floor_seller = _started(started, _Server(_serve_floor, "echo"))
+                wire = asyncio.run(capture(f"{paid_http.url}{path}", close_base,
+                                           gateway.network, _funded(node)))
+                floor_http = _started(started, HttpServer(_floor_door(
+                    {"endpoint": floor_seller.address}, wire)).start())
+            rounds: dict[str, list[tuple[float, ...]]] = {"paid": [], "free": [], "floor": []}
+            postings = []
             for index in range(ROUNDS):
                 say(f"x402 gateway, {kind} seller: round {index + 1}/{ROUNDS}")
-                seeds = [os.urandom(32) for _ in range(CLIENTS)]
-                for seed in seeds:
-                    with BuyerAgent("bench", marketplace=node.address,
-                                    key=AgentKey.from_seed(seed)) as buyer:
-                        buyer.fund("1.00", "USD")
+                seeds = [_funded(node).seed() for _ in range(CLIENTS)]
                 before = len(node.ledger.postings(limit=10_000_000))
-                paid.append(_round(paid_url, gateway.network, seeds, close_base, seller.pid))
+                rounds["paid"].append(_round(f"{paid_http.url}{path}", gateway.network, seeds,
+                                             close_base, seller.pid))
                 moved = len(node.ledger.postings(limit=10_000_000)) - before
                 postings.append(moved / (CLIENTS * CALLS_PER_CLIENT) * 100)
-                free.append(_round(free_url, gateway.network, [None] * CLIENTS, "",
-                                   unpaid.pid))
+                rounds["free"].append(_round(f"{free_http.url}{path}", gateway.network,
+                                             [None] * CLIENTS, "", unpaid.pid))
+                if floor:
+                    rounds["floor"].append(_round(
+                        f"{floor_http.url}{path}", gateway.network, [None] * CLIENTS, "",
+                        floor_seller.pid, wire.payment_signature))
         finally:
-            paid_http.stop(0)
-            free_http.stop(0)
-            seller.close()
-            unpaid.close()
+            for server in reversed(started):
+                server.stop(0) if isinstance(server, HttpServer) else server.close()
             node.stop(0)
+    results = _figures(rounds["paid"], rounds["free"], "paid")
+    results.update(x402_ledger_postings_per_100_calls=round(statistics.median(postings), 2),
+                   x402_clients=CLIENTS)
+    if floor:
+        floor_figures = _figures(rounds["floor"], rounds["free"], "floor")
+        results.update(x402_paid_call_ratio_floor=floor_figures["x402_paid_call_ratio"],
+                       x402_floor_calls_per_s=floor_figures["x402_paid_calls_per_s"],
+                       **{key: value for key, value in floor_figures.items()
+                          if key.endswith("_floor")})
+    return results
+
+
+def _figures(paid: list[tuple[float, ...]], free: list[tuple[float, ...]], name: str
+             ) -> dict[str, float]:
+    """The medians of rounds of `name` (paid, or the floor) against the unpaid rounds."""
     def median(rounds: list[tuple[float, ...]], index: int) -> float:
         return round(statistics.median(r[index] for r in rounds), 1)
 
     return {"x402_paid_call_ratio": round(median(paid, 0) / median(free, 0), 3),
             "x402_paid_calls_per_s": median(paid, 0),
             "x402_unpaid_calls_per_s": median(free, 0),
-            "x402_ledger_postings_per_100_calls": round(statistics.median(postings), 2),
-            "x402_clients": CLIENTS,
-            "x402_door_cpu_us_per_call_paid": median(paid, 1),
+            f"x402_door_cpu_us_per_call_{name}": median(paid, 1),
             "x402_door_cpu_us_per_call_unpaid": median(free, 1),
-            "x402_server_cpu_us_per_call_paid": median(paid, 2),
+            f"x402_server_cpu_us_per_call_{name}": median(paid, 2),
             "x402_server_cpu_us_per_call_unpaid": median(free, 2),
-            "x402_client_cpu_us_per_call_paid": median(paid, 3),
+            f"x402_client_cpu_us_per_call_{name}": median(paid, 3),
             "x402_client_cpu_us_per_call_unpaid": median(free, 3)}
+
+
+def _started(started: list[Any], server: Any) -> Any:
+    started.append(server)
+    return server
+
+
+def _funded(node: MarketplaceNode) -> AgentKey:
+    """A new buyer key holding 1.00 USD at `node`."""
+    key = AgentKey.generate()
+    with BuyerAgent("bench", marketplace=node.address, key=key) as buyer:
+        buyer.fund("1.00", "USD")
+    return key
 
 
 def _listing_of(node: MarketplaceNode) -> str:
