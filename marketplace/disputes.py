@@ -88,7 +88,7 @@ class Disputes:
         if not verify(row.buyer_id, ag.dispute_message(agreement, reason, evidence),
                       buyer_signature):
             raise BadSignature("only the agreement's buyer can dispute it")
-        parties = s._parties(row)
+        parties = s.accounts.parties(row)
         stored = dispute_pb2.DisputeRecord(buyer_evidence=evidence).SerializeToString()
 
         def apply(conn: Connection) -> dict[str, Any]:
@@ -144,7 +144,7 @@ class Disputes:
                                      f"the {frozen} frozen", reason="SPLIT_OUT_OF_RANGE")
         seller_gross = {Outcome.DISPUTE_OUTCOME_SELLER: frozen,
                         Outcome.DISPUTE_OUTCOME_BUYER: 0}.get(outcome, seller_atomic)
-        parties = s._parties(row)
+        parties = s.accounts.parties(row)
 
         def apply(conn: Connection) -> dict[str, Any]:
             current = locked_row(conn, agreement)

@@ -12,9 +12,10 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Engine, bindparam, select, update
 
+from marketplace import agreement_states as st
 from marketplace.errors import InvalidArgument, NotFound
 from marketplace.tables import DisputeRow, EscrowRow, EvidenceRow
-from marketplace.v1 import agreement_pb2
+from marketplace.v1 import agreement_pb2, settlement_pb2
 from wallets import _sqlite_hot as hot
 
 ESCROWS = EscrowRow.__table__  # type: ignore[attr-defined]
@@ -197,3 +198,21 @@ def opened_of(row: Any) -> Opened:
 
 def same(value: Any) -> Any:
     return value
+
+
+STATES = {
+    st.ACTIVE: settlement_pb2.AGREEMENT_STATE_ACTIVE,
+    st.DELIVERED: settlement_pb2.AGREEMENT_STATE_DELIVERED,
+    st.VERIFIED: settlement_pb2.AGREEMENT_STATE_VERIFIED,
+    st.SETTLED: settlement_pb2.AGREEMENT_STATE_SETTLED,
+    st.REFUNDED: settlement_pb2.AGREEMENT_STATE_REFUNDED,
+    st.DISPUTED: settlement_pb2.AGREEMENT_STATE_DISPUTED,
+    st.RESOLVED: settlement_pb2.AGREEMENT_STATE_RESOLVED,
+    st.EXPIRED: settlement_pb2.AGREEMENT_STATE_EXPIRED,
+}
+
+
+def escrow_message(e: dict[str, Any]) -> settlement_pb2.Escrow:
+    """The wire form of an escrow dict."""
+    fields = {k: v for k, v in e.items() if k != "state"}
+    return settlement_pb2.Escrow(state=STATES[e["state"]], **fields)

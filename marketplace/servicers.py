@@ -6,10 +6,11 @@ from typing import Any
 
 from marketplace.discover_cache import DiscoverCache
 from marketplace.escrow_proof import with_proof
+from marketplace.escrows import STATES, escrow_message
 from marketplace.identity import AgentKey
 from marketplace.liveness import Liveness
 from marketplace.registry import Registry
-from marketplace.settlement import STATES, Settlement, escrow_message
+from marketplace.settlement import Settlement
 from marketplace.v1 import (
     dispute_pb2_grpc,
     registry_pb2,

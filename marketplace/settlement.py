@@ -44,7 +44,6 @@ from marketplace.agreement_states import next_state
 from marketplace.disputes import Disputes
 from marketplace.errors import (
     DeadlinePassed,
-    FailedPrecondition,
     InvalidArgument,
     PermissionDenied,
 )
@@ -59,6 +58,7 @@ from marketplace.escrows import (
     Pending,
     body_of,
     escrow_dict,
+    escrow_message,
     escrow_of,
     locked_row,
     opened_of,
@@ -70,21 +70,19 @@ from marketplace.grpc_tracing import span_if_active
 from marketplace.identity import verify
 from marketplace.receipts import ReceiptBook
 from marketplace.registry import Registry
+from marketplace.settlement_accounts import SettlementAccounts
 from marketplace.settlement_checks import check_open, check_receipts, check_voucher, listed_skill
 from marketplace.v1 import agreement_pb2, dispute_pb2, registry_pb2, settlement_pb2
 from marketplace.verification import Verification
 from wallets import _sqlite_hot as hot
 from wallets import attributes as attr
 from wallets.caller import NODE_SCOPE
-from wallets.currencies import currency, split
+from wallets.currencies import split
 from wallets.errors import AgentmarketError, InsufficientFunds
 from wallets.guard import SpendContext
 from wallets.ledger import Ledger
 from wallets.metrics import MarketMetrics, market_metrics
-from wallets.tables import AccountRow
 
-MARKETPLACE_OWNER = "marketplace"
-DISPUTE_ACCOUNT_KIND = "escrow"
 HOLD_GRACE_S = 3600
 # Work delivered by the completion deadline may still be redeemed for a while after it (a
 # seller restarting, a node outage at the deadline): a tenth of the agreement's span (open to
@@ -105,17 +103,11 @@ BUYER_ACCEPTANCE = registry_pb2.VERIFICATION_METHOD_BUYER_ACCEPTANCE
 # state, read first, says the redeem can be taken.
 CALLED_OUT = frozenset({registry_pb2.VERIFICATION_METHOD_LLM_JUDGE,
                         registry_pb2.VERIFICATION_METHOD_THIRD_PARTY})
-MAX_KNOWN_ACCOUNTS = 100_000
 log = logging.getLogger("agentmarket.settlement")
-ACCOUNTS = AccountRow.__table__  # type: ignore[attr-defined]
 _OPENED = hot.Statement(select(ESCROWS.c.agreement_id).where(
     ESCROWS.c.agreement_id == bindparam("agreement")))
 _STATE = hot.Statement(select(ESCROWS.c.state).where(
     ESCROWS.c.agreement_id == bindparam("agreement")))
-_WALLET = hot.Statement(select(ACCOUNTS).where(ACCOUNTS.c.owner == bindparam("owner"),
-                                               ACCOUNTS.c.currency == bindparam("currency"),
-                                               ACCOUNTS.c.kind == "wallet"))
-_ACCOUNT = hot.Statement(select(ACCOUNTS).where(ACCOUNTS.c.id == bindparam("account")))
 _INSERT_ESCROW = insert(ESCROWS)
 _INSERT_EVIDENCE = insert(EVIDENCE)
 
@@ -161,7 +153,7 @@ class Settlement:
         self.receipts = receipts
         self.facts = AgreementFacts(self.engine)
         self._opened = OpenedAgreements()
-        self._account_ids: dict[tuple[str, str, str], str] = {}
+        self.accounts = SettlementAccounts(ledger)
         self.payouts = Payouts(ledger, fee_bps=fee_bps, clock_ms=self.clock_ms,
                                metrics=self.metrics, span=self._span)
 
@@ -177,25 +169,13 @@ class Settlement:
     # ---- accounts -------------------------------------------------------------------------
 
     def fees_account(self, currency_code: str) -> str:
-        return self._account_id(MARKETPLACE_OWNER, currency_code, "fees")
+        return self.accounts.fees(currency_code)
 
     def dispute_account(self, currency_code: str) -> str:
-        return self._account_id(MARKETPLACE_OWNER, currency_code, DISPUTE_ACCOUNT_KIND)
+        return self.accounts.dispute(currency_code)
 
     def account(self, owner: str, currency_code: str) -> str:
-        return self._account_id(owner, currency_code, "wallet")
-
-    def _account_id(self, owner: str, currency_code: str, kind: str) -> str:
-        """The account, opened if missing. An account's id never changes once it is open, so
-        each is looked up once per node (bounded), not on every request that pays it."""
-        key = (owner, currency_code, kind)
-        found = self._account_ids.get(key)
-        if found is None:
-            found = self.ledger.open_account(owner, currency_code, kind).account_id
-            if len(self._account_ids) >= MAX_KNOWN_ACCOUNTS:
-                self._account_ids.pop(next(iter(self._account_ids)), None)
-            self._account_ids[key] = found
-        return found
+        return self.accounts.wallet(owner, currency_code)
 
     # ---- open -----------------------------------------------------------------------------
 
@@ -212,7 +192,7 @@ class Settlement:
                 check_open(body, now)
                 skill = listed_skill(self.registry.get_in(conn, body.seller_id), body.terms)
                 self.verification.check_terms(terms)
-                buyer = self._buyer_wallet(conn, body.buyer_id, terms.currency)
+                buyer = self.accounts.buyer_wallet(conn, body.buyer_id, terms.currency)
         if opened:  # a retry replays its first answer; any other request is an illegal open
             return self.ledger.mutate(key, "open_escrow", {"agreement": agreement}, lambda conn:
                                       next_state(locked_row(conn, agreement).state, "open"),
@@ -271,18 +251,6 @@ class Settlement:
                     terms.currency, terms.max_total_atomic, terms.completion_deadline_ms,
                     inserted["created_at_ms"], skill.output_schema_json, signed, body))
             return result
-
-    def _buyer_wallet(self, conn: Any, buyer_id: str, currency_code: str) -> Any:
-        """The buyer's wallet row (its id remembered once found); it must exist."""
-        key = (buyer_id, currency_code, "wallet")
-        known = self._account_ids.get(key)
-        row = (_ACCOUNT.first(conn, {"account": known}) if known is not None else
-               _WALLET.first(conn, {"owner": buyer_id, "currency": currency(currency_code).code}))
-        if row is None:
-            raise FailedPrecondition(f"the buyer has no {currency_code} wallet")
-        if known is None and len(self._account_ids) < MAX_KNOWN_ACCOUNTS:
-            self._account_ids[key] = row.id
-        return row
 
     # ---- redeem ---------------------------------------------------------------------------
 
@@ -345,7 +313,7 @@ class Settlement:
                      "redeem_verify")
             evidence = dispute_pb2.DeliveryEvidence(voucher=voucher, receipts=receipts,
                                                     verification_json=outcome.to_json())
-            parties = self._parties(row)
+            parties = self.accounts.parties(row)
 
             def apply(conn: Connection) -> dict[str, Any]:
                 now = self.clock_ms()
@@ -410,18 +378,6 @@ class Settlement:
             results.append(result)
         return results
 
-    # ---- paying out -----------------------------------------------------------------------
-
-    def _parties(self, row: Facts | Any) -> dict[str, str]:
-        """Account ids settlement may post to (all opened at OpenEscrow)."""
-        parties = {"seller": self.account(row.seller_id, row.currency),
-                   "buyer": self.account(row.buyer_id, row.currency),
-                   "fees": self.fees_account(row.currency),
-                   "dispute": self.dispute_account(row.currency)}
-        if row.verifier_id:
-            parties["verifier"] = self.account(row.verifier_id, row.currency)
-        return parties
-
     # ---- buyer ----------------------------------------------------------------------------
 
     def confirm(self, key: str, agreement: str, buyer_signature: bytes) -> dict[str, Any]:
@@ -431,7 +387,7 @@ class Settlement:
                       buyer_signature):
             raise PermissionDenied("only the agreement's buyer can confirm it",
                                    reason="BAD_SIGNATURE")
-        parties = self._parties(facts)
+        parties = self.accounts.parties(facts)
 
         def apply(conn: Connection) -> dict[str, Any]:
             return self.payouts.release_in(conn, key, agreement, "confirm", parties)
@@ -476,7 +432,7 @@ class Settlement:
 
     def _sweep_one(self, row: Any) -> None:
         """Its key is the node's own (NODE_SCOPE): no party can have used it first."""
-        parties = self._parties(row)
+        parties = self.accounts.parties(row)
         expire = row.state == st.ACTIVE
         key = f"{'expire-agreement' if expire else 'auto-release'}:{row.agreement_id}"
 
@@ -506,20 +462,3 @@ class Settlement:
     def body(self, agreement: str) -> agreement_pb2.AgreementBody:
         return body_of(read_row(self.engine, agreement))
 
-
-STATES = {
-    st.ACTIVE: settlement_pb2.AGREEMENT_STATE_ACTIVE,
-    st.DELIVERED: settlement_pb2.AGREEMENT_STATE_DELIVERED,
-    st.VERIFIED: settlement_pb2.AGREEMENT_STATE_VERIFIED,
-    st.SETTLED: settlement_pb2.AGREEMENT_STATE_SETTLED,
-    st.REFUNDED: settlement_pb2.AGREEMENT_STATE_REFUNDED,
-    st.DISPUTED: settlement_pb2.AGREEMENT_STATE_DISPUTED,
-    st.RESOLVED: settlement_pb2.AGREEMENT_STATE_RESOLVED,
-    st.EXPIRED: settlement_pb2.AGREEMENT_STATE_EXPIRED,
-}
-
-
-def escrow_message(e: dict[str, Any]) -> settlement_pb2.Escrow:
-    """The wire form of an escrow dict."""
-    fields = {k: v for k, v in e.items() if k != "state"}
-    return settlement_pb2.Escrow(state=STATES[e["state"]], **fields)

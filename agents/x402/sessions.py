@@ -30,9 +30,10 @@ from agents.x402.receipts import Chain
 from agents.x402.seller_calls import ASKED, SellerAnswer, SellerCalls, asked
 from marketplace import agreements as ag
 from marketplace import escrow_proof
+from marketplace.escrows import escrow_message
 from marketplace.identity import AgentKey, verify
 from marketplace.payword import CHEAP_CHECK_HASHES, verify_word
-from marketplace.settlement import Settlement, escrow_message
+from marketplace.settlement import Settlement
 from wallets import _sqlite_hot as hot
 from wallets.caller import calling_as
 from wallets.errors import AgentmarketError

@@ -249,7 +249,7 @@ def agreements(state: str = typer.Option(None, help="active, verified, delivered
                as_json: bool = typer.Option(False, "--json", help="JSON for scripts.")) -> None:
     """Agreements, newest first, with what was held, paid, charged and refunded."""
     from marketplace.cli.output import bad_value
-    from marketplace.settlement import STATES
+    from marketplace.escrows import STATES
 
     if state is not None and state not in STATES:
         bad_value(f"no state {state!r}: one of {', '.join(STATES)}")
