@@ -38,12 +38,11 @@ from agents._deal import (
     restored_deal,
 )
 from agents._grpc_payment import answer_may_be_lost
+from agents._outputs import SCHEMA_PROBLEMS
 from agents._rpc import trace_id_of
 from agents.errors import (
-    AgentmarketError,
     ApprovalRequired,
     InvalidArgument,
-    SchemaViolation,
     ServerError,
     Unavailable,
 )
@@ -70,8 +69,6 @@ RETRY_PAUSE_S = 0.05
 MAX_REPLANS = 16  # new vouchers for one call whose earlier ones a later call overtook
 MAX_DISCOVER = 100
 MAX_REASON_CHARS = 2000
-SCHEMA_PROBLEMS = ("output does not match the schema",
-                   "the listing's output schema cannot be checked")
 
 
 @dataclass
@@ -393,38 +390,6 @@ class BuyerCore:
                 span.set_status(trace.Status(trace.StatusCode.ERROR, problem))
         return CallResult(output, Usage.from_message(usage, deal.currency), receipt,
                           not problem, problem, trace_id_of(span))
-
-    @staticmethod
-    def _output_of(result: CallResult, output_type: Any) -> Any:
-        """`call`'s answer: the output (as `output_type`), or the SDK's error when the answer
-        failed its checks: SchemaViolation for an output not as its schema, ServerError
-        (BAD_RECEIPT) for a receipt that does not hold. Either way the call was booked at no
-        more than the terms allow and the problem is on `deal.problems` (finish keeps the
-        confirm back); the error's `result` is the call as `invoke` returns it."""
-        if not result.verified:
-            schema = result.problem.startswith(SCHEMA_PROBLEMS)
-            error: AgentmarketError = SchemaViolation(
-                f"the seller's output failed its checks: {result.problem}") if schema \
-                else ServerError(f"the seller's receipt failed its checks: {result.problem}",
-                                 reason="BAD_RECEIPT")
-            error.result = result  # type: ignore[attr-defined]
-            error.trace_id = result.trace_id
-            raise error
-        return BuyerCore._typed(result.output, output_type)
-
-    @staticmethod
-    def _typed(output: Any, output_type: Any) -> Any:
-        """The output as `output_type` (a pydantic model, dataclass, TypedDict ...)."""
-        if output_type is None:
-            return output
-        from pydantic import TypeAdapter
-        from pydantic import ValidationError as PydanticError
-
-        try:
-            return TypeAdapter(output_type).validate_python(output)
-        except PydanticError as error:
-            raise InvalidArgument(f"the output is not a {getattr(output_type, '__name__', '')}"
-                                  f": {error.errors()[0].get('msg', error)}") from None
 
     # ---- finish, confirm, dispute ---------------------------------------------------------
 

@@ -49,6 +49,7 @@ from agents._buyer_core import (
 )
 from agents._deal import Deal, MalformedAnswer
 from agents._failover import Failover, unreachable
+from agents._outputs import output_of
 from agents._rpc import async_sdk_method, sdk_error
 from agents.errors import (
     AgentmarketError,
@@ -295,7 +296,7 @@ class AsyncBuyerAgent(BuyerCore):
         """One paid call; the skill's output (or an `output_type` built from it). An answer
         that fails its checks raises as `BuyerAgent.call` says."""
         result = await self.invoke(deal, arguments, call_id=call_id)
-        return self._output_of(result, output_type)
+        return output_of(result, output_type)
 
     @async_sdk_method
     async def invoke(self, deal: Deal, arguments: dict[str, Any], *,

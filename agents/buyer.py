@@ -59,6 +59,7 @@ from agents._buyer_core import (
 from agents._deal import Deal, MalformedAnswer, receipt_problem
 from agents._failover import Failover, unreachable
 from agents._grpc_payment import VoucherClientInterceptor
+from agents._outputs import output_of
 from agents._rpc import sdk_error, sdk_method
 from agents.errors import AgentmarketError, NegotiationFailed, SellerUnavailable
 from agents.negotiation import Strategy
@@ -304,7 +305,7 @@ class BuyerAgent(BuyerCore):
         schema), or an `output_type` (a pydantic model, dataclass ...) built from it. An answer
         that fails its checks raises SchemaViolation or ServerError (BAD_RECEIPT), its `result`
         the call (`invoke` returns it instead)."""
-        return self._output_of(self.invoke(deal, arguments, call_id=call_id), output_type)
+        return output_of(self.invoke(deal, arguments, call_id=call_id), output_type)
 
     @sdk_method
     def invoke(self, deal: Deal, arguments: dict[str, Any], *, call_id: str | None = None,
