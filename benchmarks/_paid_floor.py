@@ -49,6 +49,11 @@ def voucher_bytes(sequence: int) -> bytes:
         payword_index=sequence, payword=os.urandom(32)).SerializeToString()
 
 
+def voucher_metadata() -> list[tuple[tuple[str, bytes]]]:
+    """VOUCHERS calls' metadata, each with a voucher of its own, sent in turn."""
+    return [((VOUCHER_METADATA_KEY, voucher_bytes(n + 1)),) for n in range(VOUCHERS)]
+
+
 def answer_template(sequence: int) -> agent_pb2.InvokeResponse:
     """An answer of a paid echo's shape: its usage and an unsigned chained receipt, as 15 of
     every 16 receipts are (the output is set per call)."""
@@ -109,7 +114,7 @@ def floor_caller(channel: grpc.Channel, served: Skill) -> Any:
     the unpaid side's is (the receipt is not checked: that is payment work)."""
     stub = agent_pb2_grpc.AgentServiceStub(intercept(channel, *client_interceptors()))
     check = validator(served.output_schema)
-    vouchers = [((VOUCHER_METADATA_KEY, voucher_bytes(n + 1)),) for n in range(VOUCHERS)]
+    vouchers = voucher_metadata()
 
     def call(i: int) -> Any:
         request = agent_pb2.InvokeRequest(agreement_id=AGREEMENT_ID,

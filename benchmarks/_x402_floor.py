@@ -25,11 +25,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from x402.http.clients.httpx import x402AsyncTransport
 
-from agents.payments import VOUCHER_METADATA_KEY
 from agents.v1 import agent_pb2
+from agents.x402 import forward
 from agents.x402.client import PrepayTransport, buyer_client
-from agents.x402.network import b64
-from benchmarks._paid_floor import AGREEMENT_ID, voucher_bytes
+from benchmarks._paid_floor import AGREEMENT_ID, VOUCHERS, voucher_metadata
 from marketplace.identity import AgentKey
 
 CALL_TIMEOUT_S = 30.0
@@ -86,7 +85,7 @@ def floor_call(stub_of: Callable[[], Any], wire: Wire
                ) -> Callable[[Request], Awaitable[Response]]:
     """The floor door's handler: the unpaid door's JSON and hop, with a paid call's bytes
     (the stub comes from `stub_of()`, the gateway's kind of channel to the floor seller)."""
-    vouchers = [((VOUCHER_METADATA_KEY, voucher_bytes(n + 1)),) for n in range(64)]
+    vouchers = voucher_metadata()
     call_ids = itertools.count(1)
     headers = {"PAYMENT-RESPONSE": wire.payment_response}
 
@@ -96,13 +95,8 @@ def floor_call(stub_of: Callable[[], Any], wire: Wire
         number = next(call_ids)
         reply = await stub_of().Invoke(agent_pb2.InvokeRequest(
             agreement_id=AGREEMENT_ID, input_json=json.dumps(arguments),
-            call_id=f"x402:{number}"), timeout=CALL_TIMEOUT_S, metadata=vouchers[number % 64])
-        usage = reply.usage
-        body = {"output": json.loads(reply.output_json),
-                "usage": {"inputTokens": usage.input_tokens,
-                          "outputTokens": usage.output_tokens, "units": usage.units,
-                          "charged": str(usage.charged_atomic)},
-                "receipt": b64(reply.receipt.SerializeToString())}
-        return Response(json.dumps(body), media_type="application/json", headers=headers)
+            call_id=f"x402:{number}"), timeout=CALL_TIMEOUT_S, metadata=vouchers[number % VOUCHERS])
+        return Response(json.dumps(forward.answer_body(reply)), media_type="application/json",
+                        headers=headers)
 
     return call

@@ -122,13 +122,17 @@ async def invoke(channels: Channels, endpoint: str, arguments: dict[str, Any],
             return VOUCHER_REFUSED, {"error": refused, "message": error.details() or ""}, 0
         return (HTTP_OF_GRPC.get(error.code(), 502),
                 {"error": error.code().name.lower(), "message": error.details() or ""}, 0)
+    return 200, answer_body(response), response.usage.charged_atomic
+
+
+def answer_body(response: agent_pb2.InvokeResponse) -> dict[str, Any]:
+    """The gateway's JSON body of a seller's answer: the output, its usage and the seller's
+    receipt."""
     usage = response.usage
-    return 200, {"output": json.loads(response.output_json),
-                 "usage": {"inputTokens": usage.input_tokens,
-                           "outputTokens": usage.output_tokens, "units": usage.units,
-                           "charged": str(usage.charged_atomic)},
-                 "receipt": net.b64(response.receipt.SerializeToString())
-                 }, usage.charged_atomic
+    return {"output": json.loads(response.output_json),
+            "usage": {"inputTokens": usage.input_tokens, "outputTokens": usage.output_tokens,
+                      "units": usage.units, "charged": str(usage.charged_atomic)},
+            "receipt": net.b64(response.receipt.SerializeToString())}
 
 
 async def refetched_end(stub: agent_pb2_grpc.AgentServiceStub, request: agent_pb2.InvokeRequest,
