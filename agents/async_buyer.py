@@ -46,6 +46,7 @@ from agents._buyer_core import (
     BuyerCore,
     PlannedCall,
     call_metadata,
+    wait_ran_out,
 )
 from agents._deal import Deal, MalformedAnswer
 from agents._failover import Failover, unreachable
@@ -325,15 +326,19 @@ class AsyncBuyerAgent(BuyerCore):
             seller = stubs.unsigned if tracing_active(self.tracer_provider) else stubs.bare
         else:
             seller = stubs.signed
-        deadline = time.monotonic() + IN_PROGRESS_WAIT_S
+        deadline, in_progress = time.monotonic() + IN_PROGRESS_WAIT_S, False
         while (left := deadline - time.monotonic()) > 0:
+            timeout = min(RPC_TIMEOUT_S, left)
             try:
                 return await seller.Invoke(planned.request,  # type: ignore[no-any-return]
                                            metadata=planned.metadata,
-                                           timeout=min(RPC_TIMEOUT_S, left))
+                                           timeout=timeout)
             except grpc.RpcError as error:
+                if wait_ran_out(error, in_progress, timeout):
+                    break
                 if error_reason(error) != "CALL_IN_PROGRESS":
                     raise
+                in_progress = True
                 await asyncio.sleep(RETRY_PAUSE_S)
         raise self._still_running(planned)
 

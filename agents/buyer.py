@@ -55,6 +55,7 @@ from agents._buyer_core import (
     STREAM_TIMEOUT_S,
     BuyerCore,
     PlannedCall,
+    wait_ran_out,
 )
 from agents._deal import Deal, MalformedAnswer, receipt_problem
 from agents._failover import Failover, unreachable
@@ -334,14 +335,18 @@ class BuyerAgent(BuyerCore):
                 tracing_active(self.tracer_provider) else stubs.bare
         else:
             seller = stubs.signed
-        deadline = time.monotonic() + IN_PROGRESS_WAIT_S
+        deadline, in_progress = time.monotonic() + IN_PROGRESS_WAIT_S, False
         while (left := deadline - time.monotonic()) > 0:
+            timeout = min(RPC_TIMEOUT_S, left)
             try:
                 return seller.Invoke(planned.request, metadata=planned.metadata,  # type: ignore[no-any-return]
-                                     timeout=min(RPC_TIMEOUT_S, left))
+                                     timeout=timeout)
             except grpc.RpcError as error:
+                if wait_ran_out(error, in_progress, timeout):
+                    break
                 if error_reason(error) != "CALL_IN_PROGRESS":
                     raise
+                in_progress = True
                 time.sleep(RETRY_PAUSE_S)  # the first attempt is still running: it will answer
         raise self._still_running(planned)
 

@@ -8,6 +8,8 @@ tampered with in process, and a BuyerAgent over gRPC.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,8 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from agents import BuyerAgent, SellerAgent, per_call, skill
+from agents import AsyncBuyerAgent, BuyerAgent, SellerAgent, per_call, skill
+from agents import async_buyer as async_buyer_module
 from agents import buyer as buyer_module
 from agents.errors import CallInProgress, NegotiationFailed, Unavailable
 from marketplace.node import MarketplaceNode
@@ -78,7 +81,7 @@ def test_a_call_the_seller_keeps_saying_runs_is_fetched_again_with_its_voucher(m
     """The wait is bounded, the reservation kept, and a retry with the same call id re-sends
     the same voucher: the one answer, charged once."""
     seller, buyer = market
-    monkeypatch.setattr(buyer_module, "IN_PROGRESS_WAIT_S", 0.5)
+    monkeypatch.setattr(buyer_module, "IN_PROGRESS_WAIT_S", 2.0)
     deal = _deal(buyer)
     session = buyer.sessions[deal.agreement_id]
     real = seller.invoke
@@ -96,6 +99,71 @@ def test_a_call_the_seller_keeps_saying_runs_is_fetched_again_with_its_voucher(m
     assert answer.output == {"text": "HI"} and answer.verified
     assert session.reserved_atomic == 0 and session.charged_atomic == deal.call_max_atomic
     assert buyer.invoke(deal, {"text": "next"}).verified  # the deal goes on
+
+
+def test_an_attempt_the_wait_ends_under_leaves_the_call_still_running(market, monkeypatch):
+    """The seller said the call runs, then its next answer outlasts what is left of the wait:
+    that attempt's deadline is the wait's end, so the buyer says the call still runs (retry
+    with the same call id), as when the wait ends between attempts, not that it timed out;
+    the reservation is kept, and the retry gets the one answer."""
+    seller, buyer = market
+    monkeypatch.setattr(buyer_module, "IN_PROGRESS_WAIT_S", 2.0)
+    deal = _deal(buyer)
+    session = buyer.sessions[deal.agreement_id]
+    real, attempts = seller.invoke, []
+
+    def slower_each_time(request: Any, context: Any) -> Any:
+        attempts.append(request.call_id)
+        if len(attempts) == 1:
+            real(request, context)  # the seller runs (and records) the call
+        else:
+            time.sleep(3.0)  # past the end of the buyer's wait
+        raise CallInProgress("still running")
+
+    seller.invoke = slower_each_time
+    with pytest.raises(Unavailable, match="same call id"):
+        buyer.invoke(deal, {"text": "hi"}, call_id="c2")
+    assert len(attempts) == 2
+    assert "c2" in deal.unanswered and session.reserved_atomic == deal.call_max_atomic
+    seller.invoke = real
+    answer = buyer.invoke(deal, {"text": "hi"}, call_id="c2")
+    assert answer.output == {"text": "HI"} and answer.verified
+    assert session.reserved_atomic == 0 and session.charged_atomic == deal.call_max_atomic
+
+
+def test_the_async_buyer_too_leaves_a_call_the_wait_ends_under_still_running(
+        market, monkeypatch):
+    """The async buyer's twin of the test above."""
+    seller, _ = market
+    monkeypatch.setattr(async_buyer_module, "IN_PROGRESS_WAIT_S", 2.0)
+    real, attempts = seller.invoke, []
+
+    def slower_each_time(request: Any, context: Any) -> Any:
+        attempts.append(request.call_id)
+        if len(attempts) == 1:
+            real(request, context)
+        else:
+            time.sleep(3.0)
+        raise CallInProgress("still running")
+
+    async def task() -> tuple[Any, Any, int, int]:
+        async with AsyncBuyerAgent("me-async", marketplace=seller.marketplace) as buyer:
+            await buyer.fund("1.00", "USD")
+            deal = await buyer.negotiate(await buyer.discover("shout", currency="USD"),
+                                         "shout", quantity=3, budget="0.05", currency="USD")
+            await buyer.hire(deal)
+            seller.invoke = slower_each_time
+            with pytest.raises(Unavailable, match="same call id"):
+                await buyer.invoke(deal, {"text": "hi"}, call_id="c3")
+            assert "c3" in deal.unanswered
+            held = buyer.sessions[deal.agreement_id].reserved_atomic
+            seller.invoke = real
+            answer = await buyer.invoke(deal, {"text": "hi"}, call_id="c3")
+            return answer, deal, held, buyer.sessions[deal.agreement_id].charged_atomic
+
+    answer, deal, held, charged = asyncio.run(task())
+    assert len(attempts) == 2 and held == deal.call_max_atomic
+    assert answer.output == {"text": "HI"} and answer.verified and charged == held
 
 
 @pytest.mark.parametrize("claimed", [0, -10**15])
