@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import shutil
 import tempfile
 import threading
@@ -69,6 +70,7 @@ from agents.usage_journal import LOOP_GROUP_WAIT_S, JournalPacedExecutor, UsageJ
 from agents.v1 import agent_pb2
 from marketplace.a2a_cards import CARD_PATH, listing_card
 from marketplace.auth import signed_channel
+from marketplace.errors import RegistryBusy
 from marketplace.grpc_tracing import client_interceptors, untraced
 from marketplace.identity import AgentKey
 from marketplace.introspection import mark_serving
@@ -76,6 +78,7 @@ from marketplace.market_channel import market_options, node_retry
 from marketplace.node import opening_database
 from marketplace.stream_limits import streams_allowed
 from marketplace.v1 import registry_pb2, registry_pb2_grpc, settlement_pb2, settlement_pb2_grpc
+from wallets.grpc_errors import error_reason
 
 RPC_TIMEOUT_S = 10.0
 WITHDRAW_TIMEOUT_S = 3.0  # stopping waits at most this for the marketplace
@@ -273,10 +276,22 @@ class SellerAgent:
             raise sdk_error(error, f"the marketplace at {self.marketplace}") from None
 
     def _send_listing(self) -> registry_pb2.Listing:
-        response = self.registry.Advertise(
-            registry_pb2.AdvertiseRequest(idempotency_key=f"advertise:{uuid.uuid4().hex}",
-                                          listing=self.listing(), ttl_s=self.ttl_s),
-            timeout=RPC_TIMEOUT_S)
+        """Advertise; while the registry is busy with others' listings (REGISTRY_BUSY: it
+        refuses rather than queue them), ask again after a growing pause, for up to
+        RPC_TIMEOUT_S in all."""
+        request = registry_pb2.AdvertiseRequest(idempotency_key=f"advertise:{uuid.uuid4().hex}",
+                                                listing=self.listing(), ttl_s=self.ttl_s)
+        give_up, pause = time.monotonic() + RPC_TIMEOUT_S, 0.02
+        while True:
+            try:
+                response = self.registry.Advertise(request, timeout=RPC_TIMEOUT_S)
+                break
+            except grpc.RpcError as error:
+                busy = error_reason(error) == RegistryBusy.reason
+                if not busy or time.monotonic() + pause > give_up:
+                    raise
+            time.sleep(pause * random.uniform(0.5, 1.5))
+            pause = min(pause * 2, 1.0)
         if response.node_id:
             self.node_id = response.node_id
         return response.listing
@@ -290,7 +305,9 @@ class SellerAgent:
                     self.registry.Heartbeat(
                         registry_pb2.HeartbeatRequest(agent_id=self.agent_id),
                         timeout=RPC_TIMEOUT_S)
-                except grpc.RpcError:
+                except grpc.RpcError as error:
+                    if error_reason(error) == RegistryBusy.reason:
+                        continue  # alive and listed; the next beat keeps it
                     with contextlib.suppress(grpc.RpcError):  # marketplace away: retry next beat
                         self._send_listing()
 

@@ -5,7 +5,8 @@
     └── InvalidVoucher          INVALID_VOUCHER          forged, replayed, another agreement's
     ResourceExhausted
     ├── BudgetExceeded          BUDGET_EXCEEDED          past the agreement's maximum
-    └── ReceiptLimit            RECEIPT_LIMIT            an answer a redeem could not carry
+    ├── ReceiptLimit            RECEIPT_LIMIT            an answer a redeem could not carry
+    └── RegistryBusy            REGISTRY_BUSY            callers' registry writes at their bound
     FailedPrecondition
     ├── IllegalTransition       ILLEGAL_TRANSITION       the agreement's state forbids it
     ├── OfferExpired            OFFER_EXPIRED            the accepted offer has lapsed
@@ -51,6 +52,13 @@ class BudgetExceeded(ResourceExhausted):
     """A call that would take the agreement past its maximum total."""
 
     reason = "BUDGET_EXCEEDED"
+
+
+class RegistryBusy(ResourceExhausted):
+    """As many callers' registry writes run or wait as the node allows (`Registry._asked`):
+    nothing written; ask again after a short, growing pause."""
+
+    reason = "REGISTRY_BUSY"
 
 
 class ReceiptLimit(ResourceExhausted):

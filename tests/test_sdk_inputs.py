@@ -175,11 +175,11 @@ def other_echo(text: str) -> Echo:
 ])
 def test_seller_refuses_bad_settings_before_starting_anything(
         options: dict[str, Any], named: str) -> None:
-    threads = threading.active_count()
+    before = set(threading.enumerate())  # an earlier test's threads may end meanwhile
     settings: dict[str, Any] = {"skills": [echo], "marketplace": NOWHERE, **options}
     with pytest.raises(InvalidArgument, match=named):
         SellerAgent("inputs", **settings)
-    assert threading.active_count() == threads
+    assert not set(threading.enumerate()) - before, "a refused seller started a thread"
 
 
 def test_seller_takes_good_settings() -> None:

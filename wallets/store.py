@@ -8,7 +8,6 @@ PostgreSQL the ledger takes row locks itself (see `wallets.ledger`).
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +20,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError, PendingRollbackError
 
 from wallets.errors import InvalidArgument
+from wallets.writer_turns import turns_of
 
 DEFAULT_DB_URL = "sqlite:///agentmarket.db"
 SQLITE_BUSY_TIMEOUT_S = 30.0
@@ -127,21 +127,24 @@ def is_sqlite(engine: Engine) -> bool:
 
 class WriteSerializer:
     """One writer at a time inside this process on SQLite, taking turns on one connection (no
-    pool round trip per transaction: a fifth of a posting's Python); a no-op on PostgreSQL."""
+    pool round trip per transaction: a fifth of a posting's Python); a no-op on PostgreSQL.
+    Every serializer of one engine shares its turns (`wallets.writer_turns`): an `urgent` one
+    (money) goes before the others waiting."""
 
-    def __init__(self, engine: Engine) -> None:
-        self._lock = threading.Lock() if is_sqlite(engine) else None
+    def __init__(self, engine: Engine, *, urgent: bool = True) -> None:
+        self._turns = turns_of(engine) if is_sqlite(engine) else None
+        self._urgent = urgent
         self._engine = engine
         self._connection: Connection | None = None
-        if self._lock is not None:  # disposing the engine closes every connection, this too
+        if self._turns is not None:  # disposing the engine closes every connection, this too
             event.listen(engine, "engine_disposed", lambda _engine: self.close())
 
     @contextmanager
     def __call__(self) -> Iterator[None]:
-        if self._lock is None:
+        if self._turns is None:
             yield
             return
-        with self._lock:
+        with self._turns.turn(urgent=self._urgent):
             yield
 
     def connection(self) -> Connection:
@@ -153,9 +156,9 @@ class WriteSerializer:
 
     def close(self) -> None:
         """Give the writers' connection back to the pool (the next writer takes one again)."""
-        if self._lock is None:
+        if self._turns is None:
             return
-        with self._lock:
+        with self._turns.turn(urgent=self._urgent):
             if self._connection is not None:
                 self._connection.close()
                 self._connection = None
