@@ -149,6 +149,15 @@ ROWS = (
      "{deployed_sqlite_normal_scheduling_task_p99_ms} ms against {deployed_sqlite_task_p99_ms}; "
      "failed tasks {deployed_failed}, books balanced {deployed_balanced}, agreements left open "
      "{deployed_open}"),
+    ("a buyer's escrow while {registry_flood_threads} threads in 2 other processes advertise "
+     "6,000-row listings under fresh keys (`benchmarks/registry_flood.py`, SQLite node)",
+     "OpenEscrow p50 {registry_flood_hire_p50_ms} ms, p90 {registry_flood_hire_p90_ms} ms, max "
+     "{registry_flood_hire_max_ms} ms; finish p50 {registry_flood_finish_p50_ms} ms, p90 "
+     "{registry_flood_finish_p90_ms} ms; the node took {registry_flood_listings_taken_per_s} "
+     "listings/s and refused {registry_flood_listings_refused_per_s}/s (REGISTRY_BUSY)",
+     "quiet: OpenEscrow p50 {registry_flood_hire_quiet_p50_ms} ms, p90 "
+     "{registry_flood_hire_quiet_p90_ms} ms (ratio {registry_flood_hire_p50_vs_quiet_ratio}); "
+     "finish p50 {registry_flood_finish_quiet_p50_ms} ms (SECURITY.md)"),
     ("full tasks, 50 concurrent buyers, all in one process (`benchmarks/tasks.py`)",
      "{tasks_per_s_50_buyers} tasks/s (SQLite), {postgres_tasks_per_s} (PostgreSQL)",
      "books balanced: {sqlite_books_balanced} and {postgres_books_balanced}; agreements left "

@@ -58,6 +58,7 @@ from marketplace.receipt_servicer import SERVICE as RECEIPT_SERVICE
 from marketplace.receipt_servicer import ReceiptServicer, receipt_rules
 from marketplace.receipts import ReceiptBook
 from marketplace.registry import Registry
+from marketplace.registry_door import RegistryBusyDoor
 from marketplace.reputation import fold_pending as fold_outcomes
 from marketplace.request_fields import MARKET_FIELDS
 from marketplace.request_limits import open_limits
@@ -193,7 +194,8 @@ class MarketplaceNode:
                                           limits=self.limits)
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers),
-            interceptors=[StreamLimits(max_workers), MalformedRequestInterceptor(),
+            interceptors=[RegistryBusyDoor(self.registry), StreamLimits(max_workers),
+                          MalformedRequestInterceptor(),
                           server_interceptor(tracer_provider),
                           self.auth, FieldCheckInterceptor(MARKET_FIELDS), *self._access()],
             options=[("grpc.max_receive_message_length", max_message_bytes),

@@ -176,6 +176,10 @@ def check_listing(listing: registry_pb2.Listing) -> None:
             "tags or description words")
 
 
+def busy() -> RegistryBusy:
+    return RegistryBusy("the registry is busy writing other listings; try again in a moment")
+
+
 def _no_live_listing(agent_id: str) -> NotFound:
     return NotFound(f"agent {agent_id[:12]}… has no live listing; advertise again")
 
@@ -189,7 +193,8 @@ class Registry:
         self.fx = fx
         self.reference_currency = reference_currency
         self._serial = WriteSerializer(engine, urgent=False)  # money goes first
-        self._asked_writes = threading.BoundedSemaphore(MAX_ASKED_WRITES)
+        self._asked_lock = threading.Lock()
+        self._asked_running = 0  # callers' writes running or waiting (`_asked`)
         self.version = 0  # counts this registry's writes to listings (`DiscoverCache` keys)
         self._version_lock = threading.Lock()
         self._counts = TokenCounts()
@@ -206,13 +211,20 @@ class Registry:
         past that one is refused REGISTRY_BUSY at once. A flood of listings from free keys
         then holds neither the node's worker threads nor much of its interpreter, and the
         writer serves payments first (`wallets.writer_turns`)."""
-        if not self._asked_writes.acquire(blocking=False):
-            raise RegistryBusy("the registry is busy writing other listings; try again in a "
-                               "moment")
+        with self._asked_lock:
+            if self._asked_running >= MAX_ASKED_WRITES:
+                raise busy()
+            self._asked_running += 1
         try:
             yield
         finally:
-            self._asked_writes.release()
+            with self._asked_lock:
+                self._asked_running -= 1
+
+    def writes_full(self) -> bool:
+        """Whether a caller's write would be refused REGISTRY_BUSY now (`RegistryBusyDoor`
+        asks before a request is even read)."""
+        return self._asked_running >= MAX_ASKED_WRITES
 
     def _changed(self) -> None:
         """After a committed write to listings: answers read before it are not reused."""

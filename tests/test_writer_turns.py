@@ -21,6 +21,8 @@ import pytest
 from sqlalchemy import event
 
 from agents import SellerAgent, per_call, skill
+from benchmarks.registry_flood import big_listing
+from marketplace import discovery
 from marketplace import registry as registry_module
 from marketplace.auth import signed_channel
 from marketplace.identity import AgentKey
@@ -134,6 +136,33 @@ def test_payments_go_before_listings_and_a_flood_of_listings_is_refused_at_once(
     assert node.registry.get(keys[2].agent_id).agent_id == keys[2].agent_id
 
 
+def test_while_the_registry_is_full_a_write_is_refused_before_it_is_read(
+        node: MarketplaceNode) -> None:
+    """The node's first interceptor (`marketplace.registry_door`) refuses REGISTRY_BUSY on
+    the method alone while the registry has no room: bytes that are no request at all get
+    REGISTRY_BUSY, not a parse error; with room they get the parse error as before."""
+    method = "/marketplace.v1.RegistryService/Advertise"
+    garbage = b"\xff\xff\xff not a protobuf"
+    turns = turns_of(node.engine)
+    keys = [AgentKey.generate() for _ in range(registry_module.MAX_ASKED_WRITES)]
+    with grpc.insecure_channel(node.address) as channel:
+        send = channel.unary_unary(method)
+        with turns.turn(urgent=True):
+            waiting = [_started(lambda k=k: _advertise(node, k), f"advertise-{i}")
+                       for i, k in enumerate(keys)]
+            _until(node.registry.writes_full, "the registry's room taken")
+            with pytest.raises(grpc.RpcError) as refused:
+                send(garbage, timeout=10)
+        for thread in waiting:
+            thread.join(timeout=10)
+        assert not node.registry.writes_full()
+        with pytest.raises(grpc.RpcError) as unread:
+            send(garbage, timeout=10)
+    assert (refused.value.code(), error_reason(refused.value)) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED, "REGISTRY_BUSY")
+    assert unread.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
 @skill(price=per_call("0.001", "USD"))
 def echo_text(text: str) -> dict:
     """Echo a text."""
@@ -164,3 +193,12 @@ def test_a_seller_starting_while_the_registry_is_busy_advertises_once_it_has_roo
         assert node.registry.get(seller.agent_id).skills[0].name == "echo_text"
     finally:
         seller.stop(0)
+
+
+def test_the_flood_benchmark_advertises_listings_the_registry_takes_whole() -> None:
+    """`benchmarks.registry_flood` floods with listings inside every limit, each thousands of
+    search rows: the costliest Advertise a free key may send, not one refused for its size."""
+    listing = big_listing(AgentKey.generate())
+    registry_module.check_listing(listing)
+    rows = sum(len(discovery.skill_terms(s)) * len(s.prices) for s in listing.skills)
+    assert 5_000 < rows <= registry_module.MAX_SEARCH_ROWS

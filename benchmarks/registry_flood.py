@@ -1,0 +1,177 @@
+"""A buyer's money against a flood of listings from free keys, on a SQLite node.
+
+The node is `agentmarket serve` (SQLite) with one seller process. A buyer in this process runs
+`ROUNDS` agreements one after another (negotiate, hire, one paid call, finish) and times hire
+(OpenEscrow: a hold posted) and finish (the redeem: capture, release, receipt): first with the
+market quiet, the same run's baseline, then while `FLOOD_THREADS` threads in 2 other processes
+each advertise, again and again, a listing of 6,000 search rows under a fresh key (what a
+stranger can do for free). Keys: p50/p90/max of both steps in each phase, the ratio of the
+flooded p50 to the quiet one, and how many listings per second the node took and refused.
+SECURITY.md ("Rate limits are per key, and keys are free") says what bounds the flood.
+
+    python -m benchmarks.registry_flood                 # as `make bench` runs it
+    python -m benchmarks.registry_flood flood ADDRESS THREADS SECONDS   # one flood process
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from agents import BuyerAgent
+from benchmarks.deployed import Party, _address
+from marketplace.auth import signed_channel
+from marketplace.identity import AgentKey
+from marketplace.testing import make_listing, make_skill
+from marketplace.v1 import registry_pb2, registry_pb2_grpc
+
+ROUNDS = 40
+FLOOD_THREADS = 16  # in 2 processes
+FLOOD_PROCESSES = 2
+SETTLE_S = 3.0  # for the flood to reach its pace before the flooded phase
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def big_listing(key: AgentKey) -> registry_pb2.Listing:
+    """50 skills priced in 2 currencies, 15 description words and 8 tags each: about 6,000
+    search rows, inside the registry's limits (a large honest listing)."""
+    skills = []
+    for i in range(50):
+        skill = make_skill(f"s{i}", description=" ".join(f"w{j}" for j in range(15)))
+        del skill.tags[:]
+        skill.tags.extend(f"t{j}" for j in range(8))
+        del skill.prices[:]
+        for code in ("USD", "USDC"):
+            skill.prices.add().CopyFrom(make_skill(currency=code).prices[0])
+        skills.append(skill)
+    return make_listing(key, *skills)
+
+
+def flood(address: str, threads: int, seconds: float) -> None:
+    """Advertise big listings under fresh keys from `threads` threads; print the counts."""
+    counts = {"taken": 0, "refused": 0}
+    end = time.monotonic() + seconds
+
+    def advertise() -> None:
+        while time.monotonic() < end:
+            key = AgentKey.generate()
+            with signed_channel(address, key) as channel:
+                try:
+                    registry_pb2_grpc.RegistryServiceStub(channel).Advertise(
+                        registry_pb2.AdvertiseRequest(idempotency_key=f"flood:{uuid.uuid4()}",
+                                                      listing=big_listing(key)), timeout=30)
+                    counts["taken"] += 1
+                except Exception:  # REGISTRY_BUSY, the point of the exercise: count, go on
+                    counts["refused"] += 1
+
+    def report(*_args: Any) -> None:
+        print(f"flooded {counts['taken']} {counts['refused']}", flush=True)
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, report)  # stopped by the benchmark: say how it went
+    workers = [threading.Thread(target=advertise, daemon=True) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    report()
+
+
+def _rounds(buyer: BuyerAgent, listing: Any) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {"hire": [], "finish": []}
+    for i in range(ROUNDS):
+        deal = buyer.negotiate(listing, "echo", quantity=1, budget="0.01", currency="USD")
+        begun = time.perf_counter()
+        buyer.hire(deal)
+        times["hire"].append((time.perf_counter() - begun) * 1000)
+        buyer.call(deal, {"text": f"call {i}"})
+        begun = time.perf_counter()
+        buyer.finish(deal)
+        times["finish"].append((time.perf_counter() - begun) * 1000)
+    return times
+
+
+def _figures(times: dict[str, list[float]], phase: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for step, values in times.items():
+        ranked = sorted(values)
+        out[f"registry_flood_{step}_{phase}p50_ms"] = round(statistics.median(ranked), 2)
+        out[f"registry_flood_{step}_{phase}p90_ms"] = round(ranked[int(len(ranked) * 0.9)], 2)
+        out[f"registry_flood_{step}_{phase}max_ms"] = round(ranked[-1], 2)
+    return out
+
+
+def run(progress: Any = None) -> dict[str, Any]:
+    say = progress or (lambda _text: None)
+    python = sys.executable
+    with tempfile.TemporaryDirectory(prefix="agentmarket-flood-") as tmp:
+        work = Path(tmp)
+        path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "PYTHONPATH": path, "AGENTMARKET_TRACING": "off",
+               "AGENTMARKET_HOME": str(work / "home")}
+        parties = [Party([python, "-m", "marketplace.cli.main", "serve", "--db",
+                          f"sqlite:///{work / 'market.db'}", "--port", "0", "--spans",
+                          str(work / "spans.db")], work / "node.log", env)]
+        try:
+            address = _address(parties[0].wait_for("listening", timeout_s=180))
+            parties.append(Party([python, "-m", "benchmarks._deployed_parties", "seller",
+                                  address, "seller-0"], work / "seller.log", env))
+            parties[1].wait_for("ready")
+            with BuyerAgent("flood-buyer", marketplace=address) as buyer:
+                buyer.fund("10.00", "USD")
+                listing = buyer.discover("echo", currency="USD")[0]
+                say(f"registry flood: {ROUNDS} agreements, quiet")
+                quiet = _rounds(buyer, listing)
+                say(f"registry flood: {ROUNDS} agreements, {FLOOD_THREADS} threads advertising")
+                flooders = [Party([python, "-m", "benchmarks.registry_flood", "flood", address,
+                                   str(FLOOD_THREADS // FLOOD_PROCESSES), "3600"],
+                                  work / f"flood-{n}.log", env) for n in range(FLOOD_PROCESSES)]
+                parties += flooders
+                time.sleep(SETTLE_S)
+                begun = time.monotonic()
+                flooded = _rounds(buyer, listing)
+                flooded_s = time.monotonic() - begun
+                taken, refused = _stopped(flooders)
+        finally:
+            for party in reversed(parties):
+                party.stop()
+    results: dict[str, Any] = {"registry_flood_threads": FLOOD_THREADS,
+                               **_figures(quiet, "quiet_"), **_figures(flooded, "")}
+    for step in ("hire", "finish"):
+        results[f"registry_flood_{step}_p50_vs_quiet_ratio"] = round(
+            results[f"registry_flood_{step}_p50_ms"]
+            / results[f"registry_flood_{step}_quiet_p50_ms"], 1)
+    results["registry_flood_window_s"] = round(flooded_s, 1)
+    results["registry_flood_listings_taken_per_s"] = round(taken / flooded_s, 1)
+    results["registry_flood_listings_refused_per_s"] = round(refused / flooded_s, 1)
+    return results
+
+
+def _stopped(flooders: list[Party]) -> tuple[int, int]:
+    """Stop the flood processes; the listings the node took and refused (they count from
+    before the flooded phase began too, so these are slightly high)."""
+    taken = refused = 0
+    for party in flooders:
+        party.process.terminate()
+        out, _ = party.process.communicate(timeout=30)
+        counts = [line.split() for line in out.splitlines() if line.startswith("flooded ")]
+        if counts:
+            taken, refused = taken + int(counts[-1][1]), refused + int(counts[-1][2])
+    return taken, refused
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["flood"]:
+        flood(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
+    else:
+        from rich.console import Console
+
+        Console().print(run(print))
