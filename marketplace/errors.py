@@ -55,8 +55,8 @@ class BudgetExceeded(ResourceExhausted):
 
 
 class RegistryBusy(ResourceExhausted):
-    """As many callers' registry writes run or wait as the node allows (`Registry._asked`):
-    nothing written; ask again after a short, growing pause."""
+    """As many callers' registry writes run or wait as the node allows
+    (`marketplace.registry_door`): nothing written; ask again after a short, growing pause."""
 
     reason = "REGISTRY_BUSY"
 

@@ -30,8 +30,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from jsonschema import SchemaError
@@ -53,8 +52,9 @@ from sqlalchemy.exc import IntegrityError
 from marketplace import discovery, pricing, schema_refs, schema_regex
 from marketplace.agreements import check_endpoint
 from marketplace.discovery import OFFERS, TERMS, Converter, Query, TokenCounts
-from marketplace.errors import InvalidArgument, NotFound, RegistryBusy, SchemaViolation
+from marketplace.errors import InvalidArgument, NotFound, SchemaViolation
 from marketplace.identity import check_agent_id
+from marketplace.registry_door import AskedWrites
 from marketplace.reputation import REPUTATION
 from marketplace.tables import ListingRow
 from marketplace.v1 import registry_pb2
@@ -77,7 +77,6 @@ _LAPSED_SINCE = hot.Statement(select(LISTINGS.c.agent_id, LISTINGS.c.expires_at_
 _AFTER_EVERY_AGENT = "~"  # sorts after every agent id (64 hex)
 _SKILL_NAME = re.compile(r"^[a-z0-9_.-]{1,64}\Z")
 MAX_SKILLS = 50
-MAX_ASKED_WRITES = 2  # callers' registry writes running or waiting at once (`_asked`)
 # Every (skill, price) offer repeats its skill's search tokens: up to 50 x 8 x 76 = 30,400
 # rows, all rewritten by each Advertise under the node's one SQLite writer. A large honest
 # listing (50 skills in 2 currencies, 8 tags and 15 words each) needs 6,000.
@@ -176,10 +175,6 @@ def check_listing(listing: registry_pb2.Listing) -> None:
             "tags or description words")
 
 
-def busy() -> RegistryBusy:
-    return RegistryBusy("the registry is busy writing other listings; try again in a moment")
-
-
 def _no_live_listing(agent_id: str) -> NotFound:
     return NotFound(f"agent {agent_id[:12]}… has no live listing; advertise again")
 
@@ -193,8 +188,7 @@ class Registry:
         self.fx = fx
         self.reference_currency = reference_currency
         self._serial = WriteSerializer(engine, urgent=False)  # money goes first
-        self._asked_lock = threading.Lock()
-        self._asked_running = 0  # callers' writes running or waiting (`_asked`)
+        self.asked_writes = AskedWrites()  # callers' writes, bounded (`registry_door`)
         self.version = 0  # counts this registry's writes to listings (`DiscoverCache` keys)
         self._version_lock = threading.Lock()
         self._counts = TokenCounts()
@@ -204,28 +198,6 @@ class Registry:
 
     # ---- writing --------------------------------------------------------------------------
 
-    @contextmanager
-    def _asked(self) -> Iterator[None]:
-        """Room for a caller's write (Advertise, Heartbeat, Withdraw, an unreachable
-        listing's expiry), checks included: at most MAX_ASKED_WRITES run or wait at once, and
-        past that one is refused REGISTRY_BUSY at once. A flood of listings from free keys
-        then holds neither the node's worker threads nor much of its interpreter, and the
-        writer serves payments first (`wallets.writer_turns`)."""
-        with self._asked_lock:
-            if self._asked_running >= MAX_ASKED_WRITES:
-                raise busy()
-            self._asked_running += 1
-        try:
-            yield
-        finally:
-            with self._asked_lock:
-                self._asked_running -= 1
-
-    def writes_full(self) -> bool:
-        """Whether a caller's write would be refused REGISTRY_BUSY now (`RegistryBusyDoor`
-        asks before a request is even read)."""
-        return self._asked_running >= MAX_ASKED_WRITES
-
     def _changed(self) -> None:
         """After a committed write to listings: answers read before it are not reused."""
         with self._version_lock:
@@ -233,7 +205,7 @@ class Registry:
 
     def advertise(self, listing: registry_pb2.Listing, ttl_s: int = 0) -> registry_pb2.Listing:
         """Create or replace the seller's listing (re-advertising is idempotent)."""
-        with self._asked():
+        with self.asked_writes.room():
             return self.advertise_many([listing], ttl_s)[0]
 
     def advertise_many(self, listings: Sequence[registry_pb2.Listing],
@@ -358,7 +330,7 @@ class Registry:
     def heartbeat(self, agent_id: str) -> int:
         """Keep a live listing for another ttl; NOT_FOUND once it has expired."""
         check_agent_id(agent_id)
-        with self._asked():
+        with self.asked_writes.room():
             return self._heartbeat(agent_id)
 
     def _heartbeat(self, agent_id: str) -> int:
@@ -384,7 +356,7 @@ class Registry:
         A live seller's next heartbeat is told to advertise again."""
         check_agent_id(agent_id)
         now = self.clock_ms()
-        with self._asked(), self._serial(), self.engine.begin() as conn:
+        with self.asked_writes.room(), self._serial(), self.engine.begin() as conn:
             row = conn.execute(select(LISTINGS.c.listing).where(
                 LISTINGS.c.agent_id == agent_id, LISTINGS.c.expires_at_ms > now)).first()
             if row is None or registry_pb2.Listing.FromString(row.listing).endpoint != endpoint:
@@ -397,7 +369,7 @@ class Registry:
 
     def withdraw(self, agent_id: str) -> None:
         check_agent_id(agent_id)
-        with self._asked(), self._serial(), self.engine.begin() as conn:
+        with self.asked_writes.room(), self._serial(), self.engine.begin() as conn:
             self._delete(conn, [agent_id])
         self._changed()
 

@@ -1,38 +1,77 @@
-"""A caller's registry write refused before any work while the registry has no room for it.
+"""Callers' registry writes, bounded, and refused before any work once the bound is reached.
 
-`Registry._asked` lets at most `MAX_ASKED_WRITES` callers' writes run or wait at once. A write
-refused there has already cost the node its reading: a listing of up to 256 KiB parsed, its
-signature's hash taken, every field checked. During a flood of listings from free keys those
+A caller's registry write (Advertise, Heartbeat, WithdrawListing, an unreachable listing's
+expiry) takes room in `AskedWrites`: at most `MAX_ASKED_WRITES` run or wait for the writer at
+once, and past that one is refused REGISTRY_BUSY at once, nothing written. A flood of
+listings from free keys (each up to 8,192 search rows) then holds neither the node's worker
+threads nor the writer, where payments go first anyway (`wallets.writer_turns`).
+
+A write refused inside the registry has already cost the node its reading: a listing of up
+to 256 KiB parsed, its signature's hash taken, every field checked. During a flood those
 refusals took a quarter of the node's interpreter from the payments running beside them. So
-this interceptor, first on the node, looks at the method alone and refuses REGISTRY_BUSY at
-once, the request never parsed, while the registry is full. It only looks: room is taken in
-the registry, after the caller's signature checked, so no unsigned request can take it.
+`RegistryBusyDoor`, first on the node, looks at the method alone and refuses while there is
+no room, the request never parsed. It only looks: room is taken in the registry, after the
+caller's signature checked, so no unsigned request can take it.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import grpc
 
-from marketplace.registry import Registry, busy
+from marketplace.errors import RegistryBusy
 from marketplace.v1 import registry_pb2
 from wallets.grpc_errors import abort
 
+MAX_ASKED_WRITES = 2
 _SERVICE = registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name
 WRITES = frozenset(f"/{_SERVICE}/{name}" for name in ("Advertise", "Heartbeat",
                                                        "WithdrawListing"))
 
 
-class RegistryBusyDoor(grpc.ServerInterceptor):  # type: ignore[misc]
-    """See the module docstring."""
+def busy() -> RegistryBusy:
+    return RegistryBusy("the registry is busy writing other listings; try again in a moment")
 
-    def __init__(self, registry: Registry) -> None:
-        self.registry = registry
+
+class AskedWrites:
+    """The room for callers' registry writes (see the module docstring)."""
+
+    def __init__(self, limit: int = MAX_ASKED_WRITES) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._running = 0
+
+    @contextmanager
+    def room(self) -> Iterator[None]:
+        """Hold room for one write while it runs; RegistryBusy at once when there is none."""
+        with self._lock:
+            if self._running >= self.limit:
+                raise busy()
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running -= 1
+
+    def full(self) -> bool:
+        """Whether a write would be refused now."""
+        return self._running >= self.limit
+
+
+class RegistryBusyDoor(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Refuse a caller's registry write before it is read while `writes` is full."""
+
+    def __init__(self, writes: AskedWrites) -> None:
+        self.writes = writes
 
     def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
         handler = continuation(details)
-        if handler is None or details.method not in WRITES or not self.registry.writes_full():
+        if handler is None or details.method not in WRITES or not self.writes.full():
             return handler
         return grpc.unary_unary_rpc_method_handler(
             _refuse, request_deserializer=None,  # the request's bytes are never parsed

@@ -27,6 +27,7 @@ from marketplace import registry as registry_module
 from marketplace.auth import signed_channel
 from marketplace.identity import AgentKey
 from marketplace.node import MarketplaceNode
+from marketplace.registry_door import MAX_ASKED_WRITES
 from marketplace.testing import make_listing
 from marketplace.v1 import registry_pb2, registry_pb2_grpc
 from wallets.errors import NotFound
@@ -114,7 +115,7 @@ def test_payments_go_before_listings_and_a_flood_of_listings_is_refused_at_once(
     with turns.turn(urgent=True):  # a long write under way
         waiting = [_started(lambda k=k: answers.setdefault(k.agent_id, _advertise(node, k)),
                             f"advertise-{i}") for i, k in enumerate(keys[:2])]
-        _until(lambda: turns.waiting() == (0, registry_module.MAX_ASKED_WRITES),
+        _until(lambda: turns.waiting() == (0, MAX_ASKED_WRITES),
                "both listings waiting for the writer")
         with pytest.raises(grpc.RpcError) as refused:
             _advertise(node, keys[2])
@@ -144,18 +145,18 @@ def test_while_the_registry_is_full_a_write_is_refused_before_it_is_read(
     method = "/marketplace.v1.RegistryService/Advertise"
     garbage = b"\xff\xff\xff not a protobuf"
     turns = turns_of(node.engine)
-    keys = [AgentKey.generate() for _ in range(registry_module.MAX_ASKED_WRITES)]
+    keys = [AgentKey.generate() for _ in range(MAX_ASKED_WRITES)]
     with grpc.insecure_channel(node.address) as channel:
         send = channel.unary_unary(method)
         with turns.turn(urgent=True):
             waiting = [_started(lambda k=k: _advertise(node, k), f"advertise-{i}")
                        for i, k in enumerate(keys)]
-            _until(node.registry.writes_full, "the registry's room taken")
+            _until(node.registry.asked_writes.full, "the registry's room taken")
             with pytest.raises(grpc.RpcError) as refused:
                 send(garbage, timeout=10)
         for thread in waiting:
             thread.join(timeout=10)
-        assert not node.registry.writes_full()
+        assert not node.registry.asked_writes.full()
         with pytest.raises(grpc.RpcError) as unread:
             send(garbage, timeout=10)
     assert (refused.value.code(), error_reason(refused.value)) == (
@@ -174,12 +175,12 @@ def test_a_seller_starting_while_the_registry_is_busy_advertises_once_it_has_roo
     """The SDK asks again after REGISTRY_BUSY (a growing pause, up to its RPC timeout): a
     seller starting during a flood of listings is listed once the flood leaves room."""
     turns = turns_of(node.engine)
-    keys = [AgentKey.generate() for _ in range(registry_module.MAX_ASKED_WRITES)]
+    keys = [AgentKey.generate() for _ in range(MAX_ASKED_WRITES)]
     started: list[SellerAgent] = []
     with turns.turn(urgent=True):
         waiting = [_started(lambda k=k: _advertise(node, k), f"advertise-{i}")
                    for i, k in enumerate(keys)]
-        _until(lambda: turns.waiting() == (0, registry_module.MAX_ASKED_WRITES),
+        _until(lambda: turns.waiting() == (0, MAX_ASKED_WRITES),
                "the registry's room taken")
         seller = SellerAgent("late-seller", skills=[echo_text], marketplace=node.address)
         starting = _started(lambda: started.append(seller.serve()), "seller")
