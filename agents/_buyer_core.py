@@ -71,7 +71,6 @@ MAX_DISCOVER = 100
 MAX_REASON_CHARS = 2000
 
 
-
 def wait_ran_out(error: grpc.RpcError, in_progress: bool, timeout_s: float) -> bool:
     """Whether `error` ends the wait for a call the seller said still runs (`in_progress`):
     the attempt, given only the wait's last `timeout_s`, hit that deadline. The call is then
@@ -79,6 +78,7 @@ def wait_ran_out(error: grpc.RpcError, in_progress: bool, timeout_s: float) -> b
     between attempts."""
     return in_progress and timeout_s < RPC_TIMEOUT_S \
         and error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
 
 @dataclass
 class PlannedCall:

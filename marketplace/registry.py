@@ -330,11 +330,7 @@ class Registry:
     def heartbeat(self, agent_id: str) -> int:
         """Keep a live listing for another ttl; NOT_FOUND once it has expired."""
         check_agent_id(agent_id)
-        with self.asked_writes.room():
-            return self._heartbeat(agent_id)
-
-    def _heartbeat(self, agent_id: str) -> int:
-        with self._serial(), self.engine.begin() as conn:
+        with self.asked_writes.room(), self._serial(), self.engine.begin() as conn:
             now = self.clock_ms()
             row = conn.execute(select(LISTINGS.c.ttl_s).where(
                 LISTINGS.c.agent_id == agent_id, LISTINGS.c.expires_at_ms > now)).first()
