@@ -17,14 +17,17 @@ import itertools
 import json
 import os
 import tempfile
+from concurrent import futures
 from pathlib import Path
 from typing import Any
 
 import grpc
 
+from agents._aio_server import AioServer, SyncBridge
+from agents._grpc_payment import INVOKE
 from agents.payments import VOUCHER_METADATA_KEY
 from agents.skills import Skill
-from agents.usage_journal import JournalPacedExecutor, UsageJournal
+from agents.usage_journal import LOOP_GROUP_WAIT_S, JournalPacedExecutor, UsageJournal
 from agents.v1 import agent_pb2, agent_pb2_grpc
 from marketplace.agreements import CHAIN_GENESIS, chain_receipt, new_receipt
 from marketplace.grpc_tracing import client_interceptors
@@ -68,7 +71,7 @@ class _FloorServicer(agent_pb2_grpc.AgentServiceServicer):
     """The unpaid echo's work, answered with a paid answer's bytes once a usage record of a
     paid call's size committed."""
 
-    def __init__(self, served: Skill, journal: UsageJournal) -> None:
+    def __init__(self, served: Skill, journal: UsageJournal | None) -> None:
         self.skill = served
         self.journal = journal
         self.check = validator(served.input_schema)
@@ -83,23 +86,65 @@ class _FloorServicer(agent_pb2_grpc.AgentServiceServicer):
         answer = agent_pb2.InvokeResponse()
         answer.CopyFrom(self.template)
         answer.output_json = json.dumps(self.skill.run(arguments), sort_keys=True)
-        self.journal.record_call(AGREEMENT_ID, request.call_id, 0, 0, voucher, self.receipt,
-                                 answer.output_json.encode()).wait()
+        if self.journal is not None:
+            self.journal.record_call(AGREEMENT_ID, request.call_id, 0, 0, voucher,
+                                     self.receipt, answer.output_json.encode()).wait()
+        return answer
+
+    async def invoke_async(self, request: agent_pb2.InvokeRequest,
+                           context: grpc.aio.ServicerContext) -> agent_pb2.InvokeResponse:
+        """`Invoke` of an async skill on the aio server's loop, the record awaited."""
+        voucher = next(v for k, v in context.invocation_metadata() if k == VOUCHER_METADATA_KEY)
+        arguments = json.loads(request.input_json)
+        self.check.validate(arguments)
+        answer = agent_pb2.InvokeResponse()
+        answer.CopyFrom(self.template)
+        answer.output_json = json.dumps(await self.skill.run_async(arguments), sort_keys=True)
+        if self.journal is not None:
+            await self.journal.record_call(AGREEMENT_ID, request.call_id, 0, 0, voucher,
+                                           self.receipt, answer.output_json.encode()
+                                           ).wait_async()
         return answer
 
 
 def serve_floor(served: Skill, interceptors: list[Any], ready: Any, stop: Any,
-                workdir: Path | None = None) -> None:
+                workdir: Path | None = None, record: bool = True) -> None:
     """In a child process: the floor server behind `interceptors` (the unpaid side's), until
-    `stop` is set (its journal in `workdir`, or in a temporary directory)."""
+    `stop` is set (its journal in `workdir`, or in a temporary directory). With `record`
+    false, nothing is written: the floor's bytes alone, without the durable record."""
     with tempfile.TemporaryDirectory(prefix="agentmarket-bench-") as tmp:
         journal = UsageJournal(f"sqlite:///{Path(workdir or tmp) / 'journal.db'}")
         try:
             journal.open_agreement(AGREEMENT_ID, SELLER_ID, b"floor")
-            server = grpc.server(JournalPacedExecutor(journal, MAX_WORKERS),
-                                 interceptors=interceptors)
+            executor = (JournalPacedExecutor(journal, MAX_WORKERS) if record
+                        else futures.ThreadPoolExecutor(max_workers=MAX_WORKERS))
+            server = grpc.server(executor, interceptors=interceptors)
             agent_pb2_grpc.add_AgentServiceServicer_to_server(
-                _FloorServicer(served, journal), server)
+                _FloorServicer(served, journal if record else None), server)
+            port = server.add_insecure_port("127.0.0.1:0")
+            server.start()
+            ready.put(f"127.0.0.1:{port}")
+            stop.wait()
+            server.stop(0)
+        finally:
+            journal.close()
+
+
+def serve_floor_aio(served: Skill, interceptors: list[Any], ready: Any, stop: Any,
+                    workdir: Path | None = None, record: bool = True) -> None:
+    """In a child process: the floor on grpc.aio, as an aio seller serves an async skill (the
+    interceptors' checks and the skill on the loop, the record awaited: one wake-up of the loop
+    per batch), until `stop` is set. `workdir` and `record` as in `serve_floor`."""
+    with tempfile.TemporaryDirectory(prefix="agentmarket-bench-") as tmp:
+        journal = UsageJournal(f"sqlite:///{Path(workdir or tmp) / 'journal.db'}",
+                               group_wait_s=LOOP_GROUP_WAIT_S)
+        try:
+            journal.open_agreement(AGREEMENT_ID, SELLER_ID, b"floor")
+            floor = _FloorServicer(served, journal if record else None)
+            executor = futures.ThreadPoolExecutor(max_workers=MAX_WORKERS)
+            server = AioServer(SyncBridge(interceptors, executor, {INVOKE: floor.invoke_async},
+                                          None), [])
+            agent_pb2_grpc.add_AgentServiceServicer_to_server(floor, server)
             port = server.add_insecure_port("127.0.0.1:0")
             server.start()
             ready.put(f"127.0.0.1:{port}")

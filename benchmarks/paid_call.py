@@ -15,6 +15,11 @@ it is gRPC's own cost and the skill's. A fifth is the floor (`paid_call_ratio_fl
 `benchmarks._paid_floor`): the unpaid servicer carrying a paid call's bytes (request, voucher,
 usage, chained receipt) and writing a paid call's durable usage record through the seller's
 journal, with no payment work at all: the most any payment that works per call could reach.
+The floor is measured without its record too (`paid_call_ratio_floor_no_record`: the bytes'
+share), and on grpc.aio with the echo on the loop and the record awaited
+(`paid_call_ratio_aio_floor`, `..._aio_floor_no_record`, against the unpaid async echo), so the
+record's share is known on both server kinds (`benchmarks/durable_record.py` asks whether
+another store would make it cheaper).
 Each client thread makes calls on its own channel (paid: its own agreement, one buyer
 each). Tracing is off everywhere (AGENTMARKET_TRACING=off by `make bench`).
 
@@ -48,6 +53,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import json
 import multiprocessing
 import os
@@ -68,7 +74,7 @@ from agents._grpc_payment import INVOKE
 from agents.llm import complete, text_of
 from agents.skills import Skill, model_price
 from agents.v1 import agent_pb2, agent_pb2_grpc
-from benchmarks._paid_floor import floor_caller, serve_floor
+from benchmarks._paid_floor import floor_caller, serve_floor, serve_floor_aio
 from benchmarks._process import cpu_s
 from marketplace import MarketplaceNode
 from marketplace.auth import AccessInterceptor, AuthServerInterceptor
@@ -276,9 +282,12 @@ def _serve_unpaid_aio(skill_name: str, ready: Any, stop: Any) -> None:
     server.stop(0)
 
 
-def _serve_floor(skill_name: str, ready: Any, stop: Any) -> None:
-    """Child process: the floor (`benchmarks._paid_floor`), until `stop`."""
-    serve_floor(SKILLS[skill_name], framework_interceptors(), ready, stop)
+def _serve_floor(variant: str, skill_name: str, ready: Any, stop: Any) -> None:
+    """Child process: a floor (`benchmarks._paid_floor`), until `stop`: "floor" (threaded) or
+    "floor_aio" (grpc.aio, the skill on the loop); with "_bytes", without the durable record."""
+    served, record = SKILLS[skill_name], not variant.endswith("_bytes")
+    serve = serve_floor_aio if variant.startswith("floor_aio") else serve_floor
+    serve(served, framework_interceptors(), ready, stop, record=record)
 
 
 def _serve_paid(marketplace: str, journal: str | None, skill_name: str, kind: str,
@@ -319,14 +328,16 @@ class _UnpaidSide:
     """An unpaid server and one channel per client."""
 
     def __init__(self, served: Skill, kind: str = "threaded") -> None:
-        """`kind`: "threaded", "aio", "bare" (no interceptors on either end), or "floor"
-        (`benchmarks._paid_floor`: a paid call's bytes and record, no payment work)."""
-        serve = {"aio": _serve_unpaid_aio, "bare": _serve_bare,
-                 "floor": _serve_floor}.get(kind, _serve_unpaid)
+        """`kind`: "threaded", "aio", "bare" (no interceptors on either end), or a floor
+        (`benchmarks._paid_floor`: a paid call's bytes and record, no payment work): "floor",
+        "floor_aio", and each with "_bytes" (no record)."""
+        serve = {"aio": _serve_unpaid_aio, "bare": _serve_bare}.get(kind, _serve_unpaid)
+        if kind.startswith("floor"):
+            serve = functools.partial(_serve_floor, kind)
         self.server = _Server(serve, served.name)
         self.pid = self.server.pid
         self.channels = [grpc.insecure_channel(self.server.address) for _ in range(SATURATING)]
-        if kind == "floor":
+        if kind.startswith("floor"):
             self.callers = [floor_caller(c, served) for c in self.channels]
             return
         layers = () if kind == "bare" else client_interceptors()
@@ -406,6 +417,11 @@ def _median(measured: Rounds, name: str, clients: int, figure: str) -> float:
     return statistics.median(getattr(r, figure) for r in measured[(name, clients)])
 
 
+SIDES = ("unpaid", "paid", "no_journal", "unpaid_aio", "paid_aio", "no_journal_aio", "bare",
+         "unpaid_aio_async", "paid_aio_async", "floor", "floor_bytes", "floor_aio",
+         "floor_aio_bytes")
+
+
 def _echo(node: MarketplaceNode, tmp: Path, say: Any) -> dict[str, float]:
     """The echo skill: unpaid, paid, and paid with the journal off, under both loads."""
     calls = (ROUNDS + 1) * 2 * CALLS_PER_ROUND // FEW
@@ -421,10 +437,10 @@ def _echo(node: MarketplaceNode, tmp: Path, say: Any) -> dict[str, float]:
         built.append(_UnpaidSide(echo_async, "aio"))
         built.append(_PaidSide(node, calls, tmp / "journal-aio-async.db", echo_async, "aio"))
         built.append(_UnpaidSide(echo, "floor"))
-        sides = dict(zip(("unpaid", "paid", "no_journal", "unpaid_aio", "paid_aio",
-                          "no_journal_aio", "bare", "unpaid_aio_async", "paid_aio_async",
-                          "floor"),
-                         built, strict=True))
+        built.append(_UnpaidSide(echo, "floor_bytes"))
+        built.append(_UnpaidSide(echo_async, "floor_aio"))
+        built.append(_UnpaidSide(echo_async, "floor_aio_bytes"))
+        sides = dict(zip(SIDES, built, strict=True))
         measured = _compare(sides, (SATURATING, FEW), ROUNDS, CALLS_PER_ROUND, say,
                             "paid vs unpaid calls")
     finally:
@@ -432,10 +448,13 @@ def _echo(node: MarketplaceNode, tmp: Path, say: Any) -> dict[str, float]:
             side.close()
     results: dict[str, float] = {"paid_call_clients": SATURATING}
     names = {"no_journal": "paid_no_journal", "no_journal_aio": "paid_aio_no_journal",
-             "bare": "unpaid_no_interceptors", "floor": "paid_floor"}
-    baselines = {"unpaid": ("paid", "no_journal", "floor"),
+             "bare": "unpaid_no_interceptors", "floor": "paid_floor",
+             "floor_bytes": "paid_floor_no_record", "floor_aio": "paid_aio_floor",
+             "floor_aio_bytes": "paid_aio_floor_no_record"}
+    baselines = {"unpaid": ("paid", "no_journal", "floor", "floor_bytes"),
                  "unpaid_aio": ("paid_aio", "no_journal_aio"),
-                 "unpaid_aio_async": ("paid_aio_async",)}  # each against its own unpaid side
+                 "unpaid_aio_async": ("paid_aio_async", "floor_aio", "floor_aio_bytes")}
+    # each against its own unpaid side: the aio floors run the echo on the loop
     for clients, suffix in ((SATURATING, ""), (FEW, f"_{FEW}_clients")):
         for unpaid, paid_sides in baselines.items():
             unpaid_rate = _median(measured, unpaid, clients, "rate")
@@ -448,8 +467,7 @@ def _echo(node: MarketplaceNode, tmp: Path, say: Any) -> dict[str, float]:
                     rate / unpaid_rate, 3)
     results["unpaid_no_interceptors_calls_per_s"] = round(
         _median(measured, "bare", SATURATING, "rate"))
-    for name in ("unpaid", "paid", "no_journal", "unpaid_aio", "paid_aio", "no_journal_aio",
-                 "bare", "unpaid_aio_async", "paid_aio_async", "floor"):
+    for name in SIDES:
         key = names.get(name, name)
         for where in ("server", "client"):
             results[f"{key}_{where}_cpu_us_per_call"] = round(

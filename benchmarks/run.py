@@ -20,8 +20,9 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-MODULES = ("ledger", "usage_journal", "rpc_floor", "paid_call", "a2a", "x402_gateway", "discovery",
-           "tasks", "deployed", "registry_flood", "console", "warm_start", "scale_out", "sandbox")
+MODULES = ("ledger", "usage_journal", "durable_record", "rpc_floor", "paid_call", "a2a",
+           "x402_gateway", "discovery", "tasks", "deployed", "registry_flood", "console",
+           "warm_start", "scale_out", "sandbox")
 RESULTS = Path(__file__).resolve().parent / "results.json"
 QUIET_S = 3.0  # after the sync, for the last benchmark's processes to finish exiting
 
