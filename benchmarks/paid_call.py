@@ -282,7 +282,7 @@ def _serve_unpaid_aio(skill_name: str, ready: Any, stop: Any) -> None:
     server.stop(0)
 
 
-def _serve_floor(variant: str, skill_name: str, ready: Any, stop: Any) -> None:
+def _serve_floor(skill_name: str, ready: Any, stop: Any, variant: str = "floor") -> None:
     """Child process: a floor (`benchmarks._paid_floor`), until `stop`: "floor" (threaded) or
     "floor_aio" (grpc.aio, the skill on the loop); with "_bytes", without the durable record."""
     served, record = SKILLS[skill_name], not variant.endswith("_bytes")
@@ -333,7 +333,7 @@ class _UnpaidSide:
         "floor_aio", and each with "_bytes" (no record)."""
         serve = {"aio": _serve_unpaid_aio, "bare": _serve_bare}.get(kind, _serve_unpaid)
         if kind.startswith("floor"):
-            serve = functools.partial(_serve_floor, kind)
+            serve = functools.partial(_serve_floor, variant=kind)
         self.server = _Server(serve, served.name)
         self.pid = self.server.pid
         self.channels = [grpc.insecure_channel(self.server.address) for _ in range(SATURATING)]
