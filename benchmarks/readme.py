@@ -36,6 +36,15 @@ ROWS = (
     ("seller usage journal (durable, group commit)",
      "{journal_records_per_s_16_threads} records/s from 16 threads",
      "{journal_records_per_s_1_thread}/s from 1 thread"),
+    ("a durable record's CPU per record, {durable_record_callers} callers waiting each for "
+     "its own (`benchmarks/durable_record.py`)",
+     "usage journal: {durable_record_journal_threads_cpu_us} us from threads, "
+     "{durable_record_journal_loop_cpu_us} us from coroutines on one event loop",
+     "an fdatasync'd append-only file with group commit: "
+     "{durable_record_file_threads_cpu_us} us from threads, "
+     "{durable_record_file_loop_cpu_us} us on a loop; each thread fdatasyncing its own: "
+     "{durable_record_fsync_each_threads_cpu_us} us; raw sqlite3, batches of 16, nobody "
+     "waiting: {durable_record_raw_sqlite_cpu_us} us"),
     ("gRPC alone (`benchmarks/rpc_floor.py`: a bare echo server and 8 clients, each in its "
      "own process), CPU per call of both",
      "{rpc_floor_unary_cpu_us_per_call} us per unary call (server "
@@ -61,7 +70,8 @@ ROWS = (
      "{paid_floor_calls_per_s} calls/s; CPU per call: seller {paid_floor_server_cpu_us_per_call}"
      " us, buyers {paid_floor_client_cpu_us_per_call} us",
      "unpaid: {unpaid_calls_per_s}/s (ratio {paid_call_ratio_floor}: the most a payment that "
-     "does any work per call could keep on this server)"),
+     "does any work per call could keep on this server); the bytes alone, no record: "
+     "{paid_floor_no_record_calls_per_s}/s (ratio {paid_call_ratio_floor_no_record})"),
     ("seller CPU per call, {paid_call_clients} buyers",
      "{paid_server_cpu_us_per_call} us paid ({paid_no_journal_server_cpu_us_per_call} us "
      "without the journal)",
@@ -87,6 +97,13 @@ ROWS = (
      "unpaid on grpc.aio, the skill on its loop: {unpaid_aio_async_calls_per_s}/s, "
      "{unpaid_aio_async_server_cpu_us_per_call} us, "
      "{unpaid_aio_async_server_switches_per_call} switches (ratio {paid_call_ratio_aio_async})"),
+    ("paid call's floor on the aio seller (an async echo on the loop, the record awaited), "
+     "{paid_call_clients} buyers",
+     "{paid_aio_floor_calls_per_s} calls/s; seller CPU {paid_aio_floor_server_cpu_us_per_call} "
+     "us per call",
+     "unpaid on grpc.aio, the skill on its loop: {unpaid_aio_async_calls_per_s}/s (ratio "
+     "{paid_call_ratio_aio_floor}); the bytes alone, no record: "
+     "{paid_aio_floor_no_record_calls_per_s}/s (ratio {paid_call_ratio_aio_floor_no_record})"),
     ("paid call to an LLM skill priced per token (litellm offline), {paid_call_clients} buyers",
      "{llm_skill_paid_calls_per_s} calls/s",
      "the same skill unpaid: {llm_skill_unpaid_calls_per_s}/s (ratio "
