@@ -29,7 +29,8 @@ import grpc
 from a2a.types import a2a_pb2, a2a_pb2_grpc
 
 from agents import BuyerAgent, SellerAgent, free, skill
-from benchmarks.paid_call import Reply, _compare, _median, _Server, echo
+from benchmarks._paid_sides import Reply, Server, echo
+from benchmarks.paid_call import _compare, _median
 from marketplace import MarketplaceNode
 
 CLIENTS = 16
@@ -108,7 +109,7 @@ def _serve_seller(marketplace: str, journal: str, priced: bool, ready: Any, stop
 class _Unpaid:
     """Plain A2A clients of one server: SendMessage, the output parsed from the artifact."""
 
-    def __init__(self, server: _Server) -> None:
+    def __init__(self, server: Server) -> None:
         self.server, self.pid = server, server.pid
         self.channels = [grpc.insecure_channel(server.address) for _ in range(CLIENTS)]
         self.callers = [self._caller(a2a_pb2_grpc.A2AServiceStub(c)) for c in self.channels]
@@ -131,7 +132,7 @@ class _Unpaid:
 class _Paid:
     """Buyers, one agreement each, paying over A2A (`BuyerAgent.send`)."""
 
-    def __init__(self, node: MarketplaceNode, server: _Server, calls: int) -> None:
+    def __init__(self, node: MarketplaceNode, server: Server, calls: int) -> None:
         self.server, self.pid = server, server.pid
         self.buyers = []
         for n in range(CLIENTS):
@@ -162,10 +163,10 @@ def run(progress: Any = None) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="agentmarket-bench-a2a-") as tmp:
         node = MarketplaceNode(f"sqlite:///{Path(tmp) / 'market.db'}").start()
         try:
-            built.append(_Unpaid(_Server(_serve_sdk)))
-            built.append(_Unpaid(_Server(_serve_seller, node.address,
+            built.append(_Unpaid(Server(_serve_sdk)))
+            built.append(_Unpaid(Server(_serve_seller, node.address,
                                          str(Path(tmp) / "free.db"), False)))
-            built.append(_Paid(node, _Server(_serve_seller, node.address,
+            built.append(_Paid(node, Server(_serve_seller, node.address,
                                              str(Path(tmp) / "paid.db"), True), calls))
             sides = dict(zip(("sdk_unpaid", "own_unpaid", "paid"), built, strict=True))
             measured = _compare(sides, (CLIENTS,), ROUNDS, CALLS_PER_ROUND, say,

@@ -51,101 +51,23 @@ limit, the reported usage billed under the agreement).
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
-import functools
-import json
-import multiprocessing
 import os
 import statistics
 import tempfile
 import threading
 import time
-from concurrent import futures
 from pathlib import Path
 from typing import Any
 
-import grpc
-from pydantic import BaseModel
-
-from agents import BuyerAgent, SellerAgent, per_call, skill
-from agents._aio_server import AioServer, SyncBridge, SyncContext
-from agents._grpc_payment import INVOKE
-from agents.llm import complete, text_of
-from agents.skills import Skill, model_price
-from agents.v1 import agent_pb2, agent_pb2_grpc
-from benchmarks._paid_floor import floor_caller, serve_floor, serve_floor_aio
+from benchmarks._paid_sides import SATURATING, PaidSide, UnpaidSide, echo, echo_async, summarize
 from benchmarks._process import cpu_s
 from marketplace import MarketplaceNode
-from marketplace.auth import AccessInterceptor, AuthServerInterceptor
-from marketplace.grpc_tracing import client_interceptors, server_interceptor
-from marketplace.intercepted import intercept
-from marketplace.schema_validators import validator
-from wallets.grpc_errors import MalformedRequestInterceptor, grpc_method
 
-SATURATING = 16
 FEW = 4
 CALLS_PER_ROUND = 2400  # shared out between the clients of a round
 ROUNDS = 7
 LLM_CALLS_PER_ROUND = 960
 LLM_ROUNDS = 5
-
-
-class Reply(BaseModel):
-    text: str
-    length: int
-
-
-@skill(price=per_call("0.00001", "USD"))
-def echo(text: str) -> Reply:
-    """Echo a text with its length."""
-    return Reply(text=text, length=len(text))
-
-
-class Summary(BaseModel):
-    summary: str
-
-
-@skill(price=model_price("gpt-4o-mini", "USD", markup_bps=2_000), max_input_tokens=1_000,
-       max_output_tokens=100)
-def summarize(text: str) -> Summary:
-    """Summarise a text in one sentence (litellm, offline)."""
-    reply = complete("gpt-4o-mini", [{"role": "user", "content": f"Summarise: {text}"}],
-                     mock_response=f"In short: {text[:48]}")
-    return Summary(summary=text_of(reply))
-
-
-@skill(price=per_call("0.00001", "USD"))
-async def echo_async(text: str) -> Reply:
-    """`echo` as a coroutine (run on the aio servers' event loop)."""
-    return Reply(text=text, length=len(text))
-
-
-SKILLS: dict[str, Skill] = {"echo": echo, "echo_async": echo_async, "summarize": summarize}
-
-
-class _Unpaid(agent_pb2_grpc.AgentServiceServicer):
-    """The same work as a paid Invoke: parse, validate input, run the skill, dump the output."""
-
-    def __init__(self, served: Skill) -> None:
-        self.skill = served
-
-    @grpc_method
-    def Invoke(self, request, context):  # type: ignore[no-untyped-def]
-        return self._answer(self.skill.run(self._arguments(request)))
-
-    async def invoke_async(self, request: agent_pb2.InvokeRequest) -> agent_pb2.InvokeResponse:
-        """`Invoke` of an async skill, awaited on the caller's loop."""
-        return self._answer(await self.skill.run_async(self._arguments(request)))
-
-    def _arguments(self, request: agent_pb2.InvokeRequest) -> Any:
-        arguments = json.loads(request.input_json)
-        validator(self.skill.input_schema).validate(arguments)  # cached, as the seller does
-        return arguments
-
-    @staticmethod
-    def _answer(output: Any) -> agent_pb2.InvokeResponse:
-        return agent_pb2.InvokeResponse(output_json=json.dumps(output, sort_keys=True))
 
 
 class _Round:
@@ -229,172 +151,6 @@ def _wakeup_cpu_us(round_trips: int = 5_000) -> float:
     return (time.process_time() - cpu) / (2 * round_trips) * 1e6
 
 
-def framework_interceptors() -> list[Any]:
-    """The unpaid sides' server interceptors, outermost first: the framework's guard,
-    tracing, authentication and access (an unsigned Invoke passes them, as a paid one does)."""
-    auth = AuthServerInterceptor(optional_methods=(INVOKE,))
-    access = AccessInterceptor({INVOKE: lambda _caller, _request: None},
-                               ("agents.v1.AgentService",), anonymous_methods=(INVOKE,))
-    return [MalformedRequestInterceptor(), server_interceptor(), auth, access]
-
-
-def _serve_unpaid(skill_name: str, ready: Any, stop: Any) -> None:
-    """Child process: the unpaid server with the framework's interceptors, until `stop`."""
-    _serve_threaded(skill_name, framework_interceptors(), ready, stop)
-
-
-def _serve_bare(skill_name: str, ready: Any, stop: Any) -> None:
-    """Child process: the unpaid servicer with no interceptor (their share of the unpaid
-    call), until `stop`."""
-    _serve_threaded(skill_name, [], ready, stop)
-
-
-def _serve_threaded(skill_name: str, interceptors: list[Any], ready: Any, stop: Any) -> None:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), interceptors=interceptors)
-    agent_pb2_grpc.add_AgentServiceServicer_to_server(_Unpaid(SKILLS[skill_name]), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    ready.put(f"127.0.0.1:{port}")
-    stop.wait()
-    server.stop(0)
-
-
-def _serve_unpaid_aio(skill_name: str, ready: Any, stop: Any) -> None:
-    """Child process: the unpaid server on grpc.aio, as an aio seller serves (the interceptors'
-    checks on the loop, the skill in a bounded pool), until `stop` is set."""
-    executor = futures.ThreadPoolExecutor(max_workers=16)
-    unpaid = _Unpaid(SKILLS[skill_name])
-
-    async def invoke(request: Any, context: Any) -> Any:
-        if unpaid.skill.kind == "async":  # on the loop, as the aio seller runs one
-            return await unpaid.invoke_async(request)
-        return await asyncio.get_running_loop().run_in_executor(
-            executor, contextvars.copy_context().run, unpaid.Invoke, request,
-            SyncContext(context))
-
-    server = AioServer(SyncBridge(framework_interceptors(), executor, {INVOKE: invoke}, None),
-                       [])
-    agent_pb2_grpc.add_AgentServiceServicer_to_server(unpaid, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    ready.put(f"127.0.0.1:{port}")
-    stop.wait()
-    server.stop(0)
-
-
-def _serve_floor(skill_name: str, ready: Any, stop: Any, variant: str = "floor") -> None:
-    """Child process: a floor (`benchmarks._paid_floor`), until `stop`: "floor" (threaded) or
-    "floor_aio" (grpc.aio, the skill on the loop); with "_bytes", without the durable record."""
-    served, record = SKILLS[skill_name], not variant.endswith("_bytes")
-    serve = serve_floor_aio if variant.startswith("floor_aio") else serve_floor
-    serve(served, framework_interceptors(), ready, stop, record=record)
-
-
-def _serve_paid(marketplace: str, journal: str | None, skill_name: str, kind: str,
-                ready: Any, stop: Any) -> None:
-    """Child process: the seller (it advertises itself at the marketplace), until `stop`;
-    `journal` None: its usage journal switched off (to measure what the journal costs)."""
-    with tempfile.TemporaryDirectory(prefix="agentmarket-bench-") as spare:
-        seller = SellerAgent(skill_name, skills=[SKILLS[skill_name]], marketplace=marketplace,
-                             journal=journal or Path(spare) / "unused.db", server=kind)
-        if journal is None:
-            seller.gate.journal = None
-        seller.serve()
-        ready.put(seller.endpoint)
-        stop.wait()
-        seller.stop(0)
-
-
-class _Server:
-    """A server in a child process of its own."""
-
-    def __init__(self, target: Any, *args: Any) -> None:
-        context = multiprocessing.get_context("spawn")  # no fork after gRPC started
-        self._ready, self._stop = context.Queue(), context.Event()
-        self._process = context.Process(target=target, args=(*args, self._ready, self._stop),
-                                        daemon=True)
-        self._process.start()
-        self.address: str = self._ready.get(timeout=120)
-        self.pid: int = self._process.pid or 0
-
-    def close(self) -> None:
-        self._stop.set()
-        self._process.join(timeout=30)
-        if self._process.is_alive():
-            self._process.kill()
-
-
-class _UnpaidSide:
-    """An unpaid server and one channel per client."""
-
-    def __init__(self, served: Skill, kind: str = "threaded") -> None:
-        """`kind`: "threaded", "aio", "bare" (no interceptors on either end), or a floor
-        (`benchmarks._paid_floor`: a paid call's bytes and record, no payment work): "floor",
-        "floor_aio", and each with "_bytes" (no record)."""
-        serve = {"aio": _serve_unpaid_aio, "bare": _serve_bare}.get(kind, _serve_unpaid)
-        if kind.startswith("floor"):
-            serve = functools.partial(_serve_floor, variant=kind)
-        self.server = _Server(serve, served.name)
-        self.pid = self.server.pid
-        self.channels = [grpc.insecure_channel(self.server.address) for _ in range(SATURATING)]
-        if kind.startswith("floor"):
-            self.callers = [floor_caller(c, served) for c in self.channels]
-            return
-        layers = () if kind == "bare" else client_interceptors()
-        stubs = [agent_pb2_grpc.AgentServiceStub(intercept(c, *layers)) for c in self.channels]
-        self.callers = [self._caller(s, served) for s in stubs]
-
-    @staticmethod
-    def _caller(stub: Any, served: Skill) -> Any:
-        check = validator(served.output_schema)
-
-        def call(i: int) -> Any:
-            response = stub.Invoke(agent_pb2.InvokeRequest(
-                agreement_id="x", input_json=json.dumps({"text": f"call {i}"})), timeout=10)
-            output = json.loads(response.output_json)
-            check.validate(output)
-            return output
-
-        return call
-
-    def close(self) -> None:
-        for channel in self.channels:
-            channel.close()
-        self.server.close()
-
-
-class _PaidSide:
-    """A marketplace node, a seller and one buyer with its own agreement per client, each
-    agreement large enough for every round."""
-
-    def __init__(self, node: MarketplaceNode, calls: int, journal: Path | None,
-                 served: Skill, kind: str = "threaded") -> None:
-        """`calls`: the most any one buyer will make; `kind`: the seller's server."""
-        self.seller = _Server(_serve_paid, node.address, str(journal) if journal else None,
-                              served.name, kind)
-        self.pid = self.seller.pid
-        self.buyers = []
-        for n in range(SATURATING):
-            buyer = BuyerAgent(f"buyer-{n}", marketplace=node.address)
-            buyer.fund("10.00", "USD")
-            listing = next(found for found in buyer.discover(served.name, currency="USD")
-                           if found.endpoint == self.seller.address)
-            deal = buyer.negotiate(listing, served.name, quantity=calls, budget="1.00",
-                                   currency="USD")
-            buyer.hire(deal)
-            self.buyers.append((buyer, deal))
-        self.callers = [self._caller(b, d) for b, d in self.buyers]
-
-    @staticmethod
-    def _caller(buyer: BuyerAgent, deal: Any) -> Any:
-        return lambda i: buyer.call(deal, {"text": f"call {i}"})
-
-    def close(self) -> None:
-        for buyer, _ in self.buyers:
-            buyer.close()
-        self.seller.close()
-
-
 Rounds = dict[tuple[str, int], list[_Round]]
 
 
@@ -427,19 +183,19 @@ def _echo(node: MarketplaceNode, tmp: Path, say: Any) -> dict[str, float]:
     calls = (ROUNDS + 1) * 2 * CALLS_PER_ROUND // FEW
     built: list[Any] = []
     try:
-        built.append(_UnpaidSide(echo))
-        built.append(_PaidSide(node, calls, tmp / "journal.db", echo))
-        built.append(_PaidSide(node, calls, None, echo))
-        built.append(_UnpaidSide(echo, "aio"))
-        built.append(_PaidSide(node, calls, tmp / "journal-aio.db", echo, "aio"))
-        built.append(_PaidSide(node, calls, None, echo, "aio"))
-        built.append(_UnpaidSide(echo, "bare"))
-        built.append(_UnpaidSide(echo_async, "aio"))
-        built.append(_PaidSide(node, calls, tmp / "journal-aio-async.db", echo_async, "aio"))
-        built.append(_UnpaidSide(echo, "floor"))
-        built.append(_UnpaidSide(echo, "floor_bytes"))
-        built.append(_UnpaidSide(echo_async, "floor_aio"))
-        built.append(_UnpaidSide(echo_async, "floor_aio_bytes"))
+        built.append(UnpaidSide(echo))
+        built.append(PaidSide(node, calls, tmp / "journal.db", echo))
+        built.append(PaidSide(node, calls, None, echo))
+        built.append(UnpaidSide(echo, "aio"))
+        built.append(PaidSide(node, calls, tmp / "journal-aio.db", echo, "aio"))
+        built.append(PaidSide(node, calls, None, echo, "aio"))
+        built.append(UnpaidSide(echo, "bare"))
+        built.append(UnpaidSide(echo_async, "aio"))
+        built.append(PaidSide(node, calls, tmp / "journal-aio-async.db", echo_async, "aio"))
+        built.append(UnpaidSide(echo, "floor"))
+        built.append(UnpaidSide(echo, "floor_bytes"))
+        built.append(UnpaidSide(echo_async, "floor_aio"))
+        built.append(UnpaidSide(echo_async, "floor_aio_bytes"))
         sides = dict(zip(SIDES, built, strict=True))
         measured = _compare(sides, (SATURATING, FEW), ROUNDS, CALLS_PER_ROUND, say,
                             "paid vs unpaid calls")
@@ -482,8 +238,8 @@ def _llm_skill(node: MarketplaceNode, tmp: Path, say: Any) -> dict[str, float]:
     calls = (LLM_ROUNDS + 1) * LLM_CALLS_PER_ROUND // SATURATING
     built: list[Any] = []
     try:
-        built.append(_UnpaidSide(summarize))
-        built.append(_PaidSide(node, calls, tmp / "journal-llm.db", summarize))
+        built.append(UnpaidSide(summarize))
+        built.append(PaidSide(node, calls, tmp / "journal-llm.db", summarize))
         sides = dict(zip(("unpaid", "paid"), built, strict=True))
         measured = _compare(sides, (SATURATING,), LLM_ROUNDS, LLM_CALLS_PER_ROUND, say,
                             "paid vs unpaid LLM calls")

@@ -35,7 +35,8 @@ from typing import Any
 import grpc
 
 from agents.v1 import agent_pb2
-from benchmarks.paid_call import _cpu_s, _Server
+from benchmarks._paid_sides import Server
+from benchmarks.paid_call import _cpu_s
 from marketplace.auth import AccessInterceptor, AuthServerInterceptor, signed_channel
 from marketplace.grpc_tracing import client_interceptors, server_interceptor
 from marketplace.identity import AgentKey
@@ -145,7 +146,7 @@ def _clients(address: str, kind: str, calls: int, out: Any) -> None:
         channel.close()
 
 
-def _round(server: _Server, kind: str) -> tuple[float, float, float]:
+def _round(server: Server, kind: str) -> tuple[float, float, float]:
     """(calls/s, server CPU us per call, clients' CPU us per call) of one round."""
     context = multiprocessing.get_context("spawn")
     out = context.Queue()
@@ -162,7 +163,7 @@ def _round(server: _Server, kind: str) -> tuple[float, float, float]:
 
 def run(progress: Any = None) -> dict[str, float]:
     say = progress or (lambda text: None)
-    bare, framework = _Server(_serve, False), _Server(_serve, True)
+    bare, framework = Server(_serve, False), Server(_serve, True)
     try:
         rounds: dict[str, list[tuple[float, float, float]]] = {
             "unary": [], "stream": [], "framework": []}

@@ -43,15 +43,15 @@ from starlette.routing import Route
 from agents import BuyerAgent, SellerAgent
 from agents.v1 import agent_pb2
 from agents.x402 import Gateway, forward
-from benchmarks._x402_floor import Wire, capture, floor_call
-from benchmarks.paid_call import (
+from benchmarks._paid_sides import (
     SKILLS,
-    _cpu_s,
-    _serve_floor,
-    _serve_unpaid,
-    _serve_unpaid_aio,
-    _Server,
+    Server,
+    serve_floor_variant,
+    serve_unpaid,
+    serve_unpaid_aio,
 )
+from benchmarks._x402_floor import Wire, capture, floor_call
+from benchmarks.paid_call import _cpu_s
 from marketplace import MarketplaceNode
 from marketplace.http import HttpServer
 from marketplace.http.app import LOOPBACK_HOSTS, SecurityHeaders
@@ -188,9 +188,9 @@ def _measure(kind: str, progress: Any, *, floor: bool = False) -> dict[str, floa
         node = MarketplaceNode(f"sqlite:///{Path(tmp) / 'market.db'}",
                                sweep_interval_s=3600).start()
         try:
-            seller = _started(started, _Server(_serve_seller, node.address, kind))
-            unpaid = _started(started, _Server(
-                _serve_unpaid_aio if kind == "aio" else _serve_unpaid, "echo"))
+            seller = _started(started, Server(_serve_seller, node.address, kind))
+            unpaid = _started(started, Server(
+                serve_unpaid_aio if kind == "aio" else serve_unpaid, "echo"))
             gateway = Gateway(node)
             paid_http = _started(started, HttpServer(gateway.app()).start())
             free_http = _started(started, HttpServer(_unpaid_door(
@@ -198,7 +198,7 @@ def _measure(kind: str, progress: Any, *, floor: bool = False) -> dict[str, floa
             path = f"/v1/skills/{_listing_of(node)}/echo"  # every door serves the paid path
             close_base = f"{paid_http.url}/v1/sessions"
             if floor:
-                floor_seller = _started(started, _Server(_serve_floor, "echo"))
+                floor_seller = _started(started, Server(serve_floor_variant, "echo"))
                 wire = asyncio.run(capture(f"{paid_http.url}{path}", close_base,
                                            gateway.network, _funded(node)))
                 floor_http = _started(started, HttpServer(_floor_door(

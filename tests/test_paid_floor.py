@@ -15,7 +15,7 @@ import pytest
 
 from agents.skills import Skill
 from benchmarks import _paid_floor as floor
-from benchmarks.paid_call import echo, echo_async, framework_interceptors
+from benchmarks._paid_sides import echo, echo_async, framework_interceptors
 from marketplace.v1 import agreement_pb2
 
 

@@ -21,8 +21,8 @@ import pytest
 from x402.http.utils import decode_payment_response_header, decode_payment_signature_header
 
 from benchmarks import _paid_floor
+from benchmarks._paid_sides import echo, framework_interceptors
 from benchmarks._x402_floor import capture
-from benchmarks.paid_call import echo, framework_interceptors
 from benchmarks.x402_gateway import _floor_door
 from marketplace.http import HttpServer
 from tests.x402_market import Market, books_balance, open_market
