@@ -46,9 +46,9 @@ class _Batch:
         self.owned = False  # a paid call's worker, about to wait, may write it (`_write_own`)
         self.since = time.monotonic()
         self.done = threading.Event()
-        # Event loops with callers awaiting the batch: one future each, resolved by one
-        # call_soon_threadsafe per loop once written (None: none yet).
-        self.loops: dict[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
+        # Event loops with callers awaiting the batch: each caller's future, all resolved by
+        # one call_soon_threadsafe per loop once written (None: none yet).
+        self.loops: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] | None = None
         self.error: BaseException | None = None  # the whole batch failed
         self.errors: dict[int, BaseException] | None = None  # only these rows failed
         self.results: dict[int, Any] | None = None
@@ -91,7 +91,7 @@ class Pending:
             batch.journal._kick()
             future = _loop_future(batch, asyncio.get_running_loop(), timeout_s)
             if future is not None:
-                await asyncio.shield(future)  # a cancelled caller leaves it to the others
+                await future  # the caller's own: cancelling it leaves the others waiting
                 if not batch.done.is_set():
                     raise JournalError(f"the usage journal did not commit within "
                                        f"{timeout_s:g} s")
@@ -116,23 +116,28 @@ _LOOPS_LOCK = threading.Lock()  # a batch's loop futures against its completion
 
 def _loop_future(batch: _Batch, loop: asyncio.AbstractEventLoop, timeout_s: float
                  ) -> asyncio.Future[None] | None:
-    """The future `loop`'s callers of `batch` await (None: the batch is written already);
-    it resolves when the batch is written, or after `timeout_s` (one timer per batch)."""
+    """A future of the caller's own on `loop` (None: `batch` is written already), resolved
+    with the others of its loop when the batch is written, or after `timeout_s` (one timer
+    per batch and loop). Not shared, so a cancelled caller cancels no one else's wait."""
     with _LOOPS_LOCK:
         if batch.done.is_set():
             return None
         if batch.loops is None:
             batch.loops = {}
-        future = batch.loops.get(loop)
-        if future is None:
-            future = batch.loops[loop] = loop.create_future()
-            loop.call_later(timeout_s, _resolve, future)
+        waiting = batch.loops.get(loop)
+        if waiting is None:
+            waiting = batch.loops[loop] = []
+            loop.call_later(timeout_s, _resolve, waiting)
+        future = loop.create_future()
+        waiting.append(future)
         return future
 
 
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+def _resolve(waiting: list[asyncio.Future[None]]) -> None:
+    """Wake the callers of one loop (on that loop)."""
+    for future in waiting:
+        if not future.done():  # a cancelled caller's
+            future.set_result(None)
 
 
 def _call_params(row: tuple[Any, ...]) -> dict[str, Any]:

@@ -450,9 +450,9 @@ class UsageJournal(JournalStore):
         with _LOOPS_LOCK:
             batch.done.set()
             loops, batch.loops = batch.loops, None
-        for loop, future in (loops or {}).items():
+        for loop, waiting in (loops or {}).items():
             with contextlib.suppress(RuntimeError):  # a closed loop: no one awaits there
-                loop.call_soon_threadsafe(_resolve, future)
+                loop.call_soon_threadsafe(_resolve, waiting)
 
     def _report_failed(self, batch: _Batch) -> None:
         """Tell `on_failed_calls` which call records failed, before their callers wake."""

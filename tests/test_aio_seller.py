@@ -6,6 +6,7 @@ introspection suites also pass on it: AGENTMARKET_SELLER_SERVER=aio.)"""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -238,3 +239,31 @@ def test_records_awaited_on_a_loop_commit_or_fail_per_row(tmp_path: Path):
 
         asyncio.run(record())
         assert [c.call_id for c in journal.load()[0].calls] == [f"call-{n}" for n in range(50)]
+
+
+def test_a_cancelled_wait_on_a_loop_leaves_the_others_of_its_batch_waiting(tmp_path: Path):
+    """Callers of one batch on one loop each await a future of their own: one cancelled (its
+    buyer hung up) must not end, or fail, the others' wait for the same commit."""
+    path = tmp_path / "journal.db"
+    with UsageJournal(f"sqlite:///{path}") as journal:
+        journal.open_agreement("agr", "seller", b"body")
+        blocker = sqlite3.connect(path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # the writer's commit waits for this lock
+
+        async def record() -> None:
+            pendings = [journal.record_call("agr", f"call-{n}", n, n + 1, b"v", b"r", b"a")
+                        for n in range(3)]
+            waits = [asyncio.ensure_future(p.wait_async()) for p in pendings]
+            await asyncio.sleep(0.1)
+            assert not any(wait.done() for wait in waits)
+            waits[0].cancel()
+            await asyncio.sleep(0.1)
+            assert waits[0].cancelled() and not waits[1].done() and not waits[2].done()
+            blocker.execute("COMMIT")
+            await asyncio.gather(*waits[1:])  # committed: no error
+
+        try:
+            asyncio.run(record())
+        finally:
+            blocker.close()
+        assert [c.call_id for c in journal.load()[0].calls] == ["call-0", "call-1", "call-2"]
