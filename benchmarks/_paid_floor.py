@@ -27,7 +27,7 @@ from agents._aio_server import AioServer, SyncBridge
 from agents._grpc_payment import INVOKE
 from agents.payments import VOUCHER_METADATA_KEY
 from agents.skills import Skill
-from agents.usage_journal import LOOP_GROUP_WAIT_S, JournalPacedExecutor, UsageJournal
+from agents.usage_journal import LOOP_GROUP_WAIT_S, JournalPacedExecutor, Pending, UsageJournal
 from agents.v1 import agent_pb2, agent_pb2_grpc
 from marketplace.agreements import CHAIN_GENESIS, chain_receipt, new_receipt
 from marketplace.grpc_tracing import client_interceptors
@@ -80,31 +80,50 @@ class _FloorServicer(agent_pb2_grpc.AgentServiceServicer):
 
     @grpc_method
     def Invoke(self, request, context):  # type: ignore[no-untyped-def]
-        voucher = next(v for k, v in context.invocation_metadata() if k == VOUCHER_METADATA_KEY)
-        arguments = json.loads(request.input_json)
-        self.check.validate(arguments)
-        answer = agent_pb2.InvokeResponse()
-        answer.CopyFrom(self.template)
-        answer.output_json = json.dumps(self.skill.run(arguments), sort_keys=True)
-        if self.journal is not None:
-            self.journal.record_call(AGREEMENT_ID, request.call_id, 0, 0, voucher,
-                                     self.receipt, answer.output_json.encode()).wait()
+        answer = self._answer(self.skill.run(self._arguments(request)))
+        pending = self._record(request, context, answer)
+        if pending is not None:
+            pending.wait()
         return answer
 
     async def invoke_async(self, request: agent_pb2.InvokeRequest,
                            context: grpc.aio.ServicerContext) -> agent_pb2.InvokeResponse:
         """`Invoke` of an async skill on the aio server's loop, the record awaited."""
-        voucher = next(v for k, v in context.invocation_metadata() if k == VOUCHER_METADATA_KEY)
+        answer = self._answer(await self.skill.run_async(self._arguments(request)))
+        pending = self._record(request, context, answer)
+        if pending is not None:
+            await pending.wait_async()
+        return answer
+
+    def _arguments(self, request: agent_pb2.InvokeRequest) -> Any:
         arguments = json.loads(request.input_json)
         self.check.validate(arguments)
+        return arguments
+
+    def _answer(self, output: Any) -> agent_pb2.InvokeResponse:
         answer = agent_pb2.InvokeResponse()
         answer.CopyFrom(self.template)
-        answer.output_json = json.dumps(await self.skill.run_async(arguments), sort_keys=True)
-        if self.journal is not None:
-            await self.journal.record_call(AGREEMENT_ID, request.call_id, 0, 0, voucher,
-                                           self.receipt, answer.output_json.encode()
-                                           ).wait_async()
+        answer.output_json = json.dumps(output, sort_keys=True)
         return answer
+
+    def _record(self, request: agent_pb2.InvokeRequest, context: Any,
+                answer: agent_pb2.InvokeResponse) -> Pending | None:
+        """The call's usage record, queued with its voucher (None: the floor records none)."""
+        if self.journal is None:
+            return None
+        voucher = next(v for k, v in context.invocation_metadata() if k == VOUCHER_METADATA_KEY)
+        return self.journal.record_call(AGREEMENT_ID, request.call_id, 0, 0, voucher,
+                                        self.receipt, answer.output_json.encode())
+
+
+def serve_until_stopped(server: Any, ready: Any, stop: Any) -> None:
+    """Start `server` (its servicers added) on a loopback port, put its address on `ready`,
+    and stop it once `stop` is set."""
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    ready.put(f"127.0.0.1:{port}")
+    stop.wait()
+    server.stop(0)
 
 
 def serve_floor(served: Skill, interceptors: list[Any], ready: Any, stop: Any,
@@ -121,11 +140,7 @@ def serve_floor(served: Skill, interceptors: list[Any], ready: Any, stop: Any,
             server = grpc.server(executor, interceptors=interceptors)
             agent_pb2_grpc.add_AgentServiceServicer_to_server(
                 _FloorServicer(served, journal if record else None), server)
-            port = server.add_insecure_port("127.0.0.1:0")
-            server.start()
-            ready.put(f"127.0.0.1:{port}")
-            stop.wait()
-            server.stop(0)
+            serve_until_stopped(server, ready, stop)
         finally:
             journal.close()
 
@@ -145,11 +160,7 @@ def serve_floor_aio(served: Skill, interceptors: list[Any], ready: Any, stop: An
             server = AioServer(SyncBridge(interceptors, executor, {INVOKE: floor.invoke_async},
                                           None), [])
             agent_pb2_grpc.add_AgentServiceServicer_to_server(floor, server)
-            port = server.add_insecure_port("127.0.0.1:0")
-            server.start()
-            ready.put(f"127.0.0.1:{port}")
-            stop.wait()
-            server.stop(0)
+            serve_until_stopped(server, ready, stop)
         finally:
             journal.close()
 

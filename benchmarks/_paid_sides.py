@@ -27,7 +27,7 @@ from agents._grpc_payment import INVOKE
 from agents.llm import complete, text_of
 from agents.skills import Skill, model_price
 from agents.v1 import agent_pb2, agent_pb2_grpc
-from benchmarks._paid_floor import floor_caller, serve_floor, serve_floor_aio
+from benchmarks._paid_floor import floor_caller, serve_floor, serve_floor_aio, serve_until_stopped
 from marketplace import MarketplaceNode
 from marketplace.auth import AccessInterceptor, AuthServerInterceptor
 from marketplace.grpc_tracing import client_interceptors, server_interceptor
@@ -118,11 +118,7 @@ def serve_bare(skill_name: str, ready: Any, stop: Any) -> None:
 def _serve_threaded(skill_name: str, interceptors: list[Any], ready: Any, stop: Any) -> None:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), interceptors=interceptors)
     agent_pb2_grpc.add_AgentServiceServicer_to_server(UnpaidServicer(SKILLS[skill_name]), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    ready.put(f"127.0.0.1:{port}")
-    stop.wait()
-    server.stop(0)
+    serve_until_stopped(server, ready, stop)
 
 
 def serve_unpaid_aio(skill_name: str, ready: Any, stop: Any) -> None:
@@ -141,11 +137,7 @@ def serve_unpaid_aio(skill_name: str, ready: Any, stop: Any) -> None:
     server = AioServer(SyncBridge(framework_interceptors(), executor, {INVOKE: invoke}, None),
                        [])
     agent_pb2_grpc.add_AgentServiceServicer_to_server(unpaid, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    ready.put(f"127.0.0.1:{port}")
-    stop.wait()
-    server.stop(0)
+    serve_until_stopped(server, ready, stop)
 
 
 def serve_floor_variant(skill_name: str, ready: Any, stop: Any, variant: str = "floor") -> None:
@@ -229,6 +221,23 @@ class UnpaidSide:
         self.server.close()
 
 
+def hired_buyers(node: MarketplaceNode, endpoint: str, skill_name: str, calls: int,
+                 count: int, prefix: str) -> list[tuple[BuyerAgent, Any]]:
+    """`count` funded buyers, each with an agreement for `calls` calls of the seller at
+    `endpoint`, held in escrow."""
+    hired = []
+    for n in range(count):
+        buyer = BuyerAgent(f"{prefix}-{n}", marketplace=node.address)
+        buyer.fund("10.00", "USD")
+        listing = next(found for found in buyer.discover(skill_name, currency="USD")
+                       if found.endpoint == endpoint)
+        deal = buyer.negotiate(listing, skill_name, quantity=calls, budget="1.00",
+                               currency="USD")
+        buyer.hire(deal)
+        hired.append((buyer, deal))
+    return hired
+
+
 class PaidSide:
     """A marketplace node, a seller and one buyer with its own agreement per client, each
     agreement large enough for every round."""
@@ -237,18 +246,10 @@ class PaidSide:
                  served: Skill, kind: str = "threaded") -> None:
         """`calls`: the most any one buyer will make; `kind`: the seller's server."""
         self.seller = Server(serve_paid, node.address, str(journal) if journal else None,
-                              served.name, kind)
+                             served.name, kind)
         self.pid = self.seller.pid
-        self.buyers = []
-        for n in range(SATURATING):
-            buyer = BuyerAgent(f"buyer-{n}", marketplace=node.address)
-            buyer.fund("10.00", "USD")
-            listing = next(found for found in buyer.discover(served.name, currency="USD")
-                           if found.endpoint == self.seller.address)
-            deal = buyer.negotiate(listing, served.name, quantity=calls, budget="1.00",
-                                   currency="USD")
-            buyer.hire(deal)
-            self.buyers.append((buyer, deal))
+        self.buyers = hired_buyers(node, self.seller.address, served.name, calls, SATURATING,
+                                   "buyer")
         self.callers = [self._caller(b, d) for b, d in self.buyers]
 
     @staticmethod

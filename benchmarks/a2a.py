@@ -29,7 +29,7 @@ import grpc
 from a2a.types import a2a_pb2, a2a_pb2_grpc
 
 from agents import BuyerAgent, SellerAgent, free, skill
-from benchmarks._paid_sides import Reply, Server, echo
+from benchmarks._paid_sides import Reply, Server, echo, hired_buyers
 from benchmarks.paid_call import _compare, _median
 from marketplace import MarketplaceNode
 
@@ -134,16 +134,7 @@ class _Paid:
 
     def __init__(self, node: MarketplaceNode, server: Server, calls: int) -> None:
         self.server, self.pid = server, server.pid
-        self.buyers = []
-        for n in range(CLIENTS):
-            buyer = BuyerAgent(f"a2a-buyer-{n}", marketplace=node.address)
-            buyer.fund("10.00", "USD")
-            listing = next(found for found in buyer.discover("echo", currency="USD")
-                           if found.endpoint == server.address)
-            deal = buyer.negotiate(listing, "echo", quantity=calls, budget="1.00",
-                                   currency="USD")
-            buyer.hire(deal)
-            self.buyers.append((buyer, deal))
+        self.buyers = hired_buyers(node, server.address, "echo", calls, CLIENTS, "a2a-buyer")
         self.callers = [self._caller(b, d) for b, d in self.buyers]
 
     @staticmethod
@@ -165,9 +156,9 @@ def run(progress: Any = None) -> dict[str, float]:
         try:
             built.append(_Unpaid(Server(_serve_sdk)))
             built.append(_Unpaid(Server(_serve_seller, node.address,
-                                         str(Path(tmp) / "free.db"), False)))
+                                        str(Path(tmp) / "free.db"), False)))
             built.append(_Paid(node, Server(_serve_seller, node.address,
-                                             str(Path(tmp) / "paid.db"), True), calls))
+                                            str(Path(tmp) / "paid.db"), True), calls))
             sides = dict(zip(("sdk_unpaid", "own_unpaid", "paid"), built, strict=True))
             measured = _compare(sides, (CLIENTS,), ROUNDS, CALLS_PER_ROUND, say,
                                 "A2A paid vs unpaid SendMessage")
