@@ -17,7 +17,9 @@ import itertools
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from concurrent import futures
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -126,23 +128,35 @@ def serve_until_stopped(server: Any, ready: Any, stop: Any) -> None:
     server.stop(0)
 
 
+@contextmanager
+def _floor_journal(workdir: Path | None, record: bool, group_wait_s: float = 0.0
+                   ) -> Iterator[UsageJournal | None]:
+    """The floor's journal, its agreement open (in `workdir`, or in a temporary directory),
+    closed afterwards; None without `record` (the floor's bytes alone: nothing written)."""
+    if not record:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="agentmarket-bench-") as tmp:
+        journal = UsageJournal(f"sqlite:///{Path(workdir or tmp) / 'journal.db'}",
+                               group_wait_s=group_wait_s)
+        try:
+            journal.open_agreement(AGREEMENT_ID, SELLER_ID, b"floor")
+            yield journal
+        finally:
+            journal.close()
+
+
 def serve_floor(served: Skill, interceptors: list[Any], ready: Any, stop: Any,
                 workdir: Path | None = None, record: bool = True) -> None:
     """In a child process: the floor server behind `interceptors` (the unpaid side's), until
     `stop` is set (its journal in `workdir`, or in a temporary directory). With `record`
     false, nothing is written: the floor's bytes alone, without the durable record."""
-    with tempfile.TemporaryDirectory(prefix="agentmarket-bench-") as tmp:
-        journal = UsageJournal(f"sqlite:///{Path(workdir or tmp) / 'journal.db'}")
-        try:
-            journal.open_agreement(AGREEMENT_ID, SELLER_ID, b"floor")
-            executor = (JournalPacedExecutor(journal, MAX_WORKERS) if record
-                        else futures.ThreadPoolExecutor(max_workers=MAX_WORKERS))
-            server = grpc.server(executor, interceptors=interceptors)
-            agent_pb2_grpc.add_AgentServiceServicer_to_server(
-                _FloorServicer(served, journal if record else None), server)
-            serve_until_stopped(server, ready, stop)
-        finally:
-            journal.close()
+    with _floor_journal(workdir, record) as journal:
+        executor = (JournalPacedExecutor(journal, MAX_WORKERS) if journal is not None
+                    else futures.ThreadPoolExecutor(max_workers=MAX_WORKERS))
+        server = grpc.server(executor, interceptors=interceptors)
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(_FloorServicer(served, journal), server)
+        serve_until_stopped(server, ready, stop)
 
 
 def serve_floor_aio(served: Skill, interceptors: list[Any], ready: Any, stop: Any,
@@ -150,19 +164,13 @@ def serve_floor_aio(served: Skill, interceptors: list[Any], ready: Any, stop: An
     """In a child process: the floor on grpc.aio, as an aio seller serves an async skill (the
     interceptors' checks and the skill on the loop, the record awaited: one wake-up of the loop
     per batch), until `stop` is set. `workdir` and `record` as in `serve_floor`."""
-    with tempfile.TemporaryDirectory(prefix="agentmarket-bench-") as tmp:
-        journal = UsageJournal(f"sqlite:///{Path(workdir or tmp) / 'journal.db'}",
-                               group_wait_s=LOOP_GROUP_WAIT_S)
-        try:
-            journal.open_agreement(AGREEMENT_ID, SELLER_ID, b"floor")
-            floor = _FloorServicer(served, journal if record else None)
-            executor = futures.ThreadPoolExecutor(max_workers=MAX_WORKERS)
-            server = AioServer(SyncBridge(interceptors, executor, {INVOKE: floor.invoke_async},
-                                          None), [])
-            agent_pb2_grpc.add_AgentServiceServicer_to_server(floor, server)
-            serve_until_stopped(server, ready, stop)
-        finally:
-            journal.close()
+    with _floor_journal(workdir, record, LOOP_GROUP_WAIT_S) as journal:
+        floor = _FloorServicer(served, journal)
+        executor = futures.ThreadPoolExecutor(max_workers=MAX_WORKERS)
+        server = AioServer(SyncBridge(interceptors, executor, {INVOKE: floor.invoke_async},
+                                      None), [])
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(floor, server)
+        serve_until_stopped(server, ready, stop)
 
 
 def floor_caller(channel: grpc.Channel, served: Skill) -> Any:

@@ -82,17 +82,19 @@ class _GroupFile:
 
 
 class _LoopFile:
-    """`_GroupFile` for coroutines: one writer thread per batch, the loop woken once per
-    batch to resolve every caller's future."""
+    """`_GroupFile` for coroutines of one event loop: one writer thread per batch, the loop
+    woken once per batch to resolve every caller's future."""
 
-    def __init__(self, path: Path, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, path: Path) -> None:
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        self.loop, self.writer = loop, ThreadPoolExecutor(1)
+        self.writer = ThreadPoolExecutor(1)
+        self.loop: asyncio.AbstractEventLoop | None = None  # its callers' (the first one's)
         self.rows: list[bytes] = []
         self.waiting: list[asyncio.Future[None]] = []
         self.busy = False
 
     async def record(self, row: bytes) -> None:
+        self.loop = self.loop or asyncio.get_running_loop()
         future = self.loop.create_future()
         self.rows.append(row)
         self.waiting.append(future)
@@ -104,10 +106,13 @@ class _LoopFile:
     def _flush(self) -> None:
         rows, waiting, self.rows, self.waiting = self.rows, self.waiting, [], []
 
+        loop = self.loop
+        assert loop is not None  # set by the caller that queued these rows
+
         def write() -> None:
             os.write(self.fd, b"".join(rows))
             os.fdatasync(self.fd)
-            self.loop.call_soon_threadsafe(self._written, waiting)
+            loop.call_soon_threadsafe(self._written, waiting)
 
         self.writer.submit(write)
 
@@ -173,17 +178,11 @@ def _journal(workdir: Path, on_loop: bool) -> float:
 def _file(workdir: Path, on_loop: bool) -> float:
     path = workdir / f"log-{time.monotonic_ns()}"
     if on_loop:
-        opened: list[_LoopFile] = []
-
-        async def record(n: int, i: int) -> None:
-            if not opened:  # made on the loop it resolves futures on
-                opened.append(_LoopFile(path, asyncio.get_running_loop()))
-            await opened[0].record(_row(n, i))
-
+        log = _LoopFile(path)
         try:
-            return _loop(record)
+            return _loop(lambda n, i: log.record(_row(n, i)))
         finally:
-            opened[0].close()
+            log.close()
     group = _GroupFile(path)
     try:
         return _threads(lambda n, i: group.record(_row(n, i)))

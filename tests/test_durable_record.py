@@ -48,7 +48,7 @@ def test_group_commit_on_a_loop_resolves_a_caller_only_once_its_batch_is_written
     path = tmp_path / "log"
 
     async def all_callers() -> None:
-        log = bench._LoopFile(path, asyncio.get_running_loop())
+        log = bench._LoopFile(path)
 
         async def caller(n: int) -> None:
             for i in range(PER_CALLER):
