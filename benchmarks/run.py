@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-MODULES = ("ledger", "usage_journal", "durable_record", "rpc_floor", "paid_call", "a2a",
+MODULES = ("ledger", "usage_journal", "durable_record", "payment_path", "rpc_floor", "paid_call",
            "x402_gateway", "discovery", "tasks", "deployed", "registry_flood", "console",
            "warm_start", "scale_out", "sandbox")
 RESULTS = Path(__file__).resolve().parent / "results.json"
