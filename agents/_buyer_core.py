@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -328,7 +329,7 @@ class BuyerCore:
         except (TypeError, ValueError) as error:
             raise InvalidArgument(f"the arguments are not JSON: {error}") from None
         return agent_pb2.InvokeRequest(agreement_id=deal.agreement_id, input_json=input_json,
-                                       call_id=call_id or uuid.uuid4().hex)
+                                       call_id=call_id or secrets.token_hex(16))
 
     def _span_attributes(self, planned: PlannedCall) -> dict[str, Any]:
         deal, terms = planned.deal, planned.deal.body.terms

@@ -28,6 +28,7 @@ Money and rounding:
 from __future__ import annotations
 
 import contextvars
+import functools
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -83,8 +84,12 @@ class Tariff:
     def charge_atomic(self, *, input_tokens: int = 0, output_tokens: int = 0,
                       units: int = 0) -> int:
         """What a call with this usage costs (`marketplace.pricing.charge_atomic`)."""
-        return pricing.charge_atomic(self.terms(), units=units, input_tokens=input_tokens,
+        return pricing.charge_atomic(self._priced, units=units, input_tokens=input_tokens,
                                      output_tokens=output_tokens)
+
+    @functools.cached_property
+    def _priced(self) -> agreement_pb2.Terms:  # built once: every paid call is priced twice
+        return self.terms()
 
     @property
     def call_max_atomic(self) -> int:
