@@ -17,8 +17,11 @@ per call, as thread CPU:
   answer waiting for its record's commit; `payment_path_writer_us`: the journal's writer
   thread (its SQLite work, and the kernel's fdatasync of each batch).
 The seller's figure is the loop thread's CPU less the buyer's steps (timed in that thread).
-With the record, both rise although their code is the same: the call now waits (a future, a
-wake-up per batch, each call resumed), and the writer thread shares the interpreter lock.
+Each caller lets the others run between its calls on every side, so calls interleave as on a
+server (one caller's calls run back to back would find every cache warm and flatter the side
+that never waits). With the record, both rise although their code is the same: the call now
+waits (a future, a wake-up per batch, each call resumed), and the writer thread shares the
+interpreter lock.
 """
 
 from __future__ import annotations
@@ -102,6 +105,7 @@ class _PaidSide:
                 start = clock()
                 buyer._answered(planned, response, span)
                 buyer_s[0] += clock() - start
+                await asyncio.sleep(0)  # the others' calls in between, as a server runs them
 
         async def everyone() -> None:
             await asyncio.gather(*(caller(b, d) for b, d in self.buyers))
@@ -143,6 +147,7 @@ def _unpaid_round(loop: Any, calls: int) -> float:
             response = await unpaid.invoke_async(agent_pb2.InvokeRequest(
                 agreement_id="x", input_json=json.dumps({"text": f"call {i}"})))
             json.loads(response.output_json)
+            await asyncio.sleep(0)  # interleaved, as the paid calls are
 
     async def everyone() -> None:
         await asyncio.gather(*(caller() for _ in range(CALLERS)))
