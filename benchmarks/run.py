@@ -21,7 +21,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 MODULES = ("ledger", "usage_journal", "durable_record", "payment_path", "rpc_floor", "paid_call",
-           "x402_gateway", "discovery", "tasks", "deployed", "registry_flood", "console",
+           "a2a", "x402_gateway", "discovery", "tasks", "deployed", "registry_flood", "console",
            "warm_start", "scale_out", "sandbox")
 RESULTS = Path(__file__).resolve().parent / "results.json"
 QUIET_S = 3.0  # after the sync, for the last benchmark's processes to finish exiting

@@ -37,3 +37,18 @@ def test_numbers_are_written_with_thousands_and_shares_as_percentages():
     fmt = readme._Formatter()
     assert fmt.format("{a} {b} {c:%} {d}", a=12920, b=1233.3, c=0.033, d=True) == \
         "12,920 1,233.3 3.3% True"
+
+
+def test_make_bench_runs_every_benchmark_module():
+    """A module of benchmarks/ with a `run` left out of `benchmarks.run.MODULES` would
+    silently stop being measured, and README rows would then name keys no run writes."""
+    import ast
+    from pathlib import Path
+
+    from benchmarks import run
+
+    folder = Path(run.__file__).parent
+    measuring = {path.stem for path in folder.glob("*.py")
+                 if any(isinstance(node, ast.FunctionDef) and node.name == "run"
+                        for node in ast.parse(path.read_text()).body)}
+    assert measuring == set(run.MODULES)
