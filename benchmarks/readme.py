@@ -45,6 +45,14 @@ ROWS = (
      "{durable_record_file_loop_cpu_us} us on a loop; each thread fdatasyncing its own: "
      "{durable_record_fsync_each_threads_cpu_us} us; raw sqlite3, batches of 16, nobody "
      "waiting: {durable_record_raw_sqlite_cpu_us} us"),
+    ("a paid call's payment work per call, on one event loop without gRPC, "
+     "{payment_path_callers} calls at once (`benchmarks/payment_path.py`)",
+     "seller {payment_path_seller_us} us, buyer {payment_path_buyer_us} us; with the durable "
+     "record: seller {payment_path_seller_recorded_us} us, buyer "
+     "{payment_path_buyer_recorded_us} us, the journal's writer thread "
+     "{payment_path_writer_us} us",
+     "the unpaid call's own work (input, skill, answer, the caller's parse): "
+     "{payment_path_unpaid_us} us"),
     ("gRPC alone (`benchmarks/rpc_floor.py`: a bare echo server and 8 clients, each in its "
      "own process), CPU per call of both",
      "{rpc_floor_unary_cpu_us_per_call} us per unary call (server "
