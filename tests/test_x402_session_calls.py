@@ -426,3 +426,36 @@ def test_a_full_table_makes_room_from_idle_sessions_only(market, monkeypatch):
     monkeypatch.setattr(book, "MAX_SESSIONS", 100_000)
     assert calling.close()["captured"] == newcomer.close()["captured"] == "2000000"
     assert market.seller.redeem(idle.agreement).captured_atomic == 2_000_000  # its open call
+
+
+def test_the_paying_client_sends_through_the_transport_it_is_given(market):
+    """A caller's own transport (a proxy's, client certificates) carries every request the
+    paying client sends: the opening payment, the prepaid session calls and the close."""
+    class Counting(httpx.AsyncHTTPTransport):
+        def __init__(self) -> None:
+            super().__init__()
+            self.sent: list[str] = []
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            self.sent.append(request.url.path)
+            return await super().handle_async_request(request)
+
+    counting = Counting()
+
+    async def run() -> list[httpx.Response]:
+        client, schemes = http_client(market.key, market.network, calls_per_session=3,
+                                      transport=counting)
+        async with client:
+            answers = [await client.post(market.url("shout"), json={"text": f"t{n}"})
+                       for n in range(3)]
+            agreement = schemes["exact"].open_sessions()[0]
+            answers.append(await client.post(
+                f"{market.http.url}/v1/sessions/{agreement}/close",
+                json={"finish": schemes["exact"].finish_signature(agreement)}))
+            return answers
+
+    answers = asyncio.run(run())
+    assert [a.status_code for a in answers] == [200, 200, 200, 200], [a.text for a in answers]
+    shout = httpx.URL(market.url("shout")).path
+    assert counting.sent.count(shout) == 4  # asked (402), paid; then two prepaid calls
+    assert counting.sent[-1].endswith("/close")

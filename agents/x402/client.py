@@ -400,11 +400,13 @@ def _has_hooks(client: x402Client) -> bool:
 
 
 def http_client(key: AgentKey, network: str, *, calls_per_session: int = 1,
-                prepay: bool = True, **options: Any
-                ) -> tuple[httpx.AsyncClient, dict[str, AgentmarketScheme]]:
-    """An httpx.AsyncClient that pays with x402 (x402's transport over `PrepayTransport`)."""
+                prepay: bool = True, transport: httpx.AsyncBaseTransport | None = None,
+                **options: Any) -> tuple[httpx.AsyncClient, dict[str, AgentmarketScheme]]:
+    """An httpx.AsyncClient that pays with x402 (x402's transport over `PrepayTransport`).
+    `transport`: what finally sends each request, paid or not (a proxy's, client certificates,
+    limits of its own; default: httpx's, with the system's trusted CAs)."""
     client, schemes = buyer_client(key, network, calls_per_session=calls_per_session)
-    inner = PrepayTransport(client, schemes, prepay=prepay)
+    inner = PrepayTransport(client, schemes, transport, prepay=prepay)
     return httpx.AsyncClient(transport=x402AsyncTransport(client, transport=inner),
                              **options), schemes
 
