@@ -16,6 +16,14 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS_PER_S  # utime + stime
 
 
+def cpu_s_so_far(pid: int) -> float:
+    """`cpu_s`, or 0.0 where it cannot be read (no /proc, or the process is gone)."""
+    try:
+        return cpu_s(pid)
+    except OSError:
+        return 0.0
+
+
 def terminate(process: subprocess.Popen, timeout_s: float = 20) -> None:  # type: ignore[type-arg]
     if process.poll() is None:
         process.terminate()

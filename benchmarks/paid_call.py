@@ -60,7 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._paid_sides import SATURATING, PaidSide, UnpaidSide, echo, echo_async, summarize
-from benchmarks._process import cpu_s
+from benchmarks._process import cpu_s_so_far
 from marketplace import MarketplaceNode
 
 FEW = 4
@@ -90,23 +90,15 @@ def _drive(call_fns: list[Any], server_pid: int, calls_per_client: int) -> _Roun
 
     threads = [threading.Thread(target=worker, args=(fn,)) for fn in call_fns]
     switches = _switches(server_pid)
-    server_cpu, client_cpu = _cpu_s(server_pid), time.process_time()
+    server_cpu, client_cpu = cpu_s_so_far(server_pid), time.process_time()
     start = time.perf_counter()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - start
-    return _Round(len(call_fns) * calls_per_client, wall, _cpu_s(server_pid) - server_cpu,
+    return _Round(len(call_fns) * calls_per_client, wall, cpu_s_so_far(server_pid) - server_cpu,
                   time.process_time() - client_cpu, _switches(server_pid) - switches)
-
-
-def _cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) a process used so far (Linux /proc; 0 elsewhere)."""
-    try:
-        return cpu_s(pid)
-    except OSError:
-        return 0.0
 
 
 def _switches(pid: int) -> int:

@@ -36,7 +36,7 @@ import grpc
 
 from agents.v1 import agent_pb2
 from benchmarks._paid_sides import Server
-from benchmarks.paid_call import _cpu_s
+from benchmarks._process import cpu_s_so_far
 from marketplace.auth import AccessInterceptor, AuthServerInterceptor, signed_channel
 from marketplace.grpc_tracing import client_interceptors, server_interceptor
 from marketplace.identity import AgentKey
@@ -152,10 +152,10 @@ def _round(server: Server, kind: str) -> tuple[float, float, float]:
     out = context.Queue()
     process = context.Process(target=_clients, args=(server.address, kind, CALLS_PER_CLIENT,
                                                      out))
-    before = _cpu_s(server.pid)  # includes the clients' few warm-up calls
+    before = cpu_s_so_far(server.pid)  # includes the clients' few warm-up calls
     process.start()
     wall_s, client_s = out.get(timeout=600)
-    server_s = _cpu_s(server.pid) - before
+    server_s = cpu_s_so_far(server.pid) - before
     process.join(timeout=60)
     calls = CLIENTS * CALLS_PER_CLIENT
     return calls / wall_s, server_s / calls * 1e6, client_s / calls * 1e6

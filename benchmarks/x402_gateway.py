@@ -50,8 +50,8 @@ from benchmarks._paid_sides import (
     serve_unpaid,
     serve_unpaid_aio,
 )
+from benchmarks._process import cpu_s_so_far
 from benchmarks._x402_floor import Wire, capture, floor_call
-from benchmarks.paid_call import _cpu_s
 from marketplace import MarketplaceNode
 from marketplace.http import HttpServer
 from marketplace.http.app import LOOPBACK_HOSTS, SecurityHeaders
@@ -161,10 +161,10 @@ def _round(url: str, network: str, seeds: list[Any], close_base: str, server_pid
     out = context.Queue()
     process = context.Process(target=_clients, args=(url, network, seeds, CALLS_PER_CLIENT,
                                                      close_base, out, signature))
-    door, server = _cpu_s(os.getpid()), _cpu_s(server_pid)
+    door, server = cpu_s_so_far(os.getpid()), cpu_s_so_far(server_pid)
     process.start()
     wall_s, clients = out.get(timeout=600)
-    door, server = _cpu_s(os.getpid()) - door, _cpu_s(server_pid) - server
+    door, server = cpu_s_so_far(os.getpid()) - door, cpu_s_so_far(server_pid) - server
     process.join(timeout=60)
     calls, timed = len(seeds) * CALLS_PER_CLIENT, len(seeds) * (CALLS_PER_CLIENT - 1)
     return timed / wall_s, door / calls * 1e6, server / calls * 1e6, clients / timed * 1e6

@@ -3,11 +3,13 @@ figure comes from one `make bench` run and none is typed by hand."""
 
 from __future__ import annotations
 
+import ast
 import json
+from pathlib import Path
 
 import pytest
 
-from benchmarks import readme
+from benchmarks import readme, run
 
 
 def test_the_readme_table_is_what_the_committed_results_give():
@@ -42,11 +44,6 @@ def test_numbers_are_written_with_thousands_and_shares_as_percentages():
 def test_make_bench_runs_every_benchmark_module():
     """A module of benchmarks/ with a `run` left out of `benchmarks.run.MODULES` would
     silently stop being measured, and README rows would then name keys no run writes."""
-    import ast
-    from pathlib import Path
-
-    from benchmarks import run
-
     folder = Path(run.__file__).parent
     measuring = {path.stem for path in folder.glob("*.py")
                  if any(isinstance(node, ast.FunctionDef) and node.name == "run"
