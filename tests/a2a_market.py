@@ -5,6 +5,7 @@ A2AService."""
 from __future__ import annotations
 
 import gc
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,12 +34,19 @@ def hello(name: str) -> dict:
     return {"greeting": f"hello {name}"}
 
 
+# Cleared by a test that must see `write` still running; its last word waits until it is set.
+WRITE_MAY_FINISH = threading.Event()
+WRITE_MAY_FINISH.set()
+
+
 @skill(price=per_call("0.003", "USD"))
 def write(topic: str) -> Iterator[str]:
     """Write about a topic, streamed slowly."""
-    for word in ("agents", " pay", " each", " other", " slowly"):
+    for word in ("agents", " pay", " each", " other"):
         time.sleep(0.2)
         yield word
+    WRITE_MAY_FINISH.wait(timeout=30)
+    yield " slowly"
 
 
 @dataclass

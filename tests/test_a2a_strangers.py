@@ -25,7 +25,7 @@ from agents.errors import NotFound
 from agents.skills import per_call, skill
 from agents.v1 import agent_pb2
 from marketplace import a2a_extension as ext
-from tests.a2a_market import Market, echo, hello, open_market, write
+from tests.a2a_market import WRITE_MAY_FINISH, Market, echo, hello, open_market, write
 from wallets.grpc_errors import error_info
 
 EXT = [(ext.EXTENSIONS_HEADER, ext.URI)]
@@ -95,7 +95,8 @@ def test_a_resend_refused_for_its_input_keeps_the_running_task(market):
     request = _paid(market, "write", {"topic": "x"}, "resend-running", "ctx-running")
     answers: list[a2a_pb2.Task] = []
     first = threading.Thread(target=lambda: answers.append(
-        market.stub.SendMessage(request, metadata=EXT, timeout=10).task))
+        market.stub.SendMessage(request, metadata=EXT, timeout=30).task))
+    WRITE_MAY_FINISH.clear()  # the task stays working until the checks below are done
     first.start()
     tasks, task_id = market.door().tasks, None
     deadline = time.monotonic() + 5
@@ -112,6 +113,7 @@ def test_a_resend_refused_for_its_input_keeps_the_running_task(market):
         running = market.stub.GetTask(a2a_pb2.GetTaskRequest(id=task_id), timeout=5)
         assert running.status.state == a2a_pb2.TASK_STATE_WORKING
     finally:
+        WRITE_MAY_FINISH.set()
         first.join()
     assert answers and answers[0].status.state == a2a_pb2.TASK_STATE_COMPLETED
 
