@@ -31,6 +31,7 @@ from benchmarks._paid_floor import floor_caller, serve_floor, serve_floor_aio, s
 from marketplace import MarketplaceNode
 from marketplace.auth import AccessInterceptor, AuthServerInterceptor
 from marketplace.grpc_tracing import client_interceptors, server_interceptor
+from marketplace.heap import settle_heap
 from marketplace.intercepted import intercept
 from marketplace.schema_validators import validator
 from wallets.grpc_errors import MalformedRequestInterceptor, grpc_method
@@ -163,13 +164,27 @@ def serve_paid(marketplace: str, journal: str | None, skill_name: str, kind: str
         seller.stop(0)
 
 
+class _SettledWhenReady:
+    """The child's ready queue: the server settles its heap (`marketplace.heap`) just before
+    it says it is ready, as README tells a deployed seller to once started; every side's
+    server does, unpaid and floor too."""
+
+    def __init__(self, queue: Any) -> None:
+        self.queue = queue
+
+    def put(self, item: Any) -> None:
+        settle_heap()
+        self.queue.put(item)
+
+
 class Server:
     """A server in a child process of its own."""
 
     def __init__(self, target: Any, *args: Any) -> None:
         context = multiprocessing.get_context("spawn")  # no fork after gRPC started
         self._ready, self._stop = context.Queue(), context.Event()
-        self._process = context.Process(target=target, args=(*args, self._ready, self._stop),
+        self._process = context.Process(target=target,
+                                        args=(*args, _SettledWhenReady(self._ready), self._stop),
                                         daemon=True)
         self._process.start()
         self.address: str = self._ready.get(timeout=120)

@@ -34,7 +34,8 @@ call's whole server CPU.
 
 Each server runs in a process of its own, as a seller does: the buyers' threads (and the
 marketplace) are in this process, so the seller's work does not queue on the same interpreter
-lock as its callers'.
+lock as its callers'. Every server, of every side, settles its heap once started
+(`marketplace.heap`), as README tells a deployed seller to.
 
 Both server kinds of a seller are measured (`SellerAgent(server=...)`): the threaded one (the
 headline figures) and grpc.aio (`paid_call_ratio_aio`, and `paid_call_ratio_aio_no_journal`,
