@@ -166,8 +166,7 @@ def serve_paid(marketplace: str, journal: str | None, skill_name: str, kind: str
 
 class _SettledWhenReady:
     """The child's ready queue: the server settles its heap (`marketplace.heap`) just before
-    it says it is ready, as README tells a deployed seller to once started; every side's
-    server does, unpaid and floor too."""
+    it says it is ready, as README tells a deployed seller to once started."""
 
     def __init__(self, queue: Any) -> None:
         self.queue = queue
@@ -178,7 +177,9 @@ class _SettledWhenReady:
 
 
 class Server:
-    """A server in a child process of its own."""
+    """A server in a child process of its own; it settles its heap once started
+    (`_SettledWhenReady`). Every benchmark server started here does: the paid-call, x402,
+    A2A and rpc-floor benchmarks', on each side."""
 
     def __init__(self, target: Any, *args: Any) -> None:
         context = multiprocessing.get_context("spawn")  # no fork after gRPC started
