@@ -71,7 +71,7 @@ LLM_CALLS_PER_ROUND = 960
 LLM_ROUNDS = 5
 
 
-class _Round:
+class Round:
     """One round's throughput, CPU time per call (server's process, clients' process) and the
     server's thread switches per call."""
 
@@ -83,8 +83,9 @@ class _Round:
         self.server_switches = server_switches / calls
 
 
-def _drive(call_fns: list[Any], server_pid: int, calls_per_client: int) -> _Round:
-    """Run each client's calls in its own thread."""
+def drive(call_fns: list[Any], server_pid: int, calls_per_client: int) -> Round:
+    """Run each client's calls in its own thread; the round's rate and CPU per call
+    (`benchmarks.paid_call_libraries` drives its rounds with it too)."""
     def worker(fn: Any) -> None:
         for i in range(calls_per_client):
             fn(i)
@@ -98,7 +99,7 @@ def _drive(call_fns: list[Any], server_pid: int, calls_per_client: int) -> _Roun
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - start
-    return _Round(len(call_fns) * calls_per_client, wall, cpu_s_so_far(server_pid) - server_cpu,
+    return Round(len(call_fns) * calls_per_client, wall, cpu_s_so_far(server_pid) - server_cpu,
                   time.process_time() - client_cpu, _switches(server_pid) - switches)
 
 
@@ -144,7 +145,7 @@ def _wakeup_cpu_us(round_trips: int = 5_000) -> float:
     return (time.process_time() - cpu) / (2 * round_trips) * 1e6
 
 
-Rounds = dict[tuple[str, int], list[_Round]]
+Rounds = dict[tuple[str, int], list[Round]]
 
 
 def _compare(sides: dict[str, Any], loads: tuple[int, ...], rounds: int, calls_per_round: int,
@@ -152,13 +153,13 @@ def _compare(sides: dict[str, Any], loads: tuple[int, ...], rounds: int, calls_p
     """Alternate rounds of the sides (so all see the same machine weather), under each load."""
     measured: Rounds = {}
     for side in sides.values():  # warm up
-        _drive(side.callers[:1], side.pid, 200)
+        drive(side.callers[:1], side.pid, 200)
     for n in range(rounds):
         say(f"{label}, round {n + 1} of {rounds}")
         for clients in loads:
             for name, side in sides.items():
                 measured.setdefault((name, clients), []).append(
-                    _drive(side.callers[:clients], side.pid, calls_per_round // clients))
+                    drive(side.callers[:clients], side.pid, calls_per_round // clients))
     return measured
 
 

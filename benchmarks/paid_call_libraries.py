@@ -31,7 +31,7 @@ from rich.table import Table
 
 from benchmarks._paid_sides import SATURATING, SKILLS, PaidSide, UnpaidSide
 from benchmarks.native_profile import KINDS, PerfRecorder, available, shares
-from benchmarks.paid_call import _drive
+from benchmarks.paid_call import drive
 from marketplace import MarketplaceNode
 
 CLIENTS = SATURATING
@@ -56,7 +56,7 @@ def _sampled(side: Any, out: Path) -> dict[str, float]:
     perf = PerfRecorder(out)
     data = perf.start("seller", side.pid)
     try:
-        measured = _drive(side.callers[:CLIENTS], side.pid, CALLS_PER_CLIENT)
+        measured = drive(side.callers[:CLIENTS], side.pid, CALLS_PER_CLIENT)
     finally:
         perf.stop()
     found = shares(data)
@@ -76,7 +76,7 @@ def measure(kind: str, rounds: int = ROUNDS, say: Any = print) -> dict[str, dict
         try:
             sides = _sides(node, Path(tmp), kind, rounds)
             for side in sides.values():  # warm up
-                _drive(side.callers[:1], side.pid, 200)
+                drive(side.callers[:1], side.pid, 200)
             for n in range(rounds):
                 for name, side in sides.items():
                     say(f"{kind} seller, round {n + 1} of {rounds}: {name}")
