@@ -5,8 +5,10 @@ The node is `agentmarket serve` (SQLite) with one seller process. A buyer in thi
 (OpenEscrow: a hold posted) and finish (the redeem: capture, release, receipt): first with the
 market quiet, the same run's baseline, then while `FLOOD_THREADS` threads in 2 other processes
 each advertise, again and again, a listing of 6,000 search rows under a fresh key (what a
-stranger can do for free). Keys: p50/p90/max of both steps in each phase, the ratio of the
-flooded p50 to the quiet one, and how many listings per second the node took and refused.
+stranger can do for free). Meanwhile an honest listing advertised before the flood beats
+every `BEAT_EVERY_S` (as a seller with a 1.5 s TTL would). Keys: p50/p90/max of both steps in
+each phase, the ratio of the flooded p50 to the quiet one, how many listings per second the
+node took and refused, and the honest listing's beats: how many were refused, their p50/max.
 SECURITY.md ("Rate limits are per key, and keys are free") says what bounds the flood.
 
     python -m benchmarks.registry_flood                 # as `make bench` runs it
@@ -26,6 +28,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 from agents import BuyerAgent
 from benchmarks.deployed import ROOT, Party, _address
 from marketplace.auth import signed_channel
@@ -37,6 +41,7 @@ ROUNDS = 40
 FLOOD_THREADS = 16  # in 2 processes
 FLOOD_PROCESSES = 2
 SETTLE_S = 3.0  # for the flood to reach its pace before the flooded phase
+BEAT_EVERY_S = 0.5
 
 
 def big_listing(key: AgentKey) -> registry_pb2.Listing:
@@ -101,6 +106,43 @@ def _rounds(buyer: BuyerAgent, listing: Any) -> dict[str, list[float]]:
     return times
 
 
+class _Beats(threading.Thread):
+    """An honest seller's listing, advertised now, beating every `BEAT_EVERY_S` until
+    stopped: each beat's answer time, and how many were refused."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(daemon=True)
+        self.key = AgentKey.generate()
+        self.channel = signed_channel(address, self.key)
+        self.stub = registry_pb2_grpc.RegistryServiceStub(self.channel)
+        self.stub.Advertise(registry_pb2.AdvertiseRequest(
+            idempotency_key=f"advertise:{uuid.uuid4()}", ttl_s=60,
+            listing=make_listing(self.key, make_skill("honest"))), timeout=30)
+        self.ms: list[float] = []
+        self.refused = 0
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.wait(BEAT_EVERY_S):
+            begun = time.perf_counter()
+            try:
+                self.stub.Heartbeat(registry_pb2.HeartbeatRequest(agent_id=self.key.agent_id),
+                                    timeout=30)
+                self.ms.append((time.perf_counter() - begun) * 1000)
+            except grpc.RpcError:
+                self.refused += 1
+
+    def figures(self) -> dict[str, Any]:
+        self.stopping.set()
+        self.join()
+        self.channel.close()
+        ranked = sorted(self.ms) or [0.0]
+        return {"registry_flood_heartbeats": len(self.ms) + self.refused,
+                "registry_flood_heartbeats_refused": self.refused,
+                "registry_flood_heartbeat_p50_ms": round(statistics.median(ranked), 2),
+                "registry_flood_heartbeat_max_ms": round(ranked[-1], 2)}
+
+
 def _figures(times: dict[str, list[float]], phase: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for step, values in times.items():
@@ -137,10 +179,13 @@ def run(progress: Any = None) -> dict[str, Any]:
                                    str(FLOOD_THREADS // FLOOD_PROCESSES), "3600"],
                                   work / f"flood-{n}.log", env) for n in range(FLOOD_PROCESSES)]
                 parties += flooders
+                beats = _Beats(address)
                 time.sleep(SETTLE_S)
+                beats.start()
                 begun = time.monotonic()
                 flooded = _rounds(buyer, listing)
                 flooded_s = time.monotonic() - begun
+                beaten = beats.figures()
                 taken, refused = _stopped(flooders)
         finally:
             for party in reversed(parties):
@@ -154,7 +199,7 @@ def run(progress: Any = None) -> dict[str, Any]:
     results["registry_flood_window_s"] = round(flooded_s, 1)
     results["registry_flood_listings_taken_per_s"] = round(taken, 1)
     results["registry_flood_listings_refused_per_s"] = round(refused, 1)
-    return results
+    return {**results, **beaten}
 
 
 def _stopped(flooders: list[Party]) -> tuple[float, float]:

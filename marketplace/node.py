@@ -53,6 +53,7 @@ from marketplace.grpc_tracing import server_interceptor
 from marketplace.identity import AgentKey, check_agent_id
 from marketplace.introspection import mark_serving, serve_introspection
 from marketplace.judge import LlmJudge
+from marketplace.listing_leases import LeaseFlusher
 from marketplace.pvp_legs import ReceiptedHolds
 from marketplace.receipt_servicer import SERVICE as RECEIPT_SERVICE
 from marketplace.receipt_servicer import ReceiptServicer, receipt_rules
@@ -232,6 +233,7 @@ class MarketplaceNode:
         self.sweep_lease = SweepLease(self.engine, f"agentmarket sweeper {self.address}")
         self._stopping = threading.Event()
         self._sweeper = threading.Thread(target=self._sweep_loop, name="sweeper", daemon=True)
+        self._leases = LeaseFlusher(self.registry.leases, self.registry.flush_leases)
 
     def _access(self) -> list[AccessInterceptor]:
         """The authorisation rules (none without authentication: nobody to authorise)."""
@@ -289,6 +291,7 @@ class MarketplaceNode:
                 self.console.bind(self.http.url)
         mark_serving(self.health, self._services)
         self._sweeper.start()
+        self._leases.start()
         self._unobserve = market_metrics().observe_holds(self.ledger.open_hold_totals)
         return self
 
@@ -338,6 +341,7 @@ class MarketplaceNode:
         self.server.stop(grace_s).wait()
         if self._sweeper.is_alive():
             self._sweeper.join(timeout=5)
+        self._leases.stop()  # the beats answered before the server stopped are written
         self.sweep_lease.release()
         self._verifier_client.close()
         if self.console is not None:

@@ -1,7 +1,9 @@
 """The registry: sellers advertise listings with priced skills; buyers discover them.
 
-A listing lives `ttl_s` seconds past its last advertise or heartbeat; withdrawing removes it at
-once; advertising again replaces it (idempotent: the same listing twice is the same state).
+A listing lives `ttl_s` seconds past its last advertise or heartbeat (a heartbeat only reads;
+its expiry is written with other beats' within 0.5 s: `marketplace.listing_leases`);
+withdrawing removes it at once; advertising again replaces it (idempotent: the same listing
+twice is the same state).
 Expired listings are invisible at once; their search rows (offers, terms) go at the node's next
 sweep, so discovery never walks past dead offers, and the listing itself an hour later
 (`purge_expired`, run by the node's sweeper).
@@ -25,16 +27,11 @@ fast (one index range scan per currency, reputation denormalised into the scanne
 
 from __future__ import annotations
 
-import functools
-import json
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from jsonschema import SchemaError
-from jsonschema.validators import validator_for
 from sqlalchemy import (
     Connection,
     Engine,
@@ -49,11 +46,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from marketplace import discovery, pricing, schema_refs, schema_regex
-from marketplace.agreements import check_endpoint
+from marketplace import discovery, pricing
 from marketplace.discovery import OFFERS, TERMS, Converter, Query, TokenCounts
-from marketplace.errors import InvalidArgument, NotFound, SchemaViolation
+from marketplace.errors import InvalidArgument, NotFound
 from marketplace.identity import check_agent_id
+from marketplace.listing_checks import MAX_DISCOVER_BYTES, MAX_LISTING_BYTES, check_listing
+from marketplace.listing_leases import SOON_MS, Leases
 from marketplace.registry_door import AskedWrites
 from marketplace.reputation import REPUTATION
 from marketplace.tables import ListingRow
@@ -65,6 +63,12 @@ from wallets.store import WriteSerializer, is_sqlite
 LISTINGS = ListingRow.__table__  # type: ignore[attr-defined]
 _LIVE_LISTING = hot.Statement(select(LISTINGS).where(
     LISTINGS.c.agent_id == bindparam("agent"), LISTINGS.c.expires_at_ms > bindparam("now")))
+# a heartbeat's listing: live, and still findable (a sweep or a liveness check may have
+# taken its search rows as it lapsed)
+_BEATING = hot.Statement(select(LISTINGS.c.ttl_s, LISTINGS.c.expires_at_ms).where(
+    LISTINGS.c.agent_id == bindparam("agent"), LISTINGS.c.expires_at_ms > bindparam("now"),
+    select(OFFERS.c.id).where(OFFERS.c.agent_id == bindparam("agent"),
+                              OFFERS.c.expires_at_ms > bindparam("now")).exists()))
 _LAPSED = hot.Statement(select(LISTINGS.c.agent_id).where(
     LISTINGS.c.expires_at_ms < bindparam("cutoff")).limit(bindparam("limit")))
 # lapsed after the cursor (expiry, agent id) and by now, in that order
@@ -75,104 +79,12 @@ _LAPSED_SINCE = hot.Statement(select(LISTINGS.c.agent_id, LISTINGS.c.expires_at_
     LISTINGS.c.expires_at_ms <= bindparam("now"))
     .order_by(LISTINGS.c.expires_at_ms, LISTINGS.c.agent_id).limit(bindparam("limit")))
 _AFTER_EVERY_AGENT = "~"  # sorts after every agent id (64 hex)
-_SKILL_NAME = re.compile(r"^[a-z0-9_.-]{1,64}\Z")
-MAX_SKILLS = 50
-# Every (skill, price) offer repeats its skill's search tokens: up to 50 x 8 x 76 = 30,400
-# rows, all rewritten by each Advertise under the node's one SQLite writer. A large honest
-# listing (50 skills in 2 currencies, 8 tags and 15 words each) needs 6,000.
-MAX_SEARCH_ROWS = 8192
-MAX_TAGS = 8  # each pair of a skill's tags is a search token too
-MAX_NAME = 128
-MAX_DESCRIPTION = 2000
-MAX_SCHEMA_BYTES = 64 * 1024
-# A whole listing, serialized: a Discover answer holds up to `discovery.MAX_LIMIT` of them.
-MAX_LISTING_BYTES = 256 * 1024
-# A Discover answer stops before this many bytes of listings, well inside the 4 MiB a gRPC
-# client receives by default (listings past it are left out, as past `limit`).
-MAX_DISCOVER_BYTES = 3 * 1024 * 1024
 TTL_DEFAULT_S, TTL_MIN_S, TTL_MAX_S = 60, 10, 86_400
 PURGE_AFTER_MS = 3_600_000
-_METHODS = set(registry_pb2.VerificationMethod.values()) - {0}
 _CHUNK = 500
+_LEASES_PER_COMMIT = 256  # a flush lets money take the writer between these
 _REPLACE_TRIES = 5  # PostgreSQL: a listing replaced on two nodes at once, run again
 _FRAMING_BYTES = 64  # around each listing in an answer: its tag, length, fields set on reading
-
-
-def check_schema(text: str, field: str) -> None:
-    """Check a JSON Schema's text; an empty text means 'anything'. Texts already found valid
-    are remembered (sellers re-advertise the same schemas), so re-checking costs a lookup."""
-    if not text:
-        return
-    if len(text) > MAX_SCHEMA_BYTES or len(text.encode()) > MAX_SCHEMA_BYTES:
-        raise InvalidArgument(f"{field} is larger than {MAX_SCHEMA_BYTES} bytes of UTF-8")
-    problem = _schema_problem(text)
-    if problem:
-        raise SchemaViolation(f"{field} is not a valid JSON Schema: {problem}")
-
-
-@functools.lru_cache(maxsize=4096)
-def _schema_problem(text: str) -> str:
-    try:
-        schema = json.loads(text, parse_constant=_no_constant)
-        if not isinstance(schema, dict | bool):
-            return "a JSON Schema is an object (or true or false)"
-        validator_for(schema).check_schema(schema)
-    except (ValueError, SchemaError, RecursionError) as error:
-        return str(error)[:500]
-    return schema_regex.problem(schema) or schema_refs.problem(schema)
-
-
-def _no_constant(name: str) -> Any:
-    """NaN and Infinity: Python's JSON reads them, JSON (and every other reader) does not."""
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def check_skill(skill: registry_pb2.Skill) -> None:
-    """Validate one skill in place (tags lower-cased, currency codes normalised)."""
-    if not _SKILL_NAME.match(skill.name):
-        raise InvalidArgument(f"skill name {skill.name!r} must match [a-z0-9_.-]{{1,64}}")
-    where = f"skill {skill.name}"
-    if len(skill.description) > MAX_DESCRIPTION:
-        raise InvalidArgument(f"{where}: description is longer than {MAX_DESCRIPTION}")
-    if len(skill.tags) > MAX_TAGS:
-        raise InvalidArgument(f"{where}: at most {MAX_TAGS} tags")
-    tags = list(dict.fromkeys(discovery.check_tag(t) for t in skill.tags))
-    del skill.tags[:]
-    skill.tags.extend(tags)
-    check_schema(skill.input_schema_json, f"{where}: input_schema_json")
-    check_schema(skill.output_schema_json, f"{where}: output_schema_json")
-    if not 1 <= len(skill.prices) <= pricing.MAX_PRICES:
-        raise InvalidArgument(f"{where} needs 1..{pricing.MAX_PRICES} prices")
-    for price in skill.prices:
-        pricing.check_price(price, where)
-    if len({p.currency for p in skill.prices}) != len(skill.prices):
-        raise InvalidArgument(f"{where}: one price per currency")
-    methods = list(skill.verification_methods)
-    if not methods or not set(methods) <= _METHODS or len(set(methods)) != len(methods):
-        raise InvalidArgument(f"{where}: list each verification method it offers once")
-
-
-def check_listing(listing: registry_pb2.Listing) -> None:
-    """Validate a listing in place. Its size is bounded as a whole, not only field by field,
-    so that a few listings cannot make a Discover answer too large for buyers to receive."""
-    check_agent_id(listing.agent_id)
-    if listing.ByteSize() > MAX_LISTING_BYTES:
-        raise InvalidArgument(f"a listing is at most {MAX_LISTING_BYTES} bytes serialized")
-    if len(listing.name) > MAX_NAME:
-        raise InvalidArgument(f"name is longer than {MAX_NAME} characters")
-    check_endpoint(listing.endpoint)
-    if not 1 <= len(listing.skills) <= MAX_SKILLS:
-        raise InvalidArgument(f"a listing needs 1..{MAX_SKILLS} skills")
-    for skill in listing.skills:
-        check_skill(skill)
-    if len({s.name for s in listing.skills}) != len(listing.skills):
-        raise InvalidArgument("each skill name appears once in a listing")
-    rows = sum(len(discovery.skill_terms(s)) * len(s.prices) for s in listing.skills)
-    if rows > MAX_SEARCH_ROWS:
-        raise InvalidArgument(
-            f"this listing would be found through {rows} search rows (each skill's words, tags "
-            f"and tag pairs, once per price); at most {MAX_SEARCH_ROWS}: list fewer prices, "
-            "tags or description words")
 
 
 def _no_live_listing(agent_id: str) -> NotFound:
@@ -189,6 +101,8 @@ class Registry:
         self.reference_currency = reference_currency
         self._serial = WriteSerializer(engine, urgent=False)  # money goes first
         self.asked_writes = AskedWrites()  # callers' writes, bounded (`registry_door`)
+        self.leases = Leases()  # heartbeats' expiries, written by `flush_leases`
+        self._flushing = threading.Lock()
         self.version = 0  # counts this registry's writes to listings (`DiscoverCache` keys)
         self._version_lock = threading.Lock()
         self._counts = TokenCounts()
@@ -227,6 +141,8 @@ class Registry:
             raise InvalidArgument("each agent appears once in a batch")
         if not stored:
             return []
+        for s in stored:  # a beat of the listing replaced does not renew this one
+            self.leases.forget(s.agent_id)
         for attempt in range(_REPLACE_TRIES):
             try:
                 reputations = self._replace(stored, now, ttl_s)
@@ -328,23 +244,52 @@ class Registry:
             conn.execute(delete(OFFERS).where(which))
 
     def heartbeat(self, agent_id: str) -> int:
-        """Keep a live listing for another ttl; NOT_FOUND once it has expired."""
+        """Renew a live, findable listing for another ttl; NOT_FOUND once it has expired or
+        lost its search rows (advertise again). It only reads: the new expiry is written with
+        every other beat's by `flush_leases` (`marketplace.listing_leases`)."""
         check_agent_id(agent_id)
-        with self.asked_writes.room(), self._serial(), self.engine.begin() as conn:
-            now = self.clock_ms()
-            row = conn.execute(select(LISTINGS.c.ttl_s).where(
-                LISTINGS.c.agent_id == agent_id, LISTINGS.c.expires_at_ms > now)).first()
-            if row is None:
-                raise _no_live_listing(agent_id)
-            expires = now + row.ttl_s * 1000
-            conn.execute(update(LISTINGS).where(LISTINGS.c.agent_id == agent_id)
-                         .values(expires_at_ms=expires))
-            if conn.execute(update(OFFERS).where(OFFERS.c.agent_id == agent_id)
-                            .values(expires_at_ms=expires)).rowcount == 0:
-                # a sweep or a liveness check took its search rows meanwhile
-                raise _no_live_listing(agent_id)
-        self._changed()
+        now = self.clock_ms()
+        with hot.reading(self.engine) as conn:
+            row = _BEATING.first(conn, {"agent": agent_id, "now": now})
+        if row is None:
+            raise _no_live_listing(agent_id)
+        expires = now + row.ttl_s * 1000
+        self.leases.renew(agent_id, expires, soon=row.expires_at_ms - now <= SOON_MS)
         return expires
+
+    def flush_leases(self) -> int:
+        """Write the expiries heartbeats renewed since the last call, a chunk of listings per
+        transaction; returns how many listings. A listing whose search rows went meanwhile
+        (a sweep, a liveness check) lapses instead, so its next beat asks for an advertise."""
+        with self._flushing:  # returns once a flush under way (the node's) has committed
+            leases = sorted(self.leases.take().items())  # one lock order for every node
+            written = 0
+            try:
+                while written < len(leases):
+                    chunk = leases[written:written + _LEASES_PER_COMMIT]
+                    with self._serial(), self.engine.begin() as conn:
+                        self._write_leases(conn, chunk)
+                    written += len(chunk)
+            except BaseException:
+                self.leases.back(dict(leases[written:]))
+                raise
+            finally:
+                if written:
+                    self._changed()
+            return len(leases)
+
+    def _write_leases(self, conn: Connection, leases: list[tuple[str, int]]) -> None:
+        marker = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+        now = self.clock_ms()  # in the writer's turn: what a sweep wrote before is seen
+        renew = (f"UPDATE {{}} SET expires_at_ms = {marker} WHERE agent_id = {marker} "
+                 f"AND expires_at_ms > {marker} AND expires_at_ms < {marker}")
+        for agent_id, expires in leases:
+            params = (expires, agent_id, now, expires)
+            if conn.exec_driver_sql(renew.format(LISTINGS.name), params).rowcount == 0:
+                continue  # withdrawn, expired or advertised again since the beat
+            if conn.exec_driver_sql(renew.format(OFFERS.name), params).rowcount == 0:
+                conn.exec_driver_sql(f"UPDATE {LISTINGS.name} SET expires_at_ms = {marker} "
+                                     f"WHERE agent_id = {marker}", (now, agent_id))
 
     def expire(self, agent_id: str, endpoint: str) -> bool:
         """End a live listing's life now, as if its TTL had run out (its seller did not answer
@@ -352,6 +297,7 @@ class Registry:
         A live seller's next heartbeat is told to advertise again."""
         check_agent_id(agent_id)
         now = self.clock_ms()
+        self.leases.forget(agent_id)
         with self.asked_writes.room(), self._serial(), self.engine.begin() as conn:
             row = conn.execute(select(LISTINGS.c.listing).where(
                 LISTINGS.c.agent_id == agent_id, LISTINGS.c.expires_at_ms > now)).first()
@@ -365,6 +311,7 @@ class Registry:
 
     def withdraw(self, agent_id: str) -> None:
         check_agent_id(agent_id)
+        self.leases.forget(agent_id)
         with self.asked_writes.room(), self._serial(), self.engine.begin() as conn:
             self._delete(conn, [agent_id])
         self._changed()

@@ -1,7 +1,7 @@
 """Callers' registry writes, bounded, and refused before any work once the bound is reached.
 
-A caller's registry write (Advertise, Heartbeat, WithdrawListing, an unreachable listing's
-expiry) takes room in `AskedWrites`: at most `MAX_ASKED_WRITES` run or wait for the writer at
+A caller's registry write (Advertise, WithdrawListing, an unreachable listing's expiry) takes
+room in `AskedWrites`: at most `MAX_ASKED_WRITES` run or wait for the writer at
 once, and past that one is refused REGISTRY_BUSY at once, nothing written. A flood of
 listings from free keys (each up to 8,192 search rows) then holds neither the node's worker
 threads nor the writer, where payments go first anyway (`wallets.writer_turns`).
@@ -11,7 +11,8 @@ to 256 KiB parsed, its signature's hash taken, every field checked. During a flo
 refusals took a quarter of the node's interpreter from the payments running beside them. So
 `RegistryBusyDoor`, first on the node, looks at the method alone and refuses while there is
 no room, the request never parsed. It only looks: room is taken in the registry, after the
-caller's signature checked, so no unsigned request can take it.
+caller's signature checked, so no unsigned request can take it. A heartbeat takes no room: it
+only reads, and its new expiry is written with every other beat's (`listing_leases`).
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from wallets.grpc_errors import abort
 
 MAX_ASKED_WRITES = 2
 _SERVICE = registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name
-WRITES = frozenset(f"/{_SERVICE}/{name}" for name in ("Advertise", "Heartbeat",
-                                                       "WithdrawListing"))
+# not Heartbeat: a beat only reads, its expiry written with others' (`listing_leases`)
+WRITES = frozenset(f"/{_SERVICE}/{name}" for name in ("Advertise", "WithdrawListing"))
 
 
 def busy() -> RegistryBusy:

@@ -251,6 +251,7 @@ def market(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 
 def snapshot(m: Market) -> dict[str, Any]:
     node = m.node
+    node.registry.flush_leases()  # heartbeats answered so far: their expiries written
     with node.engine.connect().execution_options(agentmarket_read=True) as conn:
         postings = conn.execute(select(func.count()).select_from(POSTINGS)).scalar_one()
     controls = node.wallets.controls

@@ -82,6 +82,7 @@ def test_a_write_to_the_listings_is_seen_at_once(
     registry.withdraw(a.agent_id)
     assert _names(cache.answer(_ask())) == ["b"]
     registry.heartbeat(b.agent_id)
+    registry.flush_leases()  # the beat's expiry written (the node's `LeaseFlusher`)
     assert cache.answer(_ask()).listings[0].expires_at_ms == registry.get(
         b.agent_id).expires_at_ms
     assert registry.expire(b.agent_id, "127.0.0.1:9")

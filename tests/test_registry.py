@@ -61,6 +61,7 @@ def test_listings_expire_without_heartbeats(registry: Registry, clock):  # type:
     key = _seller(registry, "s", make_skill(), ttl_s=30)
     clock.advance(20)
     assert registry.heartbeat(key.agent_id) == clock() + 30_000  # the advertised ttl
+    assert registry.flush_leases() == 1  # the node's `LeaseFlusher` writes it within 0.5 s
     clock.advance(29)
     assert _ids(registry.discover("echo")) == ["s"]
     clock.advance(2)

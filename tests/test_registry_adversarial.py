@@ -18,12 +18,14 @@ import pytest
 from pydantic import BaseModel
 from sqlalchemy import Engine
 
+from marketplace import listing_checks
 from marketplace import registry as registry_module
 from marketplace.agreements import check_terms
 from marketplace.auth import signed_channel
 from marketplace.identity import AgentKey
+from marketplace.listing_checks import MAX_DISCOVER_BYTES, MAX_LISTING_BYTES
 from marketplace.node import MarketplaceNode
-from marketplace.registry import MAX_DISCOVER_BYTES, MAX_LISTING_BYTES, Registry
+from marketplace.registry import Registry
 from marketplace.testing import M, make_listing, make_skill, make_terms
 from marketplace.v1 import registry_pb2, registry_pb2_grpc
 from wallets.errors import AgentmarketError, NotFound
@@ -110,7 +112,7 @@ def test_a_discover_page_of_large_listings_fits_a_default_client(node: Marketpla
 def test_a_listing_stored_before_the_limit_is_left_out(engine: Engine, clock,  # type: ignore[no-untyped-def]
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     registry = Registry(engine, clock_ms=clock)
-    monkeypatch.setattr(registry_module, "MAX_LISTING_BYTES", 8 * 1024 * 1024)
+    monkeypatch.setattr(listing_checks, "MAX_LISTING_BYTES", 8 * 1024 * 1024)
     old = make_listing(AgentKey.generate(), make_skill("target", price_atomic=1),
                        *(_bulky(f"filler{i}", 60_000) for i in range(29)), name="old")
     registry.advertise(old, 600)

@@ -128,7 +128,7 @@ def test_patterns_match_in_linear_time(schema: dict) -> None:
                                   json.dumps({"patternProperties": {"(?=a)": {}}})])
 def test_a_schema_that_is_not_an_object_or_runs_no_linear_regex_is_refused(text: str) -> None:
     from marketplace.errors import SchemaViolation
-    from marketplace.registry import check_schema
+    from marketplace.listing_checks import check_schema
 
     with pytest.raises(SchemaViolation):
         check_schema(text, "output_schema_json")

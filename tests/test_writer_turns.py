@@ -22,8 +22,7 @@ from sqlalchemy import event
 
 from agents import SellerAgent, per_call, skill
 from benchmarks.registry_flood import big_listing
-from marketplace import discovery
-from marketplace import registry as registry_module
+from marketplace import discovery, listing_checks
 from marketplace.auth import signed_channel
 from marketplace.identity import AgentKey
 from marketplace.node import MarketplaceNode
@@ -200,6 +199,6 @@ def test_the_flood_benchmark_advertises_listings_the_registry_takes_whole() -> N
     """`benchmarks.registry_flood` floods with listings inside every limit, each thousands of
     search rows: the costliest Advertise a free key may send, not one refused for its size."""
     listing = big_listing(AgentKey.generate())
-    registry_module.check_listing(listing)
+    listing_checks.check_listing(listing)
     rows = sum(len(discovery.skill_terms(s)) * len(s.prices) for s in listing.skills)
-    assert 5_000 < rows <= registry_module.MAX_SEARCH_ROWS
+    assert 5_000 < rows <= listing_checks.MAX_SEARCH_ROWS

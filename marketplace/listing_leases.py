@@ -1,0 +1,110 @@
+"""Heartbeats: a live listing's lease renewed in memory, written for all listings at once.
+
+A heartbeat used to rewrite its listing's rows itself, in the room callers' registry writes
+share (`marketplace.registry_door`: at most 2 at once). During a flood of big listings from
+free keys that room is always full, so an honest seller's beats were refused REGISTRY_BUSY,
+and after three its listing lapsed. Now a heartbeat only reads (is the listing live and
+findable?) and leaves its new expiry in `Leases`; `LeaseFlusher`, one per node, writes every
+expiry left since its last turn (`Registry.flush_leases`), in the node's writer turns like
+any listing write (money first). So a beat is never refused for others' writes and never
+waits for the writer, and a thousand beats cost one commit, not a thousand.
+
+An expiry is written within `FLUSH_INTERVAL_S`, at once when the listing's written expiry is
+near (`SOON_MS`). A node that dies before writing one loses it: the listing keeps the expiry
+of its previous beat (two thirds of a TTL at a seller's pace), and the next beat renews it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from marketplace.errors import RegistryBusy
+
+FLUSH_INTERVAL_S = 0.5
+SOON_MS = 5_000  # a beat this close to its listing's written expiry is written at once
+MAX_PENDING = 65_536  # renewed listings awaiting the writer (each one is live: advertised)
+
+log = logging.getLogger("agentmarket.registry")
+
+
+class Leases:
+    """Expiries renewed by heartbeats and not yet written, the latest per listing."""
+
+    def __init__(self, limit: int = MAX_PENDING) -> None:
+        self.limit = limit
+        self.due = threading.Event()  # set when an expiry should be written now
+        self._lock = threading.Lock()
+        self._pending: dict[str, int] = {}
+
+    def renew(self, agent_id: str, expires_at_ms: int, *, soon: bool = False) -> None:
+        with self._lock:
+            known = self._pending.get(agent_id)
+            if known is None and len(self._pending) >= self.limit:
+                raise RegistryBusy("the registry has too many heartbeats to write; beat again "
+                                   "in a moment")
+            if known is None or known < expires_at_ms:
+                self._pending[agent_id] = expires_at_ms
+        if soon:
+            self.due.set()
+
+    def take(self) -> dict[str, int]:
+        """Every pending expiry, which the caller now writes (or gives `back`)."""
+        self.due.clear()
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        return pending
+
+    def back(self, pending: dict[str, int]) -> None:
+        """Expiries a write failed to store, pending again (later beats win)."""
+        with self._lock:
+            for agent_id, expires_at_ms in pending.items():
+                if self._pending.get(agent_id, 0) < expires_at_ms:
+                    self._pending[agent_id] = expires_at_ms
+        self.due.set()
+
+    def forget(self, agent_id: str) -> None:
+        """A withdrawn or expired listing: its pending renewal must not outlive it."""
+        with self._lock:
+            self._pending.pop(agent_id, None)
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+
+class LeaseFlusher:
+    """The thread that writes pending expiries every `interval_s` (sooner when one is due),
+    and once more when stopped."""
+
+    def __init__(self, leases: Leases, flush: Callable[[], int],
+                 interval_s: float = FLUSH_INTERVAL_S) -> None:
+        self.leases = leases
+        self.flush = flush
+        self.interval_s = interval_s
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="listing-leases", daemon=True)
+
+    def start(self) -> LeaseFlusher:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while True:
+            self.leases.due.wait(self.interval_s)
+            if self._stopping:
+                return
+            self._flush_logged()
+
+    def _flush_logged(self) -> None:
+        try:
+            self.flush()
+        except Exception:  # the expiries are pending again; the next turn writes them
+            log.exception("writing heartbeats' expiries failed")
+
+    def stop(self) -> None:
+        self._stopping = True
+        self.leases.due.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        self._flush_logged()
