@@ -179,7 +179,10 @@ ROWS = (
      "OpenEscrow p50 {registry_flood_hire_p50_ms} ms, p90 {registry_flood_hire_p90_ms} ms, max "
      "{registry_flood_hire_max_ms} ms; finish p50 {registry_flood_finish_p50_ms} ms, p90 "
      "{registry_flood_finish_p90_ms} ms; the node took {registry_flood_listings_taken_per_s} "
-     "listings/s and refused {registry_flood_listings_refused_per_s}/s (REGISTRY_BUSY)",
+     "listings/s and refused {registry_flood_listings_refused_per_s}/s (REGISTRY_BUSY); an "
+     "honest live listing's heartbeats: {registry_flood_heartbeats_refused} of "
+     "{registry_flood_heartbeats} refused, p50 {registry_flood_heartbeat_p50_ms} ms, max "
+     "{registry_flood_heartbeat_max_ms} ms",
      "quiet: OpenEscrow p50 {registry_flood_hire_quiet_p50_ms} ms, p90 "
      "{registry_flood_hire_quiet_p90_ms} ms (ratio {registry_flood_hire_p50_vs_quiet_ratio}); "
      "finish p50 {registry_flood_finish_quiet_p50_ms} ms (SECURITY.md)"),
