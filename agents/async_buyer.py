@@ -29,11 +29,10 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 import grpc
-from a2a.types import a2a_pb2, a2a_pb2_grpc
 from opentelemetry.trace import TracerProvider
 
-from agents import _a2a_buyer as _a2a
 from agents import _bargain
+from agents._a2a_buying import AsyncA2ABuying
 from agents._aio_sellers import Market, Seller, SellerChannels
 from agents._async_streaming import AsyncStreamedCall
 from agents._bargain import Quote
@@ -48,12 +47,11 @@ from agents._buyer_core import (
     call_metadata,
     wait_ran_out,
 )
-from agents._deal import Deal, MalformedAnswer
+from agents._deal import Deal
 from agents._failover import Failover, unreachable
 from agents._outputs import output_of
 from agents._rpc import async_sdk_method, sdk_error
 from agents.errors import (
-    AgentmarketError,
     FailedPrecondition,
     NegotiationFailed,
     SellerUnavailable,
@@ -81,7 +79,7 @@ _SCHEMA = registry_pb2.VERIFICATION_METHOD_SCHEMA
 __all__ = ["AsyncBuyerAgent", "AsyncStreamedCall"]
 
 
-class AsyncBuyerAgent(BuyerCore):
+class AsyncBuyerAgent(AsyncA2ABuying, BuyerCore):
     def __init__(self, name: str, *, marketplace: str | Sequence[str],
                  key: AgentKey | str | None = None,
                  tracer_provider: TracerProvider | None = None,
@@ -384,78 +382,6 @@ class AsyncBuyerAgent(BuyerCore):
             reply = await self._market.settlement.Dispute(self._dispute_request(deal, reason),
                                                           timeout=RPC_TIMEOUT_S)
         return self._escrowed(deal, reply)
-
-    # ---- A2A (`BuyerAgent`'s A2A methods) ------------------------------------------------
-
-    @async_sdk_method
-    async def card(self, url: str) -> a2a_pb2.AgentCard:
-        """An A2A agent's Agent Card, its signature checked (`BuyerAgent.card`)."""
-        return await _a2a.afetch_card(url)
-
-    @async_sdk_method
-    async def negotiate_card(self, url: str, skill: str, *, quantity: int,
-                             budget: str | Decimal, currency: str, **options: Any) -> Deal:
-        """Negotiate with the seller an Agent Card URL names (`BuyerAgent.negotiate_card`)."""
-        listing = _a2a.card_listing(await _a2a.afetch_card(url))
-        return await self.negotiate(listing, skill, quantity=quantity, budget=budget,
-                                    currency=currency, failover=False, **options)
-
-    @async_sdk_method
-    async def send(self, deal: Deal, arguments: dict[str, Any], *,
-                   message_id: str | None = None) -> CallResult:
-        """One paid call over A2A, the voucher in the message metadata (`BuyerAgent.send`)."""
-        planned = self._plan(deal, arguments, message_id, None)
-        with span_if_active(self._tracer, self.tracer_provider, "paid_call",
-                            attributes=lambda: self._span_attributes(planned)) as span:
-            stubs = self._stubs(planned.deal.body.seller_endpoint)
-            try:
-                for attempt in range(MAX_REPLANS + 1):
-                    channel = stubs.unsigned_channel if planned.fresh else stubs.signed_channel
-                    try:
-                        reply = await a2a_pb2_grpc.A2AServiceStub(channel).SendMessage(
-                            _a2a.paid_request(planned), metadata=_a2a.EXTENSION_METADATA,
-                            timeout=RPC_TIMEOUT_S)
-                        break
-                    except grpc.RpcError as error:  # booked as failed unless sent again
-                        planned = self._again_or_failed(planned, error, attempt)
-                response = _a2a.paid_response(reply.task)
-            except asyncio.CancelledError:  # a timeout around it, or the buyer closed
-                self._failed(planned, None)
-                raise
-            except MalformedAnswer as error:
-                self._malformed(planned, error)
-                raise
-            except AgentmarketError:  # a FAILED task: nothing was charged
-                if planned.settles:
-                    self.sessions[planned.deal.agreement_id].settle(planned.reserve_atomic, 0)
-                raise
-            return self._answered(planned, response, span)
-
-    @async_sdk_method
-    async def send_stream(self, deal: Deal, arguments: dict[str, Any], *,
-                          max_atomic: int | None = None, message_id: str | None = None
-                          ) -> AsyncStreamedCall:
-        """A streamed paid call over A2A (`BuyerAgent.send_stream`):
-        `async for piece in await buyer.send_stream(...)`."""
-        deal, request, voucher, budget = self._stream_plan(deal, arguments, message_id,
-                                                           max_atomic)
-        stub = a2a_pb2_grpc.A2AServiceStub(self._stubs(deal.body.seller_endpoint).signed_channel)
-
-        def dial(paid_by: agreement_pb2.Voucher) -> _a2a.AsyncA2AStream:
-            return _a2a.AsyncA2AStream(stub.SendStreamingMessage(
-                _a2a.stream_request(request, paid_by, deal.body.terms.skill),
-                metadata=_a2a.EXTENSION_METADATA, timeout=STREAM_TIMEOUT_S))
-
-        return AsyncStreamedCall(deal, self.sessions[deal.agreement_id], budget, voucher, dial)
-
-    @async_sdk_method
-    async def ask(self, url: str, arguments: dict[str, Any] | str, *,
-                  skill: str | None = None) -> Any:
-        """Call a plain (unpaid) A2A agent by its Agent Card URL (`BuyerAgent.ask`)."""
-        endpoint = _a2a.grpc_endpoint(await _a2a.afetch_card(url))
-        stub = a2a_pb2_grpc.A2AServiceStub(self._stubs(endpoint).unsigned_channel)
-        return _a2a.plain_output(await stub.SendMessage(_a2a.plain_request(arguments, skill),
-                                                        timeout=RPC_TIMEOUT_S))
 
     @async_sdk_method
     async def escrow(self, deal: Deal) -> Escrow:

@@ -13,7 +13,7 @@
 Over A2A v1.0, from an Agent Card URL alone: `negotiate_card(url, skill, ...)`, `hire`, then
 `send(deal, arguments)` pays each SendMessage with the voucher in the message metadata and
 checks the receipt the task brings back; `ask(url, arguments)` calls a free skill or any plain
-A2A agent (`agents._a2a_buyer`, PROTOCOL.md "The A2A payment extension").
+A2A agent (`agents._a2a_buying`, PROTOCOL.md "The A2A payment extension").
 
 It never signs above its reservation price or budget (`agents.negotiation.Limits`). Each call
 prepays the call's maximum and is charged its metered usage; the buyer checks every receipt
@@ -41,28 +41,26 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
-from a2a.types import a2a_pb2, a2a_pb2_grpc
 from opentelemetry.trace import TracerProvider
 
-from agents import _a2a_buyer as _a2a
 from agents import _bargain
+from agents._a2a_buying import A2ABuying
 from agents._bargain import Quote
 from agents._buyer_core import (
     IN_PROGRESS_WAIT_S,
     MAX_REPLANS,
     RETRY_PAUSE_S,
     RPC_TIMEOUT_S,
-    STREAM_TIMEOUT_S,
     BuyerCore,
     PlannedCall,
     wait_ran_out,
 )
-from agents._deal import Deal, MalformedAnswer, receipt_problem
+from agents._deal import Deal, receipt_problem
 from agents._failover import Failover, unreachable
 from agents._grpc_payment import VoucherClientInterceptor
 from agents._outputs import output_of
 from agents._rpc import sdk_error, sdk_method
-from agents.errors import AgentmarketError, NegotiationFailed, SellerUnavailable
+from agents.errors import NegotiationFailed, SellerUnavailable
 from agents.negotiation import Strategy
 from agents.results import CallResult, Escrow, Money, Posting, Wallet, posting_from_message
 from agents.v1 import agent_pb2, agent_pb2_grpc
@@ -72,7 +70,7 @@ from marketplace.grpc_tracing import span_if_active, tracing_active, untraced
 from marketplace.identity import AgentKey
 from marketplace.intercepted import intercept
 from marketplace.market_channel import market_options, node_retry
-from marketplace.v1 import agreement_pb2, registry_pb2, registry_pb2_grpc, settlement_pb2_grpc
+from marketplace.v1 import registry_pb2, registry_pb2_grpc, settlement_pb2_grpc
 from wallets.grpc_errors import error_info, error_reason
 from wallets.v1 import wallet_pb2_grpc
 
@@ -97,7 +95,7 @@ class _SellerStubs:
     a2a: tuple[Any, Any] | None = None  # (signed, unsigned) A2AService stubs, made on first use
 
 
-class BuyerAgent(BuyerCore):
+class BuyerAgent(A2ABuying, BuyerCore):
     def __init__(self, name: str, *, marketplace: str | Sequence[str],
                  key: AgentKey | str | None = None,
                  tracer_provider: TracerProvider | None = None,
@@ -390,92 +388,6 @@ class BuyerAgent(BuyerCore):
             reply = self.settlement.Dispute(self._dispute_request(deal, reason),
                                             timeout=RPC_TIMEOUT_S)
         return self._escrowed(deal, reply)
-
-    # ---- A2A ------------------------------------------------------------------------------
-
-    @sdk_method
-    def card(self, url: str) -> a2a_pb2.AgentCard:
-        """An A2A agent's Agent Card from its URL (or its base URL); a card with the payment
-        extension must be signed by the agent its params name (BadSignature otherwise)."""
-        return _a2a.fetch_card(url)
-
-    @sdk_method
-    def negotiate_card(self, url: str, skill: str, *, quantity: int, budget: str | Decimal,
-                       currency: str, **options: Any) -> Deal:
-        """Negotiate with the seller an Agent Card URL names (the card's payment params are
-        its listing); then `hire` and `send` as usual. Options as `negotiate`'s."""
-        listing = _a2a.card_listing(_a2a.fetch_card(url))
-        return self.negotiate(listing, skill, quantity=quantity, budget=budget,
-                              currency=currency, failover=False, **options)
-
-    @sdk_method
-    def send(self, deal: Deal, arguments: dict[str, Any], *, message_id: str | None = None
-             ) -> CallResult:
-        """One paid call over A2A: SendMessage with the voucher in the message metadata (the
-        payment extension); the task's receipt is checked as `invoke` checks its own. A
-        resend with the same `message_id` is the same task, charged once."""
-        planned = self._plan(deal, arguments, message_id, None)
-        with span_if_active(self._tracer, self.tracer_provider, "paid_call",
-                            attributes=lambda: self._span_attributes(planned)) as span:
-            signed, unsigned = self._a2a_stubs(planned.deal.body.seller_endpoint)
-            try:
-                for attempt in range(MAX_REPLANS + 1):
-                    try:
-                        task = (unsigned if planned.fresh else signed).SendMessage(
-                            _a2a.paid_request(planned), metadata=_a2a.EXTENSION_METADATA,
-                            timeout=RPC_TIMEOUT_S).task
-                        break
-                    except grpc.RpcError as error:  # booked as failed unless sent again
-                        planned = self._again_or_failed(planned, error, attempt)
-                response = _a2a.paid_response(task)
-            except MalformedAnswer as error:
-                self._malformed(planned, error)
-                raise
-            except AgentmarketError:  # a FAILED task: nothing was charged
-                if planned.settles:
-                    self.sessions[planned.deal.agreement_id].settle(planned.reserve_atomic, 0)
-                raise
-            return self._answered(planned, response, span)
-
-    @sdk_method
-    def send_stream(self, deal: Deal, arguments: dict[str, Any], *,
-                    max_atomic: int | None = None, message_id: str | None = None
-                    ) -> StreamedCall:
-        """A streamed paid call over A2A (SendStreamingMessage), billed as it flows: iterate
-        it for text pieces; afterwards `.end` holds the receipt, checked as `stream`'s."""
-        from agents._streaming import StreamedCall
-
-        deal, request, voucher, budget = self._stream_plan(self._deal(deal), arguments,
-                                                           message_id, max_atomic)
-        signed, _unsigned = self._a2a_stubs(deal.body.seller_endpoint)
-
-        def dial(paid_by: agreement_pb2.Voucher) -> _a2a.A2AStream:
-            return _a2a.A2AStream(signed.SendStreamingMessage(
-                _a2a.stream_request(request, paid_by, deal.body.terms.skill),
-                metadata=_a2a.EXTENSION_METADATA, timeout=STREAM_TIMEOUT_S))
-
-        return StreamedCall(self, deal, self.sessions[deal.agreement_id], budget, voucher, dial)
-
-    @sdk_method
-    def ask(self, url: str, arguments: dict[str, Any] | str, *, skill: str | None = None
-            ) -> Any:
-        """Call a plain (unpaid) A2A agent found by its Agent Card URL, or a free skill of a
-        seller: the answer's JSON object or text. A priced skill raises PaymentRequired."""
-        endpoint = _a2a.grpc_endpoint(_a2a.fetch_card(url))
-        _signed, unsigned = self._a2a_stubs(endpoint)
-        return _a2a.plain_output(unsigned.SendMessage(_a2a.plain_request(arguments, skill),
-                                                      timeout=RPC_TIMEOUT_S))
-
-    def _a2a_stubs(self, endpoint: str) -> tuple[Any, Any]:
-        """(signed, unsigned) A2AService stubs over the seller's channel."""
-        stubs = self._stubs(endpoint)
-        if stubs.a2a is None:
-            raw = stubs.channel
-            stubs.a2a = (
-                a2a_pb2_grpc.A2AServiceStub(intercept(
-                    raw, *self._interceptors, SigningClientInterceptor(self.key))),
-                a2a_pb2_grpc.A2AServiceStub(intercept(raw, *self._interceptors)))
-        return stubs.a2a
 
     @sdk_method
     def escrow(self, deal: Deal) -> Escrow:
