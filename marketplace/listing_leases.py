@@ -82,7 +82,7 @@ class LeaseFlusher:
         self.leases = leases
         self.flush = flush
         self.interval_s = interval_s
-        self._stopping = False
+        self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="listing-leases", daemon=True)
 
     def start(self) -> LeaseFlusher:
@@ -92,18 +92,21 @@ class LeaseFlusher:
     def _run(self) -> None:
         while True:
             self.leases.due.wait(self.interval_s)
-            if self._stopping:
+            if self._stopping.is_set():
                 return
-            self._flush_logged()
+            if not self._flush_logged():  # expiries given back set `due`: pause, not spin
+                self._stopping.wait(self.interval_s)
 
-    def _flush_logged(self) -> None:
+    def _flush_logged(self) -> bool:
         try:
             self.flush()
+            return True
         except Exception:  # the expiries are pending again; the next turn writes them
             log.exception("writing heartbeats' expiries failed")
+            return False
 
     def stop(self) -> None:
-        self._stopping = True
+        self._stopping.set()
         self.leases.due.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)

@@ -22,7 +22,7 @@ from sqlalchemy import Engine, event
 from marketplace.auth import signed_channel
 from marketplace.errors import RegistryBusy
 from marketplace.identity import AgentKey
-from marketplace.listing_leases import Leases
+from marketplace.listing_leases import LeaseFlusher, Leases
 from marketplace.node import MarketplaceNode
 from marketplace.registry import Registry
 from marketplace.testing import make_listing, make_skill
@@ -203,6 +203,31 @@ def test_pending_beats_are_bounded() -> None:
     assert leases.take() == {"a" * 64: 20, "b" * 64: 10}
     leases.renew("c" * 64, 10, soon=True)
     assert leases.due.is_set()
+
+
+def test_the_flusher_retries_a_failed_write_and_writes_once_more_when_stopped(caplog) -> None:  # type: ignore[no-untyped-def]
+    leases = Leases()
+    written: list[dict[str, int]] = []
+    failures = [RuntimeError("database away")]
+    first = threading.Event()
+
+    def flush() -> int:
+        pending = leases.take()
+        if failures:
+            leases.back(pending)
+            raise failures.pop()
+        written.append(pending)
+        first.set()
+        return len(pending)
+
+    flusher = LeaseFlusher(leases, flush, interval_s=0.05).start()
+    leases.renew("a" * 64, 10, soon=True)
+    assert first.wait(10)
+    assert written[0] == {"a" * 64: 10} and "database away" in caplog.text
+    leases.renew("b" * 64, 20)
+    flusher.stop()
+    assert {k: v for batch in written for k, v in batch.items()} == {"a" * 64: 10, "b" * 64: 20}
+    assert len(leases) == 0
 
 
 @pytest.mark.postgres
