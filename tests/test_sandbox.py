@@ -244,3 +244,23 @@ def test_ctrl_c_stops_a_run_with_one_line(tmp_path: Path):
     assert process.returncode == 130, output
     assert "Traceback" not in output and "redeeming" not in output, output
     assert output.rstrip().splitlines()[-1] == "error: interrupted", output
+
+
+def test_a_ctrl_c_a_library_caught_still_stops_the_run_at_its_next_step():
+    """A KeyboardInterrupt raised where a library catches it (a blocking gRPC call in the
+    main thread) is remembered: the run's next progress step raises it again. The run's
+    handler is in place only while it runs."""
+    import contextlib
+    import signal
+
+    from marketplace.cli.simulate import _ctrl_c
+
+    before = signal.getsignal(signal.SIGINT)
+    with _ctrl_c() as ctrl_c:
+        assert signal.getsignal(signal.SIGINT) == ctrl_c.handle
+        ctrl_c.check()  # not pressed: nothing
+        with contextlib.suppress(KeyboardInterrupt):  # what such a library does
+            signal.raise_signal(signal.SIGINT)
+        with pytest.raises(KeyboardInterrupt):
+            ctrl_c.check()
+    assert signal.getsignal(signal.SIGINT) == before

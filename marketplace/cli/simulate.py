@@ -7,7 +7,12 @@ the books do not balance or the ledger's hash chain does not verify.
 
 from __future__ import annotations
 
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -22,6 +27,36 @@ EVENTS = "events.csv"
 REPORT = "report.html"
 
 
+class _CtrlC:
+    """Ctrl-C as Python's own handler does it (KeyboardInterrupt in the main thread), and
+    remembered: raised where a library catches it instead (inside a blocking gRPC call of
+    the main thread, say), the run's next step raises it again, so the run still stops."""
+
+    def __init__(self) -> None:
+        self.pressed = False
+
+    def handle(self, _signum: int, _frame: Any) -> None:
+        self.pressed = True  # a plain flag: an Event's lock may be held by the main thread
+        raise KeyboardInterrupt
+
+    def check(self) -> None:
+        if self.pressed:
+            raise KeyboardInterrupt
+
+
+@contextmanager
+def _ctrl_c() -> Iterator[_CtrlC]:
+    ctrl_c = _CtrlC()
+    if threading.current_thread() is not threading.main_thread():
+        yield ctrl_c  # only the main thread handles signals
+        return
+    previous = signal.signal(signal.SIGINT, ctrl_c.handle)
+    try:
+        yield ctrl_c
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def run(scenario: Scenario, seed: int, out: Path, console: Console, *,
         db_url: str | None = None, workers: int = 16, node_process: bool = False
         ) -> RunResult:
@@ -29,10 +64,11 @@ def run(scenario: Scenario, seed: int, out: Path, console: Console, *,
     out.mkdir(parents=True, exist_ok=True)
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=False) as progress:
+    with _ctrl_c() as ctrl_c, Progress(*columns, console=console, transient=False) as progress:
         bar = progress.add_task("starting", total=None)
 
         def report(what: str, done: int, total: int) -> None:
+            ctrl_c.check()
             progress.update(bar, description=what, completed=done, total=total)
 
         result = simulate(scenario, seed, out, db_url=db_url, workers=workers,
