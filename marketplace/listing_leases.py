@@ -7,7 +7,8 @@ and after three its listing lapsed. Now a heartbeat only reads (is the listing l
 findable?) and leaves its new expiry in `Leases`; `LeaseFlusher`, one per node, writes every
 expiry left since its last turn (`Registry.flush_leases`), in the node's writer turns like
 any listing write (money first). So a beat is never refused for others' writes and never
-waits for the writer, and a thousand beats cost one commit, not a thousand.
+waits for the writer, and a thousand beats cost four commits (256 listings each), not a
+thousand.
 
 An expiry is written within `FLUSH_INTERVAL_S`, at once when the listing's written expiry is
 near (`SOON_MS`). A node that dies before writing one loses it: the listing keeps the expiry
