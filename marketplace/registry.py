@@ -51,7 +51,7 @@ from marketplace.discovery import OFFERS, TERMS, Converter, Query, TokenCounts
 from marketplace.errors import InvalidArgument, NotFound
 from marketplace.identity import check_agent_id
 from marketplace.listing_checks import MAX_DISCOVER_BYTES, MAX_LISTING_BYTES, check_listing
-from marketplace.listing_leases import SOON_MS, Leases
+from marketplace.listing_leases import SOON_MS, Leases, LeaseWriter
 from marketplace.registry_door import AskedWrites
 from marketplace.reputation import REPUTATION
 from marketplace.tables import ListingRow
@@ -82,7 +82,6 @@ _AFTER_EVERY_AGENT = "~"  # sorts after every agent id (64 hex)
 TTL_DEFAULT_S, TTL_MIN_S, TTL_MAX_S = 60, 10, 86_400
 PURGE_AFTER_MS = 3_600_000
 _CHUNK = 500
-_LEASES_PER_COMMIT = 256  # a flush lets money take the writer between these
 _REPLACE_TRIES = 5  # PostgreSQL: a listing replaced on two nodes at once, run again
 _FRAMING_BYTES = 64  # around each listing in an answer: its tag, length, fields set on reading
 
@@ -102,7 +101,7 @@ class Registry:
         self._serial = WriteSerializer(engine, urgent=False)  # money goes first
         self.asked_writes = AskedWrites()  # callers' writes, bounded (`registry_door`)
         self.leases = Leases()  # heartbeats' expiries, written by `flush_leases`
-        self._flushing = threading.Lock()
+        self._lease_writer = LeaseWriter(engine, self._serial, self.clock_ms)
         self.version = 0  # counts this registry's writes to listings (`DiscoverCache` keys)
         self._version_lock = threading.Lock()
         self._counts = TokenCounts()
@@ -258,38 +257,9 @@ class Registry:
         return expires
 
     def flush_leases(self) -> int:
-        """Write the expiries heartbeats renewed since the last call, a chunk of listings per
-        transaction; returns how many listings. A listing whose search rows went meanwhile
-        (a sweep, a liveness check) lapses instead, so its next beat asks for an advertise."""
-        with self._flushing:  # returns once a flush under way (the node's) has committed
-            leases = sorted(self.leases.take().items())  # one lock order for every node
-            written = 0
-            try:
-                while written < len(leases):
-                    chunk = leases[written:written + _LEASES_PER_COMMIT]
-                    with self._serial(), self.engine.begin() as conn:
-                        self._write_leases(conn, chunk)
-                    written += len(chunk)
-            except BaseException:
-                self.leases.back(dict(leases[written:]))
-                raise
-            finally:
-                if written:
-                    self._changed()
-            return len(leases)
-
-    def _write_leases(self, conn: Connection, leases: list[tuple[str, int]]) -> None:
-        marker = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-        now = self.clock_ms()  # in the writer's turn: what a sweep wrote before is seen
-        renew = (f"UPDATE {{}} SET expires_at_ms = {marker} WHERE agent_id = {marker} "
-                 f"AND expires_at_ms > {marker} AND expires_at_ms < {marker}")
-        for agent_id, expires in leases:
-            params = (expires, agent_id, now, expires)
-            if conn.exec_driver_sql(renew.format(LISTINGS.name), params).rowcount == 0:
-                continue  # withdrawn, expired or advertised again since the beat
-            if conn.exec_driver_sql(renew.format(OFFERS.name), params).rowcount == 0:
-                conn.exec_driver_sql(f"UPDATE {LISTINGS.name} SET expires_at_ms = {marker} "
-                                     f"WHERE agent_id = {marker}", (now, agent_id))
+        """Write the expiries heartbeats renewed since the last call (`LeaseWriter.flush`);
+        returns how many listings were written."""
+        return self._lease_writer.flush(self.leases, self._changed)
 
     def expire(self, agent_id: str, endpoint: str) -> bool:
         """End a live listing's life now, as if its TTL had run out (its seller did not answer

@@ -18,6 +18,7 @@ from pathlib import Path
 import grpc
 import pytest
 from sqlalchemy import Engine, event
+from sqlalchemy.exc import OperationalError
 
 from marketplace.auth import signed_channel
 from marketplace.errors import RegistryBusy
@@ -186,11 +187,40 @@ def test_a_failed_write_leaves_its_expiries_pending(registry: Registry, monkeypa
         raise RuntimeError("disk full")
 
     with monkeypatch.context() as patched:
-        patched.setattr(registry, "_write_leases", broken)
+        patched.setattr(registry._lease_writer, "_write", broken)
         with pytest.raises(RuntimeError):
             registry.flush_leases()
     assert len(registry.leases) == 2
     assert registry.flush_leases() == 2
+
+
+def test_a_listing_the_database_refuses_holds_back_no_other(registry: Registry, clock,  # type: ignore[no-untyped-def]
+                                                            caplog) -> None:
+    """A chunk refused (PostgreSQL: a deadlock with another node replacing one of its
+    listings) is written again a listing per transaction: the others' expiries are written,
+    the refused one is pending for the flusher's next turn (not at once: no spinning)."""
+    keys = sorted((_advertised(registry) for _ in range(3)), key=lambda k: k.agent_id)
+    poisoned = keys[1].agent_id
+    clock.advance(10)
+    renewed = {k.agent_id: registry.heartbeat(k.agent_id) for k in keys}
+    writer = registry._lease_writer
+    write = writer._write
+
+    def deadlocks(chunk: list[tuple[str, int]]) -> None:
+        if poisoned in dict(chunk):
+            raise OperationalError("UPDATE registry_offers", {}, Exception("deadlock detected"))
+        write(chunk)
+
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(writer, "_write", deadlocks)
+        assert registry.flush_leases() == 2
+    assert "refused by the database" in caplog.text
+    for key in (keys[0], keys[2]):
+        assert registry.get(key.agent_id).expires_at_ms == renewed[key.agent_id]
+    assert registry.get(poisoned).expires_at_ms == renewed[poisoned] - 10_000  # not yet
+    assert len(registry.leases) == 1 and not registry.leases.due.is_set()
+    assert registry.flush_leases() == 1
+    assert registry.get(poisoned).expires_at_ms == renewed[poisoned]
 
 
 def test_pending_beats_are_bounded() -> None:
