@@ -54,7 +54,8 @@ from wallets.grpc_errors import _rich_status, abort, abort_internal
 
 __all__ = ["AGENT_KEY", "NONCE_KEY", "SIGNATURE_KEY", "TIMESTAMP_KEY", "AccessInterceptor",
            "AuthServerInterceptor", "SigningClientInterceptor", "channel_credentials",
-           "current_caller", "server_credentials", "signed_channel", "signed_message"]
+           "current_caller", "first_values", "server_credentials", "signed_channel",
+           "signed_message", "verified_signer"]
 
 AGENT_KEY = "agentmarket-agent"
 TIMESTAMP_KEY = "agentmarket-timestamp-ms"
@@ -236,7 +237,7 @@ class AuthServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         if handler.stream_unary is not None or handler.stream_stream is not None:
             return _streaming_refused(handler, "client-streaming calls cannot be signed",
                                       "UNAUTHENTICATED")
-        metadata: Mapping[str, Any] = _first_values(details.invocation_metadata)
+        metadata: Mapping[str, Any] = first_values(details.invocation_metadata)
         raw: dict[str, bytes] = {}
         parse = handler.request_deserializer
 
@@ -280,26 +281,8 @@ class AuthServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                                       "-timestamp-ms, -nonce and -signature-bin metadata "
                                       "(marketplace.auth.signed_channel)")
             return ""
-        if not isinstance(agent, str) or not _AGENT_ID.match(agent):
-            raise Unauthenticated("agentmarket-agent must be a 64-hex-character ed25519 public "
-                                  "key (lower case)")
-        timestamp = metadata.get(TIMESTAMP_KEY, "")
-        if not isinstance(timestamp, str) or not _TIMESTAMP.match(timestamp):
-            raise Unauthenticated("agentmarket-timestamp-ms must be milliseconds since the epoch")
-        timestamp_ms = int(timestamp)
-        nonce = metadata.get(NONCE_KEY, "")
-        signature = metadata.get(SIGNATURE_KEY, b"")
         now = self.clock_ms()
-        if abs(now - timestamp_ms) > self.skew_ms:
-            raise Unauthenticated(f"the request timestamp is more than {self.skew_ms // 1000} s "
-                                  "away from the server's clock", reason="STALE_REQUEST")
-        if not isinstance(nonce, str) or not _NONCE.match(nonce):
-            raise Unauthenticated("agentmarket-nonce must be 16..64 characters of "
-                                  "[0-9A-Za-z_-]")
-        if not isinstance(signature, bytes) or not verify(
-                agent, signed_message(method, body, timestamp_ms, nonce), signature):
-            raise Unauthenticated("the request signature does not verify for agentmarket-agent",
-                                  reason="BAD_REQUEST_SIGNATURE")
+        agent, timestamp_ms, nonce = verified_signer(method, metadata, body, now, self.skew_ms)
         # kept a skew window longer than it is fresh here: another node of the market whose
         # clock runs up to that much behind still takes it as fresh
         verdict = self.limits.admit(agent, nonce, timestamp_ms + 2 * self.skew_ms, now)
@@ -315,12 +298,40 @@ class AuthServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         return agent
 
 
+def verified_signer(method: str, metadata: Mapping[str, Any], body: bytes, now_ms: int,
+                    skew_ms: int) -> tuple[str, int, str]:
+    """(agent id, timestamp, nonce) of a request whose signature verifies over `body`, the
+    exact bytes received, and whose timestamp is within `skew_ms` of `now_ms`; raises
+    Unauthenticated. Checks nothing kept (nonces, rate buckets): that is the server's."""
+    agent = metadata.get(AGENT_KEY, "")
+    if not isinstance(agent, str) or not _AGENT_ID.match(agent):
+        raise Unauthenticated("agentmarket-agent must be a 64-hex-character ed25519 public "
+                              "key (lower case)")
+    timestamp = metadata.get(TIMESTAMP_KEY, "")
+    if not isinstance(timestamp, str) or not _TIMESTAMP.match(timestamp):
+        raise Unauthenticated("agentmarket-timestamp-ms must be milliseconds since the epoch")
+    timestamp_ms = int(timestamp)
+    nonce = metadata.get(NONCE_KEY, "")
+    signature = metadata.get(SIGNATURE_KEY, b"")
+    if abs(now_ms - timestamp_ms) > skew_ms:
+        raise Unauthenticated(f"the request timestamp is more than {skew_ms // 1000} s "
+                              "away from the server's clock", reason="STALE_REQUEST")
+    if not isinstance(nonce, str) or not _NONCE.match(nonce):
+        raise Unauthenticated("agentmarket-nonce must be 16..64 characters of "
+                              "[0-9A-Za-z_-]")
+    if not isinstance(signature, bytes) or not verify(
+            agent, signed_message(method, body, timestamp_ms, nonce), signature):
+        raise Unauthenticated("the request signature does not verify for agentmarket-agent",
+                              reason="BAD_REQUEST_SIGNATURE")
+    return agent, timestamp_ms, nonce
+
+
 def _signed(details: grpc.HandlerCallDetails) -> bool:
     """Whether the call carries a signer (the caller id metadata)."""
     return any(key == AGENT_KEY for key, _ in details.invocation_metadata or ())
 
 
-def _first_values(metadata: Any) -> dict[str, Any]:
+def first_values(metadata: Any) -> dict[str, Any]:
     """Metadata as a dict; a key sent twice keeps its first value (never a later one)."""
     found: dict[str, Any] = {}
     for key, value in metadata or ():

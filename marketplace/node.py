@@ -195,7 +195,8 @@ class MarketplaceNode:
                                           limits=self.limits)
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers),
-            interceptors=[RegistryBusyDoor(self.registry.asked_writes), StreamLimits(max_workers),
+            interceptors=[RegistryBusyDoor(self.registry.asked_writes, self.auth.skew_ms,
+                                           self.auth.clock_ms), StreamLimits(max_workers),
                           MalformedRequestInterceptor(),
                           server_interceptor(tracer_provider),
                           self.auth, FieldCheckInterceptor(MARKET_FIELDS), *self._access()],

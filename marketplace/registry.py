@@ -54,9 +54,11 @@ from marketplace.listing_checks import MAX_DISCOVER_BYTES, MAX_LISTING_BYTES, ch
 from marketplace.listing_leases import SOON_MS, Leases, LeaseWriter
 from marketplace.registry_door import AskedWrites
 from marketplace.reputation import REPUTATION
+from marketplace.standing import Standing
 from marketplace.tables import ListingRow
 from marketplace.v1 import registry_pb2
 from wallets import _sqlite_hot as hot
+from wallets.caller import current_caller
 from wallets.schema import upgrade
 from wallets.store import WriteSerializer, is_sqlite
 
@@ -99,7 +101,8 @@ class Registry:
         self.fx = fx
         self.reference_currency = reference_currency
         self._serial = WriteSerializer(engine, urgent=False)  # money goes first
-        self.asked_writes = AskedWrites()  # callers' writes, bounded (`registry_door`)
+        # callers' writes, bounded, with a lane for sellers with standing (`registry_door`)
+        self.asked_writes = AskedWrites(standing=Standing(engine))
         self.leases = Leases()  # heartbeats' expiries, written by `flush_leases`
         self._lease_writer = LeaseWriter(engine, self._serial, self.clock_ms)
         self.version = 0  # counts this registry's writes to listings (`DiscoverCache` keys)
@@ -118,7 +121,7 @@ class Registry:
 
     def advertise(self, listing: registry_pb2.Listing, ttl_s: int = 0) -> registry_pb2.Listing:
         """Create or replace the seller's listing (re-advertising is idempotent)."""
-        with self.asked_writes.room():
+        with self.asked_writes.room(current_caller()):
             return self.advertise_many([listing], ttl_s)[0]
 
     def advertise_many(self, listings: Sequence[registry_pb2.Listing],
@@ -268,7 +271,8 @@ class Registry:
         check_agent_id(agent_id)
         now = self.clock_ms()
         self.leases.forget(agent_id)
-        with self.asked_writes.room(), self._serial(), self.engine.begin() as conn:
+        with self.asked_writes.room(current_caller()), self._serial(), \
+                self.engine.begin() as conn:
             row = conn.execute(select(LISTINGS.c.listing).where(
                 LISTINGS.c.agent_id == agent_id, LISTINGS.c.expires_at_ms > now)).first()
             if row is None or registry_pb2.Listing.FromString(row.listing).endpoint != endpoint:
@@ -282,7 +286,8 @@ class Registry:
     def withdraw(self, agent_id: str) -> None:
         check_agent_id(agent_id)
         self.leases.forget(agent_id)
-        with self.asked_writes.room(), self._serial(), self.engine.begin() as conn:
+        with self.asked_writes.room(current_caller()), self._serial(), \
+                self.engine.begin() as conn:
             self._delete(conn, [agent_id])
         self._changed()
 

@@ -13,22 +13,35 @@ refusals took a quarter of the node's interpreter from the payments running besi
 no room, the request never parsed. It only looks: room is taken in the registry, after the
 caller's signature checked, so no unsigned request can take it. A heartbeat takes no room: it
 only reads, and its new expiry is written with every other beat's (`listing_leases`).
+
+Such a flood would also shut out every honest seller's listing. Sellers with standing
+(`marketplace.standing`: they have sold, rated above zero) have a lane of their own,
+`MAX_STANDING_WRITES` writes at once, one per seller. While the common room is full the door
+lets a write through only to that lane: it checks the signature over the raw bytes first (a
+hash and an ed25519 check, no parse), then the signer's standing, and refuses REGISTRY_BUSY
+otherwise. A forged claim of a known seller's id so costs the node a signature check, as a
+forged request to any method does, and takes no room.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import grpc
 
+from marketplace.auth import first_values, verified_signer
 from marketplace.errors import RegistryBusy
 from marketplace.v1 import registry_pb2
+from wallets.errors import AgentmarketError
 from wallets.grpc_errors import abort
 
 MAX_ASKED_WRITES = 2
+MAX_STANDING_WRITES = 2  # sellers with standing, one write each, while the common room is full
+SKEW_MS = 60_000  # the auth interceptor's default: a stale request is not let through here
 _SERVICE = registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name
 # not Heartbeat: a beat only reads, its expiry written with others' (`listing_leases`)
 WRITES = frozenset(f"/{_SERVICE}/{name}" for name in ("Advertise", "WithdrawListing"))
@@ -39,44 +52,109 @@ def busy() -> RegistryBusy:
 
 
 class AskedWrites:
-    """The room for callers' registry writes (see the module docstring)."""
+    """The room for callers' registry writes, and the lane of sellers with standing (see the
+    module docstring)."""
 
-    def __init__(self, limit: int = MAX_ASKED_WRITES) -> None:
+    def __init__(self, limit: int = MAX_ASKED_WRITES, *,
+                 standing: Callable[[str], bool] | None = None,
+                 standing_limit: int = MAX_STANDING_WRITES) -> None:
+        """`standing(agent_id)`: whether a seller has standing (None: no such lane)."""
         self.limit = limit
+        self.standing = standing
+        self.standing_limit = standing_limit if standing is not None else 0
         self._lock = threading.Lock()
         self._running = 0
+        self._standing: set[str] = set()  # sellers writing in their lane now
 
     @contextmanager
-    def room(self) -> Iterator[None]:
-        """Hold room for one write while it runs; RegistryBusy at once when there is none."""
-        with self._lock:
-            if self._running >= self.limit:
-                raise busy()
-            self._running += 1
+    def room(self, caller: str = "") -> Iterator[None]:
+        """Hold room for one write while it runs: in the common room, else in the standing
+        lane for `caller` (the verified signer) if it has standing and no write there yet;
+        RegistryBusy at once otherwise."""
+        lane = self._take(caller)
         try:
             yield
         finally:
             with self._lock:
-                self._running -= 1
+                if lane:
+                    self._standing.discard(lane)
+                else:
+                    self._running -= 1
+
+    def _take(self, caller: str) -> str:
+        """'' for the common room, else the caller, in the standing lane."""
+        for looked_up in (False, True):
+            with self._lock:
+                if self._running < self.limit:
+                    self._running += 1
+                    return ""
+                if not caller or caller in self._standing or \
+                        len(self._standing) >= self.standing_limit:
+                    raise busy()
+                if looked_up:
+                    self._standing.add(caller)
+                    return caller
+            assert self.standing is not None  # a lane has room only with a standing check
+            if not self.standing(caller):  # outside the lock: it may read the database
+                raise busy()
+        raise AssertionError("unreachable")
 
     def full(self) -> bool:
-        """Whether a write would be refused now."""
+        """Whether a write without standing would be refused now."""
         return self._running >= self.limit
+
+    def lane_full(self) -> bool:
+        """Whether a write with standing would be refused now too."""
+        return len(self._standing) >= self.standing_limit
 
 
 class RegistryBusyDoor(grpc.ServerInterceptor):  # type: ignore[misc]
-    """Refuse a caller's registry write before it is read while `writes` is full."""
+    """Refuse a caller's registry write before it is read while `writes` is full, unless its
+    signer has standing and room in its lane (checked on the raw bytes, before the parse)."""
 
-    def __init__(self, writes: AskedWrites) -> None:
+    def __init__(self, writes: AskedWrites, skew_ms: int = SKEW_MS,
+                 clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000) -> None:
+        """`skew_ms` and `clock_ms`: the auth interceptor's, so the door lets through no
+        request it would refuse as stale."""
         self.writes = writes
+        self.skew_ms = skew_ms
+        self.clock_ms = clock_ms
 
     def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
         handler = continuation(details)
         if handler is None or details.method not in WRITES or not self.writes.full():
             return handler
+        if self.writes.lane_full() or handler.unary_unary is None:
+            return grpc.unary_unary_rpc_method_handler(
+                _refuse, request_deserializer=None,  # the request's bytes are never parsed
+                response_serializer=handler.response_serializer)
+        return self._standing_only(details, handler)
+
+    def _standing_only(self, details: Any, handler: Any) -> Any:
+        """The handler, its request parsed only if signed by a seller with standing."""
+        metadata = first_values(details.invocation_metadata)
+        parse, behaviour = handler.request_deserializer, handler.unary_unary
+
+        def read(data: bytes) -> Any:
+            try:
+                agent, _, _ = verified_signer(details.method, metadata, data,
+                                              self.clock_ms(), self.skew_ms)
+            except AgentmarketError:
+                return _REFUSED
+            if not self.writes.standing or not self.writes.standing(agent):
+                return _REFUSED
+            return parse(data) if parse else data
+
+        def run(request: Any, context: grpc.ServicerContext) -> Any:
+            if request is _REFUSED:
+                return _refuse(request, context)
+            return behaviour(request, context)
+
         return grpc.unary_unary_rpc_method_handler(
-            _refuse, request_deserializer=None,  # the request's bytes are never parsed
-            response_serializer=handler.response_serializer)
+            run, request_deserializer=read, response_serializer=handler.response_serializer)
+
+
+_REFUSED = object()  # a request the door would not parse
 
 
 def _refuse(_request: bytes, context: grpc.ServicerContext) -> Any:
