@@ -6,9 +6,12 @@ The node is `agentmarket serve` (SQLite) with one seller process. A buyer in thi
 market quiet, the same run's baseline, then while `FLOOD_THREADS` threads in 2 other processes
 each advertise, again and again, a listing of 6,000 search rows under a fresh key (what a
 stranger can do for free). Meanwhile an honest listing advertised before the flood beats
-every `BEAT_EVERY_S` (as a seller with a 1.5 s TTL would). Keys: p50/p90/max of both steps in
-each phase, the ratio of the flooded p50 to the quiet one, how many listings per second the
-node took and refused, and the honest listing's beats: how many were refused, their p50/max.
+every `BEAT_EVERY_S` (as a seller with a 1.5 s TTL would), and a seller with standing (it
+sold once in the quiet phase, `marketplace.standing`) advertises its listing again every
+`RELIST_EVERY_S`, once each, as a seller changing its prices would. Keys: p50/p90/max of both
+steps in each phase, the ratio of the flooded p50 to the quiet one, how many listings per
+second the node took and refused, the honest listing's beats and the seller with standing's
+Advertises: how many were refused, their p50/max.
 SECURITY.md ("Rate limits are per key, and keys are free") says what bounds the flood.
 
     python -m benchmarks.registry_flood                 # as `make bench` runs it
@@ -30,8 +33,9 @@ from typing import Any
 
 import grpc
 
-from agents import BuyerAgent
+from agents import BuyerAgent, SellerAgent, per_call, skill
 from benchmarks.deployed import ROOT, Party, _address
+from benchmarks.tasks import Reply
 from marketplace.auth import signed_channel
 from marketplace.identity import AgentKey
 from marketplace.testing import make_listing, make_skill
@@ -42,6 +46,13 @@ FLOOD_THREADS = 16  # in 2 processes
 FLOOD_PROCESSES = 2
 SETTLE_S = 3.0  # for the flood to reach its pace before the flooded phase
 BEAT_EVERY_S = 0.5
+RELIST_EVERY_S = 1.0
+
+
+@skill(price=per_call("0.0001", "USD"))
+def relisted(text: str) -> Reply:
+    """Echo a text with its length (the seller with standing's skill)."""
+    return Reply(text=text, length=len(text))
 
 
 def big_listing(key: AgentKey) -> registry_pb2.Listing:
@@ -143,6 +154,57 @@ class _Beats(threading.Thread):
                 "registry_flood_heartbeat_max_ms": round(ranked[-1], 2)}
 
 
+class _Relists(threading.Thread):
+    """A seller with standing advertising its listing again every `RELIST_EVERY_S`, once
+    each (no retry), until stopped: each answer's time, and how many were refused."""
+
+    def __init__(self, address: str, seller: SellerAgent) -> None:
+        super().__init__(daemon=True)
+        self.seller = seller
+        self.channel = signed_channel(address, seller.key)
+        self.stub = registry_pb2_grpc.RegistryServiceStub(self.channel)
+        self.ms: list[float] = []
+        self.refused = 0
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.wait(RELIST_EVERY_S):
+            begun = time.perf_counter()
+            try:
+                self.stub.Advertise(registry_pb2.AdvertiseRequest(
+                    idempotency_key=f"relist:{uuid.uuid4()}", listing=self.seller.listing(),
+                    ttl_s=self.seller.ttl_s), timeout=30)
+                self.ms.append((time.perf_counter() - begun) * 1000)
+            except grpc.RpcError:
+                self.refused += 1
+
+    def figures(self) -> dict[str, Any]:
+        self.stopping.set()
+        self.join()
+        self.channel.close()
+        ranked = sorted(self.ms) or [0.0]
+        return {"registry_flood_standing_relists": len(self.ms) + self.refused,
+                "registry_flood_standing_relists_refused": self.refused,
+                "registry_flood_standing_relist_p50_ms": round(statistics.median(ranked), 2),
+                "registry_flood_standing_relist_max_ms": round(ranked[-1], 2)}
+
+
+def _sold_once(buyer: BuyerAgent, seller: SellerAgent) -> None:
+    """One agreement settled with `seller` (its dispute window 0): it has standing after."""
+    listing = next(found for found in buyer.discover("relisted", currency="USD")
+                   if found.agent_id == seller.agent_id)
+    deal = buyer.negotiate(listing, "relisted", quantity=1, budget="0.01", currency="USD")
+    buyer.hire(deal)
+    buyer.call(deal, {"text": "once"})
+    buyer.finish(deal)
+    give_up = time.monotonic() + 30
+    while not any(found.agent_id == seller.agent_id and found.rated_agreements
+                  for found in buyer.discover("relisted", currency="USD")):
+        if time.monotonic() > give_up:
+            raise RuntimeError("the seller's sale was not rated within 30 s")
+        time.sleep(0.1)
+
+
 def _figures(times: dict[str, list[float]], phase: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for step, values in times.items():
@@ -169,23 +231,27 @@ def run(progress: Any = None) -> dict[str, Any]:
             parties.append(Party([python, "-m", "benchmarks._deployed_parties", "seller",
                                   address, "seller-0"], work / "seller.log", env))
             parties[1].wait_for("ready")
-            with BuyerAgent("flood-buyer", marketplace=address) as buyer:
+            with BuyerAgent("flood-buyer", marketplace=address) as buyer, \
+                    SellerAgent("standing-seller", skills=[relisted], marketplace=address,
+                                dispute_window_s=0) as seller:
                 buyer.fund("10.00", "USD")
                 listing = buyer.discover("echo", currency="USD")[0]
                 say(f"registry flood: {ROUNDS} agreements, quiet")
                 quiet = _rounds(buyer, listing)
+                _sold_once(buyer, seller)
                 say(f"registry flood: {ROUNDS} agreements, {FLOOD_THREADS} threads advertising")
                 flooders = [Party([python, "-m", "benchmarks.registry_flood", "flood", address,
                                    str(FLOOD_THREADS // FLOOD_PROCESSES), "3600"],
                                   work / f"flood-{n}.log", env) for n in range(FLOOD_PROCESSES)]
                 parties += flooders
-                beats = _Beats(address)
+                beats, relists = _Beats(address), _Relists(address, seller)
                 time.sleep(SETTLE_S)
                 beats.start()
+                relists.start()
                 begun = time.monotonic()
                 flooded = _rounds(buyer, listing)
                 flooded_s = time.monotonic() - begun
-                beaten = beats.figures()
+                beaten = {**beats.figures(), **relists.figures()}
                 taken, refused = _stopped(flooders)
         finally:
             for party in reversed(parties):

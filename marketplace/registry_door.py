@@ -17,10 +17,11 @@ only reads, and its new expiry is written with every other beat's (`listing_leas
 Such a flood would also shut out every honest seller's listing. Sellers with standing
 (`marketplace.standing`: they have sold, rated above zero) have a lane of their own,
 `MAX_STANDING_WRITES` writes at once, one per seller. While the common room is full the door
-lets a write through only to that lane: it checks the signature over the raw bytes first (a
-hash and an ed25519 check, no parse), then the signer's standing, and refuses REGISTRY_BUSY
-otherwise. A forged claim of a known seller's id so costs the node a signature check, as a
-forged request to any method does, and takes no room.
+lets a write through only to that lane: the id it claims must have standing (from memory, the
+bytes unread), then its signature must verify over the raw bytes (a hash and an ed25519 check,
+no parse), else REGISTRY_BUSY. A flood from fresh keys so costs no more than before, and a
+forged claim of a known seller's id costs the node a signature check, as a forged request to
+any method does, and takes no room.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import Any
 
 import grpc
 
-from marketplace.auth import first_values, verified_signer
+from marketplace.auth import AGENT_KEY, first_values, verified_signer
 from marketplace.errors import RegistryBusy
 from marketplace.v1 import registry_pb2
 from wallets.errors import AgentmarketError
@@ -94,8 +95,7 @@ class AskedWrites:
                 if looked_up:
                     self._standing.add(caller)
                     return caller
-            assert self.standing is not None  # a lane has room only with a standing check
-            if not self.standing(caller):  # outside the lock: it may read the database
+            if not self.has_standing(caller):  # outside the lock: it may read the database
                 raise busy()
         raise AssertionError("unreachable")
 
@@ -106,6 +106,9 @@ class AskedWrites:
     def lane_full(self) -> bool:
         """Whether a write with standing would be refused now too."""
         return len(self._standing) >= self.standing_limit
+
+    def has_standing(self, agent_id: str) -> bool:
+        return self.standing is not None and self.standing(agent_id)
 
 
 class RegistryBusyDoor(grpc.ServerInterceptor):  # type: ignore[misc]
@@ -124,24 +127,24 @@ class RegistryBusyDoor(grpc.ServerInterceptor):  # type: ignore[misc]
         handler = continuation(details)
         if handler is None or details.method not in WRITES or not self.writes.full():
             return handler
-        if self.writes.lane_full() or handler.unary_unary is None:
+        metadata = first_values(details.invocation_metadata)
+        claimed = metadata.get(AGENT_KEY, "")
+        if self.writes.lane_full() or handler.unary_unary is None or \
+                not isinstance(claimed, str) or not self.writes.has_standing(claimed):
             return grpc.unary_unary_rpc_method_handler(
                 _refuse, request_deserializer=None,  # the request's bytes are never parsed
                 response_serializer=handler.response_serializer)
-        return self._standing_only(details, handler)
+        return self._signed_only(details.method, metadata, handler)
 
-    def _standing_only(self, details: Any, handler: Any) -> Any:
-        """The handler, its request parsed only if signed by a seller with standing."""
-        metadata = first_values(details.invocation_metadata)
+    def _signed_only(self, method: str, metadata: dict[str, Any], handler: Any) -> Any:
+        """The handler, its request parsed only if its signature verifies (over the raw
+        bytes, as the auth interceptor checks it after the parse)."""
         parse, behaviour = handler.request_deserializer, handler.unary_unary
 
         def read(data: bytes) -> Any:
             try:
-                agent, _, _ = verified_signer(details.method, metadata, data,
-                                              self.clock_ms(), self.skew_ms)
+                verified_signer(method, metadata, data, self.clock_ms(), self.skew_ms)
             except AgentmarketError:
-                return _REFUSED
-            if not self.writes.standing or not self.writes.standing(agent):
                 return _REFUSED
             return parse(data) if parse else data
 

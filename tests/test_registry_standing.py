@@ -25,7 +25,7 @@ from marketplace.identity import AgentKey
 from marketplace.node import MarketplaceNode
 from marketplace.registry_door import MAX_ASKED_WRITES, MAX_STANDING_WRITES, AskedWrites
 from marketplace.reputation import record_outcome
-from marketplace.standing import UNKNOWN_TTL_S, Standing
+from marketplace.standing import STALE_S, Standing
 from marketplace.testing import Harness, funded_market, make_listing
 from marketplace.v1 import registry_pb2, registry_pb2_grpc
 from wallets.grpc_errors import error_reason
@@ -48,17 +48,18 @@ def test_a_settled_sale_gives_standing_and_a_refund_alone_does_not(market: Harne
     deal = market.deal(price_atomic=PRICE, quantity=2)
     market.open(deal)
     assert market.redeem(deal, [])["state"] == "refunded"  # rated 0
-    now[0] += UNKNOWN_TTL_S
+    now[0] += STALE_S
     assert not standing(seller)
     deal = market.deal(price_atomic=PRICE, quantity=2)
     market.open(deal)
     market.redeem(deal, [{"text": "fine"}])
     market.confirm(deal)  # settled: 1000, a mean of 500
-    assert not standing(seller)  # "none" is remembered for UNKNOWN_TTL_S
-    now[0] += UNKNOWN_TTL_S
+    reads = standing.reads
+    assert not standing(seller)  # answered from the last read until it is STALE_S old
+    assert standing.reads == reads
+    now[0] += STALE_S
     assert standing(seller)
-    lookups = standing.lookups
-    assert standing(seller) and standing.lookups == lookups  # kept: no more reads
+    assert standing.reads == reads + 1
 
 
 def test_the_lane_takes_one_write_per_seller_with_standing_and_only_when_the_room_is_full():
@@ -139,23 +140,23 @@ def test_while_fresh_keys_fill_the_registry_a_seller_with_standing_still_lists(
 
 
 def test_a_forged_claim_of_a_sellers_standing_is_refused_unread(node: MarketplaceNode):
-    """Garbage bytes claiming a seller with standing, with a signature that does not verify:
-    REGISTRY_BUSY while the room is full (never parsed: no INVALID_ARGUMENT, and no standing
-    looked up), the parse error once there is room."""
+    """Garbage bytes claiming a seller with standing, with a signature that does not verify,
+    and claiming a fresh key: REGISTRY_BUSY while the room is full (never parsed: no
+    INVALID_ARGUMENT), the parse error once there is room."""
     trusted = AgentKey.generate()
     with node.engine.begin() as conn:
         record_outcome(conn, trusted.agent_id, 1000)
     forged = [(AGENT_KEY, trusted.agent_id), (TIMESTAMP_KEY, str(time.time_ns() // 1_000_000)),
               (NONCE_KEY, uuid.uuid4().hex), (SIGNATURE_KEY, os.urandom(64))]
-    standing = node.registry.asked_writes.standing
-    assert isinstance(standing, Standing)
+    stranger = [(AGENT_KEY, AgentKey.generate().agent_id), *forged[1:]]
     with grpc.insecure_channel(node.address) as channel:
         send = channel.unary_unary(ADVERTISE)
         with ExitStack() as flood:
             for _ in range(MAX_ASKED_WRITES):
                 flood.enter_context(node.registry.asked_writes.room())
-            _refused_busy(lambda: send(b"\xff\xff not a protobuf", metadata=forged, timeout=10))
-        assert standing.lookups == 0
+            for metadata in (forged, stranger):
+                _refused_busy(lambda m=metadata: send(b"\xff\xff not a protobuf", metadata=m,
+                                                      timeout=10))
         with pytest.raises(grpc.RpcError) as unread:
             send(b"\xff\xff not a protobuf", metadata=forged, timeout=10)
     assert unread.value.code() == grpc.StatusCode.INVALID_ARGUMENT
