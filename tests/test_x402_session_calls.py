@@ -372,6 +372,22 @@ def test_a_strangers_close_is_refused_at_the_gateway_and_holds_up_nothing(market
     assert session.close()["captured"] == "2000000" and len(relayed) == 1
 
 
+def test_a_close_checks_the_buyers_finish_signature_once(market, monkeypatch):
+    """The gateway checks the finish before asking the seller, and the close's ledger work
+    needs it checked too: one ed25519 verification serves both; a second close of the
+    session with the same signature is answered without another."""
+    from agents.x402 import sessions
+
+    session = Session(market)
+    checked: list[str] = []
+    verify = sessions.verify
+    monkeypatch.setattr(sessions, "verify", lambda signer, *rest: checked.append(signer)
+                        or verify(signer, *rest))
+    closed = session.close()
+    assert session.close() == closed
+    assert checked == [market.gateway.sessions.sessions[session.agreement].body.buyer_id]
+
+
 @pytest.mark.parametrize("prepay", [True, False], ids=["prepaid", "asked"])
 def test_a_session_the_gateway_forgot_is_opened_again_by_the_client(market, prepay):
     """A restarted gateway has no sessions in memory: the client's next voucher is answered

@@ -65,6 +65,7 @@ class Session:
     used_ms: int = 0  # when it was opened or last paid (the idlest make room when full)
     in_flight: int = 0  # calls paid and not yet charged: a session with any stays
     closed: dict[str, Any] | None = None
+    finish_verified: bytes = b""  # the buyer's finish signature, once it verified
     receipts: Chain = field(default_factory=Chain)  # the fast path's chained receipts
     escrow_proof: bytes = b""  # the node's proof of the hold, sent with the first call
     # payment identifier -> the first answer (`agents.x402.answers`), oldest first
@@ -286,9 +287,15 @@ class SessionBook:
 
 
 def _finish_signed(session: Session, agreement_id: str, finish_signature: bytes) -> bool:
-    """Whether the finish is the session's buyer's (no one else makes the seller finish)."""
-    return verify(session.body.buyer_id, ag.request_message("finish", agreement_id),
-                  finish_signature)
+    """Whether the finish is the session's buyer's (no one else makes the seller finish),
+    verified once: a close checks it before asking the seller and again before the ledger."""
+    if finish_signature and finish_signature == session.finish_verified:
+        return True
+    if agreement_id != session.agreement_id or not verify(
+            session.body.buyer_id, ag.request_message("finish", agreement_id), finish_signature):
+        return False
+    session.finish_verified = finish_signature
+    return True
 
 
 def _answer(agreement_id: str, what: str) -> SellerAnswer:
