@@ -46,11 +46,14 @@ class Standing:
         return agent_id in self._known
 
     def refresh(self, *, wait: bool = True) -> None:
-        """Read the sellers with standing again; without `wait`, not while another thread
-        is reading them (it answers from the last read meanwhile)."""
+        """Read the sellers with standing again, unless another thread does so meanwhile
+        (without `wait`, this one answers from the last read while it does)."""
+        before = self.reads
         if not self._reading.acquire(blocking=wait):
             return
         try:
+            if self.reads != before:
+                return  # read meanwhile by the thread this one waited for
             with self.engine.connect().execution_options(agentmarket_read=True) as conn:
                 rows = conn.execute(
                     select(REPUTATION.c.seller_id)
