@@ -182,7 +182,9 @@ ROWS = (
      "listings/s and refused {registry_flood_listings_refused_per_s}/s (REGISTRY_BUSY); an "
      "honest live listing's heartbeats: {registry_flood_heartbeats_refused} of "
      "{registry_flood_heartbeats} refused, p50 {registry_flood_heartbeat_p50_ms} ms, max "
-     "{registry_flood_heartbeat_max_ms} ms",
+     "{registry_flood_heartbeat_max_ms} ms; a seller with standing advertising again once a "
+     "second: {registry_flood_standing_relists_refused} of {registry_flood_standing_relists} "
+     "refused, p50 {registry_flood_standing_relist_p50_ms} ms",
      "quiet: OpenEscrow p50 {registry_flood_hire_quiet_p50_ms} ms, p90 "
      "{registry_flood_hire_quiet_p90_ms} ms (ratio {registry_flood_hire_p50_vs_quiet_ratio}); "
      "finish p50 {registry_flood_finish_quiet_p50_ms} ms (SECURITY.md)"),
