@@ -37,6 +37,7 @@ from marketplace.receipt_verify import (
 )
 from marketplace.tables import CheckpointRow
 from wallets.ledger import HEAD, POSTINGS
+from wallets.store import begin_in_turn
 
 CHECKPOINTS = CheckpointRow.__table__  # type: ignore[attr-defined]
 MAX_SEGMENT = 65_536  # postings per checkpoint: an audit path is at most 16 hashes
@@ -126,7 +127,7 @@ class Checkpoints:
             raise RuntimeError("cutting a checkpoint needs the node's key")
         made = 0
         while True:
-            with self.engine.begin() as conn:
+            with begin_in_turn(self.engine) as conn:
                 if self.engine.dialect.name == "postgresql":
                     conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _LOCK_ID})
                 previous = self._latest(conn)

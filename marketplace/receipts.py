@@ -37,6 +37,7 @@ from wallets import _sqlite_hot as hot
 from wallets._mutation import transaction_sealed
 from wallets.ledger import ENTRIES, POSTINGS, transaction_postings
 from wallets.sealer import seal
+from wallets.store import begin_in_turn
 
 RECEIPTS = ReceiptRow.__table__  # type: ignore[attr-defined]
 _INSERT_RECEIPT = insert(RECEIPTS)
@@ -178,7 +179,7 @@ class ReceiptBook:
                 return 0
         seal(self.engine)  # usually done already by the sealer: the lag is bounded, not zero
         signed = 0
-        with self.engine.begin() as conn:
+        with begin_in_turn(self.engine) as conn:
             for row in conn.execute(query.order_by(RECEIPTS.c.last_sequence).limit(limit)
                                     ).all():
                 body = orjson.loads(row.body_json)

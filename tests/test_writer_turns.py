@@ -24,6 +24,7 @@ from agents import SellerAgent, per_call, skill
 from benchmarks.registry_flood import big_listing
 from marketplace import discovery, listing_checks
 from marketplace.auth import signed_channel
+from marketplace.console.audit import AuditTrail
 from marketplace.identity import AgentKey
 from marketplace.node import MarketplaceNode
 from marketplace.registry_door import MAX_ASKED_WRITES
@@ -31,6 +32,7 @@ from marketplace.testing import make_listing
 from marketplace.v1 import registry_pb2, registry_pb2_grpc
 from wallets.errors import NotFound
 from wallets.grpc_errors import error_reason
+from wallets.sealer import seal
 from wallets.writer_turns import WriterTurns, turns_of
 
 
@@ -161,6 +163,31 @@ def test_while_the_registry_is_full_a_write_is_refused_before_it_is_read(
     assert (refused.value.code(), error_reason(refused.value)) == (
         grpc.StatusCode.RESOURCE_EXHAUSTED, "REGISTRY_BUSY")
     assert unread.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_receipts_checkpoints_sealing_and_audit_rows_wait_their_turn_behind_money(
+        node: MarketplaceNode) -> None:
+    """Writers that are not money (sealing the chain, cutting a checkpoint, an operator's
+    audit row) take a turn like the registry's, behind the ledger's postings, instead of
+    meeting them at SQLite's file lock, whose busy handler sleeps up to 100 ms a try."""
+    turns = turns_of(node.engine)
+    trail = AuditTrail(node.engine)
+    writers = {
+        "seal": lambda: seal(node.engine),
+        "checkpoint": node.receipts.checkpoints.cut,
+        "audit": lambda: trail.begin(at_ms=1, operator="op", session="s", key_id="k",
+                                     action="freeze", target="w", detail={}, trace_id=""),
+    }
+    finished: list[str] = []
+    with turns.turn(urgent=True):  # a posting under way
+        threads = [_started(lambda n=name, w=write: (w(), finished.append(n)), name)
+                   for name, write in writers.items()]
+        _until(lambda: turns.waiting() == (0, len(writers)), "every writer waiting its turn")
+        assert finished == []
+    for thread in threads:
+        thread.join(timeout=10)
+    assert sorted(finished) == sorted(writers)
+    assert [record.action for record in trail.records()] == ["freeze"]
 
 
 @skill(price=per_call("0.001", "USD"))

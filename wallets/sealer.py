@@ -29,6 +29,7 @@ from sqlalchemy.exc import ProgrammingError
 from wallets._chain import posting_hash
 from wallets.lease import AdvisoryLease
 from wallets.models import Leg
+from wallets.store import begin_in_turn
 from wallets.tables import EntryRow, LedgerHeadRow, PostingRow
 
 log = logging.getLogger("agentmarket.sealer")
@@ -116,7 +117,7 @@ def seal(engine: Engine, *, limit: int = SEAL_BATCH) -> int:
     """Seal everything committed so far, a batch per transaction; returns how many."""
     total = 0
     while True:
-        with engine.begin() as conn:
+        with begin_in_turn(engine) as conn:
             done = seal_in(conn, limit)
         total += done
         if done < limit:
@@ -164,7 +165,7 @@ class Sealer:
             busy = False
             try:
                 if self._holding():
-                    with self.engine.begin() as conn:
+                    with begin_in_turn(self.engine) as conn:
                         done = seal_in(conn, self.batch)
                     busy = done >= self.batch
                     pause = self.interval_s if done else min(pause * 2, IDLE_INTERVAL_S)

@@ -125,6 +125,20 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
+@contextmanager
+def begin_in_turn(engine: Engine) -> Iterator[Connection]:
+    """`engine.begin()` for a writer that is not money (receipts, checkpoints, sealing, audit
+    rows): on SQLite inside a non-urgent turn of the engine's writers (`wallets.writer_turns`),
+    so it waits behind the ledger's postings on a condition, not at SQLite's file lock, whose
+    busy handler sleeps in steps of up to 100 ms and would make a posting wait behind it."""
+    if not is_sqlite(engine):
+        with engine.begin() as conn:
+            yield conn
+        return
+    with turns_of(engine).turn(urgent=False), engine.begin() as conn:
+        yield conn
+
+
 class WriteSerializer:
     """One writer at a time inside this process on SQLite, taking turns on one connection (no
     pool round trip per transaction: a fifth of a posting's Python); a no-op on PostgreSQL.

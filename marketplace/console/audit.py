@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Engine, and_, func, insert, or_, select, update
 
 from marketplace.tables import OperatorActionRow
+from wallets.store import begin_in_turn
 
 ACTIONS = OperatorActionRow.__table__  # type: ignore[attr-defined]
 MAX_MESSAGE = 2000
@@ -45,7 +46,7 @@ class AuditTrail:
               target: str, detail: dict[str, Any], trace_id: str) -> str:
         """Record an action about to be sent; returns its id for `finish`."""
         action_id = uuid.uuid4().hex
-        with self.engine.begin() as conn:
+        with begin_in_turn(self.engine) as conn:
             conn.execute(insert(ACTIONS).values(
                 id=action_id, at_ms=at_ms, operator=operator, session=session, key_id=key_id,
                 action=action, target=target[:64], detail=json.dumps(detail, sort_keys=True),
@@ -53,7 +54,7 @@ class AuditTrail:
         return action_id
 
     def finish(self, action_id: str, outcome: str, message: str) -> None:
-        with self.engine.begin() as conn:
+        with begin_in_turn(self.engine) as conn:
             conn.execute(update(ACTIONS).where(ACTIONS.c.id == action_id).values(
                 outcome=outcome, message=message[:MAX_MESSAGE]))
 
