@@ -62,7 +62,7 @@ from marketplace.registry import Registry
 from marketplace.registry_door import RegistryBusyDoor
 from marketplace.reputation import fold_pending as fold_outcomes
 from marketplace.request_fields import MARKET_FIELDS
-from marketplace.request_limits import open_limits
+from marketplace.request_limits import REDIS_TIMEOUT_S, open_limits
 from marketplace.servicers import ArbitrationServicer, RegistryServicer, SettlementServicer
 from marketplace.settlement import Settlement
 from marketplace.stream_limits import StreamLimits
@@ -127,6 +127,7 @@ class MarketplaceNode:
                  checkpoint_interval_s: float = 60.0, ecny: EcnyRules | None = None,
                  rails: Callable[[Ledger], Iterable[Rail]] | None = None,
                  cards: bool = False, redis_url: str | None = None,
+                 redis_timeout_s: float = REDIS_TIMEOUT_S,
                  ecny_identity_providers: Iterable[str] = (),
                  discover_cache_ms: int = DISCOVER_CACHE_MS) -> None:
         """`arbiters`: agent ids whose signed decisions resolve disputes; `judge`: the LLM
@@ -150,7 +151,8 @@ class MarketplaceNode:
         (`marketplace.discover_cache`; 0: never, for runs that must replay exactly).
         `redis_url`: keep request nonces and rate buckets in that Redis, shared with every node
         of the market (a replay to another node is refused, a rate holds across nodes; Redis
-        down: calls are refused UNAVAILABLE); without it, in this process."""
+        down: calls are refused UNAVAILABLE); without it, in this process;
+        `redis_timeout_s`: how long a call waits for that Redis before it is refused."""
         if max_message_bytes < MIN_MESSAGE_BYTES:
             raise InvalidArgument(f"max_message_bytes must be at least {MIN_MESSAGE_BYTES}: "
                                   "smaller, a seller's redeem of calls it was paid for could "
@@ -189,7 +191,8 @@ class MarketplaceNode:
                                      receipts=self.receipts)
         self._checkpoint_interval_s = checkpoint_interval_s
         self.conditional = ReceiptedHolds(self.ledger, self.receipts)  # PvP legs
-        self.limits = open_limits(redis_url, rate_limit_per_s, rate_limit_burst)
+        self.limits = open_limits(redis_url, rate_limit_per_s, rate_limit_burst,
+                                  redis_timeout_s=redis_timeout_s)
         self.auth = AuthServerInterceptor(required=require_auth, skew_s=auth_skew_s,
                                           rate_per_s=rate_limit_per_s, burst=rate_limit_burst,
                                           limits=self.limits)

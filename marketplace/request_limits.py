@@ -184,6 +184,8 @@ class RedisLimits:
         import redis
 
         _check_rate(rate_per_s, burst)
+        if not 0 < timeout_s <= 60:
+            raise InvalidArgument("the Redis timeout must be above 0 and at most 60 s")
         self.rate, self.burst, self.prefix = rate_per_s, burst, prefix
         try:
             self.client: Any = redis.Redis.from_url(
@@ -240,8 +242,10 @@ def _unavailable(what: str, error: BaseException) -> Unavailable:
                        reason="LIMITS_UNAVAILABLE")
 
 
-def open_limits(redis_url: str | None, rate_per_s: float, burst: int) -> RequestLimits:
-    """Redis-backed limits for `redis_url`, else this process's own."""
+def open_limits(redis_url: str | None, rate_per_s: float, burst: int, *,
+                redis_timeout_s: float = REDIS_TIMEOUT_S) -> RequestLimits:
+    """Redis-backed limits for `redis_url` (each check waiting at most `redis_timeout_s`),
+    else this process's own."""
     if redis_url:
-        return RedisLimits(redis_url, rate_per_s, burst)
+        return RedisLimits(redis_url, rate_per_s, burst, timeout_s=redis_timeout_s)
     return LocalLimits(rate_per_s, burst)

@@ -32,7 +32,7 @@ from marketplace.request_limits import ADMITTED, LIMITED, REPLAYED, LocalLimits,
 from tests.conftest import postgres_schema
 from tests.test_auth_limits import BODY, METHOD
 from tests.test_auth_limits import _metadata as _fresh_metadata
-from wallets.errors import Unauthenticated, Unavailable
+from wallets.errors import InvalidArgument, Unauthenticated, Unavailable
 from wallets.grpc_errors import error_reason
 from wallets.v1 import wallet_pb2, wallet_pb2_grpc
 
@@ -157,6 +157,18 @@ def test_with_redis_down_a_node_refuses_calls_and_changes_nothing(tmp_path):
         assert error_reason(caught.value) == "LIMITS_UNAVAILABLE"
         assert "Redis" in (caught.value.details() or "")
         assert node.ledger.accounts(owner=key.agent_id) == []
+
+
+def test_a_node_waits_for_its_redis_as_long_as_it_is_told(tmp_path):
+    down = f"redis://127.0.0.1:{_free_port()}/0"
+    with MarketplaceNode(f"sqlite:///{tmp_path / 'm.db'}", redis_url=down,
+                         redis_timeout_s=0.25) as node:
+        assert isinstance(node.limits, RedisLimits)
+        settings = node.limits.client.connection_pool.connection_kwargs
+        assert settings["socket_timeout"] == settings["socket_connect_timeout"] == 0.25
+    for wrong in (0, -1, 61):
+        with pytest.raises(InvalidArgument, match="Redis timeout"):
+            RedisLimits(down, rate_per_s=10, burst=10, timeout_s=wrong)
 
 
 def test_a_node_without_redis_keeps_its_own_limits(tmp_path):

@@ -83,6 +83,9 @@ def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file 
               None, "--redis", help="Redis URL (redis://HOST:PORT/DB) holding request nonces "
                                     "and rate limits shared by every node of the market; "
                                     "Redis down: calls are refused."),
+          redis_timeout: float = typer.Option(
+              2.0, "--redis-timeout", min=0.01, max=60.0,
+              help="Seconds a call waits for --redis before it is refused UNAVAILABLE."),
           ecny_identity_provider: list[str] = typer.Option(
               [], "--ecny-identity-provider",
               help="An identity provider's agent id (64 hex), trusted like an operator to set "
@@ -150,6 +153,7 @@ def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file 
         node = MarketplaceNode(db, host=host, port=port, fee_bps=fee_bps, key=node_key,
                                checkpoint_interval_s=checkpoint_interval,
                                ecny=EcnyRules() if ecny else None, redis_url=redis,
+                               redis_timeout_s=redis_timeout,
                                tracer_provider=provider, operator_ids=operator,
                                require_auth=not no_auth, rate_limit_per_s=rate_limit,
                                rate_limit_burst=burst, server_credentials=credentials,
