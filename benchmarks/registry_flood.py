@@ -117,76 +117,70 @@ def _rounds(buyer: BuyerAgent, listing: Any) -> dict[str, list[float]]:
     return times
 
 
-class _Beats(threading.Thread):
-    """An honest seller's listing, advertised now, beating every `BEAT_EVERY_S` until
-    stopped: each beat's answer time, and how many were refused."""
+class _Repeated(threading.Thread):
+    """An honest seller's request, sent every `every_s` through the flood (once each, no
+    retry) until stopped: each answer's time, and how many were refused, as figures named
+    `registry_flood_{many}`, `..._{many}_refused`, `..._{one}_p50_ms` and `..._{one}_max_ms`."""
+
+    def __init__(self, address: str, key: AgentKey, every_s: float, one: str, many: str
+                 ) -> None:
+        super().__init__(daemon=True)
+        self.key, self.every_s, self.one, self.many = key, every_s, one, many
+        self.channel = signed_channel(address, key)
+        self.stub = registry_pb2_grpc.RegistryServiceStub(self.channel)
+        self.ms: list[float] = []
+        self.refused = 0
+        self.stopping = threading.Event()
+
+    def send(self) -> None:
+        raise NotImplementedError
+
+    def run(self) -> None:
+        while not self.stopping.wait(self.every_s):
+            begun = time.perf_counter()
+            try:
+                self.send()
+                self.ms.append((time.perf_counter() - begun) * 1000)
+            except grpc.RpcError:
+                self.refused += 1
+
+    def figures(self) -> dict[str, Any]:
+        self.stopping.set()
+        self.join()
+        self.channel.close()
+        ranked = sorted(self.ms) or [0.0]
+        return {f"registry_flood_{self.many}": len(self.ms) + self.refused,
+                f"registry_flood_{self.many}_refused": self.refused,
+                f"registry_flood_{self.one}_p50_ms": round(statistics.median(ranked), 2),
+                f"registry_flood_{self.one}_max_ms": round(ranked[-1], 2)}
+
+
+class _Beats(_Repeated):
+    """An honest seller's listing, advertised now, beating every `BEAT_EVERY_S`."""
 
     def __init__(self, address: str) -> None:
-        super().__init__(daemon=True)
-        self.key = AgentKey.generate()
-        self.channel = signed_channel(address, self.key)
-        self.stub = registry_pb2_grpc.RegistryServiceStub(self.channel)
+        super().__init__(address, AgentKey.generate(), BEAT_EVERY_S, "heartbeat", "heartbeats")
         self.stub.Advertise(registry_pb2.AdvertiseRequest(
             idempotency_key=f"advertise:{uuid.uuid4()}", ttl_s=60,
             listing=make_listing(self.key, make_skill("honest"))), timeout=30)
-        self.ms: list[float] = []
-        self.refused = 0
-        self.stopping = threading.Event()
 
-    def run(self) -> None:
-        while not self.stopping.wait(BEAT_EVERY_S):
-            begun = time.perf_counter()
-            try:
-                self.stub.Heartbeat(registry_pb2.HeartbeatRequest(agent_id=self.key.agent_id),
-                                    timeout=30)
-                self.ms.append((time.perf_counter() - begun) * 1000)
-            except grpc.RpcError:
-                self.refused += 1
-
-    def figures(self) -> dict[str, Any]:
-        self.stopping.set()
-        self.join()
-        self.channel.close()
-        ranked = sorted(self.ms) or [0.0]
-        return {"registry_flood_heartbeats": len(self.ms) + self.refused,
-                "registry_flood_heartbeats_refused": self.refused,
-                "registry_flood_heartbeat_p50_ms": round(statistics.median(ranked), 2),
-                "registry_flood_heartbeat_max_ms": round(ranked[-1], 2)}
+    def send(self) -> None:
+        self.stub.Heartbeat(registry_pb2.HeartbeatRequest(agent_id=self.key.agent_id),
+                            timeout=30)
 
 
-class _Relists(threading.Thread):
-    """A seller with standing advertising its listing again every `RELIST_EVERY_S`, once
-    each (no retry), until stopped: each answer's time, and how many were refused."""
+class _Relists(_Repeated):
+    """A seller with standing advertising its listing again every `RELIST_EVERY_S`."""
 
     def __init__(self, address: str, seller: SellerAgent) -> None:
-        super().__init__(daemon=True)
+        super().__init__(address, seller.key, RELIST_EVERY_S, "standing_relist",
+                         "standing_relists")
         self.seller = seller
-        self.channel = signed_channel(address, seller.key)
-        self.stub = registry_pb2_grpc.RegistryServiceStub(self.channel)
-        self.ms: list[float] = []
-        self.refused = 0
-        self.stopping = threading.Event()
 
-    def run(self) -> None:
-        while not self.stopping.wait(RELIST_EVERY_S):
-            begun = time.perf_counter()
-            try:
-                self.stub.Advertise(registry_pb2.AdvertiseRequest(
-                    idempotency_key=f"relist:{uuid.uuid4()}", listing=self.seller.listing(),
-                    ttl_s=self.seller.ttl_s), timeout=30)
-                self.ms.append((time.perf_counter() - begun) * 1000)
-            except grpc.RpcError:
-                self.refused += 1
-
-    def figures(self) -> dict[str, Any]:
-        self.stopping.set()
-        self.join()
-        self.channel.close()
-        ranked = sorted(self.ms) or [0.0]
-        return {"registry_flood_standing_relists": len(self.ms) + self.refused,
-                "registry_flood_standing_relists_refused": self.refused,
-                "registry_flood_standing_relist_p50_ms": round(statistics.median(ranked), 2),
-                "registry_flood_standing_relist_max_ms": round(ranked[-1], 2)}
+    def send(self) -> None:
+        self.stub.Advertise(registry_pb2.AdvertiseRequest(
+            idempotency_key=f"relist:{uuid.uuid4()}", listing=self.seller.listing(),
+            ttl_s=self.seller.ttl_s), timeout=30)
 
 
 def _sold_once(buyer: BuyerAgent, seller: SellerAgent) -> None:
