@@ -24,7 +24,7 @@ from sqlalchemy import Engine, select
 
 from marketplace.reputation import REPUTATION
 
-MAX_KNOWN = 1_000_000  # sellers with standing held in memory (the most rated)
+MAX_KNOWN = 100_000  # sellers with standing held in memory (the most rated; about 15 MB)
 STALE_S = 10.0
 
 
