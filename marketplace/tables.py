@@ -132,6 +132,8 @@ class ReputationRow(SQLModel, table=True):
     """A seller's finished agreements and the sum of their outcomes (per mille each)."""
 
     __tablename__ = "seller_reputation"
+    # the most rated first, a read of the sellers with standing (`marketplace.standing`)
+    __table_args__ = (Index("ix_seller_reputation_rated", "rated"),)
 
     seller_id: str = Field(primary_key=True, max_length=64)
     rated: int = Field(sa_column=_big(default=0))
