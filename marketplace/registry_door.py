@@ -16,7 +16,8 @@ only reads, and its new expiry is written with every other beat's (`listing_leas
 
 Such a flood would also shut out every honest seller's listing. Sellers with standing
 (`marketplace.standing`: they have sold, rated above zero) have a lane of their own,
-`MAX_STANDING_WRITES` writes at once, one per seller. While the common room is full the door
+`MAX_STANDING_WRITES` writes at once, one per seller and at least `LANE_PAUSE_S` after that
+seller's last one there. While the common room is full the door
 lets a write through only to that lane: the id it claims must have standing (from memory, the
 bytes unread), then its signature must verify over the raw bytes (a hash and an ed25519 check,
 no parse), else REGISTRY_BUSY. A flood from fresh keys so costs no more than before, and a
@@ -42,6 +43,7 @@ from wallets.grpc_errors import abort
 
 MAX_ASKED_WRITES = 2
 MAX_STANDING_WRITES = 2  # sellers with standing, one write each, while the common room is full
+LANE_PAUSE_S = 1.0  # between one seller's lane writes: a few such sellers cannot hold the lane
 SKEW_MS = 60_000  # the auth interceptor's default: a stale request is not let through here
 _SERVICE = registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name
 # not Heartbeat: a beat only reads, its expiry written with others' (`listing_leases`)
@@ -58,14 +60,17 @@ class AskedWrites:
 
     def __init__(self, limit: int = MAX_ASKED_WRITES, *,
                  standing: Callable[[str], bool] | None = None,
-                 standing_limit: int = MAX_STANDING_WRITES) -> None:
+                 standing_limit: int = MAX_STANDING_WRITES,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         """`standing(agent_id)`: whether a seller has standing (None: no such lane)."""
         self.limit = limit
         self.standing = standing
         self.standing_limit = standing_limit if standing is not None else 0
+        self.clock = clock
         self._lock = threading.Lock()
         self._running = 0
         self._standing: set[str] = set()  # sellers writing in their lane now
+        self._lane_ended: dict[str, float] = {}  # seller -> when its last lane write ended
 
     @contextmanager
     def room(self, caller: str = "") -> Iterator[None]:
@@ -79,6 +84,7 @@ class AskedWrites:
             with self._lock:
                 if lane:
                     self._standing.discard(lane)
+                    self._ended(lane)
                 else:
                     self._running -= 1
 
@@ -89,8 +95,7 @@ class AskedWrites:
                 if self._running < self.limit:
                     self._running += 1
                     return ""
-                if not caller or caller in self._standing or \
-                        len(self._standing) >= self.standing_limit:
+                if not caller or not self._lane_open(caller):
                     raise busy()
                 if looked_up:
                     self._standing.add(caller)
@@ -99,13 +104,28 @@ class AskedWrites:
                 raise busy()
         raise AssertionError("unreachable")
 
+    def _ended(self, seller: str) -> None:
+        """Note when `seller`'s lane write ended (under the lock); forget the sellers whose
+        pause is over, so the notes stay as few as the lane's recent writers."""
+        now = self.clock()
+        self._lane_ended[seller] = now
+        if len(self._lane_ended) > 4 * MAX_STANDING_WRITES:
+            self._lane_ended = {agent: ended for agent, ended in self._lane_ended.items()
+                                if now - ended < LANE_PAUSE_S}
+
     def full(self) -> bool:
         """Whether a write without standing would be refused now."""
         return self._running >= self.limit
 
-    def lane_full(self) -> bool:
-        """Whether a write with standing would be refused now too."""
-        return len(self._standing) >= self.standing_limit
+    def lane_open(self, seller: str) -> bool:
+        """Whether the lane has room for `seller` now (its standing aside): no write of its
+        there, its pause over, and room left."""
+        with self._lock:
+            return self._lane_open(seller)
+
+    def _lane_open(self, seller: str) -> bool:
+        return seller not in self._standing and len(self._standing) < self.standing_limit \
+            and self.clock() - self._lane_ended.get(seller, -LANE_PAUSE_S) >= LANE_PAUSE_S
 
     def has_standing(self, agent_id: str) -> bool:
         return self.standing is not None and self.standing(agent_id)
@@ -129,8 +149,8 @@ class RegistryBusyDoor(grpc.ServerInterceptor):  # type: ignore[misc]
             return handler
         metadata = first_values(details.invocation_metadata)
         claimed = metadata.get(AGENT_KEY, "")
-        if self.writes.lane_full() or handler.unary_unary is None or \
-                not isinstance(claimed, str) or not self.writes.has_standing(claimed):
+        if handler.unary_unary is None or not isinstance(claimed, str) or \
+                not self.writes.lane_open(claimed) or not self.writes.has_standing(claimed):
             return grpc.unary_unary_rpc_method_handler(
                 _refuse, request_deserializer=None,  # the request's bytes are never parsed
                 response_serializer=handler.response_serializer)

@@ -23,7 +23,12 @@ from marketplace.auth import AGENT_KEY, NONCE_KEY, SIGNATURE_KEY, TIMESTAMP_KEY,
 from marketplace.errors import RegistryBusy
 from marketplace.identity import AgentKey
 from marketplace.node import MarketplaceNode
-from marketplace.registry_door import MAX_ASKED_WRITES, MAX_STANDING_WRITES, AskedWrites
+from marketplace.registry_door import (
+    LANE_PAUSE_S,
+    MAX_ASKED_WRITES,
+    MAX_STANDING_WRITES,
+    AskedWrites,
+)
 from marketplace.reputation import record_outcome
 from marketplace.standing import STALE_S, Standing
 from marketplace.testing import Harness, funded_market, make_listing
@@ -69,7 +74,7 @@ def test_the_lane_takes_one_write_per_seller_with_standing_and_only_when_the_roo
     with ExitStack() as held:
         for _ in range(MAX_ASKED_WRITES):
             held.enter_context(writes.room(first))  # the common room first, whoever asks
-        assert writes.full() and not writes.lane_full()
+        assert writes.full() and writes.lane_open(third)
         with pytest.raises(RegistryBusy):
             held.enter_context(writes.room("f" * 64))  # no standing
         with pytest.raises(RegistryBusy):
@@ -78,11 +83,33 @@ def test_the_lane_takes_one_write_per_seller_with_standing_and_only_when_the_roo
         with pytest.raises(RegistryBusy):
             held.enter_context(writes.room(first))  # one write at a time in the lane
         held.enter_context(writes.room(second))
-        assert writes.lane_full()
+        assert not writes.lane_open(third)  # the lane full
         with pytest.raises(RegistryBusy):
             held.enter_context(writes.room(third))
-    assert not writes.full() and not writes.lane_full()
+    assert not writes.full() and writes.lane_open(third)
     with writes.room(third):  # all given back
+        pass
+
+
+def test_a_sellers_lane_writes_are_a_pause_apart():
+    """Two sellers with standing writing again and again cannot hold the lane: each waits
+    LANE_PAUSE_S after its last lane write ends."""
+    now = [100.0]
+    seller, other = "a" * 64, "b" * 64
+    writes = AskedWrites(standing={seller, other}.__contains__, clock=lambda: now[0])
+    with ExitStack() as held:
+        for _ in range(MAX_ASKED_WRITES):
+            held.enter_context(writes.room())
+        with writes.room(seller):
+            now[0] += 5.0  # a long write
+        with pytest.raises(RegistryBusy):
+            held.enter_context(writes.room(seller))  # at once again
+        with writes.room(other):  # another seller is not held back
+            pass
+        now[0] += LANE_PAUSE_S
+        with writes.room(seller):
+            pass
+    with writes.room(seller):  # the common room has no pause
         pass
 
 
@@ -120,6 +147,8 @@ def test_while_fresh_keys_fill_the_registry_a_seller_with_standing_still_lists(
             record_outcome(conn, seller, 1000)
         record_outcome(conn, refunded.agent_id, 0)
     writes = node.registry.asked_writes
+    now = [100.0]
+    writes.clock = lambda: now[0]
     with ExitStack() as stack:
         stubs = {key.agent_id: _stub(node, key, stack) for key in (trusted, fresh, refunded)}
         with ExitStack() as flood:  # the flood's writes hold the common room
@@ -129,9 +158,12 @@ def test_while_fresh_keys_fill_the_registry_a_seller_with_standing_still_lists(
             assert node.registry.get(trusted.agent_id).agent_id == trusted.agent_id
             _refused_busy(lambda: _advertise(stubs[fresh.agent_id], fresh))
             _refused_busy(lambda: _advertise(stubs[refunded.agent_id], refunded))
+            _refused_busy(lambda: _advertise(stubs[trusted.agent_id], trusted))  # no pause yet
+            now[0] += LANE_PAUSE_S
             stubs[trusted.agent_id].WithdrawListing(registry_pb2.WithdrawListingRequest(
                 idempotency_key=f"withdraw:{uuid.uuid4()}", agent_id=trusted.agent_id),
                 timeout=30)
+            now[0] += LANE_PAUSE_S
             for seller in others:  # other sellers with standing writing: the lane full
                 flood.enter_context(writes.room(seller))
             _refused_busy(lambda: _advertise(stubs[trusted.agent_id], trusted))
