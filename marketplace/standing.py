@@ -40,20 +40,21 @@ class Standing:
         self.reads = 0  # times the table was read
 
     def __call__(self, agent_id: str) -> bool:
-        read_at = self._read_at
+        reads, read_at = self.reads, self._read_at  # in this order: see `refresh`
         if read_at is None or self.clock() - read_at >= STALE_S:
-            self.refresh(wait=read_at is None)
+            self.refresh(wait=read_at is None, seen=reads)
         return agent_id in self._known
 
-    def refresh(self, *, wait: bool = True) -> None:
-        """Read the sellers with standing again, unless another thread does so meanwhile
+    def refresh(self, *, wait: bool = True, seen: int | None = None) -> None:
+        """Read the sellers with standing again, unless another thread has since the caller
+        looked (`seen`: the count of reads it saw; by default, now) or does meanwhile
         (without `wait`, this one answers from the last read while it does)."""
-        before = self.reads
+        before = self.reads if seen is None else seen
         if not self._reading.acquire(blocking=wait):
             return
         try:
             if self.reads != before:
-                return  # read meanwhile by the thread this one waited for
+                return  # read meanwhile by another thread
             with self.engine.connect().execution_options(agentmarket_read=True) as conn:
                 rows = conn.execute(
                     select(REPUTATION.c.seller_id)

@@ -10,6 +10,7 @@ REGISTRY_BUSY, the forgery before its bytes are parsed or the database read.
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -65,6 +66,36 @@ def test_a_settled_sale_gives_standing_and_a_refund_alone_does_not(market: Harne
     now[0] += STALE_S
     assert standing(seller)
     assert standing.reads == reads + 1
+
+
+def test_callers_waiting_for_the_first_read_share_it(market: Harness, monkeypatch):
+    """The first question reads the table; callers asking meanwhile wait for that read and
+    use it, rather than reading it again each (a flood asks from every worker thread)."""
+    engine = market.ledger.engine
+    standing = Standing(engine)
+    reading, go_on = threading.Event(), threading.Event()
+    connect = engine.connect
+    reads: list[int] = []
+
+    def slow_connect():  # type: ignore[no-untyped-def]
+        reads.append(1)
+        reading.set()
+        go_on.wait(10)
+        return connect()
+
+    monkeypatch.setattr(engine, "connect", slow_connect)
+    answers: list[bool] = []
+    first = threading.Thread(target=lambda: answers.append(standing("a" * 64)))
+    first.start()
+    assert reading.wait(10)
+    others = [threading.Thread(target=lambda: answers.append(standing("b" * 64)))
+              for _ in range(3)]
+    for thread in others:
+        thread.start()
+    go_on.set()
+    for thread in (first, *others):
+        thread.join(10)
+    assert answers == [False] * 4 and len(reads) == 1 and standing.reads == 1
 
 
 def test_the_lane_takes_one_write_per_seller_with_standing_and_only_when_the_room_is_full():
