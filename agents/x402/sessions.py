@@ -289,10 +289,12 @@ class SessionBook:
 def _finish_signed(session: Session, agreement_id: str, finish_signature: bytes) -> bool:
     """Whether the finish is the session's buyer's (no one else makes the seller finish),
     verified once: a close checks it before asking the seller and again before the ledger."""
+    if agreement_id != session.agreement_id:
+        return False
     if finish_signature and finish_signature == session.finish_verified:
         return True
-    if agreement_id != session.agreement_id or not verify(
-            session.body.buyer_id, ag.request_message("finish", agreement_id), finish_signature):
+    if not verify(session.body.buyer_id, ag.request_message("finish", agreement_id),
+                  finish_signature):
         return False
     session.finish_verified = finish_signature
     return True
