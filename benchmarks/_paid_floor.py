@@ -31,6 +31,7 @@ from agents.payments import VOUCHER_METADATA_KEY
 from agents.skills import Skill
 from agents.usage_journal import LOOP_GROUP_WAIT_S, JournalPacedExecutor, Pending, UsageJournal
 from agents.v1 import agent_pb2, agent_pb2_grpc
+from benchmarks.durable_record import GroupFile
 from marketplace.agreements import CHAIN_GENESIS, chain_receipt, new_receipt
 from marketplace.grpc_tracing import client_interceptors
 from marketplace.intercepted import intercept
@@ -73,9 +74,11 @@ class _FloorServicer(agent_pb2_grpc.AgentServiceServicer):
     """The unpaid echo's work, answered with a paid answer's bytes once a usage record of a
     paid call's size committed."""
 
-    def __init__(self, served: Skill, journal: UsageJournal | None) -> None:
+    def __init__(self, served: Skill, journal: UsageJournal | None,
+                 log: GroupFile | None = None) -> None:
         self.skill = served
         self.journal = journal
+        self.log = log  # instead of the journal: the record appended to a file, fdatasync'd
         self.check = validator(served.input_schema)
         self.template = answer_template(20)
         self.receipt = self.template.receipt.SerializeToString()
@@ -83,6 +86,9 @@ class _FloorServicer(agent_pb2_grpc.AgentServiceServicer):
     @grpc_method
     def Invoke(self, request, context):  # type: ignore[no-untyped-def]
         answer = self._answer(self.skill.run(self._arguments(request)))
+        if self.log is not None:
+            self.log.record(self._row(request, context, answer))
+            return answer
         pending = self._record(request, context, answer)
         if pending is not None:
             pending.wait()
@@ -116,6 +122,13 @@ class _FloorServicer(agent_pb2_grpc.AgentServiceServicer):
         voucher = next(v for k, v in context.invocation_metadata() if k == VOUCHER_METADATA_KEY)
         return self.journal.record_call(AGREEMENT_ID, request.call_id, 0, 0, voucher,
                                         self.receipt, answer.output_json.encode())
+
+    def _row(self, request: agent_pb2.InvokeRequest, context: Any,
+             answer: agent_pb2.InvokeResponse) -> bytes:
+        """The same record as one line of the file (`log`): the journal's columns, joined."""
+        voucher = next(v for k, v in context.invocation_metadata() if k == VOUCHER_METADATA_KEY)
+        return b"".join((AGREEMENT_ID.encode(), request.call_id.encode(), voucher, self.receipt,
+                         answer.output_json.encode(), b"\n"))
 
 
 def serve_until_stopped(server: Any, ready: Any, stop: Any) -> None:
@@ -157,6 +170,23 @@ def serve_floor(served: Skill, interceptors: list[Any], ready: Any, stop: Any,
         server = grpc.server(executor, interceptors=interceptors)
         agent_pb2_grpc.add_AgentServiceServicer_to_server(_FloorServicer(served, journal), server)
         serve_until_stopped(server, ready, stop)
+
+
+def serve_floor_file(served: Skill, interceptors: list[Any], ready: Any, stop: Any) -> None:
+    """`serve_floor` with the least a durable record can be instead of the journal: each
+    record appended to one file and fdatasync'd, a batch at a time, by the first waiting
+    call (`benchmarks.durable_record`'s group commit, no database): what is left of the
+    record's share under any store."""
+    with tempfile.TemporaryDirectory(prefix="agentmarket-bench-") as tmp:
+        log = GroupFile(Path(tmp) / "records")
+        try:
+            server = grpc.server(futures.ThreadPoolExecutor(max_workers=MAX_WORKERS),
+                                 interceptors=interceptors)
+            agent_pb2_grpc.add_AgentServiceServicer_to_server(
+                _FloorServicer(served, None, log), server)
+            serve_until_stopped(server, ready, stop)
+        finally:
+            log.close()
 
 
 def serve_floor_aio(served: Skill, interceptors: list[Any], ready: Any, stop: Any,

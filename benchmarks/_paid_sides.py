@@ -27,7 +27,13 @@ from agents._grpc_payment import INVOKE
 from agents.llm import complete, text_of
 from agents.skills import Skill, model_price
 from agents.v1 import agent_pb2, agent_pb2_grpc
-from benchmarks._paid_floor import floor_caller, serve_floor, serve_floor_aio, serve_until_stopped
+from benchmarks._paid_floor import (
+    floor_caller,
+    serve_floor,
+    serve_floor_aio,
+    serve_floor_file,
+    serve_until_stopped,
+)
 from marketplace import MarketplaceNode
 from marketplace.auth import AccessInterceptor, AuthServerInterceptor
 from marketplace.grpc_tracing import client_interceptors, server_interceptor
@@ -143,8 +149,12 @@ def serve_unpaid_aio(skill_name: str, ready: Any, stop: Any) -> None:
 
 def serve_floor_variant(skill_name: str, ready: Any, stop: Any, variant: str = "floor") -> None:
     """Child process: a floor (`benchmarks._paid_floor`), until `stop`: "floor" (threaded) or
-    "floor_aio" (grpc.aio, the skill on the loop); with "_bytes", without the durable record."""
+    "floor_aio" (grpc.aio, the skill on the loop); with "_bytes", without the durable record;
+    "floor_file": threaded, the record in a plain file instead of the journal."""
     served, record = SKILLS[skill_name], not variant.endswith("_bytes")
+    if variant == "floor_file":
+        serve_floor_file(served, framework_interceptors(), ready, stop)
+        return
     serve = serve_floor_aio if variant.startswith("floor_aio") else serve_floor
     serve(served, framework_interceptors(), ready, stop, record=record)
 

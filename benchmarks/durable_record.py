@@ -47,7 +47,7 @@ def _row(caller: int, i: int) -> bytes:
                      RESPONSE))
 
 
-class _GroupFile:
+class GroupFile:
     """Group commit to an append-only file: the first caller to find no write under way
     writes and fdatasyncs every row queued so far; the others wait for it."""
 
@@ -82,7 +82,7 @@ class _GroupFile:
 
 
 class _LoopFile:
-    """`_GroupFile` for coroutines of one event loop: one writer thread per batch, the loop
+    """`GroupFile` for coroutines of one event loop: one writer thread per batch, the loop
     woken once per batch to resolve every caller's future."""
 
     def __init__(self, path: Path) -> None:
@@ -183,7 +183,7 @@ def _file(workdir: Path, on_loop: bool) -> float:
             return _loop(lambda n, i: log.record(_row(n, i)))
         finally:
             log.close()
-    group = _GroupFile(path)
+    group = GroupFile(path)
     try:
         return _threads(lambda n, i: group.record(_row(n, i)))
     finally:

@@ -19,7 +19,9 @@ The floor is measured without its record too (`paid_call_ratio_floor_no_record`:
 share), and on grpc.aio with the echo on the loop and the record awaited
 (`paid_call_ratio_aio_floor`, `..._aio_floor_no_record`, against the unpaid async echo), so the
 record's share is known on both server kinds (`benchmarks/durable_record.py` asks whether
-another store would make it cheaper).
+another store would make it cheaper), and once more with the record appended to a plain file
+and fdatasync'd by group commit instead of the journal (`paid_call_ratio_floor_file_record`):
+the least a durable record can cost, whatever store a seller used.
 Each client thread makes calls on its own channel (paid: its own agreement, one buyer
 each). Tracing is off everywhere (AGENTMARKET_TRACING=off by `make bench`).
 
@@ -169,7 +171,7 @@ def _median(measured: Rounds, name: str, clients: int, figure: str) -> float:
 
 SIDES = ("unpaid", "paid", "no_journal", "unpaid_aio", "paid_aio", "no_journal_aio", "bare",
          "unpaid_aio_async", "paid_aio_async", "floor", "floor_bytes", "floor_aio",
-         "floor_aio_bytes")
+         "floor_aio_bytes", "floor_file")
 
 
 def _echo(node: MarketplaceNode, tmp: Path, say: Any) -> dict[str, float]:
@@ -190,6 +192,7 @@ def _echo(node: MarketplaceNode, tmp: Path, say: Any) -> dict[str, float]:
         built.append(UnpaidSide(echo, "floor_bytes"))
         built.append(UnpaidSide(echo_async, "floor_aio"))
         built.append(UnpaidSide(echo_async, "floor_aio_bytes"))
+        built.append(UnpaidSide(echo, "floor_file"))
         sides = dict(zip(SIDES, built, strict=True))
         measured = _compare(sides, (SATURATING, FEW), ROUNDS, CALLS_PER_ROUND, say,
                             "paid vs unpaid calls")
@@ -200,8 +203,8 @@ def _echo(node: MarketplaceNode, tmp: Path, say: Any) -> dict[str, float]:
     names = {"no_journal": "paid_no_journal", "no_journal_aio": "paid_aio_no_journal",
              "bare": "unpaid_no_interceptors", "floor": "paid_floor",
              "floor_bytes": "paid_floor_no_record", "floor_aio": "paid_aio_floor",
-             "floor_aio_bytes": "paid_aio_floor_no_record"}
-    baselines = {"unpaid": ("paid", "no_journal", "floor", "floor_bytes"),
+             "floor_aio_bytes": "paid_aio_floor_no_record", "floor_file": "paid_floor_file_record"}
+    baselines = {"unpaid": ("paid", "no_journal", "floor", "floor_bytes", "floor_file"),
                  "unpaid_aio": ("paid_aio", "no_journal_aio"),
                  "unpaid_aio_async": ("paid_aio_async", "floor_aio", "floor_aio_bytes")}
     # each against its own unpaid side: the aio floors run the echo on the loop
