@@ -25,7 +25,7 @@ def _rows_in(path: Path) -> bytes:
 
 def test_group_commit_from_threads_writes_each_record_before_its_caller_goes_on(tmp_path):
     path = tmp_path / "log"
-    log = bench._GroupFile(path)
+    log = bench.GroupFile(path)
     missing: list[bytes] = []
 
     def caller(n: int) -> None:
