@@ -172,13 +172,15 @@ def serve_floor(served: Skill, interceptors: list[Any], ready: Any, stop: Any,
         serve_until_stopped(server, ready, stop)
 
 
-def serve_floor_file(served: Skill, interceptors: list[Any], ready: Any, stop: Any) -> None:
+def serve_floor_file(served: Skill, interceptors: list[Any], ready: Any, stop: Any,
+                     workdir: Path | None = None) -> None:
     """`serve_floor` with the least a durable record can be instead of the journal: each
     record appended to one file and fdatasync'd, a batch at a time, by the first waiting
     call (`benchmarks.durable_record`'s group commit, no database): what is left of the
-    record's share under any store."""
+    record's share under any store (the file `records` in `workdir`, or in a temporary
+    directory)."""
     with tempfile.TemporaryDirectory(prefix="agentmarket-bench-") as tmp:
-        log = GroupFile(Path(tmp) / "records")
+        log = GroupFile(Path(workdir or tmp) / "records")
         try:
             server = grpc.server(futures.ThreadPoolExecutor(max_workers=MAX_WORKERS),
                                  interceptors=interceptors)

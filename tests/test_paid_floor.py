@@ -69,3 +69,28 @@ def test_the_floor_without_its_record_answers_the_same_and_writes_nothing(
     _five_calls(serve, echo_async if serve is floor.serve_floor_aio else echo, tmp_path,
                 record=False)
     assert not (tmp_path / "journal.db").exists()  # no journal at all, so no row
+
+
+def test_the_floor_with_a_file_record_appends_each_answered_call_before_answering(
+        tmp_path: Path):
+    ready: queue.Queue[str] = queue.Queue()
+    stop = threading.Event()
+    server = threading.Thread(target=floor.serve_floor_file, daemon=True,
+                              args=(echo, framework_interceptors(), ready, stop, tmp_path))
+    server.start()
+    channel = grpc.insecure_channel(ready.get(timeout=30))
+    records = tmp_path / "records"
+    try:
+        call = floor.floor_caller(channel, echo)
+        for i in range(5):
+            assert call(i) == {"text": f"call {i}", "length": len(f"call {i}")}
+            # written (and fdatasync'd) before the answer came back
+            assert records.read_bytes().count(floor.AGREEMENT_ID.encode()) == i + 1
+    finally:
+        channel.close()
+        stop.set()
+        server.join(timeout=30)
+    assert not server.is_alive()
+    written = records.read_bytes()
+    for i in range(5):
+        assert f'{{"length": {len(f"call {i}")}, "text": "call {i}"}}'.encode() in written
