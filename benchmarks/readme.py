@@ -79,7 +79,9 @@ ROWS = (
      " us, buyers {paid_floor_client_cpu_us_per_call} us",
      "unpaid: {unpaid_calls_per_s}/s (ratio {paid_call_ratio_floor}: the most a payment that "
      "does any work per call could keep on this server); the bytes alone, no record: "
-     "{paid_floor_no_record_calls_per_s}/s (ratio {paid_call_ratio_floor_no_record})"),
+     "{paid_floor_no_record_calls_per_s}/s (ratio {paid_call_ratio_floor_no_record}); the "
+     "record in a plain file, fdatasync'd by group commit, instead of the journal: "
+     "{paid_floor_file_record_calls_per_s}/s (ratio {paid_call_ratio_floor_file_record})"),
     ("seller CPU per call, {paid_call_clients} buyers",
      "{paid_server_cpu_us_per_call} us paid ({paid_no_journal_server_cpu_us_per_call} us "
      "without the journal)",
