@@ -17,6 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from tests.conftest import postgres_schema
+from wallets import store
 from wallets.audit import check_balances, verify_chain
 from wallets.errors import HoldClosed, Unavailable
 from wallets.grpc_errors import abort_internal
@@ -50,6 +51,48 @@ def test_a_terminated_backend_is_a_lost_connection(postgres_url: str):
                 with pytest.raises(OperationalError) as raised:
                     conn.execute(text("SELECT 1"))
             assert connection_lost(raised.value)
+        finally:
+            engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_pooled_connection_idle_past_the_ping_age_is_pinged_and_replaced_unseen(
+        postgres_url: str, monkeypatch: pytest.MonkeyPatch):
+    """A restart while a pooled connection sat idle is found by its ping at checkout: the
+    caller gets a new connection, not an error."""
+    monkeypatch.setattr(store, "PING_AFTER_IDLE_S", 0.0)  # every pooled connection is old
+    application = f"lost_{uuid.uuid4().hex[:8]}"
+    with postgres_schema(postgres_url) as url:
+        engine = make_engine(f"{url}&application_name={application}")
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            assert _terminate(postgres_url, application) == 1  # the pooled one's backend
+            with engine.connect() as conn:
+                assert conn.execute(text("SELECT 1")).scalar() == 1
+        finally:
+            engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_pooled_connection_back_sooner_is_used_unpinged_and_its_loss_is_a_lost_connection(
+        postgres_url: str, monkeypatch: pytest.MonkeyPatch):
+    """Under load a connection comes back to the pool within the ping age and is used as it
+    is: a backend lost meanwhile fails that one statement as a lost connection (UNAVAILABLE,
+    sent again with its key), and the pool has a working one at the next checkout."""
+    monkeypatch.setattr(store, "PING_AFTER_IDLE_S", 3600.0)
+    application = f"lost_{uuid.uuid4().hex[:8]}"
+    with postgres_schema(postgres_url) as url:
+        engine = make_engine(f"{url}&application_name={application}")
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            assert _terminate(postgres_url, application) == 1
+            with pytest.raises(OperationalError) as raised, engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            assert connection_lost(raised.value)
+            with engine.connect() as conn:
+                assert conn.execute(text("SELECT 1")).scalar() == 1
         finally:
             engine.dispose()
 
