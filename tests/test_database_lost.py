@@ -9,11 +9,13 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import grpc
 import psycopg
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 from sqlalchemy.exc import OperationalError
 
 from tests.conftest import postgres_schema
@@ -39,20 +41,37 @@ def _terminate(postgres_url: str, application: str) -> int:
     return int(row[0]) if row else 0
 
 
-@pytest.mark.postgres
-def test_a_terminated_backend_is_a_lost_connection(postgres_url: str):
+@contextmanager
+def _engine_named(postgres_url: str) -> Iterator[tuple[Engine, str]]:
+    """An engine on a schema of its own, its connections named for `_terminate`."""
     application = f"lost_{uuid.uuid4().hex[:8]}"
     with postgres_schema(postgres_url) as url:
         engine = make_engine(f"{url}&application_name={application}")
         try:
-            with engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-                assert _terminate(postgres_url, application) == 1
-                with pytest.raises(OperationalError) as raised:
-                    conn.execute(text("SELECT 1"))
-            assert connection_lost(raised.value)
+            yield engine, application
         finally:
             engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_terminated_backend_is_a_lost_connection(postgres_url: str):
+    with _engine_named(postgres_url) as (engine, application), engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+        assert _terminate(postgres_url, application) == 1
+        with pytest.raises(OperationalError) as raised:
+            conn.execute(text("SELECT 1"))
+    assert connection_lost(raised.value)
+
+
+@contextmanager
+def _pooled_connection_terminated(postgres_url: str) -> Iterator[Engine]:
+    """An engine whose one pooled connection's backend was terminated while it sat in the
+    pool (as a restart or a failover would)."""
+    with _engine_named(postgres_url) as (engine, application):
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        assert _terminate(postgres_url, application) == 1
+        yield engine
 
 
 @pytest.mark.postgres
@@ -61,17 +80,8 @@ def test_a_pooled_connection_idle_past_the_ping_age_is_pinged_and_replaced_unsee
     """A restart while a pooled connection sat idle is found by its ping at checkout: the
     caller gets a new connection, not an error."""
     monkeypatch.setattr(store, "PING_AFTER_IDLE_S", 0.0)  # every pooled connection is old
-    application = f"lost_{uuid.uuid4().hex[:8]}"
-    with postgres_schema(postgres_url) as url:
-        engine = make_engine(f"{url}&application_name={application}")
-        try:
-            with engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-            assert _terminate(postgres_url, application) == 1  # the pooled one's backend
-            with engine.connect() as conn:
-                assert conn.execute(text("SELECT 1")).scalar() == 1
-        finally:
-            engine.dispose()
+    with _pooled_connection_terminated(postgres_url) as engine, engine.connect() as conn:
+        assert conn.execute(text("SELECT 1")).scalar() == 1
 
 
 @pytest.mark.postgres
@@ -81,20 +91,12 @@ def test_a_pooled_connection_back_sooner_is_used_unpinged_and_its_loss_is_a_lost
     is: a backend lost meanwhile fails that one statement as a lost connection (UNAVAILABLE,
     sent again with its key), and the pool has a working one at the next checkout."""
     monkeypatch.setattr(store, "PING_AFTER_IDLE_S", 3600.0)
-    application = f"lost_{uuid.uuid4().hex[:8]}"
-    with postgres_schema(postgres_url) as url:
-        engine = make_engine(f"{url}&application_name={application}")
-        try:
-            with engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-            assert _terminate(postgres_url, application) == 1
-            with pytest.raises(OperationalError) as raised, engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-            assert connection_lost(raised.value)
-            with engine.connect() as conn:
-                assert conn.execute(text("SELECT 1")).scalar() == 1
-        finally:
-            engine.dispose()
+    with _pooled_connection_terminated(postgres_url) as engine:
+        with pytest.raises(OperationalError) as raised, engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        assert connection_lost(raised.value)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT 1")).scalar() == 1
 
 
 @pytest.mark.postgres
