@@ -119,16 +119,19 @@ class _FloorServicer(agent_pb2_grpc.AgentServiceServicer):
         """The call's usage record, queued with its voucher (None: the floor records none)."""
         if self.journal is None:
             return None
-        voucher = next(v for k, v in context.invocation_metadata() if k == VOUCHER_METADATA_KEY)
-        return self.journal.record_call(AGREEMENT_ID, request.call_id, 0, 0, voucher,
+        return self.journal.record_call(AGREEMENT_ID, request.call_id, 0, 0, _voucher(context),
                                         self.receipt, answer.output_json.encode())
 
     def _row(self, request: agent_pb2.InvokeRequest, context: Any,
              answer: agent_pb2.InvokeResponse) -> bytes:
         """The same record as one line of the file (`log`): the journal's columns, joined."""
-        voucher = next(v for k, v in context.invocation_metadata() if k == VOUCHER_METADATA_KEY)
-        return b"".join((AGREEMENT_ID.encode(), request.call_id.encode(), voucher, self.receipt,
-                         answer.output_json.encode(), b"\n"))
+        return b"".join((AGREEMENT_ID.encode(), request.call_id.encode(), _voucher(context),
+                         self.receipt, answer.output_json.encode(), b"\n"))
+
+
+def _voucher(context: Any) -> bytes:
+    """The voucher the call carried in its metadata (the floor's callers always send one)."""
+    return next(v for k, v in context.invocation_metadata() if k == VOUCHER_METADATA_KEY)
 
 
 def serve_until_stopped(server: Any, ready: Any, stop: Any) -> None:
@@ -167,9 +170,7 @@ def serve_floor(served: Skill, interceptors: list[Any], ready: Any, stop: Any,
     with _floor_journal(workdir, record) as journal:
         executor = (JournalPacedExecutor(journal, MAX_WORKERS) if journal is not None
                     else futures.ThreadPoolExecutor(max_workers=MAX_WORKERS))
-        server = grpc.server(executor, interceptors=interceptors)
-        agent_pb2_grpc.add_AgentServiceServicer_to_server(_FloorServicer(served, journal), server)
-        serve_until_stopped(server, ready, stop)
+        _serve_threaded(_FloorServicer(served, journal), executor, interceptors, ready, stop)
 
 
 def serve_floor_file(served: Skill, interceptors: list[Any], ready: Any, stop: Any,
@@ -182,13 +183,19 @@ def serve_floor_file(served: Skill, interceptors: list[Any], ready: Any, stop: A
     with tempfile.TemporaryDirectory(prefix="agentmarket-bench-") as tmp:
         log = GroupFile(Path(workdir or tmp) / "records")
         try:
-            server = grpc.server(futures.ThreadPoolExecutor(max_workers=MAX_WORKERS),
-                                 interceptors=interceptors)
-            agent_pb2_grpc.add_AgentServiceServicer_to_server(
-                _FloorServicer(served, None, log), server)
-            serve_until_stopped(server, ready, stop)
+            _serve_threaded(_FloorServicer(served, None, log),
+                            futures.ThreadPoolExecutor(max_workers=MAX_WORKERS), interceptors,
+                            ready, stop)
         finally:
             log.close()
+
+
+def _serve_threaded(floor: _FloorServicer, executor: futures.Executor, interceptors: list[Any],
+                    ready: Any, stop: Any) -> None:
+    """`floor` on a threaded gRPC server running its calls in `executor`, until `stop`."""
+    server = grpc.server(executor, interceptors=interceptors)
+    agent_pb2_grpc.add_AgentServiceServicer_to_server(floor, server)
+    serve_until_stopped(server, ready, stop)
 
 
 def serve_floor_aio(served: Skill, interceptors: list[Any], ready: Any, stop: Any,

@@ -16,6 +16,7 @@ from marketplace.cli import keys as cli_keys
 from marketplace.cli.output import bad_value, console, fail
 from marketplace.cli.tuning import GC_DEFAULTS, NORMAL_SCHEDULING, tune_started
 from marketplace.home import default_database_url, default_span_store
+from marketplace.request_limits import REDIS_TIMEOUT_S
 from marketplace.stop_signals import StopSignals
 from wallets.errors import AgentmarketError
 from wallets.store import shown_url
@@ -84,7 +85,7 @@ def serve(db: str = typer.Option(DEFAULT_DB, help="Database URL (sqlite:///file 
                                     "and rate limits shared by every node of the market; "
                                     "Redis down: calls are refused."),
           redis_timeout: float = typer.Option(
-              2.0, "--redis-timeout", min=0.01, max=60.0,
+              REDIS_TIMEOUT_S, "--redis-timeout", min=0.01, max=60.0,
               help="Seconds a call waits for --redis before it is refused UNAVAILABLE."),
           ecny_identity_provider: list[str] = typer.Option(
               [], "--ecny-identity-provider",
