@@ -14,19 +14,23 @@ real session call's headers and body, to a seller writing a paid call's durable 
 no payment work anywhere: the most any payment could reach here.
 
 16 clients, each its own HTTP connection and (paid) its own buyer key and session: a session's
-calls are one hold and one capture on the ledger, reported as postings per 100 calls. The
-clients run in a process of their own, the seller and the unpaid server in theirs; the node and
-both doors share this process. Measured for both kinds of seller server, each against an
-unpaid server of its kind: threaded (`x402_paid_call_ratio`) and grpc.aio (`..._aio`).
-Run: `python -m benchmarks.x402_gateway` (or `make bench`).
+calls are one hold and one capture on the ledger, reported as postings per 100 calls. Every
+party is a process of its own, as deployed: the node with its gateway, as `agentmarket gateway`
+runs them (its heap settled and its threads under SCHED_BATCH once started,
+`marketplace.cli.tuning`); the unpaid and floor doors, tuned alike; the seller, the unpaid and
+the floor servers (`benchmarks._paid_sides.Server`, heap settled); the clients (heap settled
+once they are made, as README tells a buyer's process). Measured for both kinds of seller
+server, each against an unpaid server of its kind: threaded (`x402_paid_call_ratio`) and
+grpc.aio (`..._aio`). Run: `python -m benchmarks.x402_gateway` (or `make bench`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import multiprocessing
-import os
+import sqlite3
 import statistics
 import tempfile
 import time
@@ -53,9 +57,11 @@ from benchmarks._paid_sides import (
 from benchmarks._process import cpu_s_so_far
 from benchmarks._x402_floor import Wire, capture, floor_call
 from marketplace import MarketplaceNode
+from marketplace.heap import settle_heap
 from marketplace.http import HttpServer
 from marketplace.http.app import LOOPBACK_HOSTS, SecurityHeaders
 from marketplace.identity import AgentKey
+from marketplace.scheduling import batch_scheduling
 
 CLIENTS = 16
 CALLS_PER_CLIENT = 150
@@ -70,6 +76,32 @@ def _serve_seller(marketplace: str, kind: str, ready: Any, stop: Any) -> None:
     ready.put(seller.endpoint)
     stop.wait()
     seller.stop(0)
+
+
+def _serve_gateway(database_url: str, ready: Any, stop: Any) -> None:
+    """Child process: a node and its gateway, as `agentmarket gateway` runs them (tracing
+    off, the heap settled by `ready` and the threads under SCHED_BATCH once started)."""
+    node = MarketplaceNode(database_url, sweep_interval_s=3600).start()
+    gateway = Gateway(node)
+    http = HttpServer(gateway.app()).start()
+    batch_scheduling()
+    ready.put({"node": node.address, "url": http.url, "network": gateway.network})
+    stop.wait()
+    http.stop(0)
+    node.stop(0)
+
+
+def _serve_doors(unpaid: str, floor: str, wire: Wire | None, ready: Any, stop: Any) -> None:
+    """Child process: the unpaid door to `unpaid` and, with a `wire`, the floor's door to
+    `floor`, tuned as the gateway's process is."""
+    doors = {"free": HttpServer(_unpaid_door({"endpoint": unpaid})).start()}
+    if wire is not None:
+        doors["floor"] = HttpServer(_floor_door({"endpoint": floor}, wire)).start()
+    batch_scheduling()
+    ready.put({name: door.url for name, door in doors.items()})
+    stop.wait()
+    for door in doors.values():
+        door.stop(0)
 
 
 def _unpaid_door(endpoint_box: dict[str, str]) -> Starlette:
@@ -144,6 +176,7 @@ def _clients(url: str, network: str, seeds: list[Any], calls: int, close_base: s
         tasks = [asyncio.create_task(one(seed, started, ready)) for seed in seeds]
         while len(ready) < len(seeds):
             await asyncio.sleep(0.01)
+        settle_heap()  # the clients are made: a buyer's process settles its heap
         begin, cpu = time.perf_counter(), time.process_time()
         started.set()
         await asyncio.gather(*tasks)
@@ -152,8 +185,8 @@ def _clients(url: str, network: str, seeds: list[Any], calls: int, close_base: s
     out.put(asyncio.run(main()))
 
 
-def _round(url: str, network: str, seeds: list[Any], close_base: str, server_pid: int,
-           signature: str | None = None) -> tuple[float, float, float, float]:
+def _round(url: str, network: str, seeds: list[Any], close_base: str, door_pid: int,
+           server_pid: int, signature: str | None = None) -> tuple[float, float, float, float]:
     """(calls per second, then CPU us per call of the door's process, the server's and the
     clients') of one round; the warm-up calls count in the door's and server's CPU (and
     the sessions' closing), not in the rate nor the clients' CPU."""
@@ -161,10 +194,10 @@ def _round(url: str, network: str, seeds: list[Any], close_base: str, server_pid
     out = context.Queue()
     process = context.Process(target=_clients, args=(url, network, seeds, CALLS_PER_CLIENT,
                                                      close_base, out, signature))
-    door, server = cpu_s_so_far(os.getpid()), cpu_s_so_far(server_pid)
+    door, server = cpu_s_so_far(door_pid), cpu_s_so_far(server_pid)
     process.start()
     wall_s, clients = out.get(timeout=600)
-    door, server = cpu_s_so_far(os.getpid()) - door, cpu_s_so_far(server_pid) - server
+    door, server = cpu_s_so_far(door_pid) - door, cpu_s_so_far(server_pid) - server
     process.join(timeout=60)
     calls, timed = len(seeds) * CALLS_PER_CLIENT, len(seeds) * (CALLS_PER_CLIENT - 1)
     return timed / wall_s, door / calls * 1e6, server / calls * 1e6, clients / timed * 1e6
@@ -183,46 +216,44 @@ def run(progress: Any = None) -> dict[str, float]:
 def _measure(kind: str, progress: Any, *, floor: bool = False) -> dict[str, float]:
     """Rounds of paid, unpaid (and, with `floor`, floor) calls, in turn."""
     say = progress or (lambda text: None)
-    started: list[Any] = []  # servers, stopped last first
+    started: list[Server] = []  # stopped last first
     with tempfile.TemporaryDirectory(prefix="agentmarket-bench-") as tmp:
-        node = MarketplaceNode(f"sqlite:///{Path(tmp) / 'market.db'}",
-                               sweep_interval_s=3600).start()
+        database = Path(tmp) / "market.db"
         try:
-            seller = _started(started, Server(_serve_seller, node.address, kind))
+            gateway = _started(started, Server(_serve_gateway, f"sqlite:///{database}"))
+            node, network = gateway.address["node"], gateway.address["network"]
+            paid_url = gateway.address["url"]
+            seller = _started(started, Server(_serve_seller, node, kind))
             unpaid = _started(started, Server(
                 serve_unpaid_aio if kind == "aio" else serve_unpaid, "echo"))
-            gateway = Gateway(node)
-            paid_http = _started(started, HttpServer(gateway.app()).start())
-            free_http = _started(started, HttpServer(_unpaid_door(
-                {"endpoint": unpaid.address})).start())
             path = f"/v1/skills/{_listing_of(node)}/echo"  # every door serves the paid path
-            close_base = f"{paid_http.url}/v1/sessions"
+            close_base = f"{paid_url}/v1/sessions"
+            wire, floor_seller = None, None
             if floor:
                 floor_seller = _started(started, Server(serve_floor_variant, "echo"))
-                wire = asyncio.run(capture(f"{paid_http.url}{path}", close_base,
-                                           gateway.network, _funded(node)))
-                floor_http = _started(started, HttpServer(_floor_door(
-                    {"endpoint": floor_seller.address}, wire)).start())
+                wire = asyncio.run(capture(f"{paid_url}{path}", close_base, network,
+                                           _funded(node)))
+            doors = _started(started, Server(_serve_doors, unpaid.address, floor_seller.address
+                                             if floor_seller else "", wire))
             rounds: dict[str, list[tuple[float, ...]]] = {"paid": [], "free": [], "floor": []}
             postings = []
             for index in range(ROUNDS):
                 say(f"x402 gateway, {kind} seller: round {index + 1}/{ROUNDS}")
                 seeds = [_funded(node).seed() for _ in range(CLIENTS)]
-                before = len(node.ledger.postings(limit=10_000_000))
-                rounds["paid"].append(_round(f"{paid_http.url}{path}", gateway.network, seeds,
-                                             close_base, seller.pid))
-                moved = len(node.ledger.postings(limit=10_000_000)) - before
+                before = _postings(database)
+                rounds["paid"].append(_round(f"{paid_url}{path}", network, seeds, close_base,
+                                             gateway.pid, seller.pid))
+                moved = _postings(database) - before
                 postings.append(moved / (CLIENTS * CALLS_PER_CLIENT) * 100)
-                rounds["free"].append(_round(f"{free_http.url}{path}", gateway.network,
-                                             [None] * CLIENTS, "", unpaid.pid))
-                if floor:
+                rounds["free"].append(_round(f"{doors.address['free']}{path}", network,
+                                             [None] * CLIENTS, "", doors.pid, unpaid.pid))
+                if floor_seller is not None and wire is not None:
                     rounds["floor"].append(_round(
-                        f"{floor_http.url}{path}", gateway.network, [None] * CLIENTS, "",
-                        floor_seller.pid, wire.payment_signature))
+                        f"{doors.address['floor']}{path}", network, [None] * CLIENTS, "",
+                        doors.pid, floor_seller.pid, wire.payment_signature))
         finally:
             for server in reversed(started):
-                server.stop(0) if isinstance(server, HttpServer) else server.close()
-            node.stop(0)
+                server.close()
     results = _figures(rounds["paid"], rounds["free"], "paid")
     results.update(x402_ledger_postings_per_100_calls=round(statistics.median(postings), 2),
                    x402_clients=CLIENTS)
@@ -257,22 +288,29 @@ def _started(started: list[Any], server: Any) -> Any:
     return server
 
 
-def _funded(node: MarketplaceNode) -> AgentKey:
-    """A new buyer key holding 1.00 USD at `node`."""
+def _funded(node: str) -> AgentKey:
+    """A new buyer key holding 1.00 USD at the node at `node`."""
     key = AgentKey.generate()
-    with BuyerAgent("bench", marketplace=node.address, key=key) as buyer:
+    with BuyerAgent("bench", marketplace=node, key=key) as buyer:
         buyer.fund("1.00", "USD")
     return key
 
 
-def _listing_of(node: MarketplaceNode) -> str:
+def _postings(database: Path) -> int:
+    """The postings in the node's ledger so far (read from its SQLite file)."""
+    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+        return int(db.execute("SELECT count(*) FROM ledger_postings").fetchone()[0])
+
+
+def _listing_of(node: str) -> str:
     """The echo seller's agent id (it advertised itself on start)."""
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        found = node.registry.discover(skill="echo")
-        if found:
-            return str(found[0].agent_id)
-        time.sleep(0.05)
+    with BuyerAgent("bench", marketplace=node) as buyer:
+        while time.monotonic() < deadline:
+            found = buyer.discover("echo")
+            if found:
+                return str(found[0].agent_id)
+            time.sleep(0.05)
     raise RuntimeError("the seller did not advertise")
 
 
