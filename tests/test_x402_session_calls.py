@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+from x402.extensions.payment_identifier import PAYMENT_IDENTIFIER
 from x402.http.clients.httpx import x402AsyncTransport
 from x402.http.utils import (
     decode_payment_required_header,
@@ -162,7 +163,9 @@ class Recording(httpx.AsyncHTTPTransport):
 
 def test_the_clients_repeated_payment_is_what_x402s_client_makes(market):
     """The prepaying transport repeats x402's selected requirement: every header decodes with
-    x402's own code and differs from the one x402's client made only in the payload."""
+    x402's own code and differs from the one x402's client made in the payload, and in
+    leaving out what tells the gateway nothing: the optional `resource` and the echo of its
+    payment-identifier declaration with no id."""
     recording = Recording()
 
     async def run() -> None:
@@ -178,7 +181,9 @@ def test_the_clients_repeated_payment_is_what_x402s_client_makes(market):
     paid = [decode_payment_signature_header(h) for h in recording.headers if h]
     assert [p.payload["kind"] for p in paid] == ["open", "voucher", "voucher", "voucher"]
     by_x402, *repeated = (p.model_dump(exclude={"payload"}) for p in paid[1:])
-    assert repeated == [by_x402, by_x402]
+    assert by_x402["resource"] is not None and "id" not in by_x402["extensions"][
+        PAYMENT_IDENTIFIER]["info"]
+    assert repeated == [{**by_x402, "resource": None, "extensions": None}] * 2
 
 
 def test_a_replayed_word_is_refused_and_charges_nothing(market):
