@@ -17,9 +17,10 @@ no payment work anywhere: the most any payment could reach here.
 calls are one hold and one capture on the ledger, reported as postings per 100 calls. Every
 party is a process of its own, as deployed: the node with its gateway, as `agentmarket gateway`
 runs them (its heap settled and its threads under SCHED_BATCH once started,
-`marketplace.cli.tuning`); the unpaid and floor doors, tuned alike; the seller, the unpaid and
-the floor servers (`benchmarks._paid_sides.Server`, heap settled); the clients (heap settled
-once they are made, as README tells a buyer's process). Measured for both kinds of seller
+`marketplace.cli.tuning`), serving the unpaid and floor doors too, so that an unpaid call goes
+through the gateway's process as a paid one does; the seller, the unpaid and the floor
+servers (`benchmarks._paid_sides.Server`, heap settled); the clients (heap settled once they
+are made, as README tells a buyer's process). Measured for both kinds of seller
 server, each against an unpaid server of its kind: threaded (`x402_paid_call_ratio`) and
 grpc.aio (`..._aio`). Run: `python -m benchmarks.x402_gateway` (or `make bench`).
 """
@@ -78,30 +79,51 @@ def _serve_seller(marketplace: str, kind: str, ready: Any, stop: Any) -> None:
     seller.stop(0)
 
 
-def _serve_gateway(database_url: str, ready: Any, stop: Any) -> None:
-    """Child process: a node and its gateway, as `agentmarket gateway` runs them (tracing
-    off, the heap settled by `ready` and the threads under SCHED_BATCH once started)."""
+class _Doors:
+    """The node, its gateway and the unpaid (and floor) doors, in one child process tuned as
+    `agentmarket gateway` runs (heap settled, SCHED_BATCH): an unpaid call goes through the
+    gateway's own process, as a paid one does. `urls`: the node's address, the network and
+    each door's URL."""
+
+    def __init__(self, database_url: str, unpaid: str) -> None:
+        context = multiprocessing.get_context("spawn")  # no fork after gRPC started
+        self._asks, self._answers = context.Queue(), context.Queue()
+        self._process = context.Process(target=_serve_doors, args=(
+            database_url, unpaid, self._asks, self._answers), daemon=True)
+        self._process.start()
+        self.pid: int = self._process.pid or 0
+        self.urls: dict[str, str] = self._answers.get(timeout=120)
+
+    def add_floor(self, floor: str, wire: Wire) -> None:
+        """The floor's door, to the floor server at `floor`, carrying `wire`."""
+        self._asks.put((floor, wire))
+        self.urls.update(self._answers.get(timeout=60))
+
+    def close(self) -> None:
+        self._asks.put(None)
+        self._process.join(timeout=30)
+        if self._process.is_alive():
+            self._process.kill()
+
+
+def _serve_doors(database_url: str, unpaid: str, asks: Any, answers: Any) -> None:
+    """Child process of `_Doors`: serves until asked None; a floor when asked for one."""
     node = MarketplaceNode(database_url, sweep_interval_s=3600).start()
     gateway = Gateway(node)
-    http = HttpServer(gateway.app()).start()
-    batch_scheduling()
-    ready.put({"node": node.address, "url": http.url, "network": gateway.network})
-    stop.wait()
-    http.stop(0)
-    node.stop(0)
-
-
-def _serve_doors(unpaid: str, floor: str, wire: Wire | None, ready: Any, stop: Any) -> None:
-    """Child process: the unpaid door to `unpaid` and, with a `wire`, the floor's door to
-    `floor`, tuned as the gateway's process is."""
-    doors = {"free": HttpServer(_unpaid_door({"endpoint": unpaid})).start()}
-    if wire is not None:
+    doors = {"paid": HttpServer(gateway.app()).start(),
+             "free": HttpServer(_unpaid_door({"endpoint": unpaid})).start()}
+    settle_heap()
+    batch_scheduling()  # threads started later inherit it
+    answers.put({"node": node.address, "network": gateway.network,
+                 **{name: door.url for name, door in doors.items()}})
+    while (ask := asks.get()) is not None:
+        floor, wire = ask
         doors["floor"] = HttpServer(_floor_door({"endpoint": floor}, wire)).start()
-    batch_scheduling()
-    ready.put({name: door.url for name, door in doors.items()})
-    stop.wait()
+        settle_heap()
+        answers.put({"floor": doors["floor"].url})
     for door in doors.values():
         door.stop(0)
+    node.stop(0)
 
 
 def _unpaid_door(endpoint_box: dict[str, str]) -> Starlette:
@@ -216,40 +238,38 @@ def run(progress: Any = None) -> dict[str, float]:
 def _measure(kind: str, progress: Any, *, floor: bool = False) -> dict[str, float]:
     """Rounds of paid, unpaid (and, with `floor`, floor) calls, in turn."""
     say = progress or (lambda text: None)
-    started: list[Server] = []  # stopped last first
+    started: list[Any] = []  # servers, stopped last first
     with tempfile.TemporaryDirectory(prefix="agentmarket-bench-") as tmp:
         database = Path(tmp) / "market.db"
         try:
-            gateway = _started(started, Server(_serve_gateway, f"sqlite:///{database}"))
-            node, network = gateway.address["node"], gateway.address["network"]
-            paid_url = gateway.address["url"]
-            seller = _started(started, Server(_serve_seller, node, kind))
             unpaid = _started(started, Server(
                 serve_unpaid_aio if kind == "aio" else serve_unpaid, "echo"))
+            doors = _started(started, _Doors(f"sqlite:///{database}", unpaid.address))
+            node, network = doors.urls["node"], doors.urls["network"]
+            seller = _started(started, Server(_serve_seller, node, kind))
             path = f"/v1/skills/{_listing_of(node)}/echo"  # every door serves the paid path
-            close_base = f"{paid_url}/v1/sessions"
-            wire, floor_seller = None, None
+            close_base = f"{doors.urls['paid']}/v1/sessions"
+            floor_seller, wire = None, None
             if floor:
                 floor_seller = _started(started, Server(serve_floor_variant, "echo"))
-                wire = asyncio.run(capture(f"{paid_url}{path}", close_base, network,
+                wire = asyncio.run(capture(f"{doors.urls['paid']}{path}", close_base, network,
                                            _funded(node)))
-            doors = _started(started, Server(_serve_doors, unpaid.address, floor_seller.address
-                                             if floor_seller else "", wire))
+                doors.add_floor(floor_seller.address, wire)
             rounds: dict[str, list[tuple[float, ...]]] = {"paid": [], "free": [], "floor": []}
             postings = []
             for index in range(ROUNDS):
                 say(f"x402 gateway, {kind} seller: round {index + 1}/{ROUNDS}")
                 seeds = [_funded(node).seed() for _ in range(CLIENTS)]
                 before = _postings(database)
-                rounds["paid"].append(_round(f"{paid_url}{path}", network, seeds, close_base,
-                                             gateway.pid, seller.pid))
+                rounds["paid"].append(_round(f"{doors.urls['paid']}{path}", network, seeds,
+                                             close_base, doors.pid, seller.pid))
                 moved = _postings(database) - before
                 postings.append(moved / (CLIENTS * CALLS_PER_CLIENT) * 100)
-                rounds["free"].append(_round(f"{doors.address['free']}{path}", network,
+                rounds["free"].append(_round(f"{doors.urls['free']}{path}", network,
                                              [None] * CLIENTS, "", doors.pid, unpaid.pid))
                 if floor_seller is not None and wire is not None:
                     rounds["floor"].append(_round(
-                        f"{doors.address['floor']}{path}", network, [None] * CLIENTS, "",
+                        f"{doors.urls['floor']}{path}", network, [None] * CLIENTS, "",
                         doors.pid, floor_seller.pid, wire.payment_signature))
         finally:
             for server in reversed(started):
