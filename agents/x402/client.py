@@ -28,21 +28,22 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import orjson
 from google.protobuf.message import DecodeError
 from x402 import x402Client
-from x402.extensions.payment_identifier import PAYMENT_IDENTIFIER
 from x402.http.clients.httpx import x402AsyncTransport
 from x402.http.utils import (
     decode_payment_required_header,
     encode_payment_signature_header,
 )
-from x402.schemas import PaymentPayload, PaymentRequired, PaymentRequirements
+from x402.schemas import PaymentRequired, PaymentRequirements
 
 from agents._deal import chain_shape
 from agents.errors import AgentmarketError
 from agents.metering import Tariff
 from agents.payment_session import PaymentSession
 from agents.x402 import network as net
+from agents.x402._prepaid_header import Template, later_members
 from marketplace import agreements as ag
 from marketplace.identity import AgentKey
 from marketplace.payword import PaywordChain
@@ -212,45 +213,6 @@ def buyer_client(key: AgentKey, network: str, *, schemes: tuple[str, ...] = net.
     return client, registered
 
 
-@dataclass(frozen=True)
-class _Template:
-    """A URL's paid request as x402's client made it: the next ones differ only in the
-    payload, which the scheme makes (the requirement x402 selected, spend controls passed)."""
-
-    scheme: AgentmarketScheme
-    requirements: PaymentRequirements
-    rest: str  # the JSON members after "payload": accepted, resource, extensions
-
-    def header(self) -> str:
-        payload = self.scheme.create_payment_payload(self.requirements)
-        text = f'{{"x402Version": 2, "payload": {_payload_json(payload)}, {self.rest}'
-        return base64.b64encode(text.encode()).decode()
-
-
-def _later_members(payload: PaymentPayload) -> str:
-    """The JSON members a session's later payments repeat after "payload": `accepted`, and
-    the extensions that carry something of the payer's. `resource` (optional in x402 v2) and
-    an echo of the gateway's own payment-identifier declaration with no id in it tell the
-    gateway nothing it does not know, and were 708 of the 1,704 bytes of each later call's
-    header."""
-    members = payload.model_dump(mode="json", by_alias=True, exclude_none=True)
-    kept = {"accepted": members["accepted"]}
-    extensions = {name: value for name, value in members.get("extensions", {}).items()
-                  if name != PAYMENT_IDENTIFIER or "id" in (value.get("info") or {})}
-    if extensions:
-        kept["extensions"] = extensions
-    return json.dumps(kept)[1:]
-
-
-def _payload_json(payload: dict[str, Any]) -> str:
-    """The payload as JSON; a voucher's (hex and base64 strings only, nothing to escape)
-    written directly, as it goes with every call."""
-    if payload.get("kind") == "voucher" and len(payload) == 3:
-        return (f'{{"kind": "voucher", "agreementId": "{payload["agreementId"]}", '
-                f'"voucher": "{payload["voucher"]}"}}')
-    return json.dumps(payload)
-
-
 class PrepayTransport(httpx.AsyncBaseTransport):
     """Remembers each URL's PAYMENT-REQUIRED and pays the next request to it up front.
 
@@ -274,7 +236,7 @@ class PrepayTransport(httpx.AsyncBaseTransport):
         self._schemes = schemes
         self._inner = inner or httpx.AsyncHTTPTransport(verify=tls_context())
         self._required: dict[str, PaymentRequired] = {}
-        self._templates: dict[str, _Template] = {}
+        self._templates: dict[str, Template] = {}
         self._opening: dict[str, asyncio.Event] = {}  # agreement id: answered when set
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -359,7 +321,7 @@ class PrepayTransport(httpx.AsyncBaseTransport):
         scheme = self._schemes.get(payload.accepted.scheme)
         if scheme is not None and payload.payload.get("kind") in ("open", "voucher") \
                 and not _has_hooks(self._client):
-            self._templates[url] = _Template(scheme, payload.accepted, _later_members(payload))
+            self._templates[url] = Template(scheme, payload.accepted, later_members(payload))
         return encode_payment_signature_header(payload)
 
     def _forget(self, request: httpx.Request) -> bool:
@@ -372,7 +334,7 @@ class PrepayTransport(httpx.AsyncBaseTransport):
     def _charged(self, header: str) -> None:
         """PAYMENT-RESPONSE's `amount` of a session's call: what it cost (the rest carries)."""
         try:
-            settled = json.loads(base64.b64decode(header, validate=True))
+            settled = orjson.loads(base64.b64decode(header, validate=True))
             agreement, amount = settled["extra"]["agreementId"], int(settled["amount"])
         except (ValueError, TypeError, KeyError, binascii.Error):
             return
