@@ -86,13 +86,11 @@ class _Doors:
     each door's URL."""
 
     def __init__(self, database_url: str, unpaid: str) -> None:
-        context = multiprocessing.get_context("spawn")  # no fork after gRPC started
+        context = multiprocessing.get_context("spawn")
         self._asks, self._answers = context.Queue(), context.Queue()
-        self._process = context.Process(target=_serve_doors, args=(
-            database_url, unpaid, self._asks, self._answers), daemon=True)
-        self._process.start()
-        self.pid: int = self._process.pid or 0
-        self.urls: dict[str, str] = self._answers.get(timeout=120)
+        self._server = Server(_serve_doors, database_url, unpaid, self._asks, self._answers)
+        self.pid = self._server.pid
+        self.urls: dict[str, str] = dict(self._server.address)  # type: ignore[arg-type]
 
     def add_floor(self, floor: str, wire: Wire) -> None:
         """The floor's door, to the floor server at `floor`, carrying `wire`."""
@@ -101,25 +99,24 @@ class _Doors:
 
     def close(self) -> None:
         self._asks.put(None)
-        self._process.join(timeout=30)
-        if self._process.is_alive():
-            self._process.kill()
+        self._server.close()
 
 
-def _serve_doors(database_url: str, unpaid: str, asks: Any, answers: Any) -> None:
-    """Child process of `_Doors`: serves until asked None; a floor when asked for one."""
+def _serve_doors(database_url: str, unpaid: str, asks: Any, answers: Any, ready: Any,
+                 _stop: Any) -> None:
+    """Child process of `_Doors` (a `Server`, whose `ready` settles the heap): serves until
+    asked None; a floor when asked for one."""
     node = MarketplaceNode(database_url, sweep_interval_s=3600).start()
     gateway = Gateway(node)
     doors = {"paid": HttpServer(gateway.app()).start(),
              "free": HttpServer(_unpaid_door({"endpoint": unpaid})).start()}
-    settle_heap()
     batch_scheduling()  # threads started later inherit it
-    answers.put({"node": node.address, "network": gateway.network,
-                 **{name: door.url for name, door in doors.items()}})
+    ready.put({"node": node.address, "network": gateway.network,
+               **{name: door.url for name, door in doors.items()}})
     while (ask := asks.get()) is not None:
         floor, wire = ask
         doors["floor"] = HttpServer(_floor_door({"endpoint": floor}, wire)).start()
-        settle_heap()
+        settle_heap()  # what the floor's door made, as `ready` did for the rest
         answers.put({"floor": doors["floor"].url})
     for door in doors.values():
         door.stop(0)
