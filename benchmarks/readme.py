@@ -126,10 +126,12 @@ ROWS = (
     ("paid HTTP call through the x402 gateway (`benchmarks/x402_gateway.py`), {x402_clients} "
      "clients, sessions of 150 calls",
      "{x402_paid_calls_per_s} calls/s; {x402_ledger_postings_per_100_calls} ledger postings "
-     "per 100 calls (one hold and one capture per session); CPU per call: gateway "
-     "{x402_door_cpu_us_per_call_paid} us, seller {x402_server_cpu_us_per_call_paid} us, client "
-     "{x402_client_cpu_us_per_call_paid} us; on an aio seller {x402_paid_calls_per_s_aio} "
-     "calls/s",
+     "per 100 calls (one hold and one capture per session); CPU per timed call (each "
+     "session's close included): gateway {x402_door_cpu_us_per_call_paid} us, seller "
+     "{x402_server_cpu_us_per_call_paid} us, client {x402_client_cpu_us_per_call_paid} us; "
+     "opening a session, before the timed calls: gateway "
+     "{x402_door_cpu_ms_per_session_open} ms, seller {x402_server_cpu_ms_per_session_open} ms; "
+     "on an aio seller {x402_paid_calls_per_s_aio} calls/s",
      "the same call unpaid, same path, through a door of the same shape (the gateway's host "
      "check and security headers included): {x402_unpaid_calls_per_s}/s (ratio "
      "{x402_paid_call_ratio}; CPU per call {x402_door_cpu_us_per_call_unpaid}, "

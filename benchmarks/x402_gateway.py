@@ -161,10 +161,11 @@ def _door(call: Any) -> Starlette:
 
 
 def _clients(url: str, network: str, seeds: list[Any], calls: int, close_base: str,
-             out: Any, signature: str | None = None) -> None:
+             out: Any, go: Any, signature: str | None = None) -> None:
     """Child process: CLIENTS concurrent clients, `calls` each; the first call of each is a
-    warm-up (a paid one opens the session); reports the timed calls' wall time. A seed None
-    is an unpaid client, sending `signature` as its PAYMENT-SIGNATURE if given (the floor)."""
+    warm-up (a paid one opens the session), after which it says "warm" on `out` and waits
+    for `go`; reports the timed calls' wall time. A seed None is an unpaid client, sending
+    `signature` as its PAYMENT-SIGNATURE if given (the floor)."""
     import httpx
 
     from agents.x402 import http_client
@@ -196,6 +197,8 @@ def _clients(url: str, network: str, seeds: list[Any], calls: int, close_base: s
         while len(ready) < len(seeds):
             await asyncio.sleep(0.01)
         settle_heap()  # the clients are made: a buyer's process settles its heap
+        out.put("warm")  # the servers' CPU so far is the warm-up's (a paid one: the opening)
+        go.get()
         begin, cpu = time.perf_counter(), time.process_time()
         started.set()
         await asyncio.gather(*tasks)
@@ -205,21 +208,27 @@ def _clients(url: str, network: str, seeds: list[Any], calls: int, close_base: s
 
 
 def _round(url: str, network: str, seeds: list[Any], close_base: str, door_pid: int,
-           server_pid: int, signature: str | None = None) -> tuple[float, float, float, float]:
-    """(calls per second, then CPU us per call of the door's process, the server's and the
-    clients') of one round; the warm-up calls count in the door's and server's CPU (and
-    the sessions' closing), not in the rate nor the clients' CPU."""
+           server_pid: int, signature: str | None = None) -> tuple[float, ...]:
+    """(calls per second; CPU us per timed call of the door's process, the server's and the
+    clients'; then CPU ms per client of the door's and the server's process in the warm-up)
+    of one round. The timed window holds the timed calls and, for paid ones, the closing of
+    each session; the warm-up, each client's first call, opens a paid client's session."""
     context = multiprocessing.get_context("spawn")
-    out = context.Queue()
+    out, go = context.Queue(), context.Queue()
     process = context.Process(target=_clients, args=(url, network, seeds, CALLS_PER_CLIENT,
-                                                     close_base, out, signature))
+                                                     close_base, out, go, signature))
     door, server = cpu_s_so_far(door_pid), cpu_s_so_far(server_pid)
     process.start()
+    assert out.get(timeout=600) == "warm"
+    warm = cpu_s_so_far(door_pid) - door, cpu_s_so_far(server_pid) - server
+    door, server = cpu_s_so_far(door_pid), cpu_s_so_far(server_pid)
+    go.put(True)
     wall_s, clients = out.get(timeout=600)
     door, server = cpu_s_so_far(door_pid) - door, cpu_s_so_far(server_pid) - server
     process.join(timeout=60)
-    calls, timed = len(seeds) * CALLS_PER_CLIENT, len(seeds) * (CALLS_PER_CLIENT - 1)
-    return timed / wall_s, door / calls * 1e6, server / calls * 1e6, clients / timed * 1e6
+    timed = len(seeds) * (CALLS_PER_CLIENT - 1)
+    return (timed / wall_s, door / timed * 1e6, server / timed * 1e6, clients / timed * 1e6,
+            warm[0] / len(seeds) * 1e3, warm[1] / len(seeds) * 1e3)
 
 
 def run(progress: Any = None) -> dict[str, float]:
@@ -273,7 +282,9 @@ def _measure(kind: str, progress: Any, *, floor: bool = False) -> dict[str, floa
                 server.close()
     results = _figures(rounds["paid"], rounds["free"], "paid")
     results.update(x402_ledger_postings_per_100_calls=round(statistics.median(postings), 2),
-                   x402_clients=CLIENTS)
+                   x402_clients=CLIENTS,
+                   x402_door_cpu_ms_per_session_open=_median(rounds["paid"], 4, 2),
+                   x402_server_cpu_ms_per_session_open=_median(rounds["paid"], 5, 2))
     if floor:
         floor_figures = _figures(rounds["floor"], rounds["free"], "floor")
         results.update(x402_paid_call_ratio_floor=floor_figures["x402_paid_call_ratio"],
@@ -286,9 +297,7 @@ def _measure(kind: str, progress: Any, *, floor: bool = False) -> dict[str, floa
 def _figures(paid: list[tuple[float, ...]], free: list[tuple[float, ...]], name: str
              ) -> dict[str, float]:
     """The medians of rounds of `name` (paid, or the floor) against the unpaid rounds."""
-    def median(rounds: list[tuple[float, ...]], index: int) -> float:
-        return round(statistics.median(r[index] for r in rounds), 1)
-
+    median = _median
     return {"x402_paid_call_ratio": round(median(paid, 0) / median(free, 0), 3),
             "x402_paid_calls_per_s": median(paid, 0),
             "x402_unpaid_calls_per_s": median(free, 0),
@@ -298,6 +307,10 @@ def _figures(paid: list[tuple[float, ...]], free: list[tuple[float, ...]], name:
             "x402_server_cpu_us_per_call_unpaid": median(free, 2),
             f"x402_client_cpu_us_per_call_{name}": median(paid, 3),
             "x402_client_cpu_us_per_call_unpaid": median(free, 3)}
+
+
+def _median(rounds: list[tuple[float, ...]], index: int, digits: int = 1) -> float:
+    return round(statistics.median(r[index] for r in rounds), digits)
 
 
 def _started(started: list[Any], server: Any) -> Any:
