@@ -219,7 +219,8 @@ def _round(url: str, network: str, seeds: list[Any], close_base: str, door_pid: 
                                                      close_base, out, go, signature))
     door, server = cpu_s_so_far(door_pid), cpu_s_so_far(server_pid)
     process.start()
-    assert out.get(timeout=600) == "warm"
+    if out.get(timeout=600) != "warm":
+        raise RuntimeError("the clients did not finish their warm-up")
     warm = cpu_s_so_far(door_pid) - door, cpu_s_so_far(server_pid) - server
     door, server = cpu_s_so_far(door_pid), cpu_s_so_far(server_pid)
     go.put(True)
@@ -297,16 +298,15 @@ def _measure(kind: str, progress: Any, *, floor: bool = False) -> dict[str, floa
 def _figures(paid: list[tuple[float, ...]], free: list[tuple[float, ...]], name: str
              ) -> dict[str, float]:
     """The medians of rounds of `name` (paid, or the floor) against the unpaid rounds."""
-    median = _median
-    return {"x402_paid_call_ratio": round(median(paid, 0) / median(free, 0), 3),
-            "x402_paid_calls_per_s": median(paid, 0),
-            "x402_unpaid_calls_per_s": median(free, 0),
-            f"x402_door_cpu_us_per_call_{name}": median(paid, 1),
-            "x402_door_cpu_us_per_call_unpaid": median(free, 1),
-            f"x402_server_cpu_us_per_call_{name}": median(paid, 2),
-            "x402_server_cpu_us_per_call_unpaid": median(free, 2),
-            f"x402_client_cpu_us_per_call_{name}": median(paid, 3),
-            "x402_client_cpu_us_per_call_unpaid": median(free, 3)}
+    return {"x402_paid_call_ratio": round(_median(paid, 0) / _median(free, 0), 3),
+            "x402_paid_calls_per_s": _median(paid, 0),
+            "x402_unpaid_calls_per_s": _median(free, 0),
+            f"x402_door_cpu_us_per_call_{name}": _median(paid, 1),
+            "x402_door_cpu_us_per_call_unpaid": _median(free, 1),
+            f"x402_server_cpu_us_per_call_{name}": _median(paid, 2),
+            "x402_server_cpu_us_per_call_unpaid": _median(free, 2),
+            f"x402_client_cpu_us_per_call_{name}": _median(paid, 3),
+            "x402_client_cpu_us_per_call_unpaid": _median(free, 3)}
 
 
 def _median(rounds: list[tuple[float, ...]], index: int, digits: int = 1) -> float:
