@@ -221,8 +221,9 @@ def _round(url: str, network: str, seeds: list[Any], close_base: str, door_pid: 
     process.start()
     if out.get(timeout=600) != "warm":
         raise RuntimeError("the clients did not finish their warm-up")
-    warm = cpu_s_so_far(door_pid) - door, cpu_s_so_far(server_pid) - server
-    door, server = cpu_s_so_far(door_pid), cpu_s_so_far(server_pid)
+    warmed = cpu_s_so_far(door_pid), cpu_s_so_far(server_pid)
+    warm = warmed[0] - door, warmed[1] - server
+    door, server = warmed
     go.put(True)
     wall_s, clients = out.get(timeout=600)
     door, server = cpu_s_so_far(door_pid) - door, cpu_s_so_far(server_pid) - server
