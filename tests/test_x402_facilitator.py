@@ -185,6 +185,19 @@ def test_the_facilitator_refuses_an_authorisation_that_does_not_fit(market, chan
     assert market.posted(market.key.agent_id) == before
 
 
+@pytest.mark.parametrize("body", [b"[]", b"{}", b'"text"', b"null",
+                                  b'{"paymentPayload": 5, "paymentRequirements": {}}',
+                                  b'{"paymentPayload": {}, "paymentRequirements": []}'])
+def test_a_body_that_is_no_facilitator_request_is_told_what_one_is(market, body):
+    """400 invalid_payload naming the request's members, not the error Python met."""
+    for path in ("verify", "settle"):
+        refused = httpx.post(f"{market.http.url}/facilitator/{path}", content=body)
+        assert (refused.status_code, refused.json()) == (400, {
+            "error": "invalid_payload",
+            "message": "the body is a JSON object with the objects paymentPayload and "
+                       "paymentRequirements"})
+
+
 @pytest.mark.parametrize("where", ["request", "payload"])
 @pytest.mark.parametrize("version", [0, 1, 3, "2", True, 2.0])
 def test_the_facilitator_reads_x402_v2_only(market, where, version):

@@ -31,6 +31,7 @@ from agents.x402._door import body_within
 from agents.x402.reasons import Refused
 
 MAX_FACILITATOR_BODY_BYTES = 256 * 1024
+REQUEST_MEMBERS = ("paymentPayload", "paymentRequirements")
 
 
 def facilitator_app(facilitator: x402FacilitatorSync) -> Starlette:
@@ -42,14 +43,20 @@ def facilitator_app(facilitator: x402FacilitatorSync) -> Starlette:
             raise Refused("body_too_large", "the request is over 256 KiB")
         try:
             data = net.strict_loads(raw)
-            if not net.is_v2(data.get("x402Version", 2)):
-                raise ValueError("x402 v2 requests only (x402Version 2)")
+        except (ValueError, RecursionError) as error:
+            raise Refused("invalid_payload", f"the body is not JSON: {error}"[:300]) from None
+        if not isinstance(data, dict) or not all(
+                isinstance(data.get(name), dict) for name in REQUEST_MEMBERS):
+            raise Refused("invalid_payload", "the body is a JSON object with the objects "
+                                             "paymentPayload and paymentRequirements")
+        if not net.is_v2(data.get("x402Version", 2)):
+            raise Refused("invalid_payload", "x402 v2 requests only (x402Version 2)")
+        try:
             return (net.v2_payload(data["paymentPayload"]),
                     PaymentRequirements.model_validate(data["paymentRequirements"]))
         except net.PayloadError as error:
             raise Refused("invalid_payload", error.message) from None
-        except (ValueError, KeyError, TypeError, AttributeError, RecursionError,
-                ValidationError) as error:
+        except (ValueError, TypeError, RecursionError, ValidationError) as error:
             raise Refused("invalid_payload", f"not a facilitator request: {error}"[:300]
                           ) from None
 
