@@ -1,6 +1,6 @@
-"""What strangers and broken networks do to the gateway's buyers: a burst of unpaid requests
-does not fail anyone's paid calls, and a stream cut off between the gateway and the seller is
-reported as charged for what the seller billed.
+"""What strangers and broken networks do to the gateway's buyers: neither a burst of unpaid
+requests nor a flood of forged words for a session fails anyone's paid calls, and a stream cut
+off between the gateway and the seller is reported as charged for what the seller billed.
 
 Real parts: a node (SQLite file), sellers on gRPC (port 0), the gateway on uvicorn (loopback),
 x402's own httpx client, and a TCP relay on loopback that can cut its connections.
@@ -13,6 +13,7 @@ import os
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import asyncio
+import base64
 import collections
 import contextlib
 import json
@@ -27,6 +28,7 @@ from x402.http.utils import decode_payment_response_header
 
 from agents import SellerAgent
 from agents.x402 import http_client, routes
+from marketplace.v1 import agreement_pb2
 from tests.x402_market import Market, books_balance, drip, open_market, read_stream
 
 
@@ -55,6 +57,58 @@ def test_a_burst_of_unpaid_requests_asks_the_seller_for_one_quote(market, monkey
     monkeypatch.setattr(routes.Routes, "_call_max", counted)
     assert asyncio.run(_burst(market.url("count_words"), 60)) == {402: 60}
     assert len(quotes) == 1
+
+
+def test_a_stranger_flooding_a_sessions_words_does_not_fail_its_payers_calls(market):
+    """A stranger who knows an open session's agreement id and the route's terms sends
+    forged words for it, for the places just ahead of the payer's, from several connections
+    at once: each is refused 402 and charges nothing, and every one of the payer's calls is
+    answered and paid once."""
+    url = market.url("shout")
+    offered = httpx.post(url, json={"text": "a"})
+    accepted = json.loads(base64.b64decode(offered.headers["payment-required"]))["accepts"][0]
+    price = int(accepted["amount"])
+    strangers: collections.Counter = collections.Counter()
+
+    async def forge(agreement_id: str, stop: asyncio.Event) -> None:
+        async with httpx.AsyncClient(timeout=60) as plain:
+            place = 1
+            while not stop.is_set():
+                place += 1
+                word = agreement_pb2.Voucher(
+                    agreement_id=agreement_id, sequence=place, cumulative_atomic=place * price,
+                    payword_index=place, payword=os.urandom(32)).SerializeToString()
+                payment = {"x402Version": 2, "accepted": accepted, "payload": {
+                    "kind": "voucher", "agreementId": agreement_id,
+                    "voucher": base64.b64encode(word).decode()}}
+                refused = await plain.post(url, json={"text": "theirs"}, headers={
+                    "PAYMENT-SIGNATURE": base64.b64encode(json.dumps(payment).encode()).decode()})
+                strangers[refused.status_code] += 1
+
+    async def run() -> tuple[list[int], str]:
+        client, schemes = http_client(market.key, market.network, calls_per_session=40)
+        async with client:
+            first = await client.post(url, json={"text": "mine"})
+            (agreement_id,) = [a for s in schemes.values() for a in s.open_sessions()]
+            stop = asyncio.Event()
+            flooding = [asyncio.create_task(forge(agreement_id, stop)) for _ in range(4)]
+            statuses = [first.status_code]
+            for n in range(30):
+                statuses.append((await client.post(url, json={"text": f"m{n}"})).status_code)
+            stop.set()
+            await asyncio.gather(*flooding)
+            for scheme in schemes.values():
+                closed = await client.post(f"{market.http.url}/v1/sessions/{agreement_id}/close",
+                                           json={"finish": scheme.finish_signature(agreement_id)})
+                assert closed.status_code == 200, closed.text
+                return statuses, closed.json()["captured"]
+        raise AssertionError("no session")
+
+    statuses, captured = asyncio.run(run())
+    assert statuses == [200] * 31
+    assert set(strangers) == {402} and sum(strangers.values()) >= 4
+    assert int(captured) == 31 * price  # the payer's calls, each once; the stranger's none
+    books_balance(market.node)
 
 
 def test_paid_calls_go_on_while_a_stale_route_is_refreshed(market, monkeypatch):
