@@ -157,8 +157,10 @@ class Routes:
         extensions = {PAYMENT_IDENTIFIER: declare_payment_identifier_extension()}
         config = RouteConfig(accepts=options, description=skill.description[:200],
                              mime_type="application/json", extensions=extensions)
+        # off the event loop: compiling a listed schema can take 100 ms and more
+        checker = await asyncio.to_thread(_input_validator, skill)
         route = Route(x402HTTPResourceServer(self.server, {"POST /v1/skills/*": config}),
-                      listing, extensions, input_validator=_input_validator(skill))
+                      listing, extensions, input_validator=checker)
         _remember(self._routes, (listing_id, skill_name), route, MAX_ROUTES)
         return route
 
