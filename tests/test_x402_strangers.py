@@ -111,21 +111,6 @@ def test_a_stranger_flooding_a_sessions_words_does_not_fail_its_payers_calls(mar
     books_balance(market.node)
 
 
-def test_a_listed_input_schema_is_compiled_off_the_gateways_event_loop(market, monkeypatch):
-    """Compiling a listing's input schema can take 100 ms and more (anyone may list one): it
-    runs on a worker thread, so the gateway's event loop serves the other buyers meanwhile."""
-    compiled_on: list[str] = []
-    compile_schema = routes._input_validator
-
-    def recorded(skill):
-        compiled_on.append(threading.current_thread().name)
-        return compile_schema(skill)
-
-    monkeypatch.setattr(routes, "_input_validator", recorded)
-    assert httpx.post(market.url("whisper"), json={"text": "a"}).status_code == 402
-    assert len(compiled_on) == 1 and compiled_on[0] != market.http._thread.name
-
-
 def test_paid_calls_go_on_while_a_stale_route_is_refreshed(market, monkeypatch):
     """A route past its time is answered with while one refresh runs: unpaid requests sent
     around its expiry cannot fail a session's paid calls."""

@@ -195,9 +195,6 @@ class Gateway:
         except grpc.aio.AioRpcError as error:  # the seller would not quote a metered skill
             return problem(503, "seller_refused", f"the seller did not quote: "
                                                   f"{error.details()}")
-        refusal = route.refusal(arguments)
-        if refusal is not None:  # before anything is offered or held
-            return problem(400, "invalid_argument", refusal)
         ctx = HTTPRequestContext(adapter=Adapter(request, arguments), path=request.url.path,
                                  method="POST", payment_header=header)
         remembered = identifier(payload)

@@ -39,9 +39,7 @@ def openapi(network: str) -> dict[str, Any]:
                     "schema": {"type": "object", "description": "the skill's input"}}}},
                 "responses": {
                     "200": paid,
-                    "400": {"description": "not JSON, arguments the skill's input schema "
-                                           "refuses (`invalid_argument`, nothing held), or a "
-                                           "malformed PAYMENT-SIGNATURE",
+                    "400": {"description": "not JSON, or a malformed PAYMENT-SIGNATURE",
                             "content": {"application/json": {"schema": _PROBLEM}}},
                     "402": {"description": "payment required or refused: PAYMENT-REQUIRED "
                                            "(x402 PaymentRequired, base64 JSON; `error` is "

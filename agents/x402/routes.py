@@ -20,7 +20,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from jsonschema import ValidationError
 from x402 import x402ResourceServer
 from x402.extensions.payment_identifier import (
     PAYMENT_IDENTIFIER,
@@ -35,7 +34,6 @@ from agents.x402 import network as net
 from agents.x402.forward import CALL_TIMEOUT_S, Channels
 from marketplace.errors import NotFound
 from marketplace.identity import AgentKey
-from marketplace.schema_validators import validator_of_json
 from marketplace.v1 import agreement_pb2, registry_pb2
 
 QUOTE_TTL_S = 60.0
@@ -59,19 +57,6 @@ class Route:
     made_at: float = field(default_factory=time.monotonic)
     offered: list[PaymentRequirements] | None = None  # the accepts of this route's 402
     offered_json: list[dict[str, Any]] = field(default_factory=list)
-    input_validator: Any = None  # the listed input schema's (None: the seller's to check)
-
-    def refusal(self, arguments: Any) -> str | None:
-        """Why the listed input schema refuses `arguments` (None: it does not, or there is
-        none to check): a request the seller would refuse is told so before anything is
-        offered or held."""
-        if self.input_validator is None:
-            return None
-        try:
-            self.input_validator.validate(arguments)
-        except (ValidationError, RecursionError) as error:
-            return f"input does not match the skill's schema: {getattr(error, 'message', error)}"
-        return None
 
     def offer(self, requirements: list[PaymentRequirements]) -> None:
         """Remember what the 402 offered (and its JSON, for `matching`)."""
@@ -157,10 +142,8 @@ class Routes:
         extensions = {PAYMENT_IDENTIFIER: declare_payment_identifier_extension()}
         config = RouteConfig(accepts=options, description=skill.description[:200],
                              mime_type="application/json", extensions=extensions)
-        # off the event loop: compiling a listed schema can take 100 ms and more
-        checker = await asyncio.to_thread(_input_validator, skill)
         route = Route(x402HTTPResourceServer(self.server, {"POST /v1/skills/*": config}),
-                      listing, extensions, input_validator=checker)
+                      listing, extensions)
         _remember(self._routes, (listing_id, skill_name), route, MAX_ROUTES)
         return route
 
@@ -205,15 +188,6 @@ class Routes:
         _remember(self._quotes, (listing.agent_id, skill.name, currency),
                   (time.monotonic(), most), MAX_QUOTES)
         return int(most)
-
-
-def _input_validator(skill: registry_pb2.Skill) -> Any:
-    """The validator of the skill's listed input schema; None when the listing's schema
-    cannot be read (the seller, which checks every call's input, decides then)."""
-    try:
-        return validator_of_json(skill.input_schema_json)
-    except (ValueError, TypeError, RecursionError):
-        return None
 
 
 def _remember(found: dict[Any, Any], key: Any, value: Any, most: int) -> None:
