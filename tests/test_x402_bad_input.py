@@ -213,6 +213,32 @@ def test_a_body_over_the_limit_or_not_json_changes_nothing(market):
     assert _ledger_state(market) == before
 
 
+@pytest.mark.parametrize("calls", [1, 5])
+def test_a_paid_call_the_seller_refuses_as_bad_input_charges_nothing(market, calls):
+    """Arguments the skill's schema refuses are the seller's to refuse (the gateway does not
+    run a listing's schema, which anyone may advertise, for anyone's request): 400
+    invalid_argument, nothing charged, and a one-call session's hold is released at once."""
+    async def run() -> httpx.Response:
+        client, schemes = x402_client.http_client(market.key, market.network,
+                                                  calls_per_session=calls)
+        async with client:
+            refused = await client.post(market.url("shout"), json={"text": 5})
+            for scheme in schemes.values():
+                for agreement in scheme.open_sessions():
+                    closed = await client.post(
+                        f"{market.http.url}/v1/sessions/{agreement}/close",
+                        json={"finish": scheme.finish_signature(agreement)})
+                    assert closed.status_code == 200, closed.text
+        return refused
+
+    before, holds = market.posted(market.key.agent_id), _ledger_state(market)[1]
+    refused = asyncio.run(run())
+    assert (refused.status_code, refused.json()["error"]) == (400, "invalid_argument")
+    assert "input does not match the skill's schema" in refused.json()["message"]
+    assert market.posted(market.key.agent_id) == before
+    assert _ledger_state(market)[1] == holds  # no hold left open
+
+
 def _raw_post(url: str, head: str, body: bytes) -> int:
     """POST over a bare socket (httpx will not send a Content-Length its body does not
     fill): the status line of the answer, read as soon as it comes."""
