@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import sys
 from pathlib import Path
 
 import pytest
@@ -244,6 +245,31 @@ def test_ctrl_c_stops_a_run_with_one_line(tmp_path: Path):
     assert process.returncode == 130, output
     assert "Traceback" not in output and "redeeming" not in output, output
     assert output.rstrip().splitlines()[-1] == "error: interrupted", output
+
+
+def test_a_ctrl_c_landing_in_a_weakref_callback_prints_no_traceback(monkeypatch):
+    """The interrupt may land in code Python cannot raise it from (a weakref callback the
+    garbage collector runs, as SQLAlchemy's are): it is not printed as "Exception ignored"
+    with a traceback, and the run's next step raises it."""
+    import signal
+    import weakref
+
+    from marketplace.cli.simulate import _ctrl_c
+
+    class Collected:
+        pass
+
+    printed: list = []  # what would be printed as "Exception ignored in ...", with its traceback
+    monkeypatch.setattr(sys, "unraisablehook", printed.append)
+    with _ctrl_c() as ctrl_c:
+        collected = Collected()
+        watch = weakref.ref(collected, lambda _ref: signal.raise_signal(signal.SIGINT))
+        del collected  # the callback runs now, and the interrupt lands in it
+        assert watch() is None
+        with pytest.raises(KeyboardInterrupt):
+            ctrl_c.check()
+    assert printed == []
+    assert sys.unraisablehook == printed.append  # the run's hook only while it runs
 
 
 def test_a_ctrl_c_a_library_caught_still_stops_the_run_at_its_next_step():

@@ -8,6 +8,7 @@ the books do not balance or the ledger's hash chain does not verify.
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,10 +31,14 @@ REPORT = "report.html"
 class _CtrlC:
     """Ctrl-C as Python's own handler does it (KeyboardInterrupt in the main thread), and
     remembered: raised where a library catches it instead (inside a blocking gRPC call of
-    the main thread, say), the run's next step raises it again, so the run still stops."""
+    the main thread, say), the run's next step raises it again, so the run still stops.
+    Raised where Python cannot propagate it (a weakref callback the garbage collector runs,
+    a `__del__`), it would be printed as "Exception ignored" with a traceback: `unraisable`
+    keeps that quiet, as the next step raises it anyway."""
 
     def __init__(self) -> None:
         self.pressed = False
+        self._previous_hook = sys.unraisablehook
 
     def handle(self, _signum: int, _frame: Any) -> None:
         self.pressed = True  # a plain flag: an Event's lock may be held by the main thread
@@ -43,6 +48,10 @@ class _CtrlC:
         if self.pressed:
             raise KeyboardInterrupt
 
+    def unraisable(self, unraisable: Any) -> None:
+        if not (self.pressed and isinstance(unraisable.exc_value, KeyboardInterrupt)):
+            self._previous_hook(unraisable)
+
 
 @contextmanager
 def _ctrl_c() -> Iterator[_CtrlC]:
@@ -51,10 +60,12 @@ def _ctrl_c() -> Iterator[_CtrlC]:
         yield ctrl_c  # only the main thread handles signals
         return
     previous = signal.signal(signal.SIGINT, ctrl_c.handle)
+    sys.unraisablehook = ctrl_c.unraisable
     try:
         yield ctrl_c
     finally:
         signal.signal(signal.SIGINT, previous)
+        sys.unraisablehook = ctrl_c._previous_hook
 
 
 def run(scenario: Scenario, seed: int, out: Path, console: Console, *,
