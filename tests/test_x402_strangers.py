@@ -29,7 +29,14 @@ from x402.http.utils import decode_payment_response_header
 from agents import SellerAgent
 from agents.x402 import http_client, routes
 from marketplace.v1 import agreement_pb2
-from tests.x402_market import Market, books_balance, drip, open_market, read_stream
+from tests.x402_market import (
+    Market,
+    books_balance,
+    close_open_sessions,
+    drip,
+    open_market,
+    read_stream,
+)
 
 
 @pytest.fixture
@@ -97,12 +104,8 @@ def test_a_stranger_flooding_a_sessions_words_does_not_fail_its_payers_calls(mar
                 statuses.append((await client.post(url, json={"text": f"m{n}"})).status_code)
             stop.set()
             await asyncio.gather(*flooding)
-            for scheme in schemes.values():
-                closed = await client.post(f"{market.http.url}/v1/sessions/{agreement_id}/close",
-                                           json={"finish": scheme.finish_signature(agreement_id)})
-                assert closed.status_code == 200, closed.text
-                return statuses, closed.json()["captured"]
-        raise AssertionError("no session")
+            (closed,) = await close_open_sessions(client, market, schemes)
+        return statuses, closed["captured"]
 
     statuses, captured = asyncio.run(run())
     assert statuses == [200] * 31

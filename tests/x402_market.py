@@ -139,6 +139,20 @@ async def read_stream(client: Any, url: str, *, words: int = 40, hang_up: bool =
     return events, held
 
 
+async def close_open_sessions(client: Any, market: Market, schemes: dict[str, Any]
+                              ) -> list[dict[str, Any]]:
+    """Close every session `schemes` hold open, through `client` (each must answer 200): the
+    closing answers' JSON."""
+    closed = []
+    for scheme in schemes.values():
+        for agreement in scheme.open_sessions():
+            answer = await client.post(f"{market.http.url}/v1/sessions/{agreement}/close",
+                                       json={"finish": scheme.finish_signature(agreement)})
+            assert answer.status_code == 200, answer.text
+            closed.append(answer.json())
+    return closed
+
+
 def books_balance(node: MarketplaceNode) -> None:
     """Per currency the accounts' posted amounts sum to zero and pending debits equal
     pending credits (what is held is owed to someone)."""
