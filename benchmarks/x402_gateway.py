@@ -36,7 +36,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -207,12 +207,22 @@ def _clients(url: str, network: str, seeds: list[Any], calls: int, close_base: s
     out.put(asyncio.run(main()))
 
 
+class Round(NamedTuple):
+    """One round's figures. The timed window holds the timed calls and, for paid ones, the
+    closing of each session; the warm-up, each client's first call, opens a paid client's
+    session."""
+
+    calls_per_s: float
+    door_us: float  # CPU per timed call: the door's process, the server's, the clients'
+    server_us: float
+    clients_us: float
+    door_open_ms: float  # CPU per client in the warm-up: the door's process, the server's
+    server_open_ms: float
+
+
 def _round(url: str, network: str, seeds: list[Any], close_base: str, door_pid: int,
-           server_pid: int, signature: str | None = None) -> tuple[float, ...]:
-    """(calls per second; CPU us per timed call of the door's process, the server's and the
-    clients'; then CPU ms per client of the door's and the server's process in the warm-up)
-    of one round. The timed window holds the timed calls and, for paid ones, the closing of
-    each session; the warm-up, each client's first call, opens a paid client's session."""
+           server_pid: int, signature: str | None = None) -> Round:
+    """One round of `seeds`' clients against `url`."""
     context = multiprocessing.get_context("spawn")
     out, go = context.Queue(), context.Queue()
     process = context.Process(target=_clients, args=(url, network, seeds, CALLS_PER_CLIENT,
@@ -229,8 +239,8 @@ def _round(url: str, network: str, seeds: list[Any], close_base: str, door_pid: 
     door, server = cpu_s_so_far(door_pid) - door, cpu_s_so_far(server_pid) - server
     process.join(timeout=60)
     timed = len(seeds) * (CALLS_PER_CLIENT - 1)
-    return (timed / wall_s, door / timed * 1e6, server / timed * 1e6, clients / timed * 1e6,
-            warm[0] / len(seeds) * 1e3, warm[1] / len(seeds) * 1e3)
+    return Round(timed / wall_s, door / timed * 1e6, server / timed * 1e6,
+                 clients / timed * 1e6, warm[0] / len(seeds) * 1e3, warm[1] / len(seeds) * 1e3)
 
 
 def run(progress: Any = None) -> dict[str, float]:
@@ -263,7 +273,7 @@ def _measure(kind: str, progress: Any, *, floor: bool = False) -> dict[str, floa
                 wire = asyncio.run(capture(f"{doors.urls['paid']}{path}", close_base, network,
                                            _funded(node)))
                 doors.add_floor(floor_seller.address, wire)
-            rounds: dict[str, list[tuple[float, ...]]] = {"paid": [], "free": [], "floor": []}
+            rounds: dict[str, list[Round]] = {"paid": [], "free": [], "floor": []}
             postings = []
             for index in range(ROUNDS):
                 say(f"x402 gateway, {kind} seller: round {index + 1}/{ROUNDS}")
@@ -285,8 +295,8 @@ def _measure(kind: str, progress: Any, *, floor: bool = False) -> dict[str, floa
     results = _figures(rounds["paid"], rounds["free"], "paid")
     results.update(x402_ledger_postings_per_100_calls=round(statistics.median(postings), 2),
                    x402_clients=CLIENTS,
-                   x402_door_cpu_ms_per_session_open=_median(rounds["paid"], 4, 2),
-                   x402_server_cpu_ms_per_session_open=_median(rounds["paid"], 5, 2))
+                   x402_door_cpu_ms_per_session_open=_median(rounds["paid"], "door_open_ms", 2),
+                   x402_server_cpu_ms_per_session_open=_median(rounds["paid"], "server_open_ms", 2))
     if floor:
         floor_figures = _figures(rounds["floor"], rounds["free"], "floor")
         results.update(x402_paid_call_ratio_floor=floor_figures["x402_paid_call_ratio"],
@@ -296,22 +306,23 @@ def _measure(kind: str, progress: Any, *, floor: bool = False) -> dict[str, floa
     return results
 
 
-def _figures(paid: list[tuple[float, ...]], free: list[tuple[float, ...]], name: str
+def _figures(paid: list[Round], free: list[Round], name: str
              ) -> dict[str, float]:
     """The medians of rounds of `name` (paid, or the floor) against the unpaid rounds."""
-    return {"x402_paid_call_ratio": round(_median(paid, 0) / _median(free, 0), 3),
-            "x402_paid_calls_per_s": _median(paid, 0),
-            "x402_unpaid_calls_per_s": _median(free, 0),
-            f"x402_door_cpu_us_per_call_{name}": _median(paid, 1),
-            "x402_door_cpu_us_per_call_unpaid": _median(free, 1),
-            f"x402_server_cpu_us_per_call_{name}": _median(paid, 2),
-            "x402_server_cpu_us_per_call_unpaid": _median(free, 2),
-            f"x402_client_cpu_us_per_call_{name}": _median(paid, 3),
-            "x402_client_cpu_us_per_call_unpaid": _median(free, 3)}
+    paid_rate, free_rate = _median(paid, "calls_per_s"), _median(free, "calls_per_s")
+    return {"x402_paid_call_ratio": round(paid_rate / free_rate, 3),
+            "x402_paid_calls_per_s": paid_rate,
+            "x402_unpaid_calls_per_s": free_rate,
+            f"x402_door_cpu_us_per_call_{name}": _median(paid, "door_us"),
+            "x402_door_cpu_us_per_call_unpaid": _median(free, "door_us"),
+            f"x402_server_cpu_us_per_call_{name}": _median(paid, "server_us"),
+            "x402_server_cpu_us_per_call_unpaid": _median(free, "server_us"),
+            f"x402_client_cpu_us_per_call_{name}": _median(paid, "clients_us"),
+            "x402_client_cpu_us_per_call_unpaid": _median(free, "clients_us")}
 
 
-def _median(rounds: list[tuple[float, ...]], index: int, digits: int = 1) -> float:
-    return round(statistics.median(r[index] for r in rounds), digits)
+def _median(rounds: list[Round], figure: str, digits: int = 1) -> float:
+    return round(statistics.median(getattr(r, figure) for r in rounds), digits)
 
 
 def _started(started: list[Any], server: Any) -> Any:
