@@ -75,10 +75,11 @@ class _FloorServicer(agent_pb2_grpc.AgentServiceServicer):
     paid call's size committed."""
 
     def __init__(self, served: Skill, journal: UsageJournal | None,
-                 log: GroupFile | None = None) -> None:
+                 log: GroupFile | None = None, *, wait: bool = True) -> None:
         self.skill = served
         self.journal = journal
         self.log = log  # instead of the journal: the record appended to a file, fdatasync'd
+        self.wait = wait  # False: answer without waiting for the record (not durable then)
         self.check = validator(served.input_schema)
         self.template = answer_template(20)
         self.receipt = self.template.receipt.SerializeToString()
@@ -90,7 +91,7 @@ class _FloorServicer(agent_pb2_grpc.AgentServiceServicer):
             self.log.record(self._row(request, context, answer))
             return answer
         pending = self._record(request, context, answer)
-        if pending is not None:
+        if pending is not None and self.wait:
             pending.wait()
         return answer
 
@@ -163,14 +164,17 @@ def _floor_journal(workdir: Path | None, record: bool, group_wait_s: float = 0.0
 
 
 def serve_floor(served: Skill, interceptors: list[Any], ready: Any, stop: Any,
-                workdir: Path | None = None, record: bool = True) -> None:
+                workdir: Path | None = None, record: bool = True, wait: bool = True) -> None:
     """In a child process: the floor server behind `interceptors` (the unpaid side's), until
     `stop` is set (its journal in `workdir`, or in a temporary directory). With `record`
-    false, nothing is written: the floor's bytes alone, without the durable record."""
+    false, nothing is written: the floor's bytes alone, without the durable record. With
+    `wait` false, the record is written but the answer does not wait for it: what the
+    waiting costs, apart from the writing (no seller may answer so: it is not durable)."""
     with _floor_journal(workdir, record) as journal:
         executor = (JournalPacedExecutor(journal, MAX_WORKERS) if journal is not None
                     else futures.ThreadPoolExecutor(max_workers=MAX_WORKERS))
-        _serve_threaded(_FloorServicer(served, journal), executor, interceptors, ready, stop)
+        _serve_threaded(_FloorServicer(served, journal, wait=wait), executor, interceptors,
+                        ready, stop)
 
 
 def serve_floor_file(served: Skill, interceptors: list[Any], ready: Any, stop: Any,

@@ -150,10 +150,14 @@ def serve_unpaid_aio(skill_name: str, ready: Any, stop: Any) -> None:
 def serve_floor_variant(skill_name: str, ready: Any, stop: Any, variant: str = "floor") -> None:
     """Child process: a floor (`benchmarks._paid_floor`), until `stop`: "floor" (threaded) or
     "floor_aio" (grpc.aio, the skill on the loop); with "_bytes", without the durable record;
-    "floor_file": threaded, the record in a plain file instead of the journal."""
+    "floor_file": threaded, the record in a plain file instead of the journal;
+    "floor_unwaited": threaded, the record written but not waited for."""
     served, record = SKILLS[skill_name], not variant.endswith("_bytes")
     if variant == "floor_file":
         serve_floor_file(served, framework_interceptors(), ready, stop)
+        return
+    if variant == "floor_unwaited":
+        serve_floor(served, framework_interceptors(), ready, stop, wait=False)
         return
     serve = serve_floor_aio if variant.startswith("floor_aio") else serve_floor
     serve(served, framework_interceptors(), ready, stop, record=record)

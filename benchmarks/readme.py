@@ -128,7 +128,9 @@ ROWS = (
      "{x402_paid_calls_per_s} calls/s; {x402_ledger_postings_per_100_calls} ledger postings "
      "per 100 calls (one hold and one capture per session); CPU per timed call (each "
      "session's close included): gateway {x402_door_cpu_us_per_call_paid} us, seller "
-     "{x402_server_cpu_us_per_call_paid} us, client {x402_client_cpu_us_per_call_paid} us; "
+     "{x402_server_cpu_us_per_call_paid} us, client {x402_client_cpu_us_per_call_paid} us, "
+     "of which the closes: {x402_door_cpu_us_per_call_close}, "
+     "{x402_server_cpu_us_per_call_close} and {x402_client_cpu_us_per_call_close} us; "
      "opening a session, before the timed calls: gateway "
      "{x402_door_cpu_ms_per_session_open} ms, seller {x402_server_cpu_ms_per_session_open} ms; "
      "on an aio seller {x402_paid_calls_per_s_aio} calls/s",
@@ -145,7 +147,13 @@ ROWS = (
      "us, seller {x402_server_cpu_us_per_call_floor} us, client "
      "{x402_client_cpu_us_per_call_floor} us",
      "the unpaid call: {x402_unpaid_calls_per_s}/s (ratio {x402_paid_call_ratio_floor}: the "
-     "most any payment doing work per call could reach through this door and client)"),
+     "most any payment doing work per call could reach through this door and client); the "
+     "floor's bytes without the durable record: {x402_floor_bytes_calls_per_s}/s (ratio "
+     "{x402_paid_call_ratio_floor_bytes}; CPU per call {x402_door_cpu_us_per_call_floor_bytes}, "
+     "{x402_server_cpu_us_per_call_floor_bytes} and {x402_client_cpu_us_per_call_floor_bytes} "
+     "us); the record written but not waited for: {x402_floor_unwaited_calls_per_s}/s (ratio "
+     "{x402_paid_call_ratio_floor_unwaited}; seller {x402_server_cpu_us_per_call_floor_unwaited}"
+     " us)"),
     ("discovery over {discover_listings} listings",
      "p99 {discover_p99_ms_100k} ms, p50 {discover_p50_ms_100k} ms (in process)",
      "over gRPC, signed: p99 {discover_grpc_p99_ms} ms, p50 {discover_grpc_p50_ms} ms"),

@@ -11,7 +11,11 @@ and out) forwarding, over the gateway's kind of gRPC channel, to the same skill 
 gRPC server (`benchmarks.paid_call`'s unpaid side): so the ratio is what paying over HTTP
 costs. Floor (threaded only, `benchmarks._x402_floor`): the unpaid door and client carrying a
 real session call's headers and body, to a seller writing a paid call's durable record, with
-no payment work anywhere: the most any payment could reach here.
+no payment work anywhere: the most any payment could reach here; and the same floor without the
+record (`_bytes`) and with the record written but not waited for (`_unwaited`, which no seller
+may do: it answers before the record is durable), so that the shares of the bytes, of writing
+the record and of waiting for it are told apart. A round times the calls, then the sessions'
+closes (paid only), and reports the closes' CPU apart as well.
 
 16 clients, each its own HTTP connection and (paid) its own buyer key and session: a session's
 calls are one hold and one capture on the ledger, reported as postings per 100 calls. Every
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import multiprocessing
 import sqlite3
@@ -67,6 +72,8 @@ from marketplace.scheduling import batch_scheduling
 CLIENTS = 16
 CALLS_PER_CLIENT = 150
 ROUNDS = 5
+# `benchmarks._paid_floor` variants: the record waited for, none, written but not waited for
+FLOORS = ("floor", "floor_bytes", "floor_unwaited")
 
 
 def _serve_seller(marketplace: str, kind: str, ready: Any, stop: Any) -> None:
@@ -92,9 +99,10 @@ class _Doors:
         self.pid = self._server.pid
         self.urls: dict[str, str] = dict(self._server.address)  # type: ignore[arg-type]
 
-    def add_floor(self, floor: str, wire: Wire) -> None:
-        """The floor's door, to the floor server at `floor`, carrying `wire`."""
-        self._asks.put((floor, wire))
+    def add_floor(self, name: str, floor: str, wire: Wire) -> None:
+        """A floor's door (its URL under `name`), to the floor server at `floor`, carrying
+        `wire`."""
+        self._asks.put((name, floor, wire))
         self.urls.update(self._answers.get(timeout=60))
 
     def close(self) -> None:
@@ -105,7 +113,7 @@ class _Doors:
 def _serve_doors(database_url: str, unpaid: str, asks: Any, answers: Any, ready: Any,
                  _stop: Any) -> None:
     """Child process of `_Doors` (a `Server`, whose `ready` settles the heap): serves until
-    asked None; a floor when asked for one."""
+    asked None; a floor's door when asked for one."""
     node = MarketplaceNode(database_url, sweep_interval_s=3600).start()
     gateway = Gateway(node)
     doors = {"paid": HttpServer(gateway.app()).start(),
@@ -114,10 +122,10 @@ def _serve_doors(database_url: str, unpaid: str, asks: Any, answers: Any, ready:
     ready.put({"node": node.address, "network": gateway.network,
                **{name: door.url for name, door in doors.items()}})
     while (ask := asks.get()) is not None:
-        floor, wire = ask
-        doors["floor"] = HttpServer(_floor_door({"endpoint": floor}, wire)).start()
+        name, floor, wire = ask
+        doors[name] = HttpServer(_floor_door({"endpoint": floor}, wire)).start()
         settle_heap()  # what the floor's door made, as `ready` did for the rest
-        answers.put({"floor": doors["floor"].url})
+        answers.put({name: doors[name].url})
     for door in doors.values():
         door.stop(0)
     node.stop(0)
@@ -164,13 +172,18 @@ def _clients(url: str, network: str, seeds: list[Any], calls: int, close_base: s
              out: Any, go: Any, signature: str | None = None) -> None:
     """Child process: CLIENTS concurrent clients, `calls` each; the first call of each is a
     warm-up (a paid one opens the session), after which it says "warm" on `out` and waits
-    for `go`; reports the timed calls' wall time. A seed None is an unpaid client, sending
-    `signature` as its PAYMENT-SIGNATURE if given (the floor)."""
+    for `go`; reports the timed calls' wall and CPU time once all are answered, waits for
+    `go` again, then closes every session and reports the closes' (none for a client that
+    opened none). A seed None is an unpaid client, sending `signature` as its
+    PAYMENT-SIGNATURE if given (the floor)."""
     import httpx
 
     from agents.x402 import http_client
 
-    async def one(seed: bytes | None, started: asyncio.Event, ready: list[int]) -> None:
+    answered: list[int] = []  # clients whose timed calls are all answered
+
+    async def one(seed: bytes | None, started: asyncio.Event, ready: list[int],
+                  called: asyncio.Event, closing: asyncio.Event) -> None:
         if seed is None:
             client, schemes = httpx.AsyncClient(headers={"PAYMENT-SIGNATURE": signature}
                                                 if signature else None), {}
@@ -185,15 +198,20 @@ def _clients(url: str, network: str, seeds: list[Any], calls: int, close_base: s
             for _ in range(calls - 1):
                 response = await client.post(url, json={"text": "hello"})
                 assert response.status_code == 200, response.text
+            answered.append(1)
+            if len(answered) == len(seeds):
+                called.set()
+            await closing.wait()
             for scheme in schemes.values():
                 for agreement in scheme.open_sessions():
                     closed = await client.post(f"{close_base}/{agreement}/close", json={
                         "finish": scheme.finish_signature(agreement)})
                     assert closed.status_code == 200, closed.text
 
-    async def main() -> float:
-        started, ready = asyncio.Event(), []
-        tasks = [asyncio.create_task(one(seed, started, ready)) for seed in seeds]
+    async def main() -> None:
+        started, called, closing, ready = asyncio.Event(), asyncio.Event(), asyncio.Event(), []
+        tasks = [asyncio.create_task(one(seed, started, ready, called, closing))
+                 for seed in seeds]
         while len(ready) < len(seeds):
             await asyncio.sleep(0.01)
         settle_heap()  # the clients are made: a buyer's process settles its heap
@@ -201,16 +219,21 @@ def _clients(url: str, network: str, seeds: list[Any], calls: int, close_base: s
         go.get()
         begin, cpu = time.perf_counter(), time.process_time()
         started.set()
+        await called.wait()
+        out.put((time.perf_counter() - begin, time.process_time() - cpu))
+        go.get()  # the servers' CPU so far is the calls'; what follows, the closes'
+        begin, cpu = time.perf_counter(), time.process_time()
+        closing.set()
         await asyncio.gather(*tasks)
-        return time.perf_counter() - begin, time.process_time() - cpu
+        out.put((time.perf_counter() - begin, time.process_time() - cpu))
 
-    out.put(asyncio.run(main()))
+    asyncio.run(main())
 
 
 class Round(NamedTuple):
-    """One round's figures. The timed window holds the timed calls and, for paid ones, the
-    closing of each session; the warm-up, each client's first call, opens a paid client's
-    session."""
+    """One round's figures. The timed window holds the timed calls and then, for paid ones,
+    the closing of each session (timed apart too); the warm-up, each client's first call,
+    opens a paid client's session."""
 
     calls_per_s: float
     door_us: float  # CPU per timed call: the door's process, the server's, the clients'
@@ -218,6 +241,9 @@ class Round(NamedTuple):
     clients_us: float
     door_open_ms: float  # CPU per client in the warm-up: the door's process, the server's
     server_open_ms: float
+    door_close_us: float  # of door_us, server_us and clients_us: the closes' share
+    server_close_us: float
+    clients_close_us: float
 
 
 def _round(url: str, network: str, seeds: list[Any], close_base: str, door_pid: int,
@@ -233,14 +259,23 @@ def _round(url: str, network: str, seeds: list[Any], close_base: str, door_pid: 
         raise RuntimeError("the clients did not finish their warm-up")
     warmed = cpu_s_so_far(door_pid), cpu_s_so_far(server_pid)
     warm = warmed[0] - door, warmed[1] - server
-    door, server = warmed
     go.put(True)
-    wall_s, clients = out.get(timeout=600)
-    door, server = cpu_s_so_far(door_pid) - door, cpu_s_so_far(server_pid) - server
+    calls_s, calls_clients = out.get(timeout=600)
+    called = cpu_s_so_far(door_pid), cpu_s_so_far(server_pid)
+    go.put(True)
+    closes_s, closes_clients = out.get(timeout=600)
+    closed = cpu_s_so_far(door_pid), cpu_s_so_far(server_pid)
     process.join(timeout=60)
     timed = len(seeds) * (CALLS_PER_CLIENT - 1)
-    return Round(timed / wall_s, door / timed * 1e6, server / timed * 1e6,
-                 clients / timed * 1e6, warm[0] / len(seeds) * 1e3, warm[1] / len(seeds) * 1e3)
+
+    def per_call(cpu_s: float) -> float:
+        return cpu_s / timed * 1e6
+
+    return Round(timed / (calls_s + closes_s), per_call(closed[0] - warmed[0]),
+                 per_call(closed[1] - warmed[1]), per_call(calls_clients + closes_clients),
+                 warm[0] / len(seeds) * 1e3, warm[1] / len(seeds) * 1e3,
+                 per_call(closed[0] - called[0]), per_call(closed[1] - called[1]),
+                 per_call(closes_clients))
 
 
 def run(progress: Any = None) -> dict[str, float]:
@@ -267,13 +302,16 @@ def _measure(kind: str, progress: Any, *, floor: bool = False) -> dict[str, floa
             seller = _started(started, Server(_serve_seller, node, kind))
             path = f"/v1/skills/{_listing_of(node)}/echo"  # every door serves the paid path
             close_base = f"{doors.urls['paid']}/v1/sessions"
-            floor_seller, wire = None, None
+            floors: dict[str, Server] = {}  # the floor (record), the floor's bytes alone
+            wire = None
             if floor:
-                floor_seller = _started(started, Server(serve_floor_variant, "echo"))
                 wire = asyncio.run(capture(f"{doors.urls['paid']}{path}", close_base, network,
                                            _funded(node)))
-                doors.add_floor(floor_seller.address, wire)
-            rounds: dict[str, list[Round]] = {"paid": [], "free": [], "floor": []}
+                for name in FLOORS:
+                    floors[name] = _started(started, Server(functools.partial(
+                        serve_floor_variant, variant=name), "echo"))
+                    doors.add_floor(name, floors[name].address, wire)
+            rounds: dict[str, list[Round]] = {"paid": [], "free": [], **{n: [] for n in floors}}
             postings = []
             for index in range(ROUNDS):
                 say(f"x402 gateway, {kind} seller: round {index + 1}/{ROUNDS}")
@@ -285,10 +323,11 @@ def _measure(kind: str, progress: Any, *, floor: bool = False) -> dict[str, floa
                 postings.append(moved / (CLIENTS * CALLS_PER_CLIENT) * 100)
                 rounds["free"].append(_round(f"{doors.urls['free']}{path}", network,
                                              [None] * CLIENTS, "", doors.pid, unpaid.pid))
-                if floor_seller is not None and wire is not None:
-                    rounds["floor"].append(_round(
-                        f"{doors.urls['floor']}{path}", network, [None] * CLIENTS, "",
-                        doors.pid, floor_seller.pid, wire.payment_signature))
+                for name, floor_server in floors.items():
+                    assert wire is not None
+                    rounds[name].append(_round(
+                        f"{doors.urls[name]}{path}", network, [None] * CLIENTS, "", doors.pid,
+                        floor_server.pid, wire.payment_signature))
         finally:
             for server in reversed(started):
                 server.close()
@@ -296,13 +335,16 @@ def _measure(kind: str, progress: Any, *, floor: bool = False) -> dict[str, floa
     results.update(x402_ledger_postings_per_100_calls=round(statistics.median(postings), 2),
                    x402_clients=CLIENTS,
                    x402_door_cpu_ms_per_session_open=_median(rounds["paid"], "door_open_ms", 2),
-                   x402_server_cpu_ms_per_session_open=_median(rounds["paid"], "server_open_ms", 2))
-    if floor:
-        floor_figures = _figures(rounds["floor"], rounds["free"], "floor")
-        results.update(x402_paid_call_ratio_floor=floor_figures["x402_paid_call_ratio"],
-                       x402_floor_calls_per_s=floor_figures["x402_paid_calls_per_s"],
-                       **{key: value for key, value in floor_figures.items()
-                          if key.endswith("_floor")})
+                   x402_server_cpu_ms_per_session_open=_median(rounds["paid"], "server_open_ms", 2),
+                   x402_door_cpu_us_per_call_close=_median(rounds["paid"], "door_close_us"),
+                   x402_server_cpu_us_per_call_close=_median(rounds["paid"], "server_close_us"),
+                   x402_client_cpu_us_per_call_close=_median(rounds["paid"], "clients_close_us"))
+    for name in floors:
+        floor_figures = _figures(rounds[name], rounds["free"], name)
+        results.update({f"x402_paid_call_ratio_{name}": floor_figures["x402_paid_call_ratio"],
+                        f"x402_{name}_calls_per_s": floor_figures["x402_paid_calls_per_s"],
+                        **{key: value for key, value in floor_figures.items()
+                           if key.endswith(f"_{name}")}})
     return results
 
 

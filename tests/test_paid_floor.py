@@ -20,13 +20,14 @@ from marketplace.v1 import agreement_pb2
 
 
 def _five_calls(serve: Callable[..., None], served: Skill, workdir: Path,
-                record: bool = True) -> None:
-    """Five calls to the floor `serve` runs (in a thread), which then stops."""
+                **options: bool) -> None:
+    """Five calls to the floor `serve` runs (in a thread, with `options`), which then
+    stops."""
     ready: queue.Queue[str] = queue.Queue()
     stop = threading.Event()
     server = threading.Thread(target=serve, daemon=True,
                               args=(served, framework_interceptors(), ready, stop, workdir),
-                              kwargs={"record": record})
+                              kwargs=options)
     server.start()
     channel = grpc.insecure_channel(ready.get(timeout=30))
     try:
@@ -69,6 +70,14 @@ def test_the_floor_without_its_record_answers_the_same_and_writes_nothing(
     _five_calls(serve, echo_async if serve is floor.serve_floor_aio else echo, tmp_path,
                 record=False)
     assert not (tmp_path / "journal.db").exists()  # no journal at all, so no row
+
+
+def test_the_floor_not_waiting_for_its_record_still_writes_every_one(tmp_path: Path):
+    """`floor_unwaited` tells the waiting's share from the writing's: it must write the same
+    rows (the journal is closed, and so flushed, when the server stops)."""
+    _five_calls(floor.serve_floor, echo, tmp_path, wait=False)
+    rows = _calls_recorded(tmp_path)
+    assert len(rows) == 5 and {row[0] for row in rows} == {floor.AGREEMENT_ID}
 
 
 def test_the_floor_with_a_file_record_appends_each_answered_call_before_answering(
