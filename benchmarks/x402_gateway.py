@@ -41,7 +41,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -60,8 +60,8 @@ from benchmarks._paid_sides import (
     serve_unpaid,
     serve_unpaid_aio,
 )
-from benchmarks._process import cpu_s_so_far
 from benchmarks._x402_floor import Wire, capture, floor_call
+from benchmarks._x402_rounds import Round, play_round
 from marketplace import MarketplaceNode
 from marketplace.heap import settle_heap
 from marketplace.http import HttpServer
@@ -168,116 +168,6 @@ def _door(call: Any) -> Starlette:
                          TrustedHostMiddleware, allowed_hosts=list(LOOPBACK_HOSTS))])
 
 
-def _clients(url: str, network: str, seeds: list[Any], calls: int, close_base: str,
-             out: Any, go: Any, signature: str | None = None) -> None:
-    """Child process: CLIENTS concurrent clients, `calls` each; the first call of each is a
-    warm-up (a paid one opens the session), after which it says "warm" on `out` and waits
-    for `go`; reports the timed calls' wall and CPU time once all are answered, waits for
-    `go` again, then closes every session and reports the closes' (none for a client that
-    opened none). A seed None is an unpaid client, sending `signature` as its
-    PAYMENT-SIGNATURE if given (the floor)."""
-    import httpx
-
-    from agents.x402 import http_client
-
-    answered: list[int] = []  # clients whose timed calls are all answered
-
-    async def one(seed: bytes | None, started: asyncio.Event, ready: list[int],
-                  called: asyncio.Event, closing: asyncio.Event) -> None:
-        if seed is None:
-            client, schemes = httpx.AsyncClient(headers={"PAYMENT-SIGNATURE": signature}
-                                                if signature else None), {}
-        else:
-            client, schemes = http_client(AgentKey.from_seed(seed), network,
-                                          calls_per_session=calls + 1)
-        async with client:
-            first = await client.post(url, json={"text": "hello"})
-            assert first.status_code == 200, first.text
-            ready.append(1)
-            await started.wait()
-            for _ in range(calls - 1):
-                response = await client.post(url, json={"text": "hello"})
-                assert response.status_code == 200, response.text
-            answered.append(1)
-            if len(answered) == len(seeds):
-                called.set()
-            await closing.wait()
-            for scheme in schemes.values():
-                for agreement in scheme.open_sessions():
-                    closed = await client.post(f"{close_base}/{agreement}/close", json={
-                        "finish": scheme.finish_signature(agreement)})
-                    assert closed.status_code == 200, closed.text
-
-    async def main() -> None:
-        started, called, closing, ready = asyncio.Event(), asyncio.Event(), asyncio.Event(), []
-        tasks = [asyncio.create_task(one(seed, started, ready, called, closing))
-                 for seed in seeds]
-        while len(ready) < len(seeds):
-            await asyncio.sleep(0.01)
-        settle_heap()  # the clients are made: a buyer's process settles its heap
-        out.put("warm")  # the servers' CPU so far is the warm-up's (a paid one: the opening)
-        go.get()
-        begin, cpu = time.perf_counter(), time.process_time()
-        started.set()
-        await called.wait()
-        out.put((time.perf_counter() - begin, time.process_time() - cpu))
-        go.get()  # the servers' CPU so far is the calls'; what follows, the closes'
-        begin, cpu = time.perf_counter(), time.process_time()
-        closing.set()
-        await asyncio.gather(*tasks)
-        out.put((time.perf_counter() - begin, time.process_time() - cpu))
-
-    asyncio.run(main())
-
-
-class Round(NamedTuple):
-    """One round's figures. The timed window holds the timed calls and then, for paid ones,
-    the closing of each session (timed apart too); the warm-up, each client's first call,
-    opens a paid client's session."""
-
-    calls_per_s: float
-    door_us: float  # CPU per timed call: the door's process, the server's, the clients'
-    server_us: float
-    clients_us: float
-    door_open_ms: float  # CPU per client in the warm-up: the door's process, the server's
-    server_open_ms: float
-    door_close_us: float  # of door_us, server_us and clients_us: the closes' share
-    server_close_us: float
-    clients_close_us: float
-
-
-def _round(url: str, network: str, seeds: list[Any], close_base: str, door_pid: int,
-           server_pid: int, signature: str | None = None) -> Round:
-    """One round of `seeds`' clients against `url`."""
-    context = multiprocessing.get_context("spawn")
-    out, go = context.Queue(), context.Queue()
-    process = context.Process(target=_clients, args=(url, network, seeds, CALLS_PER_CLIENT,
-                                                     close_base, out, go, signature))
-    door, server = cpu_s_so_far(door_pid), cpu_s_so_far(server_pid)
-    process.start()
-    if out.get(timeout=600) != "warm":
-        raise RuntimeError("the clients did not finish their warm-up")
-    warmed = cpu_s_so_far(door_pid), cpu_s_so_far(server_pid)
-    warm = warmed[0] - door, warmed[1] - server
-    go.put(True)
-    calls_s, calls_clients = out.get(timeout=600)
-    called = cpu_s_so_far(door_pid), cpu_s_so_far(server_pid)
-    go.put(True)
-    closes_s, closes_clients = out.get(timeout=600)
-    closed = cpu_s_so_far(door_pid), cpu_s_so_far(server_pid)
-    process.join(timeout=60)
-    timed = len(seeds) * (CALLS_PER_CLIENT - 1)
-
-    def per_call(cpu_s: float) -> float:
-        return cpu_s / timed * 1e6
-
-    return Round(timed / (calls_s + closes_s), per_call(closed[0] - warmed[0]),
-                 per_call(closed[1] - warmed[1]), per_call(calls_clients + closes_clients),
-                 warm[0] / len(seeds) * 1e3, warm[1] / len(seeds) * 1e3,
-                 per_call(closed[0] - called[0]), per_call(closed[1] - called[1]),
-                 per_call(closes_clients))
-
-
 def run(progress: Any = None) -> dict[str, float]:
     """Both kinds of seller server, each against an unpaid server of its kind: the threaded
     one (the headline `x402_paid_call_ratio`, and its floor) and grpc.aio (keys ending
@@ -302,7 +192,7 @@ def _measure(kind: str, progress: Any, *, floor: bool = False) -> dict[str, floa
             seller = _started(started, Server(_serve_seller, node, kind))
             path = f"/v1/skills/{_listing_of(node)}/echo"  # every door serves the paid path
             close_base = f"{doors.urls['paid']}/v1/sessions"
-            floors: dict[str, Server] = {}  # the floor (record), the floor's bytes alone
+            floors: dict[str, Server] = {}  # by variant (FLOORS)
             wire = None
             if floor:
                 wire = asyncio.run(capture(f"{doors.urls['paid']}{path}", close_base, network,
@@ -317,17 +207,20 @@ def _measure(kind: str, progress: Any, *, floor: bool = False) -> dict[str, floa
                 say(f"x402 gateway, {kind} seller: round {index + 1}/{ROUNDS}")
                 seeds = [_funded(node).seed() for _ in range(CLIENTS)]
                 before = _postings(database)
-                rounds["paid"].append(_round(f"{doors.urls['paid']}{path}", network, seeds,
-                                             close_base, doors.pid, seller.pid))
+                rounds["paid"].append(play_round(f"{doors.urls['paid']}{path}", network, seeds,
+                                                 CALLS_PER_CLIENT, close_base, doors.pid,
+                                                 seller.pid))
                 moved = _postings(database) - before
                 postings.append(moved / (CLIENTS * CALLS_PER_CLIENT) * 100)
-                rounds["free"].append(_round(f"{doors.urls['free']}{path}", network,
-                                             [None] * CLIENTS, "", doors.pid, unpaid.pid))
+                rounds["free"].append(play_round(f"{doors.urls['free']}{path}", network,
+                                                 [None] * CLIENTS, CALLS_PER_CLIENT, "",
+                                                 doors.pid, unpaid.pid))
                 for name, floor_server in floors.items():
                     assert wire is not None
-                    rounds[name].append(_round(
-                        f"{doors.urls[name]}{path}", network, [None] * CLIENTS, "", doors.pid,
-                        floor_server.pid, wire.payment_signature))
+                    rounds[name].append(play_round(
+                        f"{doors.urls[name]}{path}", network, [None] * CLIENTS,
+                        CALLS_PER_CLIENT, "", doors.pid, floor_server.pid,
+                        wire.payment_signature))
         finally:
             for server in reversed(started):
                 server.close()
