@@ -28,6 +28,7 @@ from x402.http.clients.httpx import x402AsyncTransport
 from agents.v1 import agent_pb2
 from agents.x402 import forward
 from agents.x402.client import PrepayTransport, buyer_client
+from agents.x402.closing import close_sessions
 from benchmarks._paid_floor import AGREEMENT_ID, VOUCHERS, voucher_metadata
 from marketplace.identity import AgentKey
 
@@ -61,9 +62,10 @@ class _Recorder(httpx.AsyncBaseTransport):
         await self.inner.aclose()
 
 
-async def capture(url: str, close_base: str, network: str, key: AgentKey) -> Wire:
+async def capture(url: str, gateway: str, network: str, key: AgentKey) -> Wire:
     """A real session call's wire: `key` (funded) opens a session at `url` through x402's
-    client, pays two calls with vouchers and closes it; the last call is returned."""
+    client, pays two calls with vouchers and closes it at `gateway`; the last call is
+    returned."""
     client, schemes = buyer_client(key, network, calls_per_session=4)
     recorder = _Recorder()
     async with httpx.AsyncClient(transport=x402AsyncTransport(
@@ -72,11 +74,7 @@ async def capture(url: str, close_base: str, network: str, key: AgentKey) -> Wir
             answer = await http.post(url, json={"text": "hello"})
             assert answer.status_code == 200, answer.text
         wire = recorder.last
-        for scheme in schemes.values():
-            for agreement in scheme.open_sessions():
-                closed = await http.post(f"{close_base}/{agreement}/close",
-                                         json={"finish": scheme.finish_signature(agreement)})
-                assert closed.status_code == 200, closed.text
+        await close_sessions(http, gateway, schemes)
     assert wire is not None and wire.payment_signature and wire.payment_response
     return wire
 

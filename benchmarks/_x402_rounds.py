@@ -18,17 +18,17 @@ from marketplace.heap import settle_heap
 from marketplace.identity import AgentKey
 
 
-def _clients(url: str, network: str, seeds: list[Any], calls: int, close_base: str,
+def _clients(url: str, network: str, seeds: list[Any], calls: int, gateway: str,
              out: Any, go: Any, signature: str | None = None) -> None:
     """Child process: one concurrent client per seed, `calls` each; the first call of each is a
     warm-up (a paid one opens the session), after which it says "warm" on `out` and waits
     for `go`; reports the timed calls' wall and CPU time once all are answered, waits for
-    `go` again, then closes every session and reports the closes' (none for a client that
-    opened none). A seed None is an unpaid client, sending `signature` as its
+    `go` again, then closes every session at `gateway` and reports the closes' (none for a
+    client that opened none). A seed None is an unpaid client, sending `signature` as its
     PAYMENT-SIGNATURE if given (the floor)."""
     import httpx
 
-    from agents.x402 import http_client
+    from agents.x402 import close_sessions, http_client
 
     answered: list[int] = []  # clients whose timed calls are all answered
 
@@ -52,11 +52,7 @@ def _clients(url: str, network: str, seeds: list[Any], calls: int, close_base: s
             if len(answered) == len(seeds):
                 called.set()
             await closing.wait()
-            for scheme in schemes.values():
-                for agreement in scheme.open_sessions():
-                    closed = await client.post(f"{close_base}/{agreement}/close", json={
-                        "finish": scheme.finish_signature(agreement)})
-                    assert closed.status_code == 200, closed.text
+            await close_sessions(client, gateway, schemes)
 
     async def main() -> None:
         started, called, closing, ready = asyncio.Event(), asyncio.Event(), asyncio.Event(), []
@@ -96,14 +92,14 @@ class Round(NamedTuple):
     clients_close_us: float
 
 
-def play_round(url: str, network: str, seeds: list[Any], calls: int, close_base: str,
+def play_round(url: str, network: str, seeds: list[Any], calls: int, gateway: str,
                door_pid: int, server_pid: int, signature: str | None = None) -> Round:
     """One round of `seeds`' clients against `url`, `calls` each (the first a warm-up), in a
     process of their own (`_clients`), and what it cost the door's and the server's process
     (`door_pid`, `server_pid`)."""
     context = multiprocessing.get_context("spawn")
     out, go = context.Queue(), context.Queue()
-    process = context.Process(target=_clients, args=(url, network, seeds, calls, close_base,
+    process = context.Process(target=_clients, args=(url, network, seeds, calls, gateway,
                                                      out, go, signature))
     door, server = cpu_s_so_far(door_pid), cpu_s_so_far(server_pid)
     process.start()

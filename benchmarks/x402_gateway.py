@@ -191,11 +191,11 @@ def _measure(kind: str, progress: Any, *, floor: bool = False) -> dict[str, floa
             node, network = doors.urls["node"], doors.urls["network"]
             seller = _started(started, Server(_serve_seller, node, kind))
             path = f"/v1/skills/{_listing_of(node)}/echo"  # every door serves the paid path
-            close_base = f"{doors.urls['paid']}/v1/sessions"
+            gateway = doors.urls["paid"]  # where sessions are closed
             floors: dict[str, Server] = {}  # by variant (FLOORS)
             wire = None
             if floor:
-                wire = asyncio.run(capture(f"{doors.urls['paid']}{path}", close_base, network,
+                wire = asyncio.run(capture(f"{doors.urls['paid']}{path}", gateway, network,
                                            _funded(node)))
                 for name in FLOORS:
                     floors[name] = _started(started, Server(functools.partial(
@@ -208,7 +208,7 @@ def _measure(kind: str, progress: Any, *, floor: bool = False) -> dict[str, floa
                 seeds = [_funded(node).seed() for _ in range(CLIENTS)]
                 before = _postings(database)
                 rounds["paid"].append(play_round(f"{doors.urls['paid']}{path}", network, seeds,
-                                                 CALLS_PER_CLIENT, close_base, doors.pid,
+                                                 CALLS_PER_CLIENT, gateway, doors.pid,
                                                  seller.pid))
                 moved = _postings(database) - before
                 postings.append(moved / (CLIENTS * CALLS_PER_CLIENT) * 100)

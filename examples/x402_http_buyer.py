@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from x402.http.utils import decode_payment_response_header
 
 from agents import BuyerAgent, SellerAgent, per_call, skill
-from agents.x402 import Gateway, http_client
+from agents.x402 import Gateway, close_sessions, http_client
 from marketplace import MarketplaceNode
 from marketplace.http import HttpServer
 from marketplace.identity import AgentKey
@@ -32,7 +32,7 @@ def shout(text: str) -> Shout:
     return Shout(text=text.upper())
 
 
-async def buy(url: str, key: AgentKey, network: str, close_url: str) -> None:
+async def buy(url: str, key: AgentKey, network: str, gateway_url: str) -> None:
     client, schemes = http_client(key, network, calls_per_session=3)
     async with client:
         for word in ("hello", "paid", "agents"):
@@ -40,10 +40,7 @@ async def buy(url: str, key: AgentKey, network: str, close_url: str) -> None:
             paid = decode_payment_response_header(response.headers["payment-response"])
             print(f"{response.json()['output']['text']}: paid {paid.amount} atomic USD, "
                   f"held under posting {paid.transaction}")
-        (agreement,) = schemes["exact"].open_sessions()
-        closed = await client.post(close_url.format(agreement), json={
-            "finish": schemes["exact"].finish_signature(agreement)})
-        settled = closed.json()
+        (settled,) = await close_sessions(client, gateway_url, schemes)  # one session
         print(f"session settled: {settled['captured']} captured (fee {settled['fee']}), "
               f"{settled['refunded']} back; receipt signed by the node: "
               f"{settled['receipt']['signature'][:16]}…")
@@ -59,6 +56,6 @@ with MarketplaceNode(f"sqlite:///{tempfile.mkdtemp()}/market.db") as node, \
     http = HttpServer(gateway.app()).start()
     try:
         asyncio.run(buy(f"{http.url}/v1/skills/{seller.agent_id}/shout", key, gateway.network,
-                        f"{http.url}/v1/sessions/{{}}/close"))
+                        http.url))
     finally:
         http.stop()

@@ -35,7 +35,7 @@ def market(tmp_path_factory) -> Iterator[Market]:
 
 def test_the_capture_is_a_session_calls_wire_and_its_session_is_settled(market):
     before = market.posted(market.key.agent_id)
-    wire = asyncio.run(capture(market.url("shout"), f"{market.http.url}/v1/sessions",
+    wire = asyncio.run(capture(market.url("shout"), market.http.url,
                                market.network, market.key))
     paid = decode_payment_signature_header(wire.payment_signature)
     assert paid.payload["kind"] == "voucher" and paid.accepted.network == market.network
@@ -48,7 +48,7 @@ def test_the_capture_is_a_session_calls_wire_and_its_session_is_settled(market):
 
 
 def test_the_floor_door_carries_the_wire_and_its_seller_records_each_call(market, tmp_path):
-    wire = asyncio.run(capture(market.url("shout"), f"{market.http.url}/v1/sessions",
+    wire = asyncio.run(capture(market.url("shout"), market.http.url,
                                market.network, market.key))
     ready: queue.Queue[str] = queue.Queue()
     stop = threading.Event()

@@ -28,7 +28,7 @@ from agents import (
     skill,
 )
 from agents.llm import stream
-from agents.x402 import Gateway
+from agents.x402 import Gateway, close_sessions
 from agents.x402.network import network_id
 from marketplace.http import HttpServer
 from marketplace.identity import AgentKey
@@ -141,16 +141,9 @@ async def read_stream(client: Any, url: str, *, words: int = 40, hang_up: bool =
 
 async def close_open_sessions(client: Any, market: Market, schemes: dict[str, Any]
                               ) -> list[dict[str, Any]]:
-    """Close every session `schemes` hold open, through `client` (each must answer 200): the
+    """Close every session `schemes` hold open, through `client` (each must close): the
     closing answers' JSON."""
-    closed = []
-    for scheme in schemes.values():
-        for agreement in scheme.open_sessions():
-            answer = await client.post(f"{market.http.url}/v1/sessions/{agreement}/close",
-                                       json={"finish": scheme.finish_signature(agreement)})
-            assert answer.status_code == 200, answer.text
-            closed.append(answer.json())
-    return closed
+    return await close_sessions(client, market.http.url, schemes)
 
 
 def books_balance(node: MarketplaceNode) -> None:
