@@ -1,6 +1,7 @@
 """`close_sessions`: a buyer done calling closes every session its schemes hold open, each
 capture and refund in the answer, and forgets them (its next call opens a new session); a
-close the gateway refuses is the SDK's own error, the other sessions still closed.
+close the gateway refuses (never with 402: a close is no payment) is the SDK's own error, the
+other sessions still closed.
 Real parts: a node (SQLite file), a seller agent, the gateway on uvicorn, x402's own client.
 """
 
@@ -12,8 +13,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from agents.errors import FailedPrecondition, Unavailable
+from agents.errors import PermissionDenied, Unavailable
 from agents.x402 import close_sessions, http_client
+from agents.x402.reasons import Refused
+from agents.x402.seller_calls import SellerAnswer
 from tests.x402_market import Market, books_balance, open_market
 
 
@@ -65,7 +68,7 @@ def test_a_refused_close_is_the_sdks_error_and_the_others_still_close(market):
             raised = None
             try:
                 await close_sessions(client, market.http.url, schemes)
-            except FailedPrecondition as error:
+            except PermissionDenied as error:
                 raised = error
             left = [a for s in schemes.values() for a in s.open_sessions()]
             schemes["exact"].finish_signature = signed
@@ -88,6 +91,37 @@ def test_a_gateway_that_does_not_answer_is_unavailable(market):
             await close_sessions(client, market.http.url, schemes)
 
     asyncio.run(run())
+
+
+def test_a_seller_that_does_not_finish_is_502_and_unavailable(market, monkeypatch):
+    calls = market.gateway.sessions.seller_calls
+
+    async def silent(_endpoint: str, agreement_id: str, _signature: bytes) -> SellerAnswer:
+        return SellerAnswer(agreement_id, refused=Refused(
+            "seller_refused", "the seller did not finish: it is gone"))
+
+    async def run() -> tuple[httpx.Response, Unavailable | None, int]:
+        client, schemes = http_client(market.key, market.network, calls_per_session=5)
+        async with client:
+            assert (await client.post(market.url("shout"), json={"text": "x"})
+                    ).status_code == 200
+            (agreement,) = schemes["exact"].open_sessions()
+            with monkeypatch.context() as patched:
+                patched.setattr(calls, "finish", silent)
+                raw = await client.post(f"{market.http.url}/v1/sessions/{agreement}/close",
+                                        json={"finish": schemes["exact"].finish_signature(
+                                            agreement)})
+                raised = None
+                try:
+                    await close_sessions(client, market.http.url, schemes)
+                except Unavailable as error:
+                    raised = error
+            return raw, raised, len(await close_sessions(client, market.http.url, schemes))
+
+    raw, raised, closed_after = asyncio.run(run())
+    assert (raw.status_code, raw.json()["error"]) == (502, "seller_refused")
+    assert raised is not None and "502 seller_refused" in str(raised)
+    assert closed_after == 1  # closed once the seller finishes
 
 
 def test_closing_with_nothing_open_closes_nothing():

@@ -370,7 +370,7 @@ def test_a_strangers_close_is_refused_at_the_gateway_and_holds_up_nothing(market
     for finish in (stranger.hex(), "00" * 64):
         refused = httpx.post(f"{market.http.url}/v1/sessions/{session.agreement}/close",
                              json={"finish": finish})
-        assert (refused.status_code, refused.json()["error"]) == (402, "invalid_signature")
+        assert (refused.status_code, refused.json()["error"]) == (403, "invalid_signature")
     found = market.gateway.sessions.sessions[session.agreement]
     assert relayed == [] and found.closed is None
     assert not found.closing.locked()

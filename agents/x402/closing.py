@@ -13,14 +13,17 @@ from collections.abc import Mapping
 from typing import Any
 
 import httpx
-from x402.http.clients.httpx import x402AsyncTransport
 
-from agents.errors import AgentmarketError, FailedPrecondition, NotFound, Unavailable
+from agents.errors import (
+    AgentmarketError,
+    FailedPrecondition,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
 from agents.x402.client import AgentmarketScheme
 
 CLOSE_PATH = "/v1/sessions/{agreement}/close"
-# A close refused with 402 is an answer to read, not an offer for x402's client to pay
-_NOT_TO_PAY = {x402AsyncTransport.RETRY_KEY: True}
 
 
 async def close_sessions(client: httpx.AsyncClient, gateway_url: str,
@@ -28,16 +31,16 @@ async def close_sessions(client: httpx.AsyncClient, gateway_url: str,
     """Close every session `schemes` hold open at the gateway at `gateway_url` (through
     `client`, e.g. `http_client`'s): the gateway's answers (captured, fee, refunded, and the
     receipt the node signed), one per session closed. Every session is tried; if any close
-    is refused the first refusal is raised (NotFound, FailedPrecondition, or Unavailable:
-    the gateway could not answer; close again), the sessions not closed still open."""
+    is refused the first refusal is raised (NotFound; PermissionDenied: the finish is not the
+    buyer's; FailedPrecondition: a close is already running; Unavailable: the gateway or the
+    seller did not answer, close again), the sessions not closed still open."""
     closed: list[dict[str, Any]] = []
     refused: list[AgentmarketError] = []
     for scheme in schemes.values():
         for agreement in scheme.open_sessions():
             request = client.build_request(
                 "POST", gateway_url.rstrip("/") + CLOSE_PATH.format(agreement=agreement),
-                json={"finish": scheme.finish_signature(agreement)},
-                extensions=_NOT_TO_PAY)
+                json={"finish": scheme.finish_signature(agreement)})
             try:
                 answer = await client.send(request)
             except httpx.HTTPError as error:
@@ -65,6 +68,8 @@ def _refusal(agreement: str, answer: httpx.Response) -> AgentmarketError:
     text = f"closing session {agreement[:12]}… was refused ({status}): {message}"
     if answer.status_code == 404:
         return NotFound(text)
+    if answer.status_code == 403:
+        return PermissionDenied(text)
     if answer.status_code == 429 or answer.status_code >= 500:
         return Unavailable(text)
     return FailedPrecondition(text)

@@ -100,6 +100,12 @@ async def _drained(events: asyncio.Queue[bytes | None]) -> AsyncIterator[bytes]:
         yield piece
 
 
+# A close is no payment, so its refusals are HTTP's own statuses, never 402 (which x402
+# clients take for an offer to pay): a bad finish signature 403, a seller that did not finish
+# 502 (retry), no such session 404, a close already running 409
+CLOSE_STATUS = {"invalid_signature": 403, "seller_refused": 502, "session_unknown": 404,
+                "session_busy": 409}
+
 class Gateway:
     """The gateway of one node (in its process: `node.settlement` holds and captures)."""
 
@@ -406,8 +412,7 @@ class Gateway:
                 async with self.sessions.finishing(agreement, finish):
                     closing = await asyncio.to_thread(self.sessions.close, agreement, finish)
             except Refused as error:
-                status = {"session_unknown": 404, "session_busy": 409}.get(error.reason, 402)
-                return problem(status, error.reason, error.message)
+                return problem(CLOSE_STATUS.get(error.reason, 400), error.reason, error.message)
             summary = settlement_summary(closing)
             extra: dict[str, Any] = {"agreementId": agreement, "calls": session.calls,
                                      "settlement": summary}

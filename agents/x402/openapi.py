@@ -63,7 +63,16 @@ def openapi(network: str) -> dict[str, Any]:
                 "responses": {"200": {"description": "the settlement and its signed receipt",
                                       "headers": {"PAYMENT-RESPONSE": {
                                           "schema": {"type": "string"}}}},
-                              "402": {"description": "refused (reason in `error`)"},
-                              "404": {"description": "no such session"}}}},
+                              "400": {"description": "not {\"finish\": \"<hex>\"}",
+                                      "content": {"application/json": {"schema": _PROBLEM}}},
+                              "403": {"description": "the finish is not the session's "
+                                                     "buyer's (`invalid_signature`)",
+                                      "content": {"application/json": {"schema": _PROBLEM}}},
+                              "404": {"description": "no such session (`session_unknown`)"},
+                              "409": {"description": "another request is closing the "
+                                                     "session (`session_busy`): retry"},
+                              "502": {"description": "the seller did not finish "
+                                                     "(`seller_refused`): close again",
+                                      "content": {"application/json": {"schema": _PROBLEM}}}}}},
         },
     }
