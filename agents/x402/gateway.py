@@ -9,7 +9,8 @@ and `x402HTTPResourceServer`) builds the 402 from the listing's price, matches a
 payment and runs the settle hooks; agentmarket's scheme (`agents.x402.facilitator`) holds and
 captures through the node's `Settlement`, and the call goes to the seller's AgentService over
 gRPC with the buyer's PayWord voucher, as a gRPC buyer's would. A session's later calls take
-`agents.x402.session_calls`, which checks the next word in a few hashes without x402's models.
+`agents.x402.session_calls`, which checks the next word in a few hashes without x402's models;
+a close, `agents.x402.session_closes`.
 The caller's W3C `traceparent` is continued into the gRPC hops and the postings.
 """
 
@@ -66,13 +67,12 @@ from agents.x402.facilitator import (
     LocalFacilitator,
     PriceScheme,
     facilitator_for,
-    settlement_summary,
 )
 from agents.x402.facilitator_app import facilitator_app
 from agents.x402.openapi import openapi
-from agents.x402.reasons import Refused
 from agents.x402.routes import Route, Routes
 from agents.x402.session_calls import SessionCalls
+from agents.x402.session_closes import SessionCloses
 from agents.x402.sessions import SessionBook
 from marketplace.errors import NotFound
 from marketplace.grpc_tracing import tracing_active
@@ -100,11 +100,6 @@ async def _drained(events: asyncio.Queue[bytes | None]) -> AsyncIterator[bytes]:
         yield piece
 
 
-# A close is no payment, so its refusals are HTTP's own statuses, never 402 (which x402
-# clients take for an offer to pay): a bad finish signature 403, a seller that did not finish
-# 502 (retry), no such session 404, a close already running 409
-CLOSE_STATUS = {"invalid_signature": 403, "seller_refused": 502, "session_unknown": 404,
-                "session_busy": 409}
 
 class Gateway:
     """The gateway of one node (in its process: `node.settlement` holds and captures)."""
@@ -129,7 +124,8 @@ class Gateway:
         self.facilitator = facilitator_for(self.network, node.ledger, node.key, self.sessions)
         self.public_facilitator = facilitator_for(self.network, node.ledger, node.key)
         self.evm_network = evm.register(self.public_facilitator) if evm is not None else None
-        self._responses = LedgerScheme(net.EXACT, self.network, node.ledger, node.key)
+        self.closes = SessionCloses(self.sessions, LedgerScheme(
+            net.EXACT, self.network, node.ledger, node.key), self._tracer)
         self.server = x402ResourceServer(LocalFacilitator(self.facilitator, self.sessions))
         for scheme in net.SCHEMES:
             self.server.register(self.network, PriceScheme(scheme, flow="escrow"))
@@ -148,7 +144,7 @@ class Gateway:
             Middleware(SecurityHeaders),
             Middleware(TrustedHostMiddleware, allowed_hosts=list(hosts))], routes=[
             Path("/v1/skills/{listing}/{skill}", self.call, methods=["POST"]),
-            Path("/v1/sessions/{agreement}/close", self.close, methods=["POST"]),
+            Path("/v1/sessions/{agreement}/close", self.closes.close, methods=["POST"]),
             Path("/openapi.json", lambda _r: JSONResponse(openapi(self.network))),
             Mount("/facilitator", app=facilitator_app(self.public_facilitator))])
 
@@ -392,39 +388,6 @@ class Gateway:
         return {PAYMENT_REQUIRED_HEADER: encode_payment_required_header(refused)}
 
     # ---- closing a session ----------------------------------------------------------------
-
-    async def close(self, request: Request) -> Response:
-        context = propagate.extract(dict(request.headers))
-        with self._tracer.start_as_current_span("gateway.close", context=context):
-            raw = await body_within(request, 4096)
-            if raw is None:
-                return problem(413, "body_too_large", "a close's body is at most 4096 bytes")
-            try:
-                data = net.strict_loads(raw)
-                finish = net.unhex(data["finish"], "finish", 64)  # type: ignore[index]
-            except (ValueError, TypeError, KeyError, RecursionError, net.PayloadError):
-                return problem(400, "invalid_json", 'the body is {"finish": "<hex>"}')
-            agreement = request.path_params["agreement"]
-            session = self.sessions.sessions.get(agreement)  # kept even if the table drops it
-            try:
-                if session is None:
-                    raise Refused("session_unknown", "no session has this agreement")
-                async with self.sessions.finishing(agreement, finish):
-                    closing = await asyncio.to_thread(self.sessions.close, agreement, finish)
-            except Refused as error:
-                return problem(CLOSE_STATUS.get(error.reason, 400), error.reason, error.message)
-            summary = settlement_summary(closing)
-            extra: dict[str, Any] = {"agreementId": agreement, "calls": session.calls,
-                                     "settlement": summary}
-            with session.lock:  # the chained receipts' head: the close signs them all
-                if session.receipts.seq:
-                    extra["chainSeq"] = session.receipts.seq
-                    extra["chainHead"] = session.receipts.head
-            settled = self._responses.signed_response(
-                session.body.buyer_id, session.body.seller_id, int(summary["captured"]),
-                session.body.terms.currency, summary["transaction"], extra)
-            return JSONResponse(summary, headers={
-                "PAYMENT-RESPONSE": encode_payment_response_header(settled)})
 
     async def aclose(self) -> None:
         await self.channels.aclose()
