@@ -22,7 +22,6 @@ import os
 import pwd
 import shlex
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -40,6 +39,7 @@ from wallets.ledger import Ledger
 # Sellers' usage journals (agents.seller.journal_url) go to a directory of this run, never the
 # checkout; examples run as subprocesses inherit it.
 os.environ.setdefault("AGENTMARKET_HOME", tempfile.mkdtemp(prefix="agentmarket-test-home-"))
+from tests.processes.node import free_port
 from wallets.service import WalletService
 from wallets.store import make_engine
 
@@ -90,9 +90,8 @@ def _with_dbname(conninfo: str, dbname: str) -> str:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port to start a server on, outside the range bind(0) hands out meanwhile."""
+    return free_port()
 
 
 def _server_bin_dir() -> Path | None:

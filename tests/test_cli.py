@@ -32,6 +32,7 @@ from marketplace.cli.demo import DemoResult, run_demo
 from marketplace.cli.main import app
 from marketplace.identity import AgentKey
 from marketplace.spanstore import SpanStore
+from tests.processes.node import free_port
 from wallets.currencies import currency, split
 
 CALLS = 3
@@ -65,9 +66,8 @@ def _stopped(process: subprocess.Popen, logs: Path) -> int:  # type: ignore[type
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port to start a server on, outside the range bind(0) hands out meanwhile."""
+    return free_port()
 
 
 def _agentmarket() -> list[str]:

@@ -5,7 +5,6 @@ is paid for every call it answered, before and after the restart."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from agents.usage_journal import UsageJournal
 from marketplace import agreements as ag
 from marketplace.identity import AgentKey
 from marketplace.node import MarketplaceNode
+from tests.processes.node import free_port
 
 
 class Upper(BaseModel):
@@ -30,9 +30,8 @@ def upper(text: str) -> Upper:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port the seller restarts on, which no other test's server can take meanwhile."""
+    return free_port()
 
 
 def _crash(seller: SellerAgent) -> None:

@@ -9,7 +9,6 @@ lets them through unchecked. Without `redis_url` a node keeps its own in-process
 from __future__ import annotations
 
 import os
-import socket
 import time
 from collections.abc import Iterator
 
@@ -30,6 +29,7 @@ from marketplace.identity import AgentKey
 from marketplace.node import MarketplaceNode
 from marketplace.request_limits import ADMITTED, LIMITED, REPLAYED, LocalLimits, RedisLimits
 from tests.conftest import postgres_schema
+from tests.processes.node import free_port
 from tests.test_auth_limits import BODY, METHOD
 from tests.test_auth_limits import _metadata as _fresh_metadata
 from wallets.errors import InvalidArgument, Unauthenticated, Unavailable
@@ -40,9 +40,8 @@ LIST = "/wallets.v1.WalletService/ListCurrencies"
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port to start a server on, outside the range bind(0) hands out meanwhile."""
+    return free_port()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from agents import BuyerAgent
 from marketplace.spanstore import SpanStore
 from marketplace.tracing import force_flush, setup_tracing
+from tests.processes.node import free_port
 from wallets import Ledger, make_engine
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,9 +28,8 @@ SELLER = ROOT / "examples" / "node-client" / "seller.py"  # sells upper and spel
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port to start a server on, outside the range bind(0) hands out meanwhile."""
+    return free_port()
 
 
 def _wait_serving(address: str, deadline_s: float = 20) -> None:

@@ -14,6 +14,7 @@ capture or void a hold over the wallet API.
 from __future__ import annotations
 
 import os
+import random
 import selectors
 import signal
 import socket
@@ -26,10 +27,23 @@ ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 90.0  # a ceiling: three nodes migrating one database on a busy machine
 
 
+# Ports for servers that restart on the same port: below Linux's ephemeral range (32768 up),
+# which every bind to port 0 draws from, so that no other test's server, started while this
+# one is down between a kill and its restart, can be given its port.
+RESTART_PORTS = range(20_000, 32_768)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free loopback port outside the ephemeral range (`RESTART_PORTS`)."""
+    for _ in range(100):
+        port = random.choice(RESTART_PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # taken: another
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 class NodeProcess:
