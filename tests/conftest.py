@@ -39,7 +39,7 @@ from wallets.ledger import Ledger
 # Sellers' usage journals (agents.seller.journal_url) go to a directory of this run, never the
 # checkout; examples run as subprocesses inherit it.
 os.environ.setdefault("AGENTMARKET_HOME", tempfile.mkdtemp(prefix="agentmarket-test-home-"))
-from tests.processes.node import free_port
+from tests.processes.node import free_port as _free_port  # a port bind(0) never hands out
 from wallets.service import WalletService
 from wallets.store import make_engine
 
@@ -88,10 +88,6 @@ def _with_dbname(conninfo: str, dbname: str) -> str:
     head, _, _db = conninfo.rpartition("/")
     return f"{head}/{dbname}"
 
-
-def _free_port() -> int:
-    """A port to start a server on, outside the range bind(0) hands out meanwhile."""
-    return free_port()
 
 
 def _server_bin_dir() -> Path | None:

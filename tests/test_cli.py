@@ -32,7 +32,7 @@ from marketplace.cli.demo import DemoResult, run_demo
 from marketplace.cli.main import app
 from marketplace.identity import AgentKey
 from marketplace.spanstore import SpanStore
-from tests.processes.node import free_port
+from tests.processes.node import free_port as _free_port  # a port bind(0) never hands out
 from wallets.currencies import currency, split
 
 CALLS = 3
@@ -64,10 +64,6 @@ def _stopped(process: subprocess.Popen, logs: Path) -> int:  # type: ignore[type
 
 # ---- serve: a real process -------------------------------------------------------------------
 
-
-def _free_port() -> int:
-    """A port to start a server on, outside the range bind(0) hands out meanwhile."""
-    return free_port()
 
 
 def _agentmarket() -> list[str]:

@@ -16,7 +16,7 @@ from agents.usage_journal import UsageJournal
 from marketplace import agreements as ag
 from marketplace.identity import AgentKey
 from marketplace.node import MarketplaceNode
-from tests.processes.node import free_port
+from tests.processes.node import free_port as _free_port  # a port bind(0) never hands out
 
 
 class Upper(BaseModel):
@@ -28,10 +28,6 @@ def upper(text: str) -> Upper:
     """Upper-case a text."""
     return Upper(text=text.upper())
 
-
-def _free_port() -> int:
-    """A port the seller restarts on, which no other test's server can take meanwhile."""
-    return free_port()
 
 
 def _crash(seller: SellerAgent) -> None:

@@ -29,7 +29,7 @@ from marketplace.identity import AgentKey
 from marketplace.node import MarketplaceNode
 from marketplace.request_limits import ADMITTED, LIMITED, REPLAYED, LocalLimits, RedisLimits
 from tests.conftest import postgres_schema
-from tests.processes.node import free_port
+from tests.processes.node import free_port as _free_port  # a port bind(0) never hands out
 from tests.test_auth_limits import BODY, METHOD
 from tests.test_auth_limits import _metadata as _fresh_metadata
 from wallets.errors import InvalidArgument, Unauthenticated, Unavailable
@@ -38,10 +38,6 @@ from wallets.v1 import wallet_pb2, wallet_pb2_grpc
 
 LIST = "/wallets.v1.WalletService/ListCurrencies"
 
-
-def _free_port() -> int:
-    """A port to start a server on, outside the range bind(0) hands out meanwhile."""
-    return free_port()
 
 
 @pytest.fixture

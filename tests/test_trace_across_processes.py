@@ -20,16 +20,12 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from agents import BuyerAgent
 from marketplace.spanstore import SpanStore
 from marketplace.tracing import force_flush, setup_tracing
-from tests.processes.node import free_port
+from tests.processes.node import free_port as _free_port  # a port bind(0) never hands out
 from wallets import Ledger, make_engine
 
 ROOT = Path(__file__).resolve().parent.parent
 SELLER = ROOT / "examples" / "node-client" / "seller.py"  # sells upper and spell
 
-
-def _free_port() -> int:
-    """A port to start a server on, outside the range bind(0) hands out meanwhile."""
-    return free_port()
 
 
 def _wait_serving(address: str, deadline_s: float = 20) -> None:

@@ -23,10 +23,10 @@ from x402.http.utils import (
 )
 from x402.schemas import PaymentPayload
 
-from agents.x402 import buyer_client
+from agents.x402 import buyer_client, close_sessions
 from agents.x402 import client as x402_client
 from marketplace.v1 import agreement_pb2
-from tests.x402_market import Market, books_balance, close_open_sessions, open_market
+from tests.x402_market import Market, books_balance, open_market
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +223,7 @@ def test_a_paid_call_the_seller_refuses_as_bad_input_charges_nothing(market, cal
                                                   calls_per_session=calls)
         async with client:
             refused = await client.post(market.url("shout"), json={"text": 5})
-            await close_open_sessions(client, market, schemes)
+            await close_sessions(client, market.http.url, schemes)
         return refused
 
     before, holds = market.posted(market.key.agent_id), _ledger_state(market)[1]

@@ -27,12 +27,11 @@ import pytest
 from x402.http.utils import decode_payment_response_header
 
 from agents import SellerAgent
-from agents.x402 import http_client, routes
+from agents.x402 import close_sessions, http_client, routes
 from marketplace.v1 import agreement_pb2
 from tests.x402_market import (
     Market,
     books_balance,
-    close_open_sessions,
     drip,
     open_market,
     read_stream,
@@ -104,7 +103,7 @@ def test_a_stranger_flooding_a_sessions_words_does_not_fail_its_payers_calls(mar
                 statuses.append((await client.post(url, json={"text": f"m{n}"})).status_code)
             stop.set()
             await asyncio.gather(*flooding)
-            (closed,) = await close_open_sessions(client, market, schemes)
+            (closed,) = await close_sessions(client, market.http.url, schemes)
         return statuses, closed["captured"]
 
     statuses, captured = asyncio.run(run())

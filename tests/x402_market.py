@@ -28,7 +28,7 @@ from agents import (
     skill,
 )
 from agents.llm import stream
-from agents.x402 import Gateway, close_sessions
+from agents.x402 import Gateway
 from agents.x402.network import network_id
 from marketplace.http import HttpServer
 from marketplace.identity import AgentKey
@@ -137,13 +137,6 @@ async def read_stream(client: Any, url: str, *, words: int = 40, hang_up: bool =
                 if hang_up and name == "message":
                     break
     return events, held
-
-
-async def close_open_sessions(client: Any, market: Market, schemes: dict[str, Any]
-                              ) -> list[dict[str, Any]]:
-    """Close every session `schemes` hold open, through `client` (each must close): the
-    closing answers' JSON."""
-    return await close_sessions(client, market.http.url, schemes)
 
 
 def books_balance(node: MarketplaceNode) -> None:

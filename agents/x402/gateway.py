@@ -100,7 +100,6 @@ async def _drained(events: asyncio.Queue[bytes | None]) -> AsyncIterator[bytes]:
         yield piece
 
 
-
 class Gateway:
     """The gateway of one node (in its process: `node.settlement` holds and captures)."""
 
@@ -386,8 +385,6 @@ class Gateway:
             PAYMENT_REQUIRED_HEADER])
         refused = required.model_copy(update={"error": reason})
         return {PAYMENT_REQUIRED_HEADER: encode_payment_required_header(refused)}
-
-    # ---- closing a session ----------------------------------------------------------------
 
     async def aclose(self) -> None:
         await self.channels.aclose()
