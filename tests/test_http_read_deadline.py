@@ -5,6 +5,7 @@ process for ever, while a slow answer or a kept-alive connection between request
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from marketplace.http.read_deadline import ReadDeadlineH11
+from marketplace.http.read_deadline import HEAD_LIMIT_BYTES, ReadDeadlineH11
 from marketplace.http.server import HttpServer
 
 DEADLINE_S = 0.5
@@ -88,3 +89,36 @@ def test_a_request_pipelined_behind_an_answered_one_has_the_same_deadline(
         b"POST /slow HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\nonly ten b")
     assert _closed_by_server(connection)
     connection.close()
+
+
+def _answer_head(connection: socket.socket) -> bytes:
+    """The status line and headers the server answered before closing."""
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        piece = connection.recv(4096)
+        if not piece:
+            break
+        answer += piece
+    return answer
+
+
+def test_a_head_over_the_limit_is_431_and_a_malformed_one_400(server: HttpServer):
+    oversized = _connect(server)  # the head's first part already over the limit, then more
+    oversized.sendall(b"POST /slow HTTP/1.1\r\nHost: 127.0.0.1\r\nPayment-Signature: "
+                      + b"A" * (HEAD_LIMIT_BYTES + 100))
+    time.sleep(0.2)
+    with contextlib.suppress(OSError):  # the server may have answered and closed already
+        oversized.sendall(b"A" * 100 + b"\r\nContent-Length: 0\r\n\r\n")
+    head = _answer_head(oversized)
+    assert head.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"), head
+    assert b"connection: close" in head.lower()
+    assert _closed_by_server(oversized)
+    malformed = _connect(server)
+    malformed.sendall(b"POST /slow HTTP/1.1\r\nHost: 127.0.0.1\r\nno colon here\r\n\r\n")
+    assert _answer_head(malformed).startswith(b"HTTP/1.1 400"), "a malformed head stays 400"
+    within = _connect(server)  # a large head under the limit is read as usual
+    within.sendall(b"POST /slow HTTP/1.1\r\nHost: 127.0.0.1\r\nPayment-Signature: "
+                   + b"A" * (HEAD_LIMIT_BYTES // 2) + b"\r\nContent-Length: 5\r\n\r\nhello")
+    assert _answer_head(within).startswith(b"HTTP/1.1 200")
+    for connection in (oversized, malformed, within):
+        connection.close()

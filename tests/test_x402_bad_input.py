@@ -1,5 +1,6 @@
 """Bad input at the gateway: each refusal names its reason (402 with x402's PAYMENT-REQUIRED
-`error`, 400 for a malformed request, 413 for a body over the limit) and moves and holds
+`error`, 400 for a malformed request, 413 for a body over the limit, 431 for a head over
+its) and moves and holds
 nothing. A retried request with the same payment identifier gets the first answer, paid once.
 """
 
@@ -256,6 +257,18 @@ def test_a_body_far_over_the_limit_is_refused_without_being_read(market):
                         (f"{market.http.url}/facilitator/verify", 413)):
         assert _raw_post(url, f"content-length: {10**12}\r\n", b"{}") == status
         assert _raw_post(url, "transfer-encoding: chunked\r\n", chunked) == status
+    assert _ledger_state(market) == before
+
+
+def test_a_payment_header_over_the_head_limit_is_431_and_moves_nothing(market):
+    """A PAYMENT-SIGNATURE that outgrows the server's buffer for a request's head is HTTP's
+    431, answered before any of it is read as a payment."""
+    parts = urlsplit(market.url("shout"))
+    before = _ledger_state(market)
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as conn:
+        conn.sendall(f"POST {parts.path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     "payment-signature: ".encode() + b"A" * 32_768)  # more to come
+        assert int(conn.recv(4096).split(b" ", 2)[1]) == 431
     assert _ledger_state(market) == before
 
 

@@ -51,7 +51,9 @@ def openapi(network: str) -> dict[str, Any]:
                                            "used with another payment or request "
                                            "(`payment_identifier_conflict`)",
                             "content": {"application/json": {"schema": _PROBLEM}}},
-                    "413": {"description": "the body is over the limit"}}}},
+                    "413": {"description": "the body is over the limit"},
+                    "431": {"description": "the request's line and headers outgrew the "
+                                           "server's buffer (16 KiB still incomplete)"}}}},
             "/v1/sessions/{agreement}/close": {"post": {
                 "summary": "Close a session: the seller redeems, the node captures once",
                 "parameters": [{"name": "agreement", "in": "path", "required": True,

@@ -8,6 +8,11 @@ request's first bytes (or with a request pipelined behind one just answered), an
 the request has been read whole; past it the connection is closed. Between requests uvicorn's
 own keep-alive timeout (5 s) applies. A response streamed for long after its request
 (server-sent events) is not affected.
+
+A request head that outgrows h11's buffer (`HEAD_LIMIT_BYTES` received and still incomplete:
+a PAYMENT-SIGNATURE of 100 KB, say) is answered 431 Request Header Fields Too Large, HTTP's own
+status for it, where uvicorn answers every refusal of h11's 400 "Invalid HTTP request
+received.".
 """
 
 from __future__ import annotations
@@ -15,9 +20,11 @@ from __future__ import annotations
 import asyncio
 
 import h11
+from h11._connection import DEFAULT_MAX_INCOMPLETE_EVENT_SIZE
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 REQUEST_READ_S = 10.0
+HEAD_LIMIT_BYTES = DEFAULT_MAX_INCOMPLETE_EVENT_SIZE  # uvicorn's, unless configured
 _READ_WHOLE = (h11.DONE, h11.MUST_CLOSE, h11.CLOSED, h11.ERROR)
 
 
@@ -46,6 +53,22 @@ class ReadDeadlineH11(H11Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_deadline()
         super().connection_lost(exc)
+
+    def send_400_response(self, msg: str) -> None:
+        """h11 refused the request: 431 when its head outgrew the buffer (what was received
+        is still there, unread), else uvicorn's 400."""
+        limit = self.config.h11_max_incomplete_event_size or HEAD_LIMIT_BYTES
+        if len(self.conn.trailing_data[0]) <= limit:
+            super().send_400_response(msg)
+            return
+        text = (f"the request's head (its line and headers) is over {limit} bytes").encode()
+        for event in (h11.Response(status_code=431, reason=b"Request Header Fields Too Large",
+                                   headers=[(b"content-type", b"text/plain; charset=utf-8"),
+                                            (b"content-length", str(len(text)).encode()),
+                                            (b"connection", b"close")]),
+                      h11.Data(data=text), h11.EndOfMessage()):
+            self.transport.write(self.conn.send(event))
+        self.transport.close()
 
     def _stop_deadline(self) -> None:
         if self._deadline is not None:
