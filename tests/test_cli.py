@@ -10,6 +10,7 @@ The demo runs once per module; its trace and ledger are then read back through `
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import signal
@@ -447,6 +448,8 @@ def _main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
     from marketplace.cli.main import main
 
     monkeypatch.setattr("sys.argv", ["agentmarket", *args])
+    gc.collect()  # what earlier tests left unclosed warns as it is collected: not in here
+    capsys.readouterr()
     with pytest.raises(SystemExit) as ended:
         main()
     out = capsys.readouterr()
