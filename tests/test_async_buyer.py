@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import socket
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +40,7 @@ from agents import (
     skill,
 )
 from marketplace.node import MarketplaceNode
+from tests.processes.node import free_port
 from wallets.audit import check_balances, verify_chain
 
 
@@ -336,9 +336,7 @@ def test_an_async_buyer_used_from_a_second_event_loop_says_so(node: MarketplaceN
 
 
 def test_async_errors_are_the_projects_own():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nothing listens there, and no bind to port 0 is handed it meanwhile
 
     async def attempts() -> None:
         async with AsyncBuyerAgent("async", marketplace=f"127.0.0.1:{port}") as buyer:

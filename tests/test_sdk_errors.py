@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 import re
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, is_dataclass
 from decimal import Decimal
@@ -46,6 +45,7 @@ from agents import (
     skill,
 )
 from marketplace.node import MarketplaceNode
+from tests.processes.node import free_port
 
 
 class Shout(BaseModel):
@@ -202,9 +202,7 @@ def test_hiring_without_a_wallet_or_without_money_are_the_projects_errors(market
 
 
 def test_an_unreachable_marketplace_is_unavailable_naming_nothing_of_grpc(tmp_path: Path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # nothing listens once it is closed
+    port = free_port()  # nothing listens there, and no bind to port 0 is handed it meanwhile
     with BuyerAgent("me", marketplace=f"127.0.0.1:{port}") as buyer, \
             pytest.raises(Unavailable) as caught:
         buyer.balance("USD")

@@ -32,6 +32,7 @@ from marketplace.auth import signed_channel
 from marketplace.cli.main import app
 from marketplace.identity import AgentKey
 from marketplace.node import MarketplaceNode
+from tests.processes.node import free_port
 from wallets.audit import check_balances, verify_chain
 from wallets.evm import UsdcRailConfig, sandbox_chain
 from wallets.evm.rail import ATOMIC_PER_UNIT, UsdcRail
@@ -346,21 +347,13 @@ def _agentmarket() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "marketplace.cli.main"]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_serve_runs_the_usdc_rail_of_a_chain_named_by_url(tmp_path: Path):
     chain = sandbox_chain()
     hot = Account.create()
     chain.fund_gas(hot.address)
     key_file = tmp_path / "hot.key"
     key_file.write_text(hot.key.hex() + "\n")
-    port, logs = _free_port(), tmp_path / "serve.log"
+    port, logs = free_port(), tmp_path / "serve.log"
     with ChainRpcServer(chain) as rpc, logs.open("wb") as log:
         process = subprocess.Popen(
             [*_agentmarket(), "serve", "--db", f"sqlite:///{tmp_path / 'm.db'}", "--port",
@@ -413,7 +406,7 @@ def test_serve_refuses_bad_usdc_flags_in_one_line(tmp_path: Path, case: str, say
         elif case == "bad-key":
             key_file.write_text("not a key")
         elif case == "unreachable":
-            flags["--usdc-rpc"] = f"http://127.0.0.1:{_free_port()}"
+            flags["--usdc-rpc"] = f"http://127.0.0.1:{free_port()}"
         elif case == "no-contract":
             flags["--usdc-token"] = Account.create().address
         elif case == "rpc-alone":
