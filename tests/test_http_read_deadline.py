@@ -102,7 +102,7 @@ def _answer_head(connection: socket.socket) -> bytes:
     return answer
 
 
-def test_a_head_over_the_limit_is_431_and_a_malformed_one_400(server: HttpServer):
+def test_a_head_over_the_limit_is_431_or_414_and_a_malformed_one_400(server: HttpServer):
     oversized = _connect(server)  # the head's first part already over the limit, then more
     oversized.sendall(b"POST /slow HTTP/1.1\r\nHost: 127.0.0.1\r\nPayment-Signature: "
                       + b"A" * (HEAD_LIMIT_BYTES + 100))
@@ -116,6 +116,10 @@ def test_a_head_over_the_limit_is_431_and_a_malformed_one_400(server: HttpServer
     malformed = _connect(server)
     malformed.sendall(b"POST /slow HTTP/1.1\r\nHost: 127.0.0.1\r\nno colon here\r\n\r\n")
     assert _answer_head(malformed).startswith(b"HTTP/1.1 400"), "a malformed head stays 400"
+    long_line = _connect(server)  # the request line alone over the limit
+    long_line.sendall(b"POST /slow?" + b"q" * (HEAD_LIMIT_BYTES + 100))
+    assert _answer_head(long_line).startswith(b"HTTP/1.1 414 URI Too Long\r\n")
+    long_line.close()
     within = _connect(server)  # a large head under the limit is read as usual
     within.sendall(b"POST /slow HTTP/1.1\r\nHost: 127.0.0.1\r\nPayment-Signature: "
                    + b"A" * (HEAD_LIMIT_BYTES // 2) + b"\r\nContent-Length: 5\r\n\r\nhello")

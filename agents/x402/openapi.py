@@ -52,6 +52,8 @@ def openapi(network: str) -> dict[str, Any]:
                                            "(`payment_identifier_conflict`)",
                             "content": {"application/json": {"schema": _PROBLEM}}},
                     "413": {"description": "the body is over the limit"},
+                    "414": {"description": "the request line outgrew the server's buffer "
+                                           "(16 KiB still incomplete)"},
                     "431": {"description": "the request's line and headers outgrew the "
                                            "server's buffer (16 KiB still incomplete)"}}}},
             "/v1/sessions/{agreement}/close": {"post": {

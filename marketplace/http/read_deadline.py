@@ -10,9 +10,9 @@ own keep-alive timeout (5 s) applies. A response streamed for long after its req
 (server-sent events) is not affected.
 
 A request head that outgrows h11's buffer (`HEAD_LIMIT_BYTES` received and still incomplete:
-a PAYMENT-SIGNATURE of 100 KB, say) is answered 431 Request Header Fields Too Large, HTTP's own
-status for it, where uvicorn answers every refusal of h11's 400 "Invalid HTTP request
-received.".
+a PAYMENT-SIGNATURE of 100 KB, say) is answered 431 Request Header Fields Too Large (414 URI Too
+Long when the request line alone is that long), HTTP's own statuses for them, where uvicorn
+answers every refusal of h11's 400 "Invalid HTTP request received.".
 """
 
 from __future__ import annotations
@@ -55,18 +55,24 @@ class ReadDeadlineH11(H11Protocol):
         super().connection_lost(exc)
 
     def send_400_response(self, msg: str) -> None:
-        """h11 refused the request: 431 when its head outgrew the buffer (what was received
-        is still there, unread), else uvicorn's 400."""
+        """h11 refused the request: 414 when its request line alone outgrew the buffer, 431
+        when its headers did (what was received is still there, unread), else uvicorn's 400."""
         limit = self.config.h11_max_incomplete_event_size or HEAD_LIMIT_BYTES
-        if len(self.conn.trailing_data[0]) <= limit:
+        received = self.conn.trailing_data[0]
+        if len(received) <= limit:
             super().send_400_response(msg)
             return
-        text = (f"the request's head (its line and headers) is over {limit} bytes").encode()
-        for event in (h11.Response(status_code=431, reason=b"Request Header Fields Too Large",
+        if b"\n" not in received[:limit]:
+            status, reason, text = 414, b"URI Too Long", f"the request line is over {limit} bytes"
+        else:
+            status, reason = 431, b"Request Header Fields Too Large"
+            text = f"the request's line and headers are over {limit} bytes"
+        body = text.encode()
+        for event in (h11.Response(status_code=status, reason=reason,
                                    headers=[(b"content-type", b"text/plain; charset=utf-8"),
-                                            (b"content-length", str(len(text)).encode()),
+                                            (b"content-length", str(len(body)).encode()),
                                             (b"connection", b"close")]),
-                      h11.Data(data=text), h11.EndOfMessage()):
+                      h11.Data(data=body), h11.EndOfMessage()):
             self.transport.write(self.conn.send(event))
         self.transport.close()
 
