@@ -89,7 +89,6 @@ def _with_dbname(conninfo: str, dbname: str) -> str:
     return f"{head}/{dbname}"
 
 
-
 def _server_bin_dir() -> Path | None:
     for bin_dir in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
         path = Path(bin_dir)

@@ -29,7 +29,6 @@ def upper(text: str) -> Upper:
     return Upper(text=text.upper())
 
 
-
 def _crash(seller: SellerAgent) -> None:
     """Stop serving at once, without withdrawing, redeeming or closing the journal cleanly."""
     seller._stop.set()

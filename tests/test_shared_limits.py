@@ -39,7 +39,6 @@ from wallets.v1 import wallet_pb2, wallet_pb2_grpc
 LIST = "/wallets.v1.WalletService/ListCurrencies"
 
 
-
 @pytest.fixture
 def two_nodes(postgres_url: str, redis_url: str) -> Iterator[tuple[MarketplaceNode, ...]]:
     with postgres_schema(postgres_url) as db, \

@@ -27,7 +27,6 @@ ROOT = Path(__file__).resolve().parent.parent
 SELLER = ROOT / "examples" / "node-client" / "seller.py"  # sells upper and spell
 
 
-
 def _wait_serving(address: str, deadline_s: float = 20) -> None:
     channel = grpc.insecure_channel(address)
     stub = health_pb2_grpc.HealthStub(channel)

@@ -61,6 +61,7 @@ from agents.x402._door import (
     refined,
 )
 from agents.x402.answers import Answer, Answers
+from agents.x402.closing import CLOSE_PATH
 from agents.x402.evm import EvmSettlement
 from agents.x402.facilitator import (
     LedgerScheme,
@@ -143,7 +144,7 @@ class Gateway:
             Middleware(SecurityHeaders),
             Middleware(TrustedHostMiddleware, allowed_hosts=list(hosts))], routes=[
             Path("/v1/skills/{listing}/{skill}", self.call, methods=["POST"]),
-            Path("/v1/sessions/{agreement}/close", self.closes.close, methods=["POST"]),
+            Path(CLOSE_PATH, self.closes.close, methods=["POST"]),
             Path("/openapi.json", lambda _r: JSONResponse(openapi(self.network))),
             Mount("/facilitator", app=facilitator_app(self.public_facilitator))])
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from agents.x402.closing import CLOSE_PATH
+
 _PROBLEM = {"type": "object", "properties": {"error": {"type": "string"},
                                               "message": {"type": "string"}}}
 
@@ -56,7 +58,7 @@ def openapi(network: str) -> dict[str, Any]:
                                            "(16 KiB still incomplete)"},
                     "431": {"description": "the request's line and headers outgrew the "
                                            "server's buffer (16 KiB still incomplete)"}}}},
-            "/v1/sessions/{agreement}/close": {"post": {
+            CLOSE_PATH: {"post": {
                 "summary": "Close a session: the seller redeems, the node captures once",
                 "parameters": [{"name": "agreement", "in": "path", "required": True,
                                 "schema": {"type": "string"}}],
