@@ -45,15 +45,17 @@ class PaymentSession:
         return self.paid_atomic - self.charged_atomic - self.reserved_atomic
 
     def plan(self, reserve_atomic: int, *, index: int | None = None,
-             charged_atomic: int | None = None, reserved_atomic: int | None = None) -> int:
+             charged_atomic: int | None = None, reserved_atomic: int | None = None,
+             fresh: bool = False) -> int:
         """The payword index a voucher must reach so that `reserve_atomic` is prepaid and
-        uncharged (the current index when the prepayment already covers it); pure, from the
-        session's counters or the ones given (a workflow's checkpointed state)."""
+        uncharged (the current index when the prepayment already covers it, the next one if
+        `fresh`: for a payee that takes each word once); pure, from the session's counters or
+        the ones given (a workflow's checkpointed state)."""
         index = self.index if index is None else index
         charged = self.charged_atomic if charged_atomic is None else charged_atomic
         reserved = self.reserved_atomic if reserved_atomic is None else reserved_atomic
         needed = links_for(charged + reserved + reserve_atomic, self.link_value_atomic)
-        target = max(index, needed)
+        target = max(index + 1 if fresh else index, needed)
         if target * self.link_value_atomic > self.max_total_atomic or target > self.chain.length:
             held = f", and {self._shown(reserved)} is reserved for calls not yet booked" \
                 if reserved else ""  # part of the sum: without it the sum looks in bounds
@@ -73,10 +75,11 @@ class PaymentSession:
             cumulative_atomic=index * self.link_value_atomic, payword_index=index,
             payword=self.chain.word(index))
 
-    def next_voucher(self, amount_atomic: int) -> agreement_pb2.Voucher:
-        """Reserve `amount_atomic` for a call and return the voucher that prepays it."""
+    def next_voucher(self, amount_atomic: int, *, fresh: bool = False) -> agreement_pb2.Voucher:
+        """Reserve `amount_atomic` for a call and return the voucher that prepays it (with a
+        word not sent before if `fresh`)."""
         with self._lock:
-            index = self.plan(amount_atomic)
+            index = self.plan(amount_atomic, fresh=fresh)
             self.index, self.sequence = index, self.sequence + 1
             self.reserved_atomic += amount_atomic
             return self.voucher(self.sequence, index)

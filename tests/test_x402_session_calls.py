@@ -149,6 +149,33 @@ def test_later_calls_are_paid_in_the_fast_path_with_chained_receipts_the_node_si
     assert not receipts.vouched(node, chain[receipts.SIGN_EVERY - 1:-1], head)
 
 
+def test_the_clients_session_books_what_each_answer_charged(market):
+    """A 200 to an `exact` voucher costs its price (the payload booked it so); a refused call
+    gives its reserve back and a metered call books what it was charged (both read from
+    PAYMENT-RESPONSE): the session's books and the close's capture agree."""
+
+    async def run(skill_name: str, bodies: list[dict[str, Any]]) -> tuple[list[int], Any]:
+        client, schemes = http_client(market.key, market.network, calls_per_session=10)
+        async with client:
+            answers = [await client.post(market.url(skill_name), json=body) for body in bodies]
+            scheme = schemes["exact" if skill_name == "shout" else "upto"]
+            agreement = scheme.open_sessions()[0]
+            payment = next(iter(scheme.sessions.values())).payment
+            booked = payment.charged_atomic, payment.reserved_atomic
+            closed = await client.post(f"{market.http.url}/v1/sessions/{agreement}/close",
+                                       json={"finish": scheme.finish_signature(agreement)})
+        return [a.status_code for a in answers], (booked, closed.json()["captured"])
+
+    statuses, (booked, captured) = asyncio.run(run("shout", [
+        {"text": "a"}, {"text": "b"}, {"text": 5}, {"text": "c"}]))
+    assert statuses == [200, 200, 400, 200]
+    assert booked == (6_000_000, 0) and captured == "6000000"
+    statuses, (booked, captured) = asyncio.run(run("count_words", [
+        {"text": "one"}, {"text": "two words"}, {"text": "and three words"}]))
+    assert statuses == [200, 200, 200]
+    assert booked == (6_000_000, 0) and captured == "6000000"  # 6 words at 0.001
+
+
 class Recording(httpx.AsyncHTTPTransport):
     """The real transport, keeping each request's PAYMENT-SIGNATURE."""
 

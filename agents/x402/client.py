@@ -99,12 +99,14 @@ class AgentmarketScheme:
             session = self.sessions.get(session_key)
             if session is not None:
                 try:
-                    session.payment.plan(session.reserve_atomic)
+                    session.payment.plan(session.reserve_atomic, fresh=True)
                 except AgentmarketError:  # the chain is spent: a new session
                     session = None
             if session is None:
                 session = self._open(session_key, requirements)
-            voucher = session.payment.next_voucher(session.reserve_atomic)
+            # the gateway takes each word once: a call whose prepayment carried over from a
+            # refused one still reveals a new word
+            voucher = session.payment.next_voucher(session.reserve_atomic, fresh=True)
             session.payment.settle(session.reserve_atomic, session.reserve_atomic)
             if session.opened:
                 return net.voucher_payload(voucher)
