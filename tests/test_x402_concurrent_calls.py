@@ -84,8 +84,8 @@ def test_a_voucher_overtaken_at_the_seller_is_a_402_and_is_paid_again(market, mo
     seen: list[tuple[int, str | None]] = []
     send = PrepayTransport._send
 
-    async def recorded(self, request, url):
-        response, refused = await send(self, request, url)
+    async def recorded(self, request, url, priced=False):
+        response, refused = await send(self, request, url, priced)
         seen.append((response.status_code, refused.error if refused else None))
         if response.status_code == 402 and refused is not None:
             again = decode_payment_required_header(response.headers["payment-required"])

@@ -245,9 +245,10 @@ class PrepayTransport(httpx.AsyncBaseTransport):
         url = str(request.url)
         known = self._required.get(url) if self._prepay else None
         ours = known is not None and "payment-signature" not in request.headers
+        priced = False
         if ours:
-            request.headers["PAYMENT-SIGNATURE"] = await self._header(url, known)
-        response, refused = await self._paid_send(request, url)
+            request.headers["PAYMENT-SIGNATURE"], priced = await self._header(url, known)
+        response, refused = await self._paid_send(request, url, priced)
         if refused is not None and refused.error in SESSION_GONE and self._forget(request):
             await response.aclose()  # that session is gone: once more, in a new one
             response, refused = await self._pay_again(request, url, refused)
@@ -268,15 +269,15 @@ class PrepayTransport(httpx.AsyncBaseTransport):
         request.headers["PAYMENT-SIGNATURE"] = encode_payment_signature_header(payload)
         return await self._paid_send(request, url)
 
-    async def _paid_send(self, request: httpx.Request, url: str
+    async def _paid_send(self, request: httpx.Request, url: str, priced: bool = False
                          ) -> tuple[httpx.Response, PaymentRequired | None]:
         """`_send`, a session's voucher held back until the call opening the session is
         answered."""
         if not any(scheme.awaiting for scheme in self._schemes.values()):
-            return await self._send(request, url)  # no session is being opened
+            return await self._send(request, url, priced)  # no session is being opened
         sent = _session_payment(request.headers.get("payment-signature", ""))
         if sent is None:
-            return await self._send(request, url)
+            return await self._send(request, url, priced)
         kind, agreement_id, _ = sent
         if kind == "voucher":
             if any(agreement_id in scheme.awaiting for scheme in self._schemes.values()):
@@ -299,32 +300,37 @@ class PrepayTransport(httpx.AsyncBaseTransport):
         return sent is not None and any([scheme.overtaken(*sent)
                                          for scheme in self._schemes.values()])
 
-    async def _send(self, request: httpx.Request, url: str
+    async def _send(self, request: httpx.Request, url: str, priced: bool = False
                     ) -> tuple[httpx.Response, PaymentRequired | None]:
-        """The answer, and its PAYMENT-REQUIRED when it is a 402 (remembered for `url`)."""
+        """The answer, and its PAYMENT-REQUIRED when it is a 402 (remembered for `url`).
+        `priced`: the payment was a voucher of ours for an `exact` price, so a 200 charged
+        that price, as the payload already booked it: its PAYMENT-RESPONSE is not read."""
         response = await self._inner.handle_async_request(request)
-        required = response.headers.get("payment-required")
-        refused = None
-        if response.status_code == 402 and required:
-            found = decode_payment_required_header(required)
+        status, refused = response.status_code, None
+        if status == 402:
+            required = response.headers.get("payment-required")
+            found = decode_payment_required_header(required) if required else None
             if isinstance(found, PaymentRequired):
                 self._required[url] = refused = found
                 self._templates.pop(url, None)
-        paid = response.headers.get("payment-response")
-        if paid:
-            self._charged(paid)
+        if status != 200 or not priced:
+            paid = response.headers.get("payment-response")
+            if paid:
+                self._charged(paid)
         return response, refused
 
-    async def _header(self, url: str, required: PaymentRequired) -> str:
+    async def _header(self, url: str, required: PaymentRequired) -> tuple[str, bool]:
+        """The prepaid PAYMENT-SIGNATURE for `url`, and whether it is a session voucher for
+        an `exact` price (its charge known in advance)."""
         template = self._templates.get(url)
         if template is not None:
-            return template.header()
+            return template.header(), template.requirements.scheme == net.EXACT
         payload = await self._client.create_payment_payload(required)
         scheme = self._schemes.get(payload.accepted.scheme)
         if scheme is not None and payload.payload.get("kind") in ("open", "voucher") \
                 and not _has_hooks(self._client):
             self._templates[url] = Template(scheme, payload.accepted, later_members(payload))
-        return encode_payment_signature_header(payload)
+        return encode_payment_signature_header(payload), False
 
     def _forget(self, request: httpx.Request) -> bool:
         """Forget the session a refused voucher was paid under (gone at the gateway); False
