@@ -176,6 +176,18 @@ def test_the_clients_session_books_what_each_answer_charged(market):
     assert booked == (6_000_000, 0) and captured == "6000000"  # 6 words at 0.001
 
 
+def test_a_receipts_signed_bytes_are_the_canonical_json_of_its_body():
+    """The fast writer of receipt bodies (strings and integers) writes RFC 8785's bytes as
+    `net.canonical` does, escapes and key order included; anything else takes canonical."""
+    from agents.x402 import network as net
+
+    bodies = [{"amount": "2000000", "payer": "ab" * 32, "seq": 7, "issuedAtMs": 1796655733707},
+              {"k\u2028": "x\x00\x1f\"\\\u00e9\U0001f600", "\uffff": 1, "\ue000": -2},
+              {"big": 2**64 + 1}, {"float": 0.1}, {"nested": {"b": 1, "a": [True, None]}}]
+    for body in bodies:
+        assert receipts.signed_bytes(body) == net.RESPONSE_DOMAIN + net.canonical(body)
+
+
 class Recording(httpx.AsyncHTTPTransport):
     """The real transport, keeping each request's PAYMENT-SIGNATURE."""
 
