@@ -146,9 +146,10 @@ ROWS = (
      "{x402_floor_calls_per_s} calls/s; CPU per call: door {x402_door_cpu_us_per_call_floor} "
      "us, seller {x402_server_cpu_us_per_call_floor} us, client "
      "{x402_client_cpu_us_per_call_floor} us",
-     "the unpaid call: {x402_unpaid_calls_per_s}/s (ratio {x402_paid_call_ratio_floor}: the "
-     "most any payment doing work per call could reach through this door and client); the "
-     "floor's bytes without the durable record: {x402_floor_bytes_calls_per_s}/s (ratio "
+     "the unpaid call: {x402_unpaid_calls_per_s}/s (ratio {x402_paid_call_ratio_floor}: what "
+     "a paid call would keep were its payment free; rounds vary, so one run's paid median "
+     "may come out above it); the floor's bytes "
+     "without the durable record: {x402_floor_bytes_calls_per_s}/s (ratio "
      "{x402_paid_call_ratio_floor_bytes}; CPU per call {x402_door_cpu_us_per_call_floor_bytes}, "
      "{x402_server_cpu_us_per_call_floor_bytes} and {x402_client_cpu_us_per_call_floor_bytes} "
      "us); the record written but not waited for: {x402_floor_unwaited_calls_per_s}/s (ratio "
