@@ -68,12 +68,20 @@ def canonical(value: Any) -> bytes:
     settlement step); a float (which orjson writes its own way, NaN as null) or what orjson
     refuses (an integer past 2**53, a lone surrogate, a key that is not a string) goes the
     standard library's way, as it always did."""
-    if not _holds_float(value):
-        try:
-            return orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER)
-        except orjson.JSONEncodeError:
-            pass
-    return json_canonical(value)
+    fast = orjson_canonical(value)
+    return fast if fast is not None else json_canonical(value)
+
+
+def orjson_canonical(value: Any) -> bytes | None:
+    """`canonical`'s bytes as orjson writes them, or None where orjson would write its own
+    way or refuses (a float anywhere, an integer past 2**53, a lone surrogate, a key that is
+    not a string): the caller's standard-library writer takes those."""
+    if _holds_float(value):
+        return None
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER)
+    except orjson.JSONEncodeError:
+        return None
 
 
 def _holds_float(value: Any) -> bool:

@@ -177,15 +177,19 @@ def test_the_clients_session_books_what_each_answer_charged(market):
 
 
 def test_a_receipts_signed_bytes_are_the_canonical_json_of_its_body():
-    """The fast writer of receipt bodies (strings and integers) writes RFC 8785's bytes as
-    `net.canonical` does, escapes and key order included; anything else takes canonical."""
+    """`net.canonical` (orjson where it can) writes the standard library's RFC 8785 bytes,
+    escapes and key order included, and a receipt's signed bytes are those."""
     from agents.x402 import network as net
 
     bodies = [{"amount": "2000000", "payer": "ab" * 32, "seq": 7, "issuedAtMs": 1796655733707},
               {"k\u2028": "x\x00\x1f\"\\\u00e9\U0001f600", "\uffff": 1, "\ue000": -2},
-              {"big": 2**64 + 1}, {"float": 0.1}, {"nested": {"b": 1, "a": [True, None]}}]
+              {"big": 2**64 + 1}, {"float": 0.1}, {"nan": float("nan")},
+              {"nested": {"b": 1, "a": [True, None]}}]
     for body in bodies:
-        assert receipts.signed_bytes(body) == net.RESPONSE_DOMAIN + net.canonical(body)
+        reference = json.dumps(body, sort_keys=True, separators=(",", ":"),
+                               ensure_ascii=False).encode()
+        assert net.canonical(body) == reference
+        assert receipts.signed_bytes(body) == net.RESPONSE_DOMAIN + reference
 
 
 class Recording(httpx.AsyncHTTPTransport):

@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from x402.schemas import PaymentPayload
 
 from marketplace.identity import AgentKey, verify
+from marketplace.receipt_verify import orjson_canonical
 from marketplace.v1 import agreement_pb2
 from wallets.currencies import CURRENCIES
 
@@ -69,7 +70,12 @@ def decimals(asset: str) -> int:
 
 
 def canonical(value: Any) -> bytes:
-    """RFC 8785 bytes for what these payloads hold (PROTOCOL.md 14.1)."""
+    """RFC 8785 bytes for what these payloads hold (PROTOCOL.md 14.1): orjson's where it
+    writes the standard library's bytes ten times faster (a chained receipt per call), the
+    standard library's otherwise."""
+    fast = orjson_canonical(value)
+    if fast is not None:
+        return fast
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
