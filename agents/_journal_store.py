@@ -9,6 +9,7 @@ row must fail alone.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,10 +17,12 @@ from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, IntegrityError
 
+from agents._call_log import CallLog, fits, path_beside, read_rows
 from agents._journal_batches import (
     _CALL,
     _CALL_COLUMNS,
     _DROPPED,
+    _FORGET,
     _OPEN,
     _RECHAIN,
     _REDEEM,
@@ -67,6 +70,10 @@ class JournalStore:
 
     _engine: Engine
     _raw: Any
+    _write_lock: threading.Lock  # held by whoever writes a batch (`UsageJournal`)
+    _lock: threading.Lock
+    _wakeup: threading.Condition
+    _blocked: bool
 
     def _prepare_statements(self) -> None:
         insert = postgresql.insert if self._engine.dialect.name == "postgresql" else sqlite.insert
@@ -93,15 +100,23 @@ class JournalStore:
     def _write_plain(self, batch: _Batch) -> None:
         """Calls, opens and redeems (the common batches): prepared statements, one executemany
         per run of calls and one commit, on the writer's own DBAPI connection."""
+        rows, call_log = batch.rows, self._log
+        if call_log is not None and rows and not call_log.due and all(
+                kind == _CALL and row[0] in self._known and fits(row) for kind, row in rows):
+            call_log.append([row for _, row in rows])  # the tables would take them: logged
+            batch.errors = None
+            return
         if self._raw is None:
             self._raw = self._engine.raw_connection()
-        raw, rows = self._raw, batch.rows
+        raw = self._raw
         errors: dict[int, BaseException] = {}
         try:
             cursor = raw.cursor()
             try:
                 if self._sqlite:  # autocommit mode (see wallets.store): open it ourselves
                     cursor.execute("BEGIN IMMEDIATE")
+                if call_log is not None and call_log.rows:  # what the log holds goes first
+                    cursor.executemany(self._insert_calls_sql, call_log.rows)
                 start = 0
                 while start < len(rows):
                     kind, row = rows[start]
@@ -132,6 +147,7 @@ class JournalStore:
                 self._drop_raw(invalidate=True)
             raise
         batch.errors = errors or None
+        self._written(rows, errors)
 
     def _drop_raw(self, *, invalidate: bool) -> None:
         raw, self._raw = self._raw, None
@@ -150,6 +166,8 @@ class JournalStore:
         errors: dict[int, BaseException] = {}
         results: dict[int, Any] = {}
         with self._engine.begin() as conn:
+            if self._log is not None and self._log.rows:  # what the log holds goes first
+                conn.execute(self._insert_call, [_call_params(row) for row in self._log.rows])
             start = 0
             while start < len(rows):  # runs of one kind, in order
                 kind = rows[start][0]
@@ -165,6 +183,93 @@ class JournalStore:
                 start = end
         batch.errors = errors or None
         batch.results = results or None
+        self._written(rows, errors)
+
+    # ---- the call log ------------------------------------------------------------------------
+
+    def _open_log(self) -> None:
+        """Open the call log beside a SQLite journal (`agents._call_log`) and move what a
+        restart found in it into the tables: rows of an agreement the tables no longer hold
+        (forgotten after they were moved, before the log was emptied) are dropped."""
+        self._known: set[str] = set()  # agreements in the tables: their calls may be logged
+        self._log: CallLog | None = None
+        self._log_path = path_beside(self._engine.url.database) if self._sqlite else None
+        if self._log_path is None:
+            return
+        call_log = CallLog.take(self._log_path)
+        if call_log is None:  # another journal writes it: load() reads it
+            return
+        try:
+            found = call_log.recover()
+            with self._engine.begin() as conn:
+                self._known = set(conn.execute(select(AGREEMENTS.c.agreement_id)).scalars())
+                kept = [row for row in found if row[0] in self._known]
+                if kept:
+                    conn.execute(self._insert_call, [_call_params(row) for row in kept])
+            if found:
+                log.info("usage journal: moved %d call records from the call log", len(kept))
+                call_log.clear()
+        except BaseException:
+            call_log.close()
+            raise
+        self._log = call_log
+
+    def _move_log_now(self, timeout_s: float) -> None:
+        """Move the call log into the tables (`flush`: after it, the tables hold every
+        record); `JournalError` if that fails or waits over `timeout_s`."""
+        if self._log is None or not self._log.rows:
+            return
+        if not self._write_lock.acquire(timeout=timeout_s):
+            raise JournalError(f"the usage journal did not commit within {timeout_s:g} s")
+        try:
+            self._move_log()
+        except Exception as error:
+            raise JournalError(f"the usage journal could not move its call log into its "
+                               f"tables: {error}") from error
+        finally:
+            self._write_lock.release()
+            with self._lock:
+                if self._blocked:
+                    self._wakeup.notify()
+
+    def _close_log(self) -> None:
+        """At close, the writer gone: move the log into the tables (a restart would, too)."""
+        if self._log is None:
+            return
+        with self._write_lock:
+            try:
+                self._move_log()
+            except Exception as error:
+                log.warning("usage journal: moving the call log into its tables at close "
+                            "failed (%s); the next start moves it", error)
+            finally:
+                self._drop_raw(invalidate=False)
+        if self._log is not None:
+            self._log.close(remove_empty=True)
+
+    def _move_log(self) -> None:
+        """Move what the log holds into the tables (with the write lock held)."""
+        if self._log is not None and self._log.rows:
+            self._write_plain(_Batch(self))  # type: ignore[arg-type]
+
+    def _written(self, rows: list[tuple[int, Any]], errors: dict[int, BaseException]) -> None:
+        """After a commit to the tables: the log's rows are in them, and which agreements
+        the tables hold changed with the batch's opens and forgets."""
+        if self._log is None:
+            return
+        for index, (kind, row) in enumerate(rows):
+            if kind == _OPEN and index not in errors:
+                self._known.add(row[0])
+            elif kind == _FORGET:
+                self._known.difference_update(row)
+        if self._log.rows:
+            try:
+                self._log.clear()
+            except OSError as error:  # in the tables already: a restart moves them again
+                log.error("usage journal: emptying the call log failed (%s); call records "
+                          "go to SQLite only from now on", error)
+                self._log.close()
+                self._log = None
 
     def _apply_one(self, conn: Any, index: int, entry: tuple[int, Any], careful: bool,
                    errors: dict[int, BaseException], results: dict[int, Any]) -> None:
@@ -221,6 +326,9 @@ class JournalStore:
         """Every agreement (in the order opened) with its calls (by position): what a seller
         restarting on this journal rebuilds its payment state from."""
         self.flush()
+        # another journal's log (one this journal does not hold), read before the tables: a
+        # record it moves into them meanwhile is then found in one or the other
+        logged = read_rows(self._log_path) if self._log is None and self._log_path else []
         with self._engine.connect().execution_options(agentmarket_read=True) as conn:
             agreements = conn.execute(
                 select(AGREEMENTS).order_by(AGREEMENTS.c.opened_seq, AGREEMENTS.c.agreement_id)
@@ -233,6 +341,8 @@ class JournalStore:
         for agreement_id, call_id, position, sequence, voucher, receipt, response in rows:
             calls.setdefault(agreement_id, []).append(JournalCall(
                 call_id, position, sequence, bytes(voucher), bytes(receipt), bytes(response)))
+        if logged:
+            _merge_logged(calls, logged, {a.agreement_id for a in agreements})
         return [
             JournalAgreement(
                 agreement_id=a.agreement_id, seller_id=a.seller_id, body=bytes(a.body),
@@ -241,3 +351,21 @@ class JournalStore:
                 calls=tuple(calls.get(a.agreement_id, ())))
             for a in agreements
         ]
+
+
+def _merge_logged(calls: dict[str, list[JournalCall]], logged: list[Any],
+                  agreements: set[str]) -> None:
+    """Add the log's records of `agreements` not in the tables (a call id's first record
+    wins: the tables' rows are older than the log's), each agreement's calls by position."""
+    seen = {(agreement_id, call.call_id) for agreement_id, known in calls.items()
+            for call in known}
+    touched = set()
+    for agreement_id, call_id, position, sequence, voucher, receipt, response in logged:
+        if agreement_id not in agreements or (agreement_id, call_id) in seen:
+            continue
+        seen.add((agreement_id, call_id))
+        touched.add(agreement_id)
+        calls.setdefault(agreement_id, []).append(
+            JournalCall(call_id, position, sequence, voucher, receipt, response))
+    for agreement_id in touched:
+        calls[agreement_id].sort(key=lambda call: (call.position, call.call_id))

@@ -5,7 +5,9 @@ that record taking a large share of what a paid call may cost. Would another sto
 cheap? Each design here makes the same records (a paid call's size) durable for 16 callers
 that each wait for their own before the next, as a seller's calls do, and reports the CPU the
 whole process spent per record:
-- `journal`: the seller's `UsageJournal` (SQLite, WAL, synchronous=FULL, group commit);
+- `journal`: the seller's `UsageJournal` (SQLite, WAL, synchronous=FULL, group commit; a
+  batch of calls appended to its call log, `agents._call_log`, and moved into the tables in
+  bulk);
 - `file`: the least a durable record can be: the rows appended to one file and fdatasync'd,
   one batch at a time, by one of the callers (group commit with nothing else around it);
 - `fsync_each` (threads only): each caller appends and fdatasyncs its own record, no waiting

@@ -23,6 +23,7 @@ from agents.llm import acomplete, text_of
 from agents.usage_journal import JournalError, UsageJournal
 from agents.v1 import agent_pb2, agent_pb2_grpc
 from marketplace import MarketplaceNode
+from tests.journal_disk import log_stalls
 from wallets.grpc_errors import error_reason, status_for
 
 
@@ -250,7 +251,7 @@ def test_a_cancelled_wait_on_a_loop_leaves_the_others_of_its_batch_waiting(tmp_p
         blocker = sqlite3.connect(path, isolation_level=None)
         blocker.execute("BEGIN IMMEDIATE")  # the writer's commit waits for this lock
 
-        async def record() -> None:
+        async def record(log_released: threading.Event) -> None:
             pendings = [journal.record_call("agr", f"call-{n}", n, n + 1, b"v", b"r", b"a")
                         for n in range(3)]
             waits = [asyncio.ensure_future(p.wait_async()) for p in pendings]
@@ -260,10 +261,12 @@ def test_a_cancelled_wait_on_a_loop_leaves_the_others_of_its_batch_waiting(tmp_p
             await asyncio.sleep(0.1)
             assert waits[0].cancelled() and not waits[1].done() and not waits[2].done()
             blocker.execute("COMMIT")
+            log_released.set()
             await asyncio.gather(*waits[1:])  # committed: no error
 
         try:
-            asyncio.run(record())
+            with log_stalls() as log_released:  # the call log's append waits too
+                asyncio.run(record(log_released))
         finally:
             blocker.close()
         assert [c.call_id for c in journal.load()[0].calls] == ["call-0", "call-1", "call-2"]

@@ -4,7 +4,6 @@ stays redeemable, also after a restart), and a retry of the refused call id runs
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from agents.errors import AgentmarketError, Unavailable
 from marketplace import agreements as ag
 from marketplace.identity import AgentKey
 from marketplace.node import MarketplaceNode
+from tests.journal_disk import journal_unwritable
 from tests.test_seller_restart import _crash, _free_port, _hire_upper, upper
 from wallets.store import make_engine
 
@@ -26,20 +26,6 @@ def node(tmp_path: Path) -> Iterator[MarketplaceNode]:
     node = MarketplaceNode(f"sqlite:///{tmp_path / 'market.db'}", sweep_interval_s=3600).start()
     yield node
     node.stop(0)
-
-
-@contextlib.contextmanager
-def journal_unwritable(journal: Path) -> Iterator[None]:
-    """The seller's journal refuses its call records (as on a full disk) while inside."""
-    admin = make_engine(f"sqlite:///{journal}")
-    try:
-        with admin.begin() as conn:
-            conn.execute(text("ALTER TABLE agentmarket_seller_calls RENAME TO calls_away"))
-        yield
-        with admin.begin() as conn:
-            conn.execute(text("ALTER TABLE calls_away RENAME TO agentmarket_seller_calls"))
-    finally:
-        admin.dispose()
 
 
 def _seller(node: MarketplaceNode, key: AgentKey, port: int, journal: Path) -> SellerAgent:

@@ -27,6 +27,7 @@ from agents.usage_journal import (
     JournalPacedExecutor,
     UsageJournal,
 )
+from tests.journal_disk import log_refuses, log_stalls
 from wallets.store import make_engine
 
 REPO = Path(__file__).resolve().parent.parent
@@ -411,10 +412,11 @@ def test_a_failed_batch_reaches_every_caller_and_the_writer_carries_on(db_url: s
         _record(journal, "agr", _call("agr", 0)).wait()
         with admin.begin() as conn:  # the database stops accepting the journal's writes
             conn.execute(text("ALTER TABLE agentmarket_seller_calls RENAME TO calls_away"))
-        failed = [_record(journal, "agr", _call("agr", position)) for position in (1, 2, 3)]
-        for pending in failed:
-            with pytest.raises(JournalError, match="could not write"):
-                pending.wait()
+        with log_refuses():  # and so does the disk its call log is on
+            failed = [_record(journal, "agr", _call("agr", position)) for position in (1, 2, 3)]
+            for pending in failed:
+                with pytest.raises(JournalError, match="could not write"):
+                    pending.wait()
         with admin.begin() as conn:
             conn.execute(text("ALTER TABLE calls_away RENAME TO agentmarket_seller_calls"))
         _record(journal, "agr", _call("agr", 4)).wait()
@@ -443,16 +445,19 @@ def test_wait_times_out_and_close_is_final(db_url: str):
     locker = threading.Thread(target=lock_the_table)
     locker.start()
     try:
-        assert hold.wait(10)
-        pending = _record(journal, "agr", _call("agr", 0))
-        with pytest.raises(JournalError, match="did not commit within"):
-            pending.wait(timeout_s=0.2)
-        assert not pending.done()
+        with log_stalls() as log_released:  # and the disk of its call log hangs
+            assert hold.wait(10)
+            pending = _record(journal, "agr", _call("agr", 0))
+            with pytest.raises(JournalError, match="did not commit within"):
+                pending.wait(timeout_s=0.2)
+            assert not pending.done()
+            released.set()
+            log_released.set()
+            pending.wait()  # it commits once the lock is gone
     finally:
         released.set()
         locker.join()
         admin.dispose()
-    pending.wait()  # it commits once the lock is gone
     journal.close()
     journal.close()  # idempotent
     with pytest.raises(JournalError, match="closed"):

@@ -13,8 +13,15 @@ import signal
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 _real_time, _real_time_ns = time.time, time.time_ns
+
+
+def refusing_log(journal: Path) -> Path:
+    """The marker file that, while it exists, makes the seller's call log (beside its
+    `journal`) refuse its appends as a full disk would."""
+    return journal.with_name(journal.name + "-refusing")
 _offset = [0.0]
 _reached: Counter[str] = Counter()
 

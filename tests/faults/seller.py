@@ -17,14 +17,16 @@ import signal
 import sqlite3
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
+import agents._call_log as call_log
 from agents import SellerAgent, _serving, per_call, skill
 from agents.errors import AgentmarketError
 from agents.usage_journal import UsageJournal
-from tests.faults.faulty import install_clock, reach
+from tests.faults.faulty import install_clock, reach, refusing_log
 
 
 class Upper(BaseModel):
@@ -91,6 +93,19 @@ def _disk_full() -> None:
     UsageJournal._apply = failing(UsageJournal._apply)  # type: ignore[method-assign]
 
 
+def _refusing_log(journal: str) -> None:
+    """While the world's marker file exists (`Seller.journal_unwritable`), the call log's
+    appends fail as on a full disk."""
+    marker, durable = refusing_log(Path(journal)), call_log._make_durable
+
+    def make_durable(fd: int) -> None:
+        if marker.exists():
+            raise OSError(28, "No space left on device")
+        durable(fd)
+
+    call_log._make_durable = make_durable
+
+
 def _seller(marketplace: str, key: str, journal: str, port: str, advertised: str,
             window: str, margin: str) -> SellerAgent:
     seller = SellerAgent("upper", skills=[upper], marketplace=marketplace, key=key,
@@ -106,6 +121,7 @@ def main() -> None:
     install_clock()
     _journal_kill_points()
     _disk_full()
+    _refusing_log(sys.argv[3])
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     seller = _seller(*sys.argv[1:8])

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from marketplace.identity import AgentKey
+from tests.faults.faulty import refusing_log
 from tests.faults.invariants import FINAL, BuyerRun, check
 from tests.faults.proxy import Proxy
 from tests.processes import node as node_process
@@ -121,7 +122,9 @@ class Seller:
     unwritable: bool = False
 
     def journal_unwritable(self, on: bool) -> None:
-        """The journal refuses the seller's call records (a full disk, as the seller sees it)."""
+        """The journal refuses the seller's call records (a full disk, as the seller sees it):
+        its calls table is gone, and its call log's appends fail (`seller.py` looks for the
+        marker file `refusing_log`)."""
         if on == self.unwritable or not self.journal.exists():
             return
         names = ("agentmarket_seller_calls", "calls_away")
@@ -129,6 +132,11 @@ class Seller:
         with sqlite3.connect(self.journal, timeout=10) as conn:
             if conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (old,)).fetchone():
                 conn.execute(f"ALTER TABLE {old} RENAME TO {new}")
+        marker = refusing_log(self.journal)
+        if on:
+            marker.touch()
+        else:
+            marker.unlink(missing_ok=True)
         self.unwritable = on
 
 

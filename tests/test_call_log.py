@@ -1,0 +1,153 @@
+"""The usage journal's call log (`agents._call_log`): a SQLite journal's call records are
+appended to a file beside it, durable before they are acknowledged, and moved into its tables
+in bulk; what a crash left in the log (and only what was whole) reaches the tables at the next
+start; a failed append leaves nothing behind; another journal on the same file reads the log."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import stat
+from pathlib import Path
+
+import pytest
+
+import agents._call_log as call_log
+from agents._call_log import CallLog, path_beside, read_rows
+from agents.usage_journal import JournalError, UsageJournal
+from tests.journal_disk import log_refuses
+
+AGREEMENT = "a" * 64
+
+
+def _row(n: int, agreement: str = AGREEMENT) -> call_log.Row:
+    return (agreement, f"call-{n}", n, n + 1, b"voucher %d" % n, b"receipt %d" % n,
+            b"\x00response %d\xff" % n)
+
+
+def _record(journal: UsageJournal, n: int, agreement: str = AGREEMENT) -> None:
+    journal.record_call(*_row(n, agreement)).wait()
+
+
+def _table_calls(database: Path) -> list[tuple]:
+    with sqlite3.connect(database) as db:
+        return db.execute("SELECT agreement_id, call_id, position, sequence, voucher, receipt, "
+                          "response FROM agentmarket_seller_calls ORDER BY position").fetchall()
+
+
+def _loaded(journal: UsageJournal) -> list[call_log.Row]:
+    return [(agreement.agreement_id, call.call_id, call.position, call.sequence, call.voucher,
+             call.receipt, call.response)
+            for agreement in journal.load() for call in agreement.calls]
+
+
+@pytest.fixture
+def database(tmp_path: Path) -> Path:
+    """A journal file holding the agreement AGREEMENT (and no call)."""
+    path = tmp_path / "journal.db"
+    with UsageJournal(f"sqlite:///{path}") as journal:
+        journal.open_agreement(AGREEMENT, "seller", b"body")
+    return path
+
+
+def test_calls_are_logged_and_moved_into_the_tables_by_flush(database: Path) -> None:
+    log_path = path_beside(str(database))
+    assert log_path == database.with_name("journal.db-calls")
+    with UsageJournal(f"sqlite:///{database}") as journal:
+        for n in range(5):
+            _record(journal, n)
+        assert _table_calls(database) == []  # acknowledged: durable in the log
+        assert read_rows(log_path) == [_row(n) for n in range(5)]
+        assert stat.S_IMODE(log_path.stat().st_mode) == 0o600
+        journal.flush()
+        assert _table_calls(database) == [_row(n) for n in range(5)]
+        assert log_path.stat().st_size == 0
+        _record(journal, 5)
+    # closing moved the rest, and removed the empty log
+    assert _table_calls(database) == [_row(n) for n in range(6)]
+    assert not log_path.exists()
+
+
+def test_the_log_is_moved_with_the_batch_once_it_is_due(database: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(call_log, "MOVE_ROWS", 4)
+    with UsageJournal(f"sqlite:///{database}") as journal:
+        for n in range(10):
+            _record(journal, n)
+            assert len(read_rows(path_beside(str(database)))) <= 4
+        assert len(_table_calls(database)) >= 5
+        assert _loaded(journal) == [_row(n) for n in range(10)]
+
+
+def test_what_a_crash_left_in_the_log_reaches_the_tables_and_a_torn_tail_is_cut(
+        database: Path, caplog: pytest.LogCaptureFixture) -> None:
+    log_path = path_beside(str(database))
+    assert log_path is not None
+    written = CallLog(log_path)  # a seller killed after three acknowledged appends ...
+    written.append([_row(0), _row(1)])
+    written.append([_row(2)])
+    written.close()
+    whole = log_path.read_bytes()
+    written = CallLog(log_path)
+    written.append([_row(3)])
+    written.close()
+    torn = log_path.read_bytes()[len(whole):]
+    log_path.write_bytes(whole + torn[:-5])  # ... and in the middle of a fourth
+    with caplog.at_level(logging.WARNING, logger="agentmarket.seller"), \
+            UsageJournal(f"sqlite:///{database}") as journal:
+        assert _table_calls(database) == [_row(n) for n in range(3)]
+        assert log_path.stat().st_size == 0
+        assert _loaded(journal) == [_row(n) for n in range(3)]
+    assert "never acknowledged; cut off" in caplog.text
+
+
+def test_a_forgotten_agreement_s_records_are_not_moved_back(database: Path) -> None:
+    log_path = path_beside(str(database))
+    assert log_path is not None
+    written = CallLog(log_path)  # moved and forgotten, then a crash before the log emptied
+    written.append([_row(0, "f" * 64), _row(1)])
+    written.close()
+    with UsageJournal(f"sqlite:///{database}") as journal:
+        assert _loaded(journal) == [_row(1)]
+    assert _table_calls(database) == [_row(1)]
+
+
+def test_a_failed_append_leaves_nothing_and_fails_only_its_callers(database: Path) -> None:
+    log_path = path_beside(str(database))
+    assert log_path is not None
+    with UsageJournal(f"sqlite:///{database}") as journal:
+        _record(journal, 0)
+        size = log_path.stat().st_size
+        with log_refuses(), pytest.raises(JournalError, match="No space left"):
+            _record(journal, 1)
+        assert log_path.stat().st_size == size  # cut back: no record nobody was told of
+        _record(journal, 2)
+        assert _loaded(journal) == [_row(0), _row(2)]
+
+
+def test_records_the_tables_would_refuse_go_to_them_and_fail_there(database: Path) -> None:
+    with UsageJournal(f"sqlite:///{database}") as journal:
+        with pytest.raises(JournalError):  # no such agreement (a foreign key)
+            _record(journal, 0, agreement="b" * 64)
+        too_big = (*_row(1)[:3], 2**63, *_row(1)[4:])
+        with pytest.raises(JournalError):  # past the column's 64 bits
+            journal.record_call(*too_big).wait()
+        _record(journal, 2)
+        assert read_rows(path_beside(str(database))) == [_row(2)]  # logged again
+        assert _loaded(journal) == [_row(2)]
+
+
+def test_another_journal_on_the_file_reads_the_log_it_does_not_hold(
+        database: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with UsageJournal(f"sqlite:///{database}") as first:
+        for n in range(3):
+            _record(first, n)
+        with caplog.at_level(logging.WARNING, logger="agentmarket.seller"), \
+                UsageJournal(f"sqlite:///{database}") as second:
+            assert "held by another journal" in caplog.text
+            assert _loaded(second) == [_row(n) for n in range(3)]
+            _record(second, 3)  # to SQLite: the log is the first one's
+            assert _table_calls(database) == [_row(3)]
+            assert _loaded(second) == [_row(n) for n in range(4)]
+        _record(first, 4)
+        assert _loaded(first) == [_row(n) for n in range(5)]
