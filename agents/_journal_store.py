@@ -167,7 +167,11 @@ class JournalStore:
         results: dict[int, Any] = {}
         with self._engine.begin() as conn:
             if self._log is not None and self._log.rows:  # what the log holds goes first
-                conn.execute(self._insert_call, [_call_params(row) for row in self._log.rows])
+                if careful:
+                    self._move_logged_carefully(conn)
+                else:
+                    conn.execute(self._insert_call,
+                                 [_call_params(row) for row in self._log.rows])
             start = 0
             while start < len(rows):  # runs of one kind, in order
                 kind = rows[start][0]
@@ -231,6 +235,20 @@ class JournalStore:
             with self._lock:
                 if self._blocked:
                     self._wakeup.notify()
+
+    def _move_logged_carefully(self, conn: Any) -> None:
+        """The log's rows one by one: one the tables refuse can only be of an agreement they
+        no longer hold (another journal on the file forgot it), settled for good: it is
+        dropped, with an error logged, rather than failing every later batch."""
+        assert self._log is not None
+        for row in self._log.rows:
+            try:
+                with conn.begin_nested():
+                    conn.execute(self._insert_call, _call_params(row))
+            except (IntegrityError, DataError, OverflowError) as error:
+                log.error("usage journal: the tables refuse the logged record of call %r of "
+                          "agreement %r (%s); dropped", row[1], row[0],
+                          getattr(error, "orig", error))
 
     def _close_log(self) -> None:
         """At close, the writer gone: move the log into the tables (a restart would, too)."""

@@ -151,3 +151,20 @@ def test_another_journal_on_the_file_reads_the_log_it_does_not_hold(
             assert _loaded(second) == [_row(n) for n in range(4)]
         _record(first, 4)
         assert _loaded(first) == [_row(n) for n in range(5)]
+
+
+def test_a_logged_record_the_tables_refuse_is_dropped_alone(
+        database: Path, caplog: pytest.LogCaptureFixture) -> None:
+    other = "c" * 64
+    with UsageJournal(f"sqlite:///{database}") as first:
+        first.open_agreement(other, "seller", b"body")
+        _record(first, 0, agreement=other)  # logged: its agreement is in the tables
+        _record(first, 1)
+        with UsageJournal(f"sqlite:///{database}") as second:  # forgets it behind first's back
+            assert second.forget([other]) == 1
+        with caplog.at_level(logging.ERROR, logger="agentmarket.seller"):
+            first.record_redeem(AGREEMENT, closed=True, escrow=None)  # moves the log
+        assert "tables refuse the logged record of call 'call-0'" in caplog.text
+        assert _table_calls(database) == [_row(1)]
+        _record(first, 2, agreement=AGREEMENT)  # the journal carries on
+        assert [row[1] for row in _loaded(first)] == ["call-1", "call-2"]
