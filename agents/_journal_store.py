@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,10 +71,15 @@ class JournalStore:
 
     _engine: Engine
     _raw: Any
-    _write_lock: threading.Lock  # held by whoever writes a batch (`UsageJournal`)
+    _dbapi: Any
+    # `UsageJournal`'s writer state: the lock whoever writes a batch holds, and what the
+    # writer thread waits on
+    _write_lock: threading.Lock
     _lock: threading.Lock
     _wakeup: threading.Condition
     _blocked: bool
+    _idle: bool
+    _queue: deque[_Batch]
 
     def _prepare_statements(self) -> None:
         insert = postgresql.insert if self._engine.dialect.name == "postgresql" else sqlite.insert
@@ -96,6 +102,29 @@ class JournalStore:
 
     def flush(self, timeout_s: float = 10.0) -> None:
         """Wait until every record queued so far is written (`UsageJournal.flush`)."""
+
+    def _write_rows(self, batch: _Batch) -> None:
+        """Write `batch` (with the write lock held). A row the database refuses (a call of an
+        unknown agreement, a number past its columns): the batch is written again with a
+        savepoint per row, so only that row's caller gets the error and nobody else's record
+        waits on it."""
+        try:
+            if batch.mixed:
+                self._apply(batch, careful=False)
+            else:
+                self._write_plain(batch)
+        except (IntegrityError, DataError, OverflowError, self._dbapi.IntegrityError,
+                self._dbapi.DataError):
+            self._apply(batch, careful=True)
+
+    def _release_write_lock(self) -> None:
+        """Release the write lock a caller took, and wake the writer if it waits for it, or
+        idles while a batch is queued (a caller that found the lock taken left its batch to
+        whoever held it)."""
+        self._write_lock.release()
+        with self._lock:
+            if self._blocked or (self._idle and self._queue):
+                self._wakeup.notify()
 
     def _write_plain(self, batch: _Batch) -> None:
         """Calls, opens and redeems (the common batches): prepared statements, one executemany
@@ -231,10 +260,7 @@ class JournalStore:
             raise JournalError(f"the usage journal could not move its call log into its "
                                f"tables: {error}") from error
         finally:
-            self._write_lock.release()
-            with self._lock:
-                if self._blocked:
-                    self._wakeup.notify()
+            self._release_write_lock()
 
     def _move_logged_carefully(self, conn: Any) -> None:
         """The log's rows one by one: one the tables refuse can only be of an agreement they
@@ -268,7 +294,7 @@ class JournalStore:
     def _move_log(self) -> None:
         """Move what the log holds into the tables (with the write lock held)."""
         if self._log is not None and self._log.rows:
-            self._write_plain(_Batch(self))  # type: ignore[arg-type]
+            self._write_rows(_Batch(self))  # type: ignore[arg-type]
 
     def _written(self, rows: list[tuple[int, Any]], errors: dict[int, BaseException]) -> None:
         """After a commit to the tables: the log's rows are in them, and which agreements

@@ -56,7 +56,6 @@ from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import DataError, IntegrityError
 
 from agents._journal_batches import (
     _CALL,
@@ -357,10 +356,7 @@ class UsageJournal(JournalStore):
                     self._tail = None
             self._write(batch)
         finally:
-            self._write_lock.release()
-            with self._lock:
-                if self._blocked or (self._idle and self._queue):
-                    self._wakeup.notify()
+            self._release_write_lock()
 
     # ---- the writer thread -------------------------------------------------------------------
 
@@ -441,17 +437,7 @@ class UsageJournal(JournalStore):
     def _write(self, batch: _Batch) -> None:
         self._group_target = len(batch.rows)  # the next batch may wait for as many
         try:
-            try:
-                if batch.mixed:
-                    self._apply(batch, careful=False)
-                else:
-                    self._write_plain(batch)
-            except (IntegrityError, DataError, OverflowError, self._dbapi.IntegrityError,
-                    self._dbapi.DataError):
-                # A row the database refuses (a call of an unknown agreement, a number past its
-                # columns): write the batch again with a savepoint per row, so only that row's
-                # caller gets the error and nobody else's record waits on it.
-                self._apply(batch, careful=True)
+            self._write_rows(batch)
         except BaseException as error:  # never let the writer die: fail the batch instead
             log.warning("usage journal: a batch of %d rows failed: %s", len(batch.rows), error)
             batch.error = error
