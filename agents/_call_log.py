@@ -11,12 +11,18 @@ row (their agreements are in its tables, their numbers fit its columns); anythin
 batch that is not calls alone, goes to SQLite with the logged rows first, in one transaction,
 after which the log is emptied. A restart moves what the log holds into the tables first.
 
-Format: frames of a 4-byte length, the payload's CRC-32 and the payload: position and
-sequence (signed 64-bit), then agreement id, call id, voucher, receipt and response, each as a
-4-byte length and its bytes. A frame cut short, or whose CRC does not match, is the tail of an
-append whose fdatasync never returned (so never acknowledged): reading stops there and cuts it
-off. A failed append is cut off at once, so the file never holds a record nobody was told
-about.
+Format: a header (magic, version, epoch), then frames of a header (the payload's length, its
+CRC-32 and the log's epoch) and the payload: position and sequence (signed 64-bit), then
+agreement id, call id, voucher, receipt and response, each as a 4-byte length and its bytes.
+The file is kept allocated ahead of its frames (zeros written in `GROW_BYTES` steps) and frames
+are written in place: an fdatasync of bytes the file already holds flushes the data alone, where
+one that grows the file also commits the filesystem's journal (here, 80 against 51 us of CPU
+and 190 against 125 us of wall time per fdatasync). Emptying the log writes a new epoch into
+its header instead of truncating it, so frames left from an earlier epoch read as the end. A
+frame of the current epoch cut short, or whose CRC does not match, is the tail of an append
+whose fdatasync never returned (so never acknowledged): reading stops there and zeroes it. A
+failed append is zeroed at once, so the file never holds a record nobody was told about. A
+log written before the header existed (frames of length and CRC only) is still read.
 """
 
 from __future__ import annotations
@@ -32,7 +38,10 @@ from typing import Any
 
 log = logging.getLogger("agentmarket.seller")
 
-_FRAME = struct.Struct("<II")  # payload length, CRC-32
+_HEADER = struct.Struct("<4sIQ")  # magic, version, epoch
+_MAGIC, _VERSION = b"AMCL", 1
+_FRAME = struct.Struct("<IIQ")  # payload length, CRC-32, epoch
+_LEGACY_FRAME = struct.Struct("<II")  # payload length, CRC-32 (a log from before the header)
 _NUMBERS = struct.Struct("<qq")  # position, sequence
 _LENGTH = struct.Struct("<I")
 _INT64 = (-(2 ** 63), 2 ** 63 - 1)
@@ -40,6 +49,8 @@ _INT64 = (-(2 ** 63), 2 ** 63 - 1)
 # that one batch slower, a smaller one makes moves more frequent.
 MOVE_ROWS = 1024
 MOVE_BYTES = 8 << 20
+# The file is allocated ahead of its frames in steps of this many bytes (zeros, written)
+GROW_BYTES = 256 << 10
 # The longest ids the tables hold (agents.tables)
 _MAX_AGREEMENT_ID, _MAX_CALL_ID = 64, 128
 
@@ -47,21 +58,29 @@ Row = tuple[str, str, int, int, bytes, bytes, bytes]
 
 
 class CallLog:
-    """An append-only file of call records (`Row`, the journal's call columns), written by
-    one writer at a time (the journal's write lock) and locked against other processes."""
+    """A file of call records (`Row`, the journal's call columns) written in place ahead of
+    its end, by one writer at a time (the journal's write lock), and locked against other
+    processes."""
 
     def __init__(self, path: Path) -> None:
         created = not path.exists()
         self.path = path
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._allocated = os.fstat(self._fd).st_size
+            head = os.pread(self._fd, _HEADER.size, 0)
+            self._legacy = bool(head) and not head.startswith(_MAGIC)
+            self._epoch = _HEADER.unpack(head)[2] if len(head) == _HEADER.size and \
+                not self._legacy else 0
+            if not self._legacy and self._epoch == 0:
+                self._start_epoch(1)
             if created:  # the file's name is durable before any record relies on it
                 _fsync_folder(path.parent)
         except BaseException:
             os.close(self._fd)
             raise
-        self.size = 0  # bytes of whole, acknowledged frames
+        self.size = 0  # bytes of whole, acknowledged frames (after the header)
         self.rows: list[Row] = []  # what the file holds, not yet in the tables
 
     @classmethod
@@ -81,37 +100,55 @@ class CallLog:
         """Whether the log should be moved into the tables with the next batch."""
         return len(self.rows) >= MOVE_ROWS or self.size >= MOVE_BYTES
 
+    @property
+    def end(self) -> int:
+        """Where the next frame goes in the file."""
+        return _HEADER.size + self.size
+
     def recover(self) -> list[Row]:
-        """The records the file holds (after a restart), its torn tail cut off."""
+        """The records the file holds (after a restart), a torn tail zeroed; a log from before
+        the header is read as it was written, and rewritten by the next `clear` (or now, if it
+        held nothing whole)."""
         data = _read_all(self._fd)
-        rows, end = _frames(data)
-        if end < len(data):
+        if self._legacy:
+            rows, _end = _legacy_frames(data)
+            if not rows:
+                self.clear()
+            self.rows = rows
+            return rows
+        rows, end, torn = _frames(data, _HEADER.size, self._epoch)
+        if torn:
             log.warning("usage journal: the call log ended in %d bytes of an append never "
-                        "acknowledged; cut off", len(data) - end)
-            os.ftruncate(self._fd, end)
-            os.fsync(self._fd)
-        self.rows, self.size = rows, end
+                        "acknowledged; cut off", torn)
+            os.pwrite(self._fd, bytes(torn), end)
+            os.fdatasync(self._fd)
+        self.rows, self.size = rows, end - _HEADER.size
         return rows
 
     def append(self, rows: list[Row]) -> None:
-        """Append `rows` and return once they are durable; on any failure the file is cut
-        back to what it held, and the error raised."""
-        data = b"".join(_frame(row) for row in rows)
+        """Write `rows` after the last frame and return once they are durable; on any failure
+        what was written is zeroed, and the error raised."""
+        assert not self._legacy, "a log from before the header is moved and cleared first"
+        data = b"".join(_frame(row, self._epoch) for row in rows)
+        at = self.end
         try:
-            written = 0
-            while written < len(data):
-                written += os.write(self._fd, data[written:])
+            if at + len(data) > self._allocated:
+                grown = -(-(at + len(data)) // GROW_BYTES) * GROW_BYTES
+                _write_at(self._fd, bytes(grown - self._allocated), self._allocated)
+                self._allocated = grown
+            _write_at(self._fd, data, at)
             _make_durable(self._fd)
         except BaseException:
-            self._cut_back()
+            self._zero(at, len(data))
             raise
         self.size += len(data)
         self.rows.extend(rows)
 
     def clear(self) -> None:
-        """Empty the log: its rows are in the tables now."""
-        os.ftruncate(self._fd, 0)
-        os.fsync(self._fd)
+        """Empty the log (its rows are in the tables now): a new epoch, so the frames of this
+        one read as gone."""
+        self._start_epoch(self._epoch + 1)
+        self._legacy = False
         self.rows, self.size = [], 0
 
     def close(self, *, remove_empty: bool = False) -> None:
@@ -122,12 +159,20 @@ class CallLog:
                 self.path.unlink(missing_ok=True)
             os.close(self._fd)
 
-    def _cut_back(self) -> None:
+    def _start_epoch(self, epoch: int) -> None:
+        _write_at(self._fd, _HEADER.pack(_MAGIC, _VERSION, epoch), 0)
+        if self._legacy and self._allocated > _HEADER.size:  # the old frames after it
+            _write_at(self._fd, bytes(self._allocated - _HEADER.size), _HEADER.size)
+        self._allocated = max(self._allocated, _HEADER.size)
+        os.fdatasync(self._fd)
+        self._epoch = epoch
+
+    def _zero(self, at: int, length: int) -> None:
         try:
-            os.ftruncate(self._fd, self.size)
-            os.fsync(self._fd)
-        except OSError as error:  # the next start cuts off what does not read back whole
-            log.error("usage journal: cutting a failed append off the call log failed: %s",
+            _write_at(self._fd, bytes(length), at)
+            os.fdatasync(self._fd)
+        except OSError as error:  # the next start reads a frame that fails its CRC as the end
+            log.error("usage journal: zeroing a failed append in the call log failed: %s",
                       error)
 
 
@@ -145,9 +190,14 @@ def read_rows(path: Path) -> list[Row]:
     except FileNotFoundError:
         return []
     try:
-        return _frames(_read_all(fd))[0]
+        data = _read_all(fd)
     finally:
         os.close(fd)
+    if data and not data.startswith(_MAGIC):
+        return _legacy_frames(data)[0]
+    if len(data) < _HEADER.size:
+        return []
+    return _frames(data, _HEADER.size, _HEADER.unpack_from(data)[2])[0]
 
 
 def fits(row: Any) -> bool:
@@ -160,22 +210,41 @@ def fits(row: Any) -> bool:
             and type(voucher) is bytes and type(receipt) is bytes and type(response) is bytes)
 
 
-def _frame(row: Row) -> bytes:
+def _frame(row: Row, epoch: int) -> bytes:
     agreement_id, call_id, position, sequence, voucher, receipt, response = row
     parts = [_NUMBERS.pack(position, sequence)]
     for field in (agreement_id.encode(), call_id.encode(), voucher, receipt, response):
         parts += (_LENGTH.pack(len(field)), field)
     payload = b"".join(parts)
-    return _FRAME.pack(len(payload), zlib.crc32(payload)) + payload
+    return _FRAME.pack(len(payload), zlib.crc32(payload), epoch) + payload
 
 
-def _frames(data: bytes) -> tuple[list[Row], int]:
-    """The rows of the whole frames at the start of `data`, and where they end."""
+def _frames(data: bytes, at: int, epoch: int) -> tuple[list[Row], int, int]:
+    """The rows of the whole frames of `epoch` from `at` in `data`, where they end, and how
+    many bytes after that are a torn frame of the same epoch (0: zeros, or an earlier epoch's
+    frames, read as the end)."""
+    rows: list[Row] = []
+    while at + _FRAME.size <= len(data):
+        length, crc, frame_epoch = _FRAME.unpack_from(data, at)
+        if frame_epoch != epoch or length == 0:
+            break
+        start, end = at + _FRAME.size, at + _FRAME.size + length
+        row = _row(data[start:end]) if end <= len(data) and \
+            zlib.crc32(data[start:end]) == crc else None
+        if row is None:
+            return rows, at, min(end, len(data)) - at
+        rows.append(row)
+        at = end
+    return rows, at, 0
+
+
+def _legacy_frames(data: bytes) -> tuple[list[Row], int]:
+    """The rows of the whole frames of a log from before the header, and where they end."""
     rows: list[Row] = []
     at = 0
-    while at + _FRAME.size <= len(data):
-        length, crc = _FRAME.unpack_from(data, at)
-        start, end = at + _FRAME.size, at + _FRAME.size + length
+    while at + _LEGACY_FRAME.size <= len(data):
+        length, crc = _LEGACY_FRAME.unpack_from(data, at)
+        start, end = at + _LEGACY_FRAME.size, at + _LEGACY_FRAME.size + length
         if end > len(data) or zlib.crc32(data[start:end]) != crc:
             break
         row = _row(data[start:end])
@@ -208,6 +277,12 @@ def _row(payload: bytes) -> Row | None:
 def _make_durable(fd: int) -> None:
     """fdatasync: a function of its own, so that tests can make the disk refuse or stall."""
     os.fdatasync(fd)
+
+
+def _write_at(fd: int, data: bytes, at: int) -> None:
+    written = 0
+    while written < len(data):
+        written += os.pwrite(fd, memoryview(data)[written:], at + written)
 
 
 def _read_all(fd: int) -> bytes:

@@ -6,10 +6,12 @@ cheap? Each design here makes the same records (a paid call's size) durable for 
 that each wait for their own before the next, as a seller's calls do, and reports the CPU the
 whole process spent per record:
 - `journal`: the seller's `UsageJournal` (SQLite, WAL, synchronous=FULL, group commit; a
-  batch of calls appended to its call log, `agents._call_log`, and moved into the tables in
-  bulk);
-- `file`: the least a durable record can be: the rows appended to one file and fdatasync'd,
-  one batch at a time, by one of the callers (group commit with nothing else around it);
+  batch of calls written to its call log, `agents._call_log`, in place in a file allocated
+  ahead, and moved into the tables in bulk);
+- `file`: the least a durable record can be with a plain file: the rows appended to one file
+  and fdatasync'd, one batch at a time, by one of the callers (group commit with nothing else
+  around it; each append grows the file, so each fdatasync also commits the filesystem's
+  journal, which the call log's writes in place do not);
 - `fsync_each` (threads only): each caller appends and fdatasyncs its own record, no waiting
   on anyone;
 - `raw_sqlite`: raw sqlite3 inserting the same rows in batches of 16, one thread, no caller

@@ -61,7 +61,7 @@ def test_calls_are_logged_and_moved_into_the_tables_by_flush(database: Path) -> 
         assert stat.S_IMODE(log_path.stat().st_mode) == 0o600
         journal.flush()
         assert _table_calls(database) == [_row(n) for n in range(5)]
-        assert log_path.stat().st_size == 0
+        assert read_rows(log_path) == []
         _record(journal, 5)
     # closing moved the rest, and removed the empty log
     assert _table_calls(database) == [_row(n) for n in range(6)]
@@ -86,19 +86,50 @@ def test_what_a_crash_left_in_the_log_reaches_the_tables_and_a_torn_tail_is_cut(
     written = CallLog(log_path)  # a seller killed after three acknowledged appends ...
     written.append([_row(0), _row(1)])
     written.append([_row(2)])
-    written.close()
-    whole = log_path.read_bytes()
-    written = CallLog(log_path)
     written.append([_row(3)])
+    end = written.end
     written.close()
-    torn = log_path.read_bytes()[len(whole):]
-    log_path.write_bytes(whole + torn[:-5])  # ... and in the middle of a fourth
+    with log_path.open("r+b") as torn:  # ... and in the middle of a fourth
+        torn.seek(end - 5)
+        torn.write(bytes(5))
     with caplog.at_level(logging.WARNING, logger="agentmarket.seller"), \
             UsageJournal(f"sqlite:///{database}") as journal:
         assert _table_calls(database) == [_row(n) for n in range(3)]
-        assert log_path.stat().st_size == 0
+        assert read_rows(log_path) == []
         assert _loaded(journal) == [_row(n) for n in range(3)]
     assert "never acknowledged; cut off" in caplog.text
+
+
+def test_frames_of_an_emptied_log_never_come_back(database: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The log is written in place, allocated ahead: emptying it starts a new epoch, and what
+    an earlier epoch left after the new frames reads as the end, even across a crash."""
+    monkeypatch.setattr(call_log, "GROW_BYTES", 4096)
+    log_path = path_beside(str(database))
+    assert log_path is not None
+    written = CallLog(log_path)
+    written.append([_row(n) for n in range(40)])  # past one step of the allocation
+    assert log_path.stat().st_size % 4096 == 0 and log_path.stat().st_size >= written.end
+    written.clear()
+    written.append([_row(40)])
+    written.close()  # a crash: the old frames are still in the file, after the new one
+    assert read_rows(log_path) == [_row(40)]
+    with UsageJournal(f"sqlite:///{database}") as journal:
+        assert _loaded(journal) == [_row(40)]
+
+
+def test_a_log_written_before_the_header_is_still_moved(database: Path) -> None:
+    log_path = path_beside(str(database))
+    assert log_path is not None
+    legacy = b"".join(call_log._frame(_row(n), 0)[:4] + call_log._frame(_row(n), 0)[4:8]
+                      + call_log._frame(_row(n), 0)[16:] for n in range(2))
+    log_path.write_bytes(legacy)
+    assert read_rows(log_path) == [_row(0), _row(1)]
+    with UsageJournal(f"sqlite:///{database}") as journal:
+        assert _table_calls(database) == [_row(0), _row(1)]
+        _record(journal, 2)
+        assert read_rows(log_path) == [_row(2)]
+        assert _loaded(journal) == [_row(n) for n in range(3)]
 
 
 def test_a_forgotten_agreement_s_records_are_not_moved_back(database: Path) -> None:
@@ -117,10 +148,10 @@ def test_a_failed_append_leaves_nothing_and_fails_only_its_callers(database: Pat
     assert log_path is not None
     with UsageJournal(f"sqlite:///{database}") as journal:
         _record(journal, 0)
-        size = log_path.stat().st_size
         with log_refuses(), pytest.raises(JournalError, match="No space left"):
             _record(journal, 1)
-        assert log_path.stat().st_size == size  # cut back: no record nobody was told of
+        assert read_rows(log_path) == [_row(0)]  # zeroed: no record nobody was told of
+        assert b"call-1" not in log_path.read_bytes()
         _record(journal, 2)
         assert _loaded(journal) == [_row(0), _row(2)]
 
