@@ -69,11 +69,9 @@ class CallLog:
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             self._allocated = os.fstat(self._fd).st_size
-            head = os.pread(self._fd, _HEADER.size, 0)
-            self._legacy = bool(head) and not head.startswith(_MAGIC)
-            self._epoch = _HEADER.unpack(head)[2] if len(head) == _HEADER.size and \
-                not self._legacy else 0
-            if not self._legacy and self._epoch == 0:
+            # None: a log from before the header (read by `recover`, rewritten by `clear`)
+            self._epoch: int | None = _epoch_of(os.pread(self._fd, _HEADER.size, 0))
+            if self._epoch == 0:
                 self._start_epoch(1)
             if created:  # the file's name is durable before any record relies on it
                 _fsync_folder(path.parent)
@@ -110,8 +108,8 @@ class CallLog:
         the header is read as it was written, and rewritten by the next `clear` (or now, if it
         held nothing whole)."""
         data = _read_all(self._fd)
-        if self._legacy:
-            rows, _end = _legacy_frames(data)
+        if self._epoch is None:
+            rows = _frames(data, 0, None)[0]
             if not rows:
                 self.clear()
             self.rows = rows
@@ -120,7 +118,7 @@ class CallLog:
         if torn:
             log.warning("usage journal: the call log ended in %d bytes of an append never "
                         "acknowledged; cut off", torn)
-            os.pwrite(self._fd, bytes(torn), end)
+            _write_at(self._fd, bytes(torn), end)
             os.fdatasync(self._fd)
         self.rows, self.size = rows, end - _HEADER.size
         return rows
@@ -128,8 +126,9 @@ class CallLog:
     def append(self, rows: list[Row]) -> None:
         """Write `rows` after the last frame and return once they are durable; on any failure
         what was written is zeroed, and the error raised."""
-        assert not self._legacy, "a log from before the header is moved and cleared first"
-        data = b"".join(_frame(row, self._epoch) for row in rows)
+        epoch = self._epoch
+        assert epoch is not None, "a log from before the header is moved and cleared first"
+        data = b"".join(_frame(row, epoch) for row in rows)
         at = self.end
         try:
             if at + len(data) > self._allocated:
@@ -147,8 +146,7 @@ class CallLog:
     def clear(self) -> None:
         """Empty the log (its rows are in the tables now): a new epoch, so the frames of this
         one read as gone."""
-        self._start_epoch(self._epoch + 1)
-        self._legacy = False
+        self._start_epoch((self._epoch or 0) + 1)
         self.rows, self.size = [], 0
 
     def close(self, *, remove_empty: bool = False) -> None:
@@ -161,7 +159,7 @@ class CallLog:
 
     def _start_epoch(self, epoch: int) -> None:
         _write_at(self._fd, _HEADER.pack(_MAGIC, _VERSION, epoch), 0)
-        if self._legacy and self._allocated > _HEADER.size:  # the old frames after it
+        if self._epoch is None and self._allocated > _HEADER.size:  # the old frames after it
             _write_at(self._fd, bytes(self._allocated - _HEADER.size), _HEADER.size)
         self._allocated = max(self._allocated, _HEADER.size)
         os.fdatasync(self._fd)
@@ -193,11 +191,10 @@ def read_rows(path: Path) -> list[Row]:
         data = _read_all(fd)
     finally:
         os.close(fd)
-    if data and not data.startswith(_MAGIC):
-        return _legacy_frames(data)[0]
-    if len(data) < _HEADER.size:
+    epoch = _epoch_of(data[:_HEADER.size])
+    if epoch == 0:
         return []
-    return _frames(data, _HEADER.size, _HEADER.unpack_from(data)[2])[0]
+    return _frames(data, 0 if epoch is None else _HEADER.size, epoch)[0]
 
 
 def fits(row: Any) -> bool:
@@ -219,40 +216,33 @@ def _frame(row: Row, epoch: int) -> bytes:
     return _FRAME.pack(len(payload), zlib.crc32(payload), epoch) + payload
 
 
-def _frames(data: bytes, at: int, epoch: int) -> tuple[list[Row], int, int]:
-    """The rows of the whole frames of `epoch` from `at` in `data`, where they end, and how
-    many bytes after that are a torn frame of the same epoch (0: zeros, or an earlier epoch's
-    frames, read as the end)."""
+def _epoch_of(head: bytes) -> int | None:
+    """The epoch a log's first bytes name: 0 for no header yet, None for a log from before
+    the header (its first frame's length cannot start with the magic)."""
+    if head and not head.startswith(_MAGIC[:len(head)]):
+        return None
+    return _HEADER.unpack(head)[2] if len(head) == _HEADER.size else 0
+
+
+def _frames(data: bytes, at: int, epoch: int | None) -> tuple[list[Row], int, int]:
+    """The rows of the whole frames of `epoch` from `at` in `data` (None: of a log from before
+    the header, whose frames hold no epoch), where they end, and how many bytes after that are
+    a torn frame of the same epoch (0: zeros, or an earlier epoch's frames, read as the end;
+    always 0 for a log from before the header, read as it was)."""
+    frame = _LEGACY_FRAME if epoch is None else _FRAME
     rows: list[Row] = []
-    while at + _FRAME.size <= len(data):
-        length, crc, frame_epoch = _FRAME.unpack_from(data, at)
-        if frame_epoch != epoch or length == 0:
+    while at + frame.size <= len(data):
+        length, crc, *tagged = frame.unpack_from(data, at)
+        if tagged and (tagged[0] != epoch or length == 0):
             break
-        start, end = at + _FRAME.size, at + _FRAME.size + length
+        start, end = at + frame.size, at + frame.size + length
         row = _row(data[start:end]) if end <= len(data) and \
             zlib.crc32(data[start:end]) == crc else None
         if row is None:
-            return rows, at, min(end, len(data)) - at
+            return rows, at, 0 if epoch is None else min(end, len(data)) - at
         rows.append(row)
         at = end
     return rows, at, 0
-
-
-def _legacy_frames(data: bytes) -> tuple[list[Row], int]:
-    """The rows of the whole frames of a log from before the header, and where they end."""
-    rows: list[Row] = []
-    at = 0
-    while at + _LEGACY_FRAME.size <= len(data):
-        length, crc = _LEGACY_FRAME.unpack_from(data, at)
-        start, end = at + _LEGACY_FRAME.size, at + _LEGACY_FRAME.size + length
-        if end > len(data) or zlib.crc32(data[start:end]) != crc:
-            break
-        row = _row(data[start:end])
-        if row is None:
-            break
-        rows.append(row)
-        at = end
-    return rows, at
 
 
 def _row(payload: bytes) -> Row | None:
