@@ -190,43 +190,70 @@ def _nul_plan(descriptor: Any, visiting: frozenset[Any] = frozenset()
     return plan
 
 
+class WrappedHandlers:
+    """An interceptor's wrapped handler per method, made once: the servers' handlers are
+    the same objects call after call, and wrapping one costs a closure and a handler per
+    call. A method whose inner handler changed (an interceptor further in wraps per call) is
+    wrapped anew. Bounded by the methods that have handlers: an unknown method has none."""
+
+    def __init__(self) -> None:
+        self._made: dict[str, tuple[Any, Any]] = {}
+
+    def get(self, method: str, inner: Any, wrap: Callable[[Any], Any]) -> Any:
+        made = self._made.get(method)
+        if made is not None and made[0] is inner:
+            return made[1]
+        wrapped = wrap(inner)
+        self._made[method] = (inner, wrapped)
+        return wrapped
+
+
 class MalformedRequestInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     """Refuse requests whose bytes are not a valid message, or whose strings hold a NUL
     character, with INVALID_ARGUMENT."""
+
+    def __init__(self) -> None:
+        self._wrapped = WrappedHandlers()
 
     def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
         handler = continuation(details)
         if handler is None or handler.request_deserializer is None:
             return handler
-        parse = handler.request_deserializer
+        return self._wrapped.get(details.method, handler,
+                                 lambda inner: _guarded(inner, details.method))
 
-        def deserialize(data: bytes) -> Any:
-            try:
-                message = parse(data)
-            except Exception as error:
-                return _Undecodable(error)
-            if isinstance(data, bytes) and b"\x00" not in data:
-                return message  # a string holding NUL would have put a 0 byte in the encoding
-            path = nul_field(message) if hasattr(message, "ListFields") else ""
-            return _Undecodable(ValueError(f"field {path} holds a NUL character")) if path \
-                else message
 
-        def guard(behaviour):  # type: ignore[no-untyped-def]
-            def run(request, context):  # type: ignore[no-untyped-def]
-                if isinstance(request, _Undecodable):
-                    context.abort_with_status(_rich_status(
-                        grpc.StatusCode.INVALID_ARGUMENT,
-                        f"the request is not a valid {details.method} message: "
-                        f"{str(request.error)[:200]}", "MALFORMED_REQUEST"))
-                return behaviour(request, context)
-            return run
+def _guarded(handler: Any, method: str) -> Any:
+    """`handler` refusing undecodable requests and strings holding NUL."""
+    parse = handler.request_deserializer
 
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                guard(handler.unary_unary), request_deserializer=deserialize,
-                response_serializer=handler.response_serializer)
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                guard(handler.unary_stream), request_deserializer=deserialize,
-                response_serializer=handler.response_serializer)
-        return handler  # client-streaming requests are parsed by the handler as it reads
+    def deserialize(data: bytes) -> Any:
+        try:
+            message = parse(data)
+        except Exception as error:
+            return _Undecodable(error)
+        if isinstance(data, bytes) and b"\x00" not in data:
+            return message  # a string holding NUL would have put a 0 byte in the encoding
+        path = nul_field(message) if hasattr(message, "ListFields") else ""
+        return _Undecodable(ValueError(f"field {path} holds a NUL character")) if path \
+            else message
+
+    def guard(behaviour):  # type: ignore[no-untyped-def]
+        def run(request, context):  # type: ignore[no-untyped-def]
+            if isinstance(request, _Undecodable):
+                context.abort_with_status(_rich_status(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"the request is not a valid {method} message: "
+                    f"{str(request.error)[:200]}", "MALFORMED_REQUEST"))
+            return behaviour(request, context)
+        return run
+
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(
+            guard(handler.unary_unary), request_deserializer=deserialize,
+            response_serializer=handler.response_serializer)
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(
+            guard(handler.unary_stream), request_deserializer=deserialize,
+            response_serializer=handler.response_serializer)
+    return handler  # client-streaming requests are parsed by the handler as it reads

@@ -23,7 +23,7 @@ from google.protobuf.message import Message
 
 from wallets.currencies import MAX_AMOUNT_ATOMIC
 from wallets.errors import InvalidAmount, InvalidArgument
-from wallets.grpc_errors import abort
+from wallets.grpc_errors import WrappedHandlers, abort
 
 Check = Callable[[Any], str]  # the problem with a value, '' when it is fine
 MAX_DEPTH = 8
@@ -188,11 +188,16 @@ class FieldCheckInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
 
     def __init__(self, rules: Mapping[str, Check]) -> None:
         self.rules = dict(rules)
+        self._wrapped = WrappedHandlers()
 
     def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
         handler = continuation(details)
         if handler is None:
             return handler
+        return self._wrapped.get(details.method, handler, self._guarded)
+
+    def _guarded(self, handler: Any) -> Any:
+        """`handler` refusing requests whose fields break `rules`."""
         rules = self.rules
 
         def guard(behaviour):  # type: ignore[no-untyped-def]
