@@ -121,8 +121,8 @@ def test_frames_of_an_emptied_log_never_come_back(database: Path,
 def test_a_log_written_before_the_header_is_still_moved(database: Path) -> None:
     log_path = path_beside(str(database))
     assert log_path is not None
-    legacy = b"".join(call_log._frame(_row(n), 0)[:4] + call_log._frame(_row(n), 0)[4:8]
-                      + call_log._frame(_row(n), 0)[16:] for n in range(2))
+    frames = [call_log._frame(_row(n), 0) for n in range(2)]
+    legacy = b"".join(frame[:8] + frame[16:] for frame in frames)  # length, CRC, payload
     log_path.write_bytes(legacy)
     assert read_rows(log_path) == [_row(0), _row(1)]
     with UsageJournal(f"sqlite:///{database}") as journal:

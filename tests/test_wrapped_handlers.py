@@ -86,9 +86,11 @@ def test_the_kept_wrapper_still_refuses_an_undecodable_request():
 
 
 def test_the_cache_holds_one_wrapper_per_method():
-    made = WrappedHandlers()
+    made = WrappedHandlers(lambda inner, method: (inner, method))
     handlers = [_handler(str(n)) for n in range(5)]
     for handler in handlers:
-        made.get(INVOKE, handler, lambda inner: (inner,))
-    assert made.get(INVOKE, handlers[-1], lambda inner: ("new",)) == (handlers[-1],)
+        made.get(INVOKE, handler)
+    kept = made.get(INVOKE, handlers[-1])
+    assert kept == (handlers[-1], INVOKE)
+    assert made.get(INVOKE, handlers[-1]) is kept
     assert len(made._made) == 1

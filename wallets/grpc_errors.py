@@ -191,19 +191,21 @@ def _nul_plan(descriptor: Any, visiting: frozenset[Any] = frozenset()
 
 
 class WrappedHandlers:
-    """An interceptor's wrapped handler per method, made once: the servers' handlers are
-    the same objects call after call, and wrapping one costs a closure and a handler per
-    call. A method whose inner handler changed (an interceptor further in wraps per call) is
-    wrapped anew. Bounded by the methods that have handlers: an unknown method has none."""
+    """An interceptor's wrapped handler per method, made once by `wrap(handler, method)`: the
+    servers' handlers are the same objects call after call, and wrapping one costs a closure
+    and a handler per call. A method whose inner handler changed (an interceptor further in
+    wraps per call) is wrapped anew. Bounded by the methods that have handlers: an unknown
+    method has none."""
 
-    def __init__(self) -> None:
+    def __init__(self, wrap: Callable[[Any, str], Any]) -> None:
+        self._wrap = wrap
         self._made: dict[str, tuple[Any, Any]] = {}
 
-    def get(self, method: str, inner: Any, wrap: Callable[[Any], Any]) -> Any:
+    def get(self, method: str, inner: Any) -> Any:
         made = self._made.get(method)
         if made is not None and made[0] is inner:
             return made[1]
-        wrapped = wrap(inner)
+        wrapped = self._wrap(inner, method)
         self._made[method] = (inner, wrapped)
         return wrapped
 
@@ -213,14 +215,13 @@ class MalformedRequestInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     character, with INVALID_ARGUMENT."""
 
     def __init__(self) -> None:
-        self._wrapped = WrappedHandlers()
+        self._wrapped = WrappedHandlers(_guarded)
 
     def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
         handler = continuation(details)
         if handler is None or handler.request_deserializer is None:
             return handler
-        return self._wrapped.get(details.method, handler,
-                                 lambda inner: _guarded(inner, details.method))
+        return self._wrapped.get(details.method, handler)
 
 
 def _guarded(handler: Any, method: str) -> Any:

@@ -188,15 +188,15 @@ class FieldCheckInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
 
     def __init__(self, rules: Mapping[str, Check]) -> None:
         self.rules = dict(rules)
-        self._wrapped = WrappedHandlers()
+        self._wrapped = WrappedHandlers(self._guarded)
 
     def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
         handler = continuation(details)
         if handler is None:
             return handler
-        return self._wrapped.get(details.method, handler, self._guarded)
+        return self._wrapped.get(details.method, handler)
 
-    def _guarded(self, handler: Any) -> Any:
+    def _guarded(self, handler: Any, _method: str) -> Any:
         """`handler` refusing requests whose fields break `rules`."""
         rules = self.rules
 
