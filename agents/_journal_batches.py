@@ -4,6 +4,7 @@ outcome each record's caller waits on (a thread blocks, an event loop is woken o
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import threading
 import time
@@ -31,6 +32,42 @@ class JournalError(Unavailable):
     reason = "JOURNAL_UNAVAILABLE"
 
 
+class Done:
+    """A batch's outcome being ready: set once by whoever wrote the batch, waited for by
+    each of its callers. `threading.Event` does the same through a Condition, in Python:
+    its setter notifies each waiter in a loop, and every woken waiter takes the Condition's
+    lock again before it returns. Here the waiters queue on one lock, held until `set`
+    releases it, and each passes it on as it wakes: they still wake one after another (all
+    at once, a dozen threads would fight for the interpreter lock), with no Python between."""
+
+    __slots__ = ("_gate", "_set")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._gate = _thread.allocate_lock()
+        self._gate.acquire()  # held until set
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        if not self._set:
+            self._set = True
+            self._gate.release()
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Whether it was set, within `timeout_s` (None: however long it takes)."""
+        if self._set:
+            return True
+        if timeout_s is not None and timeout_s <= 0:
+            return False
+        if self._gate.acquire(True, -1 if timeout_s is None else min(
+                timeout_s, threading.TIMEOUT_MAX)):
+            self._gate.release()  # to the next waiter
+            return True
+        return self._set
+
+
 class _Batch:
     """Rows written in one transaction, and the outcome every caller of the batch waits on."""
 
@@ -45,7 +82,7 @@ class _Batch:
         self.eager = False  # holds a row that is not lazy: written without `_LAZY_S`'s wait
         self.owned = False  # a paid call's worker, about to wait, may write it (`_write_own`)
         self.since = time.monotonic()
-        self.done = threading.Event()
+        self.done = Done()
         # Event loops with callers awaiting the batch: each caller's future, all resolved by
         # one call_soon_threadsafe per loop once written (None: none yet).
         self.loops: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] | None = None
