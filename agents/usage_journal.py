@@ -22,19 +22,19 @@ Agreements are opened, closed for a redeem and marked redeemed synchronously: th
 return only once the change is durable.
 
 Cost: the journal sits on the paid-call hot path, so it never runs a transaction per call.
-`record_call` only appends a row to an in-memory batch and returns; one writer thread takes
-whole batches (up to `max_batch` rows) and writes each in one transaction with one executemany
-and one commit, then wakes every caller of the batch at once (group commit). While a commit is
-in progress, concurrent callers fill the next batch, so one fsync pays for many calls. A batch
-of calls, opens and redeems (the common case) goes through the writer's own DBAPI connection
-with prepared statements: SQLAlchemy's per-statement work cost more CPU than the rows
-themselves. Writes reach the database in the order they were made (a redeem recorded after a
-call commits after it). A record nobody waits for (an agreement's open, which its first call's
-record follows; a redeem's outcome, which a restart would fetch again) can be queued lazily: it
-waits up to `_LAZY_S` for another record and shares its commit, as a durable commit (an fsync)
-costs more CPU than all the rest of a record. When the writer is idle and no other call would
-join, a paid call's worker writes its own batch as it waits (`_write_own`): handing it to the
-writer and being woken back would cost two thread switches per call.
+`record_call` only appends a row to an in-memory batch and returns; one writer thread takes whole
+batches (up to `max_batch` rows) and writes each in one transaction with one executemany and one
+commit, then releases every caller of the batch (group commit; they wake in turn,
+`agents._journal_batches.Done`). While a commit is in progress, concurrent callers fill the next
+batch, so one fsync pays for many calls. A batch of calls, opens and redeems (the common case) goes
+through the writer's own DBAPI connection with prepared statements: SQLAlchemy's per-statement work
+cost more CPU than the rows themselves. Writes reach the database in the order they were made (a
+redeem recorded after a call commits after it). A record nobody waits for (an agreement's open,
+which its first call's record follows; a redeem's outcome, which a restart would fetch again) can
+be queued lazily: it waits up to `_LAZY_S` for another record and shares its commit, as a durable
+commit (an fsync) costs more CPU than all the rest of a record. When the writer is idle and no
+other call would join, a paid call's worker writes its own batch as it waits (`_write_own`):
+handing it to the writer and being woken back would cost two thread switches per call.
 
 Pacing: a commit costs far more than a row, and under the interpreter lock a call runs from
 admission to its record without a switch, so few callers wait together. The seller's server
