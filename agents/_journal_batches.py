@@ -4,7 +4,6 @@ outcome each record's caller waits on (a thread blocks, an event loop is woken o
 
 from __future__ import annotations
 
-import _thread
 import asyncio
 import threading
 import time
@@ -44,7 +43,7 @@ class Done:
 
     def __init__(self) -> None:
         self._set = False
-        self._gate = _thread.allocate_lock()
+        self._gate = threading.Lock()
         self._gate.acquire()  # held until set
 
     def is_set(self) -> bool:
