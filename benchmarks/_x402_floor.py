@@ -27,8 +27,9 @@ from x402.http.clients.httpx import x402AsyncTransport
 
 from agents.v1 import agent_pb2
 from agents.x402 import forward
-from agents.x402.client import PrepayTransport, buyer_client
+from agents.x402.client import buyer_client
 from agents.x402.closing import close_sessions
+from agents.x402.prepay import PrepayTransport
 from benchmarks._paid_floor import AGREEMENT_ID, VOUCHERS, voucher_metadata
 from marketplace.identity import AgentKey
 

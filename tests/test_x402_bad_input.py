@@ -24,7 +24,7 @@ from x402.http.utils import (
 )
 from x402.schemas import PaymentPayload
 
-from agents.x402 import buyer_client, close_sessions
+from agents.x402 import buyer_client, close_sessions, http_client
 from agents.x402 import client as x402_client
 from marketplace.v1 import agreement_pb2
 from tests.x402_market import Market, books_balance, open_market
@@ -220,8 +220,7 @@ def test_a_paid_call_the_seller_refuses_as_bad_input_charges_nothing(market, cal
     run a listing's schema, which anyone may advertise, for anyone's request): 400
     invalid_argument, nothing charged, and a one-call session's hold is released at once."""
     async def run() -> httpx.Response:
-        client, schemes = x402_client.http_client(market.key, market.network,
-                                                  calls_per_session=calls)
+        client, schemes = http_client(market.key, market.network, calls_per_session=calls)
         async with client:
             refused = await client.post(market.url("shout"), json={"text": 5})
             await close_sessions(client, market.http.url, schemes)

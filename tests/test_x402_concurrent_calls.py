@@ -26,7 +26,8 @@ from x402.http.utils import decode_payment_required_header, encode_payment_signa
 
 from agents.errors import AgreementEnded
 from agents.x402 import forward, http_client
-from agents.x402.client import PrepayTransport, buyer_client
+from agents.x402.client import buyer_client
+from agents.x402.prepay import PrepayTransport
 from tests.x402_market import Market, books_balance, open_market
 
 SHOUT_ATOMIC = 2_000_000  # shout's list price, 0.002 USD in atomic units

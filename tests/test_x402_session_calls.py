@@ -31,7 +31,7 @@ from x402.http.utils import (
 from x402.schemas import PaymentPayload
 
 from agents.x402 import buyer_client, http_client, receipts
-from agents.x402.client import PrepayTransport, tls_context
+from agents.x402.prepay import PrepayTransport, tls_context
 from marketplace.v1 import agreement_pb2
 from tests.x402_market import Market, books_balance, open_market
 
