@@ -44,8 +44,8 @@ def test_one_set_wakes_every_waiter() -> None:
 
 
 def test_waiters_racing_the_set_all_return_true() -> None:
-    """Waits begun while `set` runs (before, during and after it walks the waiters) all see
-    it: none is left blocked until its timeout."""
+    """Waits begun before, during and after `set` (which hands its lock to the first waiter)
+    all see it: none is left blocked until its timeout."""
     def waiter(done: Done, results: list[bool]) -> None:
         results.append(done.wait(30))
 

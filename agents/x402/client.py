@@ -191,6 +191,5 @@ def buyer_client(key: AgentKey, network: str, *, schemes: tuple[str, ...] = net.
     return client, registered
 
 
-
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
